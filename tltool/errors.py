@@ -1,0 +1,47 @@
+"""User-facing errors and warnings.
+
+Anything a user can cause (a bad path, a bad option, a corrupt file) raises :class:`TltoolError` with a message
+that says what is wrong and what to do. The CLI prints the message, never a traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class TltoolError(Exception):
+    """An error caused by input or environment, explained in plain words."""
+
+
+class BadImageError(TltoolError):
+    """One image file cannot be used; ``reason`` is a short machine-readable tag."""
+
+    def __init__(self, path: str, reason: str, detail: str = "") -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class TltoolWarning(UserWarning):
+    """Base class of the warnings tltool emits, so users can filter them in one go."""
+
+
+class ImbalanceWarning(TltoolWarning):
+    """Class counts differ a lot: accuracy alone will mislead."""
+
+
+class BadFilesWarning(TltoolWarning):
+    """Some files were skipped; each is named in the message and in the report."""
+
+
+class LeakageWarning(TltoolWarning):
+    """The same image content appears in both the training and the validation split."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], what: str) -> TltoolError:
+    """An 'unknown X' error naming the closest valid choices."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return TltoolError(f"Unknown {what} {name!r}.{hint} Choices: {', '.join(choices)}.")

@@ -1,0 +1,58 @@
+"""Progress bars with an ETA for every long step (rich), silenced by ``TLTOOL_NO_PROGRESS=1``."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterable, Iterator, TypeVar
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+T = TypeVar("T")
+console = Console(stderr=True, highlight=False)
+
+
+def enabled() -> bool:
+    return os.environ.get("TLTOOL_NO_PROGRESS", "") in ("", "0") and sys.stderr.isatty()
+
+
+class Bar:
+    """A bar on stderr with count, elapsed time and ETA, advanced by ``update(n)``; silent when not a terminal."""
+
+    def __init__(self, total: int | None, description: str) -> None:
+        self._progress = None
+        if enabled():
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("ETA"), TimeRemainingColumn())
+            self._progress = Progress(*columns, console=console, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task(description, total=total)
+
+    def update(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __enter__(self) -> "Bar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def track(items: Iterable[T], total: int | None = None, description: str = "working") -> Iterator[T]:
+    """Iterate over ``items`` with a :class:`Bar`."""
+    with Bar(total, description) as bar:
+        for item in items:
+            yield item
+            bar.update()
+
+
+def say(message: str) -> None:
+    """A status line on stderr (the results a command prints go to stdout)."""
+    console.print(message)
