@@ -1,0 +1,48 @@
+"""Shared fixtures. Real photos live in ../shared/datasets (outside the repo); tests that need them skip with a
+clear reason when that folder is absent (a user's clone)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TLTOOL_NO_PROGRESS", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TLTOOL_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+SAMPLE = REPO / "data" / "shapes"
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED / name
+    if not (path / "train").is_dir():
+        pytest.skip(f"real photos not available: {path} is absent (set TLTOOL_SHARED_DATASETS to a folder with "
+                    f"{name}/train/<class>/*.jpg)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """One tltool cache per test session (converted Lite0 weights are made once, not in the user's home)."""
+    if "TLTOOL_CACHE" not in os.environ:
+        os.environ["TLTOOL_CACHE"] = str(tmp_path_factory.mktemp("tltool-cache"))
+    yield
+
+
+@pytest.fixture()
+def flowers() -> Path:
+    return shared_dataset("flowers")
+
+
+@pytest.fixture()
+def pets() -> Path:
+    return shared_dataset("pets")
+
+
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """Run in a temporary working directory (default run folders go to ./runs)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,143 @@
+"""Dataset sources, validation and the stratified split."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from helpers import build_bad_corpus, noise_image
+from tltool.dataset import load_dataset, stratified_split, write_split_manifest
+from tltool.errors import BadFilesWarning, LeakageWarning, TltoolError
+from tltool.inspection import check_dataset
+
+
+def _tree(root, layout: dict[str, int], seed=0):
+    for rel, n in layout.items():
+        for i in range(n):
+            noise_image(root / rel / f"img_{i:02d}.jpg", seed=seed + hash(rel) % 1000 + i)
+    return root
+
+
+def test_folder_per_class_and_hidden_and_empty_class(tmp_path):
+    expected = build_bad_corpus(tmp_path)
+    ds = load_dataset(tmp_path)
+    assert ds.classes == ["cats", "dogs"]  # the empty folder is not a class
+    assert any("empty_class" in n for n in ds.notes)
+    assert {s.reason for s in ds.skipped} == {"hidden file (ignored)"}
+    assert len(ds.skipped) == 2
+    assert len(ds.records) == len(expected)  # every non-hidden file is a candidate, bad ones included
+
+
+def test_check_names_every_bad_file_and_keeps_going(tmp_path):
+    expected = build_bad_corpus(tmp_path)
+    with pytest.warns(BadFilesWarning) as record:
+        checked = check_dataset(load_dataset(tmp_path), max_pixels=4_000_000)
+    reasons = {f.record.path: f.reason for f in checked.bad}
+    for rel, outcome in expected.items():
+        path = str(tmp_path / rel)
+        if outcome == "ok":
+            assert path not in reasons
+            assert any(r.path == path for r in checked.dataset.records)
+        else:
+            assert reasons[path] == outcome, rel
+            assert any(path in str(w.message) for w in record if w.category is BadFilesWarning)
+    assert len(checked.dataset.records) == sum(v == "ok" for v in expected.values())
+
+
+def test_existing_split_is_kept(tmp_path):
+    _tree(tmp_path, {"train/a": 4, "train/b": 4, "val/a": 2, "val/b": 2, "unlabeled/x": 1})
+    ds = stratified_split(load_dataset(tmp_path), 0.5, seed=3)
+    assert ds.counts() == {"train": {"a": 4, "b": 4}, "val": {"a": 2, "b": 2}}
+    assert any("unlabeled" in n for n in ds.notes)
+
+
+def test_stratified_split_is_seeded_and_stratified(tmp_path):
+    _tree(tmp_path, {"a": 10, "b": 20, "c": 5})
+    ds = load_dataset(tmp_path)
+    one = stratified_split(ds, 0.2, seed=1)
+    two = stratified_split(load_dataset(tmp_path), 0.2, seed=1)
+    other = stratified_split(ds, 0.2, seed=2)
+    assert [(r.path, r.split) for r in one.records] == [(r.path, r.split) for r in two.records]
+    assert {(r.path, r.split) for r in one.records} != {(r.path, r.split) for r in other.records}
+    assert one.counts()["val"] == {"a": 2, "b": 4, "c": 1}
+    assert one.counts()["train"] == {"a": 8, "b": 16, "c": 4}
+    assert one.classes == ["a", "b", "c"]  # sorted: indices never depend on file order
+
+
+def test_class_with_one_image_cannot_be_split(tmp_path):
+    _tree(tmp_path, {"a": 5, "lonely": 1})
+    with pytest.raises(TltoolError, match="lonely"):
+        stratified_split(load_dataset(tmp_path), 0.2)
+
+
+def test_single_class_dataset_is_a_clear_error(tmp_path):
+    _tree(tmp_path, {"only": 4})
+    ds = load_dataset(tmp_path)
+    assert ds.classes == ["only"]
+    with pytest.raises(TltoolError, match="at least 2"):
+        ds.require_classes(2)
+
+
+def test_manifest_rows_and_errors(tmp_path):
+    _tree(tmp_path, {"imgs/a": 2, "imgs/b": 2})
+    (tmp_path / "m.csv").write_text("path,label,split\nimgs/a/img_00.jpg,a,train\nimgs/a/img_01.jpg,a,val\n"
+                                    "imgs/b/img_00.jpg,b,train\nimgs/b/img_01.jpg,b,validation\n")
+    ds = load_dataset(tmp_path / "m.csv")
+    assert ds.counts() == {"train": {"a": 1, "b": 1}, "val": {"a": 1, "b": 1}}
+
+    (tmp_path / "bad.csv").write_text("path,label\nimgs/a/img_00.jpg,a\nimgs/a/missing.jpg,a\nimgs/b/img_00.jpg,\n")
+    with pytest.raises(TltoolError) as err:
+        load_dataset(tmp_path / "bad.csv")
+    assert "row 3: file not found: imgs/a/missing.jpg" in str(err.value)
+    assert "row 4: empty label" in str(err.value)
+
+    (tmp_path / "col.csv").write_text("path,label,colour\nimgs/a/img_00.jpg,a,red\n")
+    with pytest.raises(TltoolError, match=r"row 1 \(header\): unknown column\(s\) \['colour'\]"):
+        load_dataset(tmp_path / "col.csv")
+
+
+def test_split_manifest_round_trip(tmp_path):
+    _tree(tmp_path / "d", {"a": 5, "b": 5})
+    target = write_split_manifest(str(tmp_path / "d"), tmp_path / "split.csv", val_fraction=0.4, seed=0)
+    again = load_dataset(target)
+    assert again.counts() == {"train": {"a": 3, "b": 3}, "val": {"a": 2, "b": 2}}
+    assert (tmp_path / "classes.json").read_text().strip().startswith("[")
+
+
+def test_leakage_across_splits_is_reported(tmp_path):
+    _tree(tmp_path, {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1})
+    leak = (tmp_path / "train/a/img_00.jpg").read_bytes()
+    (tmp_path / "val/a/copy.jpg").write_bytes(leak)
+    with pytest.warns(LeakageWarning):
+        checked = check_dataset(load_dataset(tmp_path))
+    leaks = checked.leaks()
+    assert len(leaks) == 1
+    assert {f.record.split for f in leaks[0]} == {"train", "val"}
+
+
+def test_unknown_path_and_non_dataset():
+    with pytest.raises(TltoolError, match="no such file"):
+        load_dataset("/nonexistent/place")
+
+
+def test_tfds_offline_fails_fast_with_instructions(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(TltoolError) as err:
+        from tltool.tfds_source import load_tfds
+
+        load_tfds("tfds:tf_flowers", data_dir=str(tmp_path / "no-data"))
+    assert time.perf_counter() - start < 5
+    assert "not in" in str(err.value) and "TFDS_DATA_DIR" in str(err.value)
+
+
+def test_tfds_dataset_becomes_files(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    with tfds.testing.mock_data(num_examples=10):
+        ds = load_dataset("tfds:tf_flowers")
+    assert len(ds.records) == 10
+    assert set(ds.classes) <= {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+    checked = check_dataset(ds, emit_warnings=False)
+    # every materialised example is a real image (mock images are random sizes, some below the 32 px minimum)
+    assert {f.reason for f in checked.bad} <= {"too small"}
+    assert all(f.width or f.reason for f in checked.files)

@@ -1,0 +1,67 @@
+"""The shared decode function: every bad file gets its reason, awkward files are converted the same way."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import build_bad_corpus, solid
+from tltool import images
+from tltool.errors import BadImageError
+
+
+def test_bad_corpus_each_file_gets_its_reason(tmp_path):
+    expected = build_bad_corpus(tmp_path)
+    for rel, outcome in expected.items():
+        path = tmp_path / rel
+        if outcome == "ok":
+            info = images.check_image(path, max_pixels=4_000_000)
+            assert info.width >= 32 and info.height >= 32, rel
+        else:
+            with pytest.raises(BadImageError) as err:
+                images.check_image(path, max_pixels=4_000_000)
+            assert err.value.reason == outcome, rel
+            assert str(path) in str(err.value)
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    p = solid(tmp_path / "t.png", mode="RGBA", colour=(255, 0, 0, 0), fmt="PNG")
+    assert (images.load_image(p) == 255).all()  # fully transparent red -> white
+    p2 = solid(tmp_path / "o.png", mode="RGBA", colour=(255, 0, 0, 255), fmt="PNG")
+    assert tuple(images.load_image(p2)[0, 0]) == (255, 0, 0)
+
+
+def test_16_bit_and_grayscale_and_cmyk_become_rgb(tmp_path):
+    arr = np.full((40, 40), 65535, dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "w.png")
+    out = images.load_image(tmp_path / "w.png")
+    assert out.shape == (40, 40, 3) and out.dtype == np.uint8 and (out == 255).all()
+    gray = images.load_image(solid(tmp_path / "g.png", mode="L", colour=77, fmt="PNG"))
+    assert gray.shape == (48, 64, 3) and (gray == 77).all()
+    cmyk = images.load_image(solid(tmp_path / "c.jpg", mode="CMYK", colour=(0, 0, 0, 0)))
+    assert cmyk.shape[-1] == 3 and cmyk.mean() > 240  # no ink -> white
+    info = images.check_image(tmp_path / "c.jpg")
+    assert any("CMYK" in c for c in info.conversions)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    im = Image.new("RGB", (80, 40), (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 40, 40))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    im.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    out = images.load_image(tmp_path / "r.jpg")
+    assert out.shape[:2] == (80, 40)  # portrait after rotation
+    assert out[:30].mean() > 200 and out[-30:].mean() < 50  # the white half is now on top
+    assert any("EXIF" in c for c in images.check_image(tmp_path / "r.jpg").conversions)
+
+
+@pytest.mark.parametrize("policy", images.RESIZE_POLICIES)
+def test_resize_policies_give_square_output(tmp_path, policy):
+    p = solid(tmp_path / "wide.png", size=(200, 100), fmt="PNG", colour=(0, 200, 0))
+    out = images.load_image(p, 64, policy)
+    assert out.shape == (64, 64, 3)
+    if policy == "pad":  # letterbox: black bars above and below
+        assert out[0].max() == 0 and out[32, 32, 1] == 200
+    else:
+        assert (out[..., 1] == 200).all()

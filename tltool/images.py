@@ -1,0 +1,167 @@
+"""The one image decode function, shared by inspection, the tf.data pipeline, prediction and the labeler.
+
+Every path that turns a file into pixels goes through :func:`load_image`, so a CMYK JPEG, a 16-bit PNG or a
+rotated phone photo looks the same to ``data inspect``, to extraction, to fine-tuning and to ``predict``.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000: far above any camera, far below a decompression bomb
+MIN_SIDE = 32
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+ResizePolicy = Literal["crop", "pad", "stretch"]
+RESIZE_POLICIES: tuple[str, ...] = ("crop", "pad", "stretch")
+
+# Reasons a file is rejected. Stable strings: they appear in inspect.json and tests assert on them.
+EMPTY = "empty file"
+NOT_AN_IMAGE = "not an image"
+CORRUPT = "truncated or corrupt"
+BOMB = "decompression bomb"
+TOO_SMALL = "too small"
+UNREADABLE = "unreadable"
+
+
+@dataclass
+class ImageInfo:
+    """What :func:`check_image` learned about a file that can be used."""
+
+    width: int
+    height: int
+    format: str | None
+    mode: str
+    conversions: list[str] = field(default_factory=list)
+
+
+def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise BadImageError(path, UNREADABLE, exc.strerror or str(exc)) from None
+    if size == 0:
+        raise BadImageError(path, EMPTY, "0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(path, BOMB, str(exc).split(" could be")[0]) from None
+    except UnidentifiedImageError:
+        raise BadImageError(path, NOT_AN_IMAGE, "no known image format") from None
+    except PermissionError as exc:
+        raise BadImageError(path, UNREADABLE, exc.strerror or str(exc)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(path, CORRUPT, str(exc)) from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise BadImageError(path, BOMB, f"{w}x{h} = {w * h:,} pixels > --max-pixels {max_pixels:,}")
+    if min(w, h) < MIN_SIDE:
+        im.close()
+        raise BadImageError(path, TOO_SMALL, f"{w}x{h}, the shorter side must be at least {MIN_SIDE} px")
+    return im
+
+
+def _to_rgb(im: Image.Image, conversions: list[str]) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        conversions.append(f"{mode}->RGB (alpha composited on white)")
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr8 = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        conversions.append(f"{mode}->RGB (scaled to 8 bit)")
+        return Image.fromarray(arr8).convert("RGB")
+    conversions.append(f"{mode}->RGB")
+    return im.convert("RGB")
+
+
+def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) -> tuple[Image.Image, ImageInfo]:
+    """Open, check and convert; the returned image owns its pixels (the file is closed)."""
+    source = _open(path, max_pixels)
+    info = ImageInfo(width=source.size[0], height=source.size[1], format=source.format, mode=source.mode)
+    try:
+        if draft_size and source.format == "JPEG":
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is far larger than needed; the result
+            # stays at least draft_size on both sides, so quality after the final resize is unchanged.
+            source.draft("RGB", (draft_size, draft_size))
+        source.load()
+        if getattr(source, "n_frames", 1) > 1:
+            info.conversions.append("first frame of an animation")
+        im = source
+        orientation = source.getexif().get(0x0112, 1)
+        if orientation not in (None, 1):
+            im = ImageOps.exif_transpose(source)
+            info.conversions.append(f"EXIF orientation {orientation} applied")
+        im = _to_rgb(im, info.conversions)
+        return (im.copy() if im is source else im), info
+    except BadImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError(path, CORRUPT, str(exc)) from None
+    finally:
+        source.close()
+
+
+def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Fully decode ``path`` (so truncation is caught) and say what it is; raise :class:`BadImageError` if unusable."""
+    im, info = _decode(path, max_pixels, draft_size=256)
+    im.close()
+    return info
+
+
+def load_image(
+    path: str | os.PathLike,
+    size: int | None = None,
+    resize: ResizePolicy = "crop",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode ``path`` to an ``(H, W, 3)`` uint8 RGB array, optionally resized to ``size`` x ``size``.
+
+    ``resize``: ``crop`` scales the shorter side to ``size`` and takes the centre; ``pad`` scales the longer side
+    and pads with black; ``stretch`` ignores the aspect ratio.
+    """
+    im, _ = _decode(path, max_pixels, draft_size=size)
+    if size is not None:
+        im = resize_image(im, size, resize)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def resize_image(im: Image.Image, size: int, resize: ResizePolicy = "crop") -> Image.Image:
+    w, h = im.size
+    if resize == "stretch":
+        return im.resize((size, size), Image.BILINEAR)
+    if resize == "crop":
+        side = min(w, h)
+        left, top = (w - side) / 2, (h - side) / 2
+        return im.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    if resize == "pad":
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new("RGB", (size, size))
+        canvas.paste(im.resize((nw, nh), Image.BILINEAR), ((size - nw) // 2, (size - nh) // 2))
+        return canvas
+    raise ValueError(f"unknown resize policy {resize!r}; choose one of {RESIZE_POLICIES}")
+
+
+def is_candidate_file(name: str) -> bool:
+    """A file a dataset folder may hold as an image: not hidden (``.DS_Store``, ``._x.jpg``)."""
+    return not name.startswith(".")

@@ -1,0 +1,216 @@
+"""Dataset validation: every file decoded once, bad files named with their reason, duplicates and leakage found.
+
+:func:`check_dataset` is what every command runs before it touches a network; ``tltool data inspect`` shows the
+same result as a table and ``inspect.json``.
+"""
+from __future__ import annotations
+
+import statistics
+import warnings
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .dataset import Dataset, Record
+from .errors import BadFilesWarning, BadImageError, ImbalanceWarning, LeakageWarning
+from .images import DEFAULT_MAX_PIXELS, check_image
+from .progress import Bar
+from .utils import sha256_file, write_json
+
+IMBALANCE_RATIO = 3.0
+
+
+@dataclass
+class FileCheck:
+    record: Record
+    sha256: str | None = None
+    width: int = 0
+    height: int = 0
+    conversions: list[str] = field(default_factory=list)
+    reason: str | None = None  # None: usable
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+@dataclass
+class CheckedDataset:
+    """A dataset after validation: ``dataset`` holds only usable files; ``bad`` names the others."""
+
+    dataset: Dataset
+    files: list[FileCheck]
+    issues: list[tuple[str, type[Warning]]] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [message for message, _ in self.issues]
+
+    @property
+    def bad(self) -> list[FileCheck]:
+        return [f for f in self.files if not f.ok]
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        return {f.record.path: f.sha256 for f in self.files if f.ok and f.sha256}
+
+    def duplicates(self) -> list[list[FileCheck]]:
+        groups: dict[str, list[FileCheck]] = defaultdict(list)
+        for f in self.files:
+            if f.ok and f.sha256:
+                groups[f.sha256].append(f)
+        return [g for g in groups.values() if len(g) > 1]
+
+    def leaks(self) -> list[list[FileCheck]]:
+        """Duplicate groups that span two splits: validation images the model has seen in training."""
+        return [g for g in self.duplicates() if len({f.record.split for f in g}) > 1]
+
+    def label_conflicts(self) -> list[list[FileCheck]]:
+        return [g for g in self.duplicates() if len({f.record.label for f in g}) > 1]
+
+    def to_json(self) -> dict[str, Any]:
+        ds = self.dataset
+        good = [f for f in self.files if f.ok]
+        sizes: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        by_group: dict[tuple[str, str], list[FileCheck]] = defaultdict(list)
+        for f in good:
+            by_group[(f.record.split or "all", f.record.label)].append(f)
+        for (split, label), fs in sorted(by_group.items()):
+            ws, hs = [f.width for f in fs], [f.height for f in fs]
+            sizes[split][label] = {
+                "count": len(fs),
+                "width": {"min": min(ws), "median": statistics.median(ws), "max": max(ws)},
+                "height": {"min": min(hs), "median": statistics.median(hs), "max": max(hs)},
+            }
+        return {
+            "dataset": ds.name,
+            "source": ds.source,
+            "classes": ds.classes,
+            "counts": ds.counts(),
+            "sizes": sizes,
+            "n_files": len(self.files),
+            "n_usable": len(good),
+            "bad_files": [{"path": f.record.path, "reason": f.reason, "detail": f.detail,
+                           "label": f.record.label, "split": f.record.split} for f in self.bad],
+            "skipped_files": [{"path": s.path, "reason": s.reason} for s in ds.skipped],
+            "converted_files": [{"path": f.record.path, "conversions": f.conversions} for f in good if f.conversions],
+            "duplicates": [[f.record.path for f in g] for g in self.duplicates()],
+            "train_val_leaks": [[{"path": f.record.path, "split": f.record.split} for f in g] for g in self.leaks()],
+            "label_conflicts": [[{"path": f.record.path, "label": f.record.label} for f in g]
+                                for g in self.label_conflicts()],
+            "warnings": self.warnings,
+            "notes": ds.notes,
+        }
+
+
+def _check_one(record: Record, max_pixels: int) -> FileCheck:
+    result = FileCheck(record)
+    try:
+        info = check_image(record.path, max_pixels=max_pixels)
+        result.width, result.height, result.conversions = info.width, info.height, info.conversions
+        result.sha256 = sha256_file(record.path)
+    except BadImageError as exc:
+        result.reason, result.detail = exc.reason, exc.detail
+    return result
+
+
+def check_dataset(dataset: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 4,
+                  emit_warnings: bool = True) -> CheckedDataset:
+    """Decode and hash every file (in threads; Pillow releases the GIL), then drop the bad ones with a warning."""
+    files: list[FileCheck] = [None] * len(dataset.records)  # type: ignore[list-item]
+    with ThreadPoolExecutor(max_workers=workers) as pool, Bar(len(files), f"checking {dataset.name}") as bar:
+        futures = {pool.submit(_check_one, r, max_pixels): i for i, r in enumerate(dataset.records)}
+        for future, i in futures.items():
+            files[i] = future.result()
+            bar.update()
+    usable = replace(dataset, records=[f.record for f in files if f.ok])
+    checked = CheckedDataset(usable, files)
+    _collect_warnings(checked)
+    if emit_warnings:
+        if checked.bad:
+            named = "\n  ".join(f"{f.record.path}: {f.reason}" + (f" ({f.detail})" if f.detail else "")
+                                for f in checked.bad)
+            warnings.warn(f"{len(checked.bad)} file(s) skipped:\n  {named}", BadFilesWarning, stacklevel=2)
+        for message, category in checked.issues:
+            warnings.warn(message, category, stacklevel=2)
+    return checked
+
+
+def _collect_warnings(checked: CheckedDataset) -> None:
+    pending: list[tuple[str, type[Warning]]] = []
+    for split, counts in checked.dataset.counts().items():
+        if len(counts) >= 2:
+            lo, hi = min(counts.values()), max(counts.values())
+            if lo == 0 or hi / lo >= IMBALANCE_RATIO:
+                rare = min(counts, key=counts.get)
+                pending.append((f"class imbalance in {split}: {hi} vs {lo} images ({rare!r} is rarest); "
+                                "read balanced accuracy and per-class recall, not only accuracy", ImbalanceWarning))
+    leaks = checked.leaks()
+    if leaks:
+        pending.append((f"{len(leaks)} image(s) appear in more than one split (identical content): validation "
+                        f"accuracy will be optimistic. First: {[f.record.path for f in leaks[0]]}", LeakageWarning))
+    checked.issues = pending
+
+
+def inspect_report_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "inspect.json"
+
+
+def write_inspect_report(checked: CheckedDataset, out_dir: str | Path) -> Path:
+    path = inspect_report_path(out_dir)
+    write_json(path, checked.to_json())
+    return path
+
+
+def render_inspect(checked: CheckedDataset):
+    """Rich renderables for the terminal: counts and sizes per split and class, then every problem."""
+    from rich.table import Table
+
+    data = checked.to_json()
+    table = Table(title=f"{data['dataset']}: {data['n_usable']} usable of {data['n_files']} files")
+    for column in ("split", "class", "images", "width min/median/max", "height min/median/max"):
+        table.add_column(column, justify="right" if column != "class" else "left")
+    for split, classes in data["sizes"].items():
+        for label, s in classes.items():
+            w, h = s["width"], s["height"]
+            table.add_row(split, label, str(s["count"]), f"{w['min']}/{w['median']:g}/{w['max']}",
+                          f"{h['min']}/{h['median']:g}/{h['max']}")
+    out = [table]
+    lines = [f"[red]bad[/red] {b['path']}: {b['reason']}" + (f" ({b['detail'][:100]})" if b["detail"] else "")
+             for b in data["bad_files"]]
+    if lines:
+        lines.insert(0, f"{len(lines)} bad file(s), excluded from every run:")
+    lines += [f"skipped {s['path']}: {s['reason']}" for s in data["skipped_files"]]
+    lines += [f"converted {c['path']}: {', '.join(c['conversions'])}" for c in data["converted_files"]]
+    lines += [f"duplicate content: {', '.join(g)}" for g in data["duplicates"]]
+    lines += [f"[bold]leakage[/bold] (same image in two splits): {', '.join(f['path'] + ' (' + f['split'] + ')' for f in g)}"
+              for g in data["train_val_leaks"]]
+    lines += [f"[bold]label conflict[/bold]: {', '.join(f['path'] + ' (' + f['label'] + ')' for f in g)}"
+              for g in data["label_conflicts"]]
+    lines += [f"[yellow]warning[/yellow]: {w}" for w in data["warnings"]]
+    lines += [f"note: {n}" for n in data["notes"]]
+    return out, lines
+
+
+def run_inspect(path: str, strict: bool = False, max_pixels: int | None = None, out: str | None = None) -> int:
+    """``tltool data inspect``: print the report, write ``inspect.json``; return the exit status."""
+    from rich.console import Console
+
+    from .dataset import load_dataset
+    from .runs import new_run_dir
+
+    dataset = load_dataset(path)
+    checked = check_dataset(dataset, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, emit_warnings=False)
+    console = Console(highlight=False)
+    tables, lines = render_inspect(checked)
+    for table in tables:
+        console.print(table)
+    for line in lines:
+        console.print(line, soft_wrap=True)
+    target = write_inspect_report(checked, new_run_dir("inspect", dataset.name, out=out, force=True))
+    console.print(f"report: {target}", soft_wrap=True)
+    problems = bool(checked.bad or checked.warnings or checked.leaks())
+    return 1 if strict and problems else 0

@@ -1,0 +1,91 @@
+"""TFDS datasets as a dataset source: ``tfds:NAME`` or ``tfds:NAME:SPLIT``.
+
+The images are written once as files under tltool's cache, so a TFDS dataset is a folder dataset like any other
+(the same decode function, hashing, inspection and pipeline). Loading never downloads unless asked: offline,
+``tfds.load`` retries for minutes before failing, so ``download=False`` is tried first and fails in well under a
+second with a message that says where to put the data.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .dataset import SPLIT_ALIASES, Dataset, Record
+from .errors import TltoolError
+from .utils import cache_dir, write_json, read_json
+
+
+def tfds_data_dir() -> str:
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def _parse(spec: str) -> tuple[str, str | None]:
+    parts = spec.split(":", 2)
+    if len(parts) < 2 or not parts[1]:
+        raise TltoolError(f"{spec!r}: write tfds:NAME or tfds:NAME:SPLIT, e.g. tfds:tf_flowers or tfds:beans:train.")
+    return parts[1], (parts[2] if len(parts) == 3 and parts[2] else None)
+
+
+def _extension(data: bytes) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    return ".img"
+
+
+def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) -> Dataset:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ._tf import tf  # noqa: F401  (quiet start-up)
+    import tensorflow_datasets as tfds
+
+    name, split = _parse(spec)
+    data_dir = data_dir or tfds_data_dir()
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as exc:  # DatasetNotFoundError and friends
+        raise TltoolError(f"{spec}: TFDS has no dataset {name!r} ({exc.__class__.__name__}).") from None
+    splits = [split] if split else None
+    try:
+        if download:
+            builder.download_and_prepare()
+        # An unprepared dataset has no split info; tfds.load(download=False) below then fails in a fraction of a second.
+        splits = splits or list(builder.info.splits.keys()) or ["train"]
+        datasets = {s: tfds.load(name, split=s, data_dir=data_dir, download=False,
+                                 decoders={"image": tfds.decode.SkipDecoding()}) for s in splits}
+    except TltoolError:
+        raise
+    except Exception as exc:
+        raise TltoolError(
+            f"{spec}: the TFDS data for {name!r} is not in {data_dir} and tltool does not download it at run time "
+            f"(offline, tfds.load retries for minutes). On a machine with internet run\n"
+            f"  python -c \"import tensorflow_datasets as tfds; tfds.load('{name}', data_dir='tfds_data')\"\n"
+            f"then copy the folder tfds_data/{name} into {data_dir} (or set TFDS_DATA_DIR). "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from None
+    label_names = builder.info.features["label"].names
+    image_key = "image"
+    out_root = cache_dir() / "tfds" / name / str(builder.info.version)
+    records: list[Record] = []
+    for split_name, ds in datasets.items():
+        split_dir = out_root / split_name.replace("[", "_").replace("]", "_").replace(":", "_")
+        index_file = split_dir / "index.json"
+        if index_file.exists():
+            records.extend(Record(**r) for r in read_json(index_file))
+            continue
+        split_records = []
+        for i, example in enumerate(tfds.as_numpy(ds)):
+            data = bytes(example[image_key])
+            label = label_names[int(example["label"])]
+            path = split_dir / label / f"{i:06d}{_extension(data)}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            split_records.append(Record(str(path), label, SPLIT_ALIASES.get(split_name.split("[")[0], split_name)))
+        write_json(index_file, [r.__dict__ for r in split_records])
+        records.extend(split_records)
+    if len(datasets) == 1:  # a single split is data to split later, not a ready split
+        records = [Record(r.path, r.label, None) for r in records]
+    return Dataset(name=name, source=f"tfds:{name}", records=records)
+
+
+__all__ = ["load_tfds", "tfds_data_dir"]
