@@ -1,0 +1,58 @@
+"""Backbones: a registry over keras.applications plus EfficientNet-Lite0 with offline ImageNet weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import TltoolError
+from .registry import (BackboneSpec, get_backbone_spec, keras_models_dir, list_backbones, register_backbone,
+                       weights_digest)
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def create_backbone(name: str, weights: str = "imagenet", image_size: int | None = None):
+    """Build ``name`` as a Keras model from raw RGB pixels (0..255) to its last feature map.
+
+    The model is ``input -> ImagePreprocessing(spec.preprocess) -> base``; ``base`` is a nested model named
+    after the backbone, so fine-tuning can unfreeze its top layers. ``weights``: ``imagenet`` (Keras' cache, or
+    offline for efficientnet_lite0), ``none``, or a path to a weights file of the base.
+    """
+    from .._tf import keras
+
+    from .layers import ImagePreprocessing
+    from .registry import _weights_failure
+
+    spec = get_backbone_spec(name)
+    size = image_size or spec.default_size
+    if size < spec.min_size:
+        raise TltoolError(f"{spec.name} needs images of at least {spec.min_size} px; got --image-size {size}.")
+    shape = (size, size, 3)
+    weights = str(weights)
+    if weights.lower() == "none":
+        base = spec.build(shape, None)
+    elif weights.lower() == "imagenet":
+        try:
+            base = spec.build(shape, "imagenet")
+        except TltoolError:
+            raise
+        except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...") offline
+            raise _weights_failure(spec, exc) from None
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise TltoolError(f"--weights {weights}: no such file. Use imagenet, none or a path to a weights file.")
+        base = spec.build(shape, None)
+        try:
+            base.load_weights(str(path))
+        except Exception as exc:
+            raise TltoolError(f"--weights {weights}: cannot load into {spec.name} ({exc.__class__.__name__}: "
+                              f"{str(exc)[:300]}). The file must hold the weights of this architecture without its "
+                              "classification top.") from None
+    inputs = keras.Input(shape=shape, name="pixels")
+    x = ImagePreprocessing(spec.preprocess, name="preprocess")(inputs)
+    outputs = base(x)
+    return keras.Model(inputs, outputs, name=f"{spec.name}_backbone")
+
+
+__all__ = ["BackboneSpec", "DEFAULT_BACKBONE", "create_backbone", "get_backbone_spec", "keras_models_dir",
+           "list_backbones", "register_backbone", "weights_digest"]

@@ -1,0 +1,101 @@
+"""The backbone registry: name -> how to build it, its preprocessing, sizes and where its weights come from.
+
+Like timm's ``create_model(name)``: :func:`create_backbone` is the one entry point; each architecture is a plain
+:class:`BackboneSpec` registered by name (see ``keras_apps.py`` and ``efficientnet_lite.py``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import TltoolError, did_you_mean
+from ..utils import sha256_file
+
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one architecture.
+
+    ``build(input_shape, weights)`` returns the convolutional base (no top, no pooling) that expects inputs
+    already preprocessed by ``preprocess`` (a mode of :class:`~tltool.backbones.layers.ImagePreprocessing`).
+    ``weights_file`` is the Keras cache file name of the ImageNet no-top weights (None when they ship offline).
+    """
+
+    name: str
+    family: str
+    build: Callable[..., object]
+    preprocess: str
+    default_size: int
+    min_size: int = 32
+    weights_file: str | None = None
+    offline_weights: bool = False
+    blocks: Callable[[], list[str]] | None = None  # named blocks for --unfreeze BLOCK
+    notes: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+    def weights_cached(self) -> bool:
+        return self.offline_weights or (self.weights_file is not None and (keras_models_dir() / self.weights_file).exists())
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    if not _REGISTRY:
+        from . import efficientnet_lite_spec, keras_apps  # noqa: F401  (they register on import)
+
+
+def list_backbones() -> list[BackboneSpec]:
+    _ensure_loaded()
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    _ensure_loaded()
+    key = name.strip().lower().replace("-", "_")
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    for spec in _REGISTRY.values():
+        if key in spec.aliases:
+            return spec
+    raise did_you_mean(name, _REGISTRY, "backbone")
+
+
+def keras_models_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras")) / "models"
+
+
+def weights_digest(spec: BackboneSpec, weights: str) -> str:
+    """A fingerprint of the weights a backbone is built with (part of the feature cache key).
+
+    ImageNet weights are fixed by name (Keras checks their hash on download; tltool converts Lite0's once), so the
+    name is enough; a user's weights file is hashed, since it may be retrained under the same name.
+    """
+    if weights.lower() in ("none", "imagenet"):
+        return f"{weights.lower()}:{spec.name}:{spec.weights_file or 'offline'}"
+    path = Path(weights)
+    return f"file:{sha256_file(path)[:16]}" if path.is_file() else f"file:{weights}"
+
+
+def _weights_failure(spec: BackboneSpec, exc: Exception) -> TltoolError:
+    text = str(exc)
+    url = re.search(r"https?://\S+", text)
+    file_name = spec.weights_file or (url.group(0).rstrip(":").rsplit("/", 1)[-1] if url else "?")
+    where = url.group(0).rstrip(":") if url else "the Keras applications weights site"
+    return TltoolError(
+        f"Cannot get the ImageNet weights of {spec.name!r}: the download failed (no internet?).\n"
+        f"  Put the file {file_name} (from {where}) into {keras_models_dir()} (set KERAS_HOME to move it),\n"
+        f"  or pass --weights PATH to a weights file, or --weights none for random initialisation.\n"
+        f"  efficientnet_lite0 has ImageNet weights that work offline."
+    )
