@@ -1,0 +1,131 @@
+"""Metrics of a classifier on labelled images: accuracy (with its interval), top-5, balanced accuracy,
+per-class precision/recall/F1, confusion matrix; and test-time augmentation views."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .stats import Proportion
+
+TTA_MODES = ("none", "flip", "10crop")
+TTA_CROP_RATIO = 0.875  # 224 crops from 256: the classic ImageNet evaluation ratio
+
+
+@dataclass
+class Evaluation:
+    classes: list[str]
+    y_true: np.ndarray
+    probs: np.ndarray
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    @property
+    def n(self) -> int:
+        return len(self.y_true)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.y_pred == self.y_true
+
+    def accuracy(self) -> Proportion:
+        return Proportion(int(self.correct.sum()), self.n)
+
+    def top_k(self, k: int) -> Proportion | None:
+        if len(self.classes) <= k:
+            return None
+        top = np.argsort(-self.probs, axis=1)[:, :k]
+        return Proportion(int((top == self.y_true[:, None]).any(axis=1).sum()), self.n)
+
+    def confusion(self) -> np.ndarray:
+        c = len(self.classes)
+        matrix = np.zeros((c, c), dtype=np.int64)
+        np.add.at(matrix, (self.y_true, self.y_pred), 1)
+        return matrix
+
+    def per_class(self) -> dict[str, dict]:
+        matrix = self.confusion()
+        out = {}
+        for i, name in enumerate(self.classes):
+            tp, support, predicted = matrix[i, i], matrix[i].sum(), matrix[:, i].sum()
+            precision = tp / predicted if predicted else 0.0
+            recall = Proportion(int(tp), int(support))
+            r = recall.value if support else 0.0
+            f1 = 2 * precision * r / (precision + r) if precision + r else 0.0
+            out[name] = {"precision": float(precision), "recall": recall.to_json() if support else None,
+                         "f1": float(f1), "support": int(support), "predicted": int(predicted)}
+        return out
+
+    def balanced_accuracy(self) -> dict:
+        recalls = [v["recall"]["value"] for v in self.per_class().values() if v["recall"]]
+        return {"value": float(np.mean(recalls)) if recalls else float("nan"), "n": self.n,
+                "n_classes": len(recalls)}
+
+    def to_json(self) -> dict:
+        top5 = self.top_k(5)
+        return {
+            "accuracy": self.accuracy().to_json(),
+            "top5_accuracy": top5.to_json() if top5 else None,
+            "balanced_accuracy": self.balanced_accuracy(),
+            "per_class": self.per_class(),
+            "confusion_matrix": self.confusion().tolist(),
+            "classes": self.classes,
+        }
+
+
+def tta_views(images, mode: str, size: int):
+    """Views of a batch for test-time augmentation: ``(B, H, W, 3) -> (B * V, size, size, 3)``, image-major.
+
+    ``none``: the centre crop; ``flip``: it and its mirror; ``10crop``: the 4 corners and the centre, each with its
+    mirror. Images must be at least ``size`` on each side (decode at ``size / 0.875`` for 10crop).
+    """
+    from ._tf import tf
+
+    h, w = images.shape[1], images.shape[2]
+    top, left = (h - size) // 2, (w - size) // 2
+    centre = images[:, top:top + size, left:left + size]
+    if mode == "none":
+        views = [centre]
+    elif mode == "flip":
+        views = [centre, tf.reverse(centre, axis=[2])]
+    elif mode == "10crop":
+        crops = [images[:, :size, :size], images[:, :size, w - size:], images[:, h - size:, :size],
+                 images[:, h - size:, w - size:], centre]
+        views = crops + [tf.reverse(c, axis=[2]) for c in crops]
+    else:
+        raise ValueError(f"unknown TTA mode {mode!r}; choose one of {TTA_MODES}")
+    stacked = tf.stack(views, axis=1)  # (B, V, size, size, 3)
+    return tf.reshape(stacked, (-1, size, size, images.shape[-1]))
+
+
+def tta_decode_size(mode: str, size: int) -> int:
+    return int(round(size / TTA_CROP_RATIO)) if mode == "10crop" else size
+
+
+def n_views(mode: str) -> int:
+    return {"none": 1, "flip": 2, "10crop": 10}[mode]
+
+
+def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
+                     batch_size: int = 32, description: str = "predicting") -> np.ndarray:
+    """Class probabilities for ``paths``, averaged over the TTA views.
+
+    ``predict_views`` maps a batch of views ``(B * V, size, size, 3)`` in 0..255 to probabilities ``(B * V, C)``.
+    """
+    from .pipeline import image_dataset
+    from .progress import Bar
+
+    views = n_views(tta)
+    ds = image_dataset(list(paths), image_size=tta_decode_size(tta, image_size), resize=resize,
+                       batch_size=batch_size)
+    out = []
+    with Bar(len(paths), description) as bar:
+        for images in ds:
+            batch = tta_views(images, tta, image_size)
+            probs = np.asarray(predict_views(batch))
+            out.append(probs.reshape(len(images), views, -1).mean(axis=1))
+            bar.update(len(images))
+    return np.concatenate(out) if out else np.zeros((0, 0))

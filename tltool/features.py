@@ -1,0 +1,259 @@
+"""Feature extraction: pretrained backbone -> pooled CNN codes, streamed to disk in chunks and cached.
+
+A features folder holds ``features.json`` (backbone, weights fingerprint, input size, preprocessing, classes and
+every file with its content hash) and ``chunks/chunk-NNNNN.npz`` with ``avg`` and ``max`` pooled features. Memory
+stays flat as the dataset grows (one chunk at a time), a killed run resumes at the first missing chunk, and a
+second run on the same inputs reuses everything without running the network.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import __version__
+from .dataset import Dataset, Record, label_indices, load_dataset, stratified_split
+from .errors import TltoolError
+from .images import DEFAULT_MAX_PIXELS
+from .inspection import CheckedDataset, check_dataset
+from .progress import Bar, say
+from .utils import atomic_path, read_json, sha256_text, write_json
+
+FEATURES_FORMAT = 1
+POOLS = ("avg", "max", "avgmax")
+DEFAULT_CHUNK = 1024
+
+
+@dataclass
+class FeatureSet:
+    """Features loaded from a features folder, aligned with ``paths``, ``labels`` and ``splits``."""
+
+    directory: Path
+    meta: dict
+    avg: np.ndarray
+    max: np.ndarray
+    paths: list[str]
+    labels: np.ndarray
+    splits: np.ndarray
+    hashes: list[str]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    def features(self, pool: str = "avg") -> np.ndarray:
+        if pool == "avg":
+            return self.avg
+        if pool == "max":
+            return self.max
+        if pool == "avgmax":
+            return np.concatenate([self.avg, self.max], axis=1)
+        raise TltoolError(f"unknown pooling {pool!r}; choose one of {POOLS}")
+
+    def mask(self, split: str) -> np.ndarray:
+        return self.splits == split
+
+
+@dataclass
+class ExtractResult:
+    features: FeatureSet
+    cached: bool
+    seconds: float
+    images_per_second: float | None
+    checked: CheckedDataset
+
+
+def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 0,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> CheckedDataset:
+    """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning."""
+    dataset = load_dataset(data) if not isinstance(data, Dataset) else data
+    dataset.require_classes(2)
+    checked = check_dataset(stratified_split(dataset, val_fraction, seed), max_pixels=max_pixels)
+    if not checked.dataset.records:
+        raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image.")
+    checked.dataset.require_classes(2)
+    return checked
+
+
+def extraction_key(config: dict, records: Sequence[Record], hashes: dict[str, str]) -> str:
+    lines = [repr(sorted(config.items()))]
+    lines += [f"{r.path}\t{r.label}\t{r.split}\t{hashes[r.path]}" for r in records]
+    return sha256_text("\n".join(lines))
+
+
+def extract_features(
+    data: str | Dataset,
+    out_dir: str | Path,
+    backbone: str = "efficientnet_lite0",
+    weights: str = "imagenet",
+    image_size: int | None = None,
+    resize: str = "crop",
+    batch_size: int = 32,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    checked: CheckedDataset | None = None,
+) -> ExtractResult:
+    """Extract avg- and max-pooled features of every usable image of ``data`` into ``out_dir``."""
+    from .backbones import get_backbone_spec, weights_digest
+
+    start = time.perf_counter()
+    spec = get_backbone_spec(backbone)
+    image_size = image_size or spec.default_size
+    checked = checked or prepare_dataset(data, val_fraction, seed, max_pixels)
+    dataset = checked.dataset
+    records = sorted(dataset.records, key=lambda r: (r.split != "train", r.split or "", r.label, r.path))
+    hashes = checked.hashes
+    config = {
+        "format": FEATURES_FORMAT, "backbone": spec.name, "weights": str(weights),
+        "weights_digest": weights_digest(spec, str(weights)), "image_size": image_size, "resize": resize,
+        "preprocess": spec.preprocess,
+    }
+    key = extraction_key(config, records, hashes)
+    out = Path(out_dir)
+    meta_path = out / "features.json"
+    if meta_path.exists():
+        old = read_json(meta_path)
+        if old.get("key") == key and old.get("complete"):
+            say(f"[green]cached[/green]: features for {len(records)} images already in {out} (same files, backbone "
+                "and settings); the network was not run")
+            return ExtractResult(load_features(out), True, time.perf_counter() - start, None, checked)
+    classes = dataset.classes
+    meta = {
+        **config, "key": key, "complete": False, "tltool_version": __version__, "classes": classes,
+        "dataset": {"name": dataset.name, "source": dataset.source, "notes": dataset.notes},
+        "chunk_size": chunk_size, "n_images": len(records),
+        "files": [{"path": r.path, "label": r.label, "split": r.split, "sha256": hashes[r.path]} for r in records],
+        "skipped": [{"path": f.record.path, "reason": f.reason} for f in checked.bad],
+    }
+    write_json(out / "classes.json", classes)
+    write_json(meta_path, meta)
+    n_computed, seconds = _compute_chunks(records, key, out, spec.name, weights, image_size, resize, batch_size,
+                                          chunk_size, max_pixels)
+    meta["complete"] = True
+    meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
+    write_json(meta_path, meta)
+    total = time.perf_counter() - start
+    return ExtractResult(load_features(out), False, total, meta["throughput_images_per_second"], checked)
+
+
+def _chunk_path(out: Path, index: int) -> Path:
+    return out / "chunks" / f"chunk-{index:05d}.npz"
+
+
+def _chunk_done(path: Path, key: str) -> bool:
+    if not path.exists():
+        return False
+    try:
+        with np.load(path) as z:
+            return str(z["key"]) == key
+    except Exception:  # a damaged chunk is recomputed
+        return False
+
+
+def build_feature_extractor(backbone: str, weights: str, image_size: int):
+    """The backbone with both poolings as outputs, and a compiled step function (XLA off: it is slower on CPU)."""
+    from ._tf import tf
+
+    from .backbones import create_backbone
+
+    model = create_backbone(backbone, weights=weights, image_size=image_size)
+
+    @tf.function(reduce_retracing=True)
+    def step(images):
+        fmap = model(images, training=False)
+        return tf.reduce_mean(fmap, axis=[1, 2]), tf.reduce_max(fmap, axis=[1, 2])
+
+    return model, step
+
+
+def _compute_chunks(records, key, out: Path, backbone, weights, image_size, resize, batch_size, chunk_size,
+                    max_pixels) -> tuple[int, float]:
+    from .pipeline import image_dataset
+
+    n_chunks = (len(records) + chunk_size - 1) // chunk_size
+    pending = [i for i in range(n_chunks) if not _chunk_done(_chunk_path(out, i), key)]
+    if len(pending) < n_chunks:
+        say(f"resuming: {n_chunks - len(pending)} of {n_chunks} chunk(s) already extracted")
+    if not pending:
+        return 0, 0.0
+    todo = [j for i in pending for j in range(i * chunk_size, min((i + 1) * chunk_size, len(records)))]
+    _model, step = build_feature_extractor(backbone, weights, image_size)
+    ds = image_dataset([records[j].path for j in todo], image_size=image_size, resize=resize,
+                       batch_size=batch_size, max_pixels=max_pixels)
+    buffers: tuple[list, list] = ([], [])
+    chunk_iter = iter(pending)
+    current = next(chunk_iter)
+    want = min((current + 1) * chunk_size, len(records)) - current * chunk_size
+    have = 0
+    t0 = None
+    with Bar(len(todo), f"extracting {backbone}") as bar:
+        for images in _iterate(ds):
+            if t0 is None:  # time from the first batch on: graph tracing is not throughput
+                t0, first = time.perf_counter(), len(images)
+            avg, mx = step(images)
+            buffers[0].append(avg.numpy())
+            buffers[1].append(mx.numpy())
+            have += len(images)
+            bar.update(len(images))
+            while current is not None and have >= want:
+                avg_all, max_all = np.concatenate(buffers[0]), np.concatenate(buffers[1])
+                _write_chunk(out, current, key, avg_all[:want], max_all[:want])
+                buffers = ([avg_all[want:]], [max_all[want:]])
+                have -= want
+                current = next(chunk_iter, None)
+                if current is not None:
+                    want = min((current + 1) * chunk_size, len(records)) - current * chunk_size
+    seconds = time.perf_counter() - t0 if t0 else 0.0
+    return len(todo) - first, seconds
+
+
+def _iterate(ds):
+    from ._tf import tf
+
+    iterator = iter(ds)
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+            raise TltoolError(f"an image could not be read during extraction (was it changed after the check?): "
+                              f"{exc.message.splitlines()[0]}") from None
+
+
+def _write_chunk(out: Path, index: int, key: str, avg: np.ndarray, mx: np.ndarray) -> None:
+    target = _chunk_path(out, index)
+    with atomic_path(target, suffix=".npz.tmp") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, avg=avg.astype(np.float32), max=mx.astype(np.float32), key=np.array(key))
+
+
+def load_features(directory: str | Path) -> FeatureSet:
+    directory = Path(directory)
+    meta_path = directory / "features.json"
+    if not meta_path.exists():
+        raise TltoolError(f"{directory}: no features.json here. Run `tltool extract DATA --out {directory}` first.")
+    meta = read_json(meta_path)
+    if not meta.get("complete"):
+        raise TltoolError(f"{directory}: the extraction did not finish. Run the same `tltool extract` again to resume.")
+    n, chunk = meta["n_images"], meta["chunk_size"]
+    avg, mx = [], []
+    for i in range((n + chunk - 1) // chunk):
+        with np.load(_chunk_path(directory, i)) as z:
+            if str(z["key"]) != meta["key"]:
+                raise TltoolError(f"{directory}: chunk {i} belongs to another extraction; run `tltool extract` again.")
+            avg.append(z["avg"])
+            mx.append(z["max"])
+    files = meta["files"]
+    classes = meta["classes"]
+    records = [Record(f["path"], f["label"], f["split"]) for f in files]
+    return FeatureSet(
+        directory=directory, meta=meta, avg=np.concatenate(avg), max=np.concatenate(mx),
+        paths=[f["path"] for f in files], labels=label_indices(records, classes),
+        splits=np.array([f["split"] for f in files]), hashes=[f["sha256"] for f in files],
+    )

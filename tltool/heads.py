@@ -1,0 +1,183 @@
+"""Linear heads on CNN features, scikit-learn style: a registry of estimators with their regularisation grids.
+
+A fitted head is stored as plain arrays (``head.npz``: scaler mean/scale, coefficients, intercepts; or the
+training set for k-NN), not a pickle, so it loads across scikit-learn versions and can become a Keras Dense layer.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import TltoolError, did_you_mean
+from .utils import atomic_path, write_json, read_json
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    name: str
+    make: Callable[[dict | str | None, int], object]  # (class_weight, seed) -> unfitted estimator
+    param: str  # the regularisation parameter searched by cross-validation
+    grid: tuple
+    description: str
+    linear: bool = True
+
+
+def _logreg(class_weight, seed):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=3000, class_weight=class_weight, random_state=seed)
+
+
+def _linsvm(class_weight, seed):
+    from sklearn.svm import LinearSVC
+
+    return LinearSVC(max_iter=20000, class_weight=class_weight, random_state=seed)
+
+
+def _ridge(class_weight, seed):
+    from sklearn.linear_model import RidgeClassifier
+
+    return RidgeClassifier(class_weight=class_weight)
+
+
+def _sgd(class_weight, seed):
+    from sklearn.linear_model import SGDClassifier
+
+    return SGDClassifier(loss="log_loss", max_iter=1000, tol=1e-4, class_weight=class_weight, random_state=seed)
+
+
+def _knn(class_weight, seed):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return KNeighborsClassifier(weights="distance")
+
+
+HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (
+    HeadSpec("logreg", _logreg, "C", (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
+             "multinomial logistic regression (probabilities)"),
+    HeadSpec("linsvm", _linsvm, "C", (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+             "linear SVM (one-vs-rest; scores softmaxed)"),
+    HeadSpec("ridge", _ridge, "alpha", (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0),
+             "ridge regression classifier (scores softmaxed)"),
+    HeadSpec("sgd", _sgd, "alpha", (1e-5, 1e-4, 1e-3, 1e-2, 1e-1), "logistic loss by stochastic gradient descent"),
+    HeadSpec("knn", _knn, "n_neighbors", (1, 3, 5, 7, 11, 15), "k nearest neighbours (distance weighted)",
+             linear=False),
+)}
+
+
+def get_head_spec(name: str) -> HeadSpec:
+    if name not in HEADS:
+        raise did_you_mean(name, HEADS, "head")
+    return HEADS[name]
+
+
+def make_pipeline(spec: HeadSpec, standardize: bool, class_weight, seed: int):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    steps = [("scale", StandardScaler() if standardize else "passthrough"), ("clf", spec.make(class_weight, seed))]
+    return Pipeline(steps)
+
+
+def cv_folds(y: np.ndarray, max_folds: int = 5) -> int:
+    smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
+    if smallest < 2:
+        raise TltoolError("every class needs at least 2 training images to choose the regularisation by "
+                          "cross-validation.")
+    return min(max_folds, smallest)
+
+
+def search(spec: HeadSpec, X: np.ndarray, y: np.ndarray, *, standardize: bool = True, class_weight=None,
+           seed: int = 0, max_folds: int = 5):
+    """Choose ``spec.param`` by stratified K-fold cross-validation on (X, y); return the refitted GridSearchCV."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    grid = list(spec.grid)
+    if spec.name == "knn":
+        grid = [k for k in grid if k <= len(y) * (cv_folds(y, max_folds) - 1) / cv_folds(y, max_folds)] or [1]
+    folds = StratifiedKFold(n_splits=cv_folds(y, max_folds), shuffle=True, random_state=seed)
+    gs = GridSearchCV(make_pipeline(spec, standardize, class_weight, seed), {f"clf__{spec.param}": grid},
+                      cv=folds, scoring="accuracy", refit=True, n_jobs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gs.fit(X, y)
+    return gs
+
+
+@dataclass
+class FittedHead:
+    """A fitted head as arrays. ``predict_proba`` needs no scikit-learn estimator object."""
+
+    name: str
+    classes: list[str]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray | None = None  # (C, d)
+    intercept: np.ndarray | None = None  # (C,)
+    train_x: np.ndarray | None = None  # k-NN only: standardised training features
+    train_y: np.ndarray | None = None
+    params: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_pipeline(cls, name: str, pipeline, classes: list[str], params: dict, X_train=None, y_train=None):
+        scaler, clf = pipeline.named_steps["scale"], pipeline.named_steps["clf"]
+        d = X_train.shape[1] if X_train is not None else clf.coef_.shape[1]
+        mean = getattr(scaler, "mean_", np.zeros(d))
+        scale = getattr(scaler, "scale_", np.ones(d))
+        if not get_head_spec(name).linear:
+            return cls(name, classes, mean, scale, train_x=(X_train - mean) / scale, train_y=y_train,
+                       params={**params, "n_neighbors": clf.n_neighbors})
+        coef, intercept = np.atleast_2d(clf.coef_), np.atleast_1d(clf.intercept_)
+        if coef.shape[0] == 1 and len(classes) == 2:  # binary: softmax([-z/2, z/2]) == sigmoid(z)
+            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+        return cls(name, classes, mean, scale, coef=coef, intercept=intercept, params=params)
+
+    def decision(self, X: np.ndarray) -> np.ndarray:
+        Z = (X - self.mean) / self.scale
+        return Z @ self.coef.T + self.intercept
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        if self.coef is None:
+            return self._knn_proba(X)
+        z = self.decision(X)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def _knn_proba(self, X: np.ndarray) -> np.ndarray:
+        from sklearn.neighbors import KNeighborsClassifier
+
+        knn = KNeighborsClassifier(n_neighbors=int(self.params["n_neighbors"]), weights="distance")
+        knn.fit(self.train_x, self.train_y)
+        proba = np.zeros((len(X), len(self.classes)))
+        proba[:, knn.classes_] = knn.predict_proba((X - self.mean) / self.scale)
+        return proba
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        arrays = {k: v for k, v in (("mean", self.mean), ("scale", self.scale), ("coef", self.coef),
+                                    ("intercept", self.intercept), ("train_x", self.train_x),
+                                    ("train_y", self.train_y)) if v is not None}
+        with atomic_path(directory / "head.npz", suffix=".npz.tmp") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        write_json(directory / "head.json", {"name": self.name, "classes": self.classes, "params": self.params})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FittedHead":
+        directory = Path(directory)
+        meta = read_json(directory / "head.json")
+        with np.load(directory / "head.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        return cls(meta["name"], meta["classes"], params=meta["params"], **arrays)
+
+
+def params_json(params: dict) -> str:
+    return json.dumps({k.replace("clf__", ""): v for k, v in params.items()})

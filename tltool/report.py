@@ -1,0 +1,169 @@
+"""Run reports: ``metrics.json``, ``report.md``, ``predictions.csv`` and PNG plots, shared by every training path.
+
+Every artifact is written to a temporary name and renamed, so a killed run never leaves a half-written report.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .evaluation import Evaluation
+from .utils import atomic_path, write_json, write_text_atomic
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, target: Path) -> None:
+    plt = _pyplot()
+    with atomic_path(target, suffix=".png.tmp") as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def accuracy_line(evaluation: Evaluation, split: str = "val") -> str:
+    return f"{split} accuracy {evaluation.accuracy()}"
+
+
+def plot_confusion(evaluation: Evaluation, target: Path, title: str) -> None:
+    plt = _pyplot()
+    matrix = evaluation.confusion()
+    c = len(evaluation.classes)
+    size = max(4.0, 0.55 * c + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(c), evaluation.classes, rotation=45, ha="right")
+    ax.set_yticks(range(c), evaluation.classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    top = matrix.max() or 1
+    for i in range(c):
+        for j in range(c):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > top / 2 else "black", fontsize=9)
+    save_figure(fig, target)
+
+
+def plot_misclassified(evaluation: Evaluation, paths: Sequence[str], target: Path, limit: int = 24) -> int:
+    """A grid of wrongly classified images, most confident mistakes first; returns how many are shown."""
+    from .errors import BadImageError
+    from .images import load_image
+
+    plt = _pyplot()
+    wrong = np.flatnonzero(~evaluation.correct)
+    wrong = wrong[np.argsort(-evaluation.probs[wrong].max(axis=1))][:limit]
+    cols = min(6, max(1, len(wrong)))
+    rows = max(1, math.ceil(len(wrong) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        try:
+            ax.imshow(load_image(paths[i], 128))
+        except BadImageError:
+            pass
+        true, pred = evaluation.classes[evaluation.y_true[i]], evaluation.classes[evaluation.y_pred[i]]
+        ax.set_title(f"true {true}\npred {pred} ({evaluation.probs[i].max():.2f})", fontsize=8)
+    if not len(wrong):
+        axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    fig.suptitle(f"misclassified: {int((~evaluation.correct).sum())} of {evaluation.n}")
+    save_figure(fig, target)
+    return len(wrong)
+
+
+def write_predictions(evaluation: Evaluation, paths: Sequence[str], target: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "true", "predicted", "correct", "confidence"] + [f"p_{c}" for c in evaluation.classes])
+    for i, path in enumerate(paths):
+        writer.writerow([path, evaluation.classes[evaluation.y_true[i]], evaluation.classes[evaluation.y_pred[i]],
+                         int(evaluation.correct[i]), f"{evaluation.probs[i].max():.6f}"]
+                        + [f"{p:.6f}" for p in evaluation.probs[i]])
+    write_text_atomic(target, buf.getvalue())
+
+
+def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], list[str]]:
+    """``(paths, true labels, predicted labels, classes)`` from a run's ``predictions.csv``."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        classes = [h[2:] for h in header[5:]]
+        rows = list(reader)
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], classes
+
+
+def _fmt(p: dict | None) -> str:
+    if not p:
+        return "n/a"
+    lo, hi = p["ci95"]
+    return f"{p['value']:.3f} [{lo:.3f}, {hi:.3f}] (n={p['n']})"
+
+
+def markdown_summary(title: str, metrics: dict) -> str:
+    val = metrics["val"]
+    lines = [f"# {title}", ""]
+    lines += [f"- **validation accuracy: {_fmt(val['accuracy'])}**"]
+    if val.get("top5_accuracy"):
+        lines.append(f"- top-5 accuracy: {_fmt(val['top5_accuracy'])}")
+    ba = val["balanced_accuracy"]
+    lines.append(f"- balanced accuracy: {ba['value']:.3f} (mean recall over {ba['n_classes']} classes, n={ba['n']})")
+    for name, tta in (metrics.get("tta") or {}).items():
+        lines.append(f"- with test-time augmentation `{name}`: {_fmt(tta['accuracy'])}")
+    if metrics.get("train_accuracy"):
+        lines.append(f"- training accuracy: {_fmt(metrics['train_accuracy'])}")
+    if metrics.get("cv"):
+        cv = metrics["cv"]
+        lines.append(f"- cross-validation ({cv['description']}): {_fmt(cv['accuracy'])}, "
+                     f"fold mean {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f}")
+    lines += ["", "Intervals are 95 % Wilson score intervals over the n images; on a small validation split they are "
+              "wide, and two runs whose intervals overlap may not differ at all (`tltool compare` tests it).", ""]
+    lines += ["## Per class", "", "| class | precision | recall [95 % CI] | F1 | n |", "|---|---|---|---|---|"]
+    for name, row in val["per_class"].items():
+        recall = _fmt(row["recall"]) if row["recall"] else "n/a"
+        lines.append(f"| {name} | {row['precision']:.3f} | {recall} | {row['f1']:.3f} | {row['support']} |")
+    lines += ["", "## Settings", "", "```json"]
+    import json
+
+    lines += [json.dumps(metrics.get("config", {}), indent=2, default=str), "```", ""]
+    lines += ["## Plots", "", "![confusion matrix](confusion_matrix.png)", "", "![misclassified](misclassified.png)"]
+    if (metrics.get("artifacts") or {}).get("training_curves"):
+        lines += ["", "![training curves](training_curves.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def write_run_report(run_dir: str | Path, evaluation: Evaluation, paths: Sequence[str], *, kind: str, title: str,
+                     config: dict, extra: dict | None = None,
+                     tta: dict[str, Evaluation] | None = None) -> dict:
+    """Write the full report of one run; returns the metrics dict written to ``metrics.json``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plot_confusion(evaluation, run_dir / "confusion_matrix.png", f"{title}\n{accuracy_line(evaluation)}")
+    plot_misclassified(evaluation, paths, run_dir / "misclassified.png")
+    write_predictions(evaluation, paths, run_dir / "predictions.csv")
+    write_json(run_dir / "classes.json", evaluation.classes)
+    metrics = {
+        "kind": kind, "title": title, "split": "val", "val": evaluation.to_json(),
+        "tta": {name: ev.to_json() for name, ev in (tta or {}).items()} or None,
+        "interval_method": "Wilson score interval, 95 %",
+        "config": config,
+        "artifacts": {"confusion_matrix": "confusion_matrix.png", "misclassified": "misclassified.png",
+                      "predictions": "predictions.csv", "summary": "report.md"},
+        **(extra or {}),
+    }
+    if (run_dir / "training_curves.png").exists():
+        metrics["artifacts"]["training_curves"] = "training_curves.png"
+    write_json(run_dir / "metrics.json", metrics)
+    write_text_atomic(run_dir / "report.md", markdown_summary(title, metrics))
+    return metrics

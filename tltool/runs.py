@@ -1,0 +1,31 @@
+"""Run directories: where every command writes its report, model and settings."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from .errors import TltoolError
+
+DEFAULT_RUNS_ROOT = Path("runs")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:60] or "run"
+
+
+def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bool = False) -> Path:
+    """``out`` if given (refusing to overwrite an earlier run unless ``force``), else ``runs/KIND-PARTS-TIME``."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and (path / "metrics.json").exists() and not force:
+            raise TltoolError(f"{path} already holds a finished run; choose another --out or pass --force to replace it.")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = DEFAULT_RUNS_ROOT / "-".join(_slug(p) for p in (kind, *parts, stamp) if p)
+        n = 1
+        while path.exists():
+            n += 1
+            path = path.with_name(f"{path.name.rsplit('_', 1)[0] if n > 2 else path.name}_{n}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
