@@ -1,0 +1,53 @@
+"""``tltool data ...``: look at a dataset before training on it."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .options import split_options
+
+
+@click.group("data")
+def data() -> None:
+    """Inspect, split and create datasets."""
+
+
+@data.command("inspect")
+@click.argument("path")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any file is bad or any warning is raised.")
+@click.option("--max-pixels", type=int, default=None, help="Reject images with more pixels (decompression bombs).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for inspect.json [default: runs/inspect-<name>].")
+def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None) -> None:
+    """Count images per class and split, name every bad file with its reason, find duplicates and leakage."""
+    from ..inspection import run_inspect
+
+    code = run_inspect(path, strict=strict, max_pixels=max_pixels, out=out)
+    sys.exit(code)
+
+
+@data.command("split")
+@click.argument("path")
+@click.option("--out", "out_csv", type=click.Path(dir_okay=False), required=True, help="Manifest CSV to write.")
+@split_options
+def split_cmd(path: str, out_csv: str, val_fraction: float, seed: int, max_pixels: int) -> None:
+    """Write a stratified, seeded train/val split as a CSV manifest (path,label,split) and classes.json."""
+    from ..dataset import write_split_manifest
+
+    target = write_split_manifest(path, out_csv, val_fraction=val_fraction, seed=seed)
+    click.echo(f"wrote {target}")
+
+
+@data.command("make-sample")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--per-class", type=int, default=40, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_sample_cmd(out: str, per_class: int, seed: int) -> None:
+    """Render the bundled demo dataset of shapes (circle, square, triangle, star) into OUT."""
+    from ..sample import make_shapes_dataset
+
+    click.echo(f"wrote {make_shapes_dataset(out, per_class=per_class, seed=seed)}")
+
+
+COMMANDS = [data]

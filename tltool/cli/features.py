@@ -1,0 +1,138 @@
+"""The main job: ``backbones``, ``extract``, ``linear``, ``probe`` (both at once), ``predict``, ``evaluate``."""
+from __future__ import annotations
+
+import click
+
+from .options import backbone_options, force_option, out_option, split_options, tta_option
+
+
+@click.command("backbones")
+def backbones_cmd() -> None:
+    """List the pretrained networks, their preprocessing, input size and whether weights are available offline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..backbones import list_backbones
+
+    table = Table(title="backbones (weights: offline = ships with tltool's dependencies; cached = in the Keras cache)")
+    for column in ("name", "family", "preprocess", "size", "min", "weights"):
+        table.add_column(column)
+    for spec in list_backbones():
+        state = "offline" if spec.offline_weights else ("cached" if spec.weights_cached() else "download")
+        table.add_row(spec.name, spec.family, spec.preprocess, str(spec.default_size), str(spec.min_size), state)
+    Console(highlight=False).print(table)
+
+
+@click.command("extract")
+@click.argument("data")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Features folder to write.")
+@backbone_options
+@split_options
+@click.option("--chunk-size", type=int, default=1024, show_default=True, help="Images per chunk file on disk.")
+def extract_cmd(data, out, backbone, weights, image_size, resize, batch_size, val_fraction, seed, max_pixels,
+                chunk_size) -> None:
+    """Extract pooled CNN features of every image in DATA (folder, CSV manifest or tfds:NAME) into --out."""
+    from ..features import extract_features
+
+    result = extract_features(data, out, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
+                              batch_size=batch_size, val_fraction=val_fraction, seed=seed, chunk_size=chunk_size,
+                              max_pixels=max_pixels)
+    fs = result.features
+    speed = f", {result.images_per_second:.1f} images/s" if result.images_per_second else ""
+    state = "cached" if result.cached else "extracted"
+    click.echo(f"{state}: {len(fs.paths)} images x {fs.avg.shape[1]} features ({fs.meta['backbone']}) in "
+               f"{result.seconds:.1f} s{speed} -> {out}")
+
+
+_linear_options = [
+    click.option("--head", default="logreg", show_default=True, help="logreg, linsvm, ridge, sgd or knn."),
+    click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True),
+    click.option("--standardize/--no-standardize", default=True, show_default=True),
+    click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True),
+]
+
+
+def linear_options(fn):
+    for option in reversed(_linear_options):
+        fn = option(fn)
+    return fn
+
+
+def _print_linear(result) -> None:
+    from ..report import accuracy_line
+
+    click.echo(accuracy_line(result.evaluation))
+    for name, tta in (result.metrics.get("tta") or {}).items():
+        acc = tta["accuracy"]
+        click.echo(f"val accuracy with TTA {name} {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
+                   f"(n={acc['n']})")
+    click.echo(f"report: {result.run_dir / 'report.md'}")
+
+
+@click.command("linear")
+@click.argument("features", type=click.Path(exists=True, file_okay=False))
+@linear_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@tta_option
+@out_option
+@force_option
+def linear_cmd(features, head, pool, standardize, class_weight, seed, tta, out, force) -> None:
+    """Train a linear head on extracted FEATURES (regularisation chosen by CV) and report validation accuracy."""
+    from ..linear import train_linear
+
+    _print_linear(train_linear(features, out=out, head=head, pool=pool, standardize=standardize,
+                               class_weight=class_weight, seed=seed, tta=tta, force=force))
+
+
+@click.command("probe")
+@click.argument("data")
+@backbone_options
+@split_options
+@linear_options
+@tta_option
+@click.option("--features", "features_dir", type=click.Path(file_okay=False), default=None,
+              help="Features folder (cache) [default: runs/features-<data>-<backbone>].")
+@out_option
+@force_option
+def probe_cmd(data, backbone, weights, image_size, resize, batch_size, val_fraction, seed, max_pixels, head, pool,
+              standardize, class_weight, tta, features_dir, out, force) -> None:
+    """The main job in one command: extract features of DATA (cached) and fit a linear head on them."""
+    from ..linear import probe
+
+    _print_linear(probe(data, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
+                        batch_size=batch_size, val_fraction=val_fraction, seed=seed, max_pixels=max_pixels,
+                        head=head, pool=pool, standardize=standardize, class_weight=class_weight, tta=tta,
+                        features_dir=features_dir, out=out, force=force))
+
+
+@click.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--model", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="A run folder written by linear, probe, finetune or train.")
+@click.option("--top-k", type=int, default=3, show_default=True)
+@tta_option
+def predict_cmd(images, run_dir, top_k, tta) -> None:
+    """Classify IMAGES with a trained run."""
+    from ..models import predict_images
+
+    for p in predict_images(run_dir, images, top_k=top_k, tta=tta):
+        click.echo(f"{p.path}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in p.top))
+
+
+@click.command("evaluate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data")
+@tta_option
+@out_option
+@force_option
+def evaluate_cmd(run_dir, data, tta, out, force) -> None:
+    """Evaluate a trained run on another labelled dataset DATA (every image of it, whatever its split)."""
+    from ..models import evaluate_run
+    from ..report import accuracy_line
+
+    target, evaluation, _ = evaluate_run(run_dir, data, out=out, tta=tta, force=force)
+    click.echo(accuracy_line(evaluation, split="test"))
+    click.echo(f"report: {target / 'report.md'}")
+
+
+COMMANDS = [backbones_cmd, extract_cmd, linear_cmd, probe_cmd, predict_cmd, evaluate_cmd]

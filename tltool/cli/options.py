@@ -1,0 +1,40 @@
+"""Options shared by several commands, declared once so every command spells them the same way."""
+from __future__ import annotations
+
+import click
+
+from ..images import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
+
+
+def _compose(*decorators):
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
+split_options = _compose(
+    click.option("--val-fraction", type=float, default=0.2, show_default=True,
+                 help="Share of each class held out for validation when the data has no split of its own."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of training."),
+    click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+                 help="Images with more pixels are rejected as decompression bombs."),
+)
+
+backbone_options = _compose(
+    click.option("--backbone", default="efficientnet_lite0", show_default=True,
+                 help="Pretrained network (see `tltool backbones`)."),
+    click.option("--weights", default="imagenet", show_default=True,
+                 help="imagenet (Keras cache; offline for efficientnet_lite0), none, or a weights file."),
+    click.option("--image-size", type=int, default=None, help="Input size in pixels [default: the backbone's]."),
+    click.option("--resize", type=click.Choice(RESIZE_POLICIES), default="crop", show_default=True,
+                 help="crop: shorter side + centre crop; pad: letterbox; stretch: ignore aspect ratio."),
+    click.option("--batch-size", type=int, default=32, show_default=True),
+)
+
+out_option = click.option("--out", type=click.Path(file_okay=False), default=None,
+                          help="Run folder to write [default: runs/<kind>-<names>-<time>].")
+force_option = click.option("--force", is_flag=True, help="Replace a finished run in --out.")
+tta_option = click.option("--tta", type=click.Choice(["none", "flip", "10crop"]), default="none", show_default=True,
+                          help="Test-time augmentation at evaluation: mirror, or 4 corners + centre and mirrors.")
