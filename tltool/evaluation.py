@@ -35,7 +35,7 @@ class Evaluation:
         return Proportion(int(self.correct.sum()), self.n)
 
     def top_k(self, k: int) -> Proportion | None:
-        if len(self.classes) <= k:
+        if len(self.classes) < k:
             return None
         top = np.argsort(-self.probs, axis=1)[:, :k]
         return Proportion(int((top == self.y_true[:, None]).any(axis=1).sum()), self.n)

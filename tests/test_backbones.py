@@ -1,0 +1,155 @@
+"""Backbone registry, offline failure messages, and the exactness of the offline EfficientNet-Lite0 port."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tltool.backbones import create_backbone, get_backbone_spec, list_backbones
+from tltool.errors import TltoolError
+
+
+def test_registry_lists_at_least_30_backbones_with_sane_entries():
+    specs = list_backbones()
+    assert len(specs) >= 30
+    from tltool.backbones.layers import PREPROCESS_MODES
+
+    for spec in specs:
+        assert spec.preprocess in PREPROCESS_MODES
+        assert spec.min_size <= spec.default_size
+    # the preprocessing each family was trained with (a mismatch silently costs accuracy)
+    expected = {"vgg16": "caffe", "resnet50": "caffe", "resnet50_v2": "tf", "inception_v3": "tf",
+                "mobilenet_v2": "tf", "densenet121": "torch", "efficientnet_b0": "none", "convnext_tiny": "none",
+                "efficientnet_v2_s": "none", "mobilenet_v3_small": "none", "efficientnet_lite0": "lite"}
+    for name, mode in expected.items():
+        assert get_backbone_spec(name).preprocess == mode, name
+
+
+def test_bad_backbone_name_suggests():
+    with pytest.raises(TltoolError, match="Did you mean 'resnet50'"):
+        get_backbone_spec("resnet_50")
+
+
+def test_preprocessing_layer_matches_keras_functions():
+    from tltool._tf import keras
+    from tltool.backbones.layers import ImagePreprocessing
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    for mode, fn in (("caffe", keras.applications.vgg16.preprocess_input),
+                     ("tf", keras.applications.mobilenet_v2.preprocess_input),
+                     ("torch", keras.applications.densenet.preprocess_input)):
+        np.testing.assert_allclose(np.asarray(ImagePreprocessing(mode)(x)), fn(x.copy()), atol=1e-4, err_msg=mode)
+    np.testing.assert_allclose(np.asarray(ImagePreprocessing("lite")(x)), (x - 127) / 128, atol=1e-6)
+
+
+def test_offline_imagenet_download_fails_fast_with_instructions(monkeypatch, tmp_path):
+    from keras.src.utils import file_utils
+
+    def offline(fname, origin=None, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(TltoolError) as err:
+        create_backbone("mobilenet_v2", weights="imagenet", image_size=96)
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" in message
+    assert str(tmp_path / "models") in message and "--weights PATH" in message
+
+
+def test_weights_none_and_path_round_trip(tmp_path):
+    model = create_backbone("mobilenet_v3_small", weights="none", image_size=64)
+    base = model.get_layer(index=-1)
+    path = tmp_path / "base.weights.h5"
+    base.save_weights(str(path))
+    again = create_backbone("mobilenet_v3_small", weights=str(path), image_size=64)
+    x = np.random.default_rng(1).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(again(x)), atol=1e-5)
+    with pytest.raises(TltoolError, match="no such file"):
+        create_backbone("mobilenet_v3_small", weights=str(tmp_path / "missing.h5"), image_size=64)
+    with pytest.raises(TltoolError, match="at least"):
+        create_backbone("inception_v3", weights="none", image_size=40)
+
+
+def _imagenet_top5(image: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    from tltool.backbones.efficientnet_lite import EfficientNetLite0
+
+    model = EfficientNetLite0(include_top=True, weights="imagenet")
+    x = np.asarray(Image.fromarray(image).resize((224, 224), Image.BILINEAR), dtype=np.float32)
+    probs = np.asarray(model((x[None] - 127.0) / 128.0, training=False))[0]
+    return np.argsort(-probs)[:5], probs
+
+
+def test_lite0_recognises_real_photos():
+    data = pytest.importorskip("skimage.data", reason="scikit-image (test extra) ships the photos")
+    top5, probs = _imagenet_top5(data.chelsea())  # a tabby cat
+    assert {281, 282, 285} & set(top5.tolist())
+    assert top5[0] == 285 and probs[285] > 0.5
+    top5, probs = _imagenet_top5(data.coffee())  # a cup of espresso
+    assert {967, 968, 504} & set(top5.tolist())
+    assert top5[0] == 967 and probs[967] > 0.7
+
+
+def test_lite0_weights_cover_every_value_once():
+    from tltool.backbones.efficientnet_lite import EfficientNetLite0, _package_pth, assign_torch_weights
+
+    model = EfficientNetLite0(weights=None)
+    assert assign_torch_weights(model, _package_pth()) == 4_694_024 == model.count_params()
+
+
+def test_lite0_matches_torch_reference():
+    torch = pytest.importorskip("torch", reason="torch is optional; this comparison runs only where it is installed")
+    from tltool.backbones.efficientnet_lite import EfficientNetLite0
+    from tltool.backbones.torch_pickle import load_legacy_state_dict
+    from tltool.backbones.efficientnet_lite import _package_pth
+
+    state = {k: torch.from_numpy(v) for k, v in load_legacy_state_dict(_package_pth()).items()}
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+    keras_model = EfficientNetLite0(include_top=True, weights="imagenet", classifier_activation=None)
+    ours = np.asarray(keras_model(x, training=False))
+    theirs = _torch_lite0_logits(torch, state, x)
+    assert np.abs(ours - theirs).max() < 1e-3
+
+
+def _torch_lite0_logits(torch, state, x):
+    """A minimal functional EfficientNet-Lite0 forward pass in torch with TF 'same' padding."""
+    import math
+
+    F = torch.nn.functional
+
+    def same_pad(t, k, s):
+        h, w = t.shape[-2:]
+        ph = max((math.ceil(h / s) - 1) * s + k - h, 0)
+        pw = max((math.ceil(w / s) - 1) * s + k - w, 0)
+        return F.pad(t, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+
+    def bn(t, p):
+        return F.batch_norm(t, state[f"{p}.running_mean"], state[f"{p}.running_var"], state[f"{p}.weight"],
+                            state[f"{p}.bias"], False, 0.0, 1e-3)
+
+    def conv(t, p, s=1, groups=1):
+        w = state[f"{p}.weight"]
+        return F.conv2d(same_pad(t, w.shape[-1], s), w, stride=s, groups=groups)
+
+    from tltool.backbones.efficientnet_lite import LITE0_STAGES
+
+    t = torch.from_numpy(x).permute(0, 3, 1, 2)
+    t = F.relu6(bn(conv(t, "_conv_stem", 2), "_bn0"))
+    index = 0
+    for expand, kernel, stride, f_in, f_out, repeats in LITE0_STAGES:
+        for i in range(repeats):
+            p, s, inp = f"_blocks.{index}", stride if i == 0 else 1, t
+            if expand != 1:
+                t = F.relu6(bn(conv(t, f"{p}._expand_conv"), f"{p}._bn0"))
+            t = F.relu6(bn(conv(t, f"{p}._depthwise_conv", s, groups=t.shape[1]), f"{p}._bn1"))
+            t = bn(conv(t, f"{p}._project_conv"), f"{p}._bn2")
+            if s == 1 and (f_in if i == 0 else f_out) == f_out:
+                t = t + inp
+            index += 1
+    t = F.relu6(bn(conv(t, "_conv_head"), "_bn1")).mean(dim=(2, 3))
+    return (t @ state["_fc.weight"].T + state["_fc.bias"]).detach().numpy()

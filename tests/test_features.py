@@ -1,0 +1,81 @@
+"""Feature extraction: chunked on disk, cached, resumable; metadata a user can trust."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE
+from tltool.features import extract_features, load_features
+from tltool.errors import TltoolError
+
+
+@pytest.fixture(scope="module")
+def shapes_features(tmp_path_factory):
+    out = tmp_path_factory.mktemp("feat") / "shapes"
+    first = extract_features(str(SAMPLE), out, image_size=64, chunk_size=48, seed=0)
+    return out, first
+
+
+def test_extract_writes_chunks_and_metadata(shapes_features):
+    out, first = shapes_features
+    fs = first.features
+    assert not first.cached
+    assert fs.avg.shape == (160, 1280) and fs.max.shape == (160, 1280)
+    assert len(list((out / "chunks").glob("chunk-*.npz"))) == 4  # 160 images / 48 per chunk
+    meta = fs.meta
+    assert meta["backbone"] == "efficientnet_lite0" and meta["image_size"] == 64 and meta["preprocess"] == "lite"
+    assert meta["classes"] == ["circle", "square", "star", "triangle"]
+    assert all(len(f["sha256"]) == 64 for f in meta["files"])
+    assert sorted(set(fs.splits)) == ["train", "val"] and (fs.splits == "val").sum() == 32
+    assert (fs.max >= fs.avg - 1e-5).all()  # max pooling dominates average pooling
+    assert fs.features("avgmax").shape == (160, 2560)
+
+
+def test_second_run_is_cached_and_fast(shapes_features):
+    out, first = shapes_features
+    start = time.perf_counter()
+    again = extract_features(str(SAMPLE), out, image_size=64, chunk_size=48, seed=0)
+    assert again.cached
+    assert time.perf_counter() - start < 0.1 * first.seconds + 0.5
+    np.testing.assert_array_equal(again.features.avg, first.features.avg)
+
+
+def test_changed_settings_are_not_served_from_cache(shapes_features, tmp_path):
+    out, first = shapes_features
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    other = extract_features(str(SAMPLE), copy, image_size=64, chunk_size=48, seed=1)  # another split
+    assert not other.cached
+
+
+def test_killed_run_resumes_at_the_missing_chunk(shapes_features, tmp_path, monkeypatch):
+    out, first = shapes_features
+    copy = tmp_path / "resume"
+    shutil.copytree(out, copy)
+    (copy / "chunks" / "chunk-00002.npz").unlink()
+    meta = (copy / "features.json").read_text().replace('"complete": true', '"complete": false')
+    (copy / "features.json").write_text(meta)
+    with pytest.raises(TltoolError, match="did not finish"):
+        load_features(copy)
+    computed = []
+    import tltool.features as features
+
+    original = features._write_chunk
+    monkeypatch.setattr(features, "_write_chunk", lambda out, i, *a: (computed.append(i), original(out, i, *a)))
+    resumed = extract_features(str(SAMPLE), copy, image_size=64, chunk_size=48, seed=0)
+    assert computed == [2]
+    np.testing.assert_allclose(resumed.features.avg, first.features.avg, atol=1e-4)
+
+
+def test_bad_files_are_skipped_and_recorded(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE / "circle", data / "circle")
+    shutil.copytree(SAMPLE / "star", data / "star")
+    (data / "star" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        result = extract_features(str(data), tmp_path / "f", image_size=48)
+    assert len(result.features.paths) == 80
+    assert result.features.meta["skipped"][0]["reason"] == "truncated or corrupt"

@@ -1,0 +1,53 @@
+"""Linear heads: CV-chosen regularisation, arrays that reproduce scikit-learn, save/load without pickle."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+
+from tltool.errors import TltoolError
+from tltool.heads import HEADS, FittedHead, get_head_spec, search
+
+
+def _data(classes=3, seed=0):
+    X, y = make_classification(n_samples=150, n_features=20, n_informative=8, n_classes=classes,
+                               n_clusters_per_class=1, class_sep=2.0, random_state=seed)
+    return X[:100], y[:100], X[100:], y[100:]
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_every_head_learns_and_round_trips(name, tmp_path):
+    Xtr, ytr, Xte, yte = _data()
+    gs = search(get_head_spec(name), Xtr, ytr, seed=0)
+    classes = ["a", "b", "c"]
+    head = FittedHead.from_pipeline(name, gs.best_estimator_, classes, {"x": 1}, Xtr, ytr)
+    proba = head.predict_proba(Xte)
+    assert proba.shape == (50, 3) and np.allclose(proba.sum(axis=1), 1)
+    np.testing.assert_array_equal(proba.argmax(1), gs.best_estimator_.predict(Xte))
+    assert (proba.argmax(1) == yte).mean() > 0.8
+    head.save(tmp_path)
+    again = FittedHead.load(tmp_path)
+    np.testing.assert_allclose(again.predict_proba(Xte), proba)
+    assert not list(tmp_path.glob("*.pkl"))
+
+
+def test_logreg_probabilities_equal_sklearn():
+    Xtr, ytr, Xte, _ = _data()
+    gs = search(get_head_spec("logreg"), Xtr, ytr)
+    head = FittedHead.from_pipeline("logreg", gs.best_estimator_, list("abc"), {}, Xtr, ytr)
+    np.testing.assert_allclose(head.predict_proba(Xte), gs.best_estimator_.predict_proba(Xte), atol=1e-8)
+
+
+def test_binary_head_gives_sigmoid_probabilities():
+    Xtr, ytr, Xte, _ = _data(classes=2)
+    gs = search(get_head_spec("logreg"), Xtr, ytr)
+    head = FittedHead.from_pipeline("logreg", gs.best_estimator_, ["neg", "pos"], {}, Xtr, ytr)
+    np.testing.assert_allclose(head.predict_proba(Xte), gs.best_estimator_.predict_proba(Xte), atol=1e-8)
+
+
+def test_search_reports_grid_and_unknown_head():
+    Xtr, ytr, _, _ = _data()
+    gs = search(get_head_spec("ridge"), Xtr, ytr)
+    assert len(gs.cv_results_["params"]) == len(get_head_spec("ridge").grid)
+    with pytest.raises(TltoolError, match="Did you mean 'linsvm'"):
+        get_head_spec("linsv")

@@ -1,0 +1,67 @@
+"""Interval and test statistics against hand-computed and table values."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tltool.stats import Proportion, mcnemar_exact, paired_difference_interval, wilson_interval
+
+
+def _wilson_by_hand(k, n, z=1.959963984540054):
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("k,n", [(87, 100), (0, 20), (20, 20), (1, 1), (45, 60)])
+def test_wilson_matches_formula(k, n):
+    lo, hi = wilson_interval(k, n)
+    elo, ehi = _wilson_by_hand(k, n)
+    assert lo == pytest.approx(max(0, elo), abs=1e-12) and hi == pytest.approx(min(1, ehi), abs=1e-12)
+
+
+def test_wilson_known_values():
+    # 87/100: the example of the issue text
+    lo, hi = wilson_interval(87, 100)
+    assert (round(lo, 3), round(hi, 3)) == (0.790, 0.922)
+    # 0/n and n/n stay inside [0, 1] and are not degenerate (Wald would give [0, 0])
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-4)
+    assert str(Proportion(87, 100)) == "0.870 [0.790, 0.922] (n=100)"
+
+
+def test_mcnemar_exact_table_values():
+    # b=1, c=8: two-sided exact p = 2 * P(X <= 1), X ~ Bin(9, 0.5) = 2 * 10/512
+    assert mcnemar_exact(1, 8) == pytest.approx(20 / 512)
+    assert mcnemar_exact(8, 1) == pytest.approx(20 / 512)
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 5) == pytest.approx(1.0)
+    # b=0, c=6: 2 * 0.5**6
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+
+
+def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
+    """Simulate two correlated classifiers on n=100 images with a known accuracy difference."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    true_a, true_b, n, hits, trials = 0.85, 0.90, 100, 0, 2000
+    for _ in range(trials):
+        shared = rng.random(n)  # image difficulty shared by both runs: outcomes are correlated
+        a = shared < true_a
+        b = np.where(rng.random(n) < 0.7, shared < true_b, rng.random(n) < true_b)
+        both, only_a, only_b = int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum())
+        diff, lo, hi = paired_difference_interval(both, only_a, only_b, n - both - only_a - only_b)
+        assert lo <= diff <= hi
+        hits += lo <= true_b - true_a <= hi
+    assert 0.93 <= hits / trials <= 0.98
+
+
+def test_paired_interval_is_symmetric_in_the_runs():
+    d1, lo1, hi1 = paired_difference_interval(50, 10, 4, 36)
+    d2, lo2, hi2 = paired_difference_interval(50, 4, 10, 36)
+    assert d1 == pytest.approx(-d2) and lo1 == pytest.approx(-hi2) and hi1 == pytest.approx(-lo2)
