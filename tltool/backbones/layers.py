@@ -39,3 +39,20 @@ class ImagePreprocessing(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
+
+
+def portable_preprocessing(mode: str, name: str = "preprocess"):
+    """The same transform built from Keras' own layers only, so an exported ``.keras`` file loads with Keras
+    alone (no tltool import): a fixed channel permutation (BGR models) and a per-channel ``Rescaling``."""
+    import numpy as np
+
+    scale, mean, std, reverse = _MODES[mode]
+    layers = []
+    if reverse:
+        flip = keras.layers.Dense(3, use_bias=False, trainable=False, name=f"{name}_rgb_to_bgr")
+        flip.build((None, 3))
+        flip.set_weights([np.eye(3, dtype="float32")[::-1]])
+        layers.append(flip)
+    layers.append(keras.layers.Rescaling(scale=[scale / s for s in std], offset=[-m / s for m, s in zip(mean, std)],
+                                         name=f"{name}_rescale"))
+    return keras.Sequential(layers, name=name)

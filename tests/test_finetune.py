@@ -1,0 +1,197 @@
+"""Fine-tuning: frozen BatchNorm, resume after SIGKILL, TTA views, NaN guard, export."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE
+from tltool.errors import TltoolError
+
+TINY = ["--image-size", "64", "--batch-size", "16", "--augment", "light", "--val-fraction", "0.25"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tltool.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("ft") / "run"
+    config = FinetuneConfig(data=str(SAMPLE), image_size=64, batch_size=16, augment="light", head_epochs=2,
+                            epochs=1, unfreeze="1", tta="10crop", val_fraction=0.25)
+    return finetune(config, out=out)
+
+
+def test_tiny_finetune_writes_the_full_report(tiny_run):
+    run = tiny_run.run_dir
+    for name in ("model.keras", "model.json", "metrics.json", "report.md", "history.csv", "training_curves.png",
+                 "confusion_matrix.png", "misclassified.png", "predictions.csv", "config.json"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 3 and [r["stage"] for r in metrics["history"]] == ["head", "head", "unfreeze 1"]
+    assert metrics["val"]["accuracy"]["n"] == 40
+    assert metrics["val"]["accuracy"]["value"] > 0.5  # 4 shapes from ImageNet features: far above chance (0.25)
+    assert "10crop" in metrics["tta"]
+
+
+def test_batchnorm_statistics_do_not_move_after_unfreezing():
+    from tltool._tf import keras
+    from tltool.finetune import base_model, build_classifier, set_trainable
+    from tltool.training import TrainOptions, compile_model
+
+    model = build_classifier("efficientnet_lite0", "imagenet", 64, 3)
+    base = base_model(model)
+    set_trainable(base, "all")
+    compile_model(model, TrainOptions(lr=1e-2), steps_per_epoch=1)
+    bns = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    convs = [layer for layer in base.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert bns and all(not bn.trainable for bn in bns)
+    before = [(bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()) for bn in bns]
+    kernel = convs[-1].kernel.numpy().copy()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 64, 64, 3)).astype(np.float32)
+    y = keras.utils.to_categorical(rng.integers(0, 3, 8), 3)
+    model.train_on_batch(x, y)
+    for bn, (mean, var) in zip(bns, before):
+        np.testing.assert_array_equal(bn.moving_mean.numpy(), mean)
+        np.testing.assert_array_equal(bn.moving_variance.numpy(), var)
+    assert not np.array_equal(convs[-1].kernel.numpy(), kernel)  # the unfrozen layers did learn
+
+
+def test_unfreeze_by_block_name_and_bad_name():
+    from tltool.finetune import base_model, build_classifier, set_trainable
+
+    model = build_classifier("efficientnet_lite0", "none", 32, 2)
+    base = base_model(model)
+    set_trainable(base, "block7")
+    trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
+    assert trainable and all(name.startswith(("block7", "top")) for name in trainable)
+    with pytest.raises(TltoolError, match="block"):
+        set_trainable(base, "block99")
+
+
+def test_ten_crop_tta_evaluates_ten_views_per_image(tmp_path):
+    from PIL import Image
+
+    from tltool.evaluation import predict_with_tta
+
+    paths = []
+    for i in range(3):
+        arr = np.zeros((80, 80, 3), np.uint8)
+        arr[:, :40] = 200  # left half bright: mirrored views differ from the originals
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    seen = []
+
+    def predict_views(batch):
+        batch = np.asarray(batch)
+        seen.append(batch.shape)
+        left = batch[:, :, :8].mean(axis=(1, 2, 3)) / 255.0
+        return np.stack([left, 1 - left], axis=1)
+
+    probs = predict_with_tta(predict_views, paths, image_size=56, resize="crop", tta="10crop", batch_size=2)
+    assert sum(shape[0] for shape in seen) == 3 * 10  # 10 views per image, counted
+    assert all(shape[1:] == (56, 56, 3) for shape in seen)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    # half of the views are mirrored, so the bright-left score averages between the extremes
+    assert 0.2 < probs[0, 0] < 0.8
+    flips = predict_with_tta(predict_views, paths, image_size=56, resize="crop", tta="flip", batch_size=4)
+    assert sum(shape[0] for shape in seen[-1:]) == 3 * 2
+
+
+def test_nan_loss_stops_at_once_and_suggests_a_lower_lr(tmp_path):
+    from tltool._tf import keras, tf
+    from tltool.training import Stage, TrainOptions, run_stages
+
+    def build():
+        inputs = keras.Input((4,))
+        outputs = keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros")(inputs)
+        return keras.Model(inputs, outputs)
+
+    x = np.full((32, 4), np.nan, np.float32)
+    data = tf.data.Dataset.from_tensor_slices((x, np.eye(2)[np.arange(32) % 2])).batch(8)
+    with pytest.raises(TltoolError, match=r"--lr 0\.001"):
+        run_stages(build, [Stage("s", TrainOptions(epochs=5, lr=0.01))], lambda e: data, data, 4, tmp_path)
+    assert not (tmp_path / "state.json").exists()  # stopped inside the first epoch
+
+
+def _epochs_done(run: Path) -> int:
+    try:
+        return json.loads((run / "state.json").read_text())["epoch"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def test_sigkill_after_epoch_one_then_resume(tmp_path):
+    run = tmp_path / "killed"
+    env = {**os.environ, "TLTOOL_NO_PROGRESS": "1"}
+    command = [sys.executable, "-m", "tltool", "finetune", str(SAMPLE), *TINY, "--head-epochs", "2", "--epochs", "2",
+               "--unfreeze", "1", "--out", str(run)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while _epochs_done(run) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _epochs_done(run)
+    assert 1 <= done < 4, proc.stderr.read().decode()[-2000:]
+    assert not (run / "model.keras").exists()
+    resumed = subprocess.run([sys.executable, "-m", "tltool", "finetune", "--resume", str(run)], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming after epoch {done}" in resumed.stderr
+    history = (run / "history.csv").read_text().strip().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in history] == [1, 2, 3, 4]
+    from tltool._tf import keras
+
+    model = keras.models.load_model(run / "model.keras", safe_mode=True)
+    assert model.output_shape == (None, 4)
+
+
+def test_export_formats_load_and_agree(tiny_run, tmp_path):
+    from tltool._tf import keras, tf
+    from tltool.export import export_run
+
+    run = tiny_run.run_dir
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    reference = np.asarray(tiny_run.model(x, training=False))
+    keras_file = export_run(run, "keras", tmp_path / "m.keras")
+    np.testing.assert_allclose(np.asarray(keras.models.load_model(keras_file, safe_mode=True)(x)), reference,
+                               atol=1e-5)
+    # the exported file needs Keras only: load it in a Python that never imports tltool
+    np.save(tmp_path / "x.npy", x)
+    script = ("import sys, numpy as np, keras; sys.modules['tltool'] = None; "
+              f"m = keras.models.load_model({str(keras_file)!r}, safe_mode=True); "
+              f"print(np.asarray(m(np.load({str(tmp_path / 'x.npy')!r}))).argmax(1).tolist())")
+    standalone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert standalone.returncode == 0, standalone.stderr[-1500:]
+    assert standalone.stdout.strip().splitlines()[-1] == str(reference.argmax(1).tolist())
+    saved = export_run(run, "savedmodel", tmp_path / "saved")
+    loaded = tf.saved_model.load(str(saved))  # keep a reference: its variables die with it
+    served = loaded.serve(tf.constant(x))
+    np.testing.assert_allclose(np.asarray(served), reference, atol=1e-5)
+    tflite = export_run(run, "tflite", tmp_path / "m.tflite")
+    assert tflite.stat().st_size > 1_000_000
+
+
+def test_linear_run_exports_to_an_equivalent_network(tmp_path):
+    from tltool._tf import keras
+    from tltool.export import export_run
+    from tltool.linear import probe
+    from tltool.models import load_run
+
+    result = probe(str(SAMPLE), image_size=64, features_dir=tmp_path / "f", out=tmp_path / "lin")
+    path = export_run(result.run_dir, "keras", tmp_path / "lin.keras")
+    model = keras.models.load_model(path, safe_mode=True)
+    images = [str(p) for p in sorted(SAMPLE.glob("star/*.jpg"))[:4]]
+    expected = load_run(result.run_dir).predict_paths(images)
+    from tltool.images import load_image
+
+    x = np.stack([load_image(p, 64) for p in images]).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(x)), expected, atol=1e-4)

@@ -1,0 +1,124 @@
+"""Training-time augmentation with albumentations: named presets or any pipeline in albumentations' own format.
+
+Presets cover the lectures' list: horizontal flip, random resized crop/scale, rotation, shear,
+brightness/contrast, hue/saturation, PCA colour (FancyPCA) and blur. Augmentation applies to the train split
+only; images are decoded once at :func:`load_size` and cropped to the network's input size by the transform.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import TltoolError, did_you_mean
+from .pipeline import SeededTransform
+
+CROP_HEADROOM = 1.143  # decode at 256 for a 224 input: room for random crops, as in the ImageNet recipe
+
+
+def _light(size: int) -> list:
+    import albumentations as A
+
+    return [A.RandomResizedCrop((size, size), scale=(0.6, 1.0)), A.HorizontalFlip()]
+
+
+def _standard(size: int) -> list:
+    import albumentations as A
+
+    return [A.RandomResizedCrop((size, size), scale=(0.35, 1.0)), A.HorizontalFlip(),
+            A.Affine(rotate=(-15, 15), shear=(-8, 8), p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.8)]
+
+
+def _heavy(size: int) -> list:
+    import albumentations as A
+
+    return [A.RandomResizedCrop((size, size), scale=(0.2, 1.0)), A.HorizontalFlip(),
+            A.Affine(rotate=(-25, 25), shear=(-12, 12), scale=(0.9, 1.1), p=0.7),
+            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.06, p=0.9),
+            A.FancyPCA(alpha=0.1, p=0.5), A.GaussianBlur(blur_limit=(3, 5), p=0.2)]
+
+
+PRESETS: dict[str, Callable[[int], list] | None] = {"none": None, "light": _light, "standard": _standard,
+                                                    "heavy": _heavy}
+
+
+def build_augmentation(spec: str | None, size: int, seed: int = 0) -> SeededTransform | None:
+    """A preset name or a YAML file in albumentations' ``to_dict`` format; None for no augmentation.
+
+    The result always outputs ``size`` x ``size`` (a final resize is added when a custom pipeline does not).
+    """
+    import albumentations as A
+
+    if spec in (None, "", "none"):
+        return None
+    if spec in PRESETS:
+        compose = A.Compose(PRESETS[spec](size), seed=seed)
+    elif os.path.isfile(spec) and spec.lower().endswith((".yaml", ".yml", ".json")):
+        compose = _from_file(Path(spec), seed)
+    elif spec.lower().endswith((".yaml", ".yml", ".json")):
+        raise TltoolError(f"--augment {spec}: no such file.")
+    else:
+        raise did_you_mean(spec, list(PRESETS), "augmentation preset")
+    probe = compose(image=np.zeros((round(size * CROP_HEADROOM), round(size * CROP_HEADROOM), 3), np.uint8))["image"]
+    if probe.shape[:2] != (size, size):
+        compose = A.Compose([compose, A.Resize(size, size)], seed=seed)
+    return SeededTransform(compose)
+
+
+def _from_file(path: Path, seed: int):
+    import albumentations as A
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        transform = A.from_dict(data)
+    except Exception as exc:
+        raise TltoolError(f"--augment {path}: not an albumentations pipeline ({exc.__class__.__name__}: {exc}). "
+                          "Write it with albumentations' own format, e.g. A.save(pipeline, 'aug.yaml', "
+                          "data_format='yaml').") from None
+    if not isinstance(transform, A.Compose):
+        transform = A.Compose([transform])
+    transform.set_random_seed(seed)
+    return transform
+
+
+def load_size(image_size: int, augment: str | None) -> int:
+    """The size images are decoded at for training: larger than the input when the transform crops."""
+    return image_size if augment in (None, "", "none") else int(round(image_size * CROP_HEADROOM))
+
+
+def preview(data: str, out: str | Path, augment: str = "standard", image_size: int = 224, draws: int = 16,
+            seed: int = 0, index: int = 0) -> Path:
+    """A PNG grid of one training image under ``draws`` random augmentations (the first tile is the original)."""
+    import math
+
+    from .dataset import load_dataset
+    from .images import load_image
+    from .report import _pyplot, save_figure
+
+    dataset = load_dataset(data)
+    records = sorted(dataset.records, key=lambda r: r.path)
+    if not records:
+        raise TltoolError(f"{data}: no images.")
+    record = records[min(index, len(records) - 1)]
+    transform = build_augmentation(augment, image_size, seed)
+    original = load_image(record.path, load_size(image_size, augment))
+    tiles = [original] + [transform(original, seed + i) if transform else original for i in range(draws)]
+    cols = min(6, len(tiles))
+    rows = math.ceil(len(tiles) / cols)
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, tile) in enumerate(zip(axes.flat, tiles)):
+        ax.imshow(tile)
+        ax.set_title("original" if i == 0 else f"draw {i}", fontsize=8)
+    fig.suptitle(f"augmentation '{augment}' on {Path(record.path).name}")
+    target = Path(out)
+    if target.suffix.lower() != ".png":
+        target = target / "augment_preview.png"
+    save_figure(fig, target)
+    return target

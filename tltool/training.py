@@ -1,0 +1,328 @@
+"""The training machinery shared by fine-tuning and training from scratch.
+
+Optimizers and learning-rate schedules by name (registries, not if-chains), an epoch loop that checkpoints
+after every epoch (temp name + rename) so ``--resume`` continues at the right epoch with the optimizer state,
+early stopping and reduce-on-plateau whose state survives a resume, and a NaN guard that stops at once.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import TltoolError, did_you_mean
+from rich.markup import escape
+
+from .progress import Bar, say
+from .utils import atomic_path, read_json, write_json, write_text_atomic
+
+# ------------------------------------------------------------------------------------------------ optimizers
+
+
+def _sgd(lr, wd, keras):
+    return keras.optimizers.SGD(lr, weight_decay=wd)
+
+
+def _momentum(lr, wd, keras):
+    return keras.optimizers.SGD(lr, momentum=0.9, weight_decay=wd)
+
+
+def _nesterov(lr, wd, keras):
+    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=wd)
+
+
+def _adagrad(lr, wd, keras):
+    return keras.optimizers.Adagrad(lr, weight_decay=wd)
+
+
+def _adadelta(lr, wd, keras):
+    return keras.optimizers.Adadelta(lr, weight_decay=wd)
+
+
+def _rmsprop(lr, wd, keras):
+    return keras.optimizers.RMSprop(lr, weight_decay=wd)
+
+
+def _adam(lr, wd, keras):
+    return keras.optimizers.Adam(lr, weight_decay=wd)
+
+
+def _adamw(lr, wd, keras):
+    return keras.optimizers.AdamW(lr, weight_decay=wd if wd is not None else 0.004)
+
+
+OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd, "momentum": _momentum, "nesterov": _nesterov, "adagrad": _adagrad,
+                                   "adadelta": _adadelta, "rmsprop": _rmsprop, "adam": _adam, "adamw": _adamw}
+
+
+# ------------------------------------------------------------------------------------------------- schedules
+@dataclass
+class ScheduleArgs:
+    lr: float
+    steps_per_epoch: int
+    epochs: int
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10  # step decay: every this many epochs ...
+    gamma: float = 0.1  # ... multiply by gamma; exponential: gamma per epoch
+
+
+def _constant(a: ScheduleArgs, keras):
+    return a.lr
+
+
+def _step(a: ScheduleArgs, keras):
+    bounds = [a.steps_per_epoch * a.step_epochs * k for k in range(1, max(1, a.epochs // max(1, a.step_epochs)) + 1)]
+    values = [a.lr * a.gamma ** k for k in range(len(bounds) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)
+
+
+def _exponential(a: ScheduleArgs, keras):
+    return keras.optimizers.schedules.ExponentialDecay(a.lr, decay_steps=a.steps_per_epoch, decay_rate=a.gamma)
+
+
+def _cosine(a: ScheduleArgs, keras):
+    warmup = int(round(a.warmup_epochs * a.steps_per_epoch))
+    total = max(1, a.epochs * a.steps_per_epoch - warmup)
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(a.lr * 0.01, total, warmup_target=a.lr, warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(a.lr, total)
+
+
+SCHEDULES: dict[str, Callable] = {"constant": _constant, "step": _step, "exponential": _exponential,
+                                  "cosine": _cosine, "plateau": _constant}
+
+
+@dataclass
+class TrainOptions:
+    """Settings of one training stage; every field has the same name as its CLI option."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float | None = None
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    early_stopping: int = 0  # patience in epochs on val loss; 0 = off
+    plateau_patience: int = 2
+    plateau_factor: float = 0.3
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise did_you_mean(self.optimizer, OPTIMIZERS, "optimizer")
+        if self.schedule not in SCHEDULES:
+            raise did_you_mean(self.schedule, SCHEDULES, "schedule")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise TltoolError(f"--lr must be a positive number, got {self.lr}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise TltoolError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
+
+
+def make_optimizer(options: TrainOptions, steps_per_epoch: int):
+    from ._tf import keras
+
+    options.validate()
+    lr = SCHEDULES[options.schedule](ScheduleArgs(options.lr, steps_per_epoch, options.epochs, options.warmup_epochs,
+                                                  options.step_epochs, options.gamma), keras)
+    return OPTIMIZERS[options.optimizer](lr, options.weight_decay, keras)
+
+
+def compile_model(model, options: TrainOptions, steps_per_epoch: int) -> None:
+    from ._tf import keras
+
+    model.compile(optimizer=make_optimizer(options, steps_per_epoch),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+
+
+# -------------------------------------------------------------------------------------------------- the loop
+@dataclass
+class Stage:
+    """One phase of training: its options and how it prepares the model (which layers train)."""
+
+    name: str
+    options: TrainOptions
+    prepare: Callable[[object], None] = field(default=lambda model: None)
+
+
+@dataclass
+class LoopState:
+    """Everything needed to continue after a kill: written next to the checkpoint after every epoch."""
+
+    stage: int = 0
+    stage_epoch: int = 0
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_val_loss: float = float("inf")
+    wait: int = 0
+    plateau_wait: int = 0
+    lr_scale: float = 1.0
+    stopped_early: bool = False
+
+    def save(self, path: Path) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "LoopState":
+        return cls(**read_json(path))
+
+
+class NonFiniteLoss(TltoolError):
+    pass
+
+
+def _callback_class():
+    from ._tf import keras
+
+    class LoopCallback(keras.callbacks.Callback):
+        """Advances the progress bar; stops at once on a NaN/inf loss."""
+
+        def __init__(self, bar: Bar, lr: float) -> None:
+            super().__init__()
+            self.bar, self.lr = bar, lr
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.bar.update(1)
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise NonFiniteLoss(
+                    f"the training loss became {float(loss)} at batch {batch + 1}: the learning rate is too high "
+                    f"for this model. Divide it by 10 (--lr {self.lr / 10:g}) and run again.")
+
+    return LoopCallback
+
+
+def current_lr(model) -> float:
+    optimizer = model.optimizer
+    lr = optimizer.learning_rate
+    return float(np.asarray(lr))
+
+
+def run_stages(
+    build_model: Callable[[], object],
+    stages: list[Stage],
+    train_data: Callable[[int], object],
+    val_data: object,
+    steps_per_epoch: int,
+    run_dir: Path,
+    class_weight: dict | None = None,
+    resume: bool = False,
+):
+    """Train through ``stages``; ``train_data(epoch)`` gives that epoch's dataset (seeded by epoch, so a resumed
+    run sees the same data order and augmentation as an uninterrupted one). Returns (model, LoopState)."""
+    from ._tf import keras
+
+    checkpoint, state_path, best_path = run_dir / "checkpoint.keras", run_dir / "state.json", run_dir / "best.weights.h5"
+    state = LoopState()
+    model = None
+    if resume and state_path.exists() and checkpoint.exists():
+        from .backbones import layers  # noqa: F401  (registers tltool's layers for loading)
+
+        state = LoopState.load(state_path)
+        model = keras.models.load_model(checkpoint, safe_mode=True)
+        say(f"resuming after epoch {state.epoch} (stage {stages[state.stage].name}, "
+            f"{state.stage_epoch}/{stages[state.stage].options.epochs} done)")
+    elif resume:
+        say("no checkpoint found: starting from the beginning")
+    if model is None:
+        model = build_model()
+    total_epochs = sum(s.options.epochs for s in stages)
+    LoopCallback = _callback_class()
+    for index, stage in enumerate(stages):
+        if index < state.stage:
+            continue
+        options = stage.options
+        if index > state.stage or state.stage_epoch == 0:  # entering a stage: set trainable layers, new optimizer
+            state.stage, state.stage_epoch, state.wait, state.plateau_wait, state.lr_scale = index, 0, 0, 0, 1.0
+            state.best_val_loss = float("inf")
+            stage.prepare(model)
+            compile_model(model, options, steps_per_epoch)
+        if options.epochs == 0 or state.stopped_early:
+            continue
+        remaining = options.epochs - state.stage_epoch
+        with Bar(remaining * steps_per_epoch, f"{stage.name}") as bar:
+            while state.stage_epoch < options.epochs:
+                start = time.perf_counter()
+                if options.schedule == "plateau":
+                    model.optimizer.learning_rate = options.lr * state.lr_scale
+                lr = current_lr(model)
+                logs = model.fit(train_data(state.epoch), validation_data=val_data, epochs=1, verbose=0,
+                                 class_weight=class_weight, shuffle=False,
+                                 callbacks=[LoopCallback(bar, lr)]).history
+                row = {"epoch": state.epoch + 1, "stage": stage.name, "lr": lr,
+                       **{k: float(v[-1]) for k, v in logs.items()}, "seconds": time.perf_counter() - start}
+                state.history.append(row)
+                state.epoch += 1
+                state.stage_epoch += 1
+                improved = row.get("val_loss", float("inf")) < state.best_val_loss - 1e-4
+                if improved:
+                    state.best_val_loss = row["val_loss"]
+                    state.wait = state.plateau_wait = 0
+                    with atomic_path(best_path, suffix=".weights.h5") as tmp:
+                        model.save_weights(str(tmp))
+                else:
+                    state.wait += 1
+                    state.plateau_wait += 1
+                if options.schedule == "plateau" and state.plateau_wait >= options.plateau_patience:
+                    state.lr_scale *= options.plateau_factor
+                    state.plateau_wait = 0
+                    say(f"val loss has not improved for {options.plateau_patience} epochs: lr -> "
+                        f"{options.lr * state.lr_scale:g}")
+                if options.early_stopping and state.wait >= options.early_stopping:
+                    state.stopped_early = True
+                say(f"epoch {state.epoch}/{total_epochs} ({escape(stage.name)}) loss {row['loss']:.4f} acc "
+                    f"{row.get('accuracy', float('nan')):.3f} val_loss {row.get('val_loss', float('nan')):.4f} "
+                    f"val_acc {row.get('val_accuracy', float('nan')):.3f} lr {lr:.2g} ({row['seconds']:.1f} s)"
+                    + (" - early stop" if state.stopped_early else ""))
+                with atomic_path(checkpoint, suffix=".keras") as tmp:
+                    model.save(str(tmp))
+                state.save(state_path)
+                write_history(state.history, run_dir / "history.csv")
+                if state.stopped_early:
+                    break
+        if state.stopped_early:
+            say(f"early stopping: val loss did not improve for {options.early_stopping} epochs")
+            break
+    if state.stopped_early and best_path.exists():
+        model.load_weights(str(best_path))  # the weights of the best validation loss, not the last epoch
+    return model, state
+
+
+def write_history(history: list[dict], target: Path) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(target, buf.getvalue())
+
+
+def plot_history(history: list[dict], target: Path, title: str) -> None:
+    from .report import _pyplot, save_figure
+
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, ax, label in (("loss", ax_loss, "train"), ("val_loss", ax_loss, "val"),
+                           ("accuracy", ax_acc, "train"), ("val_accuracy", ax_acc, "val")):
+        values = [r.get(key, np.nan) for r in history]
+        ax.plot(epochs, values, marker="o", ms=3, label=label)
+    stage_changes = [r["epoch"] - 0.5 for prev, r in zip(history, history[1:]) if r["stage"] != prev["stage"]]
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        for x in stage_changes:
+            ax.axvline(x, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.legend()
+    fig.suptitle(title)
+    save_figure(fig, target)
