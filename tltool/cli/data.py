@@ -50,4 +50,20 @@ def make_sample_cmd(out: str, per_class: int, seed: int) -> None:
     click.echo(f"wrote {make_shapes_dataset(out, per_class=per_class, seed=seed)}")
 
 
+@data.command("digits")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--size", type=int, default=32, show_default=True, help="Side of the upscaled images in pixels.")
+@click.option("--resample", type=click.Choice(["nearest", "bilinear", "bicubic"]), default="bilinear",
+              show_default=True)
+@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def digits_cmd(out: str, size: int, resample: str, val_fraction: float, seed: int, force: bool) -> None:
+    """Export scikit-learn's 1797 8x8 handwritten digits (offline) to OUT/{train,val}/<digit>/*.png, upscaled."""
+    from ..digits import export_digits
+
+    counts = export_digits(out, size=size, val_fraction=val_fraction, seed=seed, resample=resample, force=force)
+    click.echo(f"wrote {out}: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
+
+
 COMMANDS = [data]
