@@ -1,0 +1,207 @@
+"""``tltool collect import``: folders, globs, zips, videos and a (fake) webcam into DATASET/unlabeled/."""
+from __future__ import annotations
+
+import csv
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from helpers import jpeg_bytes, noise_image
+from tltool import images
+from tltool.cli import main
+from tltool.collect import (ADDED, DUPLICATE, MANIFEST, NEAR_DUPLICATE, UNLABELED, NearIndex, dhash, import_images,
+                            near_rule)
+from tltool.errors import TltoolError
+
+cv2 = pytest.importorskip("cv2")
+
+
+def _scene(seed: int, h: int = 64, w: int = 96) -> np.ndarray:
+    """Blocky noise: a picture whose dHash is stable under re-encoding and small pixel noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+    return np.kron(small, np.ones((8, 8, 1), dtype=np.uint8))
+
+
+def make_video(path: Path, scenes: int = 3, seconds_each: float = 1.0, fps: int = 10) -> Path:
+    """An MJPG .avi: ``scenes`` different pictures, each held for ``seconds_each`` with a little noise per frame."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (96, 64))
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for s in range(scenes):
+        base = _scene(100 + s).astype(np.int16)
+        for _ in range(int(seconds_each * fps)):
+            frame = np.clip(base + rng.integers(-3, 4, base.shape), 0, 255).astype(np.uint8)
+            writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture()
+def sources(tmp_path: Path) -> dict[str, Path]:
+    """Photos in a folder (with an exact copy, a near copy, bad files), more behind a glob, a zip and a video."""
+    src = tmp_path / "phone"
+    for i in range(4):
+        noise_image(src / f"photo_{i}.jpg", seed=i, size=(160, 120))
+    (src / "sub").mkdir()
+    shutil.copy(src / "photo_0.jpg", src / "sub" / "copy_of_0.jpg")  # exact: the same file
+    Image.open(src / "photo_1.jpg").save(src / "sub" / "photo_1.png")  # exact: the same pixels, another format
+    Image.fromarray(_scene(7)).resize((192, 128), Image.NEAREST).save(src / "blocks.jpg", quality=95)
+    Image.fromarray(_scene(7)).save(src / "sub" / "blocks_small.jpg", quality=70)  # near: smaller, recompressed
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "notes.txt").write_text("not a picture")
+    (src / ".DS_Store").write_bytes(b"\0junk")
+    # EXIF orientation 6 (rotate 90): stored 200x100, shown 100x200
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_scene(9, 96, 192)).save(src / "rotated.jpg", exif=exif.tobytes())
+    more = tmp_path / "camera_roll"
+    for i in range(2):
+        noise_image(more / f"img_{i}.jpg", seed=20 + i, size=(90, 90))
+    noise_image(more / "skip_me.png", seed=30, fmt="PNG")
+    archive = tmp_path / "holiday.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(src / "photo_2.jpg", "dup/photo_2.jpg")  # exact duplicate inside the zip
+        noise_image(tmp_path / "z.jpg", seed=40, size=(100, 80))
+        z.write(tmp_path / "z.jpg", "beach/z.jpg")
+        z.writestr("__MACOSX/._z.jpg", b"junk")
+        data = jpeg_bytes((200, 200))
+        z.writestr("broken.jpg", data[: len(data) // 2])  # truncated
+    video = make_video(tmp_path / "walk.avi")
+    return {"src": src, "glob": more / "*.jpg", "zip": archive, "video": video, "tmp": tmp_path}
+
+
+def _manifest(dataset: Path) -> list[dict]:
+    with open(dataset / MANIFEST, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_import_folder_glob_zip_video_drops_duplicates_and_reruns_add_nothing(sources):
+    tmp = sources["tmp"]
+    dataset = tmp / "mydata"
+    srcs = [str(sources["src"]), str(sources["glob"]), str(sources["zip"]), str(sources["video"])]
+    result = import_images(srcs, dataset, every=0.5, max_side=128)
+
+    def rel(source: str) -> str:
+        return source.replace(f"{tmp}/", "")
+
+    assert sorted(rel(r["source"]) for r in result.added) == sorted([
+        "phone/photo_0.jpg", "phone/photo_1.jpg", "phone/photo_2.jpg", "phone/photo_3.jpg", "phone/blocks.jpg",
+        "phone/rotated.jpg", "camera_roll/img_0.jpg", "camera_roll/img_1.jpg", "holiday.zip!beach/z.jpg",
+        "walk.avi@0.00s", "walk.avi@1.00s", "walk.avi@2.00s"])
+    exact = {rel(r["source"]): r["duplicate_of"] for r in result.duplicates}
+    assert set(exact) == {"phone/sub/copy_of_0.jpg", "phone/sub/photo_1.png", "holiday.zip!dup/photo_2.jpg"}
+    assert exact["phone/sub/copy_of_0.jpg"].startswith("unlabeled/photo_0-")
+    near = {rel(r["source"]): r for r in result.near_duplicates}
+    # the small recompressed copy, and the frames half a second into each scene
+    assert set(near) == {"phone/sub/blocks_small.jpg", "walk.avi@0.50s", "walk.avi@1.50s", "walk.avi@2.50s"}
+    assert near["phone/sub/blocks_small.jpg"]["duplicate_of"].startswith("unlabeled/blocks-")
+    assert all(0 <= int(r["distance"]) <= result.near_threshold for r in near.values())
+    assert {(rel(b.source), b.reason) for b in result.bad} == {
+        ("phone/empty.jpg", images.EMPTY), ("phone/notes.txt", images.NOT_AN_IMAGE),
+        ("holiday.zip!broken.jpg", images.CORRUPT)}
+
+    written = sorted((dataset / UNLABELED).iterdir())
+    assert len(written) == 12 == result.total_images
+    for path in written:  # normalised: RGB JPEG, longest side at most --max-side
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and im.mode == "RGB" and max(im.size) <= 128
+    rotated = next(p for p in written if p.name.startswith("rotated-"))
+    assert Image.open(rotated).size == (64, 128)  # EXIF applied by the shared decode, then shrunk
+
+    rows = _manifest(dataset)
+    assert {r["status"] for r in rows} == {ADDED, DUPLICATE, NEAR_DUPLICATE}
+    assert len(rows) == 12 + 3 + 4
+    assert {r["file"] for r in rows if r["status"] == ADDED} == {f"{UNLABELED}/{p.name}" for p in written}
+    assert all(len(r["pixels_sha256"]) == 64 and len(r["dhash"]) == 16 for r in rows)
+
+    again = import_images(srcs, dataset, every=0.5, max_side=128)
+    assert (len(again.added), len(again.duplicates), len(again.near_duplicates)) == (0, 0, 0)
+    assert again.already == len(rows)
+    assert len(again.bad) == 3  # still named, still skipped
+    assert sorted((dataset / UNLABELED).iterdir()) == written
+    assert _manifest(dataset) == rows
+
+    noise_image(sources["src"] / "new_photo.jpg", seed=77, size=(100, 100))
+    third = import_images(srcs, dataset, every=0.5, max_side=128)
+    assert [rel(r["source"]) for r in third.added] == ["phone/new_photo.jpg"]
+    assert third.total_images == 13
+
+
+def test_near_duplicates_need_similar_structure_and_colour():
+    base = _scene(1)
+    index = NearIndex(threshold=6)
+    index.add("a.jpg", dhash(base), (100, 100, 100))
+    assert index.find(dhash(base), (104, 98, 100)) == ("a.jpg", 0)
+    assert index.find(dhash(base), (160, 100, 100)) is None  # same shape, another colour: kept
+    assert index.find(dhash(_scene(2)), (100, 100, 100)) is None
+    assert NearIndex(threshold=-1).find(dhash(base), (0, 0, 0)) is None
+    assert "<= 6 of 64 bits" in near_rule(6)
+
+
+def test_user_mistakes_are_one_clear_error(tmp_path):
+    with pytest.raises(TltoolError, match="no such file or folder"):
+        import_images([str(tmp_path / "nope")], tmp_path / "ds")
+    with pytest.raises(TltoolError, match="matches no file"):
+        import_images([str(tmp_path / "*.jpg")], tmp_path / "ds")
+    with pytest.raises(TltoolError, match="nothing to import"):
+        import_images([], tmp_path / "ds")
+    noise_image(tmp_path / "a.jpg", seed=1)
+    with pytest.raises(TltoolError, match="--every"):
+        import_images([str(tmp_path / "a.jpg")], tmp_path / "ds", every=0)
+
+
+class _FakeCamera:
+    def __init__(self, index, frames: int | None = 5, opened: bool = True):
+        self.index, self.left, self.opened, self.n = index, frames, opened, 0
+        self.released = False
+
+    def isOpened(self):  # noqa: N802 - OpenCV's name
+        return self.opened
+
+    def read(self):
+        self.n += 1
+        return True, _scene(200 + self.n)[:, :, ::-1].copy()
+
+    def release(self):
+        self.released = True
+
+
+def test_camera_missing_is_a_clear_error_and_a_camera_is_sampled(tmp_path, monkeypatch):
+    monkeypatch.setattr(cv2, "VideoCapture", lambda index: _FakeCamera(index, opened=False))
+    with pytest.raises(TltoolError, match="no camera at index 0"):
+        import_images([], tmp_path / "ds", camera=0)
+    cams = []
+    monkeypatch.setattr(cv2, "VideoCapture", lambda index: cams.append(_FakeCamera(index)) or cams[-1])
+    monkeypatch.setattr("tltool.collect.time.sleep", lambda s: None)
+    result = import_images([], tmp_path / "ds", camera=1, camera_frames=3, every=0.1)
+    assert [r["source"] for r in result.added] == ["camera:1#0", "camera:1#1", "camera:1#2"]
+    assert cams[0].released
+    first = np.asarray(Image.open(tmp_path / "ds" / result.added[0]["file"]), dtype=np.int16)
+    assert np.median(np.abs(first - _scene(201))) < 8  # BGR from OpenCV became RGB
+    assert np.median(np.abs(first - _scene(201)[:, :, ::-1])) > 30
+
+
+def test_cli_import_prints_threshold_and_names_bad_files(tmp_path):
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    noise_image(tmp_path / "in" / "b.jpg", seed=2)
+    (tmp_path / "in" / "bad.jpg").write_text("nope")
+    runner = CliRunner()
+    result = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "ds"),
+                                  "--near-threshold", "4"])
+    assert result.exit_code == 0, result.output
+    assert "dHash Hamming distance <= 4 of 64 bits" in result.output
+    assert f"skipped {tmp_path / 'in' / 'bad.jpg'}: {images.NOT_AN_IMAGE}" in result.output
+    assert "added 2 image(s)" in result.output
+    # the dataset inside the source folder: its own images are never imported again
+    again = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "ds")])
+    again = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "ds")])
+    assert "added 0 image(s)" in again.output and "2 already imported; 1 bad file(s)" in again.output
+    result = runner.invoke(main, ["collect", "import", str(tmp_path / "missing"), "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Traceback" not in result.output

@@ -1,0 +1,335 @@
+"""``tltool label serve|export``: the store, the HTTP server (traversal, concurrency), export, and a real browser."""
+from __future__ import annotations
+
+import csv
+import http.client
+import json
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import noise_image
+from tltool.cli import main
+from tltool.dataset import load_dataset
+from tltool.errors import TltoolError
+from tltool.labeler import LabelStore, export_labels, make_server, parse_classes
+from tltool.labeler.store import EXPORT_MARKER, list_images
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def make_dataset(root: Path, n: int, decodable: bool = True) -> list[str]:
+    """``root/unlabeled/img_000.jpg``...; with ``decodable=False`` all files share one tiny JPEG's bytes (fast)."""
+    paths = []
+    template = noise_image(root / "unlabeled" / "img_000.jpg", seed=0, size=(64, 48))
+    for i in range(1, n):
+        target = root / "unlabeled" / f"img_{i:03d}.jpg"
+        if decodable:
+            noise_image(target, seed=i, size=(64, 48))
+        else:
+            shutil.copyfile(template, target)
+    for i in range(n):
+        paths.append(f"unlabeled/img_{i:03d}.jpg")
+    return paths
+
+
+def read_labels(root: Path) -> dict[str, str]:
+    with open(root / "labels.csv", newline="") as f:
+        return {row["path"]: row["label"] for row in csv.DictReader(f)}
+
+
+class Running:
+    """A labeler server on a free port, in a thread."""
+
+    def __init__(self, root: Path, classes: list[str], review: Path | None = None) -> None:
+        self.server = make_server(root, classes, host="127.0.0.1", port=0, review=review)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
+        data = json.dumps(body).encode() if body is not None else None
+        hdrs = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=data, headers={**hdrs, **(headers or {})})
+        response = conn.getresponse()
+        payload = response.read()
+        conn.close()
+        return response.status, payload
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def served(tmp_path):
+    root = tmp_path / "ds"
+    make_dataset(root, 4)
+    running = Running(root, ["cat", "dog"])
+    yield running
+    running.close()
+
+
+# ------------------------------------------------------------------------------------------------ store
+def test_store_persists_every_change_and_reads_it_back(tmp_path):
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 5, decodable=False)
+    store = LabelStore(root, ["cat", "dog"])
+    assert store.items == paths and store.state()["start"] == 0
+    store.set(paths[0], "cat")
+    store.set(paths[1], "dog")
+    store.set(paths[2], None, skipped=True)
+    assert read_labels(root) == {paths[0]: "cat", paths[1]: "dog"}
+    assert load_dataset(root / "labels.csv").counts() == {"all": {"cat": 1, "dog": 1}}  # a manifest as it is
+    summary = store.set(paths[1], None)  # undo
+    assert summary == {"total": 5, "labelled": 1, "skipped": 1, "counts": {"cat": 1, "dog": 0}}
+    again = LabelStore(root)  # classes from labels.csv; starts at the first image not yet done
+    assert again.classes == ["cat"] and again.labels == {paths[0]: "cat"} and again.skipped == {paths[2]}
+    assert again.state()["start"] == 1
+    with pytest.raises(ValueError, match="unknown class"):
+        store.set(paths[3], "bird")
+    with pytest.raises(KeyError):
+        store.set("../outside.jpg", "cat")
+    noise_image(tmp_path / "outside.jpg", seed=3)
+    (root / "labels.csv").write_text("path,label\n../outside.jpg,cat\n")  # a hand-edited labels.csv
+    assert "../outside.jpg" not in LabelStore(root, ["cat"]).items
+
+
+def test_class_names_are_checked():
+    assert parse_classes(" cat, dog ,bird") == ["cat", "dog", "bird"]
+    for bad in ("cat,cat", "a/b,c", "..,x", ",".join(f"c{i}" for i in range(10))):
+        with pytest.raises(TltoolError):
+            parse_classes(bad)
+
+
+def test_review_list_comes_first_with_its_suggestions(tmp_path):
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 4, decodable=False)
+    (tmp_path / "outside.jpg").write_bytes(b"x")
+    review = tmp_path / "suspects.csv"
+    review.write_text("path,label,suggested,score\n"
+                      f"{paths[2]},cat,dog,0.91\n{paths[0]},dog,cat,0.80\n../outside.jpg,cat,dog,0.5\n"
+                      "unlabeled/gone.jpg,cat,dog,0.4\n")
+    store = LabelStore(root, None, review=review)
+    assert store.classes == ["cat", "dog"]
+    assert store.items[:2] == [paths[2], paths[0]] and sorted(store.items) == paths
+    state = store.state()
+    assert state["start"] == 0
+    assert state["items"][0]["review"] == {"label": "cat", "suggested": "dog", "score": "0.91"}
+    assert len(store.notes) == 2 and "outside" in store.notes[0] and "not found" in store.notes[1]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label\nx,y\n")
+    with pytest.raises(TltoolError, match="no 'path' column"):
+        LabelStore(root, ["cat"], review=bad)
+
+
+# ------------------------------------------------------------------------------------------------ server
+def test_page_state_and_images_are_served(served):
+    status, page = served.request("GET", "/")
+    assert status == 200 and b"/app.js" in page and b"http" not in page.replace(b"http-equiv", b"")
+    status, state = served.request("GET", "/api/state")
+    state = json.loads(state)
+    assert status == 200 and state["classes"] == ["cat", "dog"] and state["total"] == 4
+    status, jpeg = served.request("GET", "/img/unlabeled/img_001.jpg")
+    assert status == 200 and jpeg[:2] == b"\xff\xd8"
+    status, _ = served.request("POST", "/api/set", {"path": "unlabeled/img_001.jpg", "label": "dog"})
+    assert status == 200 and read_labels(served.server.store.root) == {"unlabeled/img_001.jpg": "dog"}
+    assert served.request("POST", "/api/set", {"path": "unlabeled/img_001.jpg", "label": "emu"})[0] == 400
+    assert served.request("GET", "/api/state", headers={"Host": "evil.example:80"})[0] == 403  # DNS rebinding
+    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=10)
+    conn.request("POST", "/api/set", body=b'{"path": "unlabeled/img_001.jpg", "label": "cat"}',
+                 headers={"Content-Type": "text/plain"})  # what a cross-site form could send
+    assert conn.getresponse().status == 415
+    conn.close()
+
+
+def test_paths_leaving_the_dataset_are_refused(served, tmp_path):
+    root = served.server.store.root
+    secret = tmp_path / "secret.jpg"
+    noise_image(secret, seed=5)
+    (root / "unlabeled" / "link.jpg").symlink_to(secret)
+    (root / "unlabeled" / "linkdir").symlink_to(tmp_path, target_is_directory=True)
+    attempts = [
+        "/img/../secret.jpg",
+        "/img/unlabeled/../../secret.jpg",
+        "/img/%2e%2e/secret.jpg",
+        "/img/%2E%2E%2Fsecret.jpg",
+        "/img/unlabeled/%2e%2e/%2e%2e/secret.jpg",
+        "/img/..%5csecret.jpg",
+        f"/img/{secret}",  # absolute
+        f"/img/%2F{str(secret).lstrip('/')}",
+        "/img/unlabeled/link.jpg",  # a symlink out of the root
+        "/img/unlabeled/linkdir/secret.jpg",
+        "/img/%252e%252e/secret.jpg",  # double encoded: a file literally named %2e%2e
+        "/../secret.jpg",
+    ]
+    for attempt in attempts:
+        status, body = served.request("GET", attempt)
+        assert status in (403, 404), attempt
+        assert body[:2] != b"\xff\xd8", attempt
+    assert served.request("GET", "/img/../secret.jpg")[0] == 403
+    assert served.request("GET", "/img/%2e%2e/secret.jpg")[0] == 403
+    assert served.request("GET", f"/img/{secret}")[0] == 403
+    assert served.request("GET", "/img/unlabeled/link.jpg")[0] == 403
+    assert "unlabeled/link.jpg" not in list_images(root)
+    for path in ("../secret.jpg", str(secret), "unlabeled/link.jpg"):
+        assert served.request("POST", "/api/set", {"path": path, "label": "cat"})[0] == 404
+
+
+def test_parallel_clients_never_lose_a_label(tmp_path):
+    clients, writes = 20, 50
+    root = tmp_path / "ds"
+    paths = make_dataset(root, clients * writes, decodable=False)
+    running = Running(root, ["cat", "dog", "bird"])
+    expected = {p: ("cat", "dog", "bird")[i % 3] for i, p in enumerate(paths)}
+
+    def client(c: int) -> list[int]:
+        conn = http.client.HTTPConnection("127.0.0.1", running.server.port, timeout=30)
+        statuses = []
+        for path in paths[c::clients]:
+            conn.request("POST", "/api/set", body=json.dumps({"path": path, "label": expected[path]}),
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+        conn.close()
+        return statuses
+
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            statuses = [s for result in pool.map(client, range(clients)) for s in result]
+        assert statuses == [200] * (clients * writes)
+        assert read_labels(root) == expected
+        state = json.loads(running.request("GET", "/api/state")[1])
+        assert state["labelled"] == clients * writes
+        assert state["counts"] == {"cat": 334, "dog": 333, "bird": 333}
+        assert not [p for p in root.iterdir() if p.name.startswith(".labels.csv.")]  # no temp file left
+    finally:
+        running.close()
+
+
+# ------------------------------------------------------------------------------------------------ export
+def test_export_writes_a_stratified_class_folder_layout_and_recovers(tmp_path):
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 20, decodable=False)
+    store = LabelStore(root, ["cat", "dog"])
+    for i, path in enumerate(paths[:18]):
+        store.set(path, "cat" if i < 10 else "dog")
+    store.set(paths[18], None, skipped=True)
+    result = export_labels(root, val_fraction=0.2, seed=1)
+    out = tmp_path / "ds-split"
+    assert result.out == out
+    loaded = load_dataset(out)
+    assert loaded.counts() == {"train": {"cat": 8, "dog": 6}, "val": {"cat": 2, "dog": 2}}
+    assert not loaded.skipped  # the export's marker is hidden in a folder, not a stray file
+    first = next((out / "train" / "cat").iterdir())
+    assert os.stat(first).st_ino == os.stat(root / "unlabeled" / first.name).st_ino  # hard-linked
+    assert list_images(root) == paths
+    again = export_labels(root, val_fraction=0.2, seed=1)
+    assert sorted(p.relative_to(out) for p in out.rglob("*.jpg")) == sorted(
+        Path(r.split) / r.label / Path(r.path).name for r in again.dataset.records)
+
+    # an export interrupted before its rename: the leftover is cleared, the rerun completes
+    shutil.rmtree(out)
+    (tmp_path / ".ds-split.partial" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / ".ds-split.partial" / "train" / "cat" / "half.jpg").write_bytes(b"")
+    export_labels(root, val_fraction=0.2, seed=1, copy=True)
+    assert load_dataset(out).counts() == loaded.counts() and not (tmp_path / ".ds-split.partial").exists()
+    assert (out / EXPORT_MARKER).is_file()
+
+    plain = tmp_path / "plain"  # photos right in the folder (no unlabeled/), the export written inside it
+    plain.mkdir()
+    for i in range(4):
+        shutil.copyfile(root / paths[0], plain / f"p{i}.jpg")
+    store = LabelStore(plain, ["a", "b"])
+    for i, path in enumerate(store.items):
+        store.set(path, "ab"[i % 2])
+    export_labels(plain, out=plain / "split", val_fraction=0.5)
+    assert list_images(plain) == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"]  # an export is never offered again
+
+    precious = tmp_path / "precious"
+    (precious / "keep.txt").parent.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    with pytest.raises(TltoolError, match="not an earlier export"):
+        export_labels(root, out=precious)
+    with pytest.raises(TltoolError, match="dataset folder itself"):
+        export_labels(root, out=root)
+
+
+def test_cli_export_and_its_errors(tmp_path):
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 6, decodable=False)
+    runner = CliRunner()
+    result = runner.invoke(main, ["label", "export", str(root)])
+    assert result.exit_code == 2 and "no labels yet" in result.output
+    store = LabelStore(root, ["a", "b"])
+    for i, path in enumerate(paths):
+        store.set(path, "ab"[i % 2])
+    result = runner.invoke(main, ["label", "export", str(root), "--val-fraction", "0.34", "--out",
+                                  str(tmp_path / "split")])
+    assert result.exit_code == 0, result.output
+    assert "train: a 2, b 2" in result.output and "val: a 1, b 1" in result.output
+    assert load_dataset(tmp_path / "split").classes == ["a", "b"]
+    result = runner.invoke(main, ["label", "serve", str(root), "--classes", "a,a"])
+    assert result.exit_code == 2 and "more than once" in result.output
+
+
+# ------------------------------------------------------------------------------------------------ browser
+def _playwright():
+    """Playwright and Debian's Chromium, or a skip that says what is missing (a failure where CI requires them)."""
+    give_up = pytest.fail if os.environ.get("TLTOOL_REQUIRE_BROWSER") == "1" else pytest.skip
+    if not os.path.exists(CHROMIUM):
+        give_up(f"browser test needs Chromium at {CHROMIUM}: apt-get install chromium chromium-driver")
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        give_up("browser test needs Playwright for Python: pip install playwright (no browser download)")
+    return sync_playwright, expect
+
+
+def test_label_with_the_keyboard_in_a_real_browser(tmp_path):
+    sync_playwright, expect = _playwright()
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 6)
+    running = Running(root, ["cat", "dog", "bird"])
+    url = running.server.url
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page()
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(url)
+            expect(page.locator("body")).to_have_attribute("data-ready", "1")
+            expect(page.locator("#image")).to_have_js_property("complete", True)
+            assert page.locator("#image").evaluate("img => img.naturalWidth") == 64
+            assert page.inner_text("#position") == "image 1 of 6"
+            assert page.inner_text("#progress") == "0 / 6 labelled · 0 skipped · 6 left"
+            page.wait_for_load_state("networkidle")
+            assert {f"{url}img/{p}" for p in paths[:4]} <= set(requested)  # the neighbours are pre-loaded
+
+            for key in ["1", "2", "s", "3", "u", "1", "ArrowRight", "2"]:
+                page.keyboard.press(key)
+            # img0 cat, img1 dog, img2 skipped, img3 bird then undone then cat, img4 passed over, img5 dog
+            expect(page.locator("body")).to_have_attribute("data-pending", "0")
+            expect(page.locator("#progress")).to_have_text("4 / 6 labelled · 1 skipped · 1 left")
+            assert page.inner_text("#position") == "end of 6 images"
+            counts = {li.get_attribute("data-class"): li.query_selector(".count").inner_text()
+                      for li in page.query_selector_all("#classes li")}
+            assert counts == {"cat": "2", "dog": "2", "bird": "0"}
+            page.keyboard.press("ArrowLeft")
+            page.keyboard.press("ArrowLeft")
+            assert page.inner_text("#position") == "image 5 of 6"
+            assert page.inner_text("#current") == "no label"
+            assert all(u.startswith(url) for u in requested)  # nothing from outside: works offline
+            browser.close()
+        assert read_labels(root) == {paths[0]: "cat", paths[1]: "dog", paths[3]: "cat", paths[5]: "dog"}
+        assert LabelStore(root).skipped == {paths[2]}
+    finally:
+        running.close()

@@ -1,0 +1,88 @@
+"""``tltool label export``: ``labels.csv`` into the class-per-folder layout ``OUT/{train,val}/<class>/``.
+
+The split is :func:`tltool.dataset.stratified_split` (seeded, per class). Files are hard-linked (copied across
+file systems or with ``copy=True``). The export is built in a hidden sibling folder and renamed into place, so an
+interrupted export leaves the previous one (or none) and a rerun finishes the job.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..dataset import Dataset, load_manifest, stratified_split
+from ..errors import TltoolError
+from ..utils import write_json
+from .store import EXPORT_MARKER, LABELS_CSV, check_class_name
+
+DEFAULT_SUFFIX = "-split"  # mydata -> mydata-split, so runs on it are named after the dataset
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    dataset: Dataset  # the split records, paths in the labelled dataset
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return self.dataset.counts()
+
+
+def _place(src: str, dest: Path, copy: bool) -> None:
+    if not copy:
+        try:
+            os.link(src, dest)
+            return
+        except OSError:  # another file system, or links not allowed: copy instead
+            pass
+    shutil.copy2(src, dest)
+
+
+def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = None, val_fraction: float = 0.2,
+                  seed: int = 0, copy: bool = False) -> ExportResult:
+    """Write ``out`` (default ``DATASET-split`` beside the dataset) with ``train/<class>/`` and ``val/<class>/`` from ``labels.csv``."""
+    root = Path(dataset).resolve()
+    labels = root / LABELS_CSV
+    if not labels.is_file():
+        raise TltoolError(f"{labels}: no labels yet. Label the images first: tltool label serve {dataset} "
+                          "--classes a,b,c")
+    labelled = load_manifest(str(labels))
+    if not labelled.records:
+        raise TltoolError(f"{labels}: no image has a label yet. Label some with tltool label serve {dataset}.")
+    for name in labelled.classes:
+        check_class_name(name)
+    labelled.require_classes(2)
+    split = stratified_split(labelled, val_fraction=val_fraction, seed=seed)
+
+    target = Path(out).resolve() if out is not None else root.with_name(f"{root.name or 'dataset'}{DEFAULT_SUFFIX}")
+    if target == root or target in root.parents:
+        raise TltoolError(f"--out {target}: would replace the dataset folder itself; choose a new folder.")
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / EXPORT_MARKER).is_file())):
+        raise TltoolError(f"--out {target}: exists and is not an earlier export; choose a new or empty folder.")
+    partial = target.with_name(f".{target.name}.partial")
+    old = target.with_name(f".{target.name}.old")
+    for leftover in (partial, old):  # an interrupted earlier export
+        shutil.rmtree(leftover, ignore_errors=True)
+
+    partial.mkdir(parents=True)
+    used: set[Path] = set()
+    for record in split.records:
+        folder = partial / str(record.split) / record.label
+        folder.mkdir(parents=True, exist_ok=True)
+        src = Path(record.path)
+        dest, n = folder / src.name, 1
+        while dest in used:  # same file name from two source folders
+            n += 1
+            dest = folder / f"{src.stem}-{n}{src.suffix}"
+        used.add(dest)
+        _place(record.path, dest, copy)
+    write_json(partial / EXPORT_MARKER, {
+        "labels": str(labels), "val_fraction": val_fraction, "seed": seed, "counts": split.counts(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    if target.exists():
+        os.replace(target, old)
+    os.replace(partial, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return ExportResult(target, split)

@@ -1,0 +1,217 @@
+"""The labeler's web server: standard library only (``http.server``), one page, a JSON API and the images.
+
+Routes: ``GET /`` (the page), ``GET /app.js``, ``GET /app.css``, ``GET /api/state``, ``GET /img/<path>`` (an image
+under the dataset root, decoded with the shared :func:`tltool.images.load_image` and sent as a JPEG), and
+``POST /api/set`` with ``{"path", "label" (or null), "skipped"}``. Paths that leave the dataset root (``..``,
+``%2e%2e``, absolute paths, symlinks pointing outside) are refused with 403.
+"""
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import os
+import socket
+import socketserver
+import threading
+from collections import OrderedDict
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from PIL import Image
+
+from ..errors import BadImageError, TltoolError
+from ..images import load_image
+from .store import LabelStore, inside_root, is_image_name
+
+DISPLAY_SIDE = 1280  # images are sent at most this large: the page never needs more
+MAX_BODY = 64 * 1024
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+          "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/app.css": ("app.css", "text/css; charset=utf-8")}
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def _static(name: str) -> bytes:
+    return resources.files(__package__).joinpath(name).read_bytes()
+
+
+class _JpegCache:
+    """The last few encoded images, so moving back and forth does not decode again."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> bytes:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        pixels = load_image(path)
+        im = Image.fromarray(pixels)
+        if max(im.size) > DISPLAY_SIDE:
+            im.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+        data = buf.getvalue()
+        with self._lock:
+            self._items[key] = data
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return data
+
+
+class LabelerServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, store: LabelStore, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> None:
+        self.store = store
+        self.quiet = quiet
+        self.images = _JpegCache()
+        self.address_family = _family(host)
+        try:
+            super().__init__((host, port), LabelerHandler)
+        except OSError as exc:
+            raise TltoolError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass --port 0 for any free "
+                              "port, or another --host.") from None
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks the host name up (getfqdn), which can stall for seconds offline
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = self.server_address[0]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/"
+
+    @property
+    def loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.server_address[0]).is_loopback
+        except ValueError:
+            return False
+
+
+def _family(host: str):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def make_server(dataset: str | os.PathLike, classes: list[str] | None, host: str = "127.0.0.1", port: int = 0,
+                review: str | os.PathLike | None = None, quiet: bool = True) -> LabelerServer:
+    """A labeler for ``dataset`` bound to ``host:port`` (0: any free port); call ``serve_forever()`` on it."""
+    return LabelerServer(LabelStore(dataset, classes, review), host, port, quiet=quiet)
+
+
+class LabelerHandler(BaseHTTPRequestHandler):
+    server: LabelerServer
+    protocol_version = "HTTP/1.1"
+    server_version = "tltool-labeler"
+    timeout = 120  # an idle keep-alive connection is closed after this many seconds
+
+    # ------------------------------------------------------------------ plumbing
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+    def _send(self, status: int, body: bytes, content_type: str, cache: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "private, max-age=600" if cache else "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self'; connect-src 'self'")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, data: dict) -> None:
+        self._send(status, json.dumps(data).encode("utf-8"), "application/json")
+
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def _host_ok(self) -> bool:
+        """On a loopback address only a loopback Host header is accepted (no DNS-rebinding from a web page)."""
+        if not self.server.loopback:
+            return True
+        host = (self.headers.get("Host") or "").strip()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return name.strip("[]").lower() in LOOPBACK_NAMES
+
+    # ------------------------------------------------------------------ GET
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if not self._host_ok():
+            return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+        route = urlsplit(self.path).path
+        if route in STATIC:
+            name, content_type = STATIC[route]
+            return self._send(HTTPStatus.OK, _static(name), content_type)
+        if route == "/api/state":
+            return self._json(HTTPStatus.OK, self.server.store.state())
+        if route.startswith("/img/"):
+            return self._image(route[len("/img/"):])
+        if route == "/favicon.ico":
+            return self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+        return self._error(HTTPStatus.NOT_FOUND, "not found")
+
+    do_HEAD = do_GET
+
+    def _image(self, quoted: str) -> None:
+        root = self.server.store.root
+        rel = inside_root(root, unquote(quoted))
+        if rel is None:
+            return self._error(HTTPStatus.FORBIDDEN, "outside the dataset folder")
+        path = root / rel
+        if not path.is_file() or not is_image_name(path.name):
+            return self._error(HTTPStatus.NOT_FOUND, "no such image")
+        try:
+            data = self.server.images.get(path)
+        except BadImageError as exc:
+            return self._error(HTTPStatus.UNPROCESSABLE_ENTITY, f"{rel}: {exc.reason}")
+        except OSError:
+            return self._error(HTTPStatus.NOT_FOUND, "no such image")
+        self._send(HTTPStatus.OK, data, "image/jpeg", cache=True)
+
+    # ------------------------------------------------------------------ POST
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._host_ok():
+            return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+        if urlsplit(self.path).path != "/api/set":
+            return self._error(HTTPStatus.NOT_FOUND, "not found")
+        # a JSON content type cannot be sent cross-site without a CORS preflight, which is never granted
+        if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+            return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_BODY:
+            return self._error(HTTPStatus.BAD_REQUEST, "missing or oversized body")
+        try:
+            body = json.loads(self.rfile.read(length))
+            path, label, skipped = body["path"], body.get("label"), bool(body.get("skipped", False))
+            if not isinstance(path, str) or not (label is None or isinstance(label, str)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return self._error(HTTPStatus.BAD_REQUEST, 'expected {"path": str, "label": str or null, "skipped": bool}')
+        try:
+            summary = self.server.store.set(path, label, skipped)
+        except KeyError:
+            return self._error(HTTPStatus.NOT_FOUND, f"{path!r} is not one of the images being labelled")
+        except ValueError as exc:
+            return self._error(HTTPStatus.BAD_REQUEST, str(exc))
+        self._json(HTTPStatus.OK, {"item": {"path": path, "label": label, "skipped": skipped}, **summary})
