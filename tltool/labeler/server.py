@@ -71,6 +71,7 @@ class _JpegCache:
 class LabelerServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the default 5 can overflow (and reset connections) when many clients connect at once
 
     def __init__(self, store: LabelStore, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> None:
         self.store = store
