@@ -237,3 +237,88 @@ def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str 
                                config={**asdict(config), "unfreeze_resolved": unfreeze}, extra=extra, tta=tta)
     say(f"fine-tuned {state.epoch} epochs in {train_seconds:.0f} s")
     return FinetuneResult(run_dir, evaluation, metrics, model)
+
+
+def estimate_seconds(config: FinetuneConfig, n_train: int, n_val: int, folds: int = 1) -> float:
+    """Time a few real training steps of this backbone and size, and scale up to the whole run."""
+    from ._tf import keras
+    from .backbones import get_backbone_spec
+    from .training import TrainOptions, compile_model
+
+    size = config.image_size
+    model = build_classifier(config.backbone, config.weights, size, 2, config.dropout)
+    set_trainable(base_model(model), _resolve_unfreeze(config, get_backbone_spec(config.backbone)))
+    compile_model(model, TrainOptions(lr=1e-4), 1)
+    x = np.random.default_rng(0).uniform(0, 255, (config.batch_size, size, size, 3)).astype(np.float32)
+    y = keras.utils.to_categorical(np.arange(config.batch_size) % 2, 2)
+    model.train_on_batch(x, y)
+    model.predict_on_batch(x)
+    start = time.perf_counter()
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    per_train = (time.perf_counter() - start) / (2 * config.batch_size)
+    start = time.perf_counter()
+    model.predict_on_batch(x)
+    per_infer = (time.perf_counter() - start) / config.batch_size
+    per_epoch_head = n_train * per_infer * 1.2 + n_val * per_infer
+    per_epoch_tune = n_train * per_train + n_val * per_infer
+    return folds * (config.head_epochs * per_epoch_head + config.epochs * per_epoch_tune)
+
+
+def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, force: bool = False):
+    """Stratified K-fold over train+val: one full fine-tuning per fold, reported on out-of-fold predictions."""
+    import csv
+    import io
+
+    from sklearn.model_selection import StratifiedKFold
+
+    from .backbones import get_backbone_spec
+    from .crossval import CVResult, say_cv
+    from .report import read_predictions
+    from .utils import write_text_atomic
+
+    spec = get_backbone_spec(config.backbone)
+    config = replace(config, image_size=config.image_size or spec.default_size)
+    checked = prepare_dataset(config.data, config.val_fraction, config.seed, config.max_pixels)
+    records = sorted(checked.dataset.records, key=lambda r: r.path)
+    classes = checked.dataset.classes
+    y = label_indices(records, classes)
+    counts = np.bincount(y)
+    if k < 2 or counts.min() < k:
+        raise TltoolError(f"--cv {k}: every class needs at least {k} images (smallest has {counts.min()}).")
+    estimate = estimate_seconds(config, len(y) * (k - 1) // k, len(y) // k, k)
+    say(f"cross-validated fine-tuning: {k} folds x ({config.head_epochs} + {config.epochs}) epochs on "
+        f"{len(y)} images; estimated time {estimate / 60:.1f} min on this machine")
+    run_dir = new_run_dir("finetune-cv", checked.dataset.name, spec.name, out=out, force=force)
+    write_json(run_dir / "config.json", {**asdict(config), "cv": k})
+    oof = np.zeros((len(y), len(classes)))
+    scores, tests = [], []
+    index = {r.path: i for i, r in enumerate(records)}
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=config.seed)
+    for fold, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "label", "split"])
+        for i, split in [(i, "train") for i in train] + [(i, "val") for i in test]:
+            writer.writerow([records[i].path, records[i].label, split])
+        fold_dir = run_dir / f"fold-{fold + 1}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(fold_dir / "split.csv", buf.getvalue())
+        say(f"fold {fold + 1}/{k}: {len(train)} training, {len(test)} held-out images")
+        result = finetune(replace(config, data=str(fold_dir / "split.csv"), tta="none"), out=fold_dir / "run",
+                          force=True)
+        paths, _, _, fold_classes = read_predictions(fold_dir / "run" / "predictions.csv")
+        assert fold_classes == classes
+        rows = [index[p] for p in paths]
+        oof[rows] = result.evaluation.probs
+        scores.append(float(result.evaluation.accuracy().value))
+        tests.append(np.array(rows))
+    correct = int((oof.argmax(1) == y).sum())
+    cv = CVResult(k, 1, scores, [{} for _ in scores], tests, oof, correct, len(y))
+    say_cv(cv)
+    evaluation = Evaluation(classes, y, oof)
+    cv_json = {**cv.to_json(), "description": f"stratified {k}-fold, one fine-tuning per fold"}
+    metrics = write_run_report(run_dir, evaluation, [r.path for r in records], kind="finetune-cv",
+                               title=f"{checked.dataset.name}: fine-tuned {spec.name}, {k}-fold cross-validation",
+                               config=asdict(config), extra={"cv": cv_json, "estimated_seconds": estimate})
+    return run_dir, evaluation, metrics

@@ -37,8 +37,14 @@ def train_linear(
     seed: int = 0,
     tta: str = "none",
     force: bool = False,
+    cv: int = 0,
+    repeats: int = 1,
 ) -> LinearResult:
-    """Fit ``head`` on the training split's features (regularisation by stratified CV), report on val."""
+    """Fit ``head`` on the training split's features (regularisation by stratified CV), report on val.
+
+    With ``cv=K``: repeated stratified K-fold over train+val instead (nested: the search runs inside each
+    training fold); the report is of the out-of-fold predictions and the saved head is fitted on all images.
+    """
     spec = get_head_spec(head)
     if class_weight not in CLASS_WEIGHTS:
         raise TltoolError(f"--class-weight must be one of {CLASS_WEIGHTS}, got {class_weight!r}.")
@@ -49,6 +55,8 @@ def train_linear(
     train, val = fs.mask("train"), fs.mask("val")
     if not train.any() or not val.any():
         raise TltoolError(f"{fs.directory}: need both a train and a val split (found {sorted(set(fs.splits))}).")
+    if cv:
+        return _train_linear_cv(fs, X, out, head, pool, standardize, class_weight, seed, cv, repeats, force)
     start = time.perf_counter()
     gs = search(spec, X[train], fs.labels[train], standardize=standardize,
                 class_weight=None if class_weight == "none" else class_weight, seed=seed)
@@ -63,16 +71,8 @@ def train_linear(
     evaluation = Evaluation(fs.classes, fs.labels[val], fitted.predict_proba(X[val]))
     train_eval = Evaluation(fs.classes, fs.labels[train], fitted.predict_proba(X[train]))
 
-    meta = fs.meta
-    run_dir = new_run_dir("linear", meta["dataset"]["name"], meta["backbone"], head, out=out, force=force)
-    model_config = {
-        "kind": "linear", "backbone": meta["backbone"], "weights": meta["weights"], "image_size": meta["image_size"],
-        "resize": meta["resize"], "pool": pool, "head": head, "standardize": standardize,
-        "class_weight": class_weight, "classes": fs.classes, "chosen": chosen, "seed": seed,
-        "features": str(fs.directory),
-    }
-    fitted.save(run_dir)
-    write_json(run_dir / "model.json", model_config)
+    run_dir, model_config = _save_head(fs, fitted, out, force, head=head, pool=pool, standardize=standardize,
+                                       class_weight=class_weight, chosen=chosen, seed=seed)
     tta_evals = {}
     if tta != "none":
         from .models import load_run
@@ -85,9 +85,42 @@ def train_linear(
         "n_train": int(train.sum()), "n_val": int(val.sum()),
         "timing": {"fit_seconds": fit_seconds},
     }
-    title = f"{meta['dataset']['name']}: {meta['backbone']} features + {head}"
+    title = f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {head}"
     metrics = write_run_report(run_dir, evaluation, val_paths, kind="linear", title=title,
                                config=model_config, extra=extra, tta=tta_evals)
+    return LinearResult(run_dir, evaluation, metrics, fitted)
+
+
+def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, **settings) -> tuple[Path, dict]:
+    meta = fs.meta
+    run_dir = new_run_dir("linear", meta["dataset"]["name"], meta["backbone"], settings["head"], out=out, force=force)
+    model_config = {"kind": "linear", "backbone": meta["backbone"], "weights": meta["weights"],
+                    "image_size": meta["image_size"], "resize": meta["resize"], **settings, "classes": fs.classes,
+                    "features": str(fs.directory)}
+    fitted.save(run_dir)
+    write_json(run_dir / "model.json", model_config)
+    return run_dir, model_config
+
+
+def _train_linear_cv(fs: FeatureSet, X: np.ndarray, out, head: str, pool: str, standardize: bool, class_weight: str,
+                     seed: int, k: int, repeats: int, force: bool) -> LinearResult:
+    from .crossval import nested_cv, say_cv
+
+    spec = get_head_spec(head)
+    cw = None if class_weight == "none" else class_weight
+    result = nested_cv(X, fs.labels, head, k, repeats, seed, standardize, cw, len(fs.classes))
+    say_cv(result)
+    gs = search(spec, X, fs.labels, standardize=standardize, class_weight=cw, seed=seed)
+    chosen = {key.replace("clf__", ""): v for key, v in gs.best_params_.items()}
+    fitted = FittedHead.from_pipeline(head, gs.best_estimator_, fs.classes, chosen, X, fs.labels)
+    run_dir, model_config = _save_head(fs, fitted, out, force, head=head, pool=pool, standardize=standardize,
+                                       class_weight=class_weight, chosen=chosen, seed=seed, cv=k, repeats=repeats)
+    evaluation = Evaluation(fs.classes, fs.labels, result.oof_probs)
+    title = (f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {head}, "
+             f"{repeats}x{k}-fold cross-validation (out-of-fold predictions)")
+    metrics = write_run_report(run_dir, evaluation, fs.paths, kind="linear", title=title, config=model_config,
+                               extra={"cv": result.to_json(), "n_images": len(fs.labels),
+                                      "note": "val = out-of-fold predictions of the first repeat over train+val"})
     return LinearResult(run_dir, evaluation, metrics, fitted)
 
 

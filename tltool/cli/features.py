@@ -1,6 +1,8 @@
 """The main job: ``backbones``, ``extract``, ``linear``, ``probe`` (both at once), ``predict``, ``evaluate``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .options import backbone_options, force_option, out_option, split_options, tta_option
@@ -61,7 +63,13 @@ def linear_options(fn):
 def _print_linear(result) -> None:
     from ..report import accuracy_line
 
-    click.echo(accuracy_line(result.evaluation))
+    cv = result.metrics.get("cv")
+    if cv:
+        acc = cv["accuracy"]
+        click.echo(f"cross-validated accuracy {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
+                   f"(n={acc['n']}; {cv['description']}; folds {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f})")
+    else:
+        click.echo(accuracy_line(result.evaluation))
     for name, tta in (result.metrics.get("tta") or {}).items():
         acc = tta["accuracy"]
         click.echo(f"val accuracy with TTA {name} {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
@@ -74,14 +82,17 @@ def _print_linear(result) -> None:
 @linear_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @tta_option
+@click.option("--cv", type=int, default=0, show_default=True,
+              help="Repeated stratified K-fold over train+val instead of the val split (nested; 0: off).")
+@click.option("--repeats", type=int, default=1, show_default=True, help="Repeats of the --cv K-fold.")
 @out_option
 @force_option
-def linear_cmd(features, head, pool, standardize, class_weight, seed, tta, out, force) -> None:
+def linear_cmd(features, head, pool, standardize, class_weight, seed, tta, cv, repeats, out, force) -> None:
     """Train a linear head on extracted FEATURES (regularisation chosen by CV) and report validation accuracy."""
     from ..linear import train_linear
 
     _print_linear(train_linear(features, out=out, head=head, pool=pool, standardize=standardize,
-                               class_weight=class_weight, seed=seed, tta=tta, force=force))
+                               class_weight=class_weight, seed=seed, tta=tta, force=force, cv=cv, repeats=repeats))
 
 
 @click.command("probe")
@@ -131,7 +142,7 @@ def evaluate_cmd(run_dir, data, tta, out, force) -> None:
     from ..report import accuracy_line
 
     target, evaluation, _ = evaluate_run(run_dir, data, out=out, tta=tta, force=force)
-    click.echo(accuracy_line(evaluation, split="test"))
+    click.echo(accuracy_line(evaluation, split=f"{Path(data).name or data} (every image)"))
     click.echo(f"report: {target / 'report.md'}")
 
 

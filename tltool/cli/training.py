@@ -45,18 +45,25 @@ def training_options(fn):
               help="N (last N blocks, or layers when the backbone has no named blocks), all, none, or a block name.")
 @click.option("--dropout", type=float, default=0.2, show_default=True)
 @tta_option
+@click.option("--cv", type=int, default=0, show_default=True,
+              help="K-fold cross-validation over train+val: K full fine-tunings (the estimated time is shown first).")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue a killed run from its last checkpoint (its own settings are used).")
 @out_option
 @force_option
-def finetune_cmd(data, resume, out, force, **options) -> None:
+def finetune_cmd(data, cv, resume, out, force, **options) -> None:
     """Fine-tune a pretrained backbone on DATA: new head first, then the top of the network."""
-    from ..finetune import FinetuneConfig, finetune
-    from ..report import accuracy_line
     from ..errors import TltoolError
+    from ..finetune import FinetuneConfig, finetune, finetune_cv
+    from ..report import accuracy_line
 
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
+    if cv:
+        run_dir, evaluation, _ = finetune_cv(FinetuneConfig(data=data, **options), cv, out=out, force=force)
+        click.echo(accuracy_line(evaluation, split=f"{cv}-fold cross-validated"))
+        click.echo(f"report: {run_dir / 'report.md'}")
+        return
     result = finetune(FinetuneConfig(data=data or "", **options), out=out, resume=resume, force=force)
     click.echo(accuracy_line(result.evaluation))
     for name, tta in (result.metrics.get("tta") or {}).items():

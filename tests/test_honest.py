@@ -1,0 +1,140 @@
+"""Honest accuracy: paired comparison, nested cross-validation (with a spy), learning curves."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tltool.cli import main
+from tltool.compare import compare_correct, compare_runs
+from tltool.errors import TltoolError
+
+
+def _fake_run(root: Path, name: str, correct: list[bool], classes=("a", "b"), paths=None) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    paths = paths or [f"/data/img_{i:03d}.jpg" for i in range(len(correct))]
+    with open(run / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "true", "predicted", "correct", "confidence"] + [f"p_{c}" for c in classes])
+        for path, ok in zip(paths, correct):
+            writer.writerow([path, classes[0], classes[0] if ok else classes[1], int(ok), "0.9", "0.9", "0.1"])
+    return run
+
+
+def test_compare_stored_runs_counts_and_p(tmp_path):
+    # 100 images: both right 80, only A 2, only B 10, neither 8
+    a = [True] * 80 + [True] * 2 + [False] * 10 + [False] * 8
+    b = [True] * 80 + [False] * 2 + [True] * 10 + [False] * 8
+    comparison, target = compare_runs(_fake_run(tmp_path, "A", a), _fake_run(tmp_path, "B", b),
+                                      out=tmp_path / "cmp")
+    assert (comparison.both, comparison.only_a, comparison.only_b, comparison.neither) == (80, 2, 10, 8)
+    # exact McNemar: 2 * P(X <= 2), X ~ Bin(12, 1/2) = 2 * 79 / 4096
+    assert comparison.p_value == pytest.approx(2 * 79 / 4096)
+    assert comparison.difference == pytest.approx(0.08)
+    assert comparison.ci95[0] < 0.08 < comparison.ci95[1]
+    assert comparison.verdict() == "B is better, p = 0.0386"
+    stored = json.loads((target / "compare.json").read_text())
+    assert stored["only_b"] == 10 and stored["accuracy_a"]["value"] == 0.82
+
+
+def test_compare_says_when_it_cannot_tell(tmp_path):
+    comparison = compare_correct(np.array([1, 1, 0, 1] * 25, bool), np.array([1, 0, 1, 1] * 25, bool))
+    assert comparison.p_value == 1.0
+    assert comparison.verdict().startswith("no detectable difference on 100 images")
+
+
+def test_compare_refuses_different_images_or_classes(tmp_path):
+    a = _fake_run(tmp_path, "A", [True] * 10)
+    b = _fake_run(tmp_path, "B", [True] * 10, paths=[f"/other/{i}.jpg" for i in range(10)])
+    c = _fake_run(tmp_path, "C", [True] * 10, classes=("x", "y"))
+    with pytest.raises(TltoolError, match="different images"):
+        compare_runs(a, b)
+    with pytest.raises(TltoolError, match="different class lists"):
+        compare_runs(a, c)
+    result = CliRunner().invoke(main, ["compare", str(a), str(b)])
+    assert result.exit_code == 2 and "different images" in result.output
+
+
+def test_nested_cv_folds_are_stratified_disjoint_and_the_search_never_sees_the_test_fold(monkeypatch):
+    from sklearn.datasets import make_classification
+
+    import tltool.heads as heads
+    from tltool.crossval import nested_cv
+
+    X, y = make_classification(n_samples=90, n_features=12, n_informative=6, n_classes=3, n_clusters_per_class=1,
+                               flip_y=0, random_state=0)
+    X[:, 0] = np.arange(len(X))  # a row id the spy can read back
+    seen: list[set[int]] = []
+    real_search = heads.search
+
+    def spy(spec, Xs, ys, **kwargs):
+        seen.append(set(Xs[:, 0].astype(int).tolist()))
+        return real_search(spec, Xs, ys, **kwargs)
+
+    monkeypatch.setattr(heads, "search", spy)
+    result = nested_cv(X, y, "logreg", k=3, repeats=2, seed=0)
+    assert len(seen) == 6 == len(result.test_indices)
+    for searched, test in zip(seen, result.test_indices):
+        assert not searched & set(test.tolist())  # the inner search never sees the outer test fold
+        assert searched | set(test.tolist()) == set(range(90))
+        assert np.bincount(y[test]).tolist() == [10, 10, 10]  # stratified
+    first_repeat = np.concatenate(result.test_indices[:3])
+    assert sorted(first_repeat.tolist()) == list(range(90))  # each image tested exactly once per repeat
+    assert result.to_json()["fold_mean"] == pytest.approx(np.mean(result.fold_scores))
+    assert result.accuracy()["n"] == 90
+    with pytest.raises(TltoolError, match="at least 40"):
+        nested_cv(X, y, k=40)
+
+
+def test_linear_cv_on_real_features_and_learning_curve(flowers, tmp_path):
+    from tltool.crossval import run_learning_curve
+    from tltool.features import extract_features
+    from tltool.linear import train_linear
+
+    features = tmp_path / "features"
+    extract_features(str(flowers), features)
+    result = train_linear(features, out=tmp_path / "cv", cv=5)
+    cv = result.metrics["cv"]
+    assert cv["accuracy"]["n"] == 350 and len(cv["fold_scores"]) == 5
+    assert cv["accuracy"]["value"] > 0.8
+    assert cv["accuracy"]["ci95"][0] < cv["accuracy"]["value"] < cv["accuracy"]["ci95"][1]
+    points, reading, target = run_learning_curve(features, seeds=3, out=tmp_path / "lc")
+    assert [p.fraction for p in points] == pytest.approx([0.1 * i for i in range(1, 11)])
+    assert points[-1].accuracy >= points[0].accuracy  # more data does not hurt, in expectation
+    assert points[0].n_train == 25 and points[-1].n_train == 250
+    assert (target / "learning_curve.png").stat().st_size > 10_000
+    assert reading.startswith(("still rising", "flat"))
+    assert set(points[-1].per_class) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+
+
+def test_read_curve_names_the_class_to_collect():
+    from tltool.crossval import CurvePoint, read_curve
+
+    def point(f, acc, a, b):
+        return CurvePoint(f, int(f * 100), acc, acc - 0.1, acc + 0.1, (acc, acc), {"cats": a, "dogs": b})
+
+    rising = [point(0.6, 0.70, 0.9, 0.5), point(0.8, 0.75, 0.9, 0.6), point(1.0, 0.80, 0.92, 0.68)]
+    assert "more images of `dogs` would help most" in read_curve(rising, ["cats", "dogs"])
+    flat = [point(0.6, 0.90, 0.95, 0.85), point(0.8, 0.90, 0.95, 0.85), point(1.0, 0.905, 0.95, 0.86)]
+    assert read_curve(flat, ["cats", "dogs"]).startswith("flat")
+
+
+def test_finetune_cv_reports_out_of_fold_predictions(tmp_path):
+    from conftest import SAMPLE
+    from tltool.finetune import FinetuneConfig, finetune_cv
+
+    config = FinetuneConfig(data=str(SAMPLE), image_size=48, batch_size=32, augment="none", head_epochs=1,
+                            epochs=0, head_lr=3e-3)
+    run_dir, evaluation, metrics = finetune_cv(config, 2, out=tmp_path / "cv")
+    assert evaluation.n == 160  # every image predicted once, by the fold that did not train on it
+    assert metrics["cv"]["k"] == 2 and len(metrics["cv"]["fold_scores"]) == 2
+    assert metrics["estimated_seconds"] > 0
+    splits = [list(csv.DictReader(open(run_dir / f"fold-{i}" / "split.csv"))) for i in (1, 2)]
+    val_1 = {r["path"] for r in splits[0] if r["split"] == "val"}
+    val_2 = {r["path"] for r in splits[1] if r["split"] == "val"}
+    assert not val_1 & val_2 and len(val_1 | val_2) == 160

@@ -1,0 +1,43 @@
+"""Honest accuracy: ``compare`` two runs, ``learning-curve`` (cross-validation lives on ``linear --cv``)."""
+from __future__ import annotations
+
+import click
+
+from .options import out_option
+
+
+@click.command("compare")
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", required=False)
+@out_option
+def compare_cmd(run_a, run_b, data, out) -> None:
+    """Paired comparison of two runs on the same images: difference with its interval, exact McNemar test."""
+    from ..compare import compare_runs
+
+    comparison, target = compare_runs(run_a, run_b, data, out=out)
+    for line in comparison.lines():
+        click.echo(line)
+    click.echo(f"report: {target / 'compare.md'}")
+
+
+@click.command("learning-curve")
+@click.argument("features", type=click.Path(exists=True, file_okay=False))
+@click.option("--head", default="logreg", show_default=True)
+@click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True)
+@click.option("--seeds", type=int, default=5, show_default=True, help="Random subsets averaged per point.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@out_option
+def learning_curve_cmd(features, head, pool, seeds, seed, out) -> None:
+    """Should I label more photos? Val accuracy of the head trained on 10 %, 20 %, ... 100 % of the training images."""
+    from ..crossval import run_learning_curve
+
+    points, reading, target = run_learning_curve(features, head, pool, seeds=seeds, seed=seed, out=out)
+    click.echo("train images  share  val accuracy [95 % CI]")
+    for p in points:
+        click.echo(f"{p.n_train:12d}  {p.fraction:5.0%}  {p.accuracy:.3f} [{p.low:.3f}, {p.high:.3f}]")
+    click.echo(f"reading: {reading}")
+    click.echo(f"plot: {target / 'learning_curve.png'}")
+
+
+COMMANDS = [compare_cmd, learning_curve_cmd]

@@ -1,0 +1,128 @@
+"""``tltool compare``: are two runs really different on the same images? A paired test, not two point accuracies.
+
+On 100 validation images two runs that differ by 1-4 points are often ranked the wrong way round; the paired
+difference with its interval and an exact McNemar test say whether the data can tell them apart at all.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TltoolError
+from .stats import Proportion, mcnemar_exact, paired_difference_interval
+from .utils import write_json, write_text_atomic
+
+
+@dataclass
+class Comparison:
+    run_a: str
+    run_b: str
+    n: int
+    both: int
+    only_a: int
+    only_b: int
+    neither: int
+    p_value: float
+    difference: float  # accuracy of B minus accuracy of A
+    ci95: tuple[float, float]
+    images: str  # where the predictions came from
+
+    @property
+    def accuracy_a(self) -> Proportion:
+        return Proportion(self.both + self.only_a, self.n)
+
+    @property
+    def accuracy_b(self) -> Proportion:
+        return Proportion(self.both + self.only_b, self.n)
+
+    def verdict(self, alpha: float = 0.05) -> str:
+        if self.p_value < alpha:
+            better = "B" if self.only_b > self.only_a else "A"
+            return f"{better} is better, p = {self.p_value:.3g}"
+        return (f"no detectable difference on {self.n} images (p = {self.p_value:.2f}); the interval of the "
+                f"difference still allows {self.ci95[0]:+.3f} to {self.ci95[1]:+.3f}")
+
+    def lines(self) -> list[str]:
+        return [
+            f"A: {self.run_a}\n   accuracy {self.accuracy_a}",
+            f"B: {self.run_b}\n   accuracy {self.accuracy_b}",
+            f"images both get right {self.both}, only A {self.only_a}, only B {self.only_b}, neither {self.neither}",
+            f"difference B - A {self.difference:+.3f} [{self.ci95[0]:+.3f}, {self.ci95[1]:+.3f}] "
+            f"(95 % Newcombe interval for paired proportions); exact McNemar p = {self.p_value:.3g}",
+            f"verdict: {self.verdict()}",
+        ]
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "accuracy_a": self.accuracy_a.to_json(), "accuracy_b": self.accuracy_b.to_json(),
+                "verdict": self.verdict(), "method": "paired: Newcombe (1998) method 10 interval, exact McNemar test"}
+
+
+def compare_correct(correct_a: np.ndarray, correct_b: np.ndarray, run_a: str = "A", run_b: str = "B",
+                    images: str = "") -> Comparison:
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b.shape:
+        raise TltoolError("the two runs were scored on different numbers of images")
+    both, only_a, only_b = int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum())
+    neither = len(a) - both - only_a - only_b
+    diff, lo, hi = paired_difference_interval(both, only_a, only_b, neither)
+    return Comparison(run_a, run_b, len(a), both, only_a, only_b, neither, mcnemar_exact(only_a, only_b), diff,
+                      (lo, hi), images)
+
+
+def _stored_correctness(run_dir: Path) -> tuple[dict[str, bool], list[str]]:
+    from .report import read_predictions
+
+    path = run_dir / "predictions.csv"
+    if not path.exists():
+        raise TltoolError(f"{run_dir}: no predictions.csv; pass a finished run folder (or give DATA to evaluate).")
+    paths, true, predicted, classes = read_predictions(path)
+    return {p: t == q for p, t, q in zip(paths, true, predicted)}, classes
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
+                 out: str | Path | None = None) -> tuple[Comparison, Path]:
+    """Compare two runs on their stored validation predictions, or on DATA evaluated by both."""
+    from .runs import new_run_dir
+
+    run_a, run_b = Path(run_a), Path(run_b)
+    if data is None:
+        (a, classes_a), (b, classes_b) = _stored_correctness(run_a), _stored_correctness(run_b)
+        if classes_a != classes_b:
+            raise TltoolError(f"the runs have different class lists ({classes_a} vs {classes_b}): they answer "
+                              "different questions and cannot be compared.")
+        if set(a) != set(b):
+            only = len(set(a) ^ set(b))
+            raise TltoolError(f"the runs were validated on different images ({only} differ; "
+                              f"{len(a)} vs {len(b)} images): use the same data and split (--seed, "
+                              "--val-fraction), or give DATA to evaluate both on it.")
+        order = sorted(a)
+        correct_a, correct_b = [a[p] for p in order], [b[p] for p in order]
+        source = "stored validation predictions"
+    else:
+        correct_a, correct_b = _evaluate_both(run_a, run_b, data)
+        source = f"{data}, evaluated by both"
+    comparison = compare_correct(np.array(correct_a), np.array(correct_b), str(run_a), str(run_b), source)
+    target = new_run_dir("compare", run_a.name[:20], run_b.name[:20], out=out, force=True)
+    write_json(target / "compare.json", comparison.to_json())
+    write_text_atomic(target / "compare.md", "# Paired comparison\n\n" + "\n".join(
+        f"- {line.replace(chr(10), ' ')}" for line in comparison.lines()) + f"\n\nImages: {source}.\n")
+    return comparison, target
+
+
+def _evaluate_both(run_a: Path, run_b: Path, data: str):
+    from .dataset import load_dataset
+    from .inspection import check_dataset
+    from .models import load_run
+
+    model_a, model_b = load_run(run_a), load_run(run_b)
+    if model_a.classes != model_b.classes:
+        raise TltoolError(f"the runs have different class lists ({model_a.classes} vs {model_b.classes}).")
+    records = check_dataset(load_dataset(data)).dataset.records
+    unknown = sorted({r.label for r in records} - set(model_a.classes))
+    if unknown:
+        raise TltoolError(f"{data}: labels {unknown} are not classes of the runs {model_a.classes}.")
+    y = np.array([model_a.classes.index(r.label) for r in records])
+    paths = [r.path for r in records]
+    return (model_a.predict_paths(paths).argmax(1) == y), (model_b.predict_paths(paths).argmax(1) == y)

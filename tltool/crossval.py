@@ -1,0 +1,226 @@
+"""Cross-validation where data is scarce, and learning curves ("should I label more photos?").
+
+Nested properly: the regularisation search runs inside each outer training fold and never sees the outer test
+fold. Intervals rest on the number of distinct images (repeats re-use the same images: they steady the mean,
+they add no new evidence).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import heads as heads_module
+from .errors import TltoolError
+from .evaluation import Evaluation
+from .features import FeatureSet, load_features
+from .heads import FittedHead, get_head_spec
+from .progress import Bar, say
+from .stats import wilson_interval
+
+
+@dataclass
+class CVResult:
+    k: int
+    repeats: int
+    fold_scores: list[float]
+    fold_params: list[dict]
+    test_indices: list[np.ndarray]
+    oof_probs: np.ndarray  # out-of-fold probabilities of the first repeat
+    correct_total: int = 0
+    n_predictions: int = 0
+
+    @property
+    def n_images(self) -> int:
+        return len(self.oof_probs)
+
+    def accuracy(self) -> dict:
+        """Pooled out-of-fold accuracy; the interval uses n = distinct images (see module docstring)."""
+        value = self.correct_total / self.n_predictions
+        lo, hi = wilson_interval(round(value * self.n_images), self.n_images)
+        return {"value": value, "ci95": [lo, hi], "n": self.n_images, "method": "wilson on distinct images"}
+
+    def to_json(self) -> dict:
+        return {"k": self.k, "repeats": self.repeats, "description": f"{self.repeats}x repeated stratified "
+                f"{self.k}-fold, regularisation searched inside each training fold",
+                "accuracy": self.accuracy(), "fold_scores": self.fold_scores,
+                "fold_mean": float(np.mean(self.fold_scores)), "fold_std": float(np.std(self.fold_scores, ddof=1))
+                if len(self.fold_scores) > 1 else 0.0, "fold_params": self.fold_params}
+
+
+def nested_cv(X: np.ndarray, y: np.ndarray, head: str = "logreg", k: int = 5, repeats: int = 1, seed: int = 0,
+              standardize: bool = True, class_weight=None, n_classes: int | None = None) -> CVResult:
+    """Repeated stratified K-fold; each outer training fold chooses its own regularisation by inner CV."""
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    spec = get_head_spec(head)
+    counts = np.bincount(y)
+    if k < 2 or counts[counts > 0].min() < k:
+        raise TltoolError(f"--cv {k}: every class needs at least {k} images (smallest has "
+                          f"{counts[counts > 0].min()}); use a smaller K (at least 2).")
+    n_classes = n_classes or int(y.max()) + 1
+    splitter = RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
+    scores, params, tests = [], [], []
+    oof = np.zeros((len(y), n_classes))
+    correct_total = 0
+    with Bar(k * repeats, f"{k}-fold CV x{repeats}") as bar:
+        for fold, (train, test) in enumerate(splitter.split(X, y)):
+            gs = heads_module.search(spec, X[train], y[train], standardize=standardize, class_weight=class_weight,
+                                     seed=seed + fold)
+            fitted = FittedHead.from_pipeline(head, gs.best_estimator_, [str(i) for i in range(n_classes)],
+                                              {}, X[train], y[train])
+            probs = fitted.predict_proba(X[test])
+            correct = probs.argmax(1) == y[test]
+            correct_total += int(correct.sum())
+            scores.append(float(correct.mean()))
+            params.append({key.replace("clf__", ""): v for key, v in gs.best_params_.items()})
+            tests.append(test)
+            if fold < k:  # the first repeat covers every image exactly once
+                oof[test] = probs
+            bar.update()
+    return CVResult(k, repeats, scores, params, tests, oof, correct_total, len(y) * repeats)
+
+
+# --------------------------------------------------------------------------------------------- learning curve
+@dataclass
+class CurvePoint:
+    fraction: float
+    n_train: int
+    accuracy: float  # mean over seeds
+    low: float
+    high: float
+    spread: tuple[float, float]  # min and max over seeds
+    per_class: dict[str, float] = field(default_factory=dict)
+
+
+def _subset(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    chosen = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        n = max(1, int(round(len(idx) * fraction)))
+        chosen.append(rng.choice(idx, size=n, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def learning_curve(fs: FeatureSet, head: str = "logreg", pool: str = "avg",
+                   fractions: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)), seeds: int = 5,
+                   seed: int = 0, standardize: bool = True) -> tuple[list[CurvePoint], dict]:
+    """Validation accuracy of the head trained on a growing share of each class's training images.
+
+    The regularisation is chosen once by CV on the full training split and then fixed, so every point differs
+    only in how many images the head saw.
+    """
+    spec = get_head_spec(head)
+    X = fs.features(pool)
+    train, val = fs.mask("train"), fs.mask("val")
+    Xtr, ytr, Xval, yval = X[train], fs.labels[train], X[val], fs.labels[val]
+    if not len(yval):
+        raise TltoolError(f"{fs.directory}: no validation split to measure the curve on.")
+    gs = heads_module.search(spec, Xtr, ytr, standardize=standardize, seed=seed)
+    best = {key: v for key, v in gs.best_params_.items()}
+    classes = fs.classes
+    points: list[CurvePoint] = []
+    with Bar(len(fractions) * seeds, "learning curve") as bar, heads_module.blas_threads(1):
+        for fraction in fractions:
+            accs, per_class = [], []
+            for s in range(seeds):
+                rng = np.random.default_rng(seed * 1000 + s)
+                idx = _subset(ytr, float(fraction), rng)
+                pipeline = heads_module.make_pipeline(spec, standardize, None, seed + s).set_params(**best)
+                if spec.name == "knn":
+                    pipeline.set_params(clf__n_neighbors=min(best["clf__n_neighbors"], len(idx)))
+                pipeline.fit(Xtr[idx], ytr[idx])
+                pred = pipeline.predict(Xval)
+                accs.append(float((pred == yval).mean()))
+                per_class.append([float((pred[yval == c] == c).mean()) for c in range(len(classes))])
+                bar.update()
+                if fraction == 1.0 and spec.name != "sgd":
+                    break  # the full training set is the same set for every seed
+            mean = float(np.mean(accs))
+            lo, hi = wilson_interval(round(mean * len(yval)), len(yval))
+            points.append(CurvePoint(float(fraction), int(len(_subset(ytr, float(fraction), np.random.default_rng(0)))),
+                                     mean, lo, hi, (min(accs), max(accs)),
+                                     dict(zip(classes, np.mean(per_class, axis=0).round(4).tolist()))))
+    return points, {key.replace("clf__", ""): v for key, v in best.items()}
+
+
+def read_curve(points: list[CurvePoint], classes: list[str]) -> str:
+    """A plain reading of the slope: is accuracy still rising, and which class would gain most from more photos?"""
+    if len(points) < 3:
+        return "too few points to read a slope"
+    last, before = points[-1], points[-3]
+    gain = last.accuracy - before.accuracy
+    share = last.fraction - before.fraction
+    rising = {c: last.per_class[c] - before.per_class[c] for c in classes}
+    weakest = min(classes, key=lambda c: last.per_class[c])
+    # the class that would gain most: still improving and furthest from perfect recall
+    improving = [c for c in classes if rising[c] > 0.005 and last.per_class[c] < 0.99]
+    target = min(improving, key=lambda c: last.per_class[c]) if improving else weakest
+    if gain > 0.01:
+        return (f"still rising (+{gain * 100:.1f} points over the last {share * 100:.0f} % of the images): more "
+                f"images would help; more images of `{target}` would help most (recall "
+                f"{before.per_class[target]:.2f} -> {last.per_class[target]:.2f}, the lowest of the classes "
+                "still improving).")
+    return (f"flat (+{gain * 100:.1f} points over the last {share * 100:.0f} % of the images): more images of the same "
+            f"kind would help little; the weakest class is `{weakest}` (recall {last.per_class[weakest]:.2f}): look "
+            "at its errors, or collect more varied images of it.")
+
+
+def plot_curve(points: list[CurvePoint], classes: list[str], target: Path, title: str) -> None:
+    from .report import _pyplot, save_figure
+
+    plt = _pyplot()
+    x = [p.n_train for p in points]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(x, [p.accuracy for p in points], marker="o", label="val accuracy (mean over seeds)")
+    left.fill_between(x, [p.low for p in points], [p.high for p in points], alpha=0.2, label="95 % Wilson interval")
+    left.set_xlabel("training images")
+    left.set_ylabel("validation accuracy")
+    left.legend(loc="lower right")
+    for c in classes:
+        right.plot(x, [p.per_class[c] for p in points], marker=".", label=c)
+    right.set_xlabel("training images")
+    right.set_ylabel("recall per class")
+    right.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    save_figure(fig, target)
+
+
+def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "avg", seeds: int = 5,
+                       seed: int = 0, out: str | Path | None = None,
+                       fractions: Sequence[float] | None = None) -> tuple[list[CurvePoint], str, Path]:
+    from .runs import new_run_dir
+    from .utils import write_json, write_text_atomic
+
+    fs = load_features(features)
+    kwargs = {"fractions": fractions} if fractions else {}
+    points, params = learning_curve(fs, head, pool, seeds=seeds, seed=seed, **kwargs)
+    reading = read_curve(points, fs.classes)
+    target = new_run_dir("learning-curve", fs.meta["dataset"]["name"], head, out=out, force=True)
+    n_val = int(fs.mask("val").sum())
+    title = f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} + {head}, val n={n_val}"
+    plot_curve(points, fs.classes, target / "learning_curve.png", title)
+    rows = [{"fraction": p.fraction, "n_train": p.n_train, "accuracy": p.accuracy, "ci95": [p.low, p.high],
+             "seed_spread": list(p.spread), "per_class_recall": p.per_class} for p in points]
+    write_json(target / "learning_curve.json", {"points": rows, "reading": reading, "params": params, "n_val": n_val,
+                                                "seeds": seeds, "interval_method": "wilson on the val images"})
+    table = ["| train images | share | val accuracy [95 % CI] | seeds min-max |", "|---|---|---|---|"]
+    table += [f"| {p.n_train} | {p.fraction:.0%} | {p.accuracy:.3f} [{p.low:.3f}, {p.high:.3f}] | "
+              f"{p.spread[0]:.3f}-{p.spread[1]:.3f} |" for p in points]
+    write_text_atomic(target / "learning_curve.md", f"# {title}\n\n" + "\n".join(table) +
+                      f"\n\n**Reading:** {reading}\n\n![learning curve](learning_curve.png)\n")
+    return points, reading, target
+
+
+def cv_evaluation(result: CVResult, y: np.ndarray, classes: list[str]) -> Evaluation:
+    return Evaluation(classes, y, result.oof_probs)
+
+
+def say_cv(result: CVResult) -> None:
+    acc = result.accuracy()
+    js = result.to_json()
+    say(f"{js['description']}: accuracy {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
+        f"(n={acc['n']} images), folds {js['fold_mean']:.3f} ± {js['fold_std']:.3f}")
+
