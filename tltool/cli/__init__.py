@@ -40,10 +40,11 @@ def main() -> None:
 from . import data as _data  # noqa: E402
 from . import features as _features  # noqa: E402
 from . import training as _training  # noqa: E402
+from . import honest as _honest  # noqa: E402
 from . import viz as _viz  # noqa: E402
 from . import arch as _arch  # noqa: E402
 from . import collect as _collect  # noqa: E402
 
-for _module in (_data, _features, _training, _viz, _arch, _collect):
+for _module in (_data, _features, _training, _honest, _viz, _arch, _collect):
     for _command in _module.COMMANDS:
         main.add_command(_command)
