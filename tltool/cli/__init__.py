@@ -48,3 +48,4 @@ from . import collect as _collect  # noqa: E402
 for _module in (_data, _features, _training, _honest, _viz, _arch, _collect):
     for _command in _module.COMMANDS:
         main.add_command(_command)
+_collect.label.add_command(_viz.suspects_cmd)  # `tltool label suspects`, also `tltool viz suspects`

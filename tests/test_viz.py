@@ -1,0 +1,301 @@
+"""``tltool viz`` and ``suspects``: filter grids, activation maps, Grad-CAM, the feature map, suspect labels."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from helpers import noise_image
+from tltool.cli import main
+from tltool.utils import write_json
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(result):
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def refused(result, *words: str):
+    """A user mistake: exit status 2, one clear line naming the problem, no traceback."""
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output and "error:" in result.output
+    for word in words:
+        assert word in result.output, result.output
+
+
+def first_conv_filters(model) -> int:
+    """Counted independently of tltool.viz: the output channels of the first Conv2D met in the nested base."""
+    from tltool._tf import keras
+
+    for layer in model.layers:
+        for inner in getattr(layer, "layers", [layer]):
+            if isinstance(inner, keras.layers.Conv2D):
+                return int(inner.kernel.shape[-1])
+    raise AssertionError("no Conv2D")
+
+
+# ----------------------------------------------------------------------------------------------------- filters
+@pytest.mark.parametrize("backbone, size", [("efficientnet_lite0", 224), ("mobilenet_v2", 32)])
+def test_filter_grid_has_one_tile_per_first_conv_filter(tmp_path, backbone, size):
+    from tltool.backbones import create_backbone
+    from tltool.viz import filter_grid, open_backbone
+
+    weights = "imagenet" if backbone == "efficientnet_lite0" else "none"  # mobilenet_v2's weights need a download
+    expected = first_conv_filters(create_backbone(backbone, weights=weights, image_size=size))
+    grid = filter_grid(open_backbone(backbone, weights, size))
+    assert grid.mode == "rgb" and grid.n_tiles == expected
+    assert grid.tiles.shape[1:] == (*grid.kernel_shape[:2], 3)
+    assert grid.tiles.min() >= 0 and grid.tiles.max() <= 1
+
+    out = tmp_path / "filters"
+    ok(invoke("viz", "filters", "--backbone", backbone, "--weights", weights, "--image-size", size, "--out", out))
+    report = json.loads((out / "filters.json").read_text())
+    assert report["tiles"] == expected and report["kernel_shape"][-1] == expected
+    assert Image.open(out / "filters.png").size[0] > 300
+
+
+def test_filters_of_another_layer_are_grey_tiles_per_input_channel(tmp_path):
+    from tltool.viz import filter_grid, open_backbone
+
+    net = open_backbone("efficientnet_lite0", image_size=64)
+    grid = filter_grid(net, "block1a_project_conv")  # 1x1x32x16
+    assert grid.mode == "grey" and grid.kernel_shape == (1, 1, 32, 16) and grid.n_tiles == 16 * 16
+    depthwise = filter_grid(net, "3")  # block1a_dwconv, by index: one 3x3 kernel per channel
+    assert depthwise.layer == "block1a_dwconv" and depthwise.n_tiles == 32 and depthwise.tiles.shape[1:] == (3, 3)
+
+
+# ------------------------------------------------------------------------------------------------- activations
+def test_activations_by_name_and_index_and_layer_listing(tmp_path):
+    from tltool.viz import layer_activations, layer_table, open_backbone
+
+    net = open_backbone("efficientnet_lite0", image_size=64)
+    rows = layer_table(net)
+    assert rows[0]["name"] == "stem_conv" and rows[0]["output"] == "32×32×32" and rows[0]["kernel"] == "3×3×3×32"
+    image = np.asarray(Image.open(noise_image(tmp_path / "x.jpg", seed=1, size=(64, 64))))
+    by_name = layer_activations(net, image, "block2a_expand_activation", max_maps=10)
+    index = next(r["index"] for r in rows if r["name"] == "block2a_expand_activation")
+    by_index = layer_activations(net, image, str(index), max_maps=10)
+    assert by_name.shape == (32, 32, 96) and len(by_name.maps) == 10
+    np.testing.assert_allclose(by_name.maps, by_index.maps)
+    means = [s["mean"] for s in by_name.stats]
+    assert means == sorted(means, reverse=True)  # strongest first
+
+    out = tmp_path / "act"
+    result = ok(invoke("viz", "activations", tmp_path / "x.jpg", "--image-size", 64, "--layer", -1, "--out", out))
+    assert "top_activation" in result.output and (out / "activations.png").exists()
+    listing = ok(invoke("viz", "layers", "--image-size", 64, "--conv"))
+    assert "stem_conv" in listing.output and "stem_bn" not in listing.output
+
+
+# ----------------------------------------------------------------------------------------------------- Grad-CAM
+def test_gradcam_on_chelsea_heats_the_cat_not_the_border():
+    import skimage.data
+
+    from tltool.backbones.efficientnet_lite import EfficientNetLite0
+    from tltool.backbones.layers import ImagePreprocessing
+    from tltool.images import resize_image
+    from tltool.viz import classifier_network, grad_cam
+
+    model = EfficientNetLite0(include_top=True, weights="imagenet")
+    net = classifier_network(model, "top_activation", "avg_pool", "predictions", ImagePreprocessing("lite"))
+    image = np.asarray(resize_image(Image.fromarray(skimage.data.chelsea()), 224, "crop"))
+    cam = grad_cam(net, image[None])[0]  # the top class
+    top = int(np.argmax(np.asarray(model((image[None].astype(np.float32) - 127) / 128))))
+    assert cam.class_index == top and 281 <= top <= 285  # a cat class of ImageNet
+    heat, b = cam.heat, 224 // 4
+    centre = heat[b:-b, b:-b].mean()
+    frame = np.concatenate([heat[:28].ravel(), heat[-28:].ravel(), heat[28:-28, :28].ravel(),
+                            heat[28:-28, -28:].ravel()]).mean()
+    assert centre > 1.5 * frame, (centre, frame)
+
+
+def make_finetune_run(run_dir: Path, size: int = 32) -> None:
+    """A run with the structure `tltool finetune` saves, and weights chosen so Grad-CAM's answer is known:
+    feature 0 = ReLU(R - G) (red pixels), feature 1 = ReLU(G - R) (green); class "red" scores f0 - f1."""
+    from tltool._tf import keras
+    from tltool.backbones.layers import ImagePreprocessing
+
+    image = keras.Input((size, size, 3), name="image")
+    fmap = keras.layers.Conv2D(2, 1, strides=2, use_bias=False, activation="relu", name="conv")(image)
+    base = keras.Model(image, fmap, name="tinynet")
+    pixels = keras.Input((size, size, 3), name="pixels")
+    x = ImagePreprocessing("tf", name="preprocess")(pixels)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(0.2, name="dropout")(x)
+    probs = keras.layers.Dense(2, activation="softmax", name="classifier", dtype="float32")(x)
+    model = keras.Model(pixels, probs)
+    base.get_layer("conv").set_weights([np.array([[1, -1], [-1, 1], [0, 0]], np.float32).reshape(1, 1, 3, 2)])
+    model.get_layer("classifier").set_weights([np.array([[-4, 4], [4, -4]], np.float32), np.zeros(2, np.float32)])
+    run_dir.mkdir(parents=True)
+    model.save(run_dir / "model.keras")
+    write_json(run_dir / "model.json", {"kind": "finetune", "backbone": "tinynet", "base_layer": "tinynet",
+                                        "classes": ["green", "red"], "image_size": size, "resize": "crop"})
+
+
+def red_square_image(path: Path, size: int = 32) -> Path:
+    pixels = np.zeros((size, size, 3), np.uint8)
+    pixels[..., 1] = 200  # green field
+    pixels[:12, :12] = (220, 0, 0)  # a red square top-left
+    Image.fromarray(pixels).save(path, "PNG")
+    return path
+
+
+def test_gradcam_of_a_finetuned_run_uses_its_layers(tmp_path):
+    from tltool.models import load_run
+    from tltool.viz import gradcam_overlays
+
+    run = tmp_path / "ft"
+    make_finetune_run(run)
+    image = red_square_image(tmp_path / "square.png")
+    out = tmp_path / "cam"
+    ok(invoke("viz", "gradcam", image, "--model", run, "--class", "red", "--out", out))
+    report = json.loads((out / "gradcam.json").read_text())
+    expected = load_run(run).predict_paths([str(image)])[0]
+    entry = report["images"][0]
+    assert entry["class"] == "red" and entry["predicted"] == "green"  # the field is larger than the square
+    assert entry["probability"] == pytest.approx(expected[1], abs=1e-5)
+
+    from tltool.viz import gradcam_paths, open_run
+
+    red = gradcam_paths(open_run(run), [image], class_index=1)[0]
+    assert red.heat[:10, :10].mean() > 0.8 and red.heat[16:, 16:].max() < 0.05  # the evidence for red is the square
+    green = gradcam_paths(open_run(run), [image])[0]  # predicted class
+    assert green.class_index == 0 and green.heat[16:, 16:].mean() > 0.8 and green.heat[:8, :8].max() < 0.05
+    overlays = gradcam_overlays(run, [image, tmp_path / "missing.jpg"], size=64)
+    assert overlays[0].shape == (64, 64, 3) and overlays[0].dtype == np.uint8 and overlays[1] is None
+
+    result = ok(invoke("viz", "filters", "--model", run))
+    assert "conv: 2 tiles" in result.output
+
+
+def test_gradcam_of_a_linear_run_matches_its_head(tmp_path):
+    from tltool.heads import FittedHead
+    from tltool.models import load_run
+    from tltool.viz import gradcam_overlays, gradcam_paths, open_run
+
+    rng = np.random.default_rng(0)
+    run = tmp_path / "lin"
+    run.mkdir()
+    classes = ["a", "b", "c"]
+    FittedHead("logreg", classes, mean=rng.normal(0, 0.1, 2560), scale=rng.uniform(0.5, 2, 2560),
+               coef=rng.normal(0, 0.05, (3, 2560)), intercept=np.array([0.1, 0.0, -0.1])).save(run)
+    write_json(run / "model.json", {"kind": "linear", "backbone": "efficientnet_lite0", "weights": "imagenet",
+                                    "image_size": 64, "resize": "crop", "pool": "avgmax", "head": "logreg",
+                                    "classes": classes})
+    images = [noise_image(tmp_path / f"{i}.jpg", seed=i, size=(90, 70)) for i in range(3)]
+    cams = gradcam_paths(open_run(run), images)
+    expected = load_run(run).predict_paths([str(p) for p in images])
+    np.testing.assert_allclose(np.stack([c.probs for c in cams]), expected, atol=1e-4)
+    assert all(c.heat.shape == (64, 64) and 0 <= c.heat.min() and c.heat.max() <= 1 for c in cams)
+    assert len(gradcam_overlays(run, images)) == 3
+    refused(invoke("viz", "gradcam", images[0], "--model", run, "--class", "zebra"), "zebra", "Choices: a, b, c")
+
+
+# ---------------------------------------------------------------------------------------------------- embedding
+def test_embedding_separates_colour_classes_tsne_and_pca(tmp_path):
+    from tltool.features import extract_features
+    from tltool.viz import visualize_embedding
+
+    data = tmp_path / "colours"
+    for seed, (name, colour) in enumerate((("red", (200, 30, 30)), ("green", (30, 180, 40)), ("blue", (30, 40, 200)))):
+        colour_photos(data / name, colour, 14, seed)
+    extract_features(str(data), tmp_path / "feat", image_size=32)
+    out = tmp_path / "emb"
+    result = ok(invoke("viz", "embedding", tmp_path / "feat", "--thumbnails", "--out", out))
+    assert "tsne of 42 images" in result.output
+    report = json.loads((out / "embedding.json").read_text())
+    assert len(report["points"]) == 42 and {p["split"] for p in report["points"]} == {"train", "val"}
+    assert report["nearest_neighbour_agreement"] > 0.9
+    pca = visualize_embedding(tmp_path / "feat", out=tmp_path / "pca", method="pca")
+    assert pca.method == "pca" and pca.coords.shape == (42, 2)
+
+
+# ----------------------------------------------------------------------------------------------------- suspects
+def test_suspects_finds_images_moved_to_a_wrong_class(flowers, tmp_path):
+    data = tmp_path / "flowers"
+    shutil.copytree(flowers / "train", data)
+    classes = sorted(p.name for p in data.iterdir() if p.is_dir())
+    files = [(c, p.name) for c in classes for p in sorted((data / c).iterdir())]
+    rng = np.random.default_rng(0)  # 5 random photos, each moved to a random wrong class
+    moved, originals = [], {}
+    for i in rng.choice(len(files), 5, replace=False):
+        source, name = files[i]
+        target = classes[(classes.index(source) + int(rng.integers(1, len(classes)))) % len(classes)]
+        shutil.move(data / source / name, data / target / name)
+        moved.append(f"{target}/{name}")
+        originals[f"{target}/{name}"] = source
+    out = tmp_path / "suspects"
+    ok(invoke("label", "suspects", data, "--features", tmp_path / "feat", "--top", 15, "--out", out))
+    with open(out / "suspects.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "label", "suggested", "score"] and len(rows) == 15
+    found = [r for r in rows if r["path"] in moved]
+    assert len(found) >= 4, (moved, rows)
+    assert sum(r["suggested"] == originals[r["path"]] for r in found) >= 3
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert (out / "suspects.png").exists() and json.loads((out / "suspects.json").read_text())["n_images"] == 250
+
+
+def colour_photos(folder: Path, colour, n: int, seed: int, prefix: str = "") -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        pixels = np.clip(np.array(colour) + rng.normal(0, 25, (48, 48, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{prefix}{i}.png")
+        out.append(folder / f"{prefix}{i}.png")
+    return out
+
+
+def test_suspects_of_a_labeler_dataset_feed_its_review(tmp_path):
+    """`label suspects DATASET` on the labeler's folder reads labels.csv; `label serve --review` takes the CSV."""
+    from tltool.labeler.store import read_review
+
+    dataset = tmp_path / "mine"
+    red = colour_photos(dataset / "unlabeled", (200, 30, 30), 12, seed=1, prefix="r")
+    blue = colour_photos(dataset / "unlabeled", (30, 40, 200), 12, seed=2, prefix="b")
+    rows = ["path,label"] + [f"unlabeled/{p.name},red" for p in red] + [f"unlabeled/{p.name},blue" for p in blue]
+    rows[1] = "unlabeled/r0.png,blue"  # a red photo labelled blue
+    (dataset / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "s"
+    ok(invoke("label", "suspects", dataset, "--image-size", 32, "--top", 5, "--features", tmp_path / "f", "--out", out))
+    items, notes = read_review(dataset, out / "suspects.csv")
+    assert not notes and len(items) == 5
+    assert (items[0].path, items[0].label, items[0].suggested) == ("unlabeled/r0.png", "blue", "red")
+
+
+# ------------------------------------------------------------------------------------------------------- errors
+def test_every_command_refuses_a_bad_layer_or_a_missing_run(tmp_path):
+    image = noise_image(tmp_path / "x.jpg", seed=3, size=(64, 64))
+    missing = tmp_path / "no-such-run"
+    small = ("--weights", "none", "--image-size", 32)
+    refused(invoke("viz", "filters", *small, "--layer", "stem_cnov"), "stem_cnov", "stem_conv", "viz layers")
+    refused(invoke("viz", "filters", *small, "--layer", "stem_bn"), "not a convolution")
+    refused(invoke("viz", "filters", *small, "--layer", 9999), "9999")
+    refused(invoke("viz", "activations", image, *small, "--layer", "nope"), "nope")
+    for command in (("filters",), ("layers",), ("activations", image), ("gradcam", image)):
+        refused(invoke("viz", *command, "--model", missing), str(missing), "no such run")
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    refused(invoke("viz", "gradcam", image, "--model", not_a_run), "no model.json")
+    refused(invoke("viz", "filters", "--backbone", "efficientnet_lite0", "--model", not_a_run), "not both")
+    refused(invoke("viz", "embedding", missing), "features.json")
+    refused(invoke("viz", "suspects", missing), "no such file")
+    refused(invoke("viz", "suspects", tmp_path, "--backbone", "resnet5"), "resnet5")
+    run = tmp_path / "ft"
+    make_finetune_run(run)
+    refused(invoke("viz", "filters", "--model", run, "--layer", "classifier"), "classifier")
+    refused(invoke("viz", "activations", image, "--model", run, "--layer", "pool"), "pool")

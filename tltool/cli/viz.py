@@ -1,0 +1,142 @@
+"""``tltool viz ...``: pictures of what a network learned, and ``suspects``: labels the features disagree with."""
+from __future__ import annotations
+
+import click
+
+from .options import backbone_options, split_options
+
+_network_options = [
+    click.option("--backbone", default=None, help="Pretrained network [default: efficientnet_lite0 unless --model]."),
+    click.option("--model", "run_dir", default=None, type=click.Path(file_okay=False),
+                 help="A run folder (linear, probe or finetune) instead of --backbone."),
+    click.option("--weights", default="imagenet", show_default=True, help="With --backbone: imagenet, none or a file."),
+    click.option("--image-size", type=int, default=None, help="With --backbone: input size [default: the backbone's]."),
+]
+
+
+def network_options(fn):
+    for option in reversed(_network_options):
+        fn = option(fn)
+    return fn
+
+
+out_option = click.option("--out", type=click.Path(file_okay=False), default=None,
+                          help="Folder to write the PNG and JSON into [default: runs/viz-<what>-<names>-<time>].")
+
+
+@click.group("viz")
+def viz() -> None:
+    """Look inside: first-layer filters, activation maps, Grad-CAM, a 2-D map of the features, suspect labels."""
+
+
+@viz.command("filters")
+@network_options
+@click.option("--layer", default=None, help="Another conv layer (name or index; see `tltool viz layers`).")
+@out_option
+def filters_cmd(backbone, run_dir, weights, image_size, layer, out) -> None:
+    """The first convolution's filters as an RGB grid (or --layer's, per input channel in grey)."""
+    from ..viz import visualize_filters
+
+    grid = visualize_filters(backbone, run_dir, weights, image_size, layer, out)
+    click.echo(f"{grid.layer}: {grid.n_tiles} tiles of kernel {'x'.join(map(str, grid.kernel_shape))} -> {grid.png}")
+
+
+@viz.command("layers")
+@network_options
+@click.option("--conv", "conv_only", is_flag=True, help="Only the convolutions (what `viz filters --layer` takes).")
+def layers_cmd(backbone, run_dir, weights, image_size, conv_only) -> None:
+    """List the layers --layer accepts: index, name, type, output shape and kernel."""
+    from ..viz import layer_table, open_network
+
+    network = open_network(backbone, run_dir, weights, image_size)
+    rows = [r for r in layer_table(network) if r["kernel"] or not conv_only]
+    width = max(len(r["name"]) for r in rows) if rows else 4
+    click.echo(f"{'index':>5}  {'name':<{width}}  {'type':<22}  {'output':<16}  kernel")
+    for r in rows:
+        click.echo(f"{r['index']:>5}  {r['name']:<{width}}  {r['type']:<22}  {r['output']:<16}  {r['kernel']}")
+
+
+@viz.command("activations")
+@click.argument("image", type=click.Path(dir_okay=False))
+@network_options
+@click.option("--layer", default=None,
+              help="Layer name or index [default: the first activation after the first convolution].")
+@click.option("--max-maps", type=int, default=64, show_default=True, help="Show the strongest N maps.")
+@out_option
+def activations_cmd(image, backbone, run_dir, weights, image_size, layer, max_maps, out) -> None:
+    """One layer's activation maps for IMAGE as a grid, the image beside it."""
+    from ..viz import visualize_activations
+
+    grid = visualize_activations(image, backbone, run_dir, weights, image_size, layer, max_maps, out)
+    h, w, c = grid.shape
+    click.echo(f"layer {grid.index} {grid.layer}: {c} maps of {h}x{w}, {len(grid.maps)} shown -> {grid.png}")
+
+
+@viz.command("gradcam")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--model", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="A run folder written by linear, probe or finetune.")
+@click.option("--class", "class_name", default=None, help="Explain this class [default: the predicted one].")
+@out_option
+def gradcam_cmd(images, run_dir, class_name, out) -> None:
+    """Grad-CAM heat maps over IMAGES for the predicted (or named) class, its probability in the title."""
+    from ..viz import visualize_gradcam
+
+    result = visualize_gradcam(images, run_dir, class_name, out)
+    for cam in result.cams:
+        click.echo(f"{cam.path}\t{result.classes[cam.class_index]} {cam.probability:.3f}")
+    click.echo(f"-> {result.png}")
+
+
+@viz.command("embedding")
+@click.argument("features", type=click.Path(file_okay=False))
+@click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True)
+@click.option("--method", type=click.Choice(["auto", "tsne", "pca"]), default="auto", show_default=True,
+              help="auto: t-SNE, or PCA when there are fewer than 30 images.")
+@click.option("--perplexity", type=float, default=30.0, show_default=True)
+@click.option("--thumbnails", is_flag=True, help="Draw a small copy of each image at its point.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@out_option
+def embedding_cmd(features, pool, method, perplexity, thumbnails, seed, out) -> None:
+    """A 2-D map of extracted FEATURES (t-SNE), one colour per class, train filled and val hollow."""
+    from ..viz import visualize_embedding
+
+    emb = visualize_embedding(features, out, pool, method, perplexity, thumbnails, seed)
+    click.echo(f"{emb.method} of {len(emb.coords)} images; nearest neighbour in the map has the same label for "
+               f"{emb.neighbour_agreement:.1%} -> {emb.png}")
+
+
+@click.command("suspects")
+@click.argument("data")
+@backbone_options
+@split_options
+@click.option("--features", "features_dir", type=click.Path(file_okay=False), default=None,
+              help="Features folder (cache) [default: runs/features-<data>-<backbone>, shared with probe].")
+@click.option("--top", type=int, default=30, show_default=True, help="How many suspects to write.")
+@click.option("--neighbours", type=int, default=10, show_default=True, help="k of the nearest-neighbour check.")
+@out_option
+def suspects_cmd(data, backbone, weights, image_size, resize, batch_size, val_fraction, seed, max_pixels,
+                 features_dir, top, neighbours, out) -> None:
+    """Images of DATA whose label the rest of the data disagrees with: suspects.csv and a contact sheet.
+
+    Every image (all splits) is scored by a cross-validated linear head on its CNN features and by its nearest
+    neighbours: little support for its own label makes it a suspect. DATA is a dataset folder, a CSV manifest, or
+    a labeler folder (its labels.csv is read); fix the suspects with `tltool label serve DATA --review
+    <out>/suspects.csv`.
+    """
+    from ..viz import find_suspects
+
+    result = find_suspects(data, out, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
+                           batch_size=batch_size, features_dir=features_dir, top=top, neighbours=neighbours,
+                           val_fraction=val_fraction, seed=seed, max_pixels=max_pixels)
+    summary = result.summary
+    click.echo(f"{summary['disagreeing']} of {summary['n_images']} images are better supported as another class "
+               f"than their own; the {len(result.suspects)} most suspect:")
+    for s in result.suspects[:10]:
+        click.echo(f"{s.rank:>3}  {s.score:.3f}  {s.label} -> {s.suggested}  {s.path}")
+    click.echo(f"-> {result.csv}\n-> {result.png}")
+
+
+viz.add_command(suspects_cmd)
+
+COMMANDS = [viz]
