@@ -15,14 +15,14 @@ import numpy as np
 
 from .dataset import label_indices
 from .errors import TltoolError
-from .evaluation import TTA_MODES, Evaluation
+from .evaluation import Evaluation
 from .features import prepare_dataset
-from .images import DEFAULT_MAX_PIXELS
 from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
-from .training import Stage, TrainOptions, plot_history, run_stages
-from .utils import atomic_path, read_json, write_json
+from .supervised import RunConfig, TrainResult, train_and_report
+from .training import Stage
+from .utils import write_json
 
 
 def build_classifier(backbone: str, weights: str, image_size: int, num_classes: int, dropout: float = 0.2):
@@ -82,66 +82,22 @@ def set_trainable(base, unfreeze: str) -> int:
 
 
 @dataclass
-class FinetuneConfig:
-    """Everything a fine-tuning run needs; saved as ``config.json`` so ``--resume`` continues the same run."""
+class FinetuneConfig(RunConfig):
+    """A fine-tuning run; saved as ``config.json`` so ``--resume`` continues the same run."""
 
-    data: str
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
-    image_size: int | None = None
-    resize: str = "crop"
-    batch_size: int = 32
-    val_fraction: float = 0.2
-    seed: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    augment: str = "standard"
     dropout: float = 0.2
     head_epochs: int = 10
     head_lr: float = 1e-3
-    epochs: int = 15
-    lr: float = 3e-4
     unfreeze: str = "3"
-    optimizer: str = "adam"
-    weight_decay: float | None = None
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    step_epochs: int = 10
-    gamma: float = 0.1
-    label_smoothing: float = 0.1
-    early_stopping: int = 0
-    class_weight: str = "none"
-    mixed_precision: bool = False
-    tta: str = "none"
-
-    def stage_options(self, epochs: int, lr: float) -> TrainOptions:
-        return TrainOptions(epochs=epochs, lr=lr, optimizer=self.optimizer, weight_decay=self.weight_decay,
-                            schedule=self.schedule, warmup_epochs=self.warmup_epochs, step_epochs=self.step_epochs,
-                            gamma=self.gamma, label_smoothing=self.label_smoothing,
-                            early_stopping=self.early_stopping)
 
 
-@dataclass
-class FinetuneResult:
-    run_dir: Path
-    evaluation: Evaluation
-    metrics: dict
-    model: object
-
-
-def set_precision(mixed: bool) -> None:
-    from ._tf import keras, tf
-
-    if not mixed:
-        keras.mixed_precision.set_global_policy("float32")
-        return
-    if not tf.config.list_physical_devices("GPU"):
-        raise TltoolError("--mixed-precision needs a GPU: on a CPU float16 has no fast kernels and training becomes "
-                          "slower, not faster. Run without it.")
-    keras.mixed_precision.set_global_policy("mixed_float16")
+FinetuneResult = TrainResult
 
 
 def _resolve_unfreeze(config: FinetuneConfig, spec) -> str:
-    """A bare number N means the last N *blocks* where the backbone names its blocks (Lite0: block1a..block7a),
+    """A bare number N means the last N *stages* where the backbone names its blocks (Lite0: block1a..block7a),
     else the last N layers."""
     if config.unfreeze.isdigit() and spec.blocks is not None and int(config.unfreeze) > 0:
         stages = sorted({b[:-1] for b in spec.blocks()}, key=lambda s: int(s[5:]))
@@ -151,92 +107,30 @@ def _resolve_unfreeze(config: FinetuneConfig, spec) -> str:
 
 
 def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str | Path | None = None,
-             force: bool = False) -> FinetuneResult:
+             force: bool = False) -> TrainResult:
     """Two-stage fine-tuning with checkpoints after every epoch; writes the same report as the linear path."""
-    from ._tf import keras
-    from .augment import build_augmentation, load_size
     from .backbones import get_backbone_spec
-    from .models import load_run
-    from .pipeline import image_dataset
 
     if resume:
-        run_dir = Path(resume)
-        if not (run_dir / "config.json").exists():
-            raise TltoolError(f"--resume {run_dir}: not a fine-tuning run folder (no config.json).")
-        config = FinetuneConfig(**read_json(run_dir / "config.json"))
-    if config.tta not in TTA_MODES:
-        raise TltoolError(f"--tta must be one of {TTA_MODES}.")
+        config = FinetuneConfig.from_run(Path(resume))
     spec = get_backbone_spec(config.backbone)
     image_size = config.image_size or spec.default_size
-    config = replace(config, image_size=image_size)
-    head_options, tune_options = (config.stage_options(config.head_epochs, config.head_lr),
-                                  config.stage_options(config.epochs, config.lr))
-    head_options.validate()
     unfreeze = _resolve_unfreeze(config, spec)
-    set_precision(config.mixed_precision)
-    keras.utils.set_random_seed(config.seed)
 
-    checked = prepare_dataset(config.data, config.val_fraction, config.seed, config.max_pixels)
-    dataset = checked.dataset
-    classes = dataset.classes
-    train, val = dataset.subset("train"), dataset.subset("val")
-    if not val:
-        raise TltoolError(f"{dataset.name}: no validation images; lower --val-fraction or add images.")
-    y_train, y_val = label_indices(train, classes), label_indices(val, classes)
-    if not resume:
-        run_dir = new_run_dir("finetune", dataset.name, spec.name, out=out, force=force)
-        write_json(run_dir / "config.json", asdict(config))
-    transform = build_augmentation(config.augment, image_size, config.seed)
-    decode = load_size(image_size, config.augment)
+    def stages() -> list[Stage]:
+        out = [Stage("head", config.stage_options(config.head_epochs, config.head_lr),
+                     lambda model: set_trainable(base_model(model), "none"))]
+        if unfreeze not in ("none", "0") and config.epochs > 0:
+            out.append(Stage(f"unfreeze {config.unfreeze}", config.stage_options(config.epochs, config.lr),
+                             lambda model: set_trainable(base_model(model), unfreeze)))
+        return out
 
-    def train_data(epoch: int):
-        return image_dataset([r.path for r in train], y_train, image_size=decode, output_size=image_size,
-                             resize=config.resize, batch_size=config.batch_size, transform=transform,
-                             num_classes=len(classes), shuffle=True, seed=config.seed * 1000 + epoch,
-                             max_pixels=config.max_pixels)
-
-    val_data = image_dataset([r.path for r in val], y_val, image_size=image_size, resize=config.resize,
-                             batch_size=config.batch_size, num_classes=len(classes), cache=True,
-                             max_pixels=config.max_pixels)
-    steps = int(np.ceil(len(train) / config.batch_size))
-    class_weight = None
-    if config.class_weight == "balanced":
-        counts = np.bincount(y_train, minlength=len(classes))
-        class_weight = {i: len(y_train) / (len(classes) * c) for i, c in enumerate(counts) if c}
-
-    def build():
-        return build_classifier(spec.name, config.weights, image_size, len(classes), config.dropout)
-
-    stages = [Stage("head", head_options, lambda model: set_trainable(base_model(model), "none"))]
-    if unfreeze not in ("none", "0") and config.epochs > 0:
-        stages.append(Stage(f"unfreeze {config.unfreeze}", tune_options,
-                            lambda model: set_trainable(base_model(model), unfreeze)))
-    start = time.perf_counter()
-    model, state = run_stages(build, stages, train_data, val_data, steps, run_dir, class_weight,
-                              resume=bool(resume))
-    train_seconds = time.perf_counter() - start
-    with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
-        model.save(str(tmp))
-    model_config = {"kind": "finetune", "backbone": spec.name, "base_layer": base_model(model).name,
-                    "weights": config.weights, "image_size": image_size, "resize": config.resize, "classes": classes,
-                    "unfreeze": config.unfreeze, "seed": config.seed}
-    write_json(run_dir / "model.json", model_config)
-    plot_history(state.history, run_dir / "training_curves.png", f"{dataset.name}: fine-tuning {spec.name}")
-
-    runner = load_run(run_dir)
-    val_paths = [r.path for r in val]
-    evaluation = Evaluation(classes, y_val, runner.predict_paths(val_paths, batch_size=config.batch_size))
-    tta = {}
-    if config.tta != "none":
-        tta[config.tta] = Evaluation(classes, y_val, runner.predict_paths(val_paths, tta=config.tta,
-                                                                          batch_size=config.batch_size))
-    extra = {"history": state.history, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
-             "n_train": len(train), "n_val": len(val), "timing": {"train_seconds": train_seconds}}
-    title = f"{dataset.name}: fine-tuned {spec.name}"
-    metrics = write_run_report(run_dir, evaluation, val_paths, kind="finetune", title=title,
-                               config={**asdict(config), "unfreeze_resolved": unfreeze}, extra=extra, tta=tta)
-    say(f"fine-tuned {state.epoch} epochs in {train_seconds:.0f} s")
-    return FinetuneResult(run_dir, evaluation, metrics, model)
+    return train_and_report(
+        config, kind="finetune", name=spec.name, image_size=image_size,
+        build=lambda n: build_classifier(spec.name, config.weights, image_size, n, config.dropout),
+        stages=stages, out=out, resume=Path(resume) if resume else None, force=force,
+        model_config={"backbone": spec.name, "base_layer": spec.name, "weights": config.weights,
+                      "unfreeze": config.unfreeze, "unfreeze_resolved": unfreeze})
 
 
 def estimate_seconds(config: FinetuneConfig, n_train: int, n_val: int, folds: int = 1) -> float:

@@ -57,7 +57,8 @@ class KerasRunModel(RunModel):
     def __init__(self, run_dir: Path, config: dict) -> None:
         from ._tf import keras
 
-        from .backbones import layers  # noqa: F401  (registers tltool's layers for loading)
+        from .arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers for loading)
+        from .backbones import layers  # noqa: F401
 
         self.run_dir, self.config = run_dir, config
         self.classes, self.image_size, self.resize = config["classes"], config["image_size"], config["resize"]

@@ -224,7 +224,8 @@ def run_stages(
     state = LoopState()
     model = None
     if resume and state_path.exists() and checkpoint.exists():
-        from .backbones import layers  # noqa: F401  (registers tltool's layers for loading)
+        from .arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers for loading)
+        from .backbones import layers  # noqa: F401
 
         state = LoopState.load(state_path)
         model = keras.models.load_model(checkpoint, safe_mode=True)

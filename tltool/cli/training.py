@@ -8,8 +8,8 @@ from .options import backbone_options, force_option, out_option, split_options, 
 AUGMENT_HELP = "none, light, standard, heavy, or an albumentations pipeline file (YAML/JSON from A.save)."
 
 
-def training_options(fn):
-    """Options of the training loop, named exactly as the fields of tltool.training.TrainOptions."""
+def training_options(augment: str = "standard", label_smoothing: float = 0.1):
+    """Options of the training loop, named exactly as the fields of tltool.supervised.RunConfig."""
     options = [
         click.option("--optimizer", default="adam", show_default=True,
                      help="sgd, momentum, nesterov, adagrad, adadelta, rmsprop, adam, adamw."),
@@ -20,23 +20,38 @@ def training_options(fn):
         click.option("--step-epochs", type=int, default=10, show_default=True, help="step: decay every N epochs."),
         click.option("--gamma", type=float, default=0.1, show_default=True,
                      help="step: factor per step; exponential: factor per epoch."),
-        click.option("--label-smoothing", type=float, default=0.1, show_default=True),
+        click.option("--label-smoothing", type=float, default=label_smoothing, show_default=True),
         click.option("--early-stopping", type=int, default=0, show_default=True,
                      help="Stop after N epochs without a better val loss (and keep the best weights); 0: off."),
         click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True),
-        click.option("--augment", default="standard", show_default=True, help=AUGMENT_HELP),
+        click.option("--augment", default=augment, show_default=True, help=AUGMENT_HELP),
         click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU (refused on CPU)."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def _print_run(result) -> None:
+    from ..report import accuracy_line
+
+    click.echo(accuracy_line(result.evaluation))
+    for name, tta in (result.metrics.get("tta") or {}).items():
+        acc = tta["accuracy"]
+        click.echo(f"val accuracy with TTA {name} {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
+                   f"(n={acc['n']})")
+    click.echo(f"report: {result.run_dir / 'report.md'}")
 
 
 @click.command("finetune")
 @click.argument("data", required=False)
 @backbone_options
 @split_options
-@training_options
+@training_options()
 @click.option("--head-epochs", type=int, default=10, show_default=True, help="Stage 1: the new head alone.")
 @click.option("--head-lr", type=float, default=1e-3, show_default=True)
 @click.option("--epochs", type=int, default=15, show_default=True, help="Stage 2: with the top unfrozen.")
@@ -64,13 +79,35 @@ def finetune_cmd(data, cv, resume, out, force, **options) -> None:
         click.echo(accuracy_line(evaluation, split=f"{cv}-fold cross-validated"))
         click.echo(f"report: {run_dir / 'report.md'}")
         return
-    result = finetune(FinetuneConfig(data=data or "", **options), out=out, resume=resume, force=force)
-    click.echo(accuracy_line(result.evaluation))
-    for name, tta in (result.metrics.get("tta") or {}).items():
-        acc = tta["accuracy"]
-        click.echo(f"val accuracy with TTA {name} {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
-                   f"(n={acc['n']})")
-    click.echo(f"report: {result.run_dir / 'report.md'}")
+    _print_run(finetune(FinetuneConfig(data=data or "", **options), out=out, resume=resume, force=force))
+
+
+@click.command("train")
+@click.argument("data", required=False)
+@click.option("--arch", default="lenet5", show_default=True, help="A from-scratch net (see `tltool arch list`).")
+@click.option("--image-size", type=int, default=None, help="Input size [default: the architecture's].")
+@click.option("--resize", type=click.Choice(["crop", "pad", "stretch"]), default="crop", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@split_options
+@training_options(augment="none", label_smoothing=0.0)
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--initializer", default=None, help="glorot_uniform, he_normal, lecun_normal, ... [default: the net's].")
+@click.option("--batch-norm/--no-batch-norm", default=None, help="Batch normalisation after convolutions.")
+@click.option("--dropout", type=float, default=None, help="Dropout before the classifier [default: the net's].")
+@tta_option
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue a killed run from its last checkpoint.")
+@out_option
+@force_option
+def train_cmd(data, resume, out, force, **options) -> None:
+    """Train a classic CNN from scratch on DATA with the same machinery (and report) as fine-tuning."""
+    from ..errors import TltoolError
+    from ..scratch import ScratchConfig, train_from_scratch
+
+    if not data and not resume:
+        raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
+    _print_run(train_from_scratch(ScratchConfig(data=data or "", **options), out=out, resume=resume, force=force))
 
 
 @click.command("export")
@@ -105,4 +142,4 @@ def augment_preview_cmd(data, preset, image_size, draws, seed, index, out) -> No
     click.echo(f"wrote {preview(data, out, preset, image_size, draws, seed, index)}")
 
 
-COMMANDS = [finetune_cmd, export_cmd, augment]
+COMMANDS = [finetune_cmd, train_cmd, export_cmd, augment]
