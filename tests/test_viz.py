@@ -173,8 +173,9 @@ def test_gradcam_of_a_finetuned_run_uses_its_layers(tmp_path):
     assert red.heat[:10, :10].mean() > 0.8 and red.heat[16:, 16:].max() < 0.05  # the evidence for red is the square
     green = gradcam_paths(open_run(run), [image])[0]  # predicted class
     assert green.class_index == 0 and green.heat[16:, 16:].mean() > 0.8 and green.heat[:8, :8].max() < 0.05
-    overlays = gradcam_overlays(run, [image, tmp_path / "missing.jpg"], size=64)
+    overlays = gradcam_overlays(run, [image, tmp_path / "missing.jpg", image], size=64, class_index=[0, 0, 1])
     assert overlays[0].shape == (64, 64, 3) and overlays[0].dtype == np.uint8 and overlays[1] is None
+    assert not np.array_equal(overlays[0], overlays[2])  # per-image classes: green vs red evidence
 
     result = ok(invoke("viz", "filters", "--model", run))
     assert "conv: 2 tiles" in result.output
@@ -299,3 +300,14 @@ def test_every_command_refuses_a_bad_layer_or_a_missing_run(tmp_path):
     make_finetune_run(run)
     refused(invoke("viz", "filters", "--model", run, "--layer", "classifier"), "classifier")
     refused(invoke("viz", "activations", image, "--model", run, "--layer", "pool"), "pool")
+    refused(invoke("viz", "activations", image, "--model", run, "--max-maps", 0), "--max-maps")
+    refused(invoke("viz", "layers", "--model", run, "--image-size", 64), "--image-size")
+    knn = tmp_path / "knn"
+    knn.mkdir()
+    from tltool.heads import FittedHead
+
+    FittedHead("knn", ["a", "b"], np.zeros(4), np.ones(4), train_x=np.eye(4), train_y=np.array([0, 0, 1, 1]),
+               params={"n_neighbors": 1}).save(knn)
+    write_json(knn / "model.json", {"kind": "linear", "backbone": "efficientnet_lite0", "weights": "none",
+                                    "image_size": 32, "resize": "crop", "pool": "avg", "classes": ["a", "b"]})
+    refused(invoke("viz", "gradcam", image, "--model", knn), "knn")

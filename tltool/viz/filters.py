@@ -144,6 +144,8 @@ def layer_activations(network: Network, image: np.ndarray, layer: str | int | No
     """One layer's activation maps for one ``image`` (uint8, the network's input size)."""
     from .._tf import tf
 
+    if max_maps < 1:
+        raise TltoolError(f"--max-maps must be at least 1, got {max_maps}.")
     index, lyr = network.find_layer(default_activation_layer(network) if layer is None else layer)
     sub = network.layer_model(lyr)
     batch = tf.convert_to_tensor(image[None].astype(np.float32))

@@ -107,29 +107,29 @@ def gradcam_paths(network: Network, paths: Sequence[str | Path], class_index: in
 
 
 def gradcam_overlays(run: str | Path | Network, paths: Sequence[str | Path], size: int | None = 128,
-                     class_index: int | None = None, alpha: float = 0.45) -> list[np.ndarray | None]:
-    """Heat-map overlays (uint8 RGB, ``size`` px) for the predicted class of each image, for report grids.
+                     class_index: int | Sequence[int] | None = None, alpha: float = 0.45) -> list[np.ndarray | None]:
+    """Heat-map overlays (uint8 RGB, ``size`` px square) for report grids, one per path, in order.
 
-    ``run``: a run folder (linear or fine-tuned) or an opened :class:`Network`. An unreadable file gives None in its
-    place, so a report can fall back to the plain image.
+    ``run``: a run folder (linear or fine-tuned; its model.json and head or model.keras must be written) or an
+    opened :class:`Network`. ``class_index``: None explains each image's predicted class, an int one class for all,
+    a sequence one class per image (e.g. the true labels). An unreadable file gives None in its place, so a report
+    can fall back to the plain image.
     """
     from PIL import Image
 
     from ..errors import BadImageError
 
     network = run if isinstance(run, Network) else open_run(run)
-    readable, out = [], []
-    for p in paths:
+    per_image = class_index if isinstance(class_index, Sequence) else [class_index] * len(paths)
+    out: list[np.ndarray | None] = []
+    for path, index in zip(paths, per_image):
         try:
-            readable.append(gradcam_paths(network, [p], class_index)[0])
+            cam = gradcam_paths(network, [path], None if index is None else int(index))[0]
         except BadImageError:
-            readable.append(None)
-    for cam in readable:
-        if cam is None:
             out.append(None)
             continue
         picture = cam.overlay(alpha)
-        if size is not None and picture.shape[0] != size:
+        if size is not None and picture.shape[:2] != (size, size):
             picture = np.asarray(Image.fromarray(picture).resize((size, size), Image.BILINEAR))
         out.append(picture)
     return out

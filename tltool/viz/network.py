@@ -151,6 +151,8 @@ def open_network(backbone: str | None = None, model: str | Path | None = None, w
     """The network named by ``--backbone`` or ``--model`` (a run folder); a clear error for a missing run."""
     if backbone and model:
         raise TltoolError("give --backbone NAME or --model RUN, not both.")
+    if model and image_size:
+        raise TltoolError("--image-size applies to --backbone; a run (--model) uses the size it was trained at.")
     if model:
         return open_run(model)
     return open_backbone(backbone or "efficientnet_lite0", weights, image_size)

@@ -53,7 +53,7 @@ class SuspectsResult:
     summary: dict
 
 
-def suspect_scores(X: np.ndarray, y: np.ndarray, n_classes: int, neighbours: int = 10, max_folds: int = 5,
+def suspect_scores(X: np.ndarray, y: np.ndarray, classes: list[str], neighbours: int = 10, max_folds: int = 5,
                    C: float = DEFAULT_C, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Cross-validated class probabilities ``(n, C)`` and kNN label distributions ``(n, C)`` (self excluded)."""
     import warnings
@@ -64,6 +64,12 @@ def suspect_scores(X: np.ndarray, y: np.ndarray, n_classes: int, neighbours: int
 
     from ..heads import cv_folds, get_head_spec, make_pipeline
 
+    n_classes = len(classes)
+    counts = np.bincount(y, minlength=n_classes)
+    small = [classes[c] for c in np.flatnonzero((counts > 0) & (counts < 2))]
+    if small:
+        raise TltoolError(f"class(es) {small} have a single image; cross-validated suspects need at least 2 images "
+                          "of every class. Label more images of them or leave them out.")
     pipeline = make_pipeline(get_head_spec("logreg"), True, None, seed).set_params(clf__C=C)
     folds = StratifiedKFold(n_splits=cv_folds(y, max_folds), shuffle=True, random_state=seed)
     with warnings.catch_warnings():
@@ -123,7 +129,7 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
                               resize=resize, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
                               max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     fs = result.features
-    proba, knn = suspect_scores(fs.avg, fs.labels, len(fs.classes), neighbours, C=C, seed=seed)
+    proba, knn = suspect_scores(fs.avg, fs.labels, fs.classes, neighbours, C=C, seed=seed)
     rows = np.arange(len(fs.labels))
     support = (proba + knn) / 2
     own = support[rows, fs.labels]
