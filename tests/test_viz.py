@@ -46,7 +46,7 @@ def first_conv_filters(model) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------- filters
-@pytest.mark.parametrize("backbone, size", [("efficientnet_lite0", 224), ("mobilenet_v2", 32)])
+@pytest.mark.parametrize("backbone, size", [("efficientnet_lite0", 64), ("mobilenet_v2", 32)])
 def test_filter_grid_has_one_tile_per_first_conv_filter(tmp_path, backbone, size):
     from tltool.backbones import create_backbone
     from tltool.viz import filter_grid, open_backbone
