@@ -66,9 +66,14 @@ class KerasRunModel(RunModel):
         if not path.exists():
             raise TltoolError(f"{run_dir}: no model.keras; the run did not finish (resume it with --resume {run_dir}).")
         self.model = keras.models.load_model(path, safe_mode=True, compile=False)
+        self._predict = None
 
     def predict_views(self, batch) -> np.ndarray:
-        return np.asarray(self.model(batch, training=False))
+        if self._predict is None:
+            from ._tf import tf
+
+            self._predict = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        return np.asarray(self._predict(batch))
 
 
 _LOADERS = {"linear": LinearRunModel, "finetune": KerasRunModel, "scratch": KerasRunModel}
