@@ -11,8 +11,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from .errors import TltoolError, did_you_mean
 from .models import load_run
 from .utils import atomic_path
@@ -26,9 +24,7 @@ def linear_run_as_keras(run) -> object:
     from .backbones import create_backbone
 
     head = run.head
-    if head.coef is None:
-        raise TltoolError(f"a {head.name} head stores training examples, not weights: it cannot be exported as a "
-                          "network. Train a linear head (logreg, linsvm, ridge or sgd) to export.")
+    kernel, bias = head.dense_weights()
     config = run.config
     extractor = create_backbone(config["backbone"], weights=config["weights"], image_size=config["image_size"])
     fmap = extractor.output
@@ -38,10 +34,7 @@ def linear_run_as_keras(run) -> object:
     x = keras.layers.Concatenate(name="avgmax")([pooled["avg"], pooled["max"]]) if pool == "avgmax" else pooled[pool]
     dense = keras.layers.Dense(len(head.classes), activation="softmax", dtype="float32", name="classifier")
     outputs = dense(x)
-    # scores = ((x - mean) / scale) @ coef.T + b  ==  x @ (coef / scale).T + (b - coef @ (mean / scale))
-    kernel = (head.coef / head.scale).T
-    bias = head.intercept - head.coef @ (head.mean / head.scale)
-    dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    dense.set_weights([kernel, bias])
     return keras.Model(extractor.input, outputs, name="tltool_linear")
 
 

@@ -148,6 +148,16 @@ class FittedHead:
             coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
         return cls(name, classes, mean, scale, coef=coef, intercept=intercept, params=params)
 
+    def dense_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """Kernel and bias of one Dense layer computing the same scores on unstandardised features:
+        ((x - mean) / scale) @ coef.T + b  ==  x @ (coef / scale).T + (b - coef @ (mean / scale))."""
+        if self.coef is None:
+            raise TltoolError(f"a {self.name} head stores training examples, not weights: it has no Dense form. "
+                              "Use a linear head (logreg, linsvm, ridge or sgd).")
+        kernel = (self.coef / self.scale).T
+        bias = self.intercept - self.coef @ (self.mean / self.scale)
+        return kernel.astype(np.float32), bias.astype(np.float32)
+
     def decision(self, X: np.ndarray) -> np.ndarray:
         Z = (X - self.mean) / self.scale
         return Z @ self.coef.T + self.intercept

@@ -87,8 +87,13 @@ def set_precision(mixed: bool) -> None:
 
 def train_and_report(config: RunConfig, *, kind: str, name: str, image_size: int,
                      build: Callable[[int], object], stages: Callable[[], list[Stage]], model_config: dict,
-                     out: str | Path | None = None, resume: Path | None = None, force: bool = False) -> TrainResult:
-    """Prepare data, train ``build(num_classes)`` through ``stages()``, save ``model.keras`` and the report."""
+                     out: str | Path | None = None, resume: Path | None = None, force: bool = False,
+                     initialize: Callable[[object, list[str], np.ndarray], None] | None = None) -> TrainResult:
+    """Prepare data, train ``build(num_classes)`` through ``stages()``, save ``model.keras`` and the report.
+
+    ``initialize(model, train_paths, train_labels)`` runs once on a new model (not on resume), e.g. to start
+    the classifier from a linear probe.
+    """
     from ._tf import keras
     from .augment import build_augmentation, load_size
     from .models import load_run
@@ -126,13 +131,22 @@ def train_and_report(config: RunConfig, *, kind: str, name: str, image_size: int
     if config.class_weight == "balanced":
         counts = np.bincount(y_train, minlength=len(classes))
         class_weight = {i: len(y_train) / (len(classes) * c) for i, c in enumerate(counts) if c}
+    def new_model():
+        model = build(len(classes))
+        if initialize is not None:
+            initialize(model, [r.path for r in train], y_train)
+        return model
+
     start = time.perf_counter()
-    model, state = run_stages(lambda: build(len(classes)), stages(), train_data, val_data,
+    model, state = run_stages(new_model, stages(), train_data, val_data,
                               int(np.ceil(len(train) / config.batch_size)), run_dir, class_weight,
                               resume=resume is not None)
     train_seconds = time.perf_counter() - start
     with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
         model.save(str(tmp))
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) == 1:  # the backbone inside a fine-tuned classifier (Grad-CAM and unfreezing look it up)
+        model_config = {**model_config, "base_layer": nested[0]}
     write_json(run_dir / "model.json", {"kind": kind, **model_config, "image_size": image_size,
                                         "resize": config.resize, "classes": classes, "seed": config.seed})
     plot_history(state.history, run_dir / "training_curves.png", f"{dataset.name}: {kind} {name}")

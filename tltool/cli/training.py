@@ -52,6 +52,8 @@ def _print_run(result) -> None:
 @backbone_options
 @split_options
 @training_options()
+@click.option("--head-init", type=click.Choice(["probe", "random"]), default="probe", show_default=True,
+              help="Start the classifier as the linear probe (LP-FT) or at random.")
 @click.option("--head-epochs", type=int, default=10, show_default=True, help="Stage 1: the new head alone.")
 @click.option("--head-lr", type=float, default=1e-3, show_default=True)
 @click.option("--epochs", type=int, default=15, show_default=True, help="Stage 2: with the top unfrozen.")
