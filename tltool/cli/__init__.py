@@ -44,8 +44,9 @@ from . import honest as _honest  # noqa: E402
 from . import viz as _viz  # noqa: E402
 from . import arch as _arch  # noqa: E402
 from . import collect as _collect  # noqa: E402
+from . import recipes as _recipes  # noqa: E402
 
-for _module in (_data, _features, _training, _honest, _viz, _arch, _collect):
+for _module in (_data, _features, _training, _honest, _viz, _arch, _collect, _recipes):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 _collect.label.add_command(_viz.suspects_cmd)  # `tltool label suspects`, also `tltool viz suspects`

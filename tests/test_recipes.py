@@ -1,0 +1,107 @@
+"""Recipes: one schema derived from the CLI, clear errors, and every recipe in recipes/ runs (tiny settings)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SAMPLE, shared_dataset
+from tltool.errors import TltoolError
+from tltool.recipes import load_recipe, recipe_commands, run_recipe
+
+RECIPES = REPO / "recipes"
+
+
+def test_every_recipe_is_valid_and_every_recipe_has_a_test():
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    assert names == ["alexnet-scratch", "assignment", "flowers-finetune", "flowers-linear", "lenet5-digits"]
+    for path in RECIPES.glob("*.yaml"):
+        recipe = load_recipe(path)
+        assert recipe.steps and recipe.name
+
+
+def test_recipe_keys_are_the_cli_option_names():
+    commands = recipe_commands()
+    finetune = {p.opts[0].lstrip("-") for p in commands["finetune"].params if p.opts[0].startswith("--")}
+    assert {"val-fraction", "head-epochs", "label-smoothing", "unfreeze", "tta", "augment"} <= finetune
+    assert {"data-inspect", "label-export", "collect-import", "arch-summary", "probe"} <= set(commands)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_suggests_and_wrong_type_names_key_and_type(tmp_path):
+    with pytest.raises(TltoolError, match=r"Unknown key .* 'head_epoch'.*Did you mean 'head-epochs'|'head-epoch'"):
+        load_recipe(_write(tmp_path, "steps:\n  - finetune: {data: x, head_epoch: 3}\n"))
+    with pytest.raises(TltoolError, match=r"key 'epochs' must be an integer, got 'ten' \(str\)"):
+        load_recipe(_write(tmp_path, "steps:\n  - finetune: {data: x, epochs: ten}\n"))
+    with pytest.raises(TltoolError, match=r"key 'tta' must be one of \['none', 'flip', '10crop'\]"):
+        load_recipe(_write(tmp_path, "steps:\n  - probe: {data: x, tta: 5crop}\n"))
+    with pytest.raises(TltoolError, match="Did you mean 'finetune'"):
+        load_recipe(_write(tmp_path, "steps:\n  - fintune: {data: x}\n"))
+    with pytest.raises(TltoolError, match="Did you mean 'steps'"):
+        load_recipe(_write(tmp_path, "step:\n  - probe: {data: x}\n"))
+    with pytest.raises(TltoolError, match="key 'data' is required"):
+        load_recipe(_write(tmp_path, "steps:\n  - probe: {head: ridge}\n"))
+    with pytest.raises(TltoolError, match="Did you mean 'epochs'"):
+        load_recipe(_write(tmp_path, "steps:\n  - finetune: {data: x}\n"), ["epoch=2"])
+
+
+def test_overrides_and_variables(tmp_path):
+    path = _write(tmp_path, "vars: {d: data/a}\nsteps:\n  - extract: {data: '${d}', out: f}\n"
+                            "  - finetune: {data: '${d}', epochs: 5}\n")
+    recipe = load_recipe(path, ["d=elsewhere", "epochs=2", "1.batch-size=8"])
+    assert recipe.steps[0].options["batch-size"] == 8 and "batch-size" not in recipe.steps[1].options
+    assert recipe.steps[1].options["epochs"] == 2
+    from tltool.recipes import build_argv
+
+    argv = build_argv(recipe, 2, recipe.steps[1], recipe_commands()["finetune"])
+    assert argv[-1] == "elsewhere" and "--epochs" in argv and "2" in argv
+
+
+def test_lenet5_digits_recipe(in_tmp):
+    run_recipe(RECIPES / "lenet5-digits.yaml", ["epochs=3"])
+    metrics = json.loads((in_tmp / "runs" / "lenet5-digits" / "metrics.json").read_text())
+    assert metrics["config"]["arch"] == "lenet5" and metrics["epochs_run"] == 3
+    assert metrics["val"]["accuracy"]["value"] > 0.5
+
+
+def test_alexnet_recipe(in_tmp):
+    run_recipe(RECIPES / "alexnet-scratch.yaml", [f"data={SAMPLE}", "size=67", "epochs=1", "batch-size=16",
+                                                   "augment=light"])
+    metrics = json.loads((in_tmp / "runs" / "alexnet-flowers" / "metrics.json").read_text())
+    assert metrics["config"]["arch"] == "alexnet" and metrics["config"]["image_size"] == 67
+
+
+def test_flowers_recipes(in_tmp):
+    flowers = shared_dataset("flowers")
+    run_recipe(RECIPES / "flowers-linear.yaml", [f"data={flowers}", "extract.image-size=96"])
+    linear = json.loads((in_tmp / "runs" / "flowers-linear" / "metrics.json").read_text())
+    assert linear["val"]["accuracy"]["n"] == 100
+    assert (in_tmp / "runs" / "flowers-learning-curve" / "learning_curve.png").exists()
+    run_recipe(RECIPES / "flowers-finetune.yaml", [f"data={flowers}", "image-size=96", "head-epochs=1",
+                                                    "epochs=1", "tta=none", "augment=light"])
+    assert list((in_tmp / "runs").glob("compare-*/compare.json"))
+
+
+def test_assignment_recipe_stops_at_the_labeler_and_continues(in_tmp):
+    overrides = [f"photos={SAMPLE}", "probe.image-size=64", "label-suspects.image-size=64"]
+    run_recipe(RECIPES / "assignment.yaml", overrides, stop=2, interactive=False)
+    dataset = in_tmp / "runs" / "assignment" / "photos"
+    rows = list(csv.DictReader(open(dataset / "manifest.csv")))
+    written = [r for r in rows if r.get("status") == "added"]
+    assert len(written) >= 120  # a few near-duplicate renderings may be dropped
+    # label as a person would in the browser: here, from the source folder of each imported photo
+    with open(dataset / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        for r in written:
+            writer.writerow([r["file"], Path(r["source"]).parent.name])
+    run_recipe(RECIPES / "assignment.yaml", overrides, start=3, interactive=False)
+    metrics = json.loads((in_tmp / "runs" / "assignment" / "linear" / "metrics.json").read_text())
+    assert metrics["val"]["accuracy"]["value"] > 0.8
