@@ -7,6 +7,7 @@ second run on the same inputs reuses everything without running the network.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,20 @@ class FeatureSet:
 
 @dataclass
 class ExtractResult:
-    features: FeatureSet
+    directory: Path
     cached: bool
     seconds: float
     images_per_second: float | None
     checked: CheckedDataset
+
+    @functools.cached_property
+    def features(self) -> FeatureSet:
+        """Loaded on first use: extraction itself keeps one chunk in memory, whatever the dataset's size."""
+        return load_features(self.directory)
+
+    @functools.cached_property
+    def meta(self) -> dict:
+        return read_json(self.directory / "features.json")
 
 
 def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 0,
@@ -121,7 +131,7 @@ def extract_features(
         if old.get("key") == key and old.get("complete"):
             say(f"[green]cached[/green]: features for {len(records)} images already in {out} (same files, backbone "
                 "and settings); the network was not run")
-            return ExtractResult(load_features(out), True, time.perf_counter() - start, None, checked)
+            return ExtractResult(out, True, time.perf_counter() - start, None, checked)
     classes = dataset.classes
     meta = {
         **config, "key": key, "complete": False, "tltool_version": __version__, "classes": classes,
@@ -138,7 +148,7 @@ def extract_features(
     meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
     write_json(meta_path, meta)
     total = time.perf_counter() - start
-    return ExtractResult(load_features(out), False, total, meta["throughput_images_per_second"], checked)
+    return ExtractResult(out, False, total, meta["throughput_images_per_second"], checked)
 
 
 def _chunk_path(out: Path, index: int) -> Path:

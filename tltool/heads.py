@@ -148,6 +148,10 @@ class FittedHead:
             coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
         return cls(name, classes, mean, scale, coef=coef, intercept=intercept, params=params)
 
+    @property
+    def linear(self) -> bool:
+        return self.coef is not None
+
     def dense_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """Kernel and bias of one Dense layer computing the same scores on unstandardised features:
         ((x - mean) / scale) @ coef.T + b  ==  x @ (coef / scale).T + (b - coef @ (mean / scale))."""

@@ -94,8 +94,8 @@ def _to_rgb(im: Image.Image, conversions: list[str]) -> Image.Image:
     return im.convert("RGB")
 
 
-def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) -> tuple[Image.Image, ImageInfo]:
-    """Open, check and convert; the returned image owns its pixels (the file is closed)."""
+def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) -> tuple[np.ndarray, ImageInfo]:
+    """Open, check and convert to an ``(H, W, 3)`` uint8 array (the file is closed on return)."""
     source = _open(path, max_pixels)
     info = ImageInfo(width=source.size[0], height=source.size[1], format=source.format, mode=source.mode)
     try:
@@ -107,12 +107,11 @@ def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) ->
         if getattr(source, "n_frames", 1) > 1:
             info.conversions.append("first frame of an animation")
         im = source
-        orientation = source.getexif().get(0x0112, 1)
+        orientation = source.getexif().get(0x0112, 1) if "exif" in source.info else 1
         if orientation not in (None, 1):
             im = ImageOps.exif_transpose(source)
             info.conversions.append(f"EXIF orientation {orientation} applied")
-        im = _to_rgb(im, info.conversions)
-        return (im.copy() if im is source else im), info
+        return np.asarray(_to_rgb(im, info.conversions)), info
     except BadImageError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -123,9 +122,7 @@ def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) ->
 
 def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Fully decode ``path`` (so truncation is caught) and say what it is; raise :class:`BadImageError` if unusable."""
-    im, info = _decode(path, max_pixels, draft_size=256)
-    im.close()
-    return info
+    return _decode(path, max_pixels, draft_size=256)[1]
 
 
 def load_image(
@@ -139,27 +136,40 @@ def load_image(
     ``resize``: ``crop`` scales the shorter side to ``size`` and takes the centre; ``pad`` scales the longer side
     and pads with black; ``stretch`` ignores the aspect ratio.
     """
-    im, _ = _decode(path, max_pixels, draft_size=size)
-    if size is not None:
-        im = resize_image(im, size, resize)
-    return np.asarray(im, dtype=np.uint8)
+    pixels, _ = _decode(path, max_pixels, draft_size=size)
+    return pixels if size is None else resize_array(pixels, size, resize)
 
 
-def resize_image(im: Image.Image, size: int, resize: ResizePolicy = "crop") -> Image.Image:
-    w, h = im.size
+def _scale(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """OpenCV's area average when shrinking (anti-aliased, and 10x faster than Pillow's bilinear filter,
+    which was half of all decode time: measured 0.66 ms of 1.3 ms per 320 px photo), bilinear when enlarging."""
+    import cv2
+
+    shrink = width < pixels.shape[1] or height < pixels.shape[0]
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_array(pixels: np.ndarray, size: int, resize: ResizePolicy = "crop") -> np.ndarray:
+    h, w = pixels.shape[:2]
     if resize == "stretch":
-        return im.resize((size, size), Image.BILINEAR)
+        return _scale(pixels, size, size)
     if resize == "crop":
         side = min(w, h)
-        left, top = (w - side) / 2, (h - side) / 2
-        return im.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+        top, left = (h - side) // 2, (w - side) // 2
+        return _scale(np.ascontiguousarray(pixels[top:top + side, left:left + side]), size, size)
     if resize == "pad":
         scale = size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        canvas = Image.new("RGB", (size, size))
-        canvas.paste(im.resize((nw, nh), Image.BILINEAR), ((size - nw) // 2, (size - nh) // 2))
+        canvas = np.zeros((size, size, 3), np.uint8)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        canvas[top:top + nh, left:left + nw] = _scale(pixels, nw, nh)
         return canvas
     raise ValueError(f"unknown resize policy {resize!r}; choose one of {RESIZE_POLICIES}")
+
+
+def resize_image(im: Image.Image, size: int, resize: ResizePolicy = "crop") -> Image.Image:
+    """:func:`resize_array` for a Pillow image."""
+    return Image.fromarray(resize_array(np.asarray(im.convert("RGB")), size, resize))
 
 
 def is_candidate_file(name: str) -> bool:

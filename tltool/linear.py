@@ -39,6 +39,7 @@ def train_linear(
     force: bool = False,
     cv: int = 0,
     repeats: int = 1,
+    gradcam: bool = False,
 ) -> LinearResult:
     """Fit ``head`` on the training split's features (regularisation by stratified CV), report on val.
 
@@ -50,6 +51,8 @@ def train_linear(
         raise TltoolError(f"--class-weight must be one of {CLASS_WEIGHTS}, got {class_weight!r}.")
     if tta not in TTA_MODES:
         raise TltoolError(f"--tta must be one of {TTA_MODES}, got {tta!r}.")
+    if gradcam and not spec.linear:
+        raise TltoolError(f"--gradcam needs a linear head; {head} has no weights to explain.")
     fs = features if isinstance(features, FeatureSet) else load_features(features)
     X = fs.features(pool)
     train, val = fs.mask("train"), fs.mask("val")
@@ -87,7 +90,7 @@ def train_linear(
     }
     title = f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {head}"
     metrics = write_run_report(run_dir, evaluation, val_paths, kind="linear", title=title,
-                               config=model_config, extra=extra, tta=tta_evals)
+                               config=model_config, extra=extra, tta=tta_evals, gradcam=gradcam)
     return LinearResult(run_dir, evaluation, metrics, fitted)
 
 
@@ -136,7 +139,7 @@ def probe(data: str, *, backbone: str = "efficientnet_lite0", weights: str = "im
           resize: str = "crop", batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0,
           max_pixels: int | None = None, head: str = "logreg", pool: str = "avg", standardize: bool = True,
           class_weight: str = "none", tta: str = "none", features_dir: str | Path | None = None,
-          out: str | Path | None = None, force: bool = False) -> LinearResult:
+          out: str | Path | None = None, force: bool = False, gradcam: bool = False) -> LinearResult:
     """Extract features (reusing a cached extraction) and fit a linear head: the README's main job."""
     from .features import extract_features
     from .images import DEFAULT_MAX_PIXELS
@@ -149,4 +152,4 @@ def probe(data: str, *, backbone: str = "efficientnet_lite0", weights: str = "im
     if not result.cached:
         say(f"extracted {len(result.features.paths)} images in {result.seconds:.1f} s -> {features_dir}")
     return train_linear(result.features, out=out, head=head, pool=pool, standardize=standardize,
-                        class_weight=class_weight, seed=seed, tta=tta, force=force)
+                        class_weight=class_weight, seed=seed, tta=tta, force=force, gradcam=gradcam)

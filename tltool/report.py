@@ -56,29 +56,44 @@ def plot_confusion(evaluation: Evaluation, target: Path, title: str) -> None:
     save_figure(fig, target)
 
 
-def plot_misclassified(evaluation: Evaluation, paths: Sequence[str], target: Path, limit: int = 24) -> int:
-    """A grid of wrongly classified images, most confident mistakes first; returns how many are shown."""
+def worst_mistakes(evaluation: Evaluation, limit: int = 24) -> np.ndarray:
+    """Indices of wrongly classified images, most confident mistakes first."""
+    wrong = np.flatnonzero(~evaluation.correct)
+    return wrong[np.argsort(-evaluation.probs[wrong].max(axis=1), kind="stable")][:limit]
+
+
+def plot_misclassified(evaluation: Evaluation, paths: Sequence[str], target: Path, limit: int = 24,
+                       gradcam_run: Path | None = None) -> int:
+    """A grid of wrongly classified images, most confident mistakes first; returns how many are shown.
+
+    With ``gradcam_run`` each tile is the Grad-CAM heat map of the predicted class over the image.
+    """
     from .errors import BadImageError
     from .images import load_image
 
     plt = _pyplot()
-    wrong = np.flatnonzero(~evaluation.correct)
-    wrong = wrong[np.argsort(-evaluation.probs[wrong].max(axis=1))][:limit]
+    wrong = worst_mistakes(evaluation, limit)
+    overlays = [None] * len(wrong)
+    if gradcam_run is not None and len(wrong):
+        from .viz import gradcam_overlays
+
+        overlays = gradcam_overlays(gradcam_run, [paths[i] for i in wrong], size=128)
     cols = min(6, max(1, len(wrong)))
     rows = max(1, math.ceil(len(wrong) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, wrong):
+    for ax, i, overlay in zip(axes.flat, wrong, overlays):
         try:
-            ax.imshow(load_image(paths[i], 128))
+            ax.imshow(overlay if overlay is not None else load_image(paths[i], 128))
         except BadImageError:
             pass
         true, pred = evaluation.classes[evaluation.y_true[i]], evaluation.classes[evaluation.y_pred[i]]
         ax.set_title(f"true {true}\npred {pred} ({evaluation.probs[i].max():.2f})", fontsize=8)
     if not len(wrong):
         axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-    fig.suptitle(f"misclassified: {int((~evaluation.correct).sum())} of {evaluation.n}")
+    heat = ", Grad-CAM of the predicted class" if gradcam_run is not None else ""
+    fig.suptitle(f"misclassified: {int((~evaluation.correct).sum())} of {evaluation.n}{heat}")
     save_figure(fig, target)
     return len(wrong)
 
@@ -145,12 +160,15 @@ def markdown_summary(title: str, metrics: dict) -> str:
 
 def write_run_report(run_dir: str | Path, evaluation: Evaluation, paths: Sequence[str], *, kind: str, title: str,
                      config: dict, extra: dict | None = None,
-                     tta: dict[str, Evaluation] | None = None) -> dict:
-    """Write the full report of one run; returns the metrics dict written to ``metrics.json``."""
+                     tta: dict[str, Evaluation] | None = None, gradcam: bool = False) -> dict:
+    """Write the full report of one run; returns the metrics dict written to ``metrics.json``.
+
+    ``gradcam``: draw the misclassified grid as Grad-CAM overlays (the run's model must already be saved).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(evaluation, run_dir / "confusion_matrix.png", f"{title}\n{accuracy_line(evaluation)}")
-    plot_misclassified(evaluation, paths, run_dir / "misclassified.png")
+    plot_misclassified(evaluation, paths, run_dir / "misclassified.png", gradcam_run=run_dir if gradcam else None)
     write_predictions(evaluation, paths, run_dir / "predictions.csv")
     write_json(run_dir / "classes.json", evaluation.classes)
     metrics = {

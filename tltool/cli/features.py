@@ -39,10 +39,10 @@ def extract_cmd(data, out, backbone, weights, image_size, resize, batch_size, va
     result = extract_features(data, out, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
                               batch_size=batch_size, val_fraction=val_fraction, seed=seed, chunk_size=chunk_size,
                               max_pixels=max_pixels)
-    fs = result.features
+    meta = result.meta
     speed = f", {result.images_per_second:.1f} images/s" if result.images_per_second else ""
     state = "cached" if result.cached else "extracted"
-    click.echo(f"{state}: {len(fs.paths)} images x {fs.avg.shape[1]} features ({fs.meta['backbone']}) in "
+    click.echo(f"{state}: {meta['n_images']} images ({meta['backbone']}, {meta['image_size']} px) in "
                f"{result.seconds:.1f} s{speed} -> {out}")
 
 
@@ -51,6 +51,7 @@ _linear_options = [
     click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True),
     click.option("--standardize/--no-standardize", default=True, show_default=True),
     click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True),
+    click.option("--gradcam", is_flag=True, help="Draw the misclassified images as Grad-CAM heat maps."),
 ]
 
 
@@ -87,12 +88,13 @@ def _print_linear(result) -> None:
 @click.option("--repeats", type=int, default=1, show_default=True, help="Repeats of the --cv K-fold.")
 @out_option
 @force_option
-def linear_cmd(features, head, pool, standardize, class_weight, seed, tta, cv, repeats, out, force) -> None:
+def linear_cmd(features, head, pool, standardize, class_weight, gradcam, seed, tta, cv, repeats, out, force) -> None:
     """Train a linear head on extracted FEATURES (regularisation chosen by CV) and report validation accuracy."""
     from ..linear import train_linear
 
     _print_linear(train_linear(features, out=out, head=head, pool=pool, standardize=standardize,
-                               class_weight=class_weight, seed=seed, tta=tta, force=force, cv=cv, repeats=repeats))
+                               class_weight=class_weight, seed=seed, tta=tta, force=force, cv=cv, repeats=repeats,
+                               gradcam=gradcam))
 
 
 @click.command("probe")
@@ -106,14 +108,14 @@ def linear_cmd(features, head, pool, standardize, class_weight, seed, tta, cv, r
 @out_option
 @force_option
 def probe_cmd(data, backbone, weights, image_size, resize, batch_size, val_fraction, seed, max_pixels, head, pool,
-              standardize, class_weight, tta, features_dir, out, force) -> None:
+              standardize, class_weight, gradcam, tta, features_dir, out, force) -> None:
     """The main job in one command: extract features of DATA (cached) and fit a linear head on them."""
     from ..linear import probe
 
     _print_linear(probe(data, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
                         batch_size=batch_size, val_fraction=val_fraction, seed=seed, max_pixels=max_pixels,
                         head=head, pool=pool, standardize=standardize, class_weight=class_weight, tta=tta,
-                        features_dir=features_dir, out=out, force=force))
+                        features_dir=features_dir, out=out, force=force, gradcam=gradcam))
 
 
 @click.command("predict")
