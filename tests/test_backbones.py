@@ -153,3 +153,15 @@ def _torch_lite0_logits(torch, state, x):
             index += 1
     t = F.relu6(bn(conv(t, "_conv_head"), "_bn1")).mean(dim=(2, 3))
     return (t @ state["_fc.weight"].T + state["_fc.bias"]).detach().numpy()
+
+
+def test_backbones_command_lists_every_registered_name():
+    from click.testing import CliRunner
+
+    from tltool.cli import main
+
+    result = CliRunner().invoke(main, ["backbones"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    listed = [spec.name for spec in list_backbones() if spec.name in result.output]
+    assert len(listed) == len(list_backbones()) >= 30
+    assert "offline" in result.output  # efficientnet_lite0's weights need no download
