@@ -4,6 +4,11 @@ A features folder holds ``features.json`` (backbone, weights fingerprint, input 
 every file with its content hash) and ``chunks/chunk-NNNNN.npz`` with ``avg`` and ``max`` pooled features. Memory
 stays flat as the dataset grows (one chunk at a time), a killed run resumes at the first missing chunk, and a
 second run on the same inputs reuses everything without running the network.
+
+Extraction scales out by chunks: ``--shard I/N`` (or the worker index under ``--strategy multiworker``) computes
+only the chunks ``i`` with ``i % N == I``; whichever process finds every chunk present marks the folder complete
+(or ``tltool extract`` without ``--shard`` computes what is missing), so the stored features are the ones a single
+process writes. ``--strategy mirrored`` splits each batch over the local GPUs.
 """
 from __future__ import annotations
 
@@ -65,6 +70,8 @@ class ExtractResult:
     seconds: float
     images_per_second: float | None
     checked: CheckedDataset
+    complete: bool = True  # False: this shard is done, others are still missing
+    shard: tuple[int, int] | None = None
 
     @functools.cached_property
     def features(self) -> FeatureSet:
@@ -107,10 +114,21 @@ def extract_features(
     chunk_size: int = DEFAULT_CHUNK,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     checked: CheckedDataset | None = None,
+    strategy: str = "auto",
+    shard: str | None = None,
 ) -> ExtractResult:
-    """Extract avg- and max-pooled features of every usable image of ``data`` into ``out_dir``."""
-    from .backbones import get_backbone_spec, weights_digest
+    """Extract avg- and max-pooled features of every usable image of ``data`` into ``out_dir``.
 
+    ``strategy``: see :mod:`tltool.distribute` (``batch_size`` is per replica); ``shard``: ``"I/N"``, this
+    process's share of the chunks (under ``multiworker`` the worker index gives it).
+    """
+    from .backbones import get_backbone_spec, weights_digest
+    from .distribute import extraction_shard, resolve_strategy
+
+    part = extraction_shard(strategy, shard)  # a bad --shard or TF_CONFIG fails before any work
+    # inference needs no collective ops: under multiworker each worker runs its share on its own devices
+    tf_strategy, info = resolve_strategy("auto" if strategy == "multiworker" else strategy)
+    say(info.describe() + (f"; shard {part[0]}/{part[1]} of the chunks" if part else ""))
     start = time.perf_counter()
     spec = get_backbone_spec(backbone)
     image_size = image_size or spec.default_size
@@ -139,16 +157,25 @@ def extract_features(
         "chunk_size": chunk_size, "n_images": len(records),
         "files": [{"path": r.path, "label": r.label, "split": r.split, "sha256": hashes[r.path]} for r in records],
         "skipped": [{"path": f.record.path, "reason": f.reason} for f in checked.bad],
+        "distribute": {**info.to_json(), "shard": f"{part[0]}/{part[1]}" if part else None},
     }
     write_json(out / "classes.json", classes)
     write_json(meta_path, meta)
-    n_computed, seconds = _compute_chunks(records, key, out, spec.name, weights, image_size, resize, batch_size,
-                                          chunk_size, max_pixels)
-    meta["complete"] = True
+    n_computed, seconds = _compute_chunks(records, key, out, spec.name, weights, image_size, resize,
+                                          batch_size * info.replicas, chunk_size, max_pixels, part,
+                                          tf_strategy if info.distributed else None)
+    n_chunks = (len(records) + chunk_size - 1) // chunk_size
+    missing = [i for i in range(n_chunks) if not _chunk_done(_chunk_path(out, i), key)] if part else []
+    meta["complete"] = not missing  # the last shard to finish completes the folder
     meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
     write_json(meta_path, meta)
+    if missing:
+        say(f"shard {part[0]}/{part[1]} done; {len(missing)} of {n_chunks} chunk(s) belong to other shards that "
+            f"have not finished. The last shard to finish completes {out} (or run `tltool extract` without --shard).")
+    elif part:
+        say(f"every chunk is present: {out} is complete")
     total = time.perf_counter() - start
-    return ExtractResult(out, False, total, meta["throughput_images_per_second"], checked)
+    return ExtractResult(out, False, total, meta["throughput_images_per_second"], checked, not missing, part)
 
 
 def _chunk_path(out: Path, index: int) -> Path:
@@ -181,35 +208,56 @@ def build_feature_extractor(backbone: str, weights: str, image_size: int):
     return model, step
 
 
+def _distributed_step(step, strategy):
+    """``step`` on every replica's share of a distributed batch; the outputs concatenated in batch order."""
+    from ._tf import tf
+
+    @tf.function(reduce_retracing=True)
+    def run(images):
+        outputs = strategy.run(step, args=(images,))
+        return tuple(tf.concat(strategy.experimental_local_results(o), axis=0) for o in outputs)
+
+    return run
+
+
 def _compute_chunks(records, key, out: Path, backbone, weights, image_size, resize, batch_size, chunk_size,
-                    max_pixels) -> tuple[int, float]:
+                    max_pixels, shard: tuple[int, int] | None = None, strategy=None) -> tuple[int, float]:
     from .pipeline import image_dataset
 
     n_chunks = (len(records) + chunk_size - 1) // chunk_size
-    pending = [i for i in range(n_chunks) if not _chunk_done(_chunk_path(out, i), key)]
-    if len(pending) < n_chunks:
-        say(f"resuming: {n_chunks - len(pending)} of {n_chunks} chunk(s) already extracted")
+    mine = [i for i in range(n_chunks) if shard is None or i % shard[1] == shard[0]]
+    pending = [i for i in mine if not _chunk_done(_chunk_path(out, i), key)]
+    if len(pending) < len(mine):
+        say(f"resuming: {len(mine) - len(pending)} of {len(mine)} chunk(s) already extracted"
+            + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
     if not pending:
         return 0, 0.0
     todo = [j for i in pending for j in range(i * chunk_size, min((i + 1) * chunk_size, len(records)))]
-    _model, step = build_feature_extractor(backbone, weights, image_size)
     ds = image_dataset([records[j].path for j in todo], image_size=image_size, resize=resize,
                        batch_size=batch_size, max_pixels=max_pixels)
+    if strategy is None:
+        _model, step = build_feature_extractor(backbone, weights, image_size)
+    else:
+        with strategy.scope():
+            _model, step = build_feature_extractor(backbone, weights, image_size)
+        step, ds = _distributed_step(step, strategy), strategy.experimental_distribute_dataset(ds)
     buffers: tuple[list, list] = ([], [])
     chunk_iter = iter(pending)
     current = next(chunk_iter)
     want = min((current + 1) * chunk_size, len(records)) - current * chunk_size
     have = 0
-    t0 = None
+    t0 = first = None
     with Bar(len(todo), f"extracting {backbone}") as bar:
         for images in _iterate(ds):
-            if t0 is None:  # time from the first batch on: graph tracing is not throughput
-                t0, first = time.perf_counter(), len(images)
             avg, mx = step(images)
+            n = len(avg)
+            first = n if first is None else first
             buffers[0].append(avg.numpy())
             buffers[1].append(mx.numpy())
-            have += len(images)
-            bar.update(len(images))
+            if t0 is None:  # throughput counts from the end of the first batch: tracing the graph is not speed
+                t0 = time.perf_counter()
+            have += n
+            bar.update(n)
             while current is not None and have >= want:
                 avg_all, max_all = np.concatenate(buffers[0]), np.concatenate(buffers[1])
                 _write_chunk(out, current, key, avg_all[:want], max_all[:want])

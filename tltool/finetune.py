@@ -134,9 +134,11 @@ def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str 
              force: bool = False) -> TrainResult:
     """Two-stage fine-tuning with checkpoints after every epoch; writes the same report as the linear path."""
     from .backbones import get_backbone_spec
+    from .distribute import resolve_strategy
 
-    if resume:
-        config = FinetuneConfig.from_run(Path(resume))
+    if resume:  # the run's own settings, on this session's devices
+        config = replace(FinetuneConfig.from_run(Path(resume)), strategy=config.strategy)
+    resolve_strategy(config.strategy)  # before any TF operation: multiworker has to start first
     spec = get_backbone_spec(config.backbone)
     image_size = config.image_size or spec.default_size
     unfreeze = _resolve_unfreeze(config, spec)
@@ -202,6 +204,9 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     from .report import read_predictions
     from .utils import write_text_atomic
 
+    if config.strategy == "multiworker":
+        raise TltoolError("--cv with --strategy multiworker is not supported: run the folds on one machine "
+                          "(--strategy auto or mirrored), or fine-tune once across the cluster.")
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=config.image_size or spec.default_size)
     checked = prepare_dataset(config.data, config.val_fraction, config.seed, config.max_pixels)

@@ -1,7 +1,7 @@
 """Training a reference CNN from scratch (LeNet-5, AlexNet, VGG, ...) with the fine-tuning machinery."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .supervised import RunConfig, TrainResult, train_and_report
@@ -25,9 +25,11 @@ class ScratchConfig(RunConfig):
 def train_from_scratch(config: ScratchConfig, out: str | Path | None = None, resume: str | Path | None = None,
                        force: bool = False) -> TrainResult:
     from .arch import build_arch, get_arch
+    from .distribute import resolve_strategy
 
-    if resume:
-        config = ScratchConfig.from_run(Path(resume))
+    if resume:  # the run's own settings, on this session's devices
+        config = replace(ScratchConfig.from_run(Path(resume)), strategy=config.strategy)
+    resolve_strategy(config.strategy)  # before any TF operation (the check below builds a model)
     spec = get_arch(config.arch)
     image_size = config.image_size or spec.default_input[0]
 

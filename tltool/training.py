@@ -3,9 +3,17 @@
 Optimizers and learning-rate schedules by name (registries, not if-chains), an epoch loop that checkpoints
 after every epoch (temp name + rename) so ``--resume`` continues at the right epoch with the optimizer state,
 early stopping and reduce-on-plateau whose state survives a resume, and a NaN guard that stops at once.
+
+Under a ``tf.distribute`` strategy (``--strategy mirrored|multiworker``) the model is built, loaded and compiled in
+the strategy's scope and each epoch runs a distributed step (``strategy.run``) instead of ``model.fit``: Keras 3.15's
+``fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585: it reduces whole batches and scalar
+metrics with ``axis=0``), and under ``MirroredStrategy`` it iterates the first batch of a dataset to build itself
+and then restarts the iterator, which reshuffles a seeded dataset. The step computes the same loss as ``fit`` (the
+mean over the global batch, class weights included), so a 2-replica epoch matches a 1-device one.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -135,11 +143,16 @@ def make_optimizer(options: TrainOptions, steps_per_epoch: int):
     return OPTIMIZERS[options.optimizer](lr, options.weight_decay, keras)
 
 
+def make_loss(options: TrainOptions, reduction: str | None = "sum_over_batch_size"):
+    from ._tf import keras
+
+    return keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing, reduction=reduction)
+
+
 def compile_model(model, options: TrainOptions, steps_per_epoch: int) -> None:
     from ._tf import keras
 
-    model.compile(optimizer=make_optimizer(options, steps_per_epoch),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing),
+    model.compile(optimizer=make_optimizer(options, steps_per_epoch), loss=make_loss(options),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
@@ -179,6 +192,14 @@ class NonFiniteLoss(TltoolError):
     pass
 
 
+def check_finite(loss: float | None, batch: int, lr: float) -> None:
+    """Stop at once on a NaN/inf loss; ``batch`` counts from 0."""
+    if loss is not None and not math.isfinite(float(loss)):
+        raise NonFiniteLoss(
+            f"the training loss became {float(loss)} at batch {batch + 1}: the learning rate is too high "
+            f"for this model. Divide it by 10 (--lr {lr / 10:g}) and run again.")
+
+
 def _callback_class():
     from ._tf import keras
 
@@ -191,19 +212,84 @@ def _callback_class():
 
         def on_train_batch_end(self, batch, logs=None):
             self.bar.update(1)
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                raise NonFiniteLoss(
-                    f"the training loss became {float(loss)} at batch {batch + 1}: the learning rate is too high "
-                    f"for this model. Divide it by 10 (--lr {self.lr / 10:g}) and run again.")
+            check_finite((logs or {}).get("loss"), batch, self.lr)
 
     return LoopCallback
 
 
 def current_lr(model) -> float:
-    optimizer = model.optimizer
-    lr = optimizer.learning_rate
-    return float(np.asarray(lr))
+    from ._tf import keras
+
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+# -------------------------------------------------------------------------------- the distributed epoch
+class DistributedEpoch:
+    """One stage's compiled train and eval steps under a ``tf.distribute`` strategy (traced once per stage).
+
+    Every replica computes ``sum(loss_i * class_weight_i) / global_batch`` on its share of the global batch; the
+    optimizer sums the replicas' gradients, so the update is the one ``model.fit`` makes on the whole batch.
+    """
+
+    def __init__(self, model, strategy, options: TrainOptions, class_weight: dict | None) -> None:
+        from ._tf import tf
+
+        self.model, self.strategy = model, strategy
+        loss_fn = make_loss(options, reduction=None)
+        classes = int(model.output_shape[-1])
+        weights = None if not class_weight else tf.constant(
+            [float(class_weight.get(i, 1.0)) for i in range(classes)], tf.float32)
+        with strategy.scope():
+            if not model.optimizer.built:  # its slots must exist before the first step (created in scope)
+                model.optimizer.build(model.trainable_variables)
+
+        def sums(y, probs, per_example):
+            correct = tf.cast(tf.equal(tf.argmax(probs, -1), tf.argmax(y, -1)), tf.float32)
+            return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.shape(y)[0], tf.float32)
+
+        def train_replica(x, y):
+            context = tf.distribute.get_replica_context()
+            global_n = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.shape(y)[0], tf.float32))
+            with tf.GradientTape() as tape:
+                probs = model(x, training=True)
+                per_example = loss_fn(y, probs)
+                if weights is not None:
+                    per_example = per_example * tf.gather(weights, tf.argmax(y, -1))
+                loss = tf.reduce_sum(per_example) / tf.maximum(global_n, 1.0)
+                scaled = model.optimizer.scale_loss(loss)
+            variables = model.trainable_variables
+            model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+            return sums(y, probs, per_example)
+
+        def eval_replica(x, y):
+            probs = model(x, training=False)
+            return sums(y, probs, loss_fn(y, probs))
+
+        def reduced(replica_fn):
+            @tf.function(reduce_retracing=True)
+            def step(batch):
+                out = strategy.run(replica_fn, args=batch)
+                return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out]
+
+            return step
+
+        self.train_step, self.eval_step = reduced(train_replica), reduced(eval_replica)
+
+    def run(self, train, val, bar: Bar, lr: float) -> dict:
+        """Train one epoch on ``train`` and evaluate on ``val`` (batched by the global batch); Keras-style logs."""
+        totals = np.zeros(3)
+        for batch, data in enumerate(self.strategy.experimental_distribute_dataset(train)):
+            step = np.array([float(v) for v in self.train_step(data)])
+            check_finite(step[0] / max(step[2], 1.0), batch, lr)
+            totals += step
+            bar.update(1)
+        logs = {"loss": totals[0] / max(totals[2], 1.0), "accuracy": totals[1] / max(totals[2], 1.0)}
+        if val is not None:
+            totals = np.zeros(3)
+            for data in self.strategy.experimental_distribute_dataset(val):
+                totals += np.array([float(v) for v in self.eval_step(data)])
+            logs.update(val_loss=totals[0] / max(totals[2], 1.0), val_accuracy=totals[1] / max(totals[2], 1.0))
+        return {k: [v] for k, v in logs.items()}
 
 
 def run_stages(
@@ -215,28 +301,40 @@ def run_stages(
     run_dir: Path,
     class_weight: dict | None = None,
     resume: bool = False,
+    strategy=None,
+    resume_from: Path | None = None,
 ):
     """Train through ``stages``; ``train_data(epoch)`` gives that epoch's dataset (seeded by epoch, so a resumed
-    run sees the same data order and augmentation as an uninterrupted one). Returns (model, LoopState)."""
+    run sees the same data order and augmentation as an uninterrupted one). Returns (model, LoopState).
+
+    ``strategy``: a ``tf.distribute`` strategy (None: the default one, through ``model.fit``); the datasets are then
+    batched by the global batch and the strategy splits them. ``resume_from``: where the checkpoint to resume is,
+    when it is not ``run_dir`` (a worker that reads the chief's run folder and writes its own scratch folder).
+    """
     from ._tf import keras
 
     checkpoint, state_path, best_path = run_dir / "checkpoint.keras", run_dir / "state.json", run_dir / "best.weights.h5"
+    source = resume_from or run_dir
+    scope = strategy.scope if strategy is not None else contextlib.nullcontext
     state = LoopState()
     model = None
-    if resume and state_path.exists() and checkpoint.exists():
+    if resume and (source / "state.json").exists() and (source / "checkpoint.keras").exists():
         from .arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers for loading)
         from .backbones import layers  # noqa: F401
 
-        state = LoopState.load(state_path)
-        model = keras.models.load_model(checkpoint, safe_mode=True)
+        state = LoopState.load(source / "state.json")
+        with scope():  # the .keras file does not depend on the replica count: it loads under any strategy
+            model = keras.models.load_model(source / "checkpoint.keras", safe_mode=True)
         say(f"resuming after epoch {state.epoch} (stage {stages[state.stage].name}, "
             f"{state.stage_epoch}/{stages[state.stage].options.epochs} done)")
     elif resume:
         say("no checkpoint found: starting from the beginning")
     if model is None:
-        model = build_model()
+        with scope():
+            model = build_model()
     total_epochs = sum(s.options.epochs for s in stages)
     LoopCallback = _callback_class()
+    distributed = None
     for index, stage in enumerate(stages):
         if index < state.stage:
             continue
@@ -245,19 +343,26 @@ def run_stages(
             state.stage, state.stage_epoch, state.wait, state.plateau_wait, state.lr_scale = index, 0, 0, 0, 1.0
             state.best_val_loss = float("inf")
             stage.prepare(model)
-            compile_model(model, options, steps_per_epoch)
+            with scope():
+                compile_model(model, options, steps_per_epoch)
         if options.epochs == 0 or state.stopped_early:
             continue
+        if strategy is not None:
+            distributed = DistributedEpoch(model, strategy, options, class_weight)
         remaining = options.epochs - state.stage_epoch
         with Bar(remaining * steps_per_epoch, f"{stage.name}") as bar:
             while state.stage_epoch < options.epochs:
                 start = time.perf_counter()
                 if options.schedule == "plateau":
-                    model.optimizer.learning_rate = options.lr * state.lr_scale
+                    with scope():
+                        model.optimizer.learning_rate = options.lr * state.lr_scale
                 lr = current_lr(model)
-                logs = model.fit(train_data(state.epoch), validation_data=val_data, epochs=1, verbose=0,
-                                 class_weight=class_weight, shuffle=False,
-                                 callbacks=[LoopCallback(bar, lr)]).history
+                if distributed is not None:
+                    logs = distributed.run(train_data(state.epoch), val_data, bar, lr)
+                else:
+                    logs = model.fit(train_data(state.epoch), validation_data=val_data, epochs=1, verbose=0,
+                                     class_weight=class_weight, shuffle=False,
+                                     callbacks=[LoopCallback(bar, lr)]).history
                 row = {"epoch": state.epoch + 1, "stage": stage.name, "lr": lr,
                        **{k: float(v[-1]) for k, v in logs.items()}, "seconds": time.perf_counter() - start}
                 state.history.append(row)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import backbone_options, force_option, out_option, split_options, tta_option
+from .options import backbone_options, force_option, out_option, split_options, strategy_option, tta_option
 
 
 @click.command("backbones")
@@ -31,17 +31,25 @@ def backbones_cmd() -> None:
 @backbone_options
 @split_options
 @click.option("--chunk-size", type=int, default=1024, show_default=True, help="Images per chunk file on disk.")
+@strategy_option
+@click.option("--shard", default=None, metavar="I/N",
+              help="Extract only chunks i with i % N == I (run I = 0..N-1 on N machines sharing --out); the last "
+                   "to finish completes the folder. Under --strategy multiworker the worker index is the shard.")
 def extract_cmd(data, out, backbone, weights, image_size, resize, batch_size, val_fraction, seed, max_pixels,
-                chunk_size) -> None:
+                chunk_size, strategy, shard) -> None:
     """Extract pooled CNN features of every image in DATA (folder, CSV manifest or tfds:NAME) into --out."""
     from ..features import extract_features
 
     result = extract_features(data, out, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
                               batch_size=batch_size, val_fraction=val_fraction, seed=seed, chunk_size=chunk_size,
-                              max_pixels=max_pixels)
+                              max_pixels=max_pixels, strategy=strategy, shard=shard)
     meta = result.meta
+    shard = f"shard {result.shard[0]}/{result.shard[1]}" if result.shard else ""
+    if not result.complete:
+        click.echo(f"{shard} extracted in {result.seconds:.1f} s -> {out} (waiting for the other shards)")
+        return
     speed = f", {result.images_per_second:.1f} images/s" if result.images_per_second else ""
-    state = "cached" if result.cached else "extracted"
+    state = "cached" if result.cached else (f"extracted ({shard}, folder complete)" if shard else "extracted")
     click.echo(f"{state}: {meta['n_images']} images ({meta['backbone']}, {meta['image_size']} px) in "
                f"{result.seconds:.1f} s{speed} -> {out}")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..distribute import STRATEGIES
 from ..images import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
 
 
@@ -30,7 +31,8 @@ backbone_options = _compose(
     click.option("--image-size", type=int, default=None, help="Input size in pixels [default: the backbone's]."),
     click.option("--resize", type=click.Choice(RESIZE_POLICIES), default="crop", show_default=True,
                  help="crop: shorter side + centre crop; pad: letterbox; stretch: ignore aspect ratio."),
-    click.option("--batch-size", type=int, default=32, show_default=True),
+    click.option("--batch-size", type=int, default=32, show_default=True,
+                 help="Images per batch on each replica (the global batch is this x the replicas of --strategy)."),
 )
 
 out_option = click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -38,3 +40,7 @@ out_option = click.option("--out", type=click.Path(file_okay=False), default=Non
 force_option = click.option("--force", is_flag=True, help="Replace a finished run in --out.")
 tta_option = click.option("--tta", type=click.Choice(["none", "flip", "10crop"]), default="none", show_default=True,
                           help="Test-time augmentation at evaluation: mirror, or 4 corners + centre and mirrors.")
+strategy_option = click.option(
+    "--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True,
+    help="tf.distribute: auto (mirrored when more than one GPU is visible, else none), none (one device), mirrored "
+         "(every local GPU), multiworker (the cluster in the TF_CONFIG environment variable).")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import backbone_options, force_option, out_option, split_options, tta_option
+from .options import backbone_options, force_option, out_option, split_options, strategy_option, tta_option
 
 AUGMENT_HELP = "none, light, standard, heavy, or an albumentations pipeline file (YAML/JSON from A.save)."
 
@@ -26,6 +26,9 @@ def training_options(augment: str = "standard", label_smoothing: float = 0.1):
         click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True),
         click.option("--augment", default=augment, show_default=True, help=AUGMENT_HELP),
         click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU (refused on CPU)."),
+        strategy_option,
+        click.option("--scale-lr", is_flag=True,
+                     help="Multiply the learning rates by the number of replicas (linear scaling rule)."),
     ]
 
     def apply(fn):
@@ -39,6 +42,9 @@ def training_options(augment: str = "standard", label_smoothing: float = 0.1):
 def _print_run(result) -> None:
     from ..report import accuracy_line
 
+    if not result.chief:
+        click.echo("this worker's share of training is done; the chief (worker 0) writes the run folder and report")
+        return
     click.echo(accuracy_line(result.evaluation))
     for name, tta in (result.metrics.get("tta") or {}).items():
         acc = tta["accuracy"]
@@ -65,7 +71,8 @@ def _print_run(result) -> None:
 @click.option("--cv", type=int, default=0, show_default=True,
               help="K-fold cross-validation over train+val: K full fine-tunings (the estimated time is shown first).")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Continue a killed run from its last checkpoint (its own settings are used).")
+              help="Continue a killed run from its last checkpoint (its own settings are used; --strategy "
+                   "chooses this session's devices, a run started on 2 replicas resumes on 1).")
 @out_option
 @force_option
 def finetune_cmd(data, cv, resume, out, force, **options) -> None:
@@ -89,7 +96,7 @@ def finetune_cmd(data, cv, resume, out, force, **options) -> None:
 @click.option("--arch", default="lenet5", show_default=True, help="A from-scratch net (see `tltool arch list`).")
 @click.option("--image-size", type=int, default=None, help="Input size [default: the architecture's].")
 @click.option("--resize", type=click.Choice(["crop", "pad", "stretch"]), default="crop", show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch on each replica.")
 @split_options
 @training_options(augment="none", label_smoothing=0.0)
 @click.option("--epochs", type=int, default=20, show_default=True)
@@ -99,7 +106,7 @@ def finetune_cmd(data, cv, resume, out, force, **options) -> None:
 @click.option("--dropout", type=float, default=None, help="Dropout before the classifier [default: the net's].")
 @tta_option
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Continue a killed run from its last checkpoint.")
+              help="Continue a killed run from its last checkpoint (--strategy chooses this session's devices).")
 @out_option
 @force_option
 def train_cmd(data, resume, out, force, **options) -> None:

@@ -1,0 +1,341 @@
+"""Scaling out (issue 9) without a GPU: the CPU split into 2 logical devices for MirroredStrategy, 2 worker
+processes on 127.0.0.1 for MultiWorkerMirroredStrategy, sharded extraction, resume on another replica count.
+
+Logical devices must be configured before TensorFlow initialises its devices, so the 2-device runs happen in a
+subprocess. Comparisons are made meaningful: no dropout, no augmentation, the same seed and global batch, and the
+weights must have moved far more than the tolerance.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import SAMPLE
+from tltool.errors import TltoolError
+
+# Weights of a 2-replica step vs a 1-device step on the same 16 images differ by float32 summation order only:
+# measured 1.6e-6 after 16 Adam steps, while the largest weight moved by 8e-3 (1.6e-3 in the second epoch).
+TOLERANCE = 2e-5
+FINETUNE = dict(data=str(SAMPLE), image_size=32, weights="imagenet", augment="none", dropout=0.0,
+                head_init="random", head_epochs=0, epochs=2, unfreeze="1", lr=1e-3, val_fraction=0.25)
+
+DRIVER = textwrap.dedent("""
+    import json, shutil, sys
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    import numpy as np
+    from tltool import training
+    from tltool.backbones.efficientnet_lite import imagenet_weights_path
+    from tltool.features import extract_features
+    from tltool.finetune import FinetuneConfig, finetune
+
+    out, settings = Path(sys.argv[1]), json.loads(sys.argv[2])
+    # convert Lite0's weights into the cache first: converting builds a random model, which draws from the seed
+    imagenet_weights_path()
+    single = finetune(FinetuneConfig(**settings, batch_size=16, strategy="none"), out=out / "single")
+    save = training.LoopState.save
+
+    def save_and_snapshot(state, path):  # a copy of the run folder as a kill after epoch 1 leaves it
+        save(state, path)
+        if state.epoch == 1 and not (out / "killed").exists():
+            shutil.copytree(Path(path).parent, out / "killed")
+
+    training.LoopState.save = save_and_snapshot
+    mirrored = finetune(FinetuneConfig(**settings, batch_size=8, strategy="mirrored"), out=out / "mirrored")
+    training.LoopState.save = save
+    kw = dict(image_size=32, weights="none", chunk_size=16, batch_size=5)  # 5 per replica: uneven last batches
+    one = extract_features(settings["data"], out / "f-none", strategy="none", **kw).features
+    two = extract_features(settings["data"], out / "f-mirrored", strategy="mirrored", **kw).features
+    print(json.dumps({"logical_cpus": len(tf.config.list_logical_devices("CPU")),
+                      "extract_max_diff": float(max(np.abs(one.avg - two.avg).max(), np.abs(one.max - two.max).max())),
+                      "extract_same_paths": one.paths == two.paths}))
+""")
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "TLTOOL_NO_PROGRESS": "1", **extra}
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    from tltool._tf import keras
+    from tltool.arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers)
+    from tltool.backbones import layers as _layers  # noqa: F401
+
+    return keras.models.load_model(path, safe_mode=True).get_weights()
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    assert len(a) == len(b)
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def two_devices(tmp_path_factory):
+    """One subprocess with the CPU split in 2: a 1-device and a 2-replica fine-tuning, and both extractions."""
+    out = tmp_path_factory.mktemp("mirrored")
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(out), json.dumps(FINETUNE)], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_mirrored_on_two_cpu_devices_matches_one_device(two_devices):
+    out, summary, log = two_devices
+    assert summary["logical_cpus"] == 2
+    assert "strategy mirrored (--strategy mirrored): 2 replicas, devices CPU:0, CPU:1" in " ".join(log.split())
+    model_json = json.loads((out / "mirrored" / "model.json").read_text())
+    assert model_json["distribute"]["replicas"] == 2 and len(model_json["distribute"]["devices"]) == 2
+    assert model_json["distribute"]["global_batch_size"] == 16 and model_json["distribute"]["per_replica_batch_size"] == 8
+    config = json.loads((out / "mirrored" / "metrics.json").read_text())["config"]
+    assert config["strategy"] == "mirrored" and config["distribute"]["replicas"] == 2
+    single, mirrored = _weights(out / "single" / "model.keras"), _weights(out / "mirrored" / "model.keras")
+    start = _weights(out / "killed" / "checkpoint.keras")  # after epoch 1 of 2
+    assert _max_diff(single, start) > 50 * TOLERANCE  # epoch 2 alone moved the weights: the match means something
+    assert _max_diff(single, mirrored) < TOLERANCE
+    h1 = json.loads((out / "single" / "metrics.json").read_text())["history"]
+    h2 = json.loads((out / "mirrored" / "metrics.json").read_text())["history"]
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        np.testing.assert_allclose([r[key] for r in h2], [r[key] for r in h1], atol=1e-5)
+    assert h1[1]["loss"] < h1[0]["loss"] - 0.05
+
+
+def test_mirrored_extraction_gives_the_single_device_features(two_devices):
+    _, summary, _ = two_devices
+    assert summary["extract_same_paths"] and summary["extract_max_diff"] <= 1e-5
+
+
+def test_a_two_replica_run_resumes_on_one(two_devices):
+    out, _, _ = two_devices
+    killed = out / "killed"
+    assert json.loads((killed / "state.json").read_text())["epoch"] == 1 and not (killed / "model.keras").exists()
+    resumed = subprocess.run([sys.executable, "-m", "tltool", "finetune", "--resume", str(killed), "--strategy", "none"],
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = " ".join(resumed.stderr.split())
+    assert "resuming after epoch 1" in log and "run started on 2 replica(s) on 1: the global batch stays 16" in log
+    record = json.loads((killed / "model.json").read_text())["distribute"]
+    assert record["replicas"] == 1 and record["started_with"]["replicas"] == 2 and record["global_batch_size"] == 16
+    history = json.loads((killed / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1, 2]
+    # the optimizer state (Adam moments, step count for the cosine schedule) came through the checkpoint: the
+    # resumed run ends where the uninterrupted ones did
+    assert _max_diff(_weights(killed / "model.keras"), _weights(out / "mirrored" / "model.keras")) < TOLERANCE
+    assert _max_diff(_weights(killed / "model.keras"), _weights(out / "single" / "model.keras")) < TOLERANCE
+    from tltool._tf import keras
+
+    assert int(keras.models.load_model(killed / "checkpoint.keras", compile=True, safe_mode=True)
+               .optimizer.iterations.numpy()) == 2 * -(-120 // 16)
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost_only_the_chief_writes(tmp_path):
+    from tltool.scratch import ScratchConfig, train_from_scratch
+
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    args = ["train", str(SAMPLE), "--arch", "lenet5", "--epochs", "2", "--batch-size", "8", "--val-fraction", "0.25",
+            "--strategy", "multiworker"]
+    procs = []
+    for index in range(2):
+        scratch = tmp_path / f"tmp{index}"
+        scratch.mkdir()
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen([sys.executable, "-m", "tltool", *args, "--out", str(tmp_path / f"run{index}")],
+                                      env=_env(TF_CONFIG=tf_config, TMPDIR=str(scratch)), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [proc.communicate(timeout=240) for proc in procs]
+    finally:  # a worker left alone would wait for its peer forever
+        for proc in procs:
+            proc.kill()
+    for proc, (stdout, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, stderr[-3000:]
+    assert "chief (worker 0) writes the run folder" in outputs[1][0]
+    chief = tmp_path / "run0"
+    assert not (tmp_path / "run1").exists() and not any((tmp_path / "tmp1").iterdir())  # the scratch folder is gone
+    for name in ("model.keras", "model.json", "metrics.json", "report.md", "checkpoint.keras"):
+        assert (chief / name).exists(), name
+    record = json.loads((chief / "model.json").read_text())["distribute"]
+    assert record["strategy"] == "multiworker" and record["workers"] == 2 and record["replicas"] == 2
+    assert record["global_batch_size"] == 16
+    from tltool.models import load_run
+
+    runner = load_run(chief)
+    assert runner.predict_paths([str(next(SAMPLE.glob("star/*.jpg")))]).shape == (1, 4)
+    # the strategy's DATA auto-sharding gives each global batch the 16 images a single device sees
+    single = train_from_scratch(ScratchConfig(data=str(SAMPLE), arch="lenet5", epochs=2, batch_size=16,
+                                              val_fraction=0.25, strategy="none"), out=tmp_path / "single")
+    assert _max_diff(_weights(chief / "model.keras"), single.model.get_weights()) < TOLERANCE
+    history = json.loads((chief / "metrics.json").read_text())["history"]
+    assert history[1]["loss"] < history[0]["loss"]
+
+
+def _extract(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tltool", "extract", str(SAMPLE), "--out", str(out), "--image-size",
+                             "32", "--weights", "none", "--chunk-size", "16", "--batch-size", "8", *extra],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[str, str]:
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout, " ".join(stderr.split())
+
+
+def test_sharded_extraction_in_two_processes_equals_one(tmp_path):
+    from tltool.features import extract_features, load_features
+
+    both = [_extract(tmp_path / "sharded", "--shard", f"{i}/2") for i in range(2)]  # 10 chunks, 5 each, at once
+    logs = [_finish(p) for p in both]
+    assert any("folder complete" in stdout for stdout, _ in logs)
+    # a lone shard, then the plain command: it computes only what is missing (the finished shard is not redone)
+    stdout, _ = _finish(_extract(tmp_path / "merged", "--shard", "1/2"))
+    assert "waiting for the other shards" in stdout
+    assert not json.loads((tmp_path / "merged" / "features.json").read_text())["complete"]
+    with pytest.raises(TltoolError, match="did not finish"):
+        load_features(tmp_path / "merged")
+    _, log = _finish(_extract(tmp_path / "merged"))
+    assert "resuming: 5 of 10 chunk(s) already extracted" in log
+    one = extract_features(str(SAMPLE), tmp_path / "single", image_size=32, weights="none", chunk_size=16,
+                           batch_size=8, strategy="none").features
+    for folder in ("sharded", "merged"):
+        fs = load_features(tmp_path / folder)
+        assert fs.paths == one.paths and fs.hashes == one.hashes
+        np.testing.assert_array_equal(fs.labels, one.labels)
+        np.testing.assert_allclose(fs.avg, one.avg, atol=1e-5)
+        np.testing.assert_allclose(fs.max, one.max, atol=1e-5)
+    again = _finish(_extract(tmp_path / "sharded", "--shard", "0/2"))[0]
+    assert again.startswith("cached")
+
+
+BAD_TF_CONFIGS = [
+    (None, "TF_CONFIG environment variable is not set"),
+    ("{'cluster': 1}", "not valid JSON"),
+    ('["a"]', "JSON object"),
+    ('{"task": {"type": "worker", "index": 0}}', "no 'cluster'"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "no 'task'"),
+    ('{"cluster": {"worker": ["127.0.0.1"]}, "task": {"type": "worker", "index": 0}}', "not \"host:port\""),
+    ('{"cluster": {"ps": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}}', "'ps' job"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "chief", "index": 0}}', "task type is 'chief'"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "must be 0..1"),
+]
+
+
+@pytest.mark.parametrize("value,message", BAD_TF_CONFIGS)
+def test_a_missing_or_malformed_tf_config_is_one_clear_error(value, message):
+    from tltool.distribute import read_tf_config
+
+    with pytest.raises(TltoolError, match=message) as info:
+        read_tf_config({} if value is None else {"TF_CONFIG": value})
+    assert "TF_CONFIG='{" in str(info.value)  # and it shows what a good one looks like
+
+
+def test_tf_config_workers_chief_first():
+    from tltool.distribute import read_tf_config
+
+    config = {"cluster": {"chief": ["c:1"], "worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
+    cluster = read_tf_config({"TF_CONFIG": json.dumps(config)})
+    assert (cluster.worker_index, cluster.num_workers, cluster.chief) == (2, 3, False)
+    config["task"] = {"type": "chief", "index": 0}
+    assert read_tf_config({"TF_CONFIG": json.dumps(config)}).chief
+
+
+@pytest.mark.parametrize("command", [["train", str(SAMPLE), "--arch", "lenet5"], ["finetune", str(SAMPLE)],
+                                     ["extract", str(SAMPLE), "--out", "unused"]])
+def test_the_commands_print_the_tf_config_problem_in_one_line(command, monkeypatch, tmp_path):
+    from tltool.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:x"]}, "task": {"type": "worker", "index": 0}}')
+    result = CliRunner().invoke(main, [*command, "--strategy", "multiworker"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: --strategy multiworker: TF_CONFIG's cluster 'worker' has '127.0.0.1:x'")
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists() and not (tmp_path / "unused").exists()
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2", "0/0"])
+def test_bad_shard(text):
+    from tltool.distribute import parse_shard
+
+    with pytest.raises(TltoolError, match="--shard"):
+        parse_shard(text)
+
+
+def test_shard_and_multiworker_are_exclusive(monkeypatch):
+    from tltool.distribute import extraction_shard
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    assert extraction_shard("multiworker", None) == (1, 2)
+    assert extraction_shard("none", "3/4") == (3, 4)
+    with pytest.raises(TltoolError, match="give one"):
+        extraction_shard("multiworker", "0/2")
+
+
+def test_strategy_options_are_config_fields_and_recipe_keys():
+    from dataclasses import fields
+
+    from tltool.finetune import FinetuneConfig
+    from tltool.recipes import recipe_commands
+    from tltool.scratch import ScratchConfig
+
+    commands = recipe_commands()
+    for command, config in (("finetune", FinetuneConfig), ("train", ScratchConfig)):
+        names = {p.name for p in commands[command].params}
+        assert {"strategy", "scale_lr"} <= names & {f.name for f in fields(config)}
+    assert {"strategy", "shard"} <= {p.name for p in commands["extract"].params}
+
+
+def test_auto_is_the_default_strategy_on_a_cpu_and_scale_lr_multiplies_by_replicas():
+    from tltool.distribute import resolve_strategy
+    from tltool.supervised import RunConfig, _distribute_record
+
+    _, info = resolve_strategy("auto")
+    assert (info.strategy, info.replicas, info.distributed) == ("default", 1, False)
+    two = type(info)("mirrored", "mirrored", 2, ["/device:GPU:0", "/device:GPU:1"])
+    record = _distribute_record(RunConfig(data="x", batch_size=32, scale_lr=True), two, None)
+    assert (record["global_batch_size"], record["per_replica_batch_size"], record["lr_scale"]) == (64, 32, 2.0)
+
+
+def test_gpu_benchmark_refuses_without_a_gpu():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_throughput.py"
+    proc = subprocess.run([sys.executable, str(script), "--backbone", "efficientnet_lite0"], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no GPU is visible" in proc.stderr and "--allow-cpu" in proc.stderr
+
+
+def test_gpu_benchmark_logic_on_a_cpu():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_throughput.py"
+    proc = subprocess.run([sys.executable, str(script), "--backbone", "efficientnet_lite0", "--allow-cpu", "--steps",
+                           "1", "--warmup", "1", "--batch-size", "2", "--image-size", "32", "--data", str(SAMPLE)],
+                          env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["device"] == ["CPU (logic check only)"] and result["precision"] == "float32"
+    for task, reference in (("train", 4938), ("infer", 17520)):
+        for source in ("synthetic", "jpeg"):
+            rate = result[f"{task}_{source}_images_per_second"]
+            assert rate > 0
+            assert result[f"{task}_{source}_ratio_to_reference"] == pytest.approx(rate / reference, abs=1e-3)
