@@ -9,6 +9,7 @@ inputs normalised as ``(x - 127) / 128``.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 from .._tf import keras
@@ -32,20 +33,22 @@ STEM_FILTERS, HEAD_FILTERS = 32, 1280
 WEIGHTS_FILE = "efficientnet_lite0_imagenet.weights.h5"
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, activation: bool = True):
-    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, activation: bool = True, init="glorot_uniform"):
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, kernel_initializer=init,
+                      name=f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_activation")(x) if activation else x
 
 
-def _mbconv(x, expand: int, kernel: int, stride: int, filters_in: int, filters_out: int, name: str):
+def _mbconv(x, expand: int, kernel: int, stride: int, filters_in: int, filters_out: int, name: str, init):
     inputs = x
     if expand != 1:
-        x = _conv_bn(x, filters_in * expand, 1, 1, f"{name}_expand")
-    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
+        x = _conv_bn(x, filters_in * expand, 1, 1, f"{name}_expand", init=init)
+    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, depthwise_initializer=init,
+                               name=f"{name}_dwconv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     x = layers.ReLU(6.0, name=f"{name}_activation")(x)
-    x = _conv_bn(x, filters_out, 1, 1, f"{name}_project", activation=False)
+    x = _conv_bn(x, filters_out, 1, 1, f"{name}_project", activation=False, init=init)
     if stride == 1 and filters_in == filters_out:
         x = layers.Add(name=f"{name}_add")([x, inputs])
     return x
@@ -68,6 +71,7 @@ def EfficientNetLite0(
     classifier_activation: str | None = "softmax",
     dropout_rate: float = 0.2,
     name: str = "efficientnet_lite0",
+    kernel_initializer: str = "glorot_uniform",
 ) -> keras.Model:
     """EfficientNet-Lite0 on inputs already normalised as ``(x - 127) / 128``.
 
@@ -77,18 +81,19 @@ def EfficientNetLite0(
     if weights == "imagenet" and include_top and classes != 1000:
         raise ValueError("the ImageNet top has 1000 classes")
     inputs = keras.Input(shape=input_shape or (224, 224, 3), name="image")
-    x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem")
+    init = kernel_initializer
+    x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", init=init)
     for stage, (expand, kernel, stride, f_in, f_out, repeats) in enumerate(LITE0_STAGES, start=1):
         for i in range(repeats):
             x = _mbconv(x, expand, kernel, stride if i == 0 else 1, f_in if i == 0 else f_out, f_out,
-                        f"block{stage}{chr(ord('a') + i)}")
-    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "top")
+                        f"block{stage}{chr(ord('a') + i)}", init)
+    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "top", init=init)
     features = x
     # The weights file holds the ImageNet top, so load into the full network and cut it afterwards.
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dropout(dropout_rate, name="top_dropout")(x)
     logits = layers.Dense(1000 if weights == "imagenet" else classes, activation=classifier_activation,
-                          name="predictions")(x)
+                          kernel_initializer=init, name="predictions")(x)
     full = keras.Model(inputs, logits, name=name)
     if weights == "imagenet":
         full.load_weights(str(imagenet_weights_path()))
@@ -119,10 +124,17 @@ def imagenet_weights_path() -> Path:
     """The converted Keras weights, made once from the package's ``.pth`` and cached (atomic write)."""
     target = cache_dir() / WEIGHTS_FILE
     if not target.exists():
-        model = EfficientNetLite0(weights=None)
-        assign_torch_weights(model, _package_pth())
-        with atomic_path(target, suffix=".weights.h5") as tmp:
-            model.save_weights(str(tmp))
+        # Building a model draws seeds from Python's random module (Keras layers and initializers do); the
+        # conversion must leave that state as it found it, or the first run after the cache is made would
+        # initialise its new layers differently from later runs with the same --seed.
+        state = random.getstate()
+        try:
+            model = EfficientNetLite0(weights=None)
+            assign_torch_weights(model, _package_pth())
+            with atomic_path(target, suffix=".weights.h5") as tmp:
+                model.save_weights(str(tmp))
+        finally:
+            random.setstate(state)
     return target
 
 
