@@ -1,0 +1,82 @@
+"""tltool extract vs a tutorial-style loop (PIL open + resize, `model.predict` per batch, one thread) on the same
+files and backbone. Goal: speed-up >= 1.5x.
+
+    python benchmarks/baseline.py --backbone efficientnet_lite0
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TLTOOL_NO_PROGRESS", "1")
+
+from _common import emit, jpeg_corpus  # noqa: E402
+
+
+def tutorial_loop(paths: list[Path], backbone: str, size: int, batch: int) -> float:
+    """What a course notebook does: open each file with PIL, resize, stack, model.predict, pool."""
+    import numpy as np
+    from PIL import Image
+
+    from tltool._tf import keras
+    from tltool.backbones import create_backbone
+
+    extractor = create_backbone(backbone, "imagenet", size)
+    model = keras.Sequential([extractor, keras.layers.GlobalAveragePooling2D()])
+    warm = np.zeros((batch, size, size, 3), np.float32)
+    model.predict(warm, verbose=0)
+    start = time.perf_counter()
+    features = []
+    for i in range(0, len(paths), batch):
+        images = [np.asarray(Image.open(p).convert("RGB").resize((size, size)), dtype=np.float32)
+                  for p in paths[i:i + batch]]
+        features.append(model.predict(np.stack(images), verbose=0))
+    return len(paths) / (time.perf_counter() - start)
+
+
+def tltool_extract(data: Path, backbone: str, size: int, batch: int) -> float:
+    from tltool.features import extract_features
+
+    out = Path(tempfile.mkdtemp(prefix="tltool-bench-"))
+    try:
+        start = time.perf_counter()
+        result = extract_features(str(data), out, backbone=backbone, image_size=size, batch_size=batch)
+        total = time.perf_counter() - start
+        return len(result.meta["files"]) / total, result.images_per_second
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--data", default=None)
+    args = parser.parse_args()
+    from tltool.backbones import get_backbone_spec
+
+    size = args.image_size or get_backbone_spec(args.backbone).default_size
+    data = Path(args.data) if args.data else jpeg_corpus(700, Path(tempfile.gettempdir()) / "tltool-bench-jpegs")
+    paths = sorted(data.rglob("*.jpg"))
+    tutorial = tutorial_loop(paths, args.backbone, size, args.batch_size)
+    end_to_end, streaming = tltool_extract(data, args.backbone, size, args.batch_size)
+    emit(f"baseline-{args.backbone}", {
+        "backbone": args.backbone, "image_size": size, "images": len(paths), "data": str(data),
+        "tutorial_images_per_second": round(tutorial, 1),
+        "tltool_images_per_second_end_to_end": round(end_to_end, 1),
+        "tltool_images_per_second_streaming": round(streaming, 1),
+        "speedup": round(end_to_end / tutorial, 2),
+        "note": "end to end includes tltool's validation pass (decode + hash of every file) and model build; "
+                "the tutorial loop is timed after its model is built and warmed up",
+        "goal": ">= 1.5"})
+
+
+if __name__ == "__main__":
+    main()
