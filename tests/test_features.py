@@ -43,12 +43,29 @@ def test_second_run_is_cached_and_fast(shapes_features):
     np.testing.assert_array_equal(again.features.avg, first.features.avg)
 
 
-def test_changed_settings_are_not_served_from_cache(shapes_features, tmp_path):
+def test_a_new_split_reuses_the_features_and_new_settings_do_not(shapes_features, tmp_path):
     out, first = shapes_features
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    other = extract_features(str(SAMPLE), copy, image_size=64, chunk_size=48, seed=1)  # another split
-    assert not other.cached
+    resplit = extract_features(str(SAMPLE), copy, image_size=64, chunk_size=48, seed=1)  # another split
+    assert resplit.cached  # features do not depend on the split
+    old, new = first.features, resplit.features
+    assert old.paths == new.paths and (old.splits != new.splits).any()
+    np.testing.assert_array_equal(old.avg, new.avg)
+    assert not extract_features(str(SAMPLE), copy, image_size=48, chunk_size=48).cached
+    assert not extract_features(str(SAMPLE), tmp_path / "c2", image_size=64, chunk_size=64).cached
+
+
+def test_a_missing_chunk_is_recomputed_not_served_as_cached(shapes_features, tmp_path):
+    out, first = shapes_features
+    copy = tmp_path / "gone"
+    shutil.copytree(out, copy)
+    (copy / "chunks" / "chunk-00001.npz").unlink()
+    with pytest.raises(TltoolError, match="chunk 1 is missing"):
+        load_features(copy)
+    again = extract_features(str(SAMPLE), copy, image_size=64, chunk_size=48, seed=0)
+    assert not again.cached
+    np.testing.assert_allclose(again.features.avg, first.features.avg, atol=1e-4)
 
 
 def test_killed_run_resumes_at_the_missing_chunk(shapes_features, tmp_path, monkeypatch):

@@ -86,19 +86,35 @@ class ExtractResult:
 def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 0,
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> CheckedDataset:
     """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning."""
+    from .dataset import require_training_images
+    from .inspection import warn_about, with_split
+
     dataset = load_dataset(data) if not isinstance(data, Dataset) else data
     dataset.require_classes(2)
-    checked = check_dataset(stratified_split(dataset, val_fraction, seed), max_pixels=max_pixels)
+    checked = check_dataset(dataset, max_pixels=max_pixels, emit_warnings=False)
     if not checked.dataset.records:
         raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image.")
+    # split after the check: only usable files are split, and identical files stay on one side
+    checked = with_split(checked, stratified_split(checked.dataset, val_fraction, seed, groups=checked.hashes))
+    warn_about(checked)
     checked.dataset.require_classes(2)
+    require_training_images(checked.dataset)
     return checked
 
 
 def extraction_key(config: dict, records: Sequence[Record], hashes: dict[str, str]) -> str:
+    """What the stored numbers depend on: settings, chunking, and each file's path and content, in order.
+
+    Labels and splits are not in it: the features of a photo do not depend on them, so a new ``--seed`` or a
+    relabelled file reuses the cache (the metadata is rewritten with the current labels and splits).
+    """
     lines = [repr(sorted(config.items()))]
-    lines += [f"{r.path}\t{r.label}\t{r.split}\t{hashes[r.path]}" for r in records]
+    lines += [f"{r.path}\t{hashes[r.path]}" for r in records]
     return sha256_text("\n".join(lines))
+
+
+def _file_rows(records: Sequence[Record], hashes: dict[str, str]) -> list[dict]:
+    return [{"path": r.path, "label": r.label, "split": r.split, "sha256": hashes[r.path]} for r in records]
 
 
 def extract_features(
@@ -134,19 +150,28 @@ def extract_features(
     image_size = image_size or spec.default_size
     checked = checked or prepare_dataset(data, val_fraction, seed, max_pixels)
     dataset = checked.dataset
-    records = sorted(dataset.records, key=lambda r: (r.split != "train", r.split or "", r.label, r.path))
+    if chunk_size < 1 or batch_size < 1:
+        raise TltoolError(f"--chunk-size and --batch-size must be at least 1 (got {chunk_size} and {batch_size}).")
+    records = sorted(dataset.records, key=lambda r: r.path)  # file order only: splits can change, chunks stay
     hashes = checked.hashes
     config = {
         "format": FEATURES_FORMAT, "backbone": spec.name, "weights": str(weights),
         "weights_digest": weights_digest(spec, str(weights)), "image_size": image_size, "resize": resize,
-        "preprocess": spec.preprocess,
+        "preprocess": spec.preprocess, "chunk_size": chunk_size,
     }
     key = extraction_key(config, records, hashes)
     out = Path(out_dir)
     meta_path = out / "features.json"
+    n_chunks = (len(records) + chunk_size - 1) // chunk_size
     if meta_path.exists():
         old = read_json(meta_path)
-        if old.get("key") == key and old.get("complete"):
+        intact = all(_chunk_done(_chunk_path(out, i), key, _chunk_rows(i, chunk_size, len(records)))
+                     for i in range(n_chunks))
+        if old.get("key") == key and old.get("complete") and intact:
+            old.update(classes=dataset.classes, files=_file_rows(records, hashes),
+                       dataset={"name": dataset.name, "source": dataset.source, "notes": dataset.notes})
+            write_json(meta_path, old)  # the current labels and split; the numbers are reused
+            write_json(out / "classes.json", dataset.classes)
             say(f"[green]cached[/green]: features for {len(records)} images already in {out} (same files, backbone "
                 "and settings); the network was not run")
             return ExtractResult(out, True, time.perf_counter() - start, None, checked)
@@ -154,8 +179,8 @@ def extract_features(
     meta = {
         **config, "key": key, "complete": False, "tltool_version": __version__, "classes": classes,
         "dataset": {"name": dataset.name, "source": dataset.source, "notes": dataset.notes},
-        "chunk_size": chunk_size, "n_images": len(records),
-        "files": [{"path": r.path, "label": r.label, "split": r.split, "sha256": hashes[r.path]} for r in records],
+        "chunk_size": chunk_size, "n_images": len(records), "max_pixels": max_pixels,
+        "files": _file_rows(records, hashes),
         "skipped": [{"path": f.record.path, "reason": f.reason} for f in checked.bad],
         "distribute": {**info.to_json(), "shard": f"{part[0]}/{part[1]}" if part else None},
     }
@@ -164,8 +189,8 @@ def extract_features(
     n_computed, seconds = _compute_chunks(records, key, out, spec.name, weights, image_size, resize,
                                           batch_size * info.replicas, chunk_size, max_pixels, part,
                                           tf_strategy if info.distributed else None)
-    n_chunks = (len(records) + chunk_size - 1) // chunk_size
-    missing = [i for i in range(n_chunks) if not _chunk_done(_chunk_path(out, i), key)] if part else []
+    missing = [i for i in range(n_chunks)
+               if not _chunk_done(_chunk_path(out, i), key, _chunk_rows(i, chunk_size, len(records)))] if part else []
     meta["complete"] = not missing  # the last shard to finish completes the folder
     meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
     write_json(meta_path, meta)
@@ -182,12 +207,17 @@ def _chunk_path(out: Path, index: int) -> Path:
     return out / "chunks" / f"chunk-{index:05d}.npz"
 
 
-def _chunk_done(path: Path, key: str) -> bool:
+def _chunk_rows(index: int, chunk_size: int, total: int) -> int:
+    return min(chunk_size, total - index * chunk_size)
+
+
+def _chunk_done(path: Path, key: str, rows: int) -> bool:
+    """A chunk counts only if it belongs to this extraction and holds the rows it should."""
     if not path.exists():
         return False
     try:
         with np.load(path) as z:
-            return str(z["key"]) == key
+            return str(z["key"]) == key and len(z["avg"]) == rows == len(z["max"])
     except Exception:  # a damaged chunk is recomputed
         return False
 
@@ -226,7 +256,7 @@ def _compute_chunks(records, key, out: Path, backbone, weights, image_size, resi
 
     n_chunks = (len(records) + chunk_size - 1) // chunk_size
     mine = [i for i in range(n_chunks) if shard is None or i % shard[1] == shard[0]]
-    pending = [i for i in mine if not _chunk_done(_chunk_path(out, i), key)]
+    pending = [i for i in mine if not _chunk_done(_chunk_path(out, i), key, _chunk_rows(i, chunk_size, len(records)))]
     if len(pending) < len(mine):
         say(f"resuming: {len(mine) - len(pending)} of {len(mine)} chunk(s) already extracted"
             + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
@@ -302,9 +332,11 @@ def load_features(directory: str | Path) -> FeatureSet:
     n, chunk = meta["n_images"], meta["chunk_size"]
     avg, mx = [], []
     for i in range((n + chunk - 1) // chunk):
-        with np.load(_chunk_path(directory, i)) as z:
-            if str(z["key"]) != meta["key"]:
-                raise TltoolError(f"{directory}: chunk {i} belongs to another extraction; run `tltool extract` again.")
+        path = _chunk_path(directory, i)
+        if not _chunk_done(path, meta["key"], _chunk_rows(i, chunk, n)):
+            raise TltoolError(f"{directory}: chunk {i} is missing, damaged or from another extraction; run the same "
+                              "`tltool extract` again (it recomputes only what is missing).")
+        with np.load(path) as z:
             avg.append(z["avg"])
             mx.append(z["max"])
     files = meta["files"]
