@@ -91,9 +91,35 @@ def test_manifest_rows_and_errors(tmp_path):
     assert "row 3: file not found: imgs/a/missing.jpg" in str(err.value)
     assert "row 4: empty label" in str(err.value)
 
+    (tmp_path / "dup.csv").write_text("path,label\nimgs/a/img_00.jpg,a\nimgs/b/img_00.jpg,b\nimgs/a/img_00.jpg,b\n")
+    with pytest.raises(TltoolError, match="row 4: imgs/a/img_00.jpg is listed again \\(first on row 2\\)"):
+        load_dataset(tmp_path / "dup.csv")
+
     (tmp_path / "col.csv").write_text("path,label,colour\nimgs/a/img_00.jpg,a,red\n")
     with pytest.raises(TltoolError, match=r"row 1 \(header\): unknown column\(s\) \['colour'\]"):
         load_dataset(tmp_path / "col.csv")
+
+
+def test_identical_photos_stay_on_one_side_of_the_split(tmp_path):
+    from tltool.features import prepare_dataset
+
+    _tree(tmp_path, {"a": 6, "b": 6})
+    for i in range(4):  # the same photo saved four times under different names
+        (tmp_path / "a" / f"copy_{i}.jpg").write_bytes((tmp_path / "a" / "img_00.jpg").read_bytes())
+    for seed in range(5):
+        checked = prepare_dataset(str(tmp_path), val_fraction=0.3, seed=seed)
+        assert not checked.leaks()
+        twins = [r for r in checked.dataset.records
+                 if r.label == "a" and (r.path.endswith("img_00.jpg") or "copy_" in r.path)]
+        assert len(twins) == 5 and len({r.split for r in twins}) == 1
+
+
+def test_class_without_training_images_is_refused(tmp_path):
+    from tltool.features import prepare_dataset
+
+    _tree(tmp_path, {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1, "val/c": 2})
+    with pytest.raises(TltoolError, match=r"\['c'\] have no usable training images"):
+        prepare_dataset(str(tmp_path))
 
 
 def test_split_manifest_round_trip(tmp_path):
@@ -113,6 +139,20 @@ def test_leakage_across_splits_is_reported(tmp_path):
     leaks = checked.leaks()
     assert len(leaks) == 1
     assert {f.record.split for f in leaks[0]} == {"train", "val"}
+
+
+def test_max_pixels_above_pillows_own_limit_is_honoured(tmp_path):
+    from PIL import Image
+
+    from tltool.images import check_image
+
+    big = tmp_path / "big.png"
+    Image.new("L", (9500, 9500)).save(big)  # 90.25 MP: above Pillow's 89.5 MP warning threshold
+    assert check_image(big, max_pixels=100_000_000).width == 9500
+    from tltool.errors import BadImageError
+
+    with pytest.raises(BadImageError, match="decompression bomb"):
+        check_image(big)  # the default limit (64 MP) still refuses it
 
 
 def test_unknown_path_and_non_dataset():
@@ -142,4 +182,5 @@ def test_tfds_dataset_becomes_files(tmp_path, monkeypatch):
     checked = check_dataset(ds, emit_warnings=False)
     # every materialised example is a real image (mock images are random sizes, some below the 32 px minimum)
     assert {f.reason for f in checked.bad} <= {"too small"}
-    assert all(f.width or f.reason for f in checked.files)
+    usable = [f for f in checked.files if f.ok]
+    assert usable and all(f.width >= 32 and f.height >= 32 and f.sha256 for f in usable)

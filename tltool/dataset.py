@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -26,6 +26,15 @@ SPLIT_ALIASES = {
 }
 HIDDEN = "hidden file (ignored)"
 OUTSIDE_CLASS = "not inside a class folder (ignored)"
+NOT_UTF8 = "file name is not valid UTF-8 (ignored; rename it)"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes in a name arrive as surrogates
+        return False
 
 
 @dataclass(frozen=True)
@@ -71,10 +80,6 @@ class Dataset:
         for r in self.records:
             out.setdefault(r.split or "all", Counter())[r.label] += 1
         return {s: dict(sorted(c.items())) for s, c in out.items()}
-
-    def without(self, paths: Iterable[str]) -> "Dataset":
-        drop = set(paths)
-        return replace(self, records=[r for r in self.records if r.path not in drop])
 
     def require_classes(self, minimum: int = 2) -> None:
         if len(self.classes) < minimum:
@@ -124,7 +129,12 @@ def _walk_files(folder: Path) -> tuple[list[Path], list[SkippedFile]]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            (files.append(path) if is_candidate_file(name) else skipped.append(SkippedFile(str(path), HIDDEN)))
+            if not is_candidate_file(name):
+                skipped.append(SkippedFile(str(path), HIDDEN))
+            elif not _utf8(str(path)):
+                skipped.append(SkippedFile(str(path).encode("utf-8", "replace").decode(), NOT_UTF8))
+            else:
+                files.append(path)
     return files, skipped
 
 
@@ -147,6 +157,7 @@ def load_manifest(spec: str) -> Dataset:
     allowed, required = {"path", "label", "split"}, {"path", "label"}
     problems: list[str] = []
     records: list[Record] = []
+    seen_rows: dict[str, int] = {}
     with open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter="\t" if spec.lower().endswith(".tsv") else ",")
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -175,6 +186,10 @@ def load_manifest(spec: str) -> Dataset:
                 problems.append(f"row {line}: file not found: {path}")
             if split is not None and split not in SPLIT_ALIASES:
                 problems.append(f"row {line}: unknown split {split!r} (use train, val or test)")
+            if str(full) in seen_rows:
+                problems.append(f"row {line}: {path} is listed again (first on row {seen_rows[str(full)]})")
+                continue
+            seen_rows[str(full)] = line
             records.append(Record(str(full), label, SPLIT_ALIASES.get(split) if split else None))
     if problems:
         shown = "\n  ".join(problems[:20])
@@ -227,10 +242,13 @@ def load_folder(spec: str) -> Dataset:
 
 
 # ------------------------------------------------------------------------------------------------ splitting
-def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
+                     groups: Mapping[str, str] | None = None) -> Dataset:
     """Give every record a split. An existing split is kept; otherwise a seeded, per-class split into train/val.
 
     The order of files on disk does not matter: each class's files are sorted before the seeded shuffle.
+    ``groups`` (path -> key, e.g. the content hash) keeps identical images on the same side, so a photo saved
+    twice cannot be in training and validation at once.
     """
     if dataset.has_split:
         splits = set(dataset.split_names())
@@ -246,25 +264,39 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0)
         dataset = replace(dataset, records=[replace(r, split=None) for r in dataset.records])
     if not 0.0 < val_fraction < 1.0:
         raise TltoolError(f"--val-fraction must be between 0 and 1, got {val_fraction}.")
-    by_class: dict[str, list[Record]] = {}
+    by_class: dict[str, dict[str, list[Record]]] = {}
     for r in dataset.records:
-        by_class.setdefault(r.label, []).append(r)
-    too_few = {c: len(rs) for c, rs in by_class.items() if len(rs) < 2}
+        key = groups.get(r.path, r.path) if groups else r.path
+        by_class.setdefault(r.label, {}).setdefault(key, []).append(r)
+    too_few = {c: len(g) for c, g in by_class.items() if len(g) < 2}
     if too_few:
         raise TltoolError(
-            f"{dataset.name}: class(es) {too_few} have fewer than 2 images; a train/val split needs at least one "
-            "image of each class on each side. Add images or remove the class."
+            f"{dataset.name}: class(es) {too_few} have fewer than 2 distinct images; a train/val split needs at "
+            "least one image of each class on each side. Add images or remove the class."
         )
     rng = random.Random(seed)
     out: list[Record] = []
     for label in sorted(by_class):
-        items = sorted(by_class[label], key=lambda r: r.path)
-        rng.shuffle(items)
-        n_val = min(len(items) - 1, max(1, round(len(items) * val_fraction)))
-        out.extend(replace(r, split="val") for r in items[:n_val])
-        out.extend(replace(r, split="train") for r in items[n_val:])
+        members = sorted((sorted(rs, key=lambda r: r.path) for rs in by_class[label].values()),
+                         key=lambda rs: rs[0].path)
+        rng.shuffle(members)
+        n_images = sum(len(rs) for rs in members)
+        n_val = min(n_images - 1, max(1, round(n_images * val_fraction)))
+        taken = 0
+        for i, rs in enumerate(members):
+            to_val = taken < n_val and i < len(members) - 1
+            taken += len(rs) if to_val else 0
+            out.extend(replace(r, split="val" if to_val else "train") for r in rs)
     out.sort(key=lambda r: (r.split != "train", r.label, r.path))
     return replace(dataset, records=out, notes=dataset.notes + [f"stratified split: val_fraction={val_fraction}, seed={seed}"])
+
+
+def require_training_images(dataset: Dataset) -> None:
+    """Every class must be in the training split, and it should be in validation too."""
+    missing = sorted({r.label for r in dataset.records} - {r.label for r in dataset.subset("train")})
+    if missing:
+        raise TltoolError(f"{dataset.name}: class(es) {missing} have no usable training images; a classifier "
+                          "cannot learn them. Add training images or remove the class.")
 
 
 def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> Path:

@@ -6,7 +6,6 @@ rotated phone photo looks the same to ``data inspect``, to extraction, to fine-t
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,7 +14,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadImageError
 
-DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000: far above any camera, far below a decompression bomb
+DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000: far above most cameras, far below a decompression bomb
+
+# tltool checks the pixel count itself (``max_pixels``, before any pixel is decoded), so Pillow's own fixed
+# limit (89.5 MP, with a warning that is not thread-safe to catch) would only refuse what --max-pixels allows.
+Image.MAX_IMAGE_PIXELS = None
 MIN_SIDE = 32
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -50,10 +53,8 @@ def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     if size == 0:
         raise BadImageError(path, EMPTY, "0 bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        im = Image.open(path)
+    except Image.DecompressionBombError as exc:
         raise BadImageError(path, BOMB, str(exc).split(" could be")[0]) from None
     except UnidentifiedImageError:
         raise BadImageError(path, NOT_AN_IMAGE, "no known image format") from None

@@ -130,13 +130,27 @@ def check_dataset(dataset: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, worker
     checked = CheckedDataset(usable, files)
     _collect_warnings(checked)
     if emit_warnings:
-        if checked.bad:
-            named = "\n  ".join(f"{f.record.path}: {f.reason}" + (f" ({f.detail})" if f.detail else "")
-                                for f in checked.bad)
-            warnings.warn(f"{len(checked.bad)} file(s) skipped:\n  {named}", BadFilesWarning, stacklevel=2)
-        for message, category in checked.issues:
-            warnings.warn(message, category, stacklevel=2)
+        warn_about(checked)
     return checked
+
+
+def warn_about(checked: CheckedDataset) -> None:
+    """Emit the named warnings: every skipped file, imbalance, leakage across splits."""
+    if checked.bad:
+        named = "\n  ".join(f"{f.record.path}: {f.reason}" + (f" ({f.detail})" if f.detail else "")
+                            for f in checked.bad)
+        warnings.warn(f"{len(checked.bad)} file(s) skipped:\n  {named}", BadFilesWarning, stacklevel=3)
+    for message, category in checked.issues:
+        warnings.warn(message, category, stacklevel=3)
+
+
+def with_split(checked: CheckedDataset, dataset) -> CheckedDataset:
+    """The same checked files, with the records (splits) of ``dataset``."""
+    by_path = {r.path: r for r in dataset.records}
+    files = [replace(f, record=by_path.get(f.record.path, f.record)) for f in checked.files]
+    result = CheckedDataset(dataset, files)
+    _collect_warnings(result)
+    return result
 
 
 def _collect_warnings(checked: CheckedDataset) -> None:
@@ -144,7 +158,7 @@ def _collect_warnings(checked: CheckedDataset) -> None:
     for split, counts in checked.dataset.counts().items():
         if len(counts) >= 2:
             lo, hi = min(counts.values()), max(counts.values())
-            if lo == 0 or hi / lo >= IMBALANCE_RATIO:
+            if hi / lo >= IMBALANCE_RATIO:
                 rare = min(counts, key=counts.get)
                 pending.append((f"class imbalance in {split}: {hi} vs {lo} images ({rare!r} is rarest); "
                                 "read balanced accuracy and per-class recall, not only accuracy", ImbalanceWarning))

@@ -50,7 +50,12 @@ def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) ->
         if download:
             builder.download_and_prepare()
         # An unprepared dataset has no split info; tfds.load(download=False) below then fails in a fraction of a second.
-        splits = splits or list(builder.info.splits.keys()) or ["train"]
+        available = list(builder.info.splits.keys()) or ["train"]
+        unknown = [s for s in available if s not in SPLIT_ALIASES]
+        splits = splits or [s for s in available if s in SPLIT_ALIASES]
+        if not splits:
+            raise TltoolError(f"{spec}: none of the splits {available} is train/validation/test; name one, e.g. "
+                              f"tfds:{name}:{available[0]}.")
         datasets = {s: tfds.load(name, split=s, data_dir=data_dir, download=False,
                                  decoders={"image": tfds.decode.SkipDecoding()}) for s in splits}
     except TltoolError:
@@ -85,7 +90,9 @@ def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) ->
         records.extend(split_records)
     if len(datasets) == 1:  # a single split is data to split later, not a ready split
         records = [Record(r.path, r.label, None) for r in records]
-    return Dataset(name=name, source=f"tfds:{name}", records=records)
+    notes = [f"TFDS splits {unknown} are not train/validation/test and were left out (tfds:{name}:SPLIT takes "
+             "one)"] if unknown and not split else []
+    return Dataset(name=name, source=f"tfds:{name}", records=records, notes=notes)
 
 
 __all__ = ["load_tfds", "tfds_data_dir"]
