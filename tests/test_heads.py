@@ -51,3 +51,14 @@ def test_search_reports_grid_and_unknown_head():
     assert len(gs.cv_results_["params"]) == len(get_head_spec("ridge").grid)
     with pytest.raises(TltoolError, match="Did you mean 'linsvm'"):
         get_head_spec("linsv")
+
+
+def test_a_class_missing_from_the_fit_is_never_predicted_and_does_not_shift_the_others():
+    Xtr, ytr, Xte, yte = _data(classes=3)
+    keep = ytr != 1  # the fit sees classes 0 and 2 only
+    gs = search(get_head_spec("logreg"), Xtr[keep], ytr[keep])
+    head = FittedHead.from_pipeline("logreg", gs.best_estimator_, ["a", "b", "c"], {}, Xtr[keep], ytr[keep])
+    proba = head.predict_proba(Xte)
+    assert proba.shape == (50, 3) and proba[:, 1].max() < 1e-6
+    seen = yte != 1
+    np.testing.assert_array_equal(proba[seen].argmax(1), gs.best_estimator_.predict(Xte[seen]))

@@ -14,7 +14,6 @@ import numpy as np
 
 from . import heads as heads_module
 from .errors import TltoolError
-from .evaluation import Evaluation
 from .features import FeatureSet, load_features
 from .heads import FittedHead, get_head_spec
 from .progress import Bar, say
@@ -212,10 +211,6 @@ def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "
     write_text_atomic(target / "learning_curve.md", f"# {title}\n\n" + "\n".join(table) +
                       f"\n\n**Reading:** {reading}\n\n![learning curve](learning_curve.png)\n")
     return points, reading, target
-
-
-def cv_evaluation(result: CVResult, y: np.ndarray, classes: list[str]) -> Evaluation:
-    return Evaluation(classes, y, result.oof_probs)
 
 
 def say_cv(result: CVResult) -> None:

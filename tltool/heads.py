@@ -5,7 +5,6 @@ training set for k-NN), not a pickle, so it loads across scikit-learn versions a
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -144,8 +143,13 @@ class FittedHead:
             return cls(name, classes, mean, scale, train_x=(X_train - mean) / scale, train_y=y_train,
                        params={**params, "n_neighbors": clf.n_neighbors})
         coef, intercept = np.atleast_2d(clf.coef_), np.atleast_1d(clf.intercept_)
-        if coef.shape[0] == 1 and len(classes) == 2:  # binary: softmax([-z/2, z/2]) == sigmoid(z)
+        if coef.shape[0] == 1:  # binary: softmax([-z/2, z/2]) == sigmoid(z)
             coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+        present = np.asarray(clf.classes_, dtype=int)
+        if len(present) < len(classes):  # a class the fit never saw can never be predicted, not shift the others
+            full_coef, full_intercept = np.zeros((len(classes), coef.shape[1])), np.full(len(classes), -1e9)
+            full_coef[present], full_intercept[present] = coef, intercept
+            coef, intercept = full_coef, full_intercept
         return cls(name, classes, mean, scale, coef=coef, intercept=intercept, params=params)
 
     @property
@@ -201,6 +205,3 @@ class FittedHead:
             arrays = {k: z[k] for k in z.files}
         return cls(meta["name"], meta["classes"], params=meta["params"], **arrays)
 
-
-def params_json(params: dict) -> str:
-    return json.dumps({k.replace("clf__", ""): v for k, v in params.items()})

@@ -11,6 +11,7 @@ from .errors import TltoolError
 from .evaluation import TTA_MODES, Evaluation
 from .features import FeatureSet, load_features
 from .heads import FittedHead, get_head_spec, search
+from .images import DEFAULT_MAX_PIXELS
 from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
@@ -53,13 +54,18 @@ def train_linear(
         raise TltoolError(f"--tta must be one of {TTA_MODES}, got {tta!r}.")
     if gradcam and not spec.linear:
         raise TltoolError(f"--gradcam needs a linear head; {head} has no weights to explain.")
+    if cv and (tta != "none" or gradcam):
+        raise TltoolError("--cv reports out-of-fold predictions of cached features: it cannot add --tta or "
+                          "--gradcam. Run without --cv for those.")
     fs = features if isinstance(features, FeatureSet) else load_features(features)
     X = fs.features(pool)
     train, val = fs.mask("train"), fs.mask("val")
     if not train.any() or not val.any():
         raise TltoolError(f"{fs.directory}: need both a train and a val split (found {sorted(set(fs.splits))}).")
     if cv:
-        return _train_linear_cv(fs, X, out, head, pool, standardize, class_weight, seed, cv, repeats, force)
+        labelled = fs.mask("train") | fs.mask("val")  # a held-out test split stays out of cross-validation
+        return _train_linear_cv(fs, X, labelled, out, head, pool, standardize, class_weight, seed, cv, repeats,
+                                force)
     start = time.perf_counter()
     gs = search(spec, X[train], fs.labels[train], standardize=standardize,
                 class_weight=None if class_weight == "none" else class_weight, seed=seed)
@@ -99,30 +105,33 @@ def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, **settings)
     run_dir = new_run_dir("linear", meta["dataset"]["name"], meta["backbone"], settings["head"], out=out, force=force)
     model_config = {"kind": "linear", "backbone": meta["backbone"], "weights": meta["weights"],
                     "image_size": meta["image_size"], "resize": meta["resize"], **settings, "classes": fs.classes,
-                    "features": str(fs.directory)}
+                    "features": str(fs.directory), "max_pixels": meta.get("max_pixels", DEFAULT_MAX_PIXELS)}
     fitted.save(run_dir)
     write_json(run_dir / "model.json", model_config)
     return run_dir, model_config
 
 
-def _train_linear_cv(fs: FeatureSet, X: np.ndarray, out, head: str, pool: str, standardize: bool, class_weight: str,
-                     seed: int, k: int, repeats: int, force: bool) -> LinearResult:
+def _train_linear_cv(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, out, head: str, pool: str, standardize: bool,
+                     class_weight: str, seed: int, k: int, repeats: int, force: bool) -> LinearResult:
     from .crossval import nested_cv, say_cv
 
+    if repeats < 1:
+        raise TltoolError(f"--repeats must be at least 1, got {repeats}.")
     spec = get_head_spec(head)
     cw = None if class_weight == "none" else class_weight
-    result = nested_cv(X, fs.labels, head, k, repeats, seed, standardize, cw, len(fs.classes))
+    X, y, paths = X[rows], fs.labels[rows], [p for p, keep in zip(fs.paths, rows) if keep]
+    result = nested_cv(X, y, head, k, repeats, seed, standardize, cw, len(fs.classes))
     say_cv(result)
-    gs = search(spec, X, fs.labels, standardize=standardize, class_weight=cw, seed=seed)
+    gs = search(spec, X, y, standardize=standardize, class_weight=cw, seed=seed)
     chosen = {key.replace("clf__", ""): v for key, v in gs.best_params_.items()}
-    fitted = FittedHead.from_pipeline(head, gs.best_estimator_, fs.classes, chosen, X, fs.labels)
+    fitted = FittedHead.from_pipeline(head, gs.best_estimator_, fs.classes, chosen, X, y)
     run_dir, model_config = _save_head(fs, fitted, out, force, head=head, pool=pool, standardize=standardize,
                                        class_weight=class_weight, chosen=chosen, seed=seed, cv=k, repeats=repeats)
-    evaluation = Evaluation(fs.classes, fs.labels, result.oof_probs)
+    evaluation = Evaluation(fs.classes, y, result.oof_probs)
     title = (f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {head}, "
              f"{repeats}x{k}-fold cross-validation (out-of-fold predictions)")
-    metrics = write_run_report(run_dir, evaluation, fs.paths, kind="linear", title=title, config=model_config,
-                               extra={"cv": result.to_json(), "n_images": len(fs.labels),
+    metrics = write_run_report(run_dir, evaluation, paths, kind="linear", title=title, config=model_config,
+                               extra={"cv": result.to_json(), "n_images": len(y),
                                       "note": "val = out-of-fold predictions of the first repeat over train+val"})
     return LinearResult(run_dir, evaluation, metrics, fitted)
 

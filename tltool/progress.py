@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, Iterator, TypeVar
-
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-T = TypeVar("T")
 console = Console(stderr=True, highlight=False)
 
 
@@ -43,14 +40,6 @@ class Bar:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def track(items: Iterable[T], total: int | None = None, description: str = "working") -> Iterator[T]:
-    """Iterate over ``items`` with a :class:`Bar`."""
-    with Bar(total, description) as bar:
-        for item in items:
-            yield item
-            bar.update()
 
 
 def say(message: str) -> None:

@@ -30,7 +30,8 @@ def backbones_cmd() -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Features folder to write.")
 @backbone_options
 @split_options
-@click.option("--chunk-size", type=int, default=1024, show_default=True, help="Images per chunk file on disk.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Images per chunk file on disk.")
 @strategy_option
 @click.option("--shard", default=None, metavar="I/N",
               help="Extract only chunks i with i % N == I (run I = 0..N-1 on N machines sharing --out); the last "
@@ -91,9 +92,10 @@ def _print_linear(result) -> None:
 @linear_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @tta_option
-@click.option("--cv", type=int, default=0, show_default=True,
+@click.option("--cv", type=click.IntRange(min=0), default=0, show_default=True,
               help="Repeated stratified K-fold over train+val instead of the val split (nested; 0: off).")
-@click.option("--repeats", type=int, default=1, show_default=True, help="Repeats of the --cv K-fold.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Repeats of the --cv K-fold.")
 @out_option
 @force_option
 def linear_cmd(features, head, pool, standardize, class_weight, gradcam, seed, tta, cv, repeats, out, force) -> None:
@@ -130,7 +132,7 @@ def probe_cmd(data, backbone, weights, image_size, resize, batch_size, val_fract
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--model", "run_dir", required=True, type=click.Path(file_okay=False),
               help="A run folder written by linear, probe, finetune or train.")
-@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @tta_option
 def predict_cmd(images, run_dir, top_k, tta) -> None:
     """Classify IMAGES with a trained run."""

@@ -25,7 +25,7 @@ def compare_cmd(run_a, run_b, data, out) -> None:
 @click.argument("features", type=click.Path(exists=True, file_okay=False))
 @click.option("--head", default="logreg", show_default=True)
 @click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True)
-@click.option("--seeds", type=int, default=5, show_default=True, help="Random subsets averaged per point.")
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Random subsets averaged per point.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @out_option
 def learning_curve_cmd(features, head, pool, seeds, seed, out) -> None:
