@@ -21,12 +21,14 @@ from click.testing import CliRunner
 
 from conftest import SAMPLE
 from tltool.errors import TltoolError
+from tltool.training import checkpoint_path
 
 # Weights of a 2-replica step vs a 1-device step on the same 16 images differ by float32 summation order only:
 # measured 1.6e-6 after 16 Adam steps, while the largest weight moved by 8e-3 (1.6e-3 in the second epoch).
 TOLERANCE = 2e-5
 FINETUNE = dict(data=str(SAMPLE), image_size=32, weights="imagenet", augment="none", dropout=0.0,
-                head_init="random", head_epochs=0, epochs=2, unfreeze="1", lr=1e-3, val_fraction=0.25)
+                head_init="random", head_epochs=0, epochs=2, unfreeze="1", lr=1e-3, warmup_epochs=0.0,
+                val_fraction=0.25)
 
 DRIVER = textwrap.dedent("""
     import json, shutil, sys
@@ -103,7 +105,7 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(two_devices):
     config = json.loads((out / "mirrored" / "metrics.json").read_text())["config"]
     assert config["strategy"] == "mirrored" and config["distribute"]["replicas"] == 2
     single, mirrored = _weights(out / "single" / "model.keras"), _weights(out / "mirrored" / "model.keras")
-    start = _weights(out / "killed" / "checkpoint.keras")  # after epoch 1 of 2
+    start = _weights(checkpoint_path(out / "killed"))  # after epoch 1 of 2
     assert _max_diff(single, start) > 50 * TOLERANCE  # epoch 2 alone moved the weights: the match means something
     assert _max_diff(single, mirrored) < TOLERANCE
     h1 = json.loads((out / "single" / "metrics.json").read_text())["history"]
@@ -137,7 +139,8 @@ def test_a_two_replica_run_resumes_on_one(two_devices):
     assert _max_diff(_weights(killed / "model.keras"), _weights(out / "single" / "model.keras")) < TOLERANCE
     from tltool._tf import keras
 
-    assert int(keras.models.load_model(killed / "checkpoint.keras", compile=True, safe_mode=True)
+    assert checkpoint_path(killed).name == "checkpoint-epoch0002.keras"
+    assert int(keras.models.load_model(checkpoint_path(killed), compile=True, safe_mode=True)
                .optimizer.iterations.numpy()) == 2 * -(-120 // 16)
 
 
@@ -175,8 +178,9 @@ def test_two_workers_on_localhost_only_the_chief_writes(tmp_path):
     assert "chief (worker 0) writes the run folder" in outputs[1][0]
     chief = tmp_path / "run0"
     assert not (tmp_path / "run1").exists() and not any((tmp_path / "tmp1").iterdir())  # the scratch folder is gone
-    for name in ("model.keras", "model.json", "metrics.json", "report.md", "checkpoint.keras"):
+    for name in ("model.keras", "model.json", "metrics.json", "report.md", "split.csv"):
         assert (chief / name).exists(), name
+    assert checkpoint_path(chief).name == "checkpoint-epoch0002.keras"
     record = json.loads((chief / "model.json").read_text())["distribute"]
     assert record["strategy"] == "multiworker" and record["workers"] == 2 and record["replicas"] == 2
     assert record["global_batch_size"] == 16

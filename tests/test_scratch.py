@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -34,3 +35,126 @@ def test_bad_architecture_option_is_one_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["train", str(SAMPLE), "--arch", "lenet5", "--initializer", "he",
                                        "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "initializer" in result.output
+
+
+TINY = ["--arch", "lenet5", "--epochs", "1", "--batch-size", "16", "--val-fraction", "0.25"]
+
+
+def _copy_shapes(target):
+    import shutil
+
+    from conftest import SAMPLE
+
+    shutil.copytree(SAMPLE, target)
+    return target
+
+
+def _val_paths(run) -> set[str]:
+    import csv
+
+    return {r["path"] for r in csv.DictReader(open(run / "predictions.csv"))}
+
+
+def test_resume_trains_on_the_split_the_run_started_with(tmp_path):
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    data, run = _copy_shapes(tmp_path / "shapes"), tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(data), *TINY, "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(run / "split.csv")))
+    assert len(rows) == 160 and all(Path(r["path"]).is_absolute() for r in rows)
+    assert sum(r["split"] == "val" for r in rows) == 40
+    assert json.loads((run / "config.json").read_text())["kind"] == "scratch"
+    before = _val_paths(run)
+    # photos added to the folder after the run started: re-splitting it would move images between the splits
+    rng = np.random.default_rng(0)
+    for label in ("circle", "square", "star", "triangle"):
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(data / label / f"new_{i}.png")
+    result = runner.invoke(main, ["train", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_train"] == 120 and metrics["n_val"] == 40
+    assert _val_paths(run) == before
+    # without split.csv the run cannot be resumed on the data it started with: one clear line
+    (run / "split.csv").unlink()
+    result = runner.invoke(main, ["train", "--resume", str(run)])
+    assert result.exit_code == 2 and "no split.csv" in result.output and "Traceback" not in result.output
+
+
+def test_resume_refuses_a_run_of_the_other_command(tmp_path):
+    scratch, finetuned = tmp_path / "scratch", tmp_path / "finetune"
+    for folder, kind in ((scratch, "scratch"), (finetuned, "finetune")):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"kind": kind, "data": "x"}))
+    runner = CliRunner()
+    result = runner.invoke(main, ["finetune", "--resume", str(scratch)])
+    assert result.exit_code == 2 and "from-scratch run" in result.output
+    assert f"tltool train --resume {scratch}" in result.output
+    result = runner.invoke(main, ["train", "--resume", str(finetuned)])
+    assert result.exit_code == 2 and f"tltool finetune --resume {finetuned}" in result.output
+    (scratch / "config.json").write_text(json.dumps({"data": "x", "arch": "lenet5"}))  # before `kind` was stored
+    result = runner.invoke(main, ["finetune", "--resume", str(scratch)])
+    assert result.exit_code == 2 and "from-scratch run" in result.output
+
+
+def test_a_run_with_a_larger_max_pixels_evaluates_its_large_images(tmp_path):
+    from PIL import Image
+
+    from conftest import SAMPLE
+
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (8000, 8001), (200, 40, 40)).save(big, quality=30)  # 64,008,000 pixels > the 64 MP default
+    lines = ["path,label,split"]
+    for label in ("circle", "square", "star", "triangle"):
+        for i, path in enumerate(sorted((SAMPLE / label).glob("*.jpg"))[:12]):
+            lines.append(f"{path},{label},{'val' if i < 3 else 'train'}")
+    lines.append(f"{big},star,val")
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "data.csv"), *TINY, "--max-pixels", "70000000",
+                                       "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "model.json").read_text())["max_pixels"] == 70_000_000
+    assert json.loads((run / "metrics.json").read_text())["n_val"] == 13
+    assert str(big) in _val_paths(run)
+    from tltool.models import load_run
+
+    assert load_run(run).predict_paths([str(big)]).shape == (1, 4)
+
+
+def test_evaluate_and_compare_on_data_without_a_usable_image(tmp_path):
+    data, run = _copy_shapes(tmp_path / "shapes"), tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", str(data), *TINY, "--out", str(run)]).exit_code == 0
+    bad = tmp_path / "bad"
+    for label in ("circle", "star"):
+        (bad / label).mkdir(parents=True)
+        (bad / label / "a.jpg").write_text("not an image")
+    result = runner.invoke(main, ["evaluate", str(run), str(bad), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 2 and "no usable images" in result.output and "Traceback" not in result.output
+    result = runner.invoke(main, ["compare", str(run), str(run), str(bad)])
+    assert result.exit_code == 2 and "no usable images" in result.output
+
+
+def test_cli_defaults_are_the_config_defaults():
+    from dataclasses import MISSING, fields
+
+    from tltool.configs import FinetuneConfig, ScratchConfig
+    from tltool.recipes import recipe_commands
+
+    commands = recipe_commands()
+    for command, config in (("finetune", FinetuneConfig), ("train", ScratchConfig)):
+        params = {p.name: p for p in commands[command].params}
+        for f in fields(config):
+            if f.name == "data":
+                continue
+            assert f.name in params, f"{command}: no option for {f.name}"  # recipes use the field names
+            assert params[f.name].default == f.default, (command, f.name)
+    assert FinetuneConfig().train_options() == FinetuneConfig().stage_options(12, 1e-4)
+    assert (FinetuneConfig.head_epochs, FinetuneConfig.epochs, FinetuneConfig.lr, FinetuneConfig.warmup_epochs,
+            FinetuneConfig.unfreeze) == (2, 12, 1e-4, 1.0, "2")

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .images import DEFAULT_MAX_PIXELS
 from .stats import Proportion
 
 TTA_MODES = ("none", "flip", "10crop")
@@ -110,17 +111,19 @@ def n_views(mode: str) -> int:
 
 
 def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
-                     batch_size: int = 32, description: str = "predicting") -> np.ndarray:
+                     batch_size: int = 32, description: str = "predicting",
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Class probabilities for ``paths``, averaged over the TTA views.
 
     ``predict_views`` maps a batch of views ``(B * V, size, size, 3)`` in 0..255 to probabilities ``(B * V, C)``.
+    ``max_pixels``: the decode limit the run was trained with (``--max-pixels``).
     """
     from .pipeline import image_dataset
     from .progress import Bar
 
     views = n_views(tta)
     ds = image_dataset(list(paths), image_size=tta_decode_size(tta, image_size), resize=resize,
-                       batch_size=batch_size)
+                       batch_size=batch_size, max_pixels=max_pixels)
     out = []
     with Bar(len(paths), description) as bar:
         for images in ds:

@@ -8,11 +8,12 @@ statistics are therefore never updated by a small, augmented dataset.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
+from .configs import FinetuneConfig
 from .dataset import label_indices
 from .errors import TltoolError
 from .evaluation import Evaluation
@@ -20,7 +21,7 @@ from .features import prepare_dataset
 from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
-from .supervised import RunConfig, TrainResult, train_and_report
+from .supervised import TrainResult, train_and_report
 from .training import Stage
 from .utils import write_json
 
@@ -103,19 +104,6 @@ def set_trainable(base, unfreeze: str) -> int:
     return len(base.trainable_weights)
 
 
-@dataclass
-class FinetuneConfig(RunConfig):
-    """A fine-tuning run; saved as ``config.json`` so ``--resume`` continues the same run."""
-
-    backbone: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    dropout: float = 0.2
-    head_init: str = "probe"
-    head_epochs: int = 10
-    head_lr: float = 1e-3
-    unfreeze: str = "3"
-
-
 FinetuneResult = TrainResult
 HEAD_INITS = ("probe", "random")
 
@@ -158,7 +146,7 @@ def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str 
         return out
 
     return train_and_report(
-        config, kind="finetune", name=spec.name, image_size=image_size,
+        config, kind=FinetuneConfig.KIND, name=spec.name, image_size=image_size,
         build=lambda n: build_classifier(spec.name, config.weights, image_size, n, config.dropout),
         initialize=initialize if config.head_init == "probe" else None,
         stages=stages, out=out, resume=Path(resume) if resume else None, force=force,
@@ -220,7 +208,7 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     say(f"cross-validated fine-tuning: {k} folds x ({config.head_epochs} + {config.epochs}) epochs on "
         f"{len(y)} images; estimated time {estimate / 60:.1f} min on this machine")
     run_dir = new_run_dir("finetune-cv", checked.dataset.name, spec.name, out=out, force=force)
-    write_json(run_dir / "config.json", {**asdict(config), "cv": k})
+    write_json(run_dir / "config.json", {**asdict(config), "kind": "finetune-cv", "cv": k})
     oof = np.zeros((len(y), len(classes)))
     scores, tests = [], []
     index = {r.path: i for i, r in enumerate(records)}

@@ -10,6 +10,7 @@ import numpy as np
 from .dataset import Dataset, load_dataset
 from .errors import TltoolError
 from .evaluation import Evaluation, TTA_MODES, predict_with_tta
+from .images import DEFAULT_MAX_PIXELS
 from .utils import read_json
 
 
@@ -21,13 +22,19 @@ class RunModel:
     resize: str
     config: dict
 
+    @property
+    def max_pixels(self) -> int:
+        """The decode limit the run was trained with (``--max-pixels``); older runs did not record it."""
+        return int(self.config.get("max_pixels") or DEFAULT_MAX_PIXELS)
+
     def predict_views(self, batch) -> np.ndarray:
         raise NotImplementedError
 
     def predict_paths(self, paths: Sequence[str], tta: str = "none", batch_size: int = 32) -> np.ndarray:
         if tta not in TTA_MODES:
             raise TltoolError(f"--tta must be one of {TTA_MODES}, got {tta!r}.")
-        return predict_with_tta(self.predict_views, paths, self.image_size, self.resize, tta, batch_size)
+        return predict_with_tta(self.predict_views, paths, self.image_size, self.resize, tta, batch_size,
+                                max_pixels=self.max_pixels)
 
 
 class LinearRunModel(RunModel):
@@ -92,6 +99,11 @@ def load_run(run_dir: str | Path) -> RunModel:
     return loader(run_dir, config)
 
 
+def no_usable_images(name: str, n_files: int) -> str:
+    return (f"{name}: no usable images: none of its {n_files} file(s) could be read as an image (see the warning "
+            "above for each file's reason). Point DATA at a folder of class sub-folders with photos in them.")
+
+
 @dataclass
 class Prediction:
     path: str
@@ -103,7 +115,7 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
 
     model = load_run(run_dir)
     for path in images:
-        check_image(path)  # a bad file is a clear error naming it
+        check_image(path, max_pixels=model.max_pixels)  # a bad file is a clear error naming it
     probs = model.predict_paths(list(images), tta=tta)
     out = []
     for path, p in zip(images, probs):
@@ -121,8 +133,10 @@ def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | Non
 
     model = load_run(run_dir)
     dataset = load_dataset(data) if not isinstance(data, Dataset) else data
-    checked = check_dataset(dataset)
+    checked = check_dataset(dataset, max_pixels=model.max_pixels)
     records = checked.dataset.records
+    if not records:
+        raise TltoolError(no_usable_images(dataset.name, len(checked.files)))
     unknown = sorted({r.label for r in records} - set(model.classes))
     if unknown:
         raise TltoolError(f"{dataset.name}: labels {unknown} are not classes of the model {model.classes}.")

@@ -1,25 +1,12 @@
 """Training a reference CNN from scratch (LeNet-5, AlexNet, VGG, ...) with the fine-tuning machinery."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from .supervised import RunConfig, TrainResult, train_and_report
+from .configs import ScratchConfig
+from .supervised import TrainResult, train_and_report
 from .training import Stage
-
-
-@dataclass
-class ScratchConfig(RunConfig):
-    """A from-scratch run. ``None`` options take the architecture's (paper's) default."""
-
-    arch: str = "lenet5"
-    initializer: str | None = None
-    batch_norm: bool | None = None
-    dropout: float | None = None
-    augment: str = "none"
-    epochs: int = 20
-    lr: float = 1e-3
-    label_smoothing: float = 0.0
 
 
 def train_from_scratch(config: ScratchConfig, out: str | Path | None = None, resume: str | Path | None = None,
@@ -39,7 +26,7 @@ def train_from_scratch(config: ScratchConfig, out: str | Path | None = None, res
 
     build(2)  # a bad --arch option fails now, not after the data is checked
     return train_and_report(
-        config, kind="scratch", name=spec.name, image_size=image_size, build=build,
+        config, kind=ScratchConfig.KIND, name=spec.name, image_size=image_size, build=build,
         stages=lambda: [Stage("train", config.stage_options(config.epochs, config.lr))],
         model_config={"arch": spec.name, "initializer": config.initializer, "batch_norm": config.batch_norm,
                       "dropout": config.dropout},

@@ -5,67 +5,29 @@ final model file, and the same evaluation report as the linear path all live her
 """
 from __future__ import annotations
 
+import csv
+import io
+import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .dataset import label_indices
+from .configs import RunConfig, TrainOptions  # noqa: F401  (RunConfig's home was here; it stays importable)
+from .dataset import Dataset, label_indices, load_dataset
 from .distribute import resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError
 from .evaluation import TTA_MODES, Evaluation
 from .features import prepare_dataset
-from .images import DEFAULT_MAX_PIXELS
 from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
-from .training import Stage, TrainOptions, plot_history, run_stages
-from .utils import atomic_path, read_json, write_json
+from .training import Stage, plot_history, run_stages
+from .utils import atomic_path, read_json, write_json, write_text_atomic
 
-
-@dataclass
-class RunConfig:
-    """Settings shared by every supervised run; field names are the CLI option names."""
-
-    data: str
-    image_size: int | None = None
-    resize: str = "crop"
-    batch_size: int = 32
-    val_fraction: float = 0.2
-    seed: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    augment: str = "standard"
-    epochs: int = 15
-    lr: float = 3e-4
-    optimizer: str = "adam"
-    weight_decay: float | None = None
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    step_epochs: int = 10
-    gamma: float = 0.1
-    label_smoothing: float = 0.1
-    early_stopping: int = 0
-    class_weight: str = "none"
-    mixed_precision: bool = False
-    strategy: str = "auto"
-    scale_lr: bool = False
-    tta: str = "none"
-
-    def stage_options(self, epochs: int, lr: float) -> TrainOptions:
-        return TrainOptions(epochs=epochs, lr=lr, optimizer=self.optimizer, weight_decay=self.weight_decay,
-                            schedule=self.schedule, warmup_epochs=self.warmup_epochs, step_epochs=self.step_epochs,
-                            gamma=self.gamma, label_smoothing=self.label_smoothing,
-                            early_stopping=self.early_stopping)
-
-    @classmethod
-    def from_run(cls, run_dir: Path):
-        if not (run_dir / "config.json").exists():
-            raise TltoolError(f"--resume {run_dir}: not a training run folder (no config.json).")
-        stored = read_json(run_dir / "config.json")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in stored.items() if k in known})
+SPLIT_FILE = "split.csv"  # the exact split of a run (absolute paths): what --resume trains and validates on
 
 
 @dataclass
@@ -114,6 +76,29 @@ def _distribute_record(config: RunConfig, info, resume: Path | None) -> dict:
     return record
 
 
+def write_split(dataset: Dataset, target: Path) -> None:
+    """``path,label,split`` of every usable record, with absolute paths: the exact data of this run."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", "split"])
+    for r in dataset.records:
+        writer.writerow([os.path.abspath(r.path), r.label, r.split])
+    write_text_atomic(target, buf.getvalue())
+
+
+def load_split(run_dir: Path) -> Dataset:
+    """The data a run was started on, from its ``split.csv`` (not the data folder as it is now: photos added since
+    would change the seeded split, and validation images would land in training)."""
+    path = run_dir / SPLIT_FILE
+    if not path.exists():
+        raise TltoolError(f"--resume {run_dir}: the run folder has no {SPLIT_FILE}, so the exact training/validation "
+                          "split it started with cannot be restored (runs made before tltool wrote it). Start a new "
+                          "run instead of resuming this one.")
+    dataset = load_dataset(str(path))
+    name = read_json(run_dir / "config.json").get("dataset")
+    return replace(dataset, name=name) if name else dataset
+
+
 def train_and_report(config: RunConfig, *, kind: str, name: str, image_size: int,
                      build: Callable[[int], object], stages: Callable[[], list[Stage]], model_config: dict,
                      out: str | Path | None = None, resume: Path | None = None, force: bool = False,
@@ -121,7 +106,8 @@ def train_and_report(config: RunConfig, *, kind: str, name: str, image_size: int
     """Prepare data, train ``build(num_classes)`` through ``stages()``, save ``model.keras`` and the report.
 
     ``initialize(model, train_paths, train_labels)`` runs once on a new model (not on resume), e.g. to start
-    the classifier from a linear probe.
+    the classifier from a linear probe. A new run writes its exact split as ``split.csv``; ``resume`` trains on
+    that file, whatever the data folder holds now.
     """
     from ._tf import keras
     from .augment import build_augmentation, load_size
@@ -135,7 +121,8 @@ def train_and_report(config: RunConfig, *, kind: str, name: str, image_size: int
         stage.options.validate()
     set_precision(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
-    checked = prepare_dataset(config.data, config.val_fraction, config.seed, config.max_pixels)
+    source = load_split(resume) if resume else config.data
+    checked = prepare_dataset(source, config.val_fraction, config.seed, config.max_pixels)
     dataset = checked.dataset
     classes = dataset.classes
     train, val = dataset.subset("train"), dataset.subset("val")
@@ -175,7 +162,9 @@ def train_and_report(config: RunConfig, *, kind: str, name: str, image_size: int
 
     def fit(target: Path):
         if not resume:
-            write_json(target / "config.json", {**asdict(config), "image_size": image_size, "distribute": distribute})
+            write_split(dataset, target / SPLIT_FILE)
+            write_json(target / "config.json", {**asdict(config), "kind": kind, "dataset": dataset.name,
+                                                "image_size": image_size, "distribute": distribute})
         start = time.perf_counter()
         model, state = run_stages(new_model, scaled_stages(), train_data, val_data,
                                   int(np.ceil(len(train) / global_batch)), target, class_weight,
@@ -197,8 +186,8 @@ def train_and_report(config: RunConfig, *, kind: str, name: str, image_size: int
     if len(nested) == 1:  # the backbone inside a fine-tuned classifier (Grad-CAM and unfreezing look it up)
         model_config = {**model_config, "base_layer": nested[0]}
     write_json(run_dir / "model.json", {"kind": kind, **model_config, "image_size": image_size,
-                                        "resize": config.resize, "classes": classes, "seed": config.seed,
-                                        "distribute": distribute})
+                                        "resize": config.resize, "max_pixels": config.max_pixels,
+                                        "classes": classes, "seed": config.seed, "distribute": distribute})
     plot_history(state.history, run_dir / "training_curves.png", f"{dataset.name}: {kind} {name}")
 
     runner = load_run(run_dir)

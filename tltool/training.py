@@ -1,8 +1,13 @@
 """The training machinery shared by fine-tuning and training from scratch.
 
 Optimizers and learning-rate schedules by name (registries, not if-chains), an epoch loop that checkpoints
-after every epoch (temp name + rename) so ``--resume`` continues at the right epoch with the optimizer state,
-early stopping and reduce-on-plateau whose state survives a resume, and a NaN guard that stops at once.
+after every epoch so ``--resume`` continues at the right epoch with the optimizer state, early stopping (per stage)
+and reduce-on-plateau whose state survives a resume, and a NaN guard that stops at once.
+
+Checkpoints are consistent with ``state.json`` at every instant: epoch N's model is written as
+``checkpoint-epoch000N.keras`` (temp name + rename), then ``state.json`` (atomic) names it, and only then are older
+checkpoints deleted. A kill at any point leaves a ``state.json`` whose named checkpoint exists and holds exactly the
+epochs it counts, so a resumed run never repeats or skips an epoch.
 
 Under a ``tf.distribute`` strategy (``--strategy mirrored|multiworker``) the model is built, loaded and compiled in
 the strategy's scope and each epoch runs a distributed step (``strategy.run``) instead of ``model.fit``: Keras 3.15's
@@ -18,15 +23,16 @@ import csv
 import io
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .errors import TltoolError, did_you_mean
 from rich.markup import escape
 
+from .configs import TrainOptions
+from .errors import TltoolError
 from .progress import Bar, say
 from .utils import atomic_path, read_json, write_json, write_text_atomic
 
@@ -106,34 +112,6 @@ SCHEDULES: dict[str, Callable] = {"constant": _constant, "step": _step, "exponen
                                   "cosine": _cosine, "plateau": _constant}
 
 
-@dataclass
-class TrainOptions:
-    """Settings of one training stage; every field has the same name as its CLI option."""
-
-    epochs: int = 10
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float | None = None
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    step_epochs: int = 10
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    early_stopping: int = 0  # patience in epochs on val loss; 0 = off
-    plateau_patience: int = 2
-    plateau_factor: float = 0.3
-
-    def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise did_you_mean(self.optimizer, OPTIMIZERS, "optimizer")
-        if self.schedule not in SCHEDULES:
-            raise did_you_mean(self.schedule, SCHEDULES, "schedule")
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise TltoolError(f"--lr must be a positive number, got {self.lr}.")
-        if not 0 <= self.label_smoothing < 1:
-            raise TltoolError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
-
-
 def make_optimizer(options: TrainOptions, steps_per_epoch: int):
     from ._tf import keras
 
@@ -166,26 +144,57 @@ class Stage:
     prepare: Callable[[object], None] = field(default=lambda model: None)
 
 
+CHECKPOINT_NAME = "checkpoint-epoch{:04d}.keras"  # the model (and optimizer) after that epoch
+BEST_NAME = "best-epoch{:04d}.weights.h5"  # the weights of the current stage's best val loss so far
+_STALE = ("checkpoint-epoch*.keras", "best-epoch*.weights.h5", ".checkpoint-epoch*", ".best-epoch*",
+          "checkpoint.keras", "best.weights.h5")  # the last two: names of older tltool versions
+
+
 @dataclass
 class LoopState:
-    """Everything needed to continue after a kill: written next to the checkpoint after every epoch."""
+    """Everything needed to continue after a kill: ``state.json``, written after every epoch's checkpoint."""
 
     stage: int = 0
     stage_epoch: int = 0
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
-    best_val_loss: float = float("inf")
+    best_val_loss: float = float("inf")  # of the current stage
+    best_epoch: int = 0
+    best_weights: str | None = None  # file name of the current stage's best weights
     wait: int = 0
     plateau_wait: int = 0
     lr_scale: float = 1.0
-    stopped_early: bool = False
+    stage_stopped: bool = False  # the current stage stopped early: a resume goes on with the next stage
+    stopped_early: list[str] = field(default_factory=list)  # names of the stages that stopped early
+    checkpoint: str = "checkpoint.keras"  # file name of the model after the last finished epoch
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> "LoopState":
-        return cls(**read_json(path))
+        stored = read_json(path)
+        if isinstance(stored.get("stopped_early"), bool):  # older state.json: one flag that ended the run
+            stored["stage_stopped"], stored["stopped_early"] = stored["stopped_early"], []
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in known})
+
+
+def checkpoint_path(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``state.json`` of ``run_dir`` names (the model after its last finished epoch), or None."""
+    state_path = Path(run_dir) / "state.json"
+    if not state_path.exists():
+        return None
+    path = Path(run_dir) / LoopState.load(state_path).checkpoint
+    return path if path.exists() else None
+
+
+def _remove_stale(run_dir: Path, keep: set[str | None]) -> None:
+    """Delete the checkpoints and best weights that ``state.json`` no longer names (and leftover temp files)."""
+    for pattern in _STALE:
+        for path in run_dir.glob(pattern):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
 
 
 class NonFiniteLoss(TltoolError):
@@ -307,45 +316,58 @@ def run_stages(
     """Train through ``stages``; ``train_data(epoch)`` gives that epoch's dataset (seeded by epoch, so a resumed
     run sees the same data order and augmentation as an uninterrupted one). Returns (model, LoopState).
 
+    Early stopping is per stage: when a stage's val loss has not improved for ``early_stopping`` epochs, that stage
+    ends with its best weights restored and the next stage starts (``state.stopped_early`` names the stages).
+
     ``strategy``: a ``tf.distribute`` strategy (None: the default one, through ``model.fit``); the datasets are then
     batched by the global batch and the strategy splits them. ``resume_from``: where the checkpoint to resume is,
     when it is not ``run_dir`` (a worker that reads the chief's run folder and writes its own scratch folder).
     """
     from ._tf import keras
 
-    checkpoint, state_path, best_path = run_dir / "checkpoint.keras", run_dir / "state.json", run_dir / "best.weights.h5"
+    state_path = run_dir / "state.json"
     source = resume_from or run_dir
     scope = strategy.scope if strategy is not None else contextlib.nullcontext
     state = LoopState()
     model = None
-    if resume and (source / "state.json").exists() and (source / "checkpoint.keras").exists():
+    found = checkpoint_path(source) if resume else None
+    if found is not None:
         from .arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers for loading)
         from .backbones import layers  # noqa: F401
 
         state = LoopState.load(source / "state.json")
         with scope():  # the .keras file does not depend on the replica count: it loads under any strategy
-            model = keras.models.load_model(source / "checkpoint.keras", safe_mode=True)
+            model = keras.models.load_model(found, safe_mode=True)
         say(f"resuming after epoch {state.epoch} (stage {stages[state.stage].name}, "
-            f"{state.stage_epoch}/{stages[state.stage].options.epochs} done)")
+            f"{state.stage_epoch}/{stages[state.stage].options.epochs} done"
+            + (", stopped early" if state.stage_stopped else "") + ")")
     elif resume:
         say("no checkpoint found: starting from the beginning")
     if model is None:
         with scope():
             model = build_model()
+
+    def best_file() -> Path | None:  # this stage's best weights: written here, or by the run resumed from
+        for folder in (run_dir, source):
+            if state.best_weights and (folder / state.best_weights).exists():
+                return folder / state.best_weights
+        return None
+
     total_epochs = sum(s.options.epochs for s in stages)
     LoopCallback = _callback_class()
     distributed = None
     for index, stage in enumerate(stages):
-        if index < state.stage:
+        if index < state.stage or (index == state.stage and state.stage_stopped):
             continue
         options = stage.options
         if index > state.stage or state.stage_epoch == 0:  # entering a stage: set trainable layers, new optimizer
             state.stage, state.stage_epoch, state.wait, state.plateau_wait, state.lr_scale = index, 0, 0, 0, 1.0
-            state.best_val_loss = float("inf")
+            state.best_val_loss, state.best_epoch, state.best_weights = float("inf"), 0, None
+            state.stage_stopped = False
             stage.prepare(model)
             with scope():
                 compile_model(model, options, steps_per_epoch)
-        if options.epochs == 0 or state.stopped_early:
+        if options.epochs == 0:
             continue
         if strategy is not None:
             distributed = DistributedEpoch(model, strategy, options, class_weight)
@@ -370,10 +392,12 @@ def run_stages(
                 state.stage_epoch += 1
                 improved = row.get("val_loss", float("inf")) < state.best_val_loss - 1e-4
                 if improved:
-                    state.best_val_loss = row["val_loss"]
+                    state.best_val_loss, state.best_epoch = row["val_loss"], state.epoch
                     state.wait = state.plateau_wait = 0
-                    with atomic_path(best_path, suffix=".weights.h5") as tmp:
+                    name = BEST_NAME.format(state.epoch)
+                    with atomic_path(run_dir / name, suffix=".weights.h5") as tmp:
                         model.save_weights(str(tmp))
+                    state.best_weights = name
                 else:
                     state.wait += 1
                     state.plateau_wait += 1
@@ -382,23 +406,32 @@ def run_stages(
                     state.plateau_wait = 0
                     say(f"val loss has not improved for {options.plateau_patience} epochs: lr -> "
                         f"{options.lr * state.lr_scale:g}")
-                if options.early_stopping and state.wait >= options.early_stopping:
-                    state.stopped_early = True
+                stop = bool(options.early_stopping) and state.wait >= options.early_stopping
                 say(f"epoch {state.epoch}/{total_epochs} ({escape(stage.name)}) loss {row['loss']:.4f} acc "
                     f"{row.get('accuracy', float('nan')):.3f} val_loss {row.get('val_loss', float('nan')):.4f} "
                     f"val_acc {row.get('val_accuracy', float('nan')):.3f} lr {lr:.2g} ({row['seconds']:.1f} s)"
-                    + (" - early stop" if state.stopped_early else ""))
-                with atomic_path(checkpoint, suffix=".keras") as tmp:
+                    + (" - early stop" if stop else ""))
+                if stop:
+                    state.stage_stopped = True
+                    state.stopped_early.append(stage.name)
+                    best = best_file()
+                    if best is not None:  # the stage ends with its best weights, not its last epoch's
+                        model.load_weights(str(best))
+                    following = (f"; going on with stage {escape(stages[index + 1].name)}"
+                                 if index + 1 < len(stages) else "")
+                    say(f"early stopping in stage {escape(stage.name)}: val loss did not improve for "
+                        f"{options.early_stopping} epochs"
+                        + (f"; keeping the weights of epoch {state.best_epoch}" if best is not None else "")
+                        + following)
+                name = CHECKPOINT_NAME.format(state.epoch)
+                with atomic_path(run_dir / name, suffix=".keras") as tmp:
                     model.save(str(tmp))
-                state.save(state_path)
+                state.checkpoint = name
+                state.save(state_path)  # from here on a resume starts from this checkpoint
                 write_history(state.history, run_dir / "history.csv")
-                if state.stopped_early:
+                _remove_stale(run_dir, {state.checkpoint, state.best_weights})
+                if stop:
                     break
-        if state.stopped_early:
-            say(f"early stopping: val loss did not improve for {options.early_stopping} epochs")
-            break
-    if state.stopped_early and best_path.exists():
-        model.load_weights(str(best_path))  # the weights of the best validation loss, not the last epoch
     return model, state
 
 

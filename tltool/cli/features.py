@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from .options import backbone_options, force_option, out_option, split_options, strategy_option, tta_option
+from .output import echo_tta
 
 
 @click.command("backbones")
@@ -80,10 +81,7 @@ def _print_linear(result) -> None:
                    f"(n={acc['n']}; {cv['description']}; folds {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f})")
     else:
         click.echo(accuracy_line(result.evaluation))
-    for name, tta in (result.metrics.get("tta") or {}).items():
-        acc = tta["accuracy"]
-        click.echo(f"val accuracy with TTA {name} {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
-                   f"(n={acc['n']})")
+    echo_tta(result.metrics)
     click.echo(f"report: {result.run_dir / 'report.md'}")
 
 

@@ -3,31 +3,42 @@ from __future__ import annotations
 
 import click
 
+from ..configs import FinetuneConfig, RunConfig, ScratchConfig
 from .options import backbone_options, force_option, out_option, split_options, strategy_option, tta_option
+from .output import echo_tta
 
 AUGMENT_HELP = "none, light, standard, heavy, or an albumentations pipeline file (YAML/JSON from A.save)."
 
 
-def training_options(augment: str = "standard", label_smoothing: float = 0.1):
-    """Options of the training loop, named exactly as the fields of tltool.supervised.RunConfig."""
+def training_options(config: type[RunConfig]):
+    """Options of the training loop, named exactly as the fields of ``config``, with its defaults."""
     options = [
-        click.option("--optimizer", default="adam", show_default=True,
+        click.option("--optimizer", default=config.optimizer, show_default=True,
                      help="sgd, momentum, nesterov, adagrad, adadelta, rmsprop, adam, adamw."),
-        click.option("--weight-decay", type=float, default=None, help="Decoupled weight decay."),
-        click.option("--schedule", default="cosine", show_default=True,
+        click.option("--weight-decay", type=float, default=config.weight_decay, help="Decoupled weight decay."),
+        click.option("--schedule", default=config.schedule, show_default=True,
                      help="constant, step, exponential, cosine (with --warmup-epochs), plateau."),
-        click.option("--warmup-epochs", type=float, default=0.0, show_default=True),
-        click.option("--step-epochs", type=int, default=10, show_default=True, help="step: decay every N epochs."),
-        click.option("--gamma", type=float, default=0.1, show_default=True,
+        click.option("--warmup-epochs", type=float, default=config.warmup_epochs, show_default=True,
+                     help="cosine: epochs of linear warm-up from 1% of the learning rate, in each stage."),
+        click.option("--step-epochs", type=int, default=config.step_epochs, show_default=True,
+                     help="step: decay every N epochs."),
+        click.option("--gamma", type=float, default=config.gamma, show_default=True,
                      help="step: factor per step; exponential: factor per epoch."),
-        click.option("--label-smoothing", type=float, default=label_smoothing, show_default=True),
-        click.option("--early-stopping", type=int, default=0, show_default=True,
-                     help="Stop after N epochs without a better val loss (and keep the best weights); 0: off."),
-        click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True),
-        click.option("--augment", default=augment, show_default=True, help=AUGMENT_HELP),
-        click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU (refused on CPU)."),
+        click.option("--plateau-patience", type=int, default=config.plateau_patience, show_default=True,
+                     help="plateau: epochs without a better val loss before the learning rate drops."),
+        click.option("--plateau-factor", type=float, default=config.plateau_factor, show_default=True,
+                     help="plateau: factor of each drop."),
+        click.option("--label-smoothing", type=float, default=config.label_smoothing, show_default=True),
+        click.option("--early-stopping", type=int, default=config.early_stopping, show_default=True,
+                     help="End a stage after N epochs without a better val loss (with that stage's best weights; "
+                          "the next stage still runs); 0: off."),
+        click.option("--class-weight", type=click.Choice(["none", "balanced"]), default=config.class_weight,
+                     show_default=True),
+        click.option("--augment", default=config.augment, show_default=True, help=AUGMENT_HELP),
+        click.option("--mixed-precision", is_flag=True, default=config.mixed_precision,
+                     help="float16 compute on a GPU (refused on CPU)."),
         strategy_option,
-        click.option("--scale-lr", is_flag=True,
+        click.option("--scale-lr", is_flag=True, default=config.scale_lr,
                      help="Multiply the learning rates by the number of replicas (linear scaling rule)."),
     ]
 
@@ -46,10 +57,7 @@ def _print_run(result) -> None:
         click.echo("this worker's share of training is done; the chief (worker 0) writes the run folder and report")
         return
     click.echo(accuracy_line(result.evaluation))
-    for name, tta in (result.metrics.get("tta") or {}).items():
-        acc = tta["accuracy"]
-        click.echo(f"val accuracy with TTA {name} {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
-                   f"(n={acc['n']})")
+    echo_tta(result.metrics)
     click.echo(f"report: {result.run_dir / 'report.md'}")
 
 
@@ -57,28 +65,31 @@ def _print_run(result) -> None:
 @click.argument("data", required=False)
 @backbone_options
 @split_options
-@training_options()
-@click.option("--head-init", type=click.Choice(["probe", "random"]), default="probe", show_default=True,
-              help="Start the classifier as the linear probe (LP-FT) or at random.")
-@click.option("--head-epochs", type=int, default=10, show_default=True, help="Stage 1: the new head alone.")
-@click.option("--head-lr", type=float, default=1e-3, show_default=True)
-@click.option("--epochs", type=int, default=15, show_default=True, help="Stage 2: with the top unfrozen.")
-@click.option("--lr", type=float, default=3e-4, show_default=True)
-@click.option("--unfreeze", default="3", show_default=True,
+@training_options(FinetuneConfig)
+@click.option("--head-init", type=click.Choice(["probe", "random"]), default=FinetuneConfig.head_init,
+              show_default=True, help="Start the classifier as the linear probe (LP-FT) or at random.")
+@click.option("--head-epochs", type=int, default=FinetuneConfig.head_epochs, show_default=True,
+              help="Stage 1: the new head alone.")
+@click.option("--head-lr", type=float, default=FinetuneConfig.head_lr, show_default=True)
+@click.option("--epochs", type=int, default=FinetuneConfig.epochs, show_default=True,
+              help="Stage 2: with the top unfrozen.")
+@click.option("--lr", type=float, default=FinetuneConfig.lr, show_default=True)
+@click.option("--unfreeze", default=FinetuneConfig.unfreeze, show_default=True,
               help="N (last N blocks, or layers when the backbone has no named blocks), all, none, or a block name.")
-@click.option("--dropout", type=float, default=0.2, show_default=True)
+@click.option("--dropout", type=float, default=FinetuneConfig.dropout, show_default=True)
 @tta_option
 @click.option("--cv", type=int, default=0, show_default=True,
               help="K-fold cross-validation over train+val: K full fine-tunings (the estimated time is shown first).")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Continue a killed run from its last checkpoint (its own settings are used; --strategy "
-                   "chooses this session's devices, a run started on 2 replicas resumes on 1).")
+              help="Continue a killed run from its last checkpoint, on the exact split it started with (its own "
+                   "settings are used; --strategy chooses this session's devices, a run started on 2 replicas "
+                   "resumes on 1).")
 @out_option
 @force_option
 def finetune_cmd(data, cv, resume, out, force, **options) -> None:
     """Fine-tune a pretrained backbone on DATA: new head first, then the top of the network."""
     from ..errors import TltoolError
-    from ..finetune import FinetuneConfig, finetune, finetune_cv
+    from ..finetune import finetune, finetune_cv
     from ..report import accuracy_line
 
     if not data and not resume:
@@ -93,26 +104,34 @@ def finetune_cmd(data, cv, resume, out, force, **options) -> None:
 
 @click.command("train")
 @click.argument("data", required=False)
-@click.option("--arch", default="lenet5", show_default=True, help="A from-scratch net (see `tltool arch list`).")
-@click.option("--image-size", type=int, default=None, help="Input size [default: the architecture's].")
-@click.option("--resize", type=click.Choice(["crop", "pad", "stretch"]), default="crop", show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch on each replica.")
+@click.option("--arch", default=ScratchConfig.arch, show_default=True,
+              help="A from-scratch net (see `tltool arch list`).")
+@click.option("--image-size", type=int, default=ScratchConfig.image_size,
+              help="Input size [default: the architecture's].")
+@click.option("--resize", type=click.Choice(["crop", "pad", "stretch"]), default=ScratchConfig.resize,
+              show_default=True)
+@click.option("--batch-size", type=int, default=ScratchConfig.batch_size, show_default=True,
+              help="Images per batch on each replica.")
 @split_options
-@training_options(augment="none", label_smoothing=0.0)
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--initializer", default=None, help="glorot_uniform, he_normal, lecun_normal, ... [default: the net's].")
-@click.option("--batch-norm/--no-batch-norm", default=None, help="Batch normalisation after convolutions.")
-@click.option("--dropout", type=float, default=None, help="Dropout before the classifier [default: the net's].")
+@training_options(ScratchConfig)
+@click.option("--epochs", type=int, default=ScratchConfig.epochs, show_default=True)
+@click.option("--lr", type=float, default=ScratchConfig.lr, show_default=True)
+@click.option("--initializer", default=ScratchConfig.initializer,
+              help="glorot_uniform, he_normal, lecun_normal, ... [default: the net's].")
+@click.option("--batch-norm/--no-batch-norm", default=ScratchConfig.batch_norm,
+              help="Batch normalisation after convolutions.")
+@click.option("--dropout", type=float, default=ScratchConfig.dropout,
+              help="Dropout before the classifier [default: the net's].")
 @tta_option
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Continue a killed run from its last checkpoint (--strategy chooses this session's devices).")
+              help="Continue a killed run from its last checkpoint, on the exact split it started with (--strategy "
+                   "chooses this session's devices).")
 @out_option
 @force_option
 def train_cmd(data, resume, out, force, **options) -> None:
     """Train a classic CNN from scratch on DATA with the same machinery (and report) as fine-tuning."""
     from ..errors import TltoolError
-    from ..scratch import ScratchConfig, train_from_scratch
+    from ..scratch import train_from_scratch
 
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
