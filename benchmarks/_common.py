@@ -14,7 +14,7 @@ SHARED = Path(os.environ.get("TLTOOL_SHARED_DATASETS", REPO.parent / "shared" / 
 
 
 def machine() -> dict:
-    import tensorflow as tf
+    from tltool._tf import tf
 
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
             "tensorflow": tf.__version__, "gpus": len(tf.config.list_physical_devices("GPU")),

@@ -230,7 +230,8 @@ def build_feature_extractor(backbone: str, weights: str, image_size: int):
 
     model = create_backbone(backbone, weights=weights, image_size=image_size)
 
-    @tf.function(reduce_retracing=True)
+    # one graph for every batch size: a last, shorter batch must not cost a second trace (seconds on a CPU)
+    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
     def step(images):
         fmap = model(images, training=False)
         return tf.reduce_mean(fmap, axis=[1, 2]), tf.reduce_max(fmap, axis=[1, 2])

@@ -79,7 +79,9 @@ class KerasRunModel(RunModel):
         if self._predict is None:
             from ._tf import tf
 
-            self._predict = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+            size = self.image_size  # one graph for every batch size (a shorter last batch must not retrace)
+            self._predict = tf.function(lambda x: self.model(x, training=False),
+                                        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         return np.asarray(self._predict(batch))
 
 
