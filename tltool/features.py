@@ -243,9 +243,11 @@ def _distributed_step(step, strategy):
     """``step`` on every replica's share of a distributed batch; the outputs concatenated in batch order."""
     from ._tf import tf
 
+    per_replica = step.python_function  # inside strategy.run, not the single-device graph with its signature
+
     @tf.function(reduce_retracing=True)
     def run(images):
-        outputs = strategy.run(step, args=(images,))
+        outputs = strategy.run(per_replica, args=(images,))
         return tuple(tf.concat(strategy.experimental_local_results(o), axis=0) for o in outputs)
 
     return run
