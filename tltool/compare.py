@@ -112,22 +112,11 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
 
 
 def _evaluate_both(run_a: Path, run_b: Path, data: str):
-    from .dataset import load_dataset
-    from .inspection import check_dataset
-    from .models import load_run, no_usable_images
+    from .models import labelled_images, load_run
 
     model_a, model_b = load_run(run_a), load_run(run_b)
     if model_a.classes != model_b.classes:
         raise TltoolError(f"the runs have different class lists ({model_a.classes} vs {model_b.classes}).")
-    dataset = load_dataset(data)
     # the stricter of the two runs' decode limits: every image kept can be predicted by both
-    checked = check_dataset(dataset, max_pixels=min(model_a.max_pixels, model_b.max_pixels))
-    records = checked.dataset.records
-    if not records:
-        raise TltoolError(no_usable_images(dataset.name, len(checked.files)))
-    unknown = sorted({r.label for r in records} - set(model_a.classes))
-    if unknown:
-        raise TltoolError(f"{data}: labels {unknown} are not classes of the runs {model_a.classes}.")
-    y = np.array([model_a.classes.index(r.label) for r in records])
-    paths = [r.path for r in records]
+    _, paths, y = labelled_images(data, model_a.classes, min(model_a.max_pixels, model_b.max_pixels))
     return (model_a.predict_paths(paths).argmax(1) == y), (model_b.predict_paths(paths).argmax(1) == y)

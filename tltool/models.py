@@ -126,25 +126,30 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
     return out
 
 
+def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) -> tuple[Dataset, list[str], np.ndarray]:
+    """Every usable image of ``data`` (all splits) with its label index in ``classes``; clear errors otherwise."""
+    from .inspection import check_dataset
+
+    dataset = load_dataset(data) if not isinstance(data, Dataset) else data
+    checked = check_dataset(dataset, max_pixels=max_pixels)
+    records = checked.dataset.records
+    if not records:
+        raise TltoolError(no_usable_images(dataset.name, len(checked.files)))
+    unknown = sorted({r.label for r in records} - set(classes))
+    if unknown:
+        raise TltoolError(f"{dataset.name}: labels {unknown} are not classes of the model {classes}.")
+    index = {c: i for i, c in enumerate(classes)}
+    return dataset, [r.path for r in records], np.array([index[r.label] for r in records])
+
+
 def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | None = None, tta: str = "none",
                  force: bool = False):
     """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report."""
-    from .inspection import check_dataset
     from .report import write_run_report
     from .runs import new_run_dir
 
     model = load_run(run_dir)
-    dataset = load_dataset(data) if not isinstance(data, Dataset) else data
-    checked = check_dataset(dataset, max_pixels=model.max_pixels)
-    records = checked.dataset.records
-    if not records:
-        raise TltoolError(no_usable_images(dataset.name, len(checked.files)))
-    unknown = sorted({r.label for r in records} - set(model.classes))
-    if unknown:
-        raise TltoolError(f"{dataset.name}: labels {unknown} are not classes of the model {model.classes}.")
-    index = {c: i for i, c in enumerate(model.classes)}
-    y = np.array([index[r.label] for r in records])
-    paths = [r.path for r in records]
+    dataset, paths, y = labelled_images(data, model.classes, model.max_pixels)
     probs = model.predict_paths(paths, tta=tta)
     evaluation = Evaluation(model.classes, y, probs)
     target = new_run_dir("eval", Path(run_dir).name, dataset.name, out=out, force=force)
