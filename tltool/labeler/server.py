@@ -73,6 +73,16 @@ class LabelerServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # the default 5 can overflow (and reset connections) when many clients connect at once
 
+    def handle_error(self, request, client_address) -> None:
+        """A browser that closes a connection early (leaving the page, prefetch cancelled) is not an error worth a
+        traceback on the user's terminal; anything else is still reported."""
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
     def __init__(self, store: LabelStore, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> None:
         self.store = store
         self.quiet = quiet
