@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -299,17 +299,27 @@ def require_training_images(dataset: Dataset) -> None:
                           "cannot learn them. Add training images or remove the class.")
 
 
-def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> Path:
-    """Freeze a split as a manifest (paths relative to the CSV) plus ``classes.json`` beside it."""
-    from .utils import write_json, write_text_atomic
+def write_manifest(records: Iterable[Record], target: str | os.PathLike, relative: bool = False) -> Path:
+    """Write ``path,label,split`` rows that :func:`load_manifest` reads back (atomic write). Paths are absolute,
+    or relative to the manifest's folder with ``relative``."""
+    from .utils import write_text_atomic
 
-    dataset = stratified_split(load_dataset(spec), val_fraction, seed)
-    target = Path(out_csv).resolve()
+    target = Path(target).resolve()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label", "split"])
-    for r in dataset.records:
-        writer.writerow([os.path.relpath(r.path, target.parent), r.label, r.split or ""])
+    for r in records:
+        path = os.path.relpath(r.path, target.parent) if relative else os.path.abspath(r.path)
+        writer.writerow([path, r.label, r.split or ""])
     write_text_atomic(target, buf.getvalue())
+    return target
+
+
+def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> Path:
+    """Freeze a split as a manifest (paths relative to the CSV) plus ``classes.json`` beside it."""
+    from .utils import write_json
+
+    dataset = stratified_split(load_dataset(spec), val_fraction, seed)
+    target = write_manifest(dataset.records, out_csv, relative=True)
     write_json(target.parent / "classes.json", dataset.classes)
     return target

@@ -182,15 +182,12 @@ def estimate_seconds(config: FinetuneConfig, n_train: int, n_val: int, folds: in
 
 def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, force: bool = False):
     """Stratified K-fold over train+val: one full fine-tuning per fold, reported on out-of-fold predictions."""
-    import csv
-    import io
-
     from sklearn.model_selection import StratifiedKFold
 
     from .backbones import get_backbone_spec
     from .crossval import CVResult, say_cv
+    from .dataset import write_manifest
     from .report import read_predictions
-    from .utils import write_text_atomic
 
     if config.strategy == "multiworker":
         raise TltoolError("--cv with --strategy multiworker is not supported: run the folds on one machine "
@@ -214,14 +211,9 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     index = {r.path: i for i, r in enumerate(records)}
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=config.seed)
     for fold, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "label", "split"])
-        for i, split in [(i, "train") for i in train] + [(i, "val") for i in test]:
-            writer.writerow([records[i].path, records[i].label, split])
         fold_dir = run_dir / f"fold-{fold + 1}"
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(fold_dir / "split.csv", buf.getvalue())
+        write_manifest([replace(records[i], split="train") for i in train] +
+                       [replace(records[i], split="val") for i in test], fold_dir / "split.csv")
         say(f"fold {fold + 1}/{k}: {len(train)} training, {len(test)} held-out images")
         result = finetune(replace(config, data=str(fold_dir / "split.csv"), tta="none"), out=fold_dir / "run",
                           force=True)

@@ -58,21 +58,26 @@ class LinearRunModel(RunModel):
         return self.head.predict_proba(X)
 
 
+def load_keras_model(path: str | Path, compile: bool = True):
+    """Load a ``.keras`` file tltool wrote, with safe_mode on; tltool's own layers are registered first."""
+    from ._tf import keras
+
+    from .arch import layers as _arch_layers  # noqa: F401  (registration happens on import)
+    from .backbones import layers as _backbone_layers  # noqa: F401
+
+    return keras.models.load_model(path, safe_mode=True, compile=compile)
+
+
 class KerasRunModel(RunModel):
     """A fine-tuned or from-scratch run: ``model.keras`` takes raw pixels and returns probabilities."""
 
     def __init__(self, run_dir: Path, config: dict) -> None:
-        from ._tf import keras
-
-        from .arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers for loading)
-        from .backbones import layers  # noqa: F401
-
         self.run_dir, self.config = run_dir, config
         self.classes, self.image_size, self.resize = config["classes"], config["image_size"], config["resize"]
         path = run_dir / "model.keras"
         if not path.exists():
             raise TltoolError(f"{run_dir}: no model.keras; the run did not finish (resume it with --resume {run_dir}).")
-        self.model = keras.models.load_model(path, safe_mode=True, compile=False)
+        self.model = load_keras_model(path, compile=False)
         self._predict = None
 
     def predict_views(self, batch) -> np.ndarray:

@@ -5,9 +5,6 @@ final model file, and the same evaluation report as the linear path all live her
 """
 from __future__ import annotations
 
-import csv
-import io
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .configs import RunConfig, TrainOptions  # noqa: F401  (RunConfig's home was here; it stays importable)
-from .dataset import Dataset, label_indices, load_dataset
+from .dataset import Dataset, label_indices, load_dataset, write_manifest
 from .distribute import resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError
 from .evaluation import TTA_MODES, Evaluation
@@ -25,7 +22,7 @@ from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
 from .training import Stage, plot_history, run_stages
-from .utils import atomic_path, read_json, write_json, write_text_atomic
+from .utils import atomic_path, read_json, write_json
 
 SPLIT_FILE = "split.csv"  # the exact split of a run (absolute paths): what --resume trains and validates on
 
@@ -74,16 +71,6 @@ def _distribute_record(config: RunConfig, info, resume: Path | None) -> dict:
         say(f"resuming a run started on {started.get('replicas')} replica(s) on {info.replicas}: the global batch "
             f"stays {global_batch}")
     return record
-
-
-def write_split(dataset: Dataset, target: Path) -> None:
-    """``path,label,split`` of every usable record, with absolute paths: the exact data of this run."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", "split"])
-    for r in dataset.records:
-        writer.writerow([os.path.abspath(r.path), r.label, r.split])
-    write_text_atomic(target, buf.getvalue())
 
 
 def load_split(run_dir: Path) -> Dataset:
@@ -162,7 +149,7 @@ def train_and_report(config: RunConfig, *, kind: str, name: str, image_size: int
 
     def fit(target: Path):
         if not resume:
-            write_split(dataset, target / SPLIT_FILE)
+            write_manifest(dataset.records, target / SPLIT_FILE)  # the exact data of this run
             write_json(target / "config.json", {**asdict(config), "kind": kind, "dataset": dataset.name,
                                                 "image_size": image_size, "distribute": distribute})
         start = time.perf_counter()

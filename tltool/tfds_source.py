@@ -8,7 +8,6 @@ second with a message that says where to put the data.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .dataset import SPLIT_ALIASES, Dataset, Record
 from .errors import TltoolError

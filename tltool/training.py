@@ -323,8 +323,6 @@ def run_stages(
     batched by the global batch and the strategy splits them. ``resume_from``: where the checkpoint to resume is,
     when it is not ``run_dir`` (a worker that reads the chief's run folder and writes its own scratch folder).
     """
-    from ._tf import keras
-
     state_path = run_dir / "state.json"
     source = resume_from or run_dir
     scope = strategy.scope if strategy is not None else contextlib.nullcontext
@@ -332,12 +330,11 @@ def run_stages(
     model = None
     found = checkpoint_path(source) if resume else None
     if found is not None:
-        from .arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers for loading)
-        from .backbones import layers  # noqa: F401
+        from .models import load_keras_model
 
         state = LoopState.load(source / "state.json")
         with scope():  # the .keras file does not depend on the replica count: it loads under any strategy
-            model = keras.models.load_model(found, safe_mode=True)
+            model = load_keras_model(found)
         say(f"resuming after epoch {state.epoch} (stage {stages[state.stage].name}, "
             f"{state.stage_epoch}/{stages[state.stage].options.epochs} done"
             + (", stopped early" if state.stage_stopped else "") + ")")
