@@ -191,6 +191,32 @@ def test_export_formats_load_and_agree(tiny_run, tmp_path):
     np.testing.assert_allclose(lite, reference, atol=1e-4)
 
 
+def test_export_never_deletes_or_writes_into_a_users_folder(tiny_run, tmp_path):
+    from click.testing import CliRunner
+
+    from tltool.cli import main
+
+    run = tiny_run.run_dir
+    projects = tmp_path / "projects"
+    (projects / "thesis").mkdir(parents=True)
+    (projects / "thesis" / "chapter1.tex").write_text("years of work")
+    for fmt in ("savedmodel", "keras"):
+        for extra in ([], ["--force"]):
+            result = CliRunner().invoke(main, ["export", str(run), "--format", fmt, "--out", str(projects), *extra])
+            assert result.exit_code == 2 and "did not make" in result.output, result.output
+    assert sorted(p.name for p in projects.rglob("*")) == ["chapter1.tex", "thesis"]
+    out = tmp_path / "exported"
+    assert CliRunner().invoke(main, ["export", str(run), "--format", "savedmodel", "--out", str(out)]).exit_code == 0
+    again = CliRunner().invoke(main, ["export", str(run), "--format", "savedmodel", "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    forced = CliRunner().invoke(main, ["export", str(run), "--format", "savedmodel", "--out", str(out), "--force"])
+    assert forced.exit_code == 0 and (out / "saved_model" / "saved_model.pb").is_file()
+    # the default folder inside the run is tltool's own: exporting again simply replaces the model
+    for _ in range(2):
+        assert CliRunner().invoke(main, ["export", str(run), "--format", "keras"]).exit_code == 0
+    assert (run / "export" / "keras" / "model.keras").is_file()
+
+
 def test_linear_run_exports_to_an_equivalent_network(tmp_path):
     from tltool._tf import keras
     from tltool.export import export_run

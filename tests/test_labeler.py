@@ -19,6 +19,7 @@ from tltool.dataset import load_dataset
 from tltool.errors import TltoolError
 from tltool.labeler import LabelStore, export_labels, make_server, parse_classes
 from tltool.labeler.store import EXPORT_MARKER, list_images
+from tltool.outputs import mark_output_dir
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -236,8 +237,12 @@ def test_export_writes_a_stratified_class_folder_layout_and_recovers(tmp_path):
 
     # an export interrupted before its rename: the leftover is cleared, the rerun completes
     shutil.rmtree(out)
+    # (tltool marks its staging folder when it makes it; an unmarked one is not tltool's and is kept)
     (tmp_path / ".ds-split.partial" / "train" / "cat").mkdir(parents=True)
     (tmp_path / ".ds-split.partial" / "train" / "cat" / "half.jpg").write_bytes(b"")
+    with pytest.raises(TltoolError, match="not tltool's"):
+        export_labels(root, val_fraction=0.2, seed=1, copy=True)
+    mark_output_dir(tmp_path / ".ds-split.partial", "label-export")
     export_labels(root, val_fraction=0.2, seed=1, copy=True)
     assert load_dataset(out).counts() == loaded.counts() and not (tmp_path / ".ds-split.partial").exists()
     assert (out / EXPORT_MARKER).is_file()
@@ -255,7 +260,7 @@ def test_export_writes_a_stratified_class_folder_layout_and_recovers(tmp_path):
     precious = tmp_path / "precious"
     (precious / "keep.txt").parent.mkdir()
     (precious / "keep.txt").write_text("mine")
-    with pytest.raises(TltoolError, match="not an earlier export"):
+    with pytest.raises(TltoolError, match="did not make"):
         export_labels(root, out=precious)
     with pytest.raises(TltoolError, match="dataset folder itself"):
         export_labels(root, out=root)

@@ -28,6 +28,7 @@ from PIL import Image
 from .dataset import _walk_files
 from .errors import BadImageError, TltoolError
 from .images import CORRUPT, DEFAULT_MAX_PIXELS, UNREADABLE, load_image
+from .outputs import claim_output_dir
 from .progress import Bar
 from .utils import atomic_path, sha256_file, write_text_atomic
 
@@ -385,9 +386,8 @@ def import_images(sources: Iterable[str], out: str | os.PathLike, every: float =
     if max_side < 32:
         raise TltoolError(f"--max-side must be at least 32 pixels, got {max_side}.")
     root = Path(out).resolve()
-    if root.exists() and not root.is_dir():
-        raise TltoolError(f"--out {out}: is a file; give a dataset folder.")
     files = expand_sources(sources, exclude=root)  # check every source before touching anything
+    claim_output_dir(root, "dataset", reuse=True)  # a dataset folder collect made earlier; never a user's own
     capture = open_camera(camera) if camera is not None else None
     target = root / UNLABELED
     target.mkdir(parents=True, exist_ok=True)

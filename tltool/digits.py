@@ -11,7 +11,6 @@ either absent or whole: an interrupted export leaves no half dataset and can sim
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from PIL import Image
 from .dataset import Dataset, Record, stratified_split
 from .errors import TltoolError
 from .images import MIN_SIDE
+from .outputs import claim_output_dir, replace_output_dir, staging_dir
 
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
               "bicubic": Image.Resampling.BICUBIC}
@@ -36,11 +36,7 @@ def export_digits(out: str | os.PathLike, size: int = 32, val_fraction: float = 
         raise TltoolError(f"--size must be at least {MIN_SIDE} (tltool rejects smaller images), got {size}.")
     if resample not in RESAMPLING:
         raise TltoolError(f"--resample must be one of {', '.join(RESAMPLING)}, got {resample!r}.")
-    if out.exists() and not out.is_dir():
-        raise TltoolError(f"{out} is a file; give a folder to export the digits into.")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise TltoolError(f"{out} already exists and is not empty; pass --force to replace it, or choose another "
-                          "folder.")
+    claim_output_dir(out, "digits", force=force)
     digits = load_digits()
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 grey levels -> 0..255
     labels = [str(int(y)) for y in digits.target]
@@ -48,31 +44,14 @@ def export_digits(out: str | os.PathLike, size: int = 32, val_fraction: float = 
     records = [Record(name, labels[i]) for name, i in index.items()]
     split = stratified_split(Dataset("digits", "sklearn:load_digits", records), val_fraction=val_fraction, seed=seed)
 
-    staging = out.parent / f".{out.name}.partial"
-    if staging.exists():  # left by an interrupted run
-        shutil.rmtree(staging)
+    staging = staging_dir(out, "digits")
     for record in split.records:
         image = Image.fromarray(pixels[index[record.path]]).resize((size, size), RESAMPLING[resample])
         target = staging / record.split / record.label / record.path
         target.parent.mkdir(parents=True, exist_ok=True)
         image.convert("RGB").save(target)
-    _replace_dir(staging, out)
+    replace_output_dir(staging, out, "digits")
     counts: dict[str, Counter] = {}
     for record in split.records:
         counts.setdefault(record.split, Counter())[record.label] += 1
     return {s: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for s, c in counts.items()}
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move the finished folder ``new`` onto ``target`` (replacing it); ``target`` is never left half-written."""
-    if target.is_dir() and any(target.iterdir()):
-        old = target.parent / f".{target.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old)
-    else:
-        if target.is_dir():
-            target.rmdir()
-        os.replace(new, target)

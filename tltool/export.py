@@ -8,11 +8,11 @@ with the standardisation folded in, so every export takes raw RGB pixels (0..255
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from .errors import TltoolError, did_you_mean
 from .models import load_run
+from .outputs import claim_output_dir, replace_output_dir, staging_dir
 from .utils import atomic_path
 
 FORMATS = ("keras", "savedmodel", "tflite")
@@ -49,29 +49,35 @@ def portable_model(model):
     return keras.models.clone_model(model, clone_function=swap)
 
 
-def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None = None) -> Path:
-    """Write the run's model in ``fmt`` (``keras``, ``savedmodel`` or ``tflite``); returns the written path."""
+MODEL_FILES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
+
+
+def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None = None, force: bool = False) -> Path:
+    """Write the run's model in ``fmt`` into the export folder ``out``; returns the model's path inside it.
+
+    ``out`` defaults to ``RUN_DIR/export/FMT``. An existing ``out`` is used only if it is empty or an earlier
+    tltool export (then ``force`` is needed unless it is the default folder inside the run): a user's folder is
+    never written into or deleted.
+    """
     if fmt not in FORMATS:
         raise did_you_mean(fmt, FORMATS, "export format")
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    target = claim_output_dir(Path(out) if out else run_dir / "export" / fmt, "export", force=force,
+                              reuse=out is None)
     model = portable_model(run.model if hasattr(run, "model") else linear_run_as_keras(run))
-    suffix = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}[fmt]
-    target = Path(out) if out else run_dir / "export" / f"model{suffix or '_savedmodel'}"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    path = target / MODEL_FILES[fmt]
     if fmt == "keras":
-        with atomic_path(target, suffix=".keras") as tmp:
+        with atomic_path(path, suffix=".keras") as tmp:
             model.save(str(tmp))
     elif fmt == "savedmodel":
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.export(str(tmp), format="tf_saved_model", verbose=False)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        staging = staging_dir(path, "savedmodel")
+        model.export(str(staging), format="tf_saved_model", verbose=False)
+        replace_output_dir(staging, path, "savedmodel")
     else:
-        with atomic_path(target, suffix=".tflite") as tmp:
+        with atomic_path(path, suffix=".tflite") as tmp:
             try:
                 model.export(str(tmp), format="litert", verbose=False)
             except Exception as exc:
                 raise TltoolError(f"LiteRT export failed ({exc.__class__.__name__}: {str(exc)[:300]}).") from None
-    return target
+    return path

@@ -23,6 +23,7 @@ import numpy as np
 from . import __version__
 from .dataset import Dataset, Record, label_indices, load_dataset, stratified_split
 from .errors import TltoolError
+from .outputs import claim_output_dir
 from .images import DEFAULT_MAX_PIXELS
 from .inspection import CheckedDataset, check_dataset
 from .progress import Bar, say
@@ -160,7 +161,7 @@ def extract_features(
         "preprocess": spec.preprocess, "chunk_size": chunk_size,
     }
     key = extraction_key(config, records, hashes)
-    out = Path(out_dir)
+    out = claim_output_dir(out_dir, "features", reuse=True)
     meta_path = out / "features.json"
     n_chunks = (len(records) + chunk_size - 1) // chunk_size
     if meta_path.exists():

@@ -5,7 +5,7 @@ import re
 import time
 from pathlib import Path
 
-from .errors import TltoolError
+from .outputs import claim_output_dir
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -16,10 +16,8 @@ def _slug(text: str) -> str:
 
 def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bool = False) -> Path:
     """``out`` if given (refusing to overwrite an earlier run unless ``force``), else ``runs/KIND-PARTS-TIME``."""
-    if out is not None:
-        path = Path(out)
-        if path.exists() and (path / "metrics.json").exists() and not force:
-            raise TltoolError(f"{path} already holds a finished run; choose another --out or pass --force to replace it.")
+    if out is not None:  # an unfinished run of tltool's may be written into again; a finished one needs force
+        return claim_output_dir(out, "run", reuse=not (Path(out) / "metrics.json").exists(), force=force)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = DEFAULT_RUNS_ROOT / "-".join(_slug(p) for p in (kind, *parts, stamp) if p)
@@ -27,5 +25,4 @@ def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bo
         while path.exists():
             n += 1
             path = path.with_name(f"{path.name.rsplit('_', 1)[0] if n > 2 else path.name}_{n}")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return claim_output_dir(path, "run")

@@ -142,12 +142,14 @@ def train_cmd(data, resume, out, force, **options) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]), default="keras",
               show_default=True)
-@click.option("--out", type=click.Path(), default=None, help="Target path [default: RUN_DIR/export/...].")
-def export_cmd(run_dir, fmt, out) -> None:
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Export folder: new, empty, or an earlier tltool export [default: RUN_DIR/export/FORMAT].")
+@click.option("--force", is_flag=True, help="Replace an earlier tltool export in --out (never any other folder).")
+def export_cmd(run_dir, fmt, out, force) -> None:
     """Export a trained run (fine-tuned or linear) as .keras, SavedModel or .tflite; input: RGB pixels 0..255."""
     from ..export import export_run
 
-    click.echo(f"wrote {export_run(run_dir, fmt, out)}")
+    click.echo(f"wrote {export_run(run_dir, fmt, out, force=force)}")
 
 
 @click.group("augment")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..dataset import Dataset, load_manifest, stratified_split
 from ..errors import TltoolError
+from ..outputs import claim_output_dir, replace_output_dir, staging_dir
 from ..utils import write_json
 from .store import EXPORT_MARKER, LABELS_CSV, check_class_name
 
@@ -58,14 +59,8 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     target = Path(out).resolve() if out is not None else root.with_name(f"{root.name or 'dataset'}{DEFAULT_SUFFIX}")
     if target == root or target in root.parents:
         raise TltoolError(f"--out {target}: would replace the dataset folder itself; choose a new folder.")
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / EXPORT_MARKER).is_file())):
-        raise TltoolError(f"--out {target}: exists and is not an earlier export; choose a new or empty folder.")
-    partial = target.with_name(f".{target.name}.partial")
-    old = target.with_name(f".{target.name}.old")
-    for leftover in (partial, old):  # an interrupted earlier export
-        shutil.rmtree(leftover, ignore_errors=True)
-
-    partial.mkdir(parents=True)
+    claim_output_dir(target, "label-export", reuse=True)  # an earlier export is replaced; any other folder refused
+    partial = staging_dir(target, "label-export")
     used: set[Path] = set()
     for record in split.records:
         folder = partial / str(record.split) / record.label
@@ -81,8 +76,5 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
         "labels": str(labels), "val_fraction": val_fraction, "seed": seed, "counts": split.counts(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
-    if target.exists():
-        os.replace(target, old)
-    os.replace(partial, target)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_output_dir(partial, target, "label-export")
     return ExportResult(target, split)

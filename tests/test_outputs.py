@@ -1,0 +1,85 @@
+"""tltool writes only into folders it made: every --out is claimed, never a user's folder (issue 16, point 1)."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from tltool.cli import main
+from tltool.errors import TltoolError
+from tltool.outputs import MARKER, claim_output_dir, output_kind, replace_output_dir, staging_dir
+
+
+def _users_folder(tmp_path):
+    folder = tmp_path / "projects"
+    (folder / "thesis").mkdir(parents=True)
+    (folder / "thesis" / "chapter1.tex").write_text("years of work")
+    return folder
+
+
+def test_a_users_folder_is_refused_even_with_force(tmp_path):
+    folder = _users_folder(tmp_path)
+    for force in (False, True):
+        with pytest.raises(TltoolError, match="did not make"):
+            claim_output_dir(folder, "export", force=force)
+    assert (folder / "thesis" / "chapter1.tex").read_text() == "years of work"
+    assert not (folder / MARKER).exists()
+
+
+def test_new_and_empty_folders_are_claimed_and_marked(tmp_path):
+    new = claim_output_dir(tmp_path / "a" / "b", "run")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    claim_output_dir(empty, "features")
+    assert output_kind(new) == "run" and output_kind(empty) == "features"
+
+
+def test_an_earlier_output_needs_force_unless_reusable_and_never_another_kind(tmp_path):
+    out = claim_output_dir(tmp_path / "out", "export")
+    (out / "model.keras").write_text("x")
+    with pytest.raises(TltoolError, match="--force"):
+        claim_output_dir(out, "export")
+    assert claim_output_dir(out, "export", force=True) == out
+    assert claim_output_dir(out, "export", reuse=True) == out
+    with pytest.raises(TltoolError, match="tltool export folder"):
+        claim_output_dir(out, "features", force=True)
+
+
+def test_a_file_or_a_link_is_not_an_output_folder(tmp_path):
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("f", "link"):
+        with pytest.raises(TltoolError, match="not a folder"):
+            claim_output_dir(tmp_path / name, "run")
+
+
+def test_replace_never_deletes_a_folder_of_another_kind(tmp_path):
+    folder = _users_folder(tmp_path)
+    staging = staging_dir(tmp_path / "new", "digits")
+    with pytest.raises(TltoolError, match="refusing"):
+        replace_output_dir(staging, folder, "digits")
+    assert (folder / "thesis" / "chapter1.tex").exists()
+    replace_output_dir(staging, tmp_path / "new", "digits")
+    assert output_kind(tmp_path / "new") == "digits" and not staging.exists()
+
+
+def test_a_leftover_staging_folder_not_made_by_tltool_is_kept(tmp_path):
+    leftover = tmp_path / ".new.partial"
+    leftover.mkdir()
+    (leftover / "mine.txt").write_text("keep")
+    with pytest.raises(TltoolError, match="not tltool's"):
+        staging_dir(tmp_path / "new", "digits")
+    assert (leftover / "mine.txt").read_text() == "keep"
+
+
+def test_digits_force_does_not_replace_a_users_folder(tmp_path):
+    folder = _users_folder(tmp_path)
+    result = CliRunner().invoke(main, ["data", "digits", str(folder), "--force"])
+    assert result.exit_code == 2 and "did not make" in result.output
+    assert (folder / "thesis" / "chapter1.tex").read_text() == "years of work"
+    out = tmp_path / "digits"
+    assert CliRunner().invoke(main, ["data", "digits", str(out)]).exit_code == 0
+    again = CliRunner().invoke(main, ["data", "digits", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert CliRunner().invoke(main, ["data", "digits", str(out), "--force"]).exit_code == 0
+    assert len(list(out.glob("*/*/*.png"))) == 1797

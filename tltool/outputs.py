@@ -1,0 +1,104 @@
+"""Output folders tltool may write into: the ones it made itself, and no others.
+
+Every ``--out`` folder is claimed through :func:`claim_output_dir`. A folder that does not exist, or is empty, is
+created and marked with :data:`MARKER` (a small JSON naming what tltool keeps there). A folder that holds anything
+else is refused unless its marker says tltool made it for the same kind of output. Replacing such a folder needs
+``force``; nothing outside a marked folder is ever deleted or written into.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .errors import TltoolError
+from .utils import read_json, write_json
+
+MARKER = ".tltool-output.json"
+
+# Folders written before the marker existed are recognised by the file that only tltool writes there.
+LEGACY_SIGNATURES = (("run", "model.json"), ("run", "metrics.json"), ("features", "features.json"),
+                     ("label-export", ".tltool/export.json"), ("dataset", "manifest.csv", "unlabeled"))
+
+
+def output_kind(path: str | os.PathLike) -> str | None:
+    """The kind of tltool output ``path`` holds (``run``, ``features``, ``export``, ...), or None if not tltool's."""
+    path = Path(path)
+    marker = path / MARKER
+    if marker.is_file() and not marker.is_symlink():
+        try:
+            return str(read_json(marker).get("kind"))
+        except (OSError, ValueError, AttributeError):
+            return None
+    for kind, *signature in LEGACY_SIGNATURES:
+        if all((path / name).exists() for name in signature):
+            return kind
+    return None
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+def mark_output_dir(path: Path, kind: str) -> None:
+    write_json(path / MARKER, {"kind": kind, "tool": "tltool", "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def claim_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False, force: bool = False,
+                     option: str = "--out") -> Path:
+    """Create or reuse ``path`` as tltool's ``kind`` folder; refuse a folder that tltool did not make.
+
+    ``reuse``: an earlier folder of the same kind is used as it is (a resumable cache). Otherwise such a folder
+    needs ``force``. A folder tltool did not make is never used, ``force`` or not.
+    """
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise TltoolError(f"{option} {path}: exists and is not a folder; choose a new folder.")
+    if path.exists() and not _is_empty_dir(path):
+        found = output_kind(path)
+        if found != kind:
+            what = f"a tltool {found} folder" if found else "a folder tltool did not make"
+            raise TltoolError(f"{option} {path}: is {what}, and tltool never writes into or replaces such a folder; "
+                              f"choose a new or empty folder.")
+        if not (reuse or force):
+            raise TltoolError(f"{option} {path}: already holds an earlier tltool {kind}; choose another folder, or "
+                              "pass --force to replace it.")
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(path, kind)
+    return path
+
+
+def staging_dir(target: Path, kind: str) -> Path:
+    """A new, marked ``.NAME.partial`` folder beside ``target`` to build an output in before it replaces ``target``.
+
+    A leftover of an interrupted run is removed only if its marker says it is tltool's ``kind``.
+    """
+    staging = target.with_name(f".{target.name}.partial")
+    if staging.exists():
+        if output_kind(staging) != kind:
+            raise TltoolError(f"{staging}: exists and is not tltool's; move it away and run again.")
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    mark_output_dir(staging, kind)
+    return staging
+
+
+def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
+    """Move the finished folder ``staging`` onto ``target``: a claimed folder of ``kind``, or an absent one.
+
+    The old folder is renamed aside first and removed only after the new one is in place, so a kill leaves one
+    of the two complete (the leftover ``.NAME.old`` is tltool's own and is removed by the next run).
+    """
+    mark_output_dir(staging, kind)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists() and output_kind(old) == kind:
+        shutil.rmtree(old)
+    if target.exists():
+        if not _is_empty_dir(target) and output_kind(target) != kind:  # claim_output_dir was skipped: never delete
+            raise TltoolError(f"{target}: is not a tltool {kind} folder; refusing to replace it.")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old.exists():
+        shutil.rmtree(old)
