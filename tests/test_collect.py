@@ -178,7 +178,7 @@ def test_camera_missing_is_a_clear_error_and_a_camera_is_sampled(tmp_path, monke
         import_images([], tmp_path / "ds", camera=0)
     cams = []
     monkeypatch.setattr(cv2, "VideoCapture", lambda index: cams.append(_FakeCamera(index)) or cams[-1])
-    monkeypatch.setattr("tltool.collect.time.sleep", lambda s: None)
+    monkeypatch.setattr("tltool.collect.sources.time.sleep", lambda s: None)
     result = import_images([], tmp_path / "ds", camera=1, camera_frames=3, every=0.1)
     assert [r["source"] for r in result.added] == ["camera:1#0", "camera:1#1", "camera:1#2"]
     assert cams[0].released
