@@ -1,13 +1,18 @@
 """Dataset sources, validation and the stratified split."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 import zlib
 
 import pytest
 
 from helpers import build_bad_corpus, noise_image
-from tltool.dataset import load_dataset, stratified_split, write_split_manifest
+from tltool.collect import expand_sources
+from tltool.dataset import (LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, SymlinkWarning, load_dataset, stratified_split,
+                            write_split_manifest)
 from tltool.errors import BadFilesWarning, LeakageWarning, TltoolError
 from tltool.inspection import check_dataset
 
@@ -185,3 +190,75 @@ def test_tfds_dataset_becomes_files(tmp_path, monkeypatch):
     assert {f.reason for f in checked.bad} <= {"too small"}
     usable = [f for f in checked.files if f.ok]
     assert usable and all(f.width >= 32 and f.height >= 32 and f.sha256 for f in usable)
+
+
+# ------------------------------------------------------------------------------------------------ symbolic links
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Fail (instead of hanging the suite) when the block runs longer than ``seconds``."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still walking after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _labels(ds) -> dict[str, str]:
+    return {os.path.relpath(r.path, ds.source.split(":", 1)[1]): r.label for r in ds.records}
+
+
+posix_only = pytest.mark.skipif(not hasattr(signal, "setitimer") or os.name != "posix", reason="POSIX symlinks")
+
+
+@posix_only
+def test_a_link_back_up_inside_a_class_is_not_followed_and_is_named(tmp_path):
+    _tree(tmp_path / "ds", {"cat": 2, "dog": 1})
+    (tmp_path / "ds" / "cat" / "up").symlink_to("..")
+    with pytest.warns(SymlinkWarning, match="cat/up"):
+        ds = load_dataset(tmp_path / "ds")
+    assert _labels(ds) == {"cat/img_00.jpg": "cat", "cat/img_01.jpg": "cat", "dog/img_00.jpg": "dog"}
+    [link] = [s for s in ds.skipped if s.path.endswith("up")]
+    assert link.reason.startswith(LINK_BACK_UP) and str((tmp_path / "ds").resolve()) in link.reason
+
+
+@posix_only
+def test_recursive_links_finish_fast(tmp_path):
+    _tree(tmp_path / "ds", {"cat": 2, "dog": 1})
+    (tmp_path / "ds" / "cat" / "up1").symlink_to("..")
+    (tmp_path / "ds" / "cat" / "up2").symlink_to("..")  # with os.walk(followlinks=True) these two never end
+    _tree(tmp_path / "ext", {"a": 1, "b": 1}, seed=50)
+    (tmp_path / "ext" / "a" / "to_b").symlink_to(tmp_path / "ext" / "b")  # a -> b -> a -> ...
+    (tmp_path / "ext" / "b" / "to_a").symlink_to(tmp_path / "ext" / "a")
+    (tmp_path / "ds" / "dog" / "more").symlink_to(tmp_path / "ext" / "a")
+    with _deadline(10), pytest.warns(SymlinkWarning):  # milliseconds; os.walk(followlinks=True) never ended
+        ds = load_dataset(tmp_path / "ds")
+    assert _labels(ds) == {"cat/img_00.jpg": "cat", "cat/img_01.jpg": "cat", "dog/img_00.jpg": "dog",
+                           "dog/more/img_00.jpg": "dog", "dog/more/to_b/img_00.jpg": "dog"}
+    reasons = {os.path.relpath(s.path, tmp_path / "ds"): s.reason.split(" (")[0] for s in ds.skipped}
+    assert reasons == {"cat/up1": LINK_BACK_UP, "cat/up2": LINK_BACK_UP, "dog/more/to_b/to_a": LINK_BACK_UP}
+    with _deadline(10), pytest.warns(SymlinkWarning, match="cat/up1"):
+        files = expand_sources([str(tmp_path / "ds")])  # collect import walks the same way
+    assert len(files) == 5
+
+
+@posix_only
+def test_a_link_to_a_photo_folder_elsewhere_is_followed_once(tmp_path):
+    _tree(tmp_path / "ds", {"cat": 1, "dog": 1})
+    _tree(tmp_path / "photos", {"cats": 2}, seed=70)
+    (tmp_path / "photos" / "cats" / "again").symlink_to(".")
+    (tmp_path / "ds" / "cat" / "phone").symlink_to(tmp_path / "photos" / "cats")
+    (tmp_path / "ds" / "dog" / "phone").symlink_to(tmp_path / "photos" / "cats")  # the same folder again
+    (tmp_path / "ds" / "dog" / "cats").symlink_to(tmp_path / "ds" / "cat")  # inside the dataset: found there
+    with pytest.warns(SymlinkWarning) as caught:
+        ds = load_dataset(tmp_path / "ds")
+    assert _labels(ds) == {"cat/img_00.jpg": "cat", "cat/phone/img_00.jpg": "cat", "cat/phone/img_01.jpg": "cat",
+                           "dog/img_00.jpg": "dog"}
+    reasons = {os.path.relpath(s.path, tmp_path / "ds"): s.reason.split(" (")[0] for s in ds.skipped}
+    assert reasons == {"cat/phone/again": LINK_BACK_UP, "dog/phone": LINK_AGAIN, "dog/cats": LINK_INSIDE}
+    message = str(caught[0].message)
+    assert "3 linked folder(s) not followed" in message and "dog/phone" in message and "dog/cats" in message

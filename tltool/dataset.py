@@ -9,6 +9,7 @@ import csv
 import io
 import os
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import TltoolError
+from .errors import TltoolError, TltoolWarning
 from .images import is_candidate_file
 
 SPLIT_ALIASES = {
@@ -27,6 +28,10 @@ SPLIT_ALIASES = {
 HIDDEN = "hidden file (ignored)"
 OUTSIDE_CLASS = "not inside a class folder (ignored)"
 NOT_UTF8 = "file name is not valid UTF-8 (ignored; rename it)"
+# Linked folders a walk does not follow (stable strings; the real target follows in parentheses).
+LINK_BACK_UP = "link to a folder above it, not followed"
+LINK_INSIDE = "link to a folder inside the dataset, not followed: its images are found there"
+LINK_AGAIN = "link to a folder already walked, not followed again"
 
 
 def _utf8(text: str) -> bool:
@@ -123,18 +128,78 @@ def load_dataset(spec: str | os.PathLike) -> Dataset:
     )
 
 
-def _walk_files(folder: Path) -> tuple[list[Path], list[SkippedFile]]:
+class SymlinkWarning(TltoolWarning):
+    """A linked folder was not followed (it leads back up, into the dataset itself, or was walked already)."""
+
+
+class LinkGuard:
+    """Which linked folders a walk follows: each real folder once, never one that leads back up (to the walked root
+    or to a folder the walk is inside of), never one inside the root (its files are found there anyway). A link to
+    a folder outside the root is followed, once."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = os.path.realpath(root)
+        self.walked: set[str] = {self.root}
+        self.skipped: list[SkippedFile] = []
+
+    def admits(self, path: str, chain: tuple[str, ...], is_link: bool) -> str | None:
+        """The real path of the folder ``path`` if the walk should enter it (``chain``: real paths of the folders
+        the walk is inside of); otherwise None, and the refusal is recorded in :attr:`skipped`."""
+        real = os.path.realpath(path)
+        reason = None
+        if is_link and any(_contains(real, inner) for inner in (self.root, *chain)):
+            reason = LINK_BACK_UP
+        elif is_link and _contains(self.root, real):
+            reason = LINK_INSIDE
+        elif real in self.walked:
+            reason = LINK_AGAIN
+        if reason is not None:
+            self.skipped.append(SkippedFile(path, f"{reason} ({real})"))
+            return None
+        self.walked.add(real)
+        return real
+
+    def warn(self, name: str) -> None:
+        """One named warning listing every link that was not followed."""
+        if self.skipped:
+            named = "\n  ".join(f"{s.path}: {s.reason}" for s in self.skipped)
+            warnings.warn(f"{name}: {len(self.skipped)} linked folder(s) not followed:\n  {named}", SymlinkWarning,
+                          stacklevel=3)
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Is the real path ``outer`` the same folder as ``inner`` or one above it?"""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def _scan(folder: str) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
+    """The sub-folders and the files of ``folder``, each sorted by name; hidden folders left out."""
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    folders = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    return folders, [e for e in entries if not e.is_dir()]
+
+
+def walk_files(folder: str | os.PathLike, guard: LinkGuard | None = None) -> tuple[list[Path], list[SkippedFile]]:
+    """Every file under ``folder`` in a stable order (a folder's files, then each sub-folder in turn), with the
+    hidden and badly named ones set aside. Linked folders are followed as :class:`LinkGuard` allows; the links it
+    refuses are in ``guard.skipped``."""
+    guard = guard or LinkGuard(folder)
     files, skipped = [], []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if not is_candidate_file(name):
+    stack = [(str(folder), (os.path.realpath(folder),))]
+    while stack:
+        current, chain = stack.pop()
+        folders, entries = _scan(current)
+        for entry in entries:
+            path = Path(entry.path)
+            if not is_candidate_file(entry.name):
                 skipped.append(SkippedFile(str(path), HIDDEN))
             elif not _utf8(str(path)):
                 skipped.append(SkippedFile(str(path).encode("utf-8", "replace").decode(), NOT_UTF8))
             else:
                 files.append(path)
+        inner = [(e.path, real) for e in folders if (real := guard.admits(e.path, chain, e.is_symlink()))]
+        stack.extend((path, (*chain, real)) for path, real in reversed(inner))
     return files, skipped
 
 
@@ -200,45 +265,66 @@ def load_manifest(spec: str) -> Dataset:
     return Dataset(name=manifest.stem, source=f"csv:{manifest}", records=records)
 
 
-@register_source("folder", os.path.isdir)
-def load_folder(spec: str) -> Dataset:
-    """``root/<class>/*`` or ``root/{train,val,test}/<class>/*`` (an existing split is kept)."""
-    root = Path(spec).resolve()
+def _layout(root: Path, notes: list[str]) -> list[tuple[Path, str | None]]:
+    """The folders that hold class folders, with their split: ``root`` itself, or its train/val/test folders."""
     subdirs = _subdirs(root)
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES and _subdirs(d)]
-    records: list[Record] = []
-    skipped: list[SkippedFile] = []
-    notes: list[str] = []
-    empty: set[str] = set()
-    seen_classes: set[str] = set()
-    layout = [(d, SPLIT_ALIASES[d.name.lower()]) for d in split_dirs] if split_dirs else [(root, None)]
-    if split_dirs:
-        others = [d.name for d in subdirs if d not in split_dirs]
-        if others:
-            notes.append(f"folders {others} are not splits (train/val/test) and were ignored")
-    for folder, split in layout:
+    if not split_dirs:
+        return [(root, None)]
+    others = [d.name for d in subdirs if d not in split_dirs]
+    if others:
+        notes.append(f"folders {others} are not splits (train/val/test) and were ignored")
+    return [(d, SPLIT_ALIASES[d.name.lower()]) for d in split_dirs]
+
+
+@dataclass
+class _FolderWalk:
+    """What walking a class-per-folder dataset found."""
+
+    guard: LinkGuard
+    records: list[Record] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    seen_classes: set[str] = field(default_factory=set)
+    empty: set[str] = field(default_factory=set)
+
+    def add_split(self, folder: Path, split: str | None) -> None:
         for entry in sorted(folder.iterdir()):
             if entry.is_file():
                 reason = HIDDEN if entry.name.startswith(".") else OUTSIDE_CLASS
-                skipped.append(SkippedFile(str(entry), reason))
+                self.skipped.append(SkippedFile(str(entry), reason))
         for class_dir in _subdirs(folder):
-            files, hidden = _walk_files(class_dir)
-            skipped.extend(hidden)
-            seen_classes.add(class_dir.name)
+            if not self.guard.admits(str(class_dir), (), class_dir.is_symlink()):
+                continue
+            files, hidden = walk_files(class_dir, self.guard)
+            self.skipped.extend(hidden)
+            self.seen_classes.add(class_dir.name)
             if not files:
-                empty.add(class_dir.name)
-            records.extend(Record(str(p), class_dir.name, split) for p in files)
-    labelled = {r.label for r in records}
-    for name in sorted(seen_classes - labelled):
+                self.empty.add(class_dir.name)
+            self.records.extend(Record(str(p), class_dir.name, split) for p in files)
+
+
+@register_source("folder", os.path.isdir)
+def load_folder(spec: str) -> Dataset:
+    """``root/<class>/*`` or ``root/{train,val,test}/<class>/*`` (an existing split is kept). Linked folders are
+    followed as :class:`LinkGuard` allows; the others are named in a :class:`SymlinkWarning` and in ``skipped``."""
+    root = Path(spec).resolve()
+    notes: list[str] = []
+    walk = _FolderWalk(LinkGuard(root))
+    for folder, split in _layout(root, notes):
+        walk.add_split(folder, split)
+    labelled = {r.label for r in walk.records}
+    for name in sorted(walk.seen_classes - labelled):
         notes.append(f"class folder {name!r} has no images and was ignored")
-    for name in sorted(empty & labelled):
+    for name in sorted(walk.empty & labelled):
         notes.append(f"class {name!r} has no images in one of the splits")
-    if not records:
+    walk.guard.warn(root.name)
+    if not walk.records:
         raise TltoolError(
             f"{spec}: no images found. Expected one sub-folder per class (root/<class>/*.jpg) "
             "or root/train/<class>/* and root/val/<class>/*."
         )
-    return Dataset(name=root.name, source=f"folder:{root}", records=records, skipped=skipped, notes=notes)
+    return Dataset(name=root.name, source=f"folder:{root}", records=walk.records,
+                   skipped=walk.skipped + walk.guard.skipped, notes=notes)
 
 
 # ------------------------------------------------------------------------------------------------ splitting

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..dataset import _walk_files
+from ..dataset import LinkGuard, walk_files
 from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, UNREADABLE
 from ..utils import sha256_file
@@ -75,7 +75,10 @@ def _has_magic(text: str) -> bool:
 
 
 def _walk(folder: Path) -> list[Path]:
-    files, _hidden = _walk_files(folder)  # the dataset layer's walk: sorted, hidden files and folders left out
+    """The dataset layer's walk: sorted, hidden files and folders left out, links followed as it allows."""
+    guard = LinkGuard(folder)
+    files, _hidden = walk_files(folder, guard)
+    guard.warn(str(folder))
     return files
 
 
