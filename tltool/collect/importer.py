@@ -57,15 +57,12 @@ class Decoded:
     colour: tuple[int, int, int]
 
 
-def _candidate_file(candidate: Candidate, tmpdir: Path) -> Path:
-    """A temporary file holding the candidate's bytes; frames go through a lossless file, so they take the same
-    decode as photos."""
-    fd, name = tempfile.mkstemp(dir=tmpdir, suffix=candidate.suffix or ".bmp")
+def _frame_file(candidate: Candidate, tmpdir: Path) -> Path:
+    """A lossless temporary file of a video or camera frame, so frames take the same decode as photos."""
+    fd, name = tempfile.mkstemp(dir=tmpdir, suffix=".bmp")
     os.close(fd)
     path = Path(name)
-    if candidate.frame is None:
-        path.write_bytes(candidate.data or b"")
-    elif not cv2_module().imwrite(str(path), candidate.frame):
+    if not cv2_module().imwrite(str(path), candidate.frame):
         path.unlink()
         raise BadImageError(candidate.source, CORRUPT, "OpenCV could not write the frame")
     return path
@@ -73,13 +70,13 @@ def _candidate_file(candidate: Candidate, tmpdir: Path) -> Path:
 
 def decode_candidate(candidate: Candidate, tmpdir: Path, max_side: int, max_pixels: int) -> Decoded:
     """Worker: turn a candidate into shrunk pixels and hashes (raises :class:`BadImageError` naming the source)."""
-    path = candidate.path or _candidate_file(candidate, tmpdir)
+    path = candidate.path or _frame_file(candidate, tmpdir)
     try:
         pixels = load_shrunk(path, max_side=max_side, max_pixels=max_pixels)
     except BadImageError as exc:
         raise BadImageError(candidate.source, exc.reason, exc.detail) from None
     finally:
-        if candidate.path is None:
+        if candidate.path is None or candidate.temporary:
             path.unlink(missing_ok=True)
     return Decoded(pixels, pixels_sha256(pixels), dhash(pixels), mean_colour(pixels))
 
@@ -191,6 +188,8 @@ class _Run:
             self.bad(item)
         elif item.key in self.ledger.known:
             self.ledger.result.already += 1
+            if item.temporary and item.path is not None:
+                item.path.unlink(missing_ok=True)
         else:
             future = self.pool.submit(decode_candidate, item, self.tmpdir, self.max_side, self.max_pixels)
             self.pending.append((item, future))

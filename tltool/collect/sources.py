@@ -8,11 +8,13 @@ import glob
 import hashlib
 import os
 import re
+import tempfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Generator, Iterable, Iterator
 
 import numpy as np
 
@@ -23,7 +25,16 @@ from ..utils import sha256_file
 
 DEFAULT_EVERY = 2.0
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"})
-MAX_MEMBER_BYTES = 1 << 30  # a zip member larger than this is refused (zip bombs)
+# Zip archives are unpacked in blocks under hard caps on the bytes that actually come out (zip bombs; the sizes an
+# archive declares are not trusted) and on the number of members.
+MAX_MEMBER_BYTES = 1 << 30  # one member (a video may be large)
+MAX_ZIP_BYTES = 16 << 30  # all members of one archive together (overlapping members reuse compressed data)
+MAX_ZIP_MEMBERS = 50_000
+ZIP_BLOCK = 1 << 16
+# Why a zip member (or a whole archive) is refused; stable strings, printed as "skipped archive.zip!name: reason".
+TOO_LARGE = "too large to unpack"
+TOO_MANY_MEMBERS = "too many members"
+UNSAFE_NAME = "unsafe member name"
 
 
 def cv2_module():
@@ -36,15 +47,14 @@ def cv2_module():
 
 @dataclass
 class Candidate:
-    """One image to consider: a file on disk, the bytes of a zip member, or a decoded video/camera frame."""
+    """One image to consider: a file on disk, an unpacked zip member, or a decoded video/camera frame."""
 
     source: str  # what the user reads: a path, archive.zip!member.jpg, clip.mp4@4.00s, camera:0#3
     stem: str  # readable part of the written file's name
     source_sha256: str
     frame_s: str = ""
     path: Path | None = None
-    data: bytes | None = None
-    suffix: str = ""
+    temporary: bool = False  # ``path`` is an unpacked zip member, deleted once decoded
     frame: np.ndarray | None = None  # BGR, as OpenCV decodes it
 
     @property
@@ -127,6 +137,46 @@ def candidates_of(path: Path, every: float, tmpdir: Path) -> Iterator[Candidate 
 
 
 # ------------------------------------------------------------------------------------------------ zip archives
+class _Refused(Exception):
+    """One member is not unpacked."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+class _ArchiveFull(Exception):
+    """The members unpacked so far used the archive's whole budget: nothing more is unpacked."""
+
+
+def _unsafe_name(name: str) -> bool:
+    """A member name that would climb out of a folder if unpacked: ``..`` parts, absolute or drive paths."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
+
+
+def _hidden_member(info: zipfile.ZipInfo) -> bool:
+    return info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in info.filename.split("/") if p)
+
+
+def _unpack_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, left: int) -> tuple[str, int]:
+    """Stream one member into ``target`` in blocks; stop as soon as more than :data:`MAX_MEMBER_BYTES` (or the
+    ``left`` bytes of the archive's budget) came out: the size an archive declares is not trusted. Returns the
+    sha256 of the bytes and their number."""
+    digest, read = hashlib.sha256(), 0
+    with archive.open(info) as src, open(target, "wb") as dst:
+        while block := src.read(ZIP_BLOCK):
+            read += len(block)
+            if read > MAX_MEMBER_BYTES:
+                raise _Refused(TOO_LARGE, f"more than {MAX_MEMBER_BYTES:,} bytes unpacked (the archive declares "
+                                          f"{info.file_size:,})")
+            if read > left:
+                raise _ArchiveFull()
+            digest.update(block)
+            dst.write(block)
+    return digest.hexdigest(), read
+
+
 def _zip_candidates(path: Path, every: float, tmpdir: Path) -> Iterator[Candidate | Bad]:
     try:
         archive = zipfile.ZipFile(path)
@@ -134,34 +184,59 @@ def _zip_candidates(path: Path, every: float, tmpdir: Path) -> Iterator[Candidat
         yield Bad(str(path), CORRUPT, f"not a readable zip file: {exc}")
         return
     with archive:
-        for info in sorted(archive.infolist(), key=lambda i: i.filename):
-            name = info.filename
-            parts = name.split("/")
-            if info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in parts if p):
+        members = sorted(archive.infolist(), key=lambda i: i.filename)
+        if len(members) > MAX_ZIP_MEMBERS:
+            yield Bad(str(path), TOO_MANY_MEMBERS, f"{len(members):,} members, more than {MAX_ZIP_MEMBERS:,}; "
+                                                   "unpack it yourself and import the folder")
+            return
+        left = MAX_ZIP_BYTES
+        for info in members:
+            source = f"{path}!{info.filename}"
+            if _unsafe_name(info.filename):
+                yield Bad(source, UNSAFE_NAME, "'..' or an absolute path; not imported")
                 continue
-            source = f"{path}!{name}"
-            if info.file_size > MAX_MEMBER_BYTES:
-                yield Bad(source, CORRUPT, f"{info.file_size:,} bytes uncompressed, more than {MAX_MEMBER_BYTES:,}")
+            if _hidden_member(info):
                 continue
             try:
-                data = archive.read(info)
-            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+                read = yield from _member_candidates(archive, info, source, every, tmpdir, left)
+            except _Refused as exc:
+                yield Bad(source, exc.reason, exc.detail)
+                continue
+            except _ArchiveFull:
+                yield Bad(str(path), TOO_LARGE, f"its members unpack to more than {MAX_ZIP_BYTES:,} bytes together; "
+                                                f"{info.filename} and the members after it are not imported")
+                return
+            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, zlib.error) as exc:
                 yield Bad(source, CORRUPT, str(exc))
                 continue
-            yield from _member_candidates(source, name, data, every, tmpdir)
+            left -= read
 
 
-def _member_candidates(source: str, name: str, data: bytes, every: float,
-                       tmpdir: Path) -> Iterator[Candidate | Bad]:
-    sha = hashlib.sha256(data).hexdigest()
-    suffix = Path(name).suffix.lower()
+def _member_candidates(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, every: float, tmpdir: Path,
+                       left: int) -> Generator[Candidate | Bad, None, int]:
+    """Unpack one member to a temporary file (a candidate that owns it) or to the frames of a video; return the
+    number of bytes unpacked."""
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise _Refused(TOO_LARGE, f"the archive declares {info.file_size:,} bytes, more than {MAX_MEMBER_BYTES:,}")
+    if info.file_size > left:
+        raise _ArchiveFull()
+    suffix = Path(info.filename).suffix.lower()
+    fd, name = tempfile.mkstemp(dir=tmpdir, suffix=suffix)
+    os.close(fd)
+    target = Path(name)
+    try:
+        sha, read = _unpack_member(archive, info, target, left)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
     if suffix not in VIDEO_EXTENSIONS:
-        yield Candidate(source, slug(Path(name).stem), sha, data=data, suffix=suffix)
-        return
-    video = tmpdir / f"member{suffix}"
-    video.write_bytes(data)
-    yield from _video_candidates(video, source, sha, every)
-    video.unlink()
+        yield Candidate(source, slug(Path(info.filename).stem), sha, path=target, temporary=True)
+        return read
+    try:
+        yield from _video_candidates(target, source, sha, every)
+    finally:
+        target.unlink(missing_ok=True)
+    return read
 
 
 # ------------------------------------------------------------------------------------------------ video, camera
