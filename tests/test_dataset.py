@@ -5,14 +5,15 @@ import contextlib
 import os
 import signal
 import time
+import warnings
 import zlib
 
 import pytest
 
 from helpers import build_bad_corpus, noise_image
 from tltool.collect import expand_sources
-from tltool.dataset import (LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, SymlinkWarning, load_dataset, stratified_split,
-                            write_split_manifest)
+from tltool.dataset import (LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, ManifestWarning, SymlinkWarning, load_dataset,
+                            stratified_split, write_split_manifest)
 from tltool.errors import BadFilesWarning, LeakageWarning, TltoolError
 from tltool.inspection import check_dataset
 
@@ -262,3 +263,31 @@ def test_a_link_to_a_photo_folder_elsewhere_is_followed_once(tmp_path):
     assert reasons == {"cat/phone/again": LINK_BACK_UP, "dog/phone": LINK_AGAIN, "dog/cats": LINK_INSIDE}
     message = str(caught[0].message)
     assert "3 linked folder(s) not followed" in message and "dog/phone" in message and "dog/cats" in message
+
+
+# ------------------------------------------------------------------------------------------------ manifests
+def test_manifest_extra_cells_and_near_identical_labels_are_named(tmp_path):
+    _tree(tmp_path, {"imgs": 5})
+    rows = ["path,label",
+            "imgs/img_00.jpg,roses",
+            "imgs/img_01.jpg, Roses ",  # spaces: stripped, so 'Roses'
+            "imgs/img_02.jpg,roses,from the garden",  # an extra cell
+            "imgs/img_03.jpg,tulips,",  # a trailing comma: an empty extra cell, nothing lost
+            "imgs/img_04.jpg,tulips"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.warns(ManifestWarning) as caught:
+        ds = load_dataset(tmp_path / "m.csv")
+    assert [r.label for r in ds.records] == ["roses", "Roses", "roses", "tulips", "tulips"]
+    assert ds.classes == ["Roses", "roses", "tulips"]  # case is kept: 'A' and 'a' may be two classes
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 3, messages
+    extra, spaces, case = messages
+    assert "1 row(s) have more cells than the header" in extra and "row 4" in extra and "row 5" not in extra
+    assert "from the garden" in extra
+    assert "stripped" in spaces and "row 3: ' Roses ' -> 'Roses'" in spaces
+    assert "differ only in case" in case and "'Roses' (1 row)" in case and "'roses' (2 rows)" in case
+
+    (tmp_path / "clean.csv").write_text("path,label\nimgs/img_00.jpg,roses\nimgs/img_01.jpg,tulips\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_dataset(tmp_path / "clean.csv").classes == ["roses", "tulips"]

@@ -214,55 +214,110 @@ def _load_tfds_spec(spec: str) -> Dataset:
     return load_tfds(spec)
 
 
+class ManifestWarning(TltoolWarning):
+    """A CSV manifest was read, but something in it may not mean what its author meant: extra cells, labels with
+    surrounding spaces, labels that differ only in case."""
+
+
+MANIFEST_COLUMNS = ("path", "label", "split")
+MAX_NAMED = 10  # rows named in one problem or warning message
+
+
+def _manifest_header(fieldnames: Sequence[str] | None, spec: str) -> list[str]:
+    header = [h.strip() for h in (fieldnames or [])]
+    unknown = [h for h in header if h not in MANIFEST_COLUMNS]
+    missing = sorted({"path", "label"} - set(header))
+    if unknown or missing:
+        parts = [f"unknown column(s) {unknown}"] if unknown else []
+        parts += [f"missing column(s) {missing}"] if missing else []
+        raise TltoolError(f"{spec}, row 1 (header): {' and '.join(parts)}. Expected columns: path,label[,split].")
+    return header
+
+
+def _named(items: Sequence[str]) -> str:
+    more = f"; ... and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else ""
+    return "; ".join(items[:MAX_NAMED]) + more
+
+
+@dataclass
+class _ManifestRows:
+    """The records of a manifest as its rows are read, with every problem (an error) and oddity (a warning)."""
+
+    base: Path
+    records: list[Record] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    extra_cells: list[str] = field(default_factory=list)
+    spaced_labels: list[str] = field(default_factory=list)
+    first_row: dict[str, int] = field(default_factory=dict)
+
+    def add(self, line: int, row: dict) -> None:
+        extra = [cell for cell in row.get(None) or [] if cell.strip()]  # blank trailing cells lose nothing
+        if extra:
+            self.extra_cells.append(f"row {line}: {extra}")
+        path = (row.get("path") or "").strip()
+        raw_label = row.get("label") or ""
+        label = raw_label.strip()
+        split = (row.get("split") or "").strip().lower() or None
+        if not path:
+            self.problems.append(f"row {line}: empty path")
+            return
+        if label != raw_label and label:
+            self.spaced_labels.append(f"row {line}: {raw_label!r} -> {label!r}")
+        full = (self.base / path).resolve() if not os.path.isabs(path) else Path(path)
+        if not label:
+            self.problems.append(f"row {line}: empty label for {path}")
+        if not full.is_file():
+            self.problems.append(f"row {line}: file not found: {path}")
+        if split is not None and split not in SPLIT_ALIASES:
+            self.problems.append(f"row {line}: unknown split {split!r} (use train, val or test)")
+        if str(full) in self.first_row:
+            self.problems.append(f"row {line}: {path} is listed again (first on row {self.first_row[str(full)]})")
+            return
+        self.first_row[str(full)] = line
+        self.records.append(Record(str(full), label, SPLIT_ALIASES.get(split) if split else None))
+
+    def oddities(self, header: list[str]) -> list[str]:
+        """What a :class:`ManifestWarning` says: extra cells, stripped spaces, labels that differ only in case."""
+        found = []
+        if self.extra_cells:
+            found.append(f"{len(self.extra_cells)} row(s) have more cells than the header ({','.join(header)}); "
+                         f"the extra cells are ignored (quote a path that holds a comma): {_named(self.extra_cells)}")
+        if self.spaced_labels:
+            found.append(f"surrounding spaces were stripped from {len(self.spaced_labels)} label(s): "
+                         f"{_named(self.spaced_labels)}")
+        counts = Counter(r.label for r in self.records)
+        by_case: dict[str, list[str]] = {}
+        for label in sorted(counts):
+            by_case.setdefault(label.casefold(), []).append(label)
+        for spellings in (s for s in by_case.values() if len(s) > 1):
+            named = ", ".join(f"{label!r} ({counts[label]} row{'s' if counts[label] > 1 else ''})"
+                              for label in spellings)
+            found.append(f"labels that differ only in case are kept as separate classes: {named}; "
+                         "write them the same way if they name one class")
+        return found
+
+
 @register_source("csv", lambda spec: spec.lower().endswith((".csv", ".tsv")) and os.path.isfile(spec))
 def load_manifest(spec: str) -> Dataset:
-    """A CSV manifest ``path,label[,split]``; paths are relative to the manifest's folder."""
+    """A CSV manifest ``path,label[,split]``; paths are relative to the manifest's folder. Labels lose surrounding
+    spaces; extra cells, stripped spaces and labels that differ only in case are named in a
+    :class:`ManifestWarning`."""
     manifest = Path(spec).resolve()
-    base = manifest.parent
-    allowed, required = {"path", "label", "split"}, {"path", "label"}
-    problems: list[str] = []
-    records: list[Record] = []
-    seen_rows: dict[str, int] = {}
+    rows = _ManifestRows(manifest.parent)
     with open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter="\t" if spec.lower().endswith(".tsv") else ",")
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        unknown = [h for h in header if h not in allowed]
-        missing = sorted(required - set(header))
-        if unknown or missing:
-            parts = []
-            if unknown:
-                parts.append(f"unknown column(s) {unknown}")
-            if missing:
-                parts.append(f"missing column(s) {missing}")
-            raise TltoolError(f"{spec}, row 1 (header): {' and '.join(parts)}. Expected columns: path,label[,split].")
-        reader.fieldnames = header
+        reader.fieldnames = header = _manifest_header(reader.fieldnames, spec)
         for row in reader:
-            line = reader.line_num
-            path = (row.get("path") or "").strip()
-            label = (row.get("label") or "").strip()
-            split = (row.get("split") or "").strip().lower() or None
-            if not path:
-                problems.append(f"row {line}: empty path")
-                continue
-            full = (base / path).resolve() if not os.path.isabs(path) else Path(path)
-            if not label:
-                problems.append(f"row {line}: empty label for {path}")
-            if not full.is_file():
-                problems.append(f"row {line}: file not found: {path}")
-            if split is not None and split not in SPLIT_ALIASES:
-                problems.append(f"row {line}: unknown split {split!r} (use train, val or test)")
-            if str(full) in seen_rows:
-                problems.append(f"row {line}: {path} is listed again (first on row {seen_rows[str(full)]})")
-                continue
-            seen_rows[str(full)] = line
-            records.append(Record(str(full), label, SPLIT_ALIASES.get(split) if split else None))
-    if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise TltoolError(f"{spec}: {len(problems)} problem(s) in the manifest:\n  {shown}{more}")
-    if any(r.split for r in records) and not all(r.split for r in records):
+            rows.add(reader.line_num, row)
+    if rows.problems:
+        shown = "\n  ".join(rows.problems[:20])
+        more = f"\n  ... and {len(rows.problems) - 20} more" if len(rows.problems) > 20 else ""
+        raise TltoolError(f"{spec}: {len(rows.problems)} problem(s) in the manifest:\n  {shown}{more}")
+    if any(r.split for r in rows.records) and not all(r.split for r in rows.records):
         raise TltoolError(f"{spec}: the split column is filled for some rows only; fill it for all rows or none.")
-    return Dataset(name=manifest.stem, source=f"csv:{manifest}", records=records)
+    for message in rows.oddities(header):
+        warnings.warn(f"{spec}: {message}", ManifestWarning, stacklevel=3)
+    return Dataset(name=manifest.stem, source=f"csv:{manifest}", records=rows.records)
 
 
 def _layout(root: Path, notes: list[str]) -> list[tuple[Path, str | None]]:
