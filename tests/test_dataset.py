@@ -12,8 +12,8 @@ import pytest
 
 from helpers import build_bad_corpus, noise_image
 from tltool.collect import expand_sources
-from tltool.dataset import (LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, ManifestWarning, SymlinkWarning, load_dataset,
-                            stratified_split, write_split_manifest)
+from tltool.dataset import (LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, UNREADABLE_FOLDER, ManifestWarning, SymlinkWarning,
+                            load_dataset, stratified_split, write_split_manifest)
 from tltool.errors import BadFilesWarning, LeakageWarning, TltoolError
 from tltool.inspection import check_dataset
 
@@ -291,3 +291,19 @@ def test_manifest_extra_cells_and_near_identical_labels_are_named(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_dataset(tmp_path / "clean.csv").classes == ["roses", "tulips"]
+
+
+def test_a_folder_that_cannot_be_read_is_named_not_a_traceback(tmp_path, monkeypatch):
+    _tree(tmp_path, {"cat": 2, "cat/locked": 1, "dog": 2})
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    ds = load_dataset(tmp_path)
+    assert ds.counts() == {"all": {"cat": 2, "dog": 2}}
+    assert [(os.path.relpath(s.path, tmp_path), s.reason) for s in ds.skipped] == [
+        ("cat/locked", f"{UNREADABLE_FOLDER}: Permission denied")]

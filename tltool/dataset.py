@@ -28,6 +28,7 @@ SPLIT_ALIASES = {
 HIDDEN = "hidden file (ignored)"
 OUTSIDE_CLASS = "not inside a class folder (ignored)"
 NOT_UTF8 = "file name is not valid UTF-8 (ignored; rename it)"
+UNREADABLE_FOLDER = "folder cannot be read (ignored)"
 # Linked folders a walk does not follow (stable strings; the real target follows in parentheses).
 LINK_BACK_UP = "link to a folder above it, not followed"
 LINK_INSIDE = "link to a folder inside the dataset, not followed: its images are found there"
@@ -172,10 +173,14 @@ def _contains(outer: str, inner: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
-def _scan(folder: str) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
+def _scan(folder: str, skipped: list[SkippedFile]) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
     """The sub-folders and the files of ``folder``, each sorted by name; hidden folders left out."""
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        skipped.append(SkippedFile(folder, f"{UNREADABLE_FOLDER}: {exc.strerror or exc}"))
+        return [], []
     folders = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
     return folders, [e for e in entries if not e.is_dir()]
 
@@ -189,7 +194,7 @@ def walk_files(folder: str | os.PathLike, guard: LinkGuard | None = None) -> tup
     stack = [(str(folder), (os.path.realpath(folder),))]
     while stack:
         current, chain = stack.pop()
-        folders, entries = _scan(current)
+        folders, entries = _scan(current, skipped)
         for entry in entries:
             path = Path(entry.path)
             if not is_candidate_file(entry.name):
@@ -219,13 +224,13 @@ class ManifestWarning(TltoolWarning):
     surrounding spaces, labels that differ only in case."""
 
 
-MANIFEST_COLUMNS = ("path", "label", "split")
+CSV_COLUMNS = ("path", "label", "split")
 MAX_NAMED = 10  # rows named in one problem or warning message
 
 
 def _manifest_header(fieldnames: Sequence[str] | None, spec: str) -> list[str]:
     header = [h.strip() for h in (fieldnames or [])]
-    unknown = [h for h in header if h not in MANIFEST_COLUMNS]
+    unknown = [h for h in header if h not in CSV_COLUMNS]
     missing = sorted({"path", "label"} - set(header))
     if unknown or missing:
         parts = [f"unknown column(s) {unknown}"] if unknown else []
