@@ -263,6 +263,22 @@ def test_zip_members_are_capped_in_number_and_in_bytes_actually_unpacked(tmp_pat
     assert [(b.source, b.reason) for b in result.bad] == [(str(archive), TOO_LARGE)]
     assert "p2.jpg and the members after it are not imported" in result.bad[0].detail
 
+    bad_crc = tmp_path / "bad_crc.zip"  # members that unpack whole, then fail their checksum: they count too
+    with zipfile.ZipFile(bad_crc, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(3):
+            z.writestr(f"zeros{i}.jpg", bytes(100_000))
+    data = bytearray(bad_crc.read_bytes())
+    for header, crc_at in ((b"PK\x03\x04", 14), (b"PK\x01\x02", 16)):
+        start = 0
+        while (start := data.find(header, start)) >= 0:
+            struct.pack_into("<I", data, start + crc_at, 0xDEADBEEF)
+            start += 4
+    bad_crc.write_bytes(bytes(data))
+    monkeypatch.setattr(collect_sources, "MAX_ZIP_BYTES", 250_000)
+    result = import_images([str(bad_crc)], tmp_path / "ds4")
+    assert [(b.source.split("!")[-1], b.reason) for b in result.bad] == [
+        ("zeros0.jpg", images.CORRUPT), ("zeros1.jpg", images.CORRUPT), (str(bad_crc), TOO_LARGE)]
+
     monkeypatch.setattr(collect_sources, "MAX_ZIP_BYTES", 1 << 30)
     monkeypatch.setattr(collect_sources, "MAX_MEMBER_BYTES", 100)  # each member declares more
     result = import_images([str(archive)], tmp_path / "ds3")

@@ -14,7 +14,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generator, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -149,6 +149,22 @@ class _ArchiveFull(Exception):
     """The members unpacked so far used the archive's whole budget: nothing more is unpacked."""
 
 
+class _Budget:
+    """The bytes an archive may still unpack; every byte that comes out counts, refused members' too."""
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise _ArchiveFull()
+
+    def charge(self, n: int) -> None:
+        """Count bytes that were inflated but never handed over (a member that failed its checksum)."""
+        self.left -= max(0, n)
+
+
 def _unsafe_name(name: str) -> bool:
     """A member name that would climb out of a folder if unpacked: ``..`` parts, absolute or drive paths."""
     parts = name.replace("\\", "/").split("/")
@@ -159,22 +175,24 @@ def _hidden_member(info: zipfile.ZipInfo) -> bool:
     return info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in info.filename.split("/") if p)
 
 
-def _unpack_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, left: int) -> tuple[str, int]:
+def _unpack_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget) -> str:
     """Stream one member into ``target`` in blocks; stop as soon as more than :data:`MAX_MEMBER_BYTES` (or the
-    ``left`` bytes of the archive's budget) came out: the size an archive declares is not trusted. Returns the
-    sha256 of the bytes and their number."""
+    archive's budget) came out: the size an archive declares is not trusted. Returns the sha256 of the bytes."""
     digest, read = hashlib.sha256(), 0
     with archive.open(info) as src, open(target, "wb") as dst:
-        while block := src.read(ZIP_BLOCK):
-            read += len(block)
-            if read > MAX_MEMBER_BYTES:
-                raise _Refused(TOO_LARGE, f"more than {MAX_MEMBER_BYTES:,} bytes unpacked (the archive declares "
-                                          f"{info.file_size:,})")
-            if read > left:
-                raise _ArchiveFull()
-            digest.update(block)
-            dst.write(block)
-    return digest.hexdigest(), read
+        try:
+            while block := src.read(ZIP_BLOCK):
+                read += len(block)
+                budget.take(len(block))
+                if read > MAX_MEMBER_BYTES:
+                    raise _Refused(TOO_LARGE, f"more than {MAX_MEMBER_BYTES:,} bytes unpacked (the archive "
+                                              f"declares {info.file_size:,})")
+                digest.update(block)
+                dst.write(block)
+        except zipfile.BadZipFile:  # zipfile inflates up to the declared size before it checks the CRC
+            budget.charge(min(info.file_size, MAX_MEMBER_BYTES) - read)
+            raise
+    return digest.hexdigest()
 
 
 def _zip_candidates(path: Path, every: float, tmpdir: Path) -> Iterator[Candidate | Bad]:
@@ -189,7 +207,7 @@ def _zip_candidates(path: Path, every: float, tmpdir: Path) -> Iterator[Candidat
             yield Bad(str(path), TOO_MANY_MEMBERS, f"{len(members):,} members, more than {MAX_ZIP_MEMBERS:,}; "
                                                    "unpack it yourself and import the folder")
             return
-        left = MAX_ZIP_BYTES
+        budget = _Budget(MAX_ZIP_BYTES)
         for info in members:
             source = f"{path}!{info.filename}"
             if _unsafe_name(info.filename):
@@ -198,7 +216,7 @@ def _zip_candidates(path: Path, every: float, tmpdir: Path) -> Iterator[Candidat
             if _hidden_member(info):
                 continue
             try:
-                read = yield from _member_candidates(archive, info, source, every, tmpdir, left)
+                yield from _member_candidates(archive, info, source, every, tmpdir, budget)
             except _Refused as exc:
                 yield Bad(source, exc.reason, exc.detail)
                 continue
@@ -208,35 +226,32 @@ def _zip_candidates(path: Path, every: float, tmpdir: Path) -> Iterator[Candidat
                 return
             except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, zlib.error) as exc:
                 yield Bad(source, CORRUPT, str(exc))
-                continue
-            left -= read
 
 
 def _member_candidates(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, every: float, tmpdir: Path,
-                       left: int) -> Generator[Candidate | Bad, None, int]:
-    """Unpack one member to a temporary file (a candidate that owns it) or to the frames of a video; return the
-    number of bytes unpacked."""
+                       budget: _Budget) -> Iterator[Candidate | Bad]:
+    """Unpack one member to a temporary file (a candidate that owns it) or to the frames of a video."""
     if info.file_size > MAX_MEMBER_BYTES:
         raise _Refused(TOO_LARGE, f"the archive declares {info.file_size:,} bytes, more than {MAX_MEMBER_BYTES:,}")
-    if info.file_size > left:
+    if info.file_size > budget.left:
         raise _ArchiveFull()
     suffix = Path(info.filename).suffix.lower()
+    suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""  # the name is the archive's, not ours
     fd, name = tempfile.mkstemp(dir=tmpdir, suffix=suffix)
     os.close(fd)
     target = Path(name)
     try:
-        sha, read = _unpack_member(archive, info, target, left)
+        sha = _unpack_member(archive, info, target, budget)
     except BaseException:
         target.unlink(missing_ok=True)
         raise
     if suffix not in VIDEO_EXTENSIONS:
         yield Candidate(source, slug(Path(info.filename).stem), sha, path=target, temporary=True)
-        return read
+        return
     try:
         yield from _video_candidates(target, source, sha, every)
     finally:
         target.unlink(missing_ok=True)
-    return read
 
 
 # ------------------------------------------------------------------------------------------------ video, camera
