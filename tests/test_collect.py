@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import shutil
+import struct
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -14,8 +16,9 @@ from PIL import Image
 from helpers import jpeg_bytes, noise_image
 from tltool import images
 from tltool.cli import main
-from tltool.collect import (ADDED, DUPLICATE, MANIFEST, NEAR_DUPLICATE, UNLABELED, NearIndex, dhash, import_images,
-                            near_rule)
+from tltool.collect import (ADDED, DUPLICATE, MANIFEST, NEAR_DUPLICATE, TOO_LARGE, TOO_MANY_MEMBERS, UNLABELED,
+                            UNSAFE_NAME, NearIndex, dhash, import_images, near_rule)
+from tltool.collect import sources as collect_sources
 from tltool.errors import TltoolError
 
 cv2 = pytest.importorskip("cv2")
@@ -178,7 +181,7 @@ def test_camera_missing_is_a_clear_error_and_a_camera_is_sampled(tmp_path, monke
         import_images([], tmp_path / "ds", camera=0)
     cams = []
     monkeypatch.setattr(cv2, "VideoCapture", lambda index: cams.append(_FakeCamera(index)) or cams[-1])
-    monkeypatch.setattr("tltool.collect.time.sleep", lambda s: None)
+    monkeypatch.setattr("tltool.collect.sources.time.sleep", lambda s: None)
     result = import_images([], tmp_path / "ds", camera=1, camera_frames=3, every=0.1)
     assert [r["source"] for r in result.added] == ["camera:1#0", "camera:1#1", "camera:1#2"]
     assert cams[0].released
@@ -205,3 +208,97 @@ def test_cli_import_prints_threshold_and_names_bad_files(tmp_path):
     result = runner.invoke(main, ["collect", "import", str(tmp_path / "missing"), "--out", str(tmp_path / "ds")])
     assert result.exit_code == 2
     assert "error:" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------------ zip safety
+def _lying_zip(path: Path, inflated: int, declared: int) -> Path:
+    """A zip whose member ``bomb.jpg`` inflates to ``inflated`` bytes while both headers declare ``declared``."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr("bomb.jpg", bytes(inflated))
+        z.writestr("ok.jpg", jpeg_bytes((64, 64)))
+    data = bytearray(path.read_bytes())
+    local = data.index(b"PK\x03\x04")  # local header: uncompressed size at +22
+    central = data.index(b"PK\x01\x02")  # central directory: uncompressed size at +24
+    assert data[central + 46:central + 46 + 8] == b"bomb.jpg"
+    struct.pack_into("<I", data, local + 22, declared)
+    struct.pack_into("<I", data, central + 24, declared)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _outside_files(tmp_path: Path, dataset: Path, sources: set[Path]) -> list[Path]:
+    return [p for p in tmp_path.rglob("*") if p.is_file() and p not in sources and dataset not in p.parents]
+
+
+def test_a_zip_member_that_lies_about_its_size_is_never_inflated_whole(tmp_path):
+    archive = _lying_zip(tmp_path / "bomb.zip", inflated=64 << 20, declared=10)
+    assert archive.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        result = import_images([str(archive)], tmp_path / "ds")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB allocated for a member that declares 10 bytes"
+    [bad] = result.bad
+    assert bad.source == f"{archive}!bomb.jpg" and bad.reason == images.CORRUPT and "CRC" in bad.detail
+    assert [r["source"] for r in result.added] == [f"{archive}!ok.jpg"]
+
+
+def test_zip_members_are_capped_in_number_and_in_bytes_actually_unpacked(tmp_path, monkeypatch):
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(4):
+            z.writestr(f"p{i}.jpg", jpeg_bytes((64, 64), colour=(60 * i, 10, 10)))
+    monkeypatch.setattr(collect_sources, "MAX_ZIP_MEMBERS", 3)
+    result = import_images([str(archive)], tmp_path / "ds")
+    assert [(b.source, b.reason) for b in result.bad] == [(str(archive), TOO_MANY_MEMBERS)]
+    assert "4 members, more than 3" in result.bad[0].detail and not result.added
+
+    monkeypatch.setattr(collect_sources, "MAX_ZIP_MEMBERS", 10)
+    size = len(jpeg_bytes((64, 64)))
+    monkeypatch.setattr(collect_sources, "MAX_ZIP_BYTES", int(2.5 * size))  # room for two members
+    result = import_images([str(archive)], tmp_path / "ds2")
+    assert [r["source"] for r in result.added] == [f"{archive}!p0.jpg", f"{archive}!p1.jpg"]
+    assert [(b.source, b.reason) for b in result.bad] == [(str(archive), TOO_LARGE)]
+    assert "p2.jpg and the members after it are not imported" in result.bad[0].detail
+
+    bad_crc = tmp_path / "bad_crc.zip"  # members that unpack whole, then fail their checksum: they count too
+    with zipfile.ZipFile(bad_crc, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(3):
+            z.writestr(f"zeros{i}.jpg", bytes(100_000))
+    data = bytearray(bad_crc.read_bytes())
+    for header, crc_at in ((b"PK\x03\x04", 14), (b"PK\x01\x02", 16)):
+        start = 0
+        while (start := data.find(header, start)) >= 0:
+            struct.pack_into("<I", data, start + crc_at, 0xDEADBEEF)
+            start += 4
+    bad_crc.write_bytes(bytes(data))
+    monkeypatch.setattr(collect_sources, "MAX_ZIP_BYTES", 250_000)
+    result = import_images([str(bad_crc)], tmp_path / "ds4")
+    assert [(b.source.split("!")[-1], b.reason) for b in result.bad] == [
+        ("zeros0.jpg", images.CORRUPT), ("zeros1.jpg", images.CORRUPT), (str(bad_crc), TOO_LARGE)]
+
+    monkeypatch.setattr(collect_sources, "MAX_ZIP_BYTES", 1 << 30)
+    monkeypatch.setattr(collect_sources, "MAX_MEMBER_BYTES", 100)  # each member declares more
+    result = import_images([str(archive)], tmp_path / "ds3")
+    assert {(b.source, b.reason) for b in result.bad} == {(f"{archive}!p{i}.jpg", TOO_LARGE) for i in range(4)}
+
+
+def test_zip_members_with_unsafe_names_are_named_and_nothing_lands_outside(tmp_path):
+    archive = tmp_path / "in" / "evil.zip"
+    archive.parent.mkdir()
+    names = ["../evil.jpg", "a/../../evil2.jpg", "/abs.jpg", "..\\win.jpg", "C:/drive.jpg", "fine/ok.jpg"]
+    with zipfile.ZipFile(archive, "w") as z:
+        for i, name in enumerate(names):
+            z.writestr(zipfile.ZipInfo(name), jpeg_bytes((64, 64), colour=(40 * i, 90, 90)))
+    assert [i.filename for i in zipfile.ZipFile(archive).infolist()] == names  # written as crafted
+    dataset = tmp_path / "in" / "ds"
+    result = CliRunner().invoke(main, ["collect", "import", str(archive), "--out", str(dataset)])
+    assert result.exit_code == 0, result.output
+    for name in names[:-1]:
+        assert f"skipped {archive}!{name}: {UNSAFE_NAME}" in result.output
+    assert "added 1 image(s)" in result.output and "5 bad file(s) skipped" in result.output
+    assert _outside_files(tmp_path, dataset, {archive}) == []
+    assert {p.relative_to(dataset).parts[0] for p in dataset.rglob("*") if p.is_file()} <= {
+        UNLABELED, MANIFEST, ".tltool-output.json"}

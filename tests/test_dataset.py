@@ -1,13 +1,19 @@
 """Dataset sources, validation and the stratified split."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
+import warnings
 import zlib
 
 import pytest
 
 from helpers import build_bad_corpus, noise_image
-from tltool.dataset import load_dataset, stratified_split, write_split_manifest
+from tltool.collect import expand_sources
+from tltool.dataset import (LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, UNREADABLE_FOLDER, ManifestWarning, SymlinkWarning,
+                            load_dataset, stratified_split, write_split_manifest)
 from tltool.errors import BadFilesWarning, LeakageWarning, TltoolError
 from tltool.inspection import check_dataset
 
@@ -152,8 +158,8 @@ def test_max_pixels_above_pillows_own_limit_is_honoured(tmp_path):
     assert check_image(big, max_pixels=100_000_000).width == 9500
     from tltool.errors import BadImageError
 
-    with pytest.raises(BadImageError, match="decompression bomb"):
-        check_image(big)  # the default limit (64 MP) still refuses it
+    with pytest.raises(BadImageError, match="decompression bomb"), pytest.warns(Image.DecompressionBombWarning):
+        check_image(big)  # the default limit (64 MP) still refuses it; Pillow's guard, left on, warns as well
 
 
 def test_unknown_path_and_non_dataset():
@@ -185,3 +191,119 @@ def test_tfds_dataset_becomes_files(tmp_path, monkeypatch):
     assert {f.reason for f in checked.bad} <= {"too small"}
     usable = [f for f in checked.files if f.ok]
     assert usable and all(f.width >= 32 and f.height >= 32 and f.sha256 for f in usable)
+
+
+# ------------------------------------------------------------------------------------------------ symbolic links
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Fail (instead of hanging the suite) when the block runs longer than ``seconds``."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still walking after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _labels(ds) -> dict[str, str]:
+    return {os.path.relpath(r.path, ds.source.split(":", 1)[1]): r.label for r in ds.records}
+
+
+posix_only = pytest.mark.skipif(not hasattr(signal, "setitimer") or os.name != "posix", reason="POSIX symlinks")
+
+
+@posix_only
+def test_a_link_back_up_inside_a_class_is_not_followed_and_is_named(tmp_path):
+    _tree(tmp_path / "ds", {"cat": 2, "dog": 1})
+    (tmp_path / "ds" / "cat" / "up").symlink_to("..")
+    with pytest.warns(SymlinkWarning, match="cat/up"):
+        ds = load_dataset(tmp_path / "ds")
+    assert _labels(ds) == {"cat/img_00.jpg": "cat", "cat/img_01.jpg": "cat", "dog/img_00.jpg": "dog"}
+    [link] = [s for s in ds.skipped if s.path.endswith("up")]
+    assert link.reason.startswith(LINK_BACK_UP) and str((tmp_path / "ds").resolve()) in link.reason
+
+
+@posix_only
+def test_recursive_links_finish_fast(tmp_path):
+    _tree(tmp_path / "ds", {"cat": 2, "dog": 1})
+    (tmp_path / "ds" / "cat" / "up1").symlink_to("..")
+    (tmp_path / "ds" / "cat" / "up2").symlink_to("..")  # with os.walk(followlinks=True) these two never end
+    _tree(tmp_path / "ext", {"a": 1, "b": 1}, seed=50)
+    (tmp_path / "ext" / "a" / "to_b").symlink_to(tmp_path / "ext" / "b")  # a -> b -> a -> ...
+    (tmp_path / "ext" / "b" / "to_a").symlink_to(tmp_path / "ext" / "a")
+    (tmp_path / "ds" / "dog" / "more").symlink_to(tmp_path / "ext" / "a")
+    with _deadline(10), pytest.warns(SymlinkWarning):  # milliseconds; os.walk(followlinks=True) never ended
+        ds = load_dataset(tmp_path / "ds")
+    assert _labels(ds) == {"cat/img_00.jpg": "cat", "cat/img_01.jpg": "cat", "dog/img_00.jpg": "dog",
+                           "dog/more/img_00.jpg": "dog", "dog/more/to_b/img_00.jpg": "dog"}
+    reasons = {os.path.relpath(s.path, tmp_path / "ds"): s.reason.split(" (")[0] for s in ds.skipped}
+    assert reasons == {"cat/up1": LINK_BACK_UP, "cat/up2": LINK_BACK_UP, "dog/more/to_b/to_a": LINK_BACK_UP}
+    with _deadline(10), pytest.warns(SymlinkWarning, match="cat/up1"):
+        files = expand_sources([str(tmp_path / "ds")])  # collect import walks the same way
+    assert len(files) == 5
+
+
+@posix_only
+def test_a_link_to_a_photo_folder_elsewhere_is_followed_once(tmp_path):
+    _tree(tmp_path / "ds", {"cat": 1, "dog": 1})
+    _tree(tmp_path / "photos", {"cats": 2}, seed=70)
+    (tmp_path / "photos" / "cats" / "again").symlink_to(".")
+    (tmp_path / "ds" / "cat" / "phone").symlink_to(tmp_path / "photos" / "cats")
+    (tmp_path / "ds" / "dog" / "phone").symlink_to(tmp_path / "photos" / "cats")  # the same folder again
+    (tmp_path / "ds" / "dog" / "cats").symlink_to(tmp_path / "ds" / "cat")  # inside the dataset: found there
+    with pytest.warns(SymlinkWarning) as caught:
+        ds = load_dataset(tmp_path / "ds")
+    assert _labels(ds) == {"cat/img_00.jpg": "cat", "cat/phone/img_00.jpg": "cat", "cat/phone/img_01.jpg": "cat",
+                           "dog/img_00.jpg": "dog"}
+    reasons = {os.path.relpath(s.path, tmp_path / "ds"): s.reason.split(" (")[0] for s in ds.skipped}
+    assert reasons == {"cat/phone/again": LINK_BACK_UP, "dog/phone": LINK_AGAIN, "dog/cats": LINK_INSIDE}
+    message = str(caught[0].message)
+    assert "3 linked folder(s) not followed" in message and "dog/phone" in message and "dog/cats" in message
+
+
+# ------------------------------------------------------------------------------------------------ manifests
+def test_manifest_extra_cells_and_near_identical_labels_are_named(tmp_path):
+    _tree(tmp_path, {"imgs": 5})
+    rows = ["path,label",
+            "imgs/img_00.jpg,roses",
+            "imgs/img_01.jpg, Roses ",  # spaces: stripped, so 'Roses'
+            "imgs/img_02.jpg,roses,from the garden",  # an extra cell
+            "imgs/img_03.jpg,tulips,",  # a trailing comma: an empty extra cell, nothing lost
+            "imgs/img_04.jpg,tulips"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.warns(ManifestWarning) as caught:
+        ds = load_dataset(tmp_path / "m.csv")
+    assert [r.label for r in ds.records] == ["roses", "Roses", "roses", "tulips", "tulips"]
+    assert ds.classes == ["Roses", "roses", "tulips"]  # case is kept: 'A' and 'a' may be two classes
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 3, messages
+    extra, spaces, case = messages
+    assert "1 row(s) have more cells than the header" in extra and "row 4" in extra and "row 5" not in extra
+    assert "from the garden" in extra
+    assert "stripped" in spaces and "row 3: ' Roses ' -> 'Roses'" in spaces
+    assert "differ only in case" in case and "'Roses' (1 row)" in case and "'roses' (2 rows)" in case
+
+    (tmp_path / "clean.csv").write_text("path,label\nimgs/img_00.jpg,roses\nimgs/img_01.jpg,tulips\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_dataset(tmp_path / "clean.csv").classes == ["roses", "tulips"]
+
+
+def test_a_folder_that_cannot_be_read_is_named_not_a_traceback(tmp_path, monkeypatch):
+    _tree(tmp_path, {"cat": 2, "cat/locked": 1, "dog": 2})
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    ds = load_dataset(tmp_path)
+    assert ds.counts() == {"all": {"cat": 2, "dog": 2}}
+    assert [(os.path.relpath(s.path, tmp_path), s.reason) for s in ds.skipped] == [
+        ("cat/locked", f"{UNREADABLE_FOLDER}: Permission denied")]

@@ -1,6 +1,12 @@
 """The shared decode function: every bad file gets its reason, awkward files are converted the same way."""
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -65,3 +71,46 @@ def test_resize_policies_give_square_output(tmp_path, policy):
         assert out[0].max() == 0 and out[32, 32, 1] == 200
     else:
         assert (out[..., 1] == 200).all()
+
+
+# ------------------------------------------------------------------------------------------------ Pillow's guard
+PILLOW_DEFAULT_LIMIT = int(1024 * 1024 * 1024 // 4 // 3)  # Image.MAX_IMAGE_PIXELS as Pillow ships it
+
+
+def _png_header(path, width: int, height: int):
+    """A PNG that declares ``width`` x ``height`` and holds no pixel data: Image.open sees only the size."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_importing_tltool_leaves_pillows_own_guard_on():
+    code = ("from PIL import Image; import tltool.images, tltool.cli, tltool.collect, tltool.inspection; "
+            f"assert Image.MAX_IMAGE_PIXELS == {PILLOW_DEFAULT_LIMIT}, Image.MAX_IMAGE_PIXELS")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_max_pixels_is_what_rejects_and_pillows_limit_is_put_back(tmp_path):
+    huge = _png_header(tmp_path / "huge.png", 20_000, 20_000)  # 400 MP: past Pillow's hard limit (2 x 89.5 MP)
+    large = _png_header(tmp_path / "large.png", 10_000, 10_000)  # 100 MP: past Pillow's warning limit
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_LIMIT
+    for path, max_pixels in ((huge, images.DEFAULT_MAX_PIXELS), (large, images.DEFAULT_MAX_PIXELS),
+                             (large, 99_000_000)):
+        with pytest.raises(BadImageError) as err, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow's own, for a file refused
+            images.check_image(path, max_pixels=max_pixels)
+        assert err.value.reason == images.BOMB
+        assert err.value.detail.endswith(f"pixels > --max-pixels {max_pixels:,}")
+        assert f"{(400 if path == huge else 100) * 10**6:,} pixels" in err.value.detail
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning for a size the user allowed
+        for path, max_pixels in ((huge, 500_000_000), (large, 150_000_000)):
+            with pytest.raises(BadImageError) as err:
+                images.check_image(path, max_pixels=max_pixels)
+            assert err.value.reason == images.CORRUPT  # past the size checks: only the missing pixels are wrong
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_LIMIT  # raised for one open only, then put back

@@ -9,6 +9,7 @@ import csv
 import io
 import os
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import TltoolError
+from .errors import TltoolError, TltoolWarning
 from .images import is_candidate_file
 
 SPLIT_ALIASES = {
@@ -27,6 +28,11 @@ SPLIT_ALIASES = {
 HIDDEN = "hidden file (ignored)"
 OUTSIDE_CLASS = "not inside a class folder (ignored)"
 NOT_UTF8 = "file name is not valid UTF-8 (ignored; rename it)"
+UNREADABLE_FOLDER = "folder cannot be read (ignored)"
+# Linked folders a walk does not follow (stable strings; the real target follows in parentheses).
+LINK_BACK_UP = "link to a folder above it, not followed"
+LINK_INSIDE = "link to a folder inside the dataset, not followed: its images are found there"
+LINK_AGAIN = "link to a folder already walked, not followed again"
 
 
 def _utf8(text: str) -> bool:
@@ -123,18 +129,82 @@ def load_dataset(spec: str | os.PathLike) -> Dataset:
     )
 
 
-def _walk_files(folder: Path) -> tuple[list[Path], list[SkippedFile]]:
+class SymlinkWarning(TltoolWarning):
+    """A linked folder was not followed (it leads back up, into the dataset itself, or was walked already)."""
+
+
+class LinkGuard:
+    """Which linked folders a walk follows: each real folder once, never one that leads back up (to the walked root
+    or to a folder the walk is inside of), never one inside the root (its files are found there anyway). A link to
+    a folder outside the root is followed, once."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = os.path.realpath(root)
+        self.walked: set[str] = {self.root}
+        self.skipped: list[SkippedFile] = []
+
+    def admits(self, path: str, chain: tuple[str, ...], is_link: bool) -> str | None:
+        """The real path of the folder ``path`` if the walk should enter it (``chain``: real paths of the folders
+        the walk is inside of); otherwise None, and the refusal is recorded in :attr:`skipped`."""
+        real = os.path.realpath(path)
+        reason = None
+        if is_link and any(_contains(real, inner) for inner in (self.root, *chain)):
+            reason = LINK_BACK_UP
+        elif is_link and _contains(self.root, real):
+            reason = LINK_INSIDE
+        elif real in self.walked:
+            reason = LINK_AGAIN
+        if reason is not None:
+            self.skipped.append(SkippedFile(path, f"{reason} ({real})"))
+            return None
+        self.walked.add(real)
+        return real
+
+    def warn(self, name: str) -> None:
+        """One named warning listing every link that was not followed."""
+        if self.skipped:
+            named = "\n  ".join(f"{s.path}: {s.reason}" for s in self.skipped)
+            warnings.warn(f"{name}: {len(self.skipped)} linked folder(s) not followed:\n  {named}", SymlinkWarning,
+                          stacklevel=3)
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Is the real path ``outer`` the same folder as ``inner`` or one above it?"""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def _scan(folder: str, skipped: list[SkippedFile]) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
+    """The sub-folders and the files of ``folder``, each sorted by name; hidden folders left out."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        skipped.append(SkippedFile(folder, f"{UNREADABLE_FOLDER}: {exc.strerror or exc}"))
+        return [], []
+    folders = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    return folders, [e for e in entries if not e.is_dir()]
+
+
+def walk_files(folder: str | os.PathLike, guard: LinkGuard | None = None) -> tuple[list[Path], list[SkippedFile]]:
+    """Every file under ``folder`` in a stable order (a folder's files, then each sub-folder in turn), with the
+    hidden and badly named ones set aside. Linked folders are followed as :class:`LinkGuard` allows; the links it
+    refuses are in ``guard.skipped``."""
+    guard = guard or LinkGuard(folder)
     files, skipped = [], []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if not is_candidate_file(name):
+    stack = [(str(folder), (os.path.realpath(folder),))]
+    while stack:
+        current, chain = stack.pop()
+        folders, entries = _scan(current, skipped)
+        for entry in entries:
+            path = Path(entry.path)
+            if not is_candidate_file(entry.name):
                 skipped.append(SkippedFile(str(path), HIDDEN))
             elif not _utf8(str(path)):
                 skipped.append(SkippedFile(str(path).encode("utf-8", "replace").decode(), NOT_UTF8))
             else:
                 files.append(path)
+        inner = [(e.path, real) for e in folders if (real := guard.admits(e.path, chain, e.is_symlink()))]
+        stack.extend((path, (*chain, real)) for path, real in reversed(inner))
     return files, skipped
 
 
@@ -149,96 +219,172 @@ def _load_tfds_spec(spec: str) -> Dataset:
     return load_tfds(spec)
 
 
+class ManifestWarning(TltoolWarning):
+    """A CSV manifest was read, but something in it may not mean what its author meant: extra cells, labels with
+    surrounding spaces, labels that differ only in case."""
+
+
+CSV_COLUMNS = ("path", "label", "split")
+MAX_NAMED = 10  # rows named in one problem or warning message
+
+
+def _manifest_header(fieldnames: Sequence[str] | None, spec: str) -> list[str]:
+    header = [h.strip() for h in (fieldnames or [])]
+    unknown = [h for h in header if h not in CSV_COLUMNS]
+    missing = sorted({"path", "label"} - set(header))
+    if unknown or missing:
+        parts = [f"unknown column(s) {unknown}"] if unknown else []
+        parts += [f"missing column(s) {missing}"] if missing else []
+        raise TltoolError(f"{spec}, row 1 (header): {' and '.join(parts)}. Expected columns: path,label[,split].")
+    return header
+
+
+def _named(items: Sequence[str]) -> str:
+    more = f"; ... and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else ""
+    return "; ".join(items[:MAX_NAMED]) + more
+
+
+@dataclass
+class _ManifestRows:
+    """The records of a manifest as its rows are read, with every problem (an error) and oddity (a warning)."""
+
+    base: Path
+    records: list[Record] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    extra_cells: list[str] = field(default_factory=list)
+    spaced_labels: list[str] = field(default_factory=list)
+    first_row: dict[str, int] = field(default_factory=dict)
+
+    def add(self, line: int, row: dict) -> None:
+        extra = [cell for cell in row.get(None) or [] if cell.strip()]  # blank trailing cells lose nothing
+        if extra:
+            self.extra_cells.append(f"row {line}: {extra}")
+        path = (row.get("path") or "").strip()
+        raw_label = row.get("label") or ""
+        label = raw_label.strip()
+        split = (row.get("split") or "").strip().lower() or None
+        if not path:
+            self.problems.append(f"row {line}: empty path")
+            return
+        if label != raw_label and label:
+            self.spaced_labels.append(f"row {line}: {raw_label!r} -> {label!r}")
+        full = (self.base / path).resolve() if not os.path.isabs(path) else Path(path)
+        if not label:
+            self.problems.append(f"row {line}: empty label for {path}")
+        if not full.is_file():
+            self.problems.append(f"row {line}: file not found: {path}")
+        if split is not None and split not in SPLIT_ALIASES:
+            self.problems.append(f"row {line}: unknown split {split!r} (use train, val or test)")
+        if str(full) in self.first_row:
+            self.problems.append(f"row {line}: {path} is listed again (first on row {self.first_row[str(full)]})")
+            return
+        self.first_row[str(full)] = line
+        self.records.append(Record(str(full), label, SPLIT_ALIASES.get(split) if split else None))
+
+    def oddities(self, header: list[str]) -> list[str]:
+        """What a :class:`ManifestWarning` says: extra cells, stripped spaces, labels that differ only in case."""
+        found = []
+        if self.extra_cells:
+            found.append(f"{len(self.extra_cells)} row(s) have more cells than the header ({','.join(header)}); "
+                         f"the extra cells are ignored (quote a path that holds a comma): {_named(self.extra_cells)}")
+        if self.spaced_labels:
+            found.append(f"surrounding spaces were stripped from {len(self.spaced_labels)} label(s): "
+                         f"{_named(self.spaced_labels)}")
+        counts = Counter(r.label for r in self.records)
+        by_case: dict[str, list[str]] = {}
+        for label in sorted(counts):
+            by_case.setdefault(label.casefold(), []).append(label)
+        for spellings in (s for s in by_case.values() if len(s) > 1):
+            named = ", ".join(f"{label!r} ({counts[label]} row{'s' if counts[label] > 1 else ''})"
+                              for label in spellings)
+            found.append(f"labels that differ only in case are kept as separate classes: {named}; "
+                         "write them the same way if they name one class")
+        return found
+
+
 @register_source("csv", lambda spec: spec.lower().endswith((".csv", ".tsv")) and os.path.isfile(spec))
 def load_manifest(spec: str) -> Dataset:
-    """A CSV manifest ``path,label[,split]``; paths are relative to the manifest's folder."""
+    """A CSV manifest ``path,label[,split]``; paths are relative to the manifest's folder. Labels lose surrounding
+    spaces; extra cells, stripped spaces and labels that differ only in case are named in a
+    :class:`ManifestWarning`."""
     manifest = Path(spec).resolve()
-    base = manifest.parent
-    allowed, required = {"path", "label", "split"}, {"path", "label"}
-    problems: list[str] = []
-    records: list[Record] = []
-    seen_rows: dict[str, int] = {}
+    rows = _ManifestRows(manifest.parent)
     with open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter="\t" if spec.lower().endswith(".tsv") else ",")
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        unknown = [h for h in header if h not in allowed]
-        missing = sorted(required - set(header))
-        if unknown or missing:
-            parts = []
-            if unknown:
-                parts.append(f"unknown column(s) {unknown}")
-            if missing:
-                parts.append(f"missing column(s) {missing}")
-            raise TltoolError(f"{spec}, row 1 (header): {' and '.join(parts)}. Expected columns: path,label[,split].")
-        reader.fieldnames = header
+        reader.fieldnames = header = _manifest_header(reader.fieldnames, spec)
         for row in reader:
-            line = reader.line_num
-            path = (row.get("path") or "").strip()
-            label = (row.get("label") or "").strip()
-            split = (row.get("split") or "").strip().lower() or None
-            if not path:
-                problems.append(f"row {line}: empty path")
-                continue
-            full = (base / path).resolve() if not os.path.isabs(path) else Path(path)
-            if not label:
-                problems.append(f"row {line}: empty label for {path}")
-            if not full.is_file():
-                problems.append(f"row {line}: file not found: {path}")
-            if split is not None and split not in SPLIT_ALIASES:
-                problems.append(f"row {line}: unknown split {split!r} (use train, val or test)")
-            if str(full) in seen_rows:
-                problems.append(f"row {line}: {path} is listed again (first on row {seen_rows[str(full)]})")
-                continue
-            seen_rows[str(full)] = line
-            records.append(Record(str(full), label, SPLIT_ALIASES.get(split) if split else None))
-    if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise TltoolError(f"{spec}: {len(problems)} problem(s) in the manifest:\n  {shown}{more}")
-    if any(r.split for r in records) and not all(r.split for r in records):
+            rows.add(reader.line_num, row)
+    if rows.problems:
+        shown = "\n  ".join(rows.problems[:20])
+        more = f"\n  ... and {len(rows.problems) - 20} more" if len(rows.problems) > 20 else ""
+        raise TltoolError(f"{spec}: {len(rows.problems)} problem(s) in the manifest:\n  {shown}{more}")
+    if any(r.split for r in rows.records) and not all(r.split for r in rows.records):
         raise TltoolError(f"{spec}: the split column is filled for some rows only; fill it for all rows or none.")
-    return Dataset(name=manifest.stem, source=f"csv:{manifest}", records=records)
+    for message in rows.oddities(header):
+        warnings.warn(f"{spec}: {message}", ManifestWarning, stacklevel=3)
+    return Dataset(name=manifest.stem, source=f"csv:{manifest}", records=rows.records)
+
+
+def _layout(root: Path, notes: list[str]) -> list[tuple[Path, str | None]]:
+    """The folders that hold class folders, with their split: ``root`` itself, or its train/val/test folders."""
+    subdirs = _subdirs(root)
+    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES and _subdirs(d)]
+    if not split_dirs:
+        return [(root, None)]
+    others = [d.name for d in subdirs if d not in split_dirs]
+    if others:
+        notes.append(f"folders {others} are not splits (train/val/test) and were ignored")
+    return [(d, SPLIT_ALIASES[d.name.lower()]) for d in split_dirs]
+
+
+@dataclass
+class _FolderWalk:
+    """What walking a class-per-folder dataset found."""
+
+    guard: LinkGuard
+    records: list[Record] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    seen_classes: set[str] = field(default_factory=set)
+    empty: set[str] = field(default_factory=set)
+
+    def add_split(self, folder: Path, split: str | None) -> None:
+        for entry in sorted(folder.iterdir()):
+            if entry.is_file():
+                reason = HIDDEN if entry.name.startswith(".") else OUTSIDE_CLASS
+                self.skipped.append(SkippedFile(str(entry), reason))
+        for class_dir in _subdirs(folder):
+            if not self.guard.admits(str(class_dir), (), class_dir.is_symlink()):
+                continue
+            files, hidden = walk_files(class_dir, self.guard)
+            self.skipped.extend(hidden)
+            self.seen_classes.add(class_dir.name)
+            if not files:
+                self.empty.add(class_dir.name)
+            self.records.extend(Record(str(p), class_dir.name, split) for p in files)
 
 
 @register_source("folder", os.path.isdir)
 def load_folder(spec: str) -> Dataset:
-    """``root/<class>/*`` or ``root/{train,val,test}/<class>/*`` (an existing split is kept)."""
+    """``root/<class>/*`` or ``root/{train,val,test}/<class>/*`` (an existing split is kept). Linked folders are
+    followed as :class:`LinkGuard` allows; the others are named in a :class:`SymlinkWarning` and in ``skipped``."""
     root = Path(spec).resolve()
-    subdirs = _subdirs(root)
-    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES and _subdirs(d)]
-    records: list[Record] = []
-    skipped: list[SkippedFile] = []
     notes: list[str] = []
-    empty: set[str] = set()
-    seen_classes: set[str] = set()
-    layout = [(d, SPLIT_ALIASES[d.name.lower()]) for d in split_dirs] if split_dirs else [(root, None)]
-    if split_dirs:
-        others = [d.name for d in subdirs if d not in split_dirs]
-        if others:
-            notes.append(f"folders {others} are not splits (train/val/test) and were ignored")
-    for folder, split in layout:
-        for entry in sorted(folder.iterdir()):
-            if entry.is_file():
-                reason = HIDDEN if entry.name.startswith(".") else OUTSIDE_CLASS
-                skipped.append(SkippedFile(str(entry), reason))
-        for class_dir in _subdirs(folder):
-            files, hidden = _walk_files(class_dir)
-            skipped.extend(hidden)
-            seen_classes.add(class_dir.name)
-            if not files:
-                empty.add(class_dir.name)
-            records.extend(Record(str(p), class_dir.name, split) for p in files)
-    labelled = {r.label for r in records}
-    for name in sorted(seen_classes - labelled):
+    walk = _FolderWalk(LinkGuard(root))
+    for folder, split in _layout(root, notes):
+        walk.add_split(folder, split)
+    labelled = {r.label for r in walk.records}
+    for name in sorted(walk.seen_classes - labelled):
         notes.append(f"class folder {name!r} has no images and was ignored")
-    for name in sorted(empty & labelled):
+    for name in sorted(walk.empty & labelled):
         notes.append(f"class {name!r} has no images in one of the splits")
-    if not records:
+    walk.guard.warn(root.name)
+    if not walk.records:
         raise TltoolError(
             f"{spec}: no images found. Expected one sub-folder per class (root/<class>/*.jpg) "
             "or root/train/<class>/* and root/val/<class>/*."
         )
-    return Dataset(name=root.name, source=f"folder:{root}", records=records, skipped=skipped, notes=notes)
+    return Dataset(name=root.name, source=f"folder:{root}", records=walk.records,
+                   skipped=walk.skipped + walk.guard.skipped, notes=notes)
 
 
 # ------------------------------------------------------------------------------------------------ splitting

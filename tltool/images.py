@@ -5,7 +5,10 @@ rotated phone photo looks the same to ``data inspect``, to extraction, to fine-t
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,9 +19,11 @@ from .errors import BadImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000: far above most cameras, far below a decompression bomb
 
-# tltool checks the pixel count itself (``max_pixels``, before any pixel is decoded), so Pillow's own fixed
-# limit (89.5 MP, with a warning that is not thread-safe to catch) would only refuse what --max-pixels allows.
-Image.MAX_IMAGE_PIXELS = None
+# tltool checks the pixel count itself (``max_pixels``, on the header, before any pixel is decoded). Pillow's own
+# guard (``Image.MAX_IMAGE_PIXELS``: a warning above 89.5 MP, an error above twice that) stays on for all other code
+# in the process; only when a user allows more than Pillow does, tltool raises Pillow's limit to --max-pixels for
+# the one call that reads a header, under a lock, and puts it back.
+_PILLOW_LIMIT_LOCK = threading.Lock()
 MIN_SIDE = 32
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -45,6 +50,21 @@ class ImageInfo:
     conversions: list[str] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def _pillow_limit_at_least(max_pixels: int):
+    """Pillow's pixel limit, raised to ``max_pixels`` for the block if it is lower (and put back after)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or max_pixels <= limit:
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     try:
         size = os.path.getsize(path)
@@ -53,9 +73,12 @@ def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     if size == 0:
         raise BadImageError(path, EMPTY, "0 bytes")
     try:
-        im = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise BadImageError(path, BOMB, str(exc).split(" could be")[0]) from None
+        with _pillow_limit_at_least(max_pixels):
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:  # twice Pillow's limit, which is at least --max-pixels
+        counted = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(counted[1]):,} pixels" if counted else "more pixels than Pillow allows"
+        raise BadImageError(path, BOMB, f"{size} > --max-pixels {max_pixels:,}") from None
     except UnidentifiedImageError:
         raise BadImageError(path, NOT_AN_IMAGE, "no known image format") from None
     except PermissionError as exc:
@@ -115,6 +138,8 @@ def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) ->
         return np.asarray(_to_rgb(im, info.conversions)), info
     except BadImageError:
         raise
+    except Image.DecompressionBombError as exc:  # a GIF frame larger than its header said
+        raise BadImageError(path, BOMB, str(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(path, CORRUPT, str(exc)) from None
     finally:

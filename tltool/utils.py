@@ -5,7 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,32 +20,67 @@ def cache_dir() -> Path:
     return path
 
 
+TEMP_ATTEMPTS = 100
+
+
+def _create_temp_beside(target: Path, suffix: str) -> Path:
+    """A new empty file next to ``target`` with mode ``0o666`` less the umask, exactly as ``open(path, "w")`` makes
+    it (``tempfile.mkstemp`` would make it 0600, and the rename would keep that: nobody else could read a report)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(TEMP_ATTEMPTS):
+        path = target.parent / f".{target.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(path, flags, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name beside {target}")
+
+
+def _fsync_path(path: Path, folder: bool = False) -> None:
+    """Flush a file's data (or a folder's entries) to the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY if folder else os.O_RDWR)
+    except OSError:
+        if not folder:
+            raise
+        return  # folders cannot be opened on Windows; NTFS journals the rename itself
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, suffix: str = "", durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
 
-    A crash or kill mid-write leaves the old file (or none) in place, never a half-written one.
+    A crash or kill mid-write leaves the old file (or none) in place, never a half-written one. The file gets the
+    mode ``open()`` would give it (the umask is respected). ``durable`` also survives a power cut: the data is
+    flushed to disk before the rename, and the folder after it (checkpoints, resume state, labels).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix + ".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp_beside(target, suffix or target.suffix + ".tmp")
     try:
         yield tmp_path
+        if durable:
+            _fsync_path(tmp_path)
         os.replace(tmp_path, target)
+        if durable:
+            _fsync_path(target.parent, folder=True)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def write_text_atomic(target: str | os.PathLike, text: str) -> None:
-    with atomic_path(target) as tmp:
+def write_text_atomic(target: str | os.PathLike, text: str, durable: bool = False) -> None:
+    with atomic_path(target, durable=durable) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(target: str | os.PathLike, data: Any) -> None:
-    write_text_atomic(target, json.dumps(data, indent=2, default=_json_default) + "\n")
+def write_json(target: str | os.PathLike, data: Any, durable: bool = False) -> None:
+    write_text_atomic(target, json.dumps(data, indent=2, default=_json_default) + "\n", durable=durable)
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..collect import DEFAULT_EVERY, DEFAULT_MAX_SIDE, DEFAULT_NEAR_THRESHOLD, import_images, near_rule
 from ..images import DEFAULT_MAX_PIXELS
 
 MAX_LISTED = 20
@@ -17,10 +18,11 @@ def collect() -> None:
 @click.argument("sources", nargs=-1)
 @click.option("--out", "dataset", required=True, type=click.Path(file_okay=False),
               help="Dataset folder; images go to DATASET/unlabeled/, decisions to DATASET/manifest.csv.")
-@click.option("--every", type=float, default=2.0, show_default=True,
+@click.option("--every", type=float, default=DEFAULT_EVERY, show_default=True,
               help="Seconds between the frames taken from a video (and between webcam pictures).")
-@click.option("--max-side", type=int, default=1024, show_default=True, help="Longest side of a written image.")
-@click.option("--near-threshold", type=int, default=6, show_default=True,
+@click.option("--max-side", type=int, default=DEFAULT_MAX_SIDE, show_default=True,
+              help="Longest side of a written image.")
+@click.option("--near-threshold", type=int, default=DEFAULT_NEAR_THRESHOLD, show_default=True,
               help="Near duplicate: dHash Hamming distance up to this many bits of 64 (negative: keep all).")
 @click.option("--camera", type=int, default=None, help="Also take pictures from webcam INDEX (0 is the first).")
 @click.option("--camera-frames", type=int, default=20, show_default=True, help="Pictures to take with --camera.")
@@ -32,8 +34,6 @@ def import_cmd(sources, dataset, every, max_side, near_threshold, camera, camera
     Every image is decoded like training decodes it (EXIF rotation, RGB), shrunk to --max-side, and dropped when
     it duplicates an image already there, exactly or nearly. Rerunning adds only new images.
     """
-    from ..collect import import_images, near_rule
-
     result = import_images(sources, dataset, every=every, max_side=max_side, near_threshold=near_threshold,
                            camera=camera, camera_frames=camera_frames, max_pixels=max_pixels,
                            on_bad=lambda bad: click.echo(f"skipped {bad}", err=True))

@@ -1,0 +1,88 @@
+"""Safety of the files tltool writes: modes that respect the umask, durable writes (issue 16.2)."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from helpers import noise_image
+from tltool import utils
+from tltool.collect import UNLABELED, import_images
+
+
+@pytest.fixture()
+def umask():
+    """Set the process umask for one test, then restore it."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
+                         ids=["umask-022", "umask-077", "umask-002"])
+def test_written_files_respect_the_umask_like_open(tmp_path, umask, mask, expected):
+    umask(mask)
+    with open(tmp_path / "by_open.txt", "w") as f:
+        f.write("x")
+    utils.write_text_atomic(tmp_path / "text.md", "hello\n")
+    utils.write_json(tmp_path / "data.json", {"a": 1})
+    with utils.atomic_path(tmp_path / "blob.bin") as tmp:
+        tmp.write_bytes(b"\0" * 10)
+    with utils.atomic_path(tmp_path / "replaced.bin") as tmp:  # a writer that replaces the temp file (h5py, zip)
+        tmp.unlink()
+        tmp.write_bytes(b"x")
+    assert _mode(tmp_path / "by_open.txt") == expected
+    for name in ("text.md", "data.json", "blob.bin", "replaced.bin"):
+        assert _mode(tmp_path / name) == expected, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["by_open.txt", "text.md", "data.json", "blob.bin", "replaced.bin"])  # no temp file left behind
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_collected_photos_and_manifest_are_readable_by_the_group_under_umask_022(tmp_path, umask):
+    umask(0o022)
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    result = import_images([str(tmp_path / "in")], tmp_path / "ds")
+    written = [tmp_path / "ds" / r["file"] for r in result.added]
+    assert len(written) == 1 and written[0].parent.name == UNLABELED
+    assert _mode(written[0]) == 0o644
+    assert _mode(result.manifest) == 0o644
+
+
+def test_durable_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else "?"))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "state.json"
+    utils.write_json(target, {"epoch": 3}, durable=True)
+    assert utils.read_json(target) == {"epoch": 3}
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync", "replace", "fsync"]
+    if os.path.exists("/proc/self/fd"):
+        assert Path(events[0][1]).parent == tmp_path and events[0][1] != str(target)  # the temp file
+        assert events[2][1] == str(tmp_path)  # the folder, so the rename itself survives a power cut
+    events.clear()
+    utils.write_text_atomic(tmp_path / "report.md", "x")  # not durable by default: no fsync cost
+    assert [kind for kind, _ in events] == ["replace"]
+    events.clear()
+    with utils.atomic_path(tmp_path / "ckpt.weights.h5", durable=True) as tmp:
+        tmp.write_bytes(b"weights")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]

@@ -1,0 +1,317 @@
+"""Where ``collect import`` finds pictures: files, folders, globs, zip members, video frames and a webcam.
+
+Every source becomes a stream of :class:`Candidate` (an image still to decode) and :class:`Bad` (a named refusal).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import tempfile
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from ..dataset import LinkGuard, walk_files
+from ..errors import BadImageError, TltoolError
+from ..images import CORRUPT, UNREADABLE
+from ..utils import sha256_file
+
+DEFAULT_EVERY = 2.0
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"})
+# Zip archives are unpacked in blocks under hard caps on the bytes that actually come out (zip bombs; the sizes an
+# archive declares are not trusted) and on the number of members.
+MAX_MEMBER_BYTES = 1 << 30  # one member (a video may be large)
+MAX_ZIP_BYTES = 16 << 30  # all members of one archive together (overlapping members reuse compressed data)
+MAX_ZIP_MEMBERS = 50_000
+ZIP_BLOCK = 1 << 16
+# Why a zip member (or a whole archive) is refused; stable strings, printed as "skipped archive.zip!name: reason".
+TOO_LARGE = "too large to unpack"
+TOO_MANY_MEMBERS = "too many members"
+UNSAFE_NAME = "unsafe member name"
+
+
+def cv2_module():
+    """OpenCV, imported on first use, without its "[ WARN ] can't open camera" noise on stderr."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    import cv2
+
+    return cv2
+
+
+@dataclass
+class Candidate:
+    """One image to consider: a file on disk, an unpacked zip member, or a decoded video/camera frame."""
+
+    source: str  # what the user reads: a path, archive.zip!member.jpg, clip.mp4@4.00s, camera:0#3
+    stem: str  # readable part of the written file's name
+    source_sha256: str
+    frame_s: str = ""
+    path: Path | None = None
+    temporary: bool = False  # ``path`` is an unpacked zip member, deleted once decoded
+    frame: np.ndarray | None = None  # BGR, as OpenCV decodes it
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.source_sha256, self.frame_s
+
+
+@dataclass
+class Bad:
+    """A source or member that was refused, and why (``reason`` is one of the stable strings of tltool.images)."""
+
+    source: str
+    reason: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+def slug(text: str) -> str:
+    """A short file-name-safe version of ``text``."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:40] or "image"
+
+
+# ------------------------------------------------------------------------------------------------ files
+def _has_magic(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _walk(folder: Path) -> list[Path]:
+    """The dataset layer's walk: sorted, hidden files and folders left out, links followed as it allows."""
+    guard = LinkGuard(folder)
+    files, _hidden = walk_files(folder, guard)
+    guard.warn(str(folder))
+    return files
+
+
+def _expand_one(spec: str) -> list[Path]:
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        return _walk(path)
+    if path.is_file():
+        return [path]
+    if not _has_magic(spec):
+        raise TltoolError(f"{spec}: no such file or folder.")
+    matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
+    if not matches:
+        raise TltoolError(f"{spec}: the pattern matches no file. Quote it so your shell does not expand it, "
+                          "and check the folder.")
+    return [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
+
+
+def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[Path]:
+    """Folders (recursively, hidden files left out), globs and single files, in a stable order, without ``exclude``."""
+    seen: set[Path] = set()
+    out = []
+    for f in (f for spec in sources for f in _expand_one(spec)):
+        resolved = f.resolve()
+        if resolved in seen or (exclude is not None and resolved.is_relative_to(exclude)):
+            continue
+        seen.add(resolved)
+        out.append(f)
+    return out
+
+
+def candidates_of(path: Path, every: float, tmpdir: Path) -> Iterator[Candidate | Bad]:
+    """The candidates of one file: an image as it is, each zip member, video frames every ``every`` seconds."""
+    suffix = path.suffix.lower()
+    try:
+        sha = sha256_file(path)
+    except OSError as exc:
+        yield Bad(str(path), UNREADABLE, exc.strerror or str(exc))
+        return
+    if suffix == ".zip":
+        yield from _zip_candidates(path, every, tmpdir)
+    elif suffix in VIDEO_EXTENSIONS:
+        yield from _video_candidates(path, str(path), sha, every)
+    else:
+        yield Candidate(str(path), slug(path.stem), sha, path=path)
+
+
+# ------------------------------------------------------------------------------------------------ zip archives
+class _Refused(Exception):
+    """One member is not unpacked."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+class _ArchiveFull(Exception):
+    """The members unpacked so far used the archive's whole budget: nothing more is unpacked."""
+
+
+class _Budget:
+    """The bytes an archive may still unpack; every byte that comes out counts, refused members' too."""
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise _ArchiveFull()
+
+    def charge(self, n: int) -> None:
+        """Count bytes that were inflated but never handed over (a member that failed its checksum)."""
+        self.left -= max(0, n)
+
+
+def _unsafe_name(name: str) -> bool:
+    """A member name that would climb out of a folder if unpacked: ``..`` parts, absolute or drive paths."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
+
+
+def _hidden_member(info: zipfile.ZipInfo) -> bool:
+    return info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in info.filename.split("/") if p)
+
+
+def _unpack_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget) -> str:
+    """Stream one member into ``target`` in blocks; stop as soon as more than :data:`MAX_MEMBER_BYTES` (or the
+    archive's budget) came out: the size an archive declares is not trusted. Returns the sha256 of the bytes."""
+    digest, read = hashlib.sha256(), 0
+    with archive.open(info) as src, open(target, "wb") as dst:
+        try:
+            while block := src.read(ZIP_BLOCK):
+                read += len(block)
+                budget.take(len(block))
+                if read > MAX_MEMBER_BYTES:
+                    raise _Refused(TOO_LARGE, f"more than {MAX_MEMBER_BYTES:,} bytes unpacked (the archive "
+                                              f"declares {info.file_size:,})")
+                digest.update(block)
+                dst.write(block)
+        except zipfile.BadZipFile:  # zipfile inflates up to the declared size before it checks the CRC
+            budget.charge(min(info.file_size, MAX_MEMBER_BYTES) - read)
+            raise
+    return digest.hexdigest()
+
+
+def _zip_candidates(path: Path, every: float, tmpdir: Path) -> Iterator[Candidate | Bad]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        yield Bad(str(path), CORRUPT, f"not a readable zip file: {exc}")
+        return
+    with archive:
+        members = sorted(archive.infolist(), key=lambda i: i.filename)
+        if len(members) > MAX_ZIP_MEMBERS:
+            yield Bad(str(path), TOO_MANY_MEMBERS, f"{len(members):,} members, more than {MAX_ZIP_MEMBERS:,}; "
+                                                   "unpack it yourself and import the folder")
+            return
+        budget = _Budget(MAX_ZIP_BYTES)
+        for info in members:
+            source = f"{path}!{info.filename}"
+            if _unsafe_name(info.filename):
+                yield Bad(source, UNSAFE_NAME, "'..' or an absolute path; not imported")
+                continue
+            if _hidden_member(info):
+                continue
+            try:
+                yield from _member_candidates(archive, info, source, every, tmpdir, budget)
+            except _Refused as exc:
+                yield Bad(source, exc.reason, exc.detail)
+                continue
+            except _ArchiveFull:
+                yield Bad(str(path), TOO_LARGE, f"its members unpack to more than {MAX_ZIP_BYTES:,} bytes together; "
+                                                f"{info.filename} and the members after it are not imported")
+                return
+            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, zlib.error) as exc:
+                yield Bad(source, CORRUPT, str(exc))
+
+
+def _member_candidates(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, every: float, tmpdir: Path,
+                       budget: _Budget) -> Iterator[Candidate | Bad]:
+    """Unpack one member to a temporary file (a candidate that owns it) or to the frames of a video."""
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise _Refused(TOO_LARGE, f"the archive declares {info.file_size:,} bytes, more than {MAX_MEMBER_BYTES:,}")
+    if info.file_size > budget.left:
+        raise _ArchiveFull()
+    suffix = Path(info.filename).suffix.lower()
+    suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""  # the name is the archive's, not ours
+    fd, name = tempfile.mkstemp(dir=tmpdir, suffix=suffix)
+    os.close(fd)
+    target = Path(name)
+    try:
+        sha = _unpack_member(archive, info, target, budget)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    if suffix not in VIDEO_EXTENSIONS:
+        yield Candidate(source, slug(Path(info.filename).stem), sha, path=target, temporary=True)
+        return
+    try:
+        yield from _video_candidates(target, source, sha, every)
+    finally:
+        target.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ video, camera
+def _frame_times(capture, every: float) -> Iterator[tuple[float, np.ndarray]]:
+    """Grab every frame of an open capture, decode one per ``every`` seconds of video time."""
+    cv2 = cv2_module()
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    fps = fps if fps and 0 < fps < 1000 else None
+    index, next_t = 0, 0.0
+    while capture.grab():
+        t = index / fps if fps else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        index += 1
+        if t + 1e-6 < next_t:
+            continue
+        ok, frame = capture.retrieve()
+        if ok and frame is not None:
+            while next_t <= t + 1e-6:
+                next_t += every
+            yield t, frame
+    if index == 0:
+        raise BadImageError("", CORRUPT, "no video frame could be decoded")
+
+
+def _video_candidates(path: Path, source: str, sha: str, every: float) -> Iterator[Candidate | Bad]:
+    capture = cv2_module().VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            yield Bad(source, CORRUPT, "OpenCV cannot open this video")
+            return
+        stem = slug(Path(source.split("!")[-1]).stem)
+        for t, frame in _frame_times(capture, every):
+            yield Candidate(f"{source}@{t:.2f}s", f"{stem}-t{t:07.2f}s", sha, f"{t:.3f}", frame=frame)
+    except BadImageError as exc:
+        yield Bad(source, exc.reason, exc.detail)
+    finally:
+        capture.release()
+
+
+def open_camera(index: int):
+    """An opened OpenCV capture of webcam ``index``, or a :class:`TltoolError` that says what to check."""
+    capture = cv2_module().VideoCapture(index)
+    if not capture.isOpened():
+        capture.release()
+        raise TltoolError(f"no camera at index {index}: OpenCV could not open it. Connect a webcam (and close other "
+                          "programs that use it), try another --camera index, or import photo folders instead.")
+    return capture
+
+
+def camera_candidates(capture, index: int, frames: int, every: float,
+                      sleep: Callable[[float], None] = time.sleep) -> Iterator[Candidate]:
+    """``frames`` pictures from an opened camera, one every ``every`` seconds."""
+    try:
+        for n in range(frames):
+            if n:
+                sleep(every)
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                raise TltoolError(f"camera {index} stopped delivering pictures after {n} of {frames}.")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            sha = hashlib.sha256(np.ascontiguousarray(frame).tobytes()).hexdigest()
+            yield Candidate(f"camera:{index}#{n}", f"camera{index}-{stamp}-{n:03d}", sha, frame=frame)
+    finally:
+        capture.release()
