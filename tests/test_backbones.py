@@ -1,7 +1,9 @@
 """Backbone registry, offline failure messages, and the exactness of the offline EfficientNet-Lite0 port."""
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +167,121 @@ def test_backbones_command_lists_every_registered_name():
     listed = [spec.name for spec in list_backbones() if spec.name in result.output]
     assert len(listed) == len(list_backbones()) >= 30
     assert "offline" in result.output  # efficientnet_lite0's weights need no download
+
+
+# ------------------------------------------------------------------ crafted .pth files (issue 16, point 6)
+def _unicode(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + len(raw).to_bytes(4, "little") + raw
+
+
+def _tuple(values) -> bytes:
+    return b"(" + b"".join(b"I%d\n" % v for v in values) + b"t"
+
+
+def _state_pickle(tensors: dict) -> bytes:
+    """The state-dict pickle torch writes, opcode by opcode (no torch needed): name -> (key, size, offset, shape,
+    stride), each a ``_rebuild_tensor_v2`` call on a persistent FloatStorage."""
+    out = b"\x80\x02ccollections\nOrderedDict\n)R("
+    for name, (key, size, offset, shape, stride) in tensors.items():
+        storage = b"(" + _unicode("storage") + b"ctorch\nFloatStorage\n" + _unicode(key) + _unicode("cpu") + \
+            b"I%d\nt" % size + b"Q"
+        out += _unicode(name) + b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"I%d\n" % offset + \
+            _tuple(shape) + _tuple(stride) + b"\x89ccollections\nOrderedDict\n)Rt" + b"R"
+    return out + b"u."
+
+
+def _os_system(marker) -> bytes:
+    return b"cos\nsystem\n(" + _unicode(f"touch {marker}") + b"tR."
+
+
+def _write_pth(path, tensors: dict, storages: dict, replace: dict | None = None):
+    """A legacy torch file: magic, protocol, system info, state dict, storage keys, then each storage's data.
+    ``replace`` swaps pickle number i (0..4) for other bytes."""
+    import pickle
+    import struct
+
+    from tltool.backbones.torch_pickle import LEGACY_MAGIC
+
+    pickles = [pickle.dumps(LEGACY_MAGIC, protocol=2), pickle.dumps(1001, protocol=2),
+               pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2), _state_pickle(tensors),
+               pickle.dumps(list(storages), protocol=2)]
+    for index, raw in (replace or {}).items():
+        pickles[index] = raw
+    with open(path, "wb") as f:
+        f.write(b"".join(pickles))
+        for values in storages.values():
+            data = np.asarray(values, dtype="<f4")
+            f.write(struct.pack("<q", data.size) + data.tobytes())
+    return path
+
+
+def test_a_small_pth_with_strided_tensors_reads_exactly(tmp_path):
+    from tltool.backbones.torch_pickle import load_legacy_state_dict
+
+    values = np.arange(6, dtype=np.float32)
+    path = _write_pth(tmp_path / "ok.pth", {"w": ("0", 6, 0, (2, 3), (1, 2)), "b": ("0", 6, 4, (2,), (1,)),
+                                           "n": ("1", 1, 0, (), ())}, {"0": values, "1": [7.0]})
+    state = load_legacy_state_dict(str(path))
+    np.testing.assert_array_equal(state["w"], values.reshape(3, 2).T)  # a transposed view of the storage
+    np.testing.assert_array_equal(state["b"], [4.0, 5.0])
+    assert state["n"].shape == () and float(state["n"]) == 7.0
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_a_global_in_any_pickle_of_a_pth_is_refused_and_never_runs(tmp_path, index):
+    from tltool.backbones.torch_pickle import UnsafeWeightsFile, load_legacy_state_dict
+
+    marker = tmp_path / "pwned"
+    path = _write_pth(tmp_path / "evil.pth", {"w": ("0", 2, 0, (2,), (1,))}, {"0": [1.0, 2.0]},
+                      replace={index: _os_system(marker)})
+    with pytest.raises(UnsafeWeightsFile, match=r"evil\.pth: refusing to load os\.system: a weights file holds only "
+                                                r"tensors"):
+        load_legacy_state_dict(str(path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("offset,shape,stride,problem", [
+    (0, (4096,), (1,), "reads element 4095 of a storage of 1"),
+    (1, (1,), (1,), "reads element 1 of a storage of 1"),
+    (0, (2, 2), (1, 5), "reads element 6 of a storage of 4"),
+    (0, (64, 64), (0, 0), "4096 elements over a storage of only 4"),
+    (-1, (1,), (1,), "negative"),
+    (0, (2,), (-1,), "negative"),
+    (0, (2, 2), (1,), "malformed"),
+])
+def test_a_view_past_its_storage_is_refused(tmp_path, offset, shape, stride, problem):
+    from tltool.backbones.torch_pickle import UnsafeWeightsFile, load_legacy_state_dict
+
+    size = 1 if shape in ((4096,), (1,)) else 4
+    path = _write_pth(tmp_path / "oob.pth", {"w": ("0", size, offset, shape, stride)}, {"0": np.ones(size)})
+    with pytest.raises(UnsafeWeightsFile, match=problem):
+        load_legacy_state_dict(str(path))
+
+
+def test_a_storage_shorter_than_declared_is_refused(tmp_path):
+    from tltool.backbones.torch_pickle import UnsafeWeightsFile, load_legacy_state_dict
+
+    path = _write_pth(tmp_path / "short.pth", {"w": ("0", 4096, 0, (4096,), (1,))}, {"0": [1.0]})
+    with pytest.raises(UnsafeWeightsFile, match="holds 1 values but declared 4096"):
+        load_legacy_state_dict(str(path))
+
+
+KERAS_SAFE_MODE_FIXED = (3, 14, 1)  # TFSMLayer (CVE-2026-1462) and HDF5 virtual-dataset (CVE-2026-12480) bypasses
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def test_keras_floor_has_the_safe_mode_fixes_and_every_load_is_safe():
+    from importlib.metadata import version
+
+    repo = Path(__file__).resolve().parents[1]
+    floor = re.search(r"^\s*keras>=([\d.]+)\s*$", (repo / "setup.cfg").read_text(), re.M)
+    assert floor and _version(floor.group(1)) >= KERAS_SAFE_MODE_FIXED
+    assert _version(version("keras")) >= _version(floor.group(1))
+    calls = [(path.name, line) for path in (repo / "tltool").rglob("*.py")
+             for line in path.read_text().splitlines() if "load_model(" in line and "def " not in line]
+    assert calls and all("safe_mode=True" in line for _, line in calls), calls
+    assert not [p for p in (repo / "tltool").rglob("*.py") if "enable_unsafe_deserialization" in p.read_text()]
