@@ -138,3 +138,20 @@ def test_finetune_cv_reports_out_of_fold_predictions(tmp_path):
     val_1 = {r["path"] for r in splits[0] if r["split"] == "val"}
     val_2 = {r["path"] for r in splits[1] if r["split"] == "val"}
     assert not val_1 & val_2 and len(val_1 | val_2) == 160
+
+
+@pytest.mark.parametrize("required,outcome", [("1", "1 error"), ("", "1 skipped")])
+def test_missing_real_photos_fail_under_tltool_require_data(tmp_path, required, outcome):
+    """.ci/run sets TLTOOL_REQUIRE_DATA=1: there a missing ../shared/datasets fails the run instead of skipping."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TLTOOL_SHARED_DATASETS": str(tmp_path), "TLTOOL_REQUIRE_DATA": required}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_cli_data.py::test_inspect_counts_match_files_on_disk"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert outcome in proc.stdout, proc.stdout[-2000:]
+    assert f"real photos not available: {tmp_path / 'flowers'} is absent" in proc.stdout
+    assert proc.returncode == (1 if required else 0)
