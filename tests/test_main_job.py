@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -33,7 +34,7 @@ def test_flowers_linear_probe_reaches_80_percent(flowers_run):
     assert low < accuracy < high
     metrics = json.loads((root / "run" / "metrics.json").read_text())
     assert metrics["val"]["accuracy"]["n"] == 100
-    assert metrics["val"]["top5_accuracy"]["value"] == 1.0  # 5 classes: top-5 is always right
+    _assert_metrics_match_predictions(metrics["val"], root / "run" / "predictions.csv")
     assert set(metrics["val"]["per_class"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
     for artifact in ("report.md", "confusion_matrix.png", "misclassified.png", "predictions.csv", "head.npz"):
         assert (root / "run" / artifact).stat().st_size > 0
@@ -41,12 +42,12 @@ def test_flowers_linear_probe_reaches_80_percent(flowers_run):
 
 
 def _assert_metrics_match_predictions(val: dict, predictions_csv) -> None:
-    """The stored metrics are those of the stored per-image predictions."""
+    """The stored metrics are those of the stored per-image predictions (top-5 of 5 classes would say nothing)."""
     import csv
 
     import numpy as np
 
-    rows = list(csv.DictReader(open(predictions_csv, newline="")))
+    rows = list(csv.DictReader(Path(predictions_csv).read_text().splitlines()))
     classes = val["classes"]
     probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
     true = np.array([classes.index(r["true"]) for r in rows])
@@ -57,6 +58,19 @@ def _assert_metrics_match_predictions(val: dict, predictions_csv) -> None:
     assert val["confusion_matrix"] == confusion.tolist()
     recalls = confusion.diagonal() / confusion.sum(axis=1)
     assert val["balanced_accuracy"]["value"] == pytest.approx(recalls.mean())
+
+
+def test_top5_counts_only_the_five_most_probable_classes():
+    import numpy as np
+
+    from tltool.evaluation import Evaluation
+
+    # 7 classes; the true class ranks 1st, 5th, 6th and 7th for the four images
+    probs = np.array([[.40, .20, .15, .10, .08, .05, .02]] * 4)
+    evaluation = Evaluation([f"c{i}" for i in range(7)], np.array([0, 4, 5, 6]), probs)
+    assert (evaluation.top_k(5).correct, evaluation.top_k(1).correct, evaluation.top_k(6).correct) == (2, 1, 3)
+    assert evaluation.to_json()["top5_accuracy"]["value"] == 0.5
+    assert Evaluation(["a", "b", "c"], np.array([0]), np.ones((1, 3)) / 3).to_json()["top5_accuracy"] is None
 
 
 def test_pets_probe_with_real_weights_lands_where_only_a_working_pipeline_can(pets, tmp_path):
