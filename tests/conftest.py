@@ -1,5 +1,6 @@
 """Shared fixtures. Real photos live in ../shared/datasets (outside the repo); tests that need them skip with a
-clear reason when that folder is absent (a user's clone)."""
+clear reason when that folder is absent (a user's clone), and fail instead under TLTOOL_REQUIRE_DATA=1 (CI sets it:
+a green CI must mean the real-photo tests ran)."""
 from __future__ import annotations
 
 import os
@@ -18,8 +19,9 @@ SAMPLE = REPO / "data" / "shapes"
 def shared_dataset(name: str) -> Path:
     path = SHARED / name
     if not (path / "train").is_dir():
-        pytest.skip(f"real photos not available: {path} is absent (set TLTOOL_SHARED_DATASETS to a folder with "
-                    f"{name}/train/<class>/*.jpg)")
+        give_up = pytest.fail if os.environ.get("TLTOOL_REQUIRE_DATA") == "1" else pytest.skip
+        give_up(f"real photos not available: {path} is absent (set TLTOOL_SHARED_DATASETS to a folder with "
+                f"{name}/train/<class>/*.jpg)")
     return path
 
 
