@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import TltoolError, did_you_mean
+from .settings import PREVIEW_DRAWS, PREVIEW_SIZE
 from .pipeline import SeededTransform
 
 CROP_HEADROOM = 1.143  # decode at 256 for a 224 input: room for random crops, as in the ImageNet recipe
@@ -90,7 +91,8 @@ def load_size(image_size: int, augment: str | None) -> int:
     return image_size if augment in (None, "", "none") else int(round(image_size * CROP_HEADROOM))
 
 
-def preview(data: str, out: str | Path, augment: str = "standard", image_size: int = 224, draws: int = 16,
+def preview(data: str, out: str | Path, augment: str = "standard", image_size: int = PREVIEW_SIZE,
+            draws: int = PREVIEW_DRAWS,
             seed: int = 0, index: int = 0) -> Path:
     """A PNG grid of one training image under ``draws`` random augmentations (the first tile is the original)."""
     import math

@@ -17,7 +17,7 @@ from .errors import TltoolError
 from .features import FeatureSet, load_features
 from .heads import FittedHead, get_head_spec
 from .progress import Bar, say
-from .stats import wilson_interval
+from .stats import format_proportion, wilson_interval
 
 
 @dataclass
@@ -216,6 +216,5 @@ def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "
 def say_cv(result: CVResult) -> None:
     acc = result.accuracy()
     js = result.to_json()
-    say(f"{js['description']}: accuracy {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
-        f"(n={acc['n']} images), folds {js['fold_mean']:.3f} ± {js['fold_std']:.3f}")
+    say(f"{js['description']}: accuracy {format_proportion(acc)}, folds {js['fold_mean']:.3f} ± {js['fold_std']:.3f}")
 

@@ -8,9 +8,10 @@ from typing import Sequence
 import numpy as np
 
 from .images import DEFAULT_MAX_PIXELS
+from .settings import CHOICES
 from .stats import Proportion
 
-TTA_MODES = ("none", "flip", "10crop")
+TTA_MODES = CHOICES["tta"]
 TTA_CROP_RATIO = 0.875  # 224 crops from 256: the classic ImageNet evaluation ratio
 
 

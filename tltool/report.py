@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from .evaluation import Evaluation
+from .stats import format_proportion
 from .utils import atomic_path, write_json, write_text_atomic
 
 
@@ -119,34 +120,27 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], list[
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], classes
 
 
-def _fmt(p: dict | None) -> str:
-    if not p:
-        return "n/a"
-    lo, hi = p["ci95"]
-    return f"{p['value']:.3f} [{lo:.3f}, {hi:.3f}] (n={p['n']})"
-
-
 def markdown_summary(title: str, metrics: dict) -> str:
     val = metrics["val"]
     lines = [f"# {title}", ""]
-    lines += [f"- **validation accuracy: {_fmt(val['accuracy'])}**"]
+    lines += [f"- **validation accuracy: {format_proportion(val['accuracy'])}**"]
     if val.get("top5_accuracy"):
-        lines.append(f"- top-5 accuracy: {_fmt(val['top5_accuracy'])}")
+        lines.append(f"- top-5 accuracy: {format_proportion(val['top5_accuracy'])}")
     ba = val["balanced_accuracy"]
     lines.append(f"- balanced accuracy: {ba['value']:.3f} (mean recall over {ba['n_classes']} classes, n={ba['n']})")
     for name, tta in (metrics.get("tta") or {}).items():
-        lines.append(f"- with test-time augmentation `{name}`: {_fmt(tta['accuracy'])}")
+        lines.append(f"- with test-time augmentation `{name}`: {format_proportion(tta['accuracy'])}")
     if metrics.get("train_accuracy"):
-        lines.append(f"- training accuracy: {_fmt(metrics['train_accuracy'])}")
+        lines.append(f"- training accuracy: {format_proportion(metrics['train_accuracy'])}")
     if metrics.get("cv"):
         cv = metrics["cv"]
-        lines.append(f"- cross-validation ({cv['description']}): {_fmt(cv['accuracy'])}, "
+        lines.append(f"- cross-validation ({cv['description']}): {format_proportion(cv['accuracy'])}, "
                      f"fold mean {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f}")
     lines += ["", "Intervals are 95 % Wilson score intervals over the n images; on a small validation split they are "
               "wide, and two runs whose intervals overlap may not differ at all (`tltool compare` tests it).", ""]
     lines += ["## Per class", "", "| class | precision | recall [95 % CI] | F1 | n |", "|---|---|---|---|---|"]
     for name, row in val["per_class"].items():
-        recall = _fmt(row["recall"]) if row["recall"] else "n/a"
+        recall = format_proportion(row["recall"]) if row["recall"] else "n/a"
         lines.append(f"| {name} | {row['precision']:.3f} | {recall} | {row['f1']:.3f} | {row['support']} |")
     lines += ["", "## Settings", "", "```json"]
     import json

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TltoolError
+from ..settings import DEFAULT_BACKBONE
 from .registry import (BackboneSpec, get_backbone_spec, keras_models_dir, list_backbones, register_backbone,
                        weights_digest)
-
-DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def create_backbone(name: str, weights: str = "imagenet", image_size: int | None = None):

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from .options import split_options
+from .options import choice, split_options
 
 
 @click.group("data")
@@ -53,7 +53,7 @@ def make_sample_cmd(out: str, per_class: int, seed: int) -> None:
 @data.command("digits")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--size", type=int, default=32, show_default=True, help="Side of the upscaled images in pixels.")
-@click.option("--resample", type=click.Choice(["nearest", "bilinear", "bicubic"]), default="bilinear",
+@click.option("--resample", type=choice("resample"), default="bilinear",
               show_default=True)
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from .features import head_option, pool_option
 from .options import out_option
 
 
@@ -23,8 +24,8 @@ def compare_cmd(run_a, run_b, data, out) -> None:
 
 @click.command("learning-curve")
 @click.argument("features", type=click.Path(exists=True, file_okay=False))
-@click.option("--head", default="logreg", show_default=True)
-@click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True)
+@head_option
+@pool_option
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Random subsets averaged per point.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @out_option

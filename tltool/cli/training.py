@@ -4,20 +4,21 @@ from __future__ import annotations
 import click
 
 from ..configs import FinetuneConfig, RunConfig, ScratchConfig
-from .options import backbone_options, force_option, out_option, split_options, strategy_option, tta_option
+from ..settings import PREVIEW_DRAWS, PREVIEW_SIZE, choices
+from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
+                      tta_option)
 from .output import echo_tta
 
-AUGMENT_HELP = "none, light, standard, heavy, or an albumentations pipeline file (YAML/JSON from A.save)."
+AUGMENT_HELP = f"{', '.join(choices('augment'))}, or an albumentations pipeline file (YAML/JSON from A.save)."
 
 
 def training_options(config: type[RunConfig]):
     """Options of the training loop, named exactly as the fields of ``config``, with its defaults."""
     options = [
-        click.option("--optimizer", default=config.optimizer, show_default=True,
-                     help="sgd, momentum, nesterov, adagrad, adadelta, rmsprop, adam, adamw."),
+        click.option("--optimizer", type=choice("optimizer"), default=config.optimizer, show_default=True),
         click.option("--weight-decay", type=float, default=config.weight_decay, help="Decoupled weight decay."),
-        click.option("--schedule", default=config.schedule, show_default=True,
-                     help="constant, step, exponential, cosine (with --warmup-epochs), plateau."),
+        click.option("--schedule", type=choice("schedule"), default=config.schedule, show_default=True,
+                     help="cosine goes with --warmup-epochs; plateau with --plateau-patience/--plateau-factor."),
         click.option("--warmup-epochs", type=float, default=config.warmup_epochs, show_default=True,
                      help="cosine: epochs of linear warm-up from 1% of the learning rate, in each stage."),
         click.option("--step-epochs", type=int, default=config.step_epochs, show_default=True,
@@ -32,7 +33,7 @@ def training_options(config: type[RunConfig]):
         click.option("--early-stopping", type=int, default=config.early_stopping, show_default=True,
                      help="End a stage after N epochs without a better val loss (with that stage's best weights; "
                           "the next stage still runs); 0: off."),
-        click.option("--class-weight", type=click.Choice(["none", "balanced"]), default=config.class_weight,
+        click.option("--class-weight", type=choice("class_weight"), default=config.class_weight,
                      show_default=True),
         click.option("--augment", default=config.augment, show_default=True, help=AUGMENT_HELP),
         click.option("--mixed-precision", is_flag=True, default=config.mixed_precision,
@@ -41,13 +42,7 @@ def training_options(config: type[RunConfig]):
         click.option("--scale-lr", is_flag=True, default=config.scale_lr,
                      help="Multiply the learning rates by the number of replicas (linear scaling rule)."),
     ]
-
-    def apply(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return apply
+    return compose(*options)
 
 
 def _print_run(result) -> None:
@@ -66,7 +61,7 @@ def _print_run(result) -> None:
 @backbone_options
 @split_options
 @training_options(FinetuneConfig)
-@click.option("--head-init", type=click.Choice(["probe", "random"]), default=FinetuneConfig.head_init,
+@click.option("--head-init", type=choice("head_init"), default=FinetuneConfig.head_init,
               show_default=True, help="Start the classifier as the linear probe (LP-FT) or at random.")
 @click.option("--head-epochs", type=int, default=FinetuneConfig.head_epochs, show_default=True,
               help="Stage 1: the new head alone.")
@@ -108,7 +103,7 @@ def finetune_cmd(data, cv, resume, out, force, **options) -> None:
               help="A from-scratch net (see `tltool arch list`).")
 @click.option("--image-size", type=int, default=ScratchConfig.image_size,
               help="Input size [default: the architecture's].")
-@click.option("--resize", type=click.Choice(["crop", "pad", "stretch"]), default=ScratchConfig.resize,
+@click.option("--resize", type=choice("resize"), default=ScratchConfig.resize,
               show_default=True)
 @click.option("--batch-size", type=int, default=ScratchConfig.batch_size, show_default=True,
               help="Images per batch on each replica.")
@@ -140,7 +135,7 @@ def train_cmd(data, resume, out, force, **options) -> None:
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]), default="keras",
+@click.option("--format", "fmt", type=choice("export_format"), default="keras",
               show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Export folder: new, empty, or an earlier tltool export [default: RUN_DIR/export/FORMAT].")
@@ -159,9 +154,9 @@ def augment() -> None:
 
 @augment.command("preview")
 @click.argument("data")
-@click.option("--augment", "preset", default="standard", show_default=True, help=AUGMENT_HELP)
-@click.option("--image-size", type=int, default=224, show_default=True)
-@click.option("--draws", type=int, default=17, show_default=True)
+@click.option("--augment", "preset", default=FinetuneConfig.augment, show_default=True, help=AUGMENT_HELP)
+@click.option("--image-size", type=int, default=PREVIEW_SIZE, show_default=True)
+@click.option("--draws", type=int, default=PREVIEW_DRAWS, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--index", type=int, default=0, show_default=True, help="Which image (in path order).")
 @click.option("--out", type=click.Path(), default="augment_preview.png", show_default=True)

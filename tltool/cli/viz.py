@@ -3,21 +3,17 @@ from __future__ import annotations
 
 import click
 
-from .options import backbone_options, split_options
+from ..configs import LinearConfig
+from ..settings import DEFAULT_BACKBONE
+from .options import backbone_options, choice, compose, split_options
 
-_network_options = [
-    click.option("--backbone", default=None, help="Pretrained network [default: efficientnet_lite0 unless --model]."),
+network_options = compose(
+    click.option("--backbone", default=None, help=f"Pretrained network [default: {DEFAULT_BACKBONE} unless --model]."),
     click.option("--model", "run_dir", default=None, type=click.Path(file_okay=False),
                  help="A run folder (linear, probe or finetune) instead of --backbone."),
     click.option("--weights", default="imagenet", show_default=True, help="With --backbone: imagenet, none or a file."),
     click.option("--image-size", type=int, default=None, help="With --backbone: input size [default: the backbone's]."),
-]
-
-
-def network_options(fn):
-    for option in reversed(_network_options):
-        fn = option(fn)
-    return fn
+)
 
 
 out_option = click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -90,7 +86,7 @@ def gradcam_cmd(images, run_dir, class_name, out) -> None:
 
 @viz.command("embedding")
 @click.argument("features", type=click.Path(file_okay=False))
-@click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True)
+@click.option("--pool", type=choice("pool"), default=LinearConfig.pool, show_default=True)
 @click.option("--method", type=click.Choice(["auto", "tsne", "pca"]), default="auto", show_default=True,
               help="auto: t-SNE, or PCA when there are fewer than 30 images.")
 @click.option("--perplexity", type=float, default=30.0, show_default=True)

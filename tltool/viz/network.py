@@ -17,7 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..configs import resolve_input
 from ..errors import TltoolError
+from ..settings import DEFAULT_BACKBONE
 
 
 @dataclass
@@ -155,19 +157,19 @@ def open_network(backbone: str | None = None, model: str | Path | None = None, w
         raise TltoolError("--image-size applies to --backbone; a run (--model) uses the size it was trained at.")
     if model:
         return open_run(model)
-    return open_backbone(backbone or "efficientnet_lite0", weights, image_size)
+    return open_backbone(backbone or DEFAULT_BACKBONE, weights, image_size)
 
 
 def open_backbone(name: str, weights: str = "imagenet", image_size: int | None = None) -> Network:
-    from ..backbones import create_backbone, get_backbone_spec
+    from ..backbones import create_backbone  # builds a Keras model: TensorFlow
 
-    spec = get_backbone_spec(name)
-    model = create_backbone(spec.name, weights=weights, image_size=image_size)
-    hint = f"--backbone {spec.name}" + (f" --image-size {image_size}" if image_size else "")
+    inputs = resolve_input(name, image_size)
+    model = create_backbone(inputs.backbone, weights=weights, image_size=inputs.image_size)
+    hint = f"--backbone {inputs.backbone}" + (f" --image-size {image_size}" if image_size else "")
     base = _nested_model(model)  # keras.applications name it their own way (mobilenetv2_1.00_224)
-    return Network(name=spec.name, preprocess=model.get_layer("preprocess"), base=base,
-                   image_size=image_size or spec.default_size, bgr=spec.preprocess == "caffe", layer_hint=hint,
-                   config={"backbone": spec.name, "weights": str(weights)})
+    return Network(name=inputs.backbone, preprocess=model.get_layer("preprocess"), base=base,
+                   image_size=inputs.image_size, bgr=inputs.preprocess == "caffe", layer_hint=hint,
+                   config={"backbone": inputs.backbone, "weights": str(weights)})
 
 
 def open_run(run_dir: str | Path) -> Network:
