@@ -8,7 +8,7 @@ import pytest
 
 from tltool import settings
 from tltool.cli import main
-from tltool.recipes import recipe_commands
+from tltool.cli.recipes import recipe_commands
 from tltool.configs import ExtractConfig, FinetuneConfig, LinearConfig, resolve_input, split_settings
 from tltool.errors import TltoolError
 from tltool.stats import Proportion, format_proportion

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from .images import DEFAULT_MAX_PIXELS
+from .progress import Bar
 from .settings import CHOICES
 from .stats import Proportion
 
@@ -120,7 +121,6 @@ def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resiz
     ``max_pixels``: the decode limit the run was trained with (``--max-pixels``).
     """
     from .pipeline import image_dataset
-    from .progress import Bar
 
     views = n_views(tta)
     ds = image_dataset(list(paths), image_size=tta_decode_size(tta, image_size), resize=resize,

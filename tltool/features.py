@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .backbones import get_backbone_spec, weights_digest
+from .backbones import create_backbone, get_backbone_spec, weights_digest
 from .configs import ExtractConfig, InputConfig
 from .dataset import Dataset, Record, label_indices, load_dataset, require_training_images, stratified_split
 from .distribute import extraction_shard, resolve_strategy
@@ -252,8 +252,6 @@ def _chunk_done(path: Path, key: str, rows: int) -> bool:
 def build_feature_extractor(backbone: str, weights: str, image_size: int):
     """The backbone with both poolings as outputs, and a compiled step function (XLA off: it is slower on CPU)."""
     from ._tf import tf
-
-    from .backbones import create_backbone  # builds a Keras model: TensorFlow
 
     model = create_backbone(backbone, weights=weights, image_size=image_size)
 

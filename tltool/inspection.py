@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .dataset import Dataset, Record
+from .dataset import Dataset, Record, load_dataset
 from .errors import BadFilesWarning, BadImageError, ImbalanceWarning, LeakageWarning
 from .images import DEFAULT_MAX_PIXELS, check_image
 from .progress import Bar
+from .runs import new_run_dir
 from .utils import sha256_file, write_json
 
 IMBALANCE_RATIO = 3.0
@@ -212,9 +213,6 @@ def render_inspect(checked: CheckedDataset):
 def run_inspect(path: str, strict: bool = False, max_pixels: int | None = None, out: str | None = None) -> int:
     """``tltool data inspect``: print the report, write ``inspect.json``; return the exit status."""
     from rich.console import Console
-
-    from .dataset import load_dataset
-    from .runs import new_run_dir
 
     dataset = load_dataset(path)
     checked = check_dataset(dataset, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, emit_warnings=False)

@@ -16,10 +16,11 @@ from .heads import FittedHead, get_head_spec, search
 from .images import DEFAULT_MAX_PIXELS
 from .models import load_run
 from .progress import say
-from .report import write_run_report
+from .report import worst_mistakes, write_run_report
 from .runs import DEFAULT_RUNS_ROOT, new_run_dir, slug
 from .settings import CHOICES
 from .utils import write_json
+from .viz.gradcam import gradcam_overlays
 
 CLASS_WEIGHTS = CHOICES["class_weight"]
 
@@ -71,9 +72,10 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
         "timing": {"fit_seconds": fit_seconds},
     }
     title = f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {config.head}"
+    overlays = _gradcam_of_mistakes(run_dir, evaluation, val_paths) if config.gradcam else None
     metrics = write_run_report(run_dir, evaluation, val_paths, kind="linear", title=title, config=model_config,
                                extra=extra, tta=_tta_evaluations(run_dir, fs, val_paths, val, config.tta),
-                               gradcam=config.gradcam)
+                               overlays=overlays)
     return LinearResult(run_dir, evaluation, metrics, fitted)
 
 
@@ -83,6 +85,12 @@ def _fit_head(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig
     gs = search(get_head_spec(config.head), X, y, standardize=config.standardize, class_weight=cw, seed=config.seed)
     chosen = {k.replace("clf__", ""): v for k, v in gs.best_params_.items()}
     return FittedHead.from_pipeline(config.head, gs.best_estimator_, fs.classes, chosen, X, y), gs, chosen
+
+
+def _gradcam_of_mistakes(run_dir: Path, evaluation: Evaluation, paths: list[str]) -> list[np.ndarray]:
+    """Grad-CAM of the predicted class for the mistakes the report shows, in its order (the head is saved)."""
+    wrong = worst_mistakes(evaluation)
+    return gradcam_overlays(run_dir, [paths[i] for i in wrong], size=128) if len(wrong) else []
 
 
 def _tta_evaluations(run_dir: Path, fs: FeatureSet, val_paths: list[str], val: np.ndarray,

@@ -7,7 +7,6 @@ model takes raw pixels and cannot be fed the wrong normalisation.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Callable, Sequence
 
 import numpy as np
@@ -114,20 +113,3 @@ def _augment_fn(transform: Transform, output_size: int) -> Callable:
         return {**item, "image": image}
 
     return augment_tf
-
-
-class SeededTransform:
-    """Wrap an albumentations pipeline as a :data:`Transform`: one private copy per thread, seeded per image."""
-
-    def __init__(self, compose) -> None:
-        self.compose = compose
-        self._local = threading.local()
-
-    def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
-        compose = getattr(self._local, "compose", None)
-        if compose is None:
-            import copy
-
-            compose = self._local.compose = copy.deepcopy(self.compose)
-        compose.set_random_seed(seed)
-        return compose(image=image)["image"]

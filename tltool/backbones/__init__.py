@@ -5,8 +5,8 @@ from pathlib import Path
 
 from ..errors import TltoolError
 from ..settings import DEFAULT_BACKBONE
-from .registry import (BackboneSpec, get_backbone_spec, keras_models_dir, list_backbones, register_backbone,
-                       weights_digest)
+from .registry import (BackboneSpec, _weights_failure, get_backbone_spec, keras_models_dir, list_backbones,
+                       register_backbone, weights_digest)
 
 
 def create_backbone(name: str, weights: str = "imagenet", image_size: int | None = None):
@@ -19,7 +19,6 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
     from .._tf import keras
 
     from .layers import ImagePreprocessing
-    from .registry import _weights_failure
 
     spec = get_backbone_spec(name)
     size = image_size or spec.default_size

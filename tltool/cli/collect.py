@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import click
 
+from ..collect import import_images, near_rule
 from ..images import DEFAULT_MAX_PIXELS
+from ..labeler import export_labels, make_server, parse_classes
 
 MAX_LISTED = 20
 
@@ -32,8 +34,6 @@ def import_cmd(sources, dataset, every, max_side, near_threshold, camera, camera
     Every image is decoded like training decodes it (EXIF rotation, RGB), shrunk to --max-side, and dropped when
     it duplicates an image already there, exactly or nearly. Rerunning adds only new images.
     """
-    from ..collect import import_images, near_rule
-
     result = import_images(sources, dataset, every=every, max_side=max_side, near_threshold=near_threshold,
                            camera=camera, camera_frames=camera_frames, max_pixels=max_pixels,
                            on_bad=lambda bad: click.echo(f"skipped {bad}", err=True))
@@ -71,8 +71,6 @@ def label() -> None:
 def serve_cmd(dataset, classes, host, port, review, open_browser, verbose) -> None:
     """Serve a labelling page for DATASET (images under DATASET/unlabeled/) and save every key press to
     DATASET/labels.csv. Keys: 1-9 label, arrows move, u undo, s skip. Stop with Ctrl-C."""
-    from ..labeler import make_server, parse_classes
-
     server = make_server(dataset, parse_classes(classes), host=host, port=port, review=review, quiet=not verbose)
     store = server.store
     for note in store.notes:
@@ -107,8 +105,6 @@ def serve_cmd(dataset, classes, host, port, review, open_browser, verbose) -> No
 @click.option("--copy", is_flag=True, help="Copy the images instead of hard-linking them.")
 def export_cmd(dataset, val_fraction, seed, out, copy) -> None:
     """Write DATASET/labels.csv as OUT/train/<class>/ and OUT/val/<class>/ with a stratified, seeded split."""
-    from ..labeler import export_labels
-
     result = export_labels(dataset, out=out, val_fraction=val_fraction, seed=seed, copy=copy)
     for split, counts in result.counts().items():
         click.echo(f"{split}: " + ", ".join(f"{name} {n}" for name, n in counts.items()))

@@ -5,6 +5,10 @@ import sys
 
 import click
 
+from ..dataset import write_split_manifest
+from ..digits import export_digits
+from ..inspection import run_inspect
+from ..sample import make_shapes_dataset
 from .options import choice, split_options
 
 
@@ -21,8 +25,6 @@ def data() -> None:
               help="Folder for inspect.json [default: runs/inspect-<name>].")
 def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None) -> None:
     """Count images per class and split, name every bad file with its reason, find duplicates and leakage."""
-    from ..inspection import run_inspect
-
     code = run_inspect(path, strict=strict, max_pixels=max_pixels, out=out)
     sys.exit(code)
 
@@ -33,8 +35,6 @@ def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None
 @split_options
 def split_cmd(path: str, out_csv: str, val_fraction: float, seed: int, max_pixels: int) -> None:
     """Write a stratified, seeded train/val split as a CSV manifest (path,label,split) and classes.json."""
-    from ..dataset import write_split_manifest
-
     target = write_split_manifest(path, out_csv, val_fraction=val_fraction, seed=seed)
     click.echo(f"wrote {target}")
 
@@ -45,8 +45,6 @@ def split_cmd(path: str, out_csv: str, val_fraction: float, seed: int, max_pixel
 @click.option("--seed", type=int, default=0, show_default=True)
 def make_sample_cmd(out: str, per_class: int, seed: int) -> None:
     """Render the bundled demo dataset of shapes (circle, square, triangle, star) into OUT."""
-    from ..sample import make_shapes_dataset
-
     click.echo(f"wrote {make_shapes_dataset(out, per_class=per_class, seed=seed)}")
 
 
@@ -60,8 +58,6 @@ def make_sample_cmd(out: str, per_class: int, seed: int) -> None:
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def digits_cmd(out: str, size: int, resample: str, val_fraction: float, seed: int, force: bool) -> None:
     """Export scikit-learn's 1797 8x8 handwritten digits (offline) to OUT/{train,val}/<digit>/*.png, upscaled."""
-    from ..digits import export_digits
-
     counts = export_digits(out, size=size, val_fraction=val_fraction, seed=seed, resample=resample, force=force)
     click.echo(f"wrote {out}: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
 

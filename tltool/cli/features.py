@@ -5,9 +5,11 @@ from pathlib import Path
 
 import click
 
+from ..backbones import list_backbones
 from ..configs import ExtractConfig, LinearConfig, split_settings
 from ..features import extract_features
 from ..linear import probe, train_linear
+from ..models import evaluate_run, predict_images
 from ..report import accuracy_line
 from ..stats import format_proportion
 from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
@@ -20,8 +22,6 @@ def backbones_cmd() -> None:
     """List the pretrained networks, their preprocessing, input size and whether weights are available offline."""
     from rich.console import Console
     from rich.table import Table
-
-    from ..backbones import list_backbones
 
     table = Table(title="backbones (weights: offline = ships with tltool's dependencies; cached = in the Keras cache)")
     for column in ("name", "family", "preprocess", "size", "min", "weights"):
@@ -124,8 +124,6 @@ def probe_cmd(data, features_dir, out, force, **options) -> None:
 @tta_option
 def predict_cmd(images, run_dir, top_k, tta) -> None:
     """Classify IMAGES with a trained run."""
-    from ..models import predict_images
-
     for p in predict_images(run_dir, images, top_k=top_k, tta=tta):
         click.echo(f"{p.path}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in p.top))
 
@@ -138,9 +136,6 @@ def predict_cmd(images, run_dir, top_k, tta) -> None:
 @force_option
 def evaluate_cmd(run_dir, data, tta, out, force) -> None:
     """Evaluate a trained run on another labelled dataset DATA (every image of it, whatever its split)."""
-    from ..models import evaluate_run
-    from ..report import accuracy_line
-
     target, evaluation, _ = evaluate_run(run_dir, data, out=out, tta=tta, force=force)
     click.echo(accuracy_line(evaluation, split=f"{Path(data).name or data} (every image)"))
     click.echo(f"report: {target / 'report.md'}")

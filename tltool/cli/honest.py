@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..compare import compare_runs
+from ..crossval import run_learning_curve
 from .features import head_option, pool_option
 from .options import out_option
 
@@ -14,8 +16,6 @@ from .options import out_option
 @out_option
 def compare_cmd(run_a, run_b, data, out) -> None:
     """Paired comparison of two runs on the same images: difference with its interval, exact McNemar test."""
-    from ..compare import compare_runs
-
     comparison, target = compare_runs(run_a, run_b, data, out=out)
     for line in comparison.lines():
         click.echo(line)
@@ -31,8 +31,6 @@ def compare_cmd(run_a, run_b, data, out) -> None:
 @out_option
 def learning_curve_cmd(features, head, pool, seeds, seed, out) -> None:
     """Should I label more photos? Val accuracy of the head trained on 10 %, 20 %, ... 100 % of the training images."""
-    from ..crossval import run_learning_curve
-
     points, reading, target = run_learning_curve(features, head, pool, seeds=seeds, seed=seed, out=out)
     click.echo("train images  share  val accuracy [95 % CI]")
     for p in points:

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import click
 
+from ..augment import preview
 from ..configs import FinetuneConfig, RunConfig, ScratchConfig
+from ..errors import TltoolError
+from ..export import export_run
+from ..finetune import finetune, finetune_cv
+from ..report import accuracy_line
+from ..scratch import train_from_scratch
 from ..settings import PREVIEW_DRAWS, PREVIEW_SIZE, choices
 from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
                       tta_option)
@@ -46,8 +52,6 @@ def training_options(config: type[RunConfig]):
 
 
 def _print_run(result) -> None:
-    from ..report import accuracy_line
-
     if not result.chief:
         click.echo("this worker's share of training is done; the chief (worker 0) writes the run folder and report")
         return
@@ -83,10 +87,6 @@ def _print_run(result) -> None:
 @force_option
 def finetune_cmd(data, cv, resume, out, force, **options) -> None:
     """Fine-tune a pretrained backbone on DATA: new head first, then the top of the network."""
-    from ..errors import TltoolError
-    from ..finetune import finetune, finetune_cv
-    from ..report import accuracy_line
-
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
     if cv:
@@ -125,9 +125,6 @@ def finetune_cmd(data, cv, resume, out, force, **options) -> None:
 @force_option
 def train_cmd(data, resume, out, force, **options) -> None:
     """Train a classic CNN from scratch on DATA with the same machinery (and report) as fine-tuning."""
-    from ..errors import TltoolError
-    from ..scratch import train_from_scratch
-
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
     _print_run(train_from_scratch(ScratchConfig(data=data or "", **options), out=out, resume=resume, force=force))
@@ -142,8 +139,6 @@ def train_cmd(data, resume, out, force, **options) -> None:
 @click.option("--force", is_flag=True, help="Replace an earlier tltool export in --out (never any other folder).")
 def export_cmd(run_dir, fmt, out, force) -> None:
     """Export a trained run (fine-tuned or linear) as .keras, SavedModel or .tflite; input: RGB pixels 0..255."""
-    from ..export import export_run
-
     click.echo(f"wrote {export_run(run_dir, fmt, out, force=force)}")
 
 
@@ -162,8 +157,6 @@ def augment() -> None:
 @click.option("--out", type=click.Path(), default="augment_preview.png", show_default=True)
 def augment_preview_cmd(data, preset, image_size, draws, seed, index, out) -> None:
     """Write a PNG grid of one image of DATA under many random draws of an augmentation."""
-    from ..augment import preview
-
     click.echo(f"wrote {preview(data, out, preset, image_size, draws, seed, index)}")
 
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TltoolError
+from ..images import load_image
+from ..plotting import pyplot, save_figure
 from ..runs import new_run_dir
 from ..utils import write_json
 from .network import Network, conv_kernel, first_conv, format_shape, is_depthwise, open_network
-from .plots import _pyplot, grid_shape, mosaic, normalise, save_figure, show_tiles
+from .plots import grid_shape, mosaic, normalise, show_tiles
 
 MAX_GREY_FILTERS = 16  # rows of a per-input-channel grid
 MAX_GREY_CHANNELS = 16  # its columns
@@ -87,7 +89,7 @@ def filter_grid(network: Network, layer: str | int | None = None, max_filters: i
 
 
 def plot_filter_grid(grid: FilterGrid, target: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     picture = mosaic(grid.tiles, grid.cols, pad=1)
     rows = picture.shape[0] / picture.shape[1]
     fig, ax = plt.subplots(figsize=(6.5, max(2.0, 6.5 * rows)))
@@ -159,7 +161,7 @@ def layer_activations(network: Network, image: np.ndarray, layer: str | int | No
 
 
 def plot_activation_grid(grid: ActivationGrid, target: Path, source: str = "") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     h, w, c = grid.shape
     cols = grid_shape(len(grid.maps), 8)[1]
     picture = mosaic(normalise(grid.maps, axis=(1, 2), constant=0.0), cols, pad=max(1, h // 28))
@@ -179,8 +181,6 @@ def visualize_activations(image_path: str | Path, backbone: str | None = None, m
                           max_maps: int = 64, out: str | Path | None = None,
                           network: Network | None = None) -> ActivationGrid:
     """``tltool viz activations``: write ``activations.png`` and ``activations.json`` into a run folder."""
-    from ..images import load_image
-
     network = network or open_network(backbone, model, weights, image_size)
     image = load_image(image_path, network.image_size, network.resize)
     grid = layer_activations(network, image, layer, max_maps)

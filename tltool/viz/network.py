@@ -17,8 +17,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..backbones import create_backbone
 from ..configs import resolve_input
 from ..errors import TltoolError
+from ..models import KerasRunModel, LinearRunModel, load_run
 from ..settings import DEFAULT_BACKBONE
 
 
@@ -161,8 +163,6 @@ def open_network(backbone: str | None = None, model: str | Path | None = None, w
 
 
 def open_backbone(name: str, weights: str = "imagenet", image_size: int | None = None) -> Network:
-    from ..backbones import create_backbone  # builds a Keras model: TensorFlow
-
     inputs = resolve_input(name, image_size)
     model = create_backbone(inputs.backbone, weights=weights, image_size=inputs.image_size)
     hint = f"--backbone {inputs.backbone}" + (f" --image-size {image_size}" if image_size else "")
@@ -173,8 +173,6 @@ def open_backbone(name: str, weights: str = "imagenet", image_size: int | None =
 
 
 def open_run(run_dir: str | Path) -> Network:
-    from ..models import KerasRunModel, LinearRunModel, load_run
-
     path = Path(run_dir)
     if not path.is_dir():
         raise TltoolError(f"--model {run_dir}: no such run folder. Pass the folder a linear, probe or finetune "
