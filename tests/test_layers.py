@@ -133,3 +133,11 @@ def test_the_report_draws_the_overlays_its_caller_gives(tmp_path, monkeypatch):
     assert report.plot_misclassified(evaluation, ["x.jpg", "y.jpg", "z.jpg"], tmp_path / "m.png",
                                      overlays=overlays) == 2
     assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_metrics_inspection_and_run_loading_keep_to_their_job():
+    imports = {name: _imports(path) for name, path in ((_module_name(p), p) for p in ROOT.rglob("*.py"))}
+    assert not {m for m in imports["tltool.evaluation"] if m.startswith(("tltool._tf", "tltool.pipeline", "tensorflow"))}
+    assert not {m for m in imports["tltool.inspection"] if m.startswith("rich")}  # the CLI prints
+    assert not {m for m in imports["tltool.models"] if m.startswith(("tltool.report", "tltool.runs"))}  # no tasks
+    assert not {m for m in imports["tltool.finetune"] if m == "tltool.features"}  # it needed only prepare_dataset

@@ -34,14 +34,14 @@ def test_every_choice_of_the_cli_comes_from_the_table():
 
 
 def test_registries_register_exactly_the_table():
-    from tltool import augment, distribute, evaluation, heads, images, training
+    from tltool import augment, distribute, heads, images, training, tta
 
     assert set(training.OPTIMIZERS) == set(settings.CHOICES["optimizer"])
     assert set(training.SCHEDULES) == set(settings.CHOICES["schedule"])
     assert set(heads.HEADS) == set(settings.CHOICES["head"])
     assert set(augment.PRESETS) == set(settings.CHOICES["augment"])
     assert distribute.STRATEGIES == settings.CHOICES["strategy"]
-    assert evaluation.TTA_MODES == settings.CHOICES["tta"]
+    assert tta.TTA_MODES == settings.CHOICES["tta"]
     assert images.RESIZE_POLICIES == settings.CHOICES["resize"]
 
 

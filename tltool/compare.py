@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TltoolError
-from .models import labelled_images, load_run
+from .models import load_run
+from .predict import labelled_images
 from .report import read_predictions
 from .runs import new_run_dir
 from .stats import Proportion, mcnemar_exact, paired_difference_interval

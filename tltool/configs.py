@@ -52,19 +52,26 @@ KIND_NAMES = {"finetune": "fine-tuning", "scratch": "from-scratch", "finetune-cv
 
 
 @dataclass
-class RunConfig(TrainOptions):
-    """Settings shared by every supervised run: the training options of :class:`TrainOptions` (one stage's) and the
-    data, pipeline and devices. Saved as ``config.json`` (with the run's ``kind``) so ``--resume`` continues it."""
+class DataOptions:
+    """How images are read, batched and split: the same for extraction and for every training run."""
 
-    KIND: ClassVar[str] = ""
-
-    data: str = ""
     image_size: int | None = None
     resize: str = "crop"
     batch_size: int = 32
     val_fraction: float = 0.2
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class RunConfig(TrainOptions, DataOptions):
+    """Settings shared by every supervised run: the training options of :class:`TrainOptions` (one stage's), the
+    data options of :class:`DataOptions`, augmentation and devices. Saved as ``config.json`` (with the run's
+    ``kind``) so ``--resume`` continues it."""
+
+    KIND: ClassVar[str] = ""
+
+    data: str = ""
     augment: str = "standard"
     schedule: str = "cosine"
     label_smoothing: float = 0.1
@@ -141,17 +148,11 @@ class ScratchConfig(RunConfig):
 
 
 @dataclass
-class ExtractConfig:
+class ExtractConfig(DataOptions):
     """Settings of ``tltool extract`` (and the extraction half of ``probe``); fields are the CLI option names."""
 
     backbone: str = DEFAULT_BACKBONE
     weights: str = "imagenet"
-    image_size: int | None = None
-    resize: str = "crop"
-    batch_size: int = 32
-    val_fraction: float = 0.2
-    seed: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
     chunk_size: int = 1024
     strategy: str = "auto"
     shard: str | None = None

@@ -16,21 +16,20 @@ import functools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import __version__
 from .backbones import create_backbone, get_backbone_spec, weights_digest
 from .configs import ExtractConfig, InputConfig
-from .dataset import Dataset, Record, label_indices, load_dataset, require_training_images, stratified_split
+from .dataset import Dataset, Record, label_indices
 from .distribute import extraction_shard, resolve_strategy
 from .errors import TltoolError
-from .images import DEFAULT_MAX_PIXELS
-from .inspection import CheckedDataset, check_dataset, warn_about, with_split
+from .inspection import CheckedDataset, prepare_dataset
 from .outputs import claim_output_dir
 from .progress import Bar, say
-from .settings import CHOICES
+from .settings import CHOICES, check_choice
 from .utils import atomic_path, read_json, sha256_text, write_json
 
 FEATURES_FORMAT = 1
@@ -56,16 +55,21 @@ class FeatureSet:
         return list(self.meta["classes"])
 
     def features(self, pool: str = "avg") -> np.ndarray:
-        if pool == "avg":
-            return self.avg
-        if pool == "max":
-            return self.max
-        if pool == "avgmax":
-            return np.concatenate([self.avg, self.max], axis=1)
-        raise TltoolError(f"unknown pooling {pool!r}; choose one of {POOLS}")
+        return select_pool(self.avg, self.max, pool)
 
     def mask(self, split: str) -> np.ndarray:
         return self.splits == split
+
+
+def select_pool(avg, mx, pool: str, concat: Callable | None = None):
+    """The features a head reads under ``pool``: ``avg``, ``max`` or both side by side (``avgmax``). ``avg`` and
+    ``mx`` are numpy arrays, or tensors/Keras outputs with their own ``concat(parts, axis)``."""
+    check_choice("pool", pool)
+    if pool == "avg":
+        return avg
+    if pool == "max":
+        return mx
+    return (concat or np.concatenate)([avg, mx], axis=1)
 
 
 @dataclass
@@ -86,22 +90,6 @@ class ExtractResult:
     @functools.cached_property
     def meta(self) -> dict:
         return read_json(self.directory / "features.json")
-
-
-def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 0,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> CheckedDataset:
-    """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning."""
-    dataset = load_dataset(data) if not isinstance(data, Dataset) else data
-    dataset.require_classes(2)
-    checked = check_dataset(dataset, max_pixels=max_pixels, emit_warnings=False)
-    if not checked.dataset.records:
-        raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image.")
-    # split after the check: only usable files are split, and identical files stay on one side
-    checked = with_split(checked, stratified_split(checked.dataset, val_fraction, seed, groups=checked.hashes))
-    warn_about(checked)
-    checked.dataset.require_classes(2)
-    require_training_images(checked.dataset)
-    return checked
 
 
 def extraction_key(config: dict, records: Sequence[Record], hashes: dict[str, str]) -> str:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbones import find_backbone
 from .configs import FinetuneConfig, InputConfig, resolve_input
 from .dataset import label_indices
 from .errors import TltoolError
 from .evaluation import Evaluation
-from .features import prepare_dataset
+from .inspection import prepare_dataset
 from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
@@ -71,12 +72,10 @@ def init_head_from_probe(model, paths, labels, inputs: InputConfig, batch_size: 
 
 def base_model(model):
     """The nested backbone inside a classifier built by :func:`build_classifier`."""
-    from ._tf import keras
-
-    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    if len(nested) != 1:
+    base = find_backbone(model)
+    if base is None:
         raise TltoolError("this model has no single nested backbone to unfreeze")
-    return nested[0]
+    return base
 
 
 def set_trainable(base, unfreeze: str) -> int:

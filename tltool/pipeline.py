@@ -68,16 +68,7 @@ def image_dataset(
     if labels is not None:
         items["label"] = tf.constant(np.asarray(labels, dtype=np.int64))
     ds = tf.data.Dataset.from_tensor_slices(items)
-
-    def decode(path: np.ndarray) -> np.ndarray:
-        return load_image(path.decode("utf-8"), image_size, resize, max_pixels=max_pixels)
-
-    def decode_tf(item: dict) -> dict:
-        image = tf.numpy_function(decode, [item["path"]], tf.uint8, stateful=False)
-        image.set_shape((image_size, image_size, 3))
-        return {**item, "image": image}
-
-    ds = ds.map(decode_tf, num_parallel_calls=parallel, deterministic=True)
+    ds = ds.map(_decode_fn(image_size, resize, max_pixels), num_parallel_calls=parallel, deterministic=True)
     if cache:
         ds = ds.cache(cache if isinstance(cache, str) else "")
     if shuffle:
@@ -100,6 +91,19 @@ def image_dataset(
     ds = ds.map(to_model_inputs, num_parallel_calls=parallel, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(2)
     return ds.with_options(pipeline_options())
+
+
+def _decode_fn(image_size: int, resize: str, max_pixels: int) -> Callable:
+    """The shared decode function as a tf.data map: ``{"path"}`` -> ``{"path", "image"}`` (uint8)."""
+    def decode(path: np.ndarray) -> np.ndarray:
+        return load_image(path.decode("utf-8"), image_size, resize, max_pixels=max_pixels)
+
+    def decode_tf(item: dict) -> dict:
+        image = tf.numpy_function(decode, [item["path"]], tf.uint8, stateful=False)
+        image.set_shape((image_size, image_size, 3))
+        return {**item, "image": image}
+
+    return decode_tf
 
 
 def _augment_fn(transform: Transform, output_size: int) -> Callable:

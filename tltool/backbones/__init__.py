@@ -52,5 +52,14 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
     return keras.Model(inputs, outputs, name=f"{spec.name}_backbone")
 
 
-__all__ = ["BackboneSpec", "DEFAULT_BACKBONE", "create_backbone", "get_backbone_spec", "keras_models_dir",
-           "list_backbones", "register_backbone", "weights_digest"]
+def find_backbone(model):
+    """The one nested model inside ``model`` (the pretrained base of a classifier tltool built), or None when there
+    is none or more than one."""
+    from .._tf import keras
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return nested[0] if len(nested) == 1 else None
+
+
+__all__ = ["BackboneSpec", "DEFAULT_BACKBONE", "create_backbone", "find_backbone", "get_backbone_spec",
+           "keras_models_dir", "list_backbones", "register_backbone", "weights_digest"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 from ..dataset import write_split_manifest
 from ..digits import export_digits
-from ..inspection import run_inspect
+from ..inspection import inspect_dataset
 from ..sample import make_shapes_dataset
 from .options import choice, split_options
 
@@ -25,8 +27,45 @@ def data() -> None:
               help="Folder for inspect.json [default: runs/inspect-<name>].")
 def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None) -> None:
     """Count images per class and split, name every bad file with its reason, find duplicates and leakage."""
-    code = run_inspect(path, strict=strict, max_pixels=max_pixels, out=out)
-    sys.exit(code)
+    result = inspect_dataset(path, max_pixels=max_pixels, out=out)
+    data = result.checked.to_json()
+    console = Console(highlight=False)
+    console.print(_size_table(data))
+    for line in _problem_lines(data):
+        console.print(line, soft_wrap=True)
+    console.print(f"report: {result.report}", soft_wrap=True)
+    sys.exit(1 if strict and result.has_problems else 0)
+
+
+def _size_table(data: dict) -> Table:
+    """Counts and sizes per split and class, from ``inspect.json``'s content."""
+    table = Table(title=f"{data['dataset']}: {data['n_usable']} usable of {data['n_files']} files")
+    for column in ("split", "class", "images", "width min/median/max", "height min/median/max"):
+        table.add_column(column, justify="right" if column != "class" else "left")
+    for split, classes in data["sizes"].items():
+        for label, s in classes.items():
+            w, h = s["width"], s["height"]
+            table.add_row(split, label, str(s["count"]), f"{w['min']}/{w['median']:g}/{w['max']}",
+                          f"{h['min']}/{h['median']:g}/{h['max']}")
+    return table
+
+
+def _problem_lines(data: dict) -> list[str]:
+    """Every bad, skipped, converted, duplicate, leaked and conflicting file, then the warnings and notes."""
+    lines = [f"[red]bad[/red] {b['path']}: {b['reason']}" + (f" ({b['detail'][:100]})" if b["detail"] else "")
+             for b in data["bad_files"]]
+    if lines:
+        lines.insert(0, f"{len(lines)} bad file(s), excluded from every run:")
+    lines += [f"skipped {s['path']}: {s['reason']}" for s in data["skipped_files"]]
+    lines += [f"converted {c['path']}: {', '.join(c['conversions'])}" for c in data["converted_files"]]
+    lines += [f"duplicate content: {', '.join(g)}" for g in data["duplicates"]]
+    lines += [f"[bold]leakage[/bold] (same image in two splits): {', '.join(f['path'] + ' (' + f['split'] + ')' for f in g)}"
+              for g in data["train_val_leaks"]]
+    lines += [f"[bold]label conflict[/bold]: {', '.join(f['path'] + ' (' + f['label'] + ')' for f in g)}"
+              for g in data["label_conflicts"]]
+    lines += [f"[yellow]warning[/yellow]: {w}" for w in data["warnings"]]
+    lines += [f"note: {n}" for n in data["notes"]]
+    return lines
 
 
 @data.command("split")

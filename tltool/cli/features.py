@@ -9,7 +9,7 @@ from ..backbones import list_backbones
 from ..configs import ExtractConfig, LinearConfig, split_settings
 from ..features import extract_features
 from ..linear import probe, train_linear
-from ..models import evaluate_run, predict_images
+from ..predict import evaluate_run, predict_images
 from ..report import accuracy_line
 from ..stats import format_proportion
 from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
@@ -58,7 +58,7 @@ def extract_cmd(data, out, **options) -> None:
 
 
 head_option = click.option("--head", type=choice("head"), default=LinearConfig.head, show_default=True,
-                           help="logreg, linsvm, ridge, sgd or knn (see tltool.heads).")
+                           help="Classifier on the features; its regularisation is chosen by cross-validation.")
 pool_option = click.option("--pool", type=choice("pool"), default=LinearConfig.pool, show_default=True,
                            help="Pooling of the feature map: average, max, or both concatenated.")
 linear_options = compose(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..configs import ExtractConfig, FinetuneConfig, RunConfig
+from ..configs import ExtractConfig, RunConfig
 from ..settings import choices
 
 # Defaults come from the config dataclasses (tltool.configs) and legal values from tltool.settings, so the CLI and

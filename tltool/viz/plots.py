@@ -10,7 +10,8 @@ from ..errors import BadImageError
 from ..images import load_image
 from ..plotting import pyplot, save_figure
 
-__all__ = ["pyplot", "save_figure", "grid_shape", "mosaic", "normalise", "overlay_heat", "show_tiles", "thumbnail"]
+__all__ = ["pyplot", "save_figure", "grid_shape", "mosaic", "rescale_to_unit", "overlay_heat", "show_tiles",
+           "thumbnail"]
 
 
 def grid_shape(n: int, max_cols: int = 16) -> tuple[int, int]:
@@ -22,7 +23,7 @@ def grid_shape(n: int, max_cols: int = 16) -> tuple[int, int]:
 BACKGROUND = (0.82, 0.88, 0.94)  # between tiles: light blue-grey, so white and black tiles both stand out
 
 
-def normalise(a: np.ndarray, axis=None, constant: float = 0.5) -> np.ndarray:
+def rescale_to_unit(a: np.ndarray, axis=None, constant: float = 0.5) -> np.ndarray:
     """Scale to 0..1 (over ``axis``); a constant array (a dead activation map) becomes ``constant``."""
     a = np.asarray(a, dtype=np.float32)
     lo, hi = a.min(axis=axis, keepdims=True), a.max(axis=axis, keepdims=True)
