@@ -108,7 +108,7 @@ def test_manifest_rows_and_errors(tmp_path):
 
 
 def test_identical_photos_stay_on_one_side_of_the_split(tmp_path):
-    from tltool.features import prepare_dataset
+    from tltool.inspection import prepare_dataset
 
     _tree(tmp_path, {"a": 6, "b": 6})
     for i in range(4):  # the same photo saved four times under different names
@@ -122,7 +122,7 @@ def test_identical_photos_stay_on_one_side_of_the_split(tmp_path):
 
 
 def test_class_without_training_images_is_refused(tmp_path):
-    from tltool.features import prepare_dataset
+    from tltool.inspection import prepare_dataset
 
     _tree(tmp_path, {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1, "val/c": 2})
     with pytest.raises(TltoolError, match=r"\['c'\] have no usable training images"):

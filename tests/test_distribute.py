@@ -302,7 +302,7 @@ def test_strategy_options_are_config_fields_and_recipe_keys():
     from dataclasses import fields
 
     from tltool.finetune import FinetuneConfig
-    from tltool.recipes import recipe_commands
+    from tltool.cli.recipes import recipe_commands
     from tltool.scratch import ScratchConfig
 
     commands = recipe_commands()

@@ -79,7 +79,7 @@ def test_unfreeze_by_block_name_and_bad_name():
 def test_ten_crop_tta_evaluates_ten_views_per_image(tmp_path):
     from PIL import Image
 
-    from tltool.evaluation import predict_with_tta
+    from tltool.tta import predict_with_tta
 
     paths = []
     for i in range(3):

@@ -5,7 +5,8 @@ import numpy as np
 
 from tltool.dataset import label_indices, load_dataset
 from tltool.images import load_image
-from tltool.pipeline import SeededTransform, image_dataset
+from tltool.augment import SeededTransform
+from tltool.pipeline import image_dataset
 
 
 def test_pipeline_on_real_photos(flowers):

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO, SAMPLE, shared_dataset
 from tltool.errors import TltoolError
-from tltool.recipes import load_recipe, recipe_commands, run_recipe
+from tltool.cli.recipes import load_recipe, recipe_commands, run_recipe
 
 RECIPES = REPO / "recipes"
 
@@ -60,7 +60,7 @@ def test_overrides_and_variables(tmp_path):
     recipe = load_recipe(path, ["d=elsewhere", "epochs=2", "1.batch-size=8"])
     assert recipe.steps[0].options["batch-size"] == 8 and "batch-size" not in recipe.steps[1].options
     assert recipe.steps[1].options["epochs"] == 2
-    from tltool.recipes import build_argv
+    from tltool.cli.recipes import build_argv
 
     argv = build_argv(recipe, 2, recipe.steps[1], recipe_commands()["finetune"])
     assert argv[-1] == "elsewhere" and "--epochs" in argv and "2" in argv

@@ -145,7 +145,7 @@ def test_cli_defaults_are_the_config_defaults():
     from dataclasses import MISSING, fields
 
     from tltool.configs import FinetuneConfig, ScratchConfig
-    from tltool.recipes import recipe_commands
+    from tltool.cli.recipes import recipe_commands
 
     commands = recipe_commands()
     for command, config in (("finetune", FinetuneConfig), ("train", ScratchConfig)):

@@ -6,14 +6,36 @@ only; images are decoded once at :func:`load_size` and cropped to the network's 
 """
 from __future__ import annotations
 
+import copy
+import math
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .dataset import load_dataset
 from .errors import TltoolError, did_you_mean
-from .pipeline import SeededTransform
+from .images import load_image
+from .plotting import pyplot, save_figure
+from .settings import PREVIEW_DRAWS, PREVIEW_SIZE
+
+
+class SeededTransform:
+    """Wrap an albumentations pipeline as a :data:`Transform`: one private copy per thread, seeded per image."""
+
+    def __init__(self, compose) -> None:
+        self.compose = compose
+        self._local = threading.local()
+
+    def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
+        compose = getattr(self._local, "compose", None)
+        if compose is None:
+            compose = self._local.compose = copy.deepcopy(self.compose)
+        compose.set_random_seed(seed)
+        return compose(image=image)["image"]
+
 
 CROP_HEADROOM = 1.143  # decode at 256 for a 224 input: room for random crops, as in the ImageNet recipe
 
@@ -90,15 +112,10 @@ def load_size(image_size: int, augment: str | None) -> int:
     return image_size if augment in (None, "", "none") else int(round(image_size * CROP_HEADROOM))
 
 
-def preview(data: str, out: str | Path, augment: str = "standard", image_size: int = 224, draws: int = 16,
+def preview(data: str, out: str | Path, augment: str = "standard", image_size: int = PREVIEW_SIZE,
+            draws: int = PREVIEW_DRAWS,
             seed: int = 0, index: int = 0) -> Path:
     """A PNG grid of one training image under ``draws`` random augmentations (the first tile is the original)."""
-    import math
-
-    from .dataset import load_dataset
-    from .images import load_image
-    from .report import _pyplot, save_figure
-
     dataset = load_dataset(data)
     records = sorted(dataset.records, key=lambda r: r.path)
     if not records:
@@ -109,7 +126,7 @@ def preview(data: str, out: str | Path, augment: str = "standard", image_size: i
     tiles = [original] + [transform(original, seed + i) if transform else original for i in range(draws)]
     cols = min(6, len(tiles))
     rows = math.ceil(len(tiles) / cols)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")

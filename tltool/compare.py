@@ -11,6 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TltoolError
+from .models import load_run
+from .predict import labelled_images
+from .report import read_predictions
+from .runs import new_run_dir
 from .stats import Proportion, mcnemar_exact, paired_difference_interval
 from .utils import write_json, write_text_atomic
 
@@ -72,8 +76,6 @@ def compare_correct(correct_a: np.ndarray, correct_b: np.ndarray, run_a: str = "
 
 
 def _stored_correctness(run_dir: Path) -> tuple[dict[str, bool], list[str]]:
-    from .report import read_predictions
-
     path = run_dir / "predictions.csv"
     if not path.exists():
         raise TltoolError(f"{run_dir}: no predictions.csv; pass a finished run folder (or give DATA to evaluate).")
@@ -84,8 +86,6 @@ def _stored_correctness(run_dir: Path) -> tuple[dict[str, bool], list[str]]:
 def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
                  out: str | Path | None = None) -> tuple[Comparison, Path]:
     """Compare two runs on their stored validation predictions, or on DATA evaluated by both."""
-    from .runs import new_run_dir
-
     run_a, run_b = Path(run_a), Path(run_b)
     if data is None:
         (a, classes_a), (b, classes_b) = _stored_correctness(run_a), _stored_correctness(run_b)
@@ -112,8 +112,6 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
 
 
 def _evaluate_both(run_a: Path, run_b: Path, data: str):
-    from .models import labelled_images, load_run
-
     model_a, model_b = load_run(run_a), load_run(run_b)
     if model_a.classes != model_b.classes:
         raise TltoolError(f"the runs have different class lists ({model_a.classes} vs {model_b.classes}).")

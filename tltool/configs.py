@@ -1,7 +1,9 @@
-"""The settings of a training run as dataclasses: one place for every field and its default.
+"""The settings of every job as dataclasses: one place for every field and its default.
 
 The CLI reads its option defaults from here (``default=FinetuneConfig.head_epochs``), so a default cannot differ
 between the library and the command line, and every field has the name of its CLI option (recipes rely on that).
+Legal values of enumerated fields are in :mod:`tltool.settings`. Settings that depend on the model (input size,
+preprocessing) are resolved once by :func:`resolve_input` and carried as an :class:`InputConfig`.
 This module imports nothing heavy: ``tltool --help`` imports it and must stay free of TensorFlow.
 ``tltool.training``, ``tltool.supervised``, ``tltool.finetune`` and ``tltool.scratch`` re-export these classes.
 """
@@ -12,8 +14,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
-from .errors import TltoolError, did_you_mean
+from .backbones.registry import get_backbone_spec
+from .errors import TltoolError
 from .images import DEFAULT_MAX_PIXELS
+from .settings import DEFAULT_BACKBONE, validate_choices
 from .utils import read_json
 
 
@@ -35,12 +39,7 @@ class TrainOptions:
     plateau_factor: float = 0.3
 
     def validate(self) -> None:
-        from .training import OPTIMIZERS, SCHEDULES
-
-        if self.optimizer not in OPTIMIZERS:
-            raise did_you_mean(self.optimizer, OPTIMIZERS, "optimizer")
-        if self.schedule not in SCHEDULES:
-            raise did_you_mean(self.schedule, SCHEDULES, "schedule")
+        validate_choices(self)
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise TltoolError(f"--lr must be a positive number, got {self.lr}.")
         if not 0 <= self.label_smoothing < 1:
@@ -53,19 +52,26 @@ KIND_NAMES = {"finetune": "fine-tuning", "scratch": "from-scratch", "finetune-cv
 
 
 @dataclass
-class RunConfig(TrainOptions):
-    """Settings shared by every supervised run: the training options of :class:`TrainOptions` (one stage's) and the
-    data, pipeline and devices. Saved as ``config.json`` (with the run's ``kind``) so ``--resume`` continues it."""
+class DataOptions:
+    """How images are read, batched and split: the same for extraction and for every training run."""
 
-    KIND: ClassVar[str] = ""
-
-    data: str = ""
     image_size: int | None = None
     resize: str = "crop"
     batch_size: int = 32
     val_fraction: float = 0.2
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class RunConfig(TrainOptions, DataOptions):
+    """Settings shared by every supervised run: the training options of :class:`TrainOptions` (one stage's), the
+    data options of :class:`DataOptions`, augmentation and devices. Saved as ``config.json`` (with the run's
+    ``kind``) so ``--resume`` continues it."""
+
+    KIND: ClassVar[str] = ""
+
+    data: str = ""
     augment: str = "standard"
     schedule: str = "cosine"
     label_smoothing: float = 0.1
@@ -112,7 +118,7 @@ class FinetuneConfig(RunConfig):
 
     KIND: ClassVar[str] = "finetune"
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     weights: str = "imagenet"
     dropout: float = 0.2
     head_init: str = "probe"
@@ -139,3 +145,80 @@ class ScratchConfig(RunConfig):
     lr: float = 1e-3
     label_smoothing: float = 0.0
     warmup_epochs: float = 0.0
+
+
+@dataclass
+class ExtractConfig(DataOptions):
+    """Settings of ``tltool extract`` (and the extraction half of ``probe``); fields are the CLI option names."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "imagenet"
+    chunk_size: int = 1024
+    strategy: str = "auto"
+    shard: str | None = None
+
+    def validate(self) -> None:
+        validate_choices(self)
+        if self.chunk_size < 1 or self.batch_size < 1:
+            raise TltoolError(f"--chunk-size and --batch-size must be at least 1 (got {self.chunk_size} and "
+                              f"{self.batch_size}).")
+
+    def resolve_input(self) -> "InputConfig":
+        return resolve_input(self.backbone, self.image_size, self.resize, self.max_pixels)
+
+
+@dataclass
+class LinearConfig:
+    """Settings of ``tltool linear`` (and the head half of ``probe``); fields are the CLI option names."""
+
+    head: str = "logreg"
+    pool: str = "avg"
+    standardize: bool = True
+    class_weight: str = "none"
+    gradcam: bool = False
+    seed: int = 0
+    tta: str = "none"
+    cv: int = 0
+    repeats: int = 1
+
+    def validate(self) -> None:
+        validate_choices(self)
+        if self.cv and (self.tta != "none" or self.gradcam):
+            raise TltoolError("--cv reports out-of-fold predictions of cached features: it cannot add --tta or "
+                              "--gradcam. Run without --cv for those.")
+        if self.repeats < 1:
+            raise TltoolError(f"--repeats must be at least 1, got {self.repeats}.")
+
+
+def split_settings(settings: dict, *configs: type) -> list[dict]:
+    """``settings`` (keyword arguments) divided among the dataclasses ``configs`` by field name; a name that
+    several have (``seed``) goes to each; an unknown name is a ``TypeError``, as for a function."""
+    names = [{f.name for f in fields(c)} for c in configs]
+    unknown = set(settings) - set().union(*names)
+    if unknown:
+        raise TypeError(f"unexpected setting(s) {sorted(unknown)}")
+    return [{k: v for k, v in settings.items() if k in known} for known in names]
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What the network's input needs, resolved once from the backbone and the user's settings (the role of
+    timm's ``resolve_data_config``): every step of a job reads images through the same one."""
+
+    backbone: str
+    image_size: int
+    resize: str
+    preprocess: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def to_json(self) -> dict:
+        return {"backbone": self.backbone, "image_size": self.image_size, "resize": self.resize,
+                "preprocess": self.preprocess, "max_pixels": self.max_pixels}
+
+
+def resolve_input(backbone: str, image_size: int | None = None, resize: str = "crop",
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> InputConfig:
+    """The input settings of ``backbone``: ``image_size`` defaults to the backbone's own size."""
+    spec = get_backbone_spec(backbone)
+    return InputConfig(spec.name, int(image_size or spec.default_size), resize, spec.preprocess,
+                       int(max_pixels or DEFAULT_MAX_PIXELS))

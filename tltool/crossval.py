@@ -16,8 +16,11 @@ from . import heads as heads_module
 from .errors import TltoolError
 from .features import FeatureSet, load_features
 from .heads import FittedHead, get_head_spec
+from .plotting import pyplot, save_figure
 from .progress import Bar, say
-from .stats import wilson_interval
+from .runs import new_run_dir
+from .stats import format_proportion, wilson_interval
+from .utils import write_json, write_text_atomic
 
 
 @dataclass
@@ -168,9 +171,7 @@ def read_curve(points: list[CurvePoint], classes: list[str]) -> str:
 
 
 def plot_curve(points: list[CurvePoint], classes: list[str], target: Path, title: str) -> None:
-    from .report import _pyplot, save_figure
-
-    plt = _pyplot()
+    plt = pyplot()
     x = [p.n_train for p in points]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.plot(x, [p.accuracy for p in points], marker="o", label="val accuracy (mean over seeds)")
@@ -190,9 +191,6 @@ def plot_curve(points: list[CurvePoint], classes: list[str], target: Path, title
 def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "avg", seeds: int = 5,
                        seed: int = 0, out: str | Path | None = None,
                        fractions: Sequence[float] | None = None) -> tuple[list[CurvePoint], str, Path]:
-    from .runs import new_run_dir
-    from .utils import write_json, write_text_atomic
-
     fs = load_features(features)
     kwargs = {"fractions": fractions} if fractions else {}
     points, params = learning_curve(fs, head, pool, seeds=seeds, seed=seed, **kwargs)
@@ -216,6 +214,5 @@ def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "
 def say_cv(result: CVResult) -> None:
     acc = result.accuracy()
     js = result.to_json()
-    say(f"{js['description']}: accuracy {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
-        f"(n={acc['n']} images), folds {js['fold_mean']:.3f} ± {js['fold_std']:.3f}")
+    say(f"{js['description']}: accuracy {format_proportion(acc)}, folds {js['fold_mean']:.3f} ± {js['fold_std']:.3f}")
 

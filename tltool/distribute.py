@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import TltoolError
+from .settings import CHOICES
 
-STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+STRATEGIES = CHOICES["strategy"]
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
 _JOBS = ("chief", "worker")

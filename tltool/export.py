@@ -13,29 +13,10 @@ from pathlib import Path
 from .errors import TltoolError, did_you_mean
 from .models import load_run
 from .outputs import claim_output_dir, replace_output_dir, staging_dir
+from .settings import CHOICES
 from .utils import atomic_path
 
-FORMATS = ("keras", "savedmodel", "tflite")
-
-
-def linear_run_as_keras(run) -> object:
-    """The Keras model equivalent to a linear run (k-NN heads have no such form)."""
-    from ._tf import keras
-    from .backbones import create_backbone
-
-    head = run.head
-    kernel, bias = head.dense_weights()
-    config = run.config
-    extractor = create_backbone(config["backbone"], weights=config["weights"], image_size=config["image_size"])
-    fmap = extractor.output
-    pooled = {"avg": keras.layers.GlobalAveragePooling2D(name="avg_pool")(fmap),
-              "max": keras.layers.GlobalMaxPooling2D(name="max_pool")(fmap)}
-    pool = config["pool"]
-    x = keras.layers.Concatenate(name="avgmax")([pooled["avg"], pooled["max"]]) if pool == "avgmax" else pooled[pool]
-    dense = keras.layers.Dense(len(head.classes), activation="softmax", dtype="float32", name="classifier")
-    outputs = dense(x)
-    dense.set_weights([kernel, bias])
-    return keras.Model(extractor.input, outputs, name="tltool_linear")
+FORMATS = CHOICES["export_format"]
 
 
 def portable_model(model):
@@ -65,7 +46,7 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     run = load_run(run_dir)
     target = claim_output_dir(Path(out) if out else run_dir / "export" / fmt, "export", force=force,
                               reuse=out is None)
-    model = portable_model(run.model if hasattr(run, "model") else linear_run_as_keras(run))
+    model = portable_model(run.as_keras())
     path = target / MODEL_FILES[fmt]
     if fmt == "keras":
         with atomic_path(path, suffix=".keras") as tmp:

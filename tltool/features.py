@@ -14,23 +14,26 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import __version__
-from .dataset import Dataset, Record, label_indices, load_dataset, stratified_split
+from .backbones import create_backbone, get_backbone_spec, weights_digest
+from .configs import ExtractConfig, InputConfig
+from .dataset import Dataset, Record, label_indices
+from .distribute import extraction_shard, resolve_strategy
 from .errors import TltoolError
+from .inspection import CheckedDataset, prepare_dataset
 from .outputs import claim_output_dir
-from .images import DEFAULT_MAX_PIXELS
-from .inspection import CheckedDataset, check_dataset
 from .progress import Bar, say
+from .settings import CHOICES, check_choice
 from .utils import atomic_path, read_json, sha256_text, write_json
 
 FEATURES_FORMAT = 1
-POOLS = ("avg", "max", "avgmax")
+POOLS = CHOICES["pool"]
 DEFAULT_CHUNK = 1024
 
 
@@ -52,16 +55,21 @@ class FeatureSet:
         return list(self.meta["classes"])
 
     def features(self, pool: str = "avg") -> np.ndarray:
-        if pool == "avg":
-            return self.avg
-        if pool == "max":
-            return self.max
-        if pool == "avgmax":
-            return np.concatenate([self.avg, self.max], axis=1)
-        raise TltoolError(f"unknown pooling {pool!r}; choose one of {POOLS}")
+        return select_pool(self.avg, self.max, pool)
 
     def mask(self, split: str) -> np.ndarray:
         return self.splits == split
+
+
+def select_pool(avg, mx, pool: str, concat: Callable | None = None):
+    """The features a head reads under ``pool``: ``avg``, ``max`` or both side by side (``avgmax``). ``avg`` and
+    ``mx`` are numpy arrays, or tensors/Keras outputs with their own ``concat(parts, axis)``."""
+    check_choice("pool", pool)
+    if pool == "avg":
+        return avg
+    if pool == "max":
+        return mx
+    return (concat or np.concatenate)([avg, mx], axis=1)
 
 
 @dataclass
@@ -84,25 +92,6 @@ class ExtractResult:
         return read_json(self.directory / "features.json")
 
 
-def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 0,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> CheckedDataset:
-    """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning."""
-    from .dataset import require_training_images
-    from .inspection import warn_about, with_split
-
-    dataset = load_dataset(data) if not isinstance(data, Dataset) else data
-    dataset.require_classes(2)
-    checked = check_dataset(dataset, max_pixels=max_pixels, emit_warnings=False)
-    if not checked.dataset.records:
-        raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image.")
-    # split after the check: only usable files are split, and identical files stay on one side
-    checked = with_split(checked, stratified_split(checked.dataset, val_fraction, seed, groups=checked.hashes))
-    warn_about(checked)
-    checked.dataset.require_classes(2)
-    require_training_images(checked.dataset)
-    return checked
-
-
 def extraction_key(config: dict, records: Sequence[Record], hashes: dict[str, str]) -> str:
     """What the stored numbers depend on: settings, chunking, and each file's path and content, in order.
 
@@ -118,90 +107,115 @@ def _file_rows(records: Sequence[Record], hashes: dict[str, str]) -> list[dict]:
     return [{"path": r.path, "label": r.label, "split": r.split, "sha256": hashes[r.path]} for r in records]
 
 
-def extract_features(
-    data: str | Dataset,
-    out_dir: str | Path,
-    backbone: str = "efficientnet_lite0",
-    weights: str = "imagenet",
-    image_size: int | None = None,
-    resize: str = "crop",
-    batch_size: int = 32,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    chunk_size: int = DEFAULT_CHUNK,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    checked: CheckedDataset | None = None,
-    strategy: str = "auto",
-    shard: str | None = None,
-) -> ExtractResult:
+def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractConfig | None = None, *,
+                     checked: CheckedDataset | None = None, **settings) -> ExtractResult:
     """Extract avg- and max-pooled features of every usable image of ``data`` into ``out_dir``.
 
+    ``config`` (or its fields as keywords, which replace those of ``config``): see :class:`ExtractConfig`;
     ``strategy``: see :mod:`tltool.distribute` (``batch_size`` is per replica); ``shard``: ``"I/N"``, this
     process's share of the chunks (under ``multiworker`` the worker index gives it).
     """
-    from .backbones import get_backbone_spec, weights_digest
-    from .distribute import extraction_shard, resolve_strategy
-
-    part = extraction_shard(strategy, shard)  # a bad --shard or TF_CONFIG fails before any work
+    config = replace(config or ExtractConfig(), **settings)
+    config.validate()
+    part = extraction_shard(config.strategy, config.shard)  # a bad --shard or TF_CONFIG fails before any work
     # inference needs no collective ops: under multiworker each worker runs its share on its own devices
-    tf_strategy, info = resolve_strategy("auto" if strategy == "multiworker" else strategy)
+    tf_strategy, info = resolve_strategy("auto" if config.strategy == "multiworker" else config.strategy)
     say(info.describe() + (f"; shard {part[0]}/{part[1]} of the chunks" if part else ""))
     start = time.perf_counter()
-    spec = get_backbone_spec(backbone)
-    image_size = image_size or spec.default_size
-    checked = checked or prepare_dataset(data, val_fraction, seed, max_pixels)
-    dataset = checked.dataset
-    if chunk_size < 1 or batch_size < 1:
-        raise TltoolError(f"--chunk-size and --batch-size must be at least 1 (got {chunk_size} and {batch_size}).")
-    records = sorted(dataset.records, key=lambda r: r.path)  # file order only: splits can change, chunks stay
-    hashes = checked.hashes
-    config = {
-        "format": FEATURES_FORMAT, "backbone": spec.name, "weights": str(weights),
-        "weights_digest": weights_digest(spec, str(weights)), "image_size": image_size, "resize": resize,
-        "preprocess": spec.preprocess, "chunk_size": chunk_size,
-    }
-    key = extraction_key(config, records, hashes)
+    inputs = config.resolve_input()
+    checked = checked or prepare_dataset(data, config.val_fraction, config.seed, config.max_pixels)
+    records = sorted(checked.dataset.records, key=lambda r: r.path)  # file order only: splits can change, chunks stay
+    key = extraction_key(_cache_settings(inputs, config), records, checked.hashes)
     out = claim_output_dir(out_dir, "features", reuse=True)
-    meta_path = out / "features.json"
-    n_chunks = (len(records) + chunk_size - 1) // chunk_size
-    if meta_path.exists():
-        old = read_json(meta_path)
-        intact = all(_chunk_done(_chunk_path(out, i), key, _chunk_rows(i, chunk_size, len(records)))
-                     for i in range(n_chunks))
-        if old.get("key") == key and old.get("complete") and intact:
-            old.update(classes=dataset.classes, files=_file_rows(records, hashes),
-                       dataset={"name": dataset.name, "source": dataset.source, "notes": dataset.notes})
-            write_json(meta_path, old)  # the current labels and split; the numbers are reused
-            write_json(out / "classes.json", dataset.classes)
-            say(f"[green]cached[/green]: features for {len(records)} images already in {out} (same files, backbone "
-                "and settings); the network was not run")
-            return ExtractResult(out, True, time.perf_counter() - start, None, checked)
-    classes = dataset.classes
+    chunks = _Chunks(out, key, config.chunk_size, len(records))
+    if _reuse_cached(chunks, checked, records):
+        return ExtractResult(out, True, time.perf_counter() - start, None, checked)
+    meta = _start_meta(chunks, inputs, config, checked, records, info, part)
+    n_computed, seconds = _compute_chunks(records, chunks, inputs, config.weights, config.batch_size * info.replicas,
+                                          part, tf_strategy if info.distributed else None)
+    missing = chunks.missing() if part else []
+    meta["complete"] = not missing  # the last shard to finish completes the folder
+    meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
+    write_json(out / "features.json", meta)
+    _say_shard_state(out, part, missing, chunks.count)
+    total = time.perf_counter() - start
+    return ExtractResult(out, False, total, meta["throughput_images_per_second"], checked, not missing, part)
+
+
+@dataclass(frozen=True)
+class _Chunks:
+    """The chunk files of one extraction: ``count`` files of ``size`` rows (the last one shorter)."""
+
+    out: Path
+    key: str
+    size: int
+    total: int
+
+    @property
+    def count(self) -> int:
+        return (self.total + self.size - 1) // self.size
+
+    def rows(self, index: int) -> int:
+        return _chunk_rows(index, self.size, self.total)
+
+    def done(self, index: int) -> bool:
+        return _chunk_done(_chunk_path(self.out, index), self.key, self.rows(index))
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.count) if not self.done(i)]
+
+
+def _cache_settings(inputs: InputConfig, config: ExtractConfig) -> dict:
+    """The settings the stored numbers depend on (part of the cache key)."""
+    spec = get_backbone_spec(inputs.backbone)
+    return {"format": FEATURES_FORMAT, "backbone": inputs.backbone, "weights": str(config.weights),
+            "weights_digest": weights_digest(spec, str(config.weights)), "image_size": inputs.image_size,
+            "resize": inputs.resize, "preprocess": inputs.preprocess, "chunk_size": config.chunk_size}
+
+
+def _dataset_meta(dataset: Dataset) -> dict:
+    return {"name": dataset.name, "source": dataset.source, "notes": dataset.notes}
+
+
+def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record]) -> bool:
+    """True when a complete extraction with the same key is in place: its metadata gets the current labels."""
+    meta_path = chunks.out / "features.json"
+    if not meta_path.exists():
+        return False
+    old = read_json(meta_path)
+    if not (old.get("key") == chunks.key and old.get("complete") and not chunks.missing()):
+        return False
+    dataset = checked.dataset
+    old.update(classes=dataset.classes, files=_file_rows(records, checked.hashes), dataset=_dataset_meta(dataset))
+    write_json(meta_path, old)  # the current labels and split; the numbers are reused
+    write_json(chunks.out / "classes.json", dataset.classes)
+    say(f"[green]cached[/green]: features for {len(records)} images already in {chunks.out} (same files, backbone "
+        "and settings); the network was not run")
+    return True
+
+
+def _start_meta(chunks: _Chunks, inputs: InputConfig, config: ExtractConfig, checked: CheckedDataset,
+                records: list[Record], info, part: tuple[int, int] | None) -> dict:
+    """Write ``features.json`` (not yet complete) and ``classes.json``; return the metadata."""
+    dataset = checked.dataset
     meta = {
-        **config, "key": key, "complete": False, "tltool_version": __version__, "classes": classes,
-        "dataset": {"name": dataset.name, "source": dataset.source, "notes": dataset.notes},
-        "chunk_size": chunk_size, "n_images": len(records), "max_pixels": max_pixels,
-        "files": _file_rows(records, hashes),
+        **_cache_settings(inputs, config), "key": chunks.key, "complete": False, "tltool_version": __version__,
+        "classes": dataset.classes, "dataset": _dataset_meta(dataset), "chunk_size": config.chunk_size,
+        "n_images": len(records), "max_pixels": inputs.max_pixels, "files": _file_rows(records, checked.hashes),
         "skipped": [{"path": f.record.path, "reason": f.reason} for f in checked.bad],
         "distribute": {**info.to_json(), "shard": f"{part[0]}/{part[1]}" if part else None},
     }
-    write_json(out / "classes.json", classes)
-    write_json(meta_path, meta)
-    n_computed, seconds = _compute_chunks(records, key, out, spec.name, weights, image_size, resize,
-                                          batch_size * info.replicas, chunk_size, max_pixels, part,
-                                          tf_strategy if info.distributed else None)
-    missing = [i for i in range(n_chunks)
-               if not _chunk_done(_chunk_path(out, i), key, _chunk_rows(i, chunk_size, len(records)))] if part else []
-    meta["complete"] = not missing  # the last shard to finish completes the folder
-    meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
-    write_json(meta_path, meta)
+    write_json(chunks.out / "classes.json", dataset.classes)
+    write_json(chunks.out / "features.json", meta)
+    return meta
+
+
+def _say_shard_state(out: Path, part: tuple[int, int] | None, missing: list[int], n_chunks: int) -> None:
     if missing:
         say(f"shard {part[0]}/{part[1]} done; {len(missing)} of {n_chunks} chunk(s) belong to other shards that "
             f"have not finished. The last shard to finish completes {out} (or run `tltool extract` without --shard).")
     elif part:
         say(f"every chunk is present: {out} is complete")
-    total = time.perf_counter() - start
-    return ExtractResult(out, False, total, meta["throughput_images_per_second"], checked, not missing, part)
 
 
 def _chunk_path(out: Path, index: int) -> Path:
@@ -226,8 +240,6 @@ def _chunk_done(path: Path, key: str, rows: int) -> bool:
 def build_feature_extractor(backbone: str, weights: str, image_size: int):
     """The backbone with both poolings as outputs, and a compiled step function (XLA off: it is slower on CPU)."""
     from ._tf import tf
-
-    from .backbones import create_backbone
 
     model = create_backbone(backbone, weights=weights, image_size=image_size)
 
@@ -254,54 +266,62 @@ def _distributed_step(step, strategy):
     return run
 
 
-def _compute_chunks(records, key, out: Path, backbone, weights, image_size, resize, batch_size, chunk_size,
-                    max_pixels, shard: tuple[int, int] | None = None, strategy=None) -> tuple[int, float]:
-    from .pipeline import image_dataset
+def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str, batch_size: int,
+                    shard: tuple[int, int] | None = None, strategy=None) -> tuple[int, float]:
+    """Run the network over the images of the chunks still missing (of this shard); returns how many images it
+    ran on after the first batch and the seconds that took (the throughput, without graph tracing)."""
+    from .pipeline import image_dataset  # imports TensorFlow
 
-    n_chunks = (len(records) + chunk_size - 1) // chunk_size
-    mine = [i for i in range(n_chunks) if shard is None or i % shard[1] == shard[0]]
-    pending = [i for i in mine if not _chunk_done(_chunk_path(out, i), key, _chunk_rows(i, chunk_size, len(records)))]
+    mine = [i for i in range(chunks.count) if shard is None or i % shard[1] == shard[0]]
+    pending = [i for i in mine if not chunks.done(i)]
     if len(pending) < len(mine):
         say(f"resuming: {len(mine) - len(pending)} of {len(mine)} chunk(s) already extracted"
             + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
     if not pending:
         return 0, 0.0
-    todo = [j for i in pending for j in range(i * chunk_size, min((i + 1) * chunk_size, len(records)))]
-    ds = image_dataset([records[j].path for j in todo], image_size=image_size, resize=resize,
-                       batch_size=batch_size, max_pixels=max_pixels)
+    todo = [j for i in pending for j in range(i * chunks.size, i * chunks.size + chunks.rows(i))]
+    ds = image_dataset([records[j].path for j in todo], image_size=inputs.image_size, resize=inputs.resize,
+                       batch_size=batch_size, max_pixels=inputs.max_pixels)
     if strategy is None:
-        _model, step = build_feature_extractor(backbone, weights, image_size)
+        _model, step = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
     else:
         with strategy.scope():
-            _model, step = build_feature_extractor(backbone, weights, image_size)
+            _model, step = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
         step, ds = _distributed_step(step, strategy), strategy.experimental_distribute_dataset(ds)
-    buffers: tuple[list, list] = ([], [])
-    chunk_iter = iter(pending)
-    current = next(chunk_iter)
-    want = min((current + 1) * chunk_size, len(records)) - current * chunk_size
-    have = 0
+    writer = _ChunkWriter(chunks, pending)
     t0 = first = None
-    with Bar(len(todo), f"extracting {backbone}") as bar:
+    with Bar(len(todo), f"extracting {inputs.backbone}") as bar:
         for images in _iterate(ds):
             avg, mx = step(images)
-            n = len(avg)
-            first = n if first is None else first
-            buffers[0].append(avg.numpy())
-            buffers[1].append(mx.numpy())
+            first = len(avg) if first is None else first
             if t0 is None:  # throughput counts from the end of the first batch: tracing the graph is not speed
                 t0 = time.perf_counter()
-            have += n
-            bar.update(n)
-            while current is not None and have >= want:
-                avg_all, max_all = np.concatenate(buffers[0]), np.concatenate(buffers[1])
-                _write_chunk(out, current, key, avg_all[:want], max_all[:want])
-                buffers = ([avg_all[want:]], [max_all[want:]])
-                have -= want
-                current = next(chunk_iter, None)
-                if current is not None:
-                    want = min((current + 1) * chunk_size, len(records)) - current * chunk_size
+            writer.add(avg.numpy(), mx.numpy())
+            bar.update(len(avg))
     seconds = time.perf_counter() - t0 if t0 else 0.0
     return len(todo) - first, seconds
+
+
+class _ChunkWriter:
+    """Collects pooled features batch by batch and writes each pending chunk as soon as its rows are in."""
+
+    def __init__(self, chunks: _Chunks, pending: list[int]) -> None:
+        self.chunks, self.pending = chunks, iter(pending)
+        self.buffers: tuple[list, list] = ([], [])
+        self.have = 0
+        self.current = next(self.pending, None)
+
+    def add(self, avg: np.ndarray, mx: np.ndarray) -> None:
+        self.buffers[0].append(avg)
+        self.buffers[1].append(mx)
+        self.have += len(avg)
+        while self.current is not None and self.have >= self.chunks.rows(self.current):
+            want = self.chunks.rows(self.current)
+            avg_all, max_all = np.concatenate(self.buffers[0]), np.concatenate(self.buffers[1])
+            _write_chunk(self.chunks.out, self.current, self.chunks.key, avg_all[:want], max_all[:want])
+            self.buffers = ([avg_all[want:]], [max_all[want:]])
+            self.have -= want
+            self.current = next(self.pending, None)
 
 
 def _iterate(ds):

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .configs import FinetuneConfig
+from .backbones import find_backbone
+from .configs import FinetuneConfig, InputConfig, resolve_input
 from .dataset import label_indices
 from .errors import TltoolError
 from .evaluation import Evaluation
-from .features import prepare_dataset
+from .inspection import prepare_dataset
 from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
+from .settings import CHOICES
 from .supervised import TrainResult, train_and_report
 from .training import Stage
 from .utils import write_json
@@ -45,7 +47,7 @@ def build_classifier(backbone: str, weights: str, image_size: int, num_classes: 
     return keras.Model(inputs, outputs, name="tltool_classifier")
 
 
-def init_head_from_probe(model, paths, labels, image_size: int, resize: str, batch_size: int, seed: int) -> float:
+def init_head_from_probe(model, paths, labels, inputs: InputConfig, batch_size: int, seed: int) -> float:
     """Start the classifier as the linear probe: logistic regression (C by CV) on the pooled features of the
     un-augmented training images, folded into the Dense layer. Returns the probe's CV accuracy.
 
@@ -59,7 +61,8 @@ def init_head_from_probe(model, paths, labels, image_size: int, resize: str, bat
 
     pooled = keras.Model(model.input, model.get_layer("pool").output)
     features = np.concatenate([np.asarray(pooled(x, training=False)) for x in
-                               image_dataset(paths, image_size=image_size, resize=resize, batch_size=batch_size)])
+                               image_dataset(paths, image_size=inputs.image_size, resize=inputs.resize,
+                                             batch_size=batch_size, max_pixels=inputs.max_pixels)])
     gs = search(get_head_spec("logreg"), features, np.asarray(labels), seed=seed)
     classes = [str(i) for i in range(model.output_shape[-1])]
     head = FittedHead.from_pipeline("logreg", gs.best_estimator_, classes, {}, features, labels)
@@ -69,12 +72,10 @@ def init_head_from_probe(model, paths, labels, image_size: int, resize: str, bat
 
 def base_model(model):
     """The nested backbone inside a classifier built by :func:`build_classifier`."""
-    from ._tf import keras
-
-    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    if len(nested) != 1:
+    base = find_backbone(model)
+    if base is None:
         raise TltoolError("this model has no single nested backbone to unfreeze")
-    return nested[0]
+    return base
 
 
 def set_trainable(base, unfreeze: str) -> int:
@@ -105,7 +106,7 @@ def set_trainable(base, unfreeze: str) -> int:
 
 
 FinetuneResult = TrainResult
-HEAD_INITS = ("probe", "random")
+HEAD_INITS = CHOICES["head_init"]
 
 
 def _resolve_unfreeze(config: FinetuneConfig, spec) -> str:
@@ -128,13 +129,14 @@ def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str 
         config = replace(FinetuneConfig.from_run(Path(resume)), strategy=config.strategy)
     resolve_strategy(config.strategy)  # before any TF operation: multiworker has to start first
     spec = get_backbone_spec(config.backbone)
-    image_size = config.image_size or spec.default_size
+    inputs = resolve_input(spec.name, config.image_size, config.resize, config.max_pixels)
+    image_size = inputs.image_size
     unfreeze = _resolve_unfreeze(config, spec)
     if config.head_init not in HEAD_INITS:
         raise TltoolError(f"--head-init must be one of {HEAD_INITS}, got {config.head_init!r}.")
 
     def initialize(model, paths, labels):
-        score = init_head_from_probe(model, paths, labels, image_size, config.resize, config.batch_size, config.seed)
+        score = init_head_from_probe(model, paths, labels, inputs, config.batch_size, config.seed)
         say(f"classifier initialised from the linear probe (logistic regression, CV accuracy {score:.3f})")
 
     def stages() -> list[Stage]:
@@ -193,7 +195,7 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
         raise TltoolError("--cv with --strategy multiworker is not supported: run the folds on one machine "
                           "(--strategy auto or mirrored), or fine-tune once across the cluster.")
     spec = get_backbone_spec(config.backbone)
-    config = replace(config, image_size=config.image_size or spec.default_size)
+    config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
     checked = prepare_dataset(config.data, config.val_fraction, config.seed, config.max_pixels)
     records = sorted(checked.dataset.records, key=lambda r: r.path)
     classes = checked.dataset.classes

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadImageError
+from .settings import CHOICES
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000: far above most cameras, far below a decompression bomb
 
@@ -28,7 +29,7 @@ MIN_SIDE = 32
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 ResizePolicy = Literal["crop", "pad", "stretch"]
-RESIZE_POLICIES: tuple[str, ...] = ("crop", "pad", "stretch")
+RESIZE_POLICIES: tuple[str, ...] = CHOICES["resize"]
 
 # Reasons a file is rejected. Stable strings: they appear in inspect.json and tests assert on them.
 EMPTY = "empty file"

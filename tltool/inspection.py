@@ -1,7 +1,7 @@
 """Dataset validation: every file decoded once, bad files named with their reason, duplicates and leakage found.
 
-:func:`check_dataset` is what every command runs before it touches a network; ``tltool data inspect`` shows the
-same result as a table and ``inspect.json``.
+:func:`check_dataset` is what every command runs before it touches a network (:func:`prepare_dataset` adds the
+split); :func:`inspect_dataset` is ``tltool data inspect``, which the CLI shows as a table beside ``inspect.json``.
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .dataset import Dataset, Record
-from .errors import BadFilesWarning, BadImageError, ImbalanceWarning, LeakageWarning
+from .dataset import Dataset, Record, load_dataset, require_training_images, stratified_split
+from .errors import BadFilesWarning, BadImageError, ImbalanceWarning, LeakageWarning, TltoolError
 from .images import DEFAULT_MAX_PIXELS, check_image
 from .progress import Bar
+from .runs import new_run_dir
 from .utils import sha256_file, write_json
 
 IMBALANCE_RATIO = 3.0
@@ -169,6 +170,22 @@ def _collect_warnings(checked: CheckedDataset) -> None:
     checked.issues = pending
 
 
+def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 0,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> CheckedDataset:
+    """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning."""
+    dataset = load_dataset(data) if not isinstance(data, Dataset) else data
+    dataset.require_classes(2)
+    checked = check_dataset(dataset, max_pixels=max_pixels, emit_warnings=False)
+    if not checked.dataset.records:
+        raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image.")
+    # split after the check: only usable files are split, and identical files stay on one side
+    checked = with_split(checked, stratified_split(checked.dataset, val_fraction, seed, groups=checked.hashes))
+    warn_about(checked)
+    checked.dataset.require_classes(2)
+    require_training_images(checked.dataset)
+    return checked
+
+
 def inspect_report_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / "inspect.json"
 
@@ -179,52 +196,23 @@ def write_inspect_report(checked: CheckedDataset, out_dir: str | Path) -> Path:
     return path
 
 
-def render_inspect(checked: CheckedDataset):
-    """Rich renderables for the terminal: counts and sizes per split and class, then every problem."""
-    from rich.table import Table
+@dataclass
+class InspectResult:
+    """What ``tltool data inspect`` found: the checked files and the ``inspect.json`` written."""
 
-    data = checked.to_json()
-    table = Table(title=f"{data['dataset']}: {data['n_usable']} usable of {data['n_files']} files")
-    for column in ("split", "class", "images", "width min/median/max", "height min/median/max"):
-        table.add_column(column, justify="right" if column != "class" else "left")
-    for split, classes in data["sizes"].items():
-        for label, s in classes.items():
-            w, h = s["width"], s["height"]
-            table.add_row(split, label, str(s["count"]), f"{w['min']}/{w['median']:g}/{w['max']}",
-                          f"{h['min']}/{h['median']:g}/{h['max']}")
-    out = [table]
-    lines = [f"[red]bad[/red] {b['path']}: {b['reason']}" + (f" ({b['detail'][:100]})" if b["detail"] else "")
-             for b in data["bad_files"]]
-    if lines:
-        lines.insert(0, f"{len(lines)} bad file(s), excluded from every run:")
-    lines += [f"skipped {s['path']}: {s['reason']}" for s in data["skipped_files"]]
-    lines += [f"converted {c['path']}: {', '.join(c['conversions'])}" for c in data["converted_files"]]
-    lines += [f"duplicate content: {', '.join(g)}" for g in data["duplicates"]]
-    lines += [f"[bold]leakage[/bold] (same image in two splits): {', '.join(f['path'] + ' (' + f['split'] + ')' for f in g)}"
-              for g in data["train_val_leaks"]]
-    lines += [f"[bold]label conflict[/bold]: {', '.join(f['path'] + ' (' + f['label'] + ')' for f in g)}"
-              for g in data["label_conflicts"]]
-    lines += [f"[yellow]warning[/yellow]: {w}" for w in data["warnings"]]
-    lines += [f"note: {n}" for n in data["notes"]]
-    return out, lines
+    checked: CheckedDataset
+    report: Path
+
+    @property
+    def has_problems(self) -> bool:
+        """A bad file, a warning (imbalance, leakage) or a duplicate across splits: ``--strict`` fails on it."""
+        checked = self.checked
+        return bool(checked.bad or checked.warnings or checked.leaks())
 
 
-def run_inspect(path: str, strict: bool = False, max_pixels: int | None = None, out: str | None = None) -> int:
-    """``tltool data inspect``: print the report, write ``inspect.json``; return the exit status."""
-    from rich.console import Console
-
-    from .dataset import load_dataset
-    from .runs import new_run_dir
-
+def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | None = None) -> InspectResult:
+    """Check every file of the dataset at ``path`` and write ``inspect.json``; the caller shows the result."""
     dataset = load_dataset(path)
     checked = check_dataset(dataset, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, emit_warnings=False)
-    console = Console(highlight=False)
-    tables, lines = render_inspect(checked)
-    for table in tables:
-        console.print(table)
-    for line in lines:
-        console.print(line, soft_wrap=True)
     target = write_inspect_report(checked, new_run_dir("inspect", dataset.name, out=out, force=True))
-    console.print(f"report: {target}", soft_wrap=True)
-    problems = bool(checked.bad or checked.warnings or checked.leaks())
-    return 1 if strict and problems else 0
+    return InspectResult(checked, target)

@@ -1,16 +1,20 @@
-"""Load a finished run (linear head or fine-tuned network) and predict on image files, with optional TTA."""
+"""Load a finished run (linear head or fine-tuned network) as a model: class probabilities for image files (with
+optional TTA) and, for export, the equivalent Keras model. The tasks built on it are in :mod:`tltool.predict`.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .dataset import Dataset, load_dataset
+from .backbones import create_backbone
 from .errors import TltoolError
-from .evaluation import Evaluation, TTA_MODES, predict_with_tta
+from .features import build_feature_extractor, select_pool
+from .heads import FittedHead
 from .images import DEFAULT_MAX_PIXELS
+from .settings import check_choice
+from .tta import predict_with_tta
 from .utils import read_json
 
 
@@ -30,17 +34,18 @@ class RunModel:
     def predict_views(self, batch) -> np.ndarray:
         raise NotImplementedError
 
+    def as_keras(self):
+        """The run as one Keras model from raw pixels (0..255) to class probabilities."""
+        raise NotImplementedError
+
     def predict_paths(self, paths: Sequence[str], tta: str = "none", batch_size: int = 32) -> np.ndarray:
-        if tta not in TTA_MODES:
-            raise TltoolError(f"--tta must be one of {TTA_MODES}, got {tta!r}.")
+        check_choice("tta", tta)
         return predict_with_tta(self.predict_views, paths, self.image_size, self.resize, tta, batch_size,
                                 max_pixels=self.max_pixels)
 
 
 class LinearRunModel(RunModel):
     def __init__(self, run_dir: Path, config: dict) -> None:
-        from .heads import FittedHead
-
         self.run_dir, self.config = run_dir, config
         self.classes, self.image_size, self.resize = config["classes"], config["image_size"], config["resize"]
         self.head = FittedHead.load(run_dir)
@@ -48,14 +53,25 @@ class LinearRunModel(RunModel):
 
     def predict_views(self, batch) -> np.ndarray:
         if self._step is None:
-            from .features import build_feature_extractor
-
             _, self._step = build_feature_extractor(self.config["backbone"], self.config["weights"], self.image_size)
         avg, mx = self._step(batch)
-        pooled = {"avg": avg.numpy(), "max": mx.numpy()}
-        pool = self.config["pool"]
-        X = np.concatenate([pooled["avg"], pooled["max"]], axis=1) if pool == "avgmax" else pooled[pool]
-        return self.head.predict_proba(X)
+        return self.head.predict_proba(select_pool(avg.numpy(), mx.numpy(), self.config["pool"]))
+
+    def as_keras(self):
+        """The backbone, the run's pooling and the head folded into one Dense layer (k-NN heads have no such form)."""
+        from ._tf import keras
+
+        kernel, bias = self.head.dense_weights()
+        extractor = create_backbone(self.config["backbone"], weights=self.config["weights"],
+                                    image_size=self.image_size)
+        fmap = extractor.output
+        x = select_pool(keras.layers.GlobalAveragePooling2D(name="avg_pool")(fmap),
+                        keras.layers.GlobalMaxPooling2D(name="max_pool")(fmap), self.config["pool"],
+                        concat=lambda parts, axis: keras.layers.Concatenate(axis=axis, name="avgmax")(parts))
+        dense = keras.layers.Dense(len(self.head.classes), activation="softmax", dtype="float32", name="classifier")
+        outputs = dense(x)
+        dense.set_weights([kernel, bias])
+        return keras.Model(extractor.input, outputs, name="tltool_linear")
 
 
 def load_keras_model(path: str | Path, compile: bool = True):
@@ -79,6 +95,9 @@ class KerasRunModel(RunModel):
             raise TltoolError(f"{run_dir}: no model.keras; the run did not finish (resume it with --resume {run_dir}).")
         self.model = load_keras_model(path, compile=False)
         self._predict = None
+
+    def as_keras(self):
+        return self.model
 
     def predict_views(self, batch) -> np.ndarray:
         if self._predict is None:
@@ -104,61 +123,3 @@ def load_run(run_dir: str | Path) -> RunModel:
     if loader is None:
         raise TltoolError(f"{run_dir}: unknown run kind {config.get('kind')!r}.")
     return loader(run_dir, config)
-
-
-def no_usable_images(name: str, n_files: int) -> str:
-    return (f"{name}: no usable images: none of its {n_files} file(s) could be read as an image (see the warning "
-            "above for each file's reason). Point DATA at a folder of class sub-folders with photos in them.")
-
-
-@dataclass
-class Prediction:
-    path: str
-    top: list[tuple[str, float]]
-
-
-def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, tta: str = "none") -> list[Prediction]:
-    from .images import check_image
-
-    model = load_run(run_dir)
-    for path in images:
-        check_image(path, max_pixels=model.max_pixels)  # a bad file is a clear error naming it
-    probs = model.predict_paths(list(images), tta=tta)
-    out = []
-    for path, p in zip(images, probs):
-        order = np.argsort(-p)[:top_k]
-        out.append(Prediction(path, [(model.classes[i], float(p[i])) for i in order]))
-    return out
-
-
-def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) -> tuple[Dataset, list[str], np.ndarray]:
-    """Every usable image of ``data`` (all splits) with its label index in ``classes``; clear errors otherwise."""
-    from .inspection import check_dataset
-
-    dataset = load_dataset(data) if not isinstance(data, Dataset) else data
-    checked = check_dataset(dataset, max_pixels=max_pixels)
-    records = checked.dataset.records
-    if not records:
-        raise TltoolError(no_usable_images(dataset.name, len(checked.files)))
-    unknown = sorted({r.label for r in records} - set(classes))
-    if unknown:
-        raise TltoolError(f"{dataset.name}: labels {unknown} are not classes of the model {classes}.")
-    index = {c: i for i, c in enumerate(classes)}
-    return dataset, [r.path for r in records], np.array([index[r.label] for r in records])
-
-
-def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | None = None, tta: str = "none",
-                 force: bool = False):
-    """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report."""
-    from .report import write_run_report
-    from .runs import new_run_dir
-
-    model = load_run(run_dir)
-    dataset, paths, y = labelled_images(data, model.classes, model.max_pixels)
-    probs = model.predict_paths(paths, tta=tta)
-    evaluation = Evaluation(model.classes, y, probs)
-    target = new_run_dir("eval", Path(run_dir).name, dataset.name, out=out, force=force)
-    title = f"{Path(run_dir).name} evaluated on {dataset.name}" + (f" (TTA {tta})" if tta != "none" else "")
-    metrics = write_run_report(target, evaluation, paths, kind="evaluation", title=title,
-                               config={"run": str(run_dir), "data": dataset.source, "tta": tta, **model.config})
-    return target, evaluation, metrics

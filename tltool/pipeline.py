@@ -7,7 +7,6 @@ model takes raw pixels and cannot be fed the wrong normalisation.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Callable, Sequence
 
 import numpy as np
@@ -69,16 +68,7 @@ def image_dataset(
     if labels is not None:
         items["label"] = tf.constant(np.asarray(labels, dtype=np.int64))
     ds = tf.data.Dataset.from_tensor_slices(items)
-
-    def decode(path: np.ndarray) -> np.ndarray:
-        return load_image(path.decode("utf-8"), image_size, resize, max_pixels=max_pixels)
-
-    def decode_tf(item: dict) -> dict:
-        image = tf.numpy_function(decode, [item["path"]], tf.uint8, stateful=False)
-        image.set_shape((image_size, image_size, 3))
-        return {**item, "image": image}
-
-    ds = ds.map(decode_tf, num_parallel_calls=parallel, deterministic=True)
+    ds = ds.map(_decode_fn(image_size, resize, max_pixels), num_parallel_calls=parallel, deterministic=True)
     if cache:
         ds = ds.cache(cache if isinstance(cache, str) else "")
     if shuffle:
@@ -103,6 +93,19 @@ def image_dataset(
     return ds.with_options(pipeline_options())
 
 
+def _decode_fn(image_size: int, resize: str, max_pixels: int) -> Callable:
+    """The shared decode function as a tf.data map: ``{"path"}`` -> ``{"path", "image"}`` (uint8)."""
+    def decode(path: np.ndarray) -> np.ndarray:
+        return load_image(path.decode("utf-8"), image_size, resize, max_pixels=max_pixels)
+
+    def decode_tf(item: dict) -> dict:
+        image = tf.numpy_function(decode, [item["path"]], tf.uint8, stateful=False)
+        image.set_shape((image_size, image_size, 3))
+        return {**item, "image": image}
+
+    return decode_tf
+
+
 def _augment_fn(transform: Transform, output_size: int) -> Callable:
     def augment(image: np.ndarray, seed: np.ndarray) -> np.ndarray:
         out = transform(image, int(seed) & 0x7FFFFFFF)
@@ -114,20 +117,3 @@ def _augment_fn(transform: Transform, output_size: int) -> Callable:
         return {**item, "image": image}
 
     return augment_tf
-
-
-class SeededTransform:
-    """Wrap an albumentations pipeline as a :data:`Transform`: one private copy per thread, seeded per image."""
-
-    def __init__(self, compose) -> None:
-        self.compose = compose
-        self._local = threading.local()
-
-    def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
-        compose = getattr(self._local, "compose", None)
-        if compose is None:
-            import copy
-
-            compose = self._local.compose = copy.deepcopy(self.compose)
-        compose.set_random_seed(seed)
-        return compose(image=image)["image"]

@@ -6,30 +6,19 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .errors import BadImageError
 from .evaluation import Evaluation
-from .utils import atomic_path, write_json, write_text_atomic
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, target: Path) -> None:
-    plt = _pyplot()
-    with atomic_path(target, suffix=".png.tmp") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+from .images import load_image
+from .plotting import pyplot, save_figure
+from .stats import format_proportion
+from .utils import write_json, write_text_atomic
 
 
 def accuracy_line(evaluation: Evaluation, split: str = "val") -> str:
@@ -37,7 +26,7 @@ def accuracy_line(evaluation: Evaluation, split: str = "val") -> str:
 
 
 def plot_confusion(evaluation: Evaluation, target: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     matrix = evaluation.confusion()
     c = len(evaluation.classes)
     size = max(4.0, 0.55 * c + 2.5)
@@ -63,21 +52,16 @@ def worst_mistakes(evaluation: Evaluation, limit: int = 24) -> np.ndarray:
 
 
 def plot_misclassified(evaluation: Evaluation, paths: Sequence[str], target: Path, limit: int = 24,
-                       gradcam_run: Path | None = None) -> int:
+                       overlays: Sequence[np.ndarray] | None = None) -> int:
     """A grid of wrongly classified images, most confident mistakes first; returns how many are shown.
 
-    With ``gradcam_run`` each tile is the Grad-CAM heat map of the predicted class over the image.
+    ``overlays``: pictures drawn instead of the images, one per mistake in :func:`worst_mistakes` order (the
+    caller's Grad-CAM heat maps of the predicted class).
     """
-    from .errors import BadImageError
-    from .images import load_image
-
-    plt = _pyplot()
+    plt = pyplot()
     wrong = worst_mistakes(evaluation, limit)
-    overlays = [None] * len(wrong)
-    if gradcam_run is not None and len(wrong):
-        from .viz import gradcam_overlays
-
-        overlays = gradcam_overlays(gradcam_run, [paths[i] for i in wrong], size=128)
+    explained = overlays is not None
+    overlays = list(overlays) if explained else [None] * len(wrong)
     cols = min(6, max(1, len(wrong)))
     rows = max(1, math.ceil(len(wrong) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
@@ -92,7 +76,7 @@ def plot_misclassified(evaluation: Evaluation, paths: Sequence[str], target: Pat
         ax.set_title(f"true {true}\npred {pred} ({evaluation.probs[i].max():.2f})", fontsize=8)
     if not len(wrong):
         axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-    heat = ", Grad-CAM of the predicted class" if gradcam_run is not None else ""
+    heat = ", Grad-CAM of the predicted class" if explained else ""
     fig.suptitle(f"misclassified: {int((~evaluation.correct).sum())} of {evaluation.n}{heat}")
     save_figure(fig, target)
     return len(wrong)
@@ -119,38 +103,29 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], list[
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], classes
 
 
-def _fmt(p: dict | None) -> str:
-    if not p:
-        return "n/a"
-    lo, hi = p["ci95"]
-    return f"{p['value']:.3f} [{lo:.3f}, {hi:.3f}] (n={p['n']})"
-
-
 def markdown_summary(title: str, metrics: dict) -> str:
     val = metrics["val"]
     lines = [f"# {title}", ""]
-    lines += [f"- **validation accuracy: {_fmt(val['accuracy'])}**"]
+    lines += [f"- **validation accuracy: {format_proportion(val['accuracy'])}**"]
     if val.get("top5_accuracy"):
-        lines.append(f"- top-5 accuracy: {_fmt(val['top5_accuracy'])}")
+        lines.append(f"- top-5 accuracy: {format_proportion(val['top5_accuracy'])}")
     ba = val["balanced_accuracy"]
     lines.append(f"- balanced accuracy: {ba['value']:.3f} (mean recall over {ba['n_classes']} classes, n={ba['n']})")
     for name, tta in (metrics.get("tta") or {}).items():
-        lines.append(f"- with test-time augmentation `{name}`: {_fmt(tta['accuracy'])}")
+        lines.append(f"- with test-time augmentation `{name}`: {format_proportion(tta['accuracy'])}")
     if metrics.get("train_accuracy"):
-        lines.append(f"- training accuracy: {_fmt(metrics['train_accuracy'])}")
+        lines.append(f"- training accuracy: {format_proportion(metrics['train_accuracy'])}")
     if metrics.get("cv"):
         cv = metrics["cv"]
-        lines.append(f"- cross-validation ({cv['description']}): {_fmt(cv['accuracy'])}, "
+        lines.append(f"- cross-validation ({cv['description']}): {format_proportion(cv['accuracy'])}, "
                      f"fold mean {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f}")
     lines += ["", "Intervals are 95 % Wilson score intervals over the n images; on a small validation split they are "
               "wide, and two runs whose intervals overlap may not differ at all (`tltool compare` tests it).", ""]
     lines += ["## Per class", "", "| class | precision | recall [95 % CI] | F1 | n |", "|---|---|---|---|---|"]
     for name, row in val["per_class"].items():
-        recall = _fmt(row["recall"]) if row["recall"] else "n/a"
+        recall = format_proportion(row["recall"]) if row["recall"] else "n/a"
         lines.append(f"| {name} | {row['precision']:.3f} | {recall} | {row['f1']:.3f} | {row['support']} |")
     lines += ["", "## Settings", "", "```json"]
-    import json
-
     lines += [json.dumps(metrics.get("config", {}), indent=2, default=str), "```", ""]
     lines += ["## Plots", "", "![confusion matrix](confusion_matrix.png)", "", "![misclassified](misclassified.png)"]
     if (metrics.get("artifacts") or {}).get("training_curves"):
@@ -160,15 +135,16 @@ def markdown_summary(title: str, metrics: dict) -> str:
 
 def write_run_report(run_dir: str | Path, evaluation: Evaluation, paths: Sequence[str], *, kind: str, title: str,
                      config: dict, extra: dict | None = None,
-                     tta: dict[str, Evaluation] | None = None, gradcam: bool = False) -> dict:
+                     tta: dict[str, Evaluation] | None = None,
+                     overlays: Sequence[np.ndarray] | None = None) -> dict:
     """Write the full report of one run; returns the metrics dict written to ``metrics.json``.
 
-    ``gradcam``: draw the misclassified grid as Grad-CAM overlays (the run's model must already be saved).
+    ``overlays``: the misclassified grid's pictures (see :func:`plot_misclassified`), e.g. Grad-CAM heat maps.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(evaluation, run_dir / "confusion_matrix.png", f"{title}\n{accuracy_line(evaluation)}")
-    plot_misclassified(evaluation, paths, run_dir / "misclassified.png", gradcam_run=run_dir if gradcam else None)
+    plot_misclassified(evaluation, paths, run_dir / "misclassified.png", overlays=overlays)
     write_predictions(evaluation, paths, run_dir / "predictions.csv")
     write_json(run_dir / "classes.json", evaluation.classes)
     metrics = {

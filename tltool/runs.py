@@ -10,8 +10,9 @@ from .outputs import claim_output_dir
 DEFAULT_RUNS_ROOT = Path("runs")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:60] or "run"
+def slug(text: str, max_length: int = 60, fallback: str = "run") -> str:
+    """``text`` as a safe file-name part: letters, digits, ``.``, ``_`` and ``-``; other runs become ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:max_length] or fallback
 
 
 def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bool = False) -> Path:
@@ -20,7 +21,7 @@ def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bo
         return claim_output_dir(out, "run", reuse=not (Path(out) / "metrics.json").exists(), force=force)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = DEFAULT_RUNS_ROOT / "-".join(_slug(p) for p in (kind, *parts, stamp) if p)
+        path = DEFAULT_RUNS_ROOT / "-".join(slug(p) for p in (kind, *parts, stamp) if p)
         n = 1
         while path.exists():
             n += 1

@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy import stats as _st
-
 Z95 = 1.959963984540054
 
 
@@ -44,12 +42,26 @@ class Proportion:
         return {"value": self.value, "ci95": [lo, hi], "n": self.n, "correct": self.correct, "method": "wilson"}
 
     def __str__(self) -> str:
-        lo, hi = self.interval
-        return f"{self.value:.3f} [{lo:.3f}, {hi:.3f}] (n={self.n})"
+        return format_proportion(self)
+
+
+def format_proportion(p: Proportion | dict | None, *notes: str) -> str:
+    """``0.870 [0.790, 0.923] (n=100)``: a proportion with its 95 % interval and the count it rests on, the one
+    way tltool writes an accuracy. ``p`` is a :class:`Proportion` or its ``to_json()``; ``notes`` join the count
+    inside the parentheses (``(n=100; 5-fold)``)."""
+    if not p:
+        return "n/a"
+    if isinstance(p, Proportion):
+        p = p.to_json()
+    lo, hi = p["ci95"]
+    inside = "; ".join((f"n={p['n']}", *notes))
+    return f"{p['value']:.3f} [{lo:.3f}, {hi:.3f}] ({inside})"
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: a binomial test on the discordant pairs."""
+    from scipy import stats as _st  # scipy.stats takes a noticeable share of a command's start-up
+
     discordant = only_a + only_b
     if discordant == 0:
         return 1.0

@@ -16,12 +16,13 @@ from .configs import RunConfig, TrainOptions  # noqa: F401  (RunConfig's home wa
 from .dataset import Dataset, label_indices, load_dataset, write_manifest
 from .distribute import resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError
-from .evaluation import TTA_MODES, Evaluation
-from .features import prepare_dataset
+from .evaluation import Evaluation
+from .inspection import prepare_dataset
 from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
 from .training import Stage, plot_history, run_stages
+from .tta import TTA_MODES
 from .utils import atomic_path, read_json, write_json
 
 SPLIT_FILE = "split.csv"  # the exact split of a run (absolute paths): what --resume trains and validates on

@@ -444,9 +444,9 @@ def write_history(history: list[dict], target: Path) -> None:
 
 
 def plot_history(history: list[dict], target: Path, title: str) -> None:
-    from .report import _pyplot, save_figure
+    from .plotting import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for key, ax, label in (("loss", ax_loss, "train"), ("val_loss", ax_loss, "val"),

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TltoolError
-from .registry import (BackboneSpec, get_backbone_spec, keras_models_dir, list_backbones, register_backbone,
-                       weights_digest)
-
-DEFAULT_BACKBONE = "efficientnet_lite0"
+from ..settings import DEFAULT_BACKBONE
+from .registry import (BackboneSpec, _weights_failure, get_backbone_spec, keras_models_dir, list_backbones,
+                       register_backbone, weights_digest)
 
 
 def create_backbone(name: str, weights: str = "imagenet", image_size: int | None = None):
@@ -20,7 +19,6 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
     from .._tf import keras
 
     from .layers import ImagePreprocessing
-    from .registry import _weights_failure
 
     spec = get_backbone_spec(name)
     size = image_size or spec.default_size
@@ -54,5 +52,14 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
     return keras.Model(inputs, outputs, name=f"{spec.name}_backbone")
 
 
-__all__ = ["BackboneSpec", "DEFAULT_BACKBONE", "create_backbone", "get_backbone_spec", "keras_models_dir",
-           "list_backbones", "register_backbone", "weights_digest"]
+def find_backbone(model):
+    """The one nested model inside ``model`` (the pretrained base of a classifier tltool built), or None when there
+    is none or more than one."""
+    from .._tf import keras
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return nested[0] if len(nested) == 1 else None
+
+
+__all__ = ["BackboneSpec", "DEFAULT_BACKBONE", "create_backbone", "find_backbone", "get_backbone_spec",
+           "keras_models_dir", "list_backbones", "register_backbone", "weights_digest"]

@@ -17,6 +17,7 @@ from keras import layers
 
 from ..errors import TltoolError
 from ..utils import atomic_path, cache_dir
+from .torch_pickle import load_legacy_state_dict
 
 BN_EPSILON = 1e-3
 # (expand ratio, kernel, stride, input filters, output filters, repeats) per stage, as in EfficientNet-B0.
@@ -158,8 +159,6 @@ def _torch_to_keras_names() -> list[tuple[str, str, str]]:
 
 def assign_torch_weights(model: keras.Model, pth_path: str | os.PathLike) -> int:
     """Copy a torch EfficientNet-Lite0 state dict into ``model``; return the number of values copied."""
-    from .torch_pickle import load_legacy_state_dict
-
     state = load_legacy_state_dict(str(pth_path))
     used: set[str] = set()
     copied = 0

@@ -1,52 +1,22 @@
-"""The ``tltool`` command line: thin Click commands, each parsing options and calling one library function."""
+"""The ``tltool`` command line: thin Click commands, each parsing options and calling one library function.
+
+Each module of this package is one command group and exports ``COMMANDS``; they are added to :data:`main` here.
+"""
 from __future__ import annotations
 
-import sys
-import warnings
-
-import click
-
-from .. import __version__
-from ..errors import TltoolError, TltoolWarning
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    if issubclass(category, TltoolWarning):
-        click.secho(f"warning ({category.__name__}): {message}", fg="yellow", err=True)
-
-
-class TltoolGroup(click.Group):
-    """Turns tltool's own errors into one clear line and exit code 2, never a traceback."""
-
-    def invoke(self, ctx):
-        warnings.showwarning = _show_warning
-        try:
-            return super().invoke(ctx)
-        except TltoolError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.secho("interrupted", fg="red", err=True)
-            sys.exit(130)
-
-
-@click.group(cls=TltoolGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(__version__, prog_name="tltool")
-def main() -> None:
-    """Transfer learning on your own photos: pretrained CNN features into a linear classifier, or fine-tuning,
-    with an honest report of validation accuracy. Works offline with efficientnet_lite0."""
-
-
-from . import data as _data  # noqa: E402
-from . import features as _features  # noqa: E402
-from . import training as _training  # noqa: E402
-from . import honest as _honest  # noqa: E402
-from . import viz as _viz  # noqa: E402
-from . import arch as _arch  # noqa: E402
-from . import collect as _collect  # noqa: E402
-from . import recipes as _recipes  # noqa: E402
+from . import arch as _arch
+from . import collect as _collect
+from . import data as _data
+from . import features as _features
+from . import honest as _honest
+from . import recipes as _recipes
+from . import training as _training
+from . import viz as _viz
+from .group import main
 
 for _module in (_data, _features, _training, _honest, _viz, _arch, _collect, _recipes):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 _collect.label.add_command(_viz.suspects_cmd)  # `tltool label suspects`, also `tltool viz suspects`
+
+__all__ = ["main"]

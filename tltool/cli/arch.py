@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import click
 
+from ..arch import build_arch, calc, get_arch, list_archs
+from ..arch.calc import parse_shape
+from ..arch.summary import arch_summary, summary_table, totals_text
+from ..errors import TltoolError
+
 
 @click.group("arch")
 def arch() -> None:
@@ -14,8 +19,6 @@ def list_cmd() -> None:
     """List the reference nets, their default input and the smallest input they accept."""
     from rich.console import Console
     from rich.table import Table
-
-    from ..arch import list_archs
 
     table = Table(title="reference nets (build with `tltool arch summary NAME`)")
     for column in ("name", "aliases", "input", "min", "description"):
@@ -34,10 +37,6 @@ def list_cmd() -> None:
 def summary_cmd(name: str, input_text: str | None, classes: int | None, batch_norm: bool | None) -> None:
     """Layer-by-layer output shape, weights, biases and parameters of NAME, with the totals."""
     from rich.console import Console
-
-    from ..arch import build_arch, get_arch
-    from ..arch.calc import parse_shape
-    from ..arch.summary import arch_summary, summary_table, totals_text
 
     shape = parse_shape(input_text, channels=get_arch(name).default_input[2]) if input_text else None
     summary = arch_summary(build_arch(name, input_shape=shape, classes=classes, batch_norm=batch_norm))
@@ -69,9 +68,6 @@ def conv_calc_cmd(input_text, filters, kernel, stride, pad, dilation, pool, floo
       tltool arch conv-calc --kernel 3 --dilation 2
       tltool arch conv-calc --stack conv3,conv3,conv3
     """
-    from ..arch import calc
-    from ..errors import TltoolError
-
     if stack:
         _print_stack(calc, stack, input_text, floor)
         return

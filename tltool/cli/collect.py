@@ -5,6 +5,7 @@ import click
 
 from ..collect import DEFAULT_EVERY, DEFAULT_MAX_SIDE, DEFAULT_NEAR_THRESHOLD, import_images, near_rule
 from ..images import DEFAULT_MAX_PIXELS
+from ..labeler import export_labels, make_server, parse_classes
 
 MAX_LISTED = 20
 
@@ -71,8 +72,6 @@ def label() -> None:
 def serve_cmd(dataset, classes, host, port, review, open_browser, verbose) -> None:
     """Serve a labelling page for DATASET (images under DATASET/unlabeled/) and save every key press to
     DATASET/labels.csv. Keys: 1-9 label, arrows move, u undo, s skip. Stop with Ctrl-C."""
-    from ..labeler import make_server, parse_classes
-
     server = make_server(dataset, parse_classes(classes), host=host, port=port, review=review, quiet=not verbose)
     store = server.store
     for note in store.notes:
@@ -107,8 +106,6 @@ def serve_cmd(dataset, classes, host, port, review, open_browser, verbose) -> No
 @click.option("--copy", is_flag=True, help="Copy the images instead of hard-linking them.")
 def export_cmd(dataset, val_fraction, seed, out, copy) -> None:
     """Write DATASET/labels.csv as OUT/train/<class>/ and OUT/val/<class>/ with a stratified, seeded split."""
-    from ..labeler import export_labels
-
     result = export_labels(dataset, out=out, val_fraction=val_fraction, seed=seed, copy=copy)
     for split, counts in result.counts().items():
         click.echo(f"{split}: " + ", ".join(f"{name} {n}" for name, n in counts.items()))

@@ -4,8 +4,14 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.console import Console
+from rich.table import Table
 
-from .options import split_options
+from ..dataset import write_split_manifest
+from ..digits import export_digits
+from ..inspection import inspect_dataset
+from ..sample import make_shapes_dataset
+from .options import choice, split_options
 
 
 @click.group("data")
@@ -21,10 +27,45 @@ def data() -> None:
               help="Folder for inspect.json [default: runs/inspect-<name>].")
 def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None) -> None:
     """Count images per class and split, name every bad file with its reason, find duplicates and leakage."""
-    from ..inspection import run_inspect
+    result = inspect_dataset(path, max_pixels=max_pixels, out=out)
+    data = result.checked.to_json()
+    console = Console(highlight=False)
+    console.print(_size_table(data))
+    for line in _problem_lines(data):
+        console.print(line, soft_wrap=True)
+    console.print(f"report: {result.report}", soft_wrap=True)
+    sys.exit(1 if strict and result.has_problems else 0)
 
-    code = run_inspect(path, strict=strict, max_pixels=max_pixels, out=out)
-    sys.exit(code)
+
+def _size_table(data: dict) -> Table:
+    """Counts and sizes per split and class, from ``inspect.json``'s content."""
+    table = Table(title=f"{data['dataset']}: {data['n_usable']} usable of {data['n_files']} files")
+    for column in ("split", "class", "images", "width min/median/max", "height min/median/max"):
+        table.add_column(column, justify="right" if column != "class" else "left")
+    for split, classes in data["sizes"].items():
+        for label, s in classes.items():
+            w, h = s["width"], s["height"]
+            table.add_row(split, label, str(s["count"]), f"{w['min']}/{w['median']:g}/{w['max']}",
+                          f"{h['min']}/{h['median']:g}/{h['max']}")
+    return table
+
+
+def _problem_lines(data: dict) -> list[str]:
+    """Every bad, skipped, converted, duplicate, leaked and conflicting file, then the warnings and notes."""
+    lines = [f"[red]bad[/red] {b['path']}: {b['reason']}" + (f" ({b['detail'][:100]})" if b["detail"] else "")
+             for b in data["bad_files"]]
+    if lines:
+        lines.insert(0, f"{len(lines)} bad file(s), excluded from every run:")
+    lines += [f"skipped {s['path']}: {s['reason']}" for s in data["skipped_files"]]
+    lines += [f"converted {c['path']}: {', '.join(c['conversions'])}" for c in data["converted_files"]]
+    lines += [f"duplicate content: {', '.join(g)}" for g in data["duplicates"]]
+    lines += [f"[bold]leakage[/bold] (same image in two splits): {', '.join(f['path'] + ' (' + f['split'] + ')' for f in g)}"
+              for g in data["train_val_leaks"]]
+    lines += [f"[bold]label conflict[/bold]: {', '.join(f['path'] + ' (' + f['label'] + ')' for f in g)}"
+              for g in data["label_conflicts"]]
+    lines += [f"[yellow]warning[/yellow]: {w}" for w in data["warnings"]]
+    lines += [f"note: {n}" for n in data["notes"]]
+    return lines
 
 
 @data.command("split")
@@ -33,8 +74,6 @@ def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None
 @split_options
 def split_cmd(path: str, out_csv: str, val_fraction: float, seed: int, max_pixels: int) -> None:
     """Write a stratified, seeded train/val split as a CSV manifest (path,label,split) and classes.json."""
-    from ..dataset import write_split_manifest
-
     target = write_split_manifest(path, out_csv, val_fraction=val_fraction, seed=seed)
     click.echo(f"wrote {target}")
 
@@ -45,23 +84,19 @@ def split_cmd(path: str, out_csv: str, val_fraction: float, seed: int, max_pixel
 @click.option("--seed", type=int, default=0, show_default=True)
 def make_sample_cmd(out: str, per_class: int, seed: int) -> None:
     """Render the bundled demo dataset of shapes (circle, square, triangle, star) into OUT."""
-    from ..sample import make_shapes_dataset
-
     click.echo(f"wrote {make_shapes_dataset(out, per_class=per_class, seed=seed)}")
 
 
 @data.command("digits")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--size", type=int, default=32, show_default=True, help="Side of the upscaled images in pixels.")
-@click.option("--resample", type=click.Choice(["nearest", "bilinear", "bicubic"]), default="bilinear",
+@click.option("--resample", type=choice("resample"), default="bilinear",
               show_default=True)
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def digits_cmd(out: str, size: int, resample: str, val_fraction: float, seed: int, force: bool) -> None:
     """Export scikit-learn's 1797 8x8 handwritten digits (offline) to OUT/{train,val}/<digit>/*.png, upscaled."""
-    from ..digits import export_digits
-
     counts = export_digits(out, size=size, val_fraction=val_fraction, seed=seed, resample=resample, force=force)
     click.echo(f"wrote {out}: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
 

@@ -5,7 +5,15 @@ from pathlib import Path
 
 import click
 
-from .options import backbone_options, force_option, out_option, split_options, strategy_option, tta_option
+from ..backbones import list_backbones
+from ..configs import ExtractConfig, LinearConfig, split_settings
+from ..features import extract_features
+from ..linear import probe, train_linear
+from ..predict import evaluate_run, predict_images
+from ..report import accuracy_line
+from ..stats import format_proportion
+from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
+                      tta_option)
 from .output import echo_tta
 
 
@@ -14,8 +22,6 @@ def backbones_cmd() -> None:
     """List the pretrained networks, their preprocessing, input size and whether weights are available offline."""
     from rich.console import Console
     from rich.table import Table
-
-    from ..backbones import list_backbones
 
     table = Table(title="backbones (weights: offline = ships with tltool's dependencies; cached = in the Keras cache)")
     for column in ("name", "family", "preprocess", "size", "min", "weights"):
@@ -31,20 +37,15 @@ def backbones_cmd() -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Features folder to write.")
 @backbone_options
 @split_options
-@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--chunk-size", type=click.IntRange(min=1), default=ExtractConfig.chunk_size, show_default=True,
               help="Images per chunk file on disk.")
 @strategy_option
-@click.option("--shard", default=None, metavar="I/N",
+@click.option("--shard", default=ExtractConfig.shard, metavar="I/N",
               help="Extract only chunks i with i % N == I (run I = 0..N-1 on N machines sharing --out); the last "
                    "to finish completes the folder. Under --strategy multiworker the worker index is the shard.")
-def extract_cmd(data, out, backbone, weights, image_size, resize, batch_size, val_fraction, seed, max_pixels,
-                chunk_size, strategy, shard) -> None:
+def extract_cmd(data, out, **options) -> None:
     """Extract pooled CNN features of every image in DATA (folder, CSV manifest or tfds:NAME) into --out."""
-    from ..features import extract_features
-
-    result = extract_features(data, out, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
-                              batch_size=batch_size, val_fraction=val_fraction, seed=seed, chunk_size=chunk_size,
-                              max_pixels=max_pixels, strategy=strategy, shard=shard)
+    result = extract_features(data, out, ExtractConfig(**options))
     meta = result.meta
     shard = f"shard {result.shard[0]}/{result.shard[1]}" if result.shard else ""
     if not result.complete:
@@ -56,29 +57,26 @@ def extract_cmd(data, out, backbone, weights, image_size, resize, batch_size, va
                f"{result.seconds:.1f} s{speed} -> {out}")
 
 
-_linear_options = [
-    click.option("--head", default="logreg", show_default=True, help="logreg, linsvm, ridge, sgd or knn."),
-    click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True),
-    click.option("--standardize/--no-standardize", default=True, show_default=True),
-    click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True),
-    click.option("--gradcam", is_flag=True, help="Draw the misclassified images as Grad-CAM heat maps."),
-]
-
-
-def linear_options(fn):
-    for option in reversed(_linear_options):
-        fn = option(fn)
-    return fn
+head_option = click.option("--head", type=choice("head"), default=LinearConfig.head, show_default=True,
+                           help="Classifier on the features; its regularisation is chosen by cross-validation.")
+pool_option = click.option("--pool", type=choice("pool"), default=LinearConfig.pool, show_default=True,
+                           help="Pooling of the feature map: average, max, or both concatenated.")
+linear_options = compose(
+    head_option,
+    pool_option,
+    click.option("--standardize/--no-standardize", default=LinearConfig.standardize, show_default=True),
+    click.option("--class-weight", type=choice("class_weight"), default=LinearConfig.class_weight,
+                 show_default=True),
+    click.option("--gradcam", is_flag=True, default=LinearConfig.gradcam,
+                 help="Draw the misclassified images as Grad-CAM heat maps."),
+)
 
 
 def _print_linear(result) -> None:
-    from ..report import accuracy_line
-
     cv = result.metrics.get("cv")
     if cv:
-        acc = cv["accuracy"]
-        click.echo(f"cross-validated accuracy {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
-                   f"(n={acc['n']}; {cv['description']}; folds {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f})")
+        click.echo("cross-validated accuracy " + format_proportion(
+            cv["accuracy"], cv["description"], f"folds {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f}"))
     else:
         click.echo(accuracy_line(result.evaluation))
     echo_tta(result.metrics)
@@ -88,21 +86,17 @@ def _print_linear(result) -> None:
 @click.command("linear")
 @click.argument("features", type=click.Path(exists=True, file_okay=False))
 @linear_options
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=LinearConfig.seed, show_default=True)
 @tta_option
-@click.option("--cv", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--cv", type=click.IntRange(min=0), default=LinearConfig.cv, show_default=True,
               help="Repeated stratified K-fold over train+val instead of the val split (nested; 0: off).")
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--repeats", type=click.IntRange(min=1), default=LinearConfig.repeats, show_default=True,
               help="Repeats of the --cv K-fold.")
 @out_option
 @force_option
-def linear_cmd(features, head, pool, standardize, class_weight, gradcam, seed, tta, cv, repeats, out, force) -> None:
+def linear_cmd(features, out, force, **options) -> None:
     """Train a linear head on extracted FEATURES (regularisation chosen by CV) and report validation accuracy."""
-    from ..linear import train_linear
-
-    _print_linear(train_linear(features, out=out, head=head, pool=pool, standardize=standardize,
-                               class_weight=class_weight, seed=seed, tta=tta, force=force, cv=cv, repeats=repeats,
-                               gradcam=gradcam))
+    _print_linear(train_linear(features, LinearConfig(**options), out=out, force=force))
 
 
 @click.command("probe")
@@ -115,15 +109,11 @@ def linear_cmd(features, head, pool, standardize, class_weight, gradcam, seed, t
               help="Features folder (cache) [default: runs/features-<data>-<backbone>].")
 @out_option
 @force_option
-def probe_cmd(data, backbone, weights, image_size, resize, batch_size, val_fraction, seed, max_pixels, head, pool,
-              standardize, class_weight, gradcam, tta, features_dir, out, force) -> None:
+def probe_cmd(data, features_dir, out, force, **options) -> None:
     """The main job in one command: extract features of DATA (cached) and fit a linear head on them."""
-    from ..linear import probe
-
-    _print_linear(probe(data, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
-                        batch_size=batch_size, val_fraction=val_fraction, seed=seed, max_pixels=max_pixels,
-                        head=head, pool=pool, standardize=standardize, class_weight=class_weight, tta=tta,
-                        features_dir=features_dir, out=out, force=force, gradcam=gradcam))
+    extract, linear = split_settings(options, ExtractConfig, LinearConfig)
+    _print_linear(probe(data, ExtractConfig(**extract), LinearConfig(**linear), features_dir=features_dir, out=out,
+                        force=force))
 
 
 @click.command("predict")
@@ -134,8 +124,6 @@ def probe_cmd(data, backbone, weights, image_size, resize, batch_size, val_fract
 @tta_option
 def predict_cmd(images, run_dir, top_k, tta) -> None:
     """Classify IMAGES with a trained run."""
-    from ..models import predict_images
-
     for p in predict_images(run_dir, images, top_k=top_k, tta=tta):
         click.echo(f"{p.path}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in p.top))
 
@@ -148,9 +136,6 @@ def predict_cmd(images, run_dir, top_k, tta) -> None:
 @force_option
 def evaluate_cmd(run_dir, data, tta, out, force) -> None:
     """Evaluate a trained run on another labelled dataset DATA (every image of it, whatever its split)."""
-    from ..models import evaluate_run
-    from ..report import accuracy_line
-
     target, evaluation, _ = evaluate_run(run_dir, data, out=out, tta=tta, force=force)
     click.echo(accuracy_line(evaluation, split=f"{Path(data).name or data} (every image)"))
     click.echo(f"report: {target / 'report.md'}")

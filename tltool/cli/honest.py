@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import click
 
+from ..compare import compare_runs
+from ..crossval import run_learning_curve
+from .features import head_option, pool_option
 from .options import out_option
 
 
@@ -13,8 +16,6 @@ from .options import out_option
 @out_option
 def compare_cmd(run_a, run_b, data, out) -> None:
     """Paired comparison of two runs on the same images: difference with its interval, exact McNemar test."""
-    from ..compare import compare_runs
-
     comparison, target = compare_runs(run_a, run_b, data, out=out)
     for line in comparison.lines():
         click.echo(line)
@@ -23,15 +24,13 @@ def compare_cmd(run_a, run_b, data, out) -> None:
 
 @click.command("learning-curve")
 @click.argument("features", type=click.Path(exists=True, file_okay=False))
-@click.option("--head", default="logreg", show_default=True)
-@click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True)
+@head_option
+@pool_option
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Random subsets averaged per point.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @out_option
 def learning_curve_cmd(features, head, pool, seeds, seed, out) -> None:
     """Should I label more photos? Val accuracy of the head trained on 10 %, 20 %, ... 100 % of the training images."""
-    from ..crossval import run_learning_curve
-
     points, reading, target = run_learning_curve(features, head, pool, seeds=seeds, seed=seed, out=out)
     click.echo("train images  share  val accuracy [95 % CI]")
     for p in points:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
+from ..stats import format_proportion
+
 
 def echo_tta(metrics: dict) -> None:
     """One line per test-time augmentation in a run's metrics (``metrics.json``'s ``tta``)."""
     for name, tta in (metrics.get("tta") or {}).items():
-        acc = tta["accuracy"]
-        click.echo(f"val accuracy with TTA {name} {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] "
-                   f"(n={acc['n']})")
+        click.echo(f"val accuracy with TTA {name} {format_proportion(tta['accuracy'])}")

@@ -1,7 +1,258 @@
-"""``tltool run RECIPE.yaml``."""
+"""Recipes: YAML files of tltool steps, run by ``tltool run RECIPE.yaml [--set key=value]``.
+
+A recipe is a list of command lines, so the runner lives with the CLI: it reads each command's options from
+its Click parameters and runs the command as the command line would.
+
+A step names a command as the CLI does (``probe``, ``finetune``, ``data-inspect``, ``label-export``, ...) and sets
+its options by the CLI's own names (``val-fraction`` or ``val_fraction``). The schema is read from the commands
+themselves, so a recipe can set exactly what the command line can, spelled the same way, and is checked before
+anything runs: an unknown key gets a "did you mean", a wrong type names the key and the expected type.
+
+    name: flowers linear probe
+    vars: {data: ../shared/datasets/flowers}
+    steps:
+      - data-inspect: {path: "${data}"}
+      - probe: {data: "${data}", head: logreg, out: runs/flowers-linear}
+"""
 from __future__ import annotations
 
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import click
+import yaml
+
+from ..errors import TltoolError, did_you_mean
+from ..progress import say
+from .group import main
+
+TOP_LEVEL = ("name", "description", "vars", "steps")
+STEP_KEYS = ("interactive",)  # step-level settings that are not command options
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
+
+
+@dataclass
+class Step:
+    command: str
+    options: dict[str, Any]
+    interactive: bool = False
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    description: str
+    vars: dict[str, Any]
+    steps: list[Step]
+
+
+def recipe_commands() -> dict[str, click.Command]:
+    """Every command a recipe may use, by its recipe name (``group-command`` for grouped commands)."""
+    out: dict[str, click.Command] = {}
+    for name, command in main.commands.items():
+        if name == "run":
+            continue
+        if isinstance(command, click.Group):
+            for sub, subcommand in command.commands.items():
+                out[f"{name}-{sub}"] = subcommand
+        else:
+            out[name] = command
+    return out
+
+
+def _key(param: click.Parameter) -> str:
+    """A recipe key is the option as typed on the command line (``--val-fraction`` -> ``val-fraction``);
+    an argument is named as in the command's usage line (``DATA`` -> ``data``)."""
+    if isinstance(param, click.Option):
+        long = [o for o in param.opts if o.startswith("--")]
+        return (long[0] if long else param.opts[0]).lstrip("-")
+    return param.name.replace("_", "-")
+
+
+def _type_name(param: click.Parameter) -> str:
+    if getattr(param, "is_flag", False):
+        return "true or false"
+    if param.nargs == -1 or getattr(param, "multiple", False):
+        return "a list"
+    if isinstance(param.type, click.Choice):
+        return f"one of {list(param.type.choices)}"
+    return {"integer": "an integer", "float": "a number", "boolean": "true or false"}.get(param.type.name,
+                                                                                            "a string")
+
+
+def _check_value(where: str, param: click.Parameter, value: Any) -> list[str]:
+    """The command-line words for ``value``; raise a clear error when its type is wrong."""
+    bad = TltoolError(f"{where}: key {_key(param)!r} must be {_type_name(param)}, got {value!r} "
+                      f"({type(value).__name__}).")
+    if getattr(param, "is_flag", False):
+        if not isinstance(value, bool):
+            raise bad
+        if value:
+            return [param.opts[0]]
+        return [param.secondary_opts[0]] if param.secondary_opts else []
+    if param.nargs == -1:
+        values = value if isinstance(value, list) else None
+        if values is None or any(isinstance(v, (list, dict)) for v in values):
+            raise bad
+        return [str(v) for v in values]
+    if isinstance(value, (list, dict)):
+        raise bad
+    name = param.type.name
+    if name == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise bad
+    if name == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise bad
+    if name == "boolean" and not isinstance(value, bool):
+        raise bad
+    if isinstance(param.type, click.Choice) and str(value) not in param.type.choices:
+        raise bad
+    if value is None:
+        return []
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return [text] if isinstance(param, click.Argument) else [param.opts[0], text]
+
+
+def _substitute(value: Any, variables: dict[str, Any], where: str) -> Any:
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    if not isinstance(value, str):
+        return value
+    full = _VAR.fullmatch(value)
+    if full:  # "${n}" alone keeps the variable's type (an integer stays an integer)
+        return _lookup(full.group(1), variables, where)
+    return _VAR.sub(lambda m: str(_lookup(m.group(1), variables, where)), value)
+
+
+def _lookup(name: str, variables: dict[str, Any], where: str) -> Any:
+    if name not in variables:
+        raise did_you_mean(name, variables, f"variable in {where}:")
+    return variables[name]
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise TltoolError(f"--set {text}: write KEY=VALUE (e.g. --set epochs=2 or --set finetune.epochs=2).")
+    key, raw = text.split("=", 1)
+    return key.strip().replace("_", "-"), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read and check a recipe; ``overrides`` (``KEY=VALUE``) set a variable, or an option of every step that
+    has it, or ``COMMAND.KEY``/``N.KEY`` for one step (N counts from 1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TltoolError(f"{path}: no such recipe file.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TltoolError(f"{path}: not valid YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise TltoolError(f"{path}: a recipe is a mapping with keys {list(TOP_LEVEL)}.")
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise did_you_mean(str(key), TOP_LEVEL, f"top-level key in {path}:")
+    steps_raw = data.get("steps")
+    if not isinstance(steps_raw, list) or not steps_raw:
+        raise TltoolError(f"{path}: 'steps' must be a non-empty list of {{command: {{options}}}}.")
+    variables = dict(data.get("vars") or {})
+    if not isinstance(variables, dict):
+        raise TltoolError(f"{path}: 'vars' must be a mapping of names to values.")
+    commands = recipe_commands()
+    steps: list[Step] = []
+    for i, raw in enumerate(steps_raw, start=1):
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise TltoolError(f"{path}, step {i}: write each step as one `command: {{options}}` mapping.")
+        (command, options), = raw.items()
+        if command not in commands:
+            raise did_you_mean(str(command), commands, f"command in {path}, step {i}:")
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise TltoolError(f"{path}, step {i} ({command}): options must be a mapping.")
+        options = {str(k).replace("_", "-"): v for k, v in options.items()}
+        interactive = bool(options.pop("interactive", False))
+        steps.append(Step(command, options, interactive))
+    _apply_overrides(path, steps, variables, commands, overrides)
+    recipe = Recipe(path, str(data.get("name") or path.stem), str(data.get("description") or ""), variables, steps)
+    for i, step in enumerate(recipe.steps, start=1):
+        build_argv(recipe, i, step, commands[step.command])  # check every step before running any
+    return recipe
+
+
+def _apply_overrides(path: Path, steps: list[Step], variables: dict, commands: dict, overrides) -> None:
+    for text in overrides:
+        key, value = _parse_override(text)
+        target, _, option = key.rpartition(".")
+        if not target and key.replace("-", "_") in variables:
+            variables[key.replace("-", "_")] = value
+            continue
+        if not target and key in variables:
+            variables[key] = value
+            continue
+        chosen = [s for n, s in enumerate(steps, start=1) if not target or target in (s.command, str(n))]
+        if target and not chosen:
+            raise did_you_mean(target, [s.command for s in steps], f"step in --set {text}:")
+        hit = False
+        for step in chosen:
+            if option in {_key(p) for p in commands[step.command].params}:
+                step.options[option] = value
+                hit = True
+        if not hit:
+            known = {_key(p) for s in chosen for p in commands[s.command].params} | set(variables)
+            raise did_you_mean(option, known, f"key in --set {text} (no step of {path.name} has it):")
+
+
+def build_argv(recipe: Recipe, index: int, step: Step, command: click.Command) -> list[str]:
+    where = f"{recipe.path}, step {index} ({step.command})"
+    params = {_key(p): p for p in command.params if p.name != "help"}
+    for key in step.options:
+        if key not in params:
+            raise did_you_mean(key, params, f"key in {where}:")
+    argv: list[str] = []
+    positional: list[str] = []
+    for key, param in params.items():
+        if key not in step.options:
+            if isinstance(param, click.Argument) and param.required:
+                raise TltoolError(f"{where}: key {key!r} is required ({_type_name(param)}).")
+            continue
+        words = _check_value(where, param, _substitute(step.options[key], recipe.vars, where))
+        (positional if isinstance(param, click.Argument) else argv).extend(words)
+    return argv + (["--", *positional] if positional else [])
+
+
+def run_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), start: int = 1,
+               stop: int | None = None, interactive: bool | None = None) -> Recipe:
+    """Run steps ``start``..``stop`` (1-based). Interactive steps (the browser labeler) run only with a terminal."""
+    recipe = load_recipe(path, overrides)
+    commands = recipe_commands()
+    interactive = sys.stdin.isatty() if interactive is None else interactive
+    stop = stop or len(recipe.steps)
+    for i, step in enumerate(recipe.steps, start=1):
+        if not start <= i <= stop:
+            continue
+        argv = build_argv(recipe, i, step, commands[step.command])
+        shown = " ".join(step.command.split("-", 1) if step.command in _grouped(commands) else [step.command])
+        if step.interactive and not interactive:
+            say(f"step {i}/{len(recipe.steps)}: skipped (interactive, no terminal): tltool {shown} "
+                f"{' '.join(argv)}\n  run it yourself, then continue with `tltool run {recipe.path} --from {i + 1}`")
+            continue
+        say(f"[bold]step {i}/{len(recipe.steps)}[/bold]: tltool {shown} {' '.join(argv)}")
+        try:
+            commands[step.command].main(args=argv, prog_name=f"tltool {shown}", standalone_mode=False)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                raise TltoolError(f"{recipe.path}, step {i} ({step.command}) exited with status {exc.code}.") from None
+        except click.ClickException as exc:
+            raise TltoolError(f"{recipe.path}, step {i} ({step.command}): {exc.format_message()}") from None
+    return recipe
+
+
+def _grouped(commands: dict[str, click.Command]) -> set[str]:
+    return {name for name in commands if name not in main.commands}
 
 
 @click.command("run")
@@ -13,8 +264,6 @@ import click
 @click.option("--check", is_flag=True, help="Only check the recipe and print its steps.")
 def run_cmd(recipe, overrides, start, stop, check) -> None:
     """Run a YAML recipe of tltool steps (see recipes/); options have the same names as on the command line."""
-    from ..recipes import build_argv, load_recipe, recipe_commands, run_recipe
-
     if check:
         loaded = load_recipe(recipe, overrides)
         commands = recipe_commands()

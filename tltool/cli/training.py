@@ -3,21 +3,28 @@ from __future__ import annotations
 
 import click
 
+from ..augment import preview
 from ..configs import FinetuneConfig, RunConfig, ScratchConfig
-from .options import backbone_options, force_option, out_option, split_options, strategy_option, tta_option
+from ..errors import TltoolError
+from ..export import export_run
+from ..finetune import finetune, finetune_cv
+from ..report import accuracy_line
+from ..scratch import train_from_scratch
+from ..settings import PREVIEW_DRAWS, PREVIEW_SIZE, choices
+from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
+                      tta_option)
 from .output import echo_tta
 
-AUGMENT_HELP = "none, light, standard, heavy, or an albumentations pipeline file (YAML/JSON from A.save)."
+AUGMENT_HELP = f"{', '.join(choices('augment'))}, or an albumentations pipeline file (YAML/JSON from A.save)."
 
 
 def training_options(config: type[RunConfig]):
     """Options of the training loop, named exactly as the fields of ``config``, with its defaults."""
     options = [
-        click.option("--optimizer", default=config.optimizer, show_default=True,
-                     help="sgd, momentum, nesterov, adagrad, adadelta, rmsprop, adam, adamw."),
+        click.option("--optimizer", type=choice("optimizer"), default=config.optimizer, show_default=True),
         click.option("--weight-decay", type=float, default=config.weight_decay, help="Decoupled weight decay."),
-        click.option("--schedule", default=config.schedule, show_default=True,
-                     help="constant, step, exponential, cosine (with --warmup-epochs), plateau."),
+        click.option("--schedule", type=choice("schedule"), default=config.schedule, show_default=True,
+                     help="cosine goes with --warmup-epochs; plateau with --plateau-patience/--plateau-factor."),
         click.option("--warmup-epochs", type=float, default=config.warmup_epochs, show_default=True,
                      help="cosine: epochs of linear warm-up from 1% of the learning rate, in each stage."),
         click.option("--step-epochs", type=int, default=config.step_epochs, show_default=True,
@@ -32,7 +39,7 @@ def training_options(config: type[RunConfig]):
         click.option("--early-stopping", type=int, default=config.early_stopping, show_default=True,
                      help="End a stage after N epochs without a better val loss (with that stage's best weights; "
                           "the next stage still runs); 0: off."),
-        click.option("--class-weight", type=click.Choice(["none", "balanced"]), default=config.class_weight,
+        click.option("--class-weight", type=choice("class_weight"), default=config.class_weight,
                      show_default=True),
         click.option("--augment", default=config.augment, show_default=True, help=AUGMENT_HELP),
         click.option("--mixed-precision", is_flag=True, default=config.mixed_precision,
@@ -41,18 +48,10 @@ def training_options(config: type[RunConfig]):
         click.option("--scale-lr", is_flag=True, default=config.scale_lr,
                      help="Multiply the learning rates by the number of replicas (linear scaling rule)."),
     ]
-
-    def apply(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return apply
+    return compose(*options)
 
 
 def _print_run(result) -> None:
-    from ..report import accuracy_line
-
     if not result.chief:
         click.echo("this worker's share of training is done; the chief (worker 0) writes the run folder and report")
         return
@@ -66,7 +65,7 @@ def _print_run(result) -> None:
 @backbone_options
 @split_options
 @training_options(FinetuneConfig)
-@click.option("--head-init", type=click.Choice(["probe", "random"]), default=FinetuneConfig.head_init,
+@click.option("--head-init", type=choice("head_init"), default=FinetuneConfig.head_init,
               show_default=True, help="Start the classifier as the linear probe (LP-FT) or at random.")
 @click.option("--head-epochs", type=int, default=FinetuneConfig.head_epochs, show_default=True,
               help="Stage 1: the new head alone.")
@@ -88,10 +87,6 @@ def _print_run(result) -> None:
 @force_option
 def finetune_cmd(data, cv, resume, out, force, **options) -> None:
     """Fine-tune a pretrained backbone on DATA: new head first, then the top of the network."""
-    from ..errors import TltoolError
-    from ..finetune import finetune, finetune_cv
-    from ..report import accuracy_line
-
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
     if cv:
@@ -108,7 +103,7 @@ def finetune_cmd(data, cv, resume, out, force, **options) -> None:
               help="A from-scratch net (see `tltool arch list`).")
 @click.option("--image-size", type=int, default=ScratchConfig.image_size,
               help="Input size [default: the architecture's].")
-@click.option("--resize", type=click.Choice(["crop", "pad", "stretch"]), default=ScratchConfig.resize,
+@click.option("--resize", type=choice("resize"), default=ScratchConfig.resize,
               show_default=True)
 @click.option("--batch-size", type=int, default=ScratchConfig.batch_size, show_default=True,
               help="Images per batch on each replica.")
@@ -130,9 +125,6 @@ def finetune_cmd(data, cv, resume, out, force, **options) -> None:
 @force_option
 def train_cmd(data, resume, out, force, **options) -> None:
     """Train a classic CNN from scratch on DATA with the same machinery (and report) as fine-tuning."""
-    from ..errors import TltoolError
-    from ..scratch import train_from_scratch
-
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
     _print_run(train_from_scratch(ScratchConfig(data=data or "", **options), out=out, resume=resume, force=force))
@@ -140,15 +132,13 @@ def train_cmd(data, resume, out, force, **options) -> None:
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]), default="keras",
+@click.option("--format", "fmt", type=choice("export_format"), default="keras",
               show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Export folder: new, empty, or an earlier tltool export [default: RUN_DIR/export/FORMAT].")
 @click.option("--force", is_flag=True, help="Replace an earlier tltool export in --out (never any other folder).")
 def export_cmd(run_dir, fmt, out, force) -> None:
     """Export a trained run (fine-tuned or linear) as .keras, SavedModel or .tflite; input: RGB pixels 0..255."""
-    from ..export import export_run
-
     click.echo(f"wrote {export_run(run_dir, fmt, out, force=force)}")
 
 
@@ -159,16 +149,14 @@ def augment() -> None:
 
 @augment.command("preview")
 @click.argument("data")
-@click.option("--augment", "preset", default="standard", show_default=True, help=AUGMENT_HELP)
-@click.option("--image-size", type=int, default=224, show_default=True)
-@click.option("--draws", type=int, default=17, show_default=True)
+@click.option("--augment", "preset", default=FinetuneConfig.augment, show_default=True, help=AUGMENT_HELP)
+@click.option("--image-size", type=int, default=PREVIEW_SIZE, show_default=True)
+@click.option("--draws", type=int, default=PREVIEW_DRAWS, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--index", type=int, default=0, show_default=True, help="Which image (in path order).")
 @click.option("--out", type=click.Path(), default="augment_preview.png", show_default=True)
 def augment_preview_cmd(data, preset, image_size, draws, seed, index, out) -> None:
     """Write a PNG grid of one image of DATA under many random draws of an augmentation."""
-    from ..augment import preview
-
     click.echo(f"wrote {preview(data, out, preset, image_size, draws, seed, index)}")
 
 

@@ -3,21 +3,19 @@ from __future__ import annotations
 
 import click
 
-from .options import backbone_options, split_options
+from ..configs import LinearConfig
+from ..settings import DEFAULT_BACKBONE
+from ..viz import (find_suspects, layer_table, open_network, visualize_activations, visualize_embedding,
+                   visualize_filters, visualize_gradcam)
+from .options import backbone_options, choice, compose, split_options
 
-_network_options = [
-    click.option("--backbone", default=None, help="Pretrained network [default: efficientnet_lite0 unless --model]."),
+network_options = compose(
+    click.option("--backbone", default=None, help=f"Pretrained network [default: {DEFAULT_BACKBONE} unless --model]."),
     click.option("--model", "run_dir", default=None, type=click.Path(file_okay=False),
                  help="A run folder (linear, probe or finetune) instead of --backbone."),
     click.option("--weights", default="imagenet", show_default=True, help="With --backbone: imagenet, none or a file."),
     click.option("--image-size", type=int, default=None, help="With --backbone: input size [default: the backbone's]."),
-]
-
-
-def network_options(fn):
-    for option in reversed(_network_options):
-        fn = option(fn)
-    return fn
+)
 
 
 out_option = click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -35,8 +33,6 @@ def viz() -> None:
 @out_option
 def filters_cmd(backbone, run_dir, weights, image_size, layer, out) -> None:
     """The first convolution's filters as an RGB grid (or --layer's, per input channel in grey)."""
-    from ..viz import visualize_filters
-
     grid = visualize_filters(backbone, run_dir, weights, image_size, layer, out)
     click.echo(f"{grid.layer}: {grid.n_tiles} tiles of kernel {'x'.join(map(str, grid.kernel_shape))} -> {grid.png}")
 
@@ -46,8 +42,6 @@ def filters_cmd(backbone, run_dir, weights, image_size, layer, out) -> None:
 @click.option("--conv", "conv_only", is_flag=True, help="Only the convolutions (what `viz filters --layer` takes).")
 def layers_cmd(backbone, run_dir, weights, image_size, conv_only) -> None:
     """List the layers --layer accepts: index, name, type, output shape and kernel."""
-    from ..viz import layer_table, open_network
-
     network = open_network(backbone, run_dir, weights, image_size)
     rows = [r for r in layer_table(network) if r["kernel"] or not conv_only]
     width = max(len(r["name"]) for r in rows) if rows else 4
@@ -65,8 +59,6 @@ def layers_cmd(backbone, run_dir, weights, image_size, conv_only) -> None:
 @out_option
 def activations_cmd(image, backbone, run_dir, weights, image_size, layer, max_maps, out) -> None:
     """One layer's activation maps for IMAGE as a grid, the image beside it."""
-    from ..viz import visualize_activations
-
     grid = visualize_activations(image, backbone, run_dir, weights, image_size, layer, max_maps, out)
     h, w, c = grid.shape
     click.echo(f"layer {grid.index} {grid.layer}: {c} maps of {h}x{w}, {len(grid.maps)} shown -> {grid.png}")
@@ -80,8 +72,6 @@ def activations_cmd(image, backbone, run_dir, weights, image_size, layer, max_ma
 @out_option
 def gradcam_cmd(images, run_dir, class_name, out) -> None:
     """Grad-CAM heat maps over IMAGES for the predicted (or named) class, its probability in the title."""
-    from ..viz import visualize_gradcam
-
     result = visualize_gradcam(images, run_dir, class_name, out)
     for cam in result.cams:
         click.echo(f"{cam.path}\t{result.classes[cam.class_index]} {cam.probability:.3f}")
@@ -90,7 +80,7 @@ def gradcam_cmd(images, run_dir, class_name, out) -> None:
 
 @viz.command("embedding")
 @click.argument("features", type=click.Path(file_okay=False))
-@click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True)
+@click.option("--pool", type=choice("pool"), default=LinearConfig.pool, show_default=True)
 @click.option("--method", type=click.Choice(["auto", "tsne", "pca"]), default="auto", show_default=True,
               help="auto: t-SNE, or PCA when there are fewer than 30 images.")
 @click.option("--perplexity", type=float, default=30.0, show_default=True)
@@ -99,8 +89,6 @@ def gradcam_cmd(images, run_dir, class_name, out) -> None:
 @out_option
 def embedding_cmd(features, pool, method, perplexity, thumbnails, seed, out) -> None:
     """A 2-D map of extracted FEATURES (t-SNE), one colour per class, train filled and val hollow."""
-    from ..viz import visualize_embedding
-
     emb = visualize_embedding(features, out, pool, method, perplexity, thumbnails, seed)
     click.echo(f"{emb.method} of {len(emb.coords)} images; nearest neighbour in the map has the same label for "
                f"{emb.neighbour_agreement:.1%} -> {emb.png}")
@@ -124,8 +112,6 @@ def suspects_cmd(data, backbone, weights, image_size, resize, batch_size, val_fr
     a labeler folder (its labels.csv is read); fix the suspects with `tltool label serve DATA --review
     <out>/suspects.csv`.
     """
-    from ..viz import find_suspects
-
     result = find_suspects(data, out, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
                            batch_size=batch_size, features_dir=features_dir, top=top, neighbours=neighbours,
                            val_fraction=val_fraction, seed=seed, max_pixels=max_pixels)

@@ -10,7 +10,8 @@ from ..errors import TltoolError
 from ..features import FeatureSet, load_features
 from ..runs import new_run_dir
 from ..utils import write_json
-from .plots import _pyplot, save_figure, thumbnail
+from ..plotting import pyplot, save_figure
+from .plots import thumbnail
 
 MIN_TSNE = 30  # below this many images t-SNE's neighbourhoods are meaningless: PCA instead
 PCA_BEFORE_TSNE = 50
@@ -66,7 +67,7 @@ def nearest_agreement(coords: np.ndarray, labels: np.ndarray) -> float:
 def plot_embedding(emb: Embedding, target: Path, thumbnails: bool = False, title: str = "") -> None:
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
-    plt = _pyplot()
+    plt = pyplot()
     fs, xy = emb.features, emb.coords
     colours = plt.get_cmap("tab10" if len(fs.classes) <= 10 else "tab20")
     fig, ax = plt.subplots(figsize=(9, 8))

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TltoolError
+from ..images import load_image
+from ..plotting import pyplot, save_figure
 from ..runs import new_run_dir
 from ..utils import write_json
 from .network import Network, conv_kernel, first_conv, format_shape, is_depthwise, open_network
-from .plots import _pyplot, grid_shape, mosaic, normalise, save_figure, show_tiles
+from .plots import grid_shape, mosaic, rescale_to_unit, show_tiles
 
 MAX_GREY_FILTERS = 16  # rows of a per-input-channel grid
 MAX_GREY_CHANNELS = 16  # its columns
@@ -64,7 +66,7 @@ def filter_grid(network: Network, layer: str | int | None = None, max_filters: i
     kh, kw, c_in, c_out = kernel.shape
     depthwise = is_depthwise(lyr)
     if c_in == 3 and not depthwise:  # filters that look at the RGB image: one colour tile each
-        tiles = normalise(kernel.transpose(3, 0, 1, 2), axis=(1, 2, 3))
+        tiles = rescale_to_unit(kernel.transpose(3, 0, 1, 2), axis=(1, 2, 3))
         if network.bgr:
             tiles = tiles[..., ::-1]
         cols = grid_shape(len(tiles))[1]
@@ -73,21 +75,21 @@ def filter_grid(network: Network, layer: str | int | None = None, max_filters: i
         return FilterGrid(network.name, lyr.name, index, kernel.shape, "rgb", tiles, cols, title)
     if depthwise:  # one kernel per channel (times the depth multiplier)
         flat = kernel.transpose(2, 3, 0, 1).reshape(-1, kh, kw)[:MAX_DEPTHWISE]
-        tiles = normalise(flat, axis=(1, 2))
+        tiles = rescale_to_unit(flat, axis=(1, 2))
         cols = grid_shape(len(tiles), 16)[1]
         title = (f"{network.name}: {lyr.name} (depthwise), {c_in * c_out} kernels of {kh}×{kw}, one per channel; "
                  f"showing {len(tiles)}")
         return FilterGrid(network.name, lyr.name, index, kernel.shape, "grey", tiles, cols, title)
     n_f, n_c = min(c_out, max_filters), min(c_in, max_channels)
     part = kernel[:, :, :n_c, :n_f].transpose(3, 2, 0, 1)  # (filter, input channel, kh, kw)
-    tiles = normalise(part, axis=(1, 2, 3)).reshape(-1, kh, kw)  # each filter scaled over all its channels
+    tiles = rescale_to_unit(part, axis=(1, 2, 3)).reshape(-1, kh, kw)  # each filter scaled over all its channels
     title = (f"{network.name}: {lyr.name}, {c_out} filters of {kh}×{kw}×{c_in}; rows: filters 0..{n_f - 1}, "
              f"columns: input channels 0..{n_c - 1} (grey, each filter scaled to its own range)")
     return FilterGrid(network.name, lyr.name, index, kernel.shape, "grey", tiles, n_c, title)
 
 
 def plot_filter_grid(grid: FilterGrid, target: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     picture = mosaic(grid.tiles, grid.cols, pad=1)
     rows = picture.shape[0] / picture.shape[1]
     fig, ax = plt.subplots(figsize=(6.5, max(2.0, 6.5 * rows)))
@@ -159,10 +161,10 @@ def layer_activations(network: Network, image: np.ndarray, layer: str | int | No
 
 
 def plot_activation_grid(grid: ActivationGrid, target: Path, source: str = "") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     h, w, c = grid.shape
     cols = grid_shape(len(grid.maps), 8)[1]
-    picture = mosaic(normalise(grid.maps, axis=(1, 2), constant=0.0), cols, pad=max(1, h // 28))
+    picture = mosaic(rescale_to_unit(grid.maps, axis=(1, 2), constant=0.0), cols, pad=max(1, h // 28))
     fig, (ax_img, ax_maps) = plt.subplots(1, 2, figsize=(13, 6.2), gridspec_kw={"width_ratios": [1, 2]})
     ax_img.imshow(grid.image)
     ax_img.set_title(_wrap(source or "input"), fontsize=9)
@@ -179,8 +181,6 @@ def visualize_activations(image_path: str | Path, backbone: str | None = None, m
                           max_maps: int = 64, out: str | Path | None = None,
                           network: Network | None = None) -> ActivationGrid:
     """``tltool viz activations``: write ``activations.png`` and ``activations.json`` into a run folder."""
-    from ..images import load_image
-
     network = network or open_network(backbone, model, weights, image_size)
     image = load_image(image_path, network.image_size, network.resize)
     grid = layer_activations(network, image, layer, max_maps)

@@ -14,11 +14,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import TltoolError, did_you_mean
+from ..errors import BadImageError, TltoolError, did_you_mean
+from ..images import check_image, load_image
+from ..plotting import pyplot, save_figure
 from ..runs import new_run_dir
 from ..utils import write_json
 from .network import Network, open_run
-from .plots import _pyplot, overlay_heat, save_figure
+from .plots import overlay_heat
 
 BATCH = 16
 
@@ -94,8 +96,6 @@ def class_index_of(network: Network, name: str | None) -> int | None:
 
 def gradcam_paths(network: Network, paths: Sequence[str | Path], class_index: int | None = None) -> list[GradCam]:
     """Grad-CAM for image files, decoded by the shared decode function at the network's input size."""
-    from ..images import load_image
-
     out: list[GradCam] = []
     for start in range(0, len(paths), BATCH):
         chunk = [str(p) for p in paths[start:start + BATCH]]
@@ -116,8 +116,6 @@ def gradcam_overlays(run: str | Path | Network, paths: Sequence[str | Path], siz
     can fall back to the plain image.
     """
     from PIL import Image
-
-    from ..errors import BadImageError
 
     network = run if isinstance(run, Network) else open_run(run)
     per_image = class_index if isinstance(class_index, Sequence) else [class_index] * len(paths)
@@ -148,7 +146,7 @@ def plot_gradcams(network: Network, cams: Sequence[GradCam], target: Path, pairs
     """Each image beside its Grad-CAM overlay; the class and its probability in the overlay's title."""
     import math
 
-    plt = _pyplot()
+    plt = pyplot()
     per_row = min(pairs_per_row, len(cams))
     rows = math.ceil(len(cams) / per_row)
     fig, axes = plt.subplots(rows, 2 * per_row, figsize=(3.0 * 2 * per_row, 3.3 * rows), squeeze=False)
@@ -178,8 +176,6 @@ class GradCamResult:
 def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_name: str | None = None,
                       out: str | Path | None = None, network: Network | None = None) -> GradCamResult:
     """``tltool viz gradcam``: ``gradcam.png`` (image | overlay per photo) and ``gradcam.json`` in a run folder."""
-    from ..images import check_image
-
     network = network or open_run(model)
     if network.head is None:
         raise TltoolError(f"Grad-CAM needs a class score to explain, and {network.name}: {network.no_head_reason}.")

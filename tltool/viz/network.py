@@ -17,7 +17,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..backbones import create_backbone, find_backbone
+from ..configs import resolve_input
 from ..errors import TltoolError
+from ..features import select_pool
+from ..models import KerasRunModel, LinearRunModel, load_run
+from ..settings import DEFAULT_BACKBONE
 
 
 @dataclass
@@ -137,9 +142,7 @@ def linear_head(fitted, pool: str) -> Callable:
     def head(fmap):
         fmap = tf.cast(fmap, tf.float32)
         avg, mx = tf.reduce_mean(fmap, axis=[1, 2]), tf.reduce_max(fmap, axis=[1, 2])
-        pooled = {"avg": avg, "max": mx}.get(pool)
-        if pooled is None:
-            pooled = tf.concat([avg, mx], axis=1)
+        pooled = select_pool(avg, mx, pool, concat=tf.concat)
         scores = tf.matmul((pooled - mean) / scale, coef) + intercept
         return scores, tf.nn.softmax(scores)
 
@@ -155,24 +158,20 @@ def open_network(backbone: str | None = None, model: str | Path | None = None, w
         raise TltoolError("--image-size applies to --backbone; a run (--model) uses the size it was trained at.")
     if model:
         return open_run(model)
-    return open_backbone(backbone or "efficientnet_lite0", weights, image_size)
+    return open_backbone(backbone or DEFAULT_BACKBONE, weights, image_size)
 
 
 def open_backbone(name: str, weights: str = "imagenet", image_size: int | None = None) -> Network:
-    from ..backbones import create_backbone, get_backbone_spec
-
-    spec = get_backbone_spec(name)
-    model = create_backbone(spec.name, weights=weights, image_size=image_size)
-    hint = f"--backbone {spec.name}" + (f" --image-size {image_size}" if image_size else "")
-    base = _nested_model(model)  # keras.applications name it their own way (mobilenetv2_1.00_224)
-    return Network(name=spec.name, preprocess=model.get_layer("preprocess"), base=base,
-                   image_size=image_size or spec.default_size, bgr=spec.preprocess == "caffe", layer_hint=hint,
-                   config={"backbone": spec.name, "weights": str(weights)})
+    inputs = resolve_input(name, image_size)
+    model = create_backbone(inputs.backbone, weights=weights, image_size=inputs.image_size)
+    hint = f"--backbone {inputs.backbone}" + (f" --image-size {image_size}" if image_size else "")
+    base = find_backbone(model)  # keras.applications name it their own way (mobilenetv2_1.00_224)
+    return Network(name=inputs.backbone, preprocess=model.get_layer("preprocess"), base=base,
+                   image_size=inputs.image_size, bgr=inputs.preprocess == "caffe", layer_hint=hint,
+                   config={"backbone": inputs.backbone, "weights": str(weights)})
 
 
 def open_run(run_dir: str | Path) -> Network:
-    from ..models import KerasRunModel, LinearRunModel, load_run
-
     path = Path(run_dir)
     if not path.is_dir():
         raise TltoolError(f"--model {run_dir}: no such run folder. Pass the folder a linear, probe or finetune "
@@ -198,7 +197,7 @@ def _linear_network(path: Path, run) -> Network:
 
 
 def _keras_network(path: Path, run) -> Network:
-    model, config = run.model, run.config
+    model, config = run.as_keras(), run.config
 
     def layer(name):
         try:
@@ -206,7 +205,7 @@ def _keras_network(path: Path, run) -> Network:
         except ValueError:
             return None
 
-    base = (layer(config["base_layer"]) if config.get("base_layer") else None) or _nested_model(model)
+    base = (layer(config["base_layer"]) if config.get("base_layer") else None) or find_backbone(model)
     preprocess = layer("preprocess")
     if base is None or preprocess is None:
         raise TltoolError(f"{path}: model.keras has no 'preprocess' layer and nested base model "
@@ -220,12 +219,6 @@ def _keras_network(path: Path, run) -> Network:
     else:
         net.no_head_reason = "its model has no 'pool' and 'classifier' layers"
     return net
-
-
-def _nested_model(model):
-    """The one nested model inside ``model`` (the convolutional base), or None."""
-    nested = [layer for layer in model.layers if hasattr(layer, "layers")]
-    return nested[0] if len(nested) == 1 else None
 
 
 def classifier_network(model, feature_layer: str, pool_layer: str, classifier_layer: str,

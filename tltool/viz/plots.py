@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report import _pyplot, save_figure
+from ..errors import BadImageError
+from ..images import load_image
+from ..plotting import pyplot, save_figure
 
-__all__ = ["_pyplot", "save_figure", "grid_shape", "mosaic", "normalise", "overlay_heat", "show_tiles", "thumbnail"]
+__all__ = ["pyplot", "save_figure", "grid_shape", "mosaic", "rescale_to_unit", "overlay_heat", "show_tiles",
+           "thumbnail"]
 
 
 def grid_shape(n: int, max_cols: int = 16) -> tuple[int, int]:
@@ -20,7 +23,7 @@ def grid_shape(n: int, max_cols: int = 16) -> tuple[int, int]:
 BACKGROUND = (0.82, 0.88, 0.94)  # between tiles: light blue-grey, so white and black tiles both stand out
 
 
-def normalise(a: np.ndarray, axis=None, constant: float = 0.5) -> np.ndarray:
+def rescale_to_unit(a: np.ndarray, axis=None, constant: float = 0.5) -> np.ndarray:
     """Scale to 0..1 (over ``axis``); a constant array (a dead activation map) becomes ``constant``."""
     a = np.asarray(a, dtype=np.float32)
     lo, hi = a.min(axis=axis, keepdims=True), a.max(axis=axis, keepdims=True)
@@ -44,7 +47,7 @@ def mosaic(tiles: np.ndarray, cols: int, pad: int = 1, fill: float = np.nan) -> 
 
 def show_tiles(ax, picture: np.ndarray, cmap: str | None = None) -> None:
     """Draw a :func:`mosaic` (NaN between tiles) on ``ax``, the gaps in :data:`BACKGROUND`."""
-    plt = _pyplot()
+    plt = pyplot()
     if picture.ndim == 3:
         picture = np.where(np.isnan(picture), np.asarray(BACKGROUND, np.float32), picture)
         ax.imshow(picture, interpolation="nearest", vmin=0, vmax=1)
@@ -59,7 +62,7 @@ def overlay_heat(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap:
     """Blend a 0..1 heat map (any size; resized bilinearly) over an RGB uint8 image."""
     from PIL import Image
 
-    plt = _pyplot()
+    plt = pyplot()
     h, w = image.shape[:2]
     if heat.shape != (h, w):
         heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
@@ -69,9 +72,6 @@ def overlay_heat(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap:
 
 def thumbnail(path: str | Path, size: int) -> np.ndarray | None:
     """A ``size`` px centre crop of an image file through the shared decode function, or None if unreadable."""
-    from ..errors import BadImageError
-    from ..images import load_image
-
     try:
         return load_image(path, size)
     except BadImageError:

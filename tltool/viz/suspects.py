@@ -25,7 +25,8 @@ from ..dataset import Dataset, load_dataset
 from ..errors import TltoolError
 from ..runs import new_run_dir
 from ..utils import write_json, write_text_atomic
-from .plots import _pyplot, save_figure, thumbnail
+from ..plotting import pyplot, save_figure
+from .plots import thumbnail
 
 CSV_COLUMNS = ("path", "label", "suggested", "score")
 DEFAULT_C = 0.1  # moderate regularisation; on flowers C from 0.01 to 1 ranked planted mistakes about equally well
@@ -171,7 +172,7 @@ def write_suspects_csv(suspects: list[Suspect], target: Path) -> None:
 
 
 def plot_contact_sheet(suspects: list[Suspect], target: Path, title: str, cols: int = 6, limit: int = 36) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     shown = suspects[:limit]
     cols = min(cols, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / cols))

@@ -1,0 +1,139 @@
+"""One table of legal values and one default per setting: the CLI, the configs and the registries agree."""
+from __future__ import annotations
+
+import dataclasses
+
+import click
+import pytest
+
+from tltool import settings
+from tltool.cli import main
+from tltool.cli.recipes import recipe_commands
+from tltool.configs import ExtractConfig, FinetuneConfig, LinearConfig, resolve_input, split_settings
+from tltool.errors import TltoolError
+from tltool.stats import Proportion, format_proportion
+
+
+def _options():
+    for name, command in recipe_commands().items():
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.is_flag:  # `arch conv-calc --pool` is a flag
+                yield name, param
+
+
+def test_every_choice_of_the_cli_comes_from_the_table():
+    seen = set()
+    for command, param in _options():
+        setting = "export_format" if param.name == "fmt" else param.name
+        if isinstance(param.type, click.Choice) and setting in settings.CHOICES:
+            assert tuple(param.type.choices) == settings.CHOICES[setting], f"{command} --{param.name}"
+            seen.add(setting)
+        elif setting in settings.CHOICES and setting != "augment":
+            pytest.fail(f"{command} --{param.name} is not a click.Choice of the settings table")
+    assert seen == set(settings.CHOICES) - {"augment"}
+
+
+def test_registries_register_exactly_the_table():
+    from tltool import augment, distribute, heads, images, training, tta
+
+    assert set(training.OPTIMIZERS) == set(settings.CHOICES["optimizer"])
+    assert set(training.SCHEDULES) == set(settings.CHOICES["schedule"])
+    assert set(heads.HEADS) == set(settings.CHOICES["head"])
+    assert set(augment.PRESETS) == set(settings.CHOICES["augment"])
+    assert distribute.STRATEGIES == settings.CHOICES["strategy"]
+    assert tta.TTA_MODES == settings.CHOICES["tta"]
+    assert images.RESIZE_POLICIES == settings.CHOICES["resize"]
+
+
+@pytest.mark.parametrize("config", [ExtractConfig, LinearConfig, FinetuneConfig])
+def test_cli_defaults_are_the_config_defaults(config):
+    commands = {ExtractConfig: ["extract", "probe"], LinearConfig: ["linear", "probe"], FinetuneConfig: ["finetune"]}
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    all_commands = recipe_commands()
+    for name in commands[config]:
+        checked = 0
+        for param in all_commands[name].params:
+            if param.name in defaults and param.name != "data":
+                assert param.default == defaults[param.name], f"{name} --{param.name}"
+                checked += 1
+        assert checked >= 5
+
+
+def test_one_default_backbone():
+    from tltool import backbones
+
+    assert backbones.DEFAULT_BACKBONE == ExtractConfig.backbone == FinetuneConfig.backbone
+    assert settings.DEFAULT_BACKBONE == "efficientnet_lite0"
+
+
+def test_augment_preview_draws_default_comes_from_the_library():
+    import inspect
+
+    from tltool.augment import preview
+
+    command = main.commands["augment"].commands["preview"]
+    draws = next(p for p in command.params if p.name == "draws")
+    assert draws.default == inspect.signature(preview).parameters["draws"].default == settings.PREVIEW_DRAWS
+
+
+def test_configs_validate_against_the_table():
+    with pytest.raises(TltoolError, match=r"--pool must be one of \('avg', 'max', 'avgmax'\), got 'mean'"):
+        LinearConfig(pool="mean").validate()
+    with pytest.raises(TltoolError, match="Did you mean 'logreg'"):
+        LinearConfig(head="logre").validate()
+    with pytest.raises(TltoolError, match="--resize must be one of"):
+        ExtractConfig(resize="squash").validate()
+    with pytest.raises(TltoolError, match="--cv .* cannot add --tta"):
+        LinearConfig(cv=5, tta="flip").validate()
+    with pytest.raises(TltoolError, match="Did you mean 'standard'"):
+        settings.check_choice("augment", "standart")
+    settings.check_choice("augment", "my-pipeline.yaml")  # a file: checked when it is read
+    LinearConfig().validate()
+    ExtractConfig().validate()
+
+
+def test_split_settings_sends_shared_fields_to_both():
+    extract, linear = split_settings({"seed": 3, "pool": "max", "image_size": 64}, ExtractConfig, LinearConfig)
+    assert extract == {"seed": 3, "image_size": 64} and linear == {"seed": 3, "pool": "max"}
+    with pytest.raises(TypeError, match="epochs"):
+        split_settings({"epochs": 3}, ExtractConfig, LinearConfig)
+
+
+def test_resolve_input_takes_the_backbone_size_once():
+    inputs = resolve_input("lite0", None, "pad", None)
+    assert (inputs.backbone, inputs.image_size, inputs.resize) == ("efficientnet_lite0", 224, "pad")
+    assert inputs.max_pixels == ExtractConfig.max_pixels and inputs.preprocess
+    assert resolve_input("efficientnet_lite0", 96).image_size == 96
+
+
+def test_one_formatter_of_a_proportion():
+    p = Proportion(87, 100)
+    assert str(p) == format_proportion(p) == format_proportion(p.to_json())
+    lo, hi = p.interval
+    assert format_proportion(p) == f"0.870 [{lo:.3f}, {hi:.3f}] (n=100)"
+    assert format_proportion(p, "5-fold") == f"0.870 [{lo:.3f}, {hi:.3f}] (n=100; 5-fold)"
+    assert format_proportion(None) == "n/a"
+
+
+def test_init_head_from_probe_decodes_with_the_runs_pixel_limit(monkeypatch):
+    """The probe that starts a fine-tuning read images without --max-pixels (it used the default limit)."""
+    import numpy as np
+
+    from tltool import pipeline
+    from tltool._tf import keras
+    from tltool.finetune import init_head_from_probe
+
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="classifier")(pooled))
+    seen = {}
+
+    def fake_dataset(paths, **kwargs):
+        seen.update(kwargs)
+        rng = np.random.default_rng(0)
+        return [rng.uniform(0, 255, (len(paths), 8, 8, 3)).astype("float32")]
+
+    monkeypatch.setattr(pipeline, "image_dataset", fake_dataset)
+    resolved = resolve_input("efficientnet_lite0", 8, "pad", 1234)
+    init_head_from_probe(model, [f"{i}.jpg" for i in range(8)], [0, 1] * 4, resolved, batch_size=4, seed=0)
+    assert seen["max_pixels"] == 1234 and seen["image_size"] == 8 and seen["resize"] == "pad"

@@ -1,0 +1,46 @@
+"""Helpers written once: pool selection, the nested backbone, the data-returning inspection, run.as_keras()."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE
+from tltool.errors import TltoolError
+from tltool.features import select_pool
+
+
+def test_select_pool_on_arrays_and_with_a_given_concat():
+    avg, mx = np.ones((2, 3)), np.zeros((2, 3))
+    assert select_pool(avg, mx, "avg") is avg and select_pool(avg, mx, "max") is mx
+    np.testing.assert_array_equal(select_pool(avg, mx, "avgmax"), np.hstack([avg, mx]))
+    calls = []
+    select_pool("a", "m", "avgmax", concat=lambda parts, axis: calls.append((parts, axis)))
+    assert calls == [(["a", "m"], 1)]
+    with pytest.raises(TltoolError, match="--pool must be one of"):
+        select_pool(avg, mx, "mean")
+
+
+def test_find_backbone_is_the_one_nested_model():
+    from tltool._tf import keras
+    from tltool.backbones import find_backbone
+
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="base")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inner(inputs)))
+    assert find_backbone(model) is inner
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="other")
+    two = keras.Model(inputs, keras.layers.Concatenate()([inner(inputs), other(inputs)]))
+    assert find_backbone(two) is None
+    flat = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    assert find_backbone(flat) is None
+
+
+def test_inspect_dataset_returns_data_and_prints_nothing(tmp_path, capsys):
+    from tltool.inspection import inspect_dataset
+
+    result = inspect_dataset(str(SAMPLE), out=tmp_path / "inspect")
+    assert capsys.readouterr().out == ""
+    assert result.report == tmp_path / "inspect" / "inspect.json" and result.report.is_file()
+    counts = result.checked.to_json()["n_usable"]
+    assert counts == len(result.checked.dataset.records) > 0
+    assert result.has_problems == bool(result.checked.bad or result.checked.warnings or result.checked.leaks())

@@ -1,0 +1,37 @@
+"""The ``tltool`` group: how every command reports a user's mistake (one line, exit 2) and tltool's warnings."""
+from __future__ import annotations
+
+import sys
+import warnings
+
+import click
+
+from .. import __version__
+from ..errors import TltoolError, TltoolWarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, TltoolWarning):
+        click.secho(f"warning ({category.__name__}): {message}", fg="yellow", err=True)
+
+
+class TltoolGroup(click.Group):
+    """Turns tltool's own errors into one clear line and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        warnings.showwarning = _show_warning
+        try:
+            return super().invoke(ctx)
+        except TltoolError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="red", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=TltoolGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="tltool")
+def main() -> None:
+    """Transfer learning on your own photos: pretrained CNN features into a linear classifier, or fine-tuning,
+    with an honest report of validation accuracy. Works offline with efficientnet_lite0."""

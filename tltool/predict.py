@@ -1,0 +1,71 @@
+"""What a finished run is used for: ``tltool predict`` (top classes of image files) and ``tltool evaluate`` (a full
+report on another labelled dataset); :func:`labelled_images` reads such a dataset for them and for ``compare``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .dataset import Dataset, load_dataset
+from .errors import TltoolError
+from .evaluation import Evaluation
+from .images import check_image
+from .inspection import check_dataset
+from .models import load_run
+from .report import write_run_report
+from .runs import new_run_dir
+
+
+def no_usable_images(name: str, n_files: int) -> str:
+    return (f"{name}: no usable images: none of its {n_files} file(s) could be read as an image (see the warning "
+            "above for each file's reason). Point DATA at a folder of class sub-folders with photos in them.")
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]
+
+
+def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, tta: str = "none") -> list[Prediction]:
+    """The ``top_k`` classes of each image with their probabilities (``tltool predict``)."""
+    model = load_run(run_dir)
+    for path in images:
+        check_image(path, max_pixels=model.max_pixels)  # a bad file is a clear error naming it
+    probs = model.predict_paths(list(images), tta=tta)
+    out = []
+    for path, p in zip(images, probs):
+        order = np.argsort(-p)[:top_k]
+        out.append(Prediction(path, [(model.classes[i], float(p[i])) for i in order]))
+    return out
+
+
+def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) -> tuple[Dataset, list[str], np.ndarray]:
+    """Every usable image of ``data`` (all splits) with its label index in ``classes``; clear errors otherwise."""
+    dataset = load_dataset(data) if not isinstance(data, Dataset) else data
+    checked = check_dataset(dataset, max_pixels=max_pixels)
+    records = checked.dataset.records
+    if not records:
+        raise TltoolError(no_usable_images(dataset.name, len(checked.files)))
+    unknown = sorted({r.label for r in records} - set(classes))
+    if unknown:
+        raise TltoolError(f"{dataset.name}: labels {unknown} are not classes of the model {classes}.")
+    index = {c: i for i, c in enumerate(classes)}
+    return dataset, [r.path for r in records], np.array([index[r.label] for r in records])
+
+
+def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | None = None, tta: str = "none",
+                 force: bool = False):
+    """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report."""
+    model = load_run(run_dir)
+    dataset, paths, y = labelled_images(data, model.classes, model.max_pixels)
+    probs = model.predict_paths(paths, tta=tta)
+    evaluation = Evaluation(model.classes, y, probs)
+    target = new_run_dir("eval", Path(run_dir).name, dataset.name, out=out, force=force)
+    title = f"{Path(run_dir).name} evaluated on {dataset.name}" + (f" (TTA {tta})" if tta != "none" else "")
+    metrics = write_run_report(target, evaluation, paths, kind="evaluation", title=title,
+                               config={"run": str(run_dir), "data": dataset.source, "tta": tta, **model.config})
+    return target, evaluation, metrics

@@ -1,0 +1,69 @@
+"""The legal values of every enumerated setting, in one table, and the defaults that are not a config field.
+
+Each setting (``pool``, ``tta``, ``resize``, ...) is listed once here: the CLI builds its ``click.Choice`` from
+this table (``tltool.cli.options.choice``), the config dataclasses of :mod:`tltool.configs` validate against it
+(:func:`validate_choices`, modelled on scikit-learn's ``_parameter_constraints``), and the library modules that
+implement a setting as a registry (optimizers, schedules, heads, augmentation presets) are tested to register
+exactly these names. This module imports nothing but :mod:`tltool.errors`: ``tltool --help`` reads it.
+"""
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from .errors import TltoolError, did_you_mean
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+PREVIEW_DRAWS = 17  # `augment preview`: the original and 17 draws fill a 6 x 3 grid
+PREVIEW_SIZE = 224
+
+# setting name (the config field and CLI option, with `_`) -> its legal values, the default first where it has one
+CHOICES: dict[str, tuple[str, ...]] = {
+    "pool": ("avg", "max", "avgmax"),
+    "tta": ("none", "flip", "10crop"),
+    "resize": ("crop", "pad", "stretch"),
+    "class_weight": ("none", "balanced"),
+    "head_init": ("probe", "random"),
+    "optimizer": ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw"),
+    "schedule": ("constant", "step", "exponential", "cosine", "plateau"),
+    "head": ("logreg", "linsvm", "ridge", "sgd", "knn"),
+    "augment": ("none", "light", "standard", "heavy"),
+    "strategy": ("auto", "none", "mirrored", "multiworker"),
+    "export_format": ("keras", "savedmodel", "tflite"),
+    "resample": ("nearest", "bilinear", "bicubic"),
+}
+
+# settings that also accept a file instead of a named value (an albumentations pipeline for --augment)
+FILE_SUFFIXES: dict[str, tuple[str, ...]] = {"augment": (".yaml", ".yml", ".json")}
+
+# settings whose unknown values get a "did you mean" (open registries) rather than "must be one of"
+_DID_YOU_MEAN = {"optimizer": "optimizer", "schedule": "schedule", "head": "head",
+                 "augment": "augmentation preset"}
+
+
+def choices(setting: str) -> tuple[str, ...]:
+    """The legal values of ``setting``."""
+    return CHOICES[setting]
+
+
+def check_choice(setting: str, value: Any) -> None:
+    """Raise a one-line :class:`TltoolError` when ``value`` is not a legal value of ``setting``."""
+    legal = CHOICES[setting]
+    if value in legal:
+        return
+    suffixes = FILE_SUFFIXES.get(setting)
+    if suffixes and isinstance(value, str) and value.lower().endswith(suffixes):
+        return  # a file: whoever reads it says when it is missing or malformed
+    if setting in _DID_YOU_MEAN:
+        raise did_you_mean(str(value), legal, _DID_YOU_MEAN[setting])
+    option = "--" + setting.replace("_", "-")
+    raise TltoolError(f"{option} must be one of {legal}, got {value!r}.")
+
+
+def validate_choices(config: Any) -> None:
+    """Check every field of the dataclass ``config`` that names a setting of :data:`CHOICES`."""
+    if not is_dataclass(config):
+        raise TypeError(f"{config!r} is not a dataclass instance")
+    for f in fields(config):
+        if f.name in CHOICES:
+            check_choice(f.name, getattr(config, f.name))
