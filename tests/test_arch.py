@@ -266,9 +266,11 @@ def test_digits_export_writes_a_stratified_folder_dataset(tmp_path):
 
     from tltool.dataset import load_folder
     from tltool.digits import export_digits
+    from tltool.outputs import mark_output_dir
 
     out = tmp_path / "digits"
-    (tmp_path / ".digits.partial" / "train").mkdir(parents=True)  # left by an interrupted run
+    (tmp_path / ".digits.partial" / "train").mkdir(parents=True)  # left by an interrupted run: tltool marks its
+    mark_output_dir(tmp_path / ".digits.partial", "digits")  # staging folders when it makes them
     result = invoke("data", "digits", str(out))
     assert result.exit_code == 0, result.output
     files = sorted(out.rglob("*.png"))
