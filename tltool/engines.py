@@ -17,9 +17,11 @@ The engine is not part of the feature cache key: both engines give the same feat
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +33,6 @@ from . import __version__
 from .errors import TltoolError, did_you_mean
 from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_text, write_json
 
-FEATURE_OUTPUTS = ("avg", "max")
-PROBABILITY_OUTPUTS = ("probabilities",)
 ENGINE_CHOICES = ("auto", "tf", "litert")
 # Backbones whose engine is known without measuring (benchmarks/results/engines.md, 2 CPU cores): LiteRT runs VGG
 # at 0.68x TF's speed, so ``auto`` must never pick it there.
@@ -166,12 +166,45 @@ def to_tflite(model, quantize: str = "none", calibration: Callable[[], object] |
 
     if quantize not in QUANTIZATIONS:
         raise did_you_mean(quantize, QUANTIZATIONS, "quantization")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    QUANTIZATIONS[quantize](converter, calibration)
     try:
-        return converter.convert()
+        with quiet_output():
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            QUANTIZATIONS[quantize](converter, calibration)
+            return converter.convert()
+    except TltoolError:
+        raise
     except Exception as exc:  # the converter raises many kinds; the user needs one line
         raise TltoolError(f"LiteRT conversion failed ({exc.__class__.__name__}: {str(exc)[:300]}).") from None
+
+
+@contextlib.contextmanager
+def quiet_output():
+    """Hold back what the converter prints to file descriptors 1 and 2 (its saved-function dump, MLIR lines);
+    shown only if it fails, or with ``TLTOOL_TF_VERBOSE=1``."""
+    if os.environ.get("TLTOOL_TF_VERBOSE") == "1":
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    failed = False
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+            if failed:
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode("utf-8", "replace")[-5000:])
 
 
 def _no_quantization(converter, calibration) -> None:
