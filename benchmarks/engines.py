@@ -30,6 +30,20 @@ def available_weights(backbone: str) -> str:
     return "imagenet" if get_backbone_spec(backbone).weights_cached() else "none"
 
 
+def seeded(source):
+    """``source`` whose every build draws the same random weights (``--weights none``), so both engines run the
+    same network and their features can be compared."""
+    from dataclasses import replace
+
+    def build():
+        from tltool._tf import keras
+
+        keras.utils.set_random_seed(0)
+        return source.build()
+
+    return replace(source, build=build)
+
+
 def timed_rounds(runners: dict, batch, batches: int, rounds: int) -> dict[str, float]:
     """Best images/s of each runner over ``rounds``, each round ``batches`` calls, the runners alternating."""
     best = {name: 0.0 for name in runners}
@@ -48,7 +62,7 @@ def bench_backbone(backbone: str, size: int, batch_size: int, batches: int, roun
     from tltool import engines
 
     weights = available_weights(backbone)
-    source = engines.feature_source(backbone, weights, size)
+    source = seeded(engines.feature_source(backbone, weights, size))
     start = time.perf_counter()
     lite = engines.create_runner(source, "litert")
     convert_seconds = time.perf_counter() - start
@@ -57,8 +71,9 @@ def bench_backbone(backbone: str, size: int, batch_size: int, batches: int, roun
     tf_out, lite_out = tf_runner(batch), lite(batch)  # also the warm-up
     diff = max(float(np.abs(tf_out[k] - lite_out[k]).max()) for k in tf_out)
     scale = max(float(np.abs(tf_out[k]).max()) for k in tf_out)
+    load_before = os.getloadavg()[0]
     rates = timed_rounds({"tf": tf_runner, "litert": lite}, batch, batches, rounds)
-    return {"backbone": backbone, "weights": weights, "image_size": size, "batch_size": batch_size,
+    return {"load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],"backbone": backbone, "weights": weights, "image_size": size, "batch_size": batch_size,
             "images_per_round": batches * batch_size, "rounds": rounds,
             "tf_images_per_second": round(rates["tf"], 1), "litert_images_per_second": round(rates["litert"], 1),
             "litert_over_tf": round(rates["litert"] / rates["tf"], 2), "max_abs_feature_difference": diff,
@@ -70,14 +85,15 @@ def markdown(rows: list[dict], machine: dict) -> str:
     lines = ["# TF vs LiteRT feature extraction (pure compute, same process, alternating, best of "
              f"{rows[0]['rounds']})", "",
              f"{machine['cpus']} CPUs, TensorFlow {machine['tensorflow']}, {machine['date']}; the machine was shared "
-             "with other jobs, so the rates are noisy (the ratio is the steadier number).", "",
+             "with other jobs (1-minute load average before/after each row below), so the rates are noisy.", "",
              "| backbone | weights | size | batch | TF images/s | LiteRT images/s | LiteRT / TF | max abs diff | "
-             "max rel diff |", "|---|---|---|---|---|---|---|---|---|"]
+             "max rel diff | load |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['backbone']} | {r['weights']} | {r['image_size']} | {r['batch_size']} | "
                      f"{r['tf_images_per_second']:.1f} | {r['litert_images_per_second']:.1f} | "
                      f"{r['litert_over_tf']:.2f} | {r['max_abs_feature_difference']:.1e} | "
-                     f"{r['max_relative_feature_difference']:.1e} |")
+                     f"{r['max_relative_feature_difference']:.1e} | "
+                     + "/".join(str(v) for v in r.get("load_average_1min", ["?"])) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -269,3 +269,11 @@ def test_the_bytes_signature_agrees_with_tltool_on_every_flowers_val_photo(flowe
     expected = load_run(flowers_run).predict_paths(paths)
     assert (probs.argmax(1) == expected.argmax(1)).all()
     assert np.abs(probs - expected).max() < 0.05
+
+
+def test_an_unmeasured_export_leaves_no_numbers_of_an_earlier_file(linear_run, plain_tflite):
+    folder = plain_tflite.directory
+    assert (folder / "export.json").is_file()
+    again = export_module.export_run(linear_run, "tflite", folder, force=True, quantize="float16", measure=False)
+    assert again.measurement is None and not (folder / "export.json").exists()
+    assert "Measured when exported" not in (folder / "README.md").read_text()

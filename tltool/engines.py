@@ -34,8 +34,8 @@ from .errors import TltoolError, did_you_mean
 from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_text, write_json
 
 ENGINE_CHOICES = ("auto", "tf", "litert")
-# Backbones whose engine is known without measuring (benchmarks/results/engines.md, 2 CPU cores): LiteRT runs VGG
-# at 0.68x TF's speed, so ``auto`` must never pick it there.
+# Backbones whose engine is known without measuring: on a quiet 2-core machine LiteRT ran VGG16 at 0.68x TF's
+# speed (issue 15; benchmarks/engines.py measures it again), so ``auto`` must never pick it there.
 DECLARED: dict[str, str] = {"vgg16": "tf", "vgg19": "tf"}
 CHOICE_FILE = "engine-choice.json"
 

@@ -122,6 +122,8 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     if fmt == "tflite" and measure:
         measurement = measure_export(path, model, run, splits["val"], quantize, max_drop)
         write_json(target / "export.json", measurement)
+    else:  # an earlier export's numbers in this (tltool's own) folder would describe another file
+        (target / "export.json").unlink(missing_ok=True)
     write_client_files(target, fmt, path.name, list(run.classes), run.image_size, run.resize,
                        "\n".join(f"- {line}" for line in measurement_lines(measurement)) if measurement else "")
     result = ExportResult(target, path, measurement)
