@@ -229,7 +229,7 @@ def measure_export(path: Path, model, run, val: tuple[list[str], np.ndarray], qu
                              "the run's validation split")
     speed_batch = next(pixel_batches(paths, run, batch_size=32))
     rates = best_rates({"export": lambda b: export_runner(b), "float_tf": float_runner}, speed_batch, rounds=3)
-    drop = -paired.difference * 100
+    drop = round(-paired.difference * 100, 2) + 0.0  # points; + 0.0 turns -0.0 into 0.0
     return {
         "format": "tflite", "quantize": quantize, "model": path.name, "size_bytes": path.stat().st_size,
         "image_size": run.image_size, "resize": run.resize, "classes": list(run.classes),
