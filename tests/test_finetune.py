@@ -1,4 +1,4 @@
-"""Fine-tuning: frozen BatchNorm, resume after SIGKILL, TTA views, NaN guard, export."""
+"""Fine-tuning: frozen BatchNorm, resume after SIGKILL, TTA views, NaN guard (exports: test_export.py)."""
 from __future__ import annotations
 
 import json
@@ -153,82 +153,3 @@ def test_sigkill_after_epoch_one_then_resume(tmp_path):
 
     model = keras.models.load_model(run / "model.keras", safe_mode=True)
     assert model.output_shape == (None, 4)
-
-
-def test_export_formats_load_and_agree(tiny_run, tmp_path):
-    from tltool._tf import keras, tf
-    from tltool.export import export_run
-
-    run = tiny_run.run_dir
-    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
-    reference = np.asarray(tiny_run.model(x, training=False))
-    keras_file = export_run(run, "keras", tmp_path / "m.keras")
-    np.testing.assert_allclose(np.asarray(keras.models.load_model(keras_file, safe_mode=True)(x)), reference,
-                               atol=1e-5)
-    # the exported file needs Keras only: load it in a Python that never imports tltool
-    np.save(tmp_path / "x.npy", x)
-    script = ("import sys, numpy as np, keras; sys.modules['tltool'] = None; "
-              f"m = keras.models.load_model({str(keras_file)!r}, safe_mode=True); "
-              f"print(np.asarray(m(np.load({str(tmp_path / 'x.npy')!r}))).argmax(1).tolist())")
-    standalone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert standalone.returncode == 0, standalone.stderr[-1500:]
-    assert standalone.stdout.strip().splitlines()[-1] == str(reference.argmax(1).tolist())
-    saved = export_run(run, "savedmodel", tmp_path / "saved")
-    loaded = tf.saved_model.load(str(saved))  # keep a reference: its variables die with it
-    served = loaded.serve(tf.constant(x))
-    np.testing.assert_allclose(np.asarray(served), reference, atol=1e-5)
-    tflite = export_run(run, "tflite", tmp_path / "m.tflite")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter is deprecated in favour of ai-edge-litert
-        interpreter = tf.lite.Interpreter(model_path=str(tflite))
-    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(lite, reference, atol=1e-4)
-
-
-def test_export_never_deletes_or_writes_into_a_users_folder(tiny_run, tmp_path):
-    from click.testing import CliRunner
-
-    from tltool.cli import main
-
-    run = tiny_run.run_dir
-    projects = tmp_path / "projects"
-    (projects / "thesis").mkdir(parents=True)
-    (projects / "thesis" / "chapter1.tex").write_text("years of work")
-    for fmt in ("savedmodel", "keras"):
-        for extra in ([], ["--force"]):
-            result = CliRunner().invoke(main, ["export", str(run), "--format", fmt, "--out", str(projects), *extra])
-            assert result.exit_code == 2 and "did not make" in result.output, result.output
-    assert sorted(p.name for p in projects.rglob("*")) == ["chapter1.tex", "thesis"]
-    out = tmp_path / "exported"
-    assert CliRunner().invoke(main, ["export", str(run), "--format", "savedmodel", "--out", str(out)]).exit_code == 0
-    again = CliRunner().invoke(main, ["export", str(run), "--format", "savedmodel", "--out", str(out)])
-    assert again.exit_code == 2 and "--force" in again.output
-    forced = CliRunner().invoke(main, ["export", str(run), "--format", "savedmodel", "--out", str(out), "--force"])
-    assert forced.exit_code == 0 and (out / "saved_model" / "saved_model.pb").is_file()
-    # the default folder inside the run is tltool's own: exporting again simply replaces the model
-    for _ in range(2):
-        assert CliRunner().invoke(main, ["export", str(run), "--format", "keras"]).exit_code == 0
-    assert (run / "export" / "keras" / "model.keras").is_file()
-
-
-def test_linear_run_exports_to_an_equivalent_network(tmp_path):
-    from tltool._tf import keras
-    from tltool.export import export_run
-    from tltool.linear import probe
-    from tltool.models import load_run
-
-    result = probe(str(SAMPLE), image_size=64, features_dir=tmp_path / "f", out=tmp_path / "lin")
-    path = export_run(result.run_dir, "keras", tmp_path / "lin.keras")
-    model = keras.models.load_model(path, safe_mode=True)
-    images = [str(p) for p in sorted(SAMPLE.glob("star/*.jpg"))[:4]]
-    expected = load_run(result.run_dir).predict_paths(images)
-    from tltool.images import load_image
-
-    x = np.stack([load_image(p, 64) for p in images]).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(model(x)), expected, atol=1e-4)

@@ -137,3 +137,11 @@ def test_init_head_from_probe_decodes_with_the_runs_pixel_limit(monkeypatch):
     resolved = resolve_input("efficientnet_lite0", 8, "pad", 1234)
     init_head_from_probe(model, [f"{i}.jpg" for i in range(8)], [0, 1] * 4, resolved, batch_size=4, seed=0)
     assert seen["max_pixels"] == 1234 and seen["image_size"] == 8 and seen["resize"] == "pad"
+
+
+def test_engine_and_quantization_registries_match_the_settings_table():
+    from tltool.engines import ENGINE_CHOICES, QUANTIZATIONS
+    from tltool.settings import CHOICES
+
+    assert tuple(ENGINE_CHOICES) == CHOICES["engine"]
+    assert tuple(QUANTIZATIONS) == CHOICES["quantize"]

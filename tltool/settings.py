@@ -31,6 +31,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "strategy": ("auto", "none", "mirrored", "multiworker"),
     "export_format": ("keras", "savedmodel", "tflite"),
     "resample": ("nearest", "bilinear", "bicubic"),
+    "engine": ("auto", "tf", "litert"),
+    "quantize": ("none", "float16", "dynamic", "int8"),
 }
 
 # settings that also accept a file instead of a named value (an albumentations pipeline for --augment)

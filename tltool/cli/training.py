@@ -6,7 +6,7 @@ import click
 from ..augment import preview
 from ..configs import FinetuneConfig, RunConfig, ScratchConfig
 from ..errors import TltoolError
-from ..export import export_run
+from ..export import EXIT_TOO_COSTLY, export_run, measurement_lines
 from ..finetune import finetune, finetune_cv
 from ..report import accuracy_line
 from ..scratch import train_from_scratch
@@ -134,12 +134,28 @@ def train_cmd(data, resume, out, force, **options) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", type=choice("export_format"), default="keras",
               show_default=True)
+@click.option("--quantize", type=choice("quantize"), default="none", show_default=True,
+              help="tflite only: float16 (half-size weights), dynamic (int8 weights), int8 (calibrated on the run's "
+                   "training images).")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Accuracy points the export may lose against the float model on the validation images; more is "
+                   "a QuantizationCostWarning and exit status 3 (the file is still written).")
+@click.option("--measure/--no-measure", default=True, show_default=True,
+              help="tflite: run the written file on the validation images (accuracy, paired difference, speed).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Export folder: new, empty, or an earlier tltool export [default: RUN_DIR/export/FORMAT].")
 @click.option("--force", is_flag=True, help="Replace an earlier tltool export in --out (never any other folder).")
-def export_cmd(run_dir, fmt, out, force) -> None:
-    """Export a trained run (fine-tuned or linear) as .keras, SavedModel or .tflite; input: RGB pixels 0..255."""
-    click.echo(f"wrote {export_run(run_dir, fmt, out, force=force)}")
+@click.pass_context
+def export_cmd(ctx, run_dir, fmt, quantize, max_drop, measure, out, force) -> None:
+    """Export a trained run (fine-tuned or linear) as .keras, SavedModel or .tflite with labels.txt, input.json and
+    a README for clients; input: RGB pixels 0..255. A .tflite export is measured on the validation images."""
+    result = export_run(run_dir, fmt, out, force=force, quantize=quantize, max_drop=max_drop, measure=measure)
+    for line in measurement_lines(result.measurement) if result.measurement else []:
+        click.echo(line)
+    click.echo(f"wrote {result.model_path} (with labels.txt, input.json, README.md"
+               + (", export.json)" if result.measurement else ")"))
+    if not result.within_max_drop:
+        ctx.exit(EXIT_TOO_COSTLY)
 
 
 @click.group("augment")

@@ -1,0 +1,157 @@
+"""Inference engines: TF and LiteRT give the same numbers; cached LiteRT needs no TensorFlow; ``auto`` is remembered."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SAMPLE
+from tltool import engines
+from tltool.errors import TltoolError
+
+
+def _sample_pixels(size: int, n: int) -> np.ndarray:
+    from tltool.images import load_image
+
+    paths = sorted(SAMPLE.glob("*/*.jpg"))[:n]
+    return np.stack([load_image(p, size) for p in paths]).astype(np.float32)
+
+
+def _tiny_source(tag: str = "tiny") -> engines.ModelSource:
+    """A two-layer conv net: fast to build and convert, enough to check the plumbing."""
+
+    def build():
+        from tltool._tf import keras
+
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+        fmap = keras.layers.Conv2D(16, 3, activation="relu")(x)
+        outputs = {"avg": keras.layers.GlobalAveragePooling2D()(fmap), "max": keras.layers.GlobalMaxPooling2D()(fmap)}
+        return keras.Model(inputs, outputs)
+
+    return engines.ModelSource(tag, 32, {"kind": "test", "tag": tag}, build)
+
+
+def test_tiny_network_agrees_across_engines_and_a_short_last_batch_is_resized():
+    source = _tiny_source()
+    x = np.random.default_rng(1).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
+    tf_out = engines.create_runner(source, "tf")(x)
+    lite = engines.create_runner(source, "litert")
+    assert lite.engine == "litert" and lite.path.parent == engines.litert_dir()
+    full, short = lite(x), lite(x[:2])  # batch 5, then a last batch of 2 on the same interpreter
+    assert set(full) == {"avg", "max"} and full["avg"].shape == (5, 16) and short["max"].shape == (2, 16)
+    for name in ("avg", "max"):
+        np.testing.assert_allclose(full[name], tf_out[name], atol=1e-4)
+        np.testing.assert_allclose(short[name], tf_out[name][:2], atol=1e-4)
+    assert np.abs(tf_out["max"]).max() > 0.01  # not a vacuous comparison of zeros
+
+
+def test_lite0_features_equal_tf_within_1e_4_on_real_weights():
+    source = engines.feature_source("efficientnet_lite0", "imagenet", 224)
+    x = _sample_pixels(224, 4)
+    tf_out = engines.create_runner(source, "tf")(x)
+    lite_out = engines.create_runner(source, "litert")(x)
+    for name in ("avg", "max"):
+        assert tf_out[name].shape == (4, 1280)
+        np.testing.assert_allclose(lite_out[name], tf_out[name], atol=1e-4, rtol=0)
+    # the TF engine gives the numbers tltool extract stores (so the engine is not part of the feature cache key)
+    from tltool.features import build_feature_extractor
+
+    _, step = build_feature_extractor("efficientnet_lite0", "imagenet", 224)
+    avg, mx = step(x)
+    np.testing.assert_allclose(tf_out["avg"], avg.numpy(), atol=1e-6)
+    np.testing.assert_allclose(tf_out["max"], mx.numpy(), atol=1e-6)
+
+
+def test_lite0_classifier_probabilities_equal_tf_within_1e_4(tmp_path):
+    from tltool._tf import keras
+    from tltool.backbones import create_backbone
+
+    keras.utils.set_random_seed(3)
+    base = create_backbone("efficientnet_lite0", "imagenet", 96)
+    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    model = keras.Model(base.input, keras.layers.Dense(4, activation="softmax")(x))
+    model.save(tmp_path / "m.keras")
+    source = engines.keras_file_source(tmp_path / "m.keras", 96)
+    pixels = _sample_pixels(96, 6)
+    tf_p = engines.create_runner(source, "tf")(pixels)["probabilities"]
+    lite_p = engines.create_runner(source, "litert")(pixels)["probabilities"]
+    assert tf_p.shape == (6, 4)
+    np.testing.assert_allclose(tf_p.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(lite_p, tf_p, atol=1e-4, rtol=0)
+
+
+def test_a_cached_litert_model_runs_without_importing_tensorflow():
+    engines.converted_model(engines.feature_source("efficientnet_lite0", "imagenet", 64))  # converted here, once
+    script = (
+        "import sys, numpy as np\n"
+        "from tltool.engines import create_runner, feature_source\n"
+        "run = create_runner(feature_source('efficientnet_lite0', 'imagenet', 64), 'litert')\n"
+        "out = run(np.full((3, 64, 64, 3), 128, np.float32))\n"
+        "print(out['avg'].shape, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert done.stdout.strip().splitlines()[-1] == "(3, 1280) False False"
+
+
+def test_the_key_changes_with_what_the_numbers_depend_on(tmp_path):
+    base = engines.feature_source("efficientnet_lite0", "imagenet", 224)
+    assert engines.feature_source("EfficientNet-Lite0", "imagenet", 224).digest == base.digest
+    assert engines.feature_source("efficientnet_lite0", "imagenet", 256).digest != base.digest
+    assert engines.feature_source("efficientnet_lite0", "none", 224).digest != base.digest
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"one")
+    first = engines.feature_source("efficientnet_lite0", str(weights), 224).digest
+    weights.write_bytes(b"two")  # retrained under the same name
+    assert engines.feature_source("efficientnet_lite0", str(weights), 224).digest != first
+
+
+def test_auto_is_measured_once_and_remembered(monkeypatch):
+    monkeypatch.setattr(engines, "gpu_visible", lambda: False)
+    calls = []
+
+    def fake_measure(source):
+        calls.append(source.name)
+        return {"tf": 50.0, "litert": 120.0}
+
+    monkeypatch.setattr(engines, "measure_engines", fake_measure)
+    source = _tiny_source("auto-test")
+    assert engines.resolve_engine(source, "auto") == "litert"
+    assert engines.resolve_engine(source, "auto") == "litert"
+    assert calls == ["auto-test"]  # the second call read the remembered choice
+    stored = json.loads((engines.cache_dir() / engines.CHOICE_FILE).read_text())
+    assert any(v["engine"] == "litert" and v["images_per_second"]["tf"] == 50.0 for v in stored.values())
+    monkeypatch.setattr(engines, "measure_engines", lambda s: {"tf": 90.0, "litert": 30.0})
+    assert engines.resolve_engine(_tiny_source("slow-lite"), "auto") == "tf"  # never the slower one
+
+
+def test_auto_takes_tf_on_a_gpu_and_the_declared_engine_without_measuring(monkeypatch):
+    def no_measuring(source):
+        raise AssertionError("must not measure")
+
+    monkeypatch.setattr(engines, "measure_engines", no_measuring)
+    monkeypatch.setattr(engines, "gpu_visible", lambda: True)
+    assert engines.resolve_engine(_tiny_source("gpu"), "auto") == "tf"
+    monkeypatch.setattr(engines, "gpu_visible", lambda: False)
+    assert engines.resolve_engine(engines.feature_source("vgg16", "none", 64), "auto") == "tf"
+    assert engines.resolve_engine(_tiny_source("forced"), "litert") == "litert"
+
+
+def test_measure_engines_gives_a_rate_per_engine():
+    rates = engines.measure_engines(_tiny_source("measure"), batch_size=4, rounds=2)
+    assert set(rates) == {"tf", "litert"} and all(v > 0 for v in rates.values())
+
+
+def test_an_unknown_engine_or_quantization_is_a_clear_error():
+    with pytest.raises(TltoolError, match="engine 'lite'.*litert"):
+        engines.resolve_engine(_tiny_source(), "lite")
+    with pytest.raises(TltoolError, match="quantization 'int4'"):
+        engines.to_tflite(object(), "int4")

@@ -1,0 +1,279 @@
+"""``tltool export``: formats that load without tltool, quantized .tflite files with their measured price, and a
+client folder (labels.txt, input.json, README) whose documented decode agrees with tltool on every real photo."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import SAMPLE
+from tltool import export as export_module
+from tltool.errors import TltoolError
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tltool.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("ft") / "run"
+    config = FinetuneConfig(data=str(SAMPLE), image_size=64, batch_size=16, augment="light", head_epochs=1,
+                            epochs=1, unfreeze="1", val_fraction=0.25)
+    return finetune(config, out=out)
+
+
+@pytest.fixture(scope="module")
+def linear_run(tmp_path_factory):
+    from tltool.linear import probe
+
+    root = tmp_path_factory.mktemp("lin")
+    return probe(str(SAMPLE), image_size=64, features_dir=root / "f", out=root / "run").run_dir
+
+
+def test_export_formats_load_and_agree(tiny_run, tmp_path):
+    from tltool._tf import keras, tf
+
+    run = tiny_run.run_dir
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    reference = np.asarray(tiny_run.model(x, training=False))
+    keras_file = export_module.export_run(run, "keras", tmp_path / "k").model_path
+    np.testing.assert_allclose(np.asarray(keras.models.load_model(keras_file, safe_mode=True)(x)), reference,
+                               atol=1e-5)
+    # the exported file needs Keras only: load it in a Python that never imports tltool
+    np.save(tmp_path / "x.npy", x)
+    script = ("import sys, numpy as np, keras; sys.modules['tltool'] = None; "
+              f"m = keras.models.load_model({str(keras_file)!r}, safe_mode=True); "
+              f"print(np.asarray(m(np.load({str(tmp_path / 'x.npy')!r}))).argmax(1).tolist())")
+    standalone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert standalone.returncode == 0, standalone.stderr[-1500:]
+    assert standalone.stdout.strip().splitlines()[-1] == str(reference.argmax(1).tolist())
+    saved = export_module.export_run(run, "savedmodel", tmp_path / "saved").model_path
+    loaded = tf.saved_model.load(str(saved))  # keep a reference: its variables die with it
+    np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(x))), reference, atol=1e-5)
+    assert set(loaded.signatures) >= {"serve", "serve_image_bytes", "serving_default"}
+    result = export_module.export_run(run, "tflite", tmp_path / "lite")
+    from tltool.engines import LiteRTRunner
+
+    lite = next(iter(LiteRTRunner(result.model_path)(x).values()))
+    np.testing.assert_allclose(lite, reference, atol=1e-4)
+    for folder in (tmp_path / "k", tmp_path / "saved", tmp_path / "lite"):
+        assert (folder / "labels.txt").read_text().splitlines() == tiny_run.evaluation.classes
+        spec = json.loads((folder / "input.json").read_text())
+        assert spec["size"] == 64 and spec["pixel_range"] == [0, 255] and spec["channel_order"] == "RGB"
+        assert "load_pixels" in (folder / "README.md").read_text()
+
+
+def test_the_bytes_signature_decodes_and_resizes_inside_the_graph(tiny_run, tmp_path):
+    from PIL import Image
+
+    from tltool._tf import tf
+    from tltool.images import load_image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(5)
+    sizes = [(300, 200), (40, 90), (700, 520)]  # shrink, enlarge, and a JPEG big enough for draft decoding
+    for i, (w, h) in enumerate(sizes):
+        smooth = np.kron(rng.integers(0, 256, (h // 10 + 1, w // 10 + 1, 3)), np.ones((10, 10, 1)))[:h, :w]
+        Image.fromarray(smooth.astype(np.uint8)).save(photos / f"p{i}.jpg", quality=92)
+    Image.fromarray(rng.integers(0, 256, (80, 120, 3), dtype=np.uint8)).save(photos / "p3.png")
+    paths = sorted(str(p) for p in photos.iterdir())
+    saved = export_module.export_run(tiny_run.run_dir, "savedmodel", tmp_path / "saved").model_path
+    served = tf.saved_model.load(str(saved))
+    by_bytes = served.serve_image_bytes(tf.constant([open(p, "rb").read() for p in paths])).numpy()
+    pixels = np.stack([load_image(p, 64) for p in paths]).astype(np.float32)
+    by_pixels = served.serve(tf.constant(pixels)).numpy()
+    assert by_bytes.shape == (4, 4)
+    np.testing.assert_allclose(by_bytes, by_pixels, atol=0.02)  # one grey level of resize rounding at most
+    assert (by_bytes.argmax(1) == by_pixels.argmax(1)).all()
+
+
+def test_export_never_deletes_or_writes_into_a_users_folder(tiny_run, tmp_path):
+    from tltool.cli import main
+
+    run = tiny_run.run_dir
+    projects = tmp_path / "projects"
+    (projects / "thesis").mkdir(parents=True)
+    (projects / "thesis" / "chapter1.tex").write_text("years of work")
+    for fmt in ("savedmodel", "keras"):
+        for extra in ([], ["--force"]):
+            result = CliRunner().invoke(main, ["export", str(run), "--format", fmt, "--out", str(projects), *extra])
+            assert result.exit_code == 2 and "did not make" in result.output, result.output
+    assert sorted(p.name for p in projects.rglob("*")) == ["chapter1.tex", "thesis"]
+    out = tmp_path / "exported"
+    assert CliRunner().invoke(main, ["export", str(run), "--format", "savedmodel", "--out", str(out)]).exit_code == 0
+    again = CliRunner().invoke(main, ["export", str(run), "--format", "savedmodel", "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    forced = CliRunner().invoke(main, ["export", str(run), "--format", "savedmodel", "--out", str(out), "--force"])
+    assert forced.exit_code == 0 and (out / "saved_model" / "saved_model.pb").is_file()
+    # the default folder inside the run is tltool's own: exporting again simply replaces the model
+    for _ in range(2):
+        assert CliRunner().invoke(main, ["export", str(run), "--format", "keras"]).exit_code == 0
+    assert (run / "export" / "keras" / "model.keras").is_file()
+
+
+def test_linear_run_exports_to_an_equivalent_network(linear_run, tmp_path):
+    from tltool._tf import keras
+    from tltool.images import load_image
+    from tltool.models import load_run
+
+    path = export_module.export_run(linear_run, "keras", tmp_path / "lin").model_path
+    model = keras.models.load_model(path, safe_mode=True)
+    images = [str(p) for p in sorted(SAMPLE.glob("star/*.jpg"))[:4]]
+    expected = load_run(linear_run).predict_paths(images)
+    x = np.stack([load_image(p, 64) for p in images]).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(x)), expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def plain_tflite(linear_run, tmp_path_factory):
+    return export_module.export_run(linear_run, "tflite", tmp_path_factory.mktemp("plain") / "out")
+
+
+def _scored_again(result, run_dir) -> tuple[int, int]:
+    """(correct, n) of the written file on the run's validation split, recomputed outside export.py."""
+    from tltool.engines import LiteRTRunner
+    from tltool.images import load_image
+    from tltool.models import load_run
+
+    run = load_run(run_dir)
+    paths, y = export_module.run_splits(run_dir, run)["val"]
+    x = np.stack([load_image(p, run.image_size) for p in paths]).astype(np.float32)
+    probs = next(iter(LiteRTRunner(result.model_path)(x).values()))
+    return int((probs.argmax(1) == y).sum()), len(y)
+
+
+@pytest.mark.parametrize("quantize", ["float16", "int8"])
+def test_a_quantized_tflite_is_measured_on_the_validation_images(linear_run, plain_tflite, tmp_path, quantize):
+    plain = plain_tflite
+    result = export_module.export_run(linear_run, "tflite", tmp_path / quantize, quantize=quantize)
+    m = json.loads((tmp_path / quantize / "export.json").read_text())
+    assert m == json.loads(json.dumps(result.measurement))
+    assert m["quantize"] == quantize and m["size_bytes"] == result.model_path.stat().st_size
+    assert m["size_bytes"] < 0.6 * plain.measurement["size_bytes"]  # float16 halves, int8 quarters the weights
+    correct, n = _scored_again(result, linear_run)
+    assert (m["accuracy"]["correct"], m["accuracy"]["n"]) == (correct, n) == (correct, 32)
+    lo, hi = m["accuracy"]["ci95"]
+    assert lo < correct / n < hi or correct == n
+    paired = m["paired_difference"]
+    assert paired["n"] == n and paired["only_a"] + paired["both"] == m["float_accuracy"]["correct"]
+    assert m["drop_points"] == pytest.approx(-100 * paired["difference"], abs=0.006)
+    assert m["within_max_drop"] == (m["drop_points"] <= 1.0)
+    assert m["images_per_second"]["export"] > 0 and m["images_per_second"]["float_tf"] > 0
+    assert f"({quantize})" in (tmp_path / quantize / "README.md").read_text()
+
+
+class _BrokenRunner:
+    """A stand-in for a quantization that ruined the model: every probability row shifted by one class."""
+
+    def __init__(self, path) -> None:
+        from tltool.engines import LiteRTRunner
+
+        self._real = LiteRTRunner(path)
+
+    def __call__(self, batch):
+        return {name: np.roll(value, 1, axis=1) for name, value in self._real(batch).items()}
+
+
+def test_a_quantization_costing_more_than_max_drop_warns_and_exits_3(linear_run, tmp_path, monkeypatch):
+    from tltool.cli import main
+
+    monkeypatch.setattr(export_module, "LiteRTRunner", _BrokenRunner)
+    with pytest.warns(export_module.QuantizationCostWarning, match="more than --max-drop 1"):
+        result = export_module.export_run(linear_run, "tflite", tmp_path / "api", quantize="dynamic")
+    assert not result.within_max_drop and result.model_path.is_file()
+    assert json.loads((tmp_path / "api" / "export.json").read_text())["within_max_drop"] is False
+    cli = CliRunner().invoke(main, ["export", str(linear_run), "--format", "tflite", "--quantize", "dynamic",
+                                    "--out", str(tmp_path / "cli")])
+    assert cli.exit_code == export_module.EXIT_TOO_COSTLY == 3, cli.output
+    assert "MORE THAN --max-drop 1" in cli.output
+    allowed = CliRunner().invoke(main, ["export", str(linear_run), "--format", "tflite", "--quantize", "dynamic",
+                                        "--max-drop", "100", "--out", str(tmp_path / "allowed")])
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_bad_export_options_are_clear_errors(linear_run):
+    with pytest.raises(TltoolError, match="applies to --format tflite only"):
+        export_module.export_run(linear_run, "keras", quantize="int8")
+    with pytest.raises(TltoolError, match="quantization 'int4'"):
+        export_module.export_run(linear_run, "tflite", quantize="int4")
+    with pytest.raises(TltoolError, match="--max-drop"):
+        export_module.export_run(linear_run, "tflite", max_drop=-1)
+
+
+# ------------------------------------------------------------------------------------------------ real photos
+@pytest.fixture(scope="module")
+def flowers_run(tmp_path_factory):
+    from conftest import shared_dataset
+    from tltool.linear import probe
+
+    data = shared_dataset("flowers")
+    root = tmp_path_factory.mktemp("flowers")
+    return probe(str(data), features_dir=root / "f", out=root / "run").run_dir
+
+
+def _readme_client(folder, paths_file) -> tuple[list[str], bool]:
+    """Run the README's Python example in ``folder`` as a client would; its predicted labels, and whether it
+    imported TensorFlow."""
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    script = (f"import json, sys\npaths = json.load(open({str(paths_file)!r}))\n{code}\n"
+              "print(json.dumps([labels[i] for i in probs.argmax(1)]), 'tensorflow' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True, text=True, timeout=300,
+                          env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                               "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    labels, imported_tf = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    return json.loads(labels), imported_tf == "True"
+
+
+@pytest.mark.parametrize("fmt", ["keras", "tflite"])
+def test_a_client_following_the_readme_agrees_with_tltool_on_every_flowers_val_photo(flowers, flowers_run,
+                                                                                      tmp_path, monkeypatch, fmt):
+    from tltool.export_client import load_pixels_code
+    from tltool.images import load_image
+    from tltool.models import load_run
+
+    paths = sorted(str(p) for p in (flowers / "val").glob("*/*.jpg"))
+    assert len(paths) >= 100
+    (tmp_path / "paths.json").write_text(json.dumps(paths))
+    folder = tmp_path / fmt
+    export_module.export_run(flowers_run, fmt, folder, measure=False)
+    run = load_run(flowers_run)
+    expected = [run.classes[i] for i in run.predict_paths(paths).argmax(1)]
+    predicted, imported_tf = _readme_client(folder, tmp_path / "paths.json")
+    assert predicted == expected  # every image, not most of them
+    assert imported_tf == (fmt == "keras")  # the LiteRT client needs no TensorFlow
+    # and the README's decode gives tltool's pixels bit for bit
+    code = load_pixels_code(run.resize)
+    assert code in (folder / "README.md").read_text()
+    namespace: dict = {}
+    monkeypatch.chdir(folder)
+    exec(code, namespace)
+    for path in paths[::5]:
+        assert np.array_equal(namespace["load_pixels"](path), load_image(path, run.image_size))
+
+
+def test_the_bytes_signature_agrees_with_tltool_on_every_flowers_val_photo(flowers, flowers_run, tmp_path):
+    from tltool._tf import tf
+    from tltool.models import load_run
+
+    paths = sorted(str(p) for p in (flowers / "val").glob("*/*.jpg"))
+    saved = export_module.export_run(flowers_run, "savedmodel", tmp_path / "saved").model_path
+    served = tf.saved_model.load(str(saved))
+    probs = np.concatenate([served.serve_image_bytes(tf.constant([open(p, "rb").read() for p in paths[i:i + 32]]))
+                            for i in range(0, len(paths), 32)])
+    expected = load_run(flowers_run).predict_paths(paths)
+    assert (probs.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(probs - expected).max() < 0.05
+
+
+def test_an_unmeasured_export_leaves_no_numbers_of_an_earlier_file(linear_run, plain_tflite):
+    folder = plain_tflite.directory
+    assert (folder / "export.json").is_file()
+    again = export_module.export_run(linear_run, "tflite", folder, force=True, quantize="float16", measure=False)
+    assert again.measurement is None and not (folder / "export.json").exists()
+    assert "Measured when exported" not in (folder / "README.md").read_text()

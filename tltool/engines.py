@@ -1,0 +1,354 @@
+"""Inference engines: the same network run by TensorFlow or by LiteRT, behind one small interface.
+
+A :class:`ModelSource` says what to run (a backbone's pooled features, or a Keras model's probabilities) and what
+its numbers depend on; :func:`create_runner` turns it into a :class:`Runner`, a callable that maps a float32 batch
+of RGB pixels (0..255, ``(n, size, size, 3)``) to a dict of numpy outputs (``avg`` and ``max`` for features,
+``probabilities`` for a classifier). Engines are a registry (:data:`ENGINES`):
+
+- ``tf``: the Keras model in one ``tf.function`` (XLA off), one graph for every batch size.
+- ``litert``: the model converted once with ``tf.lite.TFLiteConverter.from_keras_model`` and cached in
+  ``cache_dir()/litert`` under a key of what the numbers depend on, run by ``ai_edge_litert``'s interpreter (XNNPACK,
+  one thread per CPU). Loading a cached file does not import TensorFlow.
+- ``auto``: TF when a GPU is visible; else the engine declared for the backbone (:data:`DECLARED`, from
+  ``benchmarks/engines.py``); else the faster of the two measured once on this machine (a few batches each) and
+  remembered in ``cache_dir()/engine-choice.json``.
+
+The engine is not part of the feature cache key: both engines give the same features within 1e-4 (tested).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from . import __version__
+from .errors import TltoolError, did_you_mean
+from .settings import CHOICES
+from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_text, write_json
+
+ENGINE_CHOICES = CHOICES["engine"]
+# Backbones whose engine is known without measuring: on a quiet 2-core machine LiteRT ran VGG16 at 0.68x TF's
+# speed (issue 15; benchmarks/engines.py measures it again), so ``auto`` must never pick it there.
+DECLARED: dict[str, str] = {"vgg16": "tf", "vgg19": "tf"}
+CHOICE_FILE = "engine-choice.json"
+
+
+class Runner(Protocol):
+    engine: str
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What to run. ``build()`` returns a Keras model from pixels (0..255) to a dict of named outputs; ``key``
+    holds everything the numbers depend on (it names the converted file); ``backbone`` selects a declared engine."""
+
+    name: str
+    image_size: int
+    key: dict
+    build: Callable[[], object] = field(compare=False, repr=False)
+    backbone: str | None = None
+
+    @property
+    def digest(self) -> str:
+        return sha256_text(json.dumps(self.key, sort_keys=True, default=str))[:24]
+
+
+def weights_fingerprint(weights: str) -> str:
+    """``imagenet``/``none`` by name (fixed per tltool version), a weights file by its content."""
+    weights = str(weights)
+    if weights.lower() in ("imagenet", "none"):
+        return weights.lower()
+    path = Path(weights)
+    return f"file:{sha256_file(path)[:16]}" if path.is_file() else f"file:{weights}"
+
+
+def feature_source(backbone: str, weights: str = "imagenet", image_size: int = 224) -> ModelSource:
+    """Avg- and max-pooled features of a backbone (the numbers ``tltool extract`` stores).
+
+    The key holds the backbone, weights, input size, pooling and tltool version; the preprocessing is fixed by the
+    backbone's name in a tltool version, so the key needs no registry lookup (which would import TensorFlow).
+    """
+    name = backbone.strip().lower().replace("-", "_")
+    key = {"kind": "features", "backbone": name, "weights": weights_fingerprint(weights), "image_size": image_size,
+           "pooling": "avg+max", "preprocessing": "registry", "tltool": __version__}
+
+    def build():
+        from ._tf import keras
+        from .backbones import create_backbone
+
+        extractor = create_backbone(backbone, weights=weights, image_size=image_size)
+        fmap = extractor.output
+        outputs = {"avg": keras.layers.GlobalAveragePooling2D(name="avg")(fmap),
+                   "max": keras.layers.GlobalMaxPooling2D(name="max")(fmap)}
+        return keras.Model(extractor.input, outputs, name=f"{name}_features")
+
+    return ModelSource(f"{name} features", image_size, key, build, backbone=name)
+
+
+def probability_source(model, image_size: int, key: dict, name: str = "classifier") -> ModelSource:
+    """Probabilities of an in-memory Keras model (pixels in, one softmax out); ``key`` says what it is."""
+
+    def build():
+        from ._tf import keras
+
+        return keras.Model(model.inputs, {"probabilities": model.outputs[0]}, name="probabilities")
+
+    return ModelSource(name, image_size, {"kind": "probabilities", **key, "tltool": __version__}, build)
+
+
+def keras_file_source(path: str | Path, image_size: int) -> ModelSource:
+    """Probabilities of a ``.keras`` file tltool wrote (a fine-tuned or from-scratch run), keyed by its content."""
+    path = Path(path)
+    key = {"kind": "probabilities", "model_sha256": sha256_file(path), "image_size": image_size,
+           "tltool": __version__}
+
+    def build():
+        from ._tf import keras
+        from .models import load_keras_model
+
+        model = load_keras_model(path, compile=False)
+        return keras.Model(model.inputs, {"probabilities": model.outputs[0]}, name="probabilities")
+
+    return ModelSource(path.name, image_size, key, build)
+
+
+# ------------------------------------------------------------------------------------------------------- engines
+class TFRunner:
+    engine = "tf"
+
+    def __init__(self, source: ModelSource) -> None:
+        from ._tf import tf
+
+        self.model = source.build()
+        size = source.image_size
+        # one graph for every batch size: a shorter last batch must not cost a second trace
+        self._step = tf.function(lambda x: self.model(x, training=False),
+                                 input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: value.numpy() for name, value in self._step(np.asarray(batch, np.float32)).items()}
+
+
+class LiteRTRunner:
+    """A ``.tflite`` file in ai-edge-litert's interpreter; the input is resized whenever the batch size changes."""
+
+    engine = "litert"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self._interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+        self._run = self._interpreter.get_signature_runner()
+        (self._input,) = self._run.get_input_details()
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._run(**{self._input: np.ascontiguousarray(batch, dtype=np.float32)})
+        return {name: np.array(value) for name, value in out.items()}
+
+
+def to_tflite(model, quantize: str = "none", calibration: Callable[[], object] | None = None) -> bytes:
+    """Convert a Keras model to LiteRT flatbuffer bytes; ``quantize`` is one of :data:`QUANTIZATIONS`.
+
+    ``int8`` needs ``calibration``: a generator of ``[batch]`` lists of float32 pixel batches (one image each).
+    Inputs and outputs stay float32 in every mode, so a client feeds the same pixels whatever the quantization.
+    """
+    from ._tf import tf
+
+    if quantize not in QUANTIZATIONS:
+        raise did_you_mean(quantize, QUANTIZATIONS, "quantization")
+    try:
+        with quiet_output():
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            QUANTIZATIONS[quantize](converter, calibration)
+            return converter.convert()
+    except TltoolError:
+        raise
+    except Exception as exc:  # the converter raises many kinds; the user needs one line
+        raise TltoolError(f"LiteRT conversion failed ({exc.__class__.__name__}: {str(exc)[:300]}).") from None
+
+
+@contextlib.contextmanager
+def quiet_output():
+    """Hold back what the converter prints to file descriptors 1 and 2 (its saved-function dump, MLIR lines);
+    shown only if it fails, or with ``TLTOOL_TF_VERBOSE=1``."""
+    if os.environ.get("TLTOOL_TF_VERBOSE") == "1":
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    failed = False
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+            if failed:
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode("utf-8", "replace")[-5000:])
+
+
+def _no_quantization(converter, calibration) -> None:
+    pass
+
+
+def _float16(converter, calibration) -> None:
+    from ._tf import tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+
+
+def _dynamic_range(converter, calibration) -> None:
+    from ._tf import tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def _int8(converter, calibration) -> None:
+    from ._tf import tf
+
+    if calibration is None:
+        raise TltoolError("int8 quantization needs calibration images (the run's training images).")
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = calibration
+
+
+# float16 halves the weights (compute stays float32 on CPU); dynamic stores int8 weights and quantizes activations
+# on the fly; int8 calibrates activation ranges on real images and runs integer kernels.
+QUANTIZATIONS: dict[str, Callable] = {"none": _no_quantization, "float16": _float16, "dynamic": _dynamic_range,
+                                      "int8": _int8}
+
+
+def litert_dir() -> Path:
+    path = cache_dir() / "litert"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def converted_model(source: ModelSource) -> Path:
+    """The cached ``.tflite`` of ``source``, converted (with TensorFlow) only the first time."""
+    path = litert_dir() / f"{source.digest}.tflite"
+    if path.is_file():
+        return path
+    from .progress import say
+
+    start = time.perf_counter()
+    data = to_tflite(source.build())
+    with atomic_path(path, suffix=".tflite.tmp") as tmp:
+        tmp.write_bytes(data)
+    write_json(path.with_suffix(".json"), {**source.key, "converter": "tf.lite.TFLiteConverter.from_keras_model",
+                                           "seconds": round(time.perf_counter() - start, 2)})
+    say(f"converted {source.name} to LiteRT once ({time.perf_counter() - start:.1f} s): {path}")
+    return path
+
+
+def _tf_runner(source: ModelSource) -> Runner:
+    return TFRunner(source)
+
+
+def _litert_runner(source: ModelSource) -> Runner:
+    return LiteRTRunner(converted_model(source))
+
+
+ENGINES: dict[str, Callable[[ModelSource], Runner]] = {"tf": _tf_runner, "litert": _litert_runner}
+
+
+def create_runner(source: ModelSource, engine: str = "auto") -> Runner:
+    """A runner of ``source`` on ``engine`` (``auto``, ``tf`` or ``litert``)."""
+    return ENGINES[resolve_engine(source, engine)](source)
+
+
+# ---------------------------------------------------------------------------------------------------------- auto
+def gpu_visible() -> bool:
+    """A GPU TensorFlow can use. Without an NVIDIA device node TensorFlow is not imported to find out."""
+    if "tensorflow" not in sys.modules and not any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/dxg")):
+        return False
+    from ._tf import tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_engine(source: ModelSource, engine: str = "auto") -> str:
+    """``engine`` itself, or for ``auto`` the faster one for ``source`` on this machine."""
+    if engine not in ENGINE_CHOICES:
+        raise did_you_mean(engine, ENGINE_CHOICES, "engine")
+    if engine != "auto":
+        return engine
+    if gpu_visible():
+        return "tf"
+    if source.backbone in DECLARED:
+        return DECLARED[source.backbone]
+    return measured_choice(source)
+
+
+def _choice_key(source: ModelSource) -> str:
+    return f"{source.digest}:cpus={os.cpu_count()}"
+
+
+def measured_choice(source: ModelSource) -> str:
+    """The faster engine for ``source`` on this machine, measured once and remembered."""
+    path = cache_dir() / CHOICE_FILE
+    choices = _read_choices(path)
+    entry = choices.get(_choice_key(source))
+    if entry and entry.get("engine") in ENGINES:
+        return entry["engine"]
+    rates = measure_engines(source)
+    best = max(rates, key=rates.get)
+    choices[_choice_key(source)] = {"engine": best, "images_per_second": rates, "name": source.name,
+                                    "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(path, choices)
+    from .progress import say
+
+    say(f"engine for {source.name} on this machine: {best} ("
+        + ", ".join(f"{k} {v:.0f} images/s" for k, v in rates.items()) + "; measured once, remembered)")
+    return best
+
+
+def _read_choices(path: Path) -> dict:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def measure_engines(source: ModelSource, batch_size: int = 8, rounds: int = 3) -> dict[str, float]:
+    """Images/s of each engine on random pixels: one warm-up call, then ``rounds`` alternating timed calls (best)."""
+    runners = {name: make(source) for name, make in ENGINES.items()}
+    batch = np.random.default_rng(0).uniform(0, 255, (batch_size, source.image_size, source.image_size, 3))
+    batch = batch.astype(np.float32)
+    return best_rates(runners, batch, rounds)
+
+
+def best_rates(runners: dict[str, Callable], batch: np.ndarray, rounds: int) -> dict[str, float]:
+    """Best-of-``rounds`` images/s of each runner on ``batch``, the runners alternating (same machine load)."""
+    for run in runners.values():
+        run(batch)  # warm-up: graph trace, delegate set-up
+    best = {name: 0.0 for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(batch)
+            best[name] = max(best[name], len(batch) / (time.perf_counter() - start))
+    return best
