@@ -108,3 +108,111 @@ def test_a_kill_between_checkpoint_and_state_does_not_repeat_an_epoch(tmp_path, 
     for a, b in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert sorted(p.name for p in run.glob("*checkpoint*")) == ["checkpoint-epoch0003.keras"]
+
+
+# ------------------------------------------------------------------ the policies, on a scripted val loss
+class ScriptedEpoch:
+    """Stands in for ``model.fit``: epoch ``e`` (what ``train_data(e)`` returns) fills the weights with ``e + 1`` and
+    reports ``VAL_LOSS[e]``, so every policy sees exactly the val loss a test wants."""
+
+    VAL_LOSS: list[float] = []
+
+    def __init__(self, model, class_weight):
+        self.model = model
+
+    def run(self, epoch, val, bar, lr):
+        self.model.set_weights([np.full_like(w, epoch + 1.0) for w in self.model.get_weights()])
+        return {"loss": [1.0], "val_loss": [self.VAL_LOSS[epoch]]}
+
+
+@pytest.fixture()
+def scripted(monkeypatch):
+    from tltool.training import loop
+
+    monkeypatch.setattr(loop, "FitEpoch", ScriptedEpoch)
+
+    def run(val_loss, stages, run_dir, **kw):
+        ScriptedEpoch.VAL_LOSS = val_loss
+        return run_stages(_build, stages, lambda epoch: epoch, None, 4, run_dir, **kw)
+
+    return run
+
+
+def _filled_with(model) -> float:
+    values = np.concatenate([w.ravel() for w in model.get_weights()])
+    assert values.min() == values.max()
+    return float(values[0])
+
+
+def test_plateau_drops_the_lr_by_the_factor_after_patience_epochs_without_a_better_val_loss(scripted, tmp_path):
+    options = TrainOptions(epochs=8, lr=0.1, optimizer="sgd", schedule="plateau", plateau_patience=2,
+                           plateau_factor=0.5)
+    # better, better, then it stalls (0.89995 is not better by more than 1e-4), then better once more
+    _, state = scripted([1.0, 0.9, 0.9, 0.89995, 0.95, 0.9, 0.5, 0.6], [Stage("s", options)], tmp_path)
+    lrs = [r["lr"] for r in state.history]
+    # 2 epochs without a new best (3, 4): epoch 5 runs at lr x 0.5; again after 5, 6: epoch 7 at x 0.25
+    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6)
+    assert state.lr_scale == pytest.approx(0.25) and state.plateau_wait == 1
+    assert (state.best_epoch, state.best_val_loss) == (7, 0.5)
+
+
+def test_without_the_plateau_schedule_the_lr_does_not_drop(scripted, tmp_path):
+    _, state = scripted([1.0, 1.0, 1.0, 1.0], [Stage("s", TrainOptions(epochs=4, lr=0.1, optimizer="sgd",
+                                                                       plateau_patience=1))], tmp_path)
+    assert [r["lr"] for r in state.history] == pytest.approx([0.1] * 4) and state.lr_scale == 1.0
+
+
+def test_early_stopping_stops_after_patience_epochs_and_restores_the_best_weights(scripted, tmp_path):
+    stages = [Stage("one", TrainOptions(epochs=6, lr=0.1, optimizer="sgd", early_stopping=2))]
+    model, state = scripted([1.0, 0.5, 0.7, 0.6, 0.1, 0.1], stages, tmp_path)
+    assert [r["epoch"] for r in state.history] == [1, 2, 3, 4]  # 3 and 4 were not better than 2: stop
+    assert state.stopped_early == ["one"] and state.stage_stopped
+    assert _filled_with(model) == 2.0  # epoch 2's weights, not epoch 4's
+    from tltool.models import load_keras_model
+
+    assert _filled_with(load_keras_model(checkpoint_path(tmp_path))) == 2.0  # and so is the checkpoint
+
+
+def test_best_weights_are_those_of_the_epoch_with_the_lowest_val_loss(scripted, tmp_path):
+    stages = [Stage("s", TrainOptions(epochs=5, lr=0.1, optimizer="sgd"))]
+    model, state = scripted([0.9, 0.4, 0.39995, 0.5, 0.8], stages, tmp_path)
+    # epoch 3 is lower than epoch 2 by less than 1e-4: not a new best
+    assert (state.best_epoch, state.best_val_loss) == (2, 0.4)
+    assert state.best_weights == "best-epoch0002.weights.h5" and _filled_with(model) == 5.0  # no early stopping
+    model.load_weights(str(tmp_path / state.best_weights))
+    assert _filled_with(model) == 2.0
+
+
+def test_a_resume_mid_plateau_and_mid_patience_continues_the_policies_exactly(scripted, tmp_path, monkeypatch):
+    val_loss = [1.0, 0.8, 0.85, 0.9, 0.7, 0.75, 0.8, 0.9, 0.95, 0.99]
+    options = TrainOptions(epochs=10, lr=0.1, optimizer="sgd", schedule="plateau", plateau_patience=2,
+                           plateau_factor=0.5, early_stopping=4)
+    stages = [Stage("one", options), Stage("two", TrainOptions(epochs=1, lr=0.1, optimizer="sgd"))]
+    whole_model, whole = scripted(val_loss + [0.5], stages, tmp_path / "whole")
+    # uninterrupted: drops after epochs 4 and 7, stops after epoch 9 (4 epochs after the best, 5)
+    assert [r["epoch"] for r in whole.history if r["stage"] == "one"] == list(range(1, 10))
+    assert [r["lr"] for r in whole.history][:9] == pytest.approx([0.1] * 4 + [0.05] * 3 + [0.025] * 2)
+
+    class Killed(Exception):
+        pass
+
+    save = LoopState.save
+
+    def save_then_die(state, path):
+        save(state, path)
+        if state.epoch == 6:  # mid-plateau (1 epoch since the best) and mid-patience
+            raise Killed
+
+    run = tmp_path / "killed"
+    monkeypatch.setattr(LoopState, "save", save_then_die)
+    with pytest.raises(Killed):
+        scripted(val_loss + [0.5], stages, run)
+    monkeypatch.setattr(LoopState, "save", save)
+    stored = LoopState.load(run / "state.json")
+    assert (stored.wait, stored.plateau_wait, stored.lr_scale, stored.best_epoch) == (1, 1, 0.5, 5)
+    model, resumed = scripted(val_loss + [0.5], stages, run, resume=True)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in whole.history]
+    for name in ("best_val_loss", "best_epoch", "wait", "plateau_wait", "lr_scale", "stopped_early", "epoch"):
+        assert getattr(resumed, name) == getattr(whole, name), name
+    assert _filled_with(model) == _filled_with(whole_model) == 10.0  # the one epoch of stage two
