@@ -7,21 +7,31 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from PIL import Image
 
 from conftest import SAMPLE
+from tltool._tf import keras, tf
+from tltool.cli import main
 from tltool.errors import TltoolError
+from tltool.evaluation import predict_with_tta
+from tltool.export import export_run
+from tltool.finetune import FinetuneConfig, base_model, build_classifier, finetune, set_trainable
+from tltool.images import load_image
+from tltool.linear import probe
+from tltool.models import load_run
+from tltool.training import Stage, TrainOptions, compile_model, run_stages
 
 TINY = ["--image-size", "64", "--batch-size", "16", "--augment", "light", "--val-fraction", "0.25"]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from tltool.finetune import FinetuneConfig, finetune
-
     out = tmp_path_factory.mktemp("ft") / "run"
     config = FinetuneConfig(data=str(SAMPLE), image_size=64, batch_size=16, augment="light", head_epochs=2,
                             epochs=1, unfreeze="1", tta="10crop", val_fraction=0.25)
@@ -41,10 +51,6 @@ def test_tiny_finetune_writes_the_full_report(tiny_run):
 
 
 def test_batchnorm_statistics_do_not_move_after_unfreezing():
-    from tltool._tf import keras
-    from tltool.finetune import base_model, build_classifier, set_trainable
-    from tltool.training import TrainOptions, compile_model
-
     model = build_classifier("efficientnet_lite0", "imagenet", 64, 3)
     base = base_model(model)
     set_trainable(base, "all")
@@ -65,8 +71,6 @@ def test_batchnorm_statistics_do_not_move_after_unfreezing():
 
 
 def test_unfreeze_by_block_name_and_bad_name():
-    from tltool.finetune import base_model, build_classifier, set_trainable
-
     model = build_classifier("efficientnet_lite0", "none", 32, 2)
     base = base_model(model)
     set_trainable(base, "block7")
@@ -77,10 +81,6 @@ def test_unfreeze_by_block_name_and_bad_name():
 
 
 def test_ten_crop_tta_evaluates_ten_views_per_image(tmp_path):
-    from PIL import Image
-
-    from tltool.evaluation import predict_with_tta
-
     paths = []
     for i in range(3):
         arr = np.zeros((80, 80, 3), np.uint8)
@@ -107,9 +107,6 @@ def test_ten_crop_tta_evaluates_ten_views_per_image(tmp_path):
 
 
 def test_nan_loss_stops_at_once_and_suggests_a_lower_lr(tmp_path):
-    from tltool._tf import keras, tf
-    from tltool.training import Stage, TrainOptions, run_stages
-
     def build():
         inputs = keras.Input((4,))
         outputs = keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros")(inputs)
@@ -149,16 +146,11 @@ def test_sigkill_after_epoch_one_then_resume(tmp_path):
     assert f"resuming after epoch {done}" in resumed.stderr
     history = (run / "history.csv").read_text().strip().splitlines()[1:]
     assert [int(line.split(",")[0]) for line in history] == [1, 2, 3, 4]
-    from tltool._tf import keras
-
     model = keras.models.load_model(run / "model.keras", safe_mode=True)
     assert model.output_shape == (None, 4)
 
 
 def test_export_formats_load_and_agree(tiny_run, tmp_path):
-    from tltool._tf import keras, tf
-    from tltool.export import export_run
-
     run = tiny_run.run_dir
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     reference = np.asarray(tiny_run.model(x, training=False))
@@ -178,8 +170,6 @@ def test_export_formats_load_and_agree(tiny_run, tmp_path):
     served = loaded.serve(tf.constant(x))
     np.testing.assert_allclose(np.asarray(served), reference, atol=1e-5)
     tflite = export_run(run, "tflite", tmp_path / "m.tflite")
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter is deprecated in favour of ai-edge-litert
         interpreter = tf.lite.Interpreter(model_path=str(tflite))
@@ -192,10 +182,6 @@ def test_export_formats_load_and_agree(tiny_run, tmp_path):
 
 
 def test_export_never_deletes_or_writes_into_a_users_folder(tiny_run, tmp_path):
-    from click.testing import CliRunner
-
-    from tltool.cli import main
-
     run = tiny_run.run_dir
     projects = tmp_path / "projects"
     (projects / "thesis").mkdir(parents=True)
@@ -218,17 +204,10 @@ def test_export_never_deletes_or_writes_into_a_users_folder(tiny_run, tmp_path):
 
 
 def test_linear_run_exports_to_an_equivalent_network(tmp_path):
-    from tltool._tf import keras
-    from tltool.export import export_run
-    from tltool.linear import probe
-    from tltool.models import load_run
-
     result = probe(str(SAMPLE), image_size=64, features_dir=tmp_path / "f", out=tmp_path / "lin")
     path = export_run(result.run_dir, "keras", tmp_path / "lin.keras")
     model = keras.models.load_model(path, safe_mode=True)
     images = [str(p) for p in sorted(SAMPLE.glob("star/*.jpg"))[:4]]
     expected = load_run(result.run_dir).predict_paths(images)
-    from tltool.images import load_image
-
     x = np.stack([load_image(p, 64) for p in images]).astype(np.float32)
     np.testing.assert_allclose(np.asarray(model(x)), expected, atol=1e-4)

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from tltool.training import LoopState, Stage, TrainOptions, checkpoint_path, run_stages
+from tltool._tf import keras, tf
+from tltool.models import load_keras_model
+from tltool.training import LoopState, Stage, TrainOptions, checkpoint_path, loop, run_stages
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(64, 4)).astype(np.float32)
@@ -14,16 +16,12 @@ Y = (X[:, 0] + X[:, 1] > 0).astype(int)
 
 
 def _build():
-    from tltool._tf import keras
-
     inputs = keras.Input((4,))
     outputs = keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros")(inputs)
     return keras.Model(inputs, outputs)
 
 
 def _data(labels):
-    from tltool._tf import tf
-
     return tf.data.Dataset.from_tensor_slices((X, np.eye(2, dtype=np.float32)[labels])).batch(16)
 
 
@@ -127,8 +125,6 @@ class ScriptedEpoch:
 
 @pytest.fixture()
 def scripted(monkeypatch):
-    from tltool.training import loop
-
     monkeypatch.setattr(loop, "FitEpoch", ScriptedEpoch)
 
     def run(val_loss, stages, run_dir, **kw):
@@ -168,8 +164,6 @@ def test_early_stopping_stops_after_patience_epochs_and_restores_the_best_weight
     assert [r["epoch"] for r in state.history] == [1, 2, 3, 4]  # 3 and 4 were not better than 2: stop
     assert state.stopped_early == ["one"] and state.stage_stopped
     assert _filled_with(model) == 2.0  # epoch 2's weights, not epoch 4's
-    from tltool.models import load_keras_model
-
     assert _filled_with(load_keras_model(checkpoint_path(tmp_path))) == 2.0  # and so is the checkpoint
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import TltoolError
+from .progress import say
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, '
@@ -159,8 +160,6 @@ def resolve_strategy(name: str = "auto") -> tuple[object, DistributeInfo]:
         device = tf.config.list_logical_devices("GPU" if gpus else "CPU")[0].name
         info = DistributeInfo(name, "default", 1, [device])
         if name == "auto" and os.environ.get("TF_CONFIG"):
-            from .progress import say
-
             say("TF_CONFIG is set, but --strategy auto trains on this machine alone; pass --strategy multiworker to "
                 "train across the cluster it names")
     _RESOLVED[name] = (strategy, info)
