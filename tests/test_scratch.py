@@ -15,6 +15,7 @@ from conftest import SAMPLE
 from tltool.cli import main
 from tltool.configs import FinetuneConfig, ScratchConfig
 from tltool.models import load_run
+from tltool.training import LoopState
 
 
 def test_lenet5_on_digits_reaches_95_percent(tmp_path):
@@ -144,3 +145,40 @@ def test_cli_defaults_are_the_config_defaults():
     assert FinetuneConfig().train_options() == FinetuneConfig().stage_options(12, 1e-4)
     assert (FinetuneConfig.head_epochs, FinetuneConfig.epochs, FinetuneConfig.lr, FinetuneConfig.warmup_epochs,
             FinetuneConfig.unfreeze) == (2, 12, 1e-4, 1.0, "2")
+
+
+def test_a_resumed_run_with_dropout_and_augmentation_equals_the_uninterrupted_one(tmp_path, monkeypatch):
+    args = ["train", str(SAMPLE), "--arch", "lenet5", "--epochs", "3", "--batch-size", "16", "--val-fraction", "0.25",
+            "--dropout", "0.5", "--augment", "light"]
+    runner = CliRunner()
+    whole = runner.invoke(main, [*args, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    assert "trained 3 epochs in" in whole.output and "in all" not in whole.output
+
+    class Killed(Exception):
+        pass
+
+    save = LoopState.save
+
+    def save_then_die(state, path):
+        save(state, path)
+        if state.epoch == 1:
+            raise Killed
+
+    monkeypatch.setattr(LoopState, "save", save_then_die)
+    killed = runner.invoke(main, [*args, "--out", str(tmp_path / "killed")])
+    assert isinstance(killed.exception, Killed)
+    monkeypatch.setattr(LoopState, "save", save)
+    resumed = runner.invoke(main, ["train", "--resume", str(tmp_path / "killed")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "trained 2 epochs in" in resumed.output
+    assert "in this process, 3 in all (resumed after epoch 1)" in " ".join(resumed.output.split())
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert (metrics["epochs_run"], metrics["epochs_this_process"], metrics["resumed_after_epoch"]) == (3, 2, 1)
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["epochs_this_process"] == 3
+    # dropout masks, augmentation draws and data order all continued: the same final weights and val loss
+    ours, reference = (load_run(tmp_path / name).model.get_weights() for name in ("killed", "whole"))
+    assert max(float(np.abs(a - b).max()) for a, b in zip(ours, reference)) < 1e-6
+    losses = [[r["val_loss"] for r in json.loads((tmp_path / name / "metrics.json").read_text())["history"]]
+              for name in ("killed", "whole")]
+    np.testing.assert_allclose(losses[0], losses[1], atol=1e-6)

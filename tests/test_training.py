@@ -210,3 +210,47 @@ def test_a_resume_mid_plateau_and_mid_patience_continues_the_policies_exactly(sc
     for name in ("best_val_loss", "best_epoch", "wait", "plateau_wait", "lr_scale", "stopped_early", "epoch"):
         assert getattr(resumed, name) == getattr(whole, name), name
     assert _filled_with(model) == _filled_with(whole_model) == 10.0  # the one epoch of stage two
+
+
+# ------------------------------------------------------------------ resume with dropout
+def _build_with_dropout():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(32, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=1))
+    x = keras.layers.Dropout(0.5)(hidden(inputs))
+    outputs = keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _max_diff(a, b) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def test_a_resumed_run_with_dropout_ends_where_the_uninterrupted_one_does(tmp_path, monkeypatch):
+    right = _data(Y)
+    stages = [Stage("s", TrainOptions(epochs=3, lr=0.05))]
+
+    def train(run, seed=0, **kw):  # every run seeds everything first, as a training run does
+        keras.utils.set_random_seed(seed)
+        return run_stages(_build_with_dropout, stages, lambda epoch: right, right, 4, run, **kw)
+
+    reference, _ = train(tmp_path / "whole")
+    other_masks, _ = train(tmp_path / "other", seed=1)  # the same initial weights, other dropout masks
+    assert _max_diff(reference, other_masks) > 1e-3  # so dropout decides the result: the match below means something
+
+    class Killed(Exception):
+        pass
+
+    save = LoopState.save
+
+    def save_then_die(state, path):
+        save(state, path)
+        if state.epoch == 1:
+            raise Killed
+
+    monkeypatch.setattr(LoopState, "save", save_then_die)
+    with pytest.raises(Killed):
+        train(tmp_path / "killed")
+    monkeypatch.setattr(LoopState, "save", save)
+    resumed, state = train(tmp_path / "killed", resume=True)
+    assert [r["epoch"] for r in state.history] == [1, 2, 3]
+    assert _max_diff(resumed, reference) < 1e-6

@@ -25,7 +25,7 @@ from .pipeline import image_dataset
 from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
-from .training import Stage, plot_history, run_stages
+from .training import LoopState, Stage, epochs_done, plot_history, run_stages
 from .utils import atomic_path, read_json, write_json
 
 SPLIT_FILE = "split.csv"  # the exact split of a run (absolute paths): what --resume trains and validates on
@@ -130,6 +130,28 @@ class Pipelines:
     class_weight: dict | None
 
 
+@dataclass
+class Fitted:
+    """A finished fit; ``epochs_before``: the epochs a resumed run had done before this process started."""
+
+    model: object
+    state: LoopState
+    seconds: float
+    epochs_before: int = 0
+
+    @property
+    def epochs_now(self) -> int:
+        return self.state.epoch - self.epochs_before
+
+    def summary(self) -> str:
+        """``trained 2 epochs in 9 s`` and, after a resume, how many that makes in all."""
+        n = self.epochs_now
+        text = f"trained {n} epoch{'' if n == 1 else 's'} in {self.seconds:.0f} s"
+        if self.epochs_before:
+            text += f" in this process, {self.state.epoch} in all (resumed after epoch {self.epochs_before})"
+        return text
+
+
 class KerasTrainingRun:
     """A Keras training run: prepare data -> pipelines -> fit -> finish (model file, metrics and report).
 
@@ -149,13 +171,13 @@ class KerasTrainingRun:
         self.title = f"{data.dataset.name}: {self.plan.kind} {self.plan.name}"
         if not info.chief:  # checkpoints go to a scratch folder that is removed; the chief writes the run
             with worker_scratch_dir(info) as scratch:
-                model, state, seconds = self.fit(scratch, data, pipelines, distribute, strategy, info, resume)
-            say(f"worker {info.worker_index}: trained {state.epoch} epochs in {seconds:.0f} s; the chief (worker "
-                "0) writes the run folder and the report")
-            return TrainResult(None, None, {}, model, chief=False)
+                fitted = self.fit(scratch, data, pipelines, distribute, strategy, info, resume)
+            say(f"worker {info.worker_index}: {fitted.summary()}; the chief (worker 0) writes the run folder and "
+                "the report")
+            return TrainResult(None, None, {}, fitted.model, chief=False)
         run_dir = resume or new_run_dir(self.plan.kind, data.dataset.name, self.plan.name, out=out, force=force)
-        model, state, seconds = self.fit(run_dir, data, pipelines, distribute, strategy, info, resume)
-        return self.finish(run_dir, model, state, seconds, data, distribute)
+        fitted = self.fit(run_dir, data, pipelines, distribute, strategy, info, resume)
+        return self.finish(run_dir, fitted, data, distribute)
 
     def prepare_data(self, resume: Path | None) -> RunData:
         """Check the settings, seed everything, and open, check and split the data (or the run's own split)."""
@@ -198,7 +220,7 @@ class KerasTrainingRun:
                          balanced_class_weight(data.y_train, n_classes) if config.class_weight == "balanced" else None)
 
     def fit(self, target: Path, data: RunData, pipelines: Pipelines, distribute: dict, strategy, info,
-            resume: Path | None):
+            resume: Path | None) -> Fitted:
         """Train through the stages into ``target`` (a new run first records its split and settings)."""
         if not resume:
             write_manifest(data.dataset.records, target / SPLIT_FILE)  # the exact data of this run
@@ -214,15 +236,16 @@ class KerasTrainingRun:
 
         stages = [replace(s, options=replace(s.options, lr=s.options.lr * distribute["lr_scale"]))
                   for s in self.plan.stages]
-        start = time.perf_counter()
+        start, before = time.perf_counter(), epochs_done(resume) if resume else 0
         model, state = run_stages(new_model, stages, pipelines.train, pipelines.val, pipelines.steps_per_epoch,
                                   target, pipelines.class_weight, resume=resume is not None,
                                   strategy=strategy if info.distributed else None, resume_from=resume)
-        return model, state, time.perf_counter() - start
+        return Fitted(model, state, time.perf_counter() - start, before)
 
-    def finish(self, run_dir: Path, model, state, seconds: float, data: RunData, distribute: dict) -> TrainResult:
+    def finish(self, run_dir: Path, fitted: Fitted, data: RunData, distribute: dict) -> TrainResult:
         """Save ``model.keras`` and ``model.json``, plot the curves, evaluate on val and write the report."""
-        model_config = self.save_model(run_dir, model, data, distribute)
+        model_config = self.save_model(run_dir, fitted.model, data, distribute)
+        state = fitted.state
         plot_history(state.history, run_dir / "training_curves.png", self.title)
         config = self.config
         runner = load_run(run_dir)
@@ -232,13 +255,14 @@ class KerasTrainingRun:
         if config.tta != "none":
             tta[config.tta] = Evaluation(data.classes, data.y_val, runner.predict_paths(
                 val_paths, tta=config.tta, batch_size=config.batch_size))
-        extra = {"history": state.history, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
-                 "n_train": len(data.train), "n_val": len(data.val), "timing": {"train_seconds": seconds}}
+        extra = {"history": state.history, "epochs_run": state.epoch, "epochs_this_process": fitted.epochs_now,
+                 "resumed_after_epoch": fitted.epochs_before, "stopped_early": state.stopped_early,
+                 "n_train": len(data.train), "n_val": len(data.val), "timing": {"train_seconds": fitted.seconds}}
         metrics = write_run_report(run_dir, evaluation, val_paths, kind=self.plan.kind, title=self.title,
                                    config={**asdict(config), "image_size": self.plan.image_size, **model_config,
                                            "distribute": distribute}, extra=extra, tta=tta)
-        say(f"trained {state.epoch} epochs in {seconds:.0f} s")
-        return TrainResult(run_dir, evaluation, metrics, model)
+        say(fitted.summary())
+        return TrainResult(run_dir, evaluation, metrics, fitted.model)
 
     def save_model(self, run_dir: Path, model, data: RunData, distribute: dict) -> dict:
         """``model.keras`` and ``model.json``; returns the model's settings as written there."""

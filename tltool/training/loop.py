@@ -17,6 +17,7 @@ from .distributed import DistributedEpoch
 from .guard import guard_callback
 from .optim import compile_model, current_lr
 from .policies import BestTracker, BestWeights, EarlyStopping, Policy, ReduceLROnPlateau, reset_policies
+from .randomness import restore_seed_states
 from .state import LoopState, checkpoint_path, save_checkpoint
 
 
@@ -66,6 +67,7 @@ def _start(build_model: Callable[[], object], stages: list[Stage], source: Path,
     state = LoopState.load(source / "state.json")
     with scope():  # the .keras file does not depend on the replica count: it loads under any strategy
         model = load_keras_model(found)
+        restore_seed_states(model, state.seed_states)  # dropout goes on with the masks it would have drawn
     stage = stages[state.stage]
     say(f"resuming after epoch {state.epoch} (stage {stage.name}, {state.stage_epoch}/{stage.options.epochs} done"
         + (", stopped early" if state.stage_stopped else "") + ")")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..utils import atomic_path, read_json, write_json
 from .history import write_history
+from .randomness import seed_states
 
 CHECKPOINT_NAME = "checkpoint-epoch{:04d}.keras"  # the model (and optimizer) after that epoch
 BEST_NAME = "best-epoch{:04d}.weights.h5"  # the weights of the current stage's best val loss so far
@@ -40,6 +41,7 @@ class LoopState:
     stage_stopped: bool = False  # the current stage stopped early: a resume goes on with the next stage
     stopped_early: list[str] = field(default_factory=list)  # names of the stages that stopped early
     checkpoint: str = "checkpoint.keras"  # file name of the model after the last finished epoch
+    seed_states: list[list[int]] = field(default_factory=list)  # the dropout RNGs after that epoch (randomness.py)
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -62,12 +64,18 @@ def checkpoint_path(run_dir: str | Path) -> Path | None:
     return path if path.exists() else None
 
 
+def epochs_done(run_dir: str | Path) -> int:
+    """How many epochs the checkpoint of ``run_dir`` holds: where a resume of it starts (0 without one)."""
+    return LoopState.load(Path(run_dir) / "state.json").epoch if checkpoint_path(run_dir) is not None else 0
+
+
 def save_checkpoint(model, state: LoopState, run_dir: Path) -> None:
-    """Write the model after ``state.epoch``, then the state that names it, then drop what it no longer names."""
+    """Write the model after ``state.epoch``, then the state that names it (with the random state the model file
+    does not keep), then drop what it no longer names."""
     name = CHECKPOINT_NAME.format(state.epoch)
     with atomic_path(run_dir / name, suffix=".keras") as tmp:
         model.save(str(tmp))
-    state.checkpoint = name
+    state.checkpoint, state.seed_states = name, seed_states(model)
     state.save(run_dir / "state.json")  # from here on a resume starts from this checkpoint
     write_history(state.history, run_dir / "history.csv")
     _remove_stale(run_dir, {state.checkpoint, state.best_weights})
