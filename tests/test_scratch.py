@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import SAMPLE
+from interrupt import Killed, killed_after_epoch
 from tltool.cli import main
 from tltool.configs import FinetuneConfig, ScratchConfig
 from tltool.models import load_run
-from tltool.training import LoopState
 
 
 def test_lenet5_on_digits_reaches_95_percent(tmp_path):
@@ -147,7 +147,7 @@ def test_cli_defaults_are_the_config_defaults():
             FinetuneConfig.unfreeze) == (2, 12, 1e-4, 1.0, "2")
 
 
-def test_a_resumed_run_with_dropout_and_augmentation_equals_the_uninterrupted_one(tmp_path, monkeypatch):
+def test_a_resumed_run_with_dropout_and_augmentation_equals_the_uninterrupted_one(tmp_path):
     args = ["train", str(SAMPLE), "--arch", "lenet5", "--epochs", "3", "--batch-size", "16", "--val-fraction", "0.25",
             "--dropout", "0.5", "--augment", "light"]
     runner = CliRunner()
@@ -155,20 +155,9 @@ def test_a_resumed_run_with_dropout_and_augmentation_equals_the_uninterrupted_on
     assert whole.exit_code == 0, whole.output
     assert "trained 3 epochs in" in whole.output and "in all" not in whole.output
 
-    class Killed(Exception):
-        pass
-
-    save = LoopState.save
-
-    def save_then_die(state, path):
-        save(state, path)
-        if state.epoch == 1:
-            raise Killed
-
-    monkeypatch.setattr(LoopState, "save", save_then_die)
-    killed = runner.invoke(main, [*args, "--out", str(tmp_path / "killed")])
+    with killed_after_epoch(1):
+        killed = runner.invoke(main, [*args, "--out", str(tmp_path / "killed")])
     assert isinstance(killed.exception, Killed)
-    monkeypatch.setattr(LoopState, "save", save)
     resumed = runner.invoke(main, ["train", "--resume", str(tmp_path / "killed")])
     assert resumed.exit_code == 0, resumed.output
     assert "trained 2 epochs in" in resumed.output

@@ -1,4 +1,5 @@
-"""The epoch loop on a tiny dense model: per-stage early stopping, and checkpoints consistent with state.json."""
+"""The epoch loop on tiny dense models: the policies (best weights, early stopping, plateau), checkpoints consistent
+with state.json, and resumes that continue exactly (policy counters, dropout)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from interrupt import Killed, killed_after_epoch
 from tltool._tf import keras, tf
 from tltool.models import load_keras_model
 from tltool.training import LoopState, Stage, TrainOptions, checkpoint_path, loop, run_stages
@@ -177,7 +179,7 @@ def test_best_weights_are_those_of_the_epoch_with_the_lowest_val_loss(scripted, 
     assert _filled_with(model) == 2.0
 
 
-def test_a_resume_mid_plateau_and_mid_patience_continues_the_policies_exactly(scripted, tmp_path, monkeypatch):
+def test_a_resume_mid_plateau_and_mid_patience_continues_the_policies_exactly(scripted, tmp_path):
     val_loss = [1.0, 0.8, 0.85, 0.9, 0.7, 0.75, 0.8, 0.9, 0.95, 0.99]
     options = TrainOptions(epochs=10, lr=0.1, optimizer="sgd", schedule="plateau", plateau_patience=2,
                            plateau_factor=0.5, early_stopping=4)
@@ -187,21 +189,9 @@ def test_a_resume_mid_plateau_and_mid_patience_continues_the_policies_exactly(sc
     assert [r["epoch"] for r in whole.history if r["stage"] == "one"] == list(range(1, 10))
     assert [r["lr"] for r in whole.history][:9] == pytest.approx([0.1] * 4 + [0.05] * 3 + [0.025] * 2)
 
-    class Killed(Exception):
-        pass
-
-    save = LoopState.save
-
-    def save_then_die(state, path):
-        save(state, path)
-        if state.epoch == 6:  # mid-plateau (1 epoch since the best) and mid-patience
-            raise Killed
-
     run = tmp_path / "killed"
-    monkeypatch.setattr(LoopState, "save", save_then_die)
-    with pytest.raises(Killed):
+    with killed_after_epoch(6), pytest.raises(Killed):  # mid-plateau (1 epoch since the best) and mid-patience
         scripted(val_loss + [0.5], stages, run)
-    monkeypatch.setattr(LoopState, "save", save)
     stored = LoopState.load(run / "state.json")
     assert (stored.wait, stored.plateau_wait, stored.lr_scale, stored.best_epoch) == (1, 1, 0.5, 5)
     model, resumed = scripted(val_loss + [0.5], stages, run, resume=True)
@@ -225,7 +215,7 @@ def _max_diff(a, b) -> float:
     return max(float(np.abs(x - y).max()) for x, y in zip(a.get_weights(), b.get_weights()))
 
 
-def test_a_resumed_run_with_dropout_ends_where_the_uninterrupted_one_does(tmp_path, monkeypatch):
+def test_a_resumed_run_with_dropout_ends_where_the_uninterrupted_one_does(tmp_path):
     right = _data(Y)
     stages = [Stage("s", TrainOptions(epochs=3, lr=0.05))]
 
@@ -237,20 +227,8 @@ def test_a_resumed_run_with_dropout_ends_where_the_uninterrupted_one_does(tmp_pa
     other_masks, _ = train(tmp_path / "other", seed=1)  # the same initial weights, other dropout masks
     assert _max_diff(reference, other_masks) > 1e-3  # so dropout decides the result: the match below means something
 
-    class Killed(Exception):
-        pass
-
-    save = LoopState.save
-
-    def save_then_die(state, path):
-        save(state, path)
-        if state.epoch == 1:
-            raise Killed
-
-    monkeypatch.setattr(LoopState, "save", save_then_die)
-    with pytest.raises(Killed):
+    with killed_after_epoch(1), pytest.raises(Killed):
         train(tmp_path / "killed")
-    monkeypatch.setattr(LoopState, "save", save)
     resumed, state = train(tmp_path / "killed", resume=True)
     assert [r["epoch"] for r in state.history] == [1, 2, 3]
     assert _max_diff(resumed, reference) < 1e-6
