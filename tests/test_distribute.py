@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,17 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLE
+from tltool._tf import keras
+from tltool.arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers)
+from tltool.backbones import layers as _layers  # noqa: F401
+from tltool.cli import main
+from tltool.distribute import extraction_shard, parse_shard, read_tf_config, resolve_strategy
 from tltool.errors import TltoolError
+from tltool.features import extract_features, load_features
+from tltool.finetune import FinetuneConfig
+from tltool.models import load_run
+from tltool.scratch import ScratchConfig, train_from_scratch
+from tltool.supervised import RunConfig, _distribute_record
 from tltool.training import checkpoint_path
 
 # Weights of a 2-replica step vs a 1-device step on the same 16 images differ by float32 summation order only:
@@ -73,10 +84,6 @@ def _env(**extra) -> dict:
 
 
 def _weights(path: Path) -> list[np.ndarray]:
-    from tltool._tf import keras
-    from tltool.arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers)
-    from tltool.backbones import layers as _layers  # noqa: F401
-
     return keras.models.load_model(path, safe_mode=True).get_weights()
 
 
@@ -137,8 +144,6 @@ def test_a_two_replica_run_resumes_on_one(two_devices):
     # resumed run ends where the uninterrupted ones did
     assert _max_diff(_weights(killed / "model.keras"), _weights(out / "mirrored" / "model.keras")) < TOLERANCE
     assert _max_diff(_weights(killed / "model.keras"), _weights(out / "single" / "model.keras")) < TOLERANCE
-    from tltool._tf import keras
-
     assert checkpoint_path(killed).name == "checkpoint-epoch0002.keras"
     assert int(keras.models.load_model(checkpoint_path(killed), compile=True, safe_mode=True)
                .optimizer.iterations.numpy()) == 2 * -(-120 // 16)
@@ -155,8 +160,6 @@ def _free_ports(n: int) -> list[int]:
 
 
 def test_two_workers_on_localhost_only_the_chief_writes(tmp_path):
-    from tltool.scratch import ScratchConfig, train_from_scratch
-
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     args = ["train", str(SAMPLE), "--arch", "lenet5", "--epochs", "2", "--batch-size", "8", "--val-fraction", "0.25",
             "--strategy", "multiworker"]
@@ -184,8 +187,6 @@ def test_two_workers_on_localhost_only_the_chief_writes(tmp_path):
     record = json.loads((chief / "model.json").read_text())["distribute"]
     assert record["strategy"] == "multiworker" and record["workers"] == 2 and record["replicas"] == 2
     assert record["global_batch_size"] == 16
-    from tltool.models import load_run
-
     runner = load_run(chief)
     assert runner.predict_paths([str(next(SAMPLE.glob("star/*.jpg")))]).shape == (1, 4)
     # the strategy's DATA auto-sharding gives each global batch the 16 images a single device sees
@@ -209,8 +210,6 @@ def _finish(proc: subprocess.Popen) -> tuple[str, str]:
 
 
 def test_sharded_extraction_in_two_processes_equals_one(tmp_path):
-    from tltool.features import extract_features, load_features
-
     both = [_extract(tmp_path / "sharded", "--shard", f"{i}/2") for i in range(2)]  # 10 chunks, 5 each, at once
     logs = [_finish(p) for p in both]
     assert any("folder complete" in stdout for stdout, _ in logs)
@@ -249,16 +248,12 @@ BAD_TF_CONFIGS = [
 
 @pytest.mark.parametrize("value,message", BAD_TF_CONFIGS)
 def test_a_missing_or_malformed_tf_config_is_one_clear_error(value, message):
-    from tltool.distribute import read_tf_config
-
     with pytest.raises(TltoolError, match=message) as info:
         read_tf_config({} if value is None else {"TF_CONFIG": value})
     assert "TF_CONFIG='{" in str(info.value)  # and it shows what a good one looks like
 
 
 def test_tf_config_workers_chief_first():
-    from tltool.distribute import read_tf_config
-
     config = {"cluster": {"chief": ["c:1"], "worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
     cluster = read_tf_config({"TF_CONFIG": json.dumps(config)})
     assert (cluster.worker_index, cluster.num_workers, cluster.chief) == (2, 3, False)
@@ -269,8 +264,6 @@ def test_tf_config_workers_chief_first():
 @pytest.mark.parametrize("command", [["train", str(SAMPLE), "--arch", "lenet5"], ["finetune", str(SAMPLE)],
                                      ["extract", str(SAMPLE), "--out", "unused"]])
 def test_the_commands_print_the_tf_config_problem_in_one_line(command, monkeypatch, tmp_path):
-    from tltool.cli import main
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:x"]}, "task": {"type": "worker", "index": 0}}')
     result = CliRunner().invoke(main, [*command, "--strategy", "multiworker"])
@@ -281,15 +274,11 @@ def test_the_commands_print_the_tf_config_problem_in_one_line(command, monkeypat
 
 @pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2", "0/0"])
 def test_bad_shard(text):
-    from tltool.distribute import parse_shard
-
     with pytest.raises(TltoolError, match="--shard"):
         parse_shard(text)
 
 
 def test_shard_and_multiworker_are_exclusive(monkeypatch):
-    from tltool.distribute import extraction_shard
-
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
                                                 "task": {"type": "worker", "index": 1}}))
     assert extraction_shard("multiworker", None) == (1, 2)
@@ -299,11 +288,7 @@ def test_shard_and_multiworker_are_exclusive(monkeypatch):
 
 
 def test_strategy_options_are_config_fields_and_recipe_keys():
-    from dataclasses import fields
-
-    from tltool.finetune import FinetuneConfig
     from tltool.cli.recipes import recipe_commands
-    from tltool.scratch import ScratchConfig
 
     commands = recipe_commands()
     for command, config in (("finetune", FinetuneConfig), ("train", ScratchConfig)):
@@ -343,7 +328,6 @@ def visible_gpus(monkeypatch):
 
 
 def test_auto_is_the_default_strategy_on_a_cpu_and_mirrored_on_two_gpus(visible_gpus):
-    from tltool.distribute import resolve_strategy
 
     visible_gpus(0)
     _, info = resolve_strategy("auto")
@@ -360,7 +344,6 @@ def test_auto_is_the_default_strategy_on_a_cpu_and_mirrored_on_two_gpus(visible_
 
 def test_scale_lr_multiplies_by_replicas():
     from tltool.distribute import DistributeInfo
-    from tltool.supervised import RunConfig, _distribute_record
 
     two = DistributeInfo("mirrored", "mirrored", 2, ["/device:GPU:0", "/device:GPU:1"])
     record = _distribute_record(RunConfig(data="x", batch_size=32, scale_lr=True), two, None)

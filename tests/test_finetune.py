@@ -11,17 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import SAMPLE
+from tltool._tf import keras, tf
 from tltool.errors import TltoolError
+from tltool.tta import predict_with_tta
+from tltool.finetune import FinetuneConfig, base_model, build_classifier, finetune, set_trainable
+from tltool.training import Stage, TrainOptions, compile_model, run_stages
 
 TINY = ["--image-size", "64", "--batch-size", "16", "--augment", "light", "--val-fraction", "0.25"]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from tltool.finetune import FinetuneConfig, finetune
-
     out = tmp_path_factory.mktemp("ft") / "run"
     config = FinetuneConfig(data=str(SAMPLE), image_size=64, batch_size=16, augment="light", head_epochs=2,
                             epochs=1, unfreeze="1", tta="10crop", val_fraction=0.25)
@@ -41,10 +44,6 @@ def test_tiny_finetune_writes_the_full_report(tiny_run):
 
 
 def test_batchnorm_statistics_do_not_move_after_unfreezing():
-    from tltool._tf import keras
-    from tltool.finetune import base_model, build_classifier, set_trainable
-    from tltool.training import TrainOptions, compile_model
-
     model = build_classifier("efficientnet_lite0", "imagenet", 64, 3)
     base = base_model(model)
     set_trainable(base, "all")
@@ -65,8 +64,6 @@ def test_batchnorm_statistics_do_not_move_after_unfreezing():
 
 
 def test_unfreeze_by_block_name_and_bad_name():
-    from tltool.finetune import base_model, build_classifier, set_trainable
-
     model = build_classifier("efficientnet_lite0", "none", 32, 2)
     base = base_model(model)
     set_trainable(base, "block7")
@@ -77,10 +74,6 @@ def test_unfreeze_by_block_name_and_bad_name():
 
 
 def test_ten_crop_tta_evaluates_ten_views_per_image(tmp_path):
-    from PIL import Image
-
-    from tltool.tta import predict_with_tta
-
     paths = []
     for i in range(3):
         arr = np.zeros((80, 80, 3), np.uint8)
@@ -107,9 +100,6 @@ def test_ten_crop_tta_evaluates_ten_views_per_image(tmp_path):
 
 
 def test_nan_loss_stops_at_once_and_suggests_a_lower_lr(tmp_path):
-    from tltool._tf import keras, tf
-    from tltool.training import Stage, TrainOptions, run_stages
-
     def build():
         inputs = keras.Input((4,))
         outputs = keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros")(inputs)
@@ -149,7 +139,5 @@ def test_sigkill_after_epoch_one_then_resume(tmp_path):
     assert f"resuming after epoch {done}" in resumed.stderr
     history = (run / "history.csv").read_text().strip().splitlines()[1:]
     assert [int(line.split(",")[0]) for line in history] == [1, 2, 3, 4]
-    from tltool._tf import keras
-
     model = keras.models.load_model(run / "model.keras", safe_mode=True)
     assert model.output_shape == (None, 4)

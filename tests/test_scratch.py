@@ -1,12 +1,21 @@
 """Training a reference net from scratch with the fine-tuning machinery."""
 from __future__ import annotations
 
+import csv
 import json
+import shutil
+from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner
+from PIL import Image
 
+from conftest import SAMPLE
+from interrupt import Killed, killed_after_epoch
 from tltool.cli import main
+from tltool.configs import FinetuneConfig, ScratchConfig
+from tltool.models import load_run
 
 
 def test_lenet5_on_digits_reaches_95_percent(tmp_path):
@@ -28,8 +37,6 @@ def test_lenet5_on_digits_reaches_95_percent(tmp_path):
 
 
 def test_bad_architecture_option_is_one_clear_error(tmp_path):
-    from conftest import SAMPLE
-
     result = CliRunner().invoke(main, ["train", str(SAMPLE), "--arch", "alexnett", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "Did you mean" in result.output
     result = CliRunner().invoke(main, ["train", str(SAMPLE), "--arch", "lenet5", "--initializer", "he",
@@ -41,26 +48,15 @@ TINY = ["--arch", "lenet5", "--epochs", "1", "--batch-size", "16", "--val-fracti
 
 
 def _copy_shapes(target):
-    import shutil
-
-    from conftest import SAMPLE
-
     shutil.copytree(SAMPLE, target)
     return target
 
 
 def _val_paths(run) -> set[str]:
-    import csv
-
     return {r["path"] for r in csv.DictReader(open(run / "predictions.csv"))}
 
 
 def test_resume_trains_on_the_split_the_run_started_with(tmp_path):
-    import csv
-
-    import numpy as np
-    from PIL import Image
-
     data, run = _copy_shapes(tmp_path / "shapes"), tmp_path / "run"
     runner = CliRunner()
     result = runner.invoke(main, ["train", str(data), *TINY, "--out", str(run)])
@@ -103,10 +99,6 @@ def test_resume_refuses_a_run_of_the_other_command(tmp_path):
 
 
 def test_a_run_with_a_larger_max_pixels_evaluates_its_large_images(tmp_path):
-    from PIL import Image
-
-    from conftest import SAMPLE
-
     big = tmp_path / "big.jpg"
     Image.new("RGB", (8000, 8001), (200, 40, 40)).save(big, quality=30)  # 64,008,000 pixels > the 64 MP default
     lines = ["path,label,split"]
@@ -122,8 +114,6 @@ def test_a_run_with_a_larger_max_pixels_evaluates_its_large_images(tmp_path):
     assert json.loads((run / "model.json").read_text())["max_pixels"] == 70_000_000
     assert json.loads((run / "metrics.json").read_text())["n_val"] == 13
     assert str(big) in _val_paths(run)
-    from tltool.models import load_run
-
     assert load_run(run).predict_paths([str(big)]).shape == (1, 4)
 
 
@@ -142,9 +132,6 @@ def test_evaluate_and_compare_on_data_without_a_usable_image(tmp_path):
 
 
 def test_cli_defaults_are_the_config_defaults():
-    from dataclasses import MISSING, fields
-
-    from tltool.configs import FinetuneConfig, ScratchConfig
     from tltool.cli.recipes import recipe_commands
 
     commands = recipe_commands()
@@ -158,3 +145,29 @@ def test_cli_defaults_are_the_config_defaults():
     assert FinetuneConfig().train_options() == FinetuneConfig().stage_options(12, 1e-4)
     assert (FinetuneConfig.head_epochs, FinetuneConfig.epochs, FinetuneConfig.lr, FinetuneConfig.warmup_epochs,
             FinetuneConfig.unfreeze) == (2, 12, 1e-4, 1.0, "2")
+
+
+def test_a_resumed_run_with_dropout_and_augmentation_equals_the_uninterrupted_one(tmp_path):
+    args = ["train", str(SAMPLE), "--arch", "lenet5", "--epochs", "3", "--batch-size", "16", "--val-fraction", "0.25",
+            "--dropout", "0.5", "--augment", "light"]
+    runner = CliRunner()
+    whole = runner.invoke(main, [*args, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    assert "trained 3 epochs in" in whole.output and "in all" not in whole.output
+
+    with killed_after_epoch(1):
+        killed = runner.invoke(main, [*args, "--out", str(tmp_path / "killed")])
+    assert isinstance(killed.exception, Killed)
+    resumed = runner.invoke(main, ["train", "--resume", str(tmp_path / "killed")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "trained 2 epochs in" in resumed.output
+    assert "in this process, 3 in all (resumed after epoch 1)" in " ".join(resumed.output.split())
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert (metrics["epochs_run"], metrics["epochs_this_process"], metrics["resumed_after_epoch"]) == (3, 2, 1)
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["epochs_this_process"] == 3
+    # dropout masks, augmentation draws and data order all continued: the same final weights and val loss
+    ours, reference = (load_run(tmp_path / name).model.get_weights() for name in ("killed", "whole"))
+    assert max(float(np.abs(a - b).max()) for a, b in zip(ours, reference)) < 1e-6
+    losses = [[r["val_loss"] for r in json.loads((tmp_path / name / "metrics.json").read_text())["history"]]
+              for name in ("killed", "whole")]
+    np.testing.assert_allclose(losses[0], losses[1], atol=1e-6)

@@ -1,4 +1,5 @@
-"""The epoch loop on a tiny dense model: per-stage early stopping, and checkpoints consistent with state.json."""
+"""The epoch loop on tiny dense models: the policies (best weights, early stopping, plateau), checkpoints consistent
+with state.json, and resumes that continue exactly (policy counters, dropout)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from tltool.training import LoopState, Stage, TrainOptions, checkpoint_path, run_stages
+from interrupt import Killed, killed_after_epoch
+from tltool._tf import keras, tf
+from tltool.models import load_keras_model
+from tltool.training import LoopState, Stage, TrainOptions, checkpoint_path, loop, run_stages
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(64, 4)).astype(np.float32)
@@ -14,16 +18,12 @@ Y = (X[:, 0] + X[:, 1] > 0).astype(int)
 
 
 def _build():
-    from tltool._tf import keras
-
     inputs = keras.Input((4,))
     outputs = keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros")(inputs)
     return keras.Model(inputs, outputs)
 
 
 def _data(labels):
-    from tltool._tf import tf
-
     return tf.data.Dataset.from_tensor_slices((X, np.eye(2, dtype=np.float32)[labels])).batch(16)
 
 
@@ -108,3 +108,127 @@ def test_a_kill_between_checkpoint_and_state_does_not_repeat_an_epoch(tmp_path, 
     for a, b in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert sorted(p.name for p in run.glob("*checkpoint*")) == ["checkpoint-epoch0003.keras"]
+
+
+# ------------------------------------------------------------------ the policies, on a scripted val loss
+class ScriptedEpoch:
+    """Stands in for ``model.fit``: epoch ``e`` (what ``train_data(e)`` returns) fills the weights with ``e + 1`` and
+    reports ``VAL_LOSS[e]``, so every policy sees exactly the val loss a test wants."""
+
+    VAL_LOSS: list[float] = []
+
+    def __init__(self, model, class_weight):
+        self.model = model
+
+    def run(self, epoch, val, bar, lr):
+        self.model.set_weights([np.full_like(w, epoch + 1.0) for w in self.model.get_weights()])
+        return {"loss": [1.0], "val_loss": [self.VAL_LOSS[epoch]]}
+
+
+@pytest.fixture()
+def scripted(monkeypatch):
+    monkeypatch.setattr(loop, "FitEpoch", ScriptedEpoch)
+
+    def run(val_loss, stages, run_dir, **kw):
+        ScriptedEpoch.VAL_LOSS = val_loss
+        return run_stages(_build, stages, lambda epoch: epoch, None, 4, run_dir, **kw)
+
+    return run
+
+
+def _filled_with(model) -> float:
+    values = np.concatenate([w.ravel() for w in model.get_weights()])
+    assert values.min() == values.max()
+    return float(values[0])
+
+
+def test_plateau_drops_the_lr_by_the_factor_after_patience_epochs_without_a_better_val_loss(scripted, tmp_path):
+    options = TrainOptions(epochs=8, lr=0.1, optimizer="sgd", schedule="plateau", plateau_patience=2,
+                           plateau_factor=0.5)
+    # better, better, then it stalls (0.89995 is not better by more than 1e-4), then better once more
+    _, state = scripted([1.0, 0.9, 0.9, 0.89995, 0.95, 0.9, 0.5, 0.6], [Stage("s", options)], tmp_path)
+    lrs = [r["lr"] for r in state.history]
+    # 2 epochs without a new best (3, 4): epoch 5 runs at lr x 0.5; again after 5, 6: epoch 7 at x 0.25
+    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6)
+    assert state.lr_scale == pytest.approx(0.25) and state.plateau_wait == 1
+    assert (state.best_epoch, state.best_val_loss) == (7, 0.5)
+
+
+def test_without_the_plateau_schedule_the_lr_does_not_drop(scripted, tmp_path):
+    _, state = scripted([1.0, 1.0, 1.0, 1.0], [Stage("s", TrainOptions(epochs=4, lr=0.1, optimizer="sgd",
+                                                                       plateau_patience=1))], tmp_path)
+    assert [r["lr"] for r in state.history] == pytest.approx([0.1] * 4) and state.lr_scale == 1.0
+
+
+def test_early_stopping_stops_after_patience_epochs_and_restores_the_best_weights(scripted, tmp_path):
+    stages = [Stage("one", TrainOptions(epochs=6, lr=0.1, optimizer="sgd", early_stopping=2))]
+    model, state = scripted([1.0, 0.5, 0.7, 0.6, 0.1, 0.1], stages, tmp_path)
+    assert [r["epoch"] for r in state.history] == [1, 2, 3, 4]  # 3 and 4 were not better than 2: stop
+    assert state.stopped_early == ["one"] and state.stage_stopped
+    assert _filled_with(model) == 2.0  # epoch 2's weights, not epoch 4's
+    assert _filled_with(load_keras_model(checkpoint_path(tmp_path))) == 2.0  # and so is the checkpoint
+
+
+def test_best_weights_are_those_of_the_epoch_with_the_lowest_val_loss(scripted, tmp_path):
+    stages = [Stage("s", TrainOptions(epochs=5, lr=0.1, optimizer="sgd"))]
+    model, state = scripted([0.9, 0.4, 0.39995, 0.5, 0.8], stages, tmp_path)
+    # epoch 3 is lower than epoch 2 by less than 1e-4: not a new best
+    assert (state.best_epoch, state.best_val_loss) == (2, 0.4)
+    assert state.best_weights == "best-epoch0002.weights.h5" and _filled_with(model) == 5.0  # no early stopping
+    model.load_weights(str(tmp_path / state.best_weights))
+    assert _filled_with(model) == 2.0
+
+
+def test_a_resume_mid_plateau_and_mid_patience_continues_the_policies_exactly(scripted, tmp_path):
+    val_loss = [1.0, 0.8, 0.85, 0.9, 0.7, 0.75, 0.8, 0.9, 0.95, 0.99]
+    options = TrainOptions(epochs=10, lr=0.1, optimizer="sgd", schedule="plateau", plateau_patience=2,
+                           plateau_factor=0.5, early_stopping=4)
+    stages = [Stage("one", options), Stage("two", TrainOptions(epochs=1, lr=0.1, optimizer="sgd"))]
+    whole_model, whole = scripted(val_loss + [0.5], stages, tmp_path / "whole")
+    # uninterrupted: drops after epochs 4 and 7, stops after epoch 9 (4 epochs after the best, 5)
+    assert [r["epoch"] for r in whole.history if r["stage"] == "one"] == list(range(1, 10))
+    assert [r["lr"] for r in whole.history][:9] == pytest.approx([0.1] * 4 + [0.05] * 3 + [0.025] * 2)
+
+    run = tmp_path / "killed"
+    with killed_after_epoch(6), pytest.raises(Killed):  # mid-plateau (1 epoch since the best) and mid-patience
+        scripted(val_loss + [0.5], stages, run)
+    stored = LoopState.load(run / "state.json")
+    assert (stored.wait, stored.plateau_wait, stored.lr_scale, stored.best_epoch) == (1, 1, 0.5, 5)
+    model, resumed = scripted(val_loss + [0.5], stages, run, resume=True)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in whole.history]
+    for name in ("best_val_loss", "best_epoch", "wait", "plateau_wait", "lr_scale", "stopped_early", "epoch"):
+        assert getattr(resumed, name) == getattr(whole, name), name
+    assert _filled_with(model) == _filled_with(whole_model) == 10.0  # the one epoch of stage two
+
+
+# ------------------------------------------------------------------ resume with dropout
+def _build_with_dropout():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(32, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=1))
+    x = keras.layers.Dropout(0.5)(hidden(inputs))
+    outputs = keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _max_diff(a, b) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def test_a_resumed_run_with_dropout_ends_where_the_uninterrupted_one_does(tmp_path):
+    right = _data(Y)
+    stages = [Stage("s", TrainOptions(epochs=3, lr=0.05))]
+
+    def train(run, seed=0, **kw):  # every run seeds everything first, as a training run does
+        keras.utils.set_random_seed(seed)
+        return run_stages(_build_with_dropout, stages, lambda epoch: right, right, 4, run, **kw)
+
+    reference, _ = train(tmp_path / "whole")
+    other_masks, _ = train(tmp_path / "other", seed=1)  # the same initial weights, other dropout masks
+    assert _max_diff(reference, other_masks) > 1e-3  # so dropout decides the result: the match below means something
+
+    with killed_after_epoch(1), pytest.raises(Killed):
+        train(tmp_path / "killed")
+    resumed, state = train(tmp_path / "killed", resume=True)
+    assert [r["epoch"] for r in state.history] == [1, 2, 3]
+    assert _max_diff(resumed, reference) < 1e-6

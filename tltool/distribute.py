@@ -23,6 +23,7 @@ from typing import Iterator
 
 from .errors import TltoolError
 from .settings import CHOICES
+from .progress import say
 
 STRATEGIES = CHOICES["strategy"]
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, '
@@ -160,8 +161,6 @@ def resolve_strategy(name: str = "auto") -> tuple[object, DistributeInfo]:
         device = tf.config.list_logical_devices("GPU" if gpus else "CPU")[0].name
         info = DistributeInfo(name, "default", 1, [device])
         if name == "auto" and os.environ.get("TF_CONFIG"):
-            from .progress import say
-
             say("TF_CONFIG is set, but --strategy auto trains on this machine alone; pass --strategy multiworker to "
                 "train across the cluster it names")
     _RESOLVED[name] = (strategy, info)

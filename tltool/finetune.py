@@ -7,24 +7,29 @@ statistics are therefore never updated by a small, augmented dataset.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
-from .backbones import find_backbone
+from .backbones import create_backbone, find_backbone, get_backbone_spec
 from .configs import FinetuneConfig, InputConfig, resolve_input
-from .dataset import label_indices
+from .crossval import CVResult, say_cv
+from .dataset import label_indices, write_manifest
+from .distribute import resolve_strategy
 from .errors import TltoolError
 from .evaluation import Evaluation
+from .heads import FittedHead, get_head_spec, search
 from .inspection import prepare_dataset
+from .pipeline import image_dataset
 from .progress import say
-from .report import write_run_report
+from .report import read_predictions, write_run_report
 from .runs import new_run_dir
 from .settings import CHOICES
-from .supervised import TrainResult, train_and_report
-from .training import Stage
+from .supervised import KerasTrainingRun, ModelPlan, TrainResult
+from .training import Stage, TrainOptions, compile_model
 from .utils import write_json
 
 
@@ -34,7 +39,6 @@ def build_classifier(backbone: str, weights: str, image_size: int, num_classes: 
     The classifier's output is float32 even under mixed precision.
     """
     from ._tf import keras
-    from .backbones import create_backbone
 
     extractor = create_backbone(backbone, weights=weights, image_size=image_size)
     preprocess, base = extractor.get_layer("preprocess"), extractor.layers[-1]
@@ -56,8 +60,6 @@ def init_head_from_probe(model, paths, labels, inputs: InputConfig, batch_size: 
     head epochs reached 0.78 val accuracy on flowers, the probe 0.91).
     """
     from ._tf import keras
-    from .heads import FittedHead, get_head_spec, search
-    from .pipeline import image_dataset
 
     pooled = keras.Model(model.input, model.get_layer("pool").output)
     features = np.concatenate([np.asarray(pooled(x, training=False)) for x in
@@ -122,9 +124,6 @@ def _resolve_unfreeze(config: FinetuneConfig, spec) -> str:
 def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str | Path | None = None,
              force: bool = False) -> TrainResult:
     """Two-stage fine-tuning with checkpoints after every epoch; writes the same report as the linear path."""
-    from .backbones import get_backbone_spec
-    from .distribute import resolve_strategy
-
     if resume:  # the run's own settings, on this session's devices
         config = replace(FinetuneConfig.from_run(Path(resume)), strategy=config.strategy)
     resolve_strategy(config.strategy)  # before any TF operation: multiworker has to start first
@@ -139,28 +138,32 @@ def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str 
         score = init_head_from_probe(model, paths, labels, inputs, config.batch_size, config.seed)
         say(f"classifier initialised from the linear probe (logistic regression, CV accuracy {score:.3f})")
 
-    def stages() -> list[Stage]:
-        out = [Stage("head", config.stage_options(config.head_epochs, config.head_lr),
-                     lambda model: set_trainable(base_model(model), "none"))]
-        if unfreeze not in ("none", "0") and config.epochs > 0:
-            out.append(Stage(f"unfreeze {config.unfreeze}", config.stage_options(config.epochs, config.lr),
-                             lambda model: set_trainable(base_model(model), unfreeze)))
-        return out
+    plan = ModelPlan(FinetuneConfig.KIND, spec.name, image_size,
+                     build=lambda n: build_classifier(spec.name, config.weights, image_size, n, config.dropout),
+                     stages=finetune_stages(config, unfreeze),
+                     model_config={"backbone": spec.name, "weights": config.weights, "unfreeze": config.unfreeze,
+                                   "unfreeze_resolved": unfreeze},
+                     initialize=initialize if config.head_init == "probe" else None)
+    return KerasTrainingRun(config, plan).run(out, Path(resume) if resume else None, force)
 
-    return train_and_report(
-        config, kind=FinetuneConfig.KIND, name=spec.name, image_size=image_size,
-        build=lambda n: build_classifier(spec.name, config.weights, image_size, n, config.dropout),
-        initialize=initialize if config.head_init == "probe" else None,
-        stages=stages, out=out, resume=Path(resume) if resume else None, force=force,
-        model_config={"backbone": spec.name, "weights": config.weights,
-                      "unfreeze": config.unfreeze, "unfreeze_resolved": unfreeze})
+
+def _unfreeze(unfreeze: str, model) -> None:
+    set_trainable(base_model(model), unfreeze)
+
+
+def finetune_stages(config: FinetuneConfig, unfreeze: str) -> list[Stage]:
+    """The head alone on the frozen base, then (unless ``unfreeze`` is none) the top of the base with it."""
+    stages = [Stage("head", config.stage_options(config.head_epochs, config.head_lr),
+                    functools.partial(_unfreeze, "none"))]
+    if unfreeze not in ("none", "0") and config.epochs > 0:
+        stages.append(Stage(f"unfreeze {config.unfreeze}", config.stage_options(config.epochs, config.lr),
+                            functools.partial(_unfreeze, unfreeze)))
+    return stages
 
 
 def estimate_seconds(config: FinetuneConfig, n_train: int, n_val: int, folds: int = 1) -> float:
     """Time a few real training steps of this backbone and size, and scale up to the whole run."""
     from ._tf import keras
-    from .backbones import get_backbone_spec
-    from .training import TrainOptions, compile_model
 
     size = config.image_size
     model = build_classifier(config.backbone, config.weights, size, 2, config.dropout)
@@ -185,11 +188,6 @@ def estimate_seconds(config: FinetuneConfig, n_train: int, n_val: int, folds: in
 def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, force: bool = False):
     """Stratified K-fold over train+val: one full fine-tuning per fold, reported on out-of-fold predictions."""
     from sklearn.model_selection import StratifiedKFold
-
-    from .backbones import get_backbone_spec
-    from .crossval import CVResult, say_cv
-    from .dataset import write_manifest
-    from .report import read_predictions
 
     if config.strategy == "multiworker":
         raise TltoolError("--cv with --strategy multiworker is not supported: run the folds on one machine "

@@ -4,16 +4,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from .arch import build_arch, get_arch
 from .configs import ScratchConfig
-from .supervised import TrainResult, train_and_report
+from .distribute import resolve_strategy
+from .supervised import KerasTrainingRun, ModelPlan, TrainResult
 from .training import Stage
 
 
 def train_from_scratch(config: ScratchConfig, out: str | Path | None = None, resume: str | Path | None = None,
                        force: bool = False) -> TrainResult:
-    from .arch import build_arch, get_arch
-    from .distribute import resolve_strategy
-
     if resume:  # the run's own settings, on this session's devices
         config = replace(ScratchConfig.from_run(Path(resume)), strategy=config.strategy)
     resolve_strategy(config.strategy)  # before any TF operation (the check below builds a model)
@@ -25,9 +24,8 @@ def train_from_scratch(config: ScratchConfig, out: str | Path | None = None, res
                           config.batch_norm, config.dropout)
 
     build(2)  # a bad --arch option fails now, not after the data is checked
-    return train_and_report(
-        config, kind=ScratchConfig.KIND, name=spec.name, image_size=image_size, build=build,
-        stages=lambda: [Stage("train", config.stage_options(config.epochs, config.lr))],
-        model_config={"arch": spec.name, "initializer": config.initializer, "batch_norm": config.batch_norm,
-                      "dropout": config.dropout},
-        out=out, resume=Path(resume) if resume else None, force=force)
+    plan = ModelPlan(ScratchConfig.KIND, spec.name, image_size, build,
+                     stages=[Stage("train", config.stage_options(config.epochs, config.lr))],
+                     model_config={"arch": spec.name, "initializer": config.initializer,
+                                   "batch_norm": config.batch_norm, "dropout": config.dropout})
+    return KerasTrainingRun(config, plan).run(out, Path(resume) if resume else None, force)

@@ -1,7 +1,8 @@
-"""Train a Keras classifier on a dataset and report it: the part fine-tuning and training from scratch share.
+"""A Keras training run: the part fine-tuning and training from scratch share.
 
-Data (split, validation, the one pipeline with augmentation), the epoch loop with checkpoints and resume, the
-final model file, and the same evaluation report as the linear path all live here once.
+Prepare the data (split, validation), the pipelines (the one tf.data pipeline, with augmentation), fit (the epoch
+loop with checkpoints and resume), finish (the model file and the same evaluation report as the linear path).
+Fine-tuning and from-scratch training each describe their model as a :class:`ModelPlan`.
 """
 from __future__ import annotations
 
@@ -12,16 +13,20 @@ from typing import Callable
 
 import numpy as np
 
+from .augment import build_augmentation, load_size
+from .backbones import find_backbone
 from .configs import RunConfig, TrainOptions  # noqa: F401  (RunConfig's home was here; it stays importable)
-from .dataset import Dataset, label_indices, load_dataset, write_manifest
+from .dataset import Dataset, Record, label_indices, load_dataset, write_manifest
 from .distribute import resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError
 from .evaluation import Evaluation
 from .inspection import prepare_dataset
+from .models import load_run
+from .pipeline import image_dataset
 from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
-from .training import Stage, plot_history, run_stages
+from .training import LoopState, Stage, epochs_done, plot_history, run_stages
 from .tta import TTA_MODES
 from .utils import atomic_path, read_json, write_json
 
@@ -87,109 +92,196 @@ def load_split(run_dir: Path) -> Dataset:
     return replace(dataset, name=name) if name else dataset
 
 
-def train_and_report(config: RunConfig, *, kind: str, name: str, image_size: int,
-                     build: Callable[[int], object], stages: Callable[[], list[Stage]], model_config: dict,
-                     out: str | Path | None = None, resume: Path | None = None, force: bool = False,
-                     initialize: Callable[[object, list[str], np.ndarray], None] | None = None) -> TrainResult:
-    """Prepare data, train ``build(num_classes)`` through ``stages()``, save ``model.keras`` and the report.
+@dataclass
+class ModelPlan:
+    """What a Keras training run trains: the model, its stages, and what ``model.json`` says about it.
 
-    ``initialize(model, train_paths, train_labels)`` runs once on a new model (not on resume), e.g. to start
-    the classifier from a linear probe. A new run writes its exact split as ``split.csv``; ``resume`` trains on
-    that file, whatever the data folder holds now.
+    ``initialize(model, train_paths, train_labels)`` runs once on a new model (not on resume), e.g. to start the
+    classifier from a linear probe.
     """
-    from ._tf import keras
-    from .augment import build_augmentation, load_size
-    from .models import load_run
-    from .pipeline import image_dataset
 
-    strategy, info = resolve_strategy(config.strategy)  # first: multiworker must start before any TF operation
-    if config.tta not in TTA_MODES:
-        raise TltoolError(f"--tta must be one of {TTA_MODES}.")
-    for stage in stages():
-        stage.options.validate()
-    set_precision(config.mixed_precision)
-    keras.utils.set_random_seed(config.seed)
-    source = load_split(resume) if resume else config.data
-    checked = prepare_dataset(source, config.val_fraction, config.seed, config.max_pixels)
-    dataset = checked.dataset
-    classes = dataset.classes
-    train, val = dataset.subset("train"), dataset.subset("val")
-    if not val:
-        raise TltoolError(f"{dataset.name}: no validation images; raise --val-fraction or add images.")
-    y_train, y_val = label_indices(train, classes), label_indices(val, classes)
-    distribute = _distribute_record(config, info, resume)
-    global_batch = distribute["global_batch_size"]
-    transform = build_augmentation(config.augment, image_size, config.seed)
-    decode = load_size(image_size, config.augment)
-    options = shard_options(info) if info.workers > 1 else None
+    kind: str  # "finetune" or "scratch": the run's kind in config.json, model.json and metrics.json
+    name: str  # the backbone or architecture (run folder name, report title)
+    image_size: int
+    build: Callable[[int], object]  # number of classes -> a new Keras model
+    stages: list[Stage]
+    model_config: dict
+    initialize: Callable[[object, list[str], np.ndarray], None] | None = None
 
-    def for_strategy(ds):
-        return ds.with_options(options) if options is not None else ds
 
-    def train_data(epoch: int):
-        return for_strategy(image_dataset(
-            [r.path for r in train], y_train, image_size=decode, output_size=image_size, resize=config.resize,
-            batch_size=global_batch, transform=transform, num_classes=len(classes), shuffle=True,
-            seed=config.seed * 1000 + epoch, max_pixels=config.max_pixels))
+@dataclass
+class RunData:
+    """The checked, split dataset of a run and its labels as class indices."""
 
-    val_data = for_strategy(image_dataset([r.path for r in val], y_val, image_size=image_size, resize=config.resize,
-                                          batch_size=global_batch, num_classes=len(classes), cache=True,
-                                          max_pixels=config.max_pixels))
-    class_weight = None
-    if config.class_weight == "balanced":
-        counts = np.bincount(y_train, minlength=len(classes))
-        class_weight = {i: len(y_train) / (len(classes) * c) for i, c in enumerate(counts) if c}
-    def new_model():
-        model = build(len(classes))
-        if initialize is not None:
-            initialize(model, [r.path for r in train], y_train)
-        return model
+    dataset: Dataset
+    train: list[Record]
+    val: list[Record]
+    y_train: np.ndarray
+    y_val: np.ndarray
 
-    def scaled_stages() -> list[Stage]:
-        return [replace(s, options=replace(s.options, lr=s.options.lr * distribute["lr_scale"])) for s in stages()]
+    @property
+    def classes(self) -> list[str]:
+        return self.dataset.classes
 
-    def fit(target: Path):
+
+@dataclass
+class Pipelines:
+    train: Callable[[int], object]  # epoch -> that epoch's shuffled, augmented dataset (seeded by the epoch)
+    val: object
+    steps_per_epoch: int
+    class_weight: dict | None
+
+
+@dataclass
+class Fitted:
+    """A finished fit; ``epochs_before``: the epochs a resumed run had done before this process started."""
+
+    model: object
+    state: LoopState
+    seconds: float
+    epochs_before: int = 0
+
+    @property
+    def epochs_now(self) -> int:
+        return self.state.epoch - self.epochs_before
+
+    def summary(self) -> str:
+        """``trained 2 epochs in 9 s`` and, after a resume, how many that makes in all."""
+        n = self.epochs_now
+        text = f"trained {n} epoch{'' if n == 1 else 's'} in {self.seconds:.0f} s"
+        if self.epochs_before:
+            text += f" in this process, {self.state.epoch} in all (resumed after epoch {self.epochs_before})"
+        return text
+
+
+class KerasTrainingRun:
+    """A Keras training run: prepare data -> pipelines -> fit -> finish (model file, metrics and report).
+
+    A new run writes its exact split as ``split.csv``; a resumed one trains on that file, whatever the data folder
+    holds now.
+    """
+
+    def __init__(self, config: RunConfig, plan: ModelPlan) -> None:
+        self.config, self.plan = config, plan
+        self.title = ""
+
+    def run(self, out: str | Path | None = None, resume: Path | None = None, force: bool = False) -> TrainResult:
+        strategy, info = resolve_strategy(self.config.strategy)  # first: multiworker starts before any TF operation
+        data = self.prepare_data(resume)
+        distribute = _distribute_record(self.config, info, resume)
+        pipelines = self.pipelines(data, info, distribute["global_batch_size"])
+        self.title = f"{data.dataset.name}: {self.plan.kind} {self.plan.name}"
+        if not info.chief:  # checkpoints go to a scratch folder that is removed; the chief writes the run
+            with worker_scratch_dir(info) as scratch:
+                fitted = self.fit(scratch, data, pipelines, distribute, strategy, info, resume)
+            say(f"worker {info.worker_index}: {fitted.summary()}; the chief (worker 0) writes the run folder and "
+                "the report")
+            return TrainResult(None, None, {}, fitted.model, chief=False)
+        run_dir = resume or new_run_dir(self.plan.kind, data.dataset.name, self.plan.name, out=out, force=force)
+        fitted = self.fit(run_dir, data, pipelines, distribute, strategy, info, resume)
+        return self.finish(run_dir, fitted, data, distribute)
+
+    def prepare_data(self, resume: Path | None) -> RunData:
+        """Check the settings, seed everything, and open, check and split the data (or the run's own split)."""
+        config = self.config
+        if config.tta not in TTA_MODES:
+            raise TltoolError(f"--tta must be one of {TTA_MODES}.")
+        for stage in self.plan.stages:
+            stage.options.validate()
+        set_precision(config.mixed_precision)
+        from ._tf import keras
+
+        keras.utils.set_random_seed(config.seed)
+        source = load_split(resume) if resume else config.data
+        dataset = prepare_dataset(source, config.val_fraction, config.seed, config.max_pixels).dataset
+        train, val = dataset.subset("train"), dataset.subset("val")
+        if not val:
+            raise TltoolError(f"{dataset.name}: no validation images; raise --val-fraction or add images.")
+        return RunData(dataset, train, val, label_indices(train, dataset.classes), label_indices(val, dataset.classes))
+
+    def pipelines(self, data: RunData, info, global_batch: int) -> Pipelines:
+        """The train pipeline of each epoch (augmented, shuffled, seeded by the epoch) and the cached val one."""
+        config, size, n_classes = self.config, self.plan.image_size, len(data.classes)
+        transform = build_augmentation(config.augment, size, config.seed)
+        decode = load_size(size, config.augment)
+        options = shard_options(info) if info.workers > 1 else None
+
+        def for_strategy(ds):
+            return ds.with_options(options) if options is not None else ds
+
+        def train(epoch: int):
+            return for_strategy(image_dataset(
+                [r.path for r in data.train], data.y_train, image_size=decode, output_size=size, resize=config.resize,
+                batch_size=global_batch, transform=transform, num_classes=n_classes, shuffle=True,
+                seed=config.seed * 1000 + epoch, max_pixels=config.max_pixels))
+
+        val = for_strategy(image_dataset([r.path for r in data.val], data.y_val, image_size=size, resize=config.resize,
+                                         batch_size=global_batch, num_classes=n_classes, cache=True,
+                                         max_pixels=config.max_pixels))
+        return Pipelines(train, val, int(np.ceil(len(data.train) / global_batch)),
+                         balanced_class_weight(data.y_train, n_classes) if config.class_weight == "balanced" else None)
+
+    def fit(self, target: Path, data: RunData, pipelines: Pipelines, distribute: dict, strategy, info,
+            resume: Path | None) -> Fitted:
+        """Train through the stages into ``target`` (a new run first records its split and settings)."""
         if not resume:
-            write_manifest(dataset.records, target / SPLIT_FILE)  # the exact data of this run
-            write_json(target / "config.json", {**asdict(config), "kind": kind, "dataset": dataset.name,
-                                                "image_size": image_size, "distribute": distribute})
-        start = time.perf_counter()
-        model, state = run_stages(new_model, scaled_stages(), train_data, val_data,
-                                  int(np.ceil(len(train) / global_batch)), target, class_weight,
-                                  resume=resume is not None, strategy=strategy if info.distributed else None,
-                                  resume_from=resume)
-        return model, state, time.perf_counter() - start
+            write_manifest(data.dataset.records, target / SPLIT_FILE)  # the exact data of this run
+            write_json(target / "config.json", {**asdict(self.config), "kind": self.plan.kind,
+                                                "dataset": data.dataset.name, "image_size": self.plan.image_size,
+                                                "distribute": distribute})
 
-    if not info.chief:  # checkpoints go to a scratch folder that is removed; the chief writes the run
-        with worker_scratch_dir(info) as scratch:
-            model, state, train_seconds = fit(scratch)
-        say(f"worker {info.worker_index}: trained {state.epoch} epochs in {train_seconds:.0f} s; the chief (worker "
-            "0) writes the run folder and the report")
-        return TrainResult(None, None, {}, model, chief=False)
-    run_dir = resume or new_run_dir(kind, dataset.name, name, out=out, force=force)
-    model, state, train_seconds = fit(run_dir)
-    with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
-        model.save(str(tmp))
-    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
-    if len(nested) == 1:  # the backbone inside a fine-tuned classifier (Grad-CAM and unfreezing look it up)
-        model_config = {**model_config, "base_layer": nested[0]}
-    write_json(run_dir / "model.json", {"kind": kind, **model_config, "image_size": image_size,
-                                        "resize": config.resize, "max_pixels": config.max_pixels,
-                                        "classes": classes, "seed": config.seed, "distribute": distribute})
-    plot_history(state.history, run_dir / "training_curves.png", f"{dataset.name}: {kind} {name}")
+        def new_model():
+            model = self.plan.build(len(data.classes))
+            if self.plan.initialize is not None:
+                self.plan.initialize(model, [r.path for r in data.train], data.y_train)
+            return model
 
-    runner = load_run(run_dir)
-    val_paths = [r.path for r in val]
-    evaluation = Evaluation(classes, y_val, runner.predict_paths(val_paths, batch_size=config.batch_size))
-    tta = {}
-    if config.tta != "none":
-        tta[config.tta] = Evaluation(classes, y_val, runner.predict_paths(val_paths, tta=config.tta,
-                                                                          batch_size=config.batch_size))
-    extra = {"history": state.history, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
-             "n_train": len(train), "n_val": len(val), "timing": {"train_seconds": train_seconds}}
-    metrics = write_run_report(run_dir, evaluation, val_paths, kind=kind, title=f"{dataset.name}: {kind} {name}",
-                               config={**asdict(config), "image_size": image_size, **model_config,
-                                       "distribute": distribute}, extra=extra,
-                               tta=tta)
-    say(f"trained {state.epoch} epochs in {train_seconds:.0f} s")
-    return TrainResult(run_dir, evaluation, metrics, model)
+        stages = [replace(s, options=replace(s.options, lr=s.options.lr * distribute["lr_scale"]))
+                  for s in self.plan.stages]
+        start, before = time.perf_counter(), epochs_done(resume) if resume else 0
+        model, state = run_stages(new_model, stages, pipelines.train, pipelines.val, pipelines.steps_per_epoch,
+                                  target, pipelines.class_weight, resume=resume is not None,
+                                  strategy=strategy if info.distributed else None, resume_from=resume)
+        return Fitted(model, state, time.perf_counter() - start, before)
+
+    def finish(self, run_dir: Path, fitted: Fitted, data: RunData, distribute: dict) -> TrainResult:
+        """Save ``model.keras`` and ``model.json``, plot the curves, evaluate on val and write the report."""
+        model_config = self.save_model(run_dir, fitted.model, data, distribute)
+        state = fitted.state
+        plot_history(state.history, run_dir / "training_curves.png", self.title)
+        config = self.config
+        runner = load_run(run_dir)
+        val_paths = [r.path for r in data.val]
+        evaluation = Evaluation(data.classes, data.y_val, runner.predict_paths(val_paths, batch_size=config.batch_size))
+        tta = {}
+        if config.tta != "none":
+            tta[config.tta] = Evaluation(data.classes, data.y_val, runner.predict_paths(
+                val_paths, tta=config.tta, batch_size=config.batch_size))
+        extra = {"history": state.history, "epochs_run": state.epoch, "epochs_this_process": fitted.epochs_now,
+                 "resumed_after_epoch": fitted.epochs_before, "stopped_early": state.stopped_early,
+                 "n_train": len(data.train), "n_val": len(data.val), "timing": {"train_seconds": fitted.seconds}}
+        metrics = write_run_report(run_dir, evaluation, val_paths, kind=self.plan.kind, title=self.title,
+                                   config={**asdict(config), "image_size": self.plan.image_size, **model_config,
+                                           "distribute": distribute}, extra=extra, tta=tta)
+        say(fitted.summary())
+        return TrainResult(run_dir, evaluation, metrics, fitted.model)
+
+    def save_model(self, run_dir: Path, model, data: RunData, distribute: dict) -> dict:
+        """``model.keras`` and ``model.json``; returns the model's settings as written there."""
+        with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
+            model.save(str(tmp))
+        model_config = self.plan.model_config
+        base = find_backbone(model)
+        if base is not None:  # the backbone inside a fine-tuned classifier (Grad-CAM and unfreezing look it up)
+            model_config = {**model_config, "base_layer": base.name}
+        config = self.config
+        write_json(run_dir / "model.json", {"kind": self.plan.kind, **model_config, "image_size": self.plan.image_size,
+                                            "resize": config.resize, "max_pixels": config.max_pixels,
+                                            "classes": data.classes, "seed": config.seed, "distribute": distribute})
+        return model_config
+
+
+def balanced_class_weight(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """``--class-weight balanced``: n / (classes x count) per class present, as scikit-learn computes it."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return {i: len(labels) / (num_classes * c) for i, c in enumerate(counts) if c}

@@ -1,0 +1,85 @@
+"""The distributed epoch: one epoch under a ``tf.distribute`` strategy (``--strategy mirrored|multiworker``).
+
+The model is built, loaded and compiled in the strategy's scope and each epoch runs a distributed step
+(``strategy.run``) instead of ``model.fit``: Keras 3.15's ``fit`` fails under ``MultiWorkerMirroredStrategy``
+(keras-team/keras#20585: it reduces whole batches and scalar metrics with ``axis=0``), and under ``MirroredStrategy``
+it iterates the first batch of a dataset to build itself and then restarts the iterator, which reshuffles a seeded
+dataset. The step computes the same loss as ``fit`` (the mean over the global batch, class weights included), so a
+2-replica epoch matches a 1-device one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..configs import TrainOptions
+from ..progress import Bar
+from .guard import check_finite
+from .optim import make_loss
+
+
+class DistributedEpoch:
+    """One stage's compiled train and eval steps under a ``tf.distribute`` strategy (traced once per stage).
+
+    Every replica computes ``sum(loss_i * class_weight_i) / global_batch`` on its share of the global batch; the
+    optimizer sums the replicas' gradients, so the update is the one ``model.fit`` makes on the whole batch.
+    """
+
+    def __init__(self, model, strategy, options: TrainOptions, class_weight: dict | None) -> None:
+        from .._tf import tf
+
+        self.model, self.strategy = model, strategy
+        loss_fn = make_loss(options, reduction=None)
+        classes = int(model.output_shape[-1])
+        weights = None if not class_weight else tf.constant(
+            [float(class_weight.get(i, 1.0)) for i in range(classes)], tf.float32)
+        with strategy.scope():
+            if not model.optimizer.built:  # its slots must exist before the first step (created in scope)
+                model.optimizer.build(model.trainable_variables)
+
+        def sums(y, probs, per_example):
+            correct = tf.cast(tf.equal(tf.argmax(probs, -1), tf.argmax(y, -1)), tf.float32)
+            return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.shape(y)[0], tf.float32)
+
+        def train_replica(x, y):
+            context = tf.distribute.get_replica_context()
+            global_n = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.shape(y)[0], tf.float32))
+            with tf.GradientTape() as tape:
+                probs = model(x, training=True)
+                per_example = loss_fn(y, probs)
+                if weights is not None:
+                    per_example = per_example * tf.gather(weights, tf.argmax(y, -1))
+                loss = tf.reduce_sum(per_example) / tf.maximum(global_n, 1.0)
+                scaled = model.optimizer.scale_loss(loss)
+            variables = model.trainable_variables
+            model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+            return sums(y, probs, per_example)
+
+        def eval_replica(x, y):
+            probs = model(x, training=False)
+            return sums(y, probs, loss_fn(y, probs))
+
+        def reduced(replica_fn):
+            @tf.function(reduce_retracing=True)
+            def step(batch):
+                out = strategy.run(replica_fn, args=batch)
+                return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out]
+
+            return step
+
+        self.train_step, self.eval_step = reduced(train_replica), reduced(eval_replica)
+
+    def run(self, train, val, bar: Bar, lr: float) -> dict:
+        """Train one epoch on ``train`` and evaluate on ``val`` (batched by the global batch); Keras-style logs."""
+        totals = np.zeros(3)
+        for batch, data in enumerate(self.strategy.experimental_distribute_dataset(train)):
+            step = np.array([float(v) for v in self.train_step(data)])
+            check_finite(step[0] / max(step[2], 1.0), batch, lr)
+            totals += step
+            bar.update(1)
+        logs = {"loss": totals[0] / max(totals[2], 1.0), "accuracy": totals[1] / max(totals[2], 1.0)}
+        if val is not None:
+            totals = np.zeros(3)
+            for data in self.strategy.experimental_distribute_dataset(val):
+                totals += np.array([float(v) for v in self.eval_step(data)])
+            logs.update(val_loss=totals[0] / max(totals[2], 1.0), val_accuracy=totals[1] / max(totals[2], 1.0))
+        return {k: [v] for k, v in logs.items()}

@@ -1,0 +1,144 @@
+"""The epoch loop: stages, one epoch through ``model.fit`` or the distributed step, the policies after it, and a
+checkpoint after every epoch so ``--resume`` continues at the right epoch with the optimizer state."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from rich.markup import escape
+
+from ..configs import TrainOptions
+from ..models import load_keras_model
+from ..progress import Bar, say
+from .distributed import DistributedEpoch
+from .guard import guard_callback
+from .optim import compile_model, current_lr
+from .policies import BestTracker, BestWeights, EarlyStopping, Policy, ReduceLROnPlateau, reset_policies
+from .randomness import restore_seed_states
+from .state import LoopState, checkpoint_path, save_checkpoint
+
+
+@dataclass
+class Stage:
+    """One phase of training: its options and how it prepares the model (which layers train)."""
+
+    name: str
+    options: TrainOptions
+    prepare: Callable[[object], None] = field(default=lambda model: None)
+
+
+class FitEpoch:
+    """One epoch through ``model.fit`` (the default strategy), with the progress bar and the non-finite guard."""
+
+    def __init__(self, model, class_weight: dict | None) -> None:
+        self.model, self.class_weight = model, class_weight
+
+    def run(self, train, val, bar: Bar, lr: float) -> dict:
+        return self.model.fit(train, validation_data=val, epochs=1, verbose=0, class_weight=self.class_weight,
+                              shuffle=False, callbacks=[guard_callback(bar, lr)]).history
+
+
+def stage_policies(options: TrainOptions, state: LoopState, run_dir: Path, source: Path,
+                   scope: Callable) -> tuple[BestTracker, list[Policy]]:
+    """The tracker and the policies of a stage, with the counters ``state`` holds."""
+    tracker = BestTracker()
+    best = BestWeights(tracker, run_dir, source)
+    policies: list[Policy] = [best, EarlyStopping(tracker, best, options.early_stopping)]
+    if options.schedule == "plateau":
+        policies.append(ReduceLROnPlateau(tracker, options.lr, options.plateau_patience, options.plateau_factor,
+                                          scope))
+    for policy in (tracker, *policies):
+        policy.load(state)
+    return tracker, policies
+
+
+def _start(build_model: Callable[[], object], stages: list[Stage], source: Path, scope: Callable,
+           resume: bool) -> tuple[object, LoopState]:
+    """The model and state to go on from: the last checkpoint of ``source`` when resuming, else a new model."""
+    found = checkpoint_path(source) if resume else None
+    if found is None:
+        if resume:
+            say("no checkpoint found: starting from the beginning")
+        with scope():
+            return build_model(), LoopState()
+    state = LoopState.load(source / "state.json")
+    with scope():  # the .keras file does not depend on the replica count: it loads under any strategy
+        model = load_keras_model(found)
+        restore_seed_states(model, state.seed_states)  # dropout goes on with the masks it would have drawn
+    stage = stages[state.stage]
+    say(f"resuming after epoch {state.epoch} (stage {stage.name}, {state.stage_epoch}/{stage.options.epochs} done"
+        + (", stopped early" if state.stage_stopped else "") + ")")
+    return model, state
+
+
+def _enter_stage(model, state: LoopState, index: int, stage: Stage, scope: Callable, steps_per_epoch: int) -> None:
+    """A new stage: fresh policy counters, its trainable layers, a new optimizer."""
+    state.stage, state.stage_epoch, state.stage_stopped = index, 0, False
+    reset_policies(state)
+    stage.prepare(model)
+    with scope():
+        compile_model(model, stage.options, steps_per_epoch)
+
+
+def _epoch_line(row: dict, total_epochs: int, stop: bool) -> str:
+    return (f"epoch {row['epoch']}/{total_epochs} ({escape(row['stage'])}) loss {row['loss']:.4f} acc "
+            f"{row.get('accuracy', float('nan')):.3f} val_loss {row.get('val_loss', float('nan')):.4f} "
+            f"val_acc {row.get('val_accuracy', float('nan')):.3f} lr {row['lr']:.2g} ({row['seconds']:.1f} s)"
+            + (" - early stop" if stop else ""))
+
+
+def run_stages(build_model: Callable[[], object], stages: list[Stage], train_data: Callable[[int], object],
+               val_data: object, steps_per_epoch: int, run_dir: Path, class_weight: dict | None = None,
+               resume: bool = False, strategy=None, resume_from: Path | None = None):
+    """Train through ``stages``; ``train_data(epoch)`` gives that epoch's dataset (seeded by epoch, so a resumed
+    run sees the same data order and augmentation as an uninterrupted one). Returns (model, LoopState).
+
+    Early stopping is per stage: when a stage's val loss has not improved for ``early_stopping`` epochs, that stage
+    ends with its best weights restored and the next stage starts (``state.stopped_early`` names the stages).
+    ``strategy``: a ``tf.distribute`` strategy (None: the default one, through ``model.fit``); the datasets are then
+    batched by the global batch and the strategy splits them. ``resume_from``: where the checkpoint to resume is,
+    when it is not ``run_dir`` (a worker that reads the chief's run folder and writes its own scratch folder).
+    """
+    source = resume_from or run_dir
+    scope = strategy.scope if strategy is not None else contextlib.nullcontext
+    model, state = _start(build_model, stages, source, scope, resume)
+    total_epochs = sum(s.options.epochs for s in stages)
+    for index, stage in enumerate(stages):
+        if index < state.stage or (index == state.stage and state.stage_stopped):
+            continue  # finished before the resume
+        if index > state.stage or state.stage_epoch == 0:
+            _enter_stage(model, state, index, stage, scope, steps_per_epoch)
+        if stage.options.epochs == 0:
+            continue
+        tracker, policies = stage_policies(stage.options, state, run_dir, source, scope)
+        epoch = (DistributedEpoch(model, strategy, stage.options, class_weight) if strategy is not None
+                 else FitEpoch(model, class_weight))
+        with Bar((stage.options.epochs - state.stage_epoch) * steps_per_epoch, stage.name) as bar:
+            while state.stage_epoch < stage.options.epochs:
+                for policy in policies:
+                    policy.before_epoch(model)
+                lr, start = current_lr(model), time.perf_counter()
+                logs = epoch.run(train_data(state.epoch), val_data, bar, lr)
+                state.epoch, state.stage_epoch = state.epoch + 1, state.stage_epoch + 1
+                row = {"epoch": state.epoch, "stage": stage.name, "lr": lr,
+                       **{k: float(v[-1]) for k, v in logs.items()}, "seconds": time.perf_counter() - start}
+                state.history.append(row)
+                tracker.update(row.get("val_loss"), state.epoch)
+                notes = [note for policy in policies if (note := policy.after_epoch(model))]
+                stop = any(policy.stop for policy in policies)
+                for line in [_epoch_line(row, total_epochs, stop), *notes]:
+                    say(line)
+                for policy in (tracker, *policies):
+                    policy.store(state)
+                if stop:
+                    state.stage_stopped = True
+                    state.stopped_early.append(stage.name)
+                    if index + 1 < len(stages):
+                        say(f"stage {escape(stage.name)} ends; going on with stage {escape(stages[index + 1].name)}")
+                save_checkpoint(model, state, run_dir)  # from here on a resume starts after this epoch
+                if stop:
+                    break
+    return model, state
