@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("TLTOOL_NO_PROGRESS", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# `auto` would convert every tiny test network to LiteRT and time both engines; tests/test_engines.py tests auto
+os.environ.setdefault("TLTOOL_ENGINE", "tf")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TLTOOL_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))

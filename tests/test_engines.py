@@ -38,6 +38,12 @@ def _tiny_source(tag: str = "tiny") -> engines.ModelSource:
     return engines.ModelSource(tag, 32, {"kind": "test", "tag": tag}, build)
 
 
+@pytest.fixture(autouse=True)
+def _auto_means_auto(monkeypatch):
+    """The suite pins $TLTOOL_ENGINE to tf for speed (conftest); here ``auto`` is what is tested."""
+    monkeypatch.delenv(engines.ENGINE_ENV, raising=False)
+
+
 def test_tiny_network_agrees_across_engines_and_a_short_last_batch_is_resized():
     source = _tiny_source()
     x = np.random.default_rng(1).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
@@ -155,3 +161,25 @@ def test_an_unknown_engine_or_quantization_is_a_clear_error():
         engines.resolve_engine(_tiny_source(), "lite")
     with pytest.raises(TltoolError, match="quantization 'int4'"):
         engines.to_tflite(object(), "int4")
+
+
+def test_tltool_engine_pins_what_auto_means(monkeypatch):
+    monkeypatch.setattr(engines, "measure_engines", lambda s: pytest.fail("a pinned engine must not be measured"))
+    monkeypatch.setenv(engines.ENGINE_ENV, "litert")
+    assert engines.resolve_engine(_tiny_source("pinned"), "auto") == "litert"
+    assert engines.resolve_engine(_tiny_source("pinned"), "tf") == "tf"  # an explicit --engine wins
+    monkeypatch.setenv(engines.ENGINE_ENV, "gpu")
+    with pytest.raises(TltoolError, match="TLTOOL_ENGINE"):
+        engines.resolve_engine(_tiny_source("pinned"), "auto")
+
+
+def test_a_linear_run_predicts_the_same_on_both_engines(tmp_path):
+    from tltool.linear import probe
+    from tltool.models import load_run
+
+    result = probe(str(SAMPLE), image_size=64, features_dir=tmp_path / "f", out=tmp_path / "lin")
+    paths = [str(p) for p in sorted(SAMPLE.glob("star/*.jpg"))[:4]]
+    on_tf = load_run(result.run_dir, engine="tf").predict_paths(paths)
+    on_litert = load_run(result.run_dir, engine="litert").predict_paths(paths, tta="flip")
+    np.testing.assert_allclose(on_litert.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(load_run(result.run_dir, engine="litert").predict_paths(paths), on_tf, atol=1e-4)

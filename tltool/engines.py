@@ -39,6 +39,7 @@ ENGINE_CHOICES = CHOICES["engine"]
 # speed (issue 15; benchmarks/engines.py measures it again), so ``auto`` must never pick it there.
 DECLARED: dict[str, str] = {"vgg16": "tf", "vgg19": "tf"}
 CHOICE_FILE = "engine-choice.json"
+ENGINE_ENV = "TLTOOL_ENGINE"
 
 
 class Runner(Protocol):
@@ -106,8 +107,9 @@ def probability_source(model, image_size: int, key: dict, name: str = "classifie
     return ModelSource(name, image_size, {"kind": "probabilities", **key, "tltool": __version__}, build)
 
 
-def keras_file_source(path: str | Path, image_size: int) -> ModelSource:
-    """Probabilities of a ``.keras`` file tltool wrote (a fine-tuned or from-scratch run), keyed by its content."""
+def keras_file_source(path: str | Path, image_size: int, backbone: str | None = None) -> ModelSource:
+    """Probabilities of a ``.keras`` file tltool wrote (a fine-tuned or from-scratch run), keyed by its content;
+    ``backbone`` (the run's) lets ``auto`` use an engine declared for it."""
     path = Path(path)
     key = {"kind": "probabilities", "model_sha256": sha256_file(path), "image_size": image_size,
            "tltool": __version__}
@@ -119,7 +121,7 @@ def keras_file_source(path: str | Path, image_size: int) -> ModelSource:
         model = load_keras_model(path, compile=False)
         return keras.Model(model.inputs, {"probabilities": model.outputs[0]}, name="probabilities")
 
-    return ModelSource(path.name, image_size, key, build)
+    return ModelSource(path.name, image_size, key, build, backbone=backbone)
 
 
 # ------------------------------------------------------------------------------------------------------- engines
@@ -290,9 +292,17 @@ def gpu_visible() -> bool:
 
 
 def resolve_engine(source: ModelSource, engine: str = "auto") -> str:
-    """``engine`` itself, or for ``auto`` the faster one for ``source`` on this machine."""
+    """``engine`` itself, or for ``auto`` the faster one for ``source`` on this machine.
+
+    ``$TLTOOL_ENGINE`` (``tf`` or ``litert``), where set, is what ``auto`` means: one engine for every command.
+    """
     if engine not in ENGINE_CHOICES:
         raise did_you_mean(engine, ENGINE_CHOICES, "engine")
+    pinned = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
+    if engine == "auto" and pinned != "auto":
+        if pinned not in ENGINE_CHOICES:
+            raise TltoolError(f"${ENGINE_ENV} must be one of {ENGINE_CHOICES}, got {pinned!r}.")
+        engine = pinned
     if engine != "auto":
         return engine
     if gpu_visible():

@@ -9,8 +9,9 @@ from typing import Sequence
 import numpy as np
 
 from .backbones import create_backbone
+from .engines import create_runner, feature_source, keras_file_source
 from .errors import TltoolError
-from .features import build_feature_extractor, select_pool
+from .features import select_pool
 from .heads import FittedHead
 from .images import DEFAULT_MAX_PIXELS
 from .settings import check_choice
@@ -25,6 +26,7 @@ class RunModel:
     image_size: int
     resize: str
     config: dict
+    engine: str = "auto"  # tltool.engines: which engine runs the network for predict, evaluate and TTA
 
     @property
     def max_pixels(self) -> int:
@@ -45,17 +47,18 @@ class RunModel:
 
 
 class LinearRunModel(RunModel):
-    def __init__(self, run_dir: Path, config: dict) -> None:
-        self.run_dir, self.config = run_dir, config
+    def __init__(self, run_dir: Path, config: dict, engine: str = "auto") -> None:
+        self.run_dir, self.config, self.engine = run_dir, config, engine
         self.classes, self.image_size, self.resize = config["classes"], config["image_size"], config["resize"]
         self.head = FittedHead.load(run_dir)
-        self._step = None
+        self._runner = None
 
     def predict_views(self, batch) -> np.ndarray:
-        if self._step is None:
-            _, self._step = build_feature_extractor(self.config["backbone"], self.config["weights"], self.image_size)
-        avg, mx = self._step(batch)
-        return self.head.predict_proba(select_pool(avg.numpy(), mx.numpy(), self.config["pool"]))
+        if self._runner is None:  # the same pooled features as extraction, on the engine chosen for this backbone
+            source = feature_source(self.config["backbone"], self.config["weights"], self.image_size)
+            self._runner = create_runner(source, self.engine)
+        pooled = self._runner(np.asarray(batch, np.float32))
+        return self.head.predict_proba(select_pool(pooled["avg"], pooled["max"], self.config["pool"]))
 
     def as_keras(self):
         """The backbone, the run's pooling and the head folded into one Dense layer (k-NN heads have no such form)."""
@@ -87,32 +90,35 @@ def load_keras_model(path: str | Path, compile: bool = True):
 class KerasRunModel(RunModel):
     """A fine-tuned or from-scratch run: ``model.keras`` takes raw pixels and returns probabilities."""
 
-    def __init__(self, run_dir: Path, config: dict) -> None:
-        self.run_dir, self.config = run_dir, config
+    def __init__(self, run_dir: Path, config: dict, engine: str = "auto") -> None:
+        self.run_dir, self.config, self.engine = run_dir, config, engine
         self.classes, self.image_size, self.resize = config["classes"], config["image_size"], config["resize"]
-        path = run_dir / "model.keras"
-        if not path.exists():
+        self.path = run_dir / "model.keras"
+        if not self.path.exists():
             raise TltoolError(f"{run_dir}: no model.keras; the run did not finish (resume it with --resume {run_dir}).")
-        self.model = load_keras_model(path, compile=False)
-        self._predict = None
+        self._model = self._runner = None
+
+    @property
+    def model(self):
+        """The Keras model, loaded (with TensorFlow) only when asked for."""
+        if self._model is None:
+            self._model = load_keras_model(self.path, compile=False)
+        return self._model
 
     def as_keras(self):
         return self.model
 
     def predict_views(self, batch) -> np.ndarray:
-        if self._predict is None:
-            from ._tf import tf
-
-            size = self.image_size  # one graph for every batch size (a shorter last batch must not retrace)
-            self._predict = tf.function(lambda x: self.model(x, training=False),
-                                        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-        return np.asarray(self._predict(batch))
+        if self._runner is None:
+            source = keras_file_source(self.path, self.image_size, backbone=self.config.get("backbone"))
+            self._runner = create_runner(source, self.engine)
+        return self._runner(np.asarray(batch, np.float32))["probabilities"]
 
 
 _LOADERS = {"linear": LinearRunModel, "finetune": KerasRunModel, "scratch": KerasRunModel}
 
 
-def load_run(run_dir: str | Path) -> RunModel:
+def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
     run_dir = Path(run_dir)
     config_path = run_dir / "model.json"
     if not config_path.exists():
@@ -122,4 +128,4 @@ def load_run(run_dir: str | Path) -> RunModel:
     loader = _LOADERS.get(config.get("kind"))
     if loader is None:
         raise TltoolError(f"{run_dir}: unknown run kind {config.get('kind')!r}.")
-    return loader(run_dir, config)
+    return loader(run_dir, config, engine)
