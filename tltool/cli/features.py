@@ -13,7 +13,7 @@ from ..predict import evaluate_run, predict_images
 from ..report import accuracy_line
 from ..stats import format_proportion
 from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
-                      tta_option)
+                      strict_option, tta_option)
 from .output import echo_tta
 
 
@@ -37,6 +37,7 @@ def backbones_cmd() -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Features folder to write.")
 @backbone_options
 @split_options
+@strict_option
 @click.option("--chunk-size", type=click.IntRange(min=1), default=ExtractConfig.chunk_size, show_default=True,
               help="Images per chunk file on disk.")
 @strategy_option
@@ -103,6 +104,7 @@ def linear_cmd(features, out, force, **options) -> None:
 @click.argument("data")
 @backbone_options
 @split_options
+@strict_option
 @linear_options
 @tta_option
 @click.option("--features", "features_dir", type=click.Path(file_okay=False), default=None,
