@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from tltool.cli import main
 
@@ -64,6 +67,40 @@ def test_extract_warns_about_a_vanished_class(dead_class, tmp_path):
     result = _run("extract", dead_class, *FAST, "--out", tmp_path / "f")
     assert result.exit_code == 0, result.output
     assert "EmptyClassWarning" in result.output and "triangle" in result.output
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    result = _run("probe", SAMPLE, *FAST, "--out", root / "run", "--features", root / "f")
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def test_predict_answers_for_every_readable_image_and_names_the_bad_ones(probe_run, tmp_path):
+    good = sorted(SAMPLE.glob("star/*.jpg"))[:2]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff truncated")
+    result = _run("predict", good[0], bad, good[1], "--model", probe_run)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert sum(str(p) in line for p in good for line in lines) >= 2
+    assert any("bad.jpg" in line and ("corrupt" in line or "not an image" in line or "truncated" in line)
+               for line in lines), result.output
+    assert "star" in result.output
+    none = _run("predict", bad, "--model", probe_run)
+    assert none.exit_code != 0 and "bad.jpg" in none.output
+
+
+def test_predict_max_pixels_names_the_large_image(probe_run, tmp_path):
+
+    big = tmp_path / "big.png"
+    Image.new("RGBA", (400, 400), (10, 20, 30, 128)).save(big)
+    small = sorted(SAMPLE.glob("circle/*.jpg"))[0]
+    result = _run("predict", big, small, "--model", probe_run, "--max-pixels", "100000")
+    assert result.exit_code == 0, result.output
+    assert "big.png" in result.output and "--max-pixels" in result.output
+    assert "circle" in result.output
 
 
 # ------------------------------------------------------------------------- the library functions behind point 8
@@ -166,3 +203,65 @@ def test_strict_is_a_data_option_of_every_command_that_reads_training_data():
     assert ExtractConfig.strict is FinetuneConfig.strict is ScratchConfig.strict is False
     for command in (extract_cmd, probe_cmd, finetune_cmd, train_cmd):
         assert "--strict" in [opt for p in command.params for opt in p.opts], command.name
+
+
+# ------------------------------------------------------------------------- the library functions behind point 9
+def test_predict_decodes_each_file_once_and_keeps_the_readable_ones(probe_run, tmp_path, monkeypatch):
+    from tltool import images
+    from tltool.errors import BadFilesWarning
+    from tltool.predict import predict_images
+
+    good = [str(p) for p in sorted(SAMPLE.glob("square/*.jpg"))[:2]]
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    decoded = []
+    real_decode = images._decode
+
+    def counting_decode(path, *args, **kwargs):
+        decoded.append(str(path))
+        return real_decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "_decode", counting_decode)
+    with pytest.warns(BadFilesWarning, match=r"1 of 3 image\(s\) not predicted:\n  .*empty.jpg: empty file"):
+        predictions = predict_images(probe_run, [good[0], str(bad), good[1]])
+    assert [p.path for p in predictions] == good
+    assert sorted(decoded) == sorted(good + [str(bad)])  # once each: no check before the decode
+    assert all(p.top[0][0] == "square" for p in predictions)
+
+
+def test_predict_readable_equals_the_pipeline_on_the_readable_files(tmp_path):
+    from tltool.images import NOT_AN_IMAGE, TOO_SMALL
+    from tltool.tta import predict_readable, predict_with_tta
+
+    paths = []
+    for i in range(4):
+        arr = np.zeros((70, 90, 3), np.uint8)
+        arr[:, : 20 + 10 * i] = 220  # a different bright band in each image
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(arr).save(paths[-1])
+    (tmp_path / "text.png").write_text("no")
+    Image.new("RGB", (20, 20)).save(tmp_path / "tiny.png")
+    mixed = [str(p) for p in (paths[0], tmp_path / "text.png", paths[1], paths[2], tmp_path / "tiny.png", paths[3])]
+
+    def predict_views(batch):
+        left = np.asarray(batch)[:, :, :24].mean(axis=(1, 2, 3)) / 255.0  # the left half
+        return np.stack([left, 1 - left], axis=1)
+
+    found = predict_readable(predict_views, mixed, image_size=48, resize="crop", tta="flip", batch_size=2)
+    assert found.paths == [str(p) for p in paths]
+    assert [(Path(e.path).name, e.reason) for e in found.bad] == [("text.png", NOT_AN_IMAGE), ("tiny.png", TOO_SMALL)]
+    expected = predict_with_tta(predict_views, [str(p) for p in paths], image_size=48, resize="crop", tta="flip",
+                                batch_size=2)
+    np.testing.assert_allclose(found.probabilities, expected, atol=1e-6)
+    assert len(set(np.round(found.probabilities[:, 0], 4))) == 4  # the images really differ
+
+
+def test_rgba_is_composited_on_white_exactly_as_pillow_alpha_composite(tmp_path):
+    from tltool.images import load_image
+
+    alpha, red = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")  # every colour value x every alpha
+    rgba = np.stack([red, 255 - red, (red * 7) % 256, alpha], axis=-1).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "all.png")
+    source = Image.fromarray(rgba, "RGBA")
+    reference = Image.alpha_composite(Image.new("RGBA", source.size, (255, 255, 255, 255)), source).convert("RGB")
+    np.testing.assert_array_equal(load_image(tmp_path / "all.png"), np.asarray(reference))

@@ -124,9 +124,12 @@ def probe_cmd(data, features_dir, out, force, **options) -> None:
               help="A run folder written by linear, probe, finetune or train.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @tta_option
-def predict_cmd(images, run_dir, top_k, tta) -> None:
-    """Classify IMAGES with a trained run."""
-    for p in predict_images(run_dir, images, top_k=top_k, tta=tta):
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Images with more pixels are not predicted (decompression bombs) [default: the run's].")
+def predict_cmd(images, run_dir, top_k, tta, max_pixels) -> None:
+    """Classify IMAGES with a trained run: every readable one; each unreadable one is named with its reason, and
+    the exit status is 2 only when none could be read."""
+    for p in predict_images(run_dir, images, top_k=top_k, tta=tta, max_pixels=max_pixels):
         click.echo(f"{p.path}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in p.top))
 
 
