@@ -61,6 +61,7 @@ class DataOptions:
     val_fraction: float = 0.2
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    strict: bool = False  # a class left without usable images is an error, not a warning
 
 
 @dataclass

@@ -65,6 +65,7 @@ class Dataset:
     records: list[Record]
     skipped: list[SkippedFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    class_folders: list[str] = field(default_factory=list)  # every class folder a folder source saw, even empty
 
     @property
     def classes(self) -> list[str]:
@@ -87,11 +88,17 @@ class Dataset:
             out.setdefault(r.split or "all", Counter())[r.label] += 1
         return {s: dict(sorted(c.items())) for s, c in out.items()}
 
+    def empty_class_folders(self) -> list[str]:
+        """Class folders the source saw that hold no image file at all."""
+        return sorted(set(self.class_folders) - {r.label for r in self.records})
+
     def require_classes(self, minimum: int = 2) -> None:
         if len(self.classes) < minimum:
+            empty = self.empty_class_folders()
+            also = f" (class folder(s) {empty} hold no images)" if empty else ""
             raise TltoolError(
-                f"{self.name}: found {len(self.classes)} class(es) {self.classes}; a classifier needs at least "
-                f"{minimum}. Put each class's images in its own sub-folder."
+                f"{self.name}: found {len(self.classes)} class(es) {self.classes}{also}; a classifier needs at "
+                f"least {minimum}. Put each class's images in its own sub-folder."
             )
 
 
@@ -372,9 +379,7 @@ def load_folder(spec: str) -> Dataset:
     walk = _FolderWalk(LinkGuard(root))
     for folder, split in _layout(root, notes):
         walk.add_split(folder, split)
-    labelled = {r.label for r in walk.records}
-    for name in sorted(walk.seen_classes - labelled):
-        notes.append(f"class folder {name!r} has no images and was ignored")
+    labelled = {r.label for r in walk.records}  # an empty class folder is an EmptyClassWarning of the inspection
     for name in sorted(walk.empty & labelled):
         notes.append(f"class {name!r} has no images in one of the splits")
     walk.guard.warn(root.name)
@@ -384,7 +389,7 @@ def load_folder(spec: str) -> Dataset:
             "or root/train/<class>/* and root/val/<class>/*."
         )
     return Dataset(name=root.name, source=f"folder:{root}", records=walk.records,
-                   skipped=walk.skipped + walk.guard.skipped, notes=notes)
+                   skipped=walk.skipped + walk.guard.skipped, notes=notes, class_folders=sorted(walk.seen_classes))
 
 
 # ------------------------------------------------------------------------------------------------ splitting

@@ -39,6 +39,14 @@ class LeakageWarning(TltoolWarning):
     """The same image content appears in both the training and the validation split."""
 
 
+class EmptyClassWarning(TltoolWarning):
+    """A class the data declares has no usable image (an empty class folder, or every file bad): it is left out."""
+
+
+class TooFewClassesWarning(TltoolWarning):
+    """Fewer than two classes have usable images: no classifier can be trained on the data."""
+
+
 def did_you_mean(name: str, choices: Iterable[str], what: str) -> TltoolError:
     """An 'unknown X' error naming the closest valid choices."""
     choices = sorted(choices)

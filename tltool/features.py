@@ -123,7 +123,7 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     say(info.describe() + (f"; shard {part[0]}/{part[1]} of the chunks" if part else ""))
     start = time.perf_counter()
     inputs = config.resolve_input()
-    checked = checked or prepare_dataset(data, config.val_fraction, config.seed, config.max_pixels)
+    checked = checked or prepare_dataset(data, config.val_fraction, config.seed, config.max_pixels, config.strict)
     records = sorted(checked.dataset.records, key=lambda r: r.path)  # file order only: splits can change, chunks stay
     key = extraction_key(_cache_settings(inputs, config), records, checked.hashes)
     out = claim_output_dir(out_dir, "features", reuse=True)

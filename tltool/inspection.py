@@ -7,20 +7,27 @@ from __future__ import annotations
 
 import statistics
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .dataset import Dataset, Record, load_dataset, require_training_images, stratified_split
-from .errors import BadFilesWarning, BadImageError, ImbalanceWarning, LeakageWarning, TltoolError
+from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LeakageWarning, TltoolError,
+                     TooFewClassesWarning)
 from .images import DEFAULT_MAX_PIXELS, check_image
 from .progress import Bar
 from .runs import new_run_dir
 from .utils import sha256_file, write_json
 
 IMBALANCE_RATIO = 3.0
+# what a class-level finding means for a run, and what to do about it
+CLASS_FINDINGS = {
+    EmptyClassWarning: ("they are left out of every run", "add images, fix the bad files, or remove the folder"),
+    TooFewClassesWarning: ("every training command refuses this data",
+                           "put each class's images in its own sub-folder"),
+}
 
 
 @dataclass
@@ -170,9 +177,45 @@ def _collect_warnings(checked: CheckedDataset) -> None:
     checked.issues = pending
 
 
+def lost_classes(checked: CheckedDataset) -> dict[str, str]:
+    """The classes the source declared that kept no usable image, each with why: ``{class: reason}``."""
+    usable = set(checked.dataset.classes)
+    listed = Counter(f.record.label for f in checked.files)
+    lost = {name: "empty folder" for name in checked.dataset.class_folders if name not in listed}
+    lost.update({name: (f"all {n} of its files are bad" if n > 1 else "its only file is bad")
+                 for name, n in listed.items() if name not in usable})
+    return dict(sorted(lost.items()))
+
+
+def check_classes(checked: CheckedDataset, strict: bool = False, for_training: bool = False) -> TltoolError | None:
+    """The class-level checks, after the file checks: a class that vanished (an empty class folder, or every file
+    bad) and fewer than two classes left. Findings go to ``checked.issues`` as named warnings
+    (:class:`EmptyClassWarning`, :class:`TooFewClassesWarning`), unless they must stop the caller: then they are
+    returned as one error naming the classes, for the caller to raise after its other warnings. They must with
+    ``strict``, and too few classes must ``for_training``."""
+    classes = checked.dataset.classes
+    lost = lost_classes(checked)
+    findings: list[tuple[str, type[Warning]]] = []
+    if len(classes) < 2:
+        findings.append((f"only {len(classes)} class(es) {classes} have usable images; a classifier needs at least 2",
+                         TooFewClassesWarning))
+    if lost:
+        named = ", ".join(f"{c!r} ({why})" for c, why in lost.items())
+        findings.append((f"{len(lost)} class(es) have no usable image: {named}", EmptyClassWarning))
+    name = checked.dataset.name
+    if findings and (strict or (for_training and len(classes) < 2)):
+        refused = " (--strict refuses it)" if strict else ""
+        return TltoolError(f"{name}: " + "; ".join(f"{message}: {CLASS_FINDINGS[category][1]}"
+                                                   for message, category in findings) + refused + ".")
+    checked.issues.extend((f"{name}: {message}; {CLASS_FINDINGS[category][0]}: {CLASS_FINDINGS[category][1]}.",
+                           category) for message, category in findings)
+    return None
+
+
 def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 0,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> CheckedDataset:
-    """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning."""
+                    max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False) -> CheckedDataset:
+    """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning, and
+    so is a class left without usable images (an error with ``strict``)."""
     dataset = load_dataset(data) if not isinstance(data, Dataset) else data
     dataset.require_classes(2)
     checked = check_dataset(dataset, max_pixels=max_pixels, emit_warnings=False)
@@ -180,8 +223,10 @@ def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 
         raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image.")
     # split after the check: only usable files are split, and identical files stay on one side
     checked = with_split(checked, stratified_split(checked.dataset, val_fraction, seed, groups=checked.hashes))
+    refusal = check_classes(checked, strict=strict, for_training=True)
     warn_about(checked)
-    checked.dataset.require_classes(2)
+    if refusal is not None:
+        raise refusal
     require_training_images(checked.dataset)
     return checked
 
@@ -205,7 +250,8 @@ class InspectResult:
 
     @property
     def has_problems(self) -> bool:
-        """A bad file, a warning (imbalance, leakage) or a duplicate across splits: ``--strict`` fails on it."""
+        """A bad file, a warning (imbalance, leakage, a class without images, a single class) or a duplicate across
+        splits: ``--strict`` fails on it."""
         checked = self.checked
         return bool(checked.bad or checked.warnings or checked.leaks())
 
@@ -214,5 +260,6 @@ def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | 
     """Check every file of the dataset at ``path`` and write ``inspect.json``; the caller shows the result."""
     dataset = load_dataset(path)
     checked = check_dataset(dataset, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, emit_warnings=False)
+    check_classes(checked)
     target = write_inspect_report(checked, new_run_dir("inspect", dataset.name, out=out, force=True))
     return InspectResult(checked, target)

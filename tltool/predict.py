@@ -3,6 +3,7 @@ report on another labelled dataset); :func:`labelled_images` reads such a datase
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -10,13 +11,14 @@ from typing import Sequence
 import numpy as np
 
 from .dataset import Dataset, load_dataset
-from .errors import TltoolError
+from .errors import BadFilesWarning, TltoolError
 from .evaluation import Evaluation
-from .images import check_image
 from .inspection import check_dataset
 from .models import load_run
 from .report import write_run_report
 from .runs import new_run_dir
+from .settings import check_choice
+from .tta import predict_readable
 
 
 def no_usable_images(name: str, n_files: int) -> str:
@@ -30,14 +32,24 @@ class Prediction:
     top: list[tuple[str, float]]
 
 
-def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, tta: str = "none") -> list[Prediction]:
-    """The ``top_k`` classes of each image with their probabilities (``tltool predict``)."""
+def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, tta: str = "none",
+                   max_pixels: int | None = None) -> list[Prediction]:
+    """The ``top_k`` classes of each readable image with their probabilities (``tltool predict``), in the order
+    given. A file that cannot be read is named with its reason in a :class:`BadFilesWarning` and the others are
+    still predicted; when none can be read, the error names them all. ``max_pixels``: the decode limit (default:
+    the run's)."""
+    check_choice("tta", tta)
     model = load_run(run_dir)
-    for path in images:
-        check_image(path, max_pixels=model.max_pixels)  # a bad file is a clear error naming it
-    probs = model.predict_paths(list(images), tta=tta)
+    found = predict_readable(model.predict_views, [str(p) for p in images], model.image_size, model.resize, tta,
+                             max_pixels=max_pixels or model.max_pixels)
+    if not found.paths:
+        raise TltoolError(f"none of the {len(images)} image(s) could be read: " + "; ".join(map(str, found.bad)))
+    if found.bad:
+        named = "\n  ".join(map(str, found.bad))
+        warnings.warn(f"{len(found.bad)} of {len(images)} image(s) not predicted:\n  {named}", BadFilesWarning,
+                      stacklevel=2)
     out = []
-    for path, p in zip(images, probs):
+    for path, p in zip(found.paths, found.probabilities):
         order = np.argsort(-p)[:top_k]
         out.append(Prediction(path, [(model.classes[i], float(p[i])) for i in order]))
     return out

@@ -5,11 +5,13 @@ are cut in TensorFlow from batches of the one pipeline (:func:`tltool.pipeline.i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from .images import DEFAULT_MAX_PIXELS
+from .errors import BadImageError
+from .images import DEFAULT_MAX_PIXELS, load_image
 from .progress import Bar
 from .settings import CHOICES
 
@@ -51,6 +53,16 @@ def n_views(mode: str) -> int:
     return VIEWS[mode]
 
 
+def predict_batch(predict_views, images, tta: str, image_size: int, batch_size: int) -> np.ndarray:
+    """Class probabilities of one batch of decoded images ``(B, H, W, 3)`` in 0..255, averaged over its TTA views."""
+    batch = tta_views(images, tta, image_size)
+    # at most batch_size views per call: 10-crop turns 32 images into 320 views, and a network's
+    # activations for 320 images at 224 px need many GB (measured: 23 GB RSS before this split)
+    probs = np.concatenate([np.asarray(predict_views(batch[i:i + batch_size]))
+                            for i in range(0, len(batch), batch_size)])
+    return probs.reshape(len(images), n_views(tta), -1).mean(axis=1)
+
+
 def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
                      batch_size: int = 32, description: str = "predicting",
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -61,17 +73,42 @@ def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resiz
     """
     from .pipeline import image_dataset  # imports TensorFlow
 
-    views = n_views(tta)
     ds = image_dataset(list(paths), image_size=tta_decode_size(tta, image_size), resize=resize,
                        batch_size=batch_size, max_pixels=max_pixels)
     out = []
     with Bar(len(paths), description) as bar:
         for images in ds:
-            batch = tta_views(images, tta, image_size)
-            # at most batch_size views per call: 10-crop turns 32 images into 320 views, and a network's
-            # activations for 320 images at 224 px need many GB (measured: 23 GB RSS before this split)
-            probs = np.concatenate([np.asarray(predict_views(batch[i:i + batch_size]))
-                                    for i in range(0, len(batch), batch_size)])
-            out.append(probs.reshape(len(images), views, -1).mean(axis=1))
+            out.append(predict_batch(predict_views, images, tta, image_size, batch_size))
             bar.update(len(images))
     return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+@dataclass
+class ReadablePredictions:
+    """What :func:`predict_readable` found: the files it could read, their probabilities, and the others."""
+
+    paths: list[str]
+    probabilities: np.ndarray  # (len(paths), classes)
+    bad: list[BadImageError]  # each with the file's path and reason
+
+
+def predict_readable(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
+                     batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> ReadablePredictions:
+    """:func:`predict_with_tta` for files nobody checked (``tltool predict``): each is decoded once, and a file
+    that cannot be read is set aside with its reason while the others are predicted."""
+    size = tta_decode_size(tta, image_size)
+    read, probs, bad = [], [], []
+    with Bar(len(paths), "predicting") as bar:
+        for start in range(0, len(paths), batch_size):
+            images = []
+            for path in paths[start:start + batch_size]:
+                try:
+                    images.append(load_image(path, size, resize, max_pixels=max_pixels))
+                    read.append(str(path))
+                except BadImageError as exc:
+                    bad.append(exc)
+                bar.update()
+            if images:
+                batch = np.stack(images).astype(np.float32)
+                probs.append(predict_batch(predict_views, batch, tta, image_size, batch_size))
+    return ReadablePredictions(read, np.concatenate(probs) if probs else np.zeros((0, 0)), bad)

@@ -31,7 +31,7 @@ def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None
     data = result.checked.to_json()
     console = Console(highlight=False)
     console.print(_size_table(data))
-    for line in _problem_lines(data):
+    for line in _problem_lines(data) + _warning_lines(result.checked.issues):
         console.print(line, soft_wrap=True)
     console.print(f"report: {result.report}", soft_wrap=True)
     sys.exit(1 if strict and result.has_problems else 0)
@@ -51,7 +51,7 @@ def _size_table(data: dict) -> Table:
 
 
 def _problem_lines(data: dict) -> list[str]:
-    """Every bad, skipped, converted, duplicate, leaked and conflicting file, then the warnings and notes."""
+    """Every bad, skipped, converted, duplicate, leaked and conflicting file, then the notes."""
     lines = [f"[red]bad[/red] {b['path']}: {b['reason']}" + (f" ({b['detail'][:100]})" if b["detail"] else "")
              for b in data["bad_files"]]
     if lines:
@@ -63,9 +63,13 @@ def _problem_lines(data: dict) -> list[str]:
               for g in data["train_val_leaks"]]
     lines += [f"[bold]label conflict[/bold]: {', '.join(f['path'] + ' (' + f['label'] + ')' for f in g)}"
               for g in data["label_conflicts"]]
-    lines += [f"[yellow]warning[/yellow]: {w}" for w in data["warnings"]]
     lines += [f"note: {n}" for n in data["notes"]]
     return lines
+
+
+def _warning_lines(issues: list[tuple[str, type[Warning]]]) -> list[str]:
+    """Each warning with its name, as the other commands show it (``warning (EmptyClassWarning): ...``)."""
+    return [f"[yellow]warning[/yellow] ({category.__name__}): {message}" for message, category in issues]
 
 
 @data.command("split")

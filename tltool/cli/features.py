@@ -13,7 +13,7 @@ from ..predict import evaluate_run, predict_images
 from ..report import accuracy_line
 from ..stats import format_proportion
 from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
-                      tta_option)
+                      strict_option, tta_option)
 from .output import echo_tta
 
 
@@ -37,6 +37,7 @@ def backbones_cmd() -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Features folder to write.")
 @backbone_options
 @split_options
+@strict_option
 @click.option("--chunk-size", type=click.IntRange(min=1), default=ExtractConfig.chunk_size, show_default=True,
               help="Images per chunk file on disk.")
 @strategy_option
@@ -103,6 +104,7 @@ def linear_cmd(features, out, force, **options) -> None:
 @click.argument("data")
 @backbone_options
 @split_options
+@strict_option
 @linear_options
 @tta_option
 @click.option("--features", "features_dir", type=click.Path(file_okay=False), default=None,
@@ -122,9 +124,12 @@ def probe_cmd(data, features_dir, out, force, **options) -> None:
               help="A run folder written by linear, probe, finetune or train.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @tta_option
-def predict_cmd(images, run_dir, top_k, tta) -> None:
-    """Classify IMAGES with a trained run."""
-    for p in predict_images(run_dir, images, top_k=top_k, tta=tta):
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Images with more pixels are not predicted (decompression bombs) [default: the run's].")
+def predict_cmd(images, run_dir, top_k, tta, max_pixels) -> None:
+    """Classify IMAGES with a trained run: every readable one; each unreadable one is named with its reason, and
+    the exit status is 2 only when none could be read."""
+    for p in predict_images(run_dir, images, top_k=top_k, tta=tta, max_pixels=max_pixels):
         click.echo(f"{p.path}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in p.top))
 
 

@@ -33,6 +33,11 @@ split_options = compose(
                  help="Images with more pixels are rejected as decompression bombs."),
 )
 
+strict_option = click.option(
+    "--strict", is_flag=True, default=ExtractConfig.strict,
+    help="Stop with an error when a class has no usable image (an empty class folder, or every file bad) instead "
+         "of leaving it out with an EmptyClassWarning.")
+
 backbone_options = compose(
     click.option("--backbone", default=ExtractConfig.backbone, show_default=True,
                  help="Pretrained network (see `tltool backbones`)."),

@@ -12,7 +12,7 @@ from ..report import accuracy_line
 from ..scratch import train_from_scratch
 from ..settings import PREVIEW_DRAWS, PREVIEW_SIZE, choices
 from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
-                      tta_option)
+                      strict_option, tta_option)
 from .output import echo_tta
 
 AUGMENT_HELP = f"{', '.join(choices('augment'))}, or an albumentations pipeline file (YAML/JSON from A.save)."
@@ -64,6 +64,7 @@ def _print_run(result) -> None:
 @click.argument("data", required=False)
 @backbone_options
 @split_options
+@strict_option
 @training_options(FinetuneConfig)
 @click.option("--head-init", type=choice("head_init"), default=FinetuneConfig.head_init,
               show_default=True, help="Start the classifier as the linear probe (LP-FT) or at random.")
@@ -108,6 +109,7 @@ def finetune_cmd(data, cv, resume, out, force, **options) -> None:
 @click.option("--batch-size", type=int, default=ScratchConfig.batch_size, show_default=True,
               help="Images per batch on each replica.")
 @split_options
+@strict_option
 @training_options(ScratchConfig)
 @click.option("--epochs", type=int, default=ScratchConfig.epochs, show_default=True)
 @click.option("--lr", type=float, default=ScratchConfig.lr, show_default=True)

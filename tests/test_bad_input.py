@@ -1,0 +1,267 @@
+"""Bad input is said and the rest is kept (issue 16, points 8 and 9): a class that vanishes is a named warning,
+an error with --strict; predict answers for every readable image and names each bad one."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tltool.cli import main
+
+from conftest import SAMPLE
+
+FAST = ["--image-size", "64", "--batch-size", "16"]
+
+
+def _copy_class(src_class: str, dest, n: int = 12) -> None:
+    dest.mkdir(parents=True)
+    for path in sorted((SAMPLE / src_class).glob("*.jpg"))[:n]:
+        shutil.copyfile(path, dest / path.name)
+
+
+@pytest.fixture()
+def dead_class(tmp_path):
+    """Three good classes, one whose every file is unreadable, one empty class folder."""
+    root = tmp_path / "photos"
+    for name in ("circle", "square", "star"):
+        _copy_class(name, root / name)
+    (root / "triangle").mkdir()
+    (root / "triangle" / "a.jpg").write_bytes(b"")
+    (root / "triangle" / "b.jpg").write_text("not an image")
+    (root / "hexagon").mkdir()
+    return root
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_inspect_names_a_vanished_and_an_empty_class_and_strict_fails(dead_class, tmp_path):
+    result = _run("data", "inspect", dead_class, "--out", tmp_path / "inspect")
+    assert "EmptyClassWarning" in result.output
+    assert "triangle" in result.output and "hexagon" in result.output
+    strict = _run("data", "inspect", dead_class, "--strict", "--out", tmp_path / "inspect2")
+    assert strict.exit_code != 0
+
+
+def test_a_single_class_folder_fails_inspect_strict(tmp_path):
+    _copy_class("circle", tmp_path / "one" / "circle")
+    assert _run("data", "inspect", tmp_path / "one", "--strict", "--out", tmp_path / "i").exit_code != 0
+
+
+def test_probe_warns_about_a_vanished_class_and_refuses_it_with_strict(dead_class, tmp_path):
+    result = _run("probe", dead_class, *FAST, "--out", tmp_path / "run", "--features", tmp_path / "f")
+    assert result.exit_code == 0, result.output
+    assert "EmptyClassWarning" in result.output and "triangle" in result.output
+    strict = _run("probe", dead_class, *FAST, "--strict", "--out", tmp_path / "run2", "--features", tmp_path / "f")
+    assert strict.exit_code == 2 and "triangle" in strict.output
+    assert not (tmp_path / "run2" / "metrics.json").exists()
+
+
+def test_extract_warns_about_a_vanished_class(dead_class, tmp_path):
+    result = _run("extract", dead_class, *FAST, "--out", tmp_path / "f")
+    assert result.exit_code == 0, result.output
+    assert "EmptyClassWarning" in result.output and "triangle" in result.output
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    result = _run("probe", SAMPLE, *FAST, "--out", root / "run", "--features", root / "f")
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def test_predict_answers_for_every_readable_image_and_names_the_bad_ones(probe_run, tmp_path):
+    good = sorted(SAMPLE.glob("star/*.jpg"))[:2]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff truncated")
+    result = _run("predict", good[0], bad, good[1], "--model", probe_run)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert sum(str(p) in line for p in good for line in lines) >= 2
+    assert any("bad.jpg" in line and ("corrupt" in line or "not an image" in line or "truncated" in line)
+               for line in lines), result.output
+    assert "star" in result.output
+    none = _run("predict", bad, "--model", probe_run)
+    assert none.exit_code != 0 and "bad.jpg" in none.output
+
+
+def test_predict_max_pixels_names_the_large_image(probe_run, tmp_path):
+
+    big = tmp_path / "big.png"
+    Image.new("RGBA", (400, 400), (10, 20, 30, 128)).save(big)
+    small = sorted(SAMPLE.glob("circle/*.jpg"))[0]
+    result = _run("predict", big, small, "--model", probe_run, "--max-pixels", "100000")
+    assert result.exit_code == 0, result.output
+    assert "big.png" in result.output and "--max-pixels" in result.output
+    assert "circle" in result.output
+
+
+# ------------------------------------------------------------------------- the library functions behind point 8
+def _tiny_classes(root, good: dict[str, int], bad: dict[str, int] = (), empty=()) -> None:
+    """``good``/``bad``: class -> number of readable / unreadable files; ``empty``: class folders with no file."""
+    from helpers import noise_image
+
+    for seed, (name, n) in enumerate(good.items()):
+        for i in range(n):
+            noise_image(root / name / f"{i}.jpg", seed=100 * seed + i, size=(40, 36))
+    for name, n in dict(bad).items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / name / f"bad{i}.jpg").write_text("not an image")
+    for name in empty:
+        (root / name).mkdir(parents=True)
+
+
+def test_lost_classes_tell_an_empty_folder_from_a_class_whose_files_are_all_bad(tmp_path):
+    from tltool.errors import EmptyClassWarning
+    from tltool.inspection import inspect_dataset, lost_classes
+
+    _tiny_classes(tmp_path / "d", {"a": 3, "b": 3}, bad={"c": 2, "d": 1}, empty=["e"])
+    result = inspect_dataset(str(tmp_path / "d"), out=tmp_path / "i")
+    assert lost_classes(result.checked) == {"c": "all 2 of its files are bad", "d": "its only file is bad",
+                                            "e": "empty folder"}
+    assert [category for _, category in result.checked.issues] == [EmptyClassWarning]
+    assert result.has_problems
+    assert "'c' (all 2 of its files are bad)" in json.loads(result.report.read_text())["warnings"][0]
+
+
+def test_a_folder_source_records_every_class_folder_it_saw_even_empty_ones(tmp_path):
+    from tltool.dataset import load_dataset
+
+    _tiny_classes(tmp_path / "d" / "train", {"a": 2, "b": 2}, empty=["c"])
+    _tiny_classes(tmp_path / "d" / "val", {"a": 1}, empty=["b", "z"])
+    dataset = load_dataset(tmp_path / "d")
+    assert dataset.class_folders == ["a", "b", "c", "z"]
+    assert dataset.empty_class_folders() == ["c", "z"]
+    assert dataset.classes == ["a", "b"]
+
+
+def test_prepare_dataset_warns_about_a_lost_class_and_strict_refuses_it(tmp_path):
+    from tltool.errors import EmptyClassWarning, TltoolError
+    from tltool.inspection import prepare_dataset
+
+    _tiny_classes(tmp_path / "d", {"a": 4, "b": 4}, bad={"c": 2}, empty=["e"])
+    with pytest.warns(EmptyClassWarning, match=r"'c' \(all 2 of its files are bad\), 'e' \(empty folder\)"):
+        checked = prepare_dataset(str(tmp_path / "d"))
+    assert checked.dataset.classes == ["a", "b"]
+    with pytest.raises(TltoolError, match=r"'c' .*'e' .*--strict"):
+        prepare_dataset(str(tmp_path / "d"), strict=True)
+
+
+def test_a_clean_dataset_passes_strict_without_a_class_warning(tmp_path, recwarn):
+    from tltool.errors import EmptyClassWarning, TooFewClassesWarning
+    from tltool.inspection import prepare_dataset
+
+    _tiny_classes(tmp_path / "d", {"a": 4, "b": 4})
+    assert prepare_dataset(str(tmp_path / "d"), strict=True).dataset.classes == ["a", "b"]
+    assert not [w for w in recwarn if issubclass(w.category, (EmptyClassWarning, TooFewClassesWarning))]
+
+
+def test_one_class_left_is_one_error_naming_the_lost_class_not_a_warning_too(tmp_path, recwarn):
+    from tltool.errors import BadFilesWarning, TltoolError, TooFewClassesWarning
+    from tltool.inspection import prepare_dataset
+
+    _tiny_classes(tmp_path / "d", {"a": 4}, bad={"b": 2})
+    with pytest.raises(TltoolError, match=r"only 1 class\(es\) \['a'\].*'b' \(all 2 of its files are bad\)"):
+        prepare_dataset(str(tmp_path / "d"))
+    categories = [w.category for w in recwarn]
+    assert BadFilesWarning in categories and TooFewClassesWarning not in categories
+
+
+def test_a_class_whose_manifest_rows_are_all_bad_is_named(tmp_path):
+    from tltool.errors import EmptyClassWarning
+    from tltool.inspection import prepare_dataset
+
+    _tiny_classes(tmp_path / "d", {"a": 4, "b": 4}, bad={"c": 2})
+    rows = ["path,label"] + [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted(tmp_path.glob("d/*/*"))]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.warns(EmptyClassWarning, match=r"'c' \(all 2 of its files are bad\)"):
+        prepare_dataset(str(tmp_path / "m.csv"))
+
+
+def test_too_few_classes_names_the_empty_class_folders(tmp_path):
+    from tltool.errors import TltoolError
+    from tltool.inspection import prepare_dataset
+
+    _tiny_classes(tmp_path / "d", {"a": 4}, empty=["b"])
+    with pytest.raises(TltoolError, match=r"class folder\(s\) \['b'\] hold no images"):
+        prepare_dataset(str(tmp_path / "d"))
+
+
+def test_strict_is_a_data_option_of_every_command_that_reads_training_data():
+    from tltool.cli.features import extract_cmd, probe_cmd
+    from tltool.cli.training import finetune_cmd, train_cmd
+    from tltool.configs import ExtractConfig, FinetuneConfig, ScratchConfig
+
+    assert ExtractConfig.strict is FinetuneConfig.strict is ScratchConfig.strict is False
+    for command in (extract_cmd, probe_cmd, finetune_cmd, train_cmd):
+        assert "--strict" in [opt for p in command.params for opt in p.opts], command.name
+
+
+# ------------------------------------------------------------------------- the library functions behind point 9
+def test_predict_decodes_each_file_once_and_keeps_the_readable_ones(probe_run, tmp_path, monkeypatch):
+    from tltool import images
+    from tltool.errors import BadFilesWarning
+    from tltool.predict import predict_images
+
+    good = [str(p) for p in sorted(SAMPLE.glob("square/*.jpg"))[:2]]
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    decoded = []
+    real_decode = images._decode
+
+    def counting_decode(path, *args, **kwargs):
+        decoded.append(str(path))
+        return real_decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "_decode", counting_decode)
+    with pytest.warns(BadFilesWarning, match=r"1 of 3 image\(s\) not predicted:\n  .*empty.jpg: empty file"):
+        predictions = predict_images(probe_run, [good[0], str(bad), good[1]])
+    assert [p.path for p in predictions] == good
+    assert sorted(decoded) == sorted(good + [str(bad)])  # once each: no check before the decode
+    assert all(p.top[0][0] == "square" for p in predictions)
+
+
+def test_predict_readable_equals_the_pipeline_on_the_readable_files(tmp_path):
+    from tltool.images import NOT_AN_IMAGE, TOO_SMALL
+    from tltool.tta import predict_readable, predict_with_tta
+
+    paths = []
+    for i in range(4):
+        arr = np.zeros((70, 90, 3), np.uint8)
+        arr[:, : 20 + 10 * i] = 220  # a different bright band in each image
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(arr).save(paths[-1])
+    (tmp_path / "text.png").write_text("no")
+    Image.new("RGB", (20, 20)).save(tmp_path / "tiny.png")
+    mixed = [str(p) for p in (paths[0], tmp_path / "text.png", paths[1], paths[2], tmp_path / "tiny.png", paths[3])]
+
+    def predict_views(batch):
+        left = np.asarray(batch)[:, :, :24].mean(axis=(1, 2, 3)) / 255.0  # the left half
+        return np.stack([left, 1 - left], axis=1)
+
+    found = predict_readable(predict_views, mixed, image_size=48, resize="crop", tta="flip", batch_size=2)
+    assert found.paths == [str(p) for p in paths]
+    assert [(Path(e.path).name, e.reason) for e in found.bad] == [("text.png", NOT_AN_IMAGE), ("tiny.png", TOO_SMALL)]
+    expected = predict_with_tta(predict_views, [str(p) for p in paths], image_size=48, resize="crop", tta="flip",
+                                batch_size=2)
+    np.testing.assert_allclose(found.probabilities, expected, atol=1e-6)
+    assert len(set(np.round(found.probabilities[:, 0], 4))) == 4  # the images really differ
+
+
+def test_rgba_is_composited_on_white_exactly_as_pillow_alpha_composite(tmp_path):
+    from tltool.images import load_image
+
+    alpha, red = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")  # every colour value x every alpha
+    rgba = np.stack([red, 255 - red, (red * 7) % 256, alpha], axis=-1).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "all.png")
+    source = Image.fromarray(rgba, "RGBA")
+    reference = Image.alpha_composite(Image.new("RGBA", source.size, (255, 255, 255, 255)), source).convert("RGB")
+    np.testing.assert_array_equal(load_image(tmp_path / "all.png"), np.asarray(reference))
