@@ -265,3 +265,10 @@ def test_rgba_is_composited_on_white_exactly_as_pillow_alpha_composite(tmp_path)
     source = Image.fromarray(rgba, "RGBA")
     reference = Image.alpha_composite(Image.new("RGBA", source.size, (255, 255, 255, 255)), source).convert("RGB")
     np.testing.assert_array_equal(load_image(tmp_path / "all.png"), np.asarray(reference))
+
+
+def test_train_strict_refuses_a_vanished_class(dead_class, tmp_path):
+    result = _run("train", dead_class, "--arch", "lenet5", "--image-size", "32", "--epochs", "1", "--strict",
+                  "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "triangle" in result.output, result.output
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -194,7 +194,7 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
                           "(--strategy auto or mirrored), or fine-tune once across the cluster.")
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
-    checked = prepare_dataset(config.data, config.val_fraction, config.seed, config.max_pixels)
+    checked = prepare_dataset(config.data, config.val_fraction, config.seed, config.max_pixels, strict=config.strict)
     records = sorted(checked.dataset.records, key=lambda r: r.path)
     classes = checked.dataset.classes
     y = label_indices(records, classes)

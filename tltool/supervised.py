@@ -193,7 +193,8 @@ class KerasTrainingRun:
 
         keras.utils.set_random_seed(config.seed)
         source = load_split(resume) if resume else config.data
-        dataset = prepare_dataset(source, config.val_fraction, config.seed, config.max_pixels).dataset
+        dataset = prepare_dataset(source, config.val_fraction, config.seed, config.max_pixels,
+                                  strict=config.strict).dataset
         train, val = dataset.subset("train"), dataset.subset("val")
         if not val:
             raise TltoolError(f"{dataset.name}: no validation images; raise --val-fraction or add images.")
