@@ -91,7 +91,8 @@ def weights_digest(spec: BackboneSpec, weights: str) -> str:
 def _weights_failure(spec: BackboneSpec, exc: Exception) -> TltoolError:
     text = str(exc)
     url = re.search(r"https?://\S+", text)
-    file_name = spec.weights_file or (url.group(0).rstrip(":").rsplit("/", 1)[-1] if url else "?")
+    # the file Keras really asked for (it depends on the input size for some networks), else the registry's
+    file_name = url.group(0).rstrip(":").rsplit("/", 1)[-1] if url else (spec.weights_file or "?")
     where = url.group(0).rstrip(":") if url else "the Keras applications weights site"
     return TltoolError(
         f"Cannot get the ImageNet weights of {spec.name!r}: the download failed (no internet?).\n"
