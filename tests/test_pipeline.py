@@ -53,3 +53,42 @@ def test_augmented_pipeline_is_deterministic_given_seed(tmp_path):
     assert a[0][0].shape == (8, 48, 48, 3)
     assert not np.array_equal(a[0][0], a[1][0])  # a new draw each epoch
     assert not all(np.array_equal(x[0], y[0]) for x, y in zip(a, c))
+
+
+def test_a_file_the_decode_cannot_read_is_skipped_in_training_and_an_error_in_prediction(tmp_path):
+    import pytest
+
+    from helpers import jpeg_bytes, noise_image
+    from tltool.images import DecodeLog
+
+    good = [str(noise_image(tmp_path / f"g{i}.jpg", seed=i)) for i in range(3)]
+    whole = jpeg_bytes((120, 120))
+    bad = tmp_path / "half.jpg"
+    bad.write_bytes(whole[: len(whole) // 2])
+    paths = [good[0], str(bad), good[1], good[2]]
+    log = DecodeLog()
+    with pytest.warns(UserWarning, match="half.jpg"):
+        batches = list(image_dataset(paths, [0, 1, 2, 3], image_size=32, batch_size=8, log=log))
+    assert [int(x) for x in batches[0][1]] == [0, 2, 3]  # the training set loses the one example
+    assert list(log.failures) == [str(bad)]
+    zeros = next(iter(image_dataset(paths, image_size=32, batch_size=8, on_bad="zeros", log=DecodeLog())))
+    assert zeros.shape[0] == 4 and float(zeros[1].numpy().max()) == 0.0 and float(zeros[0].numpy().max()) > 0
+    from tltool._tf import tf
+
+    with pytest.raises(tf.errors.OpError, match="half.jpg: truncated or corrupt"):  # prediction keeps alignment
+        list(image_dataset(paths, image_size=32, batch_size=8))
+
+
+def test_a_shard_reads_only_its_files(tmp_path):
+    from helpers import noise_image
+    from tltool import images
+
+    paths = [str(noise_image(tmp_path / f"g{i}.jpg", seed=i)) for i in range(5)]
+    whole = np.concatenate(list(image_dataset(paths, image_size=32, batch_size=2)))
+    parts = []
+    for index in range(2):
+        before = images.decode_count()
+        parts.append(np.concatenate(list(image_dataset(paths, image_size=32, batch_size=2, shard=(index, 2)))))
+        assert images.decode_count() - before == (3, 2)[index]
+    np.testing.assert_array_equal(parts[0], whole[0::2])
+    np.testing.assert_array_equal(parts[1], whole[1::2])

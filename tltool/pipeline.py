@@ -7,14 +7,16 @@ model takes raw pixels and cannot be fed the wrong normalisation.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from ._tf import tf
 
-from .images import DEFAULT_MAX_PIXELS, load_image
+from .errors import BadImageError
+from .images import DEFAULT_MAX_PIXELS, DecodeLog, load_image
 
 Transform = Callable[[np.ndarray, int], np.ndarray]  # (uint8 image, seed) -> uint8 image
+OnBad = Literal["raise", "skip", "zeros"]
 
 
 def pipeline_options(cpu_count: int | None = None) -> tf.data.Options:
@@ -53,6 +55,9 @@ def image_dataset(
     cache: bool | str = False,
     drop_remainder: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_bad: OnBad | None = None,
+    log: DecodeLog | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(images, labels)`` (or images alone when ``labels`` is None).
 
@@ -60,15 +65,25 @@ def image_dataset(
     ``image_size`` x ``image_size``. ``transform`` (train only) maps that uint8 image to ``output_size`` x
     ``output_size`` with its own per-image seed, so a run is repeatable given ``seed``. ``num_classes`` turns labels
     into one-hot vectors (needed for label smoothing). ``cache`` keeps decoded images in memory (True) or in a file.
+
+    A file the decode cannot read (the check before the split reads headers only) is named in ``log`` and, by
+    ``on_bad``: ``skip``ped (the default with labels: a training set loses one example), replaced by a black image
+    (``zeros``: the output stays aligned with ``paths``; the caller drops it by ``log``), or ``raise``d (the
+    default without labels). ``shard=(I, N)``: only the files ``i`` with ``i % N == I`` are read at all, so N
+    workers each decode 1/N of the photos (the caller turns the strategy's own auto-sharding off).
     """
-    paths = [str(p) for p in paths]
+    paths, labels = _shard_inputs([str(p) for p in paths], labels, shard)
     output_size = output_size or image_size
     parallel = map_parallelism()
+    on_bad = on_bad or ("raise" if labels is None else "skip")
     items: dict[str, object] = {"path": tf.constant(paths, dtype=tf.string)}
     if labels is not None:
         items["label"] = tf.constant(np.asarray(labels, dtype=np.int64))
     ds = tf.data.Dataset.from_tensor_slices(items)
-    ds = ds.map(_decode_fn(image_size, resize, max_pixels), num_parallel_calls=parallel, deterministic=True)
+    decode = _decode_fn(image_size, resize, max_pixels, on_bad, log if log is not None else DecodeLog())
+    ds = ds.map(decode, num_parallel_calls=parallel, deterministic=True)
+    if on_bad == "skip":
+        ds = ds.filter(lambda item: item["ok"])
     if cache:
         ds = ds.cache(cache if isinstance(cache, str) else "")
     if shuffle:
@@ -93,15 +108,33 @@ def image_dataset(
     return ds.with_options(pipeline_options())
 
 
-def _decode_fn(image_size: int, resize: str, max_pixels: int) -> Callable:
-    """The shared decode function as a tf.data map: ``{"path"}`` -> ``{"path", "image"}`` (uint8)."""
-    def decode(path: np.ndarray) -> np.ndarray:
-        return load_image(path.decode("utf-8"), image_size, resize, max_pixels=max_pixels)
+def _shard_inputs(paths: list[str], labels, shard: tuple[int, int] | None) -> tuple[list[str], object]:
+    """This worker's share of the files, chosen before anything is read."""
+    if shard is None:
+        return paths, labels
+    index, count = shard
+    mine = slice(index, None, count)
+    return paths[mine], (None if labels is None else np.asarray(labels)[mine])
+
+
+def _decode_fn(image_size: int, resize: str, max_pixels: int, on_bad: OnBad, log: DecodeLog) -> Callable:
+    """The shared decode function as a tf.data map: ``{"path"}`` -> ``{"path", "image", "ok"}`` (uint8, bool)."""
+    blank = np.zeros((image_size, image_size, 3), np.uint8)
+
+    def decode(path: np.ndarray) -> tuple[np.ndarray, bool]:
+        try:
+            return load_image(path.decode("utf-8"), image_size, resize, max_pixels=max_pixels), True
+        except BadImageError as error:
+            log.record(error)
+            if on_bad == "raise":
+                raise
+            return blank, False
 
     def decode_tf(item: dict) -> dict:
-        image = tf.numpy_function(decode, [item["path"]], tf.uint8, stateful=False)
+        image, ok = tf.numpy_function(decode, [item["path"]], (tf.uint8, tf.bool), stateful=False)
         image.set_shape((image_size, image_size, 3))
-        return {**item, "image": image}
+        ok.set_shape(())
+        return {**item, "image": image, "ok": ok}
 
     return decode_tf
 
