@@ -38,3 +38,8 @@ def store(sha256: str, entry: dict) -> None:
         write_json(target, entry)
     except OSError:
         pass
+
+
+def thumbnail_path(sha256: str, size: int, resize: str) -> Path:
+    """Where a small rendering of this content is kept (report galleries show the same photos run after run)."""
+    return cache_dir() / "thumbnails" / f"v{CACHE_FORMAT}" / sha256[:2] / f"{sha256}-{size}-{resize}.npy"

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from . import filecache
 from .errors import BadFilesWarning, BadImageError
 from .settings import CHOICES
-from .utils import sha256_file
+from .utils import atomic_path, sha256_file
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000: far above most cameras, far below a decompression bomb
 
@@ -219,6 +219,22 @@ def load_image(
     """
     pixels, _ = _decode(path, max_pixels, draft_size=size)
     return pixels if size is None else resize_array(pixels, size, resize)
+
+
+def load_thumbnail(path: str | os.PathLike, size: int, resize: ResizePolicy = "crop") -> np.ndarray:
+    """:func:`load_image` at a small ``size``, cached by content: a report that shows the same photos again (a
+    cached ``probe``) reads their bytes for the hash and decodes nothing."""
+    try:
+        target = filecache.thumbnail_path(sha256_file(path), size, resize)
+    except OSError:
+        return load_image(path, size, resize)  # names the unreadable file
+    with contextlib.suppress(OSError, ValueError):
+        return np.load(target, allow_pickle=False)
+    pixels = load_image(path, size, resize)
+    with contextlib.suppress(OSError), atomic_path(target, suffix=".npy.tmp") as tmp:  # a full cache costs speed only
+        with open(tmp, "wb") as f:
+            np.save(f, pixels, allow_pickle=False)
+    return pixels
 
 
 def _scale(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
