@@ -2,36 +2,10 @@
 decodes no photo, as a user runs it (a separate process, as the command line starts it)."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 from conftest import SAMPLE
-
-# runs the CLI like `tltool ...` and reports, at exit, what the process imported and decoded
-RUN_AND_REPORT = textwrap.dedent("""
-    import json, sys
-    from tltool import images
-    from tltool.cli import main
-    try:
-        main(sys.argv[1:], prog_name="tltool", standalone_mode=False)
-    finally:
-        state = {"tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules,
-                 "decodes": images.decode_count()}
-        print("STATE " + json.dumps(state))
-""")
-
-
-def _tltool(*args: str) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, "-c", RUN_AND_REPORT, *args], capture_output=True, text=True,
-                          env={**os.environ, "TLTOOL_NO_PROGRESS": "1"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    state = next(line for line in proc.stdout.splitlines() if line.startswith("STATE "))
-    return json.loads(state[len("STATE "):]), proc.stdout
-
+from helpers import run_tltool_reporting as _tltool
 
 def test_cached_commands_import_no_tensorflow_and_decode_no_photo(tmp_path: Path):
     features, common = tmp_path / "features", ["--image-size", "32", "--batch-size", "16"]

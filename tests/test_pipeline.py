@@ -79,16 +79,30 @@ def test_a_file_the_decode_cannot_read_is_skipped_in_training_and_an_error_in_pr
         list(image_dataset(paths, image_size=32, batch_size=8))
 
 
-def test_a_shard_reads_only_its_files(tmp_path):
+def test_shards_decode_only_their_files_and_together_give_one_machines_batches(tmp_path):
+    """Two workers, each with its share of every global batch of 4 (blocks of 2): each decodes half the files,
+    and their batches side by side are the single run's, shuffle and augmentation seeds included."""
     from helpers import noise_image
     from tltool import images
 
-    paths = [str(noise_image(tmp_path / f"g{i}.jpg", seed=i)) for i in range(5)]
-    whole = np.concatenate(list(image_dataset(paths, image_size=32, batch_size=2)))
-    parts = []
-    for index in range(2):
+    paths = [str(noise_image(tmp_path / f"g{i}.jpg", seed=i)) for i in range(8)]
+    labels = list(range(8))
+
+    def flip_by_seed(image, seed):
+        return image[:, ::-1] if seed % 2 else image
+
+    def run(**shard):
         before = images.decode_count()
-        parts.append(np.concatenate(list(image_dataset(paths, image_size=32, batch_size=2, shard=(index, 2)))))
-        assert images.decode_count() - before == (3, 2)[index]
-    np.testing.assert_array_equal(parts[0], whole[0::2])
-    np.testing.assert_array_equal(parts[1], whole[1::2])
+        batches = list(image_dataset(paths, labels, image_size=32, batch_size=4 if not shard else 2, shuffle=True,
+                                     seed=7, transform=flip_by_seed, **shard))
+        return batches, images.decode_count() - before
+
+    whole, decoded = run()
+    assert decoded == 8
+    parts = [run(shard=(i, 2), shard_block=2) for i in range(2)]
+    assert [n for _, n in parts] == [4, 4]
+    for k, (images_k, labels_k) in enumerate(whole):
+        together = [np.concatenate([parts[w][0][k][j] for w in range(2)]) for j in range(2)]
+        np.testing.assert_array_equal(together[1], labels_k)
+        np.testing.assert_array_equal(together[0], images_k)
+    assert sorted(np.concatenate([lab for _, lab in whole]).tolist()) == labels

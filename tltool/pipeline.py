@@ -58,6 +58,7 @@ def image_dataset(
     on_bad: OnBad | None = None,
     log: DecodeLog | None = None,
     shard: tuple[int, int] | None = None,
+    shard_block: int = 1,
 ) -> tf.data.Dataset:
     """Batches of ``(images, labels)`` (or images alone when ``labels`` is None).
 
@@ -69,27 +70,32 @@ def image_dataset(
     A file the decode cannot read (the check before the split reads headers only) is named in ``log`` and, by
     ``on_bad``: ``skip``ped (the default with labels: a training set loses one example), replaced by a black image
     (``zeros``: the output stays aligned with ``paths``; the caller drops it by ``log``), or ``raise``d (the
-    default without labels). ``shard=(I, N)``: only the files ``i`` with ``i % N == I`` are read at all, so N
-    workers each decode 1/N of the photos (the caller turns the strategy's own auto-sharding off).
+    default without labels).
+
+    ``shard=(I, N)``: this worker reads only its share of the files, chosen after the (seeded, identical on every
+    worker) shuffle and before anything is decoded: blocks of ``shard_block`` consecutive files go to the workers in
+    turn. With ``batch_size`` = ``shard_block`` = the per-worker batch, worker I's k-th batch is the I-th slice of
+    the k-th global batch a single machine would see, with the same augmentation seeds (the caller turns the
+    strategy's own auto-sharding off, e.g. ``strategy.distribute_datasets_from_function``).
     """
-    paths, labels = _shard_inputs([str(p) for p in paths], labels, shard)
     output_size = output_size or image_size
     parallel = map_parallelism()
     on_bad = on_bad or ("raise" if labels is None else "skip")
-    items: dict[str, object] = {"path": tf.constant(paths, dtype=tf.string)}
+    items: dict[str, object] = {"path": tf.constant([str(p) for p in paths], dtype=tf.string)}
     if labels is not None:
         items["label"] = tf.constant(np.asarray(labels, dtype=np.int64))
     ds = tf.data.Dataset.from_tensor_slices(items)
     decode = _decode_fn(image_size, resize, max_pixels, on_bad, log if log is not None else DecodeLog())
-    ds = ds.map(decode, num_parallel_calls=parallel, deterministic=True)
-    if on_bad == "skip":
-        ds = ds.filter(lambda item: item["ok"])
-    if cache:
+    if cache:  # decoded once, then shuffled from memory each epoch
+        ds = _decoded(_keep_share(ds, shard, shard_block), decode, parallel, on_bad)
         ds = ds.cache(cache if isinstance(cache, str) else "")
-    if shuffle:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True) if shuffle else ds
+        ds = _with_seeds(ds, seed) if transform is not None else ds
+    else:  # shuffled and seeded as paths: a shard decodes only its own files, in the order one machine would
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True) if shuffle else ds
+        ds = _with_seeds(ds, seed) if transform is not None else ds
+        ds = _decoded(_keep_share(ds, shard, shard_block), decode, parallel, on_bad)
     if transform is not None:
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)))
         ds = ds.map(_augment_fn(transform, output_size), num_parallel_calls=parallel, deterministic=True)
     if repeat:
         ds = ds.repeat()
@@ -108,13 +114,29 @@ def image_dataset(
     return ds.with_options(pipeline_options())
 
 
-def _shard_inputs(paths: list[str], labels, shard: tuple[int, int] | None) -> tuple[list[str], object]:
-    """This worker's share of the files, chosen before anything is read."""
+def _with_seeds(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    """Each element with its own augmentation seed, by its position in the epoch: ``(item, seed)``."""
+    return tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)))
+
+
+def _keep_share(ds: tf.data.Dataset, shard: tuple[int, int] | None, block: int) -> tf.data.Dataset:
+    """This worker's elements: blocks of ``block`` consecutive elements dealt to the workers in turn."""
     if shard is None:
-        return paths, labels
+        return ds
     index, count = shard
-    mine = slice(index, None, count)
-    return paths[mine], (None if labels is None else np.asarray(labels)[mine])
+    mine = ds.enumerate().filter(lambda position, element: (position // block) % count == index)
+    return mine.map(lambda position, element: element)
+
+
+def _decoded(ds: tf.data.Dataset, decode: Callable, parallel: int, on_bad: OnBad) -> tf.data.Dataset:
+    """Decode each element's file (an ``(item, seed)`` pair keeps its seed); unreadable ones dropped under skip."""
+    def decode_element(*element):
+        return (decode(element[0]), *element[1:]) if len(element) > 1 else decode(element[0])
+
+    ds = ds.map(decode_element, num_parallel_calls=parallel, deterministic=True)
+    if on_bad == "skip":
+        ds = ds.filter(lambda *element: element[0]["ok"])
+    return ds
 
 
 def _decode_fn(image_size: int, resize: str, max_pixels: int, on_bad: OnBad, log: DecodeLog) -> Callable:
