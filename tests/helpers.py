@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -101,3 +102,14 @@ def finish_tltool_reporting(proc: subprocess.Popen, timeout: float = 300) -> tup
 
 def run_tltool_reporting(*args: str, **env: str) -> tuple[dict, str]:
     return finish_tltool_reporting(start_tltool_reporting(*args, **env))
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` TCP ports free on 127.0.0.1 right now (for a TF_CONFIG cluster of local workers)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -2,28 +2,17 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 
 from conftest import SAMPLE
-from helpers import finish_tltool_reporting, start_tltool_reporting
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from helpers import finish_tltool_reporting, free_ports, start_tltool_reporting
 
 
 def test_two_workers_on_localhost_each_decode_half_and_give_the_one_machine_features(tmp_path):
     from tltool.features import extract_features, load_features
 
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     settings = ["--image-size", "32", "--weights", "none", "--chunk-size", "16", "--batch-size", "8"]
     workers = [start_tltool_reporting("extract", str(SAMPLE), "--out", str(tmp_path / "shared"), *settings,
                                       "--strategy", "multiworker",
