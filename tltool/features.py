@@ -121,7 +121,7 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     part = extraction_shard(config.strategy, config.shard)  # a bad --shard or TF_CONFIG fails before any work
     start = time.perf_counter()
     inputs = config.resolve_input()
-    checked = checked or prepare_dataset(data, config.val_fraction, config.seed, config.max_pixels)
+    checked = checked or prepare_dataset(data, config.val_fraction, config.seed, config.max_pixels, decode=False)
     records, hashes = _keyed_records(checked)
     key = extraction_key(_cache_settings(inputs, config), records, hashes)
     out = claim_output_dir(out_dir, "features", reuse=True)

@@ -210,11 +210,15 @@ def _collect_warnings(checked: CheckedDataset) -> None:
 
 
 def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 0,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> CheckedDataset:
-    """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning."""
+                    max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> CheckedDataset:
+    """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning.
+
+    ``decode=False`` (extraction): headers only; the decode that feeds the network finds the rest (see
+    :func:`check_dataset`). Training keeps the full check until its report drops what its own decode skipped.
+    """
     dataset = load_dataset(data) if not isinstance(data, Dataset) else data
     dataset.require_classes(2)
-    checked = check_dataset(dataset, max_pixels=max_pixels, emit_warnings=False, decode=False)
+    checked = check_dataset(dataset, max_pixels=max_pixels, emit_warnings=False, decode=decode)
     if not checked.dataset.records:
         raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image.")
     # split after the check: only usable files are split, and identical files stay on one side

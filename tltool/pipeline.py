@@ -55,7 +55,7 @@ def image_dataset(
     cache: bool | str = False,
     drop_remainder: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    on_bad: OnBad | None = None,
+    on_bad: OnBad = "raise",
     log: DecodeLog | None = None,
     shard: tuple[int, int] | None = None,
     shard_block: int = 1,
@@ -67,10 +67,11 @@ def image_dataset(
     ``output_size`` with its own per-image seed, so a run is repeatable given ``seed``. ``num_classes`` turns labels
     into one-hot vectors (needed for label smoothing). ``cache`` keeps decoded images in memory (True) or in a file.
 
-    A file the decode cannot read (the check before the split reads headers only) is named in ``log`` and, by
-    ``on_bad``: ``skip``ped (the default with labels: a training set loses one example), replaced by a black image
-    (``zeros``: the output stays aligned with ``paths``; the caller drops it by ``log``), or ``raise``d (the
-    default without labels).
+    A file the decode cannot read (when the check before the split read headers only) is named in ``log`` and, by
+    ``on_bad``: ``raise``d (the output stays aligned with ``paths``), replaced by a black image (``zeros``: aligned;
+    the caller drops it by ``log``, as extraction does), or ``skip``ped (a training set loses one example; the
+    dataset's length becomes unknown, which changes how ``tf.distribute`` splits the last batch and what a schedule
+    counts as an epoch, so the training loop must be ready for it before it uses ``skip``).
 
     ``shard=(I, N)``: this worker reads only its share of the files, chosen after the (seeded, identical on every
     worker) shuffle and before anything is decoded: blocks of ``shard_block`` consecutive files go to the workers in
@@ -80,7 +81,6 @@ def image_dataset(
     """
     output_size = output_size or image_size
     parallel = map_parallelism()
-    on_bad = on_bad or ("raise" if labels is None else "skip")
     items: dict[str, object] = {"path": tf.constant([str(p) for p in paths], dtype=tf.string)}
     if labels is not None:
         items["label"] = tf.constant(np.asarray(labels, dtype=np.int64))
@@ -120,12 +120,15 @@ def _with_seeds(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
 
 
 def _keep_share(ds: tf.data.Dataset, shard: tuple[int, int] | None, block: int) -> tf.data.Dataset:
-    """This worker's elements: blocks of ``block`` consecutive elements dealt to the workers in turn."""
+    """This worker's elements: blocks of ``block`` consecutive elements dealt to the workers in turn (its length
+    stays known, as a training loop and ``tf.distribute`` expect)."""
     if shard is None:
         return ds
     index, count = shard
+    total = int(ds.cardinality())
+    length = sum(min(block, total - start) for start in range(index * block, total, count * block))
     mine = ds.enumerate().filter(lambda position, element: (position // block) % count == index)
-    return mine.map(lambda position, element: element)
+    return mine.map(lambda position, element: element).apply(tf.data.experimental.assert_cardinality(length))
 
 
 def _decoded(ds: tf.data.Dataset, decode: Callable, parallel: int, on_bad: OnBad) -> tf.data.Dataset:
