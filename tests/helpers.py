@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +67,49 @@ def build_bad_corpus(root: Path) -> dict[str, str]:
     (root / "dogs" / "._dog_0.jpg").write_bytes(b"\0\5\26\7")
     (root / "empty_class").mkdir(parents=True, exist_ok=True)
     return expected
+
+
+# runs the CLI like `tltool ...` and reports, at exit, what the process imported and how many photos it decoded
+_RUN_AND_REPORT = textwrap.dedent("""
+    import json, sys
+    from tltool import images
+    from tltool.cli import main
+    try:
+        main(sys.argv[1:], prog_name="tltool", standalone_mode=False)
+    finally:
+        state = {"tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules,
+                 "decodes": images.decode_count()}
+        print("STATE " + json.dumps(state))
+""")
+
+
+def start_tltool_reporting(*args: str, **env: str) -> subprocess.Popen:
+    """``tltool ARGS`` in a new process that prints its state last (see :func:`finish_tltool_reporting`)."""
+    return subprocess.Popen([sys.executable, "-c", _RUN_AND_REPORT, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TLTOOL_NO_PROGRESS": "1", **env})
+
+
+def finish_tltool_reporting(proc: subprocess.Popen, timeout: float = 300) -> tuple[dict, str]:
+    """``(state, stdout)``: state says whether TensorFlow/Keras were imported and how many photos were decoded."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    state = next(line for line in stdout.splitlines() if line.startswith("STATE "))
+    return json.loads(state[len("STATE "):]), stdout
+
+
+def run_tltool_reporting(*args: str, **env: str) -> tuple[dict, str]:
+    return finish_tltool_reporting(start_tltool_reporting(*args, **env))
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` TCP ports free on 127.0.0.1 right now (for a TF_CONFIG cluster of local workers)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

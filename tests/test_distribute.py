@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLE
+from helpers import free_ports
 from tltool._tf import keras
 from tltool.arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers)
 from tltool.backbones import layers as _layers  # noqa: F401
@@ -149,18 +149,8 @@ def test_a_two_replica_run_resumes_on_one(two_devices):
                .optimizer.iterations.numpy()) == 2 * -(-120 // 16)
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_two_workers_on_localhost_only_the_chief_writes(tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     args = ["train", str(SAMPLE), "--arch", "lenet5", "--epochs", "2", "--batch-size", "8", "--val-fraction", "0.25",
             "--strategy", "multiworker"]
     procs = []

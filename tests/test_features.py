@@ -96,3 +96,32 @@ def test_bad_files_are_skipped_and_recorded(tmp_path):
         result = extract_features(str(data), tmp_path / "f", image_size=48)
     assert len(result.features.paths) == 80
     assert result.features.meta["skipped"][0]["reason"] == "truncated or corrupt"
+
+
+def test_a_truncated_photo_is_found_by_the_decode_that_feeds_the_network(tmp_path, monkeypatch):
+    """The check before the split reads headers only; the feeding decode names the truncated JPEG, its row is left
+    out, and a second run is cached (no decode at all) and still reports it."""
+    from helpers import jpeg_bytes
+    from tltool import images
+    from tltool.errors import BadFilesWarning
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))  # no earlier decode of these bytes is known
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE / "circle", data / "circle")
+    shutil.copytree(SAMPLE / "star", data / "star")
+    whole = jpeg_bytes((200, 200))
+    truncated = data / "star" / "half.jpg"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    before = images.decode_count()
+    with pytest.warns(BadFilesWarning, match="half.jpg: truncated or corrupt"):
+        first = extract_features(str(data), tmp_path / "f", image_size=48, chunk_size=32)
+    assert images.decode_count() - before == 81  # each photo decoded once: by the pipeline, not by a check first
+    assert len(first.features.paths) == 80 and str(truncated) not in first.features.paths
+    skipped = first.features.meta["skipped"]
+    assert [(s["path"], s["reason"], s["found_by"]) for s in skipped] == [(str(truncated), images.CORRUPT, "decode")]
+    before = images.decode_count()
+    again = extract_features(str(data), tmp_path / "f", image_size=48, chunk_size=32)
+    assert again.cached and images.decode_count() == before
+    assert [s["path"] for s in again.features.meta["skipped"]] == [str(truncated)]
+    assert str(truncated) not in {r.path for r in again.checked.dataset.records}  # the check knows it now
+    np.testing.assert_array_equal(again.features.avg, first.features.avg)

@@ -114,3 +114,45 @@ def test_max_pixels_is_what_rejects_and_pillows_limit_is_put_back(tmp_path):
                 images.check_image(path, max_pixels=max_pixels)
             assert err.value.reason == images.CORRUPT  # past the size checks: only the missing pixels are wrong
     assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_LIMIT  # raised for one open only, then put back
+
+
+def test_the_header_check_names_every_bad_file_but_the_truncated_one_without_decoding(tmp_path, monkeypatch):
+    """Before the split only headers are read: everything but a truncated body is found there, and nothing is
+    decoded (the truncated JPEG is left to the decode that feeds the network, tests/test_features.py)."""
+    from tltool.dataset import load_dataset
+    from tltool.inspection import check_dataset
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))  # no earlier decode of these bytes is known
+    expected = build_bad_corpus(tmp_path / "data")
+    before = images.decode_count()
+    checked = check_dataset(load_dataset(tmp_path / "data"), max_pixels=4_000_000, emit_warnings=False, decode=False)
+    assert images.decode_count() == before
+    reasons = {f.record.path: f.reason for f in checked.files}
+    for rel, outcome in expected.items():
+        wanted = None if outcome in ("ok", images.CORRUPT) else outcome
+        assert reasons[str(tmp_path / "data" / rel)] == wanted, rel
+    assert all(f.width >= 32 and f.sha256 for f in checked.files if f.ok)
+
+
+def test_a_photo_is_checked_once_per_content_across_runs(tmp_path, monkeypatch):
+    from tltool.dataset import load_dataset
+    from tltool.inspection import check_dataset
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    expected = build_bad_corpus(tmp_path / "data")
+    first = check_dataset(load_dataset(tmp_path / "data"), max_pixels=4_000_000, emit_warnings=False)
+    decoded = images.decode_count()
+    opened, real_open = [], images._open
+    monkeypatch.setattr(images, "_open", lambda path, *a: opened.append(str(path)) or real_open(path, *a))
+    for decode in (True, False):  # a full check and a header check both come from the cache now
+        again = check_dataset(load_dataset(tmp_path / "data"), max_pixels=4_000_000, emit_warnings=False, decode=decode)
+        assert [(f.reason, f.width, f.sha256) for f in again.files] == [(f.reason, f.width, f.sha256)
+                                                                         for f in first.files]
+    assert images.decode_count() == decoded
+    assert set(opened) == {str(tmp_path / "data" / "cats/huge.png")}  # only a bomb's header is read again
+    # the truncated JPEG, found by the full decode, is now dropped by a header check too
+    assert {f.record.path for f in again.bad} >= {str(tmp_path / "data" / "cats/truncated.jpg")}
+    # a lower pixel limit applies to cached sizes as well: a bomb is a matter of --max-pixels, not of the cache
+    strict = check_dataset(load_dataset(tmp_path / "data"), max_pixels=4_000, emit_warnings=False, decode=False)
+    assert {f.reason for f in strict.files if f.record.path.endswith("cat_0.jpg")} == {images.BOMB}
+    assert len(expected) == len(first.files)

@@ -128,7 +128,7 @@ def test_the_report_draws_the_overlays_its_caller_gives(tmp_path, monkeypatch):
     from tltool.evaluation import Evaluation
 
     evaluation = Evaluation(["a", "b"], np.array([0, 1, 0]), np.array([[0.2, 0.8], [0.9, 0.1], [0.7, 0.3]]))
-    monkeypatch.setattr(report, "load_image", lambda *a, **k: pytest.fail("an overlay was given: no image read"))
+    monkeypatch.setattr(report, "load_thumbnail", lambda *a, **k: pytest.fail("an overlay was given: no image read"))
     overlays = [np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)]
     assert report.plot_misclassified(evaluation, ["x.jpg", "y.jpg", "z.jpg"], tmp_path / "m.png",
                                      overlays=overlays) == 2

@@ -53,3 +53,58 @@ def test_augmented_pipeline_is_deterministic_given_seed(tmp_path):
     assert a[0][0].shape == (8, 48, 48, 3)
     assert not np.array_equal(a[0][0], a[1][0])  # a new draw each epoch
     assert not all(np.array_equal(x[0], y[0]) for x, y in zip(a, c))
+
+
+def test_a_file_the_decode_cannot_read_is_skipped_blanked_or_an_error(tmp_path):
+    import pytest
+
+    from helpers import jpeg_bytes, noise_image
+    from tltool.images import DecodeLog
+
+    good = [str(noise_image(tmp_path / f"g{i}.jpg", seed=i)) for i in range(3)]
+    whole = jpeg_bytes((120, 120))
+    bad = tmp_path / "half.jpg"
+    bad.write_bytes(whole[: len(whole) // 2])
+    paths = [good[0], str(bad), good[1], good[2]]
+    log = DecodeLog()
+    with pytest.warns(UserWarning, match="half.jpg"):
+        batches = list(image_dataset(paths, [0, 1, 2, 3], image_size=32, batch_size=8, on_bad="skip", log=log))
+    assert [int(x) for x in batches[0][1]] == [0, 2, 3]  # the training set loses the one example
+    assert list(log.failures) == [str(bad)]
+    zeros = next(iter(image_dataset(paths, image_size=32, batch_size=8, on_bad="zeros", log=DecodeLog())))
+    assert zeros.shape[0] == 4 and float(zeros[1].numpy().max()) == 0.0 and float(zeros[0].numpy().max()) > 0
+    from tltool._tf import tf
+
+    with pytest.raises(tf.errors.OpError, match="half.jpg: truncated or corrupt"):  # the default
+        list(image_dataset(paths, [0, 1, 2, 3], image_size=32, batch_size=8))
+
+
+def test_shards_decode_only_their_files_and_together_give_one_machines_batches(tmp_path):
+    """Two workers, each with its share of every global batch of 4 (blocks of 2): each decodes half the files,
+    and their batches side by side are the single run's, shuffle and augmentation seeds included."""
+    from helpers import noise_image
+    from tltool import images
+
+    paths = [str(noise_image(tmp_path / f"g{i}.jpg", seed=i)) for i in range(8)]
+    labels = list(range(8))
+
+    def flip_by_seed(image, seed):
+        return image[:, ::-1] if seed % 2 else image
+
+    def run(**shard):
+        before = images.decode_count()
+        ds = image_dataset(paths, labels, image_size=32, batch_size=4 if not shard else 2, shuffle=True, seed=7,
+                           transform=flip_by_seed, **shard)
+        assert int(ds.cardinality()) == 2  # known: a training loop counts its steps
+        batches = list(ds)
+        return batches, images.decode_count() - before
+
+    whole, decoded = run()
+    assert decoded == 8
+    parts = [run(shard=(i, 2), shard_block=2) for i in range(2)]
+    assert [n for _, n in parts] == [4, 4]
+    for k, (images_k, labels_k) in enumerate(whole):
+        together = [np.concatenate([parts[w][0][k][j] for w in range(2)]) for j in range(2)]
+        np.testing.assert_array_equal(together[1], labels_k)
+        np.testing.assert_array_equal(together[0], images_k)
+    assert sorted(np.concatenate([lab for _, lab in whole]).tolist()) == labels

@@ -20,12 +20,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, filecache
 from .backbones import create_backbone, get_backbone_spec, weights_digest
 from .configs import ExtractConfig, InputConfig
 from .dataset import Dataset, Record, label_indices
 from .distribute import extraction_shard, resolve_strategy
 from .errors import TltoolError
+from .images import DecodeLog
 from .inspection import CheckedDataset, prepare_dataset
 from .outputs import claim_output_dir
 from .progress import Bar, say
@@ -118,28 +119,45 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     config = replace(config or ExtractConfig(), **settings)
     config.validate()
     part = extraction_shard(config.strategy, config.shard)  # a bad --shard or TF_CONFIG fails before any work
+    start = time.perf_counter()
+    inputs = config.resolve_input()
+    checked = checked or prepare_dataset(data, config.val_fraction, config.seed, config.max_pixels,
+                                         strict=config.strict, decode=False)
+    records, hashes = _keyed_records(checked)
+    key = extraction_key(_cache_settings(inputs, config), records, hashes)
+    out = claim_output_dir(out_dir, "features", reuse=True)
+    chunks = _Chunks(out, key, config.chunk_size, len(records))
+    if _reuse_cached(chunks, checked, records, hashes):  # before TensorFlow is imported: cached work is instant
+        return ExtractResult(out, True, time.perf_counter() - start, None, checked)
     # inference needs no collective ops: under multiworker each worker runs its share on its own devices
     tf_strategy, info = resolve_strategy("auto" if config.strategy == "multiworker" else config.strategy)
     say(info.describe() + (f"; shard {part[0]}/{part[1]} of the chunks" if part else ""))
-    start = time.perf_counter()
-    inputs = config.resolve_input()
-    checked = checked or prepare_dataset(data, config.val_fraction, config.seed, config.max_pixels, config.strict)
-    records = sorted(checked.dataset.records, key=lambda r: r.path)  # file order only: splits can change, chunks stay
-    key = extraction_key(_cache_settings(inputs, config), records, checked.hashes)
-    out = claim_output_dir(out_dir, "features", reuse=True)
-    chunks = _Chunks(out, key, config.chunk_size, len(records))
-    if _reuse_cached(chunks, checked, records):
-        return ExtractResult(out, True, time.perf_counter() - start, None, checked)
-    meta = _start_meta(chunks, inputs, config, checked, records, info, part)
+    meta = _start_meta(chunks, inputs, config, checked, records, hashes, info, part)
+    log = DecodeLog()
     n_computed, seconds = _compute_chunks(records, chunks, inputs, config.weights, config.batch_size * info.replicas,
-                                          part, tf_strategy if info.distributed else None)
+                                          part, tf_strategy if info.distributed else None, log)
     missing = chunks.missing() if part else []
     meta["complete"] = not missing  # the last shard to finish completes the folder
     meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
+    meta["skipped"] += _decode_skipped(log)
     write_json(out / "features.json", meta)
     _say_shard_state(out, part, missing, chunks.count)
     total = time.perf_counter() - start
     return ExtractResult(out, False, total, meta["throughput_images_per_second"], checked, not missing, part)
+
+
+def _keyed_records(checked: CheckedDataset) -> tuple[list[Record], dict[str, str]]:
+    """The files the features are stored for, in path order, and their content hashes: the usable files and those
+    an earlier feeding decode found bad (their rows are stored as not usable), so learning that a file is bad does
+    not change the cache key and a second run stays cached."""
+    decode_bad = [f.record for f in checked.bad if f.stage == filecache.DECODE and f.sha256]
+    records = sorted([*checked.dataset.records, *decode_bad], key=lambda r: r.path)  # splits can change, chunks stay
+    return records, {f.record.path: f.sha256 for f in checked.files if f.sha256}
+
+
+def _decode_skipped(log: DecodeLog) -> list[dict]:
+    return [{"path": path, "reason": reason, "detail": detail, "found_by": "decode"}
+            for path, (reason, detail) in sorted(log.failures.items())]
 
 
 @dataclass(frozen=True)
@@ -177,7 +195,7 @@ def _dataset_meta(dataset: Dataset) -> dict:
     return {"name": dataset.name, "source": dataset.source, "notes": dataset.notes}
 
 
-def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record]) -> bool:
+def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record], hashes: dict[str, str]) -> bool:
     """True when a complete extraction with the same key is in place: its metadata gets the current labels."""
     meta_path = chunks.out / "features.json"
     if not meta_path.exists():
@@ -186,7 +204,11 @@ def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record
     if not (old.get("key") == chunks.key and old.get("complete") and not chunks.missing()):
         return False
     dataset = checked.dataset
-    old.update(classes=dataset.classes, files=_file_rows(records, checked.hashes), dataset=_dataset_meta(dataset))
+    known = {f.record.path for f in checked.bad}
+    skipped = _check_skipped(checked) + [s for s in old.get("skipped", [])
+                                         if s.get("found_by") and s["path"] not in known]
+    old.update(classes=dataset.classes, files=_file_rows(records, hashes), dataset=_dataset_meta(dataset),
+               skipped=skipped)
     write_json(meta_path, old)  # the current labels and split; the numbers are reused
     write_json(chunks.out / "classes.json", dataset.classes)
     say(f"[green]cached[/green]: features for {len(records)} images already in {chunks.out} (same files, backbone "
@@ -194,15 +216,19 @@ def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record
     return True
 
 
+def _check_skipped(checked: CheckedDataset) -> list[dict]:
+    return [{"path": f.record.path, "reason": f.reason, "detail": f.detail, "found_by": f.stage} for f in checked.bad]
+
+
 def _start_meta(chunks: _Chunks, inputs: InputConfig, config: ExtractConfig, checked: CheckedDataset,
-                records: list[Record], info, part: tuple[int, int] | None) -> dict:
+                records: list[Record], hashes: dict[str, str], info, part: tuple[int, int] | None) -> dict:
     """Write ``features.json`` (not yet complete) and ``classes.json``; return the metadata."""
     dataset = checked.dataset
     meta = {
         **_cache_settings(inputs, config), "key": chunks.key, "complete": False, "tltool_version": __version__,
         "classes": dataset.classes, "dataset": _dataset_meta(dataset), "chunk_size": config.chunk_size,
-        "n_images": len(records), "max_pixels": inputs.max_pixels, "files": _file_rows(records, checked.hashes),
-        "skipped": [{"path": f.record.path, "reason": f.reason} for f in checked.bad],
+        "n_images": len(records), "max_pixels": inputs.max_pixels, "files": _file_rows(records, hashes),
+        "skipped": _check_skipped(checked),
         "distribute": {**info.to_json(), "shard": f"{part[0]}/{part[1]}" if part else None},
     }
     write_json(chunks.out / "classes.json", dataset.classes)
@@ -267,10 +293,14 @@ def _distributed_step(step, strategy):
 
 
 def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str, batch_size: int,
-                    shard: tuple[int, int] | None = None, strategy=None) -> tuple[int, float]:
+                    shard: tuple[int, int] | None = None, strategy=None,
+                    log: DecodeLog | None = None) -> tuple[int, float]:
     """Run the network over the images of the chunks still missing (of this shard); returns how many images it
-    ran on after the first batch and the seconds that took (the throughput, without graph tracing)."""
+    ran on after the first batch and the seconds that took (the throughput, without graph tracing). Only these
+    images are decoded; one that cannot be is named in ``log`` and its row is stored as not usable."""
     from .pipeline import image_dataset  # imports TensorFlow
+
+    log = log if log is not None else DecodeLog()
 
     mine = [i for i in range(chunks.count) if shard is None or i % shard[1] == shard[0]]
     pending = [i for i in mine if not chunks.done(i)]
@@ -281,14 +311,14 @@ def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str,
         return 0, 0.0
     todo = [j for i in pending for j in range(i * chunks.size, i * chunks.size + chunks.rows(i))]
     ds = image_dataset([records[j].path for j in todo], image_size=inputs.image_size, resize=inputs.resize,
-                       batch_size=batch_size, max_pixels=inputs.max_pixels)
+                       batch_size=batch_size, max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
     if strategy is None:
         _model, step = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
     else:
         with strategy.scope():
             _model, step = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
         step, ds = _distributed_step(step, strategy), strategy.experimental_distribute_dataset(ds)
-    writer = _ChunkWriter(chunks, pending)
+    writer = _ChunkWriter(chunks, pending, [r.path for r in records], log)
     t0 = first = None
     with Bar(len(todo), f"extracting {inputs.backbone}") as bar:
         for images in _iterate(ds):
@@ -305,8 +335,9 @@ def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str,
 class _ChunkWriter:
     """Collects pooled features batch by batch and writes each pending chunk as soon as its rows are in."""
 
-    def __init__(self, chunks: _Chunks, pending: list[int]) -> None:
+    def __init__(self, chunks: _Chunks, pending: list[int], paths: list[str], log: DecodeLog) -> None:
         self.chunks, self.pending = chunks, iter(pending)
+        self.paths, self.log = paths, log
         self.buffers: tuple[list, list] = ([], [])
         self.have = 0
         self.current = next(self.pending, None)
@@ -318,7 +349,10 @@ class _ChunkWriter:
         while self.current is not None and self.have >= self.chunks.rows(self.current):
             want = self.chunks.rows(self.current)
             avg_all, max_all = np.concatenate(self.buffers[0]), np.concatenate(self.buffers[1])
-            _write_chunk(self.chunks.out, self.current, self.chunks.key, avg_all[:want], max_all[:want])
+            first = self.current * self.chunks.size
+            # every row of the chunk has been decoded by now (batches arrive after their decode): the log is complete
+            ok = np.array([p not in self.log.failures for p in self.paths[first:first + want]])
+            _write_chunk(self.chunks.out, self.current, self.chunks.key, avg_all[:want], max_all[:want], ok)
             self.buffers = ([avg_all[want:]], [max_all[want:]])
             self.have -= want
             self.current = next(self.pending, None)
@@ -338,11 +372,12 @@ def _iterate(ds):
                               f"{exc.message.splitlines()[0]}") from None
 
 
-def _write_chunk(out: Path, index: int, key: str, avg: np.ndarray, mx: np.ndarray) -> None:
+def _write_chunk(out: Path, index: int, key: str, avg: np.ndarray, mx: np.ndarray, ok: np.ndarray) -> None:
+    """``ok``: the rows whose image was decoded (a file found bad by the decode has a row of zeros, not used)."""
     target = _chunk_path(out, index)
     with atomic_path(target, suffix=".npz.tmp") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, avg=avg.astype(np.float32), max=mx.astype(np.float32), key=np.array(key))
+            np.savez(f, avg=avg.astype(np.float32), max=mx.astype(np.float32), key=np.array(key), ok=ok)
 
 
 def load_features(directory: str | Path) -> FeatureSet:
@@ -354,7 +389,7 @@ def load_features(directory: str | Path) -> FeatureSet:
     if not meta.get("complete"):
         raise TltoolError(f"{directory}: the extraction did not finish. Run the same `tltool extract` again to resume.")
     n, chunk = meta["n_images"], meta["chunk_size"]
-    avg, mx = [], []
+    avg, mx, ok = [], [], []
     for i in range((n + chunk - 1) // chunk):
         path = _chunk_path(directory, i)
         if not _chunk_done(path, meta["key"], _chunk_rows(i, chunk, n)):
@@ -363,11 +398,13 @@ def load_features(directory: str | Path) -> FeatureSet:
         with np.load(path) as z:
             avg.append(z["avg"])
             mx.append(z["max"])
-    files = meta["files"]
+            ok.append(z["ok"] if "ok" in z.files else np.ones(len(z["avg"]), bool))
+    usable = np.concatenate(ok)
+    files = [f for f, keep in zip(meta["files"], usable) if keep]  # files the feeding decode found bad are left out
     classes = meta["classes"]
     records = [Record(f["path"], f["label"], f["split"]) for f in files]
     return FeatureSet(
-        directory=directory, meta=meta, avg=np.concatenate(avg), max=np.concatenate(mx),
+        directory=directory, meta=meta, avg=np.concatenate(avg)[usable], max=np.concatenate(mx)[usable],
         paths=[f["path"] for f in files], labels=label_indices(records, classes),
         splits=np.array([f["split"] for f in files]), hashes=[f["sha256"] for f in files],
     )

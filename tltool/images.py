@@ -9,14 +9,17 @@ import contextlib
 import os
 import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadImageError
+from . import filecache
+from .errors import BadFilesWarning, BadImageError
 from .settings import CHOICES
+from .utils import atomic_path, sha256_file
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000: far above most cameras, far below a decompression bomb
 
@@ -122,9 +125,34 @@ def _to_rgb(im: Image.Image, conversions: list[str]) -> Image.Image:
     return im.convert("RGB")
 
 
+_DECODES = [0]
+_DECODES_LOCK = threading.Lock()
+
+
+def decode_count() -> int:
+    """How many files this process has decoded so far (header reads do not count): tests assert that cached work
+    decodes nothing and that a worker of a sharded run decodes only its share."""
+    return _DECODES[0]
+
+
+def read_header(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """What the file's header says (format, size, mode), checked like a decode would be, without decoding a pixel.
+
+    Catches empty files, non-images, decompression bombs and too-small images; a file whose header is fine but whose
+    data is truncated is found by the decode that feeds the network (:func:`load_image`).
+    """
+    im = _open(path, max_pixels)
+    try:
+        return ImageInfo(width=im.size[0], height=im.size[1], format=im.format, mode=im.mode)
+    finally:
+        im.close()
+
+
 def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) -> tuple[np.ndarray, ImageInfo]:
     """Open, check and convert to an ``(H, W, 3)`` uint8 array (the file is closed on return)."""
     source = _open(path, max_pixels)
+    with _DECODES_LOCK:
+        _DECODES[0] += 1
     info = ImageInfo(width=source.size[0], height=source.size[1], format=source.format, mode=source.mode)
     try:
         if draft_size and source.format == "JPEG":
@@ -150,6 +178,32 @@ def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) ->
         source.close()
 
 
+@dataclass
+class DecodeLog:
+    """The files the feeding decode could not read, ``{path: (reason, detail)}``, filled from tf.data's threads.
+
+    Each one is also warned about (:class:`BadFilesWarning`, naming the file) and remembered in the content cache,
+    so the next check drops it before the split without decoding it again.
+    """
+
+    failures: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, error: BadImageError) -> None:
+        path = str(error.path)
+        with self._lock:
+            if path in self.failures:
+                return
+            self.failures[path] = (error.reason, error.detail)
+        warnings.warn(f"1 file(s) skipped:\n  {path}: {error.reason}" + (f" ({error.detail})" if error.detail else ""),
+                      BadFilesWarning, stacklevel=2)
+        try:
+            sha = sha256_file(path)
+        except OSError:
+            return
+        filecache.store(sha, {"stage": filecache.DECODE, "reason": error.reason, "detail": error.detail})
+
+
 def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Fully decode ``path`` (so truncation is caught) and say what it is; raise :class:`BadImageError` if unusable."""
     return _decode(path, max_pixels, draft_size=256)[1]
@@ -168,6 +222,22 @@ def load_image(
     """
     pixels, _ = _decode(path, max_pixels, draft_size=size)
     return pixels if size is None else resize_array(pixels, size, resize)
+
+
+def load_thumbnail(path: str | os.PathLike, size: int, resize: ResizePolicy = "crop") -> np.ndarray:
+    """:func:`load_image` at a small ``size``, cached by content: a report that shows the same photos again (a
+    cached ``probe``) reads their bytes for the hash and decodes nothing."""
+    try:
+        target = filecache.thumbnail_path(sha256_file(path), size, resize)
+    except OSError:
+        return load_image(path, size, resize)  # names the unreadable file
+    with contextlib.suppress(OSError, ValueError):
+        return np.load(target, allow_pickle=False)
+    pixels = load_image(path, size, resize)
+    with contextlib.suppress(OSError), atomic_path(target, suffix=".npy.tmp") as tmp:  # a full cache costs speed only
+        with open(tmp, "wb") as f:
+            np.save(f, pixels, allow_pickle=False)
+    return pixels
 
 
 def _scale(pixels: np.ndarray, width: int, height: int) -> np.ndarray:

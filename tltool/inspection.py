@@ -1,4 +1,5 @@
-"""Dataset validation: every file decoded once, bad files named with their reason, duplicates and leakage found.
+"""Dataset validation: every file hashed and checked (once per content: cached), bad files named with their
+reason, duplicates and leakage found.
 
 :func:`check_dataset` is what every command runs before it touches a network (:func:`prepare_dataset` adds the
 split); :func:`inspect_dataset` is ``tltool data inspect``, which the CLI shows as a table beside ``inspect.json``.
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .dataset import Dataset, Record, load_dataset, require_training_images, stratified_split
+from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LeakageWarning, TltoolError,
                      TooFewClassesWarning)
-from .images import DEFAULT_MAX_PIXELS, check_image
+from .images import BOMB, DEFAULT_MAX_PIXELS, UNREADABLE, check_image, read_header
 from .progress import Bar
 from .runs import new_run_dir
 from .utils import sha256_file, write_json
@@ -39,6 +41,7 @@ class FileCheck:
     conversions: list[str] = field(default_factory=list)
     reason: str | None = None  # None: usable
     detail: str = ""
+    stage: str = filecache.HEADER  # how far the file was read: its header, or every pixel (filecache.DECODE)
 
     @property
     def ok(self) -> bool:
@@ -114,23 +117,59 @@ class CheckedDataset:
         }
 
 
-def _check_one(record: Record, max_pixels: int) -> FileCheck:
+def _check_one(record: Record, max_pixels: int, decode: bool) -> FileCheck:
+    """Hash the file's bytes; what its content is (header, or full decode with ``decode``) comes from the content
+    cache when this content was seen before, else from reading it (and is cached)."""
     result = FileCheck(record)
     try:
-        info = check_image(record.path, max_pixels=max_pixels)
-        result.width, result.height, result.conversions = info.width, info.height, info.conversions
         result.sha256 = sha256_file(record.path)
-    except BadImageError as exc:
-        result.reason, result.detail = exc.reason, exc.detail
+    except OSError as exc:
+        result.reason, result.detail = UNREADABLE, exc.strerror or str(exc)
+        return result
+    entry = filecache.lookup(result.sha256)
+    if entry is None or (decode and entry.get("stage") != filecache.DECODE):
+        entry = _examine(record.path, max_pixels, decode)
+        if entry.get("reason") != BOMB:  # a bomb depends on --max-pixels; its header is checked again, cheaply
+            filecache.store(result.sha256, entry)
+    _apply_entry(result, entry, max_pixels)
     return result
 
 
+def _examine(path: str, max_pixels: int, decode: bool) -> dict:
+    """What reading the file finds: its header only, or (``decode``) every pixel."""
+    try:
+        info = check_image(path, max_pixels=max_pixels) if decode else read_header(path, max_pixels=max_pixels)
+    except BadImageError as exc:
+        return {"stage": filecache.DECODE if decode else filecache.HEADER, "reason": exc.reason, "detail": exc.detail}
+    return {"stage": filecache.DECODE if decode else filecache.HEADER, "reason": None, "width": info.width,
+            "height": info.height, "format": info.format, "mode": info.mode, "conversions": info.conversions}
+
+
+def _apply_entry(result: FileCheck, entry: dict, max_pixels: int) -> None:
+    """Fill ``result`` from a cache entry; the pixel limit is the current ``max_pixels``, not the cached run's."""
+    result.stage = entry.get("stage", filecache.HEADER)
+    if entry.get("reason"):
+        result.reason, result.detail = entry["reason"], entry.get("detail", "")
+        return
+    result.width, result.height = entry["width"], entry["height"]
+    result.conversions = list(entry.get("conversions", []))
+    pixels = result.width * result.height
+    if pixels > max_pixels:
+        result.reason = BOMB
+        result.detail = f"{result.width}x{result.height} = {pixels:,} pixels > --max-pixels {max_pixels:,}"
+
+
 def check_dataset(dataset: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 4,
-                  emit_warnings: bool = True) -> CheckedDataset:
-    """Decode and hash every file (in threads; Pillow releases the GIL), then drop the bad ones with a warning."""
+                  emit_warnings: bool = True, decode: bool = True) -> CheckedDataset:
+    """Hash every file and check it (in threads; Pillow releases the GIL), then drop the bad ones with a warning.
+
+    ``decode``: decode every pixel (``data inspect``, evaluation); without it only the headers are read and a file
+    whose data is bad is found by the decode that feeds the network. Either way, what a file's content was found
+    to be is cached (:mod:`tltool.filecache`), and files an earlier decode found bad are dropped here.
+    """
     files: list[FileCheck] = [None] * len(dataset.records)  # type: ignore[list-item]
     with ThreadPoolExecutor(max_workers=workers) as pool, Bar(len(files), f"checking {dataset.name}") as bar:
-        futures = {pool.submit(_check_one, r, max_pixels): i for i, r in enumerate(dataset.records)}
+        futures = {pool.submit(_check_one, r, max_pixels, decode): i for i, r in enumerate(dataset.records)}
         for future, i in futures.items():
             files[i] = future.result()
             bar.update()
@@ -213,12 +252,16 @@ def check_classes(checked: CheckedDataset, strict: bool = False, for_training: b
 
 
 def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 0,
-                    max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False) -> CheckedDataset:
+                    max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, decode: bool = True) -> CheckedDataset:
     """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning, and
-    so is a class left without usable images (an error with ``strict``)."""
+    so is a class left without usable images (an error with ``strict``).
+
+    ``decode=False`` (extraction): headers only; the decode that feeds the network finds the rest (see
+    :func:`check_dataset`). Training keeps the full check until its report drops what its own decode skipped.
+    """
     dataset = load_dataset(data) if not isinstance(data, Dataset) else data
     dataset.require_classes(2)
-    checked = check_dataset(dataset, max_pixels=max_pixels, emit_warnings=False)
+    checked = check_dataset(dataset, max_pixels=max_pixels, emit_warnings=False, decode=decode)
     if not checked.dataset.records:
         raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image.")
     # split after the check: only usable files are split, and identical files stay on one side
@@ -259,7 +302,7 @@ class InspectResult:
 def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | None = None) -> InspectResult:
     """Check every file of the dataset at ``path`` and write ``inspect.json``; the caller shows the result."""
     dataset = load_dataset(path)
-    checked = check_dataset(dataset, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, emit_warnings=False)
+    checked = check_dataset(dataset, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, emit_warnings=False, decode=True)
     check_classes(checked)
     target = write_inspect_report(checked, new_run_dir("inspect", dataset.name, out=out, force=True))
     return InspectResult(checked, target)

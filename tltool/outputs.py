@@ -8,6 +8,7 @@ else is refused unless its marker says tltool made it for the same kind of outpu
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -65,9 +66,26 @@ def claim_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
             raise TltoolError(f"{option} {path}: already holds an earlier tltool {kind}; choose another folder, or "
                               "pass --force to replace it.")
         return path
-    path.mkdir(parents=True, exist_ok=True)
-    mark_output_dir(path, kind)
+    if not _create_marked(path, kind):  # another process (a shard, a worker) made it first: claim it as it is
+        return claim_output_dir(path, kind, reuse=reuse, force=force, option=option)
     return path
+
+
+def _create_marked(path: Path, kind: str) -> bool:
+    """Make ``path`` appear with its marker in one step (a folder built beside it, then renamed onto it), so a
+    process starting at the same moment never sees it unmarked. False when another process made it first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.claim-{secrets.token_hex(4)}")
+    staging.mkdir()
+    mark_output_dir(staging, kind)
+    try:
+        os.rename(staging, path)  # an absent or empty folder is replaced; a folder with files in it is not
+    except OSError:
+        shutil.rmtree(staging)
+        if not path.is_dir():
+            raise
+        return False
+    return True
 
 
 def staging_dir(target: Path, kind: str) -> Path:

@@ -7,14 +7,16 @@ model takes raw pixels and cannot be fed the wrong normalisation.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from ._tf import tf
 
-from .images import DEFAULT_MAX_PIXELS, load_image
+from .errors import BadImageError
+from .images import DEFAULT_MAX_PIXELS, DecodeLog, load_image
 
 Transform = Callable[[np.ndarray, int], np.ndarray]  # (uint8 image, seed) -> uint8 image
+OnBad = Literal["raise", "skip", "zeros"]
 
 
 def pipeline_options(cpu_count: int | None = None) -> tf.data.Options:
@@ -53,6 +55,10 @@ def image_dataset(
     cache: bool | str = False,
     drop_remainder: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_bad: OnBad = "raise",
+    log: DecodeLog | None = None,
+    shard: tuple[int, int] | None = None,
+    shard_block: int = 1,
 ) -> tf.data.Dataset:
     """Batches of ``(images, labels)`` (or images alone when ``labels`` is None).
 
@@ -60,21 +66,36 @@ def image_dataset(
     ``image_size`` x ``image_size``. ``transform`` (train only) maps that uint8 image to ``output_size`` x
     ``output_size`` with its own per-image seed, so a run is repeatable given ``seed``. ``num_classes`` turns labels
     into one-hot vectors (needed for label smoothing). ``cache`` keeps decoded images in memory (True) or in a file.
+
+    A file the decode cannot read (when the check before the split read headers only) is named in ``log`` and, by
+    ``on_bad``: ``raise``d (the output stays aligned with ``paths``), replaced by a black image (``zeros``: aligned;
+    the caller drops it by ``log``, as extraction does), or ``skip``ped (a training set loses one example; the
+    dataset's length becomes unknown, which changes how ``tf.distribute`` splits the last batch and what a schedule
+    counts as an epoch, so the training loop must be ready for it before it uses ``skip``).
+
+    ``shard=(I, N)``: this worker reads only its share of the files, chosen after the (seeded, identical on every
+    worker) shuffle and before anything is decoded: blocks of ``shard_block`` consecutive files go to the workers in
+    turn. With ``batch_size`` = ``shard_block`` = the per-worker batch, worker I's k-th batch is the I-th slice of
+    the k-th global batch a single machine would see, with the same augmentation seeds (the caller turns the
+    strategy's own auto-sharding off, e.g. ``strategy.distribute_datasets_from_function``).
     """
-    paths = [str(p) for p in paths]
     output_size = output_size or image_size
     parallel = map_parallelism()
-    items: dict[str, object] = {"path": tf.constant(paths, dtype=tf.string)}
+    items: dict[str, object] = {"path": tf.constant([str(p) for p in paths], dtype=tf.string)}
     if labels is not None:
         items["label"] = tf.constant(np.asarray(labels, dtype=np.int64))
     ds = tf.data.Dataset.from_tensor_slices(items)
-    ds = ds.map(_decode_fn(image_size, resize, max_pixels), num_parallel_calls=parallel, deterministic=True)
-    if cache:
+    decode = _decode_fn(image_size, resize, max_pixels, on_bad, log if log is not None else DecodeLog())
+    if cache:  # decoded once, then shuffled from memory each epoch
+        ds = _decoded(_keep_share(ds, shard, shard_block), decode, parallel, on_bad)
         ds = ds.cache(cache if isinstance(cache, str) else "")
-    if shuffle:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True) if shuffle else ds
+        ds = _with_seeds(ds, seed) if transform is not None else ds
+    else:  # shuffled and seeded as paths: a shard decodes only its own files, in the order one machine would
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True) if shuffle else ds
+        ds = _with_seeds(ds, seed) if transform is not None else ds
+        ds = _decoded(_keep_share(ds, shard, shard_block), decode, parallel, on_bad)
     if transform is not None:
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)))
         ds = ds.map(_augment_fn(transform, output_size), num_parallel_calls=parallel, deterministic=True)
     if repeat:
         ds = ds.repeat()
@@ -93,15 +114,52 @@ def image_dataset(
     return ds.with_options(pipeline_options())
 
 
-def _decode_fn(image_size: int, resize: str, max_pixels: int) -> Callable:
-    """The shared decode function as a tf.data map: ``{"path"}`` -> ``{"path", "image"}`` (uint8)."""
-    def decode(path: np.ndarray) -> np.ndarray:
-        return load_image(path.decode("utf-8"), image_size, resize, max_pixels=max_pixels)
+def _with_seeds(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    """Each element with its own augmentation seed, by its position in the epoch: ``(item, seed)``."""
+    return tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)))
+
+
+def _keep_share(ds: tf.data.Dataset, shard: tuple[int, int] | None, block: int) -> tf.data.Dataset:
+    """This worker's elements: blocks of ``block`` consecutive elements dealt to the workers in turn (its length
+    stays known, as a training loop and ``tf.distribute`` expect)."""
+    if shard is None:
+        return ds
+    index, count = shard
+    total = int(ds.cardinality())
+    length = sum(min(block, total - start) for start in range(index * block, total, count * block))
+    mine = ds.enumerate().filter(lambda position, element: (position // block) % count == index)
+    return mine.map(lambda position, element: element).apply(tf.data.experimental.assert_cardinality(length))
+
+
+def _decoded(ds: tf.data.Dataset, decode: Callable, parallel: int, on_bad: OnBad) -> tf.data.Dataset:
+    """Decode each element's file (an ``(item, seed)`` pair keeps its seed); unreadable ones dropped under skip."""
+    def decode_element(*element):
+        return (decode(element[0]), *element[1:]) if len(element) > 1 else decode(element[0])
+
+    ds = ds.map(decode_element, num_parallel_calls=parallel, deterministic=True)
+    if on_bad == "skip":
+        ds = ds.filter(lambda *element: element[0]["ok"])
+    return ds
+
+
+def _decode_fn(image_size: int, resize: str, max_pixels: int, on_bad: OnBad, log: DecodeLog) -> Callable:
+    """The shared decode function as a tf.data map: ``{"path"}`` -> ``{"path", "image", "ok"}`` (uint8, bool)."""
+    blank = np.zeros((image_size, image_size, 3), np.uint8)
+
+    def decode(path: np.ndarray) -> tuple[np.ndarray, bool]:
+        try:
+            return load_image(path.decode("utf-8"), image_size, resize, max_pixels=max_pixels), True
+        except BadImageError as error:
+            log.record(error)
+            if on_bad == "raise":
+                raise
+            return blank, False
 
     def decode_tf(item: dict) -> dict:
-        image = tf.numpy_function(decode, [item["path"]], tf.uint8, stateful=False)
+        image, ok = tf.numpy_function(decode, [item["path"]], (tf.uint8, tf.bool), stateful=False)
         image.set_shape((image_size, image_size, 3))
-        return {**item, "image": image}
+        ok.set_shape(())
+        return {**item, "image": image, "ok": ok}
 
     return decode_tf
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import BadImageError
 from .evaluation import Evaluation
-from .images import load_image
+from .images import load_thumbnail
 from .plotting import pyplot, save_figure
 from .stats import format_proportion
 from .utils import write_json, write_text_atomic
@@ -69,7 +69,7 @@ def plot_misclassified(evaluation: Evaluation, paths: Sequence[str], target: Pat
         ax.axis("off")
     for ax, i, overlay in zip(axes.flat, wrong, overlays):
         try:
-            ax.imshow(overlay if overlay is not None else load_image(paths[i], 128))
+            ax.imshow(overlay if overlay is not None else load_thumbnail(paths[i], 128))
         except BadImageError:
             pass
         true, pred = evaluation.classes[evaluation.y_true[i]], evaluation.classes[evaluation.y_pred[i]]

@@ -59,13 +59,16 @@ def format_proportion(p: Proportion | dict | None, *notes: str) -> str:
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial test on the discordant pairs."""
-    from scipy import stats as _st  # scipy.stats takes a noticeable share of a command's start-up
+    """Two-sided exact McNemar p-value: a binomial test (p = 1/2) on the discordant pairs.
 
+    Computed with exact integers: twice the smaller tail, at most 1 (what ``scipy.stats.binomtest`` gives for
+    p = 1/2, without importing scipy.stats, which took 1.5-2.7 s of ``tltool compare``'s start-up).
+    """
     discordant = only_a + only_b
     if discordant == 0:
         return 1.0
-    return float(_st.binomtest(only_a, discordant, 0.5, alternative="two-sided").pvalue)
+    tail = sum(math.comb(discordant, k) for k in range(min(only_a, only_b) + 1))
+    return min(1.0, tail / 2 ** (discordant - 1))
 
 
 def paired_difference_interval(both: int, only_a: int, only_b: int, neither: int,

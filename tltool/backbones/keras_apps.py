@@ -6,13 +6,13 @@ subtracted), MobileNet v1/v2, Inception, Xception, ResNet v2 and NASNet want ``t
 """
 from __future__ import annotations
 
-from .._tf import keras
-
 from .registry import BackboneSpec, register_backbone
 
 
 def _keras_builder(constructor_name: str):
     def build(input_shape, weights):
+        from .._tf import keras  # on first use: registering must not cost a cached command TensorFlow's start-up
+
         constructor = getattr(keras.applications, constructor_name)
         return constructor(include_top=False, weights=weights, input_shape=input_shape)
 
@@ -22,6 +22,8 @@ def _keras_builder(constructor_name: str):
 
 def _mobilenet_v3_builder(constructor_name: str):
     def build(input_shape, weights):
+        from .._tf import keras
+
         constructor = getattr(keras.applications, constructor_name)
         return constructor(include_top=False, weights=weights, input_shape=input_shape, include_preprocessing=True)
 

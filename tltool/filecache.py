@@ -1,0 +1,45 @@
+"""What a check learned about a file, cached by the file's content (its sha256) in tltool's cache folder.
+
+A header-checked photo stores its size, format and mode; a decoded one also what decoding found (conversions, or the
+reason it is bad). A second check of an unchanged photo reads its bytes for the hash and nothing else: a photo is
+never decoded twice across runs, whatever its path. One small JSON file per content, written atomically, so
+concurrent processes (shards, workers) never corrupt each other's entries.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .utils import cache_dir, write_json
+
+CACHE_FORMAT = 1
+
+HEADER = "header"  # what the header says: size, format, mode (or why the header is bad)
+DECODE = "decode"  # what a full decode says: conversions (or why the data is bad)
+
+
+def _entry_path(sha256: str) -> Path:
+    return cache_dir() / "files" / f"v{CACHE_FORMAT}" / sha256[:2] / f"{sha256}.json"
+
+
+def lookup(sha256: str) -> dict | None:
+    """The cached entry for this content, or None (never checked, or the entry is unreadable)."""
+    try:
+        return json.loads(_entry_path(sha256).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def store(sha256: str, entry: dict) -> None:
+    """Remember ``entry`` for this content. A cache that cannot be written costs speed, never a run."""
+    target = _entry_path(sha256)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, entry)
+    except OSError:
+        pass
+
+
+def thumbnail_path(sha256: str, size: int, resize: str) -> Path:
+    """Where a small rendering of this content is kept (report galleries show the same photos run after run)."""
+    return cache_dir() / "thumbnails" / f"v{CACHE_FORMAT}" / sha256[:2] / f"{sha256}-{size}-{resize}.npy"
