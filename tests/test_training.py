@@ -9,7 +9,7 @@ import pytest
 
 from interrupt import Killed, killed_after_epoch
 from tltool._tf import keras, tf
-from tltool.models import load_keras_model
+from tltool.keras_files import load_keras_model
 from tltool.training import LoopState, Stage, TrainOptions, checkpoint_path, loop, run_stages
 
 RNG = np.random.default_rng(0)

@@ -157,6 +157,7 @@ class ExtractConfig(DataOptions):
     chunk_size: int = 1024
     strategy: str = "auto"
     shard: str | None = None
+    engine: str = "auto"  # tltool.engines; the features are the same numbers on every engine (cache key too)
 
     def validate(self) -> None:
         validate_choices(self)

@@ -116,7 +116,7 @@ def keras_file_source(path: str | Path, image_size: int, backbone: str | None = 
 
     def build():
         from ._tf import keras
-        from .models import load_keras_model
+        from .keras_files import load_keras_model
 
         model = load_keras_model(path, compile=False)
         return keras.Model(model.inputs, {"probabilities": model.outputs[0]}, name="probabilities")

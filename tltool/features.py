@@ -25,6 +25,7 @@ from .backbones import create_backbone, get_backbone_spec, weights_digest
 from .configs import ExtractConfig, InputConfig
 from .dataset import Dataset, Record, label_indices
 from .distribute import extraction_shard, resolve_strategy
+from .engines import create_runner, feature_source
 from .errors import TltoolError
 from .images import DecodeLog
 from .inspection import CheckedDataset, prepare_dataset
@@ -135,7 +136,7 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     meta = _start_meta(chunks, inputs, config, checked, records, hashes, info, part)
     log = DecodeLog()
     n_computed, seconds = _compute_chunks(records, chunks, inputs, config.weights, config.batch_size * info.replicas,
-                                          part, tf_strategy if info.distributed else None, log)
+                                          part, tf_strategy if info.distributed else None, log, config.engine)
     missing = chunks.missing() if part else []
     meta["complete"] = not missing  # the last shard to finish completes the folder
     meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
@@ -292,9 +293,24 @@ def _distributed_step(step, strategy):
     return run
 
 
+def _engine_step(inputs: InputConfig, weights: str, engine: str):
+    """``images -> (avg, max)`` numpy features on ``engine`` (the same numbers on each: tests/test_engines.py)."""
+    runner = create_runner(feature_source(inputs.backbone, weights, inputs.image_size), engine)
+
+    def step(images):
+        out = runner(np.asarray(images, np.float32))
+        return out["avg"], out["max"]
+
+    return step
+
+
+def _numpy_outputs(step):
+    return lambda images: tuple(t.numpy() for t in step(images))
+
+
 def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str, batch_size: int,
                     shard: tuple[int, int] | None = None, strategy=None,
-                    log: DecodeLog | None = None) -> tuple[int, float]:
+                    log: DecodeLog | None = None, engine: str = "auto") -> tuple[int, float]:
     """Run the network over the images of the chunks still missing (of this shard); returns how many images it
     ran on after the first batch and the seconds that took (the throughput, without graph tracing). Only these
     images are decoded; one that cannot be is named in ``log`` and its row is stored as not usable."""
@@ -313,11 +329,11 @@ def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str,
     ds = image_dataset([records[j].path for j in todo], image_size=inputs.image_size, resize=inputs.resize,
                        batch_size=batch_size, max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
     if strategy is None:
-        _model, step = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
-    else:
+        step = _engine_step(inputs, weights, engine)
+    else:  # a tf.distribute strategy runs on TensorFlow
         with strategy.scope():
-            _model, step = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
-        step, ds = _distributed_step(step, strategy), strategy.experimental_distribute_dataset(ds)
+            _model, graph = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
+        step, ds = _numpy_outputs(_distributed_step(graph, strategy)), strategy.experimental_distribute_dataset(ds)
     writer = _ChunkWriter(chunks, pending, [r.path for r in records], log)
     t0 = first = None
     with Bar(len(todo), f"extracting {inputs.backbone}") as bar:
@@ -326,7 +342,7 @@ def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str,
             first = len(avg) if first is None else first
             if t0 is None:  # throughput counts from the end of the first batch: tracing the graph is not speed
                 t0 = time.perf_counter()
-            writer.add(avg.numpy(), mx.numpy())
+            writer.add(avg, mx)
             bar.update(len(avg))
     seconds = time.perf_counter() - t0 if t0 else 0.0
     return len(todo) - first, seconds

@@ -23,7 +23,6 @@ from .errors import TltoolError
 from .evaluation import Evaluation
 from .heads import FittedHead, get_head_spec, search
 from .inspection import prepare_dataset
-from .pipeline import image_dataset
 from .progress import say
 from .report import read_predictions, write_run_report
 from .runs import new_run_dir
@@ -60,6 +59,7 @@ def init_head_from_probe(model, paths, labels, inputs: InputConfig, batch_size: 
     head epochs reached 0.78 val accuracy on flowers, the probe 0.91).
     """
     from ._tf import keras
+    from .pipeline import image_dataset  # imports TensorFlow
 
     pooled = keras.Model(model.input, model.get_layer("pool").output)
     features = np.concatenate([np.asarray(pooled(x, training=False)) for x in

@@ -13,6 +13,7 @@ from .engines import create_runner, feature_source, keras_file_source
 from .errors import TltoolError
 from .features import select_pool
 from .heads import FittedHead
+from .keras_files import load_keras_model
 from .images import DEFAULT_MAX_PIXELS
 from .settings import check_choice
 from .tta import predict_with_tta
@@ -75,16 +76,6 @@ class LinearRunModel(RunModel):
         outputs = dense(x)
         dense.set_weights([kernel, bias])
         return keras.Model(extractor.input, outputs, name="tltool_linear")
-
-
-def load_keras_model(path: str | Path, compile: bool = True):
-    """Load a ``.keras`` file tltool wrote, with safe_mode on; tltool's own layers are registered first."""
-    from ._tf import keras
-
-    from .arch import layers as _arch_layers  # noqa: F401  (registration happens on import)
-    from .backbones import layers as _backbone_layers  # noqa: F401
-
-    return keras.models.load_model(path, safe_mode=True, compile=compile)
 
 
 class KerasRunModel(RunModel):

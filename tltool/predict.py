@@ -33,13 +33,13 @@ class Prediction:
 
 
 def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, tta: str = "none",
-                   max_pixels: int | None = None) -> list[Prediction]:
+                   max_pixels: int | None = None, engine: str = "auto") -> list[Prediction]:
     """The ``top_k`` classes of each readable image with their probabilities (``tltool predict``), in the order
     given. A file that cannot be read is named with its reason in a :class:`BadFilesWarning` and the others are
     still predicted; when none can be read, the error names them all. ``max_pixels``: the decode limit (default:
     the run's)."""
     check_choice("tta", tta)
-    model = load_run(run_dir)
+    model = load_run(run_dir, engine)
     found = predict_readable(model.predict_views, [str(p) for p in images], model.image_size, model.resize, tta,
                              max_pixels=max_pixels or model.max_pixels)
     if not found.paths:
@@ -70,9 +70,9 @@ def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) ->
 
 
 def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | None = None, tta: str = "none",
-                 force: bool = False):
+                 force: bool = False, engine: str = "auto"):
     """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report."""
-    model = load_run(run_dir)
+    model = load_run(run_dir, engine)
     dataset, paths, y = labelled_images(data, model.classes, model.max_pixels)
     probs = model.predict_paths(paths, tta=tta)
     evaluation = Evaluation(model.classes, y, probs)

@@ -22,7 +22,6 @@ from .errors import TltoolError
 from .evaluation import Evaluation
 from .inspection import prepare_dataset
 from .models import load_run
-from .pipeline import image_dataset
 from .progress import say
 from .report import write_run_report
 from .runs import new_run_dir
@@ -202,6 +201,8 @@ class KerasTrainingRun:
 
     def pipelines(self, data: RunData, info, global_batch: int) -> Pipelines:
         """The train pipeline of each epoch (augmented, shuffled, seeded by the epoch) and the cached val one."""
+        from .pipeline import image_dataset  # imports TensorFlow
+
         config, size, n_classes = self.config, self.plan.image_size, len(data.classes)
         transform = build_augmentation(config.augment, size, config.seed)
         decode = load_size(size, config.augment)

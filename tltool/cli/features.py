@@ -12,8 +12,8 @@ from ..linear import probe, train_linear
 from ..predict import evaluate_run, predict_images
 from ..report import accuracy_line
 from ..stats import format_proportion
-from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
-                      strict_option, tta_option)
+from .options import (backbone_options, choice, compose, engine_option, force_option, out_option, split_options,
+                      strategy_option, strict_option, tta_option)
 from .output import echo_tta
 
 
@@ -41,6 +41,7 @@ def backbones_cmd() -> None:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=ExtractConfig.chunk_size, show_default=True,
               help="Images per chunk file on disk.")
 @strategy_option
+@engine_option
 @click.option("--shard", default=ExtractConfig.shard, metavar="I/N",
               help="Extract only chunks i with i % N == I (run I = 0..N-1 on N machines sharing --out); the last "
                    "to finish completes the folder. Under --strategy multiworker the worker index is the shard.")
@@ -105,6 +106,7 @@ def linear_cmd(features, out, force, **options) -> None:
 @backbone_options
 @split_options
 @strict_option
+@engine_option
 @linear_options
 @tta_option
 @click.option("--features", "features_dir", type=click.Path(file_okay=False), default=None,
@@ -126,10 +128,11 @@ def probe_cmd(data, features_dir, out, force, **options) -> None:
 @tta_option
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Images with more pixels are not predicted (decompression bombs) [default: the run's].")
-def predict_cmd(images, run_dir, top_k, tta, max_pixels) -> None:
+@engine_option
+def predict_cmd(images, run_dir, top_k, tta, max_pixels, engine) -> None:
     """Classify IMAGES with a trained run: every readable one; each unreadable one is named with its reason, and
     the exit status is 2 only when none could be read."""
-    for p in predict_images(run_dir, images, top_k=top_k, tta=tta, max_pixels=max_pixels):
+    for p in predict_images(run_dir, images, top_k=top_k, tta=tta, max_pixels=max_pixels, engine=engine):
         click.echo(f"{p.path}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in p.top))
 
 
@@ -137,11 +140,12 @@ def predict_cmd(images, run_dir, top_k, tta, max_pixels) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("data")
 @tta_option
+@engine_option
 @out_option
 @force_option
-def evaluate_cmd(run_dir, data, tta, out, force) -> None:
+def evaluate_cmd(run_dir, data, tta, engine, out, force) -> None:
     """Evaluate a trained run on another labelled dataset DATA (every image of it, whatever its split)."""
-    target, evaluation, _ = evaluate_run(run_dir, data, out=out, tta=tta, force=force)
+    target, evaluation, _ = evaluate_run(run_dir, data, out=out, tta=tta, force=force, engine=engine)
     click.echo(accuracy_line(evaluation, split=f"{Path(data).name or data} (every image)"))
     click.echo(f"report: {target / 'report.md'}")
 

@@ -57,6 +57,11 @@ force_option = click.option("--force", is_flag=True, help="Replace a finished ru
 tta_option = click.option("--tta", type=choice("tta"), default=RunConfig.tta,
                           show_default=True,
                           help="Test-time augmentation at evaluation: mirror, or 4 corners + centre and mirrors.")
+engine_option = click.option(
+    "--engine", type=choice("engine"), default=ExtractConfig.engine, show_default=True,
+    help="What runs the network for inference: tf, litert (ai-edge-litert, converted once and cached), or auto "
+         "(the faster of the two for this backbone on this machine, measured once; tf on a GPU). "
+         "$TLTOOL_ENGINE pins what auto means.")
 strategy_option = click.option(
     "--strategy", type=choice("strategy"), default=RunConfig.strategy, show_default=True,
     help="tf.distribute: auto (mirrored when more than one GPU is visible, else none), none (one device), mirrored "

@@ -11,7 +11,7 @@ from typing import Callable
 from rich.markup import escape
 
 from ..configs import TrainOptions
-from ..models import load_keras_model
+from ..keras_files import load_keras_model
 from ..progress import Bar, say
 from .distributed import DistributedEpoch
 from .guard import guard_callback
