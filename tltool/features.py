@@ -298,7 +298,7 @@ def _engine_step(inputs: InputConfig, weights: str, engine: str):
     runner = create_runner(feature_source(inputs.backbone, weights, inputs.image_size), engine)
 
     def step(images):
-        out = runner(np.asarray(images, np.float32))
+        out = runner(images.numpy() if hasattr(images, "numpy") else np.asarray(images, np.float32))
         return out["avg"], out["max"]
 
     return step
