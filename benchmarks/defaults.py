@@ -89,8 +89,10 @@ TRAININGS: dict[str, Training] = {
     **{f"cv-{s}": Training("linear-cv", () if s == "default" else ("--image-size", s), refit=True, cv_repeats=2)
        for s in ("default", "256", "288", "320")},
     "finetune-default": Training("finetune"),
+    **{f"finetune-{s}": Training("finetune", ("--image-size", s)) for s in ("288", "320")},
     "finetune-H256": Training("finetune", head_first(image_size="256")),
     "finetune-H288": Training("finetune", head_first(image_size="288")),
+    "finetune-H320": Training("finetune", head_first(image_size="320")),
     "finetune-H288-u4": Training("finetune", head_first(image_size="288", unfreeze="4")),
     "finetune-H288-e20": Training("finetune", head_first(image_size="288", epochs="20")),
     "finetune-H288-refit": Training("finetune", head_first(image_size="288"), refit=True),
@@ -112,7 +114,7 @@ def _candidates() -> list[Candidate]:
             Candidate("probe-256-refit-flip", "probe-256-refit", "flip", datasets=("flowers",))]
     out += [Candidate(f"probe-{s}-cv", f"cv-{s}", scored_by="cv", note="5-fold CV over train+val, 2 repeats")
             for s in ("default", "256", "288", "320")]
-    for name in ("finetune-H256", "finetune-H288", "finetune-H288-u4", "finetune-H288-e20"):
+    for name in ("finetune-288", "finetune-320", "finetune-H256", "finetune-H288", "finetune-H320", "finetune-H288-u4", "finetune-H288-e20"):
         out += [Candidate(name, name), Candidate(f"{name}-flip", name, "flip")]
     out += [Candidate("finetune-H288-refit", "finetune-H288-refit", note="trained on train+val (350 photos)",
                       datasets=("flowers",)),
@@ -269,6 +271,21 @@ def run_candidate(layout: Layout, candidate: Candidate, results: dict, reference
     return row
 
 
+def fill_comparisons(layout: Layout, rows: dict, references: tuple[str, ...]) -> set[str]:
+    """Add the paired comparisons rows lack (their reference finished after them); the names of rows changed."""
+    added = set()
+    for name, row in rows.items():
+        for reference in references:
+            other = rows.get(reference)
+            if (reference == name or reference in row["paired"] or other is None
+                    or other.get("scored_by", "evaluate") != row.get("scored_by", "evaluate")):
+                continue
+            row["paired"][reference] = compare(layout, Path(other["score_dir"]), Path(row["score_dir"]),
+                                               f"{reference}--{name}")
+            added.add(name)
+    return added
+
+
 def _timing(timing: dict) -> dict:
     return {k: timing.get(k) for k in ("command", "wall_s", "cpu_s", "load_before")}
 
@@ -305,8 +322,10 @@ def write_markdown(results: dict) -> None:
              "2-core machine, with the load average before it in brackets; wall times under load are not the "
              "times of a quiet machine. One seed (0) per candidate.", ""]
     for name, rows in results["datasets"].items():
-        for kind, references in (("evaluate", ("probe-default", "finetune-default")), ("cv", ("probe-default-cv",))):
+        for kind in ("evaluate", "cv"):
             chosen = {k: r for k, r in rows.items() if r.get("scored_by", "evaluate") == kind}
+            references = sorted({ref for r in chosen.values() for ref in r["paired"]},
+                                key=lambda ref: (ref not in REFERENCES, ref))
             if chosen:
                 lines += _table(name, chosen, references)
     lines += ["Training commands (DATA: the dataset folder with its train/ and val/ splits):", ""]
@@ -314,7 +333,7 @@ def write_markdown(results: dict) -> None:
     MD_PATH.write_text("\n".join(lines) + "\n")
 
 
-def _table(dataset: str, rows: dict, references: tuple[str, ...]) -> list[str]:
+def _table(dataset: str, rows: dict, references: list[str]) -> list[str]:
     first = next(iter(rows.values()))
     lines = [f"## {dataset}: {first['score_data']} (n={first['accuracy']['n']})", "",
              "| candidate | accuracy | " + " | ".join(f"vs {r}" for r in references)
@@ -336,6 +355,10 @@ def main() -> None:
     parser.add_argument("--redo", action="store_true", help="run candidates already in the JSON again")
     parser.add_argument("--list", action="store_true", help="list the candidates and stop")
     parser.add_argument("--markdown", action="store_true", help="rewrite defaults.md from the JSON and stop")
+    parser.add_argument("--references", nargs="*", default=[],
+                        help="more candidates to compare every candidate with (e.g. the proposed defaults)")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="only add the missing paired comparisons of candidates already in the JSON")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "tltool-bench-defaults"),
                         help="runs, features and scores (kept, so later candidates reuse them)")
     args = parser.parse_args()
@@ -347,8 +370,15 @@ def main() -> None:
     if args.markdown:
         write_markdown(load_results())
         return
+    references = REFERENCES + tuple(args.references)
+    if args.compare_only:
+        results, work = load_results(), layouts(Path(args.work))
+        for d in args.data:
+            rows = results["datasets"].get(d, {})
+            save_results({(d, name): rows[name] for name in fill_comparisons(work[d], rows, references)})
+        return
     # the references first, so every later candidate is compared with them
-    chosen.sort(key=lambda c: c.name not in REFERENCES)
+    chosen.sort(key=lambda c: c.name not in references)
     mine: dict[tuple[str, str], dict] = {}
     for layout in (layouts(Path(args.work))[d] for d in args.data):
         for candidate in chosen:
@@ -359,7 +389,7 @@ def main() -> None:
             if layout.name not in candidate.datasets or (candidate.name in done and not args.redo):
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {layout.name} {candidate.name} ...", flush=True)
-            row = mine[layout.name, candidate.name] = run_candidate(layout, candidate, results, REFERENCES)
+            row = mine[layout.name, candidate.name] = run_candidate(layout, candidate, results, references)
             print(f"    {_acc(row['accuracy'])}  train {row['train']['wall_s']} s  "
                   + "  ".join(f"vs {k} {_paired(v)}" for k, v in row["paired"].items()), flush=True)
             save_results(mine)
