@@ -47,6 +47,9 @@ def head_first(**changes: str) -> tuple[str, ...]:
 
 # the defaults before this benchmark: what every candidate is compared with
 REFERENCES = ("probe-default", "finetune-default", "probe-default-cv")
+# what the shipped defaults are (tltool's defaults equal these candidates' settings), for the README's table
+CHOSEN = {"`tltool probe DATA` (288 px)": "probe-288", "`tltool finetune DATA` (288 px)": "finetune-288",
+          "before: `tltool probe` at 224 px": "probe-default", "before: `tltool finetune` at 224 px": "finetune-default"}
 
 
 @dataclass(frozen=True)
@@ -81,14 +84,15 @@ class Candidate:
 
 
 TRAININGS: dict[str, Training] = {
-    "probe-default": Training("probe"),
+    # the defaults before this benchmark chose 288 px (they were run without --image-size, then the default)
+    "probe-default": Training("probe", ("--image-size", "224")),
     **{f"probe-{s}": Training("probe", ("--image-size", str(s))) for s in (256, 288, 320)},
     "probe-288-avgmax": Training("probe", ("--image-size", "288", "--pool", "avgmax")),
     "probe-288-refit": Training("linear-cv", ("--image-size", "288"), refit=True),
     "probe-256-refit": Training("linear-cv", ("--image-size", "256"), refit=True),
-    **{f"cv-{s}": Training("linear-cv", () if s == "default" else ("--image-size", s), refit=True, cv_repeats=2)
+    **{f"cv-{s}": Training("linear-cv", ("--image-size", "224" if s == "default" else s), refit=True, cv_repeats=2)
        for s in ("default", "256", "288", "320")},
-    "finetune-default": Training("finetune"),
+    "finetune-default": Training("finetune", ("--image-size", "224")),
     **{f"finetune-{s}": Training("finetune", ("--image-size", s)) for s in ("288", "320")},
     "finetune-H256": Training("finetune", head_first(image_size="256")),
     "finetune-H288": Training("finetune", head_first(image_size="288")),
@@ -260,7 +264,7 @@ def run_candidate(layout: Layout, candidate: Candidate, results: dict, reference
     row = {"training": candidate.training, "command": spec.command, "args": list(spec.args), "refit": spec.refit,
            "tta": candidate.tta, "note": candidate.note, "scored_by": candidate.scored_by, "score_data": data,
            "accuracy": accuracy, "train": _timing(train_timing), "evaluate": _timing(score_timing),
-           "val_split": _val_split(run), "cv": _cv(run), "paired": {}}
+           "val_split": None if spec.refit else _val_split(run), "cv": _cv(run), "paired": {}}
     done = results["datasets"].get(layout.name, {})
     for reference in references:
         same_kind = reference in done and done[reference].get("scored_by", "evaluate") == candidate.scored_by
@@ -321,6 +325,7 @@ def write_markdown(results: dict) -> None:
              "p, from `tltool compare` on the same photos. Training seconds: wall (CPU) of the command on a shared "
              "2-core machine, with the load average before it in brackets; wall times under load are not the "
              "times of a quiet machine. One seed (0) per candidate.", ""]
+    lines += _chosen_table(results["datasets"])
     for name, rows in results["datasets"].items():
         for kind in ("evaluate", "cv"):
             chosen = {k: r for k, r in rows.items() if r.get("scored_by", "evaluate") == kind}
@@ -331,6 +336,24 @@ def write_markdown(results: dict) -> None:
     lines += ["Training commands (DATA: the dataset folder with its train/ and val/ splits):", ""]
     lines += [f"- `{k}`: {v.describe()}" for k, v in TRAININGS.items()]
     MD_PATH.write_text("\n".join(lines) + "\n")
+
+
+def _chosen_table(datasets: dict) -> list[str]:
+    """The README's table: the shipped defaults on flowers-tune (the val split only as what the run says)."""
+    flowers, pets = datasets.get("flowers", {}), datasets.get("pets", {})
+    lines = ["## The defaults (README table)", "",
+             "| command | flowers-tune, 500 photos never seen | its val split says (n=100) | pets/val (n=60) | "
+             "vs the default probe on flowers-tune (paired) | train s wall (cpu) |", "|---|---|---|---|---|---|"]
+    for label, name in CHOSEN.items():
+        row = flowers.get(name)
+        if row is None:
+            continue
+        versus = row["paired"].get(CHOSEN["`tltool probe DATA` (288 px)"]) if name != "probe-288" else None
+        t = row["train"]
+        lines.append(f"| {label} | {_acc(row['accuracy'])} | {_acc(row.get('val_split'))} | "
+                     f"{_acc((pets.get(name) or {}).get('accuracy'))} | {_paired(versus)} | "
+                     f"{t.get('wall_s')} ({t.get('cpu_s')}) |")
+    return lines + [""]
 
 
 def _table(dataset: str, rows: dict, references: list[str]) -> list[str]:
