@@ -125,3 +125,21 @@ def test_a_truncated_photo_is_found_by_the_decode_that_feeds_the_network(tmp_pat
     assert [s["path"] for s in again.features.meta["skipped"]] == [str(truncated)]
     assert str(truncated) not in {r.path for r in again.checked.dataset.records}  # the check knows it now
     np.testing.assert_array_equal(again.features.avg, first.features.avg)
+
+
+def test_every_extraction_records_and_says_how_many_photos_it_enlarges(tmp_path, capsys):
+    from PIL import Image
+
+    from tltool.features import extract_features
+
+    root = tmp_path / "photos"
+    for label, size in (("a", (40, 60)), ("b", (100, 50))):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", size, (40 * i, 90, 200)).save(root / label / f"{i}.jpg")
+    result = extract_features(str(root), tmp_path / "f", image_size=48, batch_size=8)
+    # crop scales the shorter side to 48: the 40x60 photos are enlarged, the 100x50 ones are not
+    assert result.meta["upsampling"] == {"image_size": 48, "resize": "crop", "upsampled": 4, "of": 8}
+    assert "4 of 8 photos are smaller than the 48 px input" in capsys.readouterr().err
+    padded = extract_features(str(root), tmp_path / "g", image_size=48, batch_size=8, resize="pad")
+    assert padded.meta["upsampling"]["upsampled"] == 0  # pad scales the longer side (60 and 100) down

@@ -28,7 +28,7 @@ from .distribute import extraction_shard, resolve_strategy
 from .engines import create_runner, feature_source
 from .errors import TltoolError
 from .images import DecodeLog
-from .inspection import CheckedDataset, prepare_dataset
+from .inspection import CheckedDataset, prepare_dataset, say_upsampling, upsampling
 from .outputs import claim_output_dir
 from .progress import Bar, say
 from .settings import CHOICES, check_choice
@@ -231,7 +231,9 @@ def _start_meta(chunks: _Chunks, inputs: InputConfig, config: ExtractConfig, che
         "n_images": len(records), "max_pixels": inputs.max_pixels, "files": _file_rows(records, hashes),
         "skipped": _check_skipped(checked),
         "distribute": {**info.to_json(), "shard": f"{part[0]}/{part[1]}" if part else None},
+        "upsampling": upsampling(checked, inputs.image_size, inputs.resize),
     }
+    say_upsampling(meta["upsampling"])
     write_json(chunks.out / "classes.json", dataset.classes)
     write_json(chunks.out / "features.json", meta)
     return meta

@@ -20,7 +20,7 @@ from .dataset import Dataset, Record, label_indices, load_dataset, write_manifes
 from .distribute import resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError
 from .evaluation import Evaluation
-from .inspection import prepare_dataset
+from .inspection import prepare_dataset, say_upsampling, upsampling
 from .models import load_run
 from .progress import say
 from .report import write_run_report
@@ -192,8 +192,9 @@ class KerasTrainingRun:
 
         keras.utils.set_random_seed(config.seed)
         source = load_split(resume) if resume else config.data
-        dataset = prepare_dataset(source, config.val_fraction, config.seed, config.max_pixels,
-                                  strict=config.strict).dataset
+        checked = prepare_dataset(source, config.val_fraction, config.seed, config.max_pixels, strict=config.strict)
+        say_upsampling(upsampling(checked, self.plan.image_size, config.resize))
+        dataset = checked.dataset
         train, val = dataset.subset("train"), dataset.subset("val")
         if not val:
             raise TltoolError(f"{dataset.name}: no validation images; raise --val-fraction or add images.")
