@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -47,8 +46,8 @@ def read_labels(root: Path) -> dict[str, str]:
 class Running:
     """A labeler server on a free port, in a thread."""
 
-    def __init__(self, root: Path, classes: list[str], review: Path | None = None) -> None:
-        self.server = make_server(root, classes, host="127.0.0.1", port=0, review=review)
+    def __init__(self, root: Path, classes: list[str], review: Path | None = None, host: str = "127.0.0.1") -> None:
+        self.server = make_server(root, classes, host=host, port=0, review=review)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
@@ -182,36 +181,123 @@ def test_paths_leaving_the_dataset_are_refused(served, tmp_path):
         assert served.request("POST", "/api/set", {"path": path, "label": "cat"})[0] == 404
 
 
-def test_parallel_clients_never_lose_a_label(tmp_path):
-    clients, writes = 20, 50
+def _label_through_http(port: int, items: list[tuple[str, str]]) -> list[int]:
+    """One client process: every label POSTed on one keep-alive connection; the statuses returned."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    statuses = []
+    for path, label in items:
+        conn.request("POST", "/api/set", body=json.dumps({"path": path, "label": label}),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+    conn.close()
+    return statuses
+
+
+def _label_through_own_store(root: str, items: list[tuple[str, str]]) -> list[int]:
+    """One process with its own LabelStore on the same folder (as a second `label serve` would have)."""
+    store = LabelStore(root, ["cat", "dog", "bird"])
+    for path, label in items:
+        store.set(path, label)
+    return [200] * len(items)
+
+
+def test_parallel_processes_never_lose_a_label(tmp_path):
+    """Six processes (three over HTTP to one server, three with their own store) write 600 labels at once."""
+    import multiprocessing
+
+    processes, writes = 6, 100
     root = tmp_path / "ds"
-    paths = make_dataset(root, clients * writes, decodable=False)
+    paths = make_dataset(root, processes * writes, decodable=False)
     running = Running(root, ["cat", "dog", "bird"])
     expected = {p: ("cat", "dog", "bird")[i % 3] for i, p in enumerate(paths)}
-
-    def client(c: int) -> list[int]:
-        conn = http.client.HTTPConnection("127.0.0.1", running.server.port, timeout=30)
-        statuses = []
-        for path in paths[c::clients]:
-            conn.request("POST", "/api/set", body=json.dumps({"path": path, "label": expected[path]}),
-                         headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            statuses.append(response.status)
-        conn.close()
-        return statuses
-
+    shares = [[(p, expected[p]) for p in paths[c::processes]] for c in range(processes)]
     try:
-        with ThreadPoolExecutor(clients) as pool:
-            statuses = [s for result in pool.map(client, range(clients)) for s in result]
-        assert statuses == [200] * (clients * writes)
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            jobs = [pool.apply_async(_label_through_http, (running.server.port, share)) for share in shares[:3]]
+            jobs += [pool.apply_async(_label_through_own_store, (str(root), share)) for share in shares[3:]]
+            statuses = [s for job in jobs for s in job.get(timeout=240)]
+        assert statuses == [200] * (processes * writes)
         assert read_labels(root) == expected
-        state = json.loads(running.request("GET", "/api/state")[1])
-        assert state["labelled"] == clients * writes
-        assert state["counts"] == {"cat": 334, "dog": 333, "bird": 333}
+        state = json.loads(running.request("GET", "/api/state")[1])  # the server sees the other processes' labels
+        assert state["labelled"] == processes * writes
+        assert state["counts"] == {"cat": 200, "dog": 200, "bird": 200}
         assert not [p for p in root.iterdir() if p.name.startswith(".labels.csv.")]  # no temp file left
     finally:
         running.close()
+
+
+# ------------------------------------------------------------------------------------------------ who may talk
+def test_a_foreign_origin_cannot_change_a_label(served):
+    path = "unlabeled/img_001.jpg"
+    own = f"http://127.0.0.1:{served.server.port}"
+    for origin in ("http://evil.example", "null", f"https://127.0.0.1:{served.server.port}",
+                   "http://127.0.0.1:1"):  # another port of the same machine is another origin
+        status, body = served.request("POST", "/api/set", {"path": path, "label": "cat"}, {"Origin": origin})
+        assert status == 403 and b"cross-origin" in body, origin
+    assert not (served.server.store.root / "labels.csv").exists()
+    status, _ = served.request("POST", "/api/set", {"path": path, "label": "cat"},
+                               {"Origin": own, "Sec-Fetch-Site": "cross-site"})
+    assert status == 403  # a browser that says the request is cross-site
+    assert served.request("POST", "/api/set", {"path": path, "label": "dog"}, {"Origin": own})[0] == 200
+    assert served.request("POST", "/api/set", {"path": path, "label": "cat"})[0] == 200  # a script: no Origin
+    assert read_labels(served.server.store.root) == {path: "cat"}
+    # another site embedding an image: the browser says cross-site, the image is refused
+    assert served.request("GET", f"/img/{path}", headers={"Sec-Fetch-Site": "cross-site"})[0] == 403
+    assert served.request("GET", f"/img/{path}", headers={"Sec-Fetch-Site": "same-origin"})[0] == 200
+
+
+def test_off_loopback_a_token_and_the_host_check_are_required(tmp_path):
+    import socket
+
+    root = tmp_path / "ds"
+    make_dataset(root, 3)
+    running = Running(root, ["cat", "dog"], host="0.0.0.0")
+    guard = running.server.guard
+    try:
+        assert guard.token and len(guard.token) >= 24 and f"?token={guard.token}" in running.server.url
+        port = running.server.port
+        # DNS rebinding: a page on evil.example whose name now points here; refused even with the token
+        assert running.request("GET", f"/api/state?token={guard.token}", headers={"Host": f"evil.example:{port}"})[0] == 403
+        assert running.request("GET", "/api/state")[0] == 403  # no token
+        assert running.request("GET", "/api/state?token=wrong")[0] == 403
+        body = {"path": "unlabeled/img_001.jpg", "label": "cat"}
+        assert running.request("POST", "/api/set", body)[0] == 403
+        assert not (root / "labels.csv").exists()
+        # the first visit with the token: a cookie, and the token leaves the address bar
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", f"/?token={guard.token}")
+        response = conn.getresponse()
+        response.read()
+        cookie = response.getheader("Set-Cookie")
+        assert response.status == 303 and response.getheader("Location") == "/"
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        conn.close()
+        with_cookie = {"Cookie": cookie.split(";")[0]}
+        assert running.request("GET", "/api/state", headers=with_cookie)[0] == 200
+        assert running.request("GET", "/img/unlabeled/img_001.jpg", headers=with_cookie)[0] == 200
+        assert running.request("POST", "/api/set", body, {"Authorization": f"token {guard.token}"})[0] == 200
+        hostname = {"Host": f"{socket.gethostname()}:{port}", **with_cookie}
+        assert running.request("GET", "/api/state", headers=hostname)[0] == 200  # the machine's own name
+    finally:
+        running.close()
+
+
+def test_a_link_swapped_in_after_the_check_is_refused(served, tmp_path, monkeypatch):
+    """The race: the path passes the check, then becomes a symlink out of the folder before it is opened."""
+    import tltool.labeler.server as server_module
+
+    root = served.server.store.root
+    secret = tmp_path / "secret.jpg"
+    noise_image(secret, seed=5)
+    target = root / "unlabeled" / "img_002.jpg"
+    target.unlink()
+    target.symlink_to(secret)  # the swap, as if it happened right after the check
+    monkeypatch.setattr(server_module, "inside_root", lambda root, path, **kw: path)  # the check passed earlier
+    status, body = served.request("GET", "/img/unlabeled/img_002.jpg")
+    assert status == 403 and body[:2] != b"\xff\xd8"
+    assert served.request("GET", "/img/unlabeled/img_001.jpg")[0] == 200  # a real file inside still opens
 
 
 # ------------------------------------------------------------------------------------------------ export

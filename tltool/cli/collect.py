@@ -81,8 +81,8 @@ def serve_cmd(dataset, classes, host, port, review, open_browser, verbose) -> No
     keys = ", ".join(f"{i + 1}={name}" for i, name in enumerate(store.classes))
     click.echo(f"{summary['total']} images, {summary['labelled']} labelled; keys: {keys}; arrows move, u undo, s skip")
     if not server.loopback:
-        click.secho(f"warning: listening on {host}: anyone who can reach this address can see the images and "
-                    "change labels", fg="yellow", err=True)
+        click.secho(f"note: listening on {host}: the page needs the token in the URL below; keep that URL to "
+                    "yourself (anyone with it can see the images and change labels)", fg="yellow", err=True)
     click.echo(f"labels are saved to {store.labels_path}")
     click.echo(f"open {server.url} in your browser (Ctrl-C stops)")
     if open_browser:

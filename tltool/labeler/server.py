@@ -3,12 +3,12 @@
 Routes: ``GET /`` (the page), ``GET /app.js``, ``GET /app.css``, ``GET /api/state``, ``GET /img/<path>`` (an image
 under the dataset root, decoded with the shared :func:`tltool.images.load_image` and sent as a JPEG), and
 ``POST /api/set`` with ``{"path", "label" (or null), "skipped"}``. Paths that leave the dataset root (``..``,
-``%2e%2e``, absolute paths, symlinks pointing outside) are refused with 403.
+``%2e%2e``, absolute paths, symlinks pointing outside, a link swapped in after the check) are refused with 403.
+Every request passes :class:`tltool.labeler.guard.Guard` (Host, Origin, and off loopback a token).
 """
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import os
 import socket
@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..errors import BadImageError, TltoolError
 from ..images import load_image
+from .guard import Guard, opened_path, open_inside
 from .store import LabelStore, inside_root, is_image_name
 
 DISPLAY_SIDE = 1280  # images are sent at most this large: the page never needs more
@@ -32,7 +33,6 @@ MAX_BODY = 64 * 1024
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/app.css": ("app.css", "text/css; charset=utf-8")}
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 def _static(name: str) -> bytes:
@@ -47,14 +47,22 @@ class _JpegCache:
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, path: Path) -> bytes:
-        st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        pixels = load_image(path)
+    def get(self, root: Path, rel: str) -> bytes:
+        """The JPEG of ``root/rel``; the file is opened first and checked where it really is (no swap race)."""
+        fd = open_inside(root, rel)
+        try:
+            st = os.fstat(fd)
+            key = (rel, st.st_ino, st.st_mtime_ns, st.st_size)
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            pixels = load_image(opened_path(fd, root / rel))
+        finally:
+            os.close(fd)
+        return self._encode(key, pixels)
+
+    def _encode(self, key: tuple, pixels) -> bytes:
         im = Image.fromarray(pixels)
         if max(im.size) > DISPLAY_SIDE:
             im.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.LANCZOS)
@@ -87,6 +95,7 @@ class LabelerServer(ThreadingHTTPServer):
         self.store = store
         self.quiet = quiet
         self.images = _JpegCache()
+        self.guard = Guard.for_host(host)
         self.address_family = _family(host)
         try:
             super().__init__((host, port), LabelerHandler)
@@ -105,16 +114,17 @@ class LabelerServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """The address to open; off loopback it carries the token (the page then keeps it in a cookie)."""
         host = self.server_address[0]
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/"
+        token = f"?token={self.guard.token}" if self.guard.token else ""
+        return f"http://{host}:{self.port}/{token}"
 
     @property
     def loopback(self) -> bool:
-        try:
-            return ipaddress.ip_address(self.server_address[0]).is_loopback
-        except ValueError:
-            return False
+        return self.guard.token is None
 
 
 def _family(host: str):
@@ -155,19 +165,37 @@ class LabelerHandler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message})
 
-    def _host_ok(self) -> bool:
-        """On a loopback address only a loopback Host header is accepted (no DNS-rebinding from a web page)."""
-        if not self.server.loopback:
-            return True
-        host = (self.headers.get("Host") or "").strip()
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return name.strip("[]").lower() in LOOPBACK_NAMES
+    def _refusal(self, write: bool) -> str | None:
+        """Why this request is refused (None: let it through). See :mod:`tltool.labeler.guard`."""
+        guard, headers = self.server.guard, self.headers
+        if not guard.host_ok(headers.get("Host"), self.connection.getsockname()[0]):
+            return "unexpected Host header"
+        fetch_site = headers.get("Sec-Fetch-Site")
+        if (write or fetch_site is not None) and not guard.origin_ok(headers.get("Origin"), headers.get("Host"),
+                                                                   fetch_site):
+            return "cross-origin request refused"
+        offered = guard.token_in(self.path, headers.get("Cookie"), headers.get("Authorization"))
+        if not guard.token_ok(offered):
+            return "token missing or wrong: open the URL the labeler printed (it carries ?token=...)"
+        return None
+
+    def _welcome(self) -> None:
+        """The first visit with ``?token=``: keep the token in a cookie and drop it from the address bar."""
+        self.send_response(HTTPStatus.SEE_OTHER)
+        self.send_header("Location", urlsplit(self.path).path or "/")
+        self.send_header("Set-Cookie", self.server.guard.cookie_header())
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     # ------------------------------------------------------------------ GET
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        if not self._host_ok():
-            return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
-        route = urlsplit(self.path).path
+        refusal = self._refusal(write=False)
+        if refusal:
+            return self._error(HTTPStatus.FORBIDDEN, refusal)
+        parts = urlsplit(self.path)
+        route = parts.path
+        if self.server.guard.token and "token=" in parts.query and route == "/":
+            return self._welcome()
         if route in STATIC:
             name, content_type = STATIC[route]
             return self._send(HTTPStatus.OK, _static(name), content_type)
@@ -186,21 +214,23 @@ class LabelerHandler(BaseHTTPRequestHandler):
         rel = inside_root(root, unquote(quoted))
         if rel is None:
             return self._error(HTTPStatus.FORBIDDEN, "outside the dataset folder")
-        path = root / rel
-        if not path.is_file() or not is_image_name(path.name):
+        if not is_image_name(Path(rel).name):
             return self._error(HTTPStatus.NOT_FOUND, "no such image")
         try:
-            data = self.server.images.get(path)
+            data = self.server.images.get(root, rel)
         except BadImageError as exc:
             return self._error(HTTPStatus.UNPROCESSABLE_ENTITY, f"{rel}: {exc.reason}")
+        except PermissionError:
+            return self._error(HTTPStatus.FORBIDDEN, "outside the dataset folder")
         except OSError:
             return self._error(HTTPStatus.NOT_FOUND, "no such image")
         self._send(HTTPStatus.OK, data, "image/jpeg", cache=True)
 
     # ------------------------------------------------------------------ POST
     def do_POST(self) -> None:  # noqa: N802
-        if not self._host_ok():
-            return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+        refusal = self._refusal(write=True)
+        if refusal:
+            return self._error(HTTPStatus.FORBIDDEN, refusal)
         if urlsplit(self.path).path != "/api/set":
             return self._error(HTTPStatus.NOT_FOUND, "not found")
         # a JSON content type cannot be sent cross-site without a CORS preflight, which is never granted
