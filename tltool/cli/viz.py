@@ -124,7 +124,7 @@ def suspects_cmd(data, backbone, weights, image_size, resize, batch_size, val_fr
     a labeler folder (its labels.csv is read); fix the suspects with `tltool label serve DATA --review
     <out>/suspects.csv`.
     """
-    from ..viz import find_suspects
+    from ..labeler.suspects import find_suspects
 
     result = find_suspects(data, out, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
                            batch_size=batch_size, features_dir=features_dir, top=top, neighbours=neighbours,

@@ -21,11 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backbones import get_backbone_spec
 from ..dataset import Dataset, load_dataset
 from ..errors import TltoolError
+from ..features import extract_features
+from ..heads import cv_folds, get_head_spec, make_pipeline
+from ..images import DEFAULT_MAX_PIXELS
+from ..linear import default_features_dir
 from ..runs import new_run_dir
 from ..utils import write_json, write_text_atomic
-from .plots import _pyplot, save_figure, thumbnail
+from ..viz.plots import _pyplot, save_figure, thumbnail
+from .store import LABELS_CSV
 
 CSV_COLUMNS = ("path", "label", "suggested", "score")
 DEFAULT_C = 0.1  # moderate regularisation; on flowers C from 0.01 to 1 ranked planted mistakes about equally well
@@ -62,8 +68,6 @@ def suspect_scores(X: np.ndarray, y: np.ndarray, classes: list[str], neighbours:
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.neighbors import NearestNeighbors
 
-    from ..heads import cv_folds, get_head_spec, make_pipeline
-
     n_classes = len(classes)
     counts = np.bincount(y, minlength=n_classes)
     small = [classes[c] for c in np.flatnonzero((counts > 0) & (counts < 2))]
@@ -92,8 +96,6 @@ def suspect_scores(X: np.ndarray, y: np.ndarray, classes: list[str], neighbours:
 def labeler_manifest(data: str) -> str:
     """A labeler's dataset folder (``labels.csv`` beside ``unlabeled/``) means its labels, so the suspects' paths
     are relative to that folder, as ``tltool label serve DATASET --review suspects.csv`` expects."""
-    from ..labeler.store import LABELS_CSV
-
     manifest = Path(data) / LABELS_CSV
     return str(manifest) if Path(data).is_dir() and manifest.is_file() else str(data)
 
@@ -114,12 +116,6 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
                   neighbours: int = 10, C: float = DEFAULT_C, val_fraction: float = 0.2, seed: int = 0,
                   max_pixels: int | None = None) -> SuspectsResult:
     """``tltool label suspects``: extract (or reuse) features, score every image, write the ranked suspects."""
-    from ..backbones import get_backbone_spec
-    from ..features import extract_features
-    from ..heads import cv_folds
-    from ..images import DEFAULT_MAX_PIXELS
-    from ..linear import default_features_dir
-
     if top < 1:
         raise TltoolError(f"--top must be at least 1, got {top}.")
     spec = get_backbone_spec(backbone)  # a bad name fails before any file is read
