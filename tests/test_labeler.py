@@ -7,8 +7,10 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -16,7 +18,8 @@ from helpers import noise_image
 from tltool.cli import main
 from tltool.dataset import load_dataset
 from tltool.errors import TltoolError
-from tltool.labeler import LabelStore, export_labels, make_server, parse_classes
+from tltool.labeler import Assistant, AssistSettings, LabelStore, export_labels, make_server, parse_classes
+from tltool.labeler.assist import extract_in_child
 from tltool.labeler.store import EXPORT_MARKER, list_images
 from tltool.outputs import mark_output_dir
 
@@ -46,10 +49,15 @@ def read_labels(root: Path) -> dict[str, str]:
 class Running:
     """A labeler server on a free port, in a thread."""
 
-    def __init__(self, root: Path, classes: list[str], review: Path | None = None, host: str = "127.0.0.1") -> None:
-        self.server = make_server(root, classes, host=host, port=0, review=review)
+    def __init__(self, root: Path | None, classes: list[str], review: Path | None = None, host: str = "127.0.0.1",
+                 server=None) -> None:
+        self.server = server or make_server(root, classes, host=host, port=0, review=review)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
+
+    @classmethod
+    def around(cls, server) -> "Running":
+        return cls(None, [], server=server)
 
     def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
@@ -368,6 +376,138 @@ def test_cli_export_and_its_errors(tmp_path):
     assert load_dataset(tmp_path / "split").classes == ["a", "b"]
     result = runner.invoke(main, ["label", "serve", str(root), "--classes", "a,a"])
     assert result.exit_code == 2 and "more than once" in result.output
+
+
+# ------------------------------------------------------------------------------------------------ assistance
+def make_two_kinds(root: Path, n: int) -> dict[str, str]:
+    """``n`` photos, alternately "cat" and "dog"; returns the truth. Names carry the kind for the fake features."""
+    truth = {}
+    for i in range(n):
+        kind = ("cat", "dog")[i % 2]
+        rel = f"unlabeled/{i:03d}-{kind}.jpg"
+        noise_image(root / rel, seed=i, size=(64, 48))
+        truth[rel] = kind
+    return truth
+
+
+def kind_features(root: Path, paths: list[str]) -> tuple[list[str], np.ndarray]:
+    """Stand-in for the CNN: two well separated clusters (by the kind in the name), a little noise."""
+    rng = np.random.default_rng(0)
+    X = np.array([[1.0, 0.0] if "-cat" in p else [0.0, 1.0] for p in paths]) + rng.normal(0, 0.1, (len(paths), 2))
+    return list(paths), X.astype(np.float32)
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_assisted_labels_get_a_column_that_manifests_accept(tmp_path):
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 4, decodable=False)
+    store = LabelStore(root, ["cat", "dog"])
+    store.set(paths[0], "cat")
+    assert (root / "labels.csv").read_text() == f"path,label\n{paths[0]},cat\n"  # plain labelling: no new column
+    store.set_many([(paths[1], "dog", False, True), (paths[2], "cat", False, True)])
+    with open(root / "labels.csv", newline="") as f:
+        rows = {r["path"]: r["assisted"] for r in csv.DictReader(f)}
+    assert rows == {paths[0]: "", paths[1]: "1", paths[2]: "1"}
+    assert LabelStore(root).assisted == {paths[1], paths[2]}
+    assert load_dataset(root / "labels.csv").counts() == {"all": {"cat": 2, "dog": 1}}
+    store.set(paths[1], "cat")  # a person's own label replaces the accepted suggestion
+    assert LabelStore(root).assisted == {paths[2]}
+    with pytest.raises(KeyError):
+        store.set_many([(paths[3], "dog", False, True), ("../x.jpg", "dog", False, True)])
+    assert paths[3] not in LabelStore(root).labels  # all or nothing
+
+
+def test_the_assistant_suggests_orders_and_offers_grids(tmp_path):
+    root = tmp_path / "ds"
+    truth = make_two_kinds(root, 40)
+    store = LabelStore(root, ["cat", "dog"])
+    settings = AssistSettings(retrain_every=1, grid_size=8, grid_min_p=0.0)  # a head on 4 labels is not sure yet
+    assistant = Assistant(store, settings, featurize=kind_features).start()
+    try:
+        assert assistant.wait_ready(20)
+        rule, order = assistant.order()
+        typical = order[:8]  # k-means groups: 4 per class
+        assert rule == "typical" and {truth[p] for p in typical} == {"cat", "dog"} and sorted(order) == sorted(truth)
+        assert assistant.grid()["items"] == []  # no head yet
+        cats, dogs = [p for p in typical if truth[p] == "cat"], [p for p in typical if truth[p] == "dog"]
+        for path in cats[:2] + dogs[:2]:
+            store.set(path, truth[path])
+            assistant.observe([(path, truth[path])])
+        wait_for(lambda: assistant.snapshot is not None and assistant.snapshot.trained_on == 4)
+        open_paths = [p for p in truth if p not in store.labels]
+        assert all(assistant.suggestion(p)[0] == truth[p] for p in open_paths)
+        grid = assistant.grid("dog")
+        sure = max(assistant.suggestion(p)[1] for p in open_paths)
+        assistant.settings = AssistSettings(grid_min_p=sure + 1e-3)
+        assert assistant.grid("dog")["items"] == []  # photos below grid_min_p are offered one by one instead
+        assistant.settings = settings
+        assert grid["label"] == "dog" and len(grid["items"]) == 8 and all(truth[i["path"]] == "dog" for i in grid["items"])
+        assert [i["p"] for i in grid["items"]] == sorted((i["p"] for i in grid["items"]), reverse=True)
+        wrongly = grid["items"][0]["path"]
+        assistant.reject([wrongly], "dog")  # the user says: not a dog
+        assert assistant.suggestion(wrongly)[0] == "cat" and wrongly not in [i["path"] for i in assistant.grid("dog")["items"]]
+        status = assistant.status()
+        assert status["since_retrain"] == {"right": 0, "judged": 1}  # the rejection counts against the head
+        version = status["version"]
+        cat = next(p for p in open_paths if truth[p] == "cat" and p != wrongly)
+        store.set(cat, "cat", assisted=True)
+        assistant.observe([(cat, "cat")])
+        assert assistant.status()["all"] == {"right": 1, "judged": 2}
+        wait_for(lambda: assistant.status()["version"] > version)  # retrain_every=1
+        assert assistant.status()["since_retrain"] == {"right": 0, "judged": 0}  # the new head is judged afresh
+    finally:
+        assistant.stop()
+
+
+def test_grids_and_suggestions_over_http(tmp_path):
+    root = tmp_path / "ds"
+    truth = make_two_kinds(root, 30)
+    server = make_server(root, ["cat", "dog"], featurize=kind_features, assist=AssistSettings(retrain_every=2, grid_min_p=0.0))
+    running = Running.around(server)
+    try:
+        assert server.assistant.wait_ready(20)
+        first = json.loads(running.request("GET", "/api/assist")[1])
+        assert first["rule"] == "typical" and first["suggestions"] == {} and len(first["order"]) == 30
+        unchanged = json.loads(running.request("GET", f"/api/assist?since={first['revision']}")[1])
+        assert "order" not in unchanged  # the page polls: nothing resent until something changes
+        labelled = [p for p in first["order"] if truth[p] == "cat"][:1] + [p for p in first["order"] if truth[p] == "dog"][:1]
+        for p in labelled:
+            assert running.request("POST", "/api/set", {"path": p, "label": truth[p]})[0] == 200
+        wait_for(lambda: json.loads(running.request("GET", "/api/assist")[1])["version"] >= 1)
+        grid = json.loads(running.request("GET", "/api/grid?label=cat")[1])
+        paths = [i["path"] for i in grid["items"]]
+        assert grid["label"] == "cat" and len(paths) == 14 and all(truth[p] == "cat" for p in paths)
+        status, body = running.request("POST", "/api/confirm", {"label": "cat", "accepted": paths[1:],
+                                                                "rejected": paths[:1]})
+        assert status == 200 and json.loads(body)["labelled"] == 15
+        store = LabelStore(root)
+        assert store.assisted == set(paths[1:]) and all(store.labels[p] == "cat" for p in paths[1:])
+        assert paths[0] not in store.labels
+        state = json.loads(running.request("GET", "/api/state")[1])
+        assert state["assist"]["all"] == {"right": 13, "judged": 14}
+        assert running.request("GET", "/api/grid?label=emu")[0] == 400
+        assert running.request("POST", "/api/confirm", {"label": "cat", "accepted": ["../x.jpg"]})[0] == 404
+    finally:
+        running.close()
+
+
+def test_features_are_extracted_in_a_child_process(tmp_path):
+    """The real adapter: tltool.features in a child process (tiny input so it is quick), cached between runs."""
+    root = tmp_path / "ds"
+    truth = make_two_kinds(root, 4)
+    (root / "unlabeled" / "broken.jpg").write_bytes(b"not a jpeg")
+    featurize = extract_in_child(AssistSettings(weights="none", image_size=32), cache=tmp_path / "cache")
+    paths, X = featurize(root, sorted(truth) + ["unlabeled/broken.jpg"])
+    assert paths == sorted(truth) and X.shape == (4, 1280) and np.isfinite(X).all()
+    assert (tmp_path / "cache" / "features.json").is_file()
+    with pytest.raises(TltoolError, match="feature extraction failed"):
+        extract_in_child(AssistSettings(backbone="resnet5"), cache=tmp_path / "c2")(root, sorted(truth))
 
 
 # ------------------------------------------------------------------------------------------------ browser

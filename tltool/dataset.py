@@ -154,7 +154,8 @@ def load_manifest(spec: str) -> Dataset:
     """A CSV manifest ``path,label[,split]``; paths are relative to the manifest's folder."""
     manifest = Path(spec).resolve()
     base = manifest.parent
-    allowed, required = {"path", "label", "split"}, {"path", "label"}
+    # "assisted": the labeler marks labels that were accepted suggestions (tltool/labeler/store.py); not used here
+    allowed, required = {"path", "label", "split", "assisted"}, {"path", "label"}
     problems: list[str] = []
     records: list[Record] = []
     seen_rows: dict[str, int] = {}

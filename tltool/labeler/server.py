@@ -19,12 +19,14 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import Callable
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from PIL import Image
 
 from ..errors import BadImageError, TltoolError
 from ..images import load_image
+from .assist import Assistant, AssistSettings, Featurize
 from .guard import Guard, opened_path, open_inside
 from .store import LabelStore, inside_root, is_image_name
 
@@ -91,9 +93,11 @@ class LabelerServer(ThreadingHTTPServer):
             return
         super().handle_error(request, client_address)
 
-    def __init__(self, store: LabelStore, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> None:
+    def __init__(self, store: LabelStore, host: str = "127.0.0.1", port: int = 0, quiet: bool = True,
+                 assistant: Assistant | None = None) -> None:
         self.store = store
         self.quiet = quiet
+        self.assistant = assistant
         self.images = _JpegCache()
         self.guard = Guard.for_host(host)
         self.address_family = _family(host)
@@ -102,6 +106,11 @@ class LabelerServer(ThreadingHTTPServer):
         except OSError as exc:
             raise TltoolError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass --port 0 for any free "
                               "port, or another --host.") from None
+
+    def server_close(self) -> None:
+        if self.assistant is not None:
+            self.assistant.stop()
+        super().server_close()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks the host name up (getfqdn), which can stall for seconds offline
@@ -132,9 +141,18 @@ def _family(host: str):
 
 
 def make_server(dataset: str | os.PathLike, classes: list[str] | None, host: str = "127.0.0.1", port: int = 0,
-                review: str | os.PathLike | None = None, quiet: bool = True) -> LabelerServer:
-    """A labeler for ``dataset`` bound to ``host:port`` (0: any free port); call ``serve_forever()`` on it."""
-    return LabelerServer(LabelStore(dataset, classes, review), host, port, quiet=quiet)
+                review: str | os.PathLike | None = None, quiet: bool = True, assist: AssistSettings | None = None,
+                featurize: Featurize | None = None) -> LabelerServer:
+    """A labeler for ``dataset`` bound to ``host:port`` (0: any free port); call ``serve_forever()`` on it.
+
+    With ``assist`` (or a ``featurize`` function, as tests pass) features are extracted in the background and a
+    head suggests labels (:mod:`tltool.labeler.assist`)."""
+    store = LabelStore(dataset, classes, review)
+    assistant = Assistant(store, assist, featurize) if assist is not None or featurize is not None else None
+    server = LabelerServer(store, host, port, quiet=quiet, assistant=assistant)
+    if assistant is not None:
+        assistant.start()
+    return server
 
 
 class LabelerHandler(BaseHTTPRequestHandler):
@@ -199,8 +217,8 @@ class LabelerHandler(BaseHTTPRequestHandler):
         if route in STATIC:
             name, content_type = STATIC[route]
             return self._send(HTTPStatus.OK, _static(name), content_type)
-        if route == "/api/state":
-            return self._json(HTTPStatus.OK, self.server.store.state())
+        if route in GET_ROUTES:
+            return GET_ROUTES[route](self, parse_qs(parts.query))
         if route.startswith("/img/"):
             return self._image(route[len("/img/"):])
         if route == "/favicon.ico":
@@ -208,6 +226,30 @@ class LabelerHandler(BaseHTTPRequestHandler):
         return self._error(HTTPStatus.NOT_FOUND, "not found")
 
     do_HEAD = do_GET
+
+    def _get_state(self, query: dict) -> None:
+        state = self.server.store.state()
+        assistant = self.server.assistant
+        self._json(HTTPStatus.OK, {**state, "assist": assistant.status() if assistant else None})
+
+    def _get_assist(self, query: dict) -> None:
+        """Suggestions, their order and the honesty figures (``?since=REVISION``: only the figures when unchanged)."""
+        assistant = self.server.assistant
+        if assistant is None:
+            return self._json(HTTPStatus.OK, {"state": "off"})
+        since = (query.get("since") or [""])[0]
+        unchanged = since == str(assistant.revision)
+        self._json(HTTPStatus.OK, assistant.status() if unchanged else assistant.suggestions())
+
+    def _get_grid(self, query: dict) -> None:
+        """Up to 24 open photos the head puts in one class (``?label=`` to choose it)."""
+        assistant = self.server.assistant
+        if assistant is None:
+            return self._error(HTTPStatus.NOT_FOUND, "assistance is off (tltool label serve --assist)")
+        label = (query.get("label") or [None])[0]
+        if label is not None and label not in self.server.store.classes:
+            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {label!r}")
+        self._json(HTTPStatus.OK, assistant.grid(label))
 
     def _image(self, quoted: str) -> None:
         root = self.server.store.root
@@ -231,28 +273,74 @@ class LabelerHandler(BaseHTTPRequestHandler):
         refusal = self._refusal(write=True)
         if refusal:
             return self._error(HTTPStatus.FORBIDDEN, refusal)
-        if urlsplit(self.path).path != "/api/set":
+        action = POST_ROUTES.get(urlsplit(self.path).path)
+        if action is None:
             return self._error(HTTPStatus.NOT_FOUND, "not found")
+        body = self._read_json()
+        if body is None:
+            return None
+        try:
+            return action(self, body)
+        except KeyError as exc:
+            return self._error(HTTPStatus.NOT_FOUND, f"{exc.args[0]!r} is not one of the images being labelled")
+        except ValueError as exc:
+            return self._error(HTTPStatus.BAD_REQUEST, str(exc))
+
+    def _read_json(self) -> dict | None:
+        """The request's JSON object, or None after answering with the reason it is refused."""
         # a JSON content type cannot be sent cross-site without a CORS preflight, which is never granted
         if not (self.headers.get("Content-Type") or "").startswith("application/json"):
-            return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
+            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
+            return None
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if not 0 < length <= MAX_BODY:
-            return self._error(HTTPStatus.BAD_REQUEST, "missing or oversized body")
+            self._error(HTTPStatus.BAD_REQUEST, "missing or oversized body")
+            return None
         try:
             body = json.loads(self.rfile.read(length))
-            path, label, skipped = body["path"], body.get("label"), bool(body.get("skipped", False))
-            if not isinstance(path, str) or not (label is None or isinstance(label, str)):
-                raise TypeError
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return self._error(HTTPStatus.BAD_REQUEST, 'expected {"path": str, "label": str or null, "skipped": bool}')
-        try:
-            summary = self.server.store.set(path, label, skipped)
-        except KeyError:
-            return self._error(HTTPStatus.NOT_FOUND, f"{path!r} is not one of the images being labelled")
-        except ValueError as exc:
-            return self._error(HTTPStatus.BAD_REQUEST, str(exc))
-        self._json(HTTPStatus.OK, {"item": {"path": path, "label": label, "skipped": skipped}, **summary})
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            self._error(HTTPStatus.BAD_REQUEST, "expected a JSON object")
+        return body if isinstance(body, dict) else None
+
+    def _post_set(self, body: dict) -> None:
+        """``{"path", "label" (or null), "skipped", "assisted"}``: one photo's whole state."""
+        path, label = body.get("path"), body.get("label")
+        skipped, assisted = bool(body.get("skipped", False)), bool(body.get("assisted", False))
+        if not isinstance(path, str) or not (label is None or isinstance(label, str)):
+            return self._error(HTTPStatus.BAD_REQUEST,
+                               'expected {"path": str, "label": str or null, "skipped": bool, "assisted": bool}')
+        summary = self.server.store.set(path, label, skipped, assisted)
+        if self.server.assistant is not None:
+            self.server.assistant.observe([(path, label)])
+        self._json(HTTPStatus.OK, {"item": {"path": path, "label": label, "skipped": skipped,
+                                            "assisted": assisted and label is not None}, **summary})
+
+    def _post_confirm(self, body: dict) -> None:
+        """A confirmed grid ``{"label", "accepted": [paths], "rejected": [paths]}``: the accepted photos get the
+        label (assisted) in one write; the rejected ones are never suggested that label again."""
+        label, accepted, rejected = body.get("label"), body.get("accepted", []), body.get("rejected", [])
+        if not isinstance(label, str) or not all(isinstance(p, str) for p in [*accepted, *rejected]):
+            return self._error(HTTPStatus.BAD_REQUEST, 'expected {"label": str, "accepted": [str], "rejected": [str]}')
+        summary = self.server.store.set_many([(p, label, False, True) for p in accepted]) if accepted else \
+            self.server.store.summary()
+        assistant = self.server.assistant
+        if assistant is not None:
+            assistant.reject([p for p in rejected if p in self.server.store.items], label)
+            assistant.observe([(p, label) for p in accepted])
+        self._json(HTTPStatus.OK, {"accepted": len(accepted), "rejected": len(rejected), **summary})
+
+
+GET_ROUTES: dict[str, Callable[[LabelerHandler, dict], None]] = {
+    "/api/state": LabelerHandler._get_state,
+    "/api/assist": LabelerHandler._get_assist,
+    "/api/grid": LabelerHandler._get_grid,
+}
+POST_ROUTES: dict[str, Callable[[LabelerHandler, dict], None]] = {
+    "/api/set": LabelerHandler._post_set,
+    "/api/confirm": LabelerHandler._post_confirm,
+}
