@@ -423,6 +423,15 @@ def test_assisted_labels_get_a_column_that_manifests_accept(tmp_path):
     assert paths[3] not in LabelStore(root).labels  # all or nothing
 
 
+def test_the_export_names_the_accepted_suggestions(tmp_path):
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 6, decodable=False)
+    store = LabelStore(root, ["a", "b"])
+    store.set_many([(p, "a", False, True) for p in paths[:3]] + [(p, "b", False, False) for p in paths[3:]])
+    result = export_labels(root, val_fraction=0.34)
+    assert json.loads((result.out / EXPORT_MARKER).read_text())["assisted"] == paths[:3]
+
+
 def test_the_assistant_suggests_orders_and_offers_grids(tmp_path):
     root = tmp_path / "ds"
     truth = make_two_kinds(root, 40)
@@ -562,5 +571,52 @@ def test_label_with_the_keyboard_in_a_real_browser(tmp_path):
             browser.close()
         assert read_labels(root) == {paths[0]: "cat", paths[1]: "dog", paths[3]: "cat", paths[5]: "dog"}
         assert LabelStore(root).skipped == {paths[2]}
+    finally:
+        running.close()
+
+
+def test_accept_a_suggestion_and_confirm_a_grid_in_a_real_browser(tmp_path):
+    sync_playwright, expect = _playwright()
+    root = tmp_path / "ds"
+    truth = make_two_kinds(root, 14)
+    server = make_server(root, ["cat", "dog"], featurize=kind_features,
+                         assist=AssistSettings(retrain_every=1, grid_min_p=0.0))
+    running = Running.around(server)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page()
+            page.goto(server.url)
+            expect(page.locator("body")).to_have_attribute("data-ready", "1")
+            expect(page.locator("body")).to_have_attribute("data-assist", "ready")  # features are in
+            for _ in range(4):  # the typical photos first; the person labels them with the number keys
+                page.keyboard.press("1" if truth[page.inner_text("#name")] == "cat" else "2")
+            expect(page.locator("body")).to_have_attribute("data-assist", "suggesting")
+            expect(page.locator("#suggestion")).to_contain_text("Enter accepts")
+            shown = page.inner_text("#name")
+            assert page.inner_text("#suggestion").startswith(f"suggested: {truth[shown]} ")
+            page.keyboard.press("Enter")  # one key accepts
+            expect(page.locator("body")).to_have_attribute("data-pending", "0")
+            assert LabelStore(root).assisted == {shown} and read_labels(root)[shown] == truth[shown]
+
+            page.keyboard.press("g")
+            expect(page.locator("body")).to_have_attribute("data-mode", "grid")
+            tiles = page.locator("#tiles .tile")
+            expect(tiles.first).to_be_visible()
+            grid_label = page.inner_text("#grid-title").split(" suggested as ")[1].split(":")[0]
+            paths = [tiles.nth(i).get_attribute("data-path") for i in range(tiles.count())]
+            assert paths and all(truth[p] == grid_label for p in paths)
+            tiles.first.click()  # the person says: not this class
+            expect(tiles.first).to_have_class("tile misfit")
+            page.keyboard.press("Enter")
+            expect(page.locator("body")).to_have_attribute("data-pending", "0")
+            store = LabelStore(root)
+            assert {p for p in paths[1:]} <= store.assisted and paths[0] not in store.labels
+            assert all(store.labels[p] == grid_label for p in paths[1:])
+            expect(page.locator("#assist")).to_contain_text("its suggestions right")
+            page.keyboard.press("Escape")
+            expect(page.locator("body")).to_have_attribute("data-mode", "one")
+            browser.close()
     finally:
         running.close()

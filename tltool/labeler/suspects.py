@@ -31,9 +31,9 @@ from ..linear import default_features_dir
 from ..runs import new_run_dir
 from ..utils import write_json, write_text_atomic
 from ..viz.plots import _pyplot, save_figure, thumbnail
-from .store import LABELS_CSV
+from .store import LABELS_CSV, read_labels_csv
 
-CSV_COLUMNS = ("path", "label", "suggested", "score")
+CSV_COLUMNS = ("path", "label", "suggested", "score", "assisted")
 DEFAULT_C = 0.1  # moderate regularisation; on flowers C from 0.01 to 1 ranked planted mistakes about equally well
 
 
@@ -48,6 +48,7 @@ class Suspect:
     knn_agreement: float
     split: str
     file: str  # absolute path
+    assisted: bool = False  # the label was an accepted suggestion in the labeler (labels.csv's assisted column)
 
 
 @dataclass
@@ -131,11 +132,14 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     own = support[rows, fs.labels]
     order = np.lexsort((proba[rows, fs.labels], own))  # least support first; ties: lower CV probability
     root = dataset_root(dataset)
+    assisted = read_labels_csv(root / LABELS_CSV)[1]
     suspects = [Suspect(rank=r + 1, path=Path(os.path.relpath(fs.paths[i], root)).as_posix(),
                         label=fs.classes[fs.labels[i]], suggested=fs.classes[int(support[i].argmax())],
                         score=float(1.0 - own[i]), cv_probability=float(proba[i, fs.labels[i]]),
                         knn_agreement=float(knn[i, fs.labels[i]]), split=str(fs.splits[i]), file=fs.paths[i])
                 for r, i in enumerate(order[:top])]
+    for s in suspects:
+        s.assisted = s.path in assisted
     run_dir = new_run_dir("suspects", dataset.name, spec.name, out=out)
     csv_path, png = run_dir / "suspects.csv", run_dir / "suspects.png"
     write_suspects_csv(suspects, csv_path)
@@ -150,6 +154,7 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
         "cv_accuracy": float((proba.argmax(axis=1) == fs.labels).mean()),
         "knn_agreement_mean": float(knn[rows, fs.labels].mean()),
         "disagreeing": int((support.argmax(axis=1) != fs.labels).sum()),
+        "assisted_labels": len(assisted), "assisted_suspects": sum(s.assisted for s in suspects),
         "suspects": [{k: v for k, v in s.__dict__.items() if k != "file"} for s in suspects],
         "csv": csv_path.name, "png": png.name,
     }
@@ -162,7 +167,7 @@ def write_suspects_csv(suspects: list[Suspect], target: Path) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for s in suspects:
-        writer.writerow([s.path, s.label, s.suggested, f"{s.score:.4f}"])
+        writer.writerow([s.path, s.label, s.suggested, f"{s.score:.4f}", "1" if s.assisted else ""])
     write_text_atomic(target, buf.getvalue())
 
 
