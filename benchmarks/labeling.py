@@ -44,7 +44,9 @@ def make_folder(src: Path, root: Path) -> dict[str, str]:
     """The photos copied (not moved, never written to) under ``root/unlabeled/`` with names that do not give the
     class away; returns the truth ``{path: class}``."""
     truth = {}
-    for i, photo in enumerate(sorted(src.glob("*/*.jpg"))):
+    photos = sorted(src.glob("*/*.jpg"))
+    random.Random(0).shuffle(photos)  # as photos from a phone: the file order says nothing about the class
+    for i, photo in enumerate(photos):
         rel = f"unlabeled/{i:04d}.jpg"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(photo, root / rel)
@@ -95,7 +97,7 @@ class User:
         self.s, self.truth, self.think, self.miss_rate = server, truth, think, miss_rate
         self.rng = random.Random(seed)
         self.actions = {"keys": 0, "accepts": 0, "clicks": 0, "confirms": 0, "grids": 0}
-        self.latency = {"extracting": [], "after": []}
+        self.latency = {"no_assist": [], "extracting": [], "after": []}
         self.image_latency: list[float] = []
         self.assist: dict = {}
         self.revision = ""
@@ -112,10 +114,11 @@ class User:
             self.assist = {**self.assist, **data}
 
     def press(self, path: str, label: str, assisted: bool) -> None:
-        extracting = self.assist.get("state") in (None, "waiting", "extracting")
+        phase = {None: "no_assist", "waiting": "extracting", "extracting": "extracting"}.get(
+            self.assist.get("state"), "after")
         _, seconds = self.s.call("POST", "/api/set", {"path": path, "label": label, "skipped": False,
                                                       "assisted": assisted})
-        self.latency["extracting" if extracting else "after"].append(seconds)
+        self.latency[phase].append(seconds)
         self.actions["accepts" if assisted else "keys"] += 1
         self.done.add(path)
         nxt = self.next_photo()
@@ -182,7 +185,7 @@ def run_mode(mode: str, root: Path, truth: dict[str, str], cache: Path, think: f
     server = Server(root, assist=mode != "plain", cache=cache)
     start = time.perf_counter()
     try:
-        user = User(server, truth, think if mode != "grid" else think, miss_rate if mode == "grid" else 0.0)
+        user = User(server, truth, think, miss_rate if mode == "grid" else 0.0)
         while len(user.done) < len(truth):
             if mode != "plain":
                 user.poll()
@@ -221,13 +224,12 @@ def _ms(seconds: float | None) -> float | None:
 
 def write_markdown(result: dict) -> None:
     lines = ["# Labelling 500 photos (flowers-tune, 5 classes) by a simulated user through the HTTP API", "",
-             "| mode | actions | keys | accepts | grids | misfit clicks | errors left | key press p99 during "
-             "extraction | key press p99 after | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| mode | actions | keys | accepts | grids | misfit clicks | errors left | key press p99: no assist "
+             "/ during extraction / after | wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["modes"]:
-        lat = r["keypress_latency"]
+        lat = " / ".join(f"{v['p99_ms']} ms (n={v['n']})" for v in r["keypress_latency"].values())
         lines.append(f"| {r['mode']} | {r['actions']} | {r['keys']} | {r['accepts']} | {r['grids']} | {r['clicks']} "
-                     f"| {r['errors_left']} | {lat['extracting']['p99_ms']} ms (n={lat['extracting']['n']}) | "
-                     f"{lat['after']['p99_ms']} ms (n={lat['after']['n']}) | {r['wall_seconds']} |")
+                     f"| {r['errors_left']} | {lat} | {r['wall_seconds']} |")
     lines += ["", f"think time {result['think_s']} s per photo; grid miss rate {result['miss_rate']}; "
               f"machine: {result['machine']['cpus']} CPUs, {result['machine']['date']}.", ""]
     (RESULTS / "labeling.md").write_text("\n".join(lines))
