@@ -444,11 +444,15 @@ def test_the_assistant_suggests_orders_and_offers_grids(tmp_path):
         typical = order[:8]  # k-means groups: 4 per class
         assert rule == "typical" and {truth[p] for p in typical} == {"cat", "dog"} and sorted(order) == sorted(truth)
         assert assistant.grid()["items"] == []  # no head yet
-        cats, dogs = [p for p in typical if truth[p] == "cat"], [p for p in typical if truth[p] == "dog"]
-        for path in cats[:2] + dogs[:2]:
+        for path in typical[:4]:
             store.set(path, truth[path])
             assistant.observe([(path, truth[path])])
         wait_for(lambda: assistant.snapshot is not None and assistant.snapshot.trained_on == 4)
+        assert assistant.grid()["reason"] == "label the 4 typical photo(s) offered first"  # no grid from a raw head
+        for path in typical[4:]:
+            store.set(path, truth[path])
+            assistant.observe([(path, truth[path])])
+        wait_for(lambda: assistant.snapshot.trained_on == 8)
         open_paths = [p for p in truth if p not in store.labels]
         assert all(assistant.suggestion(p)[0] == truth[p] for p in open_paths)
         grid = assistant.grid("dog")
@@ -464,10 +468,11 @@ def test_the_assistant_suggests_orders_and_offers_grids(tmp_path):
         status = assistant.status()
         assert status["since_retrain"] == {"right": 0, "judged": 1}  # the rejection counts against the head
         version = status["version"]
+        before = assistant.status()["all"]
         cat = next(p for p in open_paths if truth[p] == "cat" and p != wrongly)
         store.set(cat, "cat", assisted=True)
         assistant.observe([(cat, "cat")])
-        assert assistant.status()["all"] == {"right": 1, "judged": 2}
+        assert assistant.status()["all"] == {"right": before["right"] + 1, "judged": before["judged"] + 1}
         wait_for(lambda: assistant.status()["version"] > version)  # retrain_every=1
         assert assistant.status()["since_retrain"] == {"right": 0, "judged": 0}  # the new head is judged afresh
     finally:
@@ -477,7 +482,7 @@ def test_the_assistant_suggests_orders_and_offers_grids(tmp_path):
 def test_grids_and_suggestions_over_http(tmp_path):
     root = tmp_path / "ds"
     truth = make_two_kinds(root, 30)
-    server = make_server(root, ["cat", "dog"], featurize=kind_features, assist=AssistSettings(retrain_every=2, grid_min_p=0.0))
+    server = make_server(root, ["cat", "dog"], featurize=kind_features, assist=AssistSettings(retrain_every=2, grid_min_p=0.0, typical_per_class=1))
     running = Running.around(server)
     try:
         assert server.assistant.wait_ready(20)
@@ -580,7 +585,7 @@ def test_accept_a_suggestion_and_confirm_a_grid_in_a_real_browser(tmp_path):
     root = tmp_path / "ds"
     truth = make_two_kinds(root, 14)
     server = make_server(root, ["cat", "dog"], featurize=kind_features,
-                         assist=AssistSettings(retrain_every=1, grid_min_p=0.0))
+                         assist=AssistSettings(retrain_every=1, grid_min_p=0.0, typical_per_class=2))
     running = Running.around(server)
     try:
         with sync_playwright() as p:

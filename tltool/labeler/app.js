@@ -254,7 +254,8 @@ async function openGrid() {
   const grid = await response.json();
   if (!response.ok || !grid.items.length) {
     closeGrid();
-    message(grid.error || "no confident suggestions left: label the uncertain ones one by one", !response.ok);
+    message(grid.error || (grid.reason ? `no grid yet: ${grid.reason}` :
+      "no confident suggestions left: label the uncertain ones one by one"), !response.ok);
     return;
   }
   S.grid = { label: grid.label, items: grid.items, misfits: new Set() };

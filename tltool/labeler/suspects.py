@@ -33,7 +33,7 @@ from ..utils import write_json, write_text_atomic
 from ..viz.plots import _pyplot, save_figure, thumbnail
 from .store import LABELS_CSV, read_labels_csv
 
-CSV_COLUMNS = ("path", "label", "suggested", "score", "assisted")
+CSV_COLUMNS = ("path", "label", "suggested", "score")  # which labels were accepted suggestions: suspects.json
 DEFAULT_C = 0.1  # moderate regularisation; on flowers C from 0.01 to 1 ranked planted mistakes about equally well
 
 
@@ -167,7 +167,7 @@ def write_suspects_csv(suspects: list[Suspect], target: Path) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for s in suspects:
-        writer.writerow([s.path, s.label, s.suggested, f"{s.score:.4f}", "1" if s.assisted else ""])
+        writer.writerow([s.path, s.label, s.suggested, f"{s.score:.4f}"])
     write_text_atomic(target, buf.getvalue())
 
 
