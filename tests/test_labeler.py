@@ -7,9 +7,10 @@ import json
 import os
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -17,7 +18,8 @@ from helpers import noise_image
 from tltool.cli import main
 from tltool.dataset import load_dataset
 from tltool.errors import TltoolError
-from tltool.labeler import LabelStore, export_labels, make_server, parse_classes
+from tltool.labeler import Assistant, AssistSettings, LabelStore, export_labels, make_server, parse_classes
+from tltool.labeler.assist import extract_in_child
 from tltool.labeler.store import EXPORT_MARKER, list_images
 from tltool.outputs import mark_output_dir
 
@@ -47,10 +49,15 @@ def read_labels(root: Path) -> dict[str, str]:
 class Running:
     """A labeler server on a free port, in a thread."""
 
-    def __init__(self, root: Path, classes: list[str], review: Path | None = None) -> None:
-        self.server = make_server(root, classes, host="127.0.0.1", port=0, review=review)
+    def __init__(self, root: Path | None, classes: list[str], review: Path | None = None, host: str = "127.0.0.1",
+                 server=None) -> None:
+        self.server = server or make_server(root, classes, host=host, port=0, review=review)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
+
+    @classmethod
+    def around(cls, server) -> "Running":
+        return cls(None, [], server=server)
 
     def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
@@ -182,36 +189,123 @@ def test_paths_leaving_the_dataset_are_refused(served, tmp_path):
         assert served.request("POST", "/api/set", {"path": path, "label": "cat"})[0] == 404
 
 
-def test_parallel_clients_never_lose_a_label(tmp_path):
-    clients, writes = 20, 50
+def _label_through_http(port: int, items: list[tuple[str, str]]) -> list[int]:
+    """One client process: every label POSTed on one keep-alive connection; the statuses returned."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    statuses = []
+    for path, label in items:
+        conn.request("POST", "/api/set", body=json.dumps({"path": path, "label": label}),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+    conn.close()
+    return statuses
+
+
+def _label_through_own_store(root: str, items: list[tuple[str, str]]) -> list[int]:
+    """One process with its own LabelStore on the same folder (as a second `label serve` would have)."""
+    store = LabelStore(root, ["cat", "dog", "bird"])
+    for path, label in items:
+        store.set(path, label)
+    return [200] * len(items)
+
+
+def test_parallel_processes_never_lose_a_label(tmp_path):
+    """Six processes (three over HTTP to one server, three with their own store) write 600 labels at once."""
+    import multiprocessing
+
+    processes, writes = 6, 100
     root = tmp_path / "ds"
-    paths = make_dataset(root, clients * writes, decodable=False)
+    paths = make_dataset(root, processes * writes, decodable=False)
     running = Running(root, ["cat", "dog", "bird"])
     expected = {p: ("cat", "dog", "bird")[i % 3] for i, p in enumerate(paths)}
-
-    def client(c: int) -> list[int]:
-        conn = http.client.HTTPConnection("127.0.0.1", running.server.port, timeout=30)
-        statuses = []
-        for path in paths[c::clients]:
-            conn.request("POST", "/api/set", body=json.dumps({"path": path, "label": expected[path]}),
-                         headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            statuses.append(response.status)
-        conn.close()
-        return statuses
-
+    shares = [[(p, expected[p]) for p in paths[c::processes]] for c in range(processes)]
     try:
-        with ThreadPoolExecutor(clients) as pool:
-            statuses = [s for result in pool.map(client, range(clients)) for s in result]
-        assert statuses == [200] * (clients * writes)
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            jobs = [pool.apply_async(_label_through_http, (running.server.port, share)) for share in shares[:3]]
+            jobs += [pool.apply_async(_label_through_own_store, (str(root), share)) for share in shares[3:]]
+            statuses = [s for job in jobs for s in job.get(timeout=240)]
+        assert statuses == [200] * (processes * writes)
         assert read_labels(root) == expected
-        state = json.loads(running.request("GET", "/api/state")[1])
-        assert state["labelled"] == clients * writes
-        assert state["counts"] == {"cat": 334, "dog": 333, "bird": 333}
+        state = json.loads(running.request("GET", "/api/state")[1])  # the server sees the other processes' labels
+        assert state["labelled"] == processes * writes
+        assert state["counts"] == {"cat": 200, "dog": 200, "bird": 200}
         assert not [p for p in root.iterdir() if p.name.startswith(".labels.csv.")]  # no temp file left
     finally:
         running.close()
+
+
+# ------------------------------------------------------------------------------------------------ who may talk
+def test_a_foreign_origin_cannot_change_a_label(served):
+    path = "unlabeled/img_001.jpg"
+    own = f"http://127.0.0.1:{served.server.port}"
+    for origin in ("http://evil.example", "null", f"https://127.0.0.1:{served.server.port}",
+                   "http://127.0.0.1:1"):  # another port of the same machine is another origin
+        status, body = served.request("POST", "/api/set", {"path": path, "label": "cat"}, {"Origin": origin})
+        assert status == 403 and b"cross-origin" in body, origin
+    assert not (served.server.store.root / "labels.csv").exists()
+    status, _ = served.request("POST", "/api/set", {"path": path, "label": "cat"},
+                               {"Origin": own, "Sec-Fetch-Site": "cross-site"})
+    assert status == 403  # a browser that says the request is cross-site
+    assert served.request("POST", "/api/set", {"path": path, "label": "dog"}, {"Origin": own})[0] == 200
+    assert served.request("POST", "/api/set", {"path": path, "label": "cat"})[0] == 200  # a script: no Origin
+    assert read_labels(served.server.store.root) == {path: "cat"}
+    # another site embedding an image: the browser says cross-site, the image is refused
+    assert served.request("GET", f"/img/{path}", headers={"Sec-Fetch-Site": "cross-site"})[0] == 403
+    assert served.request("GET", f"/img/{path}", headers={"Sec-Fetch-Site": "same-origin"})[0] == 200
+
+
+def test_off_loopback_a_token_and_the_host_check_are_required(tmp_path):
+    import socket
+
+    root = tmp_path / "ds"
+    make_dataset(root, 3)
+    running = Running(root, ["cat", "dog"], host="0.0.0.0")
+    guard = running.server.guard
+    try:
+        assert guard.token and len(guard.token) >= 24 and f"?token={guard.token}" in running.server.url
+        port = running.server.port
+        # DNS rebinding: a page on evil.example whose name now points here; refused even with the token
+        assert running.request("GET", f"/api/state?token={guard.token}", headers={"Host": f"evil.example:{port}"})[0] == 403
+        assert running.request("GET", "/api/state")[0] == 403  # no token
+        assert running.request("GET", "/api/state?token=wrong")[0] == 403
+        body = {"path": "unlabeled/img_001.jpg", "label": "cat"}
+        assert running.request("POST", "/api/set", body)[0] == 403
+        assert not (root / "labels.csv").exists()
+        # the first visit with the token: a cookie, and the token leaves the address bar
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", f"/?token={guard.token}")
+        response = conn.getresponse()
+        response.read()
+        cookie = response.getheader("Set-Cookie")
+        assert response.status == 303 and response.getheader("Location") == "/"
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        conn.close()
+        with_cookie = {"Cookie": cookie.split(";")[0]}
+        assert running.request("GET", "/api/state", headers=with_cookie)[0] == 200
+        assert running.request("GET", "/img/unlabeled/img_001.jpg", headers=with_cookie)[0] == 200
+        assert running.request("POST", "/api/set", body, {"Authorization": f"token {guard.token}"})[0] == 200
+        hostname = {"Host": f"{socket.gethostname()}:{port}", **with_cookie}
+        assert running.request("GET", "/api/state", headers=hostname)[0] == 200  # the machine's own name
+    finally:
+        running.close()
+
+
+def test_a_link_swapped_in_after_the_check_is_refused(served, tmp_path, monkeypatch):
+    """The race: the path passes the check, then becomes a symlink out of the folder before it is opened."""
+    import tltool.labeler.server as server_module
+
+    root = served.server.store.root
+    secret = tmp_path / "secret.jpg"
+    noise_image(secret, seed=5)
+    target = root / "unlabeled" / "img_002.jpg"
+    target.unlink()
+    target.symlink_to(secret)  # the swap, as if it happened right after the check
+    monkeypatch.setattr(server_module, "inside_root", lambda root, path, **kw: path)  # the check passed earlier
+    status, body = served.request("GET", "/img/unlabeled/img_002.jpg")
+    assert status == 403 and body[:2] != b"\xff\xd8"
+    assert served.request("GET", "/img/unlabeled/img_001.jpg")[0] == 200  # a real file inside still opens
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -284,6 +378,152 @@ def test_cli_export_and_its_errors(tmp_path):
     assert result.exit_code == 2 and "more than once" in result.output
 
 
+# ------------------------------------------------------------------------------------------------ assistance
+def make_two_kinds(root: Path, n: int) -> dict[str, str]:
+    """``n`` photos, alternately "cat" and "dog"; returns the truth. Names carry the kind for the fake features."""
+    truth = {}
+    for i in range(n):
+        kind = ("cat", "dog")[i % 2]
+        rel = f"unlabeled/{i:03d}-{kind}.jpg"
+        noise_image(root / rel, seed=i, size=(64, 48))
+        truth[rel] = kind
+    return truth
+
+
+def kind_features(root: Path, paths: list[str]) -> tuple[list[str], np.ndarray]:
+    """Stand-in for the CNN: two well separated clusters (by the kind in the name), a little noise."""
+    rng = np.random.default_rng(0)
+    X = np.array([[1.0, 0.0] if "-cat" in p else [0.0, 1.0] for p in paths]) + rng.normal(0, 0.1, (len(paths), 2))
+    return list(paths), X.astype(np.float32)
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_assisted_labels_get_a_column_that_manifests_accept(tmp_path):
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 4, decodable=False)
+    store = LabelStore(root, ["cat", "dog"])
+    store.set(paths[0], "cat")
+    assert (root / "labels.csv").read_text() == f"path,label\n{paths[0]},cat\n"  # plain labelling: no new column
+    store.set_many([(paths[1], "dog", False, True), (paths[2], "cat", False, True)])
+    with open(root / "labels.csv", newline="") as f:
+        rows = {r["path"]: r["assisted"] for r in csv.DictReader(f)}
+    assert rows == {paths[0]: "", paths[1]: "1", paths[2]: "1"}
+    assert LabelStore(root).assisted == {paths[1], paths[2]}
+    assert load_dataset(root / "labels.csv").counts() == {"all": {"cat": 2, "dog": 1}}
+    store.set(paths[1], "cat")  # a person's own label replaces the accepted suggestion
+    assert LabelStore(root).assisted == {paths[2]}
+    with pytest.raises(KeyError):
+        store.set_many([(paths[3], "dog", False, True), ("../x.jpg", "dog", False, True)])
+    assert paths[3] not in LabelStore(root).labels  # all or nothing
+
+
+def test_the_export_names_the_accepted_suggestions(tmp_path):
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 6, decodable=False)
+    store = LabelStore(root, ["a", "b"])
+    store.set_many([(p, "a", False, True) for p in paths[:3]] + [(p, "b", False, False) for p in paths[3:]])
+    result = export_labels(root, val_fraction=0.34)
+    assert json.loads((result.out / EXPORT_MARKER).read_text())["assisted"] == paths[:3]
+
+
+def test_the_assistant_suggests_orders_and_offers_grids(tmp_path):
+    root = tmp_path / "ds"
+    truth = make_two_kinds(root, 40)
+    store = LabelStore(root, ["cat", "dog"])
+    settings = AssistSettings(retrain_every=1, grid_size=8, grid_min_p=0.0)  # a head on 4 labels is not sure yet
+    assistant = Assistant(store, settings, featurize=kind_features).start()
+    try:
+        assert assistant.wait_ready(20)
+        rule, order = assistant.order()
+        typical = order[:8]  # k-means groups: 4 per class
+        assert rule == "typical" and {truth[p] for p in typical} == {"cat", "dog"} and sorted(order) == sorted(truth)
+        assert assistant.grid()["items"] == []  # no head yet
+        for path in typical[:4]:
+            store.set(path, truth[path])
+            assistant.observe([(path, truth[path])])
+        wait_for(lambda: assistant.snapshot is not None and assistant.snapshot.trained_on == 4)
+        assert assistant.grid()["reason"] == "label the 4 typical photo(s) offered first"  # no grid from a raw head
+        for path in typical[4:]:
+            store.set(path, truth[path])
+            assistant.observe([(path, truth[path])])
+        wait_for(lambda: assistant.snapshot.trained_on == 8)
+        open_paths = [p for p in truth if p not in store.labels]
+        assert all(assistant.suggestion(p)[0] == truth[p] for p in open_paths)
+        grid = assistant.grid("dog")
+        sure = max(assistant.suggestion(p)[1] for p in open_paths)
+        assistant.settings = AssistSettings(grid_min_p=sure + 1e-3)
+        assert assistant.grid("dog")["items"] == []  # photos below grid_min_p are offered one by one instead
+        assistant.settings = settings
+        assert grid["label"] == "dog" and len(grid["items"]) == 8 and all(truth[i["path"]] == "dog" for i in grid["items"])
+        assert [i["p"] for i in grid["items"]] == sorted((i["p"] for i in grid["items"]), reverse=True)
+        wrongly = grid["items"][0]["path"]
+        assistant.reject([wrongly], "dog")  # the user says: not a dog
+        assert assistant.suggestion(wrongly)[0] == "cat" and wrongly not in [i["path"] for i in assistant.grid("dog")["items"]]
+        status = assistant.status()
+        assert status["since_retrain"] == {"right": 0, "judged": 1}  # the rejection counts against the head
+        version = status["version"]
+        before = assistant.status()["all"]
+        cat = next(p for p in open_paths if truth[p] == "cat" and p != wrongly)
+        store.set(cat, "cat", assisted=True)
+        assistant.observe([(cat, "cat")])
+        assert assistant.status()["all"] == {"right": before["right"] + 1, "judged": before["judged"] + 1}
+        wait_for(lambda: assistant.status()["version"] > version)  # retrain_every=1
+        assert assistant.status()["since_retrain"] == {"right": 0, "judged": 0}  # the new head is judged afresh
+    finally:
+        assistant.stop()
+
+
+def test_grids_and_suggestions_over_http(tmp_path):
+    root = tmp_path / "ds"
+    truth = make_two_kinds(root, 30)
+    server = make_server(root, ["cat", "dog"], featurize=kind_features, assist=AssistSettings(retrain_every=2, grid_min_p=0.0, typical_per_class=1))
+    running = Running.around(server)
+    try:
+        assert server.assistant.wait_ready(20)
+        first = json.loads(running.request("GET", "/api/assist")[1])
+        assert first["rule"] == "typical" and first["suggestions"] == {} and len(first["order"]) == 30
+        unchanged = json.loads(running.request("GET", f"/api/assist?since={first['revision']}")[1])
+        assert "order" not in unchanged  # the page polls: nothing resent until something changes
+        labelled = [p for p in first["order"] if truth[p] == "cat"][:1] + [p for p in first["order"] if truth[p] == "dog"][:1]
+        for p in labelled:
+            assert running.request("POST", "/api/set", {"path": p, "label": truth[p]})[0] == 200
+        wait_for(lambda: json.loads(running.request("GET", "/api/assist")[1])["version"] >= 1)
+        grid = json.loads(running.request("GET", "/api/grid?label=cat")[1])
+        paths = [i["path"] for i in grid["items"]]
+        assert grid["label"] == "cat" and len(paths) == 14 and all(truth[p] == "cat" for p in paths)
+        status, body = running.request("POST", "/api/confirm", {"label": "cat", "accepted": paths[1:],
+                                                                "rejected": paths[:1]})
+        assert status == 200 and json.loads(body)["labelled"] == 15
+        store = LabelStore(root)
+        assert store.assisted == set(paths[1:]) and all(store.labels[p] == "cat" for p in paths[1:])
+        assert paths[0] not in store.labels
+        state = json.loads(running.request("GET", "/api/state")[1])
+        assert state["assist"]["all"] == {"right": 13, "judged": 14}
+        assert running.request("GET", "/api/grid?label=emu")[0] == 400
+        assert running.request("POST", "/api/confirm", {"label": "cat", "accepted": ["../x.jpg"]})[0] == 404
+    finally:
+        running.close()
+
+
+def test_features_are_extracted_in_a_child_process(tmp_path):
+    """The real adapter: tltool.features in a child process (tiny input so it is quick), cached between runs."""
+    root = tmp_path / "ds"
+    truth = make_two_kinds(root, 4)
+    (root / "unlabeled" / "broken.jpg").write_bytes(b"not a jpeg")
+    featurize = extract_in_child(AssistSettings(weights="none", image_size=32), cache=tmp_path / "cache")
+    paths, X = featurize(root, sorted(truth) + ["unlabeled/broken.jpg"])
+    assert paths == sorted(truth) and X.shape == (4, 1280) and np.isfinite(X).all()
+    assert (tmp_path / "cache" / "features.json").is_file()
+    with pytest.raises(TltoolError, match="feature extraction failed"):
+        extract_in_child(AssistSettings(backbone="resnet5"), cache=tmp_path / "c2")(root, sorted(truth))
+
+
 # ------------------------------------------------------------------------------------------------ browser
 def _playwright():
     """Playwright and Debian's Chromium, or a skip that says what is missing (a failure where CI requires them)."""
@@ -336,5 +576,52 @@ def test_label_with_the_keyboard_in_a_real_browser(tmp_path):
             browser.close()
         assert read_labels(root) == {paths[0]: "cat", paths[1]: "dog", paths[3]: "cat", paths[5]: "dog"}
         assert LabelStore(root).skipped == {paths[2]}
+    finally:
+        running.close()
+
+
+def test_accept_a_suggestion_and_confirm_a_grid_in_a_real_browser(tmp_path):
+    sync_playwright, expect = _playwright()
+    root = tmp_path / "ds"
+    truth = make_two_kinds(root, 14)
+    server = make_server(root, ["cat", "dog"], featurize=kind_features,
+                         assist=AssistSettings(retrain_every=1, grid_min_p=0.0, typical_per_class=2))
+    running = Running.around(server)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page()
+            page.goto(server.url)
+            expect(page.locator("body")).to_have_attribute("data-ready", "1")
+            expect(page.locator("body")).to_have_attribute("data-assist", "ready")  # features are in
+            for _ in range(4):  # the typical photos first; the person labels them with the number keys
+                page.keyboard.press("1" if truth[page.inner_text("#name")] == "cat" else "2")
+            expect(page.locator("body")).to_have_attribute("data-assist", "suggesting")
+            expect(page.locator("#suggestion")).to_contain_text("Enter accepts")
+            shown = page.inner_text("#name")
+            assert page.inner_text("#suggestion").startswith(f"suggested: {truth[shown]} ")
+            page.keyboard.press("Enter")  # one key accepts
+            expect(page.locator("body")).to_have_attribute("data-pending", "0")
+            assert LabelStore(root).assisted == {shown} and read_labels(root)[shown] == truth[shown]
+
+            page.keyboard.press("g")
+            expect(page.locator("body")).to_have_attribute("data-mode", "grid")
+            tiles = page.locator("#tiles .tile")
+            expect(tiles.first).to_be_visible()
+            grid_label = page.inner_text("#grid-title").split(" suggested as ")[1].split(":")[0]
+            paths = [tiles.nth(i).get_attribute("data-path") for i in range(tiles.count())]
+            assert paths and all(truth[p] == grid_label for p in paths)
+            tiles.first.click()  # the person says: not this class
+            expect(tiles.first).to_have_class("tile misfit")
+            page.keyboard.press("Enter")
+            expect(page.locator("body")).to_have_attribute("data-pending", "0")
+            store = LabelStore(root)
+            assert {p for p in paths[1:]} <= store.assisted and paths[0] not in store.labels
+            assert all(store.labels[p] == grid_label for p in paths[1:])
+            expect(page.locator("#assist")).to_contain_text("its suggestions right")
+            page.keyboard.press("Escape")
+            expect(page.locator("body")).to_have_attribute("data-mode", "one")
+            browser.close()
     finally:
         running.close()

@@ -232,12 +232,14 @@ class ManifestWarning(TltoolWarning):
 
 
 CSV_COLUMNS = ("path", "label", "split")
+# read too: the labeler marks labels that were accepted suggestions (tltool/labeler/store.py); not used for training
+OPTIONAL_COLUMNS = ("assisted",)
 MAX_NAMED = 10  # rows named in one problem or warning message
 
 
 def _manifest_header(fieldnames: Sequence[str] | None, spec: str) -> list[str]:
     header = [h.strip() for h in (fieldnames or [])]
-    unknown = [h for h in header if h not in CSV_COLUMNS]
+    unknown = [h for h in header if h not in CSV_COLUMNS + OPTIONAL_COLUMNS]
     missing = sorted({"path", "label"} - set(header))
     if unknown or missing:
         parts = [f"unknown column(s) {unknown}"] if unknown else []

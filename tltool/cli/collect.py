@@ -1,11 +1,13 @@
 """``tltool collect import`` and ``tltool label serve|export``: your own photos into a labelled dataset."""
 from __future__ import annotations
 
+import webbrowser
+
 import click
 
 from ..collect import DEFAULT_EVERY, DEFAULT_MAX_SIDE, DEFAULT_NEAR_THRESHOLD, import_images, near_rule
 from ..images import DEFAULT_MAX_PIXELS
-from ..labeler import export_labels, make_server, parse_classes
+from ..labeler import AssistSettings, export_labels, make_server, parse_classes
 
 MAX_LISTED = 20
 
@@ -69,10 +71,22 @@ def label() -> None:
               help="CSV (path[,label,suggested,score]; paths relative to DATASET) of images to review first.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default browser.")
 @click.option("--verbose", is_flag=True, help="Log every request.")
-def serve_cmd(dataset, classes, host, port, review, open_browser, verbose) -> None:
+@click.option("--assist/--no-assist", default=True, show_default=True,
+              help="Suggest labels: features are extracted in the background and a linear head retrained as you "
+                   "label (on when the backbone's weights are on this machine).")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Backbone of --assist.")
+@click.option("--image-size", type=int, default=None, help="Input size of --assist [default: the backbone's].")
+def serve_cmd(dataset, classes, host, port, review, open_browser, verbose, assist, backbone, image_size) -> None:
     """Serve a labelling page for DATASET (images under DATASET/unlabeled/) and save every key press to
-    DATASET/labels.csv. Keys: 1-9 label, arrows move, u undo, s skip. Stop with Ctrl-C."""
-    server = make_server(dataset, parse_classes(classes), host=host, port=port, review=review, quiet=not verbose)
+    DATASET/labels.csv. Keys: 1-9 label, Enter accepts a suggestion, g confirms a grid, arrows move, u undo,
+    s skip. Stop with Ctrl-C."""
+    settings = AssistSettings(backbone=backbone, image_size=image_size) if assist else None
+    why_not = settings.unavailable() if settings else None
+    if why_not:
+        click.echo(f"note: no suggestions: {why_not}", err=True)
+        settings = None
+    server = make_server(dataset, parse_classes(classes), host=host, port=port, review=review, quiet=not verbose,
+                         assist=settings)
     store = server.store
     for note in store.notes:
         click.echo(f"note: --review {note}", err=True)
@@ -80,13 +94,13 @@ def serve_cmd(dataset, classes, host, port, review, open_browser, verbose) -> No
     keys = ", ".join(f"{i + 1}={name}" for i, name in enumerate(store.classes))
     click.echo(f"{summary['total']} images, {summary['labelled']} labelled; keys: {keys}; arrows move, u undo, s skip")
     if not server.loopback:
-        click.secho(f"warning: listening on {host}: anyone who can reach this address can see the images and "
-                    "change labels", fg="yellow", err=True)
+        click.secho(f"note: listening on {host}: the page needs the token in the URL below; keep that URL to "
+                    "yourself (anyone with it can see the images and change labels)", fg="yellow", err=True)
     click.echo(f"labels are saved to {store.labels_path}")
+    if settings:
+        click.echo(f"suggestions: extracting {backbone} features in the background (cached); they appear as you label")
     click.echo(f"open {server.url} in your browser (Ctrl-C stops)")
     if open_browser:
-        import webbrowser
-
         webbrowser.open(server.url)
     try:
         server.serve_forever()

@@ -5,8 +5,9 @@ import click
 
 from ..configs import LinearConfig
 from ..settings import DEFAULT_BACKBONE
-from ..viz import (find_suspects, layer_table, open_network, visualize_activations, visualize_embedding,
-                   visualize_filters, visualize_gradcam)
+from ..labeler.suspects import find_suspects
+from ..viz import (layer_table, open_network, visualize_activations, visualize_embedding, visualize_filters,
+                   visualize_gradcam)
 from .options import backbone_options, choice, compose, split_options
 
 network_options = compose(

@@ -1,9 +1,16 @@
 // tltool labeler: one image at a time; keys 1-9 label (and move on), arrows move, u undoes, s skips.
-// Every change is POSTed to /api/set at once, in order; the server writes labels.csv atomically.
+// With assistance: Enter accepts the suggested class; g opens a grid of photos suggested as one class, a click
+// marks a misfit, Enter confirms the rest, Esc goes back.
+// Every change is POSTed at once, in order; the server writes labels.csv atomically.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const S = { dataset: "", items: [], classes: [], idx: 0, history: [], preload: [] };
+const S = {
+  dataset: "", items: [], classes: [], idx: 0, history: [], preload: [],
+  assist: null, revision: "", suggestions: {}, order: [], byPath: {},
+  mode: "one", grid: null,
+};
+const POLL_MS = 1000;
 let chain = Promise.resolve();
 let pending = 0;
 
@@ -21,8 +28,8 @@ function setPending(delta) {
   document.body.dataset.pending = String(pending);
 }
 
-async function post(change) {
-  const response = await fetch("/api/set", {
+async function post(change, route = "/api/set") {
+  const response = await fetch(route, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(change),
@@ -33,10 +40,10 @@ async function post(change) {
 }
 
 // Changes are sent one after another, so an undo never overtakes the label it undoes.
-function send(change) {
+function send(change, route = "/api/set") {
   setPending(1);
   chain = chain
-    .then(() => post(change))
+    .then(() => post(change, route))
     .catch((error) => {
       message(`not saved (${error.message}); reloading the saved labels`, true);
       return load(false);
@@ -98,7 +105,7 @@ function render() {
   if (!item) {
     const c = counts();
     $("position").textContent = `end of ${S.items.length} images`;
-    $("current").textContent = $("review").textContent = $("name").textContent = "";
+    $("current").textContent = $("review").textContent = $("name").textContent = $("suggestion").textContent = "";
     $("done").replaceChildren(
       `End of the list: ${c.labelled} of ${S.items.length} labelled, ${c.skipped} skipped, ${c.left} left. ` +
       "When done: ",
@@ -117,11 +124,42 @@ function render() {
       (r.suggested ? ` · suggested ${r.suggested}` : "") + (r.score ? ` (${r.score})` : "")
     : "";
   $("name").textContent = item.path;
+  renderSuggestion(item);
   // neighbours are fetched now, so the next key press shows its image at once
   S.preload = [1, 2, 3, -1]
     .map((d) => S.items[S.idx + d])
     .filter(Boolean)
     .map((next) => Object.assign(new Image(), { src: imgUrl(next.path) }));
+}
+
+function suggestionFor(item) {
+  return item && !item.label && !item.skipped ? S.suggestions[item.path] : undefined;
+}
+
+function renderSuggestion(item) {
+  const s = suggestionFor(item);
+  $("suggestion").textContent = s ? `suggested: ${s[0]} ${Math.round(s[1] * 100)} % · Enter accepts` : "";
+  for (const li of $("classes").children) {
+    li.classList.toggle("assisted", Boolean(s && li.dataset.class === s[0]));
+  }
+}
+
+function renderAssist() {
+  const a = S.assist;
+  if (!a || a.state === "off") {
+    $("assist").textContent = "";
+    return;
+  }
+  const pct = (t) => (t.judged ? ` (${Math.round((100 * t.right) / t.judged)} %)` : "");
+  let text = `assist: ${a.message}`;
+  if (a.state === "ready" && !a.version) text = "assist: label a few photos of each class to get suggestions";
+  if (a.version) {
+    text = `assist: head #${a.version} trained on ${a.trained_on} labels · its suggestions right ` +
+      `${a.since_retrain.right} of ${a.since_retrain.judged}${pct(a.since_retrain)} · all heads ` +
+      `${a.all.right} of ${a.all.judged}${pct(a.all)}`;
+  }
+  if (a.state === "failed") text = `assist off: ${a.message}`;
+  $("assist").textContent = text;
 }
 
 function go(index) {
@@ -130,14 +168,31 @@ function go(index) {
   render();
 }
 
-function change(label, skipped) {
+// The next photo: the first open one in the assistant's order (typical, uncertain or grouped), else the next.
+function nextIndex() {
+  for (const path of S.order) {
+    const i = S.byPath[path];
+    const item = S.items[i];
+    if (i !== undefined && i !== S.idx && !item.label && !item.skipped) return i;
+  }
+  return S.idx + 1;
+}
+
+function change(label, skipped, assisted = false) {
   const item = S.items[S.idx];
   if (!item) return;
-  S.history.push({ idx: S.idx, label: item.label, skipped: item.skipped });
+  S.history.push({ idx: S.idx, label: item.label, skipped: item.skipped, assisted: item.assisted });
   item.label = label;
   item.skipped = skipped;
-  send({ path: item.path, label, skipped });
-  go(S.idx + 1);
+  item.assisted = assisted;
+  send({ path: item.path, label, skipped, assisted });
+  go(nextIndex());
+}
+
+function accept() {
+  const s = suggestionFor(S.items[S.idx]);
+  if (s) change(s[0], false, true);
+  else message("no suggestion for this photo");
 }
 
 function assign(key) {
@@ -158,22 +213,122 @@ function undo() {
   const item = S.items[last.idx];
   item.label = last.label;
   item.skipped = last.skipped;
-  send({ path: item.path, label: last.label, skipped: last.skipped });
+  item.assisted = last.assisted;
+  send({ path: item.path, label: last.label, skipped: last.skipped, assisted: Boolean(last.assisted) });
   go(last.idx);
   message(`undone: ${item.path}`);
 }
 
-document.addEventListener("keydown", (event) => {
-  if (event.ctrlKey || event.metaKey || event.altKey || document.body.dataset.ready !== "1") return;
-  const key = event.key;
+function oneKey(key) {
   if (key >= "1" && key <= "9") assign(Number(key) - 1);
+  else if (key === "Enter") accept();
+  else if (key === "g" || key === "G") openGrid();
   else if (key === "ArrowRight") go(S.idx + 1);
   else if (key === "ArrowLeft") go(S.idx - 1);
   else if (key === "u" || key === "U") undo();
   else if (key === "s" || key === "S") skip();
-  else return;
-  event.preventDefault();
+  else return false;
+  return true;
+}
+
+function gridKey(key) {
+  if (key === "Enter") confirmGrid();
+  else if (key === "Escape" || key === "g" || key === "G") closeGrid();
+  else return false;
+  return true;
+}
+
+document.addEventListener("keydown", (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey || document.body.dataset.ready !== "1") return;
+  const handled = S.mode === "grid" ? gridKey(event.key) : oneKey(event.key);
+  if (handled) event.preventDefault();
 });
+
+// ------------------------------------------------------------------------------------------ grid
+async function openGrid() {
+  if (!S.assist || !S.assist.version) {
+    message("no suggestions yet: label a few photos of each class first");
+    return;
+  }
+  const response = await fetch("/api/grid");
+  const grid = await response.json();
+  if (!response.ok || !grid.items.length) {
+    closeGrid();
+    message(grid.error || (grid.reason ? `no grid yet: ${grid.reason}` :
+      "no confident suggestions left: label the uncertain ones one by one"), !response.ok);
+    return;
+  }
+  S.grid = { label: grid.label, items: grid.items, misfits: new Set() };
+  S.mode = "grid";
+  document.body.dataset.mode = "grid";
+  renderGrid();
+}
+
+function renderGrid() {
+  const g = S.grid;
+  $("grid-title").textContent =
+    `${g.items.length} photos suggested as ${g.label}: click those that are not, Enter confirms the rest, Esc goes back`;
+  const tiles = g.items.map((it) => {
+    const tile = document.createElement("figure");
+    tile.className = "tile";
+    tile.dataset.path = it.path;
+    tile.classList.toggle("misfit", g.misfits.has(it.path));
+    const img = Object.assign(document.createElement("img"), { src: imgUrl(it.path), alt: it.path });
+    const caption = Object.assign(document.createElement("figcaption"), { textContent: `${Math.round(it.p * 100)} %` });
+    tile.append(img, caption);
+    tile.addEventListener("click", () => toggleMisfit(it.path));
+    return tile;
+  });
+  $("tiles").replaceChildren(...tiles);
+}
+
+function toggleMisfit(path) {
+  const m = S.grid.misfits;
+  if (m.has(path)) m.delete(path);
+  else m.add(path);
+  renderGrid();
+}
+
+function confirmGrid() {
+  const g = S.grid;
+  const accepted = g.items.map((it) => it.path).filter((p) => !g.misfits.has(p));
+  for (const path of accepted) {
+    const item = S.items[S.byPath[path]];
+    Object.assign(item, { label: g.label, skipped: false, assisted: true });
+  }
+  send({ label: g.label, accepted, rejected: [...g.misfits] }, "/api/confirm");
+  message(`${accepted.length} labelled ${g.label}; ${g.misfits.size} left for later`);
+  renderHeader();
+  chain = chain.then(() => (S.mode === "grid" ? openGrid() : null));
+}
+
+function closeGrid() {
+  S.mode = "one";
+  S.grid = null;
+  document.body.dataset.mode = "one";
+  const here = S.items[S.idx];
+  go(here && !here.label && !here.skipped ? S.idx : nextIndex());
+}
+
+// ------------------------------------------------------------------------------------------ assistance
+async function poll() {
+  try {
+    const response = await fetch(`/api/assist?since=${S.revision}`);
+    const a = await response.json();
+    if (a.order) {
+      S.suggestions = a.suggestions;
+      S.order = a.order;
+      S.revision = String(a.revision);
+    }
+    S.assist = a;
+    renderAssist();
+    if (S.mode === "one") renderSuggestion(S.items[S.idx]);
+    document.body.dataset.assist = a.version ? "suggesting" : a.state;
+  } catch (error) {
+    /* the next poll tries again */
+  }
+  if (S.assist && S.assist.state !== "off" && S.assist.state !== "failed") setTimeout(poll, POLL_MS);
+}
 
 $("image").addEventListener("error", () => {
   if (S.items[S.idx]) message("this file cannot be decoded; press s to skip it", true);
@@ -185,10 +340,13 @@ async function load(fromStart = true) {
   S.dataset = state.dataset;
   S.classes = state.classes;
   S.items = state.items;
+  S.byPath = Object.fromEntries(S.items.map((it, i) => [it.path, i]));
   if (fromStart) S.idx = state.start;
   document.title = `label ${state.dataset} · tltool`;
   document.body.dataset.ready = "1";
   render();
 }
 
-load().catch((error) => message(`cannot load the dataset: ${error.message}`, true));
+load()
+  .then(poll)
+  .catch((error) => message(`cannot load the dataset: ${error.message}`, true));

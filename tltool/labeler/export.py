@@ -16,7 +16,7 @@ from ..dataset import Dataset, load_manifest, stratified_split
 from ..errors import TltoolError
 from ..outputs import claim_output_dir, replace_output_dir, staging_dir
 from ..utils import write_json
-from .store import EXPORT_MARKER, LABELS_CSV, check_class_name
+from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, read_labels_csv
 
 DEFAULT_SUFFIX = "-split"  # mydata -> mydata-split, so runs on it are named after the dataset
 
@@ -72,8 +72,10 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
             dest = folder / f"{src.stem}-{n}{src.suffix}"
         used.add(dest)
         _place(record.path, dest, copy)
+    _, assisted = read_labels_csv(labels)
     write_json(partial / EXPORT_MARKER, {
         "labels": str(labels), "val_fraction": val_fraction, "seed": seed, "counts": split.counts(),
+        "assisted": sorted(assisted),  # labels that were accepted suggestions (paths relative to the dataset)
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
     replace_output_dir(partial, target, "label-export")

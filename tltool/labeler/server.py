@@ -3,12 +3,12 @@
 Routes: ``GET /`` (the page), ``GET /app.js``, ``GET /app.css``, ``GET /api/state``, ``GET /img/<path>`` (an image
 under the dataset root, decoded with the shared :func:`tltool.images.load_image` and sent as a JPEG), and
 ``POST /api/set`` with ``{"path", "label" (or null), "skipped"}``. Paths that leave the dataset root (``..``,
-``%2e%2e``, absolute paths, symlinks pointing outside) are refused with 403.
+``%2e%2e``, absolute paths, symlinks pointing outside, a link swapped in after the check) are refused with 403.
+Every request passes :class:`tltool.labeler.guard.Guard` (Host, Origin, and off loopback a token).
 """
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import os
 import socket
@@ -19,12 +19,15 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import Callable
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from PIL import Image
 
 from ..errors import BadImageError, TltoolError
 from ..images import load_image
+from .assist import Assistant, AssistSettings, Featurize
+from .guard import Guard, opened_path, open_inside
 from .store import LabelStore, inside_root, is_image_name
 
 DISPLAY_SIDE = 1280  # images are sent at most this large: the page never needs more
@@ -32,7 +35,6 @@ MAX_BODY = 64 * 1024
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/app.css": ("app.css", "text/css; charset=utf-8")}
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 def _static(name: str) -> bytes:
@@ -47,14 +49,22 @@ class _JpegCache:
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, path: Path) -> bytes:
-        st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        pixels = load_image(path)
+    def get(self, root: Path, rel: str) -> bytes:
+        """The JPEG of ``root/rel``; the file is opened first and checked where it really is (no swap race)."""
+        fd = open_inside(root, rel)
+        try:
+            st = os.fstat(fd)
+            key = (rel, st.st_ino, st.st_mtime_ns, st.st_size)
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            pixels = load_image(opened_path(fd, root / rel))
+        finally:
+            os.close(fd)
+        return self._encode(key, pixels)
+
+    def _encode(self, key: tuple, pixels) -> bytes:
         im = Image.fromarray(pixels)
         if max(im.size) > DISPLAY_SIDE:
             im.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.LANCZOS)
@@ -83,16 +93,24 @@ class LabelerServer(ThreadingHTTPServer):
             return
         super().handle_error(request, client_address)
 
-    def __init__(self, store: LabelStore, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> None:
+    def __init__(self, store: LabelStore, host: str = "127.0.0.1", port: int = 0, quiet: bool = True,
+                 assistant: Assistant | None = None) -> None:
         self.store = store
         self.quiet = quiet
+        self.assistant = assistant
         self.images = _JpegCache()
+        self.guard = Guard.for_host(host)
         self.address_family = _family(host)
         try:
             super().__init__((host, port), LabelerHandler)
         except OSError as exc:
             raise TltoolError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass --port 0 for any free "
                               "port, or another --host.") from None
+
+    def server_close(self) -> None:
+        if self.assistant is not None:
+            self.assistant.stop()
+        super().server_close()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks the host name up (getfqdn), which can stall for seconds offline
@@ -105,16 +123,17 @@ class LabelerServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """The address to open; off loopback it carries the token (the page then keeps it in a cookie)."""
         host = self.server_address[0]
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/"
+        token = f"?token={self.guard.token}" if self.guard.token else ""
+        return f"http://{host}:{self.port}/{token}"
 
     @property
     def loopback(self) -> bool:
-        try:
-            return ipaddress.ip_address(self.server_address[0]).is_loopback
-        except ValueError:
-            return False
+        return self.guard.token is None
 
 
 def _family(host: str):
@@ -122,9 +141,18 @@ def _family(host: str):
 
 
 def make_server(dataset: str | os.PathLike, classes: list[str] | None, host: str = "127.0.0.1", port: int = 0,
-                review: str | os.PathLike | None = None, quiet: bool = True) -> LabelerServer:
-    """A labeler for ``dataset`` bound to ``host:port`` (0: any free port); call ``serve_forever()`` on it."""
-    return LabelerServer(LabelStore(dataset, classes, review), host, port, quiet=quiet)
+                review: str | os.PathLike | None = None, quiet: bool = True, assist: AssistSettings | None = None,
+                featurize: Featurize | None = None) -> LabelerServer:
+    """A labeler for ``dataset`` bound to ``host:port`` (0: any free port); call ``serve_forever()`` on it.
+
+    With ``assist`` (or a ``featurize`` function, as tests pass) features are extracted in the background and a
+    head suggests labels (:mod:`tltool.labeler.assist`)."""
+    store = LabelStore(dataset, classes, review)
+    assistant = Assistant(store, assist, featurize) if assist is not None or featurize is not None else None
+    server = LabelerServer(store, host, port, quiet=quiet, assistant=assistant)
+    if assistant is not None:
+        assistant.start()
+    return server
 
 
 class LabelerHandler(BaseHTTPRequestHandler):
@@ -132,6 +160,9 @@ class LabelerHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "tltool-labeler"
     timeout = 120  # an idle keep-alive connection is closed after this many seconds
+    # headers and body leave in two writes: with Nagle's algorithm the body waited for the client's delayed ACK
+    # (measured: 45-50 ms per response on a keep-alive connection; 4 ms without)
+    disable_nagle_algorithm = True
 
     # ------------------------------------------------------------------ plumbing
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
@@ -155,24 +186,42 @@ class LabelerHandler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message})
 
-    def _host_ok(self) -> bool:
-        """On a loopback address only a loopback Host header is accepted (no DNS-rebinding from a web page)."""
-        if not self.server.loopback:
-            return True
-        host = (self.headers.get("Host") or "").strip()
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return name.strip("[]").lower() in LOOPBACK_NAMES
+    def _refusal(self, write: bool) -> str | None:
+        """Why this request is refused (None: let it through). See :mod:`tltool.labeler.guard`."""
+        guard, headers = self.server.guard, self.headers
+        if not guard.host_ok(headers.get("Host"), self.connection.getsockname()[0]):
+            return "unexpected Host header"
+        fetch_site = headers.get("Sec-Fetch-Site")
+        if (write or fetch_site is not None) and not guard.origin_ok(headers.get("Origin"), headers.get("Host"),
+                                                                   fetch_site):
+            return "cross-origin request refused"
+        offered = guard.token_in(self.path, headers.get("Cookie"), headers.get("Authorization"))
+        if not guard.token_ok(offered):
+            return "token missing or wrong: open the URL the labeler printed (it carries ?token=...)"
+        return None
+
+    def _welcome(self) -> None:
+        """The first visit with ``?token=``: keep the token in a cookie and drop it from the address bar."""
+        self.send_response(HTTPStatus.SEE_OTHER)
+        self.send_header("Location", urlsplit(self.path).path or "/")
+        self.send_header("Set-Cookie", self.server.guard.cookie_header())
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     # ------------------------------------------------------------------ GET
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        if not self._host_ok():
-            return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
-        route = urlsplit(self.path).path
+        refusal = self._refusal(write=False)
+        if refusal:
+            return self._error(HTTPStatus.FORBIDDEN, refusal)
+        parts = urlsplit(self.path)
+        route = parts.path
+        if self.server.guard.token and "token=" in parts.query and route == "/":
+            return self._welcome()
         if route in STATIC:
             name, content_type = STATIC[route]
             return self._send(HTTPStatus.OK, _static(name), content_type)
-        if route == "/api/state":
-            return self._json(HTTPStatus.OK, self.server.store.state())
+        if route in GET_ROUTES:
+            return GET_ROUTES[route](self, parse_qs(parts.query))
         if route.startswith("/img/"):
             return self._image(route[len("/img/"):])
         if route == "/favicon.ico":
@@ -181,48 +230,120 @@ class LabelerHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
+    def _get_state(self, query: dict) -> None:
+        state = self.server.store.state()
+        assistant = self.server.assistant
+        self._json(HTTPStatus.OK, {**state, "assist": assistant.status() if assistant else None})
+
+    def _get_assist(self, query: dict) -> None:
+        """Suggestions, their order and the honesty figures (``?since=REVISION``: only the figures when unchanged)."""
+        assistant = self.server.assistant
+        if assistant is None:
+            return self._json(HTTPStatus.OK, {"state": "off"})
+        since = (query.get("since") or [""])[0]
+        unchanged = since == str(assistant.revision)
+        self._json(HTTPStatus.OK, assistant.status() if unchanged else assistant.suggestions())
+
+    def _get_grid(self, query: dict) -> None:
+        """Up to 24 open photos the head puts in one class (``?label=`` to choose it)."""
+        assistant = self.server.assistant
+        if assistant is None:
+            return self._error(HTTPStatus.NOT_FOUND, "assistance is off (tltool label serve --assist)")
+        label = (query.get("label") or [None])[0]
+        if label is not None and label not in self.server.store.classes:
+            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {label!r}")
+        self._json(HTTPStatus.OK, assistant.grid(label))
+
     def _image(self, quoted: str) -> None:
         root = self.server.store.root
         rel = inside_root(root, unquote(quoted))
         if rel is None:
             return self._error(HTTPStatus.FORBIDDEN, "outside the dataset folder")
-        path = root / rel
-        if not path.is_file() or not is_image_name(path.name):
+        if not is_image_name(Path(rel).name):
             return self._error(HTTPStatus.NOT_FOUND, "no such image")
         try:
-            data = self.server.images.get(path)
+            data = self.server.images.get(root, rel)
         except BadImageError as exc:
             return self._error(HTTPStatus.UNPROCESSABLE_ENTITY, f"{rel}: {exc.reason}")
+        except PermissionError:
+            return self._error(HTTPStatus.FORBIDDEN, "outside the dataset folder")
         except OSError:
             return self._error(HTTPStatus.NOT_FOUND, "no such image")
         self._send(HTTPStatus.OK, data, "image/jpeg", cache=True)
 
     # ------------------------------------------------------------------ POST
     def do_POST(self) -> None:  # noqa: N802
-        if not self._host_ok():
-            return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
-        if urlsplit(self.path).path != "/api/set":
+        refusal = self._refusal(write=True)
+        if refusal:
+            return self._error(HTTPStatus.FORBIDDEN, refusal)
+        action = POST_ROUTES.get(urlsplit(self.path).path)
+        if action is None:
             return self._error(HTTPStatus.NOT_FOUND, "not found")
+        body = self._read_json()
+        if body is None:
+            return None
+        try:
+            return action(self, body)
+        except KeyError as exc:
+            return self._error(HTTPStatus.NOT_FOUND, f"{exc.args[0]!r} is not one of the images being labelled")
+        except ValueError as exc:
+            return self._error(HTTPStatus.BAD_REQUEST, str(exc))
+
+    def _read_json(self) -> dict | None:
+        """The request's JSON object, or None after answering with the reason it is refused."""
         # a JSON content type cannot be sent cross-site without a CORS preflight, which is never granted
         if not (self.headers.get("Content-Type") or "").startswith("application/json"):
-            return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
+            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
+            return None
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if not 0 < length <= MAX_BODY:
-            return self._error(HTTPStatus.BAD_REQUEST, "missing or oversized body")
+            self._error(HTTPStatus.BAD_REQUEST, "missing or oversized body")
+            return None
         try:
             body = json.loads(self.rfile.read(length))
-            path, label, skipped = body["path"], body.get("label"), bool(body.get("skipped", False))
-            if not isinstance(path, str) or not (label is None or isinstance(label, str)):
-                raise TypeError
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return self._error(HTTPStatus.BAD_REQUEST, 'expected {"path": str, "label": str or null, "skipped": bool}')
-        try:
-            summary = self.server.store.set(path, label, skipped)
-        except KeyError:
-            return self._error(HTTPStatus.NOT_FOUND, f"{path!r} is not one of the images being labelled")
-        except ValueError as exc:
-            return self._error(HTTPStatus.BAD_REQUEST, str(exc))
-        self._json(HTTPStatus.OK, {"item": {"path": path, "label": label, "skipped": skipped}, **summary})
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            self._error(HTTPStatus.BAD_REQUEST, "expected a JSON object")
+        return body if isinstance(body, dict) else None
+
+    def _post_set(self, body: dict) -> None:
+        """``{"path", "label" (or null), "skipped", "assisted"}``: one photo's whole state."""
+        path, label = body.get("path"), body.get("label")
+        skipped, assisted = bool(body.get("skipped", False)), bool(body.get("assisted", False))
+        if not isinstance(path, str) or not (label is None or isinstance(label, str)):
+            return self._error(HTTPStatus.BAD_REQUEST,
+                               'expected {"path": str, "label": str or null, "skipped": bool, "assisted": bool}')
+        summary = self.server.store.set(path, label, skipped, assisted)
+        if self.server.assistant is not None:
+            self.server.assistant.observe([(path, label)])
+        self._json(HTTPStatus.OK, {"item": {"path": path, "label": label, "skipped": skipped,
+                                            "assisted": assisted and label is not None}, **summary})
+
+    def _post_confirm(self, body: dict) -> None:
+        """A confirmed grid ``{"label", "accepted": [paths], "rejected": [paths]}``: the accepted photos get the
+        label (assisted) in one write; the rejected ones are never suggested that label again."""
+        label, accepted, rejected = body.get("label"), body.get("accepted", []), body.get("rejected", [])
+        if not isinstance(label, str) or not all(isinstance(p, str) for p in [*accepted, *rejected]):
+            return self._error(HTTPStatus.BAD_REQUEST, 'expected {"label": str, "accepted": [str], "rejected": [str]}')
+        summary = self.server.store.set_many([(p, label, False, True) for p in accepted]) if accepted else \
+            self.server.store.summary()
+        assistant = self.server.assistant
+        if assistant is not None:
+            assistant.reject([p for p in rejected if p in self.server.store.items], label)
+            assistant.observe([(p, label) for p in accepted])
+        self._json(HTTPStatus.OK, {"accepted": len(accepted), "rejected": len(rejected), **summary})
+
+
+GET_ROUTES: dict[str, Callable[[LabelerHandler, dict], None]] = {
+    "/api/state": LabelerHandler._get_state,
+    "/api/assist": LabelerHandler._get_assist,
+    "/api/grid": LabelerHandler._get_grid,
+}
+POST_ROUTES: dict[str, Callable[[LabelerHandler, dict], None]] = {
+    "/api/set": LabelerHandler._post_set,
+    "/api/confirm": LabelerHandler._post_confirm,
+}

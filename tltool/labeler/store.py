@@ -1,6 +1,9 @@
-"""The labels of a dataset folder, persisted on every change: ``labels.csv`` (``path,label``) and ``skipped.csv``.
+"""The labels of a dataset folder, persisted on every change: ``labels.csv`` (``path,label[,assisted]``) and
+``skipped.csv``.
 
 ``labels.csv`` is a manifest :func:`tltool.dataset.load_dataset` reads as it is (paths relative to the dataset root).
+Its ``assisted`` column (written once any label is an accepted suggestion) holds ``1`` for those labels, so
+suspects and reviews can look at them first.
 Every change is a read-modify-write under a lock (a thread lock, plus an ``flock`` on ``.labels.lock`` so two
 processes cannot interleave either) and lands with an atomic rename, so no label is ever lost or half-written.
 """
@@ -27,6 +30,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 LABELS_CSV = "labels.csv"
+ASSISTED = "assisted"  # labels.csv column: 1 when the label was an accepted suggestion
 SKIPPED_CSV = "skipped.csv"
 LOCK_FILE = ".labels.lock"
 UNLABELED = "unlabeled"
@@ -102,6 +106,21 @@ def list_images(root: Path) -> list[str]:
     return found
 
 
+def read_labels_csv(path: Path) -> tuple[dict[str, str], set[str]]:
+    """``labels.csv`` as ``({path: label}, {paths whose label was an accepted suggestion})``; none when absent."""
+    labels: dict[str, str] = {}
+    assisted: set[str] = set()
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for row in csv.DictReader(f):
+                rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+                if rel and label:
+                    labels[rel] = label
+                    if (row.get(ASSISTED) or "").strip() in ("1", "true", "yes"):
+                        assisted.add(rel)
+    return labels, assisted
+
+
 def _write_csv(path: Path, header: list[str], rows) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -162,6 +181,7 @@ class LabelStore:
         self._stamp: tuple | None = None
         self.notes: list[str] = []
         self.labels: dict[str, str] = {}
+        self.assisted: set[str] = set()  # labels that were accepted suggestions
         self.skipped: set[str] = set()
         self._load()
         self.review: dict[str, ReviewItem] = {}
@@ -198,23 +218,22 @@ class LabelStore:
         return tuple(stamps)
 
     def _load(self) -> None:
-        labels: dict[str, str] = {}
-        if self.labels_path.is_file():
-            with open(self.labels_path, newline="", encoding="utf-8-sig") as f:
-                for row in csv.DictReader(f):
-                    path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-                    if path and label:
-                        labels[path] = label
+        self.labels, self.assisted = read_labels_csv(self.labels_path)
         skipped: set[str] = set()
         if self.skipped_path.is_file():
             with open(self.skipped_path, newline="", encoding="utf-8-sig") as f:
                 skipped = {(row.get("path") or "").strip() for row in csv.DictReader(f)} - {""}
-        self.labels, self.skipped = labels, skipped
+        self.skipped = skipped
         self._stamp = self._file_stamp()
 
     def _save(self, labels: bool = True, skipped: bool = True) -> None:
         if labels:
-            _write_csv(self.labels_path, ["path", "label"], sorted(self.labels.items()))
+            self.assisted &= set(self.labels)
+            if self.assisted:  # the column appears with the first accepted suggestion
+                rows = [(p, label, "1" if p in self.assisted else "") for p, label in sorted(self.labels.items())]
+                _write_csv(self.labels_path, ["path", "label", ASSISTED], rows)
+            else:
+                _write_csv(self.labels_path, ["path", "label"], sorted(self.labels.items()))
         if skipped:
             _write_csv(self.skipped_path, ["path"], [[p] for p in sorted(self.skipped)])
         self._stamp = self._file_stamp()
@@ -233,25 +252,42 @@ class LabelStore:
                     fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ the one change
-    def set(self, path: str, label: str | None, skipped: bool = False) -> dict:
-        """Give ``path`` its whole state: a label (or none) and whether it is skipped. Returns :meth:`summary`.
+    def set(self, path: str, label: str | None, skipped: bool = False, assisted: bool = False) -> dict:
+        """Give ``path`` its whole state: a label (or none), whether it is skipped, whether the label was an accepted
+        suggestion. Returns :meth:`summary`.
 
         Raises ``KeyError`` for a path that is not one of the items and ``ValueError`` for an unknown label.
         """
-        if path not in self._item_set:
-            raise KeyError(path)
+        return self.set_many([(path, label, skipped, assisted)])
+
+    def set_many(self, changes: list[tuple[str, str | None, bool, bool]]) -> dict:
+        """Several :meth:`set` changes ``(path, label, skipped, assisted)`` in one locked read-modify-write (a
+        confirmed grid is one write, all or nothing)."""
+        for path, *_ in changes:
+            if path not in self._item_set:
+                raise KeyError(path)
         with self._locked():
-            if label is not None and label not in self.classes and label not in self.labels.values():
-                raise ValueError(f"unknown class {label!r}; classes: {', '.join(self.classes)}")
-            before = (self.labels.get(path), path in self.skipped)
-            if label is None:
-                self.labels.pop(path, None)
-            else:
-                self.labels[path] = label
-            (self.skipped.add if skipped else self.skipped.discard)(path)
-            self._save(labels=before[0] != label or not self.labels_path.exists(),
-                       skipped=before[1] != skipped or not self.skipped_path.exists())
+            for _, label, _, _ in changes:
+                if label is not None and label not in self.classes and label not in self.labels.values():
+                    raise ValueError(f"unknown class {label!r}; classes: {', '.join(self.classes)}")
+            labels_changed = skips_changed = False
+            for path, label, skipped, assisted in changes:
+                labels_changed |= self._apply_label(path, label, assisted and label is not None)
+                skips_changed |= (path in self.skipped) != skipped
+                (self.skipped.add if skipped else self.skipped.discard)(path)
+            self._save(labels=labels_changed or not self.labels_path.exists(),
+                       skipped=skips_changed or not self.skipped_path.exists())
             return self.summary()
+
+    def _apply_label(self, path: str, label: str | None, assisted: bool) -> bool:
+        """Set one label in memory; True when labels.csv must be rewritten."""
+        before = (self.labels.get(path), path in self.assisted)
+        if label is None:
+            self.labels.pop(path, None)
+        else:
+            self.labels[path] = label
+        (self.assisted.add if assisted else self.assisted.discard)(path)
+        return before != (label, assisted)
 
     # ------------------------------------------------------------------ views
     def summary(self) -> dict:
@@ -268,7 +304,8 @@ class LabelStore:
         with self._locked():
             items = []
             for path in self.items:
-                item = {"path": path, "label": self.labels.get(path), "skipped": path in self.skipped}
+                item = {"path": path, "label": self.labels.get(path), "skipped": path in self.skipped,
+                        "assisted": path in self.assisted}
                 if path in self.review:
                     r = self.review[path]
                     item["review"] = {"label": r.label, "suggested": r.suggested, "score": r.score}

@@ -21,14 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backbones import get_backbone_spec
 from ..dataset import Dataset, load_dataset
 from ..errors import TltoolError
+from ..features import extract_features
+from ..heads import cv_folds, get_head_spec, make_pipeline
+from ..images import DEFAULT_MAX_PIXELS
+from ..linear import default_features_dir
+from ..plotting import pyplot, save_figure
 from ..runs import new_run_dir
 from ..utils import write_json, write_text_atomic
-from ..plotting import pyplot, save_figure
-from .plots import thumbnail
+from ..viz.plots import thumbnail
+from .store import LABELS_CSV, read_labels_csv
 
-CSV_COLUMNS = ("path", "label", "suggested", "score")
+CSV_COLUMNS = ("path", "label", "suggested", "score")  # which labels were accepted suggestions: suspects.json
 DEFAULT_C = 0.1  # moderate regularisation; on flowers C from 0.01 to 1 ranked planted mistakes about equally well
 
 
@@ -43,6 +49,7 @@ class Suspect:
     knn_agreement: float
     split: str
     file: str  # absolute path
+    assisted: bool = False  # the label was an accepted suggestion in the labeler (labels.csv's assisted column)
 
 
 @dataclass
@@ -62,8 +69,6 @@ def suspect_scores(X: np.ndarray, y: np.ndarray, classes: list[str], neighbours:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.neighbors import NearestNeighbors
-
-    from ..heads import cv_folds, get_head_spec, make_pipeline
 
     n_classes = len(classes)
     counts = np.bincount(y, minlength=n_classes)
@@ -93,8 +98,6 @@ def suspect_scores(X: np.ndarray, y: np.ndarray, classes: list[str], neighbours:
 def labeler_manifest(data: str) -> str:
     """A labeler's dataset folder (``labels.csv`` beside ``unlabeled/``) means its labels, so the suspects' paths
     are relative to that folder, as ``tltool label serve DATASET --review suspects.csv`` expects."""
-    from ..labeler.store import LABELS_CSV
-
     manifest = Path(data) / LABELS_CSV
     return str(manifest) if Path(data).is_dir() and manifest.is_file() else str(data)
 
@@ -115,12 +118,6 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
                   neighbours: int = 10, C: float = DEFAULT_C, val_fraction: float = 0.2, seed: int = 0,
                   max_pixels: int | None = None) -> SuspectsResult:
     """``tltool label suspects``: extract (or reuse) features, score every image, write the ranked suspects."""
-    from ..backbones import get_backbone_spec
-    from ..features import extract_features
-    from ..heads import cv_folds
-    from ..images import DEFAULT_MAX_PIXELS
-    from ..linear import default_features_dir
-
     if top < 1:
         raise TltoolError(f"--top must be at least 1, got {top}.")
     spec = get_backbone_spec(backbone)  # a bad name fails before any file is read
@@ -136,11 +133,14 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     own = support[rows, fs.labels]
     order = np.lexsort((proba[rows, fs.labels], own))  # least support first; ties: lower CV probability
     root = dataset_root(dataset)
+    assisted = read_labels_csv(root / LABELS_CSV)[1]
     suspects = [Suspect(rank=r + 1, path=Path(os.path.relpath(fs.paths[i], root)).as_posix(),
                         label=fs.classes[fs.labels[i]], suggested=fs.classes[int(support[i].argmax())],
                         score=float(1.0 - own[i]), cv_probability=float(proba[i, fs.labels[i]]),
                         knn_agreement=float(knn[i, fs.labels[i]]), split=str(fs.splits[i]), file=fs.paths[i])
                 for r, i in enumerate(order[:top])]
+    for s in suspects:
+        s.assisted = s.path in assisted
     run_dir = new_run_dir("suspects", dataset.name, spec.name, out=out)
     csv_path, png = run_dir / "suspects.csv", run_dir / "suspects.png"
     write_suspects_csv(suspects, csv_path)
@@ -155,6 +155,7 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
         "cv_accuracy": float((proba.argmax(axis=1) == fs.labels).mean()),
         "knn_agreement_mean": float(knn[rows, fs.labels].mean()),
         "disagreeing": int((support.argmax(axis=1) != fs.labels).sum()),
+        "assisted_labels": len(assisted), "assisted_suspects": sum(s.assisted for s in suspects),
         "suspects": [{k: v for k, v in s.__dict__.items() if k != "file"} for s in suspects],
         "csv": csv_path.name, "png": png.name,
     }
