@@ -101,7 +101,7 @@ def test_split_settings_sends_shared_fields_to_both():
 
 def test_resolve_input_takes_the_backbone_size_once():
     inputs = resolve_input("lite0", None, "pad", None)
-    assert (inputs.backbone, inputs.image_size, inputs.resize) == ("efficientnet_lite0", 224, "pad")
+    assert (inputs.backbone, inputs.image_size, inputs.resize) == ("efficientnet_lite0", 288, "pad")  # the registry default
     assert inputs.max_pixels == ExtractConfig.max_pixels and inputs.preprocess
     assert resolve_input("efficientnet_lite0", 96).image_size == 96
 
