@@ -141,3 +141,12 @@ def test_metrics_inspection_and_run_loading_keep_to_their_job():
     assert not {m for m in imports["tltool.inspection"] if m.startswith("rich")}  # the CLI prints
     assert not {m for m in imports["tltool.models"] if m.startswith(("tltool.report", "tltool.runs"))}  # no tasks
     assert not {m for m in imports["tltool.finetune"] if m == "tltool.features"}  # it needed only prepare_dataset
+
+
+def test_no_function_in_tltool_is_longer_than_60_lines():
+    package = Path(__file__).resolve().parents[1] / "tltool"
+    long = [f"{path.relative_to(package)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in sorted(package.rglob("*.py"))
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
+    assert not long, long

@@ -73,11 +73,7 @@ def image_dataset(
     dataset's length becomes unknown, which changes how ``tf.distribute`` splits the last batch and what a schedule
     counts as an epoch, so the training loop must be ready for it before it uses ``skip``).
 
-    ``shard=(I, N)``: this worker reads only its share of the files, chosen after the (seeded, identical on every
-    worker) shuffle and before anything is decoded: blocks of ``shard_block`` consecutive files go to the workers in
-    turn. With ``batch_size`` = ``shard_block`` = the per-worker batch, worker I's k-th batch is the I-th slice of
-    the k-th global batch a single machine would see, with the same augmentation seeds (the caller turns the
-    strategy's own auto-sharding off, e.g. ``strategy.distribute_datasets_from_function``).
+    ``shard=(I, N)``: this worker decodes only its share of the files (see :func:`_keep_share`).
     """
     output_size = output_size or image_size
     parallel = map_parallelism()
@@ -97,21 +93,23 @@ def image_dataset(
         ds = _decoded(_keep_share(ds, shard, shard_block), decode, parallel, on_bad)
     if transform is not None:
         ds = ds.map(_augment_fn(transform, output_size), num_parallel_calls=parallel, deterministic=True)
-    if repeat:
-        ds = ds.repeat()
+    ds = ds.repeat() if repeat else ds
+    ds = ds.map(_model_inputs_fn(labels is not None, num_classes), num_parallel_calls=parallel, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(2)
+    return ds.with_options(pipeline_options())
+
+
+def _model_inputs_fn(labelled: bool, num_classes: int | None) -> Callable:
+    """``item -> images`` (float32), or ``(images, labels)`` with one-hot labels when ``num_classes`` is given."""
 
     def to_model_inputs(item: dict):
         image = tf.cast(item["image"], tf.float32)
-        if labels is None:
+        if not labelled:
             return image
         label = item["label"]
-        if num_classes:
-            label = tf.one_hot(label, num_classes)
-        return image, label
+        return (image, tf.one_hot(label, num_classes)) if num_classes else (image, label)
 
-    ds = ds.map(to_model_inputs, num_parallel_calls=parallel, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(2)
-    return ds.with_options(pipeline_options())
+    return to_model_inputs
 
 
 def _with_seeds(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
@@ -121,7 +119,12 @@ def _with_seeds(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
 
 def _keep_share(ds: tf.data.Dataset, shard: tuple[int, int] | None, block: int) -> tf.data.Dataset:
     """This worker's elements: blocks of ``block`` consecutive elements dealt to the workers in turn (its length
-    stays known, as a training loop and ``tf.distribute`` expect)."""
+    stays known, as a training loop and ``tf.distribute`` expect).
+
+    ``image_dataset`` applies it after the (seeded, identical on every worker) shuffle and before anything is
+    decoded. With ``batch_size`` = ``block`` = the per-worker batch, worker I's k-th batch is the I-th slice of the
+    k-th global batch a single machine would see, with the same augmentation seeds (the caller turns the strategy's
+    own auto-sharding off, e.g. ``strategy.distribute_datasets_from_function``)."""
     if shard is None:
         return ds
     index, count = shard

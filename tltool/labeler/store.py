@@ -126,7 +126,7 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue(), durable=True)  # labels survive a power cut
 
 
 @dataclass(frozen=True)
