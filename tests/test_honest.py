@@ -267,3 +267,20 @@ def test_refit_is_off_by_default_and_with_cv_a_user_error(tmp_path):
         assert option.default is LinearConfig.refit
     with pytest.raises(TltoolError, match="--refit has nothing to do with --cv"):
         train_linear(_synthetic_features(tmp_path), cv=3, refit=True)
+
+
+def test_every_report_states_what_its_interval_can_tell_apart(tmp_path):
+    from tltool.evaluation import Evaluation
+    from tltool.report import write_run_report
+
+    y = np.array([0, 1] * 20)
+    probs = np.eye(2)[np.where(np.arange(40) < 34, y, 1 - y)]  # 34 of 40 right: Wilson [0.709, 0.929]
+    evaluation = Evaluation(["a", "b"], y, probs)
+    paths = [str(tmp_path / f"missing_{i}.jpg") for i in range(40)]
+    write_run_report(tmp_path / "ft", evaluation, paths, kind="finetune", title="t", config={})
+    lo, hi = evaluation.accuracy().interval
+    assert (hi - lo) * 50 == pytest.approx(11.0, abs=0.05)
+    lines = (tmp_path / "ft" / "report.md").read_text().splitlines()
+    assert lines[2].startswith("- **validation accuracy: 0.850")
+    assert lines[3] == ("- two settings closer than about ±11.0 points cannot be told apart on these 40 images "
+                        "(half-width of the 95 % interval); use `--cv` or `tltool compare`")
