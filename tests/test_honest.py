@@ -178,3 +178,109 @@ def test_missing_real_photos_fail_under_tltool_require_data(tmp_path, required, 
     assert outcome in proc.stdout, proc.stdout[-2000:]
     assert f"real photos not available: {tmp_path / 'flowers'} is absent" in proc.stdout
     assert proc.returncode == (1 if required else 0)
+
+
+def test_compare_notice_appears_exactly_when_the_interval_includes_zero(tmp_path):
+    # 80 both, 2 only A, 10 only B: interval above 0, p = 0.039 -> the images can choose, no notice
+    decided = compare_correct(np.array([1] * 82 + [0] * 18, bool), np.array([1] * 80 + [0] * 2 + [1] * 10 + [0] * 8, bool))
+    assert decided.ci95[0] > 0 and decided.p_value < 0.05
+    assert not decided.undecided and decided.notice() == ""
+    assert not any(line.startswith("notice:") for line in decided.lines())
+    # 80 both, 5 only A, 8 only B: +0.03 with an interval across 0
+    a = [True] * 85 + [False] * 8 + [False] * 7
+    b = [True] * 80 + [False] * 5 + [True] * 8 + [False] * 7
+    comparison, target = compare_runs(_fake_run(tmp_path, "A", a), _fake_run(tmp_path, "B", b), out=tmp_path / "c")
+    assert comparison.ci95[0] < 0 < comparison.ci95[1] and comparison.undecided
+    assert "too few to choose" in comparison.notice() and "--cv" in comparison.notice()
+    assert "tltool compare A B DATA" in comparison.notice()
+    assert f"notice: {comparison.notice()}" in (target / "compare.md").read_text()
+    stored = json.loads((target / "compare.json").read_text())
+    assert stored["undecided"] is True and stored["notice"] == comparison.notice()
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "A"), str(tmp_path / "B"), "--out",
+                                       str(tmp_path / "cli")])
+    assert result.exit_code == 0 and "notice: these 100 images are too few" in result.output
+
+
+def test_resolution_line_gives_the_half_width_in_points():
+    from tltool.report import resolution_line
+    from tltool.stats import Proportion
+
+    accuracy = Proportion(87, 100).to_json()  # Wilson [0.7902, 0.9224]: half-width 6.6 points
+    line = resolution_line(accuracy)
+    assert "closer than about ±6.6 points cannot be told apart on these 100 images" in line
+    assert "`--cv` or `tltool compare`" in line
+    assert "±2.1 points" in resolution_line(Proportion(720, 800).to_json())  # [0.8773, 0.9189]
+    assert "--cv" not in resolution_line(accuracy, cross_validated=True)
+
+
+def _synthetic_features(tmp_path, n_per_class=30, classes=("a", "b", "c"), seed=0):
+    from tltool.features import FeatureSet
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(classes)), n_per_class)
+    centres = rng.normal(0, 1.0, (len(classes), 8))
+    X = (centres[labels] + rng.normal(0, 1.2, (len(labels), 8))).astype(np.float32)
+    splits = np.array(["val" if i % 3 == 0 else "train" for i in range(len(labels))])
+    meta = {"classes": list(classes), "dataset": {"name": "synthetic"}, "backbone": "efficientnet_lite0",
+            "weights": "imagenet", "image_size": 64, "resize": "crop"}
+    paths = [str(tmp_path / f"missing_{i}.jpg") for i in range(len(labels))]
+    return FeatureSet(tmp_path / "features", meta, X, X, paths, labels, splits, [""] * len(labels))
+
+
+def test_refit_ships_the_train_val_head_and_keeps_the_val_estimate(tmp_path):
+    from tltool.configs import LinearConfig
+    from tltool.heads import FittedHead
+    from tltool.linear import refit_head, train_linear
+
+    fs = _synthetic_features(tmp_path)
+    plain = train_linear(fs, out=tmp_path / "plain")
+    refit = train_linear(fs, out=tmp_path / "refit", refit=True)
+    n_train, n_val = int(fs.mask("train").sum()), int(fs.mask("val").sum())
+    assert (n_train, n_val) == (60, 30)
+    # the estimate is the train-only head's, on val: the same numbers with or without --refit
+    assert refit.metrics["val"]["accuracy"] == plain.metrics["val"]["accuracy"]
+    chosen = plain.metrics["search"]["chosen"]
+    assert refit.metrics["refit"]["chosen"] == chosen and refit.metrics["refit"]["n_images"] == 90
+    # the shipped head differs from the train-only one and equals a head fitted directly on train+val with that C
+    saved, train_only = FittedHead.load(refit.run_dir), FittedHead.load(plain.run_dir)
+    assert not np.allclose(saved.coef, train_only.coef, atol=1e-3)
+    rows = fs.mask("train") | fs.mask("val")
+    direct = refit_head(fs, fs.avg[rows], fs.labels[rows], LinearConfig(), chosen)
+    np.testing.assert_allclose(saved.coef, direct.coef, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(refit.head.coef, direct.coef, rtol=1e-6, atol=1e-8)
+    model = json.loads((refit.run_dir / "model.json").read_text())
+    assert model["refit"] is True and model["n_trained_on"] == 90
+    assert json.loads((plain.run_dir / "model.json").read_text())["n_trained_on"] == 60
+    report = (refit.run_dir / "report.md").read_text()
+    assert "refit on train+val (90 images)" in report and "measured on val before the refit" in report
+    assert "cannot be told apart on these 30 images" in report
+
+
+def test_refit_is_off_by_default_and_with_cv_a_user_error(tmp_path):
+    from tltool.cli.features import linear_cmd, probe_cmd
+    from tltool.configs import LinearConfig
+    from tltool.linear import train_linear
+
+    assert LinearConfig().refit is False
+    for command in (linear_cmd, probe_cmd):
+        option = next(p for p in command.params if p.name == "refit")
+        assert option.default is LinearConfig.refit
+    with pytest.raises(TltoolError, match="--refit has nothing to do with --cv"):
+        train_linear(_synthetic_features(tmp_path), cv=3, refit=True)
+
+
+def test_every_report_states_what_its_interval_can_tell_apart(tmp_path):
+    from tltool.evaluation import Evaluation
+    from tltool.report import write_run_report
+
+    y = np.array([0, 1] * 20)
+    probs = np.eye(2)[np.where(np.arange(40) < 34, y, 1 - y)]  # 34 of 40 right: Wilson [0.709, 0.929]
+    evaluation = Evaluation(["a", "b"], y, probs)
+    paths = [str(tmp_path / f"missing_{i}.jpg") for i in range(40)]
+    write_run_report(tmp_path / "ft", evaluation, paths, kind="finetune", title="t", config={})
+    lo, hi = evaluation.accuracy().interval
+    assert (hi - lo) * 50 == pytest.approx(11.0, abs=0.05)
+    lines = (tmp_path / "ft" / "report.md").read_text().splitlines()
+    assert lines[2].startswith("- **validation accuracy: 0.850")
+    assert lines[3] == ("- two settings closer than about ±11.0 points cannot be told apart on these 40 images "
+                        "(half-width of the 95 % interval); use `--cv` or `tltool compare`")

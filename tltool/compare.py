@@ -48,7 +48,21 @@ class Comparison:
         return (f"no detectable difference on {self.n} images (p = {self.p_value:.2f}); the interval of the "
                 f"difference still allows {self.ci95[0]:+.3f} to {self.ci95[1]:+.3f}")
 
+    @property
+    def undecided(self) -> bool:
+        """The images cannot rank the runs: the difference's interval includes 0 or McNemar's p is at least 5 %."""
+        return self.ci95[0] <= 0 <= self.ci95[1] or self.p_value >= 0.05
+
+    def notice(self) -> str:
+        """What to do when these images cannot choose (empty when they can)."""
+        if not self.undecided:
+            return ""
+        return (f"these {self.n} images are too few to choose between A and B: do not pick the higher accuracy; "
+                "estimate both with `--cv` (repeated K-fold over train+val) or compare them on a larger held-out "
+                "set (`tltool compare A B DATA`)")
+
     def lines(self) -> list[str]:
+        notice = [f"notice: {self.notice()}"] if self.undecided else []
         return [
             f"A: {self.run_a}\n   accuracy {self.accuracy_a}",
             f"B: {self.run_b}\n   accuracy {self.accuracy_b}",
@@ -56,11 +70,13 @@ class Comparison:
             f"difference B - A {self.difference:+.3f} [{self.ci95[0]:+.3f}, {self.ci95[1]:+.3f}] "
             f"(95 % Newcombe interval for paired proportions); exact McNemar p = {self.p_value:.3g}",
             f"verdict: {self.verdict()}",
+            *notice,
         ]
 
     def to_json(self) -> dict:
         return {**asdict(self), "accuracy_a": self.accuracy_a.to_json(), "accuracy_b": self.accuracy_b.to_json(),
-                "verdict": self.verdict(), "method": "paired: Newcombe (1998) method 10 interval, exact McNemar test"}
+                "verdict": self.verdict(), "undecided": self.undecided,
+                "notice": self.notice(), "method": "paired: Newcombe (1998) method 10 interval, exact McNemar test"}
 
 
 def compare_correct(correct_a: np.ndarray, correct_b: np.ndarray, run_a: str = "A", run_b: str = "B",

@@ -12,7 +12,7 @@ from .crossval import nested_cv, say_cv
 from .errors import TltoolError
 from .evaluation import Evaluation
 from .features import FeatureSet, extract_features, load_features
-from .heads import FittedHead, get_head_spec, search
+from .heads import FittedHead, blas_threads, get_head_spec, make_pipeline, search
 from .images import DEFAULT_MAX_PIXELS
 from .models import load_run
 from .progress import say
@@ -55,28 +55,68 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
         labelled = train | val  # a held-out test split stays out of cross-validation
         return _train_linear_cv(fs, X, labelled, out, config, force)
     start = time.perf_counter()
-    fitted, gs, chosen = _fit_head(fs, X[train], fs.labels[train], config)
+    fitted, search_report = _search_and_say(fs, X[train], fs.labels[train], config)
     fit_seconds = time.perf_counter() - start
+    val_paths = [p for p, m in zip(fs.paths, val) if m]
+    evaluation = Evaluation(fs.classes, fs.labels[val], fitted.predict_proba(X[val]))
+    train_eval = Evaluation(fs.classes, fs.labels[train], fitted.predict_proba(X[train]))
+    run_dir, model_config = _save_head(fs, fitted, out, force, config, search_report["chosen"], int(train.sum()))
+    extra = {
+        "train_accuracy": train_eval.accuracy().to_json(), "search": search_report,
+        "n_train": int(train.sum()), "n_val": int(val.sum()), "timing": {"fit_seconds": fit_seconds},
+    }
+    title = f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {config.head}"
+    # Grad-CAM and TTA read the saved head: both run before a refit replaces it, on the head the val split scores
+    overlays = _gradcam_of_mistakes(run_dir, evaluation, val_paths) if config.gradcam else None
+    tta = _tta_evaluations(run_dir, fs, val_paths, val, config.tta)
+    if config.refit:
+        fitted, extra["refit"] = _refit_head(fs, X, train | val, config, search_report["chosen"], run_dir,
+                                             model_config)
+        say(extra["refit"]["note"])
+    metrics = write_run_report(run_dir, evaluation, val_paths, kind="linear", title=title, config=model_config,
+                               extra=extra, tta=tta, overlays=overlays)
+    return LinearResult(run_dir, evaluation, metrics, fitted)
+
+
+def _search_and_say(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig) -> tuple[FittedHead, dict]:
+    """The head fitted on (X, y) with its regularisation chosen by CV there, and the search's record (said too)."""
+    spec = get_head_spec(config.head)
+    fitted, gs, chosen = _fit_head(fs, X, y, config)
     grid_scores = [{"value": p[f"clf__{spec.param}"], "cv_accuracy": float(s)}
                    for p, s in zip(gs.cv_results_["params"], gs.cv_results_["mean_test_score"])]
     say(f"{config.head}: {spec.param} chosen by {gs.n_splits_}-fold CV on the training split: "
         + ", ".join(f"{g['value']:g}->{g['cv_accuracy']:.3f}" for g in grid_scores) + f"; chosen {chosen[spec.param]:g}")
-    val_paths = [p for p, m in zip(fs.paths, val) if m]
-    evaluation = Evaluation(fs.classes, fs.labels[val], fitted.predict_proba(X[val]))
-    train_eval = Evaluation(fs.classes, fs.labels[train], fitted.predict_proba(X[train]))
-    run_dir, model_config = _save_head(fs, fitted, out, force, config, chosen)
-    extra = {
-        "train_accuracy": train_eval.accuracy().to_json(),
-        "search": {"param": spec.param, "folds": int(gs.n_splits_), "grid": grid_scores, "chosen": chosen},
-        "n_train": int(train.sum()), "n_val": int(val.sum()),
-        "timing": {"fit_seconds": fit_seconds},
-    }
-    title = f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {config.head}"
-    overlays = _gradcam_of_mistakes(run_dir, evaluation, val_paths) if config.gradcam else None
-    metrics = write_run_report(run_dir, evaluation, val_paths, kind="linear", title=title, config=model_config,
-                               extra=extra, tta=_tta_evaluations(run_dir, fs, val_paths, val, config.tta),
-                               overlays=overlays)
-    return LinearResult(run_dir, evaluation, metrics, fitted)
+    return fitted, {"param": spec.param, "folds": int(gs.n_splits_), "grid": grid_scores, "chosen": chosen}
+
+
+def refit_head(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig, chosen: dict) -> FittedHead:
+    """``config.head`` fitted on (X, y) with the regularisation ``chosen`` elsewhere: no search."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    cw = None if config.class_weight == "none" else config.class_weight
+    pipeline = make_pipeline(get_head_spec(config.head), config.standardize, cw, config.seed)
+    pipeline.set_params(**{f"clf__{name}": value for name, value in chosen.items()})
+    with warnings.catch_warnings(), blas_threads(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipeline.fit(X, y)
+    return FittedHead.from_pipeline(config.head, pipeline, fs.classes, chosen, X, y)
+
+
+def _refit_head(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, config: LinearConfig, chosen: dict,
+                run_dir: Path, model_config: dict) -> tuple[FittedHead, dict]:
+    """Replace the saved head by one refit on ``rows`` (train+val) with the same settings; returns it and the
+    record of what was done, whose note says that the accuracy estimate is the one measured before."""
+    fitted = refit_head(fs, X[rows], fs.labels[rows], config, chosen)
+    n = int(rows.sum())
+    fitted.save(run_dir)
+    model_config.update(refit=True, n_trained_on=n)
+    write_json(run_dir / "model.json", model_config)
+    settings = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in chosen.items())
+    note = (f"refit: the saved head was refit on train+val ({n} images) with the chosen {settings}; the accuracy "
+            "above was measured on val before the refit and is its estimate (the refit head has seen those images)")
+    return fitted, {"n_images": n, "chosen": chosen, "note": note}
 
 
 def _fit_head(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig):
@@ -103,7 +143,7 @@ def _tta_evaluations(run_dir: Path, fs: FeatureSet, val_paths: list[str], val: n
 
 
 def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: LinearConfig,
-               chosen: dict) -> tuple[Path, dict]:
+               chosen: dict, n_trained_on: int) -> tuple[Path, dict]:
     meta = fs.meta
     settings = {"head": config.head, "pool": config.pool, "standardize": config.standardize,
                 "class_weight": config.class_weight, "chosen": chosen, "seed": config.seed}
@@ -112,7 +152,8 @@ def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: Lin
     run_dir = new_run_dir("linear", meta["dataset"]["name"], meta["backbone"], config.head, out=out, force=force)
     model_config = {"kind": "linear", "backbone": meta["backbone"], "weights": meta["weights"],
                     "image_size": meta["image_size"], "resize": meta["resize"], **settings, "classes": fs.classes,
-                    "features": str(fs.directory), "max_pixels": meta.get("max_pixels", DEFAULT_MAX_PIXELS)}
+                    "features": str(fs.directory), "max_pixels": meta.get("max_pixels", DEFAULT_MAX_PIXELS),
+                    "refit": False, "n_trained_on": n_trained_on}
     fitted.save(run_dir)
     write_json(run_dir / "model.json", model_config)
     return run_dir, model_config
@@ -126,7 +167,7 @@ def _train_linear_cv(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, out, confi
     result = nested_cv(X, y, config.head, k, repeats, config.seed, config.standardize, cw, len(fs.classes))
     say_cv(result)
     fitted, _, chosen = _fit_head(fs, X, y, config)
-    run_dir, model_config = _save_head(fs, fitted, out, force, config, chosen)
+    run_dir, model_config = _save_head(fs, fitted, out, force, config, chosen, len(y))
     evaluation = Evaluation(fs.classes, y, result.oof_probs)
     title = (f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {config.head}, "
              f"{repeats}x{k}-fold cross-validation (out-of-fold predictions)")

@@ -103,10 +103,22 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], list[
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], classes
 
 
+def resolution_line(accuracy: dict, cross_validated: bool = False) -> str:
+    """What the accuracy's interval means for choosing settings: its half-width in points, and what to do."""
+    lo, hi = accuracy["ci95"]
+    half = 100 * (hi - lo) / 2
+    instead = "use `tltool compare` on the same images" if cross_validated else "use `--cv` or `tltool compare`"
+    return (f"two settings closer than about ±{half:.1f} points cannot be told apart on these {accuracy['n']} "
+            f"images (half-width of the 95 % interval); {instead}")
+
+
 def markdown_summary(title: str, metrics: dict) -> str:
     val = metrics["val"]
     lines = [f"# {title}", ""]
     lines += [f"- **validation accuracy: {format_proportion(val['accuracy'])}**"]
+    lines.append(f"- {resolution_line(val['accuracy'], bool(metrics.get('cv')))}")
+    if metrics.get("refit"):
+        lines.append(f"- {metrics['refit']['note']}")
     if val.get("top5_accuracy"):
         lines.append(f"- top-5 accuracy: {format_proportion(val['top5_accuracy'])}")
     ba = val["balanced_accuracy"]

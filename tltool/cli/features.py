@@ -10,7 +10,7 @@ from ..configs import ExtractConfig, LinearConfig, split_settings
 from ..features import extract_features
 from ..linear import probe, train_linear
 from ..predict import evaluate_run, predict_images
-from ..report import accuracy_line
+from ..report import accuracy_line, resolution_line
 from ..stats import format_proportion
 from .options import (backbone_options, choice, compose, engine_option, force_option, out_option, split_options,
                       strategy_option, strict_option, tta_option)
@@ -71,6 +71,9 @@ linear_options = compose(
                  show_default=True),
     click.option("--gradcam", is_flag=True, default=LinearConfig.gradcam,
                  help="Draw the misclassified images as Grad-CAM heat maps."),
+    click.option("--refit/--no-refit", default=LinearConfig.refit, show_default=True,
+                 help="After the val estimate, ship a head refit on train+val with the chosen regularisation "
+                      "(the accuracy reported stays the one measured before the refit)."),
 )
 
 
@@ -81,6 +84,9 @@ def _print_linear(result) -> None:
             cv["accuracy"], cv["description"], f"folds {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f}"))
     else:
         click.echo(accuracy_line(result.evaluation))
+    click.echo(resolution_line(cv["accuracy"] if cv else result.evaluation.accuracy().to_json(), bool(cv)))
+    if result.metrics.get("refit"):
+        click.echo(result.metrics["refit"]["note"])
     echo_tta(result.metrics)
     click.echo(f"report: {result.run_dir / 'report.md'}")
 
