@@ -17,7 +17,8 @@ DECODE_STEPS = [
     "at 1/2, 1/4 or 1/8 scale when both sides are at least 2, 4 or 8 times size (no change otherwise).",
     "Apply the EXIF orientation (PIL.ImageOps.exif_transpose).",
     "Convert to 8-bit RGB; transparent pixels are composited on white, 16-bit images scaled to 8 bit.",
-    "Resize with OpenCV (cv2.resize): INTER_AREA when the image shrinks, INTER_LINEAR when it grows.",
+    "Resize with OpenCV (cv2.resize): INTER_AREA on the uint8 image when it shrinks; when it grows, INTER_LINEAR on "
+    "the image as float32, then rounded half to even and clipped to 0..255 (uint8).",
 ]
 RESIZE_STEPS = {
     "crop": "crop: take the centred square of side min(w, h) (top = (h - side) // 2, left = (w - side) // 2), "
@@ -30,14 +31,11 @@ RESIZE_STEPS = {
 RESIZE_CODE = {
     "crop": ("    h, w = a.shape[:2]; s = min(h, w)\n"
              "    a = np.ascontiguousarray(a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s])\n"
-             "    return cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)\n"),
-    "stretch": ("    h, w = a.shape[:2]; shrink = size < w or size < h\n"
-                "    return cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)\n"),
+             "    return scale(a, size, size)\n"),
+    "stretch": "    return scale(a, size, size)\n",
     "pad": ("    h, w = a.shape[:2]; k = size / max(w, h); nw, nh = max(1, round(w * k)), max(1, round(h * k))\n"
-            "    shrink = nw < w or nh < h\n"
             "    out = np.zeros((size, size, 3), np.uint8); t, l = (size - nh) // 2, (size - nw) // 2\n"
-            "    out[t:t + nh, l:l + nw] = cv2.resize(a, (nw, nh), interpolation=cv2.INTER_AREA if shrink "
-            "else cv2.INTER_LINEAR)\n    return out\n"),
+            "    out[t:t + nh, l:l + nw] = scale(a, nw, nh)\n    return out\n"),
 }
 
 
@@ -55,6 +53,11 @@ def load_pixels_code(resize: str) -> str:
     """The README's decode function: tltool's decode steps, so a client gets identical pixels."""
     return ("import json, numpy as np, cv2\nfrom PIL import Image, ImageOps\n\n"
             "size = json.load(open(\"input.json\"))[\"size\"]\nlabels = open(\"labels.txt\").read().splitlines()\n\n"
+            "def scale(a, w, h):  # area average when shrinking; bilinear in float32, rounded, when enlarging\n"
+            "    if w < a.shape[1] or h < a.shape[0]:\n"
+            "        return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)\n"
+            "    up = cv2.resize(a.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)\n"
+            "    return np.clip(np.rint(up), 0, 255).astype(np.uint8)\n\n"
             "def load_pixels(path):  # exactly tltool's decode: same pixels, bit for bit\n"
             "    im = Image.open(path)\n    if im.format == \"JPEG\":\n        im.draft(\"RGB\", (size, size))\n"
             "    a = np.asarray(ImageOps.exif_transpose(im).convert(\"RGB\"))\n" + RESIZE_CODE[resize])

@@ -249,8 +249,12 @@ def _scale(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
         # OpenCV's own thread pool would compete with tf.data's threads and the model's for a small CPU; the
         # pipeline already decodes images in parallel.
         cv2.setNumThreads(1)
-    shrink = width < pixels.shape[1] or height < pixels.shape[0]
-    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    if width < pixels.shape[1] or height < pixels.shape[0]:
+        return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
+    # enlarging: bilinear in float32, then rounded, not OpenCV's 11-bit fixed-point uint8 path, so TensorFlow's
+    # bilinear resize (the SavedModel's image-bytes signature) gives the same pixels
+    enlarged = cv2.resize(pixels.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(np.rint(enlarged), 0, 255).astype(np.uint8)
 
 
 def resize_array(pixels: np.ndarray, size: int, resize: ResizePolicy = "crop") -> np.ndarray:
