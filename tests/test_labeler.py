@@ -436,7 +436,7 @@ def test_the_assistant_suggests_orders_and_offers_grids(tmp_path):
     root = tmp_path / "ds"
     truth = make_two_kinds(root, 40)
     store = LabelStore(root, ["cat", "dog"])
-    settings = AssistSettings(retrain_every=1, grid_size=8, grid_min_p=0.0)  # a head on 4 labels is not sure yet
+    settings = AssistSettings(retrain_every=1, grid_size=8, grid_min_p=0.0, typical_per_class=4)  # a head on 4 labels is not sure yet
     assistant = Assistant(store, settings, featurize=kind_features).start()
     try:
         assert assistant.wait_ready(20)
@@ -585,7 +585,8 @@ def test_accept_a_suggestion_and_confirm_a_grid_in_a_real_browser(tmp_path):
     root = tmp_path / "ds"
     truth = make_two_kinds(root, 14)
     server = make_server(root, ["cat", "dog"], featurize=kind_features,
-                         assist=AssistSettings(retrain_every=1, grid_min_p=0.0, typical_per_class=2))
+                         assist=AssistSettings(retrain_every=1, grid_min_p=0.0, typical_per_class=2,
+                                               grid_min_saving=float("-inf")))  # the toy head is unsure: a grid anyway
     running = Running.around(server)
     try:
         with sync_playwright() as p:
