@@ -19,7 +19,7 @@ from tltool.cli import main
 from tltool.dataset import load_dataset
 from tltool.errors import TltoolError
 from tltool.labeler import Assistant, AssistSettings, LabelStore, export_labels, make_server, parse_classes
-from tltool.labeler.assist import extract_in_child
+from tltool.labeler.assist import Snapshot, Tally, extract_in_child
 from tltool.labeler.store import EXPORT_MARKER, list_images
 from tltool.outputs import mark_output_dir
 
@@ -477,6 +477,31 @@ def test_the_assistant_suggests_orders_and_offers_grids(tmp_path):
         assert assistant.status()["since_retrain"] == {"right": 0, "judged": 0}  # the new head is judged afresh
     finally:
         assistant.stop()
+
+
+def test_a_grid_is_offered_only_when_it_saves_actions(tmp_path):
+    root = tmp_path / "ds"
+    paths = sorted(make_two_kinds(root, 11))
+    store = LabelStore(root, ["a", "b", "c"])
+    assistant = Assistant(store, AssistSettings(grid_min_p=0.5), featurize=kind_features)
+    assistant._load_features()
+    assistant.typical = []
+    for path, label in zip(paths[:3] + paths[10:], "abcb"):  # "a" has fewest labels: its grid would come first
+        store.set(path, label)
+    proba = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.6, 0.4, 0], [0.6, 0.4, 0]]
+                     + [[0.045, 0.95, 0.005]] * 5 + [[0, 1, 0]], np.float32)
+    assistant.snapshot = Snapshot(1, 4, proba[[paths.index(p) for p in assistant.paths]])
+    assistant.tallies[1] = Tally()
+    assert Assistant.grid_saving([1.0] * 24) == 23 and Assistant.grid_saving([0.6, 0.6]) == pytest.approx(-0.6)
+    grid = assistant.grid()  # two photos of "a" at 0.6 would cost more as a grid than one by one
+    assert grid["label"] == "b" and {i["path"] for i in grid["items"]} == set(paths[5:10]) and grid["left"] == 7
+    assert {i["path"] for i in assistant.grid("a")["items"]} == set(paths[3:5])  # asked for: shown anyway
+    assistant.reject(paths[5:7], "b")
+    assistant.reject(paths[6:7], "a")
+    # rejected once, the rest points to "a" (0.045 of 0.05 = 0.9): it joins a grid of "a"; rejected twice: never
+    items = assistant.grid("a")["items"]
+    assert (items[0]["path"], items[0]["p"]) == (paths[5], 0.9) and {i["path"] for i in items[1:]} == set(paths[3:5])
+    assert assistant.grid("c")["items"] == []
 
 
 def test_grids_and_suggestions_over_http(tmp_path):
