@@ -492,8 +492,8 @@ def test_a_grid_is_offered_only_when_it_saves_actions(tmp_path):
                      + [[0.045, 0.95, 0.005]] * 5 + [[0, 1, 0]], np.float32)
     assistant.snapshot = Snapshot(1, 4, proba[[paths.index(p) for p in assistant.paths]])
     assistant.tallies[1] = Tally()
-    assert Assistant.grid_saving([1.0] * 24) == 23 and Assistant.grid_saving([0.6, 0.6]) == pytest.approx(-0.6)
-    grid = assistant.grid()  # two photos of "a" at 0.6 would cost more as a grid than one by one
+    assert Assistant.grid_saving([1.0] * 24) == 23 and Assistant.grid_saving([0.6, 0.6]) == pytest.approx(0.2)
+    grid = assistant.grid()  # two photos of "a" at 0.6 would save less than an action as a grid
     assert grid["label"] == "b" and {i["path"] for i in grid["items"]} == set(paths[5:10]) and grid["left"] == 7
     assert {i["path"] for i in assistant.grid("a")["items"]} == set(paths[3:5])  # asked for: shown anyway
     assistant.reject(paths[5:7], "b")
@@ -640,11 +640,19 @@ def test_accept_a_suggestion_and_confirm_a_grid_in_a_real_browser(tmp_path):
             assert paths and all(truth[p] == grid_label for p in paths)
             tiles.first.click()  # the person says: not this class
             expect(tiles.first).to_have_class("tile misfit")
+            other = "dog" if grid_label == "cat" else "cat"
+            labelled_on_tile = paths[-1] if len(paths) > 1 else None
+            if labelled_on_tile:  # or presses the right class's number on a tile: labelled at once
+                tiles.nth(len(paths) - 1).hover()
+                page.keyboard.press("1" if other == "cat" else "2")
+                expect(tiles.nth(len(paths) - 1)).to_contain_text(f"labelled {other}")
             page.keyboard.press("Enter")
             expect(page.locator("body")).to_have_attribute("data-pending", "0")
             store = LabelStore(root)
-            assert {p for p in paths[1:]} <= store.assisted and paths[0] not in store.labels
-            assert all(store.labels[p] == grid_label for p in paths[1:])
+            assert {p for p in paths[1:-1]} <= store.assisted and paths[0] not in store.labels
+            if labelled_on_tile:
+                assert store.labels[labelled_on_tile] == other and labelled_on_tile not in store.assisted
+            assert all(store.labels[p] == grid_label for p in paths[1:-1])
             expect(page.locator("#assist")).to_contain_text("its suggestions right")
             page.keyboard.press("Escape")
             expect(page.locator("body")).to_have_attribute("data-mode", "one")

@@ -55,15 +55,15 @@ class AssistSettings:
     image_size: int | None = None
     retrain_every: int = 5  # new labels between two retrains (a confirmed grid always triggers one)
     grid_size: int = GRID_SIZE
-    # less sure photos are offered one by one: a misfit costs a click now and a key later. Simulated in process
-    # on flowers-tune (500 photos, with the two rules below): 0.5 -> 174 actions, 0.6 -> 176, 0.7 -> 187
+    # less sure photos are offered one by one: a grid full of misfits is slow to look through. Simulated in
+    # process on flowers-tune (500 photos, with the rules below): 0.5 -> 117 actions, 0.6 -> 122
     grid_min_p: float = 0.5
     grid_min_p_rejected: float = 0.8  # a photo rejected once joins a grid of its next class when this sure
     # actions a grid must be expected to save over the same photos one by one (Assistant.grid_saving): without
     # it the last ~60 photos came in grids of 1-3 (213 actions instead of 198)
     grid_min_saving: float = 1.0
-    # k-means groups per class whose typical photos come first (and open the grids): 4 -> 188, 2 -> 174; 1 is
-    # fragile (284 for a user who waits for the features: the head had never seen roses)
+    # k-means groups per class whose typical photos come first (and open the grids): 4 -> 188, 2 -> 174 (misfits
+    # still rejected, not labelled on the tile); 1 is fragile (284 for a user who waits for the features)
     typical_per_class: int = 2
 
     def unavailable(self) -> str | None:
@@ -386,10 +386,10 @@ class Assistant:
 
     @staticmethod
     def grid_saving(probabilities: list[float]) -> float:
-        """Actions a grid of photos with these probabilities saves, expected: one by one each photo costs a key;
-        a grid costs one confirm, and each misfit a click now and a key later. A grid of 1-3 photos late in the run
-        cost more than it saved (flowers-tune: 26 such grids, 13 misfit clicks)."""
-        return len(probabilities) - 1 - 2 * sum(1 - p for p in probabilities)
+        """Actions a grid of photos with these probabilities saves, expected: one by one each photo costs a key; a
+        grid costs one confirm, and each misfit its class's key pressed on its tile. A grid of 1-3 photos late in the
+        run cost more than it saved (flowers-tune: 26 such grids, 13 misfits)."""
+        return len(probabilities) - 1 - sum(1 - p for p in probabilities)
 
     def status(self) -> dict:
         snap = self.snapshot
