@@ -9,8 +9,8 @@ at the current snapshot, so neither extraction nor retraining ever makes a reque
 Order of the photos offered one by one: with no head yet, typical photos of every group first (k-means on the
 features, so the first labels cover the classes); while the head is weak, the most uncertain
 first (active learning); then grouped by suggested class, most confident first. A grid offers up to 24 photos the
-head puts in one class; the user clicks the misfits (that class is then never suggested for them again) and
-confirms the rest. Honesty: every label given to a photo that had a suggestion is tallied right or wrong per head,
+head puts in one class; the user clicks the misfits (that class is then never suggested for them again) or labels
+them on their tile with a number key, and confirms the rest. Honesty: every label given to a photo that had a suggestion is tallied right or wrong per head,
 so the page shows how often the current head's suggestions were right.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ class AssistSettings:
     grid_min_p: float = 0.5
     grid_min_p_rejected: float = 0.8  # a photo rejected once joins a grid of its next class when this sure
     # actions a grid must be expected to save over the same photos one by one (Assistant.grid_saving): without
-    # it the last ~60 photos came in grids of 1-3 (213 actions instead of 198)
+    # it the last ~60 photos came in grids of 1-3
     grid_min_saving: float = 1.0
     # k-means groups per class whose typical photos come first (and open the grids): 4 -> 188, 2 -> 174 (misfits
     # still rejected, not labelled on the tile); 1 is fragile (284 for a user who waits for the features)
