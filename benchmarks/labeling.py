@@ -8,7 +8,8 @@ through the labeler's HTTP API, with the calls the page makes (``/api/state``, `
 * assisted one by one: Enter when the suggestion is right, the class's number key when not (one action either
   way: the gain is in looking, not in keys);
 * grid: the photos offered one by one until a grid is available; then each grid of up to 24 photos of one
-  suggested class costs one click per misfit plus one key to confirm the rest;
+  suggested class costs one key per misfit (its class's number pressed on its tile, which labels it) plus one key
+  to confirm the rest;
 * grid-wait: the same, by a user who waits until the features are extracted before the first action (the page
   says so; seconds with a warm cache) instead of labelling one by one meanwhile.
 
@@ -98,7 +99,7 @@ class User:
     def __init__(self, server: Server, truth: dict[str, str], think: float, miss_rate: float, seed: int = 0):
         self.s, self.truth, self.think, self.miss_rate = server, truth, think, miss_rate
         self.rng = random.Random(seed)
-        self.actions = {"keys": 0, "accepts": 0, "clicks": 0, "confirms": 0, "grids": 0}
+        self.actions = {"keys": 0, "accepts": 0, "misfit_keys": 0, "confirms": 0, "grids": 0}
         self.latency = {"no_assist": [], "extracting": [], "after": []}
         self.image_latency: list[float] = []
         self.assist: dict = {}
@@ -143,7 +144,7 @@ class User:
         self.press(path, self.truth[path], assisted=right)
 
     def grid(self) -> bool:
-        """One grid: click each misfit the user sees, confirm. False when no grid is offered."""
+        """One grid: label each misfit the user sees on its tile, confirm the rest. False when no grid is offered."""
         if not self.assist.get("version"):
             return False
         grid, _ = self.s.call("GET", "/api/grid")
@@ -151,13 +152,15 @@ class User:
             return False
         paths = [it["path"] for it in grid["items"]]
         misfits = [p for p in paths if self.truth[p] != grid["label"]]
-        clicked = [p for p in misfits if self.rng.random() >= self.miss_rate]
-        accepted = [p for p in paths if p not in clicked]
-        self.s.call("POST", "/api/confirm", {"label": grid["label"], "accepted": accepted, "rejected": clicked})
-        self.actions["clicks"] += len(clicked)
+        seen = [p for p in misfits if self.rng.random() >= self.miss_rate]
+        for path in seen:  # the page sends a tile's label at once, as any label
+            self.s.call("POST", "/api/set", {"path": path, "label": self.truth[path], "skipped": False, "assisted": False})
+        accepted = [p for p in paths if p not in seen]
+        self.s.call("POST", "/api/confirm", {"label": grid["label"], "accepted": accepted, "rejected": []})
+        self.actions["misfit_keys"] += len(seen)
         self.actions["confirms"] += 1
         self.actions["grids"] += 1
-        self.done |= set(accepted)
+        self.done |= set(paths)
         self.wait_for_retrain()
         return True
 
@@ -180,7 +183,7 @@ class User:
 
     def total(self) -> int:
         a = self.actions
-        return a["keys"] + a["accepts"] + a["clicks"] + a["confirms"]
+        return a["keys"] + a["accepts"] + a["misfit_keys"] + a["confirms"]
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -237,11 +240,11 @@ def _ms(seconds: float | None) -> float | None:
 
 def write_markdown(result: dict) -> None:
     lines = ["# Labelling 500 photos (flowers-tune, 5 classes) by a simulated user through the HTTP API", "",
-             "| mode | actions | keys | accepts | grids | misfit clicks | errors left | key press p99: no assist "
+             "| mode | actions | keys | accepts | grids | misfit keys | errors left | key press p99: no assist "
              "/ during extraction / after | wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["modes"]:
         lat = " / ".join(f"{v['p99_ms']} ms (n={v['n']})" for v in r["keypress_latency"].values())
-        lines.append(f"| {r['mode']} | {r['actions']} | {r['keys']} | {r['accepts']} | {r['grids']} | {r['clicks']} "
+        lines.append(f"| {r['mode']} | {r['actions']} | {r['keys']} | {r['accepts']} | {r['grids']} | {r['misfit_keys']} "
                      f"| {r['errors_left']} | {lat} | {r['wall_seconds']} |")
     lines += ["", f"think time {result['think_s']} s per photo; grid miss rate {result['miss_rate']}; "
               f"machine: {result['machine']['cpus']} CPUs, {result['machine']['date']}.", ""]

@@ -19,7 +19,7 @@ from tltool.cli import main
 from tltool.dataset import load_dataset
 from tltool.errors import TltoolError
 from tltool.labeler import Assistant, AssistSettings, LabelStore, export_labels, make_server, parse_classes
-from tltool.labeler.assist import extract_in_child
+from tltool.labeler.assist import Snapshot, Tally, extract_in_child
 from tltool.labeler.store import EXPORT_MARKER, list_images
 from tltool.outputs import mark_output_dir
 
@@ -436,7 +436,7 @@ def test_the_assistant_suggests_orders_and_offers_grids(tmp_path):
     root = tmp_path / "ds"
     truth = make_two_kinds(root, 40)
     store = LabelStore(root, ["cat", "dog"])
-    settings = AssistSettings(retrain_every=1, grid_size=8, grid_min_p=0.0)  # a head on 4 labels is not sure yet
+    settings = AssistSettings(retrain_every=1, grid_size=8, grid_min_p=0.0, typical_per_class=4)  # a head on 4 labels is not sure yet
     assistant = Assistant(store, settings, featurize=kind_features).start()
     try:
         assert assistant.wait_ready(20)
@@ -477,6 +477,31 @@ def test_the_assistant_suggests_orders_and_offers_grids(tmp_path):
         assert assistant.status()["since_retrain"] == {"right": 0, "judged": 0}  # the new head is judged afresh
     finally:
         assistant.stop()
+
+
+def test_a_grid_is_offered_only_when_it_saves_actions(tmp_path):
+    root = tmp_path / "ds"
+    paths = sorted(make_two_kinds(root, 11))
+    store = LabelStore(root, ["a", "b", "c"])
+    assistant = Assistant(store, AssistSettings(grid_min_p=0.5), featurize=kind_features)
+    assistant._load_features()
+    assistant.typical = []
+    for path, label in zip(paths[:3] + paths[10:], "abcb"):  # "a" has fewest labels: its grid would come first
+        store.set(path, label)
+    proba = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.6, 0.4, 0], [0.6, 0.4, 0]]
+                     + [[0.045, 0.95, 0.005]] * 5 + [[0, 1, 0]], np.float32)
+    assistant.snapshot = Snapshot(1, 4, proba[[paths.index(p) for p in assistant.paths]])
+    assistant.tallies[1] = Tally()
+    assert Assistant.grid_saving([1.0] * 24) == 23 and Assistant.grid_saving([0.6, 0.6]) == pytest.approx(0.2)
+    grid = assistant.grid()  # two photos of "a" at 0.6 would save less than an action as a grid
+    assert grid["label"] == "b" and {i["path"] for i in grid["items"]} == set(paths[5:10]) and grid["left"] == 7
+    assert {i["path"] for i in assistant.grid("a")["items"]} == set(paths[3:5])  # asked for: shown anyway
+    assistant.reject(paths[5:7], "b")
+    assistant.reject(paths[6:7], "a")
+    # rejected once, the rest points to "a" (0.045 of 0.05 = 0.9): it joins a grid of "a"; rejected twice: never
+    items = assistant.grid("a")["items"]
+    assert (items[0]["path"], items[0]["p"]) == (paths[5], 0.9) and {i["path"] for i in items[1:]} == set(paths[3:5])
+    assert assistant.grid("c")["items"] == []
 
 
 def test_grids_and_suggestions_over_http(tmp_path):
@@ -585,7 +610,8 @@ def test_accept_a_suggestion_and_confirm_a_grid_in_a_real_browser(tmp_path):
     root = tmp_path / "ds"
     truth = make_two_kinds(root, 14)
     server = make_server(root, ["cat", "dog"], featurize=kind_features,
-                         assist=AssistSettings(retrain_every=1, grid_min_p=0.0, typical_per_class=2))
+                         assist=AssistSettings(retrain_every=1, grid_min_p=0.0, typical_per_class=2,
+                                               grid_min_saving=float("-inf")))  # the toy head is unsure: a grid anyway
     running = Running.around(server)
     try:
         with sync_playwright() as p:
@@ -614,11 +640,19 @@ def test_accept_a_suggestion_and_confirm_a_grid_in_a_real_browser(tmp_path):
             assert paths and all(truth[p] == grid_label for p in paths)
             tiles.first.click()  # the person says: not this class
             expect(tiles.first).to_have_class("tile misfit")
+            other = "dog" if grid_label == "cat" else "cat"
+            labelled_on_tile = paths[-1] if len(paths) > 1 else None
+            if labelled_on_tile:  # or presses the right class's number on a tile: labelled at once
+                tiles.nth(len(paths) - 1).hover()
+                page.keyboard.press("1" if other == "cat" else "2")
+                expect(tiles.nth(len(paths) - 1)).to_contain_text(f"labelled {other}")
             page.keyboard.press("Enter")
             expect(page.locator("body")).to_have_attribute("data-pending", "0")
             store = LabelStore(root)
-            assert {p for p in paths[1:]} <= store.assisted and paths[0] not in store.labels
-            assert all(store.labels[p] == grid_label for p in paths[1:])
+            assert {p for p in paths[1:-1]} <= store.assisted and paths[0] not in store.labels
+            if labelled_on_tile:
+                assert store.labels[labelled_on_tile] == other and labelled_on_tile not in store.assisted
+            assert all(store.labels[p] == grid_label for p in paths[1:-1])
             expect(page.locator("#assist")).to_contain_text("its suggestions right")
             page.keyboard.press("Escape")
             expect(page.locator("body")).to_have_attribute("data-mode", "one")

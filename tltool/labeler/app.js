@@ -1,6 +1,6 @@
 // tltool labeler: one image at a time; keys 1-9 label (and move on), arrows move, u undoes, s skips.
 // With assistance: Enter accepts the suggested class; g opens a grid of photos suggested as one class, a click
-// marks a misfit, Enter confirms the rest, Esc goes back.
+// marks a misfit (a number key on a tile labels it at once), Enter confirms the rest, Esc goes back.
 // Every change is POSTed at once, in order; the server writes labels.csv atomically.
 "use strict";
 
@@ -232,7 +232,8 @@ function oneKey(key) {
 }
 
 function gridKey(key) {
-  if (key === "Enter") confirmGrid();
+  if (key >= "1" && key <= "9" && S.grid.hover) labelTile(S.grid.hover, Number(key) - 1);
+  else if (key === "Enter") confirmGrid();
   else if (key === "Escape" || key === "g" || key === "G") closeGrid();
   else return false;
   return true;
@@ -258,7 +259,7 @@ async function openGrid() {
       "no confident suggestions left: label the uncertain ones one by one"), !response.ok);
     return;
   }
-  S.grid = { label: grid.label, items: grid.items, misfits: new Set() };
+  S.grid = { label: grid.label, items: grid.items, misfits: new Set(), labelled: new Map(), hover: null };
   S.mode = "grid";
   document.body.dataset.mode = "grid";
   renderGrid();
@@ -267,16 +268,21 @@ async function openGrid() {
 function renderGrid() {
   const g = S.grid;
   $("grid-title").textContent =
-    `${g.items.length} photos suggested as ${g.label}: click those that are not, Enter confirms the rest, Esc goes back`;
+    `${g.items.length} photos suggested as ${g.label}: click those that are not (or press their class's number ` +
+    "on them), Enter confirms the rest, Esc goes back";
   const tiles = g.items.map((it) => {
     const tile = document.createElement("figure");
     tile.className = "tile";
     tile.dataset.path = it.path;
-    tile.classList.toggle("misfit", g.misfits.has(it.path));
+    tile.classList.toggle("misfit", g.misfits.has(it.path) || g.labelled.has(it.path));
     const img = Object.assign(document.createElement("img"), { src: imgUrl(it.path), alt: it.path });
-    const caption = Object.assign(document.createElement("figcaption"), { textContent: `${Math.round(it.p * 100)} %` });
+    const own = g.labelled.get(it.path);
+    const caption = Object.assign(document.createElement("figcaption"),
+      { textContent: own ? `labelled ${own}` : `${Math.round(it.p * 100)} %` });
     tile.append(img, caption);
     tile.addEventListener("click", () => toggleMisfit(it.path));
+    tile.addEventListener("mouseenter", () => { g.hover = it.path; });
+    tile.addEventListener("mouseleave", () => { if (g.hover === it.path) g.hover = null; });
     return tile;
   });
   $("tiles").replaceChildren(...tiles);
@@ -289,15 +295,30 @@ function toggleMisfit(path) {
   renderGrid();
 }
 
+// A misfit labelled on its tile: one key instead of a click now and a key later; saved at once like any label.
+function labelTile(path, classIndex) {
+  const label = S.classes[classIndex];
+  if (!label) return;
+  const g = S.grid;
+  g.misfits.delete(path);
+  if (label === g.label) g.labelled.delete(path);
+  else g.labelled.set(path, label);
+  const item = S.items[S.byPath[path]];
+  Object.assign(item, { label, skipped: false, assisted: false });
+  send({ path, label, skipped: false, assisted: false });
+  renderHeader();
+  renderGrid();
+}
+
 function confirmGrid() {
   const g = S.grid;
-  const accepted = g.items.map((it) => it.path).filter((p) => !g.misfits.has(p));
+  const accepted = g.items.map((it) => it.path).filter((p) => !g.misfits.has(p) && !g.labelled.has(p));
   for (const path of accepted) {
     const item = S.items[S.byPath[path]];
     Object.assign(item, { label: g.label, skipped: false, assisted: true });
   }
   send({ label: g.label, accepted, rejected: [...g.misfits] }, "/api/confirm");
-  message(`${accepted.length} labelled ${g.label}; ${g.misfits.size} left for later`);
+  message(`${accepted.length} labelled ${g.label}; ${g.labelled.size} labelled on their tile; ${g.misfits.size} left for later`);
   renderHeader();
   chain = chain.then(() => (S.mode === "grid" ? openGrid() : null));
 }

@@ -9,8 +9,8 @@ at the current snapshot, so neither extraction nor retraining ever makes a reque
 Order of the photos offered one by one: with no head yet, typical photos of every group first (k-means on the
 features, so the first labels cover the classes); while the head is weak, the most uncertain
 first (active learning); then grouped by suggested class, most confident first. A grid offers up to 24 photos the
-head puts in one class; the user clicks the misfits (that class is then never suggested for them again) and
-confirms the rest. Honesty: every label given to a photo that had a suggestion is tallied right or wrong per head,
+head puts in one class; the user clicks the misfits (that class is then never suggested for them again) or labels
+them on their tile with a number key, and confirms the rest. Honesty: every label given to a photo that had a suggestion is tallied right or wrong per head,
 so the page shows how often the current head's suggestions were right.
 """
 from __future__ import annotations
@@ -55,10 +55,16 @@ class AssistSettings:
     image_size: int | None = None
     retrain_every: int = 5  # new labels between two retrains (a confirmed grid always triggers one)
     grid_size: int = GRID_SIZE
-    # less sure photos are offered one by one: a misfit costs a click and a second look. Simulated on
-    # flowers-tune (500 photos): 0.3 -> 133 actions, 0.5 -> 114, 0.7 -> 90, 0.85 -> 216
-    grid_min_p: float = 0.7
-    typical_per_class: int = 4  # k-means groups per class whose typical photos come first (and open the grids)
+    # less sure photos are offered one by one: a grid full of misfits is slow to look through. Simulated in
+    # process on flowers-tune (500 photos, with the rules below): 0.5 -> 117 actions, 0.6 -> 122
+    grid_min_p: float = 0.5
+    grid_min_p_rejected: float = 0.8  # a photo rejected once joins a grid of its next class when this sure
+    # actions a grid must be expected to save over the same photos one by one (Assistant.grid_saving): without
+    # it the last ~60 photos came in grids of 1-3
+    grid_min_saving: float = 1.0
+    # k-means groups per class whose typical photos come first (and open the grids): 4 -> 188, 2 -> 174 (misfits
+    # still rejected, not labelled on the tile); 1 is fragile (284 for a user who waits for the features)
+    typical_per_class: int = 2
 
     def unavailable(self) -> str | None:
         """Why assistance cannot run offline (None: it can)."""
@@ -315,11 +321,19 @@ class Assistant:
             return f"label the {typical_left} typical photo(s) offered first"
         return f"label a photo of {', '.join(missing)} first" if missing else None
 
-    def _raw_probability(self, path: str, label: str) -> float:
-        """The head's probability of ``label`` for ``path``. A photo rejected from its top class must not reach a
-        grid on the renormalised rest (0.02 of 0.03 is 0.67): in the benchmark that cost 700 misfit clicks."""
+    def _grid_probability(self, path: str, label: str) -> float:
+        """How sure the head is that ``path`` belongs in a grid of ``label``: its own probability. A photo rejected
+        from its top class must not reach a grid on the renormalised rest (0.02 of 0.03 is 0.67: in the benchmark
+        that cost 700 misfit clicks), except a photo rejected once whose rest points clearly one way (renormalised
+        >= ``grid_min_p_rejected``; on flowers-tune 29 of 32 such suggestions were right)."""
         snap = self.snapshot
-        return float(snap.proba[self.row[path], self.store.classes.index(label)]) if snap else 0.0
+        if snap is None:
+            return 0.0
+        if len(self.rejected.get(path, ())) == 1:
+            suggested = self.suggestion(path)
+            if suggested and suggested[0] == label and suggested[1] >= self.settings.grid_min_p_rejected:
+                return suggested[1]
+        return float(snap.proba[self.row[path], self.store.classes.index(label)])
 
     def _open_paths(self) -> list[str]:
         """Photos with features that have no label and are not skipped."""
@@ -357,15 +371,25 @@ class Assistant:
             s = self.suggestion(path)
             if s is None:
                 continue
-            raw = self._raw_probability(path, s[0])  # the head's own probability, not renormalised after rejections
-            if raw >= self.settings.grid_min_p:
-                by_class.setdefault(s[0], []).append((raw, path))
+            sure = self._grid_probability(path, s[0])
+            if sure >= self.settings.grid_min_p:
+                by_class.setdefault(s[0], []).append((sure, path))
+        left = sum(len(v) for v in by_class.values())
+        by_class = {c: top for c, top in ((c, sorted(v, reverse=True)[:size]) for c, v in by_class.items())
+                    if label == c or self.grid_saving([p for p, _ in top]) >= self.settings.grid_min_saving}
         if label is None and by_class:  # the class with fewest labels: grids of one class only feed back into the head
             labelled = Counter(self.store.labels.values())
             label = min(by_class, key=lambda c: (labelled[c], -len(by_class[c])))
         chosen = sorted(by_class.get(label, []), reverse=True)[:size] if label else []
         return {"label": label, "items": [{"path": path, "p": round(p, 4)} for p, path in chosen],
-                "left": sum(len(v) for v in by_class.values()), "version": self.snapshot.version if self.snapshot else 0}
+                "left": left, "version": self.snapshot.version if self.snapshot else 0}
+
+    @staticmethod
+    def grid_saving(probabilities: list[float]) -> float:
+        """Actions a grid of photos with these probabilities saves, expected: one by one each photo costs a key; a
+        grid costs one confirm, and each misfit its class's key pressed on its tile. A grid of 1-3 photos late in the
+        run cost more than it saved (flowers-tune: 26 such grids, 13 misfits)."""
+        return len(probabilities) - 1 - sum(1 - p for p in probabilities)
 
     def status(self) -> dict:
         snap = self.snapshot
