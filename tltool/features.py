@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__, filecache
-from .backbones import create_backbone, get_backbone_spec, weights_digest
+from .backbones import get_backbone_spec, weights_digest
 from .configs import ExtractConfig, InputConfig
 from .dataset import Dataset, Record, label_indices
 from .distribute import extraction_shard, resolve_strategy
@@ -267,16 +267,17 @@ def _chunk_done(path: Path, key: str, rows: int) -> bool:
 
 
 def build_feature_extractor(backbone: str, weights: str, image_size: int):
-    """The backbone with both poolings as outputs, and a compiled step function (XLA off: it is slower on CPU)."""
+    """The feature network of :func:`tltool.engines.feature_source` (both poolings) and a compiled step function for
+    TensorFlow and ``tf.distribute`` (XLA off: it is slower on CPU)."""
     from ._tf import tf
 
-    model = create_backbone(backbone, weights=weights, image_size=image_size)
+    model = feature_source(backbone, weights, image_size).build()  # the network every engine runs
 
     # one graph for every batch size: a last, shorter batch must not cost a second trace (seconds on a CPU)
     @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
     def step(images):
-        fmap = model(images, training=False)
-        return tf.reduce_mean(fmap, axis=[1, 2]), tf.reduce_max(fmap, axis=[1, 2])
+        pooled = model(images, training=False)
+        return pooled["avg"], pooled["max"]
 
     return model, step
 
