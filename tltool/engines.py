@@ -30,6 +30,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from . import __version__
+from .backbones import create_backbone, get_backbone_spec, weights_digest
 from .errors import TltoolError, did_you_mean
 from .settings import CHOICES
 from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_text, write_json
@@ -64,28 +65,19 @@ class ModelSource:
         return sha256_text(json.dumps(self.key, sort_keys=True, default=str))[:24]
 
 
-def weights_fingerprint(weights: str) -> str:
-    """``imagenet``/``none`` by name (fixed per tltool version), a weights file by its content."""
-    weights = str(weights)
-    if weights.lower() in ("imagenet", "none"):
-        return weights.lower()
-    path = Path(weights)
-    return f"file:{sha256_file(path)[:16]}" if path.is_file() else f"file:{weights}"
-
-
 def feature_source(backbone: str, weights: str = "imagenet", image_size: int = 224) -> ModelSource:
     """Avg- and max-pooled features of a backbone (the numbers ``tltool extract`` stores).
 
-    The key holds the backbone, weights, input size, pooling and tltool version; the preprocessing is fixed by the
-    backbone's name in a tltool version, so the key needs no registry lookup (which would import TensorFlow).
+    The key holds the backbone, the weights' digest (as the feature cache has it), input size, pooling,
+    preprocessing and tltool version; reading the registry imports no TensorFlow.
     """
-    name = backbone.strip().lower().replace("-", "_")
-    key = {"kind": "features", "backbone": name, "weights": weights_fingerprint(weights), "image_size": image_size,
-           "pooling": "avg+max", "preprocessing": "registry", "tltool": __version__}
+    spec = get_backbone_spec(backbone)
+    name = spec.name
+    key = {"kind": "features", "backbone": name, "weights": weights_digest(spec, str(weights)),
+           "image_size": image_size, "pooling": "avg+max", "preprocessing": spec.preprocess, "tltool": __version__}
 
     def build():
         from ._tf import keras
-        from .backbones import create_backbone
 
         extractor = create_backbone(backbone, weights=weights, image_size=image_size)
         fmap = extractor.output
