@@ -34,7 +34,7 @@ from .progress import Bar, say
 from .settings import CHOICES, check_choice
 from .utils import atomic_path, read_json, sha256_text, write_json
 
-FEATURES_FORMAT = 1
+FEATURES_FORMAT = 2  # 2: enlarging resizes in float32 (pixels of small photos changed); chunks carry an ok mask
 POOLS = CHOICES["pool"]
 DEFAULT_CHUNK = 1024
 
