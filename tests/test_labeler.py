@@ -504,6 +504,27 @@ def test_a_grid_is_offered_only_when_it_saves_actions(tmp_path):
     assert assistant.grid("c")["items"] == []
 
 
+def test_a_label_the_head_already_learnt_is_not_judged_and_does_not_retrain(tmp_path):
+    """The server saves a label before it tells the assistant; a retrain in between has learnt it already."""
+    root = tmp_path / "ds"
+    paths = sorted(make_two_kinds(root, 6))
+    store = LabelStore(root, ["a", "b"])
+    assistant = Assistant(store, AssistSettings(retrain_every=1), featurize=kind_features)
+    assistant._load_features()
+    store.set(paths[0], "a")
+    store.set(paths[1], "b")
+    assistant._retrain()  # learns both labels before it is told of them
+    assistant.observe([(paths[0], "a"), (paths[1], "b")])
+    assert assistant.status()["since_retrain"] == {"right": 0, "judged": 0} and not assistant._due()
+    assistant.observe([(paths[1], "a")])  # relabelled: judged, and a new label to learn
+    assert assistant.status()["since_retrain"]["judged"] == 1 and assistant._due()
+    store.set(paths[2], "a")
+    assistant._in_training = {paths[2]: "a"}  # told while a retrain that read it is running
+    assistant._new_labels = 0
+    assistant.observe([(paths[2], "a")])
+    assert not assistant._due()
+
+
 def test_grids_and_suggestions_over_http(tmp_path):
     root = tmp_path / "ds"
     truth = make_two_kinds(root, 30)

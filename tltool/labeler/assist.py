@@ -148,6 +148,7 @@ class Snapshot:
     version: int
     trained_on: int
     proba: np.ndarray  # (photos, classes), columns in the store's class order
+    labels: dict[str, str] = field(default_factory=dict)  # what it was trained on: never judged by those labels
 
 
 @dataclass
@@ -199,6 +200,7 @@ class Assistant:
         self.tallies: dict[int, Tally] = {}
         self.seconds: dict[str, float] = {}
         self._new_labels = 0
+        self._in_training: dict[str, str] = {}  # the labels the retrain under way learns
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -255,8 +257,9 @@ class Assistant:
         return {p: label for p, label in dict(self.store.labels).items() if p in self.row}
 
     def _retrain(self) -> None:
-        labelled = self._training_labels()
-        self._new_labels = 0
+        with self._lock:
+            labelled = self._training_labels()
+            self._new_labels, self._in_training = 0, labelled
         classes = self.store.classes
         present = sorted({classes.index(c) for c in labelled.values() if c in classes})
         rows = [self.row[p] for p, c in labelled.items() if c in classes]
@@ -268,7 +271,7 @@ class Assistant:
         self.seconds["retrain"] = time.perf_counter() - start
         version = (self.snapshot.version + 1) if self.snapshot else 1
         with self._lock:
-            self.snapshot = Snapshot(version, len(rows), full)
+            self.snapshot = Snapshot(version, len(rows), full, {self.paths[r]: labelled[self.paths[r]] for r in rows})
             self.tallies[version] = Tally()
             self.revision += 1
 
@@ -277,12 +280,13 @@ class Assistant:
         """Labels just saved (``(path, label or None)``): judge the suggestions they answer; maybe retrain."""
         with self._lock:
             for path, label in changes:
-                if label is None:
-                    continue
+                if label is None or (self.snapshot is not None and self.snapshot.labels.get(path) == label):
+                    continue  # a head that already learnt this label is not judged by it
                 suggested = self.suggestion(path)
                 if suggested is not None and self.snapshot is not None:
                     self.tallies[self.snapshot.version].verdicts[path] = suggested[0] == label
-                self._new_labels += 1
+                if self._in_training.get(path) != label:  # the retrain under way learns it already
+                    self._new_labels += 1
         if self.state == "ready":
             self._wake.set()
 
