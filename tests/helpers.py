@@ -78,6 +78,7 @@ _RUN_AND_REPORT = textwrap.dedent("""
         main(sys.argv[1:], prog_name="tltool", standalone_mode=False)
     finally:
         state = {"tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules,
+                 "sklearn": "sklearn" in sys.modules, "matplotlib": "matplotlib" in sys.modules,
                  "decodes": images.decode_count()}
         print("STATE " + json.dumps(state))
 """)

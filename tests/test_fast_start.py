@@ -2,10 +2,12 @@
 decodes no photo, as a user runs it (a separate process, as the command line starts it)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from conftest import SAMPLE
 from helpers import run_tltool_reporting as _tltool
+
 
 def test_cached_commands_import_no_tensorflow_and_decode_no_photo(tmp_path: Path):
     features, common = tmp_path / "features", ["--image-size", "32", "--batch-size", "16"]
@@ -25,3 +27,27 @@ def test_cached_commands_import_no_tensorflow_and_decode_no_photo(tmp_path: Path
             assert state["decodes"] == 0, f"{name} decoded {state['decodes']} photo(s)"
         if name == "extract":
             assert stdout.startswith("cached: 160 images")
+
+
+def test_a_repeated_fit_or_report_is_read_back_not_recomputed(tmp_path: Path):
+    """The second run of a head search, a CV, a learning curve and their reports on the same features imports
+    neither scikit-learn nor matplotlib (about 2 s of a cached probe's 2.6 s), and writes the same numbers."""
+    features, common = tmp_path / "features", ["--image-size", "32", "--batch-size", "16"]
+    _tltool("extract", str(SAMPLE), *common, "--out", str(features))
+    commands = {
+        "probe": (["probe", str(SAMPLE), *common, "--features", str(features)], "metrics.json"),
+        "linear": (["linear", str(features), "--head", "logreg"], "metrics.json"),
+        "linear --cv": (["linear", str(features), "--cv", "3"], "metrics.json"),
+        "learning-curve": (["learning-curve", str(features), "--seeds", "2"], "learning_curve.json"),
+    }
+    for name, (args, result) in commands.items():
+        first_out, second_out = tmp_path / f"{name}-1", tmp_path / f"{name}-2"
+        _tltool(*args, "--out", str(first_out))
+        state, _ = _tltool(*args, "--out", str(second_out))
+        assert not state["sklearn"] and not state["matplotlib"], f"{name} fitted or drew again: {state}"
+        first, second = (json.loads((d / result).read_text()) for d in (first_out, second_out))
+        for d in (first, second):
+            d.pop("timing", None)
+        assert first == second, name
+        for png in first_out.glob("*.png"):
+            assert (second_out / png.name).read_bytes() == png.read_bytes(), f"{name}: {png.name} differs"

@@ -62,3 +62,28 @@ def test_a_class_missing_from_the_fit_is_never_predicted_and_does_not_shift_the_
     assert proba.shape == (50, 3) and proba[:, 1].max() < 1e-6
     seen = yte != 1
     np.testing.assert_array_equal(proba[seen].argmax(1), gs.best_estimator_.predict(Xte[seen]))
+
+
+def test_a_search_is_remembered_by_content_and_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    from tltool import heads
+
+    Xtr, ytr, Xte, _ = _data()
+    spec, classes = get_head_spec("logreg"), ["a", "b", "c"]
+    first = heads.search_head(spec, Xtr, ytr, classes, seed=0)
+    calls = []
+    real_search = heads.search
+    monkeypatch.setattr(heads, "search", lambda *a, **k: calls.append(1) or real_search(*a, **k))
+    again = heads.search_head(spec, Xtr, ytr, classes, seed=0)
+    assert calls == [] and again.record() == first.record()
+    np.testing.assert_array_equal(again.fitted.predict_proba(Xte), first.fitted.predict_proba(Xte))
+    changed_y = ytr.copy()
+    changed_y[:2] = changed_y[:2][::-1] if changed_y[0] != changed_y[1] else (changed_y[:2] + 1) % 3
+    for variant in ({"X": Xtr * 1.01}, {"y": changed_y}, {"seed": 1}, {"standardize": False}):
+        args = {"X": Xtr, "y": ytr, "seed": 0, "standardize": True, **variant}
+        heads.search_head(spec, args["X"], args["y"], classes, seed=args["seed"], standardize=args["standardize"])
+    assert len(calls) == 4  # each change of content or setting searches again
+    for entry in (tmp_path / "cache" / "heads").rglob("search.json"):
+        entry.write_text("{not json")  # a damaged entry is searched again, not an error
+    heads.search_head(spec, Xtr, ytr, classes, seed=0)
+    assert len(calls) == 5

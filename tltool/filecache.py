@@ -8,9 +8,11 @@ concurrent processes (shards, workers) never corrupt each other's entries.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .utils import cache_dir, write_json
+from .utils import cache_dir, json_ready, sha256_text, write_json
 
 CACHE_FORMAT = 1
 
@@ -43,3 +45,24 @@ def store(sha256: str, entry: dict) -> None:
 def thumbnail_path(sha256: str, size: int, resize: str) -> Path:
     """Where a small rendering of this content is kept (report galleries show the same photos run after run)."""
     return cache_dir() / "thumbnails" / f"v{CACHE_FORMAT}" / sha256[:2] / f"{sha256}-{size}-{resize}.npy"
+
+
+def remembered(kind: str, key: dict, compute: Callable[[], Any]) -> Any:
+    """``compute()`` (a JSON value), or what it returned before for the same ``key``.
+
+    For results that follow from their inputs alone (a cross-validation or learning curve on given features and
+    settings): ``key`` must hold every input, by content. A cache that cannot be read or written costs speed only.
+    """
+    digest = sha256_text(json.dumps({"kind": kind, **key}, sort_keys=True, default=str))
+    target = cache_dir() / "results" / f"v{CACHE_FORMAT}" / kind / digest[:2] / f"{digest}.json"
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = json_ready(compute())  # the same value whether computed now or read back
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, {"key": key, "value": value})
+    except OSError:
+        pass
+    return value

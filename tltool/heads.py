@@ -5,14 +5,22 @@ training set for k-NN), not a pickle, so it loads across scikit-learn versions a
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .errors import TltoolError, did_you_mean
-from .utils import atomic_path, write_json, read_json
+from .utils import atomic_path, cache_dir, read_json, sha256_array, sha256_text, write_json
+
+SEARCH_CACHE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -205,3 +213,81 @@ class FittedHead:
             arrays = {k: z[k] for k in z.files}
         return cls(meta["name"], meta["classes"], params=meta["params"], **arrays)
 
+
+
+# ------------------------------------------------------------------------------------- a search, cached by content
+@dataclass
+class HeadSearch:
+    """A head whose regularisation was chosen by stratified K-fold CV, and the record of that search."""
+
+    fitted: FittedHead
+    param: str
+    grid: list[dict]  # {"value", "cv_accuracy"} per grid value
+    folds: int
+    chosen: dict
+
+    def record(self) -> dict:
+        return {"param": self.param, "folds": self.folds, "grid": self.grid, "chosen": self.chosen}
+
+
+def search_head(spec: HeadSpec, X: np.ndarray, y: np.ndarray, classes: list[str], *, standardize: bool = True,
+                class_weight=None, seed: int = 0, max_folds: int = 5) -> HeadSearch:
+    """:func:`search` and the fitted head, remembered by the content of ``(X, y)`` and every setting.
+
+    The same features and settings give the same head, so a repeated ``tltool probe`` reads it back instead of
+    importing scikit-learn and fitting the grid again (about 1.6 s of a 2.6 s run on 2 cores, measured).
+    """
+    key = _search_key(spec, X, y, classes, standardize, class_weight, seed, max_folds)
+    cached = _read_search(key)
+    if cached is not None:
+        return cached
+    gs = search(spec, X, y, standardize=standardize, class_weight=class_weight, seed=seed, max_folds=max_folds)
+    chosen = {k.replace("clf__", ""): _plain(v) for k, v in gs.best_params_.items()}
+    grid = [{"value": _plain(p[f"clf__{spec.param}"]), "cv_accuracy": float(score)}
+            for p, score in zip(gs.cv_results_["params"], gs.cv_results_["mean_test_score"])]
+    result = HeadSearch(FittedHead.from_pipeline(spec.name, gs.best_estimator_, classes, chosen, X, y),
+                        spec.param, grid, int(gs.n_splits_), chosen)
+    _write_search(key, result)
+    return result
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _search_key(spec: HeadSpec, X, y, classes, standardize, class_weight, seed, max_folds) -> str:
+    key = {"format": SEARCH_CACHE_FORMAT, "head": spec.name, "grid": list(spec.grid), "X": sha256_array(X),
+           "y": sha256_array(np.asarray(y)), "classes": list(classes), "standardize": bool(standardize),
+           "class_weight": class_weight, "seed": seed, "max_folds": max_folds,
+           "scikit-learn": version("scikit-learn")}
+    return sha256_text(json.dumps(key, sort_keys=True, default=str))
+
+
+def _search_dir(key: str) -> Path:
+    return cache_dir() / "heads" / f"v{SEARCH_CACHE_FORMAT}" / key[:2] / key
+
+
+def _read_search(key: str) -> HeadSearch | None:
+    folder = _search_dir(key)
+    try:
+        record = read_json(folder / "search.json")
+        return HeadSearch(FittedHead.load(folder), record["param"], record["grid"], int(record["folds"]),
+                          record["chosen"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_search(key: str, result: HeadSearch) -> None:
+    """Written to a temporary folder, then renamed: a reader sees a whole entry or none. A cache that cannot be
+    written costs speed, never a run."""
+    folder = _search_dir(key)
+    with contextlib.suppress(OSError):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.parent / f".tmp-{secrets.token_hex(8)}"
+        os.mkdir(tmp)  # the umask decides its mode, as for every folder tltool makes
+        try:
+            result.fitted.save(tmp)
+            write_json(tmp / "search.json", result.record())
+            os.rename(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -12,7 +12,7 @@ from .crossval import nested_cv, say_cv
 from .errors import TltoolError
 from .evaluation import Evaluation
 from .features import FeatureSet, extract_features, load_features
-from .heads import FittedHead, blas_threads, get_head_spec, make_pipeline, search
+from .heads import FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline, search_head
 from .images import DEFAULT_MAX_PIXELS
 from .models import load_run
 from .progress import say
@@ -80,13 +80,11 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
 
 def _search_and_say(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig) -> tuple[FittedHead, dict]:
     """The head fitted on (X, y) with its regularisation chosen by CV there, and the search's record (said too)."""
-    spec = get_head_spec(config.head)
-    fitted, gs, chosen = _fit_head(fs, X, y, config)
-    grid_scores = [{"value": p[f"clf__{spec.param}"], "cv_accuracy": float(s)}
-                   for p, s in zip(gs.cv_results_["params"], gs.cv_results_["mean_test_score"])]
-    say(f"{config.head}: {spec.param} chosen by {gs.n_splits_}-fold CV on the training split: "
-        + ", ".join(f"{g['value']:g}->{g['cv_accuracy']:.3f}" for g in grid_scores) + f"; chosen {chosen[spec.param]:g}")
-    return fitted, {"param": spec.param, "folds": int(gs.n_splits_), "grid": grid_scores, "chosen": chosen}
+    found = _fit_head(fs, X, y, config)
+    say(f"{config.head}: {found.param} chosen by {found.folds}-fold CV on the training split: "
+        + ", ".join(f"{g['value']:g}->{g['cv_accuracy']:.3f}" for g in found.grid)
+        + f"; chosen {found.chosen[found.param]:g}")
+    return found.fitted, found.record()
 
 
 def refit_head(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig, chosen: dict) -> FittedHead:
@@ -119,12 +117,11 @@ def _refit_head(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, config: LinearC
     return fitted, {"n_images": n, "chosen": chosen, "note": note}
 
 
-def _fit_head(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig):
-    """The head with its regularisation chosen by CV on (X, y): ``(fitted head, the search, chosen params)``."""
+def _fit_head(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig) -> HeadSearch:
+    """The head with its regularisation chosen by CV on (X, y) (remembered by content: see :func:`search_head`)."""
     cw = None if config.class_weight == "none" else config.class_weight
-    gs = search(get_head_spec(config.head), X, y, standardize=config.standardize, class_weight=cw, seed=config.seed)
-    chosen = {k.replace("clf__", ""): v for k, v in gs.best_params_.items()}
-    return FittedHead.from_pipeline(config.head, gs.best_estimator_, fs.classes, chosen, X, y), gs, chosen
+    return search_head(get_head_spec(config.head), X, y, fs.classes, standardize=config.standardize,
+                       class_weight=cw, seed=config.seed)
 
 
 def _gradcam_of_mistakes(run_dir: Path, evaluation: Evaluation, paths: list[str]) -> list[np.ndarray]:
@@ -166,8 +163,9 @@ def _train_linear_cv(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, out, confi
     X, y, paths = X[rows], fs.labels[rows], [p for p, keep in zip(fs.paths, rows) if keep]
     result = nested_cv(X, y, config.head, k, repeats, config.seed, config.standardize, cw, len(fs.classes))
     say_cv(result)
-    fitted, _, chosen = _fit_head(fs, X, y, config)
-    run_dir, model_config = _save_head(fs, fitted, out, force, config, chosen, len(y))
+    found = _fit_head(fs, X, y, config)
+    fitted = found.fitted
+    run_dir, model_config = _save_head(fs, fitted, out, force, config, found.chosen, len(y))
     evaluation = Evaluation(fs.classes, y, result.oof_probs)
     title = (f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {config.head}, "
              f"{repeats}x{k}-fold cross-validation (out-of-fold predictions)")

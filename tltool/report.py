@@ -16,9 +16,11 @@ import numpy as np
 from .errors import BadImageError
 from .evaluation import Evaluation
 from .images import load_thumbnail
-from .plotting import pyplot, save_figure
+from .plotting import cached_figure, pyplot, save_figure
 from .stats import format_proportion
-from .utils import write_json, write_text_atomic
+from .utils import sha256_file, write_json, write_text_atomic
+
+THUMBNAIL_SIZE = 128  # px of a photo in the misclassified grid
 
 
 def accuracy_line(evaluation: Evaluation, split: str = "val") -> str:
@@ -26,14 +28,19 @@ def accuracy_line(evaluation: Evaluation, split: str = "val") -> str:
 
 
 def plot_confusion(evaluation: Evaluation, target: Path, title: str) -> None:
-    plt = pyplot()
     matrix = evaluation.confusion()
-    c = len(evaluation.classes)
+    key = {"figure": "confusion", "matrix": matrix.tolist(), "classes": evaluation.classes, "title": title}
+    cached_figure(target, key, lambda: _confusion_figure(matrix, evaluation.classes, title))
+
+
+def _confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str):
+    plt = pyplot()
+    c = len(classes)
     size = max(4.0, 0.55 * c + 2.5)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(c), evaluation.classes, rotation=45, ha="right")
-    ax.set_yticks(range(c), evaluation.classes)
+    ax.set_xticks(range(c), classes, rotation=45, ha="right")
+    ax.set_yticks(range(c), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -42,7 +49,7 @@ def plot_confusion(evaluation: Evaluation, target: Path, title: str) -> None:
         for j in range(c):
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
                     color="white" if matrix[i, j] > top / 2 else "black", fontsize=9)
-    save_figure(fig, target)
+    return fig
 
 
 def worst_mistakes(evaluation: Evaluation, limit: int = 24) -> np.ndarray:
@@ -58,28 +65,52 @@ def plot_misclassified(evaluation: Evaluation, paths: Sequence[str], target: Pat
     ``overlays``: pictures drawn instead of the images, one per mistake in :func:`worst_mistakes` order (the
     caller's Grad-CAM heat maps of the predicted class).
     """
-    plt = pyplot()
     wrong = worst_mistakes(evaluation, limit)
+    tiles = [(paths[i], evaluation.classes[evaluation.y_true[i]], evaluation.classes[evaluation.y_pred[i]],
+              f"{evaluation.probs[i].max():.2f}") for i in wrong]
+    suptitle = f"misclassified: {int((~evaluation.correct).sum())} of {evaluation.n}"
+
+    def draw():
+        return _misclassified_figure(tiles, suptitle, overlays)
+
+    key = _misclassified_key(tiles, suptitle) if overlays is None else None
+    if key is None:
+        save_figure(draw(), target)
+    else:
+        cached_figure(target, key, draw)
+    return len(wrong)
+
+
+def _misclassified_key(tiles: list[tuple[str, str, str, str]], suptitle: str) -> dict | None:
+    """What the grid shows: each photo by its content (a photo replaced at the same path draws anew)."""
+    try:
+        shown = [(sha256_file(path), *labels) for path, *labels in tiles]
+    except OSError:
+        return None
+    return {"figure": "misclassified", "tiles": shown, "title": suptitle, "thumbnail": THUMBNAIL_SIZE}
+
+
+def _misclassified_figure(tiles: list[tuple[str, str, str, str]], suptitle: str,
+                          overlays: Sequence[np.ndarray] | None):
+    plt = pyplot()
     explained = overlays is not None
-    overlays = list(overlays) if explained else [None] * len(wrong)
-    cols = min(6, max(1, len(wrong)))
-    rows = max(1, math.ceil(len(wrong) / cols))
+    overlays = list(overlays) if explained else [None] * len(tiles)
+    cols = min(6, max(1, len(tiles)))
+    rows = max(1, math.ceil(len(tiles) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i, overlay in zip(axes.flat, wrong, overlays):
+    for ax, (path, true, pred, p), overlay in zip(axes.flat, tiles, overlays):
         try:
-            ax.imshow(overlay if overlay is not None else load_thumbnail(paths[i], 128))
+            ax.imshow(overlay if overlay is not None else load_thumbnail(path, THUMBNAIL_SIZE))
         except BadImageError:
             pass
-        true, pred = evaluation.classes[evaluation.y_true[i]], evaluation.classes[evaluation.y_pred[i]]
-        ax.set_title(f"true {true}\npred {pred} ({evaluation.probs[i].max():.2f})", fontsize=8)
-    if not len(wrong):
+        ax.set_title(f"true {true}\npred {pred} ({p})", fontsize=8)
+    if not tiles:
         axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     heat = ", Grad-CAM of the predicted class" if explained else ""
-    fig.suptitle(f"misclassified: {int((~evaluation.correct).sum())} of {evaluation.n}{heat}")
-    save_figure(fig, target)
-    return len(wrong)
+    fig.suptitle(suptitle + heat)
+    return fig
 
 
 def write_predictions(evaluation: Evaluation, paths: Sequence[str], target: Path) -> None:

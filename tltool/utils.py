@@ -83,6 +83,11 @@ def write_json(target: str | os.PathLike, data: Any, durable: bool = False) -> N
     write_text_atomic(target, json.dumps(data, indent=2, default=_json_default) + "\n", durable=durable)
 
 
+def json_ready(data: Any) -> Any:
+    """``data`` as it reads back from JSON (numpy numbers and arrays become plain numbers and lists)."""
+    return json.loads(json.dumps(data, default=_json_default))
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -112,3 +117,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sha256_array(a) -> str:
+    """The content of a numpy array with its dtype and shape (the same numbers in another shape differ)."""
+    import numpy as np
+
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
