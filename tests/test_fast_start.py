@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from conftest import SAMPLE
 from helpers import run_tltool_reporting as _tltool
 
@@ -51,3 +53,19 @@ def test_a_repeated_fit_or_report_is_read_back_not_recomputed(tmp_path: Path):
         assert first == second, name
         for png in first_out.glob("*.png"):
             assert (second_out / png.name).read_bytes() == png.read_bytes(), f"{name}: {png.name} differs"
+
+
+def test_an_extraction_on_litert_imports_no_tensorflow_once_the_model_is_converted(tmp_path: Path):
+    """LiteRT is fed by tltool.batches, not tf.data: once converted, the whole extraction runs without TensorFlow
+    (3-5 s of import on 2 cores) and decodes every photo once; the features equal TensorFlow's."""
+    from tltool.features import load_features
+
+    common = ["--image-size", "32", "--batch-size", "16", "--weights", "none"]
+    _tltool("extract", str(SAMPLE), *common, "--engine", "litert", "--out", str(tmp_path / "first"))  # converts
+    state, _ = _tltool("extract", str(SAMPLE), *common, "--engine", "litert", "--out", str(tmp_path / "lite"))
+    assert not state["tensorflow"] and not state["keras"] and state["decodes"] == 160
+    _tltool("extract", str(SAMPLE), *common, "--engine", "tf", "--out", str(tmp_path / "tf"))
+    lite, tf = load_features(tmp_path / "lite"), load_features(tmp_path / "tf")
+    assert lite.paths == tf.paths
+    np.testing.assert_allclose(lite.avg, tf.avg, atol=1e-4)
+    np.testing.assert_allclose(lite.max, tf.max, atol=1e-4)

@@ -108,3 +108,29 @@ def test_shards_decode_only_their_files_and_together_give_one_machines_batches(t
         np.testing.assert_array_equal(together[1], labels_k)
         np.testing.assert_array_equal(together[0], images_k)
     assert sorted(np.concatenate([lab for _, lab in whole]).tolist()) == labels
+
+
+def test_thread_pool_batches_equal_the_tf_data_batches_with_bad_files_blanked_or_raised(tmp_path):
+    """tltool.batches (the feed of an engine outside TensorFlow) decodes exactly what tf.data does, in order."""
+    import pytest
+
+    from helpers import jpeg_bytes, noise_image
+    from tltool.batches import image_batches
+    from tltool.errors import BadImageError
+    from tltool.images import DecodeLog
+
+    paths = [str(noise_image(tmp_path / f"g{i}.jpg", seed=i, size=(90 + 7 * i, 60))) for i in range(9)]
+    whole = jpeg_bytes((120, 120))
+    (tmp_path / "half.jpg").write_bytes(whole[: len(whole) // 2])
+    paths.insert(4, str(tmp_path / "half.jpg"))
+    tf_log, pool_log = DecodeLog(), DecodeLog()
+    with pytest.warns(UserWarning, match="half.jpg"):
+        expected = np.concatenate([b.numpy() for b in image_dataset(paths, image_size=40, resize="crop",
+                                                                     batch_size=4, on_bad="zeros", log=tf_log)])
+    batches = list(image_batches(paths, image_size=40, resize="crop", batch_size=4, log=pool_log, threads=3))
+    assert [len(b) for b in batches] == [4, 4, 2] and batches[0].dtype == np.float32
+    np.testing.assert_array_equal(np.concatenate(batches), expected)
+    assert float(expected[4].max()) == 0.0 and list(pool_log.failures) == list(tf_log.failures) == paths[4:5]
+    with pytest.raises(BadImageError, match="half.jpg"), pytest.warns(UserWarning, match="half.jpg"):
+        list(image_batches(paths, image_size=40, batch_size=4, on_bad="raise"))
+    assert list(image_batches([], image_size=40)) == []

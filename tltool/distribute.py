@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -130,6 +131,23 @@ class DistributeInfo:
 
 
 _RESOLVED: dict[str, tuple[object, DistributeInfo]] = {}
+
+
+def gpu_visible() -> bool:
+    """A GPU TensorFlow can use. Without an NVIDIA device node TensorFlow is not imported to find out."""
+    if "tensorflow" not in sys.modules and not any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/dxg")):
+        return False
+    from ._tf import tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def inference_strategy(name: str = "auto") -> tuple[object | None, DistributeInfo]:
+    """:func:`resolve_strategy` for inference. On a machine without a GPU, ``auto`` and ``none`` mean this CPU,
+    known without importing TensorFlow: an engine outside it (LiteRT) then never loads it (3-5 s on 2 cores)."""
+    if name in ("auto", "none") and not gpu_visible():
+        return None, DistributeInfo(name, "default", 1, ["/device:CPU:0"])
+    return resolve_strategy(name)
 
 
 def resolve_strategy(name: str = "auto") -> tuple[object, DistributeInfo]:

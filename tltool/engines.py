@@ -31,6 +31,7 @@ import numpy as np
 
 from . import __version__
 from .backbones import create_backbone, get_backbone_spec, weights_digest
+from .distribute import gpu_visible
 from .errors import TltoolError, did_you_mean
 from .settings import CHOICES
 from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_text, write_json
@@ -274,15 +275,6 @@ def create_runner(source: ModelSource, engine: str = "auto") -> Runner:
 
 
 # ---------------------------------------------------------------------------------------------------------- auto
-def gpu_visible() -> bool:
-    """A GPU TensorFlow can use. Without an NVIDIA device node TensorFlow is not imported to find out."""
-    if "tensorflow" not in sys.modules and not any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/dxg")):
-        return False
-    from ._tf import tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def resolve_engine(source: ModelSource, engine: str = "auto") -> str:
     """``engine`` itself, or for ``auto`` the faster one for ``source`` on this machine.
 

@@ -13,6 +13,7 @@ process writes. ``--strategy mirrored`` splits each batch over the local GPUs.
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,9 +23,10 @@ import numpy as np
 
 from . import __version__, filecache
 from .backbones import get_backbone_spec, weights_digest
+from .batches import image_batches
 from .configs import ExtractConfig, InputConfig
 from .dataset import Dataset, Record, label_indices
-from .distribute import extraction_shard, resolve_strategy
+from .distribute import extraction_shard, inference_strategy
 from .engines import create_runner, feature_source
 from .errors import TltoolError
 from .images import DecodeLog
@@ -131,7 +133,7 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     if _reuse_cached(chunks, checked, records, hashes):  # before TensorFlow is imported: cached work is instant
         return ExtractResult(out, True, time.perf_counter() - start, None, checked)
     # inference needs no collective ops: under multiworker each worker runs its share on its own devices
-    tf_strategy, info = resolve_strategy("auto" if config.strategy == "multiworker" else config.strategy)
+    tf_strategy, info = inference_strategy("auto" if config.strategy == "multiworker" else config.strategy)
     say(info.describe() + (f"; shard {part[0]}/{part[1]} of the chunks" if part else ""))
     meta = _start_meta(chunks, inputs, config, checked, records, hashes, info, part)
     log = DecodeLog()
@@ -297,14 +299,27 @@ def _distributed_step(step, strategy):
 
 
 def _engine_step(inputs: InputConfig, weights: str, engine: str):
-    """``images -> (avg, max)`` numpy features on ``engine`` (the same numbers on each: tests/test_engines.py)."""
+    """``images -> (avg, max)`` numpy features on ``engine`` (the same numbers on each: tests/test_engines.py), and
+    the engine it resolved to."""
     runner = create_runner(feature_source(inputs.backbone, weights, inputs.image_size), engine)
 
     def step(images):
         out = runner(images.numpy() if hasattr(images, "numpy") else np.asarray(images, np.float32))
         return out["avg"], out["max"]
 
-    return step
+    return step, runner.engine
+
+
+def _feed(paths: list[str], inputs: InputConfig, batch_size: int, log: DecodeLog, engine: str):
+    """The batches for ``engine``: tf.data's pipeline for TensorFlow, the same decode in a thread pool for an engine
+    outside TensorFlow (see :mod:`tltool.batches`: tf.data's threads halved LiteRT's rate on 2 cores)."""
+    if engine != "tf":
+        return image_batches(paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
+                             max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
+    from .pipeline import image_dataset  # imports TensorFlow
+
+    return image_dataset(paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
+                         max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
 
 
 def _numpy_outputs(step):
@@ -317,8 +332,6 @@ def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str,
     """Run the network over the images of the chunks still missing (of this shard); returns how many images it
     ran on after the first batch and the seconds that took (the throughput, without graph tracing). Only these
     images are decoded; one that cannot be is named in ``log`` and its row is stored as not usable."""
-    from .pipeline import image_dataset  # imports TensorFlow
-
     log = log if log is not None else DecodeLog()
 
     mine = [i for i in range(chunks.count) if shard is None or i % shard[1] == shard[0]]
@@ -329,14 +342,15 @@ def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str,
     if not pending:
         return 0, 0.0
     todo = [j for i in pending for j in range(i * chunks.size, i * chunks.size + chunks.rows(i))]
-    ds = image_dataset([records[j].path for j in todo], image_size=inputs.image_size, resize=inputs.resize,
-                       batch_size=batch_size, max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
+    paths = [records[j].path for j in todo]
     if strategy is None:
-        step = _engine_step(inputs, weights, engine)
+        step, engine = _engine_step(inputs, weights, engine)
+        ds = _feed(paths, inputs, batch_size, log, engine)
     else:  # a tf.distribute strategy runs on TensorFlow
         with strategy.scope():
             _model, graph = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
-        step, ds = _numpy_outputs(_distributed_step(graph, strategy)), strategy.experimental_distribute_dataset(ds)
+        ds = strategy.experimental_distribute_dataset(_feed(paths, inputs, batch_size, log, "tf"))
+        step = _numpy_outputs(_distributed_step(graph, strategy))
     writer = _ChunkWriter(chunks, pending, [r.path for r in records], log)
     t0 = first = None
     with Bar(len(todo), f"extracting {inputs.backbone}") as bar:
@@ -378,6 +392,9 @@ class _ChunkWriter:
 
 
 def _iterate(ds):
+    if inspect.isgenerator(ds):  # tltool.batches: no TensorFlow, its errors are tltool's own
+        yield from ds
+        return
     from ._tf import tf
 
     iterator = iter(ds)

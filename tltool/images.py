@@ -224,6 +224,19 @@ def load_image(
     return pixels if size is None else resize_array(pixels, size, resize)
 
 
+def decode_or_blank(path: str, image_size: int, resize: ResizePolicy, max_pixels: int, on_bad: str,
+                    log: DecodeLog) -> tuple[np.ndarray, bool]:
+    """The decode that feeds a network, for every pipeline: ``(image, True)``, or for a file it cannot read
+    (named in ``log``) an error (``on_bad="raise"``) or ``(black image, False)``."""
+    try:
+        return load_image(path, image_size, resize, max_pixels=max_pixels), True
+    except BadImageError as error:
+        log.record(error)
+        if on_bad == "raise":
+            raise
+        return np.zeros((image_size, image_size, 3), np.uint8), False
+
+
 def load_thumbnail(path: str | os.PathLike, size: int, resize: ResizePolicy = "crop") -> np.ndarray:
     """:func:`load_image` at a small ``size``, cached by content: a report that shows the same photos again (a
     cached ``probe``) reads their bytes for the hash and decodes nothing."""

@@ -12,8 +12,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 from ._tf import tf
 
-from .errors import BadImageError
-from .images import DEFAULT_MAX_PIXELS, DecodeLog, load_image
+from .images import DEFAULT_MAX_PIXELS, DecodeLog, decode_or_blank
 
 Transform = Callable[[np.ndarray, int], np.ndarray]  # (uint8 image, seed) -> uint8 image
 OnBad = Literal["raise", "skip", "zeros"]
@@ -147,16 +146,9 @@ def _decoded(ds: tf.data.Dataset, decode: Callable, parallel: int, on_bad: OnBad
 
 def _decode_fn(image_size: int, resize: str, max_pixels: int, on_bad: OnBad, log: DecodeLog) -> Callable:
     """The shared decode function as a tf.data map: ``{"path"}`` -> ``{"path", "image", "ok"}`` (uint8, bool)."""
-    blank = np.zeros((image_size, image_size, 3), np.uint8)
 
     def decode(path: np.ndarray) -> tuple[np.ndarray, bool]:
-        try:
-            return load_image(path.decode("utf-8"), image_size, resize, max_pixels=max_pixels), True
-        except BadImageError as error:
-            log.record(error)
-            if on_bad == "raise":
-                raise
-            return blank, False
+        return decode_or_blank(path.decode("utf-8"), image_size, resize, max_pixels, on_bad, log)
 
     def decode_tf(item: dict) -> dict:
         image, ok = tf.numpy_function(decode, [item["path"]], (tf.uint8, tf.bool), stateful=False)
