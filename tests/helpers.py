@@ -114,3 +114,12 @@ def free_ports(n: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+def assert_same_features(got, expected, atol: float = 1e-5) -> None:
+    """Two FeatureSets hold the same numbers for the same files, and the numbers say something: a network whose
+    features are all near zero (random weights, here about 1e-13) would make any comparison pass."""
+    assert got.paths == expected.paths
+    assert float(np.std(expected.avg)) > 1e-2, "degenerate features: the comparison could not fail"
+    np.testing.assert_allclose(got.avg, expected.avg, atol=atol)
+    np.testing.assert_allclose(got.max, expected.max, atol=atol)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import SAMPLE
+from helpers import assert_same_features
 from helpers import run_tltool_reporting as _tltool
 
 
@@ -60,12 +61,31 @@ def test_an_extraction_on_litert_imports_no_tensorflow_once_the_model_is_convert
     (3-5 s of import on 2 cores) and decodes every photo once; the features equal TensorFlow's."""
     from tltool.features import load_features
 
-    common = ["--image-size", "32", "--batch-size", "16", "--weights", "none"]
+    common = ["--image-size", "32", "--batch-size", "16"]
     _tltool("extract", str(SAMPLE), *common, "--engine", "litert", "--out", str(tmp_path / "first"))  # converts
     state, _ = _tltool("extract", str(SAMPLE), *common, "--engine", "litert", "--out", str(tmp_path / "lite"))
     assert not state["tensorflow"] and not state["keras"] and state["decodes"] == 160
     _tltool("extract", str(SAMPLE), *common, "--engine", "tf", "--out", str(tmp_path / "tf"))
-    lite, tf = load_features(tmp_path / "lite"), load_features(tmp_path / "tf")
-    assert lite.paths == tf.paths
-    np.testing.assert_allclose(lite.avg, tf.avg, atol=1e-4)
-    np.testing.assert_allclose(lite.max, tf.max, atol=1e-4)
+    assert_same_features(load_features(tmp_path / "lite"), load_features(tmp_path / "tf"), atol=1e-4)
+
+
+def test_evaluate_and_predict_on_litert_import_no_tensorflow_and_agree_with_tf(tmp_path: Path):
+    """Prediction follows extraction: on LiteRT (model converted) the photos are decoded by tltool.batches and
+    the TTA views cut in NumPy, so `evaluate` and `predict` never load TensorFlow; the numbers equal TF's."""
+    import csv
+
+    common = ["--image-size", "32", "--batch-size", "16"]
+    run = tmp_path / "run"
+    _tltool("probe", str(SAMPLE), *common, "--features", str(tmp_path / "f"), "--out", str(run))
+    scores = {}
+    for engine, out in (("litert", "warm"), ("litert", "lite"), ("tf", "tf")):
+        state, _ = _tltool("evaluate", str(run), str(SAMPLE), "--tta", "flip", "--engine", engine,
+                           "--out", str(tmp_path / out))
+        if out == "lite":
+            assert not state["tensorflow"] and not state["keras"], "evaluate on LiteRT imported TensorFlow"
+        with open(tmp_path / out / "predictions.csv", newline="") as f:
+            scores[out] = np.array([[float(v) for k, v in row.items() if k.startswith("p_")] for row in csv.DictReader(f)])
+    np.testing.assert_allclose(scores["lite"], scores["tf"], atol=1e-4)
+    photo = sorted(SAMPLE.glob("*/*.jpg"))[0]
+    state, stdout = _tltool("predict", str(photo), "--model", str(run), "--engine", "litert")
+    assert not state["tensorflow"] and photo.name in stdout

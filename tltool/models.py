@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .backbones import create_backbone
-from .engines import create_runner, feature_source, keras_file_source
+from .engines import ModelSource, Runner, create_runner, feature_source, keras_file_source
 from .errors import TltoolError
 from .features import select_pool
 from .heads import FittedHead
@@ -34,6 +34,18 @@ class RunModel:
         """The decode limit the run was trained with (``--max-pixels``); older runs did not record it."""
         return int(self.config.get("max_pixels") or DEFAULT_MAX_PIXELS)
 
+    _runner = None
+
+    def source(self) -> ModelSource:
+        """What the engine runs for this run (pixels in)."""
+        raise NotImplementedError
+
+    def runner(self) -> Runner:
+        """The network on its engine (``auto`` resolved for this run's network on this machine), made once."""
+        if self._runner is None:
+            self._runner = create_runner(self.source(), self.engine)
+        return self._runner
+
     def predict_views(self, batch) -> np.ndarray:
         raise NotImplementedError
 
@@ -44,7 +56,7 @@ class RunModel:
     def predict_paths(self, paths: Sequence[str], tta: str = "none", batch_size: int = 32) -> np.ndarray:
         check_choice("tta", tta)
         return predict_with_tta(self.predict_views, paths, self.image_size, self.resize, tta, batch_size,
-                                max_pixels=self.max_pixels)
+                                max_pixels=self.max_pixels, engine=self.runner().engine)
 
 
 class LinearRunModel(RunModel):
@@ -52,13 +64,12 @@ class LinearRunModel(RunModel):
         self.run_dir, self.config, self.engine = run_dir, config, engine
         self.classes, self.image_size, self.resize = config["classes"], config["image_size"], config["resize"]
         self.head = FittedHead.load(run_dir)
-        self._runner = None
+
+    def source(self) -> ModelSource:  # the same pooled features as extraction
+        return feature_source(self.config["backbone"], self.config["weights"], self.image_size)
 
     def predict_views(self, batch) -> np.ndarray:
-        if self._runner is None:  # the same pooled features as extraction, on the engine chosen for this backbone
-            source = feature_source(self.config["backbone"], self.config["weights"], self.image_size)
-            self._runner = create_runner(source, self.engine)
-        pooled = self._runner(np.asarray(batch, np.float32))
+        pooled = self.runner()(np.asarray(batch, np.float32))
         return self.head.predict_proba(select_pool(pooled["avg"], pooled["max"], self.config["pool"]))
 
     def as_keras(self):
@@ -87,7 +98,7 @@ class KerasRunModel(RunModel):
         self.path = run_dir / "model.keras"
         if not self.path.exists():
             raise TltoolError(f"{run_dir}: no model.keras; the run did not finish (resume it with --resume {run_dir}).")
-        self._model = self._runner = None
+        self._model = None
 
     @property
     def model(self):
@@ -99,11 +110,11 @@ class KerasRunModel(RunModel):
     def as_keras(self):
         return self.model
 
+    def source(self) -> ModelSource:
+        return keras_file_source(self.path, self.image_size, backbone=self.config.get("backbone"))
+
     def predict_views(self, batch) -> np.ndarray:
-        if self._runner is None:
-            source = keras_file_source(self.path, self.image_size, backbone=self.config.get("backbone"))
-            self._runner = create_runner(source, self.engine)
-        return self._runner(np.asarray(batch, np.float32))["probabilities"]
+        return self.runner()(np.asarray(batch, np.float32))["probabilities"]
 
 
 _LOADERS = {"linear": LinearRunModel, "finetune": KerasRunModel, "scratch": KerasRunModel}

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .batches import image_batches
 from .errors import BadImageError
 from .images import DEFAULT_MAX_PIXELS, load_image
 from .progress import Bar
@@ -20,29 +21,29 @@ TTA_CROP_RATIO = 0.875  # 224 crops from 256: the classic ImageNet evaluation ra
 VIEWS = {"none": 1, "flip": 2, "10crop": 10}
 
 
-def tta_views(images, mode: str, size: int):
+def tta_views(images, mode: str, size: int) -> np.ndarray:
     """Views of a batch for test-time augmentation: ``(B, H, W, 3) -> (B * V, size, size, 3)``, image-major.
 
     ``none``: the centre crop; ``flip``: it and its mirror; ``10crop``: the 4 corners and the centre, each with its
-    mirror. Images must be at least ``size`` on each side (decode at ``size / 0.875`` for 10crop).
+    mirror. Images must be at least ``size`` on each side (decode at ``size / 0.875`` for 10crop). NumPy slices:
+    no TensorFlow, whichever engine runs the network.
     """
-    from ._tf import tf
-
+    images = np.asarray(images)
     h, w = images.shape[1], images.shape[2]
     top, left = (h - size) // 2, (w - size) // 2
     centre = images[:, top:top + size, left:left + size]
     if mode == "none":
         views = [centre]
     elif mode == "flip":
-        views = [centre, tf.reverse(centre, axis=[2])]
+        views = [centre, centre[:, :, ::-1]]
     elif mode == "10crop":
         crops = [images[:, :size, :size], images[:, :size, w - size:], images[:, h - size:, :size],
                  images[:, h - size:, w - size:], centre]
-        views = crops + [tf.reverse(c, axis=[2]) for c in crops]
+        views = crops + [c[:, :, ::-1] for c in crops]
     else:
         raise ValueError(f"unknown TTA mode {mode!r}; choose one of {TTA_MODES}")
-    stacked = tf.stack(views, axis=1)  # (B, V, size, size, 3)
-    return tf.reshape(stacked, (-1, size, size, images.shape[-1]))
+    stacked = np.stack(views, axis=1)  # (B, V, size, size, 3)
+    return stacked.reshape(-1, size, size, images.shape[-1])
 
 
 def tta_decode_size(mode: str, size: int) -> int:
@@ -65,22 +66,29 @@ def predict_batch(predict_views, images, tta: str, image_size: int, batch_size: 
 
 def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
                      batch_size: int = 32, description: str = "predicting",
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                     max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "tf") -> np.ndarray:
     """Class probabilities for ``paths``, averaged over the TTA views.
 
     ``predict_views`` maps a batch of views ``(B * V, size, size, 3)`` in 0..255 to probabilities ``(B * V, C)``.
-    ``max_pixels``: the decode limit the run was trained with (``--max-pixels``).
+    ``max_pixels``: the decode limit the run was trained with (``--max-pixels``). ``engine``: the one running
+    ``predict_views``; TensorFlow's is fed by tf.data, any other by :mod:`tltool.batches` (no TensorFlow).
     """
-    from .pipeline import image_dataset  # imports TensorFlow
-
-    ds = image_dataset(list(paths), image_size=tta_decode_size(tta, image_size), resize=resize,
-                       batch_size=batch_size, max_pixels=max_pixels)
     out = []
     with Bar(len(paths), description) as bar:
-        for images in ds:
+        for images in _decoded_batches(list(paths), tta_decode_size(tta, image_size), resize, batch_size,
+                                       max_pixels, engine):
             out.append(predict_batch(predict_views, images, tta, image_size, batch_size))
             bar.update(len(images))
     return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def _decoded_batches(paths: list[str], size: int, resize: str, batch_size: int, max_pixels: int, engine: str):
+    if engine != "tf":
+        return image_batches(paths, image_size=size, resize=resize, batch_size=batch_size, max_pixels=max_pixels,
+                             on_bad="raise")
+    from .pipeline import image_dataset  # imports TensorFlow
+
+    return image_dataset(paths, image_size=size, resize=resize, batch_size=batch_size, max_pixels=max_pixels)
 
 
 @dataclass
