@@ -20,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLE
-from helpers import assert_same_features, free_ports
+from helpers import (assert_same_features, finish_tltool_reporting, free_ports, run_tltool_reporting,
+                     start_tltool_reporting)
 from tltool._tf import keras
 from tltool.arch import layers as _arch_layers  # noqa: F401  (registers tltool's layers)
 from tltool.backbones import layers as _layers  # noqa: F401
@@ -154,21 +155,26 @@ def test_two_workers_on_localhost_only_the_chief_writes(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     args = ["train", str(SAMPLE), "--arch", "lenet5", "--epochs", "2", "--batch-size", "8", "--val-fraction", "0.25",
             "--strategy", "multiworker"]
+    cache = {"TLTOOL_CACHE": str(tmp_path / "cache")}
+    run_tltool_reporting("data", "inspect", str(SAMPLE), "--out", str(tmp_path / "inspect"), **cache)  # the check
     procs = []
     for index in range(2):
         scratch = tmp_path / f"tmp{index}"
         scratch.mkdir()
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen([sys.executable, "-m", "tltool", *args, "--out", str(tmp_path / f"run{index}")],
-                                      env=_env(TF_CONFIG=tf_config, TMPDIR=str(scratch)), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        procs.append(start_tltool_reporting(*args, "--out", str(tmp_path / f"run{index}"), TF_CONFIG=tf_config,
+                                            TMPDIR=str(scratch), **cache))
     try:
-        outputs = [proc.communicate(timeout=240) for proc in procs]
+        states = [finish_tltool_reporting(proc, timeout=240) for proc in procs]
     finally:  # a worker left alone would wait for its peer forever
         for proc in procs:
             proc.kill()
-    for proc, (stdout, stderr) in zip(procs, outputs):
-        assert proc.returncode == 0, stderr[-3000:]
+    outputs = [(stdout, "") for _, stdout in states]
+    # each worker decodes only its share of the 120 train photos: its 8-photo slice of each 16-photo global batch,
+    # and half of the last, 8-photo one: 60 an epoch. Both evaluate all 40 val photos (decoded once, then cached).
+    # The check before reads the cache `data inspect` filled; the chief also predicts val for its report.
+    decodes = [state["decodes"] for state, _ in states]
+    assert decodes[1] == 2 * 60 + 40 and 2 * 60 + 40 <= decodes[0] <= 2 * 60 + 40 + 40 + 24, decodes
     assert "chief (worker 0) writes the run folder" in outputs[1][0]
     chief = tmp_path / "run0"
     assert not (tmp_path / "run1").exists() and not any((tmp_path / "tmp1").iterdir())  # the scratch folder is gone
@@ -180,7 +186,7 @@ def test_two_workers_on_localhost_only_the_chief_writes(tmp_path):
     assert record["global_batch_size"] == 16
     runner = load_run(chief)
     assert runner.predict_paths([str(next(SAMPLE.glob("star/*.jpg")))]).shape == (1, 4)
-    # the strategy's DATA auto-sharding gives each global batch the 16 images a single device sees
+    # each worker's slice of each global batch: together the 16 images a single device sees, same seeds
     single = train_from_scratch(ScratchConfig(data=str(SAMPLE), arch="lenet5", epochs=2, batch_size=16,
                                               val_fraction=0.25, strategy="none"), out=tmp_path / "single")
     assert _max_diff(_weights(chief / "model.keras"), single.model.get_weights()) < TOLERANCE

@@ -134,3 +134,17 @@ def test_thread_pool_batches_equal_the_tf_data_batches_with_bad_files_blanked_or
     with pytest.raises(BadImageError, match="half.jpg"), pytest.warns(UserWarning, match="half.jpg"):
         list(image_batches(paths, image_size=40, batch_size=4, on_bad="raise"))
     assert list(image_batches([], image_size=40)) == []
+
+
+def test_a_short_last_global_batch_is_split_evenly_so_every_worker_takes_the_same_steps():
+    """A collective step needs every worker: 11 elements, global batches of 4 (2 workers x 2): 2 full batches and a
+    tail of 3 dealt 1 and 2; a tail of 1 cannot reach both workers and is dropped."""
+    from tltool.pipeline import _keep_share, shard_layout
+    from tltool._tf import tf
+
+    assert shard_layout(11, 2, 2) == (2, 3) and shard_layout(9, 2, 2) == (2, 0) and shard_layout(8, 2, 2) == (2, 0)
+    shares = [list(_keep_share(tf.data.Dataset.range(11), (i, 2), 2).as_numpy_iterator()) for i in range(2)]
+    assert shares == [[0, 1, 4, 5, 8], [2, 3, 6, 7, 9, 10]]
+    batches = [int(_keep_share(tf.data.Dataset.range(n), (i, 2), 2).batch(2).cardinality()) for n in (11, 9)
+               for i in range(2)]
+    assert batches == [3, 3, 2, 2]

@@ -114,8 +114,9 @@ def stored_kind(stored: dict) -> str:
 
 @dataclass
 class FinetuneConfig(RunConfig):
-    """A fine-tuning run. The defaults were measured on the flowers photos (linear probe 0.89, this recipe 0.90):
-    a short head stage from the probe, then the last 2 blocks unfrozen at 1e-4 with one epoch of warm-up."""
+    """A fine-tuning run: a short head stage from the probe, then the last 2 blocks unfrozen at 1e-4 with one epoch
+    of warm-up. Chosen by benchmarks/defaults.py on 500 flower photos no run sees (at 288 px: 0.902, the probe
+    0.874, paired +0.028, p = 0.009); longer head-first schedules, more blocks and refits were not better there."""
 
     KIND: ClassVar[str] = "finetune"
 

@@ -220,12 +220,11 @@ def worker_scratch_dir(info: DistributeInfo) -> Iterator[Path]:
 
 
 def shard_options(info: DistributeInfo):
-    """``tf.data`` options for a dataset fed to the strategy: under multiworker the strategy shards it by element
-    (``AutoShardPolicy.DATA``: tltool's source is a list of paths decoded in Python, not a TF file reader, so
-    sharding by file is not available to the auto-sharder)."""
+    """``tf.data`` options for a worker's own share of the data (already sharded by tltool before decoding, see
+    :func:`tltool.pipeline._keep_share`): the strategy's auto-sharding is off. (Its ``DATA`` policy, used before,
+    had every worker decode every photo and keep its share.)"""
     from ._tf import tf
 
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA if info.workers > 1 else tf.data.experimental.AutoShardPolicy.AUTO)
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return options

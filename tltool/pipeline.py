@@ -116,9 +116,19 @@ def _with_seeds(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
     return tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)))
 
 
+def shard_layout(total: int, block: int, count: int) -> tuple[int, int]:
+    """``(full global batches, tail)`` of ``total`` elements dealt to ``count`` workers in blocks of ``block``.
+
+    The tail (a last, shorter global batch) is split evenly, so every worker takes the same number of steps, as
+    a collective all-reduce needs; a tail too short to give each worker one element is dropped (0)."""
+    full, tail = divmod(total, block * count)
+    return full, tail if tail >= count else 0
+
+
 def _keep_share(ds: tf.data.Dataset, shard: tuple[int, int] | None, block: int) -> tf.data.Dataset:
-    """This worker's elements: blocks of ``block`` consecutive elements dealt to the workers in turn (its length
-    stays known, as a training loop and ``tf.distribute`` expect).
+    """This worker's elements: of every global batch (``block`` x workers elements) its ``block`` consecutive
+    ones; of a last, shorter global batch its even part (see :func:`shard_layout`). Its length stays known, as a
+    training loop and ``tf.distribute`` expect.
 
     ``image_dataset`` applies it after the (seeded, identical on every worker) shuffle and before anything is
     decoded. With ``batch_size`` = ``block`` = the per-worker batch, worker I's k-th batch is the I-th slice of the
@@ -127,10 +137,16 @@ def _keep_share(ds: tf.data.Dataset, shard: tuple[int, int] | None, block: int) 
     if shard is None:
         return ds
     index, count = shard
-    total = int(ds.cardinality())
-    length = sum(min(block, total - start) for start in range(index * block, total, count * block))
-    mine = ds.enumerate().filter(lambda position, element: (position // block) % count == index)
-    return mine.map(lambda position, element: element).apply(tf.data.experimental.assert_cardinality(length))
+    full, tail = shard_layout(int(ds.cardinality()), block, count)
+    first, last = full * block * count + (index * tail) // count, full * block * count + ((index + 1) * tail) // count
+
+    def mine(position, element):
+        in_full = tf.logical_and(position < full * block * count, (position // block) % count == index)
+        return tf.logical_or(in_full, tf.logical_and(position >= first, position < last))
+
+    length = full * block + (last - first)
+    kept = ds.enumerate().filter(mine).map(lambda position, element: element)
+    return kept.apply(tf.data.experimental.assert_cardinality(length))
 
 
 def _decoded(ds: tf.data.Dataset, decode: Callable, parallel: int, on_bad: OnBad) -> tf.data.Dataset:

@@ -168,7 +168,7 @@ class KerasTrainingRun:
         strategy, info = resolve_strategy(self.config.strategy)  # first: multiworker starts before any TF operation
         data = self.prepare_data(resume)
         distribute = _distribute_record(self.config, info, resume)
-        pipelines = self.pipelines(data, info, distribute["global_batch_size"])
+        pipelines = self.pipelines(data, info, distribute["global_batch_size"], strategy)
         self.title = f"{data.dataset.name}: {self.plan.kind} {self.plan.name}"
         if not info.chief:  # checkpoints go to a scratch folder that is removed; the chief writes the run
             with worker_scratch_dir(info) as scratch:
@@ -200,28 +200,46 @@ class KerasTrainingRun:
             raise TltoolError(f"{dataset.name}: no validation images; raise --val-fraction or add images.")
         return RunData(dataset, train, val, label_indices(train, dataset.classes), label_indices(val, dataset.classes))
 
-    def pipelines(self, data: RunData, info, global_batch: int) -> Pipelines:
-        """The train pipeline of each epoch (augmented, shuffled, seeded by the epoch) and the cached val one."""
-        from .pipeline import image_dataset  # imports TensorFlow
+    def pipelines(self, data: RunData, info, global_batch: int, strategy=None) -> Pipelines:
+        """The train pipeline of each epoch (augmented, shuffled, seeded by the epoch) and the cached val one.
+
+        Under multiworker each worker decodes only its share of the training photos: its slice of every global
+        batch, in the order and with the augmentation seeds one machine would use (:func:`tltool.pipeline.
+        _keep_share`), handed to the strategy as it is (``distribute_datasets_from_function``, its own sharding
+        off).
+        """
+        from .pipeline import image_dataset, shard_layout  # imports TensorFlow
 
         config, size, n_classes = self.config, self.plan.image_size, len(data.classes)
         transform = build_augmentation(config.augment, size, config.seed)
         decode = load_size(size, config.augment)
-        options = shard_options(info) if info.workers > 1 else None
+        shard = (info.worker_index, info.workers) if info.workers > 1 else None
+        batch = global_batch // info.workers if shard else global_batch
 
-        def for_strategy(ds):
-            return ds.with_options(options) if options is not None else ds
+        def for_strategy(make):
+            if shard is None:
+                return make()
+            options = shard_options(info)
+            return strategy.distribute_datasets_from_function(
+                lambda context: make().with_options(options).rebatch(context.get_per_replica_batch_size(global_batch)))
 
         def train(epoch: int):
-            return for_strategy(image_dataset(
+            return for_strategy(lambda: image_dataset(
                 [r.path for r in data.train], data.y_train, image_size=decode, output_size=size, resize=config.resize,
-                batch_size=global_batch, transform=transform, num_classes=n_classes, shuffle=True,
-                seed=config.seed * 1000 + epoch, max_pixels=config.max_pixels))
+                batch_size=batch, transform=transform, num_classes=n_classes, shuffle=True,
+                seed=config.seed * 1000 + epoch, max_pixels=config.max_pixels, shard=shard, shard_block=batch))
 
-        val = for_strategy(image_dataset([r.path for r in data.val], data.y_val, image_size=size, resize=config.resize,
-                                         batch_size=global_batch, num_classes=n_classes, cache=True,
-                                         max_pixels=config.max_pixels))
-        return Pipelines(train, val, int(np.ceil(len(data.train) / global_batch)),
+        # every worker evaluates all of val (decoded once, cached): the step's all-reduced sums count each image
+        # once per worker, in the loss and in the count alike, so the means are one machine's
+        val = for_strategy(lambda: image_dataset(
+            [r.path for r in data.val], data.y_val, image_size=size, resize=config.resize, batch_size=batch,
+            num_classes=n_classes, cache=True, max_pixels=config.max_pixels))
+        if shard:
+            full, tail = shard_layout(len(data.train), batch, info.workers)
+            steps = full + (tail > 0)
+        else:
+            steps = int(np.ceil(len(data.train) / global_batch))
+        return Pipelines(train, val, steps,
                          balanced_class_weight(data.y_train, n_classes) if config.class_weight == "balanced" else None)
 
     def fit(self, target: Path, data: RunData, pipelines: Pipelines, distribute: dict, strategy, info,

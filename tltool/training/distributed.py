@@ -68,10 +68,17 @@ class DistributedEpoch:
 
         self.train_step, self.eval_step = reduced(train_replica), reduced(eval_replica)
 
+    def _distributed(self, ds):
+        """A dataset batched by the global batch, split by the strategy; a distributed dataset (each worker's own
+        share, see :meth:`tltool.supervised.KerasTrainingRun.pipelines`) as it is."""
+        from .._tf import tf
+
+        return self.strategy.experimental_distribute_dataset(ds) if isinstance(ds, tf.data.Dataset) else ds
+
     def run(self, train, val, bar: Bar, lr: float) -> dict:
-        """Train one epoch on ``train`` and evaluate on ``val`` (batched by the global batch); Keras-style logs."""
+        """Train one epoch on ``train`` and evaluate on ``val``; Keras-style logs."""
         totals = np.zeros(3)
-        for batch, data in enumerate(self.strategy.experimental_distribute_dataset(train)):
+        for batch, data in enumerate(self._distributed(train)):
             step = np.array([float(v) for v in self.train_step(data)])
             check_finite(step[0] / max(step[2], 1.0), batch, lr)
             totals += step
@@ -79,7 +86,7 @@ class DistributedEpoch:
         logs = {"loss": totals[0] / max(totals[2], 1.0), "accuracy": totals[1] / max(totals[2], 1.0)}
         if val is not None:
             totals = np.zeros(3)
-            for data in self.strategy.experimental_distribute_dataset(val):
+            for data in self._distributed(val):
                 totals += np.array([float(v) for v in self.eval_step(data)])
             logs.update(val_loss=totals[0] / max(totals[2], 1.0), val_accuracy=totals[1] / max(totals[2], 1.0))
         return {k: [v] for k, v in logs.items()}
