@@ -1,4 +1,5 @@
-"""Decoded batches without TensorFlow, for an engine that runs outside it (LiteRT).
+"""Decoded batches without TensorFlow, for an engine that runs outside it (LiteRT); :func:`batches_for` picks the
+feed of an engine (tf.data for TensorFlow).
 
 The same decode as the tf.data pipeline (:func:`tltool.images.decode_or_blank`: the same pixels, the same bad-file
 handling), scheduled by a small thread pool instead of tf.data: Pillow and OpenCV release the GIL, so the next
@@ -45,3 +46,17 @@ def image_batches(paths: Sequence[str], *, image_size: int, resize: ResizePolicy
         for start in starts:
             current, pending = pending, submit(start + batch_size) if start + batch_size < len(paths) else []
             yield np.stack([f.result()[0] for f in current]).astype(np.float32)
+
+
+def batches_for(engine: str, paths: Sequence[str], *, image_size: int, resize: ResizePolicy = "crop",
+                batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, on_bad: str = "raise",
+                log: DecodeLog | None = None):
+    """The decoded batches that feed ``engine``: the tf.data pipeline for TensorFlow (``tf.Tensor`` batches), this
+    module's thread pool for any other engine (NumPy batches; TensorFlow is not imported)."""
+    if engine != "tf":
+        return image_batches(paths, image_size=image_size, resize=resize, batch_size=batch_size,
+                             max_pixels=max_pixels, on_bad=on_bad, log=log)
+    from .pipeline import image_dataset  # imports TensorFlow
+
+    return image_dataset(list(paths), image_size=image_size, resize=resize, batch_size=batch_size,
+                         max_pixels=max_pixels, on_bad=on_bad, log=log)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__, filecache
 from .backbones import get_backbone_spec, weights_digest
-from .batches import image_batches
+from .batches import batches_for
 from .configs import ExtractConfig, InputConfig
 from .dataset import Dataset, Record, label_indices
 from .distribute import extraction_shard, inference_strategy
@@ -310,18 +310,6 @@ def _engine_step(inputs: InputConfig, weights: str, engine: str):
     return step, runner.engine
 
 
-def _feed(paths: list[str], inputs: InputConfig, batch_size: int, log: DecodeLog, engine: str):
-    """The batches for ``engine``: tf.data's pipeline for TensorFlow, the same decode in a thread pool for an engine
-    outside TensorFlow (see :mod:`tltool.batches`: tf.data's threads halved LiteRT's rate on 2 cores)."""
-    if engine != "tf":
-        return image_batches(paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
-                             max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
-    from .pipeline import image_dataset  # imports TensorFlow
-
-    return image_dataset(paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
-                         max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
-
-
 def _numpy_outputs(step):
     return lambda images: tuple(t.numpy() for t in step(images))
 
@@ -345,11 +333,14 @@ def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str,
     paths = [records[j].path for j in todo]
     if strategy is None:
         step, engine = _engine_step(inputs, weights, engine)
-        ds = _feed(paths, inputs, batch_size, log, engine)
+        ds = batches_for(engine, paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
+                         max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
     else:  # a tf.distribute strategy runs on TensorFlow
         with strategy.scope():
             _model, graph = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
-        ds = strategy.experimental_distribute_dataset(_feed(paths, inputs, batch_size, log, "tf"))
+        ds = strategy.experimental_distribute_dataset(batches_for(
+            "tf", paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
+            max_pixels=inputs.max_pixels, on_bad="zeros", log=log))
         step = _numpy_outputs(_distributed_step(graph, strategy))
     writer = _ChunkWriter(chunks, pending, [r.path for r in records], log)
     t0 = first = None

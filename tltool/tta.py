@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .batches import image_batches
+from .batches import batches_for
 from .errors import BadImageError
 from .images import DEFAULT_MAX_PIXELS, load_image
 from .progress import Bar
@@ -75,20 +75,11 @@ def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resiz
     """
     out = []
     with Bar(len(paths), description) as bar:
-        for images in _decoded_batches(list(paths), tta_decode_size(tta, image_size), resize, batch_size,
-                                       max_pixels, engine):
+        for images in batches_for(engine, paths, image_size=tta_decode_size(tta, image_size), resize=resize,
+                                  batch_size=batch_size, max_pixels=max_pixels):
             out.append(predict_batch(predict_views, images, tta, image_size, batch_size))
             bar.update(len(images))
     return np.concatenate(out) if out else np.zeros((0, 0))
-
-
-def _decoded_batches(paths: list[str], size: int, resize: str, batch_size: int, max_pixels: int, engine: str):
-    if engine != "tf":
-        return image_batches(paths, image_size=size, resize=resize, batch_size=batch_size, max_pixels=max_pixels,
-                             on_bad="raise")
-    from .pipeline import image_dataset  # imports TensorFlow
-
-    return image_dataset(paths, image_size=size, resize=resize, batch_size=batch_size, max_pixels=max_pixels)
 
 
 @dataclass
