@@ -95,6 +95,7 @@ TRAININGS: dict[str, Training] = {
     "finetune-default": Training("finetune", ("--image-size", "224")),
     **{f"finetune-{s}": Training("finetune", ("--image-size", s)) for s in ("288", "320")},
     "finetune-288-u3": Training("finetune", ("--image-size", "288", "--unfreeze", "3")),
+    "finetune-288-mixup": Training("finetune", ("--image-size", "288", "--mixup", "0.2")),
     "finetune-H256": Training("finetune", head_first(image_size="256")),
     "finetune-H288": Training("finetune", head_first(image_size="288")),
     "finetune-H320": Training("finetune", head_first(image_size="320")),
@@ -119,7 +120,7 @@ def _candidates() -> list[Candidate]:
             Candidate("probe-256-refit-flip", "probe-256-refit", "flip", datasets=("flowers",))]
     out += [Candidate(f"probe-{s}-cv", f"cv-{s}", scored_by="cv", note="5-fold CV over train+val, 2 repeats")
             for s in ("default", "256", "288", "320")]
-    for name in ("finetune-288", "finetune-288-u3", "finetune-320", "finetune-H256", "finetune-H288", "finetune-H320", "finetune-H288-u4", "finetune-H288-e20"):
+    for name in ("finetune-288", "finetune-288-u3", "finetune-288-mixup", "finetune-320", "finetune-H256", "finetune-H288", "finetune-H320", "finetune-H288-u4", "finetune-H288-e20"):
         out += [Candidate(name, name), Candidate(f"{name}-flip", name, "flip")]
     out += [Candidate("finetune-H288-refit", "finetune-H288-refit", note="trained on train+val (350 photos)",
                       datasets=("flowers",)),

@@ -148,3 +148,27 @@ def test_a_short_last_global_batch_is_split_evenly_so_every_worker_takes_the_sam
     batches = [int(_keep_share(tf.data.Dataset.range(n), (i, 2), 2).batch(2).cardinality()) for n in (11, 9)
                for i in range(2)]
     assert batches == [3, 3, 2, 2]
+
+
+def test_mixup_blends_each_batch_with_itself_reversed_repeatably(tmp_path):
+    import pytest
+
+    from helpers import noise_image
+
+    paths = [str(noise_image(tmp_path / f"g{i}.jpg", seed=i)) for i in range(6)]
+
+    def batches(**kw):
+        return [(x.numpy(), y.numpy()) for x, y in image_dataset(paths, [0, 1, 2, 0, 1, 2], image_size=16,
+                                                                  batch_size=3, num_classes=3, seed=5, **kw)]
+
+    plain, mixed = batches(), batches(mixup=0.4)
+    for (x, y), (mx, my) in zip(plain, mixed):
+        w = float(my[0][np.argmax(y[0])]) if np.argmax(y[0]) != np.argmax(y[-1]) else None
+        np.testing.assert_allclose(my.sum(axis=1), 1.0, atol=1e-6)  # still a distribution over the classes
+        assert not np.allclose(mx, x)  # blended
+        if w is not None:  # the first label's weight is the blend's weight: the pixels follow it
+            np.testing.assert_allclose(mx[0], w * x[0] + (1 - w) * x[-1], atol=1e-3)
+    again = batches(mixup=0.4)
+    np.testing.assert_array_equal(again[0][0], mixed[0][0])  # seeded: the same run gives the same batches
+    with pytest.raises(ValueError, match="one-hot"):
+        image_dataset(paths, [0, 1, 2, 0, 1, 2], image_size=16, mixup=0.4)

@@ -90,6 +90,12 @@ def test_configs_validate_against_the_table():
     settings.check_choice("augment", "my-pipeline.yaml")  # a file: checked when it is read
     LinearConfig().validate()
     ExtractConfig().validate()
+    for bad in (-1.0, float("nan"), 11.0):
+        with pytest.raises(TltoolError, match="--mixup must be 0 .off. or a Beta parameter"):
+            FinetuneConfig(mixup=bad).validate()
+    FinetuneConfig(mixup=0.2).validate()
+    with pytest.raises(TltoolError, match="--tta must be one of"):
+        FinetuneConfig(tta="flop").validate()
 
 
 def test_split_settings_sends_shared_fields_to_both():

@@ -81,6 +81,12 @@ class RunConfig(TrainOptions, DataOptions):
     strategy: str = "auto"
     scale_lr: bool = False
     tta: str = "none"
+    mixup: float = 0.0  # Beta(a, a) of mixup in the training batches; 0: off
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.mixup <= 10 or not math.isfinite(self.mixup):
+            raise TltoolError(f"--mixup must be 0 (off) or a Beta parameter in (0, 10], got {self.mixup}.")
 
     def train_options(self) -> TrainOptions:
         return TrainOptions(**{f.name: getattr(self, f.name) for f in fields(TrainOptions)})

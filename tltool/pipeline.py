@@ -58,6 +58,7 @@ def image_dataset(
     log: DecodeLog | None = None,
     shard: tuple[int, int] | None = None,
     shard_block: int = 1,
+    mixup: float = 0.0,
 ) -> tf.data.Dataset:
     """Batches of ``(images, labels)`` (or images alone when ``labels`` is None).
 
@@ -73,6 +74,9 @@ def image_dataset(
     counts as an epoch, so the training loop must be ready for it before it uses ``skip``).
 
     ``shard=(I, N)``: this worker decodes only its share of the files (see :func:`_keep_share`).
+
+    ``mixup`` (needs one-hot labels, ``num_classes``): each batch is blended with itself reversed, images and
+    labels alike, by a weight drawn from Beta(mixup, mixup) per batch, seeded by ``seed`` (Zhang et al. 2018).
     """
     output_size = output_size or image_size
     parallel = map_parallelism()
@@ -94,8 +98,28 @@ def image_dataset(
         ds = ds.map(_augment_fn(transform, output_size), num_parallel_calls=parallel, deterministic=True)
     ds = ds.repeat() if repeat else ds
     ds = ds.map(_model_inputs_fn(labels is not None, num_classes), num_parallel_calls=parallel, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(2)
-    return ds.with_options(pipeline_options())
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if mixup > 0:
+        if labels is None or not num_classes:
+            raise ValueError("mixup needs labels as one-hot vectors (num_classes)")
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)))
+        ds = ds.map(_mixup_fn(mixup), num_parallel_calls=parallel, deterministic=True)
+    return ds.prefetch(2).with_options(pipeline_options())
+
+
+def _mixup_fn(alpha: float) -> Callable:
+    """``((images, one-hot labels), seed) -> the batch blended with itself reversed``, weight ~ Beta(alpha, alpha)."""
+
+    def mix(batch, seed):
+        images, labels = batch
+        seeds = tf.stack([seed, seed + 1])
+        a = tf.random.stateless_gamma([], seed=tf.stack([seeds[0], tf.constant(0, tf.int64)]), alpha=alpha)
+        b = tf.random.stateless_gamma([], seed=tf.stack([seeds[1], tf.constant(1, tf.int64)]), alpha=alpha)
+        weight = a / (a + b)
+        return (weight * images + (1 - weight) * tf.reverse(images, [0]),
+                weight * labels + (1 - weight) * tf.reverse(labels, [0]))
+
+    return mix
 
 
 def _model_inputs_fn(labelled: bool, num_classes: int | None) -> Callable:

@@ -185,6 +185,7 @@ class KerasTrainingRun:
         config = self.config
         if config.tta not in TTA_MODES:
             raise TltoolError(f"--tta must be one of {TTA_MODES}.")
+        config.validate()
         for stage in self.plan.stages:
             stage.options.validate()
         set_precision(config.mixed_precision)
@@ -227,7 +228,8 @@ class KerasTrainingRun:
             return for_strategy(lambda: image_dataset(
                 [r.path for r in data.train], data.y_train, image_size=decode, output_size=size, resize=config.resize,
                 batch_size=batch, transform=transform, num_classes=n_classes, shuffle=True,
-                seed=config.seed * 1000 + epoch, max_pixels=config.max_pixels, shard=shard, shard_block=batch))
+                seed=config.seed * 1000 + epoch, max_pixels=config.max_pixels, shard=shard, shard_block=batch,
+                mixup=config.mixup))
 
         # every worker evaluates all of val (decoded once, cached): the step's all-reduced sums count each image
         # once per worker, in the loss and in the count alike, so the means are one machine's

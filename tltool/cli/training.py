@@ -42,6 +42,8 @@ def training_options(config: type[RunConfig]):
         click.option("--class-weight", type=choice("class_weight"), default=config.class_weight,
                      show_default=True),
         click.option("--augment", default=config.augment, show_default=True, help=AUGMENT_HELP),
+        click.option("--mixup", type=float, default=config.mixup, show_default=True,
+                     help="Blend each training batch with itself reversed, weight ~ Beta(A, A); 0: off."),
         click.option("--mixed-precision", is_flag=True, default=config.mixed_precision,
                      help="float16 compute on a GPU (refused on CPU)."),
         strategy_option,
