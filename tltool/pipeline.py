@@ -73,10 +73,7 @@ def image_dataset(
     dataset's length becomes unknown, which changes how ``tf.distribute`` splits the last batch and what a schedule
     counts as an epoch, so the training loop must be ready for it before it uses ``skip``).
 
-    ``shard=(I, N)``: this worker decodes only its share of the files (see :func:`_keep_share`).
-
-    ``mixup`` (needs one-hot labels, ``num_classes``): each batch is blended with itself reversed, images and
-    labels alike, by a weight drawn from Beta(mixup, mixup) per batch, seeded by ``seed`` (Zhang et al. 2018).
+    ``shard=(I, N)``: this worker decodes only its files (:func:`_keep_share`); ``mixup``: :func:`_with_mixup`.
     """
     output_size = output_size or image_size
     parallel = map_parallelism()
@@ -99,16 +96,16 @@ def image_dataset(
     ds = ds.repeat() if repeat else ds
     ds = ds.map(_model_inputs_fn(labels is not None, num_classes), num_parallel_calls=parallel, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if mixup > 0:
-        if labels is None or not num_classes:
-            raise ValueError("mixup needs labels as one-hot vectors (num_classes)")
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)))
-        ds = ds.map(_mixup_fn(mixup), num_parallel_calls=parallel, deterministic=True)
+    ds = _with_mixup(ds, mixup, seed, parallel, one_hot=labels is not None and bool(num_classes)) if mixup else ds
     return ds.prefetch(2).with_options(pipeline_options())
 
 
-def _mixup_fn(alpha: float) -> Callable:
-    """``((images, one-hot labels), seed) -> the batch blended with itself reversed``, weight ~ Beta(alpha, alpha)."""
+def _with_mixup(ds: tf.data.Dataset, alpha: float, seed: int, parallel: int, one_hot: bool) -> tf.data.Dataset:
+    """Each ``(images, one-hot labels)`` batch blended with itself reversed, images and labels alike, by a weight
+    drawn from Beta(alpha, alpha) per batch, seeded (mixup, Zhang et al. 2018)."""
+    if not one_hot:
+        raise ValueError("mixup needs labels as one-hot vectors (num_classes)")
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)))
 
     def mix(batch, seed):
         images, labels = batch
@@ -119,7 +116,7 @@ def _mixup_fn(alpha: float) -> Callable:
         return (weight * images + (1 - weight) * tf.reverse(images, [0]),
                 weight * labels + (1 - weight) * tf.reverse(labels, [0]))
 
-    return mix
+    return ds.map(mix, num_parallel_calls=parallel, deterministic=True)
 
 
 def _model_inputs_fn(labelled: bool, num_classes: int | None) -> Callable:
