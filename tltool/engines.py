@@ -18,7 +18,6 @@ The engine is not part of the feature cache key: both engines give the same feat
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from .backbones import create_backbone, get_backbone_spec, weights_digest
 from .distribute import gpu_visible
 from .errors import TltoolError, did_you_mean
 from .settings import CHOICES
-from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_text, write_json
+from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_json, write_json
 
 ENGINE_CHOICES = CHOICES["engine"]
 # Backbones whose engine is known without measuring: on a quiet 2-core machine LiteRT ran VGG16 at 0.68x TF's
@@ -63,7 +62,7 @@ class ModelSource:
 
     @property
     def digest(self) -> str:
-        return sha256_text(json.dumps(self.key, sort_keys=True, default=str))[:24]
+        return sha256_json(self.key)[:24]
 
 
 def feature_source(backbone: str, weights: str = "imagenet", image_size: int = 224) -> ModelSource:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .utils import cache_dir, json_ready, sha256_text, write_json
+from .utils import cache_dir, json_ready, sha256_json, write_json
 
 CACHE_FORMAT = 1
 
@@ -53,7 +53,7 @@ def remembered(kind: str, key: dict, compute: Callable[[], Any]) -> Any:
     For results that follow from their inputs alone (a cross-validation or learning curve on given features and
     settings): ``key`` must hold every input, by content. A cache that cannot be read or written costs speed only.
     """
-    digest = sha256_text(json.dumps({"kind": kind, **key}, sort_keys=True, default=str))
+    digest = sha256_json({"kind": kind, **key})
     target = cache_dir() / "results" / f"v{CACHE_FORMAT}" / kind / digest[:2] / f"{digest}.json"
     try:
         return json.loads(target.read_text(encoding="utf-8"))["value"]

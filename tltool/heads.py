@@ -6,7 +6,6 @@ training set for k-NN), not a pickle, so it loads across scikit-learn versions a
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TltoolError, did_you_mean
-from .utils import atomic_path, cache_dir, read_json, sha256_array, sha256_text, write_json
+from .utils import atomic_path, cache_dir, read_json, sha256_array, sha256_json, write_json
 
 SEARCH_CACHE_FORMAT = 1
 
@@ -260,7 +259,7 @@ def _search_key(spec: HeadSpec, X, y, classes, standardize, class_weight, seed, 
            "y": sha256_array(np.asarray(y)), "classes": list(classes), "standardize": bool(standardize),
            "class_weight": class_weight, "seed": seed, "max_folds": max_folds,
            "scikit-learn": version("scikit-learn")}
-    return sha256_text(json.dumps(key, sort_keys=True, default=str))
+    return sha256_json(key)
 
 
 def _search_dir(key: str) -> Path:

@@ -5,13 +5,12 @@ A leaf module: reports, training curves, visualisations and the augmentation pre
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-from .utils import atomic_path, cache_dir, sha256_text
+from .utils import atomic_path, cache_dir, sha256_json
 
 FIGURE_CACHE_FORMAT = 1
 
@@ -36,8 +35,7 @@ def save_figure(fig, target: Path) -> None:
 
 def figure_cache_path(key: dict) -> Path:
     """Where the PNG drawn from ``key`` (everything the picture shows) is kept, with matplotlib's version."""
-    digest = sha256_text(json.dumps({**key, "matplotlib": version("matplotlib"), "format": FIGURE_CACHE_FORMAT},
-                                    sort_keys=True, default=str))
+    digest = sha256_json({**key, "matplotlib": version("matplotlib"), "format": FIGURE_CACHE_FORMAT})
     return cache_dir() / "figures" / f"v{FIGURE_CACHE_FORMAT}" / digest[:2] / f"{digest}.png"
 
 

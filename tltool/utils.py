@@ -119,6 +119,11 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def sha256_json(data: Any) -> str:
+    """The digest of a JSON-able key (keys sorted; what JSON cannot write is written as ``str``)."""
+    return sha256_text(json.dumps(data, sort_keys=True, default=str))
+
+
 def sha256_array(a) -> str:
     """The content of a numpy array with its dtype and shape (the same numbers in another shape differ)."""
     import numpy as np
