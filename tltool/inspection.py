@@ -119,7 +119,7 @@ class CheckedDataset:
 
 def _check_one(record: Record, max_pixels: int, decode: bool) -> FileCheck:
     """Hash the file's bytes; what its content is (header, or full decode with ``decode``) comes from the content
-    cache when this content was seen before, else from reading it (and is cached)."""
+    cache when a full decode of this content was cached before, else from reading it."""
     result = FileCheck(record)
     try:
         result.sha256 = sha256_file(record.path)
@@ -129,7 +129,9 @@ def _check_one(record: Record, max_pixels: int, decode: bool) -> FileCheck:
     entry = filecache.lookup(result.sha256)
     if entry is None or (decode and entry.get("stage") != filecache.DECODE):
         entry = _examine(record.path, max_pixels, decode)
-        if entry.get("reason") != BOMB:  # a bomb depends on --max-pixels; its header is checked again, cheaply
+        # a header is read as fast as a cache entry (0.035 vs 0.037 ms) and storing one cost 0.24 ms, most of the
+        # check: only what a full decode found is worth keeping. A bomb depends on --max-pixels: never stored.
+        if decode and entry.get("reason") != BOMB:
             filecache.store(result.sha256, entry)
     _apply_entry(result, entry, max_pixels)
     return result
@@ -159,7 +161,7 @@ def _apply_entry(result: FileCheck, entry: dict, max_pixels: int) -> None:
         result.detail = f"{result.width}x{result.height} = {pixels:,} pixels > --max-pixels {max_pixels:,}"
 
 
-def check_dataset(dataset: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 4,
+def check_dataset(dataset: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
                   emit_warnings: bool = True, decode: bool = True) -> CheckedDataset:
     """Hash every file and check it (in threads; Pillow releases the GIL), then drop the bad ones with a warning.
 
@@ -168,6 +170,9 @@ def check_dataset(dataset: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, worker
     to be is cached (:mod:`tltool.filecache`), and files an earlier decode found bad are dropped here.
     """
     files: list[FileCheck] = [None] * len(dataset.records)  # type: ignore[list-item]
+    # a header read is Python-bound, and threads fighting for the GIL only slow it (850 photos on 2 cores: 0.26 s in
+    # one thread, 0.32 s in 2, 0.41-0.52 s in 4); a full decode releases the GIL and gains from threads
+    workers = workers or (4 if decode else 1)
     with ThreadPoolExecutor(max_workers=workers) as pool, Bar(len(files), f"checking {dataset.name}") as bar:
         futures = {pool.submit(_check_one, r, max_pixels, decode): i for i, r in enumerate(dataset.records)}
         for future, i in futures.items():
