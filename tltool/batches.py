@@ -27,7 +27,8 @@ def decode_threads(cpu_count: int | None = None) -> int:
 def image_batches(paths: Sequence[str], *, image_size: int, resize: ResizePolicy = "crop", batch_size: int = 32,
                   max_pixels: int = DEFAULT_MAX_PIXELS, on_bad: str = "zeros", log: DecodeLog | None = None,
                   threads: int | None = None) -> Iterator[np.ndarray]:
-    """float32 batches ``(B, image_size, image_size, 3)`` in 0..255, in the order of ``paths``.
+    """uint8 batches ``(B, image_size, image_size, 3)``, in the order of ``paths``. A runner makes them float32 a
+    few images at a time, while they are in the CPU's cache (a float32 copy of the whole batch cost 4 % of the rate).
 
     ``on_bad``: ``zeros`` keeps a black image in place of a file the decode cannot read (named in ``log``; the
     caller drops its row), ``raise`` stops with its :class:`~tltool.errors.BadImageError`.
@@ -45,7 +46,7 @@ def image_batches(paths: Sequence[str], *, image_size: int, resize: ResizePolicy
         pending = submit(0) if len(paths) else []
         for start in starts:
             current, pending = pending, submit(start + batch_size) if start + batch_size < len(paths) else []
-            yield np.stack([f.result()[0] for f in current]).astype(np.float32)
+            yield np.stack([f.result()[0] for f in current])
 
 
 def batches_for(engine: str, paths: Sequence[str], *, image_size: int, resize: ResizePolicy = "crop",

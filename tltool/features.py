@@ -304,7 +304,7 @@ def _engine_step(inputs: InputConfig, weights: str, engine: str):
     runner = create_runner(feature_source(inputs.backbone, weights, inputs.image_size), engine)
 
     def step(images):
-        out = runner(images.numpy() if hasattr(images, "numpy") else np.asarray(images, np.float32))
+        out = runner(images.numpy() if hasattr(images, "numpy") else images)  # a runner makes its own float32
         return out["avg"], out["max"]
 
     return step, runner.engine
