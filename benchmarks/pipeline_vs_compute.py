@@ -67,21 +67,27 @@ def extract_seconds(data: Path, cache: Path, engine: str, batch: int) -> float:
 
 
 def compute_rates(size: int, batch: int, images: int) -> dict[str, float]:
-    """Pure compute images/s of the default backbone's feature network, TF and LiteRT, on one in-memory batch."""
+    """Pure compute images/s of the default backbone's feature network on in-memory batches of random pixels.
+
+    TF at the command's batch and at batch 8 (TF's best on this machine: 110 vs 104 images/s at 288 px), the better
+    of the two being the reference; LiteRT as tltool runs it (its runner cuts a batch into single images).
+    """
     import numpy as np
 
     from tltool.engines import create_runner, feature_source
 
     source = feature_source("efficientnet_lite0", "imagenet", size)
-    x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
     rates = {}
-    for engine in ("tf", "litert"):
+    for engine, sizes in (("tf", sorted({8, batch})), ("litert", [batch])):
         runner = create_runner(source, engine)
-        runner(x)  # warm-up: graph tracing, LiteRT allocation
-        start = time.perf_counter()
-        for _ in range(images // batch):
-            runner(x)
-        rates[engine] = (images // batch) * batch / (time.perf_counter() - start)
+        for n in sizes:
+            x = np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+            runner(x)  # warm-up: graph tracing, LiteRT allocation
+            start = time.perf_counter()
+            for _ in range(images // n):
+                runner(x)
+            rates[f"{engine}_batch{n}"] = (images // n) * n / (time.perf_counter() - start)
+        rates[engine] = max(rates[f"{engine}_batch{n}"] for n in sizes)
     return rates
 
 
@@ -92,6 +98,7 @@ def one_run(small: Path, large: Path, n_small: int, n_large: int, cache: Path, a
     compute = compute_rates(args.image_size, args.batch_size, n_large - n_small)
     return {"extract_seconds": [round(t_small, 2), round(t_large, 2)], "extract_marginal": round(marginal, 1),
             "tf_compute": round(compute["tf"], 1), "litert_compute": round(compute["litert"], 1),
+            "compute_by_batch": {k: round(v, 1) for k, v in compute.items() if "_batch" in k},
             "ratio_vs_tf": round(marginal / compute["tf"], 3), "ratio_vs_litert": round(marginal / compute["litert"], 3)}
 
 
