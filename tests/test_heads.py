@@ -38,6 +38,24 @@ def test_logreg_probabilities_equal_sklearn():
     np.testing.assert_allclose(head.predict_proba(Xte), gs.best_estimator_.predict_proba(Xte), atol=1e-8)
 
 
+def test_an_almost_constant_feature_is_not_blown_up_into_the_folded_dense_kernel():
+    """A unit that hardly fires would be scaled by 1e5 and dominate the Dense kernel an export quantizes."""
+    from tltool.heads import SCALE_FLOOR
+
+    Xtr, ytr, Xte, _ = _data()
+    Xtr, Xte = Xtr.copy(), Xte.copy()
+    Xtr[:, 0] = 1e-6 * np.random.default_rng(0).standard_normal(len(Xtr))
+    Xte[:, 0] = 0.0
+    gs = search(get_head_spec("logreg"), Xtr, ytr)
+    head = FittedHead.from_pipeline("logreg", gs.best_estimator_, list("abc"), {}, Xtr, ytr)
+    typical = np.median(Xtr.std(axis=0))
+    assert head.scale[0] == pytest.approx(SCALE_FLOOR * np.median(head.scale))
+    assert head.scale[1:] == pytest.approx(Xtr[:, 1:].std(axis=0))  # every other feature standardised as usual
+    kernel, _ = head.dense_weights()
+    assert np.abs(kernel).max() < 1e3 * np.median(np.abs(kernel)) and typical > 0.1
+    np.testing.assert_allclose(head.predict_proba(Xte), gs.best_estimator_.predict_proba(Xte), atol=1e-8)
+
+
 def test_binary_head_gives_sigmoid_probabilities():
     Xtr, ytr, Xte, _ = _data(classes=2)
     gs = search(get_head_spec("logreg"), Xtr, ytr)

@@ -6,6 +6,7 @@ training set for k-NN), not a pickle, so it loads across scikit-learn versions a
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
@@ -19,7 +20,7 @@ import numpy as np
 from .errors import TltoolError, did_you_mean
 from .utils import atomic_path, cache_dir, read_json, sha256_array, sha256_json, write_json
 
-SEARCH_CACHE_FORMAT = 1
+SEARCH_CACHE_FORMAT = 2  # 2: scales floored (floored_scaler)
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,34 @@ def get_head_spec(name: str) -> HeadSpec:
 
 def make_pipeline(spec: HeadSpec, standardize: bool, class_weight, seed: int):
     from sklearn.pipeline import Pipeline
+
+    steps = [("scale", floored_scaler()() if standardize else "passthrough"), ("clf", spec.make(class_weight, seed))]
+    return Pipeline(steps)
+
+
+SCALE_FLOOR = 0.01  # of the median feature's standard deviation
+
+
+@functools.cache
+def floored_scaler() -> type:
+    """scikit-learn's StandardScaler, with every feature's scale at least :data:`SCALE_FLOOR` of the median one's.
+
+    A feature that hardly varies on the training photos (a unit that almost never fires: 50 of 1280 on the 64 px
+    demo) would be multiplied by up to 1e5. Harmless in float, but an exported model folds the scaling into its
+    Dense kernel, which then has a few weights 1e5 times the others, and int8 (or dynamic-range) quantization
+    keeps only those: the demo's exports fell to chance. On real photos no feature is near the floor (flowers and
+    pets at 288 px: the smallest is 8 % of the median), so their heads are the same.
+    """
     from sklearn.preprocessing import StandardScaler
 
-    steps = [("scale", StandardScaler() if standardize else "passthrough"), ("clf", spec.make(class_weight, seed))]
-    return Pipeline(steps)
+    class FlooredScaler(StandardScaler):
+        def fit(self, X, y=None, sample_weight=None):
+            super().fit(X, y, sample_weight)
+            if self.scale_ is not None:
+                self.scale_ = np.maximum(self.scale_, SCALE_FLOOR * np.median(self.scale_))
+            return self
+
+    return FlooredScaler
 
 
 def cv_folds(y: np.ndarray, max_folds: int = 5) -> int:
