@@ -70,6 +70,8 @@ def test_litert_lanes_keep_every_image_in_its_row_whatever_the_batch_and_pixel_t
         for name in ("avg", "max"):
             np.testing.assert_allclose(out[name], tf_out[name][start:stop], atol=1e-4)
     assert len(set(map(tuple, tf_out["avg"].round(3)))) == len(x)  # distinct rows: a swap would be seen
+    # one lane per core while the copies of the model fit in LANE_MEMORY
+    assert [engines.lane_count(b, 16) for b in (14 << 20, 94 << 20, 2 << 30)] == [16, 10, 1]
 
 
 def test_lite0_features_equal_tf_within_1e_4_on_real_weights():

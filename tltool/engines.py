@@ -2,13 +2,14 @@
 
 A :class:`ModelSource` says what to run (a backbone's pooled features, or a Keras model's probabilities) and what
 its numbers depend on; :func:`create_runner` turns it into a :class:`Runner`, a callable that maps a batch of RGB
-pixels (0..255, float32 or uint8, ``(n, size, size, 3)``) to a dict of numpy outputs (``avg`` and ``max`` for features,
-``probabilities`` for a classifier). Engines are a registry (:data:`ENGINES`):
+pixels (0..255, float32 or uint8, ``(n, size, size, 3)``) to a dict of numpy outputs (``avg`` and ``max`` for
+features, ``probabilities`` for a classifier). Engines are a registry (:data:`ENGINES`):
 
 - ``tf``: the Keras model in one ``tf.function`` (XLA off), one graph for every batch size.
 - ``litert``: the model converted once with ``tf.lite.TFLiteConverter.from_keras_model`` and cached in
   ``cache_dir()/litert`` under a key of what the numbers depend on, run by ``ai_edge_litert``'s interpreter (XNNPACK,
-  one single-threaded interpreter per CPU, one image at a time: :class:`LiteRTRunner`). Loading a cached file does not import TensorFlow.
+  one single-threaded interpreter per CPU, one image at a time: :class:`LiteRTRunner`). Loading a cached file
+  does not import TensorFlow.
 - ``auto``: TF when a GPU is visible; else the engine declared for the backbone (:data:`DECLARED`, from
   ``benchmarks/engines.py``); else the faster of the two measured once on this machine (a few batches each) and
   remembered in ``cache_dir()/engine-choice.json``.
@@ -142,7 +143,7 @@ class LiteRTRunner:
     Measured on 2 cores (Lite0 at 288 px, images/s): one 2-thread interpreter ran 169 on batches of 32 and 215 on
     single images (a batch of 32 makes activations of hundreds of MB that miss every cache); two 1-thread lanes
     ran 220-227, and kept more of that when fed from JPEG files (a 2-thread XNNPACK pool spins while the decoding
-    threads hold a core): 183-187 against 167-177 for a whole ``tltool extract`` of 850 photos.
+    threads hold a core): a whole ``tltool extract`` of 850 photos ran at 167-180 against 151-177.
     """
 
     engine = "litert"
@@ -152,7 +153,7 @@ class LiteRTRunner:
 
         self.path = Path(path)
         self._lanes = []
-        for _ in range(threads or os.cpu_count() or 1):
+        for _ in range(lane_count(self.path.stat().st_size, threads or os.cpu_count() or 1)):
             run = Interpreter(model_path=str(path), num_threads=1).get_signature_runner()
             (name,) = run.get_input_details()
             self._lanes.append(functools.partial(_run_images, run, name))
@@ -165,6 +166,15 @@ class LiteRTRunner:
         shares = [self._pool.submit(lane, batch[cuts[k]:cuts[k + 1]]) for k, lane in enumerate(self._lanes)]
         parts = [part for share in shares for part in share.result()]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+LANE_MEMORY = 1 << 30  # bytes of model weights all lanes together may hold (each lane loads its own copy)
+
+
+def lane_count(model_bytes: int, cores: int) -> int:
+    """One lane per core, as many as :data:`LANE_MEMORY` holds copies of the model (VGG16's 59 MB features on 64
+    cores would otherwise take 3.8 GB), at least one."""
+    return max(1, min(cores, LANE_MEMORY // max(1, model_bytes)))
 
 
 def _run_images(run, input_name: str, images: np.ndarray) -> list[dict[str, np.ndarray]]:
