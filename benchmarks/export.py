@@ -33,6 +33,12 @@ def flowers_run(work: Path) -> Path:
     return probe(str(data), features_dir=work / "features", out=work / "run").run_dir
 
 
+def model_config(run: Path) -> dict:
+    from tltool.utils import read_json
+
+    return read_json(run / "model.json")
+
+
 def measure_all(run: Path, work: Path, max_drop: float) -> list[dict]:
     from tltool.export import QuantizationCostWarning, export_run
 
@@ -78,7 +84,8 @@ def main() -> None:
         work = Path(tmp)
         run = Path(args.run) if args.run else flowers_run(work)
         rows = measure_all(run, work, args.max_drop)
-        label = args.run or "linear probe, efficientnet_lite0 224 px, flowers train 250 / val 100"
+        label = args.run or (f"linear probe, efficientnet_lite0 {model_config(run)['image_size']} px, "
+                             "flowers train 250 / val 100")
         result = emit("export", {"run": label, "rows": rows})
     (RESULTS / "export.md").write_text(markdown(rows, label, result["machine"]))
 

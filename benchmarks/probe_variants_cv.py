@@ -9,7 +9,7 @@ out-of-fold predictions of a variant and of the default probe are paired on the 
     python benchmarks/probe_variants_cv.py                   # 288 px, 2 repeats; about 10 minutes on 2 cores
     python benchmarks/probe_variants_cv.py --size 320 --repeats 1
 
-Writes ``benchmarks/results/probe_variants_cv.{json,md}``.
+Writes ``benchmarks/results/probe_variants_cv-SIZE.{json,md}``.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def main() -> None:
                 results.setdefault(dataset, {"n": len(y), "variants": {}})["variants"].setdefault(name, []).append(
                     {"seed": seed, "accuracy": float(right.mean()), "ci95": [lo, hi],
                      "vs_default": paired(right, reference)})
-    emit("probe_variants_cv", {"image_size": args.size, "repeats": args.repeats, "results": results})
+    emit(f"probe_variants_cv-{args.size}", {"image_size": args.size, "repeats": args.repeats, "results": results})
     lines = [f"# Probe variants by repeated 5-fold CV over train+val (`benchmarks/probe_variants_cv.py`, "
              f"{args.size} px)", "",
              "Out-of-fold accuracy per repeat; paired with the default probe on the same photos (gained/lost, "
