@@ -102,6 +102,7 @@ TRAININGS: dict[str, Training] = {
     "finetune-H288-u4": Training("finetune", head_first(image_size="288", unfreeze="4")),
     "finetune-H288-e20": Training("finetune", head_first(image_size="288", epochs="20")),
     "finetune-H288-refit": Training("finetune", head_first(image_size="288"), refit=True),
+    "finetune-288-refit": Training("finetune", ("--image-size", "288"), refit=True),
 }
 
 
@@ -124,7 +125,9 @@ def _candidates() -> list[Candidate]:
         out += [Candidate(name, name), Candidate(f"{name}-flip", name, "flip")]
     out += [Candidate("finetune-H288-refit", "finetune-H288-refit", note="trained on train+val (350 photos)",
                       datasets=("flowers",)),
-            Candidate("finetune-H288-refit-flip", "finetune-H288-refit", "flip", datasets=("flowers",))]
+            Candidate("finetune-H288-refit-flip", "finetune-H288-refit", "flip", datasets=("flowers",)),
+            Candidate("finetune-288-refit", "finetune-288-refit", note="the default recipe on train+val (350 photos)",
+                      datasets=("flowers",))]
     return out
 
 
