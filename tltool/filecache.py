@@ -2,8 +2,9 @@
 
 A decoded photo stores its size, format and mode and what decoding found (conversions, or the reason it is bad); a
 header is not stored, since reading it again costs what reading its entry does. A second check of an unchanged
-photo reads its bytes for the hash and its header: a photo is never decoded twice across runs, whatever its path. One small JSON file per content, written atomically, so
-concurrent processes (shards, workers) never corrupt each other's entries.
+photo reads its bytes for the hash and its header: a photo is never decoded twice across runs, whatever its path.
+One small JSON file per content, written atomically, so concurrent processes (shards, workers) never corrupt each
+other's entries.
 """
 from __future__ import annotations
 
