@@ -675,8 +675,17 @@ def test_accept_a_suggestion_and_confirm_a_grid_in_a_real_browser(tmp_path):
                 assert store.labels[labelled_on_tile] == other and labelled_on_tile not in store.assisted
             assert all(store.labels[p] == grid_label for p in paths[1:-1])
             expect(page.locator("#assist")).to_contain_text("its suggestions right")
-            page.keyboard.press("Escape")
+            page.keyboard.press("u")  # undoes the whole confirm, and leaves the grid
             expect(page.locator("body")).to_have_attribute("data-mode", "one")
+            expect(page.locator("body")).to_have_attribute("data-pending", "0")
+            store = LabelStore(root)
+            assert not {p for p in paths[1:-1]} & set(store.labels) and not {p for p in paths[1:-1]} & store.assisted
+            if labelled_on_tile:  # the tile's label was its own action: still there, and the next u undoes it
+                assert store.labels[labelled_on_tile] == other
+                page.keyboard.press("u")
+                expect(page.locator("body")).to_have_attribute("data-pending", "0")
+                assert labelled_on_tile not in LabelStore(root).labels
+            assert LabelStore(root).labels[shown] == truth[shown]  # the earlier accepted suggestion stays
             browser.close()
     finally:
         running.close()

@@ -1,6 +1,7 @@
 // tltool labeler: one image at a time; keys 1-9 label (and move on), arrows move, u undoes, s skips.
 // With assistance: Enter accepts the suggested class; g opens a grid of photos suggested as one class, a click
-// marks a misfit (a number key on a tile labels it at once), Enter confirms the rest, Esc goes back.
+// marks a misfit (a number key on a tile labels it at once), Enter confirms the rest, Esc goes back. u undoes the
+// last action, a whole grid's confirm included.
 // Every change is POSTed at once, in order; the server writes labels.csv atomically.
 "use strict";
 
@@ -178,10 +179,20 @@ function nextIndex() {
   return S.idx + 1;
 }
 
+// The history holds, for each action, what the photos it changed were before: one photo, or a grid's confirm.
+function remember(paths) {
+  if (!paths.length) return;
+  S.history.push(paths.map((path) => {
+    const idx = S.byPath[path];
+    const item = S.items[idx];
+    return { idx, label: item.label, skipped: item.skipped, assisted: item.assisted };
+  }));
+}
+
 function change(label, skipped, assisted = false) {
   const item = S.items[S.idx];
   if (!item) return;
-  S.history.push({ idx: S.idx, label: item.label, skipped: item.skipped, assisted: item.assisted });
+  remember([item.path]);
   item.label = label;
   item.skipped = skipped;
   item.assisted = assisted;
@@ -205,18 +216,20 @@ function skip() {
 }
 
 function undo() {
-  const last = S.history.pop();
-  if (!last) {
+  const group = S.history.pop();
+  if (!group) {
     message("nothing to undo");
     return;
   }
-  const item = S.items[last.idx];
-  item.label = last.label;
-  item.skipped = last.skipped;
-  item.assisted = last.assisted;
-  send({ path: item.path, label: last.label, skipped: last.skipped, assisted: Boolean(last.assisted) });
-  go(last.idx);
-  message(`undone: ${item.path}`);
+  for (const before of group) {
+    const item = S.items[before.idx];
+    Object.assign(item, { label: before.label, skipped: before.skipped, assisted: before.assisted });
+    send({ path: item.path, label: before.label, skipped: before.skipped, assisted: Boolean(before.assisted) });
+  }
+  if (S.mode === "grid") closeGrid();
+  go(group[0].idx);
+  renderHeader();
+  message(group.length === 1 ? `undone: ${S.items[group[0].idx].path}` : `undone: ${group.length} photos`);
 }
 
 function oneKey(key) {
@@ -235,6 +248,7 @@ function gridKey(key) {
   if (key >= "1" && key <= "9" && S.grid.hover) labelTile(S.grid.hover, Number(key) - 1);
   else if (key === "Enter") confirmGrid();
   else if (key === "Escape" || key === "g" || key === "G") closeGrid();
+  else if (key === "u" || key === "U") undo();
   else return false;
   return true;
 }
@@ -269,7 +283,7 @@ function renderGrid() {
   const g = S.grid;
   $("grid-title").textContent =
     `${g.items.length} photos suggested as ${g.label}: click those that are not (or press their class's number ` +
-    "on them), Enter confirms the rest, Esc goes back";
+    "on them), Enter confirms the rest, Esc goes back, u undoes";
   const tiles = g.items.map((it) => {
     const tile = document.createElement("figure");
     tile.className = "tile";
@@ -300,6 +314,7 @@ function labelTile(path, classIndex) {
   const label = S.classes[classIndex];
   if (!label) return;
   const g = S.grid;
+  remember([path]);
   g.misfits.delete(path);
   if (label === g.label) g.labelled.delete(path);
   else g.labelled.set(path, label);
@@ -313,6 +328,7 @@ function labelTile(path, classIndex) {
 function confirmGrid() {
   const g = S.grid;
   const accepted = g.items.map((it) => it.path).filter((p) => !g.misfits.has(p) && !g.labelled.has(p));
+  remember(accepted);
   for (const path of accepted) {
     const item = S.items[S.byPath[path]];
     Object.assign(item, { label: g.label, skipped: false, assisted: true });
