@@ -553,6 +553,15 @@ def test_grids_and_suggestions_over_http(tmp_path):
         assert state["assist"]["all"] == {"right": 13, "judged": 14}
         assert running.request("GET", "/api/grid?label=emu")[0] == 400
         assert running.request("POST", "/api/confirm", {"label": "cat", "accepted": ["../x.jpg"]})[0] == 404
+        # undoing the confirm: every photo's earlier state in one request, one write
+        undo = [{"path": p, "label": None, "skipped": False, "assisted": False} for p in paths[1:]]
+        status, body = running.request("POST", "/api/set", {"items": undo})
+        assert status == 200 and json.loads(body)["labelled"] == 2 and len(json.loads(body)["items"]) == 13
+        assert not set(paths[1:]) & set(LabelStore(root).labels)
+        for bad in ({"items": []}, {"items": [{"label": "cat"}]}, {"items": "x"}):
+            assert running.request("POST", "/api/set", bad)[0] == 400
+        assert running.request("POST", "/api/set", {"items": [*undo[:1], {"path": "../x.jpg"}]})[0] == 404
+        assert not set(paths[1:]) & set(LabelStore(root).labels)  # a refused request wrote nothing
     finally:
         running.close()
 

@@ -221,11 +221,12 @@ function undo() {
     message("nothing to undo");
     return;
   }
-  for (const before of group) {
+  const states = group.map((before) => {
     const item = S.items[before.idx];
     Object.assign(item, { label: before.label, skipped: before.skipped, assisted: before.assisted });
-    send({ path: item.path, label: before.label, skipped: before.skipped, assisted: Boolean(before.assisted) });
-  }
+    return { path: item.path, label: before.label, skipped: before.skipped, assisted: Boolean(before.assisted) };
+  });
+  send(states.length === 1 ? states[0] : { items: states });  // a grid's confirm is undone in one write
   if (S.mode === "grid") closeGrid();
   go(group[0].idx);
   renderHeader();

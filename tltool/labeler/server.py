@@ -2,7 +2,8 @@
 
 Routes: ``GET /`` (the page), ``GET /app.js``, ``GET /app.css``, ``GET /api/state``, ``GET /img/<path>`` (an image
 under the dataset root, decoded with the shared :func:`tltool.images.load_image` and sent as a JPEG), and
-``POST /api/set`` with ``{"path", "label" (or null), "skipped"}``. Paths that leave the dataset root (``..``,
+``POST /api/set`` with ``{"path", "label" (or null), "skipped", "assisted"}`` (or ``{"items": [...]}`` of them,
+one write), ``GET /api/assist``, ``GET /api/grid`` and ``POST /api/confirm`` (assistance). Paths that leave the dataset root (``..``,
 ``%2e%2e``, absolute paths, symlinks pointing outside, a link swapped in after the check) are refused with 403.
 Every request passes :class:`tltool.labeler.guard.Guard` (Host, Origin, and off loopback a token).
 """
@@ -311,17 +312,20 @@ class LabelerHandler(BaseHTTPRequestHandler):
         return body if isinstance(body, dict) else None
 
     def _post_set(self, body: dict) -> None:
-        """``{"path", "label" (or null), "skipped", "assisted"}``: one photo's whole state."""
-        path, label = body.get("path"), body.get("label")
-        skipped, assisted = bool(body.get("skipped", False)), bool(body.get("assisted", False))
-        if not isinstance(path, str) or not (label is None or isinstance(label, str)):
-            return self._error(HTTPStatus.BAD_REQUEST,
-                               'expected {"path": str, "label": str or null, "skipped": bool, "assisted": bool}')
-        summary = self.server.store.set(path, label, skipped, assisted)
+        """``{"path", "label" (or null), "skipped", "assisted"}``: one photo's whole state; or ``{"items": [...]}``
+        of such states, written at once (undoing a confirmed grid is one write, all or nothing)."""
+        states = body.get("items") if "items" in body else [body]
+        if not isinstance(states, list) or not states or not all(_is_state(s) for s in states):
+            return self._error(HTTPStatus.BAD_REQUEST, 'expected {"path": str, "label": str or null, "skipped": bool, '
+                                                       '"assisted": bool}, or {"items": [such objects]}')
+        changes = [(s["path"], s.get("label"), bool(s.get("skipped", False)), bool(s.get("assisted", False)))
+                   for s in states]
+        summary = self.server.store.set_many(changes)
         if self.server.assistant is not None:
-            self.server.assistant.observe([(path, label)])
-        self._json(HTTPStatus.OK, {"item": {"path": path, "label": label, "skipped": skipped,
-                                            "assisted": assisted and label is not None}, **summary})
+            self.server.assistant.observe([(path, label) for path, label, _, _ in changes])
+        items = [{"path": path, "label": label, "skipped": skipped, "assisted": assisted and label is not None}
+                 for path, label, skipped, assisted in changes]
+        self._json(HTTPStatus.OK, {"item": items[0], "items": items, **summary})
 
     def _post_confirm(self, body: dict) -> None:
         """A confirmed grid ``{"label", "accepted": [paths], "rejected": [paths]}``: the accepted photos get the
@@ -336,6 +340,11 @@ class LabelerHandler(BaseHTTPRequestHandler):
             assistant.reject([p for p in rejected if p in self.server.store.items], label)
             assistant.observe([(p, label) for p in accepted])
         self._json(HTTPStatus.OK, {"accepted": len(accepted), "rejected": len(rejected), **summary})
+
+
+def _is_state(state) -> bool:
+    return isinstance(state, dict) and isinstance(state.get("path"), str) and (
+        state.get("label") is None or isinstance(state.get("label"), str))
 
 
 GET_ROUTES: dict[str, Callable[[LabelerHandler, dict], None]] = {
