@@ -92,6 +92,22 @@ def test_weights_none_and_path_round_trip(tmp_path):
         create_backbone("inception_v3", weights="none", image_size=40)
 
 
+def test_random_weights_are_the_same_in_every_build_and_the_callers_seed_still_counts():
+    """``--weights none`` features are cached under that name, and a linear run rebuilds its backbone to predict:
+    two builds must be one network. What the caller draws afterwards still depends on its own seed."""
+    from tltool._tf import keras
+
+    draws, weights = [], []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        weights.append(create_backbone("mobilenet_v3_small", weights="none", image_size=48).get_weights())
+        draws.append(np.random.rand())
+    assert len(weights[0]) == len(weights[1]) > 10
+    for first, second in zip(*weights):
+        np.testing.assert_array_equal(first, second)
+    assert max(float(np.std(w)) for w in weights[0]) > 0.01 and draws[0] != draws[1]  # random, not zeros
+
+
 def _imagenet_top5(image: np.ndarray) -> np.ndarray:
     from PIL import Image
 

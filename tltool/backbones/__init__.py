@@ -14,7 +14,8 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
 
     The model is ``input -> ImagePreprocessing(spec.preprocess) -> base``; ``base`` is a nested model named
     after the backbone, so fine-tuning can unfreeze its top layers. ``weights``: ``imagenet`` (Keras' cache, or
-    offline for efficientnet_lite0), ``none``, or a path to a weights file of the base.
+    offline for efficientnet_lite0), ``none`` (random, the same in every process: see
+    :func:`_seeded_random_build`), or a path to a weights file of the base.
     """
     from .._tf import keras
 
@@ -27,7 +28,7 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
     shape = (size, size, 3)
     weights = str(weights)
     if weights.lower() == "none":
-        base = spec.build(shape, None)
+        base = _seeded_random_build(spec, shape)
     elif weights.lower() == "imagenet":
         try:
             base = spec.build(shape, "imagenet")
@@ -50,6 +51,26 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
     x = ImagePreprocessing(spec.preprocess, name="preprocess")(inputs)
     outputs = base(x)
     return keras.Model(inputs, outputs, name=f"{spec.name}_backbone")
+
+
+RANDOM_WEIGHTS_SEED = 0
+
+
+def _seeded_random_build(spec: BackboneSpec, shape: tuple[int, int, int]):
+    """``spec`` with random weights drawn from :data:`RANDOM_WEIGHTS_SEED`: features of ``--weights none`` are
+    cached under that name, so every process must build the same network (a linear run's ``predict`` and
+    ``export`` rebuild it). The caller's random stream goes on from a number drawn from it before, so what a run
+    draws afterwards (head, dropout) still follows its ``--seed``."""
+    import numpy as np
+
+    from .._tf import keras
+
+    carry_on = int(np.random.randint(2**31 - 1))
+    keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+    try:
+        return spec.build(shape, None)
+    finally:
+        keras.utils.set_random_seed(carry_on)
 
 
 def find_backbone(model):
