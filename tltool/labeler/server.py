@@ -3,8 +3,9 @@
 Routes: ``GET /`` (the page), ``GET /app.js``, ``GET /app.css``, ``GET /api/state``, ``GET /img/<path>`` (an image
 under the dataset root, decoded with the shared :func:`tltool.images.load_image` and sent as a JPEG), and
 ``POST /api/set`` with ``{"path", "label" (or null), "skipped", "assisted"}`` (or ``{"items": [...]}`` of them,
-one write), ``GET /api/assist``, ``GET /api/grid`` and ``POST /api/confirm`` (assistance). Paths that leave the dataset root (``..``,
-``%2e%2e``, absolute paths, symlinks pointing outside, a link swapped in after the check) are refused with 403.
+one write), ``GET /api/assist``, ``GET /api/grid`` and ``POST /api/confirm`` (assistance). Paths that leave the
+dataset root (``..``, ``%2e%2e``, absolute paths, symlinks pointing outside, a link swapped in after the check)
+are refused with 403.
 Every request passes :class:`tltool.labeler.guard.Guard` (Host, Origin, and off loopback a token).
 """
 from __future__ import annotations
