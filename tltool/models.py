@@ -69,7 +69,7 @@ class LinearRunModel(RunModel):
         return feature_source(self.config["backbone"], self.config["weights"], self.image_size)
 
     def predict_views(self, batch) -> np.ndarray:
-        pooled = self.runner()(np.asarray(batch, np.float32))
+        pooled = self.runner()(batch)  # a runner makes its own float32 (LiteRT one image at a time)
         return self.head.predict_proba(select_pool(pooled["avg"], pooled["max"], self.config["pool"]))
 
     def as_keras(self):
@@ -114,7 +114,7 @@ class KerasRunModel(RunModel):
         return keras_file_source(self.path, self.image_size, backbone=self.config.get("backbone"))
 
     def predict_views(self, batch) -> np.ndarray:
-        return self.runner()(np.asarray(batch, np.float32))["probabilities"]
+        return self.runner()(batch)["probabilities"]
 
 
 _LOADERS = {"linear": LinearRunModel, "finetune": KerasRunModel, "scratch": KerasRunModel}

@@ -109,9 +109,8 @@ def _with_mixup(ds: tf.data.Dataset, alpha: float, seed: int, parallel: int, one
 
     def mix(batch, seed):
         images, labels = batch
-        seeds = tf.stack([seed, seed + 1])
-        a = tf.random.stateless_gamma([], seed=tf.stack([seeds[0], tf.constant(0, tf.int64)]), alpha=alpha)
-        b = tf.random.stateless_gamma([], seed=tf.stack([seeds[1], tf.constant(1, tf.int64)]), alpha=alpha)
+        a = tf.random.stateless_gamma([], seed=tf.stack([seed, tf.constant(0, tf.int64)]), alpha=alpha)
+        b = tf.random.stateless_gamma([], seed=tf.stack([seed + 1, tf.constant(1, tf.int64)]), alpha=alpha)
         weight = a / (a + b)
         return (weight * images + (1 - weight) * tf.reverse(images, [0]),
                 weight * labels + (1 - weight) * tf.reverse(labels, [0]))
