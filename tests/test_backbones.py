@@ -108,32 +108,55 @@ def test_random_weights_are_the_same_in_every_build_and_the_callers_seed_still_c
     assert max(float(np.std(w)) for w in weights[0]) > 0.01 and draws[0] != draws[1]  # random, not zeros
 
 
-def _imagenet_top5(image: np.ndarray) -> np.ndarray:
+# each Lite at the input size it was trained on for ImageNet
+LITE_SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}
+
+
+@pytest.fixture(scope="module", params=sorted(LITE_SIZES))
+def lite_top5(request):
+    """``image -> (top-5 classes, probabilities)`` of one Lite variant with its offline ImageNet weights."""
     from PIL import Image
 
-    from tltool.backbones.efficientnet_lite import EfficientNetLite0
+    from tltool.backbones.efficientnet_lite import EfficientNetLite
 
-    model = EfficientNetLite0(include_top=True, weights="imagenet")
-    x = np.asarray(Image.fromarray(image).resize((224, 224), Image.BILINEAR), dtype=np.float32)
-    probs = np.asarray(model((x[None] - 127.0) / 128.0, training=False))[0]
-    return np.argsort(-probs)[:5], probs
+    size = LITE_SIZES[request.param]
+    model = EfficientNetLite(request.param, include_top=True, weights="imagenet", input_shape=(size, size, 3))
+
+    def top5(image: np.ndarray):
+        x = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32)
+        probs = np.asarray(model((x[None] - 127.0) / 128.0, training=False))[0]
+        return np.argsort(-probs)[:5], probs
+
+    return top5
 
 
-def test_lite0_recognises_real_photos():
+def test_lites_recognise_real_photos(lite_top5):
     data = pytest.importorskip("skimage.data", reason="scikit-image (test extra) ships the photos")
-    top5, probs = _imagenet_top5(data.chelsea())  # a tabby cat
-    assert {281, 282, 285} & set(top5.tolist())
+    top5, probs = lite_top5(data.chelsea())  # a tabby cat
+    assert {281, 282, 285} <= set(top5.tolist())
     assert top5[0] == 285 and probs[285] > 0.5
-    top5, probs = _imagenet_top5(data.coffee())  # a cup of espresso
-    assert {967, 968, 504} & set(top5.tolist())
-    assert top5[0] == 967 and probs[967] > 0.7
+    top5, probs = lite_top5(data.coffee())  # a cup of espresso
+    assert {967, 968} <= set(top5.tolist())
+    assert top5[0] == 967 and probs[967] > 0.6
 
 
-def test_lite0_weights_cover_every_value_once():
-    from tltool.backbones.efficientnet_lite import EfficientNetLite0, _package_pth, assign_torch_weights
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_lite_weights_cover_every_value_once(variant):
+    from tltool.backbones.efficientnet_lite import VARIANTS, EfficientNetLite, _package_pth, assign_torch_weights
 
-    model = EfficientNetLite0(weights=None)
-    assert assign_torch_weights(model, _package_pth()) == 4_694_024 == model.count_params()
+    model = EfficientNetLite(variant, weights=None)
+    assert assign_torch_weights(model, _package_pth(variant), variant) == VARIANTS[variant].parameters
+    assert VARIANTS[variant].parameters == model.count_params()
+
+
+def test_lite_scaling_matches_the_published_networks():
+    """Lite1 and Lite2 are Lite0 deepened (and Lite2 widened) with the first and last stage kept at one block."""
+    from tltool.backbones.efficientnet_lite import LITE0_STAGES, VARIANTS, block_names
+
+    assert VARIANTS["lite0"].stages() == LITE0_STAGES
+    assert [s[-1] for s in VARIANTS["lite1"].stages()] == [1, 3, 3, 4, 4, 5, 1] == [s[-1] for s in VARIANTS["lite2"].stages()]
+    assert [s[4] for s in VARIANTS["lite2"].stages()] == [16, 24, 48, 88, 120, 208, 352]
+    assert len(block_names("lite0")) == 16 and len(block_names("lite2")) == 21 and block_names("lite2")[-1] == "block7a"
 
 
 DATA = Path(__file__).resolve().parent / "data"

