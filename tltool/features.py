@@ -298,20 +298,22 @@ def _distributed_step(step, strategy):
     return run
 
 
-def _engine_step(inputs: InputConfig, weights: str, engine: str):
-    """``images -> (avg, max)`` numpy features on ``engine`` (the same numbers on each: tests/test_engines.py), and
-    the engine it resolved to."""
+def _engine_outputs(inputs: InputConfig, weights: str, engine: str):
+    """``batches -> (avg, max) per batch``, numpy features on ``engine`` (the same numbers on each:
+    tests/test_engines.py), and the engine it resolved to. The runner's ``map`` may start a batch before the last
+    one's features are handed back (LiteRT's lanes do not wait at batch ends)."""
     runner = create_runner(feature_source(inputs.backbone, weights, inputs.image_size), engine)
 
-    def step(images):
-        out = runner(images.numpy() if hasattr(images, "numpy") else images)  # a runner makes its own float32
-        return out["avg"], out["max"]
+    def outputs(batches):
+        arrays = (b.numpy() if hasattr(b, "numpy") else b for b in batches)  # a runner makes its own float32
+        for out in runner.map(arrays):
+            yield out["avg"], out["max"]
 
-    return step, runner.engine
+    return outputs, runner.engine
 
 
 def _numpy_outputs(step):
-    return lambda images: tuple(t.numpy() for t in step(images))
+    return lambda batches: (tuple(t.numpy() for t in step(images)) for images in batches)
 
 
 def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str, batch_size: int,
@@ -332,7 +334,7 @@ def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str,
     todo = [j for i in pending for j in range(i * chunks.size, i * chunks.size + chunks.rows(i))]
     paths = [records[j].path for j in todo]
     if strategy is None:
-        step, engine = _engine_step(inputs, weights, engine)
+        outputs, engine = _engine_outputs(inputs, weights, engine)
         ds = batches_for(engine, paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
                          max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
     else:  # a tf.distribute strategy runs on TensorFlow
@@ -341,12 +343,11 @@ def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str,
         ds = strategy.experimental_distribute_dataset(batches_for(
             "tf", paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
             max_pixels=inputs.max_pixels, on_bad="zeros", log=log))
-        step = _numpy_outputs(_distributed_step(graph, strategy))
+        outputs = _numpy_outputs(_distributed_step(graph, strategy))
     writer = _ChunkWriter(chunks, pending, [r.path for r in records], log)
     t0 = first = None
     with Bar(len(todo), f"extracting {inputs.backbone}") as bar:
-        for images in _iterate(ds):
-            avg, mx = step(images)
+        for avg, mx in outputs(_iterate(ds)):
             first = len(avg) if first is None else first
             if t0 is None:  # throughput counts from the end of the first batch: tracing the graph is not speed
                 t0 = time.perf_counter()
