@@ -70,6 +70,11 @@ def test_litert_lanes_keep_every_image_in_its_row_whatever_the_batch_and_pixel_t
         for name in ("avg", "max"):
             np.testing.assert_allclose(out[name], tf_out[name][start:stop], atol=1e-4)
     assert len(set(map(tuple, tf_out["avg"].round(3)))) == len(x)  # distinct rows: a swap would be seen
+    # map() queues the next batch before handing back this one: batches of every size come back whole and in order
+    streamed = list(lite.map(iter([x[:3], x[3:4], x[4:7]])))
+    assert [len(out["avg"]) for out in streamed] == [3, 1, 3]
+    for name in ("avg", "max"):
+        np.testing.assert_allclose(np.concatenate([out[name] for out in streamed]), tf_out[name], atol=1e-4)
     # one lane per core while the copies of the model fit in LANE_MEMORY
     assert [engines.lane_count(b, 16) for b in (14 << 20, 94 << 20, 2 << 30)] == [16, 10, 1]
 
