@@ -111,6 +111,10 @@ TRAININGS: dict[str, Training] = {
     "finetune-H288-refit": Training("finetune", head_first(image_size="288"), refit=True),
     "finetune-288-refit": Training("finetune", ("--image-size", "288"), refit=True),
     **{f"finetune-288-s{k}": Training("finetune", ("--image-size", "288", "--seed", str(k))) for k in (1, 2)},
+    # longer or stronger schedules of the default recipe (it trains 105 s of the 5 minutes allowed)
+    "finetune-288-e20": Training("finetune", ("--image-size", "288", "--epochs", "20")),
+    "finetune-288-lr2": Training("finetune", ("--image-size", "288", "--lr", "2e-4")),
+    "finetune-288-u3-e20": Training("finetune", ("--image-size", "288", "--unfreeze", "3", "--epochs", "20")),
     # the larger offline EfficientNet-Lites (ImageNet top-1 76.7 % and 77.6 % against Lite0's 75.1 %)
     **{f"probe-L{v}-{s}": Training("probe", ("--backbone", f"efficientnet_lite{v}", "--image-size", str(s)))
        for v in (1, 2) for s in (260, 288, 320)},
@@ -145,6 +149,8 @@ def _candidates() -> list[Candidate]:
                       datasets=("flowers",))]
     out += [Candidate(f"finetune-288-s{k}", f"finetune-288-s{k}", note=f"the default recipe, --seed {k}",
                       datasets=("flowers",)) for k in (1, 2)]
+    out += [Candidate(name, name, note="the default recipe, longer or at a higher learning rate")
+            for name in ("finetune-288-e20", "finetune-288-lr2", "finetune-288-u3-e20")]
     for v in (1, 2):
         out += [Candidate(f"probe-L{v}-{s}", f"probe-L{v}-{s}", note=f"EfficientNet-Lite{v}") for s in (260, 288, 320)]
         out += [Candidate(f"probe-L{v}-{s}-cv", f"cv-L{v}-{s}", scored_by="cv",

@@ -204,3 +204,36 @@ def test_a_linear_run_predicts_the_same_on_both_engines(tmp_path):
     on_litert = load_run(result.run_dir, engine="litert").predict_paths(paths, tta="flip")
     np.testing.assert_allclose(on_litert.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(load_run(result.run_dir, engine="litert").predict_paths(paths), on_tf, atol=1e-4)
+
+
+def test_threads_and_lanes_follow_the_cpus_a_container_allows(tmp_path, monkeypatch):
+    """os.cpu_count() counts the host's CPUs; a cgroup quota (docker --cpus 1.5) or an affinity mask must win, or a
+    container on a big host would start one lane (one model copy) per host CPU."""
+    from tltool import utils
+    from tltool.batches import decode_threads
+
+    v2, v1 = tmp_path / "cpu.max", tmp_path / "cpu" / "cpu.cfs_quota_us"
+    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert utils.usable_cpus((v2, v1)) == 64 and utils.cgroup_cpu_quota((v2, v1)) is None  # no cgroup files
+    v2.write_text("150000 100000\n")
+    assert utils.cgroup_cpu_quota((v2, v1)) == 1.5 and utils.usable_cpus((v2, v1)) == 2
+    v2.write_text("max 100000\n")
+    assert utils.usable_cpus((v2, v1)) == 64
+    v2.unlink()
+    v1.parent.mkdir()
+    v1.write_text("300000\n")
+    (v1.parent / "cpu.cfs_period_us").write_text("100000\n")
+    assert utils.usable_cpus((v2, v1)) == 3
+    v1.write_text("-1\n")  # v1's "no limit"
+    assert utils.usable_cpus((v2, v1)) == 64
+    v2.write_text("garbage")
+    assert utils.usable_cpus((v2, v1)) == 64  # unreadable: no limit assumed, no crash
+    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert utils.usable_cpus((v2, v1)) == 2
+    # the decode threads and the LiteRT lanes are sized by it
+    import tltool.batches as batches
+
+    monkeypatch.setattr(batches, "usable_cpus", lambda: 1)
+    monkeypatch.setattr(engines, "usable_cpus", lambda: 3)
+    assert decode_threads() == 1
+    assert engines.LiteRTRunner(engines.converted_model(_tiny_source()))._pool._max_workers == 3

@@ -11,18 +11,18 @@ extraction on LiteRT no longer imports TensorFlow.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from .images import DEFAULT_MAX_PIXELS, DecodeLog, ResizePolicy, decode_or_blank
+from .utils import usable_cpus
 
 
 def decode_threads(cpu_count: int | None = None) -> int:
     """As many decoding threads as cores, at most 4: decode is about 1 ms a photo, the engine the slow part."""
-    return max(1, min(4, cpu_count or os.cpu_count() or 1))
+    return max(1, min(4, cpu_count or usable_cpus()))
 
 
 def image_batches(paths: Sequence[str], *, image_size: int, resize: ResizePolicy = "crop", batch_size: int = 32,

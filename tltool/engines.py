@@ -38,7 +38,7 @@ from .backbones import create_backbone, get_backbone_spec, weights_digest
 from .distribute import gpu_visible
 from .errors import TltoolError, did_you_mean
 from .settings import CHOICES
-from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_json, write_json
+from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_json, usable_cpus, write_json
 
 ENGINE_CHOICES = CHOICES["engine"]
 # Backbones whose engine is known without measuring: on a quiet 2-core machine LiteRT ran VGG16 at 0.68x TF's
@@ -161,7 +161,7 @@ class LiteRTRunner:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
-        count = lane_count(self.path.stat().st_size, threads or os.cpu_count() or 1)
+        count = lane_count(self.path.stat().st_size, threads or usable_cpus())
         self._free = queue.SimpleQueue()  # lanes not yet owned by a pool thread
         for _ in range(count):
             self._free.put(_Lane(self.path))
@@ -373,7 +373,7 @@ def resolve_engine(source: ModelSource, engine: str = "auto") -> str:
 
 
 def _choice_key(source: ModelSource) -> str:
-    return f"{source.digest}:cpus={os.cpu_count()}"
+    return f"{source.digest}:cpus={usable_cpus()}"
 
 
 def measured_choice(source: ModelSource) -> str:

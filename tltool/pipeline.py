@@ -6,13 +6,13 @@ model takes raw pixels and cannot be fed the wrong normalisation.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Literal, Sequence
 
 import numpy as np
 from ._tf import tf
 
 from .images import DEFAULT_MAX_PIXELS, DecodeLog, decode_or_blank
+from .utils import usable_cpus
 
 Transform = Callable[[np.ndarray, int], np.ndarray]  # (uint8 image, seed) -> uint8 image
 OnBad = Literal["raise", "skip", "zeros"]
@@ -24,7 +24,7 @@ def pipeline_options(cpu_count: int | None = None) -> tf.data.Options:
     Measured on 2 cores: AUTOTUNE everywhere ran at 0.60-0.89x of pure compute, a private pool of 2 threads with
     intra-op parallelism 1 at 0.94-1.01x. With many cores (a GPU host) AUTOTUNE is left in charge.
     """
-    cpu_count = cpu_count or os.cpu_count() or 1
+    cpu_count = cpu_count or usable_cpus()
     options = tf.data.Options()
     options.deterministic = True
     if cpu_count <= 4:
@@ -34,7 +34,7 @@ def pipeline_options(cpu_count: int | None = None) -> tf.data.Options:
 
 
 def map_parallelism(cpu_count: int | None = None) -> int:
-    cpu_count = cpu_count or os.cpu_count() or 1
+    cpu_count = cpu_count or usable_cpus()
     return 2 if cpu_count <= 4 else tf.data.AUTOTUNE
 
 

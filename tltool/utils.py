@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -130,3 +131,37 @@ def sha256_array(a) -> str:
 
     a = np.ascontiguousarray(a)
     return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
+
+
+# cgroup files that cap a process's CPU time (docker --cpus, Kubernetes limits): v2, then v1
+CGROUP_CPU_FILES = (Path("/sys/fs/cgroup/cpu.max"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
+
+
+def usable_cpus(cgroup_files: tuple[Path, ...] = CGROUP_CPU_FILES) -> int:
+    """The CPUs this process can keep busy, for sizing its threads and LiteRT lanes.
+
+    ``os.cpu_count()`` counts the host's CPUs: in a container limited to 2 CPUs on a 64-core host it says 64, and
+    64 lanes would hold 64 copies of the model and take turns on 2 CPUs. The affinity mask (taskset, cpusets) and a
+    cgroup CPU quota narrow it; a quota of 1.5 CPUs counts as 2.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_files)
+    if quota is not None:
+        count = min(count, math.ceil(quota))
+    return max(1, count)
+
+
+def cgroup_cpu_quota(cgroup_files: tuple[Path, ...] = CGROUP_CPU_FILES) -> float | None:
+    """CPUs' worth of time the cgroup allows (``cpu.max`` of v2, ``cfs_quota_us / cfs_period_us`` of v1), or None
+    when there is no limit or no such file."""
+    v2, v1 = cgroup_files
+    with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
+        quota, period = v2.read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
+        quota = int(v1.read_text())
+        return None if quota <= 0 else quota / int((v1.parent / "cpu.cfs_period_us").read_text())
+    return None
