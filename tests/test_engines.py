@@ -1,10 +1,13 @@
 """Inference engines: TF and LiteRT give the same numbers; cached LiteRT needs no TensorFlow; ``auto`` is remembered."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
+
+import threading
 
 import numpy as np
 import pytest
@@ -71,10 +74,29 @@ def test_litert_lanes_keep_every_image_in_its_row_whatever_the_batch_and_pixel_t
             np.testing.assert_allclose(out[name], tf_out[name][start:stop], atol=1e-4)
     assert len(set(map(tuple, tf_out["avg"].round(3)))) == len(x)  # distinct rows: a swap would be seen
     # map() queues the next batch before handing back this one: batches of every size come back whole and in order
-    streamed = list(lite.map(iter([x[:3], x[3:4], x[4:7]])))
-    assert [len(out["avg"]) for out in streamed] == [3, 1, 3]
+    streamed = list(lite.map(iter([x[:3], x[3:4], x[:0], x[4:7]])))
+    assert [len(out["avg"]) for out in streamed] == [3, 1, 0, 3] and streamed[2]["max"].shape == (0, 16)
     for name in ("avg", "max"):
         np.testing.assert_allclose(np.concatenate([out[name] for out in streamed]), tf_out[name], atol=1e-4)
+    # a flipped view (TTA) is read as it is, not as the memory under it
+    np.testing.assert_allclose(lite(x[:, :, ::-1])["avg"], tf_out_flipped := engines.create_runner(
+        source, "tf")(x[:, :, ::-1].astype(np.float32))["avg"], atol=1e-4)
+    assert not np.allclose(tf_out_flipped, tf_out["avg"], atol=1e-3)
+    # one image without its batch axis, or another size, is refused (it would be broadcast into the input)
+    for wrong in (x[0], x[:, :16]):
+        with pytest.raises(ValueError, match=r"takes batches of shape \(n, 32, 32, 3\)"):
+            lite(wrong)
+    # a consumer that stops early: only the next batch was queued, and what no lane has started is cancelled
+    # (the lanes hold every image after the first batch until the stream is closed: at most 3 have started)
+    ran, run_one, gate = itertools.count(1), lite._run_one, threading.Event()
+    lite._run_one = lambda image: (next(ran) <= 7 or gate.wait(10), run_one(image))[-1]
+    stream = lite.map(iter([x] * 50))
+    next(stream)
+    stream.close()
+    gate.set()
+    lite.close()  # waits for the lanes
+    started = next(ran) - 1
+    assert 8 <= started <= 10, started  # without the cancel, all 7 of the second batch would run
     # one lane per core while the copies of the model fit in LANE_MEMORY
     assert [engines.lane_count(b, 16) for b in (14 << 20, 94 << 20, 2 << 30)] == [16, 10, 1]
 
@@ -207,33 +229,35 @@ def test_a_linear_run_predicts_the_same_on_both_engines(tmp_path):
 
 
 def test_threads_and_lanes_follow_the_cpus_a_container_allows(tmp_path, monkeypatch):
-    """os.cpu_count() counts the host's CPUs; a cgroup quota (docker --cpus 1.5) or an affinity mask must win, or a
-    container on a big host would start one lane (one model copy) per host CPU."""
+    """os.cpu_count() counts the host's CPUs; a cgroup quota (docker --cpus 1.5, a systemd CPUQuota on a parent
+    cgroup) or an affinity mask must win, or a container on a big host would start one lane (one model copy) per
+    host CPU."""
     from tltool import utils
     from tltool.batches import decode_threads
 
-    v2, v1 = tmp_path / "cpu.max", tmp_path / "cpu" / "cpu.cfs_quota_us"
+    root, membership = tmp_path / "cgroup", tmp_path / "membership"
     monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    assert utils.usable_cpus((v2, v1)) == 64 and utils.cgroup_cpu_quota((v2, v1)) is None  # no cgroup files
-    v2.write_text("150000 100000\n")
-    assert utils.cgroup_cpu_quota((v2, v1)) == 1.5 and utils.usable_cpus((v2, v1)) == 2
-    v2.write_text("max 100000\n")
-    assert utils.usable_cpus((v2, v1)) == 64
-    v2.unlink()
-    v1.parent.mkdir()
-    v1.write_text("300000\n")
-    (v1.parent / "cpu.cfs_period_us").write_text("100000\n")
-    assert utils.usable_cpus((v2, v1)) == 3
-    v1.write_text("-1\n")  # v1's "no limit"
-    assert utils.usable_cpus((v2, v1)) == 64
-    v2.write_text("garbage")
-    assert utils.usable_cpus((v2, v1)) == 64  # unreadable: no limit assumed, no crash
+    assert utils.usable_cpus(root, membership) == 64 and utils.cgroup_cpu_quota(root, membership) is None
+    membership.write_text("0::/system.slice/app.service\n")
+    (root / "system.slice" / "app.service").mkdir(parents=True)
+    (root / "system.slice" / "app.service" / "cpu.max").write_text("max 100000\n")
+    assert utils.usable_cpus(root, membership) == 64
+    (root / "system.slice" / "cpu.max").write_text("150000 100000\n")  # the parent's limit applies too
+    assert utils.cgroup_cpu_quota(root, membership) == 1.5 and utils.usable_cpus(root, membership) == 2
+    membership.write_text("4:cpu,cpuacct:/docker/abc\n1:memory:/docker/abc\n")  # cgroup v1
+    (root / "cpu" / "docker" / "abc").mkdir(parents=True)
+    (root / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("300000\n")
+    (root / "cpu" / "docker" / "abc" / "cpu.cfs_period_us").write_text("100000\n")
+    (root / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no limit" at the top
+    assert utils.usable_cpus(root, membership) == 3
+    (root / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("garbage")
+    assert utils.usable_cpus(root, membership) == 64  # unreadable: no limit assumed, no crash
     monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert utils.usable_cpus((v2, v1)) == 2
+    assert utils.usable_cpus(root, membership) == 2
     # the decode threads and the LiteRT lanes are sized by it
     import tltool.batches as batches
 
     monkeypatch.setattr(batches, "usable_cpus", lambda: 1)
     monkeypatch.setattr(engines, "usable_cpus", lambda: 3)
     assert decode_threads() == 1
-    assert engines.LiteRTRunner(engines.converted_model(_tiny_source()))._pool._max_workers == 3
+    assert engines.LiteRTRunner(engines.converted_model(_tiny_source())).lanes == 3

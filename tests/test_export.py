@@ -176,6 +176,7 @@ class _BrokenRunner:
         from tltool.engines import LiteRTRunner
 
         self._real = LiteRTRunner(path)
+        self.lanes = self._real.lanes
 
     def __call__(self, batch):
         return {name: np.roll(value, 1, axis=1) for name, value in self._real(batch).items()}

@@ -19,6 +19,7 @@ The engine is not part of the feature cache key: both engines give the same feat
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import sys
@@ -161,33 +162,48 @@ class LiteRTRunner:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
-        count = lane_count(self.path.stat().st_size, threads or usable_cpus())
+        self.lanes = lane_count(self.path.stat().st_size, threads or usable_cpus())
+        lanes = [_Lane(self.path) for _ in range(self.lanes)]
+        self.image_shape, self._empty = lanes[0].image_shape, lanes[0].empty_outputs()
         self._free = queue.SimpleQueue()  # lanes not yet owned by a pool thread
-        for _ in range(count):
-            self._free.put(_Lane(self.path))
+        for lane in lanes:
+            self._free.put(lane)
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(count, thread_name_prefix="tltool-litert")
+        self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="tltool-litert")
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self._collect(self._submit(batch))
 
     def map(self, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        """The outputs of each batch, in order; batch k+1 is queued before batch k's outputs are collected."""
-        pending = None
-        for batch in batches:
-            submitted = self._submit(batch)
-            if pending is not None:
-                yield self._collect(pending)
-            pending = submitted
-        if pending is not None:
-            yield self._collect(pending)
+        """The outputs of each batch, in order; batch k+1 is queued before batch k's outputs are collected, so
+        ``batches`` must yield a new array each time (not one buffer refilled). Stopped early (or failing), it
+        cancels the images it queued that no lane has started."""
+        queued: list[list[Future]] = []  # at most two batches: the one handed back next, and the one after it
+        try:
+            for batch in batches:
+                queued.append(self._submit(batch))
+                if len(queued) == 2:
+                    yield self._collect(queued.pop(0))
+            while queued:
+                yield self._collect(queued.pop(0))
+        finally:
+            for future in itertools.chain.from_iterable(queued):
+                future.cancel()
+
+    def close(self) -> None:
+        """Stop the lanes' threads (queued images are dropped); the runner cannot run afterwards."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _submit(self, batch: np.ndarray) -> list[Future]:
         batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[1:] != self.image_shape:
+            raise ValueError(f"{self.path.name} takes batches of shape (n, {', '.join(map(str, self.image_shape))}), "
+                             f"got {batch.shape}")
         return [self._pool.submit(self._run_one, batch[i]) for i in range(len(batch))]
 
-    @staticmethod
-    def _collect(futures: list[Future]) -> dict[str, np.ndarray]:
+    def _collect(self, futures: list[Future]) -> dict[str, np.ndarray]:
+        if not futures:
+            return {name: empty.copy() for name, empty in self._empty.items()}
         rows = [f.result() for f in futures]
         return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
 
@@ -207,16 +223,25 @@ class _Lane:
         self.interpreter = Interpreter(model_path=str(path), num_threads=1)
         runner = self.interpreter.get_signature_runner()  # for the outputs' names (avg, max, probabilities)
         ((_name, entry),) = runner.get_input_details().items()
-        self.outputs = {name: d["index"] for name, d in runner.get_output_details().items()}
+        self.outputs = {name: (d["index"], d["shape"][1:], d["dtype"]) for name, d in runner.get_output_details().items()}
         del runner  # it holds the interpreter's buffers, and invoke() refuses to run while anything does
-        self.interpreter.resize_tensor_input(entry["index"], [1, *entry["shape"][1:]])
+        # pixels are written into the input as they are: a quantized input would need its scale and zero point
+        # (tltool's own files keep float32 inputs in every quantization), and a free height or width a resize
+        if entry["dtype"] != np.float32 or -1 in list(entry["shape_signature"][1:]):
+            raise TltoolError(f"{path.name}: LiteRT input {entry['dtype'].__name__} "
+                              f"{list(entry['shape_signature'])}; tltool runs float32 inputs of a fixed size.")
+        self.image_shape = tuple(int(d) for d in entry["shape"][1:])
+        self.interpreter.resize_tensor_input(entry["index"], [1, *self.image_shape])
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.tensor(entry["index"])
+
+    def empty_outputs(self) -> dict[str, np.ndarray]:
+        return {name: np.zeros((0, *shape), dtype) for name, (_index, shape, dtype) in self.outputs.items()}
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         np.copyto(self.input()[0], image, casting="unsafe")  # uint8 or float32 pixels, made float32 in place
         self.interpreter.invoke()
-        return {name: self.interpreter.get_tensor(index)[0] for name, index in self.outputs.items()}
+        return {name: self.interpreter.get_tensor(index)[0] for name, (index, _shape, _dtype) in self.outputs.items()}
 
 
 LANE_MEMORY = 1 << 30  # bytes of model weights all lanes together may hold (each lane loads its own copy)

@@ -32,7 +32,7 @@ from .outputs import claim_output_dir, replace_output_dir, staging_dir
 from .progress import Bar, say
 from .settings import CHOICES
 from .stats import Proportion
-from .utils import atomic_path, read_json, usable_cpus, write_json
+from .utils import atomic_path, read_json, write_json
 
 FORMATS = CHOICES["export_format"]
 MODEL_FILES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
@@ -220,7 +220,7 @@ def measure_export(path: Path, model, run, val: tuple[list[str], np.ndarray], qu
         "agreement_with_float": float(np.mean(float_probs.argmax(1) == export_probs.argmax(1))),
         "max_probability_difference": float(np.abs(float_probs - export_probs).max()),
         "images_per_second": {k: round(v, 1) for k, v in rates.items()}, "speed_batch": len(speed_batch),
-        "threads": usable_cpus(), "engine": "ai-edge-litert (XNNPACK)",
+        "threads": export_runner.lanes, "engine": "ai-edge-litert (XNNPACK)",
     }
 
 

@@ -133,11 +133,10 @@ def sha256_array(a) -> str:
     return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
 
 
-# cgroup files that cap a process's CPU time (docker --cpus, Kubernetes limits): v2, then v1
-CGROUP_CPU_FILES = (Path("/sys/fs/cgroup/cpu.max"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
+CGROUP_ROOT, CGROUP_MEMBERSHIP = Path("/sys/fs/cgroup"), Path("/proc/self/cgroup")
 
 
-def usable_cpus(cgroup_files: tuple[Path, ...] = CGROUP_CPU_FILES) -> int:
+def usable_cpus(root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> int:
     """The CPUs this process can keep busy, for sizing its threads and LiteRT lanes.
 
     ``os.cpu_count()`` counts the host's CPUs: in a container limited to 2 CPUs on a 64-core host it says 64, and
@@ -148,20 +147,48 @@ def usable_cpus(cgroup_files: tuple[Path, ...] = CGROUP_CPU_FILES) -> int:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         count = os.cpu_count() or 1
-    quota = cgroup_cpu_quota(cgroup_files)
+    quota = cgroup_cpu_quota(root, membership)
     if quota is not None:
         count = min(count, math.ceil(quota))
     return max(1, count)
 
 
-def cgroup_cpu_quota(cgroup_files: tuple[Path, ...] = CGROUP_CPU_FILES) -> float | None:
-    """CPUs' worth of time the cgroup allows (``cpu.max`` of v2, ``cfs_quota_us / cfs_period_us`` of v1), or None
-    when there is no limit or no such file."""
-    v2, v1 = cgroup_files
-    with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
-        quota, period = v2.read_text().split()
-        return None if quota == "max" else int(quota) / int(period)
-    with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
-        quota = int(v1.read_text())
-        return None if quota <= 0 else quota / int((v1.parent / "cpu.cfs_period_us").read_text())
-    return None
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> float | None:
+    """CPUs' worth of time this process's cgroups allow (docker --cpus, Kubernetes limits, systemd CPUQuota): the
+    smallest ``cpu.max`` (v2) or ``cfs_quota_us / cfs_period_us`` (v1) of its cgroup and every one above it, or
+    None when none sets a limit or nothing can be read."""
+    quotas = []
+    for folder in _cgroup_folders(root, membership):
+        with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
+            quota, period = (folder / "cpu.max").read_text().split()
+            quotas.append(None if quota == "max" else int(quota) / int(period))
+        with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            quotas.append(None if quota <= 0 else quota / int((folder / "cpu.cfs_period_us").read_text()))
+    limits = [q for q in quotas if q is not None]
+    return min(limits) if limits else None
+
+
+def _cgroup_folders(root: Path, membership: Path) -> list[Path]:
+    """The folders of this process's v2 cgroup and v1 cpu cgroup, each with its ancestors up to the root."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    tops = []
+    for line in lines:
+        parts = line.split(":", 2)  # hierarchy-ID:controllers:path; v2 is "0::/path"
+        if len(parts) != 3:
+            continue
+        _hierarchy, controllers, path = parts
+        if controllers == "":
+            tops.append((root, path))
+        elif "cpu" in controllers.split(","):
+            tops.append((root / "cpu", path))
+    if not tops:
+        tops = [(root, "/"), (root / "cpu", "/")]
+    folders = []
+    for top, path in tops:
+        relative = Path(path.strip().lstrip("/"))
+        folders += [top / relative] + [top / parent for parent in relative.parents]
+    return folders

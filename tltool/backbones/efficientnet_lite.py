@@ -18,7 +18,7 @@ from pathlib import Path
 from .._tf import keras
 from keras import layers
 
-from ..errors import TltoolError
+from ..errors import TltoolError, did_you_mean
 from ..utils import atomic_path, cache_dir
 from .torch_pickle import load_legacy_state_dict
 
@@ -117,6 +117,7 @@ def EfficientNetLite(
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
     dropout_rate: float = 0.2,
+    name: str | None = None,
     kernel_initializer: str = "glorot_uniform",
 ) -> keras.Model:
     """EfficientNet-Lite ``variant`` ("lite0", "lite1", "lite2") on inputs already normalised as ``(x - 127) / 128``.
@@ -124,7 +125,10 @@ def EfficientNetLite(
     ``weights``: ``"imagenet"`` (offline, from the declared dependency), ``None`` or a ``.weights.h5`` path of
     this architecture with its top.
     """
+    if variant not in VARIANTS:
+        raise did_you_mean(variant, VARIANTS, "EfficientNet-Lite variant")
     spec = VARIANTS[variant]
+    name = name or f"efficientnet_{variant}"
     if weights == "imagenet" and include_top and classes != 1000:
         raise ValueError("the ImageNet top has 1000 classes")
     inputs = keras.Input(shape=input_shape or (224, 224, 3), name="image")
@@ -141,7 +145,7 @@ def EfficientNetLite(
     x = layers.Dropout(dropout_rate, name="top_dropout")(x)
     logits = layers.Dense(1000 if weights == "imagenet" else classes, activation=classifier_activation,
                           kernel_initializer=init, name="predictions")(x)
-    full = keras.Model(inputs, logits, name=f"efficientnet_{variant}")
+    full = keras.Model(inputs, logits, name=name)
     if weights == "imagenet":
         full.load_weights(str(imagenet_weights_path(variant)))
     elif weights is not None:
@@ -152,19 +156,19 @@ def EfficientNetLite(
         features = full.get_layer("avg_pool").output
     elif pooling == "max":
         features = layers.GlobalMaxPooling2D(name="max_pool")(features)
-    return keras.Model(inputs, features, name=f"efficientnet_{variant}")
+    return keras.Model(inputs, features, name=name)
 
 
-def EfficientNetLite0(**kwargs) -> keras.Model:
-    return EfficientNetLite("lite0", **kwargs)
+def EfficientNetLite0(*args, **kwargs) -> keras.Model:
+    return EfficientNetLite("lite0", *args, **kwargs)
 
 
-def EfficientNetLite1(**kwargs) -> keras.Model:
-    return EfficientNetLite("lite1", **kwargs)
+def EfficientNetLite1(*args, **kwargs) -> keras.Model:
+    return EfficientNetLite("lite1", *args, **kwargs)
 
 
-def EfficientNetLite2(**kwargs) -> keras.Model:
-    return EfficientNetLite("lite2", **kwargs)
+def EfficientNetLite2(*args, **kwargs) -> keras.Model:
+    return EfficientNetLite("lite2", *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- weight conversion
