@@ -63,6 +63,18 @@ def test_batchnorm_statistics_do_not_move_after_unfreezing():
     assert not np.array_equal(convs[-1].kernel.numpy(), kernel)  # the unfrozen layers did learn
 
 
+def test_a_fine_tune_from_random_weights_follows_its_seed():
+    """--weights none: features always use one fixed draw (they are cached under that name), but a fine-tune from
+    scratch at --seed 1 and --seed 2 must start from two different networks, and at one seed from the same."""
+    def first_conv(seed):
+        return base_model(build_classifier("efficientnet_lite0", "none", 32, 2, seed=seed)).get_layer(
+            "stem_conv").kernel.numpy()
+
+    assert not np.allclose(first_conv(1), first_conv(2))
+    np.testing.assert_array_equal(first_conv(1), first_conv(1))
+    np.testing.assert_array_equal(first_conv(None), first_conv(0))  # the features' fixed draw
+
+
 def test_unfreeze_by_block_name_and_bad_name():
     model = build_classifier("efficientnet_lite0", "none", 32, 2)
     base = base_model(model)

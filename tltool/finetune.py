@@ -32,14 +32,16 @@ from .training import Stage, TrainOptions, compile_model
 from .utils import write_json
 
 
-def build_classifier(backbone: str, weights: str, image_size: int, num_classes: int, dropout: float = 0.2):
+def build_classifier(backbone: str, weights: str, image_size: int, num_classes: int, dropout: float = 0.2,
+                     seed: int | None = None):
     """``pixels -> preprocess -> base (nested, named after the backbone) -> pool -> dropout -> classifier``.
 
-    The classifier's output is float32 even under mixed precision.
+    The classifier's output is float32 even under mixed precision. With ``weights="none"`` the base's random
+    weights follow ``seed`` (the run's ``--seed``: fine-tunes at other seeds start from other networks).
     """
     from ._tf import keras
 
-    extractor = create_backbone(backbone, weights=weights, image_size=image_size)
+    extractor = create_backbone(backbone, weights=weights, image_size=image_size, random_seed=seed)
     preprocess, base = extractor.get_layer("preprocess"), extractor.layers[-1]
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = base(preprocess(inputs), training=False)
@@ -139,7 +141,8 @@ def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str 
         say(f"classifier initialised from the linear probe (logistic regression, CV accuracy {score:.3f})")
 
     plan = ModelPlan(FinetuneConfig.KIND, spec.name, image_size,
-                     build=lambda n: build_classifier(spec.name, config.weights, image_size, n, config.dropout),
+                     build=lambda n: build_classifier(spec.name, config.weights, image_size, n, config.dropout,
+                                                      seed=config.seed),
                      stages=finetune_stages(config, unfreeze),
                      model_config={"backbone": spec.name, "weights": config.weights, "unfreeze": config.unfreeze,
                                    "unfreeze_resolved": unfreeze},

@@ -9,13 +9,15 @@ from .registry import (BackboneSpec, _weights_failure, get_backbone_spec, keras_
                        register_backbone, weights_digest)
 
 
-def create_backbone(name: str, weights: str = "imagenet", image_size: int | None = None):
+def create_backbone(name: str, weights: str = "imagenet", image_size: int | None = None,
+                    random_seed: int | None = None):
     """Build ``name`` as a Keras model from raw RGB pixels (0..255) to its last feature map.
 
     The model is ``input -> ImagePreprocessing(spec.preprocess) -> base``; ``base`` is a nested model named
     after the backbone, so fine-tuning can unfreeze its top layers. ``weights``: ``imagenet`` (Keras' cache, or
     offline for efficientnet_lite0), ``none`` (random, the same in every process: see
-    :func:`_seeded_random_build`), or a path to a weights file of the base.
+    :func:`_seeded_random_build`), or a path to a weights file of the base. ``random_seed`` draws the random
+    weights of ``none`` from another seed (a fine-tune from scratch follows its ``--seed``; features must not).
     """
     from .._tf import keras
 
@@ -28,7 +30,7 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
     shape = (size, size, 3)
     weights = str(weights)
     if weights.lower() == "none":
-        base = _seeded_random_build(spec, shape)
+        base = _seeded_random_build(spec, shape, RANDOM_WEIGHTS_SEED if random_seed is None else random_seed)
     elif weights.lower() == "imagenet":
         try:
             base = spec.build(shape, "imagenet")
@@ -56,17 +58,17 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
 RANDOM_WEIGHTS_SEED = 0
 
 
-def _seeded_random_build(spec: BackboneSpec, shape: tuple[int, int, int]):
-    """``spec`` with random weights drawn from :data:`RANDOM_WEIGHTS_SEED`: features of ``--weights none`` are
-    cached under that name, so every process must build the same network (a linear run's ``predict`` and
-    ``export`` rebuild it). The caller's random stream goes on from a number drawn from it before, so what a run
+def _seeded_random_build(spec: BackboneSpec, shape: tuple[int, int, int], seed: int = RANDOM_WEIGHTS_SEED):
+    """``spec`` with random weights drawn from ``seed`` (:data:`RANDOM_WEIGHTS_SEED` unless a fine-tune asks for
+    its own): features of ``--weights none`` are cached under that name, so every process must build the same
+    network (a linear run's ``predict`` and ``export`` rebuild it). The caller's random stream goes on from a number drawn from it before, so what a run
     draws afterwards (head, dropout) still follows its ``--seed``."""
     import numpy as np
 
     from .._tf import keras
 
     carry_on = int(np.random.randint(2**31 - 1))
-    keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+    keras.utils.set_random_seed(seed)
     try:
         return spec.build(shape, None)
     finally:
