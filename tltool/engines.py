@@ -152,7 +152,7 @@ class LiteRTRunner:
     single images (a batch of 32 makes activations of hundreds of MB that miss every cache); two 1-thread lanes
     ran 220-227, and kept more of that when fed from JPEG files (a 2-thread XNNPACK pool spins while the decoding
     threads hold a core). Fed from the photos in one process, lanes with a fixed half of each batch each ran
-    184-188, lanes taking the next image 198-201. Each image is written as float32 straight into the
+    184-188, lanes taking the next image 198-201, streamed across batches as below 197-212. Each image is written as float32 straight into the
     interpreter's input (no copy, no resize and allocation per call as the signature runner makes: 2 % of the
     compute), and :meth:`map` hands the lanes the next batch before this one's rows are collected, so no lane
     waits at the end of a batch for the other.
@@ -223,7 +223,8 @@ class _Lane:
         self.interpreter = Interpreter(model_path=str(path), num_threads=1)
         runner = self.interpreter.get_signature_runner()  # for the outputs' names (avg, max, probabilities)
         ((_name, entry),) = runner.get_input_details().items()
-        self.outputs = {name: (d["index"], d["shape"][1:], d["dtype"]) for name, d in runner.get_output_details().items()}
+        self.outputs = {name: (d["index"], d["shape"][1:], d["dtype"])
+                        for name, d in runner.get_output_details().items()}
         del runner  # it holds the interpreter's buffers, and invoke() refuses to run while anything does
         # pixels are written into the input as they are: a quantized input would need its scale and zero point
         # (tltool's own files keep float32 inputs in every quantization), and a free height or width a resize

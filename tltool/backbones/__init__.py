@@ -61,8 +61,8 @@ RANDOM_WEIGHTS_SEED = 0
 def _seeded_random_build(spec: BackboneSpec, shape: tuple[int, int, int], seed: int = RANDOM_WEIGHTS_SEED):
     """``spec`` with random weights drawn from ``seed`` (:data:`RANDOM_WEIGHTS_SEED` unless a fine-tune asks for
     its own): features of ``--weights none`` are cached under that name, so every process must build the same
-    network (a linear run's ``predict`` and ``export`` rebuild it). The caller's random stream goes on from a number drawn from it before, so what a run
-    draws afterwards (head, dropout) still follows its ``--seed``."""
+    network (a linear run's ``predict`` and ``export`` rebuild it). The caller's random stream goes on from a
+    number drawn from it before, so what a run draws afterwards (head, dropout) still follows its ``--seed``."""
     import numpy as np
 
     from .._tf import keras

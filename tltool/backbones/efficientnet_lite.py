@@ -135,9 +135,9 @@ def EfficientNetLite(
     init = kernel_initializer
     x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", init=init)
     stages = spec.stages()
-    for s, i, name in _block_ids(spec):
+    for s, i, block in _block_ids(spec):
         expand, kernel, stride, f_in, f_out, _ = stages[s]
-        x = _mbconv(x, expand, kernel, stride if i == 0 else 1, f_in if i == 0 else f_out, f_out, name, init)
+        x = _mbconv(x, expand, kernel, stride if i == 0 else 1, f_in if i == 0 else f_out, f_out, block, init)
     x = _conv_bn(x, HEAD_FILTERS, 1, 1, "top", init=init)
     features = x
     # The weights file holds the ImageNet top, so load into the full network and cut it afterwards.
