@@ -16,6 +16,7 @@ starts with an empty check cache, so every photo's header is read and every phot
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import random
@@ -77,12 +78,9 @@ def compute_rates(size: int, batch: int, images: int) -> dict[str, float]:
     """
     import numpy as np
 
-    from tltool.engines import create_runner, feature_source
-
-    source = feature_source("efficientnet_lite0", "imagenet", size)
     rates = {}
     for engine, sizes in (("tf", sorted({8, batch})), ("litert", [batch])):
-        runner = create_runner(source, engine)
+        runner = _runner(engine, size)
         for n in sizes:
             x = np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
             runner(x)  # warm-up: graph tracing, LiteRT allocation
@@ -92,8 +90,15 @@ def compute_rates(size: int, batch: int, images: int) -> dict[str, float]:
                 pass
             rates[f"{engine}_batch{n}"] = count * n / (time.perf_counter() - start)
         rates[engine] = max(rates[f"{engine}_batch{n}"] for n in sizes)
-        getattr(runner, "close", lambda: None)()
     return rates
+
+
+@functools.cache
+def _runner(engine: str, size: int):
+    """The feature network on ``engine``, built once per process (each run measures it twice)."""
+    from tltool.engines import create_runner, feature_source
+
+    return create_runner(feature_source("efficientnet_lite0", "imagenet", size), engine)
 
 
 def one_run(small: Path, large: Path, n_small: int, n_large: int, cache: Path, args) -> dict:
