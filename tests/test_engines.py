@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -99,6 +100,48 @@ def test_litert_lanes_keep_every_image_in_its_row_whatever_the_batch_and_pixel_t
     assert 8 <= started <= 10, started  # without the cancel, all 7 of the second batch would run
     # one lane per core while the copies of the model fit in LANE_MEMORY
     assert [engines.lane_count(b, 16) for b in (14 << 20, 94 << 20, 2 << 30)] == [16, 10, 1]
+
+
+class _FakeLane:
+    """A lane without LiteRT: image k (its first pixel) fails when k == 0, else takes 20 ms and is counted."""
+
+    ran: list[int] = []
+
+    def __init__(self, path) -> None:
+        self.image_shape = (2, 2, 3)
+
+    def empty_outputs(self) -> dict[str, np.ndarray]:
+        return {"avg": np.zeros((0, 1), np.float32)}
+
+    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        tag = int(image[0, 0, 0])
+        if tag == 0:
+            raise RuntimeError("lane failed on image 0")
+        time.sleep(0.02)
+        _FakeLane.ran.append(tag)
+        return {"avg": np.array([tag], np.float32)}
+
+
+def test_a_failing_image_cancels_the_rest_of_its_batch_and_the_next(monkeypatch, tmp_path):
+    """An error (or Ctrl-C) while a batch is collected cancels its images no lane has started, in a call and in a
+    stream; before, the other 39 images ran on after the error and held up the interpreter's exit."""
+    monkeypatch.setattr(engines, "_Lane", _FakeLane)
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    runner = engines.LiteRTRunner(tmp_path / "m.tflite", threads=2)
+
+    def batch(first: int, n: int = 40) -> np.ndarray:
+        b = np.zeros((n, 2, 2, 3), np.float32)
+        b[:, 0, 0, 0] = np.arange(first, first + n)
+        return b
+
+    assert runner(batch(1, 4))["avg"].ravel().tolist() == [1, 2, 3, 4]
+    for run in (lambda: runner(batch(0)), lambda: list(runner.map(iter([batch(0), batch(100)])))):
+        _FakeLane.ran = []
+        with pytest.raises(RuntimeError, match="image 0"):
+            run()
+        time.sleep(0.3)  # what was left queued would run in 0.4 s on the two lanes
+        assert len(_FakeLane.ran) <= 2, _FakeLane.ran  # at most the images already on the two lanes
+    runner.close()
 
 
 def test_lite0_features_equal_tf_within_1e_4_on_real_weights():

@@ -204,7 +204,12 @@ class LiteRTRunner:
     def _collect(self, futures: list[Future]) -> dict[str, np.ndarray]:
         if not futures:
             return {name: empty.copy() for name, empty in self._empty.items()}
-        rows = [f.result() for f in futures]
+        try:
+            rows = [f.result() for f in futures]
+        except BaseException:  # a lane's error or Ctrl-C: the rest of this batch must not run on (nor hold up exit)
+            for future in futures:
+                future.cancel()
+            raise
         return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
 
     def _run_one(self, image: np.ndarray) -> dict[str, np.ndarray]:
