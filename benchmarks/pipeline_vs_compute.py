@@ -33,7 +33,7 @@ os.environ.setdefault("TLTOOL_NO_PROGRESS", "1")
 
 from _common import REPO, SHARED, emit  # noqa: E402
 
-SOURCES = ("flowers/train", "flowers/val", "flowers-tune")  # 850 distinct photos, class folders
+SOURCES = ("flowers/train", "flowers/val", "flowers-tune", "pets/train", "pets/val")  # 1,060 distinct photos
 
 
 def photo_folders(root: Path, small: int, large: int | None) -> tuple[Path, Path, int, int]:
@@ -120,7 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--small", type=int, default=300, help="Photos in the smaller of the two data sizes.")
-    parser.add_argument("--large", type=int, default=None, help="Photos in the larger size [default: all 850].")
+    parser.add_argument("--large", type=int, default=None, help="Photos in the larger size [default: all 1,060].")
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--image-size", type=int, default=288, help="The default input size of efficientnet_lite0.")
     parser.add_argument("--batch-size", type=int, default=32)
