@@ -117,6 +117,9 @@ TRAININGS: dict[str, Training] = {
     "finetune-288-u3-e20": Training("finetune", ("--image-size", "288", "--unfreeze", "3", "--epochs", "20")),
     # milder crops (scale 0.6-1 instead of 0.35-1): training objects closer to their size in the test view (FixRes)
     "finetune-288-light": Training("finetune", ("--image-size", "288", "--augment", "light")),
+    # the whole network trained (BatchNorm statistics stay frozen), as full fine-tuning is usually done
+    "finetune-288-uall": Training("finetune", ("--image-size", "288", "--unfreeze", "all")),
+    "finetune-288-uall-lr5": Training("finetune", ("--image-size", "288", "--unfreeze", "all", "--lr", "5e-5")),
     # the larger offline EfficientNet-Lites (ImageNet top-1 76.7 % and 77.6 % against Lite0's 75.1 %)
     **{f"probe-L{v}-{s}": Training("probe", ("--backbone", f"efficientnet_lite{v}", "--image-size", str(s)))
        for v in (1, 2) for s in (260, 288, 320)},
@@ -154,6 +157,8 @@ def _candidates() -> list[Candidate]:
     out += [Candidate(name, name, note="the default recipe, longer or at a higher learning rate")
             for name in ("finetune-288-e20", "finetune-288-lr2", "finetune-288-u3-e20")]
     out.append(Candidate("finetune-288-light", "finetune-288-light", note="the default recipe, --augment light"))
+    out += [Candidate(name, name, note="the default recipe with every block unfrozen", datasets=("flowers",))
+            for name in ("finetune-288-uall", "finetune-288-uall-lr5")]
     for v in (1, 2):
         out += [Candidate(f"probe-L{v}-{s}", f"probe-L{v}-{s}", note=f"EfficientNet-Lite{v}") for s in (260, 288, 320)]
         out += [Candidate(f"probe-L{v}-{s}-cv", f"cv-L{v}-{s}", scored_by="cv",
