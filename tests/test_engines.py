@@ -113,6 +113,9 @@ class _FakeLane:
     def empty_outputs(self) -> dict[str, np.ndarray]:
         return {"avg": np.zeros((0, 1), np.float32)}
 
+    def memory_bytes(self, file_bytes: int) -> int:
+        return file_bytes
+
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         tag = int(image[0, 0, 0])
         if tag == 0:

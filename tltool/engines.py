@@ -162,8 +162,9 @@ class LiteRTRunner:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
-        self.lanes = lane_count(self.path.stat().st_size, threads or usable_cpus())
-        lanes = [_Lane(self.path) for _ in range(self.lanes)]
+        first = _Lane(self.path)
+        self.lanes = lane_count(first.memory_bytes(self.path.stat().st_size), threads or usable_cpus())
+        lanes = [first] + [_Lane(self.path) for _ in range(self.lanes - 1)]
         self.image_shape, self._empty = lanes[0].image_shape, lanes[0].empty_outputs()
         self._free = queue.SimpleQueue()  # lanes not yet owned by a pool thread
         for lane in lanes:
@@ -243,6 +244,13 @@ class _Lane:
 
     def empty_outputs(self) -> dict[str, np.ndarray]:
         return {name: np.zeros((0, *shape), dtype) for name, (_index, shape, dtype) in self.outputs.items()}
+
+    def memory_bytes(self, file_bytes: int) -> int:
+        """What one lane holds of the model: the file, plus its float16 weights again, which XNNPACK keeps
+        unpacked as float32 on a CPU (twice their size in the file)."""
+        half = sum(int(np.prod(d["shape"])) * 2 for d in self.interpreter.get_tensor_details()
+                   if d["dtype"] == np.float16)
+        return file_bytes + 2 * half
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         np.copyto(self.input()[0], image, casting="unsafe")  # uint8 or float32 pixels, made float32 in place
