@@ -110,6 +110,8 @@ TRAININGS: dict[str, Training] = {
     "finetune-H288-e20": Training("finetune", head_first(image_size="288", epochs="20")),
     "finetune-H288-refit": Training("finetune", head_first(image_size="288"), refit=True),
     "finetune-288-refit": Training("finetune", ("--image-size", "288"), refit=True),
+    **{f"finetune-288-refit-s{k}": Training("finetune", ("--image-size", "288", "--seed", str(k)), refit=True)
+       for k in (1, 2)},
     **{f"finetune-288-s{k}": Training("finetune", ("--image-size", "288", "--seed", str(k))) for k in (1, 2)},
     # longer or stronger schedules of the default recipe (it trains 105 s of the 5 minutes allowed)
     "finetune-288-e20": Training("finetune", ("--image-size", "288", "--epochs", "20")),
@@ -154,6 +156,8 @@ def _candidates() -> list[Candidate]:
                       datasets=("flowers",))]
     out += [Candidate(f"finetune-288-s{k}", f"finetune-288-s{k}", note=f"the default recipe, --seed {k}",
                       datasets=("flowers",)) for k in (1, 2)]
+    out += [Candidate(f"finetune-288-refit-s{k}", f"finetune-288-refit-s{k}", datasets=("flowers",),
+                      note=f"the default recipe on train+val (350 photos), --seed {k}") for k in (1, 2)]
     out += [Candidate(name, name, note="the default recipe, longer or at a higher learning rate")
             for name in ("finetune-288-e20", "finetune-288-lr2", "finetune-288-u3-e20")]
     out.append(Candidate("finetune-288-light", "finetune-288-light", note="the default recipe, --augment light"))
