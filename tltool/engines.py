@@ -152,10 +152,10 @@ class LiteRTRunner:
     single images (a batch of 32 makes activations of hundreds of MB that miss every cache); two 1-thread lanes
     ran 220-227, and kept more of that when fed from JPEG files (a 2-thread XNNPACK pool spins while the decoding
     threads hold a core). Fed from the photos in one process, lanes with a fixed half of each batch each ran
-    184-188, lanes taking the next image 198-201, streamed across batches as below 197-212. Each image is written as float32 straight into the
-    interpreter's input (no copy, no resize and allocation per call as the signature runner makes: 2 % of the
-    compute), and :meth:`map` hands the lanes the next batch before this one's rows are collected, so no lane
-    waits at the end of a batch for the other.
+    184-188, lanes taking the next image 198-201, streamed across batches as below 197-212. Each image is written
+    as float32 straight into the interpreter's input (no copy, no resize and allocation per call as the signature
+    runner makes: 2 % of the compute), and :meth:`map` hands the lanes the next batch before this one's rows are
+    collected, so no lane waits at the end of a batch for the other.
     """
 
     engine = "litert"

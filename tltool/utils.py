@@ -157,15 +157,16 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERS
     """CPUs' worth of time this process's cgroups allow (docker --cpus, Kubernetes limits, systemd CPUQuota): the
     smallest ``cpu.max`` (v2) or ``cfs_quota_us / cfs_period_us`` (v1) of its cgroup and every one above it, or
     None when none sets a limit or nothing can be read."""
-    quotas = []
+    limits = []
     for folder in _cgroup_folders(root, membership):
         with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
             quota, period = (folder / "cpu.max").read_text().split()
-            quotas.append(None if quota == "max" else int(quota) / int(period))
+            if quota != "max":
+                limits.append(int(quota) / int(period))
         with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
             quota = int((folder / "cpu.cfs_quota_us").read_text())
-            quotas.append(None if quota <= 0 else quota / int((folder / "cpu.cfs_period_us").read_text()))
-    limits = [q for q in quotas if q is not None]
+            if quota > 0:
+                limits.append(quota / int((folder / "cpu.cfs_period_us").read_text()))
     return min(limits) if limits else None
 
 
