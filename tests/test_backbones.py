@@ -218,8 +218,6 @@ def test_lite0_matches_a_live_torch_forward_pass(lite0_logits):
 def test_backbones_command_lists_every_registered_name():
     from click.testing import CliRunner
 
-    from click.testing import CliRunner
-
     from tltool.cli import main
 
     result = CliRunner().invoke(main, ["backbones"], terminal_width=200)
