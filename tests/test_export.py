@@ -168,10 +168,21 @@ def test_a_quantized_tflite_is_measured_on_the_validation_images(linear_run, pla
     assert paired["n"] == n and paired["only_a"] + paired["both"] == m["float_accuracy"]["correct"]
     assert m["drop_points"] == pytest.approx(-100 * paired["difference"], abs=0.006)
     assert m["within_max_drop"] == (m["drop_points"] <= 1.0)
+    assert m["val_seen_in_training"] is False
     # the quantized file keeps the probe's accuracy (int8 once fell to chance here: see heads.floored_scaler)
     assert correct >= m["float_accuracy"]["correct"] - 2 and m["float_accuracy"]["correct"] >= 24
     assert m["images_per_second"]["export"] > 0 and m["images_per_second"]["float_tf"] > 0
     assert f"({quantize})" in (tmp_path / quantize / "README.md").read_text()
+
+
+def test_an_export_of_a_refit_run_says_its_validation_numbers_are_optimistic(linear_run, tmp_path):
+    from tltool.linear import probe
+
+    refit = probe(str(SAMPLE), image_size=64, features_dir=linear_run.parent / "f", out=tmp_path / "run",
+                  refit=True).run_dir
+    result = export_module.export_run(refit, "tflite", tmp_path / "export")
+    assert result.measurement["val_seen_in_training"] is True
+    assert "trained on these validation images too" in (tmp_path / "export" / "README.md").read_text()
 
 
 class _BrokenRunner:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,59 @@ def test_sigkill_after_epoch_one_then_resume(tmp_path):
     assert [int(line.split(",")[0]) for line in history] == [1, 2, 3, 4]
     model = keras.models.load_model(run / "model.keras", safe_mode=True)
     assert model.output_shape == (None, 4)
+
+
+def test_refit_stages_repeat_the_epochs_the_val_run_kept():
+    from tltool.training import LoopState, refit_stages
+
+    options = TrainOptions(epochs=6, lr=1e-4, schedule="cosine", early_stopping=2)
+    stages = [Stage("head", replace(options, epochs=2, early_stopping=0)), Stage("unfreeze 2", options)]
+    losses = [("head", 1.0), ("head", 0.9), ("unfreeze 2", 0.8), ("unfreeze 2", 0.7), ("unfreeze 2", 0.75),
+              ("unfreeze 2", 0.76)]
+    state = LoopState(epoch=6, history=[{"epoch": i + 1, "stage": s, "val_loss": v} for i, (s, v) in enumerate(losses)],
+                      stopped_early=["unfreeze 2"])
+    head, tune = refit_stages(stages, state)
+    assert (head.epochs_to_run, head.options.epochs) == (2, 2)
+    # early stopping kept epoch 2 of the stage: the refit runs 2 epochs of the same 6-epoch schedule, never stopping
+    assert (tune.epochs_to_run, tune.options.epochs, tune.options.early_stopping) == (2, 6, 0)
+    assert tune.options.lr == options.lr and tune.options.schedule == "cosine"
+
+
+def test_refit_ships_a_train_val_model_and_keeps_the_val_estimate(tmp_path):
+    from tltool.dataset import load_dataset
+    from tltool.models import load_run
+
+    config = FinetuneConfig(data=str(SAMPLE), image_size=64, batch_size=16, augment="light", head_epochs=1,
+                            epochs=1, unfreeze="1", val_fraction=0.25, refit=True)
+    result = finetune(config, out=tmp_path / "run")
+    run = result.run_dir
+    metrics = json.loads((run / "metrics.json").read_text())
+    refit = metrics["refit"]
+    assert refit["n_images"] == 160 and refit["epochs"] == 2 and metrics["val"]["accuracy"]["n"] == 40
+    assert [r["stage"] for r in refit["history"]] == ["head", "unfreeze 1"]
+    assert not any("val_loss" in r for r in refit["history"])  # no val split in a refit
+    model_json = json.loads((run / "model.json").read_text())
+    assert model_json["refit"] is True and model_json["n_trained_on"] == 160
+    assert "trained again on train+val (160 images)" in (run / "report.md").read_text()
+    # the reported estimate is the train-only model's (its last checkpoint), and the shipped model is another one
+    val_paths = [r.path for r in load_dataset(str(run / "split.csv")).subset("val")]
+    before = tmp_path / "before-refit"
+    before.mkdir()
+    (before / "model.json").write_text((run / "model.json").read_text())
+    (before / "model.keras").write_bytes((run / "checkpoint-epoch0002.keras").read_bytes())
+    np.testing.assert_allclose(load_run(before).predict_paths(val_paths), result.evaluation.probs, atol=1e-5)
+    assert np.abs(load_run(run).predict_paths(val_paths) - result.evaluation.probs).max() > 1e-3
+
+
+def test_refit_with_a_val_driven_schedule_or_cv_is_a_user_error(tmp_path):
+    from tltool.finetune import finetune_cv
+
+    with pytest.raises(TltoolError, match="--schedule plateau"):
+        FinetuneConfig(data=str(SAMPLE), refit=True, schedule="plateau").validate()
+    with pytest.raises(TltoolError, match="--refit has nothing to do with --cv"):
+        finetune_cv(FinetuneConfig(data=str(SAMPLE), refit=True), 3, out=tmp_path / "cv")
+    from tltool.cli.training import finetune_cmd, train_cmd
+
+    for command in (finetune_cmd, train_cmd):  # off by default, on the command line as in the library
+        option = next(p for p in command.params if p.name == "refit")
+        assert option.default is False is FinetuneConfig.refit

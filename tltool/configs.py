@@ -82,11 +82,20 @@ class RunConfig(TrainOptions, DataOptions):
     scale_lr: bool = False
     tta: str = "none"
     mixup: float = 0.0  # Beta(a, a) of mixup in the training batches; 0: off
+    # after the val estimate, train the shipped model again on train+val for the same epochs; off by default:
+    # benchmarks/results/defaults.md scored the default fine-tune refit at 0.882-0.894 on flowers-tune (3 seeds)
+    # against 0.890-0.912 trained on train alone
+    refit: bool = False
 
     def validate(self) -> None:
         super().validate()
         if not 0 <= self.mixup <= 10 or not math.isfinite(self.mixup):
             raise TltoolError(f"--mixup must be 0 (off) or a Beta parameter in (0, 10], got {self.mixup}.")
+        if self.refit and self.schedule == "plateau":
+            raise TltoolError("--refit repeats the run's epochs on train+val, where there is no val loss for "
+                              "--schedule plateau to lower the learning rate by; use cosine, step or constant.")
+        if self.refit and self.strategy == "multiworker":
+            raise TltoolError("--refit runs on one machine: use --strategy auto or mirrored, or refit without it.")
 
     def train_options(self) -> TrainOptions:
         return TrainOptions(**{f.name: getattr(self, f.name) for f in fields(TrainOptions)})

@@ -221,7 +221,13 @@ def measure_export(path: Path, model, run, val: tuple[list[str], np.ndarray], qu
         "max_probability_difference": float(np.abs(float_probs - export_probs).max()),
         "images_per_second": {k: round(v, 1) for k, v in rates.items()}, "speed_batch": len(speed_batch),
         "threads": export_runner.lanes, "engine": "ai-edge-litert (XNNPACK)",
+        "val_seen_in_training": trained_on_val(run),
     }
+
+
+def trained_on_val(run) -> bool:
+    """Whether the run's model was fitted on its validation images too (``--refit``, or a ``linear --cv`` head)."""
+    return bool(run.config.get("refit") or run.config.get("cv"))
 
 
 def measurement_lines(m: dict) -> list[str]:
@@ -239,4 +245,5 @@ def measurement_lines(m: dict) -> list[str]:
         f"against the float model it {cost}: {verdict} --max-drop {m['max_drop_points']:g}",
         f"speed on this CPU ({m['threads']} threads, batch {m['speed_batch']}): {m['images_per_second']['export']:.0f} "
         f"images/s (float model in TF: {m['images_per_second']['float_tf']:.0f} images/s)",
-    ]
+    ] + (["the model was trained on these validation images too (refit): both accuracies are optimistic; the "
+          "difference between them is still what the quantization costs"] if m.get("val_seen_in_training") else [])

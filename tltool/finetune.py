@@ -195,6 +195,9 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     if config.strategy == "multiworker":
         raise TltoolError("--cv with --strategy multiworker is not supported: run the folds on one machine "
                           "(--strategy auto or mirrored), or fine-tune once across the cluster.")
+    if config.refit:
+        raise TltoolError("--refit has nothing to do with --cv: --cv estimates accuracy and ships no model. Drop one "
+                          "of them.")
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
     checked = prepare_dataset(config.data, config.val_fraction, config.seed, config.max_pixels, strict=config.strict)

@@ -204,3 +204,9 @@ def write_run_report(run_dir: str | Path, evaluation: Evaluation, paths: Sequenc
     write_json(run_dir / "metrics.json", metrics)
     write_text_atomic(run_dir / "report.md", markdown_summary(title, metrics))
     return metrics
+
+
+def rewrite_report(run_dir: str | Path, metrics: dict) -> None:
+    """``metrics.json`` and ``report.md`` again, for metrics that grew after :func:`write_run_report` (a refit)."""
+    write_json(Path(run_dir) / "metrics.json", metrics)
+    write_text_atomic(Path(run_dir) / "report.md", markdown_summary(metrics["title"], metrics))

@@ -23,13 +23,14 @@ from .evaluation import Evaluation
 from .inspection import prepare_dataset, say_upsampling, upsampling
 from .models import load_run
 from .progress import say
-from .report import write_run_report
+from .report import rewrite_report, write_run_report
 from .runs import new_run_dir
-from .training import LoopState, Stage, epochs_done, plot_history, run_stages
+from .training import LoopState, Stage, checkpoint_path, epochs_done, plot_history, refit_stages, run_stages
 from .tta import TTA_MODES
 from .utils import atomic_path, read_json, write_json
 
 SPLIT_FILE = "split.csv"  # the exact split of a run (absolute paths): what --resume trains and validates on
+REFIT_DIR = "refit"  # --refit's checkpoints and history, inside the run folder
 
 
 @dataclass
@@ -172,13 +173,18 @@ class KerasTrainingRun:
         self.title = f"{data.dataset.name}: {self.plan.kind} {self.plan.name}"
         if not info.chief:  # checkpoints go to a scratch folder that is removed; the chief writes the run
             with worker_scratch_dir(info) as scratch:
-                fitted = self.fit(scratch, data, pipelines, distribute, strategy, info, resume)
+                self.record_start(scratch, data, distribute, resume)
+                fitted = self.fit(scratch, data, pipelines, self.plan.stages, distribute, strategy, info, resume)
             say(f"worker {info.worker_index}: {fitted.summary()}; the chief (worker 0) writes the run folder and "
                 "the report")
             return TrainResult(None, None, {}, fitted.model, chief=False)
         run_dir = resume or new_run_dir(self.plan.kind, data.dataset.name, self.plan.name, out=out, force=force)
-        fitted = self.fit(run_dir, data, pipelines, distribute, strategy, info, resume)
-        return self.finish(run_dir, fitted, data, distribute)
+        self.record_start(run_dir, data, distribute, resume)
+        fitted = self.fit(run_dir, data, pipelines, self.plan.stages, distribute, strategy, info, resume)
+        result = self.finish(run_dir, fitted, data, distribute)
+        if self.config.refit:
+            result = self.refit(result, fitted.state, data, distribute, strategy, info)
+        return result
 
     def prepare_data(self, resume: Path | None) -> RunData:
         """Check the settings, seed everything, and open, check and split the data (or the run's own split)."""
@@ -233,9 +239,9 @@ class KerasTrainingRun:
 
         # every worker evaluates all of val (decoded once, cached): the step's all-reduced sums count each image
         # once per worker, in the loss and in the count alike, so the means are one machine's
-        val = for_strategy(lambda: image_dataset(
+        val = None if not data.val else for_strategy(lambda: image_dataset(
             [r.path for r in data.val], data.y_val, image_size=size, resize=config.resize, batch_size=batch,
-            num_classes=n_classes, cache=True, max_pixels=config.max_pixels))
+            num_classes=n_classes, cache=True, max_pixels=config.max_pixels))  # none in a refit
         if shard:
             full, tail = shard_layout(len(data.train), batch, info.workers)
             steps = full + (tail > 0)
@@ -244,23 +250,24 @@ class KerasTrainingRun:
         return Pipelines(train, val, steps,
                          balanced_class_weight(data.y_train, n_classes) if config.class_weight == "balanced" else None)
 
-    def fit(self, target: Path, data: RunData, pipelines: Pipelines, distribute: dict, strategy, info,
-            resume: Path | None) -> Fitted:
-        """Train through the stages into ``target`` (a new run first records its split and settings)."""
+    def record_start(self, target: Path, data: RunData, distribute: dict, resume: Path | None) -> None:
+        """A new run records its exact split and settings first (what ``--resume`` goes on from)."""
         if not resume:
-            write_manifest(data.dataset.records, target / SPLIT_FILE)  # the exact data of this run
+            write_manifest(data.dataset.records, target / SPLIT_FILE)
             write_json(target / "config.json", {**asdict(self.config), "kind": self.plan.kind,
                                                 "dataset": data.dataset.name, "image_size": self.plan.image_size,
                                                 "distribute": distribute})
 
+    def fit(self, target: Path, data: RunData, pipelines: Pipelines, stages: list[Stage], distribute: dict,
+            strategy, info, resume: Path | None) -> Fitted:
+        """Train a new model (or the checkpoint of ``resume``) through ``stages`` into ``target``."""
         def new_model():
             model = self.plan.build(len(data.classes))
             if self.plan.initialize is not None:
                 self.plan.initialize(model, [r.path for r in data.train], data.y_train)
             return model
 
-        stages = [replace(s, options=replace(s.options, lr=s.options.lr * distribute["lr_scale"]))
-                  for s in self.plan.stages]
+        stages = [replace(s, options=replace(s.options, lr=s.options.lr * distribute["lr_scale"])) for s in stages]
         start, before = time.perf_counter(), epochs_done(resume) if resume else 0
         model, state = run_stages(new_model, stages, pipelines.train, pipelines.val, pipelines.steps_per_epoch,
                                   target, pipelines.class_weight, resume=resume is not None,
@@ -289,11 +296,37 @@ class KerasTrainingRun:
         say(fitted.summary())
         return TrainResult(run_dir, evaluation, metrics, fitted.model)
 
-    def save_model(self, run_dir: Path, model, data: RunData, distribute: dict) -> dict:
-        """``model.keras`` and ``model.json``; returns the model's settings as written there."""
+    def refit(self, result: TrainResult, state: LoopState, data: RunData, distribute: dict, strategy,
+              info) -> TrainResult:
+        """``--refit``: after the val estimate, train the shipped model again on train+val, through the stages and
+        epochs the val run kept, in ``RUN/refit`` (its own checkpoints: a killed refit resumes there). The report
+        keeps the val estimate, which is the refit model's estimate too, and says so."""
+        run_dir, target = result.run_dir, result.run_dir / REFIT_DIR
+        everything = RunData(data.dataset, data.train + data.val, [], np.concatenate([data.y_train, data.y_val]),
+                             data.y_val[:0])
+        pipelines = self.pipelines(everything, info, distribute["global_batch_size"], strategy)
+        stages = refit_stages(self.plan.stages, state)
+        resume = target if checkpoint_path(target) is not None else None
+        target.mkdir(exist_ok=True)
+        say(f"refit: training again on train+val ({len(everything.train)} images) for the {state.epoch} epochs "
+            "of the run, without a val split")
+        fitted = self.fit(target, everything, pipelines, stages, distribute, strategy, info, resume)
+        n = len(everything.train)
+        self.save_model(run_dir, fitted.model, data, distribute, refit=True, n_trained_on=n)
+        note = (f"refit: the saved model was trained again on train+val ({n} images) for the same {fitted.state.epoch} "
+                "epochs; the accuracy above was measured on val before the refit and is its estimate (the refit "
+                "model has seen those images)")
+        metrics = {**result.metrics, "refit": {"note": note, "n_images": n, "epochs": fitted.state.epoch,
+                                                "history": fitted.state.history, "seconds": fitted.seconds}}
+        rewrite_report(run_dir, metrics)
+        say(note)
+        return replace(result, metrics=metrics, model=fitted.model)
+
+    def save_model(self, run_dir: Path, model, data: RunData, distribute: dict, **settings) -> dict:
+        """``model.keras`` and ``model.json`` (with ``settings`` added); returns the model's settings."""
         with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
             model.save(str(tmp))
-        model_config = self.plan.model_config
+        model_config = {**self.plan.model_config, **settings}
         base = find_backbone(model)
         if base is not None:  # the backbone inside a fine-tuned classifier (Grad-CAM and unfreezing look it up)
             model_config = {**model_config, "base_layer": base.name}

@@ -46,6 +46,9 @@ def training_options(config: type[RunConfig]):
                      help="Blend each training batch with itself reversed, weight ~ Beta(A, A); 0: off."),
         click.option("--mixed-precision", is_flag=True, default=config.mixed_precision,
                      help="float16 compute on a GPU (refused on CPU)."),
+        click.option("--refit/--no-refit", default=config.refit, show_default=True,
+                     help="After the val estimate, train the shipped model again on train+val for the same epochs "
+                          "(the accuracy reported stays the one measured before the refit)."),
         strategy_option,
         click.option("--scale-lr", is_flag=True, default=config.scale_lr,
                      help="Multiply the learning rates by the number of replicas (linear scaling rule)."),
@@ -59,6 +62,8 @@ def _print_run(result) -> None:
         return
     click.echo(accuracy_line(result.evaluation))
     echo_tta(result.metrics)
+    if result.metrics.get("refit"):
+        click.echo(result.metrics["refit"]["note"])
     click.echo(f"report: {result.run_dir / 'report.md'}")
 
 

@@ -15,7 +15,7 @@ from ..configs import TrainOptions
 from .distributed import DistributedEpoch
 from .guard import NonFiniteLoss, check_finite
 from .history import plot_history, write_history
-from .loop import FitEpoch, Stage, run_stages
+from .loop import FitEpoch, Stage, refit_stages, run_stages
 from .optim import OPTIMIZERS, SCHEDULES, ScheduleArgs, compile_model, current_lr, make_loss, make_optimizer
 from .policies import BestTracker, BestWeights, EarlyStopping, ReduceLROnPlateau
 from .state import BEST_NAME, CHECKPOINT_NAME, LoopState, checkpoint_path, epochs_done
@@ -23,4 +23,4 @@ from .state import BEST_NAME, CHECKPOINT_NAME, LoopState, checkpoint_path, epoch
 __all__ = ["BEST_NAME", "CHECKPOINT_NAME", "OPTIMIZERS", "SCHEDULES", "BestTracker", "BestWeights",
            "DistributedEpoch", "EarlyStopping", "FitEpoch", "LoopState", "NonFiniteLoss", "ReduceLROnPlateau",
            "ScheduleArgs", "Stage", "TrainOptions", "check_finite", "checkpoint_path", "compile_model", "current_lr",
-           "epochs_done", "make_loss", "make_optimizer", "plot_history", "run_stages", "write_history"]
+           "epochs_done", "make_loss", "make_optimizer", "plot_history", "refit_stages", "run_stages", "write_history"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,11 +23,20 @@ from .state import LoopState, checkpoint_path, save_checkpoint
 
 @dataclass
 class Stage:
-    """One phase of training: its options and how it prepares the model (which layers train)."""
+    """One phase of training: its options and how it prepares the model (which layers train).
+
+    ``stop_after``: end the stage after this many of its ``options.epochs`` (its schedule still spans all of them):
+    a refit repeats a stage that early stopping ended at its best epoch.
+    """
 
     name: str
     options: TrainOptions
     prepare: Callable[[object], None] = field(default=lambda model: None)
+    stop_after: int | None = None
+
+    @property
+    def epochs_to_run(self) -> int:
+        return self.options.epochs if self.stop_after is None else min(self.stop_after, self.options.epochs)
 
 
 class FitEpoch:
@@ -69,7 +78,7 @@ def _start(build_model: Callable[[], object], stages: list[Stage], source: Path,
         model = load_keras_model(found)
         restore_seed_states(model, state.seed_states)  # dropout goes on with the masks it would have drawn
     stage = stages[state.stage]
-    say(f"resuming after epoch {state.epoch} (stage {stage.name}, {state.stage_epoch}/{stage.options.epochs} done"
+    say(f"resuming after epoch {state.epoch} (stage {stage.name}, {state.stage_epoch}/{stage.epochs_to_run} done"
         + (", stopped early" if state.stage_stopped else "") + ")")
     return model, state
 
@@ -105,19 +114,19 @@ def run_stages(build_model: Callable[[], object], stages: list[Stage], train_dat
     source = resume_from or run_dir
     scope = strategy.scope if strategy is not None else contextlib.nullcontext
     model, state = _start(build_model, stages, source, scope, resume)
-    total_epochs = sum(s.options.epochs for s in stages)
+    total_epochs = sum(s.epochs_to_run for s in stages)
     for index, stage in enumerate(stages):
         if index < state.stage or (index == state.stage and state.stage_stopped):
             continue  # finished before the resume
         if index > state.stage or state.stage_epoch == 0:
             _enter_stage(model, state, index, stage, scope, steps_per_epoch)
-        if stage.options.epochs == 0:
+        if stage.epochs_to_run == 0:
             continue
         tracker, policies = stage_policies(stage.options, state, run_dir, source, scope)
         epoch = (DistributedEpoch(model, strategy, stage.options, class_weight) if strategy is not None
                  else FitEpoch(model, class_weight))
-        with Bar((stage.options.epochs - state.stage_epoch) * steps_per_epoch, stage.name) as bar:
-            while state.stage_epoch < stage.options.epochs:
+        with Bar((stage.epochs_to_run - state.stage_epoch) * steps_per_epoch, stage.name) as bar:
+            while state.stage_epoch < stage.epochs_to_run:
                 for policy in policies:
                     policy.before_epoch(model)
                 lr, start = current_lr(model), time.perf_counter()
@@ -142,3 +151,20 @@ def run_stages(build_model: Callable[[], object], stages: list[Stage], train_dat
                 if stop:
                     break
     return model, state
+
+
+def refit_stages(stages: list[Stage], state: LoopState) -> list[Stage]:
+    """The stages of a refit on train+val, which has no val loss to watch: each stage runs the epochs the val run
+    kept (all of them, or up to its best epoch where early stopping ended it), on the same schedule, and
+    without early stopping."""
+    refit = []
+    for stage in stages:
+        rows = [row for row in state.history if row["stage"] == stage.name]
+        kept = len(rows)
+        if stage.name in state.stopped_early:
+            tracker = BestTracker()
+            for position, row in enumerate(rows, start=1):
+                tracker.update(row.get("val_loss"), position)
+            kept = tracker.best_epoch or len(rows)
+        refit.append(replace(stage, options=replace(stage.options, early_stopping=0), stop_after=kept))
+    return refit
