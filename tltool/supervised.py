@@ -319,7 +319,6 @@ class KerasTrainingRun:
         metrics = {**result.metrics, "refit": {"note": note, "n_images": n, "epochs": fitted.state.epoch,
                                                 "history": fitted.state.history, "seconds": fitted.seconds}}
         rewrite_report(run_dir, metrics)
-        say(note)
         return replace(result, metrics=metrics, model=fitted.model)
 
     def save_model(self, run_dir: Path, model, data: RunData, distribute: dict, **settings) -> dict:

@@ -93,9 +93,10 @@ def _enter_stage(model, state: LoopState, index: int, stage: Stage, scope: Calla
 
 
 def _epoch_line(row: dict, total_epochs: int, stop: bool) -> str:
+    val = (f" val_loss {row['val_loss']:.4f} val_acc {row.get('val_accuracy', float('nan')):.3f}"
+           if "val_loss" in row else "")  # a refit has no val split
     return (f"epoch {row['epoch']}/{total_epochs} ({escape(row['stage'])}) loss {row['loss']:.4f} acc "
-            f"{row.get('accuracy', float('nan')):.3f} val_loss {row.get('val_loss', float('nan')):.4f} "
-            f"val_acc {row.get('val_accuracy', float('nan')):.3f} lr {row['lr']:.2g} ({row['seconds']:.1f} s)"
+            f"{row.get('accuracy', float('nan')):.3f}{val} lr {row['lr']:.2g} ({row['seconds']:.1f} s)"
             + (" - early stop" if stop else ""))
 
 
