@@ -271,16 +271,21 @@ def _scale(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.convertScaleAbs(enlarged)
 
 
+# the side of a photo that each resize policy scales to the input size (``crop`` and ``stretch`` enlarge a photo
+# whose shorter side is below it, ``pad`` one whose longer side is)
+SCALED_SIDE = {"crop": min, "pad": max, "stretch": min}
+
+
 def resize_array(pixels: np.ndarray, size: int, resize: ResizePolicy = "crop") -> np.ndarray:
     h, w = pixels.shape[:2]
     if resize == "stretch":
         return _scale(pixels, size, size)
     if resize == "crop":
-        side = min(w, h)
+        side = SCALED_SIDE["crop"](w, h)
         top, left = (h - side) // 2, (w - side) // 2
         return _scale(np.ascontiguousarray(pixels[top:top + side, left:left + side]), size, size)
     if resize == "pad":
-        scale = size / max(w, h)
+        scale = size / SCALED_SIDE["pad"](w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         canvas = np.zeros((size, size, 3), np.uint8)
         top, left = (size - nh) // 2, (size - nw) // 2

@@ -18,7 +18,7 @@ from .dataset import Dataset, Record, load_dataset, require_training_images, str
 from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LeakageWarning, TltoolError,
                      TooFewClassesWarning)
-from .images import BOMB, DEFAULT_MAX_PIXELS, UNREADABLE, check_image, read_header
+from .images import BOMB, DEFAULT_MAX_PIXELS, SCALED_SIDE, UNREADABLE, check_image, read_header
 from .progress import Bar, say
 from .runs import new_run_dir
 from .utils import sha256_file, write_json
@@ -313,14 +313,10 @@ def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | 
     return InspectResult(checked, target)
 
 
-# the side of a photo that the resize policy scales to the input size (tltool.images.resize_array)
-_SCALED_SIDE = {"crop": min, "pad": max, "stretch": min}
-
-
 def upsampling(checked: CheckedDataset, image_size: int, resize: str) -> dict:
     """How many usable photos the resize to ``image_size`` enlarges; every run records it and says so."""
     files = [f for f in checked.files if f.ok and f.width and f.height]
-    enlarged = sum(_SCALED_SIDE[resize](f.width, f.height) < image_size for f in files)
+    enlarged = sum(SCALED_SIDE[resize](f.width, f.height) < image_size for f in files)
     return {"image_size": image_size, "resize": resize, "upsampled": enlarged, "of": len(files)}
 
 
