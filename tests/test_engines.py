@@ -144,6 +144,16 @@ def test_a_failing_image_cancels_the_rest_of_its_batch_and_the_next(monkeypatch,
             run()
         time.sleep(0.3)  # what was left queued would run in 0.4 s on the two lanes
         assert len(_FakeLane.ran) <= 2, _FakeLane.ran  # at most the images already on the two lanes
+
+    def failing_source():  # the second batch cannot be read (say, its photos' disk is gone)
+        yield batch(1, 4)
+        raise OSError("batch 2 unreadable")
+
+    got = []
+    with pytest.raises(OSError, match="batch 2"):
+        for outputs in runner.map(failing_source()):
+            got.append(outputs["avg"].ravel().tolist())
+    assert got == [[1, 2, 3, 4]]  # the batch queued before the failure is handed back, not lost
     runner.close()
 
 

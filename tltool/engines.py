@@ -178,10 +178,20 @@ class LiteRTRunner:
     def map(self, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """The outputs of each batch, in order; batch k+1 is queued before batch k's outputs are collected, so
         ``batches`` must yield a new array each time (not one buffer refilled). Stopped early (or failing), it
-        cancels the images it queued that no lane has started."""
+        cancels the images it queued that no lane has started. When ``batches`` itself fails, the batch already
+        queued is handed back first (its rows are computed; the caller keeps them), then the error is raised."""
         queued: list[list[Future]] = []  # at most two batches: the one handed back next, and the one after it
+        source = iter(batches)
         try:
-            for batch in batches:
+            while True:
+                try:
+                    batch = next(source)
+                except StopIteration:
+                    break
+                except Exception:  # Ctrl-C and the like stop at once
+                    while queued:
+                        yield self._collect(queued.pop(0))
+                    raise
                 queued.append(self._submit(batch))
                 if len(queued) == 2:
                     yield self._collect(queued.pop(0))
