@@ -54,7 +54,11 @@ CHOSEN = {"`tltool probe DATA` (288 px)": "probe-288", "`tltool finetune DATA` (
 
 @dataclass(frozen=True)
 class Training:
-    """One training command: ``probe`` or ``finetune`` with its options; ``refit`` trains on train+val."""
+    """One training command: ``probe`` or ``finetune`` with its options; ``refit`` trains on train+val.
+
+    A fine-tune refit trains on train+val as its train split: the model ``finetune --refit`` ships (same stages and
+    epochs; the default recipe has no early stopping), without the val run that comes first there.
+    """
 
     command: str
     args: tuple[str, ...] = ()
