@@ -93,7 +93,7 @@ class RunConfig(TrainOptions, DataOptions):
             raise TltoolError(f"--mixup must be 0 (off) or a Beta parameter in (0, 10], got {self.mixup}.")
         if self.refit and self.schedule == "plateau":
             raise TltoolError("--refit repeats the run's epochs on train+val, where there is no val loss for "
-                              "--schedule plateau to lower the learning rate by; use cosine, step or constant.")
+                              "--schedule plateau to lower the learning rate by; choose another --schedule.")
         if self.refit and self.strategy == "multiworker":
             raise TltoolError("--refit runs on one machine: use --strategy auto or mirrored, or refit without it.")
 
