@@ -196,8 +196,8 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
         raise TltoolError("--cv with --strategy multiworker is not supported: run the folds on one machine "
                           "(--strategy auto or mirrored), or fine-tune once across the cluster.")
     if config.refit:
-        raise TltoolError("--refit has nothing to do with --cv: --cv estimates accuracy with K models and ships none of them. Drop one "
-                          "of them.")
+        raise TltoolError("--refit has nothing to do with --cv: --cv estimates accuracy with K models and ships "
+                          "none of them. Drop one of them.")
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
     checked = prepare_dataset(config.data, config.val_fraction, config.seed, config.max_pixels, strict=config.strict)
