@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -229,7 +230,8 @@ def test_predict_decodes_each_file_once_and_keeps_the_readable_ones(probe_run, t
     assert all(p.top[0][0] == "square" for p in predictions)
 
 
-def test_predict_readable_equals_the_pipeline_on_the_readable_files(tmp_path):
+@pytest.mark.parametrize("engine", ["tf", "litert"])  # tf.data feeds TensorFlow, the decode threads any other
+def test_predict_readable_equals_the_pipeline_on_the_readable_files(tmp_path, engine):
     from tltool.images import NOT_AN_IMAGE, TOO_SMALL
     from tltool.tta import predict_readable, predict_with_tta
 
@@ -247,7 +249,10 @@ def test_predict_readable_equals_the_pipeline_on_the_readable_files(tmp_path):
         left = np.asarray(batch)[:, :, :24].mean(axis=(1, 2, 3)) / 255.0  # the left half
         return np.stack([left, 1 - left], axis=1)
 
-    found = predict_readable(predict_views, mixed, image_size=48, resize="crop", tta="flip", batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the caller names bad files (tltool predict, at the end), not the decode
+        found = predict_readable(predict_views, mixed, image_size=48, resize="crop", tta="flip", batch_size=2,
+                                 engine=engine)
     assert found.paths == [str(p) for p in paths]
     assert [(Path(e.path).name, e.reason) for e in found.bad] == [("text.png", NOT_AN_IMAGE), ("tiny.png", TOO_SMALL)]
     expected = predict_with_tta(predict_views, [str(p) for p in paths], image_size=48, resize="crop", tta="flip",

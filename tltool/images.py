@@ -187,6 +187,7 @@ class DecodeLog:
     """
 
     failures: dict[str, tuple[str, str]] = field(default_factory=dict)
+    announce: bool = True  # False: the caller names the failures itself (``tltool predict`` lists them at the end)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, error: BadImageError) -> None:
@@ -195,8 +196,9 @@ class DecodeLog:
             if path in self.failures:
                 return
             self.failures[path] = (error.reason, error.detail)
-        warnings.warn(f"1 file(s) skipped:\n  {path}: {error.reason}" + (f" ({error.detail})" if error.detail else ""),
-                      BadFilesWarning, stacklevel=2)
+        if self.announce:
+            detail = f" ({error.detail})" if error.detail else ""
+            warnings.warn(f"1 file(s) skipped:\n  {path}: {error.reason}{detail}", BadFilesWarning, stacklevel=2)
         try:
             sha = sha256_file(path)
         except OSError:

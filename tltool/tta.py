@@ -12,7 +12,7 @@ import numpy as np
 
 from .batches import batches_for
 from .errors import BadImageError
-from .images import DEFAULT_MAX_PIXELS, load_image
+from .images import DEFAULT_MAX_PIXELS, DecodeLog
 from .progress import Bar
 from .settings import CHOICES
 
@@ -66,17 +66,19 @@ def predict_batch(predict_views, images, tta: str, image_size: int, batch_size: 
 
 def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
                      batch_size: int = 32, description: str = "predicting",
-                     max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "tf") -> np.ndarray:
+                     max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "tf", on_bad: str = "raise",
+                     log: DecodeLog | None = None) -> np.ndarray:
     """Class probabilities for ``paths``, averaged over the TTA views.
 
     ``predict_views`` maps a batch of views ``(B * V, size, size, 3)`` in 0..255 to probabilities ``(B * V, C)``.
     ``max_pixels``: the decode limit the run was trained with (``--max-pixels``). ``engine``: the one running
     ``predict_views``; TensorFlow's is fed by tf.data, any other by :mod:`tltool.batches` (no TensorFlow).
+    ``on_bad``/``log``: as for :func:`tltool.batches.batches_for`.
     """
     out = []
     with Bar(len(paths), description) as bar:
         for images in batches_for(engine, paths, image_size=tta_decode_size(tta, image_size), resize=resize,
-                                  batch_size=batch_size, max_pixels=max_pixels):
+                                  batch_size=batch_size, max_pixels=max_pixels, on_bad=on_bad, log=log):
             out.append(predict_batch(predict_views, images, tta, image_size, batch_size))
             bar.update(len(images))
     return np.concatenate(out) if out else np.zeros((0, 0))
@@ -92,22 +94,14 @@ class ReadablePredictions:
 
 
 def predict_readable(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
-                     batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> ReadablePredictions:
-    """:func:`predict_with_tta` for files nobody checked (``tltool predict``): each is decoded once, and a file
-    that cannot be read is set aside with its reason while the others are predicted."""
-    size = tta_decode_size(tta, image_size)
-    read, probs, bad = [], [], []
-    with Bar(len(paths), "predicting") as bar:
-        for start in range(0, len(paths), batch_size):
-            images = []
-            for path in paths[start:start + batch_size]:
-                try:
-                    images.append(load_image(path, size, resize, max_pixels=max_pixels))
-                    read.append(str(path))
-                except BadImageError as exc:
-                    bad.append(exc)
-                bar.update()
-            if images:
-                batch = np.stack(images).astype(np.float32)
-                probs.append(predict_batch(predict_views, batch, tta, image_size, batch_size))
-    return ReadablePredictions(read, np.concatenate(probs) if probs else np.zeros((0, 0)), bad)
+                     batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     engine: str = "tf") -> ReadablePredictions:
+    """:func:`predict_with_tta` for files nobody checked (``tltool predict``): each is decoded once, by the decode
+    that feeds the network (in its threads, beside the network), and a file it cannot read is set aside with its
+    reason while the others are predicted. The caller names the bad files (they are not warned about one by one)."""
+    log = DecodeLog(announce=False)
+    probs = predict_with_tta(predict_views, paths, image_size, resize, tta, batch_size, max_pixels=max_pixels,
+                             engine=engine, on_bad="zeros", log=log)
+    readable = [i for i, path in enumerate(paths) if str(path) not in log.failures]
+    bad = [BadImageError(str(path), *log.failures[str(path)]) for path in paths if str(path) in log.failures]
+    return ReadablePredictions([str(paths[i]) for i in readable], probs[readable], bad)
