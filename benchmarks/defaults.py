@@ -126,6 +126,12 @@ TRAININGS: dict[str, Training] = {
     # the whole network trained (BatchNorm statistics stay frozen), as full fine-tuning is usually done
     "finetune-288-uall": Training("finetune", ("--image-size", "288", "--unfreeze", "all")),
     "finetune-288-uall-lr5": Training("finetune", ("--image-size", "288", "--unfreeze", "all", "--lr", "5e-5")),
+    # SGD with momentum (often the better fine-tuning optimizer), and smaller batches (twice the steps)
+    "finetune-288-sgd": Training("finetune", ("--image-size", "288", "--optimizer", "momentum", "--lr", "0.01",
+                                              "--head-lr", "0.01")),
+    "finetune-288-sgd3": Training("finetune", ("--image-size", "288", "--optimizer", "momentum", "--lr", "0.001",
+                                               "--head-lr", "0.01")),
+    "finetune-288-b16": Training("finetune", ("--image-size", "288", "--batch-size", "16")),
     # the larger offline EfficientNet-Lites (ImageNet top-1 76.7 % and 77.6 % against Lite0's 75.1 %)
     **{f"probe-L{v}-{s}": Training("probe", ("--backbone", f"efficientnet_lite{v}", "--image-size", str(s)))
        for v in (1, 2) for s in (260, 288, 320)},
@@ -167,6 +173,12 @@ def _candidates() -> list[Candidate]:
     out.append(Candidate("finetune-288-light", "finetune-288-light", note="the default recipe, --augment light"))
     out += [Candidate(name, name, note="the default recipe with every block unfrozen", datasets=("flowers",))
             for name in ("finetune-288-uall", "finetune-288-uall-lr5")]
+    out += [Candidate("finetune-288-sgd", "finetune-288-sgd", note="the default recipe with SGD + momentum 0.9 at 0.01 (it diverges)",
+                      datasets=("flowers",)),
+            Candidate("finetune-288-sgd3", "finetune-288-sgd3", note="the default recipe with SGD + momentum 0.9 at "
+                      "0.001 (0.01 for the head)", datasets=("flowers",)),
+            Candidate("finetune-288-b16", "finetune-288-b16", note="the default recipe at batch 16",
+                      datasets=("flowers",))]
     for v in (1, 2):
         out += [Candidate(f"probe-L{v}-{s}", f"probe-L{v}-{s}", note=f"EfficientNet-Lite{v}") for s in (260, 288, 320)]
         out += [Candidate(f"probe-L{v}-{s}-cv", f"cv-L{v}-{s}", scored_by="cv",
