@@ -9,6 +9,7 @@ import pytest
 
 from interrupt import Killed, killed_after_epoch
 from tltool._tf import keras, tf
+from tltool.errors import TltoolError
 from tltool.keras_files import load_keras_model
 from tltool.training import LoopState, Stage, TrainOptions, checkpoint_path, loop, run_stages
 
@@ -232,3 +233,29 @@ def test_a_resumed_run_with_dropout_ends_where_the_uninterrupted_one_does(tmp_pa
     resumed, state = train(tmp_path / "killed", resume=True)
     assert [r["epoch"] for r in state.history] == [1, 2, 3]
     assert _max_diff(resumed, reference) < 1e-6
+
+
+def test_a_training_loss_back_above_chance_stops_the_run(tmp_path):
+    """A loss that climbs back above a uniform guess's (log 2 here) after the run learned ends it at that epoch,
+    with what to do; no NaN need appear (stage 2 is made to unlearn by training on the flipped labels)."""
+    from tltool.training import DivergedLoss
+
+    stages = [Stage("learn", TrainOptions(epochs=6, lr=0.1)), Stage("unlearn", TrainOptions(epochs=5, lr=0.1))]
+    right, wrong = _data(Y), _data(1 - Y)
+    with pytest.raises(DivergedLoss, match=r"epoch 7 \(stage unlearn\).* above the 0\.693 of a uniform guess over 2 "
+                                           r"classes.*\(0\.1\) is too high"):
+        run_stages(_build, stages, lambda epoch: right if epoch < 6 else wrong, right, 4, tmp_path)
+    assert LoopState.load(tmp_path / "state.json").epoch == 6  # the diverged epoch is not checkpointed
+
+
+def test_a_loss_near_chance_before_the_run_learned_is_not_divergence():
+    from tltool.training import check_not_diverged
+
+    def history(*losses):
+        return [{"epoch": i + 1, "loss": v} for i, v in enumerate(losses)]
+
+    check_not_diverged(history(1.60, 1.65, 1.62), 5, "train", 1e-3)  # from scratch, still guessing: goes on
+    check_not_diverged(history(1.60, 0.90, 1.65), 5, "train", 1e-3)  # never below half of log 5 = 0.80
+    check_not_diverged(history(0.60, 0.70, 1.20), 5, "train", 1e-3)  # worse, but still better than guessing
+    with pytest.raises(TltoolError, match="rose from 0.600 to 1.744"):
+        check_not_diverged(history(0.60, 1.08, 1.744), 5, "unfreeze 2", 0.01)  # the SGD run of the benchmark

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..configs import TrainOptions
 from .distributed import DistributedEpoch
-from .guard import NonFiniteLoss, check_finite
+from .guard import DivergedLoss, NonFiniteLoss, check_finite, check_not_diverged
 from .history import plot_history, write_history
 from .loop import FitEpoch, Stage, refit_stages, run_stages
 from .optim import OPTIMIZERS, SCHEDULES, ScheduleArgs, compile_model, current_lr, make_loss, make_optimizer
@@ -21,6 +21,7 @@ from .policies import BestTracker, BestWeights, EarlyStopping, ReduceLROnPlateau
 from .state import BEST_NAME, CHECKPOINT_NAME, LoopState, checkpoint_path, epochs_done
 
 __all__ = ["BEST_NAME", "CHECKPOINT_NAME", "OPTIMIZERS", "SCHEDULES", "BestTracker", "BestWeights",
-           "DistributedEpoch", "EarlyStopping", "FitEpoch", "LoopState", "NonFiniteLoss", "ReduceLROnPlateau",
-           "ScheduleArgs", "Stage", "TrainOptions", "check_finite", "checkpoint_path", "compile_model", "current_lr",
-           "epochs_done", "make_loss", "make_optimizer", "plot_history", "refit_stages", "run_stages", "write_history"]
+           "DistributedEpoch", "DivergedLoss", "EarlyStopping", "FitEpoch", "LoopState", "NonFiniteLoss",
+           "ReduceLROnPlateau", "ScheduleArgs", "Stage", "TrainOptions", "check_finite", "check_not_diverged",
+           "checkpoint_path", "compile_model", "current_lr", "epochs_done", "make_loss", "make_optimizer",
+           "plot_history", "refit_stages", "run_stages", "write_history"]

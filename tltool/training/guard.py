@@ -1,4 +1,5 @@
-"""The non-finite guard: a NaN/inf training loss stops the run at once with what to do about it."""
+"""The guards: a NaN/inf training loss stops the run at once, and so does a training loss that has gone back to
+worse than guessing, each with what to do about it."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,10 @@ from ..progress import Bar
 
 
 class NonFiniteLoss(TltoolError):
+    pass
+
+
+class DivergedLoss(TltoolError):
     pass
 
 
@@ -29,3 +34,22 @@ def guard_callback(bar: Bar, lr: float):
             check_finite((logs or {}).get("loss"), batch, lr)
 
     return GuardCallback()
+
+
+def check_not_diverged(history: list[dict], num_classes: int, stage: str, lr: float) -> None:
+    """Stop when an epoch's training loss is above a uniform guess's (log C) after the run had learned (a loss
+    below half of that): the model now predicts worse than chance, and training on does not bring it back.
+
+    No NaN need appear: on flowers, SGD with momentum at 0.01 took the unfrozen blocks from a loss of 0.60 to 1.74
+    (log 5 = 1.61) in three epochs and ended at chance (0.210 on flowers-tune) eight epochs later.
+    """
+    losses = [row["loss"] for row in history if "loss" in row]
+    if num_classes < 2 or len(losses) < 2:
+        return
+    chance, best = math.log(num_classes), min(losses[:-1])
+    if best < chance / 2 and losses[-1] > chance:
+        raise DivergedLoss(
+            f"training diverged at epoch {history[-1]['epoch']} (stage {stage}): the training loss rose from "
+            f"{best:.3f} to {losses[-1]:.3f}, above the {chance:.3f} of a uniform guess over {num_classes} classes, "
+            f"so the model now predicts worse than chance. The learning rate of this stage ({lr:g}) is too high "
+            "for it: divide it by 10 and run again.")

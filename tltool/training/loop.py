@@ -14,7 +14,7 @@ from ..configs import TrainOptions
 from ..keras_files import load_keras_model
 from ..progress import Bar, say
 from .distributed import DistributedEpoch
-from .guard import guard_callback
+from .guard import check_not_diverged, guard_callback
 from .optim import compile_model, current_lr
 from .policies import BestTracker, BestWeights, EarlyStopping, Policy, ReduceLROnPlateau, reset_policies
 from .randomness import restore_seed_states
@@ -136,6 +136,8 @@ def run_stages(build_model: Callable[[], object], stages: list[Stage], train_dat
                 row = {"epoch": state.epoch, "stage": stage.name, "lr": lr,
                        **{k: float(v[-1]) for k, v in logs.items()}, "seconds": time.perf_counter() - start}
                 state.history.append(row)
+                if len(model.outputs) == 1:  # several outputs (auxiliary heads) sum losses beyond log C
+                    check_not_diverged(state.history, int(model.outputs[0].shape[-1]), stage.name, stage.options.lr)
                 tracker.update(row.get("val_loss"), state.epoch)
                 notes = [note for policy in policies if (note := policy.after_epoch(model))]
                 stop = any(policy.stop for policy in policies)
