@@ -136,13 +136,13 @@ def run_stages(build_model: Callable[[], object], stages: list[Stage], train_dat
                 row = {"epoch": state.epoch, "stage": stage.name, "lr": lr,
                        **{k: float(v[-1]) for k, v in logs.items()}, "seconds": time.perf_counter() - start}
                 state.history.append(row)
-                if len(model.outputs) == 1:  # several outputs (auxiliary heads) sum losses beyond log C
-                    check_not_diverged(state.history, int(model.outputs[0].shape[-1]), stage.name, stage.options.lr)
                 tracker.update(row.get("val_loss"), state.epoch)
                 notes = [note for policy in policies if (note := policy.after_epoch(model))]
                 stop = any(policy.stop for policy in policies)
                 for line in [_epoch_line(row, total_epochs, stop), *notes]:
                     say(line)
+                if len(model.outputs) == 1:  # several outputs (auxiliary heads) sum losses beyond log C
+                    check_not_diverged(state.history, int(model.outputs[0].shape[-1]), stage.name, stage.options.lr)
                 for policy in (tracker, *policies):
                     policy.store(state)
                 if stop:
