@@ -156,3 +156,22 @@ def test_a_photo_is_checked_once_per_content_across_runs(tmp_path, monkeypatch):
     strict = check_dataset(load_dataset(tmp_path / "data"), max_pixels=4_000, emit_warnings=False, decode=False)
     assert {f.reason for f in strict.files if f.record.path.endswith("cat_0.jpg")} == {images.BOMB}
     assert len(expected) == len(first.files)
+
+
+def test_the_feeding_decode_remembers_a_broken_file_but_not_one_over_max_pixels(tmp_path):
+    """A file the decode that feeds a network rejects is remembered by content, so the next check drops it without
+    decoding it; a decompression bomb is not: it depends on --max-pixels, and a later run may allow it (as the check
+    itself never stores one)."""
+    from tltool import filecache
+    from tltool.utils import sha256_file
+
+    big, broken = solid(tmp_path / "big.jpg", size=(1200, 1200)), tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff truncated")
+    log = images.DecodeLog(announce=False)
+    for path in (big, broken):
+        with pytest.raises(BadImageError):
+            images.decode_or_blank(str(path), 64, "crop", 1_000_000, "raise", log)
+    assert log.failures[str(big)][0] == images.BOMB
+    assert filecache.lookup(sha256_file(big)) is None
+    assert filecache.lookup(sha256_file(broken))["reason"] == log.failures[str(broken)][0]
+    assert images.check_image(big, max_pixels=10_000_000).width == 1200  # a higher limit reads it

@@ -199,6 +199,8 @@ class DecodeLog:
         if self.announce:
             detail = f" ({error.detail})" if error.detail else ""
             warnings.warn(f"1 file(s) skipped:\n  {path}: {error.reason}{detail}", BadFilesWarning, stacklevel=2)
+        if error.reason == BOMB:  # depends on --max-pixels, not on the file: never stored (as in the check)
+            return
         try:
             sha = sha256_file(path)
         except OSError:
