@@ -301,6 +301,9 @@ class KerasTrainingRun:
         """``--refit``: after the val estimate, train the shipped model again on train+val, through the stages and
         epochs the val run kept, in ``RUN/refit`` (its own checkpoints: a killed refit resumes there). The report
         keeps the val estimate, which is the refit model's estimate too, and says so."""
+        from ._tf import keras
+
+        keras.utils.set_random_seed(self.config.seed)  # a resumed run's refit starts where an uninterrupted one's does
         run_dir, target = result.run_dir, result.run_dir / REFIT_DIR
         everything = RunData(data.dataset, data.train + data.val, [], np.concatenate([data.y_train, data.y_val]),
                              data.y_val[:0])
@@ -308,14 +311,16 @@ class KerasTrainingRun:
         stages = refit_stages(self.plan.stages, state)
         resume = target if checkpoint_path(target) is not None else None
         target.mkdir(exist_ok=True)
-        say(f"refit: training again on train+val ({len(everything.train)} images) for the {state.epoch} epochs "
-            "of the run, without a val split")
+        epochs = sum(stage.epochs_to_run for stage in stages)
+        kept = "the epochs the run kept" if state.stopped_early else "the same epochs"
+        say(f"refit: training again on train+val ({len(everything.train)} images) for {kept} ({epochs}), without a "
+            "val split")
         fitted = self.fit(target, everything, pipelines, stages, distribute, strategy, info, resume)
         n = len(everything.train)
         self.save_model(run_dir, fitted.model, data, distribute, refit=True, n_trained_on=n)
-        note = (f"refit: the saved model was trained again on train+val ({n} images) for the same {fitted.state.epoch} "
-                "epochs; the accuracy above was measured on val before the refit and is its estimate (the refit "
-                "model has seen those images)")
+        note = (f"refit: the saved model was trained again on train+val ({n} images) for {kept} ({epochs}); the "
+                "accuracy above was measured on val before the refit and is its estimate (the refit model has seen "
+                "those images)")
         metrics = {**result.metrics, "refit": {"note": note, "n_images": n, "epochs": fitted.state.epoch,
                                                 "history": fitted.state.history, "seconds": fitted.seconds}}
         rewrite_report(run_dir, metrics)
