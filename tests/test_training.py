@@ -236,16 +236,16 @@ def test_a_resumed_run_with_dropout_ends_where_the_uninterrupted_one_does(tmp_pa
 
 
 def test_a_training_loss_back_above_chance_stops_the_run(tmp_path):
-    """A loss that climbs back above a uniform guess's (log 2 here) after the run learned ends it at that epoch,
-    with what to do; no NaN need appear (stage 2 is made to unlearn by training on the flipped labels)."""
+    """Two epochs in a row with a loss above a uniform guess's (log 2 here) after the run learned end it, with
+    what to do; no NaN need appear (stage 2 is made to unlearn by training on the flipped labels)."""
     from tltool.training import DivergedLoss
 
-    stages = [Stage("learn", TrainOptions(epochs=6, lr=0.1)), Stage("unlearn", TrainOptions(epochs=5, lr=0.1))]
+    stages = [Stage("learn", TrainOptions(epochs=6, lr=0.1)), Stage("unlearn", TrainOptions(epochs=5, lr=0.01))]
     right, wrong = _data(Y), _data(1 - Y)
-    with pytest.raises(DivergedLoss, match=r"epoch 7 \(stage unlearn\).* above the 0\.693 of a uniform guess over 2 "
-                                           r"classes.*\(0\.1\) is too high"):
+    with pytest.raises(DivergedLoss, match=r"stage unlearn\).* in epochs 7 and 8, after .* above the 0\.693 of a "
+                                           r"uniform guess over 2 classes.*\(0\.01\) is too high"):
         run_stages(_build, stages, lambda epoch: right if epoch < 6 else wrong, right, 4, tmp_path)
-    assert LoopState.load(tmp_path / "state.json").epoch == 6  # the diverged epoch is not checkpointed
+    assert LoopState.load(tmp_path / "state.json").epoch == 7  # the second diverged epoch is not checkpointed
 
 
 def test_a_loss_near_chance_before_the_run_learned_is_not_divergence():
@@ -254,8 +254,9 @@ def test_a_loss_near_chance_before_the_run_learned_is_not_divergence():
     def history(*losses):
         return [{"epoch": i + 1, "loss": v} for i, v in enumerate(losses)]
 
-    check_not_diverged(history(1.60, 1.65, 1.62), 5, "train", 1e-3)  # from scratch, still guessing: goes on
-    check_not_diverged(history(1.60, 0.90, 1.65), 5, "train", 1e-3)  # never below half of log 5 = 0.80
-    check_not_diverged(history(0.60, 0.70, 1.20), 5, "train", 1e-3)  # worse, but still better than guessing
-    with pytest.raises(TltoolError, match="rose from 0.600 to 1.744"):
-        check_not_diverged(history(0.60, 1.08, 1.744), 5, "unfreeze 2", 0.01)  # the SGD run of the benchmark
+    check_not_diverged(history(1.60, 1.65, 1.62, 1.70), 5, "train", 1e-3)  # from scratch, still guessing
+    check_not_diverged(history(1.60, 0.90, 1.65, 1.70), 5, "train", 1e-3)  # never below half of log 5 = 0.80
+    check_not_diverged(history(0.60, 0.70, 1.20, 1.30), 5, "train", 1e-3)  # worse, but still better than guessing
+    check_not_diverged(history(0.60, 1.08, 1.745), 5, "train", 1e-3)  # one bad epoch may be noise
+    with pytest.raises(TltoolError, match=r"1\.745 and 1\.716 in epochs 3 and 4, after 0\.600"):
+        check_not_diverged(history(0.60, 1.08, 1.745, 1.716), 5, "unfreeze 2", 0.01)  # the benchmark's SGD run

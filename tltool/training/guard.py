@@ -37,19 +37,21 @@ def guard_callback(bar: Bar, lr: float):
 
 
 def check_not_diverged(history: list[dict], num_classes: int, stage: str, lr: float) -> None:
-    """Stop when an epoch's training loss is above a uniform guess's (log C) after the run had learned (a loss
-    below half of that): the model now predicts worse than chance, and training on does not bring it back.
+    """Stop when two epochs in a row have a training loss above a uniform guess's (log C) after the run had learned
+    (a loss below half of that): the model now predicts worse than chance, and training on does not bring it back.
+    One such epoch alone may be noise (a tiny run takes one or two steps an epoch).
 
     No NaN need appear: on flowers, SGD with momentum at 0.01 took the unfrozen blocks from a loss of 0.60 to 1.74
-    (log 5 = 1.61) in three epochs and ended at chance (0.210 on flowers-tune) eight epochs later.
+    and 1.72 (log 5 = 1.61) and ended at chance (0.210 on flowers-tune) eight epochs later.
     """
     losses = [row["loss"] for row in history if "loss" in row]
-    if num_classes < 2 or len(losses) < 2:
+    if num_classes < 2 or len(losses) < 3:
         return
-    chance, best = math.log(num_classes), min(losses[:-1])
-    if best < chance / 2 and losses[-1] > chance:
+    chance, best = math.log(num_classes), min(losses[:-2])
+    if best < chance / 2 and min(losses[-2:]) > chance:
+        epoch = history[-1]["epoch"]
         raise DivergedLoss(
-            f"training diverged at epoch {history[-1]['epoch']} (stage {stage}): the training loss rose from "
-            f"{best:.3f} to {losses[-1]:.3f}, above the {chance:.3f} of a uniform guess over {num_classes} classes, "
-            f"so the model now predicts worse than chance. The learning rate of this stage ({lr:g}) is too high "
-            "for it: divide it by 10 and run again.")
+            f"training diverged (stage {stage}): the training loss was {losses[-2]:.3f} and {losses[-1]:.3f} in "
+            f"epochs {epoch - 1} and {epoch}, after {best:.3f} earlier, above the {chance:.3f} of a uniform guess "
+            f"over {num_classes} classes: the model now predicts worse than chance. The learning rate of this "
+            f"stage ({lr:g}) is too high for it: divide it by 10 and run again.")
