@@ -245,5 +245,6 @@ def measurement_lines(m: dict) -> list[str]:
         f"against the float model it {cost}: {verdict} --max-drop {m['max_drop_points']:g}",
         f"speed on this CPU ({m['threads']} threads, batch {m['speed_batch']}): {m['images_per_second']['export']:.0f} "
         f"images/s (float model in TF: {m['images_per_second']['float_tf']:.0f} images/s)",
-    ] + (["the model was trained on these validation images too (refit): both accuracies are optimistic; the "
-          "difference between them is still what the quantization costs"] if m.get("val_seen_in_training") else [])
+    ] + (["the model was trained on these validation images too (--refit, or a linear --cv head): both accuracies "
+          "are optimistic; the difference between them is still what the quantization costs"]
+         if m.get("val_seen_in_training") else [])

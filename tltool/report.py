@@ -201,12 +201,12 @@ def write_run_report(run_dir: str | Path, evaluation: Evaluation, paths: Sequenc
     }
     if (run_dir / "training_curves.png").exists():
         metrics["artifacts"]["training_curves"] = "training_curves.png"
-    write_json(run_dir / "metrics.json", metrics)
-    write_text_atomic(run_dir / "report.md", markdown_summary(title, metrics))
+    rewrite_report(run_dir, metrics)
     return metrics
 
 
 def rewrite_report(run_dir: str | Path, metrics: dict) -> None:
-    """``metrics.json`` and ``report.md`` again, for metrics that grew after :func:`write_run_report` (a refit)."""
+    """``metrics.json`` and ``report.md`` of ``metrics``: for :func:`write_run_report`, and again when they grew
+    after it (a refit)."""
     write_json(Path(run_dir) / "metrics.json", metrics)
     write_text_atomic(Path(run_dir) / "report.md", markdown_summary(metrics["title"], metrics))
