@@ -197,6 +197,24 @@ def test_refit_ships_a_train_val_model_and_keeps_the_val_estimate(tmp_path):
     np.testing.assert_allclose(load_run(before).predict_paths(val_paths), result.evaluation.probs, atol=1e-5)
     assert np.abs(load_run(run).predict_paths(val_paths) - result.evaluation.probs).max() > 1e-3
 
+    # killed after the refit's first epoch and resumed, the run ships the model of the uninterrupted one
+    from tltool.training import LoopState
+
+    save = LoopState.save
+
+    def save_then_die(state, path):
+        save(state, path)
+        if Path(path).parent.name == "refit" and state.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LoopState, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(config, out=tmp_path / "killed")
+    resumed = finetune(config, resume=tmp_path / "killed")
+    for a, b in zip(result.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
 
 def test_refit_with_a_val_driven_schedule_or_cv_is_a_user_error(tmp_path):
     from tltool.finetune import finetune_cv
