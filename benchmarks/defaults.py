@@ -166,6 +166,7 @@ def _candidates() -> list[Candidate]:
                       datasets=("flowers",))]
     out += [Candidate(f"finetune-288-s{k}", f"finetune-288-s{k}", note=f"the default recipe, --seed {k}",
                       datasets=("flowers",)) for k in (1, 2)]
+    out += [Candidate(f"finetune-288-s{k}-flip", f"finetune-288-s{k}", "flip", datasets=("flowers",)) for k in (1, 2)]
     out += [Candidate(f"finetune-288-refit-s{k}", f"finetune-288-refit-s{k}", datasets=("flowers",),
                       note=f"the default recipe on train+val (350 photos), --seed {k}") for k in (1, 2)]
     out += [Candidate(name, name, note="the default recipe, longer or at a higher learning rate")
