@@ -83,3 +83,33 @@ def test_digits_force_does_not_replace_a_users_folder(tmp_path):
     assert again.exit_code == 2 and "--force" in again.output
     assert CliRunner().invoke(main, ["data", "digits", str(out), "--force"]).exit_code == 0
     assert len(list(out.glob("*/*/*.png"))) == 1797
+
+
+def test_a_replaced_run_or_export_keeps_no_file_of_the_earlier_one(tmp_path):
+    """--force (or an unfinished earlier run) gives a new run an empty folder: a stale checkpoint, refit or export
+    of the old run could otherwise be resumed or shipped as the new one's (a refit once resumed the old model)."""
+    from tltool.outputs import emptied_output_dir
+    from tltool.runs import new_run_dir
+
+    run = new_run_dir("finetune", out=tmp_path / "run")
+    for name in ("metrics.json", "state.json", "checkpoint-epoch0040.keras", "refit/state.json", "export/tflite/x"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("old")
+    with pytest.raises(TltoolError, match="--force"):
+        new_run_dir("finetune", out=run)
+    assert new_run_dir("finetune", out=run, force=True) == run
+    assert sorted(p.name for p in run.iterdir()) == [MARKER] and output_kind(run) == "run"
+    (run / "state.json").write_text("unfinished, killed before its report")
+    assert new_run_dir("finetune", out=run) == run and sorted(p.name for p in run.iterdir()) == [MARKER]
+    assert not list(tmp_path.glob(".run.old-*"))  # the old folder is gone once the new one is in place
+    folder = _users_folder(tmp_path)
+    with pytest.raises(TltoolError, match="refusing"):
+        emptied_output_dir(folder, "run")
+    assert (folder / "thesis" / "chapter1.tex").read_text() == "years of work"
+
+
+def test_an_out_below_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(TltoolError, match="notes.txt is a file, not a folder"):
+        claim_output_dir(tmp_path / "notes.txt" / "run", "run")
+    assert (tmp_path / "notes.txt").read_text() == "mine"

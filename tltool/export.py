@@ -28,7 +28,7 @@ from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
 from .models import load_run
-from .outputs import claim_output_dir, replace_output_dir, staging_dir
+from .outputs import claim_output_dir, emptied_output_dir, replace_output_dir, staging_dir
 from .progress import Bar, say
 from .settings import CHOICES
 from .stats import Proportion
@@ -92,8 +92,8 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     _check_options(fmt, quantize, max_drop)
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    target = claim_output_dir(Path(out) if out else _default_out(run_dir, fmt, quantize), "export", force=force,
-                              reuse=out is None)
+    target = emptied_output_dir(claim_output_dir(Path(out) if out else _default_out(run_dir, fmt, quantize), "export",
+                                                 force=force, reuse=out is None), "export")
     model = portable_model(run.as_keras())
     path = target / MODEL_FILES[fmt]
     splits = run_splits(run_dir, run) if fmt == "tflite" and (measure or quantize == "int8") else None

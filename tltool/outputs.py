@@ -56,6 +56,9 @@ def claim_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise TltoolError(f"{option} {path}: exists and is not a folder; choose a new folder.")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise TltoolError(f"{option} {path}: {blocking} is a file, not a folder; choose another place.")
     if path.exists() and not _is_empty_dir(path):
         found = output_kind(path)
         if found != kind:
@@ -68,6 +71,22 @@ def claim_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
         return path
     if not _create_marked(path, kind):  # another process (a shard, a worker) made it first: claim it as it is
         return claim_output_dir(path, kind, reuse=reuse, force=force, option=option)
+    return path
+
+
+def emptied_output_dir(path: Path, kind: str) -> Path:
+    """``path``, a claimed tltool folder of ``kind``, emptied for a new output (``--force``, or an unfinished
+    earlier one): no file of the earlier output may pass for this one's (a checkpoint resumed on another split, an
+    export of another model). It is renamed aside, a new marked folder takes its place, then the old is removed."""
+    if all(child.name == MARKER for child in path.iterdir()):
+        return path
+    if output_kind(path) != kind:  # claim_output_dir was skipped: never delete
+        raise TltoolError(f"{path}: is not a tltool {kind} folder; refusing to replace it.")
+    old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
+    os.rename(path, old)
+    if not _create_marked(path, kind):
+        raise TltoolError(f"{path}: another process created it while tltool was replacing it; run again.")
+    shutil.rmtree(old)
     return path
 
 

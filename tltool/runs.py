@@ -5,7 +5,7 @@ import re
 import time
 from pathlib import Path
 
-from .outputs import claim_output_dir
+from .outputs import claim_output_dir, emptied_output_dir
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -17,8 +17,9 @@ def slug(text: str, max_length: int = 60, fallback: str = "run") -> str:
 
 def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bool = False) -> Path:
     """``out`` if given (refusing to overwrite an earlier run unless ``force``), else ``runs/KIND-PARTS-TIME``."""
-    if out is not None:  # an unfinished run of tltool's may be written into again; a finished one needs force
-        return claim_output_dir(out, "run", reuse=not (Path(out) / "metrics.json").exists(), force=force)
+    if out is not None:  # an unfinished run of tltool's may be replaced; a finished one needs force
+        claimed = claim_output_dir(out, "run", reuse=not (Path(out) / "metrics.json").exists(), force=force)
+        return emptied_output_dir(claimed, "run")
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = DEFAULT_RUNS_ROOT / "-".join(slug(p) for p in (kind, *parts, stamp) if p)
