@@ -211,6 +211,8 @@ def test_refit_ships_a_train_val_model_and_keeps_the_val_estimate(tmp_path):
         patch.setattr(LoopState, "save", save_then_die)
         with pytest.raises(KeyboardInterrupt):
             finetune(config, out=tmp_path / "killed")
+    pending = json.loads((tmp_path / "killed" / "metrics.json").read_text())["refit"]
+    assert pending["finished"] is False and "--resume" in pending["note"]  # the report says the refit is not done
     resumed = finetune(config, resume=tmp_path / "killed")
     for a, b in zip(result.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_array_equal(a, b)

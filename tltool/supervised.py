@@ -315,14 +315,18 @@ class KerasTrainingRun:
         kept = "the epochs the run kept" if state.stopped_early else "the same epochs"
         say(f"refit: training again on train+val ({len(everything.train)} images) for {kept} ({epochs}), without a "
             "val split")
+        pending = (f"refit: started but not finished (`--resume {run_dir}` finishes it); until then the saved model is "
+                   "the one trained on the train split, which the accuracy above was measured on")
+        rewrite_report(run_dir, {**result.metrics, "refit": {"note": pending, "finished": False}})
         fitted = self.fit(target, everything, pipelines, stages, distribute, strategy, info, resume)
         n = len(everything.train)
         self.save_model(run_dir, fitted.model, data, distribute, refit=True, n_trained_on=n)
         note = (f"refit: the saved model was trained again on train+val ({n} images) for {kept} ({epochs}); the "
                 "accuracy above was measured on val before the refit and is its estimate (the refit model has seen "
                 "those images)")
-        metrics = {**result.metrics, "refit": {"note": note, "n_images": n, "epochs": fitted.state.epoch,
-                                                "history": fitted.state.history, "seconds": fitted.seconds}}
+        metrics = {**result.metrics, "refit": {"note": note, "finished": True, "n_images": n,
+                                                "epochs": fitted.state.epoch, "history": fitted.state.history,
+                                                "seconds": fitted.seconds}}
         rewrite_report(run_dir, metrics)
         return replace(result, metrics=metrics, model=fitted.model)
 
