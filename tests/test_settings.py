@@ -98,6 +98,27 @@ def test_configs_validate_against_the_table():
         FinetuneConfig(tta="flop").validate()
 
 
+@pytest.mark.parametrize("field, bad, legal", [
+    ("batch_size", 0, "at least 1"), ("epochs", -1, "at least 0"), ("head_epochs", -1, "at least 0"),
+    ("early_stopping", -1, "at least 0"), ("step_epochs", 0, "at least 1"), ("warmup_epochs", -1.0, "at least 0"),
+    ("weight_decay", -1.0, "at least 0"), ("head_lr", 0.0, "above 0"), ("gamma", -1.0, r"in \(0, 1\]"),
+    ("gamma", 1.5, r"in \(0, 1\]"), ("plateau_patience", 0, "at least 1"), ("dropout", 1.0, r"in \[0, 0.99\]"),
+    ("seed", -1, r"in \[0, 4294967295\]"), ("seed", 2**32, r"in \[0, 4294967295\]"), ("epochs", float("nan"), "")])
+def test_numbers_out_of_range_are_one_line_errors(field, bad, legal):
+    """Before, --batch-size 0 and --seed -1 ended in TensorFlow's and NumPy's tracebacks, and --epochs -1 or
+    --gamma -1 ran as if they meant something."""
+    option = "--" + field.replace("_", "-")
+    with pytest.raises(TltoolError, match=f"{option} must be a number {legal}"):
+        FinetuneConfig(data="x", **{field: bad}).validate()
+    FinetuneConfig(data="x", **{field: settings.RANGES[field][0] + (1 if settings.RANGES[field][2] else 0)
+                                if field not in ("gamma", "plateau_factor") else 0.5}).validate()
+
+
+def test_every_ranged_setting_is_a_config_field():
+    names = {f.name for c in (FinetuneConfig, LinearConfig, ExtractConfig) for f in dataclasses.fields(c)}
+    assert set(settings.RANGES) <= names
+
+
 def test_split_settings_sends_shared_fields_to_both():
     extract, linear = split_settings({"seed": 3, "pool": "max", "image_size": 64}, ExtractConfig, LinearConfig)
     assert extract == {"seed": 3, "image_size": 64} and linear == {"seed": 3, "pool": "max"}

@@ -177,9 +177,6 @@ class ExtractConfig(DataOptions):
 
     def validate(self) -> None:
         validate_choices(self)
-        if self.chunk_size < 1 or self.batch_size < 1:
-            raise TltoolError(f"--chunk-size and --batch-size must be at least 1 (got {self.chunk_size} and "
-                              f"{self.batch_size}).")
 
     def resolve_input(self) -> "InputConfig":
         return resolve_input(self.backbone, self.image_size, self.resize, self.max_pixels)

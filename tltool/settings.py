@@ -35,6 +35,25 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "quantize": ("none", "float16", "dynamic", "int8"),
 }
 
+# numeric setting -> (lowest, highest, whether the lowest itself is excluded); None: no bound. A value of None
+# (a setting left to its default, such as a net's own dropout) is not checked.
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "batch_size": (1, None, False),
+    "chunk_size": (1, None, False),
+    "epochs": (0, None, False),
+    "head_epochs": (0, None, False),
+    "early_stopping": (0, None, False),
+    "step_epochs": (1, None, False),
+    "warmup_epochs": (0, None, False),
+    "weight_decay": (0, None, False),
+    "head_lr": (0, None, True),
+    "gamma": (0, 1, True),
+    "plateau_patience": (1, None, False),
+    "plateau_factor": (0, 1, True),
+    "dropout": (0, 0.99, False),
+    "seed": (0, 2**32 - 1, False),
+}
+
 # settings that also accept a file instead of a named value (an albumentations pipeline for --augment)
 FILE_SUFFIXES: dict[str, tuple[str, ...]] = {"augment": (".yaml", ".yml", ".json")}
 
@@ -62,10 +81,32 @@ def check_choice(setting: str, value: Any) -> None:
     raise TltoolError(f"{option} must be one of {legal}, got {value!r}.")
 
 
+def check_range(setting: str, value: Any) -> None:
+    """Raise a one-line :class:`TltoolError` when ``value`` is outside the range of ``setting`` (:data:`RANGES`)."""
+    low, high, open_low = RANGES[setting]
+    if value is None:
+        return
+    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+    below = low is not None and (number <= low if open_low else number < low)
+    if not below and not (high is not None and number > high) and number == number:
+        return
+    option = "--" + setting.replace("_", "-")
+    def shown(bound: float) -> str:
+        return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+    if high is None:
+        legal = f"{'above' if open_low else 'at least'} {shown(low)}"
+    else:
+        legal = f"in {'(' if open_low else '['}{shown(low)}, {shown(high)}]"
+    raise TltoolError(f"{option} must be a number {legal}, got {value!r}.")
+
+
 def validate_choices(config: Any) -> None:
-    """Check every field of the dataclass ``config`` that names a setting of :data:`CHOICES`."""
+    """Check every field of the dataclass ``config`` that names a setting of :data:`CHOICES` or :data:`RANGES`."""
     if not is_dataclass(config):
         raise TypeError(f"{config!r} is not a dataclass instance")
     for f in fields(config):
         if f.name in CHOICES:
             check_choice(f.name, getattr(config, f.name))
+        elif f.name in RANGES:
+            check_range(f.name, getattr(config, f.name))
