@@ -52,6 +52,10 @@ def test_unknown_key_suggests_and_wrong_type_names_key_and_type(tmp_path):
         load_recipe(_write(tmp_path, "steps:\n  - probe: {head: ridge}\n"))
     with pytest.raises(TltoolError, match="Did you mean 'epochs'"):
         load_recipe(_write(tmp_path, "steps:\n  - finetune: {data: x}\n"), ["epoch=2"])
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00steps")
+    with pytest.raises(TltoolError, match="not a text file in UTF-8"):
+        load_recipe(binary)
 
 
 def test_overrides_and_variables(tmp_path):

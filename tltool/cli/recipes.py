@@ -150,6 +150,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise TltoolError(f"{path}: not valid YAML ({exc}).") from None
+    except UnicodeDecodeError as exc:
+        raise TltoolError(f"{path}: not a text file in UTF-8 ({exc.reason} at byte {exc.start}); a recipe is YAML "
+                          "text.") from None
+    except OSError as exc:
+        raise TltoolError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
     if not isinstance(data, dict):
         raise TltoolError(f"{path}: a recipe is a mapping with keys {list(TOP_LEVEL)}.")
     for key in data:
