@@ -135,6 +135,13 @@ def test_split_manifest_round_trip(tmp_path):
     again = load_dataset(target)
     assert again.counts() == {"train": {"a": 3, "b": 3}, "val": {"a": 2, "b": 2}}
     assert (tmp_path / "classes.json").read_text().strip().startswith("[")
+    # a file already there (the user's, or an earlier split) is replaced only when asked
+    (tmp_path / "classes.json").write_text("my own notes")
+    with pytest.raises(TltoolError, match="already exist.*--force"):
+        write_split_manifest(str(tmp_path / "d"), tmp_path / "other.csv", val_fraction=0.4, seed=0)
+    assert (tmp_path / "classes.json").read_text() == "my own notes" and not (tmp_path / "other.csv").exists()
+    write_split_manifest(str(tmp_path / "d"), tmp_path / "split.csv", val_fraction=0.4, seed=0, force=True)
+    assert (tmp_path / "classes.json").read_text().strip().startswith("[")
 
 
 def test_leakage_across_splits_is_reported(tmp_path):

@@ -76,9 +76,10 @@ def _warning_lines(issues: list[tuple[str, type[Warning]]]) -> list[str]:
 @click.argument("path")
 @click.option("--out", "out_csv", type=click.Path(dir_okay=False), required=True, help="Manifest CSV to write.")
 @split_options
-def split_cmd(path: str, out_csv: str, val_fraction: float, seed: int, max_pixels: int) -> None:
+@click.option("--force", is_flag=True, help="Replace the CSV and classes.json if they exist.")
+def split_cmd(path: str, out_csv: str, val_fraction: float, seed: int, max_pixels: int, force: bool) -> None:
     """Write a stratified, seeded train/val split as a CSV manifest (path,label,split) and classes.json."""
-    target = write_split_manifest(path, out_csv, val_fraction=val_fraction, seed=seed)
+    target = write_split_manifest(path, out_csv, val_fraction=val_fraction, seed=seed, force=force)
     click.echo(f"wrote {target}")
 
 
