@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,35 @@ def test_predict_and_evaluate_with_the_saved_head(flowers_run):
     # the same 100 images through the end-to-end predictor give the accuracy the cached features gave
     assert metrics["val"]["accuracy"]["n"] == 100
     assert abs(metrics["val"]["accuracy"]["value"] - stored["val"]["accuracy"]["value"]) <= 0.02
+    assert metrics["images_trained_on"] == 0 and "LeakageWarning" not in result.output  # val: never trained on
+
+
+def test_scoring_a_run_on_images_it_was_trained_on_is_named(tmp_path, monkeypatch):
+    """evaluate and compare warn when DATA holds images of the run's training data (its train split, and its val
+    split after --refit): before, a run scored on its own training photos was called "validation accuracy" and
+    compare reported p = 1.7e-05 between two such runs."""
+    from types import SimpleNamespace
+
+    from tltool.dataset import Record, write_manifest
+    from tltool.errors import LeakageWarning
+    from tltool.predict import warn_if_trained_on
+
+    photos = sorted(SAMPLE.glob("*/*.jpg"))[:4]
+    write_manifest([Record(str(photos[0]), "a", "train"), Record(str(photos[1]), "a", "train"),
+                    Record(str(photos[2]), "a", "val")], tmp_path / "split.csv")
+    (tmp_path / "link.jpg").symlink_to(photos[1])
+    monkeypatch.chdir(photos[0].parent)
+    asked = [photos[0].name, str(tmp_path / "link.jpg"), str(photos[2]), str(photos[3])]  # relative, a link, ...
+    run = SimpleNamespace(classes=["a"], config={"refit": False})
+    with pytest.warns(LeakageWarning, match="2 of the 4 images were in the training data"):
+        assert warn_if_trained_on(tmp_path, run, asked) == 2
+    run.config["refit"] = True  # a refit model has trained on its val split too
+    with pytest.warns(LeakageWarning, match="3 of the 4 images"):
+        assert warn_if_trained_on(tmp_path, run, asked) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_trained_on(tmp_path, run, [str(photos[3])]) == 0
+        assert warn_if_trained_on(tmp_path / "elsewhere", run, asked) == 0  # a run that does not record its images
 
 
 def test_evaluate_refuses_unknown_classes(flowers_run, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import TltoolError
 from .models import load_run
-from .predict import labelled_images
+from .predict import labelled_images, warn_if_trained_on
 from .report import read_predictions
 from .runs import new_run_dir
 from .stats import Proportion, mcnemar_exact, paired_difference_interval
@@ -133,4 +133,6 @@ def _evaluate_both(run_a: Path, run_b: Path, data: str):
         raise TltoolError(f"the runs have different class lists ({model_a.classes} vs {model_b.classes}).")
     # the stricter of the two runs' decode limits: every image kept can be predicted by both
     _, paths, y = labelled_images(data, model_a.classes, min(model_a.max_pixels, model_b.max_pixels))
+    for run, model in ((run_a, model_a), (run_b, model_b)):
+        warn_if_trained_on(run, model, paths)
     return (model_a.predict_paths(paths).argmax(1) == y), (model_b.predict_paths(paths).argmax(1) == y)

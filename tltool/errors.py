@@ -36,7 +36,8 @@ class BadFilesWarning(TltoolWarning):
 
 
 class LeakageWarning(TltoolWarning):
-    """The same image content appears in both the training and the validation split."""
+    """The same image content appears in both the training and the validation split, or a run is scored on images
+    it was trained on."""
 
 
 class EmptyClassWarning(TltoolWarning):

@@ -22,17 +22,16 @@ from typing import Iterator
 import numpy as np
 
 from .compare import compare_correct
-from .dataset import Record, load_dataset
 from .engines import QUANTIZATIONS, LiteRTRunner, best_rates, probability_source, to_tflite, TFRunner
 from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
-from .models import load_run
+from .models import load_run, run_splits, trained_on_val
 from .outputs import claim_output_dir, emptied_output_dir, replace_output_dir, staging_dir
 from .progress import Bar, say
 from .settings import CHOICES
 from .stats import Proportion
-from .utils import atomic_path, read_json, write_json
+from .utils import atomic_path, write_json
 
 FORMATS = CHOICES["export_format"]
 MODEL_FILES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
@@ -158,27 +157,6 @@ WRITERS = {"keras": _write_keras, "savedmodel": _write_savedmodel, "tflite": _wr
 
 
 # ------------------------------------------------------------------------------------------------- measuring
-def run_splits(run_dir: Path, run) -> dict[str, tuple[list[str], np.ndarray]]:
-    """``{"train": (paths, labels), "val": (...)}`` of the run: its ``split.csv`` (trained runs) or its features
-    folder's file list (linear runs)."""
-    if (run_dir / "split.csv").exists():
-        records = load_dataset(str(run_dir / "split.csv")).records
-    elif (Path(run.config.get("features", "")) / "features.json").exists():
-        files = read_json(Path(run.config["features"]) / "features.json")["files"]
-        records = [Record(f["path"], f["label"], f["split"]) for f in files]
-    else:
-        raise TltoolError(f"{run_dir}: neither split.csv nor the run's features folder is here, so its training and "
-                          "validation images are unknown; export with --no-measure.")
-    index = {c: i for i, c in enumerate(run.classes)}
-    out = {}
-    for split in ("train", "val"):
-        chosen = [r for r in records if r.split == split]
-        out[split] = ([r.path for r in chosen], np.array([index[r.label] for r in chosen], dtype=np.int64))
-    if not len(out["val"][0]):
-        raise TltoolError(f"{run_dir}: the run has no validation images to measure the export on.")
-    return out
-
-
 def pixel_batches(paths: list[str], run, batch_size: int = 32) -> Iterator[np.ndarray]:
     """float32 pixel batches of ``paths``, decoded as the run decodes them."""
     for start in range(0, len(paths), batch_size):
@@ -223,11 +201,6 @@ def measure_export(path: Path, model, run, val: tuple[list[str], np.ndarray], qu
         "threads": export_runner.lanes, "engine": "ai-edge-litert (XNNPACK)",
         "val_seen_in_training": trained_on_val(run),
     }
-
-
-def trained_on_val(run) -> bool:
-    """Whether the run's model was fitted on its validation images too (``--refit``, or a ``linear --cv`` head)."""
-    return bool(run.config.get("refit") or run.config.get("cv"))
 
 
 def measurement_lines(m: dict) -> list[str]:

@@ -3,6 +3,7 @@ optional TTA) and, for export, the equivalent Keras model. The tasks built on it
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +18,7 @@ from .keras_files import load_keras_model
 from .images import DEFAULT_MAX_PIXELS
 from .settings import check_choice
 from .tta import predict_with_tta
+from .dataset import Record, load_dataset
 from .utils import read_json
 
 
@@ -131,3 +133,41 @@ def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
     if loader is None:
         raise TltoolError(f"{run_dir}: unknown run kind {config.get('kind')!r}.")
     return loader(run_dir, config, engine)
+
+
+def trained_on_val(run) -> bool:
+    """Whether the run's model was fitted on its validation images too (``--refit``, or a ``linear --cv`` head)."""
+    return bool(run.config.get("refit") or run.config.get("cv"))
+
+
+def run_splits(run_dir: Path, run, need_val: bool = True) -> dict[str, tuple[list[str], np.ndarray]]:
+    """``{"train": (paths, labels), "val": (...)}`` of the run: its ``split.csv`` (trained runs) or its features
+    folder's file list (linear runs). ``need_val``: a run without validation images is an error."""
+    if (run_dir / "split.csv").exists():
+        records = load_dataset(str(run_dir / "split.csv")).records
+    elif (Path(run.config.get("features", "")) / "features.json").exists():
+        files = read_json(Path(run.config["features"]) / "features.json")["files"]
+        records = [Record(f["path"], f["label"], f["split"]) for f in files]
+    else:
+        raise TltoolError(f"{run_dir}: neither split.csv nor the run's features folder is here, so its training and "
+                          "validation images are unknown; export with --no-measure.")
+    index = {c: i for i, c in enumerate(run.classes)}
+    out = {}
+    for split in ("train", "val"):
+        chosen = [r for r in records if r.split == split]
+        out[split] = ([r.path for r in chosen], np.array([index[r.label] for r in chosen], dtype=np.int64))
+    if need_val and not len(out["val"][0]):
+        raise TltoolError(f"{run_dir}: the run has no validation images to measure the export on.")
+    return out
+
+
+def overlap_with_training(run_dir: str | Path, run: RunModel, paths: Sequence[str]) -> int:
+    """How many of ``paths`` the run's model was trained on (its train split; its val split too after ``--refit``
+    or for a ``linear --cv`` head), by resolved path; 0 when the run does not record its images."""
+    try:
+        splits = run_splits(Path(run_dir), run, need_val=False)
+    except TltoolError:
+        return 0
+    seen = splits["train"][0] + (splits["val"][0] if trained_on_val(run) else [])
+    known = {os.path.realpath(p) for p in seen}
+    return sum(os.path.realpath(p) in known for p in paths)

@@ -11,10 +11,10 @@ from typing import Sequence
 import numpy as np
 
 from .dataset import Dataset, load_dataset
-from .errors import BadFilesWarning, TltoolError
+from .errors import BadFilesWarning, LeakageWarning, TltoolError
 from .evaluation import Evaluation
 from .inspection import check_dataset
-from .models import load_run
+from .models import load_run, overlap_with_training
 from .report import write_run_report
 from .runs import new_run_dir
 from .settings import check_choice
@@ -74,10 +74,22 @@ def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | Non
     """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report."""
     model = load_run(run_dir, engine)
     dataset, paths, y = labelled_images(data, model.classes, model.max_pixels)
+    seen = warn_if_trained_on(run_dir, model, paths)
     probs = model.predict_paths(paths, tta=tta)
     evaluation = Evaluation(model.classes, y, probs)
     target = new_run_dir("eval", Path(run_dir).name, dataset.name, out=out, force=force)
     title = f"{Path(run_dir).name} evaluated on {dataset.name}" + (f" (TTA {tta})" if tta != "none" else "")
     metrics = write_run_report(target, evaluation, paths, kind="evaluation", title=title,
-                               config={"run": str(run_dir), "data": dataset.source, "tta": tta, **model.config})
+                               config={"run": str(run_dir), "data": dataset.source, "tta": tta, **model.config},
+                               extra={"images_trained_on": seen})
     return target, evaluation, metrics
+
+
+def warn_if_trained_on(run_dir: str | Path, model, paths: Sequence[str]) -> int:
+    """A :class:`LeakageWarning` when the run was trained on some of ``paths``; returns how many."""
+    seen = overlap_with_training(run_dir, model, paths)
+    if seen:
+        warnings.warn(f"{seen} of the {len(paths)} images were in the training data of {run_dir}: its accuracy on "
+                      "them is optimistic, not an estimate for new photos; score it on images it never saw.",
+                      LeakageWarning, stacklevel=3)
+    return seen

@@ -148,6 +148,9 @@ def markdown_summary(title: str, metrics: dict) -> str:
     lines = [f"# {title}", ""]
     lines += [f"- **validation accuracy: {format_proportion(val['accuracy'])}**"]
     lines.append(f"- {resolution_line(val['accuracy'], bool(metrics.get('cv')))}")
+    if metrics.get("images_trained_on"):
+        lines.append(f"- **{metrics['images_trained_on']} of these {val['accuracy']['n']} images were in the run's "
+                     "training data: this accuracy is optimistic, not an estimate for new photos**")
     if metrics.get("refit"):
         lines.append(f"- {metrics['refit']['note']}")
     if val.get("top5_accuracy"):
