@@ -129,6 +129,13 @@ def test_evaluate_and_compare_on_data_without_a_usable_image(tmp_path):
     assert result.exit_code == 2 and "no usable images" in result.output and "Traceback" not in result.output
     result = runner.invoke(main, ["compare", str(run), str(run), str(bad)])
     assert result.exit_code == 2 and "no usable images" in result.output
+    # --resume keeps the run's own settings: the options it ignores are named, not silently dropped
+    result = runner.invoke(main, ["train", "--resume", str(run), "--epochs", "9", "--refit"])
+    assert result.exit_code == 0, result.output
+    assert "warning (IgnoredOptionsWarning): --resume continues" in result.output
+    assert "--epochs, --refit ignored" in result.output
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == json.loads(
+        (run / "config.json").read_text())["epochs"]
 
 
 def test_cli_defaults_are_the_config_defaults():

@@ -40,6 +40,10 @@ class LeakageWarning(TltoolWarning):
     it was trained on."""
 
 
+class IgnoredOptionsWarning(TltoolWarning):
+    """Options given on the command line that the command does not use (``--resume`` keeps the run's settings)."""
+
+
 class EmptyClassWarning(TltoolWarning):
     """A class the data declares has no usable image (an empty class folder, or every file bad): it is left out."""
 

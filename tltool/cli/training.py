@@ -1,11 +1,13 @@
 """``finetune``, ``export`` and ``augment preview``."""
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from ..augment import preview
 from ..configs import FinetuneConfig, RunConfig, ScratchConfig
-from ..errors import TltoolError
+from ..errors import IgnoredOptionsWarning, TltoolError
 from ..export import EXIT_TOO_COSTLY, export_run, measurement_lines
 from ..finetune import finetune, finetune_cv
 from ..report import accuracy_line
@@ -56,6 +58,21 @@ def training_options(config: type[RunConfig]):
     return compose(*options)
 
 
+def warn_ignored_on_resume(ctx: click.Context) -> None:
+    """``--resume`` continues a run with the settings it started with (only ``--strategy`` is this session's):
+    name every other option given on the command line, which it does not use."""
+    if not ctx.params.get("resume"):
+        return
+    params = {param.name: param for param in ctx.command.params}
+    given = [name.upper() if isinstance(params[name], click.Argument) else params[name].opts[0]
+             for name in ctx.params if name not in ("resume", "strategy")
+             and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        warnings.warn(f"--resume continues {ctx.params['resume']} with the settings it started with: "
+                      f"{', '.join(given)} ignored. Start a new run to change them.", IgnoredOptionsWarning,
+                      stacklevel=2)
+
+
 def _print_run(result) -> None:
     if not result.chief:
         click.echo("this worker's share of training is done; the chief (worker 0) writes the run folder and report")
@@ -93,10 +110,12 @@ def _print_run(result) -> None:
                    "resumes on 1).")
 @out_option
 @force_option
-def finetune_cmd(data, cv, resume, out, force, **options) -> None:
+@click.pass_context
+def finetune_cmd(ctx, data, cv, resume, out, force, **options) -> None:
     """Fine-tune a pretrained backbone on DATA: new head first, then the top of the network."""
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
+    warn_ignored_on_resume(ctx)
     if cv:
         run_dir, evaluation, _ = finetune_cv(FinetuneConfig(data=data, **options), cv, out=out, force=force)
         click.echo(accuracy_line(evaluation, split=f"{cv}-fold cross-validated"))
@@ -128,14 +147,16 @@ def finetune_cmd(data, cv, resume, out, force, **options) -> None:
               help="Dropout before the classifier [default: the net's].")
 @tta_option
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Continue a killed run from its last checkpoint, on the exact split it started with (--strategy "
-                   "chooses this session's devices).")
+              help="Continue a killed run from its last checkpoint, on the exact split it started with (its own "
+                   "settings are used; --strategy chooses this session's devices).")
 @out_option
 @force_option
-def train_cmd(data, resume, out, force, **options) -> None:
+@click.pass_context
+def train_cmd(ctx, data, resume, out, force, **options) -> None:
     """Train a classic CNN from scratch on DATA with the same machinery (and report) as fine-tuning."""
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
+    warn_ignored_on_resume(ctx)
     _print_run(train_from_scratch(ScratchConfig(data=data or "", **options), out=out, resume=resume, force=force))
 
 
