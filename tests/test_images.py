@@ -175,3 +175,19 @@ def test_the_feeding_decode_remembers_a_broken_file_but_not_one_over_max_pixels(
     assert filecache.lookup(sha256_file(big)) is None
     assert filecache.lookup(sha256_file(broken))["reason"] == log.failures[str(broken)][0]
     assert images.check_image(big, max_pixels=10_000_000).width == 1200  # a higher limit reads it
+
+
+def test_a_folder_or_a_named_pipe_is_a_bad_file_at_once(tmp_path):
+    """Read as photos, they are named as unreadable without waiting: opening a pipe for reading blocks until
+    something writes to it, and `tltool predict` with one among its files hung."""
+    import os
+
+    from tltool.utils import sha256_file
+
+    (tmp_path / "folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "pipe.jpg")
+    for name in ("folder.jpg", "pipe.jpg"):
+        with pytest.raises(BadImageError, match="not a regular file"):
+            images.load_image(tmp_path / name, 64)
+        with pytest.raises(OSError):
+            sha256_file(tmp_path / name)

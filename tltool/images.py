@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -71,10 +72,12 @@ def _pillow_limit_at_least(max_pixels: int):
 
 def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     try:
-        size = os.path.getsize(path)
+        found = os.stat(path)
     except OSError as exc:
         raise BadImageError(path, UNREADABLE, exc.strerror or str(exc)) from None
-    if size == 0:
+    if not stat.S_ISREG(found.st_mode):  # a named pipe would block the read until something writes to it
+        raise BadImageError(path, UNREADABLE, "not a regular file (a folder, a named pipe or a device)")
+    if found.st_size == 0:
         raise BadImageError(path, EMPTY, "0 bytes")
     try:
         with _pillow_limit_at_least(max_pixels):

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -109,8 +111,14 @@ def _json_default(obj: Any) -> Any:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
+    """The content digest of a regular file; anything else (a named pipe, a device, a folder) is an OSError
+    without waiting: opening a pipe for reading would block until something writes to it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        h = hashlib.sha256()
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()

@@ -133,7 +133,7 @@ def probe_cmd(data, features_dir, out, force, **options) -> None:
 
 
 @click.command("predict")
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True)
 @click.option("--model", "run_dir", required=True, type=click.Path(file_okay=False),
               help="A run folder written by linear, probe, finetune or train.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
