@@ -52,6 +52,10 @@ def test_unknown_key_suggests_and_wrong_type_names_key_and_type(tmp_path):
         load_recipe(_write(tmp_path, "steps:\n  - probe: {head: ridge}\n"))
     with pytest.raises(TltoolError, match="Did you mean 'epochs'"):
         load_recipe(_write(tmp_path, "steps:\n  - finetune: {data: x}\n"), ["epoch=2"])
+    with pytest.raises(TltoolError, match=r"vars \['a', 'b'\] refer to other variables"):
+        load_recipe(_write(tmp_path, "vars: {a: '${b}', b: '${a}'}\nsteps:\n  - probe: {data: '${a}'}\n"))
+    with pytest.raises(TltoolError, match="'vars' must be a mapping"):
+        load_recipe(_write(tmp_path, "vars: [1, 2]\nsteps:\n  - probe: {data: x}\n"))
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00steps")
     with pytest.raises(TltoolError, match="not a text file in UTF-8"):

@@ -163,9 +163,14 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     steps_raw = data.get("steps")
     if not isinstance(steps_raw, list) or not steps_raw:
         raise TltoolError(f"{path}: 'steps' must be a non-empty list of {{command: {{options}}}}.")
-    variables = dict(data.get("vars") or {})
+    variables = data.get("vars") or {}
     if not isinstance(variables, dict):
         raise TltoolError(f"{path}: 'vars' must be a mapping of names to values.")
+    nested = sorted(str(k) for k, v in variables.items() if isinstance(v, str) and _VAR.search(v))
+    if nested:
+        raise TltoolError(f"{path}: vars {nested} refer to other variables; a variable's value is used as it is "
+                          "written, so give it in full.")
+    variables = dict(variables)
     commands = recipe_commands()
     steps: list[Step] = []
     for i, raw in enumerate(steps_raw, start=1):
