@@ -698,3 +698,25 @@ def test_accept_a_suggestion_and_confirm_a_grid_in_a_real_browser(tmp_path):
             browser.close()
     finally:
         running.close()
+
+
+def test_export_and_suspects_leave_out_labels_csv_rows_outside_the_dataset(tmp_path):
+    """The labeler writes only paths inside its folder; rows an edit put outside (``../x``, ``/etc/passwd``) are
+    named and left out, as the server never serves them: export once hard-linked /etc/passwd into a class folder."""
+    from tltool.dataset import ManifestWarning
+    from tltool.labeler.store import load_labelled
+
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 8, decodable=False)
+    store = LabelStore(root, ["cat", "dog"])
+    for i, path in enumerate(paths):
+        store.set(path, "cat" if i % 2 else "dog")
+    (tmp_path / "outside.jpg").write_bytes((root / paths[0]).read_bytes())
+    with open(root / "labels.csv", "a", encoding="utf-8") as f:
+        f.write("../outside.jpg,cat\n/etc/passwd,dog\n")
+    with pytest.warns(ManifestWarning, match=r"2 row\(s\) left out.*outside.jpg, /etc/passwd"):
+        assert len(load_labelled(root).records) == 8
+    with pytest.warns(ManifestWarning):
+        result = export_labels(root, val_fraction=0.25, seed=0)
+    exported = sorted(p.name for p in result.out.rglob("*.jpg")) + sorted(p.name for p in result.out.rglob("passwd"))
+    assert len(exported) == 8 and "passwd" not in exported and "outside.jpg" not in exported

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..dataset import Dataset, load_manifest, stratified_split
+from ..dataset import Dataset, stratified_split
 from ..errors import TltoolError
 from ..outputs import claim_output_dir, replace_output_dir, staging_dir
 from ..utils import write_json
-from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, read_labels_csv
+from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, load_labelled, read_labels_csv
 
 DEFAULT_SUFFIX = "-split"  # mydata -> mydata-split, so runs on it are named after the dataset
 
@@ -48,7 +48,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     if not labels.is_file():
         raise TltoolError(f"{labels}: no labels yet. Label the images first: tltool label serve {dataset} "
                           "--classes a,b,c")
-    labelled = load_manifest(str(labels))
+    labelled = load_labelled(root)
     if not labelled.records:
         raise TltoolError(f"{labels}: no image has a label yet. Label some with tltool label serve {dataset}.")
     for name in labelled.classes:

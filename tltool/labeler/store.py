@@ -15,11 +15,13 @@ import io
 import os
 import re
 import threading
+import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from ..dataset import Dataset, ManifestWarning, load_manifest
 from ..errors import TltoolError
 from ..images import IMAGE_EXTENSIONS
 from ..utils import write_text_atomic
@@ -119,6 +121,21 @@ def read_labels_csv(path: Path) -> tuple[dict[str, str], set[str]]:
                     if (row.get(ASSISTED) or "").strip() in ("1", "true", "yes"):
                         assisted.add(rel)
     return labels, assisted
+
+
+def load_labelled(root: Path) -> Dataset:
+    """``root/labels.csv`` as a dataset, without the rows whose path is not a file inside ``root`` (named in a
+    :class:`ManifestWarning`): the labeler writes only paths inside its folder, so another one is an edit, and
+    export would hard-link it (``/etc/passwd``) into the class folders, as the labeler's server never serves it."""
+    root = root.resolve()
+    dataset = load_manifest(str(root / LABELS_CSV))
+    inside = [inside_root(root, r.path, allow_absolute=True) is not None for r in dataset.records]
+    kept = [r for r, ok in zip(dataset.records, inside) if ok]
+    outside = [r.path for r, ok in zip(dataset.records, inside) if not ok]
+    if outside:
+        warnings.warn(f"{root / LABELS_CSV}: {len(outside)} row(s) left out, their paths are outside {root}: "
+                      + ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else ""), ManifestWarning, stacklevel=2)
+    return replace(dataset, records=kept)
 
 
 def _write_csv(path: Path, header: list[str], rows) -> None:

@@ -32,7 +32,7 @@ from ..plotting import pyplot, save_figure
 from ..runs import new_run_dir
 from ..utils import write_json, write_text_atomic
 from ..viz.plots import thumbnail
-from .store import LABELS_CSV, read_labels_csv
+from .store import LABELS_CSV, load_labelled, read_labels_csv
 
 CSV_COLUMNS = ("path", "label", "suggested", "score")  # which labels were accepted suggestions: suspects.json
 DEFAULT_C = 0.1  # moderate regularisation; on flowers C from 0.01 to 1 ranked planted mistakes about equally well
@@ -121,7 +121,8 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     if top < 1:
         raise TltoolError(f"--top must be at least 1, got {top}.")
     spec = get_backbone_spec(backbone)  # a bad name fails before any file is read
-    dataset = load_dataset(labeler_manifest(data))
+    manifest = labeler_manifest(data)
+    dataset = load_labelled(Path(data)) if manifest != str(data) else load_dataset(manifest)
     features_dir = features_dir or default_features_dir(data, spec.name, image_size, resize)
     result = extract_features(dataset, features_dir, backbone=spec.name, weights=weights, image_size=image_size,
                               resize=resize, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
