@@ -553,6 +553,12 @@ def test_grids_and_suggestions_over_http(tmp_path):
         assert state["assist"]["all"] == {"right": 13, "judged": 14}
         assert running.request("GET", "/api/grid?label=emu")[0] == 400
         assert running.request("POST", "/api/confirm", {"label": "cat", "accepted": ["../x.jpg"]})[0] == 404
+        for bad in ({"accepted": None}, {"rejected": 5}, {"accepted": {paths[0]: 1}}):  # before: a TypeError
+            assert running.request("POST", "/api/confirm", {"label": "cat", **bad})[0] == 400, bad
+        conn = http.client.HTTPConnection("127.0.0.1", running.server.port, timeout=10)
+        conn.request("POST", "/api/set", body=b"[" * 30000, headers={"Content-Type": "application/json"})
+        assert conn.getresponse().status == 400  # nested 30,000 deep: a RecursionError before
+        conn.close()
         # undoing the confirm: every photo's earlier state in one request, one write
         undo = [{"path": p, "label": None, "skipped": False, "assisted": False} for p in paths[1:]]
         status, body = running.request("POST", "/api/set", {"items": undo})

@@ -66,7 +66,8 @@ def label() -> None:
               help="Comma-separated class names, in key order (1-9) [default: the labels already in labels.csv].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the default is reachable from this computer only.")
-@click.option("--port", type=int, default=0, show_default=True, help="Port; 0 picks a free one.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port; 0 picks a free one.")
 @click.option("--review", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV (path[,label,suggested,score]; paths relative to DATASET) of images to review first.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default browser.")

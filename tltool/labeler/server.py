@@ -306,7 +306,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
             return None
         try:
             body = json.loads(self.rfile.read(length))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             body = None
         if not isinstance(body, dict):
             self._error(HTTPStatus.BAD_REQUEST, "expected a JSON object")
@@ -332,7 +332,8 @@ class LabelerHandler(BaseHTTPRequestHandler):
         """A confirmed grid ``{"label", "accepted": [paths], "rejected": [paths]}``: the accepted photos get the
         label (assisted) in one write; the rejected ones are never suggested that label again."""
         label, accepted, rejected = body.get("label"), body.get("accepted", []), body.get("rejected", [])
-        if not isinstance(label, str) or not all(isinstance(p, str) for p in [*accepted, *rejected]):
+        if not (isinstance(label, str) and isinstance(accepted, list) and isinstance(rejected, list)
+                and all(isinstance(p, str) for p in [*accepted, *rejected])):
             return self._error(HTTPStatus.BAD_REQUEST, 'expected {"label": str, "accepted": [str], "rejected": [str]}')
         summary = self.server.store.set_many([(p, label, False, True) for p in accepted]) if accepted else \
             self.server.store.summary()
