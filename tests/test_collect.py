@@ -302,3 +302,22 @@ def test_zip_members_with_unsafe_names_are_named_and_nothing_lands_outside(tmp_p
     assert _outside_files(tmp_path, dataset, {archive}) == []
     assert {p.relative_to(dataset).parts[0] for p in dataset.rglob("*") if p.is_file()} <= {
         UNLABELED, MANIFEST, ".tltool-output.json"}
+
+
+def test_two_imports_into_one_dataset_at_once_keep_every_row(tmp_path):
+    """Each import rewrote the manifest from what it had read when it started: run at the same moment, the last
+    to finish dropped the other's rows (350 files, 250 rows). Now the second waits for the first."""
+    import subprocess
+    import sys
+
+    for name in ("a", "b"):
+        for i in range(80):
+            noise_image(tmp_path / name / f"{name}{i:02d}.jpg", seed=1000 * (name == "b") + i, size=(96, 72))
+    out = tmp_path / "ds"
+    procs = [subprocess.Popen([sys.executable, "-m", "tltool", "collect", "import", str(tmp_path / name), "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for name in ("a", "b")]
+    outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    with open(out / MANIFEST, newline="", encoding="utf-8") as f:
+        added = [row for row in csv.DictReader(f) if row["status"] == ADDED]
+    assert len(added) == 160 == len(list((out / UNLABELED).rglob("*.jpg")))

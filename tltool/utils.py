@@ -201,3 +201,27 @@ def _cgroup_folders(root: Path, membership: Path) -> list[Path]:
         relative = Path(path.strip().lstrip("/"))
         folders += [top / relative] + [top / parent for parent in relative.parents]
     return folders
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, waiting: str = "") -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created as ``open()`` would) for the block; when another process
+    holds it, say ``waiting`` and wait for it. Where ``fcntl`` is missing, no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                from .progress import say
+
+                say(waiting)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -21,13 +21,14 @@ from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, DEFAULT_MAX_PIXELS, load_image
 from ..outputs import claim_output_dir
 from ..progress import Bar
-from ..utils import atomic_path, write_text_atomic
+from ..utils import atomic_path, file_lock, write_text_atomic
 from .neardup import DEFAULT_NEAR_THRESHOLD, NearIndex, dhash, mean_colour, pixels_sha256
 from .sources import (DEFAULT_EVERY, Bad, Candidate, camera_candidates, candidates_of, cv2_module, expand_sources,
                       open_camera)
 
 UNLABELED = "unlabeled"
 MANIFEST = "manifest.csv"
+IMPORT_LOCK = ".import.lock"
 DEFAULT_MAX_SIDE = 1024
 JPEG_QUALITY = 92
 
@@ -230,6 +231,15 @@ def import_images(sources: Iterable[str], out: str | os.PathLike, every: float =
     root = Path(out).resolve()
     files = expand_sources(sources, exclude=root)  # check every source before touching anything
     claim_output_dir(root, "dataset", reuse=True)  # a dataset folder collect made earlier; never a user's own
+    # one import at a time per dataset: two at once each rewrote the manifest from what they had read, losing rows
+    with file_lock(root / IMPORT_LOCK, f"waiting for another import into {root} to finish"):
+        return _import_locked(root, files, every, max_side, near_threshold, camera, camera_frames, max_pixels,
+                              workers, on_bad)
+
+
+def _import_locked(root: Path, files: list, every: float, max_side: int, near_threshold: int, camera: int | None,
+                   camera_frames: int, max_pixels: int, workers: int,
+                   on_bad: Callable[[Bad], None] | None) -> ImportResult:
     capture = open_camera(camera) if camera is not None else None
     (root / UNLABELED).mkdir(parents=True, exist_ok=True)
     ledger = _Ledger(root, near_threshold)
