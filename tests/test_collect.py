@@ -301,7 +301,7 @@ def test_zip_members_with_unsafe_names_are_named_and_nothing_lands_outside(tmp_p
     assert "added 1 image(s)" in result.output and "5 bad file(s) skipped" in result.output
     assert _outside_files(tmp_path, dataset, {archive}) == []
     assert {p.relative_to(dataset).parts[0] for p in dataset.rglob("*") if p.is_file()} <= {
-        UNLABELED, MANIFEST, ".tltool-output.json"}
+        UNLABELED, MANIFEST, ".tltool-output.json", ".import.lock"}
 
 
 def test_two_imports_into_one_dataset_at_once_keep_every_row(tmp_path):
