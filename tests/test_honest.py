@@ -58,6 +58,17 @@ def test_compare_refuses_different_images_or_classes(tmp_path):
         compare_runs(a, c)
     result = CliRunner().invoke(main, ["compare", str(a), str(b)])
     assert result.exit_code == 2 and "different images" in result.output
+    # a predictions.csv tltool did not write, or two runs scored against other labels: one-line errors
+    swapped = _fake_run(tmp_path, "D", [True] * 10)
+    lines = (swapped / "predictions.csv").read_text().splitlines()
+    (swapped / "predictions.csv").write_text("\n".join([lines[0], lines[1].replace(",a,a,", ",b,b,", 1)]
+                                                         + lines[2:]) + "\n")
+    with pytest.raises(TltoolError, match=r"1 image\(s\) different true labels"):
+        compare_runs(a, swapped)
+    for content in (b"", b"\xff\xfe\x00", b"path,true,predicted\n/x.jpg\n"):
+        (swapped / "predictions.csv").write_bytes(content)
+        with pytest.raises(TltoolError, match="not a predictions.csv tltool wrote"):
+            compare_runs(a, swapped)
 
 
 def test_nested_cv_folds_are_stratified_disjoint_and_the_search_never_sees_the_test_fold(monkeypatch):

@@ -91,12 +91,15 @@ def compare_correct(correct_a: np.ndarray, correct_b: np.ndarray, run_a: str = "
                       (lo, hi), images)
 
 
-def _stored_correctness(run_dir: Path) -> tuple[dict[str, bool], list[str]]:
+def _stored_correctness(run_dir: Path) -> tuple[dict[str, bool], dict[str, str], list[str]]:
+    """``({path: correct}, {path: true label}, classes)`` of a run's stored validation predictions."""
     path = run_dir / "predictions.csv"
     if not path.exists():
         raise TltoolError(f"{run_dir}: no predictions.csv; pass a finished run folder (or give DATA to evaluate).")
     paths, true, predicted, classes = read_predictions(path)
-    return {p: t == q for p, t, q in zip(paths, true, predicted)}, classes
+    if len(set(paths)) < len(paths):
+        raise TltoolError(f"{path}: an image appears twice; it is not the predictions.csv tltool wrote.")
+    return {p: t == q for p, t, q in zip(paths, true, predicted)}, dict(zip(paths, true)), classes
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
@@ -104,7 +107,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
     """Compare two runs on their stored validation predictions, or on DATA evaluated by both."""
     run_a, run_b = Path(run_a), Path(run_b)
     if data is None:
-        (a, classes_a), (b, classes_b) = _stored_correctness(run_a), _stored_correctness(run_b)
+        (a, truth_a, classes_a), (b, truth_b, classes_b) = _stored_correctness(run_a), _stored_correctness(run_b)
         if classes_a != classes_b:
             raise TltoolError(f"the runs have different class lists ({classes_a} vs {classes_b}): they answer "
                               "different questions and cannot be compared.")
@@ -113,6 +116,11 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
             raise TltoolError(f"the runs were validated on different images ({only} differ; "
                               f"{len(a)} vs {len(b)} images): use the same data and split (--seed, "
                               "--val-fraction), or give DATA to evaluate both on it.")
+        disagree = [p for p in truth_a if truth_a[p] != truth_b[p]]
+        if disagree:
+            raise TltoolError(f"the runs give {len(disagree)} image(s) different true labels (e.g. {disagree[0]}: "
+                              f"{truth_a[disagree[0]]!r} vs {truth_b[disagree[0]]!r}): they were not scored against "
+                              "the same labels and cannot be compared.")
         order = sorted(a)
         correct_a, correct_b = [a[p] for p in order], [b[p] for p in order]
         source = "stored validation predictions"

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import BadImageError
+from .errors import BadImageError, TltoolError
 from .evaluation import Evaluation
 from .images import load_thumbnail
 from .plotting import cached_figure, pyplot, save_figure
@@ -125,12 +125,18 @@ def write_predictions(evaluation: Evaluation, paths: Sequence[str], target: Path
 
 
 def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], list[str]]:
-    """``(paths, true labels, predicted labels, classes)`` from a run's ``predictions.csv``."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        classes = [h[2:] for h in header[5:]]
-        rows = list(reader)
+    """``(paths, true labels, predicted labels, classes)`` from a run's ``predictions.csv``; a file tltool did not
+    write (empty, not text, rows cut short) is a :class:`TltoolError` naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, StopIteration, csv.Error) as exc:
+        raise TltoolError(f"{path}: not a predictions.csv tltool wrote ({exc.__class__.__name__}: {exc}).") from None
+    if header[:3] != ["path", "true", "predicted"] or any(len(r) != len(header) for r in rows):
+        raise TltoolError(f"{path}: not a predictions.csv tltool wrote (its header or a row's cells differ).")
+    classes = [h[2:] for h in header[5:]]
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], classes
 
 
