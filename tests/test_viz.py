@@ -221,6 +221,9 @@ def test_embedding_separates_colour_classes_tsne_and_pca(tmp_path):
     assert report["nearest_neighbour_agreement"] > 0.9
     pca = visualize_embedding(tmp_path / "feat", out=tmp_path / "pca", method="pca")
     assert pca.method == "pca" and pca.coords.shape == (42, 2)
+    for bad in ("0", "-5", "nan"):  # before: scikit-learn's InvalidParameterError traceback
+        result = invoke("viz", "embedding", tmp_path / "feat", "--perplexity", bad, "--out", tmp_path / f"p{bad}")
+        assert result.exit_code == 2 and "--perplexity must be a number above 0" in result.output
 
 
 # ----------------------------------------------------------------------------------------------------- suspects

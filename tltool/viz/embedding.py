@@ -1,6 +1,7 @@
 """A 2-D map of stored CNN codes: t-SNE (PCA when there are too few images), one colour per class."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def embed(X: np.ndarray, method: str = "auto", perplexity: float = 30.0, seed: i
     n = len(X)
     if n < 3:
         raise TltoolError(f"a map needs at least 3 images; the features hold {n}.")
+    if not (perplexity > 0 and math.isfinite(perplexity)):
+        raise TltoolError(f"--perplexity must be a number above 0 (about the neighbours each image keeps), got "
+                          f"{perplexity}.")
     Z = StandardScaler().fit_transform(X)
     if method == "auto":
         method = "tsne" if n >= MIN_TSNE else "pca"
