@@ -145,3 +145,32 @@ def test_every_extraction_records_and_says_how_many_photos_it_enlarges(tmp_path,
     assert "4 of 8 photos are smaller than the 48 px input" in capsys.readouterr().err
     padded = extract_features(str(root), tmp_path / "g", image_size=48, batch_size=8, resize="pad")
     assert padded.meta["upsampling"]["upsampled"] == 0  # pad scales the longer side (60 and 100) down
+
+
+def test_a_tampered_features_folder_is_a_clear_error_not_a_traceback(shapes_features, tmp_path):
+    """features.json and the chunks are read as possibly hostile: a hand-edited file was a JSONDecodeError,
+    ZeroDivisionError or IndexError, NaN features a page of scikit-learn tracebacks."""
+    import json
+
+    out, _ = shapes_features
+    meta = json.loads((out / "features.json").read_text())
+    edits = {"not json": "{", "a list": "[]", "chunk 0": json.dumps({**meta, "chunk_size": 0}),
+             "negative count": json.dumps({**meta, "n_images": -5}),
+             "short file list": json.dumps({**meta, "files": meta["files"][:-3]})}
+    for what, text in edits.items():
+        copy = tmp_path / what.replace(" ", "-")
+        shutil.copytree(out, copy)
+        (copy / "features.json").write_text(text)
+        with pytest.raises(TltoolError, match="features.json is damaged"):
+            load_features(copy)
+    chunk = out / "chunks" / "chunk-00000.npz"
+    with np.load(chunk) as z:
+        arrays = {name: z[name] for name in z.files}
+    for what, change in {"nan": {"avg": np.full_like(arrays["avg"], np.nan)},
+                         "text ok": {"ok": np.array(["yes"] * len(arrays["avg"]))},
+                         "narrow": {"avg": arrays["avg"][:, :7], "max": arrays["max"][:, :7]}}.items():
+        copy = tmp_path / what.replace(" ", "-")
+        shutil.copytree(out, copy)
+        np.savez(copy / "chunks" / "chunk-00000.npz", **{**arrays, **change})
+        with pytest.raises(TltoolError, match="chunk 0 is missing, damaged|different widths"):
+            load_features(copy)

@@ -262,8 +262,12 @@ def _chunk_done(path: Path, key: str, rows: int) -> bool:
     if not path.exists():
         return False
     try:
-        with np.load(path) as z:
-            return str(z["key"]) == key and len(z["avg"]) == rows == len(z["max"])
+        with np.load(path) as z:  # no pickles: an object array is refused
+            avg, mx = z["avg"], z["max"]
+            ok = z["ok"] if "ok" in z.files else np.ones(rows, bool)
+            return (str(z["key"]) == key and avg.ndim == 2 and avg.shape == mx.shape and len(avg) == rows
+                    and avg.dtype == mx.dtype == np.float32 and ok.dtype == bool and ok.shape == (rows,)
+                    and bool(np.isfinite(avg).all() and np.isfinite(mx).all()))
     except Exception:  # a damaged chunk is recomputed
         return False
 
@@ -408,14 +412,33 @@ def _write_chunk(out: Path, index: int, key: str, avg: np.ndarray, mx: np.ndarra
             np.savez(f, avg=avg.astype(np.float32), max=mx.astype(np.float32), key=np.array(key), ok=ok)
 
 
+def _read_meta(meta_path: Path) -> dict:
+    """``features.json``, checked: complete, and with the fields and types extraction writes."""
+    directory = meta_path.parent
+    try:
+        meta = read_json(meta_path)
+        complete = meta.get("complete")
+        n, chunk, files = meta["n_images"], meta["chunk_size"], meta["files"]
+        valid = (isinstance(n, int) and isinstance(chunk, int) and n >= 1 and chunk >= 1 and isinstance(files, list)
+                 and len(files) == n and isinstance(meta["classes"], list) and isinstance(meta["key"], str)
+                 and all(isinstance(f, dict) and {"path", "label", "split", "sha256"} <= set(f) for f in files))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TltoolError(f"{directory}: features.json is damaged ({exc.__class__.__name__}: {exc}); extract again "
+                          "into a new folder.") from None
+    if not complete:
+        raise TltoolError(f"{directory}: the extraction did not finish. Run the same `tltool extract` again to resume.")
+    if not valid:
+        raise TltoolError(f"{directory}: features.json is damaged (its image count, chunk size or file list is not "
+                          "what extraction writes); extract again into a new folder.")
+    return meta
+
+
 def load_features(directory: str | Path) -> FeatureSet:
     directory = Path(directory)
     meta_path = directory / "features.json"
     if not meta_path.exists():
         raise TltoolError(f"{directory}: no features.json here. Run `tltool extract DATA --out {directory}` first.")
-    meta = read_json(meta_path)
-    if not meta.get("complete"):
-        raise TltoolError(f"{directory}: the extraction did not finish. Run the same `tltool extract` again to resume.")
+    meta = _read_meta(meta_path)
     n, chunk = meta["n_images"], meta["chunk_size"]
     avg, mx, ok = [], [], []
     for i in range((n + chunk - 1) // chunk):
@@ -427,6 +450,9 @@ def load_features(directory: str | Path) -> FeatureSet:
             avg.append(z["avg"])
             mx.append(z["max"])
             ok.append(z["ok"] if "ok" in z.files else np.ones(len(z["avg"]), bool))
+    if len({a.shape[1] for a in avg}) > 1:
+        raise TltoolError(f"{directory}: its chunks hold features of different widths; extract again into a new "
+                          "folder.")
     usable = np.concatenate(ok)
     files = [f for f, keep in zip(meta["files"], usable) if keep]  # files the feeding decode found bad are left out
     classes = meta["classes"]
