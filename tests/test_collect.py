@@ -157,6 +157,15 @@ def test_user_mistakes_are_one_clear_error(tmp_path):
     noise_image(tmp_path / "a.jpg", seed=1)
     with pytest.raises(TltoolError, match="--every"):
         import_images([str(tmp_path / "a.jpg")], tmp_path / "ds", every=0)
+    # a dataset whose unlabeled/ is a link to a folder of the user's: imports went through it into that folder
+    import_images([str(tmp_path / "a.jpg")], tmp_path / "ds")
+    shutil.rmtree(tmp_path / "ds" / UNLABELED)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "ds" / UNLABELED).symlink_to(tmp_path / "mine", target_is_directory=True)
+    noise_image(tmp_path / "b.jpg", seed=2)
+    with pytest.raises(TltoolError, match="is a link"):
+        import_images([str(tmp_path / "b.jpg")], tmp_path / "ds")
+    assert not list((tmp_path / "mine").iterdir())
 
 
 class _FakeCamera:

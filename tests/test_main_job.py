@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from conftest import SAMPLE
 from tltool.cli import main
+from tltool.errors import TltoolError
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +135,28 @@ def test_scoring_a_run_on_images_it_was_trained_on_is_named(tmp_path, monkeypatc
         warnings.simplefilter("error")
         assert warn_if_trained_on(tmp_path, run, [str(photos[3])]) == 0
         assert warn_if_trained_on(tmp_path / "elsewhere", run, asked) == 0  # a run that does not record its images
+
+
+def test_an_edited_model_json_is_a_clear_error(tmp_path, monkeypatch):
+    """model.json is read as possibly edited: an image size of "abc" was a ValueError, 100000 made OpenCV ask for
+    120 GB, a missing field a KeyError."""
+    from tltool.models import load_run
+
+    good = {"kind": "linear", "image_size": 64, "resize": "crop", "classes": ["a", "b"]}
+    for edit in ({"image_size": "abc"}, {"image_size": 100000}, {"classes": None}, {"resize": "squash"}):
+        (tmp_path / "model.json").write_text(json.dumps({**good, **edit}))
+        with pytest.raises(TltoolError, match="not a model.json tltool wrote"):
+            load_run(tmp_path)
+    for text in ("[1]", "{"):
+        (tmp_path / "model.json").write_text(text)
+        with pytest.raises(TltoolError, match="not a model.json tltool wrote"):
+            load_run(tmp_path)
+    (tmp_path / "cache-file").write_text("not a folder")
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache-file" / "sub"))
+    from tltool.utils import cache_dir
+
+    with pytest.raises(TltoolError, match="cache folder .* cannot be made"):
+        cache_dir()
 
 
 def test_evaluate_refuses_unknown_classes(flowers_run, tmp_path):

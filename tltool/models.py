@@ -16,7 +16,7 @@ from .features import select_pool
 from .heads import FittedHead
 from .keras_files import load_keras_model
 from .images import DEFAULT_MAX_PIXELS
-from .settings import check_choice
+from .settings import CHOICES, check_choice
 from .tta import predict_with_tta
 from .dataset import Record, load_dataset
 from .utils import read_json
@@ -128,11 +128,31 @@ def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
     if not config_path.exists():
         raise TltoolError(f"{run_dir}: not a tltool run (no model.json). Pass the folder a linear, finetune or "
                           "train command wrote.")
-    config = read_json(config_path)
+    config = _checked_model_json(config_path)
     loader = _LOADERS.get(config.get("kind"))
     if loader is None:
         raise TltoolError(f"{run_dir}: unknown run kind {config.get('kind')!r}.")
     return loader(run_dir, config, engine)
+
+
+MAX_IMAGE_SIZE = 4096  # no run of tltool's is trained above this; a larger model.json size is an edit
+
+
+def _checked_model_json(path: Path) -> dict:
+    """``model.json`` with the fields every run writes, of the types it writes them (it is read as possibly
+    edited: an image size of 100000 made OpenCV ask for 120 GB)."""
+    try:
+        config = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise TltoolError(f"{path}: not a model.json tltool wrote ({exc.__class__.__name__}: {exc}).") from None
+    size = config.get("image_size") if isinstance(config, dict) else None
+    valid = (isinstance(size, int) and 16 <= size <= MAX_IMAGE_SIZE and config.get("resize") in CHOICES["resize"]
+             and isinstance(config.get("classes"), list) and len(config["classes"]) >= 2
+             and all(isinstance(c, str) for c in config["classes"]))
+    if not valid:
+        raise TltoolError(f"{path}: not a model.json tltool wrote (it needs image_size 16-{MAX_IMAGE_SIZE}, a resize "
+                          f"of {CHOICES['resize']} and a list of at least 2 class names).")
+    return config
 
 
 def trained_on_val(run) -> bool:

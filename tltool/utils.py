@@ -19,7 +19,13 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tltool"
     )
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .errors import TltoolError
+
+        raise TltoolError(f"tltool's cache folder {path} cannot be made ({exc.strerror or exc}); point TLTOOL_CACHE "
+                          "at a folder tltool may write into.") from None
     return path
 
 

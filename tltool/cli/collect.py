@@ -25,7 +25,7 @@ def collect() -> None:
               help="Seconds between the frames taken from a video (and between webcam pictures).")
 @click.option("--max-side", type=int, default=DEFAULT_MAX_SIDE, show_default=True,
               help="Longest side of a written image.")
-@click.option("--near-threshold", type=int, default=DEFAULT_NEAR_THRESHOLD, show_default=True,
+@click.option("--near-threshold", type=click.IntRange(max=64), default=DEFAULT_NEAR_THRESHOLD, show_default=True,
               help="Near duplicate: dHash Hamming distance up to this many bits of 64 (negative: keep all).")
 @click.option("--camera", type=int, default=None, help="Also take pictures from webcam INDEX (0 is the first).")
 @click.option("--camera-frames", type=int, default=20, show_default=True, help="Pictures to take with --camera.")

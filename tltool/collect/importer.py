@@ -240,6 +240,9 @@ def import_images(sources: Iterable[str], out: str | os.PathLike, every: float =
 def _import_locked(root: Path, files: list, every: float, max_side: int, near_threshold: int, camera: int | None,
                    camera_frames: int, max_pixels: int, workers: int,
                    on_bad: Callable[[Bad], None] | None) -> ImportResult:
+    if (root / UNLABELED).is_symlink() or (root / MANIFEST).is_symlink():
+        raise TltoolError(f"{root}: its {UNLABELED}/ or {MANIFEST} is a link; tltool writes only into what it made "
+                          "there. Remove the link, or import into a new folder.")
     capture = open_camera(camera) if camera is not None else None
     (root / UNLABELED).mkdir(parents=True, exist_ok=True)
     ledger = _Ledger(root, near_threshold)
