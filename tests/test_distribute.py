@@ -268,9 +268,12 @@ def test_the_commands_print_the_tf_config_problem_in_one_line(command, monkeypat
     assert "Traceback" not in result.output and not (tmp_path / "runs").exists() and not (tmp_path / "unused").exists()
 
 
-@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2", "0/0"])
-def test_bad_shard(text):
-    with pytest.raises(TltoolError, match="--shard"):
+@pytest.mark.parametrize("text, says", [("2/2", "INDEX must be 0..COUNT-1 .here 0..1."), ("1", "write INDEX/COUNT"),
+                                        ("a/b", "write INDEX/COUNT"), ("-1/2", "write INDEX/COUNT"),
+                                        ("0/0", "COUNT must be 1..10000"),
+                                        ("0/99999999999999999999", "COUNT must be 1..10000")])
+def test_bad_shard(text, says):
+    with pytest.raises(TltoolError, match=f"--shard {text}: {says}"):
         parse_shard(text)
 
 

@@ -185,6 +185,9 @@ def resolve_strategy(name: str = "auto") -> tuple[object, DistributeInfo]:
     return strategy, info
 
 
+MAX_SHARDS = 10_000
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """``--shard I/N`` -> ``(I, N)`` with ``0 <= I < N``."""
     if text is None or text == "":
@@ -193,8 +196,10 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not sep or not index.strip().isdigit() or not count.strip().isdigit():
         raise TltoolError(f"--shard {text}: write INDEX/COUNT, e.g. --shard 0/4 on the first of 4 machines.")
     i, n = int(index), int(count)
-    if n < 1 or not 0 <= i < n:
-        raise TltoolError(f"--shard {text}: INDEX must be 0..COUNT-1 (here 0..{max(n - 1, 0)}).")
+    if not 1 <= n <= MAX_SHARDS:
+        raise TltoolError(f"--shard {text}: COUNT must be 1..{MAX_SHARDS} (the machines sharing the work).")
+    if not 0 <= i < n:
+        raise TltoolError(f"--shard {text}: INDEX must be 0..COUNT-1 (here 0..{n - 1}).")
     return i, n
 
 

@@ -46,8 +46,10 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
         try:
             base.load_weights(str(path))
         except Exception as exc:
+            detail = " ".join(str(exc).split())  # Keras' message spans lines
+            detail = detail if len(detail) <= 300 else detail[:300].rsplit(" ", 1)[0] + " ..."
             raise TltoolError(f"--weights {weights}: cannot load into {spec.name} ({exc.__class__.__name__}: "
-                              f"{str(exc)[:300]}). The file must hold the weights of this architecture without its "
+                              f"{detail}). The file must hold the weights of this architecture without its "
                               "classification top.") from None
     inputs = keras.Input(shape=shape, name="pixels")
     x = ImagePreprocessing(spec.preprocess, name="preprocess")(inputs)
