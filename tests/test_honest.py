@@ -295,3 +295,14 @@ def test_every_report_states_what_its_interval_can_tell_apart(tmp_path):
     assert lines[2].startswith("- **validation accuracy: 0.850")
     assert lines[3] == ("- two settings closer than about ±11.0 points cannot be told apart on these 40 images "
                         "(half-width of the 95 % interval); use `--cv` or `tltool compare`")
+
+
+def test_a_linear_run_records_its_features_folder_absolute(tmp_path, monkeypatch):
+    """Given relative (``--features feat``), it was stored relative: export and the leakage check of evaluate, run
+    from another folder, could not find the run's images."""
+    from tltool.linear import train_linear
+
+    monkeypatch.chdir(tmp_path)
+    result = train_linear(_synthetic_features(Path(".")), out=tmp_path / "run")
+    stored = json.loads((result.run_dir / "model.json").read_text())["features"]
+    assert stored == str(tmp_path.resolve() / "features")

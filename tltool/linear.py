@@ -149,8 +149,10 @@ def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: Lin
     run_dir = new_run_dir("linear", meta["dataset"]["name"], meta["backbone"], config.head, out=out, force=force)
     model_config = {"kind": "linear", "backbone": meta["backbone"], "weights": meta["weights"],
                     "image_size": meta["image_size"], "resize": meta["resize"], **settings, "classes": fs.classes,
-                    "features": str(fs.directory), "max_pixels": meta.get("max_pixels", DEFAULT_MAX_PIXELS),
-                    "refit": False, "n_trained_on": n_trained_on}
+                    # absolute, as split.csv's paths are: export and evaluate find the run's images from any folder
+                    "features": str(Path(fs.directory).resolve()),
+                    "max_pixels": meta.get("max_pixels", DEFAULT_MAX_PIXELS), "refit": False,
+                    "n_trained_on": n_trained_on}
     fitted.save(run_dir)
     write_json(run_dir / "model.json", model_config)
     return run_dir, model_config
