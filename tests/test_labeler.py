@@ -726,3 +726,12 @@ def test_export_and_suspects_leave_out_labels_csv_rows_outside_the_dataset(tmp_p
         result = export_labels(root, val_fraction=0.25, seed=0)
     exported = sorted(p.name for p in result.out.rglob("*.jpg")) + sorted(p.name for p in result.out.rglob("passwd"))
     assert len(exported) == 8 and "passwd" not in exported and "outside.jpg" not in exported
+
+    # a labelled file that is no image is named and not exported (before: exported as a class image)
+    from tltool.errors import BadFilesWarning
+
+    (root / paths[0]).write_text("not an image")
+    with pytest.warns(BadFilesWarning, match=r"1 labelled file\(s\) not exported:\n  .*img_000.jpg: not an image"), \
+            pytest.warns(ManifestWarning):  # the rows outside are still in labels.csv
+        result = export_labels(root, val_fraction=0.25, seed=0)
+    assert len(list(result.out.rglob("*.jpg"))) == 7

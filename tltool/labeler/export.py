@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..dataset import Dataset, stratified_split
-from ..errors import TltoolError
+from ..errors import BadFilesWarning, BadImageError, TltoolError
+from ..images import read_header
 from ..outputs import claim_output_dir, replace_output_dir, staging_dir
 from ..utils import write_json
 from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, load_labelled, read_labels_csv
@@ -40,6 +42,22 @@ def _place(src: str, dest: Path, copy: bool) -> None:
     shutil.copy2(src, dest)
 
 
+def _readable(labelled: Dataset) -> Dataset:
+    """The labelled photos whose header reads as an image within the pixel limit; the others (a text file named
+    .jpg, a decompression bomb) are named in a :class:`BadFilesWarning` and not exported."""
+    kept, bad = [], []
+    for record in labelled.records:
+        try:
+            read_header(record.path)
+            kept.append(record)
+        except BadImageError as error:
+            bad.append(str(error))
+    if bad:
+        warnings.warn(f"{len(bad)} labelled file(s) not exported:\n  " + "\n  ".join(bad), BadFilesWarning,
+                      stacklevel=3)
+    return replace(labelled, records=kept)
+
+
 def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = None, val_fraction: float = 0.2,
                   seed: int = 0, copy: bool = False) -> ExportResult:
     """Write ``out`` (default ``DATASET-split`` beside the dataset) with ``train/<class>/`` and ``val/<class>/`` from ``labels.csv``."""
@@ -48,7 +66,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     if not labels.is_file():
         raise TltoolError(f"{labels}: no labels yet. Label the images first: tltool label serve {dataset} "
                           "--classes a,b,c")
-    labelled = load_labelled(root)
+    labelled = _readable(load_labelled(root))
     if not labelled.records:
         raise TltoolError(f"{labels}: no image has a label yet. Label some with tltool label serve {dataset}.")
     for name in labelled.classes:
