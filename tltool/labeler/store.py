@@ -24,12 +24,8 @@ from typing import Iterator
 from ..dataset import Dataset, ManifestWarning, load_manifest
 from ..errors import TltoolError
 from ..images import IMAGE_EXTENSIONS
-from ..utils import write_text_atomic
+from ..utils import file_lock, write_text_atomic
 
-try:  # POSIX; elsewhere the thread lock alone serialises one server's writes
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 LABELS_CSV = "labels.csv"
 ASSISTED = "assisted"  # labels.csv column: 1 when the label was an accepted suggestion
@@ -257,16 +253,10 @@ class LabelStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with self._lock, open(self.root / LOCK_FILE, "a") as lock_file:
-            if fcntl is not None:
-                fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                if self._file_stamp() != self._stamp:  # another process (or a person) changed the files
-                    self._load()
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+        with self._lock, file_lock(self.root / LOCK_FILE):
+            if self._file_stamp() != self._stamp:  # another process (or a person) changed the files
+                self._load()
+            yield
 
     # ------------------------------------------------------------------ the one change
     def set(self, path: str, label: str | None, skipped: bool = False, assisted: bool = False) -> dict:
