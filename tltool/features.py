@@ -259,17 +259,24 @@ def _chunk_rows(index: int, chunk_size: int, total: int) -> int:
 
 def _chunk_done(path: Path, key: str, rows: int) -> bool:
     """A chunk counts only if it belongs to this extraction and holds the rows it should."""
+    return _read_chunk(path, key, rows) is not None
+
+
+def _read_chunk(path: Path, key: str, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(avg, max, ok)`` of a chunk of this extraction holding ``rows`` finite float32 rows, else None (missing,
+    damaged or another extraction's: it is recomputed)."""
     if not path.exists():
-        return False
+        return None
     try:
         with np.load(path) as z:  # no pickles: an object array is refused
             avg, mx = z["avg"], z["max"]
             ok = z["ok"] if "ok" in z.files else np.ones(rows, bool)
-            return (str(z["key"]) == key and avg.ndim == 2 and avg.shape == mx.shape and len(avg) == rows
-                    and avg.dtype == mx.dtype == np.float32 and ok.dtype == bool and ok.shape == (rows,)
-                    and bool(np.isfinite(avg).all() and np.isfinite(mx).all()))
+            valid = (str(z["key"]) == key and avg.ndim == 2 and avg.shape == mx.shape and len(avg) == rows
+                     and avg.dtype == mx.dtype == np.float32 and ok.dtype == bool and ok.shape == (rows,)
+                     and bool(np.isfinite(avg).all() and np.isfinite(mx).all()))
     except Exception:  # a damaged chunk is recomputed
-        return False
+        return None
+    return (avg, mx, ok) if valid else None
 
 
 def build_feature_extractor(backbone: str, weights: str, image_size: int):
@@ -441,15 +448,13 @@ def load_features(directory: str | Path) -> FeatureSet:
     meta = _read_meta(meta_path)
     n, chunk = meta["n_images"], meta["chunk_size"]
     avg, mx, ok = [], [], []
-    for i in range((n + chunk - 1) // chunk):
-        path = _chunk_path(directory, i)
-        if not _chunk_done(path, meta["key"], _chunk_rows(i, chunk, n)):
+    for i in range((n + chunk - 1) // chunk):  # each chunk read once: checked and kept
+        read = _read_chunk(_chunk_path(directory, i), meta["key"], _chunk_rows(i, chunk, n))
+        if read is None:
             raise TltoolError(f"{directory}: chunk {i} is missing, damaged or from another extraction; run the same "
                               "`tltool extract` again (it recomputes only what is missing).")
-        with np.load(path) as z:
-            avg.append(z["avg"])
-            mx.append(z["max"])
-            ok.append(z["ok"] if "ok" in z.files else np.ones(len(z["avg"]), bool))
+        for kept, array in zip((avg, mx, ok), read):
+            kept.append(array)
     if len({a.shape[1] for a in avg}) > 1:
         raise TltoolError(f"{directory}: its chunks hold features of different widths; extract again into a new "
                           "folder.")
