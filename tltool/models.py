@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .backbones import create_backbone
+from .dataset import Record, load_dataset
 from .engines import ModelSource, Runner, create_runner, feature_source, keras_file_source
 from .errors import TltoolError
 from .features import select_pool
@@ -18,7 +19,6 @@ from .keras_files import load_keras_model
 from .images import DEFAULT_MAX_PIXELS
 from .settings import CHOICES, check_choice
 from .tta import predict_with_tta
-from .dataset import Record, load_dataset
 from .utils import read_json
 
 

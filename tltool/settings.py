@@ -8,6 +8,7 @@ exactly these names. This module imports nothing but :mod:`tltool.errors`: ``tlt
 """
 from __future__ import annotations
 
+import math
 from dataclasses import fields, is_dataclass
 from typing import Any
 
@@ -86,19 +87,20 @@ def check_range(setting: str, value: Any) -> None:
     low, high, open_low = RANGES[setting]
     if value is None:
         return
-    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     below = low is not None and (number <= low if open_low else number < low)
-    if not below and not (high is not None and number > high) and number == number:
+    above = high is not None and number > high
+    if not (math.isnan(number) or below or above):
         return
-    option = "--" + setting.replace("_", "-")
-    def shown(bound: float) -> str:
-        return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
-
     if high is None:
-        legal = f"{'above' if open_low else 'at least'} {shown(low)}"
+        legal = f"{'above' if open_low else 'at least'} {_bound(low)}"
     else:
-        legal = f"in {'(' if open_low else '['}{shown(low)}, {shown(high)}]"
-    raise TltoolError(f"{option} must be a number {legal}, got {value!r}.")
+        legal = f"in {'(' if open_low else '['}{_bound(low)}, {_bound(high)}]"
+    raise TltoolError(f"--{setting.replace('_', '-')} must be a number {legal}, got {value!r}.")
+
+
+def _bound(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def validate_choices(config: Any) -> None:
