@@ -12,6 +12,8 @@ import stat
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import TltoolError
+
 
 def cache_dir() -> Path:
     """tltool's cache folder: ``$TLTOOL_CACHE`` or ``~/.cache/tltool``."""
@@ -22,8 +24,6 @@ def cache_dir() -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from .errors import TltoolError
-
         raise TltoolError(f"tltool's cache folder {path} cannot be made ({exc.strerror or exc}); point TLTOOL_CACHE "
                           "at a folder tltool may write into.") from None
     return path
