@@ -1,7 +1,9 @@
 """What a user sees: the whole `tltool extract` command on real photos, against pure compute in the same run.
 
 Headline: the marginal wall-clock rate of the whole process (`python -m tltool extract DATA --out NEW`), from two
-data sizes so that start-up (imports, model build, LiteRT load) cancels: (n_large - n_small) / (t_large - t_small).
+data sizes so that start-up (imports, model build, LiteRT load) cancels: (n_large - n_small) / (t_large - t_small),
+each t the mean of ``--pairs`` extractions of that size, alternating (small, large, small, large): a single pair
+moved a run's ratio by up to 3 % with the start-up's own noise (0.1-0.2 s of 4 s between the sizes).
 Beside it, measured in the same run and alternating with it: the same network's pure compute on in-memory tensors
 of the same shape and batch, in TF and in LiteRT, half of it just before the two extractions and half just after.
 Repeated; every run's ratio is reported (the spread), not only the best. Issue 15's goal: extraction with the
@@ -102,15 +104,21 @@ def _runner(engine: str, size: int):
 
 
 def one_run(small: Path, large: Path, n_small: int, n_large: int, cache: Path, args) -> dict:
-    """One ratio: the two extractions, with half of the compute measured just before them and half just after
-    (the mean of the two), so a machine that speeds up or slows down during the run moves both sides alike."""
+    """One ratio: the extractions (``args.pairs`` of each size, alternating), with half of the compute measured
+    just before them and half just after (the mean of the two), so a machine that speeds up or slows down during
+    the run moves both sides alike."""
     before = compute_rates(args.image_size, args.batch_size, (n_large - n_small) // 2)
-    t_small = extract_seconds(small, cache, args.engine, args.batch_size)
-    t_large = extract_seconds(large, cache, args.engine, args.batch_size)
+    seconds = {small: [], large: []}
+    for _ in range(args.pairs):  # small, large, small, large: each size's mean, the start-up noise averaged
+        for data in (small, large):
+            seconds[data].append(extract_seconds(data, cache, args.engine, args.batch_size))
     after = compute_rates(args.image_size, args.batch_size, (n_large - n_small) // 2)
+    t_small, t_large = statistics.mean(seconds[small]), statistics.mean(seconds[large])
     marginal = (n_large - n_small) / (t_large - t_small)
     compute = {k: (before[k] + after[k]) / 2 for k in before}
-    return {"extract_seconds": [round(t_small, 2), round(t_large, 2)], "extract_marginal": round(marginal, 1),
+    return {"extract_seconds": {"small": [round(t, 2) for t in seconds[small]],
+                                "large": [round(t, 2) for t in seconds[large]]},
+            "extract_marginal": round(marginal, 1),
             "tf_compute": round(compute["tf"], 1), "litert_compute": round(compute["litert"], 1),
             "compute_by_batch": {k: round(v, 1) for k, v in compute.items() if "_batch" in k},
             "ratio_vs_tf": round(marginal / compute["tf"], 3), "ratio_vs_litert": round(marginal / compute["litert"], 3)}
@@ -121,6 +129,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--small", type=int, default=300, help="Photos in the smaller of the two data sizes.")
     parser.add_argument("--large", type=int, default=None, help="Photos in the larger size [default: all 1,060].")
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="Extractions of each size per run, alternating; the ratio uses each size's mean.")
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--image-size", type=int, default=288, help="The default input size of efficientnet_lite0.")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -135,7 +145,7 @@ def main() -> None:
     emit("pipeline_vs_compute-efficientnet_lite0", {
         "what": "marginal wall-clock images/s of the whole `tltool extract` process on real photos vs pure compute",
         "engine": args.engine, "image_size": args.image_size, "batch_size": args.batch_size,
-        "photos": [n_small, n_large], "runs": runs, "ratio_vs_tf": {"min": min(ratios), "median":
+        "photos": [n_small, n_large], "pairs": args.pairs, "runs": runs, "ratio_vs_tf": {"min": min(ratios), "median":
         statistics.median(ratios), "max": max(ratios)}, "goal": ">= 1.7 x pure TF compute in every run",
         "load_average_at_end": os.getloadavg()[0]})
 
