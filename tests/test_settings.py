@@ -91,7 +91,7 @@ def test_configs_validate_against_the_table():
     LinearConfig().validate()
     ExtractConfig().validate()
     for bad in (-1.0, float("nan"), 11.0):
-        with pytest.raises(TltoolError, match="--mixup must be 0 .off. or a Beta parameter"):
+        with pytest.raises(TltoolError, match=r"--mixup must be a number in \[0, 10\] \(0 turns mixup off; "):
             FinetuneConfig(mixup=bad).validate()
     FinetuneConfig(mixup=0.2).validate()
     with pytest.raises(TltoolError, match="--tta must be one of"):
@@ -103,15 +103,24 @@ def test_configs_validate_against_the_table():
     ("early_stopping", -1, "at least 0"), ("step_epochs", 0, "at least 1"), ("warmup_epochs", -1.0, "at least 0"),
     ("weight_decay", -1.0, "at least 0"), ("head_lr", 0.0, "above 0"), ("gamma", -1.0, r"in \(0, 1\]"),
     ("gamma", 1.5, r"in \(0, 1\]"), ("plateau_patience", 0, "at least 1"), ("dropout", 1.0, r"in \[0, 0.99\]"),
-    ("seed", -1, r"in \[0, 4294967295\]"), ("seed", 2**32, r"in \[0, 4294967295\]"), ("epochs", float("nan"), "")])
+    ("seed", -1, r"in \[0, 4294967295\]"), ("seed", 2**32, r"in \[0, 4294967295\]"), ("epochs", float("nan"), ""),
+    ("lr", 0.0, "above 0"), ("lr", float("inf"), "above 0"), ("label_smoothing", 1.0, r"in \[0, 1\)"),
+    ("label_smoothing", -0.1, r"in \[0, 1\)")])
 def test_numbers_out_of_range_are_one_line_errors(field, bad, legal):
     """Before, --batch-size 0 and --seed -1 ended in TensorFlow's and NumPy's tracebacks, and --epochs -1 or
     --gamma -1 ran as if they meant something."""
     option = "--" + field.replace("_", "-")
     with pytest.raises(TltoolError, match=f"{option} must be a number {legal}"):
         FinetuneConfig(data="x", **{field: bad}).validate()
-    FinetuneConfig(data="x", **{field: settings.RANGES[field][0] + (1 if settings.RANGES[field][2] else 0)
+    legal_range = settings.RANGES[field]
+    FinetuneConfig(data="x", **{field: legal_range.low + (1 if legal_range.open_low else 0)
                                 if field not in ("gamma", "plateau_factor") else 0.5}).validate()
+
+
+def test_repeats_is_ranged_too():
+    with pytest.raises(TltoolError, match="--repeats must be a number at least 1, got 0"):
+        LinearConfig(repeats=0).validate()
+    LinearConfig(repeats=1).validate()
 
 
 def test_every_ranged_setting_is_a_config_field():

@@ -9,7 +9,6 @@ This module imports nothing heavy: ``tltool --help`` imports it and must stay fr
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar
@@ -40,10 +39,6 @@ class TrainOptions:
 
     def validate(self) -> None:
         validate_choices(self)
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise TltoolError(f"--lr must be a positive number, got {self.lr}.")
-        if not 0 <= self.label_smoothing < 1:
-            raise TltoolError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
 
 
 # what `--resume` says when a run folder belongs to another command
@@ -89,8 +84,6 @@ class RunConfig(TrainOptions, DataOptions):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 <= self.mixup <= 10 or not math.isfinite(self.mixup):
-            raise TltoolError(f"--mixup must be 0 (off) or a Beta parameter in (0, 10], got {self.mixup}.")
         if self.refit and self.schedule == "plateau":
             raise TltoolError("--refit repeats the run's epochs on train+val, where there is no val loss for "
                               "--schedule plateau to lower the learning rate by; choose another --schedule.")
@@ -208,8 +201,6 @@ class LinearConfig:
         if self.cv and self.refit:
             raise TltoolError("--refit has nothing to do with --cv: the head --cv saves is already fitted on "
                               "train+val. Drop one of them.")
-        if self.repeats < 1:
-            raise TltoolError(f"--repeats must be at least 1, got {self.repeats}.")
 
 
 def split_settings(settings: dict, *configs: type) -> list[dict]:

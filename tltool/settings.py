@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields, is_dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import TltoolError, did_you_mean
 
@@ -36,23 +36,40 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "quantize": ("none", "float16", "dynamic", "int8"),
 }
 
-# numeric setting -> (lowest, highest, whether the lowest itself is excluded); None: no bound. A value of None
-# (a setting left to its default, such as a net's own dropout) is not checked.
-RANGES: dict[str, tuple[float | None, float | None, bool]] = {
-    "batch_size": (1, None, False),
-    "chunk_size": (1, None, False),
-    "epochs": (0, None, False),
-    "head_epochs": (0, None, False),
-    "early_stopping": (0, None, False),
-    "step_epochs": (1, None, False),
-    "warmup_epochs": (0, None, False),
-    "weight_decay": (0, None, False),
-    "head_lr": (0, None, True),
-    "gamma": (0, 1, True),
-    "plateau_patience": (1, None, False),
-    "plateau_factor": (0, 1, True),
-    "dropout": (0, 0.99, False),
-    "seed": (0, 2**32 - 1, False),
+
+
+class Range(NamedTuple):
+    """The legal numbers of a numeric setting: ``low`` to ``high`` (None: unbounded), each end included unless
+    ``open_low`` / ``open_high``; ``meaning`` says what the values do where the range alone does not."""
+
+    low: float | None
+    high: float | None
+    open_low: bool = False
+    open_high: bool = False
+    meaning: str = ""
+
+
+# numeric setting -> its Range. A value of None (a setting left to its default, such as a net's own dropout) is not
+# checked; infinities and NaN never pass.
+RANGES: dict[str, Range] = {
+    "batch_size": Range(1, None),
+    "chunk_size": Range(1, None),
+    "epochs": Range(0, None),
+    "head_epochs": Range(0, None),
+    "early_stopping": Range(0, None),
+    "step_epochs": Range(1, None),
+    "warmup_epochs": Range(0, None),
+    "weight_decay": Range(0, None),
+    "lr": Range(0, None, open_low=True),
+    "head_lr": Range(0, None, open_low=True),
+    "gamma": Range(0, 1, open_low=True),
+    "plateau_patience": Range(1, None),
+    "plateau_factor": Range(0, 1, open_low=True),
+    "label_smoothing": Range(0, 1, open_high=True),
+    "mixup": Range(0, 10, meaning="0 turns mixup off; above 0 it is the a of the Beta(a, a) mixing weights"),
+    "dropout": Range(0, 0.99),
+    "seed": Range(0, 2**32 - 1),
+    "repeats": Range(1, None),
 }
 
 # settings that also accept a file instead of a named value (an albumentations pipeline for --augment)
@@ -84,19 +101,21 @@ def check_choice(setting: str, value: Any) -> None:
 
 def check_range(setting: str, value: Any) -> None:
     """Raise a one-line :class:`TltoolError` when ``value`` is outside the range of ``setting`` (:data:`RANGES`)."""
-    low, high, open_low = RANGES[setting]
+    legal = RANGES[setting]
     if value is None:
         return
     number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-    below = low is not None and (number <= low if open_low else number < low)
-    above = high is not None and number > high
-    if not (math.isnan(number) or below or above):
+    below = legal.low is not None and (number <= legal.low if legal.open_low else number < legal.low)
+    above = legal.high is not None and (number >= legal.high if legal.open_high else number > legal.high)
+    if math.isfinite(number) and not (below or above):
         return
-    if high is None:
-        legal = f"{'above' if open_low else 'at least'} {_bound(low)}"
+    if legal.high is None:
+        words = f"{'above' if legal.open_low else 'at least'} {_bound(legal.low)}"
     else:
-        legal = f"in {'(' if open_low else '['}{_bound(low)}, {_bound(high)}]"
-    raise TltoolError(f"--{setting.replace('_', '-')} must be a number {legal}, got {value!r}.")
+        words = (f"in {'(' if legal.open_low else '['}{_bound(legal.low)}, {_bound(legal.high)}"
+                 f"{')' if legal.open_high else ']'}")
+    meaning = f" ({legal.meaning})" if legal.meaning else ""
+    raise TltoolError(f"--{setting.replace('_', '-')} must be a number {words}{meaning}, got {value!r}.")
 
 
 def _bound(number: float) -> str:
