@@ -153,8 +153,9 @@ def red_square_image(path: Path, size: int = 32) -> Path:
 
 
 def test_gradcam_of_a_finetuned_run_uses_its_layers(tmp_path):
+    from tltool.errors import BadFilesWarning
     from tltool.models import load_run
-    from tltool.viz import gradcam_overlays
+    from tltool.viz import gradcam_overlays, visualize_gradcam
 
     run = tmp_path / "ft"
     make_finetune_run(run)
@@ -173,6 +174,16 @@ def test_gradcam_of_a_finetuned_run_uses_its_layers(tmp_path):
     assert red.heat[:10, :10].mean() > 0.8 and red.heat[16:, 16:].max() < 0.05  # the evidence for red is the square
     green = gradcam_paths(open_run(run), [image])[0]  # predicted class
     assert green.class_index == 0 and green.heat[16:, 16:].mean() > 0.8 and green.heat[:8, :8].max() < 0.05
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.warns(BadFilesWarning, match=r"1 file\(s\) skipped:\n  .*broken.jpg: "):
+        kept = visualize_gradcam([broken, image], run, "red", tmp_path / "cam-kept")
+    assert [c.path for c in kept.cams] == [str(image)]
+    assert kept.cams[0].probability == pytest.approx(expected[1], abs=1e-5)
+    assert [s["path"] for s in json.loads((kept.run_dir / "gradcam.json").read_text())["skipped"]] == [str(broken)]
+    refused(invoke("viz", "gradcam", broken, "--model", run, "--out", tmp_path / "cam-none"), "none of the 1 image(s)",
+            "broken.jpg")
+    assert not (tmp_path / "cam-none").exists()
     overlays = gradcam_overlays(run, [image, tmp_path / "missing.jpg", image], size=64, class_index=[0, 0, 1])
     assert overlays[0].shape == (64, 64, 3) and overlays[0].dtype == np.uint8 and overlays[1] is None
     assert not np.array_equal(overlays[0], overlays[2])  # per-image classes: green vs red evidence

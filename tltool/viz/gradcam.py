@@ -8,13 +8,14 @@ Keras classifiers split by :func:`~tltool.viz.network.classifier_network`.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import BadImageError, TltoolError, did_you_mean
+from ..errors import BadFilesWarning, BadImageError, TltoolError, did_you_mean
 from ..images import check_image, load_image
 from ..plotting import pyplot, save_figure
 from ..runs import new_run_dir
@@ -173,6 +174,24 @@ class GradCamResult:
     png: Path
 
 
+def readable_images(paths: Sequence[str | Path]) -> tuple[list[str], list[BadImageError]]:
+    """The files that decode, and the errors of those that do not (named in one :class:`BadFilesWarning`), before
+    any network runs; none readable is an error."""
+    readable, skipped = [], []
+    for path in paths:
+        try:
+            check_image(path)
+            readable.append(str(path))
+        except BadImageError as error:
+            skipped.append(error)
+    if skipped and not readable:
+        raise TltoolError(f"none of the {len(skipped)} image(s) can be read: " + "; ".join(map(str, skipped)))
+    if skipped:
+        named = "\n  ".join(map(str, skipped))
+        warnings.warn(f"{len(skipped)} file(s) skipped:\n  {named}", BadFilesWarning, stacklevel=3)
+    return readable, skipped
+
+
 def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_name: str | None = None,
                       out: str | Path | None = None, network: Network | None = None) -> GradCamResult:
     """``tltool viz gradcam``: ``gradcam.png`` (image | overlay per photo) and ``gradcam.json`` in a run folder."""
@@ -180,9 +199,8 @@ def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_nam
     if network.head is None:
         raise TltoolError(f"Grad-CAM needs a class score to explain, and {network.name}: {network.no_head_reason}.")
     index = class_index_of(network, class_name)
-    for path in images:
-        check_image(path)  # a bad file is a clear error naming it, before any network runs
-    cams = gradcam_paths(network, list(images), index)
+    readable, skipped = readable_images(images)
+    cams = gradcam_paths(network, readable, index)
     run_dir = new_run_dir("viz", "gradcam", network.name, out=out)
     png = run_dir / "gradcam.png"
     plot_gradcams(network, cams, png)
@@ -193,5 +211,6 @@ def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_nam
                     "predicted": classes[cam.predicted], "predicted_probability": float(cam.probs[cam.predicted]),
                     "feature_map": list(cam.coarse.shape)} for cam in cams],
         "png": "gradcam.png",
+        "skipped": [{"path": e.path, "reason": e.reason, "detail": e.detail} for e in skipped],
     })
     return GradCamResult(cams, classes, run_dir, png)
