@@ -31,6 +31,26 @@ def test_every_head_learns_and_round_trips(name, tmp_path):
     assert not list(tmp_path.glob("*.pkl"))
 
 
+@pytest.mark.parametrize("name", ["logreg", "knn"])
+def test_a_head_refuses_features_of_another_width_and_damaged_files(name, tmp_path):
+    """Before, features of another width (a run's head used on another backbone's features, or a folder whose
+    chunks were all narrower) ended in NumPy's broadcasting traceback, and a damaged head.npz in zipfile's."""
+    Xtr, ytr, Xte, _ = _data()
+    head = FittedHead.from_pipeline(name, search(get_head_spec(name), Xtr, ytr, seed=0).best_estimator_,
+                                    ["a", "b", "c"], {}, Xtr, ytr)
+    with pytest.raises(TltoolError, match=f"this {name} head was fitted on 20 features a row, and was given \\(12,\\)"):
+        head.predict_proba(Xte[:, :12])
+    head.save(tmp_path)
+    arrays = dict(np.load(tmp_path / "head.npz"))
+    tampered = {"mean": arrays["mean"][:12]} if name == "logreg" else {"train_y": arrays["train_y"] + 3}
+    np.savez(tmp_path / "head.npz", **{**arrays, **tampered})
+    with pytest.raises(TltoolError, match="head.npz does not hold a head of 3 classes"):
+        FittedHead.load(tmp_path)
+    (tmp_path / "head.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(TltoolError, match="not a head tltool wrote .BadZipFile"):
+        FittedHead.load(tmp_path)
+
+
 def test_logreg_probabilities_equal_sklearn():
     Xtr, ytr, Xte, _ = _data()
     gs = search(get_head_spec("logreg"), Xtr, ytr)

@@ -10,6 +10,7 @@ import functools
 import os
 import secrets
 import shutil
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -151,6 +152,9 @@ def search(spec: HeadSpec, X: np.ndarray, y: np.ndarray, *, standardize: bool = 
     return gs
 
 
+HEAD_ARRAYS = ("mean", "scale", "coef", "intercept", "train_x", "train_y")
+
+
 @dataclass
 class FittedHead:
     """A fitted head as arrays. ``predict_proba`` needs no scikit-learn estimator object."""
@@ -198,7 +202,19 @@ class FittedHead:
         bias = self.intercept - self.coef @ (self.mean / self.scale)
         return kernel.astype(np.float32), bias.astype(np.float32)
 
+    @property
+    def width(self) -> int:
+        """The number of features the head takes."""
+        return len(self.mean)
+
+    def check_width(self, X: np.ndarray) -> None:
+        if X.ndim != 2 or X.shape[1] != self.width:
+            raise TltoolError(f"this {self.name} head was fitted on {self.width} features a row, and was given "
+                              f"{X.shape[1:] or 'a scalar'}: its run and these features (or this backbone and "
+                              "pooling) do not belong together. Fit the head again on features of this backbone.")
+
     def decision(self, X: np.ndarray) -> np.ndarray:
+        self.check_width(X)
         Z = (X - self.mean) / self.scale
         return Z @ self.coef.T + self.intercept
 
@@ -215,15 +231,14 @@ class FittedHead:
 
         knn = KNeighborsClassifier(n_neighbors=int(self.params["n_neighbors"]), weights="distance")
         knn.fit(self.train_x, self.train_y)
+        self.check_width(X)
         proba = np.zeros((len(X), len(self.classes)))
         proba[:, knn.classes_] = knn.predict_proba((X - self.mean) / self.scale)
         return proba
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
-        arrays = {k: v for k, v in (("mean", self.mean), ("scale", self.scale), ("coef", self.coef),
-                                    ("intercept", self.intercept), ("train_x", self.train_x),
-                                    ("train_y", self.train_y)) if v is not None}
+        arrays = {k: getattr(self, k) for k in HEAD_ARRAYS if getattr(self, k) is not None}
         with atomic_path(directory / "head.npz", suffix=".npz.tmp") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
@@ -232,11 +247,33 @@ class FittedHead:
     @classmethod
     def load(cls, directory: str | Path) -> "FittedHead":
         directory = Path(directory)
-        meta = read_json(directory / "head.json")
-        with np.load(directory / "head.npz") as z:
-            arrays = {k: z[k] for k in z.files}
-        return cls(meta["name"], meta["classes"], params=meta["params"], **arrays)
+        try:
+            meta = read_json(directory / "head.json")
+            with np.load(directory / "head.npz") as z:  # no pickles: an object array is refused
+                arrays = {k: z[k] for k in z.files if k in HEAD_ARRAYS}
+            head = cls(str(meta["name"]), [str(c) for c in meta["classes"]], params=dict(meta["params"]), **arrays)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise TltoolError(f"{directory}: head.json / head.npz are missing or not a head tltool wrote "
+                              f"({exc.__class__.__name__}: {exc}).") from None
+        if not head.consistent():
+            raise TltoolError(f"{directory}: head.npz does not hold a head of {len(head.classes)} classes (its arrays "
+                              "disagree in shape, or hold NaN, scales of 0 or labels outside the classes); fit it "
+                              "again with `tltool linear`.")
+        return head
 
+    def consistent(self) -> bool:
+        """The arrays have the shapes of one head of ``len(classes)`` classes over ``width`` finite features."""
+        d, c = self.mean.shape[0] if self.mean.ndim == 1 else -1, len(self.classes)
+        shapes = [(self.mean, (d,)), (self.scale, (d,))]
+        if self.coef is not None or self.intercept is not None:
+            shapes += [(self.coef, (c, d)), (self.intercept, (c,))]
+        else:
+            m = len(self.train_x) if self.train_x is not None and self.train_x.ndim else -1
+            shapes += [(self.train_x, (m, d)), (self.train_y, (m,))]
+        numbers = d > 0 and all(a is not None and a.shape == shape and a.dtype.kind in "fiu"
+                                and bool(np.isfinite(a).all()) for a, shape in shapes)
+        return numbers and bool((self.scale > 0).all()) and (
+            self.train_y is None or bool(((self.train_y >= 0) & (self.train_y < c)).all()))
 
 
 # ------------------------------------------------------------------------------------- a search, cached by content

@@ -85,6 +85,7 @@ class LinearRunModel(RunModel):
         x = select_pool(keras.layers.GlobalAveragePooling2D(name="avg_pool")(fmap),
                         keras.layers.GlobalMaxPooling2D(name="max_pool")(fmap), self.config["pool"],
                         concat=lambda parts, axis: keras.layers.Concatenate(axis=axis, name="avgmax")(parts))
+        self.head.check_width(np.empty((0, x.shape[-1])))  # a clear error, not Keras' at set_weights
         dense = keras.layers.Dense(len(self.head.classes), activation="softmax", dtype="float32", name="classifier")
         outputs = dense(x)
         dense.set_weights([kernel, bias])
