@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import TltoolError, TltoolWarning
 from .images import is_candidate_file
+from .utils import write_json, write_text_atomic
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -455,8 +456,6 @@ def require_training_images(dataset: Dataset) -> None:
 def write_manifest(records: Iterable[Record], target: str | os.PathLike, relative: bool = False) -> Path:
     """Write ``path,label,split`` rows that :func:`load_manifest` reads back (atomic write). Paths are absolute,
     or relative to the manifest's folder with ``relative``."""
-    from .utils import write_text_atomic
-
     target = Path(target).resolve()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -472,8 +471,6 @@ def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: fl
                          force: bool = False) -> Path:
     """Freeze a split as a manifest (paths relative to the CSV) plus ``classes.json`` beside it; files already
     there are replaced only with ``force``."""
-    from .utils import write_json
-
     existing = [p for p in (Path(out_csv), Path(out_csv).parent / "classes.json") if p.exists() or p.is_symlink()]
     if existing and not force:
         raise TltoolError(f"{', '.join(map(str, existing))} already exist(s); tltool does not overwrite a file "
