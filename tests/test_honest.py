@@ -42,6 +42,38 @@ def test_compare_stored_runs_counts_and_p(tmp_path):
     assert stored["only_b"] == 10 and stored["accuracy_a"]["value"] == 0.82
 
 
+def test_compare_calls_a_split_between_its_interval_and_its_test_borderline():
+    """Before: 'no detectable difference (p = 0.05)' beside an interval that excluded 0 (p was 0.0525)."""
+    # 85 both, 2 only A, 9 only B: McNemar p = 2 * P(X <= 2 | 11, 1/2) = 0.065; Newcombe's interval is above 0
+    split = compare_correct(np.array([1] * 87 + [0] * 13, bool), np.array([1] * 85 + [0] * 2 + [1] * 9 + [0] * 4,
+                                                                           bool))
+    assert split.p_value >= 0.05 and split.ci95[0] > 0 and split.undecided
+    assert split.verdict().startswith(f"borderline on 100 images: the exact McNemar p = {split.p_value:.3g} and ")
+    assert "treat it as undecided" in split.verdict()
+    assert "p = 0.05)" not in compare_correct(np.ones(100, bool), np.array([1] * 90 + [0] * 10, bool)).verdict()
+
+
+def test_every_command_that_writes_a_run_folder_refuses_a_finished_run_without_force(tmp_path):
+    """Before: compare, learning-curve and data inspect replaced any finished run given as --out (a trained
+    linear run's head.npz, model.json and metrics.json were deleted without a word)."""
+    from tltool.runs import new_run_dir
+    from tltool.sample import make_shapes_dataset
+
+    a = _fake_run(tmp_path, "A", [True] * 10)
+    victim = new_run_dir("linear", out=tmp_path / "victim")
+    for name in ("head.npz", "model.json", "metrics.json"):
+        (victim / name).write_text("the user's trained run")
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=4)
+    for args in (["compare", a, a], ["data", "inspect", data], ["learning-curve", data]):
+        result = CliRunner().invoke(main, [*map(str, args), "--out", str(victim)])
+        assert result.exit_code == 2 and "already holds an earlier tltool run" in result.output, result.output
+        assert "--force" in result.output
+        assert sorted(p.name for p in victim.iterdir() if not p.name.startswith(".")) == [
+            "head.npz", "metrics.json", "model.json"]
+    result = CliRunner().invoke(main, ["compare", str(a), str(a), "--out", str(victim), "--force"])
+    assert result.exit_code == 0 and (victim / "compare.json").exists() and not (victim / "head.npz").exists()
+
+
 def test_compare_says_when_it_cannot_tell(tmp_path):
     comparison = compare_correct(np.array([1, 1, 0, 1] * 25, bool), np.array([1, 0, 1, 1] * 25, bool))
     assert comparison.p_value == 1.0

@@ -14,7 +14,7 @@ from .errors import TltoolError
 from .models import load_run
 from .predict import labelled_images, warn_if_trained_on
 from .report import read_predictions
-from .runs import new_run_dir
+from .runs import check_run_dir, new_run_dir
 from .stats import Proportion, mcnemar_exact, paired_difference_interval
 from .utils import write_json, write_text_atomic
 
@@ -42,11 +42,16 @@ class Comparison:
         return Proportion(self.both + self.only_b, self.n)
 
     def verdict(self, alpha: float = 0.05) -> str:
-        if self.p_value < alpha:
+        interval = f"{self.ci95[0]:+.3f} to {self.ci95[1]:+.3f}"
+        excludes_zero = not self.ci95[0] <= 0 <= self.ci95[1]
+        if self.p_value < alpha and excludes_zero:
             better = "B" if self.only_b > self.only_a else "A"
             return f"{better} is better, p = {self.p_value:.3g}"
-        return (f"no detectable difference on {self.n} images (p = {self.p_value:.2f}); the interval of the "
-                f"difference still allows {self.ci95[0]:+.3f} to {self.ci95[1]:+.3f}")
+        if self.p_value < alpha or excludes_zero:  # the two methods straddle 5 %: call it undecided, say why
+            return (f"borderline on {self.n} images: the exact McNemar p = {self.p_value:.3g} and the interval of "
+                    f"the difference ({interval}) fall on different sides of 5 %; treat it as undecided")
+        return (f"no detectable difference on {self.n} images (p = {self.p_value:.3g}); the interval of the "
+                f"difference still allows {interval}")
 
     @property
     def undecided(self) -> bool:
@@ -103,9 +108,11 @@ def _stored_correctness(run_dir: Path) -> tuple[dict[str, bool], dict[str, str],
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
-                 out: str | Path | None = None) -> tuple[Comparison, Path]:
-    """Compare two runs on their stored validation predictions, or on DATA evaluated by both."""
+                 out: str | Path | None = None, force: bool = False) -> tuple[Comparison, Path]:
+    """Compare two runs on their stored validation predictions, or on DATA evaluated by both. ``out``: an earlier
+    run there is replaced only with ``force``."""
     run_a, run_b = Path(run_a), Path(run_b)
+    check_run_dir(out, force)
     if data is None:
         (a, truth_a, classes_a), (b, truth_b, classes_b) = _stored_correctness(run_a), _stored_correctness(run_b)
         if classes_a != classes_b:
@@ -128,7 +135,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
         correct_a, correct_b = _evaluate_both(run_a, run_b, data)
         source = f"{data}, evaluated by both"
     comparison = compare_correct(np.array(correct_a), np.array(correct_b), str(run_a), str(run_b), source)
-    target = new_run_dir("compare", run_a.name[:20], run_b.name[:20], out=out, force=True)
+    target = new_run_dir("compare", run_a.name[:20], run_b.name[:20], out=out, force=force)
     write_json(target / "compare.json", comparison.to_json())
     write_text_atomic(target / "compare.md", "# Paired comparison\n\n" + "\n".join(
         f"- {line.replace(chr(10), ' ')}" for line in comparison.lines()) + f"\n\nImages: {source}.\n")

@@ -20,7 +20,7 @@ from .filecache import remembered
 from .heads import FittedHead, get_head_spec
 from .plotting import cached_figure, pyplot
 from .progress import Bar, say
-from .runs import new_run_dir
+from .runs import check_run_dir, new_run_dir
 from .stats import format_proportion, wilson_interval
 from .utils import sha256_array, write_json, write_text_atomic
 
@@ -223,12 +223,14 @@ def _curve_figure(points: list[CurvePoint], classes: list[str], title: str):
 
 def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "avg", seeds: int = 5,
                        seed: int = 0, out: str | Path | None = None,
-                       fractions: Sequence[float] | None = None) -> tuple[list[CurvePoint], str, Path]:
+                       fractions: Sequence[float] | None = None, force: bool = False
+                       ) -> tuple[list[CurvePoint], str, Path]:
+    check_run_dir(out, force)
     fs = load_features(features)
     kwargs = {"fractions": fractions} if fractions else {}
     points, params = learning_curve(fs, head, pool, seeds=seeds, seed=seed, **kwargs)
     reading = read_curve(points, fs.classes)
-    target = new_run_dir("learning-curve", fs.meta["dataset"]["name"], head, out=out, force=True)
+    target = new_run_dir("learning-curve", fs.meta["dataset"]["name"], head, out=out, force=force)
     n_val = int(fs.mask("val").sum())
     title = f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} + {head}, val n={n_val}"
     plot_curve(points, fs.classes, target / "learning_curve.png", title)

@@ -20,7 +20,7 @@ from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, Imbalanc
                      TooFewClassesWarning)
 from .images import BOMB, DEFAULT_MAX_PIXELS, SCALED_SIDE, UNREADABLE, check_image, read_header
 from .progress import Bar, say
-from .runs import new_run_dir
+from .runs import check_run_dir, new_run_dir
 from .utils import sha256_file, write_json
 
 IMBALANCE_RATIO = 3.0
@@ -304,12 +304,14 @@ class InspectResult:
         return bool(checked.bad or checked.warnings or checked.leaks())
 
 
-def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | None = None) -> InspectResult:
+def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | None = None,
+                    force: bool = False) -> InspectResult:
     """Check every file of the dataset at ``path`` and write ``inspect.json``; the caller shows the result."""
+    check_run_dir(out, force)
     dataset = load_dataset(path)
     checked = check_dataset(dataset, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, emit_warnings=False, decode=True)
     check_classes(checked)
-    target = write_inspect_report(checked, new_run_dir("inspect", dataset.name, out=out, force=True))
+    target = write_inspect_report(checked, new_run_dir("inspect", dataset.name, out=out, force=force))
     return InspectResult(checked, target)
 
 

@@ -54,24 +54,34 @@ def claim_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     needs ``force``. A folder tltool did not make is never used, ``force`` or not.
     """
     path = Path(path)
+    if check_output_dir(path, kind, reuse=reuse, force=force, option=option):
+        return path
+    if not _create_marked(path, kind):  # another process (a shard, a worker) made it first: claim it as it is
+        return claim_output_dir(path, kind, reuse=reuse, force=force, option=option)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False, force: bool = False,
+                     option: str = "--out") -> bool:
+    """The refusals of :func:`claim_output_dir`, creating nothing, so a command can refuse before its work; True
+    when ``path`` is an earlier folder of ``kind`` that may be used."""
+    path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise TltoolError(f"{option} {path}: exists and is not a folder; choose a new folder.")
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise TltoolError(f"{option} {path}: {blocking} is a file, not a folder; choose another place.")
-    if path.exists() and not _is_empty_dir(path):
-        found = output_kind(path)
-        if found != kind:
-            what = f"a tltool {found} folder" if found else "a folder tltool did not make"
-            raise TltoolError(f"{option} {path}: is {what}, and tltool never writes into or replaces such a folder; "
-                              f"choose a new or empty folder.")
-        if not (reuse or force):
-            raise TltoolError(f"{option} {path}: already holds an earlier tltool {kind}; choose another folder, or "
-                              "pass --force to replace it.")
-        return path
-    if not _create_marked(path, kind):  # another process (a shard, a worker) made it first: claim it as it is
-        return claim_output_dir(path, kind, reuse=reuse, force=force, option=option)
-    return path
+    if not path.exists() or _is_empty_dir(path):
+        return False
+    found = output_kind(path)
+    if found != kind:
+        what = f"a tltool {found} folder" if found else "a folder tltool did not make"
+        raise TltoolError(f"{option} {path}: is {what}, and tltool never writes into or replaces such a folder; "
+                          f"choose a new or empty folder.")
+    if not (reuse or force):
+        raise TltoolError(f"{option} {path}: already holds an earlier tltool {kind}; choose another folder, or "
+                          "pass --force to replace it.")
+    return True
 
 
 def emptied_output_dir(path: Path, kind: str) -> Path:

@@ -5,7 +5,7 @@ import re
 import time
 from pathlib import Path
 
-from .outputs import claim_output_dir, emptied_output_dir
+from .outputs import check_output_dir, claim_output_dir, emptied_output_dir
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -13,6 +13,12 @@ DEFAULT_RUNS_ROOT = Path("runs")
 def slug(text: str, max_length: int = 60, fallback: str = "run") -> str:
     """``text`` as a safe file-name part: letters, digits, ``.``, ``_`` and ``-``; other runs become ``-``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:max_length] or fallback
+
+
+def check_run_dir(out: str | Path | None, force: bool = False) -> None:
+    """What :func:`new_run_dir` would refuse, refused now, before a command's work (nothing is created)."""
+    if out is not None:
+        check_output_dir(out, "run", reuse=not (Path(out) / "metrics.json").exists(), force=force)
 
 
 def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bool = False) -> Path:

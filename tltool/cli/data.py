@@ -11,7 +11,7 @@ from ..dataset import write_split_manifest
 from ..digits import export_digits
 from ..inspection import inspect_dataset
 from ..sample import make_shapes_dataset
-from .options import choice, split_options
+from .options import choice, force_option, split_options
 
 
 @click.group("data")
@@ -24,10 +24,11 @@ def data() -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any file is bad or any warning is raised.")
 @click.option("--max-pixels", type=int, default=None, help="Reject images with more pixels (decompression bombs).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder for inspect.json [default: runs/inspect-<name>].")
-def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None) -> None:
+              help="Folder for inspect.json [default: runs/inspect-<name>-<time>].")
+@force_option
+def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None, force: bool) -> None:
     """Count images per class and split, name every bad file with its reason, find duplicates and leakage."""
-    result = inspect_dataset(path, max_pixels=max_pixels, out=out)
+    result = inspect_dataset(path, max_pixels=max_pixels, out=out, force=force)
     data = result.checked.to_json()
     console = Console(highlight=False)
     console.print(_size_table(data))

@@ -6,7 +6,7 @@ import click
 from ..compare import compare_runs
 from ..crossval import run_learning_curve
 from .features import head_option, pool_option
-from .options import out_option
+from .options import force_option, out_option
 
 
 @click.command("compare")
@@ -14,9 +14,10 @@ from .options import out_option
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False))
 @click.argument("data", required=False)
 @out_option
-def compare_cmd(run_a, run_b, data, out) -> None:
+@force_option
+def compare_cmd(run_a, run_b, data, out, force) -> None:
     """Paired comparison of two runs on the same images: difference with its interval, exact McNemar test."""
-    comparison, target = compare_runs(run_a, run_b, data, out=out)
+    comparison, target = compare_runs(run_a, run_b, data, out=out, force=force)
     for line in comparison.lines():
         click.echo(line)
     click.echo(f"report: {target / 'compare.md'}")
@@ -29,9 +30,10 @@ def compare_cmd(run_a, run_b, data, out) -> None:
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Random subsets averaged per point.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @out_option
-def learning_curve_cmd(features, head, pool, seeds, seed, out) -> None:
+@force_option
+def learning_curve_cmd(features, head, pool, seeds, seed, out, force) -> None:
     """Should I label more photos? Val accuracy of the head trained on 10 %, 20 %, ... 100 % of the training images."""
-    points, reading, target = run_learning_curve(features, head, pool, seeds=seeds, seed=seed, out=out)
+    points, reading, target = run_learning_curve(features, head, pool, seeds=seeds, seed=seed, out=out, force=force)
     click.echo("train images  share  val accuracy [95 % CI]")
     for p in points:
         click.echo(f"{p.n_train:12d}  {p.fraction:5.0%}  {p.accuracy:.3f} [{p.low:.3f}, {p.high:.3f}]")
