@@ -224,6 +224,87 @@ def test_bad_export_options_are_clear_errors(linear_run):
         export_module.export_run(linear_run, "tflite", max_drop=-1)
 
 
+def _images_tltool_converts_its_own_way(folder) -> dict[str, tuple[str, object]]:
+    """Small files in each mode that ``tltool.images._to_rgb`` does not leave to ``convert("RGB")``, plus CMYK and
+    plain palette: ``{name: (mode Pillow opens it in, path)}``. Random pixels; the transparent ones (alpha 0 over
+    red, 200 0 0) fill the top-left block."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    h, w = 40, 52
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rgb[:12, :12] = (200, 0, 0)
+    alpha = rng.choice(np.array([0, 1, 64, 128, 254, 255], np.uint8), (h, w))
+    alpha[:12, :12] = 0
+    grey = rgb[..., 1]
+    index = rng.integers(0, 8, (h, w), dtype=np.uint8)
+    index[:12, :12] = 3
+    palette = rng.integers(0, 256, 8 * 3, dtype=np.uint8).tolist()
+    palette[9:12] = [200, 0, 0]
+
+    def paletted(transparency=None):
+        im = Image.fromarray(index, "L").convert("P")  # a palette image using indices 0..7
+        im.putpalette(palette)
+        if transparency is not None:
+            im.info["transparency"] = transparency
+        return im
+
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    made = {
+        "RGBA": (Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), "png", {}),
+        "RGBA rotated by EXIF": (Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), "png", {"exif": rotated}),
+        "LA": (Image.fromarray(np.dstack([grey, alpha]), "LA"), "png", {}),
+        "P, one transparent index": (paletted(3), "png", {}),
+        "P, alpha per index": (paletted(bytes([255, 128, 0, 0, 255, 40, 255, 255])), "png", {}),
+        "P, GIF transparent index": (paletted(3), "gif", {}),
+        "P, opaque": (paletted(), "png", {}),
+        "I;16": (Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16)), "png", {}),
+        "I, above 255": (Image.fromarray(rng.integers(0, 70000, (h, w), dtype=np.int32)), "tiff", {}),
+        "I, within 0..255": (Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.int32)), "tiff", {}),
+        "F": (Image.fromarray(rng.uniform(0, 300, (h, w)).astype(np.float32)), "tiff", {}),
+        "CMYK JPEG": (Image.fromarray(np.dstack([rgb, alpha]), "RGBA").convert("CMYK"), "jpg", {"quality": 95}),
+        "CMYK TIFF": (Image.fromarray(np.dstack([rgb, alpha]), "RGBA").convert("CMYK"), "tiff", {}),
+    }
+    files = {}
+    for n, (name, (im, ext, options)) in enumerate(made.items()):
+        path = folder / f"{n}.{ext}"
+        im.save(path, **options)
+        with Image.open(path) as opened:
+            files[name] = (opened.mode, path)
+    return files
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad", "stretch"])
+def test_the_readme_decode_agrees_with_tltool_on_transparent_palette_16_bit_and_cmyk_images(tmp_path, monkeypatch,
+                                                                                           resize):
+    from tltool.export_client import load_pixels_code, write_client_files
+    from tltool.images import load_image
+
+    files = _images_tltool_converts_its_own_way(tmp_path)
+    assert {name: mode for name, (mode, _) in files.items()} == {
+        "RGBA": "RGBA", "RGBA rotated by EXIF": "RGBA", "LA": "LA", "P, one transparent index": "P",
+        "P, alpha per index": "P", "P, GIF transparent index": "P", "P, opaque": "P", "I;16": "I;16",
+        "I, above 255": "I", "I, within 0..255": "I", "F": "F", "CMYK JPEG": "CMYK", "CMYK TIFF": "CMYK"}
+    # tltool composites on white: the transparent block over red is white, not red
+    assert (load_image(files["RGBA"][1])[:12, :12] == 255).all()
+    assert (load_image(files["P, one transparent index"][1])[:12, :12] == 255).all()
+    for size in (16, 96):  # shrinking (a JPEG in draft mode too) and enlarging
+        folder = tmp_path / f"client-{size}"
+        write_client_files(folder, "keras", "model.keras", ["a", "b"], size, resize)
+        code = load_pixels_code(resize)
+        assert code in (folder / "README.md").read_text()
+        namespace: dict = {}
+        monkeypatch.chdir(folder)
+        exec(code, namespace)
+        for name, (_, path) in files.items():
+            expected = load_image(path, size, resize)
+            got = namespace["load_pixels"](path)
+            assert got.dtype == np.uint8 and got.shape == expected.shape == (size, size, 3), name
+            assert np.array_equal(got, expected), (f"{name} at size {size}: {int((got != expected).any(2).sum())} "
+                                                   "pixels differ")
+
+
 # ------------------------------------------------------------------------------------------------ real photos
 @pytest.fixture(scope="module")
 def flowers_run(tmp_path_factory):

@@ -2,9 +2,10 @@
 a decode function that reproduces tltool's pixels exactly, and an in-graph decode for a SavedModel server.
 
 tltool decodes with Pillow (a JPEG at least twice the input size on both sides in libjpeg's reduced-size "draft"
-mode), applies the EXIF orientation, converts to RGB, takes the centre square (``crop``), and resizes with OpenCV:
-area averaging when shrinking, bilinear when enlarging. The README's ``load_pixels`` does exactly these steps, so
-a client gets the same pixels bit for bit (tested on every flowers val photo).
+mode), applies the EXIF orientation, converts to 8-bit RGB (transparency composited on white, 16-bit grey scaled),
+takes the centre square (``crop``), and resizes with OpenCV: area averaging when shrinking, bilinear when enlarging.
+The README's ``load_pixels`` does exactly these steps, so a client gets the same pixels bit for bit (tested on every
+flowers val photo and on transparent, palette, 16-bit and CMYK images).
 """
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ DECODE_STEPS = [
     "Open the file with Pillow. For a JPEG call im.draft('RGB', (size, size)) before loading: libjpeg then decodes "
     "at 1/2, 1/4 or 1/8 scale when both sides are at least 2, 4 or 8 times size (no change otherwise).",
     "Apply the EXIF orientation (PIL.ImageOps.exif_transpose).",
-    "Convert to 8-bit RGB; transparent pixels are composited on white, 16-bit images scaled to 8 bit.",
+    "Convert to 8-bit RGB. RGBA, LA, PA (and premultiplied RGBa, La) and palette (P) images with a transparency "
+    "entry: convert to RGBA and paste it through its alpha onto opaque white, so transparent pixels are white. "
+    "Greyscale I;16 (any byte order): v * 255 / 65535; I and F: the same when any value is above 255, else v as "
+    "is; then rounded half to even, clipped to 0..255 and copied to R, G and B. Any other mode (RGB, L, P, CMYK, "
+    "1, ...): Pillow's im.convert('RGB').",
     "Resize with OpenCV (cv2.resize): INTER_AREA on the uint8 image when it shrinks; when it grows, INTER_LINEAR on "
     "the image as float32, then rounded half to even and clipped to 0..255 (uint8).",
 ]
@@ -49,18 +54,40 @@ def input_spec(image_size: int, resize: str, model_file: str, signatures: dict |
     }
 
 
+# The README's decode up to the resize: tltool.images._decode and _to_rgb, line for line (a test checks every mode).
+DECODE_CODE = """\
+import json, numpy as np, cv2
+from PIL import Image, ImageOps
+
+size = json.load(open("input.json"))["size"]
+labels = open("labels.txt").read().splitlines()
+
+def scale(a, w, h):  # area average when shrinking; bilinear in float32, rounded, when enlarging
+    if w < a.shape[1] or h < a.shape[0]:
+        return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
+    up = cv2.resize(a.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(np.rint(up), 0, 255).astype(np.uint8)
+
+def load_pixels(path):  # exactly tltool's decode: same pixels, bit for bit
+    im = Image.open(path)
+    if im.format == "JPEG":
+        im.draft("RGB", (size, size))
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or im.mode == "P" and "transparency" in im.info:
+        rgba = im.convert("RGBA")  # transparent pixels composited on white
+        im = Image.new("RGB", im.size, (255, 255, 255))
+        im.paste(rgba, mask=rgba)
+    elif im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16/32-bit grey -> 8 bit
+        g = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or g.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(np.round(g * (255.0 / top)), 0, 255).astype(np.uint8))
+    a = np.asarray(im.convert("RGB"))  # other modes (CMYK, L, P, 1...): Pillow's own conversion
+"""
+
+
 def load_pixels_code(resize: str) -> str:
     """The README's decode function: tltool's decode steps, so a client gets identical pixels."""
-    return ("import json, numpy as np, cv2\nfrom PIL import Image, ImageOps\n\n"
-            "size = json.load(open(\"input.json\"))[\"size\"]\nlabels = open(\"labels.txt\").read().splitlines()\n\n"
-            "def scale(a, w, h):  # area average when shrinking; bilinear in float32, rounded, when enlarging\n"
-            "    if w < a.shape[1] or h < a.shape[0]:\n"
-            "        return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)\n"
-            "    up = cv2.resize(a.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)\n"
-            "    return np.clip(np.rint(up), 0, 255).astype(np.uint8)\n\n"
-            "def load_pixels(path):  # exactly tltool's decode: same pixels, bit for bit\n"
-            "    im = Image.open(path)\n    if im.format == \"JPEG\":\n        im.draft(\"RGB\", (size, size))\n"
-            "    a = np.asarray(ImageOps.exif_transpose(im).convert(\"RGB\"))\n" + RESIZE_CODE[resize])
+    return DECODE_CODE + RESIZE_CODE[resize]
 
 
 CLIENT_CODE = {
