@@ -338,3 +338,21 @@ def test_a_linear_run_records_its_features_folder_absolute(tmp_path, monkeypatch
     result = train_linear(_synthetic_features(Path(".")), out=tmp_path / "run")
     stored = json.loads((result.run_dir / "model.json").read_text())["features"]
     assert stored == str(tmp_path.resolve() / "features")
+
+
+def test_a_linear_run_keeps_its_own_split_when_its_features_folder_is_extracted_again(tmp_path):
+    """Before, a linear run read its train/val images from its features folder: after `extract` wrote other photos'
+    features there, `export` measured the run on those photos' val split (0.600 on the wrong 15 images)."""
+    from tltool.linear import train_linear
+    from tltool.models import load_run, run_splits
+    from tltool.utils import write_json
+
+    fs = _synthetic_features(tmp_path)
+    run = train_linear(fs, out=tmp_path / "run").run_dir
+    model = load_run(run)
+    splits = run_splits(run, model)
+    assert splits["val"][0] == [p for p, s in zip(fs.paths, fs.splits) if s == "val"]
+    np.testing.assert_array_equal(splits["train"][1], fs.labels[fs.mask("train")])
+    fs.directory.mkdir(parents=True, exist_ok=True)  # the folder now holds another extraction
+    write_json(fs.directory / "features.json", {"files": [{"path": "/other/x.jpg", "label": "a", "split": "val"}]})
+    assert run_splits(run, model)["val"][0] == splits["val"][0]

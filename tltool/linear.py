@@ -9,6 +9,7 @@ import numpy as np
 
 from .configs import ExtractConfig, LinearConfig, split_settings
 from .crossval import nested_cv, say_cv
+from .dataset import Record, write_manifest
 from .errors import TltoolError
 from .evaluation import Evaluation
 from .features import FeatureSet, extract_features, load_features
@@ -154,6 +155,9 @@ def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: Lin
                     "max_pixels": meta.get("max_pixels", DEFAULT_MAX_PIXELS), "refit": False,
                     "n_trained_on": n_trained_on}
     fitted.save(run_dir)
+    # the run's own record of its images: the features folder may later be extracted again from other photos
+    write_manifest([Record(path, fs.classes[label], str(split)) for path, label, split
+                    in zip(fs.paths, fs.labels, fs.splits)], run_dir / "split.csv")
     write_json(run_dir / "model.json", model_config)
     return run_dir, model_config
 

@@ -3,6 +3,7 @@ optional TTA) and, for export, the equivalent Keras model. The tasks built on it
 """
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Sequence
@@ -10,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .backbones import create_backbone
-from .dataset import Record, load_dataset
+from .dataset import Record
 from .engines import ModelSource, Runner, create_runner, feature_source, keras_file_source
 from .errors import TltoolError
 from .features import select_pool
@@ -162,10 +163,11 @@ def trained_on_val(run) -> bool:
 
 
 def run_splits(run_dir: Path, run, need_val: bool = True) -> dict[str, tuple[list[str], np.ndarray]]:
-    """``{"train": (paths, labels), "val": (...)}`` of the run: its ``split.csv`` (trained runs) or its features
-    folder's file list (linear runs). ``need_val``: a run without validation images is an error."""
+    """``{"train": (paths, labels), "val": (...)}`` of the run: its ``split.csv`` (every run since linear runs write
+    one too), else its features folder's file list (a linear run of an older tltool). ``need_val``: a run without
+    validation images is an error."""
     if (run_dir / "split.csv").exists():
-        records = load_dataset(str(run_dir / "split.csv")).records
+        records = _recorded_split(run_dir / "split.csv")
     elif (Path(run.config.get("features", "")) / "features.json").exists():
         files = read_json(Path(run.config["features"]) / "features.json")["files"]
         records = [Record(f["path"], f["label"], f["split"]) for f in files]
@@ -173,6 +175,8 @@ def run_splits(run_dir: Path, run, need_val: bool = True) -> dict[str, tuple[lis
         raise TltoolError(f"{run_dir}: neither split.csv nor the run's features folder is here, so its training and "
                           "validation images are unknown; export with --no-measure.")
     index = {c: i for i, c in enumerate(run.classes)}
+    if any(r.label not in index for r in records):
+        raise TltoolError(f"{run_dir}: its recorded split names classes the run does not have; it is not the run's.")
     out = {}
     for split in ("train", "val"):
         chosen = [r for r in records if r.split == split]
@@ -180,6 +184,17 @@ def run_splits(run_dir: Path, run, need_val: bool = True) -> dict[str, tuple[lis
     if need_val and not len(out["val"][0]):
         raise TltoolError(f"{run_dir}: the run has no validation images to measure the export on.")
     return out
+
+
+def _recorded_split(path: Path) -> list[Record]:
+    """The rows of a run's ``split.csv`` as written (the photos need not exist any more: the split is a record,
+    not a dataset to check)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return [Record(row["path"], row["label"], row["split"]) for row in rows]
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError) as exc:
+        raise TltoolError(f"{path}: not a split.csv tltool wrote ({exc.__class__.__name__}: {exc}).") from None
 
 
 def overlap_with_training(run_dir: str | Path, run: RunModel, paths: Sequence[str]) -> int:
