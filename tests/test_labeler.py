@@ -325,7 +325,7 @@ def test_export_writes_a_stratified_class_folder_layout_and_recovers(tmp_path):
     first = next((out / "train" / "cat").iterdir())
     assert os.stat(first).st_ino == os.stat(root / "unlabeled" / first.name).st_ino  # hard-linked
     assert list_images(root) == paths
-    again = export_labels(root, val_fraction=0.2, seed=1)
+    again = export_labels(root, val_fraction=0.2, seed=1, force=True)  # an earlier export: replaced with force
     assert sorted(p.relative_to(out) for p in out.rglob("*.jpg")) == sorted(
         Path(r.split) / r.label / Path(r.path).name for r in again.dataset.records)
 
@@ -376,6 +376,102 @@ def test_cli_export_and_its_errors(tmp_path):
     assert load_dataset(tmp_path / "split").classes == ["a", "b"]
     result = runner.invoke(main, ["label", "serve", str(root), "--classes", "a,a"])
     assert result.exit_code == 2 and "more than once" in result.output
+
+
+def labelled_dataset(root: Path, n: int = 12) -> list[str]:
+    paths = make_dataset(root, n, decodable=False)
+    store = LabelStore(root, ["cat", "dog"])
+    for i, path in enumerate(paths):
+        store.set(path, "cat" if i % 2 else "dog")
+    return paths
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_of_label_export_needs_force_and_keeps_the_users_files_until_then(tmp_path):
+    """Before: a second ``label export`` re-split ``DATASET-split`` and silently deleted the files the user had
+    put in it. Now it refuses without --force, names those files, and touches nothing; --force replaces it."""
+    root = tmp_path / "mydata"
+    labelled_dataset(root)
+    out = tmp_path / "mydata-split"
+    runner = CliRunner()
+    result = runner.invoke(main, ["label", "export", str(root), "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    (out / "NOTES.md").write_text("my notes")
+    (out / "train" / "cat" / "my-own.jpg").write_bytes(b"my photo")
+    before = tree(out)
+
+    result = runner.invoke(main, ["label", "export", str(root), "--seed", "1"])
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and "--force" in message and "another --out" in message
+    assert "2 file(s) tltool did not write there: NOTES.md, train/cat/my-own.jpg" in message
+    assert tree(out) == before  # the earlier export and the user's files, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata", "mydata-split"]  # no staging folder left
+
+    result = runner.invoke(main, ["label", "export", str(root), "--seed", "1", "--force"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / EXPORT_MARKER).read_text())
+    assert info["seed"] == 1 and not (out / "NOTES.md").exists() and not (out / "train" / "cat" / "my-own.jpg").exists()
+    exported = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
+    assert exported == info["files"] and len(exported) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata", "mydata-split"]  # no .old or .partial left
+
+    result = runner.invoke(main, ["label", "export", str(root), "--seed", "1"])  # nothing added this time
+    assert result.exit_code == 2 and "including any file added to it" in result.output
+
+
+def test_label_export_never_writes_into_a_folder_tltool_did_not_make(tmp_path):
+    root = tmp_path / "mydata"
+    labelled_dataset(root)
+    runner = CliRunner()
+    for name, mine in (("mine", {"keep.txt": b"mine", "train/cat/x.jpg": b"photo"}),
+                       ("mydata-split", {"holiday.jpg": b"photo"})):  # the default --out, made by the user
+        folder = tmp_path / name
+        for rel, data in mine.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+        for force in ([], ["--force"]):
+            args = ["--out", str(folder)] if name == "mine" else []
+            result = runner.invoke(main, ["label", "export", str(root), *args, *force])
+            assert result.exit_code == 2 and "did not make" in result.output, result.output
+            assert tree(folder) == mine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "mydata", "mydata-split"]
+
+
+def test_label_export_is_whole_or_absent(tmp_path, monkeypatch):
+    """An export interrupted before its first rename leaves only tltool's marked folder: a rerun completes it
+    without --force. A --force export that fails halfway leaves the earlier export as it was."""
+    from tltool.labeler import export as export_module
+    from tltool.outputs import output_kind
+
+    root = tmp_path / "ds"
+    labelled_dataset(root)
+    out = tmp_path / "ds-split"
+    out.mkdir()
+    mark_output_dir(out, "label-export")  # claimed, then killed
+    export_labels(root, seed=0)
+    first = tree(out)
+    assert output_kind(out) == "label-export" and len(json.loads(first[EXPORT_MARKER])["files"]) == 12
+
+    placed = []
+
+    def fail_halfway(src, dest, copy):
+        if len(placed) == 5:
+            raise OSError("disk full")
+        placed.append(dest)
+        shutil.copyfile(src, dest)
+
+    monkeypatch.setattr(export_module, "_place", fail_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        export_labels(root, seed=1, force=True)
+    assert tree(out) == first  # the earlier export, whole
+    monkeypatch.undo()
+    export_labels(root, seed=1, force=True)  # the leftover staging folder is tltool's: cleared, and the rerun works
+    assert json.loads((out / EXPORT_MARKER).read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "ds-split"]
 
 
 # ------------------------------------------------------------------------------------------------ assistance
@@ -733,5 +829,5 @@ def test_export_and_suspects_leave_out_labels_csv_rows_outside_the_dataset(tmp_p
     (root / paths[0]).write_text("not an image")
     with pytest.warns(BadFilesWarning, match=r"1 labelled file\(s\) not exported:\n  .*img_000.jpg: not an image"), \
             pytest.warns(ManifestWarning):  # the rows outside are still in labels.csv
-        result = export_labels(root, val_fraction=0.25, seed=0)
+        result = export_labels(root, val_fraction=0.25, seed=0, force=True)
     assert len(list(result.out.rglob("*.jpg"))) == 7

@@ -119,9 +119,11 @@ def serve_cmd(dataset, classes, host, port, review, open_browser, verbose, assis
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder to write [default: DATASET-split, beside DATASET].")
 @click.option("--copy", is_flag=True, help="Copy the images instead of hard-linking them.")
-def export_cmd(dataset, val_fraction, seed, out, copy) -> None:
+@click.option("--force", is_flag=True,
+              help="Replace an earlier label export in OUT, with anything added to it (never another folder).")
+def export_cmd(dataset, val_fraction, seed, out, copy, force) -> None:
     """Write DATASET/labels.csv as OUT/train/<class>/ and OUT/val/<class>/ with a stratified, seeded split."""
-    result = export_labels(dataset, out=out, val_fraction=val_fraction, seed=seed, copy=copy)
+    result = export_labels(dataset, out=out, val_fraction=val_fraction, seed=seed, copy=copy, force=force)
     for split, counts in result.counts().items():
         click.echo(f"{split}: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
     click.echo(f"wrote {result.out}")

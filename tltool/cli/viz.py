@@ -8,7 +8,7 @@ from ..settings import DEFAULT_BACKBONE
 from ..labeler.suspects import find_suspects
 from ..viz import (layer_table, open_network, visualize_activations, visualize_embedding, visualize_filters,
                    visualize_gradcam)
-from .options import backbone_options, choice, compose, split_options
+from .options import backbone_options, choice, compose, force_option, split_options
 
 network_options = compose(
     click.option("--backbone", default=None, help=f"Pretrained network [default: {DEFAULT_BACKBONE} unless --model]."),
@@ -104,8 +104,9 @@ def embedding_cmd(features, pool, method, perplexity, thumbnails, seed, out) -> 
 @click.option("--top", type=int, default=30, show_default=True, help="How many suspects to write.")
 @click.option("--neighbours", type=int, default=10, show_default=True, help="k of the nearest-neighbour check.")
 @out_option
+@force_option
 def suspects_cmd(data, backbone, weights, image_size, resize, batch_size, val_fraction, seed, max_pixels,
-                 features_dir, top, neighbours, out) -> None:
+                 features_dir, top, neighbours, out, force) -> None:
     """Images of DATA whose label the rest of the data disagrees with: suspects.csv and a contact sheet.
 
     Every image (all splits) is scored by a cross-validated linear head on its CNN features and by its nearest
@@ -115,7 +116,7 @@ def suspects_cmd(data, backbone, weights, image_size, resize, batch_size, val_fr
     """
     result = find_suspects(data, out, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
                            batch_size=batch_size, features_dir=features_dir, top=top, neighbours=neighbours,
-                           val_fraction=val_fraction, seed=seed, max_pixels=max_pixels)
+                           val_fraction=val_fraction, seed=seed, max_pixels=max_pixels, force=force)
     summary = result.summary
     click.echo(f"{summary['disagreeing']} of {summary['n_images']} images are better supported as another class "
                f"than their own; the {len(result.suspects)} most suspect:")

@@ -1,8 +1,11 @@
 """``tltool label export``: ``labels.csv`` into the class-per-folder layout ``OUT/{train,val}/<class>/``.
 
 The split is :func:`tltool.dataset.stratified_split` (seeded, per class). Files are hard-linked (copied across
-file systems or with ``copy=True``). The export is built in a hidden sibling folder and renamed into place, so an
-interrupted export leaves the previous one (or none) and a rerun finishes the job.
+file systems or with ``copy=True``). The output folder follows :mod:`tltool.outputs`: a new or empty one is created
+and marked as tltool's; an earlier export is replaced only with ``force``, and a folder tltool did not make is
+never written into or deleted, ``force`` or not. The export is built in a hidden sibling folder and renamed into
+place, so an interrupted export leaves the previous one (or none) and a rerun finishes the job (an export
+interrupted before its first rename leaves a marked, empty folder, which a rerun takes without ``force``).
 """
 from __future__ import annotations
 
@@ -16,11 +19,14 @@ from pathlib import Path
 from ..dataset import Dataset, stratified_split
 from ..errors import BadFilesWarning, BadImageError, TltoolError
 from ..images import read_header
-from ..outputs import claim_output_dir, replace_output_dir, staging_dir
-from ..utils import write_json
+from ..outputs import MARKER, check_output_dir, claim_output_dir, output_kind, replace_output_dir, staging_dir
+from ..utils import read_json, write_json
 from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, load_labelled, read_labels_csv
 
 DEFAULT_SUFFIX = "-split"  # mydata -> mydata-split, so runs on it are named after the dataset
+KIND = "label-export"  # the kind of output folder (tltool.outputs) an export is
+SPLITS = ("train", "val")
+MAX_NAMED = 3  # files the user added to an earlier export, named in the refusal
 
 
 @dataclass
@@ -58,14 +64,68 @@ def _readable(labelled: Dataset) -> Dataset:
     return replace(labelled, records=kept)
 
 
+def _added_files(target: Path) -> list[str]:
+    """The files (and links) in the earlier export ``target`` that tltool did not write there: the user's.
+
+    An export lists its files in its ``.tltool/export.json``; for one written before that list existed, only files
+    at ``train|val/<class>/NAME`` pass for tltool's.
+    """
+    try:
+        recorded = read_json(target / EXPORT_MARKER).get("files")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    known = set(recorded) if isinstance(recorded, list) else None
+    added = []
+    for here, dirnames, filenames in os.walk(target):  # links are listed, never followed
+        folder = Path(here)
+        links = [d for d in dirnames if (folder / d).is_symlink()]
+        for name in sorted(filenames + links):
+            rel = (folder / name).relative_to(target).as_posix()
+            if rel in (MARKER, EXPORT_MARKER):
+                continue
+            if known is None:
+                parts = rel.split("/")
+                if len(parts) == 3 and parts[0] in SPLITS and not (folder / name).is_symlink():
+                    continue
+            elif rel in known:
+                continue
+            added.append(rel)
+    return sorted(added)
+
+
+def _refuse_earlier_export(target: Path) -> None:
+    """The refusal to replace the earlier export ``target`` without ``force``, naming the files --force would delete
+    that tltool did not write there."""
+    added = _added_files(target)
+    if added:
+        named = ", ".join(added[:MAX_NAMED]) + (f" and {len(added) - MAX_NAMED} more" if len(added) > MAX_NAMED else "")
+        loss = f"--force deletes it whole, including {len(added)} file(s) tltool did not write there: {named}"
+    else:
+        loss = "--force deletes it whole, including any file added to it"
+    raise TltoolError(f"--out {target}: holds an earlier label export; pass --force to replace it, or choose another "
+                      f"--out ({loss}).")
+
+
 def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = None, val_fraction: float = 0.2,
-                  seed: int = 0, copy: bool = False) -> ExportResult:
-    """Write ``out`` (default ``DATASET-split`` beside the dataset) with ``train/<class>/`` and ``val/<class>/`` from ``labels.csv``."""
+                  seed: int = 0, copy: bool = False, force: bool = False) -> ExportResult:
+    """Write ``out`` (default ``DATASET-split`` beside the dataset) with ``train/<class>/`` and ``val/<class>/`` from ``labels.csv``.
+
+    ``out`` is a new or empty folder, or an earlier export, which is replaced (whole) only with ``force``. A folder
+    tltool did not make is refused, ``force`` or not. The new export is complete before the earlier one is removed.
+    """
     root = Path(dataset).resolve()
     labels = root / LABELS_CSV
     if not labels.is_file():
         raise TltoolError(f"{labels}: no labels yet. Label the images first: tltool label serve {dataset} "
                           "--classes a,b,c")
+    target = Path(out).resolve() if out is not None else root.with_name(f"{root.name or 'dataset'}{DEFAULT_SUFFIX}")
+    if target == root or target in root.parents:
+        raise TltoolError(f"--out {target}: would replace the dataset folder itself; choose a new folder.")
+    existing = target.is_dir() and not target.is_symlink()
+    unfinished = existing and all(child.name == MARKER for child in target.iterdir())  # empty, or claimed, then killed
+    if existing and not unfinished and not force and output_kind(target) == KIND:
+        _refuse_earlier_export(target)
+    check_output_dir(target, KIND, reuse=unfinished, force=force)  # any other refusal, also before the work
     labelled = _readable(load_labelled(root))
     if not labelled.records:
         raise TltoolError(f"{labels}: no image has a label yet. Label some with tltool label serve {dataset}.")
@@ -74,11 +134,9 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     labelled.require_classes(2)
     split = stratified_split(labelled, val_fraction=val_fraction, seed=seed)
 
-    target = Path(out).resolve() if out is not None else root.with_name(f"{root.name or 'dataset'}{DEFAULT_SUFFIX}")
-    if target == root or target in root.parents:
-        raise TltoolError(f"--out {target}: would replace the dataset folder itself; choose a new folder.")
-    claim_output_dir(target, "label-export", reuse=True)  # an earlier export is replaced; any other folder refused
-    partial = staging_dir(target, "label-export")
+    # a new folder is created and marked; an earlier export needs force; a folder tltool did not make is refused
+    claim_output_dir(target, KIND, reuse=unfinished, force=force)
+    partial = staging_dir(target, KIND)
     used: set[Path] = set()
     for record in split.records:
         folder = partial / str(record.split) / record.label
@@ -95,6 +153,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
         "labels": str(labels), "val_fraction": val_fraction, "seed": seed, "counts": split.counts(),
         "assisted": sorted(assisted),  # labels that were accepted suggestions (paths relative to the dataset)
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "files": sorted(dest.relative_to(partial).as_posix() for dest in used),  # any other file here is the user's
     })
-    replace_output_dir(partial, target, "label-export")
+    replace_output_dir(partial, target, KIND)  # the earlier export is removed only once this one is in place
     return ExportResult(target, split)

@@ -29,7 +29,7 @@ from ..heads import cv_folds, get_head_spec, make_pipeline
 from ..images import DEFAULT_MAX_PIXELS
 from ..linear import default_features_dir
 from ..plotting import pyplot, save_figure
-from ..runs import new_run_dir
+from ..runs import check_run_dir, new_run_dir
 from ..utils import write_json, write_text_atomic
 from ..viz.plots import thumbnail
 from .store import LABELS_CSV, load_labelled, read_labels_csv
@@ -116,8 +116,10 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
                   weights: str = "imagenet", image_size: int | None = None, resize: str = "crop",
                   batch_size: int = 32, features_dir: str | Path | None = None, top: int = 30,
                   neighbours: int = 10, C: float = DEFAULT_C, val_fraction: float = 0.2, seed: int = 0,
-                  max_pixels: int | None = None) -> SuspectsResult:
-    """``tltool label suspects``: extract (or reuse) features, score every image, write the ranked suspects."""
+                  max_pixels: int | None = None, force: bool = False) -> SuspectsResult:
+    """``tltool label suspects``: extract (or reuse) features, score every image, write the ranked suspects.
+    ``out``: an earlier run there is replaced only with ``force``."""
+    check_run_dir(out, force)
     if top < 1:
         raise TltoolError(f"--top must be at least 1, got {top}.")
     spec = get_backbone_spec(backbone)  # a bad name fails before any file is read
@@ -142,7 +144,7 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
                 for r, i in enumerate(order[:top])]
     for s in suspects:
         s.assisted = s.path in assisted
-    run_dir = new_run_dir("suspects", dataset.name, spec.name, out=out)
+    run_dir = new_run_dir("suspects", dataset.name, spec.name, out=out, force=force)
     csv_path, png = run_dir / "suspects.csv", run_dir / "suspects.png"
     write_suspects_csv(suspects, csv_path)
     plot_contact_sheet(suspects, png, f"{dataset.name}: {len(suspects)} most suspect labels of {len(rows)}")
