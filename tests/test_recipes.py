@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,66 @@ def test_overrides_and_variables(tmp_path):
 
     argv = build_argv(recipe, 2, recipe.steps[1], recipe_commands()["finetune"])
     assert argv[-1] == "elsewhere" and "--epochs" in argv and "2" in argv
+
+
+def _two_steps(tmp_path: Path, linear: str = "") -> Path:
+    """Features of the sample data, then a linear head on them: step 2 reads what step 1 writes."""
+    return _write(tmp_path, f"steps:\n  - extract: {{data: '{SAMPLE}', image-size: 64, out: runs/feat}}\n"
+                            f"  - linear: {{features: runs/feat, out: runs/lin{linear}}}\n")
+
+
+def _check(path: Path, *overrides: str):
+    from click.testing import CliRunner
+
+    from tltool.cli import main
+
+    return CliRunner().invoke(main, ["run", str(path), "--check", *[f"--set={o}" for o in overrides]])
+
+
+@pytest.mark.parametrize("linear, overrides, message", [
+    ("", ["linear.cv=abc"], r"step 2 \(linear\): key 'cv' must be an integer, got 'abc' \(str\)"),
+    (", cv: -1", [], r"step 2 \(linear\): Invalid value for '--cv': -1 is not in the range x>=0"),
+    ("", ["2.repeats=0"], r"step 2 \(linear\): Invalid value for '--repeats': 0 is not in the range x>=1"),
+])
+def test_a_bad_value_in_a_later_step_stops_the_recipe_before_its_first_step(in_tmp, linear, overrides, message):
+    # the whole recipe is parsed by the commands themselves before step 1 runs, and --check says the same
+    path = _two_steps(in_tmp, linear)
+    with pytest.raises(TltoolError, match=message):
+        run_recipe(path, overrides)
+    assert not (in_tmp / "runs").exists()  # step 1 (extract -> runs/feat) never ran
+    result = _check(path, *overrides)
+    assert result.exit_code == 2 and not (in_tmp / "runs").exists()
+    assert re.search(message, " ".join(result.output.split())), result.output
+
+
+def test_an_unknown_option_or_a_missing_required_option_in_a_later_step_stops_the_recipe(in_tmp):
+    path = _two_steps(in_tmp, ", folds: 5")
+    with pytest.raises(TltoolError, match=r"Unknown key in .*r\.yaml, step 2 \(linear\): 'folds'"):
+        run_recipe(path)
+    assert _check(path).exit_code == 2
+    with pytest.raises(TltoolError, match=r"Unknown key in --set 2\.folds=5"):
+        run_recipe(_two_steps(in_tmp), ["2.folds=5"])
+    # a required option is only known to Click: predict without --model
+    path = _write(in_tmp, f"steps:\n  - extract: {{data: '{SAMPLE}', image-size: 64, out: runs/feat}}\n"
+                          f"  - predict: {{images: ['{SAMPLE}']}}\n")
+    with pytest.raises(TltoolError, match=r"step 2 \(predict\): Missing option '--model'"):
+        run_recipe(path)
+    assert _check(path).exit_code == 2
+    assert not (in_tmp / "runs").exists()
+
+
+def test_a_path_an_earlier_step_writes_passes_the_check_but_a_path_of_the_wrong_kind_does_not(in_tmp):
+    # linear's FEATURES must exist when linear runs; before the recipe runs, step 1 has yet to write it
+    path = _two_steps(in_tmp)
+    load_recipe(path)
+    result = _check(path)
+    assert result.exit_code == 0 and "2. linear" in result.output, result.output
+    assert not (in_tmp / "runs").exists()  # checking created nothing
+    # a path that exists already is still checked for its kind
+    (in_tmp / "notes.txt").write_text("not a folder")
+    with pytest.raises(TltoolError, match=r"step 2 \(linear\): Invalid value for 'FEATURES': Directory "
+                                          r"'notes.txt' is a file"):
+        load_recipe(path, ["linear.features=notes.txt"])
 
 
 def test_lenet5_digits_recipe(in_tmp):

@@ -6,7 +6,9 @@ its Click parameters and runs the command as the command line would.
 A step names a command as the CLI does (``probe``, ``finetune``, ``data-inspect``, ``label-export``, ...) and sets
 its options by the CLI's own names (``val-fraction`` or ``val_fraction``). The schema is read from the commands
 themselves, so a recipe can set exactly what the command line can, spelled the same way, and is checked before
-anything runs: an unknown key gets a "did you mean", a wrong type names the key and the expected type.
+anything runs: an unknown key gets a "did you mean", a wrong type names the key and the expected type, and every
+step's command line is then parsed by its own command (not invoked), so what only Click can tell (a value out of
+range, a required option left out) also stops the recipe before its first step, not when the step is reached.
 
     name: flowers linear probe
     vars: {data: ../shared/datasets/flowers}
@@ -16,6 +18,7 @@ anything runs: an unknown key gets a "did you mean", a wrong type names the key 
 """
 from __future__ import annotations
 
+import copy
 import re
 import sys
 from dataclasses import dataclass
@@ -80,8 +83,13 @@ def _type_name(param: click.Parameter) -> str:
         return "a list"
     if isinstance(param.type, click.Choice):
         return f"one of {list(param.type.choices)}"
-    return {"integer": "an integer", "float": "a number", "boolean": "true or false"}.get(param.type.name,
+    return {"integer": "an integer", "float": "a number", "boolean": "true or false"}.get(_base_type(param),
                                                                                             "a string")
+
+
+def _base_type(param: click.Parameter) -> str:
+    """The type's name, a range read as its number type (``click.IntRange`` is an integer)."""
+    return {"integer range": "integer", "float range": "float"}.get(param.type.name, param.type.name)
 
 
 def _check_value(where: str, param: click.Parameter, value: Any) -> list[str]:
@@ -101,7 +109,7 @@ def _check_value(where: str, param: click.Parameter, value: Any) -> list[str]:
         return [str(v) for v in values]
     if isinstance(value, (list, dict)):
         raise bad
-    name = param.type.name
+    name = _base_type(param)
     if name == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
         raise bad
     if name == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -188,9 +196,41 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         steps.append(Step(command, options, interactive))
     _apply_overrides(path, steps, variables, commands, overrides)
     recipe = Recipe(path, str(data.get("name") or path.stem), str(data.get("description") or ""), variables, steps)
-    for i, step in enumerate(recipe.steps, start=1):
-        build_argv(recipe, i, step, commands[step.command])  # check every step before running any
+    for i, step in enumerate(recipe.steps, start=1):  # check every step before running any
+        _parse_step(recipe, i, step, commands[step.command], build_argv(recipe, i, step, commands[step.command]))
     return recipe
+
+
+def _parse_step(recipe: Recipe, index: int, step: Step, command: click.Command, argv: list[str]) -> None:
+    """Parse ``argv`` as ``command`` would when the step runs, without running it: a value Click refuses (out of
+    range, not a number, not a choice), an unknown option or a required one left out is the recipe's error now,
+    before the first step writes anything, rather than when this step is reached.
+
+    Parsing has no side effects: callbacks and prompts are dropped (no tltool command has one today), the help
+    option is left out, and no command takes a ``click.File`` (which would open it). A path that must exist is not required to exist yet, because an earlier step (or the person
+    between ``--until`` and ``--from``, as for the labeler) may create it; the command checks it when it runs. A
+    path that exists already is still checked for its kind (a file where a folder is wanted)."""
+    try:
+        ctx = _parse_only(command).make_context(step.command, list(argv), help_option_names=[])
+    except click.ClickException as exc:
+        raise TltoolError(f"{recipe.path}, step {index} ({step.command}): {exc.format_message()}") from None
+    ctx.close()
+
+
+def _parse_only(command: click.Command) -> click.Command:
+    """A copy of ``command`` to parse with: no callbacks or prompts, and its paths need not exist yet."""
+    parser = copy.copy(command)
+    parser.params = []
+    for param in command.params:
+        param = copy.copy(param)
+        param.callback = None
+        if isinstance(param, click.Option):
+            param.prompt = None
+        if isinstance(param.type, click.Path) and param.type.exists:
+            param.type = copy.copy(param.type)
+            param.type.exists = False
+        parser.params.append(param)
+    return parser
 
 
 def _apply_overrides(path: Path, steps: list[Step], variables: dict, commands: dict, overrides) -> None:
