@@ -114,6 +114,11 @@ def test_export_never_deletes_or_writes_into_a_users_folder(tiny_run, tmp_path):
     for _ in range(2):
         assert CliRunner().invoke(main, ["export", str(run), "--format", "keras"]).exit_code == 0
     assert (run / "export" / "keras" / "model.keras").is_file()
+    # ... unless the user put a file of their own there: it would be deleted with the folder
+    (run / "export" / "keras" / "client.py").write_text("the user's client")
+    refused = CliRunner().invoke(main, ["export", str(run), "--format", "keras"])
+    assert refused.exit_code == 2 and "1 file(s) it did not write (client.py)" in refused.output, refused.output
+    assert (run / "export" / "keras" / "client.py").read_text() == "the user's client"
 
 
 def test_linear_run_exports_to_an_equivalent_network(linear_run, tmp_path):

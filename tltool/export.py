@@ -27,7 +27,7 @@ from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
 from .models import load_run, run_splits, trained_on_val
-from .outputs import claim_output_dir, emptied_output_dir, replace_output_dir, staging_dir
+from .outputs import MARKER, claim_output_dir, emptied_output_dir, replace_output_dir, staging_dir
 from .progress import Bar, say
 from .settings import CHOICES
 from .stats import Proportion
@@ -69,6 +69,26 @@ def _default_out(run_dir: Path, fmt: str, quantize: str) -> Path:
     return run_dir / "export" / (fmt if quantize == "none" else f"{fmt}-{quantize}")
 
 
+EXPORT_FILES = {MARKER, "labels.txt", "input.json", "README.md", "export.json", *MODEL_FILES.values()}
+
+
+def _export_file(name: str) -> bool:
+    """An export's own file, or the hidden temporary or staging name of one (``.model.keras.1a2b3c4d.keras``)."""
+    return name in EXPORT_FILES or (name.startswith(".") and any(name[1:].startswith(f + ".") for f in EXPORT_FILES))
+
+
+def _refuse_files_added_to(target: Path) -> None:
+    """The default folder inside the run is replaced by a new export without ``--force``, unless something there
+    is not an export's own file: then the user put it there, and replacing the folder would delete it."""
+    if not target.is_dir() or target.is_symlink():
+        return
+    added = sorted(p.name for p in target.iterdir() if not _export_file(p.name))
+    if added:
+        raise TltoolError(f"{target}: holds an earlier export and {len(added)} file(s) it did not write "
+                          f"({', '.join(added[:3])}{' ...' if len(added) > 3 else ''}), which replacing it would "
+                          "delete: move them out, or pass --force to replace the folder with them.")
+
+
 def _check_options(fmt: str, quantize: str, max_drop: float) -> None:
     if fmt not in FORMATS:
         raise did_you_mean(fmt, FORMATS, "export format")
@@ -91,8 +111,10 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     _check_options(fmt, quantize, max_drop)
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    target = emptied_output_dir(claim_output_dir(Path(out) if out else _default_out(run_dir, fmt, quantize), "export",
-                                                 force=force, reuse=out is None), "export")
+    target = Path(out) if out else _default_out(run_dir, fmt, quantize)
+    if out is None and not force:
+        _refuse_files_added_to(target)
+    target = emptied_output_dir(claim_output_dir(target, "export", force=force, reuse=out is None), "export")
     model = portable_model(run.as_keras())
     path = target / MODEL_FILES[fmt]
     splits = run_splits(run_dir, run) if fmt == "tflite" and (measure or quantize == "int8") else None
