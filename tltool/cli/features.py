@@ -59,7 +59,8 @@ def extract_cmd(data, out, **options) -> None:
     if not result.complete:
         click.echo(f"{shard} extracted in {result.seconds:.1f} s -> {out} (waiting for the other shards)")
         return
-    speed = f", {result.images_per_second:.1f} images/s" if result.images_per_second else ""
+    # the rate of the decode-and-network loop alone; the seconds also hold start-up, checks and a first conversion
+    speed = f" ({result.images_per_second:.1f} images/s once running)" if result.images_per_second else ""
     state = "cached" if result.cached else (f"extracted ({shard}, folder complete)" if shard else "extracted")
     click.echo(f"{state}: {meta['n_images']} images ({meta['backbone']}, {meta['image_size']} px) in "
                f"{result.seconds:.1f} s{speed} -> {out}")
