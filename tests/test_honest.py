@@ -146,6 +146,12 @@ def test_linear_cv_on_real_features_and_learning_curve(flowers, tmp_path):
     assert cv["accuracy"]["n"] == 350 and len(cv["fold_scores"]) == 5
     assert cv["accuracy"]["value"] > 0.8
     assert cv["accuracy"]["ci95"][0] < cv["accuracy"]["value"] < cv["accuracy"]["ci95"][1]
+    from tltool.stats import format_proportion
+
+    # the report's headline is the cross-validated accuracy the terminal prints, not the first repeat's
+    report = (tmp_path / "cv" / "report.md").read_text().splitlines()
+    assert report[2].startswith(f"- **cross-validated accuracy: {format_proportion(cv['accuracy'])}**")
+    assert "validation accuracy" not in "\n".join(report[:6])
     points, reading, target = run_learning_curve(features, seeds=3, out=tmp_path / "lc")
     assert [p.fraction for p in points] == pytest.approx([0.1 * i for i in range(1, 11)])
     # measured: 0.647 with 25 training photos, 0.89 with 250; a curve that ignored the subsets would be flat

@@ -150,10 +150,16 @@ def resolution_line(accuracy: dict, cross_validated: bool = False) -> str:
 
 
 def markdown_summary(title: str, metrics: dict) -> str:
-    val = metrics["val"]
+    val, cv = metrics["val"], metrics.get("cv")
     lines = [f"# {title}", ""]
-    lines += [f"- **validation accuracy: {format_proportion(val['accuracy'])}**"]
-    lines.append(f"- {resolution_line(val['accuracy'], bool(metrics.get('cv')))}")
+    if cv:  # the headline the terminal printed: pooled over every repeat; the tables are the first repeat's
+        lines += [f"- **cross-validated accuracy: {format_proportion(cv['accuracy'])}** ({cv['description']}; fold "
+                  f"mean {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f})",
+                  f"- out-of-fold predictions of the first repeat (the per-class table, the plots and "
+                  f"predictions.csv): {format_proportion(val['accuracy'])}"]
+    else:
+        lines += [f"- **validation accuracy: {format_proportion(val['accuracy'])}**"]
+    lines.append(f"- {resolution_line(cv['accuracy'] if cv else val['accuracy'], bool(cv))}")
     if metrics.get("images_trained_on"):
         lines.append(f"- **{metrics['images_trained_on']} of these {val['accuracy']['n']} images were in the run's "
                      "training data: this accuracy is optimistic, not an estimate for new photos**")
@@ -167,10 +173,6 @@ def markdown_summary(title: str, metrics: dict) -> str:
         lines.append(f"- with test-time augmentation `{name}`: {format_proportion(tta['accuracy'])}")
     if metrics.get("train_accuracy"):
         lines.append(f"- training accuracy: {format_proportion(metrics['train_accuracy'])}")
-    if metrics.get("cv"):
-        cv = metrics["cv"]
-        lines.append(f"- cross-validation ({cv['description']}): {format_proportion(cv['accuracy'])}, "
-                     f"fold mean {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f}")
     lines += ["", "Intervals are 95 % Wilson score intervals over the n images; on a small validation split they are "
               "wide, and two runs whose intervals overlap may not differ at all (`tltool compare` tests it).", ""]
     lines += ["## Per class", "", "| class | precision | recall [95 % CI] | F1 | n |", "|---|---|---|---|---|"]
