@@ -19,7 +19,9 @@ from .dataset import load_dataset
 from .errors import TltoolError, did_you_mean
 from .images import load_image
 from .plotting import pyplot, save_figure
+from .runs import check_run_dir, new_run_dir
 from .settings import PREVIEW_DRAWS, PREVIEW_SIZE
+from .utils import write_json
 
 
 class SeededTransform:
@@ -112,10 +114,19 @@ def load_size(image_size: int, augment: str | None) -> int:
     return image_size if augment in (None, "", "none") else int(round(image_size * CROP_HEADROOM))
 
 
-def preview(data: str, out: str | Path, augment: str = "standard", image_size: int = PREVIEW_SIZE,
-            draws: int = PREVIEW_DRAWS,
-            seed: int = 0, index: int = 0) -> Path:
-    """A PNG grid of one training image under ``draws`` random augmentations (the first tile is the original)."""
+PREVIEW_PNG = "augment_preview.png"
+
+
+def preview(data: str, out: str | Path | None = None, augment: str = "standard", image_size: int = PREVIEW_SIZE,
+            draws: int = PREVIEW_DRAWS, seed: int = 0, index: int = 0, force: bool = False) -> Path:
+    """A PNG grid of one training image under ``draws`` random augmentations (the first tile is the original).
+
+    Written as ``augment_preview.png``, with ``augment_preview.json`` naming what it shows, into a run folder:
+    ``out`` (new, empty, or an earlier tltool run; a finished run needs ``force``) or ``runs/augment-preview-...``.
+    Like every output of tltool's, it is never written over a user's file or into a folder tltool did not make.
+    Returns the PNG's path.
+    """
+    _check_preview_out(out, force)
     dataset = load_dataset(data)
     records = sorted(dataset.records, key=lambda r: r.path)
     if not records:
@@ -124,6 +135,28 @@ def preview(data: str, out: str | Path, augment: str = "standard", image_size: i
     transform = build_augmentation(augment, image_size, seed)
     original = load_image(record.path, load_size(image_size, augment))
     tiles = [original] + [transform(original, seed + i) if transform else original for i in range(draws)]
+    fig = _preview_figure(tiles, f"augmentation '{augment}' on {Path(record.path).name}")
+    run_dir = new_run_dir("augment", "preview", dataset.name, Path(augment).stem, out=out, force=force)
+    target = run_dir / PREVIEW_PNG
+    save_figure(fig, target)
+    write_json(run_dir / "augment_preview.json", {
+        "data": str(data), "image": str(record.path), "label": record.label, "augment": augment,
+        "image_size": image_size, "draws": draws, "seed": seed, "index": index, "png": PREVIEW_PNG})
+    return target
+
+
+def _check_preview_out(out: str | Path | None, force: bool) -> None:
+    """Refuse a bad ``--out`` before any work: a PNG name (``--out`` is a folder) or what a run folder refuses."""
+    if out is None:
+        return
+    check_run_dir(out, force=force)
+    if Path(out).suffix.lower() == ".png" and not Path(out).is_dir():
+        raise TltoolError(f"--out {out}: names the folder that {PREVIEW_PNG} is written into, not the PNG itself; "
+                          "give a folder, e.g. --out runs/my-preview.")
+
+
+def _preview_figure(tiles: list, title: str):
+    """The tiles in a grid of at most six columns, the first titled ``original`` and the others ``draw N``."""
     cols = min(6, len(tiles))
     rows = math.ceil(len(tiles) / cols)
     plt = pyplot()
@@ -133,9 +166,5 @@ def preview(data: str, out: str | Path, augment: str = "standard", image_size: i
     for i, (ax, tile) in enumerate(zip(axes.flat, tiles)):
         ax.imshow(tile)
         ax.set_title("original" if i == 0 else f"draw {i}", fontsize=8)
-    fig.suptitle(f"augmentation '{augment}' on {Path(record.path).name}")
-    target = Path(out)
-    if target.suffix.lower() != ".png":
-        target = target / "augment_preview.png"
-    save_figure(fig, target)
-    return target
+    fig.suptitle(title)
+    return fig

@@ -1,5 +1,10 @@
 """The bundled demo dataset: photos-like renderings of simple shapes, made by code so the repo ships no one
-else's images. ``tltool data make-sample data/shapes`` recreates ``data/shapes`` from a seed."""
+else's images. ``tltool data make-sample OUT --per-class 40 --seed 0`` renders ``data/shapes`` again from its seed
+(the same images) into OUT, a new or empty folder.
+
+The output folder is claimed as tltool's ``sample`` (see :mod:`tltool.outputs`): a folder tltool did not make is
+never written into, and an earlier sample is replaced only with ``force``, whole, so no image of it is left over.
+The sample is built beside the folder under a hidden name and renamed into place when complete."""
 from __future__ import annotations
 
 import math
@@ -9,7 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .outputs import claim_output_dir, replace_output_dir, staging_dir
+
 SHAPES = ("circle", "square", "triangle", "star")
+KIND = "sample"  # the output kind of tltool.outputs that a made sample's folder is marked with
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -45,12 +53,20 @@ def render_shape(kind: str, rng: random.Random, size: int = 128) -> Image.Image:
     return im.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
 
 
-def make_shapes_dataset(out: str | Path, per_class: int = 40, size: int = 128, seed: int = 0) -> Path:
-    """Write ``out/<shape>/<shape>_NNN.jpg``; the same seed gives the same images."""
+def make_shapes_dataset(out: str | Path, per_class: int = 40, size: int = 128, seed: int = 0,
+                        force: bool = False) -> Path:
+    """Write ``out/<shape>/<shape>_NNN.jpg``; the same seed gives the same images.
+
+    ``out`` must be new, empty, or (with ``force``) an earlier sample, which is replaced whole; any other folder is
+    refused with a :class:`~tltool.errors.TltoolError` before anything is written.
+    """
     out = Path(out)
+    claim_output_dir(out, KIND, force=force, option="OUT")
+    staging = staging_dir(out, KIND)
     rng = random.Random(seed)
     for kind in SHAPES:
-        (out / kind).mkdir(parents=True, exist_ok=True)
+        (staging / kind).mkdir()
         for i in range(per_class):
-            render_shape(kind, rng, size).save(out / kind / f"{kind}_{i:03d}.jpg", quality=85)
+            render_shape(kind, rng, size).save(staging / kind / f"{kind}_{i:03d}.jpg", quality=85)
+    replace_output_dir(staging, out, KIND)
     return out

@@ -88,9 +88,10 @@ def split_cmd(path: str, out_csv: str, val_fraction: float, seed: int, max_pixel
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--per-class", type=int, default=40, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def make_sample_cmd(out: str, per_class: int, seed: int) -> None:
-    """Render the bundled demo dataset of shapes (circle, square, triangle, star) into OUT."""
-    click.echo(f"wrote {make_shapes_dataset(out, per_class=per_class, seed=seed)}")
+@click.option("--force", is_flag=True, help="Replace an earlier sample in OUT (never a folder tltool did not make).")
+def make_sample_cmd(out: str, per_class: int, seed: int, force: bool) -> None:
+    """Render the bundled demo dataset of shapes (circle, square, triangle, star) into OUT, a new or empty folder."""
+    click.echo(f"wrote {make_shapes_dataset(out, per_class=per_class, seed=seed, force=force)}")
 
 
 @data.command("digits")

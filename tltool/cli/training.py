@@ -200,10 +200,12 @@ def augment() -> None:
 @click.option("--draws", type=int, default=PREVIEW_DRAWS, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--index", type=int, default=0, show_default=True, help="Which image (in path order).")
-@click.option("--out", type=click.Path(), default="augment_preview.png", show_default=True)
-def augment_preview_cmd(data, preset, image_size, draws, seed, index, out) -> None:
-    """Write a PNG grid of one image of DATA under many random draws of an augmentation."""
-    click.echo(f"wrote {preview(data, out, preset, image_size, draws, seed, index)}")
+@click.option("--out", type=click.Path(), default=None,
+              help="Run folder to write augment_preview.png into [default: runs/augment-preview-<names>-<time>].")
+@force_option
+def augment_preview_cmd(data, preset, image_size, draws, seed, index, out, force) -> None:
+    """Write a PNG grid of one image of DATA under many random draws of an augmentation, into a run folder."""
+    click.echo(f"wrote {preview(data, out, preset, image_size, draws, seed, index, force=force)}")
 
 
 COMMANDS = [finetune_cmd, train_cmd, export_cmd, augment]
