@@ -55,7 +55,8 @@ def test_compare_calls_a_split_between_its_interval_and_its_test_borderline():
 
 def test_every_command_that_writes_a_run_folder_refuses_a_finished_run_without_force(tmp_path):
     """Before: compare, learning-curve and data inspect replaced any finished run given as --out (a trained
-    linear run's head.npz, model.json and metrics.json were deleted without a word)."""
+    linear run's head.npz, model.json and metrics.json were deleted without a word); probe, linear, evaluate and
+    viz refused it only after their work (an extraction, a search)."""
     from tltool.runs import new_run_dir
     from tltool.sample import make_shapes_dataset
 
@@ -64,12 +65,14 @@ def test_every_command_that_writes_a_run_folder_refuses_a_finished_run_without_f
     for name in ("head.npz", "model.json", "metrics.json"):
         (victim / name).write_text("the user's trained run")
     data = make_shapes_dataset(tmp_path / "shapes", per_class=4)
-    for args in (["compare", a, a], ["data", "inspect", data], ["learning-curve", data]):
+    for args in (["compare", a, a], ["data", "inspect", data], ["learning-curve", data], ["evaluate", a, data],
+                 ["probe", data, "--features", tmp_path / "features"], ["linear", data], ["viz", "embedding", data]):
         result = CliRunner().invoke(main, [*map(str, args), "--out", str(victim)])
         assert result.exit_code == 2 and "already holds an earlier tltool run" in result.output, result.output
         assert "--force" in result.output
         assert sorted(p.name for p in victim.iterdir() if not p.name.startswith(".")) == [
             "head.npz", "metrics.json", "model.json"]
+    assert not (tmp_path / "features").exists()  # probe refused before extracting anything
     result = CliRunner().invoke(main, ["compare", str(a), str(a), "--out", str(victim), "--force"])
     assert result.exit_code == 0 and (victim / "compare.json").exists() and not (victim / "head.npz").exists()
 

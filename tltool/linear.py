@@ -18,7 +18,7 @@ from .images import DEFAULT_MAX_PIXELS
 from .models import load_run
 from .progress import say
 from .report import worst_mistakes, write_run_report
-from .runs import DEFAULT_RUNS_ROOT, new_run_dir, slug
+from .runs import DEFAULT_RUNS_ROOT, check_run_dir, new_run_dir, slug
 from .settings import CHOICES
 from .utils import write_json
 from .viz.gradcam import gradcam_overlays
@@ -44,6 +44,7 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
     """
     config = replace(config or LinearConfig(), **settings)
     config.validate()
+    check_run_dir(out, force)  # before any work, not after the search
     spec = get_head_spec(config.head)
     if config.gradcam and not spec.linear:
         raise TltoolError(f"--gradcam needs a linear head; {config.head} has no weights to explain.")
@@ -199,6 +200,7 @@ def probe(data: str, extract: ExtractConfig | None = None, linear: LinearConfig 
     linear = replace(linear or LinearConfig(), **linear_settings)
     linear.validate()
     get_head_spec(linear.head)  # fail on a bad head name before the network runs
+    check_run_dir(out, force)  # and on an --out it would refuse
     features_dir = features_dir or default_features_dir(data, extract.backbone, extract.image_size, extract.resize)
     result = extract_features(data, features_dir, extract)
     if not result.cached:

@@ -16,7 +16,7 @@ from .evaluation import Evaluation
 from .inspection import check_dataset
 from .models import load_run, overlap_with_training
 from .report import write_run_report
-from .runs import new_run_dir
+from .runs import check_run_dir, new_run_dir
 from .settings import check_choice
 from .tta import predict_readable
 
@@ -72,6 +72,7 @@ def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) ->
 def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | None = None, tta: str = "none",
                  force: bool = False, engine: str = "auto"):
     """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report."""
+    check_run_dir(out, force)
     model = load_run(run_dir, engine)
     dataset, paths, y = labelled_images(data, model.classes, model.max_pixels)
     seen = warn_if_trained_on(run_dir, model, paths)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import TltoolError
 from ..features import FeatureSet, load_features
-from ..runs import new_run_dir
+from ..runs import check_run_dir, new_run_dir
 from ..utils import write_json
 from ..plotting import pyplot, save_figure
 from .plots import thumbnail
@@ -106,6 +106,7 @@ def visualize_embedding(features: str | Path | FeatureSet, out: str | Path | Non
                         method: str = "auto", perplexity: float = 30.0, thumbnails: bool = False,
                         seed: int = 0) -> Embedding:
     """``tltool viz embedding``: ``embedding.png`` and ``embedding.json`` (every point) in a run folder."""
+    check_run_dir(out)
     fs = features if isinstance(features, FeatureSet) else load_features(features)
     coords, used, params = embed(fs.features(pool), method, perplexity, seed)
     emb = Embedding(coords, used, {**params, "pool": pool, "seed": seed}, fs, nearest_agreement(coords, fs.labels))

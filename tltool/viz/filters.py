@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import TltoolError
 from ..images import load_image
 from ..plotting import pyplot, save_figure
-from ..runs import new_run_dir
+from ..runs import check_run_dir, new_run_dir
 from ..utils import write_json
 from .network import Network, conv_kernel, first_conv, format_shape, is_depthwise, open_network
 from .plots import grid_shape, mosaic, rescale_to_unit, show_tiles
@@ -102,6 +102,7 @@ def visualize_filters(backbone: str | None = None, model: str | None = None, wei
                       image_size: int | None = None, layer: str | None = None, out: str | Path | None = None,
                       network: Network | None = None) -> FilterGrid:
     """``tltool viz filters``: write ``filters.png`` and ``filters.json`` into a run folder."""
+    check_run_dir(out)
     network = network or open_network(backbone, model, weights, image_size)
     grid = filter_grid(network, layer)
     run_dir = new_run_dir("viz", "filters", network.name, grid.layer, out=out)
@@ -181,6 +182,7 @@ def visualize_activations(image_path: str | Path, backbone: str | None = None, m
                           max_maps: int = 64, out: str | Path | None = None,
                           network: Network | None = None) -> ActivationGrid:
     """``tltool viz activations``: write ``activations.png`` and ``activations.json`` into a run folder."""
+    check_run_dir(out)
     network = network or open_network(backbone, model, weights, image_size)
     image = load_image(image_path, network.image_size, network.resize)
     grid = layer_activations(network, image, layer, max_maps)

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import BadFilesWarning, BadImageError, TltoolError, did_you_mean
 from ..images import check_image, load_image
 from ..plotting import pyplot, save_figure
-from ..runs import new_run_dir
+from ..runs import check_run_dir, new_run_dir
 from ..utils import write_json
 from .network import Network, open_run
 from .plots import overlay_heat
@@ -195,6 +195,7 @@ def readable_images(paths: Sequence[str | Path]) -> tuple[list[str], list[BadIma
 def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_name: str | None = None,
                       out: str | Path | None = None, network: Network | None = None) -> GradCamResult:
     """``tltool viz gradcam``: ``gradcam.png`` (image | overlay per photo) and ``gradcam.json`` in a run folder."""
+    check_run_dir(out)
     network = network or open_run(model)
     if network.head is None:
         raise TltoolError(f"Grad-CAM needs a class score to explain, and {network.name}: {network.no_head_reason}.")
