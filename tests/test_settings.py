@@ -181,3 +181,14 @@ def test_engine_and_quantization_registries_match_the_settings_table():
 
     assert tuple(ENGINE_CHOICES) == CHOICES["engine"]
     assert tuple(QUANTIZATIONS) == CHOICES["quantize"]
+
+
+def test_cv_1_is_refused_as_what_it_is():
+    """Before: '--cv 1: every class needs at least 1 images (smallest has 40); use a smaller K (at least 2)'."""
+    from tltool.finetune import finetune_cv
+
+    with pytest.raises(TltoolError, match=r"--cv must be 0 \(off\) or a number of folds, at least 2; got 1\."):
+        LinearConfig(cv=1).validate()
+    with pytest.raises(TltoolError, match=r"--cv must be 0 \(off\) or a number of folds, at least 2; got 1\."):
+        finetune_cv(FinetuneConfig(data="no-such-folder"), 1)
+    LinearConfig(cv=2).validate()

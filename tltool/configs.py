@@ -41,6 +41,8 @@ class TrainOptions:
         validate_choices(self)
 
 
+CV_OFF_OR_FOLDS = "--cv must be 0 (off) or a number of folds, at least 2; got {k}."
+
 # what `--resume` says when a run folder belongs to another command
 RESUME_COMMANDS = {"finetune": "tltool finetune --resume", "scratch": "tltool train --resume"}
 KIND_NAMES = {"finetune": "fine-tuning", "scratch": "from-scratch", "finetune-cv": "cross-validated fine-tuning"}
@@ -198,6 +200,8 @@ class LinearConfig:
         if self.cv and (self.tta != "none" or self.gradcam):
             raise TltoolError("--cv reports out-of-fold predictions of cached features: it cannot add --tta or "
                               "--gradcam. Run without --cv for those.")
+        if self.cv == 1:
+            raise TltoolError(CV_OFF_OR_FOLDS.format(k=self.cv))
         if self.cv and self.refit:
             raise TltoolError("--refit has nothing to do with --cv: the head --cv saves is already fitted on "
                               "train+val. Drop one of them.")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import create_backbone, find_backbone, get_backbone_spec
-from .configs import FinetuneConfig, InputConfig, resolve_input
+from .configs import CV_OFF_OR_FOLDS, FinetuneConfig, InputConfig, resolve_input
 from .crossval import CVResult, say_cv
 from .dataset import label_indices, write_manifest
 from .distribute import resolve_strategy
@@ -192,6 +192,8 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     """Stratified K-fold over train+val: one full fine-tuning per fold, reported on out-of-fold predictions."""
     from sklearn.model_selection import StratifiedKFold
 
+    if k < 2:
+        raise TltoolError(CV_OFF_OR_FOLDS.format(k=k))
     if config.strategy == "multiworker":
         raise TltoolError("--cv with --strategy multiworker is not supported: run the folds on one machine "
                           "(--strategy auto or mirrored), or fine-tune once across the cluster.")

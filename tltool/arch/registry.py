@@ -93,8 +93,9 @@ def build_arch(name: str, input_shape: Sequence[int] | None = None, classes: int
     h, w, _ = options.get("input_shape", spec.default_input)
     if min(h, w) < spec.min_size:
         raise TltoolError(f"{spec.name} needs inputs of at least {spec.min_size}x{spec.min_size} pixels (its "
-                          f"layers shrink smaller ones to nothing); got {h}x{w}. Use --input "
-                          f"{max(h, spec.min_size)}x{max(w, spec.min_size)} or larger.")
+                          f"layers shrink smaller ones to nothing); got {h}x{w}. Give it at least "
+                          f"{max(h, spec.min_size)}x{max(w, spec.min_size)} (--image-size of `tltool train`, "
+                          "--input of the arch commands).")
     if classes is not None:
         if classes < 1:
             raise TltoolError(f"--classes must be at least 1, got {classes}.")
