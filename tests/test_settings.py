@@ -193,3 +193,15 @@ def test_cv_1_is_refused_as_what_it_is():
     with pytest.raises(TltoolError, match=r"--cv must be 0 \(off\) or a number of folds, at least 2; got 1\."):
         finetune_cv(FinetuneConfig(data="no-such-folder"), 1)
     LinearConfig(cv=2).validate()
+
+
+def test_a_run_with_no_epoch_to_train_is_refused():
+    """Before: `train --epochs 0` and a random-head `finetune --head-epochs 0 --epochs 0` wrote a report of a guess."""
+    from tltool.configs import ScratchConfig
+
+    with pytest.raises(TltoolError, match="no epoch to train: the model would be the network's random init"):
+        ScratchConfig(data="x", epochs=0).validate()
+    with pytest.raises(TltoolError, match="no epoch to train: the model would be a random head"):
+        FinetuneConfig(data="x", head_init="random", head_epochs=0, epochs=0).validate()
+    FinetuneConfig(data="x", head_epochs=0, epochs=0).validate()  # the probe-initialised network: the probe itself
+    ScratchConfig(data="x", epochs=1).validate()

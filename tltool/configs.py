@@ -41,6 +41,8 @@ class TrainOptions:
         validate_choices(self)
 
 
+NOTHING_TRAINED = ("no epoch to train: the model would be {what}, and its report the accuracy of a guess; give "
+                   "--epochs (or --head-epochs) of at least 1.")
 CV_OFF_OR_FOLDS = "--cv must be 0 (off) or a number of folds, at least 2; got {k}."
 
 # what `--resume` says when a run folder belongs to another command
@@ -141,12 +143,22 @@ class FinetuneConfig(RunConfig):
     lr: float = 1e-4
     warmup_epochs: float = 1.0
 
+    def validate(self) -> None:
+        super().validate()
+        if self.head_epochs == self.epochs == 0 and self.head_init == "random":
+            raise TltoolError(NOTHING_TRAINED.format(what="a random head on the pretrained network"))
+
 
 @dataclass
 class ScratchConfig(RunConfig):
     """A from-scratch run. ``None`` options take the architecture's (paper's) default."""
 
     KIND: ClassVar[str] = "scratch"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.epochs == 0:
+            raise TltoolError(NOTHING_TRAINED.format(what="the network's random initialisation"))
 
     arch: str = "lenet5"
     initializer: str | None = None
