@@ -147,3 +147,17 @@ def test_preview_default_is_a_new_folder_under_runs(tmp_path, shapes, monkeypatc
     assert written.name == "augment_preview.png" and written.parent.parent == Path("runs")
     assert written.parent.name.startswith("augment-preview-shapes-standard-")
     assert (tmp_path / "augment_preview.png").read_text() == "a user's file of the old default name\n"
+
+
+def test_preview_refuses_an_index_past_the_images_and_no_draws(tmp_path):
+    """Before: --index 999 of 45 images showed the last one, and --draws 0 wrote a grid of the original alone."""
+    from tltool.augment import preview
+    from tltool.errors import TltoolError
+    from tltool.sample import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=2)
+    with pytest.raises(TltoolError, match="--index 8: .* has 8 images; give 0 to 7"):
+        preview(str(data), tmp_path / "a", index=8)
+    with pytest.raises(TltoolError, match="--draws must be at least 1"):
+        preview(str(data), tmp_path / "b", draws=0)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

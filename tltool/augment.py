@@ -127,11 +127,16 @@ def preview(data: str, out: str | Path | None = None, augment: str = "standard",
     Returns the PNG's path.
     """
     _check_preview_out(out, force)
+    if draws < 1:
+        raise TltoolError(f"--draws must be at least 1 (the grid shows the original and each draw), got {draws}.")
     dataset = load_dataset(data)
     records = sorted(dataset.records, key=lambda r: r.path)
     if not records:
         raise TltoolError(f"{data}: no images.")
-    record = records[min(index, len(records) - 1)]
+    if not 0 <= index < len(records):
+        raise TltoolError(f"--index {index}: {data} has {len(records)} images; give 0 to {len(records) - 1} (path "
+                          "order).")
+    record = records[index]
     transform = build_augmentation(augment, image_size, seed)
     original = load_image(record.path, load_size(image_size, augment))
     tiles = [original] + [transform(original, seed + i) if transform else original for i in range(draws)]
