@@ -365,3 +365,21 @@ def test_a_linear_run_keeps_its_own_split_when_its_features_folder_is_extracted_
     fs.directory.mkdir(parents=True, exist_ok=True)  # the folder now holds another extraction
     write_json(fs.directory / "features.json", {"files": [{"path": "/other/x.jpg", "label": "a", "split": "val"}]})
     assert run_splits(run, model)["val"][0] == splits["val"][0]
+
+
+def test_the_report_repeats_the_checks_warnings_about_the_split(tmp_path):
+    """Before, a leak between train and val (or a class imbalance) was warned about in the terminal only; the
+    report, which is what is read later, called the accuracy plain."""
+    from tltool.linear import train_linear
+
+    fs = _synthetic_features(tmp_path)
+    fs.hashes = [f"h{i}" for i in range(len(fs.paths))]
+    fs.hashes[0] = fs.hashes[1]  # image 0 (val) has the content of image 1 (train)
+    result = train_linear(fs, out=tmp_path / "run")
+    assert result.metrics["data_warnings"] == [
+        f"1 image(s) appear in more than one split (identical content): validation accuracy will be optimistic. "
+        f"First: {[fs.paths[0], fs.paths[1]]}"]
+    report = (result.run_dir / "report.md").read_text()
+    assert "- **data warning: 1 image(s) appear in more than one split" in report
+    clean = train_linear(_synthetic_features(tmp_path / "clean"), out=tmp_path / "clean-run")
+    assert clean.metrics["data_warnings"] == [] and "data warning" not in (clean.run_dir / "report.md").read_text()

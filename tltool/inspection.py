@@ -206,19 +206,26 @@ def with_split(checked: CheckedDataset, dataset) -> CheckedDataset:
 
 
 def _collect_warnings(checked: CheckedDataset) -> None:
+    leaks = [[f.record.path for f in group] for group in checked.leaks()]
+    checked.issues = split_warnings(checked.dataset.counts(), leaks)
+
+
+def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]]) -> list[tuple[str, type[Warning]]]:
+    """What a split's numbers warn of: class imbalance per split (``counts``: ``{split: {class: n}}``), and images
+    of identical content in two splits (``leaks``: the paths of each such group). Warned at the check, and written
+    into every run's report."""
     pending: list[tuple[str, type[Warning]]] = []
-    for split, counts in checked.dataset.counts().items():
-        if len(counts) >= 2:
-            lo, hi = min(counts.values()), max(counts.values())
+    for split, per_class in counts.items():
+        if len(per_class) >= 2:
+            lo, hi = min(per_class.values()), max(per_class.values())
             if hi / lo >= IMBALANCE_RATIO:
-                rare = min(counts, key=counts.get)
+                rare = min(per_class, key=per_class.get)
                 pending.append((f"class imbalance in {split}: {hi} vs {lo} images ({rare!r} is rarest); "
                                 "read balanced accuracy and per-class recall, not only accuracy", ImbalanceWarning))
-    leaks = checked.leaks()
     if leaks:
         pending.append((f"{len(leaks)} image(s) appear in more than one split (identical content): validation "
-                        f"accuracy will be optimistic. First: {[f.record.path for f in leaks[0]]}", LeakageWarning))
-    checked.issues = pending
+                        f"accuracy will be optimistic. First: {leaks[0]}", LeakageWarning))
+    return pending
 
 
 def lost_classes(checked: CheckedDataset) -> dict[str, str]:

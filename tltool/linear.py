@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .evaluation import Evaluation
 from .features import FeatureSet, extract_features, load_features
 from .heads import FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline, search_head
 from .images import DEFAULT_MAX_PIXELS
+from .inspection import split_warnings
 from .models import load_run
 from .progress import say
 from .report import worst_mistakes, write_run_report
@@ -66,6 +68,7 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
     extra = {
         "train_accuracy": train_eval.accuracy().to_json(), "search": search_report,
         "n_train": int(train.sum()), "n_val": int(val.sum()), "timing": {"fit_seconds": fit_seconds},
+        "data_warnings": data_warnings(fs),
     }
     title = f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {config.head}"
     # Grad-CAM and TTA read the saved head: both run before a refit replaces it, on the head the val split scores
@@ -141,6 +144,19 @@ def _tta_evaluations(run_dir: Path, fs: FeatureSet, val_paths: list[str], val: n
     return {tta: Evaluation(fs.classes, fs.labels[val], probs)}
 
 
+def data_warnings(fs: FeatureSet) -> list[str]:
+    """The check's warnings about these features' split (imbalance, identical images in two splits), for the
+    report: the terminal's warning scrolls away, the report is what is read later."""
+    counts: dict[str, Counter] = {}
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (split, label, digest) in enumerate(zip(fs.splits, fs.labels, fs.hashes)):
+        counts.setdefault(str(split), Counter())[fs.classes[label]] += 1
+        if digest:
+            groups[digest].append(i)
+    leaks = [[fs.paths[i] for i in group] for group in groups.values() if len({str(fs.splits[i]) for i in group}) > 1]
+    return [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks)]
+
+
 def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: LinearConfig,
                chosen: dict, n_trained_on: int) -> tuple[Path, dict]:
     meta = fs.meta
@@ -177,7 +193,7 @@ def _train_linear_cv(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, out, confi
     title = (f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {config.head}, "
              f"{repeats}x{k}-fold cross-validation (out-of-fold predictions)")
     metrics = write_run_report(run_dir, evaluation, paths, kind="linear", title=title, config=model_config,
-                               extra={"cv": result.to_json(), "n_images": len(y),
+                               extra={"cv": result.to_json(), "n_images": len(y), "data_warnings": data_warnings(fs),
                                       "note": "val = out-of-fold predictions of the first repeat over train+val"})
     return LinearResult(run_dir, evaluation, metrics, fitted)
 

@@ -160,6 +160,7 @@ def markdown_summary(title: str, metrics: dict) -> str:
     else:
         lines += [f"- **validation accuracy: {format_proportion(val['accuracy'])}**"]
     lines.append(f"- {resolution_line(cv['accuracy'] if cv else val['accuracy'], bool(cv))}")
+    lines += [f"- **data warning: {warning}**" for warning in metrics.get("data_warnings") or []]
     if metrics.get("images_trained_on"):
         lines.append(f"- **{metrics['images_trained_on']} of these {val['accuracy']['n']} images were in the run's "
                      "training data: this accuracy is optimistic, not an estimate for new photos**")

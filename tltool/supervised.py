@@ -118,6 +118,7 @@ class RunData:
     val: list[Record]
     y_train: np.ndarray
     y_val: np.ndarray
+    warnings: tuple[str, ...] = ()  # the check's warnings about the split, written into the report
 
     @property
     def classes(self) -> list[str]:
@@ -205,7 +206,8 @@ class KerasTrainingRun:
         train, val = dataset.subset("train"), dataset.subset("val")
         if not val:
             raise TltoolError(f"{dataset.name}: no validation images; raise --val-fraction or add images.")
-        return RunData(dataset, train, val, label_indices(train, dataset.classes), label_indices(val, dataset.classes))
+        return RunData(dataset, train, val, label_indices(train, dataset.classes), label_indices(val, dataset.classes),
+                       tuple(checked.warnings))
 
     def pipelines(self, data: RunData, info, global_batch: int, strategy=None) -> Pipelines:
         """The train pipeline of each epoch (augmented, shuffled, seeded by the epoch) and the cached val one.
@@ -289,7 +291,8 @@ class KerasTrainingRun:
                 val_paths, tta=config.tta, batch_size=config.batch_size))
         extra = {"history": state.history, "epochs_run": state.epoch, "epochs_this_process": fitted.epochs_now,
                  "resumed_after_epoch": fitted.epochs_before, "stopped_early": state.stopped_early,
-                 "n_train": len(data.train), "n_val": len(data.val), "timing": {"train_seconds": fitted.seconds}}
+                 "n_train": len(data.train), "n_val": len(data.val), "timing": {"train_seconds": fitted.seconds},
+                 "data_warnings": list(data.warnings)}
         metrics = write_run_report(run_dir, evaluation, val_paths, kind=self.plan.kind, title=self.title,
                                    config={**asdict(config), "image_size": self.plan.image_size, **model_config,
                                            "distribute": distribute}, extra=extra, tta=tta)
