@@ -52,9 +52,15 @@ class TooFewClassesWarning(TltoolWarning):
     """Fewer than two classes have usable images: no classifier can be trained on the data."""
 
 
+def close_match_hint(name: str, choices: Iterable[str]) -> str:
+    """``Did you mean 'logreg'?`` for the valid choices closest to ``name``, or ``""`` when none is close: one
+    wording for the library, the command line and recipes."""
+    close = difflib.get_close_matches(str(name), sorted(choices), n=3, cutoff=0.5)
+    return f"Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 def did_you_mean(name: str, choices: Iterable[str], what: str) -> TltoolError:
     """An 'unknown X' error naming the closest valid choices."""
     choices = sorted(choices)
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return TltoolError(f"Unknown {what} {name!r}.{hint} Choices: {', '.join(choices)}.")
+    hint = close_match_hint(name, choices)
+    return TltoolError(f"Unknown {what} {name!r}.{' ' + hint if hint else ''} Choices: {', '.join(choices)}.")

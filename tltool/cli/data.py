@@ -24,7 +24,7 @@ def data() -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any file is bad or any warning is raised.")
 @click.option("--max-pixels", type=int, default=None, help="Reject images with more pixels (decompression bombs).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder for inspect.json [default: runs/inspect-<name>-<time>].")
+              help="Folder for inspect.json [default: runs/inspect-DATASET-TIME].")
 @force_option
 def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None, force: bool) -> None:
     """Count images per class and split, name every bad file with its reason, find duplicates and leakage."""

@@ -12,8 +12,8 @@ from ..linear import probe, train_linear
 from ..predict import evaluate_run, predict_images
 from ..report import accuracy_line, resolution_line
 from ..stats import format_proportion
-from .options import (backbone_options, choice, compose, engine_option, force_option, out_option, split_options,
-                      strategy_option, strict_option, tta_option)
+from .options import (FEATURES_DIR, backbone_options, choice, compose, engine_option, force_option, out_option,
+                      split_options, strategy_option, strict_option, tta_option)
 from .output import echo_tta
 
 
@@ -66,6 +66,8 @@ def extract_cmd(data, out, **options) -> None:
                f"{result.seconds:.1f} s{speed} -> {out}")
 
 
+LINEAR_RUN = "runs/linear-DATASET-BACKBONE-HEAD-TIME"  # where train_linear writes, for linear and probe alike
+
 head_option = click.option("--head", type=choice("head"), default=LinearConfig.head, show_default=True,
                            help="Classifier on the features; its regularisation is chosen by cross-validation.")
 pool_option = click.option("--pool", type=choice("pool"), default=LinearConfig.pool, show_default=True,
@@ -107,7 +109,7 @@ def _print_linear(result) -> None:
               help="Repeated stratified K-fold over train+val instead of the val split (nested; 0: off).")
 @click.option("--repeats", type=click.IntRange(min=1), default=LinearConfig.repeats, show_default=True,
               help="Repeats of the --cv K-fold.")
-@out_option
+@out_option(LINEAR_RUN)
 @force_option
 def linear_cmd(features, out, force, **options) -> None:
     """Train a linear head on extracted FEATURES (regularisation chosen by CV) and report validation accuracy."""
@@ -123,8 +125,8 @@ def linear_cmd(features, out, force, **options) -> None:
 @linear_options
 @tta_option
 @click.option("--features", "features_dir", type=click.Path(file_okay=False), default=None,
-              help="Features folder (cache) [default: runs/features-<data>-<backbone>].")
-@out_option
+              help=f"Features folder (cache) [default: {FEATURES_DIR}].")
+@out_option(LINEAR_RUN)
 @force_option
 def probe_cmd(data, features_dir, out, force, **options) -> None:
     """The main job in one command: extract features of DATA (cached) and fit a linear head on them."""
@@ -154,7 +156,7 @@ def predict_cmd(images, run_dir, top_k, tta, max_pixels, engine) -> None:
 @click.argument("data")
 @tta_option
 @engine_option
-@out_option
+@out_option("runs/eval-RUN-DATASET-TIME, RUN the name of RUN_DIR")
 @force_option
 def evaluate_cmd(run_dir, data, tta, engine, out, force) -> None:
     """Evaluate a trained run on another labelled dataset DATA (every image of it, whatever its split)."""

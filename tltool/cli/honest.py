@@ -13,7 +13,7 @@ from .options import force_option, out_option
 @click.argument("run_a", type=click.Path(exists=True, file_okay=False))
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False))
 @click.argument("data", required=False)
-@out_option
+@out_option("runs/compare-A-B-TIME, A and B the first 20 characters of the names of RUN_A and RUN_B")
 @force_option
 def compare_cmd(run_a, run_b, data, out, force) -> None:
     """Paired comparison of two runs on the same images: difference with its interval, exact McNemar test."""
@@ -29,7 +29,7 @@ def compare_cmd(run_a, run_b, data, out, force) -> None:
 @pool_option
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Random subsets averaged per point.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@out_option
+@out_option("runs/learning-curve-DATASET-HEAD-TIME")
 @force_option
 def learning_curve_cmd(features, head, pool, seeds, seed, out, force) -> None:
     """Should I label more photos? Val accuracy of the head trained on 10 %, 20 %, ... 100 % of the training images."""

@@ -1,18 +1,73 @@
 """Options shared by several commands, declared once so every command spells them the same way."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import click
 
 from ..configs import ExtractConfig, RunConfig
-from ..settings import choices
+from ..errors import close_match_hint
+from ..settings import FILE_SUFFIXES, choices
 
 # Defaults come from the config dataclasses (tltool.configs) and legal values from tltool.settings, so the CLI and
 # the library cannot disagree; the feature-extraction commands share them with fine-tuning.
 
 
-def choice(setting: str) -> click.Choice:
-    """The ``click.Choice`` of a setting of :data:`tltool.settings.CHOICES`."""
-    return click.Choice(choices(setting))
+class Choice(click.Choice):
+    """The type of every enumerated option: :class:`click.Choice` (a usage error, exit status 2, listing the legal
+    values) whose refusal adds the library's "did you mean" when a legal value is close (``--head logregg``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            raise click.BadParameter(self.refusal(value), ctx=ctx, param=param) from None
+
+    def refusal(self, value: Any, alternative: str = "") -> str:
+        """Why ``value`` is refused: the legal values (and ``alternative``), then the closest of them, if any."""
+        legal = ", ".join(repr(str(c)) for c in self.choices)
+        hint = close_match_hint(value, [str(c) for c in self.choices])
+        return f"{value!r} is not one of {legal}{alternative}." + (f" {hint}" if hint else "")
+
+
+class ChoiceOrFile(click.ParamType):
+    """A :class:`Choice` that also takes a file name ending in one of ``suffixes`` (``--augment``: a preset or an
+    albumentations pipeline file). The file is not opened here: whoever reads it says when it is missing or bad.
+
+    Not a :class:`click.Choice` itself, since it accepts more than its choices."""
+
+    name = "choice or file"
+
+    def __init__(self, legal: Iterable[str], suffixes: Iterable[str]) -> None:
+        self.choice = Choice(tuple(legal))
+        self.suffixes = tuple(suffixes)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self.choice.choices
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return f"[{'|'.join(self.choices)}|FILE]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.lower().endswith(self.suffixes):
+            return value
+        if value in self.choices:
+            return value
+        files = ", ".join(self.suffixes)
+        self.fail(self.choice.refusal(value, f", or a file ({files})"), param, ctx)
+
+    def __repr__(self) -> str:
+        return f"ChoiceOrFile({list(self.choices)}, {list(self.suffixes)})"
+
+
+def choice(setting: str) -> Choice | ChoiceOrFile:
+    """The type of the option of a setting of :data:`tltool.settings.CHOICES`: a :class:`Choice`, or a
+    :class:`ChoiceOrFile` for a setting that also takes a file (:data:`tltool.settings.FILE_SUFFIXES`)."""
+    if setting in FILE_SUFFIXES:
+        return ChoiceOrFile(choices(setting), FILE_SUFFIXES[setting])
+    return Choice(choices(setting))
 
 
 def compose(*decorators):
@@ -51,8 +106,17 @@ backbone_options = compose(
                  help="Images per batch on each replica (the global batch is this x the replicas of --strategy)."),
 )
 
-out_option = click.option("--out", type=click.Path(file_okay=False), default=None,
-                          help="Run folder to write [default: runs/<kind>-<names>-<time>].")
+# the features folder of probe and suspects without --features: tltool.linear.default_features_dir
+FEATURES_DIR = ("runs/features-NAME-BACKBONE[-SIZE]-RESIZE (NAME: the last part of DATA; -SIZE: only with "
+                "--image-size), e.g. runs/features-shapes-efficientnet_lite0-crop")
+
+
+def out_option(default: str, what: str = "Run folder to write"):
+    """``--out``, the folder a command writes; ``default`` is the folder it writes without one, spelled as
+    :func:`tltool.runs.new_run_dir` names it (``runs/KIND-PARTS-TIME``, TIME as in ``20261130-160920``)."""
+    return click.option("--out", type=click.Path(file_okay=False), default=None, help=f"{what} [default: {default}].")
+
+
 force_option = click.option("--force", is_flag=True, help="Replace a finished run in --out.")
 tta_option = click.option("--tta", type=choice("tta"), default=RunConfig.tta,
                           show_default=True,

@@ -28,7 +28,7 @@ from typing import Any
 import click
 import yaml
 
-from ..errors import TltoolError, did_you_mean
+from ..errors import TltoolError, close_match_hint, did_you_mean
 from ..progress import say
 from .group import main
 
@@ -117,7 +117,8 @@ def _check_value(where: str, param: click.Parameter, value: Any) -> list[str]:
     if name == "boolean" and not isinstance(value, bool):
         raise bad
     if isinstance(param.type, click.Choice) and str(value) not in param.type.choices:
-        raise bad
+        hint = close_match_hint(value, param.type.choices) if isinstance(value, str) else ""
+        raise TltoolError(f"{bad} {hint}".rstrip())
     if value is None:
         return []
     text = str(value).lower() if isinstance(value, bool) else str(value)

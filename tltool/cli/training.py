@@ -43,7 +43,8 @@ def training_options(config: type[RunConfig]):
                           "the next stage still runs); 0: off."),
         click.option("--class-weight", type=choice("class_weight"), default=config.class_weight,
                      show_default=True),
-        click.option("--augment", default=config.augment, show_default=True, help=AUGMENT_HELP),
+        click.option("--augment", type=choice("augment"), default=config.augment, show_default=True,
+                     help=AUGMENT_HELP),
         click.option("--mixup", type=float, default=config.mixup, show_default=True,
                      help="Blend each training batch with itself reversed, weight ~ Beta(A, A); 0: off."),
         click.option("--mixed-precision", is_flag=True, default=config.mixed_precision,
@@ -108,7 +109,7 @@ def _print_run(result) -> None:
               help="Continue a killed run from its last checkpoint, on the exact split it started with (its own "
                    "settings are used; --strategy chooses this session's devices, a run started on 2 replicas "
                    "resumes on 1).")
-@out_option
+@out_option("runs/finetune-DATASET-BACKBONE-TIME; with --cv, runs/finetune-cv-DATASET-BACKBONE-TIME")
 @force_option
 @click.pass_context
 def finetune_cmd(ctx, data, cv, resume, out, force, **options) -> None:
@@ -149,7 +150,7 @@ def finetune_cmd(ctx, data, cv, resume, out, force, **options) -> None:
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue a killed run from its last checkpoint, on the exact split it started with (its own "
                    "settings are used; --strategy chooses this session's devices).")
-@out_option
+@out_option("runs/scratch-DATASET-ARCH-TIME")
 @force_option
 @click.pass_context
 def train_cmd(ctx, data, resume, out, force, **options) -> None:
@@ -173,7 +174,8 @@ def train_cmd(ctx, data, resume, out, force, **options) -> None:
 @click.option("--measure/--no-measure", default=True, show_default=True,
               help="tflite: run the written file on the validation images (accuracy, paired difference, speed).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Export folder: new, empty, or an earlier tltool export [default: RUN_DIR/export/FORMAT].")
+              help="Export folder: new, empty, or an earlier tltool export [default: RUN_DIR/export/FORMAT, or "
+                   "RUN_DIR/export/FORMAT-QUANTIZE with --quantize: e.g. RUN_DIR/export/tflite-dynamic].")
 @click.option("--force", is_flag=True, help="Replace an earlier tltool export in --out (never any other folder).")
 @click.pass_context
 def export_cmd(ctx, run_dir, fmt, quantize, max_drop, measure, out, force) -> None:
@@ -195,13 +197,15 @@ def augment() -> None:
 
 @augment.command("preview")
 @click.argument("data")
-@click.option("--augment", "preset", default=FinetuneConfig.augment, show_default=True, help=AUGMENT_HELP)
+@click.option("--augment", "preset", type=choice("augment"), default=FinetuneConfig.augment, show_default=True,
+              help=AUGMENT_HELP)
 @click.option("--image-size", type=int, default=PREVIEW_SIZE, show_default=True)
 @click.option("--draws", type=int, default=PREVIEW_DRAWS, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--index", type=int, default=0, show_default=True, help="Which image (in path order).")
 @click.option("--out", type=click.Path(), default=None,
-              help="Run folder to write augment_preview.png into [default: runs/augment-preview-<names>-<time>].")
+              help="Run folder to write augment_preview.png into [default: runs/augment-preview-DATASET-AUGMENT-"
+                   "TIME, AUGMENT the preset, or the pipeline file's name without its suffix].")
 @force_option
 def augment_preview_cmd(data, preset, image_size, draws, seed, index, out, force) -> None:
     """Write a PNG grid of one image of DATA under many random draws of an augmentation, into a run folder."""

@@ -8,7 +8,7 @@ from ..settings import DEFAULT_BACKBONE
 from ..labeler.suspects import find_suspects
 from ..viz import (layer_table, open_network, visualize_activations, visualize_embedding, visualize_filters,
                    visualize_gradcam)
-from .options import backbone_options, choice, compose, force_option, split_options
+from .options import FEATURES_DIR, Choice, backbone_options, choice, compose, force_option, out_option, split_options
 
 network_options = compose(
     click.option("--backbone", default=None, help=f"Pretrained network [default: {DEFAULT_BACKBONE} unless --model]."),
@@ -19,8 +19,9 @@ network_options = compose(
 )
 
 
-out_option = click.option("--out", type=click.Path(file_okay=False), default=None,
-                          help="Folder to write the PNG and JSON into [default: runs/viz-<what>-<names>-<time>].")
+def viz_out_option(default: str):
+    """``--out`` of a picture: the run folder of its PNG and JSON."""
+    return out_option(default, "Folder to write the PNG and JSON into")
 
 
 @click.group("viz")
@@ -31,7 +32,7 @@ def viz() -> None:
 @viz.command("filters")
 @network_options
 @click.option("--layer", default=None, help="Another conv layer (name or index; see `tltool viz layers`).")
-@out_option
+@viz_out_option("runs/viz-filters-NET-LAYER-TIME, NET the backbone or the run's name")
 def filters_cmd(backbone, run_dir, weights, image_size, layer, out) -> None:
     """The first convolution's filters as an RGB grid (or --layer's, per input channel in grey)."""
     grid = visualize_filters(backbone, run_dir, weights, image_size, layer, out)
@@ -57,7 +58,7 @@ def layers_cmd(backbone, run_dir, weights, image_size, conv_only) -> None:
 @click.option("--layer", default=None,
               help="Layer name or index [default: the first activation after the first convolution].")
 @click.option("--max-maps", type=int, default=64, show_default=True, help="Show the strongest N maps.")
-@out_option
+@viz_out_option("runs/viz-activations-NET-LAYER-TIME, NET the backbone or the run's name")
 def activations_cmd(image, backbone, run_dir, weights, image_size, layer, max_maps, out) -> None:
     """One layer's activation maps for IMAGE as a grid, the image beside it."""
     grid = visualize_activations(image, backbone, run_dir, weights, image_size, layer, max_maps, out)
@@ -70,7 +71,7 @@ def activations_cmd(image, backbone, run_dir, weights, image_size, layer, max_ma
 @click.option("--model", "run_dir", required=True, type=click.Path(file_okay=False),
               help="A run folder written by linear, probe or finetune.")
 @click.option("--class", "class_name", default=None, help="Explain this class [default: the predicted one].")
-@out_option
+@viz_out_option("runs/viz-gradcam-RUN-TIME, RUN the name of --model")
 def gradcam_cmd(images, run_dir, class_name, out) -> None:
     """Grad-CAM heat maps over IMAGES for the predicted (or named) class, its probability in the title."""
     result = visualize_gradcam(images, run_dir, class_name, out)
@@ -82,12 +83,12 @@ def gradcam_cmd(images, run_dir, class_name, out) -> None:
 @viz.command("embedding")
 @click.argument("features", type=click.Path(file_okay=False))
 @click.option("--pool", type=choice("pool"), default=LinearConfig.pool, show_default=True)
-@click.option("--method", type=click.Choice(["auto", "tsne", "pca"]), default="auto", show_default=True,
+@click.option("--method", type=Choice(["auto", "tsne", "pca"]), default="auto", show_default=True,
               help="auto: t-SNE, or PCA when there are fewer than 30 images.")
 @click.option("--perplexity", type=float, default=30.0, show_default=True)
 @click.option("--thumbnails", is_flag=True, help="Draw a small copy of each image at its point.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@out_option
+@viz_out_option("runs/viz-embedding-DATASET-BACKBONE-TIME")
 def embedding_cmd(features, pool, method, perplexity, thumbnails, seed, out) -> None:
     """A 2-D map of extracted FEATURES (t-SNE), one colour per class, train filled and val hollow."""
     emb = visualize_embedding(features, out, pool, method, perplexity, thumbnails, seed)
@@ -100,10 +101,10 @@ def embedding_cmd(features, pool, method, perplexity, thumbnails, seed, out) -> 
 @backbone_options
 @split_options
 @click.option("--features", "features_dir", type=click.Path(file_okay=False), default=None,
-              help="Features folder (cache) [default: runs/features-<data>-<backbone>, shared with probe].")
+              help=f"Features folder (cache), shared with probe [default: {FEATURES_DIR}].")
 @click.option("--top", type=int, default=30, show_default=True, help="How many suspects to write.")
 @click.option("--neighbours", type=int, default=10, show_default=True, help="k of the nearest-neighbour check.")
-@out_option
+@out_option("runs/suspects-DATASET-BACKBONE-TIME", "Folder to write suspects.csv and the contact sheet into")
 @force_option
 def suspects_cmd(data, backbone, weights, image_size, resize, batch_size, val_fraction, seed, max_pixels,
                  features_dir, top, neighbours, out, force) -> None:
