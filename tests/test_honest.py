@@ -73,6 +73,9 @@ def test_every_command_that_writes_a_run_folder_refuses_a_finished_run_without_f
         assert sorted(p.name for p in victim.iterdir() if not p.name.startswith(".")) == [
             "head.npz", "metrics.json", "model.json"]
     assert not (tmp_path / "features").exists()  # probe refused before extracting anything
+    for args in (["viz", "embedding", data], ["label", "suspects", data]):  # each takes the --force it names
+        result = CliRunner().invoke(main, [*map(str, args), "--out", str(victim), "--force", "--help"])
+        assert result.exit_code == 0 and "--force" in result.output
     result = CliRunner().invoke(main, ["compare", str(a), str(a), "--out", str(victim), "--force"])
     assert result.exit_code == 0 and (victim / "compare.json").exists() and not (victim / "head.npz").exists()
 

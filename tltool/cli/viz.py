@@ -20,8 +20,8 @@ network_options = compose(
 
 
 def viz_out_option(default: str):
-    """``--out`` of a picture: the run folder of its PNG and JSON."""
-    return out_option(default, "Folder to write the PNG and JSON into")
+    """``--out`` of a picture: the run folder of its PNG and JSON (an earlier one is replaced with ``--force``)."""
+    return compose(out_option(default, "Folder to write the PNG and JSON into"), force_option)
 
 
 @click.group("viz")
@@ -33,9 +33,9 @@ def viz() -> None:
 @network_options
 @click.option("--layer", default=None, help="Another conv layer (name or index; see `tltool viz layers`).")
 @viz_out_option("runs/viz-filters-NET-LAYER-TIME, NET the backbone or the run's name")
-def filters_cmd(backbone, run_dir, weights, image_size, layer, out) -> None:
+def filters_cmd(backbone, run_dir, weights, image_size, layer, out, force) -> None:
     """The first convolution's filters as an RGB grid (or --layer's, per input channel in grey)."""
-    grid = visualize_filters(backbone, run_dir, weights, image_size, layer, out)
+    grid = visualize_filters(backbone, run_dir, weights, image_size, layer, out, force=force)
     click.echo(f"{grid.layer}: {grid.n_tiles} tiles of kernel {'x'.join(map(str, grid.kernel_shape))} -> {grid.png}")
 
 
@@ -59,9 +59,9 @@ def layers_cmd(backbone, run_dir, weights, image_size, conv_only) -> None:
               help="Layer name or index [default: the first activation after the first convolution].")
 @click.option("--max-maps", type=int, default=64, show_default=True, help="Show the strongest N maps.")
 @viz_out_option("runs/viz-activations-NET-LAYER-TIME, NET the backbone or the run's name")
-def activations_cmd(image, backbone, run_dir, weights, image_size, layer, max_maps, out) -> None:
+def activations_cmd(image, backbone, run_dir, weights, image_size, layer, max_maps, out, force) -> None:
     """One layer's activation maps for IMAGE as a grid, the image beside it."""
-    grid = visualize_activations(image, backbone, run_dir, weights, image_size, layer, max_maps, out)
+    grid = visualize_activations(image, backbone, run_dir, weights, image_size, layer, max_maps, out, force=force)
     h, w, c = grid.shape
     click.echo(f"layer {grid.index} {grid.layer}: {c} maps of {h}x{w}, {len(grid.maps)} shown -> {grid.png}")
 
@@ -72,9 +72,9 @@ def activations_cmd(image, backbone, run_dir, weights, image_size, layer, max_ma
               help="A run folder written by linear, probe or finetune.")
 @click.option("--class", "class_name", default=None, help="Explain this class [default: the predicted one].")
 @viz_out_option("runs/viz-gradcam-RUN-TIME, RUN the name of --model")
-def gradcam_cmd(images, run_dir, class_name, out) -> None:
+def gradcam_cmd(images, run_dir, class_name, out, force) -> None:
     """Grad-CAM heat maps over IMAGES for the predicted (or named) class, its probability in the title."""
-    result = visualize_gradcam(images, run_dir, class_name, out)
+    result = visualize_gradcam(images, run_dir, class_name, out, force=force)
     for cam in result.cams:
         click.echo(f"{cam.path}\t{result.classes[cam.class_index]} {cam.probability:.3f}")
     click.echo(f"-> {result.png}")
@@ -89,9 +89,9 @@ def gradcam_cmd(images, run_dir, class_name, out) -> None:
 @click.option("--thumbnails", is_flag=True, help="Draw a small copy of each image at its point.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @viz_out_option("runs/viz-embedding-DATASET-BACKBONE-TIME")
-def embedding_cmd(features, pool, method, perplexity, thumbnails, seed, out) -> None:
+def embedding_cmd(features, pool, method, perplexity, thumbnails, seed, out, force) -> None:
     """A 2-D map of extracted FEATURES (t-SNE), one colour per class, train filled and val hollow."""
-    emb = visualize_embedding(features, out, pool, method, perplexity, thumbnails, seed)
+    emb = visualize_embedding(features, out, pool, method, perplexity, thumbnails, seed, force=force)
     click.echo(f"{emb.method} of {len(emb.coords)} images; nearest neighbour in the map has the same label for "
                f"{emb.neighbour_agreement:.1%} -> {emb.png}")
 

@@ -104,14 +104,14 @@ def plot_embedding(emb: Embedding, target: Path, thumbnails: bool = False, title
 
 def visualize_embedding(features: str | Path | FeatureSet, out: str | Path | None = None, pool: str = "avg",
                         method: str = "auto", perplexity: float = 30.0, thumbnails: bool = False,
-                        seed: int = 0) -> Embedding:
+                        seed: int = 0, force: bool = False) -> Embedding:
     """``tltool viz embedding``: ``embedding.png`` and ``embedding.json`` (every point) in a run folder."""
-    check_run_dir(out)
+    check_run_dir(out, force)
     fs = features if isinstance(features, FeatureSet) else load_features(features)
     coords, used, params = embed(fs.features(pool), method, perplexity, seed)
     emb = Embedding(coords, used, {**params, "pool": pool, "seed": seed}, fs, nearest_agreement(coords, fs.labels))
     name = fs.meta["dataset"]["name"]
-    run_dir = new_run_dir("viz", "embedding", name, fs.meta["backbone"], out=out)
+    run_dir = new_run_dir("viz", "embedding", name, fs.meta["backbone"], out=out, force=force)
     emb.run_dir, emb.png = run_dir, run_dir / "embedding.png"
     plot_embedding(emb, emb.png, thumbnails, title=name)
     write_json(run_dir / "embedding.json", {

@@ -100,12 +100,12 @@ def plot_filter_grid(grid: FilterGrid, target: Path) -> None:
 
 def visualize_filters(backbone: str | None = None, model: str | None = None, weights: str = "imagenet",
                       image_size: int | None = None, layer: str | None = None, out: str | Path | None = None,
-                      network: Network | None = None) -> FilterGrid:
+                      network: Network | None = None, force: bool = False) -> FilterGrid:
     """``tltool viz filters``: write ``filters.png`` and ``filters.json`` into a run folder."""
-    check_run_dir(out)
+    check_run_dir(out, force)
     network = network or open_network(backbone, model, weights, image_size)
     grid = filter_grid(network, layer)
-    run_dir = new_run_dir("viz", "filters", network.name, grid.layer, out=out)
+    run_dir = new_run_dir("viz", "filters", network.name, grid.layer, out=out, force=force)
     grid.run_dir, grid.png = run_dir, run_dir / "filters.png"
     plot_filter_grid(grid, grid.png)
     kernel = conv_kernel(network.layers()[grid.index])
@@ -180,13 +180,13 @@ def plot_activation_grid(grid: ActivationGrid, target: Path, source: str = "") -
 def visualize_activations(image_path: str | Path, backbone: str | None = None, model: str | None = None,
                           weights: str = "imagenet", image_size: int | None = None, layer: str | None = None,
                           max_maps: int = 64, out: str | Path | None = None,
-                          network: Network | None = None) -> ActivationGrid:
+                          network: Network | None = None, force: bool = False) -> ActivationGrid:
     """``tltool viz activations``: write ``activations.png`` and ``activations.json`` into a run folder."""
-    check_run_dir(out)
+    check_run_dir(out, force)
     network = network or open_network(backbone, model, weights, image_size)
     image = load_image(image_path, network.image_size, network.resize)
     grid = layer_activations(network, image, layer, max_maps)
-    run_dir = new_run_dir("viz", "activations", network.name, grid.layer, out=out)
+    run_dir = new_run_dir("viz", "activations", network.name, grid.layer, out=out, force=force)
     grid.run_dir, grid.png = run_dir, run_dir / "activations.png"
     plot_activation_grid(grid, grid.png, source=Path(image_path).name)
     write_json(run_dir / "activations.json", {

@@ -193,16 +193,17 @@ def readable_images(paths: Sequence[str | Path]) -> tuple[list[str], list[BadIma
 
 
 def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_name: str | None = None,
-                      out: str | Path | None = None, network: Network | None = None) -> GradCamResult:
+                      out: str | Path | None = None, network: Network | None = None,
+                      force: bool = False) -> GradCamResult:
     """``tltool viz gradcam``: ``gradcam.png`` (image | overlay per photo) and ``gradcam.json`` in a run folder."""
-    check_run_dir(out)
+    check_run_dir(out, force)
     network = network or open_run(model)
     if network.head is None:
         raise TltoolError(f"Grad-CAM needs a class score to explain, and {network.name}: {network.no_head_reason}.")
     index = class_index_of(network, class_name)
     readable, skipped = readable_images(images)
     cams = gradcam_paths(network, readable, index)
-    run_dir = new_run_dir("viz", "gradcam", network.name, out=out)
+    run_dir = new_run_dir("viz", "gradcam", network.name, out=out, force=force)
     png = run_dir / "gradcam.png"
     plot_gradcams(network, cams, png)
     classes = network.classes or []
