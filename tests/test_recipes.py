@@ -176,3 +176,14 @@ def test_assignment_recipe_stops_at_the_labeler_and_continues(in_tmp):
     run_recipe(RECIPES / "assignment.yaml", overrides, start=3, interactive=False)
     metrics = json.loads((in_tmp / "runs" / "assignment" / "linear" / "metrics.json").read_text())
     assert metrics["val"]["accuracy"]["value"] > 0.8
+
+
+def test_from_and_until_outside_the_steps_are_refused(tmp_path):
+    """Before: `run R --from 9` on a 2-step recipe, or `--from 3 --until 2`, ran nothing and exited 0."""
+    from tltool.cli.recipes import run_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: two\nsteps:\n  - backbones: {}\n  - backbones: {}\n")
+    for start, stop in ((9, None), (2, 1), (0, None), (1, 3)):
+        with pytest.raises(TltoolError, match=r"has steps 1 to 2: --from .* is not a range of them"):
+            run_recipe(recipe, start=start, stop=stop)

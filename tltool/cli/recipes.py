@@ -281,7 +281,10 @@ def run_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), st
     recipe = load_recipe(path, overrides)
     commands = recipe_commands()
     interactive = sys.stdin.isatty() if interactive is None else interactive
-    stop = stop or len(recipe.steps)
+    stop = len(recipe.steps) if stop is None else stop
+    if not 1 <= start <= stop <= len(recipe.steps):
+        raise TltoolError(f"{recipe.path} has steps 1 to {len(recipe.steps)}: --from {start} --until {stop} "
+                          "is not a range of them (1 <= --from <= --until <= the last step).")
     for i, step in enumerate(recipe.steps, start=1):
         if not start <= i <= stop:
             continue
