@@ -277,3 +277,29 @@ def test_train_strict_refuses_a_vanished_class(dead_class, tmp_path):
                   "--out", tmp_path / "run")
     assert result.exit_code == 2 and "triangle" in result.output, result.output
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_mistaken_folders_and_limits_are_named_for_what_they_are(tmp_path):
+    """From a user audit: a missing --model folder read 'not a tltool run (no model.json)'; `linear RUN_DIR` said to
+    extract into a run folder; probe's --features was called --out; and --max-pixels 100 said 'none of the 160 files
+    is a usable image' without a reason."""
+    from conftest import SAMPLE
+    from tltool.errors import TltoolError
+    from tltool.features import load_features
+    from tltool.inspection import prepare_dataset
+    from tltool.linear import probe
+    from tltool.models import load_run
+    from tltool.runs import new_run_dir
+
+    with pytest.raises(TltoolError, match="nope: no such folder"):
+        load_run(tmp_path / "nope")
+    run = new_run_dir("linear", out=tmp_path / "run")
+    with pytest.raises(TltoolError, match="is a tltool run folder, not features"):
+        load_features(run)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    with pytest.raises(TltoolError, match=r"^--features .*mine: is a folder tltool did not make"):
+        probe(str(SAMPLE), features_dir=mine)
+    with pytest.raises(TltoolError, match=r"none of the 160 files is a usable image: 160 [a-z ]+ \(e\.g\. .*\.jpg: "):
+        prepare_dataset(str(SAMPLE), 0.2, 0, max_pixels=100)

@@ -31,7 +31,7 @@ from .engines import create_runner, feature_source
 from .errors import TltoolError
 from .images import DecodeLog
 from .inspection import CheckedDataset, prepare_dataset, say_upsampling, upsampling
-from .outputs import claim_output_dir
+from .outputs import claim_output_dir, output_kind
 from .progress import Bar, say
 from .settings import CHOICES, check_choice
 from .utils import atomic_path, read_json, sha256_text, write_json
@@ -112,12 +112,13 @@ def _file_rows(records: Sequence[Record], hashes: dict[str, str]) -> list[dict]:
 
 
 def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractConfig | None = None, *,
-                     checked: CheckedDataset | None = None, **settings) -> ExtractResult:
+                     checked: CheckedDataset | None = None, option: str = "--out", **settings) -> ExtractResult:
     """Extract avg- and max-pooled features of every usable image of ``data`` into ``out_dir``.
 
     ``config`` (or its fields as keywords, which replace those of ``config``): see :class:`ExtractConfig`;
     ``strategy``: see :mod:`tltool.distribute` (``batch_size`` is per replica); ``shard``: ``"I/N"``, this
-    process's share of the chunks (under ``multiworker`` the worker index gives it).
+    process's share of the chunks (under ``multiworker`` the worker index gives it). ``option``: the command's
+    name for ``out_dir`` in its errors (``--features`` for probe).
     """
     config = replace(config or ExtractConfig(), **settings)
     config.validate()
@@ -128,7 +129,7 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
                                          strict=config.strict, decode=False)
     records, hashes = _keyed_records(checked)
     key = extraction_key(_cache_settings(inputs, config), records, hashes)
-    out = claim_output_dir(out_dir, "features", reuse=True)
+    out = claim_output_dir(out_dir, "features", reuse=True, option=option)
     chunks = _Chunks(out, key, config.chunk_size, len(records))
     if _reuse_cached(chunks, checked, records, hashes):  # before TensorFlow is imported: cached work is instant
         return ExtractResult(out, True, time.perf_counter() - start, None, checked)
@@ -444,6 +445,9 @@ def load_features(directory: str | Path) -> FeatureSet:
     directory = Path(directory)
     meta_path = directory / "features.json"
     if not meta_path.exists():
+        if output_kind(directory) not in (None, "features"):
+            raise TltoolError(f"{directory}: is a tltool {output_kind(directory)} folder, not features; give the "
+                              "folder `tltool extract` (or probe's --features) wrote.")
         raise TltoolError(f"{directory}: no features.json here. Run `tltool extract DATA --out {directory}` first.")
     meta = _read_meta(meta_path)
     n, chunk = meta["n_images"], meta["chunk_size"]

@@ -275,7 +275,11 @@ def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 
     dataset.require_classes(2)
     checked = check_dataset(dataset, max_pixels=max_pixels, emit_warnings=False, decode=decode)
     if not checked.dataset.records:
-        raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image.")
+        reasons = Counter(f.reason for f in checked.bad).most_common()
+        said = "; ".join(f"{n} {reason}" for reason, n in reasons[:3]) or "no image files"
+        example = f" (e.g. {checked.bad[0].record.path}: {checked.bad[0].detail or checked.bad[0].reason})" \
+            if checked.bad else ""
+        raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image: {said}{example}.")
     # split after the check: only usable files are split, and identical files stay on one side
     checked = with_split(checked, stratified_split(checked.dataset, val_fraction, seed, groups=checked.hashes))
     refusal = check_classes(checked, strict=strict, for_training=True)

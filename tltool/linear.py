@@ -218,7 +218,7 @@ def probe(data: str, extract: ExtractConfig | None = None, linear: LinearConfig 
     get_head_spec(linear.head)  # fail on a bad head name before the network runs
     check_run_dir(out, force)  # and on an --out it would refuse
     features_dir = features_dir or default_features_dir(data, extract.backbone, extract.image_size, extract.resize)
-    result = extract_features(data, features_dir, extract)
+    result = extract_features(data, features_dir, extract, option="--features")
     if not result.cached:
         say(f"extracted {len(result.features.paths)} images in {result.seconds:.1f} s -> {features_dir}")
     return train_linear(result.features, linear, out=out, force=force)

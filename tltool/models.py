@@ -127,6 +127,8 @@ _LOADERS = {"linear": LinearRunModel, "finetune": KerasRunModel, "scratch": Kera
 def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
     run_dir = Path(run_dir)
     config_path = run_dir / "model.json"
+    if not run_dir.is_dir():
+        raise TltoolError(f"{run_dir}: no such folder. Pass the folder a linear, finetune or train command wrote.")
     if not config_path.exists():
         raise TltoolError(f"{run_dir}: not a tltool run (no model.json). Pass the folder a linear, finetune or "
                           "train command wrote.")
