@@ -132,6 +132,11 @@ TRAININGS: dict[str, Training] = {
     "finetune-288-sgd3": Training("finetune", ("--image-size", "288", "--optimizer", "momentum", "--lr", "0.001",
                                                "--head-lr", "0.01")),
     "finetune-288-b16": Training("finetune", ("--image-size", "288", "--batch-size", "16")),
+    # stronger regularisation for 250 photos: the heavy augmentation preset, decoupled weight decay, more dropout
+    "finetune-288-heavy": Training("finetune", ("--image-size", "288", "--augment", "heavy")),
+    "finetune-288-adamw": Training("finetune", ("--image-size", "288", "--optimizer", "adamw", "--weight-decay",
+                                                "0.05")),
+    "finetune-288-d5": Training("finetune", ("--image-size", "288", "--dropout", "0.5")),
     # the larger offline EfficientNet-Lites (ImageNet top-1 76.7 % and 77.6 % against Lite0's 75.1 %)
     **{f"probe-L{v}-{s}": Training("probe", ("--backbone", f"efficientnet_lite{v}", "--image-size", str(s)))
        for v in (1, 2) for s in (260, 288, 320)},
@@ -180,6 +185,10 @@ def _candidates() -> list[Candidate]:
                       "0.001 (0.01 for the head)", datasets=("flowers",)),
             Candidate("finetune-288-b16", "finetune-288-b16", note="the default recipe at batch 16",
                       datasets=("flowers",))]
+    out += [Candidate(name, name, note=note, datasets=("flowers",)) for name, note in (
+        ("finetune-288-heavy", "the default recipe, --augment heavy"),
+        ("finetune-288-adamw", "the default recipe with AdamW, weight decay 0.05"),
+        ("finetune-288-d5", "the default recipe, --dropout 0.5"))]
     for v in (1, 2):
         out += [Candidate(f"probe-L{v}-{s}", f"probe-L{v}-{s}", note=f"EfficientNet-Lite{v}") for s in (260, 288, 320)]
         out += [Candidate(f"probe-L{v}-{s}-cv", f"cv-L{v}-{s}", scored_by="cv",
