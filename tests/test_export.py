@@ -3,6 +3,7 @@ client folder (labels.txt, input.json, README) whose documented decode agrees wi
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import re
 import subprocess
@@ -382,3 +383,20 @@ def test_an_unmeasured_export_leaves_no_numbers_of_an_earlier_file(linear_run, p
     again = export_module.export_run(linear_run, "tflite", folder, force=True, quantize="float16", measure=False)
     assert again.measurement is None and not (folder / "export.json").exists()
     assert "Measured when exported" not in (folder / "README.md").read_text()
+
+
+def test_a_finetuned_run_whose_model_json_names_other_classes_is_refused(tiny_run, tmp_path):
+    """Before: 5 class names for a 4-output model.keras predicted with the wrong names and exported 5 labels."""
+    from tltool.errors import TltoolError
+    from tltool.models import load_run
+
+    run = tmp_path / "edited"
+    shutil.copytree(tiny_run.run_dir, run)
+    config = json.loads((run / "model.json").read_text())
+    config["classes"] = config["classes"] + ["extra"]
+    (run / "model.json").write_text(json.dumps(config))
+    image = str(next(SAMPLE.glob("star/*.jpg")))
+    with pytest.raises(TltoolError, match="model.keras gives 4 class probabilities and model.json names 5 classes"):
+        load_run(run).predict_paths([image])
+    with pytest.raises(TltoolError, match="the model gives 4 class probabilities and model.json names 5 classes"):
+        export_module.export_run(run, "keras", tmp_path / "ex")

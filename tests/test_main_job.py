@@ -6,6 +6,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -134,7 +135,13 @@ def test_scoring_a_run_on_images_it_was_trained_on_is_named(tmp_path, monkeypatc
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert warn_if_trained_on(tmp_path, run, [str(photos[3])]) == 0
-        assert warn_if_trained_on(tmp_path / "elsewhere", run, asked) == 0  # a run that does not record its images
+    # a run whose record of its images is missing or damaged is not read as "trained on none of them"
+    with pytest.warns(LeakageWarning, match="cannot tell which of these images .*elsewhere was trained on"):
+        assert warn_if_trained_on(tmp_path / "elsewhere", run, asked) == 0
+    with open(tmp_path / "split.csv", "a") as f:
+        f.write("../../x.jpg,zebra,train\n")
+    with pytest.warns(LeakageWarning, match="cannot tell which .* names classes the run does not have"):
+        warn_if_trained_on(tmp_path, run, asked)
 
 
 def test_an_edited_model_json_is_a_clear_error(tmp_path, monkeypatch):
@@ -170,3 +177,25 @@ def test_readme_demo_runs_offline_and_prints_the_interval(in_tmp):
     assert result.exit_code == 0, result.output
     assert re.search(r"val accuracy \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \(n=32\)", result.output)
     assert list((in_tmp / "runs").glob("linear-shapes-*/metrics.json"))
+
+
+def test_a_model_json_whose_classes_disagree_with_the_model_is_refused(tmp_path):
+    """Before: model.json's classes were trusted: 5 names for a 4-class head named a star 'c' without a word (and
+    export wrote 5 labels for 4 outputs); 2 names ended in an IndexError."""
+    from tltool.errors import TltoolError
+    from tltool.heads import FittedHead
+    from tltool.models import load_run
+    from tltool.utils import write_json
+
+    rng = np.random.default_rng(0)
+    FittedHead("logreg", ["a", "b", "c"], mean=np.zeros(1280), scale=np.ones(1280),
+               coef=rng.normal(0, 0.05, (3, 1280)), intercept=np.zeros(3)).save(tmp_path)
+    config = {"kind": "linear", "backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 64,
+              "resize": "crop", "pool": "avg", "head": "logreg"}
+    for classes in (["a", "b", "c", "d"], ["a", "b"], ["c", "b", "a"]):
+        write_json(tmp_path / "model.json", {**config, "classes": classes})
+        with pytest.raises(TltoolError, match=r"model.json names the classes .* its head was fitted on \['a', 'b', 'c'\]"):
+            load_run(tmp_path)
+    write_json(tmp_path / "model.json", {**config, "classes": ["a", "b", "c"], "pool": "weird"})
+    with pytest.raises(TltoolError, match="model.json's pool 'weird' is none of"):
+        load_run(tmp_path)

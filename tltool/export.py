@@ -116,6 +116,9 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
         _refuse_files_added_to(target)
     target = emptied_output_dir(claim_output_dir(target, "export", force=force, reuse=out is None), "export")
     model = portable_model(run.as_keras())
+    if model.output_shape[-1] != len(run.classes):  # labels.txt would name other outputs than the model's
+        raise TltoolError(f"{run_dir}: the model gives {model.output_shape[-1]} class probabilities and model.json "
+                          f"names {len(run.classes)} classes: one of them was edited or replaced.")
     path = target / MODEL_FILES[fmt]
     splits = run_splits(run_dir, run) if fmt == "tflite" and (measure or quantize == "int8") else None
     WRITERS[fmt](model, path, run, quantize, splits)

@@ -67,6 +67,12 @@ class LinearRunModel(RunModel):
         self.run_dir, self.config, self.engine = run_dir, config, engine
         self.classes, self.image_size, self.resize = config["classes"], config["image_size"], config["resize"]
         self.head = FittedHead.load(run_dir)
+        if self.head.classes != self.classes:
+            raise TltoolError(f"{run_dir}: model.json names the classes {self.classes}, its head was fitted on "
+                              f"{self.head.classes}: one of them was edited; fit the head again with `tltool linear`.")
+        if config.get("pool", "avg") not in CHOICES["pool"]:
+            raise TltoolError(f"{run_dir}: model.json's pool {config.get('pool')!r} is none of {CHOICES['pool']}; it "
+                              "was edited.")
 
     def source(self) -> ModelSource:  # the same pooled features as extraction
         return feature_source(self.config["backbone"], self.config["weights"], self.image_size)
@@ -118,7 +124,11 @@ class KerasRunModel(RunModel):
         return keras_file_source(self.path, self.image_size, backbone=self.config.get("backbone"))
 
     def predict_views(self, batch) -> np.ndarray:
-        return self.runner()(batch)["probabilities"]
+        probabilities = self.runner()(batch)["probabilities"]
+        if probabilities.shape[-1] != len(self.classes):
+            raise TltoolError(f"{self.run_dir}: model.keras gives {probabilities.shape[-1]} class probabilities and "
+                              f"model.json names {len(self.classes)} classes: one of them was edited or replaced.")
+        return probabilities
 
 
 _LOADERS = {"linear": LinearRunModel, "finetune": KerasRunModel, "scratch": KerasRunModel}
@@ -201,11 +211,9 @@ def _recorded_split(path: Path) -> list[Record]:
 
 def overlap_with_training(run_dir: str | Path, run: RunModel, paths: Sequence[str]) -> int:
     """How many of ``paths`` the run's model was trained on (its train split; its val split too after ``--refit``
-    or for a ``linear --cv`` head), by resolved path; 0 when the run does not record its images."""
-    try:
-        splits = run_splits(Path(run_dir), run, need_val=False)
-    except TltoolError:
-        return 0
+    or for a ``linear --cv`` head), by resolved path. A run whose record of its images is missing or damaged
+    raises its :class:`TltoolError`: the caller says it cannot check, rather than reading that as none."""
+    splits = run_splits(Path(run_dir), run, need_val=False)
     seen = splits["train"][0] + (splits["val"][0] if trained_on_val(run) else [])
     known = {os.path.realpath(p) for p in seen}
     return sum(os.path.realpath(p) in known for p in paths)
