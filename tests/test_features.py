@@ -174,3 +174,19 @@ def test_a_tampered_features_folder_is_a_clear_error_not_a_traceback(shapes_feat
         np.savez(copy / "chunks" / "chunk-00000.npz", **{**arrays, **change})
         with pytest.raises(TltoolError, match="chunk 0 is missing, damaged|different widths"):
             load_features(copy)
+
+
+def test_features_json_with_an_unknown_split_or_a_label_not_a_name_is_refused(shapes_features, tmp_path):
+    """Before: a file whose split read 'weird' was silently left out (val n=31 instead of 32). (A label outside the
+    classes is legitimate: a file the decode found bad keeps the label of a class that lost all its images.)"""
+    import json
+
+    out, _ = shapes_features
+    for field, value in (("split", "weird"), ("label", 7)):
+        copy = tmp_path / f"copy-{field}"
+        shutil.copytree(out, copy)
+        meta = json.loads((copy / "features.json").read_text())
+        meta["files"][0][field] = value
+        (copy / "features.json").write_text(json.dumps(meta))
+        with pytest.raises(TltoolError, match="features.json is damaged .* each file's split"):
+            load_features(copy)

@@ -420,6 +420,10 @@ def _write_chunk(out: Path, index: int, key: str, avg: np.ndarray, mx: np.ndarra
             np.savez(f, avg=avg.astype(np.float32), max=mx.astype(np.float32), key=np.array(key), ok=ok)
 
 
+# what extraction writes for each file: the check's split, or none for a file the feeding decode found bad
+FEATURE_SPLITS = ("train", "val", "test", None, "")
+
+
 def _read_meta(meta_path: Path) -> dict:
     """``features.json``, checked: complete, and with the fields and types extraction writes."""
     directory = meta_path.parent
@@ -429,15 +433,17 @@ def _read_meta(meta_path: Path) -> dict:
         n, chunk, files = meta["n_images"], meta["chunk_size"], meta["files"]
         valid = (isinstance(n, int) and isinstance(chunk, int) and n >= 1 and chunk >= 1 and isinstance(files, list)
                  and len(files) == n and isinstance(meta["classes"], list) and isinstance(meta["key"], str)
-                 and all(isinstance(f, dict) and {"path", "label", "split", "sha256"} <= set(f) for f in files))
+                 and all(isinstance(f, dict) and {"path", "label", "split", "sha256"} <= set(f)
+                         and f["split"] in FEATURE_SPLITS and isinstance(f["label"], str) for f in files))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TltoolError(f"{directory}: features.json is damaged ({exc.__class__.__name__}: {exc}); extract again "
                           "into a new folder.") from None
     if not complete:
         raise TltoolError(f"{directory}: the extraction did not finish. Run the same `tltool extract` again to resume.")
     if not valid:
-        raise TltoolError(f"{directory}: features.json is damaged (its image count, chunk size or file list is not "
-                          "what extraction writes); extract again into a new folder.")
+        raise TltoolError(f"{directory}: features.json is damaged (its image count, chunk size or file list, with "
+                          "each file's split, is not what extraction writes); extract again into a new "
+                          "folder.")
     return meta
 
 
