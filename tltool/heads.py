@@ -253,8 +253,10 @@ class FittedHead:
                 arrays = {k: z[k] for k in z.files if k in HEAD_ARRAYS}
             head = cls(str(meta["name"]), [str(c) for c in meta["classes"]], params=dict(meta["params"]), **arrays)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
-            raise TltoolError(f"{directory}: head.json / head.npz are missing or not a head tltool wrote "
-                              f"({exc.__class__.__name__}: {exc}).") from None
+            why = ("it holds pickled objects, which tltool never loads" if "pickle" in str(exc)
+                   else f"{exc.__class__.__name__}: {exc}")  # not NumPy's advice to load it unsafely
+            raise TltoolError(f"{directory}: head.json / head.npz are missing or not a head tltool wrote ({why}).") \
+                from None
         if not head.consistent():
             raise TltoolError(f"{directory}: head.npz does not hold a head of {len(head.classes)} classes (its arrays "
                               "disagree in shape, or hold NaN, scales of 0 or labels outside the classes); fit it "
