@@ -330,3 +330,63 @@ def test_two_imports_into_one_dataset_at_once_keep_every_row(tmp_path):
     with open(out / MANIFEST, newline="", encoding="utf-8") as f:
         added = [row for row in csv.DictReader(f) if row["status"] == ADDED]
     assert len(added) == 160 == len(list((out / UNLABELED).rglob("*.jpg")))
+
+
+def test_an_import_lock_that_is_a_link_is_refused_and_nothing_is_made_at_its_target(tmp_path):
+    """``.import.lock`` was opened with ``open(path, "a")``, which follows a link: a link there made its target."""
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    out = tmp_path / "ds"
+    import_images([str(tmp_path / "in")], out)
+    (tmp_path / "victim").mkdir()
+    target = tmp_path / "victim" / "x"
+    (out / ".import.lock").unlink()
+    (out / ".import.lock").symlink_to(target)
+    with pytest.raises(TltoolError, match=r"\.import\.lock is a link; tltool does not follow links"):
+        import_images([str(tmp_path / "in")], out)
+    assert not target.exists() and not target.is_symlink()
+    result = CliRunner().invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(out)])
+    assert result.exit_code != 0 and "is a link" in result.output and "Traceback" not in result.output
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("edit", ["dhash", "mean_rgb", "short_row"])
+def test_a_hand_edited_manifest_is_one_clear_error_naming_the_row(tmp_path, edit):
+    """A ``dhash`` of ``zzzz`` or a row with missing cells ended the import in a ValueError/TypeError traceback."""
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    noise_image(tmp_path / "in" / "b.jpg", seed=2)
+    out = tmp_path / "ds"
+    import_images([str(tmp_path / "in")], out)
+    with open(out / MANIFEST, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header = rows[0]
+    if edit == "short_row":
+        rows[2] = rows[2][:3]
+    else:
+        rows[2][header.index(edit)] = "zzzz"
+    with open(out / MANIFEST, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    before = (out / MANIFEST).read_bytes()
+    noise_image(tmp_path / "more" / "c.jpg", seed=3)
+    with pytest.raises(TltoolError, match=rf"{MANIFEST}, line 3: .*(zzzz|no cell\(s\) for)"):
+        import_images([str(tmp_path / "more")], out)
+    result = CliRunner().invoke(main, ["collect", "import", str(tmp_path / "more"), "--out", str(out)])
+    assert result.exit_code != 0 and "line 3" in result.output and "Traceback" not in result.output
+    assert (out / MANIFEST).read_bytes() == before  # the manifest is left as the user edited it
+
+
+def test_tar_archives_are_named_as_not_supported(tmp_path):
+    import tarfile
+
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    archives = []
+    for name, mode in (("a.tar", "w"), ("a.tgz", "w:gz"), ("a.tar.gz", "w:gz"), ("a.tar.bz2", "w:bz2"),
+                       ("a.tar.xz", "w:xz")):
+        with tarfile.open(tmp_path / name, mode) as tar:
+            tar.add(tmp_path / "in" / "a.jpg", arcname="a.jpg")
+        archives.append(str(tmp_path / name))
+    result = CliRunner().invoke(main, ["collect", "import", *archives, "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 0, result.output
+    for archive in archives:
+        assert f"skipped {archive}: tar archives are not supported (unpack it first; zip archives are supported)" \
+            in result.output
+    assert images.NOT_AN_IMAGE not in result.output

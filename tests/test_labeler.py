@@ -105,7 +105,10 @@ def test_store_persists_every_change_and_reads_it_back(tmp_path):
         store.set("../outside.jpg", "cat")
     noise_image(tmp_path / "outside.jpg", seed=3)
     (root / "labels.csv").write_text("path,label\n../outside.jpg,cat\n")  # a hand-edited labels.csv
-    assert "../outside.jpg" not in LabelStore(root, ["cat"]).items
+    from tltool.dataset import ManifestWarning
+
+    with pytest.warns(ManifestWarning, match=r"1 row\(s\) left out.*\.\./outside\.jpg"):
+        assert "../outside.jpg" not in LabelStore(root, ["cat"]).items
 
 
 def test_class_names_are_checked():
@@ -831,3 +834,88 @@ def test_export_and_suspects_leave_out_labels_csv_rows_outside_the_dataset(tmp_p
             pytest.warns(ManifestWarning):  # the rows outside are still in labels.csv
         result = export_labels(root, val_fraction=0.25, seed=0, force=True)
     assert len(list(result.out.rglob("*.jpg"))) == 7
+
+
+def test_a_labels_lock_that_is_a_link_is_refused_and_nothing_is_made_at_its_target(tmp_path):
+    """``.labels.lock`` was opened with ``open(path, "a")``: a link there made (or appended to) its target."""
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 3, decodable=False)
+    (tmp_path / "victim").mkdir()
+    target = tmp_path / "victim" / "x"
+    store = LabelStore(root, ["cat", "dog"])
+    (root / ".labels.lock").symlink_to(target)  # made after the store was
+    with pytest.raises(TltoolError, match=r"\.labels\.lock is a link; tltool does not follow links at its lock"):
+        store.set(paths[0], "cat")
+    with pytest.raises(TltoolError, match=r"\.labels\.lock is a link"):  # and `label serve` refuses at once
+        LabelStore(root, ["cat", "dog"])
+    assert not target.exists() and not (root / "labels.csv").exists()
+    (root / ".labels.lock").unlink()
+    (root / ".labels.lock").mkdir()  # not a regular file either
+    with pytest.raises(TltoolError, match=r"\.labels\.lock is not a regular file"):
+        store.set(paths[0], "cat")
+    (root / ".labels.lock").rmdir()
+    store.set(paths[0], "cat")
+    assert (root / ".labels.lock").is_file() and not (root / ".labels.lock").is_symlink()
+    # through the server: a link made while it runs is a clear refusal, not a traceback; nothing lands outside
+    running = Running(root, ["cat", "dog"])
+    try:
+        (root / ".labels.lock").unlink()
+        (root / ".labels.lock").symlink_to(target)
+        status, body = running.request("POST", "/api/set", {"path": paths[1], "label": "dog"})
+        assert status == 409 and "is a link" in json.loads(body)["error"]
+        assert running.request("GET", "/api/state")[0] == 409
+    finally:
+        running.close()
+    assert not target.exists() and read_labels(root) == {paths[0]: "cat"}
+
+
+def test_a_linked_labels_csv_is_refused(tmp_path):
+    """A labels.csv linked to a file outside was read, and its rows written back into the dataset."""
+    from tltool.labeler.store import load_labelled, read_labels_csv
+
+    root = tmp_path / "ds"
+    make_dataset(root, 3, decodable=False)
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_text("path,label\n/etc/hostname,cat\nunlabeled/img_000.jpg,dog\n")
+    (root / "labels.csv").symlink_to(outside)
+    for read in (lambda: LabelStore(root, ["cat", "dog"]), lambda: read_labels_csv(root / "labels.csv"),
+                 lambda: load_labelled(root), lambda: export_labels(root, val_fraction=0.25, seed=0)):
+        with pytest.raises(TltoolError, match=r"labels\.csv is a link; tltool does not follow links"):
+            read()
+    assert outside.read_text() == "path,label\n/etc/hostname,cat\nunlabeled/img_000.jpg,dog\n"
+    result = CliRunner().invoke(main, ["label", "export", str(root)])
+    assert result.exit_code != 0 and "is a link" in result.output and "Traceback" not in result.output
+
+
+def test_labels_csv_rows_outside_the_dataset_are_named_once_and_never_written_back(tmp_path):
+    from tltool.dataset import ManifestWarning
+
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 3, decodable=False)
+    (tmp_path / "outside.jpg").write_bytes((root / paths[0]).read_bytes())
+    (root / "labels.csv").write_text(f"path,label\n/etc/hostname,cat\n../outside.jpg,dog\n{paths[1]},dog\n")
+    with pytest.warns(ManifestWarning, match=r"2 row\(s\) left out.*/etc/hostname, \.\./outside\.jpg.*not be written "
+                                             r"back") as caught:
+        store = LabelStore(root, ["cat", "dog"])
+    assert len([w for w in caught if issubclass(w.category, ManifestWarning)]) == 1
+    assert store.labels == {paths[1]: "dog"}
+    store.set(paths[0], "cat")
+    assert read_labels(root) == {paths[0]: "cat", paths[1]: "dog"}
+
+
+def test_set_requires_json_booleans_for_skipped_and_assisted(served):
+    path = "unlabeled/img_001.jpg"
+    for field, value in (("skipped", "no"), ("assisted", "no"), ("skipped", 1), ("skipped", None),
+                         ("assisted", "false")):
+        status, body = served.request("POST", "/api/set", {"path": path, "label": "cat" if field == "assisted" else
+                                                           None, field: value})
+        assert status == 400, (field, value)
+        assert f'"{field}" must be true or false' in json.loads(body)["error"]
+        status, body = served.request("POST", "/api/set", {"items": [{"path": path, "label": None, field: value}]})
+        assert status == 400
+    root = served.server.store.root
+    assert not (root / "labels.csv").exists() and not (root / "skipped.csv").exists()  # nothing was written
+    status, body = served.request("POST", "/api/set", {"path": path, "label": None, "skipped": True})
+    assert status == 200 and json.loads(body)["item"]["skipped"] is True
+    status, body = served.request("POST", "/api/set", {"path": path, "label": "cat", "assisted": True})
+    assert status == 200 and json.loads(body)["item"]["assisted"] is True

@@ -211,14 +211,15 @@ def _cgroup_folders(root: Path, membership: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike, waiting: str = "") -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created as ``open()`` would) for the block; when another process
+    """Hold an exclusive ``flock`` on ``path`` (created if missing; a link or non-regular file there is refused) for the block; when another process
     holds it, say ``waiting`` and wait for it. Where ``fcntl`` is missing, no lock."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover
         yield
         return
-    with open(path, "a") as handle:
+    fd = _open_lock_file(path)
+    with os.fdopen(fd, "r+b", buffering=0) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -231,3 +232,29 @@ def file_lock(path: str | os.PathLike, waiting: str = "") -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_lock_file(path: str | os.PathLike) -> int:
+    """Open (creating) the lock file ``path`` without following a link there; refuse a link or anything but a
+    regular file with a TltoolError naming it."""
+    refusal = f"{path} is a link; tltool does not follow links at its lock files: remove it"
+    if os.path.islink(path):
+        raise TltoolError(refusal)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise TltoolError(refusal) from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO, errno.ENOTDIR) and os.path.lexists(path):
+            raise TltoolError(f"{path} is not a regular file; tltool keeps its lock there: remove it") from None
+        raise TltoolError(f"lock file {path} cannot be opened ({exc.strerror or exc})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise TltoolError(f"{path} is not a regular file; tltool keeps its lock there: remove it")
+    return fd

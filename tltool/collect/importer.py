@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,7 +94,34 @@ def read_manifest(path: Path) -> list[dict]:
         if missing:
             raise TltoolError(f"{path}: not a manifest tltool wrote (no column(s) {missing}); move it away and rerun "
                               "to start a new one.")
-        return [dict(row) for row in reader]
+        rows = []
+        for row in reader:
+            _check_manifest_row(path, reader.line_num, row)
+            rows.append({c: row[c] for c in MANIFEST_COLUMNS})
+        return rows
+
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{1,16}")
+_COLOUR = re.compile(r"[0-9]{1,3} [0-9]{1,3} [0-9]{1,3}")
+
+
+def _check_manifest_row(path: Path, line: int, row: dict) -> None:
+    """A TltoolError naming ``path`` and ``line`` when a row of the manifest is not one ``collect import`` wrote
+    (a hand edit): missing cells, or an added image without a readable dHash or mean colour."""
+    def refuse(what: str) -> TltoolError:
+        return TltoolError(f"{path}, line {line}: {what}; not a row tltool wrote. Fix or remove that row, or move the "
+                           "manifest away and rerun to start a new one.")
+
+    missing = [c for c in MANIFEST_COLUMNS if row.get(c) is None]
+    if missing:
+        raise refuse(f"no cell(s) for {', '.join(missing)}")
+    if row["status"] == ADDED:
+        if not row["file"] or not row["pixels_sha256"]:
+            raise refuse("an added image without its file or pixels_sha256")
+        if not _HEX64.fullmatch(row["dhash"]):
+            raise refuse(f"dhash {row['dhash'][:40]!r} is not a 64-bit hexadecimal number")
+        if not _COLOUR.fullmatch(row["mean_rgb"]) or max(map(int, row["mean_rgb"].split())) > 255:
+            raise refuse(f"mean_rgb {row['mean_rgb'][:40]!r} is not three numbers 0-255")
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:

@@ -35,6 +35,8 @@ ZIP_BLOCK = 1 << 16
 TOO_LARGE = "too large to unpack"
 TOO_MANY_MEMBERS = "too many members"
 UNSAFE_NAME = "unsafe member name"
+TAR_ARCHIVE = "tar archives are not supported"  # a whole source refused: "skipped a.tgz: tar archives are ..."
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
 def cv2_module():
@@ -123,6 +125,9 @@ def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[
 def candidates_of(path: Path, every: float, tmpdir: Path) -> Iterator[Candidate | Bad]:
     """The candidates of one file: an image as it is, each zip member, video frames every ``every`` seconds."""
     suffix = path.suffix.lower()
+    if path.name.lower().endswith(TAR_SUFFIXES):
+        yield Bad(str(path), TAR_ARCHIVE, "unpack it first; zip archives are supported")
+        return
     try:
         sha = sha256_file(path)
     except OSError as exc:

@@ -223,7 +223,10 @@ class LabelerHandler(BaseHTTPRequestHandler):
             name, content_type = STATIC[route]
             return self._send(HTTPStatus.OK, _static(name), content_type)
         if route in GET_ROUTES:
-            return GET_ROUTES[route](self, parse_qs(parts.query))
+            try:
+                return GET_ROUTES[route](self, parse_qs(parts.query))
+            except TltoolError as exc:  # the dataset's files (a lock or labels.csv made a link since): say so
+                return self._error(HTTPStatus.CONFLICT, str(exc))
         if route.startswith("/img/"):
             return self._image(route[len("/img/"):])
         if route == "/favicon.ico":
@@ -290,6 +293,8 @@ class LabelerHandler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.NOT_FOUND, f"{exc.args[0]!r} is not one of the images being labelled")
         except ValueError as exc:
             return self._error(HTTPStatus.BAD_REQUEST, str(exc))
+        except TltoolError as exc:  # the dataset's files (a lock or labels.csv made a link since): say so
+            return self._error(HTTPStatus.CONFLICT, str(exc))
 
     def _read_json(self) -> dict | None:
         """The request's JSON object, or None after answering with the reason it is refused."""
@@ -319,7 +324,12 @@ class LabelerHandler(BaseHTTPRequestHandler):
         if not isinstance(states, list) or not states or not all(_is_state(s) for s in states):
             return self._error(HTTPStatus.BAD_REQUEST, 'expected {"path": str, "label": str or null, "skipped": bool, '
                                                        '"assisted": bool}, or {"items": [such objects]}')
-        changes = [(s["path"], s.get("label"), bool(s.get("skipped", False)), bool(s.get("assisted", False)))
+        for s in states:  # bool("no") is True: only JSON true/false (or the field left out, false) are accepted
+            for name in ("skipped", "assisted"):
+                if name in s and not isinstance(s[name], bool):
+                    return self._error(HTTPStatus.BAD_REQUEST, f'"{name}" must be true or false (a JSON boolean), '
+                                                               f"got {json.dumps(s[name])[:40]}")
+        changes = [(s["path"], s.get("label"), s.get("skipped", False), s.get("assisted", False))
                    for s in states]
         summary = self.server.store.set_many(changes)
         if self.server.assistant is not None:

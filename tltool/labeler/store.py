@@ -104,33 +104,62 @@ def list_images(root: Path) -> list[str]:
     return found
 
 
-def read_labels_csv(path: Path) -> tuple[dict[str, str], set[str]]:
-    """``labels.csv`` as ``({path: label}, {paths whose label was an accepted suggestion})``; none when absent."""
+def refuse_linked_csv(path: Path) -> None:
+    """A TltoolError when the dataset's ``path`` (labels.csv, skipped.csv) is a link: reading it would read a file
+    outside the dataset, and its rows would be written back into it."""
+    if os.path.islink(path):
+        raise TltoolError(f"{path} is a link; tltool does not follow links at its label files: replace it with the "
+                          "file itself, or remove it.")
+
+
+def _labels_rows(path: Path) -> tuple[dict[str, str], set[str], list[str]]:
+    """``labels.csv``'s rows inside its folder, as in :func:`read_labels_csv`, and the paths of those outside."""
     labels: dict[str, str] = {}
     assisted: set[str] = set()
+    outside: list[str] = []
+    refuse_linked_csv(path)
     if path.is_file():
+        root = path.parent.resolve()
         with open(path, newline="", encoding="utf-8-sig") as f:
             for row in csv.DictReader(f):
                 rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
                 if rel and label:
+                    if inside_root(root, rel, allow_absolute=True) is None:
+                        outside.append(rel)
+                        continue
                     labels[rel] = label
                     if (row.get(ASSISTED) or "").strip() in ("1", "true", "yes"):
                         assisted.add(rel)
+    return labels, assisted, outside
+
+
+def outside_rows_warning(csv_path: Path, outside: list[str]) -> str:
+    return (f"{csv_path}: {len(outside)} row(s) left out, their paths are outside {csv_path.parent.resolve()}: "
+            + ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else ""))
+
+
+def read_labels_csv(path: Path) -> tuple[dict[str, str], set[str]]:
+    """``labels.csv`` as ``({path: label}, {paths whose label was an accepted suggestion})``; none when absent.
+
+    A linked ``labels.csv`` is refused (TltoolError); rows whose path is outside its folder are left out here without
+    a word (:func:`load_labelled` and :class:`LabelStore` name them)."""
+    labels, assisted, _ = _labels_rows(path)
     return labels, assisted
 
 
 def load_labelled(root: Path) -> Dataset:
     """``root/labels.csv`` as a dataset, without the rows whose path is not a file inside ``root`` (named in a
     :class:`ManifestWarning`): the labeler writes only paths inside its folder, so another one is an edit, and
-    export would hard-link it (``/etc/passwd``) into the class folders, as the labeler's server never serves it."""
+    export would hard-link it (``/etc/passwd``) into the class folders, as the labeler's server never serves it.
+    A linked ``labels.csv`` is refused (TltoolError)."""
     root = root.resolve()
+    refuse_linked_csv(root / LABELS_CSV)
     dataset = load_manifest(str(root / LABELS_CSV))
     inside = [inside_root(root, r.path, allow_absolute=True) is not None for r in dataset.records]
     kept = [r for r, ok in zip(dataset.records, inside) if ok]
     outside = [r.path for r, ok in zip(dataset.records, inside) if not ok]
     if outside:
-        warnings.warn(f"{root / LABELS_CSV}: {len(outside)} row(s) left out, their paths are outside {root}: "
-                      + ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else ""), ManifestWarning, stacklevel=2)
+        warnings.warn(outside_rows_warning(root / LABELS_CSV, outside), ManifestWarning, stacklevel=2)
     return replace(dataset, records=kept)
 
 
@@ -192,10 +221,14 @@ class LabelStore:
         self.skipped_path = self.root / SKIPPED_CSV
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
+        self._outside_named: set[str] = set()  # labels.csv rows outside the folder already warned about
         self.notes: list[str] = []
         self.labels: dict[str, str] = {}
         self.assisted: set[str] = set()  # labels that were accepted suggestions
         self.skipped: set[str] = set()
+        if os.path.islink(self.root / LOCK_FILE):  # refused now, not at the first label (file_lock refuses it too)
+            raise TltoolError(f"{self.root / LOCK_FILE} is a link; tltool does not follow links at its lock files: "
+                              "remove it")
         self._load()
         self.review: dict[str, ReviewItem] = {}
         review_items: list[ReviewItem] = []
@@ -231,8 +264,13 @@ class LabelStore:
         return tuple(stamps)
 
     def _load(self) -> None:
-        self.labels, self.assisted = read_labels_csv(self.labels_path)
+        self.labels, self.assisted, outside = _labels_rows(self.labels_path)
+        if outside and set(outside) - self._outside_named:  # named once, not again on every reload
+            self._outside_named |= set(outside)
+            warnings.warn(outside_rows_warning(self.labels_path, outside) + "; they will not be written back",
+                          ManifestWarning, stacklevel=3)
         skipped: set[str] = set()
+        refuse_linked_csv(self.skipped_path)
         if self.skipped_path.is_file():
             with open(self.skipped_path, newline="", encoding="utf-8-sig") as f:
                 skipped = {(row.get("path") or "").strip() for row in csv.DictReader(f)} - {""}
