@@ -11,14 +11,12 @@ from typing import Callable
 from rich.markup import escape
 
 from ..configs import TrainOptions
-from ..keras_files import load_keras_model
 from ..progress import Bar, say
 from .distributed import DistributedEpoch
 from .guard import check_not_diverged, guard_callback
 from .optim import compile_model, current_lr
 from .policies import BestTracker, BestWeights, EarlyStopping, Policy, ReduceLROnPlateau, reset_policies
-from .randomness import restore_seed_states
-from .state import LoopState, checkpoint_path, save_checkpoint
+from .state import LoopState, checkpoint_path, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -67,16 +65,16 @@ def stage_policies(options: TrainOptions, state: LoopState, run_dir: Path, sourc
 def _start(build_model: Callable[[], object], stages: list[Stage], source: Path, scope: Callable,
            resume: bool) -> tuple[object, LoopState]:
     """The model and state to go on from: the last checkpoint of ``source`` when resuming, else a new model."""
-    found = checkpoint_path(source) if resume else None
+    plan = [stage.epochs_to_run for stage in stages]  # what state.json's counters are checked against
+    found = checkpoint_path(source, plan) if resume else None
     if found is None:
         if resume:
             say("no checkpoint found: starting from the beginning")
         with scope():
             return build_model(), LoopState()
-    state = LoopState.load(source / "state.json")
+    state = LoopState.load(source / "state.json", plan)
     with scope():  # the .keras file does not depend on the replica count: it loads under any strategy
-        model = load_keras_model(found)
-        restore_seed_states(model, state.seed_states)  # dropout goes on with the masks it would have drawn
+        model = load_checkpoint(found, state, source / "state.json")  # with the dropout RNGs it had
     stage = stages[state.stage]
     say(f"resuming after epoch {state.epoch} (stage {stage.name}, {state.stage_epoch}/{stage.epochs_to_run} done"
         + (", stopped early" if state.stage_stopped else "") + ")")

@@ -1,0 +1,141 @@
+"""--resume reads back state.json and the checkpoint it names: both may be damaged or hostile. Anything wrong is a
+one-line TltoolError naming the file and what to do, never a traceback, and nothing outside the run folder loads."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from interrupt import Killed, killed_after_epoch
+from tltool._tf import keras, tf
+from tltool.errors import TltoolError
+from tltool.training import LoopState, Stage, TrainOptions, checkpoint_path, run_stages
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(32, 4)).astype(np.float32)
+Y = (X[:, 0] > 0).astype(int)
+DATA = tf.data.Dataset.from_tensor_slices((X, np.eye(2, dtype=np.float32)[Y])).batch(16)
+STAGES = [Stage("head", TrainOptions(epochs=2, lr=0.1)), Stage("tune", TrainOptions(epochs=2, lr=0.01))]
+
+
+def _build():
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+
+
+def _train(run, resume=False):
+    return run_stages(_build, STAGES, lambda epoch: DATA, DATA, 2, run, resume=resume)
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """A tiny real run killed right after epoch 3 (stage "tune", 1 of its 2 epochs done)."""
+    run = tmp_path_factory.mktemp("killed")
+    with pytest.raises(Killed), killed_after_epoch(3):
+        _train(run)
+    assert json.loads((run / "state.json").read_text())["checkpoint"] == "checkpoint-epoch0003.keras"
+    return run
+
+
+@pytest.fixture()
+def run(killed, tmp_path):
+    """A fresh copy of the killed run (a resume of it trains epoch 4)."""
+    return Path(shutil.copytree(killed, tmp_path / "run"))
+
+
+def _edit(run, **changes):
+    state = json.loads((run / "state.json").read_text())
+    state.update(changes)
+    (run / "state.json").write_text(json.dumps(state))
+
+
+def _one_line_error(run, match):
+    with pytest.raises(TltoolError, match=match) as info:
+        _train(run, resume=True)
+    message = str(info.value)
+    assert "\n" not in message and "state.json" in message
+    return message
+
+
+def test_the_untouched_run_resumes_after_epoch_3(run):
+    _, state = _train(run, resume=True)
+    assert state.epoch == 4 and [r["epoch"] for r in state.history] == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ 1. the checkpoint must be a file of the run
+@pytest.mark.parametrize("name", ["../other/checkpoint-epoch0003.keras", "ABSOLUTE", "sub/checkpoint.keras", "..",
+                                  "", 7, None])
+def test_a_checkpoint_outside_the_run_folder_is_refused(run, tmp_path, name):
+    other = tmp_path / "other"  # another run with the same architecture: its weights would load without a word
+    other.mkdir()
+    shutil.copy(run / "checkpoint-epoch0003.keras", other / "checkpoint-epoch0003.keras")
+    (run / "sub").mkdir()
+    shutil.copy(run / "checkpoint-epoch0003.keras", run / "sub" / "checkpoint.keras")
+    if name == "ABSOLUTE":
+        name = str(other / "checkpoint-epoch0003.keras")
+    _edit(run, checkpoint=name)
+    _one_line_error(run, "checkpoint")
+
+
+def test_a_checkpoint_that_is_a_link_or_a_folder_is_refused(run, tmp_path):
+    outside = tmp_path / "elsewhere.keras"
+    shutil.move(run / "checkpoint-epoch0003.keras", outside)
+    (run / "checkpoint-epoch0003.keras").symlink_to(outside)
+    _one_line_error(run, "not a regular file")
+    (run / "checkpoint-epoch0003.keras").unlink()
+    (run / "checkpoint-epoch0003.keras").mkdir()
+    _one_line_error(run, "not a regular file")
+
+
+def test_best_weights_outside_the_run_folder_are_refused(run):
+    _edit(run, best_weights="../best-epoch0001.weights.h5")
+    _one_line_error(run, "best_weights")
+
+
+# ------------------------------------------------------------------ 2. state.json must be what tltool writes
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "null", '"epoch"', "\xff\xfe"])
+def test_a_state_json_that_is_not_a_json_object_is_a_clear_error(run, text):
+    (run / "state.json").write_bytes(text.encode("latin-1"))
+    message = _one_line_error(run, "state.json")
+    assert "delete the state.json" in message
+    with pytest.raises(TltoolError):
+        LoopState.load(run / "state.json")
+    with pytest.raises(TltoolError):
+        checkpoint_path(run)
+
+
+@pytest.mark.parametrize("changes", [
+    {"epoch": "four"}, {"epoch": True}, {"epoch": 3.0}, {"epoch": -1}, {"stage_epoch": -5}, {"stage": "1"},
+    {"stage_epoch": None}, {"history": {"1": 2}}, {"history": [1, 2, 3]}, {"lr_scale": "x"}, {"lr_scale": 0},
+    {"best_val_loss": "low"}, {"wait": 1.5}, {"plateau_wait": -1}, {"stage_stopped": "no"},
+    {"stopped_early": [1]}, {"seed_states": [[1, 2, 3]]}, {"seed_states": "x"}, {"best_epoch": 99},
+])
+def test_a_field_of_the_wrong_type_is_a_clear_error(run, changes):
+    _edit(run, **changes)
+    _one_line_error(run, next(iter(changes)))
+
+
+@pytest.mark.parametrize("changes", [
+    {"epoch": 10 ** 9},  # trained on and reported "1000000015 epochs in all"
+    {"epoch": 5},  # more than stage 0 (2) + stage 1's 1 done
+    {"stage_epoch": 3},  # stage "tune" has 2 epochs
+    {"stage": 2},  # the run has 2 stages
+])
+def test_counters_beyond_the_runs_epochs_are_a_clear_error(run, changes):
+    state = json.loads((run / "state.json").read_text())
+    if "epoch" in changes and changes["epoch"] < 100:  # with the history rows to match, only the plan can tell
+        state["history"] += [{**state["history"][-1], "epoch": e} for e in range(4, changes["epoch"] + 1)]
+    state.update(changes)
+    (run / "state.json").write_text(json.dumps(state))
+    _one_line_error(run, "|".join(changes))
+
+
+# ------------------------------------------------------------------ 3. a damaged checkpoint
+def test_a_truncated_checkpoint_is_named_as_damaged(run):
+    checkpoint = run / "checkpoint-epoch0003.keras"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:2000])
+    message = _one_line_error(run, "damaged")
+    assert "checkpoint-epoch0003.keras" in message and "File not found" not in message
