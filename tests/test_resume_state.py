@@ -139,3 +139,13 @@ def test_a_truncated_checkpoint_is_named_as_damaged(run):
     checkpoint.write_bytes(checkpoint.read_bytes()[:2000])
     message = _one_line_error(run, "damaged")
     assert "checkpoint-epoch0003.keras" in message and "File not found" not in message
+
+
+def test_damaged_best_weights_are_named_when_early_stopping_restores_them(tmp_path):
+    from tltool.training.policies import BestTracker, BestWeights
+
+    best = BestWeights(BestTracker(), tmp_path)
+    best.best_weights = "best-epoch0002.weights.h5"
+    (tmp_path / best.best_weights).write_bytes(b"\x89HDF\r\n\x1a\n truncated")
+    with pytest.raises(TltoolError, match=r"best-epoch0002.weights.h5: the best epoch's weights cannot be loaded"):
+        best.restore(_build())

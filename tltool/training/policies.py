@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import Callable, ClassVar
 
+from ..errors import TltoolError
 from ..utils import atomic_path
 from .state import BEST_NAME, LoopState
 
@@ -81,7 +82,12 @@ class BestWeights(Policy):
     def restore(self, model) -> bool:
         best = self.path()
         if best is not None:
-            model.load_weights(str(best))
+            try:
+                model.load_weights(str(best))
+            except Exception as exc:  # Keras raises several kinds for a damaged or truncated .h5
+                raise TltoolError(f"{best}: the best epoch's weights cannot be loaded; the file is damaged or "
+                                  f"truncated ({exc.__class__.__name__}). Delete the run's state.json to start it "
+                                  "over (or start a new run).") from None
         return best is not None
 
 
