@@ -3,6 +3,7 @@ an error with --strict; predict answers for every readable image and names each 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -303,3 +304,24 @@ def test_mistaken_folders_and_limits_are_named_for_what_they_are(tmp_path):
         probe(str(SAMPLE), features_dir=mine)
     with pytest.raises(TltoolError, match=r"none of the 160 files is a usable image: 160 [a-z ]+ \(e\.g\. .*\.jpg: "):
         prepare_dataset(str(SAMPLE), 0.2, 0, max_pixels=100)
+
+
+def test_ctrl_c_with_tensorflow_loaded_exits_130_without_the_interpreters_shutdown(tmp_path):
+    """Interrupted fine-tunes hung at exit (2 of 6 sat idle in TensorFlow's thread pools until a second Ctrl-C) or
+    aborted ('terminate called without an active exception', 2 of 6). Measured after the change: 8 of 8 exited in
+    0.2 s and resumed. Here the mechanism: with TensorFlow imported, the exit skips the interpreter's shutdown (an
+    atexit handler never runs); without it, a plain exit (the handler runs)."""
+    import subprocess
+    import sys
+
+    script = ("import atexit, sys\n"
+              "if sys.argv[1] == 'tf':\n    import tensorflow\n"
+              "atexit.register(lambda: print('atexit ran', flush=True))\n"
+              "import click\nfrom tltool.cli import main\n"
+              "@main.command('boom')\ndef boom():\n    raise KeyboardInterrupt\n"
+              "main(['boom'])\n")
+    for mode, atexit_runs in (("tf", False), ("plain", True)):
+        done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+        assert done.returncode == 130 and "interrupted" in done.stderr, done.stderr[-2000:]
+        assert ("atexit ran" in done.stdout) is atexit_runs
