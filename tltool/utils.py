@@ -211,8 +211,8 @@ def _cgroup_folders(root: Path, membership: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike, waiting: str = "") -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing; a link or non-regular file there is refused) for the block; when another process
-    holds it, say ``waiting`` and wait for it. Where ``fcntl`` is missing, no lock."""
+    """Hold an exclusive ``flock`` on ``path`` (created if missing; a link or non-regular file there is refused) for
+    the block; when another process holds it, say ``waiting`` and wait for it. Where ``fcntl`` is missing, no lock."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover
@@ -234,18 +234,22 @@ def file_lock(path: str | os.PathLike, waiting: str = "") -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def refuse_link(path: str | os.PathLike, files: str = "lock files", remedy: str = "remove it") -> None:
+    """A TltoolError when ``path``, one of tltool's own ``files`` in a folder (a lock, labels.csv), is a link:
+    opening it would read or create a file elsewhere."""
+    if os.path.islink(path):
+        raise TltoolError(f"{path} is a link; tltool does not follow links at its {files}: {remedy}")
+
+
 def _open_lock_file(path: str | os.PathLike) -> int:
     """Open (creating) the lock file ``path`` without following a link there; refuse a link or anything but a
     regular file with a TltoolError naming it."""
-    refusal = f"{path} is a link; tltool does not follow links at its lock files: remove it"
-    if os.path.islink(path):
-        raise TltoolError(refusal)
+    refuse_link(path)
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as exc:
-        if exc.errno == errno.ELOOP or os.path.islink(path):
-            raise TltoolError(refusal) from None
+        refuse_link(path)  # O_NOFOLLOW met a link made since the check above (ELOOP)
         if exc.errno in (errno.EISDIR, errno.ENXIO, errno.ENOTDIR) and os.path.lexists(path):
             raise TltoolError(f"{path} is not a regular file; tltool keeps its lock there: remove it") from None
         raise TltoolError(f"lock file {path} cannot be opened ({exc.strerror or exc})") from None

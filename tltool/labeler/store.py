@@ -24,7 +24,7 @@ from typing import Iterator
 from ..dataset import Dataset, ManifestWarning, load_manifest
 from ..errors import TltoolError
 from ..images import IMAGE_EXTENSIONS
-from ..utils import file_lock, write_text_atomic
+from ..utils import file_lock, refuse_link, write_text_atomic
 
 
 LABELS_CSV = "labels.csv"
@@ -107,9 +107,7 @@ def list_images(root: Path) -> list[str]:
 def refuse_linked_csv(path: Path) -> None:
     """A TltoolError when the dataset's ``path`` (labels.csv, skipped.csv) is a link: reading it would read a file
     outside the dataset, and its rows would be written back into it."""
-    if os.path.islink(path):
-        raise TltoolError(f"{path} is a link; tltool does not follow links at its label files: replace it with the "
-                          "file itself, or remove it.")
+    refuse_link(path, "label files", "replace it with the file itself, or remove it.")
 
 
 def _labels_rows(path: Path) -> tuple[dict[str, str], set[str], list[str]]:
@@ -226,9 +224,7 @@ class LabelStore:
         self.labels: dict[str, str] = {}
         self.assisted: set[str] = set()  # labels that were accepted suggestions
         self.skipped: set[str] = set()
-        if os.path.islink(self.root / LOCK_FILE):  # refused now, not at the first label (file_lock refuses it too)
-            raise TltoolError(f"{self.root / LOCK_FILE} is a link; tltool does not follow links at its lock files: "
-                              "remove it")
+        refuse_link(self.root / LOCK_FILE)  # refused now, not at the first label (file_lock refuses it too)
         self._load()
         self.review: dict[str, ReviewItem] = {}
         review_items: list[ReviewItem] = []
