@@ -54,7 +54,8 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
     X = fs.features(config.pool)
     train, val = fs.mask("train"), fs.mask("val")
     if not train.any() or not val.any():
-        raise TltoolError(f"{fs.directory}: need both a train and a val split (found {sorted(set(map(str, fs.splits)))}).")
+        found = sorted(set(map(str, fs.splits)))
+        raise TltoolError(f"{fs.directory}: need both a train and a val split (found {found}).")
     if config.cv:
         labelled = train | val  # a held-out test split stays out of cross-validation
         return _train_linear_cv(fs, X, labelled, out, config, force)

@@ -208,9 +208,10 @@ def _parse_step(recipe: Recipe, index: int, step: Step, command: click.Command, 
     before the first step writes anything, rather than when this step is reached.
 
     Parsing has no side effects: callbacks and prompts are dropped (no tltool command has one today), the help
-    option is left out, and no command takes a ``click.File`` (which would open it). A path that must exist is not required to exist yet, because an earlier step (or the person
-    between ``--until`` and ``--from``, as for the labeler) may create it; the command checks it when it runs. A
-    path that exists already is still checked for its kind (a file where a folder is wanted)."""
+    option is left out, and no command takes a ``click.File`` (which would open it). A path that must exist is not
+    required to exist yet, because an earlier step (or the person between ``--until`` and ``--from``, as for the
+    labeler) may create it; the command checks it when it runs. A path that exists already is still checked for
+    its kind (a file where a folder is wanted)."""
     try:
         ctx = _parse_only(command).make_context(step.command, list(argv), help_option_names=[])
     except click.ClickException as exc:

@@ -108,7 +108,8 @@ def _refuse_earlier_export(target: Path) -> None:
 
 def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = None, val_fraction: float = 0.2,
                   seed: int = 0, copy: bool = False, force: bool = False) -> ExportResult:
-    """Write ``out`` (default ``DATASET-split`` beside the dataset) with ``train/<class>/`` and ``val/<class>/`` from ``labels.csv``.
+    """Write ``out`` (default ``DATASET-split`` beside the dataset) with ``train/<class>/`` and ``val/<class>/``
+    from ``labels.csv``.
 
     ``out`` is a new or empty folder, or an earlier export, which is replaced (whole) only with ``force``. A folder
     tltool did not make is refused, ``force`` or not. The new export is complete before the earlier one is removed.

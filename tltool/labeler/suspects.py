@@ -126,9 +126,9 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     manifest = labeler_manifest(data)
     dataset = load_labelled(Path(data)) if manifest != str(data) else load_dataset(manifest)
     features_dir = features_dir or default_features_dir(data, spec.name, image_size, resize)
-    result = extract_features(dataset, features_dir, option="--features", backbone=spec.name, weights=weights, image_size=image_size,
-                              resize=resize, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
-                              max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    result = extract_features(dataset, features_dir, option="--features", backbone=spec.name, weights=weights,
+                              image_size=image_size, resize=resize, batch_size=batch_size, val_fraction=val_fraction,
+                              seed=seed, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     fs = result.features
     proba, knn = suspect_scores(fs.avg, fs.labels, fs.classes, neighbours, C=C, seed=seed)
     rows = np.arange(len(fs.labels))
