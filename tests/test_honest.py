@@ -176,11 +176,16 @@ def _assert_reading_describes(reading: str, points) -> None:
     gain = last.accuracy - before.accuracy
     share = last.fraction - before.fraction
     assert f"{gain * 100:.1f} points over the last {share * 100:.0f} % of the images" in reading, reading
-    named = re.search(r"`([^`]+)`", reading).group(1)
+    named = next(name for name in re.findall(r"`([^`]+)`", reading) if name in last.per_class)
     assert f"{last.per_class[named]:.2f}" in reading
+    noise = 1.96 * before.se_to_last
     if reading.startswith("still rising"):
-        assert gain > 0.01 and last.per_class[named] > before.per_class[named]  # a class that is still improving
+        assert gain > 0.01 and gain > noise and last.per_class[named] > before.per_class[named]  # still improving
         assert f"{before.per_class[named]:.2f} -> {last.per_class[named]:.2f}" in reading
+        assert f"noise of ±{noise * 100:.1f}" in reading
+    elif reading.startswith("unclear"):
+        assert 0.01 < gain <= noise and f"noise of ±{noise * 100:.1f}" in reading and "--cv" in reading
+        assert last.per_class[named] == min(last.per_class.values())
     else:
         assert reading.startswith("flat") and gain <= 0.01
         assert last.per_class[named] == min(last.per_class.values())  # the weakest class
@@ -189,8 +194,8 @@ def _assert_reading_describes(reading: str, points) -> None:
 def test_read_curve_names_the_class_to_collect():
     from tltool.crossval import CurvePoint, read_curve
 
-    def point(f, acc, a, b):
-        return CurvePoint(f, int(f * 100), acc, acc - 0.1, acc + 0.1, (acc, acc), {"cats": a, "dogs": b})
+    def point(f, acc, a, b, se=0.01):
+        return CurvePoint(f, int(f * 100), acc, acc - 0.1, acc + 0.1, (acc, acc), {"cats": a, "dogs": b}, se)
 
     rising = [point(0.6, 0.70, 0.9, 0.5), point(0.8, 0.75, 0.9, 0.6), point(1.0, 0.80, 0.92, 0.68)]
     reading = read_curve(rising, ["cats", "dogs"])
@@ -200,6 +205,20 @@ def test_read_curve_names_the_class_to_collect():
     reading = read_curve(flat, ["cats", "dogs"])
     assert reading.startswith("flat (+0.5 points") and "the weakest class is `dogs` (recall 0.86)" in reading
     _assert_reading_describes(reading, flat)
+    # the same +10 points measured on a val split too small to see them (a paired standard error of 6 points)
+    noisy = [point(0.6, 0.70, 0.9, 0.5, se=0.06), point(0.8, 0.75, 0.9, 0.6), point(1.0, 0.80, 0.92, 0.68, se=0.0)]
+    reading = read_curve(noisy, ["cats", "dogs"])
+    assert reading.startswith("unclear (+10.0 points") and "noise of ±11.8" in reading, reading
+    _assert_reading_describes(reading, noisy)
+
+
+def test_paired_standard_error_of_a_gain():
+    from tltool.crossval import paired_standard_error
+
+    # 100 photos: 10 more right at the last point, none lost: d has ten 1s and ninety 0s
+    last, before = np.r_[np.ones(60), np.ones(10), np.zeros(30)], np.r_[np.ones(60), np.zeros(40)]
+    assert paired_standard_error(last, before) == pytest.approx(np.std(np.r_[np.ones(10), np.zeros(90)], ddof=1) / 10)
+    assert paired_standard_error(last, last) == 0.0 and paired_standard_error(np.ones(1), np.zeros(1)) == 0.0
 
 
 def test_finetune_cv_reports_out_of_fold_predictions(tmp_path):

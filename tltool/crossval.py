@@ -112,6 +112,9 @@ class CurvePoint:
     high: float
     spread: tuple[float, float]  # min and max over seeds
     per_class: dict[str, float] = field(default_factory=dict)
+    # standard error of the paired gain from this point to the last (the same val photos, each photo's hit rate
+    # averaged over seeds): how much of a difference between the two the val split can see
+    se_to_last: float = 0.0
 
 
 def _subset(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -139,7 +142,8 @@ def learning_curve(fs: FeatureSet, head: str = "logreg", pool: str = "avg",
     fractions = [float(f) for f in fractions]
     key = {"train": [sha256_array(Xtr), sha256_array(ytr)], "val": [sha256_array(Xval), sha256_array(yval)],
            "classes": fs.classes, "head": head, "grid": get_head_spec(head).grid, "fractions": fractions,
-           "seeds": seeds, "seed": seed, "standardize": standardize, "scikit-learn": version("scikit-learn")}
+           "seeds": seeds, "seed": seed, "standardize": standardize, "scikit-learn": version("scikit-learn"),
+           "curve": 2}  # 2: points carry se_to_last
     points, params = remembered("learning-curve", key, lambda: _curve(
         (Xtr, ytr, Xval, yval), fs.classes, head, fractions, seeds, seed, standardize))
     return [CurvePoint(**{**p, "spread": tuple(p["spread"])}) for p in points], params
@@ -152,9 +156,10 @@ def _curve(data: tuple, classes: list[str], head: str, fractions: list[float], s
     gs = heads_module.search(spec, Xtr, ytr, standardize=standardize, seed=seed)
     best = {key: v for key, v in gs.best_params_.items()}
     points: list[CurvePoint] = []
+    hits = []  # per point: each val photo's share of seeds that got it right
     with Bar(len(fractions) * seeds, "learning curve") as bar, heads_module.blas_threads(1):
         for fraction in fractions:
-            accs, per_class = [], []
+            accs, per_class, correct = [], [], []
             for s in range(seeds):
                 rng = np.random.default_rng(seed * 1000 + s)
                 idx = _subset(ytr, float(fraction), rng)
@@ -164,6 +169,7 @@ def _curve(data: tuple, classes: list[str], head: str, fractions: list[float], s
                 pipeline.fit(Xtr[idx], ytr[idx])
                 pred = pipeline.predict(Xval)
                 accs.append(float((pred == yval).mean()))
+                correct.append(pred == yval)
                 per_class.append([float((pred[yval == c] == c).mean()) for c in range(len(classes))])
                 bar.update()
                 if fraction == 1.0 and spec.name != "sgd":
@@ -173,29 +179,46 @@ def _curve(data: tuple, classes: list[str], head: str, fractions: list[float], s
             points.append(CurvePoint(float(fraction), int(len(_subset(ytr, float(fraction), np.random.default_rng(0)))),
                                      mean, lo, hi, (min(accs), max(accs)),
                                      dict(zip(classes, np.mean(per_class, axis=0).round(4).tolist()))))
+            hits.append(np.mean(correct, axis=0))
+    for point, hit in zip(points, hits):
+        point.se_to_last = paired_standard_error(hits[-1], hit)
     return [asdict(p) for p in points], {key.replace("clf__", ""): v for key, v in best.items()}
 
 
+def paired_standard_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error of mean(a - b) over the same photos (0 for one photo or identical hits)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
 def read_curve(points: list[CurvePoint], classes: list[str]) -> str:
-    """A plain reading of the slope: is accuracy still rising, and which class would gain most from more photos?"""
+    """A plain reading of the slope: is accuracy still rising, and which class would gain most from more photos?
+
+    "Still rising" needs a gain over the last points of more than a point and beyond the noise of the paired
+    difference on the same val photos (1.96 standard errors); a larger gain inside that noise reads "unclear".
+    """
     if len(points) < 3:
         return "too few points to read a slope"
     last, before = points[-1], points[-3]
     gain = last.accuracy - before.accuracy
+    noise = 1.96 * before.se_to_last
     share = last.fraction - before.fraction
+    over = f"+{gain * 100:.1f} points over the last {share * 100:.0f} % of the images"
     rising = {c: last.per_class[c] - before.per_class[c] for c in classes}
     weakest = min(classes, key=lambda c: last.per_class[c])
     # the class that would gain most: still improving and furthest from perfect recall
     improving = [c for c in classes if rising[c] > 0.005 and last.per_class[c] < 0.99]
     target = min(improving, key=lambda c: last.per_class[c]) if improving else weakest
+    if gain > 0.01 and gain > noise:
+        return (f"still rising ({over}, beyond the val split's noise of ±{noise * 100:.1f}): more images would help; "
+                f"more images of `{target}` would help most (recall {before.per_class[target]:.2f} -> "
+                f"{last.per_class[target]:.2f}, the lowest of the classes still improving).")
     if gain > 0.01:
-        return (f"still rising (+{gain * 100:.1f} points over the last {share * 100:.0f} % of the images): more "
-                f"images would help; more images of `{target}` would help most (recall "
-                f"{before.per_class[target]:.2f} -> {last.per_class[target]:.2f}, the lowest of the classes "
-                "still improving).")
-    return (f"flat (+{gain * 100:.1f} points over the last {share * 100:.0f} % of the images): more images of the same "
-            f"kind would help little; the weakest class is `{weakest}` (recall {last.per_class[weakest]:.2f}): look "
-            "at its errors, or collect more varied images of it.")
+        return (f"unclear ({over}, inside the val split's noise of ±{noise * 100:.1f}): this val split cannot tell "
+                f"a rising curve from a flat one; `tltool linear --cv` measures on every labelled photo. The weakest "
+                f"class is `{weakest}` (recall {last.per_class[weakest]:.2f}).")
+    return (f"flat ({over}): more images of the same kind would help little; the weakest class is `{weakest}` "
+            f"(recall {last.per_class[weakest]:.2f}): look at its errors, or collect more varied images of it.")
 
 
 def plot_curve(points: list[CurvePoint], classes: list[str], target: Path, title: str) -> None:
@@ -235,7 +258,8 @@ def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "
     title = f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} + {head}, val n={n_val}"
     plot_curve(points, fs.classes, target / "learning_curve.png", title)
     rows = [{"fraction": p.fraction, "n_train": p.n_train, "accuracy": p.accuracy, "ci95": [p.low, p.high],
-             "seed_spread": list(p.spread), "per_class_recall": p.per_class} for p in points]
+             "seed_spread": list(p.spread), "per_class_recall": p.per_class,
+             "gain_to_last_se": p.se_to_last} for p in points]
     write_json(target / "learning_curve.json", {"points": rows, "reading": reading, "params": params, "n_val": n_val,
                                                 "seeds": seeds, "interval_method": "wilson on the val images"})
     table = ["| train images | share | val accuracy [95 % CI] | seeds min-max |", "|---|---|---|---|"]
