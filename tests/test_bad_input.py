@@ -325,3 +325,31 @@ def test_ctrl_c_with_tensorflow_loaded_exits_130_without_the_interpreters_shutdo
                               env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
         assert done.returncode == 130 and "interrupted" in done.stderr, done.stderr[-2000:]
         assert ("atexit ran" in done.stdout) is atexit_runs
+
+
+def test_a_bad_file_found_late_does_not_move_the_split(tmp_path, monkeypatch):
+    """The first extraction reads headers only and its decode finds a truncated photo; every later run's check
+    already knows it. Both must draw the same split, or a rerun of the same command reports on other val photos."""
+    from helpers import jpeg_bytes
+
+    from tltool.errors import BadFilesWarning
+    from tltool.inspection import prepare_dataset
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))  # nothing known about these files yet
+    _tiny_classes(tmp_path / "d", {"a": 9, "b": 9})
+    data = jpeg_bytes((200, 200))
+    (tmp_path / "d" / "a" / "0_truncated.jpg").write_bytes(data[: len(data) // 2])  # a header that reads fine
+
+    def splits(decode: bool) -> dict[str, str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BadFilesWarning)
+            checked = prepare_dataset(str(tmp_path / "d"), decode=decode)
+        return {Path(r.path).name + r.label: r.split for r in checked.dataset.records}
+
+    first = splits(decode=False)  # as extraction's check sees it the first time
+    assert "0_truncated.jpga" in first
+    later = splits(decode=True)  # the full check finds it (and caches it), as every later check knows it
+    assert "0_truncated.jpga" not in later
+    first.pop("0_truncated.jpga")
+    assert later == first and len(later) == 18
+    assert later == splits(decode=False)  # known from the cache now: still the same split

@@ -280,14 +280,25 @@ def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 
         example = f" (e.g. {checked.bad[0].record.path}: {checked.bad[0].detail or checked.bad[0].reason})" \
             if checked.bad else ""
         raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image: {said}{example}.")
-    # split after the check: only usable files are split, and identical files stay on one side
-    checked = with_split(checked, stratified_split(checked.dataset, val_fraction, seed, groups=checked.hashes))
+    checked = with_split(checked, _split_usable(checked, val_fraction, seed))
     refusal = check_classes(checked, strict=strict, for_training=True)
     warn_about(checked)
     if refusal is not None:
         raise refusal
     require_training_images(checked.dataset)
     return checked
+
+
+def _split_usable(checked: CheckedDataset, val_fraction: float, seed: int) -> Dataset:
+    """The usable files with their splits, drawn over every file found (identical files on one side), the unusable
+    ones left out afterwards: a file's side never depends on which other files are readable, so a truncated photo
+    that the first extraction finds (and every later check already knows) does not move the others, nor does a
+    file the user repairs."""
+    usable = {r.path for r in checked.dataset.records}
+    classes = {r.label for r in checked.dataset.records}  # a class with no usable file is dropped, not split
+    every = replace(checked.dataset, records=[f.record for f in checked.files if f.record.label in classes])
+    split = stratified_split(every, val_fraction, seed, groups=checked.hashes)
+    return replace(split, records=[r for r in split.records if r.path in usable])
 
 
 def inspect_report_path(out_dir: str | Path) -> Path:
