@@ -125,6 +125,20 @@ class _FakeLane:
         return {"avg": np.array([tag], np.float32)}
 
 
+def test_litert_says_nothing_of_its_delegate_and_passes_other_output_on(capfd):
+    path = engines.converted_model(_tiny_source())
+    run = ("import numpy as np; from tltool import engines; "
+           f"print(engines.LiteRTRunner({str(path)!r}, threads=2)(np.zeros((1, 32, 32, 3), np.float32))['avg'].shape)")
+    # a new process: LiteRT says it once per process, so one that has run an interpreter before says nothing
+    done = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0 and done.stdout == "(1, 16)\n", done.stderr
+    assert "XNNPACK" not in done.stderr  # before: "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    capfd.readouterr()
+    with engines.without_delegate_banner():
+        os.write(2, engines.DELEGATE_BANNER + b"\nsomething else\n")
+    assert capfd.readouterr().err == "something else\n"
+
+
 def test_a_failing_image_cancels_the_rest_of_its_batch_and_the_next(monkeypatch, tmp_path):
     """An error (or Ctrl-C) while a batch is collected cancels its images no lane has started, in a call and in a
     stream; before, the other 39 images ran on after the error and held up the interpreter's exit."""

@@ -162,9 +162,10 @@ class LiteRTRunner:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
-        first = _Lane(self.path)
-        self.lanes = lane_count(first.memory_bytes(self.path.stat().st_size), threads or usable_cpus())
-        lanes = [first] + [_Lane(self.path) for _ in range(self.lanes - 1)]
+        with without_delegate_banner():
+            first = _Lane(self.path)
+            self.lanes = lane_count(first.memory_bytes(self.path.stat().st_size), threads or usable_cpus())
+            lanes = [first] + [_Lane(self.path) for _ in range(self.lanes - 1)]
         self.image_shape, self._empty = lanes[0].image_shape, lanes[0].empty_outputs()
         self._free = queue.SimpleQueue()  # lanes not yet owned by a pool thread
         for lane in lanes:
@@ -326,6 +327,29 @@ def quiet_output():
             if failed:
                 captured.seek(0)
                 sys.stderr.write(captured.read().decode("utf-8", "replace")[-5000:])
+
+
+DELEGATE_BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextlib.contextmanager
+def without_delegate_banner():
+    """Drop LiteRT's "INFO: Created ... XNNPACK delegate" line, which its C++ logger writes to file descriptor 2 on
+    every interpreter's first allocation (no setting turns it off); anything else written meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True) if line.strip() != DELEGATE_BANNER]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def _no_quantization(converter, calibration) -> None:
