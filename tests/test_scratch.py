@@ -65,7 +65,7 @@ def test_resume_trains_on_the_split_the_run_started_with(tmp_path):
     assert len(rows) == 160 and all(Path(r["path"]).is_absolute() for r in rows)
     assert sum(r["split"] == "val" for r in rows) == 40
     assert json.loads((run / "config.json").read_text())["kind"] == "scratch"
-    before = _val_paths(run)
+    before, saved = _val_paths(run), (run / "model.keras").read_bytes()
     # photos added to the folder after the run started: re-splitting it would move images between the splits
     rng = np.random.default_rng(0)
     for label in ("circle", "square", "star", "triangle"):
@@ -76,6 +76,9 @@ def test_resume_trains_on_the_split_the_run_started_with(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n_train"] == 120 and metrics["n_val"] == 40
     assert _val_paths(run) == before
+    # nothing was left to train: the saved model is kept byte for byte (saved again, Keras stamps a new time into
+    # it, and an engine keyed by its bytes would convert it again)
+    assert (run / "model.keras").read_bytes() == saved
     # without split.csv the run cannot be resumed on the data it started with: one clear line
     (run / "split.csv").unlink()
     result = runner.invoke(main, ["train", "--resume", str(run)])

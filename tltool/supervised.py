@@ -278,7 +278,8 @@ class KerasTrainingRun:
 
     def finish(self, run_dir: Path, fitted: Fitted, data: RunData, distribute: dict) -> TrainResult:
         """Save ``model.keras`` and ``model.json``, plot the curves, evaluate on val and write the report."""
-        model_config = self.save_model(run_dir, fitted.model, data, distribute)
+        keep = _saved_already(run_dir, fitted)
+        model_config = self.save_model(run_dir, fitted.model, data, distribute, keep_file=keep)
         state = fitted.state
         plot_history(state.history, run_dir / "training_curves.png", self.title)
         config = self.config
@@ -333,10 +334,13 @@ class KerasTrainingRun:
         rewrite_report(run_dir, metrics)
         return replace(result, metrics=metrics, model=fitted.model)
 
-    def save_model(self, run_dir: Path, model, data: RunData, distribute: dict, **settings) -> dict:
-        """``model.keras`` and ``model.json`` (with ``settings`` added); returns the model's settings."""
-        with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
-            model.save(str(tmp))
+    def save_model(self, run_dir: Path, model, data: RunData, distribute: dict, keep_file: bool = False,
+                   **settings) -> dict:
+        """``model.keras`` (kept as it is with ``keep_file``) and ``model.json`` (with ``settings`` added); returns
+        the model's settings."""
+        if not keep_file:
+            with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
+                model.save(str(tmp))
         model_config = {**self.plan.model_config, **settings}
         base = find_backbone(model)
         if base is not None:  # the backbone inside a fine-tuned classifier (Grad-CAM and unfreezing look it up)
@@ -346,6 +350,18 @@ class KerasTrainingRun:
                                             "resize": config.resize, "max_pixels": config.max_pixels,
                                             "classes": data.classes, "seed": config.seed, "distribute": distribute})
         return model_config
+
+
+def _saved_already(run_dir: Path, fitted: Fitted) -> bool:
+    """A resumed run with nothing left to train whose ``model.keras`` holds these weights (not the refit's): saved
+    again, the file would differ in bytes (Keras stamps the time) and every engine keyed by them would convert it
+    again (6 s for LiteRT)."""
+    if fitted.epochs_now or fitted.epochs_before == 0 or not (run_dir / "model.keras").is_file():
+        return False
+    try:
+        return read_json(run_dir / "model.json").get("refit") is not True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def balanced_class_weight(labels: np.ndarray, num_classes: int) -> dict[int, float]:
