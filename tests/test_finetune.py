@@ -112,6 +112,39 @@ def test_ten_crop_tta_evaluates_ten_views_per_image(tmp_path):
     assert sum(shape[0] for shape in seen) == 3 * 2 and max(shape[0] for shape in seen) <= 4
 
 
+def test_a_streamed_prediction_equals_the_batch_by_batch_one_and_keeps_each_image_in_its_row():
+    """``stream_tta`` hands the engine one stream of view chunks (several per batch with 10-crop) and reassembles
+    each batch's probabilities in order, though the stream runs a chunk ahead of what it hands back."""
+    from tltool.tta import predict_batch, stream_tta, tta_views
+
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8) for n in (5, 3, 1)]
+
+    def predict_views(views):
+        score = np.asarray(views, np.float32)[:, :, :20].mean(axis=(1, 2, 3)) / 255.0  # differs per view
+        return np.stack([score, 1 - score], axis=1)
+
+    calls = []
+
+    def ahead(chunks):  # takes the next chunk before it hands back this one, as LiteRT's map does
+        chunks, previous = iter(chunks), None
+        for chunk in chunks:
+            calls.append(len(chunk))
+            if previous is not None:
+                yield predict_views(previous)
+            previous = chunk
+        if previous is not None:
+            yield predict_views(previous)
+
+    got = list(stream_tta(ahead, batches, "10crop", 56, batch_size=4))
+    assert [n for _probs, n in got] == [5, 3, 1]
+    assert sum(calls) == 9 * 10 and max(calls) <= 4  # every view once, in chunks of at most batch_size
+    for (probs, _n), images in zip(got, batches):  # all views in one call, averaged per image
+        expected = predict_views(tta_views(images, "10crop", 56)).reshape(len(images), 10, 2).mean(axis=1)
+        np.testing.assert_allclose(probs, expected, rtol=1e-6)
+        np.testing.assert_allclose(predict_batch(predict_views, images, "10crop", 56, 4), expected, rtol=1e-6)
+
+
 def test_nan_loss_stops_at_once_and_suggests_a_lower_lr(tmp_path):
     def build():
         inputs = keras.Input((4,))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -49,8 +49,17 @@ class RunModel:
             self._runner = create_runner(self.source(), self.engine)
         return self._runner
 
-    def predict_views(self, batch) -> np.ndarray:
+    def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Class probabilities from the network's outputs for a batch of views."""
         raise NotImplementedError
+
+    def predict_views(self, batch) -> np.ndarray:
+        return self.probabilities(self.runner()(batch))  # a runner makes its own float32
+
+    def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """:meth:`predict_views` over a stream of batches through the runner's ``map`` (LiteRT's lanes take the next
+        batch's images while this one's finish)."""
+        return map(self.probabilities, self.runner().map(batches))
 
     def as_keras(self):
         """The run as one Keras model from raw pixels (0..255) to class probabilities."""
@@ -59,7 +68,8 @@ class RunModel:
     def predict_paths(self, paths: Sequence[str], tta: str = "none", batch_size: int = 32) -> np.ndarray:
         check_choice("tta", tta)
         return predict_with_tta(self.predict_views, paths, self.image_size, self.resize, tta, batch_size,
-                                max_pixels=self.max_pixels, engine=self.runner().engine)
+                                max_pixels=self.max_pixels, engine=self.runner().engine,
+                                predict_stream=self.predict_stream)
 
 
 class LinearRunModel(RunModel):
@@ -77,9 +87,8 @@ class LinearRunModel(RunModel):
     def source(self) -> ModelSource:  # the same pooled features as extraction
         return feature_source(self.config["backbone"], self.config["weights"], self.image_size)
 
-    def predict_views(self, batch) -> np.ndarray:
-        pooled = self.runner()(batch)  # a runner makes its own float32 (LiteRT one image at a time)
-        return self.head.predict_proba(select_pool(pooled["avg"], pooled["max"], self.config["pool"]))
+    def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.head.predict_proba(select_pool(outputs["avg"], outputs["max"], self.config["pool"]))
 
     def as_keras(self):
         """The backbone, the run's pooling and the head folded into one Dense layer (k-NN heads have no such form)."""
@@ -123,8 +132,8 @@ class KerasRunModel(RunModel):
     def source(self) -> ModelSource:
         return keras_file_source(self.path, self.image_size, backbone=self.config.get("backbone"))
 
-    def predict_views(self, batch) -> np.ndarray:
-        probabilities = self.runner()(batch)["probabilities"]
+    def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        probabilities = outputs["probabilities"]
         if probabilities.shape[-1] != len(self.classes):
             raise TltoolError(f"{self.run_dir}: model.keras gives {probabilities.shape[-1]} class probabilities and "
                               f"model.json names {len(self.classes)} classes: one of them was edited or replaced.")

@@ -5,8 +5,9 @@ are cut in TensorFlow from batches of the one pipeline (:func:`tltool.pipeline.i
 """
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -56,31 +57,56 @@ def n_views(mode: str) -> int:
 
 def predict_batch(predict_views, images, tta: str, image_size: int, batch_size: int) -> np.ndarray:
     """Class probabilities of one batch of decoded images ``(B, H, W, 3)`` in 0..255, averaged over its TTA views."""
-    batch = tta_views(images, tta, image_size)
-    # at most batch_size views per call: 10-crop turns 32 images into 320 views, and a network's
-    # activations for 320 images at 224 px need many GB (measured: 23 GB RSS before this split)
-    probs = np.concatenate([np.asarray(predict_views(batch[i:i + batch_size]))
-                            for i in range(0, len(batch), batch_size)])
-    return probs.reshape(len(images), n_views(tta), -1).mean(axis=1)
+    ((probs, _n),) = stream_tta(lambda chunks: map(predict_views, chunks), [images], tta, image_size, batch_size)
+    return probs
+
+
+def stream_tta(predict_stream: Callable[[Iterable[np.ndarray]], Iterable], batches: Iterable, tta: str,
+               image_size: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """``(probabilities, images)`` per decoded batch, averaged over its TTA views; ``predict_stream`` maps the
+    stream of view chunks to a stream of probabilities, so an engine may start the next chunk before it hands
+    back this one (LiteRT's lanes then never wait at a batch's end)."""
+    shapes: deque[tuple[int, int]] = deque()  # (images, chunks) of each batch cut so far, in order
+
+    def chunks():
+        for images in batches:
+            views = tta_views(images, tta, image_size)
+            # at most batch_size views per call: 10-crop turns 32 images into 320 views, and a network's
+            # activations for 320 images at 224 px need many GB (measured: 23 GB RSS before this split)
+            cut = [views[i:i + batch_size] for i in range(0, len(views), batch_size)]
+            shapes.append((len(images), len(cut)))
+            yield from cut
+
+    done: list[np.ndarray] = []
+    for probs in predict_stream(chunks()):  # the chunk generator runs ahead: its batch's shape is known here
+        done.append(np.asarray(probs))
+        n_images, n_chunks = shapes[0]
+        if len(done) == n_chunks:
+            shapes.popleft()
+            yield np.concatenate(done).reshape(n_images, n_views(tta), -1).mean(axis=1), n_images
+            done = []
 
 
 def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
                      batch_size: int = 32, description: str = "predicting",
                      max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "tf", on_bad: str = "raise",
-                     log: DecodeLog | None = None) -> np.ndarray:
+                     log: DecodeLog | None = None, predict_stream=None) -> np.ndarray:
     """Class probabilities for ``paths``, averaged over the TTA views.
 
-    ``predict_views`` maps a batch of views ``(B * V, size, size, 3)`` in 0..255 to probabilities ``(B * V, C)``.
-    ``max_pixels``: the decode limit the run was trained with (``--max-pixels``). ``engine``: the one running
-    ``predict_views``; TensorFlow's is fed by tf.data, any other by :mod:`tltool.batches` (no TensorFlow).
+    ``predict_views`` maps a batch of views ``(B * V, size, size, 3)`` in 0..255 to probabilities ``(B * V, C)``;
+    ``predict_stream`` (optional) maps a stream of such batches to a stream of probabilities, as a runner's ``map``
+    does. ``max_pixels``: the decode limit the run was trained with (``--max-pixels``). ``engine``: the one running
+    the network; TensorFlow's is fed by tf.data, any other by :mod:`tltool.batches` (no TensorFlow).
     ``on_bad``/``log``: as for :func:`tltool.batches.batches_for`.
     """
+    predict_stream = predict_stream or (lambda chunks: map(predict_views, chunks))
+    batches = batches_for(engine, paths, image_size=tta_decode_size(tta, image_size), resize=resize,
+                          batch_size=batch_size, max_pixels=max_pixels, on_bad=on_bad, log=log)
     out = []
     with Bar(len(paths), description) as bar:
-        for images in batches_for(engine, paths, image_size=tta_decode_size(tta, image_size), resize=resize,
-                                  batch_size=batch_size, max_pixels=max_pixels, on_bad=on_bad, log=log):
-            out.append(predict_batch(predict_views, images, tta, image_size, batch_size))
-            bar.update(len(images))
+        for probs, n_images in stream_tta(predict_stream, batches, tta, image_size, batch_size):
+            out.append(probs)
+            bar.update(n_images)
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -95,13 +121,13 @@ class ReadablePredictions:
 
 def predict_readable(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
                      batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     engine: str = "tf") -> ReadablePredictions:
+                     engine: str = "tf", predict_stream=None) -> ReadablePredictions:
     """:func:`predict_with_tta` for files nobody checked (``tltool predict``): each is decoded once, by the decode
     that feeds the network (in its threads, beside the network), and a file it cannot read is set aside with its
     reason while the others are predicted. The caller names the bad files (they are not warned about one by one)."""
     log = DecodeLog(announce=False)
     probs = predict_with_tta(predict_views, paths, image_size, resize, tta, batch_size, max_pixels=max_pixels,
-                             engine=engine, on_bad="zeros", log=log)
+                             engine=engine, on_bad="zeros", log=log, predict_stream=predict_stream)
     readable = [i for i, path in enumerate(paths) if str(path) not in log.failures]
     bad = [BadImageError(str(path), *log.failures[str(path)]) for path in paths if str(path) in log.failures]
     return ReadablePredictions([str(paths[i]) for i in readable], probs[readable], bad)
