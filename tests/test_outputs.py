@@ -113,3 +113,12 @@ def test_an_out_below_a_file_is_a_clear_error(tmp_path):
     with pytest.raises(TltoolError, match="notes.txt is a file, not a folder"):
         claim_output_dir(tmp_path / "notes.txt" / "run", "run")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_status_lines_are_whole_lines_when_not_on_a_terminal(capsys):
+    """Rich wrapped every status line at 80 columns in a log or a pipe (epoch lines, the chosen C, cached paths)."""
+    from tltool.progress import say
+
+    long = "cached: features for 1060 images already in " + "/very/long/path" * 8 + " (same files); nothing was run"
+    say(long)
+    assert capsys.readouterr().err == long + "\n"

@@ -43,5 +43,6 @@ class Bar:
 
 
 def say(message: str) -> None:
-    """A status line on stderr (the results a command prints go to stdout)."""
-    console.print(message)
+    """A status line on stderr (the results a command prints go to stdout). Wrapped to a terminal's width; whole
+    lines in a log or a pipe, where Rich would otherwise break them at 80 columns (and a grep would miss them)."""
+    console.print(message, soft_wrap=not console.is_terminal)
