@@ -353,3 +353,42 @@ def test_a_bad_file_found_late_does_not_move_the_split(tmp_path, monkeypatch):
     first.pop("0_truncated.jpga")
     assert later == first and len(later) == 18
     assert later == splits(decode=False)  # known from the cache now: still the same split
+
+
+def test_a_class_of_mostly_bad_files_still_gets_a_photo_on_each_side(tmp_path):
+    """Drawn over every file, 2 usable photos among 8 unreadable ones landed both in train (no val) or both in val
+    (no training image) for most seeds; such a class is split again over its usable photos."""
+    from tltool.errors import TltoolError
+    from tltool.inspection import prepare_dataset
+
+    _tiny_classes(tmp_path / "d", {"a": 2, "b": 6}, bad={"a": 8})
+    for seed in range(12):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            records = prepare_dataset(str(tmp_path / "d"), seed=seed).dataset.records
+        assert sorted(r.split for r in records if r.label == "a") == ["train", "val"], seed
+    _tiny_classes(tmp_path / "e", {"a": 1, "b": 6}, bad={"a": 4})  # one usable photo cannot be on both sides
+    with warnings.catch_warnings(), pytest.raises(TltoolError, match="fewer than 2 distinct images"):
+        warnings.simplefilter("ignore")
+        prepare_dataset(str(tmp_path / "e"))
+
+
+def test_two_copies_of_a_bad_photo_found_late_do_not_move_the_split(tmp_path, monkeypatch):
+    from helpers import jpeg_bytes
+
+    from tltool.inspection import prepare_dataset
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    _tiny_classes(tmp_path / "d", {"a": 9, "b": 9})
+    data = jpeg_bytes((200, 200))
+    for name in ("0_truncated.jpg", "5_copy.jpg"):  # the same truncated bytes twice: one group while usable
+        (tmp_path / "d" / "a" / name).write_bytes(data[: len(data) // 2])
+
+    def splits(decode: bool) -> dict[str, str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checked = prepare_dataset(str(tmp_path / "d"), decode=decode)
+        return {Path(r.path).name + r.label: r.split for r in checked.dataset.records}
+
+    first = {k: v for k, v in splits(decode=False).items() if "truncated" not in k and "copy" not in k}
+    assert splits(decode=True) == first and splits(decode=False) == first and len(first) == 18

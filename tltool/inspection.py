@@ -292,13 +292,28 @@ def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 
 def _split_usable(checked: CheckedDataset, val_fraction: float, seed: int) -> Dataset:
     """The usable files with their splits, drawn over every file found (identical files on one side), the unusable
     ones left out afterwards: a file's side never depends on which other files are readable, so a truncated photo
-    that the first extraction finds (and every later check already knows) does not move the others, nor does a
-    file the user repairs."""
+    that the first extraction finds (and every later check already knows) does not move the others.
+
+    A class that this leaves without a usable photo on one side (most of its files bad) is split again over its
+    usable files alone, as a class of only usable files would be."""
     usable = {r.path for r in checked.dataset.records}
     classes = {r.label for r in checked.dataset.records}  # a class with no usable file is dropped, not split
     every = replace(checked.dataset, records=[f.record for f in checked.files if f.record.label in classes])
-    split = stratified_split(every, val_fraction, seed, groups=checked.hashes)
-    return replace(split, records=[r for r in split.records if r.path in usable])
+    content = {f.record.path: f.sha256 for f in checked.files if f.sha256}  # bad copies of one photo stay together
+    split = stratified_split(every, val_fraction, seed, groups=content)
+    kept = [r for r in split.records if r.path in usable]
+    if every.has_split and {"val", "test"} & set(every.split_names()):  # it came split: nothing was drawn
+        return replace(split, records=kept)
+    sides = defaultdict(set)
+    for r in kept:
+        sides[r.label].add(r.split)
+    lopsided = {label for label, seen in sides.items() if seen != {"train", "val"}}
+    if lopsided:
+        alone = replace(checked.dataset, records=[r for r in checked.dataset.records if r.label in lopsided])
+        redrawn = stratified_split(alone, val_fraction, seed, groups=content).records
+        kept = sorted([r for r in kept if r.label not in lopsided] + list(redrawn),
+                      key=lambda r: (r.split != "train", r.label, r.path))  # stratified_split's order
+    return replace(split, records=kept)
 
 
 def inspect_report_path(out_dir: str | Path) -> Path:
