@@ -181,3 +181,27 @@ def test_a_resumed_run_with_dropout_and_augmentation_equals_the_uninterrupted_on
     losses = [[r["val_loss"] for r in json.loads((tmp_path / name / "metrics.json").read_text())["history"]]
               for name in ("killed", "whole")]
     np.testing.assert_allclose(losses[0], losses[1], atol=1e-6)
+
+
+def test_a_resume_keeps_model_keras_only_when_model_json_names_its_content(tmp_path):
+    """A refit replaces model.keras, then writes model.json: cut off between the two, the file is the refit's (trained
+    on the val photos) and must not be evaluated as the train-split model."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from tltool.supervised import Fitted, _saved_already
+
+    state = SimpleNamespace(epoch=5)
+    finished, trained_now = Fitted(None, state, 0.0, epochs_before=5), Fitted(None, state, 0.0, epochs_before=3)
+    (tmp_path / "model.keras").write_bytes(b"train-split model")
+    described = {"kind": "finetune", "model_sha256": hashlib.sha256(b"train-split model").hexdigest()}
+    (tmp_path / "model.json").write_text(json.dumps(described))
+    assert _saved_already(tmp_path, finished)
+    assert not _saved_already(tmp_path, trained_now)  # epochs ran in this process: their model is saved
+    (tmp_path / "model.keras").write_bytes(b"refit model")  # the refit's file, model.json not yet rewritten
+    assert not _saved_already(tmp_path, finished)
+    (tmp_path / "model.json").write_text(json.dumps({**described, "model_sha256": hashlib.sha256(b"refit model")
+                                                     .hexdigest(), "refit": True}))
+    assert not _saved_already(tmp_path, finished)  # a finished refit: finish() saves the train-split model again
+    (tmp_path / "model.json").write_text("[1, 2")
+    assert not _saved_already(tmp_path, finished)

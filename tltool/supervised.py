@@ -27,7 +27,7 @@ from .report import rewrite_report, write_run_report
 from .runs import new_run_dir
 from .training import LoopState, Stage, checkpoint_path, epochs_done, plot_history, refit_stages, run_stages
 from .tta import TTA_MODES
-from .utils import atomic_path, read_json, write_json
+from .utils import atomic_path, read_json, sha256_file, write_json
 
 SPLIT_FILE = "split.csv"  # the exact split of a run (absolute paths): what --resume trains and validates on
 REFIT_DIR = "refit"  # --refit's checkpoints and history, inside the run folder
@@ -341,7 +341,8 @@ class KerasTrainingRun:
         if not keep_file:
             with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
                 model.save(str(tmp))
-        model_config = {**self.plan.model_config, **settings}
+        # which file this model.json describes: a resume keeps model.keras only when it is this one, whole
+        model_config = {**self.plan.model_config, **settings, "model_sha256": sha256_file(run_dir / "model.keras")}
         base = find_backbone(model)
         if base is not None:  # the backbone inside a fine-tuned classifier (Grad-CAM and unfreezing look it up)
             model_config = {**model_config, "base_layer": base.name}
@@ -353,14 +354,17 @@ class KerasTrainingRun:
 
 
 def _saved_already(run_dir: Path, fitted: Fitted) -> bool:
-    """A resumed run with nothing left to train whose ``model.keras`` holds these weights (not the refit's): saved
-    again, the file would differ in bytes (Keras stamps the time) and every engine keyed by them would convert it
-    again (6 s for LiteRT)."""
+    """A resumed run with nothing left to train whose ``model.keras`` is the file ``model.json`` describes (by
+    content) and not a refit's: saved again, the file would differ in bytes (Keras stamps the time) and every
+    engine keyed by them would convert it again (6 s for LiteRT). A refit replaces model.keras before it writes
+    model.json, so a refit cut off between the two leaves a file whose content model.json does not name."""
     if fitted.epochs_now or fitted.epochs_before == 0 or not (run_dir / "model.keras").is_file():
         return False
     try:
-        return read_json(run_dir / "model.json").get("refit") is not True
-    except (OSError, ValueError, AttributeError):
+        described = read_json(run_dir / "model.json")
+        return (isinstance(described, dict) and described.get("refit") is not True
+                and described.get("model_sha256") == sha256_file(run_dir / "model.keras"))
+    except (OSError, ValueError):
         return False
 
 
