@@ -191,11 +191,15 @@ def paired_standard_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
+FLAT_AT_MOST = 0.02  # "flat": the gain over the last points is at most 2 points, noise included
+
+
 def read_curve(points: list[CurvePoint], classes: list[str]) -> str:
     """A plain reading of the slope: is accuracy still rising, and which class would gain most from more photos?
 
-    "Still rising" needs a gain over the last points of more than a point and beyond the noise of the paired
-    difference on the same val photos (1.96 standard errors); a larger gain inside that noise reads "unclear".
+    Each verdict must hold against the noise of the paired gain on the same val photos (1.96 standard errors):
+    "still rising" needs a gain of more than a point beyond it, "flat" a gain whose upper bound is at most
+    :data:`FLAT_AT_MOST`; anything between reads "unclear".
     """
     if len(points) < 3:
         return "too few points to read a slope"
@@ -203,7 +207,7 @@ def read_curve(points: list[CurvePoint], classes: list[str]) -> str:
     gain = last.accuracy - before.accuracy
     noise = 1.96 * before.se_to_last
     share = last.fraction - before.fraction
-    over = f"+{gain * 100:.1f} points over the last {share * 100:.0f} % of the images"
+    over = f"{gain * 100:+.1f} points over the last {share * 100:.0f} % of the images"
     rising = {c: last.per_class[c] - before.per_class[c] for c in classes}
     weakest = min(classes, key=lambda c: last.per_class[c])
     # the class that would gain most: still improving and furthest from perfect recall
@@ -213,12 +217,13 @@ def read_curve(points: list[CurvePoint], classes: list[str]) -> str:
         return (f"still rising ({over}, beyond the val split's noise of ±{noise * 100:.1f}): more images would help; "
                 f"more images of `{target}` would help most (recall {before.per_class[target]:.2f} -> "
                 f"{last.per_class[target]:.2f}, the lowest of the classes still improving).")
-    if gain > 0.01:
-        return (f"unclear ({over}, inside the val split's noise of ±{noise * 100:.1f}): this val split cannot tell "
-                f"a rising curve from a flat one; `tltool linear --cv` measures on every labelled photo. The weakest "
-                f"class is `{weakest}` (recall {last.per_class[weakest]:.2f}).")
-    return (f"flat ({over}): more images of the same kind would help little; the weakest class is `{weakest}` "
-            f"(recall {last.per_class[weakest]:.2f}): look at its errors, or collect more varied images of it.")
+    if gain + noise <= FLAT_AT_MOST:
+        return (f"flat ({over}, noise ±{noise * 100:.1f}): more images of the same kind would help little; the weakest "
+                f"class is `{weakest}` (recall {last.per_class[weakest]:.2f}): look at its errors, or collect more "
+                "varied images of it.")
+    return (f"unclear ({over}, inside the val split's noise of ±{noise * 100:.1f}): this val split cannot tell a "
+            f"rising curve from a flat one; `tltool linear --cv` measures on every labelled photo. The weakest class "
+            f"is `{weakest}` (recall {last.per_class[weakest]:.2f}).")
 
 
 def plot_curve(points: list[CurvePoint], classes: list[str], target: Path, title: str) -> None:
