@@ -392,3 +392,14 @@ def test_two_copies_of_a_bad_photo_found_late_do_not_move_the_split(tmp_path, mo
 
     first = {k: v for k, v in splits(decode=False).items() if "truncated" not in k and "copy" not in k}
     assert splits(decode=True) == first and splits(decode=False) == first and len(first) == 18
+
+
+def test_a_val_folder_of_unreadable_files_names_them_not_val_fraction(tmp_path):
+    """--val-fraction does nothing to a dataset that comes split: the error names the val files instead."""
+    _tiny_classes(tmp_path / "d" / "train", {"a": 4, "b": 4})
+    _tiny_classes(tmp_path / "d" / "val", {}, bad={"a": 1, "b": 1})
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "d"), "--arch", "lenet5", "--image-size", "32",
+                                       "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "none of the 2 file(s) of its val split can be read" in result.output
+    assert "bad0.jpg" in result.output and "raise --val-fraction" not in result.output

@@ -139,6 +139,21 @@ def test_litert_says_nothing_of_its_delegate_and_passes_other_output_on(capfd):
     assert capfd.readouterr().err == "something else\n"
 
 
+def test_held_back_output_is_shown_on_failure_and_the_descriptors_always_come_back(capfd):
+    with engines.quiet_output():
+        os.write(1, b"saved-function dump\n")
+    assert capfd.readouterr() == ("", "")  # a conversion that works says nothing
+    with pytest.raises(RuntimeError), engines.quiet_output():
+        os.write(2, b"MLIR: the reason\n")
+        raise RuntimeError("conversion failed")
+    assert "MLIR: the reason" in capfd.readouterr().err
+    with pytest.raises(KeyboardInterrupt), engines.without_delegate_banner():
+        os.write(2, b"half a line\n")
+        raise KeyboardInterrupt
+    os.write(2, b"after\n")  # fd 2 is the terminal again, not the temporary file
+    assert capfd.readouterr().err == "half a line\nafter\n"
+
+
 def test_a_failing_image_cancels_the_rest_of_its_batch_and_the_next(monkeypatch, tmp_path):
     """An error (or Ctrl-C) while a batch is collected cancels its images no lane has started, in a call and in a
     stream; before, the other 39 images ran on after the error and held up the interpreter's exit."""

@@ -139,6 +139,20 @@ def test_a_streamed_prediction_equals_the_batch_by_batch_one_and_keeps_each_imag
     got = list(stream_tta(ahead, batches, "10crop", 56, batch_size=4))
     assert [n for _probs, n in got] == [5, 3, 1]
     assert sum(calls) == 9 * 10 and max(calls) <= 4  # every view once, in chunks of at most batch_size
+    closed = []
+
+    def engine(chunks):  # an engine's stream that must be told when nobody will read it any more
+        try:
+            yield from ahead(chunks)
+        finally:
+            closed.append(True)
+
+    with_empty = batches[:1] + [batches[0][:0]] + batches[1:]  # an empty batch is skipped, not waited for
+    assert [n for _p, n in stream_tta(engine, with_empty, "flip", 56, batch_size=4)] == [5, 3, 1]
+    stream = stream_tta(engine, batches, "10crop", 56, batch_size=4)
+    next(stream)
+    stream.close()  # the caller stops (an error, Ctrl-C): the engine's stream is closed, its queued chunk cancelled
+    assert closed == [True, True]
     for (probs, _n), images in zip(got, batches):  # all views in one call, averaged per image
         expected = predict_views(tta_views(images, "10crop", 56)).reshape(len(images), 10, 2).mean(axis=1)
         np.testing.assert_allclose(probs, expected, rtol=1e-6)

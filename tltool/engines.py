@@ -299,6 +299,37 @@ def to_tflite(model, quantize: str = "none", calibration: Callable[[], object] |
         raise TltoolError(f"LiteRT conversion failed ({exc.__class__.__name__}: {str(exc)[:300]}).") from None
 
 
+_FD_LOCK = threading.Lock()  # one redirection of fds 1/2 at a time: overlapping ones would leave fd 2 on a temp file
+
+
+@dataclass
+class _Captured:
+    data: bytes = b""  # what the block wrote to the redirected fds, once it has ended
+
+
+@contextlib.contextmanager
+def _redirected(fds: tuple[int, ...], captured: _Captured) -> Iterator[None]:
+    """Send ``fds`` to one temporary file for the block, then put them back whatever happens (an interrupt
+    included) and leave what was written in ``captured``."""
+    with _FD_LOCK, tempfile.TemporaryFile() as file:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved: list[tuple[int, int]] = []
+        try:
+            for fd in fds:
+                saved.append((fd, os.dup(fd)))
+                os.dup2(file.fileno(), fd)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            file.seek(0)
+            captured.data = file.read()
+
+
 @contextlib.contextmanager
 def quiet_output():
     """Hold back what the converter prints to file descriptors 1 and 2 (its saved-function dump, MLIR lines);
@@ -306,27 +337,13 @@ def quiet_output():
     if os.environ.get("TLTOOL_TF_VERBOSE") == "1":
         yield
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    failed = False
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 1)
-        os.dup2(captured.fileno(), 2)
-        try:
+    captured = _Captured()
+    try:
+        with _redirected((1, 2), captured):
             yield
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, copy in zip((1, 2), saved):
-                os.dup2(copy, fd)
-                os.close(copy)
-            if failed:
-                captured.seek(0)
-                sys.stderr.write(captured.read().decode("utf-8", "replace")[-5000:])
+    except BaseException:
+        sys.stderr.write(captured.data.decode("utf-8", "replace")[-5000:])
+        raise
 
 
 DELEGATE_BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
@@ -336,20 +353,14 @@ DELEGATE_BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 def without_delegate_banner():
     """Drop LiteRT's "INFO: Created ... XNNPACK delegate" line, which its C++ logger writes to file descriptor 2 on
     every interpreter's first allocation (no setting turns it off); anything else written meanwhile is passed on."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
+    captured = _Captured()
+    try:
+        with _redirected((2,), captured):
             yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True) if line.strip() != DELEGATE_BANNER]
-            if kept:
-                os.write(2, b"".join(kept))
+    finally:
+        kept = [line for line in captured.data.splitlines(keepends=True) if line.strip() != DELEGATE_BANNER]
+        if kept:
+            os.write(2, b"".join(kept))
 
 
 def _no_quantization(converter, calibration) -> None:

@@ -58,8 +58,13 @@ class RunModel:
 
     def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """:meth:`predict_views` over a stream of batches through the runner's ``map`` (LiteRT's lanes take the next
-        batch's images while this one's finish)."""
-        return map(self.probabilities, self.runner().map(batches))
+        batch's images while this one's finish); closed early (or failing here), it closes the runner's stream."""
+        outputs = self.runner().map(batches)
+        try:
+            for out in outputs:
+                yield self.probabilities(out)
+        finally:
+            getattr(outputs, "close", lambda: None)()
 
     def as_keras(self):
         """The run as one Keras model from raw pixels (0..255) to class probabilities."""

@@ -205,7 +205,7 @@ class KerasTrainingRun:
         dataset = checked.dataset
         train, val = dataset.subset("train"), dataset.subset("val")
         if not val:
-            raise TltoolError(f"{dataset.name}: no validation images; raise --val-fraction or add images.")
+            raise TltoolError(_no_val_message(checked))
         return RunData(dataset, train, val, label_indices(train, dataset.classes), label_indices(val, dataset.classes),
                        tuple(checked.warnings))
 
@@ -351,6 +351,18 @@ class KerasTrainingRun:
                                             "resize": config.resize, "max_pixels": config.max_pixels,
                                             "classes": data.classes, "seed": config.seed, "distribute": distribute})
         return model_config
+
+
+def _no_val_message(checked) -> str:
+    """Why there is nothing to validate on: a split the dataset came with whose files are all unusable (named), or
+    a drawn split too small."""
+    lost = [f.record.path for f in checked.bad if f.record.split in ("val", "test")]
+    if lost:
+        named = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+        return (f"{checked.dataset.name}: no usable validation images: none of the {len(lost)} file(s) of its val "
+                f"split can be read ({named}; the reasons are above). Replace them, or move the val folder away so "
+                "that --val-fraction splits the training images.")
+    return f"{checked.dataset.name}: no validation images; raise --val-fraction or add images."
 
 
 def _saved_already(run_dir: Path, fitted: Fitted) -> bool:

@@ -70,6 +70,8 @@ def stream_tta(predict_stream: Callable[[Iterable[np.ndarray]], Iterable], batch
 
     def chunks():
         for images in batches:
+            if not len(images):
+                continue  # nothing to predict, and no shape to wait for
             views = tta_views(images, tta, image_size)
             # at most batch_size views per call: 10-crop turns 32 images into 320 views, and a network's
             # activations for 320 images at 224 px need many GB (measured: 23 GB RSS before this split)
@@ -78,13 +80,17 @@ def stream_tta(predict_stream: Callable[[Iterable[np.ndarray]], Iterable], batch
             yield from cut
 
     done: list[np.ndarray] = []
-    for probs in predict_stream(chunks()):  # the chunk generator runs ahead: its batch's shape is known here
-        done.append(np.asarray(probs))
-        n_images, n_chunks = shapes[0]
-        if len(done) == n_chunks:
-            shapes.popleft()
-            yield np.concatenate(done).reshape(n_images, n_views(tta), -1).mean(axis=1), n_images
-            done = []
+    stream = predict_stream(chunks())
+    try:
+        for probs in stream:  # the chunk generator runs ahead: its batch's shape is known here
+            done.append(np.asarray(probs))
+            n_images, n_chunks = shapes[0]
+            if len(done) == n_chunks:
+                shapes.popleft()
+                yield np.concatenate(done).reshape(n_images, n_views(tta), -1).mean(axis=1), n_images
+                done = []
+    finally:  # stopped early or failing: an engine's stream cancels the chunks it queued
+        getattr(stream, "close", lambda: None)()
 
 
 def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
