@@ -391,7 +391,8 @@ def test_a_finetuned_run_whose_model_json_names_other_classes_is_refused(tiny_ru
     from tltool.models import load_run
 
     run = tmp_path / "edited"
-    shutil.copytree(tiny_run.run_dir, run)
+    shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))  # other tests' exports
+    earlier = export_module.export_run(run, "keras").model_path  # the default folder, RUN/export/keras
     config = json.loads((run / "model.json").read_text())
     config["classes"] = config["classes"] + ["extra"]
     (run / "model.json").write_text(json.dumps(config))
@@ -400,3 +401,6 @@ def test_a_finetuned_run_whose_model_json_names_other_classes_is_refused(tiny_ru
         load_run(run).predict_paths([image])
     with pytest.raises(TltoolError, match="the model gives 4 class probabilities and model.json names 5 classes"):
         export_module.export_run(run, "keras", tmp_path / "ex")
+    with pytest.raises(TltoolError, match="model.json names 5 classes"):
+        export_module.export_run(run, "keras")  # refused again in the default folder, which is reused
+    assert earlier.is_file()  # before: the earlier export was deleted first, then the export refused

@@ -27,7 +27,8 @@ from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
 from .models import load_run, run_splits, trained_on_val
-from .outputs import MARKER, claim_output_dir, emptied_output_dir, replace_output_dir, staging_dir
+from .outputs import (MARKER, check_output_dir, claim_output_dir, emptied_output_dir, replace_output_dir,
+                      staging_dir)
 from .progress import Bar, say
 from .settings import CHOICES
 from .stats import Proportion
@@ -114,13 +115,15 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     target = Path(out) if out else _default_out(run_dir, fmt, quantize)
     if out is None and not force:
         _refuse_files_added_to(target)
-    target = emptied_output_dir(claim_output_dir(target, "export", force=force, reuse=out is None), "export")
+    check_output_dir(target, "export", force=force, reuse=out is None)
+    # every refusal before the folder is touched: an earlier export in it stays until this one can be written
     model = portable_model(run.as_keras())
     if model.output_shape[-1] != len(run.classes):  # labels.txt would name other outputs than the model's
         raise TltoolError(f"{run_dir}: the model gives {model.output_shape[-1]} class probabilities and model.json "
                           f"names {len(run.classes)} classes: one of them was edited or replaced.")
-    path = target / MODEL_FILES[fmt]
     splits = run_splits(run_dir, run) if fmt == "tflite" and (measure or quantize == "int8") else None
+    target = emptied_output_dir(claim_output_dir(target, "export", force=force, reuse=out is None), "export")
+    path = target / MODEL_FILES[fmt]
     WRITERS[fmt](model, path, run, quantize, splits)
     measurement = None
     if fmt == "tflite" and measure:
