@@ -106,7 +106,7 @@ def test_configs_validate_against_the_table():
     ("seed", -1, r"in \[0, 4294967295\]"), ("seed", 2**32, r"in \[0, 4294967295\]"), ("epochs", float("nan"), ""),
     ("lr", 0.0, "above 0"), ("lr", float("inf"), "above 0"), ("label_smoothing", 1.0, r"in \[0, 1\)"),
     ("label_smoothing", -0.1, r"in \[0, 1\)"), ("image_size", 0, r"in \[16, 4096\]"),
-    ("image_size", 5000, r"in \[16, 4096\]")])
+    ("image_size", 5000, r"in \[16, 4096\]"), ("epochs", 10**400, "at least 0"), ("seed", -10**400, "in")])
 def test_numbers_out_of_range_are_one_line_errors(field, bad, legal):
     """Before, --batch-size 0 and --seed -1 ended in TensorFlow's and NumPy's tracebacks, and --epochs -1 or
     --gamma -1 ran as if they meant something."""
@@ -116,6 +116,15 @@ def test_numbers_out_of_range_are_one_line_errors(field, bad, legal):
     legal_range = settings.RANGES[field]
     FinetuneConfig(data="x", **{field: legal_range.low + (1 if legal_range.open_low else 0)
                                 if field not in ("gamma", "plateau_factor") else 0.5}).validate()
+
+
+def test_augment_preview_ranges_its_numbers_too(tmp_path):
+    from tltool.augment import preview
+
+    for kwargs, option in (({"image_size": 0}, "--image-size"), ({"seed": -1}, "--seed")):
+        with pytest.raises(TltoolError, match=f"{option} must be a number"):  # before: cv2's and pydantic's errors
+            preview(str(tmp_path), out=tmp_path / "p", **kwargs)
+    assert not (tmp_path / "p").exists()
 
 
 def test_repeats_is_ranged_too():

@@ -20,7 +20,7 @@ from .errors import TltoolError, did_you_mean
 from .images import load_image
 from .plotting import pyplot, save_figure
 from .runs import check_run_dir, new_run_dir
-from .settings import PREVIEW_DRAWS, PREVIEW_SIZE
+from .settings import PREVIEW_DRAWS, PREVIEW_SIZE, check_range
 from .utils import write_json
 
 
@@ -129,6 +129,8 @@ def preview(data: str, out: str | Path | None = None, augment: str = "standard",
     _check_preview_out(out, force)
     if draws < 1:
         raise TltoolError(f"--draws must be at least 1 (the grid shows the original and each draw), got {draws}.")
+    check_range("image_size", image_size)
+    check_range("seed", seed)
     dataset = load_dataset(data)
     records = sorted(dataset.records, key=lambda r: r.path)
     if not records:

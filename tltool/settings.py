@@ -105,7 +105,10 @@ def check_range(setting: str, value: Any) -> None:
     legal = RANGES[setting]
     if value is None:
         return
-    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int of hundreds of digits (Click and YAML take them): out of every range
+        number = math.inf
     below = legal.low is not None and (number <= legal.low if legal.open_low else number < legal.low)
     above = legal.high is not None and (number >= legal.high if legal.open_high else number > legal.high)
     if math.isfinite(number) and not (below or above):
