@@ -403,3 +403,24 @@ def test_a_val_folder_of_unreadable_files_names_them_not_val_fraction(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "none of the 2 file(s) of its val split can be read" in result.output
     assert "bad0.jpg" in result.output and "raise --val-fraction" not in result.output
+
+
+def test_a_csv_that_is_not_utf8_or_has_a_huge_field_is_one_line_naming_it(tmp_path):
+    """A labels.csv saved as cp1252 by a spreadsheet, or a field past csv's limit, ended in a traceback."""
+    from tltool.collect.importer import read_manifest
+    from tltool.dataset import load_dataset
+    from tltool.errors import TltoolError
+    from tltool.labeler.store import load_labelled, read_labels_csv
+
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("path,label\ncaf\u00e9.jpg,cat\n".encode("cp1252"))
+    for read in (lambda: read_labels_csv(labels), lambda: load_labelled(tmp_path), lambda: load_dataset(str(labels))):
+        with pytest.raises(TltoolError, match=r"labels.csv: not UTF-8 text .*save it as UTF-8 CSV"):
+            read()
+    huge = tmp_path / "manifest.csv"
+    huge.write_text("path,label\n" + "x" * 200_000 + ",cat\n")
+    with pytest.raises(TltoolError, match="manifest.csv: not a CSV file tltool can read"):
+        load_dataset(str(huge))
+    huge.write_bytes("source,file\ncaf\u00e9.jpg,x\n".encode("cp1252"))  # collect import's own manifest
+    with pytest.raises(TltoolError, match="manifest.csv: not UTF-8 text"):
+        read_manifest(huge)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import TltoolError, TltoolWarning
 from .images import is_candidate_file
-from .utils import write_json, write_text_atomic
+from .utils import readable_csv, write_json, write_text_atomic
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -319,7 +319,7 @@ def load_manifest(spec: str) -> Dataset:
     :class:`ManifestWarning`."""
     manifest = Path(spec).resolve()
     rows = _ManifestRows(manifest.parent)
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
+    with readable_csv(spec), open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter="\t" if spec.lower().endswith(".tsv") else ",")
         reader.fieldnames = header = _manifest_header(reader.fieldnames, spec)
         for row in reader:

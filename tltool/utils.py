@@ -262,3 +262,17 @@ def _open_lock_file(path: str | os.PathLike) -> int:
         os.close(fd)
         raise TltoolError(f"{path} is not a regular file; tltool keeps its lock there: remove it")
     return fd
+
+
+@contextlib.contextmanager
+def readable_csv(path: str | os.PathLike) -> Iterator[None]:
+    """Read a user's CSV inside this block: a file that is not UTF-8 text (say, saved as cp1252 by a spreadsheet) or
+    whose field passes the csv module's size limit is a one-line :class:`TltoolError` naming it."""
+    import csv
+
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise TltoolError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8 CSV.") from None
+    except csv.Error as exc:
+        raise TltoolError(f"{path}: not a CSV file tltool can read ({exc}).") from None

@@ -22,7 +22,7 @@ from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, DEFAULT_MAX_PIXELS, load_image
 from ..outputs import claim_output_dir
 from ..progress import Bar
-from ..utils import atomic_path, file_lock, write_text_atomic
+from ..utils import atomic_path, file_lock, readable_csv, write_text_atomic
 from .neardup import DEFAULT_NEAR_THRESHOLD, NearIndex, dhash, mean_colour, pixels_sha256
 from .sources import (DEFAULT_EVERY, Bad, Candidate, camera_candidates, candidates_of, cv2_module, expand_sources,
                       open_camera)
@@ -88,7 +88,7 @@ def read_manifest(path: Path) -> list[dict]:
     """The rows of a manifest ``collect import`` wrote, or none when there is no manifest yet."""
     if not path.is_file():
         return []
-    with open(path, newline="", encoding="utf-8") as f:
+    with readable_csv(path), open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:

@@ -24,7 +24,7 @@ from typing import Iterator
 from ..dataset import Dataset, ManifestWarning, load_manifest
 from ..errors import TltoolError
 from ..images import IMAGE_EXTENSIONS
-from ..utils import file_lock, refuse_link, write_text_atomic
+from ..utils import file_lock, readable_csv, refuse_link, write_text_atomic
 
 
 LABELS_CSV = "labels.csv"
@@ -118,7 +118,7 @@ def _labels_rows(path: Path) -> tuple[dict[str, str], set[str], list[str]]:
     refuse_linked_csv(path)
     if path.is_file():
         root = path.parent.resolve()
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with readable_csv(path), open(path, newline="", encoding="utf-8-sig") as f:
             for row in csv.DictReader(f):
                 rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
                 if rel and label:
@@ -186,7 +186,7 @@ def read_review(root: Path, csv_path: str | os.PathLike) -> tuple[list[ReviewIte
     if not csv_path.is_file():
         raise TltoolError(f"--review {csv_path}: no such file.")
     items, notes, seen = [], [], set()
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    with readable_csv(csv_path), open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in reader.fieldnames or []]
         if "path" not in header:
@@ -268,7 +268,7 @@ class LabelStore:
         skipped: set[str] = set()
         refuse_linked_csv(self.skipped_path)
         if self.skipped_path.is_file():
-            with open(self.skipped_path, newline="", encoding="utf-8-sig") as f:
+            with readable_csv(self.skipped_path), open(self.skipped_path, newline="", encoding="utf-8-sig") as f:
                 skipped = {(row.get("path") or "").strip() for row in csv.DictReader(f)} - {""}
         self.skipped = skipped
         self._stamp = self._file_stamp()
