@@ -187,3 +187,28 @@ def test_from_and_until_outside_the_steps_are_refused(tmp_path):
     for start, stop in ((9, None), (2, 1), (0, None), (1, 3)):
         with pytest.raises(TltoolError, match=r"has steps 1 to 2: --from .* is not a range of them"):
             run_recipe(recipe, start=start, stop=stop)
+
+
+def test_ctrl_c_in_a_recipe_step_exits_130_as_an_interrupted_command_does(tmp_path, monkeypatch):
+    """Click turns a KeyboardInterrupt inside a nested command into Abort: the recipe printed 'Aborted!' and exited
+    1 through the interpreter's shutdown, which hangs or aborts with TensorFlow loaded."""
+    from click.testing import CliRunner
+
+    from tltool.cli import group, main
+
+    exits = []
+
+    def interrupted():
+        exits.append(130)
+        raise SystemExit(130)  # the real one ends the process (os._exit) when TensorFlow is loaded
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(group, "_exit_interrupted", interrupted)
+    monkeypatch.setattr(recipe_commands()["backbones"], "callback", ctrl_c)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: one\nsteps:\n  - backbones: {}\n")
+    result = CliRunner().invoke(main, ["run", str(recipe)])
+    assert result.exit_code == 130 and exits == [130] and "interrupted" in result.output, result.output
+    assert "Aborted" not in result.output

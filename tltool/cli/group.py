@@ -26,8 +26,8 @@ class TltoolGroup(click.Group):
         except TltoolError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.secho("interrupted", fg="red", err=True)
+        except (KeyboardInterrupt, click.exceptions.Abort):  # Click turns Ctrl-C in a nested command (a recipe's
+            click.secho("interrupted", fg="red", err=True)   # step) or a prompt into Abort
             _exit_interrupted()
 
 
