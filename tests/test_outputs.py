@@ -29,8 +29,23 @@ def test_new_and_empty_folders_are_claimed_and_marked(tmp_path):
     new = claim_output_dir(tmp_path / "a" / "b", "run")
     empty = tmp_path / "empty"
     empty.mkdir()
+    inode = empty.stat().st_ino
     claim_output_dir(empty, "features")
     assert output_kind(new) == "run" and output_kind(empty) == "features"
+    # marked in place, not replaced: a shell inside it would otherwise sit in a deleted folder
+    assert empty.stat().st_ino == inode and sorted(p.name for p in tmp_path.iterdir()) == ["a", "empty"]
+    with pytest.raises(TltoolError, match="earlier tltool features"):
+        claim_output_dir(empty, "features")  # a second claim sees the marker
+
+
+def test_out_dot_claims_the_current_empty_folder(tmp_path, monkeypatch):
+    """Before: `--out .` (tltool data make-sample .) raised ValueError: PosixPath('.') has an empty name."""
+    from tltool.sample import make_shapes_dataset
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    make_shapes_dataset(".")
+    assert output_kind(tmp_path / "here") == "sample" and len(list((tmp_path / "here").glob("*/*.jpg"))) > 10
 
 
 def test_an_earlier_output_needs_force_unless_reusable_and_never_another_kind(tmp_path):

@@ -42,8 +42,12 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
+def _marker(kind: str) -> dict:
+    return {"kind": kind, "tool": "tltool", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
 def mark_output_dir(path: Path, kind: str) -> None:
-    write_json(path / MARKER, {"kind": kind, "tool": "tltool", "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_json(path / MARKER, _marker(kind))
 
 
 def claim_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False, force: bool = False,
@@ -53,12 +57,13 @@ def claim_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     ``reuse``: an earlier folder of the same kind is used as it is (a resumable cache). Otherwise such a folder
     needs ``force``. A folder tltool did not make is never used, ``force`` or not.
     """
-    path = Path(path)
+    given = Path(path)
+    path = Path(os.path.abspath(given))  # `--out .` has no name to build a folder beside; links are not followed
     if check_output_dir(path, kind, reuse=reuse, force=force, option=option):
-        return path
+        return given
     if not _create_marked(path, kind):  # another process (a shard, a worker) made it first: claim it as it is
-        return claim_output_dir(path, kind, reuse=reuse, force=force, option=option)
-    return path
+        return claim_output_dir(given, kind, reuse=reuse, force=force, option=option)
+    return given
 
 
 def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False, force: bool = False,
@@ -102,7 +107,14 @@ def emptied_output_dir(path: Path, kind: str) -> Path:
 
 def _create_marked(path: Path, kind: str) -> bool:
     """Make ``path`` appear with its marker in one step (a folder built beside it, then renamed onto it), so a
-    process starting at the same moment never sees it unmarked. False when another process made it first."""
+    process starting at the same moment never sees it unmarked. False when another process made it first.
+
+    An empty folder that is there already is marked in place (the marker created exclusively): renamed over, it
+    would lose its mode and group, and a shell inside it (``--out .``) would sit in a deleted folder."""
+    if path.is_dir() and not path.is_symlink():
+        marked = _mark_in_place(path, kind)
+        if marked is not None:
+            return marked
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.claim-{secrets.token_hex(4)}")
     staging.mkdir()
@@ -115,6 +127,23 @@ def _create_marked(path: Path, kind: str) -> bool:
             raise
         return False
     return True
+
+
+def _mark_in_place(path: Path, kind: str) -> bool | None:
+    """Give the empty folder ``path`` its whole marker in one step (written beside it, then hard-linked in, which
+    fails if a marker is there): True, False when another process marked it first, None where the filesystem has
+    no hard links."""
+    written = path.with_name(f".{path.name}.claim-{secrets.token_hex(4)}.json")
+    write_json(written, _marker(kind))
+    try:
+        os.link(written, path / MARKER)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        return None
+    finally:
+        written.unlink(missing_ok=True)
 
 
 def staging_dir(target: Path, kind: str) -> Path:

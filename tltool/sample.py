@@ -8,6 +8,7 @@ The sample is built beside the folder under a hidden name and renamed into place
 from __future__ import annotations
 
 import math
+import os
 import random
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def make_shapes_dataset(out: str | Path, per_class: int = 40, size: int = 128, s
     ``out`` must be new, empty, or (with ``force``) an earlier sample, which is replaced whole; any other folder is
     refused with a :class:`~tltool.errors.TltoolError` before anything is written.
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # `.` has no name to stage a folder beside
     claim_output_dir(out, KIND, force=force, option="OUT")
     staging = staging_dir(out, KIND)
     rng = random.Random(seed)
