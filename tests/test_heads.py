@@ -1,6 +1,8 @@
 """Linear heads: CV-chosen regularisation, arrays that reproduce scikit-learn, save/load without pickle."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.datasets import make_classification
@@ -51,6 +53,27 @@ def test_a_head_refuses_features_of_another_width_and_damaged_files(name, tmp_pa
         FittedHead.load(tmp_path)
     (tmp_path / "head.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(TltoolError, match="not a head tltool wrote .BadZipFile"):
+        FittedHead.load(tmp_path)
+
+
+@pytest.mark.parametrize("damage", [{"n_neighbors": 0}, {"n_neighbors": 10 ** 6}, {"n_neighbors": "five"},
+                                    {"n_neighbors": True}, {}, {"float_labels": True}])
+def test_a_knn_head_with_an_impossible_k_or_float_labels_is_refused_when_loaded(tmp_path, damage):
+    """Such a head.json/head.npz loaded, then failed at predict inside scikit-learn (ValueError, KeyError)."""
+    Xtr, ytr, Xte, _ = _data()
+    head = FittedHead.from_pipeline("knn", search(get_head_spec("knn"), Xtr, ytr, seed=0).best_estimator_,
+                                    ["a", "b", "c"], {}, Xtr, ytr)
+    head.save(tmp_path)
+    assert FittedHead.load(tmp_path).predict_proba(Xte).shape == (len(Xte), 3)
+    meta = json.loads((tmp_path / "head.json").read_text())
+    params = {k: v for k, v in {**meta["params"], **damage}.items() if k != "float_labels"}
+    if not damage:
+        del params["n_neighbors"]
+    (tmp_path / "head.json").write_text(json.dumps({**meta, "params": params}))
+    if "float_labels" in damage:
+        arrays = dict(np.load(tmp_path / "head.npz"))
+        np.savez(tmp_path / "head.npz", **{**arrays, "train_y": arrays["train_y"] + 0.5})
+    with pytest.raises(TltoolError, match="head.npz does not hold a head of 3 classes"):
         FittedHead.load(tmp_path)
 
 

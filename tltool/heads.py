@@ -259,8 +259,8 @@ class FittedHead:
                 from None
         if not head.consistent():
             raise TltoolError(f"{directory}: head.npz does not hold a head of {len(head.classes)} classes (its arrays "
-                              "disagree in shape, or hold NaN, scales of 0 or labels outside the classes); fit it "
-                              "again with `tltool linear`.")
+                              "disagree in shape, or hold NaN, scales of 0, labels outside the classes or a k "
+                              "outside 1..its examples); fit it again with `tltool linear`.")
         return head
 
     def consistent(self) -> bool:
@@ -274,8 +274,14 @@ class FittedHead:
             shapes += [(self.train_x, (m, d)), (self.train_y, (m,))]
         numbers = d > 0 and all(a is not None and a.shape == shape and a.dtype.kind in "fiu"
                                 and bool(np.isfinite(a).all()) for a, shape in shapes)
-        return numbers and bool((self.scale > 0).all()) and (
-            self.train_y is None or bool(((self.train_y >= 0) & (self.train_y < c)).all()))
+        return numbers and bool((self.scale > 0).all()) and (self.linear or self._examples_consistent())
+
+    def _examples_consistent(self) -> bool:
+        """A k-NN head's labels are class indices and its k a whole number of its examples (1..m)."""
+        k, m = self.params.get("n_neighbors"), len(self.train_y)
+        y = self.train_y
+        labels = y.dtype.kind in "iu" and bool(((y >= 0) & (y < len(self.classes))).all())
+        return labels and isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 1 <= k <= m
 
 
 # ------------------------------------------------------------------------------------- a search, cached by content
