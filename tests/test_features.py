@@ -182,11 +182,14 @@ def test_features_json_with_an_unknown_split_or_a_label_not_a_name_is_refused(sh
     import json
 
     out, _ = shapes_features
-    for field, value in (("split", "weird"), ("label", 7)):
+    for field, value in (("split", "weird"), ("label", 7), ("path", 7), ("sha256", None), ("classes", [1, 2])):
         copy = tmp_path / f"copy-{field}"
         shutil.copytree(out, copy)
         meta = json.loads((copy / "features.json").read_text())
-        meta["files"][0][field] = value
+        if field == "classes":  # a class that is not a name was a TypeError in the report
+            meta["classes"] = value
+        else:  # a path or hash not a string was a TypeError in the split or the cache key
+            meta["files"][0][field] = value
         (copy / "features.json").write_text(json.dumps(meta))
         with pytest.raises(TltoolError, match="features.json is damaged .* each file's split"):
             load_features(copy)

@@ -204,13 +204,17 @@ def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record
     meta_path = chunks.out / "features.json"
     if not meta_path.exists():
         return False
-    old = read_json(meta_path)
-    if not (old.get("key") == chunks.key and old.get("complete") and not chunks.missing()):
+    try:
+        old = read_json(meta_path)
+    except (OSError, ValueError, RecursionError):  # damaged: extracted again, into tltool's own folder
+        return False
+    if not (isinstance(old, dict) and old.get("key") == chunks.key and old.get("complete") and not chunks.missing()):
         return False
     dataset = checked.dataset
     known = {f.record.path for f in checked.bad}
-    skipped = _check_skipped(checked) + [s for s in old.get("skipped", [])
-                                         if s.get("found_by") and s["path"] not in known]
+    earlier = old.get("skipped") if isinstance(old.get("skipped"), list) else []
+    skipped = _check_skipped(checked) + [s for s in earlier if isinstance(s, dict) and s.get("found_by")
+                                         and isinstance(s.get("path"), str) and s["path"] not in known]
     old.update(classes=dataset.classes, files=_file_rows(records, hashes), dataset=_dataset_meta(dataset),
                skipped=skipped)
     write_json(meta_path, old)  # the current labels and split; the numbers are reused
@@ -433,8 +437,10 @@ def _read_meta(meta_path: Path) -> dict:
         n, chunk, files = meta["n_images"], meta["chunk_size"], meta["files"]
         valid = (isinstance(n, int) and isinstance(chunk, int) and n >= 1 and chunk >= 1 and isinstance(files, list)
                  and len(files) == n and isinstance(meta["classes"], list) and isinstance(meta["key"], str)
+                 and all(isinstance(c, str) for c in meta["classes"])
                  and all(isinstance(f, dict) and {"path", "label", "split", "sha256"} <= set(f)
-                         and f["split"] in FEATURE_SPLITS and isinstance(f["label"], str) for f in files))
+                         and f["split"] in FEATURE_SPLITS
+                         and all(isinstance(f[k], str) for k in ("path", "label", "sha256")) for f in files))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TltoolError(f"{directory}: features.json is damaged ({exc.__class__.__name__}: {exc}); extract again "
                           "into a new folder.") from None
