@@ -444,6 +444,21 @@ def test_label_export_never_writes_into_a_folder_tltool_did_not_make(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "mydata", "mydata-split"]
 
 
+@pytest.mark.parametrize("files", [[{"a": 1}], [["train"]], 7])
+def test_a_hand_edited_export_list_still_names_the_users_files(tmp_path, files):
+    """An export.json whose file list held objects was a TypeError traceback (unhashable) on the next export."""
+    root = tmp_path / "mydata"
+    labelled_dataset(root)
+    out = tmp_path / "mydata-split"
+    assert CliRunner().invoke(main, ["label", "export", str(root)]).exit_code == 0
+    info = json.loads((out / EXPORT_MARKER).read_text())
+    (out / EXPORT_MARKER).write_text(json.dumps({**info, "files": files}))
+    (out / "NOTES.md").write_text("my notes")
+    result = CliRunner().invoke(main, ["label", "export", str(root)])
+    assert result.exit_code == 2 and "NOTES.md" in result.output and "Traceback" not in result.output
+    assert (out / "NOTES.md").read_text() == "my notes"
+
+
 def test_label_export_is_whole_or_absent(tmp_path, monkeypatch):
     """An export interrupted before its first rename leaves only tltool's marked folder: a rerun completes it
     without --force. A --force export that fails halfway leaves the earlier export as it was."""

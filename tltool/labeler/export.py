@@ -72,9 +72,9 @@ def _added_files(target: Path) -> list[str]:
     """
     try:
         recorded = read_json(target / EXPORT_MARKER).get("files")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         recorded = None
-    known = set(recorded) if isinstance(recorded, list) else None
+    known = {rel for rel in recorded if isinstance(rel, str)} if isinstance(recorded, list) else None
     added = []
     for here, dirnames, filenames in os.walk(target):  # links are listed, never followed
         folder = Path(here)
