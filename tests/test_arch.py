@@ -143,6 +143,18 @@ def test_min_size_is_the_smallest_input_that_fits(name):
         spec.build(input_shape=(below, below, 3), classes=2)
 
 
+def test_the_image_size_range_admits_every_archs_smallest_input():
+    """--image-size started at 16 while nin takes 8 (the 8x8 photos of `tltool data digits`): `train --arch nin
+    --image-size 8` was refused by the range before the arch could say what it takes."""
+    from tltool.scratch import ScratchConfig
+    from tltool.settings import RANGES
+
+    assert RANGES["image_size"].low <= min(spec.min_size for spec in list_archs())
+    ScratchConfig(data="digits", arch="nin", image_size=8).validate()
+    model = build_arch("nin", input_shape=(8, 8, 3), classes=10)
+    assert tuple(model.output.shape) == (None, 10)
+
+
 def test_bad_options_are_user_errors():
     with pytest.raises(TltoolError, match="Unknown architecture 'alexnt'.*'alexnet'"):
         build_arch("alexnt")

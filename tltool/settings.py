@@ -52,7 +52,7 @@ class Range(NamedTuple):
 # numeric setting -> its Range. A value of None (a setting left to its default, such as a net's own dropout) is not
 # checked; infinities and NaN never pass.
 RANGES: dict[str, Range] = {
-    "image_size": Range(16, 4096, meaning="leave it out for the backbone's default"),
+    "image_size": Range(8, 4096, meaning="leave it out for the backbone's default"),  # nin takes 8 px
     "batch_size": Range(1, None),
     "chunk_size": Range(1, None),
     "epochs": Range(0, None),
