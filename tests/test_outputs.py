@@ -114,13 +114,31 @@ def test_a_replaced_run_or_export_keeps_no_file_of_the_earlier_one(tmp_path):
         new_run_dir("finetune", out=run)
     assert new_run_dir("finetune", out=run, force=True) == run
     assert sorted(p.name for p in run.iterdir()) == [MARKER] and output_kind(run) == "run"
-    (run / "state.json").write_text("unfinished, killed before its report")
+    (run / "split.csv").write_text("unfinished, killed before its first epoch")
     assert new_run_dir("finetune", out=run) == run and sorted(p.name for p in run.iterdir()) == [MARKER]
     assert not list(tmp_path.glob(".run.old-*"))  # the old folder is gone once the new one is in place
     folder = _users_folder(tmp_path)
     with pytest.raises(TltoolError, match="refusing"):
         emptied_output_dir(folder, "run")
     assert (folder / "thesis" / "chapter1.tex").read_text() == "years of work"
+
+
+@pytest.mark.parametrize("left", ["state.json", "refit/state.json"])
+def test_an_unfinished_run_that_can_be_resumed_is_not_replaced_without_force(tmp_path, left):
+    """A killed fine-tune's folder (no metrics.json yet) holds checkpoints `--resume` goes on from: another
+    command given it as --out replaced it silently, losing the training done so far."""
+    from tltool.runs import check_run_dir, new_run_dir
+
+    run = new_run_dir("finetune", out=tmp_path / "run")
+    for name in (left, "checkpoint-epoch0007.keras", "split.csv"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("seven epochs of training")
+    for attempt in (check_run_dir, lambda out: new_run_dir("linear", out=out)):
+        with pytest.raises(TltoolError, match="--resume") as refused:
+            attempt(run)
+        assert "--force" in str(refused.value)
+    assert (run / "checkpoint-epoch0007.keras").read_text() == "seven epochs of training"
+    assert new_run_dir("linear", out=run, force=True) == run and sorted(p.name for p in run.iterdir()) == [MARKER]
 
 
 def test_an_out_below_a_file_is_a_clear_error(tmp_path):
