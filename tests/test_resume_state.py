@@ -149,3 +149,32 @@ def test_damaged_best_weights_are_named_when_early_stopping_restores_them(tmp_pa
     (tmp_path / best.best_weights).write_bytes(b"\x89HDF\r\n\x1a\n truncated")
     with pytest.raises(TltoolError, match=r"best-epoch0002.weights.h5: the best epoch's weights cannot be loaded"):
         best.restore(_build())
+
+
+# ------------------------------------------------------------------ 4. config.json: the settings a resume goes on with
+@pytest.mark.parametrize("text, named", [
+    ("{not json", "cannot be read as JSON"), ("[1, 2]", "holds a JSON list"), ('{"kind": ["x"]}', "kind"),
+    ('{"kind": "finetune", "lr": "fast"}', "lr = 'fast'"), ('{"kind": "finetune", "epochs": true}', "epochs"),
+    ('{"kind": "finetune", "lr": -1}', "--lr must be"), ('{"kind": "finetune", "augment": "wild"}', "'wild'"),
+    ('{"kind": "finetune", "refit": 1}', "refit"),
+])
+def test_a_damaged_config_json_is_a_clear_error_before_anything_runs(tmp_path, text, named):
+    """state.json was checked, config.json was not: a hand-edited setting failed later inside the run, as a
+    traceback (a str learning rate in the optimizer) or not at all (a negative one)."""
+    from tltool.finetune import FinetuneConfig, finetune
+
+    (tmp_path / "config.json").write_text(text)
+    for resume in (lambda: FinetuneConfig.from_run(tmp_path), lambda: finetune(FinetuneConfig(), resume=tmp_path)):
+        with pytest.raises(TltoolError, match="config.json") as info:
+            resume()
+        assert named in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_config_json_as_tltool_writes_it_resumes_with_its_settings(tmp_path):
+    from dataclasses import asdict
+
+    from tltool.finetune import FinetuneConfig
+
+    started = FinetuneConfig(data="photos", lr=3e-4, weight_decay=None, refit=True, image_size=288)
+    (tmp_path / "config.json").write_text(json.dumps({**asdict(started), "kind": "finetune"}))
+    assert FinetuneConfig.from_run(tmp_path) == started

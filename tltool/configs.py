@@ -9,9 +9,10 @@ This module imports nothing heavy: ``tltool --help`` imports it and must stay fr
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 from .backbones.registry import get_backbone_spec
 from .errors import TltoolError
@@ -103,18 +104,57 @@ class RunConfig(TrainOptions, DataOptions):
 
     @classmethod
     def from_run(cls, run_dir: Path):
-        """The settings a run was started with; refuses a run folder of another kind."""
-        if not (run_dir / "config.json").exists():
-            raise TltoolError(f"--resume {run_dir}: not a training run folder (no config.json).")
-        stored = read_json(run_dir / "config.json")
+        """The settings a run was started with; refuses a run folder of another kind, and a config.json that was
+        edited or damaged (a wrong type or an illegal value would fail later, as a traceback)."""
+        stored = _read_run_config(run_dir)
         kind = stored.get("kind") or stored_kind(stored)
+        if not isinstance(kind, str):
+            _damaged_config(run_dir, f"kind = {kind!r} is not a run kind.")
         if cls.KIND and kind != cls.KIND:
             what = KIND_NAMES.get(kind, f"{kind!r}")
             hint = (f"resume it with `{RESUME_COMMANDS[kind]} {run_dir}`" if kind in RESUME_COMMANDS
                     else "it cannot be resumed; start it again")
             raise TltoolError(f"--resume {run_dir}: this is a {what} run, not a {KIND_NAMES[cls.KIND]} run; {hint}.")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in stored.items() if k in known})
+        known = {f.name: f.type for f in fields(cls)}
+        settings = {k: v for k, v in stored.items() if k in known}
+        for name, value in settings.items():
+            if not _is_of_type(value, known[name]):
+                _damaged_config(run_dir, f"{name} = {value!r} is not of type {known[name]}.")
+        config = cls(**settings)
+        try:
+            config.validate()
+        except TltoolError as error:
+            _damaged_config(run_dir, str(error))
+        return config
+
+
+def _read_run_config(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    if not os.path.lexists(path):
+        raise TltoolError(f"--resume {run_dir}: not a training run folder (no config.json).")
+    if path.is_symlink() or not path.is_file():
+        _damaged_config(run_dir, "is not a regular file (a link, a folder or a device).")
+    try:
+        stored = read_json(path)
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: not JSON, or not UTF-8
+        _damaged_config(run_dir, f"cannot be read as JSON ({type(error).__name__}).")
+    if not isinstance(stored, dict):
+        _damaged_config(run_dir, f"holds a JSON {type(stored).__name__}, not an object of settings.")
+    return stored
+
+
+def _damaged_config(run_dir: Path, problem: str) -> NoReturn:
+    raise TltoolError(f"--resume {run_dir}: config.json: {problem} The file was edited or damaged, so the run's "
+                      "settings are unknown; start a new run instead.")
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
+
+
+def _is_of_type(value, annotation: str) -> bool:
+    """Whether a value read from JSON fits a field's annotation (``int``, ``float | None``, ...); True is no int."""
+    allowed = tuple(t for name in annotation.split("|") for t in _TYPES.get(name.strip(), (object,)))
+    return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
 
 
 def stored_kind(stored: dict) -> str:
