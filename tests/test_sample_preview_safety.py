@@ -86,6 +86,29 @@ def test_make_sample_rerun_needs_force_and_leaves_no_stale_images(tmp_path):
     assert _siblings(out) == ["sample"]
 
 
+def test_make_sample_interrupted_is_finished_by_a_rerun_without_force(tmp_path, monkeypatch):
+    """A make-sample killed while rendering left its claimed, marked folder with nothing in it; the rerun was
+    refused as 'an earlier tltool sample' that --force would replace, though nothing was there to lose."""
+    from tltool import sample as sample_module
+
+    out = tmp_path / "sample"
+    render = sample_module.render_shape
+
+    def interrupted(kind, rng, size):
+        if kind == SHAPES[1]:
+            raise KeyboardInterrupt
+        return render(kind, rng, size)
+
+    monkeypatch.setattr(sample_module, "render_shape", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_shapes_dataset(out, per_class=2, size=32)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == [MARKER]
+    result = _run("data", "make-sample", out, "--per-class", "2")
+    assert result.exit_code == 0, result.output
+    assert len(_images(out)) == 8 and _siblings(out) == ["sample"]  # the staging folder left behind is cleared
+
+
 def test_make_sample_into_a_new_or_empty_folder_is_a_dataset(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

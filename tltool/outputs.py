@@ -42,6 +42,13 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
+def holds_only_marker(path: str | os.PathLike) -> bool:
+    """``path`` is a folder tltool claimed and left with nothing in it but its marker (a killed run, export or
+    sample): the next run may use it without ``--force``, since nothing would be lost."""
+    path = Path(path)
+    return path.is_dir() and not path.is_symlink() and all(child.name == MARKER for child in path.iterdir())
+
+
 def _marker(kind: str) -> dict:
     return {"kind": kind, "tool": "tltool", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -93,7 +100,7 @@ def emptied_output_dir(path: Path, kind: str) -> Path:
     """``path``, a claimed tltool folder of ``kind``, emptied for a new output (``--force``, or an unfinished
     earlier one): no file of the earlier output may pass for this one's (a checkpoint resumed on another split, an
     export of another model). It is renamed aside, a new marked folder takes its place, then the old is removed."""
-    if all(child.name == MARKER for child in path.iterdir()):
+    if holds_only_marker(path):
         return path
     if output_kind(path) != kind:  # claim_output_dir was skipped: never delete
         raise TltoolError(f"{path}: is not a tltool {kind} folder; refusing to replace it.")
