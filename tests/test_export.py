@@ -404,3 +404,27 @@ def test_a_finetuned_run_whose_model_json_names_other_classes_is_refused(tiny_ru
     with pytest.raises(TltoolError, match="model.json names 5 classes"):
         export_module.export_run(run, "keras")  # refused again in the default folder, which is reused
     assert earlier.is_file()  # before: the earlier export was deleted first, then the export refused
+
+
+def test_an_export_that_fails_while_writing_keeps_the_earlier_export_whole(tiny_run, tmp_path, monkeypatch):
+    """The export folder was emptied before the model was written: a conversion that failed (or a kill) then lost
+    the earlier export. Now the new one is built beside it and swapped in whole."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
+    earlier = export_module.export_run(run, "keras")
+    before = {p.relative_to(earlier.directory).as_posix(): p.read_bytes()
+              for p in earlier.directory.rglob("*") if p.is_file()}
+
+    def fail_halfway(model, path, run, quantize, splits):
+        path.write_bytes(b"half a model")
+        raise OSError("disk full")
+
+    monkeypatch.setitem(export_module.WRITERS, "keras", fail_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        export_module.export_run(run, "keras")
+    after = {p.relative_to(earlier.directory).as_posix(): p.read_bytes()
+             for p in earlier.directory.rglob("*") if p.is_file()}
+    assert after == before and "model.keras" in after
+    monkeypatch.undo()
+    again = export_module.export_run(run, "keras")  # the leftover staging folder is tltool's: cleared
+    assert again.model_path.is_file() and sorted(p.name for p in (run / "export").iterdir()) == ["keras"]

@@ -27,8 +27,7 @@ from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
 from .models import load_run, run_splits, trained_on_val
-from .outputs import (MARKER, check_output_dir, claim_output_dir, emptied_output_dir, replace_output_dir,
-                      staging_dir)
+from .outputs import MARKER, check_output_dir, claim_output_dir, replace_output_dir, staging_dir
 from .progress import Bar, say
 from .settings import CHOICES
 from .stats import Proportion
@@ -122,17 +121,17 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
         raise TltoolError(f"{run_dir}: the model gives {model.output_shape[-1]} class probabilities and model.json "
                           f"names {len(run.classes)} classes: one of them was edited or replaced.")
     splits = run_splits(run_dir, run) if fmt == "tflite" and (measure or quantize == "int8") else None
-    target = emptied_output_dir(claim_output_dir(target, "export", force=force, reuse=out is None), "export")
-    path = target / MODEL_FILES[fmt]
-    WRITERS[fmt](model, path, run, quantize, splits)
+    claim_output_dir(target, "export", force=force, reuse=out is None)
+    staging = staging_dir(target, "export")  # built whole beside the earlier export, which stays until it is done
+    WRITERS[fmt](model, staging / MODEL_FILES[fmt], run, quantize, splits)
     measurement = None
     if fmt == "tflite" and measure:
-        measurement = measure_export(path, model, run, splits["val"], quantize, max_drop)
-        write_json(target / "export.json", measurement)
-    else:  # an earlier export's numbers in this (tltool's own) folder would describe another file
-        (target / "export.json").unlink(missing_ok=True)
-    write_client_files(target, fmt, path.name, list(run.classes), run.image_size, run.resize,
+        measurement = measure_export(staging / MODEL_FILES[fmt], model, run, splits["val"], quantize, max_drop)
+        write_json(staging / "export.json", measurement)
+    write_client_files(staging, fmt, MODEL_FILES[fmt], list(run.classes), run.image_size, run.resize,
                        "\n".join(f"- {line}" for line in measurement_lines(measurement)) if measurement else "")
+    replace_output_dir(staging, target, "export")
+    path = target / MODEL_FILES[fmt]
     result = ExportResult(target, path, measurement)
     if not result.within_max_drop:
         warnings.warn(QuantizationCostWarning(
