@@ -18,7 +18,7 @@ from .backbones.registry import get_backbone_spec
 from .errors import TltoolError
 from .images import DEFAULT_MAX_PIXELS
 from .settings import DEFAULT_BACKBONE, validate_choices
-from .utils import read_json
+from .utils import read_json_object
 
 
 @dataclass
@@ -132,15 +132,7 @@ def _read_run_config(run_dir: Path) -> dict:
     path = run_dir / "config.json"
     if not os.path.lexists(path):
         raise TltoolError(f"--resume {run_dir}: not a training run folder (no config.json).")
-    if path.is_symlink() or not path.is_file():
-        _damaged_config(run_dir, "is not a regular file (a link, a folder or a device).")
-    try:
-        stored = read_json(path)
-    except (OSError, ValueError, RecursionError) as error:  # ValueError: not JSON, or not UTF-8
-        _damaged_config(run_dir, f"cannot be read as JSON ({type(error).__name__}).")
-    if not isinstance(stored, dict):
-        _damaged_config(run_dir, f"holds a JSON {type(stored).__name__}, not an object of settings.")
-    return stored
+    return read_json_object(path, lambda problem: _damaged_config(run_dir, f"{problem}."))
 
 
 def _damaged_config(run_dir: Path, problem: str) -> NoReturn:

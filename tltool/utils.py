@@ -10,7 +10,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 from .errors import TltoolError
 
@@ -100,6 +100,21 @@ def json_ready(data: Any) -> Any:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_json_object(path: str | os.PathLike, damaged: Callable[[str], NoReturn]) -> dict:
+    """The JSON object in the regular file ``path``, a file tltool wrote and a user may have edited or damaged;
+    ``damaged(problem)`` raises the caller's error when it is a link, a folder, not JSON or not an object."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        damaged("is not a regular file (a link, a folder or a device)")
+    try:
+        stored = read_json(path)
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: not JSON, or not UTF-8
+        damaged(f"cannot be read as JSON ({type(error).__name__})")
+    if not isinstance(stored, dict):
+        damaged(f"holds a JSON {type(stored).__name__}, not an object")
+    return stored
 
 
 def _json_default(obj: Any) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import TltoolError
-from ..utils import atomic_path, read_json, write_json
+from ..utils import atomic_path, read_json_object, write_json
 from .history import write_history
 from .randomness import restore_seed_states, seed_states
 
@@ -57,14 +57,7 @@ class LoopState:
         :class:`TltoolError` naming the file. ``plan``: the epochs of each stage of the run, to check the counters
         against (a resume)."""
         path = Path(path)
-        if path.is_symlink() or (path.exists() and not path.is_file()):
-            _bad_state(path, "is not a regular file (a link, a folder or a device)")
-        try:
-            stored = read_json(path)
-        except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, or not UTF-8
-            _bad_state(path, f"cannot be read as JSON ({type(e).__name__})")
-        if not isinstance(stored, dict):
-            _bad_state(path, f"holds a JSON {type(stored).__name__}, not an object")
+        stored = read_json_object(path, lambda problem: _bad_state(path, problem))
         if isinstance(stored.get("stopped_early"), bool):  # older state.json: one flag that ended the run
             stored["stage_stopped"], stored["stopped_early"] = stored["stopped_early"], []
         known = {f.name for f in fields(cls)}
