@@ -197,5 +197,13 @@ def test_a_model_json_whose_classes_disagree_with_the_model_is_refused(tmp_path)
         with pytest.raises(TltoolError, match=r"model.json names the classes .* its head was fitted on \['a', 'b', 'c'\]"):
             load_run(tmp_path)
     write_json(tmp_path / "model.json", {**config, "classes": ["a", "b", "c"], "pool": "weird"})
-    with pytest.raises(TltoolError, match="model.json's pool 'weird' is none of"):
+    with pytest.raises(TltoolError, match="pool is 'weird', not one of"):
         load_run(tmp_path)
+    for edit, named in (({"backbone": 5}, "backbone is 5"), ({"weights": None}, "weights is None"),
+                        ({"kind": "magic"}, "kind 'magic'"), ({"max_pixels": "many"}, "max_pixels is 'many'")):
+        write_json(tmp_path / "model.json", {**config, "classes": ["a", "b", "c"], **edit})
+        with pytest.raises(TltoolError, match=named):  # before: AttributeError, KeyError at predict or export
+            load_run(tmp_path)
+    del config["pool"]  # a run of an older tltool: the one pooling it had
+    write_json(tmp_path / "model.json", {**config, "classes": ["a", "b", "c"]})
+    assert load_run(tmp_path).config["pool"] == "avg"

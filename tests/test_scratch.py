@@ -36,6 +36,17 @@ def test_lenet5_on_digits_reaches_95_percent(tmp_path):
     assert predicted.exit_code == 0 and "\t7 " in predicted.output
 
 
+def test_nin_at_8_px_trains_and_its_run_loads(tmp_path):
+    """--image-size 8 (nin's smallest input) passed the range, trained, then failed in its own finish: model.json's
+    check still required 16 px, so the run could neither be loaded nor resumed."""
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(SAMPLE), "--arch", "nin", "--image-size", "8", "--epochs", "1",
+                                       "--batch-size", "16", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    model = load_run(run)
+    assert model.image_size == 8 and model.predict_paths([str(next(SAMPLE.glob("star/*.jpg")))]).shape == (1, 4)
+
+
 def test_bad_architecture_option_is_one_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["train", str(SAMPLE), "--arch", "alexnett", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "Did you mean" in result.output

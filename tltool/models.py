@@ -7,6 +7,7 @@ import csv
 import os
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -18,9 +19,9 @@ from .features import select_pool
 from .heads import FittedHead
 from .keras_files import load_keras_model
 from .images import DEFAULT_MAX_PIXELS
-from .settings import CHOICES, check_choice
+from .settings import CHOICES, RANGES, check_choice
 from .tta import predict_with_tta
-from .utils import read_json
+from .utils import read_json, read_json_object
 
 
 class RunModel:
@@ -85,9 +86,6 @@ class LinearRunModel(RunModel):
         if self.head.classes != self.classes:
             raise TltoolError(f"{run_dir}: model.json names the classes {self.classes}, its head was fitted on "
                               f"{self.head.classes}: one of them was edited; fit the head again with `tltool linear`.")
-        if config.get("pool", "avg") not in CHOICES["pool"]:
-            raise TltoolError(f"{run_dir}: model.json's pool {config.get('pool')!r} is none of {CHOICES['pool']}; it "
-                              "was edited.")
 
     def source(self) -> ModelSource:  # the same pooled features as extraction
         return feature_source(self.config["backbone"], self.config["weights"], self.image_size)
@@ -157,29 +155,63 @@ def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
         raise TltoolError(f"{run_dir}: not a tltool run (no model.json). Pass the folder a linear, finetune or "
                           "train command wrote.")
     config = _checked_model_json(config_path)
-    loader = _LOADERS.get(config.get("kind"))
-    if loader is None:
-        raise TltoolError(f"{run_dir}: unknown run kind {config.get('kind')!r}.")
-    return loader(run_dir, config, engine)
+    return _LOADERS[config["kind"]](run_dir, config, engine)
 
 
 MAX_IMAGE_SIZE = 4096  # no run of tltool's is trained above this; a larger model.json size is an edit
 
 
+def _is_text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _is_size(value) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and RANGES["image_size"].low <= value <= MAX_IMAGE_SIZE)
+
+
+def _is_pixels(value) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def _are_classes(value) -> bool:
+    return isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) for c in value)
+
+
+# what each kind of run reads from its model.json: the test its value must pass and what that is, in words
+_COMMON_FIELDS = {
+    "image_size": (_is_size, f"a size of {RANGES['image_size'].low:g}-{MAX_IMAGE_SIZE} px"),
+    "resize": (lambda v: v in CHOICES["resize"], f"one of {CHOICES['resize']}"),
+    "classes": (_are_classes, "a list of at least 2 class names"),
+    "max_pixels": (_is_pixels, "a whole number of pixels"),
+}
+_MODEL_FIELDS = {
+    "linear": {"backbone": (_is_text, "a backbone name"), "weights": (_is_text, "a weights name or file"),
+               "pool": (lambda v: v in CHOICES["pool"], f"one of {CHOICES['pool']}"),
+               "features": (_is_text, "the features folder")},
+    "finetune": {"backbone": (_is_text, "a backbone name")},
+    "scratch": {},
+}
+_OPTIONAL = {"max_pixels": None, "features": None, "pool": "avg"}  # absent in runs of an older tltool: the default
+
+
 def _checked_model_json(path: Path) -> dict:
-    """``model.json`` with the fields every run writes, of the types it writes them (it is read as possibly
-    edited: an image size of 100000 made OpenCV ask for 120 GB)."""
-    try:
-        config = read_json(path)
-    except (OSError, ValueError) as exc:
-        raise TltoolError(f"{path}: not a model.json tltool wrote ({exc.__class__.__name__}: {exc}).") from None
-    size = config.get("image_size") if isinstance(config, dict) else None
-    valid = (isinstance(size, int) and 16 <= size <= MAX_IMAGE_SIZE and config.get("resize") in CHOICES["resize"]
-             and isinstance(config.get("classes"), list) and len(config["classes"]) >= 2
-             and all(isinstance(c, str) for c in config["classes"]))
-    if not valid:
-        raise TltoolError(f"{path}: not a model.json tltool wrote (it needs image_size 16-{MAX_IMAGE_SIZE}, a resize "
-                          f"of {CHOICES['resize']} and a list of at least 2 class names).")
+    """``model.json`` with the fields its kind of run reads, of the types tltool writes them (it is read as possibly
+    edited: an image size of 100000 made OpenCV ask for 120 GB, a missing pool was a KeyError)."""
+    def damaged(problem: str) -> NoReturn:
+        raise TltoolError(f"{path}: not a model.json tltool wrote ({problem}).")
+
+    config = read_json_object(path, damaged)
+    kind = config.get("kind")
+    if kind not in _MODEL_FIELDS:
+        damaged(f"its kind {kind!r} is none of {sorted(_MODEL_FIELDS)}")
+    for name, (ok, what) in {**_COMMON_FIELDS, **_MODEL_FIELDS[kind]}.items():
+        if name not in config and name in _OPTIONAL:
+            if _OPTIONAL[name] is not None:
+                config[name] = _OPTIONAL[name]
+            continue
+        if not ok(config.get(name)):
+            damaged(f"{name} is {config.get(name)!r}, not {what}")
     return config
 
 
