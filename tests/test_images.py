@@ -191,3 +191,22 @@ def test_a_folder_or_a_named_pipe_is_a_bad_file_at_once(tmp_path):
             images.load_image(tmp_path / name, 64)
         with pytest.raises(OSError):
             sha256_file(tmp_path / name)
+
+
+def test_a_tiff_whose_second_page_has_no_dimensions_is_corrupt_not_a_traceback(tmp_path):
+    """Pillow raised TypeError('Missing dimensions') when the decode asked how many pages there are: a traceback
+    in predict, evaluate, data inspect, collect and the labeler's image view."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(buffer, "TIFF")
+    data = bytearray(buffer.getvalue())
+    first = struct.unpack_from("<I", data, 4)[0]
+    entries = struct.unpack_from("<H", data, first)[0]
+    struct.pack_into("<I", data, first + 2 + 12 * entries, len(data))  # the next page: only a Compression tag
+    data += struct.pack("<H", 1) + struct.pack("<HHII", 0x0103, 3, 1, 1) + struct.pack("<I", 0)
+    path = tmp_path / "two-pages.tif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadImageError) as err:
+        images.load_image(path, 32)
+    assert err.value.reason == images.CORRUPT and "Missing dimensions" in str(err.value)

@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import stat
+import struct
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -70,6 +71,12 @@ def _pillow_limit_at_least(max_pixels: int):
             Image.MAX_IMAGE_PIXELS = saved
 
 
+# what Pillow's format plugins raise on a malformed file: a TIFF page without dimensions is a TypeError, a short
+# struct a struct.error, a bad table index an IndexError or KeyError
+PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error, IndexError, KeyError,
+                 ZeroDivisionError)
+
+
 def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     try:
         found = os.stat(path)
@@ -90,7 +97,7 @@ def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
         raise BadImageError(path, NOT_AN_IMAGE, "no known image format") from None
     except PermissionError as exc:
         raise BadImageError(path, UNREADABLE, exc.strerror or str(exc)) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except PILLOW_ERRORS as exc:
         raise BadImageError(path, CORRUPT, str(exc)) from None
     w, h = im.size
     if w * h > max_pixels:
@@ -175,7 +182,7 @@ def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) ->
         raise
     except Image.DecompressionBombError as exc:  # a GIF frame larger than its header said
         raise BadImageError(path, BOMB, str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except PILLOW_ERRORS as exc:
         raise BadImageError(path, CORRUPT, str(exc)) from None
     finally:
         source.close()
