@@ -102,6 +102,10 @@ def test_manifest_rows_and_errors(tmp_path):
     with pytest.raises(TltoolError, match="row 4: imgs/a/img_00.jpg is listed again \\(first on row 2\\)"):
         load_dataset(tmp_path / "dup.csv")
 
+    (tmp_path / "long.csv").write_text(f"path,label\nimgs/a/img_00.jpg,a\n{'x' * 300}.jpg,a\n")
+    with pytest.raises(TltoolError, match=r"row 3: cannot be looked up \(File name too long\)"):
+        load_dataset(tmp_path / "long.csv")  # before: OSError ENAMETOOLONG from Path.is_file, a traceback
+
     (tmp_path / "col.csv").write_text("path,label,colour\nimgs/a/img_00.jpg,a,red\n")
     with pytest.raises(TltoolError, match=r"row 1 \(header\): unknown column\(s\) \['colour'\]"):
         load_dataset(tmp_path / "col.csv")

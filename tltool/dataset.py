@@ -281,8 +281,13 @@ class _ManifestRows:
         full = (self.base / path).resolve() if not os.path.isabs(path) else Path(path)
         if not label:
             self.problems.append(f"row {line}: empty label for {path}")
-        if not full.is_file():
-            self.problems.append(f"row {line}: file not found: {path}")
+        try:
+            found = full.is_file()
+        except OSError as exc:  # a name too long for the filesystem: Python 3.11 raises instead of saying False
+            self.problems.append(f"row {line}: cannot be looked up ({exc.strerror}): {path[:80]}...")
+        else:
+            if not found:
+                self.problems.append(f"row {line}: file not found: {path}")
         if split is not None and split not in SPLIT_ALIASES:
             self.problems.append(f"row {line}: unknown split {split!r} (use train, val or test)")
         if str(full) in self.first_row:
