@@ -151,3 +151,20 @@ def test_a_search_is_remembered_by_content_and_settings(tmp_path, monkeypatch):
         entry.write_text("{not json")  # a damaged entry is searched again, not an error
     heads.search_head(spec, Xtr, ytr, classes, seed=0)
     assert len(calls) == 5
+
+
+def test_a_cached_knn_head_made_inconsistent_is_searched_again_and_rewritten(tmp_path, monkeypatch):
+    """A cached head.json with n_neighbors 0 made every later `linear --head knn` on those features fail with
+    'fit it again with tltool linear', which only read the same entry again."""
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    from tltool import heads
+
+    Xtr, ytr, Xte, _ = _data()
+    spec, classes = get_head_spec("knn"), ["a", "b", "c"]
+    first = heads.search_head(spec, Xtr, ytr, classes, seed=0)
+    (entry,) = (tmp_path / "cache" / "heads").rglob("head.json")
+    meta = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**meta, "params": {**meta["params"], "n_neighbors": 0}}))
+    again = heads.search_head(spec, Xtr, ytr, classes, seed=0)
+    np.testing.assert_array_equal(again.fitted.predict_proba(Xte), first.fitted.predict_proba(Xte))
+    assert json.loads(entry.read_text())["params"]["n_neighbors"] >= 1  # the entry was written again

@@ -337,13 +337,20 @@ def _search_dir(key: str) -> Path:
 
 
 def _read_search(key: str) -> HeadSearch | None:
+    """The cached search of ``key``, or None; a damaged entry (tltool's own cache) is removed, to be written again."""
     folder = _search_dir(key)
+    if not folder.is_dir():
+        return None
     try:
         record = read_json(folder / "search.json")
-        return HeadSearch(FittedHead.load(folder), record["param"], record["grid"], int(record["folds"]),
-                          record["chosen"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        if (isinstance(record["param"], str) and isinstance(record["grid"], list)
+                and isinstance(record["chosen"], dict) and isinstance(record["folds"], int)):
+            return HeadSearch(FittedHead.load(folder), record["param"], record["grid"], record["folds"],
+                              record["chosen"])
+    except (OSError, ValueError, KeyError, TypeError, TltoolError):
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _write_search(key: str, result: HeadSearch) -> None:
