@@ -210,3 +210,25 @@ def test_a_tiff_whose_second_page_has_no_dimensions_is_corrupt_not_a_traceback(t
     with pytest.raises(BadImageError) as err:
         images.load_image(path, 32)
     assert err.value.reason == images.CORRUPT and "Missing dimensions" in str(err.value)
+
+
+@pytest.mark.parametrize("entry", [[1], {"stage": "decode"}, {"stage": "decode", "width": "wide", "height": 40},
+                                   {"stage": "decode", "reason": 7}, {"stage": "x", "width": 40, "height": 40}])
+def test_a_damaged_file_check_cache_entry_is_checked_again(tmp_path, monkeypatch, entry):
+    """A cache entry of [1] was an AttributeError, one without a size a KeyError, in every command that checks a
+    dataset; it is now a miss: the photo is read again and its entry written over."""
+    import json
+
+    from tltool import filecache
+    from tltool.dataset import load_dataset
+    from tltool.inspection import check_dataset
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    for name, colour in (("a/one.png", (10, 200, 30)), ("b/two.png", (200, 10, 30))):
+        solid(tmp_path / "data" / name, colour, size=(48, 40), fmt="PNG")
+    first = check_dataset(load_dataset(tmp_path / "data"), emit_warnings=False)
+    for entry_path in (tmp_path / "cache").rglob("*.json"):
+        entry_path.write_text(json.dumps(entry))
+    again = check_dataset(load_dataset(tmp_path / "data"), emit_warnings=False)
+    assert [(f.reason, f.width, f.height) for f in again.files] == [(f.reason, f.width, f.height) for f in first.files]
+    assert filecache.lookup(first.files[0].sha256)["width"] == 48

@@ -26,11 +26,28 @@ def _entry_path(sha256: str) -> Path:
 
 
 def lookup(sha256: str) -> dict | None:
-    """The cached entry for this content, or None (never checked, or the entry is unreadable)."""
+    """The cached entry for this content, or None (never checked, or the entry is unreadable or not of the shape
+    :func:`store` writes: checked again, and stored over)."""
     try:
-        return json.loads(_entry_path(sha256).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        entry = json.loads(_entry_path(sha256).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return entry if _well_formed(entry) else None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _well_formed(entry: Any) -> bool:
+    """A bad file's stage, reason and detail, or a good one's stage, size and conversions, with their types."""
+    if not isinstance(entry, dict) or entry.get("stage") not in (HEADER, DECODE):
+        return False
+    if entry.get("reason"):
+        return isinstance(entry["reason"], str) and isinstance(entry.get("detail", ""), str)
+    conversions = entry.get("conversions", [])
+    return (_is_count(entry.get("width")) and _is_count(entry.get("height")) and isinstance(conversions, list)
+            and all(isinstance(c, str) for c in conversions))
 
 
 def store(sha256: str, entry: dict) -> None:
