@@ -428,3 +428,23 @@ def test_an_export_that_fails_while_writing_keeps_the_earlier_export_whole(tiny_
     monkeypatch.undo()
     again = export_module.export_run(run, "keras")  # the leftover staging folder is tltool's: cleared
     assert again.model_path.is_file() and sorted(p.name for p in (run / "export").iterdir()) == ["keras"]
+
+
+def test_export_into_dot_keeps_the_folder_and_a_killed_export_reruns_without_force(tiny_run, tmp_path, monkeypatch):
+    """`export RUN --out .` was a ValueError (Path('.') has no name to stage beside); a folder a killed export left
+    holding only its marker was refused as an earlier export that needs --force."""
+    import os
+    import stat
+
+    from tltool.outputs import MARKER, claim_output_dir
+
+    here = tmp_path / "here"
+    here.mkdir(mode=0o750)
+    inode = here.stat().st_ino
+    monkeypatch.chdir(here)
+    result = export_module.export_run(tiny_run.run_dir, "keras", ".")
+    assert result.model_path.is_file() and here.stat().st_ino == inode
+    assert stat.S_IMODE(here.stat().st_mode) == 0o750 and not [p for p in os.listdir(tmp_path) if p != "here"]
+    killed = claim_output_dir(tmp_path / "killed", "export")
+    assert sorted(os.listdir(killed)) == [MARKER]
+    assert export_module.export_run(tiny_run.run_dir, "keras", killed).model_path.is_file()

@@ -87,6 +87,63 @@ def test_a_leftover_staging_folder_not_made_by_tltool_is_kept(tmp_path):
     assert (leftover / "mine.txt").read_text() == "keep"
 
 
+def test_a_staged_output_fills_a_claimed_empty_folder_in_place_and_leaves_nothing_when_it_fails(tmp_path):
+    """Renamed over, a user's empty --out lost its mode (700 became 755) and inode; a failure left a hidden
+    staging folder with a whole model in it beside the user's folder."""
+    import os
+    import stat
+
+    from tltool.outputs import staged_output
+
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    inode = mine.stat().st_ino
+    claim_output_dir(mine, "export")
+    with pytest.raises(OSError, match="disk full"):
+        with staged_output(mine, "export") as staging:
+            (staging / "model.tflite").write_bytes(b"half")
+            raise OSError("disk full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and sorted(os.listdir(mine)) == [MARKER]
+    with staged_output(mine, "export") as staging:
+        (staging / "model.tflite").write_bytes(b"whole")
+    assert (mine / "model.tflite").read_bytes() == b"whole" and output_kind(mine) == "export"
+    assert mine.stat().st_ino == inode and stat.S_IMODE(mine.stat().st_mode) == 0o700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_replacing_leaves_a_users_dot_old_folder_alone_and_refuses_a_linked_staging_name(tmp_path):
+    """A user's `.out.old` made the replacement fail after all the work (ENOTEMPTY), or was deleted if empty; a
+    `.NAME.partial` link to a tltool folder was an rmtree traceback."""
+    out = claim_output_dir(tmp_path / "out", "sample")
+    (out / "a.jpg").write_text("earlier")
+    for name, content in ((".out.old", "mine"), (".out.old-1", "")):
+        (tmp_path / name).mkdir()
+        if content:
+            (tmp_path / name / "notes.txt").write_text(content)
+    staging = staging_dir(out, "sample")
+    (staging / "b.jpg").write_text("new")
+    replace_output_dir(staging, out, "sample")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "b.jpg"]
+    assert (tmp_path / ".out.old" / "notes.txt").read_text() == "mine" and (tmp_path / ".out.old-1").is_dir()
+    elsewhere = claim_output_dir(tmp_path / "elsewhere", "sample")
+    (tmp_path / ".out.partial").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(TltoolError, match="not tltool's"):
+        staging_dir(out, "sample")
+    assert output_kind(elsewhere) == "sample"
+
+
+def test_digits_into_dot_and_after_a_kill(tmp_path, monkeypatch):
+    """`data digits .` was a ValueError (Path('.') has no name); a folder a killed run left holding only its
+    marker needed --force."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert CliRunner().invoke(main, ["data", "digits", "."]).exit_code == 0
+    assert len(list((tmp_path / "here").glob("*/*/*.png"))) == 1797
+    killed = claim_output_dir(tmp_path / "killed", "digits")
+    result = CliRunner().invoke(main, ["data", "digits", str(killed)])
+    assert result.exit_code == 0, result.output
+
+
 def test_digits_force_does_not_replace_a_users_folder(tmp_path):
     folder = _users_folder(tmp_path)
     result = CliRunner().invoke(main, ["data", "digits", str(folder), "--force"])

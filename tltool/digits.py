@@ -20,7 +20,7 @@ from PIL import Image
 from .dataset import Dataset, Record, stratified_split
 from .errors import TltoolError
 from .images import MIN_SIDE
-from .outputs import claim_output_dir, replace_output_dir, staging_dir
+from .outputs import claim_output_dir, holds_only_marker, staged_output
 
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
               "bicubic": Image.Resampling.BICUBIC}
@@ -31,12 +31,12 @@ def export_digits(out: str | os.PathLike, size: int = 32, val_fraction: float = 
     """Write the digits dataset into ``out``; return ``{split: {digit: count}}``."""
     from sklearn.datasets import load_digits
 
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # `.` has no name to stage a folder beside
     if size < MIN_SIDE:
         raise TltoolError(f"--size must be at least {MIN_SIDE} (tltool rejects smaller images), got {size}.")
     if resample not in RESAMPLING:
         raise TltoolError(f"--resample must be one of {', '.join(RESAMPLING)}, got {resample!r}.")
-    claim_output_dir(out, "digits", force=force)
+    claim_output_dir(out, "digits", reuse=holds_only_marker(out), force=force, option="OUT")  # reuse: killed
     digits = load_digits()
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 grey levels -> 0..255
     labels = [str(int(y)) for y in digits.target]
@@ -44,13 +44,12 @@ def export_digits(out: str | os.PathLike, size: int = 32, val_fraction: float = 
     records = [Record(name, labels[i]) for name, i in index.items()]
     split = stratified_split(Dataset("digits", "sklearn:load_digits", records), val_fraction=val_fraction, seed=seed)
 
-    staging = staging_dir(out, "digits")
-    for record in split.records:
-        image = Image.fromarray(pixels[index[record.path]]).resize((size, size), RESAMPLING[resample])
-        target = staging / record.split / record.label / record.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        image.convert("RGB").save(target)
-    replace_output_dir(staging, out, "digits")
+    with staged_output(out, "digits") as staging:
+        for record in split.records:
+            image = Image.fromarray(pixels[index[record.path]]).resize((size, size), RESAMPLING[resample])
+            target = staging / record.split / record.label / record.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image.convert("RGB").save(target)
     counts: dict[str, Counter] = {}
     for record in split.records:
         counts.setdefault(record.split, Counter())[record.label] += 1

@@ -14,6 +14,7 @@ the file is still written, so it can be inspected.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
 from .models import load_run, run_splits, trained_on_val
-from .outputs import MARKER, check_output_dir, claim_output_dir, replace_output_dir, staging_dir
+from .outputs import MARKER, check_output_dir, claim_output_dir, holds_only_marker, staged_output
 from .progress import Bar, say
 from .settings import CHOICES
 from .stats import Proportion
@@ -111,26 +112,26 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     _check_options(fmt, quantize, max_drop)
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    target = Path(out) if out else _default_out(run_dir, fmt, quantize)
+    target = Path(os.path.abspath(out)) if out else _default_out(run_dir, fmt, quantize)  # `--out .` has no name
     if out is None and not force:
         _refuse_files_added_to(target)
-    check_output_dir(target, "export", force=force, reuse=out is None)
+    reuse = out is None or holds_only_marker(target)  # the run's own folder, or one a killed export left empty
+    check_output_dir(target, "export", force=force, reuse=reuse)
     # every refusal before the folder is touched: an earlier export in it stays until this one can be written
     model = portable_model(run.as_keras())
     if model.output_shape[-1] != len(run.classes):  # labels.txt would name other outputs than the model's
         raise TltoolError(f"{run_dir}: the model gives {model.output_shape[-1]} class probabilities and model.json "
                           f"names {len(run.classes)} classes: one of them was edited or replaced.")
     splits = run_splits(run_dir, run) if fmt == "tflite" and (measure or quantize == "int8") else None
-    claim_output_dir(target, "export", force=force, reuse=out is None)
-    staging = staging_dir(target, "export")  # built whole beside the earlier export, which stays until it is done
-    WRITERS[fmt](model, staging / MODEL_FILES[fmt], run, quantize, splits)
-    measurement = None
-    if fmt == "tflite" and measure:
-        measurement = measure_export(staging / MODEL_FILES[fmt], model, run, splits["val"], quantize, max_drop)
-        write_json(staging / "export.json", measurement)
-    write_client_files(staging, fmt, MODEL_FILES[fmt], list(run.classes), run.image_size, run.resize,
-                       "\n".join(f"- {line}" for line in measurement_lines(measurement)) if measurement else "")
-    replace_output_dir(staging, target, "export")
+    claim_output_dir(target, "export", force=force, reuse=reuse)
+    with staged_output(target, "export") as staging:  # built whole beside the earlier export, which stays till then
+        WRITERS[fmt](model, staging / MODEL_FILES[fmt], run, quantize, splits)
+        measurement = None
+        if fmt == "tflite" and measure:
+            measurement = measure_export(staging / MODEL_FILES[fmt], model, run, splits["val"], quantize, max_drop)
+            write_json(staging / "export.json", measurement)
+        write_client_files(staging, fmt, MODEL_FILES[fmt], list(run.classes), run.image_size, run.resize,
+                           "\n".join(f"- {line}" for line in measurement_lines(measurement)) if measurement else "")
     path = target / MODEL_FILES[fmt]
     result = ExportResult(target, path, measurement)
     if not result.within_max_drop:
@@ -160,9 +161,8 @@ def _write_savedmodel(model, path: Path, run, quantize: str, splits) -> None:
     archive.add_endpoint("serve_image_bytes", lambda data: model(tf.map_fn(
         decode, data, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)), training=False),
         input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    staging = staging_dir(path, "savedmodel")
-    archive.write_out(str(staging), verbose=False)
-    replace_output_dir(staging, path, "savedmodel")
+    with staged_output(path, "savedmodel") as staging:
+        archive.write_out(str(staging), verbose=False)
 
 
 def _write_tflite(model, path: Path, run, quantize: str, splits) -> None:

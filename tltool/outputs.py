@@ -7,11 +7,13 @@ else is refused unless its marker says tltool made it for the same kind of outpu
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 from .errors import TltoolError
 from .utils import read_json, write_json
@@ -156,11 +158,12 @@ def _mark_in_place(path: Path, kind: str) -> bool | None:
 def staging_dir(target: Path, kind: str) -> Path:
     """A new, marked ``.NAME.partial`` folder beside ``target`` to build an output in before it replaces ``target``.
 
-    A leftover of an interrupted run is removed only if its marker says it is tltool's ``kind``.
+    A leftover of an interrupted run is removed only if its marker says it is tltool's ``kind`` (never a link).
     """
+    target = Path(os.path.abspath(target))  # `--out .` has no name to build a folder beside
     staging = target.with_name(f".{target.name}.partial")
-    if staging.exists():
-        if output_kind(staging) != kind:
+    if staging.is_symlink() or staging.exists():
+        if staging.is_symlink() or output_kind(staging) != kind:
             raise TltoolError(f"{staging}: exists and is not tltool's; move it away and run again.")
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -168,20 +171,39 @@ def staging_dir(target: Path, kind: str) -> Path:
     return staging
 
 
+@contextlib.contextmanager
+def staged_output(target: Path, kind: str) -> Iterator[Path]:
+    """A staging folder (:func:`staging_dir`) to build ``target``'s new content in: moved onto ``target`` when the
+    block ends, removed when it fails or is interrupted, so nothing half-built is left beside the folder."""
+    staging = staging_dir(target, kind)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_output_dir(staging, target, kind)
+
+
 def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
     """Move the finished folder ``staging`` onto ``target``: a claimed folder of ``kind``, or an absent one.
 
-    The old folder is renamed aside first and removed only after the new one is in place, so a kill leaves one
-    of the two complete (the leftover ``.NAME.old`` is tltool's own and is removed by the next run).
+    A folder with nothing in it but its marker (just claimed: new, or a user's empty folder) is filled in place, so
+    it keeps its mode, group and inode (a shell inside it stays in it). An earlier output is renamed aside first (a
+    name of this call's own) and removed only after the new one is in place, so a kill leaves one of the two whole.
     """
     mark_output_dir(staging, kind)
-    old = target.with_name(f".{target.name}.old")
-    if old.exists() and output_kind(old) == kind:
-        shutil.rmtree(old)
-    if target.exists():
-        if not _is_empty_dir(target) and output_kind(target) != kind:  # claim_output_dir was skipped: never delete
-            raise TltoolError(f"{target}: is not a tltool {kind} folder; refusing to replace it.")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old.exists():
-        shutil.rmtree(old)
+    target = Path(os.path.abspath(target))
+    if holds_only_marker(target):
+        for child in staging.iterdir():
+            os.replace(child, target / child.name)
+        staging.rmdir()
+        return
+    if not (target.exists() or target.is_symlink()):
+        os.rename(staging, target)
+        return
+    if target.is_symlink() or output_kind(target) != kind:  # claim_output_dir was skipped: never delete
+        raise TltoolError(f"{target}: is not a tltool {kind} folder; refusing to replace it.")
+    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old)

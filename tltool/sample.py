@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .outputs import claim_output_dir, holds_only_marker, replace_output_dir, staging_dir
+from .outputs import claim_output_dir, holds_only_marker, staged_output
 
 SHAPES = ("circle", "square", "triangle", "star")
 KIND = "sample"  # the output kind of tltool.outputs that a made sample's folder is marked with
@@ -63,11 +63,10 @@ def make_shapes_dataset(out: str | Path, per_class: int = 40, size: int = 128, s
     """
     out = Path(os.path.abspath(out))  # `.` has no name to stage a folder beside
     claim_output_dir(out, KIND, reuse=holds_only_marker(out), force=force, option="OUT")  # reuse: killed before done
-    staging = staging_dir(out, KIND)
     rng = random.Random(seed)
-    for kind in SHAPES:
-        (staging / kind).mkdir()
-        for i in range(per_class):
-            render_shape(kind, rng, size).save(staging / kind / f"{kind}_{i:03d}.jpg", quality=85)
-    replace_output_dir(staging, out, KIND)
+    with staged_output(out, KIND) as staging:
+        for kind in SHAPES:
+            (staging / kind).mkdir()
+            for i in range(per_class):
+                render_shape(kind, rng, size).save(staging / kind / f"{kind}_{i:03d}.jpg", quality=85)
     return out

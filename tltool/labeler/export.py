@@ -19,8 +19,7 @@ from pathlib import Path
 from ..dataset import Dataset, stratified_split
 from ..errors import BadFilesWarning, BadImageError, TltoolError
 from ..images import read_header
-from ..outputs import (MARKER, check_output_dir, claim_output_dir, holds_only_marker, output_kind, replace_output_dir,
-                       staging_dir)
+from ..outputs import MARKER, check_output_dir, claim_output_dir, holds_only_marker, output_kind, staged_output
 from ..utils import read_json, write_json
 from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, load_labelled, read_labels_csv
 
@@ -138,24 +137,23 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
 
     # a new folder is created and marked; an earlier export needs force; a folder tltool did not make is refused
     claim_output_dir(target, KIND, reuse=unfinished, force=force)
-    partial = staging_dir(target, KIND)
-    used: set[Path] = set()
-    for record in split.records:
-        folder = partial / str(record.split) / record.label
-        folder.mkdir(parents=True, exist_ok=True)
-        src = Path(record.path)
-        dest, n = folder / src.name, 1
-        while dest in used:  # same file name from two source folders
-            n += 1
-            dest = folder / f"{src.stem}-{n}{src.suffix}"
-        used.add(dest)
-        _place(record.path, dest, copy)
-    _, assisted = read_labels_csv(labels)
-    write_json(partial / EXPORT_MARKER, {
-        "labels": str(labels), "val_fraction": val_fraction, "seed": seed, "counts": split.counts(),
-        "assisted": sorted(assisted),  # labels that were accepted suggestions (paths relative to the dataset)
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "files": sorted(dest.relative_to(partial).as_posix() for dest in used),  # any other file here is the user's
-    })
-    replace_output_dir(partial, target, KIND)  # the earlier export is removed only once this one is in place
+    with staged_output(target, KIND) as partial:  # the earlier export is removed only once this one is in place
+        used: set[Path] = set()
+        for record in split.records:
+            folder = partial / str(record.split) / record.label
+            folder.mkdir(parents=True, exist_ok=True)
+            src = Path(record.path)
+            dest, n = folder / src.name, 1
+            while dest in used:  # same file name from two source folders
+                n += 1
+                dest = folder / f"{src.stem}-{n}{src.suffix}"
+            used.add(dest)
+            _place(record.path, dest, copy)
+        _, assisted = read_labels_csv(labels)
+        write_json(partial / EXPORT_MARKER, {
+            "labels": str(labels), "val_fraction": val_fraction, "seed": seed, "counts": split.counts(),
+            "assisted": sorted(assisted),  # labels that were accepted suggestions (paths relative to the dataset)
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "files": sorted(dest.relative_to(partial).as_posix() for dest in used),  # any other file here is the user's
+        })
     return ExportResult(target, split)
