@@ -265,6 +265,9 @@ def test_auto_is_measured_once_and_remembered(monkeypatch):
     assert any(v["engine"] == "litert" and v["images_per_second"]["tf"] == 50.0 for v in stored.values())
     monkeypatch.setattr(engines, "measure_engines", lambda s: {"tf": 90.0, "litert": 30.0})
     assert engines.resolve_engine(_tiny_source("slow-lite"), "auto") == "tf"  # never the slower one
+    path = engines.cache_dir() / engines.CHOICE_FILE
+    path.write_text(json.dumps({key: "tf" for key in stored}))  # edited: a string per key, not an entry
+    assert engines.resolve_engine(source, "auto") == "tf"  # measured again (before: AttributeError on str.get)
 
 
 def test_auto_takes_tf_on_a_gpu_and_the_declared_engine_without_measuring(monkeypatch):

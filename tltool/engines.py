@@ -465,7 +465,7 @@ def measured_choice(source: ModelSource) -> str:
     path = cache_dir() / CHOICE_FILE
     choices = _read_choices(path)
     entry = choices.get(_choice_key(source))
-    if entry and entry.get("engine") in ENGINES:
+    if isinstance(entry, dict) and entry.get("engine") in ENGINES:  # anything else (edited, damaged): measure again
         return entry["engine"]
     rates = measure_engines(source)
     best = max(rates, key=rates.get)
@@ -482,7 +482,7 @@ def measured_choice(source: ModelSource) -> str:
 def _read_choices(path: Path) -> dict:
     try:
         data = read_json(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
