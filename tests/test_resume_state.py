@@ -178,3 +178,24 @@ def test_a_config_json_as_tltool_writes_it_resumes_with_its_settings(tmp_path):
     started = FinetuneConfig(data="photos", lr=3e-4, weight_decay=None, refit=True, image_size=288)
     (tmp_path / "config.json").write_text(json.dumps({**asdict(started), "kind": "finetune"}))
     assert FinetuneConfig.from_run(tmp_path) == started
+
+
+@pytest.mark.parametrize("distribute, named", [
+    ("x", "distribute is 'x'"), ({"global_batch_size": "abc"}, "global_batch_size is 'abc'"),
+    ({"global_batch_size": -3}, "global_batch_size is -3"), ({"lr_scale": 0}, "lr_scale is 0"),
+])
+def test_a_damaged_distribute_record_is_a_clear_error(tmp_path, distribute, named):
+    """The record a resume keeps its global batch from was read unchecked: AttributeError, ValueError, or TF's
+    'Batch size must be greater than zero' after the model was built."""
+    from dataclasses import asdict
+
+    from tltool.configs import stored_distribute
+    from tltool.finetune import FinetuneConfig
+
+    (tmp_path / "config.json").write_text(json.dumps({**asdict(FinetuneConfig()), "kind": "finetune",
+                                                      "distribute": distribute}))
+    with pytest.raises(TltoolError, match=named):
+        stored_distribute(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**asdict(FinetuneConfig()), "kind": "finetune",
+                                                      "distribute": {"global_batch_size": 64, "lr_scale": 2}}))
+    assert stored_distribute(tmp_path)["global_batch_size"] == 64

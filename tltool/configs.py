@@ -9,6 +9,7 @@ This module imports nothing heavy: ``tltool --help`` imports it and must stay fr
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -126,6 +127,21 @@ class RunConfig(TrainOptions, DataOptions):
         except TltoolError as error:
             _damaged_config(run_dir, str(error))
         return config
+
+
+def stored_distribute(run_dir: Path) -> dict:
+    """The ``distribute`` record of a run's config.json (the global batch and learning-rate factor it started
+    with, which a resume keeps), checked: a damaged one would fail inside TF or as an AttributeError."""
+    started = _read_run_config(run_dir).get("distribute") or {}
+    if not isinstance(started, dict):
+        _damaged_config(run_dir, f"distribute is {started!r}, not a record of the run's devices.")
+    batch, scale = started.get("global_batch_size"), started.get("lr_scale")
+    if batch is not None and not (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1):
+        _damaged_config(run_dir, f"distribute.global_batch_size is {batch!r}, not a whole number of images.")
+    if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool)
+                                  and math.isfinite(scale) and scale > 0):
+        _damaged_config(run_dir, f"distribute.lr_scale is {scale!r}, not a positive factor.")
+    return started
 
 
 def _read_run_config(run_dir: Path) -> dict:

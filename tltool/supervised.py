@@ -15,7 +15,7 @@ import numpy as np
 
 from .augment import build_augmentation, load_size
 from .backbones import find_backbone
-from .configs import RunConfig, TrainOptions  # noqa: F401  (RunConfig's home was here; it stays importable)
+from .configs import RunConfig, TrainOptions, stored_distribute  # noqa: F401  (RunConfig's home was here; it stays importable)
 from .dataset import Dataset, Record, label_indices, load_dataset, write_manifest
 from .distribute import resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError
@@ -63,7 +63,7 @@ def _distribute_record(config: RunConfig, info, resume: Path | None) -> dict:
     learning rates by the replica count (linear scaling). A resumed run keeps the global batch and factor it started
     with (its data order and schedule do not change when it resumes on another number of replicas).
     """
-    started = (read_json(resume / "config.json").get("distribute") or {}) if resume else {}
+    started = stored_distribute(resume) if resume else {}
     global_batch = int(started.get("global_batch_size") or config.batch_size * info.replicas)
     lr_scale = float(started.get("lr_scale") or (info.replicas if config.scale_lr else 1))
     record = {**info.to_json(), "global_batch_size": global_batch,
@@ -88,8 +88,8 @@ def load_split(run_dir: Path) -> Dataset:
                           "split it started with cannot be restored (runs made before tltool wrote it). Start a new "
                           "run instead of resuming this one.")
     dataset = load_dataset(str(path))
-    name = read_json(run_dir / "config.json").get("dataset")
-    return replace(dataset, name=name) if name else dataset
+    name = read_json(run_dir / "config.json").get("dataset")  # read and checked by RunConfig.from_run first
+    return replace(dataset, name=name) if isinstance(name, str) and name else dataset
 
 
 @dataclass
