@@ -182,14 +182,34 @@ def test_features_json_with_an_unknown_split_or_a_label_not_a_name_is_refused(sh
     import json
 
     out, _ = shapes_features
-    for field, value in (("split", "weird"), ("label", 7), ("path", 7), ("sha256", None), ("classes", [1, 2])):
+    top_level = {"classes": [1, 2], "dataset": "x", "image_size": "big", "backbone": 5, "weights": None,
+                 "resize": "squash", "max_pixels": -1}  # before: TypeErrors, or a run with model.json unusable
+    for field, value in (("split", "weird"), ("label", 7), ("path", 7), ("sha256", None), *top_level.items()):
         copy = tmp_path / f"copy-{field}"
         shutil.copytree(out, copy)
         meta = json.loads((copy / "features.json").read_text())
-        if field == "classes":  # a class that is not a name was a TypeError in the report
-            meta["classes"] = value
+        if field in top_level:
+            meta[field] = value
         else:  # a path or hash not a string was a TypeError in the split or the cache key
             meta["files"][0][field] = value
         (copy / "features.json").write_text(json.dumps(meta))
         with pytest.raises(TltoolError, match="features.json is damaged .* each file's split"):
+            load_features(copy)
+
+
+def test_a_features_json_that_is_a_named_pipe_or_a_device_link_is_damaged_not_a_hang(shapes_features, tmp_path):
+    """read_json opened a FIFO features.json and waited forever for a writer; a link to /dev/zero would have read
+    until the memory was full."""
+    import os
+
+    out, _ = shapes_features
+    for what in ("fifo", "device"):
+        copy = tmp_path / what
+        shutil.copytree(out, copy)
+        (copy / "features.json").unlink()
+        if what == "fifo":
+            os.mkfifo(copy / "features.json")
+        else:
+            (copy / "features.json").symlink_to("/dev/zero")
+        with pytest.raises(TltoolError, match="features.json is damaged .*not a regular file"):
             load_features(copy)

@@ -33,7 +33,7 @@ from .images import DecodeLog
 from .inspection import CheckedDataset, prepare_dataset, say_upsampling, upsampling
 from .outputs import claim_output_dir, output_kind
 from .progress import Bar, say
-from .settings import CHOICES, check_choice
+from .settings import CHOICES, RANGES, check_choice
 from .utils import atomic_path, read_json, sha256_text, write_json
 
 FEATURES_FORMAT = 2  # 2: enlarging resizes in float32 (pixels of small photos changed); chunks carry an ok mask
@@ -428,7 +428,22 @@ def _write_chunk(out: Path, index: int, key: str, avg: np.ndarray, mx: np.ndarra
 FEATURE_SPLITS = ("train", "val", "test", None, "")
 
 
-def _read_meta(meta_path: Path) -> dict:
+def _describes_its_model(meta: dict) -> bool:
+    """The settings a linear run copies into its model.json (and names its folder by) are of tltool's types."""
+    size, dataset = meta.get("image_size"), meta.get("dataset")
+    return (isinstance(meta.get("backbone"), str) and isinstance(meta.get("weights"), str)
+            and isinstance(size, int) and not isinstance(size, bool)
+            and RANGES["image_size"].low <= size <= RANGES["image_size"].high
+            and meta.get("resize") in CHOICES["resize"]
+            and isinstance(dataset, dict) and isinstance(dataset.get("name"), str)
+            and _is_pixel_limit(meta.get("max_pixels")))
+
+
+def _is_pixel_limit(value) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def read_features_json(meta_path: Path) -> dict:
     """``features.json``, checked: complete, and with the fields and types extraction writes."""
     directory = meta_path.parent
     try:
@@ -437,6 +452,7 @@ def _read_meta(meta_path: Path) -> dict:
         n, chunk, files = meta["n_images"], meta["chunk_size"], meta["files"]
         valid = (isinstance(n, int) and isinstance(chunk, int) and n >= 1 and chunk >= 1 and isinstance(files, list)
                  and len(files) == n and isinstance(meta["classes"], list) and isinstance(meta["key"], str)
+                 and _describes_its_model(meta)
                  and all(isinstance(c, str) for c in meta["classes"])
                  and all(isinstance(f, dict) and {"path", "label", "split", "sha256"} <= set(f)
                          and f["split"] in FEATURE_SPLITS
@@ -447,8 +463,8 @@ def _read_meta(meta_path: Path) -> dict:
     if not complete:
         raise TltoolError(f"{directory}: the extraction did not finish. Run the same `tltool extract` again to resume.")
     if not valid:
-        raise TltoolError(f"{directory}: features.json is damaged (its image count, chunk size or file list, with "
-                          "each file's split, is not what extraction writes); extract again into a new "
+        raise TltoolError(f"{directory}: features.json is damaged (its image count, chunk size, settings or file "
+                          "list, with each file's split, is not what extraction writes); extract again into a new "
                           "folder.")
     return meta
 
@@ -461,7 +477,7 @@ def load_features(directory: str | Path) -> FeatureSet:
             raise TltoolError(f"{directory}: is a tltool {output_kind(directory)} folder, not features; give the "
                               "folder `tltool extract` (or probe's --features) wrote.")
         raise TltoolError(f"{directory}: no features.json here. Run `tltool extract DATA --out {directory}` first.")
-    meta = _read_meta(meta_path)
+    meta = read_features_json(meta_path)
     n, chunk = meta["n_images"], meta["chunk_size"]
     avg, mx, ok = [], [], []
     for i in range((n + chunk - 1) // chunk):  # each chunk read once: checked and kept

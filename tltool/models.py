@@ -15,13 +15,13 @@ from .backbones import create_backbone
 from .dataset import Record
 from .engines import ModelSource, Runner, create_runner, feature_source, keras_file_source
 from .errors import TltoolError
-from .features import select_pool
+from .features import read_features_json, select_pool
 from .heads import FittedHead
 from .keras_files import load_keras_model
 from .images import DEFAULT_MAX_PIXELS
 from .settings import CHOICES, RANGES, check_choice
 from .tta import predict_with_tta
-from .utils import read_json, read_json_object
+from .utils import read_json_object
 
 
 class RunModel:
@@ -226,8 +226,8 @@ def run_splits(run_dir: Path, run, need_val: bool = True) -> dict[str, tuple[lis
     validation images is an error."""
     if (run_dir / "split.csv").exists():
         records = _recorded_split(run_dir / "split.csv")
-    elif (Path(run.config.get("features", "")) / "features.json").exists():
-        files = read_json(Path(run.config["features"]) / "features.json")["files"]
+    elif (Path(run.config.get("features") or "") / "features.json").exists():  # a path, checked by load_run
+        files = read_features_json(Path(run.config["features"]) / "features.json")["files"]
         records = [Record(f["path"], f["label"], f["split"]) for f in files]
     else:
         raise TltoolError(f"{run_dir}: neither split.csv nor the run's features folder is here, so its training and "
