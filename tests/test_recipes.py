@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,62 @@ def test_ctrl_c_in_a_recipe_step_exits_130_as_an_interrupted_command_does(tmp_pa
     result = CliRunner().invoke(main, ["run", str(recipe)])
     assert result.exit_code == 130 and exits == [130] and "interrupted" in result.output, result.output
     assert "Aborted" not in result.output
+
+
+@contextmanager
+def _within(seconds: float):
+    """Fail (rather than hang) when the block takes longer than ``seconds``."""
+    def too_slow(signum, frame):
+        raise AssertionError(f"took longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+_BOMB = "vars:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  {n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefg", "bcdefgh"))
+
+
+def test_an_alias_bomb_is_refused_at_once_with_a_clear_error(tmp_path):
+    """Before: eight lines of aliases stand for 10**8 values; yaml shares them, but substituting variables rebuilt
+    every nested list before the type check, so `tltool run --check` hung while its memory grew."""
+    path = _write(tmp_path, _BOMB + "steps:\n  - data-inspect: {path: *h}\n")
+    with _within(5), pytest.raises(TltoolError, match=r"r\.yaml: not valid YAML \(line 3, column \d+: an alias "
+                                                      r"\(\*a\) is not allowed in a recipe"):
+        load_recipe(path)
+    result = _check(path)
+    assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
+    with _within(5), pytest.raises(TltoolError, match=r"--set out=\*a: not a YAML value \(.*alias"):
+        load_recipe(_write(tmp_path, "steps:\n  - data-inspect: {path: x}\n"), ["out=*a"])
+
+
+def test_deeply_nested_yaml_in_a_recipe_or_a_set_value_is_a_clear_error(tmp_path):
+    """Before: the YAML composer recurses once per level, so 20,000 '[' were a RecursionError traceback."""
+    deep = "[" * 20000 + "]" * 20000
+    path = _write(tmp_path, f"steps:\n  - data-inspect: {{path: {deep}}}\n")
+    with pytest.raises(TltoolError, match=r"r\.yaml: not valid YAML \(line 2, column \d+: nested more than 32 "
+                                          r"levels deep\)"):
+        load_recipe(path)
+    result = _check(path)
+    assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
+    with pytest.raises(TltoolError, match=r"--set out=\[+\]+: not a YAML value \(.*nested more than 32 levels"):
+        load_recipe(_write(tmp_path, "steps:\n  - data-inspect: {path: x}\n"), [f"out={deep}"])
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("[1", r"line 1, column 3: expected ',' or '\]'"),
+    ("!!python/name:os.system", r"could not determine a constructor for the tag"),
+    ("{a: 1", r"expected ',' or '\}'"),
+])
+def test_a_set_value_that_is_not_yaml_is_a_clear_error(tmp_path, value, problem):
+    """Before: --set parsed its value with yaml.safe_load unguarded: a YAML error was a traceback."""
+    path = _write(tmp_path, "steps:\n  - data-inspect: {path: x}\n")
+    with pytest.raises(TltoolError, match=rf"--set out={re.escape(value)}: not a YAML value \(.*{problem}"):
+        load_recipe(path, [f"out={value}"])
+    result = _check(path, f"out={value}")
+    assert result.exit_code == 2 and result.output.startswith("error: --set"), result.output

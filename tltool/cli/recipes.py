@@ -35,6 +35,46 @@ from .group import main
 TOP_LEVEL = ("name", "description", "vars", "steps")
 STEP_KEYS = ("interactive",)  # step-level settings that are not command options
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
+MAX_DEPTH = 32  # nesting levels a recipe or a --set value may have (a recipe needs four)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML as ``yaml.safe_load`` reads it, less two things a recipe never needs and a hostile one can use.
+
+    Aliases (``*name``) are refused: eight lines that each repeat the one above ten times stand for 10**8 values,
+    and checking them hung ``tltool run`` while its memory grew. Nesting deeper than :data:`MAX_DEPTH` is refused:
+    the composer recurses once per level, so ``[[[...]]]`` 20,000 deep was a RecursionError."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}) is not allowed in a recipe; "
+                                              "write the value out, or give it once in vars", event.start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                              event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _read_yaml(text: str) -> Any:
+    """``text`` as YAML (see :class:`_RecipeLoader`); a :class:`yaml.YAMLError` says what and where in one line."""
+    loader = _RecipeLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise yaml.YAMLError(f"{where}{exc.problem or exc.context}") from None
+    finally:
+        loader.dispose()
 
 
 @dataclass
@@ -146,7 +186,14 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise TltoolError(f"--set {text}: write KEY=VALUE (e.g. --set epochs=2 or --set finetune.epochs=2).")
     key, raw = text.split("=", 1)
-    return key.strip().replace("_", "-"), yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return key.strip().replace("_", "-"), ""
+    try:
+        value = _read_yaml(raw)
+    except yaml.YAMLError as exc:
+        raise TltoolError(f"--set {text}: not a YAML value ({exc}); quote it to give it as text, e.g. "
+                          f"--set '{key}=\"...\"'.") from None
+    return key.strip().replace("_", "-"), value
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -156,7 +203,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise TltoolError(f"{path}: no such recipe file.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _read_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise TltoolError(f"{path}: not valid YAML ({exc}).") from None
     except UnicodeDecodeError as exc:
