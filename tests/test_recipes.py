@@ -273,3 +273,14 @@ def test_a_set_value_that_is_not_yaml_is_a_clear_error(tmp_path, value, problem)
         load_recipe(path, [f"out={value}"])
     result = _check(path, f"out={value}")
     assert result.exit_code == 2 and result.output.startswith("error: --set"), result.output
+
+
+@pytest.mark.parametrize("value", ['"no"', '"false"', "no_thanks", "1", "[]"])
+def test_interactive_must_be_a_yaml_boolean(tmp_path, value):
+    """Before: `interactive` went through bool(), so the string "no" (or "false") made a step interactive."""
+    with pytest.raises(TltoolError, match=r"r\.yaml, step 1 \(data-inspect\): key 'interactive' must be true or "
+                                          r"false, got .* \((str|int|list)\)"):
+        load_recipe(_write(tmp_path, f"steps:\n  - data-inspect: {{path: x, interactive: {value}}}\n"))
+    for written, expected in (("true", True), ("false", False), ("no", False)):  # `no` unquoted is YAML's false
+        recipe = load_recipe(_write(tmp_path, f"steps:\n  - data-inspect: {{path: x, interactive: {written}}}\n"))
+        assert recipe.steps[0].interactive is expected

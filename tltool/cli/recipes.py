@@ -228,25 +228,31 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
                           "written, so give it in full.")
     variables = dict(variables)
     commands = recipe_commands()
-    steps: list[Step] = []
-    for i, raw in enumerate(steps_raw, start=1):
-        if not isinstance(raw, dict) or len(raw) != 1:
-            raise TltoolError(f"{path}, step {i}: write each step as one `command: {{options}}` mapping.")
-        (command, options), = raw.items()
-        if command not in commands:
-            raise did_you_mean(str(command), commands, f"command in {path}, step {i}:")
-        if options is None:
-            options = {}
-        if not isinstance(options, dict):
-            raise TltoolError(f"{path}, step {i} ({command}): options must be a mapping.")
-        options = {str(k).replace("_", "-"): v for k, v in options.items()}
-        interactive = bool(options.pop("interactive", False))
-        steps.append(Step(command, options, interactive))
+    steps = [_read_step(path, i, raw, commands) for i, raw in enumerate(steps_raw, start=1)]
     _apply_overrides(path, steps, variables, commands, overrides)
     recipe = Recipe(path, str(data.get("name") or path.stem), str(data.get("description") or ""), variables, steps)
     for i, step in enumerate(recipe.steps, start=1):  # check every step before running any
         _parse_step(recipe, i, step, commands[step.command], build_argv(recipe, i, step, commands[step.command]))
     return recipe
+
+
+def _read_step(path: Path, index: int, raw: Any, commands: dict[str, click.Command]) -> Step:
+    """One ``command: {options}`` entry of ``steps``, its keys read with '_' as '-'."""
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise TltoolError(f"{path}, step {index}: write each step as one `command: {{options}}` mapping.")
+    (command, options), = raw.items()
+    if command not in commands:
+        raise did_you_mean(str(command), commands, f"command in {path}, step {index}:")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise TltoolError(f"{path}, step {index} ({command}): options must be a mapping.")
+    options = {str(k).replace("_", "-"): v for k, v in options.items()}
+    interactive = options.pop("interactive", False)
+    if not isinstance(interactive, bool):  # bool("no") is True: a string would make the step interactive
+        raise TltoolError(f"{path}, step {index} ({command}): key 'interactive' must be true or false, got "
+                          f"{interactive!r} ({type(interactive).__name__}).")
+    return Step(command, options, interactive)
 
 
 def _parse_step(recipe: Recipe, index: int, step: Step, command: click.Command, argv: list[str]) -> None:
