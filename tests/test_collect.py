@@ -390,3 +390,20 @@ def test_tar_archives_are_named_as_not_supported(tmp_path):
         assert f"skipped {archive}: tar archives are not supported (unpack it first; zip archives are supported)" \
             in result.output
     assert images.NOT_AN_IMAGE not in result.output
+
+
+def test_a_source_or_out_name_too_long_for_the_file_system_is_a_clear_error(in_tmp):
+    """Python 3.11's Path.is_dir() raises OSError (ENAMETOOLONG) for a name over 255 bytes: a traceback before."""
+    noise_image(in_tmp / "in" / "a.jpg", seed=1)
+    long = "a" * 300
+    with pytest.raises(TltoolError, match=r"^a{100}\.\.\. \(300 characters\): cannot be read as a file or folder "
+                                          r"\(File name too long\)\.$"):
+        import_images([long], in_tmp / "ds")
+    with pytest.raises(TltoolError, match=r"^--out a{100}\.\.\. \(300 characters\): cannot be used \(File name too "
+                                          r"long\)\.$"):
+        import_images([str(in_tmp / "in")], long)
+    for args in ([long, "--out", "ds"], [str(in_tmp / "in"), "--out", long]):
+        result = CliRunner().invoke(main, ["collect", "import", *args])
+        assert result.exit_code == 2 and result.output.startswith("error: "), result.output
+        assert "Traceback" not in result.output and result.output.count("\n") == 1
+    assert list(in_tmp.iterdir()) == [in_tmp / "in"]

@@ -25,7 +25,7 @@ from ..progress import Bar
 from ..utils import atomic_path, file_lock, readable_csv, write_text_atomic
 from .neardup import DEFAULT_NEAR_THRESHOLD, NearIndex, dhash, mean_colour, pixels_sha256
 from .sources import (DEFAULT_EVERY, Bad, Candidate, camera_candidates, candidates_of, cv2_module, expand_sources,
-                      open_camera)
+                      open_camera, shown_name)
 
 UNLABELED = "unlabeled"
 MANIFEST = "manifest.csv"
@@ -249,6 +249,17 @@ def _check_options(sources: list[str], camera: int | None, every: float, max_sid
         raise TltoolError(f"--max-side must be at least 32 pixels, got {max_side}.")
 
 
+def _check_out(root: Path, given: str) -> None:
+    """A clear error for a DATASET path that cannot even be looked at: Python 3.11's is_dir() and is_symlink(),
+    which the output-folder checks use, raise OSError for a name too long (ENAMETOOLONG), a traceback before."""
+    try:
+        root.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new folder (made later) or one under a file (refused later, with its own message)
+    except OSError as exc:
+        raise TltoolError(f"--out {shown_name(given)}: cannot be used ({exc.strerror or exc}).") from None
+
+
 def import_images(sources: Iterable[str], out: str | os.PathLike, every: float = DEFAULT_EVERY,
                   max_side: int = DEFAULT_MAX_SIDE, near_threshold: int = DEFAULT_NEAR_THRESHOLD,
                   camera: int | None = None, camera_frames: int = 20, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -257,6 +268,7 @@ def import_images(sources: Iterable[str], out: str | os.PathLike, every: float =
     sources = list(sources)
     _check_options(sources, camera, every, max_side)
     root = Path(out).resolve()
+    _check_out(root, str(out))
     files = expand_sources(sources, exclude=root)  # check every source before touching anything
     claim_output_dir(root, "dataset", reuse=True)  # a dataset folder collect made earlier; never a user's own
     # one import at a time per dataset: two at once each rewrote the manifest from what they had read, losing rows

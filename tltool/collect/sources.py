@@ -94,18 +94,28 @@ def _walk(folder: Path) -> list[Path]:
     return files
 
 
+def shown_name(spec: str) -> str:
+    """``spec`` as an error names it: a name of hundreds of characters is cut short."""
+    return spec if len(spec) <= 120 else f"{spec[:100]}... ({len(spec):,} characters)"
+
+
 def _expand_one(spec: str) -> list[Path]:
     path = Path(os.path.expanduser(spec))
-    if path.is_dir():
+    try:  # Python 3.11's is_dir/is_file raise for a name too long or a folder that may not be searched
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:
+        raise TltoolError(f"{shown_name(spec)}: cannot be read as a file or folder ({exc.strerror or exc}).") \
+            from None
+    if is_dir:
         return _walk(path)
-    if path.is_file():
+    if is_file:
         return [path]
     if not _has_magic(spec):
-        raise TltoolError(f"{spec}: no such file or folder.")
+        raise TltoolError(f"{shown_name(spec)}: no such file or folder.")
     matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
     if not matches:
-        raise TltoolError(f"{spec}: the pattern matches no file. Quote it so your shell does not expand it, "
-                          "and check the folder.")
+        raise TltoolError(f"{shown_name(spec)}: the pattern matches no file. Quote it so your shell does not expand "
+                          "it, and check the folder.")
     return [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
 
 
