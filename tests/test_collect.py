@@ -407,3 +407,27 @@ def test_a_source_or_out_name_too_long_for_the_file_system_is_a_clear_error(in_t
         assert result.exit_code == 2 and result.output.startswith("error: "), result.output
         assert "Traceback" not in result.output and result.output.count("\n") == 1
     assert list(in_tmp.iterdir()) == [in_tmp / "in"]
+
+
+def test_an_encrypted_zip_member_is_skipped_as_encrypted_and_the_others_are_imported(tmp_path):
+    """zipfile raises RuntimeError for a password-protected member: it ended the whole import in a traceback."""
+    from tltool.collect import ENCRYPTED
+
+    archive = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a_secret.jpg", jpeg_bytes((64, 64), colour=(200, 10, 10)))
+        z.writestr("b_open.jpg", jpeg_bytes((64, 64), colour=(10, 200, 10)))
+    data = bytearray(archive.read_bytes())
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")  # the first member's headers
+    data[local + 6] |= 1  # general purpose flag bit 0: encrypted
+    data[central + 8] |= 1
+    archive.write_bytes(bytes(data))
+    assert zipfile.ZipFile(archive).infolist()[0].flag_bits & 1
+    result = import_images([str(archive)], tmp_path / "ds")
+    assert [(b.source, b.reason) for b in result.bad] == [(f"{archive}!a_secret.jpg", ENCRYPTED)]
+    assert "password-protected" in result.bad[0].detail
+    assert [r["source"] for r in result.added] == [f"{archive}!b_open.jpg"]
+    result = CliRunner().invoke(main, ["collect", "import", str(archive), "--out", str(tmp_path / "ds2")])
+    assert result.exit_code == 0, result.output
+    assert f"skipped {archive}!a_secret.jpg: {ENCRYPTED} (password-protected" in result.output
+    assert "added 1 image(s)" in result.output

@@ -12,12 +12,12 @@ from __future__ import annotations
 from .importer import (ADDED, DEFAULT_MAX_SIDE, DUPLICATE, MANIFEST, MANIFEST_COLUMNS, NEAR_DUPLICATE, UNLABELED,
                        ImportResult, decode_candidate, import_images, load_shrunk, read_manifest)
 from .neardup import DEFAULT_NEAR_THRESHOLD, NEAR_COLOUR_LEVELS, NearIndex, dhash, near_rule, pixels_sha256
-from .sources import (DEFAULT_EVERY, MAX_MEMBER_BYTES, MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, TAR_ARCHIVE, TOO_LARGE,
-                      TOO_MANY_MEMBERS, UNSAFE_NAME, VIDEO_EXTENSIONS, Bad, Candidate, camera_candidates, candidates_of,
-                      expand_sources, open_camera)
+from .sources import (DEFAULT_EVERY, ENCRYPTED, MAX_MEMBER_BYTES, MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, TAR_ARCHIVE,
+                      TOO_LARGE, TOO_MANY_MEMBERS, UNSAFE_NAME, VIDEO_EXTENSIONS, Bad, Candidate, camera_candidates,
+                      candidates_of, expand_sources, open_camera)
 
 __all__ = [
-    "ADDED", "DEFAULT_EVERY", "DEFAULT_MAX_SIDE", "DEFAULT_NEAR_THRESHOLD", "DUPLICATE", "MANIFEST",
+    "ADDED", "DEFAULT_EVERY", "DEFAULT_MAX_SIDE", "DEFAULT_NEAR_THRESHOLD", "DUPLICATE", "ENCRYPTED", "MANIFEST",
     "MANIFEST_COLUMNS", "MAX_MEMBER_BYTES", "MAX_ZIP_BYTES", "MAX_ZIP_MEMBERS", "NEAR_COLOUR_LEVELS", "NEAR_DUPLICATE",
     "TAR_ARCHIVE", "TOO_LARGE", "TOO_MANY_MEMBERS", "UNLABELED", "UNSAFE_NAME", "VIDEO_EXTENSIONS",
     "Bad", "Candidate", "ImportResult", "NearIndex", "camera_candidates", "candidates_of", "decode_candidate",

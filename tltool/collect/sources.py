@@ -35,6 +35,7 @@ ZIP_BLOCK = 1 << 16
 TOO_LARGE = "too large to unpack"
 TOO_MANY_MEMBERS = "too many members"
 UNSAFE_NAME = "unsafe member name"
+ENCRYPTED = "encrypted"
 TAR_ARCHIVE = "tar archives are not supported"  # a whole source refused: "skipped a.tgz: tar archives are ..."
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -246,6 +247,8 @@ def _zip_candidates(path: Path, every: float, tmpdir: Path) -> Iterator[Candidat
 def _member_candidates(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, every: float, tmpdir: Path,
                        budget: _Budget) -> Iterator[Candidate | Bad]:
     """Unpack one member to a temporary file (a candidate that owns it) or to the frames of a video."""
+    if info.flag_bits & 0x1:  # zipfile raises RuntimeError for it, which ended the whole import
+        raise _Refused(ENCRYPTED, "password-protected; unpack it yourself and import the files")
     if info.file_size > MAX_MEMBER_BYTES:
         raise _Refused(TOO_LARGE, f"the archive declares {info.file_size:,} bytes, more than {MAX_MEMBER_BYTES:,}")
     if info.file_size > budget.left:
