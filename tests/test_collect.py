@@ -431,3 +431,16 @@ def test_an_encrypted_zip_member_is_skipped_as_encrypted_and_the_others_are_impo
     assert result.exit_code == 0, result.output
     assert f"skipped {archive}!a_secret.jpg: {ENCRYPTED} (password-protected" in result.output
     assert "added 1 image(s)" in result.output
+
+
+@pytest.mark.parametrize("every", ["nan", "inf", "-inf", "0", "-1", "1e10"])
+def test_every_must_be_a_finite_positive_number_of_seconds(tmp_path, every):
+    """`--every nan` passed the `every <= 0` check and then took every frame of a video (`inf` none after the
+    first); a webcam's time.sleep overflows for a huge finite one."""
+    video = make_video(tmp_path / "v.avi", scenes=2)
+    with pytest.raises(TltoolError, match=r"--every must be a number of seconds above 0 and at most 86400, got "):
+        import_images([str(video)], tmp_path / "ds", every=float(every))
+    result = CliRunner().invoke(main, ["collect", "import", str(video), "--out", str(tmp_path / "ds"),
+                                       "--every", every])
+    assert result.exit_code == 2 and "error: --every must be" in result.output, result.output
+    assert not (tmp_path / "ds").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import re
 import tempfile
@@ -31,6 +32,7 @@ UNLABELED = "unlabeled"
 MANIFEST = "manifest.csv"
 IMPORT_LOCK = ".import.lock"
 DEFAULT_MAX_SIDE = 1024
+MAX_EVERY = 86_400.0  # seconds; one day (a webcam waits that long between pictures; time.sleep overflows far above)
 JPEG_QUALITY = 92
 
 ADDED, DUPLICATE, NEAR_DUPLICATE = "added", "duplicate", "near-duplicate"
@@ -243,8 +245,8 @@ class _Run:
 def _check_options(sources: list[str], camera: int | None, every: float, max_side: int) -> None:
     if not sources and camera is None:
         raise TltoolError("nothing to import: give folders, globs, zip or video files, or --camera INDEX.")
-    if every <= 0:
-        raise TltoolError(f"--every must be a positive number of seconds, got {every}.")
+    if not (math.isfinite(every) and 0 < every <= MAX_EVERY):  # nan passed `every <= 0` and took every frame
+        raise TltoolError(f"--every must be a number of seconds above 0 and at most {MAX_EVERY:g}, got {every}.")
     if max_side < 32:
         raise TltoolError(f"--max-side must be at least 32 pixels, got {max_side}.")
 
