@@ -444,3 +444,23 @@ def test_every_must_be_a_finite_positive_number_of_seconds(tmp_path, every):
                                        "--every", every])
     assert result.exit_code == 2 and "error: --every must be" in result.output, result.output
     assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("wrong", [UNLABELED, MANIFEST])
+def test_a_dataset_whose_unlabeled_is_a_file_or_manifest_a_folder_is_refused_before_writing(tmp_path, wrong):
+    """A file named unlabeled was a FileExistsError traceback; a folder named manifest.csv an IsADirectoryError
+    after the new images had been written (and then never recorded)."""
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    noise_image(tmp_path / "more" / "b.jpg", seed=2)
+    out = tmp_path / "ds"
+    import_images([str(tmp_path / "in")], out)
+    target = out / wrong
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    target.mkdir() if wrong == MANIFEST else target.write_text("not a folder")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    kind = "not a regular file" if wrong == MANIFEST else "not a folder"
+    with pytest.raises(TltoolError, match=rf"{target}: {kind}; collect .* Move it away"):
+        import_images([str(tmp_path / "more")], out)
+    result = CliRunner().invoke(main, ["collect", "import", str(tmp_path / "more"), "--out", str(out)])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {target}: {kind}"), result.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written

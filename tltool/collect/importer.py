@@ -279,12 +279,26 @@ def import_images(sources: Iterable[str], out: str | os.PathLike, every: float =
                               workers, on_bad)
 
 
+def _check_layout(root: Path) -> None:
+    """Refuse, before anything is written, a dataset folder whose ``unlabeled/`` or manifest is not what collect
+    makes: a file named ``unlabeled`` was a FileExistsError, a folder named ``manifest.csv`` an IsADirectoryError
+    once the images had been written."""
+    unlabeled, manifest = root / UNLABELED, root / MANIFEST
+    if unlabeled.is_symlink() or manifest.is_symlink():
+        raise TltoolError(f"{root}: its {UNLABELED}/ or {MANIFEST} is a link; tltool writes only into what it made "
+                          "there. Remove the link, or import into a new folder.")
+    if unlabeled.exists() and not unlabeled.is_dir():
+        raise TltoolError(f"{unlabeled}: not a folder; collect writes its images there. Move it away, or import "
+                          "into a new folder.")
+    if manifest.exists() and not manifest.is_file():
+        raise TltoolError(f"{manifest}: not a regular file; collect records its decisions there. Move it away, or "
+                          "import into a new folder.")
+
+
 def _import_locked(root: Path, files: list, every: float, max_side: int, near_threshold: int, camera: int | None,
                    camera_frames: int, max_pixels: int, workers: int,
                    on_bad: Callable[[Bad], None] | None) -> ImportResult:
-    if (root / UNLABELED).is_symlink() or (root / MANIFEST).is_symlink():
-        raise TltoolError(f"{root}: its {UNLABELED}/ or {MANIFEST} is a link; tltool writes only into what it made "
-                          "there. Remove the link, or import into a new folder.")
+    _check_layout(root)
     capture = open_camera(camera) if camera is not None else None
     (root / UNLABELED).mkdir(parents=True, exist_ok=True)
     ledger = _Ledger(root, near_threshold)
