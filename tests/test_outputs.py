@@ -144,6 +144,18 @@ def test_digits_into_dot_and_after_a_kill(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
 
 
+def test_an_out_name_too_long_for_the_filesystem_is_a_clear_error(tmp_path):
+    """Path.exists() raises ENAMETOOLONG on Python 3.11: every --out was a traceback for such a name."""
+    from tltool.runs import check_run_dir
+
+    long_name = tmp_path / ("a" * 300)
+    for attempt in (lambda: claim_output_dir(long_name, "export"), lambda: check_run_dir(long_name)):
+        with pytest.raises(TltoolError, match=r"cannot be used \(File name too long\)"):
+            attempt()
+    result = CliRunner().invoke(main, ["data", "make-sample", str(long_name)])
+    assert result.exit_code == 2 and "File name too long" in result.output
+
+
 def test_digits_force_does_not_replace_a_users_folder(tmp_path):
     folder = _users_folder(tmp_path)
     result = CliRunner().invoke(main, ["data", "digits", str(folder), "--force"])

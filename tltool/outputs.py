@@ -8,6 +8,7 @@ else is refused unless its marker says tltool made it for the same kind of outpu
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -48,7 +49,10 @@ def holds_only_marker(path: str | os.PathLike) -> bool:
     """``path`` is a folder tltool claimed and left with nothing in it but its marker (a killed run, export or
     sample): the next run may use it without ``--force``, since nothing would be lost."""
     path = Path(path)
-    return path.is_dir() and not path.is_symlink() and all(child.name == MARKER for child in path.iterdir())
+    try:
+        return path.is_dir() and not path.is_symlink() and all(child.name == MARKER for child in path.iterdir())
+    except OSError:  # a name too long to look up, or unreadable: not a folder to reuse (the claim says why)
+        return False
 
 
 def _marker(kind: str) -> dict:
@@ -75,11 +79,24 @@ def claim_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     return given
 
 
+def check_output_name(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse a name the filesystem cannot look up (too long): Python 3.11 raises OSError from ``exists()``."""
+    try:
+        os.lstat(os.path.join(path, "x"))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+            shown = str(path) if len(str(path)) <= 80 else f"{str(path)[:77]}..."
+            raise TltoolError(f"{option} {shown}: cannot be used ({exc.strerror}); choose another folder.") from None
+
+
 def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False, force: bool = False,
                      option: str = "--out") -> bool:
     """The refusals of :func:`claim_output_dir`, creating nothing, so a command can refuse before its work; True
     when ``path`` is an earlier folder of ``kind`` that may be used."""
     path = Path(path)
+    check_output_name(path, option)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise TltoolError(f"{option} {path}: exists and is not a folder; choose a new folder.")
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)

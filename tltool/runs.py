@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .errors import TltoolError
-from .outputs import check_output_dir, claim_output_dir, emptied_output_dir, output_kind
+from .outputs import check_output_dir, check_output_name, claim_output_dir, emptied_output_dir, output_kind
 
 DEFAULT_RUNS_ROOT = Path("runs")
 RESUMABLE = ("state.json", "refit/state.json")  # what a killed fit leaves for --resume to go on from
@@ -23,6 +23,7 @@ def _replaceable_unforced(out: str | Path, force: bool) -> bool:
     ``metrics.json``) that ``--resume`` could not finish; one it could (its checkpoints are minutes or hours of
     training) is refused unless ``force``."""
     out = Path(out)
+    check_output_name(out)
     if (out / "metrics.json").exists():
         return False
     if not force and output_kind(out) == "run" and any(os.path.lexists(out / name) for name in RESUMABLE):
