@@ -934,3 +934,58 @@ def test_set_requires_json_booleans_for_skipped_and_assisted(served):
     assert status == 200 and json.loads(body)["item"]["skipped"] is True
     status, body = served.request("POST", "/api/set", {"path": path, "label": "cat", "assisted": True})
     assert status == 200 and json.loads(body)["item"]["assisted"] is True
+
+
+# ------------------------------------------------------------------------------------------------ hostile input
+def _raw_exchange(port: int, request: bytes, then: bytes = b"") -> bytes:
+    """Send ``request`` on one connection (and ``then`` once an interim answer came); everything read until the
+    server closes it, or 3 s of silence (a connection kept open)."""
+    import socket
+
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(request)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+                if then and b"100 Continue" in received:
+                    sock.sendall(then)
+                    then = b""
+        except (TimeoutError, ConnectionError):
+            pass
+    return received
+
+
+def test_a_refused_request_cannot_smuggle_another_in_its_body(served):
+    """A refused POST's body was left unread on the kept-open connection, so it was read as the next request: a
+    cross-site form (``text/plain``, no preflight) carried a whole ``POST /api/set`` without Origin, and it passed."""
+    from tltool.labeler.server import MAX_BODY
+
+    port, root = served.server.port, served.server.store.root
+    body = json.dumps({"path": "unlabeled/img_001.jpg", "label": "dog"})
+    inner = (f"POST /api/set HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+             f"Content-Length: {len(body)}\r\n\r\n{body}")
+    cross_site = "Origin: http://evil.example\r\nSec-Fetch-Site: cross-site\r\nContent-Type: text/plain\r\n"
+    for head, status in ((f"POST /api/set HTTP/1.1\r\n{cross_site}", 403),
+                         ("POST /api/set HTTP/1.1\r\nContent-Type: text/plain\r\n", 415),
+                         ("POST /api/nothing HTTP/1.1\r\nContent-Type: application/json\r\n", 404),
+                         ("GET /api/state HTTP/1.1\r\n", 200)):
+        answer = _raw_exchange(port, f"{head}Host: 127.0.0.1:{port}\r\nContent-Length: {len(inner)}\r\n\r\n{inner}"
+                               .encode())
+        assert answer.startswith(f"HTTP/1.1 {status}".encode()) and answer.count(b"HTTP/1.1 ") == 1, head
+        assert b"\r\nConnection: close\r\n" in answer
+    # a body too large to read, or one whose length is not one Content-Length: the connection closes unread
+    for framing in (f"Content-Length: {MAX_BODY + 1}\r\n", "Transfer-Encoding: chunked\r\n",
+                    f"Content-Length: {len(inner)}\r\nContent-Length: 0\r\n"):
+        answer = _raw_exchange(port, (f"POST /api/set HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                                      f"application/json\r\n{framing}\r\n{inner}").encode())
+        assert answer.count(b"HTTP/1.1 ") <= 1, framing  # (a reset may come before the answer is read)
+    assert not (root / "labels.csv").exists()
+    # a client that waits for "100 Continue" still sends its body and is answered
+    answer = _raw_exchange(port, (f"POST /api/set HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                                  f"application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n"
+                                  "Connection: close\r\n\r\n").encode(), then=body.encode())
+    assert b"HTTP/1.1 100 Continue" in answer and b"HTTP/1.1 200" in answer
+    assert read_labels(root) == {"unlabeled/img_001.jpg": "dog"}
+
+

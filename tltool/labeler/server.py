@@ -171,6 +171,52 @@ class LabelerHandler(BaseHTTPRequestHandler):
         if not self.server.quiet:
             super().log_message(format, *args)
 
+    def parse_request(self) -> bool:
+        # per request (one handler object serves every request of a keep-alive connection); not while parsing, where
+        # an interim "100 Continue" is sent before the body
+        self._body_used = True
+        parsed = super().parse_request()
+        self._body_used = False
+        return parsed
+
+    def _body_left(self) -> bool:
+        """Whether the request carries a body this handler did not read. Left there, it would be read as the next
+        request of the connection: a refused cross-site ``text/plain`` POST could smuggle a POST without Origin."""
+        if getattr(self, "_body_used", False) or not hasattr(self, "headers"):
+            return False
+        length = self.headers.get("Content-Length")
+        if not self._one_length():
+            return True
+        try:
+            return length is not None and int(length) != 0
+        except ValueError:
+            return True
+
+    def _one_length(self) -> bool:
+        """Whether the body is framed by one Content-Length (or absent): no other framing is ever read."""
+        return self.headers.get("Transfer-Encoding") is None and len(self.headers.get_all("Content-Length") or []) < 2
+
+    def end_headers(self) -> None:
+        """Every answer to a request whose body was not read closes the connection, after reading that body (when
+        small) so that closing does not reset the connection before the client reads the answer."""
+        if not self.close_connection and self._body_left():
+            self.send_header("Connection", "close")  # sets close_connection
+            self._discard_body()
+        super().end_headers()
+
+    def _discard_body(self) -> None:
+        """Read and drop an unused body up to MAX_BODY; a larger one (or one framed otherwise) is left to the close."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return
+        if 0 < length <= MAX_BODY and self._one_length():
+            try:
+                self.connection.settimeout(2)  # a client that promised more than it sends is not waited for long
+                self.rfile.read(length)
+            except OSError:
+                pass
+
     def _send(self, status: int, body: bytes, content_type: str, cache: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -306,10 +352,14 @@ class LabelerHandler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
+        if not self._one_length():
+            length = -1  # a body whose length is not one Content-Length is never read (nor its end guessed)
         if not 0 < length <= MAX_BODY:
-            self._error(HTTPStatus.BAD_REQUEST, "missing or oversized body")
+            self._error(HTTPStatus.BAD_REQUEST, "missing or oversized body (send one Content-Length, at most "
+                                                f"{MAX_BODY} bytes)")
             return None
         try:
+            self._body_used = True
             body = json.loads(self.rfile.read(length))
         except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             body = None
