@@ -989,3 +989,27 @@ def test_a_refused_request_cannot_smuggle_another_in_its_body(served):
     assert read_labels(root) == {"unlabeled/img_001.jpg": "dog"}
 
 
+def test_a_confirm_with_an_unknown_class_is_refused_and_suggestions_go_on(tmp_path):
+    """``/api/confirm`` with an unknown label and nothing accepted stored the label as rejected; every later
+    suggestion then failed (ValueError in classes.index)."""
+    root = tmp_path / "ds"
+    truth = make_two_kinds(root, 12)
+    server = make_server(root, ["cat", "dog"], featurize=kind_features,
+                         assist=AssistSettings(retrain_every=1, typical_per_class=1))
+    running = Running.around(server)
+    try:
+        assert server.assistant.wait_ready(20)
+        for kind in ("cat", "dog"):
+            path = next(p for p, k in truth.items() if k == kind)
+            assert running.request("POST", "/api/set", {"path": path, "label": kind})[0] == 200
+        wait_for(lambda: server.assistant.snapshot is not None)
+        open_path = next(p for p in truth if p not in server.store.labels)
+        bogus = {"label": "emu", "accepted": [], "rejected": [open_path]}
+        status, body = running.request("POST", "/api/confirm", bogus)
+        assert status == 400 and "unknown class 'emu'" in json.loads(body)["error"]
+        server.assistant.reject([open_path], "emu")  # and the assistant itself ignores a class it does not know
+        status, body = running.request("GET", "/api/assist")
+        assert status == 200 and json.loads(body)["suggestions"][open_path][0] == truth[open_path]
+        assert running.request("GET", "/api/grid?label=cat")[0] == 200
+    finally:
+        running.close()

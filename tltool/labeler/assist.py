@@ -292,6 +292,8 @@ class Assistant:
 
     def reject(self, paths: list[str], label: str) -> None:
         """Grid misfits: ``label`` was suggested and is wrong; it is never suggested for them again."""
+        if label not in self.store.classes:  # not a class the head suggests: nothing to reject
+            return
         with self._lock:
             for path in paths:
                 if self.snapshot is not None and path in self.row:
@@ -307,7 +309,8 @@ class Assistant:
             return None
         p = snap.proba[i].copy()
         for label in self.rejected.get(path, ()):
-            p[self.store.classes.index(label)] = 0.0
+            if label in self.store.classes:
+                p[self.store.classes.index(label)] = 0.0
         if p.sum() <= 0:
             return None
         best = int(p.argmax())

@@ -395,6 +395,9 @@ class LabelerHandler(BaseHTTPRequestHandler):
         if not (isinstance(label, str) and isinstance(accepted, list) and isinstance(rejected, list)
                 and all(isinstance(p, str) for p in [*accepted, *rejected])):
             return self._error(HTTPStatus.BAD_REQUEST, 'expected {"label": str, "accepted": [str], "rejected": [str]}')
+        if label not in self.server.store.classes:  # kept by the assistant as rejected, it broke every suggestion
+            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {label!r}; classes: "
+                                                       f"{', '.join(self.server.store.classes)}")
         summary = self.server.store.set_many([(p, label, False, True) for p in accepted]) if accepted else \
             self.server.store.summary()
         assistant = self.server.assistant
