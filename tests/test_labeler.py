@@ -989,6 +989,34 @@ def test_a_refused_request_cannot_smuggle_another_in_its_body(served):
     assert read_labels(root) == {"unlabeled/img_001.jpg": "dog"}
 
 
+def test_a_name_that_is_not_utf8_is_left_out_and_a_failed_save_changes_nothing(tmp_path, monkeypatch):
+    """Such a photo was listed; labelling it failed to save after the label was kept in memory, so every later
+    save failed too."""
+    import tltool.labeler.store as store_module
+    from tltool.errors import BadFilesWarning
+
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 3, decodable=False)
+    os.rename(root / paths[2], os.path.join(os.fsencode(root / "unlabeled"), b"caf\xe9.jpg"))  # Latin-1 bytes
+    with pytest.warns(BadFilesWarning, match=r"1 image\(s\) left out, their names are not valid UTF-8.*caf\?\.jpg"):
+        store = LabelStore(root, ["cat", "dog"])
+    assert store.items == paths[:2]
+    store.set(paths[0], "cat")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module, "_write_csv", full_disk)
+    with pytest.raises(TltoolError, match=r"cannot write .*labels\.csv \(No space left on device\)"):
+        store.set_many([(paths[0], None, True, False), (paths[1], "dog", False, False)])
+    assert store.labels == {paths[0]: "cat"} and store.skipped == set()  # as on disk
+    monkeypatch.undo()
+    store.set(paths[0], "dog")
+    assert read_labels(root) == {paths[0]: "dog"}
+    with pytest.warns(BadFilesWarning):
+        assert LabelStore(root).labels == {paths[0]: "dog"}
+
+
 def test_a_confirm_with_an_unknown_class_is_refused_and_suggestions_go_on(tmp_path):
     """``/api/confirm`` with an unknown label and nothing accepted stored the label as rejected; every later
     suggestion then failed (ValueError in classes.index)."""

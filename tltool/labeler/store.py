@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from ..dataset import Dataset, ManifestWarning, load_manifest
-from ..errors import TltoolError
+from ..errors import BadFilesWarning, TltoolError
 from ..images import IMAGE_EXTENSIONS
 from ..utils import file_lock, readable_csv, refuse_link, write_text_atomic
 
@@ -90,18 +90,34 @@ def is_image_name(name: str) -> bool:
 def list_images(root: Path) -> list[str]:
     """Images to label: those under ``root/unlabeled`` when it exists, else every image under ``root``.
 
-    Hidden folders and the folders ``label export`` wrote are left out.
+    Hidden folders and the folders ``label export`` wrote are left out; so are names that are not UTF-8 (labels.csv
+    cannot hold them), named in a :class:`BadFilesWarning`.
     """
     base = root / UNLABELED if (root / UNLABELED).is_dir() else root
-    found = []
+    found, not_utf8 = [], []
     for dirpath, dirnames, filenames in os.walk(base):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (here / d / EXPORT_MARKER).exists())
         for name in sorted(filenames):
             rel = (here / name).relative_to(root).as_posix()
-            if is_image_name(name) and inside_root(root, rel) is not None:  # not a symlink leaving the folder
+            if not is_image_name(name) or inside_root(root, rel) is None:  # a symlink leaving the folder
+                continue
+            if _utf8(rel):
                 found.append(rel)
+            else:  # undecodable bytes in a name arrive as surrogates
+                not_utf8.append(rel.encode("utf-8", "replace").decode())
+    if not_utf8:
+        warnings.warn(f"{len(not_utf8)} image(s) left out, their names are not valid UTF-8 (rename them): "
+                      + ", ".join(not_utf8[:5]) + (" ..." if len(not_utf8) > 5 else ""), BadFilesWarning, stacklevel=3)
     return found
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def refuse_linked_csv(path: Path) -> None:
@@ -206,6 +222,17 @@ def read_review(root: Path, csv_path: str | os.PathLike) -> tuple[list[ReviewIte
     return items, notes
 
 
+def _apply_label(labels: dict[str, str], assisted: set[str], path: str, label: str | None, accepted: bool) -> bool:
+    """Set one label in ``labels`` and ``assisted``; True when labels.csv must be rewritten."""
+    before = (labels.get(path), path in assisted)
+    if label is None:
+        labels.pop(path, None)
+    else:
+        labels[path] = label
+    (assisted.add if accepted else assisted.discard)(path)
+    return before != (label, accepted)
+
+
 class LabelStore:
     """The images of a dataset folder, their labels and skips; every change persisted at once (thread-safe)."""
 
@@ -273,16 +300,24 @@ class LabelStore:
         self.skipped = skipped
         self._stamp = self._file_stamp()
 
-    def _save(self, labels: bool = True, skipped: bool = True) -> None:
-        if labels:
-            self.assisted &= set(self.labels)
-            if self.assisted:  # the column appears with the first accepted suggestion
-                rows = [(p, label, "1" if p in self.assisted else "") for p, label in sorted(self.labels.items())]
-                _write_csv(self.labels_path, ["path", "label", ASSISTED], rows)
-            else:
-                _write_csv(self.labels_path, ["path", "label"], sorted(self.labels.items()))
-        if skipped:
-            _write_csv(self.skipped_path, ["path"], [[p] for p in sorted(self.skipped)])
+    def _save(self, labels: dict[str, str], assisted: set[str], skipped: set[str], write_labels: bool,
+              write_skipped: bool) -> None:
+        """Write the files that changed, then take the new state as the store's: a write that fails leaves the store
+        as the files are (the next change is not refused for the one that failed)."""
+        assisted = assisted & set(labels)
+        target = self.labels_path
+        try:
+            if write_labels and assisted:  # the column appears with the first accepted suggestion
+                rows = [(p, label, "1" if p in assisted else "") for p, label in sorted(labels.items())]
+                _write_csv(target, ["path", "label", ASSISTED], rows)
+            elif write_labels:
+                _write_csv(target, ["path", "label"], sorted(labels.items()))
+            target = self.skipped_path
+            if write_skipped:
+                _write_csv(target, ["path"], [[p] for p in sorted(skipped)])
+        except OSError as exc:
+            raise TltoolError(f"cannot write {target} ({exc.strerror or exc}); the change was not saved.") from None
+        self.labels, self.assisted, self.skipped = labels, assisted, skipped
         self._stamp = self._file_stamp()
 
     @contextlib.contextmanager
@@ -311,24 +346,15 @@ class LabelStore:
             for _, label, _, _ in changes:
                 if label is not None and label not in self.classes and label not in self.labels.values():
                     raise ValueError(f"unknown class {label!r}; classes: {', '.join(self.classes)}")
+            labels, assisted, skipped = dict(self.labels), set(self.assisted), set(self.skipped)  # saved, then kept
             labels_changed = skips_changed = False
-            for path, label, skipped, assisted in changes:
-                labels_changed |= self._apply_label(path, label, assisted and label is not None)
-                skips_changed |= (path in self.skipped) != skipped
-                (self.skipped.add if skipped else self.skipped.discard)(path)
-            self._save(labels=labels_changed or not self.labels_path.exists(),
-                       skipped=skips_changed or not self.skipped_path.exists())
+            for path, label, skip, accepted in changes:
+                labels_changed |= _apply_label(labels, assisted, path, label, accepted and label is not None)
+                skips_changed |= (path in skipped) != skip
+                (skipped.add if skip else skipped.discard)(path)
+            self._save(labels, assisted, skipped, write_labels=labels_changed or not self.labels_path.exists(),
+                       write_skipped=skips_changed or not self.skipped_path.exists())
             return self.summary()
-
-    def _apply_label(self, path: str, label: str | None, assisted: bool) -> bool:
-        """Set one label in memory; True when labels.csv must be rewritten."""
-        before = (self.labels.get(path), path in self.assisted)
-        if label is None:
-            self.labels.pop(path, None)
-        else:
-            self.labels[path] = label
-        (self.assisted.add if assisted else self.assisted.discard)(path)
-        return before != (label, assisted)
 
     # ------------------------------------------------------------------ views
     def summary(self) -> dict:
