@@ -1017,6 +1017,51 @@ def test_a_name_that_is_not_utf8_is_left_out_and_a_failed_save_changes_nothing(t
         assert LabelStore(root).labels == {paths[0]: "dog"}
 
 
+def test_a_hand_made_labels_csv_is_never_overwritten_or_trimmed(tmp_path, monkeypatch):
+    """A file without a ``path`` column read as no labels, and the first key press replaced it; other columns
+    were dropped at every rewrite."""
+    import tltool.labeler.server as server_module
+
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 4, decodable=False)
+    mine = f"file,label\n{paths[0]},cat\n{paths[1]},dog\n"
+    (root / "labels.csv").write_text(mine)
+    with pytest.raises(TltoolError, match=r"labels\.csv: no path column \(its header: file,label\)"):
+        LabelStore(root, ["cat", "dog"])
+    monkeypatch.setattr(server_module.LabelerServer, "serve_forever", lambda self: None)  # never serve: old code
+    result = CliRunner().invoke(main, ["label", "serve", str(root), "--classes", "cat,dog", "--no-assist"])
+    assert result.exit_code != 0 and "no path column" in result.output and "Traceback" not in result.output
+    assert (root / "labels.csv").read_text() == mine
+    (root / "labels.csv").write_text(f"path,label,notes\n{paths[0]},cat,\"blurry, check\"\n{paths[1]},,ask Ann\n"
+                                     f"{paths[2]},dog,\n")
+    store = LabelStore(root, ["cat", "dog"])
+    assert store.labels == {paths[0]: "cat", paths[2]: "dog"}
+    store.set(paths[3], "dog")
+    store.set(paths[2], None)  # undone: the row goes, it held nothing else
+    store.set(paths[0], "dog", assisted=True)
+    with open(root / "labels.csv", newline="") as f:
+        assert list(csv.reader(f)) == [["path", "label", "notes", "assisted"], [paths[0], "dog", "blurry, check", "1"],
+                                       [paths[1], "", "ask Ann", ""], [paths[3], "dog", "", ""]]
+
+
+def test_paths_written_another_way_in_labels_csv_name_the_same_image(tmp_path):
+    """``./unlabeled/x.jpg`` or an absolute path was kept as written: the image was listed twice, and after the
+    next key press labels.csv held it twice, so export refused it."""
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 6, decodable=False)
+    (root / "labels.csv").write_text(f"path,label\n./{paths[0]},cat\n{(root / paths[1]).resolve()},dog\n"
+                                     f"unlabeled//{paths[2].split('/')[1]},cat\n")
+    store = LabelStore(root, ["cat", "dog"])
+    assert store.items == paths and store.summary()["labelled"] == 3
+    assert store.labels == {paths[0]: "cat", paths[1]: "dog", paths[2]: "cat"}
+    store.set(paths[0], "dog")
+    for path in paths[3:]:
+        store.set(path, "cat")
+    assert read_labels(root) == {paths[0]: "dog", paths[1]: "dog", paths[2]: "cat", **{p: "cat" for p in paths[3:]}}
+    result = export_labels(root, val_fraction=0.34, seed=0)
+    assert len(list(result.out.rglob("*.jpg"))) == 6
+
+
 def test_a_confirm_with_an_unknown_class_is_refused_and_suggestions_go_on(tmp_path):
     """``/api/confirm`` with an unknown label and nothing accepted stored the label as rejected; every later
     suggestion then failed (ValueError in classes.index)."""

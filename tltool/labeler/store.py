@@ -1,5 +1,5 @@
-"""The labels of a dataset folder, persisted on every change: ``labels.csv`` (``path,label[,assisted]``) and
-``skipped.csv``.
+"""The labels of a dataset folder, persisted on every change: ``labels.csv`` (``path,label[,assisted]``; any other
+column a person added is kept) and ``skipped.csv``.
 
 ``labels.csv`` is a manifest :func:`tltool.dataset.load_dataset` reads as it is (paths relative to the dataset root).
 Its ``assisted`` column (written once any label is an accepted suggestion) holds ``1`` for those labels, so
@@ -17,7 +17,7 @@ import re
 import threading
 import warnings
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -126,25 +126,84 @@ def refuse_linked_csv(path: Path) -> None:
     refuse_link(path, "label files", "replace it with the file itself, or remove it.")
 
 
-def _labels_rows(path: Path) -> tuple[dict[str, str], set[str], list[str]]:
-    """``labels.csv``'s rows inside its folder, as in :func:`read_labels_csv`, and the paths of those outside."""
-    labels: dict[str, str] = {}
-    assisted: set[str] = set()
-    outside: list[str] = []
+LABEL_COLUMNS = ("path", "label", ASSISTED)  # the columns the labeler writes; any other is the user's, kept
+
+
+@dataclass
+class LabelsTable:
+    """``labels.csv`` as read: the labels of the rows inside its folder, keyed by their path relative to it (as
+    :func:`list_images` names the images, so ``./x.jpg`` or an absolute path is the same image); the header and each
+    row's cells, so a rewrite changes the labeler's cells only and keeps the user's own columns; and the paths of
+    the rows outside the folder (never written back)."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    assisted: set[str] = field(default_factory=set)
+    header: list[str] = field(default_factory=lambda: ["path", "label"])
+    cells: dict[str, list[str]] = field(default_factory=dict)
+    outside: list[str] = field(default_factory=list)
+
+    def add(self, root: Path, cells: list[str]) -> None:
+        """One row of the file (the last row of a path wins, as a manifest is read)."""
+        at = {name: self.header.index(name) for name in LABEL_COLUMNS if name in self.header}
+        cell = (lambda name: cells[at[name]].strip() if name in at and at[name] < len(cells) else "")
+        raw, label = cell("path"), cell("label")
+        rel = inside_root(root, raw, allow_absolute=True) if raw else None
+        if rel is None:
+            if raw and label:
+                self.outside.append(raw)
+            return
+        if label or rel not in self.labels:
+            self.cells[rel] = cells
+        if label:
+            self.labels[rel] = label
+            (self.assisted.add if cell(ASSISTED) in ("1", "true", "yes") else self.assisted.discard)(rel)
+
+    def rewritten(self, labels: dict[str, str], assisted: set[str]) -> tuple[list[str], list[list[str]]]:
+        """The header and rows of ``labels.csv`` with these labels: the labeler's cells set, the others as read. A row
+        leaves the file when it has no label and nothing but its path (an undone label); one with the user's own
+        cells stays, its label empty."""
+        header = self.header + ([ASSISTED] if assisted and ASSISTED not in self.header else [])
+        at = {name: header.index(name) for name in LABEL_COLUMNS if name in header}
+        rows = []
+        for path in sorted(set(labels) | set(self.cells)):
+            cells = list(self.cells.get(path, ()))
+            cells += [""] * (len(header) - len(cells))
+            cells[at["path"]], cells[at["label"]] = path, labels.get(path, "")
+            if ASSISTED in at:
+                cells[at[ASSISTED]] = "1" if path in assisted else ""
+            if path in labels or any(c.strip() for i, c in enumerate(cells) if i not in at.values()):
+                rows.append(cells)
+        return header, rows
+
+
+def _labels_header(path: Path, header: list[str]) -> list[str]:
+    """The header of ``labels.csv``: a TltoolError when it lacks path or label (a file the labeler would otherwise
+    read as empty and overwrite) or names one of the labeler's columns twice."""
+    names = [h.strip() for h in header]
+    missing = [c for c in ("path", "label") if c not in names]
+    twice = [c for c in LABEL_COLUMNS if names.count(c) > 1]
+    if missing or twice:
+        problem = f"no {' or '.join(missing)} column" if missing else f"the column(s) {', '.join(twice)} twice"
+        raise TltoolError(f"{path}: {problem} (its header: {','.join(names) or 'empty'}); the labeler keeps labels "
+                          "in the columns path,label (paths relative to the dataset folder; other columns are kept). "
+                          "Rename the columns, or move the file away to start a new one.")
+    return names
+
+
+def _labels_rows(path: Path) -> LabelsTable:
+    """``labels.csv`` as a :class:`LabelsTable`; an empty one when the file is absent or empty."""
+    table = LabelsTable()
     refuse_linked_csv(path)
     if path.is_file():
         root = path.parent.resolve()
         with readable_csv(path), open(path, newline="", encoding="utf-8-sig") as f:
-            for row in csv.DictReader(f):
-                rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-                if rel and label:
-                    if inside_root(root, rel, allow_absolute=True) is None:
-                        outside.append(rel)
-                        continue
-                    labels[rel] = label
-                    if (row.get(ASSISTED) or "").strip() in ("1", "true", "yes"):
-                        assisted.add(rel)
-    return labels, assisted, outside
+            rows = (cells for cells in csv.reader(f) if any(c.strip() for c in cells))  # blank lines mean nothing
+            header = next(rows, None)
+            if header is not None:
+                table.header = _labels_header(path, header)
+                for cells in rows:
+                    table.add(root, cells)
+    return table
 
 
 def outside_rows_warning(csv_path: Path, outside: list[str]) -> str:
@@ -157,8 +216,8 @@ def read_labels_csv(path: Path) -> tuple[dict[str, str], set[str]]:
 
     A linked ``labels.csv`` is refused (TltoolError); rows whose path is outside its folder are left out here without
     a word (:func:`load_labelled` and :class:`LabelStore` name them)."""
-    labels, assisted, _ = _labels_rows(path)
-    return labels, assisted
+    table = _labels_rows(path)
+    return table.labels, table.assisted
 
 
 def load_labelled(root: Path) -> Dataset:
@@ -248,6 +307,7 @@ class LabelStore:
         self._stamp: tuple | None = None
         self._outside_named: set[str] = set()  # labels.csv rows outside the folder already warned about
         self.notes: list[str] = []
+        self._table = LabelsTable()  # labels.csv as read or last written
         self.labels: dict[str, str] = {}
         self.assisted: set[str] = set()  # labels that were accepted suggestions
         self.skipped: set[str] = set()
@@ -287,7 +347,8 @@ class LabelStore:
         return tuple(stamps)
 
     def _load(self) -> None:
-        self.labels, self.assisted, outside = _labels_rows(self.labels_path)
+        table = _labels_rows(self.labels_path)
+        outside = table.outside
         if outside and set(outside) - self._outside_named:  # named once, not again on every reload
             self._outside_named |= set(outside)
             warnings.warn(outside_rows_warning(self.labels_path, outside) + "; they will not be written back",
@@ -297,7 +358,7 @@ class LabelStore:
         if self.skipped_path.is_file():
             with readable_csv(self.skipped_path), open(self.skipped_path, newline="", encoding="utf-8-sig") as f:
                 skipped = {(row.get("path") or "").strip() for row in csv.DictReader(f)} - {""}
-        self.skipped = skipped
+        self._table, self.labels, self.assisted, self.skipped = table, table.labels, table.assisted, skipped
         self._stamp = self._file_stamp()
 
     def _save(self, labels: dict[str, str], assisted: set[str], skipped: set[str], write_labels: bool,
@@ -307,11 +368,11 @@ class LabelStore:
         assisted = assisted & set(labels)
         target = self.labels_path
         try:
-            if write_labels and assisted:  # the column appears with the first accepted suggestion
-                rows = [(p, label, "1" if p in assisted else "") for p, label in sorted(labels.items())]
-                _write_csv(target, ["path", "label", ASSISTED], rows)
-            elif write_labels:
-                _write_csv(target, ["path", "label"], sorted(labels.items()))
+            if write_labels:
+                header, rows = self._table.rewritten(labels, assisted)
+                _write_csv(target, header, rows)
+                path_at = header.index("path")
+                self._table = LabelsTable(labels, assisted, header, {r[path_at]: r for r in rows})
             target = self.skipped_path
             if write_skipped:
                 _write_csv(target, ["path"], [[p] for p in sorted(skipped)])
