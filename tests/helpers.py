@@ -1,9 +1,11 @@
 """Builders of small image corpora for tests: real files written with Pillow, nothing downloaded."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -123,3 +125,18 @@ def assert_same_features(got, expected, atol: float = 1e-5) -> None:
     assert float(np.std(expected.avg)) > 1e-2, "degenerate features: the comparison could not fail"
     np.testing.assert_allclose(got.avg, expected.avg, atol=atol)
     np.testing.assert_allclose(got.max, expected.max, atol=atol)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Fail (instead of hanging the suite) when the block runs longer than ``seconds``."""
+    def expire(signum, frame):
+        raise TimeoutError(f"took longer than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

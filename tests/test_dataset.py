@@ -1,7 +1,6 @@
 """Dataset sources, validation and the stratified split."""
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -10,7 +9,7 @@ import zlib
 
 import pytest
 
-from helpers import build_bad_corpus, noise_image
+from helpers import build_bad_corpus, deadline, noise_image
 from tltool.collect import expand_sources
 from tltool.dataset import (LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, UNREADABLE_FOLDER, ManifestWarning, SymlinkWarning,
                             load_dataset, stratified_split, write_split_manifest)
@@ -205,21 +204,6 @@ def test_tfds_dataset_becomes_files(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ symbolic links
-@contextlib.contextmanager
-def _deadline(seconds: float):
-    """Fail (instead of hanging the suite) when the block runs longer than ``seconds``."""
-    def expire(signum, frame):
-        raise TimeoutError(f"still walking after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _labels(ds) -> dict[str, str]:
     return {os.path.relpath(r.path, ds.source.split(":", 1)[1]): r.label for r in ds.records}
 
@@ -247,13 +231,13 @@ def test_recursive_links_finish_fast(tmp_path):
     (tmp_path / "ext" / "a" / "to_b").symlink_to(tmp_path / "ext" / "b")  # a -> b -> a -> ...
     (tmp_path / "ext" / "b" / "to_a").symlink_to(tmp_path / "ext" / "a")
     (tmp_path / "ds" / "dog" / "more").symlink_to(tmp_path / "ext" / "a")
-    with _deadline(10), pytest.warns(SymlinkWarning):  # milliseconds; os.walk(followlinks=True) never ended
+    with deadline(10), pytest.warns(SymlinkWarning):  # milliseconds; os.walk(followlinks=True) never ended
         ds = load_dataset(tmp_path / "ds")
     assert _labels(ds) == {"cat/img_00.jpg": "cat", "cat/img_01.jpg": "cat", "dog/img_00.jpg": "dog",
                            "dog/more/img_00.jpg": "dog", "dog/more/to_b/img_00.jpg": "dog"}
     reasons = {os.path.relpath(s.path, tmp_path / "ds"): s.reason.split(" (")[0] for s in ds.skipped}
     assert reasons == {"cat/up1": LINK_BACK_UP, "cat/up2": LINK_BACK_UP, "dog/more/to_b/to_a": LINK_BACK_UP}
-    with _deadline(10), pytest.warns(SymlinkWarning, match="cat/up1"):
+    with deadline(10), pytest.warns(SymlinkWarning, match="cat/up1"):
         files = expand_sources([str(tmp_path / "ds")])  # collect import walks the same way
     assert len(files) == 5
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 import csv
 import json
 import re
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, SAMPLE, shared_dataset
+from helpers import deadline
 from tltool.errors import TltoolError
 from tltool.cli.recipes import load_recipe, recipe_commands, run_recipe
 
@@ -216,19 +215,6 @@ def test_ctrl_c_in_a_recipe_step_exits_130_as_an_interrupted_command_does(tmp_pa
     assert "Aborted" not in result.output
 
 
-@contextmanager
-def _within(seconds: float):
-    """Fail (rather than hang) when the block takes longer than ``seconds``."""
-    def too_slow(signum, frame):
-        raise AssertionError(f"took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, too_slow)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 _BOMB = "vars:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -239,12 +225,12 @@ def test_an_alias_bomb_is_refused_at_once_with_a_clear_error(tmp_path):
     """Before: eight lines of aliases stand for 10**8 values; yaml shares them, but substituting variables rebuilt
     every nested list before the type check, so `tltool run --check` hung while its memory grew."""
     path = _write(tmp_path, _BOMB + "steps:\n  - data-inspect: {path: *h}\n")
-    with _within(5), pytest.raises(TltoolError, match=r"r\.yaml: not valid YAML \(line 3, column \d+: an alias "
+    with deadline(5), pytest.raises(TltoolError, match=r"r\.yaml: not valid YAML \(line 3, column \d+: an alias "
                                                       r"\(\*a\) is not allowed in a recipe"):
         load_recipe(path)
     result = _check(path)
     assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
-    with _within(5), pytest.raises(TltoolError, match=r"--set out=\*a: not a YAML value \(.*alias"):
+    with deadline(5), pytest.raises(TltoolError, match=r"--set out=\*a: not a YAML value \(.*alias"):
         load_recipe(_write(tmp_path, "steps:\n  - data-inspect: {path: x}\n"), ["out=*a"])
 
 
