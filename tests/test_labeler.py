@@ -1042,6 +1042,12 @@ def test_a_hand_made_labels_csv_is_never_overwritten_or_trimmed(tmp_path, monkey
     with open(root / "labels.csv", newline="") as f:
         assert list(csv.reader(f)) == [["path", "label", "notes", "assisted"], [paths[0], "dog", "blurry, check", "1"],
                                        [paths[1], "", "ask Ann", ""], [paths[3], "dog", "", ""]]
+    # what label export reads: the user's column is not read, the row whose label was undone is not labelled
+    from tltool.labeler.store import load_labelled
+
+    labelled = load_labelled(root)
+    assert {Path(r.path).relative_to(root.resolve()).as_posix(): r.label for r in labelled.records} == {
+        paths[0]: "dog", paths[3]: "dog"}
 
 
 def test_paths_written_another_way_in_labels_csv_name_the_same_image(tmp_path):

@@ -238,9 +238,9 @@ OPTIONAL_COLUMNS = ("assisted",)
 MAX_NAMED = 10  # rows named in one problem or warning message
 
 
-def _manifest_header(fieldnames: Sequence[str] | None, spec: str) -> list[str]:
+def _manifest_header(fieldnames: Sequence[str] | None, spec: str, labels_file: bool = False) -> list[str]:
     header = [h.strip() for h in (fieldnames or [])]
-    unknown = [h for h in header if h not in CSV_COLUMNS + OPTIONAL_COLUMNS]
+    unknown = [] if labels_file else [h for h in header if h not in CSV_COLUMNS + OPTIONAL_COLUMNS]
     missing = sorted({"path", "label"} - set(header))
     if unknown or missing:
         parts = [f"unknown column(s) {unknown}"] if unknown else []
@@ -264,6 +264,7 @@ class _ManifestRows:
     extra_cells: list[str] = field(default_factory=list)
     spaced_labels: list[str] = field(default_factory=list)
     first_row: dict[str, int] = field(default_factory=dict)
+    labels_file: bool = False  # the labeler's labels.csv: a row without a label is an image not labelled (yet)
 
     def add(self, line: int, row: dict) -> None:
         extra = [cell for cell in row.get(None) or [] if cell.strip()]  # blank trailing cells lose nothing
@@ -275,6 +276,8 @@ class _ManifestRows:
         split = (row.get("split") or "").strip().lower() or None
         if not path:
             self.problems.append(f"row {line}: empty path")
+            return
+        if self.labels_file and not label:  # an undone label on a row that keeps the user's own cells
             return
         if label != raw_label and label:
             self.spaced_labels.append(f"row {line}: {raw_label!r} -> {label!r}")
@@ -318,15 +321,16 @@ class _ManifestRows:
 
 
 @register_source("csv", lambda spec: spec.lower().endswith((".csv", ".tsv")) and os.path.isfile(spec))
-def load_manifest(spec: str) -> Dataset:
+def load_manifest(spec: str, labels_file: bool = False) -> Dataset:
     """A CSV manifest ``path,label[,split]``; paths are relative to the manifest's folder. Labels lose surrounding
     spaces; extra cells, stripped spaces and labels that differ only in case are named in a
-    :class:`ManifestWarning`."""
+    :class:`ManifestWarning`. ``labels_file``: the labeler's ``labels.csv``, which keeps a user's own columns (not
+    read) and rows whose label was undone (skipped)."""
     manifest = Path(spec).resolve()
-    rows = _ManifestRows(manifest.parent)
+    rows = _ManifestRows(manifest.parent, labels_file=labels_file)
     with readable_csv(spec), open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter="\t" if spec.lower().endswith(".tsv") else ",")
-        reader.fieldnames = header = _manifest_header(reader.fieldnames, spec)
+        reader.fieldnames = header = _manifest_header(reader.fieldnames, spec, labels_file)
         for row in reader:
             rows.add(reader.line_num, row)
     if rows.problems:

@@ -227,7 +227,7 @@ def load_labelled(root: Path) -> Dataset:
     A linked ``labels.csv`` is refused (TltoolError)."""
     root = root.resolve()
     refuse_linked_csv(root / LABELS_CSV)
-    dataset = load_manifest(str(root / LABELS_CSV))
+    dataset = load_manifest(str(root / LABELS_CSV), labels_file=True)
     inside = [inside_root(root, r.path, allow_absolute=True) is not None for r in dataset.records]
     kept = [r for r, ok in zip(dataset.records, inside) if ok]
     outside = [r.path for r, ok in zip(dataset.records, inside) if not ok]
