@@ -270,3 +270,11 @@ def test_interactive_must_be_a_yaml_boolean(tmp_path, value):
     for written, expected in (("true", True), ("false", False), ("no", False)):  # `no` unquoted is YAML's false
         recipe = load_recipe(_write(tmp_path, f"steps:\n  - data-inspect: {{path: x, interactive: {written}}}\n"))
         assert recipe.steps[0].interactive is expected
+
+
+def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path):
+    """YAML keeps the last of two equal keys without a word: `out: a` then `out: b` wrote to b."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps:\n  - data-inspect:\n      path: data\n      out: a\n      out: b\n")
+    with pytest.raises(TltoolError, match=r"line 5, column 7: the key 'out' is given twice"):
+        load_recipe(recipe)

@@ -39,7 +39,7 @@ MAX_DEPTH = 32  # nesting levels a recipe or a --set value may have (a recipe ne
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """YAML as ``yaml.safe_load`` reads it, less two things a recipe never needs and a hostile one can use.
+    """YAML as ``yaml.safe_load`` reads it, less what a recipe never needs and a hostile one can use.
 
     Aliases (``*name``) are refused: eight lines that each repeat the one above ten times stand for 10**8 values,
     and checking them hung ``tltool run`` while its memory grew. Nesting deeper than :data:`MAX_DEPTH` is refused:
@@ -48,6 +48,20 @@ class _RecipeLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """A key given twice in one mapping is refused: YAML would keep the last silently (``out: a`` then
+        ``out: b`` wrote to b)."""
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: the type checks of the recipe name it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
