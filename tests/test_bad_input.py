@@ -94,6 +94,18 @@ def test_predict_answers_for_every_readable_image_and_names_the_bad_ones(probe_r
     assert none.exit_code != 0 and "bad.jpg" in none.output
 
 
+def test_predict_prints_one_line_per_image_whatever_its_name(probe_run, tmp_path):
+    """A newline in a file name split its result line in two (a script reading the columns got a bogus row)."""
+    import shutil
+
+    odd = tmp_path / "two\nlines\tand tab.jpg"
+    shutil.copyfile(sorted(SAMPLE.glob("star/*.jpg"))[0], odd)
+    result = _run("predict", odd, "--model", probe_run)
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if "lines" in line]
+    assert line.startswith(str(tmp_path / "two\\nlines\\tand tab.jpg") + "\t") and line.count("\t") == 3
+
+
 def test_predict_max_pixels_names_the_large_image(probe_run, tmp_path):
 
     big = tmp_path / "big.png"

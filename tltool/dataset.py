@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import TltoolError, TltoolWarning
 from .images import is_candidate_file
-from .utils import readable_csv, write_json, write_text_atomic
+from .utils import readable_csv, shown_name, write_json, write_text_atomic
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -287,7 +287,7 @@ class _ManifestRows:
         try:
             found = full.is_file()
         except OSError as exc:  # a name too long for the filesystem: Python 3.11 raises instead of saying False
-            self.problems.append(f"row {line}: cannot be looked up ({exc.strerror}): {path[:80]}...")
+            self.problems.append(f"row {line}: cannot be looked up ({exc.strerror}): {shown_name(path)}")
         else:
             if not found:
                 self.problems.append(f"row {line}: file not found: {path}")

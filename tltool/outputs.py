@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import TltoolError
-from .utils import read_json, write_json
+from .utils import read_json, shown_name, write_json
 
 MARKER = ".tltool-output.json"
 
@@ -87,8 +87,8 @@ def check_output_name(path: str | os.PathLike, option: str = "--out") -> None:
         pass
     except OSError as exc:
         if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
-            shown = str(path) if len(str(path)) <= 80 else f"{str(path)[:77]}..."
-            raise TltoolError(f"{option} {shown}: cannot be used ({exc.strerror}); choose another folder.") from None
+            raise TltoolError(f"{option} {shown_name(path)}: cannot be used ({exc.strerror}); choose another "
+                              "folder.") from None
 
 
 def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False, force: bool = False,

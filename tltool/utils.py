@@ -106,6 +106,15 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def shown_name(name: str | os.PathLike, limit: int | None = 120) -> str:
+    """A file name as tltool prints it: control characters escaped (a newline in a name would split a result line
+    in two), and a name of hundreds of characters cut short (``limit``; None keeps it whole)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+    if limit is None or len(text) <= limit:
+        return text
+    return f"{text[:limit - 20]}... ({len(text):,} characters)"
+
+
 def read_json_object(path: str | os.PathLike, damaged: Callable[[str], NoReturn]) -> dict:
     """The JSON object in the regular file ``path``, a file tltool wrote and a user may have edited or damaged;
     ``damaged(problem)`` raises the caller's error when it is a link, a folder, not JSON or not an object."""

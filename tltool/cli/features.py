@@ -12,6 +12,7 @@ from ..linear import probe, train_linear
 from ..predict import evaluate_run, predict_images
 from ..report import accuracy_line, resolution_line
 from ..stats import format_proportion
+from ..utils import shown_name
 from .options import (FEATURES_DIR, backbone_options, choice, compose, engine_option, force_option, out_option,
                       split_options, strategy_option, strict_option, tta_option)
 from .output import echo_tta
@@ -148,7 +149,8 @@ def predict_cmd(images, run_dir, top_k, tta, max_pixels, engine) -> None:
     """Classify IMAGES with a trained run: every readable one; each unreadable one is named with its reason, and
     the exit status is 2 only when none could be read."""
     for p in predict_images(run_dir, images, top_k=top_k, tta=tta, max_pixels=max_pixels, engine=engine):
-        click.echo(f"{p.path}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in p.top))
+        # one line per image, whatever its name holds (a newline or a tab in a name would break the columns)
+        click.echo(f"{shown_name(p.path, limit=None)}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in p.top))
 
 
 @click.command("evaluate")

@@ -23,10 +23,10 @@ from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, DEFAULT_MAX_PIXELS, load_image
 from ..outputs import claim_output_dir
 from ..progress import Bar
-from ..utils import atomic_path, file_lock, readable_csv, write_text_atomic
+from ..utils import atomic_path, file_lock, readable_csv, shown_name, write_text_atomic
 from .neardup import DEFAULT_NEAR_THRESHOLD, NearIndex, dhash, mean_colour, pixels_sha256
 from .sources import (DEFAULT_EVERY, Bad, Candidate, camera_candidates, candidates_of, cv2_module, expand_sources,
-                      open_camera, shown_name)
+                      open_camera)
 
 UNLABELED = "unlabeled"
 MANIFEST = "manifest.csv"

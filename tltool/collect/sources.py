@@ -21,7 +21,7 @@ import numpy as np
 from ..dataset import LinkGuard, walk_files
 from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, UNREADABLE
-from ..utils import sha256_file
+from ..utils import sha256_file, shown_name
 
 DEFAULT_EVERY = 2.0
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"})
@@ -93,11 +93,6 @@ def _walk(folder: Path) -> list[Path]:
     files, _hidden = walk_files(folder, guard)
     guard.warn(str(folder))
     return files
-
-
-def shown_name(spec: str) -> str:
-    """``spec`` as an error names it: a name of hundreds of characters is cut short."""
-    return spec if len(spec) <= 120 else f"{spec[:100]}... ({len(spec):,} characters)"
 
 
 def _expand_one(spec: str) -> list[Path]:
