@@ -104,6 +104,11 @@ def test_predict_prints_one_line_per_image_whatever_its_name(probe_run, tmp_path
     assert result.exit_code == 0, result.output
     (line,) = [line for line in result.output.splitlines() if "lines" in line]
     assert line.startswith(str(tmp_path / "two\\nlines\\tand tab.jpg") + "\t") and line.count("\t") == 3
+    from tltool.utils import shown_name  # ordinary characters stay as they are: a macOS screenshot's U+202F
+
+    ordinary = "Shot 10.00.00\u202fAM caf\u00e9\u00a0\u200d.png"
+    assert shown_name(ordinary, limit=None) == ordinary
+    assert shown_name("not-utf8-\udcff.jpg") == "not-utf8-\\udcff.jpg"
 
 
 def test_predict_max_pixels_names_the_large_image(probe_run, tmp_path):

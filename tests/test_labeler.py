@@ -1048,6 +1048,11 @@ def test_a_hand_made_labels_csv_is_never_overwritten_or_trimmed(tmp_path, monkey
     labelled = load_labelled(root)
     assert {Path(r.path).relative_to(root.resolve()).as_posix(): r.label for r in labelled.records} == {
         paths[0]: "dog", paths[3]: "dog"}
+    # a split column of the user's is kept, and left empty for what the labeler labels: export draws its own split
+    (root / "labels.csv").write_text(f"path,label,split\n{paths[0]},cat,train\n{paths[1]},dog,val\n")
+    LabelStore(root, ["cat", "dog"]).set(paths[2], "dog")
+    assert {r.label for r in load_labelled(root).records} == {"cat", "dog"} and not any(
+        r.split for r in load_labelled(root).records)
 
 
 def test_paths_written_another_way_in_labels_csv_name_the_same_image(tmp_path):

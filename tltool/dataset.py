@@ -273,7 +273,8 @@ class _ManifestRows:
         path = (row.get("path") or "").strip()
         raw_label = row.get("label") or ""
         label = raw_label.strip()
-        split = (row.get("split") or "").strip().lower() or None
+        # labels.csv: label export draws its own split, so a split column there is the user's, kept and not read
+        split = None if self.labels_file else (row.get("split") or "").strip().lower() or None
         if not path:
             self.problems.append(f"row {line}: empty path")
             return

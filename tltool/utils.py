@@ -9,6 +9,7 @@ import math
 import os
 import secrets
 import stat
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
 
@@ -106,10 +107,15 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+# control characters, lone surrogates (a name that is not UTF-8) and line/paragraph separators; other characters,
+# no-break spaces and joiners included (a macOS screenshot's name holds U+202F), are printed as they are
+_UNPRINTED = {"Cc", "Cs", "Zl", "Zp"}
+
+
 def shown_name(name: str | os.PathLike, limit: int | None = 120) -> str:
     """A file name as tltool prints it: control characters escaped (a newline in a name would split a result line
     in two), and a name of hundreds of characters cut short (``limit``; None keeps it whole)."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+    text = "".join(repr(c)[1:-1] if unicodedata.category(c) in _UNPRINTED else c for c in str(name))
     if limit is None or len(text) <= limit:
         return text
     return f"{text[:limit - 20]}... ({len(text):,} characters)"
