@@ -132,6 +132,34 @@ def test_replacing_leaves_a_users_dot_old_folder_alone_and_refuses_a_linked_stag
     assert output_kind(elsewhere) == "sample"
 
 
+def test_a_killed_replacements_leftover_is_removed_by_the_next_and_a_failed_fill_leaves_no_staging(tmp_path,
+                                                                                                     monkeypatch):
+    """A kill between renaming the earlier output aside and removing it left a full copy for good; a move that
+    failed halfway left the staging folder beside the target."""
+    from tltool import outputs
+    from tltool.outputs import staged_output
+
+    out = claim_output_dir(tmp_path / "out", "sample")
+    (out / "a.jpg").write_text("earlier")
+    leftover = claim_output_dir(tmp_path / ".out.old-0123abcd", "sample")
+    (leftover / "a.jpg").write_text("killed mid-replacement")
+    other = claim_output_dir(tmp_path / ".out.old-89abcdef", "export")  # another kind: not this output's
+    with staged_output(out, "sample") as staging:
+        (staging / "b.jpg").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old-89abcdef", "out"] and other.is_dir()
+    fresh = claim_output_dir(tmp_path / "fresh", "sample")
+
+    def fail(src, dst):
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        with staged_output(fresh, "sample") as staging:
+            (staging / "c.jpg").write_text("new")
+            monkeypatch.setattr(outputs.os, "replace", fail)  # the move onto the target fails
+    monkeypatch.undo()
+    assert not (tmp_path / ".fresh.partial").exists()
+
+
 def test_digits_into_dot_and_after_a_kill(tmp_path, monkeypatch):
     """`data digits .` was a ValueError (Path('.') has no name); a folder a killed run left holding only its
     marker needed --force."""

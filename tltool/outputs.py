@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import time
@@ -195,10 +196,10 @@ def staged_output(target: Path, kind: str) -> Iterator[Path]:
     staging = staging_dir(target, kind)
     try:
         yield staging
+        replace_output_dir(staging, target, kind)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once it has replaced the target
         raise
-    replace_output_dir(staging, target, kind)
 
 
 def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
@@ -220,7 +221,17 @@ def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
         return
     if target.is_symlink() or output_kind(target) != kind:  # claim_output_dir was skipped: never delete
         raise TltoolError(f"{target}: is not a tltool {kind} folder; refusing to replace it.")
+    _remove_leftovers(target, kind)
     old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
     os.rename(target, old)
     os.rename(staging, target)
     shutil.rmtree(old)
+
+
+def _remove_leftovers(target: Path, kind: str) -> None:
+    """Earlier outputs a killed replacement left renamed aside (``.NAME.old-TOKEN``, or ``.NAME.old`` of an older
+    tltool): removed when their marker says they are tltool's ``kind``; anything else of that name is left alone."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.old(-[0-9a-f]{{8}})?")
+    for sibling in target.parent.iterdir():
+        if pattern.fullmatch(sibling.name) and not sibling.is_symlink() and output_kind(sibling) == kind:
+            shutil.rmtree(sibling)
