@@ -19,7 +19,7 @@ from .backbones.registry import get_backbone_spec
 from .errors import TltoolError
 from .images import DEFAULT_MAX_PIXELS
 from .settings import DEFAULT_BACKBONE, validate_choices
-from .utils import read_json_object
+from .utils import is_whole, read_json_object
 
 
 @dataclass
@@ -136,7 +136,7 @@ def stored_distribute(run_dir: Path) -> dict:
     if not isinstance(started, dict):
         _damaged_config(run_dir, f"distribute is {started!r}, not a record of the run's devices.")
     batch, scale = started.get("global_batch_size"), started.get("lr_scale")
-    if batch is not None and not (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1):
+    if batch is not None and not is_whole(batch):
         _damaged_config(run_dir, f"distribute.global_batch_size is {batch!r}, not a whole number of images.")
     if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool)
                                   and math.isfinite(scale) and scale > 0):

@@ -34,7 +34,7 @@ from .inspection import CheckedDataset, prepare_dataset, say_upsampling, upsampl
 from .outputs import claim_output_dir, output_kind
 from .progress import Bar, say
 from .settings import CHOICES, RANGES, check_choice
-from .utils import atomic_path, read_json, sha256_text, write_json
+from .utils import atomic_path, is_whole, read_json, sha256_text, write_json
 
 FEATURES_FORMAT = 2  # 2: enlarging resizes in float32 (pixels of small photos changed); chunks carry an ok mask
 POOLS = CHOICES["pool"]
@@ -432,15 +432,10 @@ def _describes_its_model(meta: dict) -> bool:
     """The settings a linear run copies into its model.json (and names its folder by) are of tltool's types."""
     size, dataset = meta.get("image_size"), meta.get("dataset")
     return (isinstance(meta.get("backbone"), str) and isinstance(meta.get("weights"), str)
-            and isinstance(size, int) and not isinstance(size, bool)
-            and RANGES["image_size"].low <= size <= RANGES["image_size"].high
+            and is_whole(size, RANGES["image_size"].low, RANGES["image_size"].high)
             and meta.get("resize") in CHOICES["resize"]
             and isinstance(dataset, dict) and isinstance(dataset.get("name"), str)
-            and _is_pixel_limit(meta.get("max_pixels")))
-
-
-def _is_pixel_limit(value) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+            and (meta.get("max_pixels") is None or is_whole(meta["max_pixels"])))
 
 
 def read_features_json(meta_path: Path) -> dict:

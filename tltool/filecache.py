@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .utils import cache_dir, json_ready, sha256_json, write_json
+from .utils import cache_dir, is_whole, json_ready, sha256_json, write_json
 
 CACHE_FORMAT = 1
 
@@ -35,10 +35,6 @@ def lookup(sha256: str) -> dict | None:
     return entry if _well_formed(entry) else None
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _well_formed(entry: Any) -> bool:
     """A bad file's stage, reason and detail, or a good one's stage, size and conversions, with their types."""
     if not isinstance(entry, dict) or entry.get("stage") not in (HEADER, DECODE):
@@ -46,7 +42,7 @@ def _well_formed(entry: Any) -> bool:
     if entry.get("reason"):
         return isinstance(entry["reason"], str) and isinstance(entry.get("detail", ""), str)
     conversions = entry.get("conversions", [])
-    return (_is_count(entry.get("width")) and _is_count(entry.get("height")) and isinstance(conversions, list)
+    return (is_whole(entry.get("width")) and is_whole(entry.get("height")) and isinstance(conversions, list)
             and all(isinstance(c, str) for c in conversions))
 
 

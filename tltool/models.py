@@ -21,7 +21,7 @@ from .keras_files import load_keras_model
 from .images import DEFAULT_MAX_PIXELS
 from .settings import CHOICES, RANGES, check_choice
 from .tta import predict_with_tta
-from .utils import read_json_object
+from .utils import is_whole, read_json_object
 
 
 class RunModel:
@@ -166,12 +166,11 @@ def _is_text(value) -> bool:
 
 
 def _is_size(value) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool)
-            and RANGES["image_size"].low <= value <= MAX_IMAGE_SIZE)
+    return is_whole(value, RANGES["image_size"].low, MAX_IMAGE_SIZE)
 
 
 def _is_pixels(value) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    return value is None or is_whole(value)
 
 
 def _are_classes(value) -> bool:

@@ -15,7 +15,8 @@ import numpy as np
 
 from .augment import build_augmentation, load_size
 from .backbones import find_backbone
-from .configs import RunConfig, TrainOptions, stored_distribute  # noqa: F401  (RunConfig's home was here; it stays importable)
+# RunConfig's home was here; it stays importable
+from .configs import RunConfig, TrainOptions, stored_distribute  # noqa: F401
 from .dataset import Dataset, Record, label_indices, load_dataset, write_manifest
 from .distribute import resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError

@@ -112,6 +112,12 @@ def read_json(path: str | os.PathLike) -> Any:
 _UNPRINTED = {"Cc", "Cs", "Zl", "Zp"}
 
 
+def is_whole(value: Any, low: int = 1, high: int | None = None) -> bool:
+    """Whether a value read from JSON is a whole number in ``[low, high]`` (True and 1.0 are not)."""
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
 def shown_name(name: str | os.PathLike, limit: int | None = 120) -> str:
     """A file name as tltool prints it: control characters escaped (a newline in a name would split a result line
     in two), and a name of hundreds of characters cut short (``limit``; None keeps it whole)."""
