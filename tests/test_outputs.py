@@ -252,3 +252,26 @@ def test_status_lines_are_whole_lines_when_not_on_a_terminal(capsys):
     long = "cached: features for 1060 images already in " + "/very/long/path" * 8 + " (same files); nothing was run"
     say(long)
     assert capsys.readouterr().err == long + "\n"
+
+
+def test_a_second_command_writing_the_same_output_is_refused_and_does_not_remove_the_firsts_staging(tmp_path):
+    """Two exports to one folder shared `.NAME.partial`: the second removed the first's half-built staging as a
+    leftover of a killed run, and the first then failed or shipped the second's files."""
+    import subprocess
+    import sys
+
+    from tltool.outputs import staged_output
+
+    out = claim_output_dir(tmp_path / "out", "sample")
+    second = ("import sys; from pathlib import Path; from tltool.errors import TltoolError\n"
+              "from tltool.outputs import staging_dir\n"
+              "try:\n    staging_dir(Path(sys.argv[1]), 'sample')\nexcept TltoolError as e:\n    print(e)")
+    with staged_output(out, "sample") as staging:
+        (staging / "a.jpg").write_text("first")
+        shown = subprocess.run([sys.executable, "-c", second, str(out)], capture_output=True, text=True, check=True)
+        assert "another tltool command is writing it now" in shown.stdout, shown.stdout + shown.stderr
+        with pytest.raises(TltoolError, match="another tltool command"):
+            staging_dir(out, "sample")
+        assert (staging / "a.jpg").read_text() == "first"
+    assert (out / "a.jpg").read_text() == "first" and not (tmp_path / ".out.partial").exists()
+    staging_dir(out, "sample")  # a leftover no process holds is still removed and made anew

@@ -17,6 +17,11 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, staging is unguarded there
+    fcntl = None
+
 from .errors import TltoolError
 from .utils import read_json, shown_name, write_json
 
@@ -176,30 +181,71 @@ def _mark_in_place(path: Path, kind: str) -> bool | None:
 def staging_dir(target: Path, kind: str) -> Path:
     """A new, marked ``.NAME.partial`` folder beside ``target`` to build an output in before it replaces ``target``.
 
-    A leftover of an interrupted run is removed only if its marker says it is tltool's ``kind`` (never a link).
+    A leftover of an interrupted run is removed only if its marker says it is tltool's ``kind`` (never a link), and
+    never while another process holds it (see :func:`staged_output`).
     """
+    staging, lock = _new_staging(target, kind)
+    _unlock(lock)
+    return staging
+
+
+def _new_staging(target: Path, kind: str) -> tuple[Path, int | None]:
+    """:func:`staging_dir`, returned locked: the lock is taken before the marker is written, so another process
+    sees either no marker (not tltool's: refused) or a held lock (in use: refused), never a leftover to remove."""
     target = Path(os.path.abspath(target))  # `--out .` has no name to build a folder beside
     staging = target.with_name(f".{target.name}.partial")
+    busy = TltoolError(f"{shown_name(target)}: another tltool command is writing it now ({staging.name} is in use); "
+                       f"wait for it to finish, or write elsewhere.")
     if staging.is_symlink() or staging.exists():
         if staging.is_symlink() or output_kind(staging) != kind:
             raise TltoolError(f"{staging}: exists and is not tltool's; move it away and run again.")
+        leftover = _lock(staging)
+        if leftover is False:
+            raise busy
         shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+        _unlock(leftover)
+    try:
+        staging.mkdir(parents=True)
+    except FileExistsError:  # made by another process since the check above
+        raise busy from None
+    lock = _lock(staging)
     mark_output_dir(staging, kind)
-    return staging
+    return staging, lock
+
+
+def _lock(folder: Path) -> int | bool | None:
+    """An exclusive advisory lock on ``folder`` (its descriptor, released by :func:`_unlock` or at exit): False
+    when another process holds it, None where the platform has no ``flock``."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    return fd
+
+
+def _unlock(lock: int | bool | None) -> None:
+    if isinstance(lock, int) and not isinstance(lock, bool):
+        os.close(lock)
 
 
 @contextlib.contextmanager
 def staged_output(target: Path, kind: str) -> Iterator[Path]:
     """A staging folder (:func:`staging_dir`) to build ``target``'s new content in: moved onto ``target`` when the
-    block ends, removed when it fails or is interrupted, so nothing half-built is left beside the folder."""
-    staging = staging_dir(target, kind)
+    block ends, removed when it fails or is interrupted, so nothing half-built is left beside the folder. It stays
+    locked till then: a second command writing the same output is refused instead of removing this one's work."""
+    staging, lock = _new_staging(target, kind)
     try:
         yield staging
         replace_output_dir(staging, target, kind)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # gone already once it has replaced the target
         raise
+    finally:
+        _unlock(lock)
 
 
 def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
