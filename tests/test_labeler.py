@@ -99,6 +99,10 @@ def test_store_persists_every_change_and_reads_it_back(tmp_path):
     again = LabelStore(root)  # classes from labels.csv; starts at the first image not yet done
     assert again.classes == ["cat"] and again.labels == {paths[0]: "cat"} and again.skipped == {paths[2]}
     assert again.state()["start"] == 1
+    # a hand-edited skipped.csv names images as labels.csv may: `./x` or absolute is the image x (was not skipped)
+    (root / "skipped.csv").write_text(f"path\n./{paths[3]}\n{root.resolve() / paths[4]}\n../outside.jpg\n")
+    assert LabelStore(root).skipped == {paths[3], paths[4]}
+    (root / "skipped.csv").write_text(f"path\n{paths[2]}\n")
     with pytest.raises(ValueError, match="unknown class"):
         store.set(paths[3], "bird")
     with pytest.raises(KeyError):

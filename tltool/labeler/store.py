@@ -357,7 +357,9 @@ class LabelStore:
         refuse_linked_csv(self.skipped_path)
         if self.skipped_path.is_file():
             with readable_csv(self.skipped_path), open(self.skipped_path, newline="", encoding="utf-8-sig") as f:
-                skipped = {(row.get("path") or "").strip() for row in csv.DictReader(f)} - {""}
+                # named as labels.csv's rows are (`./x.jpg` or an absolute path is the image `x.jpg`)
+                skipped = {inside_root(self.root, (row.get("path") or "").strip(), allow_absolute=True)
+                           for row in csv.DictReader(f)} - {None}
         self._table, self.labels, self.assisted, self.skipped = table, table.labels, table.assisted, skipped
         self._stamp = self._file_stamp()
 
