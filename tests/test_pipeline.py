@@ -172,3 +172,28 @@ def test_mixup_blends_each_batch_with_itself_reversed_repeatably(tmp_path):
     np.testing.assert_array_equal(again[0][0], mixed[0][0])  # seeded: the same run gives the same batches
     with pytest.raises(ValueError, match="one-hot"):
         image_dataset(paths, [0, 1, 2, 0, 1, 2], image_size=16, mixup=0.4)
+
+
+def test_an_augmentation_file_written_by_albumentations_loads_and_a_hostile_one_is_one_clear_error(tmp_path):
+    """--augment FILE.yaml was read by plain yaml.safe_load: an alias bomb ran for as long as its checks took, and a
+    key given twice kept the last silently."""
+    import albumentations as A
+    import pytest
+
+    from tltool.augment import build_augmentation
+    from tltool.errors import TltoolError
+    from helpers import deadline
+
+    mine = tmp_path / "aug.yaml"
+    A.save(A.Compose([A.HorizontalFlip(p=1.0)]), str(mine), data_format="yaml")
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert np.array_equal(build_augmentation(str(mine), 32, seed=0)(image, seed=1), image[:, ::-1])
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)))
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(mine.read_text() + "transform:\n  __class_fullname__: Compose\n  transforms: []\n")
+    for path, why in ((bomb, r"an alias \(\*a\) is not allowed in an augmentation file"),
+                      (twice, "the key 'transform' is given twice")):
+        with deadline(10), pytest.raises(TltoolError, match=rf"--augment .*{path.name}: not an albumentations .*{why}"):
+            build_augmentation(str(path), 32, seed=0)

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import safe_yaml
 from .dataset import load_dataset
 from .errors import TltoolError, did_you_mean
 from .images import load_image
@@ -94,10 +95,9 @@ def build_augmentation(spec: str | None, size: int, seed: int = 0) -> SeededTran
 
 def _from_file(path: Path, seed: int):
     import albumentations as A
-    import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml.read_yaml(path.read_text(encoding="utf-8"), "an augmentation file")
         transform = A.from_dict(data)
     except Exception as exc:
         raise TltoolError(f"--augment {path}: not an albumentations pipeline ({exc.__class__.__name__}: {exc}). "

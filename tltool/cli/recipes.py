@@ -28,6 +28,7 @@ from typing import Any
 import click
 import yaml
 
+from .. import safe_yaml
 from ..errors import TltoolError, close_match_hint, did_you_mean
 from ..progress import say
 from .group import main
@@ -35,60 +36,11 @@ from .group import main
 TOP_LEVEL = ("name", "description", "vars", "steps")
 STEP_KEYS = ("interactive",)  # step-level settings that are not command options
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
-MAX_DEPTH = 32  # nesting levels a recipe or a --set value may have (a recipe needs four)
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """YAML as ``yaml.safe_load`` reads it, less what a recipe never needs and a hostile one can use.
-
-    Aliases (``*name``) are refused: eight lines that each repeat the one above ten times stand for 10**8 values,
-    and checking them hung ``tltool run`` while its memory grew. Nesting deeper than :data:`MAX_DEPTH` is refused:
-    the composer recurses once per level, so ``[[[...]]]`` 20,000 deep was a RecursionError."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        """A key given twice in one mapping is refused: YAML would keep the last silently (``out: a`` then
-        ``out: b`` wrote to b)."""
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)):
-                continue  # an unhashable key: the type checks of the recipe name it
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}) is not allowed in a recipe; "
-                                              "write the value out, or give it once in vars", event.start_mark)
-        if self._depth >= MAX_DEPTH:
-            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
-                                              event.start_mark)
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
 
 
 def _read_yaml(text: str) -> Any:
-    """``text`` as YAML (see :class:`_RecipeLoader`); a :class:`yaml.YAMLError` says what and where in one line."""
-    loader = _RecipeLoader(text)
-    try:
-        return loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise yaml.YAMLError(f"{where}{exc.problem or exc.context}") from None
-    finally:
-        loader.dispose()
+    """``text`` as YAML, read by tltool's hardened loader (no aliases, no deep nesting, no key twice)."""
+    return safe_yaml.read_yaml(text, "a recipe", alias_hint="write the value out, or give it once in vars")
 
 
 @dataclass

@@ -1,0 +1,65 @@
+"""YAML as ``yaml.safe_load`` reads it, less what tltool's YAML inputs (recipes, augmentation files) never need and
+a hostile file can use: aliases, deep nesting and keys given twice."""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+MAX_DEPTH = 32  # nesting levels a file or a --set value may have (a recipe needs four, an augmentation file ~ten)
+
+
+class _HardenedLoader(yaml.SafeLoader):
+    """Aliases (``*name``) are refused: eight lines that each repeat the one above ten times stand for 10**8 values,
+    and checking them hung ``tltool run`` while its memory grew. Nesting deeper than :data:`MAX_DEPTH` is refused:
+    the composer recurses once per level, so ``[[[...]]]`` 20,000 deep was a RecursionError."""
+
+    what = "this file"  # named in the alias refusal, with what to write instead
+    alias_hint = "write the value out"
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """A key given twice in one mapping is refused: YAML would keep the last silently (``out: a`` then
+        ``out: b`` wrote to b)."""
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: the type checks of the caller name it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}) is not allowed in "
+                                              f"{self.what}; {self.alias_hint}", event.start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                              event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def read_yaml(text: str, what: str = _HardenedLoader.what, alias_hint: str = _HardenedLoader.alias_hint) -> Any:
+    """``text`` as YAML (see :class:`_HardenedLoader`); a :class:`yaml.YAMLError` says what and where in one line.
+    ``what`` names the kind of file, ``alias_hint`` what to write instead of an alias."""
+    loader = _HardenedLoader(text)
+    loader.what, loader.alias_hint = what, alias_hint
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise yaml.YAMLError(f"{where}{exc.problem or exc.context}") from None
+    finally:
+        loader.dispose()
