@@ -1101,3 +1101,34 @@ def test_a_confirm_with_an_unknown_class_is_refused_and_suggestions_go_on(tmp_pa
         assert running.request("GET", "/api/grid?label=cat")[0] == 200
     finally:
         running.close()
+
+
+def test_connections_beyond_the_limit_are_closed_and_the_labeler_serves_again_once_they_go(tmp_path, monkeypatch):
+    """Every connection took a thread, kept for the 120 s idle timeout: a client could hold any number of them."""
+    import socket
+
+    from tltool.labeler.server import LabelerServer
+
+    monkeypatch.setattr(LabelerServer, "max_connections", 3, raising=False)
+    root = tmp_path / "ds"
+    make_dataset(root, 2)
+    running = Running(root, ["cat", "dog"])
+    try:
+        address = ("127.0.0.1", running.server.port)
+        idle = [socket.create_connection(address, timeout=5) for _ in range(3)]
+        time.sleep(0.3)  # accepted, each held by its thread
+        extra = socket.create_connection(address, timeout=5)
+        assert extra.recv(1) == b""  # closed unanswered, at once
+        extra.close()
+        for s in idle:
+            s.close()
+        for _ in range(50):  # the slots come back as the threads see their connections closed
+            try:
+                if running.request("GET", "/api/state")[0] == 200:
+                    break
+            except (ConnectionError, http.client.HTTPException):
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the labeler did not serve again after the idle connections closed")
+    finally:
+        running.close()

@@ -84,6 +84,25 @@ class LabelerServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128  # the default 5 can overflow (and reset connections) when many clients connect at once
+    max_connections = 64  # served at once, each on a thread; one more is closed unanswered (a browser opens ~6)
+
+    def process_request(self, request, client_address) -> None:
+        """Serve on a new thread while fewer than :attr:`max_connections` are open: a client holding hundreds of
+        idle connections made as many threads, each kept for the 120 s idle timeout."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request, client_address) -> None:
         """A browser that closes a connection early (leaving the page, prefetch cancelled) is not an error worth a
@@ -103,6 +122,7 @@ class LabelerServer(ThreadingHTTPServer):
         self.images = _JpegCache()
         self.guard = Guard.for_host(host)
         self.address_family = _family(host)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
         try:
             super().__init__((host, port), LabelerHandler)
         except OSError as exc:
