@@ -1,6 +1,8 @@
 """tltool writes only into folders it made: every --out is claimed, never a user's folder (issue 16, point 1)."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from click.testing import CliRunner
 
@@ -274,4 +276,52 @@ def test_a_second_command_writing_the_same_output_is_refused_and_does_not_remove
             staging_dir(out, "sample")
         assert (staging / "a.jpg").read_text() == "first"
     assert (out / "a.jpg").read_text() == "first" and not (tmp_path / ".out.partial").exists()
-    staging_dir(out, "sample")  # a leftover no process holds is still removed and made anew
+
+
+def test_the_staging_lock_guards_the_folder_at_its_name_and_never_leaks(tmp_path, monkeypatch):
+    """From a review of the lock: a leftover replaced between opening it and locking it was 'locked', and the new
+    folder, another command's, removed; a failed marker kept the lock for the life of the process; NFS's flock
+    error on a folder was a traceback."""
+    import errno
+    import fcntl as real_fcntl
+    import types
+
+    from tltool import outputs
+    from tltool.outputs import staged_output
+
+    out = claim_output_dir(tmp_path / "out", "sample")
+    leftover = staging_dir(out, "sample")
+
+    def swapped_then_flock(fd, how):  # another command removes the leftover and makes its own before this lock
+        shutil.rmtree(leftover)
+        leftover.mkdir()
+        (leftover / "theirs.jpg").write_text("another command's work")
+        monkeypatch.setattr(outputs, "fcntl", real_fcntl)
+        real_fcntl.flock(fd, how)
+
+    monkeypatch.setattr(outputs, "fcntl", types.SimpleNamespace(flock=swapped_then_flock, LOCK_EX=real_fcntl.LOCK_EX,
+                                                                LOCK_NB=real_fcntl.LOCK_NB))
+    with pytest.raises(TltoolError, match="another tltool command"):
+        staging_dir(out, "sample")
+    assert (leftover / "theirs.jpg").read_text() == "another command's work"
+    shutil.rmtree(leftover)
+
+    def disk_full(path, kind):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs, "mark_output_dir", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            staging_dir(out, "sample")
+    assert not leftover.exists()
+    with staged_output(out, "sample") as staging:  # nothing of the failed try is held or in the way
+        (staging / "b.jpg").write_text("new")
+
+    def nfs_flock(fd, how):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(outputs, "fcntl", types.SimpleNamespace(flock=nfs_flock, LOCK_EX=real_fcntl.LOCK_EX,
+                                                                LOCK_NB=real_fcntl.LOCK_NB))
+    with staged_output(out, "sample") as staging:  # unguarded there, as before the lock
+        (staging / "c.jpg").write_text("newer")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "c.jpg"]

@@ -190,38 +190,60 @@ def staging_dir(target: Path, kind: str) -> Path:
 
 
 def _new_staging(target: Path, kind: str) -> tuple[Path, int | None]:
-    """:func:`staging_dir`, returned locked: the lock is taken before the marker is written, so another process
-    sees either no marker (not tltool's: refused) or a held lock (in use: refused), never a leftover to remove."""
+    """:func:`staging_dir`, returned locked. The lock is taken before the marker is read or written, so another
+    process finds a held lock (in use: refused) while a folder is made, filled or removed, never a leftover."""
     target = Path(os.path.abspath(target))  # `--out .` has no name to build a folder beside
     staging = target.with_name(f".{target.name}.partial")
     busy = TltoolError(f"{shown_name(target)}: another tltool command is writing it now ({staging.name} is in use); "
                        f"wait for it to finish, or write elsewhere.")
-    if staging.is_symlink() or staging.exists():
-        if staging.is_symlink() or output_kind(staging) != kind:
-            raise TltoolError(f"{staging}: exists and is not tltool's; move it away and run again.")
+    if staging.is_symlink():
+        raise TltoolError(f"{staging}: exists and is not tltool's; move it away and run again.")
+    if staging.exists():
         leftover = _lock(staging)
         if leftover is False:
             raise busy
-        shutil.rmtree(staging)
-        _unlock(leftover)
+        try:
+            if output_kind(staging) != kind:
+                raise TltoolError(f"{staging}: exists and is not tltool's; move it away and run again.")
+            shutil.rmtree(staging)
+        finally:
+            _unlock(leftover)
     try:
         staging.mkdir(parents=True)
     except FileExistsError:  # made by another process since the check above
         raise busy from None
     lock = _lock(staging)
-    mark_output_dir(staging, kind)
+    if lock is False:
+        raise busy
+    try:
+        mark_output_dir(staging, kind)
+    except BaseException:
+        _unlock(lock)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return staging, lock
 
 
 def _lock(folder: Path) -> int | bool | None:
-    """An exclusive advisory lock on ``folder`` (its descriptor, released by :func:`_unlock` or at exit): False
-    when another process holds it, None where the platform has no ``flock``."""
+    """An exclusive advisory lock on ``folder`` (its descriptor, released by :func:`_unlock` or at exit). False when
+    another process holds it, or when ``folder`` was removed or replaced meanwhile (the lock would guard a folder no
+    longer there); None where there are no such locks (Windows, and network file systems that refuse them)."""
     if fcntl is None:
         return None
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except FileNotFoundError:  # removed by the process that holds it
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        held, now = os.fstat(fd), os.lstat(folder)
+    except (BlockingIOError, FileNotFoundError):  # held, or removed by the process that held it
+        os.close(fd)
+        return False
+    except OSError:  # NFS wants a file open for writing, SMB has no locks on folders: unguarded, as before locks
+        os.close(fd)
+        return None
+    if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
         os.close(fd)
         return False
     return fd
