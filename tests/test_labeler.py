@@ -1132,3 +1132,22 @@ def test_connections_beyond_the_limit_are_closed_and_the_labeler_serves_again_on
             raise AssertionError("the labeler did not serve again after the idle connections closed")
     finally:
         running.close()
+
+
+def test_a_connection_that_sends_no_request_is_closed_soon_and_a_keep_alive_one_is_kept(served, monkeypatch):
+    """A bare connect held its slot (and thread) for the full 120 s keep-alive timeout."""
+    import socket
+
+    from tltool.labeler.server import LabelerHandler
+
+    monkeypatch.setattr(LabelerHandler, "first_request_timeout", 0.5, raising=False)
+    address = ("127.0.0.1", served.server.port)
+    with socket.create_connection(address, timeout=5) as bare:
+        started = time.monotonic()
+        assert bare.recv(1) == b"" and time.monotonic() - started < 4  # closed by the server, not by our timeout
+    conn = http.client.HTTPConnection(*address, timeout=5)
+    for _ in range(2):  # a request, then a pause longer than the first-request timeout, then another
+        conn.request("GET", "/api/state")
+        assert conn.getresponse().read() and conn.sock is not None
+        time.sleep(1.0)
+    conn.close()

@@ -84,11 +84,12 @@ class LabelerServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128  # the default 5 can overflow (and reset connections) when many clients connect at once
-    max_connections = 64  # served at once, each on a thread; one more is closed unanswered (a browser opens ~6)
+    max_connections = 128  # served at once, each on a thread; one more is closed unanswered (a browser opens ~6)
 
     def process_request(self, request, client_address) -> None:
-        """Serve on a new thread while fewer than :attr:`max_connections` are open: a client holding hundreds of
-        idle connections made as many threads, each kept for the 120 s idle timeout."""
+        """Serve on a new thread while fewer than :attr:`max_connections` are open: a client holding thousands of
+        idle connections made as many threads, each kept for the 120 s idle timeout (a connection that sends no
+        request is closed sooner: :attr:`LabelerHandler.first_request_timeout`)."""
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
@@ -182,6 +183,17 @@ class LabelerHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "tltool-labeler"
     timeout = 120  # an idle keep-alive connection is closed after this many seconds
+    # ... and one that has sent no request yet after these: each open connection holds one of the server's
+    # max_connections, so bare connects left open could keep the user out for the full idle timeout
+    first_request_timeout = 20
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.first_request_timeout)
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        self.connection.settimeout(self.timeout)  # after a request, the keep-alive idle timeout
     # headers and body leave in two writes: with Nagle's algorithm the body waited for the client's delayed ACK
     # (measured: 45-50 ms per response on a keep-alive connection; 4 ms without)
     disable_nagle_algorithm = True
