@@ -41,7 +41,7 @@ def test_second_run_is_cached_and_fast(shapes_features):
     start = time.perf_counter()
     again = extract_features(str(SAMPLE), out, image_size=64, chunk_size=48, seed=0)
     assert again.cached
-    assert time.perf_counter() - start < 0.1 * first.seconds + 0.5
+    assert time.perf_counter() - start < 0.1 * first.seconds + 1.0  # +1 s: another xdist worker shares the CPUs
     np.testing.assert_array_equal(again.features.avg, first.features.avg)
 
 

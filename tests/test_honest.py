@@ -253,7 +253,7 @@ def test_missing_real_photos_fail_under_tltool_require_data(tmp_path, required, 
 
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "TLTOOL_SHARED_DATASETS": str(tmp_path), "TLTOOL_REQUIRE_DATA": required}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
                            "tests/test_cli_data.py::test_inspect_counts_match_files_on_disk"],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     assert outcome in proc.stdout, proc.stdout[-2000:]

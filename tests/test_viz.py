@@ -188,7 +188,7 @@ def test_gradcam_of_a_finetuned_run_uses_its_layers(tmp_path):
     assert overlays[0].shape == (64, 64, 3) and overlays[0].dtype == np.uint8 and overlays[1] is None
     assert not np.array_equal(overlays[0], overlays[2])  # per-image classes: green vs red evidence
 
-    result = ok(invoke("viz", "filters", "--model", run))
+    result = ok(invoke("viz", "filters", "--model", run, "--out", tmp_path / "filters"))  # not ./runs of the repo
     assert "conv: 2 tiles" in result.output
 
 
