@@ -196,15 +196,14 @@ def _new_staging(target: Path, kind: str) -> tuple[Path, int | None]:
     staging = target.with_name(f".{target.name}.partial")
     busy = TltoolError(f"{shown_name(target)}: another tltool command is writing it now ({staging.name} is in use); "
                        f"wait for it to finish, or write elsewhere.")
+    not_ours = TltoolError(f"{staging}: exists and is not tltool's; move it away and run again.")
     if staging.is_symlink():
-        raise TltoolError(f"{staging}: exists and is not tltool's; move it away and run again.")
+        raise not_ours
     if staging.exists():
-        leftover = _lock(staging)
-        if leftover is False:
-            raise busy
+        leftover = _lock(staging, busy)
         try:
             if output_kind(staging) != kind:
-                raise TltoolError(f"{staging}: exists and is not tltool's; move it away and run again.")
+                raise not_ours
             shutil.rmtree(staging)
         finally:
             _unlock(leftover)
@@ -212,9 +211,7 @@ def _new_staging(target: Path, kind: str) -> tuple[Path, int | None]:
         staging.mkdir(parents=True)
     except FileExistsError:  # made by another process since the check above
         raise busy from None
-    lock = _lock(staging)
-    if lock is False:
-        raise busy
+    lock = _lock(staging, busy)
     try:
         mark_output_dir(staging, kind)
     except BaseException:
@@ -224,33 +221,35 @@ def _new_staging(target: Path, kind: str) -> tuple[Path, int | None]:
     return staging, lock
 
 
-def _lock(folder: Path) -> int | bool | None:
-    """An exclusive advisory lock on ``folder`` (its descriptor, released by :func:`_unlock` or at exit). False when
-    another process holds it, or when ``folder`` was removed or replaced meanwhile (the lock would guard a folder no
-    longer there); None where there are no such locks (Windows, and network file systems that refuse them)."""
+def _lock(folder: Path, busy: TltoolError) -> int | None:
+    """An exclusive advisory lock on ``folder``: its descriptor, released by :func:`_unlock` or at exit. ``busy`` is
+    raised when another process holds it, or when ``folder`` was removed or replaced meanwhile (the lock would guard
+    a folder no longer there); None where there are no such locks (Windows, and network file systems that refuse
+    them)."""
     if fcntl is None:
         return None
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except FileNotFoundError:  # removed by the process that holds it
-        return False
+        raise busy from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held, now = os.fstat(fd), os.lstat(folder)
+        if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+            return fd
+        failure: TltoolError | None = busy
     except (BlockingIOError, FileNotFoundError):  # held, or removed by the process that held it
-        os.close(fd)
-        return False
+        failure = busy
     except OSError:  # NFS wants a file open for writing, SMB has no locks on folders: unguarded, as before locks
-        os.close(fd)
-        return None
-    if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
-        os.close(fd)
-        return False
-    return fd
+        failure = None
+    os.close(fd)
+    if failure is not None:
+        raise failure from None
+    return None
 
 
-def _unlock(lock: int | bool | None) -> None:
-    if isinstance(lock, int) and not isinstance(lock, bool):
+def _unlock(lock: int | None) -> None:
+    if lock is not None:
         os.close(lock)
 
 
