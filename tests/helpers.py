@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -107,8 +108,45 @@ def run_tltool_reporting(*args: str, **env: str) -> tuple[dict, str]:
     return finish_tltool_reporting(start_tltool_reporting(*args, **env))
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PORT_BLOCK = 1000  # ports each xdist worker draws from, below the ephemeral range
+_PORT_ORDER = random.Random()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to ``bind(0)`` and outgoing connections (Linux's default elsewhere)."""
+    try:
+        return int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` TCP ports free on 127.0.0.1 right now (for a TF_CONFIG cluster of local workers)."""
+    """``n`` TCP ports free on 127.0.0.1 now, for a subprocess to bind later (a TF_CONFIG cluster, a closed proxy).
+
+    A port from ``bind(0)``, released and bound again later, could meanwhile go to any other process's ``bind(0)``
+    or outgoing connection (the other xdist worker's tests make many). These come from below the kernel's ephemeral
+    range, which it never hands out by itself, from a block of their own per xdist worker (gw0, gw1, ...), in an
+    order drawn per process: only a process that names the same port could take it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    start = 20000 + PORT_BLOCK * index
+    if start + PORT_BLOCK > _ephemeral_low():  # an unusual range: fall back to the kernel's choice
+        return _kernel_ports(n)
+    ports = []
+    for port in _PORT_ORDER.sample(range(start, start + PORT_BLOCK), PORT_BLOCK):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports in {start}-{start + PORT_BLOCK - 1}")
+
+
+def _kernel_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import free_ports
 from tltool.backbones import create_backbone, get_backbone_spec, list_backbones
 from tltool.errors import TltoolError
 
@@ -45,21 +46,13 @@ def test_preprocessing_layer_matches_keras_functions():
     np.testing.assert_allclose(np.asarray(ImagePreprocessing("lite")(x)), (x - 127) / 128, atol=1e-6)
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again on leaving: a connection there is refused at once
-
-
 @pytest.mark.parametrize("size", [224, 96])  # at 96 px Keras fetches another file than the registry's 224 px one
 def test_offline_imagenet_download_fails_fast_with_instructions(monkeypatch, tmp_path, size):
     """The real download path (Keras' get_file, urllib), not a mock: every request goes to a proxy on a closed local
     port, so the network is unreachable the same way on every machine, and the time measured is tltool's own."""
     from tltool._tf import keras  # noqa: F401  (importing TensorFlow is not what is timed)
 
-    proxy = f"http://127.0.0.1:{_closed_port()}"
+    proxy = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens: refused at once
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(name, proxy)
     for name in ("no_proxy", "NO_PROXY"):
