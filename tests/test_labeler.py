@@ -541,6 +541,37 @@ def test_assisted_labels_get_a_column_that_manifests_accept(tmp_path):
     assert paths[3] not in LabelStore(root).labels  # all or nothing
 
 
+def test_a_labels_csv_with_the_users_columns_given_as_a_manifest_points_to_label_export(tmp_path):
+    """labels.csv keeps a person's own columns and the rows of undone labels; read as a plain manifest it is refused
+    (a misspelt column must not pass), and the message says which command reads it."""
+    root = tmp_path / "my data"
+    paths = make_dataset(root, 6, decodable=False)
+    store = LabelStore(root, ["cat", "dog"])
+    store.set(paths[0], "cat")
+    store.set(paths[1], "dog")
+    store.set(paths[2], "cat")
+    store.set_many([(paths[3], "dog", False, False), (paths[4], "cat", False, False)])
+    text = (root / "labels.csv").read_text().replace("path,label\n", "path,label,note\n", 1)
+    (root / "labels.csv").write_text(text.replace(f"{paths[0]},cat\n", f"{paths[0]},cat,blurry\n"))
+    store.set(paths[0], None)  # undone: the row stays for its note, with an empty label
+    assert f"{paths[0]},,blurry" in (root / "labels.csv").read_text()
+    hint = r"labeler's labels.csv .*`tltool label export '.*my data'`"
+    with pytest.raises(TltoolError, match=r"unknown column\(s\) \['note'\]" + r"[\s\S]*" + hint):
+        load_dataset(root / "labels.csv")
+    plain = tmp_path / "plain" / "labels.csv"  # an empty label without a column of one's own: a hand edit
+    plain.parent.mkdir()
+    plain.write_text(f"path,label\n{root / paths[1]},dog\n{root / paths[2]},\n")
+    with pytest.raises(TltoolError, match=r"empty label for .*" + r"[\s\S]*labeler's labels.csv"):
+        load_dataset(plain)
+    other = tmp_path / "manifest.csv"
+    other.write_text(f"path,label,note\n{root / paths[1]},dog,x\n")
+    with pytest.raises(TltoolError, match="unknown column") as refused:
+        load_dataset(other)
+    assert "label export" not in str(refused.value)  # only the labeler's file gets the hint
+    exported = export_labels(root, val_fraction=0.5)  # what the hint names reads it: two of each
+    assert sorted(r.label for r in load_dataset(exported.out).records) == ["cat", "cat", "dog", "dog"]
+
+
 def test_the_export_names_the_accepted_suggestions(tmp_path):
     root = tmp_path / "ds"
     paths = make_dataset(root, 6, decodable=False)

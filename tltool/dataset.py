@@ -9,6 +9,7 @@ import csv
 import io
 import os
 import random
+import shlex
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -233,6 +234,7 @@ class ManifestWarning(TltoolWarning):
 
 
 CSV_COLUMNS = ("path", "label", "split")
+LABELS_CSV = "labels.csv"  # the labeler's file (tltool/labeler/store.py): read by `label export`, kept columns too
 # read too: the labeler marks labels that were accepted suggestions (tltool/labeler/store.py); not used for training
 OPTIONAL_COLUMNS = ("assisted",)
 MAX_NAMED = 10  # rows named in one problem or warning message
@@ -245,8 +247,19 @@ def _manifest_header(fieldnames: Sequence[str] | None, spec: str, labels_file: b
     if unknown or missing:
         parts = [f"unknown column(s) {unknown}"] if unknown else []
         parts += [f"missing column(s) {missing}"] if missing else []
-        raise TltoolError(f"{spec}, row 1 (header): {' and '.join(parts)}. Expected columns: path,label[,split].")
+        raise TltoolError(f"{spec}, row 1 (header): {' and '.join(parts)}. Expected columns: path,label[,split]."
+                          + _labeler_hint(Path(spec), labels_file))
     return header
+
+
+def _labeler_hint(manifest: Path, labels_file: bool) -> str:
+    """What to do with the labeler's ``labels.csv`` given as a manifest: its own columns and undone labels (empty)
+    are the labeler's, and ``label export`` reads them."""
+    if labels_file or manifest.name != LABELS_CSV:
+        return ""
+    folder = shown_name(shlex.quote(str(manifest.parent)))
+    return (f"\nIf this is the labeler's {LABELS_CSV} (it keeps columns you added, and an undone label leaves its "
+            f"row empty), make a dataset of it with `tltool label export {folder}`.")
 
 
 def _named(items: Sequence[str]) -> str:
@@ -337,7 +350,8 @@ def load_manifest(spec: str, labels_file: bool = False) -> Dataset:
     if rows.problems:
         shown = "\n  ".join(rows.problems[:20])
         more = f"\n  ... and {len(rows.problems) - 20} more" if len(rows.problems) > 20 else ""
-        raise TltoolError(f"{spec}: {len(rows.problems)} problem(s) in the manifest:\n  {shown}{more}")
+        raise TltoolError(f"{spec}: {len(rows.problems)} problem(s) in the manifest:\n  {shown}{more}"
+                          + _labeler_hint(Path(spec), labels_file))
     if any(r.split for r in rows.records) and not all(r.split for r in rows.records):
         raise TltoolError(f"{spec}: the split column is filled for some rows only; fill it for all rows or none.")
     for message in rows.oddities(header):

@@ -1,7 +1,9 @@
 """The labels of a dataset folder, persisted on every change: ``labels.csv`` (``path,label[,assisted]``; any other
 column a person added is kept) and ``skipped.csv``.
 
-``labels.csv`` is a manifest :func:`tltool.dataset.load_dataset` reads as it is (paths relative to the dataset root).
+``labels.csv`` is a manifest :func:`tltool.dataset.load_dataset` reads as it is (paths relative to the dataset root)
+until a person adds a column or undoes a label on a row that has one (the row stays, its label empty); ``label export``
+reads it either way, and load_dataset's error then says so.
 Its ``assisted`` column (written once any label is an accepted suggestion) holds ``1`` for those labels, so
 suspects and reviews can look at them first.
 Every change is a read-modify-write under a lock (a thread lock, plus an ``flock`` on ``.labels.lock`` so two
@@ -21,13 +23,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from ..dataset import Dataset, ManifestWarning, load_manifest
+from ..dataset import LABELS_CSV, Dataset, ManifestWarning, load_manifest
 from ..errors import BadFilesWarning, TltoolError
 from ..images import IMAGE_EXTENSIONS
 from ..utils import file_lock, readable_csv, refuse_link, write_text_atomic
 
 
-LABELS_CSV = "labels.csv"
 ASSISTED = "assisted"  # labels.csv column: 1 when the label was an accepted suggestion
 SKIPPED_CSV = "skipped.csv"
 LOCK_FILE = ".labels.lock"
