@@ -1134,8 +1134,9 @@ def test_a_confirm_with_an_unknown_class_is_refused_and_suggestions_go_on(tmp_pa
         running.close()
 
 
-def test_connections_beyond_the_limit_are_closed_and_the_labeler_serves_again_once_they_go(tmp_path, monkeypatch):
-    """Every connection took a thread, kept for the 120 s idle timeout: a client could hold any number of them."""
+def test_connections_beyond_the_limit_get_a_503_and_the_labeler_serves_again_once_they_go(tmp_path, monkeypatch):
+    """Every connection took a thread, kept for the 120 s idle timeout: a client could hold any number of them. One
+    over the limit is told why (503), not closed unanswered."""
     import socket
 
     from tltool.labeler.server import LabelerServer
@@ -1149,8 +1150,18 @@ def test_connections_beyond_the_limit_are_closed_and_the_labeler_serves_again_on
         idle = [socket.create_connection(address, timeout=5) for _ in range(3)]
         time.sleep(0.3)  # accepted, each held by its thread
         extra = socket.create_connection(address, timeout=5)
-        assert extra.recv(1) == b""  # closed unanswered, at once
+        answer = b""
+        while chunk := extra.recv(4096):  # answered at once and closed: a 503 that says why
+            answer += chunk
         extra.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 5" in head
+        assert b"as many connections as it allows" in body
+        asked = socket.create_connection(address, timeout=5)  # a client that sends its request first reads it too
+        asked.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        time.sleep(0.2)
+        assert asked.recv(4096).startswith(b"HTTP/1.1 503 ")
+        asked.close()
         for s in idle:
             s.close()
         for _ in range(50):  # the slots come back as the threads see their connections closed

@@ -10,6 +10,7 @@ Every request passes :class:`tltool.labeler.guard.Guard` (Host, Origin, and off 
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -80,24 +81,42 @@ class _JpegCache:
         return data
 
 
+_BUSY_TEXT = b"The labeler is serving as many connections as it allows; try again in a few seconds.\n"
+BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\n"
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT))
+
+
 class LabelerServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128  # the default 5 can overflow (and reset connections) when many clients connect at once
-    max_connections = 128  # served at once, each on a thread; one more is closed unanswered (a browser opens ~6)
+    max_connections = 128  # served at once, each on a thread; one more gets BUSY_RESPONSE (a browser opens ~6)
 
     def process_request(self, request, client_address) -> None:
         """Serve on a new thread while fewer than :attr:`max_connections` are open: a client holding thousands of
         idle connections made as many threads, each kept for the 120 s idle timeout (a connection that sends no
         request is closed sooner: :attr:`LabelerHandler.first_request_timeout`)."""
         if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
+            self._refuse_busy(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self._slots.release()
             raise
+
+    def _refuse_busy(self, request) -> None:
+        """Say why on the serving thread without waiting for anything: the response fits a new socket's send buffer,
+        and what the client sent already is read first, so closing does not reset the connection before the client
+        reads the 503 (a request arriving later still may)."""
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(BUSY_RESPONSE)
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(4):  # bounded: a client streaming bytes must not hold the serving thread
+                    if not request.recv(65536):
+                        break
+        self.shutdown_request(request)
 
     def process_request_thread(self, request, client_address) -> None:
         try:
