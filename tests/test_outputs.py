@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -160,6 +161,46 @@ def test_a_killed_replacements_leftover_is_removed_by_the_next_and_a_failed_fill
             monkeypatch.setattr(outputs.os, "replace", fail)  # the move onto the target fails
     monkeypatch.undo()
     assert not (tmp_path / ".fresh.partial").exists()
+
+
+def test_a_fill_in_place_killed_halfway_is_known_for_unfinished_and_the_next_one_clears_it(tmp_path, monkeypatch):
+    """Filling a claimed empty folder moves its entries one by one: a kill in between left a marked folder with part
+    of an output in it, which passed for a whole one (an earlier output, refused without --force)."""
+    from tltool import outputs
+    from tltool.outputs import holds_no_output, staged_output
+
+    class Killed(BaseException):
+        pass
+
+    mine = claim_output_dir(tmp_path / "mine", "export")
+    moved = []
+    replace = outputs.os.replace
+
+    def killed_after_one(src, dst):
+        if moved:
+            raise Killed
+        moved.append(Path(dst).name)
+        replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", killed_after_one)
+    with pytest.raises(Killed):
+        with staged_output(mine, "export") as staging:
+            for name in ("labels.txt", "model.tflite", "README.md"):
+                (staging / name).write_text("first")
+            (staging / "client").mkdir()
+            (staging / "client" / "x.py").write_text("first")
+    monkeypatch.undo()
+    assert len(moved) == 1 and (mine / moved[0]).exists()  # part of an output, under a marker that says so
+    assert output_kind(mine) == "export" and holds_no_output(mine)
+    assert "already holds" not in str(claim_output_dir(mine, "export", reuse=holds_no_output(mine)))
+    with staged_output(mine, "export") as staging:
+        (staging / "model.tflite").write_text("second")
+        (staging / "client").mkdir()
+    assert sorted(p.name for p in mine.iterdir()) == sorted([MARKER, "client", "model.tflite"])
+    assert (mine / "model.tflite").read_text() == "second" and not holds_no_output(mine)
+    assert output_kind(mine) == "export" and "filling" not in (mine / MARKER).read_text()
+    with pytest.raises(TltoolError, match="already holds an earlier tltool export"):  # a whole one needs --force
+        claim_output_dir(mine, "export")
 
 
 def test_digits_into_dot_and_after_a_kill(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from PIL import Image
 from .dataset import Dataset, Record, stratified_split
 from .errors import TltoolError
 from .images import MIN_SIDE
-from .outputs import claim_output_dir, holds_only_marker, staged_output
+from .outputs import claim_output_dir, holds_no_output, staged_output
 
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
               "bicubic": Image.Resampling.BICUBIC}
@@ -36,7 +36,7 @@ def export_digits(out: str | os.PathLike, size: int = 32, val_fraction: float = 
         raise TltoolError(f"--size must be at least {MIN_SIDE} (tltool rejects smaller images), got {size}.")
     if resample not in RESAMPLING:
         raise TltoolError(f"--resample must be one of {', '.join(RESAMPLING)}, got {resample!r}.")
-    claim_output_dir(out, "digits", reuse=holds_only_marker(out), force=force, option="OUT")  # reuse: killed
+    claim_output_dir(out, "digits", reuse=holds_no_output(out), force=force, option="OUT")  # reuse: killed
     digits = load_digits()
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 grey levels -> 0..255
     labels = [str(int(y)) for y in digits.target]

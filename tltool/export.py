@@ -28,7 +28,7 @@ from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
 from .models import load_run, run_splits, trained_on_val
-from .outputs import MARKER, check_output_dir, claim_output_dir, holds_only_marker, staged_output
+from .outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, staged_output
 from .progress import Bar, say
 from .settings import CHOICES
 from .stats import Proportion
@@ -115,7 +115,7 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     target = Path(os.path.abspath(out)) if out else _default_out(run_dir, fmt, quantize)  # `--out .` has no name
     if out is None and not force:
         _refuse_files_added_to(target)
-    reuse = out is None or holds_only_marker(target)  # the run's own folder, or one a killed export left empty
+    reuse = out is None or holds_no_output(target)  # the run's own folder, or one a killed export left empty
     check_output_dir(target, "export", force=force, reuse=reuse)
     # every refusal before the folder is touched: an earlier export in it stays until this one can be written
     model = portable_model(run.as_keras())

@@ -26,6 +26,7 @@ from .errors import TltoolError
 from .utils import read_json, shown_name, write_json
 
 MARKER = ".tltool-output.json"
+FILLING = "filling"  # in the marker while a claimed empty folder is filled in place, one entry after another
 
 # Folders written before the marker existed are recognised by the file that only tltool writes there.
 LEGACY_SIGNATURES = (("run", "model.json"), ("run", "metrics.json"), ("features", "features.json"),
@@ -51,13 +52,26 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
-def holds_only_marker(path: str | os.PathLike) -> bool:
-    """``path`` is a folder tltool claimed and left with nothing in it but its marker (a killed run, export or
-    sample): the next run may use it without ``--force``, since nothing would be lost."""
+def holds_no_output(path: str | os.PathLike) -> bool:
+    """``path`` is a folder tltool claimed that holds no finished output: nothing but its marker (a killed run,
+    export or sample), or the part of an in-place fill a kill interrupted (its marker says ``filling``). The next
+    run may use it without ``--force``, since nothing would be lost."""
     path = Path(path)
     try:
-        return path.is_dir() and not path.is_symlink() and all(child.name == MARKER for child in path.iterdir())
+        return _holds_only_marker(path) or (path.is_dir() and not path.is_symlink() and _marker_says_filling(path))
     except OSError:  # a name too long to look up, or unreadable: not a folder to reuse (the claim says why)
+        return False
+
+
+def _holds_only_marker(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and all(child.name == MARKER for child in path.iterdir())
+
+
+def _marker_says_filling(path: Path) -> bool:
+    marker = path / MARKER
+    try:
+        return not marker.is_symlink() and read_json(marker).get(FILLING) is True
+    except (OSError, ValueError, AttributeError):
         return False
 
 
@@ -125,7 +139,7 @@ def emptied_output_dir(path: Path, kind: str) -> Path:
     """``path``, a claimed tltool folder of ``kind``, emptied for a new output (``--force``, or an unfinished
     earlier one): no file of the earlier output may pass for this one's (a checkpoint resumed on another split, an
     export of another model). It is renamed aside, a new marked folder takes its place, then the old is removed."""
-    if holds_only_marker(path):
+    if holds_no_output(path) and not _marker_says_filling(path):  # a run folder is never filled in place
         return path
     if output_kind(path) != kind:  # claim_output_dir was skipped: never delete
         raise TltoolError(f"{path}: is not a tltool {kind} folder; refusing to replace it.")
@@ -278,10 +292,8 @@ def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
     """
     mark_output_dir(staging, kind)
     target = Path(os.path.abspath(target))
-    if holds_only_marker(target):
-        for child in staging.iterdir():
-            os.replace(child, target / child.name)
-        staging.rmdir()
+    if holds_no_output(target):
+        _fill_in_place(staging, target, kind)
         return
     if not (target.exists() or target.is_symlink()):
         os.rename(staging, target)
@@ -293,6 +305,21 @@ def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
     os.rename(target, old)
     os.rename(staging, target)
     shutil.rmtree(old)
+
+
+def _fill_in_place(staging: Path, target: Path, kind: str) -> None:
+    """Move ``staging``'s entries into the claimed ``target`` one by one, under a marker that says ``filling``
+    until the finished output's marker replaces it last: a kill in between leaves a folder :func:`holds_no_output`
+    knows for unfinished (and the next fill clears), never one that passes for a whole output."""
+    write_json(target / MARKER, {**_marker(kind), FILLING: True})
+    for child in target.iterdir():  # what a killed fill left
+        if child.name != MARKER:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    for child in staging.iterdir():
+        if child.name != MARKER:
+            os.replace(child, target / child.name)
+    os.replace(staging / MARKER, target / MARKER)
+    staging.rmdir()
 
 
 def _remove_leftovers(target: Path, kind: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .outputs import claim_output_dir, holds_only_marker, staged_output
+from .outputs import claim_output_dir, holds_no_output, staged_output
 
 SHAPES = ("circle", "square", "triangle", "star")
 KIND = "sample"  # the output kind of tltool.outputs that a made sample's folder is marked with
@@ -62,7 +62,7 @@ def make_shapes_dataset(out: str | Path, per_class: int = 40, size: int = 128, s
     refused with a :class:`~tltool.errors.TltoolError` before anything is written.
     """
     out = Path(os.path.abspath(out))  # `.` has no name to stage a folder beside
-    claim_output_dir(out, KIND, reuse=holds_only_marker(out), force=force, option="OUT")  # reuse: killed before done
+    claim_output_dir(out, KIND, reuse=holds_no_output(out), force=force, option="OUT")  # reuse: killed before done
     rng = random.Random(seed)
     with staged_output(out, KIND) as staging:
         for kind in SHAPES:

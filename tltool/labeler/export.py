@@ -19,7 +19,7 @@ from pathlib import Path
 from ..dataset import Dataset, stratified_split
 from ..errors import BadFilesWarning, BadImageError, TltoolError
 from ..images import read_header
-from ..outputs import MARKER, check_output_dir, claim_output_dir, holds_only_marker, output_kind, staged_output
+from ..outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, output_kind, staged_output
 from ..utils import read_json, write_json
 from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, load_labelled, read_labels_csv
 
@@ -123,7 +123,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     if target == root or target in root.parents:
         raise TltoolError(f"--out {target}: would replace the dataset folder itself; choose a new folder.")
     existing = target.is_dir() and not target.is_symlink()
-    unfinished = holds_only_marker(target)  # empty, or claimed, then killed
+    unfinished = holds_no_output(target)  # empty, or claimed, then killed
     if existing and not unfinished and not force and output_kind(target) == KIND:
         _refuse_earlier_export(target)
     check_output_dir(target, KIND, reuse=unfinished, force=force)  # any other refusal, also before the work
