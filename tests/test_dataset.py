@@ -105,6 +105,10 @@ def test_manifest_rows_and_errors(tmp_path):
     with pytest.raises(TltoolError, match=r"row 3: cannot be looked up \(File name too long\)"):
         load_dataset(tmp_path / "long.csv")  # before: OSError ENAMETOOLONG from Path.is_file, a traceback
 
+    (tmp_path / "nul.csv").write_text("path,label\nimgs/a/img_00.jpg,a\nimgs/a/img\0_01.jpg,a\n")
+    with pytest.raises(TltoolError, match=r"row 3: the path holds a NUL byte: imgs/a/img\\x00_01\.jpg"):
+        load_dataset(tmp_path / "nul.csv")  # before: ValueError 'embedded null byte' from Path.resolve
+
     (tmp_path / "col.csv").write_text("path,label,colour\nimgs/a/img_00.jpg,a,red\n")
     with pytest.raises(TltoolError, match=r"row 1 \(header\): unknown column\(s\) \['colour'\]"):
         load_dataset(tmp_path / "col.csv")

@@ -150,7 +150,8 @@ def test_an_edited_model_json_is_a_clear_error(tmp_path, monkeypatch):
     from tltool.models import load_run
 
     good = {"kind": "linear", "image_size": 64, "resize": "crop", "classes": ["a", "b"]}
-    for edit in ({"image_size": "abc"}, {"image_size": 100000}, {"classes": None}, {"resize": "squash"}):
+    for edit in ({"image_size": "abc"}, {"image_size": 100000}, {"classes": None}, {"resize": "squash"},
+                 {"kind": []}, {"kind": {}}):  # an unhashable kind was a TypeError
         (tmp_path / "model.json").write_text(json.dumps({**good, **edit}))
         with pytest.raises(TltoolError, match="not a model.json tltool wrote"):
             load_run(tmp_path)

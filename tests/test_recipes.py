@@ -44,6 +44,10 @@ def test_unknown_key_suggests_and_wrong_type_names_key_and_type(tmp_path):
         load_recipe(_write(tmp_path, "steps:\n  - finetune: {data: x, head_epoch: 3}\n"))
     with pytest.raises(TltoolError, match=r"key 'epochs' must be an integer, got 'ten' \(str\)"):
         load_recipe(_write(tmp_path, "steps:\n  - finetune: {data: x, epochs: ten}\n"))
+    with pytest.raises(TltoolError, match=r"step 1 \(data-make-sample\): key 'out' holds a NUL byte"):
+        load_recipe(_write(tmp_path, 'steps:\n  - data-make-sample: {out: "ms\\0x"}\n'))  # was os.stat's ValueError
+    with pytest.raises(TltoolError, match=r"key 'images' holds a NUL byte"):
+        load_recipe(_write(tmp_path, 'steps:\n  - predict: {model: m, images: ["a.jpg", "b\\0.jpg"]}\n'))
     with pytest.raises(TltoolError, match=r"key 'tta' must be one of \['none', 'flip', '10crop'\]"):
         load_recipe(_write(tmp_path, "steps:\n  - probe: {data: x, tta: 5crop}\n"))
     with pytest.raises(TltoolError, match="Did you mean 'finetune'"):

@@ -291,6 +291,9 @@ class _ManifestRows:
         if not path:
             self.problems.append(f"row {line}: empty path")
             return
+        if "\0" in path:  # no file name holds one; resolve() would raise ValueError
+            self.problems.append(f"row {line}: the path holds a NUL byte: {shown_name(path)}")
+            return
         if self.labels_file and not label:  # an undone label on a row that keeps the user's own cells
             return
         if label != raw_label and label:

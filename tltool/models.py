@@ -202,7 +202,7 @@ def _checked_model_json(path: Path) -> dict:
 
     config = read_json_object(path, damaged)
     kind = config.get("kind")
-    if kind not in _MODEL_FIELDS:
+    if not isinstance(kind, str) or kind not in _MODEL_FIELDS:  # a list or an object cannot even be looked up
         damaged(f"its kind {kind!r} is none of {sorted(_MODEL_FIELDS)}")
     for name, (ok, what) in {**_COMMON_FIELDS, **_MODEL_FIELDS[kind]}.items():
         if name not in config and name in _OPTIONAL:

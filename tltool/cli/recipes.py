@@ -102,6 +102,9 @@ def _check_value(where: str, param: click.Parameter, value: Any) -> list[str]:
     """The command-line words for ``value``; raise a clear error when its type is wrong."""
     bad = TltoolError(f"{where}: key {_key(param)!r} must be {_type_name(param)}, got {value!r} "
                       f"({type(value).__name__}).")
+    if any(isinstance(v, str) and "\0" in v for v in (value if isinstance(value, list) else [value])):
+        raise TltoolError(f"{where}: key {_key(param)!r} holds a NUL byte (\\0), which no file name or value may "
+                          "hold; a command line cannot pass one either.")
     if getattr(param, "is_flag", False):
         if not isinstance(value, bool):
             raise bad
