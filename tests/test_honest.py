@@ -412,3 +412,14 @@ def test_the_report_repeats_the_checks_warnings_about_the_split(tmp_path):
     assert "- **data warning: 1 image(s) appear in more than one split" in report
     clean = train_linear(_synthetic_features(tmp_path / "clean"), out=tmp_path / "clean-run")
     assert clean.metrics["data_warnings"] == [] and "data warning" not in (clean.run_dir / "report.md").read_text()
+
+
+def test_the_largest_seed_drives_every_head_of_a_learning_curve(tmp_path):
+    """--seed 4294967295 (the top of the range) gave the SGD head of the curve's second draw a random_state of
+    2**32: scikit-learn's InvalidParameterError."""
+    from tltool.crossval import derived_seed, learning_curve
+
+    points, _ = learning_curve(_synthetic_features(tmp_path), head="sgd", fractions=(0.5, 1.0), seeds=2,
+                               seed=2**32 - 1)
+    assert len(points) == 2 and all(0 <= p.accuracy <= 1 for p in points)
+    assert derived_seed(2**32 - 1, 1) == 0 and derived_seed(7, 1) == 8

@@ -7,11 +7,19 @@ import click
 import pytest
 
 from tltool import settings
+from tltool.arch import build_arch
 from tltool.cli import main
 from tltool.cli.recipes import recipe_commands
+from tltool.collect import import_images
 from tltool.configs import ExtractConfig, FinetuneConfig, LinearConfig, resolve_input, split_settings
+from tltool.crossval import learning_curve
+from tltool.digits import export_digits
 from tltool.errors import TltoolError
+from tltool.labeler import export_labels
+from tltool.predict import predict_images
+from tltool.sample import make_shapes_dataset
 from tltool.stats import Proportion, format_proportion
+from tltool.viz.embedding import visualize_embedding
 
 
 def _options():
@@ -135,7 +143,36 @@ def test_repeats_is_ranged_too():
 
 def test_every_ranged_setting_is_a_config_field():
     names = {f.name for c in (FinetuneConfig, LinearConfig, ExtractConfig) for f in dataclasses.fields(c)}
-    assert set(settings.RANGES) <= names
+    assert set(settings.RANGES) - names == {"per_class", "size"}  # make-sample and digits, which have no config
+
+
+@pytest.mark.parametrize("call, option", [
+    (lambda tmp: make_shapes_dataset(tmp / "s", per_class=0), "--per-class"),
+    (lambda tmp: make_shapes_dataset(tmp / "s", per_class=10**11), "--per-class"),
+    (lambda tmp: make_shapes_dataset(tmp / "s", seed=-1), "--seed"),
+    (lambda tmp: export_digits(tmp / "s", size=100000), "--size"),
+    (lambda tmp: export_digits(tmp / "s", seed=-1), "--seed"),
+    (lambda tmp: export_labels(tmp, out=tmp / "s", seed=-1), "--seed"),
+    (lambda tmp: learning_curve(None, seed=-1), "--seed"),
+    (lambda tmp: visualize_embedding(tmp, seed=2**40), "--seed"),
+    (lambda tmp: predict_images(tmp, ["x.jpg"], max_pixels=0), "--max-pixels"),
+    (lambda tmp: import_images([str(tmp)], tmp / "s", max_pixels=-1), "--max-pixels"),
+    (lambda tmp: resolve_input("efficientnet_lite0", max_pixels=0), "--max-pixels"),
+], ids=["sample-per-class-0", "sample-per-class-huge", "sample-seed", "digits-size", "digits-seed",
+        "label-export-seed", "learning-curve-seed", "viz-seed", "predict-max-pixels", "import-max-pixels",
+        "resolve-max-pixels"])
+def test_commands_without_a_config_range_their_numbers_from_the_table(tmp_path, call, option):
+    """--per-class 0 wrote empty class folders (10**11 ran for ever), digits --size 100000 filled 24 GB of memory
+    until the kernel killed it, --seed -1 of learning-curve and viz embedding ended in NumPy's and scikit-learn's
+    tracebacks, and --max-pixels 0 called every image a decompression bomb in an import that "succeeded"."""
+    with pytest.raises(TltoolError, match=f"{option} must be a number"):
+        call(tmp_path)
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_a_net_too_large_for_memory_is_refused_before_it_is_built():
+    with pytest.raises(TltoolError, match=r"--input 100000x100000x3: each size must be at most 4096"):
+        build_arch("lenet5", input_shape=(100000, 100000, 3))  # TensorFlow's ResourceExhaustedError before
 
 
 def test_split_settings_sends_shared_fields_to_both():

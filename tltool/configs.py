@@ -18,7 +18,7 @@ from typing import ClassVar, NoReturn
 from .backbones.registry import get_backbone_spec
 from .errors import TltoolError
 from .images import DEFAULT_MAX_PIXELS
-from .settings import DEFAULT_BACKBONE, validate_choices
+from .settings import DEFAULT_BACKBONE, check_range, validate_choices
 from .utils import is_whole, read_json_object
 
 
@@ -296,6 +296,7 @@ class InputConfig:
 def resolve_input(backbone: str, image_size: int | None = None, resize: str = "crop",
                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> InputConfig:
     """The input settings of ``backbone``: ``image_size`` defaults to the backbone's own size."""
+    check_range("max_pixels", max_pixels)  # 0 called every image a decompression bomb
     spec = get_backbone_spec(backbone)
     return InputConfig(spec.name, int(image_size or spec.default_size), resize, spec.preprocess,
                        int(max_pixels or DEFAULT_MAX_PIXELS))

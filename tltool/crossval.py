@@ -15,6 +15,7 @@ import numpy as np
 
 from . import heads as heads_module
 from .errors import TltoolError
+from .settings import check_range
 from .features import FeatureSet, load_features
 from .filecache import remembered
 from .heads import FittedHead, get_head_spec
@@ -87,7 +88,7 @@ def _nested_cv(X: np.ndarray, y: np.ndarray, head: str, k: int, repeats: int, se
     with Bar(k * repeats, f"{k}-fold CV x{repeats}") as bar:
         for fold, (train, test) in enumerate(splitter.split(X, y)):
             gs = heads_module.search(spec, X[train], y[train], standardize=standardize, class_weight=class_weight,
-                                     seed=seed + fold)
+                                     seed=derived_seed(seed, fold))
             fitted = FittedHead.from_pipeline(head, gs.best_estimator_, [str(i) for i in range(n_classes)],
                                               {}, X[train], y[train])
             probs = fitted.predict_proba(X[test])
@@ -126,6 +127,11 @@ def _subset(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndar
     return np.sort(np.concatenate(chosen))
 
 
+def derived_seed(seed: int, offset: int) -> int:
+    """``seed + offset`` within scikit-learn's and NumPy's seed range (``--seed 4294967295`` at fold 1 overflowed)."""
+    return (seed + offset) % 2**32
+
+
 def learning_curve(fs: FeatureSet, head: str = "logreg", pool: str = "avg",
                    fractions: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)), seeds: int = 5,
                    seed: int = 0, standardize: bool = True) -> tuple[list[CurvePoint], dict]:
@@ -134,6 +140,7 @@ def learning_curve(fs: FeatureSet, head: str = "logreg", pool: str = "avg",
     The regularisation is chosen once by CV on the full training split and then fixed, so every point differs
     only in how many images the head saw.
     """
+    check_range("seed", seed)  # -1 was numpy's ValueError
     X = fs.features(pool)
     train, val = fs.mask("train"), fs.mask("val")
     Xtr, ytr, Xval, yval = X[train], fs.labels[train], X[val], fs.labels[val]
@@ -163,7 +170,7 @@ def _curve(data: tuple, classes: list[str], head: str, fractions: list[float], s
             for s in range(seeds):
                 rng = np.random.default_rng(seed * 1000 + s)
                 idx = _subset(ytr, float(fraction), rng)
-                pipeline = heads_module.make_pipeline(spec, standardize, None, seed + s).set_params(**best)
+                pipeline = heads_module.make_pipeline(spec, standardize, None, derived_seed(seed, s)).set_params(**best)
                 if spec.name == "knn":
                     pipeline.set_params(clf__n_neighbors=min(best["clf__n_neighbors"], len(idx)))
                 pipeline.fit(Xtr[idx], ytr[idx])

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .dataset import Dataset, Record, stratified_split
 from .errors import TltoolError
-from .images import MIN_SIDE
+from .settings import check_range
 from .outputs import claim_output_dir, holds_no_output, staged_output
 
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
@@ -32,8 +32,8 @@ def export_digits(out: str | os.PathLike, size: int = 32, val_fraction: float = 
     from sklearn.datasets import load_digits
 
     out = Path(os.path.abspath(out))  # `.` has no name to stage a folder beside
-    if size < MIN_SIDE:
-        raise TltoolError(f"--size must be at least {MIN_SIDE} (tltool rejects smaller images), got {size}.")
+    for setting, value in (("size", size), ("seed", seed)):
+        check_range(setting, value)  # --size 100000 filled 24 GB of memory before the kernel killed it
     if resample not in RESAMPLING:
         raise TltoolError(f"--resample must be one of {', '.join(RESAMPLING)}, got {resample!r}.")
     claim_output_dir(out, "digits", reuse=holds_no_output(out), force=force, option="OUT")  # reuse: killed

@@ -21,6 +21,7 @@ from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, Imbalanc
 from .images import BOMB, DEFAULT_MAX_PIXELS, SCALED_SIDE, UNREADABLE, check_image, read_header
 from .progress import Bar, say
 from .runs import check_run_dir, new_run_dir
+from .settings import check_range
 from .utils import sha256_file, write_json
 
 IMBALANCE_RATIO = 3.0
@@ -169,6 +170,7 @@ def check_dataset(dataset: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, worker
     whose data is bad is found by the decode that feeds the network. Either way, what a file's content was found
     to be is cached (:mod:`tltool.filecache`), and files an earlier decode found bad are dropped here.
     """
+    check_range("max_pixels", max_pixels)
     files: list[FileCheck] = [None] * len(dataset.records)  # type: ignore[list-item]
     # a header read is Python-bound, and threads fighting for the GIL only slow it (850 photos on 2 cores: 0.26 s in
     # one thread, 0.32 s in 2, 0.41-0.52 s in 4); a full decode releases the GIL and gains from threads
@@ -346,7 +348,8 @@ def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | 
     """Check every file of the dataset at ``path`` and write ``inspect.json``; the caller shows the result."""
     check_run_dir(out, force)
     dataset = load_dataset(path)
-    checked = check_dataset(dataset, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, emit_warnings=False, decode=True)
+    checked = check_dataset(dataset, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+                            emit_warnings=False, decode=True)
     check_classes(checked)
     target = write_inspect_report(checked, new_run_dir("inspect", dataset.name, out=out, force=force))
     return InspectResult(checked, target)

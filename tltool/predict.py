@@ -17,7 +17,7 @@ from .inspection import check_dataset
 from .models import load_run, overlap_with_training
 from .report import write_run_report
 from .runs import check_run_dir, new_run_dir
-from .settings import check_choice
+from .settings import check_choice, check_range
 from .tta import predict_readable
 
 
@@ -39,9 +39,10 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
     still predicted; when none can be read, the error names them all. ``max_pixels``: the decode limit (default:
     the run's)."""
     check_choice("tta", tta)
+    check_range("max_pixels", max_pixels)
     model = load_run(run_dir, engine)
     found = predict_readable(model.predict_views, [str(p) for p in images], model.image_size, model.resize, tta,
-                             max_pixels=max_pixels or model.max_pixels, engine=model.runner().engine,
+                             max_pixels=model.max_pixels if max_pixels is None else max_pixels, engine=model.runner().engine,
                              predict_stream=model.predict_stream)
     if not found.paths:
         raise TltoolError(f"none of the {len(images)} image(s) could be read: " + "; ".join(map(str, found.bad)))

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .outputs import claim_output_dir, holds_no_output, staged_output
+from .settings import check_range
 
 SHAPES = ("circle", "square", "triangle", "star")
 KIND = "sample"  # the output kind of tltool.outputs that a made sample's folder is marked with
@@ -61,6 +62,8 @@ def make_shapes_dataset(out: str | Path, per_class: int = 40, size: int = 128, s
     ``out`` must be new, empty, or (with ``force``) an earlier sample, which is replaced whole; any other folder is
     refused with a :class:`~tltool.errors.TltoolError` before anything is written.
     """
+    for setting, value in (("per_class", per_class), ("size", size), ("seed", seed)):
+        check_range(setting, value)  # --per-class 0 wrote empty class folders; 10**11 ran for ever
     out = Path(os.path.abspath(out))  # `.` has no name to stage a folder beside
     claim_output_dir(out, KIND, reuse=holds_no_output(out), force=force, option="OUT")  # reuse: killed before done
     rng = random.Random(seed)

@@ -70,6 +70,9 @@ RANGES: dict[str, Range] = {
     "mixup": Range(0, 10, meaning="0 turns mixup off; above 0 it is the a of the Beta(a, a) mixing weights"),
     "dropout": Range(0, 0.99),
     "seed": Range(0, 2**32 - 1),
+    "max_pixels": Range(1, None, meaning="images with more pixels are refused as decompression bombs"),
+    "per_class": Range(1, 10000),
+    "size": Range(32, 1024, meaning="the side of each image in pixels; tltool refuses images under 32 px"),
     "repeats": Range(1, None),
 }
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..errors import TltoolError, did_you_mean
+from ..settings import RANGES
 
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform")
 
@@ -90,7 +91,10 @@ def build_arch(name: str, input_shape: Sequence[int] | None = None, classes: int
         if len(input_shape) != 3 or min(input_shape) < 1:
             raise TltoolError(f"--input must be HxWxC with positive sizes, got {'x'.join(map(str, input_shape))}.")
         options["input_shape"] = tuple(int(v) for v in input_shape)
-    h, w, _ = options.get("input_shape", spec.default_input)
+    h, w, c = options.get("input_shape", spec.default_input)
+    largest = int(RANGES["image_size"].high)
+    if max(h, w, c) > largest:  # 100000x100000 asked TensorFlow for terabytes (ResourceExhaustedError)
+        raise TltoolError(f"--input {h}x{w}x{c}: each size must be at most {largest}.")
     if min(h, w) < spec.min_size:
         raise TltoolError(f"{spec.name} needs inputs of at least {spec.min_size}x{spec.min_size} pixels (its "
                           f"layers shrink smaller ones to nothing); got {h}x{w}. Give it at least "
@@ -113,4 +117,11 @@ def build_arch(name: str, input_shape: Sequence[int] | None = None, classes: int
     unknown = set(extra) - set(inspect.signature(spec.build).parameters)
     if unknown:
         raise TltoolError(f"{spec.name} has no option(s) {sorted(unknown)}.")
-    return spec.build(**options, **extra)
+    try:
+        return spec.build(**options, **extra)
+    except MemoryError:
+        raise TltoolError(f"{spec.name} at {h}x{w}x{c} does not fit in memory; give it a smaller --input.") from None
+    except Exception as exc:
+        if type(exc).__name__ != "ResourceExhaustedError":  # TensorFlow's out-of-memory, not imported here
+            raise
+        raise TltoolError(f"{spec.name} at {h}x{w}x{c} does not fit in memory; give it a smaller --input.") from None

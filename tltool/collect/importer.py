@@ -23,6 +23,7 @@ from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, DEFAULT_MAX_PIXELS, load_image
 from ..outputs import claim_output_dir
 from ..progress import Bar
+from ..settings import check_range
 from ..utils import atomic_path, file_lock, readable_csv, shown_name, write_text_atomic
 from .neardup import DEFAULT_NEAR_THRESHOLD, NearIndex, dhash, mean_colour, pixels_sha256
 from .sources import (DEFAULT_EVERY, Bad, Candidate, camera_candidates, candidates_of, cv2_module, expand_sources,
@@ -269,6 +270,7 @@ def import_images(sources: Iterable[str], out: str | os.PathLike, every: float =
     """Import images into ``out/unlabeled`` (see the module doc). Safe to rerun: known sources are passed over."""
     sources = list(sources)
     _check_options(sources, camera, every, max_side)
+    check_range("max_pixels", max_pixels)  # 0 called every image a decompression bomb, and the import "succeeded"
     root = Path(out).resolve()
     _check_out(root, str(out))
     files = expand_sources(sources, exclude=root)  # check every source before touching anything

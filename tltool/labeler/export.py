@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..dataset import Dataset, stratified_split
 from ..errors import BadFilesWarning, BadImageError, TltoolError
+from ..settings import check_range
 from ..images import read_header
 from ..outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, output_kind, staged_output
 from ..utils import read_json, write_json
@@ -114,6 +115,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     ``out`` is a new or empty folder, or an earlier export, which is replaced (whole) only with ``force``. A folder
     tltool did not make is refused, ``force`` or not. The new export is complete before the earlier one is removed.
     """
+    check_range("seed", seed)
     root = Path(dataset).resolve()
     labels = root / LABELS_CSV
     if not labels.is_file():

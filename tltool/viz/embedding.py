@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TltoolError
+from ..settings import check_range
 from ..features import FeatureSet, load_features
 from ..runs import check_run_dir, new_run_dir
 from ..utils import write_json
@@ -106,6 +107,7 @@ def visualize_embedding(features: str | Path | FeatureSet, out: str | Path | Non
                         method: str = "auto", perplexity: float = 30.0, thumbnails: bool = False,
                         seed: int = 0, force: bool = False) -> Embedding:
     """``tltool viz embedding``: ``embedding.png`` and ``embedding.json`` (every point) in a run folder."""
+    check_range("seed", seed)  # -1 was scikit-learn's InvalidParameterError
     check_run_dir(out, force)
     fs = features if isinstance(features, FeatureSet) else load_features(features)
     coords, used, params = embed(fs.features(pool), method, perplexity, seed)
