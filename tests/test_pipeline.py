@@ -197,3 +197,28 @@ def test_an_augmentation_file_written_by_albumentations_loads_and_a_hostile_one_
                       (twice, "the key 'transform' is given twice")):
         with deadline(10), pytest.raises(TltoolError, match=rf"--augment .*{path.name}: not an albumentations .*{why}"):
             build_augmentation(str(path), 32, seed=0)
+
+
+def test_an_augmentation_file_the_network_cannot_take_is_refused_before_training(tmp_path):
+    """A crop larger than the training images was albumentations' CropSizeError (in `augment preview` and `train`),
+    and one-channel grey reached TensorFlow mid-training as 'Incompatible shapes', leaving a half-made run."""
+    import albumentations as A
+    import pytest
+
+    from tltool.augment import build_augmentation
+    from tltool.errors import TltoolError
+
+    cases = {"crop": (A.Compose([A.CenterCrop(1000, 1000)]), r"fails on a 37x37 training image \(CropSizeError"),
+             "grey": (A.Compose([A.ToGray(num_output_channels=1, p=0.3)]), "turns an RGB image of bytes into 37x37 "
+                      "uint8; the network takes 3 channels"),
+             "float": (A.Compose([A.Normalize()]), "into 37x37x3 float32")}
+    for name, (pipeline, message) in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        A.save(pipeline, str(path), data_format="yaml")
+        with pytest.raises(TltoolError, match=rf"--augment .*{name}\.yaml: .*{message}"):
+            build_augmentation(str(path), 32, seed=0)
+    grey = tmp_path / "grey3.yaml"  # grey in three channels is fine
+    A.save(A.Compose([A.ToGray(num_output_channels=3, p=1.0)]), str(grey), data_format="yaml")
+    image = np.random.default_rng(0).integers(0, 256, (37, 37, 3), dtype=np.uint8)
+    out = build_augmentation(str(grey), 32, seed=0)(image, seed=1)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8 and np.array_equal(out[..., 0], out[..., 1])

@@ -87,10 +87,33 @@ def build_augmentation(spec: str | None, size: int, seed: int = 0) -> SeededTran
         raise TltoolError(f"--augment {spec}: no such file.")
     else:
         raise did_you_mean(spec, list(PRESETS), "augmentation preset")
-    probe = compose(image=np.zeros((round(size * CROP_HEADROOM), round(size * CROP_HEADROOM), 3), np.uint8))["image"]
-    if probe.shape[:2] != (size, size):
+    if _probe(compose, spec, size).shape[:2] != (size, size):
         compose = A.Compose([compose, A.Resize(size, size)], seed=seed)
     return SeededTransform(compose)
+
+
+PROBE_DRAWS = 8  # a transform that fires with p < 1 must show its output too
+
+
+def _probe(compose, spec: str, size: int) -> np.ndarray:
+    """The pipeline's output for a blank image of the size training decodes at, drawn a few times: a pipeline that
+    fails on it, or gives what the network cannot take (not 3 channels, not 0..255 bytes), is refused now, not
+    with TensorFlow's error in the middle of training."""
+    side = load_size(size, spec)
+    blank = np.zeros((side, side, 3), np.uint8)
+    for _ in range(PROBE_DRAWS):
+        try:
+            out = compose(image=blank)["image"]
+        except Exception as exc:
+            raise TltoolError(f"--augment {spec}: the pipeline fails on a {side}x{side} training image "
+                              f"({exc.__class__.__name__}: {exc}).") from None
+        shape = getattr(out, "shape", ())
+        if len(shape) != 3 or shape[2] != 3 or getattr(out, "dtype", None) != np.uint8:
+            raise TltoolError(f"--augment {spec}: the pipeline turns an RGB image of bytes into "
+                              f"{'x'.join(map(str, shape)) or type(out).__name__} {getattr(out, 'dtype', '')}; "
+                              "the network takes 3 channels of 0..255 bytes (it normalises them itself): leave out "
+                              "transforms such as ToGray(num_output_channels=1), Normalize or ToFloat.")
+    return out
 
 
 def _from_file(path: Path, seed: int):
