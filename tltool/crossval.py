@@ -15,13 +15,13 @@ import numpy as np
 
 from . import heads as heads_module
 from .errors import TltoolError
-from .settings import check_range
 from .features import FeatureSet, load_features
 from .filecache import remembered
 from .heads import FittedHead, get_head_spec
 from .plotting import cached_figure, pyplot
 from .progress import Bar, say
 from .runs import check_run_dir, new_run_dir
+from .settings import check_range
 from .stats import format_proportion, wilson_interval
 from .utils import sha256_array, write_json, write_text_atomic
 

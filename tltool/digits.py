@@ -19,8 +19,8 @@ from PIL import Image
 
 from .dataset import Dataset, Record, stratified_split
 from .errors import TltoolError
-from .settings import check_range
 from .outputs import claim_output_dir, holds_no_output, staged_output
+from .settings import check_range
 
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
               "bicubic": Image.Resampling.BICUBIC}

@@ -57,20 +57,21 @@ def holds_no_output(path: str | os.PathLike) -> bool:
     export or sample), or the part of an in-place fill a kill interrupted (its marker says ``filling``). The next
     run may use it without ``--force``, since nothing would be lost."""
     path = Path(path)
-    try:
-        return _holds_only_marker(path) or (path.is_dir() and not path.is_symlink() and _marker_says_filling(path))
-    except OSError:  # a name too long to look up, or unreadable: not a folder to reuse (the claim says why)
-        return False
+    return _holds_only_marker(path) or _marker_says_filling(path)
 
 
 def _holds_only_marker(path: Path) -> bool:
-    return path.is_dir() and not path.is_symlink() and all(child.name == MARKER for child in path.iterdir())
+    try:
+        return path.is_dir() and not path.is_symlink() and all(child.name == MARKER for child in path.iterdir())
+    except OSError:  # a name too long to look up, or unreadable: not a folder to reuse (the claim says why)
+        return False
 
 
 def _marker_says_filling(path: Path) -> bool:
     marker = path / MARKER
     try:
-        return not marker.is_symlink() and read_json(marker).get(FILLING) is True
+        return (path.is_dir() and not path.is_symlink() and not marker.is_symlink()
+                and read_json(marker).get(FILLING) is True)
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -139,7 +140,7 @@ def emptied_output_dir(path: Path, kind: str) -> Path:
     """``path``, a claimed tltool folder of ``kind``, emptied for a new output (``--force``, or an unfinished
     earlier one): no file of the earlier output may pass for this one's (a checkpoint resumed on another split, an
     export of another model). It is renamed aside, a new marked folder takes its place, then the old is removed."""
-    if holds_no_output(path) and not _marker_says_filling(path):  # a run folder is never filled in place
+    if _holds_only_marker(path):
         return path
     if output_kind(path) != kind:  # claim_output_dir was skipped: never delete
         raise TltoolError(f"{path}: is not a tltool {kind} folder; refusing to replace it.")

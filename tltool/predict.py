@@ -42,8 +42,8 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
     check_range("max_pixels", max_pixels)
     model = load_run(run_dir, engine)
     found = predict_readable(model.predict_views, [str(p) for p in images], model.image_size, model.resize, tta,
-                             max_pixels=model.max_pixels if max_pixels is None else max_pixels, engine=model.runner().engine,
-                             predict_stream=model.predict_stream)
+                             max_pixels=model.max_pixels if max_pixels is None else max_pixels,
+                             engine=model.runner().engine, predict_stream=model.predict_stream)
     if not found.paths:
         raise TltoolError(f"none of the {len(images)} image(s) could be read: " + "; ".join(map(str, found.bad)))
     if found.bad:

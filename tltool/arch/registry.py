@@ -119,9 +119,7 @@ def build_arch(name: str, input_shape: Sequence[int] | None = None, classes: int
         raise TltoolError(f"{spec.name} has no option(s) {sorted(unknown)}.")
     try:
         return spec.build(**options, **extra)
-    except MemoryError:
-        raise TltoolError(f"{spec.name} at {h}x{w}x{c} does not fit in memory; give it a smaller --input.") from None
-    except Exception as exc:
-        if type(exc).__name__ != "ResourceExhaustedError":  # TensorFlow's out-of-memory, not imported here
+    except Exception as exc:  # TensorFlow's out-of-memory (not imported here) or Python's
+        if not (isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError"):
             raise
         raise TltoolError(f"{spec.name} at {h}x{w}x{c} does not fit in memory; give it a smaller --input.") from None

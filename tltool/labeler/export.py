@@ -18,9 +18,9 @@ from pathlib import Path
 
 from ..dataset import Dataset, stratified_split
 from ..errors import BadFilesWarning, BadImageError, TltoolError
-from ..settings import check_range
 from ..images import read_header
 from ..outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, output_kind, staged_output
+from ..settings import check_range
 from ..utils import read_json, write_json
 from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, load_labelled, read_labels_csv
 

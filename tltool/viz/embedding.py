@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TltoolError
-from ..settings import check_range
 from ..features import FeatureSet, load_features
 from ..runs import check_run_dir, new_run_dir
+from ..settings import check_range
 from ..utils import write_json
 from ..plotting import pyplot, save_figure
 from .plots import thumbnail
