@@ -61,7 +61,8 @@ def test_offline_imagenet_download_fails_fast_with_instructions(monkeypatch, tmp
     start = time.perf_counter()
     with pytest.raises(TltoolError) as err:
         create_backbone("mobilenet_v2", weights="imagenet", image_size=size)
-    assert time.perf_counter() - start < 5  # measured 0.7-1.4 s; a retry loop with back-off would show here
+    # measured 0.7-1.4 s alone; 15 s leaves room for a loaded CI machine and still shows a retry loop with back-off
+    assert time.perf_counter() - start < 15
     message = str(err.value)
     url = re.search(r"\(from (https://\S+)\)", message)
     assert url and url.group(1).startswith("https://storage.googleapis.com/")  # the URL Keras really tried

