@@ -192,6 +192,11 @@ def test_a_fill_in_place_killed_halfway_is_known_for_unfinished_and_the_next_one
     monkeypatch.undo()
     assert len(moved) == 1 and (mine / moved[0]).exists()  # part of an output, under a marker that says so
     assert output_kind(mine) == "export" and holds_no_output(mine)
+    (mine / "notes.txt").write_text("a person's")  # put there after the kill: not tltool's to clear
+    assert not holds_no_output(mine)
+    with pytest.raises(TltoolError, match="already holds an earlier tltool export"):
+        claim_output_dir(mine, "export", reuse=holds_no_output(mine))
+    (mine / "notes.txt").unlink()
     assert "already holds" not in str(claim_output_dir(mine, "export", reuse=holds_no_output(mine)))
     with staged_output(mine, "export") as staging:
         (staging / "model.tflite").write_text("second")

@@ -27,6 +27,7 @@ from .utils import read_json, shown_name, write_json
 
 MARKER = ".tltool-output.json"
 FILLING = "filling"  # in the marker while a claimed empty folder is filled in place, one entry after another
+FILLED_ENTRIES = "entries"  # beside it: the names being moved in, the only ones the next fill may clear
 
 # Folders written before the marker existed are recognised by the file that only tltool writes there.
 LEGACY_SIGNATURES = (("run", "model.json"), ("run", "metrics.json"), ("features", "features.json"),
@@ -54,10 +55,10 @@ def _is_empty_dir(path: Path) -> bool:
 
 def holds_no_output(path: str | os.PathLike) -> bool:
     """``path`` is a folder tltool claimed that holds no finished output: nothing but its marker (a killed run,
-    export or sample), or the part of an in-place fill a kill interrupted (its marker says ``filling``). The next
-    run may use it without ``--force``, since nothing would be lost."""
+    export or sample), or the part of an in-place fill a kill interrupted (its marker says ``filling`` and lists
+    every other entry there). The next run may use it without ``--force``, since nothing would be lost."""
     path = Path(path)
-    return _holds_only_marker(path) or _marker_says_filling(path)
+    return _holds_only_marker(path) or _killed_fill_entries(path) is not None
 
 
 def _holds_only_marker(path: Path) -> bool:
@@ -67,13 +68,21 @@ def _holds_only_marker(path: Path) -> bool:
         return False
 
 
-def _marker_says_filling(path: Path) -> bool:
+def _killed_fill_entries(path: Path) -> list[str] | None:
+    """The entries a killed in-place fill left in ``path``, when its marker says ``filling`` and names every entry
+    there but itself; None otherwise (a file a person put there since is not tltool's to clear)."""
     marker = path / MARKER
     try:
-        return (path.is_dir() and not path.is_symlink() and not marker.is_symlink()
-                and read_json(marker).get(FILLING) is True)
+        if not path.is_dir() or path.is_symlink() or marker.is_symlink():
+            return None
+        content = read_json(marker)
+        listed = content.get(FILLED_ENTRIES)
+        if content.get(FILLING) is not True or not isinstance(listed, list):
+            return None
+        found = [child.name for child in path.iterdir() if child.name != MARKER]
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+    return found if set(found) <= set(listed) else None
 
 
 def _marker(kind: str) -> dict:
@@ -309,16 +318,17 @@ def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
 
 
 def _fill_in_place(staging: Path, target: Path, kind: str) -> None:
-    """Move ``staging``'s entries into the claimed ``target`` one by one, under a marker that says ``filling``
-    until the finished output's marker replaces it last: a kill in between leaves a folder :func:`holds_no_output`
-    knows for unfinished (and the next fill clears), never one that passes for a whole output."""
-    write_json(target / MARKER, {**_marker(kind), FILLING: True})
-    for child in target.iterdir():  # what a killed fill left
-        if child.name != MARKER:
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    for child in staging.iterdir():
-        if child.name != MARKER:
-            os.replace(child, target / child.name)
+    """Move ``staging``'s entries into the claimed ``target`` one by one, under a marker that says ``filling`` and
+    names them, until the finished output's marker replaces it last: a kill in between leaves a folder
+    :func:`holds_no_output` knows for unfinished, never one that passes for a whole output. The next fill clears
+    only the entries that marker names."""
+    for name in _killed_fill_entries(target) or ():  # what a killed fill left
+        child = target / name
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    entries = sorted(child.name for child in staging.iterdir() if child.name != MARKER)
+    write_json(target / MARKER, {**_marker(kind), FILLING: True, FILLED_ENTRIES: entries})
+    for name in entries:
+        os.replace(staging / name, target / name)
     os.replace(staging / MARKER, target / MARKER)
     staging.rmdir()
 
