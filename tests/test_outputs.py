@@ -41,6 +41,32 @@ def test_new_and_empty_folders_are_claimed_and_marked(tmp_path):
         claim_output_dir(empty, "features")  # a second claim sees the marker
 
 
+@pytest.mark.parametrize("error", ["EACCES", "EROFS"])
+def test_an_empty_folder_tltool_cannot_write_into_is_refused_not_replaced(tmp_path, monkeypatch, error):
+    """Marking it failed (a read-only folder of a user, or of another user), which was taken for a filesystem without
+    hard links: a new folder was renamed over it (mode, owner and inode lost). Root writes anywhere, so the error is
+    injected."""
+    import errno
+    import os
+
+    from tltool import outputs
+
+    def refused(src, dst):
+        raise OSError(getattr(errno, error), os.strerror(getattr(errno, error)))
+
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o555)
+    inode = empty.stat().st_ino
+    monkeypatch.setattr(outputs.os, "link", refused)
+    with pytest.raises(TltoolError, match="cannot write into it"):
+        claim_output_dir(empty, "features")
+    assert empty.stat().st_ino == inode and sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    monkeypatch.setattr(outputs.os, "link", lambda src, dst: (_ for _ in ()).throw(OSError(errno.EPERM, "no links")))
+    empty.chmod(0o755)
+    claim_output_dir(empty, "features")  # a filesystem without hard links: the folder is replaced by a marked one
+    assert output_kind(empty) == "features" and sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
 def test_out_dot_claims_the_current_empty_folder(tmp_path, monkeypatch):
     """Before: `--out .` (tltool data make-sample .) raised ValueError: PosixPath('.') has an empty name."""
     from tltool.sample import make_shapes_dataset

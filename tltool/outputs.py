@@ -26,6 +26,8 @@ from .errors import TltoolError
 from .utils import read_json, shown_name, write_json
 
 MARKER = ".tltool-output.json"
+# os.link's errors on a filesystem without hard links (FAT, some network shares); any other error is a real refusal
+NO_HARD_LINKS = {errno.EPERM, errno.EMLINK, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.EOPNOTSUPP}
 FILLING = "filling"  # in the marker while a claimed empty folder is filled in place, one entry after another
 FILLED_ENTRIES = "entries"  # beside it: the names being moved in, the only ones the next fill may clear
 
@@ -196,7 +198,12 @@ def _mark_in_place(path: Path, kind: str) -> bool | None:
         return True
     except FileExistsError:
         return False
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:  # not writable (EACCES, EROFS): a rename over it would replace it
+            raise TltoolError(f"{shown_name(path)}: cannot write into it ({exc.strerror}); choose a folder you can "
+                              "write into.") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise TltoolError(f"{shown_name(path)}: cannot write into it; choose a folder you can write into.") from None
         return None
     finally:
         written.unlink(missing_ok=True)
