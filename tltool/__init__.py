@@ -3,6 +3,8 @@
 Feature extraction into linear classifiers, fine-tuning, and an honest report of validation accuracy.
 Importing ``tltool`` is cheap: TensorFlow is only imported by the modules that need it.
 """
+from __future__ import annotations
+
 import os as _os
 
 __version__ = "0.1.0"

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .images import DEFAULT_MAX_PIXELS, DecodeLog, ResizePolicy, decode_or_blank
 from .utils import usable_cpus
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def decode_threads(cpu_count: int | None = None) -> int:
@@ -52,7 +56,7 @@ def image_batches(paths: Sequence[str], *, image_size: int, resize: ResizePolicy
 
 def batches_for(engine: str, paths: Sequence[str], *, image_size: int, resize: ResizePolicy = "crop",
                 batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, on_bad: str = "raise",
-                log: DecodeLog | None = None):
+                log: DecodeLog | None = None) -> Iterator[np.ndarray] | tf.data.Dataset:
     """The decoded batches that feed ``engine``: the tf.data pipeline for TensorFlow (``tf.Tensor`` batches), this
     module's thread pool for any other engine (NumPy batches; TensorFlow is not imported)."""
     if engine != "tf":

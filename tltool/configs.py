@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import ClassVar, NoReturn
+from typing import ClassVar, NoReturn, Self
 
 from .backbones.registry import get_backbone_spec
 from .errors import TltoolError
@@ -104,7 +104,7 @@ class RunConfig(TrainOptions, DataOptions):
         return replace(self.train_options(), epochs=epochs, lr=lr)
 
     @classmethod
-    def from_run(cls, run_dir: Path):
+    def from_run(cls, run_dir: Path) -> Self:
         """The settings a run was started with; refuses a run folder of another kind, and a config.json that was
         edited or damaged (a wrong type or an illegal value would fail later, as a traceback)."""
         stored = _read_run_config(run_dir)

@@ -56,7 +56,8 @@ class CVResult:
 
 
 def nested_cv(X: np.ndarray, y: np.ndarray, head: str = "logreg", k: int = 5, repeats: int = 1, seed: int = 0,
-              standardize: bool = True, class_weight=None, n_classes: int | None = None) -> CVResult:
+              standardize: bool = True, class_weight: dict | str | None = None,
+              n_classes: int | None = None) -> CVResult:
     """Repeated stratified K-fold; each outer training fold chooses its own regularisation by inner CV.
 
     Remembered by the content of ``(X, y)`` and every setting: the same question asked again is answered from

@@ -20,11 +20,14 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import TltoolError
 from .settings import CHOICES
 from .progress import say
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 STRATEGIES = CHOICES["strategy"]
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, '
@@ -224,7 +227,7 @@ def worker_scratch_dir(info: DistributeInfo) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def shard_options(info: DistributeInfo):
+def shard_options(info: DistributeInfo) -> tf.data.Options:
     """``tf.data`` options for a worker's own share of the data (already sharded by tltool before decoding, see
     :func:`tltool.pipeline._keep_share`): the strategy's auto-sharding is off. (Its ``DATA`` policy, used before,
     had every worker decode every photo and keep its share.)"""

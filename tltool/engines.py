@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from .distribute import gpu_visible
 from .errors import TltoolError, did_you_mean
 from .settings import CHOICES
 from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_json, usable_cpus, write_json
+
+if TYPE_CHECKING:
+    import keras
 
 ENGINE_CHOICES = CHOICES["engine"]
 # Backbones whose engine is known without measuring: on a quiet 2-core machine LiteRT ran VGG16 at 0.68x TF's
@@ -96,7 +99,7 @@ def feature_source(backbone: str, weights: str = "imagenet", image_size: int = 2
     return ModelSource(f"{name} features", image_size, key, build, backbone=name)
 
 
-def probability_source(model, image_size: int, key: dict, name: str = "classifier") -> ModelSource:
+def probability_source(model: keras.Model, image_size: int, key: dict, name: str = "classifier") -> ModelSource:
     """Probabilities of an in-memory Keras model (pixels in, one softmax out); ``key`` says what it is."""
 
     def build():
@@ -278,7 +281,7 @@ def lane_count(model_bytes: int, cores: int) -> int:
     return max(1, min(cores, LANE_MEMORY // max(1, model_bytes)))
 
 
-def to_tflite(model, quantize: str = "none", calibration: Callable[[], object] | None = None) -> bytes:
+def to_tflite(model: keras.Model, quantize: str = "none", calibration: Callable[[], object] | None = None) -> bytes:
     """Convert a Keras model to LiteRT flatbuffer bytes; ``quantize`` is one of :data:`QUANTIZATIONS`.
 
     ``int8`` needs ``calibration``: a generator of ``[batch]`` lists of float32 pixel batches (one image each).
@@ -331,7 +334,7 @@ def _redirected(fds: tuple[int, ...], captured: _Captured) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def quiet_output():
+def quiet_output() -> Iterator[None]:
     """Hold back what the converter prints to file descriptors 1 and 2 (its saved-function dump, MLIR lines);
     shown only if it fails, or with ``TLTOOL_TF_VERBOSE=1``."""
     if os.environ.get("TLTOOL_TF_VERBOSE") == "1":
@@ -350,7 +353,7 @@ DELEGATE_BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
 
 @contextlib.contextmanager
-def without_delegate_banner():
+def without_delegate_banner() -> Iterator[None]:
     """Drop LiteRT's "INFO: Created ... XNNPACK delegate" line, which its C++ logger writes to file descriptor 2 on
     every interpreter's first allocation (no setting turns it off); anything else written meanwhile is passed on."""
     captured = _Captured()

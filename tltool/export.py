@@ -18,7 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -27,12 +27,15 @@ from .engines import QUANTIZATIONS, LiteRTRunner, best_rates, probability_source
 from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
-from .models import load_run, run_splits, trained_on_val
+from .models import RunModel, load_run, run_splits, trained_on_val
 from .outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, staged_output
 from .progress import Bar, say
 from .settings import CHOICES
 from .stats import Proportion
 from .utils import atomic_path, write_json
+
+if TYPE_CHECKING:
+    import keras
 
 FORMATS = CHOICES["export_format"]
 MODEL_FILES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
@@ -55,7 +58,7 @@ class ExportResult:
         return self.measurement is None or bool(self.measurement["within_max_drop"])
 
 
-def portable_model(model):
+def portable_model(model: keras.Model) -> keras.Model:
     """``model`` with tltool's preprocessing layer swapped for built-in Keras layers (weights shared)."""
     from ._tf import keras
     from .backbones.layers import ImagePreprocessing, portable_preprocessing
@@ -184,7 +187,7 @@ WRITERS = {"keras": _write_keras, "savedmodel": _write_savedmodel, "tflite": _wr
 
 
 # ------------------------------------------------------------------------------------------------- measuring
-def pixel_batches(paths: list[str], run, batch_size: int = 32) -> Iterator[np.ndarray]:
+def pixel_batches(paths: list[str], run: RunModel, batch_size: int = 32) -> Iterator[np.ndarray]:
     """float32 pixel batches of ``paths``, decoded as the run decodes them."""
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
@@ -202,7 +205,7 @@ def _predict_both(float_runner, export_runner, paths: list[str], run) -> tuple[n
     return np.concatenate(float_probs), np.concatenate(export_probs)
 
 
-def measure_export(path: Path, model, run, val: tuple[list[str], np.ndarray], quantize: str,
+def measure_export(path: Path, model: keras.Model, run: RunModel, val: tuple[list[str], np.ndarray], quantize: str,
                    max_drop: float) -> dict:
     """Accuracy, paired difference to the float model, size and speed of the written ``.tflite``."""
     paths, y = val

@@ -10,8 +10,12 @@ flowers val photo and on transparent, palette, 16-bit and CMYK images).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from .utils import write_json, write_text_atomic
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 DECODE_STEPS = [
     "Open the file with Pillow. For a JPEG call im.draft('RGB', (size, size)) before loading: libjpeg then decodes "
@@ -137,7 +141,7 @@ def write_client_files(folder: Path, fmt: str, model_file: str, classes: list[st
 
 
 # ------------------------------------------------------------------------------------------- in-graph decode
-def decode_graph(image_size: int, resize: str):
+def decode_graph(image_size: int, resize: str) -> Callable[[tf.Tensor], tf.Tensor]:
     """A TF function: one encoded image (string scalar) -> float32 ``(size, size, 3)`` pixels as tltool makes them."""
     from ._tf import tf
 

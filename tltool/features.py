@@ -17,7 +17,7 @@ import inspect
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,10 @@ from .outputs import claim_output_dir, output_kind
 from .progress import Bar, say
 from .settings import CHOICES, RANGES, check_choice
 from .utils import atomic_path, is_whole, read_json, sha256_text, write_json
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 FEATURES_FORMAT = 2  # 2: enlarging resizes in float32 (pixels of small photos changed); chunks carry an ok mask
 POOLS = CHOICES["pool"]
@@ -65,7 +69,8 @@ class FeatureSet:
         return self.splits == split
 
 
-def select_pool(avg, mx, pool: str, concat: Callable | None = None):
+def select_pool(avg: np.ndarray | tf.Tensor | keras.KerasTensor, mx: np.ndarray | tf.Tensor | keras.KerasTensor,
+                pool: str, concat: Callable | None = None) -> np.ndarray | tf.Tensor | keras.KerasTensor:
     """The features a head reads under ``pool``: ``avg``, ``max`` or both side by side (``avgmax``). ``avg`` and
     ``mx`` are numpy arrays, or tensors/Keras outputs with their own ``concat(parts, axis)``."""
     check_choice("pool", pool)
@@ -112,7 +117,7 @@ def _file_rows(records: Sequence[Record], hashes: dict[str, str]) -> list[dict]:
 
 
 def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractConfig | None = None, *,
-                     checked: CheckedDataset | None = None, option: str = "--out", **settings) -> ExtractResult:
+                     checked: CheckedDataset | None = None, option: str = "--out", **settings: Any) -> ExtractResult:
     """Extract avg- and max-pooled features of every usable image of ``data`` into ``out_dir``.
 
     ``config`` (or its fields as keywords, which replace those of ``config``): see :class:`ExtractConfig`;
@@ -284,7 +289,8 @@ def _read_chunk(path: Path, key: str, rows: int) -> tuple[np.ndarray, np.ndarray
     return (avg, mx, ok) if valid else None
 
 
-def build_feature_extractor(backbone: str, weights: str, image_size: int):
+def build_feature_extractor(backbone: str, weights: str,
+                            image_size: int) -> tuple[keras.Model, tf.types.experimental.PolymorphicFunction]:
     """The feature network of :func:`tltool.engines.feature_source` (both poolings) and a compiled step function for
     TensorFlow and ``tf.distribute`` (XLA off: it is slower on CPU)."""
     from ._tf import tf

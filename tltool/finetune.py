@@ -11,6 +11,7 @@ import functools
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,9 +32,12 @@ from .supervised import KerasTrainingRun, ModelPlan, TrainResult
 from .training import Stage, TrainOptions, compile_model
 from .utils import write_json
 
+if TYPE_CHECKING:
+    import keras
+
 
 def build_classifier(backbone: str, weights: str, image_size: int, num_classes: int, dropout: float = 0.2,
-                     seed: int | None = None):
+                     seed: int | None = None) -> keras.Model:
     """``pixels -> preprocess -> base (nested, named after the backbone) -> pool -> dropout -> classifier``.
 
     The classifier's output is float32 even under mixed precision. With ``weights="none"`` the base's random
@@ -52,7 +56,8 @@ def build_classifier(backbone: str, weights: str, image_size: int, num_classes: 
     return keras.Model(inputs, outputs, name="tltool_classifier")
 
 
-def init_head_from_probe(model, paths, labels, inputs: InputConfig, batch_size: int, seed: int) -> float:
+def init_head_from_probe(model: keras.Model, paths: list[str], labels: np.ndarray, inputs: InputConfig,
+                         batch_size: int, seed: int) -> float:
     """Start the classifier as the linear probe: logistic regression (C by CV) on the pooled features of the
     un-augmented training images, folded into the Dense layer. Returns the probe's CV accuracy.
 
@@ -74,7 +79,7 @@ def init_head_from_probe(model, paths, labels, inputs: InputConfig, batch_size: 
     return float(gs.best_score_)
 
 
-def base_model(model):
+def base_model(model: keras.Model) -> keras.Model:
     """The nested backbone inside a classifier built by :func:`build_classifier`."""
     base = find_backbone(model)
     if base is None:
@@ -82,7 +87,7 @@ def base_model(model):
     return base
 
 
-def set_trainable(base, unfreeze: str) -> int:
+def set_trainable(base: keras.Model, unfreeze: str) -> int:
     """Unfreeze the top of ``base``: ``N`` layers, ``all``, ``none`` or from the block named ``BLOCK`` on.
 
     BatchNormalization layers stay frozen (inference mode). Returns the number of trainable weights tensors.
@@ -188,7 +193,8 @@ def estimate_seconds(config: FinetuneConfig, n_train: int, n_val: int, folds: in
     return folds * (config.head_epochs * per_epoch_head + config.epochs * per_epoch_tune)
 
 
-def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, force: bool = False):
+def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None,
+                force: bool = False) -> tuple[Path, Evaluation, dict]:
     """Stratified K-fold over train+val: one full fine-tuning per fold, reported on out-of-fold predictions."""
     from sklearn.model_selection import StratifiedKFold
 

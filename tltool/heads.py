@@ -15,11 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import TltoolError, did_you_mean
 from .utils import atomic_path, cache_dir, read_json, sha256_array, sha256_json, write_json
+
+if TYPE_CHECKING:
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+    from threadpoolctl import threadpool_limits
 
 SEARCH_CACHE_FORMAT = 2  # 2: scales floored (floored_scaler)
 
@@ -83,7 +89,7 @@ def get_head_spec(name: str) -> HeadSpec:
     return HEADS[name]
 
 
-def make_pipeline(spec: HeadSpec, standardize: bool, class_weight, seed: int):
+def make_pipeline(spec: HeadSpec, standardize: bool, class_weight: dict | str | None, seed: int) -> Pipeline:
     from sklearn.pipeline import Pipeline
 
     steps = [("scale", floored_scaler()() if standardize else "passthrough"), ("clf", spec.make(class_weight, seed))]
@@ -123,7 +129,7 @@ def cv_folds(y: np.ndarray, max_folds: int = 5) -> int:
     return min(max_folds, smallest)
 
 
-def blas_threads(n: int = 1):
+def blas_threads(n: int = 1) -> threadpool_limits:
     """Limit BLAS threads around small scikit-learn fits. Measured on 2 cores: a logistic regression on
     200 x 1280 features took 0.9-1.4 s with OpenBLAS' 2 threads and 0.012-0.03 s with one (threads spin and
     fight TensorFlow's pools); small problems gain nothing from BLAS threads anyway."""
@@ -132,8 +138,8 @@ def blas_threads(n: int = 1):
     return threadpool_limits(limits=n, user_api="blas")
 
 
-def search(spec: HeadSpec, X: np.ndarray, y: np.ndarray, *, standardize: bool = True, class_weight=None,
-           seed: int = 0, max_folds: int = 5):
+def search(spec: HeadSpec, X: np.ndarray, y: np.ndarray, *, standardize: bool = True,
+           class_weight: dict | str | None = None, seed: int = 0, max_folds: int = 5) -> GridSearchCV:
     """Choose ``spec.param`` by stratified K-fold cross-validation on (X, y); return the refitted GridSearchCV."""
     import warnings
 
@@ -170,7 +176,8 @@ class FittedHead:
     params: dict = field(default_factory=dict)
 
     @classmethod
-    def from_pipeline(cls, name: str, pipeline, classes: list[str], params: dict, X_train=None, y_train=None):
+    def from_pipeline(cls, name: str, pipeline: Pipeline, classes: list[str], params: dict,
+                      X_train: np.ndarray | None = None, y_train: np.ndarray | None = None) -> FittedHead:
         scaler, clf = pipeline.named_steps["scale"], pipeline.named_steps["clf"]
         d = X_train.shape[1] if X_train is not None else clf.coef_.shape[1]
         mean = getattr(scaler, "mean_", np.zeros(d))
@@ -300,7 +307,7 @@ class HeadSearch:
 
 
 def search_head(spec: HeadSpec, X: np.ndarray, y: np.ndarray, classes: list[str], *, standardize: bool = True,
-                class_weight=None, seed: int = 0, max_folds: int = 5) -> HeadSearch:
+                class_weight: dict | str | None = None, seed: int = 0, max_folds: int = 5) -> HeadSearch:
     """:func:`search` and the fitted head, remembered by the content of ``(X, y)`` and every setting.
 
     The same features and settings give the same head, so a repeated ``tltool probe`` reads it back instead of

@@ -198,7 +198,7 @@ def warn_about(checked: CheckedDataset) -> None:
         warnings.warn(message, category, stacklevel=3)
 
 
-def with_split(checked: CheckedDataset, dataset) -> CheckedDataset:
+def with_split(checked: CheckedDataset, dataset: Dataset) -> CheckedDataset:
     """The same checked files, with the records (splits) of ``dataset``."""
     by_path = {r.path: r for r in dataset.records}
     files = [replace(f, record=by_path.get(f.record.path, f.record)) for f in checked.files]

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
 
 
-def load_keras_model(path: str | Path, compile: bool = True):
+def load_keras_model(path: str | Path, compile: bool = True) -> keras.Model:
     """Load a ``.keras`` file tltool wrote, with safe_mode on; tltool's own layers are registered first."""
     from ._tf import keras
 

@@ -5,6 +5,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class LinearResult:
 
 
 def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None = None, *,
-                 out: str | Path | None = None, force: bool = False, **settings) -> LinearResult:
+                 out: str | Path | None = None, force: bool = False, **settings: Any) -> LinearResult:
     """Fit ``config.head`` on the training split's features (regularisation by stratified CV), report on val.
 
     ``config`` (or its fields as keywords, which replace those of ``config``): see :class:`LinearConfig`. With
@@ -207,7 +208,7 @@ def default_features_dir(data: str, backbone: str, image_size: int | None, resiz
 
 def probe(data: str, extract: ExtractConfig | None = None, linear: LinearConfig | None = None, *,
           features_dir: str | Path | None = None, out: str | Path | None = None, force: bool = False,
-          **settings) -> LinearResult:
+          **settings: Any) -> LinearResult:
     """Extract features (reusing a cached extraction) and fit a linear head: the README's main job.
 
     Keywords name fields of :class:`ExtractConfig` or :class:`LinearConfig` (``seed`` sets both).

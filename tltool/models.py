@@ -7,7 +7,7 @@ import csv
 import os
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from .images import DEFAULT_MAX_PIXELS
 from .settings import CHOICES, RANGES, check_choice
 from .tta import predict_with_tta
 from .utils import is_whole, read_json_object
+
+if TYPE_CHECKING:
+    import keras
 
 
 class RunModel:
@@ -54,7 +57,7 @@ class RunModel:
         """Class probabilities from the network's outputs for a batch of views."""
         raise NotImplementedError
 
-    def predict_views(self, batch) -> np.ndarray:
+    def predict_views(self, batch: np.ndarray) -> np.ndarray:
         return self.probabilities(self.runner()(batch))  # a runner makes its own float32
 
     def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -67,7 +70,7 @@ class RunModel:
         finally:
             getattr(outputs, "close", lambda: None)()
 
-    def as_keras(self):
+    def as_keras(self) -> keras.Model:
         """The run as one Keras model from raw pixels (0..255) to class probabilities."""
         raise NotImplementedError
 
@@ -93,7 +96,7 @@ class LinearRunModel(RunModel):
     def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.head.predict_proba(select_pool(outputs["avg"], outputs["max"], self.config["pool"]))
 
-    def as_keras(self):
+    def as_keras(self) -> keras.Model:
         """The backbone, the run's pooling and the head folded into one Dense layer (k-NN heads have no such form)."""
         from ._tf import keras
 
@@ -123,13 +126,13 @@ class KerasRunModel(RunModel):
         self._model = None
 
     @property
-    def model(self):
+    def model(self) -> keras.Model:
         """The Keras model, loaded (with TensorFlow) only when asked for."""
         if self._model is None:
             self._model = load_keras_model(self.path, compile=False)
         return self._model
 
-    def as_keras(self):
+    def as_keras(self) -> keras.Model:
         return self.model
 
     def source(self) -> ModelSource:
@@ -214,12 +217,12 @@ def _checked_model_json(path: Path) -> dict:
     return config
 
 
-def trained_on_val(run) -> bool:
+def trained_on_val(run: RunModel) -> bool:
     """Whether the run's model was fitted on its validation images too (``--refit``, or a ``linear --cv`` head)."""
     return bool(run.config.get("refit") or run.config.get("cv"))
 
 
-def run_splits(run_dir: Path, run, need_val: bool = True) -> dict[str, tuple[list[str], np.ndarray]]:
+def run_splits(run_dir: Path, run: RunModel, need_val: bool = True) -> dict[str, tuple[list[str], np.ndarray]]:
     """``{"train": (paths, labels), "val": (...)}`` of the run: its ``split.csv`` (every run since linear runs write
     one too), else its features folder's file list (a linear run of an older tltool). ``need_val``: a run without
     validation images is an error."""

@@ -9,13 +9,19 @@ import shutil
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .utils import atomic_path, cache_dir, sha256_json
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from matplotlib.figure import Figure
 
 FIGURE_CACHE_FORMAT = 1
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """``matplotlib.pyplot`` on the Agg backend (imported on first use: matplotlib is slow to import)."""
     import matplotlib
 
@@ -25,7 +31,7 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, target: Path) -> None:
+def save_figure(fig: Figure, target: Path) -> None:
     """Write ``fig`` as a PNG (to a temporary name, then renamed) and close it."""
     plt = pyplot()
     with atomic_path(target, suffix=".png.tmp") as tmp:

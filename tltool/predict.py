@@ -14,7 +14,7 @@ from .dataset import Dataset, load_dataset
 from .errors import BadFilesWarning, LeakageWarning, TltoolError
 from .evaluation import Evaluation
 from .inspection import check_dataset
-from .models import load_run, overlap_with_training
+from .models import RunModel, load_run, overlap_with_training
 from .report import write_run_report
 from .runs import check_run_dir, new_run_dir
 from .settings import check_choice, check_range
@@ -72,7 +72,7 @@ def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) ->
 
 
 def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | None = None, tta: str = "none",
-                 force: bool = False, engine: str = "auto"):
+                 force: bool = False, engine: str = "auto") -> tuple[Path, Evaluation, dict]:
     """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report."""
     check_run_dir(out, force)
     model = load_run(run_dir, engine)
@@ -88,7 +88,7 @@ def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | Non
     return target, evaluation, metrics
 
 
-def warn_if_trained_on(run_dir: str | Path, model, paths: Sequence[str]) -> int:
+def warn_if_trained_on(run_dir: str | Path, model: RunModel, paths: Sequence[str]) -> int:
     """A :class:`LeakageWarning` when the run was trained on some of ``paths`` (or when its record of its training
     images cannot be read, so nobody can tell); returns how many (0 when unknown)."""
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from .backbones import find_backbone
 # RunConfig's home was here; it stays importable
 from .configs import RunConfig, TrainOptions, stored_distribute  # noqa: F401
 from .dataset import Dataset, Record, label_indices, load_dataset, write_manifest
-from .distribute import resolve_strategy, shard_options, worker_scratch_dir
+from .distribute import DistributeInfo, resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError
 from .evaluation import Evaluation
 from .inspection import prepare_dataset, say_upsampling, upsampling
@@ -29,6 +29,10 @@ from .runs import new_run_dir
 from .training import LoopState, Stage, checkpoint_path, epochs_done, plot_history, refit_stages, run_stages
 from .tta import TTA_MODES
 from .utils import atomic_path, read_json, sha256_file, write_json
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 SPLIT_FILE = "split.csv"  # the exact split of a run (absolute paths): what --resume trains and validates on
 REFIT_DIR = "refit"  # --refit's checkpoints and history, inside the run folder
@@ -210,7 +214,8 @@ class KerasTrainingRun:
         return RunData(dataset, train, val, label_indices(train, dataset.classes), label_indices(val, dataset.classes),
                        tuple(checked.warnings))
 
-    def pipelines(self, data: RunData, info, global_batch: int, strategy=None) -> Pipelines:
+    def pipelines(self, data: RunData, info: DistributeInfo, global_batch: int,
+                  strategy: tf.distribute.Strategy | None = None) -> Pipelines:
         """The train pipeline of each epoch (augmented, shuffled, seeded by the epoch) and the cached val one.
 
         Under multiworker each worker decodes only its share of the training photos: its slice of every global
@@ -262,7 +267,7 @@ class KerasTrainingRun:
                                                 "distribute": distribute})
 
     def fit(self, target: Path, data: RunData, pipelines: Pipelines, stages: list[Stage], distribute: dict,
-            strategy, info, resume: Path | None) -> Fitted:
+            strategy: tf.distribute.Strategy, info: DistributeInfo, resume: Path | None) -> Fitted:
         """Train a new model (or the checkpoint of ``resume``) through ``stages`` into ``target``."""
         def new_model():
             model = self.plan.build(len(data.classes))
@@ -301,8 +306,8 @@ class KerasTrainingRun:
         say(fitted.summary())
         return TrainResult(run_dir, evaluation, metrics, fitted.model)
 
-    def refit(self, result: TrainResult, state: LoopState, data: RunData, distribute: dict, strategy,
-              info) -> TrainResult:
+    def refit(self, result: TrainResult, state: LoopState, data: RunData, distribute: dict,
+              strategy: tf.distribute.Strategy, info: DistributeInfo) -> TrainResult:
         """``--refit``: after the val estimate, train the shipped model again on train+val, through the stages and
         epochs the val run kept, in ``RUN/refit`` (its own checkpoints: a killed refit resumes there). The report
         keeps the val estimate, which is the refit model's estimate too, and says so."""
@@ -335,8 +340,8 @@ class KerasTrainingRun:
         rewrite_report(run_dir, metrics)
         return replace(result, metrics=metrics, model=fitted.model)
 
-    def save_model(self, run_dir: Path, model, data: RunData, distribute: dict, keep_file: bool = False,
-                   **settings) -> dict:
+    def save_model(self, run_dir: Path, model: keras.Model, data: RunData, distribute: dict, keep_file: bool = False,
+                   **settings: Any) -> dict:
         """``model.keras`` (kept as it is with ``keep_file``) and ``model.json`` (with ``settings`` added); returns
         the model's settings."""
         if not keep_file:

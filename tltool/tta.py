@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,12 +18,15 @@ from .images import DEFAULT_MAX_PIXELS, DecodeLog
 from .progress import Bar
 from .settings import CHOICES
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 TTA_MODES = CHOICES["tta"]
 TTA_CROP_RATIO = 0.875  # 224 crops from 256: the classic ImageNet evaluation ratio
 VIEWS = {"none": 1, "flip": 2, "10crop": 10}
 
 
-def tta_views(images, mode: str, size: int) -> np.ndarray:
+def tta_views(images: np.ndarray | tf.Tensor, mode: str, size: int) -> np.ndarray:
     """Views of a batch for test-time augmentation: ``(B, H, W, 3) -> (B * V, size, size, 3)``, image-major.
 
     ``none``: the centre crop; ``flip``: it and its mirror; ``10crop``: the 4 corners and the centre, each with its
@@ -55,7 +59,8 @@ def n_views(mode: str) -> int:
     return VIEWS[mode]
 
 
-def predict_batch(predict_views, images, tta: str, image_size: int, batch_size: int) -> np.ndarray:
+def predict_batch(predict_views: Callable[[np.ndarray], np.ndarray], images: np.ndarray | tf.Tensor, tta: str,
+                  image_size: int, batch_size: int) -> np.ndarray:
     """Class probabilities of one batch of decoded images ``(B, H, W, 3)`` in 0..255, averaged over its TTA views."""
     ((probs, _n),) = stream_tta(lambda chunks: map(predict_views, chunks), [images], tta, image_size, batch_size)
     return probs
@@ -93,10 +98,12 @@ def stream_tta(predict_stream: Callable[[Iterable[np.ndarray]], Iterable], batch
         getattr(stream, "close", lambda: None)()
 
 
-def predict_with_tta(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
-                     batch_size: int = 32, description: str = "predicting",
+def predict_with_tta(predict_views: Callable[[np.ndarray], np.ndarray], paths: Sequence[str], image_size: int,
+                     resize: str, tta: str = "none", batch_size: int = 32, description: str = "predicting",
                      max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "tf", on_bad: str = "raise",
-                     log: DecodeLog | None = None, predict_stream=None) -> np.ndarray:
+                     log: DecodeLog | None = None,
+                     predict_stream: Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]] | None = None
+                     ) -> np.ndarray:
     """Class probabilities for ``paths``, averaged over the TTA views.
 
     ``predict_views`` maps a batch of views ``(B * V, size, size, 3)`` in 0..255 to probabilities ``(B * V, C)``;
@@ -125,9 +132,11 @@ class ReadablePredictions:
     bad: list[BadImageError]  # each with the file's path and reason
 
 
-def predict_readable(predict_views, paths: Sequence[str], image_size: int, resize: str, tta: str = "none",
-                     batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     engine: str = "tf", predict_stream=None) -> ReadablePredictions:
+def predict_readable(predict_views: Callable[[np.ndarray], np.ndarray], paths: Sequence[str], image_size: int,
+                     resize: str, tta: str = "none", batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     engine: str = "tf",
+                     predict_stream: Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]] | None = None
+                     ) -> ReadablePredictions:
     """:func:`predict_with_tta` for files nobody checked (``tltool predict``): each is decoded once, by the decode
     that feeds the network (in its threads, beside the network), and a file it cannot read is set aside with its
     reason while the others are predicted. The caller names the bad files (they are not warned about one by one)."""

@@ -11,9 +11,12 @@ import secrets
 import stat
 import unicodedata
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 from .errors import TltoolError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def cache_dir() -> Path:
@@ -179,7 +182,7 @@ def sha256_json(data: Any) -> str:
     return sha256_text(json.dumps(data, sort_keys=True, default=str))
 
 
-def sha256_array(a) -> str:
+def sha256_array(a: np.ndarray) -> str:
     """The content of a numpy array with its dtype and shape (the same numbers in another shape differ)."""
     import numpy as np
 

@@ -9,6 +9,7 @@ With ``batch_norm`` a conv has no bias and is followed by ``<name>_bn`` then the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from .._tf import keras
 from keras import layers
@@ -22,7 +23,7 @@ class Style:
     batch_norm: bool = False
 
 
-def pixel_input(input_shape):
+def pixel_input(input_shape: Sequence[int]) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     """``(inputs, x)``: the model input (raw pixels 0..255) and the same pixels scaled to 0..1."""
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     return inputs, layers.Rescaling(1 / 255, name="rescale")(inputs)
@@ -36,8 +37,8 @@ def _padded(x, pad, name: str) -> tuple[object, str]:
     return x, "valid"
 
 
-def conv(x, filters: int, kernel: int, name: str, style: Style, stride: int = 1, pad: int | str = 0,
-         activation: str | None = "relu"):
+def conv(x: keras.KerasTensor, filters: int, kernel: int, name: str, style: Style, stride: int = 1,
+         pad: int | str = 0, activation: str | None = "relu") -> keras.KerasTensor:
     """Conv2D ``name`` (+ ``name_bn``) + activation."""
     x, padding = _padded(x, pad, name)
     x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=not style.batch_norm,
@@ -46,8 +47,8 @@ def conv(x, filters: int, kernel: int, name: str, style: Style, stride: int = 1,
     return _normalise(x, name, style, activation)
 
 
-def depthwise(x, kernel: int, name: str, style: Style, stride: int = 1, pad: int | str = 0,
-              activation: str | None = "relu"):
+def depthwise(x: keras.KerasTensor, kernel: int, name: str, style: Style, stride: int = 1, pad: int | str = 0,
+              activation: str | None = "relu") -> keras.KerasTensor:
     """DepthwiseConv2D ``name`` (+ ``name_bn``) + activation: one ``F x F`` filter per input channel."""
     x, padding = _padded(x, pad, name)
     x = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=not style.batch_norm,
@@ -64,14 +65,16 @@ def _normalise(x, name: str, style: Style, activation: str | None):
     return x
 
 
-def pool(x, size: int, name: str, stride: int | None = None, pad: int | str = 0, kind: str = "max"):
+def pool(x: keras.KerasTensor, size: int, name: str, stride: int | None = None, pad: int | str = 0,
+         kind: str = "max") -> keras.KerasTensor:
     """Max (or ``kind="avg"``) pooling ``name``; the stride defaults to the pool size."""
     x, padding = _padded(x, pad, name)
     layer = layers.MaxPooling2D if kind == "max" else layers.AveragePooling2D
     return layer(size, strides=stride or size, padding=padding, name=name)(x)
 
 
-def dense(x, units: int, name: str, style: Style, activation: str | None = "relu", dropout: float = 0.0):
+def dense(x: keras.KerasTensor, units: int, name: str, style: Style, activation: str | None = "relu",
+          dropout: float = 0.0) -> keras.KerasTensor:
     """Dense ``name`` followed by ``name_dropout`` when ``dropout`` > 0 (AlexNet/VGG's FC6 and FC7)."""
     x = layers.Dense(units, activation=activation, kernel_initializer=style.initializer, name=name)(x)
     if dropout:
@@ -79,8 +82,8 @@ def dense(x, units: int, name: str, style: Style, activation: str | None = "relu
     return x
 
 
-def pooled_classifier(x, classes: int, style: Style, dropout: float, activation: str | None,
-                      name: str = "predictions"):
+def pooled_classifier(x: keras.KerasTensor, classes: int, style: Style, dropout: float, activation: str | None,
+                      name: str = "predictions") -> keras.KerasTensor:
     """Global average pooling (``avgpool``), optional dropout, and the ``classes``-way dense layer."""
     x = layers.GlobalAveragePooling2D(name="avgpool")(x)
     if dropout:

@@ -1,6 +1,8 @@
 """LeNet-5, AlexNet (as the CNN lectures give it) and Network-in-Network, built from scratch."""
 from __future__ import annotations
 
+from typing import Sequence
+
 from .._tf import keras
 from keras import layers
 
@@ -11,8 +13,9 @@ from .registry import arch
 
 @arch("lenet5", min_size=32, aliases=("lenet",),
       description="LeNet-5: C1 6@5x5, S2, C3 16@5x5, S4, C5 120, F6 84 (tanh, average pooling)")
-def lenet5(input_shape=(32, 32, 1), classes=10, initializer="glorot_uniform", batch_norm=False, dropout=0.0,
-           classifier_activation="softmax", activation="tanh") -> keras.Model:
+def lenet5(input_shape: tuple[int, int, int] = (32, 32, 1), classes: int = 10, initializer: str = "glorot_uniform",
+           batch_norm: bool = False, dropout: float = 0.0, classifier_activation: str | None = "softmax",
+           activation: str = "tanh") -> keras.Model:
     """LeNet-5 with fully connected C3 and a dense output layer (the textbook form; no RBF units)."""
     style = Style(initializer, batch_norm)
     inputs, x = pixel_input(input_shape)
@@ -29,8 +32,9 @@ def lenet5(input_shape=(32, 32, 1), classes=10, initializer="glorot_uniform", ba
 
 @arch("alexnet", min_size=67,
       description="AlexNet as in the lectures: 5 conv (CONV1 96@11x11/4), 3 max pools, 2 LRN, 3 FC")
-def alexnet(input_shape=(227, 227, 3), classes=1000, initializer="glorot_uniform", batch_norm=False, dropout=0.5,
-            classifier_activation="softmax") -> keras.Model:
+def alexnet(input_shape: tuple[int, int, int] = (227, 227, 3), classes: int = 1000,
+            initializer: str = "glorot_uniform", batch_norm: bool = False, dropout: float = 0.5,
+            classifier_activation: str | None = "softmax") -> keras.Model:
     """AlexNet in one tower (no split across two GPUs); dropout after FC6 and FC7."""
     style = Style(initializer, batch_norm)
     inputs, x = pixel_input(input_shape)
@@ -57,8 +61,8 @@ NIN_BLOCKS = ((5, (192, 160, 96), "max"), (5, (192, 192, 192), "avg"), (3, (192,
 
 @arch("nin", min_size=8, aliases=("network_in_network",),
       description="Network in Network (CIFAR-10 model): 3 mlpconv blocks, global average pooling, no FC")
-def nin(input_shape=(32, 32, 3), classes=10, initializer="glorot_uniform", batch_norm=False, dropout=0.5,
-        classifier_activation="softmax") -> keras.Model:
+def nin(input_shape: tuple[int, int, int] = (32, 32, 3), classes: int = 10, initializer: str = "glorot_uniform",
+        batch_norm: bool = False, dropout: float = 0.5, classifier_activation: str | None = "softmax") -> keras.Model:
     """NiN: the class scores are the global averages of the last mlpconv's maps (ReLU'd, as in the paper)."""
     style = Style(initializer, batch_norm)
     inputs, x = pixel_input(input_shape)
@@ -73,7 +77,7 @@ def nin(input_shape=(32, 32, 3), classes=10, initializer="glorot_uniform", batch
     return keras.Model(inputs, outputs, name="nin")
 
 
-def mlpconv(x, kernel: int, filters, name: str, style: Style):
+def mlpconv(x: keras.KerasTensor, kernel: int, filters: Sequence[int], name: str, style: Style) -> keras.KerasTensor:
     """A micro network slid over the image: a ``kernel x kernel`` conv, then two 1x1 convs (a per-pixel MLP)."""
     x = conv(x, filters[0], kernel, f"{name}_conv", style, pad="same")
     x = conv(x, filters[1], 1, f"{name}_cccp1", style)

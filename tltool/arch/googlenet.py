@@ -8,6 +8,8 @@ outputs: ``predictions``, ``aux1_predictions``, ``aux2_predictions`` (the paper 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from .._tf import keras
 from keras import layers
 
@@ -29,8 +31,9 @@ AUX_MIN_SIZE = 65  # the auxiliary heads' 5x5/3 average pool needs 4a's maps (in
 
 @arch("googlenet", min_size=32, aliases=("inception_v1",),
       description="GoogLeNet: 9 Inception v1 modules with 1x1 reductions; aux heads optional")
-def googlenet(input_shape=(224, 224, 3), classes=1000, initializer="glorot_uniform", batch_norm=False, dropout=0.4,
-              classifier_activation="softmax", aux_heads=False) -> keras.Model:
+def googlenet(input_shape: tuple[int, int, int] = (224, 224, 3), classes: int = 1000,
+              initializer: str = "glorot_uniform", batch_norm: bool = False, dropout: float = 0.4,
+              classifier_activation: str | None = "softmax", aux_heads: bool = False) -> keras.Model:
     """GoogLeNet; with ``batch_norm`` every conv is batch-normalised (the LRN layers stay, as in the paper)."""
     if aux_heads and min(input_shape[:2]) < AUX_MIN_SIZE:
         raise TltoolError(f"GoogLeNet's auxiliary heads need inputs of at least {AUX_MIN_SIZE}x{AUX_MIN_SIZE} "
@@ -57,7 +60,7 @@ def googlenet(input_shape=(224, 224, 3), classes=1000, initializer="glorot_unifo
     return keras.Model(inputs, [outputs, *aux_outputs] if aux_outputs else outputs, name="googlenet")
 
 
-def inception(x, widths, name: str, style: Style):
+def inception(x: keras.KerasTensor, widths: Sequence[int], name: str, style: Style) -> keras.KerasTensor:
     """Four parallel branches concatenated along the channels: 1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3 max pool -> 1x1.
     The 1x1 "reduce" convs shrink the channels before the expensive 3x3 and 5x5 convs."""
     n1, r3, n3, r5, n5, proj = widths
@@ -69,7 +72,8 @@ def inception(x, widths, name: str, style: Style):
     return layers.Concatenate(name=f"{name}_output")([branch1, branch3, branch5, branch4])
 
 
-def auxiliary_head(x, classes: int, name: str, style: Style, activation: str | None):
+def auxiliary_head(x: keras.KerasTensor, classes: int, name: str, style: Style,
+                   activation: str | None) -> keras.KerasTensor:
     """5x5/3 average pool -> 1x1 conv 128 -> FC 1024 -> dropout 70 % -> classifier (paper, section 5)."""
     x = pool(x, 5, f"{name}_pool", stride=3, kind="avg")  # 14x14 -> 4x4
     x = conv(x, 128, 1, f"{name}_conv", style)

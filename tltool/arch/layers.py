@@ -1,8 +1,13 @@
 """Keras layers the reference nets need that Keras lacks. Registered, so saved models load with ``safe_mode=True``."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .._tf import keras
 from keras import ops
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="tltool")
@@ -16,14 +21,14 @@ class LocalResponseNormalization(keras.layers.Layer):
     """
 
     def __init__(self, depth_radius: int = 2, bias: float = 2.0, alpha: float = 1e-4, beta: float = 0.75,
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.depth_radius = int(depth_radius)
         self.bias = float(bias)
         self.alpha = float(alpha)
         self.beta = float(beta)
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         x = ops.cast(inputs, self.compute_dtype)
         channels = x.shape[-1]
         r = self.depth_radius
@@ -33,7 +38,7 @@ class LocalResponseNormalization(keras.layers.Layer):
             window = window + squared[..., shift:shift + channels]
         return x / ops.power(self.bias + self.alpha * window, self.beta)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape
 
     def get_config(self) -> dict:

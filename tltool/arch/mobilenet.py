@@ -19,8 +19,9 @@ MOBILENET_V1_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)
 
 @arch("mobilenet_v1", min_size=32, aliases=("mobilenet",),
       description="MobileNet v1: 13 depthwise-separable blocks; width multiplier alpha")
-def mobilenet_v1(input_shape=(224, 224, 3), classes=1000, initializer="glorot_uniform", batch_norm=True,
-                 dropout=0.001, classifier_activation="softmax", alpha=1.0) -> keras.Model:
+def mobilenet_v1(input_shape: tuple[int, int, int] = (224, 224, 3), classes: int = 1000,
+                 initializer: str = "glorot_uniform", batch_norm: bool = True, dropout: float = 0.001,
+                 classifier_activation: str | None = "softmax", alpha: float = 1.0) -> keras.Model:
     style = Style(initializer, batch_norm)
     inputs, x = pixel_input(input_shape)
     x = conv(x, int(32 * alpha), 3, "conv1", style, stride=2, pad=1)  # 112x112x32

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import TltoolError, did_you_mean
 from ..settings import RANGES
+
+if TYPE_CHECKING:
+    import keras
 
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform")
 
@@ -78,7 +81,7 @@ def get_arch(name: str) -> ArchSpec:
 
 def build_arch(name: str, input_shape: Sequence[int] | None = None, classes: int | None = None,
                initializer: str | None = None, batch_norm: bool | None = None, dropout: float | None = None,
-               **extra: Any):
+               **extra: Any) -> keras.Model:
     """Build a registered net from scratch; an option left as None takes the architecture's (paper's) default.
 
     Raises :class:`TltoolError` for an unknown name, an input smaller than the net allows, or a bad option.

@@ -9,6 +9,7 @@ stride-2 projection shortcut); global average pooling; classifier. Batch norm is
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 from .._tf import keras
 from keras import layers
@@ -19,8 +20,9 @@ from .registry import register_arch
 STAGE_FILTERS = (64, 128, 256, 512)
 
 
-def resnet(blocks_per_stage, name: str, input_shape=(224, 224, 3), classes=1000, initializer="glorot_uniform",
-           batch_norm=True, dropout=0.0, classifier_activation="softmax") -> keras.Model:
+def resnet(blocks_per_stage: Sequence[int], name: str, input_shape: tuple[int, int, int] = (224, 224, 3),
+           classes: int = 1000, initializer: str = "glorot_uniform", batch_norm: bool = True, dropout: float = 0.0,
+           classifier_activation: str | None = "softmax") -> keras.Model:
     """A ResNet of basic blocks, ``blocks_per_stage`` in stages conv2_x .. conv5_x."""
     style = Style(initializer, batch_norm)
     inputs, x = pixel_input(input_shape)
@@ -33,7 +35,7 @@ def resnet(blocks_per_stage, name: str, input_shape=(224, 224, 3), classes=1000,
     return keras.Model(inputs, outputs, name=name)
 
 
-def basic_block(x, filters: int, stride: int, name: str, style: Style):
+def basic_block(x: keras.KerasTensor, filters: int, stride: int, name: str, style: Style) -> keras.KerasTensor:
     """``relu(F(x) + shortcut(x))`` with ``F`` = 3x3 conv (stride ``stride``) -> 3x3 conv; the shortcut is the
     identity, or a 1x1 conv with the same stride where the shape changes."""
     shortcut = x

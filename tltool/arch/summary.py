@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
+    from rich.table import Table
 
 BIAS_NAMES = ("bias", "beta")
 
@@ -67,7 +72,7 @@ def _shape(layer) -> tuple:
     return tuple(out.shape[1:])
 
 
-def arch_summary(model) -> ArchSummary:
+def arch_summary(model: keras.Model) -> ArchSummary:
     """One row per layer of a (functional) Keras model, with its output shape and parameter counts."""
     rows = []
     for layer in model.layers:
@@ -91,7 +96,7 @@ def format_shape(shape: tuple) -> str:
     return "x".join("?" if d is None else str(d) for d in shape)
 
 
-def summary_table(summary: ArchSummary):
+def summary_table(summary: ArchSummary) -> Table:
     """The summary as a ``rich`` table, with a totals row."""
     from rich.table import Table
 

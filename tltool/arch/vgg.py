@@ -30,8 +30,9 @@ _NAMES = {"A": ("vgg_a", ("vgg11",)), "A-LRN": ("vgg_a_lrn", ("vgg11_lrn",)), "B
           "C": ("vgg_c", ()), "D": ("vgg_d", ("vgg16",)), "E": ("vgg_e", ("vgg19",))}
 
 
-def vgg(config: str, input_shape=(224, 224, 3), classes=1000, initializer="glorot_uniform", batch_norm=False,
-        dropout=0.5, classifier_activation="softmax") -> keras.Model:
+def vgg(config: str, input_shape: tuple[int, int, int] = (224, 224, 3), classes: int = 1000,
+        initializer: str = "glorot_uniform", batch_norm: bool = False, dropout: float = 0.5,
+        classifier_activation: str | None = "softmax") -> keras.Model:
     """VGG configuration ``config`` (A, A-LRN, B, C, D or E); dropout after FC6 and FC7 as in the paper."""
     style = Style(initializer, batch_norm)
     inputs, x = pixel_input(input_shape)

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import TltoolError
 from ..settings import DEFAULT_BACKBONE
 from .registry import (BackboneSpec, _weights_failure, get_backbone_spec, keras_models_dir, list_backbones,
                        register_backbone, weights_digest)
 
+if TYPE_CHECKING:
+    import keras
+
 
 def create_backbone(name: str, weights: str = "imagenet", image_size: int | None = None,
-                    random_seed: int | None = None):
+                    random_seed: int | None = None) -> keras.Model:
     """Build ``name`` as a Keras model from raw RGB pixels (0..255) to its last feature map.
 
     The model is ``input -> ImagePreprocessing(spec.preprocess) -> base``; ``base`` is a nested model named
@@ -77,7 +81,7 @@ def _seeded_random_build(spec: BackboneSpec, shape: tuple[int, int, int], seed: 
         keras.utils.set_random_seed(carry_on)
 
 
-def find_backbone(model):
+def find_backbone(model: keras.Model) -> keras.Model | None:
     """The one nested model inside ``model`` (the pretrained base of a classifier tltool built), or None when there
     is none or more than one."""
     from .._tf import keras

@@ -14,6 +14,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .._tf import keras
 from keras import layers
@@ -160,15 +161,15 @@ def EfficientNetLite(
     return keras.Model(inputs, features, name=name)
 
 
-def EfficientNetLite0(*args, **kwargs) -> keras.Model:
+def EfficientNetLite0(*args: Any, **kwargs: Any) -> keras.Model:
     return EfficientNetLite("lite0", *args, **kwargs)
 
 
-def EfficientNetLite1(*args, **kwargs) -> keras.Model:
+def EfficientNetLite1(*args: Any, **kwargs: Any) -> keras.Model:
     return EfficientNetLite("lite1", *args, **kwargs)
 
 
-def EfficientNetLite2(*args, **kwargs) -> keras.Model:
+def EfficientNetLite2(*args: Any, **kwargs: Any) -> keras.Model:
     return EfficientNetLite("lite2", *args, **kwargs)
 
 

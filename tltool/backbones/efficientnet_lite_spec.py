@@ -1,5 +1,7 @@
 """Registers the EfficientNet-Lite backbones, whose ImageNet weights work offline (the network module, which imports
 TensorFlow, is loaded on first use: registering a backbone must not cost a cached command TensorFlow's start-up)."""
+from __future__ import annotations
+
 import functools
 
 from .registry import BackboneSpec, register_backbone

@@ -1,8 +1,13 @@
 """Keras layers tltool puts into models. Registered, so saved models load with ``safe_mode=True`` (no Lambda)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .._tf import keras
 from keras import ops
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # name -> (scale, offset per channel, std per channel, reverse channels): y = ((x * scale) - mean) / std
 _MODES = {
@@ -19,13 +24,13 @@ PREPROCESS_MODES = tuple(_MODES)
 class ImagePreprocessing(keras.layers.Layer):
     """Turn RGB pixels in 0..255 into what a backbone was trained on (``mode`` as in keras.applications)."""
 
-    def __init__(self, mode: str = "none", **kwargs) -> None:
+    def __init__(self, mode: str = "none", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in _MODES:
             raise ValueError(f"unknown preprocessing mode {mode!r}; choose one of {PREPROCESS_MODES}")
         self.mode = mode
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         scale, mean, std, reverse = _MODES[self.mode]
         x = ops.cast(inputs, self.compute_dtype)
         if self.mode == "none":
@@ -34,14 +39,14 @@ class ImagePreprocessing(keras.layers.Layer):
             x = ops.flip(x, axis=-1)
         return (x * scale - ops.convert_to_tensor(mean, x.dtype)) / ops.convert_to_tensor(std, x.dtype)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
 
 
-def portable_preprocessing(mode: str, name: str = "preprocess"):
+def portable_preprocessing(mode: str, name: str = "preprocess") -> keras.Sequential:
     """The same transform built from Keras' own layers only, so an exported ``.keras`` file loads with Keras
     alone (no tltool import): a fixed channel permutation (BGR models) and a per-channel ``Rescaling``."""
     import numpy as np

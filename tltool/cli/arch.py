@@ -57,7 +57,8 @@ def summary_cmd(name: str, input_text: str | None, classes: int | None, batch_no
 @click.option("--stack", default=None,
               help="Receptive field of a stack, e.g. conv3,conv3,conv3 or conv7s2p3,pool3s2p1,conv3d2 "
                    "([conv|pool]F[sS][pP][dD]); with --input, every layer's output size too.")
-def conv_calc_cmd(input_text, filters, kernel, stride, pad, dilation, pool, floor, stack) -> None:
+def conv_calc_cmd(input_text: str | None, filters: int | None, kernel: int | None, stride: int | None, pad: int,
+                  dilation: int, pool: bool, floor: bool, stack: str | None) -> None:
     """Output size (W - F + 2P)/S + 1 ("does not fit" when not an integer), parameters (F*F*D1)*K + K,
     dilated filter size and the receptive field of a stack of layers.
 

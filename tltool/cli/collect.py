@@ -31,7 +31,8 @@ def collect() -> None:
 @click.option("--camera-frames", type=int, default=20, show_default=True, help="Pictures to take with --camera.")
 @click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Images with more pixels are rejected as decompression bombs.")
-def import_cmd(sources, dataset, every, max_side, near_threshold, camera, camera_frames, max_pixels) -> None:
+def import_cmd(sources: tuple[str, ...], dataset: str, every: float, max_side: int, near_threshold: int,
+               camera: int | None, camera_frames: int, max_pixels: int) -> None:
     """Import SOURCES (folders, globs such as 'photos/*.jpg', zip files, videos) into DATASET/unlabeled/.
 
     Every image is decoded like training decodes it (EXIF rotation, RGB), shrunk to --max-side, and dropped when
@@ -77,7 +78,8 @@ def label() -> None:
                    "label (on when the backbone's weights are on this machine).")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Backbone of --assist.")
 @click.option("--image-size", type=int, default=None, help="Input size of --assist [default: the backbone's].")
-def serve_cmd(dataset, classes, host, port, review, open_browser, verbose, assist, backbone, image_size) -> None:
+def serve_cmd(dataset: str, classes: str | None, host: str, port: int, review: str | None, open_browser: bool,
+              verbose: bool, assist: bool, backbone: str, image_size: int | None) -> None:
     """Serve a labelling page for DATASET (images under DATASET/unlabeled/) and save every key press to
     DATASET/labels.csv. Keys: 1-9 label, Enter accepts a suggestion, g confirms a grid, arrows move, u undo,
     s skip. Stop with Ctrl-C."""
@@ -121,7 +123,7 @@ def serve_cmd(dataset, classes, host, port, review, open_browser, verbose, assis
 @click.option("--copy", is_flag=True, help="Copy the images instead of hard-linking them.")
 @click.option("--force", is_flag=True,
               help="Replace an earlier label export in OUT, with anything added to it (never another folder).")
-def export_cmd(dataset, val_fraction, seed, out, copy, force) -> None:
+def export_cmd(dataset: str, val_fraction: float, seed: int, out: str | None, copy: bool, force: bool) -> None:
     """Write DATASET/labels.csv as OUT/train/<class>/ and OUT/val/<class>/ with a stratified, seeded split."""
     result = export_labels(dataset, out=out, val_fraction=val_fraction, seed=seed, copy=copy, force=force)
     for split, counts in result.counts().items():

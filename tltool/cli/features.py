@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -52,7 +53,7 @@ def backbones_cmd() -> None:
 @click.option("--shard", default=ExtractConfig.shard, metavar="I/N",
               help="Extract only chunks i with i % N == I (run I = 0..N-1 on N machines sharing --out); the last "
                    "to finish completes the folder. Under --strategy multiworker the worker index is the shard.")
-def extract_cmd(data, out, **options) -> None:
+def extract_cmd(data: str, out: str, **options: Any) -> None:
     """Extract pooled CNN features of every image in DATA (folder, CSV manifest or tfds:NAME) into --out."""
     result = extract_features(data, out, ExtractConfig(**options))
     meta = result.meta
@@ -112,7 +113,7 @@ def _print_linear(result) -> None:
               help="Repeats of the --cv K-fold.")
 @out_option(LINEAR_RUN)
 @force_option
-def linear_cmd(features, out, force, **options) -> None:
+def linear_cmd(features: str, out: str | None, force: bool, **options: Any) -> None:
     """Train a linear head on extracted FEATURES (regularisation chosen by CV) and report validation accuracy."""
     _print_linear(train_linear(features, LinearConfig(**options), out=out, force=force))
 
@@ -129,7 +130,7 @@ def linear_cmd(features, out, force, **options) -> None:
               help=f"Features folder (cache) [default: {FEATURES_DIR}].")
 @out_option(LINEAR_RUN)
 @force_option
-def probe_cmd(data, features_dir, out, force, **options) -> None:
+def probe_cmd(data: str, features_dir: str | None, out: str | None, force: bool, **options: Any) -> None:
     """The main job in one command: extract features of DATA (cached) and fit a linear head on them."""
     extract, linear = split_settings(options, ExtractConfig, LinearConfig)
     _print_linear(probe(data, ExtractConfig(**extract), LinearConfig(**linear), features_dir=features_dir, out=out,
@@ -145,7 +146,8 @@ def probe_cmd(data, features_dir, out, force, **options) -> None:
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Images with more pixels are not predicted (decompression bombs) [default: the run's].")
 @engine_option
-def predict_cmd(images, run_dir, top_k, tta, max_pixels, engine) -> None:
+def predict_cmd(images: tuple[str, ...], run_dir: str, top_k: int, tta: str, max_pixels: int | None,
+                engine: str) -> None:
     """Classify IMAGES with a trained run: every readable one; each unreadable one is named with its reason, and
     the exit status is 2 only when none could be read."""
     for p in predict_images(run_dir, images, top_k=top_k, tta=tta, max_pixels=max_pixels, engine=engine):
@@ -160,7 +162,7 @@ def predict_cmd(images, run_dir, top_k, tta, max_pixels, engine) -> None:
 @engine_option
 @out_option("runs/eval-RUN-DATASET-TIME, RUN the name of RUN_DIR")
 @force_option
-def evaluate_cmd(run_dir, data, tta, engine, out, force) -> None:
+def evaluate_cmd(run_dir: str, data: str, tta: str, engine: str, out: str | None, force: bool) -> None:
     """Evaluate a trained run on another labelled dataset DATA (every image of it, whatever its split)."""
     target, evaluation, _ = evaluate_run(run_dir, data, out=out, tta=tta, force=force, engine=engine)
     click.echo(accuracy_line(evaluation, split=f"{Path(data).name or data} (every image)"))

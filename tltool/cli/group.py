@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import Any
 
 import click
 
@@ -19,7 +20,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 class TltoolGroup(click.Group):
     """Turns tltool's own errors into one clear line and exit code 2, never a traceback."""
 
-    def invoke(self, ctx):
+    def invoke(self, ctx: click.Context) -> Any:
         warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)

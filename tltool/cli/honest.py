@@ -15,7 +15,7 @@ from .options import force_option, out_option
 @click.argument("data", required=False)
 @out_option("runs/compare-A-B-TIME, A and B the first 20 characters of the names of RUN_A and RUN_B")
 @force_option
-def compare_cmd(run_a, run_b, data, out, force) -> None:
+def compare_cmd(run_a: str, run_b: str, data: str | None, out: str | None, force: bool) -> None:
     """Paired comparison of two runs on the same images: difference with its interval, exact McNemar test."""
     comparison, target = compare_runs(run_a, run_b, data, out=out, force=force)
     for line in comparison.lines():
@@ -31,7 +31,8 @@ def compare_cmd(run_a, run_b, data, out, force) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @out_option("runs/learning-curve-DATASET-HEAD-TIME")
 @force_option
-def learning_curve_cmd(features, head, pool, seeds, seed, out, force) -> None:
+def learning_curve_cmd(features: str, head: str, pool: str, seeds: int, seed: int, out: str | None,
+                       force: bool) -> None:
     """Should I label more photos? Val accuracy of the head trained on 10 %, 20 %, ... 100 % of the training images."""
     points, reading, target = run_learning_curve(features, head, pool, seeds=seeds, seed=seed, out=out, force=force)
     click.echo("train images  share  val accuracy [95 % CI]")

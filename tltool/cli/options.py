@@ -1,7 +1,7 @@
 """Options shared by several commands, declared once so every command spells them the same way."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -70,7 +70,8 @@ def choice(setting: str) -> Choice | ChoiceOrFile:
     return Choice(choices(setting))
 
 
-def compose(*decorators):
+def compose(*decorators: Callable[[Callable[..., Any]], Callable[..., Any]]
+            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Several option decorators as one, applied in the order they are listed (the first is the first shown)."""
     def apply(fn):
         for decorator in reversed(decorators):
@@ -111,7 +112,7 @@ FEATURES_DIR = ("runs/features-NAME-BACKBONE[-SIZE]-RESIZE (NAME: the last part 
                 "--image-size), e.g. runs/features-shapes-efficientnet_lite0-crop")
 
 
-def out_option(default: str, what: str = "Run folder to write"):
+def out_option(default: str, what: str = "Run folder to write") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--out``, the folder a command writes; ``default`` is the folder it writes without one, spelled as
     :func:`tltool.runs.new_run_dir` names it (``runs/KIND-PARTS-TIME``, TIME as in ``20261130-160920``)."""
     return click.option("--out", type=click.Path(file_okay=False), default=None, help=f"{what} [default: {default}].")

@@ -339,7 +339,7 @@ def _grouped(commands: dict[str, click.Command]) -> set[str]:
 @click.option("--from", "start", type=int, default=1, show_default=True, help="First step to run (1-based).")
 @click.option("--until", "stop", type=int, default=None, help="Last step to run.")
 @click.option("--check", is_flag=True, help="Only check the recipe and print its steps.")
-def run_cmd(recipe, overrides, start, stop, check) -> None:
+def run_cmd(recipe: str, overrides: tuple[str, ...], start: int, stop: int | None, check: bool) -> None:
     """Run a YAML recipe of tltool steps (see recipes/); options have the same names as on the command line."""
     if check:
         loaded = load_recipe(recipe, overrides)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any, Callable
 
 import click
 
@@ -20,7 +21,7 @@ from .output import echo_tta
 AUGMENT_HELP = f"{', '.join(choices('augment'))}, or an albumentations pipeline file (YAML/JSON from A.save)."
 
 
-def training_options(config: type[RunConfig]):
+def training_options(config: type[RunConfig]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Options of the training loop, named exactly as the fields of ``config``, with its defaults."""
     options = [
         click.option("--optimizer", type=choice("optimizer"), default=config.optimizer, show_default=True),
@@ -112,7 +113,8 @@ def _print_run(result) -> None:
 @out_option("runs/finetune-DATASET-BACKBONE-TIME; with --cv, runs/finetune-cv-DATASET-BACKBONE-TIME")
 @force_option
 @click.pass_context
-def finetune_cmd(ctx, data, cv, resume, out, force, **options) -> None:
+def finetune_cmd(ctx: click.Context, data: str | None, cv: int, resume: str | None, out: str | None, force: bool,
+                 **options: Any) -> None:
     """Fine-tune a pretrained backbone on DATA: new head first, then the top of the network."""
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
@@ -153,7 +155,8 @@ def finetune_cmd(ctx, data, cv, resume, out, force, **options) -> None:
 @out_option("runs/scratch-DATASET-ARCH-TIME")
 @force_option
 @click.pass_context
-def train_cmd(ctx, data, resume, out, force, **options) -> None:
+def train_cmd(ctx: click.Context, data: str | None, resume: str | None, out: str | None, force: bool,
+              **options: Any) -> None:
     """Train a classic CNN from scratch on DATA with the same machinery (and report) as fine-tuning."""
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
@@ -178,7 +181,8 @@ def train_cmd(ctx, data, resume, out, force, **options) -> None:
                    "RUN_DIR/export/FORMAT-QUANTIZE with --quantize: e.g. RUN_DIR/export/tflite-dynamic].")
 @click.option("--force", is_flag=True, help="Replace an earlier tltool export in --out (never any other folder).")
 @click.pass_context
-def export_cmd(ctx, run_dir, fmt, quantize, max_drop, measure, out, force) -> None:
+def export_cmd(ctx: click.Context, run_dir: str, fmt: str, quantize: str, max_drop: float, measure: bool,
+               out: str | None, force: bool) -> None:
     """Export a trained run (fine-tuned or linear) as .keras, SavedModel or .tflite with labels.txt, input.json and
     a README for clients; input: RGB pixels 0..255. A .tflite export is measured on the validation images."""
     result = export_run(run_dir, fmt, out, force=force, quantize=quantize, max_drop=max_drop, measure=measure)
@@ -207,7 +211,8 @@ def augment() -> None:
               help="Run folder to write augment_preview.png into [default: runs/augment-preview-DATASET-AUGMENT-"
                    "TIME, AUGMENT the preset, or the pipeline file's name without its suffix].")
 @force_option
-def augment_preview_cmd(data, preset, image_size, draws, seed, index, out, force) -> None:
+def augment_preview_cmd(data: str, preset: str, image_size: int, draws: int, seed: int, index: int, out: str | None,
+                        force: bool) -> None:
     """Write a PNG grid of one image of DATA under many random draws of an augmentation, into a run folder."""
     click.echo(f"wrote {preview(data, out, preset, image_size, draws, seed, index, force=force)}")
 

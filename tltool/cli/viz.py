@@ -1,6 +1,8 @@
 """``tltool viz ...``: pictures of what a network learned, and ``suspects``: labels the features disagree with."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import click
 
 from ..configs import LinearConfig
@@ -19,7 +21,7 @@ network_options = compose(
 )
 
 
-def viz_out_option(default: str):
+def viz_out_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--out`` of a picture: the run folder of its PNG and JSON (an earlier one is replaced with ``--force``)."""
     return compose(out_option(default, "Folder to write the PNG and JSON into"), force_option)
 
@@ -33,7 +35,8 @@ def viz() -> None:
 @network_options
 @click.option("--layer", default=None, help="Another conv layer (name or index; see `tltool viz layers`).")
 @viz_out_option("runs/viz-filters-NET-LAYER-TIME, NET the backbone or the run's name")
-def filters_cmd(backbone, run_dir, weights, image_size, layer, out, force) -> None:
+def filters_cmd(backbone: str | None, run_dir: str | None, weights: str, image_size: int | None, layer: str | None,
+                out: str | None, force: bool) -> None:
     """The first convolution's filters as an RGB grid (or --layer's, per input channel in grey)."""
     grid = visualize_filters(backbone, run_dir, weights, image_size, layer, out, force=force)
     click.echo(f"{grid.layer}: {grid.n_tiles} tiles of kernel {'x'.join(map(str, grid.kernel_shape))} -> {grid.png}")
@@ -42,7 +45,8 @@ def filters_cmd(backbone, run_dir, weights, image_size, layer, out, force) -> No
 @viz.command("layers")
 @network_options
 @click.option("--conv", "conv_only", is_flag=True, help="Only the convolutions (what `viz filters --layer` takes).")
-def layers_cmd(backbone, run_dir, weights, image_size, conv_only) -> None:
+def layers_cmd(backbone: str | None, run_dir: str | None, weights: str, image_size: int | None,
+               conv_only: bool) -> None:
     """List the layers --layer accepts: index, name, type, output shape and kernel."""
     network = open_network(backbone, run_dir, weights, image_size)
     rows = [r for r in layer_table(network) if r["kernel"] or not conv_only]
@@ -59,7 +63,8 @@ def layers_cmd(backbone, run_dir, weights, image_size, conv_only) -> None:
               help="Layer name or index [default: the first activation after the first convolution].")
 @click.option("--max-maps", type=int, default=64, show_default=True, help="Show the strongest N maps.")
 @viz_out_option("runs/viz-activations-NET-LAYER-TIME, NET the backbone or the run's name")
-def activations_cmd(image, backbone, run_dir, weights, image_size, layer, max_maps, out, force) -> None:
+def activations_cmd(image: str, backbone: str | None, run_dir: str | None, weights: str, image_size: int | None,
+                    layer: str | None, max_maps: int, out: str | None, force: bool) -> None:
     """One layer's activation maps for IMAGE as a grid, the image beside it."""
     grid = visualize_activations(image, backbone, run_dir, weights, image_size, layer, max_maps, out, force=force)
     h, w, c = grid.shape
@@ -72,7 +77,7 @@ def activations_cmd(image, backbone, run_dir, weights, image_size, layer, max_ma
               help="A run folder written by linear, probe or finetune.")
 @click.option("--class", "class_name", default=None, help="Explain this class [default: the predicted one].")
 @viz_out_option("runs/viz-gradcam-RUN-TIME, RUN the name of --model")
-def gradcam_cmd(images, run_dir, class_name, out, force) -> None:
+def gradcam_cmd(images: tuple[str, ...], run_dir: str, class_name: str | None, out: str | None, force: bool) -> None:
     """Grad-CAM heat maps over IMAGES for the predicted (or named) class, its probability in the title."""
     result = visualize_gradcam(images, run_dir, class_name, out, force=force)
     for cam in result.cams:
@@ -89,7 +94,8 @@ def gradcam_cmd(images, run_dir, class_name, out, force) -> None:
 @click.option("--thumbnails", is_flag=True, help="Draw a small copy of each image at its point.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @viz_out_option("runs/viz-embedding-DATASET-BACKBONE-TIME")
-def embedding_cmd(features, pool, method, perplexity, thumbnails, seed, out, force) -> None:
+def embedding_cmd(features: str, pool: str, method: str, perplexity: float, thumbnails: bool, seed: int,
+                  out: str | None, force: bool) -> None:
     """A 2-D map of extracted FEATURES (t-SNE), one colour per class, train filled and val hollow."""
     emb = visualize_embedding(features, out, pool, method, perplexity, thumbnails, seed, force=force)
     click.echo(f"{emb.method} of {len(emb.coords)} images; nearest neighbour in the map has the same label for "
@@ -106,8 +112,9 @@ def embedding_cmd(features, pool, method, perplexity, thumbnails, seed, out, for
 @click.option("--neighbours", type=int, default=10, show_default=True, help="k of the nearest-neighbour check.")
 @out_option("runs/suspects-DATASET-BACKBONE-TIME", "Folder to write suspects.csv and the contact sheet into")
 @force_option
-def suspects_cmd(data, backbone, weights, image_size, resize, batch_size, val_fraction, seed, max_pixels,
-                 features_dir, top, neighbours, out, force) -> None:
+def suspects_cmd(data: str, backbone: str, weights: str, image_size: int | None, resize: str, batch_size: int,
+                 val_fraction: float, seed: int, max_pixels: int, features_dir: str | None, top: int, neighbours: int,
+                 out: str | None, force: bool) -> None:
     """Images of DATA whose label the rest of the data disagrees with: suspects.csv and a contact sheet.
 
     Every image (all splits) is scored by a cross-validated linear head on its CNN features and by its nearest

@@ -14,7 +14,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -22,6 +22,11 @@ from ..dataset import LinkGuard, walk_files
 from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, UNREADABLE
 from ..utils import sha256_file, shown_name
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    import cv2
 
 DEFAULT_EVERY = 2.0
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"})
@@ -40,7 +45,7 @@ TAR_ARCHIVE = "tar archives are not supported"  # a whole source refused: "skipp
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
-def cv2_module():
+def cv2_module() -> ModuleType:
     """OpenCV, imported on first use, without its "[ WARN ] can't open camera" noise on stderr."""
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     import cv2
@@ -303,7 +308,7 @@ def _video_candidates(path: Path, source: str, sha: str, every: float) -> Iterat
         capture.release()
 
 
-def open_camera(index: int):
+def open_camera(index: int) -> cv2.VideoCapture:
     """An opened OpenCV capture of webcam ``index``, or a :class:`TltoolError` that says what to check."""
     capture = cv2_module().VideoCapture(index)
     if not capture.isOpened():
@@ -313,7 +318,7 @@ def open_camera(index: int):
     return capture
 
 
-def camera_candidates(capture, index: int, frames: int, every: float,
+def camera_candidates(capture: cv2.VideoCapture, index: int, frames: int, every: float,
                       sleep: Callable[[float], None] = time.sleep) -> Iterator[Candidate]:
     """``frames`` pictures from an opened camera, one every ``every`` seconds."""
     try:

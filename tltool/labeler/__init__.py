@@ -5,6 +5,8 @@
 ``Assistant`` (assist.py) suggests labels from features extracted in the background,
 ``find_suspects`` (suspects.py) ranks the labels the features disagree with (``tltool label suspects``).
 """
+from __future__ import annotations
+
 from .assist import Assistant, AssistSettings
 from .export import export_labels
 from .server import LabelerServer, make_server

@@ -22,7 +22,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from PIL import Image
@@ -92,7 +92,8 @@ class LabelerServer(ThreadingHTTPServer):
     request_queue_size = 128  # the default 5 can overflow (and reset connections) when many clients connect at once
     max_connections = 128  # served at once, each on a thread; one more gets BUSY_RESPONSE (a browser opens ~6)
 
-    def process_request(self, request, client_address) -> None:
+    def process_request(self, request: socket.socket,
+                        client_address: tuple[str, int] | tuple[str, int, int, int]) -> None:
         """Serve on a new thread while fewer than :attr:`max_connections` are open: a client holding thousands of
         idle connections made as many threads, each kept for the 120 s idle timeout (a connection that sends no
         request is closed sooner: :attr:`LabelerHandler.first_request_timeout`)."""
@@ -118,13 +119,15 @@ class LabelerServer(ThreadingHTTPServer):
                         break
         self.shutdown_request(request)
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request_thread(self, request: socket.socket,
+                               client_address: tuple[str, int] | tuple[str, int, int, int]) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: socket.socket,
+                     client_address: tuple[str, int] | tuple[str, int, int, int]) -> None:
         """A browser that closes a connection early (leaving the page, prefetch cancelled) is not an error worth a
         traceback on the user's terminal; anything else is still reported."""
         import sys
@@ -218,7 +221,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.timeout)  # after a request, the keep-alive idle timeout
 
     # ------------------------------------------------------------------ plumbing
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         if not self.server.quiet:
             super().log_message(format, *args)
 

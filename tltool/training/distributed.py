@@ -9,12 +9,17 @@ dataset. The step computes the same loss as ``fit`` (the mean over the global ba
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..configs import TrainOptions
 from ..progress import Bar
 from .guard import check_finite
 from .optim import make_loss
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 class DistributedEpoch:
@@ -75,7 +80,8 @@ class DistributedEpoch:
 
         return self.strategy.experimental_distribute_dataset(ds) if isinstance(ds, tf.data.Dataset) else ds
 
-    def run(self, train, val, bar: Bar, lr: float) -> dict:
+    def run(self, train: tf.data.Dataset | tf.distribute.DistributedDataset,
+            val: tf.data.Dataset | tf.distribute.DistributedDataset | None, bar: Bar, lr: float) -> dict:
         """Train one epoch on ``train`` and evaluate on ``val``; Keras-style logs."""
         totals = np.zeros(3)
         for batch, data in enumerate(self._distributed(train)):

@@ -3,9 +3,13 @@ worse than guessing, each with what to do about it."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from ..errors import TltoolError
 from ..progress import Bar
+
+if TYPE_CHECKING:
+    import keras
 
 
 class NonFiniteLoss(TltoolError):
@@ -24,7 +28,7 @@ def check_finite(loss: float | None, batch: int, lr: float) -> None:
             f"for this model. Divide it by 10 (--lr {lr / 10:g}) and run again.")
 
 
-def guard_callback(bar: Bar, lr: float):
+def guard_callback(bar: Bar, lr: float) -> keras.callbacks.Callback:
     """A Keras callback for ``model.fit`` that advances ``bar`` and checks every batch's loss."""
     from .._tf import keras
 

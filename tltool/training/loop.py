@@ -6,7 +6,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from rich.markup import escape
 
@@ -17,6 +17,10 @@ from .guard import check_not_diverged, guard_callback
 from .optim import compile_model, current_lr
 from .policies import BestTracker, BestWeights, EarlyStopping, Policy, ReduceLROnPlateau, reset_policies
 from .state import LoopState, checkpoint_path, load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 
 @dataclass
@@ -43,7 +47,7 @@ class FitEpoch:
     def __init__(self, model, class_weight: dict | None) -> None:
         self.model, self.class_weight = model, class_weight
 
-    def run(self, train, val, bar: Bar, lr: float) -> dict:
+    def run(self, train: tf.data.Dataset, val: tf.data.Dataset | None, bar: Bar, lr: float) -> dict:
         return self.model.fit(train, validation_data=val, epochs=1, verbose=0, class_weight=self.class_weight,
                               shuffle=False, callbacks=[guard_callback(bar, lr)]).history
 
@@ -100,7 +104,8 @@ def _epoch_line(row: dict, total_epochs: int, stop: bool) -> str:
 
 def run_stages(build_model: Callable[[], object], stages: list[Stage], train_data: Callable[[int], object],
                val_data: object, steps_per_epoch: int, run_dir: Path, class_weight: dict | None = None,
-               resume: bool = False, strategy=None, resume_from: Path | None = None):
+               resume: bool = False, strategy: tf.distribute.Strategy | None = None,
+               resume_from: Path | None = None) -> tuple[keras.Model, LoopState]:
     """Train through ``stages``; ``train_data(epoch)`` gives that epoch's dataset (seeded by epoch, so a resumed
     run sees the same data order and augmentation as an uninterrupted one). Returns (model, LoopState).
 

@@ -3,9 +3,12 @@ the loss, and compiling a model with them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..configs import TrainOptions
+
+if TYPE_CHECKING:
+    import keras
 
 
 def _sgd(lr, wd, keras):
@@ -81,7 +84,7 @@ SCHEDULES: dict[str, Callable] = {"constant": _constant, "step": _step, "exponen
                                   "cosine": _cosine, "plateau": _constant}
 
 
-def make_optimizer(options: TrainOptions, steps_per_epoch: int):
+def make_optimizer(options: TrainOptions, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     from .._tf import keras
 
     options.validate()
@@ -90,20 +93,21 @@ def make_optimizer(options: TrainOptions, steps_per_epoch: int):
     return OPTIMIZERS[options.optimizer](lr, options.weight_decay, keras)
 
 
-def make_loss(options: TrainOptions, reduction: str | None = "sum_over_batch_size"):
+def make_loss(options: TrainOptions,
+              reduction: str | None = "sum_over_batch_size") -> keras.losses.CategoricalCrossentropy:
     from .._tf import keras
 
     return keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing, reduction=reduction)
 
 
-def compile_model(model, options: TrainOptions, steps_per_epoch: int) -> None:
+def compile_model(model: keras.Model, options: TrainOptions, steps_per_epoch: int) -> None:
     from .._tf import keras
 
     model.compile(optimizer=make_optimizer(options, steps_per_epoch), loss=make_loss(options),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
-def current_lr(model) -> float:
+def current_lr(model: keras.Model) -> float:
     from .._tf import keras
 
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..errors import TltoolError
 from ..utils import atomic_path
 from .state import BEST_NAME, LoopState
+
+if TYPE_CHECKING:
+    import keras
 
 MIN_DELTA = 1e-4  # a val loss counts as better only when it is lower by more than this
 
@@ -33,10 +36,10 @@ class Policy:
         for name in self.STORED:
             setattr(state, name, getattr(self, name))
 
-    def before_epoch(self, model) -> None:
+    def before_epoch(self, model: keras.Model) -> None:
         pass
 
-    def after_epoch(self, model) -> str | None:
+    def after_epoch(self, model: keras.Model) -> str | None:
         """Act on the epoch just finished; returns a line to show the user, or None."""
         return None
 
@@ -65,7 +68,7 @@ class BestWeights(Policy):
         self.tracker, self.run_dir, self.source = tracker, run_dir, source or run_dir
         self.best_weights: str | None = None
 
-    def after_epoch(self, model) -> None:
+    def after_epoch(self, model: keras.Model) -> None:
         if self.tracker.improved:
             name = BEST_NAME.format(self.tracker.best_epoch)
             with atomic_path(self.run_dir / name, suffix=".weights.h5", durable=True) as tmp:
@@ -79,7 +82,7 @@ class BestWeights(Policy):
                 return folder / self.best_weights
         return None
 
-    def restore(self, model) -> bool:
+    def restore(self, model: keras.Model) -> bool:
         best = self.path()
         if best is not None:
             try:
@@ -99,7 +102,7 @@ class EarlyStopping(Policy):
     def __init__(self, tracker: BestTracker, best: BestWeights, patience: int) -> None:
         self.tracker, self.best, self.patience, self.wait = tracker, best, patience, 0
 
-    def after_epoch(self, model) -> str | None:
+    def after_epoch(self, model: keras.Model) -> str | None:
         self.wait = 0 if self.tracker.improved else self.wait + 1
         self.stop = bool(self.patience) and self.wait >= self.patience
         if not self.stop:
@@ -120,11 +123,11 @@ class ReduceLROnPlateau(Policy):
         self.tracker, self.lr, self.patience, self.factor, self.scope = tracker, lr, patience, factor, scope
         self.plateau_wait, self.lr_scale = 0, 1.0
 
-    def before_epoch(self, model) -> None:
+    def before_epoch(self, model: keras.Model) -> None:
         with self.scope():
             model.optimizer.learning_rate = self.lr * self.lr_scale
 
-    def after_epoch(self, model) -> str | None:
+    def after_epoch(self, model: keras.Model) -> str | None:
         self.plateau_wait = 0 if self.tracker.improved else self.plateau_wait + 1
         if self.plateau_wait < self.patience:
             return None

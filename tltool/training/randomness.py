@@ -7,6 +7,11 @@ seeds are functions of the run's seed and the epoch (tltool.supervised).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
+
 SEED_STATE = "seed_generator_state"  # the name Keras gives every SeedGenerator's state variable
 
 
@@ -14,12 +19,12 @@ def _seed_variables(model) -> list:
     return [v for v in model.variables if v.name == SEED_STATE]
 
 
-def seed_states(model) -> list[list[int]]:
+def seed_states(model: keras.Model) -> list[list[int]]:
     """The state of every seed generator of ``model``, in layer order."""
     return [[int(x) for x in v.numpy().ravel()] for v in _seed_variables(model)]
 
 
-def restore_seed_states(model, states: list[list[int]]) -> None:
+def restore_seed_states(model: keras.Model, states: list[list[int]]) -> None:
     """Put back what :func:`seed_states` returned for the same architecture."""
     variables = _seed_variables(model)
     if len(variables) != len(states):

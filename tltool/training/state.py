@@ -12,12 +12,15 @@ import os
 import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import TltoolError
 from ..utils import atomic_path, read_json_object, write_json
 from .history import write_history
 from .randomness import restore_seed_states, seed_states
+
+if TYPE_CHECKING:
+    import keras
 
 CHECKPOINT_NAME = "checkpoint-epoch{:04d}.keras"  # the model (and optimizer) after that epoch
 BEST_NAME = "best-epoch{:04d}.weights.h5"  # the weights of the current stage's best val loss so far
@@ -118,7 +121,7 @@ def _count(value) -> str | None:
     return None if _is_int(value) and value >= 0 else "must be a whole number of at least 0"
 
 
-def plain_name(value) -> bool:
+def plain_name(value: object) -> bool:
     """A file name alone: no folder part, not ``.``/``..``, not absolute (so it can only name a file in the run)."""
     return (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
             and "\0" not in value and not os.path.isabs(value)
@@ -187,7 +190,7 @@ def checkpoint_path(run_dir: str | Path, plan: Sequence[int] | None = None) -> P
     return _run_file(run_dir, state.checkpoint, "checkpoint", state_path)
 
 
-def load_checkpoint(path: Path, state: LoopState, state_path: Path):
+def load_checkpoint(path: Path, state: LoopState, state_path: Path) -> keras.Model:
     """The model of checkpoint ``path`` with the random state ``state`` stored for it; a file that does not load
     (truncated, damaged) is a TltoolError that names it."""
     from ..keras_files import load_keras_model
@@ -212,7 +215,7 @@ def epochs_done(run_dir: str | Path) -> int:
     return LoopState.load(Path(run_dir) / "state.json").epoch if checkpoint_path(run_dir) is not None else 0
 
 
-def save_checkpoint(model, state: LoopState, run_dir: Path) -> None:
+def save_checkpoint(model: keras.Model, state: LoopState, run_dir: Path) -> None:
     """Write the model after ``state.epoch``, then the state that names it (with the random state the model file
     does not keep), then drop what it no longer names."""
     name = CHECKPOINT_NAME.format(state.epoch)

@@ -4,6 +4,8 @@ Every ``visualize_*`` function writes PNG and JSON into a run folder; the pieces
 ``layer_activations``, ``grad_cam``, ``embed``) return arrays for tests and other reports. Suspect labels live
 beside the labeler (:mod:`tltool.labeler.suspects`). Importing this package does not import TensorFlow.
 """
+from __future__ import annotations
+
 from .embedding import Embedding, embed, visualize_embedding
 from .filters import (ActivationGrid, FilterGrid, filter_grid, layer_activations, layer_table, visualize_activations,
                       visualize_filters)

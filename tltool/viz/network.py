@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -23,6 +23,12 @@ from ..errors import TltoolError
 from ..features import select_pool
 from ..models import KerasRunModel, LinearRunModel, load_run
 from ..settings import DEFAULT_BACKBONE
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from ..heads import FittedHead
 
 
 @dataclass
@@ -65,7 +71,7 @@ class Network:
         raise TltoolError(f"--layer {spec}: {self.name} has no layer of that name.{hint} "
                           f"List the {len(layers)} layers with `tltool viz layers {self.layer_hint}`.")
 
-    def layer_model(self, layer):
+    def layer_model(self, layer: keras.layers.Layer) -> keras.Model:
         """A model from the preprocessed image to ``layer``'s output (a 4-D activation volume)."""
         from .._tf import keras
 
@@ -75,17 +81,17 @@ class Network:
                               f"with a spatial output (see `tltool viz layers {self.layer_hint}`).")
         return keras.Model(self.base.inputs, layer.output, name=f"{self.base.name}_to_{layer.name}")
 
-    def feature_map(self, pixels):
+    def feature_map(self, pixels: np.ndarray | tf.Tensor) -> tf.Tensor:
         """Last feature map of the base for a batch of raw pixels."""
         return self.base(self.preprocess(pixels), training=False)
 
 
-def format_shape(shape) -> str:
+def format_shape(shape: tuple[int | None, ...]) -> str:
     dims = [d for d in tuple(shape)[1:]]
     return "×".join("?" if d is None else str(d) for d in dims) or "scalar"
 
 
-def conv_kernel(layer) -> np.ndarray | None:
+def conv_kernel(layer: keras.layers.Layer) -> np.ndarray | None:
     """The 4-D kernel ``(kh, kw, in, out)`` of a convolution (depthwise: ``(kh, kw, channels, multiplier)``)."""
     for name in ("depthwise_kernel", "kernel"):
         weight = getattr(layer, name, None)
@@ -94,7 +100,7 @@ def conv_kernel(layer) -> np.ndarray | None:
     return None
 
 
-def is_depthwise(layer) -> bool:
+def is_depthwise(layer: keras.layers.Layer) -> bool:
     """Depthwise (or separable) convolutions: one kernel per input channel, ``(kh, kw, channels, multiplier)``."""
     return hasattr(layer, "depth_multiplier")
 
@@ -106,7 +112,7 @@ def first_conv(network: Network) -> tuple[int, Any]:
     raise TltoolError(f"{network.name} has no convolution layer.")
 
 
-def dense_head(pool, classifier) -> Callable:
+def dense_head(pool: keras.layers.Layer, classifier: keras.layers.Dense) -> Callable:
     """``fmap -> (scores, probabilities)`` through a pooling layer and a Dense classifier.
 
     Grad-CAM differentiates the class score before the softmax (Selvaraju et al.), so for a softmax Dense the score
@@ -130,7 +136,7 @@ def dense_head(pool, classifier) -> Callable:
     return head
 
 
-def linear_head(fitted, pool: str) -> Callable:
+def linear_head(fitted: FittedHead, pool: str) -> Callable:
     """A :class:`~tltool.heads.FittedHead`'s linear scores in TensorFlow: pool -> standardise -> ``Z W^T + b``."""
     from .._tf import tf
 
@@ -221,7 +227,7 @@ def _keras_network(path: Path, run) -> Network:
     return net
 
 
-def classifier_network(model, feature_layer: str, pool_layer: str, classifier_layer: str,
+def classifier_network(model: keras.Model, feature_layer: str, pool_layer: str, classifier_layer: str,
                        preprocess: Callable, name: str | None = None, image_size: int | None = None,
                        classes: list[str] | None = None) -> Network:
     """Split a flat Keras classifier (e.g. ``EfficientNetLite0(include_top=True)``) at ``feature_layer``."""

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import BadImageError
 from ..images import load_image
 from ..plotting import pyplot, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["pyplot", "save_figure", "grid_shape", "mosaic", "rescale_to_unit", "overlay_heat", "show_tiles",
            "thumbnail"]
@@ -23,7 +27,7 @@ def grid_shape(n: int, max_cols: int = 16) -> tuple[int, int]:
 BACKGROUND = (0.82, 0.88, 0.94)  # between tiles: light blue-grey, so white and black tiles both stand out
 
 
-def rescale_to_unit(a: np.ndarray, axis=None, constant: float = 0.5) -> np.ndarray:
+def rescale_to_unit(a: np.ndarray, axis: int | tuple[int, ...] | None = None, constant: float = 0.5) -> np.ndarray:
     """Scale to 0..1 (over ``axis``); a constant array (a dead activation map) becomes ``constant``."""
     a = np.asarray(a, dtype=np.float32)
     lo, hi = a.min(axis=axis, keepdims=True), a.max(axis=axis, keepdims=True)
@@ -45,7 +49,7 @@ def mosaic(tiles: np.ndarray, cols: int, pad: int = 1, fill: float = np.nan) -> 
     return canvas
 
 
-def show_tiles(ax, picture: np.ndarray, cmap: str | None = None) -> None:
+def show_tiles(ax: Axes, picture: np.ndarray, cmap: str | None = None) -> None:
     """Draw a :func:`mosaic` (NaN between tiles) on ``ax``, the gaps in :data:`BACKGROUND`."""
     plt = pyplot()
     if picture.ndim == 3:
