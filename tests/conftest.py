@@ -47,6 +47,16 @@ def _session_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _let_go_of_run_folders():
+    """A test that calls new_run_dir itself (not through a command) holds the folder for the life of the worker;
+    a later subprocess on it would be refused as "in use", which a real command, one process, never meets."""
+    yield
+    from tltool.outputs import release_output_dirs
+
+    release_output_dirs()
+
+
 @pytest.fixture()
 def flowers() -> Path:
     return shared_dataset("flowers")

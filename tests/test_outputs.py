@@ -312,6 +312,36 @@ def test_an_unfinished_run_that_can_be_resumed_is_not_replaced_without_force(tmp
     assert new_run_dir("linear", out=run, force=True) == run and sorted(p.name for p in run.iterdir()) == [MARKER]
 
 
+def test_a_run_another_command_is_writing_is_refused_even_with_force_and_freed_when_it_ends(tmp_path):
+    """A fine-tune in its first epoch (no metrics.json or state.json yet) looked abandoned: a second command given the
+    same --out renamed it aside, deleted it and wrote its own run, into which the first then went on writing."""
+    import subprocess
+    import sys
+
+    from tltool.outputs import held_output_dirs
+    from tltool.runs import check_run_dir, new_run_dir, writes_runs
+
+    run = tmp_path / "run"
+    first = ("import sys, time; from tltool.runs import new_run_dir\n"
+             "run = new_run_dir('finetune', out=sys.argv[1]); (run / 'config.json').write_text('first epoch')\n"
+             "print('writing', flush=True); time.sleep(120)")
+    writer = subprocess.Popen([sys.executable, "-c", first, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        for attempt in (check_run_dir, lambda out: new_run_dir("linear", out=out),
+                        lambda out: new_run_dir("linear", out=out, force=True)):
+            with pytest.raises(TltoolError, match="another tltool command is writing it now"):
+                attempt(run)
+        assert (run / "config.json").read_text() == "first epoch"
+    finally:
+        writer.kill()
+        writer.wait()
+    made = writes_runs(lambda: new_run_dir("linear", out=run))()  # a killed command holds nothing: replaced
+    assert sorted(p.name for p in made.iterdir()) == [MARKER] and not held_output_dirs()  # and let go on return
+    second = "import sys; from tltool.runs import new_run_dir; new_run_dir('linear', out=sys.argv[1], force=True)"
+    subprocess.run([sys.executable, "-c", second, str(run)], check=True)
+
+
 def test_an_out_below_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(TltoolError, match="notes.txt is a file, not a folder"):

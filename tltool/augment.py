@@ -20,7 +20,7 @@ from .dataset import load_dataset
 from .errors import TltoolError, did_you_mean
 from .images import load_image
 from .plotting import pyplot, save_figure
-from .runs import check_run_dir, new_run_dir
+from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import PREVIEW_DRAWS, PREVIEW_SIZE, check_range
 from .utils import write_json
 
@@ -140,6 +140,7 @@ def load_size(image_size: int, augment: str | None) -> int:
 PREVIEW_PNG = "augment_preview.png"
 
 
+@writes_runs
 def preview(data: str, out: str | Path | None = None, augment: str = "standard", image_size: int = PREVIEW_SIZE,
             draws: int = PREVIEW_DRAWS, seed: int = 0, index: int = 0, force: bool = False) -> Path:
     """A PNG grid of one training image under ``draws`` random augmentations (the first tile is the original).

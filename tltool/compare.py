@@ -14,7 +14,7 @@ from .errors import TltoolError
 from .models import load_run
 from .predict import labelled_images, warn_if_trained_on
 from .report import read_predictions
-from .runs import check_run_dir, new_run_dir
+from .runs import check_run_dir, new_run_dir, writes_runs
 from .stats import Proportion, mcnemar_exact, paired_difference_interval
 from .utils import write_json, write_text_atomic
 
@@ -107,6 +107,7 @@ def _stored_correctness(run_dir: Path) -> tuple[dict[str, bool], dict[str, str],
     return {p: t == q for p, t, q in zip(paths, true, predicted)}, dict(zip(paths, true)), classes
 
 
+@writes_runs
 def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
                  out: str | Path | None = None, force: bool = False) -> tuple[Comparison, Path]:
     """Compare two runs on their stored validation predictions, or on DATA evaluated by both. ``out``: an earlier

@@ -20,7 +20,7 @@ from .filecache import remembered
 from .heads import FittedHead, get_head_spec
 from .plotting import cached_figure, pyplot
 from .progress import Bar, say
-from .runs import check_run_dir, new_run_dir
+from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_range
 from .stats import format_proportion, wilson_interval
 from .utils import sha256_array, write_json, write_text_atomic
@@ -257,6 +257,7 @@ def _curve_figure(points: list[CurvePoint], classes: list[str], title: str):
     return fig
 
 
+@writes_runs
 def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "avg", seeds: int = 5,
                        seed: int = 0, out: str | Path | None = None,
                        fractions: Sequence[float] | None = None, force: bool = False

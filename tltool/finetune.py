@@ -26,7 +26,7 @@ from .heads import FittedHead, get_head_spec, search
 from .inspection import prepare_dataset
 from .progress import say
 from .report import read_predictions, write_run_report
-from .runs import new_run_dir
+from .runs import new_run_dir, writes_runs
 from .settings import CHOICES
 from .supervised import KerasTrainingRun, ModelPlan, TrainResult
 from .training import Stage, TrainOptions, compile_model
@@ -193,6 +193,7 @@ def estimate_seconds(config: FinetuneConfig, n_train: int, n_val: int, folds: in
     return folds * (config.head_epochs * per_epoch_head + config.epochs * per_epoch_tune)
 
 
+@writes_runs
 def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None,
                 force: bool = False) -> tuple[Path, Evaluation, dict]:
     """Stratified K-fold over train+val: one full fine-tuning per fold, reported on out-of-fold predictions."""

@@ -20,7 +20,7 @@ from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, Imbalanc
                      TooFewClassesWarning)
 from .images import BOMB, DEFAULT_MAX_PIXELS, SCALED_SIDE, UNREADABLE, check_image, read_header
 from .progress import Bar, say
-from .runs import check_run_dir, new_run_dir
+from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_range
 from .utils import sha256_file, write_json
 
@@ -343,6 +343,7 @@ class InspectResult:
         return bool(checked.bad or checked.warnings or checked.leaks())
 
 
+@writes_runs
 def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | None = None,
                     force: bool = False) -> InspectResult:
     """Check every file of the dataset at ``path`` and write ``inspect.json``; the caller shows the result."""

@@ -21,7 +21,7 @@ from .inspection import split_warnings
 from .models import load_run
 from .progress import say
 from .report import worst_mistakes, write_run_report
-from .runs import DEFAULT_RUNS_ROOT, check_run_dir, new_run_dir, slug
+from .runs import DEFAULT_RUNS_ROOT, check_run_dir, new_run_dir, slug, writes_runs
 from .settings import CHOICES
 from .utils import write_json
 from .viz.gradcam import gradcam_overlays
@@ -37,6 +37,7 @@ class LinearResult:
     head: FittedHead
 
 
+@writes_runs
 def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None = None, *,
                  out: str | Path | None = None, force: bool = False, **settings: Any) -> LinearResult:
     """Fit ``config.head`` on the training split's features (regularisation by stratified CV), report on val.

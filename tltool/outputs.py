@@ -284,6 +284,50 @@ def _unlock(lock: int | None) -> None:
         os.close(lock)
 
 
+# Folders this process is writing for longer than a moment (runs): absolute path -> (locked descriptor, dev, inode)
+_HELD: dict[str, tuple[int, int, int]] = {}
+
+
+def _in_use(path: str | os.PathLike) -> TltoolError:
+    return TltoolError(f"{shown_name(path)}: another tltool command is writing it now; wait for it to finish, or "
+                       "choose another folder.")
+
+
+def hold_output_dir(path: str | os.PathLike) -> None:
+    """Lock the folder ``path``, which this process is about to write, against every other tltool command until
+    :func:`release_output_dirs` (or the process's end: a killed command holds nothing). Refuses a folder another
+    process holds. Held already by this process, it stays held; a folder since replaced at that name is held anew."""
+    key = os.path.abspath(path)
+    now = os.stat(key)
+    held = _HELD.pop(key, None)
+    if held is not None:
+        if held[1:] == (now.st_dev, now.st_ino):
+            _HELD[key] = held
+            return
+        os.close(held[0])
+    lock = _lock(Path(key), _in_use(path))
+    if lock is not None:
+        _HELD[key] = (lock, now.st_dev, now.st_ino)
+
+
+def check_not_in_use(path: str | os.PathLike) -> None:
+    """Refuse now, before a command's work, a folder that another process holds (see :func:`hold_output_dir`)."""
+    key = os.path.abspath(path)
+    if key in _HELD or not os.path.isdir(key) or os.path.islink(key):
+        return
+    _unlock(_lock(Path(key), _in_use(path)))
+
+
+def release_output_dirs(keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Let other commands have the folders this process holds, but those in ``keep`` (paths as held)."""
+    for key in [key for key in _HELD if key not in keep]:
+        os.close(_HELD.pop(key)[0])
+
+
+def held_output_dirs() -> frozenset[str]:
+    return frozenset(_HELD)
+
+
 @contextlib.contextmanager
 def staged_output(target: Path, kind: str) -> Iterator[Path]:
     """A staging folder (:func:`staging_dir`) to build ``target``'s new content in: moved onto ``target`` when the

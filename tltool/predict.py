@@ -16,7 +16,7 @@ from .evaluation import Evaluation
 from .inspection import check_dataset
 from .models import RunModel, load_run, overlap_with_training
 from .report import write_run_report
-from .runs import check_run_dir, new_run_dir
+from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_choice, check_range
 from .tta import predict_readable
 
@@ -71,6 +71,7 @@ def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) ->
     return dataset, [r.path for r in records], np.array([index[r.label] for r in records])
 
 
+@writes_runs
 def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | None = None, tta: str = "none",
                  force: bool = False, engine: str = "auto") -> tuple[Path, Evaluation, dict]:
     """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report."""

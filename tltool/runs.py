@@ -1,13 +1,19 @@
 """Run directories: where every command writes its report, model and settings."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
 from pathlib import Path
+from typing import Callable, ParamSpec, TypeVar
 
 from .errors import TltoolError
-from .outputs import check_output_dir, check_output_name, claim_output_dir, emptied_output_dir, output_kind
+from .outputs import (check_not_in_use, check_output_dir, check_output_name, claim_output_dir, emptied_output_dir,
+                      held_output_dirs, hold_output_dir, output_kind, release_output_dirs)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_RUNS_ROOT = Path("runs")
 RESUMABLE = ("state.json", "refit/state.json")  # what a killed fit leaves for --resume to go on from
@@ -36,13 +42,18 @@ def check_run_dir(out: str | Path | None, force: bool = False) -> None:
     """What :func:`new_run_dir` would refuse, refused now, before a command's work (nothing is created)."""
     if out is not None:
         check_output_dir(out, "run", reuse=_replaceable_unforced(out, force), force=force)
+        check_not_in_use(out)
 
 
 def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bool = False) -> Path:
-    """``out`` if given (refusing to overwrite an earlier run unless ``force``), else ``runs/KIND-PARTS-TIME``."""
+    """``out`` if given (refusing to overwrite an earlier run unless ``force``), else ``runs/KIND-PARTS-TIME``.
+
+    The folder is held (:func:`hold_run_dir`): a run another command is writing is refused, ``force`` or not. Before,
+    a run in its first epoch (no ``metrics.json`` or ``state.json`` yet) looked abandoned and was replaced under it."""
     if out is not None:  # an unfinished run that cannot be resumed may be replaced; any other needs force
         claimed = claim_output_dir(out, "run", reuse=_replaceable_unforced(out, force), force=force)
-        return emptied_output_dir(claimed, "run")
+        hold_output_dir(claimed)
+        return hold_run_dir(emptied_output_dir(claimed, "run"))
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = DEFAULT_RUNS_ROOT / "-".join(slug(p) for p in (kind, *parts, stamp) if p)
@@ -50,4 +61,24 @@ def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bo
         while path.exists():
             n += 1
             path = path.with_name(f"{path.name.rsplit('_', 1)[0] if n > 2 else path.name}_{n}")
-    return claim_output_dir(path, "run")
+    return hold_run_dir(claim_output_dir(path, "run"))
+
+
+def hold_run_dir(run_dir: Path) -> Path:
+    """``run_dir``, locked against other tltool commands while this one writes it (a resume too), until the
+    function marked :func:`writes_runs` that made it returns, or this process ends."""
+    hold_output_dir(run_dir)
+    return run_dir
+
+
+def writes_runs(function: Callable[P, R]) -> Callable[P, R]:
+    """Mark a library function that makes or resumes run folders: the ones it holds are let go when it returns or
+    fails, so a notebook that ran it can resume the run from a terminal afterwards."""
+    @functools.wraps(function)
+    def holding(*args: P.args, **kwargs: P.kwargs) -> R:
+        before = held_output_dirs()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            release_output_dirs(keep=before)
+    return holding

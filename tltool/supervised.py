@@ -25,7 +25,7 @@ from .inspection import prepare_dataset, say_upsampling, upsampling
 from .models import load_run
 from .progress import say
 from .report import rewrite_report, write_run_report
-from .runs import new_run_dir
+from .runs import hold_run_dir, new_run_dir, writes_runs
 from .training import LoopState, Stage, checkpoint_path, epochs_done, plot_history, refit_stages, run_stages
 from .tta import TTA_MODES
 from .utils import atomic_path, read_json, sha256_file, write_json
@@ -171,8 +171,11 @@ class KerasTrainingRun:
         self.config, self.plan = config, plan
         self.title = ""
 
+    @writes_runs
     def run(self, out: str | Path | None = None, resume: Path | None = None, force: bool = False) -> TrainResult:
         strategy, info = resolve_strategy(self.config.strategy)  # first: multiworker starts before any TF operation
+        if resume and info.chief:  # two resumes of one run at once would write the same checkpoints
+            hold_run_dir(resume)
         data = self.prepare_data(resume)
         distribute = _distribute_record(self.config, info, resume)
         pipelines = self.pipelines(data, info, distribute["global_batch_size"], strategy)

@@ -29,7 +29,7 @@ from ..heads import cv_folds, get_head_spec, make_pipeline
 from ..images import DEFAULT_MAX_PIXELS
 from ..linear import default_features_dir
 from ..plotting import pyplot, save_figure
-from ..runs import check_run_dir, new_run_dir
+from ..runs import check_run_dir, new_run_dir, writes_runs
 from ..utils import write_json, write_text_atomic
 from ..viz.plots import thumbnail
 from .store import LABELS_CSV, load_labelled, read_labels_csv
@@ -112,6 +112,7 @@ def dataset_root(dataset: Dataset) -> Path:
     return Path(os.path.commonpath([r.path for r in dataset.records])) if dataset.records else Path(".")
 
 
+@writes_runs
 def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "efficientnet_lite0",
                   weights: str = "imagenet", image_size: int | None = None, resize: str = "crop",
                   batch_size: int = 32, features_dir: str | Path | None = None, top: int = 30,

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import TltoolError
 from ..features import FeatureSet, load_features
-from ..runs import check_run_dir, new_run_dir
+from ..runs import check_run_dir, new_run_dir, writes_runs
 from ..settings import check_range
 from ..utils import write_json
 from ..plotting import pyplot, save_figure
@@ -103,6 +103,7 @@ def plot_embedding(emb: Embedding, target: Path, thumbnails: bool = False, title
     save_figure(fig, target)
 
 
+@writes_runs
 def visualize_embedding(features: str | Path | FeatureSet, out: str | Path | None = None, pool: str = "avg",
                         method: str = "auto", perplexity: float = 30.0, thumbnails: bool = False,
                         seed: int = 0, force: bool = False) -> Embedding:

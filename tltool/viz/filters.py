@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import TltoolError
 from ..images import load_image
 from ..plotting import pyplot, save_figure
-from ..runs import check_run_dir, new_run_dir
+from ..runs import check_run_dir, new_run_dir, writes_runs
 from ..utils import write_json
 from .network import Network, conv_kernel, first_conv, format_shape, is_depthwise, open_network
 from .plots import grid_shape, mosaic, rescale_to_unit, show_tiles
@@ -98,6 +98,7 @@ def plot_filter_grid(grid: FilterGrid, target: Path) -> None:
     save_figure(fig, target)
 
 
+@writes_runs
 def visualize_filters(backbone: str | None = None, model: str | None = None, weights: str = "imagenet",
                       image_size: int | None = None, layer: str | None = None, out: str | Path | None = None,
                       network: Network | None = None, force: bool = False) -> FilterGrid:
@@ -177,6 +178,7 @@ def plot_activation_grid(grid: ActivationGrid, target: Path, source: str = "") -
     save_figure(fig, target)
 
 
+@writes_runs
 def visualize_activations(image_path: str | Path, backbone: str | None = None, model: str | None = None,
                           weights: str = "imagenet", image_size: int | None = None, layer: str | None = None,
                           max_maps: int = 64, out: str | Path | None = None,

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import BadFilesWarning, BadImageError, TltoolError, did_you_mean
 from ..images import check_image, load_image
 from ..plotting import pyplot, save_figure
-from ..runs import check_run_dir, new_run_dir
+from ..runs import check_run_dir, new_run_dir, writes_runs
 from ..utils import write_json
 from .network import Network, open_run
 from .plots import overlay_heat
@@ -192,6 +192,7 @@ def readable_images(paths: Sequence[str | Path]) -> tuple[list[str], list[BadIma
     return readable, skipped
 
 
+@writes_runs
 def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_name: str | None = None,
                       out: str | Path | None = None, network: Network | None = None,
                       force: bool = False) -> GradCamResult:
