@@ -65,3 +65,21 @@ def test_paired_interval_is_symmetric_in_the_runs():
     d1, lo1, hi1 = paired_difference_interval(50, 10, 4, 36)
     d2, lo2, hi2 = paired_difference_interval(50, 4, 10, 36)
     assert d1 == pytest.approx(-d2) and lo1 == pytest.approx(-hi2) and hi1 == pytest.approx(-lo2)
+
+
+def test_top5_is_reported_only_with_more_than_five_classes():
+    """With exactly 5 classes (the flowers) top-5 is 1 by construction, yet it was reported with an interval:
+    "top-5 accuracy: 1.000 [0.886, 1.000]"."""
+    import numpy as np
+
+    from tltool.evaluation import Evaluation
+
+    rng = np.random.default_rng(0)
+    for classes, expected in ((3, None), (5, None), (6, 26)):
+        probs = rng.dirichlet(np.ones(classes), size=30)
+        y = np.argsort(-probs, axis=1)[:, classes - 1]  # the least likely class: in the top 5 only with 6 or more
+        y[:26] = np.argsort(-probs[:26], axis=1)[:, 0]
+        ev = Evaluation([f"c{i}" for i in range(classes)], y, probs)
+        top5 = ev.top_k(5)
+        assert (top5.correct if top5 else None) == expected
+        assert (ev.to_json()["top5_accuracy"] is None) == (expected is None)
