@@ -70,6 +70,29 @@ def test_a_missing_chunk_is_recomputed_not_served_as_cached(shapes_features, tmp
     np.testing.assert_allclose(again.features.avg, first.features.avg, atol=1e-4)
 
 
+@pytest.mark.parametrize("what", ["link", "copy", "fifo"])
+def test_a_chunk_linked_or_copied_from_another_or_a_pipe_is_damaged_not_read(shapes_features, tmp_path, what):
+    """Chunk 1 as a link to chunk 0 (or a copy of it) passed: images 48-95 were trained and scored on chunk 0's
+    features. A named pipe in its place hung `linear` and `extract` for ever."""
+    import os
+
+    from helpers import deadline
+
+    out, first = shapes_features
+    copy = tmp_path / what
+    shutil.copytree(out, copy)
+    one = copy / "chunks" / "chunk-00001.npz"
+    one.unlink()
+    {"link": lambda: one.symlink_to("chunk-00000.npz"), "fifo": lambda: os.mkfifo(one),
+     "copy": lambda: shutil.copyfile(copy / "chunks" / "chunk-00000.npz", one)}[what]()
+    with deadline(60):
+        with pytest.raises(TltoolError, match="chunk 1 is missing, damaged"):
+            load_features(copy)
+        again = extract_features(str(SAMPLE), copy, image_size=64, chunk_size=48, seed=0)
+    assert not again.cached and not one.is_symlink()
+    np.testing.assert_allclose(again.features.avg, first.features.avg, atol=1e-4)
+
+
 def test_killed_run_resumes_at_the_missing_chunk(shapes_features, tmp_path, monkeypatch):
     out, first = shapes_features
     copy = tmp_path / "resume"

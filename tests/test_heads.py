@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ from sklearn.datasets import make_classification
 
 from tltool.errors import TltoolError
 from tltool.heads import HEADS, FittedHead, get_head_spec, search
+
+from helpers import deadline
 
 
 def _data(classes=3, seed=0):
@@ -53,6 +56,10 @@ def test_a_head_refuses_features_of_another_width_and_damaged_files(name, tmp_pa
         FittedHead.load(tmp_path)
     (tmp_path / "head.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(TltoolError, match="not a head tltool wrote .BadZipFile"):
+        FittedHead.load(tmp_path)
+    (tmp_path / "head.npz").unlink()
+    os.mkfifo(tmp_path / "head.npz")  # `predict --model` waited for a writer for ever
+    with deadline(20), pytest.raises(TltoolError, match="not a head tltool wrote .*not a regular file"):
         FittedHead.load(tmp_path)
 
 

@@ -59,3 +59,25 @@ def test_report_figures_are_copied_when_nothing_they_show_changed(tmp_path, monk
         plot_misclassified(_evaluation(), paths, tmp_path / "m3.png")
     assert drawn == ["misclassified"]
     assert not figure_cache_path({"figure": "confusion"}).exists()
+
+
+@pytest.mark.parametrize("damage", ["cut", "link"])
+def test_a_damaged_cached_figure_is_drawn_again_not_copied_into_the_report(tmp_path, damage):
+    """A cut-short PNG in the figure cache was copied into every later run as its confusion matrix; a link there
+    would have put any picture into the report."""
+    from tltool.plotting import png_intact
+
+    plot_confusion(_evaluation(), tmp_path / "c1.png", "title")
+    (stored,) = (tmp_path / "cache").rglob("*.png")
+    whole = stored.read_bytes()
+    assert png_intact(whole) and not png_intact(whole[:200]) and not png_intact(whole[:-1] + b"!")
+    stored.unlink()
+    if damage == "cut":
+        stored.write_bytes(whole[:200])
+    else:
+        from PIL import Image
+
+        Image.new("RGB", (2, 2)).save(tmp_path / "other.png")  # a whole PNG, but not this figure
+        stored.symlink_to(tmp_path / "other.png")
+    plot_confusion(_evaluation(), tmp_path / "c2.png", "title")
+    assert (tmp_path / "c2.png").read_bytes() == whole and png_intact(stored.read_bytes())

@@ -19,6 +19,7 @@ The engine is not part of the feature cache key: both engines give the same feat
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import queue
@@ -240,7 +241,10 @@ class _Lane:
     def __init__(self, path: Path) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=1)
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=1)
+        except ValueError as exc:  # "not a valid Flatbuffer buffer", "Could not open ..."
+            raise TltoolError(f"{path}: not a LiteRT model LiteRT can load ({str(exc).splitlines()[0]}).") from None
         runner = self.interpreter.get_signature_runner()  # for the outputs' names (avg, max, probabilities)
         ((_name, entry),) = runner.get_input_details().items()
         self.outputs = {name: (d["index"], d["shape"][1:], d["dtype"])
@@ -405,20 +409,33 @@ def litert_dir() -> Path:
 
 
 def converted_model(source: ModelSource) -> Path:
-    """The cached ``.tflite`` of ``source``, converted (with TensorFlow) only the first time."""
-    path = litert_dir() / f"{source.digest}.tflite"
-    if path.is_file():
-        return path
+    """The cached ``.tflite`` of ``source``, converted (with TensorFlow) only the first time, and again when the
+    cached file is not the one written (cut short, changed, replaced by a link or a pipe): its digest is kept in
+    the ``.json`` beside it. Before, a damaged file failed every command as "not a valid Flatbuffer buffer"."""
     from .progress import say
 
+    path = litert_dir() / f"{source.digest}.tflite"
+    if _conversion_intact(path):
+        return path
+    if os.path.lexists(path):
+        say(f"the cached LiteRT model {path} is damaged or was written by an older tltool: converting again")
     start = time.perf_counter()
     data = to_tflite(source.build())
     with atomic_path(path, suffix=".tflite.tmp") as tmp:
         tmp.write_bytes(data)
     write_json(path.with_suffix(".json"), {**source.key, "converter": "tf.lite.TFLiteConverter.from_keras_model",
-                                           "seconds": round(time.perf_counter() - start, 2)})
+                                           "seconds": round(time.perf_counter() - start, 2),
+                                           "sha256": hashlib.sha256(data).hexdigest()})
     say(f"converted {source.name} to LiteRT once ({time.perf_counter() - start:.1f} s): {path}")
     return path
+
+
+def _conversion_intact(path: Path) -> bool:
+    try:
+        recorded = read_json(path.with_suffix(".json")).get("sha256")
+        return not path.is_symlink() and recorded == sha256_file(path)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _tf_runner(source: ModelSource) -> Runner:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from .inspection import CheckedDataset, prepare_dataset, say_upsampling, upsampl
 from .outputs import claim_output_dir, output_kind
 from .progress import Bar, say
 from .settings import CHOICES, RANGES, check_choice
-from .utils import atomic_path, is_whole, read_json, sha256_text, write_json
+from .utils import atomic_path, is_whole, open_regular, read_json, sha256_text, write_json
 
 if TYPE_CHECKING:
     import keras
@@ -186,7 +187,7 @@ class _Chunks:
         return _chunk_rows(index, self.size, self.total)
 
     def done(self, index: int) -> bool:
-        return _chunk_done(_chunk_path(self.out, index), self.key, self.rows(index))
+        return _chunk_done(self.out, index, self.key, self.rows(index))
 
     def missing(self) -> list[int]:
         return [i for i in range(self.count) if not self.done(i)]
@@ -267,23 +268,26 @@ def _chunk_rows(index: int, chunk_size: int, total: int) -> int:
     return min(chunk_size, total - index * chunk_size)
 
 
-def _chunk_done(path: Path, key: str, rows: int) -> bool:
+def _chunk_done(out: Path, index: int, key: str, rows: int) -> bool:
     """A chunk counts only if it belongs to this extraction and holds the rows it should."""
-    return _read_chunk(path, key, rows) is not None
+    return _read_chunk(out, index, key, rows) is not None
 
 
-def _read_chunk(path: Path, key: str, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(avg, max, ok)`` of a chunk of this extraction holding ``rows`` finite float32 rows, else None (missing,
-    damaged or another extraction's: it is recomputed)."""
-    if not path.exists():
+def _read_chunk(out: Path, index: int, key: str,
+                rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(avg, max, ok)`` of chunk ``index`` of this extraction holding ``rows`` finite float32 rows, else None
+    (missing, damaged or another extraction's or chunk's: it is recomputed)."""
+    path = _chunk_path(out, index)
+    if not os.path.lexists(path):
         return None
-    try:
-        with np.load(path) as z:  # no pickles: an object array is refused
+    try:  # a link or a named pipe is not a chunk (np.load of a pipe hung): open_regular refuses both
+        with open_regular(path, follow_links=False) as f, np.load(f) as z:  # no pickles: object arrays are refused
             avg, mx = z["avg"], z["max"]
             ok = z["ok"] if "ok" in z.files else np.ones(rows, bool)
-            valid = (str(z["key"]) == key and avg.ndim == 2 and avg.shape == mx.shape and len(avg) == rows
-                     and avg.dtype == mx.dtype == np.float32 and ok.dtype == bool and ok.shape == (rows,)
-                     and bool(np.isfinite(avg).all() and np.isfinite(mx).all()))
+            placed = "index" not in z.files or int(z["index"]) == index  # (older chunks have none)
+            valid = (placed and str(z["key"]) == key and avg.ndim == 2 and avg.shape == mx.shape
+                     and len(avg) == rows and avg.dtype == mx.dtype == np.float32 and ok.dtype == bool
+                     and ok.shape == (rows,) and bool(np.isfinite(avg).all() and np.isfinite(mx).all()))
     except Exception:  # a damaged chunk is recomputed
         return None
     return (avg, mx, ok) if valid else None
@@ -427,7 +431,8 @@ def _write_chunk(out: Path, index: int, key: str, avg: np.ndarray, mx: np.ndarra
     target = _chunk_path(out, index)
     with atomic_path(target, suffix=".npz.tmp") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, avg=avg.astype(np.float32), max=mx.astype(np.float32), key=np.array(key), ok=ok)
+            np.savez(f, avg=avg.astype(np.float32), max=mx.astype(np.float32), key=np.array(key), ok=ok,
+                     index=np.array(index))  # a chunk copied or linked to another's name is not taken for it
 
 
 # what extraction writes for each file: the check's split, or none for a file the feeding decode found bad
@@ -482,7 +487,7 @@ def load_features(directory: str | Path) -> FeatureSet:
     n, chunk = meta["n_images"], meta["chunk_size"]
     avg, mx, ok = [], [], []
     for i in range((n + chunk - 1) // chunk):  # each chunk read once: checked and kept
-        read = _read_chunk(_chunk_path(directory, i), meta["key"], _chunk_rows(i, chunk, n))
+        read = _read_chunk(directory, i, meta["key"], _chunk_rows(i, chunk, n))
         if read is None:
             raise TltoolError(f"{directory}: chunk {i} is missing, damaged or from another extraction; run the same "
                               "`tltool extract` again (it recomputes only what is missing).")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import TltoolError, did_you_mean
-from .utils import atomic_path, cache_dir, read_json, sha256_array, sha256_json, write_json
+from .utils import atomic_path, cache_dir, open_regular, read_json, sha256_array, sha256_json, write_json
 
 if TYPE_CHECKING:
     from sklearn.model_selection import GridSearchCV
@@ -256,7 +256,7 @@ class FittedHead:
         directory = Path(directory)
         try:
             meta = read_json(directory / "head.json")
-            with np.load(directory / "head.npz") as z:  # no pickles: an object array is refused
+            with open_regular(directory / "head.npz") as f, np.load(f) as z:  # no pickles, no pipes (it hung)
                 arrays = {k: z[k] for k in z.files if k in HEAD_ARRAYS}
             head = cls(str(meta["name"]), [str(c) for c in meta["classes"]], params=dict(meta["params"]), **arrays)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from . import filecache
 from .errors import BadFilesWarning, BadImageError
 from .settings import CHOICES
-from .utils import atomic_path, sha256_file
+from .utils import atomic_path, open_regular, sha256_file
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000: far above most cameras, far below a decompression bomb
 
@@ -258,8 +258,8 @@ def load_thumbnail(path: str | os.PathLike, size: int, resize: ResizePolicy = "c
         target = filecache.thumbnail_path(sha256_file(path), size, resize)
     except OSError:
         return load_image(path, size, resize)  # names the unreadable file
-    with contextlib.suppress(OSError, ValueError):
-        return np.load(target, allow_pickle=False)
+    with contextlib.suppress(OSError, ValueError), open_regular(target, follow_links=False) as f:
+        return np.load(f, allow_pickle=False)
     pixels = load_image(path, size, resize)
     with contextlib.suppress(OSError), atomic_path(target, suffix=".npy.tmp") as tmp:  # a full cache costs speed only
         with open(tmp, "wb") as f:

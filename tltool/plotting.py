@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import zlib
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .utils import atomic_path, cache_dir, sha256_json
+from .utils import atomic_path, cache_dir, open_regular, sha256_json
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -39,6 +40,25 @@ def save_figure(fig: Figure, target: Path) -> None:
     plt.close(fig)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_intact(data: bytes) -> bool:
+    """``data`` is a whole PNG: its signature, then chunks whose checksums hold, up to ``IEND`` at its very end."""
+    at = len(PNG_SIGNATURE)
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    while at + 12 <= len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        end = at + 12 + length
+        if end > len(data) or zlib.crc32(data[at + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            return False
+        if data[at + 4:at + 8] == b"IEND":
+            return end == len(data)
+        at = end
+    return False
+
+
 def figure_cache_path(key: dict) -> Path:
     """Where the PNG drawn from ``key`` (everything the picture shows) is kept, with matplotlib's version."""
     digest = sha256_json({**key, "matplotlib": version("matplotlib"), "format": FIGURE_CACHE_FORMAT})
@@ -54,9 +74,11 @@ def cached_figure(target: Path, key: dict, draw: Callable[[], object]) -> bool:
     cannot be read or written costs speed, never a figure.
     """
     stored = figure_cache_path(key)
-    if stored.is_file():
-        with contextlib.suppress(OSError), atomic_path(target, suffix=".png.tmp") as tmp:
-            shutil.copyfile(stored, tmp)
+    with contextlib.suppress(OSError), open_regular(stored, follow_links=False) as f:
+        drawn = f.read()
+        if png_intact(drawn):  # a damaged one (a cut copy, a full disk) was copied into reports as it was
+            with atomic_path(target, suffix=".png.tmp") as tmp:
+                tmp.write_bytes(drawn)
             return True
     save_figure(draw(), target)
     with contextlib.suppress(OSError), atomic_path(stored, suffix=".png.tmp") as tmp:

@@ -11,7 +11,7 @@ import secrets
 import stat
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NoReturn
 
 from .errors import TltoolError
 
@@ -159,14 +159,23 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The content digest of a regular file; anything else (a named pipe, a device, a folder) is an OSError
-    without waiting: opening a pipe for reading would block until something writes to it."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+@contextlib.contextmanager
+def open_regular(path: str | os.PathLike, follow_links: bool = True) -> Iterator[BinaryIO]:
+    """``path`` opened for reading bytes if it is a regular file; anything else (a named pipe, a device, a folder,
+    and a link unless ``follow_links``) is an OSError without waiting: opening a pipe for reading would block until
+    something writes to it, and ``np.load`` of one hung for ever."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         os.set_blocking(fd, True)
+        yield f
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The content digest of a regular file (see :func:`open_regular`)."""
+    with open_regular(path) as f:
         h = hashlib.sha256()
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)

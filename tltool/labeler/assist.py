@@ -35,7 +35,7 @@ from ..errors import TltoolError
 from ..features import extract_features
 from ..heads import blas_threads, get_head_spec, make_pipeline
 from ..inspection import check_dataset
-from ..utils import atomic_path, cache_dir, sha256_text
+from ..utils import atomic_path, cache_dir, open_regular, sha256_text
 from .store import LabelStore
 
 GRID_SIZE = 24
@@ -122,7 +122,7 @@ def extract_in_child(settings: AssistSettings, cache: Path | None = None) -> Fea
         if child.returncode != 0:
             lines = [line for line in child.stderr.strip().splitlines() if line.strip()]
             raise TltoolError(f"feature extraction failed: {lines[-1] if lines else f'exit {child.returncode}'}")
-        with np.load(folder / "labeler.npz") as saved:
+        with open_regular(folder / "labeler.npz", follow_links=False) as f, np.load(f) as saved:
             return [str(p) for p in saved["paths"]], saved["features"]
 
     return featurize
