@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import SAMPLE
 from tltool.cli import main
 from tltool.errors import TltoolError
 from tltool.outputs import MARKER, claim_output_dir, output_kind, replace_output_dir, staging_dir
@@ -340,6 +341,28 @@ def test_a_run_another_command_is_writing_is_refused_even_with_force_and_freed_w
     assert sorted(p.name for p in made.iterdir()) == [MARKER] and not held_output_dirs()  # and let go on return
     second = "import sys; from tltool.runs import new_run_dir; new_run_dir('linear', out=sys.argv[1], force=True)"
     subprocess.run([sys.executable, "-c", second, str(run)], check=True)
+
+
+def test_a_finished_run_of_any_command_needs_force_and_an_unfinished_one_does_not(tmp_path):
+    """`compare`, `learning-curve` and `data inspect` write no metrics.json, so a second one with the same --out
+    took the first for an unfinished run and replaced it without --force (the README promised a refusal)."""
+    from tltool.inspection import inspect_dataset
+    from tltool.runs import new_run_dir, writes_runs
+
+    inspect_dataset(str(SAMPLE), out=tmp_path / "inspect")
+    with pytest.raises(TltoolError, match="already holds an earlier tltool run"):
+        inspect_dataset(str(SAMPLE), out=tmp_path / "inspect")
+    assert (tmp_path / "inspect" / "inspect.json").exists()
+
+    @writes_runs
+    def killed(out):
+        (new_run_dir("compare", out=out) / "compare.json").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        killed(tmp_path / "compare")
+    made = new_run_dir("compare", out=tmp_path / "compare")  # unfinished: replaced without --force, emptied
+    assert sorted(p.name for p in made.iterdir()) == [MARKER]
 
 
 def test_an_out_below_a_file_is_a_clear_error(tmp_path):

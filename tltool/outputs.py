@@ -30,6 +30,7 @@ MARKER = ".tltool-output.json"
 NO_HARD_LINKS = {errno.EPERM, errno.EMLINK, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.EOPNOTSUPP}
 FILLING = "filling"  # in the marker while a claimed empty folder is filled in place, one entry after another
 FILLED_ENTRIES = "entries"  # beside it: the names being moved in, the only ones the next fill may clear
+FINISHED = "finished"  # in a run folder's marker once the command that made it returned
 
 # Folders written before the marker existed are recognised by the file that only tltool writes there.
 LEGACY_SIGNATURES = (("run", "model.json"), ("run", "metrics.json"), ("features", "features.json"),
@@ -85,6 +86,22 @@ def _killed_fill_entries(path: Path) -> list[str] | None:
     except (OSError, ValueError, AttributeError):
         return None
     return found if set(found) <= set(listed) else None
+
+
+def mark_finished(path: str | os.PathLike) -> None:
+    """Say in ``path``'s marker that the command writing it finished: an earlier output, replaced only with
+    ``--force``, whatever files that command writes."""
+    marker = Path(path) / MARKER
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        write_json(marker, {**read_json(marker), FINISHED: True})
+
+
+def marked_finished(path: str | os.PathLike) -> bool:
+    marker = Path(path) / MARKER
+    try:
+        return not marker.is_symlink() and read_json(marker).get(FINISHED) is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _marker(kind: str) -> dict:

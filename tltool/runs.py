@@ -10,7 +10,8 @@ from typing import Callable, ParamSpec, TypeVar
 
 from .errors import TltoolError
 from .outputs import (check_not_in_use, check_output_dir, check_output_name, claim_output_dir, emptied_output_dir,
-                      held_output_dirs, hold_output_dir, output_kind, release_output_dirs)
+                      held_output_dirs, hold_output_dir, mark_finished, marked_finished, output_kind,
+                      release_output_dirs)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -25,12 +26,13 @@ def slug(text: str, max_length: int = 60, fallback: str = "run") -> str:
 
 
 def _replaceable_unforced(out: str | Path, force: bool) -> bool:
-    """Whether an earlier run in ``out`` may be replaced without ``--force``: only an unfinished one (no
-    ``metrics.json``) that ``--resume`` could not finish; one it could (its checkpoints are minutes or hours of
-    training) is refused unless ``force``."""
+    """Whether an earlier run in ``out`` may be replaced without ``--force``: only an unfinished one (its command
+    did not return, and no ``metrics.json``) that ``--resume`` could not finish; one it could (its checkpoints are
+    minutes or hours of training) is refused unless ``force``. (A finished compare, learning curve or inspect
+    writes no metrics.json: they were replaced without --force.)"""
     out = Path(out)
     check_output_name(out)
-    if (out / "metrics.json").exists():
+    if (out / "metrics.json").exists() or marked_finished(out):
         return False
     if not force and output_kind(out) == "run" and any(os.path.lexists(out / name) for name in RESUMABLE):
         raise TltoolError(f"--out {out}: holds an unfinished run with checkpoints that `--resume {out}` can finish; "
@@ -72,13 +74,16 @@ def hold_run_dir(run_dir: Path) -> Path:
 
 
 def writes_runs(function: Callable[P, R]) -> Callable[P, R]:
-    """Mark a library function that makes or resumes run folders: the ones it holds are let go when it returns or
-    fails, so a notebook that ran it can resume the run from a terminal afterwards."""
+    """Mark a library function that makes or resumes run folders: the ones it holds are marked finished when it
+    returns, and let go when it returns or fails, so a notebook that ran it can resume the run from a terminal."""
     @functools.wraps(function)
     def holding(*args: P.args, **kwargs: P.kwargs) -> R:
         before = held_output_dirs()
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
+            for run_dir in held_output_dirs() - before:
+                mark_finished(run_dir)
+            return result
         finally:
             release_output_dirs(keep=before)
     return holding
