@@ -293,6 +293,17 @@ def test_suspects_of_a_labeler_dataset_feed_its_review(tmp_path):
     items, notes = read_review(dataset, out / "suspects.csv")
     assert not notes and len(items) == 5
     assert (items[0].path, items[0].label, items[0].suggested) == ("unlabeled/r0.png", "blue", "red")
+    # the README's loop: suspects of the exported split, reviewed in the labeler. The split's own paths
+    # (train/blue/r0.png) were not found there: 24 notes, nothing queued for review
+    ok(invoke("label", "export", dataset))
+    split_out = tmp_path / "s2"
+    ok(invoke("label", "suspects", tmp_path / "mine-split", "--image-size", 32, "--top", 5, "--features",
+              tmp_path / "f2", "--out", split_out))
+    items, notes = read_review(dataset, split_out / "suspects.csv")
+    assert not notes and len(items) == 5 and all(item.path.startswith("unlabeled/") for item in items)
+    assert (items[0].path, items[0].label, items[0].suggested) == ("unlabeled/r0.png", "blue", "red")
+    summary = json.loads((split_out / "suspects.json").read_text())
+    assert summary["review_command"] == f"tltool label serve {dataset} --review {split_out / 'suspects.csv'}"
 
 
 # ------------------------------------------------------------------------------------------------------- errors

@@ -94,6 +94,19 @@ def _added_files(target: Path) -> list[str]:
     return sorted(added)
 
 
+def export_origin(split: Path) -> tuple[Path, dict[str, str]] | None:
+    """The labeler folder the split ``split`` was exported from, and each exported file's path there (from its
+    export record); None for any other folder, or an export written before the record kept the sources."""
+    try:
+        record = read_json(split / EXPORT_MARKER)
+        labels, sources = record.get("labels"), record.get("sources")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    if not isinstance(labels, str) or not isinstance(sources, dict):
+        return None
+    return Path(labels).parent, {k: v for k, v in sources.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def _refuse_earlier_export(target: Path) -> None:
     """The refusal to replace the earlier export ``target`` without ``force``, naming the files --force would delete
     that tltool did not write there."""
@@ -141,6 +154,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     claim_output_dir(target, KIND, reuse=unfinished, force=force)
     with staged_output(target, KIND) as partial:  # the earlier export is removed only once this one is in place
         used: set[Path] = set()
+        sources: dict[str, str] = {}  # each exported file's path in the labeler folder: suspects map back through it
         for record in split.records:
             folder = partial / str(record.split) / record.label
             folder.mkdir(parents=True, exist_ok=True)
@@ -150,6 +164,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
                 n += 1
                 dest = folder / f"{src.stem}-{n}{src.suffix}"
             used.add(dest)
+            sources[dest.relative_to(partial).as_posix()] = Path(os.path.relpath(record.path, root)).as_posix()
             _place(record.path, dest, copy)
         _, assisted = read_labels_csv(labels)
         write_json(partial / EXPORT_MARKER, {
@@ -157,5 +172,6 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
             "assisted": sorted(assisted),  # labels that were accepted suggestions (paths relative to the dataset)
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "files": sorted(dest.relative_to(partial).as_posix() for dest in used),  # any other file here is the user's
+            "sources": dict(sorted(sources.items())),
         })
     return ExportResult(target, split)

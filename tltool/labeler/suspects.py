@@ -16,6 +16,7 @@ import csv
 import io
 import math
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from ..plotting import pyplot, save_figure
 from ..runs import check_run_dir, new_run_dir, writes_runs
 from ..utils import write_json, write_text_atomic
 from ..viz.plots import thumbnail
+from .export import export_origin
 from .store import LABELS_CSV, load_labelled, read_labels_csv
 
 CSV_COLUMNS = ("path", "label", "suggested", "score")  # which labels were accepted suggestions: suspects.json
@@ -112,6 +114,18 @@ def dataset_root(dataset: Dataset) -> Path:
     return Path(os.path.commonpath([r.path for r in dataset.records])) if dataset.records else Path(".")
 
 
+def review_paths(dataset: Dataset, paths: list[str]) -> tuple[Path, list[str]]:
+    """The folder ``suspects.csv``'s paths are relative to, and those paths. For a split ``tltool label export``
+    wrote, that is the labeler folder it came from, which ``label serve --review`` opens: the split's own paths
+    (``train/daisy/x.jpg``) were not found there, so a review of them queued nothing."""
+    root = dataset_root(dataset)
+    relative = [Path(os.path.relpath(p, root)).as_posix() for p in paths]
+    origin = export_origin(root)
+    if origin is not None and all(rel in origin[1] for rel in relative):
+        return origin[0], [origin[1][rel] for rel in relative]
+    return root, relative
+
+
 @writes_runs
 def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "efficientnet_lite0",
                   weights: str = "imagenet", image_size: int | None = None, resize: str = "crop",
@@ -136,9 +150,9 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     support = (proba + knn) / 2
     own = support[rows, fs.labels]
     order = np.lexsort((proba[rows, fs.labels], own))  # least support first; ties: lower CV probability
-    root = dataset_root(dataset)
+    root, shown = review_paths(dataset, fs.paths)
     assisted = read_labels_csv(root / LABELS_CSV)[1]
-    suspects = [Suspect(rank=r + 1, path=Path(os.path.relpath(fs.paths[i], root)).as_posix(),
+    suspects = [Suspect(rank=r + 1, path=shown[i],
                         label=fs.classes[fs.labels[i]], suggested=fs.classes[int(support[i].argmax())],
                         score=float(1.0 - own[i]), cv_probability=float(proba[i, fs.labels[i]]),
                         knn_agreement=float(knn[i, fs.labels[i]]), split=str(fs.splits[i]), file=fs.paths[i])
@@ -162,6 +176,7 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
         "assisted_labels": len(assisted), "assisted_suspects": sum(s.assisted for s in suspects),
         "suspects": [{k: v for k, v in s.__dict__.items() if k != "file"} for s in suspects],
         "csv": csv_path.name, "png": png.name,
+        "review_command": f"tltool label serve {shlex.quote(str(root))} --review {shlex.quote(str(csv_path))}",
     }
     write_json(run_dir / "suspects.json", summary)
     return SuspectsResult(suspects, run_dir, csv_path, png, summary)
