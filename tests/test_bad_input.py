@@ -344,6 +344,35 @@ def test_ctrl_c_with_tensorflow_loaded_exits_130_without_the_interpreters_shutdo
         assert ("atexit ran" in done.stdout) is atexit_runs
 
 
+def test_a_full_disk_or_a_size_limit_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    """A write stopped by the machine (ulimit -f here; a full disk, a read-only folder alike) was OSError's
+    traceback: a real process under a real limit, then the other errors of the table through the same path."""
+    import errno
+    import subprocess
+    import sys
+
+    from tltool.cli.group import MACHINE_ERRORS
+
+    done = subprocess.run(["bash", "-c", f'ulimit -f 1; exec "{sys.executable}" -m tltool data digits d --size 256'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == ["error: File too large; a limit on file sizes (ulimit -f) stopped the "
+                                                "write. Every file tltool writes is whole or absent, so run it "
+                                                "again then."]
+    import tltool.cli.data as data_cli
+
+    for code in MACHINE_ERRORS:
+        def failing(*args, code=code, **kwargs):
+            raise OSError(code, os.strerror(code), str(tmp_path / "x.png"))
+
+        monkeypatch.setattr(data_cli, "export_digits", failing)
+        result = CliRunner().invoke(main, ["data", "digits", str(tmp_path / "e")])
+        assert result.exit_code == 1 and f"error: {tmp_path / 'x.png'}: {os.strerror(code)}; " in result.output
+    monkeypatch.setattr(data_cli, "export_digits", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "io")))
+    assert isinstance(CliRunner().invoke(main, ["data", "digits", str(tmp_path / "e")]).exception, OSError)
+
+
 def test_a_bad_file_found_late_does_not_move_the_split(tmp_path, monkeypatch):
     """The first extraction reads headers only and its decode finds a truncated photo; every later run's check
     already knows it. Both must draw the same split, or a rerun of the same command reports on other val photos."""

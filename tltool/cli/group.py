@@ -1,6 +1,7 @@
 """The ``tltool`` group: how every command reports a user's mistake (one line, exit 2) and tltool's warnings."""
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -17,6 +18,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         click.secho(f"warning ({category.__name__}): {message}", fg="yellow", err=True)
 
 
+# errors of the machine, not of tltool or of the input: one line that names the file and what to do, exit 1
+MACHINE_ERRORS = {
+    errno.ENOSPC: "free some space, or write elsewhere",
+    errno.EDQUOT: "your disk quota is used up: free some space, or write elsewhere",
+    errno.EFBIG: "a limit on file sizes (ulimit -f) stopped the write",
+    errno.EACCES: "you may not write or read there: check its permissions, or choose another folder",
+    errno.EPERM: "you may not write or read there: check its permissions, or choose another folder",
+    errno.EROFS: "that file system is read-only: choose another folder",
+}
+
+
+def machine_error_line(exc: OSError) -> str | None:
+    """The one line shown for an :class:`OSError` of the machine (full disk, permissions), None for another."""
+    hint = MACHINE_ERRORS.get(exc.errno)
+    if hint is None:
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}; {hint}. Every file tltool writes is whole or absent, so run it again then."
+
+
 class TltoolGroup(click.Group):
     """Turns tltool's own errors into one clear line and exit code 2, never a traceback."""
 
@@ -27,6 +48,12 @@ class TltoolGroup(click.Group):
         except TltoolError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(2)
+        except OSError as exc:  # a full disk or a read-only folder was a traceback
+            line = machine_error_line(exc)
+            if line is None:
+                raise
+            click.secho(f"error: {line}", fg="red", err=True)
+            sys.exit(1)
         except (KeyboardInterrupt, click.exceptions.Abort):  # Click turns Ctrl-C in a nested command (a recipe's
             click.secho("interrupted", fg="red", err=True)   # step) or a prompt into Abort
             _exit_interrupted()
