@@ -464,3 +464,28 @@ def test_a_dataset_whose_unlabeled_is_a_file_or_manifest_a_folder_is_refused_bef
     result = CliRunner().invoke(main, ["collect", "import", str(tmp_path / "more"), "--out", str(out)])
     assert result.exit_code == 2 and result.output.startswith(f"error: {target}: {kind}"), result.output
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("link_to", ["a user's folder", "nowhere/sub"])
+def test_an_out_that_is_a_link_is_refused_for_import_and_label_export(tmp_path, link_to):
+    """`collect import --out LINK` and `label export --out LINK` resolved the link first: they wrote into the
+    user's folder it pointed at, and a dangling one made its target's folders (parents too)."""
+    from tltool.labeler.export import export_labels
+
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    noise_image(tmp_path / "in" / "b.jpg", seed=2)
+    dataset = tmp_path / "ds"
+    import_images([str(tmp_path / "in")], dataset)
+    (dataset / "labels.csv").write_text("path,label\n" + "".join(
+        f"{p.relative_to(dataset).as_posix()},{label}\n"
+        for p, label in zip(sorted((dataset / UNLABELED).rglob("*.jpg")), ("x", "y"))))
+    target = tmp_path / link_to
+    if link_to == "a user's folder":
+        target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    with pytest.raises(TltoolError, match="is not a folder"):
+        import_images([str(tmp_path / "in")], link)
+    with pytest.raises(TltoolError, match="is not a folder"):
+        export_labels(dataset, out=link, val_fraction=0.5)
+    assert (list(target.iterdir()) == []) if target.is_dir() else not (tmp_path / "nowhere").exists()

@@ -271,9 +271,9 @@ def import_images(sources: Iterable[str], out: str | os.PathLike, every: float =
     sources = list(sources)
     _check_options(sources, camera, every, max_side)
     check_range("max_pixels", max_pixels)  # 0 called every image a decompression bomb, and the import "succeeded"
-    root = Path(out).resolve()
+    root = Path(os.path.abspath(out))  # not resolved: a link given as the dataset is refused, not followed
     _check_out(root, str(out))
-    files = expand_sources(sources, exclude=root)  # check every source before touching anything
+    files = expand_sources(sources, exclude=root.resolve())  # check every source before touching anything
     claim_output_dir(root, "dataset", reuse=True)  # a dataset folder collect made earlier; never a user's own
     # one import at a time per dataset: two at once each rewrote the manifest from what they had read, losing rows
     with file_lock(root / IMPORT_LOCK, f"waiting for another import into {root} to finish"):

@@ -134,8 +134,10 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     if not labels.is_file():
         raise TltoolError(f"{labels}: no labels yet. Label the images first: tltool label serve {dataset} "
                           "--classes a,b,c")
-    target = Path(out).resolve() if out is not None else root.with_name(f"{root.name or 'dataset'}{DEFAULT_SUFFIX}")
-    if target == root or target in root.parents:
+    # not resolved: a link given as --out is refused like any other output's (it was followed, even dangling)
+    target = (Path(os.path.abspath(out)) if out is not None
+              else root.with_name(f"{root.name or 'dataset'}{DEFAULT_SUFFIX}"))
+    if target.resolve() == root or target.resolve() in root.parents:
         raise TltoolError(f"--out {target}: would replace the dataset folder itself; choose a new folder.")
     existing = target.is_dir() and not target.is_symlink()
     unfinished = holds_no_output(target)  # empty, or claimed, then killed
