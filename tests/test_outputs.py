@@ -190,6 +190,32 @@ def test_a_killed_replacements_leftover_is_removed_by_the_next_and_a_failed_fill
     assert not (tmp_path / ".fresh.partial").exists()
 
 
+def test_a_killed_forced_replacement_of_a_run_leaves_nothing_for_good(tmp_path, monkeypatch):
+    """--force renamed the earlier run aside (.NAME.old-TOKEN) and removed it with rmtree, in no set order: a kill
+    halfway could leave it unmarked, so never removed, and the replacement of a run never looked for leftovers."""
+    from tltool import outputs
+    from tltool.runs import new_run_dir
+
+    class Killed(BaseException):
+        pass
+
+    run = new_run_dir("linear", out=tmp_path / "run")
+    (run / "metrics.json").write_text("earlier")
+    (run / "plots").mkdir()
+    (run / "plots" / "a.png").write_text("earlier")
+
+    def killed(path, *args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(outputs.shutil, "rmtree", killed)
+    with pytest.raises(Killed):
+        new_run_dir("linear", out=run, force=True)
+    monkeypatch.undo()
+    (old,) = tmp_path.glob(".run.old-*")
+    assert output_kind(old) == "run"  # its marker goes last: still known for tltool's
+    assert new_run_dir("linear", out=run, force=True) == run and not list(tmp_path.glob(".run.old-*"))
+
+
 def test_a_fill_in_place_killed_halfway_is_known_for_unfinished_and_the_next_one_clears_it(tmp_path, monkeypatch):
     """Filling a claimed empty folder moves its entries one by one: a kill in between left a marked folder with part
     of an output in it, which passed for a whole one (an earlier output, refused without --force)."""

@@ -168,6 +168,8 @@ def emptied_output_dir(path: Path, kind: str) -> Path:
     """``path``, a claimed tltool folder of ``kind``, emptied for a new output (``--force``, or an unfinished
     earlier one): no file of the earlier output may pass for this one's (a checkpoint resumed on another split, an
     export of another model). It is renamed aside, a new marked folder takes its place, then the old is removed."""
+    if output_kind(path) == kind:
+        _remove_leftovers(path, kind)  # what a killed replacement left beside it
     if _holds_only_marker(path):
         return path
     if output_kind(path) != kind:  # claim_output_dir was skipped: never delete
@@ -176,8 +178,17 @@ def emptied_output_dir(path: Path, kind: str) -> Path:
     os.rename(path, old)
     if not _create_marked(path, kind):
         raise TltoolError(f"{path}: another process created it while tltool was replacing it; run again.")
-    shutil.rmtree(old)
+    _remove_marked(old)
     return path
+
+
+def _remove_marked(folder: Path) -> None:
+    """Remove the marked folder ``folder``, its marker last: a kill halfway leaves it still known for tltool's, so
+    the next replacement removes the rest (:func:`_remove_leftovers`); rmtree's order left it unmarked for good."""
+    for child in folder.iterdir():
+        if child.name != MARKER:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    shutil.rmtree(folder)
 
 
 def _create_marked(path: Path, kind: str) -> bool:
@@ -382,7 +393,7 @@ def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
     old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
     os.rename(target, old)
     os.rename(staging, target)
-    shutil.rmtree(old)
+    _remove_marked(old)
 
 
 def _fill_in_place(staging: Path, target: Path, kind: str) -> None:
@@ -407,4 +418,4 @@ def _remove_leftovers(target: Path, kind: str) -> None:
     pattern = re.compile(rf"\.{re.escape(target.name)}\.old(-[0-9a-f]{{8}})?")
     for sibling in target.parent.iterdir():
         if pattern.fullmatch(sibling.name) and not sibling.is_symlink() and output_kind(sibling) == kind:
-            shutil.rmtree(sibling)
+            _remove_marked(sibling)
