@@ -307,6 +307,7 @@ def test_mistaken_folders_and_limits_are_named_for_what_they_are(tmp_path):
     from tltool.inspection import prepare_dataset
     from tltool.linear import probe
     from tltool.models import load_run
+    from tltool.outputs import claim_output_dir
     from tltool.runs import new_run_dir
 
     with pytest.raises(TltoolError, match="nope: no such folder"):
@@ -321,6 +322,18 @@ def test_mistaken_folders_and_limits_are_named_for_what_they_are(tmp_path):
         probe(str(SAMPLE), features_dir=mine)
     with pytest.raises(TltoolError, match=r"none of the 160 files is a usable image: 160 [a-z ]+ \(e\.g\. .*\.jpg: "):
         prepare_dataset(str(SAMPLE), 0.2, 0, max_pixels=100)
+    # from a review that followed the README: a photo folder given to linear was told to extract into itself; one
+    # class's folder given as data was only 'no images found'; an evaluation's run or an export was 'not a run'
+    with pytest.raises(TltoolError, match=r"not the photos\. Run `tltool extract .*shapes --out runs/shapes-features`"):
+        load_features(SAMPLE)
+    with pytest.raises(TltoolError, match=r"Its 40 file\(s\) sit in circle/ itself, which names no class"):
+        prepare_dataset(str(SAMPLE / "circle"), 0.2, 0)
+    (run / "metrics.json").write_text('{"kind": "evaluation"}')
+    with pytest.raises(TltoolError, match=r"is the run of a tltool evaluation, which holds no model"):
+        load_run(run)
+    export = claim_output_dir(tmp_path / "export", "export")
+    with pytest.raises(TltoolError, match=r"is a tltool export folder, which holds no model"):
+        load_run(export)
 
 
 def test_ctrl_c_with_tensorflow_loaded_exits_130_without_the_interpreters_shutdown(tmp_path):

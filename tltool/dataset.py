@@ -414,10 +414,11 @@ def load_folder(spec: str) -> Dataset:
         notes.append(f"class {name!r} has no images in one of the splits")
     walk.guard.warn(root.name)
     if not walk.records:
-        raise TltoolError(
-            f"{spec}: no images found. Expected one sub-folder per class (root/<class>/*.jpg) "
-            "or root/train/<class>/* and root/val/<class>/*."
-        )
+        loose = sum(1 for p in root.iterdir() if p.is_file() and is_candidate_file(p.name)) if root.is_dir() else 0
+        here = (f" Its {loose} file(s) sit in {root.name}/ itself, which names no class: give the folder above it "
+                "(one sub-folder per class), or label them with `tltool label serve`." if loose else "")
+        raise TltoolError(f"{spec}: no images found. Expected one sub-folder per class (root/<class>/*.jpg) "
+                          f"or root/train/<class>/* and root/val/<class>/*.{here}")
     return Dataset(name=root.name, source=f"folder:{root}", records=walk.records,
                    skipped=walk.skipped + walk.guard.skipped, notes=notes, class_folders=sorted(walk.seen_classes))
 

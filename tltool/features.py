@@ -482,6 +482,10 @@ def load_features(directory: str | Path) -> FeatureSet:
         if output_kind(directory) not in (None, "features"):
             raise TltoolError(f"{directory}: is a tltool {output_kind(directory)} folder, not features; give the "
                               "folder `tltool extract` (or probe's --features) wrote.")
+        if directory.is_dir() and output_kind(directory) is None and any(directory.iterdir()):  # photos, likely
+            raise TltoolError(f"{directory}: no features.json here: this takes the folder `tltool extract` wrote, not "
+                              f"the photos. Run `tltool extract {directory} --out runs/{directory.name}-features` "
+                              "first and give that folder (or run `tltool probe` on the photos).")
         raise TltoolError(f"{directory}: no features.json here. Run `tltool extract DATA --out {directory}` first.")
     meta = read_features_json(meta_path)
     n, chunk = meta["n_images"], meta["chunk_size"]

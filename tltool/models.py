@@ -18,10 +18,11 @@ from .errors import TltoolError
 from .features import read_features_json, select_pool
 from .heads import FittedHead
 from .keras_files import load_keras_model
+from .outputs import output_kind
 from .images import DEFAULT_MAX_PIXELS
 from .settings import CHOICES, RANGES, check_choice
 from .tta import predict_with_tta
-from .utils import is_whole, read_json_object
+from .utils import is_whole, read_json, read_json_object
 
 if TYPE_CHECKING:
     import keras
@@ -149,14 +150,28 @@ class KerasRunModel(RunModel):
 _LOADERS = {"linear": LinearRunModel, "finetune": KerasRunModel, "scratch": KerasRunModel}
 
 
+def _what_folder(folder: Path) -> str:
+    """What a folder given as a run holds no model of: an export, an evaluation's or compare's run, or not tltool's."""
+    kind = output_kind(folder)
+    if kind not in (None, "run"):
+        return f"is a tltool {kind} folder, which holds no model"
+    try:
+        made_by = read_json(folder / "metrics.json").get("kind")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        made_by = None
+    if kind == "run":
+        return f"is the run of a tltool {made_by if isinstance(made_by, str) else 'command'}, which holds no model"
+    return "not a tltool run"
+
+
 def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
     run_dir = Path(run_dir)
     config_path = run_dir / "model.json"
     if not run_dir.is_dir():
         raise TltoolError(f"{run_dir}: no such folder. Pass the folder a linear, finetune or train command wrote.")
     if not config_path.exists():
-        raise TltoolError(f"{run_dir}: not a tltool run (no model.json). Pass the folder a linear, finetune or "
-                          "train command wrote.")
+        raise TltoolError(f"{run_dir}: {_what_folder(run_dir)} (no model.json). Pass the folder a linear, finetune "
+                          "or train command wrote (an export's model runs with the client in its README).")
     config = _checked_model_json(config_path)
     return _LOADERS[config["kind"]](run_dir, config, engine)
 
