@@ -158,6 +158,9 @@ def test_linear_cv_on_real_features_and_learning_curve(flowers, tmp_path):
     report = (tmp_path / "cv" / "report.md").read_text().splitlines()
     assert report[2].startswith(f"- **cross-validated accuracy: {format_proportion(cv['accuracy'])}**")
     assert "validation accuracy" not in "\n".join(report[:6])
+    shown = CliRunner().invoke(main, ["linear", str(features), "--cv", "5", "--out", str(tmp_path / "cv2")])
+    interval = format_proportion(cv["accuracy"]).split(" (")[0]  # 0.889 [0.851, 0.917]
+    assert shown.exit_code == 0 and shown.output.count(interval) == 1, shown.output  # the library said it too
     points, reading, target = run_learning_curve(features, seeds=3, out=tmp_path / "lc")
     assert [p.fraction for p in points] == pytest.approx([0.1 * i for i in range(1, 11)])
     # measured: 0.647 with 25 training photos, 0.89 with 250; a curve that ignored the subsets would be flat

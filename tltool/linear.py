@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .configs import ExtractConfig, LinearConfig, split_settings
-from .crossval import nested_cv, say_cv
+from .crossval import nested_cv
 from .dataset import Record, write_manifest
 from .errors import TltoolError
 from .evaluation import Evaluation
@@ -188,7 +188,6 @@ def _train_linear_cv(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, out, confi
     cw = None if config.class_weight == "none" else config.class_weight
     X, y, paths = X[rows], fs.labels[rows], [p for p, keep in zip(fs.paths, rows) if keep]
     result = nested_cv(X, y, config.head, k, repeats, config.seed, config.standardize, cw, len(fs.classes))
-    say_cv(result)
     found = _fit_head(fs, X, y, config)
     fitted = found.fitted
     run_dir, model_config = _save_head(fs, fitted, out, force, config, found.chosen, len(y))
