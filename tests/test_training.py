@@ -155,6 +155,23 @@ def test_plateau_drops_the_lr_by_the_factor_after_patience_epochs_without_a_bett
     assert (state.best_epoch, state.best_val_loss) == (7, 0.5)
 
 
+def test_the_history_and_the_epoch_line_give_the_lr_at_both_ends_of_an_epoch(scripted, tmp_path, monkeypatch,
+                                                                             capsys):
+    """Only the lr at an epoch's start was shown: a one-epoch head stage with a warm-up read 'lr 0.001', as if it
+    had trained at 1 % of --head-lr, while it rose to 0.1 within the epoch."""
+    class StepsEpoch(ScriptedEpoch):
+        def run(self, epoch, val, bar, lr):
+            self.model.optimizer.iterations.assign_add(4)  # the 4 steps of an epoch
+            return super().run(epoch, val, bar, lr)
+
+    monkeypatch.setattr(loop, "FitEpoch", StepsEpoch)
+    options = TrainOptions(epochs=3, lr=0.1, optimizer="sgd", schedule="cosine", warmup_epochs=1)
+    _, state = scripted([1.0, 0.9, 0.8], [Stage("s", options)], tmp_path)
+    assert [r["lr"] for r in state.history][:2] == pytest.approx([0.001, 0.1])
+    assert [r["lr_end"] for r in state.history][:2] == pytest.approx([0.1, 0.05])
+    assert "lr 0.001→0.1 " in capsys.readouterr().err
+
+
 def test_without_the_plateau_schedule_the_lr_does_not_drop(scripted, tmp_path):
     _, state = scripted([1.0, 1.0, 1.0, 1.0], [Stage("s", TrainOptions(epochs=4, lr=0.1, optimizer="sgd",
                                                                        plateau_patience=1))], tmp_path)

@@ -97,8 +97,10 @@ def _enter_stage(model, state: LoopState, index: int, stage: Stage, scope: Calla
 def _epoch_line(row: dict, total_epochs: int, stop: bool) -> str:
     val = (f" val_loss {row['val_loss']:.4f} val_acc {row.get('val_accuracy', float('nan')):.3f}"
            if "val_loss" in row else "")  # a refit has no val split
+    end = row.get("lr_end", row["lr"])  # a warm-up or a decay moves the lr within the epoch: both ends shown
+    lr = f"{row['lr']:.2g}" + (f"→{end:.2g}" if abs(end - row["lr"]) > 0.01 * row["lr"] else "")
     return (f"epoch {row['epoch']}/{total_epochs} ({escape(row['stage'])}) loss {row['loss']:.4f} acc "
-            f"{row.get('accuracy', float('nan')):.3f}{val} lr {row['lr']:.2g} ({row['seconds']:.1f} s)"
+            f"{row.get('accuracy', float('nan')):.3f}{val} lr {lr} ({row['seconds']:.1f} s)"
             + (" - early stop" if stop else ""))
 
 
@@ -136,7 +138,7 @@ def run_stages(build_model: Callable[[], object], stages: list[Stage], train_dat
                 lr, start = current_lr(model), time.perf_counter()
                 logs = epoch.run(train_data(state.epoch), val_data, bar, lr)
                 state.epoch, state.stage_epoch = state.epoch + 1, state.stage_epoch + 1
-                row = {"epoch": state.epoch, "stage": stage.name, "lr": lr,
+                row = {"epoch": state.epoch, "stage": stage.name, "lr": lr, "lr_end": current_lr(model),
                        **{k: float(v[-1]) for k, v in logs.items()}, "seconds": time.perf_counter() - start}
                 state.history.append(row)
                 tracker.update(row.get("val_loss"), state.epoch)
