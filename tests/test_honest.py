@@ -426,3 +426,8 @@ def test_the_largest_seed_drives_every_head_of_a_learning_curve(tmp_path):
                                seed=2**32 - 1)
     assert len(points) == 2 and all(0 <= p.accuracy <= 1 for p in points)
     assert derived_seed(2**32 - 1, 1) == 0 and derived_seed(7, 1) == 8
+    from tltool.stats import wilson_interval
+
+    n_val = 30  # each point's interval is its mean accuracy's, not that of the mean rounded to whole images
+    assert all((p.low, p.high) == pytest.approx(wilson_interval(p.accuracy * n_val, n_val)) for p in points)
+    assert wilson_interval(24.8, 30) != wilson_interval(25.0, 30) != wilson_interval(25.2, 30)

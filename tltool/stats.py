@@ -11,8 +11,9 @@ from dataclasses import dataclass
 Z95 = 1.959963984540054
 
 
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a proportion ``correct / n`` (well-behaved at 0/n and n/n, unlike Wald)."""
+def wilson_interval(correct: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion ``correct / n`` (well-behaved at 0/n and n/n, unlike Wald);
+    ``correct`` may be a mean over several draws, not a whole count."""
     if n <= 0:
         return (0.0, 1.0)
     p = correct / n
