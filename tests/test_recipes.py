@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -165,10 +166,37 @@ def test_flowers_recipes(in_tmp):
     assert list((in_tmp / "runs").glob("compare-*/compare.json"))
 
 
-def test_assignment_recipe_stops_at_the_labeler_and_continues(in_tmp):
-    overrides = [f"photos={SAMPLE}", "probe.image-size=64", "label-suspects.image-size=64"]
-    run_recipe(RECIPES / "assignment.yaml", overrides, stop=2, interactive=False)
-    dataset = in_tmp / "runs" / "assignment" / "photos"
+def _sets(overrides: list[str]) -> list[str]:
+    return [word for text in overrides for word in ("--set", text)]
+
+
+def _continue_hint(output: str) -> list[str]:
+    """The words of the ``continue with `...` `` command a paused run printed."""
+    found = re.search(r"continue with `([^`]*)`", output)
+    assert found, output
+    return shlex.split(found.group(1))
+
+
+def test_assignment_recipe_stops_at_the_labeler_and_its_hint_continues_it_as_it_was_run(in_tmp):
+    """Before: without a terminal the runner skipped the labeler and went on to step 3, which failed with
+    `labels.csv: no labels yet` (exit status 2), although the recipe says it stops there; and the hint it printed,
+    `tltool run .../assignment.yaml --from 3`, dropped the --set values, so run as printed, steps 3-5 read the
+    default runs/assignment/photos instead of the dataset the user had set."""
+    from click.testing import CliRunner
+
+    from tltool.cli import main
+
+    recipe = str(RECIPES / "assignment.yaml")
+    overrides = [f"photos={SAMPLE}", "dataset=runs/a2/photos", "classes=circle,square,star,triangle",
+                 "probe.image-size=64", "label-suspects.image-size=64"]
+    result = CliRunner().invoke(main, ["run", recipe, *_sets(overrides)])  # stdin is not a terminal here
+    assert result.exit_code == 4, result.output
+    assert "step 2/5: skipped (interactive, no terminal): tltool label serve --classes circle,square,star,triangle " \
+           "-- runs/a2/photos; steps 3-5 need what it makes, so the recipe stops here (exit status 4)" in result.output
+    hint = _continue_hint(result.output)
+    assert hint == ["tltool", "run", recipe, *_sets(overrides), "--from", "3"]
+    dataset = in_tmp / "runs" / "a2" / "photos"
+    assert not (in_tmp / "runs" / "a2" / "photos-split").exists() and "step 3/5" not in result.output
     rows = list(csv.DictReader(open(dataset / "manifest.csv")))
     written = [r for r in rows if r.get("status") == "added"]
     assert len(written) >= 120  # a few near-duplicate renderings may be dropped
@@ -178,9 +206,78 @@ def test_assignment_recipe_stops_at_the_labeler_and_continues(in_tmp):
         writer.writerow(["path", "label"])
         for r in written:
             writer.writerow([r["file"], Path(r["source"]).parent.name])
-    run_recipe(RECIPES / "assignment.yaml", overrides, start=3, interactive=False)
+    result = CliRunner().invoke(main, hint[1:])  # the hint as printed
+    assert result.exit_code == 0, result.output
+    split = in_tmp / "runs" / "a2" / "photos-split"
+    assert (split / "train").is_dir() and (split / "val").is_dir()
+    assert not (in_tmp / "runs" / "assignment" / "photos").exists()  # the default dataset was never touched
     metrics = json.loads((in_tmp / "runs" / "assignment" / "linear" / "metrics.json").read_text())
-    assert metrics["val"]["accuracy"]["value"] > 0.8
+    assert metrics["val"]["accuracy"]["value"] > 0.8 and metrics["val"]["accuracy"]["n"] >= 30
+
+
+_PAUSING = """vars: {net: lenet5, note: none}
+steps:
+  - arch-list: {interactive: true}
+  - arch-summary: {name: "${net}", input: 32x32x3, classes: 10}
+  - arch-summary: {name: lenet5, input: 32x32x3, classes: 10}
+"""
+
+
+@pytest.mark.parametrize("until", [[], ["--until", "2"]])
+def test_the_continue_hint_repeats_every_set_shell_quoted_and_until(tmp_path, until):
+    """Before: the hint after a skipped interactive step was `tltool run RECIPE --from N` whatever the run had been
+    given: every --set and --until was dropped, so the hint ran another recipe than the one started."""
+    from click.testing import CliRunner
+
+    from tltool.cli import main
+
+    path = _write(tmp_path, _PAUSING)
+    overrides = ["net=vgg11", "note=it's $HOME [b]", "2.classes=3"]
+    result = CliRunner().invoke(main, ["run", str(path), *_sets(overrides), *until])
+    assert result.exit_code == 4 and "parameters" not in result.output, result.output  # steps 2 and 3 did not run
+    hint = _continue_hint(result.output)
+    assert hint == ["tltool", "run", str(path), *_sets(overrides), "--from", "2", *until]
+    result = CliRunner().invoke(main, hint[1:])
+    assert result.exit_code == 0, result.output
+    totals = re.findall(r"total: ([\d,]+) parameters", result.output)
+    assert totals == ["28,115,331"] + ([] if until else ["62,006"])  # vgg11 with 3 classes, then lenet5
+
+
+def test_an_interactive_last_step_stops_the_run_with_nothing_to_continue(tmp_path):
+    """Before: the runner skipped it and returned as if the recipe were done; now it is paused there (exit 4)."""
+    path = _write(tmp_path, "steps:\n  - arch-list: {}\n  - arch-list: {interactive: true}\n")
+    outcome = run_recipe(path, interactive=False)
+    assert outcome.paused_at == 2 and outcome.resume is None
+
+
+def test_a_step_after_the_labeler_without_labels_names_the_recipes_own_labeler_command(in_tmp):
+    """Before: `tltool run assignment.yaml --from 3` before labelling failed with `no labels yet. Label the images
+    first: tltool label serve DATASET --classes a,b,c`, classes nobody has, though the recipe names its own."""
+    photos = in_tmp / "runs" / "a2" / "photos" / "unlabeled"
+    photos.mkdir(parents=True)
+    (photos / "one.jpg").write_bytes(next(SAMPLE.rglob("*.jpg")).read_bytes())
+    with pytest.raises(TltoolError) as caught:
+        run_recipe(RECIPES / "assignment.yaml", ["dataset=runs/a2/photos", "classes=cat,dog"], start=3)
+    message = str(caught.value)
+    assert "labels.csv: no labels yet" in message and "a,b,c" not in message
+    assert message.endswith("This run began at step 3, after step 2 (label-serve), which is interactive: if it has "
+                            "not been run yet, run it first: tltool label serve --classes cat,dog -- runs/a2/photos")
+    assert not (in_tmp / "runs" / "a2" / "photos-split").exists()
+
+
+def test_the_documented_assignment_commands_set_the_classes_with_the_photos():
+    """Before: the README's command for this recipe set only `--set photos=~/Pictures/x`; `classes` stayed the demo's
+    circle,square,star,triangle, so the labeler offered shape keys for the user's own photos."""
+    default = load_recipe(RECIPES / "assignment.yaml")
+    texts = [(REPO / "README.md").read_text(encoding="utf-8"), default.description]
+    commands = [shlex.split(c) for text in texts for c in re.findall(r"`(tltool run recipes/assignment\.yaml[^`]*)`",
+                                                                     text)]
+    assert len(commands) >= 2  # the README's and the recipe's own description's
+    for words in commands:
+        sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+        variables = load_recipe(RECIPES / "assignment.yaml", sets).vars
+        assert variables["photos"] != default.vars["photos"], words
+        assert variables["classes"] != default.vars["classes"], words
 
 
 def test_from_and_until_outside_the_steps_are_refused(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 
 import click
 import yaml
+from rich.markup import escape
 
 from .. import safe_yaml
 from ..errors import TltoolError, close_match_hint, did_you_mean
@@ -298,34 +300,104 @@ def build_argv(recipe: Recipe, index: int, step: Step, command: click.Command) -
     return argv + (["--", *positional] if positional else [])
 
 
+EXIT_PAUSED = 4  # `tltool run` stopped at an interactive step it could not run (no terminal): nothing failed
+
+
+@dataclass
+class RecipeRun:
+    """What :func:`run_recipe` did: every step it was asked to run, or up to ``paused_at``, an interactive step that
+    needs a terminal; steps from there on did not run, and ``resume`` (when a step follows) continues after it."""
+
+    recipe: Recipe
+    paused_at: int | None = None
+    resume: str | None = None
+
+
+def continue_command(path: str | Path, overrides: list[str] | tuple[str, ...], start: int,
+                     stop: int | None = None) -> str:
+    """The command line that runs the recipe from step ``start`` as it was run before: the same recipe file, every
+    ``--set`` in its order and ``--until`` when one was given, each word quoted for a POSIX shell."""
+    recipe = str(path)
+    words = ["tltool", "run", f"./{recipe}" if recipe.startswith("-") else recipe]
+    words += [word for text in overrides for word in ("--set", text)] + ["--from", str(start)]
+    return shlex.join(words + (["--until", str(stop)] if stop is not None else []))
+
+
 def run_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), start: int = 1,
-               stop: int | None = None, interactive: bool | None = None) -> Recipe:
-    """Run steps ``start``..``stop`` (1-based). Interactive steps (the browser labeler) run only with a terminal."""
+               stop: int | None = None, interactive: bool | None = None) -> RecipeRun:
+    """Run steps ``start``..``stop`` (1-based). An interactive step (the browser labeler) runs only with a terminal;
+    without one the run stops before it, says the command that continues after it, and returns it paused there
+    (the next steps need what a person makes in it)."""
     recipe = load_recipe(path, overrides)
     commands = recipe_commands()
     interactive = sys.stdin.isatty() if interactive is None else interactive
-    stop = len(recipe.steps) if stop is None else stop
-    if not 1 <= start <= stop <= len(recipe.steps):
-        raise TltoolError(f"{recipe.path} has steps 1 to {len(recipe.steps)}: --from {start} --until {stop} "
+    last = len(recipe.steps) if stop is None else stop
+    if not 1 <= start <= last <= len(recipe.steps):
+        raise TltoolError(f"{recipe.path} has steps 1 to {len(recipe.steps)}: --from {start} --until {last} "
                           "is not a range of them (1 <= --from <= --until <= the last step).")
-    for i, step in enumerate(recipe.steps, start=1):
-        if not start <= i <= stop:
-            continue
+    for i in range(start, last + 1):
+        step = recipe.steps[i - 1]
         argv = build_argv(recipe, i, step, commands[step.command])
-        shown = " ".join(step.command.split("-", 1) if step.command in _grouped(commands) else [step.command])
+        line = shlex.join([*_typed(step.command, commands), *argv])
         if step.interactive and not interactive:
-            say(f"step {i}/{len(recipe.steps)}: skipped (interactive, no terminal): tltool {shown} "
-                f"{' '.join(argv)}\n  run it yourself, then continue with `tltool run {recipe.path} --from {i + 1}`")
-            continue
-        say(f"[bold]step {i}/{len(recipe.steps)}[/bold]: tltool {shown} {' '.join(argv)}")
-        try:
-            commands[step.command].main(args=argv, prog_name=f"tltool {shown}", standalone_mode=False)
-        except SystemExit as exc:
-            if exc.code not in (None, 0):
-                raise TltoolError(f"{recipe.path}, step {i} ({step.command}) exited with status {exc.code}.") from None
-        except click.ClickException as exc:
-            raise TltoolError(f"{recipe.path}, step {i} ({step.command}): {exc.format_message()}") from None
-    return recipe
+            return _pause(recipe, i, line, overrides, stop)
+        say(f"[bold]step {i}/{len(recipe.steps)}[/bold]: {escape(line)}")
+        _run_step(recipe, i, step, argv, commands, start)
+    return RecipeRun(recipe)
+
+
+def _typed(name: str, commands: dict[str, click.Command]) -> list[str]:
+    """The command's words as typed (``label-serve`` -> ``tltool label serve``)."""
+    return ["tltool", *(name.split("-", 1) if name in _grouped(commands) else [name])]
+
+
+def _pause(recipe: Recipe, index: int, line: str, overrides: list[str] | tuple[str, ...],
+           stop: int | None) -> RecipeRun:
+    """Stop before the interactive step ``index``: say what to run by hand, and the command that continues."""
+    total = len(recipe.steps)
+    resume = None
+    if index < total:
+        resume = continue_command(recipe.path, overrides, index + 1, stop if stop is not None and stop > index
+                                  else None)
+        then = f"run it yourself, then continue with `{resume}`"
+    else:
+        then = "run it yourself; it is the recipe's last step"
+    after = f"; steps {index + 1}-{total} need what it makes, so the recipe stops here" if index < total else ""
+    say(escape(f"step {index}/{total}: skipped (interactive, no terminal): {line}{after} "
+               f"(exit status {EXIT_PAUSED})\n  {then}"))
+    return RecipeRun(recipe, paused_at=index, resume=resume)
+
+
+def _run_step(recipe: Recipe, index: int, step: Step, argv: list[str], commands: dict[str, click.Command],
+              start: int) -> None:
+    """Run one step as its command line would; its failure is the recipe's, with a word on an interactive step
+    before ``start`` that this command did not run (it may be what is missing)."""
+    try:
+        commands[step.command].main(args=argv, prog_name=" ".join(_typed(step.command, commands)),
+                                    standalone_mode=False)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise TltoolError(f"{recipe.path}, step {index} ({step.command}) exited with status {exc.code}."
+                              f"{_skipped_note(recipe, start, commands)}") from None
+    except click.ClickException as exc:
+        raise TltoolError(f"{recipe.path}, step {index} ({step.command}): {exc.format_message()}"
+                          f"{_skipped_note(recipe, start, commands)}") from None
+    except TltoolError as exc:  # the step's own error, kept as it is (its type too), with the note added
+        exc.args = (f"{exc}{_skipped_note(recipe, start, commands)}", *exc.args[1:])
+        raise
+
+
+def _skipped_note(recipe: Recipe, start: int, commands: dict[str, click.Command]) -> str:
+    """A sentence on the last interactive step before ``start`` (``--from``), with its command line as the recipe
+    gives it (the labeler with the recipe's own --classes), or nothing when there is none."""
+    before = [i for i, step in enumerate(recipe.steps[:start - 1], start=1) if step.interactive]
+    if not before:
+        return ""
+    i = before[-1]
+    step = recipe.steps[i - 1]
+    line = shlex.join([*_typed(step.command, commands), *build_argv(recipe, i, step, commands[step.command])])
+    return (f" This run began at step {start}, after step {i} ({step.command}), which is interactive: if it has not "
+            f"been run yet, run it first: {line}")
 
 
 def _grouped(commands: dict[str, click.Command]) -> set[str]:
@@ -340,7 +412,10 @@ def _grouped(commands: dict[str, click.Command]) -> set[str]:
 @click.option("--until", "stop", type=int, default=None, help="Last step to run.")
 @click.option("--check", is_flag=True, help="Only check the recipe and print its steps.")
 def run_cmd(recipe: str, overrides: tuple[str, ...], start: int, stop: int | None, check: bool) -> None:
-    """Run a YAML recipe of tltool steps (see recipes/); options have the same names as on the command line."""
+    """Run a YAML recipe of tltool steps (see recipes/); options have the same names as on the command line.
+
+    Without a terminal, an interactive step (the labeler) stops the run before it with the command that continues
+    after it, and exit status 4."""
     if check:
         loaded = load_recipe(recipe, overrides)
         commands = recipe_commands()
@@ -348,7 +423,8 @@ def run_cmd(recipe: str, overrides: tuple[str, ...], start: int, stop: int | Non
             click.echo(f"{i}. {step.command} {' '.join(build_argv(loaded, i, step, commands[step.command]))}"
                        + ("  (interactive)" if step.interactive else ""))
         return
-    run_recipe(recipe, overrides, start=start, stop=stop)
+    if run_recipe(recipe, overrides, start=start, stop=stop).paused_at is not None:
+        sys.exit(EXIT_PAUSED)
 
 
 COMMANDS = [run_cmd]

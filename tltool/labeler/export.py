@@ -133,7 +133,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     labels = root / LABELS_CSV
     if not labels.is_file():
         raise TltoolError(f"{labels}: no labels yet. Label the images first: tltool label serve {dataset} "
-                          "--classes a,b,c")
+                          "--classes NAME1,NAME2,... with your own class names (keys 1-9 follow their order).")
     # not resolved: a link given as --out is refused like any other output's (it was followed, even dangling)
     target = (Path(os.path.abspath(out)) if out is not None
               else root.with_name(f"{root.name or 'dataset'}{DEFAULT_SUFFIX}"))
