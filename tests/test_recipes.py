@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, SAMPLE, shared_dataset
 from helpers import deadline
 from tltool.errors import TltoolError
-from tltool.cli.recipes import load_recipe, recipe_commands, run_recipe
+from tltool.cli.recipes import load_recipe, plan_recipe, recipe_commands, run_recipe
 
 RECIPES = REPO / "recipes"
 
@@ -139,6 +139,94 @@ def test_a_path_an_earlier_step_writes_passes_the_check_but_a_path_of_the_wrong_
     with pytest.raises(TltoolError, match=r"step 2 \(linear\): Invalid value for 'FEATURES': Directory "
                                           r"'notes.txt' is a file"):
         load_recipe(path, ["linear.features=notes.txt"])
+
+
+def test_an_input_that_no_step_writes_is_named_by_check_and_before_the_first_step_runs(in_tmp):
+    """Before: `--check` and the start of a run looked only at the recipe's syntax: flowers-finetune.yaml, run without
+    runs/flowers-linear (which another recipe writes), fine-tuned for minutes, then failed at step 2 (compare)."""
+    path = RECIPES / "flowers-finetune.yaml"
+    message = (r"flowers-finetune\.yaml: inputs that do not exist and that no earlier step of the recipe writes: "
+               r"step 2 \(compare\): run-a runs/flowers-linear \(--set linear=PATH gives another\)\. Make them first")
+    result = _check(path, f"data={SAMPLE}")
+    assert result.exit_code == 2 and re.search(message, " ".join(result.output.split())), result.output
+    with pytest.raises(TltoolError, match=message):
+        run_recipe(path, [f"data={SAMPLE}"])
+    assert not (in_tmp / "runs").exists()  # step 1 (the fine-tune) never started
+    # a step names a missing input by a path of its own (no variable): the --set names the step
+    with pytest.raises(TltoolError, match=r"step 1 \(extract\): data nowhere/photos \(--set 1\.data=PATH gives "
+                                          r"another\); step 2 \(linear\): features runs/feat2 \(--set 2\.features"):
+        plan_recipe(_write(in_tmp, "steps:\n  - extract: {data: nowhere/photos, out: runs/feat}\n"
+                                   "  - linear: {features: runs/feat2}\n"))
+    with pytest.raises(TltoolError, match=r"step 1 \(collect-import\): sources pics \(--set photos=PATH gives "
+                                          r"another\)"):
+        plan_recipe(RECIPES / "assignment.yaml", ["photos=pics"])  # a variable inside a list
+    with pytest.raises(TltoolError, match=r"sources pics \(--set 1\.sources=\[PATH\] gives another\)"):
+        plan_recipe(_write(in_tmp, "steps:\n  - collect-import: {sources: [pics], out: runs/ds}\n"))
+    (in_tmp / "runs" / "flowers-linear").mkdir(parents=True)
+    assert _check(path, f"data={SAMPLE}").exit_code == 0
+
+
+def test_what_an_earlier_step_of_the_run_writes_counts_and_what_a_step_before_from_writes_must_exist(in_tmp):
+    from click.testing import CliRunner
+
+    from tltool.cli import main
+
+    path = _two_steps(in_tmp)  # extract writes runs/feat, linear reads it
+    assert plan_recipe(path).steps[1].command == "linear"
+    with pytest.raises(TltoolError, match=r"\(steps before --from 2 do not run: what they write must exist already\): "
+                                          r"step 2 \(linear\): features runs/feat"):
+        plan_recipe(path, start=2)
+    result = CliRunner().invoke(main, ["run", str(path), "--check", "--from", "2"])
+    assert result.exit_code == 2 and "features runs/feat" in result.output, result.output
+    (in_tmp / "runs" / "feat").mkdir(parents=True)
+    assert plan_recipe(path, start=2).steps[1].command == "linear"
+
+
+def test_inputs_are_read_as_their_commands_read_them(in_tmp):
+    """tfds:NAME and --weights imagenet name no file; a glob matches files now or lies in a folder a step writes;
+    label export's default output (DATASET-split) is written; an input inside a folder a step writes is written."""
+    recipe = _write(in_tmp, f"""steps:
+  - collect-import: {{sources: ["{SAMPLE}/circle/*.jpg"], out: runs/ds}}
+  - collect-import: {{sources: ["runs/ds/unlabeled/*.jpg"], out: runs/again}}
+  - label-export: {{dataset: runs/ds}}
+  - probe: {{data: runs/ds-split, weights: imagenet, features: runs/f}}
+  - probe: {{data: "tfds:mnist", weights: none}}
+  - linear: {{features: runs/f}}
+  - data-inspect: {{path: runs/ds-split/train}}
+  - augment-preview: {{data: runs/ds-split, augment: light, out: runs/preview}}
+""")
+    assert len(plan_recipe(recipe).steps) == 8
+    for override, named in ((f"1.sources=[{SAMPLE}/circle/*.png]", "sources .*circle/\\*\\.png"),
+                            ("4.weights=mine.weights.h5", "weights mine\\.weights\\.h5"),
+                            ("8.augment=aug.yaml", "augment aug\\.yaml"),
+                            ("3.out=runs/elsewhere", "step 4 \\(probe\\): data runs/ds-split")):
+        with pytest.raises(TltoolError, match=named):
+            plan_recipe(recipe, [override])
+    assert not (in_tmp / "runs").exists()
+
+
+def test_every_path_option_of_every_command_is_known_as_an_input_or_an_output():
+    """The tables of recipe_files name real commands and keys, and classify every path-like option, so a command
+    added later cannot slip past the check of inputs."""
+    import click
+
+    from tltool.cli.recipe_files import DEFAULT_OUTPUTS, INPUT_KINDS, READ_EVERYWHERE, STEP_INPUTS, STEP_OUTPUTS
+    from tltool.cli.recipe_files import WRITTEN_EVERYWHERE, input_kinds
+    from tltool.cli.recipes import _key
+
+    commands = {name: {_key(p): p for p in command.params} for name, command in recipe_commands().items()}
+    declared = [*STEP_INPUTS.items(), *STEP_OUTPUTS.items(), *((n, [k]) for n, (k, _) in DEFAULT_OUTPUTS.items())]
+    for name, keys in declared:
+        assert set(keys) <= set(commands[name]), name
+    assert set(READ_EVERYWHERE.values()) | {k for keys in STEP_INPUTS.values() for k in keys.values()} <= \
+        set(INPUT_KINDS)
+    pathlike = {"data", "path", "images", "image", "sources", "model", "features", "dataset", "run-dir", "run-a",
+                "run-b", "resume", "review", "out", "weights", "augment"}
+    for name, params in commands.items():
+        for key, param in params.items():
+            if isinstance(param.type, click.Path) or key in pathlike:
+                known = set(input_kinds(name, params)) | set(WRITTEN_EVERYWHERE) | set(STEP_OUTPUTS.get(name, ()))
+                assert key in known, (name, key)
 
 
 def test_lenet5_digits_recipe(in_tmp):

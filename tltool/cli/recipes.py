@@ -34,6 +34,7 @@ from .. import safe_yaml
 from ..errors import TltoolError, close_match_hint, did_you_mean
 from ..progress import say
 from .group import main
+from .recipe_files import StepInput, unmade_inputs
 
 TOP_LEVEL = ("name", "description", "vars", "steps")
 STEP_KEYS = ("interactive",)  # step-level settings that are not command options
@@ -300,6 +301,47 @@ def build_argv(recipe: Recipe, index: int, step: Step, command: click.Command) -
     return argv + (["--", *positional] if positional else [])
 
 
+def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), start: int = 1,
+                stop: int | None = None) -> Recipe:
+    """The recipe read and checked by :func:`load_recipe`, then for a run of steps ``start``..``stop``: the range
+    is one of its steps, and every input a step of it names exists now or is written by an earlier step of it
+    (what steps before ``start`` write must exist already). Nothing is run or written."""
+    recipe = load_recipe(path, overrides)
+    last = len(recipe.steps) if stop is None else stop
+    if not 1 <= start <= last <= len(recipe.steps):
+        raise TltoolError(f"{recipe.path} has steps 1 to {len(recipe.steps)}: --from {start} --until {last} "
+                          "is not a range of them (1 <= --from <= --until <= the last step).")
+    commands = recipe_commands()
+    steps = []
+    for i in range(start, last + 1):
+        step = recipe.steps[i - 1]
+        where = f"{recipe.path}, step {i} ({step.command})"
+        params = {_key(p): p for p in commands[step.command].params if p.name != "help"}
+        steps.append((i, step.command, params,
+                      {key: _substitute(value, recipe.vars, where) for key, value in step.options.items()}))
+    missing = unmade_inputs(steps)
+    if missing:
+        named = "; ".join(f"step {m.index} ({m.command}): {m.key} {m.value} ({_set_hint(recipe, m)})"
+                          for m in missing)
+        before = f" (steps before --from {start} do not run: what they write must exist already)" if start > 1 else ""
+        raise TltoolError(f"{recipe.path}: inputs that do not exist and that no earlier step of the recipe writes"
+                          f"{before}: {named}. Make them first, or point the steps at ones that exist; nothing has "
+                          "run.")
+    return recipe
+
+
+def _set_hint(recipe: Recipe, missing: StepInput) -> str:
+    """How to give another path for ``missing``: the variable that gives it, when the step names it by one alone
+    (``${data}``, or ``[${photos}]`` in a list), else the step's key."""
+    raw = recipe.steps[missing.index - 1].options.get(missing.key)
+    for item in raw if isinstance(raw, list) else [raw]:
+        full = _VAR.fullmatch(item) if isinstance(item, str) else None
+        if full and str(recipe.vars.get(full.group(1))) == missing.value:
+            return f"--set {full.group(1)}=PATH gives another"
+    value = "[PATH]" if isinstance(raw, list) else "PATH"
+    return f"--set {missing.index}.{missing.key}={value} gives another"
+
+
 EXIT_PAUSED = 4  # `tltool run` stopped at an interactive step it could not run (no terminal): nothing failed
 
 
@@ -328,14 +370,10 @@ def run_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), st
     """Run steps ``start``..``stop`` (1-based). An interactive step (the browser labeler) runs only with a terminal;
     without one the run stops before it, says the command that continues after it, and returns it paused there
     (the next steps need what a person makes in it)."""
-    recipe = load_recipe(path, overrides)
+    recipe = plan_recipe(path, overrides, start, stop)
     commands = recipe_commands()
     interactive = sys.stdin.isatty() if interactive is None else interactive
-    last = len(recipe.steps) if stop is None else stop
-    if not 1 <= start <= last <= len(recipe.steps):
-        raise TltoolError(f"{recipe.path} has steps 1 to {len(recipe.steps)}: --from {start} --until {last} "
-                          "is not a range of them (1 <= --from <= --until <= the last step).")
-    for i in range(start, last + 1):
+    for i in range(start, (len(recipe.steps) if stop is None else stop) + 1):
         step = recipe.steps[i - 1]
         argv = build_argv(recipe, i, step, commands[step.command])
         line = shlex.join([*_typed(step.command, commands), *argv])
@@ -410,14 +448,15 @@ def _grouped(commands: dict[str, click.Command]) -> set[str]:
               help="Set a variable, an option of every step that has it, or COMMAND.KEY / N.KEY for one step.")
 @click.option("--from", "start", type=int, default=1, show_default=True, help="First step to run (1-based).")
 @click.option("--until", "stop", type=int, default=None, help="Last step to run.")
-@click.option("--check", is_flag=True, help="Only check the recipe and print its steps.")
+@click.option("--check", is_flag=True,
+              help="Only check the recipe (for the steps --from/--until name: their inputs too) and print its steps.")
 def run_cmd(recipe: str, overrides: tuple[str, ...], start: int, stop: int | None, check: bool) -> None:
     """Run a YAML recipe of tltool steps (see recipes/); options have the same names as on the command line.
 
     Without a terminal, an interactive step (the labeler) stops the run before it with the command that continues
     after it, and exit status 4."""
     if check:
-        loaded = load_recipe(recipe, overrides)
+        loaded = plan_recipe(recipe, overrides, start, stop)
         commands = recipe_commands()
         for i, step in enumerate(loaded.steps, start=1):
             click.echo(f"{i}. {step.command} {' '.join(build_argv(loaded, i, step, commands[step.command]))}"

@@ -120,6 +120,12 @@ def _refuse_earlier_export(target: Path) -> None:
                       f"--out ({loss}).")
 
 
+def default_export_dir(dataset: str | os.PathLike) -> Path:
+    """Where ``label export`` writes without ``out``: ``DATASET-split`` beside the dataset folder."""
+    root = Path(dataset).resolve()
+    return root.with_name(f"{root.name or 'dataset'}{DEFAULT_SUFFIX}")
+
+
 def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = None, val_fraction: float = 0.2,
                   seed: int = 0, copy: bool = False, force: bool = False) -> ExportResult:
     """Write ``out`` (default ``DATASET-split`` beside the dataset) with ``train/<class>/`` and ``val/<class>/``
@@ -135,8 +141,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
         raise TltoolError(f"{labels}: no labels yet. Label the images first: tltool label serve {dataset} "
                           "--classes NAME1,NAME2,... with your own class names (keys 1-9 follow their order).")
     # not resolved: a link given as --out is refused like any other output's (it was followed, even dangling)
-    target = (Path(os.path.abspath(out)) if out is not None
-              else root.with_name(f"{root.name or 'dataset'}{DEFAULT_SUFFIX}"))
+    target = Path(os.path.abspath(out)) if out is not None else default_export_dir(root)
     if target.resolve() == root or target.resolve() in root.parents:
         raise TltoolError(f"--out {target}: would replace the dataset folder itself; choose a new folder.")
     existing = target.is_dir() and not target.is_symlink()
