@@ -229,6 +229,31 @@ def test_every_path_option_of_every_command_is_known_as_an_input_or_an_output():
                 assert key in known, (name, key)
 
 
+def _accuracy_table() -> dict[str, list[str]]:
+    """The rows of the README's table of the current defaults ("Accuracy on photos no run has seen"), by command."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Accuracy on photos no run has seen"):readme.index("The older table below")]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| `tltool ")]
+    return {row[0]: row for row in rows}
+
+
+def test_the_accuracies_a_recipe_quotes_are_the_readmes_current_ones_with_their_split():
+    """Before: flowers-finetune.yaml said "probe 0.89, this recipe 0.90", the val-split figures of the README's
+    older 224 px table; the current 288 px ones are 0.880 (probe) and 0.910 (fine-tune) on the val split."""
+    table = _accuracy_table()
+    probe, finetune = table["`tltool probe DATA` (288 px)"], table["`tltool finetune DATA` (288 px)"]
+    # columns: command | 500 flower photos never seen | its val split says (n=100) | pets val | time
+    description = load_recipe(RECIPES / "flowers-finetune.yaml").description
+    assert f"100-image val split the probe scores {probe[2]} and this recipe {finetune[2]}" in description
+    assert f"500 flower photos no run has seen {probe[1].split()[0]} and {finetune[1].split()[0]}" in description
+    assert (probe[2], finetune[2]) == ("0.880", "0.910")
+    numbers = set(re.findall(r"\d\.\d+", " ".join(" ".join(row) for row in table.values())))
+    for path in RECIPES.glob("*.yaml"):
+        quoted = re.findall(r"(?<![\d.])[01]\.\d{2,}(?![\d.])", load_recipe(path).description)  # an accuracy
+        assert set(quoted) <= numbers, (path.name, quoted)
+
+
 def test_lenet5_digits_recipe(in_tmp):
     run_recipe(RECIPES / "lenet5-digits.yaml", ["epochs=3"])
     metrics = json.loads((in_tmp / "runs" / "lenet5-digits" / "metrics.json").read_text())
