@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import SAMPLE
 from tltool.cli import main
 from tltool.compare import compare_correct, compare_runs
 from tltool.errors import TltoolError
@@ -431,3 +432,58 @@ def test_the_largest_seed_drives_every_head_of_a_learning_curve(tmp_path):
     n_val = 30  # each point's interval is its mean accuracy's, not that of the mean rounded to whole images
     assert all((p.low, p.high) == pytest.approx(wilson_interval(p.accuracy * n_val, n_val)) for p in points)
     assert wilson_interval(24.8, 30) != wilson_interval(25.0, 30) != wilson_interval(25.2, 30)
+
+
+@pytest.fixture(scope="module")
+def shape_runs(tmp_path_factory) -> Path:
+    """Two linear runs on the bundled shapes (64 px; logreg and ridge heads on the same features and split), and
+    ``data``: per class 2 images the runs were trained on and 1 of their val images, linked into class folders."""
+    root = tmp_path_factory.mktemp("shape-runs")
+    for name, head in (("a", "logreg"), ("b", "ridge")):
+        result = CliRunner().invoke(main, ["probe", str(SAMPLE), "--image-size", "64", "--head", head,
+                                           "--features", str(root / "features"), "--out", str(root / name)])
+        assert result.exit_code == 0, result.output
+    with open(root / "a" / "split.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for label in sorted({r["label"] for r in rows}):
+        of_class = [r for r in rows if r["label"] == label]
+        chosen = [r for r in of_class if r["split"] == "train"][:2] + [r for r in of_class if r["split"] == "val"][:1]
+        (root / "data" / label).mkdir(parents=True)
+        for r in chosen:
+            (root / "data" / label / Path(r["path"]).name).symlink_to(r["path"])
+    return root
+
+
+def test_evaluate_with_tta_reports_the_plain_accuracy_and_the_tta_one_beside_it(shape_runs, tmp_path):
+    """Before, `evaluate --tta flip` scored only the flipped views, stored them under "val" with "tta": null, and
+    printed them as the plain accuracy (`data (every image) accuracy ...`, no word of TTA); probe and finetune keep
+    the plain accuracy under "val" and the TTA one under "tta", and print both."""
+    from tltool.evaluation import Evaluation
+    from tltool.models import load_run
+    from tltool.stats import format_proportion
+
+    run, out = shape_runs / "a", tmp_path / "ev"
+    result = CliRunner().invoke(main, ["evaluate", str(run), str(shape_runs / "data"), "--tta", "flip",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    model = load_run(run)
+    paths = [r["path"] for r in rows]
+    y = np.array([model.classes.index(r["true"]) for r in rows])
+    plain_probs, flip_probs = model.predict_paths(paths), model.predict_paths(paths, tta="flip")
+    plain, flip = Evaluation(model.classes, y, plain_probs), Evaluation(model.classes, y, flip_probs)
+    assert len(paths) == 12 and metrics["config"]["tta"] == "flip"
+    assert metrics["val"]["accuracy"] == plain.accuracy().to_json()
+    assert list(metrics["tta"]) == ["flip"] and metrics["tta"]["flip"]["accuracy"] == flip.accuracy().to_json()
+    stored = np.array([[float(r[f"p_{c}"]) for c in model.classes] for r in rows])
+    np.testing.assert_allclose(stored, plain_probs, atol=2e-6)  # predictions.csv: the plain probabilities
+    assert np.abs(flip_probs - plain_probs).max() > 1e-3  # ... which the flipped views would have changed
+    lines = [line for line in result.output.splitlines() if "LeakageWarning" not in line]  # data: 8 trained on
+    assert lines[:2] == [
+        f"data (every image) accuracy {plain.accuracy()}",
+        f"data (every image) accuracy with TTA flip {format_proportion(metrics['tta']['flip']['accuracy'])}"]
+    report = (out / "report.md").read_text()
+    assert f"- **validation accuracy: {format_proportion(metrics['val']['accuracy'])}**" in report
+    assert f"- with test-time augmentation `flip`: {format_proportion(metrics['tta']['flip']['accuracy'])}" in report

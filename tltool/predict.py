@@ -74,18 +74,22 @@ def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) ->
 @writes_runs
 def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | None = None, tta: str = "none",
                  force: bool = False, engine: str = "auto") -> tuple[Path, Evaluation, dict]:
-    """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report."""
+    """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report.
+
+    The returned :class:`Evaluation` (``metrics.json``'s ``val``) is the plain one; with ``tta`` the accuracy under
+    test-time augmentation is reported beside it (``metrics.json``'s ``tta``), as a training run reports it."""
+    check_choice("tta", tta)
     check_run_dir(out, force)
     model = load_run(run_dir, engine)
     dataset, paths, y = labelled_images(data, model.classes, model.max_pixels)
     seen = warn_if_trained_on(run_dir, model, paths)
-    probs = model.predict_paths(paths, tta=tta)
-    evaluation = Evaluation(model.classes, y, probs)
+    evaluation = Evaluation(model.classes, y, model.predict_paths(paths))
+    with_tta = {tta: Evaluation(model.classes, y, model.predict_paths(paths, tta=tta))} if tta != "none" else {}
     target = new_run_dir("eval", Path(run_dir).name, dataset.name, out=out, force=force)
-    title = f"{Path(run_dir).name} evaluated on {dataset.name}" + (f" (TTA {tta})" if tta != "none" else "")
-    metrics = write_run_report(target, evaluation, paths, kind="evaluation", title=title,
+    metrics = write_run_report(target, evaluation, paths, kind="evaluation",
+                               title=f"{Path(run_dir).name} evaluated on {dataset.name}",
                                config={"run": str(run_dir), "data": dataset.source, "tta": tta, **model.config},
-                               extra={"images_trained_on": seen})
+                               extra={"images_trained_on": seen}, tta=with_tta)
     return target, evaluation, metrics
 
 

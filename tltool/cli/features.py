@@ -164,8 +164,10 @@ def predict_cmd(images: tuple[str, ...], run_dir: str, top_k: int, tta: str, max
 @force_option
 def evaluate_cmd(run_dir: str, data: str, tta: str, engine: str, out: str | None, force: bool) -> None:
     """Evaluate a trained run on another labelled dataset DATA (every image of it, whatever its split)."""
-    target, evaluation, _ = evaluate_run(run_dir, data, out=out, tta=tta, force=force, engine=engine)
-    click.echo(accuracy_line(evaluation, split=f"{Path(data).name or data} (every image)"))
+    target, evaluation, metrics = evaluate_run(run_dir, data, out=out, tta=tta, force=force, engine=engine)
+    split = f"{Path(data).name or data} (every image)"
+    click.echo(accuracy_line(evaluation, split=split))
+    echo_tta(metrics, split=split)
     click.echo(f"report: {target / 'report.md'}")
 
 
