@@ -487,3 +487,39 @@ def test_evaluate_with_tta_reports_the_plain_accuracy_and_the_tta_one_beside_it(
     report = (out / "report.md").read_text()
     assert f"- **validation accuracy: {format_proportion(metrics['val']['accuracy'])}**" in report
     assert f"- with test-time augmentation `flip`: {format_proportion(metrics['tta']['flip']['accuracy'])}" in report
+
+
+def test_compare_on_data_the_runs_were_trained_on_says_so_in_its_report(shape_runs, tmp_path):
+    """Before, `compare A B DATA` named the images each run was trained on only in the terminal's LeakageWarnings;
+    compare.md and compare.json, what is read later, called the comparison plain (evaluate writes it into its
+    report, and the README says compare does too)."""
+    a, b = shape_runs / "a", shape_runs / "b"
+    result = CliRunner().invoke(main, ["compare", str(a), str(b), str(shape_runs / "data"),
+                                       "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("LeakageWarning") == 2, result.output
+    assert result.output.count("8 of the 12 images were in the training data") == 2
+    stored = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert stored["n"] == 12 and stored["images_trained_on"] == {"A": 8, "B": 8}
+    report = (tmp_path / "c" / "compare.md").read_text()
+    for name, run in (("A", a), ("B", b)):
+        assert (f"- **8 of these 12 images were in the training data of {name} ({run}): its accuracy on them is "
+                "optimistic, not an estimate for new photos; compare the runs on images neither was trained on**"
+                in report), report
+    # on images neither run was trained on (their val split) nothing is said; on their stored predictions, nothing
+    # is checked (None)
+    with open(a / "split.csv", newline="") as f:
+        val = {Path(r["path"]).name for r in csv.DictReader(f) if r["split"] == "val"}
+    unseen = tmp_path / "unseen"
+    for link in (shape_runs / "data").glob("*/*.jpg"):
+        if link.name in val:
+            (unseen / link.parent.name).mkdir(parents=True, exist_ok=True)
+            (unseen / link.parent.name / link.name).symlink_to(link.resolve())
+    result = CliRunner().invoke(main, ["compare", str(a), str(b), str(unseen), "--out", str(tmp_path / "u")])
+    assert result.exit_code == 0 and "LeakageWarning" not in result.output, result.output
+    stored = json.loads((tmp_path / "u" / "compare.json").read_text())
+    assert stored["n"] == 4 and stored["images_trained_on"] == {"A": 0, "B": 0}
+    assert "training data" not in (tmp_path / "u" / "compare.md").read_text()
+    comparison, target = compare_runs(a, b, out=tmp_path / "s")
+    assert comparison.images_trained_on is None and comparison.leakage_lines() == []
+    assert json.loads((target / "compare.json").read_text())["images_trained_on"] is None

@@ -32,6 +32,9 @@ class Comparison:
     difference: float  # accuracy of B minus accuracy of A
     ci95: tuple[float, float]
     images: str  # where the predictions came from
+    # {"A": n, "B": n}: how many of the images each run was trained on (0 when its record cannot be read); None on
+    # the stored validation predictions (not checked: each run made them before any refit on its val split)
+    images_trained_on: dict[str, int] | None = None
 
     @property
     def accuracy_a(self) -> Proportion:
@@ -77,6 +80,13 @@ class Comparison:
             f"verdict: {self.verdict()}",
             *notice,
         ]
+
+    def leakage_lines(self) -> list[str]:
+        """One line per run that was trained on some of these images (what its ``LeakageWarning`` said)."""
+        trained_on = self.images_trained_on or {}
+        return [f"{trained_on[name]} of these {self.n} images were in the training data of {name} ({run}): its "
+                "accuracy on them is optimistic, not an estimate for new photos; compare the runs on images neither "
+                "was trained on" for name, run in (("A", self.run_a), ("B", self.run_b)) if trained_on.get(name)]
 
     def to_json(self) -> dict:
         return {**asdict(self), "accuracy_a": self.accuracy_a.to_json(), "accuracy_b": self.accuracy_b.to_json(),
@@ -131,24 +141,34 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
                               "the same labels and cannot be compared.")
         order = sorted(a)
         correct_a, correct_b = [a[p] for p in order], [b[p] for p in order]
-        source = "stored validation predictions"
+        source, trained_on = "stored validation predictions", None
     else:
-        correct_a, correct_b = _evaluate_both(run_a, run_b, data)
+        correct_a, correct_b, trained_on = _evaluate_both(run_a, run_b, data)
         source = f"{data}, evaluated by both"
     comparison = compare_correct(np.array(correct_a), np.array(correct_b), str(run_a), str(run_b), source)
+    comparison.images_trained_on = trained_on
     target = new_run_dir("compare", run_a.name[:20], run_b.name[:20], out=out, force=force)
     write_json(target / "compare.json", comparison.to_json())
-    write_text_atomic(target / "compare.md", "# Paired comparison\n\n" + "\n".join(
-        f"- {line.replace(chr(10), ' ')}" for line in comparison.lines()) + f"\n\nImages: {source}.\n")
+    write_text_atomic(target / "compare.md", comparison_markdown(comparison))
     return comparison, target
 
 
-def _evaluate_both(run_a: Path, run_b: Path, data: str):
+def comparison_markdown(comparison: Comparison) -> str:
+    """``compare.md``: the lines the terminal shows, then, in bold, the runs that were trained on these images."""
+    lines = [f"- {line.replace(chr(10), ' ')}" for line in comparison.lines()]
+    lines += [f"- **{line}**" for line in comparison.leakage_lines()]
+    return "# Paired comparison\n\n" + "\n".join(lines) + f"\n\nImages: {comparison.images}.\n"
+
+
+def _evaluate_both(run_a: Path, run_b: Path, data: str) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Which images of ``data`` each run gets right, and how many of them each was trained on (each named in a
+    :class:`LeakageWarning`)."""
     model_a, model_b = load_run(run_a), load_run(run_b)
     if model_a.classes != model_b.classes:
         raise TltoolError(f"the runs have different class lists ({model_a.classes} vs {model_b.classes}).")
     # the stricter of the two runs' decode limits: every image kept can be predicted by both
     _, paths, y = labelled_images(data, model_a.classes, min(model_a.max_pixels, model_b.max_pixels))
-    for run, model in ((run_a, model_a), (run_b, model_b)):
-        warn_if_trained_on(run, model, paths)
-    return (model_a.predict_paths(paths).argmax(1) == y), (model_b.predict_paths(paths).argmax(1) == y)
+    trained_on = {}
+    for name, run, model in (("A", run_a, model_a), ("B", run_b, model_b)):
+        trained_on[name] = warn_if_trained_on(run, model, paths)
+    return (model_a.predict_paths(paths).argmax(1) == y), (model_b.predict_paths(paths).argmax(1) == y), trained_on
