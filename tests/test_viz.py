@@ -306,6 +306,54 @@ def test_suspects_of_a_labeler_dataset_feed_its_review(tmp_path):
     assert summary["review_command"] == f"tltool label serve {dataset} --review {split_out / 'suspects.csv'}"
 
 
+def test_suspects_terminal_says_what_it_lists_and_keeps_a_kept_label_apart_from_a_relabel(tmp_path):
+    """Before, `label suspects` printed "the 24 most suspect:" above 10 rows (the CSV held 24), and listed images
+    no class fits better than their own as `red -> red`, right under "2 of 24 images are better supported as
+    another class", as if a relabel were suggested."""
+    dataset = tmp_path / "mine"
+    red = colour_photos(dataset / "unlabeled", (200, 30, 30), 12, seed=1, prefix="r")
+    blue = colour_photos(dataset / "unlabeled", (30, 40, 200), 12, seed=2, prefix="b")
+    rows = ["path,label"] + [f"unlabeled/{p.name},red" for p in red] + [f"unlabeled/{p.name},blue" for p in blue]
+    rows[1], rows[13] = "unlabeled/r0.png,blue", "unlabeled/b0.png,red"  # a red photo labelled blue, and back
+    (dataset / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "s"
+    result = ok(invoke("label", "suspects", dataset, "--image-size", 32, "--top", 24, "--features", tmp_path / "f",
+                       "--out", out))
+    with open(out / "suspects.csv", newline="") as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == 24 and {(r["path"], r["suggested"]) for r in written[:2]} == {
+        ("unlabeled/r0.png", "red"), ("unlabeled/b0.png", "blue")}
+    assert sum(r["label"] != r["suggested"] for r in written) == 2  # every other row keeps its label
+    lines = result.output.splitlines()
+    start = lines.index("2 of 24 images are better supported as another class than their own; the 24 most suspect "
+                        "are in suspects.csv, the first 10 here:")
+    listed = lines[start + 1:start + 11]
+    assert lines[start + 11:] == [f"-> {out / 'suspects.csv'}", f"-> {out / 'suspects.png'}"]
+    for rank, (line, row) in enumerate(zip(listed, written), 1):
+        verdict = (f"{row['label']} -> {row['suggested']}" if row["label"] != row["suggested"]
+                   else f"{row['label']} (kept: no class fits better)")
+        assert line == f"{rank:>3}  {float(row['score']):.3f}  {verdict}  {row['path']}"
+    assert "red -> red" not in result.output and "blue -> blue" not in result.output
+
+
+def test_suspects_terminal_says_when_it_lists_them_all(tmp_path):
+    from tltool.labeler.suspects import Suspect, SuspectsResult, terminal_lines
+
+    suspects = [Suspect(1, "a/1.jpg", "a", "b", 0.75, 0.2, 0.3, "train", "/d/a/1.jpg"),
+                Suspect(2, "b/2.jpg", "b", "b", 0.25, 0.7, 0.8, "val", "/d/b/2.jpg")]
+    result = SuspectsResult(suspects, tmp_path, tmp_path / "suspects.csv", tmp_path / "suspects.png",
+                            {"disagreeing": 1, "n_images": 40})
+    assert terminal_lines(result) == [
+        "1 of 40 images are better supported as another class than their own; the 2 most suspect are in "
+        "suspects.csv, all 2 here:",
+        "  1  0.750  a -> b  a/1.jpg",
+        "  2  0.250  b (kept: no class fits better)  b/2.jpg",
+        f"-> {tmp_path / 'suspects.csv'}", f"-> {tmp_path / 'suspects.png'}"]
+    assert terminal_lines(result, shown=1)[:2] == [
+        "1 of 40 images are better supported as another class than their own; the 2 most suspect are in "
+        "suspects.csv, the first 1 here:", "  1  0.750  a -> b  a/1.jpg"]
+
+
 # ------------------------------------------------------------------------------------------------------- errors
 def test_every_command_refuses_a_bad_layer_or_a_missing_run(tmp_path):
     image = noise_image(tmp_path / "x.jpg", seed=3, size=(64, 64))

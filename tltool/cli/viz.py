@@ -7,7 +7,7 @@ import click
 
 from ..configs import LinearConfig
 from ..settings import DEFAULT_BACKBONE
-from ..labeler.suspects import find_suspects
+from ..labeler.suspects import find_suspects, terminal_lines
 from ..viz import (layer_table, open_network, visualize_activations, visualize_embedding, visualize_filters,
                    visualize_gradcam)
 from .options import FEATURES_DIR, Choice, backbone_options, choice, compose, force_option, out_option, split_options
@@ -125,12 +125,8 @@ def suspects_cmd(data: str, backbone: str, weights: str, image_size: int | None,
     result = find_suspects(data, out, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
                            batch_size=batch_size, features_dir=features_dir, top=top, neighbours=neighbours,
                            val_fraction=val_fraction, seed=seed, max_pixels=max_pixels, force=force)
-    summary = result.summary
-    click.echo(f"{summary['disagreeing']} of {summary['n_images']} images are better supported as another class "
-               f"than their own; the {len(result.suspects)} most suspect:")
-    for s in result.suspects[:10]:
-        click.echo(f"{s.rank:>3}  {s.score:.3f}  {s.label} -> {s.suggested}  {s.path}")
-    click.echo(f"-> {result.csv}\n-> {result.png}")
+    for line in terminal_lines(result):
+        click.echo(line)
 
 
 viz.add_command(suspects_cmd)

@@ -38,6 +38,7 @@ from .store import LABELS_CSV, load_labelled, read_labels_csv
 
 CSV_COLUMNS = ("path", "label", "suggested", "score")  # which labels were accepted suggestions: suspects.json
 DEFAULT_C = 0.1  # moderate regularisation; on flowers C from 0.01 to 1 ranked planted mistakes about equally well
+SHOWN_IN_TERMINAL = 10  # suspects `tltool label suspects` prints; suspects.csv holds all of them
 
 
 @dataclass
@@ -52,6 +53,18 @@ class Suspect:
     split: str
     file: str  # absolute path
     assisted: bool = False  # the label was an accepted suggestion in the labeler (labels.csv's assisted column)
+
+    @property
+    def suggests_relabel(self) -> bool:
+        """Another class is better supported than the label. Otherwise the image is listed only for its rank (its
+        label's support is among the ``--top`` lowest), and no class fits it better than its own."""
+        return self.suggested != self.label
+
+    def verdict(self) -> str:
+        """``label -> suggested`` for a suggested relabel, else that the label is kept."""
+        if self.suggests_relabel:
+            return f"{self.label} -> {self.suggested}"
+        return f"{self.label} (kept: no class fits better)"
 
 
 @dataclass
@@ -182,6 +195,17 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     return SuspectsResult(suspects, run_dir, csv_path, png, summary)
 
 
+def terminal_lines(result: SuspectsResult, shown: int = SHOWN_IN_TERMINAL) -> list[str]:
+    """What ``tltool label suspects`` prints: how many images another class fits better, how many of the suspects
+    are listed here of how many ``suspects.csv`` holds, one row per listed suspect, and the files."""
+    summary, listed, total = result.summary, result.suspects[:shown], len(result.suspects)
+    which = f"all {total} here" if total <= shown else f"the first {len(listed)} here"
+    lines = [f"{summary['disagreeing']} of {summary['n_images']} images are better supported as another class than "
+             f"their own; the {total} most suspect are in {result.csv.name}, {which}:"]
+    lines += [f"{s.rank:>3}  {s.score:.3f}  {s.verdict()}  {s.path}" for s in listed]
+    return lines + [f"-> {result.csv}", f"-> {result.png}"]
+
+
 def write_suspects_csv(suspects: list[Suspect], target: Path) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -203,8 +227,8 @@ def plot_contact_sheet(suspects: list[Suspect], target: Path, title: str, cols: 
         picture = thumbnail(s.file, 128)
         if picture is not None:
             ax.imshow(picture)
-        arrow = f"→ {s.suggested}" if s.suggested != s.label else "(kept)"
+        arrow = f"→ {s.suggested}" if s.suggests_relabel else "(kept)"
         ax.set_title(f"#{s.rank} {s.label} {arrow}\nscore {s.score:.2f}  {Path(s.path).name[:14]}", fontsize=7.5,
-                     color="firebrick" if s.suggested != s.label else "black")
+                     color="firebrick" if s.suggests_relabel else "black")
     fig.suptitle(f"{title}\nlabel → suggested; score = 1 - support for the label (cross-validated probability and neighbours)", fontsize=10)
     save_figure(fig, target)
