@@ -304,6 +304,9 @@ def test_suspects_of_a_labeler_dataset_feed_its_review(tmp_path):
     assert (items[0].path, items[0].label, items[0].suggested) == ("unlabeled/r0.png", "blue", "red")
     summary = json.loads((split_out / "suspects.json").read_text())
     assert summary["review_command"] == f"tltool label serve {dataset} --review {split_out / 'suspects.csv'}"
+    shown = invoke("label", "suspects", tmp_path / "mine-split", "--image-size", 32, "--top", 5, "--features",
+                   tmp_path / "f2", "--out", split_out, "--force")
+    assert shown.output.strip().splitlines()[-1] == f"review them first: {summary['review_command']}"
 
 
 def test_suspects_terminal_says_what_it_lists_and_keeps_a_kept_label_apart_from_a_relabel(tmp_path):
@@ -328,7 +331,9 @@ def test_suspects_terminal_says_what_it_lists_and_keeps_a_kept_label_apart_from_
     start = lines.index("2 of 24 images are better supported as another class than their own; the 24 most suspect "
                         "are in suspects.csv, the first 10 here:")
     listed = lines[start + 1:start + 11]
-    assert lines[start + 11:] == [f"-> {out / 'suspects.csv'}", f"-> {out / 'suspects.png'}"]
+    assert lines[start + 11:] == [f"-> {out / 'suspects.csv'}", f"-> {out / 'suspects.png'}",
+                                  f"review them first: tltool label serve {tmp_path / 'mine'} --review "
+                                  f"{out / 'suspects.csv'}"]
     for rank, (line, row) in enumerate(zip(listed, written), 1):
         verdict = (f"{row['label']} -> {row['suggested']}" if row["label"] != row["suggested"]
                    else f"{row['label']} (kept: no class fits better)")

@@ -203,7 +203,8 @@ def terminal_lines(result: SuspectsResult, shown: int = SHOWN_IN_TERMINAL) -> li
     lines = [f"{summary['disagreeing']} of {summary['n_images']} images are better supported as another class than "
              f"their own; the {total} most suspect are in {result.csv.name}, {which}:"]
     lines += [f"{s.rank:>3}  {s.score:.3f}  {s.verdict()}  {s.path}" for s in listed]
-    return lines + [f"-> {result.csv}", f"-> {result.png}"]
+    review = [f"review them first: {summary['review_command']}"] if "review_command" in summary else []
+    return lines + [f"-> {result.csv}", f"-> {result.png}", *review]
 
 
 def write_suspects_csv(suspects: list[Suspect], target: Path) -> None:
