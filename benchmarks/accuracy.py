@@ -67,7 +67,8 @@ def main() -> None:
             ten = load_run(tuned.run_dir).predict_paths([r for r in _val_paths(tuned.run_dir)], tta="10crop")
             ten_eval = Evaluation(tuned.evaluation.classes, tuned.evaluation.y_true, ten)
             finetune_seconds = time.perf_counter() - start
-            comparison, _ = compare_runs(linear.run_dir, tuned.run_dir, out=out / f"{name}-{backbone}-compare")
+            comparison, _ = compare_runs(linear.run_dir, tuned.run_dir, out=out / f"{name}-{backbone}-compare",
+                                         force=True)  # a rerun replaces its own comparison
             lm, fm = linear.metrics, tuned.metrics
             row = {"data": name, "backbone": backbone, "n_val": lm["val"]["accuracy"]["n"],
                    "probe": lm["val"]["accuracy"], "probe_flip": lm["tta"]["flip"]["accuracy"],

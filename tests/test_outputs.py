@@ -369,6 +369,48 @@ def test_a_run_another_command_is_writing_is_refused_even_with_force_and_freed_w
     subprocess.run([sys.executable, "-c", second, str(run)], check=True)
 
 
+def test_run_holds_follow_links_stay_with_their_thread_and_cover_a_forced_replacement(tmp_path, monkeypatch):
+    """From a review of the run locks: `--resume runs/latest` (a link) was refused as in use by itself; a thread's
+    library call that returned marked and let go of another thread's run; a forced replacement removed the earlier
+    run (seconds, for checkpoints) before holding the new folder, which another command could take meanwhile."""
+    import os
+    import threading
+
+    from tltool import outputs
+    from tltool.outputs import held_output_dirs
+    from tltool.runs import hold_run_dir, new_run_dir, writes_runs
+
+    run = new_run_dir("finetune", out=tmp_path / "run")
+    (tmp_path / "latest").symlink_to(run, target_is_directory=True)
+    hold_run_dir(tmp_path / "latest")  # the same folder: held already, not "in use"
+    outputs.release_output_dirs()
+
+    entered, leave = threading.Event(), threading.Event()
+
+    @writes_runs
+    def slow(out):
+        new_run_dir("finetune", out=out)
+        entered.set()
+        leave.wait(30)
+
+    worker = threading.Thread(target=slow, args=(tmp_path / "slow",))
+    worker.start()
+    assert entered.wait(30)
+    writes_runs(lambda: new_run_dir("compare", out=tmp_path / "quick"))()
+    assert os.path.realpath(tmp_path / "slow") in held_output_dirs()  # still the other thread's
+    assert '"finished"' not in (tmp_path / "slow" / MARKER).read_text()
+    leave.set()
+    worker.join(30)
+    assert not held_output_dirs() and '"finished": true' in (tmp_path / "slow" / MARKER).read_text()
+
+    (run / "metrics.json").write_text("earlier")
+    removing = outputs._remove_marked
+    seen = []
+    monkeypatch.setattr(outputs, "_remove_marked",
+                        lambda old: (seen.append(os.path.realpath(run) in held_output_dirs()), removing(old)))
+    assert new_run_dir("finetune", out=run, force=True) == run and seen == [True]
+
+
 def test_a_finished_run_of_any_command_needs_force_and_an_unfinished_one_does_not(tmp_path):
     """`compare`, `learning-curve` and `data inspect` write no metrics.json, so a second one with the same --out
     took the first for an unfinished run and replaced it without --force (the README promised a refusal)."""

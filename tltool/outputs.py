@@ -13,9 +13,10 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 try:
     import fcntl
@@ -164,10 +165,12 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     return True
 
 
-def emptied_output_dir(path: Path, kind: str) -> Path:
+def emptied_output_dir(path: Path, kind: str, hold: bool = False) -> Path:
     """``path``, a claimed tltool folder of ``kind``, emptied for a new output (``--force``, or an unfinished
     earlier one): no file of the earlier output may pass for this one's (a checkpoint resumed on another split, an
-    export of another model). It is renamed aside, a new marked folder takes its place, then the old is removed."""
+    export of another model). It is renamed aside, a new marked folder takes its place, then the old is removed.
+    ``hold``: the new folder is held (:func:`hold_output_dir`) before the old one's removal, which may take seconds;
+    unheld meanwhile, another command took it."""
     if output_kind(path) == kind:
         _remove_leftovers(path, kind)  # what a killed replacement left beside it
     if _holds_only_marker(path):
@@ -178,17 +181,29 @@ def emptied_output_dir(path: Path, kind: str) -> Path:
     os.rename(path, old)
     if not _create_marked(path, kind):
         raise TltoolError(f"{path}: another process created it while tltool was replacing it; run again.")
+    if hold:
+        hold_output_dir(path)
     _remove_marked(old)
     return path
 
 
 def _remove_marked(folder: Path) -> None:
     """Remove the marked folder ``folder``, its marker last: a kill halfway leaves it still known for tltool's, so
-    the next replacement removes the rest (:func:`_remove_leftovers`); rmtree's order left it unmarked for good."""
-    for child in folder.iterdir():
-        if child.name != MARKER:
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    shutil.rmtree(folder)
+    the next replacement removes the rest (:func:`_remove_leftovers`); rmtree's order left it unmarked for good.
+    What is gone already was removed by another command clearing the same leftover: no error."""
+    def gone_already(function: object, path: str, exc_info: tuple) -> None:
+        if not issubclass(exc_info[0], FileNotFoundError):
+            raise exc_info[1]
+
+    with contextlib.suppress(FileNotFoundError):
+        for child in list(folder.iterdir()):
+            if child.name == MARKER:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, onerror=gone_already)
+            else:
+                child.unlink(missing_ok=True)
+    shutil.rmtree(folder, onerror=gone_already)
 
 
 def _create_marked(path: Path, kind: str) -> bool:
@@ -312,8 +327,9 @@ def _unlock(lock: int | None) -> None:
         os.close(lock)
 
 
-# Folders this process is writing for longer than a moment (runs): absolute path -> (locked descriptor, dev, inode)
+# Folders this process is writing for longer than a moment (runs): real path -> (locked descriptor, dev, inode)
 _HELD: dict[str, tuple[int, int, int]] = {}
+_SCOPES = threading.local()  # per thread: the folders each open hold_scope() took (threads never free others')
 
 
 def _in_use(path: str | os.PathLike) -> TltoolError:
@@ -325,7 +341,7 @@ def hold_output_dir(path: str | os.PathLike) -> None:
     """Lock the folder ``path``, which this process is about to write, against every other tltool command until
     :func:`release_output_dirs` (or the process's end: a killed command holds nothing). Refuses a folder another
     process holds. Held already by this process, it stays held; a folder since replaced at that name is held anew."""
-    key = os.path.abspath(path)
+    key = os.path.realpath(path)  # `--resume runs/latest`, a link: its folder is what is locked
     now = os.stat(key)
     held = _HELD.pop(key, None)
     if held is not None:
@@ -336,24 +352,39 @@ def hold_output_dir(path: str | os.PathLike) -> None:
     lock = _lock(Path(key), _in_use(path))
     if lock is not None:
         _HELD[key] = (lock, now.st_dev, now.st_ino)
+        for scope in getattr(_SCOPES, "stack", []):
+            scope.add(key)
 
 
 def check_not_in_use(path: str | os.PathLike) -> None:
     """Refuse now, before a command's work, a folder that another process holds (see :func:`hold_output_dir`)."""
-    key = os.path.abspath(path)
-    if key in _HELD or not os.path.isdir(key) or os.path.islink(key):
+    key = os.path.realpath(path)
+    if key in _HELD or not os.path.isdir(key):
         return
     _unlock(_lock(Path(key), _in_use(path)))
 
 
-def release_output_dirs(keep: set[str] | frozenset[str] = frozenset()) -> None:
-    """Let other commands have the folders this process holds, but those in ``keep`` (paths as held)."""
-    for key in [key for key in _HELD if key not in keep]:
+def release_output_dirs(only: Iterable[str] | None = None) -> None:
+    """Let other commands have the folders this process holds (``only`` those, as :func:`hold_scope` gives them)."""
+    for key in list(_HELD) if only is None else [key for key in only if key in _HELD]:
         os.close(_HELD.pop(key)[0])
 
 
 def held_output_dirs() -> frozenset[str]:
     return frozenset(_HELD)
+
+
+@contextlib.contextmanager
+def hold_scope() -> Iterator[set[str]]:
+    """The set of folders this thread holds anew inside the block (a run a library call makes, for it to mark and
+    let go of): another thread's, or ones held before the block, are not in it."""
+    stack = _SCOPES.__dict__.setdefault("stack", [])
+    taken: set[str] = set()
+    stack.append(taken)
+    try:
+        yield taken
+    finally:
+        stack.remove(taken)
 
 
 @contextlib.contextmanager
@@ -418,4 +449,11 @@ def _remove_leftovers(target: Path, kind: str) -> None:
     pattern = re.compile(rf"\.{re.escape(target.name)}\.old(-[0-9a-f]{{8}})?")
     for sibling in target.parent.iterdir():
         if pattern.fullmatch(sibling.name) and not sibling.is_symlink() and output_kind(sibling) == kind:
-            _remove_marked(sibling)
+            try:
+                lock = _lock(sibling, _in_use(sibling))
+            except TltoolError:  # another command is removing it (or held it when it was its run): left to it
+                continue
+            try:
+                _remove_marked(sibling)
+            finally:
+                _unlock(lock)

@@ -10,8 +10,7 @@ from typing import Callable, ParamSpec, TypeVar
 
 from .errors import TltoolError
 from .outputs import (check_not_in_use, check_output_dir, check_output_name, claim_output_dir, emptied_output_dir,
-                      held_output_dirs, hold_output_dir, mark_finished, marked_finished, output_kind,
-                      release_output_dirs)
+                      hold_output_dir, hold_scope, mark_finished, marked_finished, output_kind, release_output_dirs)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,8 +42,8 @@ def _replaceable_unforced(out: str | Path, force: bool) -> bool:
 def check_run_dir(out: str | Path | None, force: bool = False) -> None:
     """What :func:`new_run_dir` would refuse, refused now, before a command's work (nothing is created)."""
     if out is not None:
+        check_not_in_use(out)  # first: a run in training is not one to resume or replace
         check_output_dir(out, "run", reuse=_replaceable_unforced(out, force), force=force)
-        check_not_in_use(out)
 
 
 def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bool = False) -> Path:
@@ -55,7 +54,7 @@ def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bo
     if out is not None:  # an unfinished run that cannot be resumed may be replaced; any other needs force
         claimed = claim_output_dir(out, "run", reuse=_replaceable_unforced(out, force), force=force)
         hold_output_dir(claimed)
-        return hold_run_dir(emptied_output_dir(claimed, "run"))
+        return emptied_output_dir(claimed, "run", hold=True)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = DEFAULT_RUNS_ROOT / "-".join(slug(p) for p in (kind, *parts, stamp) if p)
@@ -78,12 +77,12 @@ def writes_runs(function: Callable[P, R]) -> Callable[P, R]:
     returns, and let go when it returns or fails, so a notebook that ran it can resume the run from a terminal."""
     @functools.wraps(function)
     def holding(*args: P.args, **kwargs: P.kwargs) -> R:
-        before = held_output_dirs()
-        try:
-            result = function(*args, **kwargs)
-            for run_dir in held_output_dirs() - before:
-                mark_finished(run_dir)
-            return result
-        finally:
-            release_output_dirs(keep=before)
+        with hold_scope() as taken:
+            try:
+                result = function(*args, **kwargs)
+                for run_dir in taken:
+                    mark_finished(run_dir)
+                return result
+            finally:
+                release_output_dirs(only=taken)
     return holding
