@@ -44,3 +44,25 @@ def test_inspect_dataset_returns_data_and_prints_nothing(tmp_path, capsys):
     counts = result.checked.to_json()["n_usable"]
     assert counts == len(result.checked.dataset.records) > 0
     assert result.has_problems == bool(result.checked.bad or result.checked.warnings or result.checked.leaks())
+
+
+def test_open_regular_refuses_a_folder_a_pipe_and_a_link_and_keeps_no_descriptor(tmp_path):
+    """A folder at a chunk's (or a cached PNG's) name leaked one descriptor per read: os.fdopen of a folder's
+    descriptor raises without closing it."""
+    import os
+
+    from tltool.utils import open_regular
+
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    before = len(os.listdir("/proc/self/fd"))
+    for name, follow in (("folder", True), ("pipe", True), ("link", False)):
+        for _ in range(20):
+            with pytest.raises(OSError):
+                with open_regular(tmp_path / name, follow_links=follow):
+                    pass
+    with open_regular(tmp_path / "link") as f:
+        assert f.read() == b"x"
+    assert len(os.listdir("/proc/self/fd")) == before

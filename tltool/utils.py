@@ -166,10 +166,15 @@ def open_regular(path: str | os.PathLike, follow_links: bool = True) -> Iterator
     something writes to it, and ``np.load`` of one hung for ever."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
     fd = os.open(path, flags)
-    with os.fdopen(fd, "rb") as f:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:  # fdopen of a folder fails without closing it: a descriptor lost per call
+        os.close(fd)
+        raise
+    with f:
         yield f
 
 
