@@ -66,6 +66,16 @@ def test_an_empty_folder_tltool_cannot_write_into_is_refused_not_replaced(tmp_pa
     empty.chmod(0o755)
     claim_output_dir(empty, "features")  # a filesystem without hard links: the folder is replaced by a marked one
     assert output_kind(empty) == "features" and sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    monkeypatch.undo()
+    mount = tmp_path / "mount"  # the marker is written inside the folder: no link across filesystems, no write
+    mount.mkdir()                # beside it; a claim file a killed claim left does not make the folder a user's
+    (mount / f"{MARKER}.claim-0123abcd").write_text("{")
+    mount.parent.chmod(0o555)
+    try:
+        claim_output_dir(mount, "features")
+    finally:
+        mount.parent.chmod(0o755)
+    assert output_kind(mount) == "features"
 
 
 def test_out_dot_claims_the_current_empty_folder(tmp_path, monkeypatch):

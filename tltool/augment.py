@@ -140,7 +140,7 @@ def load_size(image_size: int, augment: str | None) -> int:
 PREVIEW_PNG = "augment_preview.png"
 
 
-@writes_runs
+@writes_runs(finished=False)  # a preview is drawn again into its own folder without --force
 def preview(data: str, out: str | Path | None = None, augment: str = "standard", image_size: int = PREVIEW_SIZE,
             draws: int = PREVIEW_DRAWS, seed: int = 0, index: int = 0, force: bool = False) -> Path:
     """A PNG grid of one training image under ``draws`` random augmentations (the first tile is the original).

@@ -27,8 +27,11 @@ from .errors import TltoolError
 from .utils import read_json, shown_name, write_json
 
 MARKER = ".tltool-output.json"
-# os.link's errors on a filesystem without hard links (FAT, some network shares); any other error is a real refusal
-NO_HARD_LINKS = {errno.EPERM, errno.EMLINK, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.EOPNOTSUPP}
+CLAIM_SUFFIX = ".claim-"  # the marker is written under MARKER + this + a token, then linked to its name
+# os.link's errors on a filesystem without hard links (FAT, some network shares, FUSE file systems without link);
+# any other error is a real refusal
+NO_HARD_LINKS = {errno.EPERM, errno.EMLINK, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP),
+                 errno.EOPNOTSUPP}
 FILLING = "filling"  # in the marker while a claimed empty folder is filled in place, one entry after another
 FILLED_ENTRIES = "entries"  # beside it: the names being moved in, the only ones the next fill may clear
 FINISHED = "finished"  # in a run folder's marker once the command that made it returned
@@ -54,7 +57,9 @@ def output_kind(path: str | os.PathLike) -> str | None:
 
 
 def _is_empty_dir(path: Path) -> bool:
-    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    """Nothing in it but, perhaps, the claim file a process killed while marking it left (:func:`_mark_in_place`)."""
+    return (path.is_dir() and not path.is_symlink()
+            and all(child.name.startswith(MARKER + CLAIM_SUFFIX) for child in path.iterdir()))
 
 
 def holds_no_output(path: str | os.PathLike) -> bool:
@@ -231,12 +236,13 @@ def _create_marked(path: Path, kind: str) -> bool:
 
 
 def _mark_in_place(path: Path, kind: str) -> bool | None:
-    """Give the empty folder ``path`` its whole marker in one step (written beside it, then hard-linked in, which
-    fails if a marker is there): True, False when another process marked it first, None where the filesystem has
-    no hard links."""
-    written = path.with_name(f".{path.name}.claim-{secrets.token_hex(4)}.json")
-    write_json(written, _marker(kind))
+    """Give the empty folder ``path`` its whole marker in one step (written in it under a name of its own, then
+    hard-linked to the marker's name, which fails if a marker is there): True, False when another process marked it
+    first, None where the filesystem has no hard links. Written beside it before, the link crossed filesystems for
+    an empty mount point (``--out /out`` in a container), and needed a parent tltool could write into."""
+    written = path / f"{MARKER}{CLAIM_SUFFIX}{secrets.token_hex(4)}"
     try:
+        write_json(written, _marker(kind))
         os.link(written, path / MARKER)
         return True
     except FileExistsError:
@@ -249,7 +255,8 @@ def _mark_in_place(path: Path, kind: str) -> bool | None:
             raise TltoolError(f"{shown_name(path)}: cannot write into it; choose a folder you can write into.") from None
         return None
     finally:
-        written.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            written.unlink(missing_ok=True)
 
 
 def staging_dir(target: Path, kind: str) -> Path:

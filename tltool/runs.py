@@ -72,17 +72,21 @@ def hold_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def writes_runs(function: Callable[P, R]) -> Callable[P, R]:
+def writes_runs(function: Callable[P, R] | None = None, *,
+                finished: bool = True) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a library function that makes or resumes run folders: the ones it holds are marked finished when it
-    returns, and let go when it returns or fails, so a notebook that ran it can resume the run from a terminal."""
-    @functools.wraps(function)
-    def holding(*args: P.args, **kwargs: P.kwargs) -> R:
-        with hold_scope() as taken:
-            try:
-                result = function(*args, **kwargs)
-                for run_dir in taken:
-                    mark_finished(run_dir)
-                return result
-            finally:
-                release_output_dirs(only=taken)
-    return holding
+    returns (``finished=False``: a picture drawn again in place without ``--force``, the augmentation preview), and
+    let go when it returns or fails, so a notebook that ran it can resume the run from a terminal."""
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def holding(*args: P.args, **kwargs: P.kwargs) -> R:
+            with hold_scope() as taken:
+                try:
+                    result = function(*args, **kwargs)
+                    for run_dir in taken if finished else ():
+                        mark_finished(run_dir)
+                    return result
+                finally:
+                    release_output_dirs(only=taken)
+        return holding
+    return decorate if function is None else decorate(function)
