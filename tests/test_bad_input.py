@@ -371,8 +371,9 @@ def test_a_full_disk_or_a_size_limit_is_one_line_not_a_traceback(tmp_path, monke
                           env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == ["error: File too large; a limit on file sizes (ulimit -f) stopped the "
-                                                "write. Every file tltool writes is whole or absent, so run it "
-                                                "again then."]
+                                                "write. Every file tltool writes is whole or absent: run the "
+                                                "command again then (a fine-tune or train with `--resume RUN`, to "
+                                                "go on from its last epoch)."]
     import tltool.cli.data as data_cli
 
     for code in MACHINE_ERRORS:
@@ -382,8 +383,9 @@ def test_a_full_disk_or_a_size_limit_is_one_line_not_a_traceback(tmp_path, monke
         monkeypatch.setattr(data_cli, "export_digits", failing)
         result = CliRunner().invoke(main, ["data", "digits", str(tmp_path / "e")])
         assert result.exit_code == 1 and f"error: {tmp_path / 'x.png'}: {os.strerror(code)}; " in result.output
-    monkeypatch.setattr(data_cli, "export_digits", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "io")))
-    assert isinstance(CliRunner().invoke(main, ["data", "digits", str(tmp_path / "e")]).exception, OSError)
+    for other in (OSError(errno.EIO, "io"), PermissionError(errno.EACCES, "Permission denied")):  # no file: a port
+        monkeypatch.setattr(data_cli, "export_digits", lambda *a, other=other, **k: (_ for _ in ()).throw(other))
+        assert isinstance(CliRunner().invoke(main, ["data", "digits", str(tmp_path / "e")]).exception, OSError)
 
 
 def test_a_bad_file_found_late_does_not_move_the_split(tmp_path, monkeypatch):

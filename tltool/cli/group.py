@@ -32,10 +32,11 @@ MACHINE_ERRORS = {
 def machine_error_line(exc: OSError) -> str | None:
     """The one line shown for an :class:`OSError` of the machine (full disk, permissions), None for another."""
     hint = MACHINE_ERRORS.get(exc.errno)
-    if hint is None:
-        return None
+    if hint is None or (exc.errno in (errno.EACCES, errno.EPERM) and not exc.filename):
+        return None  # a permission without a file (a port below 1024) is not a folder's: its own traceback
     where = f"{exc.filename}: " if exc.filename else ""
-    return f"{where}{exc.strerror or exc}; {hint}. Every file tltool writes is whole or absent, so run it again then."
+    return (f"{where}{exc.strerror or exc}; {hint}. Every file tltool writes is whole or absent: run the command "
+            "again then (a fine-tune or train with `--resume RUN`, to go on from its last epoch).")
 
 
 class TltoolGroup(click.Group):
