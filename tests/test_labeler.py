@@ -1194,3 +1194,28 @@ def test_a_connection_that_sends_no_request_is_closed_soon_and_a_keep_alive_one_
         assert conn.getresponse().read() and conn.sock is not None
         time.sleep(1.0)
     conn.close()
+
+
+def test_an_exports_record_of_its_sources_is_used_only_when_it_points_into_a_labeler_folder(tmp_path):
+    """From a review: suspects of a split trusted its export.json, so a split moved to another machine (or a
+    hostile record) sent the review to a folder that is not there, or to any folder at all."""
+    from tltool.labeler.export import export_origin
+    from tltool.labeler.store import EXPORT_MARKER
+
+    labeler, split = tmp_path / "mine", tmp_path / "split"
+    (labeler / "unlabeled").mkdir(parents=True)
+    (labeler / "unlabeled" / "a.jpg").write_bytes(b"x")
+    (labeler / "labels.csv").write_text("path,label\nunlabeled/a.jpg,cat\n")
+    (split / ".tltool").mkdir(parents=True)
+
+    def origin(labels, sources):
+        (split / EXPORT_MARKER).write_text(json.dumps({"labels": labels, "sources": sources}))
+        return export_origin(split)
+
+    good = {"train/cat/a.jpg": "unlabeled/a.jpg"}
+    assert origin(str(labeler / "labels.csv"), good) == (labeler.resolve(), good)
+    assert origin(str(tmp_path / "moved" / "labels.csv"), good) is None  # no labeler folder there
+    assert origin("", good) is None
+    hostile = {"train/cat/a.jpg": "../../etc/passwd", "train/cat/b.jpg": "/etc/passwd",
+               "train/cat/c.jpg": "unlabeled/missing.jpg"}
+    assert origin(str(labeler / "labels.csv"), hostile) == (labeler.resolve(), {})

@@ -22,7 +22,7 @@ from ..images import read_header
 from ..outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, output_kind, staged_output
 from ..settings import check_range
 from ..utils import read_json, write_json
-from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, load_labelled, read_labels_csv
+from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, inside_root, load_labelled, read_labels_csv
 
 DEFAULT_SUFFIX = "-split"  # mydata -> mydata-split, so runs on it are named after the dataset
 KIND = "label-export"  # the kind of output folder (tltool.outputs) an export is
@@ -102,9 +102,14 @@ def export_origin(split: Path) -> tuple[Path, dict[str, str]] | None:
         labels, sources = record.get("labels"), record.get("sources")
     except (OSError, ValueError, AttributeError, RecursionError):
         return None
-    if not isinstance(labels, str) or not isinstance(sources, dict):
+    if not isinstance(labels, str) or not isinstance(sources, dict) or not labels:
         return None
-    return Path(labels).parent, {k: v for k, v in sources.items() if isinstance(k, str) and isinstance(v, str)}
+    origin = Path(labels).parent.resolve()
+    labels_csv = origin / LABELS_CSV
+    if labels_csv.is_symlink() or not labels_csv.is_file():  # moved, renamed, or another machine's: not a review
+        return None
+    mapped = {k: inside_root(origin, v) for k, v in sources.items() if isinstance(k, str) and isinstance(v, str)}
+    return origin, {k: v for k, v in mapped.items() if v is not None and (origin / v).is_file()}
 
 
 def _refuse_earlier_export(target: Path) -> None:
