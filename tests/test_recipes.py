@@ -182,6 +182,23 @@ def test_what_an_earlier_step_of_the_run_writes_counts_and_what_a_step_before_fr
     assert plan_recipe(path, start=2).steps[1].command == "linear"
 
 
+def test_a_feature_cache_a_step_writes_by_default_counts_as_written(in_tmp):
+    """From a review: probe (and suspects) without `features` write runs/features-DATA-BACKBONE-RESIZE, a documented
+    name a later step may give; such a recipe was refused before step 1."""
+    recipe = _write(in_tmp, f"""steps:
+  - probe: {{data: "{SAMPLE}", out: runs/p}}
+  - viz-embedding: {{features: runs/features-shapes-efficientnet_lite0-crop}}
+  - probe: {{data: "{SAMPLE}", image-size: 64, resize: stretch, out: runs/p2}}
+  - linear: {{features: runs/features-shapes-efficientnet_lite0-64-stretch}}
+""")
+    assert len(plan_recipe(recipe).steps) == 4
+    with pytest.raises(TltoolError, match=r"features runs/features-shapes-mobilenet_v2-crop"):
+        plan_recipe(_write(in_tmp, f"""steps:
+  - probe: {{data: "{SAMPLE}", out: runs/p}}
+  - linear: {{features: runs/features-shapes-mobilenet_v2-crop}}
+"""))
+
+
 def test_inputs_are_read_as_their_commands_read_them(in_tmp):
     """tfds:NAME and --weights imagenet name no file; a glob matches files now or lies in a folder a step writes;
     label export's default output (DATASET-split) is written; an input inside a folder a step writes is written."""

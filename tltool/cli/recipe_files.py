@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 import click
 
 from ..labeler.export import default_export_dir
+from ..linear import default_features_dir
 from ..settings import FILE_SUFFIXES
 
 
@@ -70,9 +71,19 @@ STEP_OUTPUTS: dict[str, tuple[str, ...]] = {  # outputs besides `out`: the featu
     "label-suspects": ("features",),
     "viz-suspects": ("features",),
 }
-# where a command writes when `out` is not given, from the value of another key
-DEFAULT_OUTPUTS: dict[str, tuple[str, Callable[[str], Path]]] = {
-    "label-export": ("dataset", default_export_dir),
+Option = Callable[[str], Any]  # a step's value of a key, or its command's default
+
+
+def _features_default(data: str, option: Option) -> Path:
+    return default_features_dir(data, option("backbone"), option("image-size"), option("resize"))
+
+
+# where a command writes when a key is not given: (that key, the key the place derives from, the place)
+DEFAULT_OUTPUTS: dict[str, tuple[str, str, Callable[[str, Option], Path]]] = {
+    "label-export": ("out", "dataset", lambda dataset, option: default_export_dir(dataset)),
+    "probe": ("features", "data", _features_default),  # the feature cache a later step may name
+    "label-suspects": ("features", "data", _features_default),
+    "viz-suspects": ("features", "data", _features_default),
 }
 
 
@@ -108,9 +119,12 @@ def step_outputs(command: str, params: dict[str, click.Parameter], values: dict[
     """The paths a step writes that a later step can name."""
     keys = [k for k in WRITTEN_EVERYWHERE if k in params] + list(STEP_OUTPUTS.get(command, ()))
     out = [_absolute(text) for key in keys if key in values for text in _texts(values[key])]
-    if command in DEFAULT_OUTPUTS and "out" not in values:
-        source, default = DEFAULT_OUTPUTS[command]
-        out += [default(text) for text in _texts(values.get(source))]
+    absent, source, default = DEFAULT_OUTPUTS.get(command, ("", "", None))
+    if default is not None and absent not in values:
+        def option(key: str) -> Any:
+            return values[key] if key in values else (params[key].default if key in params else None)
+
+        out += [_absolute(str(default(text, option))) for text in _texts(values.get(source))]
     return out
 
 
