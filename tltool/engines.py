@@ -421,11 +421,13 @@ def converted_model(source: ModelSource) -> Path:
         say(f"the cached LiteRT model {path} is damaged or was written by an older tltool: converting again")
     start = time.perf_counter()
     data = to_tflite(source.build())
-    with atomic_path(path, suffix=".tflite.tmp") as tmp:
-        tmp.write_bytes(data)
+    # the digest first: another process that looks meanwhile finds no model (not a "damaged" one) and converts too;
+    # the conversion is repeatable, so two at once write the same bytes
     write_json(path.with_suffix(".json"), {**source.key, "converter": "tf.lite.TFLiteConverter.from_keras_model",
                                            "seconds": round(time.perf_counter() - start, 2),
                                            "sha256": hashlib.sha256(data).hexdigest()})
+    with atomic_path(path, suffix=".tflite.tmp") as tmp:
+        tmp.write_bytes(data)
     say(f"converted {source.name} to LiteRT once ({time.perf_counter() - start:.1f} s): {path}")
     return path
 
