@@ -232,7 +232,7 @@ def test_every_path_option_of_every_command_is_known_as_an_input_or_an_output():
     from tltool.cli.recipes import _key
 
     commands = {name: {_key(p): p for p in command.params} for name, command in recipe_commands().items()}
-    declared = [*STEP_INPUTS.items(), *STEP_OUTPUTS.items(), *((n, [k]) for n, (k, _) in DEFAULT_OUTPUTS.items())]
+    declared = [*STEP_INPUTS.items(), *STEP_OUTPUTS.items(), *((n, [absent, source]) for n, (absent, source, _) in DEFAULT_OUTPUTS.items())]
     for name, keys in declared:
         assert set(keys) <= set(commands[name]), name
     assert set(READ_EVERYWHERE.values()) | {k for keys in STEP_INPUTS.values() for k in keys.values()} <= \
