@@ -210,6 +210,9 @@ def test_cli_import_prints_threshold_and_names_bad_files(tmp_path):
     assert "dHash Hamming distance <= 4 of 64 bits" in result.output
     assert f"skipped {tmp_path / 'in' / 'bad.jpg'}: {images.NOT_AN_IMAGE}" in result.output
     assert "added 2 image(s)" in result.output
+    # the next step names no classes of its own ("a,b,c" reached recipes' output as if meant)
+    assert result.output.strip().splitlines()[-1] == (f"next: tltool label serve {tmp_path / 'ds'} --classes "
+                                                      "NAME1,NAME2,... (your class names; keys 1-9 follow their order)")
     # the dataset inside the source folder: its own images are never imported again
     again = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "ds")])
     again = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "ds")])

@@ -1,6 +1,7 @@
 """``tltool collect import`` and ``tltool label serve|export``: your own photos into a labelled dataset."""
 from __future__ import annotations
 
+import shlex
 import webbrowser
 
 import click
@@ -53,7 +54,8 @@ def import_cmd(sources: tuple[str, ...], dataset: str, every: float, max_side: i
                f"{len(result.near_duplicates)} near duplicate(s); {result.already} already imported; "
                f"{len(result.bad)} bad file(s) skipped")
     click.echo(f"{result.total_images} image(s) in {result.dataset / 'unlabeled'}; manifest: {result.manifest}")
-    click.echo(f"next: tltool label serve {dataset} --classes a,b,c")
+    click.echo(f"next: tltool label serve {shlex.quote(str(dataset))} --classes NAME1,NAME2,... (your class names; "
+               "keys 1-9 follow their order)")
 
 
 @click.group("label")
