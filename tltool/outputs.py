@@ -196,19 +196,25 @@ def _remove_marked(folder: Path) -> None:
     """Remove the marked folder ``folder``, its marker last: a kill halfway leaves it still known for tltool's, so
     the next replacement removes the rest (:func:`_remove_leftovers`); rmtree's order left it unmarked for good.
     What is gone already was removed by another command clearing the same leftover: no error."""
-    def gone_already(function: object, path: str, exc_info: tuple) -> None:
-        if not issubclass(exc_info[0], FileNotFoundError):
-            raise exc_info[1]
-
     with contextlib.suppress(FileNotFoundError):
         for child in list(folder.iterdir()):
-            if child.name == MARKER:
-                continue
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, onerror=gone_already)
-            else:
-                child.unlink(missing_ok=True)
-    shutil.rmtree(folder, onerror=gone_already)
+            if child.name != MARKER:
+                _remove_entry(child)
+    shutil.rmtree(folder, onerror=_gone_already)
+
+
+def _remove_entry(entry: Path) -> None:
+    """One entry of a tltool folder removed: a folder with all it holds, anything else (a link too) unlinked."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, onerror=_gone_already)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def _gone_already(function: object, path: str, exc_info: tuple) -> None:
+    """rmtree's error handler: what another process removed first is no error."""
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
 
 
 def _create_marked(path: Path, kind: str) -> bool:
@@ -440,8 +446,7 @@ def _fill_in_place(staging: Path, target: Path, kind: str) -> None:
     :func:`holds_no_output` knows for unfinished, never one that passes for a whole output. The next fill clears
     only the entries that marker names."""
     for name in _killed_fill_entries(target) or ():  # what a killed fill left
-        child = target / name
-        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        _remove_entry(target / name)
     entries = sorted(child.name for child in staging.iterdir() if child.name != MARKER)
     write_json(target / MARKER, {**_marker(kind), FILLING: True, FILLED_ENTRIES: entries})
     for name in entries:
