@@ -1,6 +1,7 @@
 """Fine-tuning: frozen BatchNorm, resume after SIGKILL, TTA views, NaN guard (exports: test_export.py)."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -278,3 +279,66 @@ def test_refit_with_a_val_driven_schedule_or_cv_is_a_user_error(tmp_path):
     for command in (finetune_cmd, train_cmd):  # off by default, on the command line as in the library
         option = next(p for p in command.params if p.name == "refit")
         assert option.default is False is FinetuneConfig.refit
+
+
+def test_a_killed_cross_validation_keeps_its_finished_folds(tmp_path, monkeypatch):
+    """A fine-tune --cv killed in its second fold, run again on the same --out, deleted the first fold's minutes of
+    training (no metrics.json: it looked unfinished); --resume trained every fold again. Now the rerun is refused
+    and --resume keeps the finished fold and goes on with the killed one from its checkpoint."""
+    import tltool.finetune as ft
+    from tltool.supervised import KerasTrainingRun
+
+    config = FinetuneConfig(data=str(SAMPLE), image_size=48, batch_size=32, augment="none", head_epochs=1,
+                            epochs=0, head_lr=3e-3)
+    finish, calls = KerasTrainingRun.finish, []
+
+    def killed_in_fold_2(self, run_dir, *args, **kwargs):
+        if run_dir.parent.name == "fold-2":
+            raise KeyboardInterrupt  # after its last epoch's checkpoint, before its report
+        return finish(self, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(KerasTrainingRun, "finish", killed_in_fold_2)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune_cv(config, 2, out=tmp_path / "cv")
+    monkeypatch.setattr(KerasTrainingRun, "finish", finish)
+    fold_1 = json.loads((tmp_path / "cv" / "fold-1" / "held_out.json").read_text())
+    with pytest.raises(TltoolError, match="--resume"):
+        ft.finetune_cv(config, 2, out=tmp_path / "cv")
+    assert (tmp_path / "cv" / "fold-1" / "run" / "model.keras").exists()  # refused, nothing removed
+
+    real = ft.finetune
+    monkeypatch.setattr(ft, "finetune", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    run_dir, evaluation, metrics = ft.finetune_cv(FinetuneConfig(data=None), 0, resume=tmp_path / "cv")
+    assert [Path(kw["resume"]).parent.name for kw in calls] == ["fold-2"]  # fold 1 kept, fold 2 resumed
+    assert evaluation.n == 160 and metrics["cv"]["k"] == 2  # every image predicted once, by the fold that did not
+    assert metrics["estimated_seconds"] > 0                   # train on it
+    splits = [list(csv.DictReader(open(run_dir / f"fold-{i}" / "split.csv"))) for i in (1, 2)]
+    val_1, val_2 = ({r["path"] for r in split if r["split"] == "val"} for split in splits)
+    assert not val_1 & val_2 and len(val_1 | val_2) == 160
+    rows = [sorted(r.path for r in ft.load_split(tmp_path / "cv").records).index(p) for p in fold_1["paths"]]
+    np.testing.assert_allclose(evaluation.probs[rows], fold_1["probs"])
+    assert metrics["cv"]["fold_scores"][0] == pytest.approx(
+        np.mean(np.argmax(fold_1["probs"], 1) == evaluation.y_true[rows]))
+
+
+def test_finetune_resume_of_a_cross_validation_goes_on_with_its_folds(tmp_path, monkeypatch):
+    """`tltool finetune --resume RUN` on a --cv run calls the cross-validation with it (not a plain fine-tune,
+    which refused it as another kind of run)."""
+    from click.testing import CliRunner
+
+    import tltool.cli.training as cli
+    from tltool.cli import main
+    from tltool.evaluation import Evaluation
+
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "finetune-cv", "cv": 3}))
+    seen = []
+
+    def cross_validation(config, k, out=None, force=False, resume=None):
+        seen.append((k, resume))
+        return tmp_path, Evaluation(["a", "b"], np.array([0, 1, 1]), np.array([[.9, .1], [.2, .8], [.6, .4]])), \
+            {"cv": {"k": 3}}
+
+    monkeypatch.setattr(cli, "finetune_cv", cross_validation)
+    result = CliRunner().invoke(main, ["finetune", "--resume", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen == [(0, str(tmp_path))] and "3-fold cross-validated" in result.output and "0.667" in result.output

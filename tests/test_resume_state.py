@@ -180,6 +180,27 @@ def test_a_config_json_as_tltool_writes_it_resumes_with_its_settings(tmp_path):
     assert FinetuneConfig.from_run(tmp_path) == started
 
 
+@pytest.mark.parametrize("cv, named", [(None, "cv = None"), (1, "cv = 1"), ("5", "cv = '5'"), (True, "cv = True")])
+def test_a_cross_validation_resumes_with_its_folds_or_names_the_damage(tmp_path, cv, named):
+    """A cross-validated fine-tune's config.json gives its settings and its number of folds; other commands name
+    the one that resumes it."""
+    from dataclasses import asdict
+
+    from tltool.configs import ScratchConfig, stored_folds
+    from tltool.finetune import FinetuneConfig
+
+    started = FinetuneConfig(data="photos", lr=3e-4, image_size=288)
+    (tmp_path / "config.json").write_text(json.dumps({**asdict(started), "kind": "finetune-cv", "cv": 3}))
+    assert FinetuneConfig.from_run(tmp_path, "finetune-cv") == started and stored_folds(tmp_path) == 3
+    for wrong in (lambda: FinetuneConfig.from_run(tmp_path), lambda: ScratchConfig.from_run(tmp_path)):
+        with pytest.raises(TltoolError, match=r"cross-validated fine-tuning run, .* resume it with `tltool finetune "
+                                              r"--resume"):
+            wrong()
+    (tmp_path / "config.json").write_text(json.dumps({**asdict(started), "kind": "finetune-cv", "cv": cv}))
+    with pytest.raises(TltoolError, match="config.json: " + named):
+        stored_folds(tmp_path)
+
+
 @pytest.mark.parametrize("distribute, named", [
     ("x", "distribute is 'x'"), ({"global_batch_size": "abc"}, "global_batch_size is 'abc'"),
     ({"global_batch_size": -3}, "global_batch_size is -3"), ({"lr_scale": 0}, "lr_scale is 0"),

@@ -48,7 +48,8 @@ NOTHING_TRAINED = ("no epoch to train: the model would be {what}, and its report
 CV_OFF_OR_FOLDS = "--cv must be 0 (off) or a number of folds, at least 2; got {k}."
 
 # what `--resume` says when a run folder belongs to another command
-RESUME_COMMANDS = {"finetune": "tltool finetune --resume", "scratch": "tltool train --resume"}
+RESUME_COMMANDS = {"finetune": "tltool finetune --resume", "scratch": "tltool train --resume",
+                   "finetune-cv": "tltool finetune --resume"}
 KIND_NAMES = {"finetune": "fine-tuning", "scratch": "from-scratch", "finetune-cv": "cross-validated fine-tuning"}
 
 
@@ -104,18 +105,17 @@ class RunConfig(TrainOptions, DataOptions):
         return replace(self.train_options(), epochs=epochs, lr=lr)
 
     @classmethod
-    def from_run(cls, run_dir: Path) -> Self:
-        """The settings a run was started with; refuses a run folder of another kind, and a config.json that was
-        edited or damaged (a wrong type or an illegal value would fail later, as a traceback)."""
+    def from_run(cls, run_dir: Path, kind: str | None = None) -> Self:
+        """The settings a run was started with; refuses a run folder of another kind than ``kind`` (default: the
+        class's), and a config.json that was edited or damaged (a wrong type or an illegal value would fail later,
+        as a traceback)."""
         stored = _read_run_config(run_dir)
-        kind = stored.get("kind") or stored_kind(stored)
-        if not isinstance(kind, str):
-            _damaged_config(run_dir, f"kind = {kind!r} is not a run kind.")
-        if cls.KIND and kind != cls.KIND:
-            what = KIND_NAMES.get(kind, f"{kind!r}")
-            hint = (f"resume it with `{RESUME_COMMANDS[kind]} {run_dir}`" if kind in RESUME_COMMANDS
+        expected, found = kind or cls.KIND, stored_run_kind(run_dir, stored)
+        if expected and found != expected:
+            what = KIND_NAMES.get(found, f"{found!r}")
+            hint = (f"resume it with `{RESUME_COMMANDS[found]} {run_dir}`" if found in RESUME_COMMANDS
                     else "it cannot be resumed; start it again")
-            raise TltoolError(f"--resume {run_dir}: this is a {what} run, not a {KIND_NAMES[cls.KIND]} run; {hint}.")
+            raise TltoolError(f"--resume {run_dir}: this is a {what} run, not a {KIND_NAMES[expected]} run; {hint}.")
         known = {f.name: f.type for f in fields(cls)}
         settings = {k: v for k, v in stored.items() if k in known}
         for name, value in settings.items():
@@ -142,6 +142,23 @@ def stored_distribute(run_dir: Path) -> dict:
                                   and math.isfinite(scale) and scale > 0):
         _damaged_config(run_dir, f"distribute.lr_scale is {scale!r}, not a positive factor.")
     return started
+
+
+def stored_run_kind(run_dir: Path, stored: dict | None = None) -> str:
+    """The kind of run in ``run_dir`` (``finetune``, ``finetune-cv``, ``scratch``), from its config.json."""
+    stored = _read_run_config(run_dir) if stored is None else stored
+    kind = stored.get("kind") or stored_kind(stored)
+    if not isinstance(kind, str):
+        _damaged_config(run_dir, f"kind = {kind!r} is not a run kind.")
+    return kind
+
+
+def stored_folds(run_dir: Path) -> int:
+    """The number of folds of a cross-validated run, from its config.json, checked."""
+    folds = _read_run_config(run_dir).get("cv")
+    if not is_whole(folds, low=2):
+        _damaged_config(run_dir, f"cv = {folds!r} is not a number of folds (at least 2).")
+    return folds
 
 
 def _read_run_config(run_dir: Path) -> dict:

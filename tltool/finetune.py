@@ -8,6 +8,7 @@ statistics are therefore never updated by a small, augmented dataset.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .backbones import create_backbone, find_backbone, get_backbone_spec
-from .configs import CV_OFF_OR_FOLDS, FinetuneConfig, InputConfig, resolve_input
+from .configs import CV_OFF_OR_FOLDS, FinetuneConfig, InputConfig, resolve_input, stored_folds
 from .crossval import CVResult, say_cv
 from .dataset import label_indices, write_manifest
 from .distribute import resolve_strategy
@@ -26,11 +27,11 @@ from .heads import FittedHead, get_head_spec, search
 from .inspection import prepare_dataset
 from .progress import say
 from .report import read_predictions, write_run_report
-from .runs import new_run_dir, writes_runs
+from .runs import hold_run_dir, new_run_dir, writes_runs
 from .settings import CHOICES
-from .supervised import KerasTrainingRun, ModelPlan, TrainResult
+from .supervised import SPLIT_FILE, KerasTrainingRun, ModelPlan, TrainResult, load_split
 from .training import Stage, TrainOptions, compile_model
-from .utils import write_json
+from .utils import read_json, write_json
 
 if TYPE_CHECKING:
     import keras
@@ -193,50 +194,56 @@ def estimate_seconds(config: FinetuneConfig, n_train: int, n_val: int, folds: in
     return folds * (config.head_epochs * per_epoch_head + config.epochs * per_epoch_tune)
 
 
+FOLD_RESULT = "held_out.json"  # a finished fold's probabilities on its held-out images: what --resume keeps
+
+
 @writes_runs
-def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None,
-                force: bool = False) -> tuple[Path, Evaluation, dict]:
-    """Stratified K-fold over train+val: one full fine-tuning per fold, reported on out-of-fold predictions."""
+def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, force: bool = False,
+                resume: str | Path | None = None) -> tuple[Path, Evaluation, dict]:
+    """Stratified K-fold over train+val: one full fine-tuning per fold, reported on out-of-fold predictions.
+
+    ``resume``: the folder of a killed cross-validation, with its settings, images and folds (this session's
+    ``strategy``): its finished folds are kept, the fold it was in goes on from its last checkpoint, the rest run.
+    """
     from sklearn.model_selection import StratifiedKFold
 
-    if k < 2:
-        raise TltoolError(CV_OFF_OR_FOLDS.format(k=k))
-    if config.strategy == "multiworker":
-        raise TltoolError("--cv with --strategy multiworker is not supported: run the folds on one machine "
-                          "(--strategy auto or mirrored), or fine-tune once across the cluster.")
-    if config.refit:
-        raise TltoolError("--refit has nothing to do with --cv: --cv estimates accuracy with K models and ships "
-                          "none of them. Drop one of them.")
+    if resume:
+        resume = Path(resume)
+        config, k = replace(FinetuneConfig.from_run(resume, "finetune-cv"), strategy=config.strategy), \
+            stored_folds(resume)
+    _check_cv_settings(config, k)
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
-    checked = prepare_dataset(config.data, config.val_fraction, config.seed, config.max_pixels, strict=config.strict)
+    checked = prepare_dataset(load_split(resume) if resume else config.data, config.val_fraction, config.seed,
+                              config.max_pixels, strict=config.strict)
     records = sorted(checked.dataset.records, key=lambda r: r.path)
     classes = checked.dataset.classes
     y = label_indices(records, classes)
-    counts = np.bincount(y)
-    if k < 2 or counts.min() < k:
+    counts = np.bincount(y, minlength=len(classes))
+    if counts.min() < k:
         raise TltoolError(f"--cv {k}: every class needs at least {k} images (smallest has {counts.min()}).")
     estimate = estimate_seconds(config, len(y) * (k - 1) // k, len(y) // k, k)
     say(f"cross-validated fine-tuning: {k} folds x ({config.head_epochs} + {config.epochs}) epochs on "
         f"{len(y)} images; estimated time {estimate / 60:.1f} min on this machine")
-    run_dir = new_run_dir("finetune-cv", checked.dataset.name, spec.name, out=out, force=force)
-    write_json(run_dir / "config.json", {**asdict(config), "kind": "finetune-cv", "cv": k})
+    if resume:
+        run_dir = hold_run_dir(resume)
+    else:
+        run_dir = new_run_dir("finetune-cv", checked.dataset.name, spec.name, out=out, force=force)
+        write_json(run_dir / "config.json", {**asdict(config), "kind": "finetune-cv", "cv": k,
+                                             "dataset": checked.dataset.name})
+        write_manifest(records, run_dir / SPLIT_FILE)  # the images --resume goes on with
     oof = np.zeros((len(y), len(classes)))
     scores, tests = [], []
     index = {r.path: i for i, r in enumerate(records)}
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=config.seed)
     for fold, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
-        fold_dir = run_dir / f"fold-{fold + 1}"
-        write_manifest([replace(records[i], split="train") for i in train] +
-                       [replace(records[i], split="val") for i in test], fold_dir / "split.csv")
         say(f"fold {fold + 1}/{k}: {len(train)} training, {len(test)} held-out images")
-        result = finetune(replace(config, data=str(fold_dir / "split.csv"), tta="none"), out=fold_dir / "run",
-                          force=True)
-        paths, _, _, fold_classes = read_predictions(fold_dir / "run" / "predictions.csv")
-        assert fold_classes == classes
+        fold_records = ([replace(records[i], split="train") for i in train] +
+                        [replace(records[i], split="val") for i in test])
+        paths, probs = _cv_fold(config, run_dir / f"fold-{fold + 1}", fold_records, len(classes), bool(resume))
         rows = [index[p] for p in paths]
-        oof[rows] = result.evaluation.probs
-        scores.append(float(result.evaluation.accuracy().value))
+        oof[rows] = probs
+        scores.append(float((probs.argmax(1) == y[rows]).mean()))
         tests.append(np.array(rows))
     correct = int((oof.argmax(1) == y).sum())
     cv = CVResult(k, 1, scores, [{} for _ in scores], tests, oof, correct, len(y))
@@ -247,3 +254,56 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None,
                                title=f"{checked.dataset.name}: fine-tuned {spec.name}, {k}-fold cross-validation",
                                config=asdict(config), extra={"cv": cv_json, "estimated_seconds": estimate})
     return run_dir, evaluation, metrics
+
+
+def _check_cv_settings(config: FinetuneConfig, k: int) -> None:
+    if k < 2:
+        raise TltoolError(CV_OFF_OR_FOLDS.format(k=k))
+    if config.strategy == "multiworker":
+        raise TltoolError("--cv with --strategy multiworker is not supported: run the folds on one machine "
+                          "(--strategy auto or mirrored), or fine-tune once across the cluster.")
+    if config.refit:
+        raise TltoolError("--refit has nothing to do with --cv: --cv estimates accuracy with K models and ships "
+                          "none of them. Drop one of them.")
+
+
+def _cv_fold(config: FinetuneConfig, fold_dir: Path, records: list, n_classes: int,
+             resuming: bool) -> tuple[list[str], np.ndarray]:
+    """One fold's (held-out paths, probabilities): kept from a finished fold when resuming, its run resumed from
+    its last checkpoint when it was killed in training, else trained."""
+    held_out = sorted(r.path for r in records if r.split == "val")
+    kept = _kept_fold(fold_dir, held_out, n_classes) if resuming else None
+    if kept is not None:
+        say("  finished before the resume: kept")
+        return kept
+    run = fold_dir / "run"
+    if resuming and os.path.lexists(run / "state.json") and not os.path.lexists(run / "metrics.json"):
+        result = finetune(config, resume=run)  # the fold run's own settings and split, this session's strategy
+    else:
+        write_manifest(records, fold_dir / SPLIT_FILE)
+        result = finetune(replace(config, data=str(fold_dir / SPLIT_FILE), tta="none"), out=run, force=True)
+    paths, _, _, fold_classes = read_predictions(run / "predictions.csv")
+    assert len(fold_classes) == n_classes and sorted(paths) == held_out
+    write_json(fold_dir / FOLD_RESULT, {"paths": paths, "probs": result.evaluation.probs})
+    return paths, np.asarray(result.evaluation.probs, dtype=float)
+
+
+def _kept_fold(fold_dir: Path, held_out: list[str], n_classes: int) -> tuple[list[str], np.ndarray] | None:
+    """A finished fold's result, if ``fold_dir`` holds one for exactly these held-out images; a damaged or
+    edited one is not kept (the fold is trained again)."""
+    path = fold_dir / FOLD_RESULT
+    if not os.path.lexists(path):
+        return None
+    try:
+        if path.is_symlink():
+            raise ValueError("a link, not the file tltool wrote")
+        stored = read_json(path)
+        paths, probs = stored["paths"], np.asarray(stored["probs"], dtype=float)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError) as error:
+        say(f"  {path} cannot be used ({type(error).__name__}: {error}): training the fold again")
+        return None
+    if (not isinstance(paths, list) or sorted(map(str, paths)) != held_out
+            or probs.shape != (len(held_out), n_classes) or not np.isfinite(probs).all()):
+        say(f"  {path} is not this fold's result (other images, or damaged): training the fold again")
+        return None
+    return [str(p) for p in paths], probs

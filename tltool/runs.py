@@ -16,7 +16,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_RUNS_ROOT = Path("runs")
-RESUMABLE = ("state.json", "refit/state.json")  # what a killed fit leaves for --resume to go on from
+# what a killed fit leaves for --resume to go on from (a cross-validation: a finished or a started fold)
+RESUMABLE = ("state.json", "refit/state.json", "fold-*/held_out.json", "fold-*/run/state.json")
 
 
 def slug(text: str, max_length: int = 60, fallback: str = "run") -> str:
@@ -33,10 +34,14 @@ def _replaceable_unforced(out: str | Path, force: bool) -> bool:
     check_output_name(out)
     if (out / "metrics.json").exists() or marked_finished(out):
         return False
-    if not force and output_kind(out) == "run" and any(os.path.lexists(out / name) for name in RESUMABLE):
+    if not force and output_kind(out) == "run" and any(_found(out, pattern) for pattern in RESUMABLE):
         raise TltoolError(f"--out {out}: holds an unfinished run with checkpoints that `--resume {out}` can finish; "
                           "resume it, choose another folder, or pass --force to replace it.")
     return True
+
+
+def _found(folder: Path, pattern: str) -> bool:
+    return next(folder.glob(pattern), None) is not None if "*" in pattern else os.path.lexists(folder / pattern)
 
 
 def check_run_dir(out: str | Path | None, force: bool = False) -> None:

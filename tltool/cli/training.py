@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from ..augment import preview
-from ..configs import FinetuneConfig, RunConfig, ScratchConfig
+from ..configs import FinetuneConfig, RunConfig, ScratchConfig, stored_run_kind
 from ..errors import IgnoredOptionsWarning, TltoolError
 from ..export import EXIT_TOO_COSTLY, export_run, measurement_lines
 from ..finetune import finetune, finetune_cv
@@ -109,7 +110,7 @@ def _print_run(result) -> None:
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue a killed run from its last checkpoint, on the exact split it started with (its own "
                    "settings are used; --strategy chooses this session's devices, a run started on 2 replicas "
-                   "resumes on 1).")
+                   "resumes on 1). A killed --cv run keeps its finished folds.")
 @out_option("runs/finetune-DATASET-BACKBONE-TIME; with --cv, runs/finetune-cv-DATASET-BACKBONE-TIME")
 @force_option
 @click.pass_context
@@ -119,9 +120,10 @@ def finetune_cmd(ctx: click.Context, data: str | None, cv: int, resume: str | No
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
     warn_ignored_on_resume(ctx)
-    if cv:
-        run_dir, evaluation, _ = finetune_cv(FinetuneConfig(data=data, **options), cv, out=out, force=force)
-        click.echo(accuracy_line(evaluation, split=f"{cv}-fold cross-validated"))
+    if cv or (resume and stored_run_kind(Path(resume)) == "finetune-cv"):
+        run_dir, evaluation, metrics = finetune_cv(FinetuneConfig(data=data, **options), cv, out=out, force=force,
+                                                   resume=resume)
+        click.echo(accuracy_line(evaluation, split=f"{metrics['cv']['k']}-fold cross-validated"))
         click.echo(f"report: {run_dir / 'report.md'}")
         return
     _print_run(finetune(FinetuneConfig(data=data or "", **options), out=out, resume=resume, force=force))
