@@ -482,7 +482,7 @@ def test_compare_on_data_the_runs_were_trained_on_says_so_in_its_report(shape_ru
                                        "--out", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
     assert result.output.count("LeakageWarning") == 2, result.output
-    assert result.output.count("8 of the 12 images were in the training data") == 2
+    assert result.output.count("8 of these 12 images were in the training data") == 2
     stored = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert stored["n"] == 12 and stored["images_trained_on"] == {"A": 8, "B": 8}
     report = (tmp_path / "c" / "compare.md").read_text()
@@ -507,3 +507,14 @@ def test_compare_on_data_the_runs_were_trained_on_says_so_in_its_report(shape_ru
     comparison, target = compare_runs(a, b, out=tmp_path / "s")
     assert comparison.images_trained_on is None and comparison.leakage_lines() == []
     assert json.loads((target / "compare.json").read_text())["images_trained_on"] is None
+
+
+def test_a_report_on_images_the_run_was_trained_on_says_so_in_bold():
+    from tltool.evaluation import Evaluation
+    from tltool.report import markdown_summary
+
+    evaluation = Evaluation(["a", "b"], np.array([0, 1, 1, 0]), np.array([[.9, .1], [.2, .8], [.6, .4], [.7, .3]]))
+    text = markdown_summary("t", {"val": evaluation.to_json(), "images_trained_on": 3})
+    assert ("- **3 of these 4 images were in the training data of the run: its accuracy on them is optimistic, not "
+            "an estimate for new photos**") in text
+    assert "training data" not in markdown_summary("t", {"val": evaluation.to_json(), "images_trained_on": 0})

@@ -127,10 +127,10 @@ def test_scoring_a_run_on_images_it_was_trained_on_is_named(tmp_path, monkeypatc
     monkeypatch.chdir(photos[0].parent)
     asked = [photos[0].name, str(tmp_path / "link.jpg"), str(photos[2]), str(photos[3])]  # relative, a link, ...
     run = SimpleNamespace(classes=["a"], config={"refit": False})
-    with pytest.warns(LeakageWarning, match="2 of the 4 images were in the training data"):
+    with pytest.warns(LeakageWarning, match="2 of these 4 images were in the training data"):
         assert warn_if_trained_on(tmp_path, run, asked) == 2
     run.config["refit"] = True  # a refit model has trained on its val split too
-    with pytest.warns(LeakageWarning, match="3 of the 4 images"):
+    with pytest.warns(LeakageWarning, match="3 of these 4 images"):
         assert warn_if_trained_on(tmp_path, run, asked) == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")

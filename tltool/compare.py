@@ -13,7 +13,7 @@ import numpy as np
 from .errors import TltoolError
 from .models import load_run
 from .predict import labelled_images, warn_if_trained_on
-from .report import read_predictions
+from .report import read_predictions, trained_on_line
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .stats import Proportion, mcnemar_exact, paired_difference_interval
 from .utils import write_json, write_text_atomic
@@ -84,9 +84,8 @@ class Comparison:
     def leakage_lines(self) -> list[str]:
         """One line per run that was trained on some of these images (what its ``LeakageWarning`` said)."""
         trained_on = self.images_trained_on or {}
-        return [f"{trained_on[name]} of these {self.n} images were in the training data of {name} ({run}): its "
-                "accuracy on them is optimistic, not an estimate for new photos; compare the runs on images neither "
-                "was trained on" for name, run in (("A", self.run_a), ("B", self.run_b)) if trained_on.get(name)]
+        return [trained_on_line(trained_on[name], self.n, f"{name} ({run})") + "; compare the runs on images "
+                "neither was trained on" for name, run in (("A", self.run_a), ("B", self.run_b)) if trained_on.get(name)]
 
     def to_json(self) -> dict:
         return {**asdict(self), "accuracy_a": self.accuracy_a.to_json(), "accuracy_b": self.accuracy_b.to_json(),

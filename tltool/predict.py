@@ -15,7 +15,7 @@ from .errors import BadFilesWarning, LeakageWarning, TltoolError
 from .evaluation import Evaluation
 from .inspection import check_dataset
 from .models import RunModel, load_run, overlap_with_training
-from .report import write_run_report
+from .report import trained_on_line, write_run_report
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_choice, check_range
 from .tta import predict_readable
@@ -103,7 +103,6 @@ def warn_if_trained_on(run_dir: str | Path, model: RunModel, paths: Sequence[str
                       "accuracy on them is optimistic.", LeakageWarning, stacklevel=3)
         return 0
     if seen:
-        warnings.warn(f"{seen} of the {len(paths)} images were in the training data of {run_dir}: its accuracy on "
-                      "them is optimistic, not an estimate for new photos; score it on images it never saw.",
+        warnings.warn(trained_on_line(seen, len(paths), str(run_dir)) + "; score it on images it never saw.",
                       LeakageWarning, stacklevel=3)
     return seen

@@ -140,6 +140,12 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], list[
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], classes
 
 
+def trained_on_line(seen: int, n: int, run: str) -> str:
+    """The sentence every score on images its run was trained on carries (evaluate, compare, the report)."""
+    return (f"{seen} of these {n} images were in the training data of {run}: its accuracy on them is optimistic, "
+            "not an estimate for new photos")
+
+
 def resolution_line(accuracy: dict, cross_validated: bool = False) -> str:
     """What the accuracy's interval means for choosing settings: its half-width in points, and what to do."""
     lo, hi = accuracy["ci95"]
@@ -162,8 +168,7 @@ def markdown_summary(title: str, metrics: dict) -> str:
     lines.append(f"- {resolution_line(cv['accuracy'] if cv else val['accuracy'], bool(cv))}")
     lines += [f"- **data warning: {warning}**" for warning in metrics.get("data_warnings") or []]
     if metrics.get("images_trained_on"):
-        lines.append(f"- **{metrics['images_trained_on']} of these {val['accuracy']['n']} images were in the run's "
-                     "training data: this accuracy is optimistic, not an estimate for new photos**")
+        lines.append(f"- **{trained_on_line(metrics['images_trained_on'], val['accuracy']['n'], 'the run')}**")
     if metrics.get("refit"):
         lines.append(f"- {metrics['refit']['note']}")
     if val.get("top5_accuracy"):
