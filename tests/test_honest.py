@@ -438,18 +438,24 @@ def shape_runs(tmp_path_factory) -> Path:
     return root
 
 
-def test_evaluate_with_tta_reports_the_plain_accuracy_and_the_tta_one_beside_it(shape_runs, tmp_path):
+def test_evaluate_with_tta_reports_the_plain_accuracy_and_the_tta_one_beside_it(shape_runs, tmp_path, monkeypatch):
     """Before, `evaluate --tta flip` scored only the flipped views, stored them under "val" with "tta": null, and
     printed them as the plain accuracy (`data (every image) accuracy ...`, no word of TTA); probe and finetune keep
-    the plain accuracy under "val" and the TTA one under "tta", and print both."""
+    the plain accuracy under "val" and the TTA one under "tta", and print both. Flip's first view is the plain
+    one: both come from one pass, each photo decoded once (two passes decoded each twice)."""
+    import tltool.tta
     from tltool.evaluation import Evaluation
     from tltool.models import load_run
     from tltool.stats import format_proportion
 
-    run, out = shape_runs / "a", tmp_path / "ev"
+    run, out, decoded = shape_runs / "a", tmp_path / "ev", []
+    batches_for = tltool.tta.batches_for
+    monkeypatch.setattr(tltool.tta, "batches_for", lambda engine, paths, **kw: decoded.extend(paths) or
+                        batches_for(engine, paths, **kw))
     result = CliRunner().invoke(main, ["evaluate", str(run), str(shape_runs / "data"), "--tta", "flip",
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert len(decoded) == len(set(decoded)) == 12
     metrics = json.loads((out / "metrics.json").read_text())
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))

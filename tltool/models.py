@@ -75,11 +75,24 @@ class RunModel:
         """The run as one Keras model from raw pixels (0..255) to class probabilities."""
         raise NotImplementedError
 
-    def predict_paths(self, paths: Sequence[str], tta: str = "none", batch_size: int = 32) -> np.ndarray:
+    def predict_paths(self, paths: Sequence[str], tta: str = "none", batch_size: int = 32,
+                      per_view: bool = False) -> np.ndarray:
         check_choice("tta", tta)
         return predict_with_tta(self.predict_views, paths, self.image_size, self.resize, tta, batch_size,
                                 max_pixels=self.max_pixels, engine=self.runner().engine,
-                                predict_stream=self.predict_stream)
+                                predict_stream=self.predict_stream, per_view=per_view)
+
+    def predict_plain_and_tta(self, paths: Sequence[str], tta: str,
+                              batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """The plain probabilities of ``paths`` and those under ``tta`` (None for none), as a report shows them
+        side by side. Flip's first view is the plain one: one pass gives both (two passes decoded every image
+        twice and ran its plain view twice)."""
+        if tta == "none":
+            return self.predict_paths(paths, batch_size=batch_size), None
+        if tta == "flip":
+            views = self.predict_paths(paths, "flip", batch_size, per_view=True)
+            return views[:, 0], views.mean(axis=1)
+        return self.predict_paths(paths, batch_size=batch_size), self.predict_paths(paths, tta, batch_size)
 
 
 class LinearRunModel(RunModel):

@@ -83,8 +83,9 @@ def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | Non
     model = load_run(run_dir, engine)
     dataset, paths, y = labelled_images(data, model.classes, model.max_pixels)
     seen = warn_if_trained_on(run_dir, model, paths)
-    evaluation = Evaluation(model.classes, y, model.predict_paths(paths))
-    with_tta = {tta: Evaluation(model.classes, y, model.predict_paths(paths, tta=tta))} if tta != "none" else {}
+    plain, augmented = model.predict_plain_and_tta(paths, tta)
+    evaluation = Evaluation(model.classes, y, plain)
+    with_tta = {tta: Evaluation(model.classes, y, augmented)} if augmented is not None else {}
     target = new_run_dir("eval", Path(run_dir).name, dataset.name, out=out, force=force)
     metrics = write_run_report(target, evaluation, paths, kind="evaluation",
                                title=f"{Path(run_dir).name} evaluated on {dataset.name}",

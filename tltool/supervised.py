@@ -294,11 +294,9 @@ class KerasTrainingRun:
         config = self.config
         runner = load_run(run_dir)
         val_paths = [r.path for r in data.val]
-        evaluation = Evaluation(data.classes, data.y_val, runner.predict_paths(val_paths, batch_size=config.batch_size))
-        tta = {}
-        if config.tta != "none":
-            tta[config.tta] = Evaluation(data.classes, data.y_val, runner.predict_paths(
-                val_paths, tta=config.tta, batch_size=config.batch_size))
+        plain, augmented = runner.predict_plain_and_tta(val_paths, config.tta, config.batch_size)
+        evaluation = Evaluation(data.classes, data.y_val, plain)
+        tta = {config.tta: Evaluation(data.classes, data.y_val, augmented)} if augmented is not None else {}
         extra = {"history": state.history, "epochs_run": state.epoch, "epochs_this_process": fitted.epochs_now,
                  "resumed_after_epoch": fitted.epochs_before, "stopped_early": state.stopped_early,
                  "n_train": len(data.train), "n_val": len(data.val), "timing": {"train_seconds": fitted.seconds},

@@ -67,10 +67,10 @@ def predict_batch(predict_views: Callable[[np.ndarray], np.ndarray], images: np.
 
 
 def stream_tta(predict_stream: Callable[[Iterable[np.ndarray]], Iterable], batches: Iterable, tta: str,
-               image_size: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-    """``(probabilities, images)`` per decoded batch, averaged over its TTA views; ``predict_stream`` maps the
-    stream of view chunks to a stream of probabilities, so an engine may start the next chunk before it hands
-    back this one (LiteRT's lanes then never wait at a batch's end)."""
+               image_size: int, batch_size: int, per_view: bool = False) -> Iterator[tuple[np.ndarray, int]]:
+    """``(probabilities, images)`` per decoded batch, averaged over its TTA views (``per_view``: each view's,
+    ``(B, V, C)``); ``predict_stream`` maps the stream of view chunks to a stream of probabilities, so an engine
+    may start the next chunk before it hands back this one (LiteRT's lanes then never wait at a batch's end)."""
     shapes: deque[tuple[int, int]] = deque()  # (images, chunks) of each batch cut so far, in order
 
     def chunks():
@@ -92,7 +92,8 @@ def stream_tta(predict_stream: Callable[[Iterable[np.ndarray]], Iterable], batch
             n_images, n_chunks = shapes[0]
             if len(done) == n_chunks:
                 shapes.popleft()
-                yield np.concatenate(done).reshape(n_images, n_views(tta), -1).mean(axis=1), n_images
+                views = np.concatenate(done).reshape(n_images, n_views(tta), -1)
+                yield (views if per_view else views.mean(axis=1)), n_images
                 done = []
     finally:  # stopped early or failing: an engine's stream cancels the chunks it queued
         getattr(stream, "close", lambda: None)()
@@ -102,9 +103,9 @@ def predict_with_tta(predict_views: Callable[[np.ndarray], np.ndarray], paths: S
                      resize: str, tta: str = "none", batch_size: int = 32, description: str = "predicting",
                      max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "tf", on_bad: str = "raise",
                      log: DecodeLog | None = None,
-                     predict_stream: Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]] | None = None
-                     ) -> np.ndarray:
-    """Class probabilities for ``paths``, averaged over the TTA views.
+                     predict_stream: Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]] | None = None,
+                     per_view: bool = False) -> np.ndarray:
+    """Class probabilities for ``paths``, averaged over the TTA views (``per_view``: each view's, ``(N, V, C)``).
 
     ``predict_views`` maps a batch of views ``(B * V, size, size, 3)`` in 0..255 to probabilities ``(B * V, C)``;
     ``predict_stream`` (optional) maps a stream of such batches to a stream of probabilities, as a runner's ``map``
@@ -117,10 +118,10 @@ def predict_with_tta(predict_views: Callable[[np.ndarray], np.ndarray], paths: S
                           batch_size=batch_size, max_pixels=max_pixels, on_bad=on_bad, log=log)
     out = []
     with Bar(len(paths), description) as bar:
-        for probs, n_images in stream_tta(predict_stream, batches, tta, image_size, batch_size):
+        for probs, n_images in stream_tta(predict_stream, batches, tta, image_size, batch_size, per_view):
             out.append(probs)
             bar.update(n_images)
-    return np.concatenate(out) if out else np.zeros((0, 0))
+    return np.concatenate(out) if out else np.zeros((0, n_views(tta), 0) if per_view else (0, 0))
 
 
 @dataclass
