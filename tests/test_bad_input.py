@@ -485,3 +485,29 @@ def test_a_csv_that_is_not_utf8_or_has_a_huge_field_is_one_line_naming_it(tmp_pa
     huge.write_bytes("source,file\ncaf\u00e9.jpg,x\n".encode("cp1252"))  # collect import's own manifest
     with pytest.raises(TltoolError, match="manifest.csv: not UTF-8 text"):
         read_manifest(huge)
+
+
+def test_a_model_keras_that_does_not_load_is_one_line_naming_it(tmp_path):
+    """A run folder given as --model is input: a model.keras that is not a zip, or that holds a Lambda layer (which
+    safe mode refuses), was Keras's ValueError as a traceback from predict, evaluate and export."""
+    from tltool._tf import keras
+    from tltool.errors import TltoolError
+    from tltool.keras_files import load_keras_model
+
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(
+        keras.layers.Flatten()(keras.layers.Lambda(lambda t: t * 2)(inputs)))
+    keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
+    (tmp_path / "text.keras").write_text("not a zip")
+    for name in ("lambda.keras", "text.keras"):
+        with pytest.raises(TltoolError, match=f"{name}: cannot be loaded as a Keras model tltool wrote"):
+            load_keras_model(tmp_path / name)
+        run = tmp_path / f"run-{name}"
+        run.mkdir()
+        shutil.copyfile(tmp_path / name, run / "model.keras")
+        (run / "model.json").write_text(json.dumps({"kind": "scratch", "image_size": 8, "resize": "crop",
+                                                    "classes": ["a", "b"]}))
+        image = sorted((SAMPLE / "circle").glob("*.jpg"))[0]
+        result = CliRunner().invoke(main, ["predict", "--model", str(run), str(image)])
+        assert result.exit_code == 2 and "model.keras: cannot be loaded" in result.output, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
