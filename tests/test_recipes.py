@@ -492,6 +492,28 @@ def test_a_set_value_that_is_not_yaml_is_a_clear_error(tmp_path, value, problem)
     assert result.exit_code == 2 and result.output.startswith("error: --set"), result.output
 
 
+@pytest.mark.parametrize("value, problem", [
+    ("2020-13-45", r"month must be in 1\.\.12"),  # read as a date by YAML
+    ("2021-02-30", r"day is out of range for month"),
+    ("!!int abc", r"invalid literal for int"),
+    ("9" * 5000, r"Exceeds the limit \(4300 digits\)"),
+])
+def test_a_value_yaml_cannot_construct_is_a_clear_error_in_a_recipe_and_a_set_value(tmp_path, value, problem):
+    """Before: PyYAML's constructors raise ValueError, not a YAML error: a date-like value that is no date, a tag
+    that does not fit its value or an integer of 5000 digits was a traceback from `tltool run`."""
+    path = _write(tmp_path, f"steps:\n  - data-inspect: {{path: {value}}}\n")
+    with pytest.raises(TltoolError, match=rf"r\.yaml: not valid YAML \(line 2, column \d+: the value .* cannot be "
+                                          rf"read \(.*{problem}"):
+        load_recipe(path)
+    result = _check(path)
+    assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
+    good = _write(tmp_path, "steps:\n  - data-inspect: {path: x}\n")
+    with pytest.raises(TltoolError, match=rf"--set out=.*: not a YAML value \(.*{problem}"):
+        load_recipe(good, [f"out={value}"])
+    result = _check(good, f"out={value}")
+    assert result.exit_code == 2 and result.output.startswith("error: --set"), result.output
+
+
 @pytest.mark.parametrize("value", ['"no"', '"false"', "no_thanks", "1", "[]"])
 def test_interactive_must_be_a_yaml_boolean(tmp_path, value):
     """Before: `interactive` went through bool(), so the string "no" (or "false") made a step interactive."""

@@ -35,6 +35,17 @@ class _HardenedLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A value its constructor cannot make is a YAML error at its place: PyYAML's own checks raise ValueError
+        (``2020-13-45`` read as a date, ``!!int abc``, an integer of more than 4300 digits), which escaped as a
+        traceback."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(None, None, f"the value {str(node.value)[:40]!r} cannot be read "
+                                                    f"({str(exc)[:120]})",
+                                                    node.start_mark) from None
+
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
