@@ -297,6 +297,26 @@ def test_zip_members_are_capped_in_number_and_in_bytes_actually_unpacked(tmp_pat
     assert {(b.source, b.reason) for b in result.bad} == {(f"{archive}!p{i}.jpg", TOO_LARGE) for i in range(4)}
 
 
+def test_control_characters_in_member_names_are_escaped_in_what_import_prints(tmp_path):
+    """A zip member's name is the archive's: a newline in it printed a line of its own ("skipped FAKE: ..."), an
+    escape sequence reached the terminal (the skipped and the dropped lines)."""
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.jpg", jpeg_bytes((64, 64)))
+        z.writestr("b\nadded 99 image(s)\x1b]0;title\x07.jpg", jpeg_bytes((64, 64)))  # a duplicate of a.jpg
+        z.writestr("c\nskipped FAKE\x1b[2J.jpg", b"not an image")
+        z.writestr("../d\n.jpg", b"x")
+    result = CliRunner().invoke(main, ["collect", "import", str(archive), "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 0, result.output
+    printed = result.output
+    assert "\x1b" not in printed and "\x07" not in printed
+    lines = printed.splitlines()
+    assert not [line for line in lines if line.startswith(("added 99", "skipped FAKE", ".jpg"))], printed
+    assert f"dropped {archive}!b\\nadded 99 image(s)\\x1b]0;title\\x07.jpg: duplicate of" in printed
+    assert f"skipped {archive}!c\\nskipped FAKE\\x1b[2J.jpg: {images.NOT_AN_IMAGE}" in printed
+    assert f"skipped {archive}!../d\\n.jpg: {UNSAFE_NAME}" in printed
+
+
 def test_zip_members_with_unsafe_names_are_named_and_nothing_lands_outside(tmp_path):
     archive = tmp_path / "in" / "evil.zip"
     archive.parent.mkdir()

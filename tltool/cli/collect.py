@@ -9,6 +9,7 @@ import click
 from ..collect import DEFAULT_EVERY, DEFAULT_MAX_SIDE, DEFAULT_NEAR_THRESHOLD, import_images, near_rule
 from ..images import DEFAULT_MAX_PIXELS
 from ..labeler import AssistSettings, export_labels, make_server, parse_classes
+from ..utils import shown_name
 
 MAX_LISTED = 20
 
@@ -46,7 +47,7 @@ def import_cmd(sources: tuple[str, ...], dataset: str, every: float, max_side: i
                                                                    result.near_duplicates]
     for row, what in dropped[:MAX_LISTED]:
         distance = f" (distance {row['distance']})" if what.startswith("near") else ""
-        click.echo(f"dropped {row['source']}: {what} {row['duplicate_of']}{distance}")
+        click.echo(f"dropped {shown_name(row['source'], None)}: {what} {row['duplicate_of']}{distance}")
     if len(dropped) > MAX_LISTED:
         click.echo(f"... and {len(dropped) - MAX_LISTED} more duplicates (see {result.manifest})")
     click.echo(near_rule(near_threshold))

@@ -79,7 +79,10 @@ class Bad:
     detail: str = ""
 
     def __str__(self) -> str:
-        return f"{self.source}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+        # the source holds names from outside (a zip member's, a file's): a newline or an escape sequence in one
+        # split the line or reached the terminal
+        return f"{shown_name(self.source, None)}: {self.reason}" + (f" ({shown_name(self.detail, None)})"
+                                                                    if self.detail else "")
 
 
 def slug(text: str) -> str:
