@@ -60,3 +60,21 @@ def test_help_lists_the_commands():
     assert result.exit_code == 0
     for command in ("data", "backbones", "extract", "linear", "probe", "predict", "evaluate"):
         assert command in result.output
+
+
+def test_inspect_prints_file_and_class_names_as_they_are(tmp_path):
+    """Names reach the terminal through Rich: a photo named '[red]secret[blink] x.jpg' was printed as 'secret x.jpg'
+    (in red, a file that does not exist), a class folder '[bold]cat' as 'cat', and a newline in a name split the
+    line."""
+    from helpers import noise_image
+
+    for name in ("[bold]cat", "dog"):
+        for i in range(2):
+            noise_image(tmp_path / "d" / name / f"{i}.jpg", seed=i + 10 * (name == "dog"))
+    (tmp_path / "d" / "[bold]cat" / "[red]secret[blink] x.jpg").write_bytes(b"garbage")
+    (tmp_path / "d" / "dog" / "a\nb.jpg").write_bytes(b"garbage")
+    result = CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "d"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert f"bad {tmp_path / 'd' / '[bold]cat' / '[red]secret[blink] x.jpg'}: not an image" in result.output
+    assert f"bad {tmp_path / 'd' / 'dog' / 'a'}\\nb.jpg: not an image" in result.output
+    assert "[bold]cat" in result.output.split("bad file(s)")[0]  # the table's class column

@@ -5,12 +5,14 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..dataset import write_split_manifest
 from ..digits import export_digits
 from ..inspection import inspect_dataset
 from ..sample import make_shapes_dataset
+from ..utils import shown_name
 from .options import choice, force_option, split_options
 
 
@@ -34,43 +36,51 @@ def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None
     console.print(_size_table(data))
     for line in _problem_lines(data) + _warning_lines(result.checked.issues):
         console.print(line, soft_wrap=True)
-    console.print(f"report: {result.report}", soft_wrap=True)
+    console.print(f"report: {_shown(str(result.report))}", soft_wrap=True)
     sys.exit(1 if strict and result.has_problems else 0)
+
+
+def _shown(text: str) -> str:
+    """A file or class name as printed through Rich: its markup escaped (a photo named ``[red]x.jpg`` printed as
+    ``x.jpg``, in red) and its control characters too (a newline split the line)."""
+    return escape(shown_name(text, None))
 
 
 def _size_table(data: dict) -> Table:
     """Counts and sizes per split and class, from ``inspect.json``'s content."""
-    table = Table(title=f"{data['dataset']}: {data['n_usable']} usable of {data['n_files']} files")
+    table = Table(title=f"{_shown(data['dataset'])}: {data['n_usable']} usable of {data['n_files']} files")
     for column in ("split", "class", "images", "width min/median/max", "height min/median/max"):
         table.add_column(column, justify="right" if column != "class" else "left")
     for split, classes in data["sizes"].items():
         for label, s in classes.items():
             w, h = s["width"], s["height"]
-            table.add_row(split, label, str(s["count"]), f"{w['min']}/{w['median']:g}/{w['max']}",
+            table.add_row(_shown(split), _shown(label), str(s["count"]), f"{w['min']}/{w['median']:g}/{w['max']}",
                           f"{h['min']}/{h['median']:g}/{h['max']}")
     return table
 
 
 def _problem_lines(data: dict) -> list[str]:
     """Every bad, skipped, converted, duplicate, leaked and conflicting file, then the notes."""
-    lines = [f"[red]bad[/red] {b['path']}: {b['reason']}" + (f" ({b['detail'][:100]})" if b["detail"] else "")
-             for b in data["bad_files"]]
+    lines = [f"[red]bad[/red] {_shown(b['path'])}: {_shown(b['reason'])}"
+             + (f" ({_shown(b['detail'][:100])})" if b["detail"] else "") for b in data["bad_files"]]
     if lines:
         lines.insert(0, f"{len(lines)} bad file(s), excluded from every run:")
-    lines += [f"skipped {s['path']}: {s['reason']}" for s in data["skipped_files"]]
-    lines += [f"converted {c['path']}: {', '.join(c['conversions'])}" for c in data["converted_files"]]
-    lines += [f"duplicate content: {', '.join(g)}" for g in data["duplicates"]]
-    lines += [f"[bold]leakage[/bold] (same image in two splits): {', '.join(f['path'] + ' (' + f['split'] + ')' for f in g)}"
+    lines += [f"skipped {_shown(s['path'])}: {_shown(s['reason'])}" for s in data["skipped_files"]]
+    lines += [f"converted {_shown(c['path'])}: {', '.join(c['conversions'])}" for c in data["converted_files"]]
+    lines += [f"duplicate content: {', '.join(map(_shown, g))}" for g in data["duplicates"]]
+    lines += [f"[bold]leakage[/bold] (same image in two splits): "
+              f"{', '.join(_shown(f['path']) + ' (' + _shown(f['split']) + ')' for f in g)}"
               for g in data["train_val_leaks"]]
-    lines += [f"[bold]label conflict[/bold]: {', '.join(f['path'] + ' (' + f['label'] + ')' for f in g)}"
+    lines += [f"[bold]label conflict[/bold]: "
+              f"{', '.join(_shown(f['path']) + ' (' + _shown(f['label']) + ')' for f in g)}"
               for g in data["label_conflicts"]]
-    lines += [f"note: {n}" for n in data["notes"]]
+    lines += [f"note: {escape(n)}" for n in data["notes"]]
     return lines
 
 
 def _warning_lines(issues: list[tuple[str, type[Warning]]]) -> list[str]:
     """Each warning with its name, as the other commands show it (``warning (EmptyClassWarning): ...``)."""
-    return [f"[yellow]warning[/yellow] ({category.__name__}): {message}" for message, category in issues]
+    return [f"[yellow]warning[/yellow] ({category.__name__}): {escape(message)}" for message, category in issues]
 
 
 @data.command("split")
