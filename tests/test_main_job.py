@@ -167,6 +167,21 @@ def test_an_edited_model_json_is_a_clear_error(tmp_path, monkeypatch):
         cache_dir()
 
 
+def test_a_model_json_naming_a_class_twice_or_an_empty_class_is_refused(tmp_path):
+    """Before: ["circle", "square", "star", "star"] ran: predict printed "star 0.289  star 0.267" and evaluate
+    scored every star against the one output of that name it kept, without a word."""
+    from tltool.models import load_run
+
+    good = {"kind": "scratch", "image_size": 32, "resize": "crop", "classes": ["a", "b", "c"]}
+    for classes in (["a", "b", "b"], ["a", ""]):
+        (tmp_path / "model.json").write_text(json.dumps({**good, "classes": classes}))
+        with pytest.raises(TltoolError, match=r"not a model.json tltool wrote \(classes is .*given once"):
+            load_run(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps(good))
+    with pytest.raises(TltoolError, match="no model.keras"):  # the classes passed: the next check speaks
+        load_run(tmp_path)
+
+
 def test_evaluate_refuses_unknown_classes(flowers_run, tmp_path):
     _, root, _ = flowers_run
     result = CliRunner().invoke(main, ["evaluate", str(root / "run"), str(SAMPLE), "--out", str(tmp_path / "e")])

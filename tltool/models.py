@@ -205,14 +205,17 @@ def _is_pixels(value) -> bool:
 
 
 def _are_classes(value) -> bool:
-    return isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) for c in value)
+    """At least two names, each given once: a name given twice made predict print two answers of one name and
+    evaluate score that class against the one of its outputs it kept."""
+    return (isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) and c for c in value)
+            and len(set(value)) == len(value))
 
 
 # what each kind of run reads from its model.json: the test its value must pass and what that is, in words
 _COMMON_FIELDS = {
     "image_size": (_is_size, f"a size of {RANGES['image_size'].low:g}-{MAX_IMAGE_SIZE} px"),
     "resize": (lambda v: v in CHOICES["resize"], f"one of {CHOICES['resize']}"),
-    "classes": (_are_classes, "a list of at least 2 class names"),
+    "classes": (_are_classes, "a list of at least 2 class names, each non-empty and given once"),
     "max_pixels": (_is_pixels, "a whole number of pixels"),
 }
 _MODEL_FIELDS = {
