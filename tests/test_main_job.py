@@ -149,12 +149,20 @@ def test_an_edited_model_json_is_a_clear_error(tmp_path, monkeypatch):
     120 GB, a missing field a KeyError."""
     from tltool.models import load_run
 
-    good = {"kind": "linear", "image_size": 64, "resize": "crop", "classes": ["a", "b"]}
-    for edit in ({"image_size": "abc"}, {"image_size": 100000}, {"classes": None}, {"resize": "squash"},
-                 {"kind": []}, {"kind": {}}):  # an unhashable kind was a TypeError
+    from tltool.models import _checked_model_json
+
+    good = {"kind": "linear", "image_size": 64, "resize": "crop", "classes": ["a", "b"], "backbone": "mobilenet_v2",
+            "weights": "none", "pool": "avg", "features": "f"}
+    (tmp_path / "model.json").write_text(json.dumps(good))
+    assert _checked_model_json(tmp_path / "model.json") == good  # so each edit below is refused for its own field
+    for edit, named in (({"image_size": "abc"}, "image_size is 'abc'"), ({"image_size": 100000}, "image_size is 1"),
+                        ({"classes": None}, "classes is None"), ({"resize": "squash"}, "resize is 'squash'"),
+                        ({"pool": "median"}, "pool is 'median'"), ({"backbone": 3}, "backbone is 3"),
+                        ({"kind": []}, "kind []"), ({"kind": {}}, "kind {}")):  # an unhashable kind: a TypeError
         (tmp_path / "model.json").write_text(json.dumps({**good, **edit}))
-        with pytest.raises(TltoolError, match="not a model.json tltool wrote"):
+        with pytest.raises(TltoolError, match="not a model.json tltool wrote") as info:
             load_run(tmp_path)
+        assert named in str(info.value), (edit, str(info.value))
     for text in ("[1]", "{"):
         (tmp_path / "model.json").write_text(text)
         with pytest.raises(TltoolError, match="not a model.json tltool wrote"):
