@@ -66,3 +66,16 @@ def test_open_regular_refuses_a_folder_a_pipe_and_a_link_and_keeps_no_descriptor
     with open_regular(tmp_path / "link") as f:
         assert f.read() == b"x"
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_status_lines_print_names_as_they_are(capsys):
+    """say() read its line as Rich markup: a run folder named runs/[old] printed as runs/, a photo [red]x.jpg as
+    x.jpg. Status lines are plain text; one that wants markup asks for it and escapes what it puts in."""
+    from rich.markup import escape
+
+    from tltool.progress import say
+
+    say("features already in runs/[old]/f and [red]x.jpg[/red] \\[y]")
+    say(f"[bold]step 1/2[/bold]: {escape('tltool probe [a]')}", markup=True)
+    assert capsys.readouterr().err.splitlines() == ["features already in runs/[old]/f and [red]x.jpg[/red] \\[y]",
+                                                    "step 1/2: tltool probe [a]"]

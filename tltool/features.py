@@ -225,8 +225,8 @@ def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record
                skipped=skipped)
     write_json(meta_path, old)  # the current labels and split; the numbers are reused
     write_json(chunks.out / "classes.json", dataset.classes)
-    say(f"[green]cached[/green]: features for {len(dataset.records)} images already in {chunks.out} (same files, "
-        "backbone and settings); the network was not run")
+    say(f"cached: features for {len(dataset.records)} images already in {chunks.out} (same files, backbone and "
+        "settings); the network was not run")
     return True
 
 

@@ -42,7 +42,10 @@ class Bar:
         self.close()
 
 
-def say(message: str) -> None:
+def say(message: str, markup: bool = False) -> None:
     """A status line on stderr (the results a command prints go to stdout). Wrapped to a terminal's width; whole
-    lines in a log or a pipe, where Rich would otherwise break them at 80 columns (and a grep would miss them)."""
-    console.print(message, soft_wrap=not console.is_terminal)
+    lines in a log or a pipe, where Rich would otherwise break them at 80 columns (and a grep would miss them).
+
+    Plain text unless ``markup``: the lines name the user's files and folders, and Rich read a folder named
+    ``runs/[old]`` as markup and printed ``runs/`` (a caller that wants markup escapes the names it puts in)."""
+    console.print(message, soft_wrap=not console.is_terminal, markup=markup)

@@ -379,7 +379,7 @@ def run_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), st
         line = shlex.join([*_typed(step.command, commands), *argv])
         if step.interactive and not interactive:
             return _pause(recipe, i, line, overrides, stop)
-        say(f"[bold]step {i}/{len(recipe.steps)}[/bold]: {escape(line)}")
+        say(f"[bold]step {i}/{len(recipe.steps)}[/bold]: {escape(line)}", markup=True)
         _run_step(recipe, i, step, argv, commands, start)
     return RecipeRun(recipe)
 
@@ -401,8 +401,8 @@ def _pause(recipe: Recipe, index: int, line: str, overrides: list[str] | tuple[s
     else:
         then = "run it yourself; it is the recipe's last step"
     after = f"; steps {index + 1}-{total} need what it makes, so the recipe stops here" if index < total else ""
-    say(escape(f"step {index}/{total}: skipped (interactive, no terminal): {line}{after} "
-               f"(exit status {EXIT_PAUSED})\n  {then}"))
+    say(f"step {index}/{total}: skipped (interactive, no terminal): {line}{after} (exit status {EXIT_PAUSED})\n"
+        f"  {then}")
     return RecipeRun(recipe, paused_at=index, resume=resume)
 
 

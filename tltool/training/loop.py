@@ -8,8 +8,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from rich.markup import escape
-
 from ..configs import TrainOptions
 from ..progress import Bar, say
 from .distributed import DistributedEpoch
@@ -99,7 +97,7 @@ def _epoch_line(row: dict, total_epochs: int, stop: bool) -> str:
            if "val_loss" in row else "")  # a refit has no val split
     end = row.get("lr_end", row["lr"])  # a warm-up or a decay moves the lr within the epoch: both ends shown
     lr = f"{row['lr']:.2g}" + (f"→{end:.2g}" if abs(end - row["lr"]) > 0.01 * row["lr"] else "")
-    return (f"epoch {row['epoch']}/{total_epochs} ({escape(row['stage'])}) loss {row['loss']:.4f} acc "
+    return (f"epoch {row['epoch']}/{total_epochs} ({row['stage']}) loss {row['loss']:.4f} acc "
             f"{row.get('accuracy', float('nan')):.3f}{val} lr {lr} ({row['seconds']:.1f} s)"
             + (" - early stop" if stop else ""))
 
@@ -154,7 +152,7 @@ def run_stages(build_model: Callable[[], object], stages: list[Stage], train_dat
                     state.stage_stopped = True
                     state.stopped_early.append(stage.name)
                     if index + 1 < len(stages):
-                        say(f"stage {escape(stage.name)} ends; going on with stage {escape(stages[index + 1].name)}")
+                        say(f"stage {stage.name} ends; going on with stage {stages[index + 1].name}")
                 save_checkpoint(model, state, run_dir)  # from here on a resume starts after this epoch
                 if stop:
                     break
