@@ -531,3 +531,14 @@ def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path):
     recipe.write_text("steps:\n  - data-inspect:\n      path: data\n      out: a\n      out: b\n")
     with pytest.raises(TltoolError, match=r"line 5, column 7: the key 'out' is given twice"):
         load_recipe(recipe)
+
+
+def test_a_long_or_multiline_set_value_is_shown_cut_and_escaped_in_its_error():
+    """The error repeated a --set value whole: 5,000 digits echoed, a newline splitting the error line."""
+    from tltool.cli.recipes import _parse_override
+
+    for text, shown in (("out=" + "9" * 5000, "(5,004 characters): not a YAML value"),
+                        ("a\nb", "--set a\\nb: write KEY=VALUE")):
+        with pytest.raises(TltoolError) as info:
+            _parse_override(text)
+        assert shown in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 500

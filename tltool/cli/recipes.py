@@ -33,6 +33,7 @@ from rich.markup import escape
 from .. import safe_yaml
 from ..errors import TltoolError, close_match_hint, did_you_mean
 from ..progress import say
+from ..utils import shown_name
 from .group import main
 from .recipe_files import StepInput, unmade_inputs
 
@@ -156,14 +157,14 @@ def _lookup(name: str, variables: dict[str, Any], where: str) -> Any:
 
 def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise TltoolError(f"--set {text}: write KEY=VALUE (e.g. --set epochs=2 or --set finetune.epochs=2).")
+        raise TltoolError(f"--set {shown_name(text)}: write KEY=VALUE (e.g. --set epochs=2 or --set finetune.epochs=2).")
     key, raw = text.split("=", 1)
     if not raw.strip():
         return key.strip().replace("_", "-"), ""
     try:
         value = _read_yaml(raw)
     except yaml.YAMLError as exc:
-        raise TltoolError(f"--set {text}: not a YAML value ({exc}); quote it to give it as text, e.g. "
+        raise TltoolError(f"--set {shown_name(text)}: not a YAML value ({exc}); quote it to give it as text, e.g. "
                           f"--set '{key}=\"...\"'.") from None
     return key.strip().replace("_", "-"), value
 
