@@ -474,7 +474,8 @@ def test_deeply_nested_yaml_in_a_recipe_or_a_set_value_is_a_clear_error(tmp_path
         load_recipe(path)
     result = _check(path)
     assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
-    with pytest.raises(TltoolError, match=r"--set out=\[+\]+: not a YAML value \(.*nested more than 32 levels"):
+    with pytest.raises(TltoolError, match=r"--set out=\[+\.\.\. \(40,004 characters\): not a YAML value \(.*nested "
+                                          r"more than 32 levels"):
         load_recipe(_write(tmp_path, "steps:\n  - data-inspect: {path: x}\n"), [f"out={deep}"])
 
 
