@@ -342,3 +342,37 @@ def test_finetune_resume_of_a_cross_validation_goes_on_with_its_folds(tmp_path, 
     result = CliRunner().invoke(main, ["finetune", "--resume", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert seen == [(0, str(tmp_path))] and "3-fold cross-validated" in result.output and "0.667" in result.output
+
+
+@pytest.mark.parametrize("images, finished, resumed", [("same", False, True), ("same", True, True),
+                                                      ("other", False, False)])
+def test_a_resumed_cross_validation_resumes_a_fold_run_only_on_the_fold_s_images(tmp_path, monkeypatch, images,
+                                                                                  finished, resumed):
+    """A fold run with checkpoints is resumed when it was started on this fold's images: killed in training, or
+    finished before its held_out.json (`finetune --resume CV/fold-2/run`: it was trained again from scratch). One
+    on other images (a photo unreadable since the cross-validation started moves every fold's) is trained again:
+    resumed, its predictions failed an assert, as a traceback."""
+    import tltool.finetune as ft
+    from tltool.dataset import load_dataset, write_manifest
+
+    records = sorted(load_dataset(str(SAMPLE)).records, key=lambda r: r.path)
+    records = [replace(r, split="val" if i % 2 else "train") for i, r in enumerate(records)]
+    run = tmp_path / "fold-2" / "run"
+    run.mkdir(parents=True)
+    write_manifest(records if images == "same" else records[1:], run / "split.csv")
+    (run / "state.json").write_text("{}")
+    if finished:
+        (run / "metrics.json").write_text("{}")
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def started(config, out=None, resume=None, force=False):
+        calls.append(resume)
+        raise Stop
+
+    monkeypatch.setattr(ft, "finetune", started)
+    with pytest.raises(Stop):
+        ft._cv_fold(FinetuneConfig(data=None), tmp_path / "fold-2", records, 4, True)
+    assert calls == ([run] if resumed else [None])

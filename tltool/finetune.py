@@ -277,15 +277,34 @@ def _cv_fold(config: FinetuneConfig, fold_dir: Path, records: list, n_classes: i
         say("  finished before the resume: kept")
         return kept
     run = fold_dir / "run"
-    if resuming and os.path.lexists(run / "state.json") and not os.path.lexists(run / "metrics.json"):
-        result = finetune(config, resume=run)  # the fold run's own settings and split, this session's strategy
+    if resuming and os.path.lexists(run / "state.json") and _trained_on(run, records):
+        # killed in training, or finished before its held_out.json (a finished run only re-evaluates): the fold
+        # run's own settings and split, this session's strategy
+        result = finetune(config, resume=run)
     else:
+        if resuming and os.path.lexists(run / "state.json"):
+            say(f"  {run} was trained on other images (the run's images that can be read changed): training the "
+                "fold again")
         write_manifest(records, fold_dir / SPLIT_FILE)
         result = finetune(replace(config, data=str(fold_dir / SPLIT_FILE), tta="none"), out=run, force=True)
     paths, _, _, fold_classes = read_predictions(run / "predictions.csv")
     assert len(fold_classes) == n_classes and sorted(paths) == held_out
     write_json(fold_dir / FOLD_RESULT, {"paths": paths, "probs": result.evaluation.probs})
     return paths, np.asarray(result.evaluation.probs, dtype=float)
+
+
+def _trained_on(run: Path, records: list) -> bool:
+    """Whether the fold run ``run`` was started on exactly ``records`` (its split.csv: path, label and split); a
+    run on other images (a photo unreadable since the cross-validation started moves every fold's images) is not
+    resumed."""
+    import csv
+
+    try:
+        with open(run / SPLIT_FILE, newline="", encoding="utf-8") as file:
+            rows = {(row["path"], row["label"], row["split"]) for row in csv.DictReader(file)}
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return False
+    return rows == {(os.path.abspath(r.path), r.label, r.split or "") for r in records}
 
 
 def _kept_fold(fold_dir: Path, held_out: list[str], n_classes: int) -> tuple[list[str], np.ndarray] | None:
