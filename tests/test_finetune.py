@@ -376,3 +376,30 @@ def test_a_resumed_cross_validation_resumes_a_fold_run_only_on_the_fold_s_images
     with pytest.raises(Stop):
         ft._cv_fold(FinetuneConfig(data=None), tmp_path / "fold-2", records, 4, True)
     assert calls == ([run] if resumed else [None])
+
+
+def test_cv_given_with_the_resume_of_a_plain_fine_tune_is_ignored_as_warned(tmp_path, monkeypatch):
+    """`finetune --resume RUN --cv 3` on a plain fine-tune warned '--cv ignored', then used it: the run was taken
+    for a cross-validation and refused ('resume it with `tltool finetune --resume RUN`', what was typed)."""
+    from click.testing import CliRunner
+
+    import tltool.cli.training as cli
+    from tltool.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "finetune"}))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def called(name):
+        def record(*args, **kwargs):
+            seen.append((name, str(kwargs.get("resume"))))
+            raise Stop
+        return record
+
+    monkeypatch.setattr(cli, "finetune", called("finetune"))
+    monkeypatch.setattr(cli, "finetune_cv", called("finetune_cv"))
+    result = CliRunner().invoke(main, ["finetune", "--resume", str(tmp_path), "--cv", "3"])
+    assert isinstance(result.exception, Stop) and seen == [("finetune", str(tmp_path))]
+    assert "--cv ignored" in result.output

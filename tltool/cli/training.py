@@ -120,7 +120,9 @@ def finetune_cmd(ctx: click.Context, data: str | None, cv: int, resume: str | No
     if not data and not resume:
         raise TltoolError("give DATA (a folder, CSV manifest or tfds:NAME) or --resume RUN_DIR.")
     warn_ignored_on_resume(ctx)
-    if cv or (resume and stored_run_kind(Path(resume)) == "finetune-cv"):
+    # a resumed run is of the kind it was started as: --cv with --resume is ignored (warned above), not a command
+    # to resume a plain fine-tune as a cross-validation (refused: "resume it with `tltool finetune --resume`")
+    if stored_run_kind(Path(resume)) == "finetune-cv" if resume else cv:
         run_dir, evaluation, metrics = finetune_cv(FinetuneConfig(data=data, **options), cv, out=out, force=force,
                                                    resume=resume)
         click.echo(accuracy_line(evaluation, split=f"{metrics['cv']['k']}-fold cross-validated"))
