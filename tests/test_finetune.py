@@ -403,3 +403,22 @@ def test_cv_given_with_the_resume_of_a_plain_fine_tune_is_ignored_as_warned(tmp_
     result = CliRunner().invoke(main, ["finetune", "--resume", str(tmp_path), "--cv", "3"])
     assert isinstance(result.exception, Stop) and seen == [("finetune", str(tmp_path))]
     assert "--cv ignored" in result.output
+
+
+def test_a_fold_that_predicted_other_images_is_a_clear_error(tmp_path, monkeypatch):
+    """A photo changed or unreadable while a fold trained: its predictions name other images than the fold holds
+    out. This was an assert (a traceback, or nothing under python -O); it is one line naming what to do."""
+    import tltool.finetune as ft
+    from tltool.dataset import load_dataset
+
+    records = [replace(r, split="val" if i % 2 else "train")
+               for i, r in enumerate(sorted(load_dataset(str(SAMPLE)).records, key=lambda r: r.path))]
+
+    def trained(config, out=None, resume=None, force=False):
+        out.mkdir(parents=True)
+        (out / "predictions.csv").write_text("path,true,predicted,correct,confidence,p_a,p_b\nx.jpg,a,a,1,0.9,0.9,0.1\n")
+
+    monkeypatch.setattr(ft, "finetune", trained)
+    with pytest.raises(TltoolError, match=r"fold-1/run: predicted other images than the fold holds out .* `tltool "
+                                          r"finetune --resume .*` again"):
+        ft._cv_fold(FinetuneConfig(data=None), tmp_path / "fold-1", records, 2, False)

@@ -220,3 +220,22 @@ def test_a_damaged_distribute_record_is_a_clear_error(tmp_path, distribute, name
     (tmp_path / "config.json").write_text(json.dumps({**asdict(FinetuneConfig()), "kind": "finetune",
                                                       "distribute": {"global_batch_size": 64, "lr_scale": 2}}))
     assert stored_distribute(tmp_path)["global_batch_size"] == 64
+
+
+@pytest.mark.parametrize("layout", [["state.json"], ["fold-1/run/state.json"], ["fold-2/held_out.json"]])
+def test_an_unfinished_run_is_kept_only_where_resume_can_finish_it(tmp_path, layout):
+    """A killed run whose checkpoints `--resume` can finish is refused without --force; one of an older tltool,
+    without the split.csv a resume needs, is not (it was refused, naming a --resume that then refused it too)."""
+    from tltool.outputs import release_output_dirs
+    from tltool.runs import check_run_dir, new_run_dir
+
+    out = new_run_dir("finetune", out=tmp_path / "run")
+    release_output_dirs()
+    for name in layout:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("{}")
+    check_run_dir(out)  # no split.csv: nothing --resume could go on with
+    (out / "split.csv").write_text("path,label,split\n")
+    with pytest.raises(TltoolError, match="checkpoints that `--resume .*` can finish"):
+        check_run_dir(out)
+    check_run_dir(out, force=True)

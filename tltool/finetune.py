@@ -7,6 +7,7 @@ statistics are therefore never updated by a small, augmented dataset.
 """
 from __future__ import annotations
 
+import csv
 import functools
 import os
 import time
@@ -211,6 +212,7 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
         resume = Path(resume)
         config, k = replace(FinetuneConfig.from_run(resume, "finetune-cv"), strategy=config.strategy), \
             stored_folds(resume)
+        hold_run_dir(resume)  # first, as a plain resume does: a second resume is refused before any work
     _check_cv_settings(config, k)
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
@@ -226,7 +228,7 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     say(f"cross-validated fine-tuning: {k} folds x ({config.head_epochs} + {config.epochs}) epochs on "
         f"{len(y)} images; estimated time {estimate / 60:.1f} min on this machine")
     if resume:
-        run_dir = hold_run_dir(resume)
+        run_dir = resume
     else:
         run_dir = new_run_dir("finetune-cv", checked.dataset.name, spec.name, out=out, force=force)
         write_json(run_dir / "config.json", {**asdict(config), "kind": "finetune-cv", "cv": k,
@@ -288,7 +290,9 @@ def _cv_fold(config: FinetuneConfig, fold_dir: Path, records: list, n_classes: i
         write_manifest(records, fold_dir / SPLIT_FILE)
         result = finetune(replace(config, data=str(fold_dir / SPLIT_FILE), tta="none"), out=run, force=True)
     paths, _, _, fold_classes = read_predictions(run / "predictions.csv")
-    assert len(fold_classes) == n_classes and sorted(paths) == held_out
+    if len(fold_classes) != n_classes or sorted(paths) != held_out:  # its images changed while it ran
+        raise TltoolError(f"{run}: predicted other images than the fold holds out (photos were changed or became "
+                          f"unreadable while it ran); run `tltool finetune --resume {fold_dir.parent}` again.")
     write_json(fold_dir / FOLD_RESULT, {"paths": paths, "probs": result.evaluation.probs})
     return paths, np.asarray(result.evaluation.probs, dtype=float)
 
@@ -297,8 +301,6 @@ def _trained_on(run: Path, records: list) -> bool:
     """Whether the fold run ``run`` was started on exactly ``records`` (its split.csv: path, label and split); a
     run on other images (a photo unreadable since the cross-validation started moves every fold's images) is not
     resumed."""
-    import csv
-
     try:
         with open(run / SPLIT_FILE, newline="", encoding="utf-8") as file:
             rows = {(row["path"], row["label"], row["split"]) for row in csv.DictReader(file)}

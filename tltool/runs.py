@@ -34,7 +34,8 @@ def _replaceable_unforced(out: str | Path, force: bool) -> bool:
     check_output_name(out)
     if (out / "metrics.json").exists() or marked_finished(out):
         return False
-    if not force and output_kind(out) == "run" and any(_found(out, pattern) for pattern in RESUMABLE):
+    resumable = (out / "split.csv").exists() and any(_found(out, pattern) for pattern in RESUMABLE)  # --resume
+    if not force and output_kind(out) == "run" and resumable:  # needs split.csv (older runs have none)
         raise TltoolError(f"--out {out}: holds an unfinished run with checkpoints that `--resume {out}` can finish; "
                           "resume it, choose another folder, or pass --force to replace it.")
     return True
