@@ -79,3 +79,21 @@ def test_status_lines_print_names_as_they_are(capsys):
     say(f"[bold]step 1/2[/bold]: {escape('tltool probe [a]')}", markup=True)
     assert capsys.readouterr().err.splitlines() == ["features already in runs/[old]/f and [red]x.jpg[/red] \\[y]",
                                                     "step 1/2: tltool probe [a]"]
+
+
+def test_a_progress_bar_shows_a_folder_name_as_it_is(monkeypatch):
+    """In a terminal, a bar described by a folder named ds[/x] was Rich's MarkupError (a traceback) and one named
+    photos [old] showed as 'photos '."""
+    import io
+
+    from rich.console import Console
+
+    from tltool import progress
+
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=screen, force_terminal=True, width=200))
+    monkeypatch.setattr(progress, "enabled", lambda: True)
+    for name in ("importing into ds[/x]", "checking photos [old]"):
+        with progress.Bar(2, name) as bar:
+            bar.update(2)
+        assert name in screen.getvalue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
@@ -24,7 +25,9 @@ class Bar:
                        TextColumn("ETA"), TimeRemainingColumn())
             self._progress = Progress(*columns, console=console, transient=False)
             self._progress.start()
-            self._task = self._progress.add_task(description, total=total)
+            # escaped: descriptions name the user's folders, and Rich read `--out ds[/x]` as a closing tag
+            # (MarkupError, a traceback) and `photos [old]` as a style (printed as "photos ")
+            self._task = self._progress.add_task(escape(description), total=total)
 
     def update(self, n: int = 1) -> None:
         if self._progress is not None:
