@@ -281,7 +281,7 @@ def test_refit_with_a_val_driven_schedule_or_cv_is_a_user_error(tmp_path):
         assert option.default is False is FinetuneConfig.refit
 
 
-def test_a_killed_cross_validation_keeps_its_finished_folds(tmp_path, monkeypatch):
+def test_a_killed_cross_validation_keeps_its_finished_folds(tmp_path, monkeypatch, capsys):
     """A fine-tune --cv killed in its second fold, run again on the same --out, deleted the first fold's minutes of
     training (no metrics.json: it looked unfinished); --resume trained every fold again. Now the rerun is refused
     and --resume keeps the finished fold and goes on with the killed one from its checkpoint."""
@@ -310,6 +310,7 @@ def test_a_killed_cross_validation_keeps_its_finished_folds(tmp_path, monkeypatc
     monkeypatch.setattr(ft, "finetune", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     run_dir, evaluation, metrics = ft.finetune_cv(FinetuneConfig(data=None), 0, resume=tmp_path / "cv")
     assert [Path(kw["resume"]).parent.name for kw in calls] == ["fold-2"]  # fold 1 kept, fold 2 resumed
+    assert "2 folds x (1 + 0) epochs on 160 images, 1 of them finished before; estimated time" in capsys.readouterr().err
     assert evaluation.n == 160 and metrics["cv"]["k"] == 2  # every image predicted once, by the fold that did not
     assert metrics["estimated_seconds"] > 0                   # train on it
     splits = [list(csv.DictReader(open(run_dir / f"fold-{i}" / "split.csv"))) for i in (1, 2)]

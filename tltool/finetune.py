@@ -224,9 +224,11 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     counts = np.bincount(y, minlength=len(classes))
     if counts.min() < k:
         raise TltoolError(f"--cv {k}: every class needs at least {k} images (smallest has {counts.min()}).")
-    estimate = estimate_seconds(config, len(y) * (k - 1) // k, len(y) // k, k)
+    left = k - sum((resume / f"fold-{fold + 1}" / FOLD_RESULT).exists() for fold in range(k)) if resume else k
+    estimate = estimate_seconds(config, len(y) * (k - 1) // k, len(y) // k, left)
     say(f"cross-validated fine-tuning: {k} folds x ({config.head_epochs} + {config.epochs}) epochs on "
-        f"{len(y)} images; estimated time {estimate / 60:.1f} min on this machine")
+        f"{len(y)} images" + (f", {k - left} of them finished before" if left < k else "")
+        + f"; estimated time {estimate / 60:.1f} min on this machine")
     if resume:
         run_dir = resume
     else:
