@@ -122,6 +122,25 @@ def test_class_names_are_checked():
             parse_classes(bad)
 
 
+def test_classes_differing_only_in_case_are_refused_before_they_merge(tmp_path):
+    """On macOS and Windows `Cat` and `cat` are one folder: an export put both classes' photos in it."""
+    with pytest.raises(TltoolError, match=r"--classes: the classes 'Cat' and 'cat' differ only in case"):
+        parse_classes("Cat,dog,cat")
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 8, decodable=False)
+    store = LabelStore(root, ["cat", "dog"])
+    for i, path in enumerate(paths):
+        store.set(path, ("cat", "dog")[i % 2])
+    text = (root / "labels.csv").read_text()
+    (root / "labels.csv").write_text(text.replace(",dog", ",Cat"))  # edited by hand
+    from tltool.dataset import ManifestWarning
+
+    with pytest.raises(TltoolError, match=r"labels.csv: the classes 'Cat' and 'cat' differ only in case"), \
+            pytest.warns(ManifestWarning, match="differ only in case"):
+        export_labels(root, val_fraction=0.25, seed=1)
+    assert not (tmp_path / "ds-split").exists()
+
+
 def test_review_list_comes_first_with_its_suggestions(tmp_path):
     root = tmp_path / "ds"
     paths = make_dataset(root, 4, decodable=False)

@@ -22,7 +22,8 @@ from ..images import read_header
 from ..outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, output_kind, staged_output
 from ..settings import check_range
 from ..utils import read_json, write_json
-from .store import EXPORT_MARKER, LABELS_CSV, check_class_name, inside_root, load_labelled, read_labels_csv
+from .store import (EXPORT_MARKER, LABELS_CSV, check_class_name, check_distinct_folders, inside_root, load_labelled,
+                    read_labels_csv)
 
 DEFAULT_SUFFIX = "-split"  # mydata -> mydata-split, so runs on it are named after the dataset
 KIND = "label-export"  # the kind of output folder (tltool.outputs) an export is
@@ -159,6 +160,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
         raise TltoolError(f"{labels}: no image has a label yet. Label some with tltool label serve {dataset}.")
     for name in labelled.classes:
         check_class_name(name)
+    check_distinct_folders(labelled.classes, str(labels))
     labelled.require_classes(2)
     split = stratified_split(labelled, val_fraction=val_fraction, seed=seed)
 

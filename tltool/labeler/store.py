@@ -47,6 +47,18 @@ def check_class_name(name: str) -> str:
     return name
 
 
+def check_distinct_folders(classes: list[str], where: str) -> None:
+    """Class names that differ only in case are one folder on macOS and Windows: an export would merge them."""
+    folders: dict[str, list[str]] = {}
+    for name in classes:
+        folders.setdefault(name.casefold(), []).append(name)
+    clashing = [names for names in folders.values() if len(names) > 1]
+    if clashing:
+        raise TltoolError(f"{where}: the classes {', '.join(' and '.join(map(repr, n)) for n in clashing)} differ only "
+                          "in case: on macOS and Windows they are one folder, and an export would merge them. "
+                          "Rename one.")
+
+
 def parse_classes(text: str | None) -> list[str]:
     """``"cat,dog"`` -> ``["cat", "dog"]``: checked, without repeats, at most nine (keys 1-9)."""
     if not text:
@@ -55,6 +67,7 @@ def parse_classes(text: str | None) -> list[str]:
     repeated = sorted(c for c, n in Counter(classes).items() if n > 1)
     if repeated:
         raise TltoolError(f"--classes names {repeated} more than once.")
+    check_distinct_folders(classes, "--classes")
     if len(classes) > MAX_KEYED_CLASSES:
         raise TltoolError(f"--classes has {len(classes)} classes; the keys 1-9 label at most {MAX_KEYED_CLASSES}. "
                           "Label in rounds, or merge classes.")
