@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +255,27 @@ def test_tf_config_workers_chief_first():
     assert (cluster.worker_index, cluster.num_workers, cluster.chief) == (2, 3, False)
     config["task"] = {"type": "chief", "index": 0}
     assert read_tf_config({"TF_CONFIG": json.dumps(config)}).chief
+
+
+def test_a_multiworker_chief_refuses_its_run_folder_before_the_cluster_starts(tmp_path, monkeypatch):
+    """The chief checked --out only after the cluster formed: the workers connected and waited for nothing."""
+    import tltool.finetune
+    import tltool.scratch
+    from tltool.finetune import FinetuneConfig
+    from tltool.outputs import release_output_dirs
+    from tltool.runs import new_run_dir, writes_runs
+    from tltool.scratch import ScratchConfig
+
+    writes_runs(lambda: (new_run_dir("scratch", out=tmp_path / "done") / "metrics.json").write_text("{}"))()
+    release_output_dirs()
+    for module in (tltool.finetune, tltool.scratch):
+        monkeypatch.setattr(module, "resolve_strategy", lambda name: pytest.fail("the cluster was started"))
+    cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    for train, config in ((tltool.scratch.train_from_scratch, ScratchConfig(data=str(SAMPLE), arch="lenet5")),
+                          (tltool.finetune.finetune, FinetuneConfig(data=str(SAMPLE)))):
+        with pytest.raises(TltoolError, match="already holds an earlier tltool run"):
+            train(replace(config, strategy="multiworker"), out=tmp_path / "done")
 
 
 @pytest.mark.parametrize("command", [["train", str(SAMPLE), "--arch", "lenet5"], ["finetune", str(SAMPLE)],

@@ -30,7 +30,7 @@ from .progress import say
 from .report import read_predictions, write_run_report
 from .runs import hold_run_dir, new_run_dir, writes_runs
 from .settings import CHOICES
-from .supervised import SPLIT_FILE, KerasTrainingRun, ModelPlan, TrainResult, load_split
+from .supervised import SPLIT_FILE, KerasTrainingRun, ModelPlan, TrainResult, check_chief_output, load_split
 from .training import Stage, TrainOptions, compile_model
 from .utils import read_json, write_json
 
@@ -135,6 +135,7 @@ def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str 
     """Two-stage fine-tuning with checkpoints after every epoch; writes the same report as the linear path."""
     if resume:  # the run's own settings, on this session's devices
         config = replace(FinetuneConfig.from_run(Path(resume)), strategy=config.strategy)
+    check_chief_output(config.strategy, out, resume, force)
     resolve_strategy(config.strategy)  # before any TF operation: multiworker has to start first
     spec = get_backbone_spec(config.backbone)
     inputs = resolve_input(spec.name, config.image_size, config.resize, config.max_pixels)

@@ -18,14 +18,15 @@ from .backbones import find_backbone
 # RunConfig's home was here; it stays importable
 from .configs import RunConfig, TrainOptions, stored_distribute  # noqa: F401
 from .dataset import Dataset, Record, label_indices, load_dataset, write_manifest
-from .distribute import DistributeInfo, resolve_strategy, shard_options, worker_scratch_dir
+from .distribute import DistributeInfo, read_tf_config, resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError
 from .evaluation import Evaluation
 from .inspection import prepare_dataset, say_upsampling, upsampling
 from .models import load_run
 from .progress import say
 from .report import rewrite_report, write_run_report
-from .runs import hold_run_dir, new_run_dir, writes_runs
+from .outputs import check_not_in_use
+from .runs import check_run_dir, hold_run_dir, new_run_dir, writes_runs
 from .training import LoopState, Stage, checkpoint_path, epochs_done, plot_history, refit_stages, run_stages
 from .tta import TTA_MODES
 from .utils import atomic_path, read_json, sha256_file, write_json
@@ -82,6 +83,16 @@ def _distribute_record(config: RunConfig, info, resume: Path | None) -> dict:
         say(f"resuming a run started on {started.get('replicas')} replica(s) on {info.replicas}: the global batch "
             f"stays {global_batch}")
     return record
+
+
+def check_chief_output(strategy: str, out: str | Path | None, resume: str | Path | None, force: bool) -> None:
+    """A multiworker chief refuses its run folder before it starts the cluster: after, the workers had connected
+    and waited, for as long as the cluster took to form, on a folder another command holds or that needs --force."""
+    if strategy == "multiworker" and read_tf_config().chief:
+        if resume:
+            check_not_in_use(resume)
+        else:
+            check_run_dir(out, force)
 
 
 def load_split(run_dir: Path) -> Dataset:
