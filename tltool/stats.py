@@ -63,12 +63,21 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: a binomial test (p = 1/2) on the discordant pairs.
 
     Computed with exact integers: twice the smaller tail, at most 1 (what ``scipy.stats.binomtest`` gives for
-    p = 1/2, without importing scipy.stats, which took 1.5-2.7 s of ``tltool compare``'s start-up).
+    p = 1/2, without importing scipy.stats, which took 1.5-2.7 s of ``tltool compare``'s start-up). The tail is
+    summed from its largest term down, each term from the one before (C(n, k-1) = C(n, k) k / (n-k+1)), and stops
+    once the terms left cannot reach 2**-64 of it: summing ``math.comb`` for every k took 6 s at 10,300 discordant
+    pairs and 288 s at 40,500 (``tltool compare`` on a large test set).
     """
     discordant = only_a + only_b
-    if discordant == 0:
+    smaller = min(only_a, only_b)
+    if discordant == 0 or 2 * smaller >= discordant:  # b == c: the smaller tail is more than half
         return 1.0
-    tail = sum(math.comb(discordant, k) for k in range(min(only_a, only_b) + 1))
+    term = tail = math.comb(discordant, smaller)
+    for k in range(smaller, 0, -1):
+        term = term * k // (discordant - k + 1)  # C(discordant, k - 1), exactly
+        tail += term
+        if term * k < tail >> 64:  # the k - 1 terms left are each at most ``term``
+            break
     return min(1.0, tail / 2 ** (discordant - 1))
 
 
