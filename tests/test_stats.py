@@ -106,3 +106,23 @@ def test_top5_is_reported_only_with_more_than_five_classes():
         top5 = ev.top_k(5)
         assert (top5.correct if top5 else None) == expected
         assert (ev.to_json()["top5_accuracy"] is None) == (expected is None)
+
+
+def test_top_k_breaks_ties_as_the_prediction_does():
+    """Tied probabilities (an int8 export's outputs tie often): the class argmax predicts is in the top k, so top-5
+    is never below top-1. With numpy's unstable default sort, a row of 20 classes with 8 tied at the top was
+    predicted right (class 8, the first of them) yet missed by top-5 ([12 10 13 14 9])."""
+    import numpy as np
+
+    from tltool.evaluation import Evaluation
+
+    rng = np.random.default_rng(0)
+    for classes in (20, 50, 100):
+        probs = np.zeros((500, classes), np.float32)
+        for row in probs:
+            tied = rng.integers(6, classes)
+            row[rng.choice(classes, tied, replace=False)] = 1.0 / tied
+        y = probs.argmax(axis=1)  # every image right at top-1
+        evaluation = Evaluation([str(i) for i in range(classes)], y, probs)
+        assert evaluation.accuracy().correct == 500
+        assert evaluation.top_k(5).correct == 500
