@@ -126,3 +126,18 @@ def test_top_k_breaks_ties_as_the_prediction_does():
         evaluation = Evaluation([str(i) for i in range(classes)], y, probs)
         assert evaluation.accuracy().correct == 500
         assert evaluation.top_k(5).correct == 500
+
+
+def test_cv_interval_is_the_pooled_accuracys_own():
+    """Repeats pool more predictions than images: 76 right of 90 (3 x 30 images) is 0.844, and its interval on the
+    30 distinct images is Wilson's at p = 0.844, not at 25/30 = 0.833 (the count rounded first)."""
+    import numpy as np
+
+    from tltool.crossval import CVResult
+
+    result = CVResult(3, 3, [0.8] * 9, [{}] * 9, [np.arange(10)] * 9, np.zeros((30, 2)), 76, 90)
+    accuracy = result.accuracy()
+    assert accuracy["value"] == pytest.approx(76 / 90) and accuracy["n"] == 30
+    assert accuracy["ci95"] == pytest.approx(list(_wilson_by_hand(76 / 90 * 30, 30)), abs=1e-12)
+    perfect = CVResult(3, 3, [1.0] * 9, [{}] * 9, [np.arange(10)] * 9, np.zeros((30, 2)), 90, 90).accuracy()
+    assert perfect["ci95"][1] == 1.0 and perfect["ci95"][0] == pytest.approx(_wilson_by_hand(30, 30)[0])

@@ -44,7 +44,9 @@ class CVResult:
     def accuracy(self) -> dict:
         """Pooled out-of-fold accuracy; the interval uses n = distinct images (see module docstring)."""
         value = self.correct_total / self.n_predictions
-        lo, hi = wilson_interval(round(value * self.n_images), self.n_images)
+        # the mean's own interval, as the learning curve's: rounded to a whole count first, 76 of 90 predictions
+        # (3 repeats of 30 images, 0.844) showed the interval of 25/30 = 0.833
+        lo, hi = wilson_interval(value * self.n_images, self.n_images)
         return {"value": value, "ci95": [lo, hi], "n": self.n_images, "method": "wilson on distinct images"}
 
     def to_json(self) -> dict:
