@@ -524,3 +524,18 @@ def test_a_report_on_images_the_run_was_trained_on_says_so_in_bold():
     assert ("- **3 of these 4 images were in the training data of the run: its accuracy on them is optimistic, not "
             "an estimate for new photos**") in text
     assert "training data" not in markdown_summary("t", {"val": evaluation.to_json(), "images_trained_on": 0})
+
+
+def test_a_class_without_validation_photos_has_no_recall_on_the_learning_curve(tmp_path):
+    """Predefined train/val folders can leave a class out of val: its recall was NaN, written into
+    learning_curve.json (not JSON), and the reading named it the weakest class ("recall nan")."""
+    from dataclasses import asdict
+
+    from tltool.crossval import learning_curve, read_curve
+
+    fs = _synthetic_features(tmp_path, classes=("c", "a", "b"))
+    fs.splits[(fs.labels == 0) & (fs.splits == "val")] = "train"  # class c: no val photos
+    points, _ = learning_curve(fs, fractions=(0.5, 0.75, 1.0), seeds=2)
+    assert all(p.per_class["c"] is None and p.per_class["a"] is not None for p in points)
+    assert "`c`" not in read_curve(points, fs.classes) and "nan" not in read_curve(points, fs.classes)
+    json.dumps([asdict(p) for p in points], allow_nan=False)  # what learning_curve.json holds: strict JSON

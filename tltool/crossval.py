@@ -153,7 +153,8 @@ def learning_curve(fs: FeatureSet, head: str = "logreg", pool: str = "avg",
     key = {"train": [sha256_array(Xtr), sha256_array(ytr)], "val": [sha256_array(Xval), sha256_array(yval)],
            "classes": fs.classes, "head": head, "grid": get_head_spec(head).grid, "fractions": fractions,
            "seeds": seeds, "seed": seed, "standardize": standardize, "scikit-learn": version("scikit-learn"),
-           "curve": 3}  # 2: points carry se_to_last; 3: intervals of the mean, not of it rounded to whole images
+           "curve": 4}  # 2: points carry se_to_last; 3: intervals of the mean, not of it rounded to whole images;
+    # 4: a class without val photos has recall None (was NaN, which is not JSON, and was named the weakest)
     points, params = remembered("learning-curve", key, lambda: _curve(
         (Xtr, ytr, Xval, yval), fs.classes, head, fractions, seeds, seed, standardize))
     return [CurvePoint(**{**p, "spread": tuple(p["spread"])}) for p in points], params
@@ -180,7 +181,8 @@ def _curve(data: tuple, classes: list[str], head: str, fractions: list[float], s
                 pred = pipeline.predict(Xval)
                 accs.append(float((pred == yval).mean()))
                 correct.append(pred == yval)
-                per_class.append([float((pred[yval == c] == c).mean()) for c in range(len(classes))])
+                per_class.append([float((pred[yval == c] == c).mean()) if (yval == c).any() else np.nan
+                                  for c in range(len(classes))])  # a class without val photos has no recall
                 bar.update()
                 if fraction == 1.0 and spec.name != "sgd":
                     break  # the full training set is the same set for every seed
@@ -189,7 +191,8 @@ def _curve(data: tuple, classes: list[str], head: str, fractions: list[float], s
             # count first, means 0.827, 0.833 and 0.840 of 30 images all showed [0.664, 0.927]
             points.append(CurvePoint(float(fraction), int(len(_subset(ytr, float(fraction), np.random.default_rng(0)))),
                                      mean, lo, hi, (min(accs), max(accs)),
-                                     dict(zip(classes, np.mean(per_class, axis=0).round(4).tolist()))))
+                                     {c: None if np.isnan(r) else r
+                                      for c, r in zip(classes, np.mean(per_class, axis=0).round(4).tolist())}))
             hits.append(np.mean(correct, axis=0))
     for point, hit in zip(points, hits):
         point.se_to_last = paired_standard_error(hits[-1], hit)
@@ -219,6 +222,7 @@ def read_curve(points: list[CurvePoint], classes: list[str]) -> str:
     noise = 1.96 * before.se_to_last
     share = last.fraction - before.fraction
     over = f"{gain * 100:+.1f} points over the last {share * 100:.0f} % of the images"
+    classes = [c for c in classes if last.per_class.get(c) is not None]  # a class without val photos: no recall
     rising = {c: last.per_class[c] - before.per_class[c] for c in classes}
     weakest = min(classes, key=lambda c: last.per_class[c])
     # the class that would gain most: still improving and furthest from perfect recall
@@ -252,7 +256,8 @@ def _curve_figure(points: list[CurvePoint], classes: list[str], title: str):
     left.set_ylabel("validation accuracy")
     left.legend(loc="lower right")
     for c in classes:
-        right.plot(x, [p.per_class[c] for p in points], marker=".", label=c)
+        if points[-1].per_class.get(c) is not None:  # a class without val photos has no recall to draw
+            right.plot(x, [p.per_class[c] for p in points], marker=".", label=c)
     right.set_xlabel("training images")
     right.set_ylabel("recall per class")
     right.legend(fontsize=8, loc="lower right")
