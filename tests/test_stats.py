@@ -141,3 +141,13 @@ def test_cv_interval_is_the_pooled_accuracys_own():
     assert accuracy["ci95"] == pytest.approx(list(_wilson_by_hand(76 / 90 * 30, 30)), abs=1e-12)
     perfect = CVResult(3, 3, [1.0] * 9, [{}] * 9, [np.arange(10)] * 9, np.zeros((30, 2)), 90, 90).accuracy()
     assert perfect["ci95"][1] == 1.0 and perfect["ci95"][0] == pytest.approx(_wilson_by_hand(30, 30)[0])
+
+
+def test_predict_lists_tied_classes_in_the_order_the_prediction_takes():
+    import numpy as np
+
+    from tltool.evaluation import ranked_classes
+
+    p = np.zeros(40, np.float32)
+    p[[9, 14, 17, 18, 22, 29, 34, 36]] = 1 / 8  # numpy's default sort listed 14, 9, 18: first a class not predicted
+    assert ranked_classes(p, 3).tolist() == [9, 14, 17] and ranked_classes(p, 1)[0] == p.argmax()

@@ -9,6 +9,13 @@ import numpy as np
 from .stats import Proportion
 
 
+def ranked_classes(probs: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` most probable classes of each row, best first. Ties go to the lower class index, as argmax (the
+    prediction) gives them: numpy's default sort is unstable past 16 classes, and an int8 export's probabilities
+    tie often, so top-5 missed images top-1 got right, and `predict` could list first a class it did not predict."""
+    return np.argsort(-np.asarray(probs), axis=-1, kind="stable")[..., :k]
+
+
 @dataclass
 class Evaluation:
     classes: list[str]
@@ -35,9 +42,7 @@ class Evaluation:
         classes had "top-5 accuracy 1.000 [0.886, 1.000]", an interval around a constant)."""
         if len(self.classes) <= k:
             return None
-        # ties go to the lower class index, as in ``y_pred`` (argmax): numpy's default sort is unstable past 16
-        # classes, and an int8 export's probabilities tie often, so top-5 missed images top-1 got right
-        top = np.argsort(-self.probs, axis=1, kind="stable")[:, :k]
+        top = ranked_classes(self.probs, k)
         return Proportion(int((top == self.y_true[:, None]).any(axis=1).sum()), self.n)
 
     def confusion(self) -> np.ndarray:

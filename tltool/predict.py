@@ -12,7 +12,7 @@ import numpy as np
 
 from .dataset import Dataset, load_dataset
 from .errors import BadFilesWarning, LeakageWarning, TltoolError
-from .evaluation import Evaluation
+from .evaluation import Evaluation, ranked_classes
 from .inspection import check_dataset
 from .models import RunModel, load_run, overlap_with_training
 from .report import trained_on_line, write_run_report
@@ -52,7 +52,7 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
                       stacklevel=2)
     out = []
     for path, p in zip(found.paths, found.probabilities):
-        order = np.argsort(-p)[:top_k]
+        order = ranked_classes(p, top_k)
         out.append(Prediction(path, [(model.classes[i], float(p[i])) for i in order]))
     return out
 
