@@ -276,8 +276,8 @@ def test_resolution_line_gives_the_half_width_in_points():
 
     accuracy = Proportion(87, 100).to_json()  # Wilson [0.7902, 0.9224]: half-width 6.6 points
     line = resolution_line(accuracy)
-    assert "closer than about ±6.6 points cannot be told apart on these 100 images" in line
-    assert "`--cv` or `tltool compare`" in line
+    assert "known to about ±6.6 points on these 100 images" in line
+    assert "`tltool compare`" in line and "`--cv`" in line
     assert "±2.1 points" in resolution_line(Proportion(720, 800).to_json())  # [0.8773, 0.9189]
     assert "--cv" not in resolution_line(accuracy, cross_validated=True)
 
@@ -322,7 +322,7 @@ def test_refit_ships_the_train_val_head_and_keeps_the_val_estimate(tmp_path):
     assert json.loads((plain.run_dir / "model.json").read_text())["n_trained_on"] == 60
     report = (refit.run_dir / "report.md").read_text()
     assert "refit on train+val (90 images)" in report and "measured on val before the refit" in report
-    assert "cannot be told apart on these 30 images" in report
+    assert "known to about ±" in report and "points on these 30 images" in report
 
 
 def test_refit_is_off_by_default_and_with_cv_a_user_error(tmp_path):
@@ -351,8 +351,9 @@ def test_every_report_states_what_its_interval_can_tell_apart(tmp_path):
     assert (hi - lo) * 50 == pytest.approx(11.0, abs=0.05)
     lines = (tmp_path / "ft" / "report.md").read_text().splitlines()
     assert lines[2].startswith("- **validation accuracy: 0.850")
-    assert lines[3] == ("- two settings closer than about ±11.0 points cannot be told apart on these 40 images "
-                        "(half-width of the 95 % interval); use `--cv` or `tltool compare`")
+    assert lines[3] == ("- this accuracy is known to about ±11.0 points on these 40 images (half-width of its 95 % "
+                        "interval); to rank two settings, score both on the same images with `tltool compare`, or "
+                        "measure on every labelled photo with `--cv`")
 
 
 def test_a_linear_run_records_its_features_folder_absolute(tmp_path, monkeypatch):

@@ -147,12 +147,15 @@ def trained_on_line(seen: int, n: int, run: str) -> str:
 
 
 def resolution_line(accuracy: dict, cross_validated: bool = False) -> str:
-    """What the accuracy's interval means for choosing settings: its half-width in points, and what to do."""
+    """What the accuracy's interval means for choosing settings: its half-width in points, and what to do.
+
+    Not "settings closer than that cannot be told apart": scored on separate images, two runs need more than the
+    half-width between them (about 1.4 times it); on the same images the paired test resolves less."""
     lo, hi = accuracy["ci95"]
     half = 100 * (hi - lo) / 2
-    instead = "use `tltool compare` on the same images" if cross_validated else "use `--cv` or `tltool compare`"
-    return (f"two settings closer than about ±{half:.1f} points cannot be told apart on these {accuracy['n']} "
-            f"images (half-width of the 95 % interval); {instead}")
+    also = "" if cross_validated else ", or measure on every labelled photo with `--cv`"
+    return (f"this accuracy is known to about ±{half:.1f} points on these {accuracy['n']} images (half-width of its "
+            f"95 % interval); to rank two settings, score both on the same images with `tltool compare`{also}")
 
 
 def markdown_summary(title: str, metrics: dict) -> str:
