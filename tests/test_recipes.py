@@ -465,15 +465,19 @@ def test_an_alias_bomb_is_refused_at_once_with_a_clear_error(tmp_path):
         load_recipe(_write(tmp_path, "steps:\n  - data-inspect: {path: x}\n"), ["out=*a"])
 
 
-def test_deeply_nested_yaml_in_a_recipe_or_a_set_value_is_a_clear_error(tmp_path):
-    """Before: the YAML composer recurses once per level, so 20,000 '[' were a RecursionError traceback."""
-    deep = "[" * 20000 + "]" * 20000
-    path = _write(tmp_path, f"steps:\n  - data-inspect: {{path: {deep}}}\n")
-    with pytest.raises(TltoolError, match=r"r\.yaml: not valid YAML \(line 2, column \d+: nested more than 32 "
-                                          r"levels deep\)"):
+def _assert_refused_in_one_line(tmp_path, value: str, problem: str) -> None:
+    """A recipe whose step option is ``value`` is refused, naming the place and ``problem``, in one line."""
+    path = _write(tmp_path, f"steps:\n  - data-inspect: {{path: {value}}}\n")
+    with pytest.raises(TltoolError, match=rf"r\.yaml: not valid YAML \(line 2, column \d+: {problem}"):
         load_recipe(path)
     result = _check(path)
     assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
+
+
+def test_deeply_nested_yaml_in_a_recipe_or_a_set_value_is_a_clear_error(tmp_path):
+    """Before: the YAML composer recurses once per level, so 20,000 '[' were a RecursionError traceback."""
+    deep = "[" * 20000 + "]" * 20000
+    _assert_refused_in_one_line(tmp_path, deep, r"nested more than 32 levels deep\)")
     with pytest.raises(TltoolError, match=r"--set out=\[+\.\.\. \(40,004 characters\): not a YAML value \(.*nested "
                                           r"more than 32 levels"):
         load_recipe(_write(tmp_path, "steps:\n  - data-inspect: {path: x}\n"), [f"out={deep}"])
@@ -502,12 +506,7 @@ def test_a_set_value_that_is_not_yaml_is_a_clear_error(tmp_path, value, problem)
 def test_a_value_yaml_cannot_construct_is_a_clear_error_in_a_recipe_and_a_set_value(tmp_path, value, problem):
     """Before: PyYAML's constructors raise ValueError, not a YAML error: a date-like value that is no date, a tag
     that does not fit its value or an integer of 5000 digits was a traceback from `tltool run`."""
-    path = _write(tmp_path, f"steps:\n  - data-inspect: {{path: {value}}}\n")
-    with pytest.raises(TltoolError, match=rf"r\.yaml: not valid YAML \(line 2, column \d+: the value .* cannot be "
-                                          rf"read \(.*{problem}"):
-        load_recipe(path)
-    result = _check(path)
-    assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
+    _assert_refused_in_one_line(tmp_path, value, rf"the value .* cannot be read \(.*{problem}")
     good = _write(tmp_path, "steps:\n  - data-inspect: {path: x}\n")
     with pytest.raises(TltoolError, match=rf"--set out=.*: not a YAML value \(.*{problem}"):
         load_recipe(good, [f"out={value}"])
