@@ -151,3 +151,14 @@ def test_predict_lists_tied_classes_in_the_order_the_prediction_takes():
     p = np.zeros(40, np.float32)
     p[[9, 14, 17, 18, 22, 29, 34, 36]] = 1 / 8  # numpy's default sort listed 14, 9, 18: first a class not predicted
     assert ranked_classes(p, 3).tolist() == [9, 14, 17] and ranked_classes(p, 1)[0] == p.argmax()
+
+
+def test_the_confusion_matrix_says_its_rows_are_the_true_class():
+    import numpy as np
+
+    from tltool.evaluation import Evaluation
+
+    evaluation = Evaluation(["a", "b"], np.array([0, 0, 1]), np.array([[0.2, 0.8], [0.9, 0.1], [0.3, 0.7]]))
+    stored = evaluation.to_json()
+    assert stored["confusion_matrix"] == [[1, 1], [0, 1]]  # the a photo predicted b is in row a, column b
+    assert stored["confusion_matrix_axes"] == ["true", "predicted"]

@@ -77,5 +77,6 @@ class Evaluation:
             "balanced_accuracy": self.balanced_accuracy(),
             "per_class": self.per_class(),
             "confusion_matrix": self.confusion().tolist(),
+            "confusion_matrix_axes": ["true", "predicted"],  # rows: the true class; columns: the predicted one
             "classes": self.classes,
         }
