@@ -162,6 +162,26 @@ def test_review_list_comes_first_with_its_suggestions(tmp_path):
         LabelStore(root, ["cat"], review=bad)
 
 
+def test_review_list_never_queues_a_file_that_is_not_an_image(tmp_path):
+    """A review row naming labels.csv or a text file made it an item: labelled, it went into labels.csv and came
+    back on every restart, counted in the progress, though export can never use it."""
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 2, decodable=False)
+    (root / "labels.csv").write_text(f"path,label\n{paths[0]},cat\n")
+    (root / "notes.txt").write_text("hello")
+    review = tmp_path / "suspects.csv"
+    review.write_text(f"path,label,suggested,score\nlabels.csv,cat,dog,0.9\nnotes.txt,cat,dog,0.8\n{paths[0]},cat,dog,0.7\n")
+    store = LabelStore(root, ["cat", "dog"], review=review)
+    assert store.items == [paths[0], paths[1]]
+    assert sum("not an image" in n for n in store.notes) == 2
+    with pytest.raises(KeyError):
+        store.set("labels.csv", "dog")
+    # a labels.csv that already names a non-image (an earlier version wrote them) does not bring it back either
+    (root / "labels.csv").write_text(f"path,label\n{paths[0]},cat\nnotes.txt,dog\nlabels.csv,cat\n")
+    restarted = LabelStore(root, ["cat", "dog"])
+    assert restarted.items == paths and restarted.summary()["total"] == 2 and restarted.summary()["labelled"] == 1
+
+
 # ------------------------------------------------------------------------------------------------ server
 def test_page_state_and_images_are_served(served):
     status, page = served.request("GET", "/")

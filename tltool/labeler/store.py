@@ -289,6 +289,8 @@ def read_review(root: Path, csv_path: str | os.PathLike) -> tuple[list[ReviewIte
                 notes.append(f"row {reader.line_num}: {raw!r} is outside {root}")
             elif not (root / rel).is_file():
                 notes.append(f"row {reader.line_num}: {raw!r} not found under {root}")
+            elif not is_image_name(PurePosixPath(rel).name):  # labels.csv, notes.txt: never an item to label
+                notes.append(f"row {reader.line_num}: {raw!r} is not an image")
             elif rel not in seen:
                 seen.add(rel)
                 items.append(ReviewItem(rel, *((row.get(k) or "").strip() for k in ("label", "suggested", "score"))))
@@ -341,7 +343,7 @@ class LabelStore:
             raise TltoolError("no classes: pass --classes a,b,c (keys 1-9 follow that order).")
         listed = list_images(self.root)
         extra = sorted(p for p in self.labels if p not in set(listed) and inside_root(self.root, p) is not None
-                       and (self.root / p).is_file())
+                       and is_image_name(PurePosixPath(p).name) and (self.root / p).is_file())
         order = [r.path for r in review_items] + listed + extra
         self.items = list(dict.fromkeys(order))
         if not self.items:
