@@ -83,6 +83,27 @@ def served(tmp_path):
     running.close()
 
 
+def test_a_second_tab_never_erases_what_the_first_saved(served):
+    """Each page sends a photo's whole state; a tab that loaded before another labelled the photo sent its stale
+    label with a skip or an undo and erased that label without a word. A change now says what the page believes
+    the photo had; another state is refused (409) and the page reloads the saved labels."""
+    path = "unlabeled/img_001.jpg"
+    fresh = {"label": None, "skipped": False}
+    status, _ = served.request("POST", "/api/set", {"path": path, "label": "cat", "expect": fresh})  # tab A
+    assert status == 200
+    status, body = served.request("POST", "/api/set", {"path": path, "label": None, "skipped": True,
+                                                       "expect": fresh})  # tab B's skip, from its stale page
+    assert status == 409 and b"changed elsewhere" in body and read_labels(served.server.store.root) == {path: "cat"}
+    undo = {"path": path, "label": None, "skipped": False, "expect": {"label": "dog", "skipped": False}}
+    assert served.request("POST", "/api/set", {"items": [undo]})[0] == 409  # an undo of what is not there
+    assert read_labels(served.server.store.root) == {path: "cat"}
+    seen = {"label": "cat", "skipped": False}  # after a reload: the change goes through
+    assert served.request("POST", "/api/set", {"path": path, "label": "dog", "expect": seen})[0] == 200
+    assert read_labels(served.server.store.root) == {path: "dog"}
+    for bad in ({"label": 3, "skipped": False}, {"label": None}, {"label": None, "skipped": "no"}, "cat"):
+        assert served.request("POST", "/api/set", {"path": path, "label": "cat", "expect": bad})[0] == 400
+
+
 # ------------------------------------------------------------------------------------------------ store
 def test_store_persists_every_change_and_reads_it_back(tmp_path):
     root = tmp_path / "ds"

@@ -189,14 +189,21 @@ function remember(paths) {
   }));
 }
 
+// What this page believes a photo's state is: the server refuses a change when another tab changed it since
+// (a stale skip or undo would erase that tab's label), and the page reloads the saved labels.
+function expected(item) {
+  return { label: item.label || null, skipped: Boolean(item.skipped) };
+}
+
 function change(label, skipped, assisted = false) {
   const item = S.items[S.idx];
   if (!item) return;
   remember([item.path]);
+  const expect = expected(item);
   item.label = label;
   item.skipped = skipped;
   item.assisted = assisted;
-  send({ path: item.path, label, skipped, assisted });
+  send({ path: item.path, label, skipped, assisted, expect });
   go(nextIndex());
 }
 
@@ -223,8 +230,10 @@ function undo() {
   }
   const states = group.map((before) => {
     const item = S.items[before.idx];
+    const expect = expected(item);
     Object.assign(item, { label: before.label, skipped: before.skipped, assisted: before.assisted });
-    return { path: item.path, label: before.label, skipped: before.skipped, assisted: Boolean(before.assisted) };
+    return { path: item.path, label: before.label, skipped: before.skipped, assisted: Boolean(before.assisted),
+             expect };
   });
   send(states.length === 1 ? states[0] : { items: states });  // a grid's confirm is undone in one write
   if (S.mode === "grid") closeGrid();

@@ -2,8 +2,9 @@
 
 Routes: ``GET /`` (the page), ``GET /app.js``, ``GET /app.css``, ``GET /api/state``, ``GET /img/<path>`` (an image
 under the dataset root, decoded with the shared :func:`tltool.images.load_image` and sent as a JPEG), and
-``POST /api/set`` with ``{"path", "label" (or null), "skipped", "assisted"}`` (or ``{"items": [...]}`` of them,
-one write), ``GET /api/assist``, ``GET /api/grid`` and ``POST /api/confirm`` (assistance). Paths that leave the
+``POST /api/set`` with ``{"path", "label" (or null), "skipped", "assisted", "expect"}`` (or ``{"items": [...]}`` of
+them, one write; ``expect``, optional: the ``{"label", "skipped"}`` the page believes the photo has, refused with
+409 when another tab changed it since), ``GET /api/assist``, ``GET /api/grid`` and ``POST /api/confirm`` (assistance). Paths that leave the
 dataset root (``..``, ``%2e%2e``, absolute paths, symlinks pointing outside, a link swapped in after the check)
 are refused with 403.
 Every request passes :class:`tltool.labeler.guard.Guard` (Host, Origin, and off loopback a token).
@@ -435,7 +436,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
                                                                f"got {json.dumps(s[name])[:40]}")
         changes = [(s["path"], s.get("label"), s.get("skipped", False), s.get("assisted", False))
                    for s in states]
-        summary = self.server.store.set_many(changes)
+        summary = self.server.store.set_many(changes, [_expected(s) for s in states])
         if self.server.assistant is not None:
             self.server.assistant.observe([(path, label) for path, label, _, _ in changes])
         items = [{"path": path, "label": label, "skipped": skipped, "assisted": assisted and label is not None}
@@ -462,8 +463,19 @@ class LabelerHandler(BaseHTTPRequestHandler):
 
 
 def _is_state(state) -> bool:
-    return isinstance(state, dict) and isinstance(state.get("path"), str) and (
-        state.get("label") is None or isinstance(state.get("label"), str))
+    return isinstance(state, dict) and isinstance(state.get("path"), str) and _is_label(state.get("label")) and (
+        state.get("expect") is None or (isinstance(state["expect"], dict) and _is_label(state["expect"].get("label"))
+                                        and isinstance(state["expect"].get("skipped"), bool)))
+
+
+def _is_label(value) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _expected(state: dict) -> tuple[str | None, bool] | None:
+    """The ``(label, skipped)`` the page believes the photo has (its ``expect``), or None when it sent none."""
+    expect = state.get("expect")
+    return None if expect is None else (expect.get("label"), expect["skipped"])
 
 
 GET_ROUTES: dict[str, Callable[[LabelerHandler, dict], None]] = {

@@ -415,9 +415,13 @@ class LabelStore:
         """
         return self.set_many([(path, label, skipped, assisted)])
 
-    def set_many(self, changes: list[tuple[str, str | None, bool, bool]]) -> dict:
+    def set_many(self, changes: list[tuple[str, str | None, bool, bool]],
+                 expected: list[tuple[str | None, bool] | None] | None = None) -> dict:
         """Several :meth:`set` changes ``(path, label, skipped, assisted)`` in one locked read-modify-write (a
-        confirmed grid is one write, all or nothing)."""
+        confirmed grid is one write, all or nothing). ``expected``: per change, the ``(label, skipped)`` the sender
+        believes the photo has (None: not checked); another state means another page or process changed it since,
+        and nothing is written (a :class:`TltoolError`): a second tab's skip or undo sent its stale label and
+        erased the first tab's."""
         for path, *_ in changes:
             if path not in self._item_set:
                 raise KeyError(path)
@@ -425,6 +429,10 @@ class LabelStore:
             for _, label, _, _ in changes:
                 if label is not None and label not in self.classes and label not in self.labels.values():
                     raise ValueError(f"unknown class {label!r}; classes: {', '.join(self.classes)}")
+            for (path, *_), believed in zip(changes, expected or ()):
+                if believed is not None and believed != (self.labels.get(path), path in self.skipped):
+                    raise TltoolError(f"{path} was changed elsewhere (another tab or window) since this page read "
+                                      "it; nothing was saved")
             labels, assisted, skipped = dict(self.labels), set(self.assisted), set(self.skipped)  # saved, then kept
             labels_changed = skips_changed = False
             for path, label, skip, accepted in changes:
