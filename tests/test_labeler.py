@@ -83,6 +83,26 @@ def served(tmp_path):
     running.close()
 
 
+def test_a_photo_deleted_after_labelling_is_left_out_of_the_export_and_named(tmp_path):
+    """A labelled photo deleted (or renamed) while serving: the server still took labels for it (200) and
+    `label export` then failed as a whole ('file not found'), until labels.csv was edited by hand."""
+    from tltool.dataset import ManifestWarning
+
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 8, decodable=False)
+    running = Running(root, ["cat", "dog"])
+    try:
+        for i, path in enumerate(paths):
+            assert running.request("POST", "/api/set", {"path": path, "label": ("cat", "dog")[i % 2]})[0] == 200
+        (root / paths[3]).unlink()
+        assert running.request("POST", "/api/set", {"path": paths[3], "label": "cat"})[0] == 404
+    finally:
+        running.close()
+    with pytest.warns(ManifestWarning, match=r"1 labelled photo\(s\) are no longer in the folder .*img_003.jpg"):
+        result = export_labels(root, val_fraction=0.25, seed=1)
+    assert len(result.dataset.records) == 7 and read_labels(root)[paths[3]] == "dog"  # labels.csv keeps its row
+
+
 def test_a_second_tab_never_erases_what_the_first_saved(served):
     """Each page sends a photo's whole state; a tab that loaded before another labelled the photo sent its stale
     label with a skip or an undo and erased that label without a word. A change now says what the page believes

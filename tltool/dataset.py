@@ -278,6 +278,7 @@ class _ManifestRows:
     spaced_labels: list[str] = field(default_factory=list)
     first_row: dict[str, int] = field(default_factory=dict)
     labels_file: bool = False  # the labeler's labels.csv: a row without a label is an image not labelled (yet)
+    gone: list[str] = field(default_factory=list)  # labels.csv: photos deleted or renamed since they were labelled
 
     def add(self, line: int, row: dict) -> None:
         extra = [cell for cell in row.get(None) or [] if cell.strip()]  # blank trailing cells lose nothing
@@ -306,6 +307,9 @@ class _ManifestRows:
         except OSError as exc:  # a name too long for the filesystem: Python 3.11 raises instead of saying False
             self.problems.append(f"row {line}: cannot be looked up ({exc.strerror}): {shown_name(path)}")
         else:
+            if not found and self.labels_file and label:  # deleted or renamed after labelling: left out, named
+                self.gone.append(f"row {line}: {shown_name(path)}")
+                return
             if not found:
                 self.problems.append(f"row {line}: file not found: {path}")
         if split is not None and split not in SPLIT_ALIASES:
@@ -319,6 +323,9 @@ class _ManifestRows:
     def oddities(self, header: list[str]) -> list[str]:
         """What a :class:`ManifestWarning` says: extra cells, stripped spaces, labels that differ only in case."""
         found = []
+        if self.gone:
+            found.append(f"{len(self.gone)} labelled photo(s) are no longer in the folder (deleted or renamed since) "
+                         f"and are left out: {_named(self.gone)}")
         if self.extra_cells:
             found.append(f"{len(self.extra_cells)} row(s) have more cells than the header ({','.join(header)}); "
                          f"the extra cells are ignored (quote a path that holds a comma): {_named(self.extra_cells)}")

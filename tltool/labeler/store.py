@@ -422,8 +422,8 @@ class LabelStore:
         believes the photo has (None: not checked); another state means another page or process changed it since,
         and nothing is written (a :class:`TltoolError`): a second tab's skip or undo sent its stale label and
         erased the first tab's."""
-        for path, *_ in changes:
-            if path not in self._item_set:
+        for path, *_ in changes:  # a photo deleted or renamed while the page showed it: not one any more
+            if path not in self._item_set or not (self.root / path).is_file():
                 raise KeyError(path)
         with self._locked():
             for _, label, _, _ in changes:
