@@ -1299,3 +1299,13 @@ def test_an_exports_record_of_its_sources_is_used_only_when_it_points_into_a_lab
     hostile = {"train/cat/a.jpg": "../../etc/passwd", "train/cat/b.jpg": "/etc/passwd",
                "train/cat/c.jpg": "unlabeled/missing.jpg"}
     assert origin(str(labeler / "labels.csv"), hostile) == (labeler.resolve(), {})
+
+
+def test_a_save_keeps_the_order_of_a_users_labels_csv(tmp_path):
+    """The first save rewrote labels.csv sorted by path: a user's own order (by date, by source) was lost."""
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 4, decodable=False)
+    (root / "labels.csv").write_text(f"path,label\n{paths[2]},cat\n{paths[0]},dog\n")
+    LabelStore(root, ["cat", "dog"]).set(paths[1], "cat")
+    assert (root / "labels.csv").read_text().splitlines() == [
+        "path,label", f"{paths[2]},cat", f"{paths[0]},dog", f"{paths[1]},cat"]

@@ -173,13 +173,14 @@ class LabelsTable:
             (self.assisted.add if cell(ASSISTED) in ("1", "true", "yes") else self.assisted.discard)(rel)
 
     def rewritten(self, labels: dict[str, str], assisted: set[str]) -> tuple[list[str], list[list[str]]]:
-        """The header and rows of ``labels.csv`` with these labels: the labeler's cells set, the others as read. A row
-        leaves the file when it has no label and nothing but its path (an undone label); one with the user's own
-        cells stays, its label empty."""
+        """The header and rows of ``labels.csv`` with these labels: the labeler's cells set, the others as read, the
+        rows in the order read and new ones after them (the first save sorted a user's file). A row leaves the file
+        when it has no label and nothing but its path (an undone label); one with the user's own cells stays, its
+        label empty."""
         header = self.header + ([ASSISTED] if assisted and ASSISTED not in self.header else [])
         at = {name: header.index(name) for name in LABEL_COLUMNS if name in header}
         rows = []
-        for path in sorted(set(labels) | set(self.cells)):
+        for path in [*self.cells, *sorted(set(labels) - set(self.cells))]:  # the user's rows keep their order
             cells = list(self.cells.get(path, ()))
             cells += [""] * (len(header) - len(cells))
             cells[at["path"]], cells[at["label"]] = path, labels.get(path, "")
