@@ -180,12 +180,12 @@ function nextIndex() {
 }
 
 // The history holds, for each action, what the photos it changed were before: one photo, or a grid's confirm.
+// By path, not position: a reload after a failed save may list the photos in another order.
 function remember(paths) {
   if (!paths.length) return;
   S.history.push(paths.map((path) => {
-    const idx = S.byPath[path];
-    const item = S.items[idx];
-    return { idx, label: item.label, skipped: item.skipped, assisted: item.assisted };
+    const item = S.items[S.byPath[path]];
+    return { path, label: item.label, skipped: item.skipped, assisted: item.assisted };
   }));
 }
 
@@ -223,13 +223,13 @@ function skip() {
 }
 
 function undo() {
-  const group = S.history.pop();
-  if (!group) {
+  const group = (S.history.pop() || []).filter((before) => before.path in S.byPath);  // a photo gone since: not undone
+  if (!group.length) {
     message("nothing to undo");
     return;
   }
   const states = group.map((before) => {
-    const item = S.items[before.idx];
+    const item = S.items[S.byPath[before.path]];
     const expect = expected(item);
     Object.assign(item, { label: before.label, skipped: before.skipped, assisted: before.assisted });
     return { path: item.path, label: before.label, skipped: before.skipped, assisted: Boolean(before.assisted),
@@ -237,9 +237,9 @@ function undo() {
   });
   send(states.length === 1 ? states[0] : { items: states });  // a grid's confirm is undone in one write
   if (S.mode === "grid") closeGrid();
-  go(group[0].idx);
+  go(S.byPath[group[0].path]);
   renderHeader();
-  message(group.length === 1 ? `undone: ${S.items[group[0].idx].path}` : `undone: ${group.length} photos`);
+  message(group.length === 1 ? `undone: ${group[0].path}` : `undone: ${group.length} photos`);
 }
 
 function oneKey(key) {
