@@ -362,6 +362,7 @@ def test_a_resumed_cross_validation_resumes_a_fold_run_only_on_the_fold_s_images
     run.mkdir(parents=True)
     write_manifest(records if images == "same" else records[1:], run / "split.csv")
     (run / "state.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps({"kind": "finetune"}))  # as a fold run writes it first
     if finished:
         (run / "metrics.json").write_text("{}")
     calls = []

@@ -7,7 +7,6 @@ statistics are therefore never updated by a small, augmented dataset.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import os
 import time
@@ -301,15 +300,14 @@ def _cv_fold(config: FinetuneConfig, fold_dir: Path, records: list, n_classes: i
 
 
 def _trained_on(run: Path, records: list) -> bool:
-    """Whether the fold run ``run`` was started on exactly ``records`` (its split.csv: path, label and split); a
-    run on other images (a photo unreadable since the cross-validation started moves every fold's images) is not
-    resumed."""
+    """Whether the fold run ``run`` was started on exactly ``records`` (its split.csv, read as a resume reads it:
+    path, label and split); a run on other images (a photo unreadable since the cross-validation started moves every
+    fold's images) is not resumed."""
     try:
-        with open(run / SPLIT_FILE, newline="", encoding="utf-8") as file:
-            rows = {(row["path"], row["label"], row["split"]) for row in csv.DictReader(file)}
-    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        started = load_split(run).records
+    except (TltoolError, OSError, ValueError):  # no split.csv, a photo gone, a damaged config.json
         return False
-    return rows == {(os.path.abspath(r.path), r.label, r.split or "") for r in records}
+    return {(r.path, r.label, r.split) for r in started} == {(r.path, r.label, r.split) for r in records}
 
 
 def _kept_fold(fold_dir: Path, held_out: list[str], n_classes: int) -> tuple[list[str], np.ndarray] | None:
