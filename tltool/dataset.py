@@ -333,15 +333,20 @@ class _ManifestRows:
             found.append(f"surrounding spaces were stripped from {len(self.spaced_labels)} label(s): "
                          f"{_named(self.spaced_labels)}")
         counts = Counter(r.label for r in self.records)
-        by_case: dict[str, list[str]] = {}
-        for label in sorted(counts):
-            by_case.setdefault(label.casefold(), []).append(label)
-        for spellings in (s for s in by_case.values() if len(s) > 1):
+        for spellings in case_clashes(sorted(counts)):
             named = ", ".join(f"{label!r} ({counts[label]} row{'s' if counts[label] > 1 else ''})"
                               for label in spellings)
             found.append(f"labels that differ only in case are kept as separate classes: {named}; "
                          "write them the same way if they name one class")
         return found
+
+
+def case_clashes(names: Sequence[str]) -> list[list[str]]:
+    """The groups of ``names`` that differ only in case (one folder on macOS and Windows), each in given order."""
+    by_case: dict[str, list[str]] = {}
+    for name in names:
+        by_case.setdefault(name.casefold(), []).append(name)
+    return [spellings for spellings in by_case.values() if len(spellings) > 1]
 
 
 @register_source("csv", lambda spec: spec.lower().endswith((".csv", ".tsv")) and os.path.isfile(spec))

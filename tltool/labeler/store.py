@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from ..dataset import LABELS_CSV, Dataset, ManifestWarning, load_manifest
+from ..dataset import LABELS_CSV, Dataset, ManifestWarning, case_clashes, load_manifest
 from ..errors import BadFilesWarning, TltoolError
 from ..images import IMAGE_EXTENSIONS
 from ..utils import file_lock, readable_csv, refuse_link, write_text_atomic
@@ -49,10 +49,7 @@ def check_class_name(name: str) -> str:
 
 def check_distinct_folders(classes: list[str], where: str) -> None:
     """Class names that differ only in case are one folder on macOS and Windows: an export would merge them."""
-    folders: dict[str, list[str]] = {}
-    for name in classes:
-        folders.setdefault(name.casefold(), []).append(name)
-    clashing = [names for names in folders.values() if len(names) > 1]
+    clashing = case_clashes(classes)
     if clashing:
         raise TltoolError(f"{where}: the classes {', '.join(' and '.join(map(repr, n)) for n in clashing)} differ only "
                           "in case: on macOS and Windows they are one folder, and an export would merge them. "
