@@ -424,3 +424,31 @@ def test_a_fold_that_predicted_other_images_is_a_clear_error(tmp_path, monkeypat
     with pytest.raises(TltoolError, match=r"fold-1/run: predicted other images than the fold holds out .* `tltool "
                                           r"finetune --resume .*` again"):
         ft._cv_fold(FinetuneConfig(data=None), tmp_path / "fold-1", records, 2, False)
+
+
+def test_a_damaged_fold_result_is_not_counted_as_finished_in_the_resume_estimate(tmp_path, monkeypatch, capsys):
+    """The resume's time estimate counted every fold with a held_out.json as finished, then trained a damaged one
+    again: the estimate was one fold low. Now the kept folds are read before the estimate."""
+    from dataclasses import asdict
+
+    import tltool.finetune as ft
+    from tltool.dataset import load_dataset, write_manifest
+
+    run = tmp_path / "cv"
+    (run / "fold-1").mkdir(parents=True)
+    config = FinetuneConfig(data=str(SAMPLE), image_size=48, head_epochs=1, epochs=0)
+    (run / "config.json").write_text(json.dumps({**asdict(config), "kind": "finetune-cv", "cv": 2}))
+    write_manifest(sorted(load_dataset(str(SAMPLE)).records, key=lambda r: r.path), run / "split.csv")
+    (run / "fold-1" / "held_out.json").write_text('{"paths": ["cut short')
+
+    class Stop(Exception):
+        pass
+
+    def trained(config, fold_dir, *args):
+        raise Stop(fold_dir.name)
+
+    monkeypatch.setattr(ft, "_cv_fold", trained)
+    with pytest.raises(Stop, match="fold-1"):
+        ft.finetune_cv(FinetuneConfig(data=None), 0, resume=run)
+    err = capsys.readouterr().err
+    assert "held_out.json cannot be used" in err and "finished before" not in err

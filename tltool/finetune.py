@@ -224,7 +224,10 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     counts = np.bincount(y, minlength=len(classes))
     if counts.min() < k:
         raise TltoolError(f"--cv {k}: every class needs at least {k} images (smallest has {counts.min()}).")
-    left = k - sum((resume / f"fold-{fold + 1}" / FOLD_RESULT).exists() for fold in range(k)) if resume else k
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=config.seed)
+    folds = [_fold_records(records, train, test) for train, test in splitter.split(np.zeros(len(y)), y)]
+    kept = _kept_folds(resume, folds, len(classes)) if resume else {}  # before the estimate, which counts them
+    left = k - len(kept)
     estimate = estimate_seconds(config, len(y) * (k - 1) // k, len(y) // k, left)
     say(f"cross-validated fine-tuning: {k} folds x ({config.head_epochs} + {config.epochs}) epochs on "
         f"{len(y)} images" + (f", {k - left} of them finished before" if left < k else "")
@@ -239,12 +242,14 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     oof = np.zeros((len(y), len(classes)))
     scores, tests = [], []
     index = {r.path: i for i, r in enumerate(records)}
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=config.seed)
-    for fold, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
-        say(f"fold {fold + 1}/{k}: {len(train)} training, {len(test)} held-out images")
-        fold_records = ([replace(records[i], split="train") for i in train] +
-                        [replace(records[i], split="val") for i in test])
-        paths, probs = _cv_fold(config, run_dir / f"fold-{fold + 1}", fold_records, len(classes), bool(resume))
+    for fold, fold_records in enumerate(folds):
+        held_out = sum(r.split == "val" for r in fold_records)
+        say(f"fold {fold + 1}/{k}: {len(fold_records) - held_out} training, {held_out} held-out images")
+        if fold in kept:
+            say("  finished before the resume: kept")
+            paths, probs = kept[fold]
+        else:
+            paths, probs = _cv_fold(config, run_dir / f"fold-{fold + 1}", fold_records, len(classes), bool(resume))
         rows = [index[p] for p in paths]
         oof[rows] = probs
         scores.append(float((probs.argmax(1) == y[rows]).mean()))
@@ -273,13 +278,9 @@ def _check_cv_settings(config: FinetuneConfig, k: int) -> None:
 
 def _cv_fold(config: FinetuneConfig, fold_dir: Path, records: list, n_classes: int,
              resuming: bool) -> tuple[list[str], np.ndarray]:
-    """One fold's (held-out paths, probabilities): kept from a finished fold when resuming, its run resumed from
-    its last checkpoint when it was killed in training, else trained."""
+    """One fold's (held-out paths, probabilities), from its run resumed from its last checkpoint when it was
+    killed in training (a finished fold's kept result is read before, by _kept_folds), else trained."""
     held_out = sorted(r.path for r in records if r.split == "val")
-    kept = _kept_fold(fold_dir, held_out, n_classes) if resuming else None
-    if kept is not None:
-        say("  finished before the resume: kept")
-        return kept
     run = fold_dir / "run"
     if resuming and os.path.lexists(run / "state.json") and _trained_on(run, records):
         # killed in training, or finished before its held_out.json (a finished run only re-evaluates): the fold
@@ -310,9 +311,20 @@ def _trained_on(run: Path, records: list) -> bool:
     return {(r.path, r.label, r.split) for r in started} == {(r.path, r.label, r.split) for r in records}
 
 
-def _kept_fold(fold_dir: Path, held_out: list[str], n_classes: int) -> tuple[list[str], np.ndarray] | None:
-    """A finished fold's result, if ``fold_dir`` holds one for exactly these held-out images; a damaged or
+def _fold_records(records: list, train: np.ndarray, test: np.ndarray) -> list:
+    return [replace(records[i], split="train") for i in train] + [replace(records[i], split="val") for i in test]
+
+
+def _kept_folds(run_dir: Path, folds: list[list], n_classes: int) -> dict[int, tuple[list[str], np.ndarray]]:
+    """The finished folds of a killed cross-validation that --resume keeps: fold index -> (paths, probabilities)."""
+    kept = {fold: _kept_fold(run_dir / f"fold-{fold + 1}", records, n_classes) for fold, records in enumerate(folds)}
+    return {fold: result for fold, result in kept.items() if result is not None}
+
+
+def _kept_fold(fold_dir: Path, records: list, n_classes: int) -> tuple[list[str], np.ndarray] | None:
+    """A finished fold's result, if ``fold_dir`` holds one for exactly its held-out images; a damaged or
     edited one is not kept (the fold is trained again)."""
+    held_out = sorted(r.path for r in records if r.split == "val")
     path = fold_dir / FOLD_RESULT
     if not os.path.lexists(path):
         return None
