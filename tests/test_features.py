@@ -152,6 +152,35 @@ def test_a_truncated_photo_is_found_by_the_decode_that_feeds_the_network(tmp_pat
     np.testing.assert_array_equal(again.features.avg, first.features.avg)
 
 
+def test_a_photo_known_bad_is_named_once_by_an_extraction_at_another_size(tmp_path, monkeypatch):
+    """A photo an earlier decode found bad is kept in the chunks (so the cache key does not change) and decoded
+    again by a new extraction: it was then warned about twice (by the check, then by the decode) and listed twice
+    in features.json's ``skipped``."""
+    import warnings
+
+    from helpers import jpeg_bytes
+    from tltool import images
+    from tltool.errors import BadFilesWarning
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE / "circle", data / "circle")
+    shutil.copytree(SAMPLE / "star", data / "star")
+    whole = jpeg_bytes((200, 200))
+    truncated = data / "star" / "half.jpg"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.warns(BadFilesWarning, match="half.jpg"):
+        extract_features(str(data), tmp_path / "f", image_size=48, chunk_size=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        other = extract_features(str(data), tmp_path / "g", image_size=40, chunk_size=32)
+    named = [str(w.message) for w in caught if issubclass(w.category, BadFilesWarning)]
+    assert len(named) == 1 and "half.jpg: truncated or corrupt" in named[0]
+    skipped = other.features.meta["skipped"]
+    assert [(s["path"], s["reason"]) for s in skipped] == [(str(truncated), images.CORRUPT)]
+    assert len(other.features.paths) == 80 and str(truncated) not in other.features.paths
+
+
 def test_every_extraction_records_and_says_how_many_photos_it_enlarges(tmp_path, capsys):
     from PIL import Image
 

@@ -143,13 +143,13 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     tf_strategy, info = inference_strategy("auto" if config.strategy == "multiworker" else config.strategy)
     say(info.describe() + (f"; shard {part[0]}/{part[1]} of the chunks" if part else ""))
     meta = _start_meta(chunks, inputs, config, checked, records, hashes, info, part)
-    log = DecodeLog()
+    log = DecodeLog(known=frozenset(f.record.path for f in checked.bad))  # the check named them already
     n_computed, seconds = _compute_chunks(records, chunks, inputs, config.weights, config.batch_size * info.replicas,
                                           part, tf_strategy if info.distributed else None, log, config.engine)
     missing = chunks.missing() if part else []
     meta["complete"] = not missing  # the last shard to finish completes the folder
     meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
-    meta["skipped"] += _decode_skipped(log)
+    meta["skipped"] += [s for s in _decode_skipped(log) if s["path"] not in log.known]
     write_json(out / "features.json", meta)
     _say_shard_state(out, part, missing, chunks.count)
     total = time.perf_counter() - start

@@ -198,6 +198,7 @@ class DecodeLog:
 
     failures: dict[str, tuple[str, str]] = field(default_factory=dict)
     announce: bool = True  # False: the caller names the failures itself (``tltool predict`` lists them at the end)
+    known: frozenset[str] = frozenset()  # files the check already named (and cached): recorded, not named again
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, error: BadImageError) -> None:
@@ -206,6 +207,8 @@ class DecodeLog:
             if path in self.failures:
                 return
             self.failures[path] = (error.reason, error.detail)
+        if path in self.known:
+            return
         if self.announce:
             detail = f" ({error.detail})" if error.detail else ""
             warnings.warn(f"1 file(s) skipped:\n  {path}: {error.reason}{detail}", BadFilesWarning, stacklevel=2)
