@@ -231,3 +231,30 @@ def test_a_model_json_whose_classes_disagree_with_the_model_is_refused(tmp_path)
     del config["pool"]  # a run of an older tltool: the one pooling it had
     write_json(tmp_path / "model.json", {**config, "classes": ["a", "b", "c"]})
     assert load_run(tmp_path).config["pool"] == "avg"
+
+
+def test_a_class_too_small_for_the_heads_cv_is_named_before_the_network_runs(tmp_path, monkeypatch):
+    """A class of 2 photos passes the split (one on each side) but leaves 1 training image, too few for the CV that
+    chooses C: probe ran the whole extraction first, then said only "every class needs at least 2 training
+    images", naming no class."""
+    import shutil
+
+    from tltool import features as features_module
+    from tltool.features import extract_features
+    from tltool.linear import probe, train_linear
+
+    data = tmp_path / "photos"
+    shutil.copytree(SAMPLE / "circle", data / "circle")
+    shutil.copytree(SAMPLE / "star", data / "star")
+    (data / "rare one").mkdir()
+    for f in sorted((SAMPLE / "square").iterdir())[:2]:
+        shutil.copy(f, data / "rare one" / f.name)
+    ran = []
+    monkeypatch.setattr(features_module, "_compute_chunks", lambda *a, **k: ran.append(1))
+    with pytest.raises(TltoolError, match=r"\{'rare one': 1\} have fewer than 2 training images"):
+        probe(str(data), image_size=32, features_dir=tmp_path / "f")
+    assert ran == [] and not (tmp_path / "f").exists()
+    monkeypatch.undo()
+    extracted = extract_features(str(data), tmp_path / "g", image_size=32)
+    with pytest.raises(TltoolError, match=r"\{'rare one': 1\} have fewer than 2 training images"):
+        train_linear(extracted.features, out=tmp_path / "run")

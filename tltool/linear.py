@@ -17,7 +17,7 @@ from .evaluation import Evaluation
 from .features import FeatureSet, extract_features, load_features
 from .heads import FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline, search_head
 from .images import DEFAULT_MAX_PIXELS
-from .inspection import split_warnings
+from .inspection import prepare_dataset, split_warnings
 from .models import load_run
 from .progress import say
 from .report import worst_mistakes, write_run_report
@@ -61,6 +61,7 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
     if config.cv:
         labelled = train | val  # a held-out test split stays out of cross-validation
         return _train_linear_cv(fs, X, labelled, out, config, force)
+    require_cv_training_images([fs.classes[i] for i in fs.labels[train]], str(fs.directory))
     start = time.perf_counter()
     fitted, search_report = _search_and_say(fs, X[train], fs.labels[train], config)
     fit_seconds = time.perf_counter() - start
@@ -84,6 +85,16 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
     metrics = write_run_report(run_dir, evaluation, val_paths, kind="linear", title=title, config=model_config,
                                extra=extra, tta=tta, overlays=overlays)
     return LinearResult(run_dir, evaluation, metrics, fitted)
+
+
+def require_cv_training_images(train_labels: list[str], name: str) -> None:
+    """The regularisation is chosen by stratified CV on the training split: every class needs 2 images there."""
+    few = {c: n for c, n in sorted(Counter(train_labels).items()) if n < 2}
+    if few:
+        raise TltoolError(
+            f"{name}: class(es) {few} have fewer than 2 training images; the head's regularisation is chosen by "
+            "cross-validation on the training split, which needs at least 2 of each class (3 photos of a class in "
+            "all when tltool draws the split). Add images or remove the class.")
 
 
 def _search_and_say(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig) -> tuple[FittedHead, dict]:
@@ -220,7 +231,11 @@ def probe(data: str, extract: ExtractConfig | None = None, linear: LinearConfig 
     get_head_spec(linear.head)  # fail on a bad head name before the network runs
     check_run_dir(out, force)  # and on an --out it would refuse
     features_dir = features_dir or default_features_dir(data, extract.backbone, extract.image_size, extract.resize)
-    result = extract_features(data, features_dir, extract, option="--features")
+    checked = prepare_dataset(data, extract.val_fraction, extract.seed, extract.max_pixels, strict=extract.strict,
+                              decode=False)
+    if not linear.cv:  # refused before the network runs, not after it
+        require_cv_training_images([r.label for r in checked.dataset.subset("train")], checked.dataset.name)
+    result = extract_features(data, features_dir, extract, checked=checked, option="--features")
     if not result.cached:
         say(f"extracted {len(result.features.paths)} images in {result.seconds:.1f} s -> {features_dir}")
     return train_linear(result.features, linear, out=out, force=force)
