@@ -311,6 +311,22 @@ def test_the_readme_decode_agrees_with_tltool_on_transparent_palette_16_bit_and_
                                                    "pixels differ")
 
 
+def test_the_readme_client_reads_non_ascii_class_names_whatever_the_locale(tmp_path):
+    """labels.txt and input.json are UTF-8; the README's client opened them with the locale's encoding, so a class
+    named ``pissenlit été`` failed (ASCII) or was silently renamed ``pissenlit Ã©tÃ©`` (cp1252, Windows)."""
+    from tltool.export_client import load_pixels_code, write_client_files
+
+    classes = ["pissenlit été", "日本"]
+    write_client_files(tmp_path, "keras", "model.keras", classes, 32, "crop")
+    script = f"{load_pixels_code('crop')}\nprint(json.dumps(labels))\n"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LANG", "LC_CTYPE")},
+           "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == classes
+
+
 # ------------------------------------------------------------------------------------------------ real photos
 @pytest.fixture(scope="module")
 def flowers_run(tmp_path_factory):

@@ -63,8 +63,8 @@ DECODE_CODE = """\
 import json, numpy as np, cv2
 from PIL import Image, ImageOps
 
-size = json.load(open("input.json"))["size"]
-labels = open("labels.txt").read().splitlines()
+size = json.load(open("input.json", encoding="utf-8"))["size"]
+labels = open("labels.txt", encoding="utf-8").read().splitlines()
 
 def scale(a, w, h):  # area average when shrinking; bilinear in float32, rounded, when enlarging
     if w < a.shape[1] or h < a.shape[0]:
