@@ -114,6 +114,18 @@ def test_manifest_rows_and_errors(tmp_path):
         load_dataset(tmp_path / "col.csv")
 
 
+def test_a_photo_listed_twice_as_an_absolute_and_a_relative_path_is_named(tmp_path):
+    """A relative row was resolved and an absolute one was not: ``/data/imgs/../imgs/a/img_00.jpg`` and
+    ``imgs/a/img_00.jpg`` passed as two photos, the same one counted twice in training."""
+    _tree(tmp_path, {"imgs/a": 2, "imgs/b": 2})
+    spelled = tmp_path / "imgs" / ".." / "imgs" / "a" / "img_00.jpg"
+    (tmp_path / "m.csv").write_text(f"path,label\n{spelled},a\nimgs/b/img_00.jpg,b\nimgs/a/img_00.jpg,a\n")
+    with pytest.raises(TltoolError, match="row 4: imgs/a/img_00.jpg is listed again \\(first on row 2\\)"):
+        load_dataset(tmp_path / "m.csv")
+    (tmp_path / "ok.csv").write_text(f"path,label\n{spelled},a\nimgs/b/img_00.jpg,b\n")
+    assert [r.path for r in load_dataset(tmp_path / "ok.csv").records][0] == str(tmp_path / "imgs/a/img_00.jpg")
+
+
 def test_identical_photos_stay_on_one_side_of_the_split(tmp_path):
     from tltool.inspection import prepare_dataset
 

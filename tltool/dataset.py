@@ -299,7 +299,7 @@ class _ManifestRows:
             return
         if label != raw_label and label:
             self.spaced_labels.append(f"row {line}: {raw_label!r} -> {label!r}")
-        full = (self.base / path).resolve() if not os.path.isabs(path) else Path(path)
+        full = (self.base / path).resolve()  # absolute ones too: a photo has one name, however it is spelled
         if not label:
             self.problems.append(f"row {line}: empty label for {path}")
         try:
