@@ -126,6 +126,16 @@ def test_a_photo_listed_twice_as_an_absolute_and_a_relative_path_is_named(tmp_pa
     assert [r.path for r in load_dataset(tmp_path / "ok.csv").records][0] == str(tmp_path / "imgs/a/img_00.jpg")
 
 
+def test_a_manifest_with_a_split_on_some_rows_only_names_the_rows_without(tmp_path):
+    """The error said only "the split column is filled for some rows only": in a long manifest the user had to
+    hunt for the row."""
+    _tree(tmp_path, {"imgs/a": 2, "imgs/b": 2})
+    (tmp_path / "m.csv").write_text("path,label,split\nimgs/a/img_00.jpg,a,train\nimgs/a/img_01.jpg,a,val\n\n"
+                                    "imgs/b/img_00.jpg,b\nimgs/b/img_01.jpg,b,val\n")
+    with pytest.raises(TltoolError, match=r"filled for some rows only \(empty on 1 row\(s\): 5\)"):
+        load_dataset(tmp_path / "m.csv")
+
+
 def test_identical_photos_stay_on_one_side_of_the_split(tmp_path):
     from tltool.inspection import prepare_dataset
 

@@ -279,6 +279,7 @@ class _ManifestRows:
     first_row: dict[str, int] = field(default_factory=dict)
     labels_file: bool = False  # the labeler's labels.csv: a row without a label is an image not labelled (yet)
     gone: list[str] = field(default_factory=list)  # labels.csv: photos deleted or renamed since they were labelled
+    unsplit: list[int] = field(default_factory=list)  # the lines of the records without a split
 
     def add(self, line: int, row: dict) -> None:
         extra = [cell for cell in row.get(None) or [] if cell.strip()]  # blank trailing cells lose nothing
@@ -318,6 +319,8 @@ class _ManifestRows:
             self.problems.append(f"row {line}: {path} is listed again (first on row {self.first_row[str(full)]})")
             return
         self.first_row[str(full)] = line
+        if split is None:
+            self.unsplit.append(line)
         self.records.append(Record(str(full), label, SPLIT_ALIASES.get(split) if split else None))
 
     def oddities(self, header: list[str]) -> list[str]:
@@ -368,7 +371,9 @@ def load_manifest(spec: str, labels_file: bool = False) -> Dataset:
         raise TltoolError(f"{spec}: {len(rows.problems)} problem(s) in the manifest:\n  {shown}{more}"
                           + _labeler_hint(Path(spec), labels_file))
     if any(r.split for r in rows.records) and not all(r.split for r in rows.records):
-        raise TltoolError(f"{spec}: the split column is filled for some rows only; fill it for all rows or none.")
+        empty = ", ".join(map(str, rows.unsplit[:10])) + (" ..." if len(rows.unsplit) > 10 else "")
+        raise TltoolError(f"{spec}: the split column is filled for some rows only (empty on {len(rows.unsplit)} "
+                          f"row(s): {empty}); fill it for all rows or none.")
     for message in rows.oddities(header):
         warnings.warn(f"{spec}: {message}", ManifestWarning, stacklevel=3)
     return Dataset(name=manifest.stem, source=f"csv:{manifest}", records=rows.records)
