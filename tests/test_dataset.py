@@ -158,6 +158,19 @@ def test_class_without_training_images_is_refused(tmp_path):
         prepare_dataset(str(tmp_path))
 
 
+def test_a_class_with_training_images_but_none_in_val_is_warned_about(tmp_path):
+    """A manifest (or train/val folders) whose class had no val image trained and reported without a word: the
+    class's recall was never measured and balanced accuracy was the mean over the other classes only."""
+    from tltool.errors import ImbalanceWarning
+    from tltool.inspection import prepare_dataset, split_warnings
+
+    _tree(tmp_path, {"train/a": 3, "train/b": 3, "train/c": 3, "val/a": 2, "val/b": 2})
+    with pytest.warns(ImbalanceWarning, match=r"class\(es\) \['c'\] have no val images"):
+        prepare_dataset(str(tmp_path))
+    assert split_warnings({"train": {"a": 3, "b": 3}, "val": {"a": 2, "b": 2}}, []) == []
+    assert split_warnings({"all": {"a": 3, "b": 3}}, []) == []
+
+
 def test_split_manifest_round_trip(tmp_path):
     _tree(tmp_path / "d", {"a": 5, "b": 5})
     target = write_split_manifest(str(tmp_path / "d"), tmp_path / "split.csv", val_fraction=0.4, seed=0)

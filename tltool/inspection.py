@@ -224,6 +224,11 @@ def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]]) ->
                 rare = min(per_class, key=per_class.get)
                 pending.append((f"class imbalance in {split}: {hi} vs {lo} images ({rare!r} is rarest); "
                                 "read balanced accuracy and per-class recall, not only accuracy", ImbalanceWarning))
+    unseen = sorted(set(counts.get("train", {})) - set(counts.get("val", {}))) if counts.get("val") else []
+    if unseen:
+        pending.append((f"class(es) {unseen} have no val images: the model still predicts them, but their recall is "
+                        "not measured and balanced accuracy leaves them out; add val images of them",
+                        ImbalanceWarning))
     if leaks:
         pending.append((f"{len(leaks)} image(s) appear in more than one split (identical content): validation "
                         f"accuracy will be optimistic. First: {leaks[0]}", LeakageWarning))
