@@ -171,6 +171,26 @@ def test_a_class_with_training_images_but_none_in_val_is_warned_about(tmp_path):
     assert split_warnings({"all": {"a": 3, "b": 3}}, []) == []
 
 
+def test_a_photo_filed_under_two_classes_is_warned_about_by_training_and_in_the_report(tmp_path):
+    """The same photo in daisy/ and roses/ was named by ``data inspect`` only: probe and finetune trained on both
+    labels, and scored the val copy, without a word."""
+    import shutil
+    from types import SimpleNamespace
+
+    from tltool import errors
+    from tltool.inspection import prepare_dataset
+    from tltool.linear import data_warnings
+
+    _tree(tmp_path, {"a": 4, "b": 4})
+    shutil.copy(tmp_path / "a" / "img_00.jpg", tmp_path / "b" / "same.jpg")
+    with pytest.warns(errors.TltoolWarning, match=r"1 image\(s\) are filed under more than one class") as caught:
+        prepare_dataset(str(tmp_path))
+    assert [w.category.__name__ for w in caught if "more than one class" in str(w.message)] == ["LabelConflictWarning"]
+    fs = SimpleNamespace(splits=["train", "train", "val"], labels=[0, 1, 0], classes=["a", "b"],
+                         hashes=["h", "h", "g"], paths=["x/a.jpg", "y/a.jpg", "x/b.jpg"])
+    assert any("filed under more than one class" in w and "x/a.jpg" in w for w in data_warnings(fs))
+
+
 def test_split_manifest_round_trip(tmp_path):
     _tree(tmp_path / "d", {"a": 5, "b": 5})
     target = write_split_manifest(str(tmp_path / "d"), tmp_path / "split.csv", val_fraction=0.4, seed=0)

@@ -40,6 +40,10 @@ class LeakageWarning(TltoolWarning):
     it was trained on."""
 
 
+class LabelConflictWarning(TltoolWarning):
+    """The same image content is filed under two or more classes: the model is trained on contradictory labels."""
+
+
 class IgnoredOptionsWarning(TltoolWarning):
     """Options given on the command line that the command does not use (``--resume`` keeps the run's settings)."""
 

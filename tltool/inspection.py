@@ -16,8 +16,8 @@ from typing import Any
 
 from .dataset import Dataset, Record, load_dataset, require_training_images, stratified_split
 from . import filecache
-from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LeakageWarning, TltoolError,
-                     TooFewClassesWarning)
+from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LabelConflictWarning,
+                     LeakageWarning, TltoolError, TooFewClassesWarning)
 from .images import BOMB, DEFAULT_MAX_PIXELS, SCALED_SIDE, UNREADABLE, check_image, read_header
 from .progress import Bar, say
 from .runs import check_run_dir, new_run_dir, writes_runs
@@ -209,13 +209,15 @@ def with_split(checked: CheckedDataset, dataset: Dataset) -> CheckedDataset:
 
 def _collect_warnings(checked: CheckedDataset) -> None:
     leaks = [[f.record.path for f in group] for group in checked.leaks()]
-    checked.issues = split_warnings(checked.dataset.counts(), leaks)
+    conflicts = [[f.record.path for f in group] for group in checked.label_conflicts()]
+    checked.issues = split_warnings(checked.dataset.counts(), leaks, conflicts)
 
 
-def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]]) -> list[tuple[str, type[Warning]]]:
-    """What a split's numbers warn of: class imbalance per split (``counts``: ``{split: {class: n}}``), and images
-    of identical content in two splits (``leaks``: the paths of each such group). Warned at the check, and written
-    into every run's report."""
+def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]],
+                   conflicts: list[list[str]] = ()) -> list[tuple[str, type[Warning]]]:
+    """What a split's numbers warn of: class imbalance per split (``counts``: ``{split: {class: n}}``), images
+    of identical content in two splits (``leaks``: the paths of each such group) or in two classes (``conflicts``).
+    Warned at the check, and written into every run's report."""
     pending: list[tuple[str, type[Warning]]] = []
     for split, per_class in counts.items():
         if len(per_class) >= 2:
@@ -232,6 +234,10 @@ def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]]) ->
     if leaks:
         pending.append((f"{len(leaks)} image(s) appear in more than one split (identical content): validation "
                         f"accuracy will be optimistic. First: {leaks[0]}", LeakageWarning))
+    if conflicts:
+        pending.append((f"{len(conflicts)} image(s) are filed under more than one class (identical content): the "
+                        f"model learns and is scored on contradictory labels; keep each in one class. First: "
+                        f"{conflicts[0]}", LabelConflictWarning))
     return pending
 
 

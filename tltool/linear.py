@@ -168,7 +168,9 @@ def data_warnings(fs: FeatureSet) -> list[str]:
         if digest:
             groups[digest].append(i)
     leaks = [[fs.paths[i] for i in group] for group in groups.values() if len({str(fs.splits[i]) for i in group}) > 1]
-    return [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks)]
+    conflicts = [[fs.paths[i] for i in group] for group in groups.values()
+                 if len({int(fs.labels[i]) for i in group}) > 1]
+    return [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks, conflicts)]
 
 
 def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: LinearConfig,
