@@ -309,6 +309,22 @@ def test_suspects_of_a_labeler_dataset_feed_its_review(tmp_path):
     assert shown.output.strip().splitlines()[-1] == f"review them first: {summary['review_command']}"
 
 
+def test_suspects_of_class_folders_do_not_send_the_user_to_a_labeler_that_knows_none_of_their_labels(tmp_path):
+    """On a student's class folders, `label suspects` printed `review them first: tltool label serve FOLDER
+    --review ...`: that labeler opened with "0 labelled" (it reads labels.csv, not class folders), its first label
+    starts a labels.csv in the user's folder, and `label suspects FOLDER` then reads that file instead of the
+    folders."""
+    dataset = tmp_path / "photos"
+    colour_photos(dataset / "red", (200, 30, 30), 12, seed=1, prefix="r")
+    colour_photos(dataset / "blue", (30, 40, 200), 12, seed=2, prefix="b")
+    out = tmp_path / "s"
+    shown = ok(invoke("label", "suspects", dataset, "--image-size", 32, "--top", 5, "--features", tmp_path / "f",
+                      "--out", out))
+    assert "label serve" not in shown.output.replace("`tltool label serve --review` is for", "")
+    assert shown.output.strip().splitlines()[-1].startswith("to fix a label, move the photo into its class's folder")
+    assert "review_command" not in json.loads((out / "suspects.json").read_text())
+
+
 def test_suspects_terminal_says_what_it_lists_and_keeps_a_kept_label_apart_from_a_relabel(tmp_path):
     """Before, `label suspects` printed "the 24 most suspect:" above 10 rows (the CSV held 24), and listed images
     no class fits better than their own as `red -> red`, right under "2 of 24 images are better supported as

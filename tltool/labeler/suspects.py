@@ -188,11 +188,20 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
         "disagreeing": int((support.argmax(axis=1) != fs.labels).sum()),
         "assisted_labels": len(assisted), "assisted_suspects": sum(s.assisted for s in suspects),
         "suspects": [{k: v for k, v in s.__dict__.items() if k != "file"} for s in suspects],
-        "csv": csv_path.name, "png": png.name,
-        "review_command": f"tltool label serve {shlex.quote(str(root))} --review {shlex.quote(str(csv_path))}",
+        "csv": csv_path.name, "png": png.name, **_review(root, csv_path),
     }
     write_json(run_dir / "suspects.json", summary)
     return SuspectsResult(suspects, run_dir, csv_path, png, summary)
+
+
+def _review(root: Path, csv_path: Path) -> dict[str, str]:
+    """How to act on the suspects: the labeler's review for a labeler folder (its labels are in labels.csv); for
+    class folders or a manifest of one's own, a labeler there would start with no label and its labels.csv would
+    not change what the folders or the manifest say."""
+    if (root / LABELS_CSV).is_file():
+        return {"review_command": f"tltool label serve {shlex.quote(str(root))} --review {shlex.quote(str(csv_path))}"}
+    return {"review_hint": "to fix a label, move the photo into its class's folder (or edit the manifest's row) and "
+                           "run again; `tltool label serve --review` is for a labeler's folder (labels.csv)"}
 
 
 def terminal_lines(result: SuspectsResult, shown: int = SHOWN_IN_TERMINAL) -> list[str]:
@@ -203,7 +212,8 @@ def terminal_lines(result: SuspectsResult, shown: int = SHOWN_IN_TERMINAL) -> li
     lines = [f"{summary['disagreeing']} of {summary['n_images']} images are better supported as another class than "
              f"their own; the {total} most suspect are in {result.csv.name}, {which}:"]
     lines += [f"{s.rank:>3}  {s.score:.3f}  {s.verdict()}  {s.path}" for s in listed]
-    review = [f"review them first: {summary['review_command']}"] if "review_command" in summary else []
+    review = ([f"review them first: {summary['review_command']}"] if "review_command" in summary
+              else [summary["review_hint"]] if "review_hint" in summary else [])
     return lines + [f"-> {result.csv}", f"-> {result.png}", *review]
 
 
