@@ -232,6 +232,25 @@ def test_paired_standard_error_of_a_gain():
     assert paired_standard_error(last, last) == 0.0 and paired_standard_error(np.ones(1), np.zeros(1)) == 0.0
 
 
+def test_a_curve_whose_points_predict_alike_on_a_few_photos_is_not_read_as_flat():
+    """On 8 val photos that the last points predicted alike the paired standard error was 0, and the curve read
+    "flat (+0.0 points ..., noise ±0.0): more images would help little" from 8 photos. The noise is now never
+    below one photo's worth, 1/n: unclear on 8 photos; on 200, alike predictions still read flat."""
+    from tltool.crossval import CurvePoint, gain_standard_error, read_curve
+
+    hits = np.r_[np.ones(4), np.zeros(4)]
+    assert gain_standard_error(hits, hits) == pytest.approx(1 / 8)
+    assert gain_standard_error(np.r_[np.ones(20), np.zeros(180)], np.zeros(200)) == pytest.approx(
+        np.std(np.r_[np.ones(20), np.zeros(180)], ddof=1) / np.sqrt(200))  # above the floor: the paired error itself
+
+    def curve(n):
+        se = gain_standard_error(np.ones(n), np.ones(n))
+        return [CurvePoint(f, int(f * 40), 0.5, 0.3, 0.7, (0.5, 0.5), {"a": 0.5, "b": 0.5}, se) for f in (0.6, 0.8, 1)]
+
+    assert read_curve(curve(8), ["a", "b"]).startswith("unclear (+0.0 points"), read_curve(curve(8), ["a", "b"])
+    assert read_curve(curve(200), ["a", "b"]).startswith("flat (+0.0 points")
+
+
 @pytest.mark.parametrize("required,outcome", [("1", "1 error"), ("", "1 skipped")])
 def test_missing_real_photos_fail_under_tltool_require_data(tmp_path, required, outcome):
     """.ci/run sets TLTOOL_REQUIRE_DATA=1: there a missing ../shared/datasets fails the run instead of skipping."""

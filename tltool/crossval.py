@@ -153,8 +153,9 @@ def learning_curve(fs: FeatureSet, head: str = "logreg", pool: str = "avg",
     key = {"train": [sha256_array(Xtr), sha256_array(ytr)], "val": [sha256_array(Xval), sha256_array(yval)],
            "classes": fs.classes, "head": head, "grid": get_head_spec(head).grid, "fractions": fractions,
            "seeds": seeds, "seed": seed, "standardize": standardize, "scikit-learn": version("scikit-learn"),
-           "curve": 4}  # 2: points carry se_to_last; 3: intervals of the mean, not of it rounded to whole images;
-    # 4: a class without val photos has recall None (was NaN, which is not JSON, and was named the weakest)
+           "curve": 5}  # 2: points carry se_to_last; 3: intervals of the mean, not of it rounded to whole images;
+    # 4: a class without val photos has recall None (was NaN, which is not JSON, and was named the weakest);
+    # 5: se_to_last never below 1/n (gain_standard_error)
     points, params = remembered("learning-curve", key, lambda: _curve(
         (Xtr, ytr, Xval, yval), fs.classes, head, fractions, seeds, seed, standardize))
     return [CurvePoint(**{**p, "spread": tuple(p["spread"])}) for p in points], params
@@ -194,8 +195,8 @@ def _curve(data: tuple, classes: list[str], head: str, fractions: list[float], s
                                      {c: None if np.isnan(r) else r
                                       for c, r in zip(classes, np.mean(per_class, axis=0).round(4).tolist())}))
             hits.append(np.mean(correct, axis=0))
-    for point, hit in zip(points, hits):
-        point.se_to_last = paired_standard_error(hits[-1], hit)
+    for point, hit in zip(points[:-1], hits[:-1]):
+        point.se_to_last = gain_standard_error(hits[-1], hit)
     return [asdict(p) for p in points], {key.replace("clf__", ""): v for key, v in best.items()}
 
 
@@ -203,6 +204,12 @@ def paired_standard_error(a: np.ndarray, b: np.ndarray) -> float:
     """Standard error of mean(a - b) over the same photos (0 for one photo or identical hits)."""
     d = np.asarray(a, float) - np.asarray(b, float)
     return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
+def gain_standard_error(last: np.ndarray, before: np.ndarray) -> float:
+    """The paired standard error of a curve's gain, never below one photo's worth (1/n): on 8 val photos that the
+    two points predicted alike it was 0, and a curve read "flat" from evidence of 8 photos."""
+    return max(paired_standard_error(last, before), 1 / len(last))
 
 
 FLAT_AT_MOST = 0.02  # "flat": the gain over the last points is at most 2 points, noise included
