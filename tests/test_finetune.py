@@ -337,12 +337,34 @@ def test_finetune_resume_of_a_cross_validation_goes_on_with_its_folds(tmp_path, 
     def cross_validation(config, k, out=None, force=False, resume=None):
         seen.append((k, resume))
         return tmp_path, Evaluation(["a", "b"], np.array([0, 1, 1]), np.array([[.9, .1], [.2, .8], [.6, .4]])), \
-            {"cv": {"k": 3}}
+            {"cv": {"k": 3, "accuracy": {"value": 2 / 3, "ci95": [0.208, 0.939], "n": 3}}}
 
     monkeypatch.setattr(cli, "finetune_cv", cross_validation)
     result = CliRunner().invoke(main, ["finetune", "--resume", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert seen == [(0, str(tmp_path))] and "3-fold cross-validated" in result.output and "0.667" in result.output
+    assert "known to about ±36.5 points on these 3 images" in result.output  # as probe says it
+
+
+def test_finetune_says_how_well_its_accuracy_is_known_as_probe_does(tmp_path, monkeypatch):
+    """probe printed "this accuracy is known to about ±N points ..." under its accuracy; finetune did not (only
+    its report.md said it), so a user comparing two fine-tunes by their printed accuracies was not told."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    import tltool.cli.training as cli
+    from tltool.cli import main
+    from tltool.evaluation import Evaluation
+
+    evaluation = Evaluation(["a", "b"], np.array([0, 1] * 50), np.tile([[.9, .1], [.2, .8]], (50, 1)))
+    monkeypatch.setattr(cli, "finetune", lambda *a, **kw: SimpleNamespace(
+        chief=True, evaluation=evaluation, metrics={}, run_dir=tmp_path))
+    result = CliRunner().invoke(main, ["finetune", str(SAMPLE)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("val accuracy 1.000") and lines[1].startswith(
+        "this accuracy is known to about ±1.8 points on these 100 images"), result.output
 
 
 @pytest.mark.parametrize("images, finished, resumed", [("same", False, True), ("same", True, True),

@@ -12,7 +12,7 @@ from ..configs import FinetuneConfig, RunConfig, ScratchConfig, stored_run_kind
 from ..errors import IgnoredOptionsWarning, TltoolError
 from ..export import EXIT_TOO_COSTLY, export_run, measurement_lines
 from ..finetune import finetune, finetune_cv
-from ..report import accuracy_line
+from ..report import accuracy_line, resolution_line
 from ..scratch import train_from_scratch
 from ..settings import PREVIEW_DRAWS, PREVIEW_SIZE, choices
 from .options import (backbone_options, choice, compose, force_option, out_option, split_options, strategy_option,
@@ -81,6 +81,7 @@ def _print_run(result) -> None:
         click.echo("this worker's share of training is done; the chief (worker 0) writes the run folder and report")
         return
     click.echo(accuracy_line(result.evaluation))
+    click.echo(resolution_line(result.evaluation.accuracy().to_json()))
     echo_tta(result.metrics)
     if result.metrics.get("refit"):
         click.echo(result.metrics["refit"]["note"])
@@ -126,6 +127,7 @@ def finetune_cmd(ctx: click.Context, data: str | None, cv: int, resume: str | No
         run_dir, evaluation, metrics = finetune_cv(FinetuneConfig(data=data, **options), cv, out=out, force=force,
                                                    resume=resume)
         click.echo(accuracy_line(evaluation, split=f"{metrics['cv']['k']}-fold cross-validated"))
+        click.echo(resolution_line(metrics["cv"]["accuracy"], cross_validated=True))
         click.echo(f"report: {run_dir / 'report.md'}")
         return
     _print_run(finetune(FinetuneConfig(data=data or "", **options), out=out, resume=resume, force=force))
