@@ -35,6 +35,8 @@ def test_inspect_strict_fails_on_bad_files(tmp_path):
     build_bad_corpus(corpus)
     result = CliRunner().invoke(main, ["data", "inspect", str(corpus), "--strict", "--out", str(tmp_path / "r")])
     assert result.exit_code == 1
+    # it says why it fails: the same folder without --strict exits 0
+    assert result.output.splitlines()[-1] == "--strict: exit status 1, because of the bad files or warnings above"
 
 
 def test_inspect_counts_match_files_on_disk(flowers, tmp_path):

@@ -37,7 +37,9 @@ def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None
     for line in _problem_lines(data) + _warning_lines(result.checked.issues):
         console.print(line, soft_wrap=True)
     console.print(f"report: {_shown(str(result.report))}", soft_wrap=True)
-    sys.exit(1 if strict and result.has_problems else 0)
+    if strict and result.has_problems:
+        click.echo("--strict: exit status 1, because of the bad files or warnings above", err=True)
+        sys.exit(1)
 
 
 def _shown(text: str) -> str:
