@@ -39,6 +39,7 @@ from . import __version__
 from .backbones import create_backbone, get_backbone_spec, weights_digest
 from .distribute import gpu_visible
 from .errors import TltoolError, did_you_mean
+from .progress import say
 from .settings import CHOICES
 from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_json, usable_cpus, write_json
 
@@ -412,8 +413,6 @@ def converted_model(source: ModelSource) -> Path:
     """The cached ``.tflite`` of ``source``, converted (with TensorFlow) only the first time, and again when the
     cached file is not the one written (cut short, changed, replaced by a link or a pipe): its digest is kept in
     the ``.json`` beside it. Before, a damaged file failed every command as "not a valid Flatbuffer buffer"."""
-    from .progress import say
-
     path = litert_dir() / f"{source.digest}.tflite"
     if _conversion_intact(path):
         return path
@@ -494,8 +493,6 @@ def measured_choice(source: ModelSource) -> str:
     choices[_choice_key(source)] = {"engine": best, "images_per_second": rates, "name": source.name,
                                     "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_json(path, choices)
-    from .progress import say
-
     say(f"engine for {source.name} on this machine: {best} ("
         + ", ".join(f"{k} {v:.0f} images/s" for k, v in rates.items()) + "; measured once, remembered)")
     return best

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NoReturn
 
 from .errors import TltoolError
+from .progress import say
 
 if TYPE_CHECKING:
     import numpy as np
@@ -281,8 +282,6 @@ def file_lock(path: str | os.PathLike, waiting: str = "") -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting:
-                from .progress import say
-
                 say(waiting)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
