@@ -10,6 +10,7 @@ import pytest
 from helpers import noise_image
 from tltool import utils
 from tltool.collect import UNLABELED, import_images
+from tltool.labeler import export_labels
 
 
 @pytest.fixture()
@@ -86,3 +87,27 @@ def test_durable_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp
     with utils.atomic_path(tmp_path / "ckpt.weights.h5", durable=True) as tmp:
         tmp.write_bytes(b"weights")
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("mask, expected", [(0o077, 0o600), (0o002, 0o664)], ids=["umask-077", "umask-002"])
+def test_label_export_copies_get_the_umask_mode_not_the_photos(tmp_path, umask, mask, expected):
+    """`label export --copy` wrote each copy with its photo's mode (shutil.copy2): a 0644 photo stayed readable by
+    everyone under umask 077, a 0600 one unreadable by the group under umask 002."""
+    root = tmp_path / "ds"
+    rows = ["path,label"]
+    for i, mode in enumerate([0o644, 0o600, 0o644, 0o600]):
+        photo = noise_image(root / f"p{i}.jpg", seed=i, size=(32, 32))
+        os.chmod(photo, mode)
+        os.utime(photo, (1_000_000_000, 1_000_000_000))
+        rows.append(f"p{i}.jpg,{'ab'[i % 2]}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    umask(mask)
+    export_labels(root, out=tmp_path / "split", val_fraction=0.5, copy=True)
+    copies = sorted((tmp_path / "split").glob("*/*/*.jpg"))
+    assert len(copies) == 4
+    for copy in copies:
+        assert _mode(copy) == expected, copy
+        assert copy.stat().st_ino != (root / copy.name).stat().st_ino  # a copy, not a link
+        assert copy.read_bytes() == (root / copy.name).read_bytes()
+        assert copy.stat().st_mtime == 1_000_000_000  # the photo's time is kept, as before

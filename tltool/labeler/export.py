@@ -41,13 +41,18 @@ class ExportResult:
 
 
 def _place(src: str, dest: Path, copy: bool) -> None:
+    """A hard link to ``src`` (the photo itself), or a copy made as ``open()`` makes a file: the umask decides its
+    mode (``copy2`` gave it the photo's, so a 0644 photo copied under umask 077 was readable by everyone), and it
+    keeps the photo's times."""
     if not copy:
         try:
             os.link(src, dest)
             return
         except OSError:  # another file system, or links not allowed: copy instead
             pass
-    shutil.copy2(src, dest)
+    shutil.copyfile(src, dest)
+    source = os.stat(src)
+    os.utime(dest, ns=(source.st_atime_ns, source.st_mtime_ns))
 
 
 def _readable(labelled: Dataset) -> Dataset:
