@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from helpers import noise_image
 from tltool import utils
 from tltool.collect import UNLABELED, import_images
 from tltool.labeler import export_labels
+from tltool.outputs import release_output_dirs
+from tltool.runs import hold_run_dir
 
 
 @pytest.fixture()
@@ -111,3 +114,54 @@ def test_label_export_copies_get_the_umask_mode_not_the_photos(tmp_path, umask, 
         assert copy.stat().st_ino != (root / copy.name).stat().st_ino  # a copy, not a link
         assert copy.read_bytes() == (root / copy.name).read_bytes()
         assert copy.stat().st_mtime == 1_000_000_000  # the photo's time is kept, as before
+
+
+def _killed_writes(folder: Path, names: list[str]) -> list[Path]:
+    """The temporary files a writer killed between its write and its rename leaves: atomic_path's names (a
+    ``NAME:SUFFIX`` is written with that suffix, as Keras' savers are)."""
+    left = []
+    for spec in names:
+        name, _, suffix = spec.partition(":")
+        with pytest.raises(KeyboardInterrupt), utils.atomic_path(folder / name, suffix=suffix) as tmp:
+            tmp.write_bytes(b"half")
+            kept = folder / f"kept-{tmp.name}"
+            os.link(tmp, kept)  # what SIGKILL leaves: the finally that removes it never runs
+            raise KeyboardInterrupt
+        kept.rename(tmp)
+        left.append(tmp)
+    return left
+
+
+def test_a_resumed_run_folder_loses_the_temp_files_of_the_killed_command(tmp_path):
+    """SIGKILL while a checkpoint or state.json was written left `.checkpoint-epoch0002.keras.1a2b3c4d.keras` (35 MB
+    for Lite0) in the run folder; `--resume` finished the run around it, and it stayed for good."""
+    run = tmp_path / "run"
+    (run / "refit").mkdir(parents=True)
+    left = _killed_writes(run, ["state.json", "checkpoint-epoch0002.keras:.keras",
+                                "best-epoch0002.weights.h5:.weights.h5"])
+    left += _killed_writes(run / "refit", ["state.json"])
+    (run / "notes.txt").write_text("mine")
+    (run / ".hidden.cfg").write_text("mine")  # not a name atomic_path makes
+    assert all(p.exists() for p in left)
+    assert re.fullmatch(r"\.checkpoint-epoch0002\.keras\.[0-9a-f]{8}\.keras", left[1].name)
+    hold_run_dir(run)
+    try:
+        assert not any(p.exists() for p in left)
+        assert sorted(p.name for p in run.iterdir()) == [".hidden.cfg", "notes.txt", "refit"]
+    finally:
+        release_output_dirs()
+
+
+def test_a_rerun_import_removes_the_temp_files_a_killed_import_left_in_the_dataset(tmp_path):
+    """A kill while a photo or the manifest was written left `.a-1a2b3c4d5e6f.jpg.1a2b3c4d.jpg.tmp` in
+    DATASET/unlabeled/ for good; the next import clears them, and nothing else (labels.csv's are the labeler's)."""
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    root = tmp_path / "ds"
+    import_images([str(tmp_path / "in")], root)
+    photo = _killed_writes(root / UNLABELED, ["b-0123456789ab.jpg"])
+    manifest = _killed_writes(root, ["manifest.csv"])
+    labels = _killed_writes(root, ["labels.csv"])  # a labeler saving now: not import's to remove
+    result = import_images([str(tmp_path / "in")], root)
+    assert result.already == 1 and result.total_images == 1
+    assert not photo[0].exists() and not manifest[0].exists() and labels[0].exists()
+    assert len(list((root / UNLABELED).iterdir())) == 1  # the photo the first import wrote

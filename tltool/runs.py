@@ -10,7 +10,9 @@ from typing import Callable, ParamSpec, TypeVar
 
 from .errors import TltoolError
 from .outputs import (check_not_in_use, check_output_dir, check_output_name, claim_output_dir, emptied_output_dir,
-                      hold_output_dir, hold_scope, mark_finished, marked_finished, output_kind, release_output_dirs)
+                      held_output_dirs, hold_output_dir, hold_scope, mark_finished, marked_finished, output_kind,
+                      release_output_dirs)
+from .utils import remove_temp_leftovers
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -73,8 +75,11 @@ def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bo
 
 def hold_run_dir(run_dir: Path) -> Path:
     """``run_dir``, locked against other tltool commands while this one writes it (a resume too), until the
-    function marked :func:`writes_runs` that made it returns, or this process ends."""
+    function marked :func:`writes_runs` that made it returns, or this process ends. Held, it is written by no other
+    process: the temporary files a killed command left there (``--resume`` after a kill mid-checkpoint) are removed."""
     hold_output_dir(run_dir)
+    if os.path.realpath(run_dir) in held_output_dirs():  # locked (not on a file system without locks)
+        remove_temp_leftovers(run_dir, recursive=True)
     return run_dir
 
 

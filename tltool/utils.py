@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import stat
 import unicodedata
@@ -49,6 +50,38 @@ def _create_temp_beside(target: Path, suffix: str) -> Path:
             continue
         return path
     raise FileExistsError(f"no free temporary name beside {target}")
+
+
+# the name _create_temp_beside gives: "." + the target's name + "." + 8 hex digits + a suffix that ends in ".tmp" or
+# is the end of the target's name (".keras", ".weights.h5": writers that want their own extension)
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{8}(?P<suffix>\..+)")
+
+
+def is_temp_leftover(name: str, targets: Callable[[str], bool] = lambda target: True) -> bool:
+    """Whether ``name`` is a temporary file :func:`atomic_path` makes, for a target whose name ``targets`` accepts."""
+    match = _TEMP_NAME.fullmatch(name)
+    if match is None:
+        return False
+    target, suffix = match["target"], match["suffix"]
+    return (suffix.endswith(".tmp") or target.endswith(suffix)) and targets(target)
+
+
+def remove_temp_leftovers(folder: str | os.PathLike, targets: Callable[[str], bool] = lambda target: True,
+                          recursive: bool = False) -> list[Path]:
+    """Remove the temporary files a killed writer left in ``folder`` (a SIGKILL or power cut between the write and
+    the rename skips :func:`atomic_path`'s clean-up: a 35 MB checkpoint, or a photo, was left for good). Only for a
+    folder no live process writes into (held, or under its command's lock). Links and folders are never touched;
+    returns what was removed."""
+    removed = []
+    walk = os.walk(folder) if recursive else [next(os.walk(folder), (str(folder), [], []))]
+    for here, _dirs, files in walk:
+        for name in files:
+            path = Path(here) / name
+            if is_temp_leftover(name, targets) and not path.is_symlink() and path.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def _fsync_path(path: Path, folder: bool = False) -> None:

@@ -24,7 +24,7 @@ from ..images import CORRUPT, DEFAULT_MAX_PIXELS, load_image
 from ..outputs import claim_output_dir
 from ..progress import Bar
 from ..settings import check_range
-from ..utils import atomic_path, file_lock, readable_csv, shown_name, write_text_atomic
+from ..utils import atomic_path, file_lock, readable_csv, remove_temp_leftovers, shown_name, write_text_atomic
 from .neardup import DEFAULT_NEAR_THRESHOLD, NearIndex, dhash, mean_colour, pixels_sha256
 from .sources import (DEFAULT_EVERY, Bad, Candidate, camera_candidates, candidates_of, cv2_module, expand_sources,
                       open_camera)
@@ -303,6 +303,9 @@ def _import_locked(root: Path, files: list, every: float, max_side: int, near_th
     _check_layout(root)
     capture = open_camera(camera) if camera is not None else None
     (root / UNLABELED).mkdir(parents=True, exist_ok=True)
+    # only imports write there, one at a time (this one holds the lock): a temp file is a killed import's
+    remove_temp_leftovers(root / UNLABELED)
+    remove_temp_leftovers(root, targets=lambda target: target == MANIFEST)
     ledger = _Ledger(root, near_threshold)
 
     def streams(tmpdir: Path) -> Iterator[Iterable[Candidate | Bad]]:
