@@ -58,13 +58,19 @@ def test_every_command_that_writes_a_run_folder_refuses_a_finished_run_without_f
     """Before: compare, learning-curve and data inspect replaced any finished run given as --out (a trained
     linear run's head.npz, model.json and metrics.json were deleted without a word); probe, linear, evaluate and
     viz refused it only after their work (an extraction, a search)."""
-    from tltool.runs import new_run_dir
+    from tltool.runs import new_run_dir, writes_runs
     from tltool.sample import make_shapes_dataset
 
     a = _fake_run(tmp_path, "A", [True] * 10)
-    victim = new_run_dir("linear", out=tmp_path / "victim")
-    for name in ("head.npz", "model.json", "metrics.json"):
-        (victim / name).write_text("the user's trained run")
+
+    @writes_runs
+    def trained():  # a finished linear run
+        victim = new_run_dir("linear", out=tmp_path / "victim")
+        for name in ("head.npz", "model.json", "metrics.json"):
+            (victim / name).write_text("the user's trained run")
+        return victim
+
+    victim = trained()
     data = make_shapes_dataset(tmp_path / "shapes", per_class=4)
     for args in (["compare", a, a], ["data", "inspect", data], ["learning-curve", data], ["evaluate", a, data],
                  ["probe", data, "--features", tmp_path / "features"], ["linear", data], ["viz", "embedding", data]):

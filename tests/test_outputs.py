@@ -311,13 +311,14 @@ def test_digits_force_does_not_replace_a_users_folder(tmp_path):
 def test_a_replaced_run_or_export_keeps_no_file_of_the_earlier_one(tmp_path):
     """--force (or an unfinished earlier run) gives a new run an empty folder: a stale checkpoint, refit or export
     of the old run could otherwise be resumed or shipped as the new one's (a refit once resumed the old model)."""
-    from tltool.outputs import emptied_output_dir
+    from tltool.outputs import emptied_output_dir, mark_finished
     from tltool.runs import new_run_dir
 
     run = new_run_dir("finetune", out=tmp_path / "run")
     for name in ("metrics.json", "state.json", "checkpoint-epoch0040.keras", "refit/state.json", "export/tflite/x"):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text("old")
+    mark_finished(run)  # its command returned
     with pytest.raises(TltoolError, match="--force"):
         new_run_dir("finetune", out=run)
     assert new_run_dir("finetune", out=run, force=True) == run
@@ -408,7 +409,7 @@ def test_run_holds_follow_links_stay_with_their_thread_and_cover_a_forced_replac
     assert entered.wait(30)
     writes_runs(lambda: new_run_dir("compare", out=tmp_path / "quick"))()
     assert os.path.realpath(tmp_path / "slow") in held_output_dirs()  # still the other thread's
-    assert '"finished"' not in (tmp_path / "slow" / MARKER).read_text()
+    assert '"finished": false' in (tmp_path / "slow" / MARKER).read_text()
     leave.set()
     worker.join(30)
     assert not held_output_dirs() and '"finished": true' in (tmp_path / "slow" / MARKER).read_text()
@@ -528,3 +529,31 @@ def test_the_staging_lock_guards_the_folder_at_its_name_and_never_leaks(tmp_path
     with staged_output(out, "sample") as staging:  # unguarded there, as before the lock
         (staging / "c.jpg").write_text("newer")
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "c.jpg"]
+
+
+def test_a_run_killed_after_its_metrics_is_unfinished_and_an_older_tltools_finished_run_is_not(tmp_path):
+    """A linear or evaluate run killed after metrics.json, before its report and the marker's "finished", was taken
+    for a finished run: a rerun was refused ("pass --force"), though the README says an unfinished run that --resume
+    cannot finish is replaced. A run's marker now says "finished": false from its claim, so metrics.json decides
+    only for the runs of an older tltool, whose markers did not say it."""
+    import json
+
+    from tltool.runs import new_run_dir, writes_runs
+
+    @writes_runs
+    def killed(out):
+        (new_run_dir("linear", out=out) / "metrics.json").write_text("{}")
+        raise KeyboardInterrupt  # before report.md
+
+    with pytest.raises(KeyboardInterrupt):
+        killed(tmp_path / "run")
+    made = writes_runs(lambda: new_run_dir("linear", out=tmp_path / "run"))()  # replaced without --force
+    assert sorted(p.name for p in made.iterdir()) == [MARKER]
+
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / MARKER).write_text(json.dumps({"kind": "run", "tool": "tltool", "created": "2026-01-01T00:00:00"}))
+    (older / "metrics.json").write_text("{}")
+    with pytest.raises(TltoolError, match="already holds an earlier tltool run"):
+        new_run_dir("linear", out=older)
+    assert (older / "metrics.json").exists()

@@ -102,16 +102,22 @@ def mark_finished(path: str | os.PathLike) -> None:
         write_json(marker, {**read_json(marker), FINISHED: True})
 
 
-def marked_finished(path: str | os.PathLike) -> bool:
+def finished_state(path: str | os.PathLike) -> bool | None:
+    """What ``path``'s marker says of the command that wrote it: True (it returned), False (it had not, when the
+    marker was written at the claim), None (no marker, or one from a tltool that did not say so at the claim)."""
     marker = Path(path) / MARKER
     try:
-        return not marker.is_symlink() and read_json(marker).get(FINISHED) is True
+        state = None if marker.is_symlink() else read_json(marker).get(FINISHED)
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+    return state if isinstance(state, bool) else None
 
 
 def _marker(kind: str) -> dict:
-    return {"kind": kind, "tool": "tltool", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    marker = {"kind": kind, "tool": "tltool", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    # a run says from its claim that it is not finished: one killed after its metrics.json is then told apart from
+    # a finished run of a tltool that wrote no such word (whose metrics.json is all that says it finished)
+    return {**marker, FINISHED: False} if kind == "run" else marker
 
 
 def mark_output_dir(path: Path, kind: str) -> None:

@@ -10,7 +10,7 @@ from typing import Callable, ParamSpec, TypeVar
 
 from .errors import TltoolError
 from .outputs import (check_not_in_use, check_output_dir, check_output_name, claim_output_dir, emptied_output_dir,
-                      held_output_dirs, hold_output_dir, hold_scope, mark_finished, marked_finished, output_kind,
+                      finished_state, held_output_dirs, hold_output_dir, hold_scope, mark_finished, output_kind,
                       release_output_dirs)
 from .utils import remove_temp_leftovers
 
@@ -29,12 +29,14 @@ def slug(text: str, max_length: int = 60, fallback: str = "run") -> str:
 
 def _replaceable_unforced(out: str | Path, force: bool) -> bool:
     """Whether an earlier run in ``out`` may be replaced without ``--force``: only an unfinished one (its command
-    did not return, and no ``metrics.json``) that ``--resume`` could not finish; one it could (its checkpoints are
+    did not return; for a run of a tltool that did not mark that at the claim, no ``metrics.json``) that
+    ``--resume`` could not finish; one it could (its checkpoints are
     minutes or hours of training) is refused unless ``force``. (A finished compare, learning curve or inspect
     writes no metrics.json: they were replaced without --force.)"""
     out = Path(out)
     check_output_name(out)
-    if (out / "metrics.json").exists() or marked_finished(out):
+    finished = finished_state(out)  # None: an older tltool's run, finished if it has its metrics.json
+    if finished or (finished is None and (out / "metrics.json").exists()):
         return False
     resumable = (out / "split.csv").exists() and any(_found(out, pattern) for pattern in RESUMABLE)  # --resume
     if not force and output_kind(out) == "run" and resumable:  # needs split.csv (older runs have none)
