@@ -258,3 +258,27 @@ def test_a_class_too_small_for_the_heads_cv_is_named_before_the_network_runs(tmp
     extracted = extract_features(str(data), tmp_path / "g", image_size=32)
     with pytest.raises(TltoolError, match=r"\{'rare one': 1\} have fewer than 2 training images"):
         train_linear(extracted.features, out=tmp_path / "run")
+
+
+def test_a_class_left_out_is_named_in_the_probe_report_as_in_the_fine_tunes(tmp_path):
+    """An empty class folder (or one whose every photo is bad) was named in the terminal's warning and in a
+    fine-tune's report, but not in a probe's report.md: the linear report rebuilt its warnings from the features,
+    which never hold the class."""
+    import json
+    import shutil
+    import warnings
+
+    from tltool.linear import probe
+
+    data = tmp_path / "photos"
+    for name in ("circle", "star", "square"):
+        shutil.copytree(SAMPLE / name, data / name)
+    (data / "tulips").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cv in (0, 3):
+            result = probe(str(data), image_size=32, features_dir=tmp_path / "f", out=tmp_path / f"run{cv}", cv=cv)
+            named = [w for w in json.loads((result.run_dir / "metrics.json").read_text())["data_warnings"]
+                     if "tulips" in w]
+            assert len(named) == 1 and "have no usable image" in named[0], named
+            assert "have no usable image" in (result.run_dir / "report.md").read_text()

@@ -5,7 +5,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from .evaluation import Evaluation
 from .features import FeatureSet, extract_features, load_features
 from .heads import FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline, search_head
 from .images import DEFAULT_MAX_PIXELS
-from .inspection import prepare_dataset, split_warnings
+from .inspection import CLASS_FINDINGS, prepare_dataset, split_warnings
 from .models import load_run
 from .progress import say
 from .report import worst_mistakes, write_run_report
@@ -39,12 +39,15 @@ class LinearResult:
 
 @writes_runs
 def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None = None, *,
-                 out: str | Path | None = None, force: bool = False, **settings: Any) -> LinearResult:
+                 out: str | Path | None = None, force: bool = False, class_notes: Sequence[str] = (),
+                 **settings: Any) -> LinearResult:
     """Fit ``config.head`` on the training split's features (regularisation by stratified CV), report on val.
 
     ``config`` (or its fields as keywords, which replace those of ``config``): see :class:`LinearConfig`. With
     ``cv=K``: repeated stratified K-fold over train+val instead (nested: the search runs inside each training
     fold); the report is of the out-of-fold predictions and the saved head is fitted on all images.
+    ``class_notes``: the check's class-level warnings (a class left out), which the features cannot show, for the
+    report.
     """
     config = replace(config or LinearConfig(), **settings)
     config.validate()
@@ -60,7 +63,7 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
         raise TltoolError(f"{fs.directory}: need both a train and a val split (found {found}).")
     if config.cv:
         labelled = train | val  # a held-out test split stays out of cross-validation
-        return _train_linear_cv(fs, X, labelled, out, config, force)
+        return _train_linear_cv(fs, X, labelled, out, config, force, class_notes)
     require_cv_training_images([fs.classes[i] for i in fs.labels[train]], str(fs.directory))
     start = time.perf_counter()
     fitted, search_report = _search_and_say(fs, X[train], fs.labels[train], config)
@@ -72,7 +75,7 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
     extra = {
         "train_accuracy": train_eval.accuracy().to_json(), "search": search_report,
         "n_train": int(train.sum()), "n_val": int(val.sum()), "timing": {"fit_seconds": fit_seconds},
-        "data_warnings": data_warnings(fs),
+        "data_warnings": data_warnings(fs) + list(class_notes),
     }
     title = f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {config.head}"
     # Grad-CAM and TTA read the saved head: both run before a refit replaces it, on the head the val split scores
@@ -196,7 +199,7 @@ def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: Lin
 
 
 def _train_linear_cv(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, out, config: LinearConfig,
-                     force: bool) -> LinearResult:
+                     force: bool, class_notes: Sequence[str]) -> LinearResult:
     k, repeats = config.cv, config.repeats
     cw = None if config.class_weight == "none" else config.class_weight
     X, y, paths = X[rows], fs.labels[rows], [p for p, keep in zip(fs.paths, rows) if keep]
@@ -208,7 +211,8 @@ def _train_linear_cv(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, out, confi
     title = (f"{fs.meta['dataset']['name']}: {fs.meta['backbone']} features + {config.head}, "
              f"{repeats}x{k}-fold cross-validation (out-of-fold predictions)")
     metrics = write_run_report(run_dir, evaluation, paths, kind="linear", title=title, config=model_config,
-                               extra={"cv": result.to_json(), "n_images": len(y), "data_warnings": data_warnings(fs),
+                               extra={"cv": result.to_json(), "n_images": len(y),
+                                      "data_warnings": data_warnings(fs) + list(class_notes),
                                       "note": "val = out-of-fold predictions of the first repeat over train+val"})
     return LinearResult(run_dir, evaluation, metrics, fitted)
 
@@ -240,4 +244,5 @@ def probe(data: str, extract: ExtractConfig | None = None, linear: LinearConfig 
     result = extract_features(data, features_dir, extract, checked=checked, option="--features")
     if not result.cached:
         say(f"extracted {len(result.features.paths)} images in {result.seconds:.1f} s -> {features_dir}")
-    return train_linear(result.features, linear, out=out, force=force)
+    class_notes = [message for message, category in checked.issues if category in CLASS_FINDINGS]
+    return train_linear(result.features, linear, out=out, force=force, class_notes=class_notes)
