@@ -111,6 +111,31 @@ def test_predict_prints_one_line_per_image_whatever_its_name(probe_run, tmp_path
     assert shown_name("not-utf8-\udcff.jpg") == "not-utf8-\\udcff.jpg"
 
 
+def test_predict_on_a_folder_predicts_every_file_under_it(probe_run, tmp_path):
+    """`tltool predict photos/ --model RUN` said "none of the 1 image(s) could be read: photos: unreadable (not a
+    regular file ...)": a folder now stands for every file under it, in the dataset walk's order."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    stars = sorted(SAMPLE.glob("star/*.jpg"))[:2]
+    (folder / "more").mkdir(parents=True)
+    shutil.copyfile(stars[0], folder / "b.jpg")
+    shutil.copyfile(stars[1], folder / "more" / "a.jpg")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "notes.txt").write_text("not a photo")
+    circle = sorted(SAMPLE.glob("circle/*.jpg"))[0]
+    result = _run("predict", circle, folder, "--model", probe_run)
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.output.splitlines() if "\t" in line]
+    assert [r[0] for r in rows] == [str(circle), str(folder / "b.jpg"), str(folder / "more" / "a.jpg")]
+    assert [r[1].split()[0] for r in rows] == ["circle", "star", "star"]
+    assert "notes.txt" in result.output and ".DS_Store" not in result.output  # named as unreadable; hidden: left out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _run("predict", empty, "--model", probe_run)
+    assert result.exit_code == 2 and "no file to predict in" in result.output
+
+
 def test_predict_max_pixels_names_the_large_image(probe_run, tmp_path):
 
     big = tmp_path / "big.png"

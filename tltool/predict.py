@@ -3,6 +3,7 @@ report on another labelled dataset); :func:`labelled_images` reads such a datase
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .dataset import Dataset, load_dataset
+from .dataset import Dataset, LinkGuard, load_dataset, walk_files
 from .errors import BadFilesWarning, LeakageWarning, TltoolError
 from .evaluation import Evaluation, ranked_classes
 from .inspection import check_dataset
@@ -40,8 +41,12 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
     the run's)."""
     check_choice("tta", tta)
     check_range("max_pixels", max_pixels)
+    files = image_arguments(images)
+    if not files:
+        raise TltoolError(f"no file to predict in {', '.join(map(str, images))} (hidden files are left out).")
+    images = files
     model = load_run(run_dir, engine)
-    found = predict_readable(model.predict_views, [str(p) for p in images], model.image_size, model.resize, tta,
+    found = predict_readable(model.predict_views, images, model.image_size, model.resize, tta,
                              max_pixels=model.max_pixels if max_pixels is None else max_pixels,
                              engine=model.runner().engine, predict_stream=model.predict_stream)
     if not found.paths:
@@ -55,6 +60,21 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
         order = ranked_classes(p, top_k)
         out.append(Prediction(path, [(model.classes[i], float(p[i])) for i in order]))
     return out
+
+
+def image_arguments(images: Sequence[str | os.PathLike]) -> list[str]:
+    """``tltool predict``'s arguments as files: a folder stands for every file under it, in the dataset walk's
+    order (hidden ones left out, links followed as a dataset's are). A folder was one unreadable "image"."""
+    files: list[str] = []
+    for image in map(str, images):
+        if os.path.isdir(image):
+            guard = LinkGuard(image)
+            found, _hidden = walk_files(image, guard)
+            guard.warn(image)
+            files += map(str, found)
+        else:
+            files.append(image)
+    return files
 
 
 def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) -> tuple[Dataset, list[str], np.ndarray]:
