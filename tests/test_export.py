@@ -230,6 +230,33 @@ def test_bad_export_options_are_clear_errors(linear_run):
         export_module.export_run(linear_run, "tflite", max_drop=-1)
 
 
+def _renamed_classes(run_dir, folder, names: list[str]):
+    """A copy of the linear run ``run_dir`` whose classes are called ``names`` (model.json and head.json alike, as a
+    run trained on folders of those names holds them)."""
+    shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("export"))
+    for name in ("model.json", "head.json"):
+        config = json.loads((folder / name).read_text())
+        config["classes"] = names
+        (folder / name).write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("breaking", ["sq\nuare", "sq\r\nuare", "tri\u2028angle", "star\x85"])
+def test_a_class_name_with_a_line_break_is_refused_before_labels_txt_shifts_the_names(linear_run, tmp_path,
+                                                                                       breaking):
+    """Before: labels.txt wrote the name on two lines, and the README's client (``splitlines()``) read 5 names for 4
+    outputs: every class after it was shown under the next class's name. Now refused, before any folder is made."""
+    run = _renamed_classes(linear_run, tmp_path / "run", ["circle", breaking, "star", "triangle"])
+    with pytest.raises(TltoolError, match="holds a line break, which labels.txt"):
+        export_module.export_run(run, "keras", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # quotes, tabs and any other character stay as they are, one line each
+    names = ['it\'s a "circle"', "tab\there", "étoile ★ 星", "triangle"]
+    done = export_module.export_run(_renamed_classes(linear_run, tmp_path / "fine", names), "keras",
+                                    tmp_path / "fine-out")
+    assert (done.directory / "labels.txt").read_text(encoding="utf-8").splitlines() == names
+
+
 def _images_tltool_converts_its_own_way(folder) -> dict[str, tuple[str, object]]:
     """Small files in each mode that ``tltool.images._to_rgb`` does not leave to ``convert("RGB")``, plus CMYK and
     plain palette: ``{name: (mode Pillow opens it in, path)}``. Random pixels; the transparent ones (alpha 0 over

@@ -93,6 +93,17 @@ def _refuse_files_added_to(target: Path) -> None:
                           "delete: move them out, or pass --force to replace the folder with them.")
 
 
+def _check_label_names(classes: list[str]) -> None:
+    """labels.txt holds one class name a line, read back with ``splitlines()``: a name holding a line break (``\\n``,
+    ``\\r``, or one of the others ``splitlines`` cuts at, such as U+2028) would shift every later name onto another
+    class's output."""
+    broken = [name for name in classes if name.splitlines() != [name]]
+    if broken:
+        raise TltoolError(f"the class name {broken[0]!r} holds a line break, which labels.txt (one class name a line) "
+                          "cannot hold: a client would read the later classes' names for the wrong outputs. Rename "
+                          "the class (its folder, or its label in the manifest) and train the run again.")
+
+
 def _check_options(fmt: str, quantize: str, max_drop: float) -> None:
     if fmt not in FORMATS:
         raise did_you_mean(fmt, FORMATS, "export format")
@@ -115,6 +126,7 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     _check_options(fmt, quantize, max_drop)
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    _check_label_names(list(run.classes))
     target = Path(os.path.abspath(out)) if out else _default_out(run_dir, fmt, quantize)  # `--out .` has no name
     if out is None and not force:
         _refuse_files_added_to(target)
