@@ -369,14 +369,37 @@ def _readme_client(folder, paths_file) -> tuple[list[str], bool]:
     """Run the README's Python example in ``folder`` as a client would; its predicted labels, and whether it
     imported TensorFlow."""
     code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
-    script = (f"import json, sys\npaths = json.load(open({str(paths_file)!r}))\n{code}\n"
-              "print(json.dumps([labels[i] for i in probs.argmax(1)]), 'tensorflow' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True, text=True, timeout=300,
+    (folder / "client.py").write_text(code + "\nprint(json.dumps([labels[i] for i in probs.argmax(1)]), "
+                                      "'tensorflow' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "client.py", *json.loads(paths_file.read_text())], cwd=folder,
+                          capture_output=True, text=True, timeout=300,
                           env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
                                "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-2000:]
     labels, imported_tf = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
     return json.loads(labels), imported_tf == "True"
+
+
+def _run_readme_verbatim(folder, paths: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """The README's code block saved as client.py, unchanged, and run as it says: ``python client.py PHOTOS``."""
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(encoding="utf-8"), re.S).group(1)
+    (folder / "client.py").write_text(code, encoding="utf-8")
+    return subprocess.run([sys.executable, "client.py", *paths], cwd=folder, capture_output=True, text=True,
+                          timeout=300, env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                                            "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+
+
+def test_the_readme_client_runs_as_it_is_written(linear_run, tmp_path):
+    """Before: the README's code used a `paths` it never defined; saved to a file and run, it stopped with a
+    NameError. Now it takes the photos from its command line and prints their classes."""
+    from tltool.models import load_run
+
+    paths = [str(p) for p in sorted(SAMPLE.glob("*/*.jpg"))[::20]]
+    folder = export_module.export_run(linear_run, "tflite", tmp_path / "lite", measure=False).directory
+    done = _run_readme_verbatim(folder, paths)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = load_run(linear_run)
+    assert done.stdout.strip().splitlines()[-1] == str([run.classes[i] for i in run.predict_paths(paths).argmax(1)])
 
 
 @pytest.mark.parametrize("fmt", ["keras", "tflite"])

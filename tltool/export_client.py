@@ -113,6 +113,10 @@ CLIENT_CODE = {
 }
 
 
+# The README's code is a whole script: saved as client.py, it runs as it is on the files named after it.
+ARGS_CODE = "import sys\n\npaths = sys.argv[1:]  # the image files to classify\n\n"
+
+
 def readme(fmt: str, model_file: str, classes: list[str], image_size: int, resize: str, measured: str) -> str:
     bytes_note = ("\nThe SavedModel's `serve_image_bytes` signature takes encoded files (JPEG, PNG, GIF, BMP) and "
                   "decodes, draft-scales and resizes inside the graph: the JPEG decode is libjpeg's, identical to "
@@ -125,8 +129,8 @@ def readme(fmt: str, model_file: str, classes: list[str], image_size: int, resiz
             f"- Output: probabilities over the {len(classes)} classes of `labels.txt`, in that order.\n"
             f"- Resize policy `{resize}`; every decode step is in `input.json`.\n\n"
             "## Client (Python)\n\n"
-            "Run in this folder, with `paths` a list of image files:\n\n"
-            f"```python\n{load_pixels_code(resize)}\n{CLIENT_CODE[fmt]}```\n{bytes_note}"
+            "Save this as `client.py` in this folder and run `python client.py photo1.jpg photo2.jpg`:\n\n"
+            f"```python\n{load_pixels_code(resize)}\n{ARGS_CODE}{CLIENT_CODE[fmt]}```\n{bytes_note}"
             + (f"\n## Measured when exported\n\n{measured}\n" if measured else ""))
 
 
