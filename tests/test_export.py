@@ -472,6 +472,26 @@ def test_a_finetuned_run_whose_model_json_names_other_classes_is_refused(tiny_ru
     assert earlier.is_file()  # before: the earlier export was deleted first, then the export refused
 
 
+def test_a_finetuned_run_whose_model_json_says_another_image_size_is_refused(tiny_run, tmp_path):
+    """Before: model.json's image_size edited from 64 to 80 made `predict` end in a Keras traceback, and `export`
+    wrote an input.json telling clients to send 80 px images to a model that only takes 64 px ones."""
+    from tltool.models import load_run
+
+    run = tmp_path / "edited"
+    shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
+    config = json.loads((run / "model.json").read_text())
+    assert config["image_size"] == 64
+    config["image_size"] = 80
+    (run / "model.json").write_text(json.dumps(config))
+    image = str(next(SAMPLE.glob("star/*.jpg")))
+    for engine in ("tf", "litert"):
+        with pytest.raises(TltoolError, match=r"takes inputs of shape \(64, 64, 3\) and model.json says image_size 80"):
+            load_run(run, engine=engine).predict_paths([image])
+    with pytest.raises(TltoolError, match=r"takes inputs of shape \(64, 64, 3\) and model.json says image_size 80"):
+        export_module.export_run(run, "keras", tmp_path / "ex")
+    assert not (tmp_path / "ex").exists()
+
+
 def test_an_export_that_fails_while_writing_keeps_the_earlier_export_whole(tiny_run, tmp_path, monkeypatch):
     """The export folder was emptied before the model was written: a conversion that failed (or a kill) then lost
     the earlier export. Now the new one is built beside it and swapped in whole."""

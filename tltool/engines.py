@@ -123,7 +123,7 @@ def keras_file_source(path: str | Path, image_size: int, backbone: str | None = 
         from ._tf import keras
         from .keras_files import load_keras_model
 
-        model = load_keras_model(path, compile=False)
+        model = load_keras_model(path, compile=False, image_size=image_size)
         return keras.Model(model.inputs, {"probabilities": model.outputs[0]}, name="probabilities")
 
     return ModelSource(path.name, image_size, key, build, backbone=backbone)

@@ -143,7 +143,7 @@ class KerasRunModel(RunModel):
     def model(self) -> keras.Model:
         """The Keras model, loaded (with TensorFlow) only when asked for."""
         if self._model is None:
-            self._model = load_keras_model(self.path, compile=False)
+            self._model = load_keras_model(self.path, compile=False, image_size=self.image_size)
         return self._model
 
     def as_keras(self) -> keras.Model:
