@@ -1,6 +1,7 @@
 """tltool writes only into folders it made: every --out is claimed, never a user's folder (issue 16, point 1)."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -106,6 +107,18 @@ def test_a_file_or_a_link_is_not_an_output_folder(tmp_path):
     for name in ("f", "link"):
         with pytest.raises(TltoolError, match="not a folder"):
             claim_output_dir(tmp_path / name, "run")
+
+
+def test_a_link_to_a_folder_is_refused_as_a_link_naming_where_it_points(tmp_path):
+    """`export --out linkdir`, a link to an empty folder, said "exists and is not a folder", which `ls` contradicts.
+    Now the refusal says it is a link, and which folder to give instead; nothing is written on either side."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real", target_is_directory=True)
+    with pytest.raises(TltoolError, match=r"link: is a link to .*real; a link is not a folder tltool writes through: "
+                                          r"give .*real itself"):
+        claim_output_dir(tmp_path / "link", "export")
+    assert list((tmp_path / "real").iterdir()) == [] and sorted(os.listdir(tmp_path)) == ["link", "real"]
+    claim_output_dir(tmp_path / "real", "export")  # the folder itself is taken
 
 
 def test_replace_never_deletes_a_folder_of_another_kind(tmp_path):

@@ -158,7 +158,11 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     when ``path`` is an earlier folder of ``kind`` that may be used."""
     path = Path(path)
     check_output_name(path, option)
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
+    if path.is_symlink():  # said so: "is not a folder" read as false for a link to a folder
+        target = shown_name(os.path.join(path.parent, os.readlink(path)))
+        raise TltoolError(f"{option} {path}: is a link to {target}; a link is not a folder tltool writes through: "
+                          f"give {target} itself, or choose a new folder.")
+    if path.exists() and not path.is_dir():
         raise TltoolError(f"{option} {path}: exists and is not a folder; choose a new folder.")
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
