@@ -389,17 +389,26 @@ def _run_readme_verbatim(folder, paths: list[str], env: dict | None = None) -> s
                                             "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
 
 
-def test_the_readme_client_runs_as_it_is_written(linear_run, tmp_path):
+@pytest.mark.parametrize("fmt", ["tflite", "savedmodel"])
+def test_the_readme_client_runs_as_it_is_written(linear_run, tmp_path, fmt):
     """Before: the README's code used a `paths` it never defined; saved to a file and run, it stopped with a
-    NameError. Now it takes the photos from its command line and prints their classes."""
+    NameError. Now it takes the photos from its command line and prints their classes (a SavedModel's twice: from
+    pixels, then from the encoded files, whose result was computed and never printed). The SavedModel folder holds
+    no tltool marker of its own, which a serving system would ship with the model."""
     from tltool.models import load_run
 
     paths = [str(p) for p in sorted(SAMPLE.glob("*/*.jpg"))[::20]]
-    folder = export_module.export_run(linear_run, "tflite", tmp_path / "lite", measure=False).directory
+    folder = export_module.export_run(linear_run, fmt, tmp_path / fmt, measure=False).directory
     done = _run_readme_verbatim(folder, paths)
     assert done.returncode == 0, done.stderr[-2000:]
     run = load_run(linear_run)
-    assert done.stdout.strip().splitlines()[-1] == str([run.classes[i] for i in run.predict_paths(paths).argmax(1)])
+    expected = str([run.classes[i] for i in run.predict_paths(paths).argmax(1)])
+    printed = done.stdout.strip().splitlines()
+    assert printed[-2:] == [expected, expected] if fmt == "savedmodel" else printed[-1] == expected
+    if fmt == "savedmodel":
+        from tltool.outputs import MARKER
+
+        assert (folder / MARKER).is_file() and not os.path.lexists(folder / "saved_model" / MARKER)
 
 
 @pytest.mark.parametrize("fmt", ["keras", "tflite"])

@@ -109,7 +109,8 @@ CLIENT_CODE = {
                    "probs = served.serve(np.stack([load_pixels(p) for p in paths]).astype(np.float32)).numpy()\n"
                    "print([labels[i] for i in probs.argmax(1)])\n"
                    "# or send encoded files; the decode and resize run inside the graph:\n"
-                   "probs = served.serve_image_bytes(tf.constant([open(p, \"rb\").read() for p in paths])).numpy()\n"),
+                   "probs = served.serve_image_bytes(tf.constant([open(p, \"rb\").read() for p in paths])).numpy()\n"
+                   "print([labels[i] for i in probs.argmax(1)])\n"),
 }
 
 
