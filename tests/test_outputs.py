@@ -570,3 +570,35 @@ def test_a_run_killed_after_its_metrics_is_unfinished_and_an_older_tltools_finis
     with pytest.raises(TltoolError, match="already holds an earlier tltool run"):
         new_run_dir("linear", out=older)
     assert (older / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("no_lock", ["windows", "nfs"])
+def test_a_finished_run_where_folders_cannot_be_locked_is_not_replaced_without_force(tmp_path, monkeypatch, no_lock):
+    """Where a folder cannot be locked (Windows; NFS, whose flock wants a file open for writing; SMB), a run was
+    never in its command's hold scope, so never marked finished; since the marker says "finished": false from the
+    claim, a rerun with the same --out deleted a trained linear run (head, metrics, report) without --force."""
+    import errno
+
+    from tltool import outputs
+    from tltool.runs import new_run_dir, writes_runs
+
+    if no_lock == "windows":
+        monkeypatch.setattr(outputs, "fcntl", None)
+    else:
+        def flock(fd, operation):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        monkeypatch.setattr(outputs.fcntl, "flock", flock)
+
+    @writes_runs
+    def trained():
+        run = new_run_dir("linear", out=tmp_path / "run")
+        for name in ("head.npz", "model.json", "metrics.json", "report.md"):
+            (run / name).write_text("the user's trained run")
+        return run
+
+    run = trained()
+    assert '"finished": true' in (run / MARKER).read_text()
+    with pytest.raises(TltoolError, match="--force"):
+        writes_runs(lambda: new_run_dir("linear", out=run))()
+    assert (run / "head.npz").read_text() == "the user's trained run"
+    assert writes_runs(lambda: new_run_dir("linear", out=run, force=True))() == run  # --force still replaces it

@@ -375,8 +375,10 @@ def hold_output_dir(path: str | os.PathLike) -> None:
     lock = _lock(Path(key), _in_use(path))
     if lock is not None:
         _HELD[key] = (lock, now.st_dev, now.st_ino)
-        for scope in getattr(_SCOPES, "stack", []):
-            scope.add(key)
+    # in the scope even unlocked (Windows, NFS, SMB): the scope's end marks it finished, and a run's marker says
+    # "finished": false from its claim, so a run left out of it was replaced without --force once done
+    for scope in getattr(_SCOPES, "stack", []):
+        scope.add(key)
 
 
 def check_not_in_use(path: str | os.PathLike) -> None:
