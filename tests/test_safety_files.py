@@ -165,3 +165,25 @@ def test_a_rerun_import_removes_the_temp_files_a_killed_import_left_in_the_datas
     assert result.already == 1 and result.total_images == 1
     assert not photo[0].exists() and not manifest[0].exists() and labels[0].exists()
     assert len(list((root / UNLABELED).iterdir())) == 1  # the photo the first import wrote
+
+
+def test_a_resume_leaves_alone_the_temp_files_of_an_export_being_written_inside_the_run(tmp_path):
+    """`tltool export RUN` writes into RUN/export/FMT (its staging folder RUN/export/.FMT.partial, locked by the
+    export, not by the run); a `--resume RUN` starting meanwhile removed the export's temp file from under it, and
+    the export died with FileNotFoundError. A marked sub-folder is another command's: its own command clears it."""
+    from tltool.outputs import staged_output
+    from tltool.runs import new_run_dir, writes_runs
+
+    run = writes_runs(lambda: new_run_dir("finetune", out=tmp_path / "run"))()
+    (run / "refit").mkdir()
+    refit_left = _killed_writes(run / "refit", ["state.json"])  # the run's own: still cleared
+    with staged_output(run / "export" / "tflite", "export") as staging:
+        with utils.atomic_path(staging / "model.tflite", suffix=".tflite.tmp") as part:
+            part.write_bytes(b"converted model")
+            hold_run_dir(run)  # the resume, starting while the export writes
+            try:
+                assert part.read_bytes() == b"converted model"
+                assert not refit_left[0].exists()
+            finally:
+                release_output_dirs()
+    assert (run / "export" / "tflite" / "model.tflite").read_bytes() == b"converted model"

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Callable, ParamSpec, TypeVar
 
 from .errors import TltoolError
-from .outputs import (check_not_in_use, check_output_dir, check_output_name, claim_output_dir, emptied_output_dir,
-                      finished_state, held_output_dirs, hold_output_dir, hold_scope, mark_finished, output_kind,
-                      release_output_dirs)
+from .outputs import (MARKER, check_not_in_use, check_output_dir, check_output_name, claim_output_dir,
+                      emptied_output_dir, finished_state, held_output_dirs, hold_output_dir, hold_scope, mark_finished,
+                      output_kind, release_output_dirs)
 from .utils import remove_temp_leftovers
 
 P = ParamSpec("P")
@@ -81,8 +81,15 @@ def hold_run_dir(run_dir: Path) -> Path:
     process: the temporary files a killed command left there (``--resume`` after a kill mid-checkpoint) are removed."""
     hold_output_dir(run_dir)
     if os.path.realpath(run_dir) in held_output_dirs():  # locked (not on a file system without locks)
-        remove_temp_leftovers(run_dir, recursive=True)
+        remove_temp_leftovers(run_dir, recursive=True, enter=_part_of_the_run)
     return run_dir
+
+
+def _part_of_the_run(folder: Path) -> bool:
+    """A sub-folder the run's own command writes (refit/, a cross-validation's fold-N/), not an output claimed on
+    its own (marked: an export in RUN/export/FMT or its staging folder, a fold's run, a viz --out inside the run):
+    another command may be writing that one now, and its own command clears what a kill left there."""
+    return not os.path.lexists(folder / MARKER)
 
 
 def writes_runs(function: Callable[P, R] | None = None, *,

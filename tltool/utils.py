@@ -67,14 +67,16 @@ def is_temp_leftover(name: str, targets: Callable[[str], bool] = lambda target: 
 
 
 def remove_temp_leftovers(folder: str | os.PathLike, targets: Callable[[str], bool] = lambda target: True,
-                          recursive: bool = False) -> list[Path]:
+                          recursive: bool = False, enter: Callable[[Path], bool] = lambda inner: True) -> list[Path]:
     """Remove the temporary files a killed writer left in ``folder`` (a SIGKILL or power cut between the write and
     the rename skips :func:`atomic_path`'s clean-up: a 35 MB checkpoint, or a photo, was left for good). Only for a
     folder no live process writes into (held, or under its command's lock). Links and folders are never touched;
-    returns what was removed."""
+    ``recursive``: the sub-folders ``enter`` accepts too (one another command may be writing is not). Returns what
+    was removed."""
     removed = []
     walk = os.walk(folder) if recursive else [next(os.walk(folder), (str(folder), [], []))]
-    for here, _dirs, files in walk:
+    for here, dirs, files in walk:
+        dirs[:] = [name for name in dirs if enter(Path(here) / name)]
         for name in files:
             path = Path(here) / name
             if is_temp_leftover(name, targets) and not path.is_symlink() and path.is_file():
