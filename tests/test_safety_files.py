@@ -187,3 +187,19 @@ def test_a_resume_leaves_alone_the_temp_files_of_an_export_being_written_inside_
             finally:
                 release_output_dirs()
     assert (run / "export" / "tflite" / "model.tflite").read_bytes() == b"converted model"
+
+
+def test_an_import_leaves_alone_a_labelers_save_in_flight_in_unlabeled(tmp_path):
+    """A labeler served on DATASET/unlabeled (it labels every image under the folder it is given) saves its
+    labels.csv there; an import removed every temp name in unlabeled/, so one that ran while the labeler saved
+    deleted `.labels.csv.XXXXXXXX.csv.tmp` and the save failed (FileNotFoundError): only a photo's name is the
+    killed import's."""
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    root = tmp_path / "ds"
+    import_images([str(tmp_path / "in")], root)
+    photo = _killed_writes(root / UNLABELED, ["b-0123456789ab.jpg"])
+    with utils.atomic_path(root / UNLABELED / "labels.csv", durable=True) as saving:
+        saving.write_text("path,label\n")
+        import_images([str(tmp_path / "in")], root)  # the import, meanwhile
+    assert (root / UNLABELED / "labels.csv").read_text() == "path,label\n"
+    assert not photo[0].exists()  # the killed import's photo is still cleared

@@ -32,6 +32,7 @@ from .sources import (DEFAULT_EVERY, Bad, Candidate, camera_candidates, candidat
 UNLABELED = "unlabeled"
 MANIFEST = "manifest.csv"
 IMPORT_LOCK = ".import.lock"
+IMPORTED_NAME = re.compile(r".+-[0-9a-f]{12}\.jpg")  # what _Ledger._write names a photo in unlabeled/
 DEFAULT_MAX_SIDE = 1024
 MAX_EVERY = 86_400.0  # seconds; one day (a webcam waits that long between pictures; time.sleep overflows far above)
 JPEG_QUALITY = 92
@@ -303,8 +304,9 @@ def _import_locked(root: Path, files: list, every: float, max_side: int, near_th
     _check_layout(root)
     capture = open_camera(camera) if camera is not None else None
     (root / UNLABELED).mkdir(parents=True, exist_ok=True)
-    # only imports write there, one at a time (this one holds the lock): a temp file is a killed import's
-    remove_temp_leftovers(root / UNLABELED)
+    # imports write there one at a time (this one holds the lock): a temp file of a photo's name is a killed
+    # import's; another name is not (a labeler served on DATASET/unlabeled saves its labels.csv there)
+    remove_temp_leftovers(root / UNLABELED, targets=lambda target: IMPORTED_NAME.fullmatch(target) is not None)
     remove_temp_leftovers(root, targets=lambda target: target == MANIFEST)
     ledger = _Ledger(root, near_threshold)
 
