@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLE
+from helpers import noise_image
 from tltool.cli import main
 from tltool.compare import compare_correct, compare_runs
 from tltool.errors import TltoolError
@@ -565,3 +566,35 @@ def test_a_class_without_validation_photos_has_no_recall_on_the_learning_curve(t
     assert all(p.per_class["c"] is None and p.per_class["a"] is not None for p in points)
     assert "`c`" not in read_curve(points, fs.classes) and "nan" not in read_curve(points, fs.classes)
     json.dumps([asdict(p) for p in points], allow_nan=False)  # what learning_curve.json holds: strict JSON
+
+
+def test_a_cross_validation_does_not_say_a_class_without_val_images_goes_unmeasured(tmp_path):
+    """`linear --cv` (and `finetune --cv`) score every class on out-of-fold predictions over train+val, yet a
+    class whose photos were all 'train' got the report's bold "data warning: ... their recall is not measured and
+    balanced accuracy leaves them out", above a per-class table that measured it (12 photos, recall 0.917) and a
+    balanced accuracy over every class. The val-split run keeps the warning."""
+    import warnings
+
+    from tltool.errors import ImbalanceWarning
+    from tltool.inspection import prepare_dataset
+    from tltool.linear import train_linear
+
+    fs = _synthetic_features(tmp_path)
+    fs.splits[fs.labels == 2] = "train"  # class c: no val photos
+    unmeasured = "have no val images"
+    cv = train_linear(fs, out=tmp_path / "cv", cv=3)
+    assert not any(unmeasured in w for w in cv.metrics["data_warnings"])
+    assert cv.metrics["val"]["per_class"]["c"]["support"] == 30  # measured on its 30 photos
+    plain = train_linear(fs, out=tmp_path / "plain")
+    assert any(unmeasured in w and "'c'" in w for w in plain.metrics["data_warnings"])
+
+    seed = iter(range(1000))
+    for split, label, n in (("train", "a", 4), ("train", "b", 4), ("train", "c", 4), ("val", "a", 2), ("val", "b", 2)):
+        for i in range(n):
+            noise_image(tmp_path / "data" / split / label / f"{label}{i}.jpg", seed=next(seed))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_dataset(str(tmp_path / "data"), pooled=True)  # what finetune --cv checks its data with
+    assert not [w for w in caught if unmeasured in str(w.message)]
+    with pytest.warns(ImbalanceWarning, match=unmeasured):
+        prepare_dataset(str(tmp_path / "data"))

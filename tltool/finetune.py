@@ -217,7 +217,7 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
     checked = prepare_dataset(load_split(resume) if resume else config.data, config.val_fraction, config.seed,
-                              config.max_pixels, strict=config.strict)
+                              config.max_pixels, strict=config.strict, pooled=True)  # every class is scored
     records = sorted(checked.dataset.records, key=lambda r: r.path)
     classes = checked.dataset.classes
     y = label_indices(records, classes)

@@ -198,26 +198,27 @@ def warn_about(checked: CheckedDataset) -> None:
         warnings.warn(message, category, stacklevel=3)
 
 
-def with_split(checked: CheckedDataset, dataset: Dataset) -> CheckedDataset:
-    """The same checked files, with the records (splits) of ``dataset``."""
+def with_split(checked: CheckedDataset, dataset: Dataset, pooled: bool = False) -> CheckedDataset:
+    """The same checked files, with the records (splits) of ``dataset`` (``pooled``: see :func:`split_warnings`)."""
     by_path = {r.path: r for r in dataset.records}
     files = [replace(f, record=by_path.get(f.record.path, f.record)) for f in checked.files]
     result = CheckedDataset(dataset, files)
-    _collect_warnings(result)
+    _collect_warnings(result, pooled)
     return result
 
 
-def _collect_warnings(checked: CheckedDataset) -> None:
+def _collect_warnings(checked: CheckedDataset, pooled: bool = False) -> None:
     leaks = [[f.record.path for f in group] for group in checked.leaks()]
     conflicts = [[f.record.path for f in group] for group in checked.label_conflicts()]
-    checked.issues = split_warnings(checked.dataset.counts(), leaks, conflicts)
+    checked.issues = split_warnings(checked.dataset.counts(), leaks, conflicts, pooled=pooled)
 
 
 def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]],
-                   conflicts: list[list[str]] = ()) -> list[tuple[str, type[Warning]]]:
+                   conflicts: list[list[str]] = (), pooled: bool = False) -> list[tuple[str, type[Warning]]]:
     """What a split's numbers warn of: class imbalance per split (``counts``: ``{split: {class: n}}``), images
     of identical content in two splits (``leaks``: the paths of each such group) or in two classes (``conflicts``).
-    Warned at the check, and written into every run's report."""
+    Warned at the check, and written into every run's report. ``pooled``: train and val are pooled by a
+    cross-validation (``--cv``), which scores every class: a class without val images is measured all the same."""
     pending: list[tuple[str, type[Warning]]] = []
     for split, per_class in counts.items():
         if len(per_class) >= 2:
@@ -226,7 +227,7 @@ def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]],
                 rare = min(per_class, key=per_class.get)
                 pending.append((f"class imbalance in {split}: {hi} vs {lo} images ({rare!r} is rarest); "
                                 "read balanced accuracy and per-class recall, not only accuracy", ImbalanceWarning))
-    unseen = sorted(set(counts.get("train", {})) - set(counts.get("val", {}))) if counts.get("val") else []
+    unseen = [] if pooled or not counts.get("val") else sorted(set(counts.get("train", {})) - set(counts["val"]))
     if unseen:
         pending.append((f"class(es) {unseen} have no val images: the model still predicts them, but their recall is "
                         "not measured and balanced accuracy leaves them out; add val images of them",
@@ -277,7 +278,8 @@ def check_classes(checked: CheckedDataset, strict: bool = False, for_training: b
 
 
 def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 0,
-                    max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, decode: bool = True) -> CheckedDataset:
+                    max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, decode: bool = True,
+                    pooled: bool = False) -> CheckedDataset:
     """Open, split (an existing split is kept) and validate a dataset; bad files are dropped with a warning, and
     so is a class left without usable images (an error with ``strict``).
 
@@ -293,7 +295,7 @@ def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 
         example = f" (e.g. {checked.bad[0].record.path}: {checked.bad[0].detail or checked.bad[0].reason})" \
             if checked.bad else ""
         raise TltoolError(f"{dataset.name}: none of the {len(checked.files)} files is a usable image: {said}{example}.")
-    checked = with_split(checked, _split_usable(checked, val_fraction, seed))
+    checked = with_split(checked, _split_usable(checked, val_fraction, seed), pooled)
     refusal = check_classes(checked, strict=strict, for_training=True)
     warn_about(checked)
     if refusal is not None:

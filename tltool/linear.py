@@ -161,7 +161,7 @@ def _tta_evaluations(run_dir: Path, fs: FeatureSet, val_paths: list[str], val: n
     return {tta: Evaluation(fs.classes, fs.labels[val], probs)}
 
 
-def data_warnings(fs: FeatureSet) -> list[str]:
+def data_warnings(fs: FeatureSet, pooled: bool = False) -> list[str]:
     """The check's warnings about these features' split (imbalance, identical images in two splits), for the
     report: the terminal's warning scrolls away, the report is what is read later."""
     counts: dict[str, Counter] = {}
@@ -173,7 +173,8 @@ def data_warnings(fs: FeatureSet) -> list[str]:
     leaks = [[fs.paths[i] for i in group] for group in groups.values() if len({str(fs.splits[i]) for i in group}) > 1]
     conflicts = [[fs.paths[i] for i in group] for group in groups.values()
                  if len({int(fs.labels[i]) for i in group}) > 1]
-    return [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks, conflicts)]
+    return [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks, conflicts,
+                                                      pooled=pooled)]
 
 
 def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: LinearConfig,
@@ -212,7 +213,7 @@ def _train_linear_cv(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, out, confi
              f"{repeats}x{k}-fold cross-validation (out-of-fold predictions)")
     metrics = write_run_report(run_dir, evaluation, paths, kind="linear", title=title, config=model_config,
                                extra={"cv": result.to_json(), "n_images": len(y),
-                                      "data_warnings": data_warnings(fs) + list(class_notes),
+                                      "data_warnings": data_warnings(fs, pooled=True) + list(class_notes),
                                       "note": "val = out-of-fold predictions of the first repeat over train+val"})
     return LinearResult(run_dir, evaluation, metrics, fitted)
 
