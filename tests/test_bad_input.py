@@ -136,6 +136,25 @@ def test_predict_on_a_folder_predicts_every_file_under_it(probe_run, tmp_path):
     assert result.exit_code == 2 and "no file to predict in" in result.output
 
 
+def test_predict_on_a_folder_names_the_files_its_walk_left_out(probe_run, tmp_path):
+    """A photo under the folder whose name is not UTF-8 (or a sub-folder that cannot be read) was left out of the
+    predictions without a word: the walk set it aside, and predict dropped what it set aside with the hidden
+    files. It is named now, as a dataset's check names it."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    star = sorted(SAMPLE.glob("star/*.jpg"))[0]
+    shutil.copyfile(star, folder / "a.jpg")
+    shutil.copyfile(star, folder / "caf\udce9.jpg")  # b"caf\xe9.jpg": a Latin-1 name
+    (folder / ".hidden.jpg").write_bytes(b"")
+    result = _run("predict", folder, "--model", probe_run)
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.output.splitlines() if "\t" in line] == [str(folder / "a.jpg")]
+    assert "1 file(s) or folder(s) not predicted" in result.output and "not valid UTF-8" in result.output
+    assert ".hidden.jpg" not in result.output
+
+
 def test_predict_max_pixels_names_the_large_image(probe_run, tmp_path):
 
     big = tmp_path / "big.png"

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .dataset import Dataset, LinkGuard, load_dataset, walk_files
+from .dataset import HIDDEN, Dataset, LinkGuard, load_dataset, walk_files
 from .errors import BadFilesWarning, LeakageWarning, TltoolError
 from .evaluation import Evaluation, ranked_classes
 from .inspection import check_dataset
@@ -69,8 +69,12 @@ def image_arguments(images: Sequence[str | os.PathLike]) -> list[str]:
     for image in map(str, images):
         if os.path.isdir(image):
             guard = LinkGuard(image)
-            found, _hidden = walk_files(image, guard)
+            found, skipped = walk_files(image, guard)
             guard.warn(image)
+            named = [f"{s.path}: {s.reason}" for s in skipped if s.reason != HIDDEN]  # a name, a folder not read
+            if named:
+                warnings.warn(f"{image}: {len(named)} file(s) or folder(s) not predicted:\n  " + "\n  ".join(named),
+                              BadFilesWarning, stacklevel=3)
             files += map(str, found)
         else:
             files.append(image)
