@@ -171,6 +171,22 @@ def test_a_class_with_training_images_but_none_in_val_is_warned_about(tmp_path):
     assert split_warnings({"all": {"a": 3, "b": 3}}, []) == []
 
 
+def test_an_evaluation_on_every_image_does_not_say_a_class_without_val_images_goes_unmeasured(tmp_path):
+    """`tltool evaluate RUN DATA` (and `compare`) score every image of DATA, all splits, yet on train/ + val/
+    folders whose class c had no val/ folder it warned "class(es) ['c'] have no val images: ... their recall is not
+    measured", above "DATA (every image) accuracy ..." over c's photos too."""
+    import warnings
+
+    from tltool.predict import labelled_images
+
+    _tree(tmp_path, {"train/a": 3, "train/b": 3, "train/c": 3, "val/a": 2, "val/b": 2})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, paths, y = labelled_images(str(tmp_path), ["a", "b", "c"], 10**8)
+    assert not [str(w.message) for w in caught if "have no val images" in str(w.message)]
+    assert len(paths) == 13 and list(y).count(2) == 3  # c's photos are scored
+
+
 def test_a_photo_filed_under_two_classes_is_warned_about_by_training_and_in_the_report(tmp_path):
     """The same photo in daisy/ and roses/ was named by ``data inspect`` only: probe and finetune trained on both
     labels, and scored the val copy, without a word."""

@@ -163,8 +163,9 @@ def _apply_entry(result: FileCheck, entry: dict, max_pixels: int) -> None:
 
 
 def check_dataset(dataset: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-                  emit_warnings: bool = True, decode: bool = True) -> CheckedDataset:
+                  emit_warnings: bool = True, decode: bool = True, pooled: bool = False) -> CheckedDataset:
     """Hash every file and check it (in threads; Pillow releases the GIL), then drop the bad ones with a warning.
+    ``pooled``: every split is scored alike (evaluate, compare): see :func:`split_warnings`.
 
     ``decode``: decode every pixel (``data inspect``, evaluation); without it only the headers are read and a file
     whose data is bad is found by the decode that feeds the network. Either way, what a file's content was found
@@ -182,7 +183,7 @@ def check_dataset(dataset: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, worker
             bar.update()
     usable = replace(dataset, records=[f.record for f in files if f.ok])
     checked = CheckedDataset(usable, files)
-    _collect_warnings(checked)
+    _collect_warnings(checked, pooled)
     if emit_warnings:
         warn_about(checked)
     return checked
@@ -217,8 +218,8 @@ def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]],
                    conflicts: list[list[str]] = (), pooled: bool = False) -> list[tuple[str, type[Warning]]]:
     """What a split's numbers warn of: class imbalance per split (``counts``: ``{split: {class: n}}``), images
     of identical content in two splits (``leaks``: the paths of each such group) or in two classes (``conflicts``).
-    Warned at the check, and written into every run's report. ``pooled``: train and val are pooled by a
-    cross-validation (``--cv``), which scores every class: a class without val images is measured all the same."""
+    Warned at the check, and written into every run's report. ``pooled``: the splits are pooled (a ``--cv``, an
+    evaluation on every image), so every class is scored: a class without val images is measured all the same."""
     pending: list[tuple[str, type[Warning]]] = []
     for split, per_class in counts.items():
         if len(per_class) >= 2:

@@ -84,7 +84,7 @@ def image_arguments(images: Sequence[str | os.PathLike]) -> list[str]:
 def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) -> tuple[Dataset, list[str], np.ndarray]:
     """Every usable image of ``data`` (all splits) with its label index in ``classes``; clear errors otherwise."""
     dataset = load_dataset(data) if not isinstance(data, Dataset) else data
-    checked = check_dataset(dataset, max_pixels=max_pixels)
+    checked = check_dataset(dataset, max_pixels=max_pixels, pooled=True)  # every split is scored
     records = checked.dataset.records
     if not records:
         raise TltoolError(no_usable_images(dataset.name, len(checked.files)))
