@@ -282,3 +282,16 @@ def test_a_class_left_out_is_named_in_the_probe_report_as_in_the_fine_tunes(tmp_
                      if "tulips" in w]
             assert len(named) == 1 and "have no usable image" in named[0], named
             assert "have no usable image" in (result.run_dir / "report.md").read_text()
+
+
+def test_probe_refuses_a_bad_setting_before_it_checks_the_data(tmp_path, monkeypatch):
+    """probe checked and split the whole dataset (seconds on a large one) before its extraction settings were
+    validated; extract refuses them first."""
+    import tltool.linear as linear_module
+    from tltool.linear import probe
+
+    monkeypatch.setattr(linear_module, "prepare_dataset", lambda *a, **k: pytest.fail("the data was checked first"))
+    for settings, named in (({"backbone": "efficientnet_lite9"}, "efficientnet_lite9"), ({"batch_size": 0}, "batch"),
+                            ({"shard": "3/2"}, "shard")):
+        with pytest.raises(TltoolError, match=named):
+            probe(str(SAMPLE), features_dir=tmp_path / "f", **settings)

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .configs import ExtractConfig, LinearConfig, split_settings
+from .distribute import extraction_shard
 from .crossval import nested_cv
 from .dataset import Record, write_manifest
 from .errors import TltoolError
@@ -234,6 +235,9 @@ def probe(data: str, extract: ExtractConfig | None = None, linear: LinearConfig 
     extract_settings, linear_settings = split_settings(settings, ExtractConfig, LinearConfig)
     extract = replace(extract or ExtractConfig(), **extract_settings)
     linear = replace(linear or LinearConfig(), **linear_settings)
+    extract.validate()  # bad settings are refused before the data check, as extract refuses them
+    extraction_shard(extract.strategy, extract.shard)
+    extract.resolve_input()
     linear.validate()
     get_head_spec(linear.head)  # fail on a bad head name before the network runs
     check_run_dir(out, force)  # and on an --out it would refuse
