@@ -239,30 +239,36 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
         write_json(run_dir / "config.json", {**asdict(config), "kind": "finetune-cv", "cv": k,
                                              "dataset": checked.dataset.name})
         write_manifest(records, run_dir / SPLIT_FILE)  # the images --resume goes on with
-    oof = np.zeros((len(y), len(classes)))
-    scores, tests = [], []
-    index = {r.path: i for i, r in enumerate(records)}
-    for fold, fold_records in enumerate(folds):
-        held_out = sum(r.split == "val" for r in fold_records)
-        say(f"fold {fold + 1}/{k}: {len(fold_records) - held_out} training, {held_out} held-out images")
-        if fold in kept:
-            say("  finished before the resume: kept")
-            paths, probs = kept[fold]
-        else:
-            paths, probs = _cv_fold(config, run_dir / f"fold-{fold + 1}", fold_records, len(classes), bool(resume))
-        rows = [index[p] for p in paths]
-        oof[rows] = probs
-        scores.append(float((probs.argmax(1) == y[rows]).mean()))
-        tests.append(np.array(rows))
-    correct = int((oof.argmax(1) == y).sum())
-    cv = CVResult(k, 1, scores, [{} for _ in scores], tests, oof, correct, len(y))
+    cv = _run_folds(config, run_dir, folds, kept, records, y, len(classes), bool(resume))
     say_cv(cv)
-    evaluation = Evaluation(classes, y, oof)
+    evaluation = Evaluation(classes, y, cv.oof_probs)
     cv_json = {**cv.to_json(), "description": f"stratified {k}-fold, one fine-tuning per fold"}
     metrics = write_run_report(run_dir, evaluation, [r.path for r in records], kind="finetune-cv",
                                title=f"{checked.dataset.name}: fine-tuned {spec.name}, {k}-fold cross-validation",
                                config=asdict(config), extra={"cv": cv_json, "estimated_seconds": estimate})
     return run_dir, evaluation, metrics
+
+
+def _run_folds(config: FinetuneConfig, run_dir: Path, folds: list[list], kept: dict, records: list, y: np.ndarray,
+               n_classes: int, resuming: bool) -> CVResult:
+    """Each fold's held-out probabilities (kept from before a resume, or trained), pooled out of fold."""
+    oof = np.zeros((len(y), n_classes))
+    scores, tests = [], []
+    index = {r.path: i for i, r in enumerate(records)}
+    for fold, fold_records in enumerate(folds):
+        held_out = sum(r.split == "val" for r in fold_records)
+        say(f"fold {fold + 1}/{len(folds)}: {len(fold_records) - held_out} training, {held_out} held-out images")
+        if fold in kept:
+            say("  finished before the resume: kept")
+            paths, probs = kept[fold]
+        else:
+            paths, probs = _cv_fold(config, run_dir / f"fold-{fold + 1}", fold_records, n_classes, resuming)
+        rows = [index[p] for p in paths]
+        oof[rows] = probs
+        scores.append(float((probs.argmax(1) == y[rows]).mean()))
+        tests.append(np.array(rows))
+    correct = int((oof.argmax(1) == y).sum())
+    return CVResult(len(folds), 1, scores, [{} for _ in scores], tests, oof, correct, len(y))
 
 
 def _check_cv_settings(config: FinetuneConfig, k: int) -> None:
