@@ -117,6 +117,13 @@ def _file_rows(records: Sequence[Record], hashes: dict[str, str]) -> list[dict]:
     return [{"path": r.path, "label": r.label, "split": r.split, "sha256": hashes[r.path]} for r in records]
 
 
+def checked_settings(config: ExtractConfig) -> tuple[tuple[int, int] | None, InputConfig]:
+    """``config``'s shard and resolved input, every bad setting refused (a bad --shard or TF_CONFIG too): before
+    any work, by extract and by probe before its data check."""
+    config.validate()
+    return extraction_shard(config.strategy, config.shard), config.resolve_input()
+
+
 def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractConfig | None = None, *,
                      checked: CheckedDataset | None = None, option: str = "--out", **settings: Any) -> ExtractResult:
     """Extract avg- and max-pooled features of every usable image of ``data`` into ``out_dir``.
@@ -127,10 +134,8 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     name for ``out_dir`` in its errors (``--features`` for probe).
     """
     config = replace(config or ExtractConfig(), **settings)
-    config.validate()
-    part = extraction_shard(config.strategy, config.shard)  # a bad --shard or TF_CONFIG fails before any work
+    part, inputs = checked_settings(config)
     start = time.perf_counter()
-    inputs = config.resolve_input()
     checked = checked or prepare_dataset(data, config.val_fraction, config.seed, config.max_pixels,
                                          strict=config.strict, decode=False)
     records, hashes = _keyed_records(checked)

@@ -10,12 +10,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .configs import ExtractConfig, LinearConfig, split_settings
-from .distribute import extraction_shard
 from .crossval import nested_cv
 from .dataset import Record, write_manifest
 from .errors import TltoolError
 from .evaluation import Evaluation
-from .features import FeatureSet, extract_features, load_features
+from .features import FeatureSet, checked_settings, extract_features, load_features
 from .heads import FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline, search_head
 from .images import DEFAULT_MAX_PIXELS
 from .inspection import CLASS_FINDINGS, prepare_dataset, split_warnings
@@ -235,9 +234,7 @@ def probe(data: str, extract: ExtractConfig | None = None, linear: LinearConfig 
     extract_settings, linear_settings = split_settings(settings, ExtractConfig, LinearConfig)
     extract = replace(extract or ExtractConfig(), **extract_settings)
     linear = replace(linear or LinearConfig(), **linear_settings)
-    extract.validate()  # bad settings are refused before the data check, as extract refuses them
-    extraction_shard(extract.strategy, extract.shard)
-    extract.resolve_input()
+    checked_settings(extract)  # bad settings are refused before the data check, as extract refuses them
     linear.validate()
     get_head_spec(linear.head)  # fail on a bad head name before the network runs
     check_run_dir(out, force)  # and on an --out it would refuse
