@@ -123,20 +123,28 @@ def test_bad_files_are_skipped_and_recorded(tmp_path):
     assert result.features.meta["skipped"][0]["reason"] == "truncated or corrupt"
 
 
-def test_a_truncated_photo_is_found_by_the_decode_that_feeds_the_network(tmp_path, monkeypatch):
-    """The check before the split reads headers only; the feeding decode names the truncated JPEG, its row is left
-    out, and a second run is cached (no decode at all) and still reports it."""
+def _sample_with_a_truncated_photo(tmp_path, monkeypatch):
+    """The bundled sample's two classes, with half of a JPEG added to ``star``; a content cache of its own, so no
+    earlier decode of these bytes is known."""
     from helpers import jpeg_bytes
-    from tltool import images
-    from tltool.errors import BadFilesWarning
 
-    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))  # no earlier decode of these bytes is known
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "data"
     shutil.copytree(SAMPLE / "circle", data / "circle")
     shutil.copytree(SAMPLE / "star", data / "star")
     whole = jpeg_bytes((200, 200))
     truncated = data / "star" / "half.jpg"
     truncated.write_bytes(whole[: len(whole) // 2])
+    return data, truncated
+
+
+def test_a_truncated_photo_is_found_by_the_decode_that_feeds_the_network(tmp_path, monkeypatch):
+    """The check before the split reads headers only; the feeding decode names the truncated JPEG, its row is left
+    out, and a second run is cached (no decode at all) and still reports it."""
+    from tltool import images
+    from tltool.errors import BadFilesWarning
+
+    data, truncated = _sample_with_a_truncated_photo(tmp_path, monkeypatch)
     before = images.decode_count()
     with pytest.warns(BadFilesWarning, match="half.jpg: truncated or corrupt"):
         first = extract_features(str(data), tmp_path / "f", image_size=48, chunk_size=32)
@@ -158,17 +166,10 @@ def test_a_photo_known_bad_is_named_once_by_an_extraction_at_another_size(tmp_pa
     in features.json's ``skipped``."""
     import warnings
 
-    from helpers import jpeg_bytes
     from tltool import images
     from tltool.errors import BadFilesWarning
 
-    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "data"
-    shutil.copytree(SAMPLE / "circle", data / "circle")
-    shutil.copytree(SAMPLE / "star", data / "star")
-    whole = jpeg_bytes((200, 200))
-    truncated = data / "star" / "half.jpg"
-    truncated.write_bytes(whole[: len(whole) // 2])
+    data, truncated = _sample_with_a_truncated_photo(tmp_path, monkeypatch)
     with pytest.warns(BadFilesWarning, match="half.jpg"):
         extract_features(str(data), tmp_path / "f", image_size=48, chunk_size=32)
     with warnings.catch_warnings(record=True) as caught:

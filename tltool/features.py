@@ -154,7 +154,7 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     missing = chunks.missing() if part else []
     meta["complete"] = not missing  # the last shard to finish completes the folder
     meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
-    meta["skipped"] += [s for s in _decode_skipped(log) if s["path"] not in log.known]
+    meta["skipped"] += _decode_skipped(log)
     write_json(out / "features.json", meta)
     _say_shard_state(out, part, missing, chunks.count)
     total = time.perf_counter() - start
@@ -172,7 +172,7 @@ def _keyed_records(checked: CheckedDataset) -> tuple[list[Record], dict[str, str
 
 def _decode_skipped(log: DecodeLog) -> list[dict]:
     return [{"path": path, "reason": reason, "detail": detail, "found_by": "decode"}
-            for path, (reason, detail) in sorted(log.failures.items())]
+            for path, (reason, detail) in sorted(log.unnamed.items())]
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,11 @@ class DecodeLog:
     known: frozenset[str] = frozenset()  # files the check already named (and cached): recorded, not named again
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @property
+    def unnamed(self) -> dict[str, tuple[str, str]]:
+        """The failures the check had not named already: the ones a report lists as found by the decode."""
+        return {path: failure for path, failure in self.failures.items() if path not in self.known}
+
     def record(self, error: BadImageError) -> None:
         path = str(error.path)
         with self._lock:

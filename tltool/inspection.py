@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, TypeVar
 
 from .dataset import Dataset, Record, load_dataset, require_training_images, stratified_split
 from . import filecache
@@ -49,6 +49,20 @@ class FileCheck:
         return self.reason is None
 
 
+T = TypeVar("T")
+
+
+def same_content_groups(items: Iterable[T], digest: Callable[[T], str], differs: Callable[[T], object]) -> list[list[T]]:
+    """The groups of ``items`` with one content ``digest`` (items without a digest are left out) in which
+    ``differs`` takes more than one value: the same photo in two splits (a leak) or under two classes (a label
+    conflict). Shared by the check and by a features folder's report (:func:`tltool.linear.data_warnings`)."""
+    groups: dict[str, list[T]] = defaultdict(list)
+    for item in items:
+        if digest(item):
+            groups[digest(item)].append(item)
+    return [group for group in groups.values() if len({differs(item) for item in group}) > 1]
+
+
 @dataclass
 class CheckedDataset:
     """A dataset after validation: ``dataset`` holds only usable files; ``bad`` names the others."""
@@ -70,18 +84,17 @@ class CheckedDataset:
         return {f.record.path: f.sha256 for f in self.files if f.ok and f.sha256}
 
     def duplicates(self) -> list[list[FileCheck]]:
-        groups: dict[str, list[FileCheck]] = defaultdict(list)
-        for f in self.files:
-            if f.ok and f.sha256:
-                groups[f.sha256].append(f)
-        return [g for g in groups.values() if len(g) > 1]
+        return same_content_groups(self._usable(), lambda f: f.sha256, lambda f: f.record.path)
 
     def leaks(self) -> list[list[FileCheck]]:
         """Duplicate groups that span two splits: validation images the model has seen in training."""
-        return [g for g in self.duplicates() if len({f.record.split for f in g}) > 1]
+        return same_content_groups(self._usable(), lambda f: f.sha256, lambda f: f.record.split)
 
     def label_conflicts(self) -> list[list[FileCheck]]:
-        return [g for g in self.duplicates() if len({f.record.label for f in g}) > 1]
+        return same_content_groups(self._usable(), lambda f: f.sha256, lambda f: f.record.label)
+
+    def _usable(self) -> list[FileCheck]:
+        return [f for f in self.files if f.ok]
 
     def to_json(self) -> dict[str, Any]:
         ds = self.dataset

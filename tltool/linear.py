@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,7 +17,7 @@ from .evaluation import Evaluation
 from .features import FeatureSet, checked_settings, extract_features, load_features
 from .heads import FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline, search_head
 from .images import DEFAULT_MAX_PIXELS
-from .inspection import CLASS_FINDINGS, prepare_dataset, split_warnings
+from .inspection import CLASS_FINDINGS, prepare_dataset, same_content_groups, split_warnings
 from .models import load_run
 from .progress import say
 from .report import worst_mistakes, write_run_report
@@ -165,14 +165,12 @@ def data_warnings(fs: FeatureSet, pooled: bool = False) -> list[str]:
     """The check's warnings about these features' split (imbalance, identical images in two splits), for the
     report: the terminal's warning scrolls away, the report is what is read later."""
     counts: dict[str, Counter] = {}
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, (split, label, digest) in enumerate(zip(fs.splits, fs.labels, fs.hashes)):
+    for split, label in zip(fs.splits, fs.labels):
         counts.setdefault(str(split), Counter())[fs.classes[label]] += 1
-        if digest:
-            groups[digest].append(i)
-    leaks = [[fs.paths[i] for i in group] for group in groups.values() if len({str(fs.splits[i]) for i in group}) > 1]
-    conflicts = [[fs.paths[i] for i in group] for group in groups.values()
-                 if len({int(fs.labels[i]) for i in group}) > 1]
+    rows, digest = range(len(fs.paths)), fs.hashes.__getitem__
+    leaks = [[fs.paths[i] for i in group] for group in same_content_groups(rows, digest, lambda i: str(fs.splits[i]))]
+    conflicts = [[fs.paths[i] for i in group]
+                 for group in same_content_groups(rows, digest, lambda i: int(fs.labels[i]))]
     return [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks, conflicts,
                                                       pooled=pooled)]
 
