@@ -187,6 +187,30 @@ function remember(paths) {
     const item = S.items[S.byPath[path]];
     return { path, label: item.label, skipped: item.skipped, assisted: item.assisted };
   }));
+  saveHistory();
+}
+
+// The history outlives a reload of this tab (sessionStorage: per tab, so another tab never undoes this one's
+// actions; an undo whose photo another tab changed since is refused by the server like any stale change).
+const HISTORY_LIMIT = 1000;
+const historyKey = () => `tltool-label-undo:${S.dataset}`;
+
+function saveHistory() {
+  S.history = S.history.slice(-HISTORY_LIMIT);
+  try {
+    sessionStorage.setItem(historyKey(), JSON.stringify(S.history));
+  } catch (error) {
+    // storage off or full: the undo history lasts until the page is reloaded, as it did before
+  }
+}
+
+function restoreHistory() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(historyKey()) || "[]");
+    S.history = Array.isArray(saved) ? saved.filter((group) => Array.isArray(group)) : [];
+  } catch (error) {
+    S.history = [];
+  }
 }
 
 // What this page believes a photo's state is: the server refuses a change when another tab changed it since
@@ -223,7 +247,9 @@ function skip() {
 }
 
 function undo() {
-  const group = (S.history.pop() || []).filter((before) => before.path in S.byPath);  // a photo gone since: not undone
+  // a photo gone since is not undone
+  const group = (S.history.pop() || []).filter((before) => before && before.path in S.byPath);
+  saveHistory();
   if (!group.length) {
     message("nothing to undo");
     return;
@@ -388,7 +414,10 @@ async function load(fromStart = true) {
   S.classes = state.classes;
   S.items = state.items;
   S.byPath = Object.fromEntries(S.items.map((it, i) => [it.path, i]));
-  if (fromStart) S.idx = state.start;
+  if (fromStart) {
+    S.idx = state.start;
+    restoreHistory();  // this tab's actions before a reload can still be undone
+  }
   document.title = `label ${state.dataset} · tltool`;
   document.body.dataset.ready = "1";
   render();
