@@ -542,3 +542,36 @@ def test_export_into_dot_keeps_the_folder_and_a_killed_export_reruns_without_for
     killed = claim_output_dir(tmp_path / "killed", "export")
     assert sorted(os.listdir(killed)) == [MARKER]
     assert export_module.export_run(tiny_run.run_dir, "keras", killed).model_path.is_file()
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_export_of_the_run_to_any_name(linear_run, tmp_path):
+    """A SIGKILL mid-export left RUN/export/.keras.partial (14-30 MB) until the next export to that same name. Now
+    the next export of the run, to any name, removes it (and one beside its --out), as a --resume of the run does;
+    a live export's (locked), a folder without tltool's marker and a link are kept."""
+    from tltool.outputs import _new_staging, _unlock, staging_dir
+    from tltool.runs import hold_run_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(linear_run, run, ignore=shutil.ignore_patterns("export"))
+
+    def killed(target):  # what a kill mid-export leaves: tltool's marked staging folder, no process holding it
+        staging = staging_dir(target, "export")
+        (staging / ".model.keras.1a2b3c4d.keras").write_bytes(b"half a model")
+        return staging
+
+    dead, dead_beside = killed(run / "export" / "keras"), killed(tmp_path / "out" / "first")
+    live, lock = _new_staging(run / "export" / "savedmodel", "export")  # another command's, being written now
+    users = tmp_path / "out" / ".notes.partial"
+    users.mkdir()
+    (users / "a.txt").write_text("mine")
+    linked = run / "export" / ".linked.partial"
+    linked.symlink_to(killed(tmp_path / "elsewhere" / "x"), target_is_directory=True)
+    try:
+        export_module.export_run(run, "keras", tmp_path / "out" / "second")
+        assert not dead.exists() and not dead_beside.exists()
+        assert live.is_dir() and (users / "a.txt").read_text() == "mine" and linked.resolve().is_dir()
+        dead = killed(run / "export" / "keras")
+        hold_run_dir(run)  # a --resume of the run
+        assert not dead.exists() and live.is_dir() and linked.is_symlink()
+    finally:
+        _unlock(lock)

@@ -28,8 +28,9 @@ from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
 from .models import RunModel, load_run, run_splits, trained_on_val
-from .outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, staged_output
+from .outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, remove_killed_staging, staged_output
 from .progress import Bar, say
+from .runs import EXPORT_FOLDER
 from .settings import CHOICES
 from .stats import Proportion
 from .utils import atomic_path, write_json
@@ -70,7 +71,7 @@ def portable_model(model: keras.Model) -> keras.Model:
 
 
 def _default_out(run_dir: Path, fmt: str, quantize: str) -> Path:
-    return run_dir / "export" / (fmt if quantize == "none" else f"{fmt}-{quantize}")
+    return run_dir / EXPORT_FOLDER / (fmt if quantize == "none" else f"{fmt}-{quantize}")
 
 
 EXPORT_FILES = {MARKER, "labels.txt", "input.json", "README.md", "export.json", *MODEL_FILES.values()}
@@ -139,6 +140,8 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
                           f"names {len(run.classes)} classes: one of them was edited or replaced.")
     splits = run_splits(run_dir, run) if fmt == "tflite" and (measure or quantize == "int8") else None
     claim_output_dir(target, "export", force=force, reuse=reuse)
+    for folder in dict.fromkeys([target.parent, Path(os.path.abspath(run_dir / EXPORT_FOLDER))]):
+        remove_killed_staging(folder, "export")  # what killed exports left beside this one, or in the run
     with staged_output(target, "export") as staging:  # built whole beside the earlier export, which stays till then
         WRITERS[fmt](model, staging / MODEL_FILES[fmt], run, quantize, splits)
         measurement = None

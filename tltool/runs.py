@@ -11,13 +11,14 @@ from typing import Callable, ParamSpec, TypeVar
 from .errors import TltoolError
 from .outputs import (MARKER, check_not_in_use, check_output_dir, check_output_name, claim_output_dir,
                       emptied_output_dir, finished_state, held_output_dirs, hold_output_dir, hold_scope, mark_finished,
-                      output_kind, release_output_dirs)
+                      output_kind, release_output_dirs, remove_killed_staging)
 from .utils import remove_temp_leftovers
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_RUNS_ROOT = Path("runs")
+EXPORT_FOLDER = "export"  # RUN/export/FMT: where `tltool export RUN` writes by default
 # what a killed fit leaves for --resume to go on from (a cross-validation: a finished or a started fold)
 RESUMABLE = ("state.json", "refit/state.json", "fold-*/held_out.json", "fold-*/run/state.json")
 
@@ -78,10 +79,13 @@ def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bo
 def hold_run_dir(run_dir: Path) -> Path:
     """``run_dir``, locked against other tltool commands while this one writes it (a resume too), until the
     function marked :func:`writes_runs` that made it returns, or this process ends. Held, it is written by no other
-    process: the temporary files a killed command left there (``--resume`` after a kill mid-checkpoint) are removed."""
+    process: the temporary files a killed command left there (``--resume`` after a kill mid-checkpoint) are removed,
+    and the staging folders of killed exports into the run (each under its own lock, so a live export keeps its)."""
     hold_output_dir(run_dir)
     if os.path.realpath(run_dir) in held_output_dirs():  # locked (not on a file system without locks)
         remove_temp_leftovers(run_dir, recursive=True, enter=_part_of_the_run)
+        for folder in (run_dir, run_dir / EXPORT_FOLDER):
+            remove_killed_staging(folder, "export")
     return run_dir
 
 
