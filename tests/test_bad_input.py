@@ -401,6 +401,54 @@ def test_ctrl_c_with_tensorflow_loaded_exits_130_without_the_interpreters_shutdo
         assert ("atexit ran" in done.stdout) is atexit_runs
 
 
+# A real SIGINT, sent by the process to itself just as it is about to import the module named in argv[1]: inside
+# the CLI's start-up imports at that exact point, every time (a timer would race the imports). Then the console
+# script that setup.cfg declares, run as the one pip writes runs it.
+_CTRL_C_AT_IMPORT = """\
+import importlib, os, signal, sys
+class InterruptAt:
+    def find_spec(self, name, path=None, target=None):
+        if name == sys.argv[1]:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, InterruptAt())
+module, _, function = sys.argv[2].partition(":")
+sys.exit(getattr(importlib.import_module(module), function)())
+"""
+
+
+@pytest.mark.parametrize("at", ["click", "numpy", "tltool.cli.viz"])
+def test_ctrl_c_during_the_clis_start_up_imports_exits_130_with_one_line(at):
+    """Ctrl-C in the first ~0.8 s of `tltool ...` (the CLI's imports) printed KeyboardInterrupt's traceback, and
+    the process died of the signal; now the one line and status 130 of an interrupted command."""
+    import configparser
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    scripts = dict(line.split("=") for line in setup["options.entry_points"]["console_scripts"].split("\n") if line)
+    entry = {name.strip(): target.strip() for name, target in scripts.items()}["tltool"]
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_AT_IMPORT, at, entry, "--help"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", ""), done.stderr[-2000:]
+
+
+def test_importing_tltool_and_its_cli_installs_no_signal_handler():
+    """The start-up's Ctrl-C is caught in the console script's function, not by a handler: a program that imports
+    tltool (or its CLI, to call it) keeps its own Ctrl-C."""
+    import subprocess
+    import sys
+
+    script = ("import signal, tltool, tltool.__main__, tltool.cli\n"
+              "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_full_disk_or_a_size_limit_is_one_line_not_a_traceback(tmp_path, monkeypatch):
     """A write stopped by the machine (ulimit -f here; a full disk, a read-only folder alike) was OSError's
     traceback: a real process under a real limit, then the other errors of the table through the same path."""
