@@ -500,6 +500,36 @@ def test_a_finetuned_run_whose_model_json_says_another_image_size_is_refused(tin
     assert not (tmp_path / "ex").exists()
 
 
+def test_a_run_whose_model_json_says_other_preprocessing_than_its_training_is_refused(tiny_run, linear_run, tmp_path):
+    """Before: resize edited in model.json (or a linear run's image_size) went unnoticed: predict, evaluate and
+    export fed the model other pixels (a flowers roses photo at 0.989 became tulips at 0.947), and export wrote the
+    edit into input.json for clients. What the run recorded at its training decides: a network's config.json (its
+    size is model.keras's input, checked above), a linear run's report (copied from the features it was fitted on)."""
+    from tltool.cli import main
+    from tltool.models import load_run
+
+    image = str(next(SAMPLE.glob("star/*.jpg")))
+    cases = [(tiny_run.run_dir, "resize", "stretch", "config.json"), (linear_run, "resize", "pad", "metrics.json"),
+             (linear_run, "image_size", 80, "metrics.json")]
+    for i, (source, field, edited, record) in enumerate(cases):
+        run = tmp_path / f"edited{i}"
+        shutil.copytree(source, run, ignore=shutil.ignore_patterns("export"))
+        config = json.loads((run / "model.json").read_text())
+        trained = config[field]
+        (run / "model.json").write_text(json.dumps({**config, field: edited}))
+        line = (f"{run / 'model.json'}: {field} is {edited!r}, but the run's model was trained with {field} "
+                f"{trained!r} (its {record}): one of them was edited; set model.json's back to {trained!r}.")
+        with pytest.raises(TltoolError, match=re.escape(line)):
+            load_run(run).predict_paths([image])
+        with pytest.raises(TltoolError, match=re.escape(line)):
+            export_module.export_run(run, "keras", tmp_path / f"ex{i}")
+        assert not (tmp_path / f"ex{i}").exists()
+    result = CliRunner().invoke(main, ["predict", "--model", str(run), image])
+    assert (result.exit_code, result.output) == (2, f"error: {line}\n")
+    (run / "metrics.json").unlink()  # a run without that record (an older tltool's, a copy without it): unchecked
+    assert load_run(run).image_size == 80
+
+
 def test_an_export_that_fails_while_writing_keeps_the_earlier_export_whole(tiny_run, tmp_path, monkeypatch):
     """The export folder was emptied before the model was written: a conversion that failed (or a kill) then lost
     the earlier export. Now the new one is built beside it and swapped in whole."""

@@ -186,7 +186,36 @@ def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
         raise TltoolError(f"{run_dir}: {_what_folder(run_dir)} (no model.json). Pass the folder a linear, finetune "
                           "or train command wrote (an export's model runs with the client in its README).")
     config = _checked_model_json(config_path)
+    _check_trained_preprocessing(run_dir, config)
     return _LOADERS[config["kind"]](run_dir, config, engine)
+
+
+# where each kind of run records, beside model.json, the preprocessing its model was trained with: (file, the keys
+# to that record in it, the settings checked). A linear run's report copies its features.json's (the features folder
+# itself is a cache a later extract may fill with other settings); a network's config.json is what its training and
+# --resume read (its image size is model.keras's own input, checked when it loads).
+_TRAINED_WITH = {"linear": ("metrics.json", ("config",), ("image_size", "resize")),
+                 "finetune": ("config.json", (), ("resize",)), "scratch": ("config.json", (), ("resize",))}
+
+
+def _check_trained_preprocessing(run_dir: Path, config: dict) -> None:
+    """Refuse a model.json whose preprocessing is not the one the run recorded at its training: an edited resize
+    (or a linear run's image_size) made predict, evaluate and export feed the model other pixels without a word (a
+    roses photo at 0.989 read as tulips at 0.947). A run without that record (an older tltool's, or a copy without
+    the file) has nothing to check against."""
+    name, keys, fields = _TRAINED_WITH[config["kind"]]
+    try:
+        record = read_json(run_dir / name)
+        for key in keys:
+            record = record[key]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return
+    for field in fields:
+        trained = record.get(field) if isinstance(record, dict) else None
+        if trained is not None and trained != config[field]:
+            raise TltoolError(f"{run_dir / 'model.json'}: {field} is {config[field]!r}, but the run's model was "
+                              f"trained with {field} {trained!r} (its {name}): one of them was edited; set "
+                              f"model.json's back to {trained!r}.")
 
 
 MAX_IMAGE_SIZE = 4096  # no run of tltool's is trained above this; a larger model.json size is an edit
