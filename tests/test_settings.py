@@ -135,6 +135,18 @@ def test_augment_preview_ranges_its_numbers_too(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_augment_preview_draws_has_a_ceiling(tmp_path):
+    """Before, `augment preview --draws 3000` ran 5 minutes without a word (no progress, no bound) and wrote an
+    11 MB PNG of 501 rows; --draws 0 was refused by a check of its own, outside the ranges' table."""
+    from tltool.augment import preview
+
+    for draws, legal in ((0, r"in \[1, 119\]"), (3000, r"in \[1, 119\]")):
+        with pytest.raises(TltoolError, match=f"--draws must be a number {legal}"):
+            preview(str(tmp_path), out=tmp_path / "p", draws=draws)
+    assert not (tmp_path / "p").exists()
+    settings.check_range("draws", settings.PREVIEW_DRAWS_MAX)
+
+
 def test_repeats_is_ranged_too():
     with pytest.raises(TltoolError, match="--repeats must be a number at least 1, got 0"):
         LinearConfig(repeats=0).validate()
@@ -143,7 +155,8 @@ def test_repeats_is_ranged_too():
 
 def test_every_ranged_setting_is_a_config_field():
     names = {f.name for c in (FinetuneConfig, LinearConfig, ExtractConfig) for f in dataclasses.fields(c)}
-    assert set(settings.RANGES) - names == {"per_class", "size"}  # make-sample and digits, which have no config
+    assert set(settings.RANGES) - names == {"per_class", "size", "draws"}  # make-sample, digits and augment
+    # preview, which have no config
 
 
 @pytest.mark.parametrize("call, option", [

@@ -151,8 +151,7 @@ def preview(data: str, out: str | Path | None = None, augment: str = "standard",
     Returns the PNG's path.
     """
     _check_preview_out(out, force)
-    if draws < 1:
-        raise TltoolError(f"--draws must be at least 1 (the grid shows the original and each draw), got {draws}.")
+    check_range("draws", draws)
     check_range("image_size", image_size)
     check_range("seed", seed)
     dataset = load_dataset(data)

@@ -16,6 +16,7 @@ from .errors import TltoolError, did_you_mean
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 PREVIEW_DRAWS = 17  # `augment preview`: the original and 17 draws fill a 6 x 3 grid
+PREVIEW_DRAWS_MAX = 119  # at most 20 rows of 6
 PREVIEW_SIZE = 224
 
 # setting name (the config field and CLI option, with `_`) -> its legal values, the default first where it has one
@@ -74,6 +75,8 @@ RANGES: dict[str, Range] = {
     "per_class": Range(1, 10000),
     "size": Range(32, 1024, meaning="the side of each image in pixels; tltool refuses images under 32 px"),
     "repeats": Range(1, None),
+    # `augment preview`: 3000 draws ran 5 minutes without a word and wrote an 11 MB PNG of 501 rows
+    "draws": Range(1, PREVIEW_DRAWS_MAX, meaning="the grid shows the original and each draw, six to a row"),
 }
 
 # settings that also accept a file instead of a named value (an albumentations pipeline for --augment)
