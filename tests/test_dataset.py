@@ -12,9 +12,9 @@ import pytest
 from helpers import build_bad_corpus, deadline, noise_image
 from tltool.collect import expand_sources
 from tltool.dataset import (LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, UNREADABLE_FOLDER, ManifestWarning, SymlinkWarning,
-                            load_dataset, stratified_split, write_split_manifest)
+                            load_dataset, stratified_split)
 from tltool.errors import BadFilesWarning, LeakageWarning, TltoolError
-from tltool.inspection import check_dataset
+from tltool.inspection import check_dataset, write_split_manifest
 
 
 def _tree(root, layout: dict[str, int], seed=0):
@@ -220,6 +220,34 @@ def test_split_manifest_round_trip(tmp_path):
     assert (tmp_path / "classes.json").read_text() == "my own notes" and not (tmp_path / "other.csv").exists()
     write_split_manifest(str(tmp_path / "d"), tmp_path / "split.csv", val_fraction=0.4, seed=0, force=True)
     assert (tmp_path / "classes.json").read_text().strip().startswith("[")
+
+
+def test_split_manifest_is_the_split_a_run_draws(tmp_path):
+    """Before, `data split` split every file found with no content hash: copies of one photo landed in train and
+    val (its own `data inspect` then reported the leak), bad files went into the manifest, and --max-pixels was
+    accepted but never used. Now the CSV holds the split a run on the folder draws, usable files only."""
+    from tltool.inspection import prepare_dataset
+
+    data = _tree(tmp_path / "d", {"a": 6, "b": 6})
+    for i in range(6):  # the same photo saved six times under different names
+        (data / "a" / f"copy_{i}.jpg").write_bytes((data / "a" / "img_00.jpg").read_bytes())
+    (data / "b" / "notes.jpg").write_text("not a picture")
+    noise_image(data / "b" / "big.jpg", size=(300, 300), seed=7)
+    with pytest.warns(BadFilesWarning):
+        target = write_split_manifest(str(data), tmp_path / "split.csv", val_fraction=0.3, seed=0,
+                                      max_pixels=200 * 200)
+    frozen = load_dataset(target)
+    with pytest.warns(BadFilesWarning):
+        drawn = prepare_dataset(str(data), val_fraction=0.3, seed=0, max_pixels=200 * 200).dataset
+    assert sorted((os.path.realpath(r.path), r.split) for r in frozen.records) == sorted(
+        (os.path.realpath(r.path), r.split) for r in drawn.records)
+    names = {os.path.basename(r.path) for r in frozen.records}
+    assert "notes.jpg" not in names and "big.jpg" not in names and len(frozen.records) == 18
+    twins = {r.split for r in frozen.records if "copy_" in r.path or r.path.endswith("a/img_00.jpg")}
+    assert len(twins) == 1  # the seven copies on one side (6 + 6 + 6 usable files in all)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LeakageWarning)
+        assert not check_dataset(frozen).leaks()
 
 
 def test_leakage_across_splits_is_reported(tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import TltoolError, TltoolWarning
 from .images import is_candidate_file
-from .utils import readable_csv, shown_name, write_json, write_text_atomic
+from .utils import readable_csv, shown_name, write_text_atomic
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -509,18 +509,4 @@ def write_manifest(records: Iterable[Record], target: str | os.PathLike, relativ
         path = os.path.relpath(r.path, target.parent) if relative else os.path.abspath(r.path)
         writer.writerow([path, r.label, r.split or ""])
     write_text_atomic(target, buf.getvalue())
-    return target
-
-
-def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0,
-                         force: bool = False) -> Path:
-    """Freeze a split as a manifest (paths relative to the CSV) plus ``classes.json`` beside it; files already
-    there are replaced only with ``force``."""
-    existing = [p for p in (Path(out_csv), Path(out_csv).parent / "classes.json") if p.exists() or p.is_symlink()]
-    if existing and not force:
-        raise TltoolError(f"{', '.join(map(str, existing))} already exist(s); tltool does not overwrite a file "
-                          "unless asked: choose another --out, or pass --force to replace it.")
-    dataset = stratified_split(load_dataset(spec), val_fraction, seed)
-    target = write_manifest(dataset.records, out_csv, relative=True)
-    write_json(target.parent / "classes.json", dataset.classes)
     return target

@@ -6,6 +6,7 @@ split); :func:`inspect_dataset` is ``tltool data inspect``, which the CLI shows 
 """
 from __future__ import annotations
 
+import os
 import statistics
 import warnings
 from collections import Counter, defaultdict
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from .dataset import Dataset, Record, load_dataset, require_training_images, stratified_split
+from .dataset import Dataset, Record, load_dataset, require_training_images, stratified_split, write_manifest
 from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LabelConflictWarning,
                      LeakageWarning, TltoolError, TooFewClassesWarning)
@@ -343,6 +344,22 @@ def _split_usable(checked: CheckedDataset, val_fraction: float, seed: int) -> Da
         kept = sorted([r for r in kept if r.label not in lopsided] + list(redrawn),
                       key=lambda r: (r.split != "train", r.label, r.path))  # stratified_split's order
     return replace(split, records=kept)
+
+
+def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0,
+                         max_pixels: int = DEFAULT_MAX_PIXELS, force: bool = False) -> Path:
+    """Freeze the split a run on ``spec`` draws (:func:`prepare_dataset`: identical photos on one side, bad files
+    named and left out) as a manifest (paths relative to the CSV) plus ``classes.json`` beside it; files already
+    there are replaced only with ``force``. Before, it split every file found, bad ones included, without the
+    content hash: copies of a photo landed in train and val (`data inspect` of the CSV then found the leak)."""
+    existing = [p for p in (Path(out_csv), Path(out_csv).parent / "classes.json") if p.exists() or p.is_symlink()]
+    if existing and not force:
+        raise TltoolError(f"{', '.join(map(str, existing))} already exist(s); tltool does not overwrite a file "
+                          "unless asked: choose another --out, or pass --force to replace it.")
+    dataset = prepare_dataset(spec, val_fraction, seed, max_pixels=max_pixels).dataset
+    target = write_manifest(dataset.records, out_csv, relative=True)
+    write_json(target.parent / "classes.json", dataset.classes)
+    return target
 
 
 def inspect_report_path(out_dir: str | Path) -> Path:

@@ -8,9 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..dataset import write_split_manifest
 from ..digits import export_digits
-from ..inspection import inspect_dataset
+from ..inspection import inspect_dataset, write_split_manifest
 from ..sample import make_shapes_dataset
 from ..utils import shown_name
 from .options import choice, force_option, split_options
@@ -91,8 +90,10 @@ def _warning_lines(issues: list[tuple[str, type[Warning]]]) -> list[str]:
 @split_options
 @click.option("--force", is_flag=True, help="Replace the CSV and classes.json if they exist.")
 def split_cmd(path: str, out_csv: str, val_fraction: float, seed: int, max_pixels: int, force: bool) -> None:
-    """Write a stratified, seeded train/val split as a CSV manifest (path,label,split) and classes.json."""
-    target = write_split_manifest(path, out_csv, val_fraction=val_fraction, seed=seed, force=force)
+    """Write the stratified, seeded train/val split a run on PATH draws (copies of a photo kept on one side, bad files
+    named and left out) as a CSV manifest (path,label,split) and classes.json."""
+    target = write_split_manifest(path, out_csv, val_fraction=val_fraction, seed=seed,
+                                  max_pixels=max_pixels, force=force)
     click.echo(f"wrote {target}")
 
 
