@@ -11,8 +11,8 @@ import pytest
 
 from helpers import build_bad_corpus, deadline, noise_image
 from tltool.collect import expand_sources
-from tltool.dataset import (LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, UNREADABLE_FOLDER, ManifestWarning, SymlinkWarning,
-                            load_dataset, stratified_split)
+from tltool.dataset import (HIDDEN, LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, UNREADABLE_FOLDER, ManifestWarning,
+                            SymlinkWarning, load_dataset, stratified_split)
 from tltool.errors import BadFilesWarning, LeakageWarning, TltoolError
 from tltool.inspection import check_dataset, write_split_manifest
 
@@ -248,6 +248,26 @@ def test_split_manifest_is_the_split_a_run_draws(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", LeakageWarning)
         assert not check_dataset(frozen).leaks()
+
+
+def test_a_run_written_inside_the_data_is_not_read_as_photos(tmp_path):
+    """Before, `tltool train PHOTOS --out PHOTOS/circle/run` (or `--out PHOTOS/run1`, or `cd PHOTOS; tltool train .`)
+    gave the next run on PHOTOS the run's confusion_matrix.png and misclassified.png as photos of the class, and a
+    class named after the run folder."""
+    from tltool.outputs import claim_output_dir
+
+    data = _tree(tmp_path / "d", {"a": 3, "b": 3})
+    for folder, kind in (("a/run", "run"), ("run1", "run"), ("b/features", "features"), ("b/digits", "digits")):
+        claim_output_dir(data / folder, kind)
+        noise_image(data / folder / "confusion_matrix.png", seed=1, fmt="PNG")
+    dataset = load_dataset(data)
+    assert dataset.classes == ["a", "b"]
+    assert sorted(os.path.relpath(r.path, data) for r in dataset.records) == sorted(
+        [f"a/img_{i:02d}.jpg" for i in range(3)] + [f"b/img_{i:02d}.jpg" for i in range(3)]
+        + ["b/digits/confusion_matrix.png"])  # a dataset tltool made (digits, sample) is still photos
+    assert {os.path.relpath(s.path, data): s.reason for s in dataset.skipped} == {
+        "a/run": "a tltool run folder, not photos (ignored)", "run1": "a tltool run folder, not photos (ignored)",
+        "b/features": "a tltool features folder, not photos (ignored)", "b/digits/.tltool-output.json": HIDDEN}
 
 
 def test_leakage_across_splits_is_reported(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import TltoolError, TltoolWarning
 from .images import is_candidate_file
+from .outputs import MARKER, output_kind
 from .utils import readable_csv, shown_name, write_text_atomic
 
 SPLIT_ALIASES = {
@@ -35,6 +36,9 @@ UNREADABLE_FOLDER = "folder cannot be read (ignored)"
 LINK_BACK_UP = "link to a folder above it, not followed"
 LINK_INSIDE = "link to a folder inside the dataset, not followed: its images are found there"
 LINK_AGAIN = "link to a folder already walked, not followed again"
+# a run, features or export folder tltool wrote inside the dataset (`--out PHOTOS/run1`): its plots are no photos
+TLTOOL_OUTPUT = "a tltool {kind} folder, not photos (ignored)"
+NOT_PHOTOS = ("run", "features", "export")
 
 
 def _utf8(text: str) -> bool:
@@ -194,6 +198,19 @@ def _scan(folder: str, skipped: list[SkippedFile]) -> tuple[list[os.DirEntry], l
     return folders, [e for e in entries if not e.is_dir()]
 
 
+def tltool_output(folder: str | os.PathLike, skipped: list[SkippedFile]) -> bool:
+    """Whether ``folder`` is a run, features or export folder of tltool's (named in ``skipped`` if so). Before, a
+    run written inside the data (`train PHOTOS --out PHOTOS/circle/run`) gave the next run on PHOTOS its
+    confusion_matrix.png and misclassified.png as photos of the class, and a class named after the run."""
+    if not os.path.isfile(os.path.join(folder, MARKER)):
+        return False
+    kind = output_kind(folder)
+    if kind not in NOT_PHOTOS:
+        return False
+    skipped.append(SkippedFile(str(folder), TLTOOL_OUTPUT.format(kind=kind)))
+    return True
+
+
 def walk_files(folder: str | os.PathLike, guard: LinkGuard | None = None) -> tuple[list[Path], list[SkippedFile]]:
     """Every file under ``folder`` in a stable order (a folder's files, then each sub-folder in turn), with the
     hidden and badly named ones set aside. Linked folders are followed as :class:`LinkGuard` allows; the links it
@@ -212,7 +229,8 @@ def walk_files(folder: str | os.PathLike, guard: LinkGuard | None = None) -> tup
                 skipped.append(SkippedFile(str(path).encode("utf-8", "replace").decode(), NOT_UTF8))
             else:
                 files.append(path)
-        inner = [(e.path, real) for e in folders if (real := guard.admits(e.path, chain, e.is_symlink()))]
+        inner = [(e.path, real) for e in folders if not tltool_output(e.path, skipped)
+                 and (real := guard.admits(e.path, chain, e.is_symlink()))]
         stack.extend((path, (*chain, real)) for path, real in reversed(inner))
     return files, skipped
 
@@ -407,7 +425,8 @@ class _FolderWalk:
                 reason = HIDDEN if entry.name.startswith(".") else OUTSIDE_CLASS
                 self.skipped.append(SkippedFile(str(entry), reason))
         for class_dir in _subdirs(folder):
-            if not self.guard.admits(str(class_dir), (), class_dir.is_symlink()):
+            if tltool_output(class_dir, self.skipped) or not self.guard.admits(str(class_dir), (),
+                                                                                class_dir.is_symlink()):
                 continue
             files, hidden = walk_files(class_dir, self.guard)
             self.skipped.extend(hidden)
