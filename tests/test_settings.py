@@ -16,6 +16,7 @@ from tltool.crossval import learning_curve
 from tltool.digits import export_digits
 from tltool.errors import TltoolError
 from tltool.labeler import export_labels
+from tltool.labeler.suspects import find_suspects
 from tltool.predict import predict_images
 from tltool.sample import make_shapes_dataset
 from tltool.stats import Proportion, format_proportion
@@ -155,8 +156,8 @@ def test_repeats_is_ranged_too():
 
 def test_every_ranged_setting_is_a_config_field():
     names = {f.name for c in (FinetuneConfig, LinearConfig, ExtractConfig) for f in dataclasses.fields(c)}
-    assert set(settings.RANGES) - names == {"per_class", "size", "draws"}  # make-sample, digits and augment
-    # preview, which have no config
+    # make-sample, digits, augment preview and label suspects, which have no config
+    assert set(settings.RANGES) - names == {"per_class", "size", "draws", "top", "neighbours"}
 
 
 @pytest.mark.parametrize("call, option", [
@@ -171,13 +172,17 @@ def test_every_ranged_setting_is_a_config_field():
     (lambda tmp: predict_images(tmp, ["x.jpg"], max_pixels=0), "--max-pixels"),
     (lambda tmp: import_images([str(tmp)], tmp / "s", max_pixels=-1), "--max-pixels"),
     (lambda tmp: resolve_input("efficientnet_lite0", max_pixels=0), "--max-pixels"),
+    (lambda tmp: find_suspects(str(tmp), out=tmp / "s", neighbours=-3), "--neighbours"),
+    (lambda tmp: find_suspects(str(tmp), out=tmp / "s", neighbours=0), "--neighbours"),
+    (lambda tmp: find_suspects(str(tmp), out=tmp / "s", top=0), "--top"),
 ], ids=["sample-per-class-0", "sample-per-class-huge", "sample-seed", "digits-size", "digits-seed",
         "label-export-seed", "learning-curve-seed", "viz-seed", "predict-max-pixels", "import-max-pixels",
-        "resolve-max-pixels"])
+        "resolve-max-pixels", "suspects-neighbours-negative", "suspects-neighbours-0", "suspects-top-0"])
 def test_commands_without_a_config_range_their_numbers_from_the_table(tmp_path, call, option):
     """--per-class 0 wrote empty class folders (10**11 ran for ever), digits --size 100000 filled 24 GB of memory
     until the kernel killed it, --seed -1 of learning-curve and viz embedding ended in NumPy's and scikit-learn's
-    tracebacks, and --max-pixels 0 called every image a decompression bomb in an import that "succeeded"."""
+    tracebacks, and --max-pixels 0 called every image a decompression bomb in an import that "succeeded".
+    label suspects --neighbours -3 (or 0) ran as 1 while suspects.json said "the -3 nearest neighbours"."""
     with pytest.raises(TltoolError, match=f"{option} must be a number"):
         call(tmp_path)
     assert not (tmp_path / "s").exists()  # refused before anything was written

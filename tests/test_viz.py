@@ -319,10 +319,13 @@ def test_suspects_of_class_folders_do_not_send_the_user_to_a_labeler_that_knows_
     colour_photos(dataset / "blue", (30, 40, 200), 12, seed=2, prefix="b")
     out = tmp_path / "s"
     shown = ok(invoke("label", "suspects", dataset, "--image-size", 32, "--top", 5, "--features", tmp_path / "f",
-                      "--out", out))
+                      "--out", out, "--neighbours", 50))
     assert "label serve" not in shown.output.replace("`tltool label serve --review` is for", "")
     assert shown.output.strip().splitlines()[-1].startswith("to fix a label, move the photo into its class's folder")
-    assert "review_command" not in json.loads((out / "suspects.json").read_text())
+    summary = json.loads((out / "suspects.json").read_text())
+    assert "review_command" not in summary
+    # 24 images: each has 23 others, the k used (suspects.json said "the 50 nearest neighbours")
+    assert summary["method"]["neighbours"].startswith("share of the 23 nearest neighbours")
 
 
 def test_suspects_terminal_says_what_it_lists_and_keeps_a_kept_label_apart_from_a_relabel(tmp_path):

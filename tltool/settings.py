@@ -77,6 +77,8 @@ RANGES: dict[str, Range] = {
     "repeats": Range(1, None),
     # `augment preview`: 3000 draws ran 5 minutes without a word and wrote an 11 MB PNG of 501 rows
     "draws": Range(1, PREVIEW_DRAWS_MAX, meaning="the grid shows the original and each draw, six to a row"),
+    "top": Range(1, None),  # label suspects: how many are written
+    "neighbours": Range(1, None),  # label suspects: k of the nearest-neighbour check
 }
 
 # settings that also accept a file instead of a named value (an albumentations pipeline for --augment)

@@ -31,6 +31,7 @@ from ..images import DEFAULT_MAX_PIXELS
 from ..linear import default_features_dir
 from ..plotting import pyplot, save_figure
 from ..runs import check_run_dir, new_run_dir, writes_runs
+from ..settings import check_range
 from ..utils import write_json, write_text_atomic
 from ..viz.plots import thumbnail
 from .export import export_origin
@@ -100,7 +101,7 @@ def suspect_scores(X: np.ndarray, y: np.ndarray, classes: list[str], neighbours:
         full = np.zeros((len(y), n_classes))
         full[:, np.unique(y)] = proba
         proba = full
-    k = max(1, min(neighbours, len(y) - 1))
+    k = neighbours_used(neighbours, len(y))
     unit = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     _, idx = NearestNeighbors(n_neighbors=k + 1).fit(unit).kneighbors(unit)
     knn = np.zeros((len(y), n_classes))
@@ -108,6 +109,11 @@ def suspect_scores(X: np.ndarray, y: np.ndarray, classes: list[str], neighbours:
         others = [j for j in row if j != i][:k]
         np.add.at(knn[i], y[others], 1.0 / len(others))
     return proba, knn
+
+
+def neighbours_used(neighbours: int, n_images: int) -> int:
+    """k of the nearest-neighbour check: ``--neighbours``, at most the other images there are."""
+    return max(1, min(neighbours, n_images - 1))
 
 
 def labeler_manifest(data: str) -> str:
@@ -147,9 +153,9 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
                   max_pixels: int | None = None, force: bool = False) -> SuspectsResult:
     """``tltool label suspects``: extract (or reuse) features, score every image, write the ranked suspects.
     ``out``: an earlier run there is replaced only with ``force``."""
+    check_range("top", top)
+    check_range("neighbours", neighbours)  # -3 ran as 1 while suspects.json said "the -3 nearest neighbours"
     check_run_dir(out, force)
-    if top < 1:
-        raise TltoolError(f"--top must be at least 1, got {top}.")
     spec = get_backbone_spec(backbone)  # a bad name fails before any file is read
     manifest = labeler_manifest(data)
     dataset = load_labelled(Path(data)) if manifest != str(data) else load_dataset(manifest)
@@ -181,7 +187,8 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
         "features": str(fs.directory), "backbone": spec.name, "method": {
             "probability": f"{cv_folds(fs.labels)}-fold cross-validated logistic regression on standardised "
                            f"features, C={C}",
-            "neighbours": f"share of the {neighbours} nearest neighbours (cosine) with the same label",
+            "neighbours": f"share of the {neighbours_used(neighbours, len(rows))} nearest neighbours (cosine) with "
+                          "the same label",
             "score": "1 - mean of the two estimates of the own label's probability"},
         "cv_accuracy": float((proba.argmax(axis=1) == fs.labels).mean()),
         "knn_agreement_mean": float(knn[rows, fs.labels].mean()),
