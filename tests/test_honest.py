@@ -598,3 +598,21 @@ def test_a_cross_validation_does_not_say_a_class_without_val_images_goes_unmeasu
     assert not [w for w in caught if unmeasured in str(w.message)]
     with pytest.warns(ImbalanceWarning, match=unmeasured):
         prepare_dataset(str(tmp_path / "data"))
+
+
+def test_a_command_refuses_to_write_its_report_over_a_run_it_reads(shape_runs, tmp_path):
+    """Before, `evaluate RUN DATA --out RUN --force` evaluated RUN and then replaced it with the evaluation's report:
+    its model (head.npz, model.json, split.csv) was gone; `compare A B --out A --force` did the same to run A."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(shape_runs / "a", run)  # with its marker: a finished tltool run, which --force may replace
+    kept = sorted(p.name for p in run.iterdir())
+    for args in (["evaluate", str(run), str(shape_runs / "data")], ["compare", str(run), str(shape_runs / "b")],
+                 ["compare", str(shape_runs / "b"), str(run)]):
+        result = CliRunner().invoke(main, [*args, "--out", str(run), "--force"])
+        assert result.exit_code == 2, result.output
+        assert f"--out {run}: holds {run}, which this command reads" in result.output
+        assert sorted(p.name for p in run.iterdir()) == kept
+    result = CliRunner().invoke(main, ["evaluate", str(run), str(shape_runs / "data"), "--out", str(run / "ev")])
+    assert result.exit_code == 0 and (run / "ev" / "metrics.json").exists(), result.output  # beside it: fine

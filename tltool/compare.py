@@ -122,7 +122,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
     """Compare two runs on their stored validation predictions, or on DATA evaluated by both. ``out``: an earlier
     run there is replaced only with ``force``."""
     run_a, run_b = Path(run_a), Path(run_b)
-    check_run_dir(out, force)
+    check_run_dir(out, force, reads=(run_a, run_b, data))
     if data is None:
         (a, truth_a, classes_a), (b, truth_b, classes_b) = _stored_correctness(run_a), _stored_correctness(run_b)
         if classes_a != classes_b:

@@ -6,7 +6,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Callable, ParamSpec, TypeVar
+from typing import Callable, ParamSpec, Sequence, TypeVar
 
 from .errors import TltoolError
 from .outputs import (MARKER, check_not_in_use, check_output_dir, check_output_name, claim_output_dir,
@@ -50,11 +50,27 @@ def _found(folder: Path, pattern: str) -> bool:
     return next(folder.glob(pattern), None) is not None if "*" in pattern else os.path.lexists(folder / pattern)
 
 
-def check_run_dir(out: str | Path | None, force: bool = False) -> None:
-    """What :func:`new_run_dir` would refuse, refused now, before a command's work (nothing is created)."""
+def check_run_dir(out: str | Path | None, force: bool = False, reads: Sequence[object] = ()) -> None:
+    """What :func:`new_run_dir` would refuse, refused now, before a command's work (nothing is created).
+    ``reads``: the folders the command reads (a run it evaluates or compares); ``out`` may not be one of them."""
     if out is not None:
+        check_out_not_read(out, reads)
         check_not_in_use(out)  # first: a run in training is not one to resume or replace
         check_output_dir(out, "run", reuse=_replaceable_unforced(out, force), force=force)
+
+
+def check_out_not_read(out: str | Path, reads: Sequence[object]) -> None:
+    """Refuse an ``--out`` that is, or holds, a folder the command reads: `evaluate RUN DATA --out RUN --force`
+    replaced the model it had just evaluated with the evaluation's report (and `compare A B --out A --force` run A
+    with the comparison), so the run was gone. Entries of ``reads`` that are not paths (a Dataset) are skipped."""
+    target = os.path.realpath(out)
+    for source in reads:
+        if not isinstance(source, (str, os.PathLike)):
+            continue
+        real = os.path.realpath(source)
+        if real == target or real.startswith(target.rstrip(os.sep) + os.sep):
+            raise TltoolError(f"--out {out}: holds {source}, which this command reads; its report would replace "
+                              "it (--force or not): choose another folder.")
 
 
 def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bool = False) -> Path:
