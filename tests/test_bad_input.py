@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tltool.cli import main
+from tltool.errors import TltoolError
 
 from conftest import SAMPLE
 
@@ -290,6 +291,24 @@ def test_predict_decodes_each_file_once_and_keeps_the_readable_ones(probe_run, t
     assert [p.path for p in predictions] == good
     assert sorted(decoded) == sorted(good + [str(bad)])  # once each: no check before the decode
     assert all(p.top[0][0] == "square" for p in predictions)
+
+
+def test_predict_names_a_bad_file_given_twice_once(probe_run, tmp_path):
+    """`tltool predict photos/ photos/empty.jpg` named empty.jpg twice and counted it twice ("2 of 3 image(s) not
+    predicted" of 2 files); each readable file is still answered as often as it is given."""
+    from tltool.errors import BadFilesWarning
+    from tltool.predict import predict_images
+
+    good = str(sorted(SAMPLE.glob("square/*.jpg"))[0])
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    with pytest.warns(BadFilesWarning) as caught:
+        predictions = predict_images(probe_run, [str(tmp_path), str(bad), good, good])
+    messages = [str(w.message) for w in caught if issubclass(w.category, BadFilesWarning)]
+    assert messages == [f"1 of 2 image(s) not predicted:\n  {bad}: empty file (0 bytes)"]
+    assert [p.path for p in predictions] == [good, good]
+    with pytest.raises(TltoolError, match=r"^none of the 1 image\(s\) could be read: [^;]*empty file \(0 bytes\)$"):
+        predict_images(probe_run, [str(bad), str(tmp_path)])
 
 
 @pytest.mark.parametrize("engine", ["tf", "litert"])  # tf.data feeds TensorFlow, the decode threads any other

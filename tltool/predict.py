@@ -49,12 +49,13 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
     found = predict_readable(model.predict_views, images, model.image_size, model.resize, tta,
                              max_pixels=model.max_pixels if max_pixels is None else max_pixels,
                              engine=model.runner().engine, predict_stream=model.predict_stream)
+    # each bad file named once, though given twice (by name and in its folder): it was listed, and counted, twice
+    bad, given = list({str(error.path): error for error in found.bad}.values()), len(set(map(str, images)))
     if not found.paths:
-        raise TltoolError(f"none of the {len(images)} image(s) could be read: " + "; ".join(map(str, found.bad)))
-    if found.bad:
-        named = "\n  ".join(map(str, found.bad))
-        warnings.warn(f"{len(found.bad)} of {len(images)} image(s) not predicted:\n  {named}", BadFilesWarning,
-                      stacklevel=2)
+        raise TltoolError(f"none of the {given} image(s) could be read: " + "; ".join(map(str, bad)))
+    if bad:
+        named = "\n  ".join(map(str, bad))
+        warnings.warn(f"{len(bad)} of {given} image(s) not predicted:\n  {named}", BadFilesWarning, stacklevel=2)
     out = []
     for path, p in zip(found.paths, found.probabilities):
         order = ranked_classes(p, top_k)
