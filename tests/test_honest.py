@@ -616,3 +616,31 @@ def test_a_command_refuses_to_write_its_report_over_a_run_it_reads(shape_runs, t
         assert sorted(p.name for p in run.iterdir()) == kept
     result = CliRunner().invoke(main, ["evaluate", str(run), str(shape_runs / "data"), "--out", str(run / "ev")])
     assert result.exit_code == 0 and (run / "ev" / "metrics.json").exists(), result.output  # beside it: fine
+
+
+def test_evaluate_counts_copies_of_training_photos_as_trained_on(shape_runs, tmp_path):
+    """Before, `evaluate RUN DATA` matched DATA to the run's training photos by path only: on a copy of them (a
+    dataset copied elsewhere, or exported again with --copy) it counted 0 images trained on, printed no
+    LeakageWarning, and reported the accuracy as an estimate for new photos. Now a file with a training photo's
+    bytes counts, under any name; a photo that only shares a training photo's size does not."""
+    import shutil
+
+    from tltool.errors import LeakageWarning
+    from tltool.models import load_run, run_splits
+    from tltool.predict import evaluate_run
+
+    data = tmp_path / "copied"
+    for link in sorted((shape_runs / "data").glob("*/*")):  # per class 2 training photos and 1 val one
+        (data / link.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(link.resolve(), data / link.parent.name / f"copy-{link.name}")
+    with pytest.warns(LeakageWarning, match="8 of these 12 images were in the training data"):
+        _, _, metrics = evaluate_run(shape_runs / "a", data, out=tmp_path / "ev")
+    assert metrics["images_trained_on"] == 8
+    assert "8 of these 12 images were in the training data" in (tmp_path / "ev" / "report.md").read_text()
+    from tltool.models import copies_of
+
+    trained = run_splits(shape_runs / "a", load_run(shape_runs / "a"), need_val=False)["train"][0]
+    copy, other = tmp_path / "copy.jpg", tmp_path / "same-size.jpg"
+    shutil.copyfile(trained[0], copy)
+    other.write_bytes(bytes(b ^ 0xFF for b in Path(trained[0]).read_bytes()))  # as long, other bytes
+    assert (copies_of([str(copy)], trained), copies_of([str(other)], trained)) == (1, 0)

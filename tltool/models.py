@@ -22,7 +22,7 @@ from .outputs import output_kind
 from .images import DEFAULT_MAX_PIXELS
 from .settings import CHOICES, RANGES, check_choice
 from .tta import predict_with_tta
-from .utils import is_whole, read_json, read_json_object
+from .utils import is_whole, read_json, read_json_object, sha256_file
 
 if TYPE_CHECKING:
     import keras
@@ -319,9 +319,36 @@ def _recorded_split(path: Path) -> list[Record]:
 
 def overlap_with_training(run_dir: str | Path, run: RunModel, paths: Sequence[str]) -> int:
     """How many of ``paths`` the run's model was trained on (its train split; its val split too after ``--refit``
-    or for a ``linear --cv`` head), by resolved path. A run whose record of its images is missing or damaged
-    raises its :class:`TltoolError`: the caller says it cannot check, rather than reading that as none."""
+    or for a ``linear --cv`` head), by resolved path or, for a file elsewhere, by content (a copy of a training
+    photo was counted as unseen, and its accuracy reported as an estimate for new photos). A run whose record of
+    its images is missing or damaged raises its :class:`TltoolError`: the caller says it cannot check, rather
+    than reading that as none."""
     splits = run_splits(Path(run_dir), run, need_val=False)
     seen = splits["train"][0] + (splits["val"][0] if trained_on_val(run) else [])
     known = {os.path.realpath(p) for p in seen}
-    return sum(os.path.realpath(p) in known for p in paths)
+    elsewhere = [p for p in paths if os.path.realpath(p) not in known]
+    return len(paths) - len(elsewhere) + copies_of(elsewhere, seen)
+
+
+def copies_of(paths: Sequence[str], seen: Sequence[str]) -> int:
+    """How many of ``paths`` hold the same bytes as one of ``seen`` (the training photos, under another name: a
+    dataset copied, or exported again with --copy). Only files of a size one of ``seen`` has are read; a photo of
+    ``seen`` that is gone (the split is a record) is left out."""
+    def size(path: str) -> int | None:
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            return None
+
+    def digest(path: str) -> str | None:
+        try:
+            return sha256_file(path)
+        except OSError:
+            return None
+
+    sizes: dict[int, list[str]] = {}
+    for path in seen:
+        sizes.setdefault(size(path), []).append(path)
+    candidates = [path for path in paths if size(path) in sizes and size(path) is not None]
+    trained = {digest(path) for wanted in {size(p) for p in candidates} for path in sizes[wanted]} - {None}
+    return sum(digest(path) in trained for path in candidates)
