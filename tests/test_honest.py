@@ -542,6 +542,25 @@ def test_compare_on_data_the_runs_were_trained_on_says_so_in_its_report(shape_ru
     assert json.loads((target / "compare.json").read_text())["images_trained_on"] is None
 
 
+def test_compare_on_data_runs_both_networks_on_the_engine_asked_for(shape_runs, tmp_path, monkeypatch):
+    """`compare A B DATA` runs both networks like evaluate, but had no --engine: it always ran `auto`."""
+    from tltool import compare
+
+    asked = []
+
+    def load_run(run_dir, engine="auto"):
+        asked.append((Path(run_dir).name, engine))
+        return original(run_dir, engine)
+
+    original = compare.load_run
+    monkeypatch.setattr(compare, "load_run", load_run)
+    a, b = shape_runs / "a", shape_runs / "b"
+    result = CliRunner().invoke(main, ["compare", str(a), str(b), str(shape_runs / "data"), "--engine", "tf",
+                                       "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert asked == [("a", "tf"), ("b", "tf")]
+
+
 def test_a_report_on_images_the_run_was_trained_on_says_so_in_bold():
     from tltool.evaluation import Evaluation
     from tltool.report import markdown_summary

@@ -278,6 +278,28 @@ def colour_photos(folder: Path, colour, n: int, seed: int, prefix: str = "") -> 
     return out
 
 
+def test_suspects_runs_its_network_on_the_engine_asked_for(tmp_path, monkeypatch):
+    """`label suspects` extracts features like probe, but had no --engine: it always ran `auto`."""
+    from tltool.errors import TltoolError
+    from tltool.labeler import suspects
+
+    asked = []
+
+    def extract_features(*args, engine="auto", **kwargs):
+        asked.append(engine)
+        raise TltoolError("stopped here by the test")
+
+    monkeypatch.setattr(suspects, "extract_features", extract_features)
+    data = tmp_path / "d"
+    colour_photos(data / "red", (200, 30, 30), 3, seed=1, prefix="r")
+    colour_photos(data / "blue", (30, 40, 200), 3, seed=2, prefix="b")
+    for engine in ("tf", "litert", "auto"):
+        result = invoke("label", "suspects", data, "--engine", engine, "--out", tmp_path / engine)
+        assert result.exit_code == 2 and "stopped here by the test" in result.output, result.output
+    assert asked == ["tf", "litert", "auto"]
+    assert invoke("label", "suspects", data, "--engine", "onnx").exit_code == 2 and len(asked) == 3
+
+
 def test_suspects_of_a_labeler_dataset_feed_its_review(tmp_path):
     """`label suspects DATASET` on the labeler's folder reads labels.csv; `label serve --review` takes the CSV."""
     from tltool.labeler.store import read_review

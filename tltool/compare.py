@@ -118,9 +118,9 @@ def _stored_correctness(run_dir: Path) -> tuple[dict[str, bool], dict[str, str],
 
 @writes_runs
 def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
-                 out: str | Path | None = None, force: bool = False) -> tuple[Comparison, Path]:
-    """Compare two runs on their stored validation predictions, or on DATA evaluated by both. ``out``: an earlier
-    run there is replaced only with ``force``."""
+                 out: str | Path | None = None, force: bool = False, engine: str = "auto") -> tuple[Comparison, Path]:
+    """Compare two runs on their stored validation predictions, or on DATA evaluated by both (on ``engine``, as in
+    ``tltool evaluate``). ``out``: an earlier run there is replaced only with ``force``."""
     run_a, run_b = Path(run_a), Path(run_b)
     check_run_dir(out, force, reads=(run_a, run_b, data))
     if data is None:
@@ -142,7 +142,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
         correct_a, correct_b = [a[p] for p in order], [b[p] for p in order]
         source, trained_on = "stored validation predictions", None
     else:
-        correct_a, correct_b, trained_on = _evaluate_both(run_a, run_b, data)
+        correct_a, correct_b, trained_on = _evaluate_both(run_a, run_b, data, engine)
         source = f"{data}, evaluated by both"
     comparison = compare_correct(np.array(correct_a), np.array(correct_b), str(run_a), str(run_b), source)
     comparison.images_trained_on = trained_on
@@ -159,10 +159,11 @@ def comparison_markdown(comparison: Comparison) -> str:
     return "# Paired comparison\n\n" + "\n".join(lines) + f"\n\nImages: {comparison.images}.\n"
 
 
-def _evaluate_both(run_a: Path, run_b: Path, data: str) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def _evaluate_both(run_a: Path, run_b: Path, data: str,
+                   engine: str = "auto") -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Which images of ``data`` each run gets right, and how many of them each was trained on (each named in a
     :class:`LeakageWarning`)."""
-    model_a, model_b = load_run(run_a), load_run(run_b)
+    model_a, model_b = load_run(run_a, engine), load_run(run_b, engine)
     if model_a.classes != model_b.classes:
         raise TltoolError(f"the runs have different class lists ({model_a.classes} vs {model_b.classes}).")
     # the stricter of the two runs' decode limits: every image kept can be predicted by both

@@ -6,7 +6,7 @@ import click
 from ..compare import compare_runs
 from ..crossval import run_learning_curve
 from .features import head_option, pool_option
-from .options import force_option, out_option
+from .options import engine_option, force_option, out_option
 
 
 @click.command("compare")
@@ -15,9 +15,11 @@ from .options import force_option, out_option
 @click.argument("data", required=False)
 @out_option("runs/compare-A-B-TIME, A and B the first 20 characters of the names of RUN_A and RUN_B")
 @force_option
-def compare_cmd(run_a: str, run_b: str, data: str | None, out: str | None, force: bool) -> None:
-    """Paired comparison of two runs on the same images: difference with its interval, exact McNemar test."""
-    comparison, target = compare_runs(run_a, run_b, data, out=out, force=force)
+@engine_option
+def compare_cmd(run_a: str, run_b: str, data: str | None, out: str | None, force: bool, engine: str) -> None:
+    """Paired comparison of two runs on the same images: difference with its interval, exact McNemar test.
+    Without DATA, on their stored validation predictions (no network runs); with DATA, evaluated by both."""
+    comparison, target = compare_runs(run_a, run_b, data, out=out, force=force, engine=engine)
     for line in comparison.lines():
         click.echo(line)
     click.echo(f"report: {target / 'compare.md'}")

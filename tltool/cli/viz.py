@@ -10,7 +10,8 @@ from ..settings import DEFAULT_BACKBONE
 from ..labeler.suspects import find_suspects, terminal_lines
 from ..viz import (layer_table, open_network, visualize_activations, visualize_embedding, visualize_filters,
                    visualize_gradcam)
-from .options import FEATURES_DIR, Choice, backbone_options, choice, compose, force_option, out_option, split_options
+from .options import (FEATURES_DIR, Choice, backbone_options, choice, compose, engine_option, force_option, out_option,
+                      split_options)
 
 network_options = compose(
     click.option("--backbone", default=None, help=f"Pretrained network [default: {DEFAULT_BACKBONE} unless --model]."),
@@ -112,9 +113,10 @@ def embedding_cmd(features: str, pool: str, method: str, perplexity: float, thum
 @click.option("--neighbours", type=int, default=10, show_default=True, help="k of the nearest-neighbour check.")
 @out_option("runs/suspects-DATASET-BACKBONE-TIME", "Folder to write suspects.csv and the contact sheet into")
 @force_option
+@engine_option
 def suspects_cmd(data: str, backbone: str, weights: str, image_size: int | None, resize: str, batch_size: int,
                  val_fraction: float, seed: int, max_pixels: int, features_dir: str | None, top: int, neighbours: int,
-                 out: str | None, force: bool) -> None:
+                 out: str | None, force: bool, engine: str) -> None:
     """Images of DATA whose label the rest of the data disagrees with: suspects.csv and a contact sheet.
 
     Every image (all splits) is scored by a cross-validated linear head on its CNN features and by its nearest
@@ -124,7 +126,7 @@ def suspects_cmd(data: str, backbone: str, weights: str, image_size: int | None,
     """
     result = find_suspects(data, out, backbone=backbone, weights=weights, image_size=image_size, resize=resize,
                            batch_size=batch_size, features_dir=features_dir, top=top, neighbours=neighbours,
-                           val_fraction=val_fraction, seed=seed, max_pixels=max_pixels, force=force)
+                           val_fraction=val_fraction, seed=seed, max_pixels=max_pixels, force=force, engine=engine)
     for line in terminal_lines(result):
         click.echo(line)
 

@@ -150,7 +150,7 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
                   weights: str = "imagenet", image_size: int | None = None, resize: str = "crop",
                   batch_size: int = 32, features_dir: str | Path | None = None, top: int = 30,
                   neighbours: int = 10, C: float = DEFAULT_C, val_fraction: float = 0.2, seed: int = 0,
-                  max_pixels: int | None = None, force: bool = False) -> SuspectsResult:
+                  max_pixels: int | None = None, force: bool = False, engine: str = "auto") -> SuspectsResult:
     """``tltool label suspects``: extract (or reuse) features, score every image, write the ranked suspects.
     ``out``: an earlier run there is replaced only with ``force``."""
     check_range("top", top)
@@ -162,7 +162,8 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     features_dir = features_dir or default_features_dir(data, spec.name, image_size, resize)
     result = extract_features(dataset, features_dir, option="--features", backbone=spec.name, weights=weights,
                               image_size=image_size, resize=resize, batch_size=batch_size, val_fraction=val_fraction,
-                              seed=seed, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+                              seed=seed, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+                              engine=engine)
     fs = result.features
     proba, knn = suspect_scores(fs.avg, fs.labels, fs.classes, neighbours, C=C, seed=seed)
     rows = np.arange(len(fs.labels))
