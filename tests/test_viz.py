@@ -315,6 +315,12 @@ def test_suspects_of_a_labeler_dataset_feed_its_review(tmp_path):
     items, notes = read_review(dataset, out / "suspects.csv")
     assert not notes and len(items) == 5
     assert (items[0].path, items[0].label, items[0].suggested) == ("unlabeled/r0.png", "blue", "red")
+    # the run's Markdown summary: every suspect of the CSV with its verdict, the contact sheet, the next step
+    summary = (out / "suspects.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert len(rows) == 5 and rows[0].startswith("| 1 | ") and rows[0].endswith("| blue | blue -> red | "
+                                                                                   "unlabeled/r0.png |")
+    assert "![suspects](suspects.png)" in summary and f"--review {out / 'suspects.csv'}" in summary
     # the README's loop: suspects of the exported split, reviewed in the labeler. The split's own paths
     # (train/blue/r0.png) were not found there: 24 notes, nothing queued for review
     ok(invoke("label", "export", dataset))

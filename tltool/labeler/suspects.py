@@ -199,7 +199,31 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
         "csv": csv_path.name, "png": png.name, **_review(root, csv_path),
     }
     write_json(run_dir / "suspects.json", summary)
+    write_text_atomic(run_dir / "suspects.md", suspects_markdown(dataset.name, suspects, summary))
     return SuspectsResult(suspects, run_dir, csv_path, png, summary)
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: a ``|`` or a line break in a file name would end the cell or the row."""
+    return str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+
+
+def suspects_markdown(name: str, suspects: list[Suspect], summary: dict) -> str:
+    """``suspects.md``, the run's summary: the numbers the terminal prints, how each score is made, every suspect
+    of ``suspects.csv`` with its verdict, the contact sheet, and what to do next."""
+    method = summary["method"]
+    lines = [f"# Suspect labels: {_cell(name)}", "",
+             f"{summary['disagreeing']} of {summary['n_images']} images are better supported as another class than "
+             f"their own (cross-validated accuracy {summary['cv_accuracy']:.3f}, mean neighbour agreement "
+             f"{summary['knn_agreement_mean']:.3f}). Score: {method['score']}; from a {method['probability']} and "
+             f"the {method['neighbours']}.", "",
+             "| rank | score | label | verdict | photo |", "|---|---|---|---|---|"]
+    lines += [f"| {s.rank} | {s.score:.3f} | {_cell(s.label)} | {_cell(s.verdict())} | {_cell(s.path)} |"
+              for s in suspects]
+    review = summary.get("review_command")
+    lines += ["", f"![suspects]({summary['png']})", "",
+              f"Review them first: `{review}`" if review else summary.get("review_hint", ""), ""]
+    return "\n".join(lines)
 
 
 def _review(root: Path, csv_path: Path) -> dict[str, str]:
