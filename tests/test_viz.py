@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import SAMPLE
 from helpers import noise_image
 from tltool.cli import main
 from tltool.utils import write_json
@@ -213,6 +214,130 @@ def test_gradcam_of_a_linear_run_matches_its_head(tmp_path):
     assert all(c.heat.shape == (64, 64) and 0 <= c.heat.min() and c.heat.max() <= 1 for c in cams)
     assert len(gradcam_overlays(run, images)) == 3
     refused(invoke("viz", "gradcam", images[0], "--model", run, "--class", "zebra"), "zebra", "Choices: a, b, c")
+
+
+# ------------------------------------------------------------------------------------------ runs of `tltool train`
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory) -> Path:
+    """LeNet-5 trained from scratch for one epoch at 32 px on the demo shapes (`tltool train`)."""
+    run = tmp_path_factory.mktemp("scratch") / "lenet"
+    ok(invoke("train", SAMPLE, "--arch", "lenet5", "--image-size", 32, "--epochs", 1, "--batch-size", 16,
+              "--out", run))
+    return run
+
+
+def trained_input(run: Path, image: Path) -> np.ndarray:
+    """The image as the run's validation pipeline fed it to the model (float32 pixels, 1 x 32 x 32 x 3)."""
+    from tltool.pipeline import image_dataset
+
+    resize = json.loads((run / "model.json").read_text())["resize"]
+    return next(iter(image_dataset([str(image)], image_size=32, resize=resize, batch_size=1))).numpy()
+
+
+def test_filters_and_layers_of_a_train_run(lenet_run, tmp_path):
+    """Refused before ("no 'preprocess' layer ... only fine-tuned runs"): a from-scratch net is now seen whole."""
+    from tltool._tf import keras
+
+    model = keras.saving.load_model(lenet_run / "model.keras", compile=False)
+    c1 = model.get_layer("c1").kernel.numpy()  # (5, 5, 3, 6)
+    result = ok(invoke("viz", "filters", "--model", lenet_run, "--out", tmp_path / "filters"))
+    assert f"c1: {c1.shape[-1]} tiles of kernel 5x5x3x6" in result.output
+    report = json.loads((tmp_path / "filters" / "filters.json").read_text())
+    assert report["tiles"] == first_conv_filters(model) == 6 and report["mode"] == "rgb"
+    assert report["weights"]["max"] == pytest.approx(float(c1.max()))
+    listing = ok(invoke("viz", "layers", "--model", lenet_run, "--conv")).output.splitlines()[1:]
+    assert [line.split()[1:] for line in listing] == [["c1", "Conv2D", "28×28×6", "5×5×3×6"],
+                                                      ["c3", "Conv2D", "10×10×16", "5×5×6×16"],
+                                                      ["c5", "Conv2D", "1×1×120", "5×5×16×120"]]
+
+
+def test_activations_of_a_train_run_are_the_layers_output_on_the_trained_input(lenet_run, tmp_path):
+    from tltool._tf import keras
+    from tltool.viz import visualize_activations
+
+    image = next((SAMPLE / "star").glob("*.jpg"))
+    model = keras.saving.load_model(lenet_run / "model.keras", compile=False)
+    pixels = trained_input(lenet_run, image)
+    for layer, maps in (("c3", 16), (None, 6)):  # default: the first conv (its tanh is inside it)
+        grid = visualize_activations(image, model=lenet_run, layer=layer, out=tmp_path / f"act-{layer}")
+        name = layer or "c1"
+        expected = keras.Model(model.inputs, model.get_layer(name).output)(pixels).numpy()[0]
+        assert grid.layer == name and grid.shape == expected.shape and len(grid.maps) == maps
+        np.testing.assert_allclose(grid.maps, expected.transpose(2, 0, 1)[grid.channels], atol=1e-5)
+        np.testing.assert_array_equal(grid.image, pixels[0].astype(np.uint8))
+    refused(invoke("viz", "activations", image, "--model", lenet_run, "--layer", "f6"), "f6", "viz layers")
+
+
+def test_gradcam_of_a_train_run_explains_its_last_conv_map(lenet_run, tmp_path):
+    """The map is c3's (10x10: c5's is 1x1, one value), and the weights are the class score's gradients there,
+    computed here by calling the net's own layers after c3 by hand."""
+    from tltool._tf import keras, tf
+    from tltool.models import load_run
+    from tltool.viz import gradcam_paths, open_run
+
+    images = [next((SAMPLE / c).glob("*.jpg")) for c in ("circle", "star")]
+    model = keras.saving.load_model(lenet_run / "model.keras", compile=False)
+    cams = gradcam_paths(open_run(lenet_run), images, class_index=2)
+    np.testing.assert_allclose(np.stack([c.probs for c in cams]), load_run(lenet_run).predict_paths(
+        [str(p) for p in images]), atol=1e-5)
+    for image, cam in zip(images, cams):
+        fmap = keras.Model(model.inputs, model.get_layer("c3").output)(trained_input(lenet_run, image))
+        with tf.GradientTape() as tape:
+            tape.watch(fmap)
+            x = fmap
+            for name in ("s4", "c5", "flatten", "f6"):
+                x = model.get_layer(name)(x)
+            out = model.get_layer("output")
+            score = (tf.matmul(x, out.kernel) + out.bias)[0, 2]
+        weights = tf.reduce_mean(tape.gradient(score, fmap), axis=[1, 2])[0]
+        expected = np.maximum(np.einsum("ijk,k->ij", fmap.numpy()[0], weights.numpy()), 0)
+        assert cam.coarse.shape == (10, 10) and cam.heat.shape == (32, 32) and cam.class_index == 2
+        np.testing.assert_allclose(cam.coarse, expected, atol=1e-5 * max(1.0, expected.max()))
+    result = ok(invoke("viz", "gradcam", *images, "--model", lenet_run, "--out", tmp_path / "cam"))
+    assert [e["feature_map"] for e in json.loads((tmp_path / "cam" / "gradcam.json").read_text())["images"]] == [
+        [10, 10], [10, 10]] and "-> " in result.output
+
+
+@pytest.mark.parametrize("arch, size, feature", [("resnet18", 64, "conv5_2_relu"), ("resnet18", 32, "conv4_2_relu"),
+                                                 ("nin", 32, None), ("lenet5", 32, "c3")])
+def test_scratch_gradcam_map_is_the_last_conv_map_the_rest_follows_from(arch, size, feature):
+    """Not a 1x1 map (no place to point at), not a conv inside a residual block (the shortcut is added after it);
+    the scores are those before the net's softmax, whether a Dense (LeNet, ResNet) or a bare softmax (NiN) makes it."""
+    from tltool._tf import keras, tf
+    from tltool.arch import build_arch
+    from tltool.viz.network import is_map, scratch_head
+
+    model = build_arch(arch, (size, size, 3), 3)
+    feature_layer, head = scratch_head(model, [layer for layer in model.layers if is_map(layer)])
+    if feature:
+        assert feature_layer.name == feature
+    h, w = feature_layer.output.shape[1:3]
+    assert h * w > 1 and "Pooling" not in type(feature_layer).__name__
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    scores, probs = head(keras.Model(model.inputs, feature_layer.output)(pixels))
+    np.testing.assert_allclose(probs, model(pixels), atol=1e-5)
+    np.testing.assert_allclose(tf.nn.softmax(scores), model(pixels), atol=1e-5)
+
+
+def test_a_scratch_net_without_a_map_to_point_at_is_refused_by_gradcam_only(tmp_path):
+    """A net whose only map is 1x1 has nothing for Grad-CAM to point at: one line saying why; its filters still show."""
+    from tltool._tf import keras
+
+    image = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(image)
+    x = keras.layers.Conv2D(4, 8, activation="relu", name="c1")(x)  # 8x8 -> 1x1
+    probs = keras.layers.Dense(2, activation="softmax", name="output")(keras.layers.Flatten(name="flatten")(x))
+    run = tmp_path / "tiny"
+    run.mkdir()
+    keras.Model(image, probs).save(run / "model.keras")
+    write_json(run / "model.json", {"kind": "scratch", "arch": "tiny", "classes": ["a", "b"], "image_size": 8,
+                                    "resize": "crop"})
+    picture = noise_image(tmp_path / "x.jpg", seed=1, size=(40, 40))
+    refused(invoke("viz", "gradcam", picture, "--model", run, "--out", tmp_path / "cam"), "Grad-CAM",
+            "no convolutional map larger than 1x1", "--image-size")
+    assert not (tmp_path / "cam").exists()
+    filters = ok(invoke("viz", "filters", "--model", run, "--out", tmp_path / "f"))
+    assert "c1: 4 tiles of kernel 8x8x3x4" in filters.output
 
 
 # ---------------------------------------------------------------------------------------------------- embedding

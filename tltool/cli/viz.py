@@ -16,7 +16,7 @@ from .options import (FEATURES_DIR, Choice, backbone_options, choice, compose, e
 network_options = compose(
     click.option("--backbone", default=None, help=f"Pretrained network [default: {DEFAULT_BACKBONE} unless --model]."),
     click.option("--model", "run_dir", default=None, type=click.Path(file_okay=False),
-                 help="A run folder (linear, probe or finetune) instead of --backbone."),
+                 help="A run folder (linear, probe, finetune or train) instead of --backbone."),
     click.option("--weights", default="imagenet", show_default=True, help="With --backbone: imagenet, none or a file."),
     click.option("--image-size", type=int, default=None, help="With --backbone: input size [default: the backbone's]."),
 )
@@ -75,7 +75,7 @@ def activations_cmd(image: str, backbone: str | None, run_dir: str | None, weigh
 @viz.command("gradcam")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--model", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="A run folder written by linear, probe or finetune.")
+              help="A run folder written by linear, probe, finetune or train.")
 @click.option("--class", "class_name", default=None, help="Explain this class [default: the predicted one].")
 @viz_out_option("runs/viz-gradcam-RUN-TIME, RUN the name of --model")
 def gradcam_cmd(images: tuple[str, ...], run_dir: str, class_name: str | None, out: str | None, force: bool) -> None:

@@ -1,10 +1,12 @@
 """Grad-CAM (Selvaraju et al. 2017): where in the photo the evidence for a class lies.
 
 The last feature map ``A`` (h x w x K) comes from the base; the class score ``y_c`` before the softmax is computed
-from it under a ``GradientTape`` by the head's own layers; each channel is weighted by its mean gradient ``a_k = mean_ij dy_c/dA_ij^k`` and the map is
-``ReLU(sum_k a_k A^k)``, upsampled to the image. Works for every :class:`~tltool.viz.network.Network` with a head:
-linear runs (the fitted head's arrays in TensorFlow), fine-tuned runs (the saved model's own sub-layers) and flat
-Keras classifiers split by :func:`~tltool.viz.network.classifier_network`.
+from it under a ``GradientTape`` by the head's own layers; each channel is weighted by its mean gradient
+``a_k = mean_ij dy_c/dA_ij^k`` and the map is ``ReLU(sum_k a_k A^k)``, upsampled to the image. Works for every
+:class:`~tltool.viz.network.Network` with a head: linear runs (the fitted head's arrays in TensorFlow), fine-tuned
+runs (the saved model's own sub-layers), from-scratch runs of ``tltool train`` (split after their last
+convolutional map larger than 1x1) and flat Keras classifiers split by
+:func:`~tltool.viz.network.classifier_network`.
 """
 from __future__ import annotations
 
@@ -161,7 +163,8 @@ def plot_gradcams(network: Network, cams: Sequence[GradCam], target: Path, pairs
         ax_cam.imshow(cam.overlay())
         ax_cam.set_title(_caption(network, cam), fontsize=9)
     kind = network.config.get("kind")
-    what = f" ({kind} run on {network.config.get('backbone', 'its backbone')})" if kind else ""
+    net = network.config.get("backbone") or network.config.get("arch") or "its backbone"  # arch: a train run
+    what = f" ({kind} run on {net})" if kind else ""
     fig.suptitle(f"Grad-CAM: {network.name}{what}; heat = evidence for the class in the title", fontsize=11)
     save_figure(fig, target)
 

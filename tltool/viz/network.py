@@ -6,7 +6,10 @@ Every source is reduced to the same parts, so filters, activations and Grad-CAM 
 - ``--backbone NAME``: :func:`tltool.backbones.create_backbone` (no head);
 - ``--model RUN`` of kind ``linear``: the run's backbone, and the fitted head's arrays applied in TensorFlow;
 - ``--model RUN`` of kind ``finetune``: the saved model's own sub-layers (``preprocess``, the nested base named by
-  ``model.json``'s ``base_layer``, ``pool``, ``classifier``), called in sequence, never rebuilt.
+  ``model.json``'s ``base_layer``, ``pool``, ``classifier``), called in sequence, never rebuilt;
+- ``--model RUN`` of kind ``scratch`` (``tltool train``): the saved model itself, whose first layer scales the pixels
+  as its training did, so nothing comes before it; the base is its layers up to the last spatial one, and Grad-CAM
+  splits it after its last convolutional map larger than 1x1 (:func:`scratch_head`).
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class Network:
     no_head_reason: str = "it has no classification head"
     layer_hint: str = ""  # the options that list this network's layers, for error messages
     config: dict = field(default_factory=dict)
+    features: Any = None  # keras.Model: preprocessed image -> the feature map ``head`` takes, when not ``base``'s
 
     def layers(self) -> list:
         """The base's layers in order, without its input layer (index 0 is the first real layer)."""
@@ -82,8 +86,8 @@ class Network:
         return keras.Model(self.base.inputs, layer.output, name=f"{self.base.name}_to_{layer.name}")
 
     def feature_map(self, pixels: np.ndarray | tf.Tensor) -> tf.Tensor:
-        """Last feature map of the base for a batch of raw pixels."""
-        return self.base(self.preprocess(pixels), training=False)
+        """The feature map ``head`` takes (the base's last, unless ``features`` says) for a batch of raw pixels."""
+        return (self.features or self.base)(self.preprocess(pixels), training=False)
 
 
 def format_shape(shape: tuple[int | None, ...]) -> str:
@@ -112,8 +116,9 @@ def first_conv(network: Network) -> tuple[int, Any]:
     raise TltoolError(f"{network.name} has no convolution layer.")
 
 
-def dense_head(pool: keras.layers.Layer, classifier: keras.layers.Dense) -> Callable:
-    """``fmap -> (scores, probabilities)`` through a pooling layer and a Dense classifier.
+def dense_head(pool: Callable, classifier: keras.layers.Layer) -> Callable:
+    """``fmap -> (scores, probabilities)`` through ``pool`` (a pooling layer, or the rest of a from-scratch net up to
+    its last layer) and ``classifier`` (a Dense, or a bare softmax).
 
     Grad-CAM differentiates the class score before the softmax (Selvaraju et al.), so for a softmax Dense the score
     is computed from its own kernel and bias; the probabilities are the layer's own output.
@@ -124,7 +129,9 @@ def dense_head(pool: keras.layers.Layer, classifier: keras.layers.Dense) -> Call
         pooled = pool(fmap)
         probs = classifier(pooled)
         activation = getattr(getattr(classifier, "activation", None), "__name__", "")
-        if activation == "softmax":
+        if activation == "softmax" and getattr(classifier, "kernel", None) is None:  # a bare softmax (NiN's)
+            scores = pooled
+        elif activation == "softmax":
             x = tf.cast(pooled, classifier.kernel.dtype)
             scores = tf.matmul(x, classifier.kernel) + (classifier.bias if classifier.use_bias else 0.0)
         elif activation == "linear":
@@ -180,13 +187,13 @@ def open_backbone(name: str, weights: str = "imagenet", image_size: int | None =
 def open_run(run_dir: str | Path) -> Network:
     path = Path(run_dir)
     if not path.is_dir():
-        raise TltoolError(f"--model {run_dir}: no such run folder. Pass the folder a linear, probe or finetune "
-                          "command wrote (it holds model.json).")
+        raise TltoolError(f"--model {run_dir}: no such run folder. Pass the folder a linear, probe, finetune or "
+                          "train command wrote (it holds model.json).")
     run = load_run(path)
     if isinstance(run, LinearRunModel):
         return _linear_network(path, run)
     if isinstance(run, KerasRunModel):
-        return _keras_network(path, run)
+        return _KERAS_NETWORKS[run.config["kind"]](path, run)
     raise TltoolError(f"{run_dir}: runs of kind {run.config.get('kind')!r} cannot be visualised.")
 
 
@@ -215,7 +222,8 @@ def _keras_network(path: Path, run) -> Network:
     preprocess = layer("preprocess")
     if base is None or preprocess is None:
         raise TltoolError(f"{path}: model.keras has no 'preprocess' layer and nested base model "
-                          f"({config.get('base_layer')!r}); only fine-tuned runs of tltool can be visualised.")
+                          f"({config.get('base_layer')!r}), which every fine-tuned run of tltool has; it is not "
+                          "the model `tltool finetune` saved.")
     pool, classifier = layer("pool"), layer("classifier")
     mode = getattr(preprocess, "mode", "none")
     net = Network(name=path.name, preprocess=preprocess, base=base, image_size=run.image_size, resize=run.resize,
@@ -225,6 +233,68 @@ def _keras_network(path: Path, run) -> Network:
     else:
         net.no_head_reason = "its model has no 'pool' and 'classifier' layers"
     return net
+
+
+def _scratch_network(path: Path, run) -> Network:
+    from .._tf import keras
+
+    model, config = run.as_keras(), run.config
+    spatial = [layer for layer in model.layers if is_map(layer) and type(layer).__name__ != "InputLayer"]
+    if not spatial:
+        raise TltoolError(f"{path}: model.keras has no layer with a spatial output (activation maps); it is not "
+                          "the model `tltool train` saved.")
+    base = keras.Model(model.inputs, spatial[-1].output, name=f"{model.name}_base")
+    net = Network(name=path.name, preprocess=_unchanged, base=base, image_size=run.image_size, resize=run.resize,
+                  classes=list(run.classes), layer_hint=f"--model {path}", config=config)
+    split = scratch_head(model, spatial)
+    if split is None:
+        net.no_head_reason = ("its net has no convolutional map larger than 1x1 that the rest of the net is computed "
+                              "from (train it at a larger --image-size)")
+    else:
+        feature, net.head = split
+        net.features = keras.Model(model.inputs, feature.output, name=f"{model.name}_to_{feature.name}")
+    return net
+
+
+_KERAS_NETWORKS = {"finetune": _keras_network, "scratch": _scratch_network}
+# layers whose output is not the map Grad-CAM explains: the last convolution's (activated) map is, not a pooled,
+# padded or dropped-out copy of it (Selvaraju et al. use the last convolutional layer)
+_NOT_A_CAM_MAP = ("Pooling2D", "ZeroPadding2D", "Dropout")
+
+
+def is_map(layer: keras.layers.Layer) -> bool:
+    """Whether the layer outputs activation maps (batch, h, w, channels)."""
+    try:
+        return len(layer.output.shape) == 4
+    except (AttributeError, ValueError):  # a layer used several times has no single output
+        return False
+
+
+def _unchanged(pixels):
+    """A from-scratch net's preprocessing is its own first layer (``rescale``: pixels / 255)."""
+    return pixels
+
+
+def scratch_head(model: keras.Model, spatial: list) -> tuple[Any, Callable] | None:
+    """``(feature layer, head)`` of a flat from-scratch classifier for Grad-CAM: the last map larger than 1x1 from
+    the first convolution on (not a pooling, padding or dropout layer's) from which the rest of the net follows
+    alone (a ResNet's last conv does not: its block adds the shortcut after it), and the net from there to its
+    class scores; None if there is none.
+    """
+    from .._tf import keras
+
+    final = model.layers[-1]
+    convs = [i for i, layer in enumerate(spatial) if conv_kernel(layer) is not None]
+    for layer in reversed(spatial[convs[0]:] if convs else []):  # the pixels (rescaled) are no conv's map
+        h, w = layer.output.shape[1:3]
+        if type(layer).__name__.endswith(_NOT_A_CAM_MAP) or (h or 0) * (w or 0) <= 1:
+            continue
+        try:
+            rest = keras.Model(layer.output, final.input, name=f"{model.name}_from_{layer.name}")
+        except ValueError:  # "not connected to inputs": the output needs more than this layer's
+            continue
+        return layer, dense_head(rest, final)
+    return None
 
 
 def classifier_network(model: keras.Model, feature_layer: str, pool_layer: str, classifier_layer: str,
