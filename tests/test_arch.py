@@ -263,6 +263,24 @@ def test_cli_conv_calc():
     assert result.exit_code == 0 and "= 5" in result.output
 
 
+@pytest.mark.parametrize("args, ignored, use", [
+    (("--input", "32x32x3", "--pool", "--kernel", "2", "--filters", "4"), "--filters does", "a pooling layer"),
+    (("--input", "32x32x3", "--pool", "--kernel", "3", "--dilation", "2"), "--dilation does", "a pooling layer"),
+    (("--input", "8x8x1", "--pool", "--kernel", "2", "--filters", "0"), "--filters does", "a pooling layer"),
+    (("--stack", "conv3,conv3", "--filters", "8", "--pad", "1"), "--filters, --pad do", "--stack"),
+    (("--kernel", "3", "--stride", "2", "--pool"), "--stride, --pool do", "without --input"),
+])
+def test_conv_calc_refuses_an_option_that_does_nothing_for_the_layer(args, ignored, use):
+    """Before, `--pool --filters 4` printed the pooling layer as if --filters had not been typed (exit 0)."""
+    result = invoke("arch", "conv-calc", *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"error: {ignored} nothing for" in result.output and use in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    fine = invoke("arch", "conv-calc", "--input", "32x32x3", "--pool", "--kernel", "2", "--pad", "0", "--dilation", "1")
+    assert fine.exit_code == 0 and "16x16x3" in fine.output  # an option at its default asks for nothing
+    assert calc.conv_calc_use({"input": "8x8x3", "kernel": 3, "filters": 2, "dilation": 2, "pool": False}) == "conv"
+
+
 def test_cli_list_and_errors():
     result = invoke("arch", "list")
     assert result.exit_code == 0

@@ -194,6 +194,38 @@ def receptive_field(layers: Iterable[StackLayer], input_size: tuple[int, int] | 
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+# what each use of ``conv-calc`` reads: (the use in words, its options); any other option given would do nothing
+CONV_CALC_USES = {
+    "stack": ("a receptive field of --stack (each layer's F, S, P and D are written in the stack)",
+              {"stack", "input", "floor"}),
+    "kernel": ("--kernel without --input (only the dilated filter size is computed)", {"kernel", "dilation"}),
+    "pool": ("a pooling layer (--pool has no filters and no dilation; the depth stays D)",
+             {"pool", "input", "kernel", "stride", "pad", "floor"}),
+    "conv": ("a conv layer", {"input", "filters", "kernel", "stride", "pad", "dilation", "floor"}),
+}
+_CONV_CALC_DEFAULTS = {"pad": 0, "dilation": 1}  # an option left at its default is not a request
+
+
+def conv_calc_use(options: dict[str, object]) -> str:
+    """Which use of ``conv-calc`` ``options`` (its option names -> values, None or False when not given) ask for.
+    An option that use ignores is an error: ``--pool --filters 4`` printed a pooling layer as if ``--filters`` had
+    not been typed."""
+    if options.get("stack"):
+        use = "stack"
+    elif options.get("input") is None:
+        use = "kernel"
+    else:
+        use = "pool" if options.get("pool") else "conv"
+    what, reads = CONV_CALC_USES[use]
+    ignored = [f"--{name}" for name, value in options.items() if value is not None and value is not False
+               and value != _CONV_CALC_DEFAULTS.get(name) and name not in reads]
+    if ignored:
+        one = len(ignored) == 1
+        raise TltoolError(f"{', '.join(ignored)} {'does' if one else 'do'} nothing for {what}; leave "
+                          f"{'it' if one else 'them'} out.")
+    return use
+
+
 def _output_hw(h: int, w: int, kernel: int, stride: int, pad: int, dilation: int, what: str, floor: bool,
                owner: str = "") -> tuple[int, int]:
     of = f" of {owner}" if owner else ""

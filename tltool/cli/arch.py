@@ -69,19 +69,21 @@ def conv_calc_cmd(input_text: str | None, filters: int | None, kernel: int | Non
       tltool arch conv-calc --kernel 3 --dilation 2
       tltool arch conv-calc --stack conv3,conv3,conv3
     """
-    if stack:
+    if kernel is None and not stack:
+        raise TltoolError("give --kernel F (and --input HxWxD for output sizes), or --stack for a receptive field.")
+    use = calc.conv_calc_use({"input": input_text, "filters": filters, "kernel": kernel, "stride": stride, "pad": pad,
+                              "dilation": dilation, "pool": pool, "floor": floor, "stack": stack})
+    if use == "stack":
         _print_stack(calc, stack, input_text, floor)
         return
-    if kernel is None:
-        raise TltoolError("give --kernel F (and --input HxWxD for output sizes), or --stack for a receptive field.")
-    if input_text is None:
+    if use == "kernel":
         span = calc.effective_kernel(kernel, dilation)
         click.echo(f"effective kernel  {kernel} + ({kernel} - 1)*({dilation} - 1) = {span}  ({span}x{span})")
         return
     shape = calc.parse_shape(input_text)
     if len(shape) != 3:
         raise TltoolError(f"--input needs a depth for a single layer: write HxWxD, e.g. {input_text}x3.")
-    if pool:
+    if use == "pool":
         result = calc.pool_layer(shape, kernel, stride, pad, floor)
     else:
         result = calc.conv_layer(shape, 1 if filters is None else filters, kernel, 1 if stride is None else stride, pad,
