@@ -298,6 +298,25 @@ def test_gradcam_of_a_train_run_explains_its_last_conv_map(lenet_run, tmp_path):
         [10, 10], [10, 10]] and "-> " in result.output
 
 
+def test_viz_decodes_with_the_runs_own_decode_limit(lenet_run, tmp_path):
+    """viz decoded every photo under the default --max-pixels, not the run's: a photo predict refuses (or takes)
+    for this run was taken (or refused) by viz. Here the run's limit is below the photo's 64x64 = 4096 pixels."""
+    from tltool.errors import TltoolError
+    from tltool.models import load_run
+    from tltool.viz import visualize_activations
+
+    run = tmp_path / "run"
+    shutil.copytree(lenet_run, run)
+    config = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**config, "max_pixels": 4000}))
+    image = next((SAMPLE / "star").glob("*.jpg"))
+    assert load_run(run).max_pixels == 4000
+    with pytest.raises(TltoolError, match="decompression bomb"):
+        visualize_activations(image, model=run, out=tmp_path / "act")
+    refused(invoke("viz", "gradcam", image, "--model", run, "--out", tmp_path / "cam"), "decompression bomb")
+    assert not (tmp_path / "act").exists() and not (tmp_path / "cam").exists()
+
+
 @pytest.mark.parametrize("arch, size, feature", [("resnet18", 64, "conv5_2_relu"), ("resnet18", 32, "conv4_2_relu"),
                                                  ("nin", 32, None), ("lenet5", 32, "c3")])
 def test_scratch_gradcam_map_is_the_last_conv_map_the_rest_follows_from(arch, size, feature):

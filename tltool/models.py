@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     import keras
 
 
+def trained_max_pixels(config: dict) -> int:
+    """The decode limit a run was trained with (``--max-pixels``, in its model.json); older runs did not record
+    it. Whatever decodes a photo for the run (predict, evaluate, viz) refuses what its training refused."""
+    return int(config.get("max_pixels") or DEFAULT_MAX_PIXELS)
+
+
 class RunModel:
     """What every run can do: give class probabilities for a batch of views and for files."""
 
@@ -39,8 +45,7 @@ class RunModel:
 
     @property
     def max_pixels(self) -> int:
-        """The decode limit the run was trained with (``--max-pixels``); older runs did not record it."""
-        return int(self.config.get("max_pixels") or DEFAULT_MAX_PIXELS)
+        return trained_max_pixels(self.config)
 
     _runner = None
 

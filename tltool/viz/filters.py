@@ -186,7 +186,7 @@ def visualize_activations(image_path: str | Path, backbone: str | None = None, m
     """``tltool viz activations``: write ``activations.png`` and ``activations.json`` into a run folder."""
     check_run_dir(out, force)
     network = network or open_network(backbone, model, weights, image_size)
-    image = load_image(image_path, network.image_size, network.resize)
+    image = load_image(image_path, network.image_size, network.resize, network.max_pixels)
     grid = layer_activations(network, image, layer, max_maps)
     run_dir = new_run_dir("viz", "activations", network.name, grid.layer, out=out, force=force)
     grid.run_dir, grid.png = run_dir, run_dir / "activations.png"

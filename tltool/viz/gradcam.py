@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import BadFilesWarning, BadImageError, TltoolError, did_you_mean
-from ..images import check_image, load_image
+from ..images import DEFAULT_MAX_PIXELS, check_image, load_image
 from ..plotting import pyplot, save_figure
 from ..runs import check_run_dir, new_run_dir, writes_runs
 from ..utils import write_json
@@ -102,7 +102,7 @@ def gradcam_paths(network: Network, paths: Sequence[str | Path], class_index: in
     out: list[GradCam] = []
     for start in range(0, len(paths), BATCH):
         chunk = [str(p) for p in paths[start:start + BATCH]]
-        images = np.stack([load_image(p, network.image_size, network.resize) for p in chunk])
+        images = np.stack([load_image(p, network.image_size, network.resize, network.max_pixels) for p in chunk])
         for path, cam in zip(chunk, grad_cam(network, images, class_index)):
             cam.path = path
             out.append(cam)
@@ -177,13 +177,14 @@ class GradCamResult:
     png: Path
 
 
-def readable_images(paths: Sequence[str | Path]) -> tuple[list[str], list[BadImageError]]:
+def readable_images(paths: Sequence[str | Path],
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[str], list[BadImageError]]:
     """The files that decode, and the errors of those that do not (named in one :class:`BadFilesWarning`), before
     any network runs; none readable is an error."""
     readable, skipped = [], []
     for path in paths:
         try:
-            check_image(path)
+            check_image(path, max_pixels)
             readable.append(str(path))
         except BadImageError as error:
             skipped.append(error)
@@ -205,7 +206,7 @@ def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_nam
     if network.head is None:
         raise TltoolError(f"Grad-CAM needs a class score to explain, and {network.name}: {network.no_head_reason}.")
     index = class_index_of(network, class_name)
-    readable, skipped = readable_images(images)
+    readable, skipped = readable_images(images, network.max_pixels)
     cams = gradcam_paths(network, readable, index)
     run_dir = new_run_dir("viz", "gradcam", network.name, out=out, force=force)
     png = run_dir / "gradcam.png"

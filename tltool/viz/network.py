@@ -24,7 +24,7 @@ from ..backbones import create_backbone, find_backbone
 from ..configs import resolve_input
 from ..errors import TltoolError
 from ..features import select_pool
-from ..models import KerasRunModel, LinearRunModel, load_run
+from ..models import KerasRunModel, LinearRunModel, load_run, trained_max_pixels
 from ..settings import DEFAULT_BACKBONE
 
 if TYPE_CHECKING:
@@ -51,6 +51,10 @@ class Network:
     layer_hint: str = ""  # the options that list this network's layers, for error messages
     config: dict = field(default_factory=dict)
     features: Any = None  # keras.Model: preprocessed image -> the feature map ``head`` takes, when not ``base``'s
+
+    @property
+    def max_pixels(self) -> int:
+        return trained_max_pixels(self.config)
 
     def layers(self) -> list:
         """The base's layers in order, without its input layer (index 0 is the first real layer)."""
