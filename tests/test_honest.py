@@ -42,6 +42,16 @@ def test_compare_stored_runs_counts_and_p(tmp_path):
     assert comparison.verdict() == "B is better, p = 0.0386"
     stored = json.loads((target / "compare.json").read_text())
     assert stored["only_b"] == 10 and stored["accuracy_a"]["value"] == 0.82
+    # the report's picture: each accuracy with its interval, and the paired difference with its own
+    assert (target / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![the two accuracies and their paired difference](compare.png)" in (target / "compare.md").read_text()
+    from tltool.compare import _comparison_figure
+
+    left, right = _comparison_figure(comparison).axes
+    points = [line.get_xydata()[0].tolist() for line in left.lines if line.get_marker() == "o"]
+    assert points == [[0.82, 0.0], [0.9, 1.0]]
+    (bar,) = [segment for collection in right.collections for segment in collection.get_segments()]
+    assert bar[:, 0].tolist() == pytest.approx(list(comparison.ci95)) and bar[:, 1].tolist() == [0, 0]
 
 
 def test_compare_calls_a_split_between_its_interval_and_its_test_borderline():

@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import TltoolError
 from .models import load_run
+from .plotting import cached_figure, pyplot
 from .predict import labelled_images, warn_if_trained_on
 from .report import read_predictions, trained_on_line
 from .runs import check_run_dir, new_run_dir, writes_runs
@@ -148,6 +149,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
     comparison.images_trained_on = trained_on
     target = new_run_dir("compare", run_a.name[:20], run_b.name[:20], out=out, force=force)
     write_json(target / "compare.json", comparison.to_json())
+    plot_comparison(comparison, target / "compare.png")
     write_text_atomic(target / "compare.md", comparison_markdown(comparison))
     return comparison, target
 
@@ -156,7 +158,37 @@ def comparison_markdown(comparison: Comparison) -> str:
     """``compare.md``: the lines the terminal shows, then, in bold, the runs that were trained on these images."""
     lines = [f"- {line.replace(chr(10), ' ')}" for line in comparison.lines()]
     lines += [f"- **{line}**" for line in comparison.leakage_lines()]
-    return "# Paired comparison\n\n" + "\n".join(lines) + f"\n\nImages: {comparison.images}.\n"
+    return ("# Paired comparison\n\n" + "\n".join(lines) + f"\n\nImages: {comparison.images}.\n\n"
+            "![the two accuracies and their paired difference](compare.png)\n")
+
+
+def plot_comparison(comparison: Comparison, target: Path) -> None:
+    """``compare.png``: each run's accuracy with its interval beside the paired difference with its own: two
+    intervals that overlap can still rank the runs, which only the paired one shows. Drawn once per comparison
+    (:func:`cached_figure`): a repeated compare imports no matplotlib."""
+    key = {"figure": "compare", **comparison.to_json()}
+    cached_figure(target, key, lambda: _comparison_figure(comparison))
+
+
+def _comparison_figure(c: Comparison):
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 2.4), gridspec_kw={"width_ratios": [3, 2]})
+    for row, accuracy in enumerate((c.accuracy_a, c.accuracy_b)):
+        low, high = accuracy.interval
+        left.errorbar(accuracy.value, row, xerr=[[accuracy.value - low], [high - accuracy.value]], fmt="o",
+                      capsize=4, color=f"C{row}")
+    left.set_yticks([0, 1], ["A", "B"])
+    left.set_ylim(1.6, -0.6)
+    left.set_xlabel(f"accuracy on {c.n} images (95 % Wilson interval)")
+    low, high = c.ci95
+    right.errorbar(c.difference, 0, xerr=[[c.difference - low], [high - c.difference]], fmt="o", capsize=4,
+                   color="black")
+    right.axvline(0, color="grey", linestyle="--", linewidth=1)
+    right.set_yticks([])
+    right.set_xlabel("B - A, paired (95 % Newcombe interval)")
+    right.set_title(f"only A right {c.only_a}, only B right {c.only_b}; McNemar p = {c.p_value:.3g}", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def _evaluate_both(run_a: Path, run_b: Path, data: str,
