@@ -193,6 +193,21 @@ def test_gradcam_of_a_finetuned_run_uses_its_layers(tmp_path):
     assert "conv: 2 tiles" in result.output
 
 
+def test_a_viz_of_a_run_refuses_to_write_its_report_over_that_run(tmp_path):
+    """Before, `viz gradcam IMAGE --model RUN --out RUN --force` (and `viz filters` or `viz activations` with
+    --model RUN) explained RUN, then replaced it with the picture's report: model.keras and model.json were gone.
+    Evaluate and compare refused that already; now these do too, before any work, and the run is kept whole."""
+    run = tmp_path / "ft"
+    make_finetune_run(run)
+    image = red_square_image(tmp_path / "square.png")
+    kept = sorted(p.name for p in run.iterdir())
+    for args in (["gradcam", image, "--model", run], ["filters", "--model", run],
+                 ["activations", image, "--model", run]):
+        refused(invoke("viz", *args, "--out", run, "--force"), f"--out {run}: holds ", "which this command reads")
+        assert sorted(p.name for p in run.iterdir()) == kept
+    ok(invoke("viz", "filters", "--model", run, "--out", run / "filters"))  # inside it, beside the model: fine
+
+
 def test_gradcam_of_a_linear_run_matches_its_head(tmp_path):
     from tltool.heads import FittedHead
     from tltool.models import load_run
