@@ -270,6 +270,27 @@ def test_a_run_written_inside_the_data_is_not_read_as_photos(tmp_path):
         "b/features": "a tltool features folder, not photos (ignored)", "b/digits/.tltool-output.json": HIDDEN}
 
 
+def test_the_runs_folder_of_a_command_run_inside_the_data_is_no_empty_class(tmp_path):
+    """`cd PHOTOS; tltool train .` writes PHOTOS/runs/finetune-.../: the run is skipped, but its `runs` folder
+    (made by tltool, unmarked) became a class with no images: "1 class(es) have no usable image: 'runs' (empty
+    folder) ... remove the folder", the folder that holds the user's runs. A truly empty class folder still is one."""
+    from tltool.errors import EmptyClassWarning
+    from tltool.inspection import prepare_dataset
+    from tltool.outputs import claim_output_dir
+
+    data = _tree(tmp_path / "d", {"a": 4, "b": 4})
+    claim_output_dir(data / "runs" / "finetune-d-1", "run")
+    noise_image(data / "runs" / "finetune-d-1" / "confusion_matrix.png", seed=1, fmt="PNG")
+    dataset = load_dataset(data)
+    assert (dataset.classes, dataset.class_folders, dataset.empty_class_folders()) == (["a", "b"], ["a", "b"], [])
+    assert [os.path.relpath(s.path, data) for s in dataset.skipped] == ["runs/finetune-d-1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmptyClassWarning)
+        assert prepare_dataset(str(data)).dataset.classes == ["a", "b"]
+    (data / "c").mkdir()
+    assert load_dataset(data).empty_class_folders() == ["c"]
+
+
 def test_leakage_across_splits_is_reported(tmp_path):
     _tree(tmp_path, {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1})
     leak = (tmp_path / "train/a/img_00.jpg").read_bytes()

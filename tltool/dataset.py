@@ -39,6 +39,7 @@ LINK_AGAIN = "link to a folder already walked, not followed again"
 # a run, features or export folder tltool wrote inside the dataset (`--out PHOTOS/run1`): its plots are no photos
 TLTOOL_OUTPUT = "a tltool {kind} folder, not photos (ignored)"
 NOT_PHOTOS = ("run", "features", "export")
+TLTOOL_OUTPUTS = {TLTOOL_OUTPUT.format(kind=kind) for kind in NOT_PHOTOS}
 
 
 def _utf8(text: str) -> bool:
@@ -430,6 +431,8 @@ class _FolderWalk:
                 continue
             files, hidden = walk_files(class_dir, self.guard)
             self.skipped.extend(hidden)
+            if not files and any(s.reason in TLTOOL_OUTPUTS for s in hidden):
+                continue  # only tltool's outputs (`runs/` of `cd PHOTOS; tltool train .`): no class, nor an empty one
             self.seen_classes.add(class_dir.name)
             if not files:
                 self.empty.add(class_dir.name)
