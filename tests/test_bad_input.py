@@ -309,6 +309,11 @@ def test_predict_names_a_bad_file_given_twice_once(probe_run, tmp_path):
     assert [p.path for p in predictions] == [good, good]
     with pytest.raises(TltoolError, match=r"^none of the 1 image\(s\) could be read: [^;]*empty file \(0 bytes\)$"):
         predict_images(probe_run, [str(bad), str(tmp_path)])
+    with pytest.warns(BadFilesWarning) as caught:  # `predict ./photos ./photos/empty.jpg`: other spellings, one file
+        predict_images(probe_run, [os.path.join(tmp_path, "."), os.path.join(tmp_path, ".", "empty.jpg"), good])
+    messages = [str(w.message) for w in caught if issubclass(w.category, BadFilesWarning)]
+    assert len(messages) == 1 and messages[0].startswith("1 of 2 image(s) not predicted:\n  "), messages
+    assert messages[0].count("empty file (0 bytes)") == 1
 
 
 @pytest.mark.parametrize("engine", ["tf", "litert"])  # tf.data feeds TensorFlow, the decode threads any other

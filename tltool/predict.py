@@ -49,8 +49,10 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
     found = predict_readable(model.predict_views, images, model.image_size, model.resize, tta,
                              max_pixels=model.max_pixels if max_pixels is None else max_pixels,
                              engine=model.runner().engine, predict_stream=model.predict_stream)
-    # each bad file named once, though given twice (by name and in its folder): it was listed, and counted, twice
-    bad, given = list({str(error.path): error for error in found.bad}.values()), len(set(map(str, images)))
+    # each bad file named once, though given twice (by name and in its folder, `./photos ./photos/x.jpg` too): it was
+    # listed, and counted, twice
+    bad = list({os.path.abspath(error.path): error for error in found.bad}.values())
+    given = len({os.path.abspath(image) for image in images})
     if not found.paths:
         raise TltoolError(f"none of the {given} image(s) could be read: " + "; ".join(map(str, bad)))
     if bad:
