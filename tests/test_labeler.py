@@ -876,6 +876,12 @@ def test_label_with_the_keyboard_in_a_real_browser(tmp_path):
             expect(other.locator("body")).to_have_attribute("data-ready", "1")
             other.keyboard.press("u")
             expect(other.locator("#message")).to_have_text("nothing to undo")
+            # the history is kept under the folder's identity, not its name: a later server of another folder
+            # called "ds" at the same address (--port) finds nothing of this one's to undo in this tab
+            twin = tmp_path / "elsewhere" / "ds"
+            make_dataset(twin, 6)
+            ids = [LabelStore(folder, ["cat", "dog", "bird"]).state()["dataset_id"] for folder in (root, twin)]
+            assert ids[0] != ids[1] and page.evaluate("Object.keys(sessionStorage)") == [f"tltool-label-undo:{ids[0]}"]
             browser.close()
         assert read_labels(root) == {paths[0]: "cat", paths[1]: "dog", paths[3]: "cat"}
         assert LabelStore(root).skipped == {paths[2]}

@@ -193,7 +193,7 @@ function remember(paths) {
 // The history outlives a reload of this tab (sessionStorage: per tab, so another tab never undoes this one's
 // actions; an undo whose photo another tab changed since is refused by the server like any stale change).
 const HISTORY_LIMIT = 1000;
-const historyKey = () => `tltool-label-undo:${S.dataset}`;
+const historyKey = () => `tltool-label-undo:${S.datasetId}`;
 
 function saveHistory() {
   S.history = S.history.slice(-HISTORY_LIMIT);
@@ -411,6 +411,7 @@ async function load(fromStart = true) {
   const response = await fetch("/api/state");
   const state = await response.json();
   S.dataset = state.dataset;
+  S.datasetId = state.dataset_id;
   S.classes = state.classes;
   S.items = state.items;
   S.byPath = Object.fromEntries(S.items.map((it, i) => [it.path, i]));

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import os
 import re
@@ -464,5 +465,11 @@ class LabelStore:
                 items.append(item)
             start = 0 if self.review else next(
                 (i for i, it in enumerate(items) if it["label"] is None and not it["skipped"]), len(items))
-            return {"dataset": self.root.name, "classes": self.classes, "items": items, "start": start,
-                    **self.summary()}
+            return {"dataset": self.root.name, "dataset_id": self.dataset_id, "classes": self.classes,
+                    "items": items, "start": start, **self.summary()}
+
+    @property
+    def dataset_id(self) -> str:
+        """Which folder this is, without its path: the page keys its undo history by it, so a tab that another
+        server of a folder with the same name answers later (the same --port) never replays this one's undos."""
+        return hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
