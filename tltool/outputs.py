@@ -294,16 +294,8 @@ def _new_staging(target: Path, kind: str) -> tuple[Path, int | None]:
     busy = TltoolError(f"{shown_name(target)}: another tltool command is writing it now ({staging.name} is in use); "
                        f"wait for it to finish, or write elsewhere.")
     not_ours = TltoolError(f"{staging}: exists and is not tltool's; move it away and run again.")
-    if staging.is_symlink():
+    if staging.is_symlink() or (staging.exists() and not _remove_staging(staging, kind, busy, unlocked=True)):
         raise not_ours
-    if staging.exists():
-        leftover = _lock(staging, busy)
-        try:
-            if output_kind(staging) != kind:
-                raise not_ours
-            shutil.rmtree(staging)
-        finally:
-            _unlock(leftover)
     try:
         staging.mkdir(parents=True)
     except FileExistsError:  # made by another process since the check above
@@ -333,17 +325,25 @@ def remove_killed_staging(folder: str | os.PathLike, kind: str | None = None) ->
         for staging in sorted(Path(folder).iterdir()):
             if not _STAGING_NAME.fullmatch(staging.name) or not _marked(staging, kind):
                 continue
-            try:
-                lock = _lock(staging, _in_use(staging))
-            except TltoolError:  # a live command is building (or removing) it: its own
-                continue
-            try:
-                if lock is not None and _marked(staging, kind):  # marked under the lock: its command is dead
-                    _remove_marked(staging)
+            with contextlib.suppress(TltoolError):  # a live command is building (or removing) it: its own
+                if _remove_staging(staging, kind, _in_use(staging)):
                     removed.append(staging)
-            finally:
-                _unlock(lock)
     return removed
+
+
+def _remove_staging(staging: Path, kind: str | None, busy: TltoolError, unlocked: bool = False) -> bool:
+    """Remove a staging folder a dead command left, under its lock (``busy`` is raised while a live command holds
+    it), its marker last: a kill halfway leaves it still known for tltool's. False, with nothing removed, when it is
+    not marked as tltool's (``kind``'s), or where folders cannot be locked (a live one looks dead there) unless
+    ``unlocked``: the next staging of the same target, whose name it takes, removes it all the same."""
+    lock = _lock(staging, busy)
+    try:
+        if (lock is None and not unlocked) or not _marked(staging, kind):  # marked under the lock: its command died
+            return False
+        _remove_marked(staging)
+        return True
+    finally:
+        _unlock(lock)
 
 
 def _marked(folder: Path, kind: str | None) -> bool:
