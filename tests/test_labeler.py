@@ -1328,3 +1328,20 @@ def test_a_save_keeps_the_order_of_a_users_labels_csv(tmp_path):
     LabelStore(root, ["cat", "dog"]).set(paths[1], "cat")
     assert (root / "labels.csv").read_text().splitlines() == [
         "path,label", f"{paths[2]},cat", f"{paths[0]},dog", f"{paths[1]},cat"]
+
+
+def test_labels_of_an_earlier_round_do_not_make_the_assistant_fit_one_class(tmp_path):
+    """`label serve --classes cat,bird` on a folder labelled cat/dog before: the dog labels are kept but are no
+    class the head suggests, so one labelled class (cat) is not enough to train it (it used to crash the thread)."""
+    root = tmp_path / "ds"
+    paths = sorted(make_two_kinds(root, 8))
+    LabelStore(root, ["cat", "dog"]).set_many([(p, "cat" if "-cat" in p else "dog", False, False) for p in paths[:6]])
+    store = LabelStore(root, ["cat", "bird"])
+    assistant = Assistant(store, AssistSettings(retrain_every=1), featurize=kind_features)
+    assistant._load_features()
+    assert not assistant._due()  # cat alone among the classes offered
+    store.set(paths[7], "bird")
+    assert assistant._due()
+    assistant._retrain()
+    assert assistant.snapshot.trained_on == sum("-cat" in p for p in paths[:6]) + 1
+    assert all(assistant.suggestion(p)[0] in ("cat", "bird") for p in paths)

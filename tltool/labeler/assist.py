@@ -249,8 +249,8 @@ class Assistant:
 
     def _due(self) -> bool:
         labelled = self._training_labels()
-        if len(set(labelled.values())) < 2:
-            return False
+        if len(set(labelled.values()) & set(self.store.classes)) < 2:  # labels of an earlier round's classes
+            return False  # are kept, but the head suggests only these classes and needs two of them
         return self.snapshot is None or self._new_labels >= self.settings.retrain_every
 
     def _training_labels(self) -> dict[str, str]:
