@@ -1345,3 +1345,20 @@ def test_labels_of_an_earlier_round_do_not_make_the_assistant_fit_one_class(tmp_
     assistant._retrain()
     assert assistant.snapshot.trained_on == sum("-cat" in p for p in paths[:6]) + 1
     assert all(assistant.suggestion(p)[0] in ("cat", "bird") for p in paths)
+
+
+def test_exporting_the_export_names_the_labelled_folder(tmp_path):
+    """A newcomer runs `label export mydata-split` (the folder the first export printed): it used to say `no labels
+    yet. Label the images first: tltool label serve mydata-split`, which would label the split's copies."""
+    root = tmp_path / "mydata"
+    paths = make_dataset(root, 4, decodable=False)
+    LabelStore(root, ["a", "b"]).set_many([(p, "ab"[i % 2], False, False) for i, p in enumerate(paths)])
+    split = export_labels(root, val_fraction=0.5).out
+    with pytest.raises(TltoolError) as refused:
+        export_labels(split)
+    message = str(refused.value)
+    assert "what `tltool label export` wrote" in message and f"tltool label export {root}" in message
+    assert "label serve" not in message
+    (tmp_path / "other").mkdir()
+    with pytest.raises(TltoolError, match=r"no labels yet.*tltool label serve"):  # any other folder: label it
+        export_labels(tmp_path / "other")

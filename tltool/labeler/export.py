@@ -10,6 +10,7 @@ interrupted before its first rename leaves a marked, empty folder, which a rerun
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import time
 import warnings
@@ -118,6 +119,19 @@ def export_origin(split: Path) -> tuple[Path, dict[str, str]] | None:
     return origin, {k: v for k, v in mapped.items() if v is not None and (origin / v).is_file()}
 
 
+def _refuse_unlabelled(root: Path, dataset: str | os.PathLike) -> None:
+    """The error for a folder without ``labels.csv``: an export itself (given instead of the folder it came from)
+    is named as such, anything else gets the labeler's command."""
+    if output_kind(root) == KIND:
+        origin = export_origin(root)
+        source = shlex.quote(str(origin[0])) if origin else "DATASET (the folder you labelled)"
+        raise TltoolError(f"{dataset}: is what `tltool label export` wrote, not a folder you labelled; export from "
+                          f"the labelled folder: tltool label export {source} (or train on this one: tltool probe "
+                          f"{shlex.quote(str(dataset))}).")
+    raise TltoolError(f"{root / LABELS_CSV}: no labels yet. Label the images first: tltool label serve {dataset} "
+                      "--classes NAME1,NAME2,... with your own class names (keys 1-9 follow their order).")
+
+
 def _refuse_earlier_export(target: Path) -> None:
     """The refusal to replace the earlier export ``target`` without ``force``, naming the files --force would delete
     that tltool did not write there."""
@@ -149,8 +163,7 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     root = Path(dataset).resolve()
     labels = root / LABELS_CSV
     if not labels.is_file():
-        raise TltoolError(f"{labels}: no labels yet. Label the images first: tltool label serve {dataset} "
-                          "--classes NAME1,NAME2,... with your own class names (keys 1-9 follow their order).")
+        _refuse_unlabelled(root, dataset)
     # not resolved: a link given as --out is refused like any other output's (it was followed, even dangling)
     target = Path(os.path.abspath(out)) if out is not None else default_export_dir(root)
     if target.resolve() == root or target.resolve() in root.parents:
