@@ -19,6 +19,7 @@ from tltool.cli import main
 from tltool.collect import (ADDED, DUPLICATE, MANIFEST, NEAR_DUPLICATE, TOO_LARGE, TOO_MANY_MEMBERS, UNLABELED,
                             UNSAFE_NAME, NearIndex, dhash, import_images, near_rule)
 from tltool.collect import sources as collect_sources
+from tltool.dataset import load_dataset
 from tltool.errors import TltoolError
 
 cv2 = pytest.importorskip("cv2")
@@ -512,3 +513,23 @@ def test_an_out_that_is_a_link_is_refused_for_import_and_label_export(tmp_path, 
     with pytest.raises(TltoolError, match="is not a folder"):
         export_labels(dataset, out=link, val_fraction=0.5)
     assert (list(target.iterdir()) == []) if target.is_dir() else not (tmp_path / "nowhere").exists()
+
+
+def test_training_on_the_imported_folder_says_to_label_and_export_it(tmp_path):
+    """`tltool probe mydata` right after `collect import --out mydata` used to answer "found 1 class(es)
+    ['unlabeled'] ... Put each class's images in its own sub-folder": wrong advice for the README's own steps."""
+    for i in range(3):
+        noise_image(tmp_path / "phone" / f"p{i}.jpg", seed=i, size=(64, 48))
+    dataset = tmp_path / "mydata"
+    import_images([str(tmp_path / "phone")], dataset)
+    with pytest.raises(TltoolError) as refused:
+        load_dataset(dataset).require_classes(2)
+    message = str(refused.value)
+    assert "collect import" in message and f"tltool label serve {dataset}" in message
+    assert f"tltool label export {dataset}" in message and "own sub-folder" not in message
+    result = CliRunner().invoke(main, ["data", "inspect", str(dataset), "--out", str(tmp_path / "inspect")])
+    assert "TooFewClassesWarning" in result.output and f"tltool label export {dataset}" in result.output
+    (tmp_path / "plain" / "a").mkdir(parents=True)
+    shutil.copy(tmp_path / "phone" / "p0.jpg", tmp_path / "plain" / "a")
+    with pytest.raises(TltoolError, match="own sub-folder"):  # any other folder: the advice it had
+        load_dataset(tmp_path / "plain").require_classes(2)

@@ -105,8 +105,19 @@ class Dataset:
             also = f" (class folder(s) {empty} hold no images)" if empty else ""
             raise TltoolError(
                 f"{self.name}: found {len(self.classes)} class(es) {self.classes}{also}; a classifier needs at "
-                f"least {minimum}. Put each class's images in its own sub-folder."
+                f"least {minimum}. {self.how_to_get_classes()}."
             )
+
+    def how_to_get_classes(self) -> str:
+        """What to do about too few classes: a folder of ``tltool collect import`` is labelled and exported first;
+        any other folder needs one sub-folder per class."""
+        folder = Path(self.source[len("folder:"):]) if self.source.startswith("folder:") else None
+        if folder is None or output_kind(folder) != "dataset":
+            return "Put each class's images in its own sub-folder"
+        quoted = shlex.quote(str(folder))
+        return (f"It is what `tltool collect import` wrote (unlabeled/ + manifest.csv), not one folder per class: "
+                f"label it with `tltool label serve {quoted} --classes NAME1,NAME2,...`, export the labels with "
+                f"`tltool label export {quoted}`, and give the folder that writes (train/ and val/ class folders)")
 
 
 def label_indices(records: Sequence[Record], classes: Sequence[str]) -> np.ndarray:

@@ -27,6 +27,10 @@ from .utils import sha256_file, write_json
 
 IMBALANCE_RATIO = 3.0
 # what a class-level finding means for a run, and what to do about it
+def lowercase_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
 CLASS_FINDINGS = {
     EmptyClassWarning: ("they are left out of every run", "add images, fix the bad files, or remove the folder"),
     TooFewClassesWarning: ("every training command refuses this data",
@@ -283,11 +287,13 @@ def check_classes(checked: CheckedDataset, strict: bool = False, for_training: b
         named = ", ".join(f"{c!r} ({why})" for c, why in lost.items())
         findings.append((f"{len(lost)} class(es) have no usable image: {named}", EmptyClassWarning))
     name = checked.dataset.name
+    fixes = {**{c: fix for c, (_, fix) in CLASS_FINDINGS.items()},
+             TooFewClassesWarning: lowercase_first(checked.dataset.how_to_get_classes())}
     if findings and (strict or (for_training and len(classes) < 2)):
         refused = " (--strict refuses it)" if strict else ""
-        return TltoolError(f"{name}: " + "; ".join(f"{message}: {CLASS_FINDINGS[category][1]}"
+        return TltoolError(f"{name}: " + "; ".join(f"{message}: {fixes[category]}"
                                                    for message, category in findings) + refused + ".")
-    checked.issues.extend((f"{name}: {message}; {CLASS_FINDINGS[category][0]}: {CLASS_FINDINGS[category][1]}.",
+    checked.issues.extend((f"{name}: {message}; {CLASS_FINDINGS[category][0]}: {fixes[category]}.",
                            category) for message, category in findings)
     return None
 
