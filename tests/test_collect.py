@@ -533,3 +533,13 @@ def test_training_on_the_imported_folder_says_to_label_and_export_it(tmp_path):
     shutil.copy(tmp_path / "phone" / "p0.jpg", tmp_path / "plain" / "a")
     with pytest.raises(TltoolError, match="own sub-folder"):  # any other folder: the advice it had
         load_dataset(tmp_path / "plain").require_classes(2)
+
+
+def test_imported_names_keep_accented_letters(tmp_path):
+    """A phone's "Café été.jpg" was imported as "Caf-t-<hash>.jpg" (every non-ASCII letter dropped), so the
+    imported photo could not be told by its name; accents now fall back to their base letter."""
+    assert collect_sources.slug("Café été") == "Cafe-ete" and collect_sources.slug("Ünïcode pet") == "Unicode-pet"
+    assert collect_sources.slug("猫 ☀") == "image" and collect_sources.slug("ﬁle①") == "file1"
+    noise_image(tmp_path / "phone" / "Café été.jpg", seed=1, size=(64, 48))
+    result = import_images([str(tmp_path / "phone")], tmp_path / "mydata")
+    assert [Path(row["file"]).name.startswith("Cafe-ete-") for row in result.added] == [True]

@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 import time
+import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -86,8 +87,9 @@ class Bad:
 
 
 def slug(text: str) -> str:
-    """A short file-name-safe version of ``text``."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:40] or "image"
+    """A short file-name-safe version of ``text``; accented letters keep their base letter (été -> ete)."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", plain).strip("-")[:40] or "image"
 
 
 # ------------------------------------------------------------------------------------------------ files
