@@ -217,7 +217,7 @@ def test_cli_import_prints_threshold_and_names_bad_files(tmp_path):
     # the dataset inside the source folder: its own images are never imported again
     again = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "ds")])
     again = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "ds")])
-    assert "added 0 image(s)" in again.output and "2 already imported; 1 bad file(s)" in again.output
+    assert "added 0 image(s)" in again.output and "2 seen on an earlier run (imported or dropped then); 1 bad file(s)" in again.output
     result = runner.invoke(main, ["collect", "import", str(tmp_path / "missing"), "--out", str(tmp_path / "ds")])
     assert result.exit_code == 2
     assert "error:" in result.output and "Traceback" not in result.output
@@ -543,3 +543,15 @@ def test_imported_names_keep_accented_letters(tmp_path):
     noise_image(tmp_path / "phone" / "Café été.jpg", seed=1, size=(64, 48))
     result = import_images([str(tmp_path / "phone")], tmp_path / "mydata")
     assert [Path(row["file"]).name.startswith("Cafe-ete-") for row in result.added] == [True]
+
+
+def test_a_rerun_does_not_count_a_dropped_duplicate_as_imported(tmp_path):
+    """A rerun over 2 photos and a copy of one said "3 already imported" under "2 image(s) in .../unlabeled"."""
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    noise_image(tmp_path / "in" / "b.jpg", seed=2)
+    shutil.copy(tmp_path / "in" / "a.jpg", tmp_path / "in" / "a copy.jpg")
+    args = ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "ds")]
+    assert "added 2 image(s); dropped 1 exact" in CliRunner().invoke(main, args).output
+    again = CliRunner().invoke(main, args).output
+    assert "already imported" not in again and "3 seen on an earlier run (imported or dropped then)" in again
+    assert "2 image(s) in" in again

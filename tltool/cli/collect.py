@@ -52,7 +52,8 @@ def import_cmd(sources: tuple[str, ...], dataset: str, every: float, max_side: i
         click.echo(f"... and {len(dropped) - MAX_LISTED} more duplicates (see {result.manifest})")
     click.echo(near_rule(near_threshold))
     click.echo(f"added {len(result.added)} image(s); dropped {len(result.duplicates)} exact and "
-               f"{len(result.near_duplicates)} near duplicate(s); {result.already} already imported; "
+               f"{len(result.near_duplicates)} near duplicate(s); {result.already} seen on an earlier run (imported "
+               "or dropped then); "
                f"{len(result.bad)} bad file(s) skipped")
     click.echo(f"{result.total_images} image(s) in {result.dataset / 'unlabeled'}; manifest: {result.manifest}")
     click.echo(f"next: tltool label serve {shlex.quote(str(dataset))} --classes NAME1,NAME2,... (your class names; "
