@@ -605,3 +605,26 @@ def test_a_killed_exports_staging_folder_is_removed_by_the_next_export_of_the_ru
         assert not dead.exists() and live.is_dir() and linked.is_symlink()
     finally:
         _unlock(lock)
+
+
+# where each module the clients import comes from on PyPI (the stdlib ones need nothing)
+PYPI_NAME = {"numpy": "numpy", "cv2": "opencv-python-headless", "PIL": "pillow", "ai_edge_litert": "ai-edge-litert",
+             "keras": "keras", "tensorflow": "tensorflow"}
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "keras", "savedmodel"])
+def test_the_readme_says_what_to_pip_install_for_its_client(tmp_path, fmt):
+    """The export README's client imports cv2, PIL and numpy, but named only `pip install ai-edge-litert`: run as
+    it says in a fresh Python it stopped at `ModuleNotFoundError: No module named 'cv2'`."""
+    from tltool.export_client import write_client_files
+
+    write_client_files(tmp_path, fmt, "model", ["a", "b"], 32, "crop")
+    text = (tmp_path / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    modules = set(re.findall(r"^\s*import ([\w, ]+?)(?:\s+#.*)?$", code, re.M) + re.findall(r"^\s*from (\w+)", code,
+                                                                                            re.M))
+    names = {m.strip().split(" as ")[0].split(".")[0] for line in modules for m in line.split(",")}
+    needed = {PYPI_NAME[m] for m in names - set(sys.stdlib_module_names)}
+    pip = re.search(r"`pip install ([^`]+)`", text)
+    assert pip is not None and needed <= set(pip.group(1).split()), (needed, pip)
+    assert "cv2" in names and "opencv-python-headless" in needed

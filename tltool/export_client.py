@@ -114,6 +114,10 @@ CLIENT_CODE = {
 }
 
 
+# What the client imports, for the README's pip line: a fresh Python has none of it (cv2 is opencv-python).
+CLIENT_PACKAGES = {"tflite": "ai-edge-litert", "keras": "keras tensorflow", "savedmodel": "tensorflow"}
+DECODE_PACKAGES = "numpy pillow opencv-python-headless"
+
 # The README's code is a whole script: saved as client.py, it runs as it is on the files named after it.
 ARGS_CODE = "import sys\n\npaths = sys.argv[1:]  # the image files to classify\n\n"
 
@@ -130,6 +134,7 @@ def readme(fmt: str, model_file: str, classes: list[str], image_size: int, resiz
             f"- Output: probabilities over the {len(classes)} classes of `labels.txt`, in that order.\n"
             f"- Resize policy `{resize}`; every decode step is in `input.json`.\n\n"
             "## Client (Python)\n\n"
+            f"It needs `pip install {DECODE_PACKAGES} {CLIENT_PACKAGES[fmt]}` (no tltool). "
             "Save this as `client.py` in this folder and run `python client.py photo1.jpg photo2.jpg`:\n\n"
             f"```python\n{load_pixels_code(resize)}\n{ARGS_CODE}{CLIENT_CODE[fmt]}```\n{bytes_note}"
             + (f"\n## Measured when exported\n\n{measured}\n" if measured else ""))
