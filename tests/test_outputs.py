@@ -602,3 +602,27 @@ def test_a_finished_run_where_folders_cannot_be_locked_is_not_replaced_without_f
         writes_runs(lambda: new_run_dir("linear", out=run))()
     assert (run / "head.npz").read_text() == "the user's trained run"
     assert writes_runs(lambda: new_run_dir("linear", out=run, force=True))() == run  # --force still replaces it
+
+
+def test_replacing_a_run_names_the_exports_inside_it(tmp_path):
+    """An export's README has the user save client.py in RUN/export/tflite; `probe ... --out RUN` again said only
+    "already holds an earlier tltool run ... pass --force", and --force deleted the export and the client unnamed."""
+    from tltool.runs import check_run_dir, new_run_dir, writes_runs
+
+    @writes_runs
+    def run_once(out, force=False):
+        (new_run_dir("linear", out=out, force=force) / "metrics.json").write_text("{}")
+
+    run = tmp_path / "run"
+    run_once(run)
+    export = claim_output_dir(run / "export" / "tflite", "export")
+    (export / "client.py").write_text("the user's client")
+    for refuse in (lambda: check_run_dir(run), lambda: run_once(run)):
+        with pytest.raises(TltoolError, match=r"already holds an earlier tltool run with its exports inside "
+                                              r"\(export/tflite\), which --force deletes with it"):
+            refuse()
+    assert (export / "client.py").read_text() == "the user's client"
+    run_once(run, force=True)  # asked for: replaced, exports and all
+    assert not (run / "export").exists() and (run / "metrics.json").exists()
+    with pytest.raises(TltoolError, match=r"already holds an earlier tltool run; choose another"):  # no exports
+        run_once(run)

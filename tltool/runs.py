@@ -46,6 +46,18 @@ def _replaceable_unforced(out: str | Path, force: bool) -> bool:
     return True
 
 
+def _refuse_replacing_exports(out: str | Path) -> None:
+    """The refusal to replace a finished run without ``--force``, naming the exports inside it (``RUN/export/FMT``,
+    where an export's README has the user save ``client.py``): ``--force`` deletes them with the run."""
+    out = Path(out)
+    exports = sorted(p.name for p in (out / EXPORT_FOLDER).iterdir()) if (out / EXPORT_FOLDER).is_dir() else []
+    if exports and output_kind(out) == "run":
+        named = ", ".join(f"{EXPORT_FOLDER}/{name}" for name in exports[:3]) + (" ..." if len(exports) > 3 else "")
+        raise TltoolError(f"--out {out}: already holds an earlier tltool run with its exports inside ({named}), "
+                          "which --force deletes with it, and any file saved there (a client.py); choose another "
+                          "folder, or move what you keep out of it and pass --force to replace it.")
+
+
 def _found(folder: Path, pattern: str) -> bool:
     return next(folder.glob(pattern), None) is not None if "*" in pattern else os.path.lexists(folder / pattern)
 
@@ -56,7 +68,10 @@ def check_run_dir(out: str | Path | None, force: bool = False, reads: Sequence[o
     if out is not None:
         check_out_not_read(out, reads)
         check_not_in_use(out)  # first: a run in training is not one to resume or replace
-        check_output_dir(out, "run", reuse=_replaceable_unforced(out, force), force=force)
+        reuse = _replaceable_unforced(out, force)
+        if not (reuse or force):
+            _refuse_replacing_exports(out)
+        check_output_dir(out, "run", reuse=reuse, force=force)
 
 
 def check_out_not_read(out: str | Path, reads: Sequence[object]) -> None:
@@ -79,7 +94,10 @@ def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bo
     The folder is held (:func:`hold_run_dir`): a run another command is writing is refused, ``force`` or not. Before,
     a run in its first epoch (no ``metrics.json`` or ``state.json`` yet) looked abandoned and was replaced under it."""
     if out is not None:  # an unfinished run that cannot be resumed may be replaced; any other needs force
-        claimed = claim_output_dir(out, "run", reuse=_replaceable_unforced(out, force), force=force)
+        reuse = _replaceable_unforced(out, force)
+        if not (reuse or force):
+            _refuse_replacing_exports(out)
+        claimed = claim_output_dir(out, "run", reuse=reuse, force=force)
         hold_output_dir(claimed)
         return emptied_output_dir(claimed, "run", hold=True)
     else:
