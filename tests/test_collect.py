@@ -217,7 +217,8 @@ def test_cli_import_prints_threshold_and_names_bad_files(tmp_path):
     # the dataset inside the source folder: its own images are never imported again
     again = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "ds")])
     again = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "ds")])
-    assert "added 0 image(s)" in again.output and "2 seen on an earlier run (imported or dropped then); 1 bad file(s)" in again.output
+    assert "added 0 image(s)" in again.output
+    assert "2 seen on an earlier run (imported or dropped then); 1 bad file(s)" in again.output
     result = runner.invoke(main, ["collect", "import", str(tmp_path / "missing"), "--out", str(tmp_path / "ds")])
     assert result.exit_code == 2
     assert "error:" in result.output and "Traceback" not in result.output
