@@ -441,6 +441,15 @@ sys.exit(getattr(importlib.import_module(module), function)())
 """
 
 
+def _ctrl_c_as_a_terminal_delivers_it() -> None:
+    """In the child, before it starts: SIGINT's default action. A shell's background job (`cmd &`, nohup, a CI
+    runner's) starts with SIGINT ignored, which the child inherits: Python then installs no handler, and a test
+    would measure the shell that started pytest, not tltool."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("at", ["click", "numpy", "tltool.cli.viz"])
 def test_ctrl_c_during_the_clis_start_up_imports_exits_130_with_one_line(at):
     """Ctrl-C in the first ~0.8 s of `tltool ...` (the CLI's imports) printed KeyboardInterrupt's traceback, and
@@ -456,7 +465,8 @@ def test_ctrl_c_during_the_clis_start_up_imports_exits_130_with_one_line(at):
     scripts = dict(line.split("=") for line in setup["options.entry_points"]["console_scripts"].split("\n") if line)
     entry = {name.strip(): target.strip() for name, target in scripts.items()}["tltool"]
     done = subprocess.run([sys.executable, "-c", _CTRL_C_AT_IMPORT, at, entry, "--help"], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+                          text=True, timeout=120, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+                          preexec_fn=_ctrl_c_as_a_terminal_delivers_it)
     assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", ""), done.stderr[-2000:]
 
 
@@ -469,7 +479,8 @@ def test_importing_tltool_and_its_cli_installs_no_signal_handler():
     script = ("import signal, tltool, tltool.__main__, tltool.cli\n"
               "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+                          preexec_fn=_ctrl_c_as_a_terminal_delivers_it)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
