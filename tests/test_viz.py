@@ -563,6 +563,10 @@ def test_suspects_terminal_says_when_it_lists_them_all(tmp_path):
     assert terminal_lines(result, shown=1)[:2] == [
         "1 of 40 images are better supported as another class than their own; the 2 most suspect are in "
         "suspects.csv, the first 1 here:", "  1  0.750  a -> b  a/1.jpg"]
+    result.summary["disagreeing"] = 0  # it said "0 of 40 images are better supported ...; the 2 most suspect"
+    assert terminal_lines(result)[0] == ("none of the 40 images is better supported as another class than its own; "
+                                         "the 2 with the least support for their label are in suspects.csv, all 2 "
+                                         "here:")
 
 
 # ------------------------------------------------------------------------------------------------------- errors

@@ -241,8 +241,12 @@ def terminal_lines(result: SuspectsResult, shown: int = SHOWN_IN_TERMINAL) -> li
     are listed here of how many ``suspects.csv`` holds, one row per listed suspect, and the files."""
     summary, listed, total = result.summary, result.suspects[:shown], len(result.suspects)
     which = f"all {total} here" if total <= shown else f"the first {len(listed)} here"
-    lines = [f"{summary['disagreeing']} of {summary['n_images']} images are better supported as another class than "
-             f"their own; the {total} most suspect are in {result.csv.name}, {which}:"]
+    if summary["disagreeing"]:
+        lines = [f"{summary['disagreeing']} of {summary['n_images']} images are better supported as another class "
+                 f"than their own; the {total} most suspect are in {result.csv.name}, {which}:"]
+    else:  # "0 of 16 ... the 16 most suspect" read as a contradiction
+        lines = [f"none of the {summary['n_images']} images is better supported as another class than its own; the "
+                 f"{total} with the least support for their label are in {result.csv.name}, {which}:"]
     lines += [f"{s.rank:>3}  {s.score:.3f}  {s.verdict()}  {s.path}" for s in listed]
     review = ([f"review them first: {summary['review_command']}"] if "review_command" in summary
               else [summary["review_hint"]] if "review_hint" in summary else [])
