@@ -26,11 +26,13 @@ from .settings import check_range
 from .utils import sha256_file, write_json
 
 IMBALANCE_RATIO = 3.0
-# what a class-level finding means for a run, and what to do about it
+
+
 def lowercase_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+# what a class-level finding means for a run, and what to do about it
 CLASS_FINDINGS = {
     EmptyClassWarning: ("they are left out of every run", "add images, fix the bad files, or remove the folder"),
     TooFewClassesWarning: ("every training command refuses this data",

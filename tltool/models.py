@@ -354,6 +354,6 @@ def copies_of(paths: Sequence[str], seen: Sequence[str]) -> int:
     sizes: dict[int, list[str]] = {}
     for path in seen:
         sizes.setdefault(size(path), []).append(path)
-    candidates = [path for path in paths if size(path) in sizes and size(path) is not None]
-    trained = {digest(path) for wanted in {size(p) for p in candidates} for path in sizes[wanted]} - {None}
-    return sum(digest(path) in trained for path in candidates)
+    candidates = [(path, bytes_) for path in paths if (bytes_ := size(path)) is not None and bytes_ in sizes]
+    trained = {digest(path) for wanted in {bytes_ for _, bytes_ in candidates} for path in sizes[wanted]} - {None}
+    return sum(digest(path) in trained for path, _ in candidates)

@@ -46,6 +46,15 @@ def _replaceable_unforced(out: str | Path, force: bool) -> bool:
     return True
 
 
+def _replaceable(out: str | Path, force: bool) -> bool:
+    """Whether ``out`` may be taken without ``force`` (:func:`_replaceable_unforced`); a finished run that holds
+    exports, when it may not, is refused here already, naming them."""
+    reuse = _replaceable_unforced(out, force)
+    if not (reuse or force):
+        _refuse_replacing_exports(out)
+    return reuse
+
+
 def _refuse_replacing_exports(out: str | Path) -> None:
     """The refusal to replace a finished run without ``--force``, naming the exports inside it (``RUN/export/FMT``,
     where an export's README has the user save ``client.py``): ``--force`` deletes them with the run."""
@@ -68,10 +77,7 @@ def check_run_dir(out: str | Path | None, force: bool = False, reads: Sequence[o
     if out is not None:
         check_out_not_read(out, reads)
         check_not_in_use(out)  # first: a run in training is not one to resume or replace
-        reuse = _replaceable_unforced(out, force)
-        if not (reuse or force):
-            _refuse_replacing_exports(out)
-        check_output_dir(out, "run", reuse=reuse, force=force)
+        check_output_dir(out, "run", reuse=_replaceable(out, force), force=force)
 
 
 def check_out_not_read(out: str | Path, reads: Sequence[object]) -> None:
@@ -94,10 +100,7 @@ def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bo
     The folder is held (:func:`hold_run_dir`): a run another command is writing is refused, ``force`` or not. Before,
     a run in its first epoch (no ``metrics.json`` or ``state.json`` yet) looked abandoned and was replaced under it."""
     if out is not None:  # an unfinished run that cannot be resumed may be replaced; any other needs force
-        reuse = _replaceable_unforced(out, force)
-        if not (reuse or force):
-            _refuse_replacing_exports(out)
-        claimed = claim_output_dir(out, "run", reuse=reuse, force=force)
+        claimed = claim_output_dir(out, "run", reuse=_replaceable(out, force), force=force)
         hold_output_dir(claimed)
         return emptied_output_dir(claimed, "run", hold=True)
     else:
