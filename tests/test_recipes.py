@@ -542,3 +542,15 @@ def test_a_long_or_multiline_set_value_is_shown_cut_and_escaped_in_its_error():
         with pytest.raises(TltoolError) as info:
             _parse_override(text)
         assert shown in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 500
+
+
+def test_a_key_set_twice_is_refused_not_silently_the_last(tmp_path):
+    # `--set photos=a --set photos=b` ran on b alone: a folder and a zip could not both be imported, without a word
+    path = _write(tmp_path, "vars: {d: data/a}\nsteps:\n  - finetune: {data: '${d}', epochs: 5}\n")
+    with pytest.raises(TltoolError, match=r"--set d is given twice \(d=x, then d=y\).*--set 'd=\[a, b\]'"):
+        load_recipe(path, ["d=x", "d=y"])
+    with pytest.raises(TltoolError, match="--set epochs is given twice"):
+        load_recipe(path, ["epochs=1", "epochs=2"])
+    assert load_recipe(path, ["epochs=1", "finetune.epochs=2"]).steps[0].options["epochs"] == 2  # another key
+    result = _check(path, "d=x", "d=y")
+    assert result.exit_code != 0 and "given twice" in result.output and "Traceback" not in result.output

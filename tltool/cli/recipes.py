@@ -261,9 +261,23 @@ def _parse_only(command: click.Command) -> click.Command:
     return parser
 
 
-def _apply_overrides(path: Path, steps: list[Step], variables: dict, commands: dict, overrides) -> None:
+def _once_each(overrides) -> list[tuple[str, Any, str]]:
+    """Each ``--set`` parsed; one key given twice is refused (the last would silently win: a folder and a zip
+    given as ``--set photos=a --set photos=b`` imported only b)."""
+    parsed, seen = [], {}
     for text in overrides:
         key, value = _parse_override(text)
+        if key in seen:
+            raise TltoolError(f"--set {shown_name(key)} is given twice ({shown_name(seen[key])}, then "
+                              f"{shown_name(text)}): give each key once; several values are one YAML list, e.g. "
+                              f"--set '{shown_name(key)}=[a, b]'.")
+        seen[key] = text
+        parsed.append((key, value, text))
+    return parsed
+
+
+def _apply_overrides(path: Path, steps: list[Step], variables: dict, commands: dict, overrides) -> None:
+    for key, value, text in _once_each(overrides):
         target, _, option = key.rpartition(".")
         if not target and key.replace("-", "_") in variables:
             variables[key.replace("-", "_")] = value
