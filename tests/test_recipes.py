@@ -554,3 +554,12 @@ def test_a_key_set_twice_is_refused_not_silently_the_last(tmp_path):
     assert load_recipe(path, ["epochs=1", "finetune.epochs=2"]).steps[0].options["epochs"] == 2  # another key
     result = _check(path, "d=x", "d=y")
     assert result.exit_code != 0 and "given twice" in result.output and "Traceback" not in result.output
+
+
+def test_a_list_set_for_a_variable_inside_a_list_gives_every_source(tmp_path):
+    # the assignment recipe imports ["${photos}"]: --set 'photos=[a, b.zip]' must import both, not fail as nested
+    from tltool.cli.recipes import build_argv
+
+    recipe = load_recipe(REPO / "recipes" / "assignment.yaml", [f"photos=[{SAMPLE}, {tmp_path}/b.zip]"])
+    argv = build_argv(recipe, 1, recipe.steps[0], recipe_commands()["collect-import"])
+    assert argv[-2:] == [str(SAMPLE), f"{tmp_path}/b.zip"]

@@ -139,8 +139,10 @@ def _check_value(where: str, param: click.Parameter, value: Any) -> list[str]:
 
 
 def _substitute(value: Any, variables: dict[str, Any], where: str) -> Any:
-    if isinstance(value, list):
-        return [_substitute(v, variables, where) for v in value]
+    if isinstance(value, list):  # a list variable in a list is spliced in: ["${photos}"] with photos=[a, b] is [a, b]
+        items = [(v, _substitute(v, variables, where)) for v in value]
+        return [x for v, sub in items
+                for x in (sub if isinstance(sub, list) and isinstance(v, str) and _VAR.fullmatch(v) else [sub])]
     if not isinstance(value, str):
         return value
     full = _VAR.fullmatch(value)
