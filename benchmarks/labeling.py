@@ -45,7 +45,13 @@ CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 
 def make_folder(src: Path, root: Path) -> dict[str, str]:
     """The photos copied (not moved, never written to) under ``root/unlabeled/`` with names that do not give the
-    class away; returns the truth ``{path: class}``."""
+    class away, ``root`` marked as ``collect import`` marks its folder (the labeler writes into no other); returns
+    the truth ``{path: class}``."""
+    from tltool.dataset import COLLECTED
+    from tltool.outputs import mark_output_dir
+
+    root.mkdir(parents=True)
+    mark_output_dir(root, COLLECTED)
     truth = {}
     photos = sorted(src.glob("*/*.jpg"))
     random.Random(0).shuffle(photos)  # as photos from a phone: the file order says nothing about the class

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tltool.dataset import COLLECTED
+from tltool.outputs import mark_output_dir
+
 
 def solid(path: Path, colour=(200, 30, 30), size=(64, 48), fmt="JPEG", mode="RGB", **save) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +31,14 @@ def noise_image(path: Path, seed: int, size=(80, 60), fmt="JPEG") -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, fmt)
     return path
+
+
+def collected(root: Path) -> Path:
+    """``root`` (made if absent) marked as the dataset folder ``tltool collect import`` makes: ``label serve`` writes
+    its labels.csv into no other new folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(root, COLLECTED)
+    return root
 
 
 def jpeg_bytes(size=(64, 64), colour=(10, 120, 200)) -> bytes:

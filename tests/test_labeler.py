@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import noise_image
+from helpers import collected, noise_image
 from tltool.cli import main
+from tltool.collect import import_images
 from tltool.dataset import load_dataset
 from tltool.errors import TltoolError
 from tltool.labeler import Assistant, AssistSettings, LabelStore, export_labels, make_server, parse_classes
 from tltool.labeler.assist import Snapshot, Tally, extract_in_child
+from tltool.labeler.server import LabelerServer
 from tltool.labeler.store import EXPORT_MARKER, list_images
 from tltool.outputs import mark_output_dir
 
@@ -27,8 +29,10 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def make_dataset(root: Path, n: int, decodable: bool = True) -> list[str]:
-    """``root/unlabeled/img_000.jpg``...; with ``decodable=False`` all files share one tiny JPEG's bytes (fast)."""
+    """``root/unlabeled/img_000.jpg``... in a folder marked as `collect import` marks it; with ``decodable=False``
+    all files share one tiny JPEG's bytes (fast)."""
     paths = []
+    collected(root)
     template = noise_image(root / "unlabeled" / "img_000.jpg", seed=0, size=(64, 48))
     for i in range(1, n):
         target = root / "unlabeled" / f"img_{i:03d}.jpg"
@@ -430,6 +434,7 @@ def test_export_writes_a_stratified_class_folder_layout_and_recovers(tmp_path):
 
     plain = tmp_path / "plain"  # photos right in the folder (no unlabeled/), the export written inside it
     plain.mkdir()
+    (plain / "labels.csv").write_text("path,label\n")  # labelled in place before tltool refused its own folders
     for i in range(4):
         shutil.copyfile(root / paths[0], plain / f"p{i}.jpg")
     store = LabelStore(plain, ["a", "b"])
@@ -578,8 +583,10 @@ def test_label_export_is_whole_or_absent(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ assistance
 def make_two_kinds(root: Path, n: int) -> dict[str, str]:
-    """``n`` photos, alternately "cat" and "dog"; returns the truth. Names carry the kind for the fake features."""
+    """``n`` photos, alternately "cat" and "dog", in a folder marked as `collect import` marks it; returns the
+    truth. Names carry the kind for the fake features."""
     truth = {}
+    collected(root)
     for i in range(n):
         kind = ("cat", "dog")[i % 2]
         rel = f"unlabeled/{i:03d}-{kind}.jpg"
@@ -1347,7 +1354,7 @@ def test_labels_of_an_earlier_round_do_not_make_the_assistant_fit_one_class(tmp_
     assert all(assistant.suggestion(p)[0] in ("cat", "bird") for p in paths)
 
 
-def test_exporting_the_export_names_the_labelled_folder(tmp_path):
+def test_exporting_the_export_names_the_labelled_folder(tmp_path, monkeypatch):
     """A newcomer runs `label export mydata-split` (the folder the first export printed): it used to say `no labels
     yet. Label the images first: tltool label serve mydata-split`, which would label the split's copies."""
     root = tmp_path / "mydata"
@@ -1360,5 +1367,97 @@ def test_exporting_the_export_names_the_labelled_folder(tmp_path):
     assert "what `tltool label export` wrote" in message and f"tltool label export {root}" in message
     assert "label serve" not in message
     (tmp_path / "other").mkdir()
-    with pytest.raises(TltoolError, match=r"no labels yet.*tltool label serve"):  # any other folder: label it
+    monkeypatch.chdir(tmp_path)  # where the advice's new folder goes
+    with pytest.raises(TltoolError, match=r"no labels yet.*tltool collect import .*other --out other-dataset && "
+                                          r"tltool label serve other-dataset"):  # any other folder: import, label
         export_labels(tmp_path / "other")
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under ``folder`` (hidden ones too) and the bytes of each file: None for a folder."""
+    return {p.relative_to(folder).as_posix(): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+def test_label_serve_refuses_a_folder_tltool_did_not_make_and_writes_nothing_there(tmp_path, monkeypatch):
+    """Before: `tltool label serve ~/Pictures/trip` (as `tltool probe` on unsorted photos advised) wrote labels.csv,
+    skipped.csv and .labels.lock into the user's own folder. Now it refuses before writing anything, in one line
+    that names the commands that work: `collect import` into a new dataset folder, then `label serve` that."""
+    monkeypatch.chdir(tmp_path)
+    trip = tmp_path / "trip"
+    for i in range(3):
+        noise_image(trip / f"p{i}.jpg", seed=i, size=(64, 48))
+    review = tmp_path / "review.csv"
+    review.write_text("path\np1.jpg\n")
+    before = folder_bytes(trip)
+    advice = ("error: trip: is not a folder tltool made, and labelling writes labels.csv into the folder it labels; "
+              "import the photos into a new dataset folder first (copies, duplicates dropped; the folder stays as it "
+              "is), then label that: tltool collect import trip --out trip-dataset && tltool label serve trip-dataset "
+              "--classes a,b")
+    def stopped(server, *args):  # a labeler that did start returns at once (Ctrl-C), instead of serving forever
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LabelerServer, "serve_forever", stopped)
+    for extra in ([], ["--review", str(review)]):
+        result = CliRunner().invoke(main, ["label", "serve", "trip", "--classes", "a,b", "--no-assist", *extra])
+        assert result.exit_code == 2 and result.output.strip().splitlines() == [advice], result.output
+    with pytest.raises(TltoolError, match="is not a folder tltool made"):
+        LabelStore(trip, ["a", "b"])
+    assert folder_bytes(trip) == before  # no labels.csv, skipped.csv or lock file
+    run = tmp_path / "run"  # another kind of tltool folder (replaced whole by a later --force): refused too
+    make_dataset(run, 2, decodable=False)
+    mark_output_dir(run, "run")
+    with pytest.raises(TltoolError, match="^.*run: is a tltool run folder, not one `collect import` made"):
+        LabelStore(run, ["a", "b"])
+    dataset = tmp_path / "ds"  # the unlabeled/ of a dataset folder: its dataset folder is the one to label
+    make_dataset(dataset, 2, decodable=False)
+    with pytest.raises(TltoolError, match=r"unlabeled: is the unlabeled/ folder of the dataset folder .*ds, whose "
+                                          r"labels.csv goes beside it; label that folder: tltool label serve .*ds "
+                                          r"--classes a,b$"):
+        LabelStore(dataset / "unlabeled", ["a", "b"])
+    assert not (dataset / "unlabeled" / "labels.csv").exists() and not (run / "labels.csv").exists()
+
+
+def test_the_advice_for_unsorted_photos_imports_them_first_and_works_as_printed(tmp_path, monkeypatch):
+    """`tltool probe trip` (or `data inspect`, `extract`) on photos right in a folder advised `label them with
+    `tltool label serve``, a command that wrote into the user's folder and now refuses it. Its advice is now the
+    sequence that works, which is followed here to the end; the user's folder stays byte for byte as it was."""
+    monkeypatch.chdir(tmp_path)
+    trip = tmp_path / "trip"
+    for i in range(4):
+        noise_image(trip / f"p{i}.jpg", seed=i, size=(64, 48))
+    before = folder_bytes(trip)
+    commands = "tltool collect import trip --out trip-dataset && tltool label serve trip-dataset"
+    with pytest.raises(TltoolError) as refused:
+        load_dataset("trip")
+    assert str(refused.value).endswith(f"or label them (your class names): {commands} --classes NAME1,NAME2,...")
+    result = CliRunner().invoke(main, ["data", "inspect", "trip"])
+    assert result.exit_code == 2 and commands in result.output and "Traceback" not in result.output
+    (tmp_path / "trip-dataset").mkdir()  # a name taken: the advice names a new folder
+    with pytest.raises(TltoolError, match="--out trip-dataset-2 && tltool label serve trip-dataset-2"):
+        load_dataset("trip")
+    (tmp_path / "trip-dataset").rmdir()
+    import_images(["trip"], "trip-dataset")
+    store = LabelStore("trip-dataset", ["a", "b"])
+    store.set_many([(path, "ab"[i % 2], False, False) for i, path in enumerate(store.items)])
+    assert sorted(read_labels(tmp_path / "trip-dataset").values()) == ["a", "a", "b", "b"]
+    assert export_labels("trip-dataset", val_fraction=0.5).counts()["train"] == {"a": 1, "b": 1}
+    assert folder_bytes(trip) == before
+
+
+def test_a_folder_labelled_in_place_before_keeps_working(tmp_path):
+    """A folder of the user's own that an earlier tltool labelled in place (its labels.csv there) is labelled on:
+    refusing it now would strand those labels."""
+    mine = tmp_path / "mine"
+    for i in range(4):
+        noise_image(mine / f"p{i}.jpg", seed=i, size=(64, 48))
+    (mine / "labels.csv").write_text("path,label\np0.jpg,cat\n")
+    running = Running(mine, ["cat", "dog"])
+    try:
+        assert running.request("POST", "/api/set", {"path": "p1.jpg", "label": "dog"})[0] == 200
+        assert running.request("POST", "/api/set", {"path": "p2.jpg", "label": None, "skipped": True})[0] == 200
+    finally:
+        running.close()
+    assert read_labels(mine) == {"p0.jpg": "cat", "p1.jpg": "dog"} and LabelStore(mine).skipped == {"p2.jpg"}
+    (mine / "labels.csv").write_text("path,label\n")  # every label undone: the advice is to label it on, in place
+    with pytest.raises(TltoolError, match=r"no image has a label yet\. Label some with tltool label serve .*mine\.$"):
+        export_labels(mine)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SAMPLE, shared_dataset
-from helpers import deadline
+from helpers import collected, deadline
 from tltool.errors import TltoolError
 from tltool.cli.recipes import load_recipe, plan_recipe, recipe_commands, run_recipe
 
@@ -383,8 +383,8 @@ def test_an_interactive_last_step_stops_the_run_with_nothing_to_continue(tmp_pat
 def test_a_step_after_the_labeler_without_labels_names_the_recipes_own_labeler_command(in_tmp):
     """Before: `tltool run assignment.yaml --from 3` before labelling failed with `no labels yet. Label the images
     first: tltool label serve DATASET --classes a,b,c`, classes nobody has, though the recipe names its own."""
-    photos = in_tmp / "runs" / "a2" / "photos" / "unlabeled"
-    photos.mkdir(parents=True)
+    photos = collected(in_tmp / "runs" / "a2" / "photos") / "unlabeled"  # as step 1 (collect import) makes it
+    photos.mkdir()
     (photos / "one.jpg").write_bytes(next(SAMPLE.rglob("*.jpg")).read_bytes())
     with pytest.raises(TltoolError) as caught:
         run_recipe(RECIPES / "assignment.yaml", ["dataset=runs/a2/photos", "classes=cat,dog"], start=3)

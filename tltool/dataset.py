@@ -112,7 +112,7 @@ class Dataset:
         """What to do about too few classes: a folder of ``tltool collect import`` is labelled and exported first;
         any other folder needs one sub-folder per class."""
         folder = Path(self.source[len("folder:"):]) if self.source.startswith("folder:") else None
-        if folder is None or output_kind(folder) != "dataset":
+        if folder is None or output_kind(folder) != COLLECTED:
             return "Put each class's images in its own sub-folder"
         quoted = shlex.quote(str(folder))
         return (f"It is what `tltool collect import` wrote (unlabeled/ + manifest.csv), not one folder per class: "
@@ -292,6 +292,39 @@ def _labeler_hint(manifest: Path, labels_file: bool) -> str:
             f"row empty), make a dataset of it with `tltool label export {folder}`.")
 
 
+COLLECTED = "dataset"  # the kind of folder `collect import` makes (unlabeled/ + manifest.csv), the labeler's home
+UNLABELED = "unlabeled"  # where `collect import` puts the photos of its folder
+LABEL_CLASSES = "NAME1,NAME2,..."  # the --classes of a suggested `label serve`, for a user who named none yet
+
+
+def labeler_may_write(folder: str | os.PathLike) -> bool:
+    """Whether ``label serve`` may write its labels.csv (and skipped.csv, its lock) into ``folder``: a dataset folder
+    ``collect import`` made (tltool's marker says so), or one that holds a labels.csv already (labelled before
+    tltool refused other folders: those labels keep working). Any other folder is the user's, never written into."""
+    folder = Path(folder)
+    labels = folder / LABELS_CSV
+    return output_kind(folder) == COLLECTED or labels.is_file() or labels.is_symlink()
+
+
+def label_commands(folder: str | os.PathLike, classes: str = LABEL_CLASSES) -> str:
+    """The command line that labels the photos of ``folder`` (as the user gave it): ``label serve`` itself where
+    it may write; the dataset folder an ``unlabeled/`` of it belongs to; any other folder is first copied into a new
+    dataset folder by ``collect import`` (the folder itself stays as it is)."""
+    path = Path(os.path.abspath(folder))
+    options = f" --classes {shlex.quote(classes)}" if classes else ""
+    if labeler_may_write(path):
+        return f"tltool label serve {_quoted(folder)}{options}"
+    if path.name == UNLABELED and output_kind(path.parent) == COLLECTED:
+        return f"tltool label serve {_quoted(path.parent)}{options}"
+    stem = f"{path.name or 'photos'}-dataset"
+    new = next((name for name in (stem, *(f"{stem}-{i}" for i in range(2, 100))) if not os.path.lexists(name)), stem)
+    return f"tltool collect import {_quoted(folder)} --out {_quoted(new)} && tltool label serve {_quoted(new)}{options}"
+
+
+def _quoted(path: str | os.PathLike) -> str:
+    return shown_name(shlex.quote(str(path)))
+
+
 def _named(items: Sequence[str]) -> str:
     more = f"; ... and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else ""
     return "; ".join(items[:MAX_NAMED]) + more
@@ -466,7 +499,8 @@ def load_folder(spec: str) -> Dataset:
     if not walk.records:
         loose = sum(1 for p in root.iterdir() if p.is_file() and is_candidate_file(p.name)) if root.is_dir() else 0
         here = (f" Its {loose} file(s) sit in {root.name}/ itself, which names no class: give the folder above it "
-                "(one sub-folder per class), or label them with `tltool label serve`." if loose else "")
+                f"(one sub-folder per class), or label them (your class names): {label_commands(spec)}" if loose
+                else "")
         raise TltoolError(f"{spec}: no images found. Expected one sub-folder per class (root/<class>/*.jpg) "
                           f"or root/train/<class>/* and root/val/<class>/*.{here}")
     return Dataset(name=root.name, source=f"folder:{root}", records=walk.records,

@@ -84,16 +84,16 @@ def label() -> None:
 @click.option("--image-size", type=int, default=None, help="Input size of --assist [default: the backbone's].")
 def serve_cmd(dataset: str, classes: str | None, host: str, port: int, review: str | None, open_browser: bool,
               verbose: bool, assist: bool, backbone: str, image_size: int | None) -> None:
-    """Serve a labelling page for DATASET (images under DATASET/unlabeled/) and save every key press to
-    DATASET/labels.csv. Keys: 1-9 label, Enter accepts a suggestion, g confirms a grid, arrows move, u undo,
-    s skip. Stop with Ctrl-C."""
+    """Serve a labelling page for DATASET, a folder `collect import` made (images under DATASET/unlabeled/), and
+    save every key press to DATASET/labels.csv. Keys: 1-9 label, Enter accepts a suggestion, g confirms a grid,
+    arrows move, u undo, s skip. Stop with Ctrl-C."""
     settings = AssistSettings(backbone=backbone, image_size=image_size) if assist else None
     why_not = settings.unavailable() if settings else None
-    if why_not:
+    server = make_server(dataset, parse_classes(classes), host=host, port=port, review=review, quiet=not verbose,
+                         assist=None if why_not else settings)
+    if why_not:  # said once the folder is accepted: a refusal is its one line
         click.echo(f"note: no suggestions: {why_not}", err=True)
         settings = None
-    server = make_server(dataset, parse_classes(classes), host=host, port=port, review=review, quiet=not verbose,
-                         assist=settings)
     store = server.store
     for note in store.notes:
         click.echo(f"note: --review {note}", err=True)

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..dataset import Dataset, stratified_split
+from ..dataset import Dataset, label_commands, stratified_split
 from ..errors import BadFilesWarning, BadImageError, TltoolError
 from ..images import read_header
 from ..outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, output_kind, staged_output
@@ -128,8 +128,8 @@ def _refuse_unlabelled(root: Path, dataset: str | os.PathLike) -> None:
         raise TltoolError(f"{dataset}: is what `tltool label export` wrote, not a folder you labelled; export from "
                           f"the labelled folder: tltool label export {source} (or train on this one: tltool probe "
                           f"{shlex.quote(str(dataset))}).")
-    raise TltoolError(f"{root / LABELS_CSV}: no labels yet. Label the images first: tltool label serve {dataset} "
-                      "--classes NAME1,NAME2,... with your own class names (keys 1-9 follow their order).")
+    raise TltoolError(f"{root / LABELS_CSV}: no labels yet. Label the images first: {label_commands(dataset)} "
+                      "with your own class names (keys 1-9 follow their order).")
 
 
 def _refuse_earlier_export(target: Path) -> None:

@@ -24,16 +24,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from ..dataset import LABELS_CSV, Dataset, ManifestWarning, case_clashes, load_manifest
+from ..dataset import (COLLECTED, LABEL_CLASSES, LABELS_CSV, UNLABELED, Dataset, ManifestWarning, case_clashes,
+                       label_commands, labeler_may_write, load_manifest)
 from ..errors import BadFilesWarning, TltoolError
 from ..images import IMAGE_EXTENSIONS
-from ..utils import file_lock, readable_csv, refuse_link, write_text_atomic
+from ..outputs import output_kind
+from ..utils import file_lock, readable_csv, refuse_link, shown_name, write_text_atomic
 
 
 ASSISTED = "assisted"  # labels.csv column: 1 when the label was an accepted suggestion
 SKIPPED_CSV = "skipped.csv"
 LOCK_FILE = ".labels.lock"
-UNLABELED = "unlabeled"
 EXPORT_MARKER = ".tltool/export.json"  # a folder holding this is an export, never listed for labelling
 MAX_KEYED_CLASSES = 9
 
@@ -307,6 +308,24 @@ def _apply_label(labels: dict[str, str], assisted: set[str], path: str, label: s
     return before != (label, accepted)
 
 
+def refuse_foreign_folder(root: Path, given: str | os.PathLike, classes: list[str] | None = None) -> None:
+    """A TltoolError, before anything is written, for a folder the labeler may not write its labels.csv,
+    skipped.csv and lock into (:func:`tltool.dataset.labeler_may_write`), with the commands that label its photos.
+    ``root``: the folder, resolved; ``given``: as the user named it."""
+    if labeler_may_write(root):
+        return
+    shown = shown_name(given)
+    commands = label_commands(given, ",".join(classes) if classes else LABEL_CLASSES)
+    if root.name == UNLABELED and output_kind(root.parent) == COLLECTED:
+        raise TltoolError(f"{shown}: is the {UNLABELED}/ folder of the dataset folder {shown_name(root.parent)}, "
+                          f"whose labels.csv goes beside it; label that folder: {commands}")
+    kind = output_kind(root)
+    what = f"is a tltool {kind} folder, not one `collect import` made" if kind else "is not a folder tltool made"
+    raise TltoolError(f"{shown}: {what}, and labelling writes labels.csv into the folder it labels; import the "
+                      f"photos into a new dataset folder first (copies, duplicates dropped; the folder stays as it "
+                      f"is), then label that: {commands}")
+
+
 class LabelStore:
     """The images of a dataset folder, their labels and skips; every change persisted at once (thread-safe)."""
 
@@ -316,6 +335,7 @@ class LabelStore:
         if not self.root.is_dir():
             raise TltoolError(f"{root}: no such dataset folder. Create one with `tltool collect import SRC --out "
                               f"{root}`.")
+        refuse_foreign_folder(self.root, root, classes)  # before the lock file or anything else is written
         self.labels_path = self.root / LABELS_CSV
         self.skipped_path = self.root / SKIPPED_CSV
         self._lock = threading.Lock()
