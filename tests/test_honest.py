@@ -673,3 +673,27 @@ def test_evaluate_counts_copies_of_training_photos_as_trained_on(shape_runs, tmp
     shutil.copyfile(trained[0], copy)
     other.write_bytes(bytes(b ^ 0xFF for b in Path(trained[0]).read_bytes()))  # as long, other bytes
     assert (copies_of([str(copy)], trained), copies_of([str(other)], trained)) == (1, 0)
+    # reading every same-size training photo (all of them in a BMP dataset) shows a bar that counts what it reads
+    import tltool.models as models
+
+    bars = []
+
+    class Recorded:
+        def __init__(self, total, description):
+            self.total, self.done = total, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.done += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "Bar", Recorded)
+        assert copies_of([str(copy), str(other)], trained) == 1
+    same_size = sum(Path(p).stat().st_size == copy.stat().st_size for p in trained)
+    assert [(b.total, b.done) for b in bars] == [(same_size + 2, same_size + 2)]

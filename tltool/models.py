@@ -19,6 +19,7 @@ from .features import read_features_json, select_pool
 from .heads import FittedHead
 from .keras_files import load_keras_model
 from .outputs import output_kind
+from .progress import Bar
 from .images import DEFAULT_MAX_PIXELS
 from .settings import CHOICES, RANGES, check_choice
 from .tta import predict_with_tta
@@ -355,5 +356,15 @@ def copies_of(paths: Sequence[str], seen: Sequence[str]) -> int:
     for path in seen:
         sizes.setdefault(size(path), []).append(path)
     candidates = [(path, bytes_) for path in paths if (bytes_ := size(path)) is not None and bytes_ in sizes]
-    trained = {digest(path) for wanted in {bytes_ for _, bytes_ in candidates} for path in sizes[wanted]} - {None}
-    return sum(digest(path) in trained for path, _ in candidates)
+    same_size = [path for wanted in {bytes_ for _, bytes_ in candidates} for path in sizes[wanted]]
+    with Bar(len(same_size) + len(candidates), "looking for copies of the training photos") as bar:
+        trained = set()  # every photo of a BMP/PPM dataset has one size: all of them are read, so a bar
+        for path in same_size:
+            trained.add(digest(path))
+            bar.update()
+        trained.discard(None)
+        copies = 0
+        for path, _ in candidates:
+            copies += digest(path) in trained
+            bar.update()
+    return copies
