@@ -292,7 +292,7 @@ def compare(layout: Layout, reference: Path, scored: Path, name: str) -> dict:
     """``tltool compare`` on the two runs' predictions of the same score images (A = reference, B = candidate)."""
     target = layout.work / "compare" / name
     tltool("compare", str(reference), str(scored), "--out", str(target), "--force")  # a rerun replaces it
-    result = json.loads((target / "compare.json").read_text())
+    result = json.loads((target / "metrics.json").read_text())
     keep = ("n", "both", "only_a", "only_b", "neither", "difference", "ci95", "p_value", "verdict")
     return {k: result[k] for k in keep}
 

@@ -41,7 +41,7 @@ def test_a_repeated_fit_or_report_is_read_back_not_recomputed(tmp_path: Path):
         "probe": (["probe", str(SAMPLE), *common, "--features", str(features)], "metrics.json"),
         "linear": (["linear", str(features), "--head", "logreg"], "metrics.json"),
         "linear --cv": (["linear", str(features), "--cv", "3"], "metrics.json"),
-        "learning-curve": (["learning-curve", str(features), "--seeds", "2"], "learning_curve.json"),
+        "learning-curve": (["learning-curve", str(features), "--seeds", "2"], "metrics.json"),
     }
     for name, (args, result) in commands.items():
         first_out, second_out = tmp_path / f"{name}-1", tmp_path / f"{name}-2"

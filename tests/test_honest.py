@@ -40,11 +40,11 @@ def test_compare_stored_runs_counts_and_p(tmp_path):
     assert comparison.difference == pytest.approx(0.08)
     assert comparison.ci95[0] < 0.08 < comparison.ci95[1]
     assert comparison.verdict() == "B is better, p = 0.0386"
-    stored = json.loads((target / "compare.json").read_text())
+    stored = json.loads((target / "metrics.json").read_text())
     assert stored["only_b"] == 10 and stored["accuracy_a"]["value"] == 0.82
     # the report's picture: each accuracy with its interval, and the paired difference with its own
     assert (target / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "![the two accuracies and their paired difference](compare.png)" in (target / "compare.md").read_text()
+    assert "![the two accuracies and their paired difference](compare.png)" in (target / "report.md").read_text()
     from tltool.compare import _comparison_figure
 
     left, right = _comparison_figure(comparison).axes
@@ -95,7 +95,7 @@ def test_every_command_that_writes_a_run_folder_refuses_a_finished_run_without_f
         result = CliRunner().invoke(main, [*map(str, args), "--out", str(victim), "--force", "--help"])
         assert result.exit_code == 0 and "--force" in result.output
     result = CliRunner().invoke(main, ["compare", str(a), str(a), "--out", str(victim), "--force"])
-    assert result.exit_code == 0 and (victim / "compare.json").exists() and not (victim / "head.npz").exists()
+    assert result.exit_code == 0 and (victim / "metrics.json").exists() and not (victim / "head.npz").exists()
 
 
 def test_compare_says_when_it_cannot_tell(tmp_path):
@@ -185,6 +185,9 @@ def test_linear_cv_on_real_features_and_learning_curve(flowers, tmp_path):
     assert points[-1].accuracy - points[0].accuracy > 0.15
     assert points[0].n_train == 25 and points[-1].n_train == 250
     assert (target / "learning_curve.png").stat().st_size > 10_000
+    # a report folder like every run's: metrics.json and report.md (they were learning_curve.json and .md)
+    assert json.loads((target / "metrics.json").read_text())["points"][-1]["n_train"] == 250
+    assert "![learning curve](learning_curve.png)" in (target / "report.md").read_text()
     assert set(points[-1].per_class) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
     _assert_reading_describes(reading, points)
 
@@ -298,8 +301,8 @@ def test_compare_notice_appears_exactly_when_the_interval_includes_zero(tmp_path
     assert comparison.ci95[0] < 0 < comparison.ci95[1] and comparison.undecided
     assert "too few to choose" in comparison.notice() and "--cv" in comparison.notice()
     assert "tltool compare A B DATA" in comparison.notice()
-    assert f"notice: {comparison.notice()}" in (target / "compare.md").read_text()
-    stored = json.loads((target / "compare.json").read_text())
+    assert f"notice: {comparison.notice()}" in (target / "report.md").read_text()
+    stored = json.loads((target / "metrics.json").read_text())
     assert stored["undecided"] is True and stored["notice"] == comparison.notice()
     result = CliRunner().invoke(main, ["compare", str(tmp_path / "A"), str(tmp_path / "B"), "--out",
                                        str(tmp_path / "cli")])
@@ -526,9 +529,9 @@ def test_compare_on_data_the_runs_were_trained_on_says_so_in_its_report(shape_ru
     assert result.exit_code == 0, result.output
     assert result.output.count("LeakageWarning") == 2, result.output
     assert result.output.count("8 of these 12 images were in the training data") == 2
-    stored = json.loads((tmp_path / "c" / "compare.json").read_text())
+    stored = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert stored["n"] == 12 and stored["images_trained_on"] == {"A": 8, "B": 8}
-    report = (tmp_path / "c" / "compare.md").read_text()
+    report = (tmp_path / "c" / "report.md").read_text()
     for name, run in (("A", a), ("B", b)):
         assert (f"- **8 of these 12 images were in the training data of {name} ({run}): its accuracy on them is "
                 "optimistic, not an estimate for new photos; compare the runs on images neither was trained on**"
@@ -544,12 +547,12 @@ def test_compare_on_data_the_runs_were_trained_on_says_so_in_its_report(shape_ru
             (unseen / link.parent.name / link.name).symlink_to(link.resolve())
     result = CliRunner().invoke(main, ["compare", str(a), str(b), str(unseen), "--out", str(tmp_path / "u")])
     assert result.exit_code == 0 and "LeakageWarning" not in result.output, result.output
-    stored = json.loads((tmp_path / "u" / "compare.json").read_text())
+    stored = json.loads((tmp_path / "u" / "metrics.json").read_text())
     assert stored["n"] == 4 and stored["images_trained_on"] == {"A": 0, "B": 0}
-    assert "training data" not in (tmp_path / "u" / "compare.md").read_text()
+    assert "training data" not in (tmp_path / "u" / "report.md").read_text()
     comparison, target = compare_runs(a, b, out=tmp_path / "s")
     assert comparison.images_trained_on is None and comparison.leakage_lines() == []
-    assert json.loads((target / "compare.json").read_text())["images_trained_on"] is None
+    assert json.loads((target / "metrics.json").read_text())["images_trained_on"] is None
 
 
 def test_compare_on_data_runs_both_networks_on_the_engine_asked_for(shape_runs, tmp_path, monkeypatch):
@@ -594,7 +597,7 @@ def test_a_class_without_validation_photos_has_no_recall_on_the_learning_curve(t
     points, _ = learning_curve(fs, fractions=(0.5, 0.75, 1.0), seeds=2)
     assert all(p.per_class["c"] is None and p.per_class["a"] is not None for p in points)
     assert "`c`" not in read_curve(points, fs.classes) and "nan" not in read_curve(points, fs.classes)
-    json.dumps([asdict(p) for p in points], allow_nan=False)  # what learning_curve.json holds: strict JSON
+    json.dumps([asdict(p) for p in points], allow_nan=False)  # what its metrics.json holds: strict JSON
 
 
 def test_a_cross_validation_does_not_say_a_class_without_val_images_goes_unmeasured(tmp_path):

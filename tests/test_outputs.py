@@ -448,7 +448,7 @@ def test_a_finished_run_of_any_command_needs_force_and_an_unfinished_one_does_no
 
     @writes_runs
     def killed(out):
-        (new_run_dir("compare", out=out) / "compare.json").write_text("half")
+        (new_run_dir("compare", out=out) / "metrics.json").write_text("half")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

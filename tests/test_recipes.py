@@ -293,7 +293,7 @@ def test_flowers_recipes(in_tmp):
     assert (in_tmp / "runs" / "flowers-learning-curve" / "learning_curve.png").exists()
     run_recipe(RECIPES / "flowers-finetune.yaml", [f"data={flowers}", "image-size=96", "head-epochs=1",
                                                     "epochs=1", "tta=none", "augment=light"])
-    assert list((in_tmp / "runs").glob("compare-*/compare.json"))
+    assert list((in_tmp / "runs").glob("compare-*/metrics.json"))
 
 
 def _sets(overrides: list[str]) -> list[str]:

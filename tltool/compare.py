@@ -148,14 +148,14 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
     comparison = compare_correct(np.array(correct_a), np.array(correct_b), str(run_a), str(run_b), source)
     comparison.images_trained_on = trained_on
     target = new_run_dir("compare", run_a.name[:20], run_b.name[:20], out=out, force=force)
-    write_json(target / "compare.json", comparison.to_json())
+    write_json(target / "metrics.json", comparison.to_json())
     plot_comparison(comparison, target / "compare.png")
-    write_text_atomic(target / "compare.md", comparison_markdown(comparison))
+    write_text_atomic(target / "report.md", comparison_markdown(comparison))
     return comparison, target
 
 
 def comparison_markdown(comparison: Comparison) -> str:
-    """``compare.md``: the lines the terminal shows, then, in bold, the runs that were trained on these images."""
+    """``report.md``: the lines the terminal shows, then, in bold, the runs that were trained on these images."""
     lines = [f"- {line.replace(chr(10), ' ')}" for line in comparison.lines()]
     lines += [f"- **{line}**" for line in comparison.leakage_lines()]
     return ("# Paired comparison\n\n" + "\n".join(lines) + f"\n\nImages: {comparison.images}.\n\n"

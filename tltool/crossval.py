@@ -289,12 +289,12 @@ def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "
     rows = [{"fraction": p.fraction, "n_train": p.n_train, "accuracy": p.accuracy, "ci95": [p.low, p.high],
              "seed_spread": list(p.spread), "per_class_recall": p.per_class,
              "gain_to_last_se": p.se_to_last} for p in points]
-    write_json(target / "learning_curve.json", {"points": rows, "reading": reading, "params": params, "n_val": n_val,
+    write_json(target / "metrics.json", {"points": rows, "reading": reading, "params": params, "n_val": n_val,
                                                 "seeds": seeds, "interval_method": "wilson on the val images"})
     table = ["| train images | share | val accuracy [95 % CI] | seeds min-max |", "|---|---|---|---|"]
     table += [f"| {p.n_train} | {p.fraction:.0%} | {p.accuracy:.3f} [{p.low:.3f}, {p.high:.3f}] | "
               f"{p.spread[0]:.3f}-{p.spread[1]:.3f} |" for p in points]
-    write_text_atomic(target / "learning_curve.md", f"# {title}\n\n" + "\n".join(table) +
+    write_text_atomic(target / "report.md", f"# {title}\n\n" + "\n".join(table) +
                       f"\n\n**Reading:** {reading}\n\n![learning curve](learning_curve.png)\n")
     return points, reading, target
 

@@ -33,7 +33,7 @@ def _replaceable_unforced(out: str | Path, force: bool) -> bool:
     did not return; for a run of a tltool that did not mark that at the claim, no ``metrics.json``) that
     ``--resume`` could not finish; one it could (its checkpoints are
     minutes or hours of training) is refused unless ``force``. (A finished compare, learning curve or inspect
-    writes no metrics.json: they were replaced without --force.)"""
+    of an older tltool wrote no metrics.json: they were replaced without --force.)"""
     out = Path(out)
     check_output_name(out)
     finished = finished_state(out)  # None: an older tltool's run, finished if it has its metrics.json

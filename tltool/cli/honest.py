@@ -22,7 +22,7 @@ def compare_cmd(run_a: str, run_b: str, data: str | None, out: str | None, force
     comparison, target = compare_runs(run_a, run_b, data, out=out, force=force, engine=engine)
     for line in comparison.lines():
         click.echo(line)
-    click.echo(f"report: {target / 'compare.md'}")
+    click.echo(f"report: {target / 'report.md'}")
 
 
 @click.command("learning-curve")
@@ -42,6 +42,7 @@ def learning_curve_cmd(features: str, head: str, pool: str, seeds: int, seed: in
         click.echo(f"{p.n_train:12d}  {p.fraction:5.0%}  {p.accuracy:.3f} [{p.low:.3f}, {p.high:.3f}]")
     click.echo(f"reading: {reading}")
     click.echo(f"plot: {target / 'learning_curve.png'}")
+    click.echo(f"report: {target / 'report.md'}")
 
 
 COMMANDS = [compare_cmd, learning_curve_cmd]
