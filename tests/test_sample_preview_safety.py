@@ -160,7 +160,8 @@ def test_preview_out_is_a_run_folder_not_a_png_name(tmp_path, shapes):
         result = _preview(shapes, "--out", out)
         assert result.exit_code == 0 and result.output == f"wrote {out / 'augment_preview.png'}\n", result.output
         assert (out / "augment_preview.png").read_bytes().startswith(b"\x89PNG")
-        assert sorted(p.name for p in out.iterdir()) == [MARKER, "augment_preview.json", "augment_preview.png"]
+        assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "augment_preview.png", "metrics.json",
+                                                                  "report.md"])
 
 
 def test_preview_default_is_a_new_folder_under_runs(tmp_path, shapes, monkeypatch):

@@ -61,9 +61,11 @@ def test_filter_grid_has_one_tile_per_first_conv_filter(tmp_path, backbone, size
 
     out = tmp_path / "filters"
     ok(invoke("viz", "filters", "--backbone", backbone, "--weights", weights, "--image-size", size, "--out", out))
-    report = json.loads((out / "filters.json").read_text())
+    report = json.loads((out / "metrics.json").read_text())
     assert report["tiles"] == expected and report["kernel_shape"][-1] == expected
     assert Image.open(out / "filters.png").size[0] > 300
+    # laid out as every run: metrics.json, a Markdown summary, the picture (filters.json alone before)
+    assert f"{expected} tiles" in (out / "report.md").read_text() and "(filters.png)" in (out / "report.md").read_text()
 
 
 def test_filters_of_another_layer_are_grey_tiles_per_input_channel(tmp_path):
@@ -163,11 +165,12 @@ def test_gradcam_of_a_finetuned_run_uses_its_layers(tmp_path):
     image = red_square_image(tmp_path / "square.png")
     out = tmp_path / "cam"
     ok(invoke("viz", "gradcam", image, "--model", run, "--class", "red", "--out", out))
-    report = json.loads((out / "gradcam.json").read_text())
+    report = json.loads((out / "metrics.json").read_text())
     expected = load_run(run).predict_paths([str(image)])[0]
     entry = report["images"][0]
     assert entry["class"] == "red" and entry["predicted"] == "green"  # the field is larger than the square
     assert entry["probability"] == pytest.approx(expected[1], abs=1e-5)
+    assert f"square.png: red {entry['probability']:.2f} (predicted green" in (out / "report.md").read_text()
 
     from tltool.viz import gradcam_paths, open_run
 
@@ -181,7 +184,7 @@ def test_gradcam_of_a_finetuned_run_uses_its_layers(tmp_path):
         kept = visualize_gradcam([broken, image], run, "red", tmp_path / "cam-kept")
     assert [c.path for c in kept.cams] == [str(image)]
     assert kept.cams[0].probability == pytest.approx(expected[1], abs=1e-5)
-    assert [s["path"] for s in json.loads((kept.run_dir / "gradcam.json").read_text())["skipped"]] == [str(broken)]
+    assert [s["path"] for s in json.loads((kept.run_dir / "metrics.json").read_text())["skipped"]] == [str(broken)]
     refused(invoke("viz", "gradcam", broken, "--model", run, "--out", tmp_path / "cam-none"), "none of the 1 image(s)",
             "broken.jpg")
     assert not (tmp_path / "cam-none").exists()
@@ -257,7 +260,7 @@ def test_filters_and_layers_of_a_train_run(lenet_run, tmp_path):
     c1 = model.get_layer("c1").kernel.numpy()  # (5, 5, 3, 6)
     result = ok(invoke("viz", "filters", "--model", lenet_run, "--out", tmp_path / "filters"))
     assert f"c1: {c1.shape[-1]} tiles of kernel 5x5x3x6" in result.output
-    report = json.loads((tmp_path / "filters" / "filters.json").read_text())
+    report = json.loads((tmp_path / "filters" / "metrics.json").read_text())
     assert report["tiles"] == first_conv_filters(model) == 6 and report["mode"] == "rgb"
     assert report["weights"]["max"] == pytest.approx(float(c1.max()))
     listing = ok(invoke("viz", "layers", "--model", lenet_run, "--conv")).output.splitlines()[1:]
@@ -309,7 +312,7 @@ def test_gradcam_of_a_train_run_explains_its_last_conv_map(lenet_run, tmp_path):
         assert cam.coarse.shape == (10, 10) and cam.heat.shape == (32, 32) and cam.class_index == 2
         np.testing.assert_allclose(cam.coarse, expected, atol=1e-5 * max(1.0, expected.max()))
     result = ok(invoke("viz", "gradcam", *images, "--model", lenet_run, "--out", tmp_path / "cam"))
-    assert [e["feature_map"] for e in json.loads((tmp_path / "cam" / "gradcam.json").read_text())["images"]] == [
+    assert [e["feature_map"] for e in json.loads((tmp_path / "cam" / "metrics.json").read_text())["images"]] == [
         [10, 10], [10, 10]] and "-> " in result.output
 
 
@@ -386,9 +389,11 @@ def test_embedding_separates_colour_classes_tsne_and_pca(tmp_path):
     out = tmp_path / "emb"
     result = ok(invoke("viz", "embedding", tmp_path / "feat", "--thumbnails", "--out", out))
     assert "tsne of 42 images" in result.output
-    report = json.loads((out / "embedding.json").read_text())
+    report = json.loads((out / "metrics.json").read_text())
     assert len(report["points"]) == 42 and {p["split"] for p in report["points"]} == {"train", "val"}
     assert report["nearest_neighbour_agreement"] > 0.9
+    agreement = f"same label for {report['nearest_neighbour_agreement']:.0%} of them"
+    assert agreement in (out / "report.md").read_text() and "(embedding.png)" in (out / "report.md").read_text()
     pca = visualize_embedding(tmp_path / "feat", out=tmp_path / "pca", method="pca")
     assert pca.method == "pca" and pca.coords.shape == (42, 2)
     for bad in ("0", "-5", "nan"):  # before: scikit-learn's InvalidParameterError traceback

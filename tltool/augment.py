@@ -20,9 +20,10 @@ from .dataset import load_dataset
 from .errors import TltoolError, did_you_mean
 from .images import load_image
 from .plotting import pyplot, save_figure
+from .report import write_picture_report
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import PREVIEW_DRAWS, PREVIEW_SIZE, check_range
-from .utils import write_json
+from .utils import shown_name
 
 
 class SeededTransform:
@@ -145,9 +146,10 @@ def preview(data: str, out: str | Path | None = None, augment: str = "standard",
             draws: int = PREVIEW_DRAWS, seed: int = 0, index: int = 0, force: bool = False) -> Path:
     """A PNG grid of one training image under ``draws`` random augmentations (the first tile is the original).
 
-    Written as ``augment_preview.png``, with ``augment_preview.json`` naming what it shows, into a run folder:
-    ``out`` (new, empty, or an earlier tltool run; a finished run needs ``force``) or ``runs/augment-preview-...``.
-    Like every output of tltool's, it is never written over a user's file or into a folder tltool did not make.
+    Written as ``augment_preview.png``, with ``metrics.json`` naming what it shows and ``report.md``, into a run
+    folder: ``out`` (new, empty, or an earlier tltool run; a finished run needs ``force``) or
+    ``runs/augment-preview-...``. Like every output of tltool's, it is never written over a user's file or into a
+    folder tltool did not make.
     Returns the PNG's path.
     """
     _check_preview_out(out, force)
@@ -169,9 +171,11 @@ def preview(data: str, out: str | Path | None = None, augment: str = "standard",
     run_dir = new_run_dir("augment", "preview", dataset.name, Path(augment).stem, out=out, force=force)
     target = run_dir / PREVIEW_PNG
     save_figure(fig, target)
-    write_json(run_dir / "augment_preview.json", {
+    write_picture_report(run_dir, f"augmentation '{augment}'", {
         "data": str(data), "image": str(record.path), "label": record.label, "augment": augment,
-        "image_size": image_size, "draws": draws, "seed": seed, "index": index, "png": PREVIEW_PNG})
+        "image_size": image_size, "draws": draws, "seed": seed, "index": index, "png": PREVIEW_PNG}, PREVIEW_PNG,
+        [f"{draws} draw(s) at {image_size} px (seed {seed}) of {shown_name(record.path)} ({record.label}), "
+         "the first tile unchanged"])
     return target
 
 

@@ -158,6 +158,14 @@ def resolution_line(accuracy: dict, cross_validated: bool = False) -> str:
             f"95 % interval); to rank two settings, score both on the same images with `tltool compare`{also}")
 
 
+def write_picture_report(run_dir: Path, title: str, facts: dict, png: str, lines: Sequence[str] = ()) -> None:
+    """A picture's run folder (viz, augment preview) laid out as every run's: ``metrics.json`` holds ``facts`` (what
+    was drawn, and from what), ``report.md`` the title, ``lines`` and the picture."""
+    write_json(run_dir / "metrics.json", facts)
+    body = "".join(f"- {line}\n" for line in lines)
+    write_text_atomic(run_dir / "report.md", f"# {title}\n\n{body}\n![{title}]({png})\n")
+
+
 def markdown_summary(title: str, metrics: dict) -> str:
     val, cv = metrics["val"], metrics.get("cv")
     lines = [f"# {title}", ""]

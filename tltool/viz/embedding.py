@@ -9,10 +9,10 @@ import numpy as np
 
 from ..errors import TltoolError
 from ..features import FeatureSet, load_features
+from ..plotting import pyplot, save_figure
+from ..report import write_picture_report
 from ..runs import check_run_dir, new_run_dir, writes_runs
 from ..settings import check_range
-from ..utils import write_json
-from ..plotting import pyplot, save_figure
 from .plots import thumbnail
 
 MIN_TSNE = 30  # below this many images t-SNE's neighbourhoods are meaningless: PCA instead
@@ -107,7 +107,7 @@ def plot_embedding(emb: Embedding, target: Path, thumbnails: bool = False, title
 def visualize_embedding(features: str | Path | FeatureSet, out: str | Path | None = None, pool: str = "avg",
                         method: str = "auto", perplexity: float = 30.0, thumbnails: bool = False,
                         seed: int = 0, force: bool = False) -> Embedding:
-    """``tltool viz embedding``: ``embedding.png`` and ``embedding.json`` (every point) in a run folder."""
+    """``tltool viz embedding``: ``embedding.png``, ``metrics.json`` (every point) and ``report.md`` in a run folder."""
     check_range("seed", seed)  # -1 was scikit-learn's InvalidParameterError
     check_run_dir(out, force)
     fs = features if isinstance(features, FeatureSet) else load_features(features)
@@ -117,11 +117,12 @@ def visualize_embedding(features: str | Path | FeatureSet, out: str | Path | Non
     run_dir = new_run_dir("viz", "embedding", name, fs.meta["backbone"], out=out, force=force)
     emb.run_dir, emb.png = run_dir, run_dir / "embedding.png"
     plot_embedding(emb, emb.png, thumbnails, title=name)
-    write_json(run_dir / "embedding.json", {
+    write_picture_report(run_dir, f"{name}: embedding of the {fs.meta['backbone']} features", {
         "features": str(fs.directory), "method": used, "params": emb.params, "classes": fs.classes,
         "nearest_neighbour_agreement": emb.neighbour_agreement,
         "points": [{"path": p, "label": fs.classes[int(y)], "split": str(s), "x": float(x0), "y": float(y0)}
                    for p, y, s, (x0, y0) in zip(fs.paths, fs.labels, fs.splits, coords)],
         "png": "embedding.png",
-    })
+    }, "embedding.png", [f"{used} of {len(coords)} images, features from {fs.directory}",
+                         f"nearest neighbour has the same label for {emb.neighbour_agreement:.0%} of them"])
     return emb

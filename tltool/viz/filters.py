@@ -9,8 +9,9 @@ import numpy as np
 from ..errors import TltoolError
 from ..images import load_image
 from ..plotting import pyplot, save_figure
+from ..report import write_picture_report
 from ..runs import check_run_dir, new_run_dir, writes_runs
-from ..utils import write_json
+from ..utils import shown_name
 from .network import Network, conv_kernel, first_conv, format_shape, is_depthwise, open_network
 from .plots import grid_shape, mosaic, rescale_to_unit, show_tiles
 
@@ -102,7 +103,7 @@ def plot_filter_grid(grid: FilterGrid, target: Path) -> None:
 def visualize_filters(backbone: str | None = None, model: str | None = None, weights: str = "imagenet",
                       image_size: int | None = None, layer: str | None = None, out: str | Path | None = None,
                       network: Network | None = None, force: bool = False) -> FilterGrid:
-    """``tltool viz filters``: write ``filters.png`` and ``filters.json`` into a run folder."""
+    """``tltool viz filters``: write ``filters.png``, ``metrics.json`` and ``report.md`` into a run folder."""
     check_run_dir(out, force, reads=(model,))  # `--model RUN --out RUN --force` replaced the run it drew
     network = network or open_network(backbone, model, weights, image_size)
     grid = filter_grid(network, layer)
@@ -110,12 +111,13 @@ def visualize_filters(backbone: str | None = None, model: str | None = None, wei
     grid.run_dir, grid.png = run_dir, run_dir / "filters.png"
     plot_filter_grid(grid, grid.png)
     kernel = conv_kernel(network.layers()[grid.index])
-    write_json(run_dir / "filters.json", {
+    write_picture_report(run_dir, f"{network.name}: filters of {grid.layer}", {
         "network": network.name, "layer": grid.layer, "index": grid.index, "kernel_shape": list(grid.kernel_shape),
         "mode": grid.mode, "tiles": grid.n_tiles, "columns": grid.cols,
         "weights": {"min": float(kernel.min()), "max": float(kernel.max()), "mean_abs": float(np.abs(kernel).mean())},
         "config": network.config, "png": "filters.png",
-    })
+    }, "filters.png", [f"layer {grid.layer} (index {grid.index}), kernel {tuple(grid.kernel_shape)}: "
+                       f"{grid.n_tiles} tiles ({grid.mode})"])
     return grid
 
 
@@ -183,7 +185,7 @@ def visualize_activations(image_path: str | Path, backbone: str | None = None, m
                           weights: str = "imagenet", image_size: int | None = None, layer: str | None = None,
                           max_maps: int = 64, out: str | Path | None = None,
                           network: Network | None = None, force: bool = False) -> ActivationGrid:
-    """``tltool viz activations``: write ``activations.png`` and ``activations.json`` into a run folder."""
+    """``tltool viz activations``: write ``activations.png``, ``metrics.json`` and ``report.md`` into a run folder."""
     check_run_dir(out, force, reads=(model, image_path))
     network = network or open_network(backbone, model, weights, image_size)
     image = load_image(image_path, network.image_size, network.resize, network.max_pixels)
@@ -191,10 +193,11 @@ def visualize_activations(image_path: str | Path, backbone: str | None = None, m
     run_dir = new_run_dir("viz", "activations", network.name, grid.layer, out=out, force=force)
     grid.run_dir, grid.png = run_dir, run_dir / "activations.png"
     plot_activation_grid(grid, grid.png, source=Path(image_path).name)
-    write_json(run_dir / "activations.json", {
+    write_picture_report(run_dir, f"{network.name}: activations of {grid.layer}", {
         "network": network.name, "image": str(image_path), "layer": grid.layer, "index": grid.index,
         "output_shape": list(grid.shape), "shown": grid.stats, "config": network.config, "png": "activations.png",
-    })
+    }, "activations.png", [f"layer {grid.layer} (index {grid.index}), output {tuple(grid.shape)}, on "
+                           f"{shown_name(image_path)}"])
     return grid
 
 

@@ -20,8 +20,9 @@ import numpy as np
 from ..errors import BadFilesWarning, BadImageError, TltoolError, did_you_mean
 from ..images import DEFAULT_MAX_PIXELS, check_image, load_image
 from ..plotting import pyplot, save_figure
+from ..report import write_picture_report
 from ..runs import check_run_dir, new_run_dir, writes_runs
-from ..utils import write_json
+from ..utils import shown_name
 from .network import Network, open_run
 from .plots import overlay_heat
 
@@ -200,7 +201,8 @@ def readable_images(paths: Sequence[str | Path],
 def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_name: str | None = None,
                       out: str | Path | None = None, network: Network | None = None,
                       force: bool = False) -> GradCamResult:
-    """``tltool viz gradcam``: ``gradcam.png`` (image | overlay per photo) and ``gradcam.json`` in a run folder."""
+    """``tltool viz gradcam``: ``gradcam.png`` (image | overlay per photo), ``metrics.json`` and ``report.md`` in a
+    run folder."""
     check_run_dir(out, force, reads=(model, *images))  # `--model RUN --out RUN --force` replaced the run
     network = network or open_run(model)
     if network.head is None:
@@ -212,12 +214,14 @@ def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_nam
     png = run_dir / "gradcam.png"
     plot_gradcams(network, cams, png)
     classes = network.classes or []
-    write_json(run_dir / "gradcam.json", {
+    write_picture_report(run_dir, f"{network.name}: Grad-CAM", {
         "run": str(model), "explained": "named class" if class_name else "predicted class",
         "images": [{"path": cam.path, "class": classes[cam.class_index], "probability": cam.probability,
                     "predicted": classes[cam.predicted], "predicted_probability": float(cam.probs[cam.predicted]),
                     "feature_map": list(cam.coarse.shape)} for cam in cams],
         "png": "gradcam.png",
         "skipped": [{"path": e.path, "reason": e.reason, "detail": e.detail} for e in skipped],
-    })
+    }, "gradcam.png", [f"{shown_name(cam.path)}: {classes[cam.class_index]} {cam.probability:.2f} (predicted "
+                       f"{classes[cam.predicted]} {float(cam.probs[cam.predicted]):.2f})" for cam in cams]
+       + [f"{len(skipped)} image(s) not readable, named in metrics.json"] * bool(skipped))
     return GradCamResult(cams, classes, run_dir, png)
