@@ -428,7 +428,7 @@ def test_suspects_finds_images_moved_to_a_wrong_class(flowers, tmp_path):
     assert sum(r["suggested"] == originals[r["path"]] for r in found) >= 3
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores, reverse=True)
-    assert (out / "suspects.png").exists() and json.loads((out / "suspects.json").read_text())["n_images"] == 250
+    assert (out / "suspects.png").exists() and json.loads((out / "metrics.json").read_text())["n_images"] == 250
 
 
 def colour_photos(folder: Path, colour, n: int, seed: int, prefix: str = "") -> list[Path]:
@@ -480,7 +480,7 @@ def test_suspects_of_a_labeler_dataset_feed_its_review(tmp_path):
     assert not notes and len(items) == 5
     assert (items[0].path, items[0].label, items[0].suggested) == ("unlabeled/r0.png", "blue", "red")
     # the run's Markdown summary: every suspect of the CSV with its verdict, the contact sheet, the next step
-    summary = (out / "suspects.md").read_text()
+    summary = (out / "report.md").read_text()
     rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
     assert len(rows) == 5 and rows[0].startswith("| 1 | ") and rows[0].endswith("| blue | blue -> red | "
                                                                                    "unlabeled/r0.png |")
@@ -494,7 +494,7 @@ def test_suspects_of_a_labeler_dataset_feed_its_review(tmp_path):
     items, notes = read_review(dataset, split_out / "suspects.csv")
     assert not notes and len(items) == 5 and all(item.path.startswith("unlabeled/") for item in items)
     assert (items[0].path, items[0].label, items[0].suggested) == ("unlabeled/r0.png", "blue", "red")
-    summary = json.loads((split_out / "suspects.json").read_text())
+    summary = json.loads((split_out / "metrics.json").read_text())
     assert summary["review_command"] == f"tltool label serve {dataset} --review {split_out / 'suspects.csv'}"
     shown = invoke("label", "suspects", tmp_path / "mine-split", "--image-size", 32, "--top", 5, "--features",
                    tmp_path / "f2", "--out", split_out, "--force")
@@ -514,9 +514,9 @@ def test_suspects_of_class_folders_do_not_send_the_user_to_a_labeler_that_knows_
                       "--out", out, "--neighbours", 50))
     assert "label serve" not in shown.output.replace("`tltool label serve --review` is for", "")
     assert shown.output.strip().splitlines()[-1].startswith("to fix a label, move the photo into its class's folder")
-    summary = json.loads((out / "suspects.json").read_text())
+    summary = json.loads((out / "metrics.json").read_text())
     assert "review_command" not in summary
-    # 24 images: each has 23 others, the k used (suspects.json said "the 50 nearest neighbours")
+    # 24 images: each has 23 others, the k used (its metrics.json said "the 50 nearest neighbours")
     assert summary["method"]["neighbours"].startswith("share of the 23 nearest neighbours")
 
 

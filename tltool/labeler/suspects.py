@@ -37,7 +37,7 @@ from ..viz.plots import thumbnail
 from .export import export_origin
 from .store import LABELS_CSV, load_labelled, read_labels_csv
 
-CSV_COLUMNS = ("path", "label", "suggested", "score")  # which labels were accepted suggestions: suspects.json
+CSV_COLUMNS = ("path", "label", "suggested", "score")  # which labels were accepted suggestions: metrics.json
 DEFAULT_C = 0.1  # moderate regularisation; on flowers C from 0.01 to 1 ranked planted mistakes about equally well
 SHOWN_IN_TERMINAL = 10  # suspects `tltool label suspects` prints; suspects.csv holds all of them
 
@@ -154,7 +154,7 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     """``tltool label suspects``: extract (or reuse) features, score every image, write the ranked suspects.
     ``out``: an earlier run there is replaced only with ``force``."""
     check_range("top", top)
-    check_range("neighbours", neighbours)  # -3 ran as 1 while suspects.json said "the -3 nearest neighbours"
+    check_range("neighbours", neighbours)  # -3 ran as 1 while metrics.json said "the -3 nearest neighbours"
     check_run_dir(out, force)
     spec = get_backbone_spec(backbone)  # a bad name fails before any file is read
     manifest = labeler_manifest(data)
@@ -198,8 +198,8 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
         "suspects": [{k: v for k, v in s.__dict__.items() if k != "file"} for s in suspects],
         "csv": csv_path.name, "png": png.name, **_review(root, csv_path),
     }
-    write_json(run_dir / "suspects.json", summary)
-    write_text_atomic(run_dir / "suspects.md", suspects_markdown(dataset.name, suspects, summary))
+    write_json(run_dir / "metrics.json", summary)
+    write_text_atomic(run_dir / "report.md", suspects_markdown(dataset.name, suspects, summary))
     return SuspectsResult(suspects, run_dir, csv_path, png, summary)
 
 
@@ -209,7 +209,7 @@ def _cell(text: str) -> str:
 
 
 def suspects_markdown(name: str, suspects: list[Suspect], summary: dict) -> str:
-    """``suspects.md``, the run's summary: the numbers the terminal prints, how each score is made, every suspect
+    """``report.md``, the run's summary: the numbers the terminal prints, how each score is made, every suspect
     of ``suspects.csv`` with its verdict, the contact sheet, and what to do next."""
     method = summary["method"]
     lines = [f"# Suspect labels: {_cell(name)}", "",
