@@ -1,4 +1,4 @@
-"""`tltool data inspect` as a user runs it: a table, inspect.json, bad files named, never a traceback."""
+"""`tltool data inspect` as a user runs it: a table, a report folder, bad files named, never a traceback."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,7 @@ def test_inspect_bad_corpus_file_by_file(tmp_path):
     result = CliRunner().invoke(main, ["data", "inspect", str(corpus), "--max-pixels", "4000000", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
-    report = json.loads((out / "inspect.json").read_text())
+    report = json.loads((out / "metrics.json").read_text())
     bad = {Path(b["path"]).relative_to(corpus).as_posix(): b["reason"] for b in report["bad_files"]}
     assert bad == {rel: reason for rel, reason in expected.items() if reason != "ok"}
     for rel, reason in bad.items():
@@ -28,6 +28,13 @@ def test_inspect_bad_corpus_file_by_file(tmp_path):
     converted = {Path(c["path"]).name for c in report["converted_files"]}
     assert {"cmyk.jpg", "rgba.png", "gray.png", "depth16.png", "palette.gif"} <= converted
     assert len(report["skipped_files"]) == 2
+    # a report folder like every run's (inspect.json alone before): the findings in Markdown, a picture of the counts
+    markdown = (out / "report.md").read_text()
+    assert f"**{len(bad)} bad file(s), excluded from every run**" in markdown
+    assert all(f"{corpus / rel}: {reason}" in markdown for rel, reason in bad.items())
+    assert f"| all | {report['classes'][0]} |" in markdown and "![images per class](class_counts.png)" in markdown
+    assert (out / "class_counts.png").read_bytes().startswith(b"\x89PNG")
+    assert f"report: {out / 'report.md'}" in result.output
 
 
 def test_inspect_strict_fails_on_bad_files(tmp_path):
@@ -42,7 +49,7 @@ def test_inspect_strict_fails_on_bad_files(tmp_path):
 def test_inspect_counts_match_files_on_disk(flowers, tmp_path):
     result = CliRunner().invoke(main, ["data", "inspect", str(flowers), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "r" / "inspect.json").read_text())
+    report = json.loads((tmp_path / "r" / "metrics.json").read_text())
     for split in ("train", "val"):
         for class_dir in sorted((flowers / split).iterdir()):
             on_disk = len([p for p in class_dir.iterdir() if not p.name.startswith(".")])

@@ -444,7 +444,7 @@ def test_a_finished_run_of_any_command_needs_force_and_an_unfinished_one_does_no
     inspect_dataset(str(SAMPLE), out=tmp_path / "inspect")
     with pytest.raises(TltoolError, match="already holds an earlier tltool run"):
         inspect_dataset(str(SAMPLE), out=tmp_path / "inspect")
-    assert (tmp_path / "inspect" / "inspect.json").exists()
+    assert (tmp_path / "inspect" / "metrics.json").exists()
 
     @writes_runs
     def killed(out):

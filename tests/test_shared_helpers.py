@@ -40,7 +40,7 @@ def test_inspect_dataset_returns_data_and_prints_nothing(tmp_path, capsys):
 
     result = inspect_dataset(str(SAMPLE), out=tmp_path / "inspect")
     assert capsys.readouterr().out == ""
-    assert result.report == tmp_path / "inspect" / "inspect.json" and result.report.is_file()
+    assert result.report == tmp_path / "inspect" / "report.md" and result.report.is_file()
     counts = result.checked.to_json()["n_usable"]
     assert counts == len(result.checked.dataset.records) > 0
     assert result.has_problems == bool(result.checked.bad or result.checked.warnings or result.checked.leaks())

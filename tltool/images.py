@@ -36,7 +36,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 ResizePolicy = Literal["crop", "pad", "stretch"]
 RESIZE_POLICIES: tuple[str, ...] = CHOICES["resize"]
 
-# Reasons a file is rejected. Stable strings: they appear in inspect.json and tests assert on them.
+# Reasons a file is rejected. Stable strings: they appear in data inspect's metrics.json and tests assert on them.
 EMPTY = "empty file"
 NOT_AN_IMAGE = "not an image"
 CORRUPT = "truncated or corrupt"

@@ -2,7 +2,7 @@
 reason, duplicates and leakage found.
 
 :func:`check_dataset` is what every command runs before it touches a network (:func:`prepare_dataset` adds the
-split); :func:`inspect_dataset` is ``tltool data inspect``, which the CLI shows as a table beside ``inspect.json``.
+split); :func:`inspect_dataset` is ``tltool data inspect``, which the CLI shows as a table beside its report.
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LabelConflictWarning,
                      LeakageWarning, TltoolError, TooFewClassesWarning)
 from .images import BOMB, DEFAULT_MAX_PIXELS, SCALED_SIDE, UNREADABLE, check_image, read_header
+from .plotting import cached_figure, pyplot
 from .progress import Bar, say
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_range
-from .utils import sha256_file, write_json
+from .utils import sha256_file, shown_name, write_json, write_text_atomic
 
 IMBALANCE_RATIO = 3.0
 
@@ -370,19 +371,67 @@ def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: fl
     return target
 
 
+COUNTS_PNG = "class_counts.png"
+MAX_LISTED = 50  # files report.md names per kind; metrics.json names every one
+
+
 def inspect_report_path(out_dir: str | Path) -> Path:
-    return Path(out_dir) / "inspect.json"
+    return Path(out_dir) / "metrics.json"
 
 
 def write_inspect_report(checked: CheckedDataset, out_dir: str | Path) -> Path:
-    path = inspect_report_path(out_dir)
-    write_json(path, checked.to_json())
-    return path
+    """The folder of ``data inspect`` laid out as every run's: ``metrics.json`` (every finding), ``report.md`` (the
+    table, the problems, the warnings) and ``class_counts.png``; returns the path of ``report.md``."""
+    data = checked.to_json()
+    write_json(inspect_report_path(out_dir), data)
+    cached_figure(Path(out_dir) / COUNTS_PNG, {"kind": "class_counts", "counts": data["counts"],
+                                               "dataset": data["dataset"]}, lambda: _counts_figure(data))
+    report = Path(out_dir) / "report.md"
+    write_text_atomic(report, inspect_markdown(data, checked.warnings))
+    return report
+
+
+def inspect_markdown(data: dict, warned: list[str]) -> str:
+    rows = [f"| {split} | {label} | {s['count']} | {s['width']['min']}/{s['width']['median']:g}/{s['width']['max']} "
+            f"| {s['height']['min']}/{s['height']['median']:g}/{s['height']['max']} |"
+            for split, classes in data["sizes"].items() for label, s in classes.items()]
+    found = [("bad file(s), excluded from every run", [f"{b['path']}: {b['reason']}" for b in data["bad_files"]]),
+             ("group(s) of files with the same content", [", ".join(g) for g in data["duplicates"]]),
+             ("image(s) in two splits (leakage)", [", ".join(f["path"] for f in g) for g in data["train_val_leaks"]]),
+             ("label conflict(s)", [", ".join(f"{f['path']} ({f['label']})" for f in g)
+                                    for g in data["label_conflicts"]])]
+    lines = [f"# {data['dataset']}: {data['n_usable']} usable of {data['n_files']} files", "",
+             "| split | class | images | width min/median/max | height min/median/max |", "|---|---|---|---|---|",
+             *rows, ""]
+    for title, items in found:
+        lines += [f"- **{len(items)} {title}**" if items else f"- 0 {title}"]
+        lines += [f"  - {shown_name(item)}" for item in items[:MAX_LISTED]]
+        lines += [f"  - ... and {len(items) - MAX_LISTED} more (metrics.json names them)"] * (len(items) > MAX_LISTED)
+    lines += [f"- warning: {message}" for message in warned]
+    return "\n".join(lines + ["", f"![images per class]({COUNTS_PNG})", ""])
+
+
+def _counts_figure(data: dict):
+    plt = pyplot()
+    classes = data["classes"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(classes) + 2), 3.2))
+    bottom = [0] * len(classes)
+    for split, counts in data["counts"].items():
+        heights = [counts.get(c, 0) for c in classes]
+        ax.bar(range(len(classes)), heights, bottom=bottom, label=split)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xticks(range(len(classes)), [shown_name(c, 24) for c in classes], rotation=45 if len(classes) > 6 else 0,
+                  ha="right" if len(classes) > 6 else "center")
+    ax.set_ylabel("images")
+    ax.set_title(f"{shown_name(data['dataset'], 60)}: images per class")
+    ax.legend()
+    return fig
 
 
 @dataclass
 class InspectResult:
-    """What ``tltool data inspect`` found: the checked files and the ``inspect.json`` written."""
+    """What ``tltool data inspect`` found: the checked files and the ``report.md`` written (``metrics.json`` and
+    ``class_counts.png`` beside it)."""
 
     checked: CheckedDataset
     report: Path
@@ -398,7 +447,7 @@ class InspectResult:
 @writes_runs
 def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | None = None,
                     force: bool = False) -> InspectResult:
-    """Check every file of the dataset at ``path`` and write ``inspect.json``; the caller shows the result."""
+    """Check every file of the dataset at ``path`` and write its report folder; the caller shows the result."""
     check_run_dir(out, force)
     dataset = load_dataset(path)
     checked = check_dataset(dataset, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,

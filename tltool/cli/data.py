@@ -25,7 +25,8 @@ def data() -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any file is bad or any warning is raised.")
 @click.option("--max-pixels", type=int, default=None, help="Reject images with more pixels (decompression bombs).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder for inspect.json [default: runs/inspect-DATASET-TIME].")
+              help="Folder for the report (metrics.json, report.md, class_counts.png) "
+                   "[default: runs/inspect-DATASET-TIME].")
 @force_option
 def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None, force: bool) -> None:
     """Count images per class and split, name every bad file with its reason, find duplicates and leakage."""
@@ -48,7 +49,7 @@ def _shown(text: str) -> str:
 
 
 def _size_table(data: dict) -> Table:
-    """Counts and sizes per split and class, from ``inspect.json``'s content."""
+    """Counts and sizes per split and class, from the content of the report's ``metrics.json``."""
     table = Table(title=f"{_shown(data['dataset'])}: {data['n_usable']} usable of {data['n_files']} files")
     for column in ("split", "class", "images", "width min/median/max", "height min/median/max"):
         table.add_column(column, justify="right" if column != "class" else "left")
