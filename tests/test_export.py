@@ -384,6 +384,16 @@ def flowers_run(tmp_path_factory):
     return probe(str(data), features_dir=root / "f", out=root / "run").run_dir
 
 
+@pytest.fixture(scope="module")
+def flowers_val(flowers_run) -> tuple[list[str], np.ndarray]:
+    """Every flowers val photo and tltool's probabilities for it, computed once for the tests that compare."""
+    from conftest import shared_dataset
+    from tltool.models import load_run
+
+    paths = sorted(str(p) for p in (shared_dataset("flowers") / "val").glob("*/*.jpg"))
+    return paths, load_run(flowers_run).predict_paths(paths)
+
+
 def _readme_client(folder, paths_file) -> tuple[list[str], bool]:
     """Run the README's Python example in ``folder`` as a client would; its predicted labels, and whether it
     imported TensorFlow."""
@@ -433,19 +443,19 @@ def test_the_readme_client_runs_as_it_is_written(tiny_run, tiny_saved, tmp_path,
 
 
 @pytest.mark.parametrize("fmt", ["keras", "tflite"])
-def test_a_client_following_the_readme_agrees_with_tltool_on_every_flowers_val_photo(flowers, flowers_run,
+def test_a_client_following_the_readme_agrees_with_tltool_on_every_flowers_val_photo(flowers_run, flowers_val,
                                                                                       tmp_path, monkeypatch, fmt):
     from tltool.export_client import load_pixels_code
     from tltool.images import load_image
     from tltool.models import load_run
 
-    paths = sorted(str(p) for p in (flowers / "val").glob("*/*.jpg"))
+    paths, probs = flowers_val
     assert len(paths) >= 100
     (tmp_path / "paths.json").write_text(json.dumps(paths))
     folder = tmp_path / fmt
     export_module.export_run(flowers_run, fmt, folder, measure=False)
     run = load_run(flowers_run)
-    expected = [run.classes[i] for i in run.predict_paths(paths).argmax(1)]
+    expected = [run.classes[i] for i in probs.argmax(1)]
     predicted, imported_tf = _readme_client(folder, tmp_path / "paths.json")
     assert predicted == expected  # every image, not most of them
     assert imported_tf == (fmt == "keras")  # the LiteRT client needs no TensorFlow
@@ -459,16 +469,14 @@ def test_a_client_following_the_readme_agrees_with_tltool_on_every_flowers_val_p
         assert np.array_equal(namespace["load_pixels"](path), load_image(path, run.image_size))
 
 
-def test_the_bytes_signature_agrees_with_tltool_on_every_flowers_val_photo(flowers, flowers_run, tmp_path):
+def test_the_bytes_signature_agrees_with_tltool_on_every_flowers_val_photo(flowers_run, flowers_val, tmp_path):
     from tltool._tf import tf
-    from tltool.models import load_run
 
-    paths = sorted(str(p) for p in (flowers / "val").glob("*/*.jpg"))
+    paths, expected = flowers_val
     saved = export_module.export_run(flowers_run, "savedmodel", tmp_path / "saved").model_path
     served = tf.saved_model.load(str(saved))
     probs = np.concatenate([served.serve_image_bytes(tf.constant([open(p, "rb").read() for p in paths[i:i + 32]]))
                             for i in range(0, len(paths), 32)])
-    expected = load_run(flowers_run).predict_paths(paths)
     assert (probs.argmax(1) == expected.argmax(1)).all()
     assert np.abs(probs - expected).max() < 0.05
 
