@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -398,9 +399,10 @@ def _readme_client(folder, paths_file) -> tuple[list[str], bool]:
     """Run the README's Python example in ``folder`` as a client would; its predicted labels, and whether it
     imported TensorFlow."""
     code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
-    (folder / "client.py").write_text(code + "\nprint(json.dumps([labels[i] for i in probs.argmax(1)]), "
-                                      "'tensorflow' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "client.py", *json.loads(paths_file.read_text())], cwd=folder,
+    client = _users_client_file(folder)
+    client.write_text(code + "\nprint(json.dumps([labels[i] for i in probs.argmax(1)]), "
+                      "'tensorflow' in sys.modules)\n")
+    done = subprocess.run([sys.executable, str(client), *json.loads(paths_file.read_text())], cwd=folder,
                           capture_output=True, text=True, timeout=300,
                           env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
                                "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -409,11 +411,23 @@ def _readme_client(folder, paths_file) -> tuple[list[str], bool]:
     return json.loads(labels), imported_tf == "True"
 
 
+def _users_client_file(folder: Path) -> Path:
+    """Where the README has the user save client.py: a folder of their own, not the export's (which --force
+    replaces whole); it runs from the export folder."""
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert "in a folder of your own (not in this one" in readme and "python PATH/TO/client.py" in readme
+    own = folder.parent / f"own-{folder.name}"
+    own.mkdir(exist_ok=True)
+    return own / "client.py"
+
+
 def _run_readme_verbatim(folder, paths: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    """The README's code block saved as client.py, unchanged, and run as it says: ``python client.py PHOTOS``."""
+    """The README's code block saved as client.py, unchanged, and run as it says: ``python PATH/TO/client.py
+    PHOTOS`` from the export folder."""
     code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(encoding="utf-8"), re.S).group(1)
-    (folder / "client.py").write_text(code, encoding="utf-8")
-    return subprocess.run([sys.executable, "client.py", *paths], cwd=folder, capture_output=True, text=True,
+    client = _users_client_file(folder)
+    client.write_text(code, encoding="utf-8")
+    return subprocess.run([sys.executable, str(client), *paths], cwd=folder, capture_output=True, text=True,
                           timeout=300, env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
                                             "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
 

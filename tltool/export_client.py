@@ -135,7 +135,8 @@ def readme(fmt: str, model_file: str, classes: list[str], image_size: int, resiz
             f"- Resize policy `{resize}`; every decode step is in `input.json`.\n\n"
             "## Client (Python)\n\n"
             f"It needs `pip install {DECODE_PACKAGES} {CLIENT_PACKAGES[fmt]}` (no tltool). "
-            "Save this as `client.py` in this folder and run `python client.py photo1.jpg photo2.jpg`:\n\n"
+            "Save this as `client.py` in a folder of your own (not in this one: `tltool export --force` replaces "
+            "this folder whole) and run it from this folder: `python PATH/TO/client.py photo1.jpg photo2.jpg`:\n\n"
             f"```python\n{load_pixels_code(resize)}\n{ARGS_CODE}{CLIENT_CODE[fmt]}```\n{bytes_note}"
             + (f"\n## Measured when exported\n\n{measured}\n" if measured else ""))
 
