@@ -455,3 +455,28 @@ def test_gpu_benchmark_rates_time_only_the_measured_steps(monkeypatch):
     assert fit.calls == 8 and rate == pytest.approx(160)
     info.replicas = 2  # the global batch is per-replica batch x replicas
     assert gpu_throughput.train_rate(args, None, info, 32, None) == pytest.approx(320)
+
+
+def test_a_distributed_epoch_traces_its_steps_once_whatever_the_last_batch():
+    """The distributed steps were traced for the first batch's shape: a last partial batch (120 photos in batches of
+    16) traced the whole model's train step again, and the val step too, in every stage of a --strategy mirrored
+    run (the slowest part of its first epoch). Now each is traced once, for the dataset's element spec."""
+    from tltool._tf import tf
+    from tltool.training import DistributedEpoch, TrainOptions, compile_model
+
+    class NoBar:
+        def update(self, n: int = 1) -> None:
+            pass
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+        compile_model(model, TrainOptions(lr=1e-2), steps_per_epoch=3)
+    x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices((x, np.eye(2, dtype=np.float32)[np.arange(20) % 2])).batch(8)
+    epoch = DistributedEpoch(model, strategy, TrainOptions(lr=1e-2), None)
+    logs = [epoch.run(data, data, NoBar(), 1e-2) for _ in range(2)]  # batches of 8, 8 and 4
+    assert epoch.train_step.experimental_get_tracing_count() == 1
+    assert epoch.eval_step.experimental_get_tracing_count() == 1
+    assert logs[1]["loss"][0] < logs[0]["loss"][0]  # and the steps still train

@@ -64,14 +64,25 @@ class DistributedEpoch:
             return sums(y, probs, loss_fn(y, probs))
 
         def reduced(replica_fn):
-            @tf.function(reduce_retracing=True)
             def step(batch):
                 out = strategy.run(replica_fn, args=batch)
                 return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out]
 
             return step
 
-        self.train_step, self.eval_step = reduced(train_replica), reduced(eval_replica)
+        self._steps = {"train": reduced(train_replica), "eval": reduced(eval_replica)}
+        self.train_step = self.eval_step = None  # traced at the first batch, for the datasets' element spec
+
+    def _traced(self, kind: str, data) -> object:
+        """The ``kind`` step as a ``tf.function`` with the distributed dataset's element spec as its signature (batch
+        size unknown): traced once per stage. Traced for the first batch's shape instead, a last partial batch (and
+        the first val batch) traced the whole model's step again."""
+        from .._tf import tf
+
+        name = f"{kind}_step"
+        if getattr(self, name) is None:
+            setattr(self, name, tf.function(self._steps[kind], input_signature=[data.element_spec]))
+        return getattr(self, name)
 
     def _distributed(self, ds):
         """A dataset batched by the global batch, split by the strategy; a distributed dataset (each worker's own
@@ -83,16 +94,18 @@ class DistributedEpoch:
     def run(self, train: tf.data.Dataset | tf.distribute.DistributedDataset,
             val: tf.data.Dataset | tf.distribute.DistributedDataset | None, bar: Bar, lr: float) -> dict:
         """Train one epoch on ``train`` and evaluate on ``val``; Keras-style logs."""
-        totals = np.zeros(3)
-        for batch, data in enumerate(self._distributed(train)):
-            step = np.array([float(v) for v in self.train_step(data)])
+        totals, train = np.zeros(3), self._distributed(train)
+        train_step = self._traced("train", train)
+        for batch, data in enumerate(train):
+            step = np.array([float(v) for v in train_step(data)])
             check_finite(step[0] / max(step[2], 1.0), batch, lr)
             totals += step
             bar.update(1)
         logs = {"loss": totals[0] / max(totals[2], 1.0), "accuracy": totals[1] / max(totals[2], 1.0)}
         if val is not None:
-            totals = np.zeros(3)
-            for data in self._distributed(val):
-                totals += np.array([float(v) for v in self.eval_step(data)])
+            totals, val = np.zeros(3), self._distributed(val)
+            eval_step = self._traced("eval", val)
+            for data in val:
+                totals += np.array([float(v) for v in eval_step(data)])
             logs.update(val_loss=totals[0] / max(totals[2], 1.0), val_accuracy=totals[1] / max(totals[2], 1.0))
         return {k: [v] for k, v in logs.items()}
