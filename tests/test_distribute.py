@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -129,14 +130,16 @@ def test_mirrored_extraction_gives_the_single_device_features(two_devices):
     assert summary["extract_std"] > 1e-2  # features that say something (random weights give about 1e-13)
 
 
-def test_a_two_replica_run_resumes_on_one(two_devices):
+def test_a_two_replica_run_resumes_on_one(two_devices, tmp_path, capsys):
+    from tltool.finetune import finetune
+
     out, _, _ = two_devices
-    killed = out / "killed"
+    killed = tmp_path / "killed"  # the module's copy stays as the kill left it
+    shutil.copytree(out / "killed", killed)
     assert json.loads((killed / "state.json").read_text())["epoch"] == 1 and not (killed / "model.keras").exists()
-    resumed = subprocess.run([sys.executable, "-m", "tltool", "finetune", "--resume", str(killed), "--strategy", "none"],
-                             env=_env(), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    log = " ".join(resumed.stderr.split())
+    capsys.readouterr()
+    finetune(FinetuneConfig(data=None, strategy="none"), resume=killed)  # one device: this process has one CPU
+    log = " ".join(capsys.readouterr().err.split())
     assert "resuming after epoch 1" in log and "run started on 2 replica(s) on 1: the global batch stays 16" in log
     record = json.loads((killed / "model.json").read_text())["distribute"]
     assert record["replicas"] == 1 and record["started_with"]["replicas"] == 2 and record["global_batch_size"] == 16
@@ -206,17 +209,26 @@ def _finish(proc: subprocess.Popen) -> tuple[str, str]:
     return stdout, " ".join(stderr.split())
 
 
+def _extract_here(out: Path, *extra: str) -> tuple[str, str]:
+    """As :func:`_extract` then :func:`_finish`, in this process (no TensorFlow import to wait for)."""
+    result = CliRunner().invoke(main, ["extract", str(SAMPLE), "--out", str(out), "--image-size", "32", "--chunk-size",
+                                       "16", "--batch-size", "8", *extra])
+    assert result.exit_code == 0, (result.output[-3000:], result.exception)
+    return result.stdout, " ".join(result.stderr.split())
+
+
 def test_sharded_extraction_in_two_processes_equals_one(tmp_path):
     both = [_extract(tmp_path / "sharded", "--shard", f"{i}/2") for i in range(2)]  # 10 chunks, 5 each, at once
     logs = [_finish(p) for p in both]
     assert any("folder complete" in stdout for stdout, _ in logs)
-    # a lone shard, then the plain command: it computes only what is missing (the finished shard is not redone)
-    stdout, _ = _finish(_extract(tmp_path / "merged", "--shard", "1/2"))
+    # a lone shard, then the plain command: it computes only what is missing (the finished shard is not redone);
+    # in this process (the two at once above are the processes)
+    stdout, _ = _extract_here(tmp_path / "merged", "--shard", "1/2")
     assert "waiting for the other shards" in stdout
     assert not json.loads((tmp_path / "merged" / "features.json").read_text())["complete"]
     with pytest.raises(TltoolError, match="did not finish"):
         load_features(tmp_path / "merged")
-    _, log = _finish(_extract(tmp_path / "merged"))
+    _, log = _extract_here(tmp_path / "merged")
     assert "resuming: 5 of 10 chunk(s) already extracted" in log
     one = extract_features(str(SAMPLE), tmp_path / "single", image_size=32, chunk_size=16,
                            batch_size=8, strategy="none").features
@@ -225,7 +237,7 @@ def test_sharded_extraction_in_two_processes_equals_one(tmp_path):
         assert fs.hashes == one.hashes
         np.testing.assert_array_equal(fs.labels, one.labels)
         assert_same_features(fs, one)
-    again = _finish(_extract(tmp_path / "sharded", "--shard", "0/2"))[0]
+    again = _extract_here(tmp_path / "sharded", "--shard", "0/2")[0]
     assert again.startswith("cached")
 
 
