@@ -294,7 +294,7 @@ def test_a_killed_cross_validation_keeps_its_finished_folds(tmp_path, monkeypatc
     from tltool.supervised import KerasTrainingRun
 
     config = FinetuneConfig(data=str(SAMPLE), image_size=32, batch_size=32, augment="none", head_epochs=1,
-                            epochs=0, head_lr=3e-3, head_init="random")
+                            epochs=0, head_lr=3e-3, head_init="random", unfreeze="none")
     finish, calls = KerasTrainingRun.finish, []
 
     def killed_in_fold_2(self, run_dir, *args, **kwargs):
