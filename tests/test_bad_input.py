@@ -193,7 +193,8 @@ def test_lost_classes_tell_an_empty_folder_from_a_class_whose_files_are_all_bad(
                                             "e": "empty folder"}
     assert [category for _, category in result.checked.issues] == [EmptyClassWarning]
     assert result.has_problems
-    assert "'c' (all 2 of its files are bad)" in json.loads(result.report.read_text())["warnings"][0]
+    found = json.loads((result.report.parent / "metrics.json").read_text())
+    assert "'c' (all 2 of its files are bad)" in found["warnings"][0]
 
 
 def test_a_folder_source_records_every_class_folder_it_saw_even_empty_ones(tmp_path):
