@@ -290,7 +290,7 @@ def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "
              "seed_spread": list(p.spread), "per_class_recall": p.per_class,
              "gain_to_last_se": p.se_to_last} for p in points]
     write_json(target / "metrics.json", {"points": rows, "reading": reading, "params": params, "n_val": n_val,
-                                                "seeds": seeds, "interval_method": "wilson on the val images"})
+                                         "seeds": seeds, "interval_method": "wilson on the val images"})
     table = ["| train images | share | val accuracy [95 % CI] | seeds min-max |", "|---|---|---|---|"]
     table += [f"| {p.n_train} | {p.fraction:.0%} | {p.accuracy:.3f} [{p.low:.3f}, {p.high:.3f}] | "
               f"{p.spread[0]:.3f}-{p.spread[1]:.3f} |" for p in points]

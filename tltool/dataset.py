@@ -306,6 +306,11 @@ def labeler_may_write(folder: str | os.PathLike) -> bool:
     return output_kind(folder) == COLLECTED or labels.is_file() or labels.is_symlink()
 
 
+def collected_parent(folder: Path) -> Path | None:
+    """The dataset folder ``collect import`` made whose ``unlabeled/`` ``folder`` (absolute) is, else None."""
+    return folder.parent if folder.name == UNLABELED and output_kind(folder.parent) == COLLECTED else None
+
+
 def label_commands(folder: str | os.PathLike, classes: str = LABEL_CLASSES) -> str:
     """The command line that labels the photos of ``folder`` (as the user gave it): ``label serve`` itself where
     it may write; the dataset folder an ``unlabeled/`` of it belongs to; any other folder is first copied into a new
@@ -314,7 +319,7 @@ def label_commands(folder: str | os.PathLike, classes: str = LABEL_CLASSES) -> s
     options = f" --classes {shlex.quote(classes)}" if classes else ""
     if labeler_may_write(path):
         return f"tltool label serve {_quoted(folder)}{options}"
-    if path.name == UNLABELED and output_kind(path.parent) == COLLECTED:
+    if collected_parent(path):
         return f"tltool label serve {_quoted(path.parent)}{options}"
     stem = f"{path.name or 'photos'}-dataset"
     new = next((name for name in (stem, *(f"{stem}-{i}" for i in range(2, 100))) if not os.path.lexists(name)), stem)

@@ -391,9 +391,13 @@ def write_inspect_report(checked: CheckedDataset, out_dir: str | Path) -> Path:
     return report
 
 
+def size_range(side: dict) -> str:
+    """One side's sizes in a class, as the terminal table and report.md show them: ``min/median/max``."""
+    return f"{side['min']}/{side['median']:g}/{side['max']}"
+
+
 def inspect_markdown(data: dict, warned: list[str]) -> str:
-    rows = [f"| {split} | {label} | {s['count']} | {s['width']['min']}/{s['width']['median']:g}/{s['width']['max']} "
-            f"| {s['height']['min']}/{s['height']['median']:g}/{s['height']['max']} |"
+    rows = [f"| {split} | {label} | {s['count']} | {size_range(s['width'])} | {size_range(s['height'])} |"
             for split, classes in data["sizes"].items() for label, s in classes.items()]
     found = [("bad file(s), excluded from every run", [f"{b['path']}: {b['reason']}" for b in data["bad_files"]]),
              ("group(s) of files with the same content", [", ".join(g) for g in data["duplicates"]]),

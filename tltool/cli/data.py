@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..digits import export_digits
-from ..inspection import inspect_dataset, write_split_manifest
+from ..inspection import inspect_dataset, size_range, write_split_manifest
 from ..sample import make_shapes_dataset
 from ..utils import shown_name
 from .options import choice, force_option, split_options
@@ -55,9 +55,8 @@ def _size_table(data: dict) -> Table:
         table.add_column(column, justify="right" if column != "class" else "left")
     for split, classes in data["sizes"].items():
         for label, s in classes.items():
-            w, h = s["width"], s["height"]
-            table.add_row(_shown(split), _shown(label), str(s["count"]), f"{w['min']}/{w['median']:g}/{w['max']}",
-                          f"{h['min']}/{h['median']:g}/{h['max']}")
+            table.add_row(_shown(split), _shown(label), str(s["count"]), size_range(s["width"]),
+                          size_range(s["height"]))
     return table
 
 

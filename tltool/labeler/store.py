@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from ..dataset import (COLLECTED, LABEL_CLASSES, LABELS_CSV, UNLABELED, Dataset, ManifestWarning, case_clashes,
-                       label_commands, labeler_may_write, load_manifest)
+from ..dataset import (LABEL_CLASSES, LABELS_CSV, UNLABELED, Dataset, ManifestWarning, case_clashes,
+                       collected_parent, label_commands, labeler_may_write, load_manifest)
 from ..errors import BadFilesWarning, TltoolError
 from ..images import IMAGE_EXTENSIONS
 from ..outputs import output_kind
@@ -316,7 +316,7 @@ def refuse_foreign_folder(root: Path, given: str | os.PathLike, classes: list[st
         return
     shown = shown_name(given)
     commands = label_commands(given, ",".join(classes) if classes else LABEL_CLASSES)
-    if root.name == UNLABELED and output_kind(root.parent) == COLLECTED:
+    if collected_parent(root):
         raise TltoolError(f"{shown}: is the {UNLABELED}/ folder of the dataset folder {shown_name(root.parent)}, "
                           f"whose labels.csv goes beside it; label that folder: {commands}")
     kind = output_kind(root)
