@@ -287,6 +287,44 @@ def test_auto_is_measured_once_and_remembered(monkeypatch):
     assert engines.resolve_engine(source, "auto") == "tf"  # measured again (before: AttributeError on str.get)
 
 
+def test_auto_runs_a_small_job_on_tf_unless_its_litert_model_is_already_made(monkeypatch):
+    """A fine-tune's val evaluation (100 photos) converted its brand-new model to LiteRT and measured both engines
+    (30-37 s on 2 cores) to save a second or two of TF. Below LITERT_PAYS_FROM images nothing is converted or
+    measured; a job that large, or a model whose conversion and choice are made, goes on as before."""
+    monkeypatch.setattr(engines, "gpu_visible", lambda: False)
+    measured = []
+    monkeypatch.setattr(engines, "measure_engines",
+                        lambda s: measured.append(s.name) or {"tf": 50.0, "litert": 120.0})
+    source = _tiny_source("small-job")
+    small = engines.LITERT_PAYS_FROM - 1
+    assert engines.resolve_engine(source, "auto", images=small) == "tf"
+    assert measured == [] and not engines._converted_path(source).exists()
+    assert engines.resolve_engine(source, "auto", images=engines.LITERT_PAYS_FROM) == "litert"
+    assert measured == ["small-job"]
+    assert engines.resolve_engine(source, "auto", images=small) == "tf"  # chosen, but no LiteRT file yet
+    engines.converted_model(source)
+    assert engines.resolve_engine(source, "auto", images=1) == "litert"  # made once: every job uses it
+    assert engines.resolve_engine(source, "litert", images=1) == "litert"  # asked for by name: always
+    assert measured == ["small-job"]
+
+
+def test_a_run_s_prediction_asks_for_the_engine_of_its_whole_job(monkeypatch):
+    from tltool.models import RunModel
+
+    class Asked(Exception):
+        pass
+
+    def runner(self, images=None):
+        raise Asked(images)
+
+    monkeypatch.setattr(RunModel, "runner", runner)
+    paths = [f"{i}.jpg" for i in range(30)]
+    for tta, views in (("none", 30), ("flip", 60), ("10crop", 330)):  # 10crop: the plain pass and the 10 views
+        with pytest.raises(Asked) as asked:
+            RunModel().predict_plain_and_tta(paths, tta)
+        assert asked.value.args == (views,)
+
+
 def test_auto_takes_tf_on_a_gpu_and_the_declared_engine_without_measuring(monkeypatch):
     def no_measuring(source):
         raise AssertionError("must not measure")

@@ -12,7 +12,8 @@ features, ``probabilities`` for a classifier). Engines are a registry (:data:`EN
   does not import TensorFlow.
 - ``auto``: TF when a GPU is visible; else the engine declared for the backbone (:data:`DECLARED`, from
   ``benchmarks/engines.py``); else the faster of the two measured once on this machine (a few batches each) and
-  remembered in ``cache_dir()/engine-choice.json``.
+  remembered in ``cache_dir()/engine-choice.json``. A model not yet converted is run by TF when the job is smaller
+  than :data:`LITERT_PAYS_FROM` images: its conversion would cost more time than LiteRT saves.
 
 The engine is not part of the feature cache key: both engines give the same features within 1e-4 (tested).
 """
@@ -51,6 +52,10 @@ ENGINE_CHOICES = CHOICES["engine"]
 # speed (issue 15; benchmarks/engines.py measures it again), so ``auto`` must never pick it there.
 DECLARED: dict[str, str] = {"vgg16": "tf", "vgg19": "tf"}
 CHOICE_FILE = "engine-choice.json"
+# Below this many images (TTA views counted) a model with no LiteRT file yet runs on TF. The conversion takes 6-17 s
+# on 2 cores (Lite0, 224-288 px), as long as TF takes for 500-1,500 images: a fine-tune's own val evaluation
+# (100 photos) converted its new model and measured both engines, 30-37 s, to save 1-3 s of TF.
+LITERT_PAYS_FROM = 1000
 ENGINE_ENV = "TLTOOL_ENGINE"
 
 
@@ -413,7 +418,7 @@ def converted_model(source: ModelSource) -> Path:
     """The cached ``.tflite`` of ``source``, converted (with TensorFlow) only the first time, and again when the
     cached file is not the one written (cut short, changed, replaced by a link or a pipe): its digest is kept in
     the ``.json`` beside it. Before, a damaged file failed every command as "not a valid Flatbuffer buffer"."""
-    path = litert_dir() / f"{source.digest}.tflite"
+    path = _converted_path(source)
     if _conversion_intact(path):
         return path
     if os.path.lexists(path):
@@ -429,6 +434,10 @@ def converted_model(source: ModelSource) -> Path:
         tmp.write_bytes(data)
     say(f"converted {source.name} to LiteRT once ({time.perf_counter() - start:.1f} s): {path}")
     return path
+
+
+def _converted_path(source: ModelSource) -> Path:
+    return litert_dir() / f"{source.digest}.tflite"
 
 
 def _conversion_intact(path: Path) -> bool:
@@ -450,14 +459,17 @@ def _litert_runner(source: ModelSource) -> Runner:
 ENGINES: dict[str, Callable[[ModelSource], Runner]] = {"tf": _tf_runner, "litert": _litert_runner}
 
 
-def create_runner(source: ModelSource, engine: str = "auto") -> Runner:
-    """A runner of ``source`` on ``engine`` (``auto``, ``tf`` or ``litert``)."""
-    return ENGINES[resolve_engine(source, engine)](source)
+def create_runner(source: ModelSource, engine: str = "auto", images: int | None = None) -> Runner:
+    """A runner of ``source`` on ``engine`` (``auto``, ``tf`` or ``litert``); ``images``: how many the job runs
+    (TTA views counted), where known (see :func:`resolve_engine`)."""
+    return ENGINES[resolve_engine(source, engine, images)](source)
 
 
 # ---------------------------------------------------------------------------------------------------------- auto
-def resolve_engine(source: ModelSource, engine: str = "auto") -> str:
-    """``engine`` itself, or for ``auto`` the faster one for ``source`` on this machine.
+def resolve_engine(source: ModelSource, engine: str = "auto", images: int | None = None) -> str:
+    """``engine`` itself, or for ``auto`` the faster one for ``source`` on this machine; for a job of fewer than
+    :data:`LITERT_PAYS_FROM` ``images``, TF unless the choice and the conversion are already made (the faster
+    engine for the whole job, its conversion counted).
 
     ``$TLTOOL_ENGINE`` (``tf`` or ``litert``), where set, is what ``auto`` means: one engine for every command.
     """
@@ -474,6 +486,11 @@ def resolve_engine(source: ModelSource, engine: str = "auto") -> str:
         return "tf"
     if source.backbone in DECLARED:
         return DECLARED[source.backbone]
+    remembered = _remembered_choice(source)
+    if remembered == "tf" or (remembered == "litert" and _conversion_intact(_converted_path(source))):
+        return remembered
+    if images is not None and images < LITERT_PAYS_FROM:
+        return "tf"
     return measured_choice(source)
 
 
@@ -481,13 +498,20 @@ def _choice_key(source: ModelSource) -> str:
     return f"{source.digest}:cpus={usable_cpus()}"
 
 
-def measured_choice(source: ModelSource) -> str:
-    """The faster engine for ``source`` on this machine, measured once and remembered."""
-    path = cache_dir() / CHOICE_FILE
-    choices = _read_choices(path)
-    entry = choices.get(_choice_key(source))
+def _remembered_choice(source: ModelSource) -> str | None:
+    entry = _read_choices(cache_dir() / CHOICE_FILE).get(_choice_key(source))
     if isinstance(entry, dict) and entry.get("engine") in ENGINES:  # anything else (edited, damaged): measure again
         return entry["engine"]
+    return None
+
+
+def measured_choice(source: ModelSource) -> str:
+    """The faster engine for ``source`` on this machine, measured once and remembered."""
+    remembered = _remembered_choice(source)
+    if remembered:
+        return remembered
+    path = cache_dir() / CHOICE_FILE
+    choices = _read_choices(path)
     rates = measure_engines(source)
     best = max(rates, key=rates.get)
     choices[_choice_key(source)] = {"engine": best, "images_per_second": rates, "name": source.name,

@@ -22,7 +22,7 @@ from .outputs import output_kind
 from .progress import Bar
 from .images import DEFAULT_MAX_PIXELS
 from .settings import CHOICES, RANGES, check_choice
-from .tta import predict_with_tta
+from .tta import n_views, predict_with_tta
 from .utils import is_whole, read_json, read_json_object, sha256_file
 
 if TYPE_CHECKING:
@@ -54,10 +54,11 @@ class RunModel:
         """What the engine runs for this run (pixels in)."""
         raise NotImplementedError
 
-    def runner(self) -> Runner:
-        """The network on its engine (``auto`` resolved for this run's network on this machine), made once."""
+    def runner(self, images: int | None = None) -> Runner:
+        """The network on its engine (``auto`` resolved for this run's network on this machine and, where known, for
+        the first job's ``images``: a few hundred run on TF rather than wait for a conversion), made once."""
         if self._runner is None:
-            self._runner = create_runner(self.source(), self.engine)
+            self._runner = create_runner(self.source(), self.engine, images)
         return self._runner
 
     def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -84,8 +85,9 @@ class RunModel:
     def predict_paths(self, paths: Sequence[str], tta: str = "none", batch_size: int = 32,
                       per_view: bool = False) -> np.ndarray:
         check_choice("tta", tta)
+        engine = self.runner(len(paths) * n_views(tta)).engine
         return predict_with_tta(self.predict_views, paths, self.image_size, self.resize, tta, batch_size,
-                                max_pixels=self.max_pixels, engine=self.runner().engine,
+                                max_pixels=self.max_pixels, engine=engine,
                                 predict_stream=self.predict_stream, per_view=per_view)
 
     def predict_plain_and_tta(self, paths: Sequence[str], tta: str,
@@ -93,6 +95,8 @@ class RunModel:
         """The plain probabilities of ``paths`` and those under ``tta`` (None for none), as a report shows them
         side by side. Flip's first view is the plain one: one pass gives both (two passes decoded every image
         twice and ran its plain view twice)."""
+        passes = [tta] if tta in ("none", "flip") else ["none", tta]
+        self.runner(len(paths) * sum(n_views(mode) for mode in passes))  # the engine for the whole job
         if tta == "none":
             return self.predict_paths(paths, batch_size=batch_size), None
         if tta == "flip":

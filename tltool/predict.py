@@ -19,7 +19,7 @@ from .models import RunModel, load_run, overlap_with_training
 from .report import trained_on_line, write_run_report
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_choice, check_range
-from .tta import predict_readable
+from .tta import n_views, predict_readable
 
 
 def no_usable_images(name: str, n_files: int) -> str:
@@ -48,7 +48,8 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
     model = load_run(run_dir, engine)
     found = predict_readable(model.predict_views, images, model.image_size, model.resize, tta,
                              max_pixels=model.max_pixels if max_pixels is None else max_pixels,
-                             engine=model.runner().engine, predict_stream=model.predict_stream)
+                             engine=model.runner(len(images) * n_views(tta)).engine,
+                             predict_stream=model.predict_stream)
     # each bad file named once, though given twice (by name and in its folder, `./photos ./photos/x.jpg` too): it was
     # listed, and counted, twice
     bad = list({os.path.abspath(error.path): error for error in found.bad}.values())
