@@ -532,8 +532,12 @@ def test_training_on_the_imported_folder_says_to_label_and_export_it(tmp_path):
     assert "TooFewClassesWarning" in result.output and f"tltool label export {dataset}" in result.output
     (tmp_path / "plain" / "a").mkdir(parents=True)
     shutil.copy(tmp_path / "phone" / "p0.jpg", tmp_path / "plain" / "a")
-    with pytest.raises(TltoolError, match="own sub-folder"):  # any other folder: the advice it had
+    with pytest.raises(TltoolError) as refused:  # any other folder: sort it, or (photos not sorted yet) label them
         load_dataset(tmp_path / "plain").require_classes(2)
+    plain, new = tmp_path / "plain", tmp_path / "plain-dataset"
+    assert str(refused.value).endswith(
+        f"Put each class's images in its own sub-folder, or label them (your class names): tltool collect import "
+        f"{plain} --out {new} && tltool label serve {new} --classes NAME1,NAME2,...")  # no fourth dot
 
 
 def test_imported_names_keep_accented_letters(tmp_path):

@@ -5,6 +5,7 @@ import csv
 import http.client
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -1367,10 +1368,10 @@ def test_exporting_the_export_names_the_labelled_folder(tmp_path, monkeypatch):
     assert "what `tltool label export` wrote" in message and f"tltool label export {root}" in message
     assert "label serve" not in message
     (tmp_path / "other").mkdir()
-    monkeypatch.chdir(tmp_path)  # where the advice's new folder goes
-    with pytest.raises(TltoolError, match=r"no labels yet.*tltool collect import .*other --out other-dataset && "
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TltoolError, match=r"no labels yet.*tltool collect import other --out other-dataset && "
                                           r"tltool label serve other-dataset"):  # any other folder: import, label
-        export_labels(tmp_path / "other")
+        export_labels("other")
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes | None]:
@@ -1436,6 +1437,18 @@ def test_the_advice_for_unsorted_photos_imports_them_first_and_works_as_printed(
     with pytest.raises(TltoolError, match="--out trip-dataset-2 && tltool label serve trip-dataset-2"):
         load_dataset("trip")
     (tmp_path / "trip-dataset").rmdir()
+    # the new folder goes beside the photos, in the form the user named them (it went to the working directory:
+    # from inside the photos' folder, into the photos being imported)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    beside = re.escape(f"--out {tmp_path}/trip-dataset && tltool label serve {tmp_path}/trip-dataset")
+    with pytest.raises(TltoolError, match=beside):
+        load_dataset(str(trip))
+    monkeypatch.chdir(trip)
+    with pytest.raises(TltoolError, match=r"collect import \. --out \.\./trip-dataset && tltool label serve \.\./tr"):
+        load_dataset(".")
+    monkeypatch.chdir(tmp_path)
     import_images(["trip"], "trip-dataset")
     store = LabelStore("trip-dataset", ["a", "b"])
     store.set_many([(path, "ab"[i % 2], False, False) for i, path in enumerate(store.items)])

@@ -105,19 +105,27 @@ class Dataset:
             also = f" (class folder(s) {empty} hold no images)" if empty else ""
             raise TltoolError(
                 f"{self.name}: found {len(self.classes)} class(es) {self.classes}{also}; a classifier needs at "
-                f"least {minimum}. {self.how_to_get_classes()}."
+                f"least {minimum}. {end_sentence(self.how_to_get_classes())}"
             )
 
     def how_to_get_classes(self) -> str:
         """What to do about too few classes: a folder of ``tltool collect import`` is labelled and exported first;
         any other folder needs one sub-folder per class."""
         folder = Path(self.source[len("folder:"):]) if self.source.startswith("folder:") else None
-        if folder is None or output_kind(folder) != COLLECTED:
+        if folder is None:
             return "Put each class's images in its own sub-folder"
+        if output_kind(folder) != COLLECTED:  # photos not sorted yet (a single day1/ of them) are labelled instead
+            return ("Put each class's images in its own sub-folder, or label them (your class names): "
+                    + label_commands(folder))
         quoted = shlex.quote(str(folder))
         return (f"It is what `tltool collect import` wrote (unlabeled/ + manifest.csv), not one folder per class: "
                 f"label it with `tltool label serve {quoted} --classes NAME1,NAME2,...`, export the labels with "
                 f"`tltool label export {quoted}`, and give the folder that writes (train/ and val/ class folders)")
+
+
+def end_sentence(text: str) -> str:
+    """``text`` with a full stop, unless it ends with a command's ``NAME1,NAME2,...`` (a fourth dot is a typo)."""
+    return text if text.endswith(".") else text + "."
 
 
 def label_indices(records: Sequence[Record], classes: Sequence[str]) -> np.ndarray:
@@ -321,9 +329,19 @@ def label_commands(folder: str | os.PathLike, classes: str = LABEL_CLASSES) -> s
         return f"tltool label serve {_quoted(folder)}{options}"
     if collected_parent(path):
         return f"tltool label serve {_quoted(path.parent)}{options}"
-    stem = f"{path.name or 'photos'}-dataset"
-    new = next((name for name in (stem, *(f"{stem}-{i}" for i in range(2, 100))) if not os.path.lexists(name)), stem)
+    new = _new_dataset_beside(path, relative=not os.path.isabs(folder))
     return f"tltool collect import {_quoted(folder)} --out {_quoted(new)} && tltool label serve {_quoted(new)}{options}"
+
+
+def _new_dataset_beside(path: Path, relative: bool) -> str:
+    """A name not yet taken beside ``path`` (``trip`` -> ``trip-dataset``), relative to the working directory
+    where the user gave a relative path. Before, it was always in the working directory: for
+    ``/mnt/card/trip`` tltool suggested ``trip-dataset`` wherever the user happened to be, and for ``.`` a folder
+    inside the photos being imported."""
+    stem = f"{path.name or 'photos'}-dataset"
+    names = (stem, *(f"{stem}-{i}" for i in range(2, 100)))
+    new = next((path.parent / n for n in names if not os.path.lexists(path.parent / n)), path.parent / stem)
+    return os.path.relpath(new) if relative else str(new)
 
 
 def _quoted(path: str | os.PathLike) -> str:

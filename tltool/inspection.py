@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from .dataset import Dataset, Record, load_dataset, require_training_images, stratified_split, write_manifest
+from .dataset import (Dataset, Record, end_sentence, load_dataset, require_training_images, stratified_split,
+                      write_manifest)
 from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LabelConflictWarning,
                      LeakageWarning, TltoolError, TooFewClassesWarning)
@@ -294,9 +295,9 @@ def check_classes(checked: CheckedDataset, strict: bool = False, for_training: b
              TooFewClassesWarning: lowercase_first(checked.dataset.how_to_get_classes())}
     if findings and (strict or (for_training and len(classes) < 2)):
         refused = " (--strict refuses it)" if strict else ""
-        return TltoolError(f"{name}: " + "; ".join(f"{message}: {fixes[category]}"
-                                                   for message, category in findings) + refused + ".")
-    checked.issues.extend((f"{name}: {message}; {CLASS_FINDINGS[category][0]}: {fixes[category]}.",
+        return TltoolError(end_sentence(f"{name}: " + "; ".join(f"{message}: {fixes[category]}"
+                                                                for message, category in findings) + refused))
+    checked.issues.extend((end_sentence(f"{name}: {message}; {CLASS_FINDINGS[category][0]}: {fixes[category]}"),
                            category) for message, category in findings)
     return None
 
