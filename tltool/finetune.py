@@ -21,6 +21,7 @@ from .configs import CV_OFF_OR_FOLDS, FinetuneConfig, InputConfig, resolve_input
 from .crossval import CVResult, say_cv
 from .dataset import label_indices, write_manifest
 from .distribute import resolve_strategy
+from .engines import ModelSource, TFRunner
 from .errors import TltoolError
 from .evaluation import Evaluation
 from .heads import FittedHead, get_head_spec, search
@@ -69,8 +70,11 @@ def init_head_from_probe(model: keras.Model, paths: list[str], labels: np.ndarra
     from ._tf import keras
     from .pipeline import image_dataset  # imports TensorFlow
 
-    pooled = keras.Model(model.input, model.get_layer("pool").output)
-    features = np.concatenate([np.asarray(pooled(x, training=False)) for x in
+    pooled = keras.Model(model.input, {"avg": model.get_layer("pool").output})
+    # one compiled graph: the network called eagerly batch by batch took 1.7-2.6x as long (250 flowers at 288 px:
+    # 26.8-41.2 s against 15.4-16.3 s on 2 cores)
+    runner = TFRunner(ModelSource("the probe's features", inputs.image_size, {}, lambda: pooled))
+    features = np.concatenate([runner(x)["avg"] for x in
                                image_dataset(paths, image_size=inputs.image_size, resize=inputs.resize,
                                              batch_size=batch_size, max_pixels=inputs.max_pixels)])
     gs = search(get_head_spec("logreg"), features, np.asarray(labels), seed=seed)
