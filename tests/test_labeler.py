@@ -1448,6 +1448,11 @@ def test_the_advice_for_unsorted_photos_imports_them_first_and_works_as_printed(
     monkeypatch.chdir(trip)
     with pytest.raises(TltoolError, match=r"collect import \. --out \.\./trip-dataset && tltool label serve \.\./tr"):
         load_dataset(".")
+    monkeypatch.chdir(elsewhere)  # nothing may be written beside the photos (a read-only card): here, then
+    here = re.escape(f"--out {elsewhere}/trip-dataset && tltool label serve {elsewhere}/trip-dataset")
+    with monkeypatch.context() as read_only, pytest.raises(TltoolError, match=here):
+        read_only.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+        load_dataset(str(trip))
     monkeypatch.chdir(tmp_path)
     import_images(["trip"], "trip-dataset")
     store = LabelStore("trip-dataset", ["a", "b"])

@@ -335,12 +335,13 @@ def label_commands(folder: str | os.PathLike, classes: str = LABEL_CLASSES) -> s
 
 def _new_dataset_beside(path: Path, relative: bool) -> str:
     """A name not yet taken beside ``path`` (``trip`` -> ``trip-dataset``), relative to the working directory
-    where the user gave a relative path. Before, it was always in the working directory: for
-    ``/mnt/card/trip`` tltool suggested ``trip-dataset`` wherever the user happened to be, and for ``.`` a folder
-    inside the photos being imported."""
+    where the user gave a relative path; in the working directory when nothing can be written beside it (a
+    read-only camera card). Before, it was always in the working directory: for ``~/Pictures/trip`` tltool
+    suggested ``trip-dataset`` wherever the user happened to be, and for ``.`` a folder inside the photos."""
     stem = f"{path.name or 'photos'}-dataset"
+    parent = path.parent if os.access(path.parent, os.W_OK) else Path(os.getcwd())
     names = (stem, *(f"{stem}-{i}" for i in range(2, 100)))
-    new = next((path.parent / n for n in names if not os.path.lexists(path.parent / n)), path.parent / stem)
+    new = next((parent / n for n in names if not os.path.lexists(parent / n)), parent / stem)
     return os.path.relpath(new) if relative else str(new)
 
 
