@@ -578,7 +578,8 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
             taken += len(rs) if to_val else 0
             out.extend(replace(r, split="val" if to_val else "train") for r in rs)
     out.sort(key=lambda r: (r.split != "train", r.label, r.path))
-    return replace(dataset, records=out, notes=dataset.notes + [f"stratified split: val_fraction={val_fraction}, seed={seed}"])
+    note = f"stratified split: val_fraction={val_fraction}, seed={seed}"
+    return replace(dataset, records=out, notes=dataset.notes + [note])
 
 
 def require_training_images(dataset: Dataset) -> None:
