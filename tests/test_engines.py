@@ -9,6 +9,7 @@ import sys
 
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -337,9 +338,21 @@ def test_auto_takes_tf_on_a_gpu_and_the_declared_engine_without_measuring(monkey
     assert engines.resolve_engine(_tiny_source("forced"), "litert") == "litert"
 
 
-def test_measure_engines_gives_a_rate_per_engine():
-    rates = engines.measure_engines(_tiny_source("measure"), batch_size=4, rounds=2)
+def test_measure_engines_gives_a_rate_per_engine_building_the_network_once_and_keeping_its_runners():
+    """A first run built the network three times: for the TF runner, for the conversion, and again for the engine
+    chosen. It is built once now, and the chosen engine's measured runner is the one handed out."""
+    tiny = _tiny_source("measure")
+    builds = []
+    source = replace(tiny, build=lambda: builds.append(1) or tiny.build())
+    rates = engines.measure_engines(source, batch_size=4, rounds=2)
     assert set(rates) == {"tf", "litert"} and all(v > 0 for v in rates.values())
+    assert len(builds) == 1
+    measured = dict(engines._MEASURED[source.digest])
+    lite, tf_runner = engines.create_runner(source, "litert"), engines.create_runner(source, "tf")
+    assert lite is measured["litert"] and tf_runner is not measured["tf"]  # the other one is dropped, not kept
+    x = np.random.default_rng(3).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    for name in ("avg", "max"):  # one Keras model behind both: the conversion left it as it was
+        np.testing.assert_allclose(lite(x)[name], measured["tf"](x)[name], atol=1e-4)
 
 
 def test_an_unknown_engine_or_quantization_is_a_clear_error():
