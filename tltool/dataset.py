@@ -124,7 +124,8 @@ class Dataset:
 
 
 def end_sentence(text: str) -> str:
-    """``text`` with a full stop, unless it ends with a command's ``NAME1,NAME2,...`` (a fourth dot is a typo)."""
+    """``text`` ending with a full stop, added only where it has none (after a command's ``NAME1,NAME2,...`` a
+    fourth dot would be a typo)."""
     return text if text.endswith(".") else text + "."
 
 

@@ -490,11 +490,9 @@ def resolve_engine(source: ModelSource, engine: str = "auto", images: int | None
     if source.backbone in DECLARED:
         return DECLARED[source.backbone]
     remembered = _remembered_choice(source)
-    if remembered == "tf" or (remembered == "litert" and _conversion_intact(_converted_path(source))):
-        return remembered
-    if images is not None and images < LITERT_PAYS_FROM:
-        return "tf"
-    return measured_choice(source)
+    if images is not None and images < LITERT_PAYS_FROM:  # a conversion would cost more than LiteRT saves
+        return "litert" if remembered == "litert" and _conversion_intact(_converted_path(source)) else "tf"
+    return remembered or measured_choice(source)
 
 
 def _choice_key(source: ModelSource) -> str:
@@ -509,10 +507,7 @@ def _remembered_choice(source: ModelSource) -> str | None:
 
 
 def measured_choice(source: ModelSource) -> str:
-    """The faster engine for ``source`` on this machine, measured once and remembered."""
-    remembered = _remembered_choice(source)
-    if remembered:
-        return remembered
+    """The faster engine for ``source`` on this machine, measured and remembered (:func:`_remembered_choice`)."""
     path = cache_dir() / CHOICE_FILE
     choices = _read_choices(path)
     rates = measure_engines(source)
