@@ -639,3 +639,27 @@ def test_a_model_keras_that_does_not_load_is_one_line_naming_it(tmp_path):
         result = CliRunner().invoke(main, ["predict", "--model", str(run), str(image)])
         assert result.exit_code == 2 and "model.keras: cannot be loaded" in result.output, result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_ctrl_c_while_click_parses_the_groups_arguments_is_tltools_one_line(monkeypatch):
+    """Between the imports and a command, Click parses `tltool`'s own arguments: Ctrl-C there printed Click's
+    'Aborted!' and exited 1; now it is the one line and status 130 of any interrupted command."""
+    import click
+    from click.testing import CliRunner
+
+    from tltool.cli import group, main
+
+    exits = []
+
+    def interrupted():
+        exits.append(130)
+        raise SystemExit(130)  # the real one ends the process (os._exit) when TensorFlow is loaded
+
+    def ctrl_c(self, ctx, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(group, "_exit_interrupted", interrupted)
+    monkeypatch.setattr(click.Group, "parse_args", ctrl_c)
+    result = CliRunner().invoke(main, ["backbones"])
+    assert (result.exit_code, exits) == (130, [130]), result.output
+    assert "interrupted" in result.output and "Aborted" not in result.output

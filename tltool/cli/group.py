@@ -56,8 +56,20 @@ class TltoolGroup(click.Group):
             click.secho(f"error: {line}", fg="red", err=True)
             sys.exit(1)
         except (KeyboardInterrupt, click.exceptions.Abort):  # Click turns Ctrl-C in a nested command (a recipe's
-            click.secho("interrupted", fg="red", err=True)   # step) or a prompt into Abort
-            _exit_interrupted()
+            _say_interrupted()                               # step) or a prompt into Abort
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        """The group's own parsing, before :meth:`invoke`: Click answered Ctrl-C there with 'Aborted!' and exit 1."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except KeyboardInterrupt:
+            _say_interrupted()
+
+
+def _say_interrupted() -> None:
+    click.secho("interrupted", fg="red", err=True)
+    _exit_interrupted()
 
 
 def _exit_interrupted() -> None:
