@@ -272,7 +272,7 @@ def test_auto_is_measured_once_and_remembered(monkeypatch):
 
     def fake_measure(source):
         calls.append(source.name)
-        return {"tf": 50.0, "litert": 120.0}
+        return {"tf": 50.0, "litert": 120.0}, {}
 
     monkeypatch.setattr(engines, "measure_engines", fake_measure)
     source = _tiny_source("auto-test")
@@ -281,7 +281,7 @@ def test_auto_is_measured_once_and_remembered(monkeypatch):
     assert calls == ["auto-test"]  # the second call read the remembered choice
     stored = json.loads((engines.cache_dir() / engines.CHOICE_FILE).read_text())
     assert any(v["engine"] == "litert" and v["images_per_second"]["tf"] == 50.0 for v in stored.values())
-    monkeypatch.setattr(engines, "measure_engines", lambda s: {"tf": 90.0, "litert": 30.0})
+    monkeypatch.setattr(engines, "measure_engines", lambda s: ({"tf": 90.0, "litert": 30.0}, {}))
     assert engines.resolve_engine(_tiny_source("slow-lite"), "auto") == "tf"  # never the slower one
     path = engines.cache_dir() / engines.CHOICE_FILE
     path.write_text(json.dumps({key: "tf" for key in stored}))  # edited: a string per key, not an entry
@@ -295,7 +295,7 @@ def test_auto_runs_a_small_job_on_tf_unless_its_litert_model_is_already_made(mon
     monkeypatch.setattr(engines, "gpu_visible", lambda: False)
     measured = []
     monkeypatch.setattr(engines, "measure_engines",
-                        lambda s: measured.append(s.name) or {"tf": 50.0, "litert": 120.0})
+                        lambda s: (measured.append(s.name), ({"tf": 50.0, "litert": 120.0}, {}))[1])
     source = _tiny_source("small-job")
     small = engines.LITERT_PAYS_FROM - 1
     assert engines.resolve_engine(source, "auto", images=small) == "tf"
@@ -344,15 +344,27 @@ def test_measure_engines_gives_a_rate_per_engine_building_the_network_once_and_k
     tiny = _tiny_source("measure")
     builds = []
     source = replace(tiny, build=lambda: builds.append(1) or tiny.build())
-    rates = engines.measure_engines(source, batch_size=4, rounds=2)
-    assert set(rates) == {"tf", "litert"} and all(v > 0 for v in rates.values())
+    rates, measured = engines.measure_engines(source, batch_size=4, rounds=2)
+    assert set(rates) == set(measured) == {"tf", "litert"} and all(v > 0 for v in rates.values())
     assert len(builds) == 1
-    measured = dict(engines._MEASURED[source.digest])
-    lite, tf_runner = engines.create_runner(source, "litert"), engines.create_runner(source, "tf")
-    assert lite is measured["litert"] and tf_runner is not measured["tf"]  # the other one is dropped, not kept
+    lite = measured["litert"]
     x = np.random.default_rng(3).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     for name in ("avg", "max"):  # one Keras model behind both: the conversion left it as it was
         np.testing.assert_allclose(lite(x)[name], measured["tf"](x)[name], atol=1e-4)
+
+
+def test_auto_hands_out_the_runner_its_first_measurement_made(monkeypatch):
+    """The runner measured is the one the job gets (no second build); a later job, reading the remembered choice,
+    builds its own."""
+    monkeypatch.setattr(engines, "gpu_visible", lambda: False)
+    measured_lite = object()
+    monkeypatch.setattr(engines, "measure_engines",
+                        lambda s: ({"tf": 50.0, "litert": 120.0}, {"tf": object(), "litert": measured_lite}))
+    built = []
+    monkeypatch.setitem(engines.ENGINES, "litert", lambda s: built.append(s.name) or "built")
+    source = _tiny_source("hand-out")
+    assert engines.create_runner(source, "auto") is measured_lite and built == []
+    assert engines.create_runner(source, "auto") == "built" and built == ["hand-out"]
 
 
 def test_an_unknown_engine_or_quantization_is_a_clear_error():

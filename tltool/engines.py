@@ -463,9 +463,8 @@ ENGINES: dict[str, Callable[[ModelSource], Runner]] = {"tf": _tf_runner, "litert
 def create_runner(source: ModelSource, engine: str = "auto", images: int | None = None) -> Runner:
     """A runner of ``source`` on ``engine`` (``auto``, ``tf`` or ``litert``); ``images``: how many the job runs
     (TTA views counted), where known (see :func:`resolve_engine`)."""
-    name = resolve_engine(source, engine, images)
-    measured = _MEASURED.pop(source.digest, {})
-    return measured.get(name) or ENGINES[name](source)
+    name, measured = _resolve(source, engine, images)
+    return measured or ENGINES[name](source)
 
 
 # ---------------------------------------------------------------------------------------------------------- auto
@@ -476,6 +475,12 @@ def resolve_engine(source: ModelSource, engine: str = "auto", images: int | None
 
     ``$TLTOOL_ENGINE`` (``tf`` or ``litert``), where set, is what ``auto`` means: one engine for every command.
     """
+    return _resolve(source, engine, images)[0]
+
+
+def _resolve(source: ModelSource, engine: str, images: int | None) -> tuple[str, Runner | None]:
+    """The engine's name, and its runner where a first measurement just made one (built again, it cost a second
+    network build and, for TF, a second trace)."""
     if engine not in ENGINE_CHOICES:
         raise did_you_mean(engine, ENGINE_CHOICES, "engine")
     pinned = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
@@ -484,15 +489,16 @@ def resolve_engine(source: ModelSource, engine: str = "auto", images: int | None
             raise TltoolError(f"${ENGINE_ENV} must be one of {ENGINE_CHOICES}, got {pinned!r}.")
         engine = pinned
     if engine != "auto":
-        return engine
+        return engine, None
     if gpu_visible():
-        return "tf"
+        return "tf", None
     if source.backbone in DECLARED:
-        return DECLARED[source.backbone]
+        return DECLARED[source.backbone], None
     remembered = _remembered_choice(source)
     if images is not None and images < LITERT_PAYS_FROM:  # a conversion would cost more than LiteRT saves
-        return "litert" if remembered == "litert" and _conversion_intact(_converted_path(source)) else "tf"
-    return remembered or measured_choice(source)
+        made = remembered == "litert" and _conversion_intact(_converted_path(source))
+        return ("litert" if made else "tf"), None
+    return (remembered, None) if remembered else measured_choice(source)
 
 
 def _choice_key(source: ModelSource) -> str:
@@ -506,18 +512,19 @@ def _remembered_choice(source: ModelSource) -> str | None:
     return None
 
 
-def measured_choice(source: ModelSource) -> str:
-    """The faster engine for ``source`` on this machine, measured and remembered (:func:`_remembered_choice`)."""
+def measured_choice(source: ModelSource) -> tuple[str, Runner | None]:
+    """The faster engine for ``source`` on this machine, measured and remembered (:func:`_remembered_choice`), and
+    the runner the measurement made of it."""
     path = cache_dir() / CHOICE_FILE
     choices = _read_choices(path)
-    rates = measure_engines(source)
+    rates, runners = measure_engines(source)
     best = max(rates, key=rates.get)
     choices[_choice_key(source)] = {"engine": best, "images_per_second": rates, "name": source.name,
                                     "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_json(path, choices)
     say(f"engine for {source.name} on this machine: {best} ("
         + ", ".join(f"{k} {v:.0f} images/s" for k, v in rates.items()) + "; measured once, remembered)")
-    return best
+    return best, runners.get(best)
 
 
 def _read_choices(path: Path) -> dict:
@@ -528,21 +535,15 @@ def _read_choices(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-# the runners a measurement made, kept for the create_runner that asked: building the chosen one again cost a
-# second network build (and for TF a second trace) on a first run
-_MEASURED: dict[str, dict[str, Runner]] = {}
-
-
-def measure_engines(source: ModelSource, batch_size: int = 8, rounds: int = 3) -> dict[str, float]:
-    """Images/s of each engine on random pixels: one warm-up call, then ``rounds`` alternating timed calls (best).
-    The network is built once for both (the TF runner and the conversion); the runners are kept for
-    :func:`create_runner`."""
+def measure_engines(source: ModelSource, batch_size: int = 8,
+                    rounds: int = 3) -> tuple[dict[str, float], dict[str, Runner]]:
+    """Images/s of each engine on random pixels: one warm-up call, then ``rounds`` alternating timed calls (best);
+    and the runners measured. The network is built once for both (the TF runner and the conversion)."""
     once = replace(source, build=functools.cache(source.build))
     runners = {name: make(once) for name, make in ENGINES.items()}
-    _MEASURED[source.digest] = runners
     batch = np.random.default_rng(0).uniform(0, 255, (batch_size, source.image_size, source.image_size, 3))
     batch = batch.astype(np.float32)
-    return best_rates(runners, batch, rounds)
+    return best_rates(runners, batch, rounds), runners
 
 
 def best_rates(runners: dict[str, Callable], batch: np.ndarray, rounds: int) -> dict[str, float]:
