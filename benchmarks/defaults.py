@@ -3,7 +3,9 @@ subprocess), trains on ``flowers`` (train split; train+val for a refit) or ``pet
 ``tltool evaluate`` on every photo of ``flowers-tune`` (500 photos no run trains, stops or selects on) or of
 ``pets/val``. Each candidate is compared with the current defaults by ``tltool compare`` on those predictions (paired
 Newcombe interval, exact McNemar test). Results go to ``benchmarks/results/defaults.{json,md}``; a candidate already
-in the JSON is skipped, so an interrupted run resumes.
+in the JSON is skipped, so an interrupted run resumes. Each row keeps which score photos it got right, so a candidate
+measured on another machine (without the score folders of ``--work``) is paired with the same test; rows measured
+before rows kept them need their reference run again (``--only NAME --redo``).
 
     python benchmarks/defaults.py --list                       # the candidates
     python benchmarks/defaults.py --only 'probe-*'             # the probes: about a minute per dataset on 2 cores
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import platform
@@ -28,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -288,13 +293,43 @@ def score(layout: Layout, candidate: Candidate, run: Path) -> tuple[Path, dict]:
     return target, timing
 
 
-def compare(layout: Layout, reference: Path, scored: Path, name: str) -> dict:
-    """``tltool compare`` on the two runs' predictions of the same score images (A = reference, B = candidate)."""
-    target = layout.work / "compare" / name
-    tltool("compare", str(reference), str(scored), "--out", str(target), "--force")  # a rerun replaces it
-    result = json.loads((target / "metrics.json").read_text())
-    keep = ("n", "both", "only_a", "only_b", "neither", "difference", "ci95", "p_value", "verdict")
-    return {k: result[k] for k in keep}
+PAIRED_KEYS = ("n", "both", "only_a", "only_b", "neither", "difference", "ci95", "p_value", "verdict")
+
+
+def compare(layout: Layout, reference: dict, candidate: dict, name: str) -> dict | None:
+    """The paired comparison of two rows on the same score images (A = reference, B = candidate): ``tltool compare``
+    on their score folders while both are here, else tltool's same test on the outcomes the rows keep (a new
+    machine has none of the score folders an earlier one made under ``--work``); None, said, when neither can be
+    had (``--compare-only`` adds it once the reference is run again)."""
+    folders = [Path(row["score_dir"]) for row in (reference, candidate)]
+    if all((folder / "predictions.csv").is_file() for folder in folders):
+        target = layout.work / "compare" / name
+        tltool("compare", *map(str, folders), "--out", str(target), "--force")  # a rerun replaces it
+        result = json.loads((target / "metrics.json").read_text())
+        return {**{k: result[k] for k in PAIRED_KEYS}, "from": "tltool compare"}
+    kept = [row.get("outcomes") for row in (reference, candidate)]
+    if not all(kept) or kept[0]["photos_sha256"] != kept[1]["photos_sha256"]:
+        print(f"    not paired yet, {name}: a score folder is gone ({', '.join(map(str, folders))}) and the results "
+              "keep no outcomes of the same photos for both; run the reference again (--only NAME --redo), then "
+              "--compare-only", flush=True)
+        return None
+    from tltool.compare import compare_correct
+
+    a, b = (np.array([c == "1" for c in k["correct"]]) for k in kept)
+    result = compare_correct(a, b, images="outcomes kept in defaults.json").to_json()
+    return {**{k: result[k] for k in PAIRED_KEYS}, "from": "outcomes kept in defaults.json"}
+
+
+def outcomes(scored: Path) -> dict:
+    """Which score photos a row got right, in the order of their paths (relative to the folder all share, so the
+    same photos elsewhere give the same digest): enough for a later paired test, whatever machine runs it."""
+    from tltool.report import read_predictions
+
+    paths, true, predicted, _ = read_predictions(scored / "predictions.csv")
+    root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    rows = sorted((os.path.relpath(p, root), t == q) for p, t, q in zip(paths, true, predicted))
+    digest = hashlib.sha256("\n".join(path for path, _ in rows).encode()).hexdigest()
+    return {"photos_sha256": digest, "correct": "".join("1" if ok else "0" for _, ok in rows)}
 
 
 # ------------------------------------------------------------------------------------------------------ results
@@ -335,29 +370,35 @@ def run_candidate(layout: Layout, candidate: Candidate, results: dict, reference
     row = {"training": candidate.training, "command": spec.command, "args": list(spec.args), "refit": spec.refit,
            "tta": candidate.tta, "note": candidate.note, "scored_by": candidate.scored_by, "score_data": data,
            "accuracy": accuracy, "train": _timing(train_timing), "evaluate": _timing(score_timing),
-           "val_split": None if spec.refit else _val_split(run), "cv": _cv(run), "paired": {}}
+           "val_split": None if spec.refit else _val_split(run), "cv": _cv(run), "paired": {},
+           "score_dir": str(scored), "outcomes": outcomes(scored)}
     done = results["datasets"].get(layout.name, {})
     for reference in references:
         same_kind = reference in done and done[reference].get("scored_by", "evaluate") == candidate.scored_by
         if reference != candidate.name and same_kind:
-            row["paired"][reference] = compare(layout, Path(done[reference]["score_dir"]), scored,
-                                               f"{reference}--{candidate.name}")
-    row["score_dir"] = str(scored)
+            paired = compare(layout, done[reference], row, f"{reference}--{candidate.name}")
+            if paired is not None:
+                row["paired"][reference] = paired
     return row
 
 
 def fill_comparisons(layout: Layout, rows: dict, references: tuple[str, ...]) -> set[str]:
-    """Add the paired comparisons rows lack (their reference finished after them); the names of rows changed."""
+    """Add the paired comparisons rows lack (their reference finished after them), and the outcomes of rows whose
+    score folder is still here; the names of rows changed."""
     added = set()
     for name, row in rows.items():
+        if "outcomes" not in row and (Path(row["score_dir"]) / "predictions.csv").is_file():
+            row["outcomes"] = outcomes(Path(row["score_dir"]))
+            added.add(name)
         for reference in references:
             other = rows.get(reference)
             if (reference == name or reference in row["paired"] or other is None
                     or other.get("scored_by", "evaluate") != row.get("scored_by", "evaluate")):
                 continue
-            row["paired"][reference] = compare(layout, Path(other["score_dir"]), Path(row["score_dir"]),
-                                               f"{reference}--{name}")
-            added.add(name)
+            paired = compare(layout, other, row, f"{reference}--{name}")
+            if paired is not None:
+                row["paired"][reference] = paired
+                added.add(name)
     return added
 
 
