@@ -560,3 +560,44 @@ def test_a_rerun_does_not_count_a_dropped_duplicate_as_imported(tmp_path):
     again = CliRunner().invoke(main, args).output
     assert "already imported" not in again and "3 seen on an earlier run (imported or dropped then)" in again
     assert "2 image(s) in" in again
+
+
+def _patch_headers(archive: Path, local_at: int, central_at: int, value: int, fmt: str = "<H",
+                   first_only: bool = False) -> None:
+    """Write ``value`` at the given offsets of every (or the first) local and central header of ``archive``."""
+    data = bytearray(archive.read_bytes())
+    for header, at in ((b"PK\x03\x04", local_at), (b"PK\x01\x02", central_at)):
+        start = 0
+        while (start := data.find(header, start)) >= 0:
+            struct.pack_into(fmt, data, start + at, value)
+            start = len(data) if first_only else start + 4
+    archive.write_bytes(bytes(data))
+
+
+def test_a_zip_python_cannot_open_or_a_corrupt_lzma_member_is_named_not_a_traceback(tmp_path):
+    """A member name flagged UTF-8 that is not (UnicodeDecodeError), a zip version above Python's
+    (NotImplementedError) and a corrupt LZMA member (LZMAError) each ended the whole import in a traceback."""
+    bad_utf8 = tmp_path / "names.zip"
+    with zipfile.ZipFile(bad_utf8, "w") as z:
+        z.writestr("caf?.jpg", jpeg_bytes((64, 64)))
+    bad_utf8.write_bytes(bad_utf8.read_bytes().replace(b"caf?", b"caf\xe9"))
+    _patch_headers(bad_utf8, 6, 8, 0x800)  # general purpose flag bit 11: names are UTF-8
+    new_version = tmp_path / "version.zip"
+    with zipfile.ZipFile(new_version, "w") as z:
+        z.writestr("a.jpg", jpeg_bytes((64, 64)))
+    _patch_headers(new_version, 4, 6, 99)  # "version needed to extract": 9.9
+    lzma_zip = tmp_path / "lzma.zip"
+    with zipfile.ZipFile(lzma_zip, "w") as z:
+        z.writestr("a_broken.jpg", jpeg_bytes((64, 64), colour=(200, 10, 10)), zipfile.ZIP_LZMA)
+        z.writestr("b_fine.jpg", jpeg_bytes((64, 64), colour=(10, 200, 10)))
+    data = bytearray(lzma_zip.read_bytes())
+    start = data.index(b"a_broken.jpg") + len("a_broken.jpg") + 4  # past the LZMA properties header
+    data[start:start + 64] = bytes(b ^ 0x55 for b in data[start:start + 64])
+    lzma_zip.write_bytes(bytes(data))
+    result = CliRunner().invoke(main, ["collect", "import", str(bad_utf8), str(new_version), str(lzma_zip),
+                                       "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert f"skipped {bad_utf8}: {images.CORRUPT} (not a readable zip file: 'utf-8' codec" in result.output
+    assert f"skipped {new_version}: {images.CORRUPT} (not a readable zip file: zip file version 9.9" in result.output
+    assert f"skipped {lzma_zip}!a_broken.jpg: {images.CORRUPT} (" in result.output
+    assert "added 1 image(s)" in result.output and "3 bad file(s) skipped" in result.output

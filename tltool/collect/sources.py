@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import lzma
 import os
 import re
 import tempfile
@@ -219,7 +220,8 @@ def _unpack_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path
 def _zip_candidates(path: Path, every: float, tmpdir: Path) -> Iterator[Candidate | Bad]:
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    # ValueError: a member name flagged UTF-8 that is not; NotImplementedError: a zip version Python cannot read
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         yield Bad(str(path), CORRUPT, f"not a readable zip file: {exc}")
         return
     with archive:
@@ -245,7 +247,8 @@ def _zip_candidates(path: Path, every: float, tmpdir: Path) -> Iterator[Candidat
                 yield Bad(str(path), TOO_LARGE, f"its members unpack to more than {MAX_ZIP_BYTES:,} bytes together; "
                                                 f"{info.filename} and the members after it are not imported")
                 return
-            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, zlib.error) as exc:
+            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, zlib.error,
+                    lzma.LZMAError) as exc:
                 yield Bad(source, CORRUPT, str(exc))
 
 
