@@ -601,3 +601,25 @@ def test_a_zip_python_cannot_open_or_a_corrupt_lzma_member_is_named_not_a_traceb
     assert f"skipped {new_version}: {images.CORRUPT} (not a readable zip file: zip file version 9.9" in result.output
     assert f"skipped {lzma_zip}!a_broken.jpg: {images.CORRUPT} (" in result.output
     assert "added 1 image(s)" in result.output and "3 bad file(s) skipped" in result.output
+
+
+def test_a_photo_whose_name_is_not_utf8_is_named_and_the_manifest_is_still_written(tmp_path):
+    """Given as a file (or a glob) such a photo was written to unlabeled/, then the UTF-8 manifest could not record
+    it: a traceback, the manifest never saved, and every rerun the same. In a folder it was dropped unsaid."""
+    import os
+
+    photos = tmp_path / "photos"
+    noise_image(photos / "fine.jpg", seed=1)
+    latin1 = os.path.join(os.fsencode(photos), b"caf\xe9.jpg")  # Latin-1 bytes, as an old camera or zip wrote
+    os.rename(noise_image(photos / "other.jpg", seed=2), latin1)
+    given = os.fsdecode(latin1)
+    result = CliRunner().invoke(main, ["collect", "import", str(photos / "fine.jpg"), given, "--out",
+                                       str(tmp_path / "ds")])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert f"skipped {photos}/caf\\udce9.jpg: file name is not valid UTF-8 (ignored; rename it)" in result.output
+    assert "added 1 image(s)" in result.output and "1 bad file(s) skipped" in result.output
+    assert [row["source"] for row in _manifest(tmp_path / "ds")] == [str(photos / "fine.jpg")]
+    result = CliRunner().invoke(main, ["collect", "import", str(photos), "--out", str(tmp_path / "ds2")])
+    assert result.exit_code == 0, result.output
+    assert f"skipped {photos}/caf?.jpg: file name is not valid UTF-8 (ignored; rename it)" in result.output
+    assert "added 1 image(s)" in result.output and "1 bad file(s) skipped" in result.output

@@ -312,7 +312,7 @@ def _import_locked(root: Path, files: list, every: float, max_side: int, near_th
 
     def streams(tmpdir: Path) -> Iterator[Iterable[Candidate | Bad]]:
         for path in files:
-            yield candidates_of(path, every, tmpdir)
+            yield [path] if isinstance(path, Bad) else candidates_of(path, every, tmpdir)
         if capture is not None:
             yield camera_candidates(capture, camera, camera_frames, every)
 

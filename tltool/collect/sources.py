@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..dataset import LinkGuard, walk_files
+from ..dataset import HIDDEN, NOT_UTF8, LinkGuard, walk_files
 from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, UNREADABLE
 from ..utils import sha256_file, shown_name
@@ -94,19 +94,28 @@ def slug(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ files
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes in a name arrive as surrogates
+        return False
+
+
 def _has_magic(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def _walk(folder: Path) -> list[Path]:
-    """The dataset layer's walk: sorted, hidden files and folders left out, links followed as it allows."""
+def _walk(folder: Path) -> list[Path | Bad]:
+    """The dataset layer's walk: sorted, hidden files and folders left out, links followed as it allows; what else
+    it sets aside (a name that is not UTF-8, a folder that cannot be read) is named, not dropped unsaid."""
     guard = LinkGuard(folder)
-    files, _hidden = walk_files(folder, guard)
+    files, skipped = walk_files(folder, guard)
     guard.warn(str(folder))
-    return files
+    return [*files, *(Bad(s.path, s.reason) for s in skipped if s.reason != HIDDEN)]
 
 
-def _expand_one(spec: str) -> list[Path]:
+def _expand_one(spec: str) -> list[Path | Bad]:
     path = Path(os.path.expanduser(spec))
     try:  # Python 3.11's is_dir/is_file raise for a name too long or a folder that may not be searched
         is_dir, is_file = path.is_dir(), path.is_file()
@@ -126,11 +135,15 @@ def _expand_one(spec: str) -> list[Path]:
     return [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
 
 
-def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[Path]:
-    """Folders (recursively, hidden files left out), globs and single files, in a stable order, without ``exclude``."""
+def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[Path | Bad]:
+    """Folders (recursively, hidden files left out), globs and single files, in a stable order, without ``exclude``;
+    a :class:`Bad` for each file or folder a walk set aside."""
     seen: set[Path] = set()
-    out = []
+    out: list[Path | Bad] = []
     for f in (f for spec in sources for f in _expand_one(spec)):
+        if isinstance(f, Bad):
+            out.append(f)
+            continue
         resolved = f.resolve()
         if resolved in seen or (exclude is not None and resolved.is_relative_to(exclude)):
             continue
@@ -142,6 +155,9 @@ def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[
 def candidates_of(path: Path, every: float, tmpdir: Path) -> Iterator[Candidate | Bad]:
     """The candidates of one file: an image as it is, each zip member, video frames every ``every`` seconds."""
     suffix = path.suffix.lower()
+    if not _utf8(str(path)):  # the manifest (UTF-8) could not record it: the import ended in a traceback, unsaved
+        yield Bad(str(path), NOT_UTF8)
+        return
     if path.name.lower().endswith(TAR_SUFFIXES):
         yield Bad(str(path), TAR_ARCHIVE, "unpack it first; zip archives are supported")
         return
