@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import struct
 import tracemalloc
@@ -606,8 +607,6 @@ def test_a_zip_python_cannot_open_or_a_corrupt_lzma_member_is_named_not_a_traceb
 def test_a_photo_whose_name_is_not_utf8_is_named_and_the_manifest_is_still_written(tmp_path):
     """Given as a file (or a glob) such a photo was written to unlabeled/, then the UTF-8 manifest could not record
     it: a traceback, the manifest never saved, and every rerun the same. In a folder it was dropped unsaid."""
-    import os
-
     photos = tmp_path / "photos"
     noise_image(photos / "fine.jpg", seed=1)
     latin1 = os.path.join(os.fsencode(photos), b"caf\xe9.jpg")  # Latin-1 bytes, as an old camera or zip wrote
@@ -623,3 +622,14 @@ def test_a_photo_whose_name_is_not_utf8_is_named_and_the_manifest_is_still_writt
     assert result.exit_code == 0, result.output
     assert f"skipped {photos}/caf?.jpg: file name is not valid UTF-8 (ignored; rename it)" in result.output
     assert "added 1 image(s)" in result.output and "1 bad file(s) skipped" in result.output
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_device_or_pipe_given_as_a_source_is_not_called_missing(tmp_path):
+    """`collect import /dev/zero` or a named pipe said "no such file or folder" of a path that is there."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    for source in (str(tmp_path / "pipe.jpg"), os.devnull):
+        with pytest.raises(TltoolError, match=r": not a regular file or a folder \(a device, a pipe or a socket\); "
+                                              r"give photos, folders, zip or video files\.$"):
+            import_images([source], tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()

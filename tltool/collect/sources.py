@@ -126,6 +126,9 @@ def _expand_one(spec: str) -> list[Path | Bad]:
         return _walk(path)
     if is_file:
         return [path]
+    if path.exists():  # /dev/zero or a named pipe was "no such file or folder"
+        raise TltoolError(f"{shown_name(spec)}: not a regular file or a folder (a device, a pipe or a socket); give "
+                          "photos, folders, zip or video files.")
     if not _has_magic(spec):
         raise TltoolError(f"{shown_name(spec)}: no such file or folder.")
     matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
