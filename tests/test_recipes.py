@@ -563,3 +563,35 @@ def test_a_list_set_for_a_variable_inside_a_list_gives_every_source(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "assignment.yaml", [f"photos=[{SAMPLE}, {tmp_path}/b.zip]"])
     argv = build_argv(recipe, 1, recipe.steps[0], recipe_commands()["collect-import"])
     assert argv[-2:] == [str(SAMPLE), f"{tmp_path}/b.zip"]
+
+
+def test_an_output_folder_a_step_would_refuse_is_named_by_check_and_before_the_first_step_runs(in_tmp):
+    """Before: `--check` passed a recipe whose step 2 wrote into a folder of the user's (or a link, or under a file);
+    the run did step 1 (minutes of extraction or training), then step 2 refused its --out."""
+    (in_tmp / "mine").mkdir()
+    (in_tmp / "mine" / "thesis.txt").write_text("mine")
+    (in_tmp / "notes.txt").write_text("a file")
+    (in_tmp / "link").symlink_to("mine")
+    path = _write(in_tmp, f"steps:\n  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n"
+                          f"  - data-inspect: {{path: '{SAMPLE}', out: mine, force: true}}\n")
+    message = (r"r\.yaml: outputs the steps would refuse when reached: step 2 \(data-inspect\): --out mine: is a "
+               r"folder tltool did not make, and tltool never writes into or replaces such a folder; choose a new or "
+               r"empty folder\. Nothing has run\.")
+    result = _check(path)
+    assert result.exit_code == 2 and re.search(message, " ".join(result.output.split())), result.output
+    with pytest.raises(TltoolError, match=message):
+        run_recipe(path)
+    assert not (in_tmp / "runs").exists()  # step 1 never ran
+    assert [p.name for p in (in_tmp / "mine").iterdir()] == ["thesis.txt"]
+    with pytest.raises(TltoolError, match=r"step 1 \(probe\): --out notes\.txt/x: notes\.txt is a file, not a folder; "
+                                          r"choose another place; step 1 \(probe\): --features link: is a link to"):
+        plan_recipe(_write(in_tmp, f"steps:\n  - probe: {{data: '{SAMPLE}', out: notes.txt/x, features: link}}\n"))
+    # what an earlier step writes, an empty folder, a file a command writes (a split's CSV): not refused
+    (in_tmp / "empty").mkdir()
+    assert len(plan_recipe(_write(in_tmp, f"""steps:
+  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}
+  - data-inspect: {{path: '{SAMPLE}', out: runs/a, force: true}}
+  - data-inspect: {{path: '{SAMPLE}', out: empty}}
+  - data-split: {{path: '{SAMPLE}', out: notes.txt, force: true}}
+""")).steps) == 4
+    assert _check(path, "2.out=runs/b").exit_code == 0

@@ -157,6 +157,23 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     """The refusals of :func:`claim_output_dir`, creating nothing, so a command can refuse before its work; True
     when ``path`` is an earlier folder of ``kind`` that may be used."""
     path = Path(path)
+    if not check_output_place(path, option):
+        return False
+    found = output_kind(path)
+    if found != kind:
+        raise TltoolError(f"{option} {path}: is a tltool {found} folder, and tltool never writes into or replaces such "
+                          f"a folder; choose a new or empty folder.")
+    if not (reuse or force):
+        raise TltoolError(f"{option} {path}: already holds an earlier tltool {kind}; choose another folder, or "
+                          "pass --force to replace it.")
+    return True
+
+
+def check_output_place(path: str | os.PathLike, option: str = "--out") -> bool:
+    """The refusals of :func:`check_output_dir` that hold for every kind of output (a link, a file, a folder tltool
+    did not make), so that ``tltool run --check`` can name them before a recipe's first step; True when ``path``
+    holds an earlier tltool output (of any kind), False when it is free (absent or empty)."""
+    path = Path(path)
     check_output_name(path, option)
     if path.is_symlink():  # said so: "is not a folder" read as false for a link to a folder
         target = shown_name(os.path.join(path.parent, os.readlink(path)))
@@ -169,14 +186,9 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
         raise TltoolError(f"{option} {path}: {blocking} is a file, not a folder; choose another place.")
     if not path.exists() or _is_empty_dir(path):
         return False
-    found = output_kind(path)
-    if found != kind:
-        what = f"a tltool {found} folder" if found else "a folder tltool did not make"
-        raise TltoolError(f"{option} {path}: is {what}, and tltool never writes into or replaces such a folder; "
-                          f"choose a new or empty folder.")
-    if not (reuse or force):
-        raise TltoolError(f"{option} {path}: already holds an earlier tltool {kind}; choose another folder, or "
-                          "pass --force to replace it.")
+    if output_kind(path) is None:
+        raise TltoolError(f"{option} {path}: is a folder tltool did not make, and tltool never writes into or "
+                          "replaces such a folder; choose a new or empty folder.")
     return True
 
 

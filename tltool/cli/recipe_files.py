@@ -20,8 +20,10 @@ from typing import Any, Callable, Iterable
 
 import click
 
+from ..errors import TltoolError
 from ..labeler.export import default_export_dir
 from ..linear import default_features_dir
+from ..outputs import check_output_place
 from ..settings import FILE_SUFFIXES
 
 
@@ -95,6 +97,13 @@ class StepInput:
     value: str
 
 
+@dataclass(frozen=True)
+class StepRefusal:
+    index: int  # the step, counted from 1
+    command: str
+    reason: str  # the step's own command would refuse so, when reached
+
+
 def _texts(value: Any) -> list[str]:
     if value is None or isinstance(value, bool):
         return []
@@ -164,3 +173,26 @@ def unmade_inputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], di
                     if not _found(INPUT_KINDS[kinds[key]], text, made)]
         made += step_outputs(command, params, values)
     return missing
+
+
+def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]]) -> list[StepRefusal]:
+    """The output folders ``steps`` name (as :func:`unmade_inputs` takes them) that their commands will refuse
+    whatever their kind, as they are now: a folder tltool did not make, a file, a link. An output that an earlier one
+    of them writes is left out (it may be tltool's by then). Without this, the refusal came when the step was
+    reached, after every step before it had run."""
+    made: list[Path] = []
+    refused = []
+    for index, command, params, values in steps:
+        keys = [k for k in (*WRITTEN_EVERYWHERE, *STEP_OUTPUTS.get(command, ())) if k in params and k in values]
+        for key in keys:
+            if not isinstance(params[key].type, click.Path) or params[key].type.file_okay:
+                continue  # a file written (a split's CSV): its command says what it replaces
+            for text in _texts(values[key]):
+                if any(_related(_absolute(text), m) for m in made):
+                    continue
+                try:
+                    check_output_place(text, option=f"--{key}")
+                except TltoolError as exc:
+                    refused.append(StepRefusal(index, command, str(exc)))
+        made += step_outputs(command, params, values)
+    return refused

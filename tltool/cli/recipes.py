@@ -35,7 +35,7 @@ from ..errors import TltoolError, close_match_hint, did_you_mean
 from ..progress import say
 from ..utils import shown_name
 from .group import main
-from .recipe_files import StepInput, unmade_inputs
+from .recipe_files import StepInput, refused_outputs, unmade_inputs
 
 TOP_LEVEL = ("name", "description", "vars", "steps")
 STEP_KEYS = ("interactive",)  # step-level settings that are not command options
@@ -321,8 +321,9 @@ def build_argv(recipe: Recipe, index: int, step: Step, command: click.Command) -
 def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), start: int = 1,
                 stop: int | None = None) -> Recipe:
     """The recipe read and checked by :func:`load_recipe`, then for a run of steps ``start``..``stop``: the range
-    is one of its steps, and every input a step of it names exists now or is written by an earlier step of it
-    (what steps before ``start`` write must exist already). Nothing is run or written."""
+    is one of its steps, every input a step of it names exists now or is written by an earlier step of it (what steps
+    before ``start`` write must exist already), and no output folder it names is one its command refuses (a folder
+    tltool did not make). Nothing is run or written."""
     recipe = load_recipe(path, overrides)
     last = len(recipe.steps) if stop is None else stop
     if not 1 <= start <= last <= len(recipe.steps):
@@ -344,6 +345,10 @@ def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), s
         raise TltoolError(f"{recipe.path}: inputs that do not exist and that no earlier step of the recipe writes"
                           f"{before}: {named}. Make them first, or point the steps at ones that exist; nothing has "
                           "run.")
+    refused = refused_outputs(steps)
+    if refused:
+        named = "; ".join(f"step {r.index} ({r.command}): {r.reason.rstrip('.')}" for r in refused)
+        raise TltoolError(f"{recipe.path}: outputs the steps would refuse when reached: {named}. Nothing has run.")
     return recipe
 
 
