@@ -595,3 +595,16 @@ def test_an_output_folder_a_step_would_refuse_is_named_by_check_and_before_the_f
   - data-split: {{path: '{SAMPLE}', out: notes.txt, force: true}}
 """)).steps) == 4
     assert _check(path, "2.out=runs/b").exit_code == 0
+
+
+def test_a_step_that_fails_when_it_runs_is_named_in_the_error_and_the_earlier_steps_outputs_stay(in_tmp):
+    """Before: a step's own error was printed as it was (`error: nods: no images found...`), naming no step, after
+    screens of the earlier steps' output; Click's errors and exit statuses of a step were already named."""
+    (in_tmp / "nods").mkdir()
+    (in_tmp / "nods" / "a.txt").write_text("no photo")
+    path = _write(in_tmp, f"steps:\n  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n"
+                          "  - data-inspect: {path: nods, out: runs/b}\n  - data-inspect: {path: nods, out: runs/c}\n")
+    with pytest.raises(TltoolError, match=r"^.*r\.yaml, step 2 \(data-inspect\): nods: no images found"):
+        run_recipe(path)
+    assert (in_tmp / "runs" / "a" / "report.md").is_file()
+    assert sorted(p.name for p in (in_tmp / "runs").iterdir()) == ["a"]  # step 3 did not run

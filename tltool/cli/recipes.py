@@ -442,8 +442,9 @@ def _run_step(recipe: Recipe, index: int, step: Step, argv: list[str], commands:
     except click.ClickException as exc:
         raise TltoolError(f"{recipe.path}, step {index} ({step.command}): {exc.format_message()}"
                           f"{_skipped_note(recipe, start, commands)}") from None
-    except TltoolError as exc:  # the step's own error, kept as it is (its type too), with the note added
-        exc.args = (f"{exc}{_skipped_note(recipe, start, commands)}", *exc.args[1:])
+    except TltoolError as exc:  # the step's own error (its type kept), named as the step's, with the note added
+        exc.args = (f"{recipe.path}, step {index} ({step.command}): {exc}{_skipped_note(recipe, start, commands)}",
+                    *exc.args[1:])
         raise
 
 
