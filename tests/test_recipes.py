@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -608,3 +609,12 @@ def test_a_step_that_fails_when_it_runs_is_named_in_the_error_and_the_earlier_st
         run_recipe(path)
     assert (in_tmp / "runs" / "a" / "report.md").is_file()
     assert sorted(p.name for p in (in_tmp / "runs").iterdir()) == ["a"]  # step 3 did not run
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_recipe_that_is_a_fifo_is_said_to_be_no_regular_file_not_missing(tmp_path):
+    os.mkfifo(tmp_path / "r.yaml")
+    with deadline(5), pytest.raises(TltoolError, match=r"r\.yaml: not a regular file; a recipe is a YAML file\.$"):
+        load_recipe(tmp_path / "r.yaml")  # before: "no such recipe file", of a file `ls` shows
+    with pytest.raises(TltoolError, match=r"gone\.yaml: no such recipe file\.$"):
+        load_recipe(tmp_path / "gone.yaml")

@@ -175,8 +175,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read and check a recipe; ``overrides`` (``KEY=VALUE``) set a variable, or an option of every step that
     has it, or ``COMMAND.KEY``/``N.KEY`` for one step (N counts from 1)."""
     path = Path(path)
-    if not path.is_file():
-        raise TltoolError(f"{path}: no such recipe file.")
+    if not path.is_file():  # a FIFO or a device exists: "no such file" misled
+        raise TltoolError(f"{path}: " + ("not a regular file; a recipe is a YAML file." if path.exists()
+                                         else "no such recipe file."))
     try:
         data = _read_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
