@@ -618,3 +618,22 @@ def test_a_recipe_that_is_a_fifo_is_said_to_be_no_regular_file_not_missing(tmp_p
         load_recipe(tmp_path / "r.yaml")  # before: "no such recipe file", of a file `ls` shows
     with pytest.raises(TltoolError, match=r"gone\.yaml: no such recipe file\.$"):
         load_recipe(tmp_path / "gone.yaml")
+
+
+@pytest.mark.parametrize("step, message", [
+    ("train: {data: DATA, epochs: 0, out: runs/t}", r"step 2 \(train\): no epoch to train"),
+    ("finetune: {data: DATA, lr: .nan, out: runs/f}", r"step 2 \(finetune\): --lr must be a number above 0, got nan"),
+    ("finetune: {data: DATA, refit: true, schedule: plateau}", r"step 2 \(finetune\): --refit repeats the run's"),
+    ("probe: {data: DATA, max-pixels: 0}", r"step 2 \(probe\): --max-pixels must be a number at least 1"),
+    ("linear: {features: runs/a, cv: 1}", r"step 2 \(linear\): --cv must be 0 \(off\) or a number of folds"),
+])
+def test_settings_a_command_checks_when_it_runs_are_checked_before_the_first_step(in_tmp, step, message):
+    """Before: Click took `epochs: 0` or `lr: .nan`, so `--check` passed; the run did step 1 (minutes, for an
+    extraction), then step 2's own check of its settings refused them."""
+    path = _write(in_tmp, f"steps:\n  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n"
+                          f"  - {step.replace('DATA', repr(str(SAMPLE)))}\n")
+    result = _check(path)
+    assert result.exit_code == 2 and re.search(message, " ".join(result.output.split())), result.output
+    with pytest.raises(TltoolError, match=message):
+        run_recipe(path)
+    assert not (in_tmp / "runs").exists()  # step 1 never ran

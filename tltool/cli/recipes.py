@@ -8,7 +8,8 @@ its options by the CLI's own names (``val-fraction`` or ``val_fraction``). The s
 themselves, so a recipe can set exactly what the command line can, spelled the same way, and is checked before
 anything runs: an unknown key gets a "did you mean", a wrong type names the key and the expected type, and every
 step's command line is then parsed by its own command (not invoked), so what only Click can tell (a value out of
-range, a required option left out) also stops the recipe before its first step, not when the step is reached.
+range, a required option left out), and what the command checks of its settings (``train`` with ``epochs: 0``), also
+stop the recipe before its first step, not when the step is reached.
 
     name: flowers linear probe
     vars: {data: ../shared/datasets/flowers}
@@ -19,6 +20,7 @@ range, a required option left out) also stops the recipe before its first step, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import shlex
 import sys
@@ -31,6 +33,7 @@ import yaml
 from rich.markup import escape
 
 from .. import safe_yaml
+from ..configs import ExtractConfig, FinetuneConfig, LinearConfig, ScratchConfig
 from ..errors import TltoolError, close_match_hint, did_you_mean
 from ..progress import say
 from ..utils import shown_name
@@ -40,6 +43,10 @@ from .recipe_files import StepInput, refused_outputs, unmade_inputs
 TOP_LEVEL = ("name", "description", "vars", "steps")
 STEP_KEYS = ("interactive",)  # step-level settings that are not command options
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
+# the settings a command gathers into configs and checks (``validate()``) only when it runs
+STEP_CONFIGS: dict[str, tuple[type, ...]] = {"extract": (ExtractConfig,), "linear": (LinearConfig,),
+                                             "probe": (ExtractConfig, LinearConfig), "finetune": (FinetuneConfig,),
+                                             "train": (ScratchConfig,)}
 
 
 def _read_yaml(text: str) -> Any:
@@ -246,6 +253,21 @@ def _parse_step(recipe: Recipe, index: int, step: Step, command: click.Command, 
     except click.ClickException as exc:
         raise TltoolError(f"{recipe.path}, step {index} ({step.command}): {exc.format_message()}") from None
     ctx.close()
+    try:
+        _validate_configs(step.command, ctx.params)
+    except TltoolError as exc:
+        raise TltoolError(f"{recipe.path}, step {index} ({step.command}): {exc}") from None
+
+
+def _validate_configs(command: str, params: dict[str, Any]) -> None:
+    """Check a step's settings as its command checks them when it runs: ``train`` with ``epochs: 0``, or ``finetune``
+    with ``lr: .nan``, passed Click and failed only once the steps before it had run. A resumed run takes its
+    own settings from its folder: nothing to check here."""
+    if params.get("resume"):
+        return
+    for config in STEP_CONFIGS.get(command, ()):
+        names = {f.name for f in dataclasses.fields(config)}
+        config(**{key: value for key, value in params.items() if key in names}).validate()
 
 
 def _parse_only(command: click.Command) -> click.Command:
