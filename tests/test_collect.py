@@ -633,3 +633,18 @@ def test_a_device_or_pipe_given_as_a_source_is_not_called_missing(tmp_path):
                                               r"give photos, folders, zip or video files\.$"):
             import_images([source], tmp_path / "ds")
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_tltool_run_folder_among_the_photos_is_left_out_and_not_counted_as_a_bad_file(tmp_path):
+    """A run folder inside the photos (its report's PNGs, say) is tltool's, not the user's photos: left out, as
+    the dataset walk leaves it, and not counted among the bad files skipped."""
+    from tltool.outputs import claim_output_dir
+
+    photos = tmp_path / "photos"
+    noise_image(photos / "fine.jpg", seed=1)
+    run = claim_output_dir(photos / "myrun", "run")
+    noise_image(run / "confusion_matrix.jpg", seed=2)
+    result = CliRunner().invoke(main, ["collect", "import", str(photos), "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 0, result.output
+    assert "added 1 image(s)" in result.output and "0 bad file(s) skipped" in result.output
+    assert [row["source"] for row in _manifest(tmp_path / "ds")] == [str(photos / "fine.jpg")]

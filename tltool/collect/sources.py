@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..dataset import HIDDEN, NOT_UTF8, LinkGuard, walk_files
+from ..dataset import HIDDEN, NOT_UTF8, TLTOOL_OUTPUTS, LinkGuard, walk_files
 from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, UNREADABLE
 from ..utils import sha256_file, shown_name
@@ -107,12 +107,13 @@ def _has_magic(text: str) -> bool:
 
 
 def _walk(folder: Path) -> list[Path | Bad]:
-    """The dataset layer's walk: sorted, hidden files and folders left out, links followed as it allows; what else
-    it sets aside (a name that is not UTF-8, a folder that cannot be read) is named, not dropped unsaid."""
+    """The dataset layer's walk: sorted, hidden files and tltool's own folders (runs, features) left out, links
+    followed as it allows; what else it sets aside (a name that is not UTF-8, a folder that cannot be read) is named
+    as a bad file, not dropped unsaid."""
     guard = LinkGuard(folder)
     files, skipped = walk_files(folder, guard)
     guard.warn(str(folder))
-    return [*files, *(Bad(s.path, s.reason) for s in skipped if s.reason != HIDDEN)]
+    return [*files, *(Bad(s.path, s.reason) for s in skipped if s.reason != HIDDEN and s.reason not in TLTOOL_OUTPUTS)]
 
 
 def _expand_one(spec: str) -> list[Path | Bad]:
