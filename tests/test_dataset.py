@@ -448,3 +448,25 @@ def test_a_folder_that_cannot_be_read_is_named_not_a_traceback(tmp_path, monkeyp
     assert ds.counts() == {"all": {"cat": 2, "dog": 2}}
     assert [(os.path.relpath(s.path, tmp_path), s.reason) for s in ds.skipped] == [
         ("cat/locked", f"{UNREADABLE_FOLDER}: Permission denied")]
+
+
+@posix_only
+def test_a_manifest_row_naming_a_link_loop_a_folder_or_a_pipe_says_which(tmp_path):
+    """A row naming a link loop was Path.resolve's RuntimeError as a traceback (Python 3.11); a folder, a named pipe
+    or a device was "file not found" of a path that is there."""
+    _tree(tmp_path, {"imgs/a": 1, "imgs/b": 1})
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "m.csv").write_text("path,label\nimgs/a/img_00.jpg,a\nimgs/b/img_00.jpg,b\nloop1,a\nimgs/a,a\n"
+                                    "pipe.jpg,b\n/dev/null,b\nimgs/a/gone.jpg,a\n")
+    with pytest.raises(TltoolError) as err:
+        load_dataset(tmp_path / "m.csv")
+    assert "5 problem(s)" in str(err.value)
+    assert str(err.value).splitlines()[1:] == [
+        "  row 4: cannot be looked up (a loop of symbolic links): loop1",
+        "  row 5: a folder, not a file: imgs/a",
+        "  row 6: not a regular file (a named pipe, a device or a socket): pipe.jpg",
+        "  row 7: not a regular file (a named pipe, a device or a socket): /dev/null",
+        "  row 8: file not found: imgs/a/gone.jpg"]
+

@@ -388,7 +388,11 @@ class _ManifestRows:
             return
         if label != raw_label and label:
             self.spaced_labels.append(f"row {line}: {raw_label!r} -> {label!r}")
-        full = (self.base / path).resolve()  # absolute ones too: a photo has one name, however it is spelled
+        try:  # absolute ones too: a photo has one name, however it is spelled
+            full = (self.base / path).resolve()
+        except RuntimeError:  # Python 3.11: a link that leads to itself (a -> b -> a) was a traceback
+            self.problems.append(f"row {line}: cannot be looked up (a loop of symbolic links): {shown_name(path)}")
+            return
         if not label:
             self.problems.append(f"row {line}: empty label for {path}")
         try:
@@ -400,7 +404,7 @@ class _ManifestRows:
                 self.gone.append(f"row {line}: {shown_name(path)}")
                 return
             if not found:
-                self.problems.append(f"row {line}: file not found: {path}")
+                self.problems.append(f"row {line}: {_not_found(full)}: {path}")
         if split is not None and split not in SPLIT_ALIASES:
             self.problems.append(f"row {line}: unknown split {split!r} (use train, val or test)")
         if str(full) in self.first_row:
@@ -430,6 +434,13 @@ class _ManifestRows:
             found.append(f"labels that differ only in case are kept as separate classes: {named}; "
                          "write them the same way if they name one class")
         return found
+
+
+def _not_found(full: Path) -> str:
+    """Why a row's path is no photo file: a folder or a device was "file not found" of a path that is there."""
+    if full.is_dir():
+        return "a folder, not a file"
+    return "not a regular file (a named pipe, a device or a socket)" if full.exists() else "file not found"
 
 
 def case_clashes(names: Sequence[str]) -> list[list[str]]:
