@@ -470,3 +470,15 @@ def test_a_manifest_row_naming_a_link_loop_a_folder_or_a_pipe_says_which(tmp_pat
         "  row 7: not a regular file (a named pipe, a device or a socket): /dev/null",
         "  row 8: file not found: imgs/a/gone.jpg"]
 
+
+def test_a_manifest_column_named_twice_is_refused_not_read_from_the_last(tmp_path):
+    """`path,label,label` took every label from the third column (csv.DictReader keeps the last cell of a name):
+    a photo of class a was trained as b, without a word."""
+    _tree(tmp_path, {"imgs/a": 1, "imgs/b": 1})
+    (tmp_path / "m.csv").write_text("path,label,label\nimgs/a/img_00.jpg,a,b\nimgs/b/img_00.jpg,b,a\n")
+    with pytest.raises(TltoolError, match=r"row 1 \(header\): column\(s\) \['label'\] named more than once"):
+        load_dataset(tmp_path / "m.csv")
+    (tmp_path / "p.csv").write_text("path,label,path\nimgs/a/img_00.jpg,a,imgs/b/img_00.jpg\n")
+    with pytest.raises(TltoolError, match=r"column\(s\) \['path'\] named more than once"):
+        load_dataset(tmp_path / "p.csv")
+

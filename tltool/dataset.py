@@ -283,9 +283,12 @@ def _manifest_header(fieldnames: Sequence[str] | None, spec: str, labels_file: b
     header = [h.strip() for h in (fieldnames or [])]
     unknown = [] if labels_file else [h for h in header if h not in CSV_COLUMNS + OPTIONAL_COLUMNS]
     missing = sorted({"path", "label"} - set(header))
-    if unknown or missing:
+    # csv.DictReader keeps the last cell of a repeated name: `path,label,label` read every label from the 3rd column
+    repeated = sorted({h for h in header if header.count(h) > 1 and h in CSV_COLUMNS + OPTIONAL_COLUMNS})
+    if unknown or missing or repeated:
         parts = [f"unknown column(s) {unknown}"] if unknown else []
         parts += [f"missing column(s) {missing}"] if missing else []
+        parts += [f"column(s) {repeated} named more than once"] if repeated else []
         raise TltoolError(f"{spec}, row 1 (header): {' and '.join(parts)}. Expected columns: path,label[,split]."
                           + _labeler_hint(Path(spec), labels_file))
     return header
