@@ -482,3 +482,16 @@ def test_a_manifest_column_named_twice_is_refused_not_read_from_the_last(tmp_pat
     with pytest.raises(TltoolError, match=r"column\(s\) \['path'\] named more than once"):
         load_dataset(tmp_path / "p.csv")
 
+
+def test_labels_that_differ_only_in_unicode_form_are_named(tmp_path):
+    """`café` typed (one character) and `café` from a macOS folder name (e + U+0301) were two classes that print
+    alike, without a warning: half the photos of the class trained as another class."""
+    _tree(tmp_path, {"imgs": 4})
+    (tmp_path / "m.csv").write_text("path,label\nimgs/img_00.jpg,caf\u00e9\nimgs/img_01.jpg,cafe\u0301\n"
+                                    "imgs/img_02.jpg,caf\u00e9\nimgs/img_03.jpg,tea\n", encoding="utf-8")
+    with pytest.warns(ManifestWarning, match="in how an accent is encoded") as caught:
+        ds = load_dataset(tmp_path / "m.csv")
+    assert len(ds.classes) == 3  # kept apart, as labels that differ in case are: named, not merged
+    message = str(caught[0].message)
+    assert "'caf\u00e9' (2 rows)" in message and "'cafe\u0301' (1 row)" in message
+

@@ -10,6 +10,7 @@ import io
 import os
 import random
 import shlex
+import unicodedata
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -434,8 +435,9 @@ class _ManifestRows:
         for spellings in case_clashes(sorted(counts)):
             named = ", ".join(f"{label!r} ({counts[label]} row{'s' if counts[label] > 1 else ''})"
                               for label in spellings)
-            found.append(f"labels that differ only in case are kept as separate classes: {named}; "
-                         "write them the same way if they name one class")
+            found.append(f"labels that differ only in case or in how an accent is encoded (one character, or a "
+                         f"letter and a combining mark) are kept as separate classes: {named}; write them the same "
+                         "way if they name one class")
         return found
 
 
@@ -447,10 +449,12 @@ def _not_found(full: Path) -> str:
 
 
 def case_clashes(names: Sequence[str]) -> list[list[str]]:
-    """The groups of ``names`` that differ only in case (one folder on macOS and Windows), each in given order."""
+    """The groups of ``names`` that differ only in case (one folder on macOS and Windows) or in their Unicode form
+    (``café`` typed, and ``cafe`` + U+0301 as macOS spells a folder name: two classes that print alike), each in
+    given order."""
     by_case: dict[str, list[str]] = {}
     for name in names:
-        by_case.setdefault(name.casefold(), []).append(name)
+        by_case.setdefault(unicodedata.normalize("NFC", name).casefold(), []).append(name)
     return [spellings for spellings in by_case.values() if len(spellings) > 1]
 
 

@@ -54,8 +54,8 @@ def check_distinct_folders(classes: list[str], where: str) -> None:
     clashing = case_clashes(classes)
     if clashing:
         raise TltoolError(f"{where}: the classes {', '.join(' and '.join(map(repr, n)) for n in clashing)} differ only "
-                          "in case: on macOS and Windows they are one folder, and an export would merge them. "
-                          "Rename one.")
+                          "in case or in how an accent is encoded: on macOS and Windows they are one folder, and an "
+                          "export would merge them. Rename one.")
 
 
 def parse_classes(text: str | None) -> list[str]:
