@@ -495,3 +495,27 @@ def test_labels_that_differ_only_in_unicode_form_are_named(tmp_path):
     message = str(caught[0].message)
     assert "'caf\u00e9' (2 rows)" in message and "'cafe\u0301' (1 row)" in message
 
+
+def test_a_tfds_dataset_without_a_class_label_is_one_line(tmp_path, monkeypatch):
+    """coco has no 'label' feature: once its data was there, it was a KeyError traceback."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    with tfds.testing.mock_data(num_examples=2), \
+            pytest.raises(TltoolError, match=r"tfds:coco: not an image-classification dataset .* has \['image', "):
+        load_dataset("tfds:coco")
+
+
+def test_a_tfds_split_the_data_lacks_is_named_not_said_to_be_missing_data(tmp_path, monkeypatch):
+    """With the data there, tfds:NAME:bogus said the data was not in the folder, and how to download it."""
+    pytest.importorskip("tensorflow_datasets")
+    from tensorflow_datasets.testing import DummyMnist
+
+    from tltool.tfds_source import load_tfds
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    DummyMnist(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    with pytest.raises(TltoolError) as err:
+        load_tfds("tfds:dummy_mnist:bogus", data_dir=str(tmp_path / "tfds"))
+    assert "has no split 'bogus'; its splits are ['train', 'test']" in str(err.value)
+    assert "not in" not in str(err.value) and "internet" not in str(err.value)
+    assert len(load_tfds("tfds:dummy_mnist:train[:5]", data_dir=str(tmp_path / "tfds")).records) == 5

@@ -8,6 +8,7 @@ second with a message that says where to put the data.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from .dataset import SPLIT_ALIASES, Dataset, Record
 from .errors import TltoolError
@@ -33,6 +34,31 @@ def _extension(data: bytes) -> str:
     return ".img"
 
 
+def _require_classification(spec: str, features: Any, class_label: type) -> None:
+    """tltool reads a dataset's ``image`` and its class ``label``: one without them (coco, celeb_a, smallnorb) was a
+    KeyError traceback once its data was there."""
+    names = list(features.keys())
+    if "image" not in names or "label" not in names or not isinstance(features["label"], class_label):
+        raise TltoolError(f"{spec}: not an image-classification dataset tltool can read: it needs an 'image' and a "
+                          f"class 'label' feature, and has {names}.")
+
+
+def _load_error(spec: str, name: str, builder: Any, data_dir: str, split: str | None,
+                exc: Exception) -> TltoolError:
+    """Why ``tfds.load`` failed: a split the data that is there does not have (it said "the data is not in DIR", and
+    how to download it), or the data is missing."""
+    why = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    available = list(builder.info.splits.keys())
+    if split and available and split not in available:
+        return TltoolError(f"{spec}: the TFDS data for {name!r} in {data_dir} has no split {split!r}; its splits are "
+                           f"{available}, e.g. tfds:{name}:{available[0]} or tfds:{name}:{available[0]}[:50%] ({why})")
+    return TltoolError(
+        f"{spec}: the TFDS data for {name!r} is not in {data_dir} and tltool does not download it at run time "
+        f"(offline, tfds.load retries for minutes). On a machine with internet run\n"
+        f"  python -c \"import tensorflow_datasets as tfds; tfds.load('{name}', data_dir='tfds_data')\"\n"
+        f"then copy the folder tfds_data/{name} into {data_dir} (or set TFDS_DATA_DIR). ({why})")
+
+
 def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) -> Dataset:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ._tf import tf  # noqa: F401  (quiet start-up)
@@ -44,6 +70,7 @@ def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) ->
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as exc:  # DatasetNotFoundError and friends
         raise TltoolError(f"{spec}: TFDS has no dataset {name!r} ({exc.__class__.__name__}).") from None
+    _require_classification(spec, builder.info.features, tfds.features.ClassLabel)
     splits = [split] if split else None
     try:
         if download:
@@ -60,13 +87,7 @@ def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) ->
     except TltoolError:
         raise
     except Exception as exc:
-        raise TltoolError(
-            f"{spec}: the TFDS data for {name!r} is not in {data_dir} and tltool does not download it at run time "
-            f"(offline, tfds.load retries for minutes). On a machine with internet run\n"
-            f"  python -c \"import tensorflow_datasets as tfds; tfds.load('{name}', data_dir='tfds_data')\"\n"
-            f"then copy the folder tfds_data/{name} into {data_dir} (or set TFDS_DATA_DIR). "
-            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-        ) from None
+        raise _load_error(spec, name, builder, data_dir, split, exc) from None
     label_names = builder.info.features["label"].names
     image_key = "image"
     out_root = cache_dir() / "tfds" / name / str(builder.info.version)
