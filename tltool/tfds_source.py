@@ -49,7 +49,7 @@ def _load_error(spec: str, name: str, builder: Any, data_dir: str, split: str | 
     how to download it), or the data is missing."""
     why = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     available = list(builder.info.splits.keys())
-    if split and available and split not in available:
+    if split and available and split.split("[")[0].strip() not in available:  # `train[:50%]` is of split train
         return TltoolError(f"{spec}: the TFDS data for {name!r} in {data_dir} has no split {split!r}; its splits are "
                            f"{available}, e.g. tfds:{name}:{available[0]} or tfds:{name}:{available[0]}[:50%] ({why})")
     return TltoolError(
