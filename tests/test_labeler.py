@@ -1479,3 +1479,22 @@ def test_a_folder_labelled_in_place_before_keeps_working(tmp_path):
     (mine / "labels.csv").write_text("path,label\n")  # every label undone: the advice is to label it on, in place
     with pytest.raises(TltoolError, match=r"no image has a label yet\. Label some with tltool label serve .*mine\.$"):
         export_labels(mine)
+
+
+def test_a_token_with_non_ascii_characters_is_refused_with_a_403(tmp_path, capsys):
+    """``hmac.compare_digest`` raises TypeError on a str with non-ASCII characters: such a token (in the URL, the
+    cookie or the Authorization header) dropped the connection unanswered and printed a traceback on the terminal."""
+    root = tmp_path / "ds"
+    make_dataset(root, 3, decodable=False)
+    running = Running(root, ["cat", "dog"], host="0.0.0.0")
+    cookie = running.server.guard.cookie_name
+    try:
+        for path, headers in (("/api/state?token=%C3%A9", {}), ("/api/state", {"Authorization": "token \xe9t\xe9"}),
+                              ("/api/state", {"Cookie": f"{cookie}=\xe9"})):
+            status, body = running.request("GET", path, headers={"Host": "127.0.0.1", **headers})
+            assert status == 403 and b"token missing or wrong" in body, headers
+        token = running.server.guard.token
+        assert running.request("GET", f"/api/state?token={token}", headers={"Host": "127.0.0.1"})[0] == 200
+    finally:
+        running.close()
+    assert "Traceback" not in capsys.readouterr().err

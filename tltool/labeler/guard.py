@@ -108,7 +108,11 @@ class Guard:
         return f"{COOKIE}_{(self.token or '')[:8]}"
 
     def token_ok(self, offered: str | None) -> bool:
-        return self.token is None or (offered is not None and hmac.compare_digest(offered, self.token))
+        """Compared as bytes: ``compare_digest`` raises TypeError on a str with non-ASCII characters
+        (``?token=%C3%A9``), which dropped the connection without an answer and printed a traceback."""
+        if self.token is None:
+            return True
+        return offered is not None and hmac.compare_digest(offered.encode("utf-8", "replace"), self.token.encode())
 
     def cookie_header(self) -> str:
         return f"{self.cookie_name}={self.token}; HttpOnly; SameSite=Strict; Path=/"
