@@ -1498,3 +1498,22 @@ def test_a_token_with_non_ascii_characters_is_refused_with_a_403(tmp_path, capsy
     finally:
         running.close()
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_name_with_a_backslash_is_left_out_and_named(tmp_path):
+    """Such a photo was listed and took a label, but labels.csv reads a backslash as a folder separator: at the next
+    read (a restart, another tab's server) its label belonged to ``unlabeled/a/b.jpg`` and the photo had none; the
+    page could not show it either (/img/ read the same path)."""
+    from tltool.errors import BadFilesWarning
+
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 3, decodable=False)
+    os.rename(root / paths[2], root / "unlabeled" / "a\\b.jpg")
+    with pytest.warns(BadFilesWarning, match=r"1 image\(s\) left out, their names hold a backslash.*a\\b\.jpg"):
+        store = LabelStore(root, ["cat", "dog"])
+    assert store.items == paths[:2]
+    with pytest.raises(KeyError):
+        store.set("unlabeled/a\\b.jpg", "cat")
+    store.set(paths[0], "dog")
+    with pytest.warns(BadFilesWarning):
+        assert LabelStore(root).labels == {paths[0]: "dog"}

@@ -104,10 +104,11 @@ def list_images(root: Path) -> list[str]:
     """Images to label: those under ``root/unlabeled`` when it exists, else every image under ``root``.
 
     Hidden folders and the folders ``label export`` wrote are left out; so are names that are not UTF-8 (labels.csv
-    cannot hold them), named in a :class:`BadFilesWarning`.
+    cannot hold them) and names with a backslash (labels.csv reads it as a folder separator, so the label went to
+    another path at the next read), named in a :class:`BadFilesWarning`.
     """
     base = root / UNLABELED if (root / UNLABELED).is_dir() else root
-    found, not_utf8 = [], []
+    found, not_utf8, backslash = [], [], []
     for dirpath, dirnames, filenames in os.walk(base):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (here / d / EXPORT_MARKER).exists())
@@ -115,14 +116,21 @@ def list_images(root: Path) -> list[str]:
             rel = (here / name).relative_to(root).as_posix()
             if not is_image_name(name) or inside_root(root, rel) is None:  # a symlink leaving the folder
                 continue
-            if _utf8(rel):
-                found.append(rel)
-            else:  # undecodable bytes in a name arrive as surrogates
+            if not _utf8(rel):  # undecodable bytes in a name arrive as surrogates
                 not_utf8.append(rel.encode("utf-8", "replace").decode())
-    if not_utf8:
-        warnings.warn(f"{len(not_utf8)} image(s) left out, their names are not valid UTF-8 (rename them): "
-                      + ", ".join(not_utf8[:5]) + (" ..." if len(not_utf8) > 5 else ""), BadFilesWarning, stacklevel=3)
+            elif "\\" in rel:
+                backslash.append(rel)
+            else:
+                found.append(rel)
+    _left_out(not_utf8, "their names are not valid UTF-8")
+    _left_out(backslash, "their names hold a backslash, which labels.csv reads as a folder separator")
     return found
+
+
+def _left_out(names: list[str], why: str) -> None:
+    if names:
+        warnings.warn(f"{len(names)} image(s) left out, {why} (rename them): " + ", ".join(names[:5])
+                      + (" ..." if len(names) > 5 else ""), BadFilesWarning, stacklevel=4)
 
 
 def _utf8(text: str) -> bool:
