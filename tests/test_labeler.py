@@ -1517,3 +1517,16 @@ def test_a_name_with_a_backslash_is_left_out_and_named(tmp_path):
     store.set(paths[0], "dog")
     with pytest.warns(BadFilesWarning):
         assert LabelStore(root).labels == {paths[0]: "dog"}
+
+
+def test_a_label_with_a_comma_in_labels_csv_stays_one_class(tmp_path):
+    """Without --classes the classes are the labels found; they were joined with commas and split again, so the label
+    "red, ripe" made two classes, red and ripe, that no photo had, and "red, ripe" itself got no key."""
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 3, decodable=False)
+    (root / "labels.csv").write_text(f'path,label\n{paths[0]},"red, ripe"\n{paths[1]},green\n')
+    store = LabelStore(root)
+    assert store.classes == ["green", "red, ripe"]
+    assert store.summary()["counts"] == {"green": 1, "red, ripe": 1}
+    store.set(paths[2], "red, ripe")
+    assert read_labels(root)[paths[2]] == "red, ripe"

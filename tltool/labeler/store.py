@@ -62,13 +62,18 @@ def parse_classes(text: str | None) -> list[str]:
     """``"cat,dog"`` -> ``["cat", "dog"]``: checked, without repeats, at most nine (keys 1-9)."""
     if not text:
         return []
-    classes = [check_class_name(c) for c in text.split(",") if c.strip()]
+    return check_classes([c for c in text.split(",") if c.strip()], "--classes")
+
+
+def check_classes(names: list[str], where: str) -> list[str]:
+    """``names`` as classes: checked, without repeats, at most nine; ``where`` they come from, for the errors."""
+    classes = [check_class_name(c) for c in names]
     repeated = sorted(c for c, n in Counter(classes).items() if n > 1)
     if repeated:
-        raise TltoolError(f"--classes names {repeated} more than once.")
-    check_distinct_folders(classes, "--classes")
+        raise TltoolError(f"{where} names {repeated} more than once.")
+    check_distinct_folders(classes, where)
     if len(classes) > MAX_KEYED_CLASSES:
-        raise TltoolError(f"--classes has {len(classes)} classes; the keys 1-9 label at most {MAX_KEYED_CLASSES}. "
+        raise TltoolError(f"{where} has {len(classes)} classes; the keys 1-9 label at most {MAX_KEYED_CLASSES}. "
                           "Label in rounds, or merge classes.")
     return classes
 
@@ -365,7 +370,8 @@ class LabelStore:
         self.classes = list(classes or [])
         if not self.classes:
             found = set(self.labels.values()) | {v for r in review_items for v in (r.label, r.suggested) if v}
-            self.classes = parse_classes(",".join(sorted(found)))
+            # each label whole: joined with commas and split again, "red, ripe" made the classes red and ripe
+            self.classes = check_classes(sorted(found), f"{self.labels_path} (without --classes)")
         if not self.classes:
             raise TltoolError("no classes: pass --classes a,b,c (keys 1-9 follow that order).")
         listed = list_images(self.root)
