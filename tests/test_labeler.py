@@ -1530,3 +1530,27 @@ def test_a_label_with_a_comma_in_labels_csv_stays_one_class(tmp_path):
     assert store.summary()["counts"] == {"green": 1, "red, ripe": 1}
     store.set(paths[2], "red, ripe")
     assert read_labels(root)[paths[2]] == "red, ripe"
+
+
+def test_a_labels_csv_that_cannot_be_read_is_a_409_that_says_so(served, monkeypatch, capsys):
+    """Another user's labels.csv (or a disk error) while serving: the PermissionError was a traceback on the terminal
+    and the page got no answer at all."""
+    import builtins
+
+    import tltool.labeler.store as store_module
+
+    path, root = "unlabeled/img_001.jpg", served.server.store.root
+    assert served.request("POST", "/api/set", {"path": path, "label": "cat"})[0] == 200
+
+    def unreadable(file, *args, **kwargs):
+        if Path(file).name == "labels.csv":
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "open", unreadable, raising=False)
+    os.utime(root / "labels.csv", (1, 1))  # changed since: read again
+    for method, body in (("GET", None), ("POST", {"path": path, "label": "dog"})):
+        status, answer = served.request(method, "/api/state" if method == "GET" else "/api/set", body)
+        assert status == 409 and "labels.csv (Permission denied)" in json.loads(answer)["error"], method
+    assert read_labels(root) == {path: "cat"}
+    assert "Traceback" not in capsys.readouterr().err

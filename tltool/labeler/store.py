@@ -396,21 +396,27 @@ class LabelStore:
         return tuple(stamps)
 
     def _load(self) -> None:
-        table = _labels_rows(self.labels_path)
+        try:
+            table, skipped = _labels_rows(self.labels_path), self._read_skipped()
+        except OSError as exc:  # another user's file, say: a traceback and no answer while serving
+            raise TltoolError(f"cannot read {exc.filename or self.labels_path} ({exc.strerror or exc}); the "
+                              "labeler needs to read and replace it.") from None
         outside = table.outside
         if outside and set(outside) - self._outside_named:  # named once, not again on every reload
             self._outside_named |= set(outside)
             warnings.warn(outside_rows_warning(self.labels_path, outside) + "; they will not be written back",
                           ManifestWarning, stacklevel=3)
-        skipped: set[str] = set()
-        refuse_linked_csv(self.skipped_path)
-        if self.skipped_path.is_file():
-            with readable_csv(self.skipped_path), open(self.skipped_path, newline="", encoding="utf-8-sig") as f:
-                # named as labels.csv's rows are (`./x.jpg` or an absolute path is the image `x.jpg`)
-                skipped = {inside_root(self.root, (row.get("path") or "").strip(), allow_absolute=True)
-                           for row in csv.DictReader(f)} - {None}
         self._table, self.labels, self.assisted, self.skipped = table, table.labels, table.assisted, skipped
         self._stamp = self._file_stamp()
+
+    def _read_skipped(self) -> set[str]:
+        refuse_linked_csv(self.skipped_path)
+        if not self.skipped_path.is_file():
+            return set()
+        with readable_csv(self.skipped_path), open(self.skipped_path, newline="", encoding="utf-8-sig") as f:
+            # named as labels.csv's rows are (`./x.jpg` or an absolute path is the image `x.jpg`)
+            return {inside_root(self.root, (row.get("path") or "").strip(), allow_absolute=True)
+                    for row in csv.DictReader(f)} - {None}
 
     def _save(self, labels: dict[str, str], assisted: set[str], skipped: set[str], write_labels: bool,
               write_skipped: bool) -> None:
