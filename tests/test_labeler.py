@@ -1554,3 +1554,50 @@ def test_a_labels_csv_that_cannot_be_read_is_a_409_that_says_so(served, monkeypa
         assert status == 409 and "labels.csv (Permission denied)" in json.loads(answer)["error"], method
     assert read_labels(root) == {path: "cat"}
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_page_shows_the_servers_reason_and_keeps_labelling_after_a_save_it_could_not_reload(tmp_path, monkeypatch):
+    """A labels.csv the server cannot read is a 409 with its reason: the page said "Cannot read properties of
+    undefined" instead. And a failed save whose reload failed too left the page's send chain rejected: every later
+    key press was silently not sent."""
+    import builtins
+
+    import tltool.labeler.store as store_module
+
+    sync_playwright, expect = _playwright()
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 4)
+    running = Running(root, ["cat", "dog"])
+    blocked = {"on": True}
+
+    def unreadable(file, *args, **kwargs):
+        if blocked["on"] and Path(file).name == "labels.csv":
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page()
+            assert running.request("POST", "/api/set", {"path": paths[3], "label": "dog"})[0] == 200
+            monkeypatch.setattr(store_module, "open", unreadable, raising=False)
+            os.utime(root / "labels.csv", (1, 1))  # changed since: the server reads it again
+            page.goto(running.server.url)
+            expect(page.locator("#message")).to_contain_text("labels.csv (Permission denied)")
+            blocked["on"] = False
+            page.reload()
+            expect(page.locator("body")).to_have_attribute("data-ready", "1")
+            blocked["on"] = True
+            os.utime(root / "labels.csv", (2, 2))
+            page.keyboard.press("1")  # not saved, and the reload after it fails too
+            expect(page.locator("#message")).to_contain_text("Permission denied")
+            expect(page.locator("body")).to_have_attribute("data-pending", "0")
+            blocked["on"] = False
+            page.keyboard.press("2")  # the next label is sent and saved
+            expect(page.locator("body")).to_have_attribute("data-pending", "0")
+            browser.close()
+        labels = read_labels(root)
+        assert labels[paths[3]] == "dog" and len(labels) == 2  # the label after the failed one was saved
+    finally:
+        running.close()

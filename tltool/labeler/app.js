@@ -47,7 +47,8 @@ function send(change, route = "/api/set") {
     .then(() => post(change, route))
     .catch((error) => {
       message(`not saved (${error.message}); reloading the saved labels`, true);
-      return load(false);
+      // a reload that fails too says why, and leaves the chain whole: a rejected chain skipped every later label
+      return load(false).catch((again) => message(`not saved (${error.message}); ${again.message}`, true));
     })
     .finally(() => setPending(-1));
 }
@@ -409,7 +410,9 @@ $("image").addEventListener("error", () => {
 
 async function load(fromStart = true) {
   const response = await fetch("/api/state");
-  const state = await response.json();
+  const state = await response.json().catch(() => ({}));
+  // the server's own reason (a labels.csv it cannot read, one that is a link), not "reading undefined"
+  if (!response.ok) throw new Error(state.error || response.statusText);
   S.dataset = state.dataset;
   S.datasetId = state.dataset_id;
   S.classes = state.classes;
