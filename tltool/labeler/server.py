@@ -457,7 +457,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
             self.server.store.summary()
         assistant = self.server.assistant
         if assistant is not None:
-            assistant.reject([p for p in rejected if p in self.server.store.items], label)
+            assistant.reject([p for p in rejected if self.server.store.listed(p)], label)
             assistant.observe([(p, label) for p in accepted])
         self._json(HTTPStatus.OK, {"accepted": len(accepted), "rejected": len(rejected), **summary})
 
