@@ -266,3 +266,19 @@ def test_a_features_json_that_is_a_named_pipe_or_a_device_link_is_damaged_not_a_
             (copy / "features.json").symlink_to("/dev/zero")
         with pytest.raises(TltoolError, match="features.json is damaged .*not a regular file"):
             load_features(copy)
+
+
+def test_a_features_json_or_marker_nested_too_deeply_is_a_clear_error(shapes_features, tmp_path):
+    """JSON of 100,000 '[' (or '{"a":' ...) made the parser's RecursionError a traceback: `tltool linear`,
+    `learning-curve` and `predict --model` of such a folder printed one instead of naming the file."""
+    out, _ = shapes_features
+    for deep in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+        copy = tmp_path / f"copy-{deep[0]}"
+        shutil.copytree(out, copy)
+        (copy / "features.json").write_text(deep)
+        with pytest.raises(TltoolError, match="features.json is damaged .*nested too deeply"):
+            load_features(copy)
+        (copy / "features.json").unlink()  # no features.json: the folder's marker tells what it is
+        (copy / ".tltool-output.json").write_text(deep)
+        with pytest.raises(TltoolError, match="no features.json here"):
+            load_features(copy)

@@ -61,6 +61,10 @@ def test_a_head_refuses_features_of_another_width_and_damaged_files(name, tmp_pa
     os.mkfifo(tmp_path / "head.npz")  # `predict --model` waited for a writer for ever
     with deadline(20), pytest.raises(TltoolError, match="not a head tltool wrote .*not a regular file"):
         FittedHead.load(tmp_path)
+    head.save(tmp_path)
+    (tmp_path / "head.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError traceback before
+    with pytest.raises(TltoolError, match="not a head tltool wrote .*nested too deeply"):
+        FittedHead.load(tmp_path)
 
 
 @pytest.mark.parametrize("damage", [{"n_neighbors": 0}, {"n_neighbors": 10 ** 6}, {"n_neighbors": "five"},

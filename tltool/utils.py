@@ -139,11 +139,15 @@ def json_ready(data: Any) -> Any:
 
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON in the regular file ``path``; a named pipe (which would block the read forever) or a device (a link
-    to /dev/zero would fill the memory) is a ValueError, as a file that is not JSON is."""
+    to /dev/zero would fill the memory) is a ValueError, as a file that is not JSON is, and JSON nested too deeply
+    for the parser (a head.json or features.json of 100,000 '[' was a RecursionError traceback)."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise ValueError(f"{path}: not a regular file (a named pipe, a device or a folder)")
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deeply to read") from None
 
 
 # control characters, lone surrogates (a name that is not UTF-8) and line/paragraph separators; other characters,
