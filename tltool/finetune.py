@@ -30,7 +30,8 @@ from .progress import say
 from .report import read_predictions, write_run_report
 from .runs import hold_run_dir, new_run_dir, writes_runs
 from .settings import CHOICES
-from .supervised import SPLIT_FILE, KerasTrainingRun, ModelPlan, TrainResult, check_chief_output, load_split
+from .supervised import (SPLIT_FILE, KerasTrainingRun, ModelPlan, TrainResult, check_chief_output,
+                         check_resumed_classes, load_split)
 from .training import Stage, TrainOptions, compile_model
 from .utils import read_json, write_json
 
@@ -224,6 +225,8 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
                               config.max_pixels, strict=config.strict, pooled=True)  # every class is scored
     records = sorted(checked.dataset.records, key=lambda r: r.path)
     classes = checked.dataset.classes
+    if resume:
+        check_resumed_classes(resume, classes)  # a finished fold's probabilities are of the classes it started on
     y = label_indices(records, classes)
     counts = np.bincount(y, minlength=len(classes))
     if counts.min() < k:
@@ -241,7 +244,7 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     else:
         run_dir = new_run_dir("finetune-cv", checked.dataset.name, spec.name, out=out, force=force)
         write_json(run_dir / "config.json", {**asdict(config), "kind": "finetune-cv", "cv": k,
-                                             "dataset": checked.dataset.name})
+                                             "dataset": checked.dataset.name, "classes": classes})
         write_manifest(records, run_dir / SPLIT_FILE)  # the images --resume goes on with
     cv = _run_folds(config, run_dir, folds, kept, records, y, len(classes), bool(resume))
     say_cv(cv)

@@ -108,6 +108,19 @@ def load_split(run_dir: Path) -> Dataset:
     return replace(dataset, name=name) if isinstance(name, str) and name else dataset
 
 
+def check_resumed_classes(run_dir: Path, classes: list[str]) -> None:
+    """Refuse to resume a run on other classes than it started on (its config.json's record; a run of an older
+    tltool has none): a split.csv edited, or a class whose photos are all unreadable now, shifted the labels, and
+    the checkpoint's outputs went on training as other classes (a class renamed in split.csv: resumed without a
+    word, then scored 0.025 on its own val images) or failed with the run's model.json rewritten."""
+    started = read_json(run_dir / "config.json").get("classes")  # read and checked by RunConfig.from_run first
+    if started is not None and started != classes:
+        raise TltoolError(f"--resume {run_dir}: the run started on the classes {started}, and its {SPLIT_FILE} now "
+                          f"gives {classes} (edited, or every photo of a class unreadable now): its checkpoint would "
+                          "go on training its outputs as other classes. Restore the photos or the file, or start a "
+                          "new run.")
+
+
 @dataclass
 class ModelPlan:
     """What a Keras training run trains: the model, its stages, and what ``model.json`` says about it.
@@ -222,6 +235,8 @@ class KerasTrainingRun:
         checked = prepare_dataset(source, config.val_fraction, config.seed, config.max_pixels, strict=config.strict)
         say_upsampling(upsampling(checked, self.plan.image_size, config.resize))
         dataset = checked.dataset
+        if resume:
+            check_resumed_classes(resume, dataset.classes)
         train, val = dataset.subset("train"), dataset.subset("val")
         if not val:
             raise TltoolError(_no_val_message(checked))
@@ -278,7 +293,7 @@ class KerasTrainingRun:
             write_manifest(data.dataset.records, target / SPLIT_FILE)
             write_json(target / "config.json", {**asdict(self.config), "kind": self.plan.kind,
                                                 "dataset": data.dataset.name, "image_size": self.plan.image_size,
-                                                "distribute": distribute})
+                                                "classes": data.classes, "distribute": distribute})
 
     def fit(self, target: Path, data: RunData, pipelines: Pipelines, stages: list[Stage], distribute: dict,
             strategy: tf.distribute.Strategy, info: DistributeInfo, resume: Path | None) -> Fitted:
