@@ -553,8 +553,9 @@ def test_a_run_whose_model_json_says_other_preprocessing_than_its_training_is_re
     from tltool.models import load_run
 
     image = str(next(SAMPLE.glob("star/*.jpg")))
-    cases = [(tiny_run.run_dir, "resize", "stretch", "config.json"), (linear_run, "resize", "pad", "metrics.json"),
-             (linear_run, "image_size", 80, "metrics.json")]
+    cases = [(tiny_run.run_dir, "resize", "stretch", "config.json"),  # and a network's outputs reordered: predict
+             (tiny_run.run_dir, "classes", ["square", "circle", "star", "triangle"], "config.json"),  # misnamed them
+             (linear_run, "resize", "pad", "metrics.json"), (linear_run, "image_size", 80, "metrics.json")]
     for i, (source, field, edited, record) in enumerate(cases):
         run = tmp_path / f"edited{i}"
         shutil.copytree(source, run, ignore=shutil.ignore_patterns("export"))

@@ -203,9 +203,11 @@ def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
 # where each kind of run records, beside model.json, the preprocessing its model was trained with: (file, the keys
 # to that record in it, the settings checked). A linear run's report copies its features.json's (the features folder
 # itself is a cache a later extract may fill with other settings); a network's config.json is what its training and
-# --resume read (its image size is model.keras's own input, checked when it loads).
+# --resume read (its image size is model.keras's own input, checked when it loads), with the classes its outputs
+# were trained as (a linear run's head.json names its own): reordered in model.json, predict named them wrongly.
 _TRAINED_WITH = {"linear": ("metrics.json", ("config",), ("image_size", "resize")),
-                 "finetune": ("config.json", (), ("resize",)), "scratch": ("config.json", (), ("resize",))}
+                 "finetune": ("config.json", (), ("resize", "classes")),
+                 "scratch": ("config.json", (), ("resize", "classes"))}
 
 
 def _check_trained_preprocessing(run_dir: Path, config: dict) -> None:
