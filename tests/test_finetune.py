@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 
 from conftest import SAMPLE
+from helpers import noise_image
 from tltool._tf import keras, tf
 from tltool.errors import TltoolError
 from tltool.tta import predict_with_tta
-from tltool.finetune import FinetuneConfig, base_model, build_classifier, finetune, set_trainable
+from tltool.finetune import FinetuneConfig, base_model, build_classifier, finetune, finetune_cv, set_trainable
 from tltool.keras_files import load_keras_model
 from tltool.training import Stage, TrainOptions, compile_model, run_stages
 
@@ -499,3 +500,20 @@ def test_a_damaged_fold_result_is_not_counted_as_finished_in_the_resume_estimate
         ft.finetune_cv(FinetuneConfig(data=None), 0, resume=run)
     err = capsys.readouterr().err
     assert "held_out.json cannot be used" in err and "finished before" not in err
+
+
+def test_a_two_fold_cv_of_classes_of_3_photos_is_refused_before_its_folder(tmp_path):
+    """`--cv 2` on 3 photos a class left 1 photo of a class in a fold's training part, too few for the probe the
+    classifier starts from: the first fold's fine-tune stopped with "every class needs at least 2 training
+    images", naming neither the class nor --cv, in a cross-validation folder of config.json, split.csv, fold-1."""
+    for i in range(3):
+        noise_image(tmp_path / "three" / "a" / f"a{i}.jpg", seed=i)
+        noise_image(tmp_path / "three" / "b" / f"b{i}.jpg", seed=10 + i)
+    config = FinetuneConfig(data=str(tmp_path / "three"), weights="none", image_size=32, head_epochs=0, epochs=1)
+    with pytest.raises(TltoolError, match=r"--cv 2: every class needs at least 4 images \(smallest has 3\).*"
+                                          r"Use --cv 3\.$"):
+        finetune_cv(config, 2, out=tmp_path / "cv")
+    assert not (tmp_path / "cv").exists()
+    with pytest.raises(TltoolError, match=r"--cv 4: every class needs at least 4 images \(smallest has 3\); "
+                                          r"use a K from 2 to 3\.$"):  # a random head has no search to feed
+        finetune_cv(replace(config, head_init="random"), 4, out=tmp_path / "cv")

@@ -700,3 +700,24 @@ def test_evaluate_counts_copies_of_training_photos_as_trained_on(shape_runs, tmp
         assert copies_of([str(copy), str(other)], trained) == 1
     same_size = sum(Path(p).stat().st_size == copy.stat().st_size for p in trained)
     assert [(b.total, b.done) for b in bars] == [(same_size + 2, same_size + 2)]
+
+
+def test_a_two_fold_cv_of_classes_of_3_photos_is_refused_naming_the_k_that_works(tmp_path):
+    """`linear --cv 2` on 3 photos a class passed the K check, then each training fold kept 1 photo of a class,
+    too few for the search of C inside it: "every class needs at least 2 training images", on classes of 3, with
+    no word of --cv; `--cv 3` works."""
+    from tltool.crossval import nested_cv
+    from tltool.linear import train_linear
+
+    fs = _synthetic_features(tmp_path, n_per_class=3, classes=("a", "b"))
+    with pytest.raises(TltoolError, match=r"--cv 2: every class needs at least 4 images \(smallest has 3\): .*"
+                                          r"Use --cv 3\.$"):
+        train_linear(fs, out=tmp_path / "cv2", cv=2)
+    assert not (tmp_path / "cv2").exists()
+    assert nested_cv(fs.features(), fs.labels, k=3).accuracy()["n"] == 6
+    with pytest.raises(TltoolError, match=r"smallest has 2\): .* Add images \(3 of each class at least\)\.$"):
+        nested_cv(fs.features()[1:], fs.labels[1:], k=2)
+    with pytest.raises(TltoolError, match=r"--cv 5: every class needs at least 5 images \(smallest has 3\); "
+                                          r"use --cv 3\.$"):
+        nested_cv(fs.features(), fs.labels, k=5)
+

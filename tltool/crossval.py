@@ -57,6 +57,27 @@ class CVResult:
                 if len(self.fold_scores) > 1 else 0.0, "fold_params": self.fold_params}
 
 
+def check_fold_counts(counts: np.ndarray, k: int, inner_cv: bool = True) -> None:
+    """Refuse ``--cv k`` on classes of ``counts`` images that leave a fold without what it needs: an image of each
+    class held out, and with ``inner_cv`` (the regularisation chosen by CV inside each training fold) 2 of each class
+    in each training fold, which 2 or 3 images split in halves are not."""
+    def needed(folds: int) -> int:
+        return 4 if inner_cv and folds == 2 else folds
+
+    smallest = int(counts[counts > 0].min())
+    if k >= 2 and smallest >= needed(k):
+        return
+    fits = [folds for folds in range(2, smallest + 1) if smallest >= needed(folds)]
+    fix = (f"use --cv {fits[0]}" if len(fits) == 1 else f"use a K from {fits[0]} to {fits[-1]}") if fits else \
+        f"add images ({needed(3) if inner_cv else 2} of each class at least)"
+    if needed(k) > k:
+        fix = (": each training fold keeps half of a class's images, and the regularisation is chosen by "
+               f"cross-validation inside it, which needs 2 of each class. {fix[0].upper()}{fix[1:]}")
+    else:
+        fix = f"; {fix}"
+    raise TltoolError(f"--cv {k}: every class needs at least {needed(k)} images (smallest has {smallest}){fix}.")
+
+
 def nested_cv(X: np.ndarray, y: np.ndarray, head: str = "logreg", k: int = 5, repeats: int = 1, seed: int = 0,
               standardize: bool = True, class_weight: dict | str | None = None,
               n_classes: int | None = None) -> CVResult:
@@ -79,10 +100,7 @@ def _nested_cv(X: np.ndarray, y: np.ndarray, head: str, k: int, repeats: int, se
     from sklearn.model_selection import RepeatedStratifiedKFold
 
     spec = get_head_spec(head)
-    counts = np.bincount(y)
-    if k < 2 or counts[counts > 0].min() < k:
-        raise TltoolError(f"--cv {k}: every class needs at least {k} images (smallest has "
-                          f"{counts[counts > 0].min()}); use a smaller K (at least 2).")
+    check_fold_counts(np.bincount(y), k)
     n_classes = n_classes or int(y.max()) + 1
     splitter = RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
     scores, params, tests = [], [], []

@@ -18,7 +18,7 @@ import numpy as np
 
 from .backbones import create_backbone, find_backbone, get_backbone_spec
 from .configs import CV_OFF_OR_FOLDS, FinetuneConfig, InputConfig, resolve_input, stored_folds
-from .crossval import CVResult, say_cv
+from .crossval import CVResult, check_fold_counts, say_cv
 from .dataset import label_indices, write_manifest
 from .distribute import resolve_strategy
 from .engines import ModelSource, TFRunner
@@ -228,9 +228,7 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     if resume:
         check_resumed_classes(resume, classes)  # a finished fold's probabilities are of the classes it started on
     y = label_indices(records, classes)
-    counts = np.bincount(y, minlength=len(classes))
-    if counts.min() < k:
-        raise TltoolError(f"--cv {k}: every class needs at least {k} images (smallest has {counts.min()}).")
+    check_fold_counts(np.bincount(y, minlength=len(classes)), k, inner_cv=config.head_init == "probe")
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=config.seed)
     folds = [_fold_records(records, train, test) for train, test in splitter.split(np.zeros(len(y)), y)]
     kept = _kept_folds(resume, folds, len(classes)) if resume else {}  # before the estimate, which counts them
