@@ -502,6 +502,19 @@ def test_a_damaged_fold_result_is_not_counted_as_finished_in_the_resume_estimate
     assert "held_out.json cannot be used" in err and "finished before" not in err
 
 
+def test_a_class_too_small_for_the_probe_head_is_named_before_the_run_folder(tmp_path):
+    """The classifier starts as the linear probe, whose C is chosen by CV on the training split: a class of 2
+    photos (1 in train) made the fine-tune build the network and leave a run folder of config.json and split.csv,
+    then say only "every class needs at least 2 training images", naming no class."""
+    for label, n in (("big", 8), ("rare", 2)):
+        for i in range(n):
+            noise_image(tmp_path / "data" / label / f"{label}{i}.jpg", seed=len(label) * 100 + i)
+    config = FinetuneConfig(data=str(tmp_path / "data"), weights="none", image_size=32, head_epochs=0, epochs=1)
+    with pytest.raises(TltoolError, match=r"\{'rare': 1\} have fewer than 2 training images.*--head-init random"):
+        finetune(config, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_two_fold_cv_of_classes_of_3_photos_is_refused_before_its_folder(tmp_path):
     """`--cv 2` on 3 photos a class left 1 photo of a class in a fold's training part, too few for the probe the
     classifier starts from: the first fold's fine-tune stopped with "every class needs at least 2 training

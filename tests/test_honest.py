@@ -721,3 +721,13 @@ def test_a_two_fold_cv_of_classes_of_3_photos_is_refused_naming_the_k_that_works
                                           r"use --cv 3\.$"):
         nested_cv(fs.features(), fs.labels, k=5)
 
+
+def test_a_learning_curve_names_the_class_too_small_for_its_search(tmp_path):
+    """The curve's C is chosen by CV on the training split: a class with 1 training photo stopped it with "every
+    class needs at least 2 training images", naming none (`linear` names it)."""
+    from tltool.crossval import learning_curve
+
+    fs = _synthetic_features(tmp_path, n_per_class=6, classes=("a", "b"))
+    fs.splits[np.flatnonzero((fs.labels == 1) & (fs.splits == "train"))[1:]] = "val"  # b: 1 training photo
+    with pytest.raises(TltoolError, match=r"class\(es\) \{'b': 1\} have fewer than 2 training images"):
+        learning_curve(fs, fractions=(0.5, 1.0), seeds=1)

@@ -167,6 +167,7 @@ def learning_curve(fs: FeatureSet, head: str = "logreg", pool: str = "avg",
     Xtr, ytr, Xval, yval = X[train], fs.labels[train], X[val], fs.labels[val]
     if not len(yval):
         raise TltoolError(f"{fs.directory}: no validation split to measure the curve on.")
+    heads_module.require_cv_training_images([fs.classes[i] for i in ytr], str(fs.directory))
     fractions = [float(f) for f in fractions]
     key = {"train": [sha256_array(Xtr), sha256_array(ytr)], "val": [sha256_array(Xval), sha256_array(yval)],
            "classes": fs.classes, "head": head, "grid": get_head_spec(head).grid, "fractions": fractions,

@@ -24,19 +24,23 @@ from .distribute import resolve_strategy
 from .engines import ModelSource, TFRunner
 from .errors import TltoolError
 from .evaluation import Evaluation
-from .heads import FittedHead, get_head_spec, search
+from .heads import FittedHead, get_head_spec, require_cv_training_images, search
 from .inspection import prepare_dataset
 from .progress import say
 from .report import read_predictions, write_run_report
 from .runs import hold_run_dir, new_run_dir, writes_runs
 from .settings import CHOICES
-from .supervised import (SPLIT_FILE, KerasTrainingRun, ModelPlan, TrainResult, check_chief_output,
+from .supervised import (SPLIT_FILE, KerasTrainingRun, ModelPlan, RunData, TrainResult, check_chief_output,
                          check_resumed_classes, load_split)
 from .training import Stage, TrainOptions, compile_model
 from .utils import read_json, write_json
 
 if TYPE_CHECKING:
     import keras
+
+
+# the way out of a training split too small for the probe the classifier starts from
+PROBE_OR_RANDOM = ", or start the classifier at random instead of from the linear probe (--head-init random)"
 
 
 def build_classifier(backbone: str, weights: str, image_size: int, num_classes: int, dropout: float = 0.2,
@@ -158,8 +162,13 @@ def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str 
                      stages=finetune_stages(config, unfreeze),
                      model_config={"backbone": spec.name, "weights": config.weights, "unfreeze": config.unfreeze,
                                    "unfreeze_resolved": unfreeze},
-                     initialize=initialize if config.head_init == "probe" else None)
+                     initialize=initialize if config.head_init == "probe" else None,
+                     check=_check_probe_data if config.head_init == "probe" else None)
     return KerasTrainingRun(config, plan).run(out, Path(resume) if resume else None, force)
+
+
+def _check_probe_data(data: RunData) -> None:
+    require_cv_training_images([r.label for r in data.train], data.dataset.name, PROBE_OR_RANDOM)
 
 
 def _unfreeze(unfreeze: str, model) -> None:

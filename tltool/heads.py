@@ -11,7 +11,8 @@ import os
 import secrets
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -127,6 +128,17 @@ def cv_folds(y: np.ndarray, max_folds: int = 5) -> int:
         raise TltoolError("every class needs at least 2 training images to choose the regularisation by "
                           "cross-validation.")
     return min(max_folds, smallest)
+
+
+def require_cv_training_images(train_labels: Sequence[str], name: str, also: str = "") -> None:
+    """The regularisation is chosen by stratified CV on the training split: every class needs 2 images there.
+    ``also``: one more way out, said after the others."""
+    few = {c: n for c, n in sorted(Counter(train_labels).items()) if n < 2}
+    if few:
+        raise TltoolError(
+            f"{name}: class(es) {few} have fewer than 2 training images; the head's regularisation is chosen by "
+            "cross-validation on the training split, which needs at least 2 of each class (3 photos of a class in "
+            f"all when tltool draws the split). Add images or remove the class{also}.")
 
 
 def blas_threads(n: int = 1) -> threadpool_limits:

@@ -15,7 +15,8 @@ from .dataset import Record, write_manifest
 from .errors import TltoolError
 from .evaluation import Evaluation
 from .features import FeatureSet, checked_settings, extract_features, load_features
-from .heads import FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline, search_head
+from .heads import (FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline,
+                    require_cv_training_images, search_head)
 from .images import DEFAULT_MAX_PIXELS
 from .inspection import CLASS_FINDINGS, prepare_dataset, same_content_groups, split_warnings
 from .models import load_run
@@ -88,16 +89,6 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
     metrics = write_run_report(run_dir, evaluation, val_paths, kind="linear", title=title, config=model_config,
                                extra=extra, tta=tta, overlays=overlays)
     return LinearResult(run_dir, evaluation, metrics, fitted)
-
-
-def require_cv_training_images(train_labels: list[str], name: str) -> None:
-    """The regularisation is chosen by stratified CV on the training split: every class needs 2 images there."""
-    few = {c: n for c, n in sorted(Counter(train_labels).items()) if n < 2}
-    if few:
-        raise TltoolError(
-            f"{name}: class(es) {few} have fewer than 2 training images; the head's regularisation is chosen by "
-            "cross-validation on the training split, which needs at least 2 of each class (3 photos of a class in "
-            "all when tltool draws the split). Add images or remove the class.")
 
 
 def _search_and_say(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig) -> tuple[FittedHead, dict]:

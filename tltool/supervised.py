@@ -126,7 +126,8 @@ class ModelPlan:
     """What a Keras training run trains: the model, its stages, and what ``model.json`` says about it.
 
     ``initialize(model, train_paths, train_labels)`` runs once on a new model (not on resume), e.g. to start the
-    classifier from a linear probe.
+    classifier from a linear probe; ``check(data)`` refuses, before the run folder is made, a training
+    split that ``initialize`` cannot start from.
     """
 
     kind: str  # "finetune" or "scratch": the run's kind in config.json, model.json and metrics.json
@@ -136,6 +137,7 @@ class ModelPlan:
     stages: list[Stage]
     model_config: dict
     initialize: Callable[[object, list[str], np.ndarray], None] | None = None
+    check: Callable[["RunData"], None] | None = None
 
 
 @dataclass
@@ -201,6 +203,8 @@ class KerasTrainingRun:
         if resume and info.chief:  # two resumes of one run at once would write the same checkpoints
             hold_run_dir(resume)
         data = self.prepare_data(resume)
+        if self.plan.check is not None and not resume:
+            self.plan.check(data)
         distribute = _distribute_record(self.config, info, resume)
         pipelines = self.pipelines(data, info, distribute["global_batch_size"], strategy)
         self.title = f"{data.dataset.name}: {self.plan.kind} {self.plan.name}"
