@@ -43,7 +43,8 @@ NOT_PHOTOS = ("run", "features", "export")
 TLTOOL_OUTPUTS = {TLTOOL_OUTPUT.format(kind=kind) for kind in NOT_PHOTOS}
 
 
-def _utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` (a file name) can be written as UTF-8 (a manifest, labels.csv)."""
     try:
         text.encode("utf-8")
         return True
@@ -247,7 +248,7 @@ def walk_files(folder: str | os.PathLike, guard: LinkGuard | None = None) -> tup
             path = Path(entry.path)
             if not is_candidate_file(entry.name):
                 skipped.append(SkippedFile(str(path), HIDDEN))
-            elif not _utf8(str(path)):
+            elif not is_utf8(str(path)):
                 skipped.append(SkippedFile(str(path).encode("utf-8", "replace").decode(), NOT_UTF8))
             else:
                 files.append(path)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..dataset import HIDDEN, NOT_UTF8, TLTOOL_OUTPUTS, LinkGuard, walk_files
+from ..dataset import HIDDEN, NOT_UTF8, TLTOOL_OUTPUTS, LinkGuard, is_utf8, walk_files
 from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, UNREADABLE
 from ..utils import sha256_file, shown_name
@@ -94,14 +94,6 @@ def slug(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ files
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # undecodable bytes in a name arrive as surrogates
-        return False
-
-
 def _has_magic(text: str) -> bool:
     return any(c in text for c in "*?[")
 
@@ -159,7 +151,7 @@ def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[
 def candidates_of(path: Path, every: float, tmpdir: Path) -> Iterator[Candidate | Bad]:
     """The candidates of one file: an image as it is, each zip member, video frames every ``every`` seconds."""
     suffix = path.suffix.lower()
-    if not _utf8(str(path)):  # the manifest (UTF-8) could not record it: the import ended in a traceback, unsaved
+    if not is_utf8(str(path)):  # the manifest (UTF-8) could not record it: the import ended in a traceback, unsaved
         yield Bad(str(path), NOT_UTF8)
         return
     if path.name.lower().endswith(TAR_SUFFIXES):

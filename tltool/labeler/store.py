@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from ..dataset import (LABEL_CLASSES, LABELS_CSV, UNLABELED, Dataset, ManifestWarning, case_clashes,
-                       collected_parent, label_commands, labeler_may_write, load_manifest)
+                       collected_parent, is_utf8, label_commands, labeler_may_write, load_manifest)
 from ..errors import BadFilesWarning, TltoolError
 from ..images import IMAGE_EXTENSIONS
 from ..outputs import output_kind
@@ -121,7 +121,7 @@ def list_images(root: Path) -> list[str]:
             rel = (here / name).relative_to(root).as_posix()
             if not is_image_name(name) or inside_root(root, rel) is None:  # a symlink leaving the folder
                 continue
-            if not _utf8(rel):  # undecodable bytes in a name arrive as surrogates
+            if not is_utf8(rel):  # undecodable bytes in a name arrive as surrogates
                 not_utf8.append(rel.encode("utf-8", "replace").decode())
             elif "\\" in rel:
                 backslash.append(rel)
@@ -136,14 +136,6 @@ def _left_out(names: list[str], why: str) -> None:
     if names:
         warnings.warn(f"{len(names)} image(s) left out, {why} (rename them): " + ", ".join(names[:5])
                       + (" ..." if len(names) > 5 else ""), BadFilesWarning, stacklevel=4)
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def refuse_linked_csv(path: Path) -> None:
