@@ -566,6 +566,15 @@ def test_a_list_set_for_a_variable_inside_a_list_gives_every_source(tmp_path):
     assert argv[-2:] == [str(SAMPLE), f"{tmp_path}/b.zip"]
 
 
+def _refused_before_step_one(in_tmp: Path, path: Path, message: str) -> None:
+    """``--check`` and a run both refuse the recipe with ``message``, and the run's step 1 never ran."""
+    result = _check(path)
+    assert result.exit_code == 2 and re.search(message, " ".join(result.output.split())), result.output
+    with pytest.raises(TltoolError, match=message):
+        run_recipe(path)
+    assert not (in_tmp / "runs").exists()  # step 1 never ran
+
+
 def test_an_output_folder_a_step_would_refuse_is_named_by_check_and_before_the_first_step_runs(in_tmp):
     """Before: `--check` passed a recipe whose step 2 wrote into a folder of the user's (or a link, or under a file);
     the run did step 1 (minutes of extraction or training), then step 2 refused its --out."""
@@ -578,11 +587,7 @@ def test_an_output_folder_a_step_would_refuse_is_named_by_check_and_before_the_f
     message = (r"r\.yaml: outputs the steps would refuse when reached: step 2 \(data-inspect\): --out mine: is a "
                r"folder tltool did not make, and tltool never writes into or replaces such a folder; choose a new or "
                r"empty folder\. Nothing has run\.")
-    result = _check(path)
-    assert result.exit_code == 2 and re.search(message, " ".join(result.output.split())), result.output
-    with pytest.raises(TltoolError, match=message):
-        run_recipe(path)
-    assert not (in_tmp / "runs").exists()  # step 1 never ran
+    _refused_before_step_one(in_tmp, path, message)
     assert [p.name for p in (in_tmp / "mine").iterdir()] == ["thesis.txt"]
     with pytest.raises(TltoolError, match=r"step 1 \(probe\): --out notes\.txt/x: notes\.txt is a file, not a folder; "
                                           r"choose another place; step 1 \(probe\): --features link: is a link to"):
@@ -632,8 +637,4 @@ def test_settings_a_command_checks_when_it_runs_are_checked_before_the_first_ste
     extraction), then step 2's own check of its settings refused them."""
     path = _write(in_tmp, f"steps:\n  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n"
                           f"  - {step.replace('DATA', repr(str(SAMPLE)))}\n")
-    result = _check(path)
-    assert result.exit_code == 2 and re.search(message, " ".join(result.output.split())), result.output
-    with pytest.raises(TltoolError, match=message):
-        run_recipe(path)
-    assert not (in_tmp / "runs").exists()  # step 1 never ran
+    _refused_before_step_one(in_tmp, path, message)
