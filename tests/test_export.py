@@ -515,6 +515,11 @@ def test_a_finetuned_run_whose_model_json_names_other_classes_is_refused(tiny_ru
     config["classes"] = config["classes"] + ["extra"]
     (run / "model.json").write_text(json.dumps(config))
     image = str(next(SAMPLE.glob("star/*.jpg")))
+    with pytest.raises(TltoolError, match=r"classes is \[.*'extra'\], but the run's model was trained with classes"):
+        load_run(run).predict_paths([image])  # the classes config.json recorded at the run's start
+    started = json.loads((run / "config.json").read_text())
+    del started["classes"]  # as in a run of an older tltool: the count of outputs is still checked
+    (run / "config.json").write_text(json.dumps(started))
     with pytest.raises(TltoolError, match="model.keras gives 4 class probabilities and model.json names 5 classes"):
         load_run(run).predict_paths([image])
     with pytest.raises(TltoolError, match="the model gives 4 class probabilities and model.json names 5 classes"):
