@@ -250,6 +250,32 @@ def test_features_json_with_an_unknown_split_or_a_label_not_a_name_is_refused(sh
             load_features(copy)
 
 
+def test_a_class_named_twice_or_a_usable_file_outside_the_classes_is_named_not_shifted(shapes_features, tmp_path):
+    """classes ['circle', 'circle', 'square', ...] loaded: every label shifted by one (circles trained as class 1,
+    class 0 empty) and `tltool linear` shipped a run whose model.json every later command refused. A usable file
+    whose label is not a class was an error that named neither the folder nor the file."""
+    import json
+
+    out, _ = shapes_features
+    edits = {"twice": lambda m: m.update(classes=["circle", "circle", "square", "star", "triangle"]),
+             "again-last": lambda m: m.update(classes=[*m["classes"], "square"]),
+             "unknown": lambda m: m["files"][5].update(label="hexagon")}
+    for what, edit in edits.items():
+        copy = tmp_path / what
+        shutil.copytree(out, copy)
+        meta = json.loads((copy / "features.json").read_text())
+        edit(meta)
+        (copy / "features.json").write_text(json.dumps(meta))
+        with pytest.raises(TltoolError) as err:
+            load_features(copy)
+        message = str(err.value)
+        assert str(copy / "features.json") in message and "\n" not in message
+        if what == "unknown":
+            assert f"{meta['files'][5]['path']!r} has the label 'hexagon', not one of the 4 classes" in message
+        else:
+            assert f"names the class(es) {['circle'] if what == 'twice' else ['square']} more than once" in message
+
+
 def test_a_features_json_that_is_a_named_pipe_or_a_device_link_is_damaged_not_a_hang(shapes_features, tmp_path):
     """read_json opened a FIFO features.json and waited forever for a writer; a link to /dev/zero would have read
     until the memory was full."""

@@ -16,6 +16,7 @@ import functools
 import inspect
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -477,6 +478,10 @@ def read_features_json(meta_path: Path) -> dict:
         raise TltoolError(f"{directory}: features.json is damaged (its image count, chunk size, settings or file "
                           "list, with each file's split, is not what extraction writes); extract again into a new "
                           "folder.")
+    twice = sorted(c for c, n in Counter(meta["classes"]).items() if n > 1)
+    if twice:  # label indices would shift: the files of a class named twice trained and scored as another
+        raise TltoolError(f"{meta_path}: names the class(es) {twice} more than once in its classes; extraction writes "
+                          "each class once. Extract again into a new folder.")
     return meta
 
 
@@ -508,6 +513,11 @@ def load_features(directory: str | Path) -> FeatureSet:
     usable = np.concatenate(ok)
     files = [f for f, keep in zip(meta["files"], usable) if keep]  # files the feeding decode found bad are left out
     classes = meta["classes"]
+    known = set(classes)
+    unknown = next((f for f in files if f["label"] not in known), None)
+    if unknown is not None:  # (a file the decode found bad may keep the label of a class that lost all its photos)
+        raise TltoolError(f"{meta_path}: the file {unknown['path']!r} has the label {unknown['label']!r}, not one of "
+                          f"the {len(classes)} classes it lists; extract again into a new folder.")
     records = [Record(f["path"], f["label"], f["split"]) for f in files]
     return FeatureSet(
         directory=directory, meta=meta, avg=np.concatenate(avg)[usable], max=np.concatenate(mx)[usable],
