@@ -663,3 +663,23 @@ def test_ctrl_c_while_click_parses_the_groups_arguments_is_tltools_one_line(monk
     result = CliRunner().invoke(main, ["backbones"])
     assert (result.exit_code, exits) == (130, [130]), result.output
     assert "interrupted" in result.output and "Aborted" not in result.output
+
+
+def test_an_input_size_the_backbone_refuses_is_refused_before_any_folder_is_made(in_tmp, monkeypatch):
+    """`probe --image-size 16` (Lite0 takes 32 px and up) was refused only when the network was built: the
+    features folder (under runs/, or the --features/--out given) was left behind with an unfinished features.json
+    that `tltool linear` then said to resume, and an empty folder the user made got tltool's marker in it."""
+    monkeypatch.setenv("TLTOOL_CACHE", str(in_tmp / "cache"))
+    mine = in_tmp / "mine"
+    mine.mkdir()
+    lite0 = "efficientnet_lite0 needs images of at least 32 px; got --image-size 16."
+    commands = {("probe", "--image-size", "16"): lite0,
+                ("probe", "--image-size", "16", "--features", mine): lite0,
+                ("extract", "--image-size", "16", "--out", in_tmp / "feat"): lite0,
+                ("finetune", "--image-size", "16", "--out", in_tmp / "ft", "--epochs", "1"): lite0,
+                ("probe", "--backbone", "inception_v3", "--weights", "none", "--image-size", "64"):
+                    "inception_v3 needs images of at least 75 px; got --image-size 64."}
+    for (command, *options), message in commands.items():
+        result = _run(command, SAMPLE, *options)
+        assert result.exit_code == 2 and result.output.endswith(f"error: {message}\n"), result.output
+    assert [p.name for p in in_tmp.rglob("*")] == ["mine"]  # no folder, no cache, nothing in the user's own folder

@@ -315,5 +315,5 @@ def resolve_input(backbone: str, image_size: int | None = None, resize: str = "c
     """The input settings of ``backbone``: ``image_size`` defaults to the backbone's own size."""
     check_range("max_pixels", max_pixels)  # 0 called every image a decompression bomb
     spec = get_backbone_spec(backbone)
-    return InputConfig(spec.name, int(image_size or spec.default_size), resize, spec.preprocess,
+    return InputConfig(spec.name, spec.input_size(image_size), resize, spec.preprocess,
                        int(max_pixels or DEFAULT_MAX_PIXELS))

@@ -28,9 +28,7 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
     from .layers import ImagePreprocessing
 
     spec = get_backbone_spec(name)
-    size = image_size or spec.default_size
-    if size < spec.min_size:
-        raise TltoolError(f"{spec.name} needs images of at least {spec.min_size} px; got --image-size {size}.")
+    size = spec.input_size(image_size)
     shape = (size, size, 3)
     weights = str(weights)
     if weights.lower() == "none":

@@ -40,6 +40,15 @@ class BackboneSpec:
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
 
+    def input_size(self, image_size: int | None = None) -> int:
+        """``image_size`` (default: the backbone's own), refused below the smallest input the network takes: checked
+        when a command resolves its input, before it makes any folder (a refusal while building the network left
+        one behind, half-written)."""
+        size = int(image_size or self.default_size)
+        if size < self.min_size:
+            raise TltoolError(f"{self.name} needs images of at least {self.min_size} px; got --image-size {size}.")
+        return size
+
     def weights_cached(self) -> bool:
         if self.offline_weights:  # a required package is there (a dependency); an extra's may not be
             return self.weights_extra is None or importlib.util.find_spec(self.weights_module) is not None
