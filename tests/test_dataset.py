@@ -519,3 +519,35 @@ def test_a_tfds_split_the_data_lacks_is_named_not_said_to_be_missing_data(tmp_pa
     assert "has no split 'bogus'; its splits are ['train', 'test']" in str(err.value)
     assert "not in" not in str(err.value) and "internet" not in str(err.value)
     assert len(load_tfds("tfds:dummy_mnist:train[:5]", data_dir=str(tmp_path / "tfds")).records) == 5
+
+
+def test_two_tfds_data_dirs_with_the_same_dataset_and_version_each_give_their_own_examples(tmp_path, monkeypatch):
+    """The index of a TFDS dataset's examples was cached by name and version only: the second data dir (an
+    argument, or TFDS_DATA_DIR) got the first one's photos and labels (20 examples of 10 classes, not its 7 of
+    class 3)."""
+    pytest.importorskip("tensorflow_datasets")
+    import numpy as np
+    from PIL import Image
+    from tensorflow_datasets.testing import DummyMnist
+
+    from tltool.tfds_source import load_tfds
+
+    class OtherMnist(DummyMnist, skip_registration=True):
+        name = "dummy_mnist"  # the same name and version (3.0.1), other examples
+
+        def _generate_examples(self):
+            for i in range(7):
+                yield i, {"image": np.full((28, 28, 1), 200, dtype=np.uint8), "label": 3}
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    DummyMnist(data_dir=str(tmp_path / "a")).download_and_prepare()
+    OtherMnist(data_dir=str(tmp_path / "b")).download_and_prepare()
+    first = load_tfds("tfds:dummy_mnist:train", data_dir=str(tmp_path / "a"))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "b"))
+    other = load_dataset("tfds:dummy_mnist:train")
+    assert len(first.records) == 20 and sorted({r.label for r in first.records}) == [str(i) for i in range(10)]
+    assert len(other.records) == 7 and {r.label for r in other.records} == {"3"}
+    assert all((np.asarray(Image.open(r.path)) == 200).all() for r in other.records)
+    again = load_tfds("tfds:dummy_mnist:train", data_dir=str(tmp_path / "a"))  # its own index, still there
+    assert [(r.path, r.label) for r in again.records] == [(r.path, r.label) for r in first.records]
+    assert all((np.asarray(Image.open(r.path)) == 1).all() for r in again.records)

@@ -8,11 +8,12 @@ second with a message that says where to put the data.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .dataset import SPLIT_ALIASES, Dataset, Record
 from .errors import TltoolError
-from .utils import cache_dir, write_json, read_json
+from .utils import cache_dir, read_json, sha256_text, write_json
 
 
 def tfds_data_dir() -> str:
@@ -59,6 +60,13 @@ def _load_error(spec: str, name: str, builder: Any, data_dir: str, split: str | 
         f"then copy the folder tfds_data/{name} into {data_dir} (or set TFDS_DATA_DIR). ({why})")
 
 
+def _cache_root(name: str, builder: Any) -> Path:
+    """Where the examples of ``builder``'s data are written as files: by name, version and the folder its data is
+    read from (two data dirs holding the same name and version reused one index: the other's photos and labels)."""
+    source = os.path.realpath(os.path.expanduser(str(builder.data_dir)))
+    return cache_dir() / "tfds" / name / str(builder.info.version) / sha256_text(source)[:16]
+
+
 def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) -> Dataset:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ._tf import tf  # noqa: F401  (quiet start-up)
@@ -90,7 +98,7 @@ def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) ->
         raise _load_error(spec, name, builder, data_dir, split, exc) from None
     label_names = builder.info.features["label"].names
     image_key = "image"
-    out_root = cache_dir() / "tfds" / name / str(builder.info.version)
+    out_root = _cache_root(name, builder)
     records: list[Record] = []
     for split_name, ds in datasets.items():
         split_dir = out_root / split_name.replace("[", "_").replace("]", "_").replace(":", "_")
