@@ -1,6 +1,7 @@
 """``tltool label serve|export``: the store, the HTTP server (traversal, concurrency), export, and a real browser."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import http.client
 import json
@@ -1601,3 +1602,39 @@ def test_the_page_shows_the_servers_reason_and_keeps_labelling_after_a_save_it_c
         assert labels[paths[3]] == "dog" and len(labels) == 2  # the label after the failed one was saved
     finally:
         running.close()
+
+
+def test_a_client_trickling_its_request_byte_by_byte_cannot_hold_a_connection(tmp_path, monkeypatch):
+    """The request timeouts were per read: one header byte every few seconds kept a connection (and its slot) open
+    for good, so max_connections such clients, no token needed off loopback, locked the user out. Reading one
+    request now has a deadline as a whole."""
+    import socket
+
+    from tltool.labeler.server import LabelerHandler, LabelerServer
+
+    monkeypatch.setattr(LabelerServer, "max_connections", 2, raising=False)
+    monkeypatch.setattr(LabelerHandler, "first_request_timeout", 0.6, raising=False)
+    root = tmp_path / "ds"
+    make_dataset(root, 2, decodable=False)
+    running = Running(root, ["cat", "dog"])
+    address = ("127.0.0.1", running.server.port)
+    slow = [socket.create_connection(address, timeout=5) for _ in range(2)]
+    try:
+        for _ in range(8):  # one byte every 0.25 s, each read well within the per-read timeout of 0.6 s
+            for sock in slow:
+                with contextlib.suppress(OSError):  # closed by the server
+                    sock.sendall(b"G")
+            time.sleep(0.25)
+        assert running.request("GET", "/api/state")[0] == 200  # 2 s on: the user is served, not told 503
+        for sock in slow:
+            sock.settimeout(2)
+            try:
+                answer = sock.recv(4096)
+            except ConnectionError:
+                answer = b""
+            assert answer == b"" or not answer.startswith(b"HTTP/1.1 2")  # closed, never served
+    finally:
+        for sock in slow:
+            sock.close()
+        running.close()
+

@@ -18,6 +18,7 @@ import os
 import socket
 import socketserver
 import threading
+import time
 from collections import OrderedDict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,6 +86,36 @@ class _JpegCache:
 _BUSY_TEXT = b"The labeler is serving as many connections as it allows; try again in a few seconds.\n"
 BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\n"
                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT))
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, none past :attr:`deadline` (``time.monotonic()``): a socket timeout bounds one read
+    only, so a client sending a byte every few seconds kept a connection (and its slot) for good."""
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket) -> None:
+        super().__init__()
+        self.raw, self.sock = raw, sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:
+        if self.deadline is None:
+            return self.raw.readinto(buffer)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        timeout = self.sock.gettimeout()  # kept for the writes of the answer
+        self.sock.settimeout(left if timeout is None else min(left, timeout))
+        try:
+            return self.raw.readinto(buffer)
+        finally:
+            self.sock.settimeout(timeout)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 class LabelerServer(ThreadingHTTPServer):
@@ -205,9 +236,9 @@ class LabelerHandler(BaseHTTPRequestHandler):
     server: LabelerServer
     protocol_version = "HTTP/1.1"
     server_version = "tltool-labeler"
-    timeout = 120  # an idle keep-alive connection is closed after this many seconds
-    # ... and one that has sent no request yet after these: each open connection holds one of the server's
-    # max_connections, so bare connects left open could keep the user out for the full idle timeout
+    timeout = 120  # a keep-alive connection is closed when its next request is not in after this many seconds
+    # ... and the first request (line, headers and body) within these of the connect: each open connection holds one
+    # of the server's max_connections, so bare connects left open could keep the user out for the full idle timeout
     first_request_timeout = 20
     # headers and body leave in two writes: with Nagle's algorithm the body waited for the client's delayed ACK
     # (measured: 45-50 ms per response on a keep-alive connection; 4 ms without)
@@ -216,10 +247,17 @@ class LabelerHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.first_request_timeout)
+        self._reader = _DeadlineReader(self.rfile.detach(), self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+        self._waited = self.first_request_timeout
 
     def handle_one_request(self) -> None:
+        """One request, read whole within the wait from its start (its line, headers and any body; past it, the
+        connection is closed): per read, a client trickling bytes was never timed out."""
+        self._reader.deadline = time.monotonic() + self._waited
         super().handle_one_request()
         self.connection.settimeout(self.timeout)  # after a request, the keep-alive idle timeout
+        self._waited = self.timeout
 
     # ------------------------------------------------------------------ plumbing
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
