@@ -1638,3 +1638,33 @@ def test_a_client_trickling_its_request_byte_by_byte_cannot_hold_a_connection(tm
             sock.close()
         running.close()
 
+
+def test_off_loopback_a_client_without_the_token_cannot_keep_a_connection_with_refused_requests(tmp_path,
+                                                                                                monkeypatch):
+    """A refused request (no token) left its connection open: a client that sent one now and then, within the
+    keep-alive timeout, kept its slot for good. A refusal now closes the connection."""
+    import socket
+
+    from tltool.labeler.server import LabelerHandler, LabelerServer
+
+    monkeypatch.setattr(LabelerServer, "max_connections", 1, raising=False)
+    monkeypatch.setattr(LabelerHandler, "timeout", 0.8, raising=False)
+    root = tmp_path / "ds"
+    make_dataset(root, 2, decodable=False)
+    running = Running(root, ["cat", "dog"], host="0.0.0.0")
+    port = running.server.port
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            answers = b""
+            for _ in range(4):  # a request every 0.4 s, within the keep-alive timeout of 0.8 s
+                try:
+                    sock.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    answers += sock.recv(4096)
+                except OSError:
+                    break
+                time.sleep(0.4)
+            token = {"Authorization": f"token {running.server.guard.token}"}
+            assert running.request("GET", "/api/state", headers=token)[0] == 200  # the user is served, not told 503
+            assert answers.startswith(b"HTTP/1.1 403 ") and b"Connection: close" in answers
+    finally:
+        running.close()

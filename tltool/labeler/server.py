@@ -268,6 +268,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
         # per request (one handler object serves every request of a keep-alive connection); not while parsing, where
         # an interim "100 Continue" is sent before the body
         self._body_used = True
+        self._refused = False
         parsed = super().parse_request()
         self._body_used = False
         return parsed
@@ -290,9 +291,10 @@ class LabelerHandler(BaseHTTPRequestHandler):
         return self.headers.get("Transfer-Encoding") is None and len(self.headers.get_all("Content-Length") or []) < 2
 
     def end_headers(self) -> None:
-        """Every answer to a request whose body was not read closes the connection, after reading that body (when
-        small) so that closing does not reset the connection before the client reads the answer."""
-        if not self.close_connection and self._body_left():
+        """Every answer to a request whose body was not read (or that was refused) closes the connection, after
+        reading that body (when small) so that closing does not reset the connection before the client reads the
+        answer."""
+        if not self.close_connection and (self._body_left() or getattr(self, "_refused", False)):
             self.send_header("Connection", "close")  # sets close_connection
             self._discard_body()
         super().end_headers()
@@ -327,6 +329,12 @@ class LabelerHandler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message})
 
+    def _refuse(self, reason: str) -> None:
+        """403, and the connection closed: off loopback, a client without the token that sent a request now and
+        then kept its connection, and one of the server's max_connections, for good."""
+        self._refused = True
+        self._error(HTTPStatus.FORBIDDEN, reason)
+
     def _refusal(self, write: bool) -> str | None:
         """Why this request is refused (None: let it through). See :mod:`tltool.labeler.guard`."""
         guard, headers = self.server.guard, self.headers
@@ -353,7 +361,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         refusal = self._refusal(write=False)
         if refusal:
-            return self._error(HTTPStatus.FORBIDDEN, refusal)
+            return self._refuse(refusal)
         parts = urlsplit(self.path)
         route = parts.path
         if self.server.guard.token and "token=" in parts.query and route == "/":
@@ -419,7 +427,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         refusal = self._refusal(write=True)
         if refusal:
-            return self._error(HTTPStatus.FORBIDDEN, refusal)
+            return self._refuse(refusal)
         action = POST_ROUTES.get(urlsplit(self.path).path)
         if action is None:
             return self._error(HTTPStatus.NOT_FOUND, "not found")
