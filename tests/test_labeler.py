@@ -397,8 +397,27 @@ def test_a_link_swapped_in_after_the_check_is_refused(served, tmp_path, monkeypa
     target.symlink_to(secret)  # the swap, as if it happened right after the check
     monkeypatch.setattr(server_module, "inside_root", lambda root, path, **kw: path)  # the check passed earlier
     status, body = served.request("GET", "/img/unlabeled/img_002.jpg")
-    assert status == 403 and body[:2] != b"\xff\xd8"
+    assert status == 403 and body[:2] != b"\xff\xd8" and b"outside the dataset folder" in body
     assert served.request("GET", "/img/unlabeled/img_001.jpg")[0] == 200  # a real file inside still opens
+
+
+def test_a_photo_the_server_may_not_read_is_named_as_such_not_as_outside_the_dataset(served, monkeypatch, capfd):
+    """A photo inside the dataset that the server may not open (chmod 000, another user's) was answered 403
+    "outside the dataset folder". Tests run as root, so the refusal is made where the file is opened."""
+    import errno
+
+    real_open = os.open
+
+    def refusing_open(path, *args, **kwargs):
+        if str(path).endswith("img_001.jpg"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    status, body = served.request("GET", "/img/unlabeled/img_001.jpg")
+    assert status == 403 and json.loads(body) == {"error": "cannot read unlabeled/img_001.jpg: permission denied"}
+    assert served.request("GET", "/img/unlabeled/img_002.jpg")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ export

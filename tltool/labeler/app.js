@@ -405,7 +405,7 @@ async function poll() {
 }
 
 $("image").addEventListener("error", () => {
-  if (S.items[S.idx]) message("this file cannot be decoded; press s to skip it", true);
+  if (S.items[S.idx]) message("this file cannot be read or decoded; press s to skip it", true);
 });
 
 async function load(fromStart = true) {

@@ -118,17 +118,22 @@ class Guard:
         return f"{self.cookie_name}={self.token}; HttpOnly; SameSite=Strict; Path=/"
 
 
+class OutsideRoot(PermissionError):
+    """The file opened lies outside the dataset folder (told apart from a file the server may not read)."""
+
+
 def open_inside(root: Path, rel: str) -> int:
     """A read-only descriptor of ``root/rel``, verified *after* opening to be a regular file inside ``root``.
 
-    Raises ``PermissionError`` when the opened file lies outside ``root`` (a symlink swapped in after any earlier
-    check) and ``FileNotFoundError`` when it is not a regular file. The caller closes the descriptor.
+    Raises :class:`OutsideRoot` when the opened file lies outside ``root`` (a symlink swapped in after any earlier
+    check), ``FileNotFoundError`` when it is not a regular file, and the ``OSError`` of the open itself (a
+    ``PermissionError`` for a photo the server may not read). The caller closes the descriptor.
     """
     fd = os.open(root / rel, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
     try:
         real = Path(os.readlink(PROC_FD.format(fd))) if HAS_PROC_FD else _fallback_real(fd, root / rel)
         if real != root and root not in real.parents:
-            raise PermissionError(f"{rel} leads outside {root}")
+            raise OutsideRoot(f"{rel} leads outside {root}")
         if not _is_regular(fd):
             raise FileNotFoundError(rel)
         return fd
@@ -146,7 +151,7 @@ def _fallback_real(fd: int, path: Path) -> Path:
     real = Path(os.path.realpath(path))
     opened, named = os.fstat(fd), os.stat(real)
     if (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
-        raise PermissionError(f"{path} changed while it was opened")
+        raise OutsideRoot(f"{path} changed while it was opened")
     return real
 
 

@@ -32,7 +32,7 @@ from PIL import Image
 from ..errors import BadImageError, TltoolError
 from ..images import load_image
 from .assist import Assistant, AssistSettings, Featurize
-from .guard import Guard, opened_path, open_inside
+from .guard import Guard, OutsideRoot, opened_path, open_inside
 from .store import LabelStore, inside_root, is_image_name
 
 DISPLAY_SIDE = 1280  # images are sent at most this large: the page never needs more
@@ -417,8 +417,10 @@ class LabelerHandler(BaseHTTPRequestHandler):
             data = self.server.images.get(root, rel)
         except BadImageError as exc:
             return self._error(HTTPStatus.UNPROCESSABLE_ENTITY, f"{rel}: {exc.reason}")
-        except PermissionError:
+        except OutsideRoot:
             return self._error(HTTPStatus.FORBIDDEN, "outside the dataset folder")
+        except PermissionError:  # a photo the server may not read: it was "outside the dataset folder"
+            return self._error(HTTPStatus.FORBIDDEN, f"cannot read {rel}: permission denied")
         except OSError:
             return self._error(HTTPStatus.NOT_FOUND, "no such image")
         self._send(HTTPStatus.OK, data, "image/jpeg", cache=True)
