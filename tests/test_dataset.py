@@ -496,6 +496,27 @@ def test_labels_that_differ_only_in_unicode_form_are_named(tmp_path):
     assert "'caf\u00e9' (2 rows)" in message and "'cafe\u0301' (1 row)" in message
 
 
+def test_a_label_holding_a_control_character_is_refused_naming_its_row(tmp_path):
+    """A newline, tab, NUL or a terminal's escape in a manifest's label was taken as a class: it split the report's
+    table, went into the split manifest and the class list, and printed its colour codes in tltool's messages."""
+    import csv
+
+    _tree(tmp_path, {"imgs": 6})
+    labels = ["cat", "red\x1b[31mdog", "new\nline", "tab\tx", "n\x00ul", "del\x7fx"]
+    with open(tmp_path / "m.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows([("path", "label")]
+                                                    + [(f"imgs/img_{i:02d}.jpg", c) for i, c in enumerate(labels)])
+    with pytest.raises(TltoolError) as err:
+        load_dataset(tmp_path / "m.csv")
+    assert str(err.value).splitlines()[1:] == [
+        "  row 3: the label 'red\\x1b[31mdog' holds a control character ('\\x1b'), which a class name cannot hold",
+        "  row 5: the label 'new\\nline' holds a control character ('\\n'), which a class name cannot hold",
+        "  row 6: the label 'tab\\tx' holds a control character ('\\t'), which a class name cannot hold",
+        "  row 7: the label 'n\\x00ul' holds a control character ('\\x00'), which a class name cannot hold",
+        "  row 8: the label 'del\\x7fx' holds a control character ('\\x7f'), which a class name cannot hold"]
+    assert "\x1b" not in str(err.value)
+
+
 def test_a_tfds_dataset_without_a_class_label_is_one_line(tmp_path, monkeypatch):
     """coco has no 'label' feature: once its data was there, it was a KeyError traceback."""
     tfds = pytest.importorskip("tensorflow_datasets")

@@ -169,6 +169,32 @@ def test_class_names_are_checked():
             parse_classes(bad)
 
 
+def test_a_class_or_label_holding_a_control_character_is_refused_where_it_enters(tmp_path):
+    """--classes refused characters below 32 only: DEL, the 8-bit escape \x9b and a line separator were classes, and
+    an undecodable byte (a surrogate) failed at the first save. A labels.csv label was not checked at all with
+    --classes (a class of its own on the page, accepted in POSTs), and `label export` made a folder of one with
+    DEL; a newline or escape there was refused without the row."""
+    for bad in ("a\x7fb", "a\x9bb", "a\u2028b", "a\udcffb", "a\x1bb", "a\x00b"):
+        with pytest.raises(TltoolError, match=r"class name '.*' holds (a control character|a line separator|an "
+                                              r"undecodable byte) \('\\(x1b|x7f|x9b|u2028|udcff|x00)'\)"):
+            parse_classes(f"cat,{bad}")
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 8, decodable=False)
+    store = LabelStore(root, ["cat", "dog"])
+    for i, path in enumerate(paths):
+        store.set(path, ("cat", "dog")[i % 2])
+    rows = list(csv.reader((root / "labels.csv").open(newline="")))
+    rows[3][1] = "del\x7fx"  # edited by hand
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    for classes in (["cat", "dog"], None):
+        with pytest.raises(TltoolError, match=r"labels.csv, row 4: the label 'del\\x7fx' holds a control character"):
+            LabelStore(root, classes)
+    with pytest.raises(TltoolError, match=r"row 4: the label 'del\\x7fx' holds a control character"):
+        export_labels(root, val_fraction=0.25, seed=1)
+    assert not (tmp_path / "ds-split").exists()
+
+
 def test_classes_differing_only_in_case_are_refused_before_they_merge(tmp_path):
     """On macOS and Windows `Cat` and `cat` are one folder: an export put both classes' photos in it."""
     with pytest.raises(TltoolError, match=r"--classes: the classes 'Cat' and 'cat' differ only in case"):

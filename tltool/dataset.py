@@ -22,7 +22,7 @@ import numpy as np
 from .errors import TltoolError, TltoolWarning
 from .images import is_candidate_file
 from .outputs import MARKER, output_kind
-from .utils import readable_csv, shown_name, write_text_atomic
+from .utils import readable_csv, shown_name, unprinted_character, write_text_atomic
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -50,6 +50,19 @@ def is_utf8(text: str) -> bool:
         return True
     except UnicodeEncodeError:  # undecodable bytes in a name arrive as surrogates
         return False
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot name a class (None: it can), said after the label. A control character, line separator
+    or undecodable byte in a class name became a class folder of ``label export``, split a report's table, or
+    printed the terminal escapes it holds in tltool's messages (the one check for manifests, labels.csv and
+    ``--classes``)."""
+    bad = unprinted_character(label)
+    if bad is None:
+        return None
+    what = {"Cs": "an undecodable byte", "Zl": "a line separator", "Zp": "a paragraph separator"}.get(
+        unicodedata.category(bad), "a control character")
+    return f"holds {what} ({bad!r}), which a class name cannot hold"
 
 
 @dataclass(frozen=True)
@@ -390,6 +403,10 @@ class _ManifestRows:
             self.problems.append(f"row {line}: the path holds a NUL byte: {shown_name(path)}")
             return
         if self.labels_file and not label:  # an undone label on a row that keeps the user's own cells
+            return
+        problem = label_problem(label)
+        if problem:
+            self.problems.append(f"row {line}: the label {label!r} {problem}")
             return
         if label != raw_label and label:
             self.spaced_labels.append(f"row {line}: {raw_label!r} -> {label!r}")

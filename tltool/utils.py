@@ -161,6 +161,13 @@ def is_whole(value: Any, low: int = 1, high: int | None = None) -> bool:
             and (high is None or value <= high))
 
 
+def unprinted_character(text: str) -> str | None:
+    """The first character of ``text`` that :func:`shown_name` escapes, or None: a control character (a newline, a
+    tab, NUL, the escape that starts a terminal's colour code), a line separator or a lone surrogate (bytes that are
+    not UTF-8)."""
+    return next((c for c in text if unicodedata.category(c) in _UNPRINTED), None)
+
+
 def shown_name(name: str | os.PathLike, limit: int | None = 120) -> str:
     """A file name as tltool prints it: control characters escaped (a newline in a name would split a result line
     in two), and a name of hundreds of characters cut short (``limit``; None keeps it whole)."""

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from ..dataset import (LABEL_CLASSES, LABELS_CSV, UNLABELED, Dataset, ManifestWarning, case_clashes,
-                       collected_parent, is_utf8, label_commands, labeler_may_write, load_manifest)
+                       collected_parent, is_utf8, label_commands, label_problem, labeler_may_write, load_manifest)
 from ..errors import BadFilesWarning, TltoolError
 from ..images import IMAGE_EXTENSIONS
 from ..outputs import output_kind
@@ -42,8 +42,11 @@ MAX_KEYED_CLASSES = 9
 def check_class_name(name: str) -> str:
     """A class name must be usable as a folder name on every system (export writes train/<class>/)."""
     name = name.strip()
+    problem = label_problem(name)
+    if problem:
+        raise TltoolError(f"class name {name!r} {problem}.")
     bad = set('/\\:*?"<>|') & set(name)
-    if not name or name in (".", "..") or name.startswith(".") or bad or any(ord(c) < 32 for c in name):
+    if not name or name in (".", "..") or name.startswith(".") or bad:
         raise TltoolError(f"class name {name!r} cannot be a folder name: use letters, digits, spaces, - or _ "
                           "(no / \\ : * ? \" < > |, not starting with a dot).")
     return name
@@ -160,11 +163,15 @@ class LabelsTable:
     cells: dict[str, list[str]] = field(default_factory=dict)
     outside: list[str] = field(default_factory=list)
 
-    def add(self, root: Path, cells: list[str]) -> None:
-        """One row of the file (the last row of a path wins, as a manifest is read)."""
+    def add(self, root: Path, cells: list[str], where: str) -> None:
+        """One row of the file (the last row of a path wins, as a manifest is read); ``where``: the file and row, for
+        the TltoolError of a label no class may have."""
         at = {name: self.header.index(name) for name in LABEL_COLUMNS if name in self.header}
         cell = (lambda name: cells[at[name]].strip() if name in at and at[name] < len(cells) else "")
         raw, label = cell("path"), cell("label")
+        problem = label_problem(label)
+        if problem:  # with --classes it was taken as a class of its own, shown and counted, and accepted in POSTs
+            raise TltoolError(f"{where}: the label {label!r} {problem}; rename it in the file.")
         rel = inside_root(root, raw, allow_absolute=True) if raw else None
         if rel is None:
             if raw and label:
@@ -216,12 +223,13 @@ def _labels_rows(path: Path) -> LabelsTable:
     if path.is_file():
         root = path.parent.resolve()
         with readable_csv(path), open(path, newline="", encoding="utf-8-sig") as f:
-            rows = (cells for cells in csv.reader(f) if any(c.strip() for c in cells))  # blank lines mean nothing
+            reader = csv.reader(f)
+            rows = (cells for cells in reader if any(c.strip() for c in cells))  # blank lines mean nothing
             header = next(rows, None)
             if header is not None:
                 table.header = _labels_header(path, header)
                 for cells in rows:
-                    table.add(root, cells)
+                    table.add(root, cells, f"{path}, row {reader.line_num}")
     return table
 
 
