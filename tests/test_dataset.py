@@ -517,6 +517,18 @@ def test_a_label_holding_a_control_character_is_refused_naming_its_row(tmp_path)
     assert "\x1b" not in str(err.value)
 
 
+def test_a_manifest_problem_shows_the_path_with_its_control_characters_escaped(tmp_path):
+    """A row's path was printed as written: a terminal escape in it coloured the rest of the error on a terminal."""
+    _tree(tmp_path, {"imgs": 2})
+    (tmp_path / "m.csv").write_text("path,label\nimgs/img_00.jpg,a\nno\x1b[31mpe.jpg,a\n"
+                                    "imgs/img_01.jpg,\nimgs/img_00.jpg\x1b[0m,b\n")
+    with pytest.raises(TltoolError) as err:
+        load_dataset(tmp_path / "m.csv")
+    assert str(err.value).splitlines()[1:] == ["  row 3: file not found: no\\x1b[31mpe.jpg",
+                                               "  row 4: empty label for imgs/img_01.jpg",
+                                               "  row 5: file not found: imgs/img_00.jpg\\x1b[0m"]
+
+
 def test_a_tfds_dataset_without_a_class_label_is_one_line(tmp_path, monkeypatch):
     """coco has no 'label' feature: once its data was there, it was a KeyError traceback."""
     tfds = pytest.importorskip("tensorflow_datasets")

@@ -1106,6 +1106,18 @@ def test_labels_csv_rows_outside_the_dataset_are_named_once_and_never_written_ba
     assert read_labels(root) == {paths[0]: "cat", paths[1]: "dog"}
 
 
+def test_labels_csv_paths_in_a_warning_have_their_control_characters_escaped(tmp_path):
+    """A labels.csv row outside the folder was named as written: its terminal escape coloured the warning."""
+    from tltool.dataset import ManifestWarning
+
+    root = tmp_path / "ds"
+    make_dataset(root, 2, decodable=False)
+    (root / "labels.csv").write_text("path,label\n../x\x1b[31m.jpg,cat\n")
+    with pytest.warns(ManifestWarning, match=r"left out.*: \.\./x\\x1b\[31m\.jpg; they will not") as caught:
+        LabelStore(root, ["cat", "dog"])
+    assert all("\x1b" not in str(w.message) for w in caught)
+
+
 def test_set_requires_json_booleans_for_skipped_and_assisted(served):
     path = "unlabeled/img_001.jpg"
     for field, value in (("skipped", "no"), ("assisted", "no"), ("skipped", 1), ("skipped", None),

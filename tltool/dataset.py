@@ -416,7 +416,7 @@ class _ManifestRows:
             self.problems.append(f"row {line}: cannot be looked up (a loop of symbolic links): {shown_name(path)}")
             return
         if not label:
-            self.problems.append(f"row {line}: empty label for {path}")
+            self.problems.append(f"row {line}: empty label for {shown_name(path)}")
         try:
             found = full.is_file()
         except OSError as exc:  # a name too long for the filesystem: Python 3.11 raises instead of saying False
@@ -426,11 +426,12 @@ class _ManifestRows:
                 self.gone.append(f"row {line}: {shown_name(path)}")
                 return
             if not found:
-                self.problems.append(f"row {line}: {_not_found(full)}: {path}")
+                self.problems.append(f"row {line}: {_not_found(full)}: {shown_name(path)}")
         if split is not None and split not in SPLIT_ALIASES:
             self.problems.append(f"row {line}: unknown split {split!r} (use train, val or test)")
         if str(full) in self.first_row:
-            self.problems.append(f"row {line}: {path} is listed again (first on row {self.first_row[str(full)]})")
+            self.problems.append(f"row {line}: {shown_name(path)} is listed again (first on row "
+                                 f"{self.first_row[str(full)]})")
             return
         self.first_row[str(full)] = line
         if split is None:

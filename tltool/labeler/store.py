@@ -137,7 +137,8 @@ def list_images(root: Path) -> list[str]:
 
 def _left_out(names: list[str], why: str) -> None:
     if names:
-        warnings.warn(f"{len(names)} image(s) left out, {why} (rename them): " + ", ".join(names[:5])
+        warnings.warn(f"{len(names)} image(s) left out, {why} (rename them): "
+                      + ", ".join(map(shown_name, names[:5]))
                       + (" ..." if len(names) > 5 else ""), BadFilesWarning, stacklevel=4)
 
 
@@ -235,7 +236,7 @@ def _labels_rows(path: Path) -> LabelsTable:
 
 def outside_rows_warning(csv_path: Path, outside: list[str]) -> str:
     return (f"{csv_path}: {len(outside)} row(s) left out, their paths are outside {csv_path.parent.resolve()}: "
-            + ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else ""))
+            + ", ".join(map(shown_name, outside[:5])) + (" ..." if len(outside) > 5 else ""))
 
 
 def read_labels_csv(path: Path) -> tuple[dict[str, str], set[str]]:
