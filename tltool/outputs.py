@@ -157,9 +157,9 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     """The refusals of :func:`claim_output_dir`, creating nothing, so a command can refuse before its work; True
     when ``path`` is an earlier folder of ``kind`` that may be used."""
     path = Path(path)
-    if not check_output_place(path, option):
+    found = check_output_place(path, option)
+    if found is None:
         return False
-    found = output_kind(path)
     if found != kind:
         raise TltoolError(f"{option} {path}: is a tltool {found} folder, and tltool never writes into or replaces such "
                           f"a folder; choose a new or empty folder.")
@@ -169,10 +169,10 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     return True
 
 
-def check_output_place(path: str | os.PathLike, option: str = "--out") -> bool:
+def check_output_place(path: str | os.PathLike, option: str = "--out") -> str | None:
     """The refusals of :func:`check_output_dir` that hold for every kind of output (a link, a file, a folder tltool
-    did not make), so that ``tltool run --check`` can name them before a recipe's first step; True when ``path``
-    holds an earlier tltool output (of any kind), False when it is free (absent or empty)."""
+    did not make), so that ``tltool run --check`` can name them before a recipe's first step; the kind of the
+    earlier tltool output ``path`` holds, None when it is free (absent or empty)."""
     path = Path(path)
     check_output_name(path, option)
     if path.is_symlink():  # said so: "is not a folder" read as false for a link to a folder
@@ -185,11 +185,12 @@ def check_output_place(path: str | os.PathLike, option: str = "--out") -> bool:
     if blocking is not None:
         raise TltoolError(f"{option} {path}: {blocking} is a file, not a folder; choose another place.")
     if not path.exists() or _is_empty_dir(path):
-        return False
-    if output_kind(path) is None:
+        return None
+    found = output_kind(path)
+    if found is None:
         raise TltoolError(f"{option} {path}: is a folder tltool did not make, and tltool never writes into or "
                           "replaces such a folder; choose a new or empty folder.")
-    return True
+    return found
 
 
 def emptied_output_dir(path: Path, kind: str, hold: bool = False) -> Path:
