@@ -584,3 +584,168 @@ def test_two_tfds_data_dirs_with_the_same_dataset_and_version_each_give_their_ow
     again = load_tfds("tfds:dummy_mnist:train", data_dir=str(tmp_path / "a"))  # its own index, still there
     assert [(r.path, r.label) for r in again.records] == [(r.path, r.label) for r in first.records]
     assert all((np.asarray(Image.open(r.path)) == 1).all() for r in again.records)
+
+
+def _dummy_mnist(data_dir, examples=None, names=None):
+    """DummyMnist (20 examples of 10 classes) prepared in ``data_dir``, or one with other ``examples`` ((pixel
+    value, label) pairs) and class ``names``: the same name and version."""
+    pytest.importorskip("tensorflow_datasets")
+    import numpy as np
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.testing import DummyMnist
+
+    class Other(DummyMnist, skip_registration=True):
+        name = "dummy_mnist"
+
+        def _info(self):
+            label = tfds.features.ClassLabel(names=names) if names else tfds.features.ClassLabel(num_classes=10)
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(28, 28, 1)), "label": label}))
+
+        def _generate_examples(self):
+            for i, (value, label) in enumerate(examples):
+                yield i, {"image": np.full((28, 28, 1), value, dtype=np.uint8), "label": label}
+
+    (DummyMnist if examples is None else Other)(data_dir=str(data_dir)).download_and_prepare()
+    return str(data_dir)
+
+
+def test_a_damaged_or_hostile_tfds_index_is_rebuilt_with_a_warning_never_followed(tmp_path, monkeypatch):
+    """The index of a TFDS split's cached examples was read unchecked: truncated JSON or a record that is not a path
+    and a label was a traceback (JSONDecodeError, TypeError from Record(**r)), and a record naming a photo outside
+    the cache (../, an absolute path) or a class the dataset lacks was used as it stood."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from tltool.tfds_source import TfdsCacheWarning, load_tfds
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    data = _dummy_mnist(tmp_path / "tfds")
+    first = load_tfds("tfds:dummy_mnist:train", data_dir=data)
+    expected = [(r.path, r.label) for r in first.records]
+    index = next((tmp_path / "cache" / "tfds").rglob("index.json"))
+    stored = json.loads(index.read_text())
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(outside)
+    one, up = stored["examples"][0], os.path.relpath(outside, index.parent)
+    damaged = {"truncated JSON": index.read_text()[:40], "holds a JSON list": json.dumps([1, 2]),
+               "example 1 is not a path and a label": [{"path": one["path"]}],
+               f"example 1: {up} is not a file": [{"path": up, "label": one["label"]}],
+               f"example 2: {outside} is not a file": [one, {"path": str(outside), "label": one["label"]}],
+               "example 1: 'cat' is not a class of the dataset": [{**one, "label": "cat"}]}
+    for why, content in damaged.items():
+        index.write_text(content if isinstance(content, str) else json.dumps({**stored, "examples": content}))
+        with pytest.warns(TfdsCacheWarning) as caught:
+            again = load_tfds("tfds:dummy_mnist:train", data_dir=data)
+        message = str(caught[0].message)
+        assert message.startswith(f"{index}, tltool's index of cached TFDS examples, ") and message.endswith(
+            "; the examples are written again from the TFDS data."), why
+        assert (why if why != "truncated JSON" else "cannot be read as JSON (JSONDecodeError)") in message
+        assert [(r.path, r.label) for r in again.records] == expected, why
+    assert json.loads(index.read_text()) == stored  # written again, as it was
+
+
+def test_a_tfds_index_that_is_not_a_file_is_one_line(tmp_path, monkeypatch):
+    """A folder where the index goes was a ValueError traceback; it cannot be read, nor written over."""
+    from tltool.tfds_source import TfdsCacheWarning, load_tfds
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    data = _dummy_mnist(tmp_path / "tfds")
+    load_tfds("tfds:dummy_mnist:test", data_dir=data)
+    index = next((tmp_path / "cache" / "tfds").rglob("index.json"))
+    index.unlink()
+    index.mkdir()
+    with pytest.warns(TfdsCacheWarning, match="is not a regular file"), pytest.raises(TltoolError) as err:
+        load_tfds("tfds:dummy_mnist:test", data_dir=data)
+    assert str(err.value) == (f"tfds:dummy_mnist:test: its examples cannot be written into tltool's cache (Is a "
+                              f"directory: {index}); free space there, or point TLTOOL_CACHE at another folder.")
+
+
+def test_a_tfds_dataset_prepared_again_in_its_data_dir_gives_its_new_examples(tmp_path, monkeypatch):
+    """The same name and version prepared again in the same data dir with other examples: tltool reused the index of
+    the old ones (20 examples of 10 classes, not the 7 of class 3 now there)."""
+    import shutil
+
+    from tltool.tfds_source import load_tfds
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    data = _dummy_mnist(tmp_path / "tfds")
+    assert len(load_tfds("tfds:dummy_mnist:train", data_dir=data).records) == 20
+    shutil.rmtree(tmp_path / "tfds" / "dummy_mnist")
+    _dummy_mnist(tmp_path / "tfds", examples=[(200, 3)] * 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # data prepared again is no damage
+        again = load_tfds("tfds:dummy_mnist:train", data_dir=data)
+    assert len(again.records) == 7 and {r.label for r in again.records} == {"3"}
+
+
+def test_tfds_class_names_never_lead_outside_the_cache(tmp_path, monkeypatch):
+    """A class name was the folder its examples were written into: sun397's names (/a/abbey) made an absolute path
+    (a PermissionError traceback, or files written at /a), and a data dir naming a class ../../x had tltool write
+    its photos outside its cache."""
+    from tltool.tfds_source import load_tfds
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    escaped = os.path.relpath(tmp_path / "escaped", tmp_path / "cache" / "tfds" / "dummy_mnist" / "3.0.1" / "x" / "y")
+    names = [str(tmp_path / "abbey"), escaped]
+    data = _dummy_mnist(tmp_path / "tfds", examples=[(1, 0), (2, 1), (3, 0), (4, 1)], names=names)
+    ds = load_tfds("tfds:dummy_mnist:train", data_dir=data)
+    assert sorted(r.label for r in ds.records) == sorted(names * 2)
+    assert all(os.path.realpath(r.path).startswith(str(tmp_path / "cache") + os.sep) for r in ds.records)
+    assert sorted(os.listdir(tmp_path)) == ["cache", "tfds"]
+
+
+def test_a_tfds_class_name_with_a_control_character_or_an_unlabelled_example_is_one_line(tmp_path, monkeypatch):
+    """A class name of terminal escapes was taken as it stood (printed raw in tables and messages); an example of
+    label -1 (the unlabelled test split of some datasets) was filed under the last class."""
+    from tltool.tfds_source import load_tfds
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    data = _dummy_mnist(tmp_path / "a", examples=[(1, 0), (2, 1)], names=["ok", "red\x1b[31m"])
+    with pytest.raises(TltoolError) as err:
+        load_tfds("tfds:dummy_mnist:train", data_dir=data)
+    assert str(err.value) == (f"tfds:dummy_mnist:train: the class name 'red\\x1b[31m' of the TFDS data in {data}"
+                              f"{os.sep}dummy_mnist{os.sep}3.0.1 holds a control character ('\\x1b'), which a class "
+                              "name cannot hold.")
+    data = _dummy_mnist(tmp_path / "b", examples=[(1, 0), (2, -1)], names=["a", "b"])
+    with pytest.raises(TltoolError, match=r"tfds:dummy_mnist:train: example \d of split 'train' has label -1, not one "
+                                          r"of the 2 classes \(an unlabelled split\?\); name a labelled split\.$"):
+        load_tfds("tfds:dummy_mnist:train", data_dir=data)
+
+
+def test_a_second_run_waits_for_the_first_to_write_a_tfds_datasets_examples_and_reuses_them(tmp_path, monkeypatch):
+    """Two runs on a TFDS dataset at once each wrote all its examples, the second over the files the first had
+    listed and was reading (a photo half written under it)."""
+    import threading
+
+    import tltool.tfds_source as source
+    from tltool import utils
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    data = _dummy_mnist(tmp_path / "tfds")
+    writers, second_waits, results = [], threading.Event(), {}
+    extension = source._extension
+
+    def second() -> None:
+        try:
+            results["second"] = source.load_tfds("tfds:dummy_mnist:train", data_dir=data)
+        finally:
+            second_waits.set()
+
+    def counted_extension(image: bytes) -> str:  # called once per example written
+        writers.append(threading.current_thread().name)
+        if len(writers) == 1:
+            threading.Thread(target=second, name="second").start()
+            assert second_waits.wait(60)  # the second run waits (or, before, wrote every example)
+        return extension(image)
+
+    monkeypatch.setattr(source, "_extension", counted_extension)
+    monkeypatch.setattr(utils, "say", lambda message: second_waits.set())
+    first = source.load_tfds("tfds:dummy_mnist:train", data_dir=data)
+    deadline_at = time.monotonic() + 60
+    while "second" not in results and time.monotonic() < deadline_at:
+        time.sleep(0.05)
+    assert writers == ["MainThread"] * 20
+    assert [(r.path, r.label) for r in results["second"].records] == [(r.path, r.label) for r in first.records]

@@ -1,19 +1,34 @@
 """TFDS datasets as a dataset source: ``tfds:NAME`` or ``tfds:NAME:SPLIT``.
 
 The images are written once as files under tltool's cache, so a TFDS dataset is a folder dataset like any other
-(the same decode function, hashing, inspection and pipeline). Loading never downloads unless asked: offline,
+(the same decode function, hashing, inspection and pipeline), in a folder per class number, and listed in each
+split's index.json with a stamp of the data's files: an index of data prepared again is written again, and so is
+one that cannot be trusted (a :class:`TfdsCacheWarning`). Loading never downloads unless asked: offline,
 ``tfds.load`` retries for minutes before failing, so ``download=False`` is tried first and fails in well under a
 second with a message that says where to put the data.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, NoReturn
 
-from .dataset import SPLIT_ALIASES, Dataset, Record
-from .errors import TltoolError
-from .utils import cache_dir, read_json, sha256_text, write_json
+from .dataset import SPLIT_ALIASES, Dataset, Record, label_problem
+from .errors import TltoolError, TltoolWarning
+from .utils import (atomic_path, cache_dir, file_lock, read_json_object, remove_temp_leftovers, sha256_json,
+                    sha256_text, shown_name, write_json)
+
+INDEX, INDEX_FORMAT, LOCK = "index.json", 2, ".lock"
+
+
+class TfdsCacheWarning(TltoolWarning):
+    """The index of a TFDS split's examples in tltool's cache could not be used (damaged, edited, or naming files
+    outside its folder): the examples are written again from the TFDS data."""
+
+
+class _Unusable(Exception):
+    """Why a cached index cannot be used."""
 
 
 def tfds_data_dir() -> str:
@@ -67,6 +82,99 @@ def _cache_root(name: str, builder: Any) -> Path:
     return cache_dir() / "tfds" / name / str(builder.info.version) / sha256_text(source)[:16]
 
 
+def _class_names(spec: str, builder: Any) -> list[str]:
+    """The dataset's class names; one holding a control character is refused (the data dir's features.json names
+    them: a name of terminal escapes was printed as such)."""
+    names = [str(n) for n in builder.info.features["label"].names]
+    for label in names:
+        problem = label_problem(label)
+        if problem:
+            raise TltoolError(f"{spec}: the class name '{shown_name(label)}' of the TFDS data in "
+                              f"{shown_name(str(builder.data_dir), None)} {problem}.")
+    return names
+
+
+def _data_stamp(builder: Any) -> str:
+    """The names, sizes and modification times of the prepared data's files: a dataset prepared again in the same
+    data dir at the same version, with other examples, reused the index of the old examples."""
+    try:
+        with os.scandir(os.path.expanduser(str(builder.data_dir))) as entries:
+            files = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file())
+    except OSError:  # not a local folder (gs://): the data dir's name and the version key the cache alone
+        return ""
+    return sha256_json(files)
+
+
+def _lock_file(split_dir: Path) -> Path:
+    split_dir.mkdir(parents=True, exist_ok=True)
+    return split_dir / LOCK
+
+
+def _cached_records(split_dir: Path, stamp: str, label_names: list[str], split: str) -> list[Record] | None:
+    """The examples the split's index lists, or None: there is none, it is of other data (prepared again), or it
+    cannot be used (damaged, edited, naming a file outside ``split_dir`` or a class the dataset lacks: a
+    :class:`TfdsCacheWarning`, and the examples are written again)."""
+    index = split_dir / INDEX
+    if not os.path.lexists(index):
+        return None
+    try:
+        stored = read_json_object(index, _unusable)
+        if stored.get("format") == INDEX_FORMAT and stored.get("data") != stamp:
+            return None
+        if stored.get("format") != INDEX_FORMAT or not isinstance(stored.get("examples"), list):
+            _unusable(f"is not an index tltool wrote (no format {INDEX_FORMAT} and list of examples)")
+        return _listed_records(split_dir, stored["examples"], set(label_names), split)
+    except _Unusable as why:
+        warnings.warn(f"{shown_name(index, None)}, tltool's index of cached TFDS examples, {why}; the examples are "
+                      "written again from the TFDS data.", TfdsCacheWarning, stacklevel=4)
+        return None
+
+
+def _unusable(problem: str) -> NoReturn:
+    raise _Unusable(problem)
+
+
+def _listed_records(split_dir: Path, examples: list, classes: set[str], split: str) -> list[Record]:
+    """The records of an index's examples (``{"path": relative path, "label": class}``), each checked: a file inside
+    ``split_dir`` (not a path with ``..``, an absolute one or a link out) and one of ``classes``."""
+    folder = os.path.realpath(split_dir)
+    records = []
+    for number, example in enumerate(examples, 1):
+        if not isinstance(example, dict) or set(example) != {"path", "label"} or \
+                not all(isinstance(value, str) and "\0" not in value for value in example.values()):
+            _unusable(f"example {number} is not a path and a label")
+        path, label = os.path.join(split_dir, example["path"]), example["label"]
+        if label not in classes:
+            _unusable(f"example {number}: '{shown_name(label)}' is not a class of the dataset")
+        if os.path.commonpath([folder, os.path.realpath(path)]) != folder or not os.path.isfile(path):
+            _unusable(f"example {number}: {shown_name(example['path'])} is not a file in "
+                      f"{shown_name(split_dir, None)}")
+        records.append(Record(path, label, split))
+    return records
+
+
+def _write_examples(spec: str, examples: Iterable[dict], split_dir: Path, stamp: str, label_names: list[str],
+                    split: str) -> list[Record]:
+    """Write each example's image as a file (temp name, then rename: a file another run is reading is never half
+    written) in a folder per class number (a class name may hold a slash: sun397's are /a/abbey), then the index."""
+    remove_temp_leftovers(split_dir, recursive=True)  # of a killed writer: the lock is held
+    records, listed = [], []
+    for i, example in enumerate(examples):
+        data, number = bytes(example["image"]), int(example["label"])
+        if not 0 <= number < len(label_names):  # -1: an unlabelled example (the test split of some datasets)
+            raise TltoolError(f"{spec}: example {i} of split {split!r} has label {number}, not one of the "
+                              f"{len(label_names)} classes (an unlabelled split?); name a labelled split.")
+        relative = f"{number:04d}/{i:06d}{_extension(data)}"
+        path = split_dir / relative
+        path.parent.mkdir(exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        records.append(Record(str(path), label_names[number], split))
+        listed.append({"path": relative, "label": label_names[number]})
+    write_json(split_dir / INDEX, {"format": INDEX_FORMAT, "data": stamp, "examples": listed})
+    return records
+
+
 def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) -> Dataset:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ._tf import tf  # noqa: F401  (quiet start-up)
@@ -96,26 +204,22 @@ def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) ->
         raise
     except Exception as exc:
         raise _load_error(spec, name, builder, data_dir, split, exc) from None
-    label_names = builder.info.features["label"].names
-    image_key = "image"
-    out_root = _cache_root(name, builder)
+    label_names = _class_names(spec, builder)
+    out_root, stamp = _cache_root(name, builder), _data_stamp(builder)
     records: list[Record] = []
     for split_name, ds in datasets.items():
         split_dir = out_root / split_name.replace("[", "_").replace("]", "_").replace(":", "_")
-        index_file = split_dir / "index.json"
-        if index_file.exists():
-            records.extend(Record(**r) for r in read_json(index_file))
-            continue
-        split_records = []
-        for i, example in enumerate(tfds.as_numpy(ds)):
-            data = bytes(example[image_key])
-            label = label_names[int(example["label"])]
-            path = split_dir / label / f"{i:06d}{_extension(data)}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            split_records.append(Record(str(path), label, SPLIT_ALIASES.get(split_name.split("[")[0], split_name)))
-        write_json(index_file, [r.__dict__ for r in split_records])
-        records.extend(split_records)
+        tag = SPLIT_ALIASES.get(split_name.split("[")[0], split_name)
+        try:
+            with file_lock(_lock_file(split_dir), f"waiting for another tltool to write the examples of {spec}"):
+                cached = _cached_records(split_dir, stamp, label_names, tag)
+                if cached is None:
+                    cached = _write_examples(spec, tfds.as_numpy(ds), split_dir, stamp, label_names, tag)
+        except OSError as exc:  # a full disk, or something in the way (a folder named index.json)
+            where = shown_name(exc.filename2 or exc.filename or split_dir, None)
+            raise TltoolError(f"{spec}: its examples cannot be written into tltool's cache ({exc.strerror or exc}: "
+                              f"{where}); free space there, or point TLTOOL_CACHE at another folder.") from None
+        records.extend(cached)
     if len(datasets) == 1:  # a single split is data to split later, not a ready split
         records = [Record(r.path, r.label, None) for r in records]
     notes = [f"TFDS splits {unknown} are not train/validation/test and were left out (tfds:{name}:SPLIT takes "
@@ -123,4 +227,4 @@ def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) ->
     return Dataset(name=name, source=f"tfds:{name}", records=records, notes=notes)
 
 
-__all__ = ["load_tfds", "tfds_data_dir"]
+__all__ = ["TfdsCacheWarning", "load_tfds", "tfds_data_dir"]
