@@ -517,6 +517,31 @@ def test_a_label_holding_a_control_character_is_refused_naming_its_row(tmp_path)
     assert "\x1b" not in str(err.value)
 
 
+def test_a_class_folder_whose_name_holds_a_control_character_is_refused_naming_it(tmp_path):
+    """A class folder named with a newline or a terminal's escape was taken as a class: report.md's table split in
+    two at its newline, and `data split` wrote a manifest that tltool then refused for those very labels."""
+    from click.testing import CliRunner
+
+    from tltool.cli import main
+
+    _tree(tmp_path / "photos", {"train/cat": 2, "train/red\x1b[31mdog": 2, "val/cat": 1, "val/new\nline": 1})
+    root = tmp_path / "photos"
+    with pytest.raises(TltoolError) as err:
+        load_dataset(root)
+    assert str(err.value) == (
+        f"{root}: the name of class folder {root}/train/red\\x1b[31mdog holds a control character ('\\x1b'), which "
+        f"a class name cannot hold; the name of class folder {root}/val/new\\nline holds a control character "
+        "('\\n'), which a class name cannot hold; rename the folders.")
+    result = CliRunner().invoke(main, ["data", "split", str(root), "--out", str(tmp_path / "split" / "m.csv")])
+    assert result.exit_code == 2 and "rename the folders." in result.output and "\x1b" not in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "split" / "m.csv").exists()
+    (root / "val" / "new\nline").rename(root / "val" / "dog")
+    (root / "train" / "red\x1b[31mdog").rename(root / "train" / "tab\tdog")
+    with pytest.raises(TltoolError, match=r"/train/tab\\tdog holds a control character \('\\t'\)[^;]*; rename the "
+                                          r"folder\.$"):
+        load_dataset(root)
+
+
 def test_a_manifest_problem_shows_the_path_with_its_control_characters_escaped(tmp_path):
     """A row's path was printed as written: a terminal escape in it coloured the rest of the error on a terminal."""
     _tree(tmp_path, {"imgs": 2})

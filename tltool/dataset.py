@@ -525,6 +525,7 @@ class _FolderWalk:
     skipped: list[SkippedFile] = field(default_factory=list)
     seen_classes: set[str] = field(default_factory=set)
     empty: set[str] = field(default_factory=set)
+    misnamed: list[str] = field(default_factory=list)  # class folders whose name cannot name a class, and why
 
     def add_split(self, folder: Path, split: str | None) -> None:
         for entry in sorted(folder.iterdir()):
@@ -534,6 +535,12 @@ class _FolderWalk:
         for class_dir in _subdirs(folder):
             if tltool_output(class_dir, self.skipped) or not self.guard.admits(str(class_dir), (),
                                                                                 class_dir.is_symlink()):
+                continue
+            # a newline in a folder's name split report.md's table, an escape coloured the terminal, and
+            # `data split` wrote a manifest tltool itself then refused
+            problem = label_problem(class_dir.name)
+            if problem:
+                self.misnamed.append(f"the name of class folder {shown_name(class_dir, None)} {problem}")
                 continue
             files, hidden = walk_files(class_dir, self.guard)
             self.skipped.extend(hidden)
@@ -554,6 +561,8 @@ def load_folder(spec: str) -> Dataset:
     walk = _FolderWalk(LinkGuard(root))
     for folder, split in _layout(root, notes):
         walk.add_split(folder, split)
+    if walk.misnamed:
+        raise TltoolError(f"{spec}: {_named(walk.misnamed)}; rename the folder{'s' * (len(walk.misnamed) > 1)}.")
     labelled = {r.label for r in walk.records}  # an empty class folder is an EmptyClassWarning of the inspection
     for name in sorted(walk.empty & labelled):
         notes.append(f"class {name!r} has no images in one of the splits")
