@@ -122,7 +122,8 @@ def _cached_records(split_dir: Path, stamp: str, label_names: list[str], split: 
         if stored.get("format") == INDEX_FORMAT and stored.get("data") != stamp:
             return None
         if stored.get("format") != INDEX_FORMAT or not isinstance(stored.get("examples"), list):
-            _unusable(f"is not an index tltool wrote (no format {INDEX_FORMAT} and list of examples)")
+            _unusable(f"is not an index this tltool wrote (no format {INDEX_FORMAT} and list of examples: an older "
+                      "tltool's, or edited)")
         return _listed_records(split_dir, stored["examples"], set(label_names), split)
     except _Unusable as why:
         warnings.warn(f"{shown_name(index, None)}, tltool's index of cached TFDS examples, {why}; the examples are "
