@@ -774,3 +774,31 @@ def test_a_second_run_waits_for_the_first_to_write_a_tfds_datasets_examples_and_
         time.sleep(0.05)
     assert writers == ["MainThread"] * 20
     assert [(r.path, r.label) for r in results["second"].records] == [(r.path, r.label) for r in first.records]
+
+
+def test_a_tfds_cache_another_user_wrote_is_used_where_it_cannot_be_written(tmp_path, monkeypatch):
+    """Examples another user had written (TLTOOL_CACHE shared on a lab machine, or a read-only mount: readable, not
+    writable) were used as they stood; once the index was read under a lock, every run on them failed at the lock
+    file ("lock file ... cannot be opened (Permission denied)"). Tests run as root, so the refusal is made where a
+    file in the cache is opened for writing."""
+    import errno
+
+    from tltool.tfds_source import load_tfds
+
+    monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))
+    data = _dummy_mnist(tmp_path / "tfds")
+    first = load_tfds("tfds:dummy_mnist:train", data_dir=data)
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "cache")) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = load_tfds("tfds:dummy_mnist:train", data_dir=data)
+    assert [(r.path, r.label) for r in again.records] == [(r.path, r.label) for r in first.records]
+    with pytest.raises(TltoolError, match=r"/test/\.lock cannot be opened \(Permission denied\)$"):
+        load_tfds("tfds:dummy_mnist:test", data_dir=data)  # not written yet: it cannot be, and says why

@@ -9,10 +9,11 @@ second with a message that says where to put the data.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, NoReturn
+from typing import Any, Callable, Iterable, NoReturn
 
 from .dataset import SPLIT_ALIASES, Dataset, Record, label_problem
 from .errors import TltoolError, TltoolWarning
@@ -110,10 +111,11 @@ def _lock_file(split_dir: Path) -> Path:
     return split_dir / LOCK
 
 
-def _cached_records(split_dir: Path, stamp: str, label_names: list[str], split: str) -> list[Record] | None:
+def _cached_records(split_dir: Path, stamp: str, label_names: list[str], split: str,
+                    quiet: bool = False) -> list[Record] | None:
     """The examples the split's index lists, or None: there is none, it is of other data (prepared again), or it
     cannot be used (damaged, edited, naming a file outside ``split_dir`` or a class the dataset lacks: a
-    :class:`TfdsCacheWarning`, and the examples are written again)."""
+    :class:`TfdsCacheWarning` unless ``quiet``, and the examples are written again)."""
     index = split_dir / INDEX
     if not os.path.lexists(index):
         return None
@@ -126,8 +128,10 @@ def _cached_records(split_dir: Path, stamp: str, label_names: list[str], split: 
                       "tltool's, or edited)")
         return _listed_records(split_dir, stored["examples"], set(label_names), split)
     except _Unusable as why:
+        if quiet:
+            return None
         warnings.warn(f"{shown_name(index, None)}, tltool's index of cached TFDS examples, {why}; the examples are "
-                      "written again from the TFDS data.", TfdsCacheWarning, stacklevel=4)
+                      "written again from the TFDS data.", TfdsCacheWarning, stacklevel=5)
         return None
 
 
@@ -176,6 +180,25 @@ def _write_examples(spec: str, examples: Iterable[dict], split_dir: Path, stamp:
     return records
 
 
+def _split_records(spec: str, examples: Callable[[], Iterable[dict]], split_dir: Path, stamp: str,
+                   label_names: list[str], split: str) -> list[Record]:
+    """The split's examples as files: those its index lists, or ``examples()`` written under the split's lock. A
+    usable index is read without the lock (it is written whole, by temp name then rename): a cache another user
+    wrote, readable but not writable, was used before the lock and then refused at the lock file."""
+    cached = _cached_records(split_dir, stamp, label_names, split, quiet=True)  # named, if unusable, under the lock
+    if cached is not None:
+        return cached
+    try:
+        with file_lock(_lock_file(split_dir), f"waiting for another tltool to write the examples of {spec}"):
+            cached = _cached_records(split_dir, stamp, label_names, split)
+            return cached if cached is not None else _write_examples(spec, examples(), split_dir, stamp,
+                                                                     label_names, split)
+    except OSError as exc:  # a full disk, or something in the way (a folder named index.json)
+        where = shown_name(exc.filename2 or exc.filename or split_dir, None)
+        raise TltoolError(f"{spec}: its examples cannot be written into tltool's cache ({exc.strerror or exc}: "
+                          f"{where}); free space there, or point TLTOOL_CACHE at another folder.") from None
+
+
 def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) -> Dataset:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ._tf import tf  # noqa: F401  (quiet start-up)
@@ -211,16 +234,7 @@ def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) ->
     for split_name, ds in datasets.items():
         split_dir = out_root / split_name.replace("[", "_").replace("]", "_").replace(":", "_")
         tag = SPLIT_ALIASES.get(split_name.split("[")[0], split_name)
-        try:
-            with file_lock(_lock_file(split_dir), f"waiting for another tltool to write the examples of {spec}"):
-                cached = _cached_records(split_dir, stamp, label_names, tag)
-                if cached is None:
-                    cached = _write_examples(spec, tfds.as_numpy(ds), split_dir, stamp, label_names, tag)
-        except OSError as exc:  # a full disk, or something in the way (a folder named index.json)
-            where = shown_name(exc.filename2 or exc.filename or split_dir, None)
-            raise TltoolError(f"{spec}: its examples cannot be written into tltool's cache ({exc.strerror or exc}: "
-                              f"{where}); free space there, or point TLTOOL_CACHE at another folder.") from None
-        records.extend(cached)
+        records.extend(_split_records(spec, functools.partial(tfds.as_numpy, ds), split_dir, stamp, label_names, tag))
     if len(datasets) == 1:  # a single split is data to split later, not a ready split
         records = [Record(r.path, r.label, None) for r in records]
     notes = [f"TFDS splits {unknown} are not train/validation/test and were left out (tfds:{name}:SPLIT takes "
