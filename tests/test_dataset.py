@@ -638,7 +638,8 @@ def _dummy_mnist(data_dir, examples=None, names=None):
 def test_a_damaged_or_hostile_tfds_index_is_rebuilt_with_a_warning_never_followed(tmp_path, monkeypatch):
     """The index of a TFDS split's cached examples was read unchecked: truncated JSON or a record that is not a path
     and a label was a traceback (JSONDecodeError, TypeError from Record(**r)), and a record naming a photo outside
-    the cache (../, an absolute path) or a class the dataset lacks was used as it stood."""
+    the cache (../, an absolute path) or a class the dataset lacks was used as it stood; then a path no file can
+    have (a lone surrogate) was a UnicodeEncodeError traceback."""
     import json
 
     import numpy as np
@@ -659,7 +660,9 @@ def test_a_damaged_or_hostile_tfds_index_is_rebuilt_with_a_warning_never_followe
                "example 1 is not a path and a label": [{"path": one["path"]}],
                f"example 1: {up} is not a file": [{"path": up, "label": one["label"]}],
                f"example 2: {outside} is not a file": [one, {"path": str(outside), "label": one["label"]}],
-               "example 1: 'cat' is not a class of the dataset": [{**one, "label": "cat"}]}
+               "example 1: 'cat' is not a class of the dataset": [{**one, "label": "cat"}],
+               # a lone surrogate (JSON can hold one, no file name can): a UnicodeEncodeError traceback
+               "example 1: \\ud800.png is not a file": [{"path": "\ud800.png", "label": one["label"]}]}
     for why, content in damaged.items():
         index.write_text(content if isinstance(content, str) else json.dumps({**stored, "examples": content}))
         with pytest.warns(TfdsCacheWarning) as caught:

@@ -151,11 +151,20 @@ def _listed_records(split_dir: Path, examples: list, classes: set[str], split: s
         path, label = os.path.join(split_dir, example["path"]), example["label"]
         if label not in classes:
             _unusable(f"example {number}: '{shown_name(label)}' is not a class of the dataset")
-        if os.path.commonpath([folder, os.path.realpath(path)]) != folder or not os.path.isfile(path):
+        if not _inside(folder, path):
             _unusable(f"example {number}: {shown_name(example['path'])} is not a file in "
                       f"{shown_name(split_dir, None)}")
         records.append(Record(path, label, split))
     return records
+
+
+def _inside(folder: str, path: str) -> bool:
+    """Whether ``path`` is a file inside ``folder`` (a real path), links resolved; False for a path no file can
+    have (a lone surrogate in the index's JSON: realpath raised UnicodeEncodeError, a traceback)."""
+    try:
+        return os.path.commonpath([folder, os.path.realpath(path)]) == folder and os.path.isfile(path)
+    except ValueError:
+        return False
 
 
 def _write_examples(spec: str, examples: Iterable[dict], split_dir: Path, stamp: str, label_names: list[str],
