@@ -540,6 +540,9 @@ def test_a_class_folder_whose_name_holds_a_control_character_is_refused_naming_i
     with pytest.raises(TltoolError, match=r"/train/tab\\tdog holds a control character \('\\t'\)[^;]*; rename the "
                                           r"folder\.$"):
         load_dataset(root)
+    os.rename(root / "train" / "tab\tdog", os.fsencode(root / "train") + b"/caf\xe9")  # Latin-1, not UTF-8
+    with pytest.raises(TltoolError, match=r"/train/caf\\udce9 holds a byte that is not UTF-8 \(0xe9\)"):
+        load_dataset(root)
 
 
 def test_a_manifest_problem_shows_the_path_with_its_control_characters_escaped(tmp_path):
@@ -673,6 +676,12 @@ def test_a_damaged_or_hostile_tfds_index_is_rebuilt_with_a_warning_never_followe
         assert (why if why != "truncated JSON" else "cannot be read as JSON (JSONDecodeError)") in message
         assert [(r.path, r.label) for r in again.records] == expected, why
     assert json.loads(index.read_text()) == stored  # written again, as it was
+    listed = index.parent / one["path"]  # a listed photo swapped for a link out: tltool writes no link there
+    listed.unlink()
+    listed.symlink_to(outside)
+    with pytest.warns(TfdsCacheWarning, match=f"example 1: {one['path']} is not a file tltool wrote in"):
+        again = load_tfds("tfds:dummy_mnist:train", data_dir=data)
+    assert [(r.path, r.label) for r in again.records] == expected and not listed.is_symlink()
 
 
 def test_a_tfds_index_that_is_not_a_file_is_one_line(tmp_path, monkeypatch):

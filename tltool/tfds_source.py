@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, NoReturn
@@ -21,6 +23,8 @@ from .utils import (atomic_path, cache_dir, file_lock, read_json_object, remove_
                     sha256_text, shown_name, write_json)
 
 INDEX, INDEX_FORMAT, LOCK = "index.json", 2, ".lock"
+# the one form of an example's path that _write_examples writes: class number / example number and extension
+EXAMPLE_PATH = re.compile(r"[0-9]{4,}/[0-9]{6,}\.(jpg|png|img)", re.ASCII)
 
 
 class TfdsCacheWarning(TltoolWarning):
@@ -140,9 +144,9 @@ def _unusable(problem: str) -> NoReturn:
 
 
 def _listed_records(split_dir: Path, examples: list, classes: set[str], split: str) -> list[Record]:
-    """The records of an index's examples (``{"path": relative path, "label": class}``), each checked: a file inside
-    ``split_dir`` (not a path with ``..``, an absolute one or a link out) and one of ``classes``."""
-    folder = os.path.realpath(split_dir)
+    """The records of an index's examples (``{"path": relative path, "label": class}``), each checked: a path of
+    the one form tltool writes (never ``..``, an absolute path or a name no file can have), a regular file there
+    (not a link), and one of ``classes``. No real path per example: that cost 74 us each, 7 s for 100,000."""
     records = []
     for number, example in enumerate(examples, 1):
         if not isinstance(example, dict) or set(example) != {"path", "label"} or \
@@ -151,19 +155,17 @@ def _listed_records(split_dir: Path, examples: list, classes: set[str], split: s
         path, label = os.path.join(split_dir, example["path"]), example["label"]
         if label not in classes:
             _unusable(f"example {number}: '{shown_name(label)}' is not a class of the dataset")
-        if not _inside(folder, path):
-            _unusable(f"example {number}: {shown_name(example['path'])} is not a file in "
+        if not EXAMPLE_PATH.fullmatch(example["path"]) or not _is_regular_file(path):
+            _unusable(f"example {number}: {shown_name(example['path'])} is not a file tltool wrote in "
                       f"{shown_name(split_dir, None)}")
         records.append(Record(path, label, split))
     return records
 
 
-def _inside(folder: str, path: str) -> bool:
-    """Whether ``path`` is a file inside ``folder`` (a real path), links resolved; False for a path no file can
-    have (a lone surrogate in the index's JSON: realpath raised UnicodeEncodeError, a traceback)."""
+def _is_regular_file(path: str) -> bool:
     try:
-        return os.path.commonpath([folder, os.path.realpath(path)]) == folder and os.path.isfile(path)
-    except ValueError:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
         return False
 
 
