@@ -60,6 +60,8 @@ def label_problem(label: str) -> str | None:
     bad = unprinted_character(label)
     if bad is None:
         return None
+    if 0xDC80 <= ord(bad) <= 0xDCFF:  # Python's stand-in for a byte of a file name that is not UTF-8
+        return f"holds a byte that is not UTF-8 (0x{ord(bad) - 0xDC00:02x}), which a class name cannot hold"
     what = {"Cs": "an undecodable byte", "Zl": "a line separator", "Zp": "a paragraph separator"}.get(
         unicodedata.category(bad), "a control character")
     return f"holds {what} ({bad!r}), which a class name cannot hold"
