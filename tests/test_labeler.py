@@ -1698,6 +1698,45 @@ def test_a_client_trickling_its_request_byte_by_byte_cannot_hold_a_connection(tm
         running.close()
 
 
+def test_one_client_address_cannot_take_every_connection(tmp_path, monkeypatch):
+    """Requests must now arrive whole within 20 s, but one machine opening connections as fast as they were closed
+    still held all max_connections: the user, from another address, got 503. One address now holds at most
+    max_per_client of them."""
+    import socket
+
+    from tltool.labeler.server import LabelerServer
+
+    monkeypatch.setattr(LabelerServer, "max_connections", 4, raising=False)
+    monkeypatch.setattr(LabelerServer, "max_per_client", 2, raising=False)
+    root = tmp_path / "ds"
+    make_dataset(root, 2, decodable=False)
+    running = Running(root, ["cat", "dog"])
+    address = ("127.0.0.1", running.server.port)
+
+    def connect(source: str) -> socket.socket:
+        sock = socket.socket()
+        sock.settimeout(5)
+        sock.bind((source, 0))  # any 127.x.y.z is this machine on Linux: another client address
+        sock.connect(address)
+        return sock
+
+    idle = [connect("127.0.0.2") for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both accepted and holding their slots
+        third = connect("127.0.0.2")
+        assert third.recv(4096).startswith(b"HTTP/1.1 503")  # this address has its share
+        third.close()
+        other = connect("127.0.0.3")  # another client: free slots are left for it
+        other.sendall(f"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{running.server.port}\r\n\r\n".encode())
+        assert other.recv(4096).startswith(b"HTTP/1.1 200")
+        other.close()
+        assert running.request("GET", "/api/state")[0] == 200
+    finally:
+        for sock in idle:
+            sock.close()
+        running.close()
+
+
 def test_off_loopback_a_client_without_the_token_cannot_keep_a_connection_with_refused_requests(tmp_path,
                                                                                                 monkeypatch):
     """A refused request (no token) left its connection open: a client that sent one now and then, within the

@@ -123,20 +123,37 @@ class LabelerServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # the default 5 can overflow (and reset connections) when many clients connect at once
     max_connections = 128  # served at once, each on a thread; one more gets BUSY_RESPONSE (a browser opens ~6)
+    max_per_client = 32  # of them from one address: one machine opening connections as fast as they are closed
+    # (each must send its request within 20 s) held every slot; now the others keep max_connections - 32
 
     def process_request(self, request: socket.socket,
                         client_address: tuple[str, int] | tuple[str, int, int, int]) -> None:
-        """Serve on a new thread while fewer than :attr:`max_connections` are open: a client holding thousands of
-        idle connections made as many threads, each kept for the 120 s idle timeout (a connection that sends no
-        request is closed sooner: :attr:`LabelerHandler.first_request_timeout`)."""
-        if not self._slots.acquire(blocking=False):
+        """Serve on a new thread while fewer than :attr:`max_connections` are open, :attr:`max_per_client` of them
+        from this client's address: a client holding thousands of idle connections made as many threads, each kept
+        for the 120 s idle timeout (a request must now arrive whole within
+        :attr:`LabelerHandler.first_request_timeout`)."""
+        if not self._take_slot(client_address[0]):
             self._refuse_busy(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._free_slot(client_address[0])
             raise
+
+    def _take_slot(self, host: str) -> bool:
+        with self._per_client_lock:
+            if self._per_client.get(host, 0) >= self.max_per_client or not self._slots.acquire(blocking=False):
+                return False
+            self._per_client[host] = self._per_client.get(host, 0) + 1
+            return True
+
+    def _free_slot(self, host: str) -> None:
+        with self._per_client_lock:
+            self._per_client[host] -= 1
+            if not self._per_client[host]:
+                del self._per_client[host]
+            self._slots.release()
 
     def _refuse_busy(self, request) -> None:
         """Say why on the serving thread without waiting for anything: the response fits a new socket's send buffer,
@@ -156,7 +173,7 @@ class LabelerServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._free_slot(client_address[0])
 
     def handle_error(self, request: socket.socket,
                      client_address: tuple[str, int] | tuple[str, int, int, int]) -> None:
@@ -178,6 +195,8 @@ class LabelerServer(ThreadingHTTPServer):
         self.guard = Guard.for_host(host)
         self.address_family = _family(host)
         self._slots = threading.BoundedSemaphore(self.max_connections)
+        self._per_client: dict[str, int] = {}  # open connections by client address
+        self._per_client_lock = threading.Lock()
         try:
             super().__init__((host, port), LabelerHandler)
         except OSError as exc:
