@@ -86,6 +86,26 @@ def test_weights_none_and_path_round_trip(tmp_path):
         create_backbone("inception_v3", weights="none", image_size=40)
 
 
+def test_a_weights_file_declaring_a_tensor_it_does_not_store_or_not_a_file_is_refused(tmp_path):
+    """A .weights.h5 whose tensor declared 4 GiB with nothing stored (a 4 MB file) took 17 GB of memory and 54 s
+    before Keras' shape error (Keras refuses such a tensor only above 4 GiB); a folder or a pipe was 'no such file'."""
+    import h5py
+
+    path = tmp_path / "base.weights.h5"
+    create_backbone("mobilenet_v3_small", weights="none", image_size=32).get_layer(index=-1).save_weights(str(path))
+    with h5py.File(path, "a") as f:
+        tensors = []
+        f.visititems(lambda name, item: tensors.append(name) if isinstance(item, h5py.Dataset) else None)
+        del f[tensors[0]]
+        f.create_dataset(tensors[0], shape=(5_000_000,), dtype="f4", chunks=True, compression="gzip")
+    with pytest.raises(TltoolError, match=r"base.weights.h5: cannot load into mobilenet_v3_small \(ValueError: the "
+                                          rf"tensor {tensors[0]} declares 20,000,000 bytes and stores 0\)"):
+        create_backbone("mobilenet_v3_small", weights=str(path), image_size=32)
+    (tmp_path / "folder.weights.h5").mkdir()
+    with pytest.raises(TltoolError, match=r"folder.weights.h5: not a regular file \(a folder, a named pipe or a"):
+        create_backbone("mobilenet_v3_small", weights=str(tmp_path / "folder.weights.h5"), image_size=32)
+
+
 def test_random_weights_are_the_same_in_every_build_and_the_callers_seed_still_counts():
     """``--weights none`` features are cached under that name, and a linear run rebuilds its backbone to predict:
     two builds must be one network. What the caller draws afterwards still depends on its own seed."""

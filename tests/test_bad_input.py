@@ -641,6 +641,48 @@ def test_a_model_keras_that_does_not_load_is_one_line_naming_it(tmp_path):
         assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def _unwritten(h5_file, dataset: str) -> None:
+    """Replace ``dataset`` of an open HDF5 file by one of its shape with no chunk written (it reads as zeros)."""
+    shape, dtype = h5_file[dataset].shape, h5_file[dataset].dtype
+    del h5_file[dataset]
+    h5_file.create_dataset(dataset, shape=shape, dtype=dtype, chunks=True, compression="gzip")
+
+
+def test_a_model_keras_declaring_far_more_than_it_stores_is_refused_before_it_is_read(tmp_path):
+    """Keras reads a tensor or zip member in whole and refuses one only above 4 GiB: a 17 KB model.keras whose
+    tensor declared 4 GiB took 17 GB of memory and 46 s (predict, evaluate, export), and a 3 MB one whose config.json
+    inflated to 3.4 GB loaded in 7 GB. Here the same at 18 MB and 20 MB, which loaded."""
+    import io
+    import zipfile
+
+    import h5py
+
+    from tltool._tf import keras
+    from tltool.errors import TltoolError
+    from tltool.keras_files import load_keras_model
+
+    inputs = keras.Input((1100,))
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4096)(inputs))).save(tmp_path / "whole.keras")
+    with zipfile.ZipFile(tmp_path / "whole.keras") as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    weights = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(weights, "a") as f:
+        _unwritten(f, "layers/dense/vars/0")  # the 1100 x 4096 kernel: 18 MB that the file does not hold
+    with zipfile.ZipFile(tmp_path / "hollow.keras", "w") as z:
+        for name, raw in members.items():
+            z.writestr(name, weights.getvalue() if name == "model.weights.h5" else raw)
+    with zipfile.ZipFile(tmp_path / "inflated.keras", "w", zipfile.ZIP_DEFLATED) as z:
+        for name, raw in members.items():
+            z.writestr(name, raw + b" " * (20 << 20) if name == "config.json" else raw)
+    load_keras_model(tmp_path / "whole.keras")
+    for name, problem in {"hollow": r"model.weights.h5: the tensor layers/dense/vars/0 declares 18,022,400 bytes "
+                                    r"and stores 0\)",
+                          "inflated": r"config.json declares 2[\d,]+ bytes and stores [\d,]+\)"}.items():
+        with pytest.raises(TltoolError, match=f"{name}.keras: cannot be loaded as a Keras model tltool wrote "
+                                              f"\\(ValueError: {problem}"):
+            load_keras_model(tmp_path / f"{name}.keras")
+
+
 def test_ctrl_c_while_click_parses_the_groups_arguments_is_tltools_one_line(monkeypatch):
     """Between the imports and a command, Click parses `tltool`'s own arguments: Ctrl-C there printed Click's
     'Aborted!' and exited 1; now it is the one line and status 130 of any interrupted command."""

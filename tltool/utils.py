@@ -11,6 +11,7 @@ import re
 import secrets
 import stat
 import unicodedata
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NoReturn
 
@@ -223,6 +224,25 @@ def open_regular(path: str | os.PathLike, follow_links: bool = True) -> Iterator
         raise
     with f:
         yield f
+
+
+# A part of a file may declare far more bytes than the file stores: deflate expands up to 1032-fold, and an HDF5
+# dataset none of whose chunks is written reads as its fill value. Readers allocate what is declared.
+MAX_EXPANSION = 100  # declared bytes per stored byte, above EXPANSION_FLOOR (Keras and NumPy store theirs as is)
+EXPANSION_FLOOR = 1 << 24
+
+
+def inflated(declared: int, stored: int) -> bool:
+    """Whether a part of a file that declares ``declared`` bytes and stores ``stored`` is a decompression bomb."""
+    return declared > EXPANSION_FLOOR and declared > MAX_EXPANSION * stored
+
+
+def check_zip_members(archive: zipfile.ZipFile) -> None:
+    """Raise ValueError naming the first member of ``archive`` that is :func:`inflated`."""
+    for info in archive.infolist():
+        if inflated(info.file_size, info.compress_size):
+            raise ValueError(f"{shown_name(info.filename, 80)} declares {info.file_size:,} bytes and stores "
+                             f"{info.compress_size:,}")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import TltoolError
+from ..keras_files import check_declared_sizes
 from ..settings import DEFAULT_BACKBONE
 from .registry import (BackboneSpec, _weights_failure, get_backbone_spec, keras_models_dir, list_backbones,
                        register_backbone, weights_digest)
@@ -43,9 +44,11 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
     else:
         path = Path(weights)
         if not path.is_file():
-            raise TltoolError(f"--weights {weights}: no such file. Use imagenet, none or a path to a weights file.")
+            what = "not a regular file (a folder, a named pipe or a device)" if path.exists() else "no such file"
+            raise TltoolError(f"--weights {weights}: {what}. Use imagenet, none or a path to a weights file.")
         base = spec.build(shape, None)
         try:
+            check_declared_sizes(path)  # before Keras allocates what a tensor declares
             base.load_weights(str(path))
         except Exception as exc:
             detail = " ".join(str(exc).split())  # Keras' message spans lines
