@@ -683,6 +683,21 @@ def test_a_model_keras_declaring_far_more_than_it_stores_is_refused_before_it_is
             load_keras_model(tmp_path / f"{name}.keras")
 
 
+def test_a_run_whose_model_keras_is_a_folder_or_a_pipe_is_one_line(tmp_path):
+    """Its digest (the LiteRT cache key) raised OSError 'not a regular file' as a traceback from predict."""
+    for kind in ("folder", "pipe"):
+        run = tmp_path / kind
+        run.mkdir()
+        (run / "model.json").write_text(json.dumps({"kind": "scratch", "image_size": 8, "resize": "crop",
+                                                    "classes": ["a", "b"]}))
+        (run / "model.keras").mkdir() if kind == "folder" else os.mkfifo(run / "model.keras")
+        image = sorted((SAMPLE / "circle").glob("*.jpg"))[0]
+        result = CliRunner().invoke(main, ["predict", "--model", str(run), str(image)])
+        assert result.exit_code == 2, result.output
+        assert result.output.endswith("model.keras: not a regular file (a folder, a named pipe or a device), so not "
+                                      "the model the run wrote.\n"), result.output
+
+
 def test_ctrl_c_while_click_parses_the_groups_arguments_is_tltools_one_line(monkeypatch):
     """Between the imports and a command, Click parses `tltool`'s own arguments: Ctrl-C there printed Click's
     'Aborted!' and exited 1; now it is the one line and status 130 of any interrupted command."""

@@ -147,6 +147,9 @@ class KerasRunModel(RunModel):
         self.path = run_dir / "model.keras"
         if not self.path.exists():
             raise TltoolError(f"{run_dir}: no model.keras; the run did not finish (resume it with --resume {run_dir}).")
+        if not self.path.is_file():  # its digest (the LiteRT cache key) was an OSError traceback
+            raise TltoolError(f"{self.path}: not a regular file (a folder, a named pipe or a device), so not the model "
+                              "the run wrote.")
         self._model = None
 
     @property
