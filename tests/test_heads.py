@@ -67,6 +67,37 @@ def test_a_head_refuses_features_of_another_width_and_damaged_files(name, tmp_pa
         FittedHead.load(tmp_path)
 
 
+def _npy_header(shape: tuple, dtype: str = "<f8") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def test_a_head_npz_declaring_arrays_it_does_not_store_is_refused_before_they_are_allocated(tmp_path):
+    """A mean.npy whose header says 2**40 values was a MemoryError traceback (NumPy allocates the declared shape
+    first); one deflated from 32 MiB of zeros to 32 KB was read in whole (a 2 MB one took 2.3 GB) before the head was
+    found inconsistent."""
+    import zipfile
+
+    Xtr, ytr, _, _ = _data()
+    FittedHead.from_pipeline("logreg", search(get_head_spec("logreg"), Xtr, ytr, seed=0).best_estimator_,
+                             ["a", "b", "c"], {}, Xtr, ytr).save(tmp_path)
+    with zipfile.ZipFile(tmp_path / "head.npz") as z:
+        arrays = {name: z.read(name) for name in ("scale.npy", "coef.npy", "intercept.npy")}
+    for mean, compression, problem in [  # where the kernel lends 8 TiB, reading past the 64 bytes fails instead
+            (_npy_header((1 << 40,)) + bytes(64), zipfile.ZIP_STORED, r"(MemoryError: Unable to allocate|ValueError)"),
+            (_npy_header((1 << 22,)) + bytes(8 << 22), zipfile.ZIP_DEFLATED,
+             r"ValueError: mean.npy declares 33,554,560 bytes")]:
+        with zipfile.ZipFile(tmp_path / "head.npz", "w", compression) as z:
+            z.writestr("mean.npy", mean)
+            for name, raw in arrays.items():
+                z.writestr(name, raw)
+        with pytest.raises(TltoolError, match=f"not a head tltool wrote .{problem}"):
+            FittedHead.load(tmp_path)
+
+
 @pytest.mark.parametrize("damage", [{"n_neighbors": 0}, {"n_neighbors": 10 ** 6}, {"n_neighbors": "five"},
                                     {"n_neighbors": True}, {}, {"float_labels": True}])
 def test_a_knn_head_with_an_impossible_k_or_float_labels_is_refused_when_loaded(tmp_path, damage):

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import TltoolError, did_you_mean
-from .utils import atomic_path, cache_dir, open_regular, read_json, sha256_array, sha256_json, write_json
+from .utils import (atomic_path, cache_dir, check_zip_members, open_regular, read_json, sha256_array, sha256_json,
+                    write_json)
 
 if TYPE_CHECKING:
     from sklearn.model_selection import GridSearchCV
@@ -269,9 +270,11 @@ class FittedHead:
         try:
             meta = read_json(directory / "head.json")
             with open_regular(directory / "head.npz") as f, np.load(f) as z:  # no pickles, no pipes (it hung)
+                check_zip_members(z.zip)  # a 2 MB head.npz inflated to 2.3 GB before it was found inconsistent
                 arrays = {k: z[k] for k in z.files if k in HEAD_ARRAYS}
             head = cls(str(meta["name"]), [str(c) for c in meta["classes"]], params=dict(meta["params"]), **arrays)
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+                MemoryError) as exc:  # NumPy allocates the shape an array declares before reading it
             why = ("it holds pickled objects, which tltool never loads" if "pickle" in str(exc)
                    else f"{exc.__class__.__name__}: {exc}")  # not NumPy's advice to load it unsafely
             raise TltoolError(f"{directory}: head.json / head.npz are missing or not a head tltool wrote ({why}).") \
