@@ -151,6 +151,25 @@ def test_damaged_best_weights_are_named_when_early_stopping_restores_them(tmp_pa
         best.restore(_build())
 
 
+def test_best_weights_declaring_a_tensor_they_do_not_store_are_refused(tmp_path):
+    """The resumed run's best-epoch file is input: a kernel of 18 MB with no chunk written loaded as zeros (and one
+    declaring 4 GiB took 17 GB of memory before Keras' error)."""
+    import h5py
+
+    from tltool.training.policies import BestTracker, BestWeights
+
+    inputs = keras.Input((1100,))
+    model = keras.Model(inputs, keras.layers.Dense(4096)(inputs))
+    best = BestWeights(BestTracker(), tmp_path)
+    best.best_weights = "best-epoch0002.weights.h5"
+    model.save_weights(str(tmp_path / best.best_weights))
+    with h5py.File(tmp_path / best.best_weights, "a") as f:
+        del f["layers/dense/vars/0"]
+        f.create_dataset("layers/dense/vars/0", shape=(1100, 4096), dtype="f4", chunks=True, compression="gzip")
+    with pytest.raises(TltoolError, match=r"best-epoch0002.weights.h5: the best epoch's weights cannot be loaded"):
+        best.restore(model)
+
+
 # ------------------------------------------------------------------ 4. config.json: the settings a resume goes on with
 @pytest.mark.parametrize("text, named", [
     ("{not json", "cannot be read as JSON"), ("[1, 2]", "holds a JSON list"), ('{"kind": ["x"]}', "kind"),

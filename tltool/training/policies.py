@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..errors import TltoolError
+from ..keras_files import check_declared_sizes
 from ..utils import atomic_path
 from .state import BEST_NAME, LoopState
 
@@ -86,6 +87,7 @@ class BestWeights(Policy):
         best = self.path()
         if best is not None:
             try:
+                check_declared_sizes(best)  # a resumed run's folder is input: Keras reads what a tensor declares
                 model.load_weights(str(best))
             except Exception as exc:  # Keras raises several kinds for a damaged or truncated .h5
                 raise TltoolError(f"{best}: the best epoch's weights cannot be loaded; the file is damaged or "
