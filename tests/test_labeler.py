@@ -1663,19 +1663,27 @@ def test_the_page_shows_the_servers_reason_and_keeps_labelling_after_a_save_it_c
         running.close()
 
 
+def _small_server(tmp_path: Path, monkeypatch, **limits) -> Running:
+    """A running labeler over 2 photos with its connection limits (``max_connections``, ...) set small."""
+    from tltool.labeler.server import LabelerServer
+
+    for name, value in limits.items():
+        monkeypatch.setattr(LabelerServer, name, value, raising=False)
+    root = tmp_path / "ds"
+    make_dataset(root, 2, decodable=False)
+    return Running(root, ["cat", "dog"])
+
+
 def test_a_client_trickling_its_request_byte_by_byte_cannot_hold_a_connection(tmp_path, monkeypatch):
     """The request timeouts were per read: one header byte every few seconds kept a connection (and its slot) open
     for good, so max_connections such clients, no token needed off loopback, locked the user out. Reading one
     request now has a deadline as a whole."""
     import socket
 
-    from tltool.labeler.server import LabelerHandler, LabelerServer
+    from tltool.labeler.server import LabelerHandler
 
-    monkeypatch.setattr(LabelerServer, "max_connections", 2, raising=False)
     monkeypatch.setattr(LabelerHandler, "first_request_timeout", 0.6, raising=False)
-    root = tmp_path / "ds"
-    make_dataset(root, 2, decodable=False)
-    running = Running(root, ["cat", "dog"])
+    running = _small_server(tmp_path, monkeypatch, max_connections=2)
     address = ("127.0.0.1", running.server.port)
     slow = [socket.create_connection(address, timeout=5) for _ in range(2)]
     try:
@@ -1704,13 +1712,7 @@ def test_one_client_address_cannot_take_every_connection(tmp_path, monkeypatch):
     max_per_client of them."""
     import socket
 
-    from tltool.labeler.server import LabelerServer
-
-    monkeypatch.setattr(LabelerServer, "max_connections", 4, raising=False)
-    monkeypatch.setattr(LabelerServer, "max_per_client", 2, raising=False)
-    root = tmp_path / "ds"
-    make_dataset(root, 2, decodable=False)
-    running = Running(root, ["cat", "dog"])
+    running = _small_server(tmp_path, monkeypatch, max_connections=4, max_per_client=2)
     address = ("127.0.0.1", running.server.port)
 
     def connect(source: str) -> socket.socket:
