@@ -224,7 +224,7 @@ def test_init_head_from_probe_decodes_with_the_runs_pixel_limit(monkeypatch):
     from tltool._tf import keras
     from tltool.finetune import init_head_from_probe
 
-    inputs = keras.Input((8, 8, 3))
+    inputs = keras.Input((32, 32, 3))  # Lite0's smallest input
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2, name="classifier")(pooled))
     seen = {}
@@ -232,12 +232,12 @@ def test_init_head_from_probe_decodes_with_the_runs_pixel_limit(monkeypatch):
     def fake_dataset(paths, **kwargs):
         seen.update(kwargs)
         rng = np.random.default_rng(0)
-        return [rng.uniform(0, 255, (len(paths), 8, 8, 3)).astype("float32")]
+        return [rng.uniform(0, 255, (len(paths), 32, 32, 3)).astype("float32")]
 
     monkeypatch.setattr(pipeline, "image_dataset", fake_dataset)
-    resolved = resolve_input("efficientnet_lite0", 8, "pad", 1234)
+    resolved = resolve_input("efficientnet_lite0", 32, "pad", 1234)
     init_head_from_probe(model, [f"{i}.jpg" for i in range(8)], [0, 1] * 4, resolved, batch_size=4, seed=0)
-    assert seen["max_pixels"] == 1234 and seen["image_size"] == 8 and seen["resize"] == "pad"
+    assert seen["max_pixels"] == 1234 and seen["image_size"] == 32 and seen["resize"] == "pad"
 
 
 def test_engine_and_quantization_registries_match_the_settings_table():

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import TltoolError
-from ..keras_files import check_declared_sizes
+from ..declared_sizes import check_declared_sizes
 from ..settings import DEFAULT_BACKBONE
 from .registry import (BackboneSpec, _weights_failure, get_backbone_spec, keras_models_dir, list_backbones,
                        register_backbone, weights_digest)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..errors import TltoolError
-from ..keras_files import check_declared_sizes
+from ..declared_sizes import check_declared_sizes
 from ..utils import atomic_path
 from .state import BEST_NAME, LoopState
 
