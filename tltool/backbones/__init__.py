@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import TltoolError
 from ..declared_sizes import check_declared_sizes
+from ..errors import TltoolError
 from ..settings import DEFAULT_BACKBONE
 from .registry import (BackboneSpec, _weights_failure, get_backbone_spec, keras_models_dir, list_backbones,
                        register_backbone, weights_digest)
