@@ -3,10 +3,18 @@ clear reason when that folder is absent (a user's clone), and fail instead under
 a green CI must mean the real-photo tests ran)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from click.testing import CliRunner
+
+from tltool.cli import main
+from tltool.outputs import release_output_dirs
+from tltool.utils import file_lock
 
 os.environ.setdefault("TLTOOL_NO_PROGRESS", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -52,8 +60,6 @@ def _let_go_of_run_folders():
     """A test that calls new_run_dir itself (not through a command) holds the folder for the life of the worker;
     a later subprocess on it would be refused as "in use", which a real command, one process, never meets."""
     yield
-    from tltool.outputs import release_output_dirs
-
     release_output_dirs()
 
 
@@ -72,3 +78,24 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run in a temporary working directory (default run folders go to ./runs)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def flowers_probe(tmp_path_factory) -> SimpleNamespace:
+    """``tltool probe`` of the flowers photos with the default settings, run once per test session and shared by the
+    xdist workers (a lock makes the others wait for the first): extracting them took 30-55 s each, and three modules
+    did it. Tests read ``features`` and ``run``; one that writes into them must copy them first. ``data``: the
+    photos; ``exit_code`` and ``output``: the command's."""
+    data = shared_dataset("flowers")
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    root, done = shared / "flowers-probe", shared / "flowers-probe.json"
+    with file_lock(shared / "flowers-probe.lock"):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # what a worker that failed half-way left
+            root.mkdir()
+            result = CliRunner().invoke(main, ["probe", str(data), "--features", str(root / "features"),
+                                               "--out", str(root / "run")])
+            release_output_dirs()
+            done.write_text(json.dumps({"exit_code": result.exit_code, "output": result.output}))
+    return SimpleNamespace(data=data, features=root / "features", run=root / "run", **json.loads(done.read_text()))

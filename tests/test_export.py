@@ -376,13 +376,9 @@ def test_the_readme_client_reads_non_ascii_class_names_whatever_the_locale(tmp_p
 
 # ------------------------------------------------------------------------------------------------ real photos
 @pytest.fixture(scope="module")
-def flowers_run(tmp_path_factory):
-    from conftest import shared_dataset
-    from tltool.linear import probe
-
-    data = shared_dataset("flowers")
-    root = tmp_path_factory.mktemp("flowers")
-    return probe(str(data), features_dir=root / "f", out=root / "run").run_dir
+def flowers_run(flowers_probe):
+    assert flowers_probe.exit_code == 0, flowers_probe.output
+    return flowers_probe.run
 
 
 @pytest.fixture(scope="module")

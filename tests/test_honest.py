@@ -158,13 +158,12 @@ def test_nested_cv_folds_are_stratified_disjoint_and_the_search_never_sees_the_t
         nested_cv(X, y, k=40)
 
 
-def test_linear_cv_on_real_features_and_learning_curve(flowers, tmp_path):
+def test_linear_cv_on_real_features_and_learning_curve(flowers_probe, tmp_path):
     from tltool.crossval import run_learning_curve
-    from tltool.features import extract_features
     from tltool.linear import train_linear
 
-    features = tmp_path / "features"
-    extract_features(str(flowers), features)
+    assert flowers_probe.exit_code == 0, flowers_probe.output
+    features = flowers_probe.features  # the default extraction of the flowers photos
     result = train_linear(features, out=tmp_path / "cv", cv=5)
     cv = result.metrics["cv"]
     assert cv["accuracy"]["n"] == 350 and len(cv["fold_scores"]) == 5

@@ -15,16 +15,10 @@ from tltool.cli import main
 from tltool.errors import TltoolError
 
 
-@pytest.fixture(scope="module")
-def flowers_run(tmp_path_factory):
-    from conftest import shared_dataset
-
-    flowers = shared_dataset("flowers")
-    root = tmp_path_factory.mktemp("main-job")
-    runner = CliRunner()
-    result = runner.invoke(main, ["probe", str(flowers), "--features", str(root / "features"),
-                                  "--out", str(root / "run")])
-    return flowers, root, result
+@pytest.fixture()
+def flowers_run(flowers_probe):
+    """The session's probe of the flowers photos (conftest.py): this module's tests were its first users."""
+    return flowers_probe.data, flowers_probe.features.parent, flowers_probe
 
 
 def test_flowers_linear_probe_reaches_80_percent(flowers_run):
@@ -93,16 +87,16 @@ def test_pets_probe_with_real_weights_lands_where_only_a_working_pipeline_can(pe
     assert f"val accuracy {val['accuracy']['value']:.3f}" in result.output
 
 
-def test_predict_and_evaluate_with_the_saved_head(flowers_run):
+def test_predict_and_evaluate_with_the_saved_head(flowers_run, tmp_path):
     flowers, root, _ = flowers_run
     runner = CliRunner()
     image = sorted((flowers / "val" / "sunflowers").glob("*.jpg"))[0]
     result = runner.invoke(main, ["predict", str(image), "--model", str(root / "run"), "--top-k", "2"])
     assert result.exit_code == 0, result.output
     assert result.output.count("\t") == 2 and image.name in result.output
-    result = runner.invoke(main, ["evaluate", str(root / "run"), str(flowers / "val"), "--out", str(root / "eval")])
+    result = runner.invoke(main, ["evaluate", str(root / "run"), str(flowers / "val"), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
-    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     stored = json.loads((root / "run" / "metrics.json").read_text())
     # the same 100 images through the end-to-end predictor give the accuracy the cached features gave
     assert metrics["val"]["accuracy"]["n"] == 100
