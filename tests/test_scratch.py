@@ -22,7 +22,8 @@ def test_lenet5_on_digits_reaches_95_percent(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["data", "digits", str(tmp_path / "digits")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["train", str(tmp_path / "digits"), "--arch", "lenet5", "--epochs", "15",
+    # measured: 0.983 after 5 epochs (0.992 after 15, 20 s more here)
+    result = runner.invoke(main, ["train", str(tmp_path / "digits"), "--arch", "lenet5", "--epochs", "5",
                                   "--initializer", "he_normal", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -30,7 +31,7 @@ def test_lenet5_on_digits_reaches_95_percent(tmp_path):
     assert metrics["config"]["initializer"] == "he_normal"
     assert metrics["val"]["accuracy"]["value"] >= 0.95
     assert metrics["val"]["accuracy"]["n"] == 359
-    assert len(metrics["history"]) == 15
+    assert len(metrics["history"]) == 5
     predicted = runner.invoke(main, ["predict", str(next((tmp_path / "digits" / "val" / "7").iterdir())),
                                      "--model", str(tmp_path / "run")])
     assert predicted.exit_code == 0 and "\t7 " in predicted.output
