@@ -85,7 +85,7 @@ def flowers_probe(tmp_path_factory) -> SimpleNamespace:
     """``tltool probe`` of the flowers photos with the default settings, run once per test session and shared by the
     xdist workers (a lock makes the others wait for the first): extracting them took 30-55 s each, and three modules
     did it. Tests read ``features`` and ``run``; one that writes into them must copy them first. ``data``: the
-    photos; ``exit_code`` and ``output``: the command's."""
+    photos; ``exit_code`` (0: a failed probe fails the tests that ask for it) and ``output``: the command's."""
     data = shared_dataset("flowers")
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
@@ -98,4 +98,6 @@ def flowers_probe(tmp_path_factory) -> SimpleNamespace:
                                                "--out", str(root / "run")])
             release_output_dirs()
             done.write_text(json.dumps({"exit_code": result.exit_code, "output": result.output}))
-    return SimpleNamespace(data=data, features=root / "features", run=root / "run", **json.loads(done.read_text()))
+    probe = SimpleNamespace(data=data, features=root / "features", run=root / "run", **json.loads(done.read_text()))
+    assert probe.exit_code == 0, probe.output  # every test that reads it fails with the command's output
+    return probe

@@ -246,8 +246,8 @@ def test_a_damaged_cached_litert_model_is_converted_again():
     path.unlink()
     path.write_bytes(whole[: len(whole) // 2])
     assert engines.converted_model(source) == path and path.read_bytes() == whole  # converted again
-    # a pipe in its place is found damaged without waiting for a writer (then converted again like the cut file:
-    # each conversion costs ~13 s here)
+    # a pipe in its place is found damaged without waiting for a writer; what follows is the cut file's path above
+    # (another conversion would cost ~13 s here)
     path.unlink()
     os.mkfifo(path)
     assert not engines._conversion_intact(path)

@@ -376,7 +376,6 @@ def test_the_readme_client_reads_non_ascii_class_names_whatever_the_locale(tmp_p
 # ------------------------------------------------------------------------------------------------ real photos
 @pytest.fixture(scope="module")
 def flowers_run(flowers_probe):
-    assert flowers_probe.exit_code == 0, flowers_probe.output
     return flowers_probe.run
 
 
