@@ -112,6 +112,23 @@ def test_killed_run_resumes_at_the_missing_chunk(shapes_features, tmp_path, monk
     np.testing.assert_allclose(resumed.features.avg, first.features.avg, atol=1e-4)
 
 
+def test_a_weights_file_of_another_network_leaves_no_unfinished_extraction_behind(tmp_path):
+    """The weights were loaded after features.json (not complete) was written: the refusal left a folder that
+    `tltool linear` called an unfinished extraction, to be resumed with the same (wrong) command."""
+    from tltool.backbones import create_backbone
+
+    path = tmp_path / "other.weights.h5"
+    create_backbone("mobilenet_v3_small", weights="none", image_size=32).get_layer(index=-1).save_weights(str(path))
+    out = tmp_path / "features"
+    with pytest.raises(TltoolError, match=r"other.weights.h5: cannot load into efficientnet_lite0"):
+        extract_features(str(SAMPLE), out, image_size=32, weights=str(path))
+    assert not (out / "features.json").exists() and not (out / "chunks").exists()
+    with pytest.raises(TltoolError, match=r"no features.json here. Run `tltool extract DATA --out"):
+        load_features(out)
+    again = extract_features(str(SAMPLE), out, image_size=32)  # the folder is tltool's: the right weights use it
+    assert not again.cached and again.features.avg.shape == (160, 1280)
+
+
 def test_bad_files_are_skipped_and_recorded(tmp_path):
     data = tmp_path / "data"
     shutil.copytree(SAMPLE / "circle", data / "circle")

@@ -148,10 +148,14 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     # inference needs no collective ops: under multiworker each worker runs its share on its own devices
     tf_strategy, info = inference_strategy("auto" if config.strategy == "multiworker" else config.strategy)
     say(info.describe() + (f"; shard {part[0]}/{part[1]} of the chunks" if part else ""))
-    meta = _start_meta(chunks, inputs, config, checked, records, hashes, info, part)
     log = DecodeLog(known=frozenset(f.record.path for f in checked.bad))  # the check named them already
-    n_computed, seconds = _compute_chunks(records, chunks, inputs, config.weights, config.batch_size * info.replicas,
-                                          part, tf_strategy if info.distributed else None, log, config.engine)
+    pending = _pending_chunks(chunks, part)
+    # the network is built before features.json is written: a --weights file of another architecture is refused
+    # while the folder holds nothing a later command would read as an unfinished extraction
+    feed = _network_feed(records, chunks, pending, inputs, config.weights, config.batch_size * info.replicas,
+                         tf_strategy if info.distributed else None, log, config.engine) if pending else None
+    meta = _start_meta(chunks, inputs, config, checked, records, hashes, info, part)
+    n_computed, seconds = _compute_chunks(records, chunks, pending, feed, inputs.backbone, log)
     missing = chunks.missing() if part else []
     meta["complete"] = not missing  # the last shard to finish completes the folder
     meta["throughput_images_per_second"] = n_computed / seconds if seconds > 0 and n_computed else None
@@ -348,37 +352,50 @@ def _numpy_outputs(step):
     return lambda batches: (tuple(t.numpy() for t in step(images)) for images in batches)
 
 
-def _compute_chunks(records, chunks: _Chunks, inputs: InputConfig, weights: str, batch_size: int,
-                    shard: tuple[int, int] | None = None, strategy=None,
-                    log: DecodeLog | None = None, engine: str = "auto") -> tuple[int, float]:
-    """Run the network over the images of the chunks still missing (of this shard); returns how many images it
-    ran on after the first batch and the seconds that took (the throughput, without graph tracing). Only these
-    images are decoded; one that cannot be is named in ``log`` and its row is stored as not usable."""
-    log = log if log is not None else DecodeLog()
-
+def _pending_chunks(chunks: _Chunks, shard: tuple[int, int] | None = None) -> list[int]:
+    """The chunks (of this shard) not yet extracted."""
     mine = [i for i in range(chunks.count) if shard is None or i % shard[1] == shard[0]]
     pending = [i for i in mine if not chunks.done(i)]
     if len(pending) < len(mine):
         say(f"resuming: {len(mine) - len(pending)} of {len(mine)} chunk(s) already extracted"
             + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
-    if not pending:
-        return 0, 0.0
-    todo = [j for i in pending for j in range(i * chunks.size, i * chunks.size + chunks.rows(i))]
-    paths = [records[j].path for j in todo]
+    return pending
+
+
+def _pending_rows(chunks: _Chunks, pending: list[int]) -> list[int]:
+    return [j for i in pending for j in range(i * chunks.size, i * chunks.size + chunks.rows(i))]
+
+
+def _network_feed(records, chunks: _Chunks, pending: list[int], inputs: InputConfig, weights: str, batch_size: int,
+                  strategy=None, log: DecodeLog | None = None, engine: str = "auto"):
+    """``(outputs, batches)`` for the images of the ``pending`` chunks: the network built (a weights file that does
+    not fit is refused here) and its decoding pipeline, not yet started. Only these images are decoded; one that
+    cannot be is named in ``log``."""
+    paths = [records[j].path for j in _pending_rows(chunks, pending)]
     if strategy is None:
         outputs, engine = _engine_outputs(inputs, weights, engine)
-        ds = batches_for(engine, paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
-                         max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
-    else:  # a tf.distribute strategy runs on TensorFlow
-        with strategy.scope():
-            _model, graph = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
-        ds = strategy.experimental_distribute_dataset(batches_for(
-            "tf", paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
-            max_pixels=inputs.max_pixels, on_bad="zeros", log=log))
-        outputs = _numpy_outputs(_distributed_step(graph, strategy))
+        return outputs, batches_for(engine, paths, image_size=inputs.image_size, resize=inputs.resize,
+                                    batch_size=batch_size, max_pixels=inputs.max_pixels, on_bad="zeros", log=log)
+    with strategy.scope():  # a tf.distribute strategy runs on TensorFlow
+        _model, graph = build_feature_extractor(inputs.backbone, weights, inputs.image_size)
+    ds = strategy.experimental_distribute_dataset(batches_for(
+        "tf", paths, image_size=inputs.image_size, resize=inputs.resize, batch_size=batch_size,
+        max_pixels=inputs.max_pixels, on_bad="zeros", log=log))
+    return _numpy_outputs(_distributed_step(graph, strategy)), ds
+
+
+def _compute_chunks(records, chunks: _Chunks, pending: list[int], feed, backbone: str,
+                    log: DecodeLog) -> tuple[int, float]:
+    """Run ``feed`` (:func:`_network_feed`) over the ``pending`` chunks, writing each as its rows arrive; returns how
+    many images it ran on after the first batch and the seconds that took (the throughput, without graph
+    tracing). An image that could not be decoded has its row stored as not usable."""
+    if not pending:
+        return 0, 0.0
+    outputs, ds = feed
+    todo = _pending_rows(chunks, pending)
     writer = _ChunkWriter(chunks, pending, [r.path for r in records], log)
     t0 = first = None
-    with Bar(len(todo), f"extracting {inputs.backbone}") as bar:
+    with Bar(len(todo), f"extracting {backbone}") as bar:
         for avg, mx in outputs(_iterate(ds)):
             first = len(avg) if first is None else first
             if t0 is None:  # throughput counts from the end of the first batch: tracing the graph is not speed
