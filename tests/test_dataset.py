@@ -545,6 +545,37 @@ def test_a_class_folder_whose_name_holds_a_control_character_is_refused_naming_i
         load_dataset(root)
 
 
+def test_a_label_or_class_folder_holding_a_bidirectional_control_is_refused_and_printed_escaped(tmp_path):
+    """U+202E (right-to-left override) or an isolate in a label was a class: terminals and Markdown viewers then show
+    the rest of its line, the report's accuracy included, right to left. The marks right-to-left text may hold
+    (U+200F) stay allowed."""
+    from tltool.labeler.store import check_class_name
+    from tltool.utils import shown_name
+
+    _tree(tmp_path, {"imgs": 6})
+    hebrew = "\u05d7\u05ea\u05d5\u05dc\u200f"  # "cat" with a right-to-left mark
+    labels = ["cat", "dog\u202e59.0", "x\u2067y", hebrew, "cat", hebrew]
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"imgs/img_{i:02d}.jpg,{c}\n"
+                                                              for i, c in enumerate(labels)), encoding="utf-8")
+    with pytest.raises(TltoolError) as err:
+        load_dataset(tmp_path / "m.csv")
+    assert str(err.value).splitlines()[1:] == [
+        "  row 3: the label 'dog\\u202e59.0' holds the bidirectional control U+202E, which reorders how the text "
+        "after it is shown (a report's numbers included) and which a class name cannot hold",
+        "  row 4: the label 'x\\u2067y' holds the bidirectional control U+2067, which reorders how the text after "
+        "it is shown (a report's numbers included) and which a class name cannot hold"]
+    assert "\u202e" not in str(err.value) and "\u2067" not in str(err.value)
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"imgs/img_{i:02d}.jpg,{c}\n" for i, c in
+                                                              enumerate(["cat", hebrew] * 3)), encoding="utf-8")
+    assert load_dataset(tmp_path / "m.csv").classes == sorted(["cat", hebrew])
+    _tree(tmp_path / "photos", {"train/cat": 2, "train/dog\u202e": 2})
+    with pytest.raises(TltoolError, match=r"/train/dog\\u202e holds the bidirectional control U\+202E"):
+        load_dataset(tmp_path / "photos")
+    with pytest.raises(TltoolError, match=r"class name 'dog\\u202e' holds the bidirectional control U\+202E"):
+        check_class_name("dog\u202e")
+    assert shown_name("photo\u202egpj.exe") == "photo\\u202egpj.exe"
+
+
 def test_a_manifest_problem_shows_the_path_with_its_control_characters_escaped(tmp_path):
     """A row's path was printed as written: a terminal escape in it coloured the rest of the error on a terminal."""
     _tree(tmp_path, {"imgs": 2})

@@ -22,7 +22,7 @@ import numpy as np
 from .errors import TltoolError, TltoolWarning
 from .images import is_candidate_file
 from .outputs import MARKER, output_kind
-from .utils import readable_csv, shown_name, unprinted_character, write_text_atomic
+from .utils import BIDI_CONTROLS, readable_csv, shown_name, unprinted_character, write_text_atomic
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -62,6 +62,9 @@ def label_problem(label: str) -> str | None:
         return None
     if 0xDC80 <= ord(bad) <= 0xDCFF:  # Python's stand-in for a byte of a file name that is not UTF-8
         return f"holds a byte that is not UTF-8 (0x{ord(bad) - 0xDC00:02x}), which a class name cannot hold"
+    if bad in BIDI_CONTROLS:
+        return (f"holds the bidirectional control U+{ord(bad):04X}, which reorders how the text after it is shown "
+                "(a report's numbers included) and which a class name cannot hold")
     what = {"Cs": "an undecodable byte", "Zl": "a line separator", "Zp": "a paragraph separator"}.get(
         unicodedata.category(bad), "a control character")
     return f"holds {what} ({bad!r}), which a class name cannot hold"

@@ -154,6 +154,13 @@ def read_json(path: str | os.PathLike) -> Any:
 # control characters, lone surrogates (a name that is not UTF-8) and line/paragraph separators; other characters,
 # no-break spaces and joiners included (a macOS screenshot's name holds U+202F), are printed as they are
 _UNPRINTED = {"Cc", "Cs", "Zl", "Zp"}
+# and the bidirectional embeddings, overrides and isolates: U+202E in a class name shows the rest of its report
+# line, numbers included, right to left (the marks U+200E/U+200F that right-to-left text may hold are kept)
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _unprinted(c: str) -> bool:
+    return unicodedata.category(c) in _UNPRINTED or c in BIDI_CONTROLS
 
 
 def is_whole(value: Any, low: int = 1, high: int | None = None) -> bool:
@@ -164,15 +171,15 @@ def is_whole(value: Any, low: int = 1, high: int | None = None) -> bool:
 
 def unprinted_character(text: str) -> str | None:
     """The first character of ``text`` that :func:`shown_name` escapes, or None: a control character (a newline, a
-    tab, NUL, the escape that starts a terminal's colour code), a line separator or a lone surrogate (bytes that are
-    not UTF-8)."""
-    return next((c for c in text if unicodedata.category(c) in _UNPRINTED), None)
+    tab, NUL, the escape that starts a terminal's colour code), a line separator, a lone surrogate (bytes that are
+    not UTF-8) or a bidirectional control (:data:`BIDI_CONTROLS`)."""
+    return next((c for c in text if _unprinted(c)), None)
 
 
 def shown_name(name: str | os.PathLike, limit: int | None = 120) -> str:
     """A file name as tltool prints it: control characters escaped (a newline in a name would split a result line
     in two), and a name of hundreds of characters cut short (``limit``; None keeps it whole)."""
-    text = "".join(repr(c)[1:-1] if unicodedata.category(c) in _UNPRINTED else c for c in str(name))
+    text = "".join(repr(c)[1:-1] if _unprinted(c) else c for c in str(name))
     if limit is None or len(text) <= limit:
         return text
     return f"{text[:limit - 20]}... ({len(text):,} characters)"
