@@ -339,6 +339,20 @@ def test_zip_members_with_unsafe_names_are_named_and_nothing_lands_outside(tmp_p
         UNLABELED, MANIFEST, ".tltool-output.json", ".import.lock"}
 
 
+def test_zip_members_named_from_dot_slash_are_imported_and_hidden_ones_are_not(tmp_path):
+    """Some archivers store ``./photo.jpg``: the ``.`` part counted as hidden, and an import of such a zip added
+    nothing, exit 0, naming no file."""
+    archive = tmp_path / "dots.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i, name in enumerate(["./a.jpg", "./sub/b.jpg", "./.hidden.jpg", "./__MACOSX/c.jpg", "./.git/d.jpg"]):
+            z.writestr(zipfile.ZipInfo(name), jpeg_bytes((64, 64), colour=(50 * i, 90, 90)))
+    dataset = tmp_path / "ds"
+    result = CliRunner().invoke(main, ["collect", "import", str(archive), "--out", str(dataset)])
+    assert result.exit_code == 0, result.output
+    assert "added 2 image(s)" in result.output
+    assert len(list((dataset / UNLABELED).iterdir())) == 2
+
+
 def test_two_imports_into_one_dataset_at_once_keep_every_row(tmp_path):
     """Each import rewrote the manifest from what it had read when it started: run at the same moment, the last
     to finish dropped the other's rows (350 files, 250 rows). Now the second waits for the first."""

@@ -206,7 +206,10 @@ def _unsafe_name(name: str) -> bool:
 
 
 def _hidden_member(info: zipfile.ZipInfo) -> bool:
-    return info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in info.filename.split("/") if p)
+    """A folder, a dot-file or macOS' resource forks; a ``./`` part (some archivers write ``./photo.jpg``) is not
+    hidden: every such member was dropped without a word."""
+    return info.is_dir() or any((p.startswith(".") and p != ".") or p == "__MACOSX"
+                                for p in info.filename.split("/") if p)
 
 
 def _unpack_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget) -> str:
