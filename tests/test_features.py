@@ -93,6 +93,24 @@ def test_a_chunk_linked_or_copied_from_another_or_a_pipe_is_damaged_not_read(sha
     np.testing.assert_allclose(again.features.avg, first.features.avg, atol=1e-4)
 
 
+@pytest.mark.parametrize("field, value", [("chunk_size", 1), ("n_images", 10**12)])
+def test_an_edited_chunk_size_or_count_is_written_again_not_served_as_cached(shapes_features, tmp_path, field, value):
+    """extract said "cached: 1000000000000 images" of a features.json so edited, and linear refused the folder
+    however often extract was run again, as its error told the user to."""
+    import json
+
+    out, first = shapes_features
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    meta = json.loads((copy / "features.json").read_text())
+    (copy / "features.json").write_text(json.dumps({**meta, field: value}))
+    with pytest.raises(TltoolError, match="features.json is damaged|chunk 0 is missing"):
+        load_features(copy)
+    again = extract_features(str(SAMPLE), copy, image_size=64, chunk_size=48, seed=0)
+    assert not again.cached and again.features.meta[field] == meta[field]
+    np.testing.assert_array_equal(load_features(copy).avg, first.features.avg)
+
+
 def test_killed_run_resumes_at_the_missing_chunk(shapes_features, tmp_path, monkeypatch):
     out, first = shapes_features
     copy = tmp_path / "resume"

@@ -224,8 +224,9 @@ def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record
         old = read_json(meta_path)
     except (OSError, ValueError, RecursionError):  # damaged: extracted again, into tltool's own folder
         return False
-    if not (isinstance(old, dict) and old.get("key") == chunks.key and old.get("complete") and not chunks.missing()):
-        return False
+    if not (isinstance(old, dict) and old.get("key") == chunks.key and old.get("complete") and not chunks.missing()
+            and old.get("chunk_size") == chunks.size and old.get("n_images") == chunks.total):
+        return False  # an edited chunk size or count: the metadata is written again (the chunks are kept)
     dataset = checked.dataset
     known = {f.record.path for f in checked.bad}
     earlier = old.get("skipped") if isinstance(old.get("skipped"), list) else []
