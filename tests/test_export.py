@@ -126,8 +126,10 @@ def test_export_never_deletes_or_writes_into_a_users_folder(tiny_run, tiny_saved
     assert (run / "export" / "keras" / "model.keras").is_file()
     # ... unless the user put a file of their own there: it would be deleted with the folder
     (run / "export" / "keras" / "client.py").write_text("the user's client")
-    refused = CliRunner().invoke(main, ["export", str(run), "--format", "keras"])
-    assert refused.exit_code == 2 and "1 file(s) it did not write (client.py)" in refused.output, refused.output
+    for force in ([], ["--force"]):  # never deleted, --force or not
+        refused = CliRunner().invoke(main, ["export", str(run), "--format", "keras", *force])
+        assert refused.exit_code == 2, refused.output
+        assert "1 file(s) tltool did not write there (client.py)" in refused.output, refused.output
     assert (run / "export" / "keras" / "client.py").read_text() == "the user's client"
 
 

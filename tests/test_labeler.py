@@ -531,9 +531,10 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_rerun_of_label_export_needs_force_and_keeps_the_users_files_until_then(tmp_path):
+def test_a_rerun_of_label_export_needs_force_and_never_deletes_the_users_files(tmp_path):
     """Before: a second ``label export`` re-split ``DATASET-split`` and silently deleted the files the user had
-    put in it. Now it refuses without --force, names those files, and touches nothing; --force replaces it."""
+    put in it. Now it names those files and touches nothing, --force or not; once they are moved out, --force
+    replaces it."""
     root = tmp_path / "mydata"
     labelled_dataset(root)
     out = tmp_path / "mydata-split"
@@ -544,24 +545,27 @@ def test_a_rerun_of_label_export_needs_force_and_keeps_the_users_files_until_the
     (out / "train" / "cat" / "my-own.jpg").write_bytes(b"my photo")
     before = tree(out)
 
-    result = runner.invoke(main, ["label", "export", str(root), "--seed", "1"])
-    assert result.exit_code == 2
-    message = result.output.strip()
-    assert len(message.splitlines()) == 1 and "--force" in message and "another --out" in message
-    assert "2 file(s) tltool did not write there: NOTES.md, train/cat/my-own.jpg" in message
-    assert tree(out) == before  # the earlier export and the user's files, untouched
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata", "mydata-split"]  # no staging folder left
+    for force in ([], ["--force"]):
+        result = runner.invoke(main, ["label", "export", str(root), "--seed", "1", *force])
+        assert result.exit_code == 2
+        message = result.output.strip()
+        assert len(message.splitlines()) == 1 and "--force or not" in message and "another folder" in message
+        assert "2 file(s) tltool did not write there (NOTES.md, train/cat/my-own.jpg)" in message
+        assert tree(out) == before  # the earlier export and the user's files, untouched
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata", "mydata-split"]  # no staging folder left
 
+    (out / "NOTES.md").rename(tmp_path / "NOTES.md")
+    (out / "train" / "cat" / "my-own.jpg").rename(tmp_path / "my-own.jpg")
     result = runner.invoke(main, ["label", "export", str(root), "--seed", "1", "--force"])
     assert result.exit_code == 0, result.output
     info = json.loads((out / EXPORT_MARKER).read_text())
-    assert info["seed"] == 1 and not (out / "NOTES.md").exists() and not (out / "train" / "cat" / "my-own.jpg").exists()
+    assert info["seed"] == 1
     exported = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
     assert exported == info["files"] and len(exported) == 12
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata", "mydata-split"]  # no .old or .partial left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["NOTES.md", "my-own.jpg", "mydata", "mydata-split"]
 
     result = runner.invoke(main, ["label", "export", str(root), "--seed", "1"])  # nothing added this time
-    assert result.exit_code == 2 and "including any file added to it" in result.output
+    assert result.exit_code == 2 and "nothing was added to it" in result.output
 
 
 def test_label_export_never_writes_into_a_folder_tltool_did_not_make(tmp_path):

@@ -1,7 +1,9 @@
 """tltool writes only into folders it made: every --out is claimed, never a user's folder (issue 16, point 1)."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -626,3 +628,77 @@ def test_replacing_a_run_names_the_exports_inside_it(tmp_path):
     assert not (run / "export").exists() and (run / "metrics.json").exists()
     with pytest.raises(TltoolError, match=r"already holds an earlier tltool run; choose another"):  # no exports
         run_once(run)
+
+
+def _finished_run(out, force=False, files=("model.json", "metrics.json", "plots/curve.png")):
+    """A run as a command writes it: claimed, files written, marked finished (with the list of them) on return."""
+    from tltool.runs import new_run_dir, writes_runs
+
+    @writes_runs
+    def run_once():
+        run = new_run_dir("linear", out=out, force=force)
+        for name in files:
+            (run / name).parent.mkdir(parents=True, exist_ok=True)
+            (run / name).write_text(f"tltool's {name}")
+        (run / "empty-by-tltool").mkdir()
+        return run
+    return run_once()
+
+
+def test_force_never_deletes_files_the_user_added_to_a_run(tmp_path):
+    """Before: `linear --out R --force` replaced R whole, and NOTES.md and mystuff/ that the user had put there were
+    deleted unnamed. A finished run's marker lists what tltool wrote; anything else there is named, and replacing
+    the run is refused, --force or not, until it is moved out."""
+    from tltool.runs import check_run_dir
+
+    run = _finished_run(tmp_path / "run")
+    (run / "NOTES.md").write_text("my notes")
+    (run / "mystuff" / "deep").mkdir(parents=True)
+    (run / "mystuff" / "deep" / "x.txt").write_text("mine")
+    (run / "mine-empty").mkdir()
+    (run / "plots" / "annotated.png").write_text("my plot")
+    named = "(NOTES.md, mine-empty/, mystuff/deep/x.txt and 1 more)"
+    for force in (False, True):
+        for refuse in (lambda: check_run_dir(run, force=force), lambda: _finished_run(run, force=force)):
+            with pytest.raises(TltoolError, match=r"holds an earlier tltool run and 4 file\(s\) tltool did not write "
+                                                  rf"there {re.escape(named)}.*--force or not"):
+                refuse()
+    assert (run / "NOTES.md").read_text() == "my notes" and (run / "mystuff" / "deep" / "x.txt").read_text() == "mine"
+    assert (run / "plots" / "annotated.png").exists() and (run / "model.json").read_text() == "tltool's model.json"
+    for added in ("NOTES.md", "mystuff", "mine-empty", "plots/annotated.png"):
+        shutil.move(run / added, tmp_path / Path(added).name)
+    with pytest.raises(TltoolError, match=r"already holds an earlier tltool run; choose another folder, or pass "
+                                          r"--force to replace it\.$"):
+        check_run_dir(run)
+    assert _finished_run(run, force=True, files=("model.json",)) == run  # moved out: --force replaces it
+    assert sorted(p.name for p in run.iterdir()) == [MARKER, "empty-by-tltool", "model.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["NOTES.md", "annotated.png", "mine-empty", "mystuff", "run"]
+
+
+def test_a_file_added_to_an_export_inside_a_run_is_named_when_the_run_is_replaced(tmp_path):
+    """An export written into the run after it finished is the run's (a tltool output of its own, with its own
+    list), the files added to that export are not: --force on the run names them and deletes nothing."""
+    run = _finished_run(tmp_path / "run")
+    staging = staging_dir(run / "export" / "tflite", "export")
+    (staging / "model.tflite").write_text("tltool's model")
+    replace_output_dir(staging, run / "export" / "tflite", "export")
+    with pytest.raises(TltoolError, match="already holds an earlier tltool run with its exports inside"):
+        _finished_run(run)  # nothing added: only the exports are named
+    (run / "export" / "tflite" / "client.py").write_text("the user's client")
+    with pytest.raises(TltoolError, match=r"1 file\(s\) tltool did not write there \(export/tflite/client\.py\)"):
+        _finished_run(run, force=True)
+    assert (run / "export" / "tflite" / "client.py").read_text() == "the user's client"
+
+
+def test_a_run_of_an_older_tltool_lists_nothing_and_force_still_replaces_it(tmp_path):
+    """A finished run whose marker lists no files (an older tltool's): what is the user's is not known, which the
+    refusal says; --force replaces it as it did."""
+    run = _finished_run(tmp_path / "run")
+    marker = json.loads((run / MARKER).read_text())
+    del marker["files"]
+    (run / MARKER).write_text(json.dumps(marker))
+    (run / "NOTES.md").write_text("my notes")
+    with pytest.raises(TltoolError, match=r"--force deletes it whole, with any file added to it"):
+        _finished_run(run)
+    _finished_run(run, force=True)
+    assert not (run / "NOTES.md").exists()

@@ -28,7 +28,8 @@ from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
 from .models import RunModel, load_run, run_splits, trained_on_val
-from .outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, remove_killed_staging, staged_output
+from .outputs import (MARKER, check_output_dir, claim_output_dir, holds_no_output, refuse_added_entries,
+                      remove_killed_staging, staged_output)
 from .progress import Bar, say
 from .runs import EXPORT_FOLDER
 from .settings import CHOICES
@@ -82,16 +83,14 @@ def _export_file(name: str) -> bool:
     return name in EXPORT_FILES or (name.startswith(".") and any(name[1:].startswith(f + ".") for f in EXPORT_FILES))
 
 
-def _refuse_files_added_to(target: Path) -> None:
-    """The default folder inside the run is replaced by a new export without ``--force``, unless something there
-    is not an export's own file: then the user put it there, and replacing the folder would delete it."""
+def _refuse_files_added_to(target: Path, force: bool) -> None:
+    """The default folder inside the run is replaced by a new export without ``--force``, but never while something
+    there is not an export's own file: the user put it there, and replacing the folder would delete it. (An export's
+    marker lists its files; this also covers one written before it did.)"""
     if not target.is_dir() or target.is_symlink():
         return
     added = sorted(p.name for p in target.iterdir() if not _export_file(p.name))
-    if added:
-        raise TltoolError(f"{target}: holds an earlier export and {len(added)} file(s) it did not write "
-                          f"({', '.join(added[:3])}{' ...' if len(added) > 3 else ''}), which replacing it would "
-                          "delete: move them out, or pass --force to replace the folder with them.")
+    refuse_added_entries(target, "export", force, added=added)
 
 
 def _check_label_names(classes: list[str]) -> None:
@@ -129,8 +128,8 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     run = load_run(run_dir)
     _check_label_names(list(run.classes))
     target = Path(os.path.abspath(out)) if out else _default_out(run_dir, fmt, quantize)  # `--out .` has no name
-    if out is None and not force:
-        _refuse_files_added_to(target)
+    if out is None:
+        _refuse_files_added_to(target, force)
     reuse = out is None or holds_no_output(target)  # the run's own folder, or one a killed export left empty
     check_output_dir(target, "export", force=force, reuse=reuse)
     # every refusal before the folder is touched: an earlier export in it stays until this one can be written

@@ -24,7 +24,7 @@ except ImportError:  # Windows: no advisory locks, staging is unguarded there
     fcntl = None
 
 from .errors import TltoolError
-from .utils import read_json, shown_name, write_json
+from .utils import is_temp_leftover, read_json, shown_name, write_json
 
 MARKER = ".tltool-output.json"
 CLAIM_SUFFIX = ".claim-"  # the marker is written under MARKER + this + a token, then linked to its name
@@ -35,6 +35,8 @@ NO_HARD_LINKS = {errno.EPERM, errno.EMLINK, errno.ENOSYS, getattr(errno, "ENOTSU
 FILLING = "filling"  # in the marker while a claimed empty folder is filled in place, one entry after another
 FILLED_ENTRIES = "entries"  # beside it: the names being moved in, the only ones the next fill may clear
 FINISHED = "finished"  # in a run folder's marker once the command that made it returned
+WRITTEN = "files"  # in a finished output's marker: what tltool wrote there; anything else in it is the user's
+MAX_NAMED = 3  # of the files a user added to an output, named in a refusal
 
 # Folders written before the marker existed are recognised by the file that only tltool writes there.
 LEGACY_SIGNATURES = (("run", "model.json"), ("run", "metrics.json"), ("features", "features.json"),
@@ -95,11 +97,73 @@ def _killed_fill_entries(path: Path) -> list[str] | None:
 
 
 def mark_finished(path: str | os.PathLike) -> None:
-    """Say in ``path``'s marker that the command writing it finished: an earlier output, replaced only with
-    ``--force``, whatever files that command writes."""
+    """Say in ``path``'s marker that the command writing it finished, and list what it wrote: an earlier output,
+    replaced only with ``--force``, and never while it holds a file that is not on that list (the user's)."""
     marker = Path(path) / MARKER
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        write_json(marker, {**read_json(marker), FINISHED: True})
+        write_json(marker, {**read_json(marker), FINISHED: True, WRITTEN: written_entries(Path(path))})
+
+
+def written_entries(output: Path) -> list[str]:
+    """What the output folder ``output`` holds, as its marker lists it: each file, link and empty folder, relative
+    and '/'-separated (a folder ending in '/'), leaving out the marker, temporary files and the outputs claimed
+    inside it (an export in a run: marked, with a list of their own)."""
+    return sorted(name for name, nested in _entries(output) if nested is None)
+
+
+def added_entries(output: str | os.PathLike) -> list[str] | None:
+    """The files, links and empty folders in the output ``output`` (or in an output claimed inside it) that its
+    marker does not list: the user's, relative to ``output``. None when ``output``'s marker lists nothing (an older
+    tltool's output, or an unfinished one): what is the user's is not known."""
+    output = Path(output)
+    known = _listed_entries(output)
+    added: list[str] = []
+    for name, nested in _entries(output):
+        if nested is not None:
+            added += [f"{name}{inner}" for inner in added_entries(nested) or ()]
+        elif known is not None and name not in known:
+            added.append(name)
+    return None if known is None and not added else sorted(added)
+
+
+def _listed_entries(output: Path) -> set[str] | None:
+    marker = output / MARKER
+    try:
+        listed = None if marker.is_symlink() else read_json(marker).get(WRITTEN)
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else None
+
+
+def _entries(output: Path) -> Iterator[tuple[str, Path | None]]:
+    """``(name, None)`` for each file, link and empty folder of the output folder ``output`` (see
+    :func:`written_entries`); ``(name, path)`` for each output claimed inside it (a folder holding a marker)."""
+    for here, dirs, files in os.walk(output):  # links are listed (among dirs or files), never followed
+        folder = Path(here)
+        prefix = folder.relative_to(output).as_posix() + "/" if folder != output else ""
+        nested = {name for name in dirs if not (folder / name).is_symlink() and os.path.lexists(folder / name / MARKER)}
+        links = [name for name in dirs if (folder / name).is_symlink()]
+        dirs[:] = sorted(name for name in dirs if name not in nested and name not in links)
+        yield from ((f"{prefix}{name}/", folder / name) for name in sorted(nested))
+        for name in sorted(files + links):
+            if not (name.startswith(MARKER) and folder == output) and not is_temp_leftover(name):
+                yield f"{prefix}{name}", None
+        if not files and not links and not dirs and not nested and folder != output:
+            yield prefix, None  # an empty folder
+
+
+def refuse_added_entries(path: str | os.PathLike, kind: str, force: bool, added: list[str] | None = None,
+                         option: str = "--out") -> None:
+    """Refuse to replace the earlier ``kind`` output ``path`` while it holds files tltool did not write there
+    (``added``, else :func:`added_entries`), ``force`` or not: replacing it would delete them."""
+    added = added_entries(path) if added is None else added
+    if not added:
+        return
+    named = ", ".join(added[:MAX_NAMED]) + (f" and {len(added) - MAX_NAMED} more" if len(added) > MAX_NAMED else "")
+    then = "run again with --force" if force else "pass --force to replace it"
+    raise TltoolError(f"{option} {path}: holds an earlier tltool {kind} and {len(added)} file(s) tltool did not write "
+                      f"there ({named}), which replacing it would delete; tltool never does, --force or not: move "
+                      f"them out of it and {then}, or choose another folder.")
 
 
 def finished_state(path: str | os.PathLike) -> bool | None:
@@ -163,9 +227,11 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     if found != kind:
         raise TltoolError(f"{option} {path}: is a tltool {found} folder, and tltool never writes into or replaces such "
                           f"a folder; choose a new or empty folder.")
+    refuse_added_entries(path, kind, force, option=option)
     if not (reuse or force):
+        unlisted = " (--force deletes it whole, with any file added to it)" if added_entries(path) is None else ""
         raise TltoolError(f"{option} {path}: already holds an earlier tltool {kind}; choose another folder, or "
-                          "pass --force to replace it.")
+                          f"pass --force to replace it{unlisted}.")
     return True
 
 
@@ -205,6 +271,7 @@ def emptied_output_dir(path: Path, kind: str, hold: bool = False) -> Path:
         return path
     if output_kind(path) != kind:  # claim_output_dir was skipped: never delete
         raise TltoolError(f"{path}: is not a tltool {kind} folder; refusing to replace it.")
+    refuse_added_entries(path, kind, force=True)
     old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
     os.rename(path, old)
     if not _create_marked(path, kind):
@@ -489,7 +556,7 @@ def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
     it keeps its mode, group and inode (a shell inside it stays in it). An earlier output is renamed aside first (a
     name of this call's own) and removed only after the new one is in place, so a kill leaves one of the two whole.
     """
-    mark_output_dir(staging, kind)
+    write_json(staging / MARKER, {**_marker(kind), WRITTEN: written_entries(staging)})
     target = Path(os.path.abspath(target))
     if holds_no_output(target):
         _fill_in_place(staging, target, kind)
@@ -499,6 +566,7 @@ def replace_output_dir(staging: Path, target: Path, kind: str) -> None:
         return
     if target.is_symlink() or output_kind(target) != kind:  # claim_output_dir was skipped: never delete
         raise TltoolError(f"{target}: is not a tltool {kind} folder; refusing to replace it.")
+    refuse_added_entries(target, kind, force=True)  # added while this one was built
     _remove_leftovers(target, kind)
     old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
     os.rename(target, old)

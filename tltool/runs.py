@@ -11,7 +11,7 @@ from typing import Callable, ParamSpec, Sequence, TypeVar
 from .errors import TltoolError
 from .outputs import (MARKER, check_not_in_use, check_output_dir, check_output_name, claim_output_dir,
                       emptied_output_dir, finished_state, held_output_dirs, hold_output_dir, hold_scope, mark_finished,
-                      output_kind, release_output_dirs, remove_killed_staging)
+                      output_kind, refuse_added_entries, release_output_dirs, remove_killed_staging)
 from .utils import remove_temp_leftovers
 
 P = ParamSpec("P")
@@ -56,15 +56,17 @@ def _replaceable(out: str | Path, force: bool) -> bool:
 
 
 def _refuse_replacing_exports(out: str | Path) -> None:
-    """The refusal to replace a finished run without ``--force``, naming the exports inside it (``RUN/export/FMT``,
-    where an export's README has the user save ``client.py``): ``--force`` deletes them with the run."""
+    """The refusal to replace a finished run without ``--force``, naming the exports inside it (``RUN/export/FMT``):
+    ``--force`` deletes them with the run. Files the user added there (a ``client.py``) are named first."""
     out = Path(out)
+    if output_kind(out) == "run":
+        refuse_added_entries(out, "run", force=False)  # the user's files first: --force would not delete them
     exports = sorted(p.name for p in (out / EXPORT_FOLDER).iterdir()) if (out / EXPORT_FOLDER).is_dir() else []
     if exports and output_kind(out) == "run":
         named = ", ".join(f"{EXPORT_FOLDER}/{name}" for name in exports[:3]) + (" ..." if len(exports) > 3 else "")
         raise TltoolError(f"--out {out}: already holds an earlier tltool run with its exports inside ({named}), "
-                          "which --force deletes with it, and any file saved there (a client.py); choose another "
-                          "folder, or move what you keep out of it and pass --force to replace it.")
+                          "which --force deletes with it; choose another folder, or move what you keep out of it "
+                          "and pass --force to replace it.")
 
 
 def _found(folder: Path, pattern: str) -> bool:

@@ -20,7 +20,8 @@ from pathlib import Path
 from ..dataset import Dataset, label_commands, stratified_split
 from ..errors import BadFilesWarning, BadImageError, TltoolError
 from ..images import read_header
-from ..outputs import MARKER, check_output_dir, claim_output_dir, holds_no_output, output_kind, staged_output
+from ..outputs import (MARKER, check_output_dir, claim_output_dir, holds_no_output, output_kind, refuse_added_entries,
+                       staged_output)
 from ..settings import check_range
 from ..utils import read_json, write_json
 from .store import (EXPORT_MARKER, LABELS_CSV, check_class_name, check_distinct_folders, inside_root, load_labelled,
@@ -29,7 +30,6 @@ from .store import (EXPORT_MARKER, LABELS_CSV, check_class_name, check_distinct_
 DEFAULT_SUFFIX = "-split"  # mydata -> mydata-split, so runs on it are named after the dataset
 KIND = "label-export"  # the kind of output folder (tltool.outputs) an export is
 SPLITS = ("train", "val")
-MAX_NAMED = 3  # files the user added to an earlier export, named in the refusal
 
 
 @dataclass
@@ -132,17 +132,13 @@ def _refuse_unlabelled(root: Path, dataset: str | os.PathLike) -> None:
                       "with your own class names (keys 1-9 follow their order).")
 
 
-def _refuse_earlier_export(target: Path) -> None:
-    """The refusal to replace the earlier export ``target`` without ``force``, naming the files --force would delete
-    that tltool did not write there."""
-    added = _added_files(target)
-    if added:
-        named = ", ".join(added[:MAX_NAMED]) + (f" and {len(added) - MAX_NAMED} more" if len(added) > MAX_NAMED else "")
-        loss = f"--force deletes it whole, including {len(added)} file(s) tltool did not write there: {named}"
-    else:
-        loss = "--force deletes it whole, including any file added to it"
-    raise TltoolError(f"--out {target}: holds an earlier label export; pass --force to replace it, or choose another "
-                      f"--out ({loss}).")
+def _refuse_earlier_export(target: Path, force: bool) -> None:
+    """The refusal to replace the earlier export ``target`` while it holds files tltool did not write there (named;
+    ``force`` or not), or without ``force``."""
+    refuse_added_entries(target, KIND, force, added=_added_files(target))
+    if not force:
+        raise TltoolError(f"--out {target}: holds an earlier label export; pass --force to replace it, or choose "
+                          "another --out (--force deletes it whole; nothing was added to it).")
 
 
 def default_export_dir(dataset: str | os.PathLike) -> Path:
@@ -170,8 +166,8 @@ def export_labels(dataset: str | os.PathLike, out: str | os.PathLike | None = No
         raise TltoolError(f"--out {target}: would replace the dataset folder itself; choose a new folder.")
     existing = target.is_dir() and not target.is_symlink()
     unfinished = holds_no_output(target)  # empty, or claimed, then killed
-    if existing and not unfinished and not force and output_kind(target) == KIND:
-        _refuse_earlier_export(target)
+    if existing and not unfinished and output_kind(target) == KIND:
+        _refuse_earlier_export(target, force)
     check_output_dir(target, KIND, reuse=unfinished, force=force)  # any other refusal, also before the work
     labelled = _readable(load_labelled(root))
     if not labelled.records:
