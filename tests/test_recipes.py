@@ -603,6 +603,48 @@ def test_an_output_folder_a_step_would_refuse_is_named_by_check_and_before_the_f
     assert _check(path, "2.out=runs/b").exit_code == 0
 
 
+@pytest.mark.parametrize("steps, message", [
+    # an --out an earlier step makes another kind of tltool folder
+    (f"  - extract: {{data: '{SAMPLE}', image-size: 32, out: feats}}\n  - linear: {{features: feats, out: feats}}\n",
+     r"step 2 \(linear\): --out feats: step 1 \(extract\) makes it a tltool features folder, and tltool never "
+     r"writes a run into or over such a folder"),
+    # a run an earlier step writes, replaced without force
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n",
+     r"step 2 \(data-inspect\): --out runs/a: step 1 \(data-inspect\) writes a tltool run there first, which this "
+     r"step replaces only with force: true"),
+    # a finished run that is there now, replaced without force
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - data-inspect: {{path: '{SAMPLE}', out: done}}\n",
+     r"step 2 \(data-inspect\): --out done: already holds an earlier tltool run; choose another folder, or pass "
+     r"--force"),
+    # a finished run that is there now, where an export is written
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - export: {{run-dir: done, out: done, force: true}}\n",
+     r"step 2 \(export\): --out done: is a tltool run folder, and tltool never writes into or replaces such"),
+])
+def test_check_names_an_out_a_later_step_will_refuse_when_an_earlier_step_or_an_earlier_run_holds_it(
+        in_tmp, steps, message):
+    """Before: `--check` skipped an --out that an earlier step writes whatever kind of folder it made there, and
+    passed an --out holding a finished run without force: true; the run did the steps before (minutes of
+    extraction), then the step refused its --out."""
+    from tltool.runs import new_run_dir, writes_runs
+
+    writes_runs(lambda: new_run_dir("inspect", out=in_tmp / "done"))()
+    _refused_before_step_one(in_tmp, _write(in_tmp, f"steps:\n{steps}"), message)
+
+
+def test_check_passes_a_cache_or_a_forced_run_that_an_earlier_step_writes(in_tmp):
+    """What the commands take: a feature cache written again, a run replaced with force: true."""
+    from tltool.runs import new_run_dir, writes_runs
+
+    writes_runs(lambda: new_run_dir("inspect", out=in_tmp / "done"))()
+    path = _write(in_tmp, f"""steps:
+  - extract: {{data: '{SAMPLE}', image-size: 32, out: feats}}
+  - probe: {{data: '{SAMPLE}', image-size: 32, features: feats, out: runs/p}}
+  - data-inspect: {{path: '{SAMPLE}', out: runs/p, force: true}}
+  - data-inspect: {{path: '{SAMPLE}', out: done, force: true}}
+""")
+    assert len(plan_recipe(path).steps) == 4
+
+
 def test_a_step_that_fails_when_it_runs_is_named_in_the_error_and_the_earlier_steps_outputs_stay(in_tmp):
     """Before: a step's own error was printed as it was (`error: nods: no images found...`), naming no step, after
     screens of the earlier steps' output; Click's errors and exit statuses of a step were already named."""

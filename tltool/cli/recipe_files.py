@@ -21,9 +21,12 @@ from typing import Any, Callable, Iterable
 import click
 
 from ..errors import TltoolError
+from ..labeler.export import KIND as LABEL_EXPORT_KIND
 from ..labeler.export import default_export_dir
 from ..linear import default_features_dir
-from ..outputs import check_output_place
+from ..outputs import check_output_dir, holds_no_output
+from ..runs import check_run_dir
+from ..sample import KIND as SAMPLE_KIND
 from ..settings import FILE_SUFFIXES
 
 
@@ -73,6 +76,10 @@ STEP_OUTPUTS: dict[str, tuple[str, ...]] = {  # outputs besides `out`: the featu
     "label-suspects": ("features",),
     "viz-suspects": ("features",),
 }
+# the kind of output folder each command's `out` is (a feature cache at any other key); every other command's is a run
+OUT_KINDS: dict[str, str] = {"extract": "features", "export": "export", "label-export": LABEL_EXPORT_KIND,
+                             "data-make-sample": SAMPLE_KIND, "data-digits": "digits"}
+REUSED_KINDS = ("features", "dataset")  # written into again (caches), never replaced: force does not apply
 Option = Callable[[str], Any]  # a step's value of a key, or its command's default
 
 
@@ -124,17 +131,29 @@ def step_inputs(command: str, params: dict[str, click.Parameter], values: dict[s
             for text in _texts(values[key]) if INPUT_KINDS[kind].names_file(text)]
 
 
-def step_outputs(command: str, params: dict[str, click.Parameter], values: dict[str, Any]) -> list[Path]:
-    """The paths a step writes that a later step can name."""
+def output_kind_of(command: str, key: str) -> str:
+    """The kind of tltool output folder (:mod:`tltool.outputs`) that ``command`` writes at its key ``key``."""
+    return OUT_KINDS.get(command, "run") if key in WRITTEN_EVERYWHERE else "features"
+
+
+def step_output_kinds(command: str, params: dict[str, click.Parameter], values: dict[str, Any]) -> dict[Path, str]:
+    """The paths a step writes that a later step can name, each with the kind of output folder it is."""
     keys = [k for k in WRITTEN_EVERYWHERE if k in params] + list(STEP_OUTPUTS.get(command, ()))
-    out = [_absolute(text) for key in keys if key in values for text in _texts(values[key])]
+    out = {_absolute(text): output_kind_of(command, key)
+           for key in keys if key in values for text in _texts(values[key])}
     absent, source, default = DEFAULT_OUTPUTS.get(command, ("", "", None))
     if default is not None and absent not in values:
         def option(key: str) -> Any:
             return values[key] if key in values else (params[key].default if key in params else None)
 
-        out += [_absolute(str(default(text, option))) for text in _texts(values.get(source))]
+        out |= {_absolute(str(default(text, option))): output_kind_of(command, absent)
+                for text in _texts(values.get(source))}
     return out
+
+
+def step_outputs(command: str, params: dict[str, click.Parameter], values: dict[str, Any]) -> list[Path]:
+    """The paths a step writes that a later step can name."""
+    return list(step_output_kinds(command, params, values))
 
 
 def _absolute(text: str) -> Path:
@@ -176,23 +195,44 @@ def unmade_inputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], di
 
 
 def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]]) -> list[StepRefusal]:
-    """The output folders ``steps`` name (as :func:`unmade_inputs` takes them) that their commands will refuse
-    whatever their kind, as they are now: a folder tltool did not make, a file, a link. An output that an earlier one
-    of them writes is left out (it may be tltool's by then). Without this, the refusal came when the step was
-    reached, after every step before it had run."""
-    made: list[Path] = []
+    """The output folders ``steps`` name (as :func:`unmade_inputs` takes them) that their commands will refuse: one
+    that is now, or that an earlier step makes, another kind of tltool folder (``extract --out feats``, then ``linear
+    --out feats``), a folder tltool did not make, a file, a link, and an earlier output of the same kind replaced
+    without ``force: true``. One inside or around an earlier step's output is left out (it may be tltool's by then).
+    Without this, the refusal came when the step was reached, after every step before it had run."""
+    made: dict[Path, tuple[int, str, str]] = {}  # each place an earlier step writes: that step, its command, the kind
     refused = []
     for index, command, params, values in steps:
         keys = [k for k in (*WRITTEN_EVERYWHERE, *STEP_OUTPUTS.get(command, ())) if k in params and k in values]
+        force = values.get("force") is True
         for key in keys:
             if not isinstance(params[key].type, click.Path) or params[key].type.file_okay:
                 continue  # a file written (a split's CSV): its command says what it replaces
+            kind = output_kind_of(command, key)
             for text in _texts(values[key]):
-                if any(_related(_absolute(text), m) for m in made):
-                    continue
                 try:
-                    check_output_place(text, option=f"--{key}")
+                    _check_output(text, kind, force, f"--{key}", made)
                 except TltoolError as exc:
                     refused.append(StepRefusal(index, command, str(exc)))
-        made += step_outputs(command, params, values)
+        made |= {path: (index, command, kind) for path, kind in step_output_kinds(command, params, values).items()}
     return refused
+
+
+def _check_output(text: str, kind: str, force: bool, option: str, made: dict[Path, tuple[int, str, str]]) -> None:
+    """Raise what the step's command will, reached after the steps before it (which write ``made``)."""
+    place = _absolute(text)
+    if place in made:
+        index, command, earlier = made[place]
+        if earlier != kind:
+            raise TltoolError(f"{option} {text}: step {index} ({command}) makes it a tltool {earlier} folder, and "
+                              f"tltool never writes a {kind} into or over such a folder; choose another folder.")
+        if not (force or kind in REUSED_KINDS):
+            raise TltoolError(f"{option} {text}: step {index} ({command}) writes a tltool {kind} there first, which "
+                              "this step replaces only with force: true; choose another folder, or add force: true.")
+        return
+    if any(_related(place, m) for m in made):
+        return
+    if kind == "run":
+        check_run_dir(text, force)
+    else:
+        check_output_dir(text, kind, reuse=kind in REUSED_KINDS or holds_no_output(text), force=force, option=option)
