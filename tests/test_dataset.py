@@ -510,7 +510,7 @@ def test_a_label_holding_a_control_character_is_refused_naming_its_row(tmp_path)
         load_dataset(tmp_path / "m.csv")
     assert str(err.value).splitlines()[1:] == [
         "  row 3: the label 'red\\x1b[31mdog' holds a control character ('\\x1b'), which a class name cannot hold",
-        "  row 5: the label 'new\\nline' holds a control character ('\\n'), which a class name cannot hold",
+        "  row 4: the label 'new\\nline' holds a control character ('\\n'), which a class name cannot hold",
         "  row 6: the label 'tab\\tx' holds a control character ('\\t'), which a class name cannot hold",
         "  row 7: the label 'n\\x00ul' holds a control character ('\\x00'), which a class name cannot hold",
         "  row 8: the label 'del\\x7fx' holds a control character ('\\x7f'), which a class name cannot hold"]
@@ -586,6 +586,25 @@ def test_a_manifest_problem_shows_the_path_with_its_control_characters_escaped(t
     assert str(err.value).splitlines()[1:] == ["  row 3: file not found: no\\x1b[31mpe.jpg",
                                                "  row 4: empty label for imgs/img_01.jpg",
                                                "  row 5: file not found: imgs/img_00.jpg\\x1b[0m"]
+
+
+def test_a_manifest_record_spread_over_lines_is_named_by_the_line_it_starts_on(tmp_path):
+    """A quoted cell with line breaks in it: its problem was named by the line the record ends on (one late for
+    each break), so "row 5" pointed past the record to the next one."""
+    _tree(tmp_path, {"imgs": 2})
+    (tmp_path / "m.csv").write_bytes(b'path,label\nimgs/img_00.jpg,a\n"two\r\nline\nname.jpg",a\nnope.jpg,b\n')
+    with pytest.raises(TltoolError) as err:
+        load_dataset(tmp_path / "m.csv")
+    assert str(err.value).splitlines()[1:] == ["  row 3: file not found: two\\r\\nline\\nname.jpg",
+                                               "  row 6: file not found: nope.jpg"]
+
+
+def test_a_manifest_of_too_few_classes_is_told_to_list_images_not_to_make_folders(tmp_path):
+    """A manifest with a header only was told to "put each class's images in its own sub-folder"."""
+    (tmp_path / "m.csv").write_text("path,label\n")
+    with pytest.raises(TltoolError, match=r"List the images of at least 2 classes in .*m\.csv, one row each: "
+                                          r"path,label\.$"):
+        load_dataset(tmp_path / "m.csv").require_classes(2)
 
 
 def test_a_tfds_dataset_without_a_class_label_is_one_line(tmp_path, monkeypatch):

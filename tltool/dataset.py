@@ -22,7 +22,7 @@ import numpy as np
 from .errors import TltoolError, TltoolWarning
 from .images import is_candidate_file
 from .outputs import MARKER, output_kind
-from .utils import BIDI_CONTROLS, readable_csv, shown_name, unprinted_character, write_text_atomic
+from .utils import BIDI_CONTROLS, readable_csv, record_line, shown_name, unprinted_character, write_text_atomic
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -131,6 +131,9 @@ class Dataset:
     def how_to_get_classes(self) -> str:
         """What to do about too few classes: a folder of ``tltool collect import`` is labelled and exported first;
         any other folder needs one sub-folder per class."""
+        if self.source.startswith("csv:"):  # a manifest (header only, or one class): folder advice did not apply
+            return (f"List the images of at least 2 classes in {shown_name(self.source[len('csv:'):])}, one row "
+                    "each: path,label")
         folder = Path(self.source[len("folder:"):]) if self.source.startswith("folder:") else None
         if folder is None:
             return "Put each class's images in its own sub-folder"
@@ -494,7 +497,7 @@ def load_manifest(spec: str, labels_file: bool = False) -> Dataset:
         reader = csv.DictReader(f, delimiter="\t" if spec.lower().endswith(".tsv") else ",")
         reader.fieldnames = header = _manifest_header(reader.fieldnames, spec, labels_file)
         for row in reader:
-            rows.add(reader.line_num, row)
+            rows.add(record_line(reader, row), row)
     if rows.problems:
         shown = "\n  ".join(rows.problems[:20])
         more = f"\n  ... and {len(rows.problems) - 20} more" if len(rows.problems) > 20 else ""

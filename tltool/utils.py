@@ -393,6 +393,18 @@ def _open_lock_file(path: str | os.PathLike) -> int:
     return fd
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what a file read with newline="" ends a line at
+
+
+def record_line(reader: Any, record: Any) -> int:
+    """The line the CSV record ``record`` (a list of cells, or a DictReader's row) that ``reader`` just read starts
+    on. ``reader.line_num`` is the line it ends on: a quoted cell holding line breaks made it and every later row's
+    number point past the record a problem was in."""
+    cells = record.values() if isinstance(record, dict) else record
+    flat = [c for cell in cells for c in (cell if isinstance(cell, list) else [cell]) if isinstance(c, str)]
+    return reader.line_num - sum(len(_LINE_BREAK.findall(c)) for c in flat)
+
+
 @contextlib.contextmanager
 def readable_csv(path: str | os.PathLike) -> Iterator[None]:
     """Read a user's CSV inside this block: a file that is not UTF-8 text (say, saved as cp1252 by a spreadsheet) or

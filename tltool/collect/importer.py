@@ -24,7 +24,8 @@ from ..images import CORRUPT, DEFAULT_MAX_PIXELS, load_image
 from ..outputs import claim_output_dir
 from ..progress import Bar
 from ..settings import check_range
-from ..utils import atomic_path, file_lock, readable_csv, remove_temp_leftovers, shown_name, write_text_atomic
+from ..utils import (atomic_path, file_lock, readable_csv, record_line, remove_temp_leftovers,
+                     shown_name, write_text_atomic)
 from .neardup import DEFAULT_NEAR_THRESHOLD, NearIndex, dhash, mean_colour, pixels_sha256
 from .sources import (DEFAULT_EVERY, Bad, Candidate, camera_candidates, candidates_of, cv2_module, expand_sources,
                       open_camera)
@@ -100,7 +101,7 @@ def read_manifest(path: Path) -> list[dict]:
                               "to start a new one.")
         rows = []
         for row in reader:
-            _check_manifest_row(path, reader.line_num, row)
+            _check_manifest_row(path, record_line(reader, row), row)
             rows.append({c: row[c] for c in MANIFEST_COLUMNS})
         return rows
 

@@ -29,7 +29,7 @@ from ..dataset import (LABEL_CLASSES, LABELS_CSV, UNLABELED, Dataset, ManifestWa
 from ..errors import BadFilesWarning, TltoolError
 from ..images import IMAGE_EXTENSIONS
 from ..outputs import output_kind
-from ..utils import file_lock, readable_csv, refuse_link, shown_name, write_text_atomic
+from ..utils import file_lock, readable_csv, record_line, refuse_link, shown_name, write_text_atomic
 
 
 ASSISTED = "assisted"  # labels.csv column: 1 when the label was an accepted suggestion
@@ -230,7 +230,7 @@ def _labels_rows(path: Path) -> LabelsTable:
             if header is not None:
                 table.header = _labels_header(path, header)
                 for cells in rows:
-                    table.add(root, cells, f"{path}, row {reader.line_num}")
+                    table.add(root, cells, f"{path}, row {record_line(reader, cells)}")
     return table
 
 
@@ -300,11 +300,11 @@ def read_review(root: Path, csv_path: str | os.PathLike) -> tuple[list[ReviewIte
             raw = (row.get("path") or "").strip()
             rel = inside_root(root, raw, allow_absolute=True)
             if rel is None:
-                notes.append(f"row {reader.line_num}: {raw!r} is outside {root}")
+                notes.append(f"row {record_line(reader, row)}: {raw!r} is outside {root}")
             elif not (root / rel).is_file():
-                notes.append(f"row {reader.line_num}: {raw!r} not found under {root}")
+                notes.append(f"row {record_line(reader, row)}: {raw!r} not found under {root}")
             elif not is_image_name(PurePosixPath(rel).name):  # labels.csv, notes.txt: never an item to label
-                notes.append(f"row {reader.line_num}: {raw!r} is not an image")
+                notes.append(f"row {record_line(reader, row)}: {raw!r} is not an image")
             elif rel not in seen:
                 seen.add(rel)
                 items.append(ReviewItem(rel, *((row.get(k) or "").strip() for k in ("label", "suggested", "score"))))
