@@ -662,3 +662,54 @@ def test_a_tltool_run_folder_among_the_photos_is_left_out_and_not_counted_as_a_b
     assert result.exit_code == 0, result.output
     assert "added 1 image(s)" in result.output and "0 bad file(s) skipped" in result.output
     assert [row["source"] for row in _manifest(tmp_path / "ds")] == [str(photos / "fine.jpg")]
+
+
+@pytest.mark.parametrize("near_threshold", [-1, 4])
+def test_a_copy_of_a_file_already_in_the_dataset_is_an_exact_duplicate_of_it(tmp_path, near_threshold):
+    """Before: a byte-for-byte copy of a photo in DATASET/unlabeled/ was compared by the pixel hash of the photo
+    before import re-encoded it, so it was a near duplicate at best, and with near-duplicate checks off
+    (--near-threshold -1) it was imported a second time."""
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    first = import_images([str(tmp_path / "in")], tmp_path / "ds", near_threshold=near_threshold)
+    written = tmp_path / "ds" / first.added[0]["file"]
+    shutil.copy(written, tmp_path / "copy.jpg")
+    again = import_images([str(tmp_path / "copy.jpg")], tmp_path / "ds", near_threshold=near_threshold)
+    assert again.added == [] and [row["duplicate_of"] for row in again.duplicates] == [first.added[0]["file"]]
+    assert len(list((tmp_path / "ds" / UNLABELED).iterdir())) == 1
+
+
+def test_a_manifest_of_an_older_tltool_without_file_digests_still_finds_copies_and_gains_them(tmp_path):
+    """A manifest written before the file_sha256 column: read, its files' digests computed, the column written."""
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    first = import_images([str(tmp_path / "in")], tmp_path / "ds", near_threshold=-1)
+    manifest = tmp_path / "ds" / MANIFEST
+    rows = _manifest(tmp_path / "ds")
+    with open(manifest, "w", newline="", encoding="utf-8") as f:  # as an older tltool wrote it
+        writer = csv.DictWriter(f, fieldnames=[c for c in rows[0] if c != "file_sha256"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.copy(tmp_path / "ds" / first.added[0]["file"], tmp_path / "copy.jpg")
+    again = import_images([str(tmp_path / "copy.jpg")], tmp_path / "ds", near_threshold=-1)
+    assert again.added == [] and len(again.duplicates) == 1
+    assert [len(row["file_sha256"]) for row in _manifest(tmp_path / "ds")] == [64, 0]  # the added one, the copy
+
+
+def test_a_run_folder_given_as_the_photos_is_refused_by_inspect_and_import(tmp_path):
+    """Before: `data inspect RUN` took its refit/ plots for a class and suggested `collect import RUN`, which
+    imported the run's plots as photos. A run, features or export folder given itself is named as what it is;
+    one a glob matches is left out, as one inside a photo folder is."""
+    from tltool.outputs import claim_output_dir
+
+    run = claim_output_dir(tmp_path / "myrun", "run")
+    noise_image(run / "confusion_matrix.png", seed=1)
+    noise_image(run / "refit" / "training_curves.png", seed=2)
+    noise_image(tmp_path / "mypics" / "a.jpg", seed=3)
+    message = "myrun: is a tltool run folder (what a command wrote: reports, plots, models), not photos"
+    for args in (["data", "inspect", str(run), "--out", str(tmp_path / "report")],
+                 ["collect", "import", str(run), "--out", str(tmp_path / "ds")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and message in result.output and "collect import" not in result.output, \
+            result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mypics", "myrun"]  # nothing made
+    result = import_images([str(tmp_path / "my*")], tmp_path / "ds")
+    assert [row["source"] for row in result.added] == [str(tmp_path / "mypics" / "a.jpg")] and not result.bad

@@ -255,6 +255,15 @@ def tltool_output(folder: str | os.PathLike, skipped: list[SkippedFile]) -> bool
     return True
 
 
+def refuse_tltool_output(folder: str | os.PathLike, given: str) -> None:
+    """Refuse a run, features or export folder of tltool's given as the photos: its plots were taken for photos
+    (`data inspect RUN` found a class named refit/, and suggested `collect import RUN`, which imported the plots)."""
+    kind = output_kind(folder) if os.path.isfile(os.path.join(folder, MARKER)) else None
+    if kind in NOT_PHOTOS:
+        raise TltoolError(f"{shown_name(given)}: is a tltool {kind} folder (what a command wrote: reports, plots, "
+                          "models), not photos; give the folder of your photos.")
+
+
 def walk_files(folder: str | os.PathLike, guard: LinkGuard | None = None) -> tuple[list[Path], list[SkippedFile]]:
     """Every file under ``folder`` in a stable order (a folder's files, then each sub-folder in turn), with the
     hidden and badly named ones set aside. Linked folders are followed as :class:`LinkGuard` allows; the links it
@@ -565,6 +574,7 @@ def load_folder(spec: str) -> Dataset:
     """``root/<class>/*`` or ``root/{train,val,test}/<class>/*`` (an existing split is kept). Linked folders are
     followed as :class:`LinkGuard` allows; the others are named in a :class:`SymlinkWarning` and in ``skipped``."""
     root = Path(spec).resolve()
+    refuse_tltool_output(root, spec)
     notes: list[str] = []
     walk = _FolderWalk(LinkGuard(root))
     for folder, split in _layout(root, notes):

@@ -5,6 +5,7 @@ and checks new images against every image kept so far, exactly (pixel hash) and 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -24,7 +25,7 @@ from ..images import CORRUPT, DEFAULT_MAX_PIXELS, load_image
 from ..outputs import claim_output_dir
 from ..progress import Bar
 from ..settings import check_range
-from ..utils import (atomic_path, file_lock, readable_csv, record_line, remove_temp_leftovers,
+from ..utils import (atomic_path, file_lock, readable_csv, record_line, remove_temp_leftovers, sha256_file,
                      shown_name, write_text_atomic)
 from .neardup import DEFAULT_NEAR_THRESHOLD, NearIndex, dhash, mean_colour, pixels_sha256
 from .sources import (DEFAULT_EVERY, Bad, Candidate, camera_candidates, candidates_of, cv2_module, expand_sources,
@@ -41,6 +42,9 @@ JPEG_QUALITY = 92
 ADDED, DUPLICATE, NEAR_DUPLICATE = "added", "duplicate", "near-duplicate"
 MANIFEST_COLUMNS = ("source", "source_sha256", "frame_s", "file", "status", "duplicate_of", "distance",
                     "pixels_sha256", "dhash", "mean_rgb", "width", "height")
+# columns a manifest of an older tltool lacks: read as empty. file_sha256: the bytes of the JPEG written, so a copy
+# of a dataset file imported again is a duplicate of it (its pixels_sha256 is of the pixels before that encode)
+LATER_COLUMNS = ("file_sha256",)
 
 
 def load_shrunk(path: str | os.PathLike, max_side: int = DEFAULT_MAX_SIDE,
@@ -102,7 +106,7 @@ def read_manifest(path: Path) -> list[dict]:
         rows = []
         for row in reader:
             _check_manifest_row(path, record_line(reader, row), row)
-            rows.append({c: row[c] for c in MANIFEST_COLUMNS})
+            rows.append({c: row[c] for c in MANIFEST_COLUMNS} | {c: row.get(c) or "" for c in LATER_COLUMNS})
         return rows
 
 
@@ -131,7 +135,8 @@ def _check_manifest_row(path: Path, line: int, row: dict) -> None:
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS + LATER_COLUMNS, lineterminator="\n",
+                            extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buf.getvalue())
@@ -164,11 +169,13 @@ class _Ledger:
         self.rows = read_manifest(root / MANIFEST)
         self.known = {(r["source_sha256"], r["frame_s"]) for r in self.rows}  # imported by an earlier run
         self.exact: dict[str, str] = {}
+        self.files: dict[str, str] = {}  # the dataset's files by the digest of their bytes
         self.near = NearIndex(near_threshold)
         for r in self.rows:
             if r["status"] == ADDED:
                 self.exact[r["pixels_sha256"]] = r["file"]
                 self.near.add(r["file"], int(r["dhash"], 16), _parse_colour(r["mean_rgb"]))
+                self._index_file(r)
         self.result = ImportResult(root, root / MANIFEST, near_threshold)
 
     def keep(self, candidate: Candidate, decoded: Decoded) -> None:
@@ -177,17 +184,28 @@ class _Ledger:
         row = {"source": candidate.source, "source_sha256": candidate.source_sha256, "frame_s": candidate.frame_s,
                "file": "", "status": ADDED, "duplicate_of": "", "distance": "", "pixels_sha256": decoded.sha,
                "dhash": f"{decoded.dhash:016x}", "mean_rgb": " ".join(map(str, decoded.colour)), "width": w,
-               "height": h}
-        if decoded.sha in self.exact:
-            row.update(status=DUPLICATE, duplicate_of=self.exact[decoded.sha], distance=0)
+               "height": h, "file_sha256": ""}
+        copy_of = self.exact.get(decoded.sha) or self.files.get(candidate.source_sha256)
+        if copy_of is not None:
+            row.update(status=DUPLICATE, duplicate_of=copy_of, distance=0)
             self.result.duplicates.append(row)
         elif (match := self.near.find(decoded.dhash, decoded.colour)) is not None:
             row.update(status=NEAR_DUPLICATE, duplicate_of=match[0], distance=match[1])
             self.result.near_duplicates.append(row)
         else:
             row["file"] = self._write(candidate, decoded)
+            self._index_file(row)
             self.result.added.append(row)
         self.rows.append(row)
+
+    def _index_file(self, row: dict) -> None:
+        """Know the added file of ``row`` by the digest of its bytes (computed for a manifest of an older tltool,
+        which did not record it; a file gone or unreadable is left out)."""
+        if not row["file_sha256"]:
+            with contextlib.suppress(OSError, ValueError):
+                row["file_sha256"] = sha256_file(self.root / row["file"])
+        if row["file_sha256"]:
+            self.files[row["file_sha256"]] = row["file"]
 
     def _write(self, candidate: Candidate, decoded: Decoded) -> str:
         rel = f"{UNLABELED}/{candidate.stem}-{decoded.sha[:12]}.jpg"

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..dataset import HIDDEN, NOT_UTF8, TLTOOL_OUTPUTS, LinkGuard, is_utf8, walk_files
+from ..dataset import (HIDDEN, NOT_UTF8, TLTOOL_OUTPUTS, LinkGuard, is_utf8, refuse_tltool_output, tltool_output,
+                       walk_files)
 from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, UNREADABLE
 from ..utils import sha256_file, shown_name
@@ -116,6 +117,7 @@ def _expand_one(spec: str) -> list[Path | Bad]:
         raise TltoolError(f"{shown_name(spec)}: cannot be read as a file or folder ({exc.strerror or exc}).") \
             from None
     if is_dir:
+        refuse_tltool_output(path, spec)
         return _walk(path)
     if is_file:
         return [path]
@@ -128,7 +130,8 @@ def _expand_one(spec: str) -> list[Path | Bad]:
     if not matches:
         raise TltoolError(f"{shown_name(spec)}: the pattern matches no file. Quote it so your shell does not expand "
                           "it, and check the folder.")
-    return [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
+    # a run or features folder a pattern matches is left out, as the walk leaves out one inside a folder
+    return [f for m in matches if not tltool_output(m, []) for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
 
 
 def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[Path | Bad]:
