@@ -96,6 +96,8 @@ def test_every_command_that_writes_a_run_folder_refuses_a_finished_run_without_f
         assert result.exit_code == 0 and "--force" in result.output
     result = CliRunner().invoke(main, ["compare", str(a), str(a), "--out", str(victim), "--force"])
     assert result.exit_code == 0 and (victim / "metrics.json").exists() and not (victim / "head.npz").exists()
+    # one run given twice: said so (before, no word: "no significant difference" of a run with itself)
+    assert f"warning (SameRunWarning): {a} and {a} are one run" in " ".join(result.output.split())
 
 
 def test_compare_says_when_it_cannot_tell(tmp_path):
@@ -124,6 +126,14 @@ def test_compare_refuses_different_images_or_classes(tmp_path):
     for content in (b"", b"\xff\xfe\x00", b"path,true,predicted\n/x.jpg\n"):
         (swapped / "predictions.csv").write_bytes(content)
         with pytest.raises(TltoolError, match="not a predictions.csv tltool wrote"):
+            compare_runs(a, swapped)
+    # before, accepted: a class its header does not name (scored as a plain mistake), a probability of nan
+    for edit, why in (((",a,a,", ",a,zebra,"), r"row 3: the predicted class 'zebra' is none of its columns' classes"),
+                      ((",0.9,0.9,0.1", ",nan,0.9,0.1"), r"row 3: the probability 'nan' is not from 0 to 1")):
+        rows = (a / "predictions.csv").read_text().splitlines()
+        rows[2] = rows[2].replace(*edit)
+        (swapped / "predictions.csv").write_text("\n".join(rows) + "\n")
+        with pytest.raises(TltoolError, match=rf"predictions\.csv, {why}; not a predictions\.csv tltool wrote"):
             compare_runs(a, swapped)
 
 
@@ -513,7 +523,9 @@ def test_evaluate_with_tta_reports_the_plain_accuracy_and_the_tta_one_beside_it(
         f"data (every image) accuracy {plain.accuracy()}",
         f"data (every image) accuracy with TTA flip {format_proportion(metrics['tta']['flip']['accuracy'])}"]
     report = (out / "report.md").read_text()
-    assert f"- **validation accuracy: {format_proportion(metrics['val']['accuracy'])}**" in report
+    # not "validation accuracy": these are every image of another dataset (before, the report said validation)
+    assert f"- **data (every image) accuracy: {format_proportion(metrics['val']['accuracy'])}**" in report
+    assert "validation accuracy" not in report and metrics["scored_on"] == "data (every image)"
     assert f"- with test-time augmentation `flip`: {format_proportion(metrics['tta']['flip']['accuracy'])}" in report
 
 

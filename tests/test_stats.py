@@ -162,3 +162,24 @@ def test_the_confusion_matrix_says_its_rows_are_the_true_class():
     stored = evaluation.to_json()
     assert stored["confusion_matrix"] == [[1, 1], [0, 1]]  # the a photo predicted b is in row a, column b
     assert stored["confusion_matrix_axes"] == ["true", "predicted"]
+
+
+def test_precision_and_f1_are_not_available_where_nothing_divides_not_zero(tmp_path):
+    """Before: a class with no images that the model never predicted showed precision 0.000 and F1 0.000, as if it
+    were always wrong; and a class never predicted, precision 0.000. Undefined values are None, "n/a" in report.md."""
+    import numpy as np
+
+    from tltool.evaluation import Evaluation
+    from tltool.report import markdown_summary
+
+    # a: 2 images, right once; b: 1 image, never predicted; c: no images, never predicted; d: no images, predicted once
+    probs = np.array([[.9, .0, .0, .1], [.1, .0, .0, .9], [.8, .1, .0, .1]])
+    per_class = Evaluation(["a", "b", "c", "d"], np.array([0, 0, 1]), probs).per_class()
+    assert per_class["a"]["precision"] == 0.5 and per_class["a"]["f1"] == 0.5
+    assert per_class["b"]["precision"] is None and per_class["b"]["f1"] == 0.0  # 1 image, always missed
+    assert per_class["c"]["precision"] is None and per_class["c"]["f1"] is None and per_class["c"]["recall"] is None
+    assert per_class["d"]["precision"] == 0.0 and per_class["d"]["f1"] == 0.0  # predicted, always wrongly
+    metrics = {"val": Evaluation(["a", "b", "c", "d"], np.array([0, 0, 1]), probs).to_json()}
+    table = markdown_summary("t", metrics)
+    assert "| b | n/a | 0.000 [0.000, 0.793] (n=1) | 0.000 | 1 |" in table, table
+    assert "| c | n/a | n/a | n/a | 0 |" in table

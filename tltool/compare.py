@@ -5,12 +5,14 @@ difference with its interval and an exact McNemar test say whether the data can 
 """
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import TltoolError
+from .errors import SameRunWarning, TltoolError
 from .models import load_run
 from .plotting import cached_figure, pyplot
 from .predict import labelled_images, warn_if_trained_on
@@ -124,6 +126,9 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
     ``tltool evaluate``). ``out``: an earlier run there is replaced only with ``force``."""
     run_a, run_b = Path(run_a), Path(run_b)
     check_run_dir(out, force, reads=(run_a, run_b, data))
+    if os.path.realpath(run_a) == os.path.realpath(run_b):
+        warnings.warn(f"{run_a} and {run_b} are one run: it agrees with itself on every image, so this comparison "
+                      "says nothing; give two runs.", SameRunWarning, stacklevel=3)
     if data is None:
         (a, truth_a, classes_a), (b, truth_b, classes_b) = _stored_correctness(run_a), _stored_correctness(run_b)
         if classes_a != classes_b:

@@ -52,6 +52,10 @@ class EmptyClassWarning(TltoolWarning):
     """A class the data declares has no usable image (an empty class folder, or every file bad): it is left out."""
 
 
+class SameRunWarning(TltoolWarning):
+    """``tltool compare`` was given one run twice: the runs agree on every image by construction."""
+
+
 class TooFewClassesWarning(TltoolWarning):
     """Fewer than two classes have usable images: no classifier can be trained on the data."""
 

@@ -56,12 +56,14 @@ class Evaluation:
         out = {}
         for i, name in enumerate(self.classes):
             tp, support, predicted = matrix[i, i], matrix[i].sum(), matrix[:, i].sum()
-            precision = tp / predicted if predicted else 0.0
+            # undefined (None, "n/a" in the report) where nothing divides: precision of a class never predicted,
+            # F1 of a class with neither images nor predictions; 0.000 read as a class the model always got wrong
+            precision = float(tp / predicted) if predicted else None
             recall = Proportion(int(tp), int(support))
-            r = recall.value if support else 0.0
-            f1 = 2 * precision * r / (precision + r) if precision + r else 0.0
-            out[name] = {"precision": float(precision), "recall": recall.to_json() if support else None,
-                         "f1": float(f1), "support": int(support), "predicted": int(predicted)}
+            p, r = precision or 0.0, recall.value if support else 0.0
+            f1 = (2 * p * r / (p + r) if p + r else 0.0) if support or predicted else None
+            out[name] = {"precision": precision, "recall": recall.to_json() if support else None,
+                         "f1": None if f1 is None else float(f1), "support": int(support), "predicted": int(predicted)}
         return out
 
     def balanced_accuracy(self) -> dict:

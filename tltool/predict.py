@@ -118,7 +118,8 @@ def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | Non
     metrics = write_run_report(target, evaluation, paths, kind="evaluation",
                                title=f"{Path(run_dir).name} evaluated on {dataset.name}",
                                config={"run": str(run_dir), "data": dataset.source, "tta": tta, **model.config},
-                               extra={"images_trained_on": seen}, tta=with_tta)
+                               extra={"images_trained_on": seen}, tta=with_tta,
+                               scored_on=f"{dataset.name} (every image)")
     return target, evaluation, metrics
 
 

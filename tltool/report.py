@@ -18,7 +18,7 @@ from .evaluation import Evaluation
 from .images import load_thumbnail
 from .plotting import cached_figure, pyplot, save_figure
 from .stats import format_proportion
-from .utils import sha256_file, write_json, write_text_atomic
+from .utils import sha256_file, shown_name, write_json, write_text_atomic
 
 THUMBNAIL_SIZE = 128  # px of a photo in the misclassified grid
 
@@ -137,7 +137,27 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], list[
     if header[:3] != ["path", "true", "predicted"] or any(len(r) != len(header) for r in rows):
         raise TltoolError(f"{path}: not a predictions.csv tltool wrote (its header or a row's cells differ).")
     classes = [h[2:] for h in header[5:]]
+    for line, row in enumerate(rows, start=2):
+        problem = _prediction_problem(row, classes)
+        if problem:
+            raise TltoolError(f"{path}, row {line}: {problem}; not a predictions.csv tltool wrote.")
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], classes
+
+
+def _prediction_problem(row: list[str], classes: list[str]) -> str | None:
+    """What makes one row of a predictions.csv one tltool did not write: a class not in its header (compare scored
+    it as a plain mistake), or a probability that is not a number from 0 to 1 (nan passed)."""
+    for cell, what in ((row[1], "true"), (row[2], "predicted")):
+        if cell not in classes:
+            return f"the {what} class {shown_name(cell)!r} is none of its columns' classes"
+    for cell in row[4:]:
+        try:
+            value = float(cell)
+        except ValueError:
+            return f"the probability {shown_name(cell)!r} is not a number"
+        if not 0.0 <= value <= 1.0:  # nan and inf fail too
+            return f"the probability {shown_name(cell)!r} is not from 0 to 1"
+    return None
 
 
 def trained_on_line(seen: int, n: int, run: str) -> str:
@@ -175,7 +195,7 @@ def markdown_summary(title: str, metrics: dict) -> str:
                   f"- out-of-fold predictions of the first repeat (the per-class table, the plots and "
                   f"predictions.csv): {format_proportion(val['accuracy'])}"]
     else:
-        lines += [f"- **validation accuracy: {format_proportion(val['accuracy'])}**"]
+        lines += [f"- **{metrics.get('scored_on') or 'validation'} accuracy: {format_proportion(val['accuracy'])}**"]
     lines.append(f"- {resolution_line(cv['accuracy'] if cv else val['accuracy'], bool(cv))}")
     lines += [f"- **data warning: {warning}**" for warning in metrics.get("data_warnings") or []]
     if metrics.get("images_trained_on"):
@@ -195,7 +215,8 @@ def markdown_summary(title: str, metrics: dict) -> str:
     lines += ["## Per class", "", "| class | precision | recall [95 % CI] | F1 | n |", "|---|---|---|---|---|"]
     for name, row in val["per_class"].items():
         recall = format_proportion(row["recall"]) if row["recall"] else "n/a"
-        lines.append(f"| {name} | {row['precision']:.3f} | {recall} | {row['f1']:.3f} | {row['support']} |")
+        precision, f1 = (f"{row[key]:.3f}" if row[key] is not None else "n/a" for key in ("precision", "f1"))
+        lines.append(f"| {name} | {precision} | {recall} | {f1} | {row['support']} |")
     lines += ["", "## Settings", "", "```json"]
     lines += [json.dumps(metrics.get("config", {}), indent=2, default=str), "```", ""]
     lines += ["## Plots", "", "![confusion matrix](confusion_matrix.png)", "", "![misclassified](misclassified.png)"]
@@ -207,19 +228,22 @@ def markdown_summary(title: str, metrics: dict) -> str:
 def write_run_report(run_dir: str | Path, evaluation: Evaluation, paths: Sequence[str], *, kind: str, title: str,
                      config: dict, extra: dict | None = None,
                      tta: dict[str, Evaluation] | None = None,
-                     overlays: Sequence[np.ndarray] | None = None) -> dict:
+                     overlays: Sequence[np.ndarray] | None = None, scored_on: str | None = None) -> dict:
     """Write the full report of one run; returns the metrics dict written to ``metrics.json``.
 
     ``overlays``: the misclassified grid's pictures (see :func:`plot_misclassified`), e.g. Grad-CAM heat maps.
+    ``scored_on``: what the images scored are, where they are not the run's validation split (``evaluate``'s
+    other dataset): named in the headline and the plot instead of "validation".
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    plot_confusion(evaluation, run_dir / "confusion_matrix.png", f"{title}\n{accuracy_line(evaluation)}")
+    plot_confusion(evaluation, run_dir / "confusion_matrix.png",
+                   f"{title}\n{accuracy_line(evaluation, scored_on or 'val')}")
     plot_misclassified(evaluation, paths, run_dir / "misclassified.png", overlays=overlays)
     write_predictions(evaluation, paths, run_dir / "predictions.csv")
     write_json(run_dir / "classes.json", evaluation.classes)
     metrics = {
-        "kind": kind, "title": title, "split": "val", "val": evaluation.to_json(),
+        "kind": kind, "title": title, "split": "val", "scored_on": scored_on, "val": evaluation.to_json(),
         "tta": {name: ev.to_json() for name, ev in (tta or {}).items()} or None,
         "interval_method": "Wilson score interval, 95 %",
         "config": config,

@@ -1,7 +1,6 @@
 """The main job: ``backbones``, ``extract``, ``linear``, ``probe`` (both at once), ``predict``, ``evaluate``."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -165,7 +164,7 @@ def predict_cmd(images: tuple[str, ...], run_dir: str, top_k: int, tta: str, max
 def evaluate_cmd(run_dir: str, data: str, tta: str, engine: str, out: str | None, force: bool) -> None:
     """Evaluate a trained run on another labelled dataset DATA (every image of it, whatever its split)."""
     target, evaluation, metrics = evaluate_run(run_dir, data, out=out, tta=tta, force=force, engine=engine)
-    split = f"{Path(data).name or data} (every image)"
+    split = metrics["scored_on"]
     click.echo(accuracy_line(evaluation, split=split))
     echo_tta(metrics, split=split)
     click.echo(f"report: {target / 'report.md'}")
