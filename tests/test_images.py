@@ -232,3 +232,15 @@ def test_a_damaged_file_check_cache_entry_is_checked_again(tmp_path, monkeypatch
     again = check_dataset(load_dataset(tmp_path / "data"), emit_warnings=False)
     assert [(f.reason, f.width, f.height) for f in again.files] == [(f.reason, f.width, f.height) for f in first.files]
     assert filecache.lookup(first.files[0].sha256)["width"] == 48
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 99])
+def test_an_exif_orientation_pillow_does_not_turn_by_is_said_to_be_ignored_not_applied(tmp_path, orientation):
+    """Orientation 99 was reported as "EXIF orientation 99 applied" while the pixels stayed as stored."""
+    im = Image.new("RGB", (80, 40), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    assert images.load_image(tmp_path / "r.jpg").shape[:2] == (40, 80)  # as stored
+    assert images.check_image(tmp_path / "r.jpg").conversions == [
+        f"EXIF orientation {orientation} is not one of 1-8: ignored"]

@@ -205,9 +205,11 @@ def test_an_augmentation_file_the_network_cannot_take_is_refused_before_training
     import albumentations as A
     import pytest
 
+    from helpers import deadline
     from tltool.augment import build_augmentation
     from tltool.errors import TltoolError
 
+    image = np.random.default_rng(0).integers(0, 256, (37, 37, 3), dtype=np.uint8)
     cases = {"crop": (A.Compose([A.CenterCrop(1000, 1000)]), r"fails on a 37x37 training image \(CropSizeError"),
              "grey": (A.Compose([A.ToGray(num_output_channels=1, p=0.3)]), "turns an RGB image of bytes into 37x37 "
                       "uint8; the network takes 3 channels"),
@@ -217,6 +219,18 @@ def test_an_augmentation_file_the_network_cannot_take_is_refused_before_training
         A.save(pipeline, str(path), data_format="yaml")
         with pytest.raises(TltoolError, match=rf"--augment .*{name}\.yaml: .*{message}"):
             build_augmentation(str(path), 32, seed=0)
+    # a size larger than any input: refused before albumentations or the probe allocate it (1.2 GB an image)
+    for name, pipeline, message in (
+            ("huge", A.Compose([A.Resize(20000, 20000)]), "Resize height 20000 px is larger than any input tltool "
+                                                          r"takes \(4096 px\)"),
+            ("huge-crop", A.Compose([A.RandomResizedCrop(size=(64, 9000))]), "RandomResizedCrop size 9000 px")):
+        path = tmp_path / f"{name}.yaml"
+        A.save(pipeline, str(path), data_format="yaml")
+        with deadline(5), pytest.raises(TltoolError, match=rf"--augment .*{name}\.yaml: .*{message}"):
+            build_augmentation(str(path), 32, seed=0)
+    fine = tmp_path / "fine.yaml"
+    A.save(A.Compose([A.Resize(4096, 64)]), str(fine), data_format="yaml")
+    assert build_augmentation(str(fine), 32, seed=0)(image[:8, :8], seed=1).shape == (32, 32, 3)
     grey = tmp_path / "grey3.yaml"  # grey in three channels is fine
     A.save(A.Compose([A.ToGray(num_output_channels=3, p=1.0)]), str(grey), data_format="yaml")
     image = np.random.default_rng(0).integers(0, 256, (37, 37, 3), dtype=np.uint8)

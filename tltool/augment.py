@@ -22,7 +22,7 @@ from .images import load_image
 from .plotting import pyplot, save_figure
 from .report import write_picture_report
 from .runs import check_run_dir, new_run_dir, writes_runs
-from .settings import PREVIEW_DRAWS, PREVIEW_SIZE, check_range
+from .settings import PREVIEW_DRAWS, PREVIEW_SIZE, RANGES, check_range
 from .utils import shown_name
 
 
@@ -117,12 +117,38 @@ def _probe(compose, spec: str, size: int) -> np.ndarray:
     return out
 
 
+# the parameters of albumentations' transforms that set an output size in pixels (Resize, crops, pads, max sizes)
+SIZE_PARAMETERS = ("height", "width", "size", "max_size", "min_height", "min_width", "min_max_height")
+MAX_SIDE = RANGES["image_size"].high  # no input is larger; a transform's output is resized to the input anyway
+
+
+def _check_sizes(data: object, path: Path) -> None:
+    """Refuse a transform that makes images larger than any input tltool takes: a Resize to 20000x20000 px held
+    1.2 GB per image (2.4 GB for one preview) before the pipeline's output was resized to the input."""
+    if isinstance(data, list):
+        for item in data:
+            _check_sizes(item, path)
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        sides = value if isinstance(value, (list, tuple)) else [value]
+        large = [v for v in sides if isinstance(v, (int, float)) and not isinstance(v, bool) and v > MAX_SIDE]
+        if key in SIZE_PARAMETERS and large:
+            raise TltoolError(f"--augment {path}: {data.get('__class_fullname__', 'a transform')} {key} "
+                              f"{large[0]:g} px is larger than any input tltool takes ({MAX_SIDE} px); the pipeline's "
+                              "output is resized to the network's input anyway: give a size up to that.")
+        _check_sizes(value, path)
+
+
 def _from_file(path: Path, seed: int):
     import albumentations as A
 
     try:
         data = safe_yaml.read_yaml(path.read_text(encoding="utf-8"), "an augmentation file")
+        _check_sizes(data, path)  # before albumentations builds (and tltool probes) it
         transform = A.from_dict(data)
+    except TltoolError:
+        raise
     except Exception as exc:
         raise TltoolError(f"--augment {path}: not an albumentations pipeline ({exc.__class__.__name__}: {exc}). "
                           "Write it with albumentations' own format, e.g. A.save(pipeline, 'aug.yaml', "

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from . import filecache
 from .errors import BadFilesWarning, BadImageError
 from .settings import CHOICES
-from .utils import atomic_path, open_regular, sha256_file
+from .utils import atomic_path, open_regular, sha256_file, shown_name
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000: far above most cameras, far below a decompression bomb
 
@@ -158,6 +158,9 @@ def read_header(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -
         im.close()
 
 
+EXIF_TURNS = range(2, 9)  # the EXIF orientations that turn or mirror the stored pixels (1: as stored)
+
+
 def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) -> tuple[np.ndarray, ImageInfo]:
     """Open, check and convert to an ``(H, W, 3)`` uint8 array (the file is closed on return)."""
     source = _open(path, max_pixels)
@@ -174,9 +177,11 @@ def _decode(path: str | os.PathLike, max_pixels: int, draft_size: int | None) ->
             info.conversions.append("first frame of an animation")
         im = source
         orientation = source.getexif().get(0x0112, 1) if "exif" in source.info else 1
-        if orientation not in (None, 1):
+        if orientation in EXIF_TURNS:
             im = ImageOps.exif_transpose(source)
             info.conversions.append(f"EXIF orientation {orientation} applied")
+        elif orientation not in (None, 1):  # Pillow turns by 2-8 only: 99 was said to be "applied"
+            info.conversions.append(f"EXIF orientation {shown_name(repr(orientation))} is not one of 1-8: ignored")
         return np.asarray(_to_rgb(im, info.conversions)), info
     except BadImageError:
         raise
