@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import gc
+import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,8 +231,12 @@ def test_every_extraction_records_and_says_how_many_photos_it_enlarges(tmp_path,
             Image.new("RGB", size, (40 * i, 90, 200)).save(root / label / f"{i}.jpg")
     result = extract_features(str(root), tmp_path / "f", image_size=48, batch_size=8)
     # crop scales the shorter side to 48: the 40x60 photos are enlarged, the 100x50 ones are not
-    assert result.meta["upsampling"] == {"image_size": 48, "resize": "crop", "upsampled": 4, "of": 8}
-    assert "4 of 8 photos are smaller than the 48 px input" in capsys.readouterr().err
+    assert result.meta["upsampling"] == {"image_size": 48, "resize": "crop", "upsampled": 4, "of": 8,
+                                         "size_given": True}
+    said = " ".join(capsys.readouterr().err.split())
+    # the size was given: the note says so (before: "or pass --image-size to change it", to a user who had)
+    assert "4 of 8 photos are smaller than the 48 px input and are enlarged to it (--resize crop); that is the " \
+           "--image-size given" in said and "pass --image-size" not in said
     padded = extract_features(str(root), tmp_path / "g", image_size=48, batch_size=8, resize="pad")
     assert padded.meta["upsampling"]["upsampled"] == 0  # pad scales the longer side (60 and 100) down
 
@@ -283,6 +289,20 @@ def test_features_json_with_an_unknown_split_or_a_label_not_a_name_is_refused(sh
         (copy / "features.json").write_text(json.dumps(meta))
         with pytest.raises(TltoolError, match="features.json is damaged .* each file's split"):
             load_features(copy)
+
+
+def test_a_features_json_listing_a_file_twice_is_refused(shapes_features, tmp_path):
+    """A file row given twice (the second in place of another file) was accepted: one photo could be trained on
+    and scored at once."""
+    import json
+
+    out, _ = shapes_features
+    copy = Path(shutil.copytree(out, tmp_path / "copy"))
+    meta = json.loads((copy / "features.json").read_text())
+    meta["files"][-1] = {**meta["files"][0], "split": "val"}
+    (copy / "features.json").write_text(json.dumps(meta))
+    with pytest.raises(TltoolError, match=rf"lists the file {re.escape(meta['files'][0]['path'])} more than once"):
+        load_features(copy)
 
 
 def test_a_class_named_twice_or_a_usable_file_outside_the_classes_is_named_not_shifted(shapes_features, tmp_path):

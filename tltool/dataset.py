@@ -627,7 +627,9 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
     if too_few:
         raise TltoolError(
             f"{dataset.name}: class(es) {too_few} have fewer than 2 distinct images; a train/val split needs at "
-            "least one image of each class on each side. Add images or remove the class."
+            "least one image of each class on each side, and a linear head (probe, linear), whose regularisation is "
+            "chosen by cross-validation on the training side, 2 there: 3 of each class in all. Add images or remove "
+            "the class."
         )
     rng = random.Random(seed)
     out: list[Record] = []

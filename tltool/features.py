@@ -36,7 +36,7 @@ from .inspection import CheckedDataset, prepare_dataset, say_upsampling, upsampl
 from .outputs import claim_output_dir, output_kind
 from .progress import Bar, say
 from .settings import CHOICES, RANGES, check_choice
-from .utils import atomic_path, is_whole, open_regular, read_json, sha256_text, write_json
+from .utils import atomic_path, is_whole, open_regular, read_json, sha256_text, shown_name, write_json
 
 if TYPE_CHECKING:
     import keras
@@ -255,7 +255,7 @@ def _start_meta(chunks: _Chunks, inputs: InputConfig, config: ExtractConfig, che
         "n_images": len(records), "max_pixels": inputs.max_pixels, "files": _file_rows(records, hashes),
         "skipped": _check_skipped(checked),
         "distribute": {**info.to_json(), "shard": f"{part[0]}/{part[1]}" if part else None},
-        "upsampling": upsampling(checked, inputs.image_size, inputs.resize),
+        "upsampling": upsampling(checked, inputs.image_size, inputs.resize, size_given=config.image_size is not None),
     }
     say_upsampling(meta["upsampling"])
     write_json(chunks.out / "classes.json", dataset.classes)
@@ -496,6 +496,10 @@ def read_features_json(meta_path: Path) -> dict:
         raise TltoolError(f"{directory}: features.json is damaged (its image count, chunk size, settings or file "
                           "list, with each file's split, is not what extraction writes); extract again into a new "
                           "folder.")
+    listed_twice = next((path for path, n in Counter(f["path"] for f in meta["files"]).items() if n > 1), None)
+    if listed_twice is not None:  # one photo trained on and scored twice, or in training and validation at once
+        raise TltoolError(f"{meta_path}: lists the file {shown_name(listed_twice)} more than once; extraction lists "
+                          "each file once. Extract again into a new folder.")
     twice = sorted(c for c, n in Counter(meta["classes"]).items() if n > 1)
     if twice:  # label indices would shift: the files of a class named twice trained and scored as another
         raise TltoolError(f"{meta_path}: names the class(es) {twice} more than once in its classes; extraction writes "

@@ -462,15 +462,18 @@ def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | 
     return InspectResult(checked, target)
 
 
-def upsampling(checked: CheckedDataset, image_size: int, resize: str) -> dict:
-    """How many usable photos the resize to ``image_size`` enlarges; every run records it and says so."""
+def upsampling(checked: CheckedDataset, image_size: int, resize: str, size_given: bool = False) -> dict:
+    """How many usable photos the resize to ``image_size`` enlarges; every run records it and says so.
+    ``size_given``: the size is the user's ``--image-size``, not the backbone's default."""
     files = [f for f in checked.files if f.ok and f.width and f.height]
     enlarged = sum(SCALED_SIDE[resize](f.width, f.height) < image_size for f in files)
-    return {"image_size": image_size, "resize": resize, "upsampled": enlarged, "of": len(files)}
+    return {"image_size": image_size, "resize": resize, "upsampled": enlarged, "of": len(files),
+            "size_given": size_given}
 
 
 def say_upsampling(record: dict) -> None:
     if record["upsampled"]:
+        why = ("the --image-size given" if record.get("size_given") else
+               "on purpose for the default size (see the README's accuracy section), or pass --image-size to change it")
         say(f"note: {record['upsampled']} of {record['of']} photos are smaller than the {record['image_size']} px "
-            f"input and are enlarged to it (--resize {record['resize']}); that is on purpose for the default size "
-            "(see the README's accuracy section), or pass --image-size to change it")
+            f"input and are enlarged to it (--resize {record['resize']}); that is {why}")

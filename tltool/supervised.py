@@ -237,7 +237,8 @@ class KerasTrainingRun:
         keras.utils.set_random_seed(config.seed)
         source = load_split(resume) if resume else config.data
         checked = prepare_dataset(source, config.val_fraction, config.seed, config.max_pixels, strict=config.strict)
-        say_upsampling(upsampling(checked, self.plan.image_size, config.resize))
+        say_upsampling(upsampling(checked, self.plan.image_size, config.resize,
+                                  size_given=getattr(config, "image_size", None) is not None))
         dataset = checked.dataset
         if resume:
             check_resumed_classes(resume, dataset.classes)
