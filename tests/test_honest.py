@@ -360,6 +360,7 @@ def test_refit_ships_the_train_val_head_and_keeps_the_val_estimate(tmp_path):
     # the shipped head differs from the train-only one and equals a head fitted directly on train+val with that C
     saved, train_only = FittedHead.load(refit.run_dir), FittedHead.load(plain.run_dir)
     assert not np.allclose(saved.coef, train_only.coef, atol=1e-3)
+    assert saved.pool == train_only.pool == "avg"  # head.json says what it was fitted on (model.json is checked)
     rows = fs.mask("train") | fs.mask("val")
     direct = refit_head(fs, fs.avg[rows], fs.labels[rows], LinearConfig(), chosen)
     np.testing.assert_allclose(saved.coef, direct.coef, rtol=1e-6, atol=1e-8)

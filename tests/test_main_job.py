@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLE
+from helpers import noise_image
 from tltool.cli import main
 from tltool.errors import TltoolError
 
@@ -225,6 +226,22 @@ def test_a_model_json_whose_classes_disagree_with_the_model_is_refused(tmp_path)
     del config["pool"]  # a run of an older tltool: the one pooling it had
     write_json(tmp_path / "model.json", {**config, "classes": ["a", "b", "c"]})
     assert load_run(tmp_path).config["pool"] == "avg"
+    # head.json says what pooling the head was fitted on: model.json edited to max (the same width) was accepted
+    # and fed the head features it never saw
+    head = FittedHead.load(tmp_path)
+    head.pool = "avg"
+    head.save(tmp_path)
+    write_json(tmp_path / "model.json", {**config, "classes": ["a", "b", "c"], "pool": "max"})
+    with pytest.raises(TltoolError, match=r"model.json says pool 'max', its head was fitted on 'avg'-pooled features"):
+        load_run(tmp_path)
+    write_json(tmp_path / "model.json", {**config, "classes": ["a", "b", "c"], "pool": "avg"})
+    assert load_run(tmp_path).head.pool == "avg"
+    # a weights path in model.json that is gone: named as model.json's, not as an option --weights never given
+    write_json(tmp_path / "model.json", {**config, "classes": ["a", "b", "c"], "weights": str(tmp_path / "gone.h5")})
+    noise_image(tmp_path / "x.jpg", seed=0)
+    for use in (lambda run: run.predict_paths([str(tmp_path / "x.jpg")]), lambda run: run.as_keras()):
+        with pytest.raises(TltoolError, match=r"model\.json: its weights .*gone\.h5: no such file"):
+            use(load_run(tmp_path))
 
 
 def test_a_class_too_small_for_the_heads_cv_is_named_before_the_network_runs(tmp_path, monkeypatch):

@@ -187,6 +187,7 @@ class FittedHead:
     train_x: np.ndarray | None = None  # k-NN only: standardised training features
     train_y: np.ndarray | None = None
     params: dict = field(default_factory=dict)
+    pool: str | None = None  # the pooling of the features it was fitted on, where its run knows it (head.json)
 
     @classmethod
     def from_pipeline(cls, name: str, pipeline: Pipeline, classes: list[str], params: dict,
@@ -262,7 +263,8 @@ class FittedHead:
         with atomic_path(directory / "head.npz", suffix=".npz.tmp") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-        write_json(directory / "head.json", {"name": self.name, "classes": self.classes, "params": self.params})
+        pool = {"pool": self.pool} if self.pool is not None else {}
+        write_json(directory / "head.json", {"name": self.name, "classes": self.classes, "params": self.params, **pool})
 
     @classmethod
     def load(cls, directory: str | Path) -> "FittedHead":
@@ -272,7 +274,8 @@ class FittedHead:
             with open_regular(directory / "head.npz") as f, np.load(f) as z:  # no pickles, no pipes (it hung)
                 check_zip_members(z.zip)  # a 2 MB head.npz inflated to 2.3 GB before it was found inconsistent
                 arrays = {k: z[k] for k in z.files if k in HEAD_ARRAYS}
-            head = cls(str(meta["name"]), [str(c) for c in meta["classes"]], params=dict(meta["params"]), **arrays)
+            head = cls(str(meta["name"]), [str(c) for c in meta["classes"]], params=dict(meta["params"]),
+                       pool=None if meta.get("pool") is None else str(meta["pool"]), **arrays)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
                 MemoryError) as exc:  # NumPy allocates the shape an array declares before reading it
             why = ("it holds pickled objects, which tltool never loads" if "pickle" in str(exc)

@@ -119,7 +119,7 @@ def _refit_head(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, config: LinearC
                 run_dir: Path, model_config: dict) -> tuple[FittedHead, dict]:
     """Replace the saved head by one refit on ``rows`` (train+val) with the same settings; returns it and the
     record of what was done, whose note says that the accuracy estimate is the one measured before."""
-    fitted = refit_head(fs, X[rows], fs.labels[rows], config, chosen)
+    fitted = replace(refit_head(fs, X[rows], fs.labels[rows], config, chosen), pool=config.pool)
     n = int(rows.sum())
     fitted.save(run_dir)
     model_config.update(refit=True, n_trained_on=n)
@@ -180,7 +180,7 @@ def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: Lin
                     "features": str(Path(fs.directory).resolve()),
                     "max_pixels": meta.get("max_pixels", DEFAULT_MAX_PIXELS), "refit": False,
                     "n_trained_on": n_trained_on}
-    fitted.save(run_dir)
+    replace(fitted, pool=config.pool).save(run_dir)
     # the run's own record of its images: the features folder may later be extracted again from other photos
     write_manifest([Record(path, fs.classes[label], str(split)) for path, label, split
                     in zip(fs.paths, fs.labels, fs.splits)], run_dir / "split.csv")

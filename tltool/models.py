@@ -3,8 +3,10 @@ optional TTA) and, for export, the equivalent Keras model. The tasks built on it
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+from dataclasses import replace
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -113,9 +115,28 @@ class LinearRunModel(RunModel):
         if self.head.classes != self.classes:
             raise TltoolError(f"{run_dir}: model.json names the classes {self.classes}, its head was fitted on "
                               f"{self.head.classes}: one of them was edited; fit the head again with `tltool linear`.")
+        if self.head.pool is not None and self.head.pool != config["pool"]:  # same width for avg and max
+            raise TltoolError(f"{run_dir}: model.json says pool {config['pool']!r}, its head was fitted on "
+                              f"{self.head.pool!r}-pooled features: one of them was edited; fit the head again with "
+                              "`tltool linear`.")
 
     def source(self) -> ModelSource:  # the same pooled features as extraction
-        return feature_source(self.config["backbone"], self.config["weights"], self.image_size)
+        source = feature_source(self.config["backbone"], self.config["weights"], self.image_size)
+
+        def build() -> object:
+            with self._weights_named():
+                return source.build()
+        return replace(source, build=build)
+
+    @contextlib.contextmanager
+    def _weights_named(self) -> Iterator[None]:
+        """The weights are model.json's, not an option the user gave: a bad path was reported as ``--weights``."""
+        try:
+            yield
+        except TltoolError as exc:
+            if not str(exc).startswith("--weights "):
+                raise
+            raise TltoolError(f"{self.run_dir / 'model.json'}: its weights {str(exc)[len('--weights '):]}") from None
 
     def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.head.predict_proba(select_pool(outputs["avg"], outputs["max"], self.config["pool"]))
@@ -125,8 +146,9 @@ class LinearRunModel(RunModel):
         from ._tf import keras
 
         kernel, bias = self.head.dense_weights()
-        extractor = create_backbone(self.config["backbone"], weights=self.config["weights"],
-                                    image_size=self.image_size)
+        with self._weights_named():
+            extractor = create_backbone(self.config["backbone"], weights=self.config["weights"],
+                                        image_size=self.image_size)
         fmap = extractor.output
         x = select_pool(keras.layers.GlobalAveragePooling2D(name="avg_pool")(fmap),
                         keras.layers.GlobalMaxPooling2D(name="max_pool")(fmap), self.config["pool"],
