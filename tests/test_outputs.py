@@ -702,3 +702,56 @@ def test_a_run_of_an_older_tltool_lists_nothing_and_force_still_replaces_it(tmp_
         _finished_run(run)
     _finished_run(run, force=True)
     assert not (run / "NOTES.md").exists()
+
+
+def test_a_run_its_command_did_not_mark_finished_still_keeps_the_users_files(tmp_path):
+    """A picture drawn again in place (augment preview: its run is never marked finished) and a run whose command
+    failed had no list of files: replaced without --force, the user's notes.txt and d/ went with it."""
+    from tltool.runs import new_run_dir, writes_runs
+
+    @writes_runs(finished=False)
+    def draw(out, force=False):
+        (new_run_dir("augment", out=out, force=force) / "augment_preview.png").write_text("a picture")
+
+    @writes_runs
+    def failing(out):
+        (new_run_dir("linear", out=out) / "split.csv").write_text("path,label,split\n")
+        raise KeyboardInterrupt
+
+    draw(tmp_path / "ap")
+    draw(tmp_path / "ap")  # drawn again in place: tltool's own picture
+    with pytest.raises(KeyboardInterrupt):
+        failing(tmp_path / "fail")
+    for run in (tmp_path / "ap", tmp_path / "fail"):
+        (run / "notes.txt").write_text("mine")
+        (run / "d").mkdir()
+        (run / "d" / "a.txt").write_text("mine")
+    for force in (False, True):
+        with pytest.raises(TltoolError, match=r"2 file\(s\) tltool did not write there \(d/a\.txt, notes\.txt\)"):
+            draw(tmp_path / "ap", force=force)
+        with pytest.raises(TltoolError, match=r"2 file\(s\) tltool did not write there \(d/a\.txt, notes\.txt\)"):
+            writes_runs(lambda: new_run_dir("linear", out=tmp_path / "fail", force=force))()
+    assert (tmp_path / "ap" / "notes.txt").read_text() == (tmp_path / "fail" / "d" / "a.txt").read_text() == "mine"
+
+
+def test_a_resume_or_a_checkpoint_does_not_take_the_users_files_for_tltools(tmp_path):
+    """--resume of a run the user had added client.py to listed client.py as tltool's when it returned, so the next
+    --force deleted it; a run killed after a checkpoint had no list at all."""
+    from tltool.outputs import record_written, release_output_dirs
+    from tltool.runs import hold_run_dir, new_run_dir, writes_runs
+
+    run = _finished_run(tmp_path / "run")
+    (run / "client.py").write_text("the user's")
+    writes_runs(lambda: (hold_run_dir(run) / "history.csv").write_text("epoch\n"))()  # a resume that adds a file
+    assert "history.csv" in json.loads((run / MARKER).read_text())["files"]
+    with pytest.raises(TltoolError, match=r"1 file\(s\) tltool did not write there \(client\.py\)"):
+        _finished_run(run, force=True)
+
+    started = new_run_dir("finetune", out=tmp_path / "killed")  # no writes_runs: nothing listed at its end
+    (started / "state.json").write_text("{}")
+    record_written(started)  # as save_checkpoint does
+    release_output_dirs(only=[os.path.realpath(started)])  # killed: the lock is gone, the marker lists state.json
+    (tmp_path / "killed" / "notes.txt").write_text("mine")
+    with pytest.raises(TltoolError, match=r"1 file\(s\) tltool did not write there \(notes\.txt\)"):
+        writes_runs(lambda: new_run_dir("finetune", out=tmp_path / "killed", force=True))()
+    assert (run / "client.py").exists() and (tmp_path / "killed" / "notes.txt").exists()

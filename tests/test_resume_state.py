@@ -258,3 +258,16 @@ def test_an_unfinished_run_is_kept_only_where_resume_can_finish_it(tmp_path, lay
     with pytest.raises(TltoolError, match="checkpoints that `--resume .*` can finish"):
         check_run_dir(out)
     check_run_dir(out, force=True)
+
+
+def test_each_checkpoint_lists_what_the_run_holds_so_a_kill_leaves_the_users_files_known(tmp_path):
+    """Killed after a checkpoint, a run's marker listed nothing: --force on it deleted a file the user had added."""
+    from tltool.outputs import MARKER, added_entries, claim_output_dir
+    from tltool.training.state import LoopState, save_checkpoint
+
+    run = claim_output_dir(tmp_path / "run", "run")
+    save_checkpoint(_build(), LoopState(epoch=1, history=[{"epoch": 1, "loss": 0.5}]), run)
+    listed = json.loads((run / MARKER).read_text())["files"]
+    assert listed == ["checkpoint-epoch0001.keras", "history.csv", "state.json"]
+    (run / "notes.txt").write_text("mine")
+    assert added_entries(run) == ["notes.txt"]

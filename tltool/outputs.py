@@ -99,9 +99,20 @@ def _killed_fill_entries(path: Path) -> list[str] | None:
 def mark_finished(path: str | os.PathLike) -> None:
     """Say in ``path``'s marker that the command writing it finished, and list what it wrote: an earlier output,
     replaced only with ``--force``, and never while it holds a file that is not on that list (the user's)."""
-    marker = Path(path) / MARKER
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        write_json(marker, {**read_json(marker), FINISHED: True, WRITTEN: written_entries(Path(path))})
+    record_written(path, finished=True)
+
+
+def record_written(path: str | os.PathLike, finished: bool | None = None) -> None:
+    """List in the marker of ``path``, a folder this process holds (a run), what is in it but the user's: what was
+    there when this process took it and no earlier list named (:func:`hold_output_dir`) stays the user's. Recorded
+    when its command returns or fails and at each checkpoint, so that a run killed later (or a picture drawn again
+    in place) is not replaced with the user's files in it. ``finished``: also say whether the command finished."""
+    marker, key = Path(path) / MARKER, os.path.realpath(path)
+    users = _USERS_AT_HOLD.get(key, frozenset())
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        written = [name for name in written_entries(Path(path)) if name not in users]
+        state = {} if finished is None else {FINISHED: finished}
+        write_json(marker, {**read_json(marker), **state, WRITTEN: written})
 
 
 def written_entries(output: Path) -> list[str]:
@@ -473,6 +484,8 @@ def _unlock(lock: int | None) -> None:
 
 # Folders this process is writing for longer than a moment (runs): real path -> (locked descriptor, dev, inode)
 _HELD: dict[str, tuple[int, int, int]] = {}
+# what was the user's in each held folder when this process took it (a --resume of a run the user added to)
+_USERS_AT_HOLD: dict[str, frozenset[str]] = {}
 _SCOPES = threading.local()  # per thread: the folders each open hold_scope() took (threads never free others')
 
 
@@ -496,6 +509,7 @@ def hold_output_dir(path: str | os.PathLike) -> None:
     lock = _lock(Path(key), _in_use(path))
     if lock is not None:
         _HELD[key] = (lock, now.st_dev, now.st_ino)
+    _USERS_AT_HOLD[key] = frozenset(added_entries(key) or ())
     # in the scope even unlocked (Windows, NFS, SMB): the scope's end marks it finished, and a run's marker says
     # "finished": false from its claim, so a run left out of it was replaced without --force once done
     for scope in getattr(_SCOPES, "stack", []):
@@ -514,6 +528,8 @@ def release_output_dirs(only: Iterable[str] | None = None) -> None:
     """Let other commands have the folders this process holds (``only`` those, as :func:`hold_scope` gives them)."""
     for key in list(_HELD) if only is None else [key for key in only if key in _HELD]:
         os.close(_HELD.pop(key)[0])
+    for key in list(_USERS_AT_HOLD) if only is None else only:
+        _USERS_AT_HOLD.pop(key, None)
 
 
 def held_output_dirs() -> frozenset[str]:
