@@ -692,6 +692,9 @@ def test_a_manifest_of_an_older_tltool_without_file_digests_still_finds_copies_a
     again = import_images([str(tmp_path / "copy.jpg")], tmp_path / "ds", near_threshold=-1)
     assert again.added == [] and len(again.duplicates) == 1
     assert [len(row["file_sha256"]) for row in _manifest(tmp_path / "ds")] == [64, 0]  # the added one, the copy
+    # saved again by a spreadsheet, with a byte-order mark: before, "no column(s) ['source']; move it away"
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    assert import_images([str(tmp_path / "copy.jpg")], tmp_path / "ds", near_threshold=-1).already == 1
 
 
 def test_a_run_folder_given_as_the_photos_is_refused_by_inspect_and_import(tmp_path):
@@ -713,3 +716,8 @@ def test_a_run_folder_given_as_the_photos_is_refused_by_inspect_and_import(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mypics", "myrun"]  # nothing made
     result = import_images([str(tmp_path / "my*")], tmp_path / "ds")
     assert [row["source"] for row in result.added] == [str(tmp_path / "mypics" / "a.jpg")] and not result.bad
+    # and the files of one (before: `collect import 'RUN/*.png'` imported the run's plots as photos)
+    result = import_images([str(tmp_path / "my*" / "*.*")], tmp_path / "ds2")  # myrun/confusion_matrix.png too
+    assert [row["source"] for row in result.added] == [str(tmp_path / "mypics" / "a.jpg")] and not result.bad
+    with pytest.raises(TltoolError, match=r"myrun/\*\.png: the pattern matches only what tltool wrote"):
+        import_images([str(run / "*.png")], tmp_path / "ds3")

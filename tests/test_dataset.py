@@ -864,3 +864,11 @@ def test_a_tfds_cache_another_user_wrote_is_used_where_it_cannot_be_written(tmp_
     assert [(r.path, r.label) for r in again.records] == [(r.path, r.label) for r in first.records]
     with pytest.raises(TltoolError, match=r"/test/\.lock cannot be opened \(Permission denied\)$"):
         load_tfds("tfds:dummy_mnist:test", data_dir=data)  # not written yet: it cannot be, and says why
+
+
+def test_a_val_fraction_of_0_or_1_is_refused_saying_both_ends_are_excluded(tmp_path):
+    """"must be between 0 and 1, got 0.0": 0 is between 0 and 1 as most people read it."""
+    _tree(tmp_path, {"a": 3, "b": 3})
+    for fraction in (0.0, 1.0):
+        with pytest.raises(TltoolError, match=rf"--val-fraction must be above 0 and below 1 .*got {fraction}"):
+            stratified_split(load_dataset(tmp_path), val_fraction=fraction)

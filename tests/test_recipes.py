@@ -632,17 +632,27 @@ def test_check_names_an_out_a_later_step_will_refuse_when_an_earlier_step_or_an_
 
 
 def test_check_passes_a_cache_or_a_forced_run_that_an_earlier_step_writes(in_tmp):
-    """What the commands take: a feature cache written again, a run replaced with force: true."""
+    """What the commands take: a feature cache or a collected dataset written again (before: a collect import
+    step's dataset was taken for a run, so the bundled assignment recipe was refused once its first step had run),
+    a run replaced with force: true."""
+    from tltool.collect import import_images
     from tltool.runs import new_run_dir, writes_runs
 
     writes_runs(lambda: new_run_dir("inspect", out=in_tmp / "done"))()
+    import_images([str(SAMPLE / "circle")], in_tmp / "photos")
     path = _write(in_tmp, f"""steps:
   - extract: {{data: '{SAMPLE}', image-size: 32, out: feats}}
   - probe: {{data: '{SAMPLE}', image-size: 32, features: feats, out: runs/p}}
   - data-inspect: {{path: '{SAMPLE}', out: runs/p, force: true}}
   - data-inspect: {{path: '{SAMPLE}', out: done, force: true}}
+  - collect-import: {{sources: ['{SAMPLE}/square'], out: photos}}
+  - collect-import: {{sources: ['{SAMPLE}/star'], out: photos}}
 """)
-    assert len(plan_recipe(path).steps) == 4
+    assert len(plan_recipe(path).steps) == 6
+    with pytest.raises(TltoolError, match=r"step 2 \(probe\): --out photos: step 1 \(collect-import\) makes it a "
+                                          r"tltool dataset folder"):
+        plan_recipe(_write(in_tmp, f"steps:\n  - collect-import: {{sources: ['{SAMPLE}/star'], out: photos}}\n"
+                                   f"  - probe: {{data: '{SAMPLE}', out: photos, force: true}}\n"))
 
 
 def test_a_step_that_fails_when_it_runs_is_named_in_the_error_and_the_earlier_steps_outputs_stay(in_tmp):

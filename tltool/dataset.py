@@ -618,7 +618,7 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
         # only a train split: split it
         dataset = replace(dataset, records=[replace(r, split=None) for r in dataset.records])
     if not 0.0 < val_fraction < 1.0:
-        raise TltoolError(f"--val-fraction must be between 0 and 1, got {val_fraction}.")
+        raise TltoolError(f"--val-fraction must be above 0 and below 1 (a share of each class), got {val_fraction}.")
     by_class: dict[str, dict[str, list[Record]]] = {}
     for r in dataset.records:
         key = groups.get(r.path, r.path) if groups else r.path

@@ -126,7 +126,7 @@ def serve_cmd(dataset: str, classes: str | None, host: str, port: int, review: s
               help="Folder to write [default: DATASET-split, beside DATASET].")
 @click.option("--copy", is_flag=True, help="Copy the images instead of hard-linking them.")
 @click.option("--force", is_flag=True,
-              help="Replace an earlier label export in OUT, with anything added to it (never another folder).")
+              help="Replace an earlier label export in OUT (never one holding files you added, nor another folder).")
 def export_cmd(dataset: str, val_fraction: float, seed: int, out: str | None, copy: bool, force: bool) -> None:
     """Write DATASET/labels.csv as OUT/train/<class>/ and OUT/val/<class>/ with a stratified, seeded split."""
     result = export_labels(dataset, out=out, val_fraction=val_fraction, seed=seed, copy=copy, force=force)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 import click
 
+from ..dataset import COLLECTED
 from ..errors import TltoolError
 from ..labeler.export import KIND as LABEL_EXPORT_KIND
 from ..labeler.export import default_export_dir
@@ -78,7 +79,7 @@ STEP_OUTPUTS: dict[str, tuple[str, ...]] = {  # outputs besides `out`: the featu
 }
 # the kind of output folder each command's `out` is (a feature cache at any other key); every other command's is a run
 OUT_KINDS: dict[str, str] = {"extract": "features", "export": "export", "label-export": LABEL_EXPORT_KIND,
-                             "data-make-sample": SAMPLE_KIND, "data-digits": "digits"}
+                             "data-make-sample": SAMPLE_KIND, "data-digits": "digits", "collect-import": COLLECTED}
 REUSED_KINDS = ("features", "dataset")  # written into again (caches), never replaced: force does not apply
 Option = Callable[[str], Any]  # a step's value of a key, or its command's default
 

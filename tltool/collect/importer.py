@@ -97,7 +97,8 @@ def read_manifest(path: Path) -> list[dict]:
     """The rows of a manifest ``collect import`` wrote, or none when there is no manifest yet."""
     if not path.is_file():
         return []
-    with readable_csv(path), open(path, newline="", encoding="utf-8") as f:
+    # utf-8-sig: a manifest saved again by a spreadsheet starts with a byte-order mark, which hid its first column
+    with readable_csv(path), open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:

@@ -130,8 +130,13 @@ def _expand_one(spec: str) -> list[Path | Bad]:
     if not matches:
         raise TltoolError(f"{shown_name(spec)}: the pattern matches no file. Quote it so your shell does not expand "
                           "it, and check the folder.")
-    # a run or features folder a pattern matches is left out, as the walk leaves out one inside a folder
-    return [f for m in matches if not tltool_output(m, []) for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
+    # a run or features folder a pattern matches, or a file in one (RUN/*.png), is left out, as the walk leaves out
+    # one inside a folder
+    kept = [m for m in matches if not any(tltool_output(p, []) for p in (Path(m), *Path(os.path.abspath(m)).parents))]
+    if not kept:
+        raise TltoolError(f"{shown_name(spec)}: the pattern matches only what tltool wrote (run, features or export "
+                          "folders: reports, plots, models), not photos.")
+    return [f for m in kept for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
 
 
 def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[Path | Bad]:
