@@ -721,3 +721,12 @@ def test_a_run_folder_given_as_the_photos_is_refused_by_inspect_and_import(tmp_p
     assert [row["source"] for row in result.added] == [str(tmp_path / "mypics" / "a.jpg")] and not result.bad
     with pytest.raises(TltoolError, match=r"myrun/\*\.png: the pattern matches only what tltool wrote"):
         import_images([str(run / "*.png")], tmp_path / "ds3")
+
+
+def test_a_source_inside_the_dataset_is_named_not_imported_as_nothing(tmp_path):
+    """`collect import ds --out ds` said "added 0 image(s)" and nothing of why."""
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    import_images([str(tmp_path / "in")], tmp_path / "ds")
+    for source in (tmp_path / "ds", tmp_path / "ds" / UNLABELED):
+        with pytest.raises(TltoolError, match=r"is inside the dataset --out .*ds, whose photos are its own"):
+            import_images([str(source)], tmp_path / "ds")

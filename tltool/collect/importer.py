@@ -284,6 +284,18 @@ def _check_out(root: Path, given: str) -> None:
         raise TltoolError(f"--out {shown_name(given)}: cannot be used ({exc.strerror or exc}).") from None
 
 
+def _refuse_own_photos(sources: list[str], root: Path, given: str) -> None:
+    """A source that is the dataset folder, or inside it, names the dataset's own photos, which an import leaves
+    out: `collect import ds --out ds` said only "added 0 image(s)". (A pattern is matched and left out the same.)"""
+    with contextlib.suppress(OSError, RuntimeError):
+        home = root.resolve()
+        for spec in sources:
+            real = Path(os.path.expanduser(spec)).resolve()
+            if real == home or home in real.parents:
+                raise TltoolError(f"{shown_name(spec)}: is inside the dataset --out {shown_name(given)}, whose photos "
+                                  "are its own and never imported again; give the photos to import.")
+
+
 def import_images(sources: Iterable[str], out: str | os.PathLike, every: float = DEFAULT_EVERY,
                   max_side: int = DEFAULT_MAX_SIDE, near_threshold: int = DEFAULT_NEAR_THRESHOLD,
                   camera: int | None = None, camera_frames: int = 20, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -294,6 +306,7 @@ def import_images(sources: Iterable[str], out: str | os.PathLike, every: float =
     check_range("max_pixels", max_pixels)  # 0 called every image a decompression bomb, and the import "succeeded"
     root = Path(os.path.abspath(out))  # not resolved: a link given as the dataset is refused, not followed
     _check_out(root, str(out))
+    _refuse_own_photos(sources, root, str(out))
     files = expand_sources(sources, exclude=root.resolve())  # check every source before touching anything
     claim_output_dir(root, "dataset", reuse=True)  # a dataset folder collect made earlier; never a user's own
     # one import at a time per dataset: two at once each rewrote the manifest from what they had read, losing rows
