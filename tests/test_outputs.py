@@ -708,14 +708,15 @@ def test_a_run_its_command_did_not_mark_finished_still_keeps_the_users_files(tmp
     """A picture drawn again in place (augment preview: its run is never marked finished) and a run whose command
     failed had no list of files: replaced without --force, the user's notes.txt and d/ went with it."""
     from tltool.runs import new_run_dir, writes_runs
+    from tltool.utils import write_text_atomic
 
     @writes_runs(finished=False)
     def draw(out, force=False):
-        (new_run_dir("augment", out=out, force=force) / "augment_preview.png").write_text("a picture")
+        write_text_atomic(new_run_dir("augment", out=out, force=force) / "augment_preview.png", "a picture")
 
     @writes_runs
     def failing(out):
-        (new_run_dir("linear", out=out) / "split.csv").write_text("path,label,split\n")
+        write_text_atomic(new_run_dir("linear", out=out) / "split.csv", "path,label,split\n")  # as tltool writes
         raise KeyboardInterrupt
 
     draw(tmp_path / "ap")
@@ -737,8 +738,9 @@ def test_a_run_its_command_did_not_mark_finished_still_keeps_the_users_files(tmp
 def test_a_resume_or_a_checkpoint_does_not_take_the_users_files_for_tltools(tmp_path):
     """--resume of a run the user had added client.py to listed client.py as tltool's when it returned, so the next
     --force deleted it; a run killed after a checkpoint had no list at all."""
-    from tltool.outputs import record_written, release_output_dirs
+    from tltool.outputs import release_output_dirs
     from tltool.runs import hold_run_dir, new_run_dir, writes_runs
+    from tltool.utils import write_text_atomic
 
     run = _finished_run(tmp_path / "run")
     (run / "client.py").write_text("the user's")
@@ -748,10 +750,11 @@ def test_a_resume_or_a_checkpoint_does_not_take_the_users_files_for_tltools(tmp_
         _finished_run(run, force=True)
 
     started = new_run_dir("finetune", out=tmp_path / "killed")  # no writes_runs: nothing listed at its end
-    (started / "state.json").write_text("{}")
-    record_written(started)  # as save_checkpoint does
-    release_output_dirs(only=[os.path.realpath(started)])  # killed: the lock is gone, the marker lists state.json
-    (tmp_path / "killed" / "notes.txt").write_text("mine")
+    write_text_atomic(started / "config.json", "{}")  # each file listed as tltool writes it ...
+    (started / "notes.txt").write_text("mine")  # ... and the user's, added while it runs, never
+    write_text_atomic(started / "state.json", "{}")
+    release_output_dirs(only=[os.path.realpath(started)])  # killed: the lock is gone, the marker lists two files
+    assert json.loads((started / MARKER).read_text())["files"] == ["config.json", "state.json"]
     with pytest.raises(TltoolError, match=r"1 file\(s\) tltool did not write there \(notes\.txt\)"):
         writes_runs(lambda: new_run_dir("finetune", out=tmp_path / "killed", force=True))()
     assert (run / "client.py").exists() and (tmp_path / "killed" / "notes.txt").exists()

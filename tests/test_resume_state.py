@@ -261,12 +261,16 @@ def test_an_unfinished_run_is_kept_only_where_resume_can_finish_it(tmp_path, lay
 
 
 def test_each_checkpoint_lists_what_the_run_holds_so_a_kill_leaves_the_users_files_known(tmp_path):
-    """Killed after a checkpoint, a run's marker listed nothing: --force on it deleted a file the user had added."""
-    from tltool.outputs import MARKER, added_entries, claim_output_dir
+    """Killed after a checkpoint, a run's marker listed nothing: --force on it deleted a file the user had added.
+    Each file is listed as it is written, the checkpoint too (a kill between it and a listing made afterwards left
+    the checkpoint unlisted, taken for the user's)."""
+    from tltool.outputs import MARKER, added_entries, claim_output_dir, hold_output_dir, release_output_dirs
     from tltool.training.state import LoopState, save_checkpoint
 
     run = claim_output_dir(tmp_path / "run", "run")
+    hold_output_dir(run)  # as every command holds the run it writes
     save_checkpoint(_build(), LoopState(epoch=1, history=[{"epoch": 1, "loss": 0.5}]), run)
+    release_output_dirs()  # killed: nothing more is written
     listed = json.loads((run / MARKER).read_text())["files"]
     assert listed == ["checkpoint-epoch0001.keras", "history.csv", "state.json"]
     (run / "notes.txt").write_text("mine")

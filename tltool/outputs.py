@@ -24,7 +24,7 @@ except ImportError:  # Windows: no advisory locks, staging is unguarded there
     fcntl = None
 
 from .errors import TltoolError
-from .utils import is_temp_leftover, read_json, shown_name, write_json
+from .utils import WRITE_HOOKS, is_temp_leftover, read_json, shown_name, write_json
 
 MARKER = ".tltool-output.json"
 CLAIM_SUFFIX = ".claim-"  # the marker is written under MARKER + this + a token, then linked to its name
@@ -103,16 +103,36 @@ def mark_finished(path: str | os.PathLike) -> None:
 
 
 def record_written(path: str | os.PathLike, finished: bool | None = None) -> None:
-    """List in the marker of ``path``, a folder this process holds (a run), what is in it but the user's: what was
-    there when this process took it and no earlier list named (:func:`hold_output_dir`) stays the user's. Recorded
-    when its command returns or fails and at each checkpoint, so that a run killed later (or a picture drawn again
-    in place) is not replaced with the user's files in it. ``finished``: also say whether the command finished."""
+    """List in the marker of ``path``, a folder this process holds (a run) whose command returned, what is in it but
+    the user's: what was there when this process took it and no earlier list named (:func:`hold_output_dir`) stays
+    the user's. (Until then, each file is listed as tltool writes it: :func:`_list_written`.) ``finished``: also say
+    whether the command finished."""
     marker, key = Path(path) / MARKER, os.path.realpath(path)
     users = _USERS_AT_HOLD.get(key, frozenset())
     with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
         written = [name for name in written_entries(Path(path)) if name not in users]
         state = {} if finished is None else {FINISHED: finished}
         write_json(marker, {**read_json(marker), **state, WRITTEN: written})
+
+
+def _list_written(target: Path) -> None:
+    """:func:`tltool.utils.atomic_path`'s hook: a file tltool has just put in place inside a folder this process
+    holds is added to that folder's list at once, so a run killed at any point (before its first checkpoint, or
+    between a checkpoint and the next) lists what tltool wrote there and nothing the user put there meanwhile."""
+    if not _HELD or target.name.startswith(MARKER):
+        return
+    real = os.path.realpath(target)
+    for key in [key for key in _HELD if real.startswith(key.rstrip(os.sep) + os.sep)]:
+        marker = Path(key) / MARKER
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            content = read_json(marker)
+            listed = content.get(WRITTEN) if isinstance(content.get(WRITTEN), list) else []
+            name = Path(os.path.relpath(real, key)).as_posix()
+            if name not in listed:
+                write_json(marker, {**content, WRITTEN: sorted({*listed, name})})
+
+
+WRITE_HOOKS.append(_list_written)
 
 
 def written_entries(output: Path) -> list[str]:

@@ -11,8 +11,7 @@ from typing import Callable, ParamSpec, Sequence, TypeVar
 from .errors import TltoolError
 from .outputs import (MARKER, check_not_in_use, check_output_dir, check_output_name, claim_output_dir,
                       emptied_output_dir, finished_state, held_output_dirs, hold_output_dir, hold_scope, mark_finished,
-                      output_kind, record_written, refuse_added_entries, release_output_dirs,
-                      remove_killed_staging)
+                      output_kind, refuse_added_entries, release_output_dirs, remove_killed_staging)
 from .utils import remove_temp_leftovers
 
 P = ParamSpec("P")
@@ -145,16 +144,12 @@ def writes_runs(function: Callable[P, R] | None = None, *,
         @functools.wraps(function)
         def holding(*args: P.args, **kwargs: P.kwargs) -> R:
             with hold_scope() as taken:
-                marked: set[str] = set()
                 try:
                     result = function(*args, **kwargs)
                     for run_dir in taken if finished else ():
                         mark_finished(run_dir)
-                        marked.add(run_dir)
                     return result
-                finally:  # failed, interrupted or a picture: what it wrote is listed all the same
-                    for run_dir in taken - marked:
-                        record_written(run_dir)
+                finally:  # failed, interrupted or a picture: its files were listed as it wrote them
                     release_output_dirs(only=taken)
         return holding
     return decorate if function is None else decorate(function)

@@ -101,6 +101,10 @@ def _fsync_path(path: Path, folder: bool = False) -> None:
         os.close(fd)
 
 
+# called with each file atomic_path has put in place: tltool.outputs lists those of the run folders a command holds
+WRITE_HOOKS: list[Callable[[Path], None]] = []
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "", durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
@@ -119,6 +123,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = "", durable: bool = Fal
         os.replace(tmp_path, target)
         if durable:
             _fsync_path(target.parent, folder=True)
+        for hook in WRITE_HOOKS:
+            hook(target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ..errors import TltoolError
-from ..outputs import record_written
 from ..utils import atomic_path, read_json_object, write_json
 from .history import write_history
 from .randomness import restore_seed_states, seed_states
@@ -226,7 +225,6 @@ def save_checkpoint(model: keras.Model, state: LoopState, run_dir: Path) -> None
     state.save(run_dir / "state.json")  # from here on a resume starts from this checkpoint
     write_history(state.history, run_dir / "history.csv")
     _remove_stale(run_dir, {state.checkpoint, state.best_weights})
-    record_written(run_dir)  # killed later, the run is not replaced with files the user added to it
 
 
 def _remove_stale(run_dir: Path, keep: set[str | None]) -> None:
