@@ -872,3 +872,22 @@ def test_a_val_fraction_of_0_or_1_is_refused_saying_both_ends_are_excluded(tmp_p
     for fraction in (0.0, 1.0):
         with pytest.raises(TltoolError, match=rf"--val-fraction must be above 0 and below 1 .*got {fraction}"):
             stratified_split(load_dataset(tmp_path), val_fraction=fraction)
+
+
+def test_data_split_writes_no_file_into_a_run_folder_or_through_a_link(tmp_path):
+    """`data split DATA --out RUN/split.csv --force` replaced a run's own record of its images (compare then missed
+    that the run was trained on some); a split.csv or classes.json that was a link was written into its target."""
+    from tltool.outputs import claim_output_dir
+
+    _tree(tmp_path / "d", {"a": 3, "b": 3})
+    run = claim_output_dir(tmp_path / "run", "run")
+    (run / "split.csv").write_text("the run's")
+    with pytest.raises(TltoolError, match=r"split\.csv: is inside the tltool run folder .*run, whose files only its "
+                                          r"own command writes"):
+        write_split_manifest(str(tmp_path / "d"), run / "split.csv", force=True)
+    (tmp_path / "important.txt").write_text("mine")
+    (tmp_path / "lk").mkdir()
+    (tmp_path / "lk" / "classes.json").symlink_to(tmp_path / "important.txt")
+    with pytest.raises(TltoolError, match=r"classes\.json is a link; tltool writes no file through a link"):
+        write_split_manifest(str(tmp_path / "d"), tmp_path / "lk" / "s.csv", force=True)
+    assert (run / "split.csv").read_text() == "the run's" and (tmp_path / "important.txt").read_text() == "mine"

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from .dataset import (Dataset, Record, end_sentence, load_dataset, require_training_images, stratified_split,
-                      write_manifest)
+                      tltool_output, write_manifest)
 from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LabelConflictWarning,
                      LeakageWarning, TltoolError, TooFewClassesWarning)
 from .images import BOMB, DEFAULT_MAX_PIXELS, SCALED_SIDE, UNREADABLE, check_image, read_header
 from .plotting import cached_figure, pyplot
 from .progress import Bar, say
+from .outputs import output_kind
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_range
 from .utils import sha256_file, shown_name, write_json, write_text_atomic
@@ -362,6 +363,7 @@ def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: fl
     named and left out) as a manifest (paths relative to the CSV) plus ``classes.json`` beside it; files already
     there are replaced only with ``force``. Before, it split every file found, bad ones included, without the
     content hash: copies of a photo landed in train and val (`data inspect` of the CSV then found the leak)."""
+    _check_split_out(Path(out_csv))
     existing = [p for p in (Path(out_csv), Path(out_csv).parent / "classes.json") if p.exists() or p.is_symlink()]
     if existing and not force:
         raise TltoolError(f"{', '.join(map(str, existing))} already exist(s); tltool does not overwrite a file "
@@ -370,6 +372,21 @@ def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: fl
     target = write_manifest(dataset.records, out_csv, relative=True)
     write_json(target.parent / "classes.json", dataset.classes)
     return target
+
+
+def _check_split_out(out_csv: Path) -> None:
+    """Refuse to write the split through a link (it was written into the link's target, and classes.json beside the
+    target, unchecked), or inside a run, features or export folder: `--out RUN/split.csv --force` replaced the
+    run's own record of its images, and `compare` then missed that the run was trained on some of them."""
+    for path in (out_csv, out_csv.parent / "classes.json"):
+        if path.is_symlink():
+            raise TltoolError(f"--out {shown_name(out_csv)}: {shown_name(path)} is a link; tltool writes no file "
+                              "through a link: choose another place.")
+    folder = Path(os.path.realpath(out_csv.parent))
+    owner = next((f for f in (folder, *folder.parents) if tltool_output(f, [])), None)  # marked ones only
+    if owner is not None:
+        raise TltoolError(f"--out {shown_name(out_csv)}: is inside the tltool {output_kind(owner)} folder "
+                          f"{shown_name(owner)}, whose files only its own command writes; choose another place.")
 
 
 COUNTS_PNG = "class_counts.png"
