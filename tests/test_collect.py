@@ -721,6 +721,10 @@ def test_a_run_folder_given_as_the_photos_is_refused_by_inspect_and_import(tmp_p
     assert [row["source"] for row in result.added] == [str(tmp_path / "mypics" / "a.jpg")] and not result.bad
     with pytest.raises(TltoolError, match=r"myrun/\*\.png: the pattern matches only what tltool wrote"):
         import_images([str(run / "*.png")], tmp_path / "ds3")
+    # nor through a link to one of its files (a folder of photos holding a link to the run's plot)
+    (tmp_path / "mypics" / "plot.png").symlink_to(run / "confusion_matrix.png")
+    result = import_images([str(tmp_path / "mypics")], tmp_path / "ds4")
+    assert [row["source"] for row in result.added] == [str(tmp_path / "mypics" / "a.jpg")] and not result.bad
 
 
 def test_a_source_inside_the_dataset_is_named_not_imported_as_nothing(tmp_path):

@@ -151,6 +151,8 @@ def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[
         resolved = f.resolve()
         if resolved in seen or (exclude is not None and resolved.is_relative_to(exclude)):
             continue
+        if any(tltool_output(parent, []) for parent in resolved.parents):  # a link to a run's plot: not a photo
+            continue
         seen.add(resolved)
         out.append(f)
     return out
