@@ -126,10 +126,11 @@ def test_export_never_deletes_or_writes_into_a_users_folder(tiny_run, tiny_saved
     assert (run / "export" / "keras" / "model.keras").is_file()
     # ... unless the user put a file of their own there: it would be deleted with the folder
     (run / "export" / "keras" / "client.py").write_text("the user's client")
-    for force in ([], ["--force"]):  # never deleted, --force or not
+    for force, then in (([], "and run again,"), (["--force"], "and run again with --force,")):  # never deleted
         refused = CliRunner().invoke(main, ["export", str(run), "--format", "keras", *force])
         assert refused.exit_code == 2, refused.output
-        assert "1 file(s) tltool did not write there (client.py)" in refused.output, refused.output
+        said = " ".join(refused.output.split())  # the default folder needs no --force: it was said to
+        assert "1 file(s) tltool did not write there (client.py)" in said and then in said, said
     assert (run / "export" / "keras" / "client.py").read_text() == "the user's client"
 
 
@@ -674,3 +675,15 @@ def test_the_readme_says_what_to_pip_install_for_its_client(tmp_path, fmt):
     pip = re.search(r"`pip install ([^`]+)`", text)
     assert pip is not None and needed <= set(pip.group(1).split()), (needed, pip)
     assert "cv2" in names and "opencv-python-headless" in needed
+
+
+def test_a_quantization_that_changes_nothing_is_said_to_lose_nothing_without_a_minus_zero():
+    """float16 on flowers: "loses nothing (-0.0 points)"."""
+    from tltool.export import measurement_lines
+
+    acc = {"value": 0.9, "ci95": [0.8, 0.95], "n": 100}
+    m = {"model": "model.tflite", "quantize": "float16", "size_bytes": 2e6, "accuracy": acc, "float_accuracy": acc,
+         "paired_difference": {"difference": 0.0, "ci95": [-0.01, 0.01], "p_value": 1.0}, "agreement_with_float": 1.0,
+         "drop_points": 0.0, "within_max_drop": True, "max_drop_points": 1.0, "threads": 2, "speed_batch": 32,
+         "images_per_second": {"export": 100.0, "float_tf": 50.0}}
+    assert "it loses nothing (+0.0 points): within --max-drop 1" in measurement_lines(m)[3]

@@ -54,6 +54,9 @@ def test_a_head_refuses_features_of_another_width_and_damaged_files(name, tmp_pa
     np.savez(tmp_path / "head.npz", **{**arrays, "mean": np.array([object()], dtype=object)})
     with pytest.raises(TltoolError, match=r"not a head tltool wrote \(it holds pickled objects, which tltool never loads\)"):
         FittedHead.load(tmp_path)
+    (tmp_path / "head.npz").write_text("garbage")  # before: "it holds pickled objects", of a text file
+    with pytest.raises(TltoolError, match=r"not a head tltool wrote \(it is not a NumPy \.npz archive\)"):
+        FittedHead.load(tmp_path)
     (tmp_path / "head.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(TltoolError, match="not a head tltool wrote .BadZipFile"):
         FittedHead.load(tmp_path)

@@ -219,6 +219,8 @@ def test_a_model_json_whose_classes_disagree_with_the_model_is_refused(tmp_path)
     with pytest.raises(TltoolError, match="pool is 'weird', not one of"):
         load_run(tmp_path)
     for edit, named in (({"backbone": 5}, "backbone is 5"), ({"weights": None}, "weights is None"),
+                        ({"backbone": "../../etc"}, r"model\.json: not a model\.json tltool wrote \(backbone is "
+                                                    r"'\.\./\.\./etc', not a backbone tltool knows"),
                         ({"kind": "magic"}, "kind 'magic'"), ({"max_pixels": "many"}, "max_pixels is 'many'")):
         write_json(tmp_path / "model.json", {**config, "classes": ["a", "b", "c"], **edit})
         with pytest.raises(TltoolError, match=named):  # before: AttributeError, KeyError at predict or export

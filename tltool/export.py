@@ -90,7 +90,7 @@ def _refuse_files_added_to(target: Path, force: bool) -> None:
     if not target.is_dir() or target.is_symlink():
         return
     added = sorted(p.name for p in target.iterdir() if not _export_file(p.name))
-    refuse_added_entries(target, "export", force, added=added)
+    refuse_added_entries(target, "export", force, added=added, needs_force=False)
 
 
 def _check_label_names(classes: list[str]) -> None:
@@ -250,7 +250,7 @@ def measurement_lines(m: dict) -> list[str]:
     acc, ref, paired = m["accuracy"], m["float_accuracy"], m["paired_difference"]
     lo, hi = paired["ci95"]
     drop = m["drop_points"]
-    cost = f"loses {drop:.1f} points" if drop > 0 else f"loses nothing ({-drop:+.1f} points)"
+    cost = f"loses {drop:.1f} points" if drop > 0 else f"loses nothing ({(-drop or 0.0):+.1f} points)"  # not -0.0
     verdict = "within" if m["within_max_drop"] else "MORE THAN"
     return [
         f"{m['model']} ({m['quantize']}): {m['size_bytes'] / 1e6:.2f} MB",

@@ -278,8 +278,9 @@ class FittedHead:
                        pool=None if meta.get("pool") is None else str(meta["pool"]), **arrays)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
                 MemoryError) as exc:  # NumPy allocates the shape an array declares before reading it
-            why = ("it holds pickled objects, which tltool never loads" if "pickle" in str(exc)
-                   else f"{exc.__class__.__name__}: {exc}")  # not NumPy's advice to load it unsafely
+            why = (f"{exc.__class__.__name__}: {exc}" if "pickle" not in str(exc)  # not NumPy's advice to load it
+                   else "it holds pickled objects, which tltool never loads" if "Object arrays" in str(exc)  # unsafely
+                   else "it is not a NumPy .npz archive")  # a text file was said to hold pickled objects
             raise TltoolError(f"{directory}: head.json / head.npz are missing or not a head tltool wrote ({why}).") \
                 from None
         if not head.consistent():

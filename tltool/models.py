@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
-from .backbones import create_backbone
+from .backbones import create_backbone, get_backbone_spec
 from .dataset import Record
 from .engines import ModelSource, Runner, create_runner, feature_source, keras_file_source
 from .errors import TltoolError
@@ -262,6 +262,14 @@ def _is_text(value) -> bool:
     return isinstance(value, str)
 
 
+def _is_backbone(value) -> bool:
+    """A name the registry knows: "../../etc" was "Unknown backbone" naming no file."""
+    try:
+        return isinstance(value, str) and get_backbone_spec(value) is not None
+    except TltoolError:
+        return False
+
+
 def _is_size(value) -> bool:
     return is_whole(value, RANGES["image_size"].low, MAX_IMAGE_SIZE)
 
@@ -285,7 +293,8 @@ _COMMON_FIELDS = {
     "max_pixels": (_is_pixels, "a whole number of pixels"),
 }
 _MODEL_FIELDS = {
-    "linear": {"backbone": (_is_text, "a backbone name"), "weights": (_is_text, "a weights name or file"),
+    "linear": {"backbone": (_is_backbone, "a backbone tltool knows (tltool backbones)"),
+               "weights": (_is_text, "a weights name or file"),
                "pool": (lambda v: v in CHOICES["pool"], f"one of {CHOICES['pool']}"),
                "features": (_is_text, "the features folder")},
     "finetune": {"backbone": (_is_text, "a backbone name")},

@@ -184,14 +184,15 @@ def _entries(output: Path) -> Iterator[tuple[str, Path | None]]:
 
 
 def refuse_added_entries(path: str | os.PathLike, kind: str, force: bool, added: list[str] | None = None,
-                         option: str = "--out") -> None:
+                         option: str = "--out", needs_force: bool = True) -> None:
     """Refuse to replace the earlier ``kind`` output ``path`` while it holds files tltool did not write there
-    (``added``, else :func:`added_entries`), ``force`` or not: replacing it would delete them."""
+    (``added``, else :func:`added_entries`), ``force`` or not: replacing it would delete them. ``needs_force``:
+    the output is replaced only with ``--force`` once they are gone (the refusal says what to run then)."""
     added = added_entries(path) if added is None else added
     if not added:
         return
     named = ", ".join(added[:MAX_NAMED]) + (f" and {len(added) - MAX_NAMED} more" if len(added) > MAX_NAMED else "")
-    then = "run again with --force" if force else "pass --force to replace it"
+    then = "run again with --force" if force else "pass --force to replace it" if needs_force else "run again"
     raise TltoolError(f"{option} {path}: holds an earlier tltool {kind} and {len(added)} file(s) tltool did not write "
                       f"there ({named}), which replacing it would delete; tltool never does, --force or not: move "
                       f"them out of it and {then}, or choose another folder.")
@@ -258,7 +259,7 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     if found != kind:
         raise TltoolError(f"{option} {path}: is a tltool {found} folder, and tltool never writes into or replaces such "
                           f"a folder; choose a new or empty folder.")
-    refuse_added_entries(path, kind, force, option=option)
+    refuse_added_entries(path, kind, force, option=option, needs_force=not reuse)
     if not (reuse or force):
         unlisted = " (--force deletes it whole, with any file added to it)" if added_entries(path) is None else ""
         raise TltoolError(f"{option} {path}: already holds an earlier tltool {kind}; choose another folder, or "
