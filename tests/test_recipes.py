@@ -179,7 +179,11 @@ def test_what_an_earlier_step_of_the_run_writes_counts_and_what_a_step_before_fr
         plan_recipe(path, start=2)
     result = CliRunner().invoke(main, ["run", str(path), "--check", "--from", "2"])
     assert result.exit_code == 2 and "features runs/feat" in result.output, result.output
-    (in_tmp / "runs" / "feat").mkdir(parents=True)
+    (in_tmp / "runs" / "feat").mkdir(parents=True)  # there, but not features: linear would refuse it when reached
+    with pytest.raises(TltoolError, match=r"inputs the steps would refuse when reached: step 2 \(linear\): runs/feat: "
+                                          r"no features\.json here"):
+        plan_recipe(path, start=2)
+    (in_tmp / "runs" / "feat" / "features.json").write_text("{}")
     assert plan_recipe(path, start=2).steps[1].command == "linear"
 
 
@@ -629,6 +633,26 @@ def test_check_names_an_out_a_later_step_will_refuse_when_an_earlier_step_or_an_
 
     writes_runs(lambda: new_run_dir("inspect", out=in_tmp / "done"))()
     _refused_before_step_one(in_tmp, _write(in_tmp, f"steps:\n{steps}"), message)
+
+
+@pytest.mark.parametrize("steps, message", [
+    (f"  - extract: {{data: '{SAMPLE}', image-size: 32, out: feats}}\n  - probe: {{data: feats, out: runs/p}}\n",
+     r"step 2 \(probe\): feats: step 1 \(extract\) makes it a tltool features folder, not photos"),
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/i}}\n  - linear: {{features: runs/i, out: runs/l}}\n",
+     r"step 2 \(linear\): runs/i: step 1 \(data-inspect\) makes it a tltool run folder, not features"),
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/i}}\n  - linear: {{features: '{SAMPLE}', out: runs/l}}\n",
+     r"step 2 \(linear\): .*shapes: no features\.json here: this takes the folder `tltool extract`"),
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/i}}\n  - data-inspect: {{path: done, out: runs/j}}\n",
+     r"step 2 \(data-inspect\): done: is a tltool run folder .*not photos"),
+])
+def test_check_names_an_input_of_the_kind_its_command_refuses(in_tmp, steps, message):
+    """Before: --check asked only that an input exist (or that an earlier step write it): probe on extract's folder,
+    linear on photos passed, and the step failed when reached, after the steps before it ran."""
+    from tltool.runs import new_run_dir, writes_runs
+
+    writes_runs(lambda: new_run_dir("inspect", out=in_tmp / "done"))()
+    _refused_before_step_one(in_tmp, _write(in_tmp, f"steps:\n{steps}"),
+                             r"inputs the steps would refuse when reached: " + message)
 
 
 def test_check_passes_a_cache_or_a_forced_run_that_an_earlier_step_writes(in_tmp):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import click
 
-from ..dataset import COLLECTED
+from ..dataset import COLLECTED, NOT_PHOTOS, refuse_tltool_output
 from ..errors import TltoolError
 from ..labeler.export import KIND as LABEL_EXPORT_KIND
 from ..labeler.export import default_export_dir
@@ -45,6 +45,7 @@ INPUT_KINDS: dict[str, InputKind] = {
     "sources": InputKind(expand=True),
     "weights": InputKind(names_file=lambda value: value.lower() not in ("imagenet", "none")),
     "augment": InputKind(names_file=lambda value: value.lower().endswith(FILE_SUFFIXES["augment"])),
+    "features": InputKind(),  # a features folder (extract's, or probe's --features)
 }
 
 # keys that name an input wherever a command has them (a weights file, an albumentations pipeline file)
@@ -68,8 +69,10 @@ STEP_INPUTS: dict[str, dict[str, str]] = {
     "viz-layers": {"model": "path"},
     "viz-activations": {"image": "path", "model": "path"},
     "viz-gradcam": {"images": "path", "model": "path"},
-    "viz-embedding": {"features": "path"},
     "collect-import": {"sources": "sources"},
+    "linear": {"features": "features"},
+    "learning-curve": {"features": "features"},
+    "viz-embedding": {"features": "features"},
 }
 WRITTEN_EVERYWHERE = ("out",)
 STEP_OUTPUTS: dict[str, tuple[str, ...]] = {  # outputs besides `out`: the feature caches
@@ -237,3 +240,45 @@ def _check_output(text: str, kind: str, force: bool, option: str, made: dict[Pat
         check_run_dir(text, force)
     else:
         check_output_dir(text, kind, reuse=kind in REUSED_KINDS or holds_no_output(text), force=force, option=option)
+
+
+def misread_inputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]]) -> list[StepRefusal]:
+    """The inputs of ``steps`` that exist, or that an earlier step writes, but are of a kind their command refuses:
+    an earlier step's features where photos go (``probe`` on ``extract``'s folder), photos where features go
+    (``linear`` on a photo folder). Without this, the refusal came when the step was reached."""
+    made: dict[Path, tuple[int, str, str]] = {}  # each place an earlier step writes: that step, its command, the kind
+    refused = []
+    for index, command, params, values in steps:
+        kinds = input_kinds(command, params)
+        for key, text in step_inputs(command, params, values):
+            check = INPUT_CHECKS.get(kinds[key])
+            try:
+                if check is not None:
+                    check(text, made.get(_absolute(text)))
+            except TltoolError as exc:
+                refused.append(StepRefusal(index, command, str(exc)))
+        made |= {path: (index, command, kind) for path, kind in step_output_kinds(command, params, values).items()}
+    return refused
+
+
+def _check_photos(text: str, earlier: tuple[int, str, str] | None) -> None:
+    """A dataset input: never a run, features or export folder (now, or made so by an earlier step)."""
+    if earlier is not None and earlier[2] in NOT_PHOTOS:
+        raise TltoolError(f"{text}: step {earlier[0]} ({earlier[1]}) makes it a tltool {earlier[2]} folder, not "
+                          "photos; give the folder (or manifest) of the photos.")
+    if earlier is None and os.path.isdir(text):
+        refuse_tltool_output(text, text)
+
+
+def _check_features(text: str, earlier: tuple[int, str, str] | None) -> None:
+    """A features input: the folder extract (or probe's --features) writes, now or by an earlier step."""
+    if earlier is not None and earlier[2] != "features":
+        raise TltoolError(f"{text}: step {earlier[0]} ({earlier[1]}) makes it a tltool {earlier[2]} folder, not "
+                          "features; give the folder `tltool extract` (or probe's --features) writes.")
+    if earlier is None and os.path.isdir(text) and not os.path.exists(os.path.join(text, "features.json")):
+        raise TltoolError(f"{text}: no features.json here: this takes the folder `tltool extract` (or probe's "
+                          "--features) writes, not photos.")
+
+
+INPUT_CHECKS: dict[str, Callable[[str, tuple[int, str, str] | None], None]] = {
+    "dataset": _check_photos, "features": _check_features}

@@ -38,7 +38,7 @@ from ..errors import TltoolError, close_match_hint, did_you_mean
 from ..progress import say
 from ..utils import shown_name
 from .group import main
-from .recipe_files import StepInput, refused_outputs, unmade_inputs
+from .recipe_files import StepInput, misread_inputs, refused_outputs, unmade_inputs
 
 TOP_LEVEL = ("name", "description", "vars", "steps")
 STEP_KEYS = ("interactive",)  # step-level settings that are not command options
@@ -368,10 +368,10 @@ def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), s
         raise TltoolError(f"{recipe.path}: inputs that do not exist and that no earlier step of the recipe writes"
                           f"{before}: {named}. Make them first, or point the steps at ones that exist; nothing has "
                           "run.")
-    refused = refused_outputs(steps)
-    if refused:
-        named = "; ".join(f"step {r.index} ({r.command}): {r.reason.rstrip('.')}" for r in refused)
-        raise TltoolError(f"{recipe.path}: outputs the steps would refuse when reached: {named}. Nothing has run.")
+    for what, refused in (("inputs", misread_inputs(steps)), ("outputs", refused_outputs(steps))):
+        if refused:
+            named = "; ".join(f"step {r.index} ({r.command}): {r.reason.rstrip('.')}" for r in refused)
+            raise TltoolError(f"{recipe.path}: {what} the steps would refuse when reached: {named}. Nothing has run.")
     return recipe
 
 
