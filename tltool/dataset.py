@@ -255,6 +255,12 @@ def tltool_output(folder: str | os.PathLike, skipped: list[SkippedFile]) -> bool
     return True
 
 
+def tltool_output_around(path: str | os.PathLike) -> Path | None:
+    """The run, features or export folder of tltool's (marked) that ``path`` is, or is inside; None if none."""
+    path = Path(os.path.abspath(path))
+    return next((folder for folder in (path, *path.parents) if tltool_output(folder, [])), None)
+
+
 def refuse_tltool_output(folder: str | os.PathLike, given: str) -> None:
     """Refuse a run, features or export folder of tltool's given as the photos: its plots were taken for photos
     (`data inspect RUN` found a class named refit/, and suggested `collect import RUN`, which imported the plots)."""

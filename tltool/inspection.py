@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from .dataset import (Dataset, Record, end_sentence, load_dataset, require_training_images, stratified_split,
-                      tltool_output, write_manifest)
+                      tltool_output_around, write_manifest)
 from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LabelConflictWarning,
                      LeakageWarning, TltoolError, TooFewClassesWarning)
@@ -382,8 +382,7 @@ def _check_split_out(out_csv: Path) -> None:
         if path.is_symlink():
             raise TltoolError(f"--out {shown_name(out_csv)}: {shown_name(path)} is a link; tltool writes no file "
                               "through a link: choose another place.")
-    folder = Path(os.path.realpath(out_csv.parent))
-    owner = next((f for f in (folder, *folder.parents) if tltool_output(f, [])), None)  # marked ones only
+    owner = tltool_output_around(os.path.realpath(out_csv.parent))
     if owner is not None:
         raise TltoolError(f"--out {shown_name(out_csv)}: is inside the tltool {output_kind(owner)} folder "
                           f"{shown_name(owner)}, whose files only its own command writes; choose another place.")

@@ -97,22 +97,15 @@ def _killed_fill_entries(path: Path) -> list[str] | None:
 
 
 def mark_finished(path: str | os.PathLike) -> None:
-    """Say in ``path``'s marker that the command writing it finished, and list what it wrote: an earlier output,
-    replaced only with ``--force``, and never while it holds a file that is not on that list (the user's)."""
-    record_written(path, finished=True)
-
-
-def record_written(path: str | os.PathLike, finished: bool | None = None) -> None:
-    """List in the marker of ``path``, a folder this process holds (a run) whose command returned, what is in it but
-    the user's: what was there when this process took it and no earlier list named (:func:`hold_output_dir`) stays
-    the user's. (Until then, each file is listed as tltool writes it: :func:`_list_written`.) ``finished``: also say
-    whether the command finished."""
+    """Say in ``path``'s marker (a folder this process holds: a run) that the command writing it finished, and list
+    what it wrote: an earlier output, replaced only with ``--force``, and never while it holds a file that is not on
+    that list. What was there when this process took it and no earlier list named (:func:`hold_output_dir`) stays
+    the user's. (Until then, each file is listed as tltool writes it: :func:`_list_written`.)"""
     marker, key = Path(path) / MARKER, os.path.realpath(path)
     users = _USERS_AT_HOLD.get(key, frozenset())
     with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
         written = [name for name in written_entries(Path(path)) if name not in users]
-        state = {} if finished is None else {FINISHED: finished}
-        write_json(marker, {**read_json(marker), **state, WRITTEN: written})
+        write_json(marker, {**read_json(marker), FINISHED: True, WRITTEN: written})
 
 
 def _list_written(target: Path) -> None:
@@ -259,9 +252,10 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, reuse: bool = False,
     if found != kind:
         raise TltoolError(f"{option} {path}: is a tltool {found} folder, and tltool never writes into or replaces such "
                           f"a folder; choose a new or empty folder.")
-    refuse_added_entries(path, kind, force, option=option, needs_force=not reuse)
+    added = added_entries(path)
+    refuse_added_entries(path, kind, force, added=added or [], option=option, needs_force=not reuse)
     if not (reuse or force):
-        unlisted = " (--force deletes it whole, with any file added to it)" if added_entries(path) is None else ""
+        unlisted = " (--force deletes it whole, with any file added to it)" if added is None else ""
         raise TltoolError(f"{option} {path}: already holds an earlier tltool {kind}; choose another folder, or "
                           f"pass --force to replace it{unlisted}.")
     return True

@@ -16,7 +16,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import click
 
@@ -155,11 +155,6 @@ def step_output_kinds(command: str, params: dict[str, click.Parameter], values: 
     return out
 
 
-def step_outputs(command: str, params: dict[str, click.Parameter], values: dict[str, Any]) -> list[Path]:
-    """The paths a step writes that a later step can name."""
-    return list(step_output_kinds(command, params, values))
-
-
 def _absolute(text: str) -> Path:
     """``text`` as one spelling of the place (links resolved, as ``label export`` resolves its default)."""
     try:
@@ -188,13 +183,11 @@ def _found(kind: InputKind, text: str, made: list[Path]) -> bool:
 def unmade_inputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]]) -> list[StepInput]:
     """The inputs of ``steps`` (``(index, command, params by key, values by key)``, in the order they run) that do
     not exist and that no earlier one of them writes."""
-    made: list[Path] = []
     missing = []
-    for index, command, params, values in steps:
+    for index, command, params, values, made in _with_earlier_outputs(steps):
         kinds = input_kinds(command, params)
         missing += [StepInput(index, command, key, text) for key, text in step_inputs(command, params, values)
-                    if not _found(INPUT_KINDS[kinds[key]], text, made)]
-        made += step_outputs(command, params, values)
+                    if not _found(INPUT_KINDS[kinds[key]], text, list(made))]
     return missing
 
 
@@ -204,9 +197,8 @@ def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], 
     --out feats``), a folder tltool did not make, a file, a link, and an earlier output of the same kind replaced
     without ``force: true``. One inside or around an earlier step's output is left out (it may be tltool's by then).
     Without this, the refusal came when the step was reached, after every step before it had run."""
-    made: dict[Path, tuple[int, str, str]] = {}  # each place an earlier step writes: that step, its command, the kind
     refused = []
-    for index, command, params, values in steps:
+    for index, command, params, values, made in _with_earlier_outputs(steps):
         keys = [k for k in (*WRITTEN_EVERYWHERE, *STEP_OUTPUTS.get(command, ())) if k in params and k in values]
         force = values.get("force") is True
         for key in keys:
@@ -218,11 +210,23 @@ def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], 
                     _check_output(text, kind, force, f"--{key}", made)
                 except TltoolError as exc:
                     refused.append(StepRefusal(index, command, str(exc)))
-        made |= {path: (index, command, kind) for path, kind in step_output_kinds(command, params, values).items()}
     return refused
 
 
-def _check_output(text: str, kind: str, force: bool, option: str, made: dict[Path, tuple[int, str, str]]) -> None:
+Made = dict[Path, tuple[int, str, str]]  # each place the earlier steps write: that step, its command, the kind
+
+
+def _with_earlier_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]]
+                          ) -> Iterator[tuple[int, str, dict[str, click.Parameter], dict[str, Any], Made]]:
+    """Each step with what the steps before it write."""
+    made: Made = {}
+    for index, command, params, values in steps:
+        yield index, command, params, values, made
+        made = {**made, **{path: (index, command, kind)
+                           for path, kind in step_output_kinds(command, params, values).items()}}
+
+
+def _check_output(text: str, kind: str, force: bool, option: str, made: Made) -> None:
     """Raise what the step's command will, reached after the steps before it (which write ``made``)."""
     place = _absolute(text)
     if place in made:
@@ -246,9 +250,8 @@ def misread_inputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], d
     """The inputs of ``steps`` that exist, or that an earlier step writes, but are of a kind their command refuses:
     an earlier step's features where photos go (``probe`` on ``extract``'s folder), photos where features go
     (``linear`` on a photo folder). Without this, the refusal came when the step was reached."""
-    made: dict[Path, tuple[int, str, str]] = {}  # each place an earlier step writes: that step, its command, the kind
     refused = []
-    for index, command, params, values in steps:
+    for index, command, params, values, made in _with_earlier_outputs(steps):
         kinds = input_kinds(command, params)
         for key, text in step_inputs(command, params, values):
             check = INPUT_CHECKS.get(kinds[key])
@@ -257,7 +260,6 @@ def misread_inputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], d
                     check(text, made.get(_absolute(text)))
             except TltoolError as exc:
                 refused.append(StepRefusal(index, command, str(exc)))
-        made |= {path: (index, command, kind) for path, kind in step_output_kinds(command, params, values).items()}
     return refused
 
 

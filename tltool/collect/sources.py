@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..dataset import (HIDDEN, NOT_UTF8, TLTOOL_OUTPUTS, LinkGuard, is_utf8, refuse_tltool_output, tltool_output,
-                       walk_files)
+from ..dataset import (HIDDEN, NOT_UTF8, TLTOOL_OUTPUTS, LinkGuard, is_utf8, refuse_tltool_output,
+                       tltool_output_around, walk_files)
 from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, UNREADABLE
 from ..utils import sha256_file, shown_name
@@ -132,7 +132,7 @@ def _expand_one(spec: str) -> list[Path | Bad]:
                           "it, and check the folder.")
     # a run or features folder a pattern matches, or a file in one (RUN/*.png), is left out, as the walk leaves out
     # one inside a folder
-    kept = [m for m in matches if not any(tltool_output(p, []) for p in (Path(m), *Path(os.path.abspath(m)).parents))]
+    kept = [m for m in matches if tltool_output_around(m) is None]
     if not kept:
         raise TltoolError(f"{shown_name(spec)}: the pattern matches only what tltool wrote (run, features or export "
                           "folders: reports, plots, models), not photos.")
@@ -144,6 +144,7 @@ def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[
     a :class:`Bad` for each file or folder a walk set aside."""
     seen: set[Path] = set()
     out: list[Path | Bad] = []
+    in_output: dict[Path, bool] = {}  # per folder: its photos are looked up once, not each walk up to /
     for f in (f for spec in sources for f in _expand_one(spec)):
         if isinstance(f, Bad):
             out.append(f)
@@ -151,7 +152,9 @@ def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[
         resolved = f.resolve()
         if resolved in seen or (exclude is not None and resolved.is_relative_to(exclude)):
             continue
-        if any(tltool_output(parent, []) for parent in resolved.parents):  # a link to a run's plot: not a photo
+        if resolved.parent not in in_output:
+            in_output[resolved.parent] = tltool_output_around(resolved.parent) is not None
+        if in_output[resolved.parent]:  # a link to a run's plot: not a photo
             continue
         seen.add(resolved)
         out.append(f)
