@@ -84,7 +84,8 @@ class ModelSource:
         return sha256_json(self.key)[:24]
 
 
-def feature_source(backbone: str, weights: str = "imagenet", image_size: int = 224) -> ModelSource:
+def feature_source(backbone: str, weights: str = "imagenet", image_size: int = 224,
+                   weights_named: str = "--weights") -> ModelSource:
     """Avg- and max-pooled features of a backbone (the numbers ``tltool extract`` stores).
 
     The key holds the backbone, the weights' digest (as the feature cache has it), input size, pooling,
@@ -98,7 +99,7 @@ def feature_source(backbone: str, weights: str = "imagenet", image_size: int = 2
     def build():
         from ._tf import keras
 
-        extractor = create_backbone(backbone, weights=weights, image_size=image_size)
+        extractor = create_backbone(backbone, weights=weights, image_size=image_size, weights_named=weights_named)
         fmap = extractor.output
         outputs = {"avg": keras.layers.GlobalAveragePooling2D(name="avg")(fmap),
                    "max": keras.layers.GlobalMaxPooling2D(name="max")(fmap)}

@@ -3,10 +3,8 @@ optional TTA) and, for export, the equivalent Keras model. The tasks built on it
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
-from dataclasses import replace
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -121,22 +119,12 @@ class LinearRunModel(RunModel):
                               "`tltool linear`.")
 
     def source(self) -> ModelSource:  # the same pooled features as extraction
-        source = feature_source(self.config["backbone"], self.config["weights"], self.image_size)
+        return feature_source(self.config["backbone"], self.config["weights"], self.image_size, self._weights_named)
 
-        def build() -> object:
-            with self._weights_named():
-                return source.build()
-        return replace(source, build=build)
-
-    @contextlib.contextmanager
-    def _weights_named(self) -> Iterator[None]:
+    @property
+    def _weights_named(self) -> str:
         """The weights are model.json's, not an option the user gave: a bad path was reported as ``--weights``."""
-        try:
-            yield
-        except TltoolError as exc:
-            if not str(exc).startswith("--weights "):
-                raise
-            raise TltoolError(f"{self.run_dir / 'model.json'}: its weights {str(exc)[len('--weights '):]}") from None
+        return f"{self.run_dir / 'model.json'}: its weights"
 
     def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.head.predict_proba(select_pool(outputs["avg"], outputs["max"], self.config["pool"]))
@@ -146,9 +134,8 @@ class LinearRunModel(RunModel):
         from ._tf import keras
 
         kernel, bias = self.head.dense_weights()
-        with self._weights_named():
-            extractor = create_backbone(self.config["backbone"], weights=self.config["weights"],
-                                        image_size=self.image_size)
+        extractor = create_backbone(self.config["backbone"], weights=self.config["weights"],
+                                    image_size=self.image_size, weights_named=self._weights_named)
         fmap = extractor.output
         x = select_pool(keras.layers.GlobalAveragePooling2D(name="avg_pool")(fmap),
                         keras.layers.GlobalMaxPooling2D(name="max_pool")(fmap), self.config["pool"],

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def create_backbone(name: str, weights: str = "imagenet", image_size: int | None = None,
-                    random_seed: int | None = None) -> keras.Model:
+                    random_seed: int | None = None, weights_named: str = "--weights") -> keras.Model:
     """Build ``name`` as a Keras model from raw RGB pixels (0..255) to its last feature map.
 
     The model is ``input -> ImagePreprocessing(spec.preprocess) -> base``; ``base`` is a nested model named
@@ -23,6 +23,7 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
     offline for efficientnet_lite0), ``none`` (random, the same in every process: see
     :func:`_seeded_random_build`), or a path to a weights file of the base. ``random_seed`` draws the random
     weights of ``none`` from another seed (a fine-tune from scratch follows its ``--seed``; features must not).
+    ``weights_named``: where a weights file that cannot be used was given, for the error (a run's model.json).
     """
     from .._tf import keras
 
@@ -45,7 +46,7 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
         path = Path(weights)
         if not path.is_file():
             what = "not a regular file (a folder, a named pipe or a device)" if path.exists() else "no such file"
-            raise TltoolError(f"--weights {weights}: {what}. Use imagenet, none or a path to a weights file.")
+            raise TltoolError(f"{weights_named} {weights}: {what}. Use imagenet, none or a path to a weights file.")
         base = spec.build(shape, None)
         try:
             check_declared_sizes(path)  # before Keras allocates what a tensor declares
@@ -53,7 +54,7 @@ def create_backbone(name: str, weights: str = "imagenet", image_size: int | None
         except Exception as exc:
             detail = " ".join(str(exc).split())  # Keras' message spans lines
             detail = detail if len(detail) <= 300 else detail[:300].rsplit(" ", 1)[0] + " ..."
-            raise TltoolError(f"--weights {weights}: cannot load into {spec.name} ({exc.__class__.__name__}: "
+            raise TltoolError(f"{weights_named} {weights}: cannot load into {spec.name} ({exc.__class__.__name__}: "
                               f"{detail}). The file must hold the weights of this architecture without its "
                               "classification top.") from None
     inputs = keras.Input(shape=shape, name="pixels")
