@@ -18,7 +18,7 @@ from .evaluation import Evaluation
 from .images import load_thumbnail
 from .plotting import cached_figure, pyplot, save_figure
 from .stats import format_proportion
-from .utils import sha256_file, shown_name, write_json, write_text_atomic
+from .utils import record_line, sha256_file, shown_name, write_json, write_text_atomic
 
 THUMBNAIL_SIZE = 128  # px of a photo in the misclassified grid
 
@@ -131,13 +131,16 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], list[
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             header = next(reader)
-            rows = list(reader)
+            rows, lines = [], []  # each record and the line it starts on (a path may hold a line break)
+            for row in reader:
+                rows.append(row)
+                lines.append(record_line(reader, row))
     except (OSError, UnicodeDecodeError, StopIteration, csv.Error) as exc:
         raise TltoolError(f"{path}: not a predictions.csv tltool wrote ({exc.__class__.__name__}: {exc}).") from None
     if header[:3] != ["path", "true", "predicted"] or any(len(r) != len(header) for r in rows):
         raise TltoolError(f"{path}: not a predictions.csv tltool wrote (its header or a row's cells differ).")
     classes = [h[2:] for h in header[5:]]
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(lines, rows):
         problem = _prediction_problem(row, classes)
         if problem:
             raise TltoolError(f"{path}, row {line}: {problem}; not a predictions.csv tltool wrote.")
