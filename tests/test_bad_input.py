@@ -400,6 +400,13 @@ def test_mistaken_folders_and_limits_are_named_for_what_they_are(tmp_path):
     (run / "metrics.json").write_text('{"kind": "evaluation"}')
     with pytest.raises(TltoolError, match=r"is the run of a tltool evaluation, which holds no model"):
         load_run(run)
+    # a fine-tune --cv run was only "holds no model": its folds' models are one folder down
+    (run / "metrics.json").write_text('{"kind": "finetune-cv"}')
+    (run / "fold-1" / "run").mkdir(parents=True)
+    (run / "fold-1" / "run" / "model.json").write_text("{}")
+    with pytest.raises(TltoolError, match=r"is a fine-tune cross-validation, which ships no model of its own: each "
+                       r"fold's model is in its fold-N/run \(.*fold-1/run \.\.\.\), or fine-tune again without --cv"):
+        load_run(run)
     export = claim_output_dir(tmp_path / "export", "export")
     with pytest.raises(TltoolError, match=r"is a tltool export folder, which holds no model"):
         load_run(export)

@@ -14,6 +14,7 @@ from helpers import noise_image
 from tltool.cli import main
 from tltool.compare import compare_correct, compare_runs
 from tltool.errors import TltoolError
+from tltool.outputs import claim_output_dir
 
 
 def _fake_run(root: Path, name: str, correct: list[bool], classes=("a", "b"), paths=None) -> Path:
@@ -114,6 +115,13 @@ def test_compare_refuses_different_images_or_classes(tmp_path):
         compare_runs(a, b)
     with pytest.raises(TltoolError, match="different class lists"):
         compare_runs(a, c)
+    # a features folder was told "no predictions.csv ... (or give DATA to evaluate)", and with DATA it was refused
+    features = claim_output_dir(tmp_path / "features", "features")
+    with pytest.raises(TltoolError, match=r"features: is a tltool features folder, which holds no model \(no "
+                       r"predictions\.csv\)\. Pass the folder a linear, finetune or train command wrote\.$"):
+        compare_runs(a, features)
+    with pytest.raises(TltoolError, match=r"nowhere: no such folder \(no predictions\.csv\)"):
+        compare_runs(a, tmp_path / "nowhere")
     result = CliRunner().invoke(main, ["compare", str(a), str(b)])
     assert result.exit_code == 2 and "different images" in result.output
     # a predictions.csv tltool did not write, or two runs scored against other labels: one-line errors

@@ -185,7 +185,7 @@ class KerasRunModel(RunModel):
 _LOADERS = {"linear": LinearRunModel, "finetune": KerasRunModel, "scratch": KerasRunModel}
 
 
-def _what_folder(folder: Path) -> str:
+def what_folder_is(folder: Path) -> str:
     """What a folder given as a run holds no model of: an export, an evaluation's or compare's run, or not tltool's."""
     kind = output_kind(folder)
     if kind not in (None, "run"):
@@ -194,6 +194,9 @@ def _what_folder(folder: Path) -> str:
         made_by = read_json(folder / "metrics.json").get("kind")
     except (OSError, ValueError, AttributeError, RecursionError):
         made_by = None
+    if kind == "run" and made_by == "finetune-cv" and (folder / "fold-1" / "run" / "model.json").is_file():
+        return ("is a fine-tune cross-validation, which ships no model of its own: each fold's model is in its "
+                f"fold-N/run ({folder / 'fold-1' / 'run'} ...), or fine-tune again without --cv for one model")
     if kind == "run":
         return f"is the run of a tltool {made_by if isinstance(made_by, str) else 'command'}, which holds no model"
     return "not a tltool run"
@@ -205,7 +208,7 @@ def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
     if not run_dir.is_dir():
         raise TltoolError(f"{run_dir}: no such folder. Pass the folder a linear, finetune or train command wrote.")
     if not config_path.exists():
-        raise TltoolError(f"{run_dir}: {_what_folder(run_dir)} (no model.json). Pass the folder a linear, finetune "
+        raise TltoolError(f"{run_dir}: {what_folder_is(run_dir)} (no model.json). Pass the folder a linear, finetune "
                           "or train command wrote (an export's model runs with the client in its README).")
     config = _checked_model_json(config_path)
     _check_trained_preprocessing(run_dir, config)
