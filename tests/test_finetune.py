@@ -348,6 +348,17 @@ def test_a_killed_cross_validation_keeps_its_finished_folds(tmp_path, monkeypatc
         np.mean(np.argmax(fold_1["probs"], 1) == evaluation.y_true[rows]))
 
 
+def test_the_cross_validation_estimate_counts_each_folds_model_build():
+    """--epochs 0 --cv 2 was estimated at 0.0 min and took 63 s: the estimate scaled only the epochs, while each
+    fold builds and traces a model of its own."""
+    from tltool.finetune import estimate_seconds
+
+    config = FinetuneConfig(data=str(SAMPLE), image_size=32, batch_size=8, head_epochs=0, epochs=0)
+    start = time.perf_counter()
+    estimate = estimate_seconds(config, 100, 50, folds=2)
+    assert estimate > 0.5 * (time.perf_counter() - start) > 0  # two builds, where its own one build took that long
+
+
 def test_finetune_resume_of_a_cross_validation_goes_on_with_its_folds(tmp_path, monkeypatch):
     """`tltool finetune --resume RUN` on a --cv run calls the cross-validation with it (not a plain fine-tune,
     which refused it as another kind of run)."""
