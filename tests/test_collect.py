@@ -389,9 +389,11 @@ def test_an_import_lock_that_is_a_link_is_refused_and_nothing_is_made_at_its_tar
     assert not target.exists()
 
 
-@pytest.mark.parametrize("edit", ["dhash", "mean_rgb", "short_row"])
+@pytest.mark.parametrize("edit", ["dhash", "mean_rgb", "short_row", "../../zzzz", "/etc/zzzz", "C:\\zzzz",
+                                  "a/../../zzzz"])
 def test_a_hand_edited_manifest_is_one_clear_error_naming_the_row(tmp_path, edit):
-    """A ``dhash`` of ``zzzz`` or a row with missing cells ended the import in a ValueError/TypeError traceback."""
+    """A ``dhash`` of ``zzzz`` or a row with missing cells ended the import in a ValueError/TypeError traceback; a
+    file outside the dataset (``../../../etc/passwd``) was read for its digest and counted as one of its images."""
     noise_image(tmp_path / "in" / "a.jpg", seed=1)
     noise_image(tmp_path / "in" / "b.jpg", seed=2)
     out = tmp_path / "ds"
@@ -401,6 +403,8 @@ def test_a_hand_edited_manifest_is_one_clear_error_naming_the_row(tmp_path, edit
     header = rows[0]
     if edit == "short_row":
         rows[2] = rows[2][:3]
+    elif "zzzz" in edit:
+        rows[2][header.index("file")] = edit
     else:
         rows[2][header.index(edit)] = "zzzz"
     with open(out / MANIFEST, "w", newline="", encoding="utf-8") as f:

@@ -14,7 +14,7 @@ import re
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -128,10 +128,19 @@ def _check_manifest_row(path: Path, line: int, row: dict) -> None:
     if row["status"] == ADDED:
         if not row["file"] or not row["pixels_sha256"]:
             raise refuse("an added image without its file or pixels_sha256")
+        if not _inside_the_dataset(row["file"]):  # it was read (its digest) and counted as one of the dataset's
+            raise refuse(f"file {row['file'][:80]!r} is not a path inside the dataset")
         if not _HEX64.fullmatch(row["dhash"]):
             raise refuse(f"dhash {row['dhash'][:40]!r} is not a 64-bit hexadecimal number")
         if not _COLOUR.fullmatch(row["mean_rgb"]) or max(map(int, row["mean_rgb"].split())) > 255:
             raise refuse(f"mean_rgb {row['mean_rgb'][:40]!r} is not three numbers 0-255")
+
+
+def _inside_the_dataset(file: str) -> bool:
+    """Whether a manifest's ``file`` names a place inside the dataset folder, as tltool writes it (relative, with
+    no ``..``, in either slash)."""
+    parts = PurePosixPath(file.replace("\\", "/")).parts
+    return bool(parts) and not PureWindowsPath(file).drive and parts[0] != "/" and ".." not in parts
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
