@@ -5,8 +5,10 @@ with one sub-folder per class (optionally under ``train/`` and ``val/``).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import itertools
 import os
 import random
 import shlex
@@ -39,6 +41,7 @@ LINK_INSIDE = "link to a folder inside the dataset, not followed: its images are
 LINK_AGAIN = "link to a folder already walked, not followed again"
 # a run, features or export folder tltool wrote inside the dataset (`--out PHOTOS/run1`): its plots are no photos
 TLTOOL_OUTPUT = "a tltool {kind} folder, not photos (ignored)"
+UNLABELLED_DATASET = "a dataset `tltool collect import` made: photos not labelled yet, not a class (ignored)"
 NOT_PHOTOS = ("run", "features", "export")
 TLTOOL_OUTPUTS = {TLTOOL_OUTPUT.format(kind=kind) for kind in NOT_PHOTOS}
 
@@ -381,10 +384,30 @@ def _new_dataset_beside(path: Path, relative: bool) -> str:
     read-only camera card). Before, it was always in the working directory: for ``~/Pictures/trip`` tltool
     suggested ``trip-dataset`` wherever the user happened to be, and for ``.`` a folder inside the photos."""
     stem = f"{path.name or 'photos'}-dataset"
-    parent = path.parent if os.access(path.parent, os.W_OK) else Path(os.getcwd())
+    beside = dataset_of_class_folder(path) or path  # never inside a dataset: its photos were read as a class
+    parent = beside.parent if os.access(beside.parent, os.W_OK) else Path(os.getcwd())
     names = (stem, *(f"{stem}-{i}" for i in range(2, 100)))
     new = next((parent / n for n in names if not os.path.lexists(parent / n)), parent / stem)
     return os.path.relpath(new) if relative else str(new)
+
+
+def dataset_of_class_folder(folder: Path) -> Path | None:
+    """The dataset whose class ``folder`` (absolute) looks like: its parent holds other folders of files
+    (``fl/train`` for ``fl/train/daisy``), or the folder above that parent when it is a split (``fl``); else None."""
+    parent = folder.parent
+    try:
+        siblings = [d for d in _subdirs(parent) if d != folder and not os.path.isfile(d / MARKER)]  # not tltool's
+    except OSError:
+        return None
+    if not any(_holds_files(d) for d in siblings[:100]):
+        return None
+    return parent.parent if parent.name.lower() in SPLIT_ALIASES else parent
+
+
+def _holds_files(folder: Path) -> bool:
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        return any(e.is_file() and is_candidate_file(e.name) for e in itertools.islice(entries, 1000))
+    return False
 
 
 def _quoted(path: str | os.PathLike) -> str:
@@ -559,6 +582,9 @@ class _FolderWalk:
             if tltool_output(class_dir, self.skipped) or not self.guard.admits(str(class_dir), (),
                                                                                 class_dir.is_symlink()):
                 continue
+            if os.path.isfile(class_dir / MARKER) and output_kind(class_dir) == COLLECTED:
+                self.skipped.append(SkippedFile(str(class_dir), UNLABELLED_DATASET))  # its photos were a class
+                continue
             # a newline in a folder's name split report.md's table, an escape coloured the terminal, and
             # `data split` wrote a manifest tltool itself then refused
             problem = label_problem(class_dir.name)
@@ -593,9 +619,11 @@ def load_folder(spec: str) -> Dataset:
     walk.guard.warn(root.name)
     if not walk.records:
         loose = sum(1 for p in root.iterdir() if p.is_file() and is_candidate_file(p.name)) if root.is_dir() else 0
-        here = (f" Its {loose} file(s) sit in {root.name}/ itself, which names no class: give the folder above it "
-                f"(one sub-folder per class), or label them (your class names): {label_commands(spec)}" if loose
-                else "")
+        above = dataset_of_class_folder(root)
+        give = (f"it looks like one class of {_quoted(os.path.relpath(above) if not os.path.isabs(spec) else above)}"
+                ": give that folder" if above else "give the folder above it (one sub-folder per class)")
+        here = (f" Its {loose} file(s) sit in {root.name}/ itself, which names no class: {give}, or label them "
+                f"(your class names): {label_commands(spec)}" if loose else "")
         raise TltoolError(f"{spec}: no images found. Expected one sub-folder per class (root/<class>/*.jpg) "
                           f"or root/train/<class>/* and root/val/<class>/*.{here}")
     return Dataset(name=root.name, source=f"folder:{root}", records=walk.records,
