@@ -916,3 +916,29 @@ def test_a_class_folder_given_as_the_photos_is_sent_to_its_dataset_and_never_tol
     assert dataset.classes == ["daisy", "roses"] and len(dataset.records) == 10
     assert [(os.path.basename(s.path), s.reason) for s in dataset.skipped] == [("daisy-dataset", UNLABELLED_DATASET)]
 
+
+def test_copies_of_a_photo_filed_under_two_classes_are_split_to_one_side():
+    """`data split` promises copies of a photo on one side; one copy in roses/ and one in dandelion/ went to train
+    and val (each class drew its side alone), a LeakageWarning of tltool's own making. A split without such copies
+    is the one it always was (the same seeds give the same files)."""
+    import hashlib
+
+    from tltool.dataset import Dataset, Record
+
+    records = [Record(f"/d/{c}/{i:02d}.jpg", c) for c, n in (("a", 7), ("b", 12), ("c", 5)) for i in range(n)]
+    groups = {r.path: r.path for r in records}
+    groups["/d/a/03.jpg"] = groups["/d/a/04.jpg"] = "same"  # copies within one class
+    drawn = [",".join(sorted(r.path[3:] for r in stratified_split(Dataset("d", "x", records), fraction, seed,
+                                                                   groups).records if r.split == "val"))
+             for seed in range(6) for fraction in (0.2, 0.5)]
+    assert drawn[0] == "a/05.jpg,b/09.jpg,b/11.jpg,c/02.jpg"  # as before this change
+    assert hashlib.sha256("\n".join(drawn).encode()).hexdigest() == (
+        "19d9705f0e94d5b0a1f7064b3478d9dfb43187f52fd3c4b89c06a276aaebf77a")
+    copies = ("/d/a/01.jpg", "/d/b/05.jpg", "/d/c/02.jpg")
+    groups.update(dict.fromkeys(copies, "copied"))
+    for seed in range(30):
+        split = stratified_split(Dataset("d", "x", records), 0.3, seed, groups)
+        sides = {r.path: r.split for r in split.records}
+        assert len({sides[p] for p in copies}) == 1, seed
+        for c in "abc":  # and every class still has images on both sides
+            assert {sides[r.path] for r in records if r.label == c} == {"train", "val"}, (seed, c)

@@ -667,20 +667,37 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
         )
     rng = random.Random(seed)
     out: list[Record] = []
+    sides: dict[str, bool] = {}  # each group's side (val: True), once a class has drawn it
     for label in sorted(by_class):
-        members = sorted((sorted(rs, key=lambda r: r.path) for rs in by_class[label].values()),
-                         key=lambda rs: rs[0].path)
+        members = sorted(((sorted(rs, key=lambda r: r.path), key) for key, rs in by_class[label].items()),
+                         key=lambda member: member[0][0].path)
         rng.shuffle(members)
-        n_images = sum(len(rs) for rs in members)
-        n_val = min(n_images - 1, max(1, round(n_images * val_fraction)))
-        taken = 0
-        for i, rs in enumerate(members):
-            to_val = taken < n_val and i < len(members) - 1
-            taken += len(rs) if to_val else 0
+        for rs, to_val in _draw_sides(members, val_fraction, sides):
             out.extend(replace(r, split="val" if to_val else "train") for r in rs)
     out.sort(key=lambda r: (r.split != "train", r.label, r.path))
     note = f"stratified split: val_fraction={val_fraction}, seed={seed}"
     return replace(dataset, records=out, notes=dataset.notes + [note])
+
+
+def _draw_sides(members: list[tuple[list[Record], str]], val_fraction: float,
+                sides: dict[str, bool]) -> list[tuple[list[Record], bool]]:
+    """One class's groups (shuffled), each with its side (val: True): about ``val_fraction`` of its images in val
+    and a group on each side. A group an earlier class drew (copies of one photo filed under two classes) keeps
+    that side: they went to train in one class and val in the other, a leak of tltool's own making."""
+    n_images = sum(len(rs) for rs, _ in members)
+    n_val = min(n_images - 1, max(1, round(n_images * val_fraction)))
+    taken = sum(len(rs) for rs, key in members if sides.get(key) is True)
+    in_train = any(sides.get(key) is False for _, key in members)
+    free = [(rs, key) for rs, key in members if key not in sides]
+    drawn = {}
+    for i, (rs, key) in enumerate(free):
+        drawn[key] = taken < n_val and (i < len(free) - 1 or in_train)
+        taken += len(rs) if drawn[key] else 0
+        in_train = in_train or not drawn[key]
+    if not in_train:  # every group already in val elsewhere: the class needs one to train on (a named leak)
+        drawn[members[-1][1]] = False
+    sides.update((key, side) for key, side in drawn.items() if key not in sides)
+    return [(rs, drawn[key] if key in drawn else sides[key]) for rs, key in members]
 
 
 def require_training_images(dataset: Dataset) -> None:
