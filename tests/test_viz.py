@@ -389,7 +389,9 @@ def test_embedding_separates_colour_classes_tsne_and_pca(tmp_path):
     out = tmp_path / "emb"
     result = ok(invoke("viz", "embedding", tmp_path / "feat", "--thumbnails", "--out", out))
     assert "tsne of 42 images" in result.output
+    assert "t-SNE perplexity 30 lowered to 13.7: it must stay below a third of the 42 images" in result.output
     report = json.loads((out / "metrics.json").read_text())
+    assert report["params"]["perplexity"] == pytest.approx(41 / 3) and report["params"]["perplexity_given"] == 30
     assert len(report["points"]) == 42 and {p["split"] for p in report["points"]} == {"train", "val"}
     assert report["nearest_neighbour_agreement"] > 0.9
     agreement = f"same label for {report['nearest_neighbour_agreement']:.0%} of them"

@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import TltoolError
 from ..features import FeatureSet, load_features
 from ..plotting import pyplot, save_figure
+from ..progress import say
 from ..report import write_picture_report
 from ..runs import check_run_dir, new_run_dir, writes_runs
 from ..settings import check_range
@@ -56,10 +57,13 @@ def embed(X: np.ndarray, method: str = "auto", perplexity: float = 30.0, seed: i
 
     k = min(PCA_BEFORE_TSNE, n - 1, Z.shape[1])
     reduced = PCA(n_components=k, random_state=seed).fit_transform(Z)
-    perplexity = float(min(perplexity, (n - 1) / 3))
+    given, perplexity = perplexity, float(min(perplexity, (n - 1) / 3))
+    if perplexity < given:  # lowered without a word, a --perplexity 100 drew the very map of the default 30
+        say(f"t-SNE perplexity {given:g} lowered to {perplexity:.1f}: it must stay below a third of the {n} images")
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
     coords = tsne.fit_transform(reduced)
-    return coords, "tsne", {"perplexity": perplexity, "pca_components": int(k), "kl_divergence": float(tsne.kl_divergence_)}
+    return coords, "tsne", {"perplexity": perplexity, "perplexity_given": float(given), "pca_components": int(k),
+                            "kl_divergence": float(tsne.kl_divergence_)}
 
 
 def nearest_agreement(coords: np.ndarray, labels: np.ndarray) -> float:
