@@ -1280,6 +1280,15 @@ def test_paths_written_another_way_in_labels_csv_name_the_same_image(tmp_path):
     assert len(list(result.out.rglob("*.jpg"))) == 6
 
 
+def test_a_confirm_without_assistance_is_refused_and_records_nothing(served):
+    """With assistance off no suggestion was ever shown, yet ``/api/confirm`` answered 200 and wrote its photos into
+    labels.csv as accepted suggestions (assisted 1). Now it is refused as ``/api/grid`` is."""
+    path = served.server.store.items[0]
+    status, body = served.request("POST", "/api/confirm", {"label": "cat", "accepted": [path], "rejected": []})
+    assert status == 404 and "assistance is off" in json.loads(body)["error"]
+    assert served.server.store.labels == {} and not (served.server.store.root / "labels.csv").exists()
+
+
 def test_a_confirm_with_an_unknown_class_is_refused_and_suggestions_go_on(tmp_path):
     """``/api/confirm`` with an unknown label and nothing accepted stored the label as rejected; every later
     suggestion then failed (ValueError in classes.index)."""

@@ -513,6 +513,8 @@ class LabelerHandler(BaseHTTPRequestHandler):
     def _post_confirm(self, body: dict) -> None:
         """A confirmed grid ``{"label", "accepted": [paths], "rejected": [paths]}``: the accepted photos get the
         label (assisted) in one write; the rejected ones are never suggested that label again."""
+        if self.server.assistant is None:  # with no suggestion shown, its labels were still recorded as accepted ones
+            return self._error(HTTPStatus.NOT_FOUND, "assistance is off (tltool label serve --assist)")
         label, accepted, rejected = body.get("label"), body.get("accepted", []), body.get("rejected", [])
         if not (isinstance(label, str) and isinstance(accepted, list) and isinstance(rejected, list)
                 and all(isinstance(p, str) for p in [*accepted, *rejected])):
@@ -522,10 +524,8 @@ class LabelerHandler(BaseHTTPRequestHandler):
                                                        f"{', '.join(self.server.store.classes)}")
         summary = self.server.store.set_many([(p, label, False, True) for p in accepted]) if accepted else \
             self.server.store.summary()
-        assistant = self.server.assistant
-        if assistant is not None:
-            assistant.reject([p for p in rejected if self.server.store.listed(p)], label)
-            assistant.observe([(p, label) for p in accepted])
+        self.server.assistant.reject([p for p in rejected if self.server.store.listed(p)], label)
+        self.server.assistant.observe([(p, label) for p in accepted])
         self._json(HTTPStatus.OK, {"accepted": len(accepted), "rejected": len(rejected), **summary})
 
 
