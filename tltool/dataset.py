@@ -392,9 +392,12 @@ def _new_dataset_beside(path: Path, relative: bool) -> str:
 
 
 def dataset_of_class_folder(folder: Path) -> Path | None:
-    """The dataset whose class ``folder`` (absolute) looks like: its parent holds other folders of files
-    (``fl/train`` for ``fl/train/daisy``), or the folder above that parent when it is a split (``fl``); else None."""
+    """The dataset whose class ``folder`` (absolute) looks like: a folder of files whose parent holds other folders
+    of files (``fl/train`` for ``fl/train/daisy``), or the folder above that parent when it is a split (``fl``);
+    else None (a folder of class folders is a dataset itself)."""
     parent = folder.parent
+    if not _holds_files(folder):
+        return None
     try:
         siblings = [d for d in _subdirs(parent) if d != folder and not os.path.isfile(d / MARKER)]  # not tltool's
     except OSError:
