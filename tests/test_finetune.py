@@ -323,6 +323,8 @@ def test_a_killed_cross_validation_keeps_its_finished_folds(tmp_path, monkeypatc
             raise KeyboardInterrupt  # after its last epoch's checkpoint, before its report
         return finish(self, run_dir, *args, **kwargs)
 
+    estimated = []  # the folds each estimate counts (its timed model build, 12 s each, is tested on its own)
+    monkeypatch.setattr(ft, "estimate_seconds", lambda config, n_train, n_val, folds: estimated.append(folds) or 60.0)
     monkeypatch.setattr(KerasTrainingRun, "finish", killed_in_fold_2)
     with pytest.raises(KeyboardInterrupt):
         ft.finetune_cv(config, 2, out=tmp_path / "cv")
@@ -338,7 +340,7 @@ def test_a_killed_cross_validation_keeps_its_finished_folds(tmp_path, monkeypatc
     assert [Path(kw["resume"]).parent.name for kw in calls] == ["fold-2"]  # fold 1 kept, fold 2 resumed
     assert "2 folds x (1 + 0) epochs on 160 images, 1 of them finished before; estimated time" in capsys.readouterr().err
     assert evaluation.n == 160 and metrics["cv"]["k"] == 2  # every image predicted once, by the fold that did not
-    assert metrics["estimated_seconds"] > 0                   # train on it
+    assert metrics["estimated_seconds"] == 60 and estimated == [2, 1]  # train on it; the resume has one fold left
     splits = [list(csv.DictReader(open(run_dir / f"fold-{i}" / "split.csv"))) for i in (1, 2)]
     val_1, val_2 = ({r["path"] for r in split if r["split"] == "val"} for split in splits)
     assert not val_1 & val_2 and len(val_1 | val_2) == 160
@@ -506,11 +508,13 @@ def test_a_damaged_fold_result_is_not_counted_as_finished_in_the_resume_estimate
     def trained(config, fold_dir, *args):
         raise Stop(fold_dir.name)
 
+    estimated = []  # the folds the estimate counts (its timed model build, 12 s here, is tested on its own)
+    monkeypatch.setattr(ft, "estimate_seconds", lambda config, n_train, n_val, folds: estimated.append(folds) or 60.0)
     monkeypatch.setattr(ft, "_cv_fold", trained)
     with pytest.raises(Stop, match="fold-1"):
         ft.finetune_cv(FinetuneConfig(data=None), 0, resume=run)
     err = capsys.readouterr().err
-    assert "held_out.json cannot be used" in err and "finished before" not in err
+    assert "held_out.json cannot be used" in err and "finished before" not in err and estimated == [2]
 
 
 def test_a_class_too_small_for_the_probe_head_is_named_before_the_run_folder(tmp_path):

@@ -28,7 +28,7 @@ from .heads import FittedHead, get_head_spec, require_cv_training_images, search
 from .inspection import prepare_dataset
 from .progress import say
 from .report import read_predictions, write_run_report
-from .runs import hold_run_dir, new_run_dir, writes_runs
+from .runs import check_run_dir, hold_run_dir, new_run_dir, writes_runs
 from .settings import CHOICES
 from .supervised import (SPLIT_FILE, KerasTrainingRun, ModelPlan, RunData, TrainResult, check_chief_output,
                          check_resumed_classes, load_split)
@@ -231,7 +231,10 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
         config, k = replace(FinetuneConfig.from_run(resume, "finetune-cv"), strategy=config.strategy), \
             stored_folds(resume)
         hold_run_dir(resume)  # first, as a plain resume does: a second resume is refused before any work
+    else:  # a rerun into a finished cross-validation was refused only after the data check and the estimate
+        check_run_dir(out, force)
     _check_cv_settings(config, k)
+
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
     checked = prepare_dataset(load_split(resume) if resume else config.data, config.val_fraction, config.seed,
