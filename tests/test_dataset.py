@@ -1,6 +1,7 @@
 """Dataset sources, validation and the stratified split."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -218,8 +219,13 @@ def test_split_manifest_round_trip(tmp_path):
     with pytest.raises(TltoolError, match="already exist.*--force"):
         write_split_manifest(str(tmp_path / "d"), tmp_path / "other.csv", val_fraction=0.4, seed=0)
     assert (tmp_path / "classes.json").read_text() == "my own notes" and not (tmp_path / "other.csv").exists()
+    # --force names the CSV: a classes.json of the user's beside it was overwritten unnamed; one a split wrote is not
+    with pytest.raises(TltoolError, match=r"classes\.json: is not a classes\.json a split wrote .*move it away"):
+        write_split_manifest(str(tmp_path / "d"), tmp_path / "split.csv", val_fraction=0.4, seed=0, force=True)
+    assert (tmp_path / "classes.json").read_text() == "my own notes"
+    (tmp_path / "classes.json").write_text('["x", "y"]')
     write_split_manifest(str(tmp_path / "d"), tmp_path / "split.csv", val_fraction=0.4, seed=0, force=True)
-    assert (tmp_path / "classes.json").read_text().strip().startswith("[")
+    assert json.loads((tmp_path / "classes.json").read_text()) == ["a", "b"]
 
 
 def test_split_manifest_is_the_split_a_run_draws(tmp_path):

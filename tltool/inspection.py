@@ -26,7 +26,7 @@ from .progress import Bar, say
 from .outputs import output_kind
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_range
-from .utils import sha256_file, shown_name, write_json, write_text_atomic
+from .utils import read_json, sha256_file, shown_name, write_json, write_text_atomic
 
 IMBALANCE_RATIO = 3.0
 
@@ -368,10 +368,25 @@ def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: fl
     if existing and not force:
         raise TltoolError(f"{', '.join(map(str, existing))} already exist(s); tltool does not overwrite a file "
                           "unless asked: choose another --out, or pass --force to replace it.")
+    _refuse_users_classes_json(Path(out_csv).parent / "classes.json")
     dataset = prepare_dataset(spec, val_fraction, seed, max_pixels=max_pixels).dataset
     target = write_manifest(dataset.records, out_csv, relative=True)
     write_json(target.parent / "classes.json", dataset.classes)
     return target
+
+
+def _refuse_users_classes_json(path: Path) -> None:
+    """--force names the CSV; the classes.json beside it, which the split writes too, is replaced only when it is
+    one a split wrote (a list of class names): a file of the user's there was overwritten unnamed."""
+    if not path.is_file():
+        return
+    try:
+        classes = read_json(path)
+    except (OSError, ValueError, RecursionError):
+        classes = None
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise TltoolError(f"{shown_name(path)}: is not a classes.json a split wrote (a list of class names), and the "
+                          "split writes one there: move it away, or choose an --out in another folder.")
 
 
 def _check_split_out(out_csv: Path) -> None:

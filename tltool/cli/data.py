@@ -88,7 +88,8 @@ def _warning_lines(issues: list[tuple[str, type[Warning]]]) -> list[str]:
 @click.argument("path")
 @click.option("--out", "out_csv", type=click.Path(dir_okay=False), required=True, help="Manifest CSV to write.")
 @split_options
-@click.option("--force", is_flag=True, help="Replace the CSV and classes.json if they exist.")
+@click.option("--force", is_flag=True, help="Replace the CSV and classes.json if they exist (a classes.json "
+              "that is not a list of class names, the user's, never).")
 def split_cmd(path: str, out_csv: str, val_fraction: float, seed: int, max_pixels: int, force: bool) -> None:
     """Write the stratified, seeded train/val split a run on PATH draws (copies of a photo kept on one side, bad files
     named and left out) as a CSV manifest (path,label,split) and classes.json."""
