@@ -110,15 +110,15 @@ def test_configs_validate_against_the_table():
 @pytest.mark.parametrize("field, bad, legal", [
     ("batch_size", 0, "at least 1"), ("epochs", -1, "at least 0"), ("head_epochs", -1, "at least 0"),
     ("early_stopping", -1, "at least 0"), ("step_epochs", 0, "at least 1"), ("warmup_epochs", -1.0, "at least 0"),
-    ("weight_decay", -1.0, "at least 0"), ("head_lr", 0.0, "above 0"), ("gamma", -1.0, r"in \(0, 1\]"),
+    ("weight_decay", -1.0, "at least 0"), ("head_lr", 0.0, r"in \(0, 10\]"), ("head_lr", 1e300, r"in \(0, 10\]"), ("gamma", -1.0, r"in \(0, 1\]"),
     ("gamma", 1.5, r"in \(0, 1\]"), ("plateau_patience", 0, "at least 1"), ("dropout", 1.0, r"in \[0, 0.99\]"),
     ("seed", -1, r"in \[0, 4294967295\]"), ("seed", 2**32, r"in \[0, 4294967295\]"), ("epochs", float("nan"), ""),
-    ("lr", 0.0, "above 0"), ("lr", float("inf"), "above 0"), ("label_smoothing", 1.0, r"in \[0, 1\)"),
+    ("lr", 0.0, r"in \(0, 10\]"), ("lr", float("inf"), r"in \(0, 10\]"), ("lr", 11.0, r"in \(0, 10\]"), ("label_smoothing", 1.0, r"in \[0, 1\)"),
     ("label_smoothing", -0.1, r"in \[0, 1\)"), ("image_size", 0, r"in \[8, 4096\]"),
     ("image_size", 5000, r"in \[8, 4096\]"), ("epochs", 10**400, "at least 0"), ("seed", -10**400, "in")])
 def test_numbers_out_of_range_are_one_line_errors(field, bad, legal):
     """Before, --batch-size 0 and --seed -1 ended in TensorFlow's and NumPy's tracebacks, and --epochs -1 or
-    --gamma -1 ran as if they meant something."""
+    --gamma -1 ran as if they meant something; --head-lr 1e300 trained 20 s and ended in Keras' traceback."""
     option = "--" + field.replace("_", "-")
     with pytest.raises(TltoolError, match=f"{option} must be a number {legal}"):
         FinetuneConfig(data="x", **{field: bad}).validate()
@@ -269,3 +269,14 @@ def test_a_run_with_no_epoch_to_train_is_refused():
         FinetuneConfig(data="x", head_init="random", head_epochs=0, epochs=0).validate()
     FinetuneConfig(data="x", head_epochs=0, epochs=0).validate()  # the probe-initialised network: the probe itself
     ScratchConfig(data="x", epochs=1).validate()
+
+
+def test_a_step_schedule_lowers_the_rate_from_the_first_batch_of_its_epoch():
+    """The bounds of --schedule step were the first step of each new period, which Keras counts in the period
+    before (step <= bound): epoch 2 of `--step-epochs 1 --gamma 0.5` started at the old rate for one batch."""
+    from tltool._tf import keras
+    from tltool.training.optim import SCHEDULES, ScheduleArgs
+
+    schedule = SCHEDULES["step"](ScheduleArgs(1.0, steps_per_epoch=4, epochs=3, step_epochs=1, gamma=0.5), keras)
+    rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(12)]
+    assert rates == [1.0] * 4 + [0.5] * 4 + [0.25] * 4  # steps 0-3 are epoch 1, 4-7 epoch 2, 8-11 epoch 3

@@ -62,8 +62,9 @@ RANGES: dict[str, Range] = {
     "step_epochs": Range(1, None),
     "warmup_epochs": Range(0, None),
     "weight_decay": Range(0, None),
-    "lr": Range(0, None, open_low=True),
-    "head_lr": Range(0, None, open_low=True),
+    # 1e300 trained 20 s, then Keras could not convert it (a traceback); Adadelta's customary 1.0 is the largest in use
+    "lr": Range(0, 10, open_low=True),
+    "head_lr": Range(0, 10, open_low=True),
     "gamma": Range(0, 1, open_low=True),
     "plateau_patience": Range(1, None),
     "plateau_factor": Range(0, 1, open_low=True),

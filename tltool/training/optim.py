@@ -62,7 +62,10 @@ def _constant(a: ScheduleArgs, keras):
 
 
 def _step(a: ScheduleArgs, keras):
-    bounds = [a.steps_per_epoch * a.step_epochs * k for k in range(1, max(1, a.epochs // max(1, a.step_epochs)) + 1)]
+    # the rate at a step is values[i] while step <= bounds[i], and the first batch of an epoch is step
+    # steps_per_epoch * epoch: a bound at that step kept the old rate for one more batch
+    bounds = [a.steps_per_epoch * a.step_epochs * k - 1
+              for k in range(1, max(1, a.epochs // max(1, a.step_epochs)) + 1)]
     values = [a.lr * a.gamma ** k for k in range(len(bounds) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)
 
