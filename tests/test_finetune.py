@@ -338,7 +338,11 @@ def test_a_killed_cross_validation_keeps_its_finished_folds(tmp_path, monkeypatc
     monkeypatch.setattr(ft, "finetune", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     run_dir, evaluation, metrics = ft.finetune_cv(FinetuneConfig(data=None), 0, resume=tmp_path / "cv")
     assert [Path(kw["resume"]).parent.name for kw in calls] == ["fold-2"]  # fold 1 kept, fold 2 resumed
-    assert "2 folds x (1 + 0) epochs on 160 images, 1 of them finished before; estimated time" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 folds x (1 + 0) epochs on 160 images, 1 of them finished before; estimated time" in err
+    # the terminal said "1x repeated stratified 2-fold, regularisation searched inside each training fold"
+    assert "\nstratified 2-fold, one fine-tuning per fold: accuracy " in err and "regularisation" not in err
+    assert "- out-of-fold predictions (the per-class table" in (run_dir / "report.md").read_text()
     assert evaluation.n == 160 and metrics["cv"]["k"] == 2  # every image predicted once, by the fold that did not
     assert metrics["estimated_seconds"] == 60 and estimated == [2, 1]  # train on it; the resume has one fold left
     splits = [list(csv.DictReader(open(run_dir / f"fold-{i}" / "split.csv"))) for i in (1, 2)]

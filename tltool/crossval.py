@@ -36,6 +36,8 @@ class CVResult:
     oof_probs: np.ndarray  # out-of-fold probabilities of the first repeat
     correct_total: int = 0
     n_predictions: int = 0
+    # what each fold ran (a fine-tune's folds search no regularisation: its terminal line said they did)
+    procedure: str = "regularisation searched inside each training fold"
 
     @property
     def n_images(self) -> int:
@@ -50,8 +52,9 @@ class CVResult:
         return {"value": value, "ci95": [lo, hi], "n": self.n_images, "method": "wilson on distinct images"}
 
     def to_json(self) -> dict:
-        return {"k": self.k, "repeats": self.repeats, "description": f"{self.repeats}x repeated stratified "
-                f"{self.k}-fold, regularisation searched inside each training fold",
+        repeated = f"{self.repeats}x repeated " if self.repeats > 1 else ""
+        return {"k": self.k, "repeats": self.repeats,
+                "description": f"{repeated}stratified {self.k}-fold, {self.procedure}",
                 "accuracy": self.accuracy(), "fold_scores": self.fold_scores,
                 "fold_mean": float(np.mean(self.fold_scores)), "fold_std": float(np.std(self.fold_scores, ddof=1))
                 if len(self.fold_scores) > 1 else 0.0, "fold_params": self.fold_params}

@@ -263,10 +263,9 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     cv = _run_folds(config, run_dir, folds, kept, records, y, len(classes), bool(resume))
     say_cv(cv)
     evaluation = Evaluation(classes, y, cv.oof_probs)
-    cv_json = {**cv.to_json(), "description": f"stratified {k}-fold, one fine-tuning per fold"}
     metrics = write_run_report(run_dir, evaluation, [r.path for r in records], kind="finetune-cv",
                                title=f"{checked.dataset.name}: fine-tuned {spec.name}, {k}-fold cross-validation",
-                               config=asdict(config), extra={"cv": cv_json, "estimated_seconds": estimate})
+                               config=asdict(config), extra={"cv": cv.to_json(), "estimated_seconds": estimate})
     return run_dir, evaluation, metrics
 
 
@@ -289,7 +288,8 @@ def _run_folds(config: FinetuneConfig, run_dir: Path, folds: list[list], kept: d
         scores.append(float((probs.argmax(1) == y[rows]).mean()))
         tests.append(np.array(rows))
     correct = int((oof.argmax(1) == y).sum())
-    return CVResult(len(folds), 1, scores, [{} for _ in scores], tests, oof, correct, len(y))
+    return CVResult(len(folds), 1, scores, [{} for _ in scores], tests, oof, correct, len(y),
+                    procedure="one fine-tuning per fold")
 
 
 def _check_cv_settings(config: FinetuneConfig, k: int) -> None:

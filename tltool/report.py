@@ -195,8 +195,8 @@ def markdown_summary(title: str, metrics: dict) -> str:
     if cv:  # the headline the terminal printed: pooled over every repeat; the tables are the first repeat's
         lines += [f"- **cross-validated accuracy: {format_proportion(cv['accuracy'])}** ({cv['description']}; fold "
                   f"mean {cv['fold_mean']:.3f} ± {cv['fold_std']:.3f})",
-                  f"- out-of-fold predictions of the first repeat (the per-class table, the plots and "
-                  f"predictions.csv): {format_proportion(val['accuracy'])}"]
+                  f"- out-of-fold predictions{' of the first repeat' if cv.get('repeats', 1) > 1 else ''} (the "
+                  f"per-class table, the plots and predictions.csv): {format_proportion(val['accuracy'])}"]
     else:
         lines += [f"- **{metrics.get('scored_on') or 'validation'} accuracy: {format_proportion(val['accuracy'])}**"]
     lines.append(f"- {resolution_line(cv['accuracy'] if cv else val['accuracy'], bool(cv))}")
