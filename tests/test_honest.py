@@ -351,14 +351,20 @@ def _synthetic_features(tmp_path, n_per_class=30, classes=("a", "b", "c"), seed=
     return FeatureSet(tmp_path / "features", meta, X, X, paths, labels, splits, [""] * len(labels))
 
 
-def test_refit_ships_the_train_val_head_and_keeps_the_val_estimate(tmp_path):
+def test_refit_ships_the_train_val_head_and_keeps_the_val_estimate(tmp_path, capsys):
+    from tltool.cli.features import _print_linear
     from tltool.configs import LinearConfig
     from tltool.heads import FittedHead
     from tltool.linear import refit_head, train_linear
 
     fs = _synthetic_features(tmp_path)
     plain = train_linear(fs, out=tmp_path / "plain")
+    capsys.readouterr()
     refit = train_linear(fs, out=tmp_path / "refit", refit=True)
+    _print_linear(refit)  # the note on "the accuracy above" came first, before any accuracy, and then again
+    said = "".join(capsys.readouterr())
+    assert said.count("refit: the saved head was refit") == 1
+    assert said.index("accuracy 0.") < said.index("refit: the saved head was refit")
     n_train, n_val = int(fs.mask("train").sum()), int(fs.mask("val").sum())
     assert (n_train, n_val) == (60, 30)
     # the estimate is the train-only head's, on val: the same numbers with or without --refit

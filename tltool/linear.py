@@ -84,8 +84,7 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
     tta = _tta_evaluations(run_dir, fs, val_paths, val, config.tta)
     if config.refit:
         fitted, extra["refit"] = _refit_head(fs, X, train | val, config, search_report["chosen"], run_dir,
-                                             model_config)
-        say(extra["refit"]["note"])
+                                             model_config)  # its note is said after the accuracy it refers to
     metrics = write_run_report(run_dir, evaluation, val_paths, kind="linear", title=title, config=model_config,
                                extra=extra, tta=tta, overlays=overlays)
     return LinearResult(run_dir, evaluation, metrics, fitted)
