@@ -217,3 +217,23 @@ def test_a_resume_keeps_model_keras_only_when_model_json_names_its_content(tmp_p
     assert not _saved_already(tmp_path, finished)  # a finished refit: finish() saves the train-split model again
     (tmp_path / "model.json").write_text("[1, 2")
     assert not _saved_already(tmp_path, finished)
+
+
+def test_a_run_with_an_augmentation_file_resumes_from_another_working_directory(tmp_path, monkeypatch):
+    """config.json stored `--augment aug.yaml` as given: `--resume` from another folder stopped with
+    "--augment aug.yaml: no such file". The file is stored by its absolute path."""
+    import albumentations as A
+
+    monkeypatch.chdir(tmp_path)
+    A.save(A.Compose([A.HorizontalFlip(p=0.5)]), "aug.yaml", data_format="yaml")
+    args = ["train", str(SAMPLE), "--arch", "lenet5", "--epochs", "2", "--batch-size", "32", "--image-size", "32",
+            "--augment", "aug.yaml", "--out", "run"]
+    with killed_after_epoch(1):
+        killed = CliRunner().invoke(main, args)
+    assert isinstance(killed.exception, Killed)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["augment"] == str(tmp_path / "aug.yaml")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resumed = CliRunner().invoke(main, ["train", "--resume", "../run"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 2

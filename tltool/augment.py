@@ -93,6 +93,12 @@ def build_augmentation(spec: str | None, size: int, seed: int = 0) -> SeededTran
     return SeededTransform(compose)
 
 
+def stored_augment(spec: str) -> str:
+    """``--augment`` as a run's config.json stores it: an augmentation file by its absolute path (a ``--resume``
+    from another working directory found no ``aug.yaml``), a preset as it is."""
+    return os.path.abspath(spec) if spec not in PRESETS and os.path.isfile(spec) else spec
+
+
 PROBE_DRAWS = 8  # a transform that fires with p < 1 must show its output too
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .augment import stored_augment
 from .backbones import create_backbone, find_backbone, get_backbone_spec
 from .configs import CV_OFF_OR_FOLDS, FinetuneConfig, InputConfig, resolve_input, stored_folds
 from .crossval import CVResult, check_fold_counts, say_cv
@@ -257,7 +258,8 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
         run_dir = resume
     else:
         run_dir = new_run_dir("finetune-cv", checked.dataset.name, spec.name, out=out, force=force)
-        write_json(run_dir / "config.json", {**asdict(config), "kind": "finetune-cv", "cv": k,
+        write_json(run_dir / "config.json", {**asdict(config), "augment": stored_augment(config.augment),
+                                             "kind": "finetune-cv", "cv": k,
                                              "dataset": checked.dataset.name, "classes": classes})
         write_manifest(records, run_dir / SPLIT_FILE)  # the images --resume goes on with
     cv = _run_folds(config, run_dir, folds, kept, records, y, len(classes), bool(resume))

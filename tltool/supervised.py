@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .augment import build_augmentation, load_size
+from .augment import build_augmentation, load_size, stored_augment
 from .backbones import find_backbone
 # RunConfig's home was here; it stays importable
 from .configs import RunConfig, TrainOptions, stored_distribute  # noqa: F401
@@ -296,7 +296,8 @@ class KerasTrainingRun:
         """A new run records its exact split and settings first (what ``--resume`` goes on from)."""
         if not resume:
             write_manifest(data.dataset.records, target / SPLIT_FILE)
-            write_json(target / "config.json", {**asdict(self.config), "kind": self.plan.kind,
+            write_json(target / "config.json", {**asdict(self.config), "augment": stored_augment(self.config.augment),
+                                                "kind": self.plan.kind,
                                                 "dataset": data.dataset.name, "image_size": self.plan.image_size,
                                                 "classes": data.classes, "distribute": distribute})
 
