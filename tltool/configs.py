@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar, NoReturn, Self
@@ -189,6 +190,9 @@ def stored_kind(stored: dict) -> str:
     return "scratch" if "arch" in stored else "finetune"
 
 
+UNFREEZE = re.compile(r"none|all|[0-9]+|[A-Za-z][A-Za-z0-9_]*")  # a block name: the start of a layer's name
+
+
 @dataclass
 class FinetuneConfig(RunConfig):
     """A fine-tuning run: a short head stage from the probe, then the last 2 blocks unfrozen at 1e-4 with one epoch
@@ -212,6 +216,9 @@ class FinetuneConfig(RunConfig):
         super().validate()
         if self.head_epochs == self.epochs == 0 and self.head_init == "random":
             raise TltoolError(NOTHING_TRAINED.format(what="a random head on the pretrained network"))
+        if not UNFREEZE.fullmatch(str(self.unfreeze)):  # -1 was taken for a layer name, refused after the head
+            raise TltoolError(f"--unfreeze must be none, all, a number N (the last N blocks) or a block name such "
+                              f"as block6a, got {self.unfreeze!r}.")
 
 
 @dataclass

@@ -105,24 +105,30 @@ def set_trainable(base: keras.Model, unfreeze: str) -> int:
     """
     from ._tf import keras
 
-    layers = base.layers
-    if unfreeze in ("none", "0"):
-        start = len(layers)
-    elif unfreeze == "all":
-        start = 0
-    elif unfreeze.isdigit():
-        start = max(0, len(layers) - int(unfreeze))
-    else:
-        matches = [i for i, layer in enumerate(layers) if layer.name.startswith(unfreeze)]
-        if not matches:
-            blocks = sorted({layer.name.split("_")[0] for layer in layers if layer.name.startswith(("block", "conv"))})
-            raise TltoolError(f"--unfreeze {unfreeze}: no layer of {base.name} starts with that name. Use a number "
-                              f"of layers, 'all', or a block name such as {', '.join(blocks[-4:]) or 'block7'}.")
-        start = matches[0]
+    start = unfrozen_from(base, unfreeze)
     base.trainable = True
-    for i, layer in enumerate(layers):
+    for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
     return len(base.trainable_weights)
+
+
+def unfrozen_from(base: keras.Model, unfreeze: str) -> int:
+    """The index of the first layer of ``base`` that ``unfreeze`` (resolved) trains; a block name no layer starts
+    with is refused. Checked when the model is built: it was refused only when the unfreeze stage began, after
+    the head's epochs, and a --resume of that run failed there again."""
+    layers = base.layers
+    if unfreeze in ("none", "0"):
+        return len(layers)
+    if unfreeze == "all":
+        return 0
+    if unfreeze.isdigit():
+        return max(0, len(layers) - int(unfreeze))
+    matches = [i for i, layer in enumerate(layers) if layer.name.startswith(unfreeze)]
+    if not matches:
+        blocks = sorted({layer.name.split("_")[0] for layer in layers if layer.name.startswith(("block", "conv"))})
+        raise TltoolError(f"--unfreeze {unfreeze}: no layer of {base.name} starts with that name. Use a number N (the "
+                          f"last N blocks), 'all', or a block name such as {', '.join(blocks[-4:]) or 'block7'}.")
+    return matches[0]
 
 
 FinetuneResult = TrainResult
@@ -158,14 +164,19 @@ def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str 
         say(f"classifier initialised from the linear probe (logistic regression, CV accuracy {score:.3f})")
 
     plan = ModelPlan(FinetuneConfig.KIND, spec.name, image_size,
-                     build=lambda n: build_classifier(spec.name, config.weights, image_size, n, config.dropout,
-                                                      seed=config.seed),
+                     build=lambda n: _with_unfreeze_checked(build_classifier(
+                         spec.name, config.weights, image_size, n, config.dropout, seed=config.seed), unfreeze),
                      stages=finetune_stages(config, unfreeze),
                      model_config={"backbone": spec.name, "weights": config.weights, "unfreeze": config.unfreeze,
                                    "unfreeze_resolved": unfreeze},
                      initialize=initialize if config.head_init == "probe" else None,
                      check=_check_probe_data if config.head_init == "probe" else None)
     return KerasTrainingRun(config, plan).run(out, Path(resume) if resume else None, force)
+
+
+def _with_unfreeze_checked(model: keras.Model, unfreeze: str) -> keras.Model:
+    unfrozen_from(base_model(model), unfreeze)  # before the head's epochs, not after them
+    return model
 
 
 def _check_probe_data(data: RunData) -> None:
