@@ -7,6 +7,7 @@ import signal
 import time
 import warnings
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -334,11 +335,16 @@ def test_tfds_offline_fails_fast_with_instructions(tmp_path):
 
     from tltool.tfds_source import load_tfds
 
+    import tempfile
+
     start = time.perf_counter()
+    left, tempdir = set(Path(tempfile.gettempdir()).glob("tmp*tfds")), tempfile.tempdir
     with pytest.raises(TltoolError) as err:
         load_tfds("tfds:tf_flowers", data_dir=str(tmp_path / "no-data"))
     assert time.perf_counter() - start < 15  # tfds.load's own offline failure takes ~200 s
     assert "not in" in str(err.value) and "TFDS_DATA_DIR" in str(err.value)
+    # TFDS's metadata folders (tempfile.mkdtemp, never removed): two more in /tmp after each run
+    assert set(Path(tempfile.gettempdir()).glob("tmp*tfds")) <= left and tempfile.tempdir == tempdir
 
 
 def test_tfds_dataset_becomes_files(tmp_path, monkeypatch):

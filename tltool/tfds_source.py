@@ -9,13 +9,15 @@ second with a message that says where to put the data.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import stat
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, NoReturn
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 from .dataset import SPLIT_ALIASES, Dataset, Record, label_problem
 from .errors import TltoolError, TltoolWarning
@@ -210,6 +212,18 @@ def _split_records(spec: str, examples: Callable[[], Iterable[dict]], split_dir:
                           f"{where}); free space there, or point TLTOOL_CACHE at another folder.") from None
 
 
+@contextlib.contextmanager
+def _tfds_temporary_folders() -> Iterator[None]:
+    """TFDS copies a dataset's metadata into ``tempfile.mkdtemp`` folders it never removes (two a run, left empty
+    offline: 300 of them in /tmp here); while it runs they are made in a folder of tltool's, removed after."""
+    with tempfile.TemporaryDirectory(prefix="tltool-tfds-") as folder:
+        before, tempfile.tempdir = tempfile.tempdir, folder
+        try:
+            yield
+        finally:
+            tempfile.tempdir = before
+
+
 def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) -> Dataset:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ._tf import tf  # noqa: F401  (quiet start-up)
@@ -217,28 +231,30 @@ def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) ->
 
     name, split = _parse(spec)
     data_dir = data_dir or tfds_data_dir()
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as exc:  # DatasetNotFoundError and friends
-        raise TltoolError(f"{spec}: TFDS has no dataset {name!r} ({exc.__class__.__name__}).") from None
-    _require_classification(spec, builder.info.features, tfds.features.ClassLabel)
-    splits = [split] if split else None
-    try:
-        if download:
-            builder.download_and_prepare()
-        # An unprepared dataset has no split info; tfds.load(download=False) below then fails in a fraction of a second.
-        available = list(builder.info.splits.keys()) or ["train"]
-        unknown = [s for s in available if s not in SPLIT_ALIASES]
-        splits = splits or [s for s in available if s in SPLIT_ALIASES]
-        if not splits:
-            raise TltoolError(f"{spec}: none of the splits {available} is train/validation/test; name one, e.g. "
-                              f"tfds:{name}:{available[0]}.")
-        datasets = {s: tfds.load(name, split=s, data_dir=data_dir, download=False,
-                                 decoders={"image": tfds.decode.SkipDecoding()}) for s in splits}
-    except TltoolError:
-        raise
-    except Exception as exc:
-        raise _load_error(spec, name, builder, data_dir, split, exc) from None
+    with _tfds_temporary_folders():
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except Exception as exc:  # DatasetNotFoundError and friends
+            raise TltoolError(f"{spec}: TFDS has no dataset {name!r} ({exc.__class__.__name__}).") from None
+        _require_classification(spec, builder.info.features, tfds.features.ClassLabel)
+        splits = [split] if split else None
+        try:
+            if download:
+                builder.download_and_prepare()
+            # An unprepared dataset has no split info; tfds.load(download=False) below then fails in a fraction of a
+            # second.
+            available = list(builder.info.splits.keys()) or ["train"]
+            unknown = [s for s in available if s not in SPLIT_ALIASES]
+            splits = splits or [s for s in available if s in SPLIT_ALIASES]
+            if not splits:
+                raise TltoolError(f"{spec}: none of the splits {available} is train/validation/test; name one, e.g. "
+                                  f"tfds:{name}:{available[0]}.")
+            datasets = {s: tfds.load(name, split=s, data_dir=data_dir, download=False,
+                                     decoders={"image": tfds.decode.SkipDecoding()}) for s in splits}
+        except TltoolError:
+            raise
+        except Exception as exc:
+            raise _load_error(spec, name, builder, data_dir, split, exc) from None
     label_names = _class_names(spec, builder)
     out_root, stamp = _cache_root(name, builder), _data_stamp(builder)
     records: list[Record] = []
