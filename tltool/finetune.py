@@ -246,7 +246,6 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     else:  # a rerun into a finished cross-validation was refused only after the data check and the estimate
         check_run_dir(out, force)
     _check_cv_settings(config, k)
-
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
     checked = prepare_dataset(load_split(resume) if resume else config.data, config.val_fraction, config.seed,
