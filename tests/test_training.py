@@ -168,8 +168,25 @@ def test_the_history_and_the_epoch_line_give_the_lr_at_both_ends_of_an_epoch(scr
     options = TrainOptions(epochs=3, lr=0.1, optimizer="sgd", schedule="cosine", warmup_epochs=1)
     _, state = scripted([1.0, 0.9, 0.8], [Stage("s", options)], tmp_path)
     assert [r["lr"] for r in state.history][:2] == pytest.approx([0.001, 0.1])
-    assert [r["lr_end"] for r in state.history][:2] == pytest.approx([0.1, 0.05])
-    assert "lr 0.001→0.1 " in capsys.readouterr().err
+    # the end is the rate the epoch's last batch (step 3, step 7) trained at, not the next one's
+    assert [r["lr_end"] for r in state.history][:2] == pytest.approx([0.07525, 0.0691342], rel=1e-5)
+    assert "lr 0.001→0.075 " in capsys.readouterr().err
+
+
+def test_a_step_schedule_epoch_ends_at_the_rate_its_batches_trained_at(scripted, tmp_path, monkeypatch, capsys):
+    """With the step bounds one step earlier, the rate read after an epoch's last batch was the next period's:
+    'epoch 1/3 ... lr 0.001→0.0001', a rate none of its batches used."""
+    class StepsEpoch(ScriptedEpoch):
+        def run(self, epoch, val, bar, lr):
+            self.model.optimizer.iterations.assign_add(4)
+            return super().run(epoch, val, bar, lr)
+
+    monkeypatch.setattr(loop, "FitEpoch", StepsEpoch)
+    options = TrainOptions(epochs=3, lr=0.1, optimizer="sgd", schedule="step", step_epochs=1, gamma=0.5)
+    _, state = scripted([1.0, 0.9, 0.8], [Stage("s", options)], tmp_path)
+    assert [r["lr"] for r in state.history] == [r["lr_end"] for r in state.history] == pytest.approx(
+        [0.1, 0.05, 0.025])
+    assert "→" not in capsys.readouterr().err
 
 
 def test_without_the_plateau_schedule_the_lr_does_not_drop(scripted, tmp_path):

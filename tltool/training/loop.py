@@ -12,7 +12,7 @@ from ..configs import TrainOptions
 from ..progress import Bar, say
 from .distributed import DistributedEpoch
 from .guard import check_not_diverged, guard_callback
-from .optim import compile_model, current_lr
+from .optim import compile_model, current_lr, last_batch_lr
 from .policies import BestTracker, BestWeights, EarlyStopping, Policy, ReduceLROnPlateau, reset_policies
 from .state import LoopState, checkpoint_path, load_checkpoint, save_checkpoint
 
@@ -136,7 +136,7 @@ def run_stages(build_model: Callable[[], object], stages: list[Stage], train_dat
                 lr, start = current_lr(model), time.perf_counter()
                 logs = epoch.run(train_data(state.epoch), val_data, bar, lr)
                 state.epoch, state.stage_epoch = state.epoch + 1, state.stage_epoch + 1
-                row = {"epoch": state.epoch, "stage": stage.name, "lr": lr, "lr_end": current_lr(model),
+                row = {"epoch": state.epoch, "stage": stage.name, "lr": lr, "lr_end": last_batch_lr(model),
                        **{k: float(v[-1]) for k, v in logs.items()}, "seconds": time.perf_counter() - start}
                 state.history.append(row)
                 tracker.update(row.get("val_loss"), state.epoch)

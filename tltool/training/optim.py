@@ -111,6 +111,21 @@ def compile_model(model: keras.Model, options: TrainOptions, steps_per_epoch: in
 
 
 def current_lr(model: keras.Model) -> float:
+    """The rate the next batch trains at."""
     from .._tf import keras
 
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def last_batch_lr(model: keras.Model) -> float:
+    """The rate the last batch trained at: a schedule read at the optimizer's step count gives the next batch's,
+    which after a step schedule's last batch of a period is already the lowered one (an epoch said it ended at a
+    rate none of its batches used)."""
+    from .._tf import keras
+
+    optimizer = model.optimizer
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return current_lr(model)
+    step = max(int(keras.ops.convert_to_numpy(optimizer.iterations)) - 1, 0)
+    return float(keras.ops.convert_to_numpy(schedule(step)))
