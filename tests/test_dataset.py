@@ -912,7 +912,7 @@ def test_a_class_folder_given_as_the_photos_is_sent_to_its_dataset_and_never_tol
     and val accuracy fell from 0.792 to 0.583. The advice names the dataset and imports beside it; a folder collect
     import made inside a dataset is named and left out, never a class."""
     from tltool.collect import import_images
-    from tltool.dataset import UNLABELLED_DATASET
+    from tltool.dataset import UNLABELLED_DATASET, dataset_of_class_folder
 
     monkeypatch.chdir(tmp_path)
     for split, n in (("train", 3), ("val", 2)):
@@ -927,6 +927,21 @@ def test_a_class_folder_given_as_the_photos_is_sent_to_its_dataset_and_never_tol
     dataset = load_dataset("fl")
     assert dataset.classes == ["daisy", "roses"] and len(dataset.records) == 10
     assert [(os.path.basename(s.path), s.reason) for s in dataset.skipped] == [("daisy-dataset", UNLABELLED_DATASET)]
+    # photos beside a folder of code are no class of it; the root has no dataset above it
+    (tmp_path / "proj" / "src").mkdir(parents=True)
+    (tmp_path / "proj" / "src" / "main.py").write_text("print()")
+    noise_image(tmp_path / "proj" / "photos" / "p.jpg", seed=1)
+    with pytest.raises(TltoolError, match="give the folder above it") as refused:
+        load_dataset("proj/photos")
+    assert "looks like one class" not in str(refused.value)
+    assert dataset_of_class_folder(Path("/")) is None
+    # a dataset of one import a class (`collect import cats --out data/cats`) keeps its classes, as before
+    for c, name in enumerate(("cats", "dogs")):
+        for i in range(3):
+            noise_image(tmp_path / "src" / name / f"{i}.jpg", seed=50 + 10 * c + i)
+        import_images([f"src/{name}"], f"data/{name}")
+    dataset = load_dataset("data")
+    assert dataset.classes == ["cats", "dogs"] and sum(r.path.endswith(".jpg") for r in dataset.records) == 6
 
 
 def test_copies_of_a_photo_filed_under_two_classes_are_split_to_one_side():

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import TltoolError, TltoolWarning
-from .images import is_candidate_file
+from .images import IMAGE_EXTENSIONS, is_candidate_file
 from .outputs import MARKER, output_kind
 from .utils import BIDI_CONTROLS, readable_csv, record_line, shown_name, unprinted_character, write_text_atomic
 
@@ -392,24 +392,25 @@ def _new_dataset_beside(path: Path, relative: bool) -> str:
 
 
 def dataset_of_class_folder(folder: Path) -> Path | None:
-    """The dataset whose class ``folder`` (absolute) looks like: a folder of files whose parent holds other folders
-    of files (``fl/train`` for ``fl/train/daisy``), or the folder above that parent when it is a split (``fl``);
-    else None (a folder of class folders is a dataset itself)."""
+    """The dataset whose class ``folder`` (absolute) looks like: a folder of images whose parent holds other
+    folders of images (``fl/train`` for ``fl/train/daisy``), or the folder above that parent when it is a split
+    (``fl``); else None (a folder of class folders is a dataset itself; a src/ of code beside photos/ is no class)."""
     parent = folder.parent
-    if not _holds_files(folder):
+    if parent == folder or not _holds_images(folder):
         return None
     try:
         siblings = [d for d in _subdirs(parent) if d != folder and not os.path.isfile(d / MARKER)]  # not tltool's
     except OSError:
         return None
-    if not any(_holds_files(d) for d in siblings[:100]):
+    if not any(_holds_images(d) for d in siblings[:100]):
         return None
-    return parent.parent if parent.name.lower() in SPLIT_ALIASES else parent
+    return parent.parent if parent.name.lower() in SPLIT_ALIASES and parent.parent != parent else parent
 
 
-def _holds_files(folder: Path) -> bool:
+def _holds_images(folder: Path) -> bool:
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        return any(e.is_file() and is_candidate_file(e.name) for e in itertools.islice(entries, 1000))
+        return any(e.is_file() and is_candidate_file(e.name) and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
+                   for e in itertools.islice(entries, 1000))
     return False
 
 
@@ -581,12 +582,14 @@ class _FolderWalk:
             if entry.is_file():
                 reason = HIDDEN if entry.name.startswith(".") else OUTSIDE_CLASS
                 self.skipped.append(SkippedFile(str(entry), reason))
-        for class_dir in _subdirs(folder):
+        class_dirs = _subdirs(folder)
+        beside_classes = _collected_beside_classes(class_dirs)
+        for class_dir in class_dirs:
             if tltool_output(class_dir, self.skipped) or not self.guard.admits(str(class_dir), (),
                                                                                 class_dir.is_symlink()):
                 continue
-            if os.path.isfile(class_dir / MARKER) and output_kind(class_dir) == COLLECTED:
-                self.skipped.append(SkippedFile(str(class_dir), UNLABELLED_DATASET))  # its photos were a class
+            if class_dir in beside_classes:
+                self.skipped.append(SkippedFile(str(class_dir), UNLABELLED_DATASET))
                 continue
             # a newline in a folder's name split report.md's table, an escape coloured the terminal, and
             # `data split` wrote a manifest tltool itself then refused
@@ -602,6 +605,15 @@ class _FolderWalk:
             if not files:
                 self.empty.add(class_dir.name)
             self.records.extend(Record(str(p), class_dir.name, split) for p in files)
+
+
+def _collected_beside_classes(class_dirs: list[Path]) -> set[Path]:
+    """The folders `collect import` made among class folders of the user's: its unlabelled photos were read as a
+    class (`--out fl/train/daisy-dataset`, once tltool's own advice). Where every class folder is one (a dataset of
+    one import a class: `collect import cats --out data/cats`), they are the classes."""
+    collected = {d for d in class_dirs if os.path.isfile(d / MARKER) and output_kind(d) == COLLECTED}
+    plain = [d for d in class_dirs if not os.path.isfile(d / MARKER)]
+    return collected if plain else set()
 
 
 @register_source("folder", os.path.isdir)
