@@ -969,3 +969,11 @@ def test_copies_of_a_photo_filed_under_two_classes_are_split_to_one_side():
         assert len({sides[p] for p in copies}) == 1, seed
         for c in "abc":  # and every class still has images on both sides
             assert {sides[r.path] for r in records if r.label == c} == {"train", "val"}, (seed, c)
+    # a class of nothing but copies of another's photos: drawn last, it found both its groups in train
+    records = [Record(f"/A/{i}.jpg", "A") for i in range(5)] + [Record("/B/0.jpg", "B"), Record("/B/1.jpg", "B")]
+    groups = {r.path: r.path for r in records} | {"/A/0.jpg": "g0", "/B/0.jpg": "g0", "/A/1.jpg": "g1",
+                                                   "/B/1.jpg": "g1"}
+    for seed in range(30):
+        sides = {r.path: r.split for r in stratified_split(Dataset("d", "x", records), 0.2, seed, groups).records}
+        assert sides["/A/0.jpg"] == sides["/B/0.jpg"] and sides["/A/1.jpg"] == sides["/B/1.jpg"], seed
+        assert {sides["/B/0.jpg"], sides["/B/1.jpg"]} == {"train", "val"}, seed

@@ -682,12 +682,16 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
         )
     rng = random.Random(seed)
     out: list[Record] = []
+    shuffled = {}
+    for label in sorted(by_class):  # shuffled in this order whatever the draw's: the seeds keep their splits
+        shuffled[label] = sorted(((sorted(rs, key=lambda r: r.path), key) for key, rs in by_class[label].items()),
+                                 key=lambda member: member[0][0].path)
+        rng.shuffle(shuffled[label])
     sides: dict[str, bool] = {}  # each group's side (val: True), once a class has drawn it
-    for label in sorted(by_class):
-        members = sorted(((sorted(rs, key=lambda r: r.path), key) for key, rs in by_class[label].items()),
-                         key=lambda member: member[0][0].path)
-        rng.shuffle(members)
-        for rs, to_val in _draw_sides(members, val_fraction, sides):
+    # the classes with fewest groups draw first: a class of nothing but copies of another's photos has no side left
+    # to choose when it comes last (without copies across classes, the order changes nothing)
+    for label in sorted(shuffled, key=lambda label: (len(shuffled[label]), label)):
+        for rs, to_val in _draw_sides(shuffled[label], val_fraction, sides):
             out.extend(replace(r, split="val" if to_val else "train") for r in rs)
     out.sort(key=lambda r: (r.split != "train", r.label, r.path))
     note = f"stratified split: val_fraction={val_fraction}, seed={seed}"
