@@ -347,6 +347,25 @@ def test_tfds_offline_fails_fast_with_instructions(tmp_path):
     assert set(Path(tempfile.gettempdir()).glob("tmp*tfds")) <= left and tempfile.tempdir == tempdir
 
 
+def test_overlapping_tfds_loads_share_one_temporary_folder_and_restore_tempfile_after_the_last():
+    """Two loads in two threads, the first done first: the second restored the first's folder, already removed,
+    and every later tempfile call in the process failed (FileNotFoundError)."""
+    import tempfile
+
+    from tltool.tfds_source import _tfds_temporary_folders
+
+    before = tempfile.tempdir
+    first, second = _tfds_temporary_folders(), _tfds_temporary_folders()
+    first.__enter__()
+    folder = tempfile.tempdir
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first load ends while the second runs
+    assert tempfile.tempdir == folder and os.path.isdir(tempfile.mkdtemp())
+    second.__exit__(None, None, None)
+    assert tempfile.tempdir == before and not os.path.exists(folder)
+    os.rmdir(tempfile.mkdtemp())
+
+
 def test_tfds_dataset_becomes_files(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.setenv("TLTOOL_CACHE", str(tmp_path / "cache"))

@@ -13,8 +13,10 @@ import contextlib
 import functools
 import os
 import re
+import shutil
 import stat
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NoReturn
@@ -212,16 +214,28 @@ def _split_records(spec: str, examples: Callable[[], Iterable[dict]], split_dir:
                           f"{where}); free space there, or point TLTOOL_CACHE at another folder.") from None
 
 
+_TEMPORARY = {"users": 0, "folder": None, "before": None}  # the folder tempfile hands out while TFDS runs
+_TEMPORARY_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _tfds_temporary_folders() -> Iterator[None]:
     """TFDS copies a dataset's metadata into ``tempfile.mkdtemp`` folders it never removes (two a run, left empty
-    offline: 300 of them in /tmp here); while it runs they are made in a folder of tltool's, removed after."""
-    with tempfile.TemporaryDirectory(prefix="tltool-tfds-") as folder:
-        before, tempfile.tempdir = tempfile.tempdir, folder
-        try:
-            yield
-        finally:
-            tempfile.tempdir = before
+    offline: 300 of them in /tmp here); while it runs they are made in a folder of tltool's, removed when the last
+    load that uses it (loads in two threads share it) is done."""
+    with _TEMPORARY_LOCK:
+        if _TEMPORARY["users"] == 0:
+            _TEMPORARY["before"], _TEMPORARY["folder"] = tempfile.tempdir, tempfile.mkdtemp(prefix="tltool-tfds-")
+            tempfile.tempdir = _TEMPORARY["folder"]
+        _TEMPORARY["users"] += 1
+    try:
+        yield
+    finally:
+        with _TEMPORARY_LOCK:
+            _TEMPORARY["users"] -= 1
+            if _TEMPORARY["users"] == 0:
+                tempfile.tempdir = _TEMPORARY["before"]
+                shutil.rmtree(_TEMPORARY["folder"], ignore_errors=True)
 
 
 def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) -> Dataset:
