@@ -554,14 +554,15 @@ def test_a_two_fold_cv_of_classes_of_3_photos_is_refused_before_its_folder(tmp_p
 def test_a_bad_unfreeze_is_refused_before_the_head_trains(tmp_path, capsys):
     """`--unfreeze bogus` (or -1) trained the head's epochs first and was refused when the unfreeze stage began,
     leaving a run whose --resume failed there again (with --epochs 0 it passed without a word)."""
-    with pytest.raises(TltoolError, match=r"--unfreeze must be none, all, a number N \(the last N blocks\) or a "
-                                          r"block name such as block6a, got '-1'"):
+    with pytest.raises(TltoolError, match=r"--unfreeze must be none, all, a number N \(the last N blocks; layers "
+                                          r"where the backbone names none\) or a block name such as block6a, got '-1'"):
         FinetuneConfig(data=str(SAMPLE), unfreeze="-1").validate()
     for epochs in (1, 0):
         config = FinetuneConfig(data=str(SAMPLE), image_size=32, batch_size=32, augment="none", head_epochs=1,
                                 epochs=epochs, head_init="random", unfreeze="bogus")
         with pytest.raises(TltoolError, match=r"--unfreeze bogus: no layer of .* starts with that name\. Use a "
-                                              r"number N \(the last N blocks\), 'all', or a block name such as "):
+                                              r"number N \(the last N blocks; layers where the backbone names "
+                                              r"none\), 'all', or a block name such as "):
             finetune(config, out=tmp_path / f"run{epochs}")
         assert "epoch 1/" not in capsys.readouterr().err  # refused before any epoch
         assert not list((tmp_path / f"run{epochs}").glob("checkpoint-*"))

@@ -217,8 +217,8 @@ class FinetuneConfig(RunConfig):
         if self.head_epochs == self.epochs == 0 and self.head_init == "random":
             raise TltoolError(NOTHING_TRAINED.format(what="a random head on the pretrained network"))
         if not UNFREEZE.fullmatch(str(self.unfreeze)):  # -1 was taken for a layer name, refused after the head
-            raise TltoolError(f"--unfreeze must be none, all, a number N (the last N blocks) or a block name such "
-                              f"as block6a, got {self.unfreeze!r}.")
+            raise TltoolError(f"--unfreeze must be none, all, a number N (the last N blocks; layers where the "
+                              f"backbone names none) or a block name such as block6a, got {self.unfreeze!r}.")
 
 
 @dataclass

@@ -127,7 +127,8 @@ def unfrozen_from(base: keras.Model, unfreeze: str) -> int:
     if not matches:
         blocks = sorted({layer.name.split("_")[0] for layer in layers if layer.name.startswith(("block", "conv"))})
         raise TltoolError(f"--unfreeze {unfreeze}: no layer of {base.name} starts with that name. Use a number N (the "
-                          f"last N blocks), 'all', or a block name such as {', '.join(blocks[-4:]) or 'block7'}.")
+                          "last N blocks; layers where the backbone names none), 'all', or a block name such as "
+                          f"{', '.join(blocks[-4:]) or 'block7'}.")
     return matches[0]
 
 
