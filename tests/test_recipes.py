@@ -703,7 +703,8 @@ def test_a_recipe_that_is_a_fifo_is_said_to_be_no_regular_file_not_missing(tmp_p
 
 @pytest.mark.parametrize("step, message", [
     ("train: {data: DATA, epochs: 0, out: runs/t}", r"step 2 \(train\): no epoch to train"),
-    ("finetune: {data: DATA, lr: .nan, out: runs/f}", r"step 2 \(finetune\): --lr must be a number above 0, got nan"),
+    ("finetune: {data: DATA, lr: .nan, out: runs/f}",
+     r"step 2 \(finetune\): --lr must be a number in \(0, 10\], got nan"),
     ("finetune: {data: DATA, refit: true, schedule: plateau}", r"step 2 \(finetune\): --refit repeats the run's"),
     ("probe: {data: DATA, max-pixels: 0}", r"step 2 \(probe\): --max-pixels must be a number at least 1"),
     ("linear: {features: runs/a, cv: 1}", r"step 2 \(linear\): --cv must be 0 \(off\) or a number of folds"),
