@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import TltoolError, TltoolWarning
-from .images import IMAGE_EXTENSIONS, is_candidate_file
+from .images import is_candidate_file, is_image_name
 from .outputs import MARKER, output_kind
 from .utils import BIDI_CONTROLS, readable_csv, record_line, shown_name, unprinted_character, write_text_atomic
 
@@ -409,8 +409,7 @@ def dataset_of_class_folder(folder: Path) -> Path | None:
 
 def _holds_images(folder: Path) -> bool:
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        return any(e.is_file() and is_candidate_file(e.name) and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
-                   for e in itertools.islice(entries, 1000))
+        return any(e.is_file() and is_image_name(e.name) for e in itertools.islice(entries, 1000))
     return False
 
 

@@ -329,3 +329,8 @@ def resize_image(im: Image.Image, size: int, resize: ResizePolicy = "crop") -> I
 def is_candidate_file(name: str) -> bool:
     """A file a dataset folder may hold as an image: not hidden (``.DS_Store``, ``._x.jpg``)."""
     return not name.startswith(".")
+
+
+def is_image_name(name: str) -> bool:
+    """A file named as an image: not hidden, with an image extension (what the labeler lists)."""
+    return is_candidate_file(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS

@@ -27,7 +27,7 @@ from typing import Iterator
 from ..dataset import (LABEL_CLASSES, LABELS_CSV, UNLABELED, Dataset, ManifestWarning, case_clashes,
                        collected_parent, is_utf8, label_commands, label_problem, labeler_may_write, load_manifest)
 from ..errors import BadFilesWarning, TltoolError
-from ..images import IMAGE_EXTENSIONS
+from ..images import is_image_name
 from ..outputs import output_kind
 from ..utils import file_lock, readable_csv, record_line, refuse_link, shown_name, write_text_atomic
 
@@ -102,10 +102,6 @@ def inside_root(root: Path, path: str, allow_absolute: bool = False) -> str | No
         return full.relative_to(root).as_posix()
     except ValueError:
         return real.relative_to(root).as_posix()
-
-
-def is_image_name(name: str) -> bool:
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def list_images(root: Path) -> list[str]:
