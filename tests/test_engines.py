@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SAMPLE
-from tltool import engines
+from tltool import engines, settings
 from tltool.errors import TltoolError
 
 
@@ -46,7 +46,7 @@ def _tiny_source(tag: str = "tiny") -> engines.ModelSource:
 @pytest.fixture(autouse=True)
 def _auto_means_auto(monkeypatch):
     """The suite pins $TLTOOL_ENGINE to tf for speed (conftest); here ``auto`` is what is tested."""
-    monkeypatch.delenv(engines.ENGINE_ENV, raising=False)
+    monkeypatch.delenv(settings.ENGINE_ENV, raising=False)
 
 
 def test_tiny_network_agrees_across_engines_and_a_short_last_batch_is_resized():
@@ -380,10 +380,10 @@ def test_an_unknown_engine_or_quantization_is_a_clear_error():
 
 def test_tltool_engine_pins_what_auto_means(monkeypatch):
     monkeypatch.setattr(engines, "measure_engines", lambda s: pytest.fail("a pinned engine must not be measured"))
-    monkeypatch.setenv(engines.ENGINE_ENV, "litert")
+    monkeypatch.setenv(settings.ENGINE_ENV, "litert")
     assert engines.resolve_engine(_tiny_source("pinned"), "auto") == "litert"
     assert engines.resolve_engine(_tiny_source("pinned"), "tf") == "tf"  # an explicit --engine wins
-    monkeypatch.setenv(engines.ENGINE_ENV, "gpu")
+    monkeypatch.setenv(settings.ENGINE_ENV, "gpu")
     with pytest.raises(TltoolError, match="TLTOOL_ENGINE"):
         engines.resolve_engine(_tiny_source("pinned"), "auto")
 

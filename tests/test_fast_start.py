@@ -6,13 +6,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+from click.testing import CliRunner
 
 from conftest import SAMPLE
 from helpers import assert_same_features
 from helpers import run_tltool_reporting as _tltool
+from tltool.cli import main
+from tltool.configs import ExtractConfig
+from tltool.errors import TltoolError
 
 
-def test_cached_commands_import_no_tensorflow_and_decode_no_photo(tmp_path: Path):
+def test_cached_commands_import_no_tensorflow_and_decode_no_photo(tmp_path: Path, monkeypatch):
     features, common = tmp_path / "features", ["--image-size", "32", "--batch-size", "16"]
     first, _ = _tltool("probe", str(SAMPLE), *common, "--features", str(features), "--out", str(tmp_path / "p1"))
     assert first["tensorflow"] and first["decodes"] >= 160  # the first run extracts: the network runs
@@ -30,6 +35,12 @@ def test_cached_commands_import_no_tensorflow_and_decode_no_photo(tmp_path: Path
             assert state["decodes"] == 0, f"{name} decoded {state['decodes']} photo(s)"
         if name == "extract":
             assert stdout.startswith("cached: 160 images")
+    # a misspelt engine is refused even where nothing would run (it was ignored without a word)
+    refused = CliRunner().invoke(main, commands["extract"], env={"TLTOOL_ENGINE": "gpu"})
+    assert refused.exit_code == 2 and "$TLTOOL_ENGINE must be one of ('auto', 'tf', 'litert')" in refused.output
+    monkeypatch.setenv("TLTOOL_ENGINE", "gpu")
+    with pytest.raises(TltoolError, match="TLTOOL_ENGINE"):
+        ExtractConfig().validate()  # the library's own check, without the CLI
 
 
 def test_a_repeated_fit_or_report_is_read_back_not_recomputed(tmp_path: Path):

@@ -19,7 +19,7 @@ from typing import ClassVar, NoReturn, Self
 from .backbones.registry import get_backbone_spec
 from .errors import TltoolError
 from .images import DEFAULT_MAX_PIXELS
-from .settings import DEFAULT_BACKBONE, check_range, validate_choices
+from .settings import DEFAULT_BACKBONE, check_range, pinned_engine, validate_choices
 from .utils import is_whole, read_json_object
 
 
@@ -256,6 +256,7 @@ class ExtractConfig(DataOptions):
 
     def validate(self) -> None:
         validate_choices(self)
+        pinned_engine()
 
     def resolve_input(self) -> "InputConfig":
         return resolve_input(self.backbone, self.image_size, self.resize, self.max_pixels)

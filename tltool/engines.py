@@ -42,7 +42,7 @@ from .backbones import create_backbone, get_backbone_spec, weights_digest
 from .distribute import gpu_visible
 from .errors import TltoolError, did_you_mean
 from .progress import say
-from .settings import CHOICES
+from .settings import CHOICES, pinned_engine
 from .utils import atomic_path, cache_dir, read_json, sha256_file, sha256_json, usable_cpus, write_json
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ CHOICE_FILE = "engine-choice.json"
 # on 2 cores (Lite0, 224-288 px), as long as TF takes for 500-1,500 images: a fine-tune's own val evaluation
 # (100 photos) converted its new model and measured both engines, 30-37 s, to save 1-3 s of TF.
 LITERT_PAYS_FROM = 1000
-ENGINE_ENV = "TLTOOL_ENGINE"
 
 
 class Runner(Protocol):
@@ -484,10 +483,8 @@ def _resolve(source: ModelSource, engine: str, images: int | None) -> tuple[str,
     network build and, for TF, a second trace)."""
     if engine not in ENGINE_CHOICES:
         raise did_you_mean(engine, ENGINE_CHOICES, "engine")
-    pinned = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
+    pinned = pinned_engine()
     if engine == "auto" and pinned != "auto":
-        if pinned not in ENGINE_CHOICES:
-            raise TltoolError(f"${ENGINE_ENV} must be one of {ENGINE_CHOICES}, got {pinned!r}.")
         engine = pinned
     if engine != "auto":
         return engine, None

@@ -9,6 +9,7 @@ exactly these names. This module imports nothing but :mod:`tltool.errors`: ``tlt
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import fields, is_dataclass
 from typing import Any, NamedTuple
 
@@ -107,6 +108,18 @@ def check_choice(setting: str, value: Any) -> None:
         raise did_you_mean(str(value), legal, _DID_YOU_MEAN[setting])
     option = "--" + setting.replace("_", "-")
     raise TltoolError(f"{option} must be one of {legal}, got {value!r}.")
+
+
+ENGINE_ENV = "TLTOOL_ENGINE"
+
+
+def pinned_engine() -> str:
+    """What ``--engine auto`` means: ``$TLTOOL_ENGINE`` where set, else ``auto``. Read where the settings are
+    checked, so a misspelt value is refused before any work, even by a command that then finds nothing to run."""
+    pinned = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
+    if pinned not in CHOICES["engine"]:
+        raise TltoolError(f"${ENGINE_ENV} must be one of {CHOICES['engine']}, got {pinned!r}.")
+    return pinned
 
 
 def check_range(setting: str, value: Any) -> None:

@@ -8,7 +8,7 @@ import click
 
 from ..configs import ExtractConfig, RunConfig
 from ..errors import close_match_hint
-from ..settings import FILE_SUFFIXES, choices
+from ..settings import FILE_SUFFIXES, choices, pinned_engine
 
 # Defaults come from the config dataclasses (tltool.configs) and legal values from tltool.settings, so the CLI and
 # the library cannot disagree; the feature-extraction commands share them with fine-tuning.
@@ -122,8 +122,13 @@ force_option = click.option("--force", is_flag=True, help="Replace a finished ru
 tta_option = click.option("--tta", type=choice("tta"), default=RunConfig.tta,
                           show_default=True,
                           help="Test-time augmentation at evaluation: mirror, or 4 corners + centre and mirrors.")
+def _engine_pinned_too(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    pinned_engine()  # a misspelt $TLTOOL_ENGINE is refused before any work, whatever --engine says
+    return value
+
+
 engine_option = click.option(
-    "--engine", type=choice("engine"), default=ExtractConfig.engine, show_default=True,
+    "--engine", type=choice("engine"), default=ExtractConfig.engine, show_default=True, callback=_engine_pinned_too,
     help="What runs the network for inference: tf, litert (ai-edge-litert, converted once and cached), or auto "
          "(the faster of the two for this backbone on this machine, measured once; tf on a GPU). "
          "$TLTOOL_ENGINE pins what auto means.")
