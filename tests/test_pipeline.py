@@ -236,3 +236,26 @@ def test_an_augmentation_file_the_network_cannot_take_is_refused_before_training
     image = np.random.default_rng(0).integers(0, 256, (37, 37, 3), dtype=np.uint8)
     out = build_augmentation(str(grey), 32, seed=0)(image, seed=1)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8 and np.array_equal(out[..., 0], out[..., 1])
+
+
+def test_a_bad_augmentation_file_is_refused_before_tensorflow_starts(tmp_path):
+    """`finetune` and `train` imported TensorFlow (~10 s, the strategy is resolved first) before they read
+    --augment FILE: a missing or malformed file is refused before, with nothing written."""
+    import subprocess
+    import sys
+
+    from conftest import SAMPLE
+
+    bad = tmp_path / "aug.yaml"
+    bad.write_text("transform: [1, 2\n")
+    script = ("import sys\nfrom tltool.cli import main\ntry:\n    main(sys.argv[1:], standalone_mode=False)\n"
+              "except SystemExit as exit:\n    print('exit', exit.code, 'tensorflow' in sys.modules)\n")
+    gone, malformed = (tmp_path / "gone.yaml", "no such file"), (bad, "not an albumentations pipeline")
+    for command, (augment, why) in ((["finetune", str(SAMPLE)], malformed),
+                                    (["train", str(SAMPLE), "--arch", "lenet5"], gone),
+                                    (["finetune", str(SAMPLE), "--cv", "2"], malformed)):
+        out = tmp_path / "run"
+        done = subprocess.run([sys.executable, "-c", script, *command, "--augment", str(augment), "--out", str(out)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "exit 2 False", (command, done.stdout, done.stderr[-2000:])
+        assert f"--augment {augment}: {why}" in done.stderr and not out.exists()

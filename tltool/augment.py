@@ -22,7 +22,7 @@ from .images import load_image
 from .plotting import pyplot, save_figure
 from .report import write_picture_report
 from .runs import check_run_dir, new_run_dir, writes_runs
-from .settings import PREVIEW_DRAWS, PREVIEW_SIZE, RANGES, check_range
+from .settings import FILE_SUFFIXES, PREVIEW_DRAWS, PREVIEW_SIZE, RANGES, check_range
 from .utils import shown_name
 
 
@@ -80,17 +80,26 @@ def build_augmentation(spec: str | None, size: int, seed: int = 0) -> SeededTran
 
     if spec in (None, "", "none"):
         return None
-    if spec in PRESETS:
-        compose = A.Compose(PRESETS[spec](size), seed=seed)
-    elif os.path.isfile(spec) and spec.lower().endswith((".yaml", ".yml", ".json")):
-        compose = _from_file(Path(spec), seed)
-    elif spec.lower().endswith((".yaml", ".yml", ".json")):
-        raise TltoolError(f"--augment {spec}: no such file.")
-    else:
-        raise did_you_mean(spec, list(PRESETS), "augmentation preset")
+    compose = A.Compose(PRESETS[spec](size), seed=seed) if spec in PRESETS else _from_file(_file_of(spec), seed)
     if _probe(compose, spec, size).shape[:2] != (size, size):
         compose = A.Compose([compose, A.Resize(size, size)], seed=seed)
     return SeededTransform(compose)
+
+
+def check_augmentation(spec: str | None) -> None:
+    """Refuse an ``--augment`` that is neither a preset nor a readable albumentations file, without TensorFlow (a
+    training run starts it first: a typo in the file was refused ~10 s later). Its output on an image is checked when
+    training builds it (:func:`build_augmentation`), at the size the network takes."""
+    if spec not in (None, "", "none") and spec not in PRESETS:
+        _from_file(_file_of(spec), seed=0)
+
+
+def _file_of(spec: str) -> Path:
+    if not spec.lower().endswith(FILE_SUFFIXES["augment"]):
+        raise did_you_mean(spec, list(PRESETS), "augmentation preset")
+    if not os.path.isfile(spec):
+        raise TltoolError(f"--augment {spec}: no such file.")
+    return Path(spec)
 
 
 def stored_augment(spec: str) -> str:

@@ -32,7 +32,7 @@ from .report import read_predictions, write_run_report
 from .runs import check_run_dir, hold_run_dir, new_run_dir, writes_runs
 from .settings import CHOICES
 from .supervised import (SPLIT_FILE, KerasTrainingRun, ModelPlan, RunData, TrainResult, check_chief_output,
-                         check_resumed_classes, load_split)
+                         check_resumed_classes, check_run_settings, load_split)
 from .training import Stage, TrainOptions, compile_model
 from .utils import read_json, write_json
 
@@ -152,6 +152,7 @@ def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str 
     if resume:  # the run's own settings, on this session's devices
         config = replace(FinetuneConfig.from_run(Path(resume)), strategy=config.strategy)
     check_chief_output(config.strategy, out, resume, force)
+    check_run_settings(config)
     resolve_strategy(config.strategy)  # before any TF operation: multiworker has to start first
     spec = get_backbone_spec(config.backbone)
     inputs = resolve_input(spec.name, config.image_size, config.resize, config.max_pixels)
@@ -247,6 +248,7 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     else:  # a rerun into a finished cross-validation was refused only after the data check and the estimate
         check_run_dir(out, force)
     _check_cv_settings(config, k)
+    check_run_settings(config)
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
     checked = prepare_dataset(load_split(resume) if resume else config.data, config.val_fraction, config.seed,

@@ -7,7 +7,7 @@ from pathlib import Path
 from .arch import build_arch, get_arch
 from .configs import ScratchConfig
 from .distribute import resolve_strategy
-from .supervised import KerasTrainingRun, ModelPlan, TrainResult, check_chief_output
+from .supervised import KerasTrainingRun, ModelPlan, TrainResult, check_chief_output, check_run_settings
 from .training import Stage
 
 
@@ -16,6 +16,7 @@ def train_from_scratch(config: ScratchConfig, out: str | Path | None = None, res
     if resume:  # the run's own settings, on this session's devices
         config = replace(ScratchConfig.from_run(Path(resume)), strategy=config.strategy)
     check_chief_output(config.strategy, out, resume, force)
+    check_run_settings(config)
     resolve_strategy(config.strategy)  # before any TF operation (the check below builds a model)
     spec = get_arch(config.arch)
     image_size = config.image_size or spec.default_input[0]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .augment import build_augmentation, load_size, stored_augment
+from .augment import build_augmentation, check_augmentation, load_size, stored_augment
 from .backbones import find_backbone
 # RunConfig's home was here; it stays importable
 from .configs import RunConfig, TrainOptions, stored_distribute  # noqa: F401
@@ -83,6 +83,12 @@ def _distribute_record(config: RunConfig, info, resume: Path | None) -> dict:
         say(f"resuming a run started on {started.get('replicas')} replica(s) on {info.replicas}: the global batch "
             f"stays {global_batch}")
     return record
+
+
+def check_run_settings(config: RunConfig) -> None:
+    """A run's settings, checked before TensorFlow starts (:func:`resolve_strategy` imports it first)."""
+    config.validate()
+    check_augmentation(config.augment)
 
 
 def check_chief_output(strategy: str, out: str | Path | None, resume: str | Path | None, force: bool) -> None:
