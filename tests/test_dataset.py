@@ -17,6 +17,7 @@ from tltool.dataset import (HIDDEN, LINK_AGAIN, LINK_BACK_UP, LINK_INSIDE, UNREA
                             SymlinkWarning, load_dataset, stratified_split)
 from tltool.errors import BadFilesWarning, LeakageWarning, TltoolError
 from tltool.inspection import check_dataset, write_split_manifest
+from tltool.predict import image_arguments
 
 
 def _tree(root, layout: dict[str, int], seed=0):
@@ -417,6 +418,22 @@ def test_recursive_links_finish_fast(tmp_path):
     with deadline(10), pytest.warns(SymlinkWarning, match="cat/up1"):
         files = expand_sources([str(tmp_path / "ds")])  # collect import walks the same way
     assert len(files) == 5
+
+
+@posix_only
+def test_a_file_link_to_itself_is_a_bad_file_not_the_end_of_the_walk(tmp_path):
+    """`self.jpg -> self.jpg` (or a -> b -> a) in a class folder was an OSError traceback (ELOOP from
+    DirEntry.is_dir) from data inspect, probe and predict of the folder: it is one bad file, named with its reason."""
+    _tree(tmp_path / "ds", {"cat": 2, "dog": 2})
+    (tmp_path / "ds" / "cat" / "self.jpg").symlink_to("self.jpg")
+    (tmp_path / "ds" / "dog" / "a.jpg").symlink_to("b.jpg")
+    (tmp_path / "ds" / "dog" / "b.jpg").symlink_to("a.jpg")
+    with pytest.warns(BadFilesWarning, match=r"self.jpg: unreadable \(Too many levels of symbolic links\)"):
+        checked = check_dataset(load_dataset(tmp_path / "ds"))
+    loops = {os.path.relpath(f.record.path, tmp_path / "ds"): f.reason for f in checked.bad}
+    assert loops == dict.fromkeys(["cat/self.jpg", "dog/a.jpg", "dog/b.jpg"], "unreadable")
+    assert len(checked.dataset.records) == 4
+    assert len(image_arguments([str(tmp_path / "ds")])) == 7  # predict's: its decode names the links, as by name
 
 
 @posix_only

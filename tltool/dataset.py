@@ -241,8 +241,17 @@ def _scan(folder: str, skipped: list[SkippedFile]) -> tuple[list[os.DirEntry], l
     except OSError as exc:
         skipped.append(SkippedFile(folder, f"{UNREADABLE_FOLDER}: {exc.strerror or exc}"))
         return [], []
-    folders = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
-    return folders, [e for e in entries if not e.is_dir()]
+    kinds = [(e, _is_folder(e)) for e in entries]
+    return [e for e, folder in kinds if folder and not e.name.startswith(".")], [e for e, folder in kinds if not folder]
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """A link to itself (ELOOP) raised from ``is_dir()`` and stopped the whole walk: it is a file here, named
+    unreadable by whoever reads it."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def tltool_output(folder: str | os.PathLike, skipped: list[SkippedFile]) -> bool:
@@ -409,7 +418,7 @@ def dataset_of_class_folder(folder: Path) -> Path | None:
 
 def _holds_images(folder: Path) -> bool:
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        return any(e.is_file() and is_image_name(e.name) for e in itertools.islice(entries, 1000))
+        return any(is_image_name(e.name) and not _is_folder(e) for e in itertools.islice(entries, 1000))
     return False
 
 
