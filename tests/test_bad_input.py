@@ -378,6 +378,8 @@ def test_mistaken_folders_and_limits_are_named_for_what_they_are(tmp_path):
     from tltool.models import load_run
     from tltool.outputs import claim_output_dir
     from tltool.runs import new_run_dir
+    from tltool.compare import compare_runs
+    from tltool.utils import write_json
 
     with pytest.raises(TltoolError, match="nope: no such folder"):
         load_run(tmp_path / "nope")
@@ -410,6 +412,19 @@ def test_mistaken_folders_and_limits_are_named_for_what_they_are(tmp_path):
     export = claim_output_dir(tmp_path / "export", "export")
     with pytest.raises(TltoolError, match=r"is a tltool export folder, which holds no model"):
         load_run(export)
+    # a linear run whose model.json was deleted "holds no model" and was to be replaced by "the folder a linear
+    # command wrote", which it is: its marker lists the file it lost
+    lost = new_run_dir("linear", out=tmp_path / "lost")
+    write_json(lost / "metrics.json", {"kind": "linear"})
+    write_json(lost / "model.json", {"kind": "linear"})
+    (lost / "model.json").unlink()
+    with pytest.raises(TltoolError, match=r"lost: model\.json, which this run wrote, is missing: restore it, or run "
+                                          r"the command that made the run again\.$"):
+        load_run(lost)
+    with pytest.raises(TltoolError, match=r"lost: predictions\.csv, which this run wrote, is missing"):
+        write_json(lost / "predictions.csv", {})  # listed as the run's, then deleted
+        (lost / "predictions.csv").unlink()
+        compare_runs(lost, run, out=tmp_path / "cmp")
 
 
 def test_ctrl_c_with_tensorflow_loaded_exits_130_without_the_interpreters_shutdown(tmp_path):

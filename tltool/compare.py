@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SameRunWarning, TltoolError
-from .models import load_run, what_folder_is
+from .models import load_run, missing_file_message
 from .plotting import cached_figure, pyplot
 from .predict import labelled_images, warn_if_trained_on
 from .report import read_predictions, trained_on_line
@@ -112,8 +112,9 @@ def _stored_correctness(run_dir: Path) -> tuple[dict[str, bool], dict[str, str],
     """``({path: correct}, {path: true label}, classes)`` of a run's stored validation predictions."""
     path = run_dir / "predictions.csv"
     if not path.exists() and not (run_dir / "model.json").is_file():  # a features folder was told to add DATA
-        raise TltoolError(f"{run_dir}: {what_folder_is(run_dir) if run_dir.is_dir() else 'no such folder'} (no "
-                          "predictions.csv). Pass the folder a linear, finetune or train command wrote.")
+        if not run_dir.is_dir():
+            raise TltoolError(f"{run_dir}: no such folder. Pass the folder a linear, finetune or train command wrote.")
+        raise TltoolError(missing_file_message(run_dir, "predictions.csv"))
     if not path.exists():
         raise TltoolError(f"{run_dir}: no predictions.csv; pass a finished run folder (or give DATA to evaluate).")
     paths, true, predicted, classes = read_predictions(path)

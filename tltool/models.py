@@ -18,7 +18,7 @@ from .errors import TltoolError
 from .features import read_features_json, select_pool
 from .heads import FittedHead
 from .keras_files import load_keras_model
-from .outputs import output_kind
+from .outputs import listed_entries, output_kind
 from .progress import Bar
 from .images import DEFAULT_MAX_PIXELS
 from .settings import CHOICES, RANGES, check_choice
@@ -185,6 +185,16 @@ class KerasRunModel(RunModel):
 _LOADERS = {"linear": LinearRunModel, "finetune": KerasRunModel, "scratch": KerasRunModel}
 
 
+def missing_file_message(folder: Path, name: str, hint: str = "") -> str:
+    """Why ``folder`` given as a run lacks ``name`` (model.json, predictions.csv), and what to give instead. A run
+    that wrote it and lost it since was told it "holds no model", and to pass the folder a linear command wrote."""
+    if name in (listed_entries(folder) or ()) and output_kind(folder) == "run":
+        return (f"{folder}: {name}, which this run wrote, is missing: restore it, or run the command that made "
+                "the run again.")
+    return (f"{folder}: {what_folder_is(folder)} (no {name}). Pass the folder a linear, finetune or train command "
+            f"wrote{hint}.")
+
+
 def what_folder_is(folder: Path) -> str:
     """What a folder given as a run holds no model of: an export, an evaluation's or compare's run, or not tltool's."""
     kind = output_kind(folder)
@@ -208,8 +218,8 @@ def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
     if not run_dir.is_dir():
         raise TltoolError(f"{run_dir}: no such folder. Pass the folder a linear, finetune or train command wrote.")
     if not config_path.exists():
-        raise TltoolError(f"{run_dir}: {what_folder_is(run_dir)} (no model.json). Pass the folder a linear, finetune "
-                          "or train command wrote (an export's model runs with the client in its README).")
+        raise TltoolError(missing_file_message(run_dir, "model.json",
+                                               " (an export's model runs with the client in its README)"))
     config = _checked_model_json(config_path)
     _check_trained_preprocessing(run_dir, config)
     return _LOADERS[config["kind"]](run_dir, config, engine)

@@ -140,7 +140,7 @@ def added_entries(output: str | os.PathLike) -> list[str] | None:
     marker does not list: the user's, relative to ``output``. None when ``output``'s marker lists nothing (an older
     tltool's output, or an unfinished one): what is the user's is not known."""
     output = Path(output)
-    known = _listed_entries(output)
+    known = listed_entries(output)
     added: list[str] = []
     for name, nested in _entries(output):
         if nested is not None:
@@ -150,7 +150,8 @@ def added_entries(output: str | os.PathLike) -> list[str] | None:
     return None if known is None and not added else sorted(added)
 
 
-def _listed_entries(output: Path) -> set[str] | None:
+def listed_entries(output: Path) -> set[str] | None:
+    """What the marker of ``output`` lists as written by tltool; None where it lists nothing (older, unfinished)."""
     marker = output / MARKER
     try:
         listed = None if marker.is_symlink() else read_json(marker).get(WRITTEN)
