@@ -683,10 +683,10 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
     too_few = {c: len(g) for c, g in by_class.items() if len(g) < 2}
     if too_few:
         raise TltoolError(
-            f"{dataset.name}: class(es) {too_few} have fewer than 2 distinct images; a train/val split needs at "
-            "least one image of each class on each side, and a linear head (probe, linear), whose regularisation is "
-            "chosen by cross-validation on the training side, 2 there: 3 of each class in all. Add images or remove "
-            "the class."
+            f"{dataset.name}: class(es) {too_few} have too few distinct images for a train/val split. Give each at "
+            "least 3: one for the val side and 2 for the train side, where a linear head (probe, linear, and "
+            "finetune's default --head-init probe) chooses its regularisation by cross-validation (2 in all are "
+            "enough only for `train` and `finetune --head-init random`). Add images or remove the class."
         )
     rng = random.Random(seed)
     out: list[Record] = []
