@@ -46,6 +46,9 @@ def test_nin_at_8_px_trains_and_its_run_loads(tmp_path):
     assert result.exit_code == 0, result.output
     model = load_run(run)
     assert model.image_size == 8 and model.predict_paths([str(next(SAMPLE.glob("star/*.jpg")))]).shape == (1, 4)
+    weights = json.loads((run / "metrics.json").read_text())["model_weights"]
+    assert (weights["epoch"], weights["chosen_by"]) == (1, "last epoch")
+    assert "- model: the weights after the last epoch (1)\n" in (run / "report.md").read_text()
 
 
 def test_bad_architecture_option_is_one_clear_error(tmp_path):

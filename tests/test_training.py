@@ -11,7 +11,8 @@ from interrupt import Killed, killed_after_epoch
 from tltool._tf import keras, tf
 from tltool.errors import TltoolError
 from tltool.keras_files import load_keras_model
-from tltool.training import LoopState, Stage, TrainOptions, checkpoint_path, loop, run_stages
+from tltool.report import weights_line
+from tltool.training import LoopState, Stage, TrainOptions, checkpoint_path, loop, run_stages, shipped_weights
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(64, 4)).astype(np.float32)
@@ -202,6 +203,12 @@ def test_early_stopping_stops_after_patience_epochs_and_restores_the_best_weight
     assert state.stopped_early == ["one"] and state.stage_stopped
     assert _filled_with(model) == 2.0  # epoch 2's weights, not epoch 4's
     assert _filled_with(load_keras_model(checkpoint_path(tmp_path))) == 2.0  # and so is the checkpoint
+    # the report says which epoch the model is, and that val chose it
+    weights = shipped_weights(state)
+    assert weights == {"epoch": 2, "epochs": 4, "stage": "one", "chosen_by": "early stopping",
+                       "lowest_val_loss_epoch": 2}
+    assert weights_line(weights).startswith("model: the weights of epoch 2 of 4, where early stopping ended stage "
+                                            "one at its lowest val loss: chosen on these val images")
 
 
 def test_best_weights_are_those_of_the_epoch_with_the_lowest_val_loss(scripted, tmp_path):
@@ -210,6 +217,14 @@ def test_best_weights_are_those_of_the_epoch_with_the_lowest_val_loss(scripted, 
     # epoch 3 is lower than epoch 2 by less than 1e-4: not a new best
     assert (state.best_epoch, state.best_val_loss) == (2, 0.4)
     assert state.best_weights == "best-epoch0002.weights.h5" and _filled_with(model) == 5.0  # no early stopping
+    # a run folder holding best-epoch0002 was read as the model's epoch (a review): the report says which it is
+    weights = shipped_weights(state)
+    assert weights == {"epoch": 5, "epochs": 5, "stage": "s", "chosen_by": "last epoch", "lowest_val_loss_epoch": 2}
+    assert weights["epoch"] == _filled_with(model)
+    assert weights_line(weights) == (
+        "model: the weights after the last epoch (5); the val loss was lowest at epoch 2 (best-epoch0002.weights.h5, "
+        "which `--early-stopping` would restore), but weights picked by their val score are scored on the images "
+        "that picked them")
     model.load_weights(str(tmp_path / state.best_weights))
     assert _filled_with(model) == 2.0
 

@@ -189,6 +189,22 @@ def write_picture_report(run_dir: Path, title: str, facts: dict, png: str, lines
     write_text_atomic(run_dir / "report.md", f"# {title}\n\n{body}\n![{title}]({png})\n")
 
 
+def weights_line(weights: dict) -> str:
+    """Which epoch's weights a trained network's accuracy is of (:func:`tltool.training.shipped_weights`): a run
+    folder's best-epoch file, of a worse-scored epoch, passed for the model's."""
+    epoch, lowest = weights["epoch"], weights.get("lowest_val_loss_epoch")
+    if weights["chosen_by"] == "early stopping":
+        return (f"model: the weights of epoch {epoch} of {weights['epochs']}, where early stopping ended stage "
+                f"{weights['stage']} at its lowest val loss: chosen on these val images, so the accuracy above "
+                "leans optimistic")
+    text = f"model: the weights after the last epoch ({epoch})"
+    if lowest and lowest != epoch:
+        text += (f"; the val loss was lowest at epoch {lowest} (best-epoch{lowest:04d}.weights.h5, which "
+                 "`--early-stopping` would restore), but weights picked by their val score are scored on the images "
+                 "that picked them")
+    return text
+
+
 def markdown_summary(title: str, metrics: dict) -> str:
     val, cv = metrics["val"], metrics.get("cv")
     lines = [f"# {title}", ""]
@@ -203,6 +219,8 @@ def markdown_summary(title: str, metrics: dict) -> str:
     lines += [f"- **data warning: {warning}**" for warning in metrics.get("data_warnings") or []]
     if metrics.get("images_trained_on"):
         lines.append(f"- **{trained_on_line(metrics['images_trained_on'], val['accuracy']['n'], 'the run')}**")
+    if metrics.get("model_weights"):
+        lines.append(f"- {weights_line(metrics['model_weights'])}")
     if metrics.get("refit"):
         lines.append(f"- {metrics['refit']['note']}")
     if val.get("top5_accuracy"):

@@ -27,7 +27,8 @@ from .progress import say
 from .report import rewrite_report, write_run_report
 from .outputs import check_not_in_use
 from .runs import check_run_dir, hold_run_dir, new_run_dir, writes_runs
-from .training import LoopState, Stage, checkpoint_path, epochs_done, plot_history, refit_stages, run_stages
+from .training import (LoopState, Stage, checkpoint_path, epochs_done, plot_history, refit_stages, run_stages,
+                       shipped_weights)
 from .tta import TTA_MODES
 from .utils import atomic_path, read_json, sha256_file, write_json
 
@@ -337,6 +338,7 @@ class KerasTrainingRun:
         tta = {config.tta: Evaluation(data.classes, data.y_val, augmented)} if augmented is not None else {}
         extra = {"history": state.history, "epochs_run": state.epoch, "epochs_this_process": fitted.epochs_now,
                  "resumed_after_epoch": fitted.epochs_before, "stopped_early": state.stopped_early,
+                 "model_weights": shipped_weights(state),
                  "n_train": len(data.train), "n_val": len(data.val), "timing": {"train_seconds": fitted.seconds},
                  "data_warnings": list(data.warnings)}
         metrics = write_run_report(run_dir, evaluation, val_paths, kind=self.plan.kind, title=self.title,

@@ -15,7 +15,7 @@ from ..configs import TrainOptions
 from .distributed import DistributedEpoch
 from .guard import DivergedLoss, NonFiniteLoss, check_finite, check_not_diverged
 from .history import plot_history, write_history
-from .loop import FitEpoch, Stage, refit_stages, run_stages
+from .loop import FitEpoch, Stage, refit_stages, run_stages, shipped_weights
 from .optim import OPTIMIZERS, SCHEDULES, ScheduleArgs, compile_model, current_lr, make_loss, make_optimizer
 from .policies import BestTracker, BestWeights, EarlyStopping, ReduceLROnPlateau
 from .state import BEST_NAME, CHECKPOINT_NAME, LoopState, checkpoint_path, epochs_done
@@ -24,4 +24,4 @@ __all__ = ["BEST_NAME", "CHECKPOINT_NAME", "OPTIMIZERS", "SCHEDULES", "BestTrack
            "DistributedEpoch", "DivergedLoss", "EarlyStopping", "FitEpoch", "LoopState", "NonFiniteLoss",
            "ReduceLROnPlateau", "ScheduleArgs", "Stage", "TrainOptions", "check_finite", "check_not_diverged",
            "checkpoint_path", "compile_model", "current_lr", "epochs_done", "make_loss", "make_optimizer",
-           "plot_history", "refit_stages", "run_stages", "write_history"]
+           "plot_history", "refit_stages", "run_stages", "shipped_weights", "write_history"]

@@ -166,11 +166,30 @@ def refit_stages(stages: list[Stage], state: LoopState) -> list[Stage]:
     refit = []
     for stage in stages:
         rows = [row for row in state.history if row["stage"] == stage.name]
-        kept = len(rows)
-        if stage.name in state.stopped_early:
-            tracker = BestTracker()
-            for position, row in enumerate(rows, start=1):
-                tracker.update(row.get("val_loss"), position)
-            kept = tracker.best_epoch or len(rows)
+        kept = (_lowest_val_loss(rows) or len(rows)) if stage.name in state.stopped_early else len(rows)
         refit.append(replace(stage, options=replace(stage.options, early_stopping=0), stop_after=kept))
     return refit
+
+
+def _lowest_val_loss(rows: list[dict]) -> int:
+    """The position (from 1) among a stage's history ``rows`` of its best val loss, as early stopping judged it
+    (:class:`BestTracker`); 0 where no row has one."""
+    tracker = BestTracker()
+    for position, row in enumerate(rows, start=1):
+        tracker.update(row.get("val_loss"), position)
+    return tracker.best_epoch
+
+
+def shipped_weights(state: LoopState) -> dict:
+    """Which epoch's weights the run's model holds: the last epoch's, or where early stopping ended the last stage,
+    its lowest val loss's. ``lowest_val_loss_epoch``: the epoch of the run's last stage a best-epoch file names
+    (kept for early stopping and --resume), which a user took for the model's."""
+    if not state.history:
+        return {}
+    stage = state.history[-1]["stage"]
+    rows = [row for row in state.history if row["stage"] == stage]
+    lowest = _lowest_val_loss(rows)
+    early = stage in state.stopped_early and lowest
+    return {"epoch": rows[lowest - 1 if early else -1]["epoch"], "epochs": state.history[-1]["epoch"], "stage": stage,
+            "chosen_by": "early stopping" if early else "last epoch",
+            "lowest_val_loss_epoch": rows[lowest - 1]["epoch"] if lowest else None}
