@@ -122,6 +122,8 @@ force_option = click.option("--force", is_flag=True, help="Replace a finished ru
 tta_option = click.option("--tta", type=choice("tta"), default=RunConfig.tta,
                           show_default=True,
                           help="Test-time augmentation at evaluation: mirror, or 4 corners + centre and mirrors.")
+
+
 def _engine_pinned_too(ctx: click.Context, param: click.Parameter, value: str) -> str:
     pinned_engine()  # a misspelt $TLTOOL_ENGINE is refused before any work, whatever --engine says
     return value
