@@ -135,6 +135,11 @@ def test_predict_on_a_folder_predicts_every_file_under_it(probe_run, tmp_path):
     empty.mkdir()
     result = _run("predict", empty, "--model", probe_run)
     assert result.exit_code == 2 and "no file to predict in" in result.output
+    # a quoted pattern (no shell expands it in cmd.exe) was one unreadable name; collect import took it
+    result = _run("predict", f"{folder}/**/*.jpg", f"{tmp_path}/none*.jpg", "--model", probe_run)
+    assert [line.split("\t")[0] for line in result.output.splitlines() if "\t" in line] == [
+        str(folder / "b.jpg"), str(folder / "more" / "a.jpg")]
+    assert "none*.jpg: unreadable" in result.output  # a pattern that matches nothing is named, as a missing file
 
 
 def test_predict_on_a_folder_names_the_files_its_walk_left_out(probe_run, tmp_path):

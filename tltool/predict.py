@@ -3,6 +3,7 @@ report on another labelled dataset); :func:`labelled_images` reads such a datase
 """
 from __future__ import annotations
 
+import glob
 import os
 import warnings
 from dataclasses import dataclass
@@ -68,9 +69,10 @@ def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, t
 
 def image_arguments(images: Sequence[str | os.PathLike]) -> list[str]:
     """``tltool predict``'s arguments as files: a folder stands for every file under it, in the dataset walk's
-    order (hidden ones left out, links followed as a dataset's are). A folder was one unreadable "image"."""
+    order (hidden ones left out, links followed as a dataset's are), a quoted pattern for what it matches. A folder
+    was one unreadable "image"."""
     files: list[str] = []
-    for image in map(str, images):
+    for image in (path for given in map(str, images) for path in _matched(given)):
         if os.path.isdir(image):
             guard = LinkGuard(image)
             found, skipped = walk_files(image, guard)
@@ -83,6 +85,14 @@ def image_arguments(images: Sequence[str | os.PathLike]) -> list[str]:
         else:
             files.append(image)
     return files
+
+
+def _matched(image: str) -> list[str]:
+    """A quoted pattern (``'photos/*.jpg'``; cmd.exe expands none) as the paths it matches, sorted, as ``collect
+    import`` takes it; a name that exists, or a pattern that matches nothing, as it is (then named unreadable)."""
+    if os.path.lexists(image) or not any(c in image for c in "*?["):
+        return [image]
+    return sorted(glob.glob(os.path.expanduser(image), recursive=True)) or [image]
 
 
 def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) -> tuple[Dataset, list[str], np.ndarray]:

@@ -147,8 +147,9 @@ def probe_cmd(data: str, features_dir: str | None, out: str | None, force: bool,
 @engine_option
 def predict_cmd(images: tuple[str, ...], run_dir: str, top_k: int, tta: str, max_pixels: int | None,
                 engine: str) -> None:
-    """Classify IMAGES (files, or folders: every file under them) with a trained run: every readable one; each
-    unreadable one is named with its reason, and the exit status is 2 only when none could be read."""
+    """Classify IMAGES (files, folders: every file under them, or quoted patterns such as 'photos/*.jpg') with a
+    trained run: every readable one; each unreadable one is named with its reason, and the exit status is 2 only
+    when none could be read."""
     for p in predict_images(run_dir, images, top_k=top_k, tta=tta, max_pixels=max_pixels, engine=engine):
         # one line per image, whatever its name holds (a newline or a tab in a name would break the columns)
         click.echo(f"{shown_name(p.path, limit=None)}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in p.top))
