@@ -552,7 +552,8 @@ def test_a_long_or_multiline_set_value_is_shown_cut_and_escaped_in_its_error():
 def test_a_key_set_twice_is_refused_not_silently_the_last(tmp_path):
     # `--set photos=a --set photos=b` ran on b alone: a folder and a zip could not both be imported, without a word
     path = _write(tmp_path, "vars: {d: data/a}\nsteps:\n  - finetune: {data: '${d}', epochs: 5}\n")
-    with pytest.raises(TltoolError, match=r"--set d is given twice \(d=x, then d=y\).*--set 'd=\[a, b\]'"):
+    with pytest.raises(TltoolError, match=r"--set d is given twice \(d=x, then d=y\): give each key once \(where "
+                                          r"it takes several values, as one YAML list: --set 'd=\[a, b\]'\)"):
         load_recipe(path, ["d=x", "d=y"])
     with pytest.raises(TltoolError, match="--set epochs is given twice"):
         load_recipe(path, ["epochs=1", "epochs=2"])
@@ -618,8 +619,8 @@ def test_an_output_folder_a_step_would_refuse_is_named_by_check_and_before_the_f
      r"step replaces only with force: true"),
     # a finished run that is there now, replaced without force
     (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - data-inspect: {{path: '{SAMPLE}', out: done}}\n",
-     r"step 2 \(data-inspect\): --out done: already holds an earlier tltool run; choose another folder, or pass "
-     r"--force"),
+     r"step 2 \(data-inspect\): --out done: already holds an earlier tltool run; choose another folder, or add "
+     r"force: true to the step \(--set 2\.force=true\) to replace it"),  # `tltool run` has no --force
     # a finished run that is there now, where an export is written
     (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - export: {{run-dir: done, out: done, force: true}}\n",
      r"step 2 \(export\): --out done: is a tltool run folder, and tltool never writes into or replaces such"),
@@ -703,6 +704,11 @@ def test_a_recipe_that_is_a_fifo_is_said_to_be_no_regular_file_not_missing(tmp_p
 
 @pytest.mark.parametrize("step, message", [
     ("train: {data: DATA, epochs: 0, out: runs/t}", r"step 2 \(train\): no epoch to train"),
+    # names Click takes as free text: checked by their registries ("did you mean")
+    ("extract: {data: DATA, backbone: efficientnet_lit0, out: f}",
+     r"step 2 \(extract\): Unknown backbone 'efficientnet_lit0'"),
+    ("train: {data: DATA, arch: lenet6}", r"step 2 \(train\): .*architecture 'lenet6'.*lenet5"),
+    ("arch-summary: {name: alexnt}", r"step 2 \(arch-summary\): .*architecture 'alexnt'.*alexnet"),
     ("finetune: {data: DATA, lr: .nan, out: runs/f}",
      r"step 2 \(finetune\): --lr must be a number in \(0, 10\], got nan"),
     ("finetune: {data: DATA, refit: true, schedule: plateau}", r"step 2 \(finetune\): --refit repeats the run's"),
@@ -715,3 +721,52 @@ def test_settings_a_command_checks_when_it_runs_are_checked_before_the_first_ste
     path = _write(in_tmp, f"steps:\n  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n"
                           f"  - {step.replace('DATA', repr(str(SAMPLE)))}\n")
     _refused_before_step_one(in_tmp, path, message)
+
+
+def _interrupted_training(run: Path) -> None:
+    """What a Ctrl-C in a training's third epoch leaves: a claimed, unfinished run with its split and checkpoint."""
+    from tltool.outputs import claim_output_dir
+
+    claim_output_dir(run, "run")
+    (run / "split.csv").write_text("path,label,split\n")
+    (run / "state.json").write_text("{}")
+    (run / "checkpoint-epoch0002.keras").write_bytes(b"")
+
+
+def test_a_recipe_run_again_after_an_interrupted_training_step_keeps_its_checkpoints(in_tmp, monkeypatch):
+    """The bundled recipes give their training steps force: true (so a finished recipe runs again). Run again after
+    a Ctrl-C, that deleted the interrupted run's checkpoints and trained again from epoch 1, without a word: the
+    interrupt says how to go on, and a plain rerun is refused with it."""
+    from click.testing import CliRunner
+
+    from tltool.cli import group, main
+
+    path = _write(in_tmp, f"steps:\n  - data-inspect: {{path: '{SAMPLE}', out: runs/i, force: true}}\n"
+                          f"  - train: {{data: '{SAMPLE}', arch: lenet5, epochs: 6, out: runs/lenet, force: true}}\n")
+
+    def ctrl_c_in_epoch_3(*args, **kwargs):
+        _interrupted_training(in_tmp / "runs" / "lenet")
+        raise KeyboardInterrupt
+
+    train = recipe_commands()["train"]
+    monkeypatch.setattr(group, "_exit_interrupted", lambda: (_ for _ in ()).throw(SystemExit(130)))
+    monkeypatch.setattr(train, "callback", ctrl_c_in_epoch_3)
+    result = CliRunner().invoke(main, ["run", str(path)])
+    hint = f"tltool run {path} --set 2.resume=runs/lenet --from 2"
+    assert result.exit_code == 130 and f"step 2 interrupted; go on from its last finished epoch with `{hint}`" in \
+        " ".join(result.output.split()), result.output
+    monkeypatch.setattr(train, "callback", lambda *a, **k: pytest.fail("the interrupted run was trained again"))
+    for run in (lambda: run_recipe(path), lambda: plan_recipe(path, start=2)):
+        with pytest.raises(TltoolError, match=r"step 2 \(train\): --out runs/lenet: holds the unfinished run of an "
+                                              r"interrupted training, with checkpoints; force: true replaces only a "
+                                              r"finished run\. Go on from its last epoch with --from 2 --set "
+                                              r"2\.resume=runs/lenet"):
+            run()
+    assert (in_tmp / "runs" / "lenet" / "checkpoint-epoch0002.keras").exists()
+    plan_recipe(path, ["2.resume=runs/lenet"], start=2)  # the hint's command passes the check
+    # an interrupted step of a command that cannot resume is run again
+    monkeypatch.setattr(recipe_commands()["data-inspect"], "callback", lambda *a, **k: (_ for _ in ()).throw(
+        KeyboardInterrupt()))
+    result = CliRunner().invoke(main, ["run", str(path), "--until", "1"])
+    assert f"step 1 interrupted; run it and the steps after it with `tltool run {path} --from 1 --until 1`" in \
+        " ".join(result.output.split()), result.output

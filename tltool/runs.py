@@ -36,14 +36,25 @@ def _replaceable_unforced(out: str | Path, force: bool) -> bool:
     of an older tltool wrote no metrics.json: they were replaced without --force.)"""
     out = Path(out)
     check_output_name(out)
-    finished = finished_state(out)  # None: an older tltool's run, finished if it has its metrics.json
-    if finished or (finished is None and (out / "metrics.json").exists()):
+    if _finished(out):
         return False
-    resumable = (out / "split.csv").exists() and any(_found(out, pattern) for pattern in RESUMABLE)  # --resume
-    if not force and output_kind(out) == "run" and resumable:  # needs split.csv (older runs have none)
+    if not force and resumable_run(out):
         raise TltoolError(f"--out {out}: holds an unfinished run with checkpoints that `--resume {out}` can finish; "
                           "resume it, choose another folder, or pass --force to replace it.")
     return True
+
+
+def _finished(out: Path) -> bool:
+    finished = finished_state(out)  # None: an older tltool's run, finished if it has its metrics.json
+    return bool(finished or (finished is None and (out / "metrics.json").exists()))
+
+
+def resumable_run(out: str | Path) -> bool:
+    """Whether ``out`` holds an unfinished run that ``--resume`` can finish (its split and checkpoints: minutes or
+    hours of training; older runs have no split.csv)."""
+    out = Path(out)
+    return (output_kind(out) == "run" and not _finished(out) and (out / "split.csv").exists()
+            and any(_found(out, pattern) for pattern in RESUMABLE))
 
 
 def _replaceable(out: str | Path, force: bool) -> bool:

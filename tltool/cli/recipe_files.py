@@ -26,7 +26,7 @@ from ..labeler.export import KIND as LABEL_EXPORT_KIND
 from ..labeler.export import default_export_dir
 from ..linear import default_features_dir
 from ..outputs import check_output_dir, holds_no_output
-from ..runs import check_run_dir
+from ..runs import check_run_dir, resumable_run
 from ..sample import KIND as SAMPLE_KIND
 from ..settings import FILE_SUFFIXES
 
@@ -208,9 +208,22 @@ def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], 
             for text in _texts(values[key]):
                 try:
                     _check_output(text, kind, force, f"--{key}", made)
-                except TltoolError as exc:
-                    refused.append(StepRefusal(index, command, str(exc)))
+                    if force and "resume" in params and not values.get("resume"):
+                        _refuse_resumable(text, key, index, made)
+                except TltoolError as exc:  # `tltool run` has no --force: the step's force: true is what to add
+                    reason = str(exc).replace("pass --force", f"add force: true to the step (--set {index}.force=true)")
+                    refused.append(StepRefusal(index, command, reason.replace("--force", "force: true")))
     return refused
+
+
+def _refuse_resumable(text: str, key: str, index: int, made: Made) -> None:
+    """``force: true`` lets a recipe run again over its finished runs; a training step's unfinished run (the recipe
+    was interrupted in it) was deleted with its checkpoints and trained again from its first epoch."""
+    if _absolute(text) not in made and resumable_run(text):
+        raise TltoolError(f"--{key} {text}: holds the unfinished run of an interrupted training, with checkpoints; "
+                          f"force: true replaces only a finished run. Go on from its last epoch with --from {index} "
+                          f"--set {index}.resume={text} (the same run command otherwise), or delete {text} to "
+                          "train it again from the start.")
 
 
 Made = dict[Path, tuple[int, str, str]]  # each place the earlier steps write: that step, its command, the kind

@@ -26,16 +26,18 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import yaml
 from rich.markup import escape
 
 from .. import safe_yaml
+from ..backbones.registry import get_backbone_spec
 from ..configs import ExtractConfig, FinetuneConfig, LinearConfig, ScratchConfig
 from ..errors import TltoolError, close_match_hint, did_you_mean
 from ..progress import say
+from ..runs import resumable_run
 from ..utils import shown_name
 from .group import main
 from .recipe_files import StepInput, misread_inputs, refused_outputs, unmade_inputs
@@ -268,6 +270,20 @@ def _validate_configs(command: str, params: dict[str, Any]) -> None:
     for config in STEP_CONFIGS.get(command, ()):
         names = {f.name for f in dataclasses.fields(config)}
         config(**{key: value for key, value in params.items() if key in names}).validate()
+    for key, lookup in NAMED.items():  # free text to Click: `backbone: efficientnet_lit0` passed --check
+        if isinstance(params.get(key), str):
+            lookup(params[key])
+
+
+def _architecture(name: str) -> None:
+    from ..arch import get_arch  # imports TensorFlow (its modules build Keras layers): only for a step that names one
+
+    get_arch(name)
+
+
+# the options whose value names a registry entry (`name`: arch-summary's), and the lookup that refuses an unknown
+# one with a "did you mean"
+NAMED: dict[str, Callable[[str], Any]] = {"backbone": get_backbone_spec, "arch": _architecture, "name": _architecture}
 
 
 def _parse_only(command: click.Command) -> click.Command:
@@ -294,8 +310,8 @@ def _once_each(overrides) -> list[tuple[str, Any, str]]:
         key, value = _parse_override(text)
         if key in seen:
             raise TltoolError(f"--set {shown_name(key)} is given twice ({shown_name(seen[key])}, then "
-                              f"{shown_name(text)}): give each key once; several values are one YAML list, e.g. "
-                              f"--set '{shown_name(key)}=[a, b]'.")
+                              f"{shown_name(text)}): give each key once (where it takes several values, as one "
+                              f"YAML list: --set '{shown_name(key)}=[a, b]').")
         seen[key] = text
         parsed.append((key, value, text))
     return parsed
@@ -425,8 +441,25 @@ def run_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), st
         if step.interactive and not interactive:
             return _pause(recipe, i, line, overrides, stop)
         say(f"[bold]step {i}/{len(recipe.steps)}[/bold]: {escape(line)}", markup=True)
-        _run_step(recipe, i, step, argv, commands, start)
+        try:
+            _run_step(recipe, i, step, argv, commands, start)
+        except (KeyboardInterrupt, click.exceptions.Abort):  # Click makes Ctrl-C in a step's main an Abort
+            say(_go_on_line(recipe, i, overrides, stop, "resume" in {p.name for p in commands[step.command].params}))
+            raise
     return RecipeRun(recipe)
+
+
+def _go_on_line(recipe: Recipe, index: int, overrides: list[str] | tuple[str, ...], stop: int | None,
+                resumes: bool) -> str:
+    """What continues a recipe interrupted in step ``index``: a training step from its last epoch, where its
+    ``out`` holds the run with checkpoints (run again, ``force: true`` deleted them and began at epoch 1)."""
+    step = recipe.steps[index - 1]
+    out = _substitute(step.options.get("out"), recipe.vars, f"{recipe.path}, step {index}")
+    if resumes and isinstance(out, str) and not step.options.get("resume") and resumable_run(out):
+        again = continue_command(recipe.path, [*overrides, f"{index}.resume={out}"], index, stop)
+        return f"step {index} interrupted; go on from its last finished epoch with `{again}`"
+    again = continue_command(recipe.path, overrides, index, stop)
+    return f"step {index} interrupted; run it and the steps after it with `{again}`"
 
 
 def _typed(name: str, commands: dict[str, click.Command]) -> list[str]:
