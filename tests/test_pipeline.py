@@ -1,6 +1,8 @@
 """The one tf.data pipeline: shapes, dtypes, labels, determinism."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from tltool.dataset import label_indices, load_dataset
@@ -197,6 +199,23 @@ def test_an_augmentation_file_written_by_albumentations_loads_and_a_hostile_one_
                       (twice, "the key 'transform' is given twice")):
         with deadline(10), pytest.raises(TltoolError, match=rf"--augment .*{path.name}: not an albumentations .*{why}"):
             build_augmentation(str(path), 32, seed=0)
+    # a misspelt argument was albumentations' warning alone, never shown: Rotate turned by its default ±90°
+    misspelt = tmp_path / "rot5.yaml"
+    misspelt.write_text("transform:\n  __class_fullname__: Compose\n  transforms:\n"
+                        "    - __class_fullname__: Rotate\n      limt: 5\n      p: 1.0\n")
+    with pytest.raises(TltoolError, match=r"rot5\.yaml: Argument\(s\) 'limt' are not valid for transform Rotate; "
+                                          "albumentations would leave them at its defaults"):
+        build_augmentation(str(misspelt), 32, seed=0)
+    # what albumentations writes itself loads without a word, for every preset
+    from tltool.augment import PRESETS
+
+    for name, transforms in PRESETS.items():
+        if transforms is not None:
+            saved = tmp_path / f"{name}.yaml"
+            A.save(A.Compose(transforms(32)), str(saved), data_format="yaml")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                build_augmentation(str(saved), 32, seed=0)
 
 
 def test_an_augmentation_file_the_network_cannot_take_is_refused_before_training(tmp_path):

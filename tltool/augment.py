@@ -10,6 +10,7 @@ import copy
 import math
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import safe_yaml
 from .dataset import load_dataset
-from .errors import TltoolError, did_you_mean
+from .errors import AugmentationWarning, TltoolError, did_you_mean
 from .images import load_image
 from .plotting import pyplot, save_figure
 from .report import write_picture_report
@@ -161,7 +162,10 @@ def _from_file(path: Path, seed: int):
     try:
         data = safe_yaml.read_yaml(path.read_text(encoding="utf-8"), "an augmentation file")
         _check_sizes(data, path)  # before albumentations builds (and tltool probes) it
-        transform = A.from_dict(data)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            transform = A.from_dict(data)
+        _check_what_albumentations_said(said, path)
     except TltoolError:
         raise
     except Exception as exc:
@@ -172,6 +176,18 @@ def _from_file(path: Path, seed: int):
         transform = A.Compose([transform])
     transform.set_random_seed(seed)
     return transform
+
+
+def _check_what_albumentations_said(said: list[warnings.WarningMessage], path: Path) -> None:
+    """A misspelt argument (``limt: 5`` for Rotate's ``limit``) is only a warning of albumentations', which leaves
+    the transform at its default (±90°) and was never shown: refused. Its other warnings are shown, named."""
+    for warning in said:
+        text = str(warning.message)
+        if "are not valid for transform" in text:
+            raise TltoolError(f"--augment {path}: {text}; albumentations would leave them at its defaults. Write the "
+                              "argument names as the transform's documentation gives them.")
+        if issubclass(warning.category, (UserWarning, DeprecationWarning)):
+            warnings.warn(f"--augment {path}: {text}", AugmentationWarning, stacklevel=4)
 
 
 def load_size(image_size: int, augment: str | None) -> int:

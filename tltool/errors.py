@@ -60,6 +60,11 @@ class TooFewClassesWarning(TltoolWarning):
     """Fewer than two classes have usable images: no classifier can be trained on the data."""
 
 
+class AugmentationWarning(TltoolWarning):
+    """What albumentations says of an augmentation file it builds (a deprecated argument), which Python's default
+    filters would hide."""
+
+
 def close_match_hint(name: str, choices: Iterable[str]) -> str:
     """``Did you mean 'logreg'?`` for the valid choices closest to ``name``, or ``""`` when none is close: one
     wording for the library, the command line and recipes."""
