@@ -95,8 +95,13 @@ def test_every_command_that_writes_a_run_folder_refuses_a_finished_run_without_f
     for args in (["viz", "embedding", data], ["label", "suspects", data]):  # each takes the --force it names
         result = CliRunner().invoke(main, [*map(str, args), "--out", str(victim), "--force", "--help"])
         assert result.exit_code == 0 and "--force" in result.output
+    # --force replaces a report, never a trained model with one (it deleted head.npz for the comparison)
     result = CliRunner().invoke(main, ["compare", str(a), str(a), "--out", str(victim), "--force"])
-    assert result.exit_code == 0 and (victim / "metrics.json").exists() and not (victim / "head.npz").exists()
+    assert result.exit_code == 2 and "holds a trained model (model.json), which --force would delete" in result.output
+    assert (victim / "head.npz").exists()
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["compare", str(a), str(a), "--out", str(tmp_path / "cmp"), "--force"])
+        assert result.exit_code == 0 and (tmp_path / "cmp" / "metrics.json").exists()
     # one run given twice: said so (before, no word: "no significant difference" of a run with itself)
     assert f"warning (SameRunWarning): {a} and {a} are one run" in " ".join(result.output.split())
 

@@ -203,3 +203,36 @@ def test_an_import_leaves_alone_a_labelers_save_in_flight_in_unlabeled(tmp_path)
         import_images([str(tmp_path / "in")], root)  # the import, meanwhile
     assert (root / UNLABELED / "labels.csv").read_text() == "path,label\n"
     assert not photo[0].exists()  # the killed import's photo is still cleared
+
+
+def test_a_report_never_replaces_a_trained_model_even_with_force(tmp_path, monkeypatch):
+    """`viz filters --out PROBE_RUN --force` deleted the probe's head and model.json for a picture, and
+    `learning-curve --out TRAIN_RUN --force` a trained model.keras: --force replaces a trained run with another
+    training only, and a report command refuses it before its work."""
+    from click.testing import CliRunner
+
+    from conftest import SAMPLE
+    from tltool.cli import main
+    from tltool.errors import TltoolError
+    from tltool.runs import check_run_dir, new_run_dir, writes_runs
+
+    @writes_runs
+    def train() -> Path:
+        run = new_run_dir("linear", out=tmp_path / "probe")
+        utils.write_json(run / "model.json", {"kind": "linear"})
+        utils.write_json(run / "metrics.json", {"kind": "linear"})
+        return run
+
+    trained = train()
+    for kind in ("viz", "compare", "learning-curve", "eval", "inspect", "augment", "suspects"):
+        with pytest.raises(TltoolError, match=rf"probe: holds a trained model \(model\.json\), which --force would "
+                                              rf"delete for this {kind} report"):
+            check_run_dir(trained, force=True, kind=kind)
+        with pytest.raises(TltoolError, match="holds a trained model"):
+            writes_runs(lambda: new_run_dir(kind, out=trained, force=True))()
+    assert (trained / "model.json").is_file()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["data", "inspect", str(SAMPLE), "--out", str(trained), "--force"])
+    assert result.exit_code == 2 and "holds a trained model" in result.output and (trained / "model.json").is_file()
+    writes_runs(lambda: new_run_dir("finetune", out=trained, force=True))()  # a training replaces it, as before
+    assert not (trained / "model.json").exists()

@@ -240,7 +240,7 @@ def _check_preview_out(out: str | Path | None, force: bool) -> None:
     """Refuse a bad ``--out`` before any work: a PNG name (``--out`` is a folder) or what a run folder refuses."""
     if out is None:
         return
-    check_run_dir(out, force=force)
+    check_run_dir(out, force=force, kind="augment")
     if Path(out).suffix.lower() == ".png" and not Path(out).is_dir():
         raise TltoolError(f"--out {out}: names the folder that {PREVIEW_PNG} is written into, not the PNG itself; "
                           "give a folder, e.g. --out runs/my-preview.")

@@ -129,7 +129,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
     """Compare two runs on their stored validation predictions, or on DATA evaluated by both (on ``engine``, as in
     ``tltool evaluate``). ``out``: an earlier run there is replaced only with ``force``."""
     run_a, run_b = Path(run_a), Path(run_b)
-    check_run_dir(out, force, reads=(run_a, run_b, data))
+    check_run_dir(out, force, reads=(run_a, run_b, data), kind="compare")
     if os.path.realpath(run_a) == os.path.realpath(run_b):
         warnings.warn(f"{run_a} and {run_b} are one run: it agrees with itself on every image, so this comparison "
                       "says nothing; give two runs.", SameRunWarning, stacklevel=3)

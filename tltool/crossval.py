@@ -299,7 +299,7 @@ def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "
                        seed: int = 0, out: str | Path | None = None,
                        fractions: Sequence[float] | None = None, force: bool = False
                        ) -> tuple[list[CurvePoint], str, Path]:
-    check_run_dir(out, force, reads=(features,))
+    check_run_dir(out, force, reads=(features,), kind="learning-curve")
     fs = load_features(features)
     kwargs = {"fractions": fractions} if fractions else {}
     points, params = learning_curve(fs, head, pool, seeds=seeds, seed=seed, **kwargs)

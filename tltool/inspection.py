@@ -484,7 +484,7 @@ class InspectResult:
 def inspect_dataset(path: str, max_pixels: int | None = None, out: str | Path | None = None,
                     force: bool = False) -> InspectResult:
     """Check every file of the dataset at ``path`` and write its report folder; the caller shows the result."""
-    check_run_dir(out, force)
+    check_run_dir(out, force, kind="inspect")
     dataset = load_dataset(path)
     checked = check_dataset(dataset, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
                             emit_warnings=False, decode=True)

@@ -117,7 +117,7 @@ def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | Non
     The returned :class:`Evaluation` (``metrics.json``'s ``val``) is the plain one; with ``tta`` the accuracy under
     test-time augmentation is reported beside it (``metrics.json``'s ``tta``), as a training run reports it."""
     check_choice("tta", tta)
-    check_run_dir(out, force, reads=(run_dir, data))
+    check_run_dir(out, force, reads=(run_dir, data), kind="eval")
     model = load_run(run_dir, engine)
     dataset, paths, y = labelled_images(data, model.classes, model.max_pixels)
     seen = warn_if_trained_on(run_dir, model, paths)

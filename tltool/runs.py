@@ -84,13 +84,29 @@ def _found(folder: Path, pattern: str) -> bool:
     return next(folder.glob(pattern), None) is not None if "*" in pattern else os.path.lexists(folder / pattern)
 
 
-def check_run_dir(out: str | Path | None, force: bool = False, reads: Sequence[object] = ()) -> None:
+def check_run_dir(out: str | Path | None, force: bool = False, reads: Sequence[object] = (),
+                  kind: str | None = None) -> None:
     """What :func:`new_run_dir` would refuse, refused now, before a command's work (nothing is created).
-    ``reads``: the folders the command reads (a run it evaluates or compares); ``out`` may not be one of them."""
+    ``reads``: the folders the command reads (a run it evaluates or compares); ``out`` may not be one of them.
+    ``kind``: the run's, as :func:`new_run_dir` is given it (a report's may not replace a trained model)."""
     if out is not None:
         check_out_not_read(out, reads)
         check_not_in_use(out)  # first: a run in training is not one to resume or replace
+        if kind is not None and force:
+            _refuse_replacing_a_model(out, kind)
         check_output_dir(out, "run", reuse=_replaceable(out, force), force=force)
+
+
+TRAINING_KINDS = ("linear", "finetune", "scratch", "finetune-cv")  # the runs that may replace a trained model
+
+
+def _refuse_replacing_a_model(out: str | Path, kind: str) -> None:
+    """``viz filters --out PROBE_RUN --force`` (or learning-curve, compare, an evaluation...) deleted the trained
+    model of the run there for a report: --force replaces a trained run only with another training."""
+    out = Path(out)
+    if kind not in TRAINING_KINDS and output_kind(out) == "run" and (out / "model.json").is_file():
+        raise TltoolError(f"--out {out}: holds a trained model (model.json), which --force would delete for this "
+                          f"{kind} report (only a training replaces a trained run); choose another folder.")
 
 
 def check_out_not_read(out: str | Path, reads: Sequence[object]) -> None:
@@ -113,6 +129,8 @@ def new_run_dir(kind: str, *parts: str, out: str | Path | None = None, force: bo
     The folder is held (:func:`hold_run_dir`): a run another command is writing is refused, ``force`` or not. Before,
     a run in its first epoch (no ``metrics.json`` or ``state.json`` yet) looked abandoned and was replaced under it."""
     if out is not None:  # an unfinished run that cannot be resumed may be replaced; any other needs force
+        if force:
+            _refuse_replacing_a_model(out, kind)
         claimed = claim_output_dir(out, "run", reuse=_replaceable(out, force), force=force)
         hold_output_dir(claimed)
         return emptied_output_dir(claimed, "run", hold=True)

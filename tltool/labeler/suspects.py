@@ -155,7 +155,7 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     ``out``: an earlier run there is replaced only with ``force``."""
     check_range("top", top)
     check_range("neighbours", neighbours)  # -3 ran as 1 while metrics.json said "the -3 nearest neighbours"
-    check_run_dir(out, force)
+    check_run_dir(out, force, kind="suspects")
     spec = get_backbone_spec(backbone)  # a bad name fails before any file is read
     manifest = labeler_manifest(data)
     dataset = load_labelled(Path(data)) if manifest != str(data) else load_dataset(manifest)

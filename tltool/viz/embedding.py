@@ -113,7 +113,7 @@ def visualize_embedding(features: str | Path | FeatureSet, out: str | Path | Non
                         seed: int = 0, force: bool = False) -> Embedding:
     """``tltool viz embedding``: ``embedding.png``, ``metrics.json`` (every point) and ``report.md`` in a run folder."""
     check_range("seed", seed)  # -1 was scikit-learn's InvalidParameterError
-    check_run_dir(out, force)
+    check_run_dir(out, force, kind="viz")
     fs = features if isinstance(features, FeatureSet) else load_features(features)
     coords, used, params = embed(fs.features(pool), method, perplexity, seed)
     emb = Embedding(coords, used, {**params, "pool": pool, "seed": seed}, fs, nearest_agreement(coords, fs.labels))

@@ -104,7 +104,7 @@ def visualize_filters(backbone: str | None = None, model: str | None = None, wei
                       image_size: int | None = None, layer: str | None = None, out: str | Path | None = None,
                       network: Network | None = None, force: bool = False) -> FilterGrid:
     """``tltool viz filters``: write ``filters.png``, ``metrics.json`` and ``report.md`` into a run folder."""
-    check_run_dir(out, force, reads=(model,))  # `--model RUN --out RUN --force` replaced the run it drew
+    check_run_dir(out, force, reads=(model,), kind="viz")  # `--model RUN --out RUN --force` replaced the run it drew
     network = network or open_network(backbone, model, weights, image_size)
     grid = filter_grid(network, layer)
     run_dir = new_run_dir("viz", "filters", network.name, grid.layer, out=out, force=force)
@@ -186,7 +186,7 @@ def visualize_activations(image_path: str | Path, backbone: str | None = None, m
                           max_maps: int = 64, out: str | Path | None = None,
                           network: Network | None = None, force: bool = False) -> ActivationGrid:
     """``tltool viz activations``: write ``activations.png``, ``metrics.json`` and ``report.md`` into a run folder."""
-    check_run_dir(out, force, reads=(model, image_path))
+    check_run_dir(out, force, reads=(model, image_path), kind="viz")
     network = network or open_network(backbone, model, weights, image_size)
     image = load_image(image_path, network.image_size, network.resize, network.max_pixels)
     grid = layer_activations(network, image, layer, max_maps)

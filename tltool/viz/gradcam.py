@@ -203,7 +203,7 @@ def visualize_gradcam(images: Sequence[str | Path], model: str | Path, class_nam
                       force: bool = False) -> GradCamResult:
     """``tltool viz gradcam``: ``gradcam.png`` (image | overlay per photo), ``metrics.json`` and ``report.md`` in a
     run folder."""
-    check_run_dir(out, force, reads=(model, *images))  # `--model RUN --out RUN --force` replaced the run
+    check_run_dir(out, force, reads=(model, *images), kind="viz")  # `--model RUN --out RUN --force` replaced the run
     network = network or open_run(model)
     if network.head is None:
         raise TltoolError(f"Grad-CAM needs a class score to explain, and {network.name}: {network.no_head_reason}.")
