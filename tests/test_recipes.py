@@ -422,8 +422,12 @@ def test_from_and_until_outside_the_steps_are_refused(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: two\nsteps:\n  - backbones: {}\n  - backbones: {}\n")
     for start, stop in ((9, None), (2, 1), (0, None), (1, 3)):
-        with pytest.raises(TltoolError, match=r"has steps 1 to 2: --from .* is not a range of them"):
+        given = f"--from {start}" + (f" --until {stop}" if stop else "")  # an --until not given is not named
+        with pytest.raises(TltoolError, match=rf"has steps 1 to 2: {given} is not a range of them"):
             run_recipe(recipe, start=start, stop=stop)
+    # a misspelt key for one step names that step, not "no step has it"
+    with pytest.raises(TltoolError, match=r"key in --set 2\.haed=x \(step 2 of r\.yaml has no such option\)"):
+        load_recipe(recipe, ["2.haed=x"])
 
 
 def test_ctrl_c_in_a_recipe_step_exits_130_as_an_interrupted_command_does(tmp_path, monkeypatch):

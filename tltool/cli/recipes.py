@@ -336,7 +336,8 @@ def _apply_overrides(path: Path, steps: list[Step], variables: dict, commands: d
                 hit = True
         if not hit:
             known = {_key(p) for s in chosen for p in commands[s.command].params} | set(variables)
-            raise did_you_mean(option, known, f"key in --set {text} (no step of {path.name} has it):")
+            where = f"step {target} of {path.name} has no such option" if target else f"no step of {path.name} has it"
+            raise did_you_mean(option, known, f"key in --set {text} ({where}):")
 
 
 def build_argv(recipe: Recipe, index: int, step: Step, command: click.Command) -> list[str]:
@@ -366,8 +367,9 @@ def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), s
     recipe = load_recipe(path, overrides)
     last = len(recipe.steps) if stop is None else stop
     if not 1 <= start <= last <= len(recipe.steps):
-        raise TltoolError(f"{recipe.path} has steps 1 to {len(recipe.steps)}: --from {start} --until {last} "
-                          "is not a range of them (1 <= --from <= --until <= the last step).")
+        given = f"--from {start}" + (f" --until {stop}" if stop is not None else "")
+        raise TltoolError(f"{recipe.path} has steps 1 to {len(recipe.steps)}: {given} is not a range of them "
+                          "(1 <= --from <= --until <= the last step).")
     commands = recipe_commands()
     steps = []
     for i in range(start, last + 1):
