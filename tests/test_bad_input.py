@@ -140,6 +140,9 @@ def test_predict_on_a_folder_predicts_every_file_under_it(probe_run, tmp_path):
     assert [line.split("\t")[0] for line in result.output.splitlines() if "\t" in line] == [
         str(folder / "b.jpg"), str(folder / "more" / "a.jpg")]
     assert "none*.jpg: unreadable" in result.output  # a pattern that matches nothing is named, as a missing file
+    # a run's plots a pattern matches are not photos, as collect import leaves them out
+    result = _run("predict", f"{probe_run}/*.png", "--model", probe_run)
+    assert result.exit_code == 2 and "confusion_matrix" not in result.output.split("unreadable")[0], result.output
 
 
 def test_predict_on_a_folder_names_the_files_its_walk_left_out(probe_run, tmp_path):

@@ -272,6 +272,9 @@ def test_refit_ships_a_train_val_model_and_keeps_the_val_estimate(tmp_path):
     model_json = json.loads((run / "model.json").read_text())
     assert model_json["refit"] is True and model_json["n_trained_on"] == 160
     assert "trained again on train+val (160 images)" in (run / "report.md").read_text()
+    # which weights: the refit's, not the val run's last epoch (the review of the change)
+    assert metrics["model_weights"]["chosen_by"] == "refit"
+    assert "- model: the refit's weights, after its last epoch (2) on train+val" in (run / "report.md").read_text()
     # the reported estimate is the train-only model's (its last checkpoint), and the shipped model is another one
     val_paths = [r.path for r in load_dataset(str(run / "split.csv")).subset("val")]
     before = tmp_path / "before-refit"

@@ -206,6 +206,16 @@ def test_an_augmentation_file_written_by_albumentations_loads_and_a_hostile_one_
     with pytest.raises(TltoolError, match=r"rot5\.yaml: Argument\(s\) 'limt' are not valid for transform Rotate; "
                                           "albumentations would leave them at its defaults"):
         build_augmentation(str(misspelt), 32, seed=0)
+    # what albumentations 1.x's A.save wrote (always_apply: false on each transform) still loads, said once
+    old_format = tmp_path / "v1.yaml"
+    old_format.write_text(misspelt.read_text().replace("limt: 5", "always_apply: false"))
+    from tltool.errors import AugmentationWarning
+
+    with pytest.warns(AugmentationWarning, match="'always_apply' are not valid"):
+        build_augmentation(str(old_format), 32, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_augmentation(str(old_format), 32, seed=0)  # not again in this process (a --cv fold builds it again)
     # what albumentations writes itself loads without a word, for every preset
     from tltool.augment import PRESETS
 

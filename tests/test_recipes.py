@@ -14,6 +14,7 @@ from conftest import REPO, SAMPLE, shared_dataset
 from helpers import collected, deadline
 from tltool.errors import TltoolError
 from tltool.cli.recipes import load_recipe, plan_recipe, recipe_commands, run_recipe
+from tltool.utils import write_json
 
 RECIPES = REPO / "recipes"
 
@@ -625,6 +626,9 @@ def test_an_output_folder_a_step_would_refuse_is_named_by_check_and_before_the_f
     (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - data-inspect: {{path: '{SAMPLE}', out: done}}\n",
      r"step 2 \(data-inspect\): --out done: already holds an earlier tltool run; choose another folder, or add "
      r"force: true to the step \(--set 2\.force=true\) to replace it"),  # `tltool run` has no --force
+    # a trained run that is there now, replaced by a report (a step that writes no model) with force: true
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - data-inspect: {{path: '{SAMPLE}', out: trained, "
+     "force: true}\n", r"step 2 \(data-inspect\): --out trained: holds a trained model \(model\.json"),
     # a finished run that is there now, where an export is written
     (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - export: {{run-dir: done, out: done, force: true}}\n",
      r"step 2 \(export\): --out done: is a tltool run folder, and tltool never writes into or replaces such"),
@@ -637,6 +641,12 @@ def test_check_names_an_out_a_later_step_will_refuse_when_an_earlier_step_or_an_
     from tltool.runs import new_run_dir, writes_runs
 
     writes_runs(lambda: new_run_dir("inspect", out=in_tmp / "done"))()
+
+    @writes_runs
+    def trained() -> None:
+        write_json(new_run_dir("linear", out=in_tmp / "trained") / "model.json", {"kind": "linear"})
+
+    trained()
     _refused_before_step_one(in_tmp, _write(in_tmp, f"steps:\n{steps}"), message)
 
 
@@ -760,14 +770,16 @@ def test_a_recipe_run_again_after_an_interrupted_training_step_keeps_its_checkpo
     assert result.exit_code == 130 and f"step 2 interrupted; go on from its last finished epoch with `{hint}`" in \
         " ".join(result.output.split()), result.output
     monkeypatch.setattr(train, "callback", lambda *a, **k: pytest.fail("the interrupted run was trained again"))
-    for run in (lambda: run_recipe(path), lambda: plan_recipe(path, start=2)):
-        with pytest.raises(TltoolError, match=r"step 2 \(train\): --out runs/lenet: holds the unfinished run of an "
-                                              r"interrupted training, with checkpoints; force: true replaces only a "
-                                              r"finished run\. Go on from its last epoch with --from 2 --set "
-                                              r"2\.resume=runs/lenet"):
+    refusal = (r"step 2 \(train\): --out runs/lenet: holds the run of a training that did not finish \(interrupted, "
+               r"or stopped on an error\), with checkpoints; a recipe never replaces it\. Go on from its last epoch, "
+               r"with its own settings, by --from 2 --set 2\.resume=runs/lenet")
+    unforced = _write(in_tmp / "runs", path.read_text().replace(", force: true}", "}"))  # no force: true either
+    for run in (lambda: run_recipe(path), lambda: plan_recipe(path, start=2), lambda: plan_recipe(unforced)):
+        with pytest.raises(TltoolError, match=refusal):
             run()
     assert (in_tmp / "runs" / "lenet" / "checkpoint-epoch0002.keras").exists()
     plan_recipe(path, ["2.resume=runs/lenet"], start=2)  # the hint's command passes the check
+    plan_recipe(unforced, ["2.resume=runs/lenet"], start=2)
     # an interrupted step of a command that cannot resume is run again
     monkeypatch.setattr(recipe_commands()["data-inspect"], "callback", lambda *a, **k: (_ for _ in ()).throw(
         KeyboardInterrupt()))

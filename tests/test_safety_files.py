@@ -12,7 +12,7 @@ from helpers import noise_image
 from tltool import utils
 from tltool.collect import UNLABELED, import_images
 from tltool.labeler import export_labels
-from tltool.outputs import release_output_dirs
+from tltool.outputs import claim_output_dir, release_output_dirs
 from tltool.runs import hold_run_dir
 
 
@@ -225,8 +225,8 @@ def test_a_report_never_replaces_a_trained_model_even_with_force(tmp_path, monke
 
     trained = train()
     for kind in ("viz", "compare", "learning-curve", "eval", "inspect", "augment", "suspects"):
-        with pytest.raises(TltoolError, match=rf"probe: holds a trained model \(model\.json\), which --force would "
-                                              rf"delete for this {kind} report"):
+        with pytest.raises(TltoolError, match=rf"probe: holds a trained model \(model\.json, .*\), which --force "
+                                              rf"would delete for this {kind} report"):
             check_run_dir(trained, force=True, kind=kind)
         with pytest.raises(TltoolError, match="holds a trained model"):
             writes_runs(lambda: new_run_dir(kind, out=trained, force=True))()
@@ -236,3 +236,13 @@ def test_a_report_never_replaces_a_trained_model_even_with_force(tmp_path, monke
     assert result.exit_code == 2 and "holds a trained model" in result.output and (trained / "model.json").is_file()
     writes_runs(lambda: new_run_dir("finetune", out=trained, force=True))()  # a training replaces it, as before
     assert not (trained / "model.json").exists()
+    # nor a cross-validation's fold models, nor an interrupted training's checkpoints (the review of the change)
+    (trained / "fold-1" / "run").mkdir(parents=True)
+    (trained / "fold-1" / "run" / "model.json").write_text("{}")
+    with pytest.raises(TltoolError, match="holds a trained model"):
+        check_run_dir(trained, force=True, kind="viz")
+    interrupted = claim_output_dir(tmp_path / "interrupted", "run")  # as a training killed in its 2nd epoch left it
+    for name in ("split.csv", "state.json", "checkpoint-epoch0001.keras"):
+        (interrupted / name).write_text("")
+    with pytest.raises(TltoolError, match="holds a trained model"):
+        check_run_dir(interrupted, force=True, kind="compare")

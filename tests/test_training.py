@@ -222,8 +222,8 @@ def test_best_weights_are_those_of_the_epoch_with_the_lowest_val_loss(scripted, 
     assert weights == {"epoch": 5, "epochs": 5, "stage": "s", "chosen_by": "last epoch", "lowest_val_loss_epoch": 2}
     assert weights["epoch"] == _filled_with(model)
     assert weights_line(weights) == (
-        "model: the weights after the last epoch (5); the val loss was lowest at epoch 2 (best-epoch0002.weights.h5, "
-        "which `--early-stopping` would restore), but weights picked by their val score are scored on the images "
+        "model: the weights after the last epoch (5); stage s's val loss was lowest at epoch 2 (best-epoch0002"
+        ".weights.h5, which `--early-stopping` would restore), but weights picked by their val score are scored on the images "
         "that picked them")
     model.load_weights(str(tmp_path / state.best_weights))
     assert _filled_with(model) == 2.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -183,11 +184,18 @@ def _check_what_albumentations_said(said: list[warnings.WarningMessage], path: P
     the transform at its default (±90°) and was never shown: refused. Its other warnings are shown, named."""
     for warning in said:
         text = str(warning.message)
-        if "are not valid for transform" in text:
+        invalid = re.match(r"Argument\(s\) (.*) are not valid for transform", text)
+        if invalid and set(re.findall(r"'([^']*)'", invalid.group(1))) - RETIRED_ARGUMENTS:
             raise TltoolError(f"--augment {path}: {text}; albumentations would leave them at its defaults. Write the "
                               "argument names as the transform's documentation gives them.")
-        if issubclass(warning.category, (UserWarning, DeprecationWarning)):
+        if (str(path), text) not in _SHOWN:  # once a process: a file is read again for each build (a --cv fold)
+            _SHOWN.add((str(path), text))
             warnings.warn(f"--augment {path}: {text}", AugmentationWarning, stacklevel=4)
+
+
+# what albumentations 1.x's own A.save wrote on every transform (`always_apply: false`), which 2.x no longer takes
+RETIRED_ARGUMENTS = {"always_apply"}
+_SHOWN: set[tuple[str, str]] = set()
 
 
 def load_size(image_size: int, augment: str | None) -> int:

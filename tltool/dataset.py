@@ -254,6 +254,13 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return False
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a link to itself
+        return False
+
+
 def tltool_output(folder: str | os.PathLike, skipped: list[SkippedFile]) -> bool:
     """Whether ``folder`` is a run, features or export folder of tltool's (named in ``skipped`` if so). Before, a
     run written inside the data (`train PHOTOS --out PHOTOS/circle/run`) gave the next run on PHOTOS its
@@ -418,7 +425,7 @@ def dataset_of_class_folder(folder: Path) -> Path | None:
 
 def _holds_images(folder: Path) -> bool:
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        return any(is_image_name(e.name) and not _is_folder(e) for e in itertools.islice(entries, 1000))
+        return any(is_image_name(e.name) and _is_file(e) for e in itertools.islice(entries, 1000))
     return False
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .dataset import HIDDEN, Dataset, LinkGuard, load_dataset, walk_files
+from .dataset import HIDDEN, Dataset, LinkGuard, load_dataset, tltool_output_around, walk_files
 from .errors import BadFilesWarning, LeakageWarning, TltoolError
 from .evaluation import Evaluation, ranked_classes
 from .inspection import check_dataset
@@ -92,7 +92,9 @@ def _matched(image: str) -> list[str]:
     import`` takes it; a name that exists, or a pattern that matches nothing, as it is (then named unreadable)."""
     if os.path.lexists(image) or not any(c in image for c in "*?["):
         return [image]
-    return sorted(glob.glob(os.path.expanduser(image), recursive=True)) or [image]
+    matches = sorted(glob.glob(os.path.expanduser(image), recursive=True))
+    kept = [m for m in matches if tltool_output_around(m) is None]  # a run's plots ('**/*.png') are not photos
+    return kept or [image]
 
 
 def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) -> tuple[Dataset, list[str], np.ndarray]:

@@ -193,15 +193,17 @@ def weights_line(weights: dict) -> str:
     """Which epoch's weights a trained network's accuracy is of (:func:`tltool.training.shipped_weights`): a run
     folder's best-epoch file, of a worse-scored epoch, passed for the model's."""
     epoch, lowest = weights["epoch"], weights.get("lowest_val_loss_epoch")
+    if weights["chosen_by"] == "refit":
+        return f"model: the refit's weights, after its last epoch ({epoch}) on train+val (below)"
     if weights["chosen_by"] == "early stopping":
         return (f"model: the weights of epoch {epoch} of {weights['epochs']}, where early stopping ended stage "
                 f"{weights['stage']} at its lowest val loss: chosen on these val images, so the accuracy above "
                 "leans optimistic")
     text = f"model: the weights after the last epoch ({epoch})"
     if lowest and lowest != epoch:
-        text += (f"; the val loss was lowest at epoch {lowest} (best-epoch{lowest:04d}.weights.h5, which "
-                 "`--early-stopping` would restore), but weights picked by their val score are scored on the images "
-                 "that picked them")
+        text += (f"; stage {weights['stage']}'s val loss was lowest at epoch {lowest} (best-epoch{lowest:04d}"
+                 ".weights.h5, which `--early-stopping` would restore), but weights picked by their val score are "
+                 "scored on the images that picked them")
     return text
 
 

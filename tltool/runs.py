@@ -104,9 +104,12 @@ def _refuse_replacing_a_model(out: str | Path, kind: str) -> None:
     """``viz filters --out PROBE_RUN --force`` (or learning-curve, compare, an evaluation...) deleted the trained
     model of the run there for a report: --force replaces a trained run only with another training."""
     out = Path(out)
-    if kind not in TRAINING_KINDS and output_kind(out) == "run" and (out / "model.json").is_file():
-        raise TltoolError(f"--out {out}: holds a trained model (model.json), which --force would delete for this "
-                          f"{kind} report (only a training replaces a trained run); choose another folder.")
+    if kind in TRAINING_KINDS or output_kind(out) != "run":
+        return
+    if (out / "model.json").is_file() or _found(out, "fold-*/run/model.json") or resumable_run(out):
+        raise TltoolError(f"--out {out}: holds a trained model (model.json, a cross-validation's fold models or a "
+                          f"training's checkpoints), which --force would delete for this {kind} report (only a "
+                          "training replaces a trained run); choose another folder.")
 
 
 def check_out_not_read(out: str | Path, reads: Sequence[object]) -> None:

@@ -201,29 +201,36 @@ def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], 
     for index, command, params, values, made in _with_earlier_outputs(steps):
         keys = [k for k in (*WRITTEN_EVERYWHERE, *STEP_OUTPUTS.get(command, ())) if k in params and k in values]
         force = values.get("force") is True
+        if values.get("resume"):  # a resumed run is written where it is: the step's --out is not used
+            keys = [k for k in keys if k != "out"]
         for key in keys:
             if not isinstance(params[key].type, click.Path) or params[key].type.file_okay:
                 continue  # a file written (a split's CSV): its command says what it replaces
             kind = output_kind_of(command, key)
             for text in _texts(values[key]):
                 try:
-                    _check_output(text, kind, force, f"--{key}", made)
-                    if force and "resume" in params and not values.get("resume"):
+                    if "resume" in params:
                         _refuse_resumable(text, key, index, made)
+                    _check_output(text, kind, force, f"--{key}", made, RUN_KINDS.get(command, command))
                 except TltoolError as exc:  # `tltool run` has no --force: the step's force: true is what to add
                     reason = str(exc).replace("pass --force", f"add force: true to the step (--set {index}.force=true)")
                     refused.append(StepRefusal(index, command, reason.replace("--force", "force: true")))
     return refused
 
 
+# the kind of run (tltool.runs.new_run_dir) each training command writes; another command's run is a report
+RUN_KINDS = {"probe": "linear", "linear": "linear", "finetune": "finetune", "train": "scratch"}
+
+
 def _refuse_resumable(text: str, key: str, index: int, made: Made) -> None:
-    """``force: true`` lets a recipe run again over its finished runs; a training step's unfinished run (the recipe
-    was interrupted in it) was deleted with its checkpoints and trained again from its first epoch."""
+    """A training step's run that did not finish (the recipe was interrupted in it, or it stopped on an error) is
+    never replaced by a recipe: ``force: true`` deleted its checkpoints and trained again from epoch 1 without a word,
+    and without it the refusal advised force: true."""
     if _absolute(text) not in made and resumable_run(text):
-        raise TltoolError(f"--{key} {text}: holds the unfinished run of an interrupted training, with checkpoints; "
-                          f"force: true replaces only a finished run. Go on from its last epoch with --from {index} "
-                          f"--set {index}.resume={text} (the same run command otherwise), or delete {text} to "
-                          "train it again from the start.")
+        raise TltoolError(f"--{key} {text}: holds the run of a training that did not finish (interrupted, or stopped "
+                          f"on an error), with checkpoints; a recipe never replaces it. Go on from its last epoch, "
+                          f"with its own settings, by --from {index} --set {index}.resume={text} (the same run "
+                          f"command otherwise), or delete {text} to train it again (with other settings).")
 
 
 Made = dict[Path, tuple[int, str, str]]  # each place the earlier steps write: that step, its command, the kind
@@ -239,7 +246,7 @@ def _with_earlier_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parame
                            for path, kind in step_output_kinds(command, params, values).items()}}
 
 
-def _check_output(text: str, kind: str, force: bool, option: str, made: Made) -> None:
+def _check_output(text: str, kind: str, force: bool, option: str, made: Made, run_kind: str) -> None:
     """Raise what the step's command will, reached after the steps before it (which write ``made``)."""
     place = _absolute(text)
     if place in made:
@@ -254,7 +261,7 @@ def _check_output(text: str, kind: str, force: bool, option: str, made: Made) ->
     if any(_related(place, m) for m in made):
         return
     if kind == "run":
-        check_run_dir(text, force)
+        check_run_dir(text, force, kind=run_kind)
     else:
         check_output_dir(text, kind, reuse=kind in REUSED_KINDS or holds_no_output(text), force=force, option=option)
 
