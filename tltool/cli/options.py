@@ -118,7 +118,8 @@ def out_option(default: str, what: str = "Run folder to write") -> Callable[[Cal
     return click.option("--out", type=click.Path(file_okay=False), default=None, help=f"{what} [default: {default}].")
 
 
-force_option = click.option("--force", is_flag=True, help="Replace a finished run in --out.")
+force_option = click.option("--force", is_flag=True, help="Replace a finished run in --out (a trained run only by "
+                                                           "another training).")
 tta_option = click.option("--tta", type=choice("tta"), default=RunConfig.tta,
                           show_default=True,
                           help="Test-time augmentation at evaluation: mirror, or 4 corners + centre and mirrors.")
