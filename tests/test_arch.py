@@ -324,3 +324,24 @@ def test_digits_export_writes_a_stratified_folder_dataset(tmp_path):
     assert again == {s: {d: counts[s][d] for d in counts[s]} for s in ("train", "val")}  # same seed, same split
     with Image.open(next(out.rglob("*.png"))) as im:
         assert im.size == (40, 40)
+
+
+def test_the_names_a_recipe_check_knows_are_those_the_builders_register():
+    """`tltool run --check` looks net names up without importing the builders (TensorFlow, ~9 s): its table must be
+    the registry's, and it refuses what get_arch refuses, with the same words."""
+    from tltool.arch.registry import ARCH_NAMES, check_arch_name
+
+    assert ARCH_NAMES == {spec.name: spec.aliases for spec in list_archs()}
+    for name in ("VGG-16", "ResNet18", "lenet"):
+        check_arch_name(name)
+        get_arch(name)
+    with pytest.raises(TltoolError) as unknown:
+        check_arch_name("lenet6")
+    with pytest.raises(TltoolError) as by_registry:
+        get_arch("lenet6")
+    assert str(unknown.value) == str(by_registry.value)
+    # and a recipe's check of a train step imports no TensorFlow
+    code = ("import sys\nfrom tltool.cli.recipes import _validate_configs\n"
+            "_validate_configs('arch-summary', {'name': 'vgg16'})\nprint('tensorflow' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120).stdout.strip() == "False"

@@ -69,6 +69,22 @@ def _squash(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
+# every net's name and aliases, known without importing the builders (they import TensorFlow, ~9 s on 2 cores): a
+# recipe's check looks a name up here. tests/test_arch.py keeps it equal to what the builders register.
+ARCH_NAMES: dict[str, tuple[str, ...]] = {
+    "lenet5": ("lenet",), "alexnet": (), "nin": ("network_in_network",), "googlenet": ("inception_v1",),
+    "mobilenet_v1": ("mobilenet",), "resnet18": (), "resnet34": (), "vgg_a": ("vgg11",), "vgg_a_lrn": ("vgg11_lrn",),
+    "vgg_b": ("vgg13",), "vgg_c": (), "vgg_d": ("vgg16",), "vgg_e": ("vgg19",),
+}
+
+
+def check_arch_name(name: str) -> None:
+    """Refuse a name no net has, as :func:`get_arch` does, without importing TensorFlow."""
+    names = [*ARCH_NAMES, *(alias for aliases in ARCH_NAMES.values() for alias in aliases)]
+    if _squash(name) not in {_squash(n) for n in names}:
+        raise did_you_mean(name, names, "architecture")
+
+
 def get_arch(name: str) -> ArchSpec:
     """The net called ``name`` or one of its aliases; case, '-' and '_' do not matter (``VGG-16``, ``ResNet18``)."""
     _ensure_loaded()

@@ -33,6 +33,7 @@ import yaml
 from rich.markup import escape
 
 from .. import safe_yaml
+from ..arch.registry import check_arch_name
 from ..backbones.registry import get_backbone_spec
 from ..configs import ExtractConfig, FinetuneConfig, LinearConfig, ScratchConfig
 from ..errors import TltoolError, close_match_hint, did_you_mean
@@ -275,15 +276,10 @@ def _validate_configs(command: str, params: dict[str, Any]) -> None:
             lookup(params[key])
 
 
-def _architecture(name: str) -> None:
-    from ..arch import get_arch  # imports TensorFlow (its modules build Keras layers): only for a step that names one
-
-    get_arch(name)
-
-
 # the options whose value names a registry entry (`name`: arch-summary's), and the lookup that refuses an unknown
 # one with a "did you mean"
-NAMED: dict[str, Callable[[str], Any]] = {"backbone": get_backbone_spec, "arch": _architecture, "name": _architecture}
+NAMED: dict[str, Callable[[str], Any]] = {"backbone": get_backbone_spec, "arch": check_arch_name,
+                                          "name": check_arch_name}
 
 
 def _parse_only(command: click.Command) -> click.Command:
