@@ -21,6 +21,7 @@ from .report import trained_on_line, write_run_report
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_choice, check_range
 from .tta import n_views, predict_readable
+from .utils import has_glob_magic
 
 
 def no_usable_images(name: str, n_files: int) -> str:
@@ -90,7 +91,7 @@ def image_arguments(images: Sequence[str | os.PathLike]) -> list[str]:
 def _matched(image: str) -> list[str]:
     """A quoted pattern (``'photos/*.jpg'``; cmd.exe expands none) as the paths it matches, sorted, as ``collect
     import`` takes it; a name that exists, or a pattern that matches nothing, as it is (then named unreadable)."""
-    if os.path.lexists(image) or not any(c in image for c in "*?["):
+    if os.path.lexists(image) or not has_glob_magic(image):
         return [image]
     matches = sorted(glob.glob(os.path.expanduser(image), recursive=True))
     kept = [m for m in matches if tltool_output_around(m) is None]  # a run's plots ('**/*.png') are not photos

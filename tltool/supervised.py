@@ -378,9 +378,7 @@ class KerasTrainingRun:
         metrics = {**result.metrics, "refit": {"note": note, "finished": True, "n_images": n,
                                                 "epochs": fitted.state.epoch, "history": fitted.state.history,
                                                 "seconds": fitted.seconds},
-                   "model_weights": {"epoch": fitted.state.epoch, "epochs": fitted.state.epoch, "chosen_by": "refit",
-                                     "stage": fitted.state.history[-1]["stage"] if fitted.state.history else None,
-                                     "lowest_val_loss_epoch": None}}  # the saved model is the refit's now
+                   "model_weights": {**shipped_weights(fitted.state), "chosen_by": "refit"}}  # the refit's model now
         rewrite_report(run_dir, metrics)
         return replace(result, metrics=metrics, model=fitted.model)
 

@@ -182,6 +182,12 @@ def unprinted_character(text: str) -> str | None:
     return next((c for c in text if _unprinted(c)), None)
 
 
+def has_glob_magic(text: str) -> bool:
+    """Whether ``text`` is a glob pattern (``*``, ``?`` or ``[``), which ``collect import`` and ``predict`` expand
+    where a shell did not."""
+    return any(c in text for c in "*?[")
+
+
 def shown_name(name: str | os.PathLike, limit: int | None = 120) -> str:
     """A file name as tltool prints it: control characters escaped (a newline in a name would split a result line
     in two), and a name of hundreds of characters cut short (``limit``; None keeps it whole)."""

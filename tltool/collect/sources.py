@@ -24,7 +24,7 @@ from ..dataset import (HIDDEN, NOT_UTF8, TLTOOL_OUTPUTS, LinkGuard, is_utf8, ref
                        tltool_output_around, walk_files)
 from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, UNREADABLE
-from ..utils import sha256_file, shown_name
+from ..utils import has_glob_magic, sha256_file, shown_name
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -95,10 +95,6 @@ def slug(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ files
-def _has_magic(text: str) -> bool:
-    return any(c in text for c in "*?[")
-
-
 def _walk(folder: Path) -> list[Path | Bad]:
     """The dataset layer's walk: sorted, hidden files and tltool's own folders (runs, features) left out, links
     followed as it allows; what else it sets aside (a name that is not UTF-8, a folder that cannot be read) is named
@@ -124,7 +120,7 @@ def _expand_one(spec: str) -> list[Path | Bad]:
     if path.exists():  # /dev/zero or a named pipe was "no such file or folder"
         raise TltoolError(f"{shown_name(spec)}: not a regular file or a folder (a device, a pipe or a socket); give "
                           "photos, folders, zip or video files.")
-    if not _has_magic(spec):
+    if not has_glob_magic(spec):
         raise TltoolError(f"{shown_name(spec)}: no such file or folder.")
     matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
     if not matches:
