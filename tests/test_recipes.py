@@ -766,13 +766,13 @@ def test_a_recipe_run_again_after_an_interrupted_training_step_keeps_its_checkpo
     monkeypatch.setattr(group, "_exit_interrupted", lambda: (_ for _ in ()).throw(SystemExit(130)))
     monkeypatch.setattr(train, "callback", ctrl_c_in_epoch_3)
     result = CliRunner().invoke(main, ["run", str(path)])
-    hint = f"tltool run {path} --set 2.resume=runs/lenet --from 2"
-    assert result.exit_code == 130 and f"step 2 interrupted; go on from its last finished epoch with `{hint}`" in \
+    hint = f"tltool run {path} --from 2"
+    assert result.exit_code == 130 and f"step 2 interrupted; `{hint}` goes on from its last finished epoch" in \
         " ".join(result.output.split()), result.output
     monkeypatch.setattr(train, "callback", lambda *a, **k: pytest.fail("the interrupted run was trained again"))
     refusal = (r"step 2 \(train\): --out runs/lenet: holds the run of a training that did not finish \(interrupted, "
                r"or stopped on an error\), with checkpoints; a recipe never replaces it\. Go on from its last epoch, "
-               r"with its own settings, by --from 2 --set 2\.resume=runs/lenet")
+               r"with the settings it started with, by --from 2 --set 2\.resume=runs/lenet")
     unforced = _write(in_tmp / "runs", path.read_text().replace(", force: true}", "}"))  # no force: true either
     for run in (lambda: run_recipe(path), lambda: plan_recipe(path, start=2), lambda: plan_recipe(unforced)):
         with pytest.raises(TltoolError, match=refusal):
@@ -786,3 +786,45 @@ def test_a_recipe_run_again_after_an_interrupted_training_step_keeps_its_checkpo
     result = CliRunner().invoke(main, ["run", str(path), "--until", "1"])
     assert f"step 1 interrupted; run it and the steps after it with `tltool run {path} --from 1 --until 1`" in \
         " ".join(result.output.split()), result.output
+
+
+def test_a_recipe_run_again_after_an_interrupted_training_goes_on_with_it_unless_its_settings_changed(in_tmp,
+                                                                                                       monkeypatch):
+    """Run again after a Ctrl-C in a training step, a recipe was refused (rightly: force: true deleted the run's
+    checkpoints) and the user had to type `--set N.resume=OUT`: with the step's settings unchanged it goes on by
+    itself; changed, the refusal names what changed."""
+    from click.testing import CliRunner
+
+    from tltool.cli import group, main
+    from tltool.training import LoopState
+
+    path = _write(in_tmp, f"steps:\n  - train: {{data: '{SAMPLE}', arch: lenet5, epochs: 2, out: runs/lenet, "
+                          "force: true}\n")
+    save = LoopState.save
+
+    def save_then_ctrl_c(state, file):
+        save(state, file)
+        if state.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(group, "_exit_interrupted", lambda: (_ for _ in ()).throw(SystemExit(130)))
+    with monkeypatch.context() as patch:
+        patch.setattr(LoopState, "save", save_then_ctrl_c)
+        result = CliRunner().invoke(main, ["run", str(path)])
+    assert result.exit_code == 130, result.output
+    assert f"step 1 interrupted; `tltool run {path} --from 1` goes on from its last finished epoch" in \
+        " ".join(result.output.split())
+    changed = CliRunner().invoke(main, ["run", str(path), "--set", "1.epochs=3", "--set", "1.seed=1"])
+    assert changed.exit_code != 0 and "started with other settings than the step's (seed: 0 -> 1; epochs: 2 -> 3)" \
+        in " ".join(changed.output.split()), changed.output
+    assert json.loads((in_tmp / "runs" / "lenet" / "state.json").read_text())["epoch"] == 1  # untouched
+    again = CliRunner().invoke(main, ["run", str(path)])
+    said = " ".join(again.output.split())
+    assert again.exit_code == 0, again.output
+    assert "step 1 (train): runs/lenet holds its run, started with the same settings and not finished: it goes on " \
+           "from the last finished epoch" in said and "resuming after epoch 1" in said
+    assert "ignored" not in said  # the step's options are the run's: none is named as ignored by --resume
+    history = (in_tmp / "runs" / "lenet" / "history.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in history] == [1, 2]
+    finished = CliRunner().invoke(main, ["run", str(path)])  # a finished run: force: true trains it again
+    assert finished.exit_code == 0 and "holds its run" not in finished.output, finished.output

@@ -275,3 +275,32 @@ def test_each_checkpoint_lists_what_the_run_holds_so_a_kill_leaves_the_users_fil
     assert listed == ["checkpoint-epoch0001.keras", "history.csv", "state.json"]
     (run / "notes.txt").write_text("mine")
     assert added_entries(run) == ["notes.txt"]
+
+
+def test_the_settings_a_new_run_would_change_of_an_unfinished_one_are_named(tmp_path, monkeypatch):
+    """What lets a recipe go on with its interrupted training (tests/test_recipes.py): the run records the size as
+    given beside the resolved one, an augmentation file by its absolute path, and a cross-validation's folds."""
+    from dataclasses import asdict, replace
+
+    from tltool.configs import FinetuneConfig
+    from tltool.supervised import changed_settings
+
+    monkeypatch.chdir(tmp_path)
+    Path("aug.yaml").write_text("[]\n")
+    config = FinetuneConfig(data="photos/", augment="aug.yaml", epochs=3)
+    record = {**asdict(config), "augment": str(tmp_path / "aug.yaml"), "kind": "finetune", "image_size": 224,
+              "image_size_given": None, "classes": ["a", "b"]}
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def changes(record: dict, now=config, cv: int = 0) -> list[str]:
+        (run / "config.json").write_text(json.dumps(record))
+        return changed_settings(now, run, cv)
+
+    assert changes(record) == [] and changes(record, replace(config, data="photos", strategy="mirrored")) == []
+    assert changes(record, replace(config, epochs=4, image_size=224)) == ["image_size: None -> 224", "epochs: 3 -> 4"]
+    older = {k: v for k, v in record.items() if k != "image_size_given"}  # a run of a tltool before the record
+    assert changes(older, replace(config, image_size=224)) == []
+    assert changes(older) == ["image_size: '224 (its record of the size given is missing)' -> None"]
+    assert changes(record, cv=3) == ["kind: finetune -> finetune-cv"]
+    assert changes({**record, "kind": "finetune-cv", "cv": 5}, cv=3) == ["cv: 5 -> 3"]

@@ -110,7 +110,7 @@ class RunConfig(TrainOptions, DataOptions):
         """The settings a run was started with; refuses a run folder of another kind than ``kind`` (default: the
         class's), and a config.json that was edited or damaged (a wrong type or an illegal value would fail later,
         as a traceback)."""
-        stored = _read_run_config(run_dir)
+        stored = read_run_config(run_dir)
         expected, found = kind or cls.KIND, stored_run_kind(run_dir, stored)
         if expected and found != expected:
             what = KIND_NAMES.get(found, f"{found!r}")
@@ -133,7 +133,7 @@ class RunConfig(TrainOptions, DataOptions):
 def stored_distribute(run_dir: Path) -> dict:
     """The ``distribute`` record of a run's config.json (the global batch and learning-rate factor it started
     with, which a resume keeps), checked: a damaged one would fail inside TF or as an AttributeError."""
-    started = _read_run_config(run_dir).get("distribute") or {}
+    started = read_run_config(run_dir).get("distribute") or {}
     if not isinstance(started, dict):
         _damaged_config(run_dir, f"distribute is {started!r}, not a record of the run's devices.")
     batch, scale = started.get("global_batch_size"), started.get("lr_scale")
@@ -147,7 +147,7 @@ def stored_distribute(run_dir: Path) -> dict:
 
 def stored_run_kind(run_dir: Path, stored: dict | None = None) -> str:
     """The kind of run in ``run_dir`` (``finetune``, ``finetune-cv``, ``scratch``), from its config.json."""
-    stored = _read_run_config(run_dir) if stored is None else stored
+    stored = read_run_config(run_dir) if stored is None else stored
     kind = stored.get("kind") or stored_kind(stored)
     if not isinstance(kind, str):
         _damaged_config(run_dir, f"kind = {kind!r} is not a run kind.")
@@ -156,13 +156,13 @@ def stored_run_kind(run_dir: Path, stored: dict | None = None) -> str:
 
 def stored_folds(run_dir: Path) -> int:
     """The number of folds of a cross-validated run, from its config.json, checked."""
-    folds = _read_run_config(run_dir).get("cv")
+    folds = read_run_config(run_dir).get("cv")
     if not is_whole(folds, low=2):
         _damaged_config(run_dir, f"cv = {folds!r} is not a number of folds (at least 2).")
     return folds
 
 
-def _read_run_config(run_dir: Path) -> dict:
+def read_run_config(run_dir: Path) -> dict:
     path = run_dir / "config.json"
     if not os.path.lexists(path):
         raise TltoolError(f"--resume {run_dir}: not a training run folder (no config.json).")

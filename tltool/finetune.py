@@ -31,8 +31,8 @@ from .progress import say
 from .report import read_predictions, write_run_report
 from .runs import check_run_dir, hold_run_dir, new_run_dir, writes_runs
 from .settings import CHOICES
-from .supervised import (SPLIT_FILE, KerasTrainingRun, ModelPlan, RunData, TrainResult, check_chief_output,
-                         check_resumed_classes, check_run_settings, load_split)
+from .supervised import (GIVEN_IMAGE_SIZE, SPLIT_FILE, KerasTrainingRun, ModelPlan, RunData, TrainResult,
+                         check_chief_output, check_resumed_classes, check_run_settings, load_split)
 from .training import Stage, TrainOptions, compile_model
 from .utils import read_json, write_json
 
@@ -272,7 +272,7 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     else:
         run_dir = new_run_dir("finetune-cv", checked.dataset.name, spec.name, out=out, force=force)
         write_json(run_dir / "config.json", {**asdict(config), "augment": stored_augment(config.augment),
-                                             "kind": "finetune-cv", "cv": k,
+                                             "kind": "finetune-cv", "cv": k, GIVEN_IMAGE_SIZE: config.image_size,
                                              "dataset": checked.dataset.name, "classes": classes})
         write_manifest(records, run_dir / SPLIT_FILE)  # the images --resume goes on with
     cv = _run_folds(config, run_dir, folds, kept, records, y, len(classes), bool(resume))

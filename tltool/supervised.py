@@ -6,6 +6,7 @@ Fine-tuning and from-scratch training each describe their model as a :class:`Mod
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 from .augment import build_augmentation, check_augmentation, load_size, stored_augment
 from .backbones import find_backbone
 # RunConfig's home was here; it stays importable
-from .configs import RunConfig, TrainOptions, stored_distribute  # noqa: F401
+from .configs import RunConfig, TrainOptions, read_run_config, stored_distribute, stored_run_kind  # noqa: F401
 from .dataset import Dataset, Record, label_indices, load_dataset, write_manifest
 from .distribute import DistributeInfo, read_tf_config, resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError
@@ -126,6 +127,30 @@ def check_resumed_classes(run_dir: Path, classes: list[str]) -> None:
                           f"gives {classes} (edited, or every photo of a class unreadable now): its checkpoint would "
                           "go on training its outputs as other classes. Restore the photos or the file, or start a "
                           "new run.")
+
+
+# the settings a resume chooses again (this session's devices): never a change of what the run trains
+SESSION_SETTINGS = ("strategy",)
+GIVEN_IMAGE_SIZE = "image_size_given"  # config.json's record of --image-size as given ("image_size" is resolved)
+
+
+def changed_settings(config: RunConfig, run_dir: Path, cv: int = 0) -> list[str]:
+    """What a new run of ``config`` (``cv`` folds, 0: none) would train differently from the run ``run_dir`` started
+    (``name: then -> now``); empty when resuming it trains what ``config`` would. A run whose config.json does not
+    record the size as given (an older tltool's) differs when a size is not given now."""
+    stored = read_run_config(run_dir)
+    kind = "finetune-cv" if cv else config.KIND
+    if stored_run_kind(run_dir, stored) != kind:
+        return [f"kind: {stored_run_kind(run_dir, stored)} -> {kind}"]
+    started = {**asdict(type(config).from_run(run_dir, kind)), "cv": stored.get("cv", 0),
+               "image_size": stored.get(GIVEN_IMAGE_SIZE, stored.get("image_size"))}
+    if GIVEN_IMAGE_SIZE not in stored and config.image_size is None:
+        started["image_size"] = f"{started['image_size']} (its record of the size given is missing)"
+    now = {**asdict(config), "augment": stored_augment(config.augment), "cv": cv}
+    for settings in (started, now):
+        settings["data"] = os.path.normpath(settings["data"]) if settings["data"] else settings["data"]
+    return [f"{name}: {started[name]!r} -> {value!r}" for name, value in now.items()
+            if name not in SESSION_SETTINGS and started[name] != value]
 
 
 @dataclass
@@ -306,6 +331,7 @@ class KerasTrainingRun:
             write_json(target / "config.json", {**asdict(self.config), "augment": stored_augment(self.config.augment),
                                                 "kind": self.plan.kind,
                                                 "dataset": data.dataset.name, "image_size": self.plan.image_size,
+                                                GIVEN_IMAGE_SIZE: self.config.image_size,
                                                 "classes": data.classes, "distribute": distribute})
 
     def fit(self, target: Path, data: RunData, pipelines: Pipelines, stages: list[Stage], distribute: dict,

@@ -184,21 +184,23 @@ def unmade_inputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], di
     """The inputs of ``steps`` (``(index, command, params by key, values by key)``, in the order they run) that do
     not exist and that no earlier one of them writes."""
     missing = []
-    for index, command, params, values, made in _with_earlier_outputs(steps):
+    for index, command, params, values, made in with_earlier_outputs(steps):
         kinds = input_kinds(command, params)
         missing += [StepInput(index, command, key, text) for key, text in step_inputs(command, params, values)
                     if not _found(INPUT_KINDS[kinds[key]], text, list(made))]
     return missing
 
 
-def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]]) -> list[StepRefusal]:
+def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]],
+                    changes: dict[int, list[str]] | None = None) -> list[StepRefusal]:
     """The output folders ``steps`` name (as :func:`unmade_inputs` takes them) that their commands will refuse: one
     that is now, or that an earlier step makes, another kind of tltool folder (``extract --out feats``, then ``linear
     --out feats``), a folder tltool did not make, a file, a link, and an earlier output of the same kind replaced
     without ``force: true``. One inside or around an earlier step's output is left out (it may be tltool's by then).
-    Without this, the refusal came when the step was reached, after every step before it had run."""
+    Without this, the refusal came when the step was reached, after every step before it had run. ``changes``: by
+    step, what its settings change of the unfinished run in its ``out`` (a recipe does not go on with that run)."""
     refused = []
-    for index, command, params, values, made in _with_earlier_outputs(steps):
+    for index, command, params, values, made in with_earlier_outputs(steps):
         keys = [k for k in (*WRITTEN_EVERYWHERE, *STEP_OUTPUTS.get(command, ())) if k in params and k in values]
         force = values.get("force") is True
         if values.get("resume"):  # a resumed run is written where it is: the step's --out is not used
@@ -210,7 +212,7 @@ def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], 
             for text in _texts(values[key]):
                 try:
                     if "resume" in params:
-                        _refuse_resumable(text, key, index, made)
+                        _refuse_resumable(text, key, index, made, (changes or {}).get(index))
                     _check_output(text, kind, force, f"--{key}", made, RUN_KINDS.get(command, command))
                 except TltoolError as exc:  # `tltool run` has no --force: the step's force: true is what to add
                     reason = str(exc).replace("pass --force", f"add force: true to the step (--set {index}.force=true)")
@@ -222,21 +224,23 @@ def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], 
 RUN_KINDS = {"probe": "linear", "linear": "linear", "finetune": "finetune", "train": "scratch"}
 
 
-def _refuse_resumable(text: str, key: str, index: int, made: Made) -> None:
+def _refuse_resumable(text: str, key: str, index: int, made: Made, changes: list[str] | None) -> None:
     """A training step's run that did not finish (the recipe was interrupted in it, or it stopped on an error) is
-    never replaced by a recipe: ``force: true`` deleted its checkpoints and trained again from epoch 1 without a word,
-    and without it the refusal advised force: true."""
-    if _absolute(text) not in made and resumable_run(text):
+    never replaced by a recipe: ``force: true`` deleted its checkpoints and trained again from epoch 1 without a word.
+    The recipe goes on with one started with the step's settings; this refuses one started with others
+    (``changes``, None when they are not known)."""
+    if not made_before(text, made) and resumable_run(text):
+        differ = f", started with other settings than the step's ({'; '.join(changes)})" if changes else ""
         raise TltoolError(f"--{key} {text}: holds the run of a training that did not finish (interrupted, or stopped "
-                          f"on an error), with checkpoints; a recipe never replaces it. Go on from its last epoch, "
-                          f"with its own settings, by --from {index} --set {index}.resume={text} (the same run "
-                          f"command otherwise), or delete {text} to train it again (with other settings).")
+                          f"on an error){differ}, with checkpoints; a recipe never replaces it. Go on from its last "
+                          f"epoch, with the settings it started with, by --from {index} --set {index}.resume={text} "
+                          f"(the same run command otherwise), or delete {text} to train it again with the step's.")
 
 
 Made = dict[Path, tuple[int, str, str]]  # each place the earlier steps write: that step, its command, the kind
 
 
-def _with_earlier_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]]
+def with_earlier_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]]
                           ) -> Iterator[tuple[int, str, dict[str, click.Parameter], dict[str, Any], Made]]:
     """Each step with what the steps before it write."""
     made: Made = {}
@@ -244,6 +248,11 @@ def _with_earlier_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parame
         yield index, command, params, values, made
         made = {**made, **{path: (index, command, kind)
                            for path, kind in step_output_kinds(command, params, values).items()}}
+
+
+def made_before(text: str, made: Made) -> bool:
+    """Whether an earlier step (``made``: what the steps before write) writes the place ``text`` names."""
+    return _absolute(text) in made
 
 
 def _check_output(text: str, kind: str, force: bool, option: str, made: Made, run_kind: str) -> None:
@@ -271,7 +280,7 @@ def misread_inputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], d
     an earlier step's features where photos go (``probe`` on ``extract``'s folder), photos where features go
     (``linear`` on a photo folder). Without this, the refusal came when the step was reached."""
     refused = []
-    for index, command, params, values, made in _with_earlier_outputs(steps):
+    for index, command, params, values, made in with_earlier_outputs(steps):
         kinds = input_kinds(command, params)
         for key, text in step_inputs(command, params, values):
             check = INPUT_CHECKS.get(kinds[key])

@@ -39,9 +39,11 @@ from ..configs import ExtractConfig, FinetuneConfig, LinearConfig, ScratchConfig
 from ..errors import TltoolError, close_match_hint, did_you_mean
 from ..progress import say
 from ..runs import resumable_run
+from ..supervised import SESSION_SETTINGS, changed_settings
 from ..utils import shown_name
 from .group import main
-from .recipe_files import StepInput, misread_inputs, refused_outputs, unmade_inputs
+from .recipe_files import (StepInput, made_before, misread_inputs, refused_outputs, unmade_inputs,
+                           with_earlier_outputs)
 
 TOP_LEVEL = ("name", "description", "vars", "steps")
 STEP_KEYS = ("interactive",)  # step-level settings that are not command options
@@ -169,7 +171,8 @@ def _lookup(name: str, variables: dict[str, Any], where: str) -> Any:
 
 def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise TltoolError(f"--set {shown_name(text)}: write KEY=VALUE (e.g. --set epochs=2 or --set finetune.epochs=2).")
+        raise TltoolError(f"--set {shown_name(text)}: write KEY=VALUE (e.g. --set epochs=2 or "
+                          "--set finetune.epochs=2).")
     key, raw = text.split("=", 1)
     if not raw.strip():
         return key.strip().replace("_", "-"), ""
@@ -374,6 +377,7 @@ def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), s
         params = {_key(p): p for p in commands[step.command].params if p.name != "help"}
         steps.append((i, step.command, params,
                       {key: _substitute(value, recipe.vars, where) for key, value in step.options.items()}))
+    recipe, steps, changes = _going_on(recipe, steps, commands)
     missing = unmade_inputs(steps)
     if missing:
         named = "; ".join(f"step {m.index} ({m.command}): {m.key} {m.value} ({_set_hint(recipe, m)})"
@@ -382,11 +386,57 @@ def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), s
         raise TltoolError(f"{recipe.path}: inputs that do not exist and that no earlier step of the recipe writes"
                           f"{before}: {named}. Make them first, or point the steps at ones that exist; nothing has "
                           "run.")
-    for what, refused in (("inputs", misread_inputs(steps)), ("outputs", refused_outputs(steps))):
+    for what, refused in (("inputs", misread_inputs(steps)), ("outputs", refused_outputs(steps, changes))):
         if refused:
             named = "; ".join(f"step {r.index} ({r.command}): {r.reason.rstrip('.')}" for r in refused)
             raise TltoolError(f"{recipe.path}: {what} the steps would refuse when reached: {named}. Nothing has run.")
     return recipe
+
+
+# the training commands whose unfinished run a recipe goes on with, and the settings each makes of its options
+RESUMED_SETTINGS = {"finetune": FinetuneConfig, "train": ScratchConfig}
+PlannedStep = tuple[int, str, dict[str, click.Parameter], dict[str, Any]]
+
+
+def _going_on(recipe: Recipe, steps: list[PlannedStep], commands: dict[str, click.Command]
+              ) -> tuple[Recipe, list[PlannedStep], dict[int, list[str]]]:
+    """A training step whose ``out`` holds the unfinished run it started with the same settings (the recipe was
+    interrupted in it, or it stopped on an error, and runs again) goes on from that run's last finished epoch: it
+    becomes ``--resume OUT``. Also returns, by step, what changed for one started with other settings (refused)."""
+    going_on, changes = {}, {}
+    for index, command, params, values, made in with_earlier_outputs(steps):
+        out = values.get("out")
+        if (command not in RESUMED_SETTINGS or values.get("resume") or not isinstance(out, str)
+                or made_before(out, made) or not resumable_run(out)):
+            continue
+        changed = _changed_settings(recipe, index, commands[command], out)
+        if changed:
+            changes[index] = changed
+        elif changed is not None:
+            going_on[index] = {"resume": out, **{k: values[k] for k in SESSION_SETTINGS if k in values}}
+            say(f"step {index} ({command}): {out} holds its run, started with the same settings and not finished: "
+                f"it goes on from the last finished epoch (delete {out} to train it again from the start)")
+    if not going_on:
+        return recipe, steps, changes
+    new_steps = [Step(step.command, going_on[i], step.interactive) if i in going_on else step
+                 for i, step in enumerate(recipe.steps, 1)]
+    return (dataclasses.replace(recipe, steps=new_steps),
+            [(i, c, p, going_on.get(i, v)) for i, c, p, v in steps], changes)
+
+
+def _changed_settings(recipe: Recipe, index: int, command: click.Command, out: str) -> list[str] | None:
+    """What step ``index`` would train differently from the run in ``out``; None when that is not known (the step
+    or the run's config.json cannot be read: the step is refused as any unfinished run is)."""
+    step = recipe.steps[index - 1]
+    try:
+        with command.make_context(step.command, build_argv(recipe, index, step, command)) as ctx:
+            params = ctx.params
+        settings = RESUMED_SETTINGS[step.command]
+        config = settings(**{f.name: params[f.name] for f in dataclasses.fields(settings) if f.name in params
+                             and f.name != "data"}, data=params.get("data") or "")
+        return changed_settings(config, Path(out), params.get("cv") or 0)
+    except (click.ClickException, TltoolError, TypeError, ValueError):
+        return None
 
 
 def _set_hint(recipe: Recipe, missing: StepInput) -> str:
@@ -449,14 +499,13 @@ def run_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), st
 
 def _go_on_line(recipe: Recipe, index: int, overrides: list[str] | tuple[str, ...], stop: int | None,
                 resumes: bool) -> str:
-    """What continues a recipe interrupted in step ``index``: a training step from its last epoch, where its
-    ``out`` holds the run with checkpoints (run again, ``force: true`` deleted them and began at epoch 1)."""
+    """What continues a recipe interrupted in step ``index``; a training step's run (its ``out`` holds it, with
+    checkpoints) goes on from its last finished epoch when run again with the same settings (:func:`_going_on`)."""
     step = recipe.steps[index - 1]
     out = _substitute(step.options.get("out"), recipe.vars, f"{recipe.path}, step {index}")
-    if resumes and isinstance(out, str) and not step.options.get("resume") and resumable_run(out):
-        again = continue_command(recipe.path, [*overrides, f"{index}.resume={out}"], index, stop)
-        return f"step {index} interrupted; go on from its last finished epoch with `{again}`"
     again = continue_command(recipe.path, overrides, index, stop)
+    if resumes and (step.options.get("resume") or isinstance(out, str) and resumable_run(out)):
+        return f"step {index} interrupted; `{again}` goes on from its last finished epoch"
     return f"step {index} interrupted; run it and the steps after it with `{again}`"
 
 
