@@ -197,6 +197,35 @@ def test_a_class_or_label_holding_a_control_character_is_refused_where_it_enters
     assert not (tmp_path / "ds-split").exists()
 
 
+def test_a_class_too_long_for_a_folder_or_not_a_folder_name_in_labels_csv_is_refused_naming_its_row(tmp_path):
+    """A 300-character class was accepted by --classes and labelled with; `label export` then failed with a
+    traceback (File name too long) and left its claimed folder. A hand-edited label `a/b` in labels.csv was refused
+    without its row."""
+    long = "L" * 300
+    with pytest.raises(TltoolError, match=r"class name 'L{40}\.\.\.' is too long for a folder name \(300 "
+                                          r"characters\): at most 100\.$"):
+        parse_classes(f"{long},x")
+    with pytest.raises(TltoolError, match=r"too long for a folder name \(90 characters\)"):
+        parse_classes(f"{'ﬀ' * 90},x")  # 90 characters, but 270 bytes in UTF-8
+    assert parse_classes(f"{'L' * 100},x")[0] == "L" * 100
+    root = tmp_path / "ds"
+    paths = make_dataset(root, 6)
+    store = LabelStore(root, ["cat", "dog"])
+    for i, path in enumerate(paths):
+        store.set(path, ("cat", "dog")[i % 2])
+    rows = list(csv.reader((root / "labels.csv").open(newline="")))
+    for label, problem in (("a/b", "cannot be a folder name"), (long, "is too long for a folder name")):
+        rows[2][1] = label
+        with open(root / "labels.csv", "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+        for classes in (["cat", "dog"], None):
+            with pytest.raises(TltoolError, match=rf"labels.csv, row 3: the label '.{{3,43}}' {problem}"):
+                LabelStore(root, classes)
+        with pytest.raises(TltoolError, match=rf"row 3: the label '.{{3,43}}' {problem}"):
+            export_labels(root, val_fraction=0.25, seed=1)
+    assert not (tmp_path / "ds-split").exists()
+
+
 def test_classes_differing_only_in_case_are_refused_before_they_merge(tmp_path):
     """On macOS and Windows `Cat` and `cat` are one folder: an export put both classes' photos in it."""
     with pytest.raises(TltoolError, match=r"--classes: the classes 'Cat' and 'cat' differ only in case"):
@@ -1311,6 +1340,34 @@ def test_a_confirm_with_an_unknown_class_is_refused_and_suggestions_go_on(tmp_pa
         status, body = running.request("GET", "/api/assist")
         assert status == 200 and json.loads(body)["suggestions"][open_path][0] == truth[open_path]
         assert running.request("GET", "/api/grid?label=cat")[0] == 200
+    finally:
+        running.close()
+
+
+def test_a_grid_confirm_never_overwrites_a_label_or_skip_another_tab_saved_since(tmp_path):
+    """A grid offers open photos; its confirm sent no ``expect``: a photo labelled (or skipped) in another tab after
+    the grid opened was relabelled as an accepted suggestion, that tab's label gone. A path listed twice counted
+    twice."""
+    root = tmp_path / "ds"
+    truth = make_two_kinds(root, 12)
+    server = make_server(root, ["cat", "dog"], featurize=kind_features,
+                         assist=AssistSettings(retrain_every=1, typical_per_class=1))
+    running = Running.around(server)
+    try:
+        assert server.assistant.wait_ready(20)
+        open_paths = sorted(truth)
+        by_hand, skipped, free = open_paths[0], open_paths[1], open_paths[2]
+        assert running.request("POST", "/api/set", {"path": by_hand, "label": "dog"})[0] == 200  # the other tab
+        assert running.request("POST", "/api/set", {"path": skipped, "label": None, "skipped": True})[0] == 200
+        for stale in (by_hand, skipped):
+            status, body = running.request("POST", "/api/confirm", {"label": "cat", "accepted": [free, stale],
+                                                                    "rejected": []})
+            assert status == 409 and "changed elsewhere" in json.loads(body)["error"], body
+        store = LabelStore(root)
+        assert store.labels == {by_hand: "dog"} and store.skipped == {skipped} and not store.assisted
+        status, body = running.request("POST", "/api/confirm", {"label": "cat", "accepted": [free, free],
+                                                                "rejected": []})
+        assert status == 200 and json.loads(body)["accepted"] == 1 and LabelStore(root).labels[free] == "cat"
     finally:
         running.close()
 

@@ -356,8 +356,9 @@ function labelTile(path, classIndex) {
   if (label === g.label) g.labelled.delete(path);
   else g.labelled.set(path, label);
   const item = S.items[S.byPath[path]];
+  const expect = expected(item);  // another tab's label since the grid opened is refused, not overwritten
   Object.assign(item, { label, skipped: false, assisted: false });
-  send({ path, label, skipped: false, assisted: false });
+  send({ path, label, skipped: false, assisted: false, expect });
   renderHeader();
   renderGrid();
 }

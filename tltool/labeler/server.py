@@ -33,7 +33,7 @@ from ..errors import BadImageError, TltoolError
 from ..images import load_image
 from .assist import Assistant, AssistSettings, Featurize
 from .guard import Guard, OutsideRoot, opened_path, open_inside
-from .store import LabelStore, inside_root, is_image_name
+from .store import LabelStore, inside_root, is_image_name, shortened_label
 
 DISPLAY_SIDE = 1280  # images are sent at most this large: the page never needs more
 MAX_BODY = 64 * 1024
@@ -422,7 +422,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.NOT_FOUND, "assistance is off (tltool label serve --assist)")
         label = (query.get("label") or [None])[0]
         if label is not None and label not in self.server.store.classes:
-            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {label!r}")
+            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {shortened_label(label)!r}")
         self._json(HTTPStatus.OK, assistant.grid(label))
 
     def _image(self, quoted: str) -> None:
@@ -512,7 +512,9 @@ class LabelerHandler(BaseHTTPRequestHandler):
 
     def _post_confirm(self, body: dict) -> None:
         """A confirmed grid ``{"label", "accepted": [paths], "rejected": [paths]}``: the accepted photos get the
-        label (assisted) in one write; the rejected ones are never suggested that label again."""
+        label (assisted) in one write; the rejected ones are never suggested that label again. A grid offers open
+        photos (no label, not skipped): one another tab labelled or skipped since is refused (409), nothing saved;
+        a confirm relabelled it, erasing that tab's label."""
         if self.server.assistant is None:  # with no suggestion shown, its labels were still recorded as accepted ones
             return self._error(HTTPStatus.NOT_FOUND, "assistance is off (tltool label serve --assist)")
         label, accepted, rejected = body.get("label"), body.get("accepted", []), body.get("rejected", [])
@@ -520,9 +522,11 @@ class LabelerHandler(BaseHTTPRequestHandler):
                 and all(isinstance(p, str) for p in [*accepted, *rejected])):
             return self._error(HTTPStatus.BAD_REQUEST, 'expected {"label": str, "accepted": [str], "rejected": [str]}')
         if label not in self.server.store.classes:  # kept by the assistant as rejected, it broke every suggestion
-            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {label!r}; classes: "
+            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {shortened_label(label)!r}; classes: "
                                                        f"{', '.join(self.server.store.classes)}")
-        summary = self.server.store.set_many([(p, label, False, True) for p in accepted]) if accepted else \
+        accepted = list(dict.fromkeys(accepted))  # a path sent twice is one photo, counted once
+        summary = self.server.store.set_many([(p, label, False, True) for p in accepted],
+                                             [(None, False)] * len(accepted)) if accepted else \
             self.server.store.summary()
         self.server.assistant.reject([p for p in rejected if self.server.store.listed(p)], label)
         self.server.assistant.observe([(p, label) for p in accepted])
