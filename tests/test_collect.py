@@ -225,6 +225,20 @@ def test_cli_import_prints_threshold_and_names_bad_files(tmp_path):
     assert "error:" in result.output and "Traceback" not in result.output
 
 
+def test_a_link_to_itself_among_the_photos_is_a_bad_file_and_the_import_goes_on(tmp_path):
+    """``self.jpg -> self.jpg`` (or a -> b -> a) in a photo folder ended the import in a RuntimeError traceback
+    (Path.resolve of a loop), nothing imported; predict and data inspect named it one bad file."""
+    noise_image(tmp_path / "in" / "a.jpg", seed=1)
+    (tmp_path / "in" / "self.jpg").symlink_to("self.jpg")
+    (tmp_path / "in" / "b.jpg").symlink_to("c.jpg")
+    (tmp_path / "in" / "c.jpg").symlink_to("b.jpg")
+    result = CliRunner().invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    for name in ("self.jpg", "b.jpg", "c.jpg"):
+        assert f"skipped {tmp_path / 'in' / name}: {images.UNREADABLE}" in result.output
+    assert "added 1 image(s)" in result.output and "3 bad file(s) skipped" in result.output
+
+
 # ------------------------------------------------------------------------------------------------ zip safety
 def _lying_zip(path: Path, inflated: int, declared: int) -> Path:
     """A zip whose member ``bomb.jpg`` inflates to ``inflated`` bytes while both headers declare ``declared``."""

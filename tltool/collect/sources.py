@@ -145,7 +145,11 @@ def expand_sources(sources: Iterable[str], exclude: Path | None = None) -> list[
         if isinstance(f, Bad):
             out.append(f)
             continue
-        resolved = f.resolve()
+        try:
+            resolved = f.resolve()
+        except (OSError, RuntimeError) as exc:  # a link to itself (a -> a, a -> b -> a): RuntimeError in 3.11
+            out.append(Bad(str(f), UNREADABLE, getattr(exc, "strerror", None) or "a link that points back to itself"))
+            continue
         if resolved in seen or (exclude is not None and resolved.is_relative_to(exclude)):
             continue
         if resolved.parent not in in_output:
