@@ -438,6 +438,21 @@ def _named(items: Sequence[str]) -> str:
     return "; ".join(items[:MAX_NAMED]) + more
 
 
+MAX_FOLDER_LABEL = 100  # characters (and at most 255 bytes in UTF-8, a folder name's limit on Linux and macOS)
+
+
+def folder_name_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a class folder on every system (``label export`` writes train/<class>/), None when
+    it can. A 300-character class was labelled with, then ``label export`` failed with a traceback (File name too
+    long), leaving its folder behind."""
+    if not label or label in (".", "..") or label.startswith(".") or set('/\\:*?"<>|') & set(label):
+        return ("cannot be a folder name: use letters, digits, spaces, - or _ (no / \\ : * ? \" < > |, not starting "
+                "with a dot)")
+    if len(label) > MAX_FOLDER_LABEL or len(label.encode("utf-8")) > 255:
+        return f"is too long for a folder name ({len(label)} characters): at most {MAX_FOLDER_LABEL}"
+    return None
+
+
 @dataclass
 class _ManifestRows:
     """The records of a manifest as its rows are read, with every problem (an error) and oddity (a warning)."""
@@ -469,9 +484,11 @@ class _ManifestRows:
             return
         if self.labels_file and not label:  # an undone label on a row that keeps the user's own cells
             return
-        problem = label_problem(label)
+        # labels.csv: its labels are the class folders of label export
+        problem = label_problem(label) or (folder_name_problem(label) if self.labels_file else None)
         if problem:
-            self.problems.append(f"row {line}: the label {label!r} {problem}")
+            self.problems.append(f"row {line}: the label {label if len(label) <= 40 else label[:40] + '...'!r} "
+                                 f"{problem}")
             return
         if label != raw_label and label:
             self.spaced_labels.append(f"row {line}: {raw_label!r} -> {label!r}")

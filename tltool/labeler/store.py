@@ -25,7 +25,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from ..dataset import (LABEL_CLASSES, LABELS_CSV, UNLABELED, Dataset, ManifestWarning, case_clashes,
-                       collected_parent, is_utf8, label_commands, label_problem, labeler_may_write, load_manifest)
+                       collected_parent, folder_name_problem, is_utf8, label_commands, label_problem, labeler_may_write,
+                       load_manifest)
 from ..errors import BadFilesWarning, TltoolError
 from ..images import is_image_name
 from ..outputs import output_kind
@@ -39,17 +40,22 @@ EXPORT_MARKER = ".tltool/export.json"  # a folder holding this is an export, nev
 MAX_KEYED_CLASSES = 9
 
 
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a class of the labeler (None: it can): a class is a folder of ``label export``."""
+    return label_problem(name) or folder_name_problem(name)
+
+
 def check_class_name(name: str) -> str:
     """A class name must be usable as a folder name on every system (export writes train/<class>/)."""
     name = name.strip()
-    problem = label_problem(name)
+    problem = class_name_problem(name)
     if problem:
-        raise TltoolError(f"class name {name!r} {problem}.")
-    bad = set('/\\:*?"<>|') & set(name)
-    if not name or name in (".", "..") or name.startswith(".") or bad:
-        raise TltoolError(f"class name {name!r} cannot be a folder name: use letters, digits, spaces, - or _ "
-                          "(no / \\ : * ? \" < > |, not starting with a dot).")
+        raise TltoolError(f"class name {shortened_label(name)!r} {problem}.")
     return name
+
+
+def shortened_label(name: str, keep: int = 40) -> str:
+    return name if len(name) <= keep else f"{name[:keep]}..."
 
 
 def check_distinct_folders(classes: list[str], where: str) -> None:
@@ -166,9 +172,9 @@ class LabelsTable:
         at = {name: self.header.index(name) for name in LABEL_COLUMNS if name in self.header}
         cell = (lambda name: cells[at[name]].strip() if name in at and at[name] < len(cells) else "")
         raw, label = cell("path"), cell("label")
-        problem = label_problem(label)
+        problem = class_name_problem(label) if label else None
         if problem:  # with --classes it was taken as a class of its own, shown and counted, and accepted in POSTs
-            raise TltoolError(f"{where}: the label {label!r} {problem}; rename it in the file.")
+            raise TltoolError(f"{where}: the label {shortened_label(label)!r} {problem}; rename it in the file.")
         rel = inside_root(root, raw, allow_absolute=True) if raw else None
         if rel is None:
             if raw and label:
@@ -469,7 +475,7 @@ class LabelStore:
         with self._locked():
             for _, label, _, _ in changes:
                 if label is not None and label not in self.classes and label not in self.labels.values():
-                    raise ValueError(f"unknown class {label!r}; classes: {', '.join(self.classes)}")
+                    raise ValueError(f"unknown class {shortened_label(label)!r}; classes: {', '.join(self.classes)}")
             for (path, *_), believed in zip(changes, expected or ()):
                 if believed is not None and believed != (self.labels.get(path), path in self.skipped):
                     raise TltoolError(f"{path} was changed elsewhere (another tab or window) since this page read "
