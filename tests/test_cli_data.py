@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from helpers import build_bad_corpus
 from tltool.cli import main
+from tltool.inspection import write_split_manifest
 
 
 def test_inspect_bad_corpus_file_by_file(tmp_path):
@@ -87,3 +89,84 @@ def test_inspect_prints_file_and_class_names_as_they_are(tmp_path):
     assert f"bad {tmp_path / 'd' / '[bold]cat' / '[red]secret[blink] x.jpg'}: not an image" in result.output
     assert f"bad {tmp_path / 'd' / 'dog' / 'a'}\\nb.jpg: not an image" in result.output
     assert "[bold]cat" in result.output.split("bad file(s)")[0]  # the table's class column
+
+
+def test_data_split_names_every_small_class_warns_of_a_split_probe_refuses_and_checks_its_seed(tmp_path):
+    """`data split` said "give each at least 3" naming only the class of 1, wrote a split in which a class of 2 had
+    one training photo (probe then refused it), and took --seed -1 that every run refuses."""
+    from helpers import noise_image
+
+    from tltool.errors import SmallClassWarning
+
+    for k, (name, n) in enumerate((("cat", 6), ("dog", 6), ("two", 2), ("one", 1))):
+        for i in range(n):
+            noise_image(tmp_path / "d" / name / f"{i}.jpg", seed=100 * k + i)
+    runner = CliRunner()
+    result = runner.invoke(main, ["data", "split", str(tmp_path / "d"), "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code != 0 and "class(es) {'one': 1} have too few distinct images for a train/val split " \
+        "(and {'two': 2} have 2, one short for the linear heads)" in " ".join(result.output.split()), result.output
+    (tmp_path / "d" / "one" / "0.jpg").unlink()
+    (tmp_path / "d" / "one").rmdir()
+    with pytest.warns(SmallClassWarning, match=r"class\(es\) \{'two': 1\} have fewer than 2 training images"):
+        write_split_manifest(str(tmp_path / "d"), tmp_path / "s.csv", val_fraction=0.2)
+    result = runner.invoke(main, ["data", "split", str(tmp_path / "d"), "--out", str(tmp_path / "t" / "t.csv"),
+                                  "--seed=-1"])
+    assert result.exit_code != 0 and "--seed must be a number in [0, 4294967295], got -1" in result.output
+    assert not (tmp_path / "t" / "t.csv").exists()
+
+
+def test_a_class_name_with_a_bar_keeps_report_tables_whole(tmp_path):
+    """A manifest label `a|b` split the class cell of data inspect's report.md table (one cell too many); a run
+    report's per-class table is written the same way (report.md_cell)."""
+    from helpers import noise_image
+
+    rows = ["path,label"]
+    for k, label in enumerate(("a|b", "plain")):
+        for i in range(3):
+            noise_image(tmp_path / f"{k}{i}.jpg", seed=10 * k + i)
+            rows.append(f"{k}{i}.jpg,{label}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    result = CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "m.csv"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    table = [line for line in (tmp_path / "r" / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert any("a\\|b" in line for line in table)
+    assert {line.replace("\\|", "").count("|") for line in table} == {6}
+
+
+def test_a_train_and_test_layout_without_val_is_warned_of_where_the_test_images_become_the_val_split(tmp_path):
+    """`probe` of DATA/{train,test} scored the test images as its val split, and said so only in features.json: a
+    user keeping test/ as a final hold-out did not know it had been used."""
+    from helpers import noise_image
+
+    from tltool.errors import NoValSplitWarning
+    from tltool.inspection import prepare_dataset
+
+    for s, split in enumerate(("train", "test")):
+        for k, label in enumerate(("a", "b")):
+            for i in range(4):
+                noise_image(tmp_path / "d" / split / label / f"{i}.jpg", seed=100 * s + 10 * k + i)
+    with pytest.warns(NoValSplitWarning, match=r"the data has train and test splits but no val split: its test "
+                                                r"images are used as the val split"):
+        checked = prepare_dataset(str(tmp_path / "d"))
+    assert len(checked.dataset.subset("val")) == 8
+
+
+def test_a_photo_whose_name_is_not_utf8_is_named_by_a_run_s_check_and_data_split(tmp_path):
+    """Only `data inspect` and `predict` named it: probe and `data split` left it out without a word."""
+    import os
+
+    from helpers import noise_image
+
+    from tltool.errors import BadFilesWarning
+    from tltool.inspection import prepare_dataset
+
+    for k, label in enumerate(("a", "b")):
+        for i in range(4):
+            noise_image(tmp_path / "d" / label / f"{i}.jpg", seed=10 * k + i)
+    with open(os.fsencode(tmp_path / "d" / "a") + b"/bad\xff.jpg", "wb") as f:
+        f.write((tmp_path / "d" / "a" / "0.jpg").read_bytes())
+    with pytest.warns(BadFilesWarning, match=r"1 file\(s\) or folder\(s\) not read:\n  .*/d/a/bad.\.jpg: file name is "
+                                             r"not valid UTF-8"):
+        prepare_dataset(str(tmp_path / "d"))
+    with pytest.warns(BadFilesWarning, match="not valid UTF-8"):
+        write_split_manifest(str(tmp_path / "d"), tmp_path / "s.csv")

@@ -206,7 +206,7 @@ def test_a_photo_filed_under_two_classes_is_warned_about_by_training_and_in_the_
         prepare_dataset(str(tmp_path))
     assert [w.category.__name__ for w in caught if "more than one class" in str(w.message)] == ["LabelConflictWarning"]
     fs = SimpleNamespace(splits=["train", "train", "val"], labels=[0, 1, 0], classes=["a", "b"],
-                         hashes=["h", "h", "g"], paths=["x/a.jpg", "y/a.jpg", "x/b.jpg"])
+                         hashes=["h", "h", "g"], paths=["x/a.jpg", "y/a.jpg", "x/b.jpg"], meta={})
     assert any("filed under more than one class" in w and "x/a.jpg" in w for w in data_warnings(fs))
 
 

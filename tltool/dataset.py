@@ -438,6 +438,8 @@ def _named(items: Sequence[str]) -> str:
     return "; ".join(items[:MAX_NAMED]) + more
 
 
+# a dataset's note when its 'test' split is its val split (no 'val' split): warned of, and in every run's report
+TEST_AS_VAL = "no 'val' split: the 'test' split is used for validation"
 MAX_FOLDER_LABEL = 100  # characters (and at most 255 bytes in UTF-8, a folder name's limit on Linux and macOS)
 
 
@@ -693,7 +695,7 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
         if "val" in splits:
             return dataset
         if "test" in splits:
-            dataset.notes.append("no 'val' split: the 'test' split is used for validation")
+            dataset.notes.append(TEST_AS_VAL)
             return replace(dataset, records=[replace(r, split="val" if r.split == "test" else r.split)
                                              for r in dataset.records])
         # only a train split: split it
@@ -704,11 +706,13 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
     for r in dataset.records:
         key = groups.get(r.path, r.path) if groups else r.path
         by_class.setdefault(r.label, {}).setdefault(key, []).append(r)
-    too_few = {c: len(g) for c, g in by_class.items() if len(g) < 2}
+    too_few = {c: len(g) for c, g in sorted(by_class.items()) if len(g) < 2}
     if too_few:
+        two = {c: 2 for c, g in sorted(by_class.items()) if len(g) == 2}
+        also = f" (and {two} have 2, one short for the linear heads)" if two else ""
         raise TltoolError(
-            f"{dataset.name}: class(es) {too_few} have too few distinct images for a train/val split. Give each at "
-            "least 3: one for the val side and 2 for the train side, where a linear head (probe, linear, and "
+            f"{dataset.name}: class(es) {too_few} have too few distinct images for a train/val split{also}. Give "
+            "each at least 3: one for the val side and 2 for the train side, where a linear head (probe, linear, and "
             "finetune's default --head-init probe) chooses its regularisation by cross-validation (2 in all are "
             "enough only for `train` and `finetune --head-init random`). Add images or remove the class."
         )

@@ -60,6 +60,16 @@ class TooFewClassesWarning(TltoolWarning):
     """Fewer than two classes have usable images: no classifier can be trained on the data."""
 
 
+class SmallClassWarning(TltoolWarning):
+    """A class has fewer training images than the linear heads need (2: their regularisation is chosen by
+    cross-validation): probe, linear and finetune's default head refuse the split; train takes it."""
+
+
+class NoValSplitWarning(TltoolWarning):
+    """The data has train and test splits but no val split: its test images are the validation split a run scores
+    (and, where it does, stops early and chooses its model on)."""
+
+
 class AugmentationWarning(TltoolWarning):
     """What albumentations says of an augmentation file it builds (a deprecated argument), which Python's default
     filters would hide."""

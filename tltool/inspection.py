@@ -15,18 +15,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from .dataset import (Dataset, Record, end_sentence, load_dataset, require_training_images, stratified_split,
-                      tltool_output_around, write_manifest)
+from .dataset import (NOT_UTF8, TEST_AS_VAL, UNREADABLE_FOLDER, Dataset, Record, end_sentence, load_dataset,
+                      require_training_images, stratified_split, tltool_output_around, write_manifest)
 from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LabelConflictWarning,
-                     LeakageWarning, TltoolError, TooFewClassesWarning)
+                     LeakageWarning, SmallClassWarning, NoValSplitWarning, TltoolError, TooFewClassesWarning)
 from .images import BOMB, DEFAULT_MAX_PIXELS, SCALED_SIDE, UNREADABLE, check_image, read_header
 from .plotting import cached_figure, pyplot
 from .progress import Bar, say
 from .outputs import output_kind
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_range
-from .utils import read_json, sha256_file, shown_name, write_json, write_text_atomic
+from .utils import md_cell, read_json, sha256_file, shown_name, write_json, write_text_atomic
 
 IMBALANCE_RATIO = 3.0
 
@@ -234,16 +234,25 @@ def with_split(checked: CheckedDataset, dataset: Dataset, pooled: bool = False) 
 def _collect_warnings(checked: CheckedDataset, pooled: bool = False) -> None:
     leaks = [[f.record.path for f in group] for group in checked.leaks()]
     conflicts = [[f.record.path for f in group] for group in checked.label_conflicts()]
-    checked.issues = split_warnings(checked.dataset.counts(), leaks, conflicts, pooled=pooled)
+    checked.issues = split_warnings(checked.dataset.counts(), leaks, conflicts, pooled=pooled,
+                                    notes=checked.dataset.notes)
 
 
 def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]],
-                   conflicts: list[list[str]] = (), pooled: bool = False) -> list[tuple[str, type[Warning]]]:
+                   conflicts: list[list[str]] = (), pooled: bool = False,
+                   notes: Iterable[str] = ()) -> list[tuple[str, type[Warning]]]:
     """What a split's numbers warn of: class imbalance per split (``counts``: ``{split: {class: n}}``), images
-    of identical content in two splits (``leaks``: the paths of each such group) or in two classes (``conflicts``).
-    Warned at the check, and written into every run's report. ``pooled``: the splits are pooled (a ``--cv``, an
-    evaluation on every image), so every class is scored: a class without val images is measured all the same."""
+    of identical content in two splits (``leaks``: the paths of each such group) or in two classes (``conflicts``),
+    a test split used as the val split (the dataset's ``notes`` say so: said only in features.json before, to a
+    user keeping test/ as a final hold-out). Warned at the check, and written into every run's report. ``pooled``:
+    the splits are pooled (a ``--cv``, an evaluation on every image), so every class is scored: a class without val
+    images is measured all the same."""
     pending: list[tuple[str, type[Warning]]] = []
+    if TEST_AS_VAL in notes:
+        pending.append(("the data has train and test splits but no val split: its test images are used as the val "
+                        "split (scored, a fine-tune's early stopping and refit use them, --cv trains on them); to "
+                        "keep a final test set, move it out of the data folder and score it once with `tltool "
+                        "evaluate`", NoValSplitWarning))
     for split, per_class in counts.items():
         if len(per_class) >= 2:
             lo, hi = min(per_class.values()), max(per_class.values())
@@ -324,10 +333,20 @@ def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 
     checked = with_split(checked, _split_usable(checked, val_fraction, seed), pooled)
     refusal = check_classes(checked, strict=strict, for_training=True)
     warn_about(checked)
+    _warn_unread(dataset)
     if refusal is not None:
         raise refusal
     require_training_images(checked.dataset)
     return checked
+
+
+def _warn_unread(dataset: Dataset) -> None:
+    """Photos the walk could not take (a name that is not UTF-8, a folder that cannot be read): only `data inspect`
+    and `predict` named them; probe and `data split` left them out unsaid. Hidden files stay unsaid (.DS_Store)."""
+    unread = [s for s in dataset.skipped if s.reason == NOT_UTF8 or s.reason.startswith(UNREADABLE_FOLDER)]
+    if unread:
+        named = "\n  ".join(f"{s.path}: {s.reason}" for s in unread)
+        warnings.warn(f"{len(unread)} file(s) or folder(s) not read:\n  {named}", BadFilesWarning, stacklevel=3)
 
 
 def _split_usable(checked: CheckedDataset, val_fraction: float, seed: int) -> Dataset:
@@ -363,6 +382,7 @@ def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: fl
     named and left out) as a manifest (paths relative to the CSV) plus ``classes.json`` beside it; files already
     there are replaced only with ``force``. Before, it split every file found, bad ones included, without the
     content hash: copies of a photo landed in train and val (`data inspect` of the CSV then found the leak)."""
+    check_range("seed", seed)  # a run refuses the seed: the split it drew could not be drawn again by one
     _check_split_out(Path(out_csv))
     existing = [p for p in (Path(out_csv), Path(out_csv).parent / "classes.json") if p.exists() or p.is_symlink()]
     if existing and not force:
@@ -372,7 +392,20 @@ def write_split_manifest(spec: str, out_csv: str | os.PathLike, val_fraction: fl
     dataset = prepare_dataset(spec, val_fraction, seed, max_pixels=max_pixels).dataset
     target = write_manifest(dataset.records, out_csv, relative=True)
     write_json(target.parent / "classes.json", dataset.classes)
+    _warn_small_training_classes(dataset)
     return target
+
+
+def _warn_small_training_classes(dataset: Dataset) -> None:
+    """A split that leaves a class fewer than 2 training images (2 photos, or a --val-fraction near 1) was written
+    without a word, and probe then refused it."""
+    counts = Counter(r.label for r in dataset.subset("train"))
+    few = {c: counts[c] for c in dataset.classes if counts[c] < 2}
+    if few:
+        warnings.warn(f"{dataset.name}: class(es) {few} have fewer than 2 training images in this split: probe, "
+                      "linear and finetune's default --head-init probe refuse it (a linear head's regularisation "
+                      "is chosen by cross-validation); train and finetune --head-init random take it. Add images, "
+                      "or lower --val-fraction.", SmallClassWarning, stacklevel=2)
 
 
 def _refuse_users_classes_json(path: Path) -> None:
@@ -429,7 +462,7 @@ def size_range(side: dict) -> str:
 
 
 def inspect_markdown(data: dict, warned: list[str]) -> str:
-    rows = [f"| {split} | {label} | {s['count']} | {size_range(s['width'])} | {size_range(s['height'])} |"
+    rows = [f"| {split} | {md_cell(label)} | {s['count']} | {size_range(s['width'])} | {size_range(s['height'])} |"
             for split, classes in data["sizes"].items() for label, s in classes.items()]
     found = [("bad file(s), excluded from every run", [f"{b['path']}: {b['reason']}" for b in data["bad_files"]]),
              ("group(s) of files with the same content", [", ".join(g) for g in data["duplicates"]]),

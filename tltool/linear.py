@@ -161,8 +161,9 @@ def data_warnings(fs: FeatureSet, pooled: bool = False) -> list[str]:
     leaks = [[fs.paths[i] for i in group] for group in same_content_groups(rows, digest, lambda i: str(fs.splits[i]))]
     conflicts = [[fs.paths[i] for i in group]
                  for group in same_content_groups(rows, digest, lambda i: int(fs.labels[i]))]
+    notes = (fs.meta.get("dataset") or {}).get("notes") or []
     return [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks, conflicts,
-                                                      pooled=pooled)]
+                                                      pooled=pooled, notes=notes)]
 
 
 def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: LinearConfig,
