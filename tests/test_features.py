@@ -195,6 +195,8 @@ def test_a_truncated_photo_is_found_by_the_decode_that_feeds_the_network(tmp_pat
     assert [s["path"] for s in again.features.meta["skipped"]] == [str(truncated)]
     assert str(truncated) not in {r.path for r in again.checked.dataset.records}  # the check knows it now
     np.testing.assert_array_equal(again.features.avg, first.features.avg)
+    # what `tltool extract` says it extracted: 81 before, the truncated photo counted with the 80 good ones
+    assert first.usable_images == again.usable_images == 80 and first.meta["n_images"] == 81
 
 
 def test_a_photo_known_bad_is_named_once_by_an_extraction_at_another_size(tmp_path, monkeypatch):

@@ -102,6 +102,14 @@ class ExtractResult:
     def meta(self) -> dict:
         return read_json(self.directory / "features.json")
 
+    @property
+    def usable_images(self) -> int:
+        """The images with features: a file the feeding decode found bad keeps a row without (``n_images`` counts
+        it, so learning it is bad does not change the cache key); `extract` counted it as extracted."""
+        decode_bad = {s.get("path") for s in self.meta.get("skipped") or [] if isinstance(s, dict)
+                      and s.get("found_by") == filecache.DECODE}
+        return sum(f["path"] not in decode_bad for f in self.meta["files"])
+
 
 def extraction_key(config: dict, records: Sequence[Record], hashes: dict[str, str]) -> str:
     """What the stored numbers depend on: settings, chunking, and each file's path and content, in order.

@@ -18,7 +18,7 @@ from .evaluation import Evaluation
 from .images import load_thumbnail
 from .plotting import cached_figure, pyplot, save_figure
 from .stats import format_proportion
-from .utils import record_line, sha256_file, shown_name, write_json, write_text_atomic
+from .utils import md_cell, record_line, sha256_file, shown_name, write_json, write_text_atomic
 
 THUMBNAIL_SIZE = 128  # px of a photo in the misclassified grid
 
@@ -239,7 +239,7 @@ def markdown_summary(title: str, metrics: dict) -> str:
     for name, row in val["per_class"].items():
         recall = format_proportion(row["recall"]) if row["recall"] else "n/a"
         precision, f1 = (f"{row[key]:.3f}" if row[key] is not None else "n/a" for key in ("precision", "f1"))
-        lines.append(f"| {name} | {precision} | {recall} | {f1} | {row['support']} |")
+        lines.append(f"| {md_cell(name)} | {precision} | {recall} | {f1} | {row['support']} |")
     lines += ["", "## Settings", "", "```json"]
     lines += [json.dumps(metrics.get("config", {}), indent=2, default=str), "```", ""]
     lines += ["## Plots", "", "![confusion matrix](confusion_matrix.png)", "", "![misclassified](misclassified.png)"]

@@ -429,3 +429,9 @@ def readable_csv(path: str | os.PathLike) -> Iterator[None]:
         raise TltoolError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8 CSV.") from None
     except csv.Error as exc:
         raise TltoolError(f"{path}: not a CSV file tltool can read ({exc}).") from None
+
+
+def md_cell(text: object) -> str:
+    """``text`` as one Markdown table cell: a ``|`` or a line break (in a class or file name) would end the cell or
+    the row, shifting every column after it."""
+    return str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|")

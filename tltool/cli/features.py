@@ -63,7 +63,7 @@ def extract_cmd(data: str, out: str, **options: Any) -> None:
     # the rate of the decode-and-network loop alone; the seconds also hold start-up, checks and a first conversion
     speed = f" ({result.images_per_second:.1f} images/s once running)" if result.images_per_second else ""
     state = "cached" if result.cached else (f"extracted ({shard}, folder complete)" if shard else "extracted")
-    click.echo(f"{state}: {meta['n_images']} images ({meta['backbone']}, {meta['image_size']} px) in "
+    click.echo(f"{state}: {result.usable_images} images ({meta['backbone']}, {meta['image_size']} px) in "
                f"{result.seconds:.1f} s{speed} -> {out}")
 
 

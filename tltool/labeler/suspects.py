@@ -32,7 +32,7 @@ from ..linear import default_features_dir
 from ..plotting import pyplot, save_figure
 from ..runs import check_run_dir, new_run_dir, writes_runs
 from ..settings import check_range
-from ..utils import write_json, write_text_atomic
+from ..utils import md_cell, write_json, write_text_atomic
 from ..viz.plots import thumbnail
 from .export import export_origin
 from .store import LABELS_CSV, load_labelled, read_labels_csv
@@ -203,22 +203,17 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     return SuspectsResult(suspects, run_dir, csv_path, png, summary)
 
 
-def _cell(text: str) -> str:
-    """A Markdown table cell: a ``|`` or a line break in a file name would end the cell or the row."""
-    return str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
-
-
 def suspects_markdown(name: str, suspects: list[Suspect], summary: dict) -> str:
     """``report.md``, the run's summary: the numbers the terminal prints, how each score is made, every suspect
     of ``suspects.csv`` with its verdict, the contact sheet, and what to do next."""
     method = summary["method"]
-    lines = [f"# Suspect labels: {_cell(name)}", "",
+    lines = [f"# Suspect labels: {md_cell(name)}", "",
              f"{summary['disagreeing']} of {summary['n_images']} images are better supported as another class than "
              f"their own (cross-validated accuracy {summary['cv_accuracy']:.3f}, mean neighbour agreement "
              f"{summary['knn_agreement_mean']:.3f}). Score: {method['score']}; from a {method['probability']} and "
              f"the {method['neighbours']}.", "",
              "| rank | score | label | verdict | photo |", "|---|---|---|---|---|"]
-    lines += [f"| {s.rank} | {s.score:.3f} | {_cell(s.label)} | {_cell(s.verdict())} | {_cell(s.path)} |"
+    lines += [f"| {s.rank} | {s.score:.3f} | {md_cell(s.label)} | {md_cell(s.verdict())} | {md_cell(s.path)} |"
               for s in suspects]
     review = summary.get("review_command")
     lines += ["", f"![suspects]({summary['png']})", "",
