@@ -9,6 +9,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import build_bad_corpus, deadline, noise_image
@@ -205,8 +206,10 @@ def test_a_photo_filed_under_two_classes_is_warned_about_by_training_and_in_the_
     with pytest.warns(errors.TltoolWarning, match=r"1 image\(s\) are filed under more than one class") as caught:
         prepare_dataset(str(tmp_path))
     assert [w.category.__name__ for w in caught if "more than one class" in str(w.message)] == ["LabelConflictWarning"]
-    fs = SimpleNamespace(splits=["train", "train", "val"], labels=[0, 1, 0], classes=["a", "b"],
-                         hashes=["h", "h", "g"], paths=["x/a.jpg", "y/a.jpg", "x/b.jpg"], meta={})
+    splits = np.array(["train", "train", "val"])
+    fs = SimpleNamespace(splits=splits, labels=[0, 1, 0], classes=["a", "b"], hashes=["h", "h", "g"],
+                         paths=["x/a.jpg", "y/a.jpg", "x/b.jpg"], meta={}, mask=lambda split: splits == split,
+                         features=lambda pool: np.eye(3, dtype=np.float32))
     assert any("filed under more than one class" in w and "x/a.jpg" in w for w in data_warnings(fs))
 
 

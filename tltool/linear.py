@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,13 +13,14 @@ import numpy as np
 from .configs import ExtractConfig, LinearConfig, split_settings
 from .crossval import nested_cv
 from .dataset import Record, write_manifest
-from .errors import TltoolError
+from .errors import LeakageWarning, TltoolError
 from .evaluation import Evaluation
 from .features import FeatureSet, checked_settings, extract_features, load_features
 from .heads import (FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline,
                     require_cv_training_images, search_head)
 from .images import DEFAULT_MAX_PIXELS
 from .inspection import CLASS_FINDINGS, prepare_dataset, same_content_groups, split_warnings
+from .leakage import near_copies, near_copy_warning
 from .models import load_run
 from .progress import say
 from .report import worst_mistakes, write_run_report
@@ -162,8 +164,22 @@ def data_warnings(fs: FeatureSet, pooled: bool = False) -> list[str]:
     conflicts = [[fs.paths[i] for i in group]
                  for group in same_content_groups(rows, digest, lambda i: int(fs.labels[i]))]
     notes = (fs.meta.get("dataset") or {}).get("notes") or []
-    return [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks, conflicts,
-                                                      pooled=pooled, notes=notes)]
+    found = [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks, conflicts,
+                                                       pooled=pooled, notes=notes)]
+    copied = _near_copy_note(fs, pooled)
+    if copied:  # the check before extraction compares bytes only: said here, on the terminal too
+        warnings.warn(copied, LeakageWarning, stacklevel=3)
+    return found + ([copied] if copied else [])
+
+
+def _near_copy_note(fs: FeatureSet, pooled: bool) -> str | None:
+    """Val images that are copies of training images saved again (other bytes, the same photo): see
+    :mod:`tltool.leakage`. Pooled (``--cv``): any two labelled images."""
+    rows = np.flatnonzero(np.isin(np.asarray(fs.splits, str), ["train", "val"]))
+    queries, references = ((rows, rows) if pooled
+                           else (np.flatnonzero(fs.mask("val")), np.flatnonzero(fs.mask("train"))))
+    copies = near_copies(fs.features("avg"), queries, references, fs.hashes)
+    return near_copy_warning(fs.paths, copies, pooled)
 
 
 def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: LinearConfig,
