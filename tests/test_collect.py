@@ -215,6 +215,12 @@ def test_cli_import_prints_threshold_and_names_bad_files(tmp_path):
     # the next step names no classes of its own ("a,b,c" reached recipes' output as if meant)
     assert result.output.strip().splitlines()[-1] == (f"next: tltool label serve {tmp_path / 'ds'} --classes "
                                                       "NAME1,NAME2,... (your class names; keys 1-9 follow their order)")
+    # once photos are labelled, a later import's next step keeps their classes (it asked for --classes again)
+    (tmp_path / "ds" / "labels.csv").write_text("path,label\n")
+    noise_image(tmp_path / "more" / "c.jpg", seed=3)
+    later = runner.invoke(main, ["collect", "import", str(tmp_path / "more"), "--out", str(tmp_path / "ds")])
+    assert later.output.strip().splitlines()[-1] == (f"next: tltool label serve {tmp_path / 'ds'} (the classes of "
+                                                     "its labels.csv; the new images are unlabelled)")
     # the dataset inside the source folder: its own images are never imported again
     again = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "ds")])
     again = runner.invoke(main, ["collect", "import", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "ds")])

@@ -1838,3 +1838,23 @@ def test_off_loopback_a_client_without_the_token_cannot_keep_a_connection_with_r
             assert answers.startswith(b"HTTP/1.1 403 ") and b"Connection: close" in answers
     finally:
         running.close()
+
+
+def test_other_methods_get_a_json_405_and_a_photo_added_since_the_start_is_said_to_need_a_restart(tmp_path):
+    """PUT and DELETE got http.server's HTML 501 page; a photo imported after the labeler listed its images was a
+    bare 404, with nothing saying a restart lists it."""
+    root = tmp_path / "ds"
+    make_dataset(root, 3)
+    running = Running(root, ["cat", "dog"])
+    try:
+        for method in ("PUT", "DELETE", "PATCH"):
+            status, body = running.request(method, "/api/set", {"path": "unlabeled/img_000.jpg", "label": "cat"})
+            assert status == 405 and json.loads(body)["error"].startswith(f"{method} is not used here"), body
+        noise_image(root / "unlabeled" / "new.jpg", seed=99, size=(64, 48))
+        status, body = running.request("POST", "/api/set", {"path": "unlabeled/new.jpg", "label": "cat"})
+        assert status == 404 and "added since this labeler started" in json.loads(body)["error"]
+        status, body = running.request("POST", "/api/set", {"path": "unlabeled/none.jpg", "label": "cat"})
+        assert status == 404 and "added since" not in json.loads(body)["error"]
+        assert not (root / "labels.csv").exists()  # nothing written by a refused method
+    finally:
+        running.close()

@@ -7,6 +7,7 @@ import webbrowser
 import click
 
 from ..collect import DEFAULT_EVERY, DEFAULT_MAX_SIDE, DEFAULT_NEAR_THRESHOLD, import_images, near_rule
+from ..dataset import LABELS_CSV
 from ..images import DEFAULT_MAX_PIXELS
 from ..labeler import AssistSettings, export_labels, make_server, parse_classes
 from ..utils import shown_name
@@ -56,8 +57,12 @@ def import_cmd(sources: tuple[str, ...], dataset: str, every: float, max_side: i
                "or dropped then); "
                f"{len(result.bad)} bad file(s) skipped")
     click.echo(f"{result.total_images} image(s) in {result.dataset / 'unlabeled'}; manifest: {result.manifest}")
-    click.echo(f"next: tltool label serve {shlex.quote(str(dataset))} --classes NAME1,NAME2,... (your class names; "
-               "keys 1-9 follow their order)")
+    if (result.dataset / LABELS_CSV).is_file():  # a later import: the labeler keeps the classes labelled with
+        click.echo(f"next: tltool label serve {shlex.quote(str(dataset))} (the classes of its labels.csv; the new "
+                   "images are unlabelled)")
+    else:
+        click.echo(f"next: tltool label serve {shlex.quote(str(dataset))} --classes NAME1,NAME2,... (your class "
+                   "names; keys 1-9 follow their order)")
 
 
 @click.group("label")

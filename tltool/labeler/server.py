@@ -458,11 +458,30 @@ class LabelerHandler(BaseHTTPRequestHandler):
         try:
             return action(self, body)
         except KeyError as exc:
-            return self._error(HTTPStatus.NOT_FOUND, f"{exc.args[0]!r} is not one of the images being labelled")
+            return self._error(HTTPStatus.NOT_FOUND, f"{exc.args[0]!r} is not one of the images being labelled"
+                                                     f"{self._added_since(exc.args[0])}")
         except ValueError as exc:
             return self._error(HTTPStatus.BAD_REQUEST, str(exc))
         except TltoolError as exc:  # the dataset's files (a lock or labels.csv made a link since): say so
             return self._error(HTTPStatus.CONFLICT, str(exc))
+
+    def _added_since(self, path: object) -> str:
+        """A hint when ``path`` is an image of the dataset that came after the labeler listed its images (a second
+        `collect import`): it was a bare 404."""
+        store = self.server.store
+        inside = inside_root(store.root, path) if isinstance(path, str) else None
+        if inside is None or not is_image_name(inside) or not (store.root / inside).is_file():
+            return ""
+        return " (added since this labeler started: stop it and run `tltool label serve` again to label it)"
+
+    def _other_method(self) -> None:
+        """PUT, DELETE, PATCH, ...: http.server answered with its HTML 501 page; this API speaks JSON."""
+        refusal = self._refusal(write=True)
+        if refusal:
+            return self._refuse(refusal)
+        return self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not used here: GET reads, POST writes")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method  # noqa: N815 - http.server's names
 
     def _read_json(self) -> dict | None:
         """The request's JSON object, or None after answering with the reason it is refused."""
