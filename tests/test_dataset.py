@@ -332,7 +332,7 @@ def test_unknown_path_and_non_dataset():
         load_dataset("/nonexistent/place")
 
 
-def test_tfds_offline_fails_fast_with_instructions(tmp_path):
+def test_tfds_offline_fails_fast_with_instructions(tmp_path, caplog):
     import tensorflow_datasets  # noqa: F401  (import time is not the failure time being measured)
 
     from tltool._tf import tf  # noqa: F401  (nor is TensorFlow's: alone, this test timed 7.9 s with it, 0.4 s without)
@@ -341,12 +341,19 @@ def test_tfds_offline_fails_fast_with_instructions(tmp_path):
 
     import tempfile
 
+    import logging
+
     start = time.perf_counter()
     left, tempdir = set(Path(tempfile.gettempdir()).glob("tmp*tfds")), tempfile.tempdir
-    with pytest.raises(TltoolError) as err:
+    (tmp_path / "no-data" / "tf_flowers" / "3.0.1").mkdir(parents=True)  # a download that did not finish
+    with caplog.at_level(logging.WARNING), pytest.raises(TltoolError) as err:
         load_tfds("tfds:tf_flowers", data_dir=str(tmp_path / "no-data"))
     assert time.perf_counter() - start < 15  # tfds.load's own offline failure takes ~200 s
     assert "not in" in str(err.value) and "TFDS_DATA_DIR" in str(err.value)
+    # TFDS's own line ahead of tltool's ("WARNING:absl:Variant folder ... has no dataset_info.json"), and its reason
+    # cut at 200 characters, mid-word ("before trying to access the )")
+    assert not [r for r in caplog.records if "dataset_info.json" in r.getMessage()]
+    assert str(err.value).rstrip(")\"'").endswith("."), str(err.value)  # TFDS's sentence whole
     # TFDS's metadata folders (tempfile.mkdtemp, never removed): two more in /tmp after each run
     assert set(Path(tempfile.gettempdir()).glob("tmp*tfds")) <= left and tempfile.tempdir == tempdir
 

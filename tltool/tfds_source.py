@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import shutil
@@ -72,7 +73,8 @@ def _load_error(spec: str, name: str, builder: Any, data_dir: str, split: str | 
                 exc: Exception) -> TltoolError:
     """Why ``tfds.load`` failed: a split the data that is there does not have (it said "the data is not in DIR", and
     how to download it), or the data is missing."""
-    why = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    why = f"{exc.__class__.__name__}: {first if len(first) <= 400 else first[:400] + '...'}"  # cut mid-word before
     available = list(builder.info.splits.keys())
     if split and available and split.split("[")[0].strip() not in available:  # `train[:50%]` is of split train
         return TltoolError(f"{spec}: the TFDS data for {name!r} in {data_dir} has no split {split!r}; its splits are "
@@ -238,6 +240,19 @@ def _tfds_temporary_folders() -> Iterator[None]:
                 shutil.rmtree(_TEMPORARY["folder"], ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _absl_quiet() -> Iterator[None]:
+    """TFDS logs "Variant folder ... has no dataset_info.json" through absl when the data is not there yet, before
+    tltool's own message says what to do: its warnings are left out for the block."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) -> Dataset:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ._tf import tf  # noqa: F401  (quiet start-up)
@@ -245,7 +260,7 @@ def load_tfds(spec: str, data_dir: str | None = None, download: bool = False) ->
 
     name, split = _parse(spec)
     data_dir = data_dir or tfds_data_dir()
-    with _tfds_temporary_folders():
+    with _tfds_temporary_folders(), _absl_quiet():
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except Exception as exc:  # DatasetNotFoundError and friends
