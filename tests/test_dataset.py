@@ -1023,3 +1023,14 @@ def test_copies_of_a_photo_filed_under_two_classes_are_split_to_one_side():
         sides = {r.path: r.split for r in stratified_split(Dataset("d", "x", records), 0.2, seed, groups).records}
         assert sides["/A/0.jpg"] == sides["/B/0.jpg"] and sides["/A/1.jpg"] == sides["/B/1.jpg"], seed
         assert {sides["/B/0.jpg"], sides["/B/1.jpg"]} == {"train", "val"}, seed
+
+
+def test_class_folders_differing_only_in_case_are_warned_of_as_a_manifests_labels_are(tmp_path):
+    from tltool.errors import ClassNameWarning
+
+    for name in ("Bengal", "bengal", "sphynx"):
+        for i in range(2):
+            noise_image(tmp_path / "d" / name / f"{i}.jpg", seed=i + 10 * len(name) + (name == "Bengal"))
+    with pytest.warns(ClassNameWarning, match=r"the class folders 'Bengal', 'bengal' differ only in case"):
+        dataset = load_dataset(str(tmp_path / "d"))
+    assert dataset.classes == ["Bengal", "bengal", "sphynx"]  # kept apart: merging is the user's call

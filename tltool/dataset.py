@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import TltoolError, TltoolWarning
+from .errors import ClassNameWarning, TltoolError, TltoolWarning
 from .images import is_candidate_file, is_image_name
 from .outputs import MARKER, output_kind
 from .utils import BIDI_CONTROLS, readable_csv, record_line, shown_name, unprinted_character, write_text_atomic
@@ -666,6 +666,7 @@ def load_folder(spec: str) -> Dataset:
     for name in sorted(walk.empty & labelled):
         notes.append(f"class {name!r} has no images in one of the splits")
     walk.guard.warn(root.name)
+    _warn_case_clashes(spec, walk.seen_classes)
     if not walk.records:
         loose = sum(1 for p in root.iterdir() if p.is_file() and is_candidate_file(p.name)) if root.is_dir() else 0
         above = dataset_of_class_folder(root)
@@ -677,6 +678,15 @@ def load_folder(spec: str) -> Dataset:
                           f"or root/train/<class>/* and root/val/<class>/*.{here}")
     return Dataset(name=root.name, source=f"folder:{root}", records=walk.records,
                    skipped=walk.skipped + walk.guard.skipped, notes=notes, class_folders=sorted(walk.seen_classes))
+
+
+def _warn_case_clashes(spec: str, classes: set[str]) -> None:
+    """Class folders ``Bengal/`` and ``bengal/`` were two classes without a word (a manifest's labels were warned
+    of): on Linux both exist, on macOS and Windows they are one folder."""
+    for spellings in case_clashes(sorted(classes)):
+        warnings.warn(f"{spec}: the class folders {', '.join(map(repr, spellings))} differ only in case or in how "
+                      "an accent is encoded, and are kept as separate classes (on macOS and Windows they are one "
+                      "folder); merge them if they name one class", ClassNameWarning, stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------------------ splitting

@@ -70,6 +70,11 @@ class NoValSplitWarning(TltoolWarning):
     (and, where it does, stops early and chooses its model on)."""
 
 
+class ClassNameWarning(TltoolWarning):
+    """Class folders whose names differ only in case or in how an accent is encoded (``Bengal`` and ``bengal``):
+    kept as separate classes, though they likely name one (and are one folder on macOS and Windows)."""
+
+
 class AugmentationWarning(TltoolWarning):
     """What albumentations says of an augmentation file it builds (a deprecated argument), which Python's default
     filters would hide."""
