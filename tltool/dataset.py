@@ -544,11 +544,14 @@ class _ManifestRows:
         return found
 
 
+FILE_NOT_FOUND = "file not found"
+
+
 def _not_found(full: Path) -> str:
     """Why a row's path is no photo file: a folder or a device was "file not found" of a path that is there."""
     if full.is_dir():
         return "a folder, not a file"
-    return "not a regular file (a named pipe, a device or a socket)" if full.exists() else "file not found"
+    return "not a regular file (a named pipe, a device or a socket)" if full.exists() else FILE_NOT_FOUND
 
 
 def case_clashes(names: Sequence[str]) -> list[list[str]]:
@@ -577,7 +580,10 @@ def load_manifest(spec: str, labels_file: bool = False) -> Dataset:
     if rows.problems:
         shown = "\n  ".join(rows.problems[:20])
         more = f"\n  ... and {len(rows.problems) - 20} more" if len(rows.problems) > 20 else ""
-        raise TltoolError(f"{spec}: {len(rows.problems)} problem(s) in the manifest:\n  {shown}{more}"
+        relative = ("\n  (a relative path is read from the manifest's own folder, "
+                    f"{shown_name(manifest.parent, None)}, not from where the command runs)"
+                    if any(f": {FILE_NOT_FOUND}: " in p for p in rows.problems) and not labels_file else "")
+        raise TltoolError(f"{spec}: {len(rows.problems)} problem(s) in the manifest:\n  {shown}{more}{relative}"
                           + _labeler_hint(Path(spec), labels_file))
     if any(r.split for r in rows.records) and not all(r.split for r in rows.records):
         empty = ", ".join(map(str, rows.unsplit[:10])) + (" ..." if len(rows.unsplit) > 10 else "")
