@@ -57,3 +57,15 @@ def test_real_flowers_raise_no_alarm_and_a_val_photo_saved_again_from_a_training
     with pytest.warns(LeakageWarning, match=r"1 val image\(s\) look like a copy of a training image"):
         said = [w for w in data_warnings(copied) if "look like a copy" in w]
     assert said and said[0].endswith(f"First: {fs.paths[val[7]]} ~ {fs.paths[train[3]]} (1.000)")
+
+
+def test_more_pairs_than_the_check_compares_are_said_to_be_left_out_not_warned_of(flowers_probe, monkeypatch):
+    from tltool import linear
+
+    monkeypatch.setattr(linear, "MAX_PAIRS", 100)
+    fs = load_features(flowers_probe.features)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LeakageWarning)
+        said = data_warnings(fs)
+    assert "near copies across the split were not looked for: 100 x 250 images is more than the 100 pairs the check "\
+           "compares" in said

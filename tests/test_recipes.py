@@ -771,7 +771,8 @@ def test_a_recipe_run_again_after_an_interrupted_training_step_keeps_its_checkpo
         " ".join(result.output.split()), result.output
     monkeypatch.setattr(train, "callback", lambda *a, **k: pytest.fail("the interrupted run was trained again"))
     refusal = (r"step 2 \(train\): --out runs/lenet: holds the run of a training that did not finish \(interrupted, "
-               r"or stopped on an error\), with checkpoints; a recipe never replaces it\. Go on from its last epoch, "
+               r"or stopped on an error\), and its settings cannot be compared with the step's \(not a training run "
+               r"folder \(no config\.json\)\.\), with checkpoints; a recipe never replaces it\. Go on from its last epoch, "
                r"with the settings it started with, by --from 2 --set 2\.resume=runs/lenet")
     unforced = _write(in_tmp / "runs", path.read_text().replace(", force: true}", "}"))  # no force: true either
     for run in (lambda: run_recipe(path), lambda: plan_recipe(path, start=2), lambda: plan_recipe(unforced)):
@@ -828,3 +829,38 @@ def test_a_recipe_run_again_after_an_interrupted_training_goes_on_with_it_unless
     assert [int(line.split(",")[0]) for line in history] == [1, 2]
     finished = CliRunner().invoke(main, ["run", str(path)])  # a finished run: force: true trains it again
     assert finished.exit_code == 0 and "holds its run" not in finished.output, finished.output
+
+
+def _unfinished_scratch_run(run: Path, **settings) -> None:
+    """An interrupted `train` run's folder, with the config.json its start wrote for ``settings``."""
+    from dataclasses import asdict
+
+    from tltool.configs import ScratchConfig
+
+    _interrupted_training(run)
+    config = ScratchConfig(**settings)
+    write_json(run / "config.json", {**asdict(config), "kind": "scratch", "image_size": config.image_size or 32,
+                                     "image_size_given": config.image_size, "classes": ["a", "b"]})
+
+
+def test_a_recipe_does_not_go_on_with_a_run_whose_data_an_earlier_step_writes_again(in_tmp, capsys):
+    """Going on trains on the split the run started with: after a step that writes the data again (a new split,
+    new labels), the same settings are not the same training. A resumed step still writes its out (a later step
+    there needs force: true), and the going-on line is said once the plan is checked."""
+    split = "split.csv"
+    _unfinished_scratch_run(in_tmp / "runs" / "lenet", data=split, arch="lenet5", epochs=6)
+    (in_tmp / split).write_text("path,label,split\n")
+    path = _write(in_tmp, f"steps:\n  - data-split: {{path: '{SAMPLE}', out: {split}, force: true}}\n"
+                          f"  - train: {{data: {split}, arch: lenet5, epochs: 6, out: runs/lenet}}\n")
+    with pytest.raises(TltoolError, match=r"step 2 \(train\): --out runs/lenet: holds the run of a training that did "
+                                          r"not finish \(interrupted, or stopped on an error\), and step 1 writes its "
+                                          r"data split\.csv again before it .*--from 2 leaves the steps before it out"):
+        plan_recipe(path)
+    planned = plan_recipe(path, start=2)  # without step 1, the run goes on
+    assert planned.steps[1].options == {"resume": "runs/lenet"}
+    assert "step 2 (train): runs/lenet holds its run, started with the same settings" in capsys.readouterr().err
+    again = _write(in_tmp, path.read_text() + "  - data-inspect: {path: " + f"'{SAMPLE}'" + ", out: runs/lenet}\n")
+    with pytest.raises(TltoolError, match=r"step 3 \(data-inspect\): --out runs/lenet: step 2 \(train\) writes a "
+                                          r"tltool run there first"):
+        plan_recipe(again, start=2)
+    assert "holds its run" not in capsys.readouterr().err  # refused: nothing is said to go on

@@ -301,6 +301,11 @@ def test_the_settings_a_new_run_would_change_of_an_unfinished_one_are_named(tmp_
     assert changes(record, replace(config, epochs=4, image_size=224)) == ["image_size: None -> 224", "epochs: 3 -> 4"]
     older = {k: v for k, v in record.items() if k != "image_size_given"}  # a run of a tltool before the record
     assert changes(older, replace(config, image_size=224)) == []
-    assert changes(older) == ["image_size: '224 (its record of the size given is missing)' -> None"]
+    assert changes(older) == ["image_size: '224 (given, or the default: a run of an older tltool does not say)' -> "
+                              "None"]
+    assert changes({**record, "data": str(tmp_path / "photos")}) == []  # one place, spelt two ways
     assert changes(record, cv=3) == ["kind: finetune -> finetune-cv"]
     assert changes({**record, "kind": "finetune-cv", "cv": 5}, cv=3) == ["cv: 5 -> 3"]
+    # a cross-validation recorded --image-size as given from the start (its image_size is not the resolved one)
+    cv_run = {k: v for k, v in record.items() if k != "image_size_given"}
+    assert changes({**cv_run, "kind": "finetune-cv", "cv": 3, "image_size": None}, cv=3) == []

@@ -24,7 +24,8 @@ import numpy as np
 from .errors import ClassNameWarning, TltoolError, TltoolWarning
 from .images import is_candidate_file, is_image_name
 from .outputs import MARKER, output_kind
-from .utils import BIDI_CONTROLS, readable_csv, record_line, shown_name, unprinted_character, write_text_atomic
+from .utils import (BIDI_CONTROLS, readable_csv, record_line, shortened, shown_name, unprinted_character,
+                    write_text_atomic)
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -438,6 +439,7 @@ def _named(items: Sequence[str]) -> str:
     return "; ".join(items[:MAX_NAMED]) + more
 
 
+SPLIT_NOTE = "stratified split"  # a dataset's note when tltool drew its split (--val-fraction, --seed)
 # a dataset's note when its 'test' split is its val split (no 'val' split): warned of, and in every run's report
 TEST_AS_VAL = "no 'val' split: the 'test' split is used for validation"
 MAX_FOLDER_LABEL = 100  # characters (and at most 255 bytes in UTF-8, a folder name's limit on Linux and macOS)
@@ -489,8 +491,7 @@ class _ManifestRows:
         # labels.csv: its labels are the class folders of label export
         problem = label_problem(label) or (folder_name_problem(label) if self.labels_file else None)
         if problem:
-            self.problems.append(f"row {line}: the label {label if len(label) <= 40 else label[:40] + '...'!r} "
-                                 f"{problem}")
+            self.problems.append(f"row {line}: the label {shortened(label)!r} {problem}")
             return
         if label != raw_label and label:
             self.spaced_labels.append(f"row {line}: {raw_label!r} -> {label!r}")
@@ -746,7 +747,7 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
         for rs, to_val in _draw_sides(shuffled[label], val_fraction, sides):
             out.extend(replace(r, split="val" if to_val else "train") for r in rs)
     out.sort(key=lambda r: (r.split != "train", r.label, r.path))
-    note = f"stratified split: val_fraction={val_fraction}, seed={seed}"
+    note = f"{SPLIT_NOTE}: val_fraction={val_fraction}, seed={seed}"
     return replace(dataset, records=out, notes=dataset.notes + [note])
 
 

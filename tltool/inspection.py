@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from .dataset import (NOT_UTF8, TEST_AS_VAL, UNREADABLE_FOLDER, Dataset, Record, end_sentence, load_dataset,
+from .dataset import (NOT_UTF8, SPLIT_NOTE, TEST_AS_VAL, UNREADABLE_FOLDER, Dataset, Record, end_sentence, load_dataset,
                       require_training_images, stratified_split, tltool_output_around, write_manifest)
 from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LabelConflictWarning,
@@ -401,11 +401,13 @@ def _warn_small_training_classes(dataset: Dataset) -> None:
     without a word, and probe then refused it."""
     counts = Counter(r.label for r in dataset.subset("train"))
     few = {c: counts[c] for c in dataset.classes if counts[c] < 2}
-    if few:
+    if few:  # --val-fraction draws a split; a folder's or manifest's own split is the user's to change
+        drawn = any(note.startswith(SPLIT_NOTE) for note in dataset.notes)
+        fix = "Add images, or lower --val-fraction." if drawn else "Add training images of them."
         warnings.warn(f"{dataset.name}: class(es) {few} have fewer than 2 training images in this split: probe, "
                       "linear and finetune's default --head-init probe refuse it (a linear head's regularisation "
-                      "is chosen by cross-validation); train and finetune --head-init random take it. Add images, "
-                      "or lower --val-fraction.", SmallClassWarning, stacklevel=2)
+                      f"is chosen by cross-validation); train and finetune --head-init random take it. {fix}",
+                      SmallClassWarning, stacklevel=2)
 
 
 def _refuse_users_classes_json(path: Path) -> None:

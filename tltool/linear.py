@@ -20,7 +20,7 @@ from .heads import (FittedHead, HeadSearch, blas_threads, get_head_spec, make_pi
                     require_cv_training_images, search_head)
 from .images import DEFAULT_MAX_PIXELS
 from .inspection import CLASS_FINDINGS, prepare_dataset, same_content_groups, split_warnings
-from .leakage import near_copies, near_copy_warning
+from .leakage import MAX_PAIRS, near_copies, near_copy_warning
 from .models import load_run
 from .progress import say
 from .report import worst_mistakes, write_run_report
@@ -103,8 +103,6 @@ def _search_and_say(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: Linear
 
 def refit_head(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig, chosen: dict) -> FittedHead:
     """``config.head`` fitted on (X, y) with the regularisation ``chosen`` elsewhere: no search."""
-    import warnings
-
     from sklearn.exceptions import ConvergenceWarning
 
     cw = None if config.class_weight == "none" else config.class_weight
@@ -166,20 +164,23 @@ def data_warnings(fs: FeatureSet, pooled: bool = False) -> list[str]:
     notes = (fs.meta.get("dataset") or {}).get("notes") or []
     found = [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks, conflicts,
                                                        pooled=pooled, notes=notes)]
-    copied = _near_copy_note(fs, pooled)
-    if copied:  # the check before extraction compares bytes only: said here, on the terminal too
+    copied, found_copies = _near_copy_note(fs, pooled)
+    if found_copies:  # the check before extraction compares bytes only: said here, on the terminal too
         warnings.warn(copied, LeakageWarning, stacklevel=3)
     return found + ([copied] if copied else [])
 
 
-def _near_copy_note(fs: FeatureSet, pooled: bool) -> str | None:
-    """Val images that are copies of training images saved again (other bytes, the same photo): see
-    :mod:`tltool.leakage`. Pooled (``--cv``): any two labelled images."""
+def _near_copy_note(fs: FeatureSet, pooled: bool) -> tuple[str | None, bool]:
+    """What the report says of val images that are copies of training images saved again (other bytes, the same
+    photo; see :mod:`tltool.leakage`), and whether there are any. Pooled (``--cv``): any two labelled images."""
     rows = np.flatnonzero(np.isin(np.asarray(fs.splits, str), ["train", "val"]))
     queries, references = ((rows, rows) if pooled
                            else (np.flatnonzero(fs.mask("val")), np.flatnonzero(fs.mask("train"))))
+    if len(queries) * len(references) > MAX_PAIRS:
+        return (f"near copies across the split were not looked for: {len(queries)} x {len(references)} images "
+                f"is more than the {MAX_PAIRS:,} pairs the check compares", False)
     copies = near_copies(fs.features("avg"), queries, references, fs.hashes)
-    return near_copy_warning(fs.paths, copies, pooled)
+    return near_copy_warning(fs.paths, copies, pooled), bool(copies)
 
 
 def _save_head(fs: FeatureSet, fitted: FittedHead, out, force: bool, config: LinearConfig,

@@ -136,21 +136,33 @@ GIVEN_IMAGE_SIZE = "image_size_given"  # config.json's record of --image-size as
 
 def changed_settings(config: RunConfig, run_dir: Path, cv: int = 0) -> list[str]:
     """What a new run of ``config`` (``cv`` folds, 0: none) would train differently from the run ``run_dir`` started
-    (``name: then -> now``); empty when resuming it trains what ``config`` would. A run whose config.json does not
-    record the size as given (an older tltool's) differs when a size is not given now."""
+    (``name: then -> now``); empty when resuming it trains what ``config`` would."""
     stored = read_run_config(run_dir)
     kind = "finetune-cv" if cv else config.KIND
     if stored_run_kind(run_dir, stored) != kind:
         return [f"kind: {stored_run_kind(run_dir, stored)} -> {kind}"]
     started = {**asdict(type(config).from_run(run_dir, kind)), "cv": stored.get("cv", 0),
-               "image_size": stored.get(GIVEN_IMAGE_SIZE, stored.get("image_size"))}
-    if GIVEN_IMAGE_SIZE not in stored and config.image_size is None:
-        started["image_size"] = f"{started['image_size']} (its record of the size given is missing)"
+               "image_size": _given_size(stored, kind, config.image_size)}
     now = {**asdict(config), "augment": stored_augment(config.augment), "cv": cv}
     for settings in (started, now):
-        settings["data"] = os.path.normpath(settings["data"]) if settings["data"] else settings["data"]
+        settings["data"] = _place(settings["data"])
     return [f"{name}: {started[name]!r} -> {value!r}" for name, value in now.items()
             if name not in SESSION_SETTINGS and started[name] != value]
+
+
+def _given_size(stored: dict, kind: str, now: int | None) -> int | str | None:
+    """``--image-size`` as the run in ``stored`` was given it. config.json records it since tltool resumes recipes
+    (its ``image_size`` is the size resolved); a cross-validation's was always as given; of an older run, the size
+    is known, not whether it was given: it matches one given now, never the default."""
+    if GIVEN_IMAGE_SIZE in stored or kind == "finetune-cv":
+        return stored.get(GIVEN_IMAGE_SIZE, stored.get("image_size"))
+    size = stored.get("image_size")
+    return size if now is not None else f"{size} (given, or the default: a run of an older tltool does not say)"
+
+
+def _place(data: str) -> str:
+    """``data`` as the place it names (``photos`` and ``/home/me/photos`` from there are one)."""
+    return os.path.abspath(data) if data and not data.startswith("tfds:") else data
 
 
 @dataclass

@@ -435,3 +435,8 @@ def md_cell(text: object) -> str:
     """``text`` as one Markdown table cell: a ``|`` or a line break (in a class or file name) would end the cell or
     the row, shifting every column after it."""
     return str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+
+
+def shortened(text: str, keep: int = 40) -> str:
+    """``text`` cut to ``keep`` characters and ``...`` for a message (a 5,000-character label echoed in full)."""
+    return text if len(text) <= keep else f"{text[:keep]}..."

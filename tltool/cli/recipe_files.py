@@ -82,7 +82,8 @@ STEP_OUTPUTS: dict[str, tuple[str, ...]] = {  # outputs besides `out`: the featu
 }
 # the kind of output folder each command's `out` is (a feature cache at any other key); every other command's is a run
 OUT_KINDS: dict[str, str] = {"extract": "features", "export": "export", "label-export": LABEL_EXPORT_KIND,
-                             "data-make-sample": SAMPLE_KIND, "data-digits": "digits", "collect-import": COLLECTED}
+                             "data-make-sample": SAMPLE_KIND, "data-digits": "digits", "collect-import": COLLECTED,
+                             "data-split": "manifest"}  # a CSV file: a later step's photos (it was called a run)
 REUSED_KINDS = ("features", "dataset")  # written into again (caches), never replaced: force does not apply
 Option = Callable[[str], Any]  # a step's value of a key, or its command's default
 
@@ -192,13 +193,13 @@ def unmade_inputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], di
 
 
 def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]],
-                    changes: dict[int, list[str]] | None = None) -> list[StepRefusal]:
+                    not_going_on: dict[int, str] | None = None) -> list[StepRefusal]:
     """The output folders ``steps`` name (as :func:`unmade_inputs` takes them) that their commands will refuse: one
     that is now, or that an earlier step makes, another kind of tltool folder (``extract --out feats``, then ``linear
     --out feats``), a folder tltool did not make, a file, a link, and an earlier output of the same kind replaced
     without ``force: true``. One inside or around an earlier step's output is left out (it may be tltool's by then).
-    Without this, the refusal came when the step was reached, after every step before it had run. ``changes``: by
-    step, what its settings change of the unfinished run in its ``out`` (a recipe does not go on with that run)."""
+    Without this, the refusal came when the step was reached, after every step before it had run. ``not_going_on``:
+    by step, why the recipe does not go on with the unfinished run in its ``out``."""
     refused = []
     for index, command, params, values, made in with_earlier_outputs(steps):
         keys = [k for k in (*WRITTEN_EVERYWHERE, *STEP_OUTPUTS.get(command, ())) if k in params and k in values]
@@ -212,7 +213,7 @@ def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], 
             for text in _texts(values[key]):
                 try:
                     if "resume" in params:
-                        _refuse_resumable(text, key, index, made, (changes or {}).get(index))
+                        _refuse_resumable(text, key, index, made, (not_going_on or {}).get(index))
                     _check_output(text, kind, force, f"--{key}", made, RUN_KINDS.get(command, command))
                 except TltoolError as exc:  # `tltool run` has no --force: the step's force: true is what to add
                     reason = str(exc).replace("pass --force", f"add force: true to the step (--set {index}.force=true)")
@@ -224,13 +225,13 @@ def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], 
 RUN_KINDS = {"probe": "linear", "linear": "linear", "finetune": "finetune", "train": "scratch"}
 
 
-def _refuse_resumable(text: str, key: str, index: int, made: Made, changes: list[str] | None) -> None:
+def _refuse_resumable(text: str, key: str, index: int, made: Made, why: str | None) -> None:
     """A training step's run that did not finish (the recipe was interrupted in it, or it stopped on an error) is
     never replaced by a recipe: ``force: true`` deleted its checkpoints and trained again from epoch 1 without a word.
-    The recipe goes on with one started with the step's settings; this refuses one started with others
-    (``changes``, None when they are not known)."""
-    if not made_before(text, made) and resumable_run(text):
-        differ = f", started with other settings than the step's ({'; '.join(changes)})" if changes else ""
+    The recipe goes on with one started with the step's settings; this refuses the others, ``why`` says why when it
+    is known (other settings, a config.json that cannot be read, data an earlier step writes again)."""
+    if made_before(text, made) is None and resumable_run(text):
+        differ = f", {why}" if why else ""
         raise TltoolError(f"--{key} {text}: holds the run of a training that did not finish (interrupted, or stopped "
                           f"on an error){differ}, with checkpoints; a recipe never replaces it. Go on from its last "
                           f"epoch, with the settings it started with, by --from {index} --set {index}.resume={text} "
@@ -250,9 +251,10 @@ def with_earlier_outputs(steps: Iterable[tuple[int, str, dict[str, click.Paramet
                            for path, kind in step_output_kinds(command, params, values).items()}}
 
 
-def made_before(text: str, made: Made) -> bool:
-    """Whether an earlier step (``made``: what the steps before write) writes the place ``text`` names."""
-    return _absolute(text) in made
+def made_before(text: str, made: Made) -> int | None:
+    """The earlier step (``made``: what the steps before write) that writes the place ``text`` names, or None."""
+    found = made.get(_absolute(text))
+    return found[0] if found else None
 
 
 def _check_output(text: str, kind: str, force: bool, option: str, made: Made, run_kind: str) -> None:

@@ -377,7 +377,7 @@ def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), s
         params = {_key(p): p for p in commands[step.command].params if p.name != "help"}
         steps.append((i, step.command, params,
                       {key: _substitute(value, recipe.vars, where) for key, value in step.options.items()}))
-    recipe, steps, changes = _going_on(recipe, steps, commands)
+    recipe, steps, not_going_on, going_on = _going_on(recipe, steps, commands)
     missing = unmade_inputs(steps)
     if missing:
         named = "; ".join(f"step {m.index} ({m.command}): {m.key} {m.value} ({_set_hint(recipe, m)})"
@@ -386,10 +386,12 @@ def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), s
         raise TltoolError(f"{recipe.path}: inputs that do not exist and that no earlier step of the recipe writes"
                           f"{before}: {named}. Make them first, or point the steps at ones that exist; nothing has "
                           "run.")
-    for what, refused in (("inputs", misread_inputs(steps)), ("outputs", refused_outputs(steps, changes))):
+    for what, refused in (("inputs", misread_inputs(steps)), ("outputs", refused_outputs(steps, not_going_on))):
         if refused:
             named = "; ".join(f"step {r.index} ({r.command}): {r.reason.rstrip('.')}" for r in refused)
             raise TltoolError(f"{recipe.path}: {what} the steps would refuse when reached: {named}. Nothing has run.")
+    for line in going_on:
+        say(line)
     return recipe
 
 
@@ -399,44 +401,55 @@ PlannedStep = tuple[int, str, dict[str, click.Parameter], dict[str, Any]]
 
 
 def _going_on(recipe: Recipe, steps: list[PlannedStep], commands: dict[str, click.Command]
-              ) -> tuple[Recipe, list[PlannedStep], dict[int, list[str]]]:
+              ) -> tuple[Recipe, list[PlannedStep], dict[int, str], list[str]]:
     """A training step whose ``out`` holds the unfinished run it started with the same settings (the recipe was
     interrupted in it, or it stopped on an error, and runs again) goes on from that run's last finished epoch: it
-    becomes ``--resume OUT``. Also returns, by step, what changed for one started with other settings (refused)."""
-    going_on, changes = {}, {}
+    becomes ``--resume OUT``. Also returns, by step, why one that does not go on is refused, and the lines to say
+    once the plan is checked."""
+    going_on, refused, said = {}, {}, []
     for index, command, params, values, made in with_earlier_outputs(steps):
         out = values.get("out")
         if (command not in RESUMED_SETTINGS or values.get("resume") or not isinstance(out, str)
-                or made_before(out, made) or not resumable_run(out)):
+                or made_before(out, made) is not None or not resumable_run(out)):
             continue
-        changed = _changed_settings(recipe, index, commands[command], out)
-        if changed:
-            changes[index] = changed
-        elif changed is not None:
+        why = _why_not_going_on(recipe, index, commands[command], values, made)
+        if why:
+            refused[index] = why
+        else:
             going_on[index] = {"resume": out, **{k: values[k] for k in SESSION_SETTINGS if k in values}}
-            say(f"step {index} ({command}): {out} holds its run, started with the same settings and not finished: "
-                f"it goes on from the last finished epoch (delete {out} to train it again from the start)")
-    if not going_on:
-        return recipe, steps, changes
+            said.append(f"step {index} ({command}): {out} holds its run, started with the same settings and not "
+                        f"finished: it goes on from the last finished epoch (delete {out} to train it again from "
+                        "the start)")
     new_steps = [Step(step.command, going_on[i], step.interactive) if i in going_on else step
                  for i, step in enumerate(recipe.steps, 1)]
-    return (dataclasses.replace(recipe, steps=new_steps),
-            [(i, c, p, going_on.get(i, v)) for i, c, p, v in steps], changes)
+    # a resumed step still writes its out: a later step's output check must know it
+    planned = [(i, c, p, {**going_on[i], "out": v["out"]} if i in going_on else v) for i, c, p, v in steps]
+    return dataclasses.replace(recipe, steps=new_steps), planned, refused, said
 
 
-def _changed_settings(recipe: Recipe, index: int, command: click.Command, out: str) -> list[str] | None:
-    """What step ``index`` would train differently from the run in ``out``; None when that is not known (the step
-    or the run's config.json cannot be read: the step is refused as any unfinished run is)."""
-    step = recipe.steps[index - 1]
+def _why_not_going_on(recipe: Recipe, index: int, command: click.Command, values: dict[str, Any],
+                      made: dict) -> str | None:
+    """Why step ``index`` does not go on with the unfinished run in its ``out`` (None: it does): its data written
+    again first by an earlier step (a resume trains on the split it started with, not on what that step writes),
+    other settings (named), or a run or step whose settings cannot be read."""
+    data = values.get("data")
+    writer = made_before(data, made) if isinstance(data, str) else None
+    if writer is not None:
+        return (f"and step {writer} writes its data {data} again before it (a resume trains on the split the run "
+                f"started with; --from {index} leaves the steps before it out)")
+    step, out = recipe.steps[index - 1], values["out"]
     try:
         with command.make_context(step.command, build_argv(recipe, index, step, command)) as ctx:
             params = ctx.params
         settings = RESUMED_SETTINGS[step.command]
         config = settings(**{f.name: params[f.name] for f in dataclasses.fields(settings) if f.name in params
                              and f.name != "data"}, data=params.get("data") or "")
-        return changed_settings(config, Path(out), params.get("cv") or 0)
-    except (click.ClickException, TltoolError, TypeError, ValueError):
-        return None
+        changed = changed_settings(config, Path(out), params.get("cv") or 0)
+    except TltoolError as exc:  # the run's config.json, or $TLTOOL_ENGINE read by an option's check
+        return f"and its settings cannot be compared with the step's ({str(exc).removeprefix(f'--resume {out}: ')})"
+    except (click.ClickException, TypeError, ValueError) as exc:  # the step's own options: its command says more
+        return f"and the step's options cannot be read as settings ({exc})"
+    return f"started with other settings than the step's ({'; '.join(changed)})" if changed else None
 
 
 def _set_hint(recipe: Recipe, missing: StepInput) -> str:

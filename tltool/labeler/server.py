@@ -31,9 +31,10 @@ from PIL import Image
 
 from ..errors import BadImageError, TltoolError
 from ..images import load_image
+from ..utils import shortened
 from .assist import Assistant, AssistSettings, Featurize
 from .guard import Guard, OutsideRoot, opened_path, open_inside
-from .store import LabelStore, inside_root, is_image_name, shortened_label
+from .store import LabelStore, inside_root, is_image_name
 
 DISPLAY_SIDE = 1280  # images are sent at most this large: the page never needs more
 MAX_BODY = 64 * 1024
@@ -422,7 +423,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.NOT_FOUND, "assistance is off (tltool label serve --assist)")
         label = (query.get("label") or [None])[0]
         if label is not None and label not in self.server.store.classes:
-            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {shortened_label(label)!r}")
+            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {shortened(label)!r}")
         self._json(HTTPStatus.OK, assistant.grid(label))
 
     def _image(self, quoted: str) -> None:
@@ -541,7 +542,7 @@ class LabelerHandler(BaseHTTPRequestHandler):
                 and all(isinstance(p, str) for p in [*accepted, *rejected])):
             return self._error(HTTPStatus.BAD_REQUEST, 'expected {"label": str, "accepted": [str], "rejected": [str]}')
         if label not in self.server.store.classes:  # kept by the assistant as rejected, it broke every suggestion
-            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {shortened_label(label)!r}; classes: "
+            return self._error(HTTPStatus.BAD_REQUEST, f"unknown class {shortened(label)!r}; classes: "
                                                        f"{', '.join(self.server.store.classes)}")
         accepted = list(dict.fromkeys(accepted))  # a path sent twice is one photo, counted once
         summary = self.server.store.set_many([(p, label, False, True) for p in accepted],

@@ -30,7 +30,7 @@ from ..dataset import (LABEL_CLASSES, LABELS_CSV, UNLABELED, Dataset, ManifestWa
 from ..errors import BadFilesWarning, TltoolError
 from ..images import is_image_name
 from ..outputs import output_kind
-from ..utils import file_lock, readable_csv, record_line, refuse_link, shown_name, write_text_atomic
+from ..utils import file_lock, readable_csv, record_line, refuse_link, shortened, shown_name, write_text_atomic
 
 
 ASSISTED = "assisted"  # labels.csv column: 1 when the label was an accepted suggestion
@@ -50,12 +50,8 @@ def check_class_name(name: str) -> str:
     name = name.strip()
     problem = class_name_problem(name)
     if problem:
-        raise TltoolError(f"class name {shortened_label(name)!r} {problem}.")
+        raise TltoolError(f"class name {shortened(name)!r} {problem}.")
     return name
-
-
-def shortened_label(name: str, keep: int = 40) -> str:
-    return name if len(name) <= keep else f"{name[:keep]}..."
 
 
 def check_distinct_folders(classes: list[str], where: str) -> None:
@@ -174,7 +170,7 @@ class LabelsTable:
         raw, label = cell("path"), cell("label")
         problem = class_name_problem(label) if label else None
         if problem:  # with --classes it was taken as a class of its own, shown and counted, and accepted in POSTs
-            raise TltoolError(f"{where}: the label {shortened_label(label)!r} {problem}; rename it in the file.")
+            raise TltoolError(f"{where}: the label {shortened(label)!r} {problem}; rename it in the file.")
         rel = inside_root(root, raw, allow_absolute=True) if raw else None
         if rel is None:
             if raw and label:
@@ -475,7 +471,7 @@ class LabelStore:
         with self._locked():
             for _, label, _, _ in changes:
                 if label is not None and label not in self.classes and label not in self.labels.values():
-                    raise ValueError(f"unknown class {shortened_label(label)!r}; classes: {', '.join(self.classes)}")
+                    raise ValueError(f"unknown class {shortened(label)!r}; classes: {', '.join(self.classes)}")
             for (path, *_), believed in zip(changes, expected or ()):
                 if believed is not None and believed != (self.labels.get(path), path in self.skipped):
                     raise TltoolError(f"{path} was changed elsewhere (another tab or window) since this page read "
