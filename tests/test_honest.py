@@ -561,6 +561,10 @@ def test_compare_on_data_the_runs_were_trained_on_says_so_in_its_report(shape_ru
     assert result.output.count("8 of these 12 images were in the training data") == 2
     stored = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert stored["n"] == 12 and stored["images_trained_on"] == {"A": 8, "B": 8}
+    # no winner is called on images a run was trained on (it said "A is better, p = 1.19e-07" of such a run)
+    assert stored["verdict"] == ("none: A and B were trained on some of these images, so the difference is not a "
+                                 "test of the runs") and stored["undecided"] is True
+    assert "compare the runs on photos neither was trained on" in stored["notice"]
     report = (tmp_path / "c" / "report.md").read_text()
     for name, run in (("A", a), ("B", b)):
         assert (f"- **8 of these 12 images were in the training data of {name} ({run}): its accuracy on them is "
@@ -761,3 +765,24 @@ def test_a_learning_curve_names_the_class_too_small_for_its_search(tmp_path):
     fs.splits[np.flatnonzero((fs.labels == 1) & (fs.splits == "train"))[1:]] = "val"  # b: 1 training photo
     with pytest.raises(TltoolError, match=r"class\(es\) \{'b': 1\} have fewer than 2 training images"):
         learning_curve(fs, fractions=(0.5, 1.0), seeds=1)
+
+
+def test_compare_says_when_a_run_s_report_gives_another_accuracy_than_the_predictions_it_pairs(shape_runs, tmp_path):
+    """`compare` pairs stored plain predictions: of a run with --tta it said "no detectable difference" beside a
+    report 2 points higher with TTA, and of a repeated --cv run it paired the first repeat under the mean's name,
+    each without a word."""
+    import shutil
+
+    b = Path(shutil.copytree(shape_runs / "b", tmp_path / "b"))
+    metrics = json.loads((b / "metrics.json").read_text())
+    (b / "metrics.json").write_text(json.dumps({**metrics, "tta": {"flip": metrics["val"]},
+                                                "cv": {"k": 5, "repeats": 2}}))
+    comparison, target = compare_runs(shape_runs / "a", b, out=tmp_path / "c")
+    assert comparison.notes == [
+        "B's predictions compared here are without test-time augmentation; its report's accuracy with TTA flip is "
+        "not what is compared",
+        "B is a cross-validation: its stored predictions are the out-of-fold ones of its first repeat, while its "
+        "report's accuracy is the mean of 2 repeats"]
+    assert "- note: B's predictions compared here are without test-time augmentation" in \
+        (target / "report.md").read_text()
+    assert compare_runs(shape_runs / "a", shape_runs / "b", out=tmp_path / "plain")[0].notes == []

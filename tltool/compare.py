@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from .predict import labelled_images, warn_if_trained_on
 from .report import read_predictions, trained_on_line
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .stats import Proportion, mcnemar_exact, paired_difference_interval
-from .utils import write_json, write_text_atomic
+from .utils import read_json, write_json, write_text_atomic
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Comparison:
     # {"A": n, "B": n}: how many of the images each run was trained on (0 when its record cannot be read); None on
     # the stored validation predictions (not checked: each run made them before any refit on its val split)
     images_trained_on: dict[str, int] | None = None
+    notes: list[str] = field(default_factory=list)  # what the compared predictions are not (TTA, a --cv's repeats)
 
     @property
     def accuracy_a(self) -> Proportion:
@@ -47,7 +48,16 @@ class Comparison:
     def accuracy_b(self) -> Proportion:
         return Proportion(self.both + self.only_b, self.n)
 
+    @property
+    def seen_by(self) -> list[str]:
+        """The runs ("A", "B") trained on some of these images: their accuracy on them is no test, so neither is
+        the comparison (it declared "A is better, p = 1.2e-07" of a run trained on all 100 images)."""
+        return [name for name, n in (self.images_trained_on or {}).items() if n]
+
     def verdict(self, alpha: float = 0.05) -> str:
+        if self.seen_by:
+            return (f"none: {' and '.join(self.seen_by)} {'was' if len(self.seen_by) == 1 else 'were'} trained on "
+                    "some of these images, so the difference is not a test of the runs")
         interval = f"{self.ci95[0]:+.3f} to {self.ci95[1]:+.3f}"
         excludes_zero = not self.ci95[0] <= 0 <= self.ci95[1]
         if self.p_value < alpha and excludes_zero:
@@ -61,13 +71,17 @@ class Comparison:
 
     @property
     def undecided(self) -> bool:
-        """The images cannot rank the runs: the difference's interval includes 0 or McNemar's p is at least 5 %."""
-        return self.ci95[0] <= 0 <= self.ci95[1] or self.p_value >= 0.05
+        """The images cannot rank the runs: the difference's interval includes 0 or McNemar's p is at least 5 %, or
+        a run was trained on some of them."""
+        return self.ci95[0] <= 0 <= self.ci95[1] or self.p_value >= 0.05 or bool(self.seen_by)
 
     def notice(self) -> str:
         """What to do when these images cannot choose (empty when they can)."""
         if not self.undecided:
             return ""
+        if self.seen_by:
+            return ("do not pick the higher accuracy: compare the runs on photos neither was trained on (`tltool "
+                    "compare A B DATA` with a folder of new photos), or on their stored validation predictions")
         return (f"these {self.n} images are too few to choose between A and B: do not pick the higher accuracy; "
                 "estimate both with `--cv` (repeated K-fold over train+val) or compare them on a larger held-out "
                 "set (`tltool compare A B DATA`)")
@@ -82,6 +96,7 @@ class Comparison:
             f"(95 % Newcombe interval for paired proportions); exact McNemar p = {self.p_value:.3g}",
             f"verdict: {self.verdict()}",
             *notice,
+            *(f"note: {note}" for note in self.notes),
         ]
 
     def leakage_lines(self) -> list[str]:
@@ -123,6 +138,26 @@ def _stored_correctness(run_dir: Path) -> tuple[dict[str, bool], dict[str, str],
     return {p: t == q for p, t, q in zip(paths, true, predicted)}, dict(zip(paths, true)), classes
 
 
+def _stored_prediction_notes(run_dir: Path, name: str) -> list[str]:
+    """What a run's stored predictions are not, where its report gives another accuracy: one with test-time
+    augmentation (compare pairs the plain predictions; it said "no detectable difference" of a run whose TTA
+    scored 2 points more, without a word), or a repeated cross-validation's mean (the first repeat is stored)."""
+    try:
+        metrics = read_json(run_dir / "metrics.json")
+    except (OSError, ValueError, RecursionError):
+        return []
+    tta = metrics.get("tta") if isinstance(metrics, dict) else None
+    cv = metrics.get("cv") if isinstance(metrics, dict) else None
+    notes = []
+    if isinstance(tta, dict) and tta:
+        notes.append(f"{name}'s predictions compared here are without test-time augmentation; its report's accuracy "
+                     f"with TTA {', '.join(map(str, tta))} is not what is compared")
+    if isinstance(cv, dict) and isinstance(cv.get("repeats"), int) and cv["repeats"] > 1:
+        notes.append(f"{name} is a cross-validation: its stored predictions are the out-of-fold ones of its first "
+                     f"repeat, while its report's accuracy is the mean of {cv['repeats']} repeats")
+    return notes
+
+
 @writes_runs
 def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
                  out: str | Path | None = None, force: bool = False, engine: str = "auto") -> tuple[Comparison, Path]:
@@ -151,11 +186,12 @@ def compare_runs(run_a: str | Path, run_b: str | Path, data: str | None = None,
         order = sorted(a)
         correct_a, correct_b = [a[p] for p in order], [b[p] for p in order]
         source, trained_on = "stored validation predictions", None
+        notes = _stored_prediction_notes(run_a, "A") + _stored_prediction_notes(run_b, "B")
     else:
         correct_a, correct_b, trained_on = _evaluate_both(run_a, run_b, data, engine)
-        source = f"{data}, evaluated by both"
+        source, notes = f"{data}, evaluated by both", []
     comparison = compare_correct(np.array(correct_a), np.array(correct_b), str(run_a), str(run_b), source)
-    comparison.images_trained_on = trained_on
+    comparison.images_trained_on, comparison.notes = trained_on, notes
     target = new_run_dir("compare", run_a.name[:20], run_b.name[:20], out=out, force=force)
     write_json(target / "metrics.json", comparison.to_json())
     plot_comparison(comparison, target / "compare.png")
