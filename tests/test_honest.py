@@ -786,3 +786,27 @@ def test_compare_says_when_a_run_s_report_gives_another_accuracy_than_the_predic
     assert "- note: B's predictions compared here are without test-time augmentation" in \
         (target / "report.md").read_text()
     assert compare_runs(shape_runs / "a", shape_runs / "b", out=tmp_path / "plain")[0].notes == []
+
+
+def test_a_test_split_is_said_to_be_held_out_and_evaluate_scores_it_alone(shape_runs, tmp_path):
+    """A manifest's or folder's test split was left out of every run without a word, and `evaluate` scored every
+    split it was given: there was no way to score the held-out photos alone."""
+    from tltool.errors import HeldOutWarning
+    from tltool.inspection import prepare_dataset
+
+    photos = sorted(SAMPLE.glob("*/*.jpg"))
+    for split, chosen in (("train", photos[0::3]), ("val", photos[1::3]), ("test", photos[2::12])):
+        for photo in chosen:
+            (tmp_path / "d" / split / photo.parent.name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "d" / split / photo.parent.name / photo.name).symlink_to(photo)
+    n_test = len(photos[2::12])
+    with pytest.warns(HeldOutWarning, match=rf"{n_test} image\(s\) of the test split are held out: no run trains, "
+                                            r"chooses or is scored on them; .*`tltool evaluate RUN DATA --split test`"):
+        prepare_dataset(str(tmp_path / "d"))
+    result = CliRunner().invoke(main, ["evaluate", str(shape_runs / "a"), str(tmp_path / "d"), "--split", "test",
+                                       "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0 and "HeldOutWarning" not in result.output, result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["val"]["accuracy"]["n"] == n_test and metrics["scored_on"] == "d (its test split)"
+    refused = CliRunner().invoke(main, ["evaluate", str(shape_runs / "a"), str(SAMPLE), "--split", "test"])
+    assert refused.exit_code != 0 and "no 'test' split to score (it has no splits" in refused.output

@@ -75,6 +75,11 @@ class ClassNameWarning(TltoolWarning):
     kept as separate classes, though they likely name one (and are one folder on macOS and Windows)."""
 
 
+class HeldOutWarning(TltoolWarning):
+    """The data has a test split beside train and val: no run uses it, so it stays an honest final test; it says
+    how to score it once (``tltool evaluate RUN DATA --split test``)."""
+
+
 class AugmentationWarning(TltoolWarning):
     """What albumentations says of an augmentation file it builds (a deprecated argument), which Python's default
     filters would hide."""

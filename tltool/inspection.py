@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterable, TypeVar
 from .dataset import (NOT_UTF8, SPLIT_NOTE, TEST_AS_VAL, UNREADABLE_FOLDER, Dataset, Record, end_sentence, load_dataset,
                       require_training_images, stratified_split, tltool_output_around, write_manifest)
 from . import filecache
-from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, ImbalanceWarning, LabelConflictWarning,
-                     LeakageWarning, SmallClassWarning, NoValSplitWarning, TltoolError, TooFewClassesWarning)
+from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, HeldOutWarning, ImbalanceWarning,
+                     LabelConflictWarning, LeakageWarning, NoValSplitWarning, SmallClassWarning, TltoolError,
+                     TooFewClassesWarning)
 from .images import BOMB, DEFAULT_MAX_PIXELS, SCALED_SIDE, UNREADABLE, check_image, read_header
 from .plotting import cached_figure, pyplot
 from .progress import Bar, say
@@ -228,7 +229,19 @@ def with_split(checked: CheckedDataset, dataset: Dataset, pooled: bool = False) 
     files = [replace(f, record=by_path.get(f.record.path, f.record)) for f in checked.files]
     result = CheckedDataset(dataset, files)
     _collect_warnings(result, pooled)
+    result.issues += held_out_warning(dataset.counts())  # a run's data (evaluate scores every split it is given)
     return result
+
+
+def held_out_warning(counts: dict[str, dict[str, int]]) -> list[tuple[str, type[Warning]]]:
+    """A run's data with a test split (``counts``: ``{split: {class: n}}``): no run uses it, and nothing said so
+    or how to score it (evaluate scored every split)."""
+    held_out = sum((counts.get("test") or {}).values())
+    if not held_out:
+        return []
+    return [(f"{held_out} image(s) of the test split are held out: no run trains, chooses or is scored on them; "
+             "once the settings are chosen, score the run on them with `tltool evaluate RUN DATA --split test`",
+             HeldOutWarning)]
 
 
 def _collect_warnings(checked: CheckedDataset, pooled: bool = False) -> None:

@@ -19,7 +19,7 @@ from .features import FeatureSet, checked_settings, extract_features, load_featu
 from .heads import (FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline,
                     require_cv_training_images, search_head)
 from .images import DEFAULT_MAX_PIXELS
-from .inspection import CLASS_FINDINGS, prepare_dataset, same_content_groups, split_warnings
+from .inspection import CLASS_FINDINGS, held_out_warning, prepare_dataset, same_content_groups, split_warnings
 from .leakage import MAX_PAIRS, near_copies, near_copy_warning
 from .models import load_run
 from .progress import say
@@ -162,8 +162,9 @@ def data_warnings(fs: FeatureSet, pooled: bool = False) -> list[str]:
     conflicts = [[fs.paths[i] for i in group]
                  for group in same_content_groups(rows, digest, lambda i: int(fs.labels[i]))]
     notes = (fs.meta.get("dataset") or {}).get("notes") or []
-    found = [message for message, _ in split_warnings({s: dict(c) for s, c in counts.items()}, leaks, conflicts,
-                                                       pooled=pooled, notes=notes)]
+    by_split = {s: dict(c) for s, c in counts.items()}
+    found = [message for message, _ in split_warnings(by_split, leaks, conflicts, pooled=pooled, notes=notes)
+             + held_out_warning(by_split)]
     copied, found_copies = _near_copy_note(fs, pooled)
     if found_copies:  # the check before extraction compares bytes only: said here, on the terminal too
         warnings.warn(copied, LeakageWarning, stacklevel=3)

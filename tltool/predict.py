@@ -6,7 +6,7 @@ from __future__ import annotations
 import glob
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -98,9 +98,14 @@ def _matched(image: str) -> list[str]:
     return kept or [image]
 
 
-def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) -> tuple[Dataset, list[str], np.ndarray]:
-    """Every usable image of ``data`` (all splits) with its label index in ``classes``; clear errors otherwise."""
+def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int,
+                    split: str | None = None) -> tuple[Dataset, list[str], np.ndarray]:
+    """Every usable image of ``data`` (all splits, or those of ``split``) with its label index in ``classes``; clear
+    errors otherwise."""
     dataset = load_dataset(data) if not isinstance(data, Dataset) else data
+    if split is not None:
+        check_choice("split", split)
+        dataset = _only_split(dataset, split)
     checked = check_dataset(dataset, max_pixels=max_pixels, pooled=True)  # every split is scored
     records = checked.dataset.records
     if not records:
@@ -112,17 +117,29 @@ def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int) ->
     return dataset, [r.path for r in records], np.array([index[r.label] for r in records])
 
 
+def _only_split(dataset: Dataset, split: str) -> Dataset:
+    """The records of one split of ``dataset`` (``test``: the photos kept out of every choice, scored once)."""
+    found = sorted({str(r.split) for r in dataset.records if r.split})
+    if split not in found:
+        has = (f"its splits are {found}" if found
+               else "it has no splits (one folder per class, or a manifest without a split column)")
+        raise TltoolError(f"{dataset.name}: no {split!r} split to score ({has}); give the folder or manifest of "
+                          f"the photos to score, without --split, or one with {split}/ (root/{split}/<class>/*).")
+    return replace(dataset, records=[r for r in dataset.records if r.split == split])
+
+
 @writes_runs
 def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | None = None, tta: str = "none",
-                 force: bool = False, engine: str = "auto") -> tuple[Path, Evaluation, dict]:
-    """Evaluate a finished run on a labelled dataset it never saw (all its splits); write a report.
+                 force: bool = False, engine: str = "auto", split: str | None = None) -> tuple[Path, Evaluation, dict]:
+    """Evaluate a finished run on a labelled dataset it never saw (all its splits, or ``split`` alone: a test split
+    the runs held out); write a report.
 
     The returned :class:`Evaluation` (``metrics.json``'s ``val``) is the plain one; with ``tta`` the accuracy under
     test-time augmentation is reported beside it (``metrics.json``'s ``tta``), as a training run reports it."""
     check_choice("tta", tta)
     check_run_dir(out, force, reads=(run_dir, data), kind="eval")
     model = load_run(run_dir, engine)
-    dataset, paths, y = labelled_images(data, model.classes, model.max_pixels)
+    dataset, paths, y = labelled_images(data, model.classes, model.max_pixels, split)
     seen = warn_if_trained_on(run_dir, model, paths)
     plain, augmented = model.predict_plain_and_tta(paths, tta)
     evaluation = Evaluation(model.classes, y, plain)
@@ -132,7 +149,7 @@ def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | Non
                                title=f"{Path(run_dir).name} evaluated on {dataset.name}",
                                config={"run": str(run_dir), "data": dataset.source, "tta": tta, **model.config},
                                extra={"images_trained_on": seen}, tta=with_tta,
-                               scored_on=f"{dataset.name} (every image)")
+                               scored_on=f"{dataset.name} ({f'its {split} split' if split else 'every image'})")
     return target, evaluation, metrics
 
 

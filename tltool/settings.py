@@ -36,6 +36,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "resample": ("nearest", "bilinear", "bicubic"),
     "engine": ("auto", "tf", "litert"),
     "quantize": ("none", "float16", "dynamic", "int8"),
+    "split": ("train", "val", "test"),  # one split of a dataset (evaluate --split)
 }
 
 

@@ -158,13 +158,18 @@ def predict_cmd(images: tuple[str, ...], run_dir: str, top_k: int, tta: str, max
 @click.command("evaluate")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("data")
+@click.option("--split", type=choice("split"), default=None,
+              help="Score only this split of DATA (test: the photos a root/test/ folder or a manifest's test rows "
+                   "kept out of every run) [default: every image].")
 @tta_option
 @engine_option
 @out_option("runs/eval-RUN-DATASET-TIME, RUN the name of RUN_DIR")
 @force_option
-def evaluate_cmd(run_dir: str, data: str, tta: str, engine: str, out: str | None, force: bool) -> None:
-    """Evaluate a trained run on another labelled dataset DATA (every image of it, whatever its split)."""
-    target, evaluation, metrics = evaluate_run(run_dir, data, out=out, tta=tta, force=force, engine=engine)
+def evaluate_cmd(run_dir: str, data: str, split: str | None, tta: str, engine: str, out: str | None,
+                 force: bool) -> None:
+    """Evaluate a trained run on another labelled dataset DATA (every image of it whatever its split, or --split)."""
+    target, evaluation, metrics = evaluate_run(run_dir, data, out=out, tta=tta, force=force, engine=engine,
+                                               split=split)
     split = metrics["scored_on"]
     click.echo(accuracy_line(evaluation, split=split))
     echo_tta(metrics, split=split)
