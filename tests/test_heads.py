@@ -213,3 +213,18 @@ def test_a_cached_knn_head_made_inconsistent_is_searched_again_and_rewritten(tmp
     again = heads.search_head(spec, Xtr, ytr, classes, seed=0)
     np.testing.assert_array_equal(again.fitted.predict_proba(Xte), first.fitted.predict_proba(Xte))
     assert json.loads(entry.read_text())["params"]["n_neighbors"] >= 1  # the entry was written again
+
+
+def test_a_value_chosen_at_an_end_of_the_search_grid_is_said_to_be_there():
+    """linsvm chose C 0.0001 and sgd alpha 0.1, the ends of their grids, without a word: a value beyond might score
+    better, and the search cannot tell."""
+    from types import SimpleNamespace
+
+    from tltool.linear import _grid_edge
+
+    def found(chosen):
+        return SimpleNamespace(param="C", chosen={"C": chosen},
+                               grid=[{"value": v, "cv_accuracy": 0.8} for v in (0.001, 0.01, 0.1)])
+
+    assert [_grid_edge(found(c)) for c in (0.001, 0.01, 0.1)] == ["smallest", None, "largest"]
+    assert _grid_edge(SimpleNamespace(param="C", chosen={"C": 1.0}, grid=[{"value": 1.0}])) is None

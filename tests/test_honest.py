@@ -197,6 +197,8 @@ def test_linear_cv_on_real_features_and_learning_curve(flowers_probe, tmp_path):
     report = (tmp_path / "cv" / "report.md").read_text().splitlines()
     assert report[2].startswith(f"- **cross-validated accuracy: {format_proportion(cv['accuracy'])}**")
     assert "validation accuracy" not in "\n".join(report[:6])
+    # nor is it "val" anywhere else: metrics.json's split and the confusion matrix's title said so
+    assert result.metrics["split"] == result.metrics["scored_on"] == "out-of-fold"
     shown = CliRunner().invoke(main, ["linear", str(features), "--cv", "5", "--out", str(tmp_path / "cv2")])
     interval = format_proportion(cv["accuracy"]).split(" (")[0]  # 0.889 [0.851, 0.917]
     assert shown.exit_code == 0 and shown.output.count(interval) == 1, shown.output  # the library said it too

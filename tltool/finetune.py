@@ -280,7 +280,8 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     evaluation = Evaluation(classes, y, cv.oof_probs)
     metrics = write_run_report(run_dir, evaluation, [r.path for r in records], kind="finetune-cv",
                                title=f"{checked.dataset.name}: fine-tuned {spec.name}, {k}-fold cross-validation",
-                               config=asdict(config), extra={"cv": cv.to_json(), "estimated_seconds": estimate})
+                               config=asdict(config), extra={"cv": cv.to_json(), "estimated_seconds": estimate},
+                               scored_on="out-of-fold")
     return run_dir, evaluation, metrics
 
 

@@ -95,10 +95,22 @@ def train_linear(features: str | Path | FeatureSet, config: LinearConfig | None 
 def _search_and_say(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig) -> tuple[FittedHead, dict]:
     """The head fitted on (X, y) with its regularisation chosen by CV there, and the search's record (said too)."""
     found = _fit_head(fs, X, y, config)
+    edge = _grid_edge(found)
     say(f"{config.head}: {found.param} chosen by {found.folds}-fold CV on the training split: "
         + ", ".join(f"{g['value']:g}->{g['cv_accuracy']:.3f}" for g in found.grid)
-        + f"; chosen {found.chosen[found.param]:g}")
-    return found.fitted, found.record()
+        + f"; chosen {found.chosen[found.param]:g}"
+        + (f" (the {edge} value tried: one beyond the grid might score better)" if edge else ""))
+    return found.fitted, {**found.record(), "at_grid_edge": edge}
+
+
+def _grid_edge(found: HeadSearch) -> str | None:
+    """``smallest`` or ``largest`` when the chosen value is at an end of its grid, where a search says nothing of
+    the values beyond (linsvm chose C 0.0001, sgd alpha 0.1 without a word); None otherwise."""
+    values = [g["value"] for g in found.grid]
+    chosen = found.chosen[found.param]
+    if len(values) < 2 or chosen not in (min(values), max(values)):
+        return None
+    return "smallest" if chosen == min(values) else "largest"
 
 
 def refit_head(fs: FeatureSet, X: np.ndarray, y: np.ndarray, config: LinearConfig, chosen: dict) -> FittedHead:
@@ -221,7 +233,8 @@ def _train_linear_cv(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, out, confi
     metrics = write_run_report(run_dir, evaluation, paths, kind="linear", title=title, config=model_config,
                                extra={"cv": result.to_json(), "n_images": len(y),
                                       "data_warnings": data_warnings(fs, pooled=True) + list(class_notes),
-                                      "note": "val = out-of-fold predictions of the first repeat over train+val"})
+                                      "note": "val = out-of-fold predictions of the first repeat over train+val"},
+                               scored_on="out-of-fold" + (" (first repeat)" if repeats > 1 else ""))
     return LinearResult(run_dir, evaluation, metrics, fitted)
 
 

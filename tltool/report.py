@@ -266,7 +266,8 @@ def write_run_report(run_dir: str | Path, evaluation: Evaluation, paths: Sequenc
     write_predictions(evaluation, paths, run_dir / "predictions.csv")
     write_json(run_dir / "classes.json", evaluation.classes)
     metrics = {
-        "kind": kind, "title": title, "split": "val", "scored_on": scored_on, "val": evaluation.to_json(),
+        "kind": kind, "title": title, "split": "val" if scored_on is None else scored_on, "scored_on": scored_on,
+        "val": evaluation.to_json(),
         "tta": {name: ev.to_json() for name, ev in (tta or {}).items()} or None,
         "interval_method": "Wilson score interval, 95 %",
         "config": config,
