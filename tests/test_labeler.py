@@ -181,20 +181,32 @@ def test_a_class_or_label_holding_a_control_character_is_refused_where_it_enters
     with pytest.raises(TltoolError, match=r"holds a byte that is not UTF-8 \(0xff\), which a class name cannot hold"):
         parse_classes("cat,a\udcffb")  # the byte as the user's system shows it, not Python's stand-in \udcff
     root = tmp_path / "ds"
-    paths = make_dataset(root, 8, decodable=False)
-    store = LabelStore(root, ["cat", "dog"])
-    for i, path in enumerate(paths):
-        store.set(path, ("cat", "dog")[i % 2])
+    _labelled_by_hand(root, 4, "del\x7fx")
+    _refused_naming_the_row(root, r"row 4: the label 'del\\x7fx' holds a control character")
+    assert not (tmp_path / "ds-split").exists()
+
+
+def _labelled_by_hand(root: Path, row: int, label: str) -> None:
+    """``root``'s photos labelled cat, dog, cat... by the labeler (made the first time), then the label of row
+    ``row`` of its labels.csv edited by hand to ``label``."""
+    if not (root / "labels.csv").exists():
+        paths = make_dataset(root, 8, decodable=False)
+        store = LabelStore(root, ["cat", "dog"])
+        for i, path in enumerate(paths):
+            store.set(path, ("cat", "dog")[i % 2])
     rows = list(csv.reader((root / "labels.csv").open(newline="")))
-    rows[3][1] = "del\x7fx"  # edited by hand
+    rows[row - 1][1] = label
     with open(root / "labels.csv", "w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def _refused_naming_the_row(root: Path, message: str) -> None:
+    """The labeler (with --classes or without) and `label export` refuse the edited labels.csv with ``message``."""
     for classes in (["cat", "dog"], None):
-        with pytest.raises(TltoolError, match=r"labels.csv, row 4: the label 'del\\x7fx' holds a control character"):
+        with pytest.raises(TltoolError, match=f"labels.csv, {message}"):
             LabelStore(root, classes)
-    with pytest.raises(TltoolError, match=r"row 4: the label 'del\\x7fx' holds a control character"):
+    with pytest.raises(TltoolError, match=message):
         export_labels(root, val_fraction=0.25, seed=1)
-    assert not (tmp_path / "ds-split").exists()
 
 
 def test_a_class_too_long_for_a_folder_or_not_a_folder_name_in_labels_csv_is_refused_naming_its_row(tmp_path):
@@ -209,20 +221,9 @@ def test_a_class_too_long_for_a_folder_or_not_a_folder_name_in_labels_csv_is_ref
         parse_classes(f"{'ﬀ' * 90},x")  # 90 characters, but 270 bytes in UTF-8
     assert parse_classes(f"{'L' * 100},x")[0] == "L" * 100
     root = tmp_path / "ds"
-    paths = make_dataset(root, 6)
-    store = LabelStore(root, ["cat", "dog"])
-    for i, path in enumerate(paths):
-        store.set(path, ("cat", "dog")[i % 2])
-    rows = list(csv.reader((root / "labels.csv").open(newline="")))
     for label, problem in (("a/b", "cannot be a folder name"), (long, "is too long for a folder name")):
-        rows[2][1] = label
-        with open(root / "labels.csv", "w", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerows(rows)
-        for classes in (["cat", "dog"], None):
-            with pytest.raises(TltoolError, match=rf"labels.csv, row 3: the label '.{{3,43}}' {problem}"):
-                LabelStore(root, classes)
-        with pytest.raises(TltoolError, match=rf"row 3: the label '.{{3,43}}' {problem}"):
-            export_labels(root, val_fraction=0.25, seed=1)
+        _labelled_by_hand(root, 3, label)
+        _refused_naming_the_row(root, rf"row 3: the label '.{{3,43}}' {problem}")
     assert not (tmp_path / "ds-split").exists()
 
 
@@ -1318,16 +1319,22 @@ def test_a_confirm_without_assistance_is_refused_and_records_nothing(served):
     assert served.server.store.labels == {} and not (served.server.store.root / "labels.csv").exists()
 
 
-def test_a_confirm_with_an_unknown_class_is_refused_and_suggestions_go_on(tmp_path):
-    """``/api/confirm`` with an unknown label and nothing accepted stored the label as rejected; every later
-    suggestion then failed (ValueError in classes.index)."""
-    root = tmp_path / "ds"
+def _assisted(root: Path) -> tuple[dict[str, str], object, Running]:
+    """A labeler with assistance on 12 photos of two kinds (each kind's truth), its assistant ready."""
     truth = make_two_kinds(root, 12)
     server = make_server(root, ["cat", "dog"], featurize=kind_features,
                          assist=AssistSettings(retrain_every=1, typical_per_class=1))
     running = Running.around(server)
+    assert server.assistant.wait_ready(20)
+    return truth, server, running
+
+
+def test_a_confirm_with_an_unknown_class_is_refused_and_suggestions_go_on(tmp_path):
+    """``/api/confirm`` with an unknown label and nothing accepted stored the label as rejected; every later
+    suggestion then failed (ValueError in classes.index)."""
+    root = tmp_path / "ds"
+    truth, server, running = _assisted(root)
     try:
-        assert server.assistant.wait_ready(20)
         for kind in ("cat", "dog"):
             path = next(p for p, k in truth.items() if k == kind)
             assert running.request("POST", "/api/set", {"path": path, "label": kind})[0] == 200
@@ -1349,12 +1356,8 @@ def test_a_grid_confirm_never_overwrites_a_label_or_skip_another_tab_saved_since
     the grid opened was relabelled as an accepted suggestion, that tab's label gone. A path listed twice counted
     twice."""
     root = tmp_path / "ds"
-    truth = make_two_kinds(root, 12)
-    server = make_server(root, ["cat", "dog"], featurize=kind_features,
-                         assist=AssistSettings(retrain_every=1, typical_per_class=1))
-    running = Running.around(server)
+    truth, server, running = _assisted(root)
     try:
-        assert server.assistant.wait_ready(20)
         open_paths = sorted(truth)
         by_hand, skipped, free = open_paths[0], open_paths[1], open_paths[2]
         assert running.request("POST", "/api/set", {"path": by_hand, "label": "dog"})[0] == 200  # the other tab
