@@ -468,6 +468,10 @@ def test_the_report_repeats_the_checks_warnings_about_the_split(tmp_path):
         f"First: {[fs.paths[0], fs.paths[1]]}"]
     report = (result.run_dir / "report.md").read_text()
     assert "- **data warning: 1 image(s) appear in more than one split" in report
+    # pooled (a --cv, an evaluation of every image), "validation accuracy" is not what is at stake
+    from tltool.linear import data_warnings
+
+    assert "a cross-validation may train on one copy and score the other" in data_warnings(fs, pooled=True)[0]
     clean = train_linear(_synthetic_features(tmp_path / "clean"), out=tmp_path / "clean-run")
     assert clean.metrics["data_warnings"] == [] and "data warning" not in (clean.run_dir / "report.md").read_text()
 

@@ -278,9 +278,11 @@ def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]],
         pending.append((f"class(es) {unseen} have no val images: the model still predicts them, but their recall is "
                         "not measured and balanced accuracy leaves them out; add val images of them",
                         ImbalanceWarning))
-    if leaks:
-        pending.append((f"{len(leaks)} image(s) appear in more than one split (identical content): validation "
-                        f"accuracy will be optimistic. First: {leaks[0]}", LeakageWarning))
+    if leaks:  # pooled: "validation accuracy" was said of evaluate, which scores every image
+        what = ("a cross-validation may train on one copy and score the other, so its accuracy will be optimistic "
+                "(an evaluation scores each copy)" if pooled else "validation accuracy will be optimistic")
+        pending.append((f"{len(leaks)} image(s) appear in more than one split (identical content): {what}. "
+                        f"First: {leaks[0]}", LeakageWarning))
     if conflicts:
         pending.append((f"{len(conflicts)} image(s) are filed under more than one class (identical content): the "
                         f"model learns and is scored on contradictory labels; keep each in one class. First: "
