@@ -47,12 +47,12 @@ def near_copies(features: np.ndarray, queries: Sequence[int], references: Sequen
         return []
     unit = _unit(features)
     content = _content_ids(hashes, len(unit))
-    against = np.ascontiguousarray(unit[references].T)  # gathered once, not once a block
+    against, against_content = np.ascontiguousarray(unit[references].T), content[references]  # gathered once
     found = []
     for start in range(0, len(queries), ROWS_PER_BLOCK):
         block = queries[start:start + ROWS_PER_BLOCK]
         sims = unit[block] @ against
-        sims[content[block][:, None] == content[references][None, :]] = -1.0  # itself, or identical bytes
+        sims[content[block][:, None] == against_content[None, :]] = -1.0  # itself, or identical bytes
         best = sims.argmax(1)
         found += [NearCopy(int(q), int(references[j]), float(sims[i, j]))
                   for i, (q, j) in enumerate(zip(block, best)) if sims[i, j] >= threshold]

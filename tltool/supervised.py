@@ -138,9 +138,9 @@ def changed_settings(config: RunConfig, run_dir: Path, cv: int = 0) -> list[str]
     """What a new run of ``config`` (``cv`` folds, 0: none) would train differently from the run ``run_dir`` started
     (``name: then -> now``); empty when resuming it trains what ``config`` would."""
     stored = read_run_config(run_dir)
-    kind = "finetune-cv" if cv else config.KIND
-    if stored_run_kind(run_dir, stored) != kind:
-        return [f"kind: {stored_run_kind(run_dir, stored)} -> {kind}"]
+    kind, started_as = "finetune-cv" if cv else config.KIND, stored_run_kind(run_dir, stored)
+    if started_as != kind:
+        return [f"kind: {started_as} -> {kind}"]
     started = {**asdict(type(config).from_run(run_dir, kind)), "cv": stored.get("cv", 0),
                "image_size": _given_size(stored, kind, config.image_size)}
     now = {**asdict(config), "augment": stored_augment(config.augment), "cv": cv}

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, NoReturn
 from .dataset import SPLIT_ALIASES, Dataset, Record, label_problem
 from .errors import TltoolError, TltoolWarning
 from .utils import (atomic_path, cache_dir, file_lock, read_json_object, remove_temp_leftovers, sha256_json,
-                    sha256_text, shown_name, write_json)
+                    sha256_text, shortened, shown_name, write_json)
 
 INDEX, INDEX_FORMAT, LOCK = "index.json", 2, ".lock"
 # the one form of an example's path that _write_examples writes: class number / example number and extension
@@ -74,7 +74,7 @@ def _load_error(spec: str, name: str, builder: Any, data_dir: str, split: str | 
     """Why ``tfds.load`` failed: a split the data that is there does not have (it said "the data is not in DIR", and
     how to download it), or the data is missing."""
     first = str(exc).splitlines()[0] if str(exc) else ""
-    why = f"{exc.__class__.__name__}: {first if len(first) <= 400 else first[:400] + '...'}"  # cut mid-word before
+    why = f"{exc.__class__.__name__}: {shortened(first, 400)}"  # cut at 200 before, mid-word
     available = list(builder.info.splits.keys())
     if split and available and split.split("[")[0].strip() not in available:  # `train[:50%]` is of split train
         return TltoolError(f"{spec}: the TFDS data for {name!r} in {data_dir} has no split {split!r}; its splits are "
