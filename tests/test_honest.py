@@ -344,6 +344,18 @@ def test_resolution_line_gives_the_half_width_in_points():
     assert "--cv" not in resolution_line(accuracy, cross_validated=True)
 
 
+def test_resolution_line_gives_both_sides_of_a_lopsided_interval():
+    """32 of 32 right is [0.893, 1.000]: "±5.4 points" said it could be 5 points higher, when it can only be lower."""
+    from tltool.report import resolution_line
+    from tltool.stats import Proportion
+
+    line = resolution_line(Proportion(32, 32).to_json())
+    assert line.startswith("this accuracy's 95 % interval on these 32 images runs from 10.7 points below it to 0.0 "
+                           "above; to rank two settings") and "±" not in line
+    assert "from 5.5 points below it to 2.0 above" in resolution_line(Proportion(97, 100).to_json())  # [.915, .990]
+    assert "±5.2 points" in resolution_line(Proportion(93, 100).to_json())  # [.863, .966]: near enough even
+
+
 def _synthetic_features(tmp_path, n_per_class=30, classes=("a", "b", "c"), seed=0):
     from tltool.features import FeatureSet
 
@@ -391,7 +403,8 @@ def test_refit_ships_the_train_val_head_and_keeps_the_val_estimate(tmp_path, cap
     assert json.loads((plain.run_dir / "model.json").read_text())["n_trained_on"] == 60
     report = (refit.run_dir / "report.md").read_text()
     assert "refit on train+val (90 images)" in report and "measured on val before the refit" in report
-    assert "known to about ±" in report and "points on these 30 images" in report
+    assert ("known to about ±" in report or "95 % interval on these 30 images" in report) and "on these 30 images" \
+        in report
 
 
 def test_refit_is_off_by_default_and_with_cv_a_user_error(tmp_path):

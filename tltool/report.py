@@ -169,16 +169,23 @@ def trained_on_line(seen: int, n: int, run: str) -> str:
             "not an estimate for new photos")
 
 
+LOPSIDED = 2.0  # an interval whose longer side is over twice its shorter one is not given as "±"
+
+
 def resolution_line(accuracy: dict, cross_validated: bool = False) -> str:
     """What the accuracy's interval means for choosing settings: its half-width in points, and what to do.
 
     Not "settings closer than that cannot be told apart": scored on separate images, two runs need more than the
     half-width between them (about 1.4 times it); on the same images the paired test resolves less."""
     lo, hi = accuracy["ci95"]
-    half = 100 * (hi - lo) / 2
+    below, above = 100 * (accuracy["value"] - lo), 100 * (hi - accuracy["value"])
     also = "" if cross_validated else ", or measure on every labelled photo with `--cv`"
-    return (f"this accuracy is known to about ±{half:.1f} points on these {accuracy['n']} images (half-width of its "
-            f"95 % interval); to rank two settings, score both on the same images with `tltool compare`{also}")
+    rank = f"to rank two settings, score both on the same images with `tltool compare`{also}"
+    if max(below, above) > LOPSIDED * min(below, above):  # near 0 or 1 a "±" hides that it can go one way only
+        return (f"this accuracy's 95 % interval on these {accuracy['n']} images runs from {below:.1f} points below "
+                f"it to {above:.1f} above; {rank}")
+    return (f"this accuracy is known to about ±{(below + above) / 2:.1f} points on these {accuracy['n']} images "
+            f"(half-width of its 95 % interval); {rank}")
 
 
 def write_picture_report(run_dir: Path, title: str, facts: dict, png: str, lines: Sequence[str] = ()) -> None:
