@@ -165,6 +165,20 @@ def test_class_without_training_images_is_refused(tmp_path):
         prepare_dataset(str(tmp_path))
 
 
+def test_data_inspect_names_a_class_with_val_images_only(tmp_path):
+    """probe refused a class found only in val/, but `data inspect` of the same folders listed it without a word."""
+    from tltool.errors import ImbalanceWarning
+    from tltool.inspection import inspect_dataset, split_warnings
+
+    _tree(tmp_path / "d", {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1, "val/c": 2})
+    result = inspect_dataset(str(tmp_path / "d"), out=tmp_path / "inspect")
+    assert [category for message, category in result.checked.issues if message.startswith(
+        "class(es) ['c'] have no training images, only val or test ones: no model can learn them")] == [ImbalanceWarning]
+    assert "['c'] have no training images" in (tmp_path / "inspect" / "report.md").read_text()
+    assert not split_warnings({"train": {"a": 3}, "test": {"a": 1, "c": 1}}, [], pooled=True)  # every image scored
+    assert "['c'] have no training" in split_warnings({"train": {"a": 3}, "test": {"a": 1, "c": 1}}, [])[0][0]
+
+
 def test_a_class_with_training_images_but_none_in_val_is_warned_about(tmp_path):
     """A manifest (or train/val folders) whose class had no val image trained and reported without a word: the
     class's recall was never measured and balanced accuracy was the mean over the other classes only."""

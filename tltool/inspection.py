@@ -278,6 +278,12 @@ def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]],
         pending.append((f"class(es) {unseen} have no val images: the model still predicts them, but their recall is "
                         "not measured and balanced accuracy leaves them out; add val images of them",
                         ImbalanceWarning))
+    untrained = [] if pooled or "train" not in counts else sorted(
+        {c for split, per_class in counts.items() if split != "train" for c in per_class} - set(counts["train"]))
+    if untrained:  # training refuses such data; `data inspect` said nothing of it
+        pending.append((f"class(es) {untrained} have no training images, only val or test ones: no model can learn "
+                        "them, and probe, linear and finetune refuse this split; add training images of them, or "
+                        "remove the class", ImbalanceWarning))
     if leaks:  # pooled: "validation accuracy" was said of evaluate, which scores every image
         what = ("a cross-validation may train on one copy and score the other, so its accuracy will be optimistic "
                 "(an evaluation scores each copy)" if pooled else "validation accuracy will be optimistic")
