@@ -28,6 +28,19 @@ def _tree(root, layout: dict[str, int], seed=0):
     return root
 
 
+def test_a_macos_zip_folder_is_not_a_class(tmp_path):
+    """A folder unzipped on Linux from a Mac's archive has __MACOSX/ beside the class folders, holding a ``._`` twin
+    of every photo: it was a class of hidden files, 'empty folder' in an EmptyClassWarning, each twin named."""
+    _tree(tmp_path, {"cats": 3, "dogs": 3})
+    for name in ("cats", "dogs"):
+        (tmp_path / "__MACOSX" / name).mkdir(parents=True)
+        for photo in (tmp_path / name).iterdir():
+            (tmp_path / "__MACOSX" / name / f"._{photo.name}").write_bytes(b"\0\5\26\7 resource fork")
+    ds = load_dataset(tmp_path)
+    assert ds.classes == ["cats", "dogs"] and ds.empty_class_folders() == [] and ds.skipped == []
+    assert len(ds.records) == 6
+
+
 def test_folder_per_class_and_hidden_and_empty_class(tmp_path):
     expected = build_bad_corpus(tmp_path)
     ds = load_dataset(tmp_path)
@@ -172,8 +185,8 @@ def test_data_inspect_names_a_class_with_val_images_only(tmp_path):
 
     _tree(tmp_path / "d", {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1, "val/c": 2})
     result = inspect_dataset(str(tmp_path / "d"), out=tmp_path / "inspect")
-    assert [category for message, category in result.checked.issues if message.startswith(
-        "class(es) ['c'] have no training images, only val or test ones: no model can learn them")] == [ImbalanceWarning]
+    said = "class(es) ['c'] have no training images, only val or test ones: no model can learn them"
+    assert [category for message, category in result.checked.issues if message.startswith(said)] == [ImbalanceWarning]
     assert "['c'] have no training images" in (tmp_path / "inspect" / "report.md").read_text()
     assert not split_warnings({"train": {"a": 3}, "test": {"a": 1, "c": 1}}, [], pooled=True)  # every image scored
     assert "['c'] have no training" in split_warnings({"train": {"a": 3}, "test": {"a": 1, "c": 1}}, [])[0][0]

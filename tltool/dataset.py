@@ -234,6 +234,12 @@ def _contains(outer: str, inner: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
+def is_hidden_folder(name: str) -> bool:
+    """A folder left out of every walk: a dot folder (.git, .ipynb_checkpoints) or macOS's zip metadata (__MACOSX,
+    which holds a ``._`` twin of every photo and would read as a class of hidden files)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def _scan(folder: str, skipped: list[SkippedFile]) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
     """The sub-folders and the files of ``folder``, each sorted by name; hidden folders left out."""
     try:
@@ -243,7 +249,7 @@ def _scan(folder: str, skipped: list[SkippedFile]) -> tuple[list[os.DirEntry], l
         skipped.append(SkippedFile(folder, f"{UNREADABLE_FOLDER}: {exc.strerror or exc}"))
         return [], []
     kinds = [(e, _is_folder(e)) for e in entries]
-    return [e for e, folder in kinds if folder and not e.name.startswith(".")], [e for e, folder in kinds if not folder]
+    return [e for e, folder in kinds if folder and not is_hidden_folder(e.name)], [e for e, folder in kinds if not folder]
 
 
 def _is_folder(entry: os.DirEntry) -> bool:
@@ -315,7 +321,7 @@ def walk_files(folder: str | os.PathLike, guard: LinkGuard | None = None) -> tup
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden_folder(p.name))
 
 
 @register_source("tfds", lambda spec: spec.startswith("tfds:"))

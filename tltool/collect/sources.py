@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..dataset import (HIDDEN, NOT_UTF8, TLTOOL_OUTPUTS, LinkGuard, is_utf8, refuse_tltool_output,
+from ..dataset import (HIDDEN, NOT_UTF8, TLTOOL_OUTPUTS, LinkGuard, is_hidden_folder, is_utf8, refuse_tltool_output,
                        tltool_output_around, walk_files)
 from ..errors import BadImageError, TltoolError
 from ..images import CORRUPT, UNREADABLE
@@ -221,8 +221,7 @@ def _unsafe_name(name: str) -> bool:
 def _hidden_member(info: zipfile.ZipInfo) -> bool:
     """A folder, a dot-file or macOS' resource forks; a ``./`` part (some archivers write ``./photo.jpg``) is not
     hidden: every such member was dropped without a word."""
-    return info.is_dir() or any((p.startswith(".") and p != ".") or p == "__MACOSX"
-                                for p in info.filename.split("/") if p)
+    return info.is_dir() or any(is_hidden_folder(p) and p != "." for p in info.filename.split("/") if p)
 
 
 def _unpack_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget) -> str:
