@@ -60,6 +60,32 @@ def test_a_new_split_reuses_the_features_and_new_settings_do_not(shapes_features
     assert not extract_features(str(SAMPLE), tmp_path / "c2", image_size=64, chunk_size=64).cached
 
 
+def test_features_of_other_data_are_kept_unless_forced(shapes_features, tmp_path):
+    """`extract B --out F` (or probe's default folder, named after the data's last part: a/train and b/train share
+    it) replaced the features of A in F without a word; the same data with a photo added goes on as before."""
+    from click.testing import CliRunner
+
+    from tltool.cli import main
+
+    out, first = shapes_features
+    kept = tmp_path / "kept"
+    shutil.copytree(out, kept)
+    other = tmp_path / "other"
+    for name in ("circle", "square"):
+        (other / name).mkdir(parents=True)
+        for photo in sorted((SAMPLE / name).iterdir())[:4]:
+            shutil.copy(photo, other / name)
+    result = CliRunner().invoke(main, ["extract", str(other), "--out", str(kept), "--image-size", "64"])
+    assert result.exit_code == 2 and f"--out {kept}: holds the features of other data" in result.output, result.output
+    assert f"({SAMPLE}: 160 images, efficientnet_lite0); extracting {other} there" in result.output
+    assert "pass --force to replace them" in result.output
+    np.testing.assert_array_equal(load_features(kept).avg, first.features.avg)  # untouched
+    replaced = extract_features(str(other), kept, image_size=64, chunk_size=48, force=True)
+    assert not replaced.cached and len(load_features(kept).paths) == 8
+    shutil.copy(SAMPLE / "star" / "star_000.jpg", other / "circle" / "added.jpg")  # the same data, changed
+    assert len(extract_features(str(other), kept, image_size=64, chunk_size=48).features.paths) == 9
+
+
 def test_a_missing_chunk_is_recomputed_not_served_as_cached(shapes_features, tmp_path):
     out, first = shapes_features
     copy = tmp_path / "gone"

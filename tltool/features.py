@@ -134,13 +134,15 @@ def checked_settings(config: ExtractConfig) -> tuple[tuple[int, int] | None, Inp
 
 
 def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractConfig | None = None, *,
-                     checked: CheckedDataset | None = None, option: str = "--out", **settings: Any) -> ExtractResult:
+                     checked: CheckedDataset | None = None, option: str = "--out", force: bool = False,
+                     **settings: Any) -> ExtractResult:
     """Extract avg- and max-pooled features of every usable image of ``data`` into ``out_dir``.
 
     ``config`` (or its fields as keywords, which replace those of ``config``): see :class:`ExtractConfig`;
     ``strategy``: see :mod:`tltool.distribute` (``batch_size`` is per replica); ``shard``: ``"I/N"``, this
     process's share of the chunks (under ``multiworker`` the worker index gives it). ``option``: the command's
-    name for ``out_dir`` in its errors (``--features`` for probe).
+    name for ``out_dir`` in its errors (``--features`` for probe). ``force``: replace the features of other data
+    found in ``out_dir`` (refused otherwise).
     """
     config = replace(config or ExtractConfig(), **settings)
     part, inputs = checked_settings(config)
@@ -150,6 +152,8 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     records, hashes = _keyed_records(checked)
     key = extraction_key(_cache_settings(inputs, config), records, hashes)
     out = claim_output_dir(out_dir, "features", reuse=True, option=option)
+    if not force:
+        _refuse_other_data(out, key, checked.dataset.source, option)
     chunks = _Chunks(out, key, config.chunk_size, len(records))
     if _reuse_cached(chunks, checked, records, hashes):  # before TensorFlow is imported: cached work is instant
         return ExtractResult(out, True, time.perf_counter() - start, None, checked)
@@ -247,6 +251,25 @@ def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record
     say(f"cached: features for {len(dataset.records)} images already in {chunks.out} (same files, backbone and "
         "settings); the network was not run")
     return True
+
+
+def _refuse_other_data(out: Path, key: str, source: str, option: str) -> None:
+    """A features folder is a cache of one data source: extracting other data into it replaced those features (a
+    second folder named ``train`` shares probe's default folder) without a word. The same data, changed, goes on."""
+    try:
+        old = read_json(out / "features.json")
+    except (OSError, ValueError, RecursionError):  # none, or damaged: nothing of worth to keep
+        return
+    dataset = old.get("dataset") if isinstance(old, dict) else None
+    before = dataset.get("source") if isinstance(dataset, dict) else None
+    if old.get("key") == key or not isinstance(before, str) or before == source:
+        return
+    state = "" if old.get("complete") else "unfinished "
+    place = {name: shown_name(text.removeprefix("folder:").removeprefix("csv:")) for name, text in
+             (("before", before), ("now", source))}
+    raise TltoolError(f"{option} {out}: holds the {state}features of other data ({place['before']}: "
+                      f"{old.get('n_images')} images, {old.get('backbone')}); extracting {place['now']} there would "
+                      "replace them. Give another folder, or pass --force to replace them.")
 
 
 def _check_skipped(checked: CheckedDataset) -> list[dict]:

@@ -263,7 +263,7 @@ def probe(data: str, extract: ExtractConfig | None = None, linear: LinearConfig 
                               decode=False)
     if not linear.cv:  # refused before the network runs, not after it
         require_cv_training_images([r.label for r in checked.dataset.subset("train")], checked.dataset.name)
-    result = extract_features(data, features_dir, extract, checked=checked, option="--features")
+    result = extract_features(data, features_dir, extract, checked=checked, option="--features", force=force)
     if not result.cached:
         say(f"extracted {len(result.features.paths)} images in {result.seconds:.1f} s -> {features_dir}")
     class_notes = [message for message, category in checked.issues if category in CLASS_FINDINGS]

@@ -13,8 +13,8 @@ from ..predict import evaluate_run, predict_images
 from ..report import accuracy_line, resolution_line
 from ..stats import format_proportion
 from ..utils import shown_name
-from .options import (FEATURES_DIR, backbone_options, choice, compose, engine_option, force_option, out_option,
-                      split_options, strategy_option, strict_option, tta_option)
+from .options import (FEATURES_DIR, backbone_options, choice, compose, engine_option, force_features_option,
+                      force_option, out_option, split_options, strategy_option, strict_option, tta_option)
 from .output import echo_tta
 
 
@@ -52,9 +52,11 @@ def backbones_cmd() -> None:
 @click.option("--shard", default=ExtractConfig.shard, metavar="I/N",
               help="Extract only chunks i with i % N == I (run I = 0..N-1 on N machines sharing --out); the last "
                    "to finish completes the folder. Under --strategy multiworker the worker index is the shard.")
-def extract_cmd(data: str, out: str, **options: Any) -> None:
+@click.option("--force", is_flag=True, help="Replace the features of other data found in --out (the same data, "
+              "changed, is extracted again without it).")
+def extract_cmd(data: str, out: str, force: bool, **options: Any) -> None:
     """Extract pooled CNN features of every image in DATA (folder, CSV manifest or tfds:NAME) into --out."""
-    result = extract_features(data, out, ExtractConfig(**options))
+    result = extract_features(data, out, ExtractConfig(**options), force=force)
     meta = result.meta
     shard = f"shard {result.shard[0]}/{result.shard[1]}" if result.shard else ""
     if not result.complete:
@@ -128,7 +130,7 @@ def linear_cmd(features: str, out: str | None, force: bool, **options: Any) -> N
 @click.option("--features", "features_dir", type=click.Path(file_okay=False), default=None,
               help=f"Features folder (cache) [default: {FEATURES_DIR}].")
 @out_option(LINEAR_RUN)
-@force_option
+@force_features_option
 def probe_cmd(data: str, features_dir: str | None, out: str | None, force: bool, **options: Any) -> None:
     """The main job in one command: extract features of DATA (cached) and fit a linear head on them."""
     extract, linear = split_settings(options, ExtractConfig, LinearConfig)

@@ -10,8 +10,8 @@ from ..settings import DEFAULT_BACKBONE
 from ..labeler.suspects import find_suspects, terminal_lines
 from ..viz import (layer_table, open_network, visualize_activations, visualize_embedding, visualize_filters,
                    visualize_gradcam)
-from .options import (FEATURES_DIR, Choice, backbone_options, choice, compose, engine_option, force_option, out_option,
-                      split_options)
+from .options import (FEATURES_DIR, Choice, backbone_options, choice, compose, engine_option, force_features_option,
+                      force_option, out_option, split_options)
 
 network_options = compose(
     click.option("--backbone", default=None, help=f"Pretrained network [default: {DEFAULT_BACKBONE} unless --model]."),
@@ -112,7 +112,7 @@ def embedding_cmd(features: str, pool: str, method: str, perplexity: float, thum
 @click.option("--top", type=int, default=30, show_default=True, help="How many suspects to write.")
 @click.option("--neighbours", type=int, default=10, show_default=True, help="k of the nearest-neighbour check.")
 @out_option("runs/suspects-DATASET-BACKBONE-TIME", "Folder to write suspects.csv and the contact sheet into")
-@force_option
+@force_features_option
 @engine_option
 def suspects_cmd(data: str, backbone: str, weights: str, image_size: int | None, resize: str, batch_size: int,
                  val_fraction: float, seed: int, max_pixels: int, features_dir: str | None, top: int, neighbours: int,

@@ -163,7 +163,7 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     result = extract_features(dataset, features_dir, option="--features", backbone=spec.name, weights=weights,
                               image_size=image_size, resize=resize, batch_size=batch_size, val_fraction=val_fraction,
                               seed=seed, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
-                              engine=engine)
+                              engine=engine, force=force)
     fs = result.features
     proba, knn = suspect_scores(fs.avg, fs.labels, fs.classes, neighbours, C=C, seed=seed)
     rows = np.arange(len(fs.labels))
