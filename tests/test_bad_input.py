@@ -325,6 +325,26 @@ def test_predict_names_a_bad_file_given_twice_once(probe_run, tmp_path):
     assert messages[0].count("empty file (0 bytes)") == 1
 
 
+def test_predict_takes_one_path_as_one_image(probe_run, tmp_path, monkeypatch):
+    """A library caller's predict_images(run, "a.jpg") went through the path letter by letter: "." stood for every
+    photo of the working folder (an absolute path's "/" walked the whole filesystem), the letters were "unreadable"
+    and a Path was "not iterable"."""
+    import warnings
+
+    from tltool.predict import predict_images
+
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(sorted(SAMPLE.glob("star/*.jpg"))[0], tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no BadFilesWarning for the letters
+        assert [p.path for p in predict_images(probe_run, "a.jpg")] == ["a.jpg"]
+        assert [p.path for p in predict_images(probe_run, tmp_path / "b.jpg", top_k=1)] == [str(tmp_path / "b.jpg")]
+    for top_k in (-1, 0, 2.5):  # -1 listed every class but the last; 2.5 ended in a TypeError from a slice
+        with pytest.raises(TltoolError, match=f"--top-k must be a whole number at least 1, got {top_k}"):
+            predict_images(probe_run, "a.jpg", top_k=top_k)
+
+
 @pytest.mark.parametrize("engine", ["tf", "litert"])  # tf.data feeds TensorFlow, the decode threads any other
 def test_predict_readable_equals_the_pipeline_on_the_readable_files(tmp_path, engine):
     from tltool.images import NOT_AN_IMAGE, TOO_SMALL

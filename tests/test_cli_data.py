@@ -111,7 +111,7 @@ def test_data_split_names_every_small_class_warns_of_a_split_probe_refuses_and_c
         write_split_manifest(str(tmp_path / "d"), tmp_path / "s.csv", val_fraction=0.2)
     result = runner.invoke(main, ["data", "split", str(tmp_path / "d"), "--out", str(tmp_path / "t" / "t.csv"),
                                   "--seed=-1"])
-    assert result.exit_code != 0 and "--seed must be a number in [0, 4294967295], got -1" in result.output
+    assert result.exit_code != 0 and "--seed must be a whole number in [0, 4294967295], got -1" in result.output
     assert not (tmp_path / "t" / "t.csv").exists()
 
 

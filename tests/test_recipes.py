@@ -726,7 +726,7 @@ def test_a_recipe_that_is_a_fifo_is_said_to_be_no_regular_file_not_missing(tmp_p
     ("finetune: {data: DATA, lr: .nan, out: runs/f}",
      r"step 2 \(finetune\): --lr must be a number in \(0, 10\], got nan"),
     ("finetune: {data: DATA, refit: true, schedule: plateau}", r"step 2 \(finetune\): --refit repeats the run's"),
-    ("probe: {data: DATA, max-pixels: 0}", r"step 2 \(probe\): --max-pixels must be a number at least 1"),
+    ("probe: {data: DATA, max-pixels: 0}", r"step 2 \(probe\): --max-pixels must be a whole number at least 1"),
     ("linear: {features: runs/a, cv: 1}", r"step 2 \(linear\): --cv must be 0 \(off\) or a number of folds"),
 ])
 def test_settings_a_command_checks_when_it_runs_are_checked_before_the_first_step(in_tmp, step, message):

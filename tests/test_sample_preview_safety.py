@@ -184,6 +184,6 @@ def test_preview_refuses_an_index_past_the_images_and_no_draws(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", per_class=2)
     with pytest.raises(TltoolError, match="--index 8: .* has 8 images; give 0 to 7"):
         preview(str(data), tmp_path / "a", index=8)
-    with pytest.raises(TltoolError, match=r"--draws must be a number in \[1, 119\]"):
+    with pytest.raises(TltoolError, match=r"--draws must be a whole number in \[1, 119\]"):
         preview(str(data), tmp_path / "b", draws=0)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

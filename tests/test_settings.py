@@ -120,7 +120,7 @@ def test_numbers_out_of_range_are_one_line_errors(field, bad, legal):
     """Before, --batch-size 0 and --seed -1 ended in TensorFlow's and NumPy's tracebacks, and --epochs -1 or
     --gamma -1 ran as if they meant something; --head-lr 1e300 trained 20 s and ended in Keras' traceback."""
     option = "--" + field.replace("_", "-")
-    with pytest.raises(TltoolError, match=f"{option} must be a number {legal}"):
+    with pytest.raises(TltoolError, match=f"{option} must be a (whole )?number {legal}"):
         FinetuneConfig(data="x", **{field: bad}).validate()
     legal_range = settings.RANGES[field]
     FinetuneConfig(data="x", **{field: legal_range.low + (1 if legal_range.open_low else 0)
@@ -131,7 +131,7 @@ def test_augment_preview_ranges_its_numbers_too(tmp_path):
     from tltool.augment import preview
 
     for kwargs, option in (({"image_size": 0}, "--image-size"), ({"seed": -1}, "--seed")):
-        with pytest.raises(TltoolError, match=f"{option} must be a number"):  # before: cv2's and pydantic's errors
+        with pytest.raises(TltoolError, match=f"{option} must be a (whole )?number"):  # before: cv2's and pydantic's errors
             preview(str(tmp_path), out=tmp_path / "p", **kwargs)
     assert not (tmp_path / "p").exists()
 
@@ -142,14 +142,36 @@ def test_augment_preview_draws_has_a_ceiling(tmp_path):
     from tltool.augment import preview
 
     for draws, legal in ((0, r"in \[1, 119\]"), (3000, r"in \[1, 119\]")):
-        with pytest.raises(TltoolError, match=f"--draws must be a number {legal}"):
+        with pytest.raises(TltoolError, match=f"--draws must be a whole number {legal}"):
             preview(str(tmp_path), out=tmp_path / "p", draws=draws)
     assert not (tmp_path / "p").exists()
     settings.check_range("draws", settings.PREVIEW_DRAWS_MAX)
 
 
+def test_a_library_callers_numbers_and_flags_are_checked_as_the_clis():
+    """From Python: np.int64 seeds were refused as "must be a number", 2.5 epochs or a 96.5 px input ran (or ended
+    in a TypeError deep in the pipeline), --cv -1 was told "every class needs at least -1 images", 2.5 folds reached
+    scikit-learn, standardize="no" was true, and unfreeze=2 passed the check and ended in an AttributeError."""
+    import numpy as np
+
+    ExtractConfig(seed=np.int64(3), image_size=np.int32(96), batch_size=np.int64(8)).validate()
+    FinetuneConfig(data="x", lr=np.float32(1e-3)).validate()
+    for field, value in (("image_size", 96.5), ("epochs", 2.0), ("batch_size", 16.0), ("seed", True)):
+        with pytest.raises(TltoolError, match=f"--{field.replace('_', '-')} must be a whole number"):
+            FinetuneConfig(data="x", **{field: value}).validate()
+    for k in (-1, 1, 2.5, True):
+        with pytest.raises(TltoolError, match=r"--cv must be 0 \(off\) or a number of folds, at least 2; got "):
+            LinearConfig(cv=k).validate()
+    LinearConfig(cv=np.int64(3)).validate()
+    with pytest.raises(TltoolError, match="standardize must be True or False, got 'no'"):
+        LinearConfig(standardize="no").validate()
+    LinearConfig(standardize=np.bool_(False)).validate()
+    assert FinetuneConfig(data="x", unfreeze=2).unfreeze == "2"
+    FinetuneConfig(data="x", unfreeze=np.int64(3)).validate()
+
+
 def test_repeats_is_ranged_too():
-    with pytest.raises(TltoolError, match="--repeats must be a number at least 1, got 0"):
+    with pytest.raises(TltoolError, match="--repeats must be a whole number at least 1, got 0"):
         LinearConfig(repeats=0).validate()
     LinearConfig(repeats=1).validate()
 
@@ -157,7 +179,7 @@ def test_repeats_is_ranged_too():
 def test_every_ranged_setting_is_a_config_field():
     names = {f.name for c in (FinetuneConfig, LinearConfig, ExtractConfig) for f in dataclasses.fields(c)}
     # make-sample, digits, augment preview and label suspects, which have no config
-    assert set(settings.RANGES) - names == {"per_class", "size", "draws", "top", "neighbours"}
+    assert set(settings.RANGES) - names == {"per_class", "size", "draws", "top", "neighbours", "top_k"}
 
 
 @pytest.mark.parametrize("call, option", [
@@ -183,7 +205,7 @@ def test_commands_without_a_config_range_their_numbers_from_the_table(tmp_path, 
     until the kernel killed it, --seed -1 of learning-curve and viz embedding ended in NumPy's and scikit-learn's
     tracebacks, and --max-pixels 0 called every image a decompression bomb in an import that "succeeded".
     label suspects --neighbours -3 (or 0) ran as 1 while suspects.json said "the -3 nearest neighbours"."""
-    with pytest.raises(TltoolError, match=f"{option} must be a number"):
+    with pytest.raises(TltoolError, match=f"{option} must be a (whole )?number"):
         call(tmp_path)
     assert not (tmp_path / "s").exists()  # refused before anything was written
 

@@ -10,11 +10,12 @@ This module imports nothing heavy: ``tltool --help`` imports it and must stay fr
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import ClassVar, NoReturn, Self
+from typing import Any, ClassVar, NoReturn, Self
 
 from .backbones.registry import get_backbone_spec
 from .errors import TltoolError
@@ -46,7 +47,15 @@ class TrainOptions:
 
 NOTHING_TRAINED = ("no epoch to train: the model would be {what}, and its report the accuracy of a guess; give "
                    "--epochs (or --head-epochs) of at least 1.")
-CV_OFF_OR_FOLDS = "--cv must be 0 (off) or a number of folds, at least 2; got {k}."
+CV_OFF_OR_FOLDS = "--cv must be 0 (off) or a number of folds, at least 2; got {k!r}."
+
+
+def check_folds(k: Any, off_allowed: bool = True) -> None:
+    """``--cv``: 0 (off, where ``off_allowed``) or a whole number of folds of at least 2 (-1 was told "every class
+    needs at least -1 images", 2.5 reached scikit-learn)."""
+    whole = isinstance(k, numbers.Integral) and not isinstance(k, bool)
+    if not whole or not (k >= 2 or (off_allowed and k == 0)):
+        raise TltoolError(CV_OFF_OR_FOLDS.format(k=k))
 
 # what `--resume` says when a run folder belongs to another command
 RESUME_COMMANDS = {"finetune": "tltool finetune --resume", "scratch": "tltool train --resume",
@@ -212,6 +221,10 @@ class FinetuneConfig(RunConfig):
     lr: float = 1e-4
     warmup_epochs: float = 1.0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.unfreeze, numbers.Integral) and not isinstance(self.unfreeze, bool):
+            self.unfreeze = str(int(self.unfreeze))  # a library caller's unfreeze=2 is the CLI's "2"
+
     def validate(self) -> None:
         super().validate()
         if self.head_epochs == self.epochs == 0 and self.head_init == "random":
@@ -285,8 +298,7 @@ class LinearConfig:
         if self.cv and (self.tta != "none" or self.gradcam):
             raise TltoolError("--cv reports out-of-fold predictions of cached features: it cannot add --tta or "
                               "--gradcam. Run without --cv for those.")
-        if self.cv == 1:
-            raise TltoolError(CV_OFF_OR_FOLDS.format(k=self.cv))
+        check_folds(self.cv)
         if self.cv and self.refit:
             raise TltoolError("--refit has nothing to do with --cv: the head --cv saves is already fitted on "
                               "train+val. Drop one of them.")

@@ -18,7 +18,7 @@ import numpy as np
 
 from .augment import stored_augment
 from .backbones import create_backbone, find_backbone, get_backbone_spec
-from .configs import CV_OFF_OR_FOLDS, FinetuneConfig, InputConfig, resolve_input, stored_folds
+from .configs import FinetuneConfig, check_folds, InputConfig, resolve_input, stored_folds
 from .crossval import CVResult, check_fold_counts, say_cv
 from .dataset import label_indices, write_manifest
 from .distribute import resolve_strategy
@@ -309,8 +309,7 @@ def _run_folds(config: FinetuneConfig, run_dir: Path, folds: list[list], kept: d
 
 
 def _check_cv_settings(config: FinetuneConfig, k: int) -> None:
-    if k < 2:
-        raise TltoolError(CV_OFF_OR_FOLDS.format(k=k))
+    check_folds(k, off_allowed=False)
     if config.strategy == "multiworker":
         raise TltoolError("--cv with --strategy multiworker is not supported: run the folds on one machine "
                           "(--strategy auto or mirrored), or fine-tune once across the cluster.")

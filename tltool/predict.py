@@ -35,14 +35,17 @@ class Prediction:
     top: list[tuple[str, float]]
 
 
-def predict_images(run_dir: str | Path, images: Sequence[str], top_k: int = 3, tta: str = "none",
-                   max_pixels: int | None = None, engine: str = "auto") -> list[Prediction]:
+def predict_images(run_dir: str | Path, images: str | os.PathLike | Sequence[str | os.PathLike], top_k: int = 3,
+                   tta: str = "none", max_pixels: int | None = None, engine: str = "auto") -> list[Prediction]:
     """The ``top_k`` classes of each readable image with their probabilities (``tltool predict``), in the order
-    given. A file that cannot be read is named with its reason in a :class:`BadFilesWarning` and the others are
-    still predicted; when none can be read, the error names them all. ``max_pixels``: the decode limit (default:
-    the run's)."""
+    given. ``images``: files, folders (every image under them) or patterns, or one of them. A file that cannot be
+    read is named with its reason in a :class:`BadFilesWarning` and the others are still predicted; when none can
+    be read, the error names them all. ``max_pixels``: the decode limit (default: the run's)."""
     check_choice("tta", tta)
     check_range("max_pixels", max_pixels)
+    check_range("top_k", top_k)
+    if isinstance(images, (str, os.PathLike)):  # one path: as a sequence it was its characters ("/": every file)
+        images = [images]
     files = image_arguments(images)
     if not files:
         raise TltoolError(f"no file to predict in {', '.join(map(str, images))} (hidden files are left out).")

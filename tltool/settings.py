@@ -9,6 +9,7 @@ exactly these names. This module imports nothing but :mod:`tltool.errors`: ``tlt
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import fields, is_dataclass
 from typing import Any, NamedTuple
@@ -43,45 +44,48 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 class Range(NamedTuple):
     """The legal numbers of a numeric setting: ``low`` to ``high`` (None: unbounded), each end included unless
-    ``open_low`` / ``open_high``; ``meaning`` says what the values do where the range alone does not."""
+    ``open_low`` / ``open_high``; ``meaning`` says what the values do where the range alone does not. ``whole``:
+    only whole numbers (an int or a numpy integer from the library: 2.5 epochs or a 96.5 px input mean nothing)."""
 
     low: float | None
     high: float | None
     open_low: bool = False
     open_high: bool = False
     meaning: str = ""
+    whole: bool = False
 
 
 # numeric setting -> its Range. A value of None (a setting left to its default, such as a net's own dropout) is not
 # checked; infinities and NaN never pass.
 RANGES: dict[str, Range] = {
-    "image_size": Range(8, 4096, meaning="leave it out for the backbone's default"),  # nin takes 8 px
-    "batch_size": Range(1, None),
-    "chunk_size": Range(1, None),
-    "epochs": Range(0, None),
-    "head_epochs": Range(0, None),
-    "early_stopping": Range(0, None),
-    "step_epochs": Range(1, None),
+    "image_size": Range(8, 4096, meaning="leave it out for the backbone's default", whole=True),  # nin takes 8 px
+    "batch_size": Range(1, None, whole=True),
+    "chunk_size": Range(1, None, whole=True),
+    "epochs": Range(0, None, whole=True),
+    "head_epochs": Range(0, None, whole=True),
+    "early_stopping": Range(0, None, whole=True),
+    "step_epochs": Range(1, None, whole=True),
     "warmup_epochs": Range(0, None),
     "weight_decay": Range(0, None),
     # 1e300 trained 20 s, then Keras could not convert it (a traceback); Adadelta's customary 1.0 is the largest in use
     "lr": Range(0, 10, open_low=True),
     "head_lr": Range(0, 10, open_low=True),
     "gamma": Range(0, 1, open_low=True),
-    "plateau_patience": Range(1, None),
+    "plateau_patience": Range(1, None, whole=True),
     "plateau_factor": Range(0, 1, open_low=True),
     "label_smoothing": Range(0, 1, open_high=True),
     "mixup": Range(0, 10, meaning="0 turns mixup off; above 0 it is the a of the Beta(a, a) mixing weights"),
     "dropout": Range(0, 0.99),
-    "seed": Range(0, 2**32 - 1),
-    "max_pixels": Range(1, None, meaning="images with more pixels are refused as decompression bombs"),
-    "per_class": Range(1, 10000),
-    "size": Range(32, 1024, meaning="the side of each image in pixels; tltool refuses images under 32 px"),
-    "repeats": Range(1, None),
+    "seed": Range(0, 2**32 - 1, whole=True),
+    "max_pixels": Range(1, None, meaning="images with more pixels are refused as decompression bombs", whole=True),
+    "per_class": Range(1, 10000, whole=True),
+    "size": Range(32, 1024, meaning="the side of each image in pixels; tltool refuses images under 32 px", whole=True),
+    "repeats": Range(1, None, whole=True),
     # `augment preview`: 3000 draws ran 5 minutes without a word and wrote an 11 MB PNG of 501 rows
-    "draws": Range(1, PREVIEW_DRAWS_MAX, meaning="the grid shows the original and each draw, six to a row"),
-    "top": Range(1, None),  # label suspects: how many are written
-    "neighbours": Range(1, None),  # label suspects: k of the nearest-neighbour check
+    "draws": Range(1, PREVIEW_DRAWS_MAX, meaning="the grid shows the original and each draw, six to a row", whole=True),
+    "top": Range(1, None, whole=True),  # label suspects: how many are written
+    "top_k": Range(1, None, whole=True),  # predict: how many classes each image lists (-1 listed all but the last)
+    "neighbours": Range(1, None, whole=True),  # label suspects: k of the nearest-neighbour check
 }
 
 # settings that also accept a file instead of a named value (an albumentations pipeline for --augment)
@@ -128,8 +132,9 @@ def check_range(setting: str, value: Any) -> None:
     legal = RANGES[setting]
     if value is None:
         return
+    kind = numbers.Integral if legal.whole else numbers.Real  # numpy's numbers too, from a library caller
     try:
-        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        number = float(value) if isinstance(value, kind) and not isinstance(value, bool) else math.nan
     except OverflowError:  # an int of hundreds of digits (Click and YAML take them): out of every range
         number = math.inf
     below = legal.low is not None and (number <= legal.low if legal.open_low else number < legal.low)
@@ -142,7 +147,8 @@ def check_range(setting: str, value: Any) -> None:
         words = (f"in {'(' if legal.open_low else '['}{_bound(legal.low)}, {_bound(legal.high)}"
                  f"{')' if legal.open_high else ']'}")
     meaning = f" ({legal.meaning})" if legal.meaning else ""
-    raise TltoolError(f"--{setting.replace('_', '-')} must be a number {words}{meaning}, got {value!r}.")
+    what = "a whole number" if legal.whole else "a number"
+    raise TltoolError(f"--{setting.replace('_', '-')} must be {what} {words}{meaning}, got {value!r}.")
 
 
 def _bound(number: float) -> str:
@@ -158,3 +164,11 @@ def validate_choices(config: Any) -> None:
             check_choice(f.name, getattr(config, f.name))
         elif f.name in RANGES:
             check_range(f.name, getattr(config, f.name))
+        elif f.type in ("bool", bool):
+            check_flag(f.name, getattr(config, f.name))
+
+
+def check_flag(setting: str, value: Any) -> None:
+    """An on/off setting is True or False (numpy's too): a library caller's ``standardize="no"`` was true."""
+    if not (isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")):
+        raise TltoolError(f"{setting} must be True or False, got {value!r}.")
