@@ -489,6 +489,24 @@ def test_the_report_repeats_the_checks_warnings_about_the_split(tmp_path):
     assert clean.metrics["data_warnings"] == [] and "data warning" not in (clean.run_dir / "report.md").read_text()
 
 
+def test_a_learning_curves_fractions_and_seeds_are_checked(tmp_path, monkeypatch):
+    """From Python, fractions=[0, 2] ended in numpy's "Cannot take a larger sample than population" and a numpy
+    array of fractions in "The truth value of an array ... is ambiguous"."""
+    import tltool.crossval
+    from tltool.crossval import learning_curve, run_learning_curve
+
+    features = _synthetic_features(tmp_path)
+    for fractions, bad in (([0, 2], r"\[0, 2\]"), ([0.5, "1"], r"\['1'\]"), ([], "none")):
+        with pytest.raises(TltoolError, match=f"fractions must be shares of the training split, each above 0 and at "
+                                              f"most 1; got {bad}"):
+            learning_curve(features, fractions=fractions)
+    with pytest.raises(TltoolError, match="--seeds must be a whole number at least 1, got 0"):
+        learning_curve(features, seeds=0)
+    monkeypatch.setattr(tltool.crossval, "load_features", lambda directory: features)
+    points, _, _ = run_learning_curve("features", fractions=np.array([0.5, 1.0]), seeds=1, out=tmp_path / "lc")
+    assert [p.fraction for p in points] == [0.5, 1.0]
+
+
 def test_the_largest_seed_drives_every_head_of_a_learning_curve(tmp_path):
     """--seed 4294967295 (the top of the range) gave the SGD head of the curve's second draw a random_state of
     2**32: scikit-learn's InvalidParameterError."""

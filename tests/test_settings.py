@@ -179,7 +179,7 @@ def test_repeats_is_ranged_too():
 def test_every_ranged_setting_is_a_config_field():
     names = {f.name for c in (FinetuneConfig, LinearConfig, ExtractConfig) for f in dataclasses.fields(c)}
     # make-sample, digits, augment preview and label suspects, which have no config
-    assert set(settings.RANGES) - names == {"per_class", "size", "draws", "top", "neighbours", "top_k"}
+    assert set(settings.RANGES) - names == {"per_class", "size", "draws", "top", "neighbours", "top_k", "seeds"}
 
 
 @pytest.mark.parametrize("call, option", [

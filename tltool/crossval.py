@@ -6,6 +6,7 @@ they add no new evidence).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -165,13 +166,14 @@ def learning_curve(fs: FeatureSet, head: str = "logreg", pool: str = "avg",
     only in how many images the head saw.
     """
     check_range("seed", seed)  # -1 was numpy's ValueError
+    check_range("seeds", seeds)
+    fractions = _checked_fractions(fractions)
     X = fs.features(pool)
     train, val = fs.mask("train"), fs.mask("val")
     Xtr, ytr, Xval, yval = X[train], fs.labels[train], X[val], fs.labels[val]
     if not len(yval):
         raise TltoolError(f"{fs.directory}: no validation split to measure the curve on.")
     heads_module.require_cv_training_images([fs.classes[i] for i in ytr], str(fs.directory))
-    fractions = [float(f) for f in fractions]
     key = {"train": [sha256_array(Xtr), sha256_array(ytr)], "val": [sha256_array(Xval), sha256_array(yval)],
            "classes": fs.classes, "head": head, "grid": get_head_spec(head).grid, "fractions": fractions,
            "seeds": seeds, "seed": seed, "standardize": standardize, "scikit-learn": version("scikit-learn"),
@@ -181,6 +183,16 @@ def learning_curve(fs: FeatureSet, head: str = "logreg", pool: str = "avg",
     points, params = remembered("learning-curve", key, lambda: _curve(
         (Xtr, ytr, Xval, yval), fs.classes, head, fractions, seeds, seed, standardize))
     return [CurvePoint(**{**p, "spread": tuple(p["spread"])}) for p in points], params
+
+
+def _checked_fractions(fractions: Sequence[float]) -> list[float]:
+    """Shares of the training split, each in (0, 1]: 2 was numpy's "Cannot take a larger sample than population"."""
+    values = list(np.asarray(fractions, dtype=object).ravel()) if not isinstance(fractions, str) else [fractions]
+    bad = [f for f in values if not (isinstance(f, numbers.Real) and not isinstance(f, bool) and 0 < f <= 1)]
+    if bad or not values:
+        raise TltoolError(f"fractions must be shares of the training split, each above 0 and at most 1; got "
+                          f"{bad or 'none'}.")
+    return [float(f) for f in values]
 
 
 def _curve(data: tuple, classes: list[str], head: str, fractions: list[float], seeds: int, seed: int,
@@ -301,7 +313,7 @@ def run_learning_curve(features: str | Path, head: str = "logreg", pool: str = "
                        ) -> tuple[list[CurvePoint], str, Path]:
     check_run_dir(out, force, reads=(features,), kind="learning-curve")
     fs = load_features(features)
-    kwargs = {"fractions": fractions} if fractions else {}
+    kwargs = {"fractions": fractions} if fractions is not None else {}  # a numpy array has no truth value
     points, params = learning_curve(fs, head, pool, seeds=seeds, seed=seed, **kwargs)
     reading = read_curve(points, fs.classes)
     target = new_run_dir("learning-curve", fs.meta["dataset"]["name"], head, out=out, force=force)

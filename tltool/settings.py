@@ -81,6 +81,7 @@ RANGES: dict[str, Range] = {
     "per_class": Range(1, 10000, whole=True),
     "size": Range(32, 1024, meaning="the side of each image in pixels; tltool refuses images under 32 px", whole=True),
     "repeats": Range(1, None, whole=True),
+    "seeds": Range(1, None, whole=True),  # learning-curve: random subsets averaged per point
     # `augment preview`: 3000 draws ran 5 minutes without a word and wrote an 11 MB PNG of 501 rows
     "draws": Range(1, PREVIEW_DRAWS_MAX, meaning="the grid shows the original and each draw, six to a row", whole=True),
     "top": Range(1, None, whole=True),  # label suspects: how many are written
