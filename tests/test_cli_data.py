@@ -151,6 +151,33 @@ def test_a_train_and_test_layout_without_val_is_warned_of_where_the_test_images_
     assert len(checked.dataset.subset("val")) == 8
 
 
+def test_a_manifest_marking_every_row_train_is_warned_that_val_was_drawn_from_it(tmp_path):
+    """A spreadsheet whose split column said Train on every row was split 80/20 without a word: photos the user
+    marked train were scored as val (only report.md's settings showed a seed)."""
+    import warnings
+
+    from helpers import noise_image
+
+    from tltool.errors import NoValSplitWarning
+    from tltool.inspection import prepare_dataset
+
+    rows = ["path,label,split"]
+    for k, label in enumerate(("a", "b")):
+        for i in range(5):
+            noise_image(tmp_path / label / f"{i}.jpg", seed=10 * k + i)
+            rows.append(f"{label}/{i}.jpg,{label},Train")
+    (tmp_path / "sheet.csv").write_text("\n".join(rows) + "\n")
+    with pytest.warns(NoValSplitWarning, match=r"every image is marked train, and there is no val split: tltool drew "
+                                                r"--val-fraction of each class as val"):
+        checked = prepare_dataset(str(tmp_path / "sheet.csv"))
+    assert len(checked.dataset.subset("val")) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoValSplitWarning)  # nothing to say: no split was given, or all is pooled
+        prepare_dataset(str(tmp_path / "sheet.csv"), pooled=True)
+        (tmp_path / "sheet.csv").write_text("\n".join(row.rsplit(",", 1)[0] for row in rows) + "\n")
+        prepare_dataset(str(tmp_path / "sheet.csv"))
+
+
 def test_a_photo_whose_name_is_not_utf8_is_named_by_a_run_s_check_and_data_split(tmp_path):
     """Only `data inspect` and `predict` named it: probe and `data split` left it out without a word."""
     import os

@@ -448,6 +448,7 @@ def _named(items: Sequence[str]) -> str:
 SPLIT_NOTE = "stratified split"  # a dataset's note when tltool drew its split (--val-fraction, --seed)
 # a dataset's note when its 'test' split is its val split (no 'val' split): warned of, and in every run's report
 TEST_AS_VAL = "no 'val' split: the 'test' split is used for validation"
+TRAIN_ONLY = "only a 'train' split: val is drawn from it"
 MAX_FOLDER_LABEL = 100  # characters (and at most 255 bytes in UTF-8, a folder name's limit on Linux and macOS)
 
 
@@ -722,7 +723,8 @@ def stratified_split(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0,
             return replace(dataset, records=[replace(r, split="val" if r.split == "test" else r.split)
                                              for r in dataset.records])
         # only a train split: split it
-        dataset = replace(dataset, records=[replace(r, split=None) for r in dataset.records])
+        dataset = replace(dataset, records=[replace(r, split=None) for r in dataset.records],
+                          notes=dataset.notes + [TRAIN_ONLY])
     if not 0.0 < val_fraction < 1.0:
         raise TltoolError(f"--val-fraction must be above 0 and below 1 (a share of each class), got {val_fraction}.")
     by_class: dict[str, dict[str, list[Record]]] = {}

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from .dataset import (NOT_UTF8, SPLIT_NOTE, TEST_AS_VAL, UNREADABLE_FOLDER, Dataset, Record, end_sentence, load_dataset,
-                      require_training_images, stratified_split, tltool_output_around, write_manifest)
+from .dataset import (NOT_UTF8, SPLIT_NOTE, TEST_AS_VAL, TRAIN_ONLY, UNREADABLE_FOLDER, Dataset, Record, end_sentence,
+                      load_dataset, require_training_images, stratified_split, tltool_output_around, write_manifest)
 from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, HeldOutWarning, ImbalanceWarning,
                      LabelConflictWarning, LeakageWarning, NoValSplitWarning, SmallClassWarning, TltoolError,
@@ -266,6 +266,10 @@ def split_warnings(counts: dict[str, dict[str, int]], leaks: list[list[str]],
                         "split (scored, a fine-tune's early stopping and refit use them, --cv trains on them); to "
                         "keep a final test set, move it out of the data folder and score it once with `tltool "
                         "evaluate`", NoValSplitWarning))
+    if TRAIN_ONLY in notes and not pooled:  # a manifest's every row said train: some were scored as val unsaid
+        pending.append(("every image is marked train, and there is no val split: tltool drew --val-fraction of each "
+                        "class as val (--seed draws others), and scores those; to choose the val images yourself, "
+                        "mark them val", NoValSplitWarning))
     for split, per_class in counts.items():
         if len(per_class) >= 2:
             lo, hi = min(per_class.values()), max(per_class.values())
