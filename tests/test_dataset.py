@@ -522,6 +522,29 @@ def test_manifest_extra_cells_and_near_identical_labels_are_named(tmp_path):
         assert load_dataset(tmp_path / "clean.csv").classes == ["roses", "tulips"]
 
 
+def test_a_manifest_as_spreadsheets_export_it_is_read(tmp_path):
+    """A European-locale spreadsheet's export: `Path;Label;Split;` (semicolons, capitals, a trailing separator),
+    CRLF, a BOM, blank rows written as ';;;', and a folder name typed as e + U+0301 where the disk has é. Each was an
+    error: "unknown column(s) ['path;label;split']", "unknown column(s) ['']", "row 9: empty path", and "file not
+    found" for a name that printed like the file's."""
+    import unicodedata
+
+    _tree(tmp_path / "fleurs été", {"a": 3, "b": 3})
+    typed = unicodedata.normalize("NFD", "fleurs été")
+    rows = [f"{typed}/{label}/img_{i:02d}.jpg;{label};Train" if i else f"{typed}/{label}/img_00.jpg;{label};Val"
+            for label in "ab" for i in range(3)]
+    (tmp_path / "semi.csv").write_bytes("\r\n".join(["Path;Label;Split;", *rows, ";;;", ";;;", ""]).encode("utf-8-sig"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_dataset(tmp_path / "semi.csv")
+    assert ds.counts() == {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}}
+    assert all(os.path.exists(r.path) and "fleurs été" in r.path for r in ds.records)  # the disk's spelling
+    comma = "path,label,\nfleurs été/a/img_00.jpg,a,\nfleurs été/b/img_00.jpg,b,from the garden\n,,\n"
+    (tmp_path / "comma.csv").write_text(comma)
+    with pytest.warns(ManifestWarning, match=r"1 row\(s\) have more cells than the header .*row 3: \['from the"):
+        assert len(load_dataset(tmp_path / "comma.csv").records) == 2
+
+
 def test_a_folder_that_cannot_be_read_is_named_not_a_traceback(tmp_path, monkeypatch):
     _tree(tmp_path, {"cat": 2, "cat/locked": 1, "dog": 2})
     real_scandir = os.scandir

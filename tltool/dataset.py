@@ -17,7 +17,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, TextIO
 
 import numpy as np
 
@@ -344,8 +344,10 @@ MAX_NAMED = 10  # rows named in one problem or warning message
 
 
 def _manifest_header(fieldnames: Sequence[str] | None, spec: str, labels_file: bool = False) -> list[str]:
-    header = [h.strip() for h in (fieldnames or [])]
-    unknown = [] if labels_file else [h for h in header if h not in CSV_COLUMNS + OPTIONAL_COLUMNS]
+    """The header's column names: any case (a spreadsheet's Path,Label), an unnamed one (a trailing separator) let
+    be; an unknown, missing or repeated name is refused."""
+    header = [h.strip().lower() for h in (fieldnames or [])]
+    unknown = [] if labels_file else [h for h in header if h and h not in CSV_COLUMNS + OPTIONAL_COLUMNS]
     missing = sorted({"path", "label"} - set(header))
     # csv.DictReader keeps the last cell of a repeated name: `path,label,label` read every label from the 3rd column
     repeated = sorted({h for h in header if header.count(h) > 1 and h in CSV_COLUMNS + OPTIONAL_COLUMNS})
@@ -479,7 +481,11 @@ class _ManifestRows:
     unsplit: list[int] = field(default_factory=list)  # the lines of the records without a split
 
     def add(self, line: int, row: dict) -> None:
-        extra = [cell for cell in row.get(None) or [] if cell.strip()]  # blank trailing cells lose nothing
+        cells = [c for key, value in row.items() for c in (value if key is None else [value]) if c is not None]
+        if not any(cell.strip() for cell in cells):  # a spreadsheet's blank row (",,"), as an empty line is
+            return
+        # blank trailing cells lose nothing; cells under an unnamed column (a trailing separator) are extra too
+        extra = [cell for cell in [*(row.get(None) or []), row.get("") or ""] if cell.strip()]
         if extra:
             self.extra_cells.append(f"row {line}: {extra}")
         path = (row.get("path") or "").strip()
@@ -510,6 +516,7 @@ class _ManifestRows:
         if not label:
             self.problems.append(f"row {line}: empty label for {shown_name(path)}")
         try:
+            full = _unicode_twin(full)
             found = full.is_file()
         except OSError as exc:  # a name too long for the filesystem: Python 3.11 raises instead of saying False
             self.problems.append(f"row {line}: cannot be looked up ({exc.strerror}): {shown_name(path)}")
@@ -555,6 +562,18 @@ class _ManifestRows:
 FILE_NOT_FOUND = "file not found"
 
 
+def _unicode_twin(full: Path) -> Path:
+    """``full``, or the file of its name in the other Unicode form: a spreadsheet typed on macOS can spell "été" as
+    e + U+0301 where the disk has é (or the reverse), and "file not found" then named a file that prints alike."""
+    if os.path.lexists(full):
+        return full
+    for form in ("NFC", "NFD"):
+        twin = Path(unicodedata.normalize(form, str(full)))
+        if twin != full and os.path.lexists(twin):
+            return twin
+    return full
+
+
 def _not_found(full: Path) -> str:
     """Why a row's path is no photo file: a folder or a device was "file not found" of a path that is there."""
     if full.is_dir():
@@ -581,7 +600,7 @@ def load_manifest(spec: str, labels_file: bool = False) -> Dataset:
     manifest = Path(spec).resolve()
     rows = _ManifestRows(manifest.parent, labels_file=labels_file)
     with readable_csv(spec), open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter="\t" if spec.lower().endswith(".tsv") else ",")
+        reader = csv.DictReader(f, delimiter=_delimiter(f, spec))
         reader.fieldnames = header = _manifest_header(reader.fieldnames, spec, labels_file)
         for row in reader:
             rows.add(record_line(reader, row), row)
@@ -600,6 +619,17 @@ def load_manifest(spec: str, labels_file: bool = False) -> Dataset:
     for message in rows.oddities(header):
         warnings.warn(f"{spec}: {message}", ManifestWarning, stacklevel=3)
     return Dataset(name=manifest.stem, source=f"csv:{manifest}", records=rows.records)
+
+
+def _delimiter(f: TextIO, spec: str) -> str:
+    """A tab for .tsv; else a comma, or a semicolon where the header names its columns with them (a spreadsheet
+    in a locale whose decimal mark is the comma exports ``path;label;split``)."""
+    if spec.lower().endswith(".tsv"):
+        return "\t"
+    first = f.readline()
+    f.seek(0)
+    names = [name.strip().lower() for name in first.split(";")]
+    return ";" if "," not in first and {"path", "label"} <= set(names) else ","
 
 
 def _layout(root: Path, notes: list[str]) -> list[tuple[Path, str | None]]:
