@@ -168,6 +168,21 @@ def test_an_input_that_no_step_writes_is_named_by_check_and_before_the_first_ste
     assert _check(path, f"data={SAMPLE}").exit_code == 0
 
 
+def test_a_recipe_run_from_another_folder_is_told_its_paths_are_read_from_there(in_tmp, monkeypatch):
+    """`tltool run ../class.yaml` from another folder: the photos beside the recipe were named as if missing."""
+    (in_tmp / "class" / "photos").mkdir(parents=True)
+    path = _write(in_tmp / "class", "steps:\n  - probe: {data: photos, out: runs/p}\n")
+    (in_tmp / "elsewhere").mkdir()
+    monkeypatch.chdir(in_tmp / "elsewhere")
+    result = _check(Path("..") / "class" / path.name)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "step 1 (probe): data photos" in said, result.output
+    assert (f"A relative path in a recipe is read from the folder tltool runs in ({in_tmp / 'elsewhere'}), not from "
+            f"the recipe's; these are beside the recipe: run it from {in_tmp / 'class'}.") in said
+    monkeypatch.chdir(in_tmp / "class")
+    assert _check(path.name).exit_code == 0
+
+
 def test_what_an_earlier_step_of_the_run_writes_counts_and_what_a_step_before_from_writes_must_exist(in_tmp):
     from click.testing import CliRunner
 

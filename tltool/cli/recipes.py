@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 import shlex
 import sys
@@ -385,7 +386,7 @@ def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), s
         before = f" (steps before --from {start} do not run: what they write must exist already)" if start > 1 else ""
         raise TltoolError(f"{recipe.path}: inputs that do not exist and that no earlier step of the recipe writes"
                           f"{before}: {named}. Make them first, or point the steps at ones that exist; nothing has "
-                          "run.")
+                          "run." + _beside_recipe_hint(recipe.path, [str(m.value) for m in missing]))
     for what, refused in (("inputs", misread_inputs(steps)), ("outputs", refused_outputs(steps, not_going_on))):
         if refused:
             named = "; ".join(f"step {r.index} ({r.command}): {r.reason.rstrip('.')}" for r in refused)
@@ -450,6 +451,16 @@ def _why_not_going_on(recipe: Recipe, index: int, command: click.Command, values
     except (click.ClickException, TypeError, ValueError) as exc:  # the step's own options: its command says more
         return f"and the step's options cannot be read as settings ({exc})"
     return f"started with other settings than the step's ({'; '.join(changed)})" if changed else None
+
+
+def _beside_recipe_hint(recipe_path: Path, values: list[str]) -> str:
+    """Relative paths in a recipe are read from the working folder; say so when they are found beside the recipe
+    (`tltool run ../class.yaml` from another folder named data that was there, as if missing)."""
+    folder = Path(os.path.abspath(recipe_path)).parent
+    if folder == Path.cwd() or not any(not os.path.isabs(v) and os.path.lexists(folder / v) for v in values):
+        return ""
+    return (f"\nA relative path in a recipe is read from the folder tltool runs in ({shown_name(os.getcwd())}), not "
+            f"from the recipe's; these are beside the recipe: run it from {shown_name(str(folder))}.")
 
 
 def _set_hint(recipe: Recipe, missing: StepInput) -> str:
