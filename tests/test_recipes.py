@@ -47,6 +47,10 @@ def test_unknown_key_suggests_and_wrong_type_names_key_and_type(tmp_path):
         load_recipe(_write(tmp_path, "steps:\n  - finetune: {data: x, head_epoch: 3}\n"))
     with pytest.raises(TltoolError, match=r"key 'epochs' must be an integer, got 'ten' \(str\)"):
         load_recipe(_write(tmp_path, "steps:\n  - finetune: {data: x, epochs: ten}\n"))
+    # a quoted number in a variable: the message named the step's key, not the variable, and not the quotes
+    with pytest.raises(TltoolError, match=r"step 1 \(probe\), from the variable 'size': key 'image-size' must be an "
+                                          r"integer, got '96' \(str\); write it without quotes\.$"):
+        load_recipe(_write(tmp_path, 'vars: {size: "96"}\nsteps:\n  - probe: {data: x, image_size: "${size}"}\n'))
     with pytest.raises(TltoolError, match=r"step 1 \(data-make-sample\): key 'out' holds a NUL byte"):
         load_recipe(_write(tmp_path, 'steps:\n  - data-make-sample: {out: "ms\\0x"}\n'))  # was os.stat's ValueError
     with pytest.raises(TltoolError, match=r"key 'images' holds a NUL byte"):

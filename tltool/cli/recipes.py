@@ -115,10 +115,19 @@ def _base_type(param: click.Parameter) -> str:
     return {"integer range": "integer", "float range": "float"}.get(param.type.name, param.type.name)
 
 
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_value(where: str, param: click.Parameter, value: Any) -> list[str]:
     """The command-line words for ``value``; raise a clear error when its type is wrong."""
+    quoted = isinstance(value, str) and _base_type(param) in ("integer", "float") and _is_number_text(value)
     bad = TltoolError(f"{where}: key {_key(param)!r} must be {_type_name(param)}, got {value!r} "
-                      f"({type(value).__name__}).")
+                      f"({type(value).__name__})" + ("; write it without quotes." if quoted else "."))
     if any(isinstance(v, str) and "\0" in v for v in (value if isinstance(value, list) else [value])):
         raise TltoolError(f"{where}: key {_key(param)!r} holds a NUL byte (\\0), which no file name or value may "
                           "hold; a command line cannot pass one either.")
@@ -353,7 +362,10 @@ def build_argv(recipe: Recipe, index: int, step: Step, command: click.Command) -
             if isinstance(param, click.Argument) and param.required:
                 raise TltoolError(f"{where}: key {key!r} is required ({_type_name(param)}).")
             continue
-        words = _check_value(where, param, _substitute(step.options[key], recipe.vars, where))
+        given = step.options[key]
+        variable = _VAR.fullmatch(given) if isinstance(given, str) else None  # the variable is what to fix
+        here = f"{where}, from the variable {variable.group(1)!r}" if variable else where
+        words = _check_value(here, param, _substitute(given, recipe.vars, where))
         (positional if isinstance(param, click.Argument) else argv).extend(words)
     return argv + (["--", *positional] if positional else [])
 
