@@ -172,6 +172,19 @@ def test_an_input_that_no_step_writes_is_named_by_check_and_before_the_first_ste
     assert _check(path, f"data={SAMPLE}").exit_code == 0
 
 
+def test_check_reads_a_manifest_input(in_tmp):
+    """`tltool run --check` passed a recipe whose manifest had a bad header; the run then replaced step 1's run
+    (force: true) and stopped at step 2 on "unknown column(s)"."""
+    (in_tmp / "sheet.csv").write_text("file,label\nx.jpg,a\n")
+    path = _write(in_tmp, "steps:\n  - probe: {data: sheet.csv, out: runs/p}\n")
+    result = _check(path)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "inputs the steps would refuse when reached: step 1 (probe): sheet.csv, row 1 " \
+        "(header): unknown column(s) ['file'] and missing column(s) ['path']" in said, result.output
+    (in_tmp / "sheet.csv").write_text(f"path,label\n{SAMPLE / 'star' / 'star_000.jpg'},a\n")
+    assert _check(path).exit_code == 0
+
+
 def test_a_recipe_run_from_another_folder_is_told_its_paths_are_read_from_there(in_tmp, monkeypatch):
     """`tltool run ../class.yaml` from another folder: the photos beside the recipe were named as if missing."""
     (in_tmp / "class" / "photos").mkdir(parents=True)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import click
 
-from ..dataset import COLLECTED, NOT_PHOTOS, refuse_tltool_output
+from ..dataset import COLLECTED, NOT_PHOTOS, load_manifest, refuse_tltool_output
 from ..errors import TltoolError
 from ..labeler.export import KIND as LABEL_EXPORT_KIND
 from ..labeler.export import default_export_dir
@@ -301,6 +302,10 @@ def _check_photos(text: str, earlier: tuple[int, str, str] | None) -> None:
                           "photos; give the folder (or manifest) of the photos.")
     if earlier is None and os.path.isdir(text):
         refuse_tltool_output(text, text)
+    if earlier is None and os.path.isfile(text) and text.lower().endswith((".csv", ".tsv")):
+        with warnings.catch_warnings():  # a manifest's oddities are warned of when its step runs
+            warnings.simplefilter("ignore")
+            load_manifest(text)  # its header and rows: a bad one was found only when its step was reached
 
 
 def _check_features(text: str, earlier: tuple[int, str, str] | None) -> None:
