@@ -39,11 +39,18 @@ def test_lenet5_on_digits_reaches_95_percent(tmp_path):
 
 def test_nin_at_8_px_trains_and_its_run_loads(tmp_path):
     """--image-size 8 (nin's smallest input) passed the range, trained, then failed in its own finish: model.json's
-    check still required 16 px, so the run could neither be loaded nor resumed."""
+    check still required 16 px, so the run could neither be loaded nor resumed. And a run gives back the caller's
+    global random state: seeding it for training changed a notebook's own draws after a fine-tune."""
+    import random
+
     run = tmp_path / "run"
+    random.seed(123)
+    np.random.seed(123)
+    before = random.getstate(), np.random.get_state()[1].copy()
     result = CliRunner().invoke(main, ["train", str(SAMPLE), "--arch", "nin", "--image-size", "8", "--epochs", "1",
                                        "--batch-size", "16", "--out", str(run)])
     assert result.exit_code == 0, result.output
+    assert random.getstate() == before[0] and np.array_equal(np.random.get_state()[1], before[1])
     model = load_run(run)
     assert model.image_size == 8 and model.predict_paths([str(next(SAMPLE.glob("star/*.jpg")))]).shape == (1, 4)
     weights = json.loads((run / "metrics.json").read_text())["model_weights"]

@@ -32,7 +32,8 @@ from .report import read_predictions, write_run_report
 from .runs import check_run_dir, hold_run_dir, new_run_dir, writes_runs
 from .settings import CHOICES
 from .supervised import (GIVEN_IMAGE_SIZE, SPLIT_FILE, KerasTrainingRun, ModelPlan, RunData, TrainResult,
-                         check_chief_output, check_resumed_classes, check_run_settings, load_split)
+                         check_chief_output, check_resumed_classes, check_run_settings, keeps_callers_global_state,
+                         load_split)
 from .training import Stage, TrainOptions, compile_model
 from .utils import read_json, write_json
 
@@ -146,6 +147,7 @@ def _resolve_unfreeze(config: FinetuneConfig, spec) -> str:
     return config.unfreeze
 
 
+@keeps_callers_global_state
 def finetune(config: FinetuneConfig, out: str | Path | None = None, resume: str | Path | None = None,
              force: bool = False) -> TrainResult:
     """Two-stage fine-tuning with checkpoints after every epoch; writes the same report as the linear path."""
@@ -230,6 +232,7 @@ def estimate_seconds(config: FinetuneConfig, n_train: int, n_val: int, folds: in
 FOLD_RESULT = "held_out.json"  # a finished fold's probabilities on its held-out images: what --resume keeps
 
 
+@keeps_callers_global_state
 @writes_runs
 def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, force: bool = False,
                 resume: str | Path | None = None) -> tuple[Path, Evaluation, dict]:

@@ -7,10 +7,12 @@ from pathlib import Path
 from .arch import build_arch, get_arch
 from .configs import ScratchConfig
 from .distribute import resolve_strategy
-from .supervised import KerasTrainingRun, ModelPlan, TrainResult, check_chief_output, check_run_settings
+from .supervised import (KerasTrainingRun, ModelPlan, TrainResult, check_chief_output, check_run_settings,
+                         keeps_callers_global_state)
 from .training import Stage
 
 
+@keeps_callers_global_state
 def train_from_scratch(config: ScratchConfig, out: str | Path | None = None, resume: str | Path | None = None,
                        force: bool = False) -> TrainResult:
     if resume:  # the run's own settings, on this session's devices

@@ -6,6 +6,7 @@ Fine-tuning and from-scratch training each describe their model as a :class:`Mod
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -50,6 +51,27 @@ class TrainResult:
     metrics: dict
     model: object
     chief: bool = True
+
+
+def keeps_callers_global_state(train: Callable) -> Callable:
+    """Give back Python's and NumPy's global random state and Keras' precision policy after ``train``: training
+    seeds them (``keras.utils.set_random_seed``) and Keras draws layer seeds from Python's, which changed a
+    notebook's own random draws after a fine-tune."""
+    @functools.wraps(train)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import random
+
+        saved = random.getstate(), np.random.get_state()  # before TensorFlow's import, which may draw too
+        from ._tf import keras
+
+        policy = keras.mixed_precision.global_policy()
+        try:
+            return train(*args, **kwargs)
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            keras.mixed_precision.set_global_policy(policy)
+    return wrapper
 
 
 def set_precision(mixed: bool) -> None:
