@@ -539,6 +539,9 @@ def test_a_manifest_as_spreadsheets_export_it_is_read(tmp_path):
         ds = load_dataset(tmp_path / "semi.csv")
     assert ds.counts() == {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}}
     assert all(os.path.exists(r.path) and "fleurs été" in r.path for r in ds.records)  # the disk's spelling
+    quoted = '"path";"label"\n"fleurs été/a/img_00.jpg";"a"\n"fleurs été/b/img_00.jpg";"b"\n'  # every cell quoted
+    (tmp_path / "quoted.csv").write_text(quoted)
+    assert [r.label for r in load_dataset(tmp_path / "quoted.csv").records] == ["a", "b"]
     comma = "path,label,\nfleurs été/a/img_00.jpg,a,\nfleurs été/b/img_00.jpg,b,from the garden\n,,\n"
     (tmp_path / "comma.csv").write_text(comma)
     with pytest.warns(ManifestWarning, match=r"1 row\(s\) have more cells than the header .*row 3: \['from the"):

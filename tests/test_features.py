@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE
-from tltool.features import extract_features, load_features
+from tltool.features import _refuse_other_data, extract_features, load_features
 from tltool.errors import TltoolError
 
 
@@ -62,7 +62,7 @@ def test_a_new_split_reuses_the_features_and_new_settings_do_not(shapes_features
 
 def test_features_of_other_data_are_kept_unless_forced(shapes_features, tmp_path):
     """`extract B --out F` (or probe's default folder, named after the data's last part: a/train and b/train share
-    it) replaced the features of A in F without a word; the same data with a photo added goes on as before."""
+    it) replaced the features of A in F without a word; the same data with a photo added, or moved, goes on."""
     from click.testing import CliRunner
 
     from tltool.cli import main
@@ -84,6 +84,12 @@ def test_features_of_other_data_are_kept_unless_forced(shapes_features, tmp_path
     assert not replaced.cached and len(load_features(kept).paths) == 8
     shutil.copy(SAMPLE / "star" / "star_000.jpg", other / "circle" / "added.jpg")  # the same data, changed
     assert len(extract_features(str(other), kept, image_size=64, chunk_size=48).features.paths) == 9
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "features.json").write_text("[]")  # damaged: extracted again, not a traceback
+    _refuse_other_data(tmp_path / "odd", "key", f"folder:{other}", set(), "--out")
+    moved = shutil.move(other, tmp_path / "moved")  # the same photos elsewhere: not other data
+    assert load_features(extract_features(str(moved), kept, image_size=64, chunk_size=48).directory).paths[0] \
+        .startswith(str(moved))
 
 
 def test_a_missing_chunk_is_recomputed_not_served_as_cached(shapes_features, tmp_path):

@@ -51,6 +51,9 @@ def test_unknown_key_suggests_and_wrong_type_names_key_and_type(tmp_path):
     with pytest.raises(TltoolError, match=r"step 1 \(probe\), from the variable 'size': key 'image-size' must be an "
                                           r"integer, got '96' \(str\); write it without quotes\.$"):
         load_recipe(_write(tmp_path, 'vars: {size: "96"}\nsteps:\n  - probe: {data: x, image_size: "${size}"}\n'))
+    for text in ("96.0", "nan"):  # unquoted, still not an integer: no hint that would not help
+        with pytest.raises(TltoolError, match=rf"key 'image-size' must be an integer, got '{text}' \(str\)\.$"):
+            load_recipe(_write(tmp_path, f'steps:\n  - probe: {{data: x, image_size: "{text}"}}\n'))
     with pytest.raises(TltoolError, match=r"step 1 \(data-make-sample\): key 'out' holds a NUL byte"):
         load_recipe(_write(tmp_path, 'steps:\n  - data-make-sample: {out: "ms\\0x"}\n'))  # was os.stat's ValueError
     with pytest.raises(TltoolError, match=r"key 'images' holds a NUL byte"):
@@ -170,6 +173,23 @@ def test_an_input_that_no_step_writes_is_named_by_check_and_before_the_first_ste
         plan_recipe(_write(in_tmp, "steps:\n  - collect-import: {sources: [pics], out: runs/ds}\n"))
     (in_tmp / "runs" / "flowers-linear").mkdir(parents=True)
     assert _check(path, f"data={SAMPLE}").exit_code == 0
+
+
+def test_a_steps_refusal_asks_for_force_true_not_a_force_option(in_tmp, monkeypatch):
+    """`tltool run` has no --force: a step refused "pass --force to replace them" was told of an option it lacks."""
+    from tltool.cli import recipes as recipes_cli
+
+    path = _write(in_tmp, "steps:\n  - probe: {data: photos, out: runs/p}\n")
+    recipe = load_recipe(path)
+
+    def refuse(*args, **kwargs):
+        raise TltoolError("--features F: holds the features of other data; pass --force to replace them.")
+
+    command = recipes_cli.recipe_commands()["probe"]
+    monkeypatch.setattr(command, "main", refuse)
+    with pytest.raises(TltoolError, match=r"step 1 \(probe\): --features F: holds the features of other data; add "
+                                          r"force: true to the step \(--set 1\.force=true\) to replace them\.$"):
+        recipes_cli._run_step(recipe, 1, recipe.steps[0], [], {"probe": command}, 1)
 
 
 def test_check_reads_a_manifest_input(in_tmp):

@@ -163,6 +163,9 @@ def test_a_library_callers_numbers_and_flags_are_checked_as_the_clis():
         with pytest.raises(TltoolError, match=r"--cv must be 0 \(off\) or a number of folds, at least 2; got "):
             LinearConfig(cv=k).validate()
     LinearConfig(cv=np.int64(3)).validate()
+    LinearConfig(cv=None).validate()  # off, as before folds were checked
+    with pytest.raises(TltoolError, match=r"got -1\.$"):  # as typed, not np.int64(-1)
+        LinearConfig(cv=np.int64(-1)).validate()
     with pytest.raises(TltoolError, match="standardize must be True or False, got 'no'"):
         LinearConfig(standardize="no").validate()
     LinearConfig(standardize=np.bool_(False)).validate()

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, NoReturn, Self
 from .backbones.registry import get_backbone_spec
 from .errors import TltoolError
 from .images import DEFAULT_MAX_PIXELS
-from .settings import DEFAULT_BACKBONE, check_range, pinned_engine, validate_choices
+from .settings import DEFAULT_BACKBONE, check_range, pinned_engine, shown_value, validate_choices
 from .utils import is_whole, read_json_object
 
 
@@ -47,15 +47,17 @@ class TrainOptions:
 
 NOTHING_TRAINED = ("no epoch to train: the model would be {what}, and its report the accuracy of a guess; give "
                    "--epochs (or --head-epochs) of at least 1.")
-CV_OFF_OR_FOLDS = "--cv must be 0 (off) or a number of folds, at least 2; got {k!r}."
+CV_OFF_OR_FOLDS = "--cv must be 0 (off) or a number of folds, at least 2; got {k}."
 
 
 def check_folds(k: Any, off_allowed: bool = True) -> None:
     """``--cv``: 0 (off, where ``off_allowed``) or a whole number of folds of at least 2 (-1 was told "every class
     needs at least -1 images", 2.5 reached scikit-learn)."""
+    if k is None and off_allowed:  # None was off before folds were checked
+        return
     whole = isinstance(k, numbers.Integral) and not isinstance(k, bool)
     if not whole or not (k >= 2 or (off_allowed and k == 0)):
-        raise TltoolError(CV_OFF_OR_FOLDS.format(k=k))
+        raise TltoolError(CV_OFF_OR_FOLDS.format(k=shown_value(k)))
 
 # what `--resume` says when a run folder belongs to another command
 RESUME_COMMANDS = {"finetune": "tltool finetune --resume", "scratch": "tltool train --resume",

@@ -628,7 +628,7 @@ def _delimiter(f: TextIO, spec: str) -> str:
         return "\t"
     first = f.readline()
     f.seek(0)
-    names = [name.strip().lower() for name in first.split(";")]
+    names = [name.strip().strip('"').lower() for name in first.split(";")]  # "path";"label": all cells quoted
     return ";" if "," not in first and {"path", "label"} <= set(names) else ","
 
 

@@ -153,7 +153,7 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     key = extraction_key(_cache_settings(inputs, config), records, hashes)
     out = claim_output_dir(out_dir, "features", reuse=True, option=option)
     if not force:
-        _refuse_other_data(out, key, checked.dataset.source, option)
+        _refuse_other_data(out, key, checked.dataset.source, set(hashes.values()), option)
     chunks = _Chunks(out, key, config.chunk_size, len(records))
     if _reuse_cached(chunks, checked, records, hashes):  # before TensorFlow is imported: cached work is instant
         return ExtractResult(out, True, time.perf_counter() - start, None, checked)
@@ -253,16 +253,24 @@ def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record
     return True
 
 
-def _refuse_other_data(out: Path, key: str, source: str, option: str) -> None:
+def _refuse_other_data(out: Path, key: str, source: str, contents: set[str], option: str) -> None:
     """A features folder is a cache of one data source: extracting other data into it replaced those features (a
-    second folder named ``train`` shares probe's default folder) without a word. The same data, changed, goes on."""
+    second folder named ``train`` shares probe's default folder) without a word. The same data goes on: the same
+    source changed, or the same photos found elsewhere (a moved folder, a manifest of them: at least half of the
+    stored photos' contents among ``contents``)."""
     try:
         old = read_json(out / "features.json")
     except (OSError, ValueError, RecursionError):  # none, or damaged: nothing of worth to keep
         return
-    dataset = old.get("dataset") if isinstance(old, dict) else None
+    if not isinstance(old, dict):  # damaged too
+        return
+    dataset = old.get("dataset")
     before = dataset.get("source") if isinstance(dataset, dict) else None
     if old.get("key") == key or not isinstance(before, str) or before == source:
+        return
+    files = old.get("files") if isinstance(old.get("files"), list) else []
+    stored = {f.get("sha256") for f in files if isinstance(f, dict)}
+    if stored and 2 * len(stored & contents) >= len(stored):
         return
     state = "" if old.get("complete") else "unfinished "
     place = {name: shown_name(text.removeprefix("folder:").removeprefix("csv:")) for name, text in

@@ -18,7 +18,7 @@ import numpy as np
 
 from .augment import stored_augment
 from .backbones import create_backbone, find_backbone, get_backbone_spec
-from .configs import FinetuneConfig, check_folds, InputConfig, resolve_input, stored_folds
+from .configs import FinetuneConfig, InputConfig, check_folds, resolve_input, stored_folds
 from .crossval import CVResult, check_fold_counts, say_cv
 from .dataset import label_indices, write_manifest
 from .distribute import resolve_strategy

@@ -149,7 +149,14 @@ def check_range(setting: str, value: Any) -> None:
                  f"{')' if legal.open_high else ']'}")
     meaning = f" ({legal.meaning})" if legal.meaning else ""
     what = "a whole number" if legal.whole else "a number"
-    raise TltoolError(f"--{setting.replace('_', '-')} must be {what} {words}{meaning}, got {value!r}.")
+    raise TltoolError(f"--{setting.replace('_', '-')} must be {what} {words}{meaning}, got {shown_value(value)}.")
+
+
+def shown_value(value: Any) -> str:
+    """``value`` as a user typed it: numpy's numbers without their type (``-1``, not ``np.int64(-1)``)."""
+    if isinstance(value, numbers.Number) and not isinstance(value, (bool, int, float)):
+        return str(value)
+    return repr(value)
 
 
 def _bound(number: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -59,8 +60,6 @@ def keeps_callers_global_state(train: Callable) -> Callable:
     notebook's own random draws after a fine-tune."""
     @functools.wraps(train)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import random
-
         saved = random.getstate(), np.random.get_state()  # before TensorFlow's import, which may draw too
         from ._tf import keras
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import shlex
@@ -115,17 +116,19 @@ def _base_type(param: click.Parameter) -> str:
     return {"integer range": "integer", "float range": "float"}.get(param.type.name, param.type.name)
 
 
-def _is_number_text(text: str) -> bool:
+def _number_text(text: str, kind: str) -> bool:
+    """Whether ``text`` unquoted would be a number of ``kind`` ("integer", "float"): "96" yes, "96.0" no for an
+    integer; "nan" never."""
     try:
-        float(text)
-    except ValueError:
+        number = {"integer": int, "float": float}[kind](text)
+    except (KeyError, ValueError):
         return False
-    return True
+    return math.isfinite(number)
 
 
 def _check_value(where: str, param: click.Parameter, value: Any) -> list[str]:
     """The command-line words for ``value``; raise a clear error when its type is wrong."""
-    quoted = isinstance(value, str) and _base_type(param) in ("integer", "float") and _is_number_text(value)
+    quoted = isinstance(value, str) and _number_text(value, _base_type(param))
     bad = TltoolError(f"{where}: key {_key(param)!r} must be {_type_name(param)}, got {value!r} "
                       f"({type(value).__name__})" + ("; write it without quotes." if quoted else "."))
     if any(isinstance(v, str) and "\0" in v for v in (value if isinstance(value, list) else [value])):
@@ -582,7 +585,9 @@ def _run_step(recipe: Recipe, index: int, step: Step, argv: list[str], commands:
         raise TltoolError(f"{recipe.path}, step {index} ({step.command}): {exc.format_message()}"
                           f"{_skipped_note(recipe, start, commands)}") from None
     except TltoolError as exc:  # the step's own error (its type kept), named as the step's, with the note added
-        exc.args = (f"{recipe.path}, step {index} ({step.command}): {exc}{_skipped_note(recipe, start, commands)}",
+        # `tltool run` has no --force: the step's `force: true` is what its refusal asks for
+        said = str(exc).replace("pass --force", f"add force: true to the step (--set {index}.force=true)")
+        exc.args = (f"{recipe.path}, step {index} ({step.command}): {said}{_skipped_note(recipe, start, commands)}",
                     *exc.args[1:])
         raise
 
