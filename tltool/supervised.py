@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -61,15 +62,15 @@ def keeps_callers_global_state(train: Callable) -> Callable:
     @functools.wraps(train)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         saved = random.getstate(), np.random.get_state()  # before TensorFlow's import, which may draw too
-        from ._tf import keras
-
-        policy = keras.mixed_precision.global_policy()
+        keras = sys.modules.get("keras")  # not imported here: a bad setting is refused before TensorFlow starts
+        policy = keras.mixed_precision.global_policy() if keras is not None else None
         try:
             return train(*args, **kwargs)
         finally:
             random.setstate(saved[0])
             np.random.set_state(saved[1])
-            keras.mixed_precision.set_global_policy(policy)
+            if policy is not None:  # else Keras' own default, which training left as it found it
+                keras.mixed_precision.set_global_policy(policy)
     return wrapper
 
 
