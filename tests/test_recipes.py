@@ -345,11 +345,11 @@ def test_alexnet_recipe(in_tmp):
 
 def test_flowers_recipes(in_tmp):
     flowers = shared_dataset("flowers")
-    run_recipe(RECIPES / "flowers-linear.yaml", [f"data={flowers}", "extract.image-size=96"])
+    run_recipe(RECIPES / "flowers-linear.yaml", [f"data={flowers}", "extract.image-size=64"])
     linear = json.loads((in_tmp / "runs" / "flowers-linear" / "metrics.json").read_text())
     assert linear["val"]["accuracy"]["n"] == 100
     assert (in_tmp / "runs" / "flowers-learning-curve" / "learning_curve.png").exists()
-    run_recipe(RECIPES / "flowers-finetune.yaml", [f"data={flowers}", "image-size=96", "head-epochs=1",
+    run_recipe(RECIPES / "flowers-finetune.yaml", [f"data={flowers}", "image-size=64", "head-epochs=1",
                                                     "epochs=1", "tta=none", "augment=light"])
     assert list((in_tmp / "runs").glob("compare-*/metrics.json"))
 
