@@ -178,6 +178,27 @@ def test_a_manifest_marking_every_row_train_is_warned_that_val_was_drawn_from_it
         prepare_dataset(str(tmp_path / "sheet.csv"))
 
 
+def test_a_val_fraction_the_datas_own_split_leaves_unused_is_said_to_be(tmp_path):
+    """`probe sheet.csv --val-fraction 0.5` on a manifest with its own split dropped the option without a word."""
+    import warnings
+
+    from helpers import noise_image
+
+    from tltool.errors import IgnoredOptionsWarning
+    from tltool.inspection import prepare_dataset
+
+    for s, split in enumerate(("train", "val")):
+        for k, label in enumerate(("a", "b")):
+            for i in range(3):
+                noise_image(tmp_path / "d" / split / label / f"{i}.jpg", seed=100 * s + 10 * k + i)
+    with pytest.warns(IgnoredOptionsWarning, match=r"--val-fraction 0.5 is not used: d has a split of its own"):
+        checked = prepare_dataset(str(tmp_path / "d"), val_fraction=0.5)
+    assert len(checked.dataset.subset("val")) == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IgnoredOptionsWarning)
+        prepare_dataset(str(tmp_path / "d"))  # the default: nothing was asked for
+
+
 def test_a_photo_whose_name_is_not_utf8_is_named_by_a_run_s_check_and_data_split(tmp_path):
     """Only `data inspect` and `predict` named it: probe and `data split` left it out without a word."""
     import os

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, NoReturn, Self
 from .backbones.registry import get_backbone_spec
 from .errors import TltoolError
 from .images import DEFAULT_MAX_PIXELS
-from .settings import DEFAULT_BACKBONE, check_range, pinned_engine, shown_value, validate_choices
+from .settings import DEFAULT_BACKBONE, DEFAULT_VAL_FRACTION, check_range, pinned_engine, shown_value, validate_choices
 from .utils import is_whole, read_json_object
 
 
@@ -72,7 +72,7 @@ class DataOptions:
     image_size: int | None = None
     resize: str = "crop"
     batch_size: int = 32
-    val_fraction: float = 0.2
+    val_fraction: float = DEFAULT_VAL_FRACTION
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     strict: bool = False  # a class left without usable images is an error, not a warning

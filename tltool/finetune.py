@@ -30,7 +30,7 @@ from .inspection import prepare_dataset
 from .progress import say
 from .report import read_predictions, write_run_report
 from .runs import check_run_dir, hold_run_dir, new_run_dir, writes_runs
-from .settings import CHOICES
+from .settings import CHOICES, DEFAULT_VAL_FRACTION
 from .supervised import (GIVEN_IMAGE_SIZE, SPLIT_FILE, KerasTrainingRun, ModelPlan, RunData, TrainResult,
                          check_chief_output, check_resumed_classes, check_run_settings, keeps_callers_global_state,
                          load_split)
@@ -254,7 +254,8 @@ def finetune_cv(config: FinetuneConfig, k: int, out: str | Path | None = None, f
     check_run_settings(config)
     spec = get_backbone_spec(config.backbone)
     config = replace(config, image_size=resolve_input(spec.name, config.image_size).image_size)
-    checked = prepare_dataset(load_split(resume) if resume else config.data, config.val_fraction, config.seed,
+    checked = prepare_dataset(load_split(resume) if resume else config.data,  # a resume's split was drawn before
+                              DEFAULT_VAL_FRACTION if resume else config.val_fraction, config.seed,
                               config.max_pixels, strict=config.strict, pooled=True)  # every class is scored
     records = sorted(checked.dataset.records, key=lambda r: r.path)
     classes = checked.dataset.classes

@@ -18,15 +18,15 @@ from typing import Any, Callable, Iterable, TypeVar
 from .dataset import (NOT_UTF8, SPLIT_NOTE, TEST_AS_VAL, TRAIN_ONLY, UNREADABLE_FOLDER, Dataset, Record, end_sentence,
                       load_dataset, require_training_images, stratified_split, tltool_output_around, write_manifest)
 from . import filecache
-from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, HeldOutWarning, ImbalanceWarning,
-                     LabelConflictWarning, LeakageWarning, NoValSplitWarning, SmallClassWarning, TltoolError,
-                     TooFewClassesWarning)
+from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, HeldOutWarning, IgnoredOptionsWarning,
+                     ImbalanceWarning, LabelConflictWarning, LeakageWarning, NoValSplitWarning, SmallClassWarning,
+                     TltoolError, TooFewClassesWarning)
 from .images import BOMB, DEFAULT_MAX_PIXELS, SCALED_SIDE, UNREADABLE, check_image, read_header
 from .plotting import cached_figure, pyplot
 from .progress import Bar, say
 from .outputs import output_kind
 from .runs import check_run_dir, new_run_dir, writes_runs
-from .settings import check_range
+from .settings import DEFAULT_VAL_FRACTION, check_range
 from .utils import md_cell, read_json, sha256_file, shown_name, write_json, write_text_atomic
 
 IMBALANCE_RATIO = 3.0
@@ -388,6 +388,9 @@ def _split_usable(checked: CheckedDataset, val_fraction: float, seed: int) -> Da
     split = stratified_split(every, val_fraction, seed, groups=content)
     kept = [r for r in split.records if r.path in usable]
     if every.has_split and {"val", "test"} & set(every.split_names()):  # it came split: nothing was drawn
+        if val_fraction != DEFAULT_VAL_FRACTION:  # given, and silently unused
+            warnings.warn(f"--val-fraction {val_fraction:g} is not used: {every.name} has a split of its own, kept "
+                          "as it is", IgnoredOptionsWarning, stacklevel=4)
         return replace(split, records=kept)
     sides = defaultdict(set)
     for r in kept:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from .errors import TltoolError, did_you_mean
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_VAL_FRACTION = 0.2  # the share of each class drawn as val where the data has no split of its own
 PREVIEW_DRAWS = 17  # `augment preview`: the original and 17 draws fill a 6 x 3 grid
 PREVIEW_DRAWS_MAX = 119  # at most 20 rows of 6
 PREVIEW_SIZE = 224

@@ -31,6 +31,7 @@ from .progress import say
 from .report import rewrite_report, write_run_report
 from .outputs import check_not_in_use
 from .runs import check_run_dir, hold_run_dir, new_run_dir, writes_runs
+from .settings import DEFAULT_VAL_FRACTION
 from .training import (LoopState, Stage, checkpoint_path, epochs_done, plot_history, refit_stages, run_stages,
                        shipped_weights)
 from .tta import TTA_MODES
@@ -302,7 +303,9 @@ class KerasTrainingRun:
 
         keras.utils.set_random_seed(config.seed)
         source = load_split(resume) if resume else config.data
-        checked = prepare_dataset(source, config.val_fraction, config.seed, config.max_pixels, strict=config.strict)
+        # a resume trains on the split it recorded: the fraction that drew it is not asked for again
+        fraction = DEFAULT_VAL_FRACTION if resume else config.val_fraction
+        checked = prepare_dataset(source, fraction, config.seed, config.max_pixels, strict=config.strict)
         say_upsampling(upsampling(checked, self.plan.image_size, config.resize,
                                   size_given=getattr(config, "image_size", None) is not None))
         dataset = checked.dataset
