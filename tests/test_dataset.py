@@ -522,6 +522,17 @@ def test_manifest_extra_cells_and_near_identical_labels_are_named(tmp_path):
         assert load_dataset(tmp_path / "clean.csv").classes == ["roses", "tulips"]
 
 
+def test_predict_names_an_empty_folder_among_its_arguments(tmp_path):
+    """`tltool predict empty/ photo.jpg` predicted the photo and dropped the folder without a word."""
+    from tltool.errors import BadFilesWarning
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"junk")
+    noise_image(tmp_path / "photo.jpg", seed=1)
+    with pytest.warns(BadFilesWarning, match=r"empty: a folder with no file to predict \(hidden files are left out\)"):
+        assert image_arguments([str(tmp_path / "empty"), str(tmp_path / "photo.jpg")]) == [str(tmp_path / "photo.jpg")]
+
+
 def test_a_manifest_as_spreadsheets_export_it_is_read(tmp_path):
     """A European-locale spreadsheet's export: `Path;Label;Split;` (semicolons, capitals, a trailing separator),
     CRLF, a BOM, blank rows written as ';;;', and a folder name typed as e + U+0301 where the disk has é. Each was an

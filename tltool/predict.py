@@ -85,6 +85,9 @@ def image_arguments(images: Sequence[str | os.PathLike]) -> list[str]:
             if named:
                 warnings.warn(f"{image}: {len(named)} file(s) or folder(s) not predicted:\n  " + "\n  ".join(named),
                               BadFilesWarning, stacklevel=3)
+            elif not found:  # among other arguments it was dropped without a word
+                warnings.warn(f"{image}: a folder with no file to predict (hidden files are left out)",
+                              BadFilesWarning, stacklevel=3)
             files += map(str, found)
         else:
             files.append(image)
