@@ -76,6 +76,10 @@ def test_export_formats_load_and_agree(tiny_run, tiny_saved, tmp_path):
         spec = json.loads((folder / "input.json").read_text())
         assert spec["size"] == 64 and spec["pixel_range"] == [0, 255] and spec["channel_order"] == "RGB"
         assert "load_pixels" in (folder / "README.md").read_text()
+        # the photos tltool refuses and a client following the README classified (a 20 x 20 one, a 70 MP one)
+        assert (spec["min_side"], spec["max_pixels"]) == (32, 64_000_000)
+        assert ("tltool refuses photos whose shorter side is under 32 px or with more than 64,000,000 pixels"
+                in (folder / "README.md").read_text())
 
 
 def test_the_bytes_signature_decodes_and_resizes_inside_the_graph(tiny_saved, tmp_path):

@@ -148,7 +148,8 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
             measurement = measure_export(staging / MODEL_FILES[fmt], model, run, splits["val"], quantize, max_drop)
             write_json(staging / "export.json", measurement)
         write_client_files(staging, fmt, MODEL_FILES[fmt], list(run.classes), run.image_size, run.resize,
-                           "\n".join(f"- {line}" for line in measurement_lines(measurement)) if measurement else "")
+                           "\n".join(f"- {line}" for line in measurement_lines(measurement)) if measurement else "",
+                           run.max_pixels)
     path = target / MODEL_FILES[fmt]
     result = ExportResult(target, path, measurement)
     if not result.within_max_drop:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from .images import DEFAULT_MAX_PIXELS, MIN_SIDE
 from .utils import write_json, write_text_atomic
 
 if TYPE_CHECKING:
@@ -48,9 +49,11 @@ RESIZE_CODE = {
 }
 
 
-def input_spec(image_size: int, resize: str, model_file: str, signatures: dict | None = None) -> dict:
+def input_spec(image_size: int, resize: str, model_file: str, signatures: dict | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     return {
         "model": model_file, "size": image_size, "shape": [None, image_size, image_size, 3], "layout": "NHWC",
+        "min_side": MIN_SIDE, "max_pixels": max_pixels,  # the photos tltool refuses (the client does not check)
         "dtype": "float32", "pixel_range": [0, 255], "channel_order": "RGB", "resize_policy": resize,
         "normalisation": "none by the client: the model normalises inside", "decode": DECODE_STEPS[:3]
         + [RESIZE_STEPS[resize], DECODE_STEPS[3]], "output": "probabilities (softmax) in the order of labels.txt",
@@ -122,8 +125,10 @@ DECODE_PACKAGES = "numpy pillow opencv-python-headless"
 ARGS_CODE = "import sys\n\npaths = sys.argv[1:]  # the image files to classify\n\n"
 
 
-def readme(fmt: str, model_file: str, classes: list[str], image_size: int, resize: str, measured: str) -> str:
-    bytes_note = ("\nThe SavedModel's `serve_image_bytes` signature takes encoded files (JPEG, PNG, GIF, BMP) and "
+def readme(fmt: str, model_file: str, classes: list[str], image_size: int, resize: str, measured: str,
+           max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    bytes_note = ("\nThe SavedModel's `serve_image_bytes` signature takes encoded files (JPEG, PNG, GIF, BMP, WebP) "
+                  "and "
                   "decodes, draft-scales and resizes inside the graph: the JPEG decode is libjpeg's, identical to "
                   "Pillow's; the resize matches OpenCV's within one grey level (rounding). It does not apply EXIF "
                   "orientation or composite transparency on white: for such files use `serve` with `load_pixels`.\n"
@@ -132,7 +137,10 @@ def readme(fmt: str, model_file: str, classes: list[str], image_size: int, resiz
             f"- Input: float32 RGB pixels in 0..255, shape (n, {image_size}, {image_size}, 3); the model "
             "normalises inside.\n"
             f"- Output: probabilities over the {len(classes)} classes of `labels.txt`, in that order.\n"
-            f"- Resize policy `{resize}`; every decode step is in `input.json`.\n\n"
+            f"- Resize policy `{resize}`; every decode step is in `input.json`.\n"
+            f"- tltool refuses photos whose shorter side is under {MIN_SIDE} px or with more than {max_pixels:,} "
+            "pixels (`min_side`, `max_pixels` in `input.json`); the client below does not check them, and a file "
+            "it cannot read stops the whole call (decode file by file where inputs may be bad).\n\n"
             "## Client (Python)\n\n"
             f"It needs `pip install {DECODE_PACKAGES} {CLIENT_PACKAGES[fmt]}` (no tltool). "
             "Save this as `client.py` in a folder of your own (not in this one: `tltool export --force` replaces "
@@ -142,13 +150,14 @@ def readme(fmt: str, model_file: str, classes: list[str], image_size: int, resiz
 
 
 def write_client_files(folder: Path, fmt: str, model_file: str, classes: list[str], image_size: int, resize: str,
-                       measured: str = "") -> None:
+                       measured: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     signatures = ({"serve": "float32 pixels (n, size, size, 3) -> probabilities",
                    "serve_image_bytes": "encoded image files, string (n,) -> probabilities"}
                   if fmt == "savedmodel" else None)
     write_text_atomic(folder / "labels.txt", "\n".join(classes) + "\n")
-    write_json(folder / "input.json", input_spec(image_size, resize, model_file, signatures))
-    write_text_atomic(folder / "README.md", readme(fmt, model_file, classes, image_size, resize, measured))
+    write_json(folder / "input.json", input_spec(image_size, resize, model_file, signatures, max_pixels))
+    write_text_atomic(folder / "README.md", readme(fmt, model_file, classes, image_size, resize, measured,
+                                                   max_pixels))
 
 
 # ------------------------------------------------------------------------------------------- in-graph decode
