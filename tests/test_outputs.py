@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from conftest import SAMPLE
 from tltool.cli import main
 from tltool.errors import TltoolError
-from tltool.outputs import MARKER, claim_output_dir, output_kind, replace_output_dir, staging_dir
+from tltool.outputs import (MARKER, claim_output_dir, output_kind, release_output_dirs, replace_output_dir,
+                            staging_dir)
 
 
 def _users_folder(tmp_path):
@@ -628,6 +629,63 @@ def test_replacing_a_run_names_the_exports_inside_it(tmp_path):
     assert not (run / "export").exists() and (run / "metrics.json").exists()
     with pytest.raises(TltoolError, match=r"already holds an earlier tltool run; choose another"):  # no exports
         run_once(run)
+
+
+def test_an_export_inside_a_killed_run_is_not_deleted_by_a_plain_rerun(tmp_path):
+    """probe killed while writing left an unfinished run; `tltool export RUN` wrote RUN/export/keras; the same probe
+    again (no --force) emptied the run, export and all, without a word."""
+    from tltool.models import load_finished_run
+    from tltool.predict import predict_images
+    from tltool.runs import new_run_dir, writes_runs
+
+    @writes_runs
+    def killed(out):
+        (new_run_dir("linear", out=out) / "model.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        killed(run)
+    # predict, evaluate, compare, export and viz read such a run as whole: refused now, before its model is read
+    said = f"{run}: its command did not finish (it was interrupted, or is running now)"
+    for read in (lambda: load_finished_run(run), lambda: predict_images(run, str(SAMPLE / "star"))):
+        with pytest.raises(TltoolError, match=re.escape(said)):
+            read()
+    export = claim_output_dir(run / "export" / "keras", "export")  # as an export of it before this check made it
+    (export / "model.keras").write_text("the user's export")
+    with pytest.raises(TltoolError, match=r"already holds an earlier tltool run with its exports inside "
+                                          r"\(export/keras\), which --force deletes with it"):
+        new_run_dir("linear", out=run)
+    assert (export / "model.keras").read_text() == "the user's export"
+    release_output_dirs()
+    assert not (new_run_dir("linear", out=run, force=True) / "export").exists()  # asked for
+
+
+def test_a_claim_interrupted_before_its_rename_leaves_nothing_beside_the_folder(tmp_path, monkeypatch):
+    """Ctrl-C while --out was being made left `.NAME.claim-XXXX/` in the parent for good."""
+    import tltool.outputs as outputs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs, "mark_output_dir", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        claim_output_dir(tmp_path / "new", "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_whose_parent_cannot_be_written_is_refused_before_the_work(tmp_path, monkeypatch):
+    """probe extracted and fitted, then failed on "Permission denied: .../.new.claim-435ae0fd" with advice about
+    --resume. (As root every folder is writable: the check is what is tested here.)"""
+    from tltool.runs import check_run_dir
+
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(tmp_path / "ro") and real(path, mode))
+    with pytest.raises(TltoolError, match=rf"--out {re.escape(str(tmp_path))}/ro/new/run: cannot be made: "
+                                          rf"{re.escape(str(tmp_path))}/ro is not a folder you can write into"):
+        check_run_dir(tmp_path / "ro" / "new" / "run")
+    check_run_dir(tmp_path / "new")
 
 
 def _finished_run(out, force=False, files=("model.json", "metrics.json", "plots/curve.png")):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SameRunWarning, TltoolError
-from .models import load_run, missing_file_message
+from .models import load_finished_run, missing_file_message
 from .plotting import cached_figure, pyplot
 from .predict import labelled_images, warn_if_trained_on
 from .report import read_predictions, trained_on_line
@@ -240,7 +240,7 @@ def _evaluate_both(run_a: Path, run_b: Path, data: str,
                    engine: str = "auto") -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Which images of ``data`` each run gets right, and how many of them each was trained on (each named in a
     :class:`LeakageWarning`)."""
-    model_a, model_b = load_run(run_a, engine), load_run(run_b, engine)
+    model_a, model_b = load_finished_run(run_a, engine), load_finished_run(run_b, engine)
     if model_a.classes != model_b.classes:
         raise TltoolError(f"the runs have different class lists ({model_a.classes} vs {model_b.classes}).")
     # the stricter of the two runs' decode limits: every image kept can be predicted by both

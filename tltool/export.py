@@ -27,7 +27,7 @@ from .engines import QUANTIZATIONS, LiteRTRunner, best_rates, probability_source
 from .errors import TltoolError, TltoolWarning, did_you_mean
 from .export_client import decode_graph, write_client_files
 from .images import load_image
-from .models import RunModel, load_run, run_splits, trained_on_val
+from .models import RunModel, load_finished_run, run_splits, trained_on_val
 from .outputs import (MARKER, check_output_dir, claim_output_dir, holds_no_output, refuse_added_entries,
                       remove_killed_staging, staged_output)
 from .progress import Bar, say
@@ -125,7 +125,7 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     """
     _check_options(fmt, quantize, max_drop)
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    run = load_finished_run(run_dir)
     _check_label_names(list(run.classes))
     target = Path(os.path.abspath(out)) if out else _default_out(run_dir, fmt, quantize)  # `--out .` has no name
     if out is None:

@@ -18,7 +18,7 @@ from .errors import TltoolError
 from .features import read_features_json, select_pool
 from .heads import FittedHead
 from .keras_files import load_keras_model
-from .outputs import listed_entries, output_kind
+from .outputs import finished_state, listed_entries, output_kind
 from .progress import Bar
 from .images import DEFAULT_MAX_PIXELS
 from .settings import CHOICES, RANGES, check_choice
@@ -223,6 +223,16 @@ def load_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
     config = _checked_model_json(config_path)
     _check_trained_preprocessing(run_dir, config)
     return _LOADERS[config["kind"]](run_dir, config, engine)
+
+
+def load_finished_run(run_dir: str | Path, engine: str = "auto") -> RunModel:
+    """:func:`load_run` for predict, evaluate, compare, export and viz: a run whose command did not return (killed,
+    or running now) is refused; its model.json and weights were read as a whole run's without a word."""
+    if finished_state(run_dir) is False:
+        raise TltoolError(f"{run_dir}: its command did not finish (it was interrupted, or is running now), so its "
+                          "model may not be the run's; run that command again (a fine-tune or train: with --resume "
+                          f"{run_dir}) and use the run it finishes.")
+    return load_run(run_dir, engine)
 
 
 # where each kind of run records, beside model.json, the preprocessing its model was trained with: (file, the keys

@@ -277,13 +277,24 @@ def check_output_place(path: str | os.PathLike, option: str = "--out") -> str | 
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise TltoolError(f"{option} {path}: {blocking} is a file, not a folder; choose another place.")
-    if not path.exists() or _is_empty_dir(path):
+    if not path.exists():
+        _refuse_unwritable(path, next((p for p in path.parents if p.exists()), None), option)
+        return None
+    if _is_empty_dir(path):
         return None
     found = output_kind(path)
     if found is None:
         raise TltoolError(f"{option} {path}: is a folder tltool did not make, and tltool never writes into or "
                           "replaces such a folder; choose a new or empty folder.")
     return found
+
+
+def _refuse_unwritable(path: Path, parent: Path | None, option: str) -> None:
+    """A new folder where it cannot be made is refused before the command's work: a probe extracted and fitted,
+    then named a hidden claim folder ("Permission denied") with advice about --resume."""
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise TltoolError(f"{option} {path}: cannot be made: {shown_name(str(parent))} is not a folder you can write "
+                          "into; choose another place.")
 
 
 def emptied_output_dir(path: Path, kind: str, hold: bool = False) -> Path:
@@ -347,14 +358,16 @@ def _create_marked(path: Path, kind: str) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.claim-{secrets.token_hex(4)}")
     staging.mkdir()
-    mark_output_dir(staging, kind)
     try:
+        mark_output_dir(staging, kind)
         os.rename(staging, path)  # an absent or empty folder is replaced; a folder with files in it is not
     except OSError:
-        shutil.rmtree(staging)
         if not path.is_dir():
             raise
         return False
+    finally:  # not renamed (another process was first, Ctrl-C between the two): ours alone, removed; a Ctrl-C
+        if os.path.lexists(staging):  # left it beside the folder for good
+            shutil.rmtree(staging, ignore_errors=True)
     return True
 
 

@@ -16,7 +16,7 @@ from .dataset import HIDDEN, Dataset, LinkGuard, load_dataset, tltool_output_aro
 from .errors import BadFilesWarning, LeakageWarning, TltoolError
 from .evaluation import Evaluation, ranked_classes
 from .inspection import check_dataset
-from .models import RunModel, load_run, overlap_with_training
+from .models import RunModel, load_finished_run, overlap_with_training
 from .report import trained_on_line, write_run_report
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_choice, check_range
@@ -50,7 +50,7 @@ def predict_images(run_dir: str | Path, images: str | os.PathLike | Sequence[str
     if not files:
         raise TltoolError(f"no file to predict in {', '.join(map(str, images))} (hidden files are left out).")
     images = files
-    model = load_run(run_dir, engine)
+    model = load_finished_run(run_dir, engine)
     found = predict_readable(model.predict_views, images, model.image_size, model.resize, tta,
                              max_pixels=model.max_pixels if max_pixels is None else max_pixels,
                              engine=model.runner(len(images) * n_views(tta)).engine,
@@ -144,7 +144,7 @@ def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | Non
     test-time augmentation is reported beside it (``metrics.json``'s ``tta``), as a training run reports it."""
     check_choice("tta", tta)
     check_run_dir(out, force, reads=(run_dir, data), kind="eval")
-    model = load_run(run_dir, engine)
+    model = load_finished_run(run_dir, engine)
     dataset, paths, y = labelled_images(data, model.classes, model.max_pixels, split)
     seen = warn_if_trained_on(run_dir, model, paths)
     plain, augmented = model.predict_plain_and_tta(paths, tta)

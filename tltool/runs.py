@@ -58,10 +58,11 @@ def resumable_run(out: str | Path) -> bool:
 
 
 def _replaceable(out: str | Path, force: bool) -> bool:
-    """Whether ``out`` may be taken without ``force`` (:func:`_replaceable_unforced`); a finished run that holds
-    exports, when it may not, is refused here already, naming them."""
+    """Whether ``out`` may be taken without ``force`` (:func:`_replaceable_unforced`); a run that holds exports is
+    refused here already without ``force``, naming them: finished, or not (an export of a killed run was deleted
+    with it by a plain re-run)."""
     reuse = _replaceable_unforced(out, force)
-    if not (reuse or force):
+    if not force:
         _refuse_replacing_exports(out)
     return reuse
 

@@ -24,7 +24,7 @@ from ..backbones import create_backbone, find_backbone
 from ..configs import resolve_input
 from ..errors import TltoolError
 from ..features import select_pool
-from ..models import KerasRunModel, LinearRunModel, load_run, trained_max_pixels
+from ..models import KerasRunModel, LinearRunModel, load_finished_run, trained_max_pixels
 from ..settings import DEFAULT_BACKBONE
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def open_run(run_dir: str | Path) -> Network:
     if not path.is_dir():
         raise TltoolError(f"--model {run_dir}: no such run folder. Pass the folder a linear, probe, finetune or "
                           "train command wrote (it holds model.json).")
-    run = load_run(path)
+    run = load_finished_run(path)
     if isinstance(run, LinearRunModel):
         return _linear_network(path, run)
     if isinstance(run, KerasRunModel):
