@@ -636,12 +636,12 @@ def test_compare_on_data_runs_both_networks_on_the_engine_asked_for(shape_runs, 
 
     asked = []
 
-    def load_run(run_dir, engine="auto"):
+    def load_finished_run(run_dir, engine="auto"):
         asked.append((Path(run_dir).name, engine))
         return original(run_dir, engine)
 
-    original = compare.load_run
-    monkeypatch.setattr(compare, "load_run", load_run)
+    original = compare.load_finished_run
+    monkeypatch.setattr(compare, "load_finished_run", load_finished_run)
     a, b = shape_runs / "a", shape_runs / "b"
     result = CliRunner().invoke(main, ["compare", str(a), str(b), str(shape_runs / "data"), "--engine", "tf",
                                        "--out", str(tmp_path / "c")])
