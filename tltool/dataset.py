@@ -249,7 +249,8 @@ def _scan(folder: str, skipped: list[SkippedFile]) -> tuple[list[os.DirEntry], l
         skipped.append(SkippedFile(folder, f"{UNREADABLE_FOLDER}: {exc.strerror or exc}"))
         return [], []
     kinds = [(e, _is_folder(e)) for e in entries]
-    return [e for e, folder in kinds if folder and not is_hidden_folder(e.name)], [e for e, folder in kinds if not folder]
+    folders = [e for e, folder in kinds if folder and not is_hidden_folder(e.name)]
+    return folders, [e for e, folder in kinds if not folder]
 
 
 def _is_folder(entry: os.DirEntry) -> bool:
