@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE
-from tltool.features import _refuse_other_data, extract_features, load_features
+from tltool.features import _earlier_meta, _refuse_other_data, extract_features, load_features
 from tltool.errors import TltoolError
 
 
@@ -86,7 +86,7 @@ def test_features_of_other_data_are_kept_unless_forced(shapes_features, tmp_path
     assert len(extract_features(str(other), kept, image_size=64, chunk_size=48).features.paths) == 9
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "features.json").write_text("[]")  # damaged: extracted again, not a traceback
-    _refuse_other_data(tmp_path / "odd", "key", f"folder:{other}", set(), "--out")
+    _refuse_other_data(tmp_path / "odd", _earlier_meta(tmp_path / "odd"), "key", f"folder:{other}", set(), "--out")
     moved = shutil.move(other, tmp_path / "moved")  # the same photos elsewhere: not other data
     assert load_features(extract_features(str(moved), kept, image_size=64, chunk_size=48).directory).paths[0] \
         .startswith(str(moved))

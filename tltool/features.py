@@ -152,10 +152,11 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     records, hashes = _keyed_records(checked)
     key = extraction_key(_cache_settings(inputs, config), records, hashes)
     out = claim_output_dir(out_dir, "features", reuse=True, option=option)
+    earlier = _earlier_meta(out)  # read once: the other-data check and the cache both look at it
     if not force:
-        _refuse_other_data(out, key, checked.dataset.source, set(hashes.values()), option)
+        _refuse_other_data(out, earlier, key, checked.dataset.source, set(hashes.values()), option)
     chunks = _Chunks(out, key, config.chunk_size, len(records))
-    if _reuse_cached(chunks, checked, records, hashes):  # before TensorFlow is imported: cached work is instant
+    if _reuse_cached(chunks, earlier, checked, records, hashes):  # before TensorFlow is imported: instant
         return ExtractResult(out, True, time.perf_counter() - start, None, checked)
     # inference needs no collective ops: under multiworker each worker runs its share on its own devices
     tf_strategy, info = inference_strategy("auto" if config.strategy == "multiworker" else config.strategy)
@@ -227,16 +228,22 @@ def _dataset_meta(dataset: Dataset) -> dict:
     return {"name": dataset.name, "source": dataset.source, "notes": dataset.notes}
 
 
-def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record], hashes: dict[str, str]) -> bool:
-    """True when a complete extraction with the same key is in place: its metadata gets the current labels."""
-    meta_path = chunks.out / "features.json"
-    if not meta_path.exists():
-        return False
+def _earlier_meta(out: Path) -> dict | None:
+    """The ``features.json`` an earlier extraction left in ``out``; None when there is none or it is damaged (then
+    extracted again, into tltool's own folder)."""
     try:
-        old = read_json(meta_path)
-    except (OSError, ValueError, RecursionError):  # damaged: extracted again, into tltool's own folder
-        return False
-    if not (isinstance(old, dict) and old.get("key") == chunks.key and old.get("complete") and not chunks.missing()
+        old = read_json(out / "features.json")
+    except (OSError, ValueError, RecursionError):
+        return None
+    return old if isinstance(old, dict) else None
+
+
+def _reuse_cached(chunks: _Chunks, old: dict | None, checked: CheckedDataset, records: list[Record],
+                  hashes: dict[str, str]) -> bool:
+    """True when a complete extraction with the same key is in place (``old``: its features.json): its metadata
+    gets the current labels."""
+    meta_path = chunks.out / "features.json"
+    if not (old is not None and old.get("key") == chunks.key and old.get("complete") and not chunks.missing()
             and old.get("chunk_size") == chunks.size and old.get("n_images") == chunks.total):
         return False  # an edited chunk size or count: the metadata is written again (the chunks are kept)
     dataset = checked.dataset
@@ -253,16 +260,13 @@ def _reuse_cached(chunks: _Chunks, checked: CheckedDataset, records: list[Record
     return True
 
 
-def _refuse_other_data(out: Path, key: str, source: str, contents: set[str], option: str) -> None:
+def _refuse_other_data(out: Path, old: dict | None, key: str, source: str, contents: set[str], option: str) -> None:
     """A features folder is a cache of one data source: extracting other data into it replaced those features (a
     second folder named ``train`` shares probe's default folder) without a word. The same data goes on: the same
     source changed, or the same photos found elsewhere (a moved folder, a manifest of them: at least half of the
-    stored photos' contents among ``contents``)."""
-    try:
-        old = read_json(out / "features.json")
-    except (OSError, ValueError, RecursionError):  # none, or damaged: nothing of worth to keep
-        return
-    if not isinstance(old, dict):  # damaged too
+    stored photos' contents among ``contents``). ``old``: the folder's features.json (None: none, or damaged,
+    nothing of worth to keep)."""
+    if old is None:
         return
     dataset = old.get("dataset")
     before = dataset.get("source") if isinstance(dataset, dict) else None
