@@ -187,8 +187,12 @@ def learning_curve(fs: FeatureSet, head: str = "logreg", pool: str = "avg",
 
 def _checked_fractions(fractions: Sequence[float]) -> list[float]:
     """Shares of the training split, each in (0, 1]: 2 was numpy's "Cannot take a larger sample than population"."""
-    values = [fractions] if isinstance(fractions, (str, numbers.Number)) else list(np.ravel(fractions) if isinstance(
-        fractions, np.ndarray) else fractions)  # a generator too
+    if isinstance(fractions, (str, numbers.Number)):
+        values = [fractions]
+    elif isinstance(fractions, np.ndarray):
+        values = list(fractions.ravel())
+    else:  # a list, a tuple, a generator
+        values = list(fractions)
     bad = [f for f in values if not (isinstance(f, numbers.Real) and not isinstance(f, bool) and 0 < f <= 1)]
     if bad or not values:
         raise TltoolError(f"fractions must be shares of the training split, each above 0 and at most 1; got "

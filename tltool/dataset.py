@@ -517,8 +517,7 @@ class _ManifestRows:
         if not label:
             self.problems.append(f"row {line}: empty label for {shown_name(path)}")
         try:
-            full = _unicode_twin(full)
-            found = full.is_file()
+            found = full.is_file() or (full := _unicode_twin(full)).is_file()  # looked for only when not found
         except OSError as exc:  # a name too long for the filesystem: Python 3.11 raises instead of saying False
             self.problems.append(f"row {line}: cannot be looked up ({exc.strerror}): {shown_name(path)}")
         else:
@@ -566,7 +565,7 @@ FILE_NOT_FOUND = "file not found"
 def _unicode_twin(full: Path) -> Path:
     """``full``, or the file of its name in the other Unicode form: a spreadsheet typed on macOS can spell "été" as
     e + U+0301 where the disk has é (or the reverse), and "file not found" then named a file that prints alike."""
-    if os.path.lexists(full):
+    if os.path.lexists(full):  # a folder or a pipe of this name: named as what it is
         return full
     for form in ("NFC", "NFD"):
         twin = Path(unicodedata.normalize(form, str(full)))
