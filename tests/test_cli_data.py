@@ -45,7 +45,54 @@ def test_inspect_strict_fails_on_bad_files(tmp_path):
     result = CliRunner().invoke(main, ["data", "inspect", str(corpus), "--strict", "--out", str(tmp_path / "r")])
     assert result.exit_code == 1
     # it says why it fails: the same folder without --strict exits 0
-    assert result.output.splitlines()[-1] == "--strict: exit status 1, because of the bad files or warnings above"
+    assert result.output.splitlines()[-1] == ("--strict: exit status 1, because of the bad files, files not read or "
+                                              "warnings above")
+
+
+def test_inspect_names_photos_it_did_not_read_in_its_report_and_strict_fails_on_them(tmp_path):
+    """From a review: a photo beside the class folders, a name that is not UTF-8 and a linked folder not followed
+    were printed as `skipped` lines, but report.md said "0 bad file(s)" and nothing else, and --strict exited 0
+    (its help: "when any file is bad or any warning is raised"; the link had raised a SymlinkWarning)."""
+    import os
+
+    from helpers import noise_image
+
+    data = tmp_path / "d"
+    for k, label in enumerate(("a", "b")):
+        for i in range(4):
+            noise_image(data / label / f"{i}.jpg", seed=10 * k + i)
+    (data / "README.txt").write_text("notes\n")  # neither of these is a photo a user lost
+    (data / "a" / ".DS_Store").write_bytes(b"\0")
+    clean = CliRunner().invoke(main, ["data", "inspect", str(data), "--strict", "--out", str(tmp_path / "r0")])
+    assert clean.exit_code == 0, clean.output
+    assert "- 0 file(s) or folder(s) not read" in (tmp_path / "r0" / "report.md").read_text()
+    noise_image(data / "IMG_0001.jpg", seed=99)
+    with open(os.fsencode(data / "a") + b"/caf\xe9.jpg", "wb") as f:
+        f.write((data / "a" / "0.jpg").read_bytes())
+    os.symlink("../b", data / "a" / "b_link")
+    result = CliRunner().invoke(main, ["data", "inspect", str(data), "--strict", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == ("--strict: exit status 1, because of the bad files, files not read or "
+                                              "warnings above")
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "- **3 file(s) or folder(s) not read (photos may be among them)**" in report
+    assert f"  - {data / 'IMG_0001.jpg'}: not inside a class folder (ignored)" in report
+    assert f"  - {data / 'a' / 'b_link'}: link to a folder inside the dataset" in report
+    assert "not valid UTF-8" in report and "README" not in report and "DS_Store" not in report
+
+
+def test_inspect_report_gives_a_bad_file_s_detail_and_the_conversions(tmp_path):
+    """report.md gave a bad file's reason without its detail (the pixel count of a bomb, the size of a tiny photo)
+    and left the conversions out: the console gave both."""
+    corpus = tmp_path / "corpus"
+    build_bad_corpus(corpus)
+    CliRunner().invoke(main, ["data", "inspect", str(corpus), "--max-pixels", "4000000", "--out", str(tmp_path / "r")])
+    data = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    report = (tmp_path / "r" / "report.md").read_text()
+    detailed = [b for b in data["bad_files"] if b["detail"]]
+    assert detailed and all(f"{b['path']}: {b['reason']} ({b['detail']})" in report for b in detailed)
+    assert f"- **{len(data['converted_files'])} file(s) converted as they are read**" in report
+    assert all(f"{c['path']}: {', '.join(c['conversions'])}" in report for c in data["converted_files"])
 
 
 def test_inspect_counts_match_files_on_disk(flowers, tmp_path):

@@ -1104,3 +1104,22 @@ def test_class_folders_differing_only_in_case_are_warned_of_as_a_manifests_label
     with pytest.warns(ClassNameWarning, match=r"the class folders 'Bengal', 'bengal' differ only in case"):
         dataset = load_dataset(str(tmp_path / "d"))
     assert dataset.classes == ["Bengal", "bengal", "sphynx"]  # kept apart: merging is the user's call
+
+
+def test_a_fine_tune_s_report_notes_name_the_files_its_check_left_out(tmp_path):
+    """The notes a fine-tune's report.md carries (its RunData warnings) named no bad file and no photo beside the
+    class folders; more than ten are counted, not listed."""
+    from tltool.inspection import NAMED_IN_NOTE, checked_left_out_notes, prepare_dataset
+
+    _tree(tmp_path, {"a": 4, "b": 4})
+    for i in range(NAMED_IN_NOTE + 2):
+        (tmp_path / "a" / f"empty{i:02d}.jpg").write_bytes(b"")
+    noise_image(tmp_path / "loose.jpg", seed=5)
+    (tmp_path / "notes.md").write_text("x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        notes = checked_left_out_notes(prepare_dataset(str(tmp_path)))
+    assert len(notes) == 2
+    assert notes[0].startswith(f"{NAMED_IN_NOTE + 2} file(s) left out as unusable: {tmp_path / 'a' / 'empty00.jpg'}: "
+                               "empty file (0 bytes); ") and notes[0].endswith("; and 2 more")
+    assert notes[1] == f"1 file(s) or folder(s) not read: {tmp_path / 'loose.jpg'}: not inside a class folder (ignored)"

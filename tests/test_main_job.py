@@ -297,6 +297,38 @@ def test_a_class_left_out_is_named_in_the_probe_report_as_in_the_fine_tunes(tmp_
             assert "have no usable image" in (result.run_dir / "report.md").read_text()
 
 
+def test_the_files_a_probe_left_out_are_named_in_its_report(tmp_path):
+    """From a review: the console's BadFilesWarning named a zero-byte photo, and a photo left beside the class
+    folders was dropped without a word anywhere; report.md and metrics.json named neither (the terminal scrolls
+    away). Both are named now, in a cached run too; a README beside the classes and a .DS_Store are not."""
+    import shutil
+
+    from tltool.errors import BadFilesWarning
+    from tltool.linear import probe
+
+    data = tmp_path / "photos"
+    for name in ("circle", "star"):
+        shutil.copytree(SAMPLE / name, data / name)
+    (data / "circle" / "empty.jpg").write_bytes(b"")
+    shutil.copy(SAMPLE / "star" / "star_000.jpg", data / "IMG_0001.jpg")
+    (data / "README.txt").write_text("my photos\n")
+    (data / ".DS_Store").write_bytes(b"\0")
+    with pytest.warns(BadFilesWarning, match=r"not read:\n  .*IMG_0001\.jpg: not inside a class folder") as caught:
+        first = probe(str(data), image_size=32, features_dir=tmp_path / "f", out=tmp_path / "run1")
+    assert not any("README" in str(w.message) or "DS_Store" in str(w.message) for w in caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cached = probe(str(data), image_size=32, features_dir=tmp_path / "f", out=tmp_path / "run2")
+    for result in (first, cached):
+        said = json.loads((result.run_dir / "metrics.json").read_text())["data_warnings"]
+        assert [w for w in said if "left out as unusable" in w] == [
+            f"1 file(s) left out as unusable: {data / 'circle' / 'empty.jpg'}: empty file (0 bytes)"]
+        assert [w for w in said if "not read" in w] == [
+            f"1 file(s) or folder(s) not read: {data / 'IMG_0001.jpg'}: not inside a class folder (ignored)"]
+        report = (result.run_dir / "report.md").read_text()
+        assert "empty.jpg" in report and "IMG_0001.jpg" in report and "README" not in report
+
+
 def test_probe_refuses_a_bad_setting_before_it_checks_the_data(tmp_path, monkeypatch):
     """probe checked and split the whole dataset (seconds on a large one) before its extraction settings were
     validated; extract refuses them first."""

@@ -87,6 +87,19 @@ class SkippedFile:
     reason: str
 
 
+def lost_photos(skipped: Iterable[SkippedFile], links: bool = True) -> list[SkippedFile]:
+    """The skipped entries a user should hear of, because photos may be among them: a name that is not UTF-8, a
+    folder that cannot be read, an image file outside every class folder (a photo left beside the class folders),
+    and (``links``) a linked folder not followed. Not hidden files, tltool's own folders, `collect import`'s
+    unlabelled ones, or a README beside the classes."""
+    def worth_naming(s: SkippedFile) -> bool:
+        if s.reason == OUTSIDE_CLASS:
+            return is_image_name(os.path.basename(s.path))
+        return (s.reason == NOT_UTF8 or s.reason.startswith(UNREADABLE_FOLDER)
+                or (links and s.reason.startswith((LINK_BACK_UP, LINK_INSIDE, LINK_AGAIN))))
+    return [s for s in skipped if worth_naming(s)]
+
+
 @dataclass
 class Dataset:
     """Labelled image files. ``classes`` is sorted, so a label's index never depends on file order."""

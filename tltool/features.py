@@ -27,7 +27,7 @@ from . import __version__, filecache
 from .backbones import get_backbone_spec, weights_digest
 from .batches import batches_for
 from .configs import ExtractConfig, InputConfig
-from .dataset import Dataset, Record, label_indices
+from .dataset import Dataset, Record, label_indices, lost_photos
 from .distribute import extraction_shard, inference_strategy
 from .engines import create_runner, feature_source
 from .errors import TltoolError
@@ -225,7 +225,9 @@ def _cache_settings(inputs: InputConfig, config: ExtractConfig) -> dict:
 
 
 def _dataset_meta(dataset: Dataset) -> dict:
-    return {"name": dataset.name, "source": dataset.source, "notes": dataset.notes}
+    """The data source as features.json records it; ``not_read``: photos its walk could not take, for the report."""
+    return {"name": dataset.name, "source": dataset.source, "notes": dataset.notes,
+            "not_read": [{"path": s.path, "reason": s.reason} for s in lost_photos(dataset.skipped)]}
 
 
 def _earlier_meta(out: Path) -> dict | None:

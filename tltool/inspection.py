@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from .dataset import (NOT_UTF8, SPLIT_NOTE, TEST_AS_VAL, TRAIN_ONLY, UNREADABLE_FOLDER, Dataset, Record, end_sentence,
-                      load_dataset, require_training_images, stratified_split, tltool_output_around, write_manifest)
+from .dataset import (SPLIT_NOTE, TEST_AS_VAL, TRAIN_ONLY, Dataset, Record, SkippedFile, end_sentence, load_dataset,
+                      lost_photos, require_training_images, stratified_split, tltool_output_around, write_manifest)
 from . import filecache
 from .errors import (BadFilesWarning, BadImageError, EmptyClassWarning, HeldOutWarning, IgnoredOptionsWarning,
                      ImbalanceWarning, LabelConflictWarning, LeakageWarning, NoValSplitWarning, SmallClassWarning,
@@ -233,6 +233,29 @@ def with_split(checked: CheckedDataset, dataset: Dataset, pooled: bool = False) 
     return result
 
 
+NAMED_IN_NOTE = 10  # files a run's report names per kind of left-out file (metrics.json, features.json: every one)
+
+
+def left_out_notes(bad: Iterable[tuple[str, str, str]], not_read: Iterable[SkippedFile]) -> list[str]:
+    """What a run's report says of the files it could not use: the terminal's BadFilesWarning scrolls away, and
+    report.md named none of them. ``bad``: ``(path, reason, detail)`` of each unusable file; ``not_read``: the
+    walk's :func:`~tltool.dataset.lost_photos`."""
+    notes = []
+    for what, items in (("file(s) left out as unusable", [f"{path}: {reason}" + (f" ({detail})" if detail else "")
+                                                          for path, reason, detail in bad]),
+                        ("file(s) or folder(s) not read", [f"{s.path}: {s.reason}" for s in not_read])):
+        if items:
+            more = f"; and {len(items) - NAMED_IN_NOTE} more" if len(items) > NAMED_IN_NOTE else ""
+            notes.append(f"{len(items)} {what}: {'; '.join(items[:NAMED_IN_NOTE])}{more}")
+    return notes
+
+
+def checked_left_out_notes(checked: CheckedDataset) -> list[str]:
+    """:func:`left_out_notes` of a check (a fine-tune's report; a probe's reads its features folder's record)."""
+    return left_out_notes(((f.record.path, f.reason or "", f.detail or "") for f in checked.bad),
+                          lost_photos(checked.dataset.skipped))
+
+
 def held_out_warning(counts: dict[str, dict[str, int]]) -> list[tuple[str, type[Warning]]]:
     """A run's data with a test split (``counts``: ``{split: {class: n}}``): no run uses it, and nothing said so
     or how to score it (evaluate scored every split)."""
@@ -366,9 +389,10 @@ def prepare_dataset(data: str | Dataset, val_fraction: float = 0.2, seed: int = 
 
 
 def _warn_unread(dataset: Dataset) -> None:
-    """Photos the walk could not take (a name that is not UTF-8, a folder that cannot be read): only `data inspect`
-    and `predict` named them; probe and `data split` left them out unsaid. Hidden files stay unsaid (.DS_Store)."""
-    unread = [s for s in dataset.skipped if s.reason == NOT_UTF8 or s.reason.startswith(UNREADABLE_FOLDER)]
+    """Photos the walk could not take (a name that is not UTF-8, a folder that cannot be read, a photo beside the
+    class folders): only `data inspect` and `predict` named them; probe and `data split` left them out unsaid.
+    Hidden files stay unsaid (.DS_Store); links not followed have their own SymlinkWarning."""
+    unread = lost_photos(dataset.skipped, links=False)
     if unread:
         named = "\n  ".join(f"{s.path}: {s.reason}" for s in unread)
         warnings.warn(f"{len(unread)} file(s) or folder(s) not read:\n  {named}", BadFilesWarning, stacklevel=3)
@@ -494,7 +518,12 @@ def size_range(side: dict) -> str:
 def inspect_markdown(data: dict, warned: list[str]) -> str:
     rows = [f"| {split} | {md_cell(label)} | {s['count']} | {size_range(s['width'])} | {size_range(s['height'])} |"
             for split, classes in data["sizes"].items() for label, s in classes.items()]
-    found = [("bad file(s), excluded from every run", [f"{b['path']}: {b['reason']}" for b in data["bad_files"]]),
+    not_read = lost_photos(SkippedFile(s["path"], s["reason"]) for s in data["skipped_files"])
+    found = [("bad file(s), excluded from every run", [f"{b['path']}: {b['reason']}" + (f" ({b['detail']})" if
+                                                        b["detail"] else "") for b in data["bad_files"]]),
+             ("file(s) or folder(s) not read (photos may be among them)", [f"{s.path}: {s.reason}" for s in not_read]),
+             ("file(s) converted as they are read", [f"{c['path']}: {', '.join(c['conversions'])}"
+                                                     for c in data["converted_files"]]),
              ("group(s) of files with the same content", [", ".join(g) for g in data["duplicates"]]),
              ("image(s) in two splits (leakage)", [", ".join(f["path"] for f in g) for g in data["train_val_leaks"]]),
              ("label conflict(s)", [", ".join(f"{f['path']} ({f['label']})" for f in g)
@@ -504,7 +533,7 @@ def inspect_markdown(data: dict, warned: list[str]) -> str:
              *rows, ""]
     for title, items in found:
         lines += [f"- **{len(items)} {title}**" if items else f"- 0 {title}"]
-        lines += [f"  - {shown_name(item)}" for item in items[:MAX_LISTED]]
+        lines += [f"  - {shown_name(item, 400)}" for item in items[:MAX_LISTED]]  # a path, the reason, its detail
         lines += [f"  - ... and {len(items) - MAX_LISTED} more (metrics.json names them)"] * (len(items) > MAX_LISTED)
     lines += [f"- warning: {message}" for message in warned]
     return "\n".join(lines + ["", f"![images per class]({COUNTS_PNG})", ""])
@@ -537,10 +566,10 @@ class InspectResult:
 
     @property
     def has_problems(self) -> bool:
-        """A bad file, a warning (imbalance, leakage, a class without images, a single class) or a duplicate across
-        splits: ``--strict`` fails on it."""
+        """A bad file, a warning (imbalance, leakage, a class without images, a single class), a duplicate across
+        splits or a photo not read (a link not followed too: the SymlinkWarning): ``--strict`` fails on it."""
         checked = self.checked
-        return bool(checked.bad or checked.warnings or checked.leaks())
+        return bool(checked.bad or checked.warnings or checked.leaks() or lost_photos(checked.dataset.skipped))
 
 
 @writes_runs

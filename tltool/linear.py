@@ -12,14 +12,15 @@ import numpy as np
 
 from .configs import ExtractConfig, LinearConfig, split_settings
 from .crossval import nested_cv
-from .dataset import Record, write_manifest
+from .dataset import Record, SkippedFile, write_manifest
 from .errors import LeakageWarning, TltoolError
 from .evaluation import Evaluation
 from .features import FeatureSet, checked_settings, extract_features, load_features
 from .heads import (FittedHead, HeadSearch, blas_threads, get_head_spec, make_pipeline,
                     require_cv_training_images, search_head)
 from .images import DEFAULT_MAX_PIXELS
-from .inspection import CLASS_FINDINGS, held_out_warning, prepare_dataset, same_content_groups, split_warnings
+from .inspection import (CLASS_FINDINGS, held_out_warning, left_out_notes, prepare_dataset, same_content_groups,
+                         split_warnings)
 from .leakage import MAX_PAIRS, near_copies, near_copy_warning
 from .models import load_run
 from .progress import say
@@ -180,7 +181,19 @@ def data_warnings(fs: FeatureSet, pooled: bool = False) -> list[str]:
     copied, found_copies = _near_copy_note(fs, pooled)
     if found_copies:  # the check before extraction compares bytes only: said here, on the terminal too
         warnings.warn(copied, LeakageWarning, stacklevel=3)
-    return found + ([copied] if copied else [])
+    return found + ([copied] if copied else []) + _left_out(fs.meta)
+
+
+def _left_out(meta: dict) -> list[str]:
+    """:func:`left_out_notes` from a features folder's record (features.json: the check's and the decode's
+    unusable files, and the photos the walk could not take)."""
+    def rows(value: Any) -> list[dict]:
+        return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else []
+
+    dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    bad = [(str(s.get("path")), str(s.get("reason")), str(s.get("detail") or "")) for s in rows(meta.get("skipped"))]
+    return left_out_notes(bad, [SkippedFile(str(s.get("path")), str(s.get("reason")))
+                                for s in rows(dataset.get("not_read"))])
 
 
 def _near_copy_note(fs: FeatureSet, pooled: bool) -> tuple[str | None, bool]:

@@ -25,7 +25,7 @@ from .dataset import Dataset, Record, label_indices, load_dataset, write_manifes
 from .distribute import DistributeInfo, read_tf_config, resolve_strategy, shard_options, worker_scratch_dir
 from .errors import TltoolError
 from .evaluation import Evaluation
-from .inspection import prepare_dataset, say_upsampling, upsampling
+from .inspection import checked_left_out_notes, prepare_dataset, say_upsampling, upsampling
 from .models import load_run
 from .progress import say
 from .report import rewrite_report, write_run_report
@@ -315,7 +315,7 @@ class KerasTrainingRun:
         if not val:
             raise TltoolError(_no_val_message(checked))
         return RunData(dataset, train, val, label_indices(train, dataset.classes), label_indices(val, dataset.classes),
-                       tuple(checked.warnings))
+                       tuple(checked.warnings + checked_left_out_notes(checked)))
 
     def pipelines(self, data: RunData, info: DistributeInfo, global_batch: int,
                   strategy: tf.distribute.Strategy | None = None) -> Pipelines:

@@ -22,7 +22,8 @@ def data() -> None:
 
 @data.command("inspect")
 @click.argument("path")
-@click.option("--strict", is_flag=True, help="Exit with status 1 when any file is bad or any warning is raised.")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any file is bad, a photo is not read (beside the "
+              "class folders, a name that is not UTF-8, a link not followed) or any warning is raised.")
 @click.option("--max-pixels", type=int, default=None, help="Reject images with more pixels (decompression bombs).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for the report (metrics.json, report.md, class_counts.png) "
@@ -38,7 +39,7 @@ def inspect_cmd(path: str, strict: bool, max_pixels: int | None, out: str | None
         console.print(line, soft_wrap=True)
     console.print(f"report: {_shown(str(result.report))}", soft_wrap=True)
     if strict and result.has_problems:
-        click.echo("--strict: exit status 1, because of the bad files or warnings above", err=True)
+        click.echo("--strict: exit status 1, because of the bad files, files not read or warnings above", err=True)
         sys.exit(1)
 
 
