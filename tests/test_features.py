@@ -56,8 +56,31 @@ def test_a_new_split_reuses_the_features_and_new_settings_do_not(shapes_features
     old, new = first.features, resplit.features
     assert old.paths == new.paths and (old.splits != new.splits).any()
     np.testing.assert_array_equal(old.avg, new.avg)
-    assert not extract_features(str(SAMPLE), copy, image_size=48, chunk_size=48).cached
+    # other settings of the same photos replace the features a run was fitted on only when forced (a --weights none
+    # baseline replaced the ImageNet features of probe's default folder, and `linear` on it fitted random ones)
+    with pytest.raises(TltoolError, match=r"holds the features of other settings \(image_size 64 -> 48\); "
+                                          r".*pass --force to replace them"):
+        extract_features(str(SAMPLE), copy, image_size=48, chunk_size=48)
+    assert load_features(copy).meta["image_size"] == 64
+    assert not extract_features(str(SAMPLE), copy, image_size=48, chunk_size=48, force=True).cached
     assert not extract_features(str(SAMPLE), tmp_path / "c2", image_size=64, chunk_size=64).cached
+    # a changed chunk size is the same setting: extracted again without a word
+    assert not extract_features(str(SAMPLE), tmp_path / "c2", image_size=64, chunk_size=32).cached
+
+
+def test_probe_s_default_features_folder_differs_by_weights():
+    """From a review: `probe DATA --weights none` after `probe DATA` shared runs/features-DATA-...: the baseline
+    replaced the ImageNet features, and `linear` on the folder the first run recorded fitted random ones (0.317
+    instead of 0.933 on pets). `probe .` named its folder features-.-...."""
+    from tltool.linear import default_features_dir
+
+    imagenet = default_features_dir("d/pets", "efficientnet_lite0", 96, "crop")
+    assert imagenet.name == "features-pets-efficientnet_lite0-96-crop"
+    assert default_features_dir("d/pets", "efficientnet_lite0", 96, "crop", "none").name == f"{imagenet.name}-w-none"
+    one, two = (default_features_dir("d/pets", "efficientnet_lite0", 96, "crop", f"{folder}/my w.h5")
+                for folder in ("a", "b"))
+    assert one.name.startswith(f"{imagenet.name}-w-my-w-") and one != two
+    assert default_features_dir(".", "mobilenet_v2", None, "crop").name == f"features-{Path.cwd().name}-mobilenet_v2-crop"
 
 
 def test_features_of_other_data_are_kept_unless_forced(shapes_features, tmp_path):
@@ -86,7 +109,8 @@ def test_features_of_other_data_are_kept_unless_forced(shapes_features, tmp_path
     assert len(extract_features(str(other), kept, image_size=64, chunk_size=48).features.paths) == 9
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "features.json").write_text("[]")  # damaged: extracted again, not a traceback
-    _refuse_other_data(tmp_path / "odd", _earlier_meta(tmp_path / "odd"), "key", f"folder:{other}", set(), "--out")
+    _refuse_other_data(tmp_path / "odd", _earlier_meta(tmp_path / "odd"), "key", {}, f"folder:{other}", set(),
+                       "--out")
     moved = shutil.move(other, tmp_path / "moved")  # the same photos elsewhere: not other data
     assert load_features(extract_features(str(moved), kept, image_size=64, chunk_size=48).directory).paths[0] \
         .startswith(str(moved))

@@ -69,3 +69,19 @@ def test_more_pairs_than_the_check_compares_are_said_to_be_left_out_not_warned_o
         said = data_warnings(fs)
     assert "near copies across the split were not looked for: 100 x 250 images is more than the 100 pairs the check "\
            "compares" in said
+
+
+def test_features_of_random_weights_are_not_searched_for_near_copies(flowers_probe):
+    """From a review: a `--weights none` baseline on pets warned that all 60 val photos "look like a copy of a
+    training image" (random features are nearly parallel: a bulldog ~ an Abyssinian at 0.995), and called its
+    chance-level accuracy optimistic. Its report now says the search was not made."""
+    fs = load_features(flowers_probe.features)
+    flat = replace(fs, avg=np.ones_like(fs.avg), meta={**fs.meta, "weights": "none"})  # every pair alike
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LeakageWarning)
+        said = data_warnings(flat)
+    assert not any("look like a copy" in w for w in said)
+    assert "near copies across the split were not looked for: features of random weights (--weights none) cannot " \
+           "tell one photo from another" in said
+    with pytest.warns(LeakageWarning, match="look like a copy"):  # the same numbers from trained weights: warned
+        data_warnings(replace(flat, meta=fs.meta))

@@ -154,7 +154,8 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     out = claim_output_dir(out_dir, "features", reuse=True, option=option)
     earlier = _earlier_meta(out)  # read once: the other-data check and the cache both look at it
     if not force:
-        _refuse_other_data(out, earlier, key, checked.dataset.source, set(hashes.values()), option)
+        _refuse_other_data(out, earlier, key, _network_settings(inputs, config), checked.dataset.source,
+                           set(hashes.values()), option)
     chunks = _Chunks(out, key, config.chunk_size, len(records))
     if _reuse_cached(chunks, earlier, checked, records, hashes):  # before TensorFlow is imported: instant
         return ExtractResult(out, True, time.perf_counter() - start, None, checked)
@@ -224,6 +225,13 @@ def _cache_settings(inputs: InputConfig, config: ExtractConfig) -> dict:
             "resize": inputs.resize, "preprocess": inputs.preprocess, "chunk_size": config.chunk_size}
 
 
+def _network_settings(inputs: InputConfig, config: ExtractConfig) -> dict:
+    """The settings that make other numbers of the same photos (a changed weights file, chunk size or format
+    does not: the same setting, extracted again)."""
+    return {name: _cache_settings(inputs, config)[name]
+            for name in ("backbone", "weights", "image_size", "resize", "preprocess")}
+
+
 def _dataset_meta(dataset: Dataset) -> dict:
     """The data source as features.json records it; ``not_read``: photos its walk could not take, for the report."""
     return {"name": dataset.name, "source": dataset.source, "notes": dataset.notes,
@@ -262,17 +270,26 @@ def _reuse_cached(chunks: _Chunks, old: dict | None, checked: CheckedDataset, re
     return True
 
 
-def _refuse_other_data(out: Path, old: dict | None, key: str, source: str, contents: set[str], option: str) -> None:
-    """A features folder is a cache of one data source: extracting other data into it replaced those features (a
-    second folder named ``train`` shares probe's default folder) without a word. The same data goes on: the same
+def _refuse_other_data(out: Path, old: dict | None, key: str, settings: dict, source: str, contents: set[str],
+                       option: str) -> None:
+    """A features folder is a cache of one data source and setting: extracting other data into it replaced those
+    features (a second folder named ``train`` shares probe's default folder) without a word, and so did other
+    ``settings`` (:func:`_network_settings`: ``--weights none`` after ImageNet's). The same data goes on: the same
     source changed, or the same photos found elsewhere (a moved folder, a manifest of them: at least half of the
     stored photos' contents among ``contents``). ``old``: the folder's features.json (None: none, or damaged,
     nothing of worth to keep)."""
-    if old is None:
+    if old is None or old.get("key") == key:
         return
+    changed = [f"{name} {old.get(name)} -> {value}" for name, value in settings.items()
+               if name in old and old.get(name) != value]
+    if changed:  # the same data: a run that named this folder (its metrics.json does) would read other numbers
+        state = "" if old.get("complete") else "unfinished "
+        raise TltoolError(f"{option} {out}: holds the {state}features of other settings ({'; '.join(changed)}); "
+                          "extracting there would replace them, and a run that was fitted on them would be refitted "
+                          "on these. Give another folder, or pass --force to replace them.")
     dataset = old.get("dataset")
     before = dataset.get("source") if isinstance(dataset, dict) else None
-    if old.get("key") == key or not isinstance(before, str) or before == source:
+    if not isinstance(before, str) or before == source:
         return
     files = old.get("files") if isinstance(old.get("files"), list) else []
     stored = {f.get("sha256") for f in files if isinstance(f, dict)}

@@ -1,6 +1,7 @@
 """The main job: cached CNN features -> linear head chosen by cross-validation -> validation report."""
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections import Counter
@@ -27,7 +28,7 @@ from .progress import say
 from .report import worst_mistakes, write_run_report
 from .runs import DEFAULT_RUNS_ROOT, check_run_dir, new_run_dir, slug, writes_runs
 from .settings import CHOICES
-from .utils import write_json
+from .utils import sha256_text, write_json
 from .viz.gradcam import gradcam_overlays
 
 CLASS_WEIGHTS = CHOICES["class_weight"]
@@ -199,6 +200,9 @@ def _left_out(meta: dict) -> list[str]:
 def _near_copy_note(fs: FeatureSet, pooled: bool) -> tuple[str | None, bool]:
     """What the report says of val images that are copies of training images saved again (other bytes, the same
     photo; see :mod:`tltool.leakage`), and whether there are any. Pooled (``--cv``): any two labelled images."""
+    if str(fs.meta.get("weights", "")).lower() == "none":  # every pair of random-weight features looked alike
+        return ("near copies across the split were not looked for: features of random weights (--weights none) "
+                "cannot tell one photo from another", False)
     rows = np.flatnonzero(np.isin(np.asarray(fs.splits, str), ["train", "val"]))
     queries, references = ((rows, rows) if pooled
                            else (np.flatnonzero(fs.mask("val")), np.flatnonzero(fs.mask("train"))))
@@ -251,10 +255,24 @@ def _train_linear_cv(fs: FeatureSet, X: np.ndarray, rows: np.ndarray, out, confi
     return LinearResult(run_dir, evaluation, metrics, fitted)
 
 
-def default_features_dir(data: str, backbone: str, image_size: int | None, resize: str) -> Path:
+def default_features_dir(data: str, backbone: str, image_size: int | None, resize: str,
+                         weights: str = "imagenet") -> Path:
+    """probe's (and suspects') features folder without ``--features``: one per data and setting, so that another
+    setting does not replace the features an earlier run names. ``weights`` other than ImageNet's are in the name
+    (``-w-none``; a file's name and a digest of its path): a ``--weights none`` baseline replaced the ImageNet
+    features of the same data, and ``linear`` on the folder an earlier probe recorded then fitted random ones."""
     name = Path(str(data).rstrip("/")).name or str(data)
+    if name in (".", ".."):  # `tltool probe .` in the photos folder: features-.-efficientnet_lite0-crop
+        name = Path(os.path.abspath(data)).name or "data"
     size = f"-{image_size}" if image_size else ""
-    return DEFAULT_RUNS_ROOT / f"features-{slug(name)}-{backbone}{size}-{resize}"
+    weights = str(weights)
+    if weights.lower() == "imagenet":
+        tag = ""
+    elif weights.lower() == "none":
+        tag = "-w-none"
+    else:
+        tag = f"-w-{slug(Path(weights).stem, 30)}-{sha256_text(os.path.abspath(weights))[:8]}"
+    return DEFAULT_RUNS_ROOT / f"features-{slug(name)}-{backbone}{size}-{resize}{tag}"
 
 
 def probe(data: str, extract: ExtractConfig | None = None, linear: LinearConfig | None = None, *,
@@ -271,7 +289,8 @@ def probe(data: str, extract: ExtractConfig | None = None, linear: LinearConfig 
     linear.validate()
     get_head_spec(linear.head)  # fail on a bad head name before the network runs
     check_run_dir(out, force)  # and on an --out it would refuse
-    features_dir = features_dir or default_features_dir(data, extract.backbone, extract.image_size, extract.resize)
+    features_dir = features_dir or default_features_dir(data, extract.backbone, extract.image_size, extract.resize,
+                                                        extract.weights)
     checked = prepare_dataset(data, extract.val_fraction, extract.seed, extract.max_pixels, strict=extract.strict,
                               decode=False)
     if not linear.cv:  # refused before the network runs, not after it

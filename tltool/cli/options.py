@@ -108,8 +108,9 @@ backbone_options = compose(
 )
 
 # the features folder of probe and suspects without --features: tltool.linear.default_features_dir
-FEATURES_DIR = ("runs/features-NAME-BACKBONE[-SIZE]-RESIZE (NAME: the last part of DATA; -SIZE: only with "
-                "--image-size), e.g. runs/features-shapes-efficientnet_lite0-crop")
+FEATURES_DIR = ("runs/features-NAME-BACKBONE[-SIZE]-RESIZE[-w-WEIGHTS] (NAME: the last part of DATA; -SIZE: only "
+                "with --image-size; -w-WEIGHTS: only with --weights other than imagenet), e.g. "
+                "runs/features-shapes-efficientnet_lite0-crop")
 
 
 def out_option(default: str, what: str = "Run folder to write") -> Callable[[Callable[..., Any]], Callable[..., Any]]:

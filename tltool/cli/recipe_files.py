@@ -90,7 +90,7 @@ Option = Callable[[str], Any]  # a step's value of a key, or its command's defau
 
 
 def _features_default(data: str, option: Option) -> Path:
-    return default_features_dir(data, option("backbone"), option("image-size"), option("resize"))
+    return default_features_dir(data, option("backbone"), option("image-size"), option("resize"), option("weights"))
 
 
 # where a command writes when a key is not given: (that key, the key the place derives from, the place)

@@ -159,7 +159,7 @@ def find_suspects(data: str, out: str | Path | None = None, *, backbone: str = "
     spec = get_backbone_spec(backbone)  # a bad name fails before any file is read
     manifest = labeler_manifest(data)
     dataset = load_labelled(Path(data)) if manifest != str(data) else load_dataset(manifest)
-    features_dir = features_dir or default_features_dir(data, spec.name, image_size, resize)
+    features_dir = features_dir or default_features_dir(data, spec.name, image_size, resize, weights)
     result = extract_features(dataset, features_dir, option="--features", backbone=spec.name, weights=weights,
                               image_size=image_size, resize=resize, batch_size=batch_size, val_fraction=val_fraction,
                               seed=seed, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
