@@ -211,7 +211,7 @@ def plot_comparison(comparison: Comparison, target: Path) -> None:
     """``compare.png``: each run's accuracy with its interval beside the paired difference with its own: two
     intervals that overlap can still rank the runs, which only the paired one shows. Drawn once per comparison
     (:func:`cached_figure`): a repeated compare imports no matplotlib."""
-    key = {"figure": "compare", **comparison.to_json()}
+    key = {"figure": "compare", "drawn": 2, **comparison.to_json()}  # drawn: this drawing's version
     cached_figure(target, key, lambda: _comparison_figure(comparison))
 
 
@@ -230,6 +230,7 @@ def _comparison_figure(c: Comparison):
                    color="black")
     right.axvline(0, color="grey", linestyle="--", linewidth=1)
     right.set_yticks([])
+    right.xaxis.set_major_locator(plt.MaxNLocator(nbins=4))  # the default eight ticks of a narrow panel ran together
     right.set_xlabel("B - A, paired (95 % Newcombe interval)")
     right.set_title(f"only A right {c.only_a}, only B right {c.only_b}; McNemar p = {c.p_value:.3g}", fontsize=9)
     fig.tight_layout()

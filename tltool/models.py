@@ -373,8 +373,8 @@ def _recorded_split(path: Path) -> list[Record]:
         raise TltoolError(f"{path}: not a split.csv tltool wrote ({exc.__class__.__name__}: {exc}).") from None
 
 
-def overlap_with_training(run_dir: str | Path, run: RunModel, paths: Sequence[str]) -> int:
-    """How many of ``paths`` the run's model was trained on (its train split; its val split too after ``--refit``
+def overlap_with_training(run_dir: str | Path, run: RunModel, paths: Sequence[str]) -> list[str]:
+    """Which of ``paths`` the run's model was trained on (its train split; its val split too after ``--refit``
     or for a ``linear --cv`` head), by resolved path or, for a file elsewhere, by content (a copy of a training
     photo was counted as unseen, and its accuracy reported as an estimate for new photos). A run whose record of
     its images is missing or damaged raises its :class:`TltoolError`: the caller says it cannot check, rather
@@ -383,11 +383,12 @@ def overlap_with_training(run_dir: str | Path, run: RunModel, paths: Sequence[st
     seen = splits["train"][0] + (splits["val"][0] if trained_on_val(run) else [])
     known = {os.path.realpath(p) for p in seen}
     elsewhere = [p for p in paths if os.path.realpath(p) not in known]
-    return len(paths) - len(elsewhere) + copies_of(elsewhere, seen)
+    copied = set(copies_of(elsewhere, seen))
+    return [p for p in paths if os.path.realpath(p) in known or p in copied]
 
 
-def copies_of(paths: Sequence[str], seen: Sequence[str]) -> int:
-    """How many of ``paths`` hold the same bytes as one of ``seen`` (the training photos, under another name: a
+def copies_of(paths: Sequence[str], seen: Sequence[str]) -> list[str]:
+    """Which of ``paths`` hold the same bytes as one of ``seen`` (the training photos, under another name: a
     dataset copied, or exported again with --copy). Only files of a size one of ``seen`` has are read; a photo of
     ``seen`` that is gone (the split is a record) is left out."""
     def size(path: str) -> int | None:
@@ -413,8 +414,9 @@ def copies_of(paths: Sequence[str], seen: Sequence[str]) -> int:
             trained.add(digest(path))
             bar.update()
         trained.discard(None)
-        copies = 0
+        copies = []
         for path, _ in candidates:
-            copies += digest(path) in trained
+            if digest(path) in trained:
+                copies.append(path)
             bar.update()
     return copies

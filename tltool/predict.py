@@ -160,15 +160,16 @@ def evaluate_run(run_dir: str | Path, data: str | Dataset, out: str | Path | Non
 
 
 def warn_if_trained_on(run_dir: str | Path, model: RunModel, paths: Sequence[str]) -> int:
-    """A :class:`LeakageWarning` when the run was trained on some of ``paths`` (or when its record of its training
-    images cannot be read, so nobody can tell); returns how many (0 when unknown)."""
+    """A :class:`LeakageWarning` naming the first of ``paths`` the run was trained on (or saying that its record of
+    its training images cannot be read, so nobody can tell); returns how many (0 when unknown)."""
     try:
         seen = overlap_with_training(run_dir, model, paths)
     except TltoolError as exc:  # never read as "none of them": an edited split.csv would hide a leak
         warnings.warn(f"cannot tell which of these images {run_dir} was trained on ({exc}); if any were, its "
                       "accuracy on them is optimistic.", LeakageWarning, stacklevel=3)
         return 0
-    if seen:
-        warnings.warn(trained_on_line(seen, len(paths), str(run_dir)) + "; score it on images it never saw.",
-                      LeakageWarning, stacklevel=3)
-    return seen
+    if seen:  # named: a count alone left the user to find a copy saved under another name
+        first = "; first: " + ", ".join(seen[:3]) + (f" and {len(seen) - 3} more" if len(seen) > 3 else "")
+        warnings.warn(trained_on_line(len(seen), len(paths), str(run_dir)) + f"{first}. Score it on images it never "
+                      "saw.", LeakageWarning, stacklevel=3)
+    return len(seen)
