@@ -244,3 +244,21 @@ def test_an_exif_orientation_pillow_does_not_turn_by_is_said_to_be_ignored_not_a
     assert images.load_image(tmp_path / "r.jpg").shape[:2] == (40, 80)  # as stored
     assert images.check_image(tmp_path / "r.jpg").conversions == [
         f"EXIF orientation {orientation} is not one of 1-8: ignored"]
+
+
+def test_a_heic_photo_is_named_as_such_not_as_no_image(tmp_path):
+    """From a review: an iPhone's HEIC photo was "not an image (no known image format)", as a text file is; a user
+    needs to hear that it is a photo in a format to convert. A text file is still no known format."""
+    from tltool.images import BadImageError, check_image, read_header
+
+    heic = tmp_path / "IMG_2102.HEIC"
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200))
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo\n")
+    for read in (check_image, read_header):
+        with pytest.raises(BadImageError) as raised:
+            read(str(heic))
+        assert raised.value.reason == "not an image" and raised.value.detail.startswith(
+            "a HEIC/HEIF or AVIF photo (an iPhone's default format), which tltool cannot decode: convert it to JPEG")
+        with pytest.raises(BadImageError, match="no known image format"):
+            read(str(text))

@@ -77,6 +77,24 @@ PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.e
                  ZeroDivisionError)
 
 
+# ISO media brands of HEIF photos (an iPhone's default, HEIC) and AVIF: images tltool's Pillow does not decode
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"avif",
+               b"avis"}
+
+
+def _unknown_format(path: str | os.PathLike) -> str:
+    """Why Pillow found no image format: a HEIC photo was "no known image format", as a text file is."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return "no known image format"
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return ("a HEIC/HEIF or AVIF photo (an iPhone's default format), which tltool cannot decode: convert it to "
+                "JPEG or PNG (or set the camera to 'Most Compatible')")
+    return "no known image format"
+
+
 def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     try:
         found = os.stat(path)
@@ -94,7 +112,7 @@ def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
         size = f"{int(counted[1]):,} pixels" if counted else "more pixels than Pillow allows"
         raise BadImageError(path, BOMB, f"{size} > --max-pixels {max_pixels:,}") from None
     except UnidentifiedImageError:
-        raise BadImageError(path, NOT_AN_IMAGE, "no known image format") from None
+        raise BadImageError(path, NOT_AN_IMAGE, _unknown_format(path)) from None
     except PermissionError as exc:
         raise BadImageError(path, UNREADABLE, exc.strerror or str(exc)) from None
     except PILLOW_ERRORS as exc:
