@@ -139,10 +139,15 @@ def test_predict_on_a_folder_predicts_every_file_under_it(probe_run, tmp_path):
     result = _run("predict", f"{folder}/**/*.jpg", f"{tmp_path}/none*.jpg", "--model", probe_run)
     assert [line.split("\t")[0] for line in result.output.splitlines() if "\t" in line] == [
         str(folder / "b.jpg"), str(folder / "more" / "a.jpg")]
-    assert "none*.jpg: unreadable" in result.output  # a pattern that matches nothing is named, as a missing file
+    # a pattern that matches nothing is named as one (it was "unreadable (No such file or directory)")
+    assert f"'{tmp_path}/none*.jpg': no file matches (patterns are case-sensitive" in result.output
+    assert "unreadable" not in result.output
     # a run's plots a pattern matches are not photos, as collect import leaves them out
     result = _run("predict", f"{probe_run}/*.png", "--model", probe_run)
-    assert result.exit_code == 2 and "confusion_matrix" not in result.output.split("unreadable")[0], result.output
+    assert result.exit_code == 2 and "confusion_matrix" not in result.output, result.output
+    assert f"'{probe_run}/*.png': matches only files of tltool's own run folders, not photos" in result.output
+    result = _run("predict", f"{tmp_path}/none*.jpg", "--model", probe_run)
+    assert result.exit_code == 2 and "no file matches" in result.output and "Traceback" not in result.output
 
 
 def test_predict_on_a_folder_names_the_files_its_walk_left_out(probe_run, tmp_path):

@@ -76,7 +76,20 @@ def image_arguments(images: Sequence[str | os.PathLike]) -> list[str]:
     order (hidden ones left out, links followed as a dataset's are), a quoted pattern for what it matches. A folder
     was one unreadable "image"."""
     files: list[str] = []
-    for image in (path for given in map(str, images) for path in _matched(given)):
+    given = list(map(str, images))
+    unmatched = [text for text in given if not _matched(text)]
+    if unmatched:  # was "unreadable (No such file or directory)", as if the pattern were a file's name
+        outputs = [text for text in unmatched if glob.glob(os.path.expanduser(text), recursive=True)]
+        empty = [text for text in unmatched if text not in outputs]
+        said = "; ".join(
+            [f"{', '.join(map(repr, outputs))}: matches only files of tltool's own run folders, not photos"]
+            * bool(outputs)
+            + [f"{', '.join(map(repr, empty))}: no file matches (patterns are case-sensitive: '*.jpg' does not match "
+               "IMG_1.JPG)"] * bool(empty))
+        if len(unmatched) == len(given):
+            raise TltoolError(said + ".")
+        warnings.warn(said, BadFilesWarning, stacklevel=2)
+    for image in (path for text in given for path in _matched(text)):
         if os.path.isdir(image):
             guard = LinkGuard(image)
             found, skipped = walk_files(image, guard)
@@ -96,12 +109,11 @@ def image_arguments(images: Sequence[str | os.PathLike]) -> list[str]:
 
 def _matched(image: str) -> list[str]:
     """A quoted pattern (``'photos/*.jpg'``; cmd.exe expands none) as the paths it matches, sorted, as ``collect
-    import`` takes it; a name that exists, or a pattern that matches nothing, as it is (then named unreadable)."""
+    import`` takes it (none: a pattern that matches nothing); a name that exists, or has no pattern, as it is."""
     if os.path.lexists(image) or not has_glob_magic(image):
         return [image]
     matches = sorted(glob.glob(os.path.expanduser(image), recursive=True))
-    kept = [m for m in matches if tltool_output_around(m) is None]  # a run's plots ('**/*.png') are not photos
-    return kept or [image]
+    return [m for m in matches if tltool_output_around(m) is None]  # a run's plots ('**/*.png') are not photos
 
 
 def labelled_images(data: str | Dataset, classes: list[str], max_pixels: int,
