@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import warnings
@@ -1123,3 +1124,19 @@ def test_a_fine_tune_s_report_notes_name_the_files_its_check_left_out(tmp_path):
     assert notes[0].startswith(f"{NAMED_IN_NOTE + 2} file(s) left out as unusable: {tmp_path / 'a' / 'empty00.jpg'}: "
                                "empty file (0 bytes); ") and notes[0].endswith("; and 2 more")
     assert notes[1] == f"1 file(s) or folder(s) not read: {tmp_path / 'loose.jpg'}: not inside a class folder (ignored)"
+
+
+def test_data_given_one_level_too_high_is_pointed_one_level_down(tmp_path):
+    """From a review: `probe wrap` where wrap/myflowers/{a,b}/ hold the photos said to label every photo again in
+    the browser (collect import, label serve); the class folders were one level down."""
+    from tltool.dataset import load_dataset
+    from tltool.errors import TltoolError
+
+    _tree(tmp_path / "wrap" / "myflowers", {"a": 3, "b": 3})
+    with pytest.raises(TltoolError, match=re.escape(
+            f"found 1 class(es) ['myflowers']; a classifier needs at least 2. {tmp_path / 'wrap' / 'myflowers'} holds "
+            "2 folders of images (a, b); if they are your classes, give that folder as the data.")):
+        load_dataset(str(tmp_path / "wrap")).require_classes()
+    _tree(tmp_path / "one", {"day1": 3})  # a single folder of photos: labelling them is still the advice
+    with pytest.raises(TltoolError, match="label them"):
+        load_dataset(str(tmp_path / "one")).require_classes()

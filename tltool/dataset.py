@@ -154,6 +154,11 @@ class Dataset:
         folder = Path(self.source[len("folder:"):]) if self.source.startswith("folder:") else None
         if folder is None:
             return "Put each class's images in its own sub-folder"
+        inner = _classes_one_level_down(folder, self.classes)
+        if inner:  # photos/myflowers/{daisy,roses}: the advice was to label every photo again in the browser
+            return (f"{shown_name(inner)} holds {len(_image_subdirs(inner))} folders of images "
+                    f"({', '.join(d.name for d in _image_subdirs(inner)[:5])}); if they are your classes, give that "
+                    "folder as the data")
         if output_kind(folder) != COLLECTED:  # photos not sorted yet (a single day1/ of them) are labelled instead
             return ("Put each class's images in its own sub-folder, or label them (your class names): "
                     + label_commands(folder))
@@ -444,6 +449,21 @@ def dataset_of_class_folder(folder: Path) -> Path | None:
     if not any(_holds_images(d) for d in siblings[:100]):
         return None
     return parent.parent if parent.name.lower() in SPLIT_ALIASES and parent.parent != parent else parent
+
+
+def _image_subdirs(folder: Path) -> list[Path]:
+    with contextlib.suppress(OSError):
+        return [d for d in _subdirs(folder)[:100] if _holds_images(d)]
+    return []
+
+
+def _classes_one_level_down(folder: Path, classes: list[str]) -> Path | None:
+    """The one class folder of a one-class dataset, when its own sub-folders of images look like the classes (the
+    data was given one level too high)."""
+    if len(classes) != 1 or output_kind(folder) == COLLECTED:
+        return None
+    inner = folder / classes[0]
+    return inner if inner.is_dir() and len(_image_subdirs(inner)) >= 2 else None
 
 
 def _holds_images(folder: Path) -> bool:
