@@ -1140,3 +1140,23 @@ def test_data_given_one_level_too_high_is_pointed_one_level_down(tmp_path):
     _tree(tmp_path / "one", {"day1": 3})  # a single folder of photos: labelling them is still the advice
     with pytest.raises(TltoolError, match="label them"):
         load_dataset(str(tmp_path / "one")).require_classes()
+
+
+def test_left_out_notes_show_names_as_tltool_prints_them(tmp_path):
+    """From a review of this change: a photo beside the class folders whose name is not UTF-8 reached report.md as a
+    lone surrogate and the report could not be written (UnicodeEncodeError, after the fit); a newline in a name
+    split the report's line. Both are escaped now; a HEIC photo beside the classes is named too."""
+    from tltool.inspection import checked_left_out_notes, prepare_dataset
+    from tltool.utils import write_text_atomic
+
+    _tree(tmp_path, {"a": 4, "b": 4})
+    with open(os.fsencode(tmp_path) + b"/caf\xe9.jpg", "wb") as f:
+        f.write((tmp_path / "a" / "img_00.jpg").read_bytes())
+    (tmp_path / "a" / "empty\n- **fake** line.jpg").write_bytes(b"")
+    (tmp_path / "IMG_1.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        notes = checked_left_out_notes(prepare_dataset(str(tmp_path)))
+    assert all("\n" not in note for note in notes) and "empty\\n- **fake** line.jpg" in notes[0]
+    assert "caf\\udce9.jpg: not inside a class folder" in notes[1] and "IMG_1.HEIC" in notes[1]
+    write_text_atomic(tmp_path / "report.md", "\n".join(notes))  # what failed

@@ -66,6 +66,8 @@ def test_a_new_split_reuses_the_features_and_new_settings_do_not(shapes_features
     assert not extract_features(str(SAMPLE), tmp_path / "c2", image_size=64, chunk_size=64).cached
     # a changed chunk size is the same setting: extracted again without a word
     assert not extract_features(str(SAMPLE), tmp_path / "c2", image_size=64, chunk_size=32).cached
+    # one network spelled otherwise is no other setting (a review: "weights none -> None" was refused)
+    assert extract_features(str(SAMPLE), tmp_path / "c2", image_size=64, chunk_size=32, weights="ImageNet").complete
 
 
 def test_probe_s_default_features_folder_differs_by_weights():

@@ -767,7 +767,7 @@ def test_evaluate_counts_copies_of_training_photos_as_trained_on(shape_runs, tmp
     (said,) = [str(w.message) for w in caught if w.category is LeakageWarning]
     named = said.split("; first: ")[1].removesuffix(". Score it on images it never saw.")
     assert named.endswith(" and 5 more") and all(Path(p).name.startswith("copy-") and Path(p).is_file()
-                                                  for p in named.removesuffix(" and 5 more").split(", "))
+                                                  for p in named.removesuffix(" and 5 more").split("; "))
     assert metrics["images_trained_on"] == 8
     assert "8 of these 12 images were in the training data" in (tmp_path / "ev" / "report.md").read_text()
     from tltool.models import copies_of

@@ -93,8 +93,9 @@ def lost_photos(skipped: Iterable[SkippedFile], links: bool = True) -> list[Skip
     and (``links``) a linked folder not followed. Not hidden files, tltool's own folders, `collect import`'s
     unlabelled ones, or a README beside the classes."""
     def worth_naming(s: SkippedFile) -> bool:
-        if s.reason == OUTSIDE_CLASS:
-            return is_image_name(os.path.basename(s.path))
+        if s.reason == OUTSIDE_CLASS:  # a HEIC one too: named so, it is named as one to convert
+            name = os.path.basename(s.path)
+            return is_image_name(name) or os.path.splitext(name)[1].lower() in (".heic", ".heif")
         return (s.reason == NOT_UTF8 or s.reason.startswith(UNREADABLE_FOLDER)
                 or (links and s.reason.startswith((LINK_BACK_UP, LINK_INSIDE, LINK_AGAIN))))
     return [s for s in skipped if worth_naming(s)]

@@ -228,8 +228,15 @@ def _cache_settings(inputs: InputConfig, config: ExtractConfig) -> dict:
 def _network_settings(inputs: InputConfig, config: ExtractConfig) -> dict:
     """The settings that make other numbers of the same photos (a changed weights file, chunk size or format
     does not: the same setting, extracted again)."""
-    return {name: _cache_settings(inputs, config)[name]
-            for name in ("backbone", "weights", "image_size", "resize", "preprocess")}
+    stored = _cache_settings(inputs, config)  # once: it hashes a weights file
+    settings = {name: stored[name] for name in ("backbone", "image_size", "resize", "preprocess")}
+    return {**settings, "weights": _same_weights(str(config.weights))}
+
+
+def _same_weights(weights: str) -> str:
+    """``--weights`` as one spelling per network: imagenet and none in lower case, a file by its real path
+    (``w.h5``, ``./w.h5`` and its absolute path were "other settings")."""
+    return weights.lower() if weights.lower() in ("imagenet", "none") else os.path.realpath(weights)
 
 
 def _dataset_meta(dataset: Dataset) -> dict:
@@ -280,8 +287,10 @@ def _refuse_other_data(out: Path, old: dict | None, key: str, settings: dict, so
     nothing of worth to keep)."""
     if old is None or old.get("key") == key:
         return
+    before = {name: _same_weights(str(old[name])) if name == "weights" else old[name]
+              for name in settings if name in old}
     changed = [f"{name} {old.get(name)} -> {value}" for name, value in settings.items()
-               if name in old and old.get(name) != value]
+               if name in before and before[name] != value]
     if changed:  # the same data: a run that named this folder (its metrics.json does) would read other numbers
         state = "" if old.get("complete") else "unfinished "
         raise TltoolError(f"{option} {out}: holds the {state}features of other settings ({'; '.join(changed)}); "

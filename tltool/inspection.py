@@ -241,9 +241,13 @@ def left_out_notes(bad: Iterable[tuple[str, str, str]], not_read: Iterable[Skipp
     report.md named none of them. ``bad``: ``(path, reason, detail)`` of each unusable file; ``not_read``: the
     walk's :func:`~tltool.dataset.lost_photos`."""
     notes = []
-    for what, items in (("file(s) left out as unusable", [f"{path}: {reason}" + (f" ({detail})" if detail else "")
+    # names shown as tltool prints them: a newline in one split the report's line, an undecodable byte (a name
+    # that is not UTF-8, kept as a lone surrogate) stopped the report from being written
+    for what, items in (("file(s) left out as unusable", [f"{shown_name(path, None)}: {reason}"
+                                                          + (f" ({detail})" if detail else "")
                                                           for path, reason, detail in bad]),
-                        ("file(s) or folder(s) not read", [f"{s.path}: {s.reason}" for s in not_read])):
+                        ("file(s) or folder(s) not read", [f"{shown_name(s.path, None)}: {s.reason}"
+                                                           for s in not_read])):
         if items:
             more = f"; and {len(items) - NAMED_IN_NOTE} more" if len(items) > NAMED_IN_NOTE else ""
             notes.append(f"{len(items)} {what}: {'; '.join(items[:NAMED_IN_NOTE])}{more}")

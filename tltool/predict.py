@@ -21,7 +21,7 @@ from .report import trained_on_line, write_run_report
 from .runs import check_run_dir, new_run_dir, writes_runs
 from .settings import check_choice, check_range
 from .tta import n_views, predict_readable
-from .utils import has_glob_magic
+from .utils import has_glob_magic, shown_name
 
 
 def no_usable_images(name: str, n_files: int) -> str:
@@ -181,7 +181,8 @@ def warn_if_trained_on(run_dir: str | Path, model: RunModel, paths: Sequence[str
                       "accuracy on them is optimistic.", LeakageWarning, stacklevel=3)
         return 0
     if seen:  # named: a count alone left the user to find a copy saved under another name
-        first = "; first: " + ", ".join(seen[:3]) + (f" and {len(seen) - 3} more" if len(seen) > 3 else "")
+        first = "; first: " + "; ".join(shown_name(p) for p in seen[:3]) + (f" and {len(seen) - 3} more"
+                                                                             if len(seen) > 3 else "")
         warnings.warn(trained_on_line(len(seen), len(paths), str(run_dir)) + f"{first}. Score it on images it never "
                       "saw.", LeakageWarning, stacklevel=3)
     return len(seen)

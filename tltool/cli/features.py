@@ -52,8 +52,9 @@ def backbones_cmd() -> None:
 @click.option("--shard", default=ExtractConfig.shard, metavar="I/N",
               help="Extract only chunks i with i % N == I (run I = 0..N-1 on N machines sharing --out); the last "
                    "to finish completes the folder. Under --strategy multiworker the worker index is the shard.")
-@click.option("--force", is_flag=True, help="Replace the features of other data found in --out (the same data, "
-              "changed, is extracted again without it).")
+@click.option("--force", is_flag=True, help="Replace the features of other data, or of other settings (backbone, "
+              "weights, size, resize), found in --out (the same data and settings, photos changed, are extracted "
+              "again without it).")
 def extract_cmd(data: str, out: str, force: bool, **options: Any) -> None:
     """Extract pooled CNN features of every image in DATA (folder, CSV manifest or tfds:NAME) into --out."""
     result = extract_features(data, out, ExtractConfig(**options), force=force)

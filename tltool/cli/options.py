@@ -123,7 +123,8 @@ force_option = click.option("--force", is_flag=True, help="Replace a finished ru
                                                            "another training).")
 # probe and suspects: their --features cache may hold another folder's features (a folder of the same last name)
 force_features_option = click.option("--force", is_flag=True, help="Replace a finished run in --out, and the "
-                                     "features of other data in --features.")
+                                     "features of other data or other settings (backbone, weights, size, resize) in "
+                                     "--features.")
 tta_option = click.option("--tta", type=choice("tta"), default=RunConfig.tta,
                           show_default=True,
                           help="Test-time augmentation at evaluation: mirror, or 4 corners + centre and mirrors.")
