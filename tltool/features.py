@@ -150,7 +150,7 @@ def extract_features(data: str | Dataset, out_dir: str | Path, config: ExtractCo
     checked = checked or prepare_dataset(data, config.val_fraction, config.seed, config.max_pixels,
                                          strict=config.strict, decode=False)
     records, hashes = _keyed_records(checked)
-    key = extraction_key(_cache_settings(inputs, config), records, hashes)
+    key = extraction_key(_key_settings(_cache_settings(inputs, config)), records, hashes)
     out = claim_output_dir(out_dir, "features", reuse=True, option=option)
     earlier = _earlier_meta(out)  # read once: the other-data check and the cache both look at it
     if not force:
@@ -223,6 +223,13 @@ def _cache_settings(inputs: InputConfig, config: ExtractConfig) -> dict:
     return {"format": FEATURES_FORMAT, "backbone": inputs.backbone, "weights": str(config.weights),
             "weights_digest": weights_digest(spec, str(config.weights)), "image_size": inputs.image_size,
             "resize": inputs.resize, "preprocess": inputs.preprocess, "chunk_size": config.chunk_size}
+
+
+def _key_settings(stored: dict) -> dict:
+    """The cache key's settings: ``ImageNet`` and ``imagenet`` are one network (it was extracted again), and a
+    weights file's content is its digest, wherever the file lies and however its path is spelled."""
+    weights = str(stored["weights"]).lower()
+    return {**stored, "weights": weights if weights in ("imagenet", "none") else "file"}
 
 
 def _network_settings(inputs: InputConfig, config: ExtractConfig) -> dict:
