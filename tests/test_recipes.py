@@ -746,6 +746,31 @@ def test_check_passes_a_cache_or_a_forced_run_that_an_earlier_step_writes(in_tmp
                                    f"  - probe: {{data: '{SAMPLE}', out: photos, force: true}}\n"))
 
 
+def test_check_names_a_features_folder_a_step_would_refuse_for_other_settings(in_tmp):
+    """Before: `--check` passed a step extracting into a features folder of another size (one there now, or one an
+    earlier step writes); the run did the steps before (minutes of extraction), then the step refused its folder."""
+    from tltool.features import extract_features
+
+    extract_features(str(SAMPLE), in_tmp / "feats", image_size=32, chunk_size=64)
+    one = f"  - probe: {{data: '{SAMPLE}', image-size: 48, features: feats, out: runs/p}}\n"
+    _refused_before_step_one(in_tmp, _write(in_tmp, f"steps:\n  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n"
+                                                      + one),
+                             r"features the steps would refuse when reached: step 2 \(probe\): --features .*feats: "
+                             r"holds the features of other settings \(image_size 32 -> 48\); .* add force: true to "
+                             r"the step \(--set 2\.force=true\) to replace them\. Nothing has run\.")
+    two = (f"steps:\n  - extract: {{data: '{SAMPLE}', image-size: 32, out: new}}\n"
+           f"  - probe: {{data: '{SAMPLE}', image-size: 32, features: new, out: runs/p, weights: none}}\n")
+    with pytest.raises(TltoolError, match=r"step 2 \(probe\): --features .*new: holds the features of other "
+                                          r"settings \(weights imagenet -> none\)"):
+        plan_recipe(_write(in_tmp, two))
+    assert not (in_tmp / "new").exists()
+    # the same network spelled otherwise, and another setting with force: true, pass
+    assert len(plan_recipe(_write(in_tmp, one.replace("48", "32").replace("probe: {", "probe: {weights: ImageNet, ")
+                                  .join(["steps:\n", ""]))).steps) == 1
+    assert len(plan_recipe(_write(in_tmp, "steps:\n" + one.replace("out: runs/p", "out: runs/p, force: true"))
+                           ).steps) == 1
+
+
 def test_a_step_that_fails_when_it_runs_is_named_in_the_error_and_the_earlier_steps_outputs_stay(in_tmp):
     """Before: a step's own error was printed as it was (`error: nods: no images found...`), naming no step, after
     screens of the earlier steps' output; Click's errors and exit statuses of a step were already named."""

@@ -294,10 +294,7 @@ def _refuse_other_data(out: Path, old: dict | None, key: str, settings: dict, so
     nothing of worth to keep)."""
     if old is None or old.get("key") == key:
         return
-    before = {name: _same_weights(str(old[name])) if name == "weights" else old[name]
-              for name in settings if name in old}
-    changed = [f"{name} {old.get(name)} -> {value}" for name, value in settings.items()
-               if name in before and before[name] != value]
+    changed = _changed_settings(old, settings)
     if changed:  # the same data: a run that named this folder (its metrics.json does) would read other numbers
         state = "" if old.get("complete") else "unfinished "
         raise TltoolError(f"{option} {out}: holds the {state}features of other settings ({'; '.join(changed)}); "
@@ -317,6 +314,32 @@ def _refuse_other_data(out: Path, old: dict | None, key: str, settings: dict, so
     raise TltoolError(f"{option} {out}: holds the {state}features of other data ({place['before']}: "
                       f"{old.get('n_images')} images, {old.get('backbone')}); extracting {place['now']} there would "
                       "replace them. Give another folder, or pass --force to replace them.")
+
+
+def _changed_settings(old: dict, settings: dict) -> list[str]:
+    """The ``settings`` (:func:`_network_settings`) that differ from those of ``old`` (a features.json), each as
+    ``"image_size 64 -> 48"``."""
+    before = {name: _same_weights(str(old[name])) if name == "weights" else old[name]
+              for name in settings if name in old}
+    return [f"{name} {old.get(name)} -> {value}" for name, value in settings.items()
+            if name in before and before[name] != value]
+
+
+def other_settings_refusal(out: str | Path, config: ExtractConfig, earlier: dict | None = None) -> str | None:
+    """Why extracting with ``config`` into ``out`` will be refused for other settings, said before any photo is
+    read (``tltool run --check``), or None. ``earlier``: the :func:`extraction_settings` an earlier step extracts
+    there with (else the features.json in ``out``, when there is one)."""
+    old = earlier if earlier is not None else _earlier_meta(Path(out))
+    changed = _changed_settings(old, extraction_settings(config)) if old is not None else []
+    if not changed:
+        return None
+    return (f"{out}: holds the features of other settings ({'; '.join(changed)}); extracting there would "
+            "replace them. Give another folder, or pass --force to replace them.")
+
+
+def extraction_settings(config: ExtractConfig) -> dict:
+    """The settings of the network that extracting with ``config`` runs (:func:`_network_settings`)."""
+    return _network_settings(config.resolve_input(), config)
 
 
 def _check_skipped(checked: CheckedDataset) -> list[dict]:

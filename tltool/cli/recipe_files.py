@@ -15,14 +15,16 @@ from __future__ import annotations
 import glob
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import click
 
 from ..dataset import COLLECTED, NOT_PHOTOS, load_manifest, refuse_tltool_output
+from ..configs import ExtractConfig
 from ..errors import TltoolError
+from ..features import extraction_settings, other_settings_refusal
 from ..labeler.export import KIND as LABEL_EXPORT_KIND
 from ..labeler.export import default_export_dir
 from ..linear import default_features_dir
@@ -149,12 +151,15 @@ def step_output_kinds(command: str, params: dict[str, click.Parameter], values: 
            for key in keys if key in values for text in _texts(values[key])}
     absent, source, default = DEFAULT_OUTPUTS.get(command, ("", "", None))
     if default is not None and absent not in values:
-        def option(key: str) -> Any:
-            return values[key] if key in values else (params[key].default if key in params else None)
-
+        option = _option(params, values)
         out |= {_absolute(str(default(text, option))): output_kind_of(command, absent)
                 for text in _texts(values.get(source))}
     return out
+
+
+def _option(params: dict[str, click.Parameter], values: dict[str, Any]) -> Option:
+    """A step's value of a key, or its command's default."""
+    return lambda key: values[key] if key in values else (params[key].default if key in params else None)
 
 
 def _absolute(text: str) -> Path:
@@ -276,6 +281,34 @@ def _check_output(text: str, kind: str, force: bool, option: str, made: Made, ru
         check_run_dir(text, force, kind=run_kind)
     else:
         check_output_dir(text, kind, reuse=kind in REUSED_KINDS or holds_no_output(text), force=force, option=option)
+
+
+# the ExtractConfig field each recipe key of an extracting step sets (the network its features come from)
+EXTRACTION_KEYS = {"backbone": "backbone", "weights": "weights", "image-size": "image_size", "resize": "resize"}
+
+
+def refused_feature_settings(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]]
+                             ) -> list[StepRefusal]:
+    """The steps (as :func:`unmade_inputs` takes them) that extract into a features folder holding the features of
+    another network, size or resize (now, or written by an earlier step) without ``force: true``: the extraction
+    refuses them when reached, after every step before it had run."""
+    refused, extracted = [], {}
+    for index, command, params, values in steps:
+        places = [p for p, kind in step_output_kinds(command, params, values).items() if kind == "features"]
+        option = _option(params, values)
+        try:
+            config = replace(ExtractConfig(), **{field: option(key) for key, field in EXTRACTION_KEYS.items()
+                                                 if key in params and option(key) is not None})
+            settings = extraction_settings(config)
+            reasons = [] if values.get("force") is True else [
+                other_settings_refusal(place, config, extracted.get(place)) for place in places]
+        except TltoolError:  # a bad backbone or size: the step's own checks name it
+            continue
+        refused += [StepRefusal(index, command, f"--{'out' if command == 'extract' else 'features'} {reason}"
+                                .replace("pass --force", f"add force: true to the step (--set {index}.force=true)"))
+                    for reason in reasons if reason]
+        extracted |= {place: settings for place in places}
+    return refused
 
 
 def misread_inputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], dict[str, Any]]]) -> list[StepRefusal]:

@@ -44,8 +44,8 @@ from ..runs import resumable_run
 from ..supervised import SESSION_SETTINGS, changed_settings
 from ..utils import shown_name
 from .group import main
-from .recipe_files import (StepInput, made_before, misread_inputs, refused_outputs, unmade_inputs,
-                           with_earlier_outputs)
+from .recipe_files import (StepInput, made_before, misread_inputs, refused_feature_settings, refused_outputs,
+                           unmade_inputs, with_earlier_outputs)
 
 TOP_LEVEL = ("name", "description", "vars", "steps")
 STEP_KEYS = ("interactive",)  # step-level settings that are not command options
@@ -402,7 +402,8 @@ def plan_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), s
         raise TltoolError(f"{recipe.path}: inputs that do not exist and that no earlier step of the recipe writes"
                           f"{before}: {named}. Make them first, or point the steps at ones that exist; nothing has "
                           "run." + _beside_recipe_hint(recipe.path, [str(m.value) for m in missing]))
-    for what, refused in (("inputs", misread_inputs(steps)), ("outputs", refused_outputs(steps, not_going_on))):
+    for what, refused in (("inputs", misread_inputs(steps)), ("outputs", refused_outputs(steps, not_going_on)),
+                          ("features", refused_feature_settings(steps))):
         if refused:
             named = "; ".join(f"step {r.index} ({r.command}): {r.reason.rstrip('.')}" for r in refused)
             raise TltoolError(f"{recipe.path}: {what} the steps would refuse when reached: {named}. Nothing has run.")
