@@ -124,16 +124,22 @@ def test_export_never_deletes_or_writes_into_a_users_folder(tiny_run, tiny_saved
     # replaced whole, its saved_model/ folder too (a .keras export: a second SavedModel would cost ~15 s)
     forced = CliRunner().invoke(main, ["export", str(run), "--format", "keras", "--out", str(out), "--force"])
     assert forced.exit_code == 0 and (out / "model.keras").is_file() and not (out / "saved_model").exists()
-    # the default folder inside the run is tltool's own: exporting again simply replaces the model
-    for _ in range(2):
-        assert CliRunner().invoke(main, ["export", str(run), "--format", "keras"]).exit_code == 0
-    assert (run / "export" / "keras" / "model.keras").is_file()
+    # the default folder inside the run is replaced with --force, as every export (a review: exporting again without
+    # it replaced a measured export, export.json too, without a word)
+    assert CliRunner().invoke(main, ["export", str(run), "--format", "keras"]).exit_code == 0
+    first = (run / "export" / "keras" / "model.keras").stat().st_mtime_ns
+    again = CliRunner().invoke(main, ["export", str(run), "--format", "keras"])
+    assert again.exit_code == 2 and "already holds an earlier tltool export" in again.output, again.output
+    assert "pass --force to replace it" in again.output
+    assert (run / "export" / "keras" / "model.keras").stat().st_mtime_ns == first
+    assert CliRunner().invoke(main, ["export", str(run), "--format", "keras", "--force"]).exit_code == 0
+    assert (run / "export" / "keras" / "model.keras").stat().st_mtime_ns != first
     # ... unless the user put a file of their own there: it would be deleted with the folder
     (run / "export" / "keras" / "client.py").write_text("the user's client")
-    for force, then in (([], "and run again,"), (["--force"], "and run again with --force,")):  # never deleted
+    for force, then in (([], "and pass --force to replace it,"), (["--force"], "and run again with --force,")):
         refused = CliRunner().invoke(main, ["export", str(run), "--format", "keras", *force])
         assert refused.exit_code == 2, refused.output
-        said = " ".join(refused.output.split())  # the default folder needs no --force: it was said to
+        said = " ".join(refused.output.split())
         assert "1 file(s) tltool did not write there (client.py)" in said and then in said, said
     assert (run / "export" / "keras" / "client.py").read_text() == "the user's client"
 
@@ -531,7 +537,7 @@ def test_a_finetuned_run_whose_model_json_names_other_classes_is_refused(tiny_ru
     with pytest.raises(TltoolError, match="the model gives 4 class probabilities and model.json names 5 classes"):
         export_module.export_run(run, "keras", tmp_path / "ex")
     with pytest.raises(TltoolError, match="model.json names 5 classes"):
-        export_module.export_run(run, "keras")  # refused again in the default folder, which is reused
+        export_module.export_run(run, "keras", force=True)  # refused again in the default folder
     assert earlier.is_file()  # before: the earlier export was deleted first, then the export refused
 
 
@@ -601,12 +607,12 @@ def test_an_export_that_fails_while_writing_keeps_the_earlier_export_whole(tiny_
 
     monkeypatch.setitem(export_module.WRITERS, "keras", fail_halfway)
     with pytest.raises(OSError, match="disk full"):
-        export_module.export_run(run, "keras")
+        export_module.export_run(run, "keras", force=True)
     after = {p.relative_to(earlier.directory).as_posix(): p.read_bytes()
              for p in earlier.directory.rglob("*") if p.is_file()}
     assert after == before and "model.keras" in after
     monkeypatch.undo()
-    again = export_module.export_run(run, "keras")  # the leftover staging folder is tltool's: cleared
+    again = export_module.export_run(run, "keras", force=True)  # the leftover staging folder is tltool's: cleared
     assert again.model_path.is_file() and sorted(p.name for p in (run / "export").iterdir()) == ["keras"]
 
 

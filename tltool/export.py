@@ -84,13 +84,14 @@ def _export_file(name: str) -> bool:
 
 
 def _refuse_files_added_to(target: Path, force: bool) -> None:
-    """The default folder inside the run is replaced by a new export without ``--force``, but never while something
+    """The default folder inside the run is replaced by a new export with ``--force`` (as every export: exporting
+    again without it replaced a measured export, its export.json too, without a word), but never while something
     there is not an export's own file: the user put it there, and replacing the folder would delete it. (An export's
     marker lists its files; this also covers one written before it did.)"""
     if not target.is_dir() or target.is_symlink():
         return
     added = sorted(p.name for p in target.iterdir() if not _export_file(p.name))
-    refuse_added_entries(target, "export", force, added=added, needs_force=False)
+    refuse_added_entries(target, "export", force, added=added)
 
 
 def _check_label_names(classes: list[str]) -> None:
@@ -120,7 +121,7 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     """Write the run's model in ``fmt`` (and the client files) into the export folder ``out``.
 
     ``out`` defaults to ``RUN_DIR/export/FMT[-QUANTIZE]``. An existing ``out`` is used only if it is empty or an
-    earlier tltool export (then ``force`` is needed unless it is the default folder inside the run): a user's
+    earlier tltool export (then ``force`` is needed, in the default folder inside the run too): a user's
     folder is never written into or deleted. ``measure`` (tflite): run the written file on the validation split.
     """
     _check_options(fmt, quantize, max_drop)
@@ -130,7 +131,7 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     target = Path(os.path.abspath(out)) if out else _default_out(run_dir, fmt, quantize)  # `--out .` has no name
     if out is None:
         _refuse_files_added_to(target, force)
-    reuse = out is None or holds_no_output(target)  # the run's own folder, or one a killed export left empty
+    reuse = holds_no_output(target)  # one a killed export left empty; an earlier export, in the run too, needs force
     check_output_dir(target, "export", force=force, reuse=reuse)
     # every refusal before the folder is touched: an earlier export in it stays until this one can be written
     model = portable_model(run.as_keras())

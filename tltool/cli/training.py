@@ -185,7 +185,8 @@ def train_cmd(ctx: click.Context, data: str | None, resume: str | None, out: str
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Export folder: new, empty, or an earlier tltool export [default: RUN_DIR/export/FORMAT, or "
                    "RUN_DIR/export/FORMAT-QUANTIZE with --quantize: e.g. RUN_DIR/export/tflite-dynamic].")
-@click.option("--force", is_flag=True, help="Replace an earlier tltool export in --out (never any other folder).")
+@click.option("--force", is_flag=True,
+              help="Replace an earlier tltool export in --out, or in the default folder (never any other folder).")
 @click.pass_context
 def export_cmd(ctx: click.Context, run_dir: str, fmt: str, quantize: str, max_drop: float, measure: bool,
                out: str | None, force: bool) -> None:
