@@ -172,6 +172,7 @@ def test_an_input_that_no_step_writes_is_named_by_check_and_before_the_first_ste
     with pytest.raises(TltoolError, match=r"sources pics \(--set 1\.sources=\[PATH\] gives another\)"):
         plan_recipe(_write(in_tmp, "steps:\n  - collect-import: {sources: [pics], out: runs/ds}\n"))
     (in_tmp / "runs" / "flowers-linear").mkdir(parents=True)
+    (in_tmp / "runs" / "flowers-linear" / "model.json").write_text("{}")  # a trained run, as --check sees one
     assert _check(path, f"data={SAMPLE}").exit_code == 0
 
 
@@ -682,7 +683,7 @@ def test_an_output_folder_a_step_would_refuse_is_named_by_check_and_before_the_f
     (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - data-inspect: {{path: '{SAMPLE}', out: trained, "
      "force: true}\n", r"step 2 \(data-inspect\): --out trained: holds a trained model \(model\.json"),
     # a finished run that is there now, where an export is written
-    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - export: {{run-dir: done, out: done, force: true}}\n",
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/a}}\n  - export: {{run-dir: trained, out: done, force: true}}\n",
      r"step 2 \(export\): --out done: is a tltool run folder, and tltool never writes into or replaces such"),
 ])
 def test_check_names_an_out_a_later_step_will_refuse_when_an_earlier_step_or_an_earlier_run_holds_it(
@@ -711,13 +712,25 @@ def test_check_names_an_out_a_later_step_will_refuse_when_an_earlier_step_or_an_
      r"step 2 \(linear\): .*shapes: no features\.json here: this takes the folder `tltool extract`"),
     (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/i}}\n  - data-inspect: {{path: done, out: runs/j}}\n",
      r"step 2 \(data-inspect\): done: is a tltool run folder .*not photos"),
+    # a trained run's input (a review: compare, evaluate and export on a features folder, or on an interrupted run,
+    # passed --check and were refused when reached)
+    (f"  - extract: {{data: '{SAMPLE}', image-size: 32, out: feats}}\n  - compare: {{run-a: feats, run-b: done}}\n",
+     r"step 2 \(compare\): feats: step 1 \(extract\) makes it a tltool features folder, which holds no model"),
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/i}}\n  - export: {{run-dir: '{SAMPLE}'}}\n",
+     r"step 2 \(export\): .*shapes: not a tltool run \(no model\.json\)"),
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/i}}\n  - evaluate: {{run-dir: done, data: '{SAMPLE}'}}\n",
+     r"step 2 \(evaluate\): done: is the run of a tltool command, which holds no model \(no model\.json\)"),
+    (f"  - data-inspect: {{path: '{SAMPLE}', out: runs/i}}\n  - predict: {{model: cut, images: ['{SAMPLE}']}}\n",
+     r"step 2 \(predict\): cut: its command did not finish"),
 ])
 def test_check_names_an_input_of_the_kind_its_command_refuses(in_tmp, steps, message):
     """Before: --check asked only that an input exist (or that an earlier step write it): probe on extract's folder,
     linear on photos passed, and the step failed when reached, after the steps before it ran."""
+    from tltool.outputs import claim_output_dir
     from tltool.runs import new_run_dir, writes_runs
 
     writes_runs(lambda: new_run_dir("inspect", out=in_tmp / "done"))()
+    write_json(claim_output_dir(in_tmp / "cut", "run") / "model.json", {"kind": "linear"})  # its command never ended
     _refused_before_step_one(in_tmp, _write(in_tmp, f"steps:\n{steps}"),
                              r"inputs the steps would refuse when reached: " + message)
 

@@ -28,7 +28,8 @@ from ..features import extraction_settings, other_settings_refusal
 from ..labeler.export import KIND as LABEL_EXPORT_KIND
 from ..labeler.export import default_export_dir
 from ..linear import default_features_dir
-from ..outputs import check_output_dir, holds_no_output
+from ..models import missing_file_message
+from ..outputs import check_output_dir, finished_state, holds_no_output
 from ..runs import check_run_dir, resumable_run
 from ..sample import KIND as SAMPLE_KIND
 from ..settings import FILE_SUFFIXES
@@ -49,6 +50,8 @@ INPUT_KINDS: dict[str, InputKind] = {
     "weights": InputKind(names_file=lambda value: value.lower() not in ("imagenet", "none")),
     "augment": InputKind(names_file=lambda value: value.lower().endswith(FILE_SUFFIXES["augment"])),
     "features": InputKind(),  # a features folder (extract's, or probe's --features)
+    "run": InputKind(),  # a trained run: the folder probe, linear, finetune or train writes
+    "scored": InputKind(),  # compare's: a trained run, or an evaluation (its predictions.csv)
 }
 
 # keys that name an input wherever a command has them (a weights file, an albumentations pipeline file)
@@ -60,18 +63,19 @@ STEP_INPUTS: dict[str, dict[str, str]] = {
     "data-split": {"path": "dataset"},
     "extract": {"data": "dataset"},
     "probe": {"data": "dataset"},
-    "evaluate": {"data": "dataset"},
+    "evaluate": {"data": "dataset", "run-dir": "run"},
+    "export": {"run-dir": "run"},
     "finetune": {"data": "dataset"},
     "train": {"data": "dataset"},
     "augment-preview": {"data": "dataset"},
-    "compare": {"data": "dataset"},
+    "compare": {"data": "dataset", "run-a": "scored", "run-b": "scored"},
     "viz-suspects": {"data": "dataset"},
     "label-suspects": {"data": "dataset"},
-    "predict": {"images": "path", "model": "path"},
-    "viz-filters": {"model": "path"},
-    "viz-layers": {"model": "path"},
-    "viz-activations": {"image": "path", "model": "path"},
-    "viz-gradcam": {"images": "path", "model": "path"},
+    "predict": {"images": "path", "model": "run"},
+    "viz-filters": {"model": "run"},
+    "viz-layers": {"model": "run"},
+    "viz-activations": {"image": "path", "model": "run"},
+    "viz-gradcam": {"images": "path", "model": "run"},
     "collect-import": {"sources": "sources"},
     "linear": {"features": "features"},
     "learning-curve": {"features": "features"},
@@ -351,5 +355,25 @@ def _check_features(text: str, earlier: tuple[int, str, str] | None) -> None:
                           "--features) writes, not photos.")
 
 
+def _check_run(text: str, earlier: tuple[int, str, str] | None, also: tuple[str, ...] = (),
+               files: tuple[str, ...] = ("model.json",)) -> None:
+    """A trained run input (evaluate, export, predict's and viz's --model): the finished folder a training command
+    writes (``also``: other commands whose runs it takes; ``files``: one of them must be there), now or by an
+    earlier step. Before, a features folder or an interrupted run was refused when the step was reached."""
+    if earlier is not None:
+        if earlier[1] not in (*RUN_KINDS, *also):
+            raise TltoolError(f"{text}: step {earlier[0]} ({earlier[1]}) makes it a tltool {earlier[2]} folder, which "
+                              "holds no model; give the folder a probe, linear, finetune or train step writes.")
+        return
+    if not os.path.isdir(text):
+        return  # a missing input is named by unmade_inputs, a file by its command's Click type
+    if not any(os.path.isfile(os.path.join(text, name)) for name in files):
+        raise TltoolError(missing_file_message(Path(text), files[0]))
+    if finished_state(text) is False:
+        raise TltoolError(f"{text}: its command did not finish (it was interrupted, or is running now), so its "
+                          "model may not be the run's; run that command again and use the run it finishes.")
+
+
 INPUT_CHECKS: dict[str, Callable[[str, tuple[int, str, str] | None], None]] = {
-    "dataset": _check_photos, "features": _check_features}
+    "dataset": _check_photos, "features": _check_features, "run": _check_run,
+    "scored": lambda text, earlier: _check_run(text, earlier, ("evaluate",), ("model.json", "predictions.csv"))}
