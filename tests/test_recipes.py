@@ -818,6 +818,10 @@ def test_a_recipe_that_is_a_fifo_is_said_to_be_no_regular_file_not_missing(tmp_p
     ("finetune: {data: DATA, refit: true, schedule: plateau}", r"step 2 \(finetune\): --refit repeats the run's"),
     ("probe: {data: DATA, max-pixels: 0}", r"step 2 \(probe\): --max-pixels must be a whole number at least 1"),
     ("linear: {features: runs/a, cv: 1}", r"step 2 \(linear\): --cv must be 0 \(off\) or a number of folds"),
+    # from a review: passed --check, refused when the step was reached
+    ("probe: {data: DATA, val-fraction: 1.5}", r"step 2 \(probe\): --val-fraction must be a number above 0 and "
+                                                r"below 1 \(a share of each class\), got 1\.5"),
+    ("extract: {data: DATA, shard: 3/2, out: f}", r"step 2 \(extract\): --shard 3/2: INDEX must be 0\.\.COUNT-1"),
 ])
 def test_settings_a_command_checks_when_it_runs_are_checked_before_the_first_step(in_tmp, step, message):
     """Before: Click took `epochs: 0` or `lr: .nan`, so `--check` passed; the run did step 1 (minutes, for an

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Self
 
 from .backbones.registry import get_backbone_spec
+from .distribute import parse_shard
 from .errors import TltoolError
 from .images import DEFAULT_MAX_PIXELS
 from .settings import DEFAULT_BACKBONE, DEFAULT_VAL_FRACTION, check_range, pinned_engine, shown_value, validate_choices
@@ -272,6 +273,7 @@ class ExtractConfig(DataOptions):
     def validate(self) -> None:
         validate_choices(self)
         pinned_engine()
+        parse_shard(self.shard)  # a recipe's `shard: 3/2` passed --check and was refused when its step was reached
 
     def resolve_input(self) -> "InputConfig":
         return resolve_input(self.backbone, self.image_size, self.resize, self.max_pixels)

@@ -78,6 +78,7 @@ RANGES: dict[str, Range] = {
     "mixup": Range(0, 10, meaning="0 turns mixup off; above 0 it is the a of the Beta(a, a) mixing weights"),
     "dropout": Range(0, 0.99),
     "seed": Range(0, 2**32 - 1, whole=True),
+    "val_fraction": Range(0, 1, open_low=True, open_high=True, meaning="a share of each class"),
     "max_pixels": Range(1, None, meaning="images with more pixels are refused as decompression bombs", whole=True),
     "per_class": Range(1, 10000, whole=True),
     "size": Range(32, 1024, meaning="the side of each image in pixels; tltool refuses images under 32 px", whole=True),
@@ -145,6 +146,8 @@ def check_range(setting: str, value: Any) -> None:
         return
     if legal.high is None:
         words = f"{'above' if legal.open_low else 'at least'} {_bound(legal.low)}"
+    elif legal.open_low and legal.open_high:  # "(0, 1)": a student read 0 as between 0 and 1
+        words = f"above {_bound(legal.low)} and below {_bound(legal.high)}"
     else:
         words = (f"in {'(' if legal.open_low else '['}{_bound(legal.low)}, {_bound(legal.high)}"
                  f"{')' if legal.open_high else ']'}")
