@@ -596,6 +596,18 @@ def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path):
         load_recipe(recipe)
 
 
+@pytest.mark.parametrize("written, read_as", [("010", 8), ("0x10", 16), ("1:30", 90), ("1_0", 10)])
+def test_a_number_yaml_1_1_reads_as_another_is_refused(tmp_path, written, read_as):
+    """From a review: `seed: 010` ran with --seed 8 (YAML 1.1 octal) and `seed: 0x10` with 16, without a word."""
+    with pytest.raises(TltoolError, match=rf"line 2, column \d+: '{written}' is not a plain decimal number \(YAML "
+                                          rf"would read it as {read_as}\); write it without a leading zero"):
+        load_recipe(_write(tmp_path, f"steps:\n  - probe: {{data: x, seed: {written}}}\n"))
+    with pytest.raises(TltoolError, match=r"'1:30\.5' is not a plain decimal number \(YAML would read it as 90\.5"):
+        load_recipe(_write(tmp_path, "steps:\n  - finetune: {data: x, lr: 1:30.5}\n"))
+    recipe = load_recipe(_write(tmp_path, "steps:\n  - probe: {data: x, seed: 10, out: '010'}\n"))
+    assert recipe.steps[0].options == {"data": "x", "seed": 10, "out": "010"}
+
+
 def test_a_long_or_multiline_set_value_is_shown_cut_and_escaped_in_its_error():
     """The error repeated a --set value whole: 5,000 digits echoed, a newline splitting the error line."""
     from tltool.cli.recipes import _parse_override

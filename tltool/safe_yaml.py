@@ -1,12 +1,17 @@
 """YAML as ``yaml.safe_load`` reads it, less what tltool's YAML inputs (recipes, augmentation files) never need and
-a hostile file can use: aliases, deep nesting and keys given twice."""
+a hostile file can use: aliases, deep nesting and keys given twice; and YAML 1.1's numbers no one means (``010``
+read as 8)."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 MAX_DEPTH = 32  # nesting levels a file or a --set value may have (a recipe needs four, an augmentation file ~ten)
+
+
+_PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
 
 
 class _HardenedLoader(yaml.SafeLoader):
@@ -46,6 +51,27 @@ class _HardenedLoader(yaml.SafeLoader):
                                                     f"({str(exc)[:120]})",
                                                     node.start_mark) from None
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """Only plain decimals: YAML 1.1 reads ``010`` as 8 (octal), ``0x10`` as 16, ``1:30`` as 90 and ``1_0`` as
+        10, so a seed padded with a zero became another seed without a word."""
+        text = str(node.value)
+        if not _PLAIN_INT.fullmatch(text):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{text!r} is not a plain decimal number (YAML would read it as "
+                f"{super().construct_yaml_int(node)}); write it without a leading zero, 0x, 0o, 0b, _ or :, or quote "
+                "it as text", node.start_mark)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        """``1:30.5`` (sexagesimal: 90.5) and ``1_000.5``: YAML 1.1 reads them as numbers no one wrote."""
+        text = str(node.value)
+        if "_" in text or ":" in text:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{text!r} is not a plain decimal number (YAML would read it as "
+                f"{super().construct_yaml_float(node)}); write it without _ or :, or quote it as text",
+                node.start_mark)
+        return super().construct_yaml_float(node)
+
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
@@ -59,6 +85,10 @@ class _HardenedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+_HardenedLoader.add_constructor("tag:yaml.org,2002:int", _HardenedLoader.construct_yaml_int)
+_HardenedLoader.add_constructor("tag:yaml.org,2002:float", _HardenedLoader.construct_yaml_float)
 
 
 def read_yaml(text: str, what: str = _HardenedLoader.what, alias_hint: str = _HardenedLoader.alias_hint) -> Any:
