@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import os
+import stat
 import re
 import subprocess
 import sys
@@ -33,8 +34,22 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_saved(tiny_run, tmp_path_factory):
     """One SavedModel export of ``tiny_run`` (each costs many seconds), shared by the tests that only read it: copy
-    it into tmp_path before writing into it."""
-    return export_module.export_run(tiny_run.run_dir, "savedmodel", tmp_path_factory.mktemp("saved") / "saved")
+    it into tmp_path before writing into it. Written under umask 002 (a shared group's), which its modes must show."""
+    old = os.umask(0o002)
+    try:
+        return export_module.export_run(tiny_run.run_dir, "savedmodel", tmp_path_factory.mktemp("saved") / "saved")
+    finally:
+        os.umask(old)
+
+
+def test_a_savedmodel_s_folders_and_files_are_made_as_the_umask_decides(tiny_saved):
+    """From a review: under umask 002 TensorFlow made saved_model/, assets/ and variables/ 0755 (no group write)."""
+    modes = {p.relative_to(tiny_saved.directory).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in tiny_saved.directory.rglob("*")}
+    assert {"saved_model", "saved_model/variables", "saved_model/assets"} <= set(modes)
+    assert {name: oct(mode) for name, mode in modes.items()
+            if mode != (0o775 if (tiny_saved.directory / name).is_dir() else 0o664)} == {}
+    assert stat.S_IMODE(tiny_saved.directory.stat().st_mode) == 0o775
 
 
 @pytest.fixture(scope="module")

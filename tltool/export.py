@@ -15,6 +15,7 @@ the file is still written, so it can be inspected.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,15 @@ def _write_savedmodel(model, path: Path, run, quantize: str, splits) -> None:
         decode, data, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)), training=False),
         input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     archive.write_out(str(path), verbose=False)  # into the export's own staging folder: no marker of its own there
+    _folders_as_umask_makes(path, like=path.parent)
+
+
+def _folders_as_umask_makes(root: Path, like: Path) -> None:
+    """Give ``root`` and the folders in it the mode of ``like`` (a folder tltool made: the umask decided it).
+    TensorFlow makes a SavedModel's folders 0755 whatever the umask: under umask 002 they lacked group write."""
+    mode = stat.S_IMODE(like.stat().st_mode)
+    for folder, subfolders, _files in os.walk(root):
+        os.chmod(folder, mode)
 
 
 def _write_tflite(model, path: Path, run, quantize: str, splits) -> None:
