@@ -626,6 +626,14 @@ def test_an_export_that_fails_while_writing_keeps_the_earlier_export_whole(tiny_
     after = {p.relative_to(earlier.directory).as_posix(): p.read_bytes()
              for p in earlier.directory.rglob("*") if p.is_file()}
     assert after == before and "model.keras" in after
+    # Ctrl-C in a new folder's conversion: the folder it made is gone (a review: left empty but for the marker);
+    # a user's empty folder stays
+    monkeypatch.setitem(export_module.WRITERS, "keras", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    (tmp_path / "mine").mkdir()
+    for folder in (tmp_path / "new", tmp_path / "mine"):
+        with pytest.raises(KeyboardInterrupt):
+            export_module.export_run(run, "keras", folder)
+    assert not (tmp_path / "new").exists() and (tmp_path / "mine").is_dir()
     monkeypatch.undo()
     again = export_module.export_run(run, "keras", force=True)  # the leftover staging folder is tltool's: cleared
     assert again.model_path.is_file() and sorted(p.name for p in (run / "export").iterdir()) == ["keras"]

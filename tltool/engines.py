@@ -347,7 +347,8 @@ def _redirected(fds: tuple[int, ...], captured: _Captured) -> Iterator[None]:
 @contextlib.contextmanager
 def quiet_output() -> Iterator[None]:
     """Hold back what the converter prints to file descriptors 1 and 2 (its saved-function dump, MLIR lines);
-    shown only if it fails, or with ``TLTOOL_TF_VERBOSE=1``."""
+    shown only if it fails (not when Ctrl-C stops it: 71 lines of TensorSpec came before "interrupted"), or with
+    ``TLTOOL_TF_VERBOSE=1``."""
     if os.environ.get("TLTOOL_TF_VERBOSE") == "1":
         yield
         return
@@ -355,6 +356,8 @@ def quiet_output() -> Iterator[None]:
     try:
         with _redirected((1, 2), captured):
             yield
+    except KeyboardInterrupt:
+        raise
     except BaseException:
         sys.stderr.write(captured.data.decode("utf-8", "replace")[-5000:])
         raise

@@ -30,7 +30,7 @@ from .export_client import decode_graph, write_client_files
 from .images import load_image
 from .models import RunModel, load_finished_run, run_splits, trained_on_val
 from .outputs import (MARKER, check_output_dir, claim_output_dir, holds_no_output, refuse_added_entries,
-                      remove_killed_staging, staged_output)
+                      removed_if_unused, remove_killed_staging, staged_output)
 from .progress import Bar, say
 from .runs import EXPORT_FOLDER
 from .settings import CHOICES
@@ -140,10 +140,12 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
         raise TltoolError(f"{run_dir}: the model gives {model.output_shape[-1]} class probabilities and model.json "
                           f"names {len(run.classes)} classes: one of them was edited or replaced.")
     splits = run_splits(run_dir, run) if fmt == "tflite" and (measure or quantize == "int8") else None
+    made = not os.path.lexists(target)
     claim_output_dir(target, "export", force=force, reuse=reuse)
     for folder in dict.fromkeys([target.parent, Path(os.path.abspath(run_dir / EXPORT_FOLDER))]):
         remove_killed_staging(folder, "export")  # what killed exports left beside this one, or in the run
-    with staged_output(target, "export") as staging:  # built whole beside the earlier export, which stays till then
+    # built whole beside the earlier export, which stays till then
+    with removed_if_unused(target, made), staged_output(target, "export") as staging:
         WRITERS[fmt](model, staging / MODEL_FILES[fmt], run, quantize, splits)
         measurement = None
         if fmt == "tflite" and measure:

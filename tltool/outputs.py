@@ -579,6 +579,19 @@ def hold_scope() -> Iterator[set[str]]:
 
 
 @contextlib.contextmanager
+def removed_if_unused(path: str | os.PathLike, made: bool) -> Iterator[None]:
+    """Remove ``path`` when the block fails or is interrupted and leaves it holding nothing but its marker, if this
+    command made it (``made``; a user's empty folder it claimed stays): Ctrl-C during an export's conversion left
+    its new folder behind, empty."""
+    try:
+        yield
+    except BaseException:
+        if made and _holds_only_marker(Path(path)):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
 def staged_output(target: Path, kind: str) -> Iterator[Path]:
     """A staging folder (:func:`staging_dir`) to build ``target``'s new content in: moved onto ``target`` when the
     block ends, removed when it fails or is interrupted, so nothing half-built is left beside the folder. It stays
