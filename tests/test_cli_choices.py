@@ -139,7 +139,7 @@ def test_a_recipe_with_a_misspelt_choice_is_refused_before_it_runs_with_did_you_
 def test_help_states_the_folders_really_written_by_default():
     """The defaults shown for --features and --out are the names tltool.linear, tltool.export and tltool.runs
     build (checked on the option's help text: the rendered help wraps at hyphens)."""
-    from tltool.export import _default_out
+    from tltool.export import default_export_out
     from tltool.linear import default_features_dir
 
     example = default_features_dir("data/shapes", "efficientnet_lite0", None, "crop").as_posix()
@@ -147,7 +147,7 @@ def test_help_states_the_folders_really_written_by_default():
     for path in (("probe",), ("viz", "suspects"), ("label", "suspects")):
         text = _option(_command(*path), "--features").help
         assert example in text and "features-NAME-BACKBONE[-SIZE]-RESIZE" in text, path
-    assert _default_out(Path("RUN_DIR"), "tflite", "dynamic").as_posix() in _option(_command("export"), "--out").help
+    assert default_export_out(Path("RUN_DIR"), "tflite", "dynamic").as_posix() in _option(_command("export"), "--out").help
     expected = {
         ("probe",): "runs/linear-DATASET-BACKBONE-HEAD-TIME",  # probe's run is a linear run
         ("linear",): "runs/linear-DATASET-BACKBONE-HEAD-TIME",

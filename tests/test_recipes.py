@@ -796,6 +796,33 @@ def test_check_names_a_features_folder_a_step_would_refuse_for_other_settings(in
                            ).steps) == 1
 
 
+def test_check_takes_a_run_a_resume_step_finishes_and_names_an_export_s_default_folder_replaced(in_tmp):
+    """From a review of the checks above: a step reading the run an earlier `resume` step finishes was refused as an
+    interrupted run; an export step re-run into RUN/export/FORMAT (replaced only with force) passed --check and was
+    refused when reached."""
+    from tltool.outputs import staged_output
+
+    run = in_tmp / "runs" / "a"
+    run.mkdir(parents=True)
+    (run / ".tltool-output.json").write_text('{"kind": "run", "tool": "tltool", "finished": false}')
+    for name, text in (("state.json", "{}"), ("split.csv", "path,label,split\n"), ("model.json", "{}")):
+        (run / name).write_text(text)
+    assert len(plan_recipe(_write(in_tmp, f"steps:\n  - finetune: {{resume: runs/a}}\n"
+                                          f"  - evaluate: {{run-dir: runs/a, data: '{SAMPLE}'}}\n")).steps) == 2
+    trained = in_tmp / "trained"
+    trained.mkdir()
+    (trained / "model.json").write_text("{}")
+    with staged_output(trained / "export" / "keras", "export") as staging:
+        (staging / "model.keras").write_text("an earlier export")
+    path = _write(in_tmp, "steps:\n  - export: {run-dir: trained}\n")
+    with pytest.raises(TltoolError, match=r"outputs the steps would refuse when reached: step 1 \(export\): --out "
+                                          r"\(its default\) trained/export/keras: already holds an earlier tltool "
+                                          r"export; choose another folder, or add force: true to the step"):
+        plan_recipe(path)
+    assert len(plan_recipe(_write(in_tmp, "steps:\n  - export: {run-dir: trained, force: true}\n")).steps) == 1
+    assert len(plan_recipe(_write(in_tmp, "steps:\n  - export: {run-dir: trained, format: tflite}\n")).steps) == 1
+
+
 def test_a_step_that_fails_when_it_runs_is_named_in_the_error_and_the_earlier_steps_outputs_stay(in_tmp):
     """Before: a step's own error was printed as it was (`error: nods: no images found...`), naming no step, after
     screens of the earlier steps' output; Click's errors and exit statuses of a step were already named."""

@@ -72,7 +72,7 @@ def portable_model(model: keras.Model) -> keras.Model:
     return keras.models.clone_model(model, clone_function=swap)
 
 
-def _default_out(run_dir: Path, fmt: str, quantize: str) -> Path:
+def default_export_out(run_dir: Path, fmt: str, quantize: str) -> Path:
     return run_dir / EXPORT_FOLDER / (fmt if quantize == "none" else f"{fmt}-{quantize}")
 
 
@@ -129,11 +129,11 @@ def export_run(run_dir: str | Path, fmt: str = "keras", out: str | Path | None =
     run_dir = Path(run_dir)
     run = load_finished_run(run_dir)
     _check_label_names(list(run.classes))
-    target = Path(os.path.abspath(out)) if out else _default_out(run_dir, fmt, quantize)  # `--out .` has no name
+    target = Path(os.path.abspath(out)) if out else default_export_out(run_dir, fmt, quantize)  # `--out .` has no name
     if out is None:
         _refuse_files_added_to(target, force)
     reuse = holds_no_output(target)  # one a killed export left empty; an earlier export, in the run too, needs force
-    check_output_dir(target, "export", force=force, reuse=reuse)
+    check_output_dir(target, "export", force=force, reuse=reuse, option="--out" if out else "--out (its default)")
     # every refusal before the folder is touched: an earlier export in it stays until this one can be written
     model = portable_model(run.as_keras())
     if model.output_shape[-1] != len(run.classes):  # labels.txt would name other outputs than the model's

@@ -24,6 +24,7 @@ import click
 from ..dataset import COLLECTED, NOT_PHOTOS, load_manifest, refuse_tltool_output
 from ..configs import ExtractConfig
 from ..errors import TltoolError
+from ..export import default_export_out
 from ..features import extraction_settings, other_settings_refusal
 from ..labeler.export import KIND as LABEL_EXPORT_KIND
 from ..labeler.export import default_export_dir
@@ -102,6 +103,8 @@ def _features_default(data: str, option: Option) -> Path:
 # where a command writes when a key is not given: (that key, the key the place derives from, the place)
 DEFAULT_OUTPUTS: dict[str, tuple[str, str, Callable[[str, Option], Path]]] = {
     "label-export": ("out", "dataset", lambda dataset, option: default_export_dir(dataset)),
+    "export": ("out", "run-dir",
+               lambda run, option: default_export_out(Path(run), option("format"), option("quantize"))),
     "probe": ("features", "data", _features_default),  # the feature cache a later step may name
     "label-suspects": ("features", "data", _features_default),
     "viz-suspects": ("features", "data", _features_default),
@@ -153,12 +156,22 @@ def step_output_kinds(command: str, params: dict[str, click.Parameter], values: 
     keys = [k for k in WRITTEN_EVERYWHERE if k in params] + list(STEP_OUTPUTS.get(command, ()))
     out = {_absolute(text): output_kind_of(command, key)
            for key in keys if key in values for text in _texts(values[key])}
-    absent, source, default = DEFAULT_OUTPUTS.get(command, ("", "", None))
-    if default is not None and absent not in values:
-        option = _option(params, values)
-        out |= {_absolute(str(default(text, option))): output_kind_of(command, absent)
-                for text in _texts(values.get(source))}
+    out |= {_absolute(str(place)): output_kind_of(command, key)
+            for key, place in default_outputs(command, params, values)}
+    if command in RUN_KINDS and "resume" in params:  # a resumed run is finished where it is (a later step reads it)
+        out |= {_absolute(text): "run" for text in _texts(values.get("resume"))}
     return out
+
+
+def default_outputs(command: str, params: dict[str, click.Parameter], values: dict[str, Any]
+                    ) -> list[tuple[str, Path]]:
+    """``(key, place)`` of each folder a step writes where it does not name one (probe's default features folder,
+    export's ``RUN/export/FORMAT``)."""
+    absent, source, default = DEFAULT_OUTPUTS.get(command, ("", "", None))
+    if default is None or absent in values:
+        return []
+    option = _option(params, values)
+    return [(absent, default(text, option)) for text in _texts(values.get(source))]
 
 
 def _option(params: dict[str, click.Parameter], values: dict[str, Any]) -> Option:
@@ -216,18 +229,20 @@ def refused_outputs(steps: Iterable[tuple[int, str, dict[str, click.Parameter], 
         force = values.get("force") is True
         if values.get("resume"):  # a resumed run is written where it is: the step's --out is not used
             keys = [k for k in keys if k != "out"]
-        for key in keys:
+        places = [(key, text, f"--{key}") for key in keys for text in _texts(values[key])]
+        if command == "export":  # its default folder is replaced only with force, as every export
+            places += [(key, str(place), f"--{key} (its default)")
+                       for key, place in default_outputs(command, params, values)]
+        for key, text, option in places:
             if not isinstance(params[key].type, click.Path) or params[key].type.file_okay:
                 continue  # a file written (a split's CSV): its command says what it replaces
-            kind = output_kind_of(command, key)
-            for text in _texts(values[key]):
-                try:
-                    if "resume" in params:
-                        _refuse_resumable(text, key, index, made, (not_going_on or {}).get(index))
-                    _check_output(text, kind, force, f"--{key}", made, RUN_KINDS.get(command, command))
-                except TltoolError as exc:  # `tltool run` has no --force: the step's force: true is what to add
-                    reason = str(exc).replace("pass --force", f"add force: true to the step (--set {index}.force=true)")
-                    refused.append(StepRefusal(index, command, reason.replace("--force", "force: true")))
+            try:
+                if "resume" in params:
+                    _refuse_resumable(text, key, index, made, (not_going_on or {}).get(index))
+                _check_output(text, output_kind_of(command, key), force, option, made, RUN_KINDS.get(command, command))
+            except TltoolError as exc:  # `tltool run` has no --force: the step's force: true is what to add
+                reason = str(exc).replace("pass --force", f"add force: true to the step (--set {index}.force=true)")
+                refused.append(StepRefusal(index, command, reason.replace("--force", "force: true")))
     return refused
 
 
@@ -371,7 +386,8 @@ def _check_run(text: str, earlier: tuple[int, str, str] | None, also: tuple[str,
         raise TltoolError(missing_file_message(Path(text), files[0]))
     if finished_state(text) is False:
         raise TltoolError(f"{text}: its command did not finish (it was interrupted, or is running now), so its "
-                          "model may not be the run's; run that command again and use the run it finishes.")
+                          "model may not be the run's; run that command again (a fine-tune or train: a step with "
+                          f"resume: {text} before this one) and use the run it finishes.")
 
 
 INPUT_CHECKS: dict[str, Callable[[str, tuple[int, str, str] | None], None]] = {
